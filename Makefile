@@ -1,0 +1,27 @@
+# Two entry points for a fresh machine: `make run` (main job) and `make test` (test suite).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+
+.PHONY: setup run test lint ui
+
+$(BIN)/hybrid-rag: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c constraints.txt torch==2.13.0
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $@
+
+setup: $(BIN)/hybrid-rag
+
+run: setup  ## ingest the sample corpus, build the index, evaluate, print the metrics (embedded Qdrant)
+	$(BIN)/hybrid-rag run
+
+test: setup  ## the whole test suite
+	$(BIN)/ruff check .
+	$(BIN)/pytest
+
+ui: setup  ## the Dagster UI on http://127.0.0.1:3000
+	$(BIN)/dagster dev -m orchestration.definitions

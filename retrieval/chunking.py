@@ -1,0 +1,103 @@
+"""Token-budgeted chunking with the dense model's own tokenizer, deterministic ids and content hashes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from retrieval.documents import Document
+
+POINT_NAMESPACE = uuid.UUID("6f1c1f0e-8d0a-4f43-9a57-1b2c3d4e5f60")
+
+
+def point_id(doc_id: str, chunk_index: int) -> str:
+    """Deterministic UUID for chunk ``chunk_index`` of document ``doc_id``."""
+    return str(uuid.uuid5(POINT_NAMESPACE, f"{doc_id}\x1f{chunk_index}"))
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A piece of a document small enough for the dense model."""
+
+    doc_id: str
+    chunk_index: int
+    text: str
+    title: str = ""
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def id(self) -> str:
+        return point_id(self.doc_id, self.chunk_index)
+
+    @property
+    def embed_text(self) -> str:
+        """What the encoders see: the title (context for every chunk) and the chunk text."""
+        return f"{self.title}\n{self.text}" if self.title else self.text
+
+    @property
+    def content_hash(self) -> str:
+        """Changes whenever anything stored for this chunk changes."""
+        meta = json.dumps(self.metadata, sort_keys=True, default=str)
+        raw = "\x1f".join([self.title, self.text, meta])
+        return hashlib.sha256(raw.encode("utf-8")).hexdigest()
+
+    def payload(self) -> dict[str, Any]:
+        return {
+            "doc_id": self.doc_id,
+            "chunk_index": self.chunk_index,
+            "text": self.text,
+            "title": self.title,
+            "metadata": self.metadata,
+            "content_hash": self.content_hash,
+        }
+
+
+class Chunker:
+    """Splits text into windows of at most ``max_tokens`` model tokens (title included) with overlap.
+
+    Windows are cut on the tokenizer's character offsets, so chunk text is an exact slice of the document
+    and never exceeds the model's max length once the title and special tokens are added.
+    """
+
+    def __init__(self, tokenizer, max_tokens: int, overlap: int = 32, reserved_tokens: int = 0):
+        special = tokenizer.num_special_tokens_to_add(pair=False)
+        self.tokenizer = tokenizer
+        self.budget = max_tokens - special - reserved_tokens
+        if self.budget < 8:
+            raise ValueError(f"chunk budget of {self.budget} tokens is too small (max_tokens={max_tokens})")
+        self.overlap = min(overlap, self.budget // 2)
+
+    def chunk(self, doc: Document) -> list[Chunk]:
+        title = doc.title.strip()
+        title_tokens = self._count(title + "\n") if title else 0
+        if title_tokens > self.budget // 2:  # a huge title would crowd out the text: keep only its head
+            title = self._head(title, self.budget // 4)
+            title_tokens = self._count(title + "\n")
+        budget = self.budget - title_tokens
+        offsets = self.tokenizer(doc.text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        if not offsets:
+            return [Chunk(doc.id, 0, doc.text.strip(), title, doc.metadata)]
+        chunks = []
+        step = budget - self.overlap
+        for index, start in enumerate(range(0, max(len(offsets) - self.overlap, 1), step)):
+            window = offsets[start : start + budget]
+            text = doc.text[window[0][0] : window[-1][1]]
+            chunks.append(Chunk(doc.id, index, text, title, doc.metadata))
+            if start + budget >= len(offsets):
+                break
+        return chunks
+
+    def chunk_all(self, docs: Iterable[Document]) -> Iterator[Chunk]:
+        for doc in docs:
+            yield from self.chunk(doc)
+
+    def _count(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _head(self, text: str, tokens: int) -> str:
+        offsets = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        return text[: offsets[min(tokens, len(offsets)) - 1][1]] if offsets else text

@@ -1,0 +1,223 @@
+"""Documents and the sources they are read from (BEIR directory, JSONL file, folder of text files).
+
+Every problem with the input is reported as an :class:`InputProblem` naming the file, the line and the
+reason. The :class:`BadInputPolicy` decides whether a problem stops the read (``fail``) or the record is
+skipped, counted and logged (``skip``); valid records are always kept.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+TEXT_SUFFIXES = {".txt", ".md", ".markdown", ".rst"}
+MAX_DOCUMENT_BYTES = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Document:
+    """One source document; ``id`` is stable across runs and is what evaluation qrels refer to."""
+
+    id: str
+    text: str
+    title: str = ""
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.id, str) or not self.id.strip():
+            raise ValueError("Document.id must be a non-empty string")
+
+
+class BadInputPolicy(StrEnum):
+    """What to do with a record that cannot be indexed."""
+
+    FAIL = "fail"
+    SKIP = "skip"
+
+
+class SourceFormat(StrEnum):
+    BEIR = "beir"
+    JSONL = "jsonl"
+    DIR = "dir"
+
+
+@dataclass(frozen=True)
+class InputProblem:
+    """A record that could not be read: where it is and why."""
+
+    path: Path
+    line: int | None
+    reason: str
+
+    def __str__(self) -> str:
+        where = f"{self.path}:{self.line}" if self.line is not None else str(self.path)
+        return f"{where}: {self.reason}"
+
+
+class BadInputError(ValueError):
+    """Raised under the ``fail`` policy; the message names file, line and reason."""
+
+    def __init__(self, problem: InputProblem):
+        super().__init__(str(problem))
+        self.problem = problem
+
+
+@dataclass
+class ReadReport:
+    """What a read produced besides the documents: the skipped records."""
+
+    skipped: list[InputProblem] = field(default_factory=list)
+
+    @property
+    def skipped_count(self) -> int:
+        return len(self.skipped)
+
+
+class DocumentReader:
+    """Reads documents from a source, applying one bad-input policy and collecting a report."""
+
+    def __init__(self, policy: BadInputPolicy | str = BadInputPolicy.FAIL):
+        self.policy = BadInputPolicy(policy)
+        self.report = ReadReport()
+        self._seen_ids: dict[str, InputProblem] = {}
+
+    # -- public -------------------------------------------------------------------------------------
+    def read(self, path: str | Path, fmt: SourceFormat | str | None = None) -> Iterator[Document]:
+        """Yield the documents of ``path``; ``fmt`` defaults to what the path looks like."""
+        path = Path(path)
+        fmt = SourceFormat(fmt) if fmt else detect_format(path)
+        if fmt is SourceFormat.BEIR:
+            yield from self._read_jsonl(path / "corpus.jsonl")
+        elif fmt is SourceFormat.JSONL:
+            yield from self._read_jsonl(path)
+        else:
+            yield from self._read_dir(path)
+
+    # -- sources ------------------------------------------------------------------------------------
+    def _read_jsonl(self, path: Path) -> Iterator[Document]:
+        try:
+            handle = path.open("rb")
+        except OSError as exc:
+            raise BadInputError(InputProblem(path, None, f"cannot open file: {exc.strerror or exc}")) from exc
+        with handle:
+            for line_no, raw in enumerate(handle, start=1):
+                if not raw.strip():
+                    continue
+                doc = self._parse_json_line(path, line_no, raw)
+                if doc is not None:
+                    yield doc
+
+    def _parse_json_line(self, path: Path, line_no: int, raw: bytes) -> Document | None:
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return self._problem(
+                path, line_no, f"not valid UTF-8 (byte {exc.start}: {raw[exc.start : exc.start + 1]!r})"
+            )
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            return self._problem(path, line_no, f"malformed JSON: {exc.msg} at column {exc.colno}")
+        if not isinstance(record, dict):
+            return self._problem(path, line_no, f"expected a JSON object, got {type(record).__name__}")
+        doc_id = record.get("_id", record.get("id"))
+        if doc_id is None or str(doc_id).strip() == "":
+            return self._problem(path, line_no, "missing document id ('_id' or 'id')")
+        text = record.get("text")
+        if not isinstance(text, str):
+            return self._problem(path, line_no, f"document {doc_id!r}: missing or non-string 'text'")
+        title = record.get("title") or ""
+        metadata = record.get("metadata") or {}
+        if not isinstance(metadata, dict):
+            return self._problem(path, line_no, f"document {doc_id!r}: 'metadata' must be an object")
+        return self._document(path, line_no, str(doc_id), text, str(title), metadata)
+
+    def _read_dir(self, root: Path) -> Iterator[Document]:
+        if not root.is_dir():
+            raise BadInputError(InputProblem(root, None, "not a directory"))
+        for path in sorted(p for p in root.rglob("*") if p.is_file()):
+            if path.name.startswith("."):
+                continue
+            if path.suffix.lower() not in TEXT_SUFFIXES:
+                self._problem(path, None, f"unsupported file type {path.suffix or '(none)'!r}")
+                continue
+            try:
+                raw = path.read_bytes()
+            except OSError as exc:
+                self._problem(path, None, f"cannot read file: {exc.strerror or exc}")
+                continue
+            if b"\x00" in raw[:8192]:
+                self._problem(path, None, "binary content (NUL bytes) in a text file")
+                continue
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                line = raw[: exc.start].count(b"\n") + 1
+                self._problem(path, line, f"not valid UTF-8 (byte offset {exc.start})")
+                continue
+            doc_id = path.relative_to(root).as_posix()
+            title = _markdown_title(text) if path.suffix.lower() in {".md", ".markdown"} else path.stem
+            doc = self._document(path, None, doc_id, text, title, {"source_path": doc_id})
+            if doc is not None:
+                yield doc
+
+    # -- shared checks ------------------------------------------------------------------------------
+    def _document(
+        self, path: Path, line: int | None, doc_id: str, text: str, title: str, metadata: dict[str, Any]
+    ) -> Document | None:
+        if not (text.strip() or title.strip()):
+            return self._problem(path, line, f"document {doc_id!r}: empty text")
+        if len(text.encode("utf-8")) > MAX_DOCUMENT_BYTES:
+            return self._problem(
+                path,
+                line,
+                f"document {doc_id!r}: {len(text.encode('utf-8')):,} bytes exceeds the "
+                f"{MAX_DOCUMENT_BYTES:,}-byte limit per document",
+            )
+        here = InputProblem(path, line, "")
+        if doc_id in self._seen_ids:
+            first = self._seen_ids[doc_id]
+            first_at = f"{first.path}:{first.line}" if first.line is not None else str(first.path)
+            return self._problem(path, line, f"duplicate document id {doc_id!r} (first seen at {first_at})")
+        self._seen_ids[doc_id] = here
+        return Document(id=doc_id, text=text, title=title, metadata=metadata)
+
+    def _problem(self, path: Path, line: int | None, reason: str) -> None:
+        problem = InputProblem(path, line, reason)
+        if self.policy is BadInputPolicy.FAIL:
+            raise BadInputError(problem)
+        log.warning("skipped %s", problem)
+        self.report.skipped.append(problem)
+        return None
+
+
+def detect_format(path: Path) -> SourceFormat:
+    """BEIR when ``path`` is a directory holding corpus.jsonl, JSONL for a file, else a folder of files."""
+    if path.is_dir():
+        return SourceFormat.BEIR if (path / "corpus.jsonl").is_file() else SourceFormat.DIR
+    if path.suffix.lower() in {".jsonl", ".json", ".ndjson"} or path.is_file():
+        return SourceFormat.JSONL
+    raise BadInputError(InputProblem(path, None, "no such file or directory"))
+
+
+def read_documents(
+    path: str | Path, fmt: SourceFormat | str | None = None, policy: BadInputPolicy | str = BadInputPolicy.FAIL
+) -> tuple[list[Document], ReadReport]:
+    """Read all documents of a source; returns them with the report of skipped records."""
+    reader = DocumentReader(policy)
+    docs = list(reader.read(path, fmt))
+    return docs, reader.report
+
+
+def _markdown_title(text: str) -> str:
+    for line in text.splitlines():
+        if line.startswith("# "):
+            return line[2:].strip()
+    return ""

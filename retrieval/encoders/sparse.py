@@ -1,0 +1,113 @@
+"""Sparse encoders: BM25 term weights (Qdrant Edge's tokenizer) and SPLADE (sentence-transformers)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class SparseVec:
+    """A sparse vector as parallel arrays of term ids and weights."""
+
+    indices: list[int]
+    values: list[float]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+class Bm25Encoder:
+    """BM25 document weights (saturated, length-normalized term frequency) and unit query weights.
+
+    Term ids are hashes of the stemmed token, so no vocabulary is stored; the IDF factor is applied by
+    Qdrant from the collection's statistics (sparse vector modifier ``idf``). English stopwords and the
+    Snowball stemmer come from Qdrant's own tokenizer.
+    """
+
+    name = "bm25"
+    uses_idf_modifier = True
+
+    def __init__(self, k1: float = 1.2, b: float = 0.75, avg_len: float = 256.0):
+        self.k1, self.b, self.avg_len = k1, b, avg_len
+
+    @cached_property
+    def _model(self):
+        import qdrant_edge
+
+        return qdrant_edge.Bm25(qdrant_edge.Bm25Config(k=self.k1, b=self.b, avg_len=self.avg_len, language="english"))
+
+    @property
+    def cache_key(self) -> str:
+        return hashlib.sha256(f"bm25|{self.k1}|{self.b}|{self.avg_len}".encode()).hexdigest()[:16]
+
+    def encode_documents(self, texts: Sequence[str]) -> list[SparseVec]:
+        return [_from_edge(self._model.embed_document(t)) for t in texts]
+
+    def encode_queries(self, texts: Sequence[str]) -> list[SparseVec]:
+        return [_from_edge(self._model.embed_query(t)) for t in texts]
+
+    def encode_query(self, text: str) -> SparseVec:
+        return self.encode_queries([text])[0]
+
+
+class SpladeEncoder:
+    """Learned sparse vectors from a sentence-transformers ``SparseEncoder`` (e.g. SPLADE)."""
+
+    uses_idf_modifier = False
+
+    def __init__(self, model_name: str, device: str | None = None, batch_size: int = 32):
+        self.name = model_name
+        self.device = device
+        self.batch_size = batch_size
+
+    @cached_property
+    def model(self):
+        from sentence_transformers import SparseEncoder
+
+        from retrieval.encoders.dense import select_device
+
+        return SparseEncoder(self.name, device=select_device(self.device))
+
+    @property
+    def cache_key(self) -> str:
+        return hashlib.sha256(f"splade|{self.name}".encode()).hexdigest()[:16]
+
+    def encode_documents(self, texts: Sequence[str]) -> list[SparseVec]:
+        return self._convert(self.model.encode_document(list(texts), batch_size=self.batch_size))
+
+    def encode_queries(self, texts: Sequence[str]) -> list[SparseVec]:
+        return self._convert(self.model.encode_query(list(texts), batch_size=self.batch_size))
+
+    def encode_query(self, text: str) -> SparseVec:
+        return self.encode_queries([text])[0]
+
+    @staticmethod
+    def _convert(embeddings) -> list[SparseVec]:
+        dense = (
+            embeddings.to_dense().float().cpu().numpy()
+            if hasattr(embeddings, "to_dense")
+            else np.stack([e.to_dense().float().cpu().numpy() for e in embeddings])
+        )
+        out = []
+        for row in np.atleast_2d(dense):
+            nz = np.flatnonzero(row)
+            out.append(SparseVec(nz.astype(int).tolist(), row[nz].astype(float).tolist()))
+        return out
+
+
+def _from_edge(vec) -> SparseVec:
+    return SparseVec(list(vec.indices), list(vec.values))
+
+
+def make_sparse_encoder(
+    name: str, *, k1: float = 1.2, b: float = 0.75, avg_len: float = 256.0, device: str | None = None
+) -> Bm25Encoder | SpladeEncoder:
+    """``bm25`` for BM25; any other value is a SPLADE model name or path."""
+    if name.lower() == "bm25":
+        return Bm25Encoder(k1=k1, b=b, avg_len=avg_len)
+    return SpladeEncoder(name, device=device)

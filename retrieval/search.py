@@ -1,0 +1,191 @@
+"""Hybrid search: dense and sparse candidates fused inside Qdrant, then optionally reranked."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import numpy as np
+
+from retrieval.encoders import DenseEncoder
+from retrieval.encoders.sparse import Bm25Encoder, SpladeEncoder
+from retrieval.indexer import build_encoders, collection_schema
+from retrieval.rerank import EmbeddingReranker, RerankConfig
+from retrieval.settings import RetrievalSettings
+from retrieval.store import QdrantStore, QueryPlan, SchemaMismatchError, StoredHit, open_store
+
+
+class Variant(StrEnum):
+    """Which channels answer a query."""
+
+    DENSE = "dense"
+    SPARSE = "sparse"
+    HYBRID = "hybrid"
+    HYBRID_RERANK = "hybrid+rerank"
+
+
+@dataclass
+class Hit:
+    """One retrieved chunk with where it came from."""
+
+    doc_id: str
+    chunk_id: str
+    text: str
+    score: float
+    title: str = ""
+    metadata: dict[str, Any] = field(default_factory=dict)
+    dense_rank: int | None = None
+    sparse_rank: int | None = None
+    fused_rank: int | None = None
+    rerank_score: float | None = None
+
+    @classmethod
+    def from_stored(cls, hit: StoredHit, score: float | None = None) -> Hit:
+        p = hit.payload
+        return cls(
+            doc_id=str(p.get("doc_id", "")),
+            chunk_id=hit.id,
+            text=p.get("text", ""),
+            title=p.get("title", ""),
+            metadata=p.get("metadata", {}) or {},
+            score=hit.score if score is None else score,
+        )
+
+
+class HybridRetriever:
+    """``search(query)`` -> ranked :class:`Hit` list; batched with ``search_batch``."""
+
+    def __init__(
+        self,
+        settings: RetrievalSettings | None = None,
+        *,
+        store: QdrantStore | None = None,
+        dense: DenseEncoder | None = None,
+        sparse: Bm25Encoder | SpladeEncoder | None = None,
+        reranker: EmbeddingReranker | None = None,
+    ):
+        self.settings = settings or RetrievalSettings()
+        default_dense, default_sparse = (None, None) if dense and sparse else build_encoders(self.settings)
+        self.dense = dense or default_dense
+        self.sparse = sparse or default_sparse
+        self.store = store or open_store(self.settings)
+        self.reranker = reranker or EmbeddingReranker(self.dense, RerankConfig.from_settings(self.settings))
+        self._checked = False
+        self.last_timings: dict[str, float] = {}
+
+    def check_schema(self) -> None:
+        """Refuse to query a collection whose vectors came from other models."""
+        if self._checked:
+            return
+        existing = self.store.schema()
+        if existing is None:
+            raise SchemaMismatchError(
+                f"collection {self.store.collection!r} does not exist at {self.store.location}; index documents first"
+            )
+        problems = collection_schema(self.dense, self.sparse).differences(existing)
+        if problems:
+            raise SchemaMismatchError(
+                f"collection {self.store.collection!r} was built with other models: " + "; ".join(problems)
+            )
+        self._checked = True
+
+    def search(
+        self,
+        query: str,
+        k: int | None = None,
+        filter: dict[str, Any] | None = None,
+        rerank: bool | None = None,
+        variant: Variant | str = Variant.HYBRID,
+    ) -> list[Hit]:
+        return self.search_batch([query], k=k, filter=filter, rerank=rerank, variant=variant)[0]
+
+    def search_batch(
+        self,
+        queries: Sequence[str],
+        k: int | None = None,
+        filter: dict[str, Any] | None = None,
+        rerank: bool | None = None,
+        variant: Variant | str = Variant.HYBRID,
+    ) -> list[list[Hit]]:
+        """Search many queries with one encoder call per channel and one batched Qdrant request."""
+        self.check_schema()
+        variant = Variant(variant)
+        if variant is Variant.HYBRID_RERANK:
+            variant, rerank = Variant.HYBRID, True
+        k = k or self.settings.k
+        rerank = self.settings.rerank if rerank is None else rerank
+        rerank = rerank and variant is Variant.HYBRID
+        t0 = time.perf_counter()
+        dense_q = self.dense.encode_queries(queries) if variant is not Variant.SPARSE else None
+        sparse_q = self.sparse.encode_queries(queries) if variant is not Variant.DENSE else None
+        t1 = time.perf_counter()
+        depth = max(k, self.reranker.config.depth) if rerank else k
+        plans = []
+        for i in range(len(queries)):
+            plans.append(self._plan(dense_q, sparse_q, i, depth, filter, with_vectors=rerank))
+            if variant is Variant.HYBRID:  # the channels alone, for each hit's per-channel rank
+                s = self.settings
+                plans.append(QueryPlan(dense=dense_q[i], limit=s.prefetch_k, filter=filter, with_payload=False))
+                plans.append(QueryPlan(sparse=sparse_q[i], limit=s.prefetch_k, filter=filter, with_payload=False))
+        results = self.store.query_batch(plans)
+        t2 = time.perf_counter()
+        step = 3 if variant is Variant.HYBRID else 1
+        out = []
+        for i, query in enumerate(queries):
+            stored = results[i * step]
+            hits = [Hit.from_stored(h) for h in stored]
+            for rank, hit in enumerate(hits, start=1):
+                hit.fused_rank = rank if variant is Variant.HYBRID else None
+            if variant is Variant.HYBRID:
+                dense_ranks = {h.id: r for r, h in enumerate(results[i * step + 1], start=1)}
+                sparse_ranks = {h.id: r for r, h in enumerate(results[i * step + 2], start=1)}
+                for hit in hits:
+                    hit.dense_rank = dense_ranks.get(hit.chunk_id)
+                    hit.sparse_rank = sparse_ranks.get(hit.chunk_id)
+            elif variant is Variant.DENSE:
+                for rank, hit in enumerate(hits, start=1):
+                    hit.dense_rank = rank
+            else:
+                for rank, hit in enumerate(hits, start=1):
+                    hit.sparse_rank = rank
+            if rerank and hits:
+                hits = self._rerank(query, dense_q[i], stored, hits)
+            out.append(hits[:k])
+        t3 = time.perf_counter()
+        self.last_timings = {"encode_s": t1 - t0, "qdrant_s": t2 - t1, "rerank_s": t3 - t2}
+        return out
+
+    def _plan(self, dense_q, sparse_q, i: int, limit: int, filter, with_vectors: bool) -> QueryPlan:
+        s = self.settings
+        return QueryPlan(
+            dense=dense_q[i] if dense_q is not None else None,
+            sparse=sparse_q[i] if sparse_q is not None else None,
+            limit=limit,
+            prefetch_k=max(s.prefetch_k, limit),
+            fusion=s.fusion,
+            rrf_k=s.rrf_k,
+            weights=(s.dense_weight, s.sparse_weight),
+            filter=filter,
+            with_dense_vectors=with_vectors,
+        )
+
+    def _rerank(self, query: str, query_vector: np.ndarray, stored: list[StoredHit], hits: list[Hit]) -> list[Hit]:
+        vectors = np.stack([h.dense_vector for h in stored])
+        texts = [h.text for h in hits]
+        rerank_scores = self.reranker.scores(query, query_vector, texts, vectors)
+        final = self.reranker.fuse(rerank_scores)
+        for hit, rs, fs in zip(hits, rerank_scores, final, strict=True):
+            hit.rerank_score, hit.score = float(rs), float(fs)
+        return sorted(hits, key=lambda h: -h.score)
+
+    def as_langchain(self, **kwargs: Any):
+        """This retriever as a LangChain ``BaseRetriever``."""
+        from retrieval.langchain import LangChainRetriever
+
+        return LangChainRetriever(retriever=self, **kwargs)
+
+    def close(self) -> None:
+        self.store.close()

@@ -1,0 +1,97 @@
+"""Configuration for the whole retrieval stack, read from ``HYBRID_RAG_*`` environment variables."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from retrieval.documents import BadInputPolicy
+
+DEFAULT_DENSE_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+class FusionMethod(StrEnum):
+    RRF = "rrf"
+    DBSF = "dbsf"
+
+
+class RerankMode(StrEnum):
+    FEEDBACK = "feedback"
+    PROMPT = "prompt"
+
+
+class DenseBackend(StrEnum):
+    TORCH = "torch"
+    ONNX = "onnx"
+    OPENVINO = "openvino"
+
+
+def default_cache_dir() -> Path:
+    return Path.home() / ".cache" / "hybrid-rag"
+
+
+class RetrievalSettings(BaseSettings):
+    """Every knob of indexing and search. Environment: ``HYBRID_RAG_<FIELD>`` (e.g. HYBRID_RAG_QDRANT_URL)."""
+
+    model_config = SettingsConfigDict(env_prefix="HYBRID_RAG_", env_file=".env", extra="ignore")
+
+    # Qdrant: embedded engine under qdrant_path unless qdrant_url is set.
+    qdrant_path: Path = Path("data/index")
+    qdrant_url: str | None = None
+    qdrant_api_key: SecretStr | None = None
+    qdrant_timeout_s: float = 30.0
+    qdrant_retries: int = 4
+    collection: str = "sample"
+
+    # Encoders.
+    dense_model: str = DEFAULT_DENSE_MODEL
+    dense_backend: DenseBackend = DenseBackend.TORCH
+    dense_device: str | None = None
+    dense_batch_size: int = 64
+    dense_query_prompt: str | None = None
+    dense_document_prompt: str | None = None
+    sparse_model: str = "bm25"
+    bm25_k1: float = 1.2
+    bm25_b: float = 0.75
+    bm25_avg_len: float = 256.0
+
+    # Chunking.
+    chunk_tokens: int = 256
+    chunk_overlap: int = 32
+
+    # Indexing.
+    upsert_batch_size: int = 256
+    bad_input_policy: BadInputPolicy = BadInputPolicy.FAIL
+    cache_dir: Path = Field(default_factory=default_cache_dir)
+    embedding_cache: bool = True
+
+    # Search.
+    fusion: FusionMethod = FusionMethod.RRF
+    rrf_k: int = 60
+    dense_weight: float = 1.0
+    sparse_weight: float = 1.0
+    prefetch_k: int = 100
+    k: int = 10
+
+    # Reranking (embedding-based listwise, E2Rank style).
+    rerank: bool = True
+    rerank_mode: RerankMode = RerankMode.FEEDBACK
+    rerank_depth: int = 100
+    rerank_feedback_k: int = 3
+    rerank_feedback_beta: float = 0.5
+    rerank_weight: float = 0.3
+
+    @model_validator(mode="after")
+    def _check(self) -> RetrievalSettings:
+        if self.chunk_overlap >= self.chunk_tokens:
+            raise ValueError("chunk_overlap must be smaller than chunk_tokens")
+        if not 0.0 <= self.rerank_weight <= 1.0:
+            raise ValueError("rerank_weight must be within [0, 1]")
+        return self
+
+    @property
+    def uses_server(self) -> bool:
+        return bool(self.qdrant_url)

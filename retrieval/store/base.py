@@ -1,0 +1,161 @@
+"""The store interface shared by the embedded engine (Qdrant Edge) and a Qdrant server."""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from retrieval.chunking import Chunk
+from retrieval.encoders.sparse import SparseVec
+from retrieval.settings import FusionMethod
+
+DENSE = "dense"
+SPARSE = "sparse"
+PAYLOAD_FIELDS = ("doc_id", "chunk_index", "text", "title", "metadata", "content_hash")
+TOP_LEVEL_FILTER_KEYS = {"doc_id", "chunk_index", "title", "content_hash"}
+
+
+class StoreError(RuntimeError):
+    """A store operation failed; the message names the backend location and the operation."""
+
+
+class SchemaMismatchError(StoreError):
+    """The configured models do not fit the existing collection."""
+
+
+@dataclass(frozen=True)
+class CollectionSchema:
+    """What a collection's vectors were made with; stored with the collection and checked on every open."""
+
+    dense_model: str
+    dense_dim: int
+    sparse_model: str
+    sparse_idf: bool
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CollectionSchema:
+        return cls(**{k: data[k] for k in ("dense_model", "dense_dim", "sparse_model", "sparse_idf")})
+
+    def differences(self, other: CollectionSchema) -> list[str]:
+        return [
+            f"{name}: collection has {getattr(other, name)!r}, settings give {getattr(self, name)!r}"
+            for name in ("dense_model", "dense_dim", "sparse_model", "sparse_idf")
+            if getattr(self, name) != getattr(other, name)
+        ]
+
+
+@dataclass(frozen=True)
+class QueryPlan:
+    """One search: which channels, how many candidates from each, and how they are fused in Qdrant."""
+
+    dense: np.ndarray | None = None
+    sparse: SparseVec | None = None
+    limit: int = 10
+    prefetch_k: int = 100
+    fusion: FusionMethod = FusionMethod.RRF
+    rrf_k: int = 60
+    weights: tuple[float, float] | None = None
+    filter: dict[str, Any] | None = None
+    with_dense_vectors: bool = False
+    with_payload: bool = True
+
+
+@dataclass
+class StoredHit:
+    id: str
+    score: float
+    payload: dict[str, Any] = field(default_factory=dict)
+    dense_vector: np.ndarray | None = None
+
+
+class QdrantStore(ABC):
+    """One collection in one Qdrant backend."""
+
+    location: str
+    collection: str
+
+    @abstractmethod
+    def schema(self) -> CollectionSchema | None:
+        """The schema of the existing collection, or None when it does not exist."""
+
+    @abstractmethod
+    def _create(self, schema: CollectionSchema) -> None: ...
+
+    def ensure(self, schema: CollectionSchema) -> None:
+        """Create the collection, or check that the existing one was built with the same models."""
+        existing = self.schema()
+        if existing is None:
+            self._create(schema)
+            return
+        problems = schema.differences(existing)
+        if problems:
+            raise SchemaMismatchError(
+                f"collection {self.collection!r} at {self.location} was built with other models ("
+                + "; ".join(problems)
+                + "). Use another collection name, or rebuild it (hybrid-rag index --rebuild)."
+            )
+
+    @abstractmethod
+    def upsert(self, chunks: Sequence[Chunk], dense: np.ndarray, sparse: Sequence[SparseVec]) -> None: ...
+
+    @abstractmethod
+    def delete_ids(self, ids: Sequence[str]) -> None: ...
+
+    @abstractmethod
+    def delete_documents(self, doc_ids: Sequence[str]) -> None: ...
+
+    @abstractmethod
+    def stored_hashes(self) -> dict[str, tuple[str, str]]:
+        """point id -> (doc_id, content_hash) for every stored point."""
+
+    @abstractmethod
+    def count(self, filter: dict[str, Any] | None = None) -> int: ...
+
+    @abstractmethod
+    def query_batch(self, plans: Sequence[QueryPlan]) -> list[list[StoredHit]]: ...
+
+    def query(self, plan: QueryPlan) -> list[StoredHit]:
+        return self.query_batch([plan])[0]
+
+    @abstractmethod
+    def dense_vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]: ...
+
+    def flush(self) -> None:  # noqa: B027 - optional hook
+        """Make every write durable (a no-op where the backend does it per request)."""
+
+    @abstractmethod
+    def drop(self) -> None:
+        """Delete the collection and everything in it."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+
+def filter_conditions(spec: dict[str, Any] | None) -> list[tuple[str, str, Any]]:
+    """Normalize a filter dict into (payload key, kind, value) with kind in {value, any, range}.
+
+    ``{"topic": "music"}`` is equality, ``{"topic": ["a", "b"]}`` matches any, and
+    ``{"year": {"gte": 2000, "lt": 2010}}`` is a range. Keys other than the stored top-level fields refer to
+    the document's metadata.
+    """
+    conditions = []
+    for key, value in (spec or {}).items():
+        path = key if key in TOP_LEVEL_FILTER_KEYS or key.startswith("metadata.") else f"metadata.{key}"
+        if isinstance(value, dict):
+            unknown = set(value) - {"gt", "gte", "lt", "lte"}
+            if unknown:
+                raise ValueError(f"filter on {key!r}: unknown range operators {sorted(unknown)}")
+            conditions.append((path, "range", value))
+        elif isinstance(value, list | tuple | set):
+            conditions.append((path, "any", list(value)))
+        else:
+            conditions.append((path, "value", value))
+    return conditions

@@ -1,0 +1,244 @@
+"""Server backend: a Qdrant server (or qdrant-client's local mode) through ``qdrant-client``."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import numpy as np
+from qdrant_client import QdrantClient
+from qdrant_client import models as qm
+from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
+
+from retrieval.chunking import Chunk
+from retrieval.encoders.sparse import SparseVec
+from retrieval.settings import FusionMethod
+from retrieval.store.base import (
+    DENSE,
+    SPARSE,
+    CollectionSchema,
+    QdrantStore,
+    QueryPlan,
+    StoredHit,
+    StoreError,
+    filter_conditions,
+)
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+SCHEMA_KEY = "hybrid_rag_schema"
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Errors worth retrying: no connection, timeouts, 5xx and 429 answers."""
+    if isinstance(exc, ResponseHandlingException | ConnectionError | TimeoutError):
+        return True
+    if isinstance(exc, UnexpectedResponse):
+        return exc.status_code is not None and (exc.status_code >= 500 or exc.status_code == 429)
+    try:
+        import httpx
+
+        return isinstance(exc, httpx.TransportError)
+    except ImportError:  # pragma: no cover - httpx ships with qdrant-client
+        return False
+
+
+def connect(url: str, api_key: str | None = None, timeout_s: float = 30.0) -> QdrantClient:
+    """A client for ``url``: ``http(s)://host:port`` for a server, ``:memory:`` or ``file:///dir`` for local mode."""
+    if url == ":memory:":
+        return QdrantClient(location=":memory:")
+    if url.startswith("file://"):
+        return QdrantClient(path=url.removeprefix("file://"))
+    return QdrantClient(url=url, api_key=api_key, timeout=int(timeout_s))
+
+
+class ServerStore(QdrantStore):
+    """One collection on a Qdrant server; transient failures are retried with exponential backoff."""
+
+    def __init__(
+        self,
+        client: QdrantClient,
+        collection: str,
+        *,
+        location: str = "qdrant",
+        retries: int = 4,
+        backoff_s: float = 0.5,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
+        self.client = client
+        self.collection = collection
+        self.location = location
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self._sleep = sleep
+
+    def _call(self, operation: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        for attempt in range(self.retries + 1):
+            try:
+                return fn(*args, **kwargs)
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                if attempt == self.retries:
+                    raise StoreError(
+                        f"Qdrant at {self.location}: {operation} on collection {self.collection!r} failed after "
+                        f"{self.retries + 1} attempts: {type(exc).__name__}: {exc}"
+                    ) from exc
+                delay = self.backoff_s * 2**attempt
+                log.warning("Qdrant %s at %s failed (%s); retrying in %.1fs", operation, self.location, exc, delay)
+                self._sleep(delay)
+        raise AssertionError("unreachable")
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+    def schema(self) -> CollectionSchema | None:
+        if not self._call("collection_exists", self.client.collection_exists, self.collection):
+            return None
+        info = self._call("get_collection", self.client.get_collection, self.collection)
+        metadata = info.config.metadata or {}
+        if SCHEMA_KEY not in metadata:
+            raise StoreError(
+                f"collection {self.collection!r} at {self.location} was not created by hybrid-rag (no schema metadata)"
+            )
+        return CollectionSchema.from_dict(metadata[SCHEMA_KEY])
+
+    def _create(self, schema: CollectionSchema) -> None:
+        self._call(
+            "create_collection",
+            self.client.create_collection,
+            self.collection,
+            vectors_config={DENSE: qm.VectorParams(size=schema.dense_dim, distance=qm.Distance.COSINE)},
+            sparse_vectors_config={
+                SPARSE: qm.SparseVectorParams(modifier=qm.Modifier.IDF if schema.sparse_idf else None)
+            },
+            metadata={SCHEMA_KEY: {**schema.__dict__}},
+        )
+        self._call(
+            "create_payload_index",
+            self.client.create_payload_index,
+            self.collection,
+            field_name="doc_id",
+            field_schema=qm.PayloadSchemaType.KEYWORD,
+        )
+
+    def drop(self) -> None:
+        self._call("delete_collection", self.client.delete_collection, self.collection)
+
+    def close(self) -> None:
+        self.client.close()
+
+    # -- writes -------------------------------------------------------------------------------------
+    def upsert(self, chunks: Sequence[Chunk], dense: np.ndarray, sparse: Sequence[SparseVec]) -> None:
+        points = [
+            qm.PointStruct(
+                id=c.id,
+                vector={DENSE: d.tolist(), SPARSE: qm.SparseVector(indices=s.indices, values=s.values)},
+                payload=c.payload(),
+            )
+            for c, d, s in zip(chunks, dense, sparse, strict=True)
+        ]
+        self._call("upsert", self.client.upsert, self.collection, points=points, wait=True)
+
+    def delete_ids(self, ids: Sequence[str]) -> None:
+        if ids:
+            selector = qm.PointIdsList(points=list(ids))
+            self._call("delete", self.client.delete, self.collection, points_selector=selector, wait=True)
+
+    def delete_documents(self, doc_ids: Sequence[str]) -> None:
+        if doc_ids:
+            selector = qm.FilterSelector(filter=_client_filter({"doc_id": list(doc_ids)}))
+            self._call("delete", self.client.delete, self.collection, points_selector=selector, wait=True)
+
+    # -- reads --------------------------------------------------------------------------------------
+    def stored_hashes(self) -> dict[str, tuple[str, str]]:
+        out: dict[str, tuple[str, str]] = {}
+        offset = None
+        while True:
+            records, offset = self._call(
+                "scroll",
+                self.client.scroll,
+                self.collection,
+                limit=2048,
+                offset=offset,
+                with_payload=["doc_id", "content_hash"],
+                with_vectors=False,
+            )
+            for r in records:
+                out[str(r.id)] = (r.payload["doc_id"], r.payload["content_hash"])
+            if offset is None:
+                return out
+
+    def count(self, filter: dict[str, Any] | None = None) -> int:
+        result = self._call(
+            "count", self.client.count, self.collection, count_filter=_client_filter(filter), exact=True
+        )
+        return result.count
+
+    def query_batch(self, plans: Sequence[QueryPlan]) -> list[list[StoredHit]]:
+        requests = [_client_request(p) for p in plans]
+        responses = self._call("query_batch_points", self.client.query_batch_points, self.collection, requests=requests)
+        return [[_hit(p) for p in r.points] for r in responses]
+
+    def dense_vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
+        records = self._call(
+            "retrieve", self.client.retrieve, self.collection, ids=list(ids), with_payload=False, with_vectors=[DENSE]
+        )
+        return {str(r.id): np.asarray(r.vector[DENSE], dtype=np.float32) for r in records}
+
+
+def _client_filter(spec: dict[str, Any] | None) -> qm.Filter | None:
+    conditions: list[qm.Condition] = []
+    for key, kind, value in filter_conditions(spec):
+        if kind == "range":
+            conditions.append(qm.FieldCondition(key=key, range=qm.Range(**value)))
+        elif kind == "any":
+            conditions.append(qm.FieldCondition(key=key, match=qm.MatchAny(any=value)))
+        else:
+            conditions.append(qm.FieldCondition(key=key, match=qm.MatchValue(value=value)))
+    return qm.Filter(must=conditions) if conditions else None
+
+
+def _client_request(plan: QueryPlan) -> qm.QueryRequest:
+    flt = _client_filter(plan.filter)
+    with_vector = [DENSE] if plan.with_dense_vectors else False
+    channels: list[tuple[Any, str]] = []
+    if plan.dense is not None:
+        channels.append((plan.dense.tolist(), DENSE))
+    if plan.sparse is not None:
+        channels.append((qm.SparseVector(indices=plan.sparse.indices, values=plan.sparse.values), SPARSE))
+    if not channels:
+        raise ValueError("a query needs a dense or a sparse vector")
+    if len(channels) == 1:
+        query, using = channels[0]
+        return qm.QueryRequest(
+            query=query,
+            using=using,
+            limit=plan.limit,
+            filter=flt,
+            with_payload=plan.with_payload,
+            with_vector=with_vector,
+        )
+    fusion = (
+        qm.RrfQuery(rrf=qm.Rrf(k=plan.rrf_k, weights=list(plan.weights) if plan.weights else None))
+        if plan.fusion is FusionMethod.RRF
+        else qm.FusionQuery(fusion=qm.Fusion.DBSF)
+    )
+    return qm.QueryRequest(
+        prefetch=[qm.Prefetch(query=q, using=u, limit=plan.prefetch_k, filter=flt) for q, u in channels],
+        query=fusion,
+        filter=flt,
+        limit=plan.limit,
+        with_payload=plan.with_payload,
+        with_vector=with_vector,
+    )
+
+
+def _hit(point: qm.ScoredPoint) -> StoredHit:
+    vector = point.vector.get(DENSE) if isinstance(point.vector, dict) else None
+    return StoredHit(
+        id=str(point.id),
+        score=float(point.score),
+        payload=point.payload or {},
+        dense_vector=np.asarray(vector, dtype=np.float32) if vector is not None else None,
+    )

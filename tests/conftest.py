@@ -1,0 +1,69 @@
+"""Shared fixtures: real encoders (loaded once), real Qdrant backends, a tiny designed corpus, SciFact."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from retrieval import Document, RetrievalSettings  # noqa: E402
+from retrieval.encoders import Bm25Encoder, DenseEncoder  # noqa: E402
+from retrieval.store import EdgeStore, ServerStore, connect  # noqa: E402
+
+SCIFACT = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "scifact"
+
+# Each query below has exactly one right answer; lexical ones share a rare token with it, semantic ones
+# share (almost) no word with it.
+TINY_DOCS = [
+    Document("valve", "Replace the ZX-4471 valve gasket every two years to prevent leaks.", "Boiler manual",
+             {"topic": "home", "year": 2019}),
+    Document("pasta", "When boiling noodles, stir them often and use plenty of water so they do not clump together.",
+             "Kitchen tips", {"topic": "cooking", "year": 2021}),
+    Document("moon", "The Moon is Earth's only natural satellite and orbits at about 384,000 kilometres.",
+             "Astronomy", {"topic": "science", "year": 2015}),
+    Document("python", "Python lists are dynamic arrays; appending is amortized constant time.", "Programming",
+             {"topic": "programming", "year": 2022}),
+    Document("heart", "Regular aerobic exercise lowers resting blood pressure and strengthens the heart.", "Health",
+             {"topic": "health", "year": 2018}),
+    Document("rome", "The Roman Empire reached its greatest extent under Trajan in 117 AD.", "History",
+             {"topic": "history", "year": 2010}),
+    Document("bank", "Central banks raise interest rates to slow inflation by making borrowing more expensive.",
+             "Economics", {"topic": "finance", "year": 2023}),
+    Document("bees", "Honeybees communicate the location of flowers to the hive with a waggle dance.", "Biology",
+             {"topic": "science", "year": 2020}),
+]
+LEXICAL_QUERY = ("ZX-4471", "valve")
+SEMANTIC_QUERY = ("how can I keep spaghetti from sticking", "pasta")
+
+
+@pytest.fixture(scope="session")
+def dense_encoder() -> DenseEncoder:
+    return DenseEncoder()
+
+
+@pytest.fixture(scope="session")
+def sparse_encoder() -> Bm25Encoder:
+    return Bm25Encoder()
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> RetrievalSettings:
+    return RetrievalSettings(qdrant_path=tmp_path / "index", cache_dir=tmp_path / "cache", collection="test")
+
+
+def make_store(backend: str, root: Path, collection: str = "test"):
+    """A real store: the embedded engine (Qdrant Edge) or the server code path on qdrant-client's local mode."""
+    if backend == "edge":
+        return EdgeStore(root / "index", collection)
+    return ServerStore(connect(":memory:"), collection, location=":memory:", backoff_s=0.0)
+
+
+@pytest.fixture(params=["edge", "server"])
+def store(request, tmp_path: Path):
+    s = make_store(request.param, tmp_path)
+    yield s
+    s.close()

@@ -1,0 +1,57 @@
+from retrieval import Chunker, Document, point_id
+
+
+def make_chunker(dense_encoder, max_tokens=64, overlap=8):
+    return Chunker(dense_encoder.tokenizer, max_tokens, overlap)
+
+
+def n_tokens(tokenizer, text: str) -> int:
+    return len(tokenizer(text)["input_ids"])  # with special tokens, as the model sees it
+
+
+def test_chunks_never_exceed_the_token_budget(dense_encoder):
+    chunker = make_chunker(dense_encoder, max_tokens=64, overlap=8)
+    text = " ".join(f"sentence number {i} talks about retrieval and ranking." for i in range(200))
+    chunks = chunker.chunk(Document("d", text, title="A title that also costs tokens"))
+    assert len(chunks) > 5
+    for c in chunks:
+        assert n_tokens(dense_encoder.tokenizer, c.embed_text) <= 64
+        assert c.text in text  # an exact slice of the source
+
+
+def test_model_max_length_caps_the_budget(dense_encoder):
+    chunker = Chunker(dense_encoder.tokenizer, dense_encoder.max_tokens, 32)
+    text = "word " * 5000
+    for c in chunker.chunk(Document("d", text)):
+        assert n_tokens(dense_encoder.tokenizer, c.embed_text) <= dense_encoder.max_tokens
+
+
+def test_chunks_overlap_and_cover_the_whole_text(dense_encoder):
+    chunker = make_chunker(dense_encoder, max_tokens=32, overlap=8)
+    words = [f"w{i}" for i in range(300)]
+    chunks = chunker.chunk(Document("d", " ".join(words)))
+    assert chunks[0].text.startswith("w0 ") and chunks[-1].text.endswith("w299")
+    for a, b in zip(chunks, chunks[1:], strict=False):
+        assert a.text.split()[-1] in b.text  # consecutive chunks share the overlap
+
+
+def test_extremely_long_single_token_is_split_within_budget(dense_encoder):
+    chunker = make_chunker(dense_encoder, max_tokens=48, overlap=4)
+    text = " ".join(["x" * 5000, "normal words follow"] * 40)  # each 5000-char word is one [UNK] token
+    chunks = chunker.chunk(Document("d", text))
+    assert len(chunks) > 1
+    assert all(n_tokens(dense_encoder.tokenizer, c.embed_text) <= 48 for c in chunks)
+    assert chunks[-1].text.endswith("normal words follow")
+
+
+def test_ids_are_deterministic_and_hash_tracks_content(dense_encoder):
+    chunker = make_chunker(dense_encoder)
+    a = chunker.chunk(Document("doc-1", "alpha beta gamma", "t", {"k": 1}))[0]
+    b = chunker.chunk(Document("doc-1", "alpha beta gamma", "t", {"k": 1}))[0]
+    assert a.id == b.id == point_id("doc-1", 0)
+    assert a.content_hash == b.content_hash
+    changed = chunker.chunk(Document("doc-1", "alpha beta delta", "t", {"k": 1}))[0]
+    assert changed.id == a.id and changed.content_hash != a.content_hash
+    meta_changed = chunker.chunk(Document("doc-1", "alpha beta gamma", "t", {"k": 2}))[0]
+    assert meta_changed.content_hash != a.content_hash
+    assert point_id("doc-1", 1) != point_id("doc-1", 0) != point_id("doc-2", 0)

@@ -1,0 +1,89 @@
+"""Indexing is idempotent, replaces changed documents and never loses what was indexed."""
+
+import dataclasses
+import json
+
+import pytest
+
+from retrieval import BadInputError, Document, Indexer, read_documents
+from tests.conftest import TINY_DOCS, make_store
+
+
+@pytest.fixture(params=["edge", "server"])
+def indexer(request, settings, dense_encoder, sparse_encoder, tmp_path):
+    store = make_store(request.param, tmp_path)
+    ix = Indexer(settings, store=store, dense=dense_encoder, sparse=sparse_encoder)
+    yield ix
+    store.close()
+
+
+def test_second_run_changes_nothing(indexer):
+    first = indexer.index(TINY_DOCS, progress=False)
+    assert first.points == first.chunks == len(TINY_DOCS)
+    ids_before = set(indexer.store.stored_hashes())
+    second = indexer.index(TINY_DOCS, progress=False)
+    assert (second.embedded, second.unchanged, second.deleted) == (0, len(TINY_DOCS), 0)
+    assert second.points == first.points
+    assert set(indexer.store.stored_hashes()) == ids_before
+
+
+def test_changed_document_replaces_its_chunks_and_drops_stale_ones(indexer):
+    long_text = " ".join(f"paragraph {i} about valves, gaskets and pressure." for i in range(120))
+    docs = [*TINY_DOCS[1:], dataclasses.replace(TINY_DOCS[0], text=long_text)]
+    indexer.index(docs, progress=False)
+    many = indexer.store.count({"doc_id": "valve"})
+    assert many > 1
+    report = indexer.index(TINY_DOCS, progress=False)  # the document shrinks back to one chunk
+    assert indexer.store.count({"doc_id": "valve"}) == 1
+    assert report.deleted == many - 1 and report.embedded == 1
+    assert report.points == len(TINY_DOCS)
+
+
+def test_prune_removes_documents_missing_from_the_source(indexer):
+    indexer.index(TINY_DOCS, progress=False)
+    report = indexer.index(TINY_DOCS[:5], prune=True, progress=False)
+    assert report.deleted == len(TINY_DOCS) - 5
+    assert {d for d, _ in indexer.store.stored_hashes().values()} == {d.id for d in TINY_DOCS[:5]}
+
+
+def test_bad_input_fails_before_touching_the_index(indexer, tmp_path):
+    indexer.index(TINY_DOCS, progress=False)
+    source = tmp_path / "docs.jsonl"
+    lines = [json.dumps({"_id": "new", "text": "fresh text"}), "{not json", json.dumps({"_id": "x", "text": "y"})]
+    source.write_text("\n".join(lines) + "\n")
+    with pytest.raises(BadInputError, match=r"docs\.jsonl:2: malformed JSON"):
+        docs, _ = read_documents(source)
+        indexer.index(docs, prune=True, progress=False)
+    assert indexer.store.count() == len(TINY_DOCS)
+
+
+def test_interrupted_run_resumes_without_duplicates_or_re_embedding(settings, dense_encoder, sparse_encoder, tmp_path):
+    docs = [Document(f"d{i}", f"document number {i} about topic {i % 7}") for i in range(40)]
+    clean = Indexer(settings.model_copy(update={"upsert_batch_size": 8}), store=make_store("edge", tmp_path / "clean"),
+                    dense=dense_encoder, sparse=sparse_encoder)
+    clean.index(docs, progress=False)
+    expected = clean.store.stored_hashes()
+    clean.store.close()
+
+    import retrieval.indexer as indexer_module
+
+    broken = Indexer(settings.model_copy(update={"upsert_batch_size": 8, "embedding_cache": False}),
+                     store=make_store("edge", tmp_path / "broken"), dense=dense_encoder, sparse=sparse_encoder)
+    original_block = indexer_module.ENCODE_BLOCK
+    indexer_module.ENCODE_BLOCK = 16
+    try:
+        def crash(block_no: int) -> None:
+            if block_no == 1:
+                raise RuntimeError("injected failure after two blocks")
+
+        broken.after_batch = crash
+        with pytest.raises(RuntimeError, match="injected"):
+            broken.index(docs, progress=False)
+        assert broken.store.count() == 32
+        broken.after_batch = None
+        resumed = broken.index(docs, progress=False)
+    finally:
+        indexer_module.ENCODE_BLOCK = original_block
+    assert resumed.embedded == 8 and resumed.unchanged == 32  # only the missing block was embedded
+    assert broken.store.stored_hashes() == expected
+    broken.store.close()

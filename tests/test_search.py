@@ -1,0 +1,85 @@
+"""Hybrid search on a tiny designed corpus, on both backends."""
+
+import pytest
+
+from retrieval import HybridRetriever, Indexer
+from retrieval.rerank import EmbeddingReranker, RerankConfig
+from retrieval.settings import RerankMode
+from tests.conftest import LEXICAL_QUERY, SEMANTIC_QUERY, TINY_DOCS, make_store
+
+
+@pytest.fixture(params=["edge", "server"], scope="module")
+def retriever(request, dense_encoder, sparse_encoder, tmp_path_factory):
+    from retrieval import RetrievalSettings
+
+    root = tmp_path_factory.mktemp(request.param)
+    settings = RetrievalSettings(qdrant_path=root, cache_dir=root / "cache", collection="test", rerank=False)
+    store = make_store(request.param, root)
+    Indexer(settings, store=store, dense=dense_encoder, sparse=sparse_encoder).index(TINY_DOCS, progress=False)
+    r = HybridRetriever(settings, store=store, dense=dense_encoder, sparse=sparse_encoder)
+    yield r
+    store.close()
+
+
+def test_lexical_query_is_found_by_the_sparse_channel(retriever):
+    query, expected = LEXICAL_QUERY
+    hits = retriever.search(query, k=3)
+    assert hits[0].doc_id == expected
+    assert hits[0].sparse_rank == 1
+    assert retriever.search(query, k=1, variant="sparse")[0].doc_id == expected
+
+
+def test_semantic_query_is_found_by_the_dense_channel(retriever):
+    query, expected = SEMANTIC_QUERY
+    assert retriever.search(query, k=1, variant="sparse") == [] or \
+        retriever.search(query, k=1, variant="sparse")[0].doc_id != expected
+    hits = retriever.search(query, k=3)
+    assert hits[0].doc_id == expected and hits[0].dense_rank == 1
+
+
+def test_hits_carry_payload_and_ranks(retriever):
+    hit = retriever.search(LEXICAL_QUERY[0], k=1)[0]
+    assert hit.title == "Boiler manual" and "ZX-4471" in hit.text
+    assert hit.metadata == {"topic": "home", "year": 2019}
+    assert hit.fused_rank == 1 and hit.chunk_id
+
+
+def test_filters_pass_through(retriever):
+    hits = retriever.search("science facts", k=10, filter={"topic": "science"})
+    assert {h.doc_id for h in hits} == {"moon", "bees"}
+    hits = retriever.search("anything at all", k=10, filter={"year": {"gte": 2020, "lte": 2022}})
+    assert {h.doc_id for h in hits} == {"pasta", "python", "bees"}
+
+
+def test_batch_equals_single(retriever):
+    queries = [LEXICAL_QUERY[0], SEMANTIC_QUERY[0], "inflation and interest rates"]
+    batch = retriever.search_batch(queries, k=5)
+    for q, hits in zip(queries, batch, strict=True):
+        assert [h.chunk_id for h in hits] == [h.chunk_id for h in retriever.search(q, k=5)]
+
+
+@pytest.mark.parametrize("mode", [RerankMode.FEEDBACK, RerankMode.PROMPT])
+def test_reranker_modes_reorder_with_stored_vectors(retriever, mode):
+    reranker = EmbeddingReranker(retriever.dense, RerankConfig(mode=mode, weight=1.0, feedback_k=2))
+    first = retriever.search("blood pressure and the heart", k=8, rerank=False)
+    original, retriever.reranker = retriever.reranker, reranker
+    try:
+        reranked = retriever.search("blood pressure and the heart", k=8, rerank=True)
+    finally:
+        retriever.reranker = original
+    assert {h.chunk_id for h in reranked} == {h.chunk_id for h in first}
+    assert all(h.rerank_score is not None for h in reranked)
+    assert reranked[0].doc_id == "heart"
+    # weight=1: the order is exactly the pseudo-query cosine order
+    scores = [h.rerank_score for h in reranked]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_zero_weight_rerank_keeps_first_stage_order(retriever):
+    reranker = EmbeddingReranker(retriever.dense, RerankConfig(weight=0.0))
+    original, retriever.reranker = retriever.reranker, reranker
+    try:
+        reranked = retriever.search("roman history", k=8, rerank=True)
+    finally:
+        retriever.reranker = original
+    assert [h.chunk_id for h in reranked] == [h.chunk_id for h in retriever.search("roman history", k=8, rerank=False)]

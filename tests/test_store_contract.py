@@ -1,0 +1,95 @@
+"""One contract, two backends: the embedded engine (Qdrant Edge) and the server API (qdrant-client local mode)."""
+
+import numpy as np
+import pytest
+
+from retrieval import Chunk
+from retrieval.encoders.sparse import SparseVec
+from retrieval.store import CollectionSchema, QueryPlan, SchemaMismatchError
+
+SCHEMA = CollectionSchema(dense_model="toy", dense_dim=4, sparse_model="bm25", sparse_idf=True)
+
+
+def unit(*xs):
+    v = np.asarray(xs, dtype=np.float32)
+    return v / np.linalg.norm(v)
+
+
+def put(store, rows):
+    """rows: (doc_id, chunk_index, dense, {term: weight}, metadata)"""
+    chunks = [Chunk(d, i, f"text of {d}/{i}", "", meta) for d, i, _, _, meta in rows]
+    dense = np.stack([unit(*v) for _, _, v, _, _ in rows])
+    sparse = [SparseVec(list(t.keys()), list(t.values())) for _, _, _, t, _ in rows]
+    store.upsert(chunks, dense, sparse)
+    return chunks
+
+
+ROWS = [
+    ("a", 0, (1, 0, 0, 0), {1: 1.0, 2: 0.5}, {"topic": "x", "year": 2001}),
+    ("a", 1, (1, 1, 0, 0), {2: 1.0}, {"topic": "x", "year": 2001}),
+    ("b", 0, (0, 1, 0, 0), {3: 1.0}, {"topic": "y", "year": 2010}),
+    ("c", 0, (0, 0, 1, 0), {4: 1.0, 1: 0.2}, {"topic": "z", "year": 2020}),
+]
+
+
+def test_create_then_refuse_other_models(store):
+    assert store.schema() is None
+    store.ensure(SCHEMA)
+    assert store.schema() == SCHEMA
+    store.ensure(SCHEMA)  # same models: fine
+    with pytest.raises(SchemaMismatchError, match="dense_dim"):
+        store.ensure(CollectionSchema("other", 8, "bm25", True))
+
+
+def test_upsert_is_idempotent_and_counts(store):
+    store.ensure(SCHEMA)
+    chunks = put(store, ROWS)
+    put(store, ROWS)
+    assert store.count() == 4
+    hashes = store.stored_hashes()
+    assert hashes == {c.id: (c.doc_id, c.content_hash) for c in chunks}
+
+
+def test_delete_by_document_and_by_id(store):
+    store.ensure(SCHEMA)
+    chunks = put(store, ROWS)
+    store.delete_documents(["a"])
+    assert store.count() == 2
+    store.delete_ids([chunks[2].id])
+    assert {d for d, _ in store.stored_hashes().values()} == {"c"}
+
+
+def test_dense_sparse_and_fused_queries(store):
+    store.ensure(SCHEMA)
+    chunks = put(store, ROWS)
+    by_id = {c.id: c for c in chunks}
+    dense = store.query(QueryPlan(dense=unit(0, 0, 1, 0), limit=2))
+    assert by_id[dense[0].id].doc_id == "c"
+    sparse = store.query(QueryPlan(sparse=SparseVec([3], [1.0]), limit=2))
+    assert [by_id[h.id].doc_id for h in sparse] == ["b"]
+    fused = store.query(QueryPlan(dense=unit(0, 0, 1, 0), sparse=SparseVec([3], [1.0]), limit=4, with_dense_vectors=True))
+    top2 = {by_id[h.id].doc_id for h in fused[:2]}
+    assert top2 == {"b", "c"}  # each channel's winner
+    assert fused[0].payload["doc_id"] in {"b", "c"} and fused[0].dense_vector is not None
+    dbsf = store.query(QueryPlan(dense=unit(0, 0, 1, 0), sparse=SparseVec([3], [1.0]), limit=4, fusion="dbsf"))
+    assert {by_id[h.id].doc_id for h in dbsf[:2]} == {"b", "c"}
+
+
+def test_filters_equality_any_and_range(store):
+    store.ensure(SCHEMA)
+    put(store, ROWS)
+    q = unit(1, 1, 1, 1)
+    assert {h.payload["doc_id"] for h in store.query(QueryPlan(dense=q, limit=10, filter={"topic": "y"}))} == {"b"}
+    hits = store.query(QueryPlan(dense=q, limit=10, filter={"topic": ["y", "z"]}))
+    assert {h.payload["doc_id"] for h in hits} == {"b", "c"}
+    hits = store.query(QueryPlan(dense=q, sparse=SparseVec([1], [1.0]), limit=10, filter={"year": {"gte": 2005}}))
+    assert {h.payload["doc_id"] for h in hits} == {"b", "c"}
+    assert store.count({"doc_id": "a"}) == 2
+
+
+def test_stored_vectors_come_back(store):
+    store.ensure(SCHEMA)
+    chunks = put(store, ROWS)
+    vectors = store.dense_vectors([chunks[0].id, chunks[2].id])
+    np.testing.assert_allclose(vectors[chunks[0].id], unit(1, 0, 0, 0), atol=1e-6)
+    np.testing.assert_allclose(vectors[chunks[2].id], unit(0, 1, 0, 0), atol=1e-6)
