@@ -53,8 +53,12 @@ def index(
     table = Table(title=f"indexed into {report.collection!r}")
     for name in ("documents", "chunks", "embedded", "unchanged", "deleted", "points", "cache_reused"):
         table.add_column(name, justify="right")
-    table.add_row(*(f"{getattr(report, n):,}" for n in
-                    ("documents", "chunks", "embedded", "unchanged", "deleted", "points", "cache_reused")))
+    table.add_row(
+        *(
+            f"{getattr(report, n):,}"
+            for n in ("documents", "chunks", "embedded", "unchanged", "deleted", "points", "cache_reused")
+        )
+    )
     console.print(table)
     for problem in read_report.skipped:
         console.print(f"[yellow]skipped[/yellow] {problem}")
@@ -86,7 +90,9 @@ def search(
         table.add_column(col)
     for rank, h in enumerate(hits, start=1):
         snippet = (h.title + " | " if h.title else "") + h.text[:100].replace("\n", " ")
-        table.add_row(str(rank), h.doc_id, f"{h.score:.4f}", str(h.dense_rank or "-"), str(h.sparse_rank or "-"), snippet)
+        table.add_row(
+            str(rank), h.doc_id, f"{h.score:.4f}", str(h.dense_rank or "-"), str(h.sparse_rank or "-"), snippet
+        )
     console.print(table)
 
 
@@ -95,7 +101,9 @@ def evaluate(
     beir_dir: Annotated[str, typer.Argument(help="BEIR directory (corpus.jsonl, queries.jsonl, qrels/) or 'sample'")],
     collection: CollectionOpt = None,
     split: Annotated[str, typer.Option(help="qrels split to score")] = "test",
-    variant: Annotated[list[str] | None, typer.Option(help="dense | sparse | hybrid | hybrid+rerank (repeatable)")] = None,
+    variant: Annotated[
+        list[str] | None, typer.Option(help="dense | sparse | hybrid | hybrid+rerank (repeatable)")
+    ] = None,
     run_file: Annotated[Path | None, typer.Option(help="Write the (last) variant's run as a TREC run file")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write metrics as JSON")] = None,
     history: Annotated[Path, typer.Option(help="Evaluation history (SQLite)")] = Path("data/history/evals.sqlite"),
@@ -122,12 +130,17 @@ def evaluate(
         results = evaluate_variants(retriever, coll.split_queries(split), coll.qrels(split), variants)
     finally:
         indexer.store.close()
-    rows = {name: {**r.metrics, "latency_p50_ms": r.latency_ms["p50"]} for name, r in results.items()}
+    rows = {name: {**r.metrics, "latency_ms": r.latency_ms["p50"]} for name, r in results.items()}
     console.print(metrics_table(rows, title=f"{coll.name} ({split})"))
     store = EvalHistory(history)
     for name, r in results.items():
-        store.append(coll.name, split, name, r.metrics, context={"collection": settings.collection,
-                                                                 "dense_model": settings.dense_model})
+        store.append(
+            coll.name,
+            split,
+            name,
+            r.metrics,
+            context={"collection": settings.collection, "dense_model": settings.dense_model},
+        )
     if run_file:
         last = variants[-1].value
         write_run(run_file, results[last].run, tag=f"hybrid-rag-{last}")

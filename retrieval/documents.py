@@ -172,7 +172,7 @@ class DocumentReader:
     def _document(
         self, path: Path, line: int | None, doc_id: str, text: str, title: str, metadata: dict[str, Any]
     ) -> Document | None:
-        if not (text.strip() or title.strip()):
+        if not text.strip():
             return self._problem(path, line, f"document {doc_id!r}: empty text")
         if len(text.encode("utf-8")) > MAX_DOCUMENT_BYTES:
             return self._problem(

@@ -19,22 +19,54 @@ SCIFACT = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "
 # Each query below has exactly one right answer; lexical ones share a rare token with it, semantic ones
 # share (almost) no word with it.
 TINY_DOCS = [
-    Document("valve", "Replace the ZX-4471 valve gasket every two years to prevent leaks.", "Boiler manual",
-             {"topic": "home", "year": 2019}),
-    Document("pasta", "When boiling noodles, stir them often and use plenty of water so they do not clump together.",
-             "Kitchen tips", {"topic": "cooking", "year": 2021}),
-    Document("moon", "The Moon is Earth's only natural satellite and orbits at about 384,000 kilometres.",
-             "Astronomy", {"topic": "science", "year": 2015}),
-    Document("python", "Python lists are dynamic arrays; appending is amortized constant time.", "Programming",
-             {"topic": "programming", "year": 2022}),
-    Document("heart", "Regular aerobic exercise lowers resting blood pressure and strengthens the heart.", "Health",
-             {"topic": "health", "year": 2018}),
-    Document("rome", "The Roman Empire reached its greatest extent under Trajan in 117 AD.", "History",
-             {"topic": "history", "year": 2010}),
-    Document("bank", "Central banks raise interest rates to slow inflation by making borrowing more expensive.",
-             "Economics", {"topic": "finance", "year": 2023}),
-    Document("bees", "Honeybees communicate the location of flowers to the hive with a waggle dance.", "Biology",
-             {"topic": "science", "year": 2020}),
+    Document(
+        "valve",
+        "Replace the ZX-4471 valve gasket every two years to prevent leaks.",
+        "Boiler manual",
+        {"topic": "home", "year": 2019},
+    ),
+    Document(
+        "pasta",
+        "When boiling noodles, stir them often and use plenty of water so they do not clump together.",
+        "Kitchen tips",
+        {"topic": "cooking", "year": 2021},
+    ),
+    Document(
+        "moon",
+        "The Moon is Earth's only natural satellite and orbits at about 384,000 kilometres.",
+        "Astronomy",
+        {"topic": "science", "year": 2015},
+    ),
+    Document(
+        "python",
+        "Python lists are dynamic arrays; appending is amortized constant time.",
+        "Programming",
+        {"topic": "programming", "year": 2022},
+    ),
+    Document(
+        "heart",
+        "Regular aerobic exercise lowers resting blood pressure and strengthens the heart.",
+        "Health",
+        {"topic": "health", "year": 2018},
+    ),
+    Document(
+        "rome",
+        "The Roman Empire reached its greatest extent under Trajan in 117 AD.",
+        "History",
+        {"topic": "history", "year": 2010},
+    ),
+    Document(
+        "bank",
+        "Central banks raise interest rates to slow inflation by making borrowing more expensive.",
+        "Economics",
+        {"topic": "finance", "year": 2023},
+    ),
+    Document(
+        "bees",
+        "Honeybees communicate the location of flowers to the hive with a waggle dance.",
+        "Biology",
+        {"topic": "science", "year": 2020},
+    ),
 ]
 LEXICAL_QUERY = ("ZX-4471", "valve")
 SEMANTIC_QUERY = ("how can I keep spaghetti from sticking", "pasta")

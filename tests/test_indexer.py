@@ -59,19 +59,28 @@ def test_bad_input_fails_before_touching_the_index(indexer, tmp_path):
 
 def test_interrupted_run_resumes_without_duplicates_or_re_embedding(settings, dense_encoder, sparse_encoder, tmp_path):
     docs = [Document(f"d{i}", f"document number {i} about topic {i % 7}") for i in range(40)]
-    clean = Indexer(settings.model_copy(update={"upsert_batch_size": 8}), store=make_store("edge", tmp_path / "clean"),
-                    dense=dense_encoder, sparse=sparse_encoder)
+    clean = Indexer(
+        settings.model_copy(update={"upsert_batch_size": 8}),
+        store=make_store("edge", tmp_path / "clean"),
+        dense=dense_encoder,
+        sparse=sparse_encoder,
+    )
     clean.index(docs, progress=False)
     expected = clean.store.stored_hashes()
     clean.store.close()
 
     import retrieval.indexer as indexer_module
 
-    broken = Indexer(settings.model_copy(update={"upsert_batch_size": 8, "embedding_cache": False}),
-                     store=make_store("edge", tmp_path / "broken"), dense=dense_encoder, sparse=sparse_encoder)
+    broken = Indexer(
+        settings.model_copy(update={"upsert_batch_size": 8, "embedding_cache": False}),
+        store=make_store("edge", tmp_path / "broken"),
+        dense=dense_encoder,
+        sparse=sparse_encoder,
+    )
     original_block = indexer_module.ENCODE_BLOCK
     indexer_module.ENCODE_BLOCK = 16
     try:
+
         def crash(block_no: int) -> None:
             if block_no == 1:
                 raise RuntimeError("injected failure after two blocks")

@@ -31,8 +31,10 @@ def test_lexical_query_is_found_by_the_sparse_channel(retriever):
 
 def test_semantic_query_is_found_by_the_dense_channel(retriever):
     query, expected = SEMANTIC_QUERY
-    assert retriever.search(query, k=1, variant="sparse") == [] or \
-        retriever.search(query, k=1, variant="sparse")[0].doc_id != expected
+    assert (
+        retriever.search(query, k=1, variant="sparse") == []
+        or retriever.search(query, k=1, variant="sparse")[0].doc_id != expected
+    )
     hits = retriever.search(query, k=3)
     assert hits[0].doc_id == expected and hits[0].dense_rank == 1
 

@@ -67,7 +67,9 @@ def test_dense_sparse_and_fused_queries(store):
     assert by_id[dense[0].id].doc_id == "c"
     sparse = store.query(QueryPlan(sparse=SparseVec([3], [1.0]), limit=2))
     assert [by_id[h.id].doc_id for h in sparse] == ["b"]
-    fused = store.query(QueryPlan(dense=unit(0, 0, 1, 0), sparse=SparseVec([3], [1.0]), limit=4, with_dense_vectors=True))
+    fused = store.query(
+        QueryPlan(dense=unit(0, 0, 1, 0), sparse=SparseVec([3], [1.0]), limit=4, with_dense_vectors=True)
+    )
     top2 = {by_id[h.id].doc_id for h in fused[:2]}
     assert top2 == {"b", "c"}  # each channel's winner
     assert fused[0].payload["doc_id"] in {"b", "c"} and fused[0].dense_vector is not None

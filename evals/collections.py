@@ -1,0 +1,266 @@
+"""Test collections in BEIR layout, and a train-only view for tuning code.
+
+A BEIR directory holds ``corpus.jsonl`` (``_id``, ``title``, ``text``, ``metadata``), ``queries.jsonl``
+(``_id``, ``text``) and ``qrels/<split>.tsv`` (header ``query-id<TAB>corpus-id<TAB>score``). The public
+BEIR collections are zip archives at::
+
+    https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/{name}.zip
+
+(e.g. ``scifact``, ``nfcorpus``, ``fiqa``), each unpacking to a ``{name}/`` folder in this layout;
+:func:`download_beir` fetches and unpacks one. The project ships a small original collection,
+:func:`sample_collection`.
+
+Tuning code must only ever see a :class:`TrainSplitView`: it exposes the train split's queries and
+judgements and raises :class:`PermissionError` when asked for any other split, so test judgements cannot
+leak into tuning.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import urllib.request
+import zipfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+BEIR_URL = "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/{name}.zip"
+SAMPLE_NAME = "sample"
+QRELS_HEADER = ("query-id", "corpus-id", "score")
+
+
+class CollectionFormatError(ValueError):
+    """A malformed line of a collection file; the message starts with ``file:line``."""
+
+    def __init__(self, path: Path, line: int | None, reason: str):
+        where = f"{path}:{line}" if line is not None else str(path)
+        super().__init__(f"{where}: {reason}")
+        self.path, self.line, self.reason = path, line, reason
+
+
+@dataclass(frozen=True)
+class EvalCollection:
+    """A BEIR-layout collection at ``root``; files are read on each call (they are small or streamed)."""
+
+    name: str
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
+    @property
+    def corpus_path(self) -> Path:
+        return self.root / "corpus.jsonl"
+
+    @property
+    def queries_path(self) -> Path:
+        return self.root / "queries.jsonl"
+
+    def qrels_path(self, split: str) -> Path:
+        return self.root / "qrels" / f"{split}.tsv"
+
+    def splits(self) -> list[str]:
+        """Names of the available qrels splits, sorted."""
+        return sorted(p.stem for p in (self.root / "qrels").glob("*.tsv"))
+
+    def queries(self) -> dict[str, str]:
+        """All queries, ``{query_id: text}``."""
+        out: dict[str, str] = {}
+        for line_no, record in _json_lines(self.queries_path):
+            qid, text = record.get("_id"), record.get("text")
+            if qid is None or str(qid).strip() == "":
+                raise CollectionFormatError(self.queries_path, line_no, "missing query id '_id'")
+            if not isinstance(text, str):
+                raise CollectionFormatError(self.queries_path, line_no, f"query {qid!r}: missing 'text'")
+            if str(qid) in out:
+                raise CollectionFormatError(self.queries_path, line_no, f"duplicate query id {qid!r}")
+            out[str(qid)] = text
+        return out
+
+    def doc_ids(self) -> set[str]:
+        """Ids of all corpus documents (the corpus itself is read by ``retrieval``)."""
+        ids: set[str] = set()
+        for line_no, record in _json_lines(self.corpus_path):
+            doc_id = record.get("_id")
+            if doc_id is None or str(doc_id).strip() == "":
+                raise CollectionFormatError(self.corpus_path, line_no, "missing document id '_id'")
+            ids.add(str(doc_id))
+        return ids
+
+    def qrels(self, split: str) -> dict[str, dict[str, int]]:
+        """Judgements of ``split``: ``{query_id: {doc_id: grade}}``."""
+        path = self.qrels_path(split)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{self.name}: no split {split!r} ({path} is missing); available: {', '.join(self.splits())}"
+            )
+        return read_qrels(path)
+
+    def split_queries(self, split: str) -> dict[str, str]:
+        """The queries judged in ``split``, ``{query_id: text}``, in qrels order."""
+        return _judged_queries(self.queries(), self.qrels(split), self.qrels_path(split))
+
+    def train_view(self, split: str = "train") -> TrainSplitView:
+        return TrainSplitView(self, split)
+
+
+class TrainSplitView:
+    """What tuning code may see of a collection: the corpus and one split (``train``) only.
+
+    Asking for another split raises :class:`PermissionError`. The wrapped collection is kept private;
+    this is a guard against mistakes, not a security boundary.
+    """
+
+    __slots__ = ("_collection", "_split")
+
+    def __init__(self, collection: EvalCollection, split: str = "train"):
+        if split == "test":
+            raise PermissionError("a TrainSplitView cannot be built on the 'test' split")
+        path = collection.qrels_path(split)
+        if not path.is_file():
+            raise FileNotFoundError(f"{collection.name}: no {split!r} split to tune on ({path} is missing)")
+        self._collection = collection
+        self._split = split
+
+    def __repr__(self) -> str:
+        return f"TrainSplitView({self._collection.name!r}, split={self._split!r})"
+
+    @property
+    def name(self) -> str:
+        return self._collection.name
+
+    @property
+    def split(self) -> str:
+        return self._split
+
+    @property
+    def corpus_path(self) -> Path:
+        return self._collection.corpus_path
+
+    def doc_ids(self) -> set[str]:
+        return self._collection.doc_ids()
+
+    def splits(self) -> list[str]:
+        return [self._split]
+
+    def queries(self) -> dict[str, str]:
+        """Only the queries judged in the tuning split."""
+        return self._collection.split_queries(self._split)
+
+    def qrels(self, split: str | None = None) -> dict[str, dict[str, int]]:
+        return self._collection.qrels(self._allowed(split))
+
+    def split_queries(self, split: str | None = None) -> dict[str, str]:
+        return self._collection.split_queries(self._allowed(split))
+
+    def _allowed(self, split: str | None) -> str:
+        if split is not None and split != self._split:
+            raise PermissionError(
+                f"{self._collection.name}: split {split!r} is held out; tuning code may only read "
+                f"the {self._split!r} split"
+            )
+        return self._split
+
+
+def read_qrels(path: str | Path) -> dict[str, dict[str, int]]:
+    """Read a BEIR qrels TSV (``query-id, corpus-id, score``; the header line is optional)."""
+    path = Path(path)
+    qrels: dict[str, dict[str, int]] = {}
+    first_seen: dict[tuple[str, str], int] = {}
+    with path.open(encoding="utf-8") as handle:
+        for line_no, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            fields = line.rstrip("\r\n").split("\t")
+            if line_no == 1 and tuple(f.strip().lower() for f in fields) == QRELS_HEADER:
+                continue
+            if len(fields) != 3:
+                reason = f"expected 3 tab-separated fields (query-id, corpus-id, score), got {len(fields)}"
+                raise CollectionFormatError(path, line_no, reason)
+            qid, doc_id, score_text = (f.strip() for f in fields)
+            if not qid or not doc_id:
+                raise CollectionFormatError(path, line_no, "empty query-id or corpus-id")
+            try:
+                score = int(score_text)
+            except ValueError:
+                reason = f"score {score_text!r} is not an integer"
+                raise CollectionFormatError(path, line_no, reason) from None
+            previous = qrels.setdefault(qid, {}).get(doc_id)
+            if previous is not None and previous != score:
+                raise CollectionFormatError(
+                    path, line_no, f"({qid}, {doc_id}) judged {score} here but {previous} on line "
+                    f"{first_seen[(qid, doc_id)]}"
+                )
+            first_seen.setdefault((qid, doc_id), line_no)
+            qrels[qid][doc_id] = score
+    return qrels
+
+
+def sample_collection() -> EvalCollection:
+    """The small original collection shipped with the package (``evals/sample``)."""
+    return EvalCollection(SAMPLE_NAME, Path(__file__).parent / "sample")
+
+
+def load_collection(path_or_name: str | Path) -> EvalCollection:
+    """A collection from a BEIR directory, or the shipped one by the name ``"sample"``."""
+    if str(path_or_name) == SAMPLE_NAME:
+        return sample_collection()
+    root = Path(path_or_name).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: not a directory (expected a BEIR collection or the name 'sample')")
+    missing = [n for n in ("corpus.jsonl", "queries.jsonl", "qrels") if not (root / n).exists()]
+    if missing:
+        raise FileNotFoundError(f"{root}: not a BEIR collection, missing {', '.join(missing)}")
+    return EvalCollection(root.resolve().name, root)
+
+
+def download_beir(name: str, dest: str | Path, url: str = BEIR_URL) -> EvalCollection:
+    """Download and unpack the BEIR collection ``name`` into ``dest/name`` (skipped if already there).
+
+    ``url`` is a pattern with ``{name}``; it defaults to the canonical BEIR location (:data:`BEIR_URL`).
+    """
+    if not re.fullmatch(r"[\w.-]+", name) or name.startswith("."):
+        raise ValueError(f"not a BEIR collection name: {name!r}")
+    dest = Path(dest)
+    target = dest / name
+    if not (target / "corpus.jsonl").is_file():
+        dest.mkdir(parents=True, exist_ok=True)
+        archive = dest / f"{name}.zip"
+        with urllib.request.urlopen(url.format(name=name)) as response, archive.open("wb") as out:
+            shutil.copyfileobj(response, out)
+        with zipfile.ZipFile(archive) as zf:
+            root = dest.resolve()
+            for member in zf.namelist():
+                if not (dest / member).resolve().is_relative_to(root):
+                    raise CollectionFormatError(archive, None, f"unsafe path in archive: {member!r}")
+            zf.extractall(dest)
+        archive.unlink()
+    return load_collection(target)
+
+
+def _judged_queries(
+    queries: dict[str, str], qrels: Mapping[str, Mapping[str, int]], qrels_path: Path
+) -> dict[str, str]:
+    unknown = [qid for qid in qrels if qid not in queries]
+    if unknown:
+        raise CollectionFormatError(
+            qrels_path, None, f"{len(unknown)} query id(s) not in queries.jsonl, e.g. {unknown[:5]}"
+        )
+    return {qid: queries[qid] for qid in qrels}
+
+
+def _json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    with path.open(encoding="utf-8") as handle:
+        for line_no, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise CollectionFormatError(path, line_no, f"malformed JSON: {exc.msg}") from None
+            if not isinstance(record, dict):
+                raise CollectionFormatError(path, line_no, "expected a JSON object")
+            yield line_no, record

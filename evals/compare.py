@@ -1,0 +1,178 @@
+"""Paired comparison of two systems on one metric: win/loss/tie counts, mean difference, significance.
+
+Significance comes from a two-sided paired randomization (sign-flip permutation) test with a fixed seed,
+the usual test for IR runs (Smucker et al., CIKM 2007), with the paired t-test p-value beside it.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+
+from evals.metrics import DEFAULT_K_VALUES, EvalResult, Qrels, RunLike, evaluate
+
+PerQuery = EvalResult | Mapping[str, Mapping[str, float]] | Mapping[str, float]
+TIE_TOLERANCE = 1e-12
+_CHUNK = 1_000_000  # sign draws per block, bounds memory for large query sets
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """``candidate`` against ``baseline``; wins are queries where the candidate scores higher."""
+
+    metric: str
+    baseline: str
+    candidate: str
+    n_queries: int
+    mean_baseline: float
+    mean_candidate: float
+    mean_diff: float
+    wins: int
+    losses: int
+    ties: int
+    p_randomization: float
+    p_ttest: float
+    n_resamples: int
+    seed: int
+
+    def significant(self, alpha: float = 0.05) -> bool:
+        return self.p_randomization < alpha
+
+
+def paired_randomization_test(
+    baseline: Iterable[float], candidate: Iterable[float], n_resamples: int = 10_000, seed: int = 0
+) -> float:
+    """Two-sided p-value of the mean paired difference under random sign flips.
+
+    ``p = (1 + #{|mean(flipped)| >= |mean(observed)|}) / (1 + n_resamples)``: never 0, and exactly 1 when
+    every difference is 0.
+    """
+    diffs = np.asarray(list(candidate), dtype=float) - np.asarray(list(baseline), dtype=float)
+    if diffs.size == 0:
+        raise ValueError("no paired values to test")
+    if n_resamples < 1:
+        raise ValueError("n_resamples must be >= 1")
+    observed = abs(diffs.mean())
+    rng = np.random.default_rng(seed)
+    rows = max(1, _CHUNK // diffs.size)
+    hits, done = 0, 0
+    while done < n_resamples:
+        m = min(rows, n_resamples - done)
+        signs = rng.integers(0, 2, size=(m, diffs.size), dtype=np.int8) * 2 - 1
+        flipped = np.abs(signs @ diffs) / diffs.size
+        hits += int(np.count_nonzero(flipped >= observed - TIE_TOLERANCE))
+        done += m
+    return (hits + 1) / (n_resamples + 1)
+
+
+def compare_per_query(
+    baseline: PerQuery,
+    candidate: PerQuery,
+    metric: str = "ndcg@10",
+    *,
+    names: tuple[str, str] = ("baseline", "candidate"),
+    n_resamples: int = 10_000,
+    seed: int = 0,
+) -> Comparison:
+    """Compare per-query values (an :class:`EvalResult`, ``{qid: {metric: v}}`` or ``{qid: v}``).
+
+    Both sides must cover the same queries; evaluate both with :func:`evals.metrics.evaluate` on the same
+    qrels to get that (queries without hits then score 0 on both sides).
+    """
+    a, b = _values(baseline, metric), _values(candidate, metric)
+    if a.keys() != b.keys():
+        only_a, only_b = sorted(a.keys() - b.keys()), sorted(b.keys() - a.keys())
+        raise ValueError(
+            f"{metric}: the two sides cover different queries (only in {names[0]}: {only_a[:5]}, "
+            f"only in {names[1]}: {only_b[:5]})"
+        )
+    qids = sorted(a)
+    x = np.array([a[q] for q in qids], dtype=float)
+    y = np.array([b[q] for q in qids], dtype=float)
+    diffs = y - x
+    return Comparison(
+        metric=metric,
+        baseline=names[0],
+        candidate=names[1],
+        n_queries=len(qids),
+        mean_baseline=float(x.mean()),
+        mean_candidate=float(y.mean()),
+        mean_diff=float(diffs.mean()),
+        wins=int(np.count_nonzero(diffs > TIE_TOLERANCE)),
+        losses=int(np.count_nonzero(diffs < -TIE_TOLERANCE)),
+        ties=int(np.count_nonzero(np.abs(diffs) <= TIE_TOLERANCE)),
+        p_randomization=paired_randomization_test(x, y, n_resamples, seed),
+        p_ttest=_ttest(x, y),
+        n_resamples=n_resamples,
+        seed=seed,
+    )
+
+
+def compare_runs(
+    qrels: Qrels,
+    baseline: RunLike,
+    candidate: RunLike,
+    metric: str = "ndcg@10",
+    *,
+    names: tuple[str, str] = ("baseline", "candidate"),
+    n_resamples: int = 10_000,
+    seed: int = 0,
+) -> Comparison:
+    """Evaluate two runs on ``qrels`` and compare them on ``metric`` (e.g. ``"ndcg@10"``)."""
+    _, at, cutoff = metric.rpartition("@")
+    if not (at and cutoff.isdigit()):
+        raise ValueError(f"metric {metric!r} has no '@k' cutoff (e.g. 'ndcg@10')")
+    k = int(cutoff)
+    k_values = {*DEFAULT_K_VALUES, k}
+    return compare_per_query(
+        evaluate(qrels, baseline, k_values),
+        evaluate(qrels, candidate, k_values),
+        metric,
+        names=names,
+        n_resamples=n_resamples,
+        seed=seed,
+    )
+
+
+def format_comparison(comparisons: Comparison | Iterable[Comparison]) -> str:
+    """A markdown table, one row per comparison."""
+    rows = [comparisons] if isinstance(comparisons, Comparison) else list(comparisons)
+    lines = [
+        "| metric | baseline | candidate | mean base | mean cand | diff | W/L/T | p (rand.) | p (t-test) |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for c in rows:
+        lines.append(
+            f"| {c.metric} | {c.baseline} | {c.candidate} | {c.mean_baseline:.4f} | {c.mean_candidate:.4f} "
+            f"| {c.mean_diff:+.4f} | {c.wins}/{c.losses}/{c.ties} | {c.p_randomization:.4f} "
+            f"| {c.p_ttest:.4f} |"
+        )
+    return "\n".join(lines)
+
+
+def _values(side: PerQuery, metric: str) -> dict[str, float]:
+    per_query = side.per_query if isinstance(side, EvalResult) else side
+    out: dict[str, float] = {}
+    for qid, value in per_query.items():
+        if isinstance(value, Mapping):
+            if metric not in value:
+                raise KeyError(f"query {qid!r} has no {metric!r} value (has {sorted(value)})")
+            value = value[metric]
+        out[str(qid)] = float(value)
+    return out
+
+
+def _ttest(x: np.ndarray, y: np.ndarray) -> float:
+    diffs = y - x
+    if np.all(np.abs(diffs) <= TIE_TOLERANCE):
+        return 1.0
+    if diffs.size < 2:
+        return math.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return float(stats.ttest_rel(y, x).pvalue)

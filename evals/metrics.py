@@ -1,0 +1,98 @@
+"""Retrieval metrics computed with ``pytrec_eval`` (trec_eval), following BEIR's conventions.
+
+For every cutoff ``k`` in ``k_values`` the metrics are ``ndcg@k`` (trec_eval ``ndcg_cut.k``), ``recall@k``
+(``recall.k``), ``map@k`` (``map_cut.k``) and ``mrr@k`` (``recip_rank`` on the run truncated to its top
+``k`` in trec_eval order: score descending, ties by doc id descending). The headline metrics are
+:data:`HEADLINE_METRICS`.
+
+Conventions:
+
+- BEIR's ``ignore_identical_ids``: a hit whose doc id equals its query id is dropped before scoring.
+- Averaging: BEIR divides by the number of queries pytrec_eval returned, i.e. queries present in *both*
+  qrels and run, so a query the system never answered silently leaves the mean (its own MRR, however,
+  divides by all qrels queries). Here every query with qrels counts, and a query absent from the run (or
+  left with no hits) scores 0 on every metric. This is the conservative choice and makes means of
+  different systems comparable on the same query set; it equals BEIR whenever the run covers every query.
+- Queries in the run without qrels are ignored; graded relevance feeds nDCG, while recall, MAP and MRR
+  count a document as relevant when its grade is >= 1 (trec_eval's default).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import pytrec_eval
+
+from evals.runs import rank_hits
+
+Qrels = Mapping[str, Mapping[str, int]]
+RunLike = Mapping[str, Mapping[str, float]]
+
+HEADLINE_METRICS: tuple[str, ...] = ("ndcg@10", "recall@100", "mrr@10", "map@100")
+DEFAULT_K_VALUES: tuple[int, ...] = (10, 100)
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Mean and per-query metric values; ``per_query`` has every qrels query, in sorted order."""
+
+    mean: dict[str, float]
+    per_query: dict[str, dict[str, float]]
+
+    @property
+    def n_queries(self) -> int:
+        return len(self.per_query)
+
+    def metric(self, name: str) -> dict[str, float]:
+        """Per-query values of one metric."""
+        return {qid: values[name] for qid, values in self.per_query.items()}
+
+
+def metric_names(k_values: Iterable[int] = DEFAULT_K_VALUES) -> list[str]:
+    """The metric names :func:`evaluate` returns for ``k_values``."""
+    return [f"{name}@{k}" for name in ("ndcg", "recall", "mrr", "map") for k in sorted(set(k_values))]
+
+
+def evaluate(
+    qrels: Qrels,
+    run: RunLike,
+    k_values: Iterable[int] = DEFAULT_K_VALUES,
+    *,
+    ignore_identical_ids: bool = True,
+) -> EvalResult:
+    """Score ``run`` against ``qrels``; see the module docstring for the conventions."""
+    ks = sorted({int(k) for k in k_values})
+    if not ks or ks[0] < 1:
+        raise ValueError(f"k_values must be positive integers, got {list(k_values)}")
+    judged = {str(q): {str(d): int(s) for d, s in docs.items()} for q, docs in qrels.items() if docs}
+    if not judged:
+        raise ValueError("qrels has no judged query")
+    by_qid = {str(q): h for q, h in run.items()}
+    hits: dict[str, dict[str, float]] = {}
+    for qid in judged:
+        found = by_qid.get(qid) or {}
+        kept = ((str(d), float(s)) for d, s in found.items())
+        hits[qid] = {d: s for d, s in kept if not (ignore_identical_ids and d == qid)}
+
+    cut = ",".join(map(str, ks))
+    main = pytrec_eval.RelevanceEvaluator(judged, {f"ndcg_cut.{cut}", f"recall.{cut}", f"map_cut.{cut}"})
+    scores = main.evaluate(hits)
+    rr = pytrec_eval.RelevanceEvaluator(judged, {"recip_rank"})
+    rr_at = {k: rr.evaluate({q: dict(rank_hits(h)[:k]) for q, h in hits.items()}) for k in ks}
+
+    names = metric_names(ks)
+    per_query: dict[str, dict[str, float]] = {}
+    for qid in sorted(judged):
+        values = dict.fromkeys(names, 0.0)
+        measured = scores.get(qid)
+        for k in ks:
+            if measured is not None:
+                values[f"ndcg@{k}"] = measured[f"ndcg_cut_{k}"]
+                values[f"recall@{k}"] = measured[f"recall_{k}"]
+                values[f"map@{k}"] = measured[f"map_cut_{k}"]
+            values[f"mrr@{k}"] = rr_at[k].get(qid, {}).get("recip_rank", 0.0)
+        per_query[qid] = values
+    n = len(per_query)
+    mean = {name: sum(v[name] for v in per_query.values()) / n for name in names}
+    return EvalResult(mean=mean, per_query=per_query)

@@ -1,0 +1,94 @@
+"""TREC run files: ``qid Q0 docid rank score tag``, one line per hit.
+
+A run is ``dict[query_id, dict[doc_id, score]]``. Scores are written with ``repr(float)``, the shortest
+text that reads back to the identical float, so a write/read round trip is exact. A query with no hits
+has no line and therefore does not survive a round trip (the format cannot express it).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from pathlib import Path
+
+Run = dict[str, dict[str, float]]
+
+
+class RunFormatError(ValueError):
+    """A malformed run file line; the message starts with ``file:line``."""
+
+    def __init__(self, path: Path, line: int, reason: str):
+        super().__init__(f"{path}:{line}: {reason}")
+        self.path, self.line, self.reason = path, line, reason
+
+
+def rank_hits(hits: Mapping[str, float]) -> list[tuple[str, float]]:
+    """Hits in trec_eval's order: score descending, ties broken by doc id descending.
+
+    trec_eval (and so pytrec_eval) ignores the rank column and re-sorts this way; using the same order
+    everywhere keeps written ranks, truncation (MRR@10) and the scores pytrec_eval computes consistent.
+    """
+    return sorted(hits.items(), key=lambda item: (item[1], item[0]), reverse=True)
+
+
+def write_run(path: str | Path, run: Mapping[str, Mapping[str, float]], tag: str) -> Path:
+    """Write ``run`` as a TREC run file; ranks start at 1 in :func:`rank_hits` order."""
+    path = Path(path)
+    _check_token(tag, "run tag")
+    lines: list[str] = []
+    for qid, hits in run.items():
+        _check_token(qid, "query id")
+        for rank, (doc_id, score) in enumerate(rank_hits(hits), start=1):
+            _check_token(doc_id, f"doc id (query {qid!r})")
+            value = float(score)
+            if math.isnan(value):
+                raise ValueError(f"query {qid!r}, doc {doc_id!r}: score is NaN")
+            lines.append(f"{qid} Q0 {doc_id} {rank} {value!r} {tag}\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(lines), encoding="utf-8")
+    return path
+
+
+def read_run(path: str | Path) -> tuple[Run, str]:
+    """Read a TREC run file; returns ``(run, tag)`` (tag ``""`` for an empty file).
+
+    Raises :class:`RunFormatError` naming file and line for a wrong field count, a bad rank or score,
+    a repeated (query, doc) pair or a tag different from the first line's.
+    """
+    path = Path(path)
+    run: Run = {}
+    tag: str | None = None
+    with path.open(encoding="utf-8") as handle:
+        for line_no, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            fields = line.split()
+            if len(fields) != 6:
+                raise RunFormatError(
+                    path, line_no, f"expected 6 fields 'qid Q0 docid rank score tag', got {len(fields)}"
+                )
+            qid, _, doc_id, rank, score_text, line_tag = fields
+            try:
+                int(rank)
+            except ValueError:
+                raise RunFormatError(path, line_no, f"rank {rank!r} is not an integer") from None
+            try:
+                score = float(score_text)
+            except ValueError:
+                raise RunFormatError(path, line_no, f"score {score_text!r} is not a number") from None
+            if math.isnan(score):
+                raise RunFormatError(path, line_no, "score is NaN")
+            if tag is None:
+                tag = line_tag
+            elif line_tag != tag:
+                raise RunFormatError(path, line_no, f"tag {line_tag!r} differs from the first line's {tag!r}")
+            hits = run.setdefault(qid, {})
+            if doc_id in hits:
+                raise RunFormatError(path, line_no, f"doc {doc_id!r} listed twice for query {qid!r}")
+            hits[doc_id] = score
+    return run, tag or ""
+
+
+def _check_token(value: str, what: str) -> None:
+    if not isinstance(value, str) or not value or any(ch.isspace() for ch in value):
+        raise ValueError(f"{what} must be a non-empty string without whitespace, got {value!r}")

@@ -1,0 +1,166 @@
+"""BEIR collections, the shipped sample, and the train-only view for tuning."""
+
+import json
+import re
+import shutil
+import zipfile
+
+import pytest
+
+from evals.collections import (
+    CollectionFormatError,
+    EvalCollection,
+    TrainSplitView,
+    download_beir,
+    load_collection,
+    read_qrels,
+    sample_collection,
+)
+from evals.metrics import evaluate
+
+
+@pytest.fixture
+def sample():
+    return sample_collection()
+
+
+def test_sample_loads(sample):
+    assert sample.name == "sample"
+    assert sample.splits() == ["test", "train"]
+    docs = [json.loads(line) for line in sample.corpus_path.read_text(encoding="utf-8").splitlines()]
+    assert 50 <= len(docs) <= 80
+    for doc in docs:
+        assert set(doc) == {"_id", "title", "text", "metadata"}
+        assert isinstance(doc["metadata"]["topic"], str) and isinstance(doc["metadata"]["year"], int)
+    assert len({doc["metadata"]["topic"] for doc in docs}) >= 8
+    assert 25 <= len(sample.queries()) <= 40
+
+
+def test_sample_splits_are_disjoint_and_consistent(sample):
+    train, test = sample.qrels("train"), sample.qrels("test")
+    assert 8 <= len(train) <= 15 and 15 <= len(test) <= 25
+    assert not train.keys() & test.keys()
+    doc_ids, queries = sample.doc_ids(), sample.queries()
+    for qrels in (train, test):
+        for qid, docs in qrels.items():
+            assert qid in queries
+            assert 1 <= len(docs) <= 3
+            assert docs.keys() <= doc_ids, f"{qid}: judged docs missing from the corpus"
+    assert not doc_ids & queries.keys()  # no query id doubles as a doc id (BEIR's identical-id rule)
+    assert list(sample.split_queries("train")) == list(train)
+
+
+def test_sample_is_neither_trivial_nor_hopeless_for_bm25(sample):
+    rank_bm25 = pytest.importorskip("rank_bm25")
+    docs = [json.loads(line) for line in sample.corpus_path.read_text(encoding="utf-8").splitlines()]
+    tokens = [re.findall(r"\w+", f"{d['title']} {d['text']}".lower()) for d in docs]
+    bm25 = rank_bm25.BM25Okapi(tokens)
+    queries = sample.split_queries("test")
+    run = {}
+    for qid, text in queries.items():
+        scores = bm25.get_scores(re.findall(r"\w+", text.lower()))
+        run[qid] = {d["_id"]: float(s) for d, s in zip(docs, scores, strict=True)}
+    ndcg = evaluate(sample.qrels("test"), run).mean["ndcg@10"]
+    assert 0.5 < ndcg < 0.95  # paraphrased queries defeat plain word matching on some queries
+
+
+def test_train_view_refuses_test_split(sample):
+    view = sample.train_view()
+    assert isinstance(view, TrainSplitView)
+    assert view.name == "sample" and view.splits() == ["train"]
+    assert view.corpus_path == sample.corpus_path
+    assert view.qrels() == sample.qrels("train") == view.qrels("train")
+    assert view.queries() == sample.split_queries("train")  # test query texts are not exposed either
+    assert not view.queries().keys() & sample.qrels("test").keys()
+    with pytest.raises(PermissionError, match="'test' is held out"):
+        view.qrels("test")
+    with pytest.raises(PermissionError, match="held out"):
+        view.split_queries("test")
+    with pytest.raises(PermissionError):
+        TrainSplitView(sample, "test")
+    assert not hasattr(view, "collection")
+
+
+def test_load_collection_by_name_or_path(tmp_path, sample):
+    assert load_collection("sample") == sample
+    copy = tmp_path / "mini"
+    shutil.copytree(sample.root, copy)
+    loaded = load_collection(copy)
+    assert loaded.name == "mini" and loaded.qrels("test") == sample.qrels("test")
+    with pytest.raises(FileNotFoundError, match="not a directory"):
+        load_collection(tmp_path / "absent")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="corpus.jsonl"):
+        load_collection(tmp_path / "empty")
+
+
+def test_missing_split_is_a_clear_error(sample):
+    with pytest.raises(FileNotFoundError, match=r"no split 'dev'.*available: test, train"):
+        sample.qrels("dev")
+
+
+def _collection(tmp_path, qrels_text, queries=({"_id": "q1", "text": "hi"},)):
+    (tmp_path / "qrels").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "corpus.jsonl").write_text(json.dumps({"_id": "d1", "title": "", "text": "x"}) + "\n")
+    (tmp_path / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in queries))
+    (tmp_path / "qrels" / "test.tsv").write_text(qrels_text)
+    return EvalCollection("tmp", tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("bad_line", "reason"),
+    [
+        ("q1\td2", "expected 3 tab-separated fields"),
+        ("q1 d2 1", "expected 3 tab-separated fields"),
+        ("q1\td2\tyes", "score 'yes' is not an integer"),
+        ("q1\td1\t2", r"judged 2 here but 1 on line 2"),
+        ("\td2\t1", "empty query-id"),
+    ],
+)
+def test_malformed_qrels_line_names_file_and_line(tmp_path, bad_line, reason):
+    coll = _collection(tmp_path, f"query-id\tcorpus-id\tscore\nq1\td1\t1\n{bad_line}\n")
+    with pytest.raises(CollectionFormatError, match=reason) as err:
+        coll.qrels("test")
+    assert str(err.value).startswith(f"{coll.qrels_path('test')}:3: ")
+
+
+def test_qrels_without_header_keeps_first_line(tmp_path):
+    path = tmp_path / "q.tsv"
+    path.write_text("q1\td1\t1\nq1\td2\t0\n")
+    assert read_qrels(path) == {"q1": {"d1": 1, "d2": 0}}
+
+
+def test_bad_queries_file_and_unknown_query_ids(tmp_path):
+    coll = _collection(tmp_path, "q2\td1\t1\n")
+    with pytest.raises(CollectionFormatError, match=r"1 query id\(s\) not in queries.jsonl"):
+        coll.split_queries("test")
+    (tmp_path / "queries.jsonl").write_text('{"_id": "q1", "text": "a"}\n{"_id": "q2", "text": \n')
+    with pytest.raises(CollectionFormatError, match=r"queries.jsonl:2: malformed JSON"):
+        coll.queries()
+
+
+def test_download_beir_unpacks_archive(tmp_path, sample):
+    # a local file:// URL stands in for the BEIR server: same zip layout, no network
+    served = tmp_path / "served"
+    served.mkdir()
+    with zipfile.ZipFile(served / "mini.zip", "w") as zf:
+        for path in sample.root.rglob("*"):
+            if path.is_file():
+                zf.write(path, f"mini/{path.relative_to(sample.root).as_posix()}")
+    url = (served / "{name}.zip").as_uri().replace("%7B", "{").replace("%7D", "}")
+    coll = download_beir("mini", tmp_path / "datasets", url=url)
+    assert coll.name == "mini" and coll.qrels("test") == sample.qrels("test")
+    assert not (tmp_path / "datasets" / "mini.zip").exists()
+    (served / "mini.zip").unlink()  # already unpacked: no second download
+    assert download_beir("mini", tmp_path / "datasets", url=url) == coll
+
+
+def test_download_beir_refuses_paths_outside_dest(tmp_path):
+    served = tmp_path / "served"
+    served.mkdir()
+    with zipfile.ZipFile(served / "evil.zip", "w") as zf:
+        zf.writestr("../escaped.txt", "x")
+    url = (served / "{name}.zip").as_uri().replace("%7B", "{").replace("%7D", "}")
+    with pytest.raises(CollectionFormatError, match="unsafe path"):
+        download_beir("evil", tmp_path / "datasets", url=url)
+    assert not (tmp_path / "escaped.txt").exists()

@@ -1,0 +1,120 @@
+"""Evaluation history in SQLite, and the reports drawn from it."""
+
+import sqlite3
+import threading
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from rich.console import Console
+
+from evals.history import EvalHistory
+from evals.report import markdown_table, metrics_table, plot_history
+
+T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+
+
+def _fill(path):
+    history = EvalHistory(path)
+    for day, (bm25, hybrid) in enumerate([(0.61, 0.70), (0.62, 0.7312), (0.6234, 0.7456)]):
+        when = T0 + timedelta(days=day)
+        history.append("sample", "test", "bm25", {"ndcg@10": bm25, "recall@100": 0.9}, timestamp=when)
+        history.append(
+            "sample",
+            "test",
+            "hybrid",
+            {"ndcg@10": hybrid, "recall@100": 0.95},
+            context={"dense_model": "all-MiniLM-L6-v2", "run_id": f"r{day}"},
+            timestamp=when,
+        )
+    return history
+
+
+def test_append_and_read_across_connections(tmp_path):
+    path = tmp_path / "history" / "evals.sqlite"
+    writer = EvalHistory(path)
+    assert writer.append("sample", "test", "hybrid", {"ndcg@10": 0.8, "mrr@10": 0.75}, {"run_id": "abc"}) == 2
+    df = EvalHistory(path).records()  # a second object, its own connection
+    assert list(df.columns) == ["id", "timestamp", "collection", "split", "variant", "metric", "value", "context"]
+    assert sorted(zip(df["metric"], df["value"], strict=True)) == [("mrr@10", 0.75), ("ndcg@10", 0.8)]
+    assert df["context"].tolist() == [{"run_id": "abc"}] * 2
+    assert str(df["timestamp"].dt.tz) == "UTC"
+    assert df["timestamp"].nunique() == 1  # one evaluation, one timestamp
+    with sqlite3.connect(path) as conn:  # the file is plain SQLite for any other tool
+        assert conn.execute("SELECT count(*) FROM evals WHERE variant = 'hybrid'").fetchone() == (2,)
+
+
+def test_concurrent_appends_are_all_kept(tmp_path):
+    path = tmp_path / "evals.sqlite"
+    EvalHistory(path)
+
+    def worker(n):
+        history = EvalHistory(path)
+        for i in range(25):
+            history.append("sample", "test", f"v{n}", {"ndcg@10": i / 25, "recall@100": 1.0})
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    df = EvalHistory(path).records()
+    assert len(df) == 4 * 25 * 2
+    assert df.groupby("variant").size().to_dict() == {f"v{n}": 50 for n in range(4)}
+
+
+def test_records_filter_and_order(tmp_path):
+    history = _fill(tmp_path / "h.sqlite")
+    history.append("scifact", "test", "hybrid", {"ndcg@10": 0.7})
+    hybrid = history.records(collection="sample", variant="hybrid")
+    assert set(hybrid["variant"]) == {"hybrid"} and set(hybrid["collection"]) == {"sample"}
+    assert hybrid["timestamp"].is_monotonic_increasing
+    assert hybrid[hybrid["metric"] == "ndcg@10"]["value"].tolist() == [0.70, 0.7312, 0.7456]
+    assert len(history.records(collection="scifact")) == 1
+    assert history.records(variant="nope").empty
+
+
+def test_nan_is_stored_as_missing(tmp_path):
+    history = EvalHistory(tmp_path / "h.sqlite")
+    history.append("sample", "test", "x", {"latency_ms": float("nan")})
+    assert history.records()["value"].isna().all()
+
+
+def test_plot_history_writes_png(tmp_path):
+    df = _fill(tmp_path / "h.sqlite").records()
+    out = plot_history(df, tmp_path / "reports" / "ndcg.png", metric="ndcg@10")
+    data = out.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(data) > 5_000
+    with pytest.raises(ValueError, match="map@100"):
+        plot_history(df, tmp_path / "none.png", metric="map@100")
+
+
+def test_markdown_table_shows_latest_values(tmp_path):
+    table = markdown_table(_fill(tmp_path / "h.sqlite").records())
+    lines = table.splitlines()
+    assert lines[0] == "| collection | split | variant | nDCG@10 | Recall@100 | last run (UTC) |"
+    assert "| sample | test | hybrid | 0.7456 | 0.9500 | 2025-03-03 12:00 |" in lines
+    assert "| sample | test | bm25 | 0.6234 | 0.9000 | 2025-03-03 12:00 |" in lines
+    assert "0.7312" not in table and "0.7000" not in table  # older values are not shown
+
+
+def test_metrics_table_renders_with_optional_latency():
+    results = {
+        "bm25": {"ndcg@10": 0.61, "recall@100": 0.9, "mrr@10": 0.58, "map@100": 0.55, "latency_ms": 3.2},
+        "hybrid": {"ndcg@10": 0.72, "recall@100": 0.95, "mrr@10": 0.69, "map@100": 0.66},
+    }
+    table = metrics_table(results, title="sample / test")
+    assert [c.header for c in table.columns] == [
+        "variant",
+        "nDCG@10",
+        "Recall@100",
+        "MRR@10",
+        "MAP@100",
+        "latency ms",
+    ]
+    console = Console(record=True, width=120)
+    console.print(table)
+    text = console.export_text()
+    assert "0.7200" in text and "3.2" in text and "-" in text
+    no_latency = metrics_table({"hybrid": results["hybrid"]})
+    assert [c.header for c in no_latency.columns][-1] == "MAP@100"

@@ -1,0 +1,66 @@
+"""TREC run files: exact round trip, trec_eval ordering, clear errors."""
+
+import pytest
+
+from evals.metrics import evaluate
+from evals.runs import RunFormatError, rank_hits, read_run, write_run
+
+RUN = {
+    "q1": {"d1": 0.1 + 0.2, "d2": 1 / 3, "d3": -3.5, "d4": 1e-300, "d5": 12345678.901234567},
+    "q2": {"b": 2.0, "a": 2.0, "c": 0.30000000000000004},
+}
+
+
+def test_round_trip_is_exact(tmp_path):
+    path = write_run(tmp_path / "runs" / "hybrid.trec", RUN, tag="hybrid-v1")
+    run, tag = read_run(path)
+    assert tag == "hybrid-v1"
+    assert run == RUN  # float equality, not approximate
+
+
+def test_lines_are_ranked_by_score_then_doc_id_desc(tmp_path):
+    path = write_run(tmp_path / "r.trec", RUN, tag="t")
+    lines = [line.split() for line in path.read_text().splitlines()]
+    q2 = [(f[2], f[3]) for f in lines if f[0] == "q2"]
+    assert q2 == [("b", "1"), ("a", "2"), ("c", "3")]  # b and a tie at 2.0: doc id descending
+    assert [f[2] for f in lines if f[0] == "q1"] == ["d5", "d2", "d1", "d4", "d3"]
+    assert all(f[1] == "Q0" and f[5] == "t" for f in lines)
+    assert rank_hits(RUN["q2"]) == [("b", 2.0), ("a", 2.0), ("c", 0.30000000000000004)]
+
+
+def test_metrics_survive_round_trip(tmp_path):
+    qrels = {"q1": {"d2": 1, "d3": 1}, "q2": {"a": 1}}
+    run, _ = read_run(write_run(tmp_path / "r.trec", RUN, tag="t"))
+    assert evaluate(qrels, run) == evaluate(qrels, RUN)
+
+
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        ("q1 Q0 d9 4 0.5", "expected 6 fields"),
+        ("q1 Q0 d9 four 0.5 t", "rank 'four'"),
+        ("q1 Q0 d9 4 high t", "score 'high'"),
+        ("q1 Q0 d1 4 0.5 t", "listed twice"),
+        ("q1 Q0 d9 4 0.5 other", "tag 'other'"),
+    ],
+)
+def test_malformed_line_names_file_and_line(tmp_path, line, reason):
+    path = tmp_path / "bad.trec"
+    path.write_text("q1 Q0 d1 1 0.9 t\nq1 Q0 d2 2 0.8 t\n" + line + "\n")
+    with pytest.raises(RunFormatError, match=reason) as err:
+        read_run(path)
+    assert str(err.value).startswith(f"{path}:3: ")
+    assert err.value.line == 3
+
+
+def test_write_rejects_ids_that_break_the_format(tmp_path):
+    with pytest.raises(ValueError, match="doc id"):
+        write_run(tmp_path / "r.trec", {"q1": {"two words": 1.0}}, tag="t")
+    with pytest.raises(ValueError, match="run tag"):
+        write_run(tmp_path / "r.trec", {"q1": {"d": 1.0}}, tag="")
+    with pytest.raises(ValueError, match="NaN"):
+        write_run(tmp_path / "r.trec", {"q1": {"d": float("nan")}}, tag="t")
+
+
+def test_empty_run(tmp_path):
+    assert read_run(write_run(tmp_path / "r.trec", {}, tag="t")) == ({}, "")
