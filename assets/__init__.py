@@ -1,0 +1,26 @@
+"""Dagster assets of the retrieval pipeline, partitioned by corpus.
+
+raw_documents -> chunks -> dense_vectors, sparse_vectors -> qdrant_index -> retrieval_evaluation
+"""
+
+from assets.embeddings import dense_vectors, sparse_vectors
+from assets.evaluation import NDCG_CHECK, retrieval_evaluation
+from assets.index import POINT_COUNT_CHECK, qdrant_index
+from assets.ingest import chunks, raw_documents
+from assets.partitions import CORPORA, corpus_partitions
+
+ALL_ASSETS = [raw_documents, chunks, dense_vectors, sparse_vectors, qdrant_index, retrieval_evaluation]
+
+__all__ = [
+    "ALL_ASSETS",
+    "CORPORA",
+    "NDCG_CHECK",
+    "POINT_COUNT_CHECK",
+    "chunks",
+    "corpus_partitions",
+    "dense_vectors",
+    "qdrant_index",
+    "raw_documents",
+    "retrieval_evaluation",
+    "sparse_vectors",
+]

@@ -44,11 +44,12 @@ def retrieve_run(
     progress: bool = True,
 ) -> tuple[Run, list[float]]:
     """Search every query on its own (as an application would) and return the run and latencies in ms."""
+    variant = Variant(variant)
     run: Run = {}
     latencies = []
     for qid, text in tqdm(queries.items(), desc=f"searching ({variant})", unit="query", disable=not progress):
         started = time.perf_counter()
-        hits = retriever.search(text, k=depth, variant=variant)
+        hits = retriever.search(text, k=depth, variant=variant, rerank=variant is Variant.HYBRID_RERANK)
         latencies.append((time.perf_counter() - started) * 1000)
         run[qid] = hits_to_ranking(hits)
     return run, latencies

@@ -59,6 +59,8 @@ class EmbeddingCache:
         self, model: str, texts: Sequence[str], encode: Callable[[list[str]], np.ndarray]
     ) -> tuple[np.ndarray, int]:
         """Vectors for ``texts``: cached ones reused, the rest encoded and stored. Returns (vectors, reused)."""
+        if not texts:
+            return encode([]), 0
         hashes = [text_hash(t) for t in texts]
         cached = self.get_many(model, sorted(set(hashes)))
         missing = sorted({h: t for h, t in zip(hashes, texts, strict=True) if h not in cached}.items())
@@ -68,4 +70,4 @@ class EmbeddingCache:
             self.put_many(model, new)
             cached.update(new)
         reused = sum(1 for h in hashes if h not in dict(missing))
-        return np.stack([cached[h] for h in hashes]) if hashes else np.zeros((0, 0), np.float32), reused
+        return np.stack([cached[h] for h in hashes]), reused

@@ -1,0 +1,171 @@
+"""Corpus configuration: which corpora exist (the asset partitions), where they are and how to evaluate them.
+
+The configuration is a YAML file (``HYBRID_RAG_CORPORA_FILE``, default ``corpora.yaml`` at the repository
+root)::
+
+    default: sample
+    corpora:
+      sample: {source: evals/sample, format: beir, qrels: evals/sample, split: test, collection: sample}
+      dropbox: {source: data/dropbox, format: dir, on_bad_input: skip, watch: true}
+
+Relative paths are resolved against the file's folder. A configured path that does not exist is not an error
+here: only the runs of that corpus fail (see :meth:`CorpusConfig.require_source`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from retrieval.documents import BadInputPolicy, SourceFormat
+
+CORPORA_FILE_ENV = "HYBRID_RAG_CORPORA_FILE"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CORPORA_FILE = REPO_ROOT / "corpora.yaml"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+_KEYS = {"source", "format", "qrels", "split", "collection", "on_bad_input", "watch"}
+
+
+class CorpusConfigError(ValueError):
+    """The corpora file is malformed; the message names the file and the corpus."""
+
+
+class CorpusUnavailableError(FileNotFoundError):
+    """A configured source or qrels path does not exist on this machine."""
+
+
+class UnknownCorpusError(KeyError):
+    """No corpus of that name in the corpora file."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+@dataclass(frozen=True)
+class CorpusConfig:
+    """One corpus: a document source, its Qdrant collection and (optionally) judgements to evaluate with."""
+
+    name: str
+    source: Path
+    format: SourceFormat
+    collection: str
+    qrels: Path | None = None
+    split: str = "test"
+    on_bad_input: BadInputPolicy | None = None
+    watch: bool = False
+
+    @property
+    def has_qrels(self) -> bool:
+        return self.qrels is not None
+
+    def require_source(self) -> Path:
+        """The source path, or :class:`CorpusUnavailableError` explaining what is missing."""
+        if not self.source.exists():
+            raise CorpusUnavailableError(
+                f"corpus {self.name!r}: source {self.source} does not exist on this machine "
+                f"(format {self.format.value}); fix its entry in the corpora file or provide the data"
+            )
+        return self.source
+
+    def eval_collection(self, split: str | None = None):
+        """The :class:`evals.collections.EvalCollection` with this corpus' queries and qrels of ``split``."""
+        from evals.collections import EvalCollection
+
+        if self.qrels is None:
+            raise CorpusUnavailableError(f"corpus {self.name!r} has no qrels configured")
+        collection = EvalCollection(self.name, self.qrels)
+        split = split or self.split
+        for path in (collection.queries_path, collection.qrels_path(split)):
+            if not path.is_file():
+                raise CorpusUnavailableError(f"corpus {self.name!r}: {path} does not exist (split {split!r})")
+        return collection
+
+
+@dataclass(frozen=True)
+class Corpora:
+    """All configured corpora, in file order, and the default one."""
+
+    path: Path
+    corpora: dict[str, CorpusConfig]
+    default: str
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.corpora)
+
+    def get(self, name: str) -> CorpusConfig:
+        try:
+            return self.corpora[name]
+        except KeyError:
+            raise UnknownCorpusError(
+                f"no corpus {name!r} in {self.path}; configured: {', '.join(self.corpora)}"
+            ) from None
+
+    def watched(self) -> list[CorpusConfig]:
+        return [c for c in self.corpora.values() if c.watch]
+
+
+def corpora_file(path: str | Path | None = None) -> Path:
+    """``path``, else ``$HYBRID_RAG_CORPORA_FILE``, else the repository's ``corpora.yaml``."""
+    chosen = path or os.environ.get(CORPORA_FILE_ENV) or DEFAULT_CORPORA_FILE
+    return Path(chosen).expanduser().resolve()
+
+
+def load_corpora(path: str | Path | None = None) -> Corpora:
+    """Parse and validate the corpora file (paths need not exist)."""
+    file = corpora_file(path)
+    try:
+        raw = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+    except OSError as exc:
+        raise CorpusConfigError(f"cannot read corpora file {file}: {exc.strerror or exc}") from exc
+    except yaml.YAMLError as exc:
+        raise CorpusConfigError(f"{file}: invalid YAML ({exc})") from exc
+    entries = raw.get("corpora") if isinstance(raw, dict) else None
+    if not isinstance(entries, dict) or not entries:
+        raise CorpusConfigError(f"{file}: expected a non-empty mapping under 'corpora'")
+    corpora = {str(name): _parse_corpus(file, str(name), spec) for name, spec in entries.items()}
+    default = str(raw.get("default") or next(iter(corpora)))
+    if default not in corpora:
+        raise CorpusConfigError(f"{file}: default corpus {default!r} is not configured")
+    return Corpora(file, corpora, default)
+
+
+def _parse_corpus(file: Path, name: str, spec: Any) -> CorpusConfig:
+    where = f"{file}: corpus {name!r}"
+    if not _NAME.match(name):
+        raise CorpusConfigError(f"{where}: names may hold letters, digits, '_', '.', '-' (at most 63)")
+    if not isinstance(spec, dict):
+        raise CorpusConfigError(f"{where}: expected a mapping")
+    unknown = set(spec) - _KEYS
+    if unknown:
+        raise CorpusConfigError(f"{where}: unknown keys {sorted(unknown)} (allowed: {sorted(_KEYS)})")
+    if not spec.get("source"):
+        raise CorpusConfigError(f"{where}: 'source' is required")
+    try:
+        fmt = SourceFormat(spec.get("format", "beir"))
+        policy = BadInputPolicy(spec["on_bad_input"]) if spec.get("on_bad_input") else None
+    except ValueError as exc:
+        raise CorpusConfigError(f"{where}: {exc}") from exc
+    collection = str(spec.get("collection") or name)
+    if not _NAME.match(collection):
+        raise CorpusConfigError(f"{where}: invalid collection name {collection!r}")
+    return CorpusConfig(
+        name=name,
+        source=_resolve(file, spec["source"]),
+        format=fmt,
+        collection=collection,
+        qrels=_resolve(file, spec["qrels"]) if spec.get("qrels") else None,
+        split=str(spec.get("split") or "test"),
+        on_bad_input=policy,
+        watch=bool(spec.get("watch", False)),
+    )
+
+
+def _resolve(file: Path, value: Any) -> Path:
+    path = Path(str(value)).expanduser()
+    return path if path.is_absolute() else (file.parent / path).resolve()

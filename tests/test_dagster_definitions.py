@@ -1,0 +1,146 @@
+"""The code location loads and validates; corpora file, docker-compose.yml and the Docker dagster.yaml are sound."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import yaml
+
+from orchestration.corpora import CorpusConfigError, CorpusUnavailableError, load_corpora
+from orchestration.definitions import defs
+from orchestration.resources import RetrievalResource
+from retrieval import RetrievalSettings
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_definitions_validate() -> None:
+    dg.Definitions.validate_loadable(defs)
+    repo = defs.get_repository_def()
+    assert {"reindex", "evaluate"} <= set(repo.job_names)
+    assert {s.name for s in repo.schedule_defs} == {"nightly_reindex", "daily_evaluation"}
+    assert "dropbox_sensor" in {s.name for s in repo.sensor_defs}
+    keys = {k.to_user_string() for k in repo.asset_graph.get_all_asset_keys()}
+    assert keys == {
+        "raw_documents",
+        "chunks",
+        "dense_vectors",
+        "sparse_vectors",
+        "qdrant_index",
+        "retrieval_evaluation",
+    }
+    checks = {k.name for k in repo.asset_graph.asset_check_keys}
+    assert checks == {"index_point_count", "ndcg_not_dropped"}
+
+
+def test_dagster_cli_validates_the_module(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"}
+    dagster = Path(sys.executable).with_name("dagster")
+    proc = subprocess.run(
+        [str(dagster), "definitions", "validate", "-m", "orchestration.definitions", "-d", str(ROOT)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_workspace_loads_the_module() -> None:
+    workspace = yaml.safe_load((ROOT / "workspace.yaml").read_text())
+    [entry] = workspace["load_from"]
+    assert entry["python_module"]["module_name"] == "orchestration.definitions"
+
+
+def test_shipped_corpora_file() -> None:
+    corpora = load_corpora(ROOT / "corpora.yaml")
+    assert corpora.default == "sample" and {"sample", "scifact", "dropbox"} <= set(corpora.names)
+    sample = corpora.get("sample")
+    assert sample.require_source() == ROOT / "evals" / "sample" and sample.eval_collection().splits()
+    assert corpora.get("scifact").source == (ROOT.parent / "shared" / "datasets" / "scifact").resolve()
+    dropbox = corpora.get("dropbox")
+    assert dropbox.format.value == "dir" and dropbox.watch and not dropbox.has_qrels
+    assert [c.name for c in corpora.watched()] == ["dropbox"]
+
+
+def test_corpora_file_env_and_missing_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    file = tmp_path / "conf" / "corpora.yaml"
+    file.parent.mkdir()
+    file.write_text("corpora:\n  gone:\n    source: ../nowhere\n    format: jsonl\n    qrels: ../nowhere\n")
+    monkeypatch.setenv("HYBRID_RAG_CORPORA_FILE", str(file))
+    corpora = load_corpora()
+    gone = corpora.get("gone")
+    assert gone.source == tmp_path / "nowhere" and gone.collection == "gone" and gone.split == "test"
+    with pytest.raises(CorpusUnavailableError, match="does not exist"):
+        gone.require_source()
+    with pytest.raises(CorpusUnavailableError):
+        gone.eval_collection()
+    with pytest.raises(KeyError, match="configured: gone"):
+        corpora.get("sample")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("corpora: {}\n", "non-empty mapping"),
+        ("corpora:\n  a: {source: x, colour: red}\n", "unknown keys"),
+        ("corpora:\n  a: {format: beir}\n", "'source' is required"),
+        ("corpora:\n  a: {source: x, format: pdf}\n", "pdf"),
+        ("corpora:\n  'a,b': {source: x}\n", "names may hold"),
+        ("default: b\ncorpora:\n  a: {source: x}\n", "default corpus 'b'"),
+        ("corpora: [\n", "invalid YAML"),
+    ],
+)
+def test_malformed_corpora_files_are_refused(tmp_path: Path, text: str, message: str) -> None:
+    file = tmp_path / "corpora.yaml"
+    file.write_text(text)
+    with pytest.raises(CorpusConfigError, match=re.escape(message)):
+        load_corpora(file)
+
+
+def test_retrieval_resource_reads_env_vars_without_exposing_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HYBRID_RAG_QDRANT_URL", "http://qdrant.example:6333")
+    monkeypatch.setenv("HYBRID_RAG_QDRANT_API_KEY", "s3cret-key")
+    configured = RetrievalResource.from_env()
+    assert isinstance(configured.qdrant_api_key, dg.EnvVar)  # the UI shows the variable's name only
+    resource = configured.process_config_and_initialize()  # what a run does
+    assert resource.settings("c").qdrant_api_key.get_secret_value() == "s3cret-key"
+    assert "s3cret" not in resource.location("c") and "s3cret" not in repr(resource.settings("c"))
+    assert resource.location("c") == "http://qdrant.example:6333 (collection c)"
+
+
+def test_docker_compose_services_and_env() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert {"qdrant", "postgres", "dagster_webserver", "dagster_daemon"} <= set(services)
+    assert services["qdrant"]["image"].startswith("qdrant/qdrant")
+    assert services["postgres"]["image"].startswith("postgres")
+    assert any("/qdrant/storage" in v for v in services["qdrant"]["volumes"])
+    for name in ("dagster_webserver", "dagster_daemon"):
+        service = services[name]
+        assert service["build"] == "."
+        env = service["environment"]
+        assert env["HYBRID_RAG_QDRANT_URL"] == "http://qdrant:6333"
+        assert {"HYBRID_RAG_QDRANT_API_KEY", "DAGSTER_POSTGRES_HOST", "DAGSTER_POSTGRES_PASSWORD"} <= set(env)
+    assert "dagster-daemon" in services["dagster_daemon"]["command"]
+    assert "dagster-webserver" in services["dagster_webserver"]["command"]
+    fields = set(RetrievalSettings.model_fields)
+    used = set(re.findall(r"\bHYBRID_RAG_([A-Z0-9_]+)", (ROOT / "docker-compose.yml").read_text()))
+    assert used and {name.lower() for name in used} <= fields
+
+
+def test_docker_dagster_yaml_uses_postgres_from_compose_env() -> None:
+    config = yaml.safe_load((ROOT / "docker" / "dagster.yaml").read_text())
+    db = config["storage"]["postgres"]["postgres_db"]
+    env_names = {v["env"] for v in db.values() if isinstance(v, dict)}
+    compose_env = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["dagster_daemon"]["environment"]
+    assert env_names and env_names <= set(compose_env)
+    assert "docker/dagster.yaml" in (ROOT / "Dockerfile").read_text()
+    assert not (ROOT / "dagster.yaml").exists()  # would be picked up by `dagster dev` without PostgreSQL

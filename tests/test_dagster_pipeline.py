@@ -1,0 +1,228 @@
+"""The whole asset graph on the shipped sample corpus: real encoders, embedded Qdrant, a persistent Dagster
+instance, all under a temporary folder. The expensive materializations run once per session."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import dagster as dg
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from assets import NDCG_CHECK, POINT_COUNT_CHECK, corpus_partitions, raw_documents, retrieval_evaluation
+from evals.collections import sample_collection
+from evals.history import EvalHistory
+from orchestration.definitions import default_resources
+from orchestration.main_job import MainJobError, print_results, run_main_job
+from orchestration.parquet_io import ParquetIOManager
+from orchestration.resources import CorporaResource, EvalHistoryResource, RetrievalResource
+
+CORPUS = "sample"
+VARIANTS = ("dense", "sparse", "hybrid", "hybrid+rerank")
+HEADLINE = ("ndcg@10", "recall@100", "mrr@10", "map@100")
+SAMPLE_DOCS = sum(1 for line in sample_collection().corpus_path.read_text().splitlines() if line.strip())
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+class Sandbox:
+    """Every path a run writes to, under one temporary folder."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.home = root / "dagster_home"
+        self.assets = root / "assets"
+        self.history = root / "history" / "evals.sqlite"
+        self.retrieval = RetrievalResource(qdrant_path=str(root / "index"), cache_dir=str(root / "cache"))
+
+    def resources(self, **overrides) -> dict:
+        return default_resources(
+            retrieval=self.retrieval,
+            eval_history=EvalHistoryResource(path=str(self.history)),
+            io_manager=ParquetIOManager(base_dir=str(self.assets)),
+            **overrides,
+        )
+
+    def metadata(self, asset: str) -> dict:
+        """The latest materialization metadata of ``asset`` for the sample partition, as plain values."""
+        with dg.DagsterInstance.from_config(str(self.home)) as instance:
+            records = instance.fetch_materializations(
+                dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[CORPUS]), limit=1
+            ).records
+        assert records, f"no materialization of {asset}"
+        return {k: getattr(v, "value", v) for k, v in records[0].asset_materialization.metadata.items()}
+
+
+@pytest.fixture(scope="session")
+def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Sandbox:
+    return Sandbox(tmp_path_factory.mktemp("pipeline"))
+
+
+@pytest.fixture(scope="session")
+def first_run(sandbox: Sandbox) -> dict:
+    summary = run_main_job(CORPUS, dagster_home=sandbox.home, resources=sandbox.resources())
+    return {"summary": summary, **{a: sandbox.metadata(a) for a in _ASSETS}}
+
+
+@pytest.fixture(scope="session")
+def second_run(sandbox: Sandbox, first_run: dict) -> dict:
+    summary = run_main_job(CORPUS, dagster_home=sandbox.home, resources=sandbox.resources())
+    return {"summary": summary, **{a: sandbox.metadata(a) for a in _ASSETS}}
+
+
+_ASSETS = ("raw_documents", "chunks", "dense_vectors", "sparse_vectors", "qdrant_index", "retrieval_evaluation")
+
+
+def test_first_run_records_counts_and_models(first_run: dict) -> None:
+    docs, chunks = first_run["raw_documents"], first_run["chunks"]
+    assert docs["documents"] == SAMPLE_DOCS and docs["skipped"] == 0
+    assert chunks["documents"] == SAMPLE_DOCS and chunks["chunks"] >= SAMPLE_DOCS
+    n_chunks = chunks["chunks"]
+    dense, sparse = first_run["dense_vectors"], first_run["sparse_vectors"]
+    assert dense["model"] == "sentence-transformers/all-MiniLM-L6-v2" and dense["dimension"] == 384
+    assert dense["chunks"] == n_chunks and dense["embedded"] + dense["reused_from_cache"] == n_chunks
+    assert dense["embedded"] == n_chunks  # a fresh cache
+    assert sparse["model"] == "bm25" and sparse["chunks"] == n_chunks and sparse["mean_nonzeros"] > 0
+    for meta in (docs, chunks, dense, sparse):
+        assert meta["duration_s"] >= 0 and "dagster/row_count" in meta
+    index = first_run["qdrant_index"]
+    assert index["collection"] == CORPUS
+    assert index["written"] == n_chunks and index["unchanged"] == 0 and index["deleted"] == 0
+    assert index["points"] == n_chunks
+    assert index["dense_model"] == dense["model"] and index["sparse_model"] == "bm25"
+
+
+def test_first_run_evaluates_every_variant(first_run: dict) -> None:
+    meta = first_run["retrieval_evaluation"]
+    assert meta["evaluated"] is True and meta["split"] == "test" and meta["queries"] > 0
+    for variant in VARIANTS:
+        for metric in HEADLINE:
+            assert 0.0 <= meta[f"{variant}/{metric}"] <= 1.0
+        assert meta[f"{variant}/latency_p50_ms"] > 0
+    assert meta["hybrid/ndcg@10"] > 0.5  # the sample is easy; a broken pipeline scores near 0
+    assert "| hybrid |" in meta["metrics"]
+    summary = first_run["summary"]
+    assert set(summary["metrics"]) == set(VARIANTS)
+    assert summary["metrics"]["hybrid"]["ndcg@10"] == pytest.approx(meta["hybrid/ndcg@10"])
+    assert summary["checks"][POINT_COUNT_CHECK] == {"passed": True, "severity": "ERROR"}
+    assert summary["checks"][NDCG_CHECK]["passed"] is True
+
+
+def test_parquet_assets_have_arrow_vector_types(sandbox: Sandbox, first_run: dict) -> None:
+    n_chunks = first_run["chunks"]["chunks"]
+    dense = pq.read_table(sandbox.assets / "dense_vectors" / f"{CORPUS}.parquet")
+    assert dense.schema.field("vector").type == pa.list_(pa.float32(), 384)
+    sparse = pq.read_table(sandbox.assets / "sparse_vectors" / f"{CORPUS}.parquet")
+    assert sparse.schema.field("indices").type == pa.list_(pa.uint32())
+    assert sparse.schema.field("values").type == pa.list_(pa.float32())
+    chunks = pq.read_table(sandbox.assets / "chunks" / f"{CORPUS}.parquet")
+    assert dense.num_rows == sparse.num_rows == chunks.num_rows == n_chunks
+    assert dense["chunk_id"].to_pylist() == chunks["chunk_id"].to_pylist()
+    assert not list(sandbox.assets.rglob("*.pkl")) and not list(sandbox.assets.rglob("*.tmp"))
+
+
+def test_rematerializing_unchanged_corpus_reuses_everything(first_run: dict, second_run: dict) -> None:
+    n_chunks = first_run["chunks"]["chunks"]
+    dense = second_run["dense_vectors"]
+    assert dense["embedded"] == 0 and dense["reused_from_cache"] == n_chunks
+    index = second_run["qdrant_index"]
+    assert index["written"] == 0 and index["unchanged"] == n_chunks and index["deleted"] == 0
+    assert index["points"] == first_run["qdrant_index"]["points"] == n_chunks
+    assert second_run["summary"]["checks"][POINT_COUNT_CHECK]["passed"] is True
+    assert second_run["summary"]["checks"][NDCG_CHECK]["passed"] is True
+
+
+def test_ndcg_check_compares_with_previous_materialization(sandbox: Sandbox, first_run: dict, second_run: dict) -> None:
+    with dg.DagsterInstance.from_config(str(sandbox.home)) as instance:
+        check = instance.event_log_storage.get_asset_check_execution_history(
+            dg.AssetCheckKey(dg.AssetKey("retrieval_evaluation"), NDCG_CHECK), limit=1
+        )[0]
+        evaluation = check.event.dagster_event.event_specific_data
+    meta = {k: v.value for k, v in evaluation.metadata.items()}
+    assert evaluation.passed and "materialization in run" in meta["previous_from"]
+    assert meta["previous"] == pytest.approx(first_run["retrieval_evaluation"]["hybrid/ndcg@10"])
+    assert meta["current"] == pytest.approx(second_run["retrieval_evaluation"]["hybrid/ndcg@10"])
+    assert meta["tolerance"] == 0.02
+
+
+def test_failing_ndcg_check_is_reported_as_warning(sandbox: Sandbox, second_run: dict) -> None:
+    config = {"ops": {"retrieval_evaluation": {"config": {"variants": ["hybrid"], "ndcg_drop_tolerance": -1.0}}}}
+    with dg.DagsterInstance.from_config(str(sandbox.home)) as instance:
+        result = dg.materialize(
+            [retrieval_evaluation],
+            partition_key=CORPUS,
+            resources=sandbox.resources(),
+            run_config=config,
+            instance=instance,
+        )
+    assert result.success  # a WARN check does not fail the run
+    [evaluation] = result.get_asset_check_evaluations()
+    assert evaluation.check_name == NDCG_CHECK and not evaluation.passed
+    assert evaluation.severity == dg.AssetCheckSeverity.WARN
+
+
+def test_evaluations_are_appended_to_history(sandbox: Sandbox, second_run: dict) -> None:
+    df = EvalHistory(sandbox.history).records(collection=CORPUS)
+    ndcg = df[(df["metric"] == "ndcg@10") & (df["variant"] == "hybrid")]
+    assert len(ndcg) >= 2  # one row per materialization
+    assert set(VARIANTS) <= set(df["variant"])
+    assert all("dagster_run_id" in c for c in df["context"])
+
+
+def test_print_results(second_run: dict, capsys: pytest.CaptureFixture[str]) -> None:
+    from rich.console import Console
+
+    print_results(second_run["summary"], Console(width=120, force_terminal=False))
+    out = capsys.readouterr().out
+    assert "hybrid+rerank" in out and "nDCG@10" in out and f"check {POINT_COUNT_CHECK}: passed" in out
+    json.dumps(second_run["summary"])  # plain data, for the CLI's --json or logs
+
+
+def test_missing_corpus_source_fails_only_that_partition(tmp_path: Path, sandbox: Sandbox) -> None:
+    partition = next(k for k in corpus_partitions.get_partition_keys() if k != CORPUS)
+    corpora = tmp_path / "corpora.yaml"
+    corpora.write_text(f"corpora:\n  {partition}:\n    source: does/not/exist\n    format: beir\n")
+    result = dg.materialize(
+        [raw_documents],
+        partition_key=partition,
+        resources=sandbox.resources(corpora=CorporaResource(path=str(corpora))),
+        instance=dg.DagsterInstance.ephemeral(),
+        raise_on_error=False,
+    )
+    assert not result.success
+    [failure] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert "does not exist" in failure.step_failure_data.user_failure_data.description
+    with pytest.raises(MainJobError, match="does not exist"):
+        run_main_job(
+            partition,
+            dagster_home=tmp_path / "home",
+            resources=sandbox.resources(corpora=CorporaResource(path=str(corpora))),
+        )
+
+
+def test_unknown_corpus_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown corpus"):
+        run_main_job("no-such-corpus", dagster_home=tmp_path)
+
+
+def test_skipped_inputs_are_counted_with_reasons(tmp_path: Path, sandbox: Sandbox) -> None:
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    (drop / "good.md").write_text("# Good\nReadable text.")
+    (drop / "scan.pdf").write_bytes(b"%PDF-1.7")
+    (drop / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
+    corpora = tmp_path / "corpora.yaml"
+    corpora.write_text(f"corpora:\n  dropbox:\n    source: {drop}\n    format: dir\n    on_bad_input: skip\n")
+    result = dg.materialize(
+        [raw_documents],
+        partition_key="dropbox",
+        resources=sandbox.resources(corpora=CorporaResource(path=str(corpora))),
+        instance=dg.DagsterInstance.ephemeral(),
+    )
+    [event] = result.get_asset_materialization_events()
+    meta = {k: getattr(v, "value", v) for k, v in event.materialization.metadata.items()}
+    assert meta["documents"] == 1 and meta["skipped"] == 2 and meta["bad_input_policy"] == "skip"
+    assert "unsupported file type '.pdf'" in meta["skipped_reasons"] and "not valid UTF-8" in meta["skipped_reasons"]

@@ -1,0 +1,124 @@
+"""The drop-folder sensor against a temporary folder, and the schedules."""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from assets import CORPORA
+from orchestration.schedules import daily_evaluation, nightly_reindex
+from orchestration.sensors import build_drop_folder_sensor, folder_manifest
+
+
+class Folder:
+    """Evaluates the sensor on ``path``, carrying the cursor from one tick to the next like the daemon does."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.sensor = build_drop_folder_sensor(path, "dropbox")
+        self.cursor: str | None = None
+
+    def tick(self) -> list[dg.RunRequest]:
+        context = dg.build_sensor_context(cursor=self.cursor)
+        result = self.sensor(context)
+        if isinstance(result, dg.SensorResult):
+            self.cursor = result.cursor or self.cursor
+            return list(result.run_requests or [])
+        assert isinstance(result, dg.SkipReason)
+        return []
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Folder:
+    (tmp_path / "drop").mkdir()
+    return Folder(tmp_path / "drop")
+
+
+def _touch_later(path: Path) -> None:
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+
+
+def test_empty_folder_requests_nothing(folder: Folder) -> None:
+    assert folder.tick() == []
+    assert folder.tick() == []
+
+
+def test_new_file_requests_a_dropbox_run(folder: Folder) -> None:
+    folder.tick()
+    (folder.path / "note.md").write_text("# Note\nSome text.")
+    [request] = folder.tick()
+    assert request.partition_key == "dropbox"
+    assert folder.sensor.job_name == "reindex"
+    assert request.run_key and request.tags["hybrid_rag/changes"] == "1 added, 0 changed, 0 removed"
+    assert json.loads(folder.cursor)["files"].keys() == {"note.md"}
+
+
+def test_unchanged_folder_requests_nothing(folder: Folder) -> None:
+    (folder.path / "a.txt").write_text("alpha")
+    assert len(folder.tick()) == 1
+    context = dg.build_sensor_context(cursor=folder.cursor)
+    result = folder.sensor(context)
+    assert isinstance(result, dg.SkipReason) and "no change" in result.skip_message
+
+
+def test_modified_and_removed_files_request_runs(folder: Folder) -> None:
+    (folder.path / "a.txt").write_text("alpha")
+    (folder.path / "b.txt").write_text("beta")
+    [first] = folder.tick()
+    (folder.path / "a.txt").write_text("alpha, edited")
+    _touch_later(folder.path / "a.txt")
+    [changed] = folder.tick()
+    assert changed.tags["hybrid_rag/changes"] == "0 added, 1 changed, 0 removed"
+    (folder.path / "b.txt").unlink()
+    [removed] = folder.tick()
+    assert removed.tags["hybrid_rag/changes"] == "0 added, 0 changed, 1 removed"
+    assert len({first.run_key, changed.run_key, removed.run_key}) == 3
+    assert folder.tick() == []
+
+
+def test_returning_to_an_earlier_state_still_requests_a_run(folder: Folder) -> None:
+    (folder.path / "a.txt").write_text("alpha")
+    [first] = folder.tick()
+    (folder.path / "a.txt").rename(folder.path.parent / "a.txt")
+    [emptied] = folder.tick()
+    (folder.path.parent / "a.txt").rename(folder.path / "a.txt")  # same name, mtime and size as before
+    [back] = folder.tick()
+    assert len({first.run_key, emptied.run_key, back.run_key}) == 3
+
+
+def test_hidden_files_are_ignored(folder: Folder) -> None:
+    (folder.path / ".DS_Store").write_text("x")
+    (folder.path / ".git").mkdir()
+    (folder.path / ".git" / "HEAD").write_text("ref")
+    (folder.path / "sub").mkdir()
+    (folder.path / "sub" / "c.md").write_text("# C")
+    assert folder_manifest(folder.path).keys() == {"sub/c.md"}
+
+
+def test_missing_folder_is_skipped(tmp_path: Path) -> None:
+    sensor = build_drop_folder_sensor(tmp_path / "absent", "dropbox")
+    result = sensor(dg.build_sensor_context())
+    assert isinstance(result, dg.SensorResult) and not result.run_requests
+    assert "does not exist" in result.skip_reason.skip_message
+
+
+def test_nightly_reindex_requests_every_corpus() -> None:
+    assert nightly_reindex.cron_schedule == "0 2 * * *"
+    when = datetime(2026, 1, 2, 2, 0, tzinfo=UTC)
+    requests = list(nightly_reindex(dg.build_schedule_context(scheduled_execution_time=when)))
+    assert [r.partition_key for r in requests] == CORPORA.names
+    assert all("2026-01-02" in r.run_key for r in requests)
+
+
+def test_evaluation_schedule_requests_corpora_with_qrels() -> None:
+    when = datetime(2026, 1, 2, 6, 0, tzinfo=UTC)
+    requests = list(daily_evaluation(dg.build_schedule_context(scheduled_execution_time=when)))
+    expected = [c.name for c in CORPORA.corpora.values() if c.has_qrels]
+    assert [r.partition_key for r in requests] == expected
+    assert "sample" in expected and "dropbox" not in expected
