@@ -15,17 +15,24 @@ app = typer.Typer(help="Hybrid dense + sparse retrieval on Qdrant.", no_args_is_
 console = Console()
 
 CollectionOpt = Annotated[str | None, typer.Option("--collection", "-c", help="Collection name (default: settings)")]
+ENV_FILES: list[Path] = [Path(".env")]
 
 
 def _settings(**overrides):
     from retrieval import RetrievalSettings
 
-    return RetrievalSettings(**{k: v for k, v in overrides.items() if v is not None})
+    return RetrievalSettings(_env_file=ENV_FILES, **{k: v for k, v in overrides.items() if v is not None})
 
 
 @app.callback()
-def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details")] = False) -> None:
+def main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details")] = False,
+    env_file: Annotated[
+        list[Path] | None, typer.Option("--env-file", help="Extra HYBRID_RAG_* settings file (e.g. a tuned reranker)")
+    ] = None,
+) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    ENV_FILES[:] = [Path(".env"), *(env_file or [])]
 
 
 @app.command()
@@ -171,6 +178,48 @@ def eval_report(
     (out / "latest.md").write_text(table)
     console.print(table)
     console.print(f"plot: {png}")
+
+
+@app.command("tune-reranker")
+def tune_reranker(
+    beir_dir: Annotated[str, typer.Argument(help="BEIR directory with a train split, or 'sample'")],
+    collection: CollectionOpt = None,
+    split: Annotated[str, typer.Option(help="Split to tune on (never test)")] = "train",
+    train: Annotated[bool, typer.Option(help="Train the E2Rank-style pseudo-query encoder first")] = True,
+    epochs: Annotated[int, typer.Option(help="Training epochs")] = 4,
+    out: Annotated[Path | None, typer.Option(help="Output folder (default: data/models/<collection>)")] = None,
+) -> None:
+    """Tune (and train) the reranker on the train split; writes an env file for --env-file."""
+    from evals.collections import load_collection
+    from evals.tuning import tune_reranker as tune
+    from retrieval import HybridRetriever
+
+    coll = load_collection(beir_dir)
+    settings = _settings(collection=collection or coll.name)
+    out = out or Path("data/models") / settings.collection
+    retriever = HybridRetriever(settings)
+    try:
+        retriever.check_schema()
+        profile = tune(coll.train_view(split), retriever, out, train=train, epochs=epochs)
+    finally:
+        retriever.close()
+    env_path = profile.write_env(out / "reranker.env")
+    table = Table(
+        title=f"reranker tuned on {coll.name}/{split} ({profile.train_queries} fit + {profile.dev_queries} dev queries)"
+    )
+    for col in ("dev nDCG@10 first stage", "dev nDCG@10 reranked", "weight", "feedback_k", "beta", "model"):
+        table.add_column(col)
+    c = profile.config
+    table.add_row(
+        f"{profile.dev_first_stage:.4f}",
+        f"{profile.dev_reranked:.4f}",
+        f"{c.weight}",
+        str(c.feedback_k),
+        f"{c.beta}",
+        c.model or "-",
+    )
+    console.print(table)
+    console.print(f"settings: {env_path}  (use: hybrid-rag --env-file {env_path} eval {beir_dir})")
 
 
 @app.command()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -35,6 +36,7 @@ class RerankConfig:
     weight: float = 0.3
     depth: int = 100
     rank_constant: int = 60
+    model: str | None = None
 
     @classmethod
     def from_settings(cls, s: RetrievalSettings) -> RerankConfig:
@@ -60,17 +62,27 @@ def listwise_prompt(query: str, passages: Sequence[str], tokenizer=None) -> str:
 class EmbeddingReranker:
     """Re-scores first-stage candidates with a pseudo-query embedding and fuses the two rankings."""
 
-    def __init__(self, dense: DenseEncoder, config: RerankConfig | None = None):
+    def __init__(
+        self, dense: DenseEncoder, config: RerankConfig | None = None, query_encoder: DenseEncoder | None = None
+    ):
         self.dense = dense
         self.config = config or RerankConfig()
+        if query_encoder is None and self.config.model:
+            query_encoder = DenseEncoder(self.config.model, device=dense.device, batch_size=dense.batch_size)
+        # The pseudo-query encoder: the trained one (evals.training) or the dense model itself. Candidate
+        # vectors always come from the collection, so a trained encoder needs no re-indexing.
+        self.query_encoder = query_encoder or dense
+        self._encode_query = lru_cache(maxsize=4096)(self.query_encoder.encode_query)
 
     def pseudo_query(
         self, query: str, query_vector: np.ndarray, texts: Sequence[str], vectors: np.ndarray
     ) -> np.ndarray:
         k = min(self.config.feedback_k, len(vectors))
         if self.config.mode is RerankMode.PROMPT:
-            prompt = listwise_prompt(query, list(texts[:k]), self.dense.tokenizer)
-            return self.dense.encode_query(prompt)
+            prompt = listwise_prompt(query, list(texts[:k]), self.query_encoder.tokenizer)
+            return self.query_encoder.encode_query(prompt)
+        if self.query_encoder is not self.dense:
+            query_vector = self._encode_query(query)
         pseudo = query_vector + self.config.beta * vectors[:k].mean(axis=0) if k else query_vector
         return pseudo / (np.linalg.norm(pseudo) or 1.0)
 
@@ -87,13 +99,3 @@ class EmbeddingReranker:
         rerank_rank = np.empty(n, dtype=int)
         rerank_rank[np.argsort(-rerank_scores, kind="stable")] = np.arange(1, n + 1)
         return (1 - w) / (c + first_rank) + w / (c + rerank_rank)
-
-    def rerank(
-        self, query: str, query_vector: np.ndarray, texts: Sequence[str], vectors: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """(order, final scores): indices of the candidates best first, and each one's fused score."""
-        if len(vectors) == 0:
-            return np.zeros(0, dtype=int), np.zeros(0)
-        fused = self.fuse(self.scores(query, query_vector, texts, vectors))
-        order = np.argsort(-fused, kind="stable")
-        return order, fused

@@ -83,6 +83,7 @@ class RetrievalSettings(BaseSettings):
     rerank_feedback_k: int = 3
     rerank_feedback_beta: float = 0.5
     rerank_weight: float = 0.3
+    rerank_model: str | None = None  # a pseudo-query encoder trained by `hybrid-rag train-reranker`
 
     @model_validator(mode="after")
     def _check(self) -> RetrievalSettings:

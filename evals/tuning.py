@@ -1,0 +1,207 @@
+"""Reranker tuning on a train split: first-stage candidate lists, and a grid search over fusion settings.
+
+Everything here takes a :class:`~evals.collections.TrainSplitView`, so held-out qrels cannot be read.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from evals.collections import TrainSplitView
+from evals.metrics import evaluate
+from retrieval.rerank import EmbeddingReranker, RerankConfig
+from retrieval.search import HybridRetriever
+from retrieval.store import QueryPlan
+
+
+@dataclass
+class CandidateList:
+    """One query's first-stage candidates (best first) with their stored dense vectors."""
+
+    qid: str
+    query: str
+    query_vector: np.ndarray
+    doc_ids: list[str]
+    texts: list[str]
+    vectors: np.ndarray
+
+
+def first_stage_lists(
+    retriever: HybridRetriever, queries: dict[str, str], depth: int = 100, batch: int = 64
+) -> list[CandidateList]:
+    """The hybrid first stage for every query, with the candidates' stored vectors (what the reranker sees)."""
+    s = retriever.settings
+    qids = list(queries)
+    out: list[CandidateList] = []
+    for start in range(0, len(qids), batch):
+        part = qids[start : start + batch]
+        texts = [queries[q] for q in part]
+        dense = retriever.dense.encode_queries(texts)
+        sparse = retriever.sparse.encode_queries(texts)
+        plans = [
+            QueryPlan(
+                dense=dense[i],
+                sparse=sparse[i],
+                limit=depth,
+                prefetch_k=max(s.prefetch_k, depth),
+                fusion=s.fusion,
+                rrf_k=s.rrf_k,
+                weights=(s.dense_weight, s.sparse_weight),
+                with_dense_vectors=True,
+            )
+            for i in range(len(part))
+        ]
+        for i, hits in enumerate(retriever.store.query_batch(plans)):
+            out.append(
+                CandidateList(
+                    qid=part[i],
+                    query=texts[i],
+                    query_vector=dense[i],
+                    doc_ids=[h.payload["doc_id"] for h in hits],
+                    texts=[h.payload.get("text", "") for h in hits],
+                    vectors=np.stack([h.dense_vector for h in hits]) if hits else np.zeros((0, dense.shape[1])),
+                )
+            )
+    return out
+
+
+def rerank_run(lists: Sequence[CandidateList], reranker: EmbeddingReranker | None) -> dict[str, dict[str, float]]:
+    """A run (best chunk per document) from candidate lists, reranked when ``reranker`` is given."""
+    run: dict[str, dict[str, float]] = {}
+    for cl in lists:
+        n = len(cl.doc_ids)
+        if reranker is None or n == 0:
+            final = 1.0 / (np.arange(n) + 1.0)
+        else:
+            final = reranker.fuse(reranker.scores(cl.query, cl.query_vector, cl.texts, cl.vectors))
+        ranking: dict[str, float] = {}
+        for pos in np.argsort(-final, kind="stable"):
+            ranking.setdefault(cl.doc_ids[pos], float(final[pos]) - pos * 1e-9)
+        run[cl.qid] = ranking
+    return run
+
+
+@dataclass
+class TuningResult:
+    best: RerankConfig
+    best_score: float
+    baseline_score: float
+    table: list[tuple[float, RerankConfig]]
+
+
+def grid_search(
+    view: TrainSplitView,
+    lists: Sequence[CandidateList],
+    reranker: EmbeddingReranker,
+    grid: dict[str, Iterable],
+    metric: str = "ndcg@10",
+) -> TuningResult:
+    """Try every combination of ``grid`` (RerankConfig fields) on the train split; keep the best.
+
+    The first-stage ranking is the baseline: a configuration must beat it to be chosen, otherwise the
+    returned config has ``weight=0`` (reranking then leaves the first-stage order unchanged).
+    """
+    qrels = view.qrels()
+    baseline = evaluate(qrels, rerank_run(lists, None)).mean[metric]
+    keys = list(grid)
+    table = []
+    for values in itertools.product(*(list(grid[k]) for k in keys)):
+        config = replace(reranker.config, **dict(zip(keys, values, strict=True)))
+        candidate = EmbeddingReranker(reranker.dense, config, query_encoder=reranker.query_encoder)
+        table.append((evaluate(qrels, rerank_run(lists, candidate)).mean[metric], config))
+    table.sort(key=lambda row: -row[0])
+    best_score, best = table[0]
+    if best_score <= baseline:
+        best, best_score = replace(reranker.config, weight=0.0), baseline
+    return TuningResult(best=best, best_score=best_score, baseline_score=baseline, table=table)
+
+
+def split_queries(view: TrainSplitView, dev_fraction: float = 0.25, seed: int = 7) -> tuple[list[str], list[str]]:
+    """Train queries split into (fit, dev) ids: models learn on ``fit``, fusion weights are chosen on ``dev``."""
+    qids = sorted(view.queries())
+    random.Random(seed).shuffle(qids)
+    cut = int(len(qids) * (1 - dev_fraction))
+    return qids[:cut], qids[cut:]
+
+
+DEFAULT_GRID = {"weight": [0.2, 0.35, 0.5, 0.65, 0.8], "feedback_k": [0, 2, 5], "beta": [0.5, 1.0]}
+
+
+@dataclass
+class RerankerProfile:
+    """What tuning chose for one collection: reranker settings, as ``HYBRID_RAG_*`` variables."""
+
+    config: RerankConfig
+    dev_first_stage: float
+    dev_reranked: float
+    train_queries: int
+    dev_queries: int
+
+    def env(self) -> dict[str, str]:
+        c = self.config
+        values = {
+            "HYBRID_RAG_RERANK_MODE": c.mode.value,
+            "HYBRID_RAG_RERANK_WEIGHT": repr(c.weight),
+            "HYBRID_RAG_RERANK_FEEDBACK_K": str(c.feedback_k),
+            "HYBRID_RAG_RERANK_FEEDBACK_BETA": repr(c.beta),
+        }
+        if c.model:
+            values["HYBRID_RAG_RERANK_MODEL"] = str(c.model)
+        return values
+
+    def write_env(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lines = [
+            f"# reranker tuned on the train split: dev nDCG@10 {self.dev_first_stage:.4f} -> {self.dev_reranked:.4f}"
+        ]
+        lines += [f"{k}={v}" for k, v in self.env().items()]
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
+
+def tune_reranker(
+    view: TrainSplitView,
+    retriever: HybridRetriever,
+    out_dir: str | Path,
+    *,
+    train: bool = True,
+    epochs: int = 4,
+    learning_rate: float = 3e-5,
+    grid: dict[str, Iterable] | None = None,
+) -> RerankerProfile:
+    """Train the pseudo-query encoder on part of the train split, then pick fusion settings on the rest."""
+    from evals.training import TrainingConfig, train_pseudo_query_encoder
+    from retrieval.encoders import DenseEncoder
+
+    fit, dev = split_queries(view)
+    queries = view.queries()
+    fit_lists = first_stage_lists(retriever, {q: queries[q] for q in fit})
+    dev_lists = first_stage_lists(retriever, {q: queries[q] for q in dev})
+    base = retriever.reranker.config
+    query_encoder = None
+    if train:
+        model_dir = Path(out_dir) / "pseudo-query-encoder"
+        config = TrainingConfig(mode=base.mode, epochs=epochs, learning_rate=learning_rate)
+        train_pseudo_query_encoder(view, fit_lists, retriever.dense.model_name, model_dir, config)
+        query_encoder = DenseEncoder(str(model_dir.resolve()), device=retriever.dense.device)
+        base = replace(base, model=str(model_dir.resolve()))
+    reranker = EmbeddingReranker(retriever.dense, base, query_encoder=query_encoder)
+    result = grid_search(_Subset(view, set(dev)), dev_lists, reranker, grid or DEFAULT_GRID)
+    return RerankerProfile(result.best, result.baseline_score, result.best_score, len(fit), len(dev))
+
+
+class _Subset:
+    """The qrels of some train queries (the dev part), still only from the train split."""
+
+    def __init__(self, view: TrainSplitView, qids: set[str]):
+        self._qrels = {q: v for q, v in view.qrels().items() if q in qids}
+
+    def qrels(self) -> dict[str, dict[str, int]]:
+        return self._qrels

@@ -1,0 +1,72 @@
+"""The hybrid-rag command line, end to end on the shipped sample collection."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from evals.collections import sample_collection
+from evals.runs import read_run
+from orchestration.cli import app
+
+
+@pytest.fixture
+def cli_env(tmp_path, monkeypatch):
+    monkeypatch.setenv("HYBRID_RAG_QDRANT_PATH", str(tmp_path / "index"))
+    monkeypatch.setenv("HYBRID_RAG_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def invoke(*args):
+    result = CliRunner().invoke(app, list(args))
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_index_search_eval_round_trip(cli_env):
+    sample = sample_collection()
+    out = invoke("index", str(sample.root), "--collection", "cli")
+    assert "60" in out  # documents
+    again = invoke("index", str(sample.root), "--collection", "cli")
+    assert "indexed into 'cli'" in again
+
+    hits = json.loads(invoke("search", "RFC 9110", "--collection", "cli", "--k", "3", "--json"))
+    assert len(hits) == 3 and {"doc_id", "score", "dense_rank", "sparse_rank", "text"} <= set(hits[0])
+
+    out = invoke(
+        "eval",
+        "sample",
+        "--collection",
+        "cli",
+        "--variant",
+        "hybrid",
+        "--variant",
+        "dense",
+        "--run-file",
+        "runs/dense.trec",
+        "--json",
+        "metrics.json",
+    )
+    assert "nDCG@10" in out
+    metrics = json.loads((cli_env / "metrics.json").read_text())
+    assert set(metrics) == {"hybrid", "dense"} and 0.5 < metrics["hybrid"]["ndcg@10"] <= 1.0
+    run, tag = read_run(cli_env / "runs" / "dense.trec")
+    assert tag == "hybrid-rag-dense" and set(run) == set(sample.split_queries("test"))
+
+    report = invoke("eval-report", "--out", "reports")
+    assert "hybrid" in report
+    assert (cli_env / "reports" / "ndcg_at_10.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_eval_indexes_a_missing_collection_first(cli_env):
+    out = invoke("eval", "sample", "--collection", "fresh", "--variant", "sparse")
+    assert "does not exist: indexing" in out
+
+
+def test_bad_input_exits_with_file_and_line(cli_env):
+    bad = cli_env / "bad.jsonl"
+    bad.write_text('{"_id": "a", "text": "ok"}\n{"_id": "b"\n')
+    result = CliRunner().invoke(app, ["index", str(bad), "--collection", "bad"])
+    assert result.exit_code == 2
+    assert "bad.jsonl:2" in result.output and "malformed JSON" in result.output
