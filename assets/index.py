@@ -64,12 +64,12 @@ def qdrant_index(
         if problems:
             if not config.rebuild_on_model_change:
                 raise dg.Failure(f"collection {corpus.collection!r} was built with other models: {'; '.join(problems)}")
-            context.log.warning(f"rebuilding {corpus.collection!r}: {'; '.join(problems)}")
-            indexer.store.drop()
+            context.log.warning(f"rebuilding {corpus.collection!r} as a new version: {'; '.join(problems)}")
             rebuilt = "; ".join(problems)
         vectors = (table_to_dense(dense_vectors), table_to_sparse(sparse_vectors))
-        report = indexer.sync(chunk_list, vectors=vectors, prune=True, progress=False)
+        report = indexer.sync(chunk_list, vectors=vectors, prune=True, progress=False, rebuild=bool(problems))
         points = indexer.store.count()
+        location = indexer.store.location
         schema = indexer.schema()
     context.log.info(
         f"{corpus.collection}: {report.embedded} written, {report.unchanged} unchanged, {report.deleted} deleted, "
@@ -84,7 +84,7 @@ def qdrant_index(
     return dg.MaterializeResult(
         metadata={
             "collection": corpus.collection,
-            "location": retrieval.location(corpus.collection),
+            "location": location,
             "documents": dg.MetadataValue.int(report.documents),
             "chunks": dg.MetadataValue.int(report.chunks),
             "written": dg.MetadataValue.int(report.embedded),

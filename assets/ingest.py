@@ -66,7 +66,7 @@ def chunks(
     docs = table_to_documents(raw_documents)
     with retrieval.indexer(corpus.collection) as indexer:
         chunker = indexer.chunker
-        chunk_list = list(chunker.chunk_all(docs))
+        chunk_list = indexer.chunk(docs)
         tokenizer_model = indexer.dense.model_name
     table = chunks_to_table(chunk_list)
     seconds = time.perf_counter() - started

@@ -191,8 +191,9 @@ def read_qrels(path: str | Path) -> dict[str, dict[str, int]]:
             previous = qrels.setdefault(qid, {}).get(doc_id)
             if previous is not None and previous != score:
                 raise CollectionFormatError(
-                    path, line_no, f"({qid}, {doc_id}) judged {score} here but {previous} on line "
-                    f"{first_seen[(qid, doc_id)]}"
+                    path,
+                    line_no,
+                    f"({qid}, {doc_id}) judged {score} here but {previous} on line {first_seen[(qid, doc_id)]}",
                 )
             first_seen.setdefault((qid, doc_id), line_no)
             qrels[qid][doc_id] = score

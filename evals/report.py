@@ -70,9 +70,7 @@ def markdown_table(df: pd.DataFrame, metrics: Sequence[str] | None = None) -> st
     if metrics is None:
         metrics = [m for m in HEADLINE_METRICS if m in present]
         metrics += sorted(present - set(metrics))
-    wide = last.pivot_table(
-        index=["collection", "split", "variant"], columns="metric", values="value", aggfunc="last"
-    )
+    wide = last.pivot_table(index=["collection", "split", "variant"], columns="metric", values="value", aggfunc="last")
     when = last.groupby(["collection", "split", "variant"])["timestamp"].max()
     header = ["collection", "split", "variant", *(LABELS.get(m, m) for m in metrics), "last run (UTC)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * 3 + "---:|" * len(metrics) + "---|"]

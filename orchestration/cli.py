@@ -42,6 +42,7 @@ def index(
     collection: CollectionOpt = None,
     prune: Annotated[bool, typer.Option(help="Delete documents that are no longer in the source")] = True,
     policy: Annotated[str | None, typer.Option(help="Bad input: fail (default) or skip")] = None,
+    rebuild: Annotated[bool, typer.Option(help="Build a new collection version and switch to it atomically")] = False,
 ) -> None:
     """Index documents (idempotent: unchanged chunks are neither embedded nor written again)."""
     from retrieval import BadInputError, Indexer, read_documents
@@ -54,7 +55,7 @@ def index(
         raise typer.Exit(2) from exc
     indexer = Indexer(settings)
     try:
-        report = indexer.index(docs, prune=prune)
+        report = indexer.index(docs, prune=prune, rebuild=rebuild)
     finally:
         indexer.store.close()
     table = Table(title=f"indexed into {report.collection!r}")
@@ -204,19 +205,17 @@ def tune_reranker(
     finally:
         retriever.close()
     env_path = profile.write_env(out / "reranker.env")
-    table = Table(
-        title=f"reranker tuned on {coll.name}/{split} ({profile.train_queries} fit + {profile.dev_queries} dev queries)"
-    )
-    for col in ("dev nDCG@10 first stage", "dev nDCG@10 reranked", "weight", "feedback_k", "beta", "model"):
-        table.add_column(col)
+    table = Table(title=f"{coll.name}/{split}: {profile.fit_queries} queries to train, {profile.dev_queries} to tune")
+    for col in ("dev nDCG@10: hybrid", "+ trained query encoder", "+ rerank", "weight", "feedback_k", "beta"):
+        table.add_column(col, justify="right")
     c = profile.config
     table.add_row(
+        f"{profile.dev_baseline:.4f}",
         f"{profile.dev_first_stage:.4f}",
         f"{profile.dev_reranked:.4f}",
         f"{c.weight}",
         str(c.feedback_k),
         f"{c.beta}",
-        c.model or "-",
     )
     console.print(table)
     console.print(f"settings: {env_path}  (use: hybrid-rag --env-file {env_path} eval {beir_dir})")

@@ -12,7 +12,6 @@ import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -86,11 +85,6 @@ class RetrievalResource(dg.ConfigurableResource):
         if collection:
             given["collection"] = collection
         return RetrievalSettings(**given, **overrides)
-
-    def location(self, collection: str) -> str:
-        """Where ``collection`` lives, for metadata (the URL or folder; never the key)."""
-        s = self.settings(collection)
-        return f"{s.qdrant_url} (collection {collection})" if s.qdrant_url else str(Path(s.qdrant_path) / collection)
 
     def encoders(self) -> Encoders:
         return shared_encoders(self.settings())

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -23,12 +26,40 @@ from retrieval.store import CollectionSchema, QdrantStore, open_store
 log = logging.getLogger(__name__)
 ENCODE_BLOCK = 1024
 
+_encoder_locks: weakref.WeakKeyDictionary[object, threading.RLock] = weakref.WeakKeyDictionary()
+_encoder_locks_guard = threading.Lock()
+
+
+def encoder_lock(encoder: object) -> threading.RLock:
+    """The lock of one encoder object, shared by every indexer and retriever using it.
+
+    A Hugging Face tokenizer switches its truncation settings on each call (chunking tokenizes without
+    truncation, encoding with it), so calls on one encoder from several threads must not interleave.
+    """
+    with _encoder_locks_guard:
+        lock = _encoder_locks.get(encoder)
+        if lock is None:
+            lock = _encoder_locks[encoder] = threading.RLock()
+        return lock
+
+
+def locked_batches(encoder: object, encode: Callable[[list[str]], Any], texts: Sequence[str], step: int) -> list:
+    """``encode`` over ``texts`` in batches of ``step``, each under the encoder's lock (so searches interleave)."""
+    parts = []
+    texts, step = list(texts), max(step, 1)
+    for start in range(0, max(len(texts), 1), step):
+        with encoder_lock(encoder):
+            parts.append(encode(texts[start : start + step]))
+    return parts
+
 
 @dataclass
 class IndexReport:
-    """What one indexing run did."""
+    """What one indexing run did (``version``: the collection version written; 0 for an unversioned one)."""
 
     collection: str
+    version: int | None = None
+    rebuilt: bool = False
     documents: int = 0
     chunks: int = 0
     embedded: int = 0
@@ -108,11 +139,35 @@ class Indexer:
     def schema(self) -> CollectionSchema:
         return collection_schema(self.dense, self.sparse)
 
-    def index(self, documents: Iterable[Document], *, prune: bool = False, progress: bool = True) -> IndexReport:
-        """Index ``documents``; with ``prune`` the collection is made to hold exactly these documents."""
+    def chunk(self, documents: Iterable[Document], progress: bool = False) -> list[Chunk]:
+        """Cut ``documents`` into chunks (under the dense encoder's lock, so concurrent searches stay correct)."""
+        chunks: list[Chunk] = []
+        for doc in tqdm(documents, desc="chunking", unit="doc", disable=not progress):
+            with encoder_lock(self.dense):
+                chunks.extend(self.chunker.chunk(doc))
+        return chunks
+
+    def index(
+        self, documents: Iterable[Document], *, prune: bool = False, progress: bool = True, rebuild: bool = False
+    ) -> IndexReport:
+        """Index ``documents``; with ``prune`` the collection is made to hold exactly these documents.
+
+        With ``rebuild`` they go into a new version of the collection that readers switch to atomically (see
+        :meth:`rebuild`).
+        """
         docs = list(documents)
-        chunks = list(self.chunker.chunk_all(tqdm(docs, desc="chunking", unit="doc", disable=not progress)))
-        return self.sync(chunks, prune=prune, progress=progress, documents=len(docs))
+        chunks = self.chunk(docs, progress=progress)
+        return self.sync(chunks, prune=prune, progress=progress, documents=len(docs), rebuild=rebuild)
+
+    def rebuild(self, documents: Iterable[Document], *, progress: bool = True) -> IndexReport:
+        """Build a new version of the collection holding exactly ``documents``, then switch readers to it.
+
+        Searches keep being answered from the current version while the new one is written; the switch is
+        atomic (an alias on a server, a pointer file for the embedded engine) and the old version is deleted
+        afterwards. The new version gets the current models' schema, so this is also how a collection moves
+        to another dense or sparse model. A failed rebuild leaves readers untouched; the next one resumes it.
+        """
+        return self.index(documents, progress=progress, rebuild=True)
 
     def sync(
         self,
@@ -122,27 +177,46 @@ class Indexer:
         prune: bool = False,
         progress: bool = True,
         documents: int | None = None,
+        rebuild: bool = False,
     ) -> IndexReport:
         """Make the collection hold ``chunks``: write new and changed ones, then delete stale ones.
 
         ``vectors`` (dense matrix and sparse list, aligned with ``chunks``) skips encoding, for callers that
         embedded the chunks themselves (the Dagster assets); otherwise only the changed chunks are encoded.
+        ``rebuild`` writes a new version of the collection and publishes it when complete (implies ``prune``).
         """
         started = time.perf_counter()
-        report = IndexReport(collection=self.store.collection, documents=documents or len({c.doc_id for c in chunks}))
-        self.store.ensure(self.schema())
-        report.chunks = len(chunks)
-        stored = self.store.stored_hashes()
-        todo = [i for i, c in enumerate(chunks) if stored.get(c.id, ("", ""))[1] != c.content_hash]
-        report.unchanged = len(chunks) - len(todo)
-        self._write([chunks[i] for i in todo], report, progress, _select(vectors, todo))
-        report.deleted = self._delete_stale(chunks, stored, prune)
-        self.store.flush()
-        report.points = self.store.count()
+        report = IndexReport(
+            collection=self.store.collection,
+            documents=documents or len({c.doc_id for c in chunks}),
+            rebuilt=rebuild,
+        )
+        if rebuild:
+            target = self.store.stage(self.schema())
+        else:
+            self.store.ensure(self.schema())
+            target = self.store
+        try:
+            report.chunks = len(chunks)
+            stored = target.stored_hashes()
+            todo = [i for i, c in enumerate(chunks) if stored.get(c.id, ("", ""))[1] != c.content_hash]
+            report.unchanged = len(chunks) - len(todo)
+            self._write(target, [chunks[i] for i in todo], report, progress, _select(vectors, todo))
+            report.deleted = self._delete_stale(target, chunks, stored, prune or rebuild)
+            target.flush()
+            report.points = target.count()
+            if rebuild:
+                self.store.publish(target)
+        finally:
+            if target is not self.store:
+                target.close()
+        report.version = target.version if rebuild else self.store.current_version()
         report.seconds = time.perf_counter() - started
         log.info(
-            "indexed %s: %d docs, %d chunks, %d written, %d unchanged, %d deleted in %.1fs",
+            "indexed %s (version %s%s): %d docs, %d chunks, %d written, %d unchanged, %d deleted in %.1fs",
             report.collection,
+            report.version,
+            ", rebuilt" if rebuild else "",
             report.documents,
             report.chunks,
             report.embedded,
@@ -158,6 +232,7 @@ class Indexer:
     # -- internals ----------------------------------------------------------------------------------
     def _write(
         self,
+        store: QdrantStore,
         todo: list[Chunk],
         report: IndexReport,
         progress: bool,
@@ -172,16 +247,14 @@ class Indexer:
                 block = todo[start : start + ENCODE_BLOCK]
                 if vectors is None:
                     dense, reused = self.encode_dense(block)
-                    sparse = self.sparse.encode_documents([c.embed_text for c in block])
+                    sparse = self.encode_sparse(block)
                     report.cache_reused += reused
                 else:
                     dense = vectors[0][start : start + ENCODE_BLOCK]
                     sparse = vectors[1][start : start + ENCODE_BLOCK]
                 for s in range(0, len(block), batch):
                     pending.append(
-                        writer.submit(
-                            self.store.upsert, block[s : s + batch], dense[s : s + batch], sparse[s : s + batch]
-                        )
+                        writer.submit(store.upsert, block[s : s + batch], dense[s : s + batch], sparse[s : s + batch])
                     )
                 while len(pending) > 2 * (ENCODE_BLOCK // batch + 1):
                     pending.pop(0).result()
@@ -199,16 +272,27 @@ class Indexer:
         bar.close()
 
     def encode_dense(self, chunks: Sequence[Chunk]) -> tuple[np.ndarray, int]:
+        """Dense vectors for ``chunks`` (through the embedding cache) and how many came from the cache."""
         texts = [c.embed_text for c in chunks]
         if self.cache is None:
-            return self.dense.encode_documents(texts), 0
-        return self.cache.encode_through(self.dense.cache_key, texts, self.dense.encode_documents)
+            return self._encode_dense_locked(texts), 0
+        return self.cache.encode_through(self.dense.cache_key, texts, self._encode_dense_locked)
 
-    def _delete_stale(self, chunks: list[Chunk], stored: dict[str, tuple[str, str]], prune: bool) -> int:
+    def encode_sparse(self, chunks: Sequence[Chunk]) -> list[SparseVec]:
+        texts = [c.embed_text for c in chunks]
+        parts = locked_batches(self.sparse, self.sparse.encode_documents, texts, self.settings.dense_batch_size)
+        return [v for part in parts for v in part]
+
+    def _encode_dense_locked(self, texts: list[str]) -> np.ndarray:
+        return np.concatenate(locked_batches(self.dense, self.dense.encode_documents, texts, self.dense.batch_size))
+
+    def _delete_stale(
+        self, store: QdrantStore, chunks: Sequence[Chunk], stored: dict[str, tuple[str, str]], prune: bool
+    ) -> int:
         current = {c.id for c in chunks}
         indexed_docs = {c.doc_id for c in chunks}
         stale = [pid for pid, (doc_id, _) in stored.items() if pid not in current and (doc_id in indexed_docs or prune)]
-        self.store.delete_ids(stale)
+        store.delete_ids(stale)
         return len(stale)
 
 

@@ -36,7 +36,6 @@ class RerankConfig:
     weight: float = 0.3
     depth: int = 100
     rank_constant: int = 60
-    model: str | None = None
 
     @classmethod
     def from_settings(cls, s: RetrievalSettings) -> RerankConfig:
@@ -67,10 +66,8 @@ class EmbeddingReranker:
     ):
         self.dense = dense
         self.config = config or RerankConfig()
-        if query_encoder is None and self.config.model:
-            query_encoder = DenseEncoder(self.config.model, device=dense.device, batch_size=dense.batch_size)
-        # The pseudo-query encoder: the trained one (evals.training) or the dense model itself. Candidate
-        # vectors always come from the collection, so a trained encoder needs no re-indexing.
+        # The pseudo-query encoder: the trained query encoder (evals.training) or the dense model itself.
+        # Candidate vectors always come from the collection, so a trained encoder needs no re-indexing.
         self.query_encoder = query_encoder or dense
         self._encode_query = lru_cache(maxsize=4096)(self.query_encoder.encode_query)
 

@@ -12,7 +12,7 @@ import numpy as np
 
 from retrieval.encoders import DenseEncoder
 from retrieval.encoders.sparse import Bm25Encoder, SpladeEncoder
-from retrieval.indexer import build_encoders, collection_schema
+from retrieval.indexer import build_encoders, collection_schema, encoder_lock
 from retrieval.rerank import EmbeddingReranker, RerankConfig
 from retrieval.settings import RetrievalSettings
 from retrieval.store import QdrantStore, QueryPlan, SchemaMismatchError, StoredHit, open_store
@@ -56,7 +56,11 @@ class Hit:
 
 
 class HybridRetriever:
-    """``search(query)`` -> ranked :class:`Hit` list; batched with ``search_batch``."""
+    """``search(query)`` -> ranked :class:`Hit` list; batched with ``search_batch``.
+
+    Safe to share between threads. Each search first follows a rebuild of the collection (the embedded engine
+    reopens the new version; a server resolves the alias itself) and checks the schema again after a switch.
+    """
 
     def __init__(
         self,
@@ -72,7 +76,19 @@ class HybridRetriever:
         self.dense = dense or default_dense
         self.sparse = sparse or default_sparse
         self.store = store or open_store(self.settings)
-        self.reranker = reranker or EmbeddingReranker(self.dense, RerankConfig.from_settings(self.settings))
+        # Queries may have their own encoder, trained against the stored document vectors (E2Rank-style,
+        # `hybrid-rag tune-reranker`); it serves the dense channel and the reranker's pseudo-queries.
+        self.query_encoder = self.dense
+        if self.settings.query_model:
+            self.query_encoder = DenseEncoder(
+                self.settings.query_model,
+                device=self.dense.device,
+                batch_size=self.dense.batch_size,
+                query_prompt=self.dense.query_prompt,
+            )
+        self.reranker = reranker or EmbeddingReranker(
+            self.dense, RerankConfig.from_settings(self.settings), query_encoder=self.query_encoder
+        )
         self._checked = False
         self.last_timings: dict[str, float] = {}
 
@@ -111,16 +127,23 @@ class HybridRetriever:
         variant: Variant | str = Variant.HYBRID,
     ) -> list[list[Hit]]:
         """Search many queries with one encoder call per channel and one batched Qdrant request."""
+        if self.store.refresh():
+            self._checked = False
         self.check_schema()
         variant = Variant(variant)
         if variant is Variant.HYBRID_RERANK:
             variant, rerank = Variant.HYBRID, True
         k = k or self.settings.k
-        rerank = self.settings.rerank if rerank is None else rerank
+        rerank = self.settings.rerank_enabled if rerank is None else rerank
         rerank = rerank and variant is Variant.HYBRID
         t0 = time.perf_counter()
-        dense_q = self.dense.encode_queries(queries) if variant is not Variant.SPARSE else None
-        sparse_q = self.sparse.encode_queries(queries) if variant is not Variant.DENSE else None
+        dense_q, sparse_q = None, None
+        if variant is not Variant.SPARSE:
+            with encoder_lock(self.query_encoder):
+                dense_q = self.query_encoder.encode_queries(queries)
+        if variant is not Variant.DENSE:
+            with encoder_lock(self.sparse):
+                sparse_q = self.sparse.encode_queries(queries)
         t1 = time.perf_counter()
         depth = max(k, self.reranker.config.depth) if rerank else k
         plans = []
@@ -130,12 +153,17 @@ class HybridRetriever:
                 s = self.settings
                 plans.append(QueryPlan(dense=dense_q[i], limit=s.prefetch_k, filter=filter, with_payload=False))
                 plans.append(QueryPlan(sparse=sparse_q[i], limit=s.prefetch_k, filter=filter, with_payload=False))
-        results = self.store.query_batch(plans)
+        try:
+            results = self.store.query_batch(plans)
+        except Exception:
+            self._checked = False  # was the collection rebuilt with other models meanwhile? Say so if it was.
+            self.check_schema()
+            raise
         t2 = time.perf_counter()
         step = 3 if variant is Variant.HYBRID else 1
         out = []
         for i, query in enumerate(queries):
-            stored = results[i * step]
+            stored = sorted(results[i * step], key=lambda h: (-h.score, h.id))  # ties in a stable order
             hits = [Hit.from_stored(h) for h in stored]
             for rank, hit in enumerate(hits, start=1):
                 hit.fused_rank = rank if variant is Variant.HYBRID else None
@@ -152,7 +180,8 @@ class HybridRetriever:
                 for rank, hit in enumerate(hits, start=1):
                     hit.sparse_rank = rank
             if rerank and hits:
-                hits = self._rerank(query, dense_q[i], stored, hits)
+                with encoder_lock(self.reranker.query_encoder):  # it may encode
+                    hits = self._rerank(query, dense_q[i], stored, hits)
             out.append(hits[:k])
         t3 = time.perf_counter()
         self.last_timings = {"encode_s": t1 - t0, "qdrant_s": t2 - t1, "rerank_s": t3 - t2}
@@ -179,7 +208,7 @@ class HybridRetriever:
         final = self.reranker.fuse(rerank_scores)
         for hit, rs, fs in zip(hits, rerank_scores, final, strict=True):
             hit.rerank_score, hit.score = float(rs), float(fs)
-        return sorted(hits, key=lambda h: -h.score)
+        return sorted(hits, key=lambda h: (-h.score, h.chunk_id))
 
     def as_langchain(self, **kwargs: Any):
         """This retriever as a LangChain ``BaseRetriever``."""

@@ -77,13 +77,14 @@ class RetrievalSettings(BaseSettings):
     k: int = 10
 
     # Reranking (embedding-based listwise, E2Rank style).
-    rerank: bool = True
+    rerank: bool | None = None  # None: on when a trained query_model is configured (see README)
     rerank_mode: RerankMode = RerankMode.FEEDBACK
     rerank_depth: int = 100
     rerank_feedback_k: int = 3
     rerank_feedback_beta: float = 0.5
     rerank_weight: float = 0.3
-    rerank_model: str | None = None  # a pseudo-query encoder trained by `hybrid-rag train-reranker`
+    # Query-side encoder trained against the stored document vectors (`hybrid-rag tune-reranker`).
+    query_model: str | None = None
 
     @model_validator(mode="after")
     def _check(self) -> RetrievalSettings:
@@ -92,6 +93,11 @@ class RetrievalSettings(BaseSettings):
         if not 0.0 <= self.rerank_weight <= 1.0:
             raise ValueError("rerank_weight must be within [0, 1]")
         return self
+
+    @property
+    def rerank_enabled(self) -> bool:
+        """Reranking is on when asked for, or by default once a trained query encoder is configured."""
+        return self.rerank if self.rerank is not None else bool(self.query_model)
 
     @property
     def uses_server(self) -> bool:

@@ -24,6 +24,12 @@ def invoke(*args):
     return result.output
 
 
+def invoke_stdout(*args):
+    result = CliRunner().invoke(app, list(args))
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
 def test_index_search_eval_round_trip(cli_env):
     sample = sample_collection()
     out = invoke("index", str(sample.root), "--collection", "cli")
@@ -31,7 +37,7 @@ def test_index_search_eval_round_trip(cli_env):
     again = invoke("index", str(sample.root), "--collection", "cli")
     assert "indexed into 'cli'" in again
 
-    hits = json.loads(invoke("search", "RFC 9110", "--collection", "cli", "--k", "3", "--json"))
+    hits = json.loads(invoke_stdout("search", "RFC 9110", "--collection", "cli", "--k", "3", "--json"))
     assert len(hits) == 3 and {"doc_id", "score", "dense_rank", "sparse_rank", "text"} <= set(hits[0])
 
     out = invoke(

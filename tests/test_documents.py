@@ -1,6 +1,7 @@
 """Bad input: every problem names file, line and reason; the skip policy keeps the valid records."""
 
 import json
+
 import pytest
 
 from retrieval import BadInputError, read_documents

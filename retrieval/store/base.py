@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -18,6 +19,22 @@ DENSE = "dense"
 SPARSE = "sparse"
 PAYLOAD_FIELDS = ("doc_id", "chunk_index", "text", "title", "metadata", "content_hash")
 TOP_LEVEL_FILTER_KEYS = {"doc_id", "chunk_index", "title", "content_hash"}
+VERSION_SEP = "__v"
+
+log = logging.getLogger(__name__)
+
+
+def version_name(collection: str, version: int) -> str:
+    """The physical collection of ``version``: ``<collection>__v<N>``; version 0 is the unversioned ``collection``."""
+    return collection if version == 0 else f"{collection}{VERSION_SEP}{version}"
+
+
+def parse_version(collection: str, physical: str) -> int | None:
+    """The version a physical collection name stands for (0: unversioned), or None when it is another collection."""
+    if physical == collection:
+        return 0
+    rest = physical.removeprefix(collection + VERSION_SEP)
+    return int(rest) if rest != physical and rest.isdigit() and int(rest) > 0 else None
 
 
 class StoreError(RuntimeError):
@@ -77,17 +94,96 @@ class StoredHit:
 
 
 class QdrantStore(ABC):
-    """One collection in one Qdrant backend."""
+    """One collection in one Qdrant backend.
+
+    A collection is versioned: its data lives in physical collections ``<name>__v<N>`` and readers reach the
+    current one through an atomic pointer (a Qdrant alias on a server, a pointer file for the embedded engine).
+    A store made with ``version=None`` follows the pointer; one made with a version number is pinned to that
+    physical collection (a rebuild's target). Version 0 is a collection made before versioning existed: it
+    keeps working until the first rebuild replaces it.
+    """
 
     location: str
     collection: str
+    version: int | None = None
 
+    # -- versions: backend primitives -------------------------------------------------------------------
+    @abstractmethod
+    def current_version(self) -> int | None:
+        """The version readers see now (0: unversioned), or None when the collection does not exist."""
+
+    @abstractmethod
+    def _versions(self) -> list[int]:
+        """Every physical version present, published or not."""
+
+    @abstractmethod
+    def _pinned(self, version: int) -> QdrantStore:
+        """A store on the physical collection of ``version`` (not created here)."""
+
+    @abstractmethod
+    def _switch(self, staged: QdrantStore) -> None:
+        """Point the collection's name at ``staged`` atomically."""
+
+    @abstractmethod
+    def _create_physical(self, schema: CollectionSchema) -> None: ...
+
+    # -- versions: shared logic ----------------------------------------------------------------------------
+    def stage(self, schema: CollectionSchema) -> QdrantStore:
+        """A pinned store on a new, unpublished version for a rebuild (``publish`` it when it is complete).
+
+        The unfinished target of a failed rebuild is resumed when it has the same schema, else deleted.
+        """
+        if self.version is not None:
+            raise ValueError(f"stage() needs the collection {self.collection!r}, not its version {self.version}")
+        current = self.current_version() or 0
+        versions = self._versions()
+        pending = sorted(v for v in versions if v > current)
+        for v in pending[:-1]:
+            self._pinned(v).drop()
+        if pending:
+            staged = self._pinned(pending[-1])
+            if staged.schema() == schema:
+                log.info("resuming the unfinished rebuild of %r (version %d)", self.collection, pending[-1])
+                return staged
+            staged.drop()
+        staged = self._pinned(max([current, *versions]) + 1)
+        staged._create_physical(schema)
+        return staged
+
+    def publish(self, staged: QdrantStore) -> None:
+        """Switch readers to ``staged`` atomically, then delete the versions before it."""
+        if staged.collection != self.collection or not staged.version:
+            raise ValueError(f"{staged.location} is not a staged version of {self.collection!r}")
+        staged.flush()
+        self._switch(staged)
+        log.info("collection %r now serves version %d", self.collection, staged.version)
+        self.cleanup()
+
+    def cleanup(self) -> None:
+        """Delete the versions older than the current one (where a reader still holds one, once it lets go)."""
+        current = self.current_version()
+        for v in self._versions():
+            if current is not None and v < current:
+                self._pinned(v).drop()
+
+    def refresh(self) -> bool:
+        """Follow a rebuild to the current version; True when this store switched (servers resolve aliases)."""
+        return False
+
+    # -- lifecycle ---------------------------------------------------------------------------------------
     @abstractmethod
     def schema(self) -> CollectionSchema | None:
         """The schema of the existing collection, or None when it does not exist."""
 
-    @abstractmethod
-    def _create(self, schema: CollectionSchema) -> None: ...
+    def _create(self, schema: CollectionSchema) -> None:
+        if self.version is not None:
+            self._create_physical(schema)
+            return
+        staged = self.stage(schema)
+        try:
+            self.publish(staged)
+        finally:
+            staged.close()
 
     def ensure(self, schema: CollectionSchema) -> None:
         """Create the collection, or check that the existing one was built with the same models."""
@@ -100,7 +196,7 @@ class QdrantStore(ABC):
             raise SchemaMismatchError(
                 f"collection {self.collection!r} at {self.location} was built with other models ("
                 + "; ".join(problems)
-                + "). Use another collection name, or rebuild it (hybrid-rag index --rebuild)."
+                + "). Use another collection name, or rebuild it (Indexer.rebuild, hybrid-rag index --rebuild)."
             )
 
     @abstractmethod
@@ -133,7 +229,7 @@ class QdrantStore(ABC):
 
     @abstractmethod
     def drop(self) -> None:
-        """Delete the collection and everything in it."""
+        """Delete the collection (every version) and everything in it; a pinned store drops its version only."""
 
     @abstractmethod
     def close(self) -> None: ...

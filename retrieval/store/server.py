@@ -1,8 +1,14 @@
-"""Server backend: a Qdrant server (or qdrant-client's local mode) through ``qdrant-client``."""
+"""Server backend: a Qdrant server (or qdrant-client's local mode) through ``qdrant-client``.
+
+A collection ``name`` is an alias on the physical collection ``name__v<N>`` that holds its data; a rebuild
+fills ``name__v<N+1>`` and moves the alias in one ``update_collection_aliases`` call, so requests addressed
+to ``name`` switch atomically. A physical collection called ``name`` (made before versioning) is version 0.
+"""
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -24,6 +30,8 @@ from retrieval.store.base import (
     StoredHit,
     StoreError,
     filter_conditions,
+    parse_version,
+    version_name,
 )
 
 log = logging.getLogger(__name__)
@@ -45,13 +53,19 @@ def is_transient(exc: BaseException) -> bool:
         return False
 
 
-def connect(url: str, api_key: str | None = None, timeout_s: float = 30.0) -> QdrantClient:
-    """A client for ``url``: ``http(s)://host:port`` for a server, ``:memory:`` or ``file:///dir`` for local mode."""
+def connect(
+    url: str, api_key: str | None = None, timeout_s: float = 30.0, *, check_compatibility: bool = True
+) -> QdrantClient:
+    """A client for ``url``: ``http(s)://host:port`` for a server, ``:memory:`` or ``file:///dir`` for local mode.
+
+    No request is made here (qdrant-client's version check runs in the background unless switched off).
+    """
     if url == ":memory:":
         return QdrantClient(location=":memory:")
     if url.startswith("file://"):
         return QdrantClient(path=url.removeprefix("file://"))
-    return QdrantClient(url=url, api_key=api_key, timeout=int(timeout_s))
+    timeout = max(1, math.ceil(timeout_s))
+    return QdrantClient(url=url, api_key=api_key, timeout=timeout, check_compatibility=check_compatibility)
 
 
 class ServerStore(QdrantStore):
@@ -62,28 +76,39 @@ class ServerStore(QdrantStore):
         client: QdrantClient,
         collection: str,
         *,
+        version: int | None = None,
         location: str = "qdrant",
         retries: int = 4,
         backoff_s: float = 0.5,
         sleep: Callable[[float], None] = time.sleep,
+        owns_client: bool = True,
     ):
         self.client = client
         self.collection = collection
+        self.version = version
+        self.name = collection if version is None else version_name(collection, version)  # what requests address
         self.location = location
         self.retries = retries
         self.backoff_s = backoff_s
         self._sleep = sleep
+        self._owns_client = owns_client
 
     def _call(self, operation: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         for attempt in range(self.retries + 1):
             try:
                 return fn(*args, **kwargs)
             except Exception as exc:
+                if isinstance(exc, UnexpectedResponse) and not is_transient(exc):
+                    hint = " (check HYBRID_RAG_QDRANT_API_KEY)" if exc.status_code in (401, 403) else ""
+                    raise StoreError(
+                        f"Qdrant at {self.location}: {operation} on collection {self.name!r} was refused{hint}: "
+                        f"HTTP {exc.status_code} {exc.reason_phrase}: {exc.content[:500]!r}"
+                    ) from exc
                 if not is_transient(exc):
                     raise
                 if attempt == self.retries:
                     raise StoreError(
-                        f"Qdrant at {self.location}: {operation} on collection {self.collection!r} failed after "
+                        f"Qdrant at {self.location}: {operation} on collection {self.name!r} failed after "
                         f"{self.retries + 1} attempts: {type(exc).__name__}: {exc}"
                     ) from exc
                 delay = self.backoff_s * 2**attempt
@@ -91,23 +116,80 @@ class ServerStore(QdrantStore):
                 self._sleep(delay)
         raise AssertionError("unreachable")
 
+    # -- versions -----------------------------------------------------------------------------------
+    def _aliases(self) -> dict[str, str]:
+        response = self._call("get_aliases", self.client.get_aliases)
+        return {a.alias_name: a.collection_name for a in response.aliases}
+
+    def _exists(self, name: str) -> bool:
+        """Whether a physical collection (not an alias) called ``name`` exists."""
+        response = self._call("get_collections", self.client.get_collections)
+        return any(c.name == name for c in response.collections)
+
+    def _physical(self) -> str | None:
+        """The physical collection requests to ``self.name`` reach, or None."""
+        if self.version is None:
+            target = self._aliases().get(self.collection)
+            if target is not None:
+                return target
+        return self.name if self._exists(self.name) else None
+
+    def current_version(self) -> int | None:
+        physical = self._physical()
+        return None if physical is None else parse_version(self.collection, physical)
+
+    def _versions(self) -> list[int]:
+        response = self._call("get_collections", self.client.get_collections)
+        found = (parse_version(self.collection, c.name) for c in response.collections)
+        return sorted(v for v in found if v is not None)
+
+    def _pinned(self, version: int) -> ServerStore:
+        return ServerStore(
+            self.client,
+            self.collection,
+            version=version,
+            location=self.location,
+            retries=self.retries,
+            backoff_s=self.backoff_s,
+            sleep=self._sleep,
+            owns_client=False,
+        )
+
+    def _switch(self, staged: QdrantStore) -> None:
+        ops: list[qm.AliasOperations] = []
+        if self.collection in self._aliases():
+            ops.append(qm.DeleteAliasOperation(delete_alias=qm.DeleteAlias(alias_name=self.collection)))
+        elif self._exists(self.collection):  # an alias cannot shadow a collection: the unversioned one goes first
+            log.warning(
+                "replacing the unversioned collection %r at %s by an alias (it is missing for a moment)",
+                self.collection,
+                self.location,
+            )
+            self._call("delete_collection", self.client.delete_collection, self.collection)
+        target = version_name(self.collection, staged.version or 0)
+        ops.append(
+            qm.CreateAliasOperation(create_alias=qm.CreateAlias(collection_name=target, alias_name=self.collection))
+        )
+        self._call("update_collection_aliases", self.client.update_collection_aliases, change_aliases_operations=ops)
+
     # -- lifecycle ----------------------------------------------------------------------------------
     def schema(self) -> CollectionSchema | None:
-        if not self._call("collection_exists", self.client.collection_exists, self.collection):
+        physical = self._physical()
+        if physical is None:
             return None
-        info = self._call("get_collection", self.client.get_collection, self.collection)
+        info = self._call("get_collection", self.client.get_collection, physical)
         metadata = info.config.metadata or {}
         if SCHEMA_KEY not in metadata:
             raise StoreError(
-                f"collection {self.collection!r} at {self.location} was not created by hybrid-rag (no schema metadata)"
+                f"collection {physical!r} at {self.location} was not created by hybrid-rag (no schema metadata)"
             )
         return CollectionSchema.from_dict(metadata[SCHEMA_KEY])
 
-    def _create(self, schema: CollectionSchema) -> None:
+    def _create_physical(self, schema: CollectionSchema) -> None:
         self._call(
             "create_collection",
             self.client.create_collection,
-            self.collection,
+            self.name,
             vectors_config={DENSE: qm.VectorParams(size=schema.dense_dim, distance=qm.Distance.COSINE)},
             sparse_vectors_config={
                 SPARSE: qm.SparseVectorParams(modifier=qm.Modifier.IDF if schema.sparse_idf else None)
@@ -117,16 +199,26 @@ class ServerStore(QdrantStore):
         self._call(
             "create_payload_index",
             self.client.create_payload_index,
-            self.collection,
+            self.name,
             field_name="doc_id",
             field_schema=qm.PayloadSchemaType.KEYWORD,
         )
 
     def drop(self) -> None:
-        self._call("delete_collection", self.client.delete_collection, self.collection)
+        if self.version is not None:
+            self._call("delete_collection", self.client.delete_collection, self.name)
+            return
+        if self.collection in self._aliases():
+            delete = qm.DeleteAliasOperation(delete_alias=qm.DeleteAlias(alias_name=self.collection))
+            self._call(
+                "update_collection_aliases", self.client.update_collection_aliases, change_aliases_operations=[delete]
+            )
+        for v in self._versions():
+            self._call("delete_collection", self.client.delete_collection, version_name(self.collection, v))
 
     def close(self) -> None:
-        self.client.close()
+        if self._owns_client:
+            self.client.close()
 
     # -- writes -------------------------------------------------------------------------------------
     def upsert(self, chunks: Sequence[Chunk], dense: np.ndarray, sparse: Sequence[SparseVec]) -> None:
@@ -138,17 +230,17 @@ class ServerStore(QdrantStore):
             )
             for c, d, s in zip(chunks, dense, sparse, strict=True)
         ]
-        self._call("upsert", self.client.upsert, self.collection, points=points, wait=True)
+        self._call("upsert", self.client.upsert, self.name, points=points, wait=True)
 
     def delete_ids(self, ids: Sequence[str]) -> None:
         if ids:
             selector = qm.PointIdsList(points=list(ids))
-            self._call("delete", self.client.delete, self.collection, points_selector=selector, wait=True)
+            self._call("delete", self.client.delete, self.name, points_selector=selector, wait=True)
 
     def delete_documents(self, doc_ids: Sequence[str]) -> None:
         if doc_ids:
             selector = qm.FilterSelector(filter=_client_filter({"doc_id": list(doc_ids)}))
-            self._call("delete", self.client.delete, self.collection, points_selector=selector, wait=True)
+            self._call("delete", self.client.delete, self.name, points_selector=selector, wait=True)
 
     # -- reads --------------------------------------------------------------------------------------
     def stored_hashes(self) -> dict[str, tuple[str, str]]:
@@ -158,7 +250,7 @@ class ServerStore(QdrantStore):
             records, offset = self._call(
                 "scroll",
                 self.client.scroll,
-                self.collection,
+                self.name,
                 limit=2048,
                 offset=offset,
                 with_payload=["doc_id", "content_hash"],
@@ -170,19 +262,17 @@ class ServerStore(QdrantStore):
                 return out
 
     def count(self, filter: dict[str, Any] | None = None) -> int:
-        result = self._call(
-            "count", self.client.count, self.collection, count_filter=_client_filter(filter), exact=True
-        )
+        result = self._call("count", self.client.count, self.name, count_filter=_client_filter(filter), exact=True)
         return result.count
 
     def query_batch(self, plans: Sequence[QueryPlan]) -> list[list[StoredHit]]:
         requests = [_client_request(p) for p in plans]
-        responses = self._call("query_batch_points", self.client.query_batch_points, self.collection, requests=requests)
+        responses = self._call("query_batch_points", self.client.query_batch_points, self.name, requests=requests)
         return [[_hit(p) for p in r.points] for r in responses]
 
     def dense_vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
         records = self._call(
-            "retrieve", self.client.retrieve, self.collection, ids=list(ids), with_payload=False, with_vectors=[DENSE]
+            "retrieve", self.client.retrieve, self.name, ids=list(ids), with_payload=False, with_vectors=[DENSE]
         )
         return {str(r.id): np.asarray(r.vector[DENSE], dtype=np.float32) for r in records}
 

@@ -1,0 +1,182 @@
+"""Qdrant faults: transient server errors are retried, persistent ones fail clearly; embedded-engine faults too."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
+
+from retrieval import HybridRetriever, Indexer, RetrievalSettings
+from retrieval.store import EdgeStore, ServerStore, StoreError, connect, open_store
+from tests.conftest import LEXICAL_QUERY, TINY_DOCS
+
+URL = "http://qdrant.test:6333"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def http_error(status: int) -> UnexpectedResponse:
+    return UnexpectedResponse(status, "error", b'{"status": {"error": "injected"}}', httpx.Headers())
+
+
+def no_connection() -> ResponseHandlingException:
+    return ResponseHandlingException(httpx.ConnectError("[Errno 111] Connection refused"))
+
+
+def read_timeout() -> ResponseHandlingException:
+    return ResponseHandlingException(httpx.ReadTimeout("timed out"))
+
+
+class FlakyClient:
+    """A real (local-mode) client whose methods named in ``faults`` raise the given errors first, then work."""
+
+    def __init__(self, client: Any, **faults: list[Exception]):
+        self._client = client
+        self.faults = faults
+        self.calls: Counter[str] = Counter()
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._client, name)
+        if name not in self.faults:
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            self.calls[name] += 1
+            if self.faults[name]:
+                raise self.faults[name].pop(0)
+            return attr(*args, **kwargs)
+
+        return call
+
+
+def flaky_store(retries: int, sleeps: list[float], **faults: list[Exception]) -> ServerStore:
+    client = FlakyClient(connect(":memory:"), **faults)
+    return ServerStore(client, "test", location=URL, retries=retries, backoff_s=0.1, sleep=sleeps.append)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> RetrievalSettings:
+    return RetrievalSettings(
+        qdrant_path=tmp_path / "index", cache_dir=tmp_path / "cache", collection="test", rerank=False
+    )
+
+
+def test_transient_faults_are_retried_with_backoff(settings, dense_encoder, sparse_encoder):
+    sleeps: list[float] = []
+    store = flaky_store(
+        3,
+        sleeps,
+        upsert=[no_connection(), read_timeout()],
+        query_batch_points=[http_error(503), http_error(429)],
+        count=[http_error(500)],
+    )
+    report = Indexer(settings, store=store, dense=dense_encoder, sparse=sparse_encoder).index(TINY_DOCS, progress=False)
+    assert report.points == len(TINY_DOCS)
+    hits = HybridRetriever(settings, store=store, dense=dense_encoder, sparse=sparse_encoder).search(LEXICAL_QUERY[0])
+    assert hits[0].doc_id == LEXICAL_QUERY[1]
+    assert sleeps == [0.1, 0.2, 0.1, 0.1, 0.2]  # upsert twice, count once, query twice: exponential per operation
+    assert store.client.calls == {"upsert": 3, "count": 2, "query_batch_points": 3}
+
+
+def test_persistent_fault_fails_naming_url_and_operation(settings, dense_encoder, sparse_encoder, caplog):
+    sleeps: list[float] = []
+    store = flaky_store(2, sleeps, query_batch_points=[http_error(500) for _ in range(10)])
+    Indexer(settings, store=store, dense=dense_encoder, sparse=sparse_encoder).index(TINY_DOCS, progress=False)
+    retriever = HybridRetriever(settings, store=store, dense=dense_encoder, sparse=sparse_encoder)
+    with caplog.at_level(logging.WARNING), pytest.raises(StoreError) as info:
+        retriever.search(LEXICAL_QUERY[0])
+    message = str(info.value)
+    assert URL in message and "query_batch_points" in message and "after 3 attempts" in message
+    assert store.client.calls["query_batch_points"] == 3 and sleeps == [0.1, 0.2]
+    assert caplog.text.count("retrying") == 2
+
+
+def test_client_errors_are_not_retried(settings, dense_encoder, sparse_encoder):
+    sleeps: list[float] = []
+    store = flaky_store(4, sleeps, upsert=[http_error(400)], count=[http_error(401)])
+    indexer = Indexer(settings, store=store, dense=dense_encoder, sparse=sparse_encoder)
+    with pytest.raises(StoreError, match=r"qdrant\.test:6333: upsert on collection 'test' was refused: HTTP 400"):
+        indexer.index(TINY_DOCS, progress=False)
+    with pytest.raises(StoreError, match="HYBRID_RAG_QDRANT_API_KEY"):
+        store.count()
+    assert store.client.calls == {"upsert": 1, "count": 1} and sleeps == []
+
+
+@pytest.mark.filterwarnings("ignore:Failed to obtain server version")
+def test_unreachable_server_fails_naming_the_url():
+    url = "http://127.0.0.1:1"  # nothing listens on port 1
+    store = open_store(RetrievalSettings(qdrant_url=url, qdrant_timeout_s=1, qdrant_retries=1, collection="x"))
+    with pytest.raises(StoreError, match=r"Qdrant at http://127\.0\.0\.1:1: count on collection 'x' failed after 2"):
+        store.count()
+    store.close()
+
+
+HOLD = """
+import sys
+from retrieval.store import EdgeStore
+store = EdgeStore(sys.argv[1], "test")
+print(store.count(), flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_data_dir_locked_by_another_process(tmp_path, settings, dense_encoder, sparse_encoder, caplog):
+    root = tmp_path / "index"
+    store = EdgeStore(root, "test")
+    indexer = Indexer(settings, store=store, dense=dense_encoder, sparse=sparse_encoder)
+    indexer.index(TINY_DOCS, progress=False)
+    store.close()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(root)], cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == str(len(TINY_DOCS))
+        with pytest.raises(StoreError, match="locked by another process"):
+            EdgeStore(root, "test").count()
+        # a rebuild does not need the current version; it leaves it in place while the other process holds it
+        with caplog.at_level(logging.WARNING):
+            indexer.rebuild(TINY_DOCS[:3], progress=False)
+        assert (root / "test__v1").is_dir() and "another process has it open" in caplog.text
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)
+    store.cleanup()
+    assert not (root / "test__v1").exists()
+    assert store.count() == 3
+    store.close()
+
+
+def test_corrupted_data_dir_gives_a_clear_error(tmp_path, settings, dense_encoder, sparse_encoder):
+    root = tmp_path / "index"
+    store = EdgeStore(root, "test")
+    Indexer(settings, store=store, dense=dense_encoder, sparse=sparse_encoder).index(TINY_DOCS, progress=False)
+    store.close()
+    for path in (root / "test__v1" / "shard").rglob("*"):
+        if path.is_file():
+            with open(path, "r+b") as f:
+                f.write(b"\xde\xad garbage \x00" * 64)
+    retriever = HybridRetriever(settings, store=EdgeStore(root, "test"), dense=dense_encoder, sparse=sparse_encoder)
+    with pytest.raises(StoreError, match=r"test__v1/shard: it looks damaged or incomplete"):
+        retriever.search(LEXICAL_QUERY[0])
+    with pytest.raises(StoreError, match="damaged"):
+        EdgeStore(root, "test").count()
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [("test.current.json", "unreadable version pointer"), ("test__v1/schema.json", "unreadable collection schema")],
+)
+def test_garbage_in_small_files_gives_a_clear_error(tmp_path, settings, dense_encoder, sparse_encoder, name, expected):
+    root = tmp_path / "index"
+    store = EdgeStore(root, "test")
+    Indexer(settings, store=store, dense=dense_encoder, sparse=sparse_encoder).index(TINY_DOCS, progress=False)
+    store.close()
+    (root / name).write_text("{garbage")
+    with pytest.raises(StoreError, match=expected):
+        EdgeStore(root, "test").schema()

@@ -1,0 +1,270 @@
+"""Rebuilds write a new collection version and switch readers atomically; nothing is lost on the way."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import retrieval.indexer as indexer_module
+from retrieval import Document, HybridRetriever, Indexer, RetrievalSettings
+from retrieval.encoders import Bm25Encoder, DenseEncoder
+from retrieval.store import EdgeStore, QdrantStore, SchemaMismatchError, ServerStore, connect
+from tests.conftest import LEXICAL_QUERY, TINY_DOCS
+
+BACKENDS = ["edge", "server"]
+NEW_DOCS = [
+    *TINY_DOCS,
+    *(Document(f"extra{i}", f"Maintenance note {i}: the QR-{1000 + i} pump needs a new seal.") for i in range(23)),
+]
+
+
+def store_pair(backend: str, root: Path, version: int | None = None) -> tuple[QdrantStore, QdrantStore]:
+    """Two stores on one collection (a writer's and a reader's), as two parts of one process would hold them."""
+    if backend == "edge":
+        return EdgeStore(root, "test", version=version), EdgeStore(root, "test")
+    client = connect(":memory:")
+    writer = ServerStore(client, "test", version=version, location=":memory:", backoff_s=0.0)
+    return writer, ServerStore(client, "test", location=":memory:", owns_client=False)
+
+
+def physical_names(backend: str, root: Path, store: QdrantStore) -> set[str]:
+    if backend == "edge":
+        return {p.name for p in root.iterdir() if p.is_dir()}
+    assert isinstance(store, ServerStore)
+    return {c.name for c in store.client.get_collections().collections}
+
+
+def settings_for(root: Path, **updates) -> RetrievalSettings:
+    base = RetrievalSettings(qdrant_path=root, cache_dir=root / "cache", collection="test", embedding_cache=False)
+    return base.model_copy(update={"rerank": False, **updates})
+
+
+class ProjectedEncoder(DenseEncoder):
+    """The real model's vectors cut to their first ``dim`` components: stands in for another dense model."""
+
+    def __init__(self, base: DenseEncoder, dim: int = 128):
+        super().__init__(base.model_name, device=base.device, batch_size=base.batch_size)
+        self.model_name = f"{base.model_name}-first{dim}"
+        self.__dict__["model"] = base.model  # share the loaded model
+        self.dim = dim
+
+    @property
+    def dimension(self) -> int:
+        return self.dim
+
+    def _encode(self, texts: list[str], prompt: str, show_progress: bool) -> np.ndarray:
+        vectors = super()._encode(texts, prompt, show_progress)[:, : self.dim]
+        return vectors / np.clip(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12, None)
+
+
+class OtherSparse(Bm25Encoder):
+    """Stands in for another sparse model."""
+
+    name = "other-sparse"
+    uses_idf_modifier = False
+
+
+def wait_for(condition, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting")
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_rebuild_under_continuous_search_loses_nothing(backend, tmp_path, dense_encoder, sparse_encoder, monkeypatch):
+    root = tmp_path / "index"
+    writer, reader = store_pair(backend, root)
+    settings = settings_for(root, upsert_batch_size=8)
+    indexer = Indexer(settings, store=writer, dense=dense_encoder, sparse=sparse_encoder)
+    first = indexer.index(TINY_DOCS, progress=False)
+    assert first.version == 1 and physical_names(backend, root, writer) >= {"test__v1"}
+    retriever = HybridRetriever(settings, store=reader, dense=dense_encoder, sparse=sparse_encoder)
+
+    searches, failures, stop = [0], [], threading.Event()
+
+    def search_forever() -> None:
+        while not stop.is_set():
+            try:
+                hits = retriever.search(LEXICAL_QUERY[0], k=3)
+                if not hits or hits[0].doc_id != LEXICAL_QUERY[1]:
+                    failures.append(f"search {searches[0]}: {[h.doc_id for h in hits]}")
+            except Exception as exc:  # noqa: BLE001 - every failure is a finding here
+                failures.append(f"search {searches[0]}: {type(exc).__name__}: {exc}")
+            searches[0] += 1
+
+    def searches_meanwhile(block_no: int) -> None:  # several searches land while the new version is half built
+        seen = searches[0]
+        wait_for(lambda: searches[0] >= seen + 2)
+
+    thread = threading.Thread(target=search_forever, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: searches[0] >= 2)
+        monkeypatch.setattr(indexer_module, "ENCODE_BLOCK", 8)
+        indexer.after_batch = searches_meanwhile
+        report = indexer.rebuild(NEW_DOCS, progress=False)
+        indexer.after_batch = None
+        switched_at = searches[0]
+        wait_for(lambda: searches[0] >= switched_at + 3)
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+    assert not failures, failures[:5]
+    assert report.rebuilt and report.version == 2 and report.points == len(NEW_DOCS)
+    assert reader.count() == writer.count() == len(NEW_DOCS)
+    assert retriever.search("QR-1017 pump seal", k=1)[0].doc_id == "extra17"  # the readers see the new version
+    names = physical_names(backend, root, writer)
+    assert "test__v2" in names and "test__v1" not in names  # the old version is gone
+    writer.close()
+    reader.close()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_unversioned_collection_keeps_working_and_is_replaced_by_a_rebuild(
+    backend, tmp_path, dense_encoder, sparse_encoder
+):
+    root = tmp_path / "index"
+    legacy, store = store_pair(backend, root, version=0)  # version 0: the layout before versioning
+    settings = settings_for(root)
+    Indexer(settings, store=legacy, dense=dense_encoder, sparse=sparse_encoder).index(TINY_DOCS[:5], progress=False)
+    if backend == "edge":
+        assert (root / "test" / "schema.json").exists() and not (root / "test.current.json").exists()
+    assert store.current_version() == 0
+
+    indexer = Indexer(settings, store=store, dense=dense_encoder, sparse=sparse_encoder)
+    report = indexer.index(TINY_DOCS, progress=False)  # incremental: into the existing, unversioned collection
+    assert (report.version, report.embedded, report.unchanged) == (0, 3, 5)
+    retriever = HybridRetriever(settings, store=store, dense=dense_encoder, sparse=sparse_encoder)
+    assert retriever.search(LEXICAL_QUERY[0], k=1)[0].doc_id == LEXICAL_QUERY[1]
+
+    rebuilt = indexer.rebuild(NEW_DOCS, progress=False)
+    assert rebuilt.version == 1 and store.current_version() == 1
+    assert retriever.search("QR-1003 pump seal", k=1)[0].doc_id == "extra3"
+    assert store.count() == len(NEW_DOCS)
+    assert "test__v1" in physical_names(backend, root, store)
+    if backend == "edge":
+        legacy.close()  # its holder lets go: the unversioned directory is deleted now
+        assert not (root / "test").exists()
+    else:  # on a server "test" is now the alias
+        assert "test" not in physical_names(backend, root, store)
+        assert {a.alias_name: a.collection_name for a in store.client.get_aliases().aliases} == {"test": "test__v1"}
+    store.close()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_incremental_index_writes_into_the_current_version(backend, tmp_path, dense_encoder, sparse_encoder):
+    root = tmp_path / "index"
+    store, _ = store_pair(backend, root)
+    indexer = Indexer(settings_for(root), store=store, dense=dense_encoder, sparse=sparse_encoder)
+    indexer.index(TINY_DOCS, progress=False)
+    indexer.rebuild(TINY_DOCS[:4], progress=False)
+    report = indexer.index(NEW_DOCS[-3:], progress=False)
+    assert report.version == 2 and store.count() == 4 + 3
+    assert physical_names(backend, root, store) & {"test__v1", "test__v2", "test__v3"} == {"test__v2"}
+    store.close()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_failed_rebuild_leaves_readers_alone_and_resumes(backend, tmp_path, dense_encoder, sparse_encoder, monkeypatch):
+    root = tmp_path / "index"
+    store, _ = store_pair(backend, root)
+    indexer = Indexer(settings_for(root, upsert_batch_size=8), store=store, dense=dense_encoder, sparse=sparse_encoder)
+    indexer.index(TINY_DOCS, progress=False)
+    monkeypatch.setattr(indexer_module, "ENCODE_BLOCK", 8)
+
+    def crash(block_no: int) -> None:
+        if block_no == 1:
+            raise RuntimeError("injected failure after two blocks")
+
+    indexer.after_batch = crash
+    with pytest.raises(RuntimeError, match="injected"):
+        indexer.rebuild(NEW_DOCS, progress=False)
+    assert store.current_version() == 1 and store.count() == len(TINY_DOCS)  # readers never saw the half-built one
+    indexer.after_batch = None
+    resumed = indexer.rebuild(NEW_DOCS, progress=False)
+    assert (resumed.version, resumed.unchanged, resumed.embedded) == (2, 16, len(NEW_DOCS) - 16)
+    assert store.count() == len(NEW_DOCS)
+    store.close()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_other_dense_model_is_refused_or_rebuilt_into_a_new_version(backend, tmp_path, dense_encoder, sparse_encoder):
+    root = tmp_path / "index"
+    store, reader = store_pair(backend, root)
+    settings = settings_for(root)
+    Indexer(settings, store=store, dense=dense_encoder, sparse=sparse_encoder).index(TINY_DOCS, progress=False)
+    old_retriever = HybridRetriever(settings, store=reader, dense=dense_encoder, sparse=sparse_encoder)
+    assert old_retriever.search(LEXICAL_QUERY[0], k=1)
+
+    other = ProjectedEncoder(dense_encoder, dim=128)
+    indexer = Indexer(settings, store=store, dense=other, sparse=sparse_encoder)
+    names_before = physical_names(backend, root, store)
+    with pytest.raises(SchemaMismatchError, match=r"dense_dim: collection has 384, settings give 128.*rebuild"):
+        indexer.index(TINY_DOCS[:2], progress=False)
+    assert physical_names(backend, root, store) == names_before and store.count() == len(TINY_DOCS)
+
+    report = indexer.rebuild(TINY_DOCS, progress=False)
+    assert report.version == 2 and store.schema().dense_dim == 128
+    with pytest.raises(SchemaMismatchError, match="dense_dim"):  # readers with the old model refuse, clearly
+        old_retriever.search(LEXICAL_QUERY[0], k=1)
+    new_retriever = HybridRetriever(settings, store=reader, dense=other, sparse=sparse_encoder)
+    assert new_retriever.search(LEXICAL_QUERY[0], k=1)[0].doc_id == LEXICAL_QUERY[1]
+    store.close()
+    reader.close()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_other_sparse_model_is_refused_or_rebuilt(backend, tmp_path, dense_encoder, sparse_encoder):
+    root = tmp_path / "index"
+    store, _ = store_pair(backend, root)
+    settings = settings_for(root)
+    Indexer(settings, store=store, dense=dense_encoder, sparse=sparse_encoder).index(TINY_DOCS, progress=False)
+    indexer = Indexer(settings, store=store, dense=dense_encoder, sparse=OtherSparse())
+    with pytest.raises(SchemaMismatchError, match="sparse_model: collection has 'bm25', settings give 'other-sparse'"):
+        indexer.index(TINY_DOCS, progress=False)
+    assert store.schema().sparse_model == "bm25"
+    indexer.rebuild(TINY_DOCS, progress=False)
+    assert store.schema().sparse_model == "other-sparse" and store.count() == len(TINY_DOCS)
+    store.close()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_drop_removes_every_version(backend, tmp_path, dense_encoder, sparse_encoder):
+    root = tmp_path / "index"
+    store, _ = store_pair(backend, root)
+    indexer = Indexer(settings_for(root), store=store, dense=dense_encoder, sparse=sparse_encoder)
+    indexer.index(TINY_DOCS[:2], progress=False)
+    indexer.rebuild(TINY_DOCS[:3], progress=False)
+    store.drop()
+    assert store.schema() is None and store.current_version() is None
+    if backend == "edge":
+        assert not any(p.name.startswith("test") for p in root.iterdir())
+    else:
+        assert not physical_names(backend, root, store) and not store.client.get_aliases().aliases
+    store.close()
+
+
+def test_dropped_version_held_by_a_reader_is_kept_until_released_or_reused(tmp_path, dense_encoder, sparse_encoder):
+    root = tmp_path / "index"
+    writer, reader = store_pair("edge", root)
+    settings = settings_for(root)
+    indexer = Indexer(settings, store=writer, dense=dense_encoder, sparse=sparse_encoder)
+    indexer.index(TINY_DOCS, progress=False)
+    retriever = HybridRetriever(settings, store=reader, dense=dense_encoder, sparse=sparse_encoder)
+    assert retriever.search(LEXICAL_QUERY[0], k=1)
+    writer.drop()
+    assert (root / "test__v1").is_dir()  # the reader still holds it ...
+    assert retriever.search(LEXICAL_QUERY[0], k=1)[0].doc_id == LEXICAL_QUERY[1]  # ... and keeps answering
+    report = indexer.index(TINY_DOCS, progress=False)  # same models: the dropped, still present version is reused
+    assert (report.version, report.unchanged) == (1, len(TINY_DOCS))
+    reader.close()
+    writer.close()
+    again = EdgeStore(root, "test")
+    assert (root / "test__v1").is_dir() and again.count() == len(TINY_DOCS)
+    again.close()
