@@ -17,7 +17,6 @@ from evals.collections import TrainSplitView
 from evals.metrics import evaluate
 from retrieval.rerank import EmbeddingReranker, RerankConfig
 from retrieval.search import HybridRetriever
-from retrieval.store import QueryPlan
 
 
 @dataclass
@@ -36,7 +35,6 @@ def first_stage_lists(
     retriever: HybridRetriever, queries: dict[str, str], depth: int = 100, batch: int = 64
 ) -> list[CandidateList]:
     """The hybrid first stage for every query, with the candidates' stored vectors (what the reranker sees)."""
-    s = retriever.settings
     qids = list(queries)
     out: list[CandidateList] = []
     for start in range(0, len(qids), batch):
@@ -44,19 +42,7 @@ def first_stage_lists(
         texts = [queries[q] for q in part]
         dense = retriever.query_encoder.encode_queries(texts)
         sparse = retriever.sparse.encode_queries(texts)
-        plans = [
-            QueryPlan(
-                dense=dense[i],
-                sparse=sparse[i],
-                limit=depth,
-                prefetch_k=max(s.prefetch_k, depth),
-                fusion=s.fusion,
-                rrf_k=s.rrf_k,
-                weights=(s.dense_weight, s.sparse_weight),
-                with_dense_vectors=True,
-            )
-            for i in range(len(part))
-        ]
+        plans = [retriever.fused_plan(dense[i], sparse[i], depth, None, with_vectors=True) for i in range(len(part))]
         for i, hits in enumerate(retriever.store.query_batch(plans)):
             out.append(
                 CandidateList(

@@ -148,7 +148,15 @@ class HybridRetriever:
         depth = max(k, self.reranker.config.depth) if rerank else k
         plans = []
         for i in range(len(queries)):
-            plans.append(self._plan(dense_q, sparse_q, i, depth, filter, with_vectors=rerank))
+            plans.append(
+                self.fused_plan(
+                    dense_q[i] if dense_q is not None else None,
+                    sparse_q[i] if sparse_q is not None else None,
+                    depth,
+                    filter,
+                    with_vectors=rerank,
+                )
+            )
             if variant is Variant.HYBRID:  # the channels alone, for each hit's per-channel rank
                 s = self.settings
                 plans.append(QueryPlan(dense=dense_q[i], limit=s.prefetch_k, filter=filter, with_payload=False))
@@ -187,11 +195,14 @@ class HybridRetriever:
         self.last_timings = {"encode_s": t1 - t0, "qdrant_s": t2 - t1, "rerank_s": t3 - t2}
         return out
 
-    def _plan(self, dense_q, sparse_q, i: int, limit: int, filter, with_vectors: bool) -> QueryPlan:
+    def fused_plan(
+        self, dense: np.ndarray | None, sparse, limit: int, filter: dict[str, Any] | None, with_vectors: bool
+    ) -> QueryPlan:
+        """The first-stage Qdrant request for one query: the channels given, fused as the settings say."""
         s = self.settings
         return QueryPlan(
-            dense=dense_q[i] if dense_q is not None else None,
-            sparse=sparse_q[i] if sparse_q is not None else None,
+            dense=dense,
+            sparse=sparse,
             limit=limit,
             prefetch_k=max(s.prefetch_k, limit),
             fusion=s.fusion,
