@@ -111,7 +111,7 @@ def train_pseudo_query_encoder(
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
             steps += 1
             bar.update(1)
             bar.set_postfix(loss=f"{np.mean(losses[-10:]):.3f}")
