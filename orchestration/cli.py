@@ -158,6 +158,28 @@ def evaluate(
         json_out.write_text(json.dumps(rows, indent=2))
 
 
+@app.command()
+def compare(
+    baseline: Annotated[Path, typer.Argument(help="TREC run file of the baseline")],
+    candidate: Annotated[Path, typer.Argument(help="TREC run file of the candidate")],
+    beir_dir: Annotated[str, typer.Argument(help="BEIR directory with the qrels, or 'sample'")],
+    split: Annotated[str, typer.Option(help="qrels split")] = "test",
+    metric: Annotated[list[str] | None, typer.Option(help="Metrics to compare (repeatable)")] = None,
+) -> None:
+    """Compare two runs query by query: wins/losses/ties and a paired significance test."""
+    from evals.collections import load_collection
+    from evals.compare import compare_runs, format_comparison
+    from evals.runs import read_run
+
+    qrels = load_collection(beir_dir).qrels(split)
+    (base_run, base_tag), (cand_run, cand_tag) = read_run(baseline), read_run(candidate)
+    rows = [
+        compare_runs(qrels, base_run, cand_run, m, names=(base_tag or baseline.stem, cand_tag or candidate.stem))
+        for m in (metric or ["ndcg@10", "recall@100"])
+    ]
+    console.print(format_comparison(rows))
+
+
 @app.command("eval-report")
 def eval_report(
     history: Annotated[Path, typer.Option(help="Evaluation history (SQLite)")] = Path("data/history/evals.sqlite"),

@@ -60,6 +60,10 @@ def test_index_search_eval_round_trip(cli_env):
     run, tag = read_run(cli_env / "runs" / "dense.trec")
     assert tag == "hybrid-rag-dense" and set(run) == set(sample.split_queries("test"))
 
+    invoke("eval", "sample", "--collection", "cli", "--variant", "hybrid", "--run-file", "runs/hybrid.trec")
+    compared = invoke("compare", "runs/dense.trec", "runs/hybrid.trec", "sample")
+    assert "hybrid-rag-dense" in compared and "W/L/T" in compared and "ndcg@10" in compared
+
     report = invoke("eval-report", "--out", "reports")
     assert "hybrid" in report
     assert (cli_env / "reports" / "ndcg_at_10.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
