@@ -19,9 +19,9 @@ setup: $(BIN)/hybrid-rag
 run: setup  ## ingest the sample corpus, build the index, evaluate, print the metrics (embedded Qdrant)
 	$(BIN)/hybrid-rag run
 
-test: setup  ## the whole test suite
+test: setup  ## the whole test suite (progress bars off: they would flood the log)
 	$(BIN)/ruff check .
-	$(BIN)/pytest
+	TQDM_DISABLE=1 $(BIN)/pytest
 
 ui: setup  ## the Dagster UI on http://127.0.0.1:3000
 	$(BIN)/dagster dev -m orchestration.definitions
