@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 
@@ -69,17 +68,15 @@ class EmbeddingReranker:
         # The pseudo-query encoder: the trained query encoder (evals.training) or the dense model itself.
         # Candidate vectors always come from the collection, so a trained encoder needs no re-indexing.
         self.query_encoder = query_encoder or dense
-        self._encode_query = lru_cache(maxsize=4096)(self.query_encoder.encode_query)
 
     def pseudo_query(
         self, query: str, query_vector: np.ndarray, texts: Sequence[str], vectors: np.ndarray
     ) -> np.ndarray:
+        """``query_vector`` must come from :attr:`query_encoder` (the retriever's dense query vector)."""
         k = min(self.config.feedback_k, len(vectors))
         if self.config.mode is RerankMode.PROMPT:
             prompt = listwise_prompt(query, list(texts[:k]), self.query_encoder.tokenizer)
             return self.query_encoder.encode_query(prompt)
-        if self.query_encoder is not self.dense:
-            query_vector = self._encode_query(query)
         pseudo = query_vector + self.config.beta * vectors[:k].mean(axis=0) if k else query_vector
         return pseudo / (np.linalg.norm(pseudo) or 1.0)
 
