@@ -26,6 +26,7 @@ class RerankMode(StrEnum):
 class DenseBackend(StrEnum):
     TORCH = "torch"
     ONNX = "onnx"
+    ONNX_INT8 = "onnx-int8"
     OPENVINO = "openvino"
 
 

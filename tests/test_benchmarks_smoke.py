@@ -1,0 +1,81 @@
+"""Every benchmark's main function runs end to end on a tiny size and returns sane figures."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+
+from tests.conftest import SCIFACT
+from tests.test_dense_backends import onnx_cache_dir
+
+pytestmark = pytest.mark.skipif(
+    not (SCIFACT / "corpus.jsonl").is_file(), reason=f"SciFact test collection not found at {SCIFACT}"
+)
+
+
+def test_indexing_overhead(capsys):
+    from benchmarks import indexing_overhead
+
+    result = indexing_overhead.run(max_docs=5, rounds=1, data=str(SCIFACT))
+    indexing_overhead.report(result)
+    assert result["chunks"] >= 5 and result["rounds"][0]["points"] == result["chunks"]
+    assert result["index_cps"] > 0 and result["encode_cps"] > 0 and 0 < result["ratio"] < 5
+    assert result["profile"]["dense: one encode call"] > 0 and result["machine"]["device"] == "cpu"
+    assert "Indexing overhead" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None, reason="optional dependency missing: onnxruntime")
+def test_cpu_backends(capsys):
+    from benchmarks import cpu_backends
+
+    result = cpu_backends.run(
+        backends=("torch", "onnx-int8"), texts=8, rounds=1, max_docs=16, data=str(SCIFACT), cache_dir=onnx_cache_dir()
+    )
+    cpu_backends.report(result)
+    rows = result["rows"]
+    assert set(rows) == {"torch", "onnx-int8"}
+    assert all(r["docs_s"] > 0 for r in rows.values())
+    assert rows["torch"]["speedup"] == pytest.approx(1.0)
+    assert rows["onnx-int8"]["cos_min"] > 0.97
+    assert 0 < rows["torch"]["ndcg@10"] <= 1 and abs(rows["onnx-int8"]["ndcg_delta"]) < 0.2
+    assert "CPU dense backends" in capsys.readouterr().out
+
+
+def test_search_latency(tmp_path, capsys):
+    from benchmarks import search_latency
+
+    result = search_latency.run(
+        max_docs=16, queries=5, synthetic_points=2000, data=str(SCIFACT), cache_dir=str(tmp_path / "cache")
+    )
+    search_latency.report(result)
+    for part in ("e2e", "hybrid", "synthetic"):
+        assert result[part]["p50"] > 0 and result[part]["p95"] >= result[part]["p50"]
+    assert result["synthetic_points"] == 2000 and result["points"] >= 16
+    assert "Search latency" in capsys.readouterr().out
+
+
+def test_scale(capsys):
+    from benchmarks import scale
+
+    result = scale.run(max_points=2000, queries=10)
+    scale.report(result)
+    (row,) = result["rows"]
+    assert row["points"] == row["count"] == 2000
+    assert row["upsert_pts_s"] > 0 and row["p50_ms"] > 0 and row["disk_mb"] > 0 and row["peak_rss_mb"] > 0
+    assert scale.sizes_up_to(1_000_000) == [10_000, 100_000, 1_000_000]
+    assert scale.sizes_up_to(150_000) == [10_000, 100_000, 150_000]
+    assert "Embedded engine growth" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(importlib.util.find_spec("langchain_qdrant") is None, reason="optional: langchain-qdrant")
+def test_vs_langchain(tmp_path, capsys):
+    from benchmarks import vs_langchain
+
+    result = vs_langchain.run(max_docs=16, queries=5, data=str(SCIFACT), cache_dir=str(tmp_path / "cache"))
+    vs_langchain.report(result)
+    assert result["ours_points"] == result["theirs_points"] == result["chunks"]
+    assert result["ours_index_s"] > 0 and result["theirs_index_s"] > 0
+    assert result["ours_ms"]["p50"] > 0 and result["theirs_ms"]["p50"] > 0
+    assert 0 < result["ours_ndcg"] <= 1 and 0 < result["theirs_ndcg"] <= 1
+    assert "vs LangChain" in capsys.readouterr().out
