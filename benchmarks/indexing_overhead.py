@@ -109,7 +109,7 @@ def profile_parts(root, max_docs, settings, dense, sparse, tmp) -> dict[str, flo
     out["dense: Indexer.encode_dense"] = time.perf_counter() - t
     t = time.perf_counter()
     sorted_locked_batches(dense, texts)
-    out["dense: same, length-sorted (proposed)"] = time.perf_counter() - t
+    out["dense: same, batches length-sorted first"] = time.perf_counter() - t
     t = time.perf_counter()
     sparse_vectors = ix.encode_sparse(chunks)
     out["sparse (BM25)"] = time.perf_counter() - t
