@@ -83,6 +83,7 @@ def build_encoders(settings: RetrievalSettings) -> tuple[DenseEncoder, Bm25Encod
         backend=settings.dense_backend,
         query_prompt=settings.dense_query_prompt,
         document_prompt=settings.dense_document_prompt,
+        cache_dir=settings.cache_dir,
     )
     sparse = make_sparse_encoder(
         settings.sparse_model,
