@@ -7,11 +7,32 @@ import logging
 from pathlib import Path
 from typing import Annotated
 
+import click
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperGroup
 
-app = typer.Typer(help="Hybrid dense + sparse retrieval on Qdrant.", no_args_is_help=True, add_completion=False)
+
+class _Group(TyperGroup):
+    """Turns the library's expected failures (bad arguments, bad input, unsafe deletes, store errors) into one
+    red line and exit code 2, without a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except Exception as exc:
+            from retrieval.errors import HybridRagError
+
+            if not isinstance(exc, HybridRagError):
+                raise
+            Console(stderr=True).print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from exc
+
+
+app = typer.Typer(
+    cls=_Group, help="Hybrid dense + sparse retrieval on Qdrant.", no_args_is_help=True, add_completion=False
+)
 console = Console()
 
 CollectionOpt = Annotated[str | None, typer.Option("--collection", "-c", help="Collection name (default: settings)")]
@@ -19,9 +40,16 @@ ENV_FILES: list[Path] = [Path(".env")]
 
 
 def _settings(**overrides):
-    from retrieval import RetrievalSettings
+    from pydantic import ValidationError
 
-    return RetrievalSettings(_env_file=ENV_FILES, **{k: v for k, v in overrides.items() if v is not None})
+    from retrieval.errors import InvalidArgumentError
+    from retrieval.settings import RetrievalSettings
+
+    try:
+        return RetrievalSettings(_env_file=ENV_FILES, **{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors())
+        raise InvalidArgumentError(f"invalid settings: {problems}") from None
 
 
 @app.callback()
@@ -40,36 +68,46 @@ def index(
     path: Annotated[Path, typer.Argument(help="BEIR directory, JSONL file, or folder of text/markdown files")],
     fmt: Annotated[str | None, typer.Option("--format", help="beir | jsonl | dir (default: detected)")] = None,
     collection: CollectionOpt = None,
-    prune: Annotated[bool, typer.Option(help="Delete documents that are no longer in the source")] = True,
+    sync: Annotated[
+        bool,
+        typer.Option(
+            "--sync", "--prune", help="Make the collection equal to the source: delete documents missing from it"
+        ),
+    ] = False,
+    allow_delete: Annotated[
+        bool, typer.Option("--allow-delete", help="Allow a sync that deletes over half of the collection")
+    ] = False,
     policy: Annotated[str | None, typer.Option(help="Bad input: fail (default) or skip")] = None,
-    rebuild: Annotated[bool, typer.Option(help="Build a new collection version and switch to it atomically")] = False,
+    rebuild: Annotated[
+        bool, typer.Option(help="Build a new collection version from the source (implies --sync), switch atomically")
+    ] = False,
 ) -> None:
-    """Index documents (idempotent: unchanged chunks are neither embedded nor written again)."""
-    from retrieval import BadInputError, Indexer, read_documents
+    """Add documents to a collection, or with --sync make it equal to the source (unchanged chunks are neither
+    embedded nor written again)."""
+    from retrieval.documents import read_documents
+    from retrieval.indexer import Indexer
 
     settings = _settings(collection=collection, bad_input_policy=policy)
-    try:
-        docs, read_report = read_documents(path, fmt, settings.bad_input_policy)
-    except BadInputError as exc:
-        console.print(f"[red]bad input[/red] {exc}")
-        raise typer.Exit(2) from exc
+    docs, read_report = read_documents(path, fmt, settings.bad_input_policy)
+    if not docs:
+        console.print(f"[yellow]no documents in {path}[/yellow]", soft_wrap=True)
     indexer = Indexer(settings)
     try:
-        report = indexer.index(docs, prune=prune, rebuild=rebuild)
+        report = indexer.index(
+            docs, prune=sync, allow_delete=allow_delete, skipped=read_report.skipped, rebuild=rebuild
+        )
     finally:
         indexer.store.close()
+    columns = ("documents", "chunks", "embedded", "unchanged", "deleted", "kept", "points", "cache_reused")
     table = Table(title=f"indexed into {report.collection!r}")
-    for name in ("documents", "chunks", "embedded", "unchanged", "deleted", "points", "cache_reused"):
+    for name in columns:
         table.add_column(name, justify="right")
-    table.add_row(
-        *(
-            f"{getattr(report, n):,}"
-            for n in ("documents", "chunks", "embedded", "unchanged", "deleted", "points", "cache_reused")
-        )
-    )
+    table.add_row(*(f"{getattr(report, n):,}" for n in columns))
     console.print(table)
     for problem in read_report.skipped:
         console.print(f"[yellow]skipped[/yellow] {problem}")
+    if report.kept:
+        console.print(f"kept the stored chunks of {report.kept} skipped documents")
     console.print(f"{report.seconds:.1f}s")
 
 

@@ -13,6 +13,7 @@ import numpy as np
 
 from retrieval.chunking import Chunk
 from retrieval.encoders.sparse import SparseVec
+from retrieval.errors import HybridRagError
 from retrieval.settings import FusionMethod
 
 DENSE = "dense"
@@ -37,7 +38,7 @@ def parse_version(collection: str, physical: str) -> int | None:
     return int(rest) if rest != physical and rest.isdigit() and int(rest) > 0 else None
 
 
-class StoreError(RuntimeError):
+class StoreError(HybridRagError, RuntimeError):
     """A store operation failed; the message names the backend location and the operation."""
 
 
