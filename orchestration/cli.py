@@ -115,31 +115,160 @@ def index(
 def search(
     text: Annotated[str, typer.Argument(help="The query")],
     collection: CollectionOpt = None,
-    k: Annotated[int, typer.Option("--k", "-k", help="Number of hits")] = 10,
-    no_rerank: Annotated[bool, typer.Option("--no-rerank", help="First-stage ranking only")] = False,
-    variant: Annotated[str, typer.Option(help="dense | sparse | hybrid")] = "hybrid",
+    k: Annotated[int | None, typer.Option("--k", "-k", help="Number of hits (default: settings, 10)")] = None,
+    rerank: Annotated[
+        bool | None, typer.Option("--rerank/--no-rerank", help="Rerank the candidates (default: settings)")
+    ] = None,
+    variant: Annotated[str, typer.Option(help="dense | sparse | hybrid | hybrid+rerank")] = "hybrid",
+    filter_json: Annotated[
+        str | None, typer.Option("--filter", help='Metadata filter as JSON, e.g. \'{"year": {"gte": 2020}}\'')
+    ] = None,
+    group_by: Annotated[str, typer.Option(help="chunk | doc (one hit per document, its best chunk)")] = "chunk",
+    score_threshold: Annotated[float | None, typer.Option(help="Drop hits with a lower final score")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print hits as JSON")] = False,
 ) -> None:
-    """Search a collection."""
-    from retrieval import HybridRetriever
+    """Search a collection (the same defaults as the Python API and `eval`: reranking as the settings say)."""
+    from retrieval.search import HybridRetriever
 
+    flt = _parse_filter(filter_json)
     retriever = HybridRetriever(_settings(collection=collection))
     try:
-        hits = retriever.search(text, k=k, rerank=not no_rerank, variant=variant)
+        hits = retriever.search(
+            text, k=k, filter=flt, rerank=rerank, variant=variant, group_by=group_by, score_threshold=score_threshold
+        )
     finally:
         retriever.close()
     if as_json:
         typer.echo(json.dumps([{**h.__dict__} for h in hits], default=str, indent=2))
         return
     table = Table(title=f"{len(hits)} hits for {text!r}")
-    for col in ("#", "doc", "score", "dense", "sparse", "title / text"):
+    for col in ("#", "doc", "chunk", "score", "dense", "sparse", "title / text"):
         table.add_column(col)
     for rank, h in enumerate(hits, start=1):
         snippet = (h.title + " | " if h.title else "") + h.text[:100].replace("\n", " ")
         table.add_row(
-            str(rank), h.doc_id, f"{h.score:.4f}", str(h.dense_rank or "-"), str(h.sparse_rank or "-"), snippet
+            str(rank),
+            h.doc_id,
+            str(h.chunk_index),
+            f"{h.score:.4f}",
+            str(h.dense_rank or "-"),
+            str(h.sparse_rank or "-"),
+            snippet,
         )
     console.print(table)
+
+
+def _parse_filter(text: str | None) -> dict | None:
+    from retrieval.errors import FilterError
+
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise FilterError(f"--filter is not valid JSON: {exc.msg} at column {exc.colno}") from None
+    if not isinstance(value, dict):
+        raise FilterError(f"--filter must be a JSON object of field -> condition, got {text!r}")
+    return value
+
+
+@app.command()
+def delete(
+    doc_ids: Annotated[list[str], typer.Argument(help="Document ids to delete (all their chunks)")],
+    collection: CollectionOpt = None,
+) -> None:
+    """Delete documents from a collection by id."""
+    from retrieval.store import StoreError, open_store
+
+    settings = _settings(collection=collection)
+    store = open_store(settings)
+    try:
+        if store.schema() is None:
+            raise StoreError(f"collection {settings.collection!r} does not exist at {store.location}")
+        before = store.count()
+        missing = [d for d in doc_ids if store.count({"doc_id": d}) == 0]
+        store.delete_documents(doc_ids)
+        store.flush()
+        after = store.count()
+    finally:
+        store.close()
+    found = len(doc_ids) - len(missing)
+    console.print(f"deleted {before - after:,} points of {found} documents; {after:,} points left")
+    if missing:
+        console.print(f"[yellow]not in {settings.collection!r}:[/yellow] {', '.join(missing)}", soft_wrap=True)
+
+
+@app.command()
+def collections(as_json: Annotated[bool, typer.Option("--json", help="Print as JSON")] = False) -> None:
+    """List the collections with their point counts, models and versions."""
+    from retrieval.store import collection_names, open_store
+
+    settings = _settings()
+    rows = []
+    for name in collection_names(settings):
+        store = open_store(settings, name)
+        try:
+            schema = store.schema()
+            rows.append(
+                {
+                    "collection": name,
+                    "points": store.count() if schema else None,
+                    "dense_model": schema.dense_model if schema else None,
+                    "dense_dim": schema.dense_dim if schema else None,
+                    "sparse_model": schema.sparse_model if schema else None,
+                    "version": store.current_version() if schema else None,  # None: an unfinished first build
+                }
+            )
+        finally:
+            store.close()
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    table = Table(title=f"collections at {settings.qdrant_url or settings.qdrant_path}")
+    for col in rows[0] if rows else ("collection",):
+        table.add_column(col, overflow="fold")
+    for row in rows:
+        table.add_row(*("-" if v is None else f"{v:,}" if isinstance(v, int) else str(v) for v in row.values()))
+    console.print(table)
+
+
+@app.command()
+def snapshot(
+    collection: CollectionOpt = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Snapshot directory (embedded engine; default data/snapshots/NAME-TIME)")
+    ] = None,
+) -> None:
+    """Snapshot a collection: a copy of its current version (embedded), or a Qdrant snapshot (server)."""
+    from retrieval.store import open_store
+    from retrieval.store.snapshots import snapshot as take
+
+    settings = _settings(collection=collection)
+    store = open_store(settings)
+    try:
+        where = take(store, out)
+    finally:
+        store.close()
+    console.print(f"snapshot of {settings.collection!r}: {where}", soft_wrap=True)
+
+
+@app.command()
+def restore(
+    source: Annotated[str, typer.Argument(help="Snapshot directory (embedded) or snapshot URL/path on the server")],
+    collection: CollectionOpt = None,
+    replace: Annotated[bool, typer.Option("--replace", help="Replace an existing collection")] = False,
+) -> None:
+    """Restore a collection from a snapshot as a new version; readers switch to it atomically."""
+    from retrieval.store import open_store
+    from retrieval.store.snapshots import restore as recover
+
+    settings = _settings(collection=collection)
+    store = open_store(settings)
+    try:
+        points = recover(store, source, replace=replace)
+    finally:
+        store.close()
+    console.print(f"restored {settings.collection!r} from {source}: {points:,} points", soft_wrap=True)
 
 
 @app.command("eval")

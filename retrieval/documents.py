@@ -132,9 +132,7 @@ class DocumentReader:
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
-            return self._problem(
-                path, line_no, f"malformed JSON: {exc.msg} at column {exc.colno}", _guess_id(line)
-            )
+            return self._problem(path, line_no, f"malformed JSON: {exc.msg} at column {exc.colno}", _guess_id(line))
         if not isinstance(record, dict):
             return self._problem(path, line_no, f"expected a JSON object, got {type(record).__name__}")
         doc_id = record.get("_id", record.get("id"))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from retrieval.settings import RetrievalSettings
 from retrieval.store.base import (
     CollectionSchema,
@@ -11,7 +13,7 @@ from retrieval.store.base import (
     StoredHit,
     StoreError,
 )
-from retrieval.store.edge import EdgeStore
+from retrieval.store.edge import POINTER_SUFFIX, SCHEMA_FILE, EdgeStore
 from retrieval.store.server import ServerStore, connect
 
 
@@ -25,6 +27,30 @@ def open_store(settings: RetrievalSettings, collection: str | None = None) -> Qd
     return EdgeStore(settings.qdrant_path, name)
 
 
+_PHYSICAL = re.compile(r"^(?P<name>.+)__v(?P<version>[1-9][0-9]*)$")
+
+
+def collection_names(settings: RetrievalSettings) -> list[str]:
+    """The collections in the backend the settings point at (versions folded into their collection's name)."""
+    if settings.qdrant_url:
+        store = open_store(settings)
+        try:
+            client = store.client  # type: ignore[attr-defined]
+            names = {a.alias_name for a in store._call("get_aliases", client.get_aliases).aliases}
+            physical = [c.name for c in store._call("get_collections", client.get_collections).collections]
+        finally:
+            store.close()
+    else:
+        root = settings.qdrant_path
+        entries = list(root.iterdir()) if root.is_dir() else []
+        names = {p.name.removesuffix(POINTER_SUFFIX) for p in entries if p.name.endswith(POINTER_SUFFIX)}
+        physical = [p.name for p in entries if p.is_dir() and (p / SCHEMA_FILE).is_file()]
+    for name in physical:
+        match = _PHYSICAL.match(name)
+        names.add(match["name"] if match else name)
+    return sorted(names)
+
+
 __all__ = [
     "CollectionSchema",
     "EdgeStore",
@@ -34,6 +60,7 @@ __all__ = [
     "ServerStore",
     "StoreError",
     "StoredHit",
+    "collection_names",
     "connect",
     "open_store",
 ]
