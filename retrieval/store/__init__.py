@@ -1,8 +1,12 @@
-"""Qdrant stores: one interface, an embedded backend (Qdrant Edge) and a server backend (qdrant-client)."""
+"""Qdrant stores: one interface, an embedded backend (Qdrant Edge) and a server backend (qdrant-client).
+
+The server backend (and qdrant-client, a second or so to import) is imported only when it is used.
+"""
 
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
 from retrieval.settings import RetrievalSettings
 from retrieval.store.base import (
@@ -14,13 +18,25 @@ from retrieval.store.base import (
     StoreError,
 )
 from retrieval.store.edge import POINTER_SUFFIX, SCHEMA_FILE, EdgeStore
-from retrieval.store.server import ServerStore, connect
+
+if TYPE_CHECKING:
+    from retrieval.store.server import ServerStore, connect
+
+
+def __getattr__(name: str):
+    if name in ("ServerStore", "connect"):
+        from retrieval.store import server
+
+        return getattr(server, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def open_store(settings: RetrievalSettings, collection: str | None = None) -> QdrantStore:
     """The store the settings point at: a Qdrant server when ``qdrant_url`` is set, else the embedded engine."""
     name = collection or settings.collection
     if settings.qdrant_url:
+        from retrieval.store.server import ServerStore, connect
+
         key = settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None
         client = connect(settings.qdrant_url, key, settings.qdrant_timeout_s)
         return ServerStore(client, name, location=settings.qdrant_url, retries=settings.qdrant_retries)

@@ -16,13 +16,14 @@ from pathlib import Path
 
 from retrieval.store.base import QdrantStore, StoreError, version_name
 from retrieval.store.edge import SCHEMA_FILE, SHARD_DIR, EdgeStore
-from retrieval.store.server import ServerStore
 
 MANIFEST = "snapshot.json"
 
 
 def snapshot(store: QdrantStore, dest: Path | None = None) -> str:
     """Snapshot the current version of ``store``'s collection; returns where it is (a path, or a server name)."""
+    from retrieval.store.server import ServerStore
+
     version = store.current_version()
     if version is None:
         raise StoreError(f"collection {store.collection!r} does not exist at {store.location}: nothing to snapshot")
@@ -58,6 +59,8 @@ def restore(store: QdrantStore, source: str | Path, *, replace: bool = False) ->
 
     An existing collection is only replaced with ``replace`` (its old version is deleted once readers let go).
     """
+    from retrieval.store.server import ServerStore
+
     if store.current_version() is not None and not replace:
         raise StoreError(
             f"collection {store.collection!r} exists at {store.location}: pass --replace to replace it by the snapshot"
