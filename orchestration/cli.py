@@ -290,11 +290,12 @@ def evaluate(
     from evals.runner import evaluate_variants
     from evals.runs import write_run
     from retrieval import HybridRetriever, Indexer, read_documents
+    from retrieval.errors import choice
     from retrieval.search import Variant
 
+    variants = [choice(Variant, v, "variant") for v in (variant or [v.value for v in Variant])]
     coll = load_collection(beir_dir)
     settings = _settings(collection=collection or coll.name)
-    variants = [Variant(v) for v in (variant or [v.value for v in Variant])]
     indexer = Indexer(settings)
     try:
         if indexer.store.schema() is None:
@@ -336,8 +337,14 @@ def compare(
     """Compare two runs query by query: wins/losses/ties and a paired significance test."""
     from evals.collections import load_collection
     from evals.compare import compare_runs, format_comparison
+    from evals.metrics import metric_names
     from evals.runs import read_run
 
+    families = sorted({m.partition("@")[0] for m in metric_names()})
+    for name in metric or []:
+        family, _, cutoff = name.partition("@")
+        if family not in families or not cutoff.isdigit() or int(cutoff) < 1:
+            _check_metrics([name], [f"{f}@K" for f in families])
     qrels = load_collection(beir_dir).qrels(split)
     (base_run, base_tag), (cand_run, cand_tag) = read_run(baseline), read_run(candidate)
     rows = [
@@ -362,12 +369,21 @@ def eval_report(
     if df.empty:
         console.print(f"[yellow]no evaluations recorded in {history}[/yellow]")
         raise typer.Exit(1)
+    _check_metrics([metric], sorted(set(df["metric"])))
     out.mkdir(parents=True, exist_ok=True)
     png = plot_history(df, metric=metric, out_png=out / f"{metric.replace('@', '_at_')}.png")
     table = markdown_table(df)
     (out / "latest.md").write_text(table)
     console.print(table)
     console.print(f"plot: {png}")
+
+
+def _check_metrics(asked: list[str], valid: list[str]) -> None:
+    from retrieval.errors import InvalidArgumentError
+
+    unknown = [m for m in asked if m not in valid]
+    if unknown:
+        raise InvalidArgumentError(f"unknown metric {unknown[0]!r}; valid: {', '.join(valid)}")
 
 
 @app.command("tune-reranker")

@@ -115,3 +115,15 @@ def test_delete_collections_snapshot_and_restore(cli_in, kb):
     assert points(kb, "work") == N and points(kb, "work", "valve") == 1
     cli_in("restore", str(snap), "-c", "copy")  # a snapshot also seeds a new collection
     assert points(kb, "copy") == N
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("eval", "sample", "--variant", "bm25"), "error: unknown variant 'bm25'; valid: dense, sparse, hybrid"),
+        (("compare", "a.trec", "b.trec", "sample", "--metric", "precision@5"), "error: unknown metric 'precision@5'"),
+    ],
+)
+def test_eval_arguments_are_checked_before_any_work(cli_in, args, message):
+    out = cli_in(*args, code=2)
+    assert message in out.strip().splitlines()[-1] and "Traceback" not in out
