@@ -22,7 +22,7 @@ from retrieval.encoders import DenseEncoder, make_sparse_encoder
 from retrieval.encoders.sparse import Bm25Encoder, SparseVec, SpladeEncoder
 from retrieval.errors import UnsafeDeleteError
 from retrieval.settings import RetrievalSettings
-from retrieval.store import CollectionSchema, QdrantStore, open_store
+from retrieval.store import CollectionSchema, QdrantStore, StoreError, open_store
 
 log = logging.getLogger(__name__)
 ENCODE_BLOCK = 1024
@@ -226,7 +226,7 @@ class Indexer:
             rebuilt=rebuild,
         )
         if rebuild:
-            existing = self.store.stored_hashes() if self.store.current_version() is not None else {}
+            existing = self._published_hashes(bool(chunks) or allow_delete)
             prunable = self._prunable(existing, chunks, True, True, skipped, allow_delete, report)
             target = self.store.stage(self.schema())
         else:
@@ -323,6 +323,23 @@ class Indexer:
 
     def _encode_dense_locked(self, texts: list[str]) -> np.ndarray:
         return np.concatenate(locked_batches(self.dense, self.dense.encode_documents, texts, self.dense.batch_size))
+
+    def _published_hashes(self, proceed_unread: bool) -> dict[str, tuple[str, str]]:
+        """What readers see now, for a rebuild's deletion check. A rebuild does not need the current version:
+        when another process holds it, the check is skipped with a warning (``proceed_unread``), except for an
+        empty source, which is refused."""
+        if self.store.current_version() is None:
+            return {}
+        try:
+            return self.store.stored_hashes()
+        except StoreError as exc:
+            if not proceed_unread:
+                raise UnsafeDeleteError(
+                    f"refusing to rebuild {self.store.collection!r} from an empty source (its current version "
+                    f"cannot be read to compare: {exc}); pass allow_delete=True (--allow-delete) if that is intended"
+                ) from exc
+            log.warning("rebuild of %r: not checking how much it deletes: %s", self.store.collection, exc)
+            return {}
 
     def _prunable(
         self,

@@ -127,3 +127,16 @@ def test_delete_collections_snapshot_and_restore(cli_in, kb):
 def test_eval_arguments_are_checked_before_any_work(cli_in, args, message):
     out = cli_in(*args, code=2)
     assert message in out.strip().splitlines()[-1] and "Traceback" not in out
+
+
+@pytest.mark.slow
+def test_search_path_imports_no_dagster_and_no_server_client():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, orchestration.cli, retrieval.search, retrieval.store;"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'dagster', 'qdrant_client', 'torch', 'evals'}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"  # torch and the model load when the first query is encoded, not on import
