@@ -145,9 +145,11 @@ class Indexer:
         return collection_schema(self.dense, self.sparse)
 
     def chunk(self, documents: Iterable[Document], progress: bool = False) -> list[Chunk]:
-        """Cut ``documents`` into chunks (under the dense encoder's lock, so concurrent searches stay correct)."""
+        """Validate ``documents`` (:func:`~retrieval.documents.validate_documents`: the one check of every entry
+        point, Python, CLI and the Dagster ``chunks`` asset), then cut them into chunks (under the dense
+        encoder's lock, so concurrent searches stay correct)."""
         chunks: list[Chunk] = []
-        for doc in tqdm(documents, desc="chunking", unit="doc", disable=not progress):
+        for doc in tqdm(validate_documents(documents), desc="chunking", unit="doc", disable=not progress):
             with encoder_lock(self.dense):
                 chunks.extend(self.chunker.chunk(doc))
         return chunks
@@ -164,12 +166,12 @@ class Indexer:
     ) -> IndexReport:
         """Add (or update) ``documents``; with ``prune`` the collection is made to hold exactly these documents.
 
-        Documents are validated first (:func:`~retrieval.documents.validate_documents`). ``skipped``: the
+        Documents are validated first (see :meth:`chunk`). ``skipped``: the
         records a reader skipped as bad input; a pruning run keeps what is stored for them. With ``rebuild``
         the documents go into a new version of the collection that readers switch to atomically (see
         :meth:`rebuild`). ``allow_delete``: see :meth:`sync`.
         """
-        docs = validate_documents(documents)
+        docs = list(documents)
         chunks = self.chunk(docs, progress=progress)
         return self.sync(
             chunks,
