@@ -17,6 +17,10 @@ class IndexConfig(dg.Config):
     rebuild_on_model_change: bool = Field(
         default=True, description="Drop and rebuild the collection when it was built with other models (else fail)"
     )
+    allow_delete: bool = Field(
+        default=False,
+        description="Allow a sync that deletes more than half of the collection (or all of it, from an empty corpus)",
+    )
 
 
 @dg.asset(
@@ -67,7 +71,14 @@ def qdrant_index(
             context.log.warning(f"rebuilding {corpus.collection!r} as a new version: {'; '.join(problems)}")
             rebuilt = "; ".join(problems)
         vectors = (table_to_dense(dense_vectors), table_to_sparse(sparse_vectors))
-        report = indexer.sync(chunk_list, vectors=vectors, prune=True, progress=False, rebuild=bool(problems))
+        report = indexer.sync(
+            chunk_list,
+            vectors=vectors,
+            prune=True,
+            allow_delete=config.allow_delete,
+            progress=False,
+            rebuild=bool(problems),
+        )
         points = indexer.store.count()
         location = indexer.store.location
         schema = indexer.schema()

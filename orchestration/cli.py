@@ -7,11 +7,32 @@ import logging
 from pathlib import Path
 from typing import Annotated
 
+import click
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperGroup
 
-app = typer.Typer(help="Hybrid dense + sparse retrieval on Qdrant.", no_args_is_help=True, add_completion=False)
+
+class _Group(TyperGroup):
+    """Turns the library's expected failures (bad arguments, bad input, unsafe deletes, store errors) into one
+    red line and exit code 2, without a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except Exception as exc:
+            from retrieval.errors import HybridRagError
+
+            if not isinstance(exc, HybridRagError):
+                raise
+            Console(stderr=True).print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from exc
+
+
+app = typer.Typer(
+    cls=_Group, help="Hybrid dense + sparse retrieval on Qdrant.", no_args_is_help=True, add_completion=False
+)
 console = Console()
 
 CollectionOpt = Annotated[str | None, typer.Option("--collection", "-c", help="Collection name (default: settings)")]
@@ -19,9 +40,16 @@ ENV_FILES: list[Path] = [Path(".env")]
 
 
 def _settings(**overrides):
-    from retrieval import RetrievalSettings
+    from pydantic import ValidationError
 
-    return RetrievalSettings(_env_file=ENV_FILES, **{k: v for k, v in overrides.items() if v is not None})
+    from retrieval.errors import InvalidArgumentError
+    from retrieval.settings import RetrievalSettings
+
+    try:
+        return RetrievalSettings(_env_file=ENV_FILES, **{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors())
+        raise InvalidArgumentError(f"invalid settings: {problems}") from None
 
 
 @app.callback()
@@ -40,36 +68,46 @@ def index(
     path: Annotated[Path, typer.Argument(help="BEIR directory, JSONL file, or folder of text/markdown files")],
     fmt: Annotated[str | None, typer.Option("--format", help="beir | jsonl | dir (default: detected)")] = None,
     collection: CollectionOpt = None,
-    prune: Annotated[bool, typer.Option(help="Delete documents that are no longer in the source")] = True,
+    sync: Annotated[
+        bool,
+        typer.Option(
+            "--sync", "--prune", help="Make the collection equal to the source: delete documents missing from it"
+        ),
+    ] = False,
+    allow_delete: Annotated[
+        bool, typer.Option("--allow-delete", help="Allow a sync that deletes over half of the collection")
+    ] = False,
     policy: Annotated[str | None, typer.Option(help="Bad input: fail (default) or skip")] = None,
-    rebuild: Annotated[bool, typer.Option(help="Build a new collection version and switch to it atomically")] = False,
+    rebuild: Annotated[
+        bool, typer.Option(help="Build a new collection version from the source (implies --sync), switch atomically")
+    ] = False,
 ) -> None:
-    """Index documents (idempotent: unchanged chunks are neither embedded nor written again)."""
-    from retrieval import BadInputError, Indexer, read_documents
+    """Add documents to a collection, or with --sync make it equal to the source (unchanged chunks are neither
+    embedded nor written again)."""
+    from retrieval.documents import read_documents
+    from retrieval.indexer import Indexer
 
     settings = _settings(collection=collection, bad_input_policy=policy)
-    try:
-        docs, read_report = read_documents(path, fmt, settings.bad_input_policy)
-    except BadInputError as exc:
-        console.print(f"[red]bad input[/red] {exc}")
-        raise typer.Exit(2) from exc
+    docs, read_report = read_documents(path, fmt, settings.bad_input_policy)
+    if not docs:
+        console.print(f"[yellow]no documents in {path}[/yellow]", soft_wrap=True)
     indexer = Indexer(settings)
     try:
-        report = indexer.index(docs, prune=prune, rebuild=rebuild)
+        report = indexer.index(
+            docs, prune=sync, allow_delete=allow_delete, skipped=read_report.skipped, rebuild=rebuild
+        )
     finally:
         indexer.store.close()
+    columns = ("documents", "chunks", "embedded", "unchanged", "deleted", "kept", "points", "cache_reused")
     table = Table(title=f"indexed into {report.collection!r}")
-    for name in ("documents", "chunks", "embedded", "unchanged", "deleted", "points", "cache_reused"):
+    for name in columns:
         table.add_column(name, justify="right")
-    table.add_row(
-        *(
-            f"{getattr(report, n):,}"
-            for n in ("documents", "chunks", "embedded", "unchanged", "deleted", "points", "cache_reused")
-        )
-    )
+    table.add_row(*(f"{getattr(report, n):,}" for n in columns))
     console.print(table)
     for problem in read_report.skipped:
         console.print(f"[yellow]skipped[/yellow] {problem}")
+    if report.kept:
+        console.print(f"kept the stored chunks of {report.kept} skipped documents")
     console.print(f"{report.seconds:.1f}s")
 
 
@@ -77,31 +115,160 @@ def index(
 def search(
     text: Annotated[str, typer.Argument(help="The query")],
     collection: CollectionOpt = None,
-    k: Annotated[int, typer.Option("--k", "-k", help="Number of hits")] = 10,
-    no_rerank: Annotated[bool, typer.Option("--no-rerank", help="First-stage ranking only")] = False,
-    variant: Annotated[str, typer.Option(help="dense | sparse | hybrid")] = "hybrid",
+    k: Annotated[int | None, typer.Option("--k", "-k", help="Number of hits (default: settings, 10)")] = None,
+    rerank: Annotated[
+        bool | None, typer.Option("--rerank/--no-rerank", help="Rerank the candidates (default: settings)")
+    ] = None,
+    variant: Annotated[str, typer.Option(help="dense | sparse | hybrid | hybrid+rerank")] = "hybrid",
+    filter_json: Annotated[
+        str | None, typer.Option("--filter", help='Metadata filter as JSON, e.g. \'{"year": {"gte": 2020}}\'')
+    ] = None,
+    group_by: Annotated[str, typer.Option(help="chunk | doc (one hit per document, its best chunk)")] = "chunk",
+    score_threshold: Annotated[float | None, typer.Option(help="Drop hits with a lower final score")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print hits as JSON")] = False,
 ) -> None:
-    """Search a collection."""
-    from retrieval import HybridRetriever
+    """Search a collection (the same defaults as the Python API and `eval`: reranking as the settings say)."""
+    from retrieval.search import HybridRetriever
 
+    flt = _parse_filter(filter_json)
     retriever = HybridRetriever(_settings(collection=collection))
     try:
-        hits = retriever.search(text, k=k, rerank=not no_rerank, variant=variant)
+        hits = retriever.search(
+            text, k=k, filter=flt, rerank=rerank, variant=variant, group_by=group_by, score_threshold=score_threshold
+        )
     finally:
         retriever.close()
     if as_json:
         typer.echo(json.dumps([{**h.__dict__} for h in hits], default=str, indent=2))
         return
     table = Table(title=f"{len(hits)} hits for {text!r}")
-    for col in ("#", "doc", "score", "dense", "sparse", "title / text"):
+    for col in ("#", "doc", "chunk", "score", "dense", "sparse", "title / text"):
         table.add_column(col)
     for rank, h in enumerate(hits, start=1):
         snippet = (h.title + " | " if h.title else "") + h.text[:100].replace("\n", " ")
         table.add_row(
-            str(rank), h.doc_id, f"{h.score:.4f}", str(h.dense_rank or "-"), str(h.sparse_rank or "-"), snippet
+            str(rank),
+            h.doc_id,
+            str(h.chunk_index),
+            f"{h.score:.4f}",
+            str(h.dense_rank or "-"),
+            str(h.sparse_rank or "-"),
+            snippet,
         )
     console.print(table)
+
+
+def _parse_filter(text: str | None) -> dict | None:
+    from retrieval.errors import FilterError
+
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise FilterError(f"--filter is not valid JSON: {exc.msg} at column {exc.colno}") from None
+    if not isinstance(value, dict):
+        raise FilterError(f"--filter must be a JSON object of field -> condition, got {text!r}")
+    return value
+
+
+@app.command()
+def delete(
+    doc_ids: Annotated[list[str], typer.Argument(help="Document ids to delete (all their chunks)")],
+    collection: CollectionOpt = None,
+) -> None:
+    """Delete documents from a collection by id."""
+    from retrieval.store import StoreError, open_store
+
+    settings = _settings(collection=collection)
+    store = open_store(settings)
+    try:
+        if store.schema() is None:
+            raise StoreError(f"collection {settings.collection!r} does not exist at {store.location}")
+        before = store.count()
+        missing = [d for d in doc_ids if store.count({"doc_id": d}) == 0]
+        store.delete_documents(doc_ids)
+        store.flush()
+        after = store.count()
+    finally:
+        store.close()
+    found = len(doc_ids) - len(missing)
+    console.print(f"deleted {before - after:,} points of {found} documents; {after:,} points left")
+    if missing:
+        console.print(f"[yellow]not in {settings.collection!r}:[/yellow] {', '.join(missing)}", soft_wrap=True)
+
+
+@app.command()
+def collections(as_json: Annotated[bool, typer.Option("--json", help="Print as JSON")] = False) -> None:
+    """List the collections with their point counts, models and versions."""
+    from retrieval.store import collection_names, open_store
+
+    settings = _settings()
+    rows = []
+    for name in collection_names(settings):
+        store = open_store(settings, name)
+        try:
+            schema = store.schema()
+            rows.append(
+                {
+                    "collection": name,
+                    "points": store.count() if schema else None,
+                    "dense_model": schema.dense_model if schema else None,
+                    "dense_dim": schema.dense_dim if schema else None,
+                    "sparse_model": schema.sparse_model if schema else None,
+                    "version": store.current_version() if schema else None,  # None: an unfinished first build
+                }
+            )
+        finally:
+            store.close()
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    table = Table(title=f"collections at {settings.qdrant_url or settings.qdrant_path}")
+    for col in rows[0] if rows else ("collection",):
+        table.add_column(col, overflow="fold")
+    for row in rows:
+        table.add_row(*("-" if v is None else f"{v:,}" if isinstance(v, int) else str(v) for v in row.values()))
+    console.print(table)
+
+
+@app.command()
+def snapshot(
+    collection: CollectionOpt = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Snapshot directory (embedded engine; default data/snapshots/NAME-TIME)")
+    ] = None,
+) -> None:
+    """Snapshot a collection: a copy of its current version (embedded), or a Qdrant snapshot (server)."""
+    from retrieval.store import open_store
+    from retrieval.store.snapshots import snapshot as take
+
+    settings = _settings(collection=collection)
+    store = open_store(settings)
+    try:
+        where = take(store, out)
+    finally:
+        store.close()
+    console.print(f"snapshot of {settings.collection!r}: {where}", soft_wrap=True)
+
+
+@app.command()
+def restore(
+    source: Annotated[str, typer.Argument(help="Snapshot directory (embedded) or snapshot URL/path on the server")],
+    collection: CollectionOpt = None,
+    replace: Annotated[bool, typer.Option("--replace", help="Replace an existing collection")] = False,
+) -> None:
+    """Restore a collection from a snapshot as a new version; readers switch to it atomically."""
+    from retrieval.store import open_store
+    from retrieval.store.snapshots import restore as recover
+
+    settings = _settings(collection=collection)
+    store = open_store(settings)
+    try:
+        points = recover(store, source, replace=replace)
+    finally:
+        store.close()
+    console.print(f"restored {settings.collection!r} from {source}: {points:,} points", soft_wrap=True)
 
 
 @app.command("eval")
@@ -123,11 +290,12 @@ def evaluate(
     from evals.runner import evaluate_variants
     from evals.runs import write_run
     from retrieval import HybridRetriever, Indexer, read_documents
+    from retrieval.errors import choice
     from retrieval.search import Variant
 
+    variants = [choice(Variant, v, "variant") for v in (variant or [v.value for v in Variant])]
     coll = load_collection(beir_dir)
     settings = _settings(collection=collection or coll.name)
-    variants = [Variant(v) for v in (variant or [v.value for v in Variant])]
     indexer = Indexer(settings)
     try:
         if indexer.store.schema() is None:
@@ -169,8 +337,14 @@ def compare(
     """Compare two runs query by query: wins/losses/ties and a paired significance test."""
     from evals.collections import load_collection
     from evals.compare import compare_runs, format_comparison
+    from evals.metrics import metric_names
     from evals.runs import read_run
 
+    families = sorted({m.partition("@")[0] for m in metric_names()})
+    for name in metric or []:
+        family, _, cutoff = name.partition("@")
+        if family not in families or not cutoff.isdigit() or int(cutoff) < 1:
+            _check_metrics([name], [f"{f}@K" for f in families])
     qrels = load_collection(beir_dir).qrels(split)
     (base_run, base_tag), (cand_run, cand_tag) = read_run(baseline), read_run(candidate)
     rows = [
@@ -195,12 +369,21 @@ def eval_report(
     if df.empty:
         console.print(f"[yellow]no evaluations recorded in {history}[/yellow]")
         raise typer.Exit(1)
+    _check_metrics([metric], sorted(set(df["metric"])))
     out.mkdir(parents=True, exist_ok=True)
     png = plot_history(df, metric=metric, out_png=out / f"{metric.replace('@', '_at_')}.png")
     table = markdown_table(df)
     (out / "latest.md").write_text(table)
     console.print(table)
     console.print(f"plot: {png}")
+
+
+def _check_metrics(asked: list[str], valid: list[str]) -> None:
+    from retrieval.errors import InvalidArgumentError
+
+    unknown = [m for m in asked if m not in valid]
+    if unknown:
+        raise InvalidArgumentError(f"unknown metric {unknown[0]!r}; valid: {', '.join(valid)}")
 
 
 @app.command("tune-reranker")

@@ -60,7 +60,9 @@ class Chunker:
     """Splits text into windows of at most ``max_tokens`` model tokens (title included) with overlap.
 
     Windows are cut on the tokenizer's character offsets, so chunk text is an exact slice of the document
-    and never exceeds the model's max length once the title and special tokens are added.
+    and never exceeds the model's max length once the title and special tokens are added. Windows start and
+    end between words (never inside a run of letters and digits); only a single word longer than the whole
+    budget is split.
     """
 
     def __init__(self, tokenizer, max_tokens: int, overlap: int = 32, reserved_tokens: int = 0):
@@ -78,26 +80,51 @@ class Chunker:
             title = self._head(title, self.budget // 4)
             title_tokens = self._count(title + "\n")
         budget = self.budget - title_tokens
-        offsets = self.tokenizer(doc.text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        offsets = self._offsets(doc.text)
         if not offsets:
             return [Chunk(doc.id, 0, doc.text.strip(), title, doc.metadata)]
-        chunks = []
-        step = budget - self.overlap
-        for index, start in enumerate(range(0, max(len(offsets) - self.overlap, 1), step)):
-            window = offsets[start : start + budget]
-            text = doc.text[window[0][0] : window[-1][1]]
-            chunks.append(Chunk(doc.id, index, text, title, doc.metadata))
-            if start + budget >= len(offsets):
-                break
-        return chunks
+        cuts = _word_cuts(doc.text, offsets)
+        chunks: list[Chunk] = []
+        start, n = 0, len(offsets)
+        while True:
+            end = _last_cut(cuts, start + 1, min(start + budget, n)) or min(start + budget, n)
+            text = doc.text[offsets[start][0] : offsets[end - 1][1]]
+            chunks.append(Chunk(doc.id, len(chunks), text, title, doc.metadata))
+            if end >= n:
+                return chunks
+            start = _last_cut(cuts, start + 1, end - self.overlap) or end
 
     def chunk_all(self, docs: Iterable[Document]) -> Iterator[Chunk]:
         for doc in docs:
             yield from self.chunk(doc)
 
+    def _offsets(self, text: str) -> list[tuple[int, int]]:
+        # verbose=False: text longer than the model's max length is expected here (it is what gets cut), so
+        # the tokenizer's "Token indices sequence length is longer than ..." warning would be a false alarm.
+        return self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)[
+            "offset_mapping"
+        ]
+
     def _count(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return len(self._offsets(text))
 
     def _head(self, text: str, tokens: int) -> str:
-        offsets = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        offsets = self._offsets(text)
         return text[: offsets[min(tokens, len(offsets)) - 1][1]] if offsets else text
+
+
+def _word_cuts(text: str, offsets: list[tuple[int, int]]) -> list[bool]:
+    """``cuts[i]``: a window may start at token ``i`` / end before it without splitting a word."""
+    cuts = [True] * (len(offsets) + 1)
+    for i in range(1, len(offsets)):
+        prev_end, start = offsets[i - 1][1], offsets[i][0]
+        cuts[i] = not (prev_end == start and text[start - 1 : start].isalnum() and text[start : start + 1].isalnum())
+    return cuts
+
+
+def _last_cut(cuts: list[bool], low: int, high: int) -> int | None:
+    """The largest ``i`` in [low, high] where a cut is allowed, or None."""
+    for i in range(high, low - 1, -1):
+        if cuts[i]:
+            return i
+    return None

@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from retrieval.errors import HybridRagError, InvalidDocumentError, choice
+
 log = logging.getLogger(__name__)
 
 TEXT_SUFFIXES = {".txt", ".md", ".markdown", ".rst"}
 MAX_DOCUMENT_BYTES = 8 * 1024 * 1024
+_ID_IN_BROKEN_LINE = re.compile(r'"_?id"\s*:\s*(?:"((?:[^"\\]|\\.)*)"|(-?\d+))')
 
 
 @dataclass(frozen=True)
@@ -50,18 +54,19 @@ class SourceFormat(StrEnum):
 
 @dataclass(frozen=True)
 class InputProblem:
-    """A record that could not be read: where it is and why."""
+    """A record that could not be read: where it is, why, and the document id when it could be told."""
 
     path: Path
     line: int | None
     reason: str
+    doc_id: str | None = None
 
     def __str__(self) -> str:
         where = f"{self.path}:{self.line}" if self.line is not None else str(self.path)
         return f"{where}: {self.reason}"
 
 
-class BadInputError(ValueError):
+class BadInputError(HybridRagError, ValueError):
     """Raised under the ``fail`` policy; the message names file, line and reason."""
 
     def __init__(self, problem: InputProblem):
@@ -84,7 +89,7 @@ class DocumentReader:
     """Reads documents from a source, applying one bad-input policy and collecting a report."""
 
     def __init__(self, policy: BadInputPolicy | str = BadInputPolicy.FAIL):
-        self.policy = BadInputPolicy(policy)
+        self.policy = choice(BadInputPolicy, policy, "bad input policy")
         self.report = ReadReport()
         self._seen_ids: dict[str, InputProblem] = {}
 
@@ -92,7 +97,7 @@ class DocumentReader:
     def read(self, path: str | Path, fmt: SourceFormat | str | None = None) -> Iterator[Document]:
         """Yield the documents of ``path``; ``fmt`` defaults to what the path looks like."""
         path = Path(path)
-        fmt = SourceFormat(fmt) if fmt else detect_format(path)
+        fmt = choice(SourceFormat, fmt, "format") if fmt else detect_format(path)
         if fmt is SourceFormat.BEIR:
             yield from self._read_jsonl(path / "corpus.jsonl")
         elif fmt is SourceFormat.JSONL:
@@ -119,12 +124,15 @@ class DocumentReader:
             line = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
             return self._problem(
-                path, line_no, f"not valid UTF-8 (byte {exc.start}: {raw[exc.start : exc.start + 1]!r})"
+                path,
+                line_no,
+                f"not valid UTF-8 (byte {exc.start}: {raw[exc.start : exc.start + 1]!r})",
+                _guess_id(raw.decode("utf-8", "replace")),
             )
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
-            return self._problem(path, line_no, f"malformed JSON: {exc.msg} at column {exc.colno}")
+            return self._problem(path, line_no, f"malformed JSON: {exc.msg} at column {exc.colno}", _guess_id(line))
         if not isinstance(record, dict):
             return self._problem(path, line_no, f"expected a JSON object, got {type(record).__name__}")
         doc_id = record.get("_id", record.get("id"))
@@ -132,11 +140,11 @@ class DocumentReader:
             return self._problem(path, line_no, "missing document id ('_id' or 'id')")
         text = record.get("text")
         if not isinstance(text, str):
-            return self._problem(path, line_no, f"document {doc_id!r}: missing or non-string 'text'")
+            return self._problem(path, line_no, f"document {doc_id!r}: missing or non-string 'text'", str(doc_id))
         title = record.get("title") or ""
         metadata = record.get("metadata") or {}
         if not isinstance(metadata, dict):
-            return self._problem(path, line_no, f"document {doc_id!r}: 'metadata' must be an object")
+            return self._problem(path, line_no, f"document {doc_id!r}: 'metadata' must be an object", str(doc_id))
         return self._document(path, line_no, str(doc_id), text, str(title), metadata)
 
     def _read_dir(self, root: Path) -> Iterator[Document]:
@@ -145,24 +153,24 @@ class DocumentReader:
         for path in sorted(p for p in root.rglob("*") if p.is_file()):
             if path.name.startswith("."):
                 continue
+            doc_id = path.relative_to(root).as_posix()
             if path.suffix.lower() not in TEXT_SUFFIXES:
-                self._problem(path, None, f"unsupported file type {path.suffix or '(none)'!r}")
+                self._problem(path, None, f"unsupported file type {path.suffix or '(none)'!r}", doc_id)
                 continue
             try:
                 raw = path.read_bytes()
             except OSError as exc:
-                self._problem(path, None, f"cannot read file: {exc.strerror or exc}")
+                self._problem(path, None, f"cannot read file: {exc.strerror or exc}", doc_id)
                 continue
             if b"\x00" in raw[:8192]:
-                self._problem(path, None, "binary content (NUL bytes) in a text file")
+                self._problem(path, None, "binary content (NUL bytes) in a text file", doc_id)
                 continue
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
                 line = raw[: exc.start].count(b"\n") + 1
-                self._problem(path, line, f"not valid UTF-8 (byte offset {exc.start})")
+                self._problem(path, line, f"not valid UTF-8 (byte offset {exc.start})", doc_id)
                 continue
-            doc_id = path.relative_to(root).as_posix()
             title = _markdown_title(text) if path.suffix.lower() in {".md", ".markdown"} else path.stem
             doc = self._document(path, None, doc_id, text, title, {"source_path": doc_id})
             if doc is not None:
@@ -172,30 +180,58 @@ class DocumentReader:
     def _document(
         self, path: Path, line: int | None, doc_id: str, text: str, title: str, metadata: dict[str, Any]
     ) -> Document | None:
-        if not text.strip():
-            return self._problem(path, line, f"document {doc_id!r}: empty text")
-        if len(text.encode("utf-8")) > MAX_DOCUMENT_BYTES:
-            return self._problem(
-                path,
-                line,
-                f"document {doc_id!r}: {len(text.encode('utf-8')):,} bytes exceeds the "
-                f"{MAX_DOCUMENT_BYTES:,}-byte limit per document",
-            )
+        reason = text_problem(text)
+        if reason:
+            return self._problem(path, line, f"document {doc_id!r}: {reason}", doc_id)
         here = InputProblem(path, line, "")
         if doc_id in self._seen_ids:
             first = self._seen_ids[doc_id]
             first_at = f"{first.path}:{first.line}" if first.line is not None else str(first.path)
-            return self._problem(path, line, f"duplicate document id {doc_id!r} (first seen at {first_at})")
+            return self._problem(path, line, f"duplicate document id {doc_id!r} (first seen at {first_at})", doc_id)
         self._seen_ids[doc_id] = here
         return Document(id=doc_id, text=text, title=title, metadata=metadata)
 
-    def _problem(self, path: Path, line: int | None, reason: str) -> None:
-        problem = InputProblem(path, line, reason)
+    def _problem(self, path: Path, line: int | None, reason: str, doc_id: str | None = None) -> None:
+        problem = InputProblem(path, line, reason, doc_id)
         if self.policy is BadInputPolicy.FAIL:
             raise BadInputError(problem)
         log.warning("skipped %s", problem)
         self.report.skipped.append(problem)
         return None
+
+
+def text_problem(text: object) -> str | None:
+    """Why a document's text cannot be indexed (not a string, empty, too large), or None when it can."""
+    if not isinstance(text, str):
+        return f"text must be a string, got {type(text).__name__}"
+    if not text.strip():
+        return "empty text"
+    size = len(text.encode("utf-8"))
+    if size > MAX_DOCUMENT_BYTES:
+        return f"{size:,} bytes exceeds the {MAX_DOCUMENT_BYTES:,}-byte limit per document"
+    return None
+
+
+def validate_documents(documents: Iterable[Document]) -> list[Document]:
+    """The documents as a list, or :class:`InvalidDocumentError` for the first that cannot be indexed.
+
+    The one check behind every entry point (readers, ``Indexer.index``, the CLI, the Dagster assets): text
+    must be a non-empty string within the size limit, and ids must be unique within one call.
+    """
+    docs = list(documents)
+    first_at: dict[str, int] = {}
+    for position, doc in enumerate(docs):
+        if not isinstance(doc, Document):
+            raise InvalidDocumentError(f"documents[{position}]: expected a Document, got {type(doc).__name__}")
+        reason = text_problem(doc.text)
+        if reason:
+            raise InvalidDocumentError(f"documents[{position}] (id {doc.id!r}): {reason}")
+        if doc.id in first_at:
+            raise InvalidDocumentError(
+                f"documents[{position}]: duplicate document id {doc.id!r} (first at documents[{first_at[doc.id]}])"
+            )
+        first_at[doc.id] = position
+    return docs
 
 
 def detect_format(path: Path) -> SourceFormat:
@@ -214,6 +250,12 @@ def read_documents(
     reader = DocumentReader(policy)
     docs = list(reader.read(path, fmt))
     return docs, reader.report
+
+
+def _guess_id(line: str) -> str | None:
+    """The ``_id``/``id`` of a record that does not parse, when it can still be read off the line."""
+    found = _ID_IN_BROKEN_LINE.search(line)
+    return (found.group(1) or found.group(2)) if found else None
 
 
 def _markdown_title(text: str) -> str:

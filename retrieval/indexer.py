@@ -16,15 +16,17 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from retrieval.chunking import Chunk, Chunker
-from retrieval.documents import Document, InputProblem
+from retrieval.documents import Document, InputProblem, validate_documents
 from retrieval.embedding_cache import EmbeddingCache
 from retrieval.encoders import DenseEncoder, make_sparse_encoder
 from retrieval.encoders.sparse import Bm25Encoder, SparseVec, SpladeEncoder
+from retrieval.errors import UnsafeDeleteError
 from retrieval.settings import RetrievalSettings
-from retrieval.store import CollectionSchema, QdrantStore, open_store
+from retrieval.store import CollectionSchema, QdrantStore, StoreError, open_store
 
 log = logging.getLogger(__name__)
 ENCODE_BLOCK = 1024
+MAX_DELETE_SHARE = 0.5  # a sync deleting more than this share of a collection needs allow_delete
 
 _encoder_locks: weakref.WeakKeyDictionary[object, threading.RLock] = weakref.WeakKeyDictionary()
 _encoder_locks_guard = threading.Lock()
@@ -65,6 +67,7 @@ class IndexReport:
     embedded: int = 0
     unchanged: int = 0
     deleted: int = 0
+    kept: int = 0  # documents absent from the source (skipped as bad input) whose stored chunks were kept
     cache_reused: int = 0
     points: int = 0
     seconds: float = 0.0
@@ -105,11 +108,12 @@ def collection_schema(dense: DenseEncoder, sparse: Bm25Encoder | SpladeEncoder) 
 
 
 class Indexer:
-    """Keeps a collection equal to its source documents.
+    """Adds documents to a collection, or keeps it equal to its source (``prune``).
 
     Point ids derive from (document id, chunk index) and each point stores its content hash, so a second
     run over the same input embeds and writes nothing; a changed document gets its chunks replaced and its
-    surplus chunks deleted. Deletions happen only after every upsert succeeded.
+    surplus chunks deleted. Deletions happen only after every upsert succeeded, and a sync that would delete
+    more than half of the collection (or all of it, from an empty source) is refused unless ``allow_delete``.
     """
 
     def __init__(
@@ -141,26 +145,52 @@ class Indexer:
         return collection_schema(self.dense, self.sparse)
 
     def chunk(self, documents: Iterable[Document], progress: bool = False) -> list[Chunk]:
-        """Cut ``documents`` into chunks (under the dense encoder's lock, so concurrent searches stay correct)."""
+        """Validate ``documents`` (:func:`~retrieval.documents.validate_documents`: the one check of every entry
+        point, Python, CLI and the Dagster ``chunks`` asset), then cut them into chunks (under the dense
+        encoder's lock, so concurrent searches stay correct)."""
         chunks: list[Chunk] = []
-        for doc in tqdm(documents, desc="chunking", unit="doc", disable=not progress):
+        for doc in tqdm(validate_documents(documents), desc="chunking", unit="doc", disable=not progress):
             with encoder_lock(self.dense):
                 chunks.extend(self.chunker.chunk(doc))
         return chunks
 
     def index(
-        self, documents: Iterable[Document], *, prune: bool = False, progress: bool = True, rebuild: bool = False
+        self,
+        documents: Iterable[Document],
+        *,
+        prune: bool = False,
+        allow_delete: bool = False,
+        skipped: Sequence[InputProblem] = (),
+        progress: bool = True,
+        rebuild: bool = False,
     ) -> IndexReport:
-        """Index ``documents``; with ``prune`` the collection is made to hold exactly these documents.
+        """Add (or update) ``documents``; with ``prune`` the collection is made to hold exactly these documents.
 
-        With ``rebuild`` they go into a new version of the collection that readers switch to atomically (see
-        :meth:`rebuild`).
+        Documents are validated first (see :meth:`chunk`). ``skipped``: the
+        records a reader skipped as bad input; a pruning run keeps what is stored for them. With ``rebuild``
+        the documents go into a new version of the collection that readers switch to atomically (see
+        :meth:`rebuild`). ``allow_delete``: see :meth:`sync`.
         """
         docs = list(documents)
         chunks = self.chunk(docs, progress=progress)
-        return self.sync(chunks, prune=prune, progress=progress, documents=len(docs), rebuild=rebuild)
+        return self.sync(
+            chunks,
+            prune=prune,
+            allow_delete=allow_delete,
+            skipped=skipped,
+            progress=progress,
+            documents=len(docs),
+            rebuild=rebuild,
+        )
 
-    def rebuild(self, documents: Iterable[Document], *, progress: bool = True) -> IndexReport:
+    def rebuild(
+        self,
+        documents: Iterable[Document],
+        *,
+        allow_delete: bool = False,
+        skipped: Sequence[InputProblem] = (),
+        progress: bool = True,
+    ) -> IndexReport:
         """Build a new version of the collection holding exactly ``documents``, then switch readers to it.
 
         Searches keep being answered from the current version while the new one is written; the switch is
@@ -168,7 +198,7 @@ class Indexer:
         afterwards. The new version gets the current models' schema, so this is also how a collection moves
         to another dense or sparse model. A failed rebuild leaves readers untouched; the next one resumes it.
         """
-        return self.index(documents, progress=progress, rebuild=True)
+        return self.index(documents, allow_delete=allow_delete, skipped=skipped, progress=progress, rebuild=True)
 
     def sync(
         self,
@@ -176,23 +206,30 @@ class Indexer:
         *,
         vectors: tuple[np.ndarray, Sequence[SparseVec]] | None = None,
         prune: bool = False,
+        allow_delete: bool = False,
+        skipped: Sequence[InputProblem] = (),
         progress: bool = True,
         documents: int | None = None,
         rebuild: bool = False,
     ) -> IndexReport:
-        """Make the collection hold ``chunks``: write new and changed ones, then delete stale ones.
+        """Write new and changed ``chunks``; with ``prune``, also delete the documents absent from them.
 
         ``vectors`` (dense matrix and sparse list, aligned with ``chunks``) skips encoding, for callers that
         embedded the chunks themselves (the Dagster assets); otherwise only the changed chunks are encoded.
         ``rebuild`` writes a new version of the collection and publishes it when complete (implies ``prune``).
+        A pruning run keeps the stored chunks of the documents in ``skipped`` (bad input), and raises
+        :class:`UnsafeDeleteError`, before writing anything, when it would delete more than half of the
+        collection's points, or any from an empty source, unless ``allow_delete``.
         """
         started = time.perf_counter()
         report = IndexReport(
             collection=self.store.collection,
-            documents=documents or len({c.doc_id for c in chunks}),
+            documents=len({c.doc_id for c in chunks}) if documents is None else documents,
             rebuilt=rebuild,
         )
         if rebuild:
+            existing = self._published_hashes(bool(chunks) or allow_delete)
+            prunable = self._prunable(existing, chunks, True, True, skipped, allow_delete, report)
             target = self.store.stage(self.schema())
         else:
             self.store.ensure(self.schema())
@@ -200,10 +237,12 @@ class Indexer:
         try:
             report.chunks = len(chunks)
             stored = target.stored_hashes()
+            if not rebuild:
+                prunable = self._prunable(stored, chunks, prune, False, skipped, allow_delete, report)
             todo = [i for i, c in enumerate(chunks) if stored.get(c.id, ("", ""))[1] != c.content_hash]
             report.unchanged = len(chunks) - len(todo)
             self._write(target, [chunks[i] for i in todo], report, progress, _select(vectors, todo))
-            report.deleted = self._delete_stale(target, chunks, stored, prune or rebuild)
+            report.deleted = self._delete_stale(target, chunks, stored, prunable, everything=rebuild)
             target.flush()
             report.points = target.count()
             if rebuild:
@@ -287,12 +326,91 @@ class Indexer:
     def _encode_dense_locked(self, texts: list[str]) -> np.ndarray:
         return np.concatenate(locked_batches(self.dense, self.dense.encode_documents, texts, self.dense.batch_size))
 
+    def _published_hashes(self, proceed_unread: bool) -> dict[str, tuple[str, str]]:
+        """What readers see now, for a rebuild's deletion check. A rebuild does not need the current version:
+        when another process holds it, the check is skipped with a warning (``proceed_unread``), except for an
+        empty source, which is refused."""
+        if self.store.current_version() is None:
+            return {}
+        try:
+            return self.store.stored_hashes()
+        except StoreError as exc:
+            if not proceed_unread:
+                raise UnsafeDeleteError(
+                    f"refusing to rebuild {self.store.collection!r} from an empty source (its current version "
+                    f"cannot be read to compare: {exc}); pass allow_delete=True (--allow-delete) if that is intended"
+                ) from exc
+            log.warning("rebuild of %r: not checking how much it deletes: %s", self.store.collection, exc)
+            return {}
+
+    def _prunable(
+        self,
+        existing: dict[str, tuple[str, str]],
+        chunks: Sequence[Chunk],
+        prune: bool,
+        rebuild: bool,
+        skipped: Sequence[InputProblem],
+        allow_delete: bool,
+        report: IndexReport,
+    ) -> set[str]:
+        """The stored documents this run deletes whole (absent from the source); refuses unsafe deletions.
+
+        A rebuild cannot keep anything, so it refuses to drop a stored document that was skipped as bad input.
+        """
+        if not prune:
+            return set()
+        absent = {doc_id for doc_id, _ in existing.values()} - {c.doc_id for c in chunks}
+        skipped_ids = {p.doc_id for p in skipped if p.doc_id is not None}
+        unknown = sum(p.doc_id is None for p in skipped)
+        name = self.store.collection
+        hint = "pass allow_delete=True (hybrid-rag index --allow-delete) if that is intended"
+        if rebuild:
+            lost = absent & skipped_ids
+            if (lost or (unknown and absent)) and not allow_delete:
+                examples = ", ".join(repr(d) for d in sorted(lost)[:5]) or f"{unknown} records without a readable id"
+                raise UnsafeDeleteError(
+                    f"rebuilding {name!r} would drop stored documents that were skipped as bad input ({examples}): "
+                    f"fix them, or {hint}"
+                )
+            prunable = absent
+        elif unknown and absent:
+            log.warning(
+                "%d skipped records have no readable document id: not deleting the %d documents of %r absent "
+                "from the source",
+                unknown,
+                len(absent),
+                name,
+            )
+            prunable = set()
+        else:
+            prunable = absent - skipped_ids
+        report.kept = len(absent - prunable)
+        doomed = sum(doc_id in prunable for doc_id, _ in existing.values())
+        if doomed and not allow_delete and (not chunks or doomed > MAX_DELETE_SHARE * len(existing)):
+            source = "the source is empty" if not chunks else f"the source holds {report.documents:,} documents"
+            raise UnsafeDeleteError(
+                f"refusing to delete {doomed:,} of the {len(existing):,} points of collection {name!r} "
+                f"({len(prunable):,} documents absent from the source; {source}): {hint}"
+            )
+        return prunable
+
     def _delete_stale(
-        self, store: QdrantStore, chunks: Sequence[Chunk], stored: dict[str, tuple[str, str]], prune: bool
+        self,
+        store: QdrantStore,
+        chunks: Sequence[Chunk],
+        stored: dict[str, tuple[str, str]],
+        prunable: set[str],
+        everything: bool = False,
     ) -> int:
+        """Delete surplus chunks of the indexed documents and the chunks of ``prunable`` documents (or of
+        every document absent from ``chunks`` when ``everything``)."""
         current = {c.id for c in chunks}
         indexed_docs = {c.doc_id for c in chunks}
-        stale = [pid for pid, (doc_id, _) in stored.items() if pid not in current and (doc_id in indexed_docs or prune)]
+        stale = [
+            pid
+            for pid, (doc_id, _) in stored.items()
+            if pid not in current and (doc_id in indexed_docs or doc_id in prunable or everything)
+        ]
         store.delete_ids(stale)
         return len(stale)
 

@@ -1,4 +1,8 @@
-"""LangChain adapter: a ``BaseRetriever`` over :class:`HybridRetriever`."""
+"""LangChain adapter: a ``BaseRetriever`` over :class:`HybridRetriever`.
+
+It follows LangChain's own ``VectorStoreRetriever``: ``search_kwargs`` (``k``, ``filter``, ...) are the
+defaults of every call, and ``invoke(query, k=3, filter={...})`` overrides them for one call.
+"""
 
 from __future__ import annotations
 
@@ -8,28 +12,45 @@ from typing import Any
 from langchain_core.callbacks import AsyncCallbackManagerForRetrieverRun, CallbackManagerForRetrieverRun
 from langchain_core.documents import Document as LCDocument
 from langchain_core.retrievers import BaseRetriever
-from pydantic import ConfigDict
+from pydantic import ConfigDict, Field, field_validator
+
+from retrieval.errors import InvalidArgumentError
+
+SEARCH_KWARGS = ("k", "filter", "rerank", "variant", "group_by", "score_threshold")
 
 
 class LangChainRetriever(BaseRetriever):
     """Yields ``Document(page_content, metadata)`` with doc_id, chunk id, scores and per-channel ranks."""
 
-    model_config = ConfigDict(arbitrary_types_allowed=True)
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
 
     retriever: Any
-    k: int | None = None
-    filter: dict[str, Any] | None = None
-    rerank: bool | None = None
+    search_kwargs: dict[str, Any] = Field(default_factory=dict)
 
-    def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun) -> list[LCDocument]:
-        hits = self.retriever.search(query, k=self.k, filter=self.filter, rerank=self.rerank)
+    @field_validator("search_kwargs")
+    @classmethod
+    def _known(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return _checked(value)
+
+    def _get_relevant_documents(
+        self, query: str, *, run_manager: CallbackManagerForRetrieverRun, **kwargs: Any
+    ) -> list[LCDocument]:
+        hits = self.retriever.search(query, **(self.search_kwargs | _checked(kwargs)))
         return [_to_document(h) for h in hits]
 
     async def _aget_relevant_documents(
-        self, query: str, *, run_manager: AsyncCallbackManagerForRetrieverRun
+        self, query: str, *, run_manager: AsyncCallbackManagerForRetrieverRun, **kwargs: Any
     ) -> list[LCDocument]:
-        hits = await asyncio.to_thread(self.retriever.search, query, self.k, self.filter, self.rerank)
+        search_kwargs = self.search_kwargs | _checked(kwargs)
+        hits = await asyncio.to_thread(lambda: self.retriever.search(query, **search_kwargs))
         return [_to_document(h) for h in hits]
+
+
+def _checked(kwargs: dict[str, Any]) -> dict[str, Any]:
+    unknown = sorted(set(kwargs) - set(SEARCH_KWARGS))
+    if unknown:
+        raise InvalidArgumentError(f"unknown search arguments {unknown}; valid: {', '.join(SEARCH_KWARGS)}")
+    return dict(kwargs)
 
 
 def _to_document(hit) -> LCDocument:
@@ -37,6 +58,7 @@ def _to_document(hit) -> LCDocument:
         **hit.metadata,
         "doc_id": hit.doc_id,
         "chunk_id": hit.chunk_id,
+        "chunk_index": hit.chunk_index,
         "title": hit.title,
         "score": hit.score,
         "dense_rank": hit.dense_rank,

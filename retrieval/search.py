@@ -12,6 +12,7 @@ import numpy as np
 
 from retrieval.encoders import DenseEncoder
 from retrieval.encoders.sparse import Bm25Encoder, SpladeEncoder
+from retrieval.errors import EmptyQueryError, InvalidArgumentError, choice
 from retrieval.indexer import build_encoders, collection_schema, encoder_lock
 from retrieval.rerank import EmbeddingReranker, RerankConfig
 from retrieval.settings import RetrievalSettings
@@ -27,6 +28,16 @@ class Variant(StrEnum):
     HYBRID_RERANK = "hybrid+rerank"
 
 
+class GroupBy(StrEnum):
+    """What one hit stands for: a chunk (default), or a document (its best chunk)."""
+
+    CHUNK = "chunk"
+    DOC = "doc"
+
+
+GROUP_OVERFETCH = 4  # group_by="doc" ranks max(GROUP_OVERFETCH * k, prefetch_k) chunks to fill k documents
+
+
 @dataclass
 class Hit:
     """One retrieved chunk with where it came from."""
@@ -35,6 +46,7 @@ class Hit:
     chunk_id: str
     text: str
     score: float
+    chunk_index: int | None = None
     title: str = ""
     metadata: dict[str, Any] = field(default_factory=dict)
     dense_rank: int | None = None
@@ -48,6 +60,7 @@ class Hit:
         return cls(
             doc_id=str(p.get("doc_id", "")),
             chunk_id=hit.id,
+            chunk_index=p.get("chunk_index"),
             text=p.get("text", ""),
             title=p.get("title", ""),
             metadata=p.get("metadata", {}) or {},
@@ -115,8 +128,20 @@ class HybridRetriever:
         filter: dict[str, Any] | None = None,
         rerank: bool | None = None,
         variant: Variant | str = Variant.HYBRID,
+        *,
+        group_by: GroupBy | str = GroupBy.CHUNK,
+        score_threshold: float | None = None,
     ) -> list[Hit]:
-        return self.search_batch([query], k=k, filter=filter, rerank=rerank, variant=variant)[0]
+        """The ``k`` best hits for ``query``; see :meth:`search_batch` for the arguments."""
+        return self.search_batch(
+            [query],
+            k=k,
+            filter=filter,
+            rerank=rerank,
+            variant=variant,
+            group_by=group_by,
+            score_threshold=score_threshold,
+        )[0]
 
     def search_batch(
         self,
@@ -125,15 +150,27 @@ class HybridRetriever:
         filter: dict[str, Any] | None = None,
         rerank: bool | None = None,
         variant: Variant | str = Variant.HYBRID,
+        *,
+        group_by: GroupBy | str = GroupBy.CHUNK,
+        score_threshold: float | None = None,
     ) -> list[list[Hit]]:
-        """Search many queries with one encoder call per channel and one batched Qdrant request."""
+        """Search many queries with one encoder call per channel and one batched Qdrant request.
+
+        ``k`` (default: settings) hits per query; ``filter``: metadata conditions (see
+        :func:`~retrieval.store.base.filter_conditions`); ``rerank`` (default: settings); ``group_by="doc"``:
+        one hit per document, its best chunk; ``score_threshold``: drop hits whose final ``score`` is lower.
+        Empty queries, ``k < 1`` and unknown names raise :class:`~retrieval.errors.InvalidArgumentError`.
+        """
+        # -- arguments (checked before any work); group_by="doc" ranks more chunks to fill k documents
+        requested_k, group_by = self._check_arguments(queries, k, group_by, score_threshold)
+        variant = choice(Variant, variant, "variant")
+        k = max(GROUP_OVERFETCH * requested_k, self.settings.prefetch_k) if group_by is GroupBy.DOC else requested_k
+        # -- ranking
         if self.store.refresh():
             self._checked = False
         self.check_schema()
-        variant = Variant(variant)
         if variant is Variant.HYBRID_RERANK:
             variant, rerank = Variant.HYBRID, True
-        k = k or self.settings.k
         rerank = self.settings.rerank_enabled if rerank is None else rerank
         rerank = rerank and variant is Variant.HYBRID
         t0 = time.perf_counter()
@@ -193,7 +230,24 @@ class HybridRetriever:
             out.append(hits[:k])
         t3 = time.perf_counter()
         self.last_timings = {"encode_s": t1 - t0, "qdrant_s": t2 - t1, "rerank_s": t3 - t2}
-        return out
+        # -- results: one hit per document, threshold, k
+        return [_finish(hits, requested_k, group_by, score_threshold) for hits in out]
+
+    def _check_arguments(
+        self, queries: Sequence[str], k: int | None, group_by: GroupBy | str, score_threshold: float | None
+    ) -> tuple[int, GroupBy]:
+        if isinstance(queries, str):
+            raise InvalidArgumentError("search_batch takes a list of queries, not one string (use search)")
+        for position, query in enumerate(queries):
+            if not isinstance(query, str) or not query.strip():
+                where = "" if len(queries) == 1 else f" (queries[{position}])"
+                raise EmptyQueryError(f"empty query{where}: give some text to search for")
+        k = self.settings.k if k is None else k
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise InvalidArgumentError(f"k must be a positive integer, got {k!r}")
+        if score_threshold is not None and not isinstance(score_threshold, int | float):
+            raise InvalidArgumentError(f"score_threshold must be a number, got {score_threshold!r}")
+        return k, choice(GroupBy, group_by, "group_by")
 
     def fused_plan(
         self, dense: np.ndarray | None, sparse, limit: int, filter: dict[str, Any] | None, with_vectors: bool
@@ -221,11 +275,26 @@ class HybridRetriever:
             hit.rerank_score, hit.score = float(rs), float(fs)
         return sorted(hits, key=lambda h: (-h.score, h.chunk_id))
 
-    def as_langchain(self, **kwargs: Any):
-        """This retriever as a LangChain ``BaseRetriever``."""
+    def as_langchain(self, search_kwargs: dict[str, Any] | None = None, **kwargs: Any):
+        """This retriever as a LangChain ``BaseRetriever``.
+
+        ``search_kwargs`` (k, filter, rerank, variant, group_by, score_threshold) are the defaults of every call,
+        as in LangChain's ``VectorStoreRetriever``; ``as_langchain(k=5)`` is short for
+        ``as_langchain(search_kwargs={"k": 5})``; ``invoke(query, k=3)`` overrides them for one call.
+        """
         from retrieval.langchain import LangChainRetriever
 
-        return LangChainRetriever(retriever=self, **kwargs)
+        return LangChainRetriever(retriever=self, search_kwargs={**(search_kwargs or {}), **kwargs})
 
     def close(self) -> None:
         self.store.close()
+
+
+def _finish(hits: list[Hit], k: int, group_by: GroupBy, score_threshold: float | None) -> list[Hit]:
+    """The final list: the best chunk of each document (``group_by="doc"``), scores >= threshold, at most k."""
+    if group_by is GroupBy.DOC:
+        seen: set[str] = set()
+        hits = [h for h in hits if not (h.doc_id in seen or seen.add(h.doc_id))]
+    if score_threshold is not None:
+        hits = [h for h in hits if h.score >= score_threshold]
+    return hits[:k]

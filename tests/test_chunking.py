@@ -55,3 +55,34 @@ def test_ids_are_deterministic_and_hash_tracks_content(dense_encoder):
     meta_changed = chunker.chunk(Document("doc-1", "alpha beta gamma", "t", {"k": 2}))[0]
     assert meta_changed.content_hash != a.content_hash
     assert point_id("doc-1", 1) != point_id("doc-1", 0) != point_id("doc-2", 0)
+
+
+def test_chunks_start_and_end_between_words(dense_encoder):
+    chunker = make_chunker(dense_encoder, max_tokens=32, overlap=8)
+    # long words split into several word pieces each: a token window would cut them in half
+    words = [f"electroencephalography{i} antidisestablishmentarianism" for i in range(60)]
+    text = " ".join(words)
+    vocabulary = set(text.split())
+    chunks = chunker.chunk(Document("d", text))
+    assert len(chunks) > 5
+    for c in chunks:
+        assert set(c.text.split()) <= vocabulary, c.text  # every word whole
+        assert n_tokens(dense_encoder.tokenizer, c.embed_text) <= 32
+    assert chunks[0].text.startswith(words[0]) and chunks[-1].text.endswith(words[-1])
+
+
+def test_long_documents_are_chunked_without_a_false_tokenizer_warning(dense_encoder):
+    import logging
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("transformers.tokenization_utils_base")
+    logger.addHandler(handler)
+    dense_encoder.tokenizer.deprecation_warnings.pop("sequence-length-is-longer-than-the-specified-maximum", None)
+    try:
+        chunks = make_chunker(dense_encoder).chunk(Document("d", "a long text with many words " * 300))
+    finally:
+        logger.removeHandler(handler)
+    assert len(chunks) > 10
+    assert not [r for r in records if "sequence length is longer" in r.getMessage()]

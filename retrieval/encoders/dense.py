@@ -150,6 +150,18 @@ class DenseEncoder:
 
     @cached_property
     def model(self):
+        try:
+            return self._load()
+        except (OSError, ValueError) as exc:
+            from retrieval.errors import ModelLoadError
+
+            reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+            raise ModelLoadError(
+                f"cannot load dense model {self.model_name!r} (setting HYBRID_RAG_DENSE_MODEL, or "
+                f"HYBRID_RAG_QUERY_MODEL for a trained query encoder): {reason}"
+            ) from exc
+
+    def _load(self):
         path = resolve_model_path(self.model_name)
         if self.backend != DenseBackend.TORCH:
             runtime = "openvino" if self.backend == DenseBackend.OPENVINO else "onnxruntime"

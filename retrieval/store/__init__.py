@@ -1,6 +1,12 @@
-"""Qdrant stores: one interface, an embedded backend (Qdrant Edge) and a server backend (qdrant-client)."""
+"""Qdrant stores: one interface, an embedded backend (Qdrant Edge) and a server backend (qdrant-client).
+
+The server backend (and qdrant-client, a second or so to import) is imported only when it is used.
+"""
 
 from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
 
 from retrieval.settings import RetrievalSettings
 from retrieval.store.base import (
@@ -11,18 +17,54 @@ from retrieval.store.base import (
     StoredHit,
     StoreError,
 )
-from retrieval.store.edge import EdgeStore
-from retrieval.store.server import ServerStore, connect
+from retrieval.store.edge import POINTER_SUFFIX, SCHEMA_FILE, EdgeStore
+
+if TYPE_CHECKING:
+    from retrieval.store.server import ServerStore, connect
+
+
+def __getattr__(name: str):
+    if name in ("ServerStore", "connect"):
+        from retrieval.store import server
+
+        return getattr(server, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def open_store(settings: RetrievalSettings, collection: str | None = None) -> QdrantStore:
     """The store the settings point at: a Qdrant server when ``qdrant_url`` is set, else the embedded engine."""
     name = collection or settings.collection
     if settings.qdrant_url:
+        from retrieval.store.server import ServerStore, connect
+
         key = settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None
         client = connect(settings.qdrant_url, key, settings.qdrant_timeout_s)
         return ServerStore(client, name, location=settings.qdrant_url, retries=settings.qdrant_retries)
     return EdgeStore(settings.qdrant_path, name)
+
+
+_PHYSICAL = re.compile(r"^(?P<name>.+)__v(?P<version>[1-9][0-9]*)$")
+
+
+def collection_names(settings: RetrievalSettings) -> list[str]:
+    """The collections in the backend the settings point at (versions folded into their collection's name)."""
+    if settings.qdrant_url:
+        store = open_store(settings)
+        try:
+            client = store.client  # type: ignore[attr-defined]
+            names = {a.alias_name for a in store._call("get_aliases", client.get_aliases).aliases}
+            physical = [c.name for c in store._call("get_collections", client.get_collections).collections]
+        finally:
+            store.close()
+    else:
+        root = settings.qdrant_path
+        entries = list(root.iterdir()) if root.is_dir() else []
+        names = {p.name.removesuffix(POINTER_SUFFIX) for p in entries if p.name.endswith(POINTER_SUFFIX)}
+        physical = [p.name for p in entries if p.is_dir() and (p / SCHEMA_FILE).is_file()]
+    for name in physical:
+        match = _PHYSICAL.match(name)
+        names.add(match["name"] if match else name)
+    return sorted(names)
 
 
 __all__ = [
@@ -34,6 +76,7 @@ __all__ = [
     "ServerStore",
     "StoreError",
     "StoredHit",
+    "collection_names",
     "connect",
     "open_store",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 from abc import ABC, abstractmethod
@@ -13,12 +14,14 @@ import numpy as np
 
 from retrieval.chunking import Chunk
 from retrieval.encoders.sparse import SparseVec
+from retrieval.errors import FilterError, HybridRagError
 from retrieval.settings import FusionMethod
 
 DENSE = "dense"
 SPARSE = "sparse"
 PAYLOAD_FIELDS = ("doc_id", "chunk_index", "text", "title", "metadata", "content_hash")
 TOP_LEVEL_FILTER_KEYS = {"doc_id", "chunk_index", "title", "content_hash"}
+RANGE_OPERATORS = {"gt", "gte", "lt", "lte"}
 VERSION_SEP = "__v"
 
 log = logging.getLogger(__name__)
@@ -37,7 +40,7 @@ def parse_version(collection: str, physical: str) -> int | None:
     return int(rest) if rest != physical and rest.isdigit() and int(rest) > 0 else None
 
 
-class StoreError(RuntimeError):
+class StoreError(HybridRagError, RuntimeError):
     """A store operation failed; the message names the backend location and the operation."""
 
 
@@ -236,22 +239,70 @@ class QdrantStore(ABC):
 
 
 def filter_conditions(spec: dict[str, Any] | None) -> list[tuple[str, str, Any]]:
-    """Normalize a filter dict into (payload key, kind, value) with kind in {value, any, range}.
+    """Normalize a filter dict into (payload key, kind, value); every problem names its field.
 
-    ``{"topic": "music"}`` is equality, ``{"topic": ["a", "b"]}`` matches any, and
-    ``{"year": {"gte": 2000, "lt": 2010}}`` is a range. Keys other than the stored top-level fields refer to
-    the document's metadata.
+    Kinds: ``value`` (a string or integer: ``{"topic": "music"}``), ``bool`` (``{"published": True}``),
+    ``any`` (a list of strings or integers: ``{"topic": ["a", "b"]}``), ``range`` (numbers, also a float
+    equality: ``{"year": {"gte": 2000, "lt": 2010}}``, ``{"score": 0.5}``), ``datetime`` (ISO 8601 strings or
+    datetime/date objects, as RFC 3339 strings: ``{"published_at": {"gte": "2024-01-01"}}``; naive times are
+    UTC) and ``empty`` (``{"field": None}``: the field is missing, null or an empty list). Keys other than the
+    stored top-level fields refer to the document's metadata.
     """
+    if spec is None:
+        return []
+    if not isinstance(spec, dict):
+        raise FilterError(f"a filter must be a dict of field -> condition, got {type(spec).__name__}")
     conditions = []
-    for key, value in (spec or {}).items():
+    for key, value in spec.items():
+        if not isinstance(key, str) or not key:
+            raise FilterError(f"filter field names must be non-empty strings, got {key!r}")
         path = key if key in TOP_LEVEL_FILTER_KEYS or key.startswith("metadata.") else f"metadata.{key}"
-        if isinstance(value, dict):
-            unknown = set(value) - {"gt", "gte", "lt", "lte"}
-            if unknown:
-                raise ValueError(f"filter on {key!r}: unknown range operators {sorted(unknown)}")
-            conditions.append((path, "range", value))
-        elif isinstance(value, list | tuple | set):
-            conditions.append((path, "any", list(value)))
-        else:
-            conditions.append((path, "value", value))
+        conditions.append((path, *_condition(key, value)))
     return conditions
+
+
+def _condition(key: str, value: Any) -> tuple[str, Any]:
+    if value is None:
+        return "empty", None
+    if isinstance(value, bool):
+        return "bool", value
+    if isinstance(value, int | str):
+        return "value", value
+    if isinstance(value, float):
+        return "range", {"gte": value, "lte": value}
+    if isinstance(value, dt.date):
+        return "datetime", {"gte": _iso(key, value), "lte": _iso(key, value)}
+    if isinstance(value, list | tuple | set | frozenset):
+        items = list(value)
+        if not items or not (all(type(v) is str for v in items) or all(type(v) is int for v in items)):
+            raise FilterError(
+                f"filter on {key!r}: a list must hold strings or integers (not mixed, not empty), got {items!r}"
+            )
+        return "any", items
+    if isinstance(value, dict):
+        unknown = set(value) - RANGE_OPERATORS
+        if unknown or not value:
+            raise FilterError(
+                f"filter on {key!r}: unknown range operators {sorted(map(str, unknown))}; valid: gt, gte, lt, lte"
+            )
+        bounds = list(value.values())
+        if all(isinstance(v, int | float) and not isinstance(v, bool) for v in bounds):
+            return "range", dict(value)
+        if all(isinstance(v, str | dt.date) for v in bounds):
+            return "datetime", {op: _iso(key, v) for op, v in value.items()}
+        raise FilterError(f"filter on {key!r}: range bounds must be all numbers or all ISO dates, got {value!r}")
+    raise FilterError(f"filter on {key!r}: unsupported value {value!r} of type {type(value).__name__}")
+
+
+def _iso(key: str, value: str | dt.date) -> str:
+    """An ISO 8601 date or datetime as an RFC 3339 string in UTC (naive values are taken as UTC)."""
+    if isinstance(value, str):
+        try:
+            value = dt.datetime.fromisoformat(value)
+        except ValueError:
+            raise FilterError(f"filter on {key!r}: {value!r} is not an ISO 8601 date or datetime") from None
+    if not isinstance(value, dt.datetime):
+        value = dt.datetime(value.year, value.month, value.day)
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.UTC)
+    return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")

@@ -357,12 +357,18 @@ class EdgeStore(QdrantStore):
 
 
 def _edge_filter(spec: dict[str, Any] | None) -> qe.Filter | None:
-    conditions = []
+    conditions: list[Any] = []
     for key, kind, value in filter_conditions(spec):
         if kind == "range":
             conditions.append(qe.FieldCondition(key=key, range=qe.RangeFloat(**value)))
+        elif kind == "datetime":
+            conditions.append(qe.FieldCondition(key=key, range=qe.RangeDateTime(**value)))
         elif kind == "any":
             conditions.append(qe.FieldCondition(key=key, match=qe.MatchAny(value)))
+        elif kind == "empty":
+            conditions.append(qe.IsEmptyCondition(key))
+        elif kind == "bool":  # the binding reads a Python bool as an integer; numpy's bool_ reaches it as a bool
+            conditions.append(qe.FieldCondition(key=key, match=qe.MatchValue(np.bool_(value))))
         else:
             conditions.append(qe.FieldCondition(key=key, match=qe.MatchValue(value)))
     return qe.Filter(must=conditions) if conditions else None

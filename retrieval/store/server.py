@@ -282,8 +282,12 @@ def _client_filter(spec: dict[str, Any] | None) -> qm.Filter | None:
     for key, kind, value in filter_conditions(spec):
         if kind == "range":
             conditions.append(qm.FieldCondition(key=key, range=qm.Range(**value)))
+        elif kind == "datetime":
+            conditions.append(qm.FieldCondition(key=key, range=qm.DatetimeRange(**value)))
         elif kind == "any":
             conditions.append(qm.FieldCondition(key=key, match=qm.MatchAny(any=value)))
+        elif kind == "empty":
+            conditions.append(qm.IsEmptyCondition(is_empty=qm.PayloadField(key=key)))
         else:
             conditions.append(qm.FieldCondition(key=key, match=qm.MatchValue(value=value)))
     return qm.Filter(must=conditions) if conditions else None

@@ -1,0 +1,40 @@
+"""The library's exceptions: one base class, so callers (and the CLI) can catch every expected failure."""
+
+from __future__ import annotations
+
+
+class HybridRagError(Exception):
+    """Base of every error hybrid-rag raises on purpose; its message is one line a user can act on."""
+
+
+class InvalidArgumentError(HybridRagError, ValueError):
+    """An argument is out of range or not one of the accepted names (the message lists them)."""
+
+
+class EmptyQueryError(InvalidArgumentError):
+    """A query is empty or only whitespace."""
+
+
+class FilterError(InvalidArgumentError):
+    """A metadata filter cannot be built; the message names the field."""
+
+
+class InvalidDocumentError(HybridRagError, ValueError):
+    """A document cannot be indexed (empty text, duplicate id, too large); the message says which and why."""
+
+
+class UnsafeDeleteError(HybridRagError):
+    """An index run would delete most (or all) of a collection; pass ``allow_delete`` to do it anyway."""
+
+
+class ModelLoadError(HybridRagError):
+    """A configured model cannot be loaded; the message names the model and the setting."""
+
+
+def choice(enum_type: type, value: object, what: str):
+    """``enum_type(value)``, or an :class:`InvalidArgumentError` naming ``what`` and the valid values."""
+    try:
+        return enum_type(value)
+    except ValueError:
+        valid = ", ".join(m.value for m in enum_type)
+        raise InvalidArgumentError(f"unknown {what} {value!r}; valid: {valid}") from None

@@ -1,0 +1,142 @@
+"""The CLI says exactly what it does: same defaults as Python, one-line errors, delete/collections/snapshots."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from orchestration.cli import app
+from retrieval import HybridRetriever, RetrievalSettings
+from tests.conftest import TINY_DOCS
+from tests.test_data_safety import points, write_jsonl
+
+N = len(TINY_DOCS)
+
+
+@pytest.fixture(scope="module")
+def kb(tmp_path_factory):
+    """A collection 'kb' holding TINY_DOCS, indexed through the CLI (module-wide: CLI calls load the models)."""
+    root = tmp_path_factory.mktemp("cli")
+    env = {"HYBRID_RAG_QDRANT_PATH": str(root / "index"), "HYBRID_RAG_CACHE_DIR": str(root / "cache")}
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in env.items():
+            mp.setenv(key, value)
+        mp.chdir(root)
+        result = CliRunner().invoke(app, ["index", str(write_jsonl(root / "kb.jsonl", TINY_DOCS)), "-c", "kb"])
+        assert result.exit_code == 0, result.output
+        yield root
+
+
+@pytest.fixture
+def cli_in(kb, monkeypatch):
+    monkeypatch.setenv("HYBRID_RAG_QDRANT_PATH", str(kb / "index"))
+    monkeypatch.setenv("HYBRID_RAG_CACHE_DIR", str(kb / "cache"))
+    monkeypatch.chdir(kb)
+
+    def run(*args: str, code: int = 0) -> str:
+        result = CliRunner().invoke(app, list(args))
+        assert result.exit_code == code, result.output
+        return result.stdout if code == 0 else result.output
+
+    return run
+
+
+def test_search_uses_the_same_defaults_as_python(cli_in, kb):
+    hits = json.loads(cli_in("search", "how do I stop noodles sticking", "-c", "kb", "--json"))
+    assert all(h["rerank_score"] is None for h in hits)  # reranking is off unless the settings turn it on
+    settings = RetrievalSettings(qdrant_path=kb / "index", cache_dir=kb / "cache", collection="kb")
+    retriever = HybridRetriever(settings)
+    try:
+        expected = retriever.search("how do I stop noodles sticking")
+    finally:
+        retriever.close()
+    assert [h["chunk_id"] for h in hits] == [h.chunk_id for h in expected]
+    assert hits[0]["doc_id"] == "pasta" and hits[0]["chunk_index"] == 0
+    reranked = json.loads(cli_in("search", "how do I stop noodles sticking", "-c", "kb", "--json", "--rerank"))
+    assert all(h["rerank_score"] is not None for h in reranked)
+
+
+def test_search_filter_as_json(cli_in):
+    hits = json.loads(cli_in("search", "anything at all", "-c", "kb", "--json", "--filter", '{"year": {"gte": 2020}}'))
+    assert hits and {h["doc_id"] for h in hits} == {d.id for d in TINY_DOCS if d.metadata["year"] >= 2020}
+    out = cli_in("search", "x", "-c", "kb", "--filter", "{year: 2020}", code=2)
+    assert out.strip().splitlines()[-1].startswith("error: --filter is not valid JSON")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("search", "  ", "-c", "kb"), "error: empty query"),
+        (("search", "valve", "-c", "kb", "--k", "0"), "error: k must be a positive integer, got 0"),
+        (("search", "valve", "-c", "kb", "--variant", "bm25"), "valid: dense, sparse, hybrid, hybrid+rerank"),
+        (("search", "valve", "-c", "kb", "--group-by", "page"), "error: unknown group_by 'page'; valid: chunk, doc"),
+        (("search", "valve", "-c", "nope"), "error: collection 'nope' does not exist"),
+        (("search", "valve", "-c", "kb", "--filter", '{"year": {"after": 1}}'), "error: filter on 'year'"),
+        (("index", "kb.jsonl", "-c", "kb", "--format", "xml"), "error: unknown format 'xml'; valid: beir, jsonl, dir"),
+        (("index", "kb.jsonl", "-c", "kb", "--policy", "maybe"), "error: invalid settings: bad_input_policy"),
+    ],
+)
+def test_invalid_arguments_are_one_line_and_exit_code_2(cli_in, args, message):
+    out = cli_in(*args, code=2)
+    assert message in out.strip().splitlines()[-1] and "Traceback" not in out
+
+
+def test_unknown_model_names_the_setting(cli_in, monkeypatch):
+    monkeypatch.setenv("HYBRID_RAG_DENSE_MODEL", "no-such-org/no-such-model")
+    out = cli_in("index", "kb.jsonl", "-c", "other", code=2)
+    last = out.strip().splitlines()[-1]
+    assert "cannot load dense model 'no-such-org/no-such-model'" in last and "HYBRID_RAG_DENSE_MODEL" in last
+
+
+def test_delete_collections_snapshot_and_restore(cli_in, kb):
+    cli_in("index", "kb.jsonl", "-c", "work")
+    listing = {row["collection"]: row for row in json.loads(cli_in("collections", "--json"))}
+    assert listing["work"] == {
+        "collection": "work",
+        "points": N,
+        "dense_model": "sentence-transformers/all-MiniLM-L6-v2",
+        "dense_dim": 384,
+        "sparse_model": "bm25",
+        "version": 1,
+    }
+    assert listing["kb"]["points"] == N and "work" in cli_in("collections")
+
+    snap = kb / "snaps" / "work-1"
+    assert str(snap) in cli_in("snapshot", "-c", "work", "--out", str(snap)).replace("\n", "")
+    out = cli_in("delete", "valve", "pasta", "not-there", "-c", "work")
+    assert "deleted 2 points of 2 documents; 6 points left" in out and "not-there" in out
+    assert points(kb, "work") == N - 2
+
+    out = cli_in("restore", str(snap), "-c", "work", code=2)  # would replace a collection: must be asked for
+    assert "--replace" in out and points(kb, "work") == N - 2
+    assert f"{N} points" in cli_in("restore", str(snap), "-c", "work", "--replace")
+    assert points(kb, "work") == N and points(kb, "work", "valve") == 1
+    cli_in("restore", str(snap), "-c", "copy")  # a snapshot also seeds a new collection
+    assert points(kb, "copy") == N
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("eval", "sample", "--variant", "bm25"), "error: unknown variant 'bm25'; valid: dense, sparse, hybrid"),
+        (("compare", "a.trec", "b.trec", "sample", "--metric", "precision@5"), "error: unknown metric 'precision@5'"),
+    ],
+)
+def test_eval_arguments_are_checked_before_any_work(cli_in, args, message):
+    out = cli_in(*args, code=2)
+    assert message in out.strip().splitlines()[-1] and "Traceback" not in out
+
+
+@pytest.mark.slow
+def test_search_path_imports_no_dagster_and_no_server_client():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, orchestration.cli, retrieval.search, retrieval.store;"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'dagster', 'qdrant_client', 'torch', 'evals'}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"  # torch and the model load when the first query is encoded, not on import

@@ -1,0 +1,80 @@
+"""What search promises callers: clear refusals, document-level results, thresholds, LangChain kwargs."""
+
+import pytest
+
+from retrieval import Document, HybridRetriever, Indexer, RetrievalSettings
+from retrieval.errors import EmptyQueryError, HybridRagError, InvalidArgumentError
+from tests.conftest import LEXICAL_QUERY, TINY_DOCS
+
+LONG = Document(
+    "manual",
+    " ".join(f"Section {i}: the ZX-4471 valve gasket needs inspection, torque and leak checks." for i in range(80)),
+    "Valve service manual",
+    {"topic": "home", "year": 2024},
+)
+
+
+@pytest.fixture(scope="module")
+def retriever(dense_encoder, sparse_encoder, tmp_path_factory):
+    root = tmp_path_factory.mktemp("api")
+    settings = RetrievalSettings(qdrant_path=root, cache_dir=root / "cache", collection="api", rerank=False)
+    indexer = Indexer(settings, dense=dense_encoder, sparse=sparse_encoder)
+    indexer.index([*TINY_DOCS, LONG], progress=False)
+    r = HybridRetriever(settings, store=indexer.store, dense=dense_encoder, sparse=sparse_encoder)
+    yield r
+    r.close()
+
+
+@pytest.mark.parametrize("query", ["", "   ", "\n\t"])
+def test_empty_query_is_refused(retriever, query):
+    with pytest.raises(EmptyQueryError, match="empty query"):
+        retriever.search(query)
+    with pytest.raises(EmptyQueryError, match=r"queries\[1\]"):
+        retriever.search_batch(["valve", query])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"k": 0}, "k must be a positive integer, got 0"),
+        ({"k": -3}, "k must be a positive integer"),
+        ({"variant": "semantic"}, "unknown variant 'semantic'; valid: dense, sparse, hybrid, hybrid\\+rerank"),
+        ({"group_by": "page"}, "unknown group_by 'page'; valid: chunk, doc"),
+        ({"filter": {"year": {"after": 2000}}}, "filter on 'year'"),
+    ],
+)
+def test_invalid_arguments_raise_typed_errors(retriever, kwargs, message):
+    with pytest.raises(InvalidArgumentError, match=message) as caught:
+        retriever.search("valve", **kwargs)
+    assert isinstance(caught.value, HybridRagError)
+
+
+def test_group_by_doc_returns_the_best_chunk_of_each_document(retriever):
+    chunks = retriever.search(LEXICAL_QUERY[0], k=5)
+    assert len({h.doc_id for h in chunks}) < 5  # the long manual fills the chunk-level top 5
+    assert all(h.chunk_index is not None for h in chunks)
+    assert {h.chunk_index for h in chunks if h.doc_id == "manual"} != {0}
+    docs = retriever.search(LEXICAL_QUERY[0], k=5, group_by="doc")
+    assert len(docs) == 5 and len({h.doc_id for h in docs}) == 5
+    assert docs[0].chunk_id == chunks[0].chunk_id  # each document is represented by its best chunk
+    assert {docs[0].doc_id, docs[1].doc_id} == {"manual", LEXICAL_QUERY[1]}
+
+
+def test_score_threshold_cuts_on_the_final_score(retriever):
+    hits = retriever.search(LEXICAL_QUERY[0], k=8, group_by="doc")
+    threshold = (hits[1].score + hits[2].score) / 2
+    kept = retriever.search(LEXICAL_QUERY[0], k=8, group_by="doc", score_threshold=threshold)
+    assert [h.chunk_id for h in kept] == [h.chunk_id for h in hits[:2]]
+    assert retriever.search(LEXICAL_QUERY[0], score_threshold=1e9) == []
+
+
+def test_langchain_search_kwargs_and_per_call_overrides(retriever):
+    lc = retriever.as_langchain(search_kwargs={"k": 2, "filter": {"topic": "home"}})
+    docs = lc.invoke(LEXICAL_QUERY[0])
+    assert len(docs) == 2 and {d.metadata["topic"] for d in docs} == {"home"}
+    assert len(lc.invoke(LEXICAL_QUERY[0], k=4, group_by="doc")) == 2  # only two 'home' documents exist
+    assert len(lc.invoke(LEXICAL_QUERY[0], k=1)) == 1
+    assert len(lc.invoke(LEXICAL_QUERY[0], filter=None, k=6)) == 6  # the filter is overridden too
+    assert len(retriever.as_langchain(k=3).invoke("valve")) == 3  # shorthand for search_kwargs={"k": 3}
+    with pytest.raises(InvalidArgumentError, match="unknown search arguments \\['top_k'\\]"):
+        lc.invoke("valve", top_k=3)
