@@ -227,5 +227,17 @@ class HybridRetriever:
 
         return LangChainRetriever(retriever=self, **kwargs)
 
+    def as_llamaindex(self, **kwargs: Any):
+        """This retriever as a LlamaIndex ``BaseRetriever`` (extra ``[llamaindex]``)."""
+        from retrieval.llamaindex import LlamaIndexRetriever
+
+        return LlamaIndexRetriever(self, **kwargs)
+
+    def as_haystack(self, **kwargs: Any):
+        """This retriever as a Haystack 2 component (extra ``[haystack]``)."""
+        from retrieval.haystack import HaystackRetriever
+
+        return HaystackRetriever(self, **kwargs)
+
     def close(self) -> None:
         self.store.close()
