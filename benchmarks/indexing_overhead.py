@@ -108,8 +108,8 @@ def profile_parts(root, max_docs, settings, dense, sparse, tmp) -> dict[str, flo
     ix.encode_dense(chunks)
     out["dense: Indexer.encode_dense"] = time.perf_counter() - t
     t = time.perf_counter()
-    sorted_locked_batches(dense, texts)
-    out["dense: same, batches length-sorted first"] = time.perf_counter() - t
+    input_order_batches(dense, texts)
+    out["dense: same batches in input order (no length sort)"] = time.perf_counter() - t
     t = time.perf_counter()
     sparse_vectors = ix.encode_sparse(chunks)
     out["sparse (BM25)"] = time.perf_counter() - t
@@ -125,20 +125,12 @@ def profile_parts(root, max_docs, settings, dense, sparse, tmp) -> dict[str, flo
     return out
 
 
-def sorted_locked_batches(dense, texts: list[str]) -> np.ndarray:
-    """What ``Indexer._encode_dense_locked`` would do with the texts sorted by length first: the same
-    batch-sized calls under the encoder lock (searches still interleave), but each batch holds texts of
-    similar length, so little padding is computed; the rows are put back in input order."""
-    from retrieval.indexer import encoder_lock
+def input_order_batches(dense, texts: list[str]) -> np.ndarray:
+    """What ``Indexer.encode_dense`` did before it sorted the texts by length: batch-sized calls under the
+    encoder lock in input order, so each batch is padded to its longest text."""
+    from retrieval.indexer import locked_batches
 
-    order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
-    parts = []
-    for start in range(0, len(order), dense.batch_size):
-        with encoder_lock(dense):
-            parts.append(dense.encode_documents([texts[i] for i in order[start : start + dense.batch_size]]))
-    out = np.empty((len(texts), parts[0].shape[1]), dtype=np.float32)
-    out[order] = np.concatenate(parts)
-    return out
+    return np.concatenate(locked_batches(dense, dense.encode_documents, texts, dense.batch_size))
 
 
 def report(result: dict[str, Any]) -> None:
