@@ -347,7 +347,7 @@ def rotation(n: int, step: int) -> list[int]:
     return [(step + i) % n for i in range(n)]
 
 
-def encode_study(dense, texts: list[str], rounds: int = 1) -> list[list[Any]]:
+def encode_study(dense, texts: list[str], backends: tuple[str, ...] = ("onnx", "openvino")) -> list[list[Any]]:
     """Single-query encoding on the CPU: our encoder (sentence-transformers, one thread) vs a bare forward
     pass, ONNX Runtime and OpenVINO; p50 ms and max |Δ| of the vectors to the default encoder's."""
     import torch
@@ -369,7 +369,7 @@ def encode_study(dense, texts: list[str], rounds: int = 1) -> list[list[Any]]:
         "DenseEncoder.encode_query (sentence-transformers, 1 thread; default)": dense.encode_query,
         "bare forward pass (tokenizer + BertModel + mean pool, inference_mode, 1 thread)": bare,
     }
-    for backend in ("onnx", "openvino"):
+    for backend in backends:
         try:
             other = DenseEncoder(dense.model_name, backend=backend, cache_dir=dense.cache_dir)
             other.encode_query("warm-up")
@@ -380,14 +380,13 @@ def encode_study(dense, texts: list[str], rounds: int = 1) -> list[list[Any]]:
     samples: dict[str, list[float]] = {name: [] for name in candidates}
     delta: dict[str, float] = dict.fromkeys(candidates, 0.0)
     names = list(candidates)
-    for _ in range(rounds):
-        for n, text in enumerate(texts):
-            for i in rotation(len(names), n):
-                name = names[i]
-                started = time.perf_counter()
-                vector = candidates[name](text)
-                samples[name].append((time.perf_counter() - started) * 1000)
-                delta[name] = max(delta[name], float(np.abs(vector - reference[text]).max()))
+    for n, text in enumerate(texts):
+        for i in rotation(len(names), n):
+            name = names[i]
+            started = time.perf_counter()
+            vector = candidates[name](text)
+            samples[name].append((time.perf_counter() - started) * 1000)
+            delta[name] = max(delta[name], float(np.abs(vector - reference[text]).max()))
     rows = []
     for name in names:
         p = percentiles(samples[name])
@@ -402,6 +401,8 @@ def run(
     limit: int | None,
     study: bool = True,
     query_backend: str = "torch",
+    cache_dir: str | None = None,
+    study_backends: tuple[str, ...] = ("onnx", "openvino"),
 ) -> dict[str, Any]:
     from retrieval import Indexer, RetrievalSettings
     from retrieval.encoders import DenseEncoder
@@ -416,7 +417,8 @@ def run(
         except ImportError as exc:
             out["peers_missing"].append(f"{peer} ({exc.name or exc}): {INSTALL_HINT}")
     with workdir() as tmp:
-        indexer = Indexer(RetrievalSettings(qdrant_path=tmp / "chunker", collection="chunker"))
+        extra: dict[str, Any] = {"cache_dir": cache_dir} if cache_dir else {}
+        indexer = Indexer(RetrievalSettings(qdrant_path=tmp / "chunker", collection="chunker", **extra))
         dense, sparse = indexer.dense, indexer.sparse
         dense.encode_query("warm-up")
         query_dense = dense
@@ -432,7 +434,7 @@ def run(
             systems = [Ours(root / "ours", dense, sparse, query_dense), *(PEERS[p](root) for p in available)]
             out["datasets"].append(run_dataset(corpus, systems, query_dense))
             if study and "study" not in out:
-                out["study"] = encode_study(dense, corpus.query_texts[:100])
+                out["study"] = encode_study(dense, corpus.query_texts[:100], study_backends)
         indexer.store.close()
     out["load_after"] = os.getloadavg()[0]
     return out
