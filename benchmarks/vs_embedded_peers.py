@@ -7,7 +7,7 @@ its own way, as its docs recommend:
 * **hybrid-rag**: ``Indexer`` into the embedded engine (Qdrant Edge, optimized) and ``HybridRetriever.search``
   with the default settings (BM25 sparse vectors with Qdrant's IDF modifier, RRF k=60 over 100 candidates per
   channel).
-* **LanceDB**: a table (chunk id, doc id, text, vector), its native full-text index (``create_fts_index``:
+* **LanceDB**: a table (chunk id, doc id, text, vector), its native full-text index (``create_index(config=FTS())``:
   simple tokenizer, lower case, English stemming, stop words), no vector index (exact search, what its docs
   advise at this size), ``search(query_type="hybrid")`` with its ``RRFReranker`` (k=60).
 * **Milvus Lite**: a collection with a FLOAT_VECTOR (AUTOINDEX, IP) and a BM25 ``Function`` from the text
@@ -183,6 +183,7 @@ class LanceDB:
 
     def build(self, corpus: Corpus) -> None:
         import pyarrow as pa
+        from lancedb.index import FTS
         from lancedb.rerankers import RRFReranker
 
         dim = corpus.dense.shape[1]
@@ -195,7 +196,7 @@ class LanceDB:
             }
         )
         self.table = self.db.create_table(corpus.name, data, mode="overwrite")
-        self.table.create_fts_index("text", replace=True)
+        self.table.create_index("text", config=FTS())  # defaults: stemming, stop words, lower case
         self.reranker = RRFReranker(K=RRF_K)
 
     def engine(self, text: str, vector: np.ndarray, k: int) -> list[tuple[str, float]]:
