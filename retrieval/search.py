@@ -286,6 +286,18 @@ class HybridRetriever:
 
         return LangChainRetriever(retriever=self, search_kwargs={**(search_kwargs or {}), **kwargs})
 
+    def as_llamaindex(self, **kwargs: Any):
+        """This retriever as a LlamaIndex ``BaseRetriever`` (extra ``[llamaindex]``)."""
+        from retrieval.llamaindex import LlamaIndexRetriever
+
+        return LlamaIndexRetriever(self, **kwargs)
+
+    def as_haystack(self, **kwargs: Any):
+        """This retriever as a Haystack 2 component (extra ``[haystack]``)."""
+        from retrieval.haystack import HaystackRetriever
+
+        return HaystackRetriever(self, **kwargs)
+
     def close(self) -> None:
         self.store.close()
 

@@ -79,3 +79,22 @@ def test_vs_langchain(tmp_path, capsys):
     assert result["ours_ms"]["p50"] > 0 and result["theirs_ms"]["p50"] > 0
     assert 0 < result["ours_ndcg"] <= 1 and 0 < result["theirs_ndcg"] <= 1
     assert "vs LangChain" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_vs_embedded_peers(tmp_path, capsys):
+    from benchmarks import vs_embedded_peers
+
+    peers = [p for p, module in (("lancedb", "lancedb"), ("milvus", "milvus_lite")) if importlib.util.find_spec(module)]
+    result = vs_embedded_peers.run(
+        ["scifact"], peers, max_docs=16, limit=4, cache_dir=str(tmp_path / "cache"), study_backends=()
+    )
+    vs_embedded_peers.report(result)
+    (ds,) = result["datasets"]
+    assert [r.name for r in ds["results"]][1:] == [vs_embedded_peers.PEERS[p].name for p in peers]
+    for r in ds["results"]:
+        assert r.build_s > 0 and len(r.e2e_ms) == len(r.engine_ms) == ds["queries"] == 4
+        assert 0 < r.ndcg <= 1 and 0 < r.recall <= 1
+    assert ds["breakdown_ms"] and ds["bare_ms"]["p50"] > 0
+    assert len(result["study"]) == 2 and result["study"][0][1] > 0  # our encoder and the bare forward pass
+    assert "where our time goes" in capsys.readouterr().out

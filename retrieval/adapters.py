@@ -1,0 +1,23 @@
+"""What the framework adapters (LlamaIndex, Haystack) attach to each hit."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def hit_metadata(hit: Any) -> dict[str, Any]:
+    """The document's own metadata, then where the hit came from: ids, title, fused score, per-channel ranks
+    and scores (``dense_score``/``sparse_score`` are None where the :class:`~retrieval.search.Hit` lacks them)."""
+    return {
+        **hit.metadata,
+        "doc_id": hit.doc_id,
+        "chunk_id": hit.chunk_id,
+        "title": hit.title,
+        "score": hit.score,
+        "dense_rank": hit.dense_rank,
+        "sparse_rank": hit.sparse_rank,
+        "fused_rank": hit.fused_rank,
+        "dense_score": getattr(hit, "dense_score", None),
+        "sparse_score": getattr(hit, "sparse_score", None),
+        "rerank_score": hit.rerank_score,
+    }

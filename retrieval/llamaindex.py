@@ -1,0 +1,48 @@
+"""LlamaIndex adapter: a ``BaseRetriever`` over :class:`HybridRetriever` returning ``NodeWithScore``."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from llama_index.core.retrievers import BaseRetriever
+from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
+
+from retrieval.adapters import hit_metadata
+
+
+class LlamaIndexRetriever(BaseRetriever):
+    """Yields ``NodeWithScore(TextNode(text, id_=chunk id, metadata), score)``; the metadata carries the doc id,
+    chunk id, title, the document's own metadata, and the per-channel ranks and scores of the hit."""
+
+    def __init__(
+        self,
+        retriever: Any,
+        k: int | None = None,
+        filter: dict[str, Any] | None = None,
+        rerank: bool | None = None,
+        **kwargs: Any,
+    ):
+        self.retriever, self.k, self.filter, self.rerank = retriever, k, filter, rerank
+        super().__init__(**kwargs)
+
+    def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
+        hits = self.retriever.search(query_bundle.query_str, k=self.k, filter=self.filter, rerank=self.rerank)
+        return [_to_node(h) for h in hits]
+
+    async def _aretrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
+        hits = await asyncio.to_thread(self.retriever.search, query_bundle.query_str, self.k, self.filter, self.rerank)
+        return [_to_node(h) for h in hits]
+
+
+def _to_node(hit) -> NodeWithScore:
+    metadata = hit_metadata(hit)
+    node = TextNode(
+        id_=hit.chunk_id,
+        text=hit.text,
+        metadata=metadata,
+        # what the LLM sees next to the text: the title only, not ids and ranks
+        excluded_llm_metadata_keys=[key for key in metadata if key != "title"],
+        excluded_embed_metadata_keys=list(metadata),
+    )
+    return NodeWithScore(node=node, score=hit.score)

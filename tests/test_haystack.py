@@ -1,0 +1,103 @@
+"""The Haystack adapter in a Haystack ``Pipeline`` (``run`` and ``run_async``) with a fake generator."""
+
+import asyncio
+import os
+
+import pytest
+
+os.environ.setdefault("HAYSTACK_TELEMETRY_ENABLED", "False")  # no network here
+pytest.importorskip("haystack")
+
+from haystack import Pipeline, component  # noqa: E402
+from haystack.components.builders import PromptBuilder  # noqa: E402
+
+from retrieval import HybridRetriever, Indexer, RetrievalSettings  # noqa: E402
+from retrieval.haystack import to_filter  # noqa: E402
+from tests.conftest import LEXICAL_QUERY, SEMANTIC_QUERY, TINY_DOCS  # noqa: E402
+
+TEMPLATE = "{% for d in documents %}[{{ d.meta.doc_id }}] {{ d.content }}\n{% endfor %}Question: {{ query }}"
+
+
+@component
+class FakeEchoGenerator:
+    """A fake LLM (the only fake here): replies with the prompt it was given."""
+
+    @component.output_types(replies=list[str])
+    def run(self, prompt: str) -> dict:
+        return {"replies": [prompt]}
+
+
+@pytest.fixture(scope="module")
+def retriever(dense_encoder, sparse_encoder, tmp_path_factory):
+    root = tmp_path_factory.mktemp("haystack")
+    settings = RetrievalSettings(qdrant_path=root, cache_dir=root / "cache", collection="hs")
+    indexer = Indexer(settings, dense=dense_encoder, sparse=sparse_encoder)
+    indexer.index(TINY_DOCS, progress=False)
+    yield HybridRetriever(settings, store=indexer.store, dense=dense_encoder, sparse=sparse_encoder)
+    indexer.store.close()
+
+
+def rag(retriever):
+    pipe = Pipeline()
+    pipe.add_component("retriever", retriever.as_haystack(top_k=3))
+    pipe.add_component("prompt", PromptBuilder(TEMPLATE, required_variables=["documents", "query"]))
+    pipe.add_component("llm", FakeEchoGenerator())
+    pipe.connect("retriever.documents", "prompt.documents")
+    pipe.connect("prompt.prompt", "llm.prompt")
+    return pipe
+
+
+def test_documents_carry_ids_ranks_and_scores(retriever):
+    documents = retriever.as_haystack(top_k=3).run(LEXICAL_QUERY[0])["documents"]
+    hit = retriever.search(LEXICAL_QUERY[0], k=3)[0]
+    top = documents[0]
+    assert len(documents) == 3 and top.id == hit.chunk_id and "ZX-4471" in top.content
+    assert top.score == pytest.approx(hit.score) and top.score > documents[1].score
+    assert top.meta["doc_id"] == LEXICAL_QUERY[1] and top.meta["chunk_id"] == hit.chunk_id
+    assert top.meta["sparse_rank"] == 1 and top.meta["fused_rank"] == 1 and top.meta["topic"] == "home"
+    assert {"dense_rank", "dense_score", "sparse_score", "rerank_score"} <= set(top.meta)
+    awaited = asyncio.run(retriever.as_haystack(top_k=3).run_async(LEXICAL_QUERY[0]))["documents"]
+    assert [d.id for d in awaited] == [d.id for d in documents]
+
+
+def test_haystack_filters_and_top_k_at_run_time(retriever):
+    component = retriever.as_haystack(top_k=1)
+    science = {
+        "operator": "AND",
+        "conditions": [
+            {"field": "meta.topic", "operator": "==", "value": "science"},
+            {"field": "meta.year", "operator": ">=", "value": 2016},
+        ],
+    }
+    documents = component.run("natural satellite orbit", top_k=8, filters=science)["documents"]
+    assert [d.meta["doc_id"] for d in documents] == ["bees"]  # the moon (2015) is filtered out
+    assert len(component.run("natural satellite orbit")["documents"]) == 1
+    assert to_filter({"year": {"gte": 2016}}) == {"year": {"gte": 2016}}  # our own filter dicts pass through
+    with pytest.raises(ValueError, match="only AND"):
+        to_filter({"operator": "OR", "conditions": science["conditions"]})
+    with pytest.raises(ValueError, match="'!='"):
+        to_filter({"field": "meta.year", "operator": "!=", "value": 1})
+
+
+def test_pipeline_with_prompt_builder_and_fake_generator(retriever):
+    out = rag(retriever).run({"retriever": {"query": SEMANTIC_QUERY[0]}, "prompt": {"query": SEMANTIC_QUERY[0]}})
+    reply = out["llm"]["replies"][0]
+    assert reply.startswith(f"[{SEMANTIC_QUERY[1]}]") and "noodles" in reply and SEMANTIC_QUERY[0] in reply
+
+
+def test_pipeline_run_async_matches_run(retriever):
+    pipe = rag(retriever)
+
+    async def both():
+        return await asyncio.gather(
+            *(
+                pipe.run_async({"retriever": {"query": q}, "prompt": {"query": q}})
+                for q, _ in (LEXICAL_QUERY, SEMANTIC_QUERY)
+            )
+        )
+
+    lexical, semantic = asyncio.run(both())
+    sync = rag(retriever).run({"retriever": {"query": LEXICAL_QUERY[0]}, "prompt": {"query": LEXICAL_QUERY[0]}})
+    assert lexical["llm"]["replies"] == sync["llm"]["replies"]
+    assert lexical["llm"]["replies"][0].startswith(f"[{LEXICAL_QUERY[1]}]")
+    assert semantic["llm"]["replies"][0].startswith(f"[{SEMANTIC_QUERY[1]}]")

@@ -1,0 +1,54 @@
+"""The encode/upsert pipeline batches chunks by length yet keeps every vector with its own chunk."""
+
+import numpy as np
+import pytest
+
+from retrieval import Document, Indexer
+from retrieval.store import QueryPlan
+from tests.conftest import TINY_DOCS, make_store
+
+# lengths from a few words to several chunks, in no particular order
+MIXED_DOCS = [
+    *TINY_DOCS,
+    Document("long", " ".join(f"Sentence {i} on gaskets, valves and boiler pressure." for i in range(90))),
+    Document("short", "Valves."),
+    Document("medium", "Pressure relief valves open when the boiler pressure exceeds its rating. " * 4),
+]
+
+
+@pytest.fixture(params=["edge", "server"])
+def indexer(request, settings, dense_encoder, sparse_encoder, tmp_path):
+    store = make_store(request.param, tmp_path)
+    ix = Indexer(
+        settings.model_copy(update={"embedding_cache": False, "upsert_batch_size": 4}),
+        store=store,
+        dense=dense_encoder,
+        sparse=sparse_encoder,
+    )
+    yield ix
+    store.close()
+
+
+def test_encode_dense_returns_rows_in_input_order(indexer, dense_encoder):
+    chunks = indexer.chunk(MIXED_DOCS)
+    lengths = [len(c.embed_text) for c in chunks]
+    assert lengths != sorted(lengths, reverse=True)  # the pipeline has to reorder them
+    vectors, reused = indexer.encode_dense(chunks)
+    one_by_one = np.stack([dense_encoder.encode_documents([c.embed_text])[0] for c in chunks])
+    assert reused == 0
+    assert np.min(np.sum(vectors * one_by_one, axis=1)) > 0.9999
+
+
+def test_given_vectors_stay_with_their_chunks(indexer, monkeypatch):
+    import retrieval.indexer as indexer_module
+
+    monkeypatch.setattr(indexer_module, "ENCODE_BLOCK", 8)  # several blocks, several upserts each
+    chunks = indexer.chunk(MIXED_DOCS)
+    rng = np.random.default_rng(7)
+    dense = rng.normal(size=(len(chunks), indexer.dense.dimension)).astype(np.float32)
+    dense /= np.linalg.norm(dense, axis=1, keepdims=True)
+    sparse = indexer.encode_sparse(chunks)
+    report = indexer.sync(chunks, vectors=(dense, sparse), progress=False)
+    assert report.points == len(chunks) > 8
+    found = indexer.store.query_batch([QueryPlan(dense=v, limit=1, with_payload=False) for v in dense])
+    assert [hits[0].id for hits in found] == [c.id for c in chunks]

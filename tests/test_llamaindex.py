@@ -1,0 +1,61 @@
+"""The LlamaIndex adapter in LlamaIndex's own query engine (with its MockLLM), sync and async."""
+
+import asyncio
+
+import pytest
+
+pytest.importorskip("llama_index.core")
+
+from llama_index.core.llms import MockLLM  # noqa: E402
+from llama_index.core.query_engine import RetrieverQueryEngine  # noqa: E402
+from llama_index.core.retrievers import BaseRetriever  # noqa: E402
+
+from retrieval import HybridRetriever, Indexer, RetrievalSettings  # noqa: E402
+from tests.conftest import LEXICAL_QUERY, SEMANTIC_QUERY, TINY_DOCS  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def retriever(dense_encoder, sparse_encoder, tmp_path_factory):
+    root = tmp_path_factory.mktemp("llamaindex")
+    settings = RetrievalSettings(qdrant_path=root, cache_dir=root / "cache", collection="li")
+    indexer = Indexer(settings, dense=dense_encoder, sparse=sparse_encoder)
+    indexer.index(TINY_DOCS, progress=False)
+    yield HybridRetriever(settings, store=indexer.store, dense=dense_encoder, sparse=sparse_encoder)
+    indexer.store.close()
+
+
+def test_nodes_carry_ids_ranks_and_scores(retriever):
+    li = retriever.as_llamaindex(k=3)
+    assert isinstance(li, BaseRetriever)
+    nodes = li.retrieve(LEXICAL_QUERY[0])
+    assert len(nodes) == 3
+    top = nodes[0]
+    hit = retriever.search(LEXICAL_QUERY[0], k=3)[0]
+    assert top.node.node_id == hit.chunk_id and "ZX-4471" in top.node.get_content()
+    assert top.score == pytest.approx(hit.score) and top.score > nodes[1].score
+    meta = top.node.metadata
+    assert meta["doc_id"] == LEXICAL_QUERY[1] and meta["chunk_id"] == hit.chunk_id
+    assert meta["sparse_rank"] == 1 and meta["fused_rank"] == 1 and meta["topic"] == "home"
+    assert {"dense_rank", "dense_score", "sparse_score", "rerank_score"} <= set(meta)
+
+
+def test_filter_is_applied(retriever):
+    nodes = retriever.as_llamaindex(k=8, filter={"topic": "science"}).retrieve("natural satellite orbit")
+    assert {n.node.metadata["doc_id"] for n in nodes} == {"moon", "bees"}
+
+
+def test_query_engine_with_mock_llm_sync_and_async(retriever):
+    engine = RetrieverQueryEngine.from_args(retriever.as_llamaindex(k=2), llm=MockLLM())
+    response = engine.query(SEMANTIC_QUERY[0])
+    assert response.source_nodes[0].node.metadata["doc_id"] == SEMANTIC_QUERY[1]
+    assert "noodles" in str(response)  # MockLLM echoes its prompt: the retrieved text reached the LLM
+
+    async def both():
+        return await asyncio.gather(engine.aquery(LEXICAL_QUERY[0]), engine.aquery(SEMANTIC_QUERY[0]))
+
+    lexical, semantic = asyncio.run(both())
+    assert [n.node.node_id for n in lexical.source_nodes] == [
+        n.node.node_id for n in engine.query(LEXICAL_QUERY[0]).source_nodes
+    ]
+    assert "ZX-4471" in str(lexical)
+    assert semantic.source_nodes[0].node.metadata["doc_id"] == SEMANTIC_QUERY[1]
