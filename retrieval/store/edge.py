@@ -4,6 +4,11 @@ Layout under the data directory ``root``: one directory per physical collection,
 ``schema.json`` and the engine's ``shard/``), and ``<name>.current.json``, the pointer to the version readers
 use, replaced atomically by a rebuild. A directory ``<name>/`` without a pointer is a collection made before
 versioning (version 0).
+
+Several processes: the engine locks a shard's WAL while a process has it open (even only to read), so a
+process never writes a version another one may hold. Each write goes into a new version (a copy of the
+published one, or built from scratch), then the pointer switches; readers follow it at their next operation
+and delete the version they left once no process holds it. ``<name>.write.lock`` serialises writers.
 """
 
 from __future__ import annotations
@@ -12,7 +17,9 @@ import json
 import logging
 import os
 import shutil
+import socket
 import threading
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -46,11 +53,16 @@ except ImportError:  # pragma: no cover - Windows: no cross-process check before
 log = logging.getLogger(__name__)
 SCHEMA_FILE = "schema.json"
 SHARD_DIR = "shard"
+STAGE_FILE = "staged.json"
 POINTER_SUFFIX = ".current.json"
+WRITE_LOCK_SUFFIX = ".write.lock"
+WRITE_LOCK_TIMEOUT_S = 600.0
 
 _open_shards: dict[str, tuple[qe.EdgeShard, int]] = {}
 _doomed: set[str] = set()  # shard directories to delete once their last handle in this process is released
 _registry_lock = threading.Lock()
+_write_locks: dict[str, tuple[int, int]] = {}  # lock file -> (fd, depth): the write lock is re-entrant per process
+_write_locks_guard = threading.RLock()
 
 
 def _acquire(path: Path, create_config: qe.EdgeConfig | None = None, *, opening: bool = True) -> qe.EdgeShard:
@@ -120,6 +132,86 @@ def _discard(collection_dir: Path) -> None:
                 os.close(fd)
 
 
+@contextmanager
+def _write_lock(path: Path, collection: str, timeout_s: float) -> Iterator[None]:
+    """An exclusive lock on ``path`` (flock), re-entrant within this process; waits up to ``timeout_s``."""
+    key = str(path.resolve()) if path.exists() else str(path)
+    with _write_locks_guard:
+        if key in _write_locks:
+            fd, depth = _write_locks[key]
+            _write_locks[key] = (fd, depth + 1)
+        else:
+            fd = _lock_file(path, collection, timeout_s)
+            _write_locks[key] = (fd, 1)
+    try:
+        yield
+    finally:
+        with _write_locks_guard:
+            fd, depth = _write_locks[key]
+            if depth > 1:
+                _write_locks[key] = (fd, depth - 1)
+            else:
+                del _write_locks[key]
+                os.close(fd)  # releases the flock
+
+
+def _lock_file(path: Path, collection: str, timeout_s: float) -> int:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    if fcntl is None:  # pragma: no cover - Windows: no cross-process serialisation
+        return fd
+    deadline, warned = time.monotonic() + timeout_s, False
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            holder = _lock_holder(path)
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                raise StoreError(
+                    f"collection {collection!r} at {path.parent} is being written by another process ({holder}); "
+                    f"gave up after waiting {timeout_s:.0f}s. Let that run finish (or stop it), then run this again"
+                ) from None
+            if not warned:
+                log.warning("collection %r is being written by %s: waiting for it to finish", collection, holder)
+                warned = True
+            time.sleep(0.2)
+    os.ftruncate(fd, 0)
+    info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    os.write(fd, json.dumps(info).encode())
+    return fd
+
+
+def _lock_holder(path: Path) -> str:
+    try:
+        info = json.loads(path.read_text())
+        return f"pid {info['pid']} on {info['host']} since {info['since']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "unknown process"
+
+
+def _copy_tree(source: Path, target: Path) -> None:
+    """Copy a collection directory; files full of zeros (the engine's preallocated WAL) are copied sparse."""
+    tmp = target.with_name(target.name + f".copy-{uuid.uuid4().hex[:8]}")
+    shutil.copytree(source, tmp, copy_function=_copy_sparse)
+    os.replace(tmp, target)
+
+
+def _copy_sparse(src: str, dst: str) -> None:
+    """``shutil.copy2``, but runs of zeros become holes (a WAL segment is 32 MiB, almost all of it unwritten)."""
+    block = 1 << 20
+    with open(src, "rb") as fin, open(dst, "wb") as fout:
+        size = os.fstat(fin.fileno()).st_size
+        while chunk := fin.read(block):
+            if chunk.count(0) == len(chunk):
+                fout.seek(len(chunk), os.SEEK_CUR)
+            else:
+                fout.write(chunk)
+        fout.truncate(size)
+    shutil.copystat(src, dst)
+
+
 def _explain_open_error(path: Path, exc: BaseException) -> str:
     text = str(exc)
     if "WouldBlock" in text or "lock" in text.lower():
@@ -141,10 +233,20 @@ class EdgeStore(QdrantStore):
     version (on its next operation after a rebuild) never closes a shard under a running query.
     """
 
-    def __init__(self, root: str | Path, collection: str, *, version: int | None = None):
+    writes_in_place = False
+
+    def __init__(
+        self,
+        root: str | Path,
+        collection: str,
+        *,
+        version: int | None = None,
+        lock_timeout_s: float = WRITE_LOCK_TIMEOUT_S,
+    ):
         self.root = Path(root)
         self.collection = collection
         self.version = version
+        self.lock_timeout_s = lock_timeout_s
         self.pointer = self.root / (collection + POINTER_SUFFIX)
         self._shard: qe.EdgeShard | None = None
         self._bound: str | None = None  # the physical collection self._shard belongs to
@@ -188,7 +290,32 @@ class EdgeStore(QdrantStore):
         return sorted(v for v in (parse_version(self.collection, n) for n in names) if v is not None)
 
     def _pinned(self, version: int) -> EdgeStore:
-        return EdgeStore(self.root, self.collection, version=version)
+        return EdgeStore(self.root, self.collection, version=version, lock_timeout_s=self.lock_timeout_s)
+
+    def write_lock(self, timeout_s: float | None = None):  # type: ignore[override]
+        """``<name>.write.lock``: one writer per collection across processes; others wait, then fail clearly."""
+        lock = self.root / (self.collection + WRITE_LOCK_SUFFIX)
+        return _write_lock(lock, self.collection, self.lock_timeout_s if timeout_s is None else timeout_s)
+
+    def _stage_info(self, version: int) -> dict[str, Any] | None:
+        try:
+            return json.loads((self.root / version_name(self.collection, version) / STAGE_FILE).read_text())
+        except (OSError, ValueError):
+            return None
+
+    def _set_stage_info(self, version: int, info: dict[str, Any]) -> None:
+        path = self.root / version_name(self.collection, version) / STAGE_FILE
+        tmp = path.with_name(STAGE_FILE + ".tmp")
+        tmp.write_text(json.dumps(info))
+        tmp.replace(path)
+
+    def _copy_physical(self, source: int, target: int) -> None:
+        src = self.root / version_name(self.collection, source)
+        key = str((src / SHARD_DIR).resolve())
+        with _registry_lock:
+            if key in _open_shards:  # open in this process: make its last writes durable before copying
+                _open_shards[key][0].flush()
+        _copy_tree(src, self.root / version_name(self.collection, target))
 
     def _switch(self, staged: QdrantStore) -> None:
         tmp = self.pointer.with_name(self.pointer.name + ".tmp")
@@ -223,6 +350,9 @@ class EdgeStore(QdrantStore):
         old, self._shard, self._bound = self._bound, shard, target
         _release(self.root / old / SHARD_DIR)
         log.info("collection %r: switched from %s to %s", self.collection, old, target)
+        old_version, new_version = parse_version(self.collection, old), parse_version(self.collection, target)
+        if old_version is not None and new_version is not None and old_version < new_version:
+            _discard(self.root / old)  # the last process to leave an old version deletes it
         return True
 
     # -- lifecycle ----------------------------------------------------------------------------------
@@ -260,12 +390,7 @@ class EdgeStore(QdrantStore):
         with self._lock:
             self._follow()
             if self._shard is None:
-                target = self._target()
-                if not (self.root / target / SCHEMA_FILE).exists():
-                    raise StoreError(
-                        f"collection {self.collection!r} does not exist at {self.root / target}; index documents first"
-                    )
-                self._shard, self._bound = _acquire(self.root / target / SHARD_DIR), target
+                self._open_current()
             path = self.root / self._bound / SHARD_DIR
             shard = _acquire(path, opening=False)
         try:
@@ -273,9 +398,28 @@ class EdgeStore(QdrantStore):
         except (StoreError, ValueError, TypeError, KeyboardInterrupt, SystemExit, GeneratorExit):
             raise
         except BaseException as exc:  # the engine raises a bare Exception (or a Rust panic) with its own text
+            if not isinstance(exc, Exception):  # a panic: the engine found its files inconsistent
+                raise StoreError(f"{operation} failed: " + _explain_open_error(path, exc)) from exc
             raise StoreError(f"embedded Qdrant at {path.parent}: {operation} failed: {exc}") from exc
         finally:
             _release(path)
+
+    def _open_current(self) -> None:
+        """Under ``self._lock``: open the version the pointer names (again, if a writer moved it meanwhile)."""
+        for attempt in range(3):
+            target = self._target()
+            if not (self.root / target / SCHEMA_FILE).exists():
+                if attempt < 2 and self.version is None and self._target() != target:
+                    continue
+                raise StoreError(
+                    f"collection {self.collection!r} does not exist at {self.root / target}; index documents first"
+                )
+            try:
+                self._shard, self._bound = _acquire(self.root / target / SHARD_DIR), target
+                return
+            except StoreError:
+                if attempt == 2 or self.version is not None or self._target() == target:
+                    raise
 
     def _close_unlocked(self) -> None:
         if self._shard is not None:
