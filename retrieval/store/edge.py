@@ -178,7 +178,11 @@ def _lock_file(path: Path, collection: str, timeout_s: float) -> int:
                 warned = True
             time.sleep(0.2)
     os.ftruncate(fd, 0)
-    info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    info = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
     os.write(fd, json.dumps(info).encode())
     return fd
 
