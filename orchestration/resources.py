@@ -90,9 +90,9 @@ class RetrievalResource(dg.ConfigurableResource):
         return shared_encoders(self.settings())
 
     @contextmanager
-    def store(self, collection: str) -> Iterator[QdrantStore]:
-        """An open store for ``collection``, closed on exit (the embedded engine allows one handle per process)."""
-        store = open_store(self.settings(collection), collection)
+    def store(self, collection: str, version: int | None = None) -> Iterator[QdrantStore]:
+        """An open store for ``collection`` (pinned to ``version`` when given), closed on exit."""
+        store = open_store(self.settings(collection), collection, version=version)
         try:
             yield store
         finally:
@@ -107,10 +107,10 @@ class RetrievalResource(dg.ConfigurableResource):
             yield Indexer(settings, store=store, dense=dense, sparse=sparse)
 
     @contextmanager
-    def retriever(self, collection: str, **overrides: Any) -> Iterator[HybridRetriever]:
-        """A :class:`HybridRetriever` on ``collection`` with the shared encoders; its store is closed on exit."""
+    def retriever(self, collection: str, version: int | None = None, **overrides: Any) -> Iterator[HybridRetriever]:
+        """A :class:`HybridRetriever` on ``collection`` (``version``: a staged one) with the shared encoders."""
         dense, sparse = self.encoders()
-        with self.store(collection) as store:
+        with self.store(collection, version) as store:
             yield HybridRetriever(self.settings(collection, **overrides), store=store, dense=dense, sparse=sparse)
 
 
