@@ -7,7 +7,6 @@ not run and readers stay on the published version. Outside such a run it scores 
 A corpus without qrels has nothing to score: the asset records which version it saw and the gate is not run.
 """
 
-
 import base64
 import tempfile
 from collections.abc import Iterator
@@ -20,7 +19,7 @@ from pydantic import Field
 from assets.index import latest_staged, qdrant_index
 from assets.ingest import GROUP
 from assets.meta import md_table
-from assets.partitions import corpus_partitions
+from assets.partitions import corpus_check, corpus_partitions
 from orchestration.corpora import CorpusConfig, CorpusUnavailableError
 from orchestration.resources import CorporaResource, EvalHistoryResource, RetrievalResource
 from retrieval.search import Variant
@@ -61,11 +60,10 @@ class EvaluationConfig(dg.Config):
         )
     ],
     check_specs=[
-        dg.AssetCheckSpec(
+        corpus_check(
             NDCG_CHECK,
-            asset="retrieval_evaluation",
+            "retrieval_evaluation",
             blocking=True,
-            partitions_def=corpus_partitions,
             description=f"Publishing gate: {WATCHED_VARIANT} {WATCHED_METRIC} of the evaluated version is not below "
             "the published version's by more than the configured tolerance. Not run for corpora without qrels.",
         )

@@ -10,7 +10,7 @@ from pydantic import Field
 
 from assets.ingest import GROUP
 from assets.meta import rate
-from assets.partitions import corpus_partitions
+from assets.partitions import corpus_check, corpus_partitions
 from assets.tables import stale_rows, table_model, table_to_chunks, table_to_dense, table_to_sparse
 from orchestration.resources import CorporaResource, RetrievalResource
 
@@ -29,11 +29,10 @@ class IndexConfig(dg.Config):
     group_name=GROUP,
     kinds={"qdrant"},
     check_specs=[
-        dg.AssetCheckSpec(
+        corpus_check(
             POINT_COUNT_CHECK,
-            asset="qdrant_index",
+            "qdrant_index",
             blocking=True,
-            partitions_def=corpus_partitions,
             description="The staged version holds exactly one point per chunk of the `chunks` asset.",
         )
     ],

@@ -4,7 +4,6 @@ It runs after the blocking checks: ``index_point_count`` always, and the evaluat
 for corpora with qrels. A failed check skips this step, so readers stay on the published version.
 """
 
-
 import dagster as dg
 
 from assets.evaluation import retrieval_evaluation

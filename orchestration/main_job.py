@@ -8,6 +8,7 @@ runs belong to the ``reindex`` job, so they can be re-executed from the UI).
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -17,10 +18,12 @@ from rich.console import Console
 
 from assets import ALL_ASSETS, CORPORA, NDCG_CHECK, POINT_COUNT_CHECK
 from assets.evaluation import LATENCY
+from orchestration.corpora import REPO_ROOT
 from orchestration.definitions import default_resources
 from orchestration.jobs import reindex_job
 
 DAGSTER_HOME = Path("data/dagster_home")
+INSTANCE_YAML = REPO_ROOT / "data" / "dagster_home" / "dagster.yaml"
 INDEX_FIELDS = ("documents", "chunks", "written", "unchanged", "deleted", "points")
 
 
@@ -44,6 +47,8 @@ def run_main_job(
         raise ValueError(f"unknown corpus {corpus!r}; configured in {CORPORA.path}: {', '.join(CORPORA.names)}")
     home = Path(dagster_home or DAGSTER_HOME).resolve()
     home.mkdir(parents=True, exist_ok=True)
+    if not (home / "dagster.yaml").exists():  # the project's instance settings (telemetry off, one run per corpus)
+        shutil.copyfile(INSTANCE_YAML, home / "dagster.yaml")
     defs = dg.Definitions(
         assets=ALL_ASSETS,
         jobs=[reindex_job],

@@ -49,8 +49,18 @@ def shared_encoders(settings: RetrievalSettings) -> Encoders:
     key = tuple(str(getattr(settings, name)) for name in _ENCODER_FIELDS)
     with _encoders_lock:
         if key not in _encoders:
+            _quiet_model_loading()
             _encoders[key] = build_encoders(settings)
         return _encoders[key]
+
+
+def _quiet_model_loading() -> None:
+    """No model-loading progress bars in run logs (they are terminal animations, not log lines)."""
+    from huggingface_hub.utils import disable_progress_bars
+    from transformers.utils import logging as transformers_logging
+
+    disable_progress_bars()
+    transformers_logging.disable_progress_bar()
 
 
 class RetrievalResource(dg.ConfigurableResource):

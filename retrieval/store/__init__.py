@@ -15,7 +15,9 @@ from retrieval.store.edge import EdgeStore
 from retrieval.store.server import ServerStore, connect
 
 
-def open_store(settings: RetrievalSettings, collection: str | None = None, *, version: int | None = None) -> QdrantStore:
+def open_store(
+    settings: RetrievalSettings, collection: str | None = None, *, version: int | None = None
+) -> QdrantStore:
     """The store the settings point at: a Qdrant server when ``qdrant_url`` is set, else the embedded engine.
 
     ``version``: pinned to that version of the collection (e.g. a staged one), else following the published one.
