@@ -468,6 +468,9 @@ class EdgeStore(QdrantStore):
                 shard.update(qe.UpdateOperation.delete_points_by_filter(flt))
 
     def flush(self) -> None:
+        with self._lock:
+            if self._shard is None:  # not open in this process: nothing of ours to flush
+                return
         with self._using("flush") as shard:
             shard.flush()
 
