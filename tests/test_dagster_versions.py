@@ -29,6 +29,7 @@ PARTITION = "sample"  # a partition of the shipped corpora file; its corpus is r
 ADDED = {"_id": "new-01", "title": "Turbine coatings", "text": "The ZQ-7781 turbine blade coating resists corrosion."}
 CHANGED, CHANGED_TOKEN = "sport-05", "The KV-5521 treadmill protocol measures it in the lab."
 REMOVED = "bio-03"  # Tardigrades; judged by no query, so the gate passes
+READERS = 2  # an application and, say, `hybrid-rag search`: the second one reads through a private view
 QUERIES = ["ZQ-7781 turbine blade coating", "KV-5521 treadmill protocol", "tardigrades water bears survive", "mars"]
 
 READER = """
@@ -97,20 +98,27 @@ def searches(log: Path) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_reindex_run_while_another_process_searches(tmp_path: Path) -> None:
+def test_reindex_run_while_other_processes_search(tmp_path: Path) -> None:
     sandbox = Sandbox(tmp_path)
     data, corpora = corpus_copy(tmp_path, "live")
     resources = sandbox.resources(corpora=CorporaResource(path=str(corpora)))
     first = run_main_job(PARTITION, dagster_home=sandbox.home, resources=resources)
     assert first["published"] == 1
 
-    stop, log = tmp_path / "stop", tmp_path / "searches.jsonl"
+    stop, logs = tmp_path / "stop", [tmp_path / f"searches{i}.jsonl" for i in range(READERS)]
     env = {**os.environ, "PYTHONPATH": str(REPO), "HYBRID_RAG_CACHE_DIR": str(tmp_path / "cache"), "TQDM_DISABLE": "1"}
-    args = [str(tmp_path / "index"), "live", str(stop), str(log), json.dumps(QUERIES)]
-    reader = subprocess.Popen([sys.executable, "-c", READER, *args], cwd=REPO, env=env)
+    readers = [
+        subprocess.Popen(
+            [sys.executable, "-c", READER, str(tmp_path / "index"), "live", str(stop), str(log), json.dumps(QUERIES)],
+            cwd=REPO,
+            env=env,
+        )
+        for log in logs
+    ]
     try:
-        wait_for(lambda: len(searches(log)) >= 20 or reader.poll() is not None, 120, "the reader's first searches")
-        assert reader.poll() is None, "the reader process died"
+        for reader, log in zip(readers, logs, strict=True):
+            wait_for(lambda r=reader, f=log: len(searches(f)) >= 20 or r.poll() is not None, 120, "first searches")
+            assert reader.poll() is None, "a reader process died"
         docs = [d for d in read_docs(data) if d["_id"] != REMOVED]
         for doc in docs:
             if doc["_id"] == CHANGED:
@@ -123,17 +131,26 @@ def test_reindex_run_while_another_process_searches(tmp_path: Path) -> None:
         published_at, run_id = materialized_at(sandbox, "published_index")
         assert run_id == second["run_id"] and second["published"] == 2
 
-        def sees_new_docs() -> bool:
+        def sees_new_docs(log: Path) -> bool:
             return any(s.get("ids", [None])[0] == ADDED["_id"] and s["start"] > published_at for s in searches(log))
 
-        wait_for(sees_new_docs, 30, "the reader to see the new version")
-        wait_for(lambda: len(searches(log)) >= 300, 120, "300 searches")
+        for log in logs:
+            wait_for(lambda f=log: sees_new_docs(f), 30, "the readers to see the new version")
+            wait_for(lambda f=log: len(searches(f)) >= 200, 120, "200 searches")
     finally:
         stop.touch()
-        reader.wait(timeout=60)
-    assert reader.returncode == 0
+        for reader in readers:
+            reader.wait(timeout=60)
+    assert [reader.returncode for reader in readers] == [0] * READERS
+    for log in logs:
+        check_reader(searches(log), run_started, run_ended, staged_at, published_at)
+    # The old version is deleted once the readers let go of it; the write lock and the pointer remain.
+    names = sorted(p.name for p in (tmp_path / "index").iterdir() if p.name.startswith("live"))
+    assert names == ["live.current.json", "live.write.lock", "live__v2"]
 
-    done = searches(log)
+
+def check_reader(done: list[dict], run_started: float, run_ended: float, staged_at: float, published_at: float):
+    """What one reader saw: no failure, no empty result, the old version until publishing, then the new one."""
     failed = [s for s in done if "error" in s]
     empty = [s for s in done if "error" not in s and not s["ids"]]
     assert not failed and not empty, (failed + empty)[:3]
@@ -152,9 +169,6 @@ def test_reindex_run_while_another_process_searches(tmp_path: Path) -> None:
     assert all(ids[0] == CHANGED for ids in by_query[1]) and by_query[1]
     assert not any(REMOVED in ids for s_ids in by_query.values() for ids in s_ids)
     assert any(REMOVED in s["ids"] for s in before if s["q"] == 2)  # it was there before
-    # The old version is deleted once the reader let go of it; the write lock and the pointer remain.
-    names = sorted(p.name for p in (tmp_path / "index").iterdir() if p.name.startswith("live"))
-    assert names == ["live.current.json", "live.write.lock", "live__v2"]
 
 
 def test_gate_refuses_a_worse_version_and_readers_keep_the_published_one(tmp_path: Path) -> None:

@@ -58,16 +58,19 @@ POINTER_SUFFIX = ".current.json"
 WRITE_LOCK_SUFFIX = ".write.lock"
 WRITE_LOCK_TIMEOUT_S = 600.0
 
-_open_shards: dict[str, tuple[qe.EdgeShard, int]] = {}
+_open_shards: dict[str, tuple[qe.EdgeShard, int, Path | None]] = {}  # shard dir -> (shard, references, view)
 _doomed: set[str] = set()  # shard directories to delete once their last handle in this process is released
 _registry_lock = threading.Lock()
 _write_locks: dict[str, tuple[int, int]] = {}  # lock file -> (fd, depth): the write lock is re-entrant per process
 _write_locks_guard = threading.RLock()
+VIEWS_DIR = "views"
+LINK_MIN_BYTES = 1 << 20  # in a view, files this large are hard links: the engine only reads them after writing
 
 
 def _acquire(path: Path, create_config: qe.EdgeConfig | None = None, *, opening: bool = True) -> qe.EdgeShard:
     """One open shard per directory and process (the engine locks its WAL), shared by reference count.
 
+    A shard another process has open is read through a private view of it (see :func:`_make_view`).
     ``opening``: a store binds to this directory (a dropped one that is opened again is kept after all);
     False for the short reference one operation holds.
     """
@@ -76,17 +79,49 @@ def _acquire(path: Path, create_config: qe.EdgeConfig | None = None, *, opening:
         if opening:
             _doomed.discard(key)
         if key in _open_shards:
-            shard, refs = _open_shards[key]
-            _open_shards[key] = (shard, refs + 1)
+            shard, refs, view = _open_shards[key]
+            _open_shards[key] = (shard, refs + 1, view)
             return shard
+        view = None
         try:
             shard = qe.EdgeShard.create(key, create_config) if create_config else qe.EdgeShard.load(key)
         except BaseException as exc:  # the engine raises a bare Exception (or a Rust panic) with its own text
             if isinstance(exc, KeyboardInterrupt | SystemExit):
                 raise
-            raise StoreError(_explain_open_error(path, exc)) from exc
-        _open_shards[key] = (shard, 1)
+            if create_config is not None or "WouldBlock" not in str(exc):
+                raise StoreError(_explain_open_error(path, exc)) from exc
+            view = _make_view(path)
+            try:
+                shard = qe.EdgeShard.load(str(view))
+            except BaseException as view_exc:
+                shutil.rmtree(view, ignore_errors=True)
+                if isinstance(view_exc, KeyboardInterrupt | SystemExit):
+                    raise
+                raise StoreError(_explain_open_error(path, view_exc)) from view_exc
+            log.info("%s is open in another process: reading it through %s", path, view)
+        _open_shards[key] = (shard, 1, view)
         return shard
+
+
+def _make_view(shard_dir: Path) -> Path:
+    """A private copy of a shard another process holds, for reading: the engine locks a shard's WAL even to read it.
+
+    Published versions are never written again, so the large data files are hard links (free); the WAL and the
+    small files the engine rewrites when it opens or closes a shard are copied. It lives in the version's
+    ``views/`` folder and goes when this process lets go of it, or with the version.
+    """
+    view = shard_dir.parent / VIEWS_DIR / f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    for src in sorted(shard_dir.rglob("*")):
+        dst = view / src.relative_to(shard_dir)
+        if src.is_dir():
+            dst.mkdir(parents=True, exist_ok=True)
+            continue
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if src.stat().st_size >= LINK_MIN_BYTES and "wal" not in src.relative_to(shard_dir).parts:
+            os.link(src, dst)
+        else:
+            _copy_sparse(str(src), str(dst))
+    return view
 
 
 def _release(path: Path) -> None:
@@ -94,22 +129,25 @@ def _release(path: Path) -> None:
     with _registry_lock:
         if key not in _open_shards:
             return
-        shard, refs = _open_shards[key]
+        shard, refs, view = _open_shards[key]
         if refs > 1:
-            _open_shards[key] = (shard, refs - 1)
+            _open_shards[key] = (shard, refs - 1, view)
             return
         del _open_shards[key]
         shard.flush()
         shard.close()
+        if view is not None:
+            shutil.rmtree(view, ignore_errors=True)
         if key in _doomed:
             _doomed.discard(key)
-            shutil.rmtree(Path(key).parent, ignore_errors=True)
+            _remove_unheld(Path(key).parent)
 
 
 def _discard(collection_dir: Path) -> None:
     """Delete a physical collection now, or when the last handle on it in this process is released.
 
-    A directory another process has open (the engine holds a lock on its WAL) is left for the next cleanup.
+    A directory another process has open (the engine holds a lock on the WAL of the shard, or of a view of it)
+    is left for the next cleanup, or for the last process that lets go of it.
     """
     shard_dir = collection_dir / SHARD_DIR
     key = str(shard_dir.resolve())
@@ -117,19 +155,25 @@ def _discard(collection_dir: Path) -> None:
         if key in _open_shards:
             _doomed.add(key)
             return
-        wal = shard_dir / "wal"
-        fd = os.open(wal, os.O_RDONLY) if fcntl is not None and wal.is_dir() else None
-        try:
-            if fd is not None:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    log.warning("not deleting %s: another process has it open; a later cleanup will", collection_dir)
-                    return
-            shutil.rmtree(collection_dir, ignore_errors=True)
-        finally:
-            if fd is not None:
-                os.close(fd)
+        _remove_unheld(collection_dir)
+
+
+def _remove_unheld(collection_dir: Path) -> None:
+    """Delete a collection directory unless a process holds the WAL lock of its shard or of a view of it."""
+    shard_dir = collection_dir / SHARD_DIR
+    wals = [shard_dir / "wal", *(collection_dir / VIEWS_DIR).glob("*/wal")]
+    fds = [os.open(w, os.O_RDONLY) for w in wals if w.is_dir()] if fcntl is not None else []
+    try:
+        for fd in fds:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log.warning("not deleting %s: another process has it open; a later cleanup will", collection_dir)
+                return
+        shutil.rmtree(collection_dir, ignore_errors=True)
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
 @contextmanager
@@ -198,7 +242,10 @@ def _lock_holder(path: Path) -> str:
 def _copy_tree(source: Path, target: Path) -> None:
     """Copy a collection directory; files full of zeros (the engine's preallocated WAL) are copied sparse."""
     tmp = target.with_name(target.name + f".copy-{uuid.uuid4().hex[:8]}")
-    shutil.copytree(source, tmp, copy_function=_copy_sparse)
+    readers = shutil.ignore_patterns(VIEWS_DIR)  # readers' private views stay with the version they read
+    shutil.copytree(
+        source, tmp, copy_function=_copy_sparse, ignore=lambda d, names: readers(d, names) if d == str(source) else []
+    )
     os.replace(tmp, target)
 
 
@@ -317,7 +364,7 @@ class EdgeStore(QdrantStore):
         src = self.root / version_name(self.collection, source)
         key = str((src / SHARD_DIR).resolve())
         with _registry_lock:
-            if key in _open_shards:  # open in this process: make its last writes durable before copying
+            if key in _open_shards and _open_shards[key][2] is None:  # written in this process: make it durable
                 _open_shards[key][0].flush()
         _copy_tree(src, self.root / version_name(self.collection, target))
 
