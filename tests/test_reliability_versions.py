@@ -12,7 +12,7 @@ import pytest
 import retrieval.indexer as indexer_module
 from retrieval import Document, HybridRetriever, Indexer, RetrievalSettings
 from retrieval.encoders import Bm25Encoder, DenseEncoder
-from retrieval.store import EdgeStore, QdrantStore, SchemaMismatchError, ServerStore, connect
+from retrieval.store import EdgeStore, QdrantStore, SchemaMismatchError, ServerStore, StoreError, connect
 from tests.conftest import LEXICAL_QUERY, TINY_DOCS
 
 BACKENDS = ["edge", "server"]
@@ -271,3 +271,32 @@ def test_dropped_version_held_by_a_reader_is_kept_until_it_follows_the_next_vers
     assert not (root / "test__v1").exists()  # the reader left the dropped version last: it is gone
     reader.close()
     writer.close()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_staged_version_is_invisible_until_published(backend, tmp_path, dense_encoder, sparse_encoder):
+    """The asset graph's flow: stage a copy with the changes, score it (pinned store), then publish it."""
+    root = tmp_path / "index"
+    writer, reader = store_pair(backend, root)
+    settings = settings_for(root)
+    indexer = Indexer(settings, store=writer, dense=dense_encoder, sparse=sparse_encoder)
+    indexer.index(TINY_DOCS, progress=False)
+    retriever = HybridRetriever(settings, store=reader, dense=dense_encoder, sparse=sparse_encoder)
+    before = [h.chunk_id for h in retriever.search(LEXICAL_QUERY[0], k=3)]
+
+    changed = [d for d in NEW_DOCS if d.id != "valve"]
+    report = indexer.sync(indexer.chunk(changed), prune=True, progress=False, publish=False)
+    assert report.version == 2 and (report.embedded, report.deleted) == (len(NEW_DOCS) - len(TINY_DOCS), 1)
+    assert reader.current_version() == 1 and reader.count() == len(TINY_DOCS)  # readers: the published version
+    assert [h.chunk_id for h in retriever.search(LEXICAL_QUERY[0], k=3)] == before
+    staged = writer.pinned(2)
+    assert staged.count() == len(changed)  # the staged copy holds the changes
+    with writer.write_lock():
+        writer.publish(staged)
+    staged.close()
+    assert retriever.search(LEXICAL_QUERY[0], k=1)[0].doc_id != "valve" and reader.count() == len(changed)
+    assert "test__v1" not in physical_names(backend, root, writer)
+    with pytest.raises(StoreError, match="version 2 was published after it"):
+        writer.publish(writer.pinned(1))
+    writer.close()
+    reader.close()
