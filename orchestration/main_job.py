@@ -144,6 +144,8 @@ def _failures(result: dg.ExecuteInProcessResult) -> list[str]:
         if event.event_type_value != "STEP_FAILURE":
             continue
         data = event.step_failure_data
+        if data.error and data.error.cls_name == "DagsterAssetCheckFailedError":
+            continue  # the failed checks are listed above, with their figures
         text = data.user_failure_data.description if data.user_failure_data else None
         out.append(f"{event.step_key}: {text or (data.error.message.strip() if data.error else 'failed')}")
     return out or ["see the run's event log"]
