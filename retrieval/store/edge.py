@@ -106,9 +106,10 @@ def _acquire(path: Path, create_config: qe.EdgeConfig | None = None, *, opening:
 def _make_view(shard_dir: Path) -> Path:
     """A private copy of a shard another process holds, for reading: the engine locks a shard's WAL even to read it.
 
-    Published versions are never written again, so the large data files are hard links (free); the WAL and the
-    small files the engine rewrites when it opens or closes a shard are copied. It lives in the version's
-    ``views/`` folder and goes when this process lets go of it, or with the version.
+    Published versions are never written again, so the large files (vectors, payloads, WAL segments) are hard
+    links; the small files the engine rewrites when it opens or closes a shard are copied, and the WAL folder
+    (what the engine locks) is new. It lives in the version's ``views/`` folder and goes when this process lets
+    go of it, or with the version.
     """
     view = shard_dir.parent / VIEWS_DIR / f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
     for src in sorted(shard_dir.rglob("*")):
@@ -117,7 +118,7 @@ def _make_view(shard_dir: Path) -> Path:
             dst.mkdir(parents=True, exist_ok=True)
             continue
         dst.parent.mkdir(parents=True, exist_ok=True)
-        if src.stat().st_size >= LINK_MIN_BYTES and "wal" not in src.relative_to(shard_dir).parts:
+        if src.stat().st_size >= LINK_MIN_BYTES:
             os.link(src, dst)
         else:
             _copy_sparse(str(src), str(dst))
