@@ -185,7 +185,8 @@ def test_gate_refuses_a_worse_version_and_readers_keep_the_published_one(tmp_pat
     queries = sample_collection().split_queries("test")
     expected = {q: [h.chunk_id for h in reader.search(text, k=5)] for q, text in list(queries.items())[:5]}
 
-    docs = read_docs(data)  # degrade on purpose: every document gets another one's title and text
+    docs = read_docs(data)
+    original = (data / "corpus.jsonl").read_text()  # degrade on purpose: every document gets another one's text
     contents = [(d["title"], d["text"]) for d in docs]
     random.Random(7).shuffle(contents)
     write_docs(data, [{**d, "title": title, "text": text} for d, (title, text) in zip(docs, contents, strict=True)])
@@ -208,4 +209,10 @@ def test_gate_refuses_a_worse_version_and_readers_keep_the_published_one(tmp_pat
     assert run_id == first["run_id"]  # published_index did not run
     assert EdgeStore(tmp_path / "index", "gated").current_version() == 1
     assert {q: [h.chunk_id for h in reader.search(queries[q], k=5)] for q in expected} == expected
+
+    (data / "corpus.jsonl").write_text(original)  # fixed: the next run publishes, under a new version number
+    assert run_main_job(PARTITION, dagster_home=sandbox.home, resources=resources)["published"] == 3
+    assert {q: [h.chunk_id for h in reader.search(queries[q], k=5)] for q in expected} == expected
+    assert reader.store.current_version() == 3
+    assert sorted(p.name for p in (tmp_path / "index").iterdir() if p.is_dir()) == ["gated__v3"]
     reader.close()

@@ -178,9 +178,9 @@ class QdrantStore(ABC):
             if resume is not None and self._pinned(resume).schema() == schema:
                 log.info("resuming the unfinished write of %r (version %d)", self.collection, resume)
                 return self._pinned(resume)
+            target = max([current or 0, *self._versions()]) + 1  # never the number of a refused version
             for v in pending:  # refused or abandoned stagings (kept while another process holds them)
                 self._pinned(v).drop()
-            target = max([current or 0, *self._versions()]) + 1
             staged = self._pinned(target)
             if current is not None and self.schema() == schema:
                 self._copy_physical(current, target)
