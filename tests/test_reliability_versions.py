@@ -300,3 +300,54 @@ def test_staged_version_is_invisible_until_published(backend, tmp_path, dense_en
         writer.publish(writer.pinned(1))
     writer.close()
     reader.close()
+
+
+HOLD_WRITE_LOCK = """
+import sys, time
+from retrieval.store import EdgeStore
+with EdgeStore(sys.argv[1], "test").write_lock():
+    print("locked", flush=True)
+    time.sleep(float(sys.argv[2]))
+"""
+
+
+@pytest.mark.slow
+def test_concurrent_writers_are_serialised_with_a_clear_message(tmp_path, dense_encoder, sparse_encoder):
+    import subprocess
+    import sys
+
+    root = tmp_path / "index"
+    repo = Path(__file__).resolve().parents[1]
+
+    def holder(seconds: float) -> subprocess.Popen:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", HOLD_WRITE_LOCK, str(root), str(seconds)],
+            cwd=repo,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stdout.readline().strip() == "locked"
+        return proc
+
+    impatient = Indexer(
+        settings_for(root),
+        store=EdgeStore(root, "test", lock_timeout_s=0.5),
+        dense=dense_encoder,
+        sparse=sparse_encoder,
+    )
+    proc = holder(60)
+    try:
+        with pytest.raises(
+            StoreError, match=rf"'test' at {root} is being written by another process \(pid {proc.pid} "
+        ):
+            impatient.index(TINY_DOCS, progress=False)
+        assert not (root / "test.current.json").exists()  # it wrote nothing
+    finally:
+        proc.kill()
+        proc.wait()
+    patient = Indexer(settings_for(root), store=EdgeStore(root, "test"), dense=dense_encoder, sparse=sparse_encoder)
+    proc = holder(1.5)  # the second writer waits for the first one, then writes
+    report = patient.index(TINY_DOCS, progress=False)
+    assert proc.wait(timeout=30) == 0 and report.version == 1 and patient.store.count() == len(TINY_DOCS)
+    patient.store.close()
+    impatient.store.close()
