@@ -23,5 +23,5 @@ test: setup  ## the whole test suite (progress bars off: they would flood the lo
 	$(BIN)/ruff check .
 	TQDM_DISABLE=1 $(BIN)/pytest
 
-ui: setup  ## the Dagster UI on http://127.0.0.1:3000
-	$(BIN)/dagster dev -m orchestration.definitions
+ui: setup  ## the Dagster UI on http://127.0.0.1:3000 (the project's instance: the runs of `make run` show up)
+	DAGSTER_HOME=$${DAGSTER_HOME:-$(CURDIR)/data/dagster_home} $(BIN)/dagster dev -m orchestration.definitions

@@ -1,6 +1,7 @@
 """Dagster assets of the retrieval pipeline, partitioned by corpus.
 
-raw_documents -> chunks -> dense_vectors, sparse_vectors -> qdrant_index -> retrieval_evaluation
+raw_documents -> chunks -> dense_vectors, sparse_vectors -> qdrant_index (staged version)
+    -> retrieval_evaluation (gate) -> published_index (readers switch)
 """
 
 from assets.embeddings import dense_vectors, sparse_vectors
@@ -8,8 +9,17 @@ from assets.evaluation import NDCG_CHECK, retrieval_evaluation
 from assets.index import POINT_COUNT_CHECK, qdrant_index
 from assets.ingest import chunks, raw_documents
 from assets.partitions import CORPORA, corpus_partitions
+from assets.publish import published_index
 
-ALL_ASSETS = [raw_documents, chunks, dense_vectors, sparse_vectors, qdrant_index, retrieval_evaluation]
+ALL_ASSETS = [
+    raw_documents,
+    chunks,
+    dense_vectors,
+    sparse_vectors,
+    qdrant_index,
+    retrieval_evaluation,
+    published_index,
+]
 
 __all__ = [
     "ALL_ASSETS",
@@ -19,6 +29,7 @@ __all__ = [
     "chunks",
     "corpus_partitions",
     "dense_vectors",
+    "published_index",
     "qdrant_index",
     "raw_documents",
     "retrieval_evaluation",

@@ -1,14 +1,26 @@
 """The evaluation asset: every retrieval variant scored on the corpus' eval split, recorded as numeric metadata
-(plotted over time by the Dagster UI) and appended to the SQLite evaluation history."""
+(plotted over time by the Dagster UI) and appended to the SQLite evaluation history.
+
+In a ``reindex`` run it scores the version ``qdrant_index`` just staged, and its blocking check
+``ndcg_not_dropped`` (the gate) compares it with the published version: when it fails, ``published_index`` does
+not run and readers stay on the published version. Outside such a run it scores the published version.
+A corpus without qrels has nothing to score: the asset records which version it saw and the gate is not run.
+"""
+
+import base64
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 
 import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from assets.index import qdrant_index
+from assets.index import latest_staged, qdrant_index
 from assets.ingest import GROUP
-from assets.partitions import corpus_partitions
-from orchestration.corpora import CorpusUnavailableError
+from assets.meta import md_table
+from assets.partitions import corpus_check, corpus_partitions
+from orchestration.corpora import CorpusConfig, CorpusUnavailableError
 from orchestration.resources import CorporaResource, EvalHistoryResource, RetrievalResource
 from retrieval.search import Variant
 
@@ -16,6 +28,7 @@ NDCG_CHECK = "ndcg_not_dropped"
 WATCHED_VARIANT = "hybrid"
 WATCHED_METRIC = "ndcg@10"
 LATENCY = "latency_p50_ms"
+EVALUATED_VERSION = "version"
 
 
 def metric_key(variant: str, metric: str) -> str:
@@ -27,23 +40,36 @@ class EvaluationConfig(dg.Config):
     variants: list[str] = Field(default=[v.value for v in Variant], description="Variants to evaluate")
     split: str | None = Field(default=None, description="qrels split (default: the corpus' split)")
     ndcg_drop_tolerance: float = Field(
-        default=0.02, description=f"Largest tolerated drop of {WATCHED_VARIANT} {WATCHED_METRIC} vs the last run"
+        default=0.02,
+        description=f"Largest tolerated drop of {WATCHED_VARIANT} {WATCHED_METRIC} of the staged version against "
+        "the published one; a larger drop keeps readers on the published version",
     )
+    sample_queries: int = Field(default=3, description="Queries shown with their top hits per variant")
 
 
-@dg.asset(
-    partitions_def=corpus_partitions,
-    group_name=GROUP,
-    deps=[qdrant_index],
-    kinds={"python"},
-    check_specs=[
-        dg.AssetCheckSpec(
-            NDCG_CHECK,
-            asset="retrieval_evaluation",
-            description=f"{WATCHED_VARIANT} {WATCHED_METRIC} did not drop by more than the configured tolerance "
-            "against the previous materialization of the same partition.",
+@dg.multi_asset(
+    specs=[
+        dg.AssetSpec(
+            "retrieval_evaluation",
+            deps=[qdrant_index],
+            group_name=GROUP,
+            kinds={"python"},
+            partitions_def=corpus_partitions,
+            description="nDCG@10, Recall@100, MRR@10, MAP@100 and p50 latency per variant on the corpus' eval "
+            "split, of the version qdrant_index staged in this run (else of the published version).",
         )
     ],
+    check_specs=[
+        corpus_check(
+            NDCG_CHECK,
+            "retrieval_evaluation",
+            blocking=True,
+            description=f"Publishing gate: {WATCHED_VARIANT} {WATCHED_METRIC} of the evaluated version is not below "
+            "the published version's by more than the configured tolerance. Not run for corpora without qrels.",
+        )
+    ],
+    partitions_def=corpus_partitions,
+    can_subset=True,
 )
 def retrieval_evaluation(
     context: dg.AssetExecutionContext,
@@ -51,20 +77,35 @@ def retrieval_evaluation(
     corpora: CorporaResource,
     retrieval: RetrievalResource,
     eval_history: EvalHistoryResource,
-) -> dg.MaterializeResult:
-    """nDCG@10, Recall@100, MRR@10, MAP@100 and p50 latency per variant on the corpus' eval split."""
+) -> Iterator[dg.MaterializeResult]:
     from evals.metrics import HEADLINE_METRICS
     from evals.report import markdown_table
     from evals.runner import evaluate_variants
 
     corpus = corpora.get(context.partition_key)
+    with retrieval.store(corpus.collection) as store:
+        published = store.current_version()
+    staged = latest_staged(context)
+    if staged is not None and staged[1] == context.run_id:
+        version, role = staged[0], "staged"
+    elif published is not None:
+        version, role = published, "published"
+    else:
+        raise dg.Failure(f"collection {corpus.collection!r} has no version yet: materialize qdrant_index first")
+    base = {
+        "corpus": corpus.name,
+        "collection": corpus.collection,
+        EVALUATED_VERSION: dg.MetadataValue.int(version),
+        "evaluated_version": f"{role} version {version}",
+        "published_version": published if published is not None else "none",
+    }
     if not corpus.has_qrels:
-        note = f"corpus {corpus.name!r} has no qrels configured: nothing to evaluate"
-        context.log.info(note)
-        return dg.MaterializeResult(
-            metadata={"evaluated": False, "note": note},
-            check_results=[_ndcg_result(True, note=note)],
+        context.log.info(f"corpus {corpus.name!r} has no qrels: nothing to score, the gate is not run")
+        yield dg.MaterializeResult(
+            asset_key="retrieval_evaluation",
+            metadata={**base, "qrels": "none configured: publishing is gated on the index point count only"},
         )
+        return
     split = config.split or corpus.split
     try:
         variants = [Variant(v) for v in config.variants]
@@ -72,22 +113,20 @@ def retrieval_evaluation(
         queries, qrels = collection.split_queries(split), collection.qrels(split)
     except (ValueError, CorpusUnavailableError) as exc:
         raise dg.Failure(description=f"cannot evaluate corpus {corpus.name!r}: {exc}") from exc
-    previous = previous_value(context, eval_history, corpus.name, split)
     # rerank=False: "hybrid" is the fused first stage; the "hybrid+rerank" variant turns reranking on itself.
-    with retrieval.retriever(corpus.collection, rerank=False) as retriever:
+    with retrieval.retriever(corpus.collection, version, rerank=False) as retriever:
         results = evaluate_variants(retriever, queries, qrels, variants, progress=False)
         models = {"dense_model": retriever.dense.model_name, "sparse_model": retriever.sparse.name}
 
     now = pd.Timestamp.now(tz="UTC")
     history = eval_history.history()
     context_info = {**models, "qdrant_collection": corpus.collection, "dagster_run_id": context.run_id}
+    context_info["version"] = version
     rows = []
     metadata: dict[str, object] = {
-        "evaluated": True,
-        "corpus": corpus.name,
+        **base,
         "split": split,
         "queries": dg.MetadataValue.int(len(qrels)),
-        "collection": corpus.collection,
         **models,
         "history": dg.MetadataValue.path(str(history.path.resolve())),
     }
@@ -107,53 +146,109 @@ def retrieval_evaluation(
                 }
             )
     table = markdown_table(pd.DataFrame(rows), metrics=[*HEADLINE_METRICS, LATENCY])
-    context.log.info(f"{corpus.name} ({split}, {len(qrels)} queries):\n{table}")
+    context.log.info(f"{corpus.name} ({split}, {len(qrels)} queries), {role} version {version}:\n{table}")
     metadata["metrics"] = dg.MetadataValue.md(table)
-    return dg.MaterializeResult(metadata=metadata, check_results=[_ndcg_check(results, previous, config)])
-
-
-def previous_value(
-    context: dg.AssetExecutionContext, eval_history: EvalHistoryResource, corpus: str, split: str
-) -> tuple[float, str] | None:
-    """The last hybrid nDCG@10 of this partition and split, and where it came from: the instance's event log, else
-    the rows this asset wrote to the evaluation history (e.g. under another DAGSTER_HOME)."""
-    key = metric_key(WATCHED_VARIANT, WATCHED_METRIC)
-    records = context.instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=context.asset_key, asset_partitions=[context.partition_key]), limit=20
-    ).records
-    for record in records:
-        md = record.asset_materialization.metadata if record.asset_materialization else {}
-        if key in md and getattr(md.get("split"), "value", split) == split:
-            return float(md[key].value), f"materialization in run {record.run_id}"
-    df = eval_history.history().records(collection=corpus, variant=WATCHED_VARIANT)
-    from_dagster = df["context"].map(lambda c: "dagster_run_id" in c).astype(bool)
-    df = df[from_dagster & (df["split"] == split) & (df["metric"] == WATCHED_METRIC)].dropna(subset=["value"])
-    if not df.empty:
-        last = df.iloc[-1]
-        return float(last["value"]), f"evaluation history ({last['timestamp']:%Y-%m-%d %H:%M} UTC)"
-    return None
-
-
-def _ndcg_check(results: dict, previous: tuple[float, str] | None, config: EvaluationConfig) -> dg.AssetCheckResult:
-    if WATCHED_VARIANT not in results:
-        return _ndcg_result(True, note=f"{WATCHED_VARIANT} was not evaluated")
-    current = float(results[WATCHED_VARIANT].metrics[WATCHED_METRIC])
-    if previous is None:
-        return _ndcg_result(True, current=current, note="first evaluation of this partition: nothing to compare")
-    value, source = previous
-    drop = value - current
-    tolerance = config.ndcg_drop_tolerance
-    return _ndcg_result(
-        drop <= tolerance + 1e-12,
-        current=current,
-        previous=value,
-        drop=round(drop, 6),
-        tolerance=tolerance,
-        previous_from=source,
+    metadata["sample_queries"] = dg.MetadataValue.md(sample_table(queries, qrels, results, config.sample_queries))
+    chart = ndcg_chart(history, corpus.name, split)
+    if chart:
+        metadata["ndcg@10_over_time"] = dg.MetadataValue.md(chart)
+    gate = _gate(context, corpus, split, version, published, results, config)
+    yield dg.MaterializeResult(
+        asset_key="retrieval_evaluation",
+        metadata=metadata,
+        check_results=[gate] if _selected(context) else [],
     )
 
 
-def _ndcg_result(passed: bool, **metadata: object) -> dg.AssetCheckResult:
-    return dg.AssetCheckResult(
-        check_name=NDCG_CHECK, passed=passed, severity=dg.AssetCheckSeverity.WARN, metadata=metadata
+def _selected(context: dg.AssetExecutionContext) -> bool:
+    key = dg.AssetCheckKey(dg.AssetKey("retrieval_evaluation"), NDCG_CHECK)
+    return key in context.selected_asset_check_keys
+
+
+def sample_table(queries: dict[str, str], qrels: dict, results: dict, n: int) -> str:
+    """The first ``n`` judged queries with each variant's top 3 documents (✓: judged relevant)."""
+    rows = []
+    for qid in sorted(qrels)[:n]:
+        for name, result in results.items():
+            ranked = sorted(result.run.get(qid, {}).items(), key=lambda kv: -kv[1])[:3]
+            top = ", ".join(f"{doc}{' ✓' if qrels[qid].get(doc, 0) > 0 else ''}" for doc, _ in ranked)
+            rows.append((f"{qid}: {queries.get(qid, '')}", name, top or "(no hits)"))
+    return md_table(["query", "variant", "top 3 (✓ relevant)"], rows)
+
+
+def ndcg_chart(history, corpus: str, split: str) -> str | None:
+    """nDCG@10 per variant over time (the ``eval-report`` plot) of this corpus' Dagster runs, as inline markdown."""
+    from evals.report import plot_history
+
+    df = history.records(collection=corpus)
+    df = df[(df["split"] == split) & df["context"].map(lambda c: "dagster_run_id" in c).astype(bool)]
+    if df.empty:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        png = Path(plot_history(df, Path(tmp) / "ndcg.png", metric=WATCHED_METRIC)).read_bytes()
+    return f"![{WATCHED_METRIC} per variant over time](data:image/png;base64,{base64.b64encode(png).decode()})"
+
+
+def published_figure(
+    context: dg.AssetExecutionContext, published: int, split: str, exclude_run: str
+) -> tuple[float, str] | None:
+    """The watched figure of the published version, from the latest evaluation of it in this partition."""
+    key = metric_key(WATCHED_VARIANT, WATCHED_METRIC)
+    records = context.instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey("retrieval_evaluation"), asset_partitions=[context.partition_key]),
+        limit=50,
+    ).records
+    for record in records:
+        md = record.asset_materialization.metadata if record.asset_materialization else {}
+        same_version = getattr(md.get(EVALUATED_VERSION), "value", None) == published
+        same_split = getattr(md.get("split"), "value", None) == split
+        if record.run_id != exclude_run and same_version and same_split and key in md:
+            return float(md[key].value), f"evaluation in run {record.run_id}"
+    return None
+
+
+def _gate(
+    context: dg.AssetExecutionContext,
+    corpus: CorpusConfig,
+    split: str,
+    version: int,
+    published: int | None,
+    results: dict,
+    config: EvaluationConfig,
+) -> dg.AssetCheckResult:
+    def result(passed: bool, description: str, **metadata: object) -> dg.AssetCheckResult:
+        return dg.AssetCheckResult(
+            asset_key="retrieval_evaluation",
+            check_name=NDCG_CHECK,
+            passed=passed,
+            severity=dg.AssetCheckSeverity.ERROR,
+            description=description,
+            metadata={"evaluated_version": version, "published_version": published or "none", **metadata},
+        )
+
+    if WATCHED_VARIANT not in results:
+        return result(False, f"{WATCHED_VARIANT} was not evaluated: the gate cannot decide (add it to variants)")
+    current = round(float(results[WATCHED_VARIANT].metrics[WATCHED_METRIC]), 6)
+    if published is None or published == version:
+        return result(True, "nothing published to compare with" if published is None else "the published version")
+    baseline = published_figure(context, published, split, exclude_run=context.run_id)
+    if baseline is None:
+        return result(
+            True, f"no evaluation of published version {published} on {split}: nothing to compare", current=current
+        )
+    value, source = baseline
+    drop = round(value - current, 6)
+    tolerance = config.ndcg_drop_tolerance
+    passed = drop <= tolerance + 1e-12
+    verdict = "publish" if passed else "refused: readers stay on the published version"
+    return result(
+        passed,
+        f"{WATCHED_VARIANT} {WATCHED_METRIC}: version {version} {current:.4f} vs published version {published} "
+        f"{value:.4f} (drop {drop:+.4f}, tolerance {tolerance}): {verdict}",
+        current=current,
+        published=value,
+        drop=drop,
+        tolerance=tolerance,
+        published_from=source,
+        corpus=corpus.name,
     )

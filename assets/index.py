@@ -1,4 +1,8 @@
-"""The Qdrant index asset: the corpus' collection synced to the chunks and their precomputed vectors."""
+"""The Qdrant index asset: a new version of the corpus' collection, synced to the chunks and their vectors.
+
+The version is staged, not published: readers keep the published one until ``published_index`` switches them,
+after the point-count check (and, for corpora with qrels, the evaluation gate) passed.
+"""
 
 import dagster as dg
 import pyarrow as pa
@@ -6,11 +10,12 @@ from pydantic import Field
 
 from assets.ingest import GROUP
 from assets.meta import rate
-from assets.partitions import corpus_partitions
+from assets.partitions import corpus_check, corpus_partitions
 from assets.tables import stale_rows, table_model, table_to_chunks, table_to_dense, table_to_sparse
 from orchestration.resources import CorporaResource, RetrievalResource
 
 POINT_COUNT_CHECK = "index_point_count"
+STAGED_VERSION = "version"  # metadata key: the staged version this materialization wrote
 
 
 class IndexConfig(dg.Config):
@@ -28,11 +33,11 @@ class IndexConfig(dg.Config):
     group_name=GROUP,
     kinds={"qdrant"},
     check_specs=[
-        dg.AssetCheckSpec(
+        corpus_check(
             POINT_COUNT_CHECK,
-            asset="qdrant_index",
+            "qdrant_index",
             blocking=True,
-            description="The collection holds exactly one point per chunk of the `chunks` asset.",
+            description="The staged version holds exactly one point per chunk of the `chunks` asset.",
         )
     ],
 )
@@ -45,7 +50,8 @@ def qdrant_index(
     corpora: CorporaResource,
     retrieval: RetrievalResource,
 ) -> dg.MaterializeResult:
-    """Writes new and changed chunks (by content hash), deletes stale points; nothing is re-embedded here."""
+    """Stages a new version: a copy of the published one with new and changed chunks written (by content hash)
+    and stale points deleted; nothing is re-embedded here. Readers keep the published version."""
     corpus = corpora.get(context.partition_key)
     for name, table in (("dense_vectors", dense_vectors), ("sparse_vectors", sparse_vectors)):
         stale = stale_rows(chunks, table)
@@ -71,6 +77,7 @@ def qdrant_index(
             context.log.warning(f"rebuilding {corpus.collection!r} as a new version: {'; '.join(problems)}")
             rebuilt = "; ".join(problems)
         vectors = (table_to_dense(dense_vectors), table_to_sparse(sparse_vectors))
+        published = indexer.store.current_version()
         report = indexer.sync(
             chunk_list,
             vectors=vectors,
@@ -78,24 +85,32 @@ def qdrant_index(
             allow_delete=config.allow_delete,
             progress=False,
             rebuild=bool(problems),
+            publish=False,
         )
-        points = indexer.store.count()
-        location = indexer.store.location
+        points = report.points
+        location = indexer.store.pinned(report.version or 0).location
         schema = indexer.schema()
     context.log.info(
-        f"{corpus.collection}: {report.embedded} written, {report.unchanged} unchanged, {report.deleted} deleted, "
-        f"{points} points"
+        f"{corpus.collection}: staged version {report.version} (published: {published}): {report.embedded} written, "
+        f"{report.unchanged} unchanged, {report.deleted} deleted, {points} points"
     )
     check = dg.AssetCheckResult(
         check_name=POINT_COUNT_CHECK,
         passed=points == len(chunk_list),
         severity=dg.AssetCheckSeverity.ERROR,
-        metadata={"points": points, "chunks": len(chunk_list), "collection": corpus.collection},
+        metadata={
+            "points": dg.MetadataValue.int(points),
+            "chunks": dg.MetadataValue.int(len(chunk_list)),
+            "collection": corpus.collection,
+            "version": dg.MetadataValue.int(report.version or 0),
+        },
     )
     return dg.MaterializeResult(
         metadata={
             "collection": corpus.collection,
             "location": location,
+            STAGED_VERSION: dg.MetadataValue.int(report.version or 0),
+            "published_version": published if published is not None else "none",
             "documents": dg.MetadataValue.int(report.documents),
             "chunks": dg.MetadataValue.int(report.chunks),
             "written": dg.MetadataValue.int(report.embedded),
@@ -111,3 +126,15 @@ def qdrant_index(
         },
         check_results=[check],
     )
+
+
+def latest_staged(context: dg.AssetExecutionContext) -> tuple[int, str] | None:
+    """The version the latest ``qdrant_index`` materialization of this partition staged, and the run that did it."""
+    records = context.instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey("qdrant_index"), asset_partitions=[context.partition_key]),
+        limit=1,
+    ).records
+    if not records or records[0].asset_materialization is None:
+        return None
+    value = records[0].asset_materialization.metadata.get(STAGED_VERSION)
+    return (int(value.value), records[0].run_id) if value is not None else None

@@ -429,9 +429,13 @@ def tune_reranker(
 @app.command()
 def run(corpus: Annotated[str, typer.Option(help="Corpus partition to build")] = "sample") -> None:
     """The main job: materialize the Dagster asset graph (ingest, chunk, embed, index, evaluate) and print metrics."""
-    from orchestration.main_job import print_results, run_main_job
+    from orchestration.main_job import MainJobError, print_results, run_main_job
 
-    print_results(run_main_job(corpus))
+    try:
+        print_results(run_main_job(corpus))
+    except MainJobError as exc:  # e.g. the evaluation gate refused the new version: readers keep the old one
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from exc
 
 
 if __name__ == "__main__":

@@ -1,12 +1,14 @@
-"""The main job: materialize the whole asset graph for one corpus in-process and report the evaluation.
+"""The main job: a run of the ``reindex`` job for one corpus, in-process, and its evaluation report.
 
 Runs on the embedded Qdrant engine (unless ``HYBRID_RAG_QDRANT_URL`` is set) with a persistent Dagster
-instance under ``data/dagster_home``, so the run history, metadata plots and the nDCG drop check carry over
-between runs (point ``dagster dev`` at it with ``DAGSTER_HOME=$PWD/data/dagster_home`` to browse them).
+instance under ``data/dagster_home``, so the run history, metadata plots and the publishing gate carry over
+between runs (point ``dagster dev`` at it with ``DAGSTER_HOME=$PWD/data/dagster_home`` to browse them; the
+runs belong to the ``reindex`` job, so they can be re-executed from the UI).
 """
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -16,9 +18,12 @@ from rich.console import Console
 
 from assets import ALL_ASSETS, CORPORA, NDCG_CHECK, POINT_COUNT_CHECK
 from assets.evaluation import LATENCY
+from orchestration.corpora import REPO_ROOT
 from orchestration.definitions import default_resources
+from orchestration.jobs import reindex_job
 
 DAGSTER_HOME = Path("data/dagster_home")
+INSTANCE_YAML = REPO_ROOT / "data" / "dagster_home" / "dagster.yaml"
 INDEX_FIELDS = ("documents", "chunks", "written", "unchanged", "deleted", "points")
 
 
@@ -42,15 +47,21 @@ def run_main_job(
         raise ValueError(f"unknown corpus {corpus!r}; configured in {CORPORA.path}: {', '.join(CORPORA.names)}")
     home = Path(dagster_home or DAGSTER_HOME).resolve()
     home.mkdir(parents=True, exist_ok=True)
+    if not (home / "dagster.yaml").exists():  # the project's instance settings (telemetry off, one run per corpus)
+        shutil.copyfile(INSTANCE_YAML, home / "dagster.yaml")
+    defs = dg.Definitions(
+        assets=ALL_ASSETS,
+        jobs=[reindex_job],
+        resources=dict(resources or default_resources()),
+        executor=dg.in_process_executor,
+    )
     with dg.DagsterInstance.from_config(str(home)) as instance:
-        result = dg.materialize(
-            ALL_ASSETS,
+        result = defs.resolve_job_def(reindex_job.name).execute_in_process(
             partition_key=corpus,
-            resources=dict(resources or default_resources()),
             run_config={"loggers": {"console": {"config": {"log_level": log_level}}}, **(run_config or {})},
             instance=instance,
             raise_on_error=False,
-            tags={"hybrid_rag/trigger": "main job"},
+            tags={"hybrid_rag/trigger": "main job", "hybrid_rag/corpus": corpus},
         )
         if not result.success:
             raise MainJobError(f"run {result.run_id} for corpus {corpus!r} failed: " + "; ".join(_failures(result)))
@@ -60,8 +71,9 @@ def run_main_job(
 
 
 def summarize(result: dg.ExecuteInProcessResult, corpus: str) -> dict[str, Any]:
-    """``{corpus, collection, run_id, evaluated, note, split, metrics: {variant: {metric: value, latency_ms}},
-    index: {documents, chunks, written, unchanged, deleted, points}, checks: {name: {passed, severity}}}``."""
+    """``{corpus, collection, run_id, evaluated, note, split, version, published,
+    metrics: {variant: {metric: value, latency_ms}}, index: {documents, chunks, written, unchanged, deleted, points},
+    checks: {name: {passed, severity, description}}}``."""
     materialized = {
         event.asset_key.to_user_string(): event.materialization.metadata
         for event in result.get_asset_materialization_events()
@@ -74,15 +86,19 @@ def summarize(result: dg.ExecuteInProcessResult, corpus: str) -> dict[str, Any]:
             variant, metric = key.rsplit("/", 1)
             metrics.setdefault(variant, {})["latency_ms" if metric == LATENCY else metric] = float(value.value)
     checks = {
-        e.check_name: {"passed": e.passed, "severity": e.severity.value} for e in result.get_asset_check_evaluations()
+        e.check_name: {"passed": e.passed, "severity": e.severity.value, "description": e.description}
+        for e in result.get_asset_check_evaluations()
     }
+    published = materialized.get("published_index", {})
     return {
         "corpus": corpus,
         "collection": _value(index.get("collection")),
         "run_id": result.run_id,
-        "evaluated": bool(_value(evaluation.get("evaluated"))),
-        "note": _value(evaluation.get("note")),
+        "evaluated": bool(metrics),
+        "note": _value(evaluation.get("qrels")),
         "split": _value(evaluation.get("split")),
+        "version": _value(index.get("version")),
+        "published": _value(published.get("version")),
         "metrics": metrics,
         "index": {name: _value(index.get(name)) for name in INDEX_FIELDS},
         "checks": checks,
@@ -107,7 +123,10 @@ def print_results(summary: Mapping[str, Any], console: Console | None = None) ->
         check = summary.get("checks", {}).get(name)
         if check:
             mark = "[green]passed[/green]" if check["passed"] else f"[red]FAILED[/red] ({check['severity']})"
-            console.print(f"check {name}: {mark}")
+            detail = f": {check['description']}" if check.get("description") else ""
+            console.print(f"check {name}: {mark}{detail}")
+    if summary.get("published") is not None:
+        console.print(f"readers now use version {summary['published']} of {summary.get('collection')!r}")
     console.print(f"dagster run {summary.get('run_id')} (DAGSTER_HOME={summary.get('dagster_home', '-')})")
 
 
@@ -116,11 +135,17 @@ def _value(metadata_value: Any) -> Any:
 
 
 def _failures(result: dg.ExecuteInProcessResult) -> list[str]:
-    out = []
+    out = [
+        f"check {e.check_name} failed: {e.description or 'see its metadata'}"
+        for e in result.get_asset_check_evaluations()
+        if not e.passed
+    ]
     for event in result.all_events:
         if event.event_type_value != "STEP_FAILURE":
             continue
         data = event.step_failure_data
+        if data.error and data.error.cls_name == "DagsterAssetCheckFailedError":
+            continue  # the failed checks are listed above, with their figures
         text = data.user_failure_data.description if data.user_failure_data else None
         out.append(f"{event.step_key}: {text or (data.error.message.strip() if data.error else 'failed')}")
     return out or ["see the run's event log"]

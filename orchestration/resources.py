@@ -49,8 +49,18 @@ def shared_encoders(settings: RetrievalSettings) -> Encoders:
     key = tuple(str(getattr(settings, name)) for name in _ENCODER_FIELDS)
     with _encoders_lock:
         if key not in _encoders:
+            _quiet_model_loading()
             _encoders[key] = build_encoders(settings)
         return _encoders[key]
+
+
+def _quiet_model_loading() -> None:
+    """No model-loading progress bars in run logs (they are terminal animations, not log lines)."""
+    from huggingface_hub.utils import disable_progress_bars
+    from transformers.utils import logging as transformers_logging
+
+    disable_progress_bars()
+    transformers_logging.disable_progress_bar()
 
 
 class RetrievalResource(dg.ConfigurableResource):
@@ -90,9 +100,9 @@ class RetrievalResource(dg.ConfigurableResource):
         return shared_encoders(self.settings())
 
     @contextmanager
-    def store(self, collection: str) -> Iterator[QdrantStore]:
-        """An open store for ``collection``, closed on exit (the embedded engine allows one handle per process)."""
-        store = open_store(self.settings(collection), collection)
+    def store(self, collection: str, version: int | None = None) -> Iterator[QdrantStore]:
+        """An open store for ``collection`` (pinned to ``version`` when given), closed on exit."""
+        store = open_store(self.settings(collection), collection, version=version)
         try:
             yield store
         finally:
@@ -107,10 +117,10 @@ class RetrievalResource(dg.ConfigurableResource):
             yield Indexer(settings, store=store, dense=dense, sparse=sparse)
 
     @contextmanager
-    def retriever(self, collection: str, **overrides: Any) -> Iterator[HybridRetriever]:
-        """A :class:`HybridRetriever` on ``collection`` with the shared encoders; its store is closed on exit."""
+    def retriever(self, collection: str, version: int | None = None, **overrides: Any) -> Iterator[HybridRetriever]:
+        """A :class:`HybridRetriever` on ``collection`` (``version``: a staged one) with the shared encoders."""
         dense, sparse = self.encoders()
-        with self.store(collection) as store:
+        with self.store(collection, version) as store:
             yield HybridRetriever(self.settings(collection, **overrides), store=store, dense=dense, sparse=sparse)
 
 

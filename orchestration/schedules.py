@@ -1,13 +1,11 @@
 """Schedules: a nightly re-index of every corpus and a daily evaluation of the corpora that have qrels."""
 
-from __future__ import annotations
-
 from collections.abc import Iterator
 
 import dagster as dg
 
-from assets import CORPORA
 from orchestration.jobs import evaluate_job, reindex_job
+from orchestration.resources import CorporaResource
 
 NIGHTLY_REINDEX_CRON = "0 2 * * *"
 EVALUATION_CRON = "0 6 * * *"
@@ -20,10 +18,28 @@ EVALUATION_CRON = "0 6 * * *"
     default_status=dg.DefaultScheduleStatus.RUNNING,
     description="Re-index every corpus at 02:00 UTC (one run per partition; unchanged chunks are cheap).",
 )
-def nightly_reindex(context: dg.ScheduleEvaluationContext) -> Iterator[dg.RunRequest]:
+def nightly_reindex(
+    context: dg.ScheduleEvaluationContext, corpora: CorporaResource
+) -> dg.SkipReason | list[dg.RunRequest]:
+    """One run request per corpus whose source exists; the others are named in the tick's skip reason."""
     day = context.scheduled_execution_time.strftime("%Y-%m-%d")
-    for name in CORPORA.names:
-        yield dg.RunRequest(run_key=f"reindex-{name}-{day}", partition_key=name, tags={"hybrid_rag/corpus": name})
+    requests, missing = [], []
+    for corpus in corpora.load().corpora.values():
+        if not corpus.source.exists():
+            missing.append(f"{corpus.name} ({corpus.source} does not exist)")
+            continue
+        requests.append(
+            dg.RunRequest(
+                run_key=f"reindex-{corpus.name}-{day}",
+                partition_key=corpus.name,
+                tags={"hybrid_rag/corpus": corpus.name, "hybrid_rag/trigger": "nightly schedule"},
+            )
+        )
+    if missing:
+        context.log.info("skipped corpora without a source: " + "; ".join(missing))
+    if not requests:
+        return dg.SkipReason("no corpus has its source on this machine: " + "; ".join(missing))
+    return requests
 
 
 @dg.schedule(
@@ -33,10 +49,10 @@ def nightly_reindex(context: dg.ScheduleEvaluationContext) -> Iterator[dg.RunReq
     default_status=dg.DefaultScheduleStatus.RUNNING,
     description="Evaluate every corpus that has qrels at 06:00 UTC (metrics and latency over time).",
 )
-def daily_evaluation(context: dg.ScheduleEvaluationContext) -> Iterator[dg.RunRequest]:
+def daily_evaluation(context: dg.ScheduleEvaluationContext, corpora: CorporaResource) -> Iterator[dg.RunRequest]:
     day = context.scheduled_execution_time.strftime("%Y-%m-%d")
-    for corpus in CORPORA.corpora.values():
-        if corpus.has_qrels:
+    for corpus in corpora.load().corpora.values():
+        if corpus.qrels is not None and corpus.qrels.exists():
             yield dg.RunRequest(
                 run_key=f"evaluate-{corpus.name}-{day}",
                 partition_key=corpus.name,

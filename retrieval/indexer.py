@@ -217,6 +217,7 @@ class Indexer:
         progress: bool = True,
         documents: int | None = None,
         rebuild: bool = False,
+        publish: bool = True,
     ) -> IndexReport:
         """Write new and changed ``chunks``; with ``prune``, also delete the documents absent from them.
 
@@ -226,6 +227,9 @@ class Indexer:
         A pruning run keeps the stored chunks of the documents in ``skipped`` (bad input), and raises
         :class:`UnsafeDeleteError`, before writing anything, when it would delete more than half of the
         collection's points, or any from an empty source, unless ``allow_delete``.
+        Where readers in other processes may hold the published version (the embedded engine), the writes go
+        into a staged copy of it that is published at the end. ``publish=False`` stages and stops there: the
+        caller publishes ``report.version`` (``store.publish(store.pinned(version))``) once it is vetted.
         """
         started = time.perf_counter()
         report = IndexReport(
@@ -233,10 +237,24 @@ class Indexer:
             documents=len({c.doc_id for c in chunks}) if documents is None else documents,
             rebuilt=rebuild,
         )
+        with self.store.write_lock():
+            return self._sync_locked(
+                chunks, report, vectors, prune, allow_delete, skipped, progress, rebuild, publish, started
+            )
+
+    def _sync_locked(
+        self, chunks, report, vectors, prune, allow_delete, skipped, progress, rebuild, publish, started
+    ) -> IndexReport:
+        pinned = self.store.version is not None  # an explicit version (e.g. a staged one) is written in place
+        staged = rebuild or (not pinned and (not publish or not self.store.writes_in_place))
         if rebuild:
             existing = self._published_hashes(bool(chunks) or allow_delete)
             prunable = self._prunable(existing, chunks, True, True, skipped, allow_delete, report)
             target = self.store.stage(self.schema())
+        elif staged:
+            if self.store.schema() is not None:
+                self.store.ensure(self.schema())  # refuses other models
+            target = self.store.stage(self.schema(), copy_current=True)
         else:
             self.store.ensure(self.schema())
             target = self.store
@@ -251,18 +269,20 @@ class Indexer:
             report.deleted = self._delete_stale(target, chunks, stored, prunable, everything=rebuild)
             target.flush()
             report.points = target.count()
-            if rebuild:
+            if staged:
+                self.store.seal(target)
+            if staged and publish:
                 self.store.publish(target)
         finally:
             if target is not self.store:
                 target.close()
-        report.version = target.version if rebuild else self.store.current_version()
+        report.version = target.version if staged else self.store.current_version()
         report.seconds = time.perf_counter() - started
         log.info(
             "indexed %s (version %s%s): %d docs, %d chunks, %d written, %d unchanged, %d deleted in %.1fs",
             report.collection,
             report.version,
-            ", rebuilt" if rebuild else "",
+            ", rebuilt" if rebuild else "" if publish else ", staged",
             report.documents,
             report.chunks,
             report.embedded,

@@ -34,9 +34,13 @@ def test_definitions_validate() -> None:
         "sparse_vectors",
         "qdrant_index",
         "retrieval_evaluation",
+        "published_index",
     }
     checks = {k.name for k in repo.asset_graph.asset_check_keys}
     assert checks == {"index_point_count", "ndcg_not_dropped"}
+    for key in repo.asset_graph.asset_check_keys:  # the publishing gates, evaluated per corpus partition
+        spec = repo.asset_graph.get_check_spec(key)
+        assert spec.blocking and spec.partitions_def == repo.asset_graph.get(key.asset_key).partitions_def
 
 
 def test_dagster_cli_validates_the_module(tmp_path: Path) -> None:
@@ -143,3 +147,11 @@ def test_docker_dagster_yaml_uses_postgres_from_compose_env() -> None:
     assert env_names and env_names <= set(compose_env)
     assert "docker/dagster.yaml" in (ROOT / "Dockerfile").read_text()
     assert not (ROOT / "dagster.yaml").exists()  # would be picked up by `dagster dev` without PostgreSQL
+
+
+def test_project_dagster_home_turns_telemetry_off_and_runs_one_job_per_corpus() -> None:
+    config = yaml.safe_load((ROOT / "data" / "dagster_home" / "dagster.yaml").read_text())
+    assert config["telemetry"] == {"enabled": False}
+    [limit] = config["run_coordinator"]["config"]["tag_concurrency_limits"]
+    assert limit["key"] == "dagster/partition" and limit["limit"] == 1
+    assert "DAGSTER_HOME" in (ROOT / "Makefile").read_text()

@@ -11,8 +11,9 @@ import dagster as dg
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from dagster._core.event_api import PartitionKeyFilter  # the check history per partition (no public export)
 
-from assets import NDCG_CHECK, POINT_COUNT_CHECK, corpus_partitions, raw_documents, retrieval_evaluation
+from assets import NDCG_CHECK, POINT_COUNT_CHECK, corpus_partitions, raw_documents
 from evals.collections import sample_collection
 from evals.history import EvalHistory
 from orchestration.definitions import default_resources
@@ -73,7 +74,15 @@ def second_run(sandbox: Sandbox, first_run: dict) -> dict:
     return {"summary": summary, **{a: sandbox.metadata(a) for a in _ASSETS}}
 
 
-_ASSETS = ("raw_documents", "chunks", "dense_vectors", "sparse_vectors", "qdrant_index", "retrieval_evaluation")
+_ASSETS = (
+    "raw_documents",
+    "chunks",
+    "dense_vectors",
+    "sparse_vectors",
+    "qdrant_index",
+    "retrieval_evaluation",
+    "published_index",
+)
 
 
 def test_first_run_records_counts_and_models(first_run: dict) -> None:
@@ -97,18 +106,28 @@ def test_first_run_records_counts_and_models(first_run: dict) -> None:
 
 def test_first_run_evaluates_every_variant(first_run: dict) -> None:
     meta = first_run["retrieval_evaluation"]
-    assert meta["evaluated"] is True and meta["split"] == "test" and meta["queries"] > 0
+    assert meta["version"] == 1 and meta["evaluated_version"] == "staged version 1"
+    assert meta["split"] == "test" and meta["queries"] > 0
     for variant in VARIANTS:
         for metric in HEADLINE:
             assert 0.0 <= meta[f"{variant}/{metric}"] <= 1.0
         assert meta[f"{variant}/latency_p50_ms"] > 0
     assert meta["hybrid/ndcg@10"] > 0.5  # the sample is easy; a broken pipeline scores near 0
     assert "| hybrid |" in meta["metrics"]
+    rows = [line for line in meta["sample_queries"].splitlines()[2:]]
+    assert len(rows) == 3 * len(VARIANTS) and "✓" in meta["sample_queries"]  # 3 queries x variants, hits judged
+    assert meta["ndcg@10_over_time"].startswith("![ndcg@10 per variant over time](data:image/png;base64,")
     summary = first_run["summary"]
     assert set(summary["metrics"]) == set(VARIANTS)
     assert summary["metrics"]["hybrid"]["ndcg@10"] == pytest.approx(meta["hybrid/ndcg@10"])
-    assert summary["checks"][POINT_COUNT_CHECK] == {"passed": True, "severity": "ERROR"}
-    assert summary["checks"][NDCG_CHECK]["passed"] is True
+    assert summary["checks"][POINT_COUNT_CHECK]["passed"] is True
+    assert summary["checks"][NDCG_CHECK] == {
+        "passed": True,
+        "severity": "ERROR",
+        "description": "nothing published to compare with",
+    }
+    assert summary["version"] == summary["published"] == 1
+    assert first_run["published_index"]["version"] == 1 and first_run["published_index"]["previous_version"] == "none"
 
 
 def test_parquet_assets_have_arrow_vector_types(sandbox: Sandbox, first_run: dict) -> None:
@@ -131,37 +150,51 @@ def test_rematerializing_unchanged_corpus_reuses_everything(first_run: dict, sec
     index = second_run["qdrant_index"]
     assert index["written"] == 0 and index["unchanged"] == n_chunks and index["deleted"] == 0
     assert index["points"] == first_run["qdrant_index"]["points"] == n_chunks
+    assert (index["version"], index["published_version"]) == (2, 1)  # staged as a copy of the published version
+    assert second_run["published_index"]["version"] == 2 and second_run["published_index"]["previous_version"] == 1
     assert second_run["summary"]["checks"][POINT_COUNT_CHECK]["passed"] is True
     assert second_run["summary"]["checks"][NDCG_CHECK]["passed"] is True
 
 
-def test_ndcg_check_compares_with_previous_materialization(sandbox: Sandbox, first_run: dict, second_run: dict) -> None:
+def test_gate_compares_the_staged_version_with_the_published_one(
+    sandbox: Sandbox, first_run: dict, second_run: dict
+) -> None:
     with dg.DagsterInstance.from_config(str(sandbox.home)) as instance:
-        check = instance.event_log_storage.get_asset_check_execution_history(
-            dg.AssetCheckKey(dg.AssetKey("retrieval_evaluation"), NDCG_CHECK), limit=1
-        )[0]
+        [check] = instance.event_log_storage.get_asset_check_execution_history(
+            dg.AssetCheckKey(dg.AssetKey("retrieval_evaluation"), NDCG_CHECK),
+            limit=1,
+            partition_filter=PartitionKeyFilter(key=CORPUS),
+        )
         evaluation = check.event.dagster_event.event_specific_data
     meta = {k: v.value for k, v in evaluation.metadata.items()}
-    assert evaluation.passed and "materialization in run" in meta["previous_from"]
-    assert meta["previous"] == pytest.approx(first_run["retrieval_evaluation"]["hybrid/ndcg@10"])
+    assert evaluation.passed and evaluation.partition == CORPUS and "evaluation in run" in meta["published_from"]
+    assert (meta["evaluated_version"], meta["published_version"]) == (2, 1)
+    assert meta["published"] == pytest.approx(first_run["retrieval_evaluation"]["hybrid/ndcg@10"])
     assert meta["current"] == pytest.approx(second_run["retrieval_evaluation"]["hybrid/ndcg@10"])
-    assert meta["tolerance"] == 0.02
+    assert meta["tolerance"] == 0.02 and "publish" in evaluation.description
 
 
-def test_failing_ndcg_check_is_reported_as_warning(sandbox: Sandbox, second_run: dict) -> None:
-    config = {"ops": {"retrieval_evaluation": {"config": {"variants": ["hybrid"], "ndcg_drop_tolerance": -1.0}}}}
-    with dg.DagsterInstance.from_config(str(sandbox.home)) as instance:
-        result = dg.materialize(
-            [retrieval_evaluation],
-            partition_key=CORPUS,
-            resources=sandbox.resources(),
-            run_config=config,
-            instance=instance,
-        )
-    assert result.success  # a WARN check does not fail the run
-    [evaluation] = result.get_asset_check_evaluations()
-    assert evaluation.check_name == NDCG_CHECK and not evaluation.passed
-    assert evaluation.severity == dg.AssetCheckSeverity.WARN
+def test_cli_run_is_a_run_of_the_reindex_job(sandbox: Sandbox, second_run: dict, tmp_path, monkeypatch) -> None:
+    from typer.testing import CliRunner
+
+    from orchestration.cli import app
+
+    for name, value in {
+        "HYBRID_RAG_QDRANT_PATH": tmp_path / "index",
+        "HYBRID_RAG_CACHE_DIR": sandbox.root / "cache",  # the embeddings of the sandbox runs are reused
+        "HYBRID_RAG_ASSETS_DIR": tmp_path / "assets",
+        "HYBRID_RAG_HISTORY_PATH": tmp_path / "history.sqlite",
+    }.items():
+        monkeypatch.setenv(name, str(value))
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["run", "--corpus", CORPUS])
+    assert result.exit_code == 0, result.output
+    assert "readers now use version 1 of 'sample'" in result.output
+    with dg.DagsterInstance.from_config(str(tmp_path / "data" / "dagster_home")) as instance:
+        [run] = instance.get_runs()
+    assert run.job_name == "reindex" and run.tags["dagster/partition"] == CORPUS  # re-executable from the UI
+    yaml_text = (tmp_path / "data" / "dagster_home" / "dagster.yaml").read_text()
+    assert "telemetry:\n  enabled: false" in yaml_text
 
 
 def test_evaluations_are_appended_to_history(sandbox: Sandbox, second_run: dict) -> None:
@@ -226,3 +259,33 @@ def test_skipped_inputs_are_counted_with_reasons(tmp_path: Path, sandbox: Sandbo
     meta = {k: getattr(v, "value", v) for k, v in event.materialization.metadata.items()}
     assert meta["documents"] == 1 and meta["skipped"] == 2 and meta["bad_input_policy"] == "skip"
     assert "unsupported file type '.pdf'" in meta["skipped_reasons"] and "not valid UTF-8" in meta["skipped_reasons"]
+
+
+def test_corpus_without_qrels_publishes_after_the_point_count_check_only(
+    tmp_path: Path, sandbox: Sandbox, second_run: dict
+) -> None:
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    for i in range(3):
+        (notes / f"note{i}.md").write_text(f"# Note {i}\nThe QX-{i} pump needs a new seal every {i + 2} years.")
+    corpora = tmp_path / "corpora.yaml"
+    corpora.write_text(f"corpora:\n  dropbox:\n    source: {notes}\n    format: dir\n    collection: notes\n")
+    resources = sandbox.resources(corpora=CorporaResource(path=str(corpora)))
+    summary = run_main_job("dropbox", dagster_home=sandbox.home, resources=resources)
+    assert not summary["evaluated"] and "publishing is gated on the index point count only" in summary["note"]
+    assert set(summary["checks"]) == {POINT_COUNT_CHECK}  # no gate result at all, rather than a fake pass
+    assert summary["published"] == 1
+    with dg.DagsterInstance.from_config(str(sandbox.home)) as instance:
+        history = instance.event_log_storage.get_asset_check_execution_history
+        gate = dg.AssetCheckKey(dg.AssetKey("retrieval_evaluation"), NDCG_CHECK)
+        dropbox_gate = history(gate, limit=10, partition_filter=PartitionKeyFilter(key="dropbox"))
+        sample_gate = history(gate, limit=10, partition_filter=PartitionKeyFilter(key=CORPUS))
+        count = dg.AssetCheckKey(dg.AssetKey("qdrant_index"), POINT_COUNT_CHECK)
+        [dropbox_count] = history(count, limit=10, partition_filter=PartitionKeyFilter(key="dropbox"))
+    assert all(r.status.value != "SUCCEEDED" for r in dropbox_gate)  # planned, never evaluated
+    assert len(sample_gate) >= 2 and {r.event.dagster_event.event_specific_data.partition for r in sample_gate} == {
+        CORPUS
+    }
+    assert dropbox_count.status.value == "SUCCEEDED"
+    sample_meta = sandbox.metadata("retrieval_evaluation")  # the sample partition keeps its own figures
+    assert sample_meta["hybrid/ndcg@10"] > 0.5 and "qrels" not in sample_meta

@@ -11,8 +11,11 @@ import dagster as dg
 import pytest
 
 from assets import CORPORA
+from orchestration.resources import CorporaResource
 from orchestration.schedules import daily_evaluation, nightly_reindex
 from orchestration.sensors import build_drop_folder_sensor, folder_manifest
+
+SAMPLE = Path(__file__).resolve().parents[1] / "evals" / "sample"
 
 
 class Folder:
@@ -108,17 +111,50 @@ def test_missing_folder_is_skipped(tmp_path: Path) -> None:
     assert "does not exist" in result.skip_reason.skip_message
 
 
-def test_nightly_reindex_requests_every_corpus() -> None:
+def schedule_context(when: datetime, corpora_file: Path) -> dg.ScheduleEvaluationContext:
+    resources = {"corpora": CorporaResource(path=str(corpora_file))}
+    return dg.build_schedule_context(scheduled_execution_time=when, resources=resources)
+
+
+@pytest.fixture
+def corpora_file(tmp_path: Path) -> Path:
+    """Two corpora on this machine (one with qrels) and one whose source is missing."""
+    (tmp_path / "notes").mkdir()
+    file = tmp_path / "corpora.yaml"
+    file.write_text(
+        "corpora:\n"
+        f"  sample: {{source: {SAMPLE}, format: beir, qrels: {SAMPLE}}}\n"
+        "  scifact: {source: /no/such/scifact, format: beir, qrels: /no/such/scifact}\n"
+        f"  dropbox: {{source: {tmp_path / 'notes'}, format: dir}}\n"
+    )
+    return file
+
+
+def test_nightly_reindex_requests_each_corpus_present_and_skips_missing_ones(corpora_file: Path) -> None:
     assert nightly_reindex.cron_schedule == "0 2 * * *"
     when = datetime(2026, 1, 2, 2, 0, tzinfo=UTC)
-    requests = list(nightly_reindex(dg.build_schedule_context(scheduled_execution_time=when)))
-    assert [r.partition_key for r in requests] == CORPORA.names
-    assert all("2026-01-02" in r.run_key for r in requests)
+    requests = nightly_reindex(schedule_context(when, corpora_file))
+    assert [r.partition_key for r in requests] == ["sample", "dropbox"]  # scifact's source is missing
+    assert all(r.run_key == f"reindex-{r.partition_key}-2026-01-02" for r in requests)
+    assert all(r.tags["hybrid_rag/corpus"] == r.partition_key for r in requests)
 
 
-def test_evaluation_schedule_requests_corpora_with_qrels() -> None:
-    when = datetime(2026, 1, 2, 6, 0, tzinfo=UTC)
-    requests = list(daily_evaluation(dg.build_schedule_context(scheduled_execution_time=when)))
-    expected = [c.name for c in CORPORA.corpora.values() if c.has_qrels]
-    assert [r.partition_key for r in requests] == expected
-    assert "sample" in expected and "dropbox" not in expected
+def test_nightly_reindex_skips_the_tick_when_no_source_exists(tmp_path: Path) -> None:
+    file = tmp_path / "corpora.yaml"
+    file.write_text("corpora:\n  scifact: {source: /no/such/scifact, format: beir}\n")
+    result = nightly_reindex(schedule_context(datetime(2026, 1, 2, 2, 0, tzinfo=UTC), file))
+    assert isinstance(result, dg.SkipReason) and "scifact (/no/such/scifact does not exist)" in result.skip_message
+
+
+def test_evaluation_schedule_requests_corpora_with_qrels_present(corpora_file: Path) -> None:
+    requests = list(daily_evaluation(schedule_context(datetime(2026, 1, 2, 6, 0, tzinfo=UTC), corpora_file)))
+    assert [r.partition_key for r in requests] == ["sample"]
+    assert [r.tags["hybrid_rag/corpus"] for r in requests] == ["sample"]
+
+
+def test_shipped_schedules_cover_the_configured_corpora() -> None:
+    context = dg.build_schedule_context(
+        scheduled_execution_time=datetime.now(UTC), resources={"corpora": CorporaResource()}
+    )
+    names = {r.partition_key for r in nightly_reindex(context)}
+    assert names == {c.name for c in CORPORA.corpora.values() if c.source.exists()} and "sample" in names

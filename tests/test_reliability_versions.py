@@ -12,7 +12,7 @@ import pytest
 import retrieval.indexer as indexer_module
 from retrieval import Document, HybridRetriever, Indexer, RetrievalSettings
 from retrieval.encoders import Bm25Encoder, DenseEncoder
-from retrieval.store import EdgeStore, QdrantStore, SchemaMismatchError, ServerStore, connect
+from retrieval.store import EdgeStore, QdrantStore, SchemaMismatchError, ServerStore, StoreError, connect
 from tests.conftest import LEXICAL_QUERY, TINY_DOCS
 
 BACKENDS = ["edge", "server"]
@@ -138,16 +138,17 @@ def test_unversioned_collection_keeps_working_and_is_replaced_by_a_rebuild(
     assert store.current_version() == 0
 
     indexer = Indexer(settings, store=store, dense=dense_encoder, sparse=sparse_encoder)
-    report = indexer.index(TINY_DOCS, progress=False)  # incremental: into the existing, unversioned collection
-    assert (report.version, report.embedded, report.unchanged) == (0, 3, 5)
+    report = indexer.index(TINY_DOCS, progress=False)  # incremental: a server writes the collection in place, ...
+    written = 0 if backend == "server" else 1  # ... the embedded engine a copy of it (readers may hold it)
+    assert (report.version, report.embedded, report.unchanged) == (written, 3, 5)
     retriever = HybridRetriever(settings, store=store, dense=dense_encoder, sparse=sparse_encoder)
     assert retriever.search(LEXICAL_QUERY[0], k=1)[0].doc_id == LEXICAL_QUERY[1]
 
     rebuilt = indexer.rebuild(NEW_DOCS, progress=False)
-    assert rebuilt.version == 1 and store.current_version() == 1
+    assert rebuilt.version == written + 1 and store.current_version() == written + 1
     assert retriever.search("QR-1003 pump seal", k=1)[0].doc_id == "extra3"
     assert store.count() == len(NEW_DOCS)
-    assert "test__v1" in physical_names(backend, root, store)
+    assert f"test__v{written + 1}" in physical_names(backend, root, store)
     if backend == "edge":
         legacy.close()  # its holder lets go: the unversioned directory is deleted now
         assert not (root / "test").exists()
@@ -165,8 +166,9 @@ def test_incremental_index_writes_into_the_current_version(backend, tmp_path, de
     indexer.index(TINY_DOCS, progress=False)
     indexer.rebuild(TINY_DOCS[:4], progress=False)
     report = indexer.index(NEW_DOCS[-3:], progress=False)
-    assert report.version == 2 and store.count() == 4 + 3
-    assert physical_names(backend, root, store) & {"test__v1", "test__v2", "test__v3"} == {"test__v2"}
+    current = 2 if backend == "server" else 3  # the embedded engine writes a copy of the published version
+    assert report.version == current and store.count() == 4 + 3
+    assert physical_names(backend, root, store) & {"test__v1", "test__v2", "test__v3"} == {f"test__v{current}"}
     store.close()
 
 
@@ -244,13 +246,15 @@ def test_drop_removes_every_version(backend, tmp_path, dense_encoder, sparse_enc
     store.drop()
     assert store.schema() is None and store.current_version() is None
     if backend == "edge":
-        assert not any(p.name.startswith("test") for p in root.iterdir())
+        assert [p.name for p in root.iterdir() if p.name.startswith("test")] == ["test.write.lock"]
     else:
         assert not physical_names(backend, root, store) and not store.client.get_aliases().aliases
     store.close()
 
 
-def test_dropped_version_held_by_a_reader_is_kept_until_released_or_reused(tmp_path, dense_encoder, sparse_encoder):
+def test_dropped_version_held_by_a_reader_is_kept_until_it_follows_the_next_version(
+    tmp_path, dense_encoder, sparse_encoder
+):
     root = tmp_path / "index"
     writer, reader = store_pair("edge", root)
     settings = settings_for(root)
@@ -261,10 +265,89 @@ def test_dropped_version_held_by_a_reader_is_kept_until_released_or_reused(tmp_p
     writer.drop()
     assert (root / "test__v1").is_dir()  # the reader still holds it ...
     assert retriever.search(LEXICAL_QUERY[0], k=1)[0].doc_id == LEXICAL_QUERY[1]  # ... and keeps answering
-    report = indexer.index(TINY_DOCS, progress=False)  # same models: the dropped, still present version is reused
-    assert (report.version, report.unchanged) == (1, len(TINY_DOCS))
+    report = indexer.index(TINY_DOCS[:3], progress=False)  # a new collection: a new version
+    assert report.version == 2
+    assert {h.doc_id for h in retriever.search(LEXICAL_QUERY[0], k=8)} == {"valve", "pasta", "moon"}  # followed
+    assert not (root / "test__v1").exists()  # the reader left the dropped version last: it is gone
     reader.close()
     writer.close()
-    again = EdgeStore(root, "test")
-    assert (root / "test__v1").is_dir() and again.count() == len(TINY_DOCS)
-    again.close()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_staged_version_is_invisible_until_published(backend, tmp_path, dense_encoder, sparse_encoder):
+    """The asset graph's flow: stage a copy with the changes, score it (pinned store), then publish it."""
+    root = tmp_path / "index"
+    writer, reader = store_pair(backend, root)
+    settings = settings_for(root)
+    indexer = Indexer(settings, store=writer, dense=dense_encoder, sparse=sparse_encoder)
+    indexer.index(TINY_DOCS, progress=False)
+    retriever = HybridRetriever(settings, store=reader, dense=dense_encoder, sparse=sparse_encoder)
+    before = [h.chunk_id for h in retriever.search(LEXICAL_QUERY[0], k=3)]
+
+    changed = [d for d in NEW_DOCS if d.id != "valve"]
+    report = indexer.sync(indexer.chunk(changed), prune=True, progress=False, publish=False)
+    assert report.version == 2 and (report.embedded, report.deleted) == (len(NEW_DOCS) - len(TINY_DOCS), 1)
+    assert reader.current_version() == 1 and reader.count() == len(TINY_DOCS)  # readers: the published version
+    assert [h.chunk_id for h in retriever.search(LEXICAL_QUERY[0], k=3)] == before
+    staged = writer.pinned(2)
+    assert staged.count() == len(changed)  # the staged copy holds the changes
+    with writer.write_lock():
+        writer.publish(staged)
+    staged.close()
+    assert retriever.search(LEXICAL_QUERY[0], k=1)[0].doc_id != "valve" and reader.count() == len(changed)
+    assert "test__v1" not in physical_names(backend, root, writer)
+    with pytest.raises(StoreError, match="version 2 was published after it"):
+        writer.publish(writer.pinned(1))
+    writer.close()
+    reader.close()
+
+
+HOLD_WRITE_LOCK = """
+import sys, time
+from retrieval.store import EdgeStore
+with EdgeStore(sys.argv[1], "test").write_lock():
+    print("locked", flush=True)
+    time.sleep(float(sys.argv[2]))
+"""
+
+
+@pytest.mark.slow
+def test_concurrent_writers_are_serialised_with_a_clear_message(tmp_path, dense_encoder, sparse_encoder):
+    import subprocess
+    import sys
+
+    root = tmp_path / "index"
+    repo = Path(__file__).resolve().parents[1]
+
+    def holder(seconds: float) -> subprocess.Popen:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", HOLD_WRITE_LOCK, str(root), str(seconds)],
+            cwd=repo,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stdout.readline().strip() == "locked"
+        return proc
+
+    impatient = Indexer(
+        settings_for(root),
+        store=EdgeStore(root, "test", lock_timeout_s=0.5),
+        dense=dense_encoder,
+        sparse=sparse_encoder,
+    )
+    proc = holder(60)
+    try:
+        with pytest.raises(
+            StoreError, match=rf"'test' at {root} is being written by another process \(pid {proc.pid} "
+        ):
+            impatient.index(TINY_DOCS, progress=False)
+        assert not (root / "test.current.json").exists()  # it wrote nothing
+    finally:
+        proc.kill()
+        proc.wait()
+    patient = Indexer(settings_for(root), store=EdgeStore(root, "test"), dense=dense_encoder, sparse=sparse_encoder)
+    proc = holder(1.5)  # the second writer waits for the first one, then writes
+    report = patient.index(TINY_DOCS, progress=False)
+    assert proc.wait(timeout=30) == 0 and report.version == 1 and patient.store.count() == len(TINY_DOCS)
+    patient.store.close()
+    impatient.store.close()

@@ -31,16 +31,21 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def open_store(settings: RetrievalSettings, collection: str | None = None) -> QdrantStore:
-    """The store the settings point at: a Qdrant server when ``qdrant_url`` is set, else the embedded engine."""
+def open_store(
+    settings: RetrievalSettings, collection: str | None = None, *, version: int | None = None
+) -> QdrantStore:
+    """The store the settings point at: a Qdrant server when ``qdrant_url`` is set, else the embedded engine.
+
+    ``version``: pinned to that version of the collection (e.g. a staged one), else following the published one.
+    """
     name = collection or settings.collection
     if settings.qdrant_url:
         from retrieval.store.server import ServerStore, connect
 
         key = settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None
         client = connect(settings.qdrant_url, key, settings.qdrant_timeout_s)
-        return ServerStore(client, name, location=settings.qdrant_url, retries=settings.qdrant_retries)
-    return EdgeStore(settings.qdrant_path, name)
+        return ServerStore(client, name, version=version, location=settings.qdrant_url, retries=settings.qdrant_retries)
+    return EdgeStore(settings.qdrant_path, name, version=version)
 
 
 _PHYSICAL = re.compile(r"^(?P<name>.+)__v(?P<version>[1-9][0-9]*)$")

@@ -6,7 +6,8 @@ import datetime as dt
 import json
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -104,11 +105,16 @@ class QdrantStore(ABC):
     A store made with ``version=None`` follows the pointer; one made with a version number is pinned to that
     physical collection (a rebuild's target). Version 0 is a collection made before versioning existed: it
     keeps working until the first rebuild replaces it.
+
+    Writers that may run beside readers in other processes (the embedded engine locks a version's files
+    while a process has them open) never write the published version: they ``stage`` a copy of it, write
+    there, and ``publish`` it; ``write_lock`` serialises them.
     """
 
     location: str
     collection: str
     version: int | None = None
+    writes_in_place: bool = True  # False: every write goes to a staged copy (see stage(copy_current=True))
 
     # -- versions: backend primitives -------------------------------------------------------------------
     @abstractmethod
@@ -130,15 +136,63 @@ class QdrantStore(ABC):
     @abstractmethod
     def _create_physical(self, schema: CollectionSchema) -> None: ...
 
-    # -- versions: shared logic ----------------------------------------------------------------------------
-    def stage(self, schema: CollectionSchema) -> QdrantStore:
-        """A pinned store on a new, unpublished version for a rebuild (``publish`` it when it is complete).
+    @abstractmethod
+    def _copy_physical(self, source: int, target: int) -> None:
+        """Copy version ``source`` (points, vectors, payload indexes, schema) into the new version ``target``."""
 
-        The unfinished target of a failed rebuild is resumed when it has the same schema, else deleted.
+    def _stage_info(self, version: int) -> dict[str, Any] | None:
+        """What ``stage(copy_current=True)`` recorded about ``version`` (None where the backend keeps nothing)."""
+        return None
+
+    def _set_stage_info(self, version: int, info: dict[str, Any]) -> None:  # noqa: B027 - optional hook
+        pass
+
+    def seal(self, staged: QdrantStore) -> None:
+        """Mark a staged version as completely written: it is published, or refused, but never resumed."""
+        info = self._stage_info(staged.version or 0)
+        if info is not None:
+            self._set_stage_info(staged.version or 0, {**info, "complete": True})
+
+    @contextmanager
+    def write_lock(self, timeout_s: float | None = None) -> Iterator[None]:
+        """Held by a writer from staging to publishing; a no-op where the backend serialises writes itself."""
+        yield
+
+    # -- versions: shared logic ----------------------------------------------------------------------------
+    def pinned(self, version: int) -> QdrantStore:
+        """A store on version ``version`` of this collection (e.g. a staged one, to evaluate it)."""
+        return self._pinned(version)
+
+    def stage(self, schema: CollectionSchema, *, copy_current: bool = False) -> QdrantStore:
+        """A pinned store on a new, unpublished version (``publish`` it when it is complete).
+
+        ``copy_current``: the new version starts as a copy of the published one (same schema), so an
+        incremental write touches only what changed while readers keep the published version. Otherwise it
+        starts empty (a rebuild), and the unfinished target of a failed rebuild is resumed when it has the
+        same schema, else deleted.
         """
         if self.version is not None:
             raise ValueError(f"stage() needs the collection {self.collection!r}, not its version {self.version}")
-        current = self.current_version() or 0
+        current = self.current_version()
+        if copy_current:
+            pending = [v for v in self._versions() if current is None or v > current]
+            unfinished = {"base": current, "complete": False}
+            resume = pending[-1] if pending and self._stage_info(pending[-1]) == unfinished else None
+            if resume is not None and self._pinned(resume).schema() == schema:
+                log.info("resuming the unfinished write of %r (version %d)", self.collection, resume)
+                return self._pinned(resume)
+            target = max([current or 0, *self._versions()]) + 1  # never the number of a refused version
+            for v in pending:  # refused or abandoned stagings (kept while another process holds them)
+                self._pinned(v).drop()
+            staged = self._pinned(target)
+            if current is not None and self.schema() == schema:
+                self._copy_physical(current, target)
+                log.info("staged version %d of %r as a copy of version %d", target, self.collection, current)
+            else:
+                staged._create_physical(schema)
+            self._set_stage_info(target, unfinished)
+            return staged
+        current = current or 0
         versions = self._versions()
         pending = sorted(v for v in versions if v > current)
         for v in pending[:-1]:
@@ -157,6 +211,12 @@ class QdrantStore(ABC):
         """Switch readers to ``staged`` atomically, then delete the versions before it."""
         if staged.collection != self.collection or not staged.version:
             raise ValueError(f"{staged.location} is not a staged version of {self.collection!r}")
+        current = self.current_version()
+        if current is not None and staged.version < current:
+            raise StoreError(
+                f"not publishing version {staged.version} of {self.collection!r} at {self.location}: "
+                f"version {current} was published after it"
+            )
         staged.flush()
         self._switch(staged)
         log.info("collection %r now serves version %d", self.collection, staged.version)

@@ -4,6 +4,11 @@ Layout under the data directory ``root``: one directory per physical collection,
 ``schema.json`` and the engine's ``shard/``), and ``<name>.current.json``, the pointer to the version readers
 use, replaced atomically by a rebuild. A directory ``<name>/`` without a pointer is a collection made before
 versioning (version 0).
+
+Several processes: the engine locks a shard's WAL while a process has it open (even only to read), so a
+process never writes a version another one may hold. Each write goes into a new version (a copy of the
+published one, or built from scratch), then the pointer switches; readers follow it at their next operation
+and delete the version they left once no process holds it. ``<name>.write.lock`` serialises writers.
 """
 
 from __future__ import annotations
@@ -12,7 +17,9 @@ import json
 import logging
 import os
 import shutil
+import socket
 import threading
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -46,16 +53,24 @@ except ImportError:  # pragma: no cover - Windows: no cross-process check before
 log = logging.getLogger(__name__)
 SCHEMA_FILE = "schema.json"
 SHARD_DIR = "shard"
+STAGE_FILE = "staged.json"
 POINTER_SUFFIX = ".current.json"
+WRITE_LOCK_SUFFIX = ".write.lock"
+WRITE_LOCK_TIMEOUT_S = 600.0
 
-_open_shards: dict[str, tuple[qe.EdgeShard, int]] = {}
+_open_shards: dict[str, tuple[qe.EdgeShard, int, Path | None]] = {}  # shard dir -> (shard, references, view)
 _doomed: set[str] = set()  # shard directories to delete once their last handle in this process is released
 _registry_lock = threading.Lock()
+_write_locks: dict[str, tuple[int, int]] = {}  # lock file -> (fd, depth): the write lock is re-entrant per process
+_write_locks_guard = threading.RLock()
+VIEWS_DIR = "views"
+LINK_MIN_BYTES = 1 << 20  # in a view, files this large are hard links: the engine only reads them after writing
 
 
 def _acquire(path: Path, create_config: qe.EdgeConfig | None = None, *, opening: bool = True) -> qe.EdgeShard:
     """One open shard per directory and process (the engine locks its WAL), shared by reference count.
 
+    A shard another process has open is read through a private view of it (see :func:`_make_view`).
     ``opening``: a store binds to this directory (a dropped one that is opened again is kept after all);
     False for the short reference one operation holds.
     """
@@ -64,17 +79,50 @@ def _acquire(path: Path, create_config: qe.EdgeConfig | None = None, *, opening:
         if opening:
             _doomed.discard(key)
         if key in _open_shards:
-            shard, refs = _open_shards[key]
-            _open_shards[key] = (shard, refs + 1)
+            shard, refs, view = _open_shards[key]
+            _open_shards[key] = (shard, refs + 1, view)
             return shard
+        view = None
         try:
             shard = qe.EdgeShard.create(key, create_config) if create_config else qe.EdgeShard.load(key)
         except BaseException as exc:  # the engine raises a bare Exception (or a Rust panic) with its own text
             if isinstance(exc, KeyboardInterrupt | SystemExit):
                 raise
-            raise StoreError(_explain_open_error(path, exc)) from exc
-        _open_shards[key] = (shard, 1)
+            if create_config is not None or "WouldBlock" not in str(exc):
+                raise StoreError(_explain_open_error(path, exc)) from exc
+            view = _make_view(path)
+            try:
+                shard = qe.EdgeShard.load(str(view))
+            except BaseException as view_exc:
+                shutil.rmtree(view, ignore_errors=True)
+                if isinstance(view_exc, KeyboardInterrupt | SystemExit):
+                    raise
+                raise StoreError(_explain_open_error(path, view_exc)) from view_exc
+            log.info("%s is open in another process: reading it through %s", path, view)
+        _open_shards[key] = (shard, 1, view)
         return shard
+
+
+def _make_view(shard_dir: Path) -> Path:
+    """A private copy of a shard another process holds, for reading: the engine locks a shard's WAL even to read it.
+
+    Published versions are never written again, so the large files (vectors, payloads, WAL segments) are hard
+    links; the small files the engine rewrites when it opens or closes a shard are copied, and the WAL folder
+    (what the engine locks) is new. It lives in the version's ``views/`` folder and goes when this process lets
+    go of it, or with the version.
+    """
+    view = shard_dir.parent / VIEWS_DIR / f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    for src in sorted(shard_dir.rglob("*")):
+        dst = view / src.relative_to(shard_dir)
+        if src.is_dir():
+            dst.mkdir(parents=True, exist_ok=True)
+            continue
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if src.stat().st_size >= LINK_MIN_BYTES:
+            os.link(src, dst)
+        else:
+            _copy_sparse(str(src), str(dst))
+    return view
 
 
 def _release(path: Path) -> None:
@@ -82,22 +130,25 @@ def _release(path: Path) -> None:
     with _registry_lock:
         if key not in _open_shards:
             return
-        shard, refs = _open_shards[key]
+        shard, refs, view = _open_shards[key]
         if refs > 1:
-            _open_shards[key] = (shard, refs - 1)
+            _open_shards[key] = (shard, refs - 1, view)
             return
         del _open_shards[key]
         shard.flush()
         shard.close()
+        if view is not None:
+            shutil.rmtree(view, ignore_errors=True)
         if key in _doomed:
             _doomed.discard(key)
-            shutil.rmtree(Path(key).parent, ignore_errors=True)
+            _remove_unheld(Path(key).parent)
 
 
 def _discard(collection_dir: Path) -> None:
     """Delete a physical collection now, or when the last handle on it in this process is released.
 
-    A directory another process has open (the engine holds a lock on its WAL) is left for the next cleanup.
+    A directory another process has open (the engine holds a lock on the WAL of the shard, or of a view of it)
+    is left for the next cleanup, or for the last process that lets go of it.
     """
     shard_dir = collection_dir / SHARD_DIR
     key = str(shard_dir.resolve())
@@ -105,19 +156,112 @@ def _discard(collection_dir: Path) -> None:
         if key in _open_shards:
             _doomed.add(key)
             return
-        wal = shard_dir / "wal"
-        fd = os.open(wal, os.O_RDONLY) if fcntl is not None and wal.is_dir() else None
+        _remove_unheld(collection_dir)
+
+
+def _remove_unheld(collection_dir: Path) -> None:
+    """Delete a collection directory unless a process holds the WAL lock of its shard or of a view of it."""
+    shard_dir = collection_dir / SHARD_DIR
+    wals = [shard_dir / "wal", *(collection_dir / VIEWS_DIR).glob("*/wal")]
+    fds = [os.open(w, os.O_RDONLY) for w in wals if w.is_dir()] if fcntl is not None else []
+    try:
+        for fd in fds:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log.warning("not deleting %s: another process has it open; a later cleanup will", collection_dir)
+                return
+        shutil.rmtree(collection_dir, ignore_errors=True)
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+@contextmanager
+def _write_lock(path: Path, collection: str, timeout_s: float) -> Iterator[None]:
+    """An exclusive lock on ``path`` (flock), re-entrant within this process; waits up to ``timeout_s``."""
+    key = str(path.resolve()) if path.exists() else str(path)
+    with _write_locks_guard:
+        if key in _write_locks:
+            fd, depth = _write_locks[key]
+            _write_locks[key] = (fd, depth + 1)
+        else:
+            fd = _lock_file(path, collection, timeout_s)
+            _write_locks[key] = (fd, 1)
+    try:
+        yield
+    finally:
+        with _write_locks_guard:
+            fd, depth = _write_locks[key]
+            if depth > 1:
+                _write_locks[key] = (fd, depth - 1)
+            else:
+                del _write_locks[key]
+                os.close(fd)  # releases the flock
+
+
+def _lock_file(path: Path, collection: str, timeout_s: float) -> int:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    if fcntl is None:  # pragma: no cover - Windows: no cross-process serialisation
+        return fd
+    deadline, warned = time.monotonic() + timeout_s, False
+    while True:
         try:
-            if fd is not None:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    log.warning("not deleting %s: another process has it open; a later cleanup will", collection_dir)
-                    return
-            shutil.rmtree(collection_dir, ignore_errors=True)
-        finally:
-            if fd is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            holder = _lock_holder(path)
+            if time.monotonic() >= deadline:
                 os.close(fd)
+                raise StoreError(
+                    f"collection {collection!r} at {path.parent} is being written by another process ({holder}); "
+                    f"gave up after waiting {timeout_s:.0f}s. Let that run finish (or stop it), then run this again"
+                ) from None
+            if not warned:
+                log.warning("collection %r is being written by %s: waiting for it to finish", collection, holder)
+                warned = True
+            time.sleep(0.2)
+    os.ftruncate(fd, 0)
+    info = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    os.write(fd, json.dumps(info).encode())
+    return fd
+
+
+def _lock_holder(path: Path) -> str:
+    try:
+        info = json.loads(path.read_text())
+        return f"pid {info['pid']} on {info['host']} since {info['since']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "unknown process"
+
+
+def _copy_tree(source: Path, target: Path) -> None:
+    """Copy a collection directory; files full of zeros (the engine's preallocated WAL) are copied sparse."""
+    tmp = target.with_name(target.name + f".copy-{uuid.uuid4().hex[:8]}")
+    readers = shutil.ignore_patterns(VIEWS_DIR)  # readers' private views stay with the version they read
+    shutil.copytree(
+        source, tmp, copy_function=_copy_sparse, ignore=lambda d, names: readers(d, names) if d == str(source) else []
+    )
+    os.replace(tmp, target)
+
+
+def _copy_sparse(src: str, dst: str) -> None:
+    """``shutil.copy2``, but runs of zeros become holes (a WAL segment is 32 MiB, almost all of it unwritten)."""
+    block = 1 << 20
+    with open(src, "rb") as fin, open(dst, "wb") as fout:
+        size = os.fstat(fin.fileno()).st_size
+        while chunk := fin.read(block):
+            if chunk.count(0) == len(chunk):
+                fout.seek(len(chunk), os.SEEK_CUR)
+            else:
+                fout.write(chunk)
+        fout.truncate(size)
+    shutil.copystat(src, dst)
 
 
 def _explain_open_error(path: Path, exc: BaseException) -> str:
@@ -141,10 +285,20 @@ class EdgeStore(QdrantStore):
     version (on its next operation after a rebuild) never closes a shard under a running query.
     """
 
-    def __init__(self, root: str | Path, collection: str, *, version: int | None = None):
+    writes_in_place = False
+
+    def __init__(
+        self,
+        root: str | Path,
+        collection: str,
+        *,
+        version: int | None = None,
+        lock_timeout_s: float = WRITE_LOCK_TIMEOUT_S,
+    ):
         self.root = Path(root)
         self.collection = collection
         self.version = version
+        self.lock_timeout_s = lock_timeout_s
         self.pointer = self.root / (collection + POINTER_SUFFIX)
         self._shard: qe.EdgeShard | None = None
         self._bound: str | None = None  # the physical collection self._shard belongs to
@@ -188,7 +342,32 @@ class EdgeStore(QdrantStore):
         return sorted(v for v in (parse_version(self.collection, n) for n in names) if v is not None)
 
     def _pinned(self, version: int) -> EdgeStore:
-        return EdgeStore(self.root, self.collection, version=version)
+        return EdgeStore(self.root, self.collection, version=version, lock_timeout_s=self.lock_timeout_s)
+
+    def write_lock(self, timeout_s: float | None = None):  # type: ignore[override]
+        """``<name>.write.lock``: one writer per collection across processes; others wait, then fail clearly."""
+        lock = self.root / (self.collection + WRITE_LOCK_SUFFIX)
+        return _write_lock(lock, self.collection, self.lock_timeout_s if timeout_s is None else timeout_s)
+
+    def _stage_info(self, version: int) -> dict[str, Any] | None:
+        try:
+            return json.loads((self.root / version_name(self.collection, version) / STAGE_FILE).read_text())
+        except (OSError, ValueError):
+            return None
+
+    def _set_stage_info(self, version: int, info: dict[str, Any]) -> None:
+        path = self.root / version_name(self.collection, version) / STAGE_FILE
+        tmp = path.with_name(STAGE_FILE + ".tmp")
+        tmp.write_text(json.dumps(info))
+        tmp.replace(path)
+
+    def _copy_physical(self, source: int, target: int) -> None:
+        src = self.root / version_name(self.collection, source)
+        key = str((src / SHARD_DIR).resolve())
+        with _registry_lock:
+            if key in _open_shards and _open_shards[key][2] is None:  # written in this process: make it durable
+                _open_shards[key][0].flush()
+        _copy_tree(src, self.root / version_name(self.collection, target))
 
     def _switch(self, staged: QdrantStore) -> None:
         tmp = self.pointer.with_name(self.pointer.name + ".tmp")
@@ -223,6 +402,9 @@ class EdgeStore(QdrantStore):
         old, self._shard, self._bound = self._bound, shard, target
         _release(self.root / old / SHARD_DIR)
         log.info("collection %r: switched from %s to %s", self.collection, old, target)
+        old_version, new_version = parse_version(self.collection, old), parse_version(self.collection, target)
+        if old_version is not None and new_version is not None and old_version < new_version:
+            _discard(self.root / old)  # the last process to leave an old version deletes it
         return True
 
     # -- lifecycle ----------------------------------------------------------------------------------
@@ -260,12 +442,7 @@ class EdgeStore(QdrantStore):
         with self._lock:
             self._follow()
             if self._shard is None:
-                target = self._target()
-                if not (self.root / target / SCHEMA_FILE).exists():
-                    raise StoreError(
-                        f"collection {self.collection!r} does not exist at {self.root / target}; index documents first"
-                    )
-                self._shard, self._bound = _acquire(self.root / target / SHARD_DIR), target
+                self._open_current()
             path = self.root / self._bound / SHARD_DIR
             shard = _acquire(path, opening=False)
         try:
@@ -273,9 +450,28 @@ class EdgeStore(QdrantStore):
         except (StoreError, ValueError, TypeError, KeyboardInterrupt, SystemExit, GeneratorExit):
             raise
         except BaseException as exc:  # the engine raises a bare Exception (or a Rust panic) with its own text
+            if not isinstance(exc, Exception):  # a panic: the engine found its files inconsistent
+                raise StoreError(f"{operation} failed: " + _explain_open_error(path, exc)) from exc
             raise StoreError(f"embedded Qdrant at {path.parent}: {operation} failed: {exc}") from exc
         finally:
             _release(path)
+
+    def _open_current(self) -> None:
+        """Under ``self._lock``: open the version the pointer names (again, if a writer moved it meanwhile)."""
+        for attempt in range(3):
+            target = self._target()
+            if not (self.root / target / SCHEMA_FILE).exists():
+                if attempt < 2 and self.version is None and self._target() != target:
+                    continue
+                raise StoreError(
+                    f"collection {self.collection!r} does not exist at {self.root / target}; index documents first"
+                )
+            try:
+                self._shard, self._bound = _acquire(self.root / target / SHARD_DIR), target
+                return
+            except StoreError:
+                if attempt == 2 or self.version is not None or self._target() == target:
+                    raise
 
     def _close_unlocked(self) -> None:
         if self._shard is not None:
@@ -320,6 +516,9 @@ class EdgeStore(QdrantStore):
                 shard.update(qe.UpdateOperation.delete_points_by_filter(flt))
 
     def flush(self) -> None:
+        with self._lock:
+            if self._shard is None:  # not open in this process: nothing of ours to flush
+                return
         with self._using("flush") as shard:
             shard.flush()
 

@@ -172,6 +172,25 @@ class ServerStore(QdrantStore):
         )
         self._call("update_collection_aliases", self.client.update_collection_aliases, change_aliases_operations=ops)
 
+    def _copy_physical(self, source: int, target: int) -> None:
+        """Scroll the source version and upsert its points (vectors and payload) into a new collection."""
+        src = self._pinned(source)
+        dst = self._pinned(target)
+        schema = src.schema()
+        if schema is None:
+            raise StoreError(f"Qdrant at {self.location}: version {source} of {self.collection!r} does not exist")
+        dst._create_physical(schema)
+        offset = None
+        while True:
+            records, offset = self._call(
+                "scroll", self.client.scroll, src.name, limit=512, offset=offset, with_payload=True, with_vectors=True
+            )
+            if records:
+                points = [qm.PointStruct(id=r.id, vector=r.vector, payload=r.payload) for r in records]
+                self._call("upsert", self.client.upsert, dst.name, points=points, wait=True)
+            if offset is None:
+                return
+
     # -- lifecycle ----------------------------------------------------------------------------------
     def schema(self) -> CollectionSchema | None:
         physical = self._physical()

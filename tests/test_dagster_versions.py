@@ -1,0 +1,218 @@
+"""Reindexing with Dagster while another process searches the same embedded collection, and the evaluation gate
+refusing a worse version. Real runs of the ``reindex`` job on copies of the sample corpus, the real engine."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from dagster._core.event_api import PartitionKeyFilter  # the check history per partition (no public export)
+
+from assets import NDCG_CHECK
+from evals.collections import sample_collection
+from orchestration.main_job import MainJobError, run_main_job
+from orchestration.resources import CorporaResource, RetrievalResource
+from retrieval import HybridRetriever, RetrievalSettings
+from retrieval.store import EdgeStore
+from tests.test_dagster_pipeline import Sandbox
+
+REPO = Path(__file__).resolve().parents[1]
+PARTITION = "sample"  # a partition of the shipped corpora file; its corpus is redirected to a copy below
+ADDED = {"_id": "new-01", "title": "Turbine coatings", "text": "The ZQ-7781 turbine blade coating resists corrosion."}
+CHANGED, CHANGED_TOKEN = "sport-05", "The KV-5521 treadmill protocol measures it in the lab."
+REMOVED = "bio-03"  # Tardigrades; judged by no query, so the gate passes
+READERS = 2  # an application and, say, `hybrid-rag search`: the second one reads through a private view
+QUERIES = ["ZQ-7781 turbine blade coating", "KV-5521 treadmill protocol", "tardigrades water bears survive", "mars"]
+
+READER = """
+import json, sys, time
+from pathlib import Path
+from retrieval import HybridRetriever, RetrievalSettings
+
+root, collection, stop, out, queries = sys.argv[1], sys.argv[2], Path(sys.argv[3]), sys.argv[4], json.loads(sys.argv[5])
+retriever = HybridRetriever(RetrievalSettings(qdrant_path=root, collection=collection, rerank=False))
+with open(out, "w") as log:
+    i = 0
+    while not stop.exists():
+        start = time.time()
+        try:
+            ids = [h.doc_id for h in retriever.search(queries[i % len(queries)], k=5)]
+            record = {"q": i % len(queries), "ids": ids}
+        except Exception as exc:
+            record = {"q": i % len(queries), "error": f"{type(exc).__name__}: {exc}"}
+        log.write(json.dumps({**record, "start": start, "end": time.time()}) + "\\n")
+        log.flush()
+        i += 1
+retriever.close()
+"""
+
+
+def corpus_copy(root: Path, collection: str) -> tuple[Path, Path]:
+    """A copy of the sample collection under ``root`` and a corpora file pointing the partition at it."""
+    data = root / "corpus"
+    shutil.copytree(sample_collection().root, data)
+    corpora = root / "corpora.yaml"
+    corpora.write_text(
+        f"corpora:\n  {PARTITION}:\n    source: {data}\n    format: beir\n    qrels: {data}\n"
+        f"    collection: {collection}\n"
+    )
+    return data, corpora
+
+
+def read_docs(data: Path) -> list[dict]:
+    return [json.loads(line) for line in (data / "corpus.jsonl").read_text().splitlines() if line.strip()]
+
+
+def write_docs(data: Path, docs: list[dict]) -> None:
+    (data / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+
+
+def materialized_at(sandbox: Sandbox, asset: str) -> tuple[float, str]:
+    """Timestamp and run id of the latest materialization of ``asset`` in the partition."""
+    with dg.DagsterInstance.from_config(str(sandbox.home)) as instance:
+        [record] = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[PARTITION]), limit=1
+        ).records
+    return record.timestamp, record.run_id
+
+
+def wait_for(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def searches(log: Path) -> list[dict]:
+    lines = log.read_text().splitlines() if log.exists() else []
+    return [json.loads(line) for line in lines if line.endswith("}")]
+
+
+@pytest.mark.slow
+def test_reindex_run_while_other_processes_search(tmp_path: Path) -> None:
+    sandbox = Sandbox(tmp_path)
+    data, corpora = corpus_copy(tmp_path, "live")
+    resources = sandbox.resources(corpora=CorporaResource(path=str(corpora)))
+    first = run_main_job(PARTITION, dagster_home=sandbox.home, resources=resources)
+    assert first["published"] == 1
+
+    stop, logs = tmp_path / "stop", [tmp_path / f"searches{i}.jsonl" for i in range(READERS)]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HYBRID_RAG_CACHE_DIR": str(tmp_path / "cache"), "TQDM_DISABLE": "1"}
+    readers = [
+        subprocess.Popen(
+            [sys.executable, "-c", READER, str(tmp_path / "index"), "live", str(stop), str(log), json.dumps(QUERIES)],
+            cwd=REPO,
+            env=env,
+        )
+        for log in logs
+    ]
+    try:
+        for reader, log in zip(readers, logs, strict=True):
+            wait_for(lambda r=reader, f=log: len(searches(f)) >= 20 or r.poll() is not None, 120, "first searches")
+            assert reader.poll() is None, "a reader process died"
+        docs = [d for d in read_docs(data) if d["_id"] != REMOVED]
+        for doc in docs:
+            if doc["_id"] == CHANGED:
+                doc["text"] += " " + CHANGED_TOKEN
+        write_docs(data, [*docs, ADDED])
+        run_started = time.time()
+        second = run_main_job(PARTITION, dagster_home=sandbox.home, resources=resources)
+        run_ended = time.time()
+        staged_at, _ = materialized_at(sandbox, "qdrant_index")
+        published_at, run_id = materialized_at(sandbox, "published_index")
+        assert run_id == second["run_id"] and second["published"] == 2
+
+        def sees_new_docs(log: Path) -> bool:
+            return any(s.get("ids", [None])[0] == ADDED["_id"] and s["start"] > published_at for s in searches(log))
+
+        for log in logs:
+            wait_for(lambda f=log: sees_new_docs(f), 30, "the readers to see the new version")
+            wait_for(lambda f=log: len(searches(f)) >= 200, 120, "200 searches")
+    finally:
+        stop.touch()
+        for reader in readers:
+            reader.wait(timeout=60)
+    assert [reader.returncode for reader in readers] == [0] * READERS
+    for log in logs:
+        check_reader(searches(log), run_started, run_ended, staged_at, published_at)
+    # The old version is deleted once the readers let go of it; the write lock and the pointer remain.
+    names = sorted(p.name for p in (tmp_path / "index").iterdir() if p.name.startswith("live"))
+    assert names == ["live.current.json", "live.write.lock", "live__v2"]
+
+
+def check_reader(done: list[dict], run_started: float, run_ended: float, staged_at: float, published_at: float):
+    """What one reader saw: no failure, no empty result, the old version until publishing, then the new one."""
+    failed = [s for s in done if "error" in s]
+    empty = [s for s in done if "error" not in s and not s["ids"]]
+    assert not failed and not empty, (failed + empty)[:3]
+    during_run = [s for s in done if run_started <= s["start"] and s["end"] <= run_ended]
+    assert len(during_run) >= 50, f"only {len(during_run)} searches while the run was going"
+    # The staged version is never seen before it is published (the evaluation scored it meanwhile) ...
+    before = [s for s in done if s["end"] < published_at - 0.5]
+    assert sum(s["start"] > staged_at for s in before) >= 5
+    assert not any(ADDED["_id"] in s["ids"] for s in before)
+    # ... and is seen within a few seconds after: the new document, the changed one, not the removed one.
+    first_new = min(s["end"] for s in done if s["ids"][:1] == [ADDED["_id"]])
+    assert first_new - published_at < 5.0, f"the reader followed {first_new - published_at:.1f}s after publishing"
+    after = [s for s in done if s["start"] > first_new]
+    by_query = {q: [s["ids"] for s in after if s["q"] == q] for q in range(len(QUERIES))}
+    assert all(ids[0] == ADDED["_id"] for ids in by_query[0]) and by_query[0]
+    assert all(ids[0] == CHANGED for ids in by_query[1]) and by_query[1]
+    assert not any(REMOVED in ids for s_ids in by_query.values() for ids in s_ids)
+    assert any(REMOVED in s["ids"] for s in before if s["q"] == 2)  # it was there before
+
+
+def test_gate_refuses_a_worse_version_and_readers_keep_the_published_one(tmp_path: Path) -> None:
+    sandbox = Sandbox(tmp_path)
+    data, corpora = corpus_copy(tmp_path, "gated")
+    resources = sandbox.resources(corpora=CorporaResource(path=str(corpora)))
+    first = run_main_job(PARTITION, dagster_home=sandbox.home, resources=resources)
+    published_ndcg = first["metrics"]["hybrid"]["ndcg@10"]
+    settings = RetrievalSettings(
+        qdrant_path=tmp_path / "index", cache_dir=tmp_path / "cache", collection="gated", rerank=False
+    )
+    dense, sparse = RetrievalResource(cache_dir=str(tmp_path / "cache")).encoders()
+    reader = HybridRetriever(settings, store=EdgeStore(tmp_path / "index", "gated"), dense=dense, sparse=sparse)
+    queries = sample_collection().split_queries("test")
+    expected = {q: [h.chunk_id for h in reader.search(text, k=5)] for q, text in list(queries.items())[:5]}
+
+    docs = read_docs(data)
+    original = (data / "corpus.jsonl").read_text()  # degrade on purpose: every document gets another one's text
+    contents = [(d["title"], d["text"]) for d in docs]
+    random.Random(7).shuffle(contents)
+    write_docs(data, [{**d, "title": title, "text": text} for d, (title, text) in zip(docs, contents, strict=True)])
+    with pytest.raises(MainJobError, match=rf"check {NDCG_CHECK} failed: hybrid ndcg@10: version 2 0\.\d+ vs "):
+        run_main_job(PARTITION, dagster_home=sandbox.home, resources=resources)
+
+    with dg.DagsterInstance.from_config(str(sandbox.home)) as instance:
+        [check] = instance.event_log_storage.get_asset_check_execution_history(
+            dg.AssetCheckKey(dg.AssetKey("retrieval_evaluation"), NDCG_CHECK),
+            limit=1,
+            partition_filter=PartitionKeyFilter(key=PARTITION),
+        )
+    evaluation = check.event.dagster_event.event_specific_data
+    meta = {k: v.value for k, v in evaluation.metadata.items()}
+    assert not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.ERROR  # failed, in the UI too
+    assert (meta["evaluated_version"], meta["published_version"]) == (2, 1)
+    assert meta["published"] == pytest.approx(published_ndcg) and meta["current"] < published_ndcg - 0.2
+    assert "refused" in evaluation.description
+    _, run_id = materialized_at(sandbox, "published_index")
+    assert run_id == first["run_id"]  # published_index did not run
+    assert EdgeStore(tmp_path / "index", "gated").current_version() == 1
+    assert {q: [h.chunk_id for h in reader.search(queries[q], k=5)] for q in expected} == expected
+
+    (data / "corpus.jsonl").write_text(original)  # fixed: the next run publishes, under a new version number
+    assert run_main_job(PARTITION, dagster_home=sandbox.home, resources=resources)["published"] == 3
+    assert {q: [h.chunk_id for h in reader.search(queries[q], k=5)] for q in expected} == expected
+    assert reader.store.current_version() == 3
+    assert sorted(p.name for p in (tmp_path / "index").iterdir() if p.is_dir()) == ["gated__v3"]
+    reader.close()
