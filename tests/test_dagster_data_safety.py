@@ -7,14 +7,13 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from assets import chunks, dense_vectors, qdrant_index, raw_documents, sparse_vectors
+from assets import ALL_ASSETS
 from orchestration.definitions import default_resources
 from orchestration.parquet_io import ParquetIOManager
 from orchestration.resources import CorporaResource, EvalHistoryResource, RetrievalResource
 from retrieval.store import EdgeStore
 from tests.conftest import TINY_DOCS
 
-INDEX_ASSETS = [raw_documents, chunks, dense_vectors, sparse_vectors, qdrant_index]
 
 
 @pytest.mark.slow
@@ -36,7 +35,7 @@ def test_asset_refuses_to_wipe_the_index_unless_configured(tmp_path: Path) -> No
     def materialize(**config) -> dg.ExecuteInJobResult:
         run_config = {"ops": {"qdrant_index": {"config": config}}} if config else None
         return dg.materialize(
-            INDEX_ASSETS,
+            ALL_ASSETS,  # qdrant_index stages a version, published_index switches readers to it
             partition_key="dropbox",
             resources=resources,
             instance=instance,
