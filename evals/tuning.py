@@ -40,17 +40,15 @@ def first_stage_lists(
     for start in range(0, len(qids), batch):
         part = qids[start : start + batch]
         texts = [queries[q] for q in part]
-        dense = retriever.query_encoder.encode_queries(texts)
-        sparse = retriever.sparse.encode_queries(texts)
-        plans = [retriever.fused_plan(dense[i], sparse[i], depth, None, with_vectors=True) for i in range(len(part))]
-        for i, hits in enumerate(retriever.store.query_batch(plans)):
+        dense, candidates = retriever.first_stage(texts, "hybrid", depth, with_vectors=True)
+        for i, hits in enumerate(candidates):
             out.append(
                 CandidateList(
                     qid=part[i],
                     query=texts[i],
                     query_vector=dense[i],
-                    doc_ids=[h.payload["doc_id"] for h in hits],
-                    texts=[h.payload.get("text", "") for h in hits],
+                    doc_ids=[h.doc_id for h in hits],
+                    texts=[h.text for h in hits],
                     vectors=np.stack([h.dense_vector for h in hits]) if hits else np.zeros((0, dense.shape[1])),
                 )
             )
