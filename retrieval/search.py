@@ -234,10 +234,11 @@ class HybridRetriever:
     def _rerank(self, query: str, query_vector: np.ndarray, hits: list[Hit]) -> list[Hit]:
         vectors = np.stack([h.dense_vector for h in hits])
         texts = [h.text for h in hits]
-        rerank_scores = self.reranker.scores(query, query_vector, texts, vectors)
-        final = self.reranker.fuse(rerank_scores)
-        for hit, rs, fs in zip(hits, rerank_scores, final, strict=True):
-            hit.rerank_score, hit.score = float(rs), float(fs)
+        ranks = [(h.dense_rank, h.sparse_rank) for h in hits]
+        rerank_scores = self.reranker.scores(query, query_vector, texts, vectors, ranks)
+        final = self.reranker.fuse(rerank_scores, len(hits))
+        for i, (hit, fs) in enumerate(zip(hits, final, strict=True)):
+            hit.rerank_score, hit.score = (float(rerank_scores[i]) if rerank_scores is not None else None), float(fs)
         return sorted(hits, key=lambda h: (-h.score, h.chunk_id))
 
     def as_langchain(self, **kwargs: Any):

@@ -84,6 +84,7 @@ class RetrievalSettings(BaseSettings):
     rerank_feedback_k: int = 3
     rerank_feedback_beta: float = 0.5
     rerank_weight: float = 0.3
+    rerank_agreement: int = 10  # feedback only from candidates both channels rank in their top N (0: no gate)
     # Query-side encoder trained against the stored document vectors (`hybrid-rag tune-reranker`).
     query_model: str | None = None
 
