@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from retrieval.encoders import DenseEncoder
-from retrieval.encoders.sparse import Bm25Encoder, SpladeEncoder
+from retrieval.encoders.sparse import Bm25Encoder, SparseVec, SpladeEncoder
 from retrieval.fusion import Fused, fuse
 from retrieval.indexer import build_encoders, collection_schema, encoder_lock
 from retrieval.rerank import EmbeddingReranker, RerankConfig
@@ -178,34 +178,43 @@ class HybridRetriever:
             with encoder_lock(self.sparse):
                 sparse_q = self.sparse.encode_queries(queries)
         t1 = time.perf_counter()
-        channel_k = max(self.settings.prefetch_k, depth) if variant is Variant.HYBRID else depth
-        plans = []
-        for i in range(len(queries)):
-            if dense_q is not None:
-                plans.append(QueryPlan(dense=dense_q[i], limit=channel_k, filter=filter, with_payload=("doc_id",)))
-            if sparse_q is not None:
-                plans.append(QueryPlan(sparse=sparse_q[i], limit=channel_k, filter=filter, with_payload=("doc_id",)))
         try:
-            results = self.store.query_batch(plans)
-            names = [name for name, q in (("dense", dense_q), ("sparse", sparse_q)) if q is not None]
-            step = len(names)
-            fused = [
-                self.fuse({name: results[i * step + j] for j, name in enumerate(names)})[:depth]
-                for i in range(len(queries))
-            ]
-            points = self.store.points(sorted({f.id for fs in fused for f in fs}), with_dense_vectors=with_vectors)
+            out = self.candidates(dense_q, sparse_q, depth, filter, with_vectors)
         except Exception:
             self._checked = False  # was the collection rebuilt with other models meanwhile? Say so if it was.
             self.check_schema()
             raise
-        t2 = time.perf_counter()
-        hybrid = variant is Variant.HYBRID
-        out = [
+        self.last_timings = {"encode_s": t1 - t0, "qdrant_s": time.perf_counter() - t1}
+        return dense_q, out
+
+    def candidates(
+        self,
+        dense_q: np.ndarray | None,
+        sparse_q: Sequence[SparseVec] | None,
+        depth: int,
+        filter: dict[str, Any] | None = None,
+        with_vectors: bool = False,
+    ) -> list[list[Hit]]:
+        """The Qdrant part of a search, from query vectors: one batched request for the channel lists (ids,
+        scores, doc ids), fusion, then one request for the payloads (and vectors) of each query's top ``depth``."""
+        names = [name for name, q in (("dense", dense_q), ("sparse", sparse_q)) if q is not None]
+        n = len(dense_q if dense_q is not None else sparse_q)
+        hybrid = len(names) == 2
+        channel_k = max(self.settings.prefetch_k, depth) if hybrid else depth
+        plans = []
+        for i in range(n):
+            if dense_q is not None:
+                plans.append(QueryPlan(dense=dense_q[i], limit=channel_k, filter=filter, with_payload=("doc_id",)))
+            if sparse_q is not None:
+                plans.append(QueryPlan(sparse=sparse_q[i], limit=channel_k, filter=filter, with_payload=("doc_id",)))
+        results = self.store.query_batch(plans)
+        step = len(names)
+        fused = [self.fuse({name: results[i * step + j] for j, name in enumerate(names)})[:depth] for i in range(n)]
+        points = self.store.points(sorted({f.id for fs in fused for f in fs}), with_dense_vectors=with_vectors)
+        return [
             [Hit.from_fused(f, points[f.id], r if hybrid else None) for r, f in enumerate(fs, 1) if f.id in points]
             for fs in fused
         ]
-        self.last_timings = {"encode_s": t1 - t0, "qdrant_s": t2 - t1}
-        return dense_q, out
 
     def fuse(self, channels: dict[str, Sequence[StoredHit]]) -> list[Fused]:
         """One query's channel lists fused as the settings say (a single channel keeps its own order)."""
