@@ -78,7 +78,7 @@ class RetrievalSettings(BaseSettings):
     k: int = 10
 
     # Reranking (embedding-based listwise, E2Rank style).
-    rerank: bool | None = None  # None: on when a trained query_model is configured (see README)
+    rerank: bool = True  # safe on any corpus: feedback is gated by the channels' agreement (rerank_agreement)
     rerank_mode: RerankMode = RerankMode.FEEDBACK
     rerank_depth: int = 100
     rerank_feedback_k: int = 3
@@ -98,8 +98,8 @@ class RetrievalSettings(BaseSettings):
 
     @property
     def rerank_enabled(self) -> bool:
-        """Reranking is on when asked for, or by default once a trained query encoder is configured."""
-        return self.rerank if self.rerank is not None else bool(self.query_model)
+        """Reranking is on by default (``rerank=False`` turns it off)."""
+        return self.rerank
 
     @property
     def uses_server(self) -> bool:
