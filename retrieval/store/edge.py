@@ -410,8 +410,9 @@ def _edge_request(plan: QueryPlan) -> qe.QueryRequest:
 
 def _hit(point) -> StoredHit:
     vector = point.vector[DENSE] if point.vector and DENSE in point.vector else None
+    pid = point.id
     return StoredHit(
-        id=str(uuid.UUID(str(point.id))),
+        id=str(pid) if isinstance(pid, uuid.UUID) else str(uuid.UUID(str(pid))),
         score=float(getattr(point, "score", 0.0)),
         payload=point.payload or {},
         dense_vector=np.asarray(vector, dtype=np.float32) if vector is not None else None,
