@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from retrieval import HybridRetriever, Indexer, RetrievalSettings
-from retrieval.fusion import document_ranks, fuse
+from retrieval.fusion import fuse
 from retrieval.rerank import EmbeddingReranker, RerankConfig
 from retrieval.store import StoredHit
 from tests.conftest import LEXICAL_QUERY, TINY_DOCS
@@ -15,20 +15,14 @@ def hits(*names: str) -> list[StoredHit]:
     return [StoredHit(n, 1.0 - i / 10, {"doc_id": n[0]}) for i, n in enumerate(names)]
 
 
-def test_ranks_count_documents_not_their_chunks():
-    chunk_rank, doc_rank = document_ranks(hits("a1", "a2", "a3", "b1", "c1", "b2"))
-    assert doc_rank == {"a": 1, "b": 2, "c": 3}
-    assert chunk_rank == {"a1": 1, "a2": 2, "a3": 3, "b1": 2, "c1": 3, "b2": 3}
-
-
-def test_a_document_found_by_different_chunks_in_each_channel_is_fused_as_one():
-    # Chunk-level RRF would put a1 (dense 1) or c1 (sparse 1) first; document b is 2nd in both channels.
-    fused = fuse({"dense": hits("a1", "b1", "a2"), "sparse": hits("c1", "b2", "c2")}, rrf_k=60)
-    assert fused[0].doc_id == "b"
-    assert {f.id: f.ranks for f in fused}["b1"] == {"dense": 2}
-    assert fused[0].score == pytest.approx(2 / 62)
-    chunk_level = {"a1": 1 / 61, "c1": 1 / 61, "b1": 1 / 62, "b2": 1 / 62}
-    assert max(chunk_level.values()) < fused[0].score
+def test_rrf_sums_weighted_reciprocal_ranks():
+    fused = fuse({"dense": hits("a1", "b1", "a2"), "sparse": hits("c1", "b2", "a2")}, rrf_k=60)
+    by_id = {f.id: f for f in fused}
+    assert by_id["a2"].score == pytest.approx(1 / 63 + 1 / 63) and by_id["a2"].ranks == {"dense": 3, "sparse": 3}
+    assert by_id["a2"].scores == {"dense": pytest.approx(0.8), "sparse": pytest.approx(0.8)}
+    assert [f.id for f in fused][:3] == ["a2", "a1", "c1"]
+    weighted = fuse({"dense": hits("a1"), "sparse": hits("c1")}, weights={"dense": 1.0, "sparse": 2.0})
+    assert weighted[0].id == "c1"
 
 
 def test_single_channel_keeps_its_order_and_raw_scores():
@@ -44,6 +38,15 @@ def retriever(dense_encoder, sparse_encoder, tmp_path_factory):
     indexer.index(TINY_DOCS, progress=False)
     yield HybridRetriever(settings, store=indexer.store, dense=dense_encoder, sparse=sparse_encoder)
     indexer.store.close()
+
+
+def test_client_side_fusion_ranks_like_qdrants_own(retriever):
+    """The channel lists fused here give the order Qdrant's in-engine RRF gives (one fused request)."""
+    for query in ["blood pressure and the heart", LEXICAL_QUERY[0], "roman empire interest rates"]:
+        ours = [h.chunk_id for h in retriever.search(query, k=8, rerank=False)]
+        dense, sparse = retriever.dense.encode_query(query), retriever.sparse.encode_query(query)
+        engine = retriever.store.query(retriever.fused_plan(dense, sparse, 8, None, with_vectors=False))
+        assert ours == [h.id for h in sorted(engine, key=lambda h: (-h.score, h.id))][: len(ours)]
 
 
 def test_hits_carry_each_channels_raw_score(retriever):
