@@ -35,12 +35,12 @@ PASSAGE_CHARS = 400
 @dataclass(frozen=True)
 class RerankConfig:
     mode: RerankMode = RerankMode.FEEDBACK
-    feedback_k: int = 3
-    beta: float = 0.5
+    feedback_k: int = 2
+    beta: float = 1.0
     weight: float = 0.3
     depth: int = 100
-    rank_constant: int = 60
-    agreement: int = 10
+    rank_constant: int = 10
+    agreement: int = 5
 
     @classmethod
     def from_settings(cls, s: RetrievalSettings) -> RerankConfig:

@@ -71,7 +71,7 @@ class RetrievalSettings(BaseSettings):
 
     # Search.
     fusion: FusionMethod = FusionMethod.RRF
-    rrf_k: int = 60
+    rrf_k: int = 10  # chosen on SciFact train (README, Quality); Qdrant and the RRF paper use 60
     dense_weight: float = 1.0
     sparse_weight: float = 1.0
     prefetch_k: int = 100
@@ -81,10 +81,10 @@ class RetrievalSettings(BaseSettings):
     rerank: bool = True  # safe on any corpus: feedback is gated by the channels' agreement (rerank_agreement)
     rerank_mode: RerankMode = RerankMode.FEEDBACK
     rerank_depth: int = 100
-    rerank_feedback_k: int = 3
-    rerank_feedback_beta: float = 0.5
+    rerank_feedback_k: int = 2
+    rerank_feedback_beta: float = 1.0
     rerank_weight: float = 0.3
-    rerank_agreement: int = 10  # feedback only from candidates both channels rank in their top N (0: no gate)
+    rerank_agreement: int = 5  # feedback only from candidates both channels rank in their top N (0: no gate)
     # Query-side encoder trained against the stored document vectors (`hybrid-rag tune-reranker`).
     query_model: str | None = None
 
