@@ -80,7 +80,7 @@ def test_long_queries_hybrid_beats_the_reference_fusion(scifact):
 
 
 def test_trained_query_encoder_and_reranker_reach_the_goal_without_seeing_test(scifact, test_results, tmp_path):
-    """E2Rank-style training on the train split only; hybrid + rerank must reach nDCG@10 >= 0.74 on test."""
+    """E2Rank-style training on the train split only; hybrid + rerank must reach nDCG@10 >= 0.78 on test (0.786)."""
     coll, retriever, _, _ = scifact
     profile = tune_reranker(coll.train_view(), retriever, tmp_path / "reranker", epochs=4)
     assert profile.dev_first_stage > profile.dev_baseline and profile.dev_reranked >= profile.dev_first_stage
@@ -97,5 +97,5 @@ def test_trained_query_encoder_and_reranker_reach_the_goal_without_seeing_test(s
     results = evaluate_variants(tuned, coll.split_queries("test"), coll.qrels("test"), ["hybrid", "hybrid+rerank"])
     ndcg = {v: r.metrics["ndcg@10"] for v, r in results.items()}
     print(f"SciFact test nDCG@10 with the trained query encoder: {ndcg} ({profile.config})")
-    assert ndcg["hybrid+rerank"] >= 0.74
+    assert ndcg["hybrid+rerank"] >= 0.78
     assert ndcg["hybrid+rerank"] >= test_results["hybrid"].metrics["ndcg@10"] + 0.02
