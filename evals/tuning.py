@@ -29,6 +29,7 @@ class CandidateList:
     doc_ids: list[str]
     texts: list[str]
     vectors: np.ndarray
+    ranks: list[tuple[int | None, int | None]] | None = None  # each candidate's (dense, sparse) rank
 
 
 def first_stage_lists(
@@ -40,18 +41,17 @@ def first_stage_lists(
     for start in range(0, len(qids), batch):
         part = qids[start : start + batch]
         texts = [queries[q] for q in part]
-        dense = retriever.query_encoder.encode_queries(texts)
-        sparse = retriever.sparse.encode_queries(texts)
-        plans = [retriever.fused_plan(dense[i], sparse[i], depth, None, with_vectors=True) for i in range(len(part))]
-        for i, hits in enumerate(retriever.store.query_batch(plans)):
+        dense, candidates = retriever.first_stage(texts, "hybrid", depth, with_vectors=True)
+        for i, hits in enumerate(candidates):
             out.append(
                 CandidateList(
                     qid=part[i],
                     query=texts[i],
                     query_vector=dense[i],
-                    doc_ids=[h.payload["doc_id"] for h in hits],
-                    texts=[h.payload.get("text", "") for h in hits],
+                    doc_ids=[h.doc_id for h in hits],
+                    texts=[h.text for h in hits],
                     vectors=np.stack([h.dense_vector for h in hits]) if hits else np.zeros((0, dense.shape[1])),
+                    ranks=[(h.dense_rank, h.sparse_rank) for h in hits],
                 )
             )
     return out
@@ -65,7 +65,7 @@ def rerank_run(lists: Sequence[CandidateList], reranker: EmbeddingReranker | Non
         if reranker is None or n == 0:
             final = 1.0 / (np.arange(n) + 1.0)
         else:
-            final = reranker.fuse(reranker.scores(cl.query, cl.query_vector, cl.texts, cl.vectors))
+            final = reranker.fuse(reranker.scores(cl.query, cl.query_vector, cl.texts, cl.vectors, cl.ranks), n)
         ranking: dict[str, float] = {}
         for pos in np.argsort(-final, kind="stable"):
             ranking.setdefault(cl.doc_ids[pos], float(final[pos]) - pos * 1e-9)

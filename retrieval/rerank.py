@@ -11,6 +11,11 @@ pseudo-query:
 
 Re-ordering by the pseudo-query alone loses to the first stage on SciFact, so the final ranking fuses the
 two rankings by weighted reciprocal rank: ``(1 - w) / (c + rank_first) + w / (c + rank_rerank)``.
+
+Feedback is gated by the first stage's own agreement: only candidates that both channels rank within their
+top ``agreement`` documents feed the pseudo-query (they are the likeliest relevant ones). When no candidate
+near the top is agreed on, the first-stage order is kept. This is what makes reranking safe to run by default
+on a corpus without labels (``agreement=0`` turns the gate off).
 """
 
 from __future__ import annotations
@@ -30,11 +35,12 @@ PASSAGE_CHARS = 400
 @dataclass(frozen=True)
 class RerankConfig:
     mode: RerankMode = RerankMode.FEEDBACK
-    feedback_k: int = 3
-    beta: float = 0.5
+    feedback_k: int = 2
+    beta: float = 1.0
     weight: float = 0.3
     depth: int = 100
-    rank_constant: int = 60
+    rank_constant: int = 10
+    agreement: int = 5
 
     @classmethod
     def from_settings(cls, s: RetrievalSettings) -> RerankConfig:
@@ -45,6 +51,7 @@ class RerankConfig:
             weight=s.rerank_weight,
             depth=s.rerank_depth,
             rank_constant=s.rrf_k,
+            agreement=s.rerank_agreement,
         )
 
 
@@ -69,27 +76,53 @@ class EmbeddingReranker:
         # Candidate vectors always come from the collection, so a trained encoder needs no re-indexing.
         self.query_encoder = query_encoder or dense
 
+    def feedback_rows(self, ranks: Sequence[tuple[int | None, int | None]] | None) -> list[int]:
+        """Which candidates (first-stage order) feed the pseudo-query: the first ``feedback_k`` among the top
+        ``agreement`` that both channels rank within their top ``agreement`` (all of the first ``feedback_k``
+        when the gate is off or the ranks are unknown)."""
+        c = self.config
+        if not c.agreement or ranks is None:
+            return list(range(min(c.feedback_k, len(ranks) if ranks is not None else c.feedback_k)))
+        agreed = [
+            i
+            for i, (dense, sparse) in enumerate(ranks[: c.agreement])
+            if dense is not None and sparse is not None and dense <= c.agreement and sparse <= c.agreement
+        ]
+        return agreed[: c.feedback_k]
+
     def pseudo_query(
-        self, query: str, query_vector: np.ndarray, texts: Sequence[str], vectors: np.ndarray
+        self, query: str, query_vector: np.ndarray, texts: Sequence[str], vectors: np.ndarray, rows: Sequence[int]
     ) -> np.ndarray:
         """``query_vector`` must come from :attr:`query_encoder` (the retriever's dense query vector)."""
-        k = min(self.config.feedback_k, len(vectors))
+        rows = [r for r in rows if r < len(vectors)]
         if self.config.mode is RerankMode.PROMPT:
-            prompt = listwise_prompt(query, list(texts[:k]), self.query_encoder.tokenizer)
+            prompt = listwise_prompt(query, [texts[r] for r in rows], self.query_encoder.tokenizer)
             return self.query_encoder.encode_query(prompt)
-        pseudo = query_vector + self.config.beta * vectors[:k].mean(axis=0) if k else query_vector
+        pseudo = query_vector + self.config.beta * vectors[rows].mean(axis=0) if rows else query_vector
         return pseudo / (np.linalg.norm(pseudo) or 1.0)
 
-    def scores(self, query: str, query_vector: np.ndarray, texts: Sequence[str], vectors: np.ndarray) -> np.ndarray:
-        """Cosine of every candidate vector (rows of ``vectors``, first-stage order) with the pseudo-query."""
-        pseudo = self.pseudo_query(query, query_vector, texts, vectors)
-        return vectors @ pseudo
+    def scores(
+        self,
+        query: str,
+        query_vector: np.ndarray,
+        texts: Sequence[str],
+        vectors: np.ndarray,
+        ranks: Sequence[tuple[int | None, int | None]] | None = None,
+    ) -> np.ndarray | None:
+        """Cosine of every candidate vector (rows of ``vectors``, first-stage order) with the pseudo-query;
+        None when the agreement gate is closed (``ranks``: each candidate's (dense, sparse) rank)."""
+        rows = self.feedback_rows(ranks)
+        if self.config.agreement and ranks is not None and not rows:
+            return None
+        return vectors @ self.pseudo_query(query, query_vector, texts, vectors, rows)
 
-    def fuse(self, rerank_scores: np.ndarray) -> np.ndarray:
-        """Final scores for candidates given in first-stage order."""
-        n = len(rerank_scores)
+    def fuse(self, rerank_scores: np.ndarray | None, n: int | None = None) -> np.ndarray:
+        """Final scores for candidates given in first-stage order (the first-stage order when None)."""
+        n = len(rerank_scores) if rerank_scores is not None else n
         c, w = self.config.rank_constant, self.config.weight
         first_rank = np.arange(1, n + 1)
+        if rerank_scores is None:
+            return 1.0 / (c + first_rank)
         rerank_rank = np.empty(n, dtype=int)
         rerank_rank[np.argsort(-rerank_scores, kind="stable")] = np.arange(1, n + 1)
         return (1 - w) / (c + first_rank) + w / (c + rerank_rank)

@@ -1,4 +1,4 @@
-"""Hybrid search: dense and sparse candidates fused inside Qdrant, then optionally reranked."""
+"""Hybrid search: dense and sparse candidates from Qdrant, fused per document (retrieval.fusion), then reranked."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from typing import Any
 import numpy as np
 
 from retrieval.encoders import DenseEncoder
-from retrieval.encoders.sparse import Bm25Encoder, SpladeEncoder
+from retrieval.encoders.sparse import Bm25Encoder, SparseVec, SpladeEncoder
 from retrieval.errors import EmptyQueryError, InvalidArgumentError, choice
+from retrieval.fusion import Fused, fuse
 from retrieval.indexer import build_encoders, collection_schema, encoder_lock
 from retrieval.rerank import EmbeddingReranker, RerankConfig
 from retrieval.settings import RetrievalSettings
@@ -52,19 +53,28 @@ class Hit:
     dense_rank: int | None = None
     sparse_rank: int | None = None
     fused_rank: int | None = None
+    dense_score: float | None = None  # the channel's raw score (cosine); None when not in its list
+    sparse_score: float | None = None  # the channel's raw score (BM25); None when not in its list
     rerank_score: float | None = None
+    dense_vector: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @classmethod
-    def from_stored(cls, hit: StoredHit, score: float | None = None) -> Hit:
-        p = hit.payload
+    def from_fused(cls, fused: Fused, point: StoredHit, fused_rank: int | None = None) -> Hit:
+        p = point.payload
         return cls(
-            doc_id=str(p.get("doc_id", "")),
-            chunk_id=hit.id,
+            doc_id=str(p.get("doc_id", fused.doc_id)),
+            chunk_id=fused.id,
             chunk_index=p.get("chunk_index"),
             text=p.get("text", ""),
             title=p.get("title", ""),
             metadata=p.get("metadata", {}) or {},
-            score=hit.score if score is None else score,
+            score=fused.score,
+            dense_rank=fused.ranks.get("dense"),
+            sparse_rank=fused.ranks.get("sparse"),
+            fused_rank=fused_rank,
+            dense_score=fused.scores.get("dense"),
+            sparse_score=fused.scores.get("sparse"),
+            dense_vector=point.dense_vector,
         )
 
 
@@ -154,7 +164,8 @@ class HybridRetriever:
         group_by: GroupBy | str = GroupBy.CHUNK,
         score_threshold: float | None = None,
     ) -> list[list[Hit]]:
-        """Search many queries with one encoder call per channel and one batched Qdrant request.
+        """Search many queries: one encoder call per channel, one batched Qdrant request for the channel lists
+        (ids, scores and doc ids only), fusion here, then one request for the payloads of the hits kept.
 
         ``k`` (default: settings) hits per query; ``filter``: metadata conditions (see
         :func:`~retrieval.store.base.filter_conditions`); ``rerank`` (default: settings); ``group_by="doc"``:
@@ -166,70 +177,20 @@ class HybridRetriever:
         variant = choice(Variant, variant, "variant")
         k = max(GROUP_OVERFETCH * requested_k, self.settings.prefetch_k) if group_by is GroupBy.DOC else requested_k
         # -- ranking
-        if self.store.refresh():
-            self._checked = False
-        self.check_schema()
         if variant is Variant.HYBRID_RERANK:
             variant, rerank = Variant.HYBRID, True
         rerank = self.settings.rerank_enabled if rerank is None else rerank
         rerank = rerank and variant is Variant.HYBRID
-        t0 = time.perf_counter()
-        dense_q, sparse_q = None, None
-        if variant is not Variant.SPARSE:
-            with encoder_lock(self.query_encoder):
-                dense_q = self.query_encoder.encode_queries(queries)
-        if variant is not Variant.DENSE:
-            with encoder_lock(self.sparse):
-                sparse_q = self.sparse.encode_queries(queries)
-        t1 = time.perf_counter()
         depth = max(k, self.reranker.config.depth) if rerank else k
-        plans = []
-        for i in range(len(queries)):
-            plans.append(
-                self.fused_plan(
-                    dense_q[i] if dense_q is not None else None,
-                    sparse_q[i] if sparse_q is not None else None,
-                    depth,
-                    filter,
-                    with_vectors=rerank,
-                )
-            )
-            if variant is Variant.HYBRID:  # the channels alone, for each hit's per-channel rank
-                s = self.settings
-                plans.append(QueryPlan(dense=dense_q[i], limit=s.prefetch_k, filter=filter, with_payload=False))
-                plans.append(QueryPlan(sparse=sparse_q[i], limit=s.prefetch_k, filter=filter, with_payload=False))
-        try:
-            results = self.store.query_batch(plans)
-        except Exception:
-            self._checked = False  # was the collection rebuilt with other models meanwhile? Say so if it was.
-            self.check_schema()
-            raise
-        t2 = time.perf_counter()
-        step = 3 if variant is Variant.HYBRID else 1
+        query_vectors, candidates = self.first_stage(queries, variant, depth, filter, with_vectors=rerank)
+        t1 = time.perf_counter()
         out = []
-        for i, query in enumerate(queries):
-            stored = sorted(results[i * step], key=lambda h: (-h.score, h.id))  # ties in a stable order
-            hits = [Hit.from_stored(h) for h in stored]
-            for rank, hit in enumerate(hits, start=1):
-                hit.fused_rank = rank if variant is Variant.HYBRID else None
-            if variant is Variant.HYBRID:
-                dense_ranks = {h.id: r for r, h in enumerate(results[i * step + 1], start=1)}
-                sparse_ranks = {h.id: r for r, h in enumerate(results[i * step + 2], start=1)}
-                for hit in hits:
-                    hit.dense_rank = dense_ranks.get(hit.chunk_id)
-                    hit.sparse_rank = sparse_ranks.get(hit.chunk_id)
-            elif variant is Variant.DENSE:
-                for rank, hit in enumerate(hits, start=1):
-                    hit.dense_rank = rank
-            else:
-                for rank, hit in enumerate(hits, start=1):
-                    hit.sparse_rank = rank
+        for i, (query, hits) in enumerate(zip(queries, candidates, strict=True)):
             if rerank and hits:
                 with encoder_lock(self.reranker.query_encoder):  # it may encode
-                    hits = self._rerank(query, dense_q[i], stored, hits)
+                    hits = self._rerank(query, query_vectors[i], hits)
             out.append(hits[:k])
-        t3 = time.perf_counter()
-        self.last_timings = {"encode_s": t1 - t0, "qdrant_s": t2 - t1, "rerank_s": t3 - t2}
+        self.last_timings = {**self.last_timings, "rerank_s": time.perf_counter() - t1}
         # -- results: one hit per document, threshold, k
         return [_finish(hits, requested_k, group_by, score_threshold) for hits in out]
 
@@ -249,10 +210,77 @@ class HybridRetriever:
             raise InvalidArgumentError(f"score_threshold must be a number, got {score_threshold!r}")
         return k, choice(GroupBy, group_by, "group_by")
 
+    def first_stage(
+        self,
+        queries: Sequence[str],
+        variant: Variant | str,
+        depth: int,
+        filter: dict[str, Any] | None = None,
+        with_vectors: bool = False,
+    ) -> tuple[np.ndarray | None, list[list[Hit]]]:
+        """The query vectors (None for sparse only) and each query's top ``depth`` hits, before reranking."""
+        if self.store.refresh():
+            self._checked = False
+        self.check_schema()
+        variant = Variant(variant)
+        t0 = time.perf_counter()
+        dense_q, sparse_q = None, None
+        if variant is not Variant.SPARSE:
+            with encoder_lock(self.query_encoder):
+                dense_q = self.query_encoder.encode_queries(queries)
+        if variant is not Variant.DENSE:
+            with encoder_lock(self.sparse):
+                sparse_q = self.sparse.encode_queries(queries)
+        t1 = time.perf_counter()
+        try:
+            out = self.candidates(dense_q, sparse_q, depth, filter, with_vectors)
+        except Exception:
+            self._checked = False  # was the collection rebuilt with other models meanwhile? Say so if it was.
+            self.check_schema()
+            raise
+        self.last_timings = {"encode_s": t1 - t0, "qdrant_s": time.perf_counter() - t1}
+        return dense_q, out
+
+    def candidates(
+        self,
+        dense_q: np.ndarray | None,
+        sparse_q: Sequence[SparseVec] | None,
+        depth: int,
+        filter: dict[str, Any] | None = None,
+        with_vectors: bool = False,
+    ) -> list[list[Hit]]:
+        """The Qdrant part of a search, from query vectors: one batched request for the channel lists (ids,
+        scores, doc ids), fusion, then one request for the payloads (and vectors) of each query's top ``depth``."""
+        names = [name for name, q in (("dense", dense_q), ("sparse", sparse_q)) if q is not None]
+        n = len(dense_q if dense_q is not None else sparse_q)
+        hybrid = len(names) == 2
+        channel_k = max(self.settings.prefetch_k, depth) if hybrid else depth
+        plans = []
+        for i in range(n):
+            if dense_q is not None:
+                plans.append(QueryPlan(dense=dense_q[i], limit=channel_k, filter=filter, with_payload=("doc_id",)))
+            if sparse_q is not None:
+                plans.append(QueryPlan(sparse=sparse_q[i], limit=channel_k, filter=filter, with_payload=("doc_id",)))
+        results = self.store.query_batch(plans)
+        step = len(names)
+        fused = [self.fuse({name: results[i * step + j] for j, name in enumerate(names)})[:depth] for i in range(n)]
+        points = self.store.points(sorted({f.id for fs in fused for f in fs}), with_dense_vectors=with_vectors)
+        return [
+            [Hit.from_fused(f, points[f.id], r if hybrid else None) for r, f in enumerate(fs, 1) if f.id in points]
+            for fs in fused
+        ]
+
+    def fuse(self, channels: dict[str, Sequence[StoredHit]]) -> list[Fused]:
+        """One query's channel lists fused as the settings say (a single channel keeps its own order)."""
+        s = self.settings
+        return fuse(
+            channels, method=s.fusion, rrf_k=s.rrf_k, weights={"dense": s.dense_weight, "sparse": s.sparse_weight}
+        )
+
     def fused_plan(
         self, dense: np.ndarray | None, sparse, limit: int, filter: dict[str, Any] | None, with_vectors: bool
     ) -> QueryPlan:
-        """The first-stage Qdrant request for one query: the channels given, fused as the settings say."""
+        """The same channels fused inside Qdrant in one request (chunk-level fusion; benchmarks compare with it)."""
         s = self.settings
         return QueryPlan(
             dense=dense,
@@ -266,13 +294,14 @@ class HybridRetriever:
             with_dense_vectors=with_vectors,
         )
 
-    def _rerank(self, query: str, query_vector: np.ndarray, stored: list[StoredHit], hits: list[Hit]) -> list[Hit]:
-        vectors = np.stack([h.dense_vector for h in stored])
+    def _rerank(self, query: str, query_vector: np.ndarray, hits: list[Hit]) -> list[Hit]:
+        vectors = np.stack([h.dense_vector for h in hits])
         texts = [h.text for h in hits]
-        rerank_scores = self.reranker.scores(query, query_vector, texts, vectors)
-        final = self.reranker.fuse(rerank_scores)
-        for hit, rs, fs in zip(hits, rerank_scores, final, strict=True):
-            hit.rerank_score, hit.score = float(rs), float(fs)
+        ranks = [(h.dense_rank, h.sparse_rank) for h in hits]
+        rerank_scores = self.reranker.scores(query, query_vector, texts, vectors, ranks)
+        final = self.reranker.fuse(rerank_scores, len(hits))
+        for i, (hit, fs) in enumerate(zip(hits, final, strict=True)):
+            hit.rerank_score, hit.score = (float(rerank_scores[i]) if rerank_scores is not None else None), float(fs)
         return sorted(hits, key=lambda h: (-h.score, h.chunk_id))
 
     def as_langchain(self, search_kwargs: dict[str, Any] | None = None, **kwargs: Any):

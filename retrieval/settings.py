@@ -71,19 +71,20 @@ class RetrievalSettings(BaseSettings):
 
     # Search.
     fusion: FusionMethod = FusionMethod.RRF
-    rrf_k: int = 60
+    rrf_k: int = 10  # chosen on SciFact train (README, Quality); Qdrant and the RRF paper use 60
     dense_weight: float = 1.0
     sparse_weight: float = 1.0
     prefetch_k: int = 100
     k: int = 10
 
     # Reranking (embedding-based listwise, E2Rank style).
-    rerank: bool | None = None  # None: on when a trained query_model is configured (see README)
+    rerank: bool = True  # safe on any corpus: feedback is gated by the channels' agreement (rerank_agreement)
     rerank_mode: RerankMode = RerankMode.FEEDBACK
     rerank_depth: int = 100
-    rerank_feedback_k: int = 3
-    rerank_feedback_beta: float = 0.5
+    rerank_feedback_k: int = 2
+    rerank_feedback_beta: float = 1.0
     rerank_weight: float = 0.3
+    rerank_agreement: int = 5  # feedback only from candidates both channels rank in their top N (0: no gate)
     # Query-side encoder trained against the stored document vectors (`hybrid-rag tune-reranker`).
     query_model: str | None = None
 
@@ -97,8 +98,8 @@ class RetrievalSettings(BaseSettings):
 
     @property
     def rerank_enabled(self) -> bool:
-        """Reranking is on when asked for, or by default once a trained query encoder is configured."""
-        return self.rerank if self.rerank is not None else bool(self.query_model)
+        """Reranking is on by default (``rerank=False`` turns it off)."""
+        return self.rerank
 
     @property
     def uses_server(self) -> bool:

@@ -15,6 +15,7 @@ from retrieval.encoders import Bm25Encoder, DenseEncoder  # noqa: E402
 from retrieval.store import EdgeStore, ServerStore, connect  # noqa: E402
 
 SCIFACT = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "scifact"
+NFCORPUS = SCIFACT.parent / "nfcorpus"
 
 # Each query below has exactly one right answer; lexical ones share a rare token with it, semantic ones
 # share (almost) no word with it.

@@ -9,6 +9,9 @@ from __future__ import annotations
 import pytest
 
 from evals.collections import load_collection
+from evals.long_queries import long_queries
+from evals.metrics import evaluate
+from evals.reference import ReferenceRankings
 from evals.runner import evaluate_variants
 from evals.tuning import tune_reranker
 from retrieval import HybridRetriever, Indexer, RetrievalSettings, read_documents
@@ -54,8 +57,30 @@ def test_channels_match_published_figures(test_results):
     assert test_results["hybrid"].metrics["recall@100"] >= 0.93
 
 
+def test_default_reranking_does_not_hurt(test_results):
+    """Reranking is on by default without any training: it must not cost nDCG@10 (issue 9 goal: 0.73)."""
+    ndcg = {v: r.metrics["ndcg@10"] for v, r in test_results.items()}
+    assert ndcg["hybrid+rerank"] >= ndcg["hybrid"] - 0.002
+    assert ndcg["hybrid+rerank"] >= 0.715
+
+
+def test_long_queries_hybrid_beats_the_reference_fusion(scifact):
+    """A 100-300 word abstract as the query; the other abstracts judged for the same claim are relevant."""
+    coll, retriever, _, _ = scifact
+    queries, qrels = long_queries(coll, "test")
+    docs, _ = read_documents(coll.corpus_path, "jsonl")
+    results = evaluate_variants(retriever, queries, qrels, ["dense", "sparse", "hybrid"], progress=False)
+    ndcg = {v: r.metrics["ndcg@10"] for v, r in results.items()}
+    reference = ReferenceRankings(docs, retriever.store, retriever.dense).all(queries)
+    ndcg |= {name: evaluate(qrels, run).mean["ndcg@10"] for name, run in reference.items()}
+    print(f"SciFact long queries ({len(queries)}) nDCG@10:", {v: round(x, 4) for v, x in ndcg.items()})
+    assert len(queries) >= 40
+    assert ndcg["hybrid"] >= ndcg["ref rrf"] - 0.005
+    assert ndcg["hybrid"] >= max(ndcg["dense"], ndcg["sparse"]) - 0.01
+
+
 def test_trained_query_encoder_and_reranker_reach_the_goal_without_seeing_test(scifact, test_results, tmp_path):
-    """E2Rank-style training on the train split only; hybrid + rerank must reach nDCG@10 >= 0.74 on test."""
+    """E2Rank-style training on the train split only; hybrid + rerank must reach nDCG@10 >= 0.78 on test (0.786)."""
     coll, retriever, _, _ = scifact
     profile = tune_reranker(coll.train_view(), retriever, tmp_path / "reranker", epochs=4)
     assert profile.dev_first_stage > profile.dev_baseline and profile.dev_reranked >= profile.dev_first_stage
@@ -72,5 +97,5 @@ def test_trained_query_encoder_and_reranker_reach_the_goal_without_seeing_test(s
     results = evaluate_variants(tuned, coll.split_queries("test"), coll.qrels("test"), ["hybrid", "hybrid+rerank"])
     ndcg = {v: r.metrics["ndcg@10"] for v, r in results.items()}
     print(f"SciFact test nDCG@10 with the trained query encoder: {ndcg} ({profile.config})")
-    assert ndcg["hybrid+rerank"] >= 0.74
+    assert ndcg["hybrid+rerank"] >= 0.78
     assert ndcg["hybrid+rerank"] >= test_results["hybrid"].metrics["ndcg@10"] + 0.02

@@ -22,7 +22,9 @@ class SparseVec:
 
 
 class Bm25Encoder:
-    """BM25 document weights (saturated, length-normalized term frequency) and unit query weights.
+    """BM25 document weights (saturated, length-normalized term frequency) and query term counts as query
+    weights (as Okapi BM25 and Lucene score a repeated query term; Qdrant's ``embed_query`` gives every term
+    weight 1, which lost 0.06 nDCG@10 on long SciFact queries).
 
     Term ids are hashes of the stemmed token, so no vocabulary is stored; the IDF factor is applied by
     Qdrant from the collection's statistics (sparse vector modifier ``idf``). English stopwords and the
@@ -41,6 +43,13 @@ class Bm25Encoder:
 
         return qdrant_edge.Bm25(qdrant_edge.Bm25Config(k=self.k1, b=self.b, avg_len=self.avg_len, language="english"))
 
+    @cached_property
+    def _counts(self):
+        """The same tokenizer with neither saturation nor length normalization: weights are term counts."""
+        import qdrant_edge
+
+        return qdrant_edge.Bm25(qdrant_edge.Bm25Config(k=1e9, b=0.0, language="english"))
+
     @property
     def cache_key(self) -> str:
         return hashlib.sha256(f"bm25|{self.k1}|{self.b}|{self.avg_len}".encode()).hexdigest()[:16]
@@ -49,7 +58,7 @@ class Bm25Encoder:
         return [_from_edge(self._model.embed_document(t)) for t in texts]
 
     def encode_queries(self, texts: Sequence[str]) -> list[SparseVec]:
-        return [_from_edge(self._model.embed_query(t)) for t in texts]
+        return [_from_edge(self._counts.embed_document(t), rounded=True) for t in texts]
 
     def encode_query(self, text: str) -> SparseVec:
         return self.encode_queries([text])[0]
@@ -100,8 +109,9 @@ class SpladeEncoder:
         return out
 
 
-def _from_edge(vec) -> SparseVec:
-    return SparseVec(list(vec.indices), list(vec.values))
+def _from_edge(vec, rounded: bool = False) -> SparseVec:
+    values = [float(round(v)) for v in vec.values] if rounded else list(vec.values)
+    return SparseVec(list(vec.indices), values)
 
 
 def make_sparse_encoder(

@@ -86,7 +86,10 @@ class QueryPlan:
     weights: tuple[float, float] | None = None
     filter: dict[str, Any] | None = None
     with_dense_vectors: bool = False
-    with_payload: bool = True
+    with_payload: bool | tuple[str, ...] = True  # a tuple: only these payload fields
+
+    def payload_selector(self) -> bool | list[str]:
+        return list(self.with_payload) if isinstance(self.with_payload, tuple) else self.with_payload
 
 
 @dataclass
@@ -283,6 +286,10 @@ class QdrantStore(ABC):
 
     def query(self, plan: QueryPlan) -> list[StoredHit]:
         return self.query_batch([plan])[0]
+
+    @abstractmethod
+    def points(self, ids: Sequence[str], with_dense_vectors: bool = False) -> dict[str, StoredHit]:
+        """id -> the stored point (payload, and the dense vector when asked; score 0) for the ids that exist."""
 
     @abstractmethod
     def dense_vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]: ...

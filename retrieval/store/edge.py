@@ -549,6 +549,13 @@ class EdgeStore(QdrantStore):
             results = shard.query_batch(request)
         return [[_hit(p) for p in points] for points in results]
 
+    def points(self, ids: Sequence[str], with_dense_vectors: bool = False) -> dict[str, StoredHit]:
+        if not ids:
+            return {}
+        with self._using("retrieve") as shard:
+            records = shard.retrieve(list(ids), with_payload=True, with_vector=[DENSE] if with_dense_vectors else False)
+        return {h.id: h for h in map(_hit, records)}
+
     def dense_vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
         with self._using("retrieve") as shard:
             records = shard.retrieve(list(ids), with_payload=False, with_vector=[DENSE])
@@ -585,7 +592,11 @@ def _edge_request(plan: QueryPlan) -> qe.QueryRequest:
         raise ValueError("a query needs a dense or a sparse vector")
     if len(channels) == 1:
         return qe.QueryRequest(
-            limit=plan.limit, query=channels[0], filter=flt, with_payload=plan.with_payload, with_vector=with_vector
+            limit=plan.limit,
+            query=channels[0],
+            filter=flt,
+            with_payload=plan.payload_selector(),
+            with_vector=with_vector,
         )
     fusion = (
         qe.Fusion.Rrf(k=plan.rrf_k, weights=list(plan.weights) if plan.weights else None)
@@ -597,16 +608,17 @@ def _edge_request(plan: QueryPlan) -> qe.QueryRequest:
         prefetches=[qe.Prefetch(limit=plan.prefetch_k, query=q, filter=flt) for q in channels],
         query=fusion,
         filter=flt,
-        with_payload=plan.with_payload,
+        with_payload=plan.payload_selector(),
         with_vector=with_vector,
     )
 
 
 def _hit(point) -> StoredHit:
     vector = point.vector[DENSE] if point.vector and DENSE in point.vector else None
+    pid = point.id
     return StoredHit(
-        id=str(uuid.UUID(str(point.id))),
-        score=float(point.score),
+        id=str(pid) if isinstance(pid, uuid.UUID) else str(uuid.UUID(str(pid))),
+        score=float(getattr(point, "score", 0.0)),
         payload=point.payload or {},
         dense_vector=np.asarray(vector, dtype=np.float32) if vector is not None else None,
     )

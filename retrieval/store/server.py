@@ -289,6 +289,15 @@ class ServerStore(QdrantStore):
         responses = self._call("query_batch_points", self.client.query_batch_points, self.name, requests=requests)
         return [[_hit(p) for p in r.points] for r in responses]
 
+    def points(self, ids: Sequence[str], with_dense_vectors: bool = False) -> dict[str, StoredHit]:
+        if not ids:
+            return {}
+        vectors = [DENSE] if with_dense_vectors else False
+        records = self._call(
+            "retrieve", self.client.retrieve, self.name, ids=list(ids), with_payload=True, with_vectors=vectors
+        )
+        return {h.id: h for h in map(_hit, records)}
+
     def dense_vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
         records = self._call(
             "retrieve", self.client.retrieve, self.name, ids=list(ids), with_payload=False, with_vectors=[DENSE]
@@ -329,7 +338,7 @@ def _client_request(plan: QueryPlan) -> qm.QueryRequest:
             using=using,
             limit=plan.limit,
             filter=flt,
-            with_payload=plan.with_payload,
+            with_payload=plan.payload_selector(),
             with_vector=with_vector,
         )
     fusion = (
@@ -342,16 +351,16 @@ def _client_request(plan: QueryPlan) -> qm.QueryRequest:
         query=fusion,
         filter=flt,
         limit=plan.limit,
-        with_payload=plan.with_payload,
+        with_payload=plan.payload_selector(),
         with_vector=with_vector,
     )
 
 
-def _hit(point: qm.ScoredPoint) -> StoredHit:
+def _hit(point: qm.ScoredPoint | qm.Record) -> StoredHit:
     vector = point.vector.get(DENSE) if isinstance(point.vector, dict) else None
     return StoredHit(
         id=str(point.id),
-        score=float(point.score),
+        score=float(getattr(point, "score", 0.0)),
         payload=point.payload or {},
         dense_vector=np.asarray(vector, dtype=np.float32) if vector is not None else None,
     )

@@ -1,0 +1,105 @@
+"""Quality side by side: our channels, hybrid, the shipped default (hybrid + rerank) and the references
+(rank-bm25 over whole documents, exact dense cosine, plain RRF k=60 of the two), nDCG@10 on SciFact test and
+NFCorpus test, and on long queries built from each (``evals.long_queries``: a 100-300 word document as the
+query, the other documents judged relevant to the same query as its relevant set). Below the table: the paired
+randomization test of the default against hybrid. Nothing here is tuned; shipped settings only.
+
+    python -m benchmarks.quality_table [--collections scifact nfcorpus] [--index-dir DIR] [--long-queries 300]
+
+Indexing goes through the embedding cache (~/.cache/hybrid-rag); with ``--index-dir`` the collections are kept
+and re-used (re-indexing unchanged documents writes nothing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import REPO, console, machine_info, print_machine, table
+
+DATASETS = REPO.parent / "shared" / "datasets"
+SYSTEMS = ("dense", "sparse", "hybrid", "hybrid+rerank")
+DEFAULT = "hybrid+rerank"
+
+
+def evaluate_collection(root: Path, index_dir: Path, long_queries: int = 300) -> dict[str, Any]:
+    """nDCG@10 per system on the test split and on long queries, with per-query values for the paired test."""
+    from evals.collections import load_collection
+    from evals.long_queries import long_queries as make_long_queries
+    from evals.metrics import evaluate
+    from evals.reference import ReferenceRankings
+    from evals.runner import evaluate_variants
+    from retrieval import HybridRetriever, Indexer, RetrievalSettings, read_documents
+
+    coll = load_collection(root)
+    docs, _ = read_documents(coll.corpus_path, "jsonl")
+    settings = RetrievalSettings(qdrant_path=index_dir, collection=coll.name)
+    indexer = Indexer(settings)
+    indexer.index(docs, progress=False)
+    retriever = HybridRetriever(settings, store=indexer.store, dense=indexer.dense, sparse=indexer.sparse)
+    reference = ReferenceRankings(docs, indexer.store, indexer.dense)
+    sets = {"test": (coll.split_queries("test"), coll.qrels("test"))}
+    if long_queries:
+        sets["long"] = make_long_queries(coll, "test", max_queries=long_queries)
+    out: dict[str, Any] = {}
+    for name, (queries, qrels) in sets.items():
+        results = evaluate_variants(retriever, queries, qrels, SYSTEMS, progress=False)
+        per_query = {system: r.per_query for system, r in results.items()}
+        for system, run in reference.all({q: t for q, t in queries.items() if q in qrels}).items():
+            per_query[system] = evaluate(qrels, run).per_query
+        out[name] = {"queries": len(qrels), "per_query": per_query}
+    indexer.store.close()
+    return out
+
+
+def run(collections: list[str], index_dir: Path | None = None, long_queries: int = 300) -> dict[str, Any]:
+    root = Path(index_dir or tempfile.mkdtemp(prefix="hybrid-rag-quality-"))
+    return {name: evaluate_collection(DATASETS / name, root, long_queries) for name in collections}
+
+
+def report(results: dict[str, Any]) -> None:
+    from evals.compare import compare_per_query
+
+    columns = [(c, s) for c, sets in results.items() for s in sets]
+    systems = list(next(iter(next(iter(results.values())).values()))["per_query"])
+    rows = []
+    for system in systems:
+        label = f"{system} (default)" if system == DEFAULT else system
+        cells = []
+        for c, s in columns:
+            pq = results[c][s]["per_query"][system]
+            cells.append(sum(v["ndcg@10"] for v in pq.values()) / len(pq))
+        rows.append([label, *cells])
+    headers = [f"{c} {s} ({results[c][s]['queries']} q)" for c, s in columns]
+    console.print(
+        table("nDCG@10 (shipped settings; ref = rank-bm25 / exact dense / RRF k=60)", ["system", *headers], rows)
+    )
+    for c, s in columns:
+        pq = results[c][s]["per_query"]
+        cmp = compare_per_query(pq["hybrid"], pq[DEFAULT], names=("hybrid", DEFAULT))
+        console.print(
+            f"{c} {s}: {DEFAULT} vs hybrid nDCG@10 {cmp.mean_candidate:.4f} vs {cmp.mean_baseline:.4f} "
+            f"(diff {cmp.mean_diff:+.4f}, wins/losses/ties {cmp.wins}/{cmp.losses}/{cmp.ties}, "
+            f"p randomization {cmp.p_randomization:.4f}, p t-test {cmp.p_ttest:.4f})"
+        )
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.quality_table", description=__doc__.splitlines()[0])
+    parser.add_argument("--collections", nargs="+", default=["scifact", "nfcorpus"], help="under ../shared/datasets")
+    parser.add_argument("--index-dir", type=Path, default=None, help="keep (and re-use) the collections here")
+    parser.add_argument("--long-queries", type=int, default=300, help="long queries per collection (0: none)")
+    args = parser.parse_args(argv)
+    print_machine(machine_info())
+    started = time.perf_counter()
+    results = run(args.collections, args.index_dir, args.long_queries)
+    report(results)
+    console.print(f"[dim]took {time.perf_counter() - started:.0f} s[/dim]")
+    return results
+
+
+if __name__ == "__main__":
+    main()

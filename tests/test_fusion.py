@@ -1,0 +1,78 @@
+"""First-stage fusion per document, per-channel scores on hits, and the reranker's agreement gate."""
+
+import numpy as np
+import pytest
+
+from retrieval import HybridRetriever, Indexer, RetrievalSettings
+from retrieval.fusion import fuse
+from retrieval.rerank import EmbeddingReranker, RerankConfig
+from retrieval.store import StoredHit
+from tests.conftest import LEXICAL_QUERY, TINY_DOCS
+
+
+def hits(*names: str) -> list[StoredHit]:
+    """Chunks named '<doc><n>' (e.g. 'a1', 'a2'), best first, scores decreasing."""
+    return [StoredHit(n, 1.0 - i / 10, {"doc_id": n[0]}) for i, n in enumerate(names)]
+
+
+def test_rrf_sums_weighted_reciprocal_ranks():
+    fused = fuse({"dense": hits("a1", "b1", "a2"), "sparse": hits("c1", "b2", "a2")}, rrf_k=60)
+    by_id = {f.id: f for f in fused}
+    assert by_id["a2"].score == pytest.approx(1 / 63 + 1 / 63) and by_id["a2"].ranks == {"dense": 3, "sparse": 3}
+    assert by_id["a2"].scores == {"dense": pytest.approx(0.8), "sparse": pytest.approx(0.8)}
+    assert [f.id for f in fused][:3] == ["a2", "a1", "c1"]
+    weighted = fuse({"dense": hits("a1"), "sparse": hits("c1")}, weights={"dense": 1.0, "sparse": 2.0})
+    assert weighted[0].id == "c1"
+
+
+def test_single_channel_keeps_its_order_and_raw_scores():
+    fused = fuse({"dense": hits("a1", "b1", "a2")})
+    assert [f.id for f in fused] == ["a1", "b1", "a2"] and [f.score for f in fused] == [1.0, 0.9, 0.8]
+
+
+@pytest.fixture(scope="module")
+def retriever(dense_encoder, sparse_encoder, tmp_path_factory):
+    root = tmp_path_factory.mktemp("fusion")
+    settings = RetrievalSettings(qdrant_path=root, cache_dir=root / "cache", collection="fusion")
+    indexer = Indexer(settings, dense=dense_encoder, sparse=sparse_encoder)
+    indexer.index(TINY_DOCS, progress=False)
+    yield HybridRetriever(settings, store=indexer.store, dense=dense_encoder, sparse=sparse_encoder)
+    indexer.store.close()
+
+
+def test_client_side_fusion_ranks_like_qdrants_own(retriever):
+    """The channel lists fused here give the order Qdrant's in-engine RRF gives (one fused request)."""
+    for query in ["blood pressure and the heart", LEXICAL_QUERY[0], "roman empire interest rates"]:
+        ours = [h.chunk_id for h in retriever.search(query, k=8, rerank=False)]
+        dense, sparse = retriever.dense.encode_query(query), retriever.sparse.encode_query(query)
+        engine = retriever.store.query(retriever.fused_plan(dense, sparse, 8, None, with_vectors=False))
+        assert ours == [h.id for h in sorted(engine, key=lambda h: (-h.score, h.id))][: len(ours)]
+
+
+def test_hits_carry_each_channels_raw_score(retriever):
+    query, expected = LEXICAL_QUERY
+    top = retriever.search(query, k=8, rerank=False)
+    assert top[0].doc_id == expected and top[0].sparse_score > 0
+    vectors = retriever.store.dense_vectors([h.chunk_id for h in top])
+    q = retriever.dense.encode_query(query)
+    for hit in top:
+        assert hit.dense_score == pytest.approx(float(vectors[hit.chunk_id] @ q), abs=1e-4)
+    # a chunk without any query term is not in the sparse channel's list: no sparse score, no sparse rank
+    missing = [h for h in top if h.sparse_rank is None]
+    assert missing and all(h.sparse_score is None for h in missing)
+
+
+def test_reranking_keeps_the_first_stage_when_the_channels_agree_on_nothing(dense_encoder):
+    ranks = [(1, None), (None, 1), (3, 4), (2, 9)]  # (dense, sparse) rank of each candidate, first-stage order
+    vectors = np.eye(4, dtype=np.float32)
+    q = np.array([0.0, 0.0, 0.0, 1.0], dtype=np.float32)  # alone, the query would put the last candidate first
+    gated = EmbeddingReranker(dense_encoder, RerankConfig(weight=1.0, agreement=3, feedback_k=2))
+    assert gated.feedback_rows(ranks) == []
+    assert gated.scores("q", q, [""] * 4, vectors, ranks) is None
+    assert list(np.argsort(-gated.fuse(None, 4))) == [0, 1, 2, 3]
+    wider = EmbeddingReranker(dense_encoder, RerankConfig(weight=1.0, agreement=10, feedback_k=2, beta=4.0))
+    assert wider.feedback_rows(ranks) == [2, 3]
+    scores = wider.scores("q", q, [""] * 4, vectors, ranks)
+    assert scores is not None and set(np.argsort(-scores)[:2]) == {2, 3}
+    no_gate = EmbeddingReranker(dense_encoder, RerankConfig(agreement=0, feedback_k=2))
+    assert no_gate.feedback_rows(ranks) == [0, 1]
