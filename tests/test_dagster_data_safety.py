@@ -15,7 +15,6 @@ from retrieval.store import EdgeStore
 from tests.conftest import TINY_DOCS
 
 
-
 @pytest.mark.slow
 def test_asset_refuses_to_wipe_the_index_unless_configured(tmp_path: Path) -> None:
     drop = tmp_path / "drop"
