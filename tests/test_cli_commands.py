@@ -45,7 +45,6 @@ def cli_in(kb, monkeypatch):
 
 def test_search_uses_the_same_defaults_as_python(cli_in, kb):
     hits = json.loads(cli_in("search", "how do I stop noodles sticking", "-c", "kb", "--json"))
-    assert all(h["rerank_score"] is None for h in hits)  # reranking is off unless the settings turn it on
     settings = RetrievalSettings(qdrant_path=kb / "index", cache_dir=kb / "cache", collection="kb")
     retriever = HybridRetriever(settings)
     try:
@@ -54,8 +53,9 @@ def test_search_uses_the_same_defaults_as_python(cli_in, kb):
         retriever.close()
     assert [h["chunk_id"] for h in hits] == [h.chunk_id for h in expected]
     assert hits[0]["doc_id"] == "pasta" and hits[0]["chunk_index"] == 0
-    reranked = json.loads(cli_in("search", "how do I stop noodles sticking", "-c", "kb", "--json", "--rerank"))
-    assert all(h["rerank_score"] is not None for h in reranked)
+    assert [h["score"] for h in hits] == pytest.approx([h.score for h in expected])
+    plain = json.loads(cli_in("search", "how do I stop noodles sticking", "-c", "kb", "--json", "--no-rerank"))
+    assert all(h["rerank_score"] is None for h in plain)
 
 
 def test_search_filter_as_json(cli_in):
