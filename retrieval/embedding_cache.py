@@ -69,5 +69,6 @@ class EmbeddingCache:
             new = {h: v for (h, _), v in zip(missing, fresh, strict=True)}
             self.put_many(model, new)
             cached.update(new)
-        reused = sum(1 for h in hashes if h not in dict(missing))
+        missing_hashes = {h for h, _ in missing}
+        reused = sum(1 for h in hashes if h not in missing_hashes)
         return np.stack([cached[h] for h in hashes]), reused
