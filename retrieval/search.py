@@ -16,7 +16,7 @@ from retrieval.errors import EmptyQueryError, InvalidArgumentError, choice
 from retrieval.fusion import Fused, fuse
 from retrieval.indexer import build_encoders, collection_schema, encoder_lock
 from retrieval.rerank import EmbeddingReranker, RerankConfig
-from retrieval.settings import RetrievalSettings
+from retrieval.settings import RerankMode, RetrievalSettings
 from retrieval.store import QdrantStore, QueryPlan, SchemaMismatchError, StoredHit, open_store
 
 
@@ -60,14 +60,10 @@ class Hit:
 
     @classmethod
     def from_fused(cls, fused: Fused, point: StoredHit, fused_rank: int | None = None) -> Hit:
-        p = point.payload
-        return cls(
-            doc_id=str(p.get("doc_id", fused.doc_id)),
+        hit = cls(
+            doc_id=fused.doc_id,
             chunk_id=fused.id,
-            chunk_index=p.get("chunk_index"),
-            text=p.get("text", ""),
-            title=p.get("title", ""),
-            metadata=p.get("metadata", {}) or {},
+            text="",
             score=fused.score,
             dense_rank=fused.ranks.get("dense"),
             sparse_rank=fused.ranks.get("sparse"),
@@ -76,6 +72,17 @@ class Hit:
             sparse_score=fused.scores.get("sparse"),
             dense_vector=point.dense_vector,
         )
+        if point.payload:
+            hit.fill(point.payload)
+        return hit
+
+    def fill(self, payload: dict[str, Any]) -> None:
+        """The stored fields of the chunk (text, title, metadata, chunk index) from its point's payload."""
+        self.doc_id = str(payload.get("doc_id", self.doc_id))
+        self.chunk_index = payload.get("chunk_index")
+        self.text = payload.get("text", "")
+        self.title = payload.get("title", "")
+        self.metadata = payload.get("metadata", {}) or {}
 
 
 class HybridRetriever:
@@ -182,7 +189,12 @@ class HybridRetriever:
         rerank = self.settings.rerank_enabled if rerank is None else rerank
         rerank = rerank and variant is Variant.HYBRID
         depth = max(k, self.reranker.config.depth) if rerank else k
-        query_vectors, candidates = self.first_stage(queries, variant, depth, filter, with_vectors=rerank)
+        # Reranking by feedback needs the candidates' stored vectors, not their text: payloads are then read
+        # for the final hits only (the listwise prompt needs the candidates' text, so it reads them all).
+        deferred = rerank and self.reranker.config.mode is not RerankMode.PROMPT
+        query_vectors, candidates = self.first_stage(
+            queries, variant, depth, filter, with_vectors=rerank, with_payload=not deferred
+        )
         t1 = time.perf_counter()
         out = []
         for i, (query, hits) in enumerate(zip(queries, candidates, strict=True)):
@@ -192,7 +204,19 @@ class HybridRetriever:
             out.append(hits[:k])
         self.last_timings = {**self.last_timings, "rerank_s": time.perf_counter() - t1}
         # -- results: one hit per document, threshold, k
-        return [_finish(hits, requested_k, group_by, score_threshold) for hits in out]
+        results = [_finish(hits, requested_k, group_by, score_threshold) for hits in out]
+        return self._fill_payloads(results) if deferred else results
+
+    def _fill_payloads(self, results: list[list[Hit]]) -> list[list[Hit]]:
+        """Read the payloads of the final hits in one request (a point deleted meanwhile is dropped)."""
+        started = time.perf_counter()
+        points = self.store.points(sorted({h.chunk_id for hits in results for h in hits}))
+        for hits in results:
+            for hit in hits:
+                if hit.chunk_id in points:
+                    hit.fill(points[hit.chunk_id].payload)
+        self.last_timings["qdrant_s"] = self.last_timings.get("qdrant_s", 0.0) + time.perf_counter() - started
+        return [[h for h in hits if h.chunk_id in points] for hits in results]
 
     def _check_arguments(
         self, queries: Sequence[str], k: int | None, group_by: GroupBy | str, score_threshold: float | None
@@ -217,6 +241,7 @@ class HybridRetriever:
         depth: int,
         filter: dict[str, Any] | None = None,
         with_vectors: bool = False,
+        with_payload: bool = True,
     ) -> tuple[np.ndarray | None, list[list[Hit]]]:
         """The query vectors (None for sparse only) and each query's top ``depth`` hits, before reranking."""
         if self.store.refresh():
@@ -233,7 +258,7 @@ class HybridRetriever:
                 sparse_q = self.sparse.encode_queries(queries)
         t1 = time.perf_counter()
         try:
-            out = self.candidates(dense_q, sparse_q, depth, filter, with_vectors)
+            out = self.candidates(dense_q, sparse_q, depth, filter, with_vectors, with_payload)
         except Exception:
             self._checked = False  # was the collection rebuilt with other models meanwhile? Say so if it was.
             self.check_schema()
@@ -248,9 +273,11 @@ class HybridRetriever:
         depth: int,
         filter: dict[str, Any] | None = None,
         with_vectors: bool = False,
+        with_payload: bool = True,
     ) -> list[list[Hit]]:
         """The Qdrant part of a search, from query vectors: one batched request for the channel lists (ids,
-        scores, doc ids), fusion, then one request for the payloads (and vectors) of each query's top ``depth``."""
+        scores, doc ids), fusion, then one request for the payloads (and vectors) of each query's top ``depth``.
+        Without ``with_payload`` the hits carry ids, doc ids, ranks, scores (and vectors) only."""
         names = [name for name, q in (("dense", dense_q), ("sparse", sparse_q)) if q is not None]
         n = len(dense_q if dense_q is not None else sparse_q)
         hybrid = len(names) == 2
@@ -264,7 +291,13 @@ class HybridRetriever:
         results = self.store.query_batch(plans)
         step = len(names)
         fused = [self.fuse({name: results[i * step + j] for j, name in enumerate(names)})[:depth] for i in range(n)]
-        points = self.store.points(sorted({f.id for fs in fused for f in fs}), with_dense_vectors=with_vectors)
+        ids = sorted({f.id for fs in fused for f in fs})
+        if with_payload:
+            points = self.store.points(ids, with_dense_vectors=with_vectors)
+        elif with_vectors:
+            points = {pid: StoredHit(pid, 0.0, dense_vector=v) for pid, v in self.store.dense_vectors(ids).items()}
+        else:
+            points = {pid: StoredHit(pid, 0.0) for pid in ids}
         return [
             [Hit.from_fused(f, points[f.id], r if hybrid else None) for r, f in enumerate(fs, 1) if f.id in points]
             for fs in fused

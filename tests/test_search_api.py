@@ -78,3 +78,17 @@ def test_langchain_search_kwargs_and_per_call_overrides(retriever):
     assert len(retriever.as_langchain(k=3).invoke("valve")) == 3  # shorthand for search_kwargs={"k": 3}
     with pytest.raises(InvalidArgumentError, match="unknown search arguments \\['top_k'\\]"):
         lc.invoke("valve", top_k=3)
+
+
+def test_reranked_hits_carry_their_stored_fields(retriever):
+    """Reranking reads the candidates' vectors and only the final hits' payloads: those must be complete."""
+    by_id = {d.id: d for d in [*TINY_DOCS, LONG]}
+    plain = retriever.search(LEXICAL_QUERY[0], k=5, rerank=False)
+    reranked = retriever.search(LEXICAL_QUERY[0], k=5, rerank=True)
+    grouped = retriever.search(LEXICAL_QUERY[0], k=3, rerank=True, group_by="doc")
+    assert {h.chunk_id for h in reranked} <= {h.chunk_id for h in retriever.search(LEXICAL_QUERY[0], k=100)}
+    for hit in [*plain, *reranked, *grouped]:
+        doc = by_id[hit.doc_id]
+        assert hit.text and hit.text in doc.text and hit.title == doc.title and hit.metadata == doc.metadata
+        assert hit.chunk_index is not None
+    assert len({h.doc_id for h in grouped}) == len(grouped) == 3
