@@ -95,6 +95,15 @@ def make_store(backend: str, root: Path, collection: str = "test"):
     return ServerStore(connect(":memory:"), collection, location=":memory:", backoff_s=0.0)
 
 
+@pytest.fixture
+def cli_env(tmp_path: Path, monkeypatch) -> Path:
+    """The CLI's settings pointed at a fresh index and cache under tmp_path, run from there."""
+    monkeypatch.setenv("HYBRID_RAG_QDRANT_PATH", str(tmp_path / "index"))
+    monkeypatch.setenv("HYBRID_RAG_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
 @pytest.fixture(params=["edge", "server"])
 def store(request, tmp_path: Path):
     s = make_store(request.param, tmp_path)

@@ -2,20 +2,11 @@
 
 import json
 
-import pytest
 from typer.testing import CliRunner
 
 from evals.collections import sample_collection
 from evals.runs import read_run
 from orchestration.cli import app
-
-
-@pytest.fixture
-def cli_env(tmp_path, monkeypatch):
-    monkeypatch.setenv("HYBRID_RAG_QDRANT_PATH", str(tmp_path / "index"))
-    monkeypatch.setenv("HYBRID_RAG_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
 
 
 def invoke(*args):
