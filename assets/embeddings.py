@@ -9,8 +9,8 @@ import pyarrow as pa
 from assets.ingest import GROUP
 from assets.meta import rate
 from assets.partitions import corpus_partitions
+from assets.resources import CorporaResource, RetrievalResource
 from assets.tables import dense_to_table, sparse_to_table, table_to_chunks
-from orchestration.resources import CorporaResource, RetrievalResource
 
 
 @dg.asset(partitions_def=corpus_partitions, group_name=GROUP, kinds={"pytorch", "parquet"})

@@ -16,12 +16,12 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
+from assets.corpora import CorpusConfig, CorpusUnavailableError
 from assets.index import latest_staged, qdrant_index
 from assets.ingest import GROUP
 from assets.meta import md_table
 from assets.partitions import corpus_check, corpus_partitions
-from orchestration.corpora import CorpusConfig, CorpusUnavailableError
-from orchestration.resources import CorporaResource, EvalHistoryResource, RetrievalResource
+from assets.resources import CorporaResource, EvalHistoryResource, RetrievalResource
 from retrieval.search import Variant
 
 NDCG_CHECK = "ndcg_not_dropped"

@@ -11,8 +11,8 @@ from pydantic import Field
 from assets.ingest import GROUP
 from assets.meta import rate
 from assets.partitions import corpus_check, corpus_partitions
+from assets.resources import CorporaResource, RetrievalResource
 from assets.tables import stale_rows, table_model, table_to_chunks, table_to_dense, table_to_sparse
-from orchestration.resources import CorporaResource, RetrievalResource
 
 POINT_COUNT_CHECK = "index_point_count"
 STAGED_VERSION = "version"  # metadata key: the staged version this materialization wrote

@@ -5,11 +5,11 @@ import time
 import dagster as dg
 import pyarrow as pa
 
+from assets.corpora import CorpusUnavailableError, UnknownCorpusError
 from assets.meta import listing, preview, rate
 from assets.partitions import corpus_partitions
+from assets.resources import CorporaResource, RetrievalResource
 from assets.tables import chunks_to_table, documents_to_table, table_to_documents
-from orchestration.corpora import CorpusUnavailableError, UnknownCorpusError
-from orchestration.resources import CorporaResource, RetrievalResource
 from retrieval import BadInputError, read_documents
 
 GROUP = "retrieval"

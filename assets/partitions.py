@@ -7,7 +7,7 @@ from typing import Any
 
 import dagster as dg
 
-from orchestration.corpora import load_corpora
+from assets.corpora import load_corpora
 
 CORPORA = load_corpora()
 corpus_partitions = dg.StaticPartitionsDefinition(CORPORA.names)

@@ -10,7 +10,7 @@ from assets.evaluation import retrieval_evaluation
 from assets.index import latest_staged, qdrant_index
 from assets.ingest import GROUP
 from assets.partitions import corpus_partitions
-from orchestration.resources import CorporaResource, RetrievalResource
+from assets.resources import CorporaResource, RetrievalResource
 from retrieval.store import StoreError
 
 

@@ -12,15 +12,15 @@ from typing import Any
 import dagster as dg
 
 from assets import ALL_ASSETS, CORPORA
-from orchestration.jobs import evaluate_job, reindex_job
-from orchestration.parquet_io import ParquetIOManager
-from orchestration.resources import (
+from assets.resources import (
     DEFAULT_ASSETS_DIR,
     DEFAULT_HISTORY,
     CorporaResource,
     EvalHistoryResource,
     RetrievalResource,
 )
+from orchestration.jobs import evaluate_job, reindex_job
+from orchestration.parquet_io import ParquetIOManager
 from orchestration.schedules import daily_evaluation, nightly_reindex
 from orchestration.sensors import build_drop_folder_sensor
 

@@ -17,8 +17,8 @@ import dagster as dg
 from rich.console import Console
 
 from assets import ALL_ASSETS, CORPORA, NDCG_CHECK, POINT_COUNT_CHECK
+from assets.corpora import REPO_ROOT
 from assets.evaluation import LATENCY
-from orchestration.corpora import REPO_ROOT
 from orchestration.definitions import default_resources
 from orchestration.jobs import reindex_job
 

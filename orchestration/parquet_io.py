@@ -13,7 +13,7 @@ import dagster as dg
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from orchestration.resources import DEFAULT_ASSETS_DIR
+from assets.resources import DEFAULT_ASSETS_DIR
 
 UNPARTITIONED = "__unpartitioned__"
 

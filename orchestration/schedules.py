@@ -4,8 +4,8 @@ from collections.abc import Iterator
 
 import dagster as dg
 
+from assets.resources import CorporaResource
 from orchestration.jobs import evaluate_job, reindex_job
-from orchestration.resources import CorporaResource
 
 NIGHTLY_REINDEX_CRON = "0 2 * * *"
 EVALUATION_CRON = "0 6 * * *"

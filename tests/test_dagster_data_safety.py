@@ -8,9 +8,9 @@ import dagster as dg
 import pytest
 
 from assets import ALL_ASSETS
+from assets.resources import CorporaResource, EvalHistoryResource, RetrievalResource
 from orchestration.definitions import default_resources
 from orchestration.parquet_io import ParquetIOManager
-from orchestration.resources import CorporaResource, EvalHistoryResource, RetrievalResource
 from retrieval.store import EdgeStore
 from tests.conftest import TINY_DOCS
 

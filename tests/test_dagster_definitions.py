@@ -12,9 +12,9 @@ import dagster as dg
 import pytest
 import yaml
 
-from orchestration.corpora import CorpusConfigError, CorpusUnavailableError, load_corpora
+from assets.corpora import CorpusConfigError, CorpusUnavailableError, load_corpora
+from assets.resources import RetrievalResource
 from orchestration.definitions import defs
-from orchestration.resources import RetrievalResource
 from retrieval import RetrievalSettings
 
 ROOT = Path(__file__).resolve().parents[1]

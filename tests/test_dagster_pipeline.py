@@ -14,12 +14,12 @@ import pytest
 from dagster._core.event_api import PartitionKeyFilter  # the check history per partition (no public export)
 
 from assets import NDCG_CHECK, POINT_COUNT_CHECK, corpus_partitions, raw_documents
+from assets.resources import CorporaResource, EvalHistoryResource, RetrievalResource
 from evals.collections import sample_collection
 from evals.history import EvalHistory
 from orchestration.definitions import default_resources
 from orchestration.main_job import MainJobError, print_results, run_main_job
 from orchestration.parquet_io import ParquetIOManager
-from orchestration.resources import CorporaResource, EvalHistoryResource, RetrievalResource
 
 CORPUS = "sample"
 VARIANTS = ("dense", "sparse", "hybrid", "hybrid+rerank")

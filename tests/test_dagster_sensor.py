@@ -11,7 +11,7 @@ import dagster as dg
 import pytest
 
 from assets import CORPORA
-from orchestration.resources import CorporaResource
+from assets.resources import CorporaResource
 from orchestration.schedules import daily_evaluation, nightly_reindex
 from orchestration.sensors import build_drop_folder_sensor, folder_manifest
 

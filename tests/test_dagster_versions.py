@@ -17,9 +17,9 @@ import pytest
 from dagster._core.event_api import PartitionKeyFilter  # the check history per partition (no public export)
 
 from assets import NDCG_CHECK
+from assets.resources import CorporaResource, RetrievalResource
 from evals.collections import sample_collection
 from orchestration.main_job import MainJobError, run_main_job
-from orchestration.resources import CorporaResource, RetrievalResource
 from retrieval import HybridRetriever, RetrievalSettings
 from retrieval.store import EdgeStore
 from tests.test_dagster_pipeline import Sandbox

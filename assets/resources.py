@@ -17,7 +17,7 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
-from orchestration.corpora import Corpora, CorpusConfig, load_corpora
+from assets.corpora import Corpora, CorpusConfig, load_corpora
 from retrieval import HybridRetriever, Indexer, RetrievalSettings
 from retrieval.encoders import DenseEncoder
 from retrieval.encoders.sparse import Bm25Encoder, SpladeEncoder
