@@ -9,6 +9,7 @@ from retrieval.indexer import Indexer, IndexReport
 from retrieval.rerank import EmbeddingReranker, RerankConfig
 from retrieval.search import Hit, HybridRetriever, Variant
 from retrieval.settings import RetrievalSettings
+from retrieval.stack import RetrievalStack
 
 __all__ = [
     "BadInputError",
@@ -23,6 +24,7 @@ __all__ = [
     "Indexer",
     "RerankConfig",
     "RetrievalSettings",
+    "RetrievalStack",
     "SourceFormat",
     "Variant",
     "point_id",

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import logging
-import threading
 import time
-import weakref
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -18,39 +16,22 @@ from tqdm.auto import tqdm
 from retrieval.chunking import Chunk, Chunker
 from retrieval.documents import Document, InputProblem, validate_documents
 from retrieval.embedding_cache import EmbeddingCache
-from retrieval.encoders import DenseEncoder, make_sparse_encoder
+from retrieval.encoders import DenseEncoder
 from retrieval.encoders.sparse import Bm25Encoder, SparseVec, SpladeEncoder
 from retrieval.errors import UnsafeDeleteError
 from retrieval.settings import RetrievalSettings
-from retrieval.store import CollectionSchema, QdrantStore, StoreError, open_store
+from retrieval.store import CollectionSchema, QdrantStore, StoreError
 
 log = logging.getLogger(__name__)
 ENCODE_BLOCK = 1024
 MAX_DELETE_SHARE = 0.5  # a sync deleting more than this share of a collection needs allow_delete
 
-_encoder_locks: weakref.WeakKeyDictionary[object, threading.RLock] = weakref.WeakKeyDictionary()
-_encoder_locks_guard = threading.Lock()
-
-
-def encoder_lock(encoder: object) -> threading.RLock:
-    """The lock of one encoder object, shared by every indexer and retriever using it.
-
-    A Hugging Face tokenizer switches its truncation settings on each call (chunking tokenizes without
-    truncation, encoding with it), so calls on one encoder from several threads must not interleave.
-    """
-    with _encoder_locks_guard:
-        lock = _encoder_locks.get(encoder)
-        if lock is None:
-            lock = _encoder_locks[encoder] = threading.RLock()
-        return lock
-
-
-def locked_batches(encoder: object, encode: Callable[[list[str]], Any], texts: Sequence[str], step: int) -> list:
+def locked_batches(encoder: Any, encode: Callable[[list[str]], Any], texts: Sequence[str], step: int) -> list:
     """``encode`` over ``texts`` in batches of ``step``, each under the encoder's lock (so searches interleave)."""
     parts = []
     texts, step = list(texts), max(step, 1)
     for start in range(0, max(len(texts), 1), step):
-        with encoder_lock(encoder):
+        with encoder.lock:
             parts.append(encode(texts[start : start + step]))
     return parts
 
@@ -84,35 +65,6 @@ class IndexReport:
         return self.embedded / self.seconds if self.seconds else 0.0
 
 
-def build_encoders(settings: RetrievalSettings) -> tuple[DenseEncoder, Bm25Encoder | SpladeEncoder]:
-    dense = DenseEncoder(
-        settings.dense_model,
-        device=settings.dense_device,
-        batch_size=settings.dense_batch_size,
-        backend=settings.dense_backend,
-        query_prompt=settings.dense_query_prompt,
-        document_prompt=settings.dense_document_prompt,
-        cache_dir=settings.cache_dir,
-    )
-    sparse = make_sparse_encoder(
-        settings.sparse_model,
-        k1=settings.bm25_k1,
-        b=settings.bm25_b,
-        avg_len=settings.bm25_avg_len,
-        device=settings.dense_device,
-    )
-    return dense, sparse
-
-
-def collection_schema(dense: DenseEncoder, sparse: Bm25Encoder | SpladeEncoder) -> CollectionSchema:
-    return CollectionSchema(
-        dense_model=dense.model_name,
-        dense_dim=dense.dimension,
-        sparse_model=sparse.name,
-        sparse_idf=sparse.uses_idf_modifier,
-    )
-
-
 class Indexer:
     """Adds documents to a collection, or keeps it equal to its source (``prune``).
 
@@ -124,20 +76,19 @@ class Indexer:
 
     def __init__(
         self,
-        settings: RetrievalSettings | None = None,
+        settings: RetrievalSettings,
         *,
-        store: QdrantStore | None = None,
-        dense: DenseEncoder | None = None,
-        sparse: Bm25Encoder | SpladeEncoder | None = None,
+        store: QdrantStore,
+        dense: DenseEncoder,
+        sparse: Bm25Encoder | SpladeEncoder,
+        cache: EmbeddingCache | None = None,
     ):
-        self.settings = settings or RetrievalSettings()
-        default_dense, default_sparse = (None, None) if dense and sparse else build_encoders(self.settings)
-        self.dense = dense or default_dense
-        self.sparse = sparse or default_sparse
-        self.store = store or open_store(self.settings)
-        self.cache = (
-            EmbeddingCache(self.settings.cache_dir / "embeddings.sqlite") if self.settings.embedding_cache else None
-        )
+        """An indexer over these parts; :meth:`retrieval.RetrievalStack.indexer` builds one (sharing its parts)."""
+        self.settings = settings
+        self.store = store
+        self.dense = dense
+        self.sparse = sparse
+        self.cache = cache
         self.after_batch: Callable[[int], None] | None = None  # hook for progress or fault injection
 
     @cached_property
@@ -148,7 +99,7 @@ class Indexer:
         return Chunker(self.dense.tokenizer, max_tokens, self.settings.chunk_overlap, reserved_tokens=reserved)
 
     def schema(self) -> CollectionSchema:
-        return collection_schema(self.dense, self.sparse)
+        return CollectionSchema.of(self.dense, self.sparse)
 
     def chunk(self, documents: Iterable[Document], progress: bool = False) -> list[Chunk]:
         """Validate ``documents`` (:func:`~retrieval.documents.validate_documents`: the one check of every entry
@@ -156,7 +107,7 @@ class Indexer:
         encoder's lock, so concurrent searches stay correct)."""
         chunks: list[Chunk] = []
         for doc in tqdm(validate_documents(documents), desc="chunking", unit="doc", disable=not progress):
-            with encoder_lock(self.dense):
+            with self.dense.lock:
                 chunks.extend(self.chunker.chunk(doc))
         return chunks
 
@@ -365,7 +316,7 @@ class Indexer:
         """
         if not texts:
             return self.dense.encode_documents([])
-        with encoder_lock(self.dense):
+        with self.dense.lock:
             tokens = self.dense.tokenizer(texts, truncation=True, max_length=self.dense.max_tokens)["input_ids"]
         order = sorted(range(len(texts)), key=lambda i: -len(tokens[i]))
         step = self.dense.batch_size

@@ -14,10 +14,9 @@ from retrieval.encoders import DenseEncoder
 from retrieval.encoders.sparse import Bm25Encoder, SparseVec, SpladeEncoder
 from retrieval.errors import EmptyQueryError, InvalidArgumentError, choice
 from retrieval.fusion import Fused, fuse
-from retrieval.indexer import build_encoders, collection_schema, encoder_lock
 from retrieval.rerank import EmbeddingReranker, RerankConfig
 from retrieval.settings import RerankMode, RetrievalSettings
-from retrieval.store import QdrantStore, QueryPlan, SchemaMismatchError, StoredHit, open_store
+from retrieval.store import CollectionSchema, QdrantStore, QueryPlan, StoredHit
 
 
 class Variant(StrEnum):
@@ -94,49 +93,41 @@ class HybridRetriever:
 
     def __init__(
         self,
-        settings: RetrievalSettings | None = None,
+        settings: RetrievalSettings,
         *,
-        store: QdrantStore | None = None,
-        dense: DenseEncoder | None = None,
-        sparse: Bm25Encoder | SpladeEncoder | None = None,
+        store: QdrantStore,
+        dense: DenseEncoder,
+        sparse: Bm25Encoder | SpladeEncoder,
+        query_encoder: DenseEncoder | None = None,
         reranker: EmbeddingReranker | None = None,
     ):
-        self.settings = settings or RetrievalSettings()
-        default_dense, default_sparse = (None, None) if dense and sparse else build_encoders(self.settings)
-        self.dense = dense or default_dense
-        self.sparse = sparse or default_sparse
-        self.store = store or open_store(self.settings)
-        # Queries may have their own encoder, trained against the stored document vectors (E2Rank-style,
-        # `hybrid-rag tune-reranker`); it serves the dense channel and the reranker's pseudo-queries.
-        self.query_encoder = self.dense
-        if self.settings.query_model:
-            self.query_encoder = DenseEncoder(
-                self.settings.query_model,
-                device=self.dense.device,
-                batch_size=self.dense.batch_size,
-                query_prompt=self.dense.query_prompt,
+        """A retriever over these parts; :meth:`retrieval.RetrievalStack.retriever` builds one (sharing its parts).
+
+        ``query_encoder``: the encoder of ``settings.query_model`` (trained against the stored document vectors,
+        E2Rank-style, by `hybrid-rag tune-reranker`), which serves the dense channel and the reranker's
+        pseudo-queries; without a query model, the dense encoder.
+        """
+        if settings.query_model and query_encoder is None:
+            raise InvalidArgumentError(
+                f"settings name a query model ({settings.query_model!r}): build the retriever with "
+                "RetrievalStack(settings).retriever(), which loads it"
             )
+        self.settings = settings
+        self.store = store
+        self.dense = dense
+        self.sparse = sparse
+        self.query_encoder = query_encoder or dense
         self.reranker = reranker or EmbeddingReranker(
-            self.dense, RerankConfig.from_settings(self.settings), query_encoder=self.query_encoder
+            dense, RerankConfig.from_settings(settings), query_encoder=self.query_encoder
         )
         self._checked = False
         self.last_timings: dict[str, float] = {}
 
     def check_schema(self) -> None:
-        """Refuse to query a collection whose vectors came from other models."""
-        if self._checked:
-            return
-        existing = self.store.schema()
-        if existing is None:
-            raise SchemaMismatchError(
-                f"collection {self.store.collection!r} does not exist at {self.store.location}; index documents first"
-            )
-        problems = collection_schema(self.dense, self.sparse).differences(existing)
-        if problems:
-            raise SchemaMismatchError(
-                f"collection {self.store.collection!r} was built with other models: " + "; ".join(problems)
-            )
-        self._checked = True
+        """Refuse to query a collection that is missing or whose vectors came from other models."""
+        if not self._checked:
+            self.store.check_schema(CollectionSchema.of(self.dense, self.sparse))
+            self._checked = True
 
     def search(
         self,
@@ -179,15 +170,10 @@ class HybridRetriever:
         one hit per document, its best chunk; ``score_threshold``: drop hits whose final ``score`` is lower.
         Empty queries, ``k < 1`` and unknown names raise :class:`~retrieval.errors.InvalidArgumentError`.
         """
-        # -- arguments (checked before any work); group_by="doc" ranks more chunks to fill k documents
         requested_k, group_by = self._check_arguments(queries, k, group_by, score_threshold)
-        variant = choice(Variant, variant, "variant")
+        variant, rerank = self._resolve_variant(variant, rerank)
+        # group_by="doc" ranks more chunks to fill k documents
         k = max(GROUP_OVERFETCH * requested_k, self.settings.prefetch_k) if group_by is GroupBy.DOC else requested_k
-        # -- ranking
-        if variant is Variant.HYBRID_RERANK:
-            variant, rerank = Variant.HYBRID, True
-        rerank = self.settings.rerank_enabled if rerank is None else rerank
-        rerank = rerank and variant is Variant.HYBRID
         depth = max(k, self.reranker.config.depth) if rerank else k
         # Reranking by feedback needs the candidates' stored vectors, not their text: payloads are then read
         # for the final hits only (the listwise prompt needs the candidates' text, so it reads them all).
@@ -195,17 +181,32 @@ class HybridRetriever:
         query_vectors, candidates = self.first_stage(
             queries, variant, depth, filter, with_vectors=rerank, with_payload=not deferred
         )
-        t1 = time.perf_counter()
+        ranked = self._rerank_batch(queries, query_vectors, candidates) if rerank else candidates
+        results = [_finish(hits[:k], requested_k, group_by, score_threshold) for hits in ranked]
+        return self._fill_payloads(results) if deferred else results
+
+    def _resolve_variant(self, variant: Variant | str, rerank: bool | None) -> tuple[Variant, bool]:
+        """The first-stage variant and whether to rerank (``hybrid+rerank`` is hybrid reranked; only hybrid
+        candidates are reranked; ``rerank=None``: as the settings say)."""
+        variant = choice(Variant, variant, "variant")
+        if variant is Variant.HYBRID_RERANK:
+            variant, rerank = Variant.HYBRID, True
+        rerank = self.settings.rerank_enabled if rerank is None else rerank
+        return variant, rerank and variant is Variant.HYBRID
+
+    def _rerank_batch(
+        self, queries: Sequence[str], query_vectors: np.ndarray | None, candidates: list[list[Hit]]
+    ) -> list[list[Hit]]:
+        """Each query's candidates reranked (under the query encoder's lock: the reranker may encode)."""
+        started = time.perf_counter()
         out = []
         for i, (query, hits) in enumerate(zip(queries, candidates, strict=True)):
-            if rerank and hits:
-                with encoder_lock(self.reranker.query_encoder):  # it may encode
+            if hits:
+                with self.reranker.query_encoder.lock:
                     hits = self._rerank(query, query_vectors[i], hits)
-            out.append(hits[:k])
-        self.last_timings = {**self.last_timings, "rerank_s": time.perf_counter() - t1}
-        # -- results: one hit per document, threshold, k
-        results = [_finish(hits, requested_k, group_by, score_threshold) for hits in out]
-        return self._fill_payloads(results) if deferred else results
+            out.append(hits)
+        self.last_timings = {**self.last_timings, "rerank_s": time.perf_counter() - started}
+        return out
 
     def _fill_payloads(self, results: list[list[Hit]]) -> list[list[Hit]]:
         """Read the payloads of the final hits in one request (a point deleted meanwhile is dropped)."""
@@ -251,10 +252,10 @@ class HybridRetriever:
         t0 = time.perf_counter()
         dense_q, sparse_q = None, None
         if variant is not Variant.SPARSE:
-            with encoder_lock(self.query_encoder):
+            with self.query_encoder.lock:
                 dense_q = self.query_encoder.encode_queries(queries)
         if variant is not Variant.DENSE:
-            with encoder_lock(self.sparse):
+            with self.sparse.lock:
                 sparse_q = self.sparse.encode_queries(queries)
         t1 = time.perf_counter()
         try:

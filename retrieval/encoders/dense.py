@@ -133,6 +133,7 @@ class DenseEncoder:
         ``pool_min_texts``: the smallest input sent to the pool (default ``batch_size`` times the number of
         devices); smaller inputs, such as queries, are encoded in this process."""
         self.model_name = model_name
+        self.lock = threading.RLock()  # held around each call: a tokenizer switches truncation settings per call
         self.backend = parse_backend(backend)
         self.device = select_device(device) if self.backend == DenseBackend.TORCH else (device or "cpu")
         self.batch_size = batch_size

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -36,6 +37,7 @@ class Bm25Encoder:
 
     def __init__(self, k1: float = 1.2, b: float = 0.75, avg_len: float = 256.0):
         self.k1, self.b, self.avg_len = k1, b, avg_len
+        self.lock = threading.RLock()  # held around each call, as for every encoder
 
     @cached_property
     def _model(self):
@@ -73,6 +75,7 @@ class SpladeEncoder:
         self.name = model_name
         self.device = device
         self.batch_size = batch_size
+        self.lock = threading.RLock()  # held around each call: a tokenizer switches truncation settings per call
 
     @cached_property
     def model(self):

@@ -58,6 +58,16 @@ class CollectionSchema:
     sparse_model: str
     sparse_idf: bool
 
+    @classmethod
+    def of(cls, dense: Any, sparse: Any) -> CollectionSchema:
+        """The schema of vectors made by these encoders (a dense and a sparse one)."""
+        return cls(
+            dense_model=dense.model_name,
+            dense_dim=dense.dimension,
+            sparse_model=sparse.name,
+            sparse_idf=sparse.uses_idf_modifier,
+        )
+
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
 
@@ -251,19 +261,35 @@ class QdrantStore(ABC):
         finally:
             staged.close()
 
-    def ensure(self, schema: CollectionSchema) -> None:
-        """Create the collection, or check that the existing one was built with the same models."""
+    def check_schema(
+        self, expected: CollectionSchema | None = None, *, missing_ok: bool = False
+    ) -> CollectionSchema | None:
+        """The existing collection's schema, checked against ``expected`` (the one schema check of the retriever,
+        the indexer, the ``qdrant_index`` asset and the CLI); None when it does not exist and ``missing_ok``.
+
+        Raises :class:`SchemaMismatchError` when the collection does not exist (unless ``missing_ok``) or was
+        built with other models than ``expected`` (None: existence only).
+        """
         existing = self.schema()
         if existing is None:
-            self._create(schema)
-            return
-        problems = schema.differences(existing)
+            if missing_ok:
+                return None
+            raise SchemaMismatchError(
+                f"collection {self.collection!r} does not exist at {self.location}; index documents first"
+            )
+        problems = expected.differences(existing) if expected is not None else []
         if problems:
             raise SchemaMismatchError(
                 f"collection {self.collection!r} at {self.location} was built with other models ("
                 + "; ".join(problems)
                 + "). Use another collection name, or rebuild it (Indexer.rebuild, hybrid-rag index --rebuild)."
             )
+        return existing
+
+    def ensure(self, schema: CollectionSchema) -> None:
+        """Create the collection, or check that the existing one was built with the same models."""
+        if self.check_schema(schema, missing_ok=True) is None:
+            self._create(schema)
 
     @abstractmethod
     def upsert(self, chunks: Sequence[Chunk], dense: np.ndarray, sparse: Sequence[SparseVec]) -> None: ...

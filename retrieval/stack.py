@@ -1,0 +1,179 @@
+"""The one owner of the retrieval parts: encoders, stores and the embedding cache; indexers and retrievers come
+from it and share them (as qdrant-client's ``QdrantClient`` fronts its local and remote backends).
+
+Each encoder carries its own lock (``encoder.lock``): whoever holds the encoder holds its lock, so every indexer
+and retriever sharing an encoder takes turns on it.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any
+
+from retrieval.embedding_cache import EmbeddingCache
+from retrieval.encoders import DenseEncoder, make_sparse_encoder
+from retrieval.encoders.sparse import Bm25Encoder, SpladeEncoder
+from retrieval.indexer import Indexer
+from retrieval.search import HybridRetriever
+from retrieval.settings import RetrievalSettings
+from retrieval.store import CollectionSchema, QdrantStore, open_store
+
+
+def dense_args(settings: RetrievalSettings) -> dict[str, Any]:
+    """The arguments of the dense (document) encoder the settings describe."""
+    return {
+        "model_name": settings.dense_model,
+        "device": settings.dense_device,
+        "batch_size": settings.dense_batch_size,
+        "backend": settings.dense_backend,
+        "query_prompt": settings.dense_query_prompt,
+        "document_prompt": settings.dense_document_prompt,
+        "cache_dir": settings.cache_dir,
+    }
+
+
+def sparse_args(settings: RetrievalSettings) -> dict[str, Any]:
+    """The arguments of :func:`~retrieval.encoders.make_sparse_encoder` the settings describe."""
+    return {
+        "name": settings.sparse_model,
+        "k1": settings.bm25_k1,
+        "b": settings.bm25_b,
+        "avg_len": settings.bm25_avg_len,
+        "device": settings.dense_device,
+    }
+
+
+def query_args(settings: RetrievalSettings) -> dict[str, Any] | None:
+    """What the query encoder depends on: the query model and the dense encoder; None without a query model."""
+    return {"query_model": settings.query_model, **dense_args(settings)} if settings.query_model else None
+
+
+class RetrievalStack:
+    """Encoders (dense, sparse, and the optional trained query encoder), stores (one per collection and version,
+    opened on first use) and the embedding cache, built from :class:`RetrievalSettings`.
+
+    ``stack.indexer()`` and ``stack.retriever()`` share these parts. Parts given here (``dense``, ``sparse``,
+    ``store``) are used instead of building them. The stack closes its stores in :meth:`close` (or on leaving a
+    ``with`` block); encoders need no closing.
+    """
+
+    def __init__(
+        self,
+        settings: RetrievalSettings | None = None,
+        *,
+        dense: DenseEncoder | None = None,
+        sparse: Bm25Encoder | SpladeEncoder | None = None,
+        query_encoder: DenseEncoder | None = None,
+        store: QdrantStore | None = None,
+    ):
+        self.settings = settings or RetrievalSettings()
+        s = self.settings
+        self.dense = dense or DenseEncoder(**dense_args(s))
+        self.sparse = sparse or make_sparse_encoder(**sparse_args(s))
+        if query_encoder is None and s.query_model:
+            query_encoder = DenseEncoder(
+                s.query_model,
+                device=self.dense.device,
+                batch_size=self.dense.batch_size,
+                query_prompt=self.dense.query_prompt,
+            )
+        self.query_encoder = query_encoder or self.dense
+        self.cache = EmbeddingCache(s.cache_dir / "embeddings.sqlite") if s.embedding_cache else None
+        self._stores: dict[tuple[str, int | None], QdrantStore] = {}
+        self._lock = threading.Lock()
+        if store is not None:
+            self._stores[(store.collection, store.version)] = store
+
+    # -- parts ----------------------------------------------------------------------------------------------
+    def store(self, collection: str | None = None, version: int | None = None) -> QdrantStore:
+        """The store of ``collection`` (default: the settings'), pinned to ``version`` when given; opened once."""
+        key = (collection or self.settings.collection, version)
+        with self._lock:
+            if key not in self._stores:
+                self._stores[key] = open_store(self.settings, key[0], version=version)
+            return self._stores[key]
+
+    def schema(self) -> CollectionSchema:
+        """The schema of the vectors this stack's encoders make."""
+        return CollectionSchema.of(self.dense, self.sparse)
+
+    def check_schema(self, collection: str | None = None, *, missing_ok: bool = False) -> CollectionSchema | None:
+        """The collection's schema once checked against this stack's models (see :meth:`QdrantStore.check_schema`)."""
+        return self.store(collection).check_schema(self.schema(), missing_ok=missing_ok)
+
+    # -- what it hands out ----------------------------------------------------------------------------------
+    def indexer(self, collection: str | None = None) -> Indexer:
+        """An :class:`Indexer` on ``collection`` (default: the settings') with this stack's parts."""
+        return Indexer(
+            self._settings_for(collection),
+            store=self.store(collection),
+            dense=self.dense,
+            sparse=self.sparse,
+            cache=self.cache,
+        )
+
+    def retriever(self, collection: str | None = None, version: int | None = None, **overrides: Any) -> HybridRetriever:
+        """A :class:`HybridRetriever` on ``collection`` (``version``: a pinned one, e.g. staged), with settings
+        ``overrides`` (validated by :class:`RetrievalSettings`). Encoders whose settings the overrides leave
+        unchanged are shared; the others are built for this retriever (with their own locks)."""
+        settings = self._settings_for(collection, **overrides)
+        parts = self.derive(**overrides) if overrides else self
+        return HybridRetriever(
+            settings,
+            store=self.store(collection, version),
+            dense=parts.dense,
+            sparse=parts.sparse,
+            query_encoder=parts.query_encoder,
+        )
+
+    def derive(self, **overrides: Any) -> RetrievalStack:
+        """A stack for the settings with ``overrides`` that shares this one's encoders where their settings are
+        unchanged (its stores are its own)."""
+        settings = self._settings_for(None, **overrides)
+        same = {
+            "dense": dense_args(settings) == dense_args(self.settings),
+            "sparse": sparse_args(settings) == sparse_args(self.settings),
+            "query_encoder": query_args(settings) == query_args(self.settings) and settings.query_model,
+        }
+        return RetrievalStack(
+            settings,
+            dense=self.dense if same["dense"] else None,
+            sparse=self.sparse if same["sparse"] else None,
+            query_encoder=self.query_encoder if same["query_encoder"] else None,
+        )
+
+    def close(self) -> None:
+        """Close the stores this stack opened or was given (the encoders stay usable)."""
+        with self._lock:
+            stores, self._stores = list(self._stores.values()), {}
+        for store in stores:
+            store.close()
+
+    def __enter__(self) -> RetrievalStack:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _settings_for(self, collection: str | None, **overrides: Any) -> RetrievalSettings:
+        if collection:
+            overrides["collection"] = collection
+        if not overrides:
+            return self.settings
+        return RetrievalSettings.model_validate({**self.settings.model_dump(), **overrides})
+
+
+_shared: dict[str, RetrievalStack] = {}
+_shared_lock = threading.Lock()
+
+
+def shared_stack(settings: RetrievalSettings) -> RetrievalStack:
+    """A new stack for ``settings`` whose encoders are loaded once per process (for long-lived processes such as
+    Dagster's). Close it when done: its stores are its own."""
+    key = json.dumps([dense_args(settings), sparse_args(settings), query_args(settings)], default=str, sort_keys=True)
+    with _shared_lock:
+        base = _shared.get(key)
+        if base is None:
+            base = _shared[key] = RetrievalStack(settings)
+    return RetrievalStack(settings, dense=base.dense, sparse=base.sparse, query_encoder=base.query_encoder)
