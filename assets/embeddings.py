@@ -53,8 +53,10 @@ def sparse_vectors(chunks: pa.Table, retrieval: RetrievalResource) -> dg.Output[
     """Sparse term weights of the chunks (BM25 with Qdrant's IDF modifier, or SPLADE)."""
     started = time.perf_counter()
     chunk_list = table_to_chunks(chunks)
-    _, sparse = retrieval.encoders()
-    vectors = sparse.encode_documents([c.embed_text for c in chunk_list])
+    with retrieval.stack() as stack:
+        sparse = stack.sparse
+        with sparse.lock:
+            vectors = sparse.encode_documents([c.embed_text for c in chunk_list])
     seconds = time.perf_counter() - started
     nnz = [len(v) for v in vectors]
     return dg.Output(

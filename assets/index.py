@@ -13,6 +13,7 @@ from assets.meta import rate
 from assets.partitions import corpus_check, corpus_partitions
 from assets.resources import CorporaResource, RetrievalResource
 from assets.tables import stale_rows, table_model, table_to_chunks, table_to_dense, table_to_sparse
+from retrieval.store import SchemaMismatchError
 
 POINT_COUNT_CHECK = "index_point_count"
 STAGED_VERSION = "version"  # metadata key: the staged version this materialization wrote
@@ -69,13 +70,13 @@ def qdrant_index(
                     f"{name} was made with {table_model(table)!r} but settings say {expected!r}: "
                     f"materialize {name} again"
                 )
-        existing = indexer.store.schema()
-        problems = indexer.schema().differences(existing) if existing else []
-        if problems:
+        try:
+            indexer.store.check_schema(indexer.schema(), missing_ok=True)
+        except SchemaMismatchError as exc:
             if not config.rebuild_on_model_change:
-                raise dg.Failure(f"collection {corpus.collection!r} was built with other models: {'; '.join(problems)}")
-            context.log.warning(f"rebuilding {corpus.collection!r} as a new version: {'; '.join(problems)}")
-            rebuilt = "; ".join(problems)
+                raise dg.Failure(str(exc)) from exc
+            context.log.warning(f"rebuilding {corpus.collection!r} as a new version: {exc}")
+            rebuilt = str(exc)
         vectors = (table_to_dense(dense_vectors), table_to_sparse(sparse_vectors))
         published = indexer.store.current_version()
         report = indexer.sync(
@@ -84,7 +85,7 @@ def qdrant_index(
             prune=True,
             allow_delete=config.allow_delete,
             progress=False,
-            rebuild=bool(problems),
+            rebuild=rebuilt != "no",
             publish=False,
         )
         points = report.points

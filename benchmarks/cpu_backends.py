@@ -138,7 +138,7 @@ def dense_ndcg(encoder, subset, where: Path, cache_dir: Path, batch_size: int) -
     """nDCG@10 of the dense variant over ``subset`` with ``encoder``'s vectors."""
     from evals.metrics import evaluate
     from evals.runner import hits_to_ranking
-    from retrieval import HybridRetriever, Indexer, RetrievalSettings
+    from retrieval import RetrievalSettings, RetrievalStack
     from retrieval.encoders import Bm25Encoder
     from retrieval.store import EdgeStore
 
@@ -146,16 +146,13 @@ def dense_ndcg(encoder, subset, where: Path, cache_dir: Path, batch_size: int) -
         qdrant_path=where, collection="quality", cache_dir=cache_dir, dense_batch_size=batch_size, rerank=False
     )
     sparse = Bm25Encoder()
-    store = EdgeStore(where, "quality")
-    try:
-        Indexer(settings, store=store, dense=encoder, sparse=sparse).index(subset.docs, progress=False)
-        retriever = HybridRetriever(settings, store=store, dense=encoder, sparse=sparse)
+    with RetrievalStack(settings, store=EdgeStore(where, "quality"), dense=encoder, sparse=sparse) as stack:
+        stack.indexer().index(subset.docs, progress=False)
+        retriever = stack.retriever()
         ids = list(subset.queries)
         results = retriever.search_batch([subset.queries[q] for q in ids], k=100, variant="dense")
         run = {qid: hits_to_ranking(hits) for qid, hits in zip(ids, results, strict=True)}
         return evaluate(subset.qrels, run).mean["ndcg@10"]
-    finally:
-        store.close()
 
 
 def report(result: dict[str, Any]) -> None:

@@ -32,7 +32,7 @@ def main() -> None:
 
     from evals.collections import load_collection
     from evals.runner import evaluate_variants
-    from retrieval import HybridRetriever, Indexer, RetrievalSettings
+    from retrieval import RetrievalSettings, RetrievalStack
 
     root = require_scifact(args.data)
     docs = read_docs(root, args.max_docs)
@@ -49,7 +49,8 @@ def main() -> None:
             rerank=False,
             **overrides,
         )
-        indexer = Indexer(settings)
+        stack = RetrievalStack(settings)
+        indexer = stack.indexer()
         info = machine_info(indexer.dense.runs_on)
         print_machine(info)
         if args.compare:
@@ -64,12 +65,12 @@ def main() -> None:
         report = indexer.index(docs, progress=False)
         if args.save_vectors:
             np.savez_compressed(args.save_vectors, ids=np.array([c.id for c in chunks]), dense=vectors.astype("f2"))
-        retriever = HybridRetriever(settings, store=indexer.store, dense=indexer.dense, sparse=indexer.sparse)
+        retriever = stack.retriever()
         coll = load_collection(root)
         results = evaluate_variants(
             retriever, coll.split_queries("test"), coll.qrels("test"), ["dense", "sparse", "hybrid"], progress=False
         )
-        indexer.store.close()
+        stack.close()
     console.print(
         table(
             f"Indexing {root.name} on {info['device']} ({len(docs)} docs, {len(chunks)} chunks, cache off)",

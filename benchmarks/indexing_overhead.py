@@ -31,7 +31,7 @@ def run(
     data: str | None = None,
     backend: str = "torch",
 ) -> dict[str, Any]:
-    from retrieval import Indexer, RetrievalSettings
+    from retrieval import RetrievalSettings, RetrievalStack
     from retrieval.encoders import Bm25Encoder, DenseEncoder
     from retrieval.store import EdgeStore
 
@@ -55,13 +55,16 @@ def run(
                     store = EdgeStore(tmp, f"round{r}")
                     started = time.perf_counter()
                     docs = read_docs(root, max_docs)
-                    report = Indexer(settings, store=store, dense=dense, sparse=sparse).index(docs, progress=False)
+                    ix = RetrievalStack(settings, store=store, dense=dense, sparse=sparse).indexer()
+                    report = ix.index(docs, progress=False)
                     entry["index_s"] = time.perf_counter() - started
                     entry["chunks"], entry["points"], entry["docs"] = report.chunks, report.points, len(docs)
                     store.close()
                 else:
                     if not texts:  # the indexer's own chunks (untimed)
-                        ix = Indexer(settings, store=EdgeStore(tmp, "chunks"), dense=dense, sparse=sparse)
+                        ix = RetrievalStack(
+                            settings, store=EdgeStore(tmp, "chunks"), dense=dense, sparse=sparse
+                        ).indexer()
                         texts = [c.embed_text for c in ix.chunk(read_docs(root, max_docs))]
                     started = time.perf_counter()
                     model.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True)
@@ -88,7 +91,7 @@ def run(
 
 def profile_parts(root, max_docs, settings, dense, sparse, tmp) -> dict[str, Any]:
     """Seconds of each pipeline step on the same input, run one after the other (not overlapped)."""
-    from retrieval import Indexer
+    from retrieval import RetrievalStack
     from retrieval.store import EdgeStore
 
     out: dict[str, Any] = {}
@@ -96,7 +99,7 @@ def profile_parts(root, max_docs, settings, dense, sparse, tmp) -> dict[str, Any
     docs = read_docs(root, max_docs)
     out["read"] = time.perf_counter() - t
     store = EdgeStore(tmp, "profile")
-    ix = Indexer(settings, store=store, dense=dense, sparse=sparse)
+    ix = RetrievalStack(settings, store=store, dense=dense, sparse=sparse).indexer()
     t = time.perf_counter()
     chunks = ix.chunk(docs)
     out["chunk"] = time.perf_counter() - t

@@ -32,14 +32,15 @@ def evaluate_collection(root: Path, index_dir: Path, long_queries: int = 300) ->
     from evals.metrics import evaluate
     from evals.reference import ReferenceRankings
     from evals.runner import evaluate_variants
-    from retrieval import HybridRetriever, Indexer, RetrievalSettings, read_documents
+    from retrieval import RetrievalSettings, RetrievalStack, read_documents
 
     coll = load_collection(root)
     docs, _ = read_documents(coll.corpus_path, "jsonl")
     settings = RetrievalSettings(qdrant_path=index_dir, collection=coll.name)
-    indexer = Indexer(settings)
+    stack = RetrievalStack(settings)
+    indexer = stack.indexer()
     indexer.index(docs, progress=False)
-    retriever = HybridRetriever(settings, store=indexer.store, dense=indexer.dense, sparse=indexer.sparse)
+    retriever = stack.retriever()
     reference = ReferenceRankings(docs, indexer.store, indexer.dense)
     sets = {"test": (coll.split_queries("test"), coll.qrels("test"))}
     if long_queries:
@@ -51,7 +52,7 @@ def evaluate_collection(root: Path, index_dir: Path, long_queries: int = 300) ->
         for system, run in reference.all({q: t for q, t in queries.items() if q in qrels}).items():
             per_query[system] = evaluate(qrels, run).per_query
         out[name] = {"queries": len(qrels), "per_query": per_query}
-    indexer.store.close()
+    stack.close()
     return out
 
 

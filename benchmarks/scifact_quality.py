@@ -16,35 +16,33 @@ from evals.collections import load_collection
 from evals.report import metrics_table
 from evals.runner import evaluate_variants
 from evals.tuning import tune_reranker
-from retrieval import HybridRetriever, Indexer, RetrievalSettings, read_documents
+from retrieval import RetrievalSettings, RetrievalStack, read_documents
 
 
 def run(epochs: int = 4, out: Path | None = None, index_dir: Path | None = None) -> dict[str, dict[str, float]]:
     coll = load_collection(SCIFACT)
     root = Path(index_dir or tempfile.mkdtemp(prefix="scifact-quality-"))
     settings = RetrievalSettings(qdrant_path=root, collection="scifact", rerank=False)
-    indexer = Indexer(settings)
+    stack = RetrievalStack(settings)
+    indexer = stack.indexer()
     docs, _ = read_documents(coll.corpus_path, "jsonl")
     indexer.index(docs)  # vectors come from the embedding cache after the first run
-    base = HybridRetriever(settings, store=indexer.store, dense=indexer.dense, sparse=indexer.sparse)
+    base = stack.retriever()
     queries, qrels = coll.split_queries("test"), coll.qrels("test")
     rows = {
         name: {**r.metrics, "latency_ms": r.latency_ms["p50"]}
         for name, r in evaluate_variants(base, queries, qrels).items()
     }
     profile = tune_reranker(coll.train_view(), base, out or root / "reranker", epochs=epochs)
-    tuned_settings = settings.model_copy(
-        update={
-            "query_model": profile.query_model,
-            "rerank_weight": profile.config.weight,
-            "rerank_feedback_k": profile.config.feedback_k,
-            "rerank_feedback_beta": profile.config.beta,
-        }
+    tuned = stack.retriever(
+        query_model=profile.query_model,
+        rerank_weight=profile.config.weight,
+        rerank_feedback_k=profile.config.feedback_k,
+        rerank_feedback_beta=profile.config.beta,
     )
-    tuned = HybridRetriever(tuned_settings, store=indexer.store, dense=indexer.dense, sparse=indexer.sparse)
     for name, r in evaluate_variants(tuned, queries, qrels, ["dense", "hybrid", "hybrid+rerank"]).items():
         rows[f"trained {name}"] = {**r.metrics, "latency_ms": r.latency_ms["p50"]}
-    indexer.store.close()
+    stack.close()
     console.print(metrics_table(rows, title="SciFact test (300 queries); 'trained' = query encoder trained on train"))
     console.print(
         f"tuned on train: {profile.config}; dev nDCG@10 {profile.dev_baseline:.4f} -> "

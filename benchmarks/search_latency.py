@@ -49,7 +49,7 @@ def run(
     backend: str = "torch",
     cache_dir: str | None = None,
 ) -> dict[str, Any]:
-    from retrieval import HybridRetriever, Indexer, RetrievalSettings
+    from retrieval import RetrievalSettings, RetrievalStack
     from retrieval.store import QueryPlan
 
     root = require_scifact(data)
@@ -59,16 +59,18 @@ def run(
     with workdir() as tmp:
         extra = {"cache_dir": cache_dir} if cache_dir else {}
         settings = RetrievalSettings(qdrant_path=tmp, collection="scifact", dense_backend="torch", **extra)
-        indexer = Indexer(settings)
+        dense = None
         if backend != "torch":
             from retrieval.encoders import DenseEncoder
 
-            indexer.dense = DenseEncoder(settings.dense_model, batch_size=settings.dense_batch_size, backend=backend)
+            dense = DenseEncoder(settings.dense_model, batch_size=settings.dense_batch_size, backend=backend)
+        stack = RetrievalStack(settings, dense=dense)
+        indexer = stack.indexer()
         started = time.perf_counter()
         report = indexer.index(subset.docs, progress=False)
         out["index_s"], out["points"] = time.perf_counter() - started, report.points
         out["optimize_s"] = optimize_store(indexer.store)
-        retriever = HybridRetriever(settings, store=indexer.store, dense=indexer.dense, sparse=indexer.sparse)
+        retriever = stack.retriever()
         out["machine"] = machine_info(device=indexer.dense.runs_on)
         for q in texts[:WARMUP]:
             retriever.search(q)
@@ -84,7 +86,7 @@ def run(
         plans = [QueryPlan(dense=d, sparse=s, limit=10, prefetch_k=100) for d, s in zip(dense_q, sparse_q, strict=True)]
         out["hybrid"] = _time_plans(indexer.store, plans)
         out["engine"] = _time_engine_part(retriever, dense_q, sparse_q)
-        indexer.store.close()
+        stack.close()
         if synthetic_points:
             from benchmarks.synthetic import SyntheticData, build
 

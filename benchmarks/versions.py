@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dir", help="work directory (kept); default: a temporary one")
     args = parser.parse_args(argv)
 
-    from retrieval import Indexer, RetrievalSettings
+    from retrieval import RetrievalSettings, RetrievalStack
     from retrieval.store import EdgeStore
     from retrieval.store.base import version_name
     from retrieval.store.edge import SHARD_DIR, _make_view
@@ -50,7 +50,8 @@ def main(argv: list[str] | None = None) -> None:
     docs = read_docs(require_scifact(args.data), args.max_docs or None)
     with workdir(args.dir) as root:
         settings = RetrievalSettings(qdrant_path=root / "index", collection="scifact", rerank=False)
-        indexer = Indexer(settings)
+        stack = RetrievalStack(settings)
+        indexer = stack.indexer()
         started = time.perf_counter()
         first = indexer.index(docs, progress=False)
         index_s = time.perf_counter() - started

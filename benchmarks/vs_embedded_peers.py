@@ -109,9 +109,10 @@ class Ours:
         self.bare_ms: list[float] = []
 
     def build(self, corpus: Corpus) -> None:
-        from retrieval import HybridRetriever, Indexer
+        from retrieval import RetrievalStack
 
-        self.indexer = Indexer(self.settings, dense=self.dense, sparse=self.sparse)
+        self.stack = RetrievalStack(self.settings, dense=self.dense, sparse=self.sparse, query_encoder=self.query_dense)
+        self.indexer = self.stack.indexer()
         t0 = time.perf_counter()
         sparse = self.indexer.encode_sparse(corpus.chunks)
         t1 = time.perf_counter()
@@ -120,14 +121,10 @@ class Ours:
         optimize_store(self.indexer.store)
         self.build_parts = {"BM25 encoding": t1 - t0, "Indexer.sync (upserts)": t2 - t1}
         self.build_parts["optimize"] = time.perf_counter() - t2
-        self.retriever = HybridRetriever(
-            self.settings, store=self.indexer.store, dense=self.query_dense, sparse=self.sparse
-        )
+        self.retriever = self.stack.retriever()  # queries through query_dense; document vectors stay dense's
         # the same retriever code with the query vector given: its query encoder looks the vector up
         self.given = GivenQueryVectors(self.dense, dict(zip(corpus.query_texts, corpus.query_vectors, strict=True)))
-        self.engine_retriever = HybridRetriever(
-            self.settings, store=self.indexer.store, dense=self.dense, sparse=self.sparse
-        )
+        self.engine_retriever = self.stack.retriever()
         self.engine_retriever.query_encoder = self.given
 
     def end_to_end(self, text: str, k: int) -> list[tuple[str, float]]:
@@ -157,7 +154,7 @@ class Ours:
         self.bare_ms.append((time.perf_counter() - started) * 1000)
 
     def close(self) -> None:
-        self.indexer.store.close()
+        self.stack.close()
 
 
 class GivenQueryVectors:
@@ -414,7 +411,7 @@ def run(
     study_backends: tuple[str, ...] = ("onnx", "openvino"),
     on_dataset: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    from retrieval import Indexer, RetrievalSettings
+    from retrieval import RetrievalSettings, RetrievalStack
     from retrieval.encoders import DenseEncoder
 
     out: dict[str, Any] = {"datasets": [], "peers_missing": []}
@@ -428,7 +425,8 @@ def run(
             out["peers_missing"].append(f"{peer} ({exc.name or exc}): {INSTALL_HINT}")
     with workdir() as tmp:
         extra: dict[str, Any] = {"cache_dir": cache_dir} if cache_dir else {}
-        indexer = Indexer(RetrievalSettings(qdrant_path=tmp / "chunker", collection="chunker", **extra))
+        stack = RetrievalStack(RetrievalSettings(qdrant_path=tmp / "chunker", collection="chunker", **extra))
+        indexer = stack.indexer()
         dense, sparse = indexer.dense, indexer.sparse
         dense.encode_query("warm-up")
         query_dense = dense
@@ -449,7 +447,7 @@ def run(
                 on_dataset(ds)
             if study and "study" not in out:
                 out["study"] = encode_study(dense, corpus.query_texts[:100], study_backends)
-        indexer.store.close()
+        stack.close()
     out["load_after"] = os.getloadavg()[0]
     return out
 

@@ -101,7 +101,7 @@ def run(
     from qdrant_client import models
 
     from evals.metrics import evaluate
-    from retrieval import HybridRetriever, Indexer, RetrievalSettings
+    from retrieval import RetrievalSettings, RetrievalStack
     from retrieval.embedding_cache import EmbeddingCache
 
     root = require_scifact(data)
@@ -113,7 +113,8 @@ def run(
         if rrf_k:
             extra["rrf_k"] = rrf_k
         settings = RetrievalSettings(qdrant_path=tmp / "ours", collection="scifact", embedding_cache=use_cache, **extra)
-        indexer = Indexer(settings)
+        stack = RetrievalStack(settings)
+        indexer = stack.indexer()
         dense, sparse = indexer.dense, indexer.sparse
         dense.encode_documents(["warm-up"])
         out["machine"] = machine_info(device=dense.runs_on)
@@ -126,7 +127,7 @@ def run(
         out["ours_index_s"] = time.perf_counter() - started
         out["ours_points"] = report.points
         out["rrf_k"] = settings.rrf_k
-        retriever = HybridRetriever(settings, store=indexer.store, dense=dense, sparse=sparse)
+        retriever = stack.retriever()
 
         # -- LangChain -------------------------------------------------------------------------------
         st_embeddings, bm25_embeddings = langchain_classes()
@@ -171,7 +172,7 @@ def run(
             theirs_ms.append(timed_ms(lambda t=text: theirs.similarity_search_with_score(t, k=K))[1])
         out["ours_ms"], out["theirs_ms"] = percentiles(ours_ms), percentiles(theirs_ms)
         theirs.client.close()
-        indexer.store.close()
+        stack.close()
     out["load_after"] = os.getloadavg()[0]
     out["speedup"] = out["theirs_ms"]["p50"] / out["ours_ms"]["p50"]
     out["goal_quality"] = out["ours_ndcg"] >= out["theirs_ndcg"]

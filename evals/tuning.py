@@ -17,6 +17,7 @@ from evals.collections import TrainSplitView
 from evals.metrics import evaluate
 from retrieval.rerank import EmbeddingReranker, RerankConfig
 from retrieval.search import HybridRetriever
+from retrieval.stack import RetrievalStack
 
 
 @dataclass
@@ -183,12 +184,10 @@ def tune_reranker(
         config = TrainingConfig(mode=retriever.reranker.config.mode, epochs=epochs, learning_rate=learning_rate)
         train_pseudo_query_encoder(view, fit_lists, retriever.dense.model_name, model_dir, config)
         query_model = str(model_dir)
-        tuned = HybridRetriever(
-            retriever.settings.model_copy(update={"query_model": query_model}),
-            store=retriever.store,
-            dense=retriever.dense,
-            sparse=retriever.sparse,
+        stack = RetrievalStack(
+            retriever.settings, dense=retriever.dense, sparse=retriever.sparse, store=retriever.store
         )
+        tuned = stack.retriever(query_model=query_model)
     dev_lists = first_stage_lists(tuned, dev_queries)
     result = grid_search(dev_qrels, dev_lists, tuned.reranker, grid or DEFAULT_GRID)
     return RerankerProfile(

@@ -85,19 +85,16 @@ def index(
     """Add documents to a collection, or with --sync make it equal to the source (unchanged chunks are neither
     embedded nor written again)."""
     from retrieval.documents import read_documents
-    from retrieval.indexer import Indexer
+    from retrieval.stack import RetrievalStack
 
     settings = _settings(collection=collection, bad_input_policy=policy)
     docs, read_report = read_documents(path, fmt, settings.bad_input_policy)
     if not docs:
         console.print(f"[yellow]no documents in {path}[/yellow]", soft_wrap=True)
-    indexer = Indexer(settings)
-    try:
-        report = indexer.index(
+    with RetrievalStack(settings) as stack:
+        report = stack.indexer().index(
             docs, prune=sync, allow_delete=allow_delete, skipped=read_report.skipped, rebuild=rebuild
         )
-    finally:
-        indexer.store.close()
     columns = ("documents", "chunks", "embedded", "unchanged", "deleted", "kept", "points", "cache_reused")
     table = Table(title=f"indexed into {report.collection!r}")
     for name in columns:
@@ -128,16 +125,13 @@ def search(
     as_json: Annotated[bool, typer.Option("--json", help="Print hits as JSON")] = False,
 ) -> None:
     """Search a collection (the same defaults as the Python API and `eval`: reranking as the settings say)."""
-    from retrieval.search import HybridRetriever
+    from retrieval.stack import RetrievalStack
 
     flt = _parse_filter(filter_json)
-    retriever = HybridRetriever(_settings(collection=collection))
-    try:
-        hits = retriever.search(
+    with RetrievalStack(_settings(collection=collection)) as stack:
+        hits = stack.retriever().search(
             text, k=k, filter=flt, rerank=rerank, variant=variant, group_by=group_by, score_threshold=score_threshold
         )
-    finally:
-        retriever.close()
     if as_json:
         typer.echo(json.dumps([{**h.__dict__} for h in hits], default=str, indent=2))
         return
@@ -178,13 +172,12 @@ def delete(
     collection: CollectionOpt = None,
 ) -> None:
     """Delete documents from a collection by id."""
-    from retrieval.store import StoreError, open_store
+    from retrieval.store import open_store
 
     settings = _settings(collection=collection)
     store = open_store(settings)
     try:
-        if store.schema() is None:
-            raise StoreError(f"collection {settings.collection!r} does not exist at {store.location}")
+        store.check_schema()  # it exists (no models to compare: deleting needs none)
         before = store.count()
         missing = [d for d in doc_ids if store.count({"doc_id": d}) == 0]
         store.delete_documents(doc_ids)
@@ -289,23 +282,19 @@ def evaluate(
     from evals.report import metrics_table
     from evals.runner import evaluate_variants
     from evals.runs import write_run
-    from retrieval import HybridRetriever, Indexer, read_documents
+    from retrieval import RetrievalStack, read_documents
     from retrieval.errors import choice
     from retrieval.search import Variant
 
     variants = [choice(Variant, v, "variant") for v in (variant or [v.value for v in Variant])]
     coll = load_collection(beir_dir)
     settings = _settings(collection=collection or coll.name)
-    indexer = Indexer(settings)
-    try:
-        if indexer.store.schema() is None:
+    with RetrievalStack(settings) as stack:
+        if stack.check_schema(missing_ok=True) is None:
             console.print(f"collection {settings.collection!r} does not exist: indexing {coll.corpus_path}")
             docs, _ = read_documents(coll.corpus_path, "jsonl", settings.bad_input_policy)
-            indexer.index(docs)
-        retriever = HybridRetriever(settings, store=indexer.store, dense=indexer.dense, sparse=indexer.sparse)
-        results = evaluate_variants(retriever, coll.split_queries(split), coll.qrels(split), variants)
-    finally:
-        indexer.store.close()
+            stack.indexer().index(docs)
+        results = evaluate_variants(stack.retriever(), coll.split_queries(split), coll.qrels(split), variants)
     rows = {name: {**r.metrics, "latency_ms": r.latency_ms["p50"]} for name, r in results.items()}
     console.print(metrics_table(rows, title=f"{coll.name} ({split})"))
     store = EvalHistory(history)
@@ -398,17 +387,14 @@ def tune_reranker(
     """Tune (and train) the reranker on the train split; writes an env file for --env-file."""
     from evals.collections import load_collection
     from evals.tuning import tune_reranker as tune
-    from retrieval import HybridRetriever
+    from retrieval import RetrievalStack
 
     coll = load_collection(beir_dir)
     settings = _settings(collection=collection or coll.name)
     out = out or Path("data/models") / settings.collection
-    retriever = HybridRetriever(settings)
-    try:
-        retriever.check_schema()
-        profile = tune(coll.train_view(split), retriever, out, train=train, epochs=epochs)
-    finally:
-        retriever.close()
+    with RetrievalStack(settings) as stack:
+        stack.check_schema()
+        profile = tune(coll.train_view(split), stack.retriever(), out, train=train, epochs=epochs)
     env_path = profile.write_env(out / "reranker.env")
     table = Table(title=f"{coll.name}/{split}: {profile.fit_queries} queries to train, {profile.dev_queries} to tune")
     for col in ("dev nDCG@10: hybrid", "+ trained query encoder", "+ rerank", "weight", "feedback_k", "beta"):

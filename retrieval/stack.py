@@ -82,13 +82,16 @@ class RetrievalStack:
         self.cache = EmbeddingCache(s.cache_dir / "embeddings.sqlite") if s.embedding_cache else None
         self._stores: dict[tuple[str, int | None], QdrantStore] = {}
         self._lock = threading.Lock()
+        self._default = (s.collection, None)  # the store of store()
         if store is not None:
-            self._stores[(store.collection, store.version)] = store
+            self._default = (store.collection, store.version)
+            self._stores[self._default] = store
 
     # -- parts ----------------------------------------------------------------------------------------------
     def store(self, collection: str | None = None, version: int | None = None) -> QdrantStore:
-        """The store of ``collection`` (default: the settings'), pinned to ``version`` when given; opened once."""
-        key = (collection or self.settings.collection, version)
+        """The store of ``collection`` pinned to ``version`` when given, opened once; by default the store given
+        to the stack, else the settings' collection."""
+        key = self._default if collection is None and version is None else (collection or self._default[0], version)
         with self._lock:
             if key not in self._stores:
                 self._stores[key] = open_store(self.settings, key[0], version=version)
