@@ -1,4 +1,5 @@
-"""Shared fixtures: real encoders (loaded once), real Qdrant backends, a tiny designed corpus, SciFact."""
+"""Shared fixtures: real encoders (loaded once), real Qdrant backends, indexed stacks on either, a tiny designed
+corpus, SciFact."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from retrieval import Document, RetrievalSettings  # noqa: E402
+from retrieval import Document, RetrievalSettings, RetrievalStack  # noqa: E402
 from retrieval.encoders import Bm25Encoder, DenseEncoder  # noqa: E402
 from retrieval.store import EdgeStore, ServerStore, connect  # noqa: E402
 
@@ -93,6 +94,36 @@ def make_store(backend: str, root: Path, collection: str = "test"):
     if backend == "edge":
         return EdgeStore(root / "index", collection)
     return ServerStore(connect(":memory:"), collection, location=":memory:", backoff_s=0.0)
+
+
+@pytest.fixture(scope="session")
+def indexed_stack(tmp_path_factory, dense_encoder, sparse_encoder):
+    """Factory of "an indexed retriever on backend X": ``indexed_stack(backend, docs, **settings)`` is a
+    :class:`RetrievalStack` with the session's encoders on a fresh store of ``backend`` (``edge``: the embedded
+    engine; ``server``: the server code path on qdrant-client's local mode) holding ``docs`` (default TINY_DOCS;
+    empty: nothing indexed); ``.retriever()`` searches it. ``dense``/``sparse`` replace the session's encoders;
+    other keywords are settings. Closed by the caller, or at the end of the session."""
+    stacks: list[RetrievalStack] = []
+
+    def make(
+        backend: str = "edge", docs=TINY_DOCS, *, collection: str = "test", dense=None, sparse=None, **settings
+    ) -> RetrievalStack:
+        root = tmp_path_factory.mktemp(f"{backend}-{collection}")
+        settings.setdefault("cache_dir", root / "cache")
+        stack = RetrievalStack(
+            RetrievalSettings(qdrant_path=root / "index", collection=collection, **settings),
+            dense=dense or dense_encoder,
+            sparse=sparse or sparse_encoder,
+            store=make_store(backend, root, collection),
+        )
+        stacks.append(stack)
+        if docs:
+            stack.indexer().index(docs, progress=False)
+        return stack
+
+    yield make
+    for stack in stacks:
+        stack.close()
 
 
 @pytest.fixture

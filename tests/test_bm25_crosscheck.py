@@ -15,7 +15,7 @@ import snowballstemmer
 from rank_bm25 import BM25Okapi
 
 from evals.collections import sample_collection
-from retrieval import HybridRetriever, Indexer, RetrievalSettings, read_documents
+from retrieval import read_documents
 
 STOPWORDS = set(
     [
@@ -83,14 +83,11 @@ def tokens(text: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def both_rankings(dense_encoder, sparse_encoder, tmp_path_factory):
+def both_rankings(indexed_stack):
     coll = sample_collection()
     docs, _ = read_documents(coll.root)
-    root = tmp_path_factory.mktemp("bm25")
-    settings = RetrievalSettings(qdrant_path=root, cache_dir=root / "cache", collection="bm25", rerank=False)
-    indexer = Indexer(settings, dense=dense_encoder, sparse=sparse_encoder)
-    indexer.index(docs, progress=False)
-    ours = HybridRetriever(settings, store=indexer.store, dense=dense_encoder, sparse=sparse_encoder)
+    stack = indexed_stack("edge", docs, collection="bm25", rerank=False)
+    ours = stack.retriever()
     reference = BM25Okapi([tokens(f"{d.title}\n{d.text}") for d in docs])
     ids = [d.id for d in docs]
     pairs = []
@@ -99,7 +96,7 @@ def both_rankings(dense_encoder, sparse_encoder, tmp_path_factory):
         ref = [ids[i] for i in np.argsort(-scores, kind="stable") if scores[i] > 0][:10]
         got = [h.doc_id for h in ours.search(text, k=10, variant="sparse")]
         pairs.append((text, ref, got))
-    indexer.store.close()
+    stack.close()
     return pairs
 
 

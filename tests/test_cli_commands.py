@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from orchestration.cli import app
-from retrieval import HybridRetriever, RetrievalSettings
+from retrieval import RetrievalSettings, RetrievalStack
 from tests.conftest import TINY_DOCS
 from tests.test_data_safety import points, write_jsonl
 
@@ -46,11 +46,8 @@ def cli_in(kb, monkeypatch):
 def test_search_uses_the_same_defaults_as_python(cli_in, kb):
     hits = json.loads(cli_in("search", "how do I stop noodles sticking", "-c", "kb", "--json"))
     settings = RetrievalSettings(qdrant_path=kb / "index", cache_dir=kb / "cache", collection="kb")
-    retriever = HybridRetriever(settings)
-    try:
-        expected = retriever.search("how do I stop noodles sticking")
-    finally:
-        retriever.close()
+    with RetrievalStack(settings) as stack:
+        expected = stack.retriever().search("how do I stop noodles sticking")
     assert [h["chunk_id"] for h in hits] == [h.chunk_id for h in expected]
     assert hits[0]["doc_id"] == "pasta" and hits[0]["chunk_index"] == 0
     assert [h["score"] for h in hits] == pytest.approx([h.score for h in expected])

@@ -20,7 +20,7 @@ from assets import NDCG_CHECK
 from assets.resources import CorporaResource, RetrievalResource
 from evals.collections import sample_collection
 from orchestration.main_job import MainJobError, run_main_job
-from retrieval import HybridRetriever, RetrievalSettings
+from retrieval import RetrievalSettings, RetrievalStack
 from retrieval.store import EdgeStore
 from tests.test_dagster_pipeline import Sandbox
 
@@ -35,10 +35,10 @@ QUERIES = ["ZQ-7781 turbine blade coating", "KV-5521 treadmill protocol", "tardi
 READER = """
 import json, sys, time
 from pathlib import Path
-from retrieval import HybridRetriever, RetrievalSettings
+from retrieval import RetrievalSettings, RetrievalStack
 
 root, collection, stop, out, queries = sys.argv[1], sys.argv[2], Path(sys.argv[3]), sys.argv[4], json.loads(sys.argv[5])
-retriever = HybridRetriever(RetrievalSettings(qdrant_path=root, collection=collection, rerank=False))
+retriever = RetrievalStack(RetrievalSettings(qdrant_path=root, collection=collection, rerank=False)).retriever()
 with open(out, "w") as log:
     i = 0
     while not stop.exists():
@@ -180,8 +180,11 @@ def test_gate_refuses_a_worse_version_and_readers_keep_the_published_one(tmp_pat
     settings = RetrievalSettings(
         qdrant_path=tmp_path / "index", cache_dir=tmp_path / "cache", collection="gated", rerank=False
     )
-    dense, sparse = RetrievalResource(cache_dir=str(tmp_path / "cache")).encoders()
-    reader = HybridRetriever(settings, store=EdgeStore(tmp_path / "index", "gated"), dense=dense, sparse=sparse)
+    with RetrievalResource(cache_dir=str(tmp_path / "cache")).stack() as shared:  # the encoders runs use
+        dense, sparse = shared.dense, shared.sparse
+    reader = RetrievalStack(
+        settings, store=EdgeStore(tmp_path / "index", "gated"), dense=dense, sparse=sparse
+    ).retriever()
     queries = sample_collection().split_queries("test")
     expected = {q: [h.chunk_id for h in reader.search(text, k=5)] for q, text in list(queries.items())[:5]}
 

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from orchestration.cli import app
-from retrieval import Document, Indexer
+from retrieval import Document
 from retrieval.errors import InvalidDocumentError, UnsafeDeleteError
 from retrieval.store import EdgeStore
 from tests.conftest import TINY_DOCS
@@ -97,8 +97,9 @@ def test_skipped_records_keep_their_last_good_version(cli_env):
     assert points(cli_env, "kb") == N
 
 
-def test_python_api_validates_like_the_cli(settings, dense_encoder, sparse_encoder):
-    indexer = Indexer(settings, dense=dense_encoder, sparse=sparse_encoder)
+def test_python_api_validates_like_the_cli(indexed_stack):
+    stack = indexed_stack("edge", [])
+    indexer = stack.indexer()
     try:
         with pytest.raises(InvalidDocumentError, match=r"documents\[1\] \(id 'blank'\): empty text"):
             indexer.index([TINY_DOCS[0], Document("blank", " \n\t ")], progress=False)
@@ -112,12 +113,13 @@ def test_python_api_validates_like_the_cli(settings, dense_encoder, sparse_encod
             indexer.rebuild(TINY_DOCS[:1], progress=False)
         assert indexer.store.count() == N
     finally:
-        indexer.store.close()
+        stack.close()
 
 
-def test_the_dagster_sync_refuses_mass_deletion_unless_allowed(settings, dense_encoder, sparse_encoder):
+def test_the_dagster_sync_refuses_mass_deletion_unless_allowed(indexed_stack):
     """``qdrant_index`` calls ``Indexer.sync(prune=True, allow_delete=config.allow_delete)``: the same guard."""
-    indexer = Indexer(settings, dense=dense_encoder, sparse=sparse_encoder)
+    stack = indexed_stack("edge", [])
+    indexer = stack.indexer()
     try:
         chunks = indexer.chunk(TINY_DOCS)
         indexer.sync(chunks, prune=True, progress=False)
@@ -128,4 +130,4 @@ def test_the_dagster_sync_refuses_mass_deletion_unless_allowed(settings, dense_e
         assert indexer.store.count() == N
         assert indexer.sync(chunks[:3], prune=True, allow_delete=True, progress=False).points == 3
     finally:
-        indexer.store.close()
+        stack.close()

@@ -3,11 +3,10 @@
 import numpy as np
 import pytest
 
-from retrieval import HybridRetriever, Indexer, RetrievalSettings
 from retrieval.fusion import fuse
 from retrieval.rerank import EmbeddingReranker, RerankConfig
 from retrieval.store import StoredHit
-from tests.conftest import LEXICAL_QUERY, TINY_DOCS
+from tests.conftest import LEXICAL_QUERY
 
 
 def hits(*names: str) -> list[StoredHit]:
@@ -31,13 +30,10 @@ def test_single_channel_keeps_its_order_and_raw_scores():
 
 
 @pytest.fixture(scope="module")
-def retriever(dense_encoder, sparse_encoder, tmp_path_factory):
-    root = tmp_path_factory.mktemp("fusion")
-    settings = RetrievalSettings(qdrant_path=root, cache_dir=root / "cache", collection="fusion")
-    indexer = Indexer(settings, dense=dense_encoder, sparse=sparse_encoder)
-    indexer.index(TINY_DOCS, progress=False)
-    yield HybridRetriever(settings, store=indexer.store, dense=dense_encoder, sparse=sparse_encoder)
-    indexer.store.close()
+def retriever(indexed_stack):
+    stack = indexed_stack("edge", collection="fusion")
+    yield stack.retriever()
+    stack.close()
 
 
 def test_client_side_fusion_ranks_like_qdrants_own(retriever):

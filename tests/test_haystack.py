@@ -11,9 +11,8 @@ pytest.importorskip("haystack")
 from haystack import Pipeline, component  # noqa: E402
 from haystack.components.builders import PromptBuilder  # noqa: E402
 
-from retrieval import HybridRetriever, Indexer, RetrievalSettings  # noqa: E402
 from retrieval.haystack import to_filter  # noqa: E402
-from tests.conftest import LEXICAL_QUERY, SEMANTIC_QUERY, TINY_DOCS  # noqa: E402
+from tests.conftest import LEXICAL_QUERY, SEMANTIC_QUERY  # noqa: E402
 
 TEMPLATE = "{% for d in documents %}[{{ d.meta.doc_id }}] {{ d.content }}\n{% endfor %}Question: {{ query }}"
 
@@ -28,13 +27,10 @@ class FakeEchoGenerator:
 
 
 @pytest.fixture(scope="module")
-def retriever(dense_encoder, sparse_encoder, tmp_path_factory):
-    root = tmp_path_factory.mktemp("haystack")
-    settings = RetrievalSettings(qdrant_path=root, cache_dir=root / "cache", collection="hs")
-    indexer = Indexer(settings, dense=dense_encoder, sparse=sparse_encoder)
-    indexer.index(TINY_DOCS, progress=False)
-    yield HybridRetriever(settings, store=indexer.store, dense=dense_encoder, sparse=sparse_encoder)
-    indexer.store.close()
+def retriever(indexed_stack):
+    stack = indexed_stack("edge", collection="hs")
+    yield stack.retriever()
+    stack.close()
 
 
 def rag(retriever):

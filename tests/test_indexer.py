@@ -5,16 +5,15 @@ import json
 
 import pytest
 
-from retrieval import BadInputError, Document, Indexer, read_documents
-from tests.conftest import TINY_DOCS, make_store
+from retrieval import BadInputError, Document, read_documents
+from tests.conftest import TINY_DOCS
 
 
 @pytest.fixture(params=["edge", "server"])
-def indexer(request, settings, dense_encoder, sparse_encoder, tmp_path):
-    store = make_store(request.param, tmp_path)
-    ix = Indexer(settings, store=store, dense=dense_encoder, sparse=sparse_encoder)
-    yield ix
-    store.close()
+def indexer(request, indexed_stack):
+    stack = indexed_stack(request.param, [])
+    yield stack.indexer()
+    stack.close()
 
 
 def test_second_run_changes_nothing(indexer):
@@ -57,26 +56,15 @@ def test_bad_input_fails_before_touching_the_index(indexer, tmp_path):
     assert indexer.store.count() == len(TINY_DOCS)
 
 
-def test_interrupted_run_resumes_without_duplicates_or_re_embedding(settings, dense_encoder, sparse_encoder, tmp_path):
+def test_interrupted_run_resumes_without_duplicates_or_re_embedding(indexed_stack):
     docs = [Document(f"d{i}", f"document number {i} about topic {i % 7}") for i in range(40)]
-    clean = Indexer(
-        settings.model_copy(update={"upsert_batch_size": 8}),
-        store=make_store("edge", tmp_path / "clean"),
-        dense=dense_encoder,
-        sparse=sparse_encoder,
-    )
-    clean.index(docs, progress=False)
-    expected = clean.store.stored_hashes()
-    clean.store.close()
+    clean = indexed_stack("edge", docs, upsert_batch_size=8)
+    expected = clean.store().stored_hashes()
+    clean.close()
 
     import retrieval.indexer as indexer_module
 
-    broken = Indexer(
-        settings.model_copy(update={"upsert_batch_size": 8, "embedding_cache": False}),
-        store=make_store("edge", tmp_path / "broken"),
-        dense=dense_encoder,
-        sparse=sparse_encoder,
-    )
+    broken = indexed_stack("edge", [], upsert_batch_size=8, embedding_cache=False).indexer()
     original_block = indexer_module.ENCODE_BLOCK
     indexer_module.ENCODE_BLOCK = 16
     try:

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from retrieval import Document, Indexer
+from retrieval import Document
 from retrieval.store import QueryPlan
-from tests.conftest import TINY_DOCS, make_store
+from tests.conftest import TINY_DOCS
 
 # lengths from a few words to several chunks, in no particular order
 MIXED_DOCS = [
@@ -17,16 +17,10 @@ MIXED_DOCS = [
 
 
 @pytest.fixture(params=["edge", "server"])
-def indexer(request, settings, dense_encoder, sparse_encoder, tmp_path):
-    store = make_store(request.param, tmp_path)
-    ix = Indexer(
-        settings.model_copy(update={"embedding_cache": False, "upsert_batch_size": 4}),
-        store=store,
-        dense=dense_encoder,
-        sparse=sparse_encoder,
-    )
-    yield ix
-    store.close()
+def indexer(request, indexed_stack):
+    stack = indexed_stack(request.param, [], embedding_cache=False, upsert_batch_size=4)
+    yield stack.indexer()
+    stack.close()
 
 
 def test_encode_dense_returns_rows_in_input_order(indexer, dense_encoder):

@@ -5,21 +5,14 @@ import asyncio
 import pytest
 from langchain_core.retrievers import BaseRetriever
 
-from retrieval import HybridRetriever, Indexer
-from tests.conftest import LEXICAL_QUERY, SEMANTIC_QUERY, TINY_DOCS
+from tests.conftest import LEXICAL_QUERY, SEMANTIC_QUERY
 
 
 @pytest.fixture(scope="module")
-def lc_retriever(dense_encoder, sparse_encoder, tmp_path_factory):
-    from retrieval import RetrievalSettings
-
-    root = tmp_path_factory.mktemp("lc")
-    settings = RetrievalSettings(qdrant_path=root, cache_dir=root / "cache", collection="lc")
-    indexer = Indexer(settings, dense=dense_encoder, sparse=sparse_encoder)
-    indexer.index(TINY_DOCS, progress=False)
-    retriever = HybridRetriever(settings, store=indexer.store, dense=dense_encoder, sparse=sparse_encoder)
-    yield retriever.as_langchain(k=3)
-    indexer.store.close()
+def lc_retriever(indexed_stack):
+    stack = indexed_stack("edge", collection="lc")
+    yield stack.retriever().as_langchain(k=3)
+    stack.close()
 
 
 def test_is_a_base_retriever_yielding_documents(lc_retriever):

@@ -10,18 +10,14 @@ from llama_index.core.llms import MockLLM  # noqa: E402
 from llama_index.core.query_engine import RetrieverQueryEngine  # noqa: E402
 from llama_index.core.retrievers import BaseRetriever  # noqa: E402
 
-from retrieval import HybridRetriever, Indexer, RetrievalSettings  # noqa: E402
-from tests.conftest import LEXICAL_QUERY, SEMANTIC_QUERY, TINY_DOCS  # noqa: E402
+from tests.conftest import LEXICAL_QUERY, SEMANTIC_QUERY  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def retriever(dense_encoder, sparse_encoder, tmp_path_factory):
-    root = tmp_path_factory.mktemp("llamaindex")
-    settings = RetrievalSettings(qdrant_path=root, cache_dir=root / "cache", collection="li")
-    indexer = Indexer(settings, dense=dense_encoder, sparse=sparse_encoder)
-    indexer.index(TINY_DOCS, progress=False)
-    yield HybridRetriever(settings, store=indexer.store, dense=dense_encoder, sparse=sparse_encoder)
-    indexer.store.close()
+def retriever(indexed_stack):
+    stack = indexed_stack("edge", collection="li")
+    yield stack.retriever()
+    stack.close()
 
 
 def test_nodes_carry_ids_ranks_and_scores(retriever):

@@ -15,7 +15,7 @@ from evals.long_queries import long_queries
 from evals.metrics import evaluate
 from evals.reference import ReferenceRankings
 from evals.runner import evaluate_variants
-from retrieval import HybridRetriever, Indexer, RetrievalSettings, read_documents
+from retrieval import RetrievalSettings, RetrievalStack, read_documents
 from tests.conftest import NFCORPUS
 
 pytestmark = [
@@ -31,11 +31,10 @@ def nfcorpus(tmp_path_factory, dense_encoder, sparse_encoder):
     settings = RetrievalSettings(qdrant_path=root / "index", collection="nfcorpus")
     coll = load_collection(NFCORPUS)
     docs, _ = read_documents(coll.corpus_path, "jsonl")
-    indexer = Indexer(settings, dense=dense_encoder, sparse=sparse_encoder)
-    indexer.index(docs, progress=False)
-    retriever = HybridRetriever(settings, store=indexer.store, dense=dense_encoder, sparse=sparse_encoder)
-    yield coll, retriever, ReferenceRankings(docs, indexer.store, dense_encoder)
-    indexer.store.close()
+    stack = RetrievalStack(settings, dense=dense_encoder, sparse=sparse_encoder)
+    stack.indexer().index(docs, progress=False)
+    yield coll, stack.retriever(), ReferenceRankings(docs, stack.store(), dense_encoder)
+    stack.close()
 
 
 def scores(retriever, reference, queries, qrels):

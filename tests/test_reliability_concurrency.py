@@ -8,8 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from retrieval import Document, Hit, HybridRetriever, Indexer, RetrievalSettings
-from tests.conftest import LEXICAL_QUERY, SEMANTIC_QUERY, TINY_DOCS, make_store
+from retrieval import Document, Hit
+from tests.conftest import LEXICAL_QUERY, SEMANTIC_QUERY, TINY_DOCS
 
 QUERIES = [
     LEXICAL_QUERY[0],
@@ -29,13 +29,15 @@ def signature(hits: list[Hit]) -> list[tuple[str, float]]:
 
 
 @pytest.fixture(scope="module")
-def retriever(dense_encoder, sparse_encoder, tmp_path_factory):
-    root = tmp_path_factory.mktemp("concurrency")
-    settings = RetrievalSettings(qdrant_path=root, cache_dir=root / "cache", collection="test")  # reranking on
-    store = make_store("edge", root)
-    Indexer(settings, store=store, dense=dense_encoder, sparse=sparse_encoder).index(TINY_DOCS, progress=False)
-    yield HybridRetriever(settings, store=store, dense=dense_encoder, sparse=sparse_encoder)
-    store.close()
+def stack(indexed_stack):
+    stack = indexed_stack("edge")  # reranking on
+    yield stack
+    stack.close()
+
+
+@pytest.fixture(scope="module")
+def retriever(stack):
+    return stack.retriever()
 
 
 @pytest.fixture(scope="module")
@@ -70,9 +72,9 @@ def test_asyncio_matches_sequential(retriever, sequential):
         assert [(d.id, round(d.metadata["score"], 4)) for d in docs] == sequential[query]
 
 
-def test_searches_and_incremental_writes_interleave(retriever, sequential, dense_encoder, sparse_encoder):
+def test_searches_and_incremental_writes_interleave(stack, retriever, sequential):
     """Indexing long documents (chunked and embedded on the shared encoders) while searching changes neither."""
-    indexer = Indexer(retriever.settings, store=retriever.store, dense=dense_encoder, sparse=sparse_encoder)
+    indexer = stack.indexer()
     filler = " ".join(f"Shelf {i} of the warehouse holds crates of assorted spare parts." for i in range(60))
     extra = [Document(f"noise{i}", f"Record {i}. {filler}") for i in range(12)]
     expected_chunks = {d.id: len(indexer.chunker.chunk(d)) for d in extra}
@@ -89,10 +91,11 @@ def test_searches_and_incremental_writes_interleave(retriever, sequential, dense
     assert retriever.store.count() == len(TINY_DOCS)
 
 
-def test_chunking_and_long_queries_on_shared_encoders(retriever, dense_encoder, sparse_encoder):
+def test_chunking_and_long_queries_on_shared_encoders(stack, retriever):
     """Chunking tokenizes without truncation and query encoding with it: unlocked, a long query reaches the
     model untruncated (a crash) or a document is cut short (silently)."""
-    indexer = Indexer(retriever.settings, store=retriever.store, dense=dense_encoder, sparse=sparse_encoder)
+    indexer = stack.indexer()
+    assert indexer.dense is retriever.query_encoder  # one encoder, one lock
     doc = Document("long", " ".join(f"word{i} about stuff." for i in range(400)))
     expected = [c.text for c in indexer.chunk([doc])]
     query = " ".join(["long query text"] * 200)

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
-from retrieval import HybridRetriever, Indexer, RetrievalSettings
+from retrieval import RetrievalSettings, RetrievalStack
 from retrieval.store import EdgeStore, ServerStore, StoreError, connect, open_store
 from tests.conftest import LEXICAL_QUERY, TINY_DOCS
 
@@ -76,9 +76,17 @@ def test_transient_faults_are_retried_with_backoff(settings, dense_encoder, spar
         query_batch_points=[http_error(503), http_error(429)],
         count=[http_error(500)],
     )
-    report = Indexer(settings, store=store, dense=dense_encoder, sparse=sparse_encoder).index(TINY_DOCS, progress=False)
+    report = (
+        RetrievalStack(settings, store=store, dense=dense_encoder, sparse=sparse_encoder)
+        .indexer()
+        .index(TINY_DOCS, progress=False)
+    )
     assert report.points == len(TINY_DOCS)
-    hits = HybridRetriever(settings, store=store, dense=dense_encoder, sparse=sparse_encoder).search(LEXICAL_QUERY[0])
+    hits = (
+        RetrievalStack(settings, store=store, dense=dense_encoder, sparse=sparse_encoder)
+        .retriever()
+        .search(LEXICAL_QUERY[0])
+    )
     assert hits[0].doc_id == LEXICAL_QUERY[1]
     assert sleeps == [0.1, 0.2, 0.1, 0.1, 0.2]  # upsert twice, count once, query twice: exponential per operation
     assert store.client.calls == {"upsert": 3, "count": 2, "query_batch_points": 3}
@@ -87,8 +95,10 @@ def test_transient_faults_are_retried_with_backoff(settings, dense_encoder, spar
 def test_persistent_fault_fails_naming_url_and_operation(settings, dense_encoder, sparse_encoder, caplog):
     sleeps: list[float] = []
     store = flaky_store(2, sleeps, query_batch_points=[http_error(500) for _ in range(10)])
-    Indexer(settings, store=store, dense=dense_encoder, sparse=sparse_encoder).index(TINY_DOCS, progress=False)
-    retriever = HybridRetriever(settings, store=store, dense=dense_encoder, sparse=sparse_encoder)
+    RetrievalStack(settings, store=store, dense=dense_encoder, sparse=sparse_encoder).indexer().index(
+        TINY_DOCS, progress=False
+    )
+    retriever = RetrievalStack(settings, store=store, dense=dense_encoder, sparse=sparse_encoder).retriever()
     with caplog.at_level(logging.WARNING), pytest.raises(StoreError) as info:
         retriever.search(LEXICAL_QUERY[0])
     message = str(info.value)
@@ -100,7 +110,7 @@ def test_persistent_fault_fails_naming_url_and_operation(settings, dense_encoder
 def test_client_errors_are_not_retried(settings, dense_encoder, sparse_encoder):
     sleeps: list[float] = []
     store = flaky_store(4, sleeps, upsert=[http_error(400)], count=[http_error(401)])
-    indexer = Indexer(settings, store=store, dense=dense_encoder, sparse=sparse_encoder)
+    indexer = RetrievalStack(settings, store=store, dense=dense_encoder, sparse=sparse_encoder).indexer()
     with pytest.raises(StoreError, match=r"qdrant\.test:6333: upsert on collection 'test' was refused: HTTP 400"):
         indexer.index(TINY_DOCS, progress=False)
     with pytest.raises(StoreError, match="HYBRID_RAG_QDRANT_API_KEY"):
@@ -129,7 +139,7 @@ sys.stdin.readline()
 def test_data_dir_locked_by_another_process(tmp_path, settings, dense_encoder, sparse_encoder, caplog):
     root = tmp_path / "index"
     store = EdgeStore(root, "test")
-    indexer = Indexer(settings, store=store, dense=dense_encoder, sparse=sparse_encoder)
+    indexer = RetrievalStack(settings, store=store, dense=dense_encoder, sparse=sparse_encoder).indexer()
     indexer.index(TINY_DOCS, progress=False)
     store.close()
     holder = subprocess.Popen(
@@ -157,13 +167,17 @@ def test_data_dir_locked_by_another_process(tmp_path, settings, dense_encoder, s
 def test_corrupted_data_dir_gives_a_clear_error(tmp_path, settings, dense_encoder, sparse_encoder):
     root = tmp_path / "index"
     store = EdgeStore(root, "test")
-    Indexer(settings, store=store, dense=dense_encoder, sparse=sparse_encoder).index(TINY_DOCS, progress=False)
+    RetrievalStack(settings, store=store, dense=dense_encoder, sparse=sparse_encoder).indexer().index(
+        TINY_DOCS, progress=False
+    )
     store.close()
     for path in (root / "test__v1" / "shard").rglob("*"):
         if path.is_file():
             with open(path, "r+b") as f:
                 f.write(b"\xde\xad garbage \x00" * 64)
-    retriever = HybridRetriever(settings, store=EdgeStore(root, "test"), dense=dense_encoder, sparse=sparse_encoder)
+    retriever = RetrievalStack(
+        settings, store=EdgeStore(root, "test"), dense=dense_encoder, sparse=sparse_encoder
+    ).retriever()
     with pytest.raises(StoreError, match=r"test__v1/shard: it looks damaged or incomplete"):
         retriever.search(LEXICAL_QUERY[0])
     with pytest.raises(StoreError, match="damaged"):
@@ -177,7 +191,9 @@ def test_corrupted_data_dir_gives_a_clear_error(tmp_path, settings, dense_encode
 def test_garbage_in_small_files_gives_a_clear_error(tmp_path, settings, dense_encoder, sparse_encoder, name, expected):
     root = tmp_path / "index"
     store = EdgeStore(root, "test")
-    Indexer(settings, store=store, dense=dense_encoder, sparse=sparse_encoder).index(TINY_DOCS, progress=False)
+    RetrievalStack(settings, store=store, dense=dense_encoder, sparse=sparse_encoder).indexer().index(
+        TINY_DOCS, progress=False
+    )
     store.close()
     (root / name).write_text("{garbage")
     with pytest.raises(StoreError, match=expected):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import retrieval.indexer as indexer_module
-from retrieval import Document, HybridRetriever, Indexer, RetrievalSettings
+from retrieval import Document, RetrievalSettings, RetrievalStack
 from retrieval.encoders import Bm25Encoder, DenseEncoder
 from retrieval.store import EdgeStore, QdrantStore, SchemaMismatchError, ServerStore, StoreError, connect
 from tests.conftest import LEXICAL_QUERY, TINY_DOCS
@@ -81,10 +81,10 @@ def test_rebuild_under_continuous_search_loses_nothing(backend, tmp_path, dense_
     root = tmp_path / "index"
     writer, reader = store_pair(backend, root)
     settings = settings_for(root, upsert_batch_size=8)
-    indexer = Indexer(settings, store=writer, dense=dense_encoder, sparse=sparse_encoder)
+    indexer = RetrievalStack(settings, store=writer, dense=dense_encoder, sparse=sparse_encoder).indexer()
     first = indexer.index(TINY_DOCS, progress=False)
     assert first.version == 1 and physical_names(backend, root, writer) >= {"test__v1"}
-    retriever = HybridRetriever(settings, store=reader, dense=dense_encoder, sparse=sparse_encoder)
+    retriever = RetrievalStack(settings, store=reader, dense=dense_encoder, sparse=sparse_encoder).retriever()
 
     searches, failures, stop = [0], [], threading.Event()
 
@@ -133,16 +133,18 @@ def test_unversioned_collection_keeps_working_and_is_replaced_by_a_rebuild(
     root = tmp_path / "index"
     legacy, store = store_pair(backend, root, version=0)  # version 0: the layout before versioning
     settings = settings_for(root)
-    Indexer(settings, store=legacy, dense=dense_encoder, sparse=sparse_encoder).index(TINY_DOCS[:5], progress=False)
+    RetrievalStack(settings, store=legacy, dense=dense_encoder, sparse=sparse_encoder).indexer().index(
+        TINY_DOCS[:5], progress=False
+    )
     if backend == "edge":
         assert (root / "test" / "schema.json").exists() and not (root / "test.current.json").exists()
     assert store.current_version() == 0
 
-    indexer = Indexer(settings, store=store, dense=dense_encoder, sparse=sparse_encoder)
+    indexer = RetrievalStack(settings, store=store, dense=dense_encoder, sparse=sparse_encoder).indexer()
     report = indexer.index(TINY_DOCS, progress=False)  # incremental: a server writes the collection in place, ...
     written = 0 if backend == "server" else 1  # ... the embedded engine a copy of it (readers may hold it)
     assert (report.version, report.embedded, report.unchanged) == (written, 3, 5)
-    retriever = HybridRetriever(settings, store=store, dense=dense_encoder, sparse=sparse_encoder)
+    retriever = RetrievalStack(settings, store=store, dense=dense_encoder, sparse=sparse_encoder).retriever()
     assert retriever.search(LEXICAL_QUERY[0], k=1)[0].doc_id == LEXICAL_QUERY[1]
 
     rebuilt = indexer.rebuild(NEW_DOCS, progress=False)
@@ -163,7 +165,7 @@ def test_unversioned_collection_keeps_working_and_is_replaced_by_a_rebuild(
 def test_incremental_index_writes_into_the_current_version(backend, tmp_path, dense_encoder, sparse_encoder):
     root = tmp_path / "index"
     store, _ = store_pair(backend, root)
-    indexer = Indexer(settings_for(root), store=store, dense=dense_encoder, sparse=sparse_encoder)
+    indexer = RetrievalStack(settings_for(root), store=store, dense=dense_encoder, sparse=sparse_encoder).indexer()
     indexer.index(TINY_DOCS, progress=False)
     indexer.rebuild(TINY_DOCS[:4], progress=False)
     report = indexer.index(NEW_DOCS[-3:], progress=False)
@@ -177,7 +179,9 @@ def test_incremental_index_writes_into_the_current_version(backend, tmp_path, de
 def test_failed_rebuild_leaves_readers_alone_and_resumes(backend, tmp_path, dense_encoder, sparse_encoder, monkeypatch):
     root = tmp_path / "index"
     store, _ = store_pair(backend, root)
-    indexer = Indexer(settings_for(root, upsert_batch_size=8), store=store, dense=dense_encoder, sparse=sparse_encoder)
+    indexer = RetrievalStack(
+        settings_for(root, upsert_batch_size=8), store=store, dense=dense_encoder, sparse=sparse_encoder
+    ).indexer()
     indexer.index(TINY_DOCS, progress=False)
     monkeypatch.setattr(indexer_module, "ENCODE_BLOCK", 8)
 
@@ -201,12 +205,14 @@ def test_other_dense_model_is_refused_or_rebuilt_into_a_new_version(backend, tmp
     root = tmp_path / "index"
     store, reader = store_pair(backend, root)
     settings = settings_for(root)
-    Indexer(settings, store=store, dense=dense_encoder, sparse=sparse_encoder).index(TINY_DOCS, progress=False)
-    old_retriever = HybridRetriever(settings, store=reader, dense=dense_encoder, sparse=sparse_encoder)
+    RetrievalStack(settings, store=store, dense=dense_encoder, sparse=sparse_encoder).indexer().index(
+        TINY_DOCS, progress=False
+    )
+    old_retriever = RetrievalStack(settings, store=reader, dense=dense_encoder, sparse=sparse_encoder).retriever()
     assert old_retriever.search(LEXICAL_QUERY[0], k=1)
 
     other = ProjectedEncoder(dense_encoder, dim=128)
-    indexer = Indexer(settings, store=store, dense=other, sparse=sparse_encoder)
+    indexer = RetrievalStack(settings, store=store, dense=other, sparse=sparse_encoder).indexer()
     names_before = physical_names(backend, root, store)
     with pytest.raises(SchemaMismatchError, match=r"dense_dim: collection has 384, settings give 128.*rebuild"):
         indexer.index(TINY_DOCS[:2], progress=False)
@@ -216,7 +222,7 @@ def test_other_dense_model_is_refused_or_rebuilt_into_a_new_version(backend, tmp
     assert report.version == 2 and store.schema().dense_dim == 128
     with pytest.raises(SchemaMismatchError, match="dense_dim"):  # readers with the old model refuse, clearly
         old_retriever.search(LEXICAL_QUERY[0], k=1)
-    new_retriever = HybridRetriever(settings, store=reader, dense=other, sparse=sparse_encoder)
+    new_retriever = RetrievalStack(settings, store=reader, dense=other, sparse=sparse_encoder).retriever()
     assert new_retriever.search(LEXICAL_QUERY[0], k=1)[0].doc_id == LEXICAL_QUERY[1]
     store.close()
     reader.close()
@@ -227,8 +233,10 @@ def test_other_sparse_model_is_refused_or_rebuilt(backend, tmp_path, dense_encod
     root = tmp_path / "index"
     store, _ = store_pair(backend, root)
     settings = settings_for(root)
-    Indexer(settings, store=store, dense=dense_encoder, sparse=sparse_encoder).index(TINY_DOCS, progress=False)
-    indexer = Indexer(settings, store=store, dense=dense_encoder, sparse=OtherSparse())
+    RetrievalStack(settings, store=store, dense=dense_encoder, sparse=sparse_encoder).indexer().index(
+        TINY_DOCS, progress=False
+    )
+    indexer = RetrievalStack(settings, store=store, dense=dense_encoder, sparse=OtherSparse()).indexer()
     with pytest.raises(SchemaMismatchError, match="sparse_model: collection has 'bm25', settings give 'other-sparse'"):
         indexer.index(TINY_DOCS, progress=False)
     assert store.schema().sparse_model == "bm25"
@@ -241,7 +249,7 @@ def test_other_sparse_model_is_refused_or_rebuilt(backend, tmp_path, dense_encod
 def test_drop_removes_every_version(backend, tmp_path, dense_encoder, sparse_encoder):
     root = tmp_path / "index"
     store, _ = store_pair(backend, root)
-    indexer = Indexer(settings_for(root), store=store, dense=dense_encoder, sparse=sparse_encoder)
+    indexer = RetrievalStack(settings_for(root), store=store, dense=dense_encoder, sparse=sparse_encoder).indexer()
     indexer.index(TINY_DOCS[:2], progress=False)
     indexer.rebuild(TINY_DOCS[:3], progress=False)
     store.drop()
@@ -259,9 +267,9 @@ def test_dropped_version_held_by_a_reader_is_kept_until_it_follows_the_next_vers
     root = tmp_path / "index"
     writer, reader = store_pair("edge", root)
     settings = settings_for(root)
-    indexer = Indexer(settings, store=writer, dense=dense_encoder, sparse=sparse_encoder)
+    indexer = RetrievalStack(settings, store=writer, dense=dense_encoder, sparse=sparse_encoder).indexer()
     indexer.index(TINY_DOCS, progress=False)
-    retriever = HybridRetriever(settings, store=reader, dense=dense_encoder, sparse=sparse_encoder)
+    retriever = RetrievalStack(settings, store=reader, dense=dense_encoder, sparse=sparse_encoder).retriever()
     assert retriever.search(LEXICAL_QUERY[0], k=1)
     writer.drop()
     assert (root / "test__v1").is_dir()  # the reader still holds it ...
@@ -280,9 +288,9 @@ def test_staged_version_is_invisible_until_published(backend, tmp_path, dense_en
     root = tmp_path / "index"
     writer, reader = store_pair(backend, root)
     settings = settings_for(root)
-    indexer = Indexer(settings, store=writer, dense=dense_encoder, sparse=sparse_encoder)
+    indexer = RetrievalStack(settings, store=writer, dense=dense_encoder, sparse=sparse_encoder).indexer()
     indexer.index(TINY_DOCS, progress=False)
-    retriever = HybridRetriever(settings, store=reader, dense=dense_encoder, sparse=sparse_encoder)
+    retriever = RetrievalStack(settings, store=reader, dense=dense_encoder, sparse=sparse_encoder).retriever()
     before = [h.chunk_id for h in retriever.search(LEXICAL_QUERY[0], k=3)]
 
     changed = [d for d in NEW_DOCS if d.id != "valve"]
@@ -330,12 +338,12 @@ def test_concurrent_writers_are_serialised_with_a_clear_message(tmp_path, dense_
         assert proc.stdout.readline().strip() == "locked"
         return proc
 
-    impatient = Indexer(
+    impatient = RetrievalStack(
         settings_for(root),
         store=EdgeStore(root, "test", lock_timeout_s=0.5),
         dense=dense_encoder,
         sparse=sparse_encoder,
-    )
+    ).indexer()
     proc = holder(60)
     try:
         with pytest.raises(
@@ -346,7 +354,9 @@ def test_concurrent_writers_are_serialised_with_a_clear_message(tmp_path, dense_
     finally:
         proc.kill()
         proc.wait()
-    patient = Indexer(settings_for(root), store=EdgeStore(root, "test"), dense=dense_encoder, sparse=sparse_encoder)
+    patient = RetrievalStack(
+        settings_for(root), store=EdgeStore(root, "test"), dense=dense_encoder, sparse=sparse_encoder
+    ).indexer()
     proc = holder(1.5)  # the second writer waits for the first one, then writes
     report = patient.index(TINY_DOCS, progress=False)
     assert proc.wait(timeout=30) == 0 and report.version == 1 and patient.store.count() == len(TINY_DOCS)

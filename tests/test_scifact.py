@@ -14,7 +14,7 @@ from evals.metrics import evaluate
 from evals.reference import ReferenceRankings
 from evals.runner import evaluate_variants
 from evals.tuning import tune_reranker
-from retrieval import HybridRetriever, Indexer, RetrievalSettings, read_documents
+from retrieval import RetrievalSettings, RetrievalStack, read_documents
 from tests.conftest import SCIFACT
 
 pytestmark = [
@@ -28,11 +28,10 @@ def scifact(tmp_path_factory, dense_encoder, sparse_encoder):
     root = tmp_path_factory.mktemp("scifact")
     settings = RetrievalSettings(qdrant_path=root / "index", collection="scifact", rerank=False)
     docs, _ = read_documents(SCIFACT)
-    indexer = Indexer(settings, dense=dense_encoder, sparse=sparse_encoder)
-    report = indexer.index(docs)
-    retriever = HybridRetriever(settings, store=indexer.store, dense=dense_encoder, sparse=sparse_encoder)
-    yield load_collection(SCIFACT), retriever, report, root
-    indexer.store.close()
+    stack = RetrievalStack(settings, dense=dense_encoder, sparse=sparse_encoder)
+    report = stack.indexer().index(docs)
+    yield load_collection(SCIFACT), stack.retriever(), report, root
+    stack.close()
 
 
 @pytest.fixture(scope="module")
@@ -84,16 +83,14 @@ def test_trained_query_encoder_and_reranker_reach_the_goal_without_seeing_test(s
     coll, retriever, _, _ = scifact
     profile = tune_reranker(coll.train_view(), retriever, tmp_path / "reranker", epochs=4)
     assert profile.dev_first_stage > profile.dev_baseline and profile.dev_reranked >= profile.dev_first_stage
-    tuned_settings = retriever.settings.model_copy(
-        update={
-            "query_model": profile.query_model,
-            "rerank": True,
-            "rerank_weight": profile.config.weight,
-            "rerank_feedback_k": profile.config.feedback_k,
-            "rerank_feedback_beta": profile.config.beta,
-        }
+    stack = RetrievalStack(retriever.settings, store=retriever.store, dense=retriever.dense, sparse=retriever.sparse)
+    tuned = stack.retriever(
+        query_model=profile.query_model,
+        rerank=True,
+        rerank_weight=profile.config.weight,
+        rerank_feedback_k=profile.config.feedback_k,
+        rerank_feedback_beta=profile.config.beta,
     )
-    tuned = HybridRetriever(tuned_settings, store=retriever.store, dense=retriever.dense, sparse=retriever.sparse)
     results = evaluate_variants(tuned, coll.split_queries("test"), coll.qrels("test"), ["hybrid", "hybrid+rerank"])
     ndcg = {v: r.metrics["ndcg@10"] for v, r in results.items()}
     print(f"SciFact test nDCG@10 with the trained query encoder: {ndcg} ({profile.config})")

@@ -2,23 +2,16 @@
 
 import pytest
 
-from retrieval import HybridRetriever, Indexer
 from retrieval.rerank import EmbeddingReranker, RerankConfig
 from retrieval.settings import RerankMode
-from tests.conftest import LEXICAL_QUERY, SEMANTIC_QUERY, TINY_DOCS, make_store
+from tests.conftest import LEXICAL_QUERY, SEMANTIC_QUERY
 
 
 @pytest.fixture(params=["edge", "server"], scope="module")
-def retriever(request, dense_encoder, sparse_encoder, tmp_path_factory):
-    from retrieval import RetrievalSettings
-
-    root = tmp_path_factory.mktemp(request.param)
-    settings = RetrievalSettings(qdrant_path=root, cache_dir=root / "cache", collection="test", rerank=False)
-    store = make_store(request.param, root)
-    Indexer(settings, store=store, dense=dense_encoder, sparse=sparse_encoder).index(TINY_DOCS, progress=False)
-    r = HybridRetriever(settings, store=store, dense=dense_encoder, sparse=sparse_encoder)
-    yield r
-    store.close()
+def retriever(request, indexed_stack):
+    stack = indexed_stack(request.param, rerank=False)
+    yield stack.retriever()
+    stack.close()
 
 
 def test_lexical_query_is_found_by_the_sparse_channel(retriever):

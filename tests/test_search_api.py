@@ -2,7 +2,7 @@
 
 import pytest
 
-from retrieval import Document, HybridRetriever, Indexer, RetrievalSettings
+from retrieval import Document
 from retrieval.errors import EmptyQueryError, HybridRagError, InvalidArgumentError
 from tests.conftest import LEXICAL_QUERY, TINY_DOCS
 
@@ -15,14 +15,10 @@ LONG = Document(
 
 
 @pytest.fixture(scope="module")
-def retriever(dense_encoder, sparse_encoder, tmp_path_factory):
-    root = tmp_path_factory.mktemp("api")
-    settings = RetrievalSettings(qdrant_path=root, cache_dir=root / "cache", collection="api", rerank=False)
-    indexer = Indexer(settings, dense=dense_encoder, sparse=sparse_encoder)
-    indexer.index([*TINY_DOCS, LONG], progress=False)
-    r = HybridRetriever(settings, store=indexer.store, dense=dense_encoder, sparse=sparse_encoder)
-    yield r
-    r.close()
+def retriever(indexed_stack):
+    stack = indexed_stack("edge", [*TINY_DOCS, LONG], collection="api", rerank=False)
+    yield stack.retriever()
+    stack.close()
 
 
 @pytest.mark.parametrize("query", ["", "   ", "\n\t"])

@@ -2,7 +2,6 @@
 
 import pytest
 
-from retrieval import HybridRetriever, Indexer, RetrievalSettings
 from retrieval.encoders import SpladeEncoder, make_sparse_encoder
 from tests.conftest import TINY_DOCS
 
@@ -44,21 +43,18 @@ def test_encoder_gives_sparse_nonnegative_vectors(tiny_splade_dir):
     assert again.indices == vec.indices  # deterministic term ids
 
 
-def test_index_and_search_with_splade(tiny_splade_dir, dense_encoder, tmp_path):
-    settings = RetrievalSettings(
-        qdrant_path=tmp_path / "index", cache_dir=tmp_path / "cache", collection="splade", sparse_model=tiny_splade_dir
-    )
+def test_index_and_search_with_splade(tiny_splade_dir, indexed_stack):
     sparse = make_sparse_encoder(tiny_splade_dir)
-    indexer = Indexer(settings, dense=dense_encoder, sparse=sparse)
-    report = indexer.index(TINY_DOCS, progress=False)
+    stack = indexed_stack("edge", [], collection="splade", sparse_model=tiny_splade_dir, sparse=sparse)
+    report = stack.indexer().index(TINY_DOCS, progress=False)
     assert report.points == len(TINY_DOCS)
-    schema = indexer.store.schema()
+    schema = stack.store().schema()
     assert schema.sparse_model == tiny_splade_dir and schema.sparse_idf is False
-    retriever = HybridRetriever(settings, store=indexer.store, dense=dense_encoder, sparse=sparse)
+    retriever = stack.retriever()
     hits = retriever.search("waggle dance of honeybees", k=3, variant="sparse")
     assert 1 <= len(hits) <= 3
     assert {h.doc_id for h in hits} <= {d.id for d in TINY_DOCS}
     assert retriever.search("waggle dance of honeybees", k=1, variant="dense")[0].doc_id == "bees"
     hybrid = retriever.search("waggle dance of honeybees", k=3)
     assert "bees" in {h.doc_id for h in hybrid}  # the untrained SPLADE ranks at random; fusion still finds it
-    indexer.store.close()
+    stack.close()

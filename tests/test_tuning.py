@@ -7,7 +7,7 @@ import pytest
 from evals.collections import EvalCollection, sample_collection
 from evals.training import trainable_lists
 from evals.tuning import tune_reranker
-from retrieval import HybridRetriever, Indexer, RetrievalSettings, read_documents
+from retrieval import RetrievalSettings, read_documents
 
 
 @pytest.fixture
@@ -19,17 +19,12 @@ def sample_without_test_qrels(tmp_path):
     return EvalCollection("sample", root)
 
 
-def test_tuning_and_training_use_the_train_split_only(
-    sample_without_test_qrels, dense_encoder, sparse_encoder, tmp_path
-):
+def test_tuning_and_training_use_the_train_split_only(sample_without_test_qrels, indexed_stack, tmp_path):
     coll = sample_without_test_qrels
-    settings = RetrievalSettings(qdrant_path=tmp_path / "index", cache_dir=tmp_path / "cache", collection="tune")
     docs, _ = read_documents(coll.corpus_path, "jsonl")
-    indexer = Indexer(settings, dense=dense_encoder, sparse=sparse_encoder)
-    indexer.index(docs, progress=False)
-    retriever = HybridRetriever(settings, store=indexer.store, dense=dense_encoder, sparse=sparse_encoder)
-    profile = tune_reranker(coll.train_view(), retriever, tmp_path / "out", epochs=1)
-    indexer.store.close()
+    stack = indexed_stack("edge", docs, collection="tune")
+    profile = tune_reranker(coll.train_view(), stack.retriever(), tmp_path / "out", epochs=1)
+    stack.close()
 
     assert profile.fit_queries + profile.dev_queries == len(coll.train_view().queries())
     assert (tmp_path / "out" / "query-encoder" / "config.json").exists()
