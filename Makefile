@@ -19,8 +19,9 @@ setup: $(BIN)/hybrid-rag
 run: setup  ## ingest the sample corpus, build the index, evaluate, print the metrics (embedded Qdrant)
 	$(BIN)/hybrid-rag run
 
-test: setup  ## the whole test suite (progress bars off: they would flood the log)
+test: setup  ## lint, import layers (import-linter) and the whole test suite (progress bars off: they would flood the log)
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 	TQDM_DISABLE=1 $(BIN)/pytest
 
 ui: setup  ## the Dagster UI on http://127.0.0.1:3000 (the project's instance: the runs of `make run` show up)
