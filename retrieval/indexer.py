@@ -15,16 +15,15 @@ from tqdm.auto import tqdm
 
 from retrieval.chunking import Chunk, Chunker
 from retrieval.documents import Document, InputProblem, validate_documents
-from retrieval.embedding_cache import EmbeddingCache
-from retrieval.encoders import DenseEncoder
-from retrieval.encoders.sparse import Bm25Encoder, SparseVec, SpladeEncoder
+from retrieval.encoders.sparse import SparseVec
 from retrieval.errors import UnsafeDeleteError
-from retrieval.settings import RetrievalSettings
+from retrieval.parts import Parts
 from retrieval.store import CollectionSchema, QdrantStore, StoreError
 
 log = logging.getLogger(__name__)
 ENCODE_BLOCK = 1024
 MAX_DELETE_SHARE = 0.5  # a sync deleting more than this share of a collection needs allow_delete
+
 
 def locked_batches(encoder: Any, encode: Callable[[list[str]], Any], texts: Sequence[str], step: int) -> list:
     """``encode`` over ``texts`` in batches of ``step``, each under the encoder's lock (so searches interleave)."""
@@ -74,21 +73,10 @@ class Indexer:
     more than half of the collection (or all of it, from an empty source) is refused unless ``allow_delete``.
     """
 
-    def __init__(
-        self,
-        settings: RetrievalSettings,
-        *,
-        store: QdrantStore,
-        dense: DenseEncoder,
-        sparse: Bm25Encoder | SpladeEncoder,
-        cache: EmbeddingCache | None = None,
-    ):
-        """An indexer over these parts; :meth:`retrieval.RetrievalStack.indexer` builds one (sharing its parts)."""
-        self.settings = settings
-        self.store = store
-        self.dense = dense
-        self.sparse = sparse
-        self.cache = cache
+    def __init__(self, parts: Parts):
+        """An indexer over ``parts``; :meth:`retrieval.RetrievalStack.indexer` builds one (sharing its parts)."""
+        self.settings, self.store, self.cache = parts.settings, parts.store, parts.cache
+        self.dense, self.sparse = parts.dense, parts.sparse
         self.after_batch: Callable[[int], None] | None = None  # hook for progress or fault injection
 
     @cached_property

@@ -10,13 +10,13 @@ from typing import Any
 
 import numpy as np
 
-from retrieval.encoders import DenseEncoder
-from retrieval.encoders.sparse import Bm25Encoder, SparseVec, SpladeEncoder
+from retrieval.encoders.sparse import SparseVec
 from retrieval.errors import EmptyQueryError, InvalidArgumentError, choice
 from retrieval.fusion import Fused, fuse
+from retrieval.parts import Parts
 from retrieval.rerank import EmbeddingReranker, RerankConfig
-from retrieval.settings import RerankMode, RetrievalSettings
-from retrieval.store import CollectionSchema, QdrantStore, QueryPlan, StoredHit
+from retrieval.settings import RerankMode
+from retrieval.store import CollectionSchema, QueryPlan, StoredHit
 
 
 class Variant(StrEnum):
@@ -91,34 +91,18 @@ class HybridRetriever:
     reopens the new version; a server resolves the alias itself) and checks the schema again after a switch.
     """
 
-    def __init__(
-        self,
-        settings: RetrievalSettings,
-        *,
-        store: QdrantStore,
-        dense: DenseEncoder,
-        sparse: Bm25Encoder | SpladeEncoder,
-        query_encoder: DenseEncoder | None = None,
-        reranker: EmbeddingReranker | None = None,
-    ):
-        """A retriever over these parts; :meth:`retrieval.RetrievalStack.retriever` builds one (sharing its parts).
-
-        ``query_encoder``: the encoder of ``settings.query_model`` (trained against the stored document vectors,
-        E2Rank-style, by `hybrid-rag tune-reranker`), which serves the dense channel and the reranker's
-        pseudo-queries; without a query model, the dense encoder.
-        """
-        if settings.query_model and query_encoder is None:
+    def __init__(self, parts: Parts):
+        """A retriever over ``parts``; :meth:`retrieval.RetrievalStack.retriever` builds one (sharing its parts)."""
+        if parts.settings.query_model and parts.query_encoder is None:
             raise InvalidArgumentError(
-                f"settings name a query model ({settings.query_model!r}): build the retriever with "
+                f"settings name a query model ({parts.settings.query_model!r}): build the retriever with "
                 "RetrievalStack(settings).retriever(), which loads it"
             )
-        self.settings = settings
-        self.store = store
-        self.dense = dense
-        self.sparse = sparse
-        self.query_encoder = query_encoder or dense
-        self.reranker = reranker or EmbeddingReranker(
-            dense, RerankConfig.from_settings(settings), query_encoder=self.query_encoder
+        self.settings, self.store = parts.settings, parts.store
+        self.dense, self.sparse = parts.dense, parts.sparse
+        self.query_encoder = parts.query_encoder or parts.dense
+        self.reranker = EmbeddingReranker(
+            self.dense, RerankConfig.from_settings(self.settings), query_encoder=self.query_encoder
         )
         self._checked = False
         self.last_timings: dict[str, float] = {}

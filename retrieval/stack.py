@@ -15,6 +15,7 @@ from retrieval.embedding_cache import EmbeddingCache
 from retrieval.encoders import DenseEncoder, make_sparse_encoder
 from retrieval.encoders.sparse import Bm25Encoder, SpladeEncoder
 from retrieval.indexer import Indexer
+from retrieval.parts import Parts
 from retrieval.search import HybridRetriever
 from retrieval.settings import RetrievalSettings
 from retrieval.store import CollectionSchema, QdrantStore, open_store
@@ -108,27 +109,15 @@ class RetrievalStack:
     # -- what it hands out ----------------------------------------------------------------------------------
     def indexer(self, collection: str | None = None) -> Indexer:
         """An :class:`Indexer` on ``collection`` (default: the settings') with this stack's parts."""
-        return Indexer(
-            self._settings_for(collection),
-            store=self.store(collection),
-            dense=self.dense,
-            sparse=self.sparse,
-            cache=self.cache,
-        )
+        return Indexer(self._parts(collection, self._settings_for(collection), self))
 
     def retriever(self, collection: str | None = None, version: int | None = None, **overrides: Any) -> HybridRetriever:
         """A :class:`HybridRetriever` on ``collection`` (``version``: a pinned one, e.g. staged), with settings
         ``overrides`` (validated by :class:`RetrievalSettings`). Encoders whose settings the overrides leave
         unchanged are shared; the others are built for this retriever (with their own locks)."""
         settings = self._settings_for(collection, **overrides)
-        parts = self.derive(**overrides) if overrides else self
-        return HybridRetriever(
-            settings,
-            store=self.store(collection, version),
-            dense=parts.dense,
-            sparse=parts.sparse,
-            query_encoder=parts.query_encoder,
-        )
+        encoders = self.derive(**overrides) if overrides else self
+        return HybridRetriever(self._parts(collection, settings, encoders, version))
 
     def derive(self, **overrides: Any) -> RetrievalStack:
         """A stack for the settings with ``overrides`` that shares this one's encoders where their settings are
@@ -158,6 +147,19 @@ class RetrievalStack:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def _parts(
+        self, collection: str | None, settings: RetrievalSettings, encoders: RetrievalStack, version: int | None = None
+    ) -> Parts:
+        """This stack's store of ``collection`` (``version``) and cache, with the encoders of ``encoders``."""
+        return Parts(
+            settings,
+            self.store(collection, version),
+            encoders.dense,
+            encoders.sparse,
+            query_encoder=encoders.query_encoder,
+            cache=self.cache,
+        )
 
     def _settings_for(self, collection: str | None, **overrides: Any) -> RetrievalSettings:
         if collection:

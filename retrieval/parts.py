@@ -1,0 +1,27 @@
+"""The parts one indexer or retriever works with, as :class:`retrieval.RetrievalStack` hands them out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from retrieval.embedding_cache import EmbeddingCache
+from retrieval.encoders import DenseEncoder
+from retrieval.encoders.sparse import Bm25Encoder, SpladeEncoder
+from retrieval.settings import RetrievalSettings
+from retrieval.store import QdrantStore
+
+
+@dataclass(frozen=True)
+class Parts:
+    """Settings, the store of one collection, the encoders (each with its own ``lock``) and the embedding cache.
+
+    ``query_encoder``: the encoder of ``settings.query_model`` (trained against the stored document vectors), which
+    serves the dense channel and the reranker's pseudo-queries; None: the dense encoder.
+    """
+
+    settings: RetrievalSettings
+    store: QdrantStore
+    dense: DenseEncoder
+    sparse: Bm25Encoder | SpladeEncoder
+    query_encoder: DenseEncoder | None = None
+    cache: EmbeddingCache | None = None
