@@ -93,14 +93,9 @@ class RetrievalResource(_SettingsFields):
 
     @contextmanager
     def store(self, collection: str, version: int | None = None) -> Iterator[QdrantStore]:
-        """An open store for ``collection`` (pinned to ``version`` when given), closed on exit (no encoders)."""
-        from retrieval.store import open_store
-
-        store = open_store(self.settings(collection), collection, version=version)
-        try:
-            yield store
-        finally:
-            store.close()
+        """The store of ``collection`` (pinned to ``version`` when given), closed on exit."""
+        with self.stack(collection) as stack:
+            yield stack.store(version=version)
 
     @contextmanager
     def indexer(self, collection: str) -> Iterator[Indexer]:

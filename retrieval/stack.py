@@ -50,6 +50,11 @@ def query_args(settings: RetrievalSettings) -> dict[str, Any] | None:
     return {"query_model": settings.query_model, **dense_args(settings)} if settings.query_model else None
 
 
+def encoder_key(settings: RetrievalSettings) -> str:
+    """The settings the encoders depend on: equal keys, interchangeable encoders."""
+    return json.dumps([dense_args(settings), sparse_args(settings), query_args(settings)], default=str, sort_keys=True)
+
+
 class RetrievalStack:
     """Encoders (dense, sparse, and the optional trained query encoder), stores (one per collection and version,
     opened on first use) and the embedding cache, built from :class:`RetrievalSettings`.
@@ -116,7 +121,8 @@ class RetrievalStack:
         ``overrides`` (validated by :class:`RetrievalSettings`). Encoders whose settings the overrides leave
         unchanged are shared; the others are built for this retriever (with their own locks)."""
         settings = self._settings_for(collection, **overrides)
-        encoders = self.derive(**overrides) if overrides else self
+        same = encoder_key(settings) == encoder_key(self.settings)
+        encoders = self if same else self.derive(**overrides)
         return HybridRetriever(self._parts(collection, settings, encoders, version))
 
     def derive(self, **overrides: Any) -> RetrievalStack:
@@ -176,7 +182,7 @@ _shared_lock = threading.Lock()
 def shared_stack(settings: RetrievalSettings) -> RetrievalStack:
     """A new stack for ``settings`` whose encoders are loaded once per process (for long-lived processes such as
     Dagster's). Close it when done: its stores are its own."""
-    key = json.dumps([dense_args(settings), sparse_args(settings), query_args(settings)], default=str, sort_keys=True)
+    key = encoder_key(settings)
     with _shared_lock:
         base = _shared.get(key)
         if base is None:
