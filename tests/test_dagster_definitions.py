@@ -13,7 +13,8 @@ import pytest
 import yaml
 
 from assets.corpora import CorpusConfigError, CorpusUnavailableError, load_corpora
-from assets.resources import RetrievalResource
+from assets.partitions import CORPORA
+from assets.resources import CorporaResource, RetrievalResource
 from orchestration.definitions import defs
 from retrieval import RetrievalSettings
 
@@ -117,6 +118,26 @@ def test_retrieval_resource_reads_env_vars_without_exposing_the_key(monkeypatch:
     resource = configured.process_config_and_initialize()  # what a run does
     assert resource.settings("c").qdrant_api_key.get_secret_value() == "s3cret-key"
     assert "s3cret" not in repr(resource.settings("c")) and "s3cret" not in resource.settings("c").model_dump_json()
+
+
+def test_retrieval_resource_has_a_field_per_setting() -> None:
+    assert set(RetrievalResource.model_fields) == set(RetrievalSettings.model_fields)
+    resource = RetrievalResource(chunk_tokens=128, rerank=False, fusion="dbsf", qdrant_path="/tmp/elsewhere")
+    settings = resource.settings("c")
+    assert (settings.chunk_tokens, settings.rerank, settings.fusion.value) == (128, False, "dbsf")
+    assert str(settings.qdrant_path) == "/tmp/elsewhere" and settings.collection == "c"
+    assert RetrievalResource().settings().chunk_tokens == RetrievalSettings().chunk_tokens  # unset: the settings'
+
+
+def test_corpora_resource_reads_the_partitions_file(tmp_path: Path) -> None:
+    assert CorporaResource().load() is CORPORA  # the file the partitions were read from, not re-resolved
+    subset = tmp_path / "corpora.yaml"
+    subset.write_text("corpora:\n  dropbox: {source: somewhere, format: dir}\n")
+    assert CorporaResource(path=str(subset)).get("dropbox").source == (tmp_path / "somewhere").resolve()
+    unknown = tmp_path / "other.yaml"
+    unknown.write_text("corpora:\n  news: {source: somewhere}\n")
+    with pytest.raises(CorpusConfigError, match=r"corpora \['news'\] are not partitions of the asset graph"):
+        CorporaResource(path=str(unknown)).get("news")
 
 
 def test_docker_compose_services_and_env() -> None:

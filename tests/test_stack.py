@@ -1,0 +1,84 @@
+"""One RetrievalStack owns the parts: what it hands out shares encoders (and their locks), stores and cache."""
+
+import pytest
+from pydantic import ValidationError
+
+from retrieval import RetrievalSettings, RetrievalStack
+from retrieval.encoders import Bm25Encoder
+from retrieval.errors import InvalidArgumentError
+from retrieval.parts import Parts
+from retrieval.search import HybridRetriever
+from retrieval.store import SchemaMismatchError
+from tests.conftest import LEXICAL_QUERY, TINY_DOCS
+
+
+@pytest.fixture(scope="module")
+def stack(indexed_stack):
+    stack = indexed_stack("edge", collection="stack", rerank=False)
+    yield stack
+    stack.close()
+
+
+def test_indexers_and_retrievers_share_the_stacks_parts(stack):
+    indexer, retriever = stack.indexer(), stack.retriever()
+    assert indexer.store is retriever.store is stack.store()
+    assert indexer.dense is retriever.dense is retriever.query_encoder is stack.dense
+    assert indexer.sparse is retriever.sparse is stack.sparse and indexer.cache is stack.cache
+    assert stack.dense.lock is not stack.sparse.lock  # one lock per encoder, not one for all
+    second = stack.indexer().index(TINY_DOCS, progress=False)
+    assert (second.embedded, second.unchanged) == (0, len(TINY_DOCS))  # the same collection
+    assert retriever.search(LEXICAL_QUERY[0], k=1)[0].doc_id == LEXICAL_QUERY[1]
+
+
+def test_retriever_overrides_share_unchanged_encoders_and_build_changed_ones(stack):
+    shallow = stack.retriever(k=2, rerank=True)
+    assert shallow.settings.k == 2 and shallow.settings.rerank and not stack.settings.rerank
+    assert shallow.dense is stack.dense and shallow.sparse is stack.sparse
+    other_bm25 = stack.retriever(bm25_k1=0.9)
+    assert other_bm25.dense is stack.dense  # the dense model is unchanged
+    assert other_bm25.sparse is not stack.sparse and other_bm25.sparse.k1 == 0.9
+    assert other_bm25.sparse.lock is not stack.sparse.lock
+    assert other_bm25.store is stack.store()
+
+
+def test_retriever_overrides_are_validated_by_the_settings(stack):
+    with pytest.raises(ValidationError, match="chunk_overlap must be smaller than chunk_tokens"):
+        stack.retriever(chunk_tokens=16, chunk_overlap=32)
+
+
+def test_one_schema_check_with_one_message(stack, indexed_stack):
+    empty = indexed_stack("server", [], collection="nothing")
+    message = "collection 'nothing' does not exist at :memory:; index documents first"
+    with pytest.raises(SchemaMismatchError, match=message):
+        empty.retriever().search("anything")
+    with pytest.raises(SchemaMismatchError, match=message):
+        empty.check_schema()
+    assert empty.check_schema(missing_ok=True) is None
+    assert stack.check_schema() == stack.schema()
+
+    class OtherSparse(Bm25Encoder):
+        name = "other-sparse"
+
+    mismatched = RetrievalStack(stack.settings, dense=stack.dense, sparse=OtherSparse(), store=stack.store())
+    message = "sparse_model: collection has 'bm25', settings give 'other-sparse'"
+    with pytest.raises(SchemaMismatchError, match=message):
+        mismatched.check_schema()
+    with pytest.raises(SchemaMismatchError, match=message):
+        mismatched.retriever().search("anything")
+    with pytest.raises(SchemaMismatchError, match=message):
+        mismatched.indexer().index(TINY_DOCS[:1], progress=False)
+
+
+def test_a_query_model_needs_its_encoder(stack):
+    settings = RetrievalSettings(**{**stack.settings.model_dump(), "query_model": "some/trained-encoder"})
+    with pytest.raises(InvalidArgumentError, match="RetrievalStack"):
+        HybridRetriever(Parts(settings, stack.store(), stack.dense, stack.sparse))
+
+
+def test_closing_the_stack_lets_go_of_its_stores(indexed_stack):
+    stack = indexed_stack("edge", collection="closing")
+    first = stack.store()
+    assert stack.store() is first  # opened once
+    stack.close()
+    assert stack.store() is not first and stack.store().count() == len(TINY_DOCS)  # reopened on the next use
+    stack.close()
