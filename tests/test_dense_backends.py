@@ -12,9 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from retrieval.encoders import DenseEncoder, select_device
-from retrieval.encoders import dense as dense_module
-from retrieval.settings import DenseBackend
+from retrieval.encoders import DenseEncoder, multi_process, onnx_export, select_device
+from retrieval.settings import DenseBackend, RetrievalSettings
 
 SENTENCES = [
     "The mitochondria is the powerhouse of the cell.",
@@ -96,7 +95,7 @@ def test_export_happens_once_per_cache_dir(monkeypatch):
     def no_second_export(*args, **kwargs):
         raise AssertionError("exported again")
 
-    monkeypatch.setattr(dense_module, "export_onnx", no_second_export)
+    monkeypatch.setattr(onnx_export, "export_onnx", no_second_export)
     assert DenseEncoder(backend="onnx-int8", cache_dir=onnx_cache_dir()).encode_query("reused").shape == (384,)
 
 
@@ -118,7 +117,9 @@ def test_torch_cache_key_is_unchanged(dense_encoder):
 
 def test_backend_names_are_checked():
     assert DenseEncoder(backend="ONNX").backend is DenseBackend.ONNX
-    assert DenseEncoder(backend="onnx-int8").backend == "onnx-int8"
+    assert DenseEncoder(backend="onnx-int8").backend is DenseBackend.ONNX_INT8
+    assert DenseEncoder(backend=" OpenVINO ").backend is DenseBackend.OPENVINO
+    assert RetrievalSettings(dense_backend="ONNX-int8").dense_backend is DenseBackend.ONNX_INT8  # the same parse
     with pytest.raises(ValueError, match="unknown dense backend"):
         DenseEncoder(backend="tensorrt")
 
@@ -167,11 +168,11 @@ def test_several_cuda_devices_make_a_pool(monkeypatch):
     import torch
 
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
-    assert dense_module.pool_devices("cuda") == ["cuda:0", "cuda:1", "cuda:2", "cuda:3"]
-    assert dense_module.pool_devices("cuda:1") == []  # an explicit device means that one only
-    assert dense_module.pool_devices("cpu") == []
+    assert multi_process.pool_devices("cuda") == ["cuda:0", "cuda:1", "cuda:2", "cuda:3"]
+    assert multi_process.pool_devices("cuda:1") == []  # an explicit device means that one only
+    assert multi_process.pool_devices("cpu") == []
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    assert dense_module.pool_devices("cuda") == []
+    assert multi_process.pool_devices("cuda") == []
     encoder = DenseEncoder(device="cuda", batch_size=32)
     assert encoder.devices == [] and encoder.pool_min_texts == 32
 
