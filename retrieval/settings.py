@@ -106,7 +106,3 @@ class RetrievalSettings(BaseSettings):
     def rerank_enabled(self) -> bool:
         """Reranking is on by default (``rerank=False`` turns it off)."""
         return self.rerank
-
-    @property
-    def uses_server(self) -> bool:
-        return bool(self.qdrant_url)

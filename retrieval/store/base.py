@@ -20,7 +20,6 @@ from retrieval.settings import FusionMethod
 
 DENSE = "dense"
 SPARSE = "sparse"
-PAYLOAD_FIELDS = ("doc_id", "chunk_index", "text", "title", "metadata", "content_hash")
 TOP_LEVEL_FILTER_KEYS = {"doc_id", "chunk_index", "title", "content_hash"}
 RANGE_OPERATORS = {"gt", "gte", "lt", "lte"}
 VERSION_SEP = "__v"
