@@ -55,6 +55,7 @@ from benchmarks.common import (  # noqa: E402
     optimize_store,
     percentiles,
     print_machine,
+    run_and_report,
     table,
     workdir,
 )
@@ -548,13 +549,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     peers = [p.strip() for p in args.peers.split(",") if p.strip()]
     if set(peers) - set(PEERS):
         parser.error(f"unknown peers {sorted(set(peers) - set(PEERS))}; expected {sorted(PEERS)}")
-    started = time.perf_counter()
-    result = run(
-        datasets, peers, max_docs, limit, not args.no_encode_study, args.query_backend, on_dataset=report_dataset
+    return run_and_report(
+        lambda: run(
+            datasets, peers, max_docs, limit, not args.no_encode_study, args.query_backend, on_dataset=report_dataset
+        ),
+        lambda r: report(r, datasets=False),
     )
-    report(result, datasets=False)
-    console.print(f"[dim]took {time.perf_counter() - started:.0f} s[/dim]")
-    return result
 
 
 if __name__ == "__main__":
