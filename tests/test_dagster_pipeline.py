@@ -22,6 +22,8 @@ from orchestration.parquet_io import ParquetIOManager
 from orchestration.resources import CorporaResource, EvalHistoryResource, RetrievalResource
 from retrieval.store import EdgeStore
 
+pytestmark = pytest.mark.slow  # Dagster runs of the main job
+
 CORPUS = "sample"
 VARIANTS = ("dense", "sparse", "hybrid", "hybrid+rerank")
 HEADLINE = ("ndcg@10", "recall@100", "mrr@10", "map@100")

@@ -49,6 +49,7 @@ def torch_vectors(dense_encoder) -> np.ndarray:
     return dense_encoder.encode_documents(SENTENCES)
 
 
+@pytest.mark.slow  # the first use exports the model to ONNX
 @needs_onnxruntime
 def test_onnx_backend_matches_torch(torch_vectors):
     encoder = DenseEncoder(backend="onnx", cache_dir=onnx_cache_dir())
@@ -61,6 +62,7 @@ def test_onnx_backend_matches_torch(torch_vectors):
     assert encoder.runs_on == "cpu (onnxruntime fp32)"
 
 
+@pytest.mark.slow  # the first use exports the model to ONNX
 @needs_onnxruntime
 def test_onnx_int8_backend_stays_close_to_torch(torch_vectors):
     encoder = DenseEncoder(backend="onnx-int8", cache_dir=onnx_cache_dir())
@@ -70,12 +72,14 @@ def test_onnx_int8_backend_stays_close_to_torch(torch_vectors):
 
 
 @needs_openvino
+@pytest.mark.slow  # the first use exports the model to ONNX
 @needs_onnxruntime
 def test_openvino_backend_matches_torch(torch_vectors):
     encoder = DenseEncoder(backend="openvino", cache_dir=onnx_cache_dir())
     assert cosines(encoder.encode_documents(SENTENCES), torch_vectors).min() > 0.99
 
 
+@pytest.mark.slow  # the first use exports the model to ONNX
 @needs_onnxruntime
 def test_onnx_backend_has_the_torch_tokenizer_and_limits(dense_encoder):
     encoder = DenseEncoder(backend="onnx", cache_dir=onnx_cache_dir())
@@ -88,6 +92,7 @@ def test_onnx_backend_has_the_torch_tokenizer_and_limits(dense_encoder):
     assert encoder.encode_documents([]).shape == (0, encoder.dimension)
 
 
+@pytest.mark.slow  # the first use exports the model to ONNX
 @needs_onnxruntime
 def test_export_happens_once_per_cache_dir(monkeypatch):
     DenseEncoder(backend="onnx", cache_dir=onnx_cache_dir()).encode_query("first use exports")
@@ -99,6 +104,7 @@ def test_export_happens_once_per_cache_dir(monkeypatch):
     assert DenseEncoder(backend="onnx-int8", cache_dir=onnx_cache_dir()).encode_query("reused").shape == (384,)
 
 
+@pytest.mark.slow  # the first use exports the model to ONNX
 @needs_onnxruntime
 def test_cache_key_differs_per_backend(dense_encoder):
     keys = {dense_encoder.cache_key}
@@ -177,6 +183,7 @@ def test_several_cuda_devices_make_a_pool(monkeypatch):
     assert encoder.devices == [] and encoder.pool_min_texts == 32
 
 
+@pytest.mark.slow
 def test_multi_process_pool_matches_single_process(dense_encoder):
     """The multi-GPU code path, run with two CPU worker processes."""
     encoder = DenseEncoder(device="cpu", devices=["cpu", "cpu"], pool_min_texts=2)
