@@ -19,6 +19,7 @@ from tests.conftest import SCIFACT
 
 pytestmark = [
     pytest.mark.scifact,
+    pytest.mark.slow,
     pytest.mark.skipif(not (SCIFACT / "corpus.jsonl").exists(), reason=f"{SCIFACT} is not present"),
 ]
 
@@ -79,7 +80,6 @@ def test_long_queries_hybrid_beats_the_reference_fusion(scifact):
     assert ndcg["hybrid"] >= max(ndcg["dense"], ndcg["sparse"]) - 0.01
 
 
-@pytest.mark.slow
 def test_trained_query_encoder_and_reranker_reach_the_goal_without_seeing_test(scifact, test_results, tmp_path):
     """E2Rank-style training on the train split only; hybrid + rerank must reach nDCG@10 >= 0.78 on test (0.786)."""
     coll, retriever, _, _ = scifact
