@@ -363,13 +363,14 @@ def encode_study(dense, texts: list[str], backends: tuple[str, ...] = ("onnx", "
     import torch
 
     from retrieval.encoders import DenseEncoder
+    from retrieval.encoders.runtime import one_thread
 
     model = dense.model
     tokenizer = model.tokenizer
     transformer = model[0].auto_model
 
     def bare(text: str) -> np.ndarray:
-        with dense._threads(1), torch.inference_mode():
+        with one_thread(), torch.inference_mode():
             batch = tokenizer([text], truncation=True, max_length=dense.max_tokens, return_tensors="pt")
             hidden = transformer(**batch).last_hidden_state
             pooled = hidden.mean(dim=1)[0]
