@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 
-.PHONY: setup run test lint ui
+.PHONY: setup run test test-fast lint ui
 
 $(BIN)/hybrid-rag: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,9 @@ test: setup  ## lint, import layers (import-linter) and the whole test suite (pr
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 	TQDM_DISABLE=1 $(BIN)/pytest
+
+test-fast: setup  ## the tests not marked slow (ONNX export, training, benchmarks, subprocesses, Dagster runs): < 3 min
+	TQDM_DISABLE=1 $(BIN)/pytest -m "not slow"
 
 ui: setup  ## the Dagster UI on http://127.0.0.1:3000 (the project's instance: the runs of `make run` show up)
 	DAGSTER_HOME=$${DAGSTER_HOME:-$(CURDIR)/data/dagster_home} $(BIN)/dagster dev -m orchestration.definitions

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from rich.console import Console
@@ -25,6 +25,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 REPO = Path(__file__).resolve().parents[1]
 SCIFACT = Path(os.environ.get("HYBRID_RAG_SCIFACT", REPO.parent / "shared" / "datasets" / "scifact"))
 
+T = TypeVar("T")
 console = Console(width=None if sys.stdout.isatty() else 160)  # no wrapped columns in logs and pipes
 
 
@@ -73,6 +74,15 @@ def timed_ms(fn: Callable[[], Any]) -> tuple[Any, float]:
     started = time.perf_counter()
     out = fn()
     return out, (time.perf_counter() - started) * 1000
+
+
+def run_and_report(run: Callable[[], T], report: Callable[[T], Any]) -> T:
+    """A benchmark's ``main``: run it, print its tables, then how long it all took."""
+    started = time.perf_counter()
+    result = run()
+    report(result)
+    console.print(f"[dim]took {time.perf_counter() - started:.0f} s[/dim]")
+    return result
 
 
 def peak_rss_mb() -> float:

@@ -29,6 +29,7 @@ from benchmarks.common import (
     print_machine,
     read_docs,
     require_scifact,
+    run_and_report,
     table,
     workdir,
 )
@@ -214,20 +215,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--data", default=None, help="SciFact directory (BEIR layout)")
     parser.add_argument("--cache-dir", default=None, help="ONNX exports and embedding cache (default: settings)")
     args = parser.parse_args(argv)
-    started = time.perf_counter()
-    result = run(
-        tuple(b.strip() for b in args.backends.split(",") if b.strip()),
-        args.texts,
-        args.rounds,
-        args.max_docs or None,
-        args.batch_size,
-        not args.no_quality,
-        args.data,
-        args.cache_dir,
+    return run_and_report(
+        lambda: run(
+            tuple(b.strip() for b in args.backends.split(",") if b.strip()),
+            args.texts,
+            args.rounds,
+            args.max_docs or None,
+            args.batch_size,
+            not args.no_quality,
+            args.data,
+            args.cache_dir,
+        ),
+        report,
     )
-    report(result)
-    console.print(f"[dim]took {time.perf_counter() - started:.0f} s[/dim]")
-    return result
 
 
 if __name__ == "__main__":

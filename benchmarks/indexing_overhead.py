@@ -18,7 +18,17 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import console, goal, machine_info, print_machine, read_docs, require_scifact, table, workdir
+from benchmarks.common import (
+    console,
+    goal,
+    machine_info,
+    print_machine,
+    read_docs,
+    require_scifact,
+    run_and_report,
+    table,
+    workdir,
+)
 
 RATIO_GOAL = 0.9
 
@@ -200,11 +210,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--no-profile", action="store_true")
     parser.add_argument("--data", default=None, help="SciFact directory (BEIR layout)")
     args = parser.parse_args(argv)
-    started = time.perf_counter()
-    result = run(args.max_docs, args.rounds, args.batch_size, not args.no_profile, args.data, args.backend)
-    report(result)
-    console.print(f"[dim]took {time.perf_counter() - started:.0f} s[/dim]")
-    return result
+    return run_and_report(
+        lambda: run(args.max_docs, args.rounds, args.batch_size, not args.no_profile, args.data, args.backend), report
+    )
 
 
 if __name__ == "__main__":

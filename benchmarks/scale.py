@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 from typing import Any
 
 from benchmarks.common import (
@@ -24,6 +23,7 @@ from benchmarks.common import (
     percentiles,
     print_machine,
     rss_mb,
+    run_and_report,
     table,
     timed_ms,
     workdir,
@@ -138,11 +138,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--dir", default=None, help="where the collection is built (default: a temporary directory)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    started = time.perf_counter()
-    result = run(args.max_points, args.queries, args.dir, args.seed, progress=True)
-    report(result)
-    console.print(f"[dim]took {time.perf_counter() - started:.0f} s[/dim]")
-    return result
+    return run_and_report(lambda: run(args.max_points, args.queries, args.dir, args.seed, progress=True), report)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from benchmarks.common import (
     percentiles,
     print_machine,
     require_scifact,
+    run_and_report,
     table,
     timed_ms,
     workdir,
@@ -186,11 +187,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--data", default=None, help="SciFact directory (BEIR layout)")
     parser.add_argument("--cache-dir", default=None, help="embedding cache directory (default: settings)")
     args = parser.parse_args(argv)
-    started = time.perf_counter()
-    result = run(args.max_docs or None, args.queries, args.synthetic_points, args.data, args.backend, args.cache_dir)
-    report(result)
-    console.print(f"[dim]took {time.perf_counter() - started:.0f} s[/dim]")
-    return result
+    return run_and_report(
+        lambda: run(
+            args.max_docs or None, args.queries, args.synthetic_points, args.data, args.backend, args.cache_dir
+        ),
+        report,
+    )
 
 
 if __name__ == "__main__":

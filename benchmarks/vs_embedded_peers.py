@@ -55,6 +55,7 @@ from benchmarks.common import (  # noqa: E402
     optimize_store,
     percentiles,
     print_machine,
+    run_and_report,
     table,
     workdir,
 )
@@ -359,13 +360,14 @@ def encode_study(dense, texts: list[str], backends: tuple[str, ...] = ("onnx", "
     import torch
 
     from retrieval.encoders import DenseEncoder
+    from retrieval.encoders.runtime import one_thread
 
     model = dense.model
     tokenizer = model.tokenizer
     transformer = model[0].auto_model
 
     def bare(text: str) -> np.ndarray:
-        with dense._threads(1), torch.inference_mode():
+        with one_thread(), torch.inference_mode():
             batch = tokenizer([text], truncation=True, max_length=dense.max_tokens, return_tensors="pt")
             hidden = transformer(**batch).last_hidden_state
             pooled = hidden.mean(dim=1)[0]
@@ -546,13 +548,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     peers = [p.strip() for p in args.peers.split(",") if p.strip()]
     if set(peers) - set(PEERS):
         parser.error(f"unknown peers {sorted(set(peers) - set(PEERS))}; expected {sorted(PEERS)}")
-    started = time.perf_counter()
-    result = run(
-        datasets, peers, max_docs, limit, not args.no_encode_study, args.query_backend, on_dataset=report_dataset
+    return run_and_report(
+        lambda: run(
+            datasets, peers, max_docs, limit, not args.no_encode_study, args.query_backend, on_dataset=report_dataset
+        ),
+        lambda r: report(r, datasets=False),
     )
-    report(result, datasets=False)
-    console.print(f"[dim]took {time.perf_counter() - started:.0f} s[/dim]")
-    return result
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ from benchmarks.common import (
     percentiles,
     print_machine,
     require_scifact,
+    run_and_report,
     table,
     timed_ms,
     workdir,
@@ -224,11 +225,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--cache-dir", default=None, help="embedding cache directory (default: settings)")
     parser.add_argument("--rrf-k", type=int, default=None, help="our RRF constant (default: settings, 60)")
     args = parser.parse_args(argv)
-    started = time.perf_counter()
-    result = run(args.max_docs or None, args.queries, not args.no_cache, args.data, args.cache_dir, args.rrf_k)
-    report(result)
-    console.print(f"[dim]took {time.perf_counter() - started:.0f} s[/dim]")
-    return result
+    return run_and_report(
+        lambda: run(args.max_docs or None, args.queries, not args.no_cache, args.data, args.cache_dir, args.rrf_k),
+        report,
+    )
 
 
 if __name__ == "__main__":

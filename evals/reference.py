@@ -13,11 +13,10 @@ from functools import cached_property
 
 import numpy as np
 
+from evals.runs import Run
 from retrieval.documents import Document
 from retrieval.encoders import DenseEncoder
 from retrieval.store import QdrantStore
-
-Run = dict[str, dict[str, float]]
 
 # Lowercased, English stopwords dropped, Snowball-stemmed: as bm25s / Pyserini do for BEIR.
 STOPWORDS = frozenset(

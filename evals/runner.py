@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm.auto import tqdm
 
+from evals.runs import Run
 from retrieval.search import Hit, HybridRetriever, Variant
 
-Run = dict[str, dict[str, float]]
 RUN_DEPTH = 100
 
 

@@ -6,7 +6,7 @@ list well. Here the candidates are the real first-stage lists of the train queri
 already stored in the collection: the document side stays frozen and is never re-encoded, only the
 pseudo-query encoder learns. The loss is listwise softmax cross-entropy over each list, with the judged
 relevant candidates as targets. The result is a sentence-transformers model directory that
-``RetrievalSettings.rerank_model`` points at. Only a :class:`~evals.collections.TrainSplitView` is
+``RetrievalSettings.query_model`` points at. Only a :class:`~evals.collections.TrainSplitView` is
 accepted, so held-out qrels cannot leak in.
 """
 

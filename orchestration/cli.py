@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
@@ -81,6 +82,7 @@ def index(
     rebuild: Annotated[
         bool, typer.Option(help="Build a new collection version from the source (implies --sync), switch atomically")
     ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report (counts, skipped records) as JSON")] = False,
 ) -> None:
     """Add documents to a collection, or with --sync make it equal to the source (unchanged chunks are neither
     embedded nor written again)."""
@@ -89,12 +91,15 @@ def index(
 
     settings = _settings(collection=collection, bad_input_policy=policy)
     docs, read_report = read_documents(path, fmt, settings.bad_input_policy)
-    if not docs:
+    if not docs and not as_json:
         console.print(f"[yellow]no documents in {path}[/yellow]", soft_wrap=True)
     with RetrievalStack(settings) as stack:
         report = stack.indexer().index(
             docs, prune=sync, allow_delete=allow_delete, skipped=read_report.skipped, rebuild=rebuild
         )
+    if as_json:
+        typer.echo(json.dumps(asdict(report), default=str, indent=2))
+        return
     columns = ("documents", "chunks", "embedded", "unchanged", "deleted", "kept", "points", "cache_reused")
     table = Table(title=f"indexed into {report.collection!r}")
     for name in columns:

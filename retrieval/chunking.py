@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,10 +92,6 @@ class Chunker:
             if end >= n:
                 return chunks
             start = _last_cut(cuts, start + 1, end - self.overlap) or end
-
-    def chunk_all(self, docs: Iterable[Document]) -> Iterator[Chunk]:
-        for doc in docs:
-            yield from self.chunk(doc)
 
     def _offsets(self, text: str) -> list[tuple[int, int]]:
         # verbose=False: text longer than the model's max length is expected here (it is what gets cut), so

@@ -175,6 +175,7 @@ class Indexer:
             collection=self.store.collection,
             documents=len({c.doc_id for c in chunks}) if documents is None else documents,
             rebuilt=rebuild,
+            skipped=list(skipped),
         )
         with self.store.write_lock():
             return self._sync_locked(

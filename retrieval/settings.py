@@ -29,6 +29,12 @@ class DenseBackend(StrEnum):
     ONNX_INT8 = "onnx-int8"
     OPENVINO = "openvino"
 
+    @classmethod
+    def _missing_(cls, value: object) -> DenseBackend | None:
+        """Case and surrounding spaces do not matter (``ONNX``, `` onnx-int8``), in settings and arguments."""
+        text = value.strip().lower() if isinstance(value, str) else None
+        return next((member for member in cls if member.value == text), None)
+
 
 def default_cache_dir() -> Path:
     return Path.home() / ".cache" / "hybrid-rag"
@@ -100,7 +106,3 @@ class RetrievalSettings(BaseSettings):
     def rerank_enabled(self) -> bool:
         """Reranking is on by default (``rerank=False`` turns it off)."""
         return self.rerank
-
-    @property
-    def uses_server(self) -> bool:
-        return bool(self.qdrant_url)

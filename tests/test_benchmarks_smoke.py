@@ -9,9 +9,10 @@ import pytest
 from tests.conftest import SCIFACT
 from tests.test_dense_backends import onnx_cache_dir
 
-pytestmark = pytest.mark.skipif(
-    not (SCIFACT / "corpus.jsonl").is_file(), reason=f"SciFact test collection not found at {SCIFACT}"
-)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not (SCIFACT / "corpus.jsonl").is_file(), reason=f"SciFact not found at {SCIFACT}"),
+]
 
 
 def test_indexing_overhead(capsys):
@@ -81,7 +82,6 @@ def test_vs_langchain(tmp_path, capsys):
     assert "vs LangChain" in capsys.readouterr().out
 
 
-@pytest.mark.slow
 def test_vs_embedded_peers(tmp_path, capsys):
     from benchmarks import vs_embedded_peers
 

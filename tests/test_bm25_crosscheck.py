@@ -15,7 +15,7 @@ import snowballstemmer
 from rank_bm25 import BM25Okapi
 
 from evals.collections import sample_collection
-from retrieval import read_documents
+from retrieval import RetrievalSettings, read_documents
 
 STOPWORDS = set(
     [
@@ -86,7 +86,8 @@ def tokens(text: str) -> list[str]:
 def both_rankings(indexed_stack):
     coll = sample_collection()
     docs, _ = read_documents(coll.root)
-    stack = indexed_stack("edge", docs, collection="bm25", rerank=False)
+    # the shared embedding cache (dense vectors are needed to index, not compared here)
+    stack = indexed_stack("edge", docs, collection="bm25", rerank=False, cache_dir=RetrievalSettings().cache_dir)
     ours = stack.retriever()
     reference = BM25Okapi([tokens(f"{d.title}\n{d.text}") for d in docs])
     ids = [d.id for d in docs]

@@ -86,3 +86,22 @@ def test_long_documents_are_chunked_without_a_false_tokenizer_warning(dense_enco
         logger.removeHandler(handler)
     assert len(chunks) > 10
     assert not [r for r in records if "sequence length is longer" in r.getMessage()]
+
+
+def test_a_title_taking_half_the_budget_still_moves_the_window_forward(dense_encoder):
+    """Budget 32 (34 minus [CLS]/[SEP]), a 16-token title and a 16-token overlap leave a text window equal to
+    the overlap: the window must still advance (the first version computed a step of 0 here)."""
+    chunker = Chunker(dense_encoder.tokenizer, max_tokens=34, overlap=16)
+    title = " ".join(["alpha"] * 16)
+    assert chunker.budget == 32 and chunker.overlap == 16 and chunker._count(title + "\n") == 16
+    words = [f"w{i}" for i in range(100)]
+    text = " ".join(words)
+    chunks = chunker.chunk(Document("d", text, title=title))
+    assert chunks[0].title == title  # not truncated: exactly half the budget is allowed
+    assert chunks[0].text.startswith("w0 ") and chunks[-1].text.endswith("w99")
+    assert [c.chunk_index for c in chunks] == list(range(len(chunks)))
+    assert len(chunks) < len(words)  # every window holds several words
+    for c in chunks:
+        assert n_tokens(dense_encoder.tokenizer, c.embed_text) <= 34
+    covered = " ".join(c.text for c in chunks).split()
+    assert set(covered) == set(words)

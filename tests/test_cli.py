@@ -23,10 +23,13 @@ def invoke_stdout(*args):
 
 def test_index_search_eval_round_trip(cli_env):
     sample = sample_collection()
-    out = invoke("index", str(sample.root), "--collection", "cli")
-    assert "60" in out  # documents
-    again = invoke("index", str(sample.root), "--collection", "cli")
-    assert "indexed into 'cli'" in again
+    first = json.loads(invoke_stdout("index", str(sample.root), "--collection", "cli", "--json"))
+    assert (first["collection"], first["documents"], first["skipped"]) == ("cli", 60, [])
+    assert first["points"] == first["chunks"] == first["embedded"] >= 60
+    again = json.loads(invoke_stdout("index", str(sample.root), "--collection", "cli", "--json"))
+    assert (again["embedded"], again["deleted"]) == (0, 0)  # nothing re-embedded or rewritten
+    assert again["unchanged"] == again["points"] == first["points"]
+    assert "indexed into 'cli'" in invoke("index", str(sample.root), "--collection", "cli")  # the table
 
     hits = json.loads(invoke_stdout("search", "RFC 9110", "--collection", "cli", "--k", "3", "--json"))
     assert len(hits) == 3 and {"doc_id", "score", "dense_rank", "sparse_rank", "text"} <= set(hits[0])
@@ -61,8 +64,11 @@ def test_index_search_eval_round_trip(cli_env):
 
 
 def test_eval_indexes_a_missing_collection_first(cli_env):
+    assert json.loads(invoke_stdout("collections", "--json")) == []
     out = invoke("eval", "sample", "--collection", "fresh", "--variant", "sparse")
     assert "does not exist: indexing" in out
+    [fresh] = json.loads(invoke_stdout("collections", "--json"))
+    assert fresh["collection"] == "fresh" and fresh["points"] >= len(sample_collection().doc_ids())
 
 
 def test_bad_input_exits_with_file_and_line(cli_env):

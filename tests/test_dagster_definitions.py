@@ -44,6 +44,7 @@ def test_definitions_validate() -> None:
         assert spec.blocking and spec.partitions_def == repo.asset_graph.get(key.asset_key).partitions_def
 
 
+@pytest.mark.slow
 def test_dagster_cli_validates_the_module(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"}
     dagster = Path(sys.executable).with_name("dagster")

@@ -20,6 +20,9 @@ from evals.history import EvalHistory
 from orchestration.definitions import default_resources
 from orchestration.main_job import MainJobError, print_results, run_main_job
 from orchestration.parquet_io import ParquetIOManager
+from retrieval.store import EdgeStore
+
+pytestmark = pytest.mark.slow  # Dagster runs of the main job
 
 CORPUS = "sample"
 VARIANTS = ("dense", "sparse", "hybrid", "hybrid+rerank")
@@ -189,7 +192,11 @@ def test_cli_run_is_a_run_of_the_reindex_job(sandbox: Sandbox, second_run: dict,
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(app, ["run", "--corpus", CORPUS])
     assert result.exit_code == 0, result.output
-    assert "readers now use version 1 of 'sample'" in result.output
+    store = EdgeStore(tmp_path / "index", CORPUS)
+    try:
+        assert store.current_version() == 1 and store.count() > 0  # the run published version 1
+    finally:
+        store.close()
     with dg.DagsterInstance.from_config(str(tmp_path / "data" / "dagster_home")) as instance:
         [run] = instance.get_runs()
     assert run.job_name == "reindex" and run.tags["dagster/partition"] == CORPUS  # re-executable from the UI

@@ -171,6 +171,7 @@ def check_reader(done: list[dict], run_started: float, run_ended: float, staged_
     assert any(REMOVED in s["ids"] for s in before if s["q"] == 2)  # it was there before
 
 
+@pytest.mark.slow
 def test_gate_refuses_a_worse_version_and_readers_keep_the_published_one(tmp_path: Path) -> None:
     sandbox = Sandbox(tmp_path)
     data, corpora = corpus_copy(tmp_path, "gated")

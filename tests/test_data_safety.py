@@ -23,6 +23,13 @@ def cli(*args: str, code: int = 0) -> str:
     return result.output
 
 
+def cli_json(*args: str) -> dict:
+    """The report of ``index ... --json`` (stdout only)."""
+    result = CliRunner().invoke(app, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
 def write_jsonl(path: Path, docs, extra_lines: tuple[str, ...] = ()) -> Path:
     lines = [json.dumps({"_id": d.id, "text": d.text, "title": d.title, "metadata": d.metadata}) for d in docs]
     path.write_text("\n".join([*lines, *extra_lines]) + ("\n" if lines or extra_lines else ""))
@@ -65,6 +72,8 @@ def test_a_folder_whose_files_are_all_skipped_keeps_what_is_stored(cli_env):
         (folder / f"{doc.id}.md").write_bytes(b"\x00\x01 binary now")
     out = cli("index", str(folder), "-c", "notes", "--sync", "--policy", "skip")
     assert "kept the stored chunks of 4 skipped documents" in out
+    report = cli_json("index", str(folder), "-c", "notes", "--sync", "--policy", "skip")
+    assert (report["documents"], report["kept"], report["deleted"], len(report["skipped"])) == (0, 4, 0, 4)
     assert points(cli_env, "notes") == 4
 
 
@@ -87,8 +96,10 @@ def test_skipped_records_keep_their_last_good_version(cli_env):
     rest = [d for d in TINY_DOCS if d.id not in {"valve", "pasta"}]
     broken = ('{"_id": "valve", "text": "Replace the valve', json.dumps({"_id": "pasta", "text": "   "}))
     write_jsonl(source, rest, broken)
-    out = cli("index", str(source), "-c", "kb", "--sync", "--policy", "skip")
-    assert "all.jsonl:7" in out and "all.jsonl:8" in out
+    report = cli_json("index", str(source), "-c", "kb", "--sync", "--policy", "skip")
+    skipped = {(Path(p["path"]).name, p["line"], p["doc_id"]) for p in report["skipped"]}
+    assert skipped == {("all.jsonl", 7, "valve"), ("all.jsonl", 8, "pasta")}
+    assert (report["kept"], report["deleted"]) == (2, 0)
     assert points(cli_env, "kb") == N
     assert points(cli_env, "kb", "valve") == 1 and points(cli_env, "kb", "pasta") == 1
     # A record whose id cannot be read at all: nothing absent from the source is deleted.

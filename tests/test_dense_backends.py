@@ -12,9 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from retrieval.encoders import DenseEncoder, select_device
-from retrieval.encoders import dense as dense_module
-from retrieval.settings import DenseBackend
+from retrieval.encoders import DenseEncoder, multi_process, onnx_export, select_device
+from retrieval.settings import DenseBackend, RetrievalSettings
 
 SENTENCES = [
     "The mitochondria is the powerhouse of the cell.",
@@ -50,6 +49,7 @@ def torch_vectors(dense_encoder) -> np.ndarray:
     return dense_encoder.encode_documents(SENTENCES)
 
 
+@pytest.mark.slow  # the first use exports the model to ONNX
 @needs_onnxruntime
 def test_onnx_backend_matches_torch(torch_vectors):
     encoder = DenseEncoder(backend="onnx", cache_dir=onnx_cache_dir())
@@ -62,6 +62,7 @@ def test_onnx_backend_matches_torch(torch_vectors):
     assert encoder.runs_on == "cpu (onnxruntime fp32)"
 
 
+@pytest.mark.slow  # the first use exports the model to ONNX
 @needs_onnxruntime
 def test_onnx_int8_backend_stays_close_to_torch(torch_vectors):
     encoder = DenseEncoder(backend="onnx-int8", cache_dir=onnx_cache_dir())
@@ -71,12 +72,14 @@ def test_onnx_int8_backend_stays_close_to_torch(torch_vectors):
 
 
 @needs_openvino
+@pytest.mark.slow  # the first use exports the model to ONNX
 @needs_onnxruntime
 def test_openvino_backend_matches_torch(torch_vectors):
     encoder = DenseEncoder(backend="openvino", cache_dir=onnx_cache_dir())
     assert cosines(encoder.encode_documents(SENTENCES), torch_vectors).min() > 0.99
 
 
+@pytest.mark.slow  # the first use exports the model to ONNX
 @needs_onnxruntime
 def test_onnx_backend_has_the_torch_tokenizer_and_limits(dense_encoder):
     encoder = DenseEncoder(backend="onnx", cache_dir=onnx_cache_dir())
@@ -89,6 +92,7 @@ def test_onnx_backend_has_the_torch_tokenizer_and_limits(dense_encoder):
     assert encoder.encode_documents([]).shape == (0, encoder.dimension)
 
 
+@pytest.mark.slow  # the first use exports the model to ONNX
 @needs_onnxruntime
 def test_export_happens_once_per_cache_dir(monkeypatch):
     DenseEncoder(backend="onnx", cache_dir=onnx_cache_dir()).encode_query("first use exports")
@@ -96,10 +100,11 @@ def test_export_happens_once_per_cache_dir(monkeypatch):
     def no_second_export(*args, **kwargs):
         raise AssertionError("exported again")
 
-    monkeypatch.setattr(dense_module, "export_onnx", no_second_export)
+    monkeypatch.setattr(onnx_export, "export_onnx", no_second_export)
     assert DenseEncoder(backend="onnx-int8", cache_dir=onnx_cache_dir()).encode_query("reused").shape == (384,)
 
 
+@pytest.mark.slow  # the first use exports the model to ONNX
 @needs_onnxruntime
 def test_cache_key_differs_per_backend(dense_encoder):
     keys = {dense_encoder.cache_key}
@@ -118,7 +123,9 @@ def test_torch_cache_key_is_unchanged(dense_encoder):
 
 def test_backend_names_are_checked():
     assert DenseEncoder(backend="ONNX").backend is DenseBackend.ONNX
-    assert DenseEncoder(backend="onnx-int8").backend == "onnx-int8"
+    assert DenseEncoder(backend="onnx-int8").backend is DenseBackend.ONNX_INT8
+    assert DenseEncoder(backend=" OpenVINO ").backend is DenseBackend.OPENVINO
+    assert RetrievalSettings(dense_backend="ONNX-int8").dense_backend is DenseBackend.ONNX_INT8  # the same parse
     with pytest.raises(ValueError, match="unknown dense backend"):
         DenseEncoder(backend="tensorrt")
 
@@ -167,15 +174,16 @@ def test_several_cuda_devices_make_a_pool(monkeypatch):
     import torch
 
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
-    assert dense_module.pool_devices("cuda") == ["cuda:0", "cuda:1", "cuda:2", "cuda:3"]
-    assert dense_module.pool_devices("cuda:1") == []  # an explicit device means that one only
-    assert dense_module.pool_devices("cpu") == []
+    assert multi_process.pool_devices("cuda") == ["cuda:0", "cuda:1", "cuda:2", "cuda:3"]
+    assert multi_process.pool_devices("cuda:1") == []  # an explicit device means that one only
+    assert multi_process.pool_devices("cpu") == []
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    assert dense_module.pool_devices("cuda") == []
+    assert multi_process.pool_devices("cuda") == []
     encoder = DenseEncoder(device="cuda", batch_size=32)
     assert encoder.devices == [] and encoder.pool_min_texts == 32
 
 
+@pytest.mark.slow
 def test_multi_process_pool_matches_single_process(dense_encoder):
     """The multi-GPU code path, run with two CPU worker processes."""
     encoder = DenseEncoder(device="cpu", devices=["cpu", "cpu"], pool_min_texts=2)

@@ -23,6 +23,7 @@ def indexer(request, indexed_stack):
     stack.close()
 
 
+@pytest.mark.parametrize("indexer", ["edge"], indirect=True)  # encoding does not involve the store
 def test_encode_dense_returns_rows_in_input_order(indexer, dense_encoder):
     chunks = indexer.chunk(MIXED_DOCS)
     lengths = [len(c.embed_text) for c in chunks]

@@ -136,6 +136,7 @@ sys.stdin.readline()
 """
 
 
+@pytest.mark.slow
 def test_data_dir_locked_by_another_process(tmp_path, settings, dense_encoder, sparse_encoder, caplog):
     root = tmp_path / "index"
     store = EdgeStore(root, "test")

@@ -19,6 +19,7 @@ from tests.conftest import SCIFACT
 
 pytestmark = [
     pytest.mark.scifact,
+    pytest.mark.slow,
     pytest.mark.skipif(not (SCIFACT / "corpus.jsonl").exists(), reason=f"{SCIFACT} is not present"),
 ]
 

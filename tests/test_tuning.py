@@ -19,6 +19,7 @@ def sample_without_test_qrels(tmp_path):
     return EvalCollection("sample", root)
 
 
+@pytest.mark.slow
 def test_tuning_and_training_use_the_train_split_only(sample_without_test_qrels, indexed_stack, tmp_path):
     coll = sample_without_test_qrels
     docs, _ = read_documents(coll.corpus_path, "jsonl")

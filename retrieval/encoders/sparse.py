@@ -81,7 +81,7 @@ class SpladeEncoder:
     def model(self):
         from sentence_transformers import SparseEncoder
 
-        from retrieval.encoders.dense import select_device
+        from retrieval.encoders.runtime import select_device
 
         return SparseEncoder(self.name, device=select_device(self.device))
 

@@ -6,7 +6,7 @@ import datetime as dt
 import json
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -20,7 +20,8 @@ from retrieval.settings import FusionMethod
 
 DENSE = "dense"
 SPARSE = "sparse"
-PAYLOAD_FIELDS = ("doc_id", "chunk_index", "text", "title", "metadata", "content_hash")
+HASH_FIELDS = ["doc_id", "content_hash"]  # the payload that tells whether a stored chunk changed
+SCROLL_PAGE = 2048
 TOP_LEVEL_FILTER_KEYS = {"doc_id", "chunk_index", "title", "content_hash"}
 RANGE_OPERATORS = {"gt", "gte", "lt", "lte"}
 VERSION_SEP = "__v"
@@ -101,6 +102,16 @@ class QueryPlan:
     def payload_selector(self) -> bool | list[str]:
         return list(self.with_payload) if isinstance(self.with_payload, tuple) else self.with_payload
 
+    def vector_selector(self) -> bool | list[str]:
+        return [DENSE] if self.with_dense_vectors else False
+
+    def channels(self) -> list[tuple[str, Any]]:
+        """``(vector name, query vector)`` of each channel searched: dense, then sparse."""
+        channels = [(name, v) for name, v in ((DENSE, self.dense), (SPARSE, self.sparse)) if v is not None]
+        if not channels:
+            raise ValueError("a query needs a dense or a sparse vector")
+        return channels
+
 
 @dataclass
 class StoredHit:
@@ -108,6 +119,25 @@ class StoredHit:
     score: float
     payload: dict[str, Any] = field(default_factory=dict)
     dense_vector: np.ndarray | None = None
+
+    @classmethod
+    def from_point(cls, point: Any, id: str, dense_vector: Any | None) -> StoredHit:
+        """From a scored point or a record (no score: 0) of either backend's client."""
+        vector = np.asarray(dense_vector, dtype=np.float32) if dense_vector is not None else None
+        return cls(id=id, score=float(getattr(point, "score", 0.0)), payload=point.payload or {}, dense_vector=vector)
+
+
+def stored_hashes_from(scroll: Callable[[Any], tuple[Sequence[Any], Any]]) -> dict[str, tuple[str, str]]:
+    """point id -> (doc_id, content_hash), paging through ``scroll(offset) -> (records, next offset or None)``
+    (each record's payload limited to :data:`HASH_FIELDS`)."""
+    out: dict[str, tuple[str, str]] = {}
+    offset = None
+    while True:
+        records, offset = scroll(offset)
+        for r in records:
+            out[str(r.id)] = (r.payload["doc_id"], r.payload["content_hash"])
+        if offset is None:
+            return out
 
 
 class QdrantStore(ABC):

@@ -34,6 +34,8 @@ from retrieval.encoders.sparse import SparseVec
 from retrieval.settings import FusionMethod
 from retrieval.store.base import (
     DENSE,
+    HASH_FIELDS,
+    SCROLL_PAGE,
     SPARSE,
     CollectionSchema,
     QdrantStore,
@@ -42,6 +44,7 @@ from retrieval.store.base import (
     StoreError,
     filter_conditions,
     parse_version,
+    stored_hashes_from,
     version_name,
 )
 
@@ -524,19 +527,12 @@ class EdgeStore(QdrantStore):
 
     # -- reads --------------------------------------------------------------------------------------
     def stored_hashes(self) -> dict[str, tuple[str, str]]:
-        out: dict[str, tuple[str, str]] = {}
-        offset = None
-        with self._using("scroll") as shard:
-            while True:
-                records, offset = shard.scroll(
-                    qe.ScrollRequest(
-                        offset=offset, limit=2048, with_payload=["doc_id", "content_hash"], with_vector=False
-                    )
+        with self._using("scroll") as shard:  # one version for every page
+            return stored_hashes_from(
+                lambda offset: shard.scroll(
+                    qe.ScrollRequest(offset=offset, limit=SCROLL_PAGE, with_payload=HASH_FIELDS, with_vector=False)
                 )
-                for r in records:
-                    out[str(r.id)] = (r.payload["doc_id"], r.payload["content_hash"])
-                if offset is None:
-                    return out
+            )
 
     def count(self, filter: dict[str, Any] | None = None) -> int:
         request = qe.CountRequest(exact=True, filter=_edge_filter(filter))
@@ -582,14 +578,11 @@ def _edge_filter(spec: dict[str, Any] | None) -> qe.Filter | None:
 
 def _edge_request(plan: QueryPlan) -> qe.QueryRequest:
     flt = _edge_filter(plan.filter)
-    with_vector = [DENSE] if plan.with_dense_vectors else False
-    channels = []
-    if plan.dense is not None:
-        channels.append(qe.Query.Nearest(plan.dense.tolist(), using=DENSE))
-    if plan.sparse is not None:
-        channels.append(qe.Query.Nearest(qe.SparseVector(plan.sparse.indices, plan.sparse.values), using=SPARSE))
-    if not channels:
-        raise ValueError("a query needs a dense or a sparse vector")
+    with_vector = plan.vector_selector()
+    channels = [
+        qe.Query.Nearest(v.tolist() if name == DENSE else qe.SparseVector(v.indices, v.values), using=name)
+        for name, v in plan.channels()
+    ]
     if len(channels) == 1:
         return qe.QueryRequest(
             limit=plan.limit,
@@ -616,9 +609,4 @@ def _edge_request(plan: QueryPlan) -> qe.QueryRequest:
 def _hit(point) -> StoredHit:
     vector = point.vector[DENSE] if point.vector and DENSE in point.vector else None
     pid = point.id
-    return StoredHit(
-        id=str(pid) if isinstance(pid, uuid.UUID) else str(uuid.UUID(str(pid))),
-        score=float(getattr(point, "score", 0.0)),
-        payload=point.payload or {},
-        dense_vector=np.asarray(vector, dtype=np.float32) if vector is not None else None,
-    )
+    return StoredHit.from_point(point, str(pid) if isinstance(pid, uuid.UUID) else str(uuid.UUID(str(pid))), vector)

@@ -23,6 +23,8 @@ from retrieval.encoders.sparse import SparseVec
 from retrieval.settings import FusionMethod
 from retrieval.store.base import (
     DENSE,
+    HASH_FIELDS,
+    SCROLL_PAGE,
     SPARSE,
     CollectionSchema,
     QdrantStore,
@@ -31,6 +33,7 @@ from retrieval.store.base import (
     StoreError,
     filter_conditions,
     parse_version,
+    stored_hashes_from,
     version_name,
 )
 
@@ -263,22 +266,17 @@ class ServerStore(QdrantStore):
 
     # -- reads --------------------------------------------------------------------------------------
     def stored_hashes(self) -> dict[str, tuple[str, str]]:
-        out: dict[str, tuple[str, str]] = {}
-        offset = None
-        while True:
-            records, offset = self._call(
+        return stored_hashes_from(
+            lambda offset: self._call(
                 "scroll",
                 self.client.scroll,
                 self.name,
-                limit=2048,
+                limit=SCROLL_PAGE,
                 offset=offset,
-                with_payload=["doc_id", "content_hash"],
+                with_payload=HASH_FIELDS,
                 with_vectors=False,
             )
-            for r in records:
-                out[str(r.id)] = (r.payload["doc_id"], r.payload["content_hash"])
-            if offset is None:
-                return out
+        )
 
     def count(self, filter: dict[str, Any] | None = None) -> int:
         result = self._call("count", self.client.count, self.name, count_filter=_client_filter(filter), exact=True)
@@ -323,14 +321,11 @@ def _client_filter(spec: dict[str, Any] | None) -> qm.Filter | None:
 
 def _client_request(plan: QueryPlan) -> qm.QueryRequest:
     flt = _client_filter(plan.filter)
-    with_vector = [DENSE] if plan.with_dense_vectors else False
-    channels: list[tuple[Any, str]] = []
-    if plan.dense is not None:
-        channels.append((plan.dense.tolist(), DENSE))
-    if plan.sparse is not None:
-        channels.append((qm.SparseVector(indices=plan.sparse.indices, values=plan.sparse.values), SPARSE))
-    if not channels:
-        raise ValueError("a query needs a dense or a sparse vector")
+    with_vector = plan.vector_selector()
+    channels = [
+        (v.tolist() if name == DENSE else qm.SparseVector(indices=v.indices, values=v.values), name)
+        for name, v in plan.channels()
+    ]
     if len(channels) == 1:
         query, using = channels[0]
         return qm.QueryRequest(
@@ -358,9 +353,4 @@ def _client_request(plan: QueryPlan) -> qm.QueryRequest:
 
 def _hit(point: qm.ScoredPoint | qm.Record) -> StoredHit:
     vector = point.vector.get(DENSE) if isinstance(point.vector, dict) else None
-    return StoredHit(
-        id=str(point.id),
-        score=float(getattr(point, "score", 0.0)),
-        payload=point.payload or {},
-        dense_vector=np.asarray(vector, dtype=np.float32) if vector is not None else None,
-    )
+    return StoredHit.from_point(point, str(point.id), vector)
