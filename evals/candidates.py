@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from evals.runs import best_chunk_per_document
 from retrieval.rerank import EmbeddingReranker
 from retrieval.search import HybridRetriever
 
@@ -61,8 +62,6 @@ def rerank_run(lists: Sequence[CandidateList], reranker: EmbeddingReranker | Non
             final = 1.0 / (np.arange(n) + 1.0)
         else:
             final = reranker.fuse(reranker.scores(cl.query, cl.query_vector, cl.texts, cl.vectors, cl.ranks), n)
-        ranking: dict[str, float] = {}
-        for pos in np.argsort(-final, kind="stable"):
-            ranking.setdefault(cl.doc_ids[pos], float(final[pos]) - pos * 1e-9)
-        run[cl.qid] = ranking
+        order = np.argsort(-final, kind="stable")
+        run[cl.qid] = best_chunk_per_document((cl.doc_ids[pos], float(final[pos])) for pos in order)
     return run

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from retrieval.search import Hit, HybridRetriever, Variant
+from evals.runs import best_chunk_per_document
+from retrieval.search import HybridRetriever, Variant
 
 Run = dict[str, dict[str, float]]
 RUN_DEPTH = 100
@@ -24,16 +25,6 @@ class VariantResult:
     per_query: dict[str, dict[str, float]] = field(default_factory=dict)
     run: Run = field(default_factory=dict)
     latency_ms: dict[str, float] = field(default_factory=dict)
-
-
-def hits_to_ranking(hits: Sequence[Hit]) -> dict[str, float]:
-    """Best chunk per document, in the retriever's order; scores made strictly decreasing so that ties
-    cannot be re-ordered by the evaluator's tie-breaking."""
-    ranking: dict[str, float] = {}
-    for position, hit in enumerate(hits):
-        if hit.doc_id not in ranking:
-            ranking[hit.doc_id] = float(hit.score) - position * 1e-9
-    return ranking
 
 
 def retrieve_run(
@@ -51,7 +42,7 @@ def retrieve_run(
         started = time.perf_counter()
         hits = retriever.search(text, k=depth, variant=variant, rerank=variant is Variant.HYBRID_RERANK)
         latencies.append((time.perf_counter() - started) * 1000)
-        run[qid] = hits_to_ranking(hits)
+        run[qid] = best_chunk_per_document((h.doc_id, h.score) for h in hits)
     return run, latencies
 
 
