@@ -131,7 +131,9 @@ def retrieval_evaluation(
         "history": dg.MetadataValue.path(str(history.path.resolve())),
     }
     for name, result in results.items():
-        history.append(corpus.name, split, name, result.metrics, context=context_info, timestamp=now.to_pydatetime())
+        history.append(
+            corpus.name, split, name, result.metrics, context_info, now.to_pydatetime(), source="dagster"
+        )
         figures = {m: result.metrics[m] for m in HEADLINE_METRICS} | {LATENCY: result.latency_ms["p50"]}
         for metric, value in figures.items():
             metadata[metric_key(name, metric)] = dg.MetadataValue.float(round(float(value), 6))

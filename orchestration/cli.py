@@ -316,6 +316,7 @@ def evaluate(
             name,
             r.metrics,
             context={"collection": settings.collection, "dense_model": settings.dense_model},
+            source="cli",
         )
     if run_file:
         last = variants[-1].value
