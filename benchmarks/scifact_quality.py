@@ -14,7 +14,7 @@ from pathlib import Path
 from benchmarks.common import SCIFACT, console, machine_info, print_machine
 from evals.collections import load_collection
 from evals.report import metrics_table
-from evals.runner import evaluate_variants
+from evals.runner import evaluate_collection
 from evals.tuning import tune_reranker
 from retrieval import HybridRetriever, Indexer, RetrievalSettings, read_documents
 
@@ -27,11 +27,7 @@ def run(epochs: int = 4, out: Path | None = None, index_dir: Path | None = None)
     docs, _ = read_documents(coll.corpus_path, "jsonl")
     indexer.index(docs)  # vectors come from the embedding cache after the first run
     base = HybridRetriever(settings, store=indexer.store, dense=indexer.dense, sparse=indexer.sparse)
-    queries, qrels = coll.split_queries("test"), coll.qrels("test")
-    rows = {
-        name: {**r.metrics, "latency_ms": r.latency_ms["p50"]}
-        for name, r in evaluate_variants(base, queries, qrels).items()
-    }
+    rows = evaluate_collection(base, coll, "test").metrics()
     profile = tune_reranker(coll.train_view(), base, out or root / "reranker", epochs=epochs)
     tuned_settings = settings.model_copy(
         update={
@@ -42,8 +38,8 @@ def run(epochs: int = 4, out: Path | None = None, index_dir: Path | None = None)
         }
     )
     tuned = HybridRetriever(tuned_settings, store=indexer.store, dense=indexer.dense, sparse=indexer.sparse)
-    for name, r in evaluate_variants(tuned, queries, qrels, ["dense", "hybrid", "hybrid+rerank"]).items():
-        rows[f"trained {name}"] = {**r.metrics, "latency_ms": r.latency_ms["p50"]}
+    trained = evaluate_collection(tuned, coll, "test", ["dense", "hybrid", "hybrid+rerank"]).metrics()
+    rows |= {f"trained {name}": values for name, values in trained.items()}
     indexer.store.close()
     console.print(metrics_table(rows, title="SciFact test (300 queries); 'trained' = query encoder trained on train"))
     console.print(
