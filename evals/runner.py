@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from evals.runs import best_chunk_per_document
+from evals.metrics import LATENCY_KEY, evaluate
+from evals.runs import Run, best_chunk_per_document
 from retrieval.search import HybridRetriever, Variant
 
 if TYPE_CHECKING:
@@ -25,10 +26,8 @@ if TYPE_CHECKING:
     from evals.collections import EvalCollection
     from evals.history import EvalHistory
 
-Run = dict[str, dict[str, float]]
 RUN_DEPTH = 100
-LATENCY_KEY = "latency_ms"  # the p50 latency, beside the metrics in :meth:`EvalReport.metrics`
-LATENCY_P50 = "latency_p50_ms"  # its name as a metric of :meth:`EvalReport.frame` (and in Dagster metadata)
+LATENCY_P50 = "latency_p50_ms"  # the p50 latency as a metric name: EvalReport.frame() and Dagster metadata
 # The settings that change results, recorded with every report (the models are the encoders' own names).
 REPORTED_SETTINGS = (
     "query_model",
@@ -86,8 +85,6 @@ def evaluate_variants(
     progress: bool = True,
 ) -> dict[str, VariantResult]:
     """Every variant's metrics on ``queries`` (only those with qrels are searched)."""
-    from evals.metrics import evaluate
-
     judged = {qid: text for qid, text in queries.items() if qid in qrels}
     results = {}
     for variant in variants:
@@ -154,7 +151,7 @@ class EvalReport:
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready: everything but the runs and per-query values (see :meth:`from_summary`)."""
-        data = asdict(self)
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
         data["timestamp"] = self.timestamp.isoformat()
         data["variants"] = {
             name: {"variant": name, "metrics": r.metrics, "latency_ms": r.latency_ms}
@@ -165,10 +162,10 @@ class EvalReport:
     @classmethod
     def from_summary(cls, data: Mapping[str, Any]) -> EvalReport:
         """The report :meth:`summary` wrote (without runs and per-query values)."""
-        fields = dict(data)
-        fields["timestamp"] = datetime.fromisoformat(fields["timestamp"])
-        fields["variants"] = {name: VariantResult(**v) for name, v in fields["variants"].items()}
-        return cls(**fields)
+        values = dict(data)
+        values["timestamp"] = datetime.fromisoformat(values["timestamp"])
+        values["variants"] = {name: VariantResult(**v) for name, v in values["variants"].items()}
+        return cls(**values)
 
 
 def evaluate_collection(
