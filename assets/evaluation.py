@@ -9,11 +9,11 @@ A corpus without qrels has nothing to score: the asset records which version it 
 
 import base64
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
-import pandas as pd
 from pydantic import Field
 
 from assets.corpora import CorpusConfig, CorpusUnavailableError
@@ -22,18 +22,36 @@ from assets.ingest import GROUP
 from assets.meta import md_table
 from assets.partitions import corpus_check, corpus_partitions
 from assets.resources import CorporaResource, EvalHistoryResource, RetrievalResource
+from evals.metrics import HEADLINE_METRICS
+from evals.runner import LATENCY_P50, EvalReport, evaluate_collection
 from retrieval.search import Variant
 
 NDCG_CHECK = "ndcg_not_dropped"
 WATCHED_VARIANT = "hybrid"
 WATCHED_METRIC = "ndcg@10"
-LATENCY = "latency_p50_ms"
-EVALUATED_VERSION = "version"
+REPORT = "report"  # the evaluation's EvalReport.summary(), read back by evaluation_report()
 
 
 def metric_key(variant: str, metric: str) -> str:
     """Metadata key of one figure, e.g. ``hybrid/ndcg@10``."""
     return f"{variant}/{metric}"
+
+
+def report_metadata(report: EvalReport) -> dict[str, dg.MetadataValue]:
+    """The headline metrics and p50 latency of every variant as numeric metadata (the UI plots them)."""
+    return {
+        metric_key(name, metric): dg.MetadataValue.float(round(float(value), 6))
+        for name, result in report.variants.items()
+        for metric, value in (
+            {m: result.metrics[m] for m in HEADLINE_METRICS} | {LATENCY_P50: result.latency_ms["p50"]}
+        ).items()
+    }
+
+
+def evaluation_report(metadata: Mapping[str, Any]) -> EvalReport | None:
+    """The :class:`EvalReport` of a ``retrieval_evaluation`` materialization (None: nothing was scored)."""
+    value = metadata.get(REPORT)
+    return EvalReport.from_summary(value.value) if value is not None else None
 
 
 class EvaluationConfig(dg.Config):
@@ -78,9 +96,7 @@ def retrieval_evaluation(
     retrieval: RetrievalResource,
     eval_history: EvalHistoryResource,
 ) -> Iterator[dg.MaterializeResult]:
-    from evals.metrics import HEADLINE_METRICS
     from evals.report import markdown_table
-    from evals.runner import evaluate_variants
 
     corpus = corpora.get(context.partition_key)
     with retrieval.store(corpus.collection) as store:
@@ -95,7 +111,7 @@ def retrieval_evaluation(
     base = {
         "corpus": corpus.name,
         "collection": corpus.collection,
-        EVALUATED_VERSION: dg.MetadataValue.int(version),
+        "version": dg.MetadataValue.int(version),
         "evaluated_version": f"{role} version {version}",
         "published_version": published if published is not None else "none",
     }
@@ -115,44 +131,27 @@ def retrieval_evaluation(
         raise dg.Failure(description=f"cannot evaluate corpus {corpus.name!r}: {exc}") from exc
     # rerank=False: "hybrid" is the fused first stage; the "hybrid+rerank" variant turns reranking on itself.
     with retrieval.retriever(corpus.collection, version, rerank=False) as retriever:
-        results = evaluate_variants(retriever, queries, qrels, variants, progress=False)
-        models = {"dense_model": retriever.dense.model_name, "sparse_model": retriever.sparse.name}
-
-    now = pd.Timestamp.now(tz="UTC")
+        report = evaluate_collection(retriever, collection, split, variants, version=version, progress=False)
     history = eval_history.history()
-    context_info = {**models, "qdrant_collection": corpus.collection, "dagster_run_id": context.run_id}
-    context_info["version"] = version
-    rows = []
+    report.record(history, source="dagster", dagster_run_id=context.run_id)
+    table = markdown_table(report.frame(), metrics=[*HEADLINE_METRICS, LATENCY_P50])
+    context.log.info(f"{corpus.name} ({split}, {report.n_queries} queries), {role} version {version}:\n{table}")
     metadata: dict[str, object] = {
         **base,
         "split": split,
-        "queries": dg.MetadataValue.int(len(qrels)),
-        **models,
+        "queries": dg.MetadataValue.int(report.n_queries),
+        "dense_model": report.settings["dense_model"],
+        "sparse_model": report.settings["sparse_model"],
         "history": dg.MetadataValue.path(str(history.path.resolve())),
+        **report_metadata(report),
+        "metrics": dg.MetadataValue.md(table),
+        "sample_queries": dg.MetadataValue.md(sample_table(queries, qrels, report.variants, config.sample_queries)),
+        REPORT: dg.MetadataValue.json(report.summary()),
     }
-    for name, result in results.items():
-        history.append(corpus.name, split, name, result.metrics, context=context_info, timestamp=now.to_pydatetime())
-        figures = {m: result.metrics[m] for m in HEADLINE_METRICS} | {LATENCY: result.latency_ms["p50"]}
-        for metric, value in figures.items():
-            metadata[metric_key(name, metric)] = dg.MetadataValue.float(round(float(value), 6))
-            rows.append(
-                {
-                    "timestamp": now,
-                    "collection": corpus.name,
-                    "split": split,
-                    "variant": name,
-                    "metric": metric,
-                    "value": float(value),
-                }
-            )
-    table = markdown_table(pd.DataFrame(rows), metrics=[*HEADLINE_METRICS, LATENCY])
-    context.log.info(f"{corpus.name} ({split}, {len(qrels)} queries), {role} version {version}:\n{table}")
-    metadata["metrics"] = dg.MetadataValue.md(table)
-    metadata["sample_queries"] = dg.MetadataValue.md(sample_table(queries, qrels, results, config.sample_queries))
     chart = ndcg_chart(history, corpus.name, split)
     if chart:
         metadata["ndcg@10_over_time"] = dg.MetadataValue.md(chart)
-    gate = _gate(context, corpus, split, version, published, results, config)
+    gate = _gate(context, corpus, split, version, published, report.variants, config)
     yield dg.MaterializeResult(
         asset_key="retrieval_evaluation",
         metadata=metadata,
@@ -180,8 +179,8 @@ def ndcg_chart(history, corpus: str, split: str) -> str | None:
     """nDCG@10 per variant over time (the ``eval-report`` plot) of this corpus' Dagster runs, as inline markdown."""
     from evals.report import plot_history
 
-    df = history.records(collection=corpus)
-    df = df[(df["split"] == split) & df["context"].map(lambda c: "dagster_run_id" in c).astype(bool)]
+    df = history.records(collection=corpus, source="dagster")
+    df = df[df["split"] == split]
     if df.empty:
         return None
     with tempfile.TemporaryDirectory() as tmp:
@@ -192,18 +191,27 @@ def ndcg_chart(history, corpus: str, split: str) -> str | None:
 def published_figure(
     context: dg.AssetExecutionContext, published: int, split: str, exclude_run: str
 ) -> tuple[float, str] | None:
-    """The watched figure of the published version, from the latest evaluation of it in this partition."""
-    key = metric_key(WATCHED_VARIANT, WATCHED_METRIC)
+    """The watched figure of the published version, from the latest evaluation report of it in this partition."""
     records = context.instance.fetch_materializations(
         dg.AssetRecordsFilter(asset_key=dg.AssetKey("retrieval_evaluation"), asset_partitions=[context.partition_key]),
         limit=50,
     ).records
+    key = metric_key(WATCHED_VARIANT, WATCHED_METRIC)
     for record in records:
         md = record.asset_materialization.metadata if record.asset_materialization else {}
-        same_version = getattr(md.get(EVALUATED_VERSION), "value", None) == published
-        same_split = getattr(md.get("split"), "value", None) == split
-        if record.run_id != exclude_run and same_version and same_split and key in md:
-            return float(md[key].value), f"evaluation in run {record.run_id}"
+        if record.run_id == exclude_run:
+            continue
+        report = evaluation_report(md)
+        if report is not None:
+            if (report.version, report.split) == (published, split) and WATCHED_VARIANT in report.variants:
+                value = report.variants[WATCHED_VARIANT].metrics[WATCHED_METRIC]
+                return round(value, 6), f"evaluation in run {record.run_id}"
+        elif (  # made before the report was stored: its numeric keys
+            getattr(md.get("version"), "value", None) == published
+            and getattr(md.get("split"), "value", None) == split
+            and key in md
+        ):
+            return round(float(md[key].value), 6), f"evaluation in run {record.run_id}"
     return None
 
 

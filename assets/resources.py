@@ -22,11 +22,11 @@ from pydantic import Field, create_model
 
 from assets.corpora import CORPORA_FILE_ENV, Corpora, CorpusConfig, CorpusConfigError, load_corpora
 from assets.partitions import CORPORA
+from evals.history import DEFAULT_HISTORY
 from retrieval import HybridRetriever, Indexer, RetrievalSettings, RetrievalStack
 from retrieval.stack import shared_stack
 from retrieval.store import QdrantStore
 
-DEFAULT_HISTORY = "data/history/evals.sqlite"
 DEFAULT_ASSETS_DIR = "data/assets"
 ENV_PREFIX = RetrievalSettings.model_config["env_prefix"]
 

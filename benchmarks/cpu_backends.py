@@ -138,7 +138,7 @@ def run(
 def dense_ndcg(encoder, subset, where: Path, cache_dir: Path, batch_size: int) -> float:
     """nDCG@10 of the dense variant over ``subset`` with ``encoder``'s vectors."""
     from evals.metrics import evaluate
-    from evals.runner import hits_to_ranking
+    from evals.runs import best_chunk_per_document
     from retrieval import RetrievalSettings, RetrievalStack
     from retrieval.encoders import Bm25Encoder
     from retrieval.store import EdgeStore
@@ -152,7 +152,10 @@ def dense_ndcg(encoder, subset, where: Path, cache_dir: Path, batch_size: int) -
         retriever = stack.retriever()
         ids = list(subset.queries)
         results = retriever.search_batch([subset.queries[q] for q in ids], k=100, variant="dense")
-        run = {qid: hits_to_ranking(hits) for qid, hits in zip(ids, results, strict=True)}
+        run = {
+            qid: best_chunk_per_document((h.doc_id, h.score) for h in hits)
+            for qid, hits in zip(ids, results, strict=True)
+        }
         return evaluate(subset.qrels, run).mean["ndcg@10"]
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from benchmarks.common import SCIFACT, console, machine_info, print_machine
 from evals.collections import load_collection
 from evals.report import metrics_table
-from evals.runner import evaluate_variants
+from evals.runner import evaluate_collection
 from evals.tuning import tune_reranker
 from retrieval import RetrievalSettings, RetrievalStack, read_documents
 
@@ -28,11 +28,7 @@ def run(epochs: int = 4, out: Path | None = None, index_dir: Path | None = None)
     docs, _ = read_documents(coll.corpus_path, "jsonl")
     indexer.index(docs)  # vectors come from the embedding cache after the first run
     base = stack.retriever()
-    queries, qrels = coll.split_queries("test"), coll.qrels("test")
-    rows = {
-        name: {**r.metrics, "latency_ms": r.latency_ms["p50"]}
-        for name, r in evaluate_variants(base, queries, qrels).items()
-    }
+    rows = evaluate_collection(base, coll, "test").metrics()
     profile = tune_reranker(coll.train_view(), base, out or root / "reranker", epochs=epochs)
     tuned = stack.retriever(
         query_model=profile.query_model,
@@ -40,8 +36,8 @@ def run(epochs: int = 4, out: Path | None = None, index_dir: Path | None = None)
         rerank_feedback_k=profile.config.feedback_k,
         rerank_feedback_beta=profile.config.beta,
     )
-    for name, r in evaluate_variants(tuned, queries, qrels, ["dense", "hybrid", "hybrid+rerank"]).items():
-        rows[f"trained {name}"] = {**r.metrics, "latency_ms": r.latency_ms["p50"]}
+    trained = evaluate_collection(tuned, coll, "test", ["dense", "hybrid", "hybrid+rerank"]).metrics()
+    rows |= {f"trained {name}": values for name, values in trained.items()}
     stack.close()
     console.print(metrics_table(rows, title="SciFact test (300 queries); 'trained' = query encoder trained on train"))
     console.print(

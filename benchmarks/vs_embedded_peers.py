@@ -59,7 +59,6 @@ from benchmarks.common import (  # noqa: E402
     table,
     workdir,
 )
-from benchmarks.vs_langchain import ranking  # noqa: E402
 
 DATASETS = {
     "scifact": Path(os.environ.get("HYBRID_RAG_SCIFACT", REPO.parent / "shared" / "datasets" / "scifact")),
@@ -295,6 +294,7 @@ def load_corpus(name: str, root: Path, indexer, max_docs: int | None, limit: int
 
 def run_dataset(corpus: Corpus, systems: list, query_dense) -> dict[str, Any]:
     from evals.metrics import evaluate
+    from evals.runs import best_chunk_per_document
 
     results = [Result(s.name, s.version) for s in systems]
     for system, result in zip(systems, results, strict=True):
@@ -313,7 +313,7 @@ def run_dataset(corpus: Corpus, systems: list, query_dense) -> dict[str, Any]:
     for n, (qid, text, vector) in enumerate(queries):
         for i in rotation(len(systems), n):
             found = systems[i].engine(text, vector, DEPTH)
-            runs[i][qid] = ranking([d for d, _ in found], [s for _, s in found])
+            runs[i][qid] = best_chunk_per_document(found)
     for result, run in zip(results, runs, strict=True):
         mean = evaluate(corpus.qrels, run).mean
         result.ndcg, result.recall = mean["ndcg@10"], mean["recall@100"]

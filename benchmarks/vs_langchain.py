@@ -80,15 +80,6 @@ def langchain_classes():
     return SentenceTransformerEmbeddings, Bm25SparseEmbeddings
 
 
-def ranking(doc_ids: list[str], scores: list[float]) -> dict[str, float]:
-    """Best chunk per document in rank order, scores made strictly decreasing (as evals.runner does)."""
-    out: dict[str, float] = {}
-    for position, (doc_id, score) in enumerate(zip(doc_ids, scores, strict=True)):
-        if doc_id not in out:
-            out[doc_id] = float(score) - position * 1e-9
-    return out
-
-
 def run(
     max_docs: int | None = None,
     queries: int = 300,
@@ -102,6 +93,7 @@ def run(
     from qdrant_client import models
 
     from evals.metrics import evaluate
+    from evals.runs import best_chunk_per_document
     from retrieval import RetrievalSettings, RetrievalStack
     from retrieval.embedding_cache import EmbeddingCache
 
@@ -160,9 +152,9 @@ def run(
         ours_run, theirs_run = {}, {}
         for qid, text in zip(ids, texts, strict=True):
             hits = retriever.search(text, k=DEPTH)
-            ours_run[qid] = ranking([h.doc_id for h in hits], [h.score for h in hits])
+            ours_run[qid] = best_chunk_per_document((h.doc_id, h.score) for h in hits)
             found = theirs.similarity_search_with_score(text, k=DEPTH)
-            theirs_run[qid] = ranking([d.metadata["doc_id"] for d, _ in found], [s for _, s in found])
+            theirs_run[qid] = best_chunk_per_document((d.metadata["doc_id"], s) for d, s in found)
         out["ours_ndcg"] = evaluate(subset.qrels, ours_run).mean["ndcg@10"]
         out["theirs_ndcg"] = evaluate(subset.qrels, theirs_run).mean["ndcg@10"]
 

@@ -1,14 +1,20 @@
 """Durable evaluation history in a SQLite file, independent of any orchestrator.
 
-One row per metric value: UTC ISO timestamp, collection, split, variant, metric, value and a free-form
-JSON ``context`` (model names, collection version, run id, ...). Every call opens its own connection
-with a busy timeout and writes in one transaction, so several processes can append concurrently.
+One row per metric value: UTC ISO timestamp, collection, split, variant, metric, value, the ``source`` that
+wrote it (``"cli"``, ``"dagster"``, ``"benchmark"``, ...) and a free-form JSON ``context`` (model names,
+collection version, run id, ...). Every call opens its own connection with a busy timeout and writes in one
+transaction, so several processes can append concurrently. A file written before ``source`` existed gets
+the column on first open: its rows with a Dagster run id in their context become ``"dagster"``, the others
+``"cli"`` (the only two writers then).
+
+The CLI and the Dagster resource both default to :func:`default_history_path`.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import sqlite3
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -18,7 +24,9 @@ from typing import Any
 
 import pandas as pd
 
-COLUMNS = ["id", "timestamp", "collection", "split", "variant", "metric", "value", "context"]
+HISTORY_ENV = "HYBRID_RAG_HISTORY_PATH"
+DEFAULT_HISTORY = "data/history/evals.sqlite"
+COLUMNS = ["id", "timestamp", "collection", "split", "variant", "metric", "value", "source", "context"]
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS evals (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -28,10 +36,20 @@ CREATE TABLE IF NOT EXISTS evals (
     variant TEXT NOT NULL,
     metric TEXT NOT NULL,
     value REAL,
-    context TEXT NOT NULL DEFAULT '{}'
+    context TEXT NOT NULL DEFAULT '{}',
+    source TEXT NOT NULL DEFAULT 'unknown'
 );
 CREATE INDEX IF NOT EXISTS evals_by_collection ON evals (collection, variant, timestamp);
 """
+_ADD_SOURCE = """
+ALTER TABLE evals ADD COLUMN source TEXT NOT NULL DEFAULT 'unknown';
+UPDATE evals SET source = CASE WHEN context LIKE '%"dagster_run_id"%' THEN 'dagster' ELSE 'cli' END;
+"""
+
+
+def default_history_path() -> Path:
+    """``$HYBRID_RAG_HISTORY_PATH`` when set, else ``data/history/evals.sqlite`` (relative to the working dir)."""
+    return Path(os.environ.get(HISTORY_ENV) or DEFAULT_HISTORY)
 
 
 class EvalHistory:
@@ -43,6 +61,7 @@ class EvalHistory:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._connect() as conn:
             conn.executescript(_SCHEMA)
+        self._add_source_column()
 
     def append(
         self,
@@ -52,30 +71,37 @@ class EvalHistory:
         metrics: Mapping[str, float],
         context: Mapping[str, Any] | None = None,
         timestamp: datetime | None = None,
+        *,
+        source: str,
     ) -> int:
-        """Store one evaluation (one row per metric, all with the same timestamp); returns the row count."""
+        """Store one evaluation (one row per metric, all with the same timestamp) written by ``source``;
+        returns the row count."""
+        if not source or not isinstance(source, str):
+            raise ValueError(f"source must name the writer (e.g. 'cli', 'dagster'), got {source!r}")
         when = (timestamp or datetime.now(UTC)).astimezone(UTC).isoformat(timespec="microseconds")
         ctx = json.dumps(dict(context or {}), sort_keys=True, default=str)
         rows = []
         for metric, value in metrics.items():
             number = float(value)
             stored = None if math.isnan(number) else number
-            rows.append((when, collection, split, variant, str(metric), stored, ctx))
+            rows.append((when, collection, split, variant, str(metric), stored, source, ctx))
         with self._connect() as conn:
             conn.executemany(
-                "INSERT INTO evals (timestamp, collection, split, variant, metric, value, context) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO evals (timestamp, collection, split, variant, metric, value, source, context) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
         return len(rows)
 
-    def records(self, collection: str | None = None, variant: str | None = None) -> pd.DataFrame:
-        """All rows (optionally of one collection / variant), oldest first, as a DataFrame.
+    def records(
+        self, collection: str | None = None, variant: str | None = None, source: str | None = None
+    ) -> pd.DataFrame:
+        """All rows (optionally of one collection / variant / source), oldest first, as a DataFrame.
 
         ``timestamp`` is a UTC ``datetime64`` column and ``context`` holds the decoded dicts.
         """
         where, params = [], []
-        for column, value in (("collection", collection), ("variant", variant)):
+        for column, value in (("collection", collection), ("variant", variant), ("source", source)):
             if value is not None:
                 where.append(f"{column} = ?")
                 params.append(value)
@@ -89,6 +115,18 @@ class EvalHistory:
         df["value"] = df["value"].astype(float)
         df["context"] = [json.loads(c) for c in df["context"]]
         return df
+
+    def _add_source_column(self) -> None:
+        """Give a file written before ``source`` existed its column (once, whoever opens it first)."""
+        with self._connect() as conn:
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(evals)")}
+            if "source" in columns:
+                return
+            try:
+                conn.executescript("BEGIN IMMEDIATE;" + _ADD_SOURCE + "COMMIT;")
+            except sqlite3.OperationalError as exc:  # another process added it meanwhile
+                if "duplicate column" not in str(exc):
+                    raise
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:

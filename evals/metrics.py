@@ -31,6 +31,7 @@ RunLike = Mapping[str, Mapping[str, float]]
 
 HEADLINE_METRICS: tuple[str, ...] = ("ndcg@10", "recall@100", "mrr@10", "map@100")
 DEFAULT_K_VALUES: tuple[int, ...] = (10, 100)
+LATENCY_KEY = "latency_ms"  # the p50 search latency, shown beside the metrics in tables
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from functools import cached_property
 
 import numpy as np
 
-from evals.runs import Run
+from evals.runs import Run, best_chunk_per_document
 from retrieval.documents import Document
 from retrieval.encoders import DenseEncoder
 from retrieval.store import QdrantStore
@@ -100,12 +100,8 @@ class ReferenceRankings:
         q = self.dense.encode_queries(list(queries.values()))
         run: Run = {}
         for qid, scores in zip(queries, q @ vectors.T, strict=True):
-            ranking: dict[str, float] = {}
-            for i in np.argsort(-scores, kind="stable"):
-                ranking.setdefault(str(owners[i]), float(scores[i]))
-                if len(ranking) == self.depth:
-                    break
-            run[qid] = ranking
+            order = np.argsort(-scores, kind="stable")
+            run[qid] = best_chunk_per_document(((str(owners[i]), float(scores[i])) for i in order), self.depth)
         return run
 
     def all(self, queries: dict[str, str], k: int = 60) -> dict[str, Run]:

@@ -15,10 +15,9 @@ from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
 from matplotlib.figure import Figure
 from rich.table import Table
 
-from evals.metrics import HEADLINE_METRICS
+from evals.metrics import HEADLINE_METRICS, LATENCY_KEY
 
 LABELS = {"ndcg@10": "nDCG@10", "recall@100": "Recall@100", "mrr@10": "MRR@10", "map@100": "MAP@100"}
-LATENCY_KEY = "latency_ms"
 
 
 def plot_history(df: pd.DataFrame, out_png: str | Path, metric: str = "ndcg@10") -> Path:

@@ -1,18 +1,50 @@
-"""Run retrieval variants over a collection's queries and score them against its qrels."""
+"""Run retrieval variants over a collection's queries and score them against its qrels.
+
+:func:`evaluate_collection` is the one evaluation path: the CLI ``eval`` command and the Dagster
+``retrieval_evaluation`` asset both call it, get an :class:`EvalReport` back, record it in the history with
+:meth:`EvalReport.record` and render it (a rich table, Dagster metadata).
+"""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, fields
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from evals.runs import Run
-from retrieval.search import Hit, HybridRetriever, Variant
+from evals.metrics import LATENCY_KEY, evaluate
+from evals.runs import Run, best_chunk_per_document
+from retrieval.search import HybridRetriever, Variant
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from evals.collections import EvalCollection
+    from evals.history import EvalHistory
 
 RUN_DEPTH = 100
+LATENCY_P50 = "latency_p50_ms"  # the p50 latency as a metric name: EvalReport.frame() and Dagster metadata
+# The settings that change results, recorded with every report (the models are the encoders' own names).
+REPORTED_SETTINGS = (
+    "query_model",
+    "chunk_tokens",
+    "chunk_overlap",
+    "fusion",
+    "rrf_k",
+    "dense_weight",
+    "sparse_weight",
+    "prefetch_k",
+    "rerank_mode",
+    "rerank_depth",
+    "rerank_feedback_k",
+    "rerank_feedback_beta",
+    "rerank_weight",
+    "rerank_agreement",
+)
 
 
 @dataclass
@@ -24,16 +56,6 @@ class VariantResult:
     per_query: dict[str, dict[str, float]] = field(default_factory=dict)
     run: Run = field(default_factory=dict)
     latency_ms: dict[str, float] = field(default_factory=dict)
-
-
-def hits_to_ranking(hits: Sequence[Hit]) -> dict[str, float]:
-    """Best chunk per document, in the retriever's order; scores made strictly decreasing so that ties
-    cannot be re-ordered by the evaluator's tie-breaking."""
-    ranking: dict[str, float] = {}
-    for position, hit in enumerate(hits):
-        if hit.doc_id not in ranking:
-            ranking[hit.doc_id] = float(hit.score) - position * 1e-9
-    return ranking
 
 
 def retrieve_run(
@@ -51,7 +73,7 @@ def retrieve_run(
         started = time.perf_counter()
         hits = retriever.search(text, k=depth, variant=variant, rerank=variant is Variant.HYBRID_RERANK)
         latencies.append((time.perf_counter() - started) * 1000)
-        run[qid] = hits_to_ranking(hits)
+        run[qid] = best_chunk_per_document((h.doc_id, h.score) for h in hits)
     return run, latencies
 
 
@@ -63,8 +85,6 @@ def evaluate_variants(
     progress: bool = True,
 ) -> dict[str, VariantResult]:
     """Every variant's metrics on ``queries`` (only those with qrels are searched)."""
-    from evals.metrics import evaluate
-
     judged = {qid: text for qid, text in queries.items() if qid in qrels}
     results = {}
     for variant in variants:
@@ -80,3 +100,102 @@ def evaluate_variants(
             latency_ms={"p50": float(np.percentile(lat, 50)), "p95": float(np.percentile(lat, 95))},
         )
     return results
+
+
+@dataclass
+class EvalReport:
+    """One evaluation of a collection's split: every variant's :class:`VariantResult` and what was evaluated.
+
+    ``collection`` is the evaluation collection (corpus) name, ``qdrant_collection`` and ``version`` the index
+    that answered, ``settings`` the models and retrieval settings that change results, ``seconds`` the
+    wall time of the whole evaluation.
+    """
+
+    collection: str
+    split: str
+    qdrant_collection: str
+    version: int | None
+    n_queries: int
+    variants: dict[str, VariantResult]
+    settings: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+    timestamp: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    def metrics(self) -> dict[str, dict[str, float]]:
+        """``{variant: {metric: mean, "latency_ms": p50}}``, what the tables show."""
+        return {name: {**r.metrics, LATENCY_KEY: r.latency_ms["p50"]} for name, r in self.variants.items()}
+
+    def context(self) -> dict[str, Any]:
+        """What the history stores with every row of this report."""
+        return {"qdrant_collection": self.qdrant_collection, "version": self.version, **self.settings}
+
+    def record(self, history: EvalHistory, source: str, **context: Any) -> int:
+        """Append every variant's metrics to ``history`` (one timestamp), written by ``source``; returns rows."""
+        ctx = {**self.context(), **context}
+        return sum(
+            history.append(self.collection, self.split, name, r.metrics, ctx, self.timestamp, source=source)
+            for name, r in self.variants.items()
+        )
+
+    def frame(self) -> pd.DataFrame:
+        """History-style rows (metrics and :data:`LATENCY_P50`), for :func:`evals.report.markdown_table`."""
+        import pandas as pd
+
+        rows = [
+            {"timestamp": pd.Timestamp(self.timestamp), "collection": self.collection, "split": self.split}
+            | {"variant": name, "metric": metric, "value": float(value)}
+            for name, r in self.variants.items()
+            for metric, value in {**r.metrics, LATENCY_P50: r.latency_ms["p50"]}.items()
+        ]
+        return pd.DataFrame(rows)
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready: everything but the runs and per-query values (see :meth:`from_summary`)."""
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data["timestamp"] = self.timestamp.isoformat()
+        data["variants"] = {
+            name: {"variant": name, "metrics": r.metrics, "latency_ms": r.latency_ms}
+            for name, r in self.variants.items()
+        }
+        return data
+
+    @classmethod
+    def from_summary(cls, data: Mapping[str, Any]) -> EvalReport:
+        """The report :meth:`summary` wrote (without runs and per-query values)."""
+        values = dict(data)
+        values["timestamp"] = datetime.fromisoformat(values["timestamp"])
+        values["variants"] = {name: VariantResult(**v) for name, v in values["variants"].items()}
+        return cls(**values)
+
+
+def evaluate_collection(
+    retriever: HybridRetriever,
+    collection: EvalCollection,
+    split: str,
+    variants: Iterable[Variant | str] = tuple(Variant),
+    *,
+    version: int | None = None,
+    progress: bool = True,
+) -> EvalReport:
+    """Score ``variants`` of ``retriever`` on ``collection``'s ``split`` (``version``: the index version the
+    retriever reads; default the store's current one)."""
+    started = time.perf_counter()
+    qrels = collection.qrels(split)
+    results = evaluate_variants(retriever, collection.split_queries(split), qrels, variants, progress=progress)
+    settings = {"dense_model": retriever.dense.model_name, "sparse_model": retriever.sparse.name}
+    settings |= {name: _plain(getattr(retriever.settings, name)) for name in REPORTED_SETTINGS}
+    return EvalReport(
+        collection=collection.name,
+        split=split,
+        qdrant_collection=retriever.store.collection,
+        version=retriever.store.current_version() if version is None else version,
+        n_queries=len(qrels),
+        variants=results,
+        settings=settings,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _plain(value: Any) -> Any:
+    """A settings value as JSON data (enums as their value)."""
+    return getattr(value, "value", value)

@@ -8,7 +8,7 @@ has no line and therefore does not survive a round trip (the format cannot expre
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 Run = dict[str, dict[str, float]]
@@ -20,6 +20,22 @@ class RunFormatError(ValueError):
     def __init__(self, path: Path, line: int, reason: str):
         super().__init__(f"{path}:{line}: {reason}")
         self.path, self.line, self.reason = path, line, reason
+
+
+def best_chunk_per_document(ranked: Iterable[tuple[str, float]], depth: int | None = None) -> dict[str, float]:
+    """A document ranking from ``(doc_id, score)`` chunk hits in rank order: each document once, at its best
+    (first) chunk, at most ``depth`` documents.
+
+    Scores are lowered by ``position * 1e-9`` so that they strictly decrease in the given order and
+    trec_eval's tie-breaking (:func:`rank_hits`) cannot re-order tied documents.
+    """
+    ranking: dict[str, float] = {}
+    for position, (doc_id, score) in enumerate(ranked):
+        if doc_id not in ranking:
+            ranking[doc_id] = float(score) - position * 1e-9
+            if len(ranking) == depth:
+                break
+    return ranking
 
 
 def rank_hits(hits: Mapping[str, float]) -> list[tuple[str, float]]:

@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from evals.candidates import CandidateList
 from evals.collections import TrainSplitView
-from evals.tuning import CandidateList
 from retrieval.rerank import listwise_prompt
 from retrieval.settings import RerankMode
 

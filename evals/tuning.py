@@ -1,4 +1,5 @@
-"""Reranker tuning on a train split: first-stage candidate lists, and a grid search over fusion settings.
+"""Reranker tuning on a train split: a grid search over fusion settings on first-stage candidate lists
+(:mod:`evals.candidates`), after training the pseudo-query encoder (:mod:`evals.training`).
 
 Everything here takes a :class:`~evals.collections.TrainSplitView`, so held-out qrels cannot be read.
 """
@@ -11,67 +12,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
-
+from evals.candidates import CandidateList, first_stage_lists, rerank_run
 from evals.collections import TrainSplitView
 from evals.metrics import evaluate
+from evals.training import TrainingConfig, train_pseudo_query_encoder
 from retrieval.rerank import EmbeddingReranker, RerankConfig
 from retrieval.search import HybridRetriever
 from retrieval.stack import RetrievalStack
-
-
-@dataclass
-class CandidateList:
-    """One query's first-stage candidates (best first) with their stored dense vectors."""
-
-    qid: str
-    query: str
-    query_vector: np.ndarray
-    doc_ids: list[str]
-    texts: list[str]
-    vectors: np.ndarray
-    ranks: list[tuple[int | None, int | None]] | None = None  # each candidate's (dense, sparse) rank
-
-
-def first_stage_lists(
-    retriever: HybridRetriever, queries: dict[str, str], depth: int = 100, batch: int = 64
-) -> list[CandidateList]:
-    """The hybrid first stage for every query, with the candidates' stored vectors (what the reranker sees)."""
-    qids = list(queries)
-    out: list[CandidateList] = []
-    for start in range(0, len(qids), batch):
-        part = qids[start : start + batch]
-        texts = [queries[q] for q in part]
-        dense, candidates = retriever.first_stage(texts, "hybrid", depth, with_vectors=True)
-        for i, hits in enumerate(candidates):
-            out.append(
-                CandidateList(
-                    qid=part[i],
-                    query=texts[i],
-                    query_vector=dense[i],
-                    doc_ids=[h.doc_id for h in hits],
-                    texts=[h.text for h in hits],
-                    vectors=np.stack([h.dense_vector for h in hits]) if hits else np.zeros((0, dense.shape[1])),
-                    ranks=[(h.dense_rank, h.sparse_rank) for h in hits],
-                )
-            )
-    return out
-
-
-def rerank_run(lists: Sequence[CandidateList], reranker: EmbeddingReranker | None) -> dict[str, dict[str, float]]:
-    """A run (best chunk per document) from candidate lists, reranked when ``reranker`` is given."""
-    run: dict[str, dict[str, float]] = {}
-    for cl in lists:
-        n = len(cl.doc_ids)
-        if reranker is None or n == 0:
-            final = 1.0 / (np.arange(n) + 1.0)
-        else:
-            final = reranker.fuse(reranker.scores(cl.query, cl.query_vector, cl.texts, cl.vectors, cl.ranks), n)
-        ranking: dict[str, float] = {}
-        for pos in np.argsort(-final, kind="stable"):
-            ranking.setdefault(cl.doc_ids[pos], float(final[pos]) - pos * 1e-9)
-        run[cl.qid] = ranking
-    return run
 
 
 @dataclass
@@ -169,8 +116,6 @@ def tune_reranker(
 ) -> RerankerProfile:
     """Train the query encoder on part of the train split (the fit queries), then pick the reranker's fusion
     settings on the rest (the dev queries). The test split is never read."""
-    from evals.training import TrainingConfig, train_pseudo_query_encoder
-
     fit, dev = split_queries(view)
     queries = view.queries()
     dev_queries = {q: queries[q] for q in dev}

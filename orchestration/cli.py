@@ -37,6 +37,10 @@ app = typer.Typer(
 console = Console()
 
 CollectionOpt = Annotated[str | None, typer.Option("--collection", "-c", help="Collection name (default: settings)")]
+HistoryOpt = Annotated[
+    Path | None,
+    typer.Option(help="Evaluation history, SQLite (default: $HYBRID_RAG_HISTORY_PATH, else data/history/evals.sqlite)"),
+]
 ENV_FILES: list[Path] = [Path(".env")]
 
 
@@ -278,14 +282,14 @@ def evaluate(
         list[str] | None, typer.Option(help="dense | sparse | hybrid | hybrid+rerank (repeatable)")
     ] = None,
     run_file: Annotated[Path | None, typer.Option(help="Write the (last) variant's run as a TREC run file")] = None,
-    json_out: Annotated[Path | None, typer.Option("--json", help="Write metrics as JSON")] = None,
-    history: Annotated[Path, typer.Option(help="Evaluation history (SQLite)")] = Path("data/history/evals.sqlite"),
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the report as JSON")] = None,
+    history: HistoryOpt = None,
 ) -> None:
     """Evaluate retrieval variants on a BEIR collection; indexes it first when the collection does not exist."""
     from evals.collections import load_collection
-    from evals.history import EvalHistory
+    from evals.history import EvalHistory, default_history_path
     from evals.report import metrics_table
-    from evals.runner import evaluate_variants
+    from evals.runner import evaluate_collection
     from evals.runs import write_run
     from retrieval import RetrievalStack, read_documents
     from retrieval.errors import choice
@@ -299,25 +303,16 @@ def evaluate(
             console.print(f"collection {settings.collection!r} does not exist: indexing {coll.corpus_path}")
             docs, _ = read_documents(coll.corpus_path, "jsonl", settings.bad_input_policy)
             stack.indexer().index(docs)
-        results = evaluate_variants(stack.retriever(), coll.split_queries(split), coll.qrels(split), variants)
-    rows = {name: {**r.metrics, "latency_ms": r.latency_ms["p50"]} for name, r in results.items()}
-    console.print(metrics_table(rows, title=f"{coll.name} ({split})"))
-    store = EvalHistory(history)
-    for name, r in results.items():
-        store.append(
-            coll.name,
-            split,
-            name,
-            r.metrics,
-            context={"collection": settings.collection, "dense_model": settings.dense_model},
-        )
+        report = evaluate_collection(stack.retriever(), coll, split, variants)
+    console.print(metrics_table(report.metrics(), title=f"{coll.name} ({split})"))
+    report.record(EvalHistory(history or default_history_path()), source="cli")
     if run_file:
         last = variants[-1].value
-        write_run(run_file, results[last].run, tag=f"hybrid-rag-{last}")
+        write_run(run_file, report.variants[last].run, tag=f"hybrid-rag-{last}")
         console.print(f"run file ({last}): {run_file}")
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(rows, indent=2))
+        json_out.write_text(json.dumps(report.summary(), indent=2))
 
 
 @app.command()
@@ -350,15 +345,16 @@ def compare(
 
 @app.command("eval-report")
 def eval_report(
-    history: Annotated[Path, typer.Option(help="Evaluation history (SQLite)")] = Path("data/history/evals.sqlite"),
+    history: HistoryOpt = None,
     out: Annotated[Path, typer.Option(help="Output folder for the PNG plot and markdown table")] = Path("data/reports"),
     collection: CollectionOpt = None,
     metric: Annotated[str, typer.Option(help="Metric to plot over time")] = "ndcg@10",
 ) -> None:
     """Plot a metric over time per variant (PNG) and write the latest figures as a markdown table."""
-    from evals.history import EvalHistory
+    from evals.history import EvalHistory, default_history_path
     from evals.report import markdown_table, plot_history
 
+    history = history or default_history_path()
     df = EvalHistory(history).records(collection=collection)
     if df.empty:
         console.print(f"[yellow]no evaluations recorded in {history}[/yellow]")

@@ -12,20 +12,14 @@ from typing import Any
 import dagster as dg
 
 from assets import ALL_ASSETS, CORPORA
-from assets.resources import (
-    DEFAULT_ASSETS_DIR,
-    DEFAULT_HISTORY,
-    CorporaResource,
-    EvalHistoryResource,
-    RetrievalResource,
-)
+from assets.resources import DEFAULT_ASSETS_DIR, CorporaResource, EvalHistoryResource, RetrievalResource
+from evals.history import DEFAULT_HISTORY, HISTORY_ENV
 from orchestration.jobs import evaluate_job, reindex_job
 from orchestration.parquet_io import ParquetIOManager
 from orchestration.schedules import daily_evaluation, nightly_reindex
 from orchestration.sensors import build_drop_folder_sensor
 
 ASSETS_DIR_ENV = "HYBRID_RAG_ASSETS_DIR"
-HISTORY_ENV = "HYBRID_RAG_HISTORY_PATH"
 
 
 def _env_or(var: str, default: str) -> str | dg.EnvVar:

@@ -18,7 +18,7 @@ from rich.console import Console
 
 from assets import ALL_ASSETS, CORPORA, NDCG_CHECK, POINT_COUNT_CHECK
 from assets.corpora import REPO_ROOT
-from assets.evaluation import LATENCY
+from assets.evaluation import evaluation_report
 from orchestration.definitions import default_resources
 from orchestration.jobs import reindex_job
 
@@ -72,19 +72,16 @@ def run_main_job(
 
 def summarize(result: dg.ExecuteInProcessResult, corpus: str) -> dict[str, Any]:
     """``{corpus, collection, run_id, evaluated, note, split, version, published,
-    metrics: {variant: {metric: value, latency_ms}}, index: {documents, chunks, written, unchanged, deleted, points},
-    checks: {name: {passed, severity, description}}}``."""
+    metrics: {variant: {metric: value, latency_ms}}, report: EvalReport.summary() or None,
+    index: {documents, chunks, written, unchanged, deleted, points}, checks: {name: {passed, severity, description}}}``.
+    """
     materialized = {
         event.asset_key.to_user_string(): event.materialization.metadata
         for event in result.get_asset_materialization_events()
     }
     index = materialized.get("qdrant_index", {})
     evaluation = materialized.get("retrieval_evaluation", {})
-    metrics: dict[str, dict[str, float]] = {}
-    for key, value in evaluation.items():
-        if "/" in key and isinstance(value, dg.FloatMetadataValue):
-            variant, metric = key.rsplit("/", 1)
-            metrics.setdefault(variant, {})["latency_ms" if metric == LATENCY else metric] = float(value.value)
+    report = evaluation_report(evaluation)
     checks = {
         e.check_name: {"passed": e.passed, "severity": e.severity.value, "description": e.description}
         for e in result.get_asset_check_evaluations()
@@ -94,12 +91,13 @@ def summarize(result: dg.ExecuteInProcessResult, corpus: str) -> dict[str, Any]:
         "corpus": corpus,
         "collection": _value(index.get("collection")),
         "run_id": result.run_id,
-        "evaluated": bool(metrics),
+        "evaluated": report is not None,
         "note": _value(evaluation.get("qrels")),
-        "split": _value(evaluation.get("split")),
+        "split": report.split if report else None,
         "version": _value(index.get("version")),
         "published": _value(published.get("version")),
-        "metrics": metrics,
+        "metrics": report.metrics() if report else {},
+        "report": report.summary() if report else None,
         "index": {name: _value(index.get(name)) for name in INDEX_FIELDS},
         "checks": checks,
     }

@@ -5,6 +5,8 @@ import json
 from typer.testing import CliRunner
 
 from evals.collections import sample_collection
+from evals.history import EvalHistory
+from evals.runner import EvalReport
 from evals.runs import read_run
 from orchestration.cli import app
 
@@ -21,7 +23,8 @@ def invoke_stdout(*args):
     return result.stdout
 
 
-def test_index_search_eval_round_trip(cli_env):
+def test_index_search_eval_round_trip(cli_env, monkeypatch):
+    monkeypatch.setenv("HYBRID_RAG_HISTORY_PATH", str(cli_env / "configured" / "evals.sqlite"))
     sample = sample_collection()
     first = json.loads(invoke_stdout("index", str(sample.root), "--collection", "cli", "--json"))
     assert (first["collection"], first["documents"], first["skipped"]) == ("cli", 60, [])
@@ -49,8 +52,16 @@ def test_index_search_eval_round_trip(cli_env):
         "metrics.json",
     )
     assert "nDCG@10" in out
-    metrics = json.loads((cli_env / "metrics.json").read_text())
-    assert set(metrics) == {"hybrid", "dense"} and 0.5 < metrics["hybrid"]["ndcg@10"] <= 1.0
+    report = EvalReport.from_summary(json.loads((cli_env / "metrics.json").read_text()))
+    assert set(report.variants) == {"hybrid", "dense"} and 0.5 < report.variants["hybrid"].metrics["ndcg@10"] <= 1.0
+    assert (report.collection, report.split, report.qdrant_collection) == ("sample", "test", "cli")
+    assert report.version is not None and report.n_queries == len(sample.qrels("test"))
+    assert report.settings["dense_model"] and report.variants["dense"].latency_ms["p50"] > 0
+    # recorded in the configured history, as written by the CLI
+    rows = EvalHistory(cli_env / "configured" / "evals.sqlite").records(collection="sample")
+    ndcg = rows[rows["metric"] == "ndcg@10"].set_index("variant")["value"]
+    assert ndcg.to_dict() == {v: r.metrics["ndcg@10"] for v, r in report.variants.items()}
+    assert set(rows["source"]) == {"cli"} and not (cli_env / "data" / "history").exists()
     run, tag = read_run(cli_env / "runs" / "dense.trec")
     assert tag == "hybrid-rag-dense" and set(run) == set(sample.split_queries("test"))
 

@@ -17,6 +17,7 @@ from assets import NDCG_CHECK, POINT_COUNT_CHECK, corpus_partitions, raw_documen
 from assets.resources import CorporaResource, EvalHistoryResource, RetrievalResource
 from evals.collections import sample_collection
 from evals.history import EvalHistory
+from evals.runner import EvalReport
 from orchestration.definitions import default_resources
 from orchestration.main_job import MainJobError, print_results, run_main_job
 from orchestration.parquet_io import ParquetIOManager
@@ -123,6 +124,10 @@ def test_first_run_evaluates_every_variant(first_run: dict) -> None:
     summary = first_run["summary"]
     assert set(summary["metrics"]) == set(VARIANTS)
     assert summary["metrics"]["hybrid"]["ndcg@10"] == pytest.approx(meta["hybrid/ndcg@10"])
+    report = EvalReport.from_summary(summary["report"])  # the typed report, as the asset produced it
+    assert (report.collection, report.split, report.qdrant_collection, report.version) == (CORPUS, "test", CORPUS, 1)
+    assert report.n_queries == meta["queries"] and report.settings["dense_model"] == meta["dense_model"]
+    assert report.metrics() == summary["metrics"] and report.seconds > 0
     assert summary["checks"][POINT_COUNT_CHECK]["passed"] is True
     assert summary["checks"][NDCG_CHECK] == {
         "passed": True,
@@ -210,6 +215,7 @@ def test_evaluations_are_appended_to_history(sandbox: Sandbox, second_run: dict)
     assert len(ndcg) >= 2  # one row per materialization
     assert set(VARIANTS) <= set(df["variant"])
     assert all("dagster_run_id" in c for c in df["context"])
+    assert set(df["source"]) == {"dagster"}
 
 
 def test_print_results(second_run: dict, capsys: pytest.CaptureFixture[str]) -> None:

@@ -17,7 +17,7 @@ def _fill(path):
     history = EvalHistory(path)
     for day, (bm25, hybrid) in enumerate([(0.61, 0.70), (0.62, 0.7312), (0.6234, 0.7456)]):
         when = T0 + timedelta(days=day)
-        history.append("sample", "test", "bm25", {"ndcg@10": bm25, "recall@100": 0.9}, timestamp=when)
+        history.append("sample", "test", "bm25", {"ndcg@10": bm25, "recall@100": 0.9}, timestamp=when, source="cli")
         history.append(
             "sample",
             "test",
@@ -25,6 +25,7 @@ def _fill(path):
             {"ndcg@10": hybrid, "recall@100": 0.95},
             context={"dense_model": "all-MiniLM-L6-v2", "run_id": f"r{day}"},
             timestamp=when,
+            source="dagster",
         )
     return history
 
@@ -32,9 +33,12 @@ def _fill(path):
 def test_append_and_read_across_connections(tmp_path):
     path = tmp_path / "history" / "evals.sqlite"
     writer = EvalHistory(path)
-    assert writer.append("sample", "test", "hybrid", {"ndcg@10": 0.8, "mrr@10": 0.75}, {"run_id": "abc"}) == 2
+    metrics = {"ndcg@10": 0.8, "mrr@10": 0.75}
+    assert writer.append("sample", "test", "hybrid", metrics, {"run_id": "abc"}, source="benchmark") == 2
     df = EvalHistory(path).records()  # a second object, its own connection
-    assert list(df.columns) == ["id", "timestamp", "collection", "split", "variant", "metric", "value", "context"]
+    columns = ["id", "timestamp", "collection", "split", "variant", "metric", "value", "source", "context"]
+    assert list(df.columns) == columns
+    assert set(df["source"]) == {"benchmark"}
     assert sorted(zip(df["metric"], df["value"], strict=True)) == [("mrr@10", 0.75), ("ndcg@10", 0.8)]
     assert df["context"].tolist() == [{"run_id": "abc"}] * 2
     assert str(df["timestamp"].dt.tz) == "UTC"
@@ -50,7 +54,7 @@ def test_concurrent_appends_are_all_kept(tmp_path):
     def worker(n):
         history = EvalHistory(path)
         for i in range(25):
-            history.append("sample", "test", f"v{n}", {"ndcg@10": i / 25, "recall@100": 1.0})
+            history.append("sample", "test", f"v{n}", {"ndcg@10": i / 25, "recall@100": 1.0}, source="cli")
 
     threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
     for t in threads:
@@ -64,18 +68,52 @@ def test_concurrent_appends_are_all_kept(tmp_path):
 
 def test_records_filter_and_order(tmp_path):
     history = _fill(tmp_path / "h.sqlite")
-    history.append("scifact", "test", "hybrid", {"ndcg@10": 0.7})
+    history.append("scifact", "test", "hybrid", {"ndcg@10": 0.7}, source="cli")
     hybrid = history.records(collection="sample", variant="hybrid")
     assert set(hybrid["variant"]) == {"hybrid"} and set(hybrid["collection"]) == {"sample"}
     assert hybrid["timestamp"].is_monotonic_increasing
     assert hybrid[hybrid["metric"] == "ndcg@10"]["value"].tolist() == [0.70, 0.7312, 0.7456]
     assert len(history.records(collection="scifact")) == 1
     assert history.records(variant="nope").empty
+    assert set(history.records(source="dagster")["variant"]) == {"hybrid"}
+    assert len(history.records(source="cli")) == 3 * 2 + 1
+
+
+def test_source_is_required(tmp_path):
+    history = EvalHistory(tmp_path / "h.sqlite")
+    with pytest.raises(TypeError, match="source"):
+        history.append("sample", "test", "x", {"ndcg@10": 0.5})
+    with pytest.raises(ValueError, match="source"):
+        history.append("sample", "test", "x", {"ndcg@10": 0.5}, source="")
+    assert history.records().empty
+
+
+def test_file_without_source_column_is_upgraded_in_place(tmp_path):
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as conn:  # the schema before ``source`` existed, with rows of both writers
+        conn.execute(
+            "CREATE TABLE evals (id INTEGER PRIMARY KEY AUTOINCREMENT, timestamp TEXT NOT NULL, collection TEXT NOT "
+            "NULL, split TEXT NOT NULL, variant TEXT NOT NULL, metric TEXT NOT NULL, value REAL, context TEXT NOT "
+            "NULL DEFAULT '{}')"
+        )
+        conn.executemany(
+            "INSERT INTO evals (timestamp, collection, split, variant, metric, value, context) VALUES (?,?,?,?,?,?,?)",
+            [
+                (T0.isoformat(), "sample", "test", "hybrid", "ndcg@10", 0.7, '{"dagster_run_id": "r1"}'),
+                (T0.isoformat(), "sample", "test", "hybrid", "ndcg@10", 0.71, '{"dense_model": "m"}'),
+            ],
+        )
+    conn.close()
+    history = EvalHistory(path)
+    history.append("sample", "test", "hybrid", {"ndcg@10": 0.72}, source="cli")
+    df = EvalHistory(path).records()  # opening again does not alter it twice
+    assert df["value"].tolist() == [0.7, 0.71, 0.72]  # nothing lost
+    assert df["source"].tolist() == ["dagster", "cli", "cli"]
 
 
 def test_nan_is_stored_as_missing(tmp_path):
     history = EvalHistory(tmp_path / "h.sqlite")
-    history.append("sample", "test", "x", {"latency_ms": float("nan")})
+    history.append("sample", "test", "x", {"latency_ms": float("nan")}, source="cli")
     assert history.records()["value"].isna().all()
 
 

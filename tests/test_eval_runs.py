@@ -3,7 +3,7 @@
 import pytest
 
 from evals.metrics import evaluate
-from evals.runs import RunFormatError, rank_hits, read_run, write_run
+from evals.runs import RunFormatError, best_chunk_per_document, rank_hits, read_run, write_run
 
 RUN = {
     "q1": {"d1": 0.1 + 0.2, "d2": 1 / 3, "d3": -3.5, "d4": 1e-300, "d5": 12345678.901234567},
@@ -64,3 +64,13 @@ def test_write_rejects_ids_that_break_the_format(tmp_path):
 
 def test_empty_run(tmp_path):
     assert read_run(write_run(tmp_path / "r.trec", {}, tag="t")) == ({}, "")
+
+
+def test_best_chunk_per_document_keeps_each_documents_first_chunk_in_order():
+    chunks = [("d1", 0.9), ("d2", 0.8), ("d1", 0.7), ("d3", 0.8), ("d2", 0.1), ("d4", 0.05)]
+    ranking = best_chunk_per_document(chunks)
+    assert list(ranking) == ["d1", "d2", "d3", "d4"]
+    assert ranking["d1"] == pytest.approx(0.9) and ranking["d3"] == pytest.approx(0.8)
+    assert ranking["d2"] > ranking["d3"]  # tied scores keep the given order, whatever the doc ids
+    assert [doc for doc, _ in rank_hits(ranking)] == ["d1", "d2", "d3", "d4"]
+    assert list(best_chunk_per_document(chunks, depth=2)) == ["d1", "d2"]

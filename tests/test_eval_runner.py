@@ -1,0 +1,89 @@
+"""The one evaluation path: evaluate_collection's typed report, its history rows and its JSON form."""
+
+import json
+
+import pytest
+
+from evals.collections import EvalCollection, sample_collection
+from evals.history import EvalHistory
+from evals.metrics import evaluate
+from evals.report import markdown_table
+from evals.runner import LATENCY_P50, EvalReport, evaluate_collection
+from retrieval import HybridRetriever, read_documents
+from tests.conftest import TINY_DOCS
+
+VARIANTS = ["sparse", "hybrid"]
+
+
+@pytest.fixture(scope="module")
+def sample_report(indexed_stack) -> tuple[EvalReport, HybridRetriever]:
+    coll = sample_collection()
+    docs, _ = read_documents(coll.root)
+    retriever = indexed_stack("edge", docs, collection="runner", rerank=False).retriever()
+    yield evaluate_collection(retriever, coll, "test", VARIANTS, progress=False), retriever
+    retriever.close()
+
+
+def test_report_describes_what_was_evaluated(sample_report) -> None:
+    report, retriever = sample_report
+    qrels = sample_collection().qrels("test")
+    assert (report.collection, report.split, report.qdrant_collection) == ("sample", "test", "runner")
+    assert report.version == retriever.store.current_version() and report.version is not None
+    assert report.n_queries == len(qrels) and list(report.variants) == VARIANTS
+    assert report.settings["dense_model"] == retriever.dense.model_name and report.settings["sparse_model"] == "bm25"
+    assert report.settings["rrf_k"] == retriever.settings.rrf_k and report.settings["fusion"] == "rrf"
+    assert report.seconds > 0
+
+
+def test_report_scores_are_the_runs_scored_against_the_qrels(sample_report) -> None:
+    report, _ = sample_report
+    qrels = sample_collection().qrels("test")
+    for result in report.variants.values():
+        assert set(result.run) == set(qrels) and all(0 < len(docs) <= 100 for docs in result.run.values())
+        scored = evaluate(qrels, result.run)
+        assert result.metrics == scored.mean and result.per_query == scored.per_query  # for significance tests
+        assert set(result.per_query) == set(qrels)
+        assert 0 < result.latency_ms["p50"] <= result.latency_ms["p95"]
+    assert report.variants["hybrid"].metrics["ndcg@10"] > 0.5  # the sample is easy; a broken path scores near 0
+    table = report.metrics()
+    assert table["sparse"]["latency_ms"] == report.variants["sparse"].latency_ms["p50"]
+
+
+def test_summary_round_trip_and_history_rows(sample_report, tmp_path) -> None:
+    report, _ = sample_report
+    again = EvalReport.from_summary(json.loads(json.dumps(report.summary())))
+    assert again.metrics() == report.metrics() and again.settings == report.settings
+    assert (again.version, again.timestamp, again.n_queries) == (report.version, report.timestamp, report.n_queries)
+    assert again.variants["hybrid"].run == {}  # the summary leaves out runs and per-query values
+
+    history = EvalHistory(tmp_path / "evals.sqlite")
+    rows = report.record(history, source="benchmark", note="nightly")
+    df = history.records(collection="sample")
+    assert rows == len(df) == sum(len(r.metrics) for r in report.variants.values())
+    assert set(df["source"]) == {"benchmark"} and df["timestamp"].nunique() == 1
+    assert df["context"][0] == {**report.context(), "note": "nightly"} and df["context"][0]["version"] == report.version
+    hybrid = df[(df["variant"] == "hybrid") & (df["metric"] == "ndcg@10")]["value"].tolist()
+    assert hybrid == [report.variants["hybrid"].metrics["ndcg@10"]]
+
+    md = markdown_table(report.frame(), metrics=["ndcg@10", LATENCY_P50]).splitlines()
+    assert md[0] == "| collection | split | variant | nDCG@10 | latency_p50_ms | last run (UTC) |"
+    assert len(md) == 2 + len(VARIANTS)
+
+
+def test_a_hit_with_the_query_id_is_ignored(indexed_stack, tmp_path) -> None:
+    """BEIR's convention through the whole path: the document whose id is the query id never counts."""
+    root = tmp_path / "coll"
+    (root / "qrels").mkdir(parents=True)
+    (root / "corpus.jsonl").write_text("".join(json.dumps({"_id": d.id, "text": d.text}) + "\n" for d in TINY_DOCS))
+    queries = {"pasta": "how can I keep spaghetti from sticking", "q-moon": "Earth's natural satellite orbit"}
+    (root / "queries.jsonl").write_text("".join(json.dumps({"_id": q, "text": t}) + "\n" for q, t in queries.items()))
+    (root / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\npasta\tpasta\t1\nq-moon\tmoon\t1\n")
+    retriever = indexed_stack("edge", TINY_DOCS, collection="ids", rerank=False).retriever()
+    try:
+        report = evaluate_collection(retriever, EvalCollection("ids", root), "test", ["dense"], progress=False)
+    finally:
+        retriever.close()
+    result = report.variants["dense"]
+    assert next(iter(result.run["pasta"])) == "pasta"  # retrieved first...
+    assert result.per_query["pasta"]["ndcg@10"] == 0.0  # ...and not counted
+    assert result.per_query["q-moon"]["ndcg@10"] == 1.0
