@@ -11,7 +11,8 @@ from typing import Any
 
 import dagster as dg
 
-from assets import ALL_ASSETS, CORPORA
+from assets import ALL_ASSETS, CORPORA, corpus_partitions
+from assets.query_encoder import query_encoder
 from orchestration.jobs import evaluate_job, reindex_job
 from orchestration.parquet_io import ParquetIOManager
 from orchestration.resources import (
@@ -43,9 +44,12 @@ def default_resources(**overrides: Any) -> dict[str, Any]:
     return {**resources, **overrides}
 
 
+# Corpus adaptation (issue 9) is its own job: it trains for minutes, so the reindex job does not include it.
+adapt_job = dg.define_asset_job("adapt", selection=[query_encoder], partitions_def=corpus_partitions)
+
 defs = dg.Definitions(
-    assets=ALL_ASSETS,
-    jobs=[reindex_job, evaluate_job],
+    assets=[*ALL_ASSETS, query_encoder],
+    jobs=[reindex_job, evaluate_job, adapt_job],
     schedules=[nightly_reindex, daily_evaluation],
     sensors=[build_drop_folder_sensor(c.source, c.name) for c in CORPORA.watched()],
     resources=default_resources(),

@@ -109,9 +109,10 @@ class HybridRetriever:
         # Queries may have their own encoder, trained against the stored document vectors (E2Rank-style,
         # `hybrid-rag tune-reranker`); it serves the dense channel and the reranker's pseudo-queries.
         self.query_encoder = self.dense
-        if self.settings.query_model:
+        query_model = self.settings.resolved_query_model()
+        if query_model:
             self.query_encoder = DenseEncoder(
-                self.settings.query_model,
+                query_model,
                 device=self.dense.device,
                 batch_size=self.dense.batch_size,
                 query_prompt=self.dense.query_prompt,
