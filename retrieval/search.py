@@ -291,7 +291,10 @@ class HybridRetriever:
                 plans.append(QueryPlan(sparse=sparse_q[i], limit=channel_k, filter=filter, with_payload=("doc_id",)))
         results = self.store.query_batch(plans)
         step = len(names)
-        fused = [self.fuse({name: results[i * step + j] for j, name in enumerate(names)})[:depth] for i in range(n)]
+        long = [sparse_q is not None and len(sparse_q[i]) > self.settings.long_query_terms for i in range(n)]
+        fused = [
+            self.fuse({name: results[i * step + j] for j, name in enumerate(names)}, long[i])[:depth] for i in range(n)
+        ]
         ids = sorted({f.id for fs in fused for f in fs})
         if with_payload:
             points = self.store.points(ids, with_dense_vectors=with_vectors)
@@ -304,11 +307,13 @@ class HybridRetriever:
             for fs in fused
         ]
 
-    def fuse(self, channels: dict[str, Sequence[StoredHit]]) -> list[Fused]:
-        """One query's channel lists fused as the settings say (a single channel keeps its own order)."""
+    def fuse(self, channels: dict[str, Sequence[StoredHit]], long: bool = False) -> list[Fused]:
+        """One query's channel lists fused as the settings say (a single channel keeps its own order); ``long``:
+        a long query, fused with ``long_query_fusion``."""
         s = self.settings
+        method = s.long_query_fusion if long else s.fusion
         return fuse(
-            channels, method=s.fusion, rrf_k=s.rrf_k, weights={"dense": s.dense_weight, "sparse": s.sparse_weight}
+            channels, method=method, rrf_k=s.rrf_k, weights={"dense": s.dense_weight, "sparse": s.sparse_weight}
         )
 
     def fused_plan(

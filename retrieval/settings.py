@@ -17,6 +17,7 @@ ADAPTED_MARKER = "adapted.json"  # written next to an adapted query encoder: its
 class FusionMethod(StrEnum):
     RRF = "rrf"
     DBSF = "dbsf"
+    ZSCORE = "zscore"
 
 
 class RerankMode(StrEnum):
@@ -93,6 +94,10 @@ class RetrievalSettings(BaseSettings):
     # next to qdrant_path, `data/models`) from the same dense model.
     adapted_query_model: bool = True
     models_dir: Path | None = None
+    # Quality (issue 9): long queries (more distinct sparse query terms than long_query_terms, ~60 words) are
+    # fused by z-scores, which keeps the more confident channel ahead (chosen on SciFact train long queries).
+    long_query_fusion: FusionMethod = FusionMethod.ZSCORE
+    long_query_terms: int = 30
 
     @model_validator(mode="after")
     def _check(self) -> RetrievalSettings:

@@ -30,6 +30,26 @@ def test_single_channel_keeps_its_order_and_raw_scores():
     assert [f.id for f in fused] == ["a1", "b1", "a2"] and [f.score for f in fused] == [1.0, 0.9, 0.8]
 
 
+def scored(*pairs: tuple[str, float]) -> list[StoredHit]:
+    return [StoredHit(n, s, {"doc_id": n[0]}) for n, s in pairs]
+
+
+def test_zscore_fusion_keeps_the_confident_channel_ahead():
+    """Dense is sure of a1 (far above the rest of its list); sparse's scores fall evenly. RRF puts a chunk both
+    rank second first; z-scores put a1 first. A chunk missing from a list counts as that list's lowest z-score."""
+    d = np.array([0.9, 0.5, 0.49, 0.48, 0.47, 0.46, 0.45, 0.44])
+    s = np.linspace(10.0, 9.3, 8)
+    dense = scored(*zip(["a1", "b1", "c1", "d1", "e1", "g1", "h1", "i1"], d, strict=True))
+    sparse = scored(*zip(["f1", "b1", "c1", "d1", "e1", "g1", "h1", "i1"], s, strict=True))
+    assert fuse({"dense": dense, "sparse": sparse}, rrf_k=10)[0].id == "b1"
+    z = fuse({"dense": dense, "sparse": sparse}, method="zscore")
+    assert z[0].id == "a1"
+    by_id = {f.id: f for f in z}
+    zd, zs = (d - d.mean()) / d.std(), (s - s.mean()) / s.std()
+    assert by_id["a1"].score == pytest.approx(zd[0] + zs.min()) and by_id["b1"].score == pytest.approx(zd[1] + zs[1])
+    assert by_id["f1"].score == pytest.approx(zd.min() + zs[0])
+
+
 @pytest.fixture(scope="module")
 def retriever(dense_encoder, sparse_encoder, tmp_path_factory):
     root = tmp_path_factory.mktemp("fusion")
@@ -76,3 +96,14 @@ def test_reranking_keeps_the_first_stage_when_the_channels_agree_on_nothing(dens
     assert scores is not None and set(np.argsort(-scores)[:2]) == {2, 3}
     no_gate = EmbeddingReranker(dense_encoder, RerankConfig(agreement=0, feedback_k=2))
     assert no_gate.feedback_rows(ranks) == [0, 1]
+
+
+def test_long_queries_are_fused_by_zscores(retriever):
+    """A query with more distinct terms than ``long_query_terms`` takes ``long_query_fusion`` (z-scores, whose
+    sums exceed what RRF can give: 2 / (k + 1)); a short one keeps RRF."""
+    settings = retriever.settings
+    ceiling = 2 / (settings.rrf_k + 1)
+    assert retriever.search("blood pressure and the heart", k=1, rerank=False)[0].score <= ceiling
+    long = " ".join(d.text for d in TINY_DOCS)
+    assert len(retriever.sparse.encode_query(long)) > settings.long_query_terms
+    assert retriever.search(long, k=1, rerank=False)[0].score > ceiling
