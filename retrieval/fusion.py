@@ -3,8 +3,8 @@
 Qdrant returns each channel's list (ids, scores and the ``doc_id`` payload field only) in one batched request;
 fusing them here gives every hit its per-channel rank and raw score without extra queries. The fusion is
 Qdrant's own: RRF over chunk ranks, ``sum(w / (k + rank))``, or DBSF (scores normalized by mean +- 3 sd), or
-z-score fusion (CombSUM of each channel's z-scores over its list; a chunk missing from a channel's list gets
-that list's lowest z-score). Z-scores are DBSF without its clipping at +-3 sd, so a channel that is far more
+z-score fusion (CombSUM of each channel's z-scores over its list; a chunk missing from a channel's list gets 0
+from it, the list's mean). Z-scores are DBSF without its clipping at +-3 sd, so a channel that is far more
 confident about its top hits than about the rest keeps that advantage; this is what long queries need (README,
 Quality).
 Fusing per document instead (a document's rank in each channel from its best chunk) was measured and lost
@@ -61,11 +61,8 @@ def fuse(
     else:
         normalize = _dbsf_normalized if method is FusionMethod.DBSF else _z_scores
         normalized = {name: normalize(hits) for name, hits in channels.items()}
-        floor = {
-            name: 0.0 if method is FusionMethod.DBSF else min(v.values(), default=0.0) for name, v in normalized.items()
-        }
         for f in fused.values():
-            f.score = sum(weights.get(name, 1.0) * normalized[name].get(f.id, floor[name]) for name in channels)
+            f.score = sum(weights.get(name, 1.0) * normalized[name].get(f.id, 0.0) for name in channels)
     return sorted(fused.values(), key=lambda f: (-f.score, min(f.ranks.values()), f.id))
 
 
