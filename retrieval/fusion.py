@@ -5,8 +5,8 @@ fusing them here gives every hit its per-channel rank and raw score without extr
 Qdrant's own: RRF over chunk ranks, ``sum(w / (k + rank))``, or DBSF (scores normalized by mean +- 3 sd), or
 z-score fusion (CombSUM of each channel's z-scores over its list; a chunk missing from a channel's list gets 0
 from it, the list's mean). Z-scores are DBSF without its clipping at +-3 sd, so a channel that is far more
-confident about its top hits than about the rest keeps that advantage; this is what long queries need (README,
-Quality).
+confident about its top hits than about the rest keeps that advantage (long queries need it; README, Quality).
+:func:`top_z` tells how far a list's best hit stands out.
 Fusing per document instead (a document's rank in each channel from its best chunk) was measured and lost
 on SciFact (see README, Quality).
 """
@@ -84,3 +84,8 @@ def _z_scores(hits: Sequence[StoredHit]) -> dict[str, float]:
     sd = scores.std()
     values = (scores - scores.mean()) / sd if sd > 0 else np.zeros_like(scores)
     return {h.id: float(v) for h, v in zip(hits, values, strict=True)}
+
+
+def top_z(hits: Sequence[StoredHit]) -> float:
+    """How many standard deviations a list's best score lies above the list's mean (0 for fewer than 2 hits)."""
+    return max(_z_scores(hits).values(), default=0.0) if len(hits) > 1 else 0.0

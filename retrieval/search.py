@@ -13,10 +13,10 @@ import numpy as np
 from retrieval.encoders import DenseEncoder
 from retrieval.encoders.sparse import Bm25Encoder, SparseVec, SpladeEncoder
 from retrieval.errors import EmptyQueryError, InvalidArgumentError, choice
-from retrieval.fusion import Fused, fuse
+from retrieval.fusion import Fused, fuse, top_z
 from retrieval.indexer import build_encoders, collection_schema, encoder_lock
 from retrieval.rerank import EmbeddingReranker, RerankConfig
-from retrieval.settings import RerankMode, RetrievalSettings
+from retrieval.settings import FusionMethod, RerankMode, RetrievalSettings
 from retrieval.store import QdrantStore, QueryPlan, SchemaMismatchError, StoredHit, open_store
 
 
@@ -291,10 +291,7 @@ class HybridRetriever:
                 plans.append(QueryPlan(sparse=sparse_q[i], limit=channel_k, filter=filter, with_payload=("doc_id",)))
         results = self.store.query_batch(plans)
         step = len(names)
-        long = [sparse_q is not None and len(sparse_q[i]) > self.settings.long_query_terms for i in range(n)]
-        fused = [
-            self.fuse({name: results[i * step + j] for j, name in enumerate(names)}, long[i])[:depth] for i in range(n)
-        ]
+        fused = [self.fuse({name: results[i * step + j] for j, name in enumerate(names)})[:depth] for i in range(n)]
         ids = sorted({f.id for fs in fused for f in fs})
         if with_payload:
             points = self.store.points(ids, with_dense_vectors=with_vectors)
@@ -307,11 +304,12 @@ class HybridRetriever:
             for fs in fused
         ]
 
-    def fuse(self, channels: dict[str, Sequence[StoredHit]], long: bool = False) -> list[Fused]:
-        """One query's channel lists fused as the settings say (a single channel keeps its own order); ``long``:
-        a long query, fused with ``long_query_fusion``."""
+    def fuse(self, channels: dict[str, Sequence[StoredHit]]) -> list[Fused]:
+        """One query's channel lists fused as the settings say (a single channel keeps its own order): by
+        z-scores when the sparse list's best hit stands out (``zscore_fusion_above``), else by ``fusion``."""
         s = self.settings
-        method = s.long_query_fusion if long else s.fusion
+        confident = s.zscore_fusion_above is not None and top_z(channels.get("sparse", ())) > s.zscore_fusion_above
+        method = FusionMethod.ZSCORE if confident else s.fusion
         return fuse(
             channels, method=method, rrf_k=s.rrf_k, weights={"dense": s.dense_weight, "sparse": s.sparse_weight}
         )

@@ -94,10 +94,10 @@ class RetrievalSettings(BaseSettings):
     # next to qdrant_path, `data/models`) from the same dense model.
     adapted_query_model: bool = True
     models_dir: Path | None = None
-    # Quality (issue 9): long queries (more distinct sparse query terms than long_query_terms, ~60 words) are
-    # fused by z-scores, which keeps the more confident channel ahead (chosen on SciFact train long queries).
-    long_query_fusion: FusionMethod = FusionMethod.ZSCORE
-    long_query_terms: int = 30
+    # Quality (issue 9): a query whose best BM25 hit stands out (z-score over the sparse list above this) is
+    # fused by z-scores instead of `fusion`, which keeps the more confident channel ahead (long queries always
+    # are); a flat sparse list (few or common query terms) keeps rank fusion. None: always `fusion`.
+    zscore_fusion_above: float | None = 2.5
 
     @model_validator(mode="after")
     def _check(self) -> RetrievalSettings:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from retrieval import HybridRetriever, Indexer, RetrievalSettings
-from retrieval.fusion import fuse
+from retrieval.fusion import fuse, top_z
 from retrieval.rerank import EmbeddingReranker, RerankConfig
 from retrieval.store import StoredHit
 from tests.conftest import LEXICAL_QUERY, TINY_DOCS
@@ -98,12 +98,23 @@ def test_reranking_keeps_the_first_stage_when_the_channels_agree_on_nothing(dens
     assert no_gate.feedback_rows(ranks) == [0, 1]
 
 
-def test_long_queries_are_fused_by_zscores(retriever):
-    """A query with more distinct terms than ``long_query_terms`` takes ``long_query_fusion`` (z-scores, whose
-    sums exceed what RRF can give: 2 / (k + 1)); a short one keeps RRF."""
-    settings = retriever.settings
-    ceiling = 2 / (settings.rrf_k + 1)
-    assert retriever.search("blood pressure and the heart", k=1, rerank=False)[0].score <= ceiling
-    long = " ".join(d.text for d in TINY_DOCS)
-    assert len(retriever.sparse.encode_query(long)) > settings.long_query_terms
-    assert retriever.search(long, k=1, rerank=False)[0].score > ceiling
+def test_zscore_fusion_when_the_sparse_list_has_a_clear_best_hit(retriever):
+    """A sparse list whose best hit stands out (z above ``zscore_fusion_above``, as for long queries) is fused by
+    z-scores; a flat one (few or common query terms) keeps rank fusion."""
+    threshold = retriever.settings.zscore_fusion_above
+    dense = scored(*zip("abcdefghij", np.linspace(0.8, 0.5, 10), strict=True))
+    clear = scored(*zip("kbcdefghij", [30.0, *np.linspace(10.0, 9.0, 9)], strict=True))
+    flat = scored(*zip("kbcdefghij", np.linspace(10.0, 9.0, 10), strict=True))
+    assert top_z(clear) > threshold > top_z(flat)
+    assert retriever.fuse({"dense": dense, "sparse": clear}) == fuse({"dense": dense, "sparse": clear}, method="zscore")
+    assert retriever.fuse({"dense": dense, "sparse": flat}) == fuse(
+        {"dense": dense, "sparse": flat}, rrf_k=retriever.settings.rrf_k
+    )
+    off = HybridRetriever(
+        retriever.settings.model_copy(update={"zscore_fusion_above": None}),
+        store=retriever.store,
+        dense=retriever.dense,
+        sparse=retriever.sparse,
+    )
+    assert off.fuse({"dense": dense, "sparse": clear})[0].id == "b"  # rank fusion: second in both lists
+    assert retriever.fuse({"dense": dense, "sparse": clear})[0].id == "k"
