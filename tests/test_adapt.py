@@ -22,6 +22,7 @@ from retrieval import HybridRetriever, RetrievalSettings, read_documents
 from retrieval.settings import ADAPTED_MARKER
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+pytestmark = pytest.mark.slow  # trains (a few steps, on the 60-document sample)
 SAMPLE = sample_collection()
 
 
