@@ -1,8 +1,8 @@
 """First-stage fusion of the dense and sparse channel lists, done here rather than in Qdrant.
 
 Qdrant returns each channel's list (ids, scores and the ``doc_id`` payload field only) in one batched request;
-fusing them here gives every hit its per-channel rank and raw score without extra queries. The fusion is
-Qdrant's own: RRF over chunk ranks, ``sum(w / (k + rank))``, or DBSF (scores normalized by mean +- 3 sd), or
+fusing them here gives every hit its per-channel rank and raw score without extra queries. RRF over chunk ranks,
+``sum(w / (k + rank))``, and DBSF (scores normalized by mean +- 3 sd) are Qdrant's own formulas; the third is
 z-score fusion (CombSUM of each channel's z-scores over its list; a chunk missing from a channel's list gets 0
 from it, the list's mean). Z-scores are DBSF without its clipping at +-3 sd, so a channel that is far more
 confident about its top hits than about the rest keeps that advantage (long queries need it; README, Quality).
