@@ -2,6 +2,7 @@
 
 raw_documents -> chunks -> dense_vectors, sparse_vectors -> qdrant_index (staged version)
     -> retrieval_evaluation (gate) -> published_index (readers switch)
+raw_documents, chunks, dense_vectors -> query_encoder (corpus adaptation; its own job, it trains for minutes)
 """
 
 from assets.embeddings import dense_vectors, sparse_vectors
@@ -10,6 +11,7 @@ from assets.index import POINT_COUNT_CHECK, qdrant_index
 from assets.ingest import chunks, raw_documents
 from assets.partitions import CORPORA, corpus_partitions
 from assets.publish import published_index
+from assets.query_encoder import query_encoder
 
 ALL_ASSETS = [
     raw_documents,
@@ -31,6 +33,7 @@ __all__ = [
     "dense_vectors",
     "published_index",
     "qdrant_index",
+    "query_encoder",
     "raw_documents",
     "retrieval_evaluation",
     "sparse_vectors",

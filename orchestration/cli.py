@@ -414,6 +414,40 @@ def tune_reranker(
 
 
 @app.command()
+def adapt(
+    collection: CollectionOpt = None,
+    max_queries: Annotated[int, typer.Option(help="Pseudo-queries to train on")] = 3000,
+    epochs: Annotated[int, typer.Option(help="Passes over the pseudo-queries")] = 1,
+) -> None:
+    """Adapt the query encoder to an indexed collection without labels (pseudo-queries from its own text).
+
+    Searches use it from then on, unless held-out pseudo-queries scored lower with it (then it is not saved).
+    """
+    from evals.pseudo_queries import AdaptConfig, adapt_query_encoder, stored_corpus
+    from retrieval.store import open_store
+
+    settings = _settings(collection=collection)
+    store = open_store(settings)
+    try:
+        store.check_schema()  # the collection must exist
+        docs, owners, vectors = stored_corpus(store)
+    finally:
+        store.close()
+    out = settings.adapted_query_dir()
+    config = AdaptConfig(max_queries=max_queries, epochs=epochs)
+    report = adapt_query_encoder(docs, owners, vectors, settings.dense_model, out, config)
+    table = Table(
+        title=f"{settings.collection}: {report.train_queries} pseudo-queries to train, "
+        f"{report.held_out_queries} held out"
+    )
+    for col in ("held-out nDCG@10: dense model", "adapted", "used"):
+        table.add_column(col, justify="right")
+    table.add_row(f"{report.base_ndcg:.4f}", f"{report.adapted_ndcg:.4f}", "yes" if report.used else "no")
+    console.print(table)
+    console.print(f"adapted query encoder: {out}" if report.used else "not used: searches keep the dense model")
+
+
+@app.command()
 def run(corpus: Annotated[str, typer.Option(help="Corpus partition to build")] = "sample") -> None:
     """The main job: materialize the Dagster asset graph (ingest, chunk, embed, index, evaluate) and print metrics."""
     from orchestration.main_job import MainJobError, print_results, run_main_job

@@ -11,10 +11,10 @@ from typing import Any
 
 import dagster as dg
 
-from assets import ALL_ASSETS, CORPORA
+from assets import ALL_ASSETS, CORPORA, query_encoder
 from assets.resources import DEFAULT_ASSETS_DIR, CorporaResource, EvalHistoryResource, RetrievalResource
 from evals.history import DEFAULT_HISTORY, HISTORY_ENV
-from orchestration.jobs import evaluate_job, reindex_job
+from orchestration.jobs import adapt_job, evaluate_job, reindex_job
 from orchestration.parquet_io import ParquetIOManager
 from orchestration.schedules import daily_evaluation, nightly_reindex
 from orchestration.sensors import build_drop_folder_sensor
@@ -38,8 +38,8 @@ def default_resources(**overrides: Any) -> dict[str, Any]:
 
 
 defs = dg.Definitions(
-    assets=ALL_ASSETS,
-    jobs=[reindex_job, evaluate_job],
+    assets=[*ALL_ASSETS, query_encoder],
+    jobs=[reindex_job, evaluate_job, adapt_job],
     schedules=[nightly_reindex, daily_evaluation],
     sensors=[build_drop_folder_sensor(c.source, c.name) for c in CORPORA.watched()],
     resources=default_resources(),

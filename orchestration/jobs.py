@@ -1,10 +1,11 @@
-"""Asset jobs: the whole graph for one corpus (``reindex``) and the evaluation alone (``evaluate``)."""
+"""Asset jobs: the whole graph for one corpus (``reindex``), the evaluation alone (``evaluate``) and the corpus
+adaptation of the query encoder (``adapt``: it trains for minutes, so ``reindex`` leaves it out)."""
 
 from __future__ import annotations
 
 import dagster as dg
 
-from assets import ALL_ASSETS, corpus_partitions, retrieval_evaluation
+from assets import ALL_ASSETS, corpus_partitions, query_encoder, retrieval_evaluation
 
 reindex_job = dg.define_asset_job(
     "reindex",
@@ -18,4 +19,11 @@ evaluate_job = dg.define_asset_job(
     selection=dg.AssetSelection.assets(retrieval_evaluation),
     partitions_def=corpus_partitions,
     description="Evaluate every retrieval variant on one corpus' existing index.",
+)
+
+adapt_job = dg.define_asset_job(
+    "adapt",
+    selection=dg.AssetSelection.assets(query_encoder),
+    partitions_def=corpus_partitions,
+    description="Train the query encoder on pseudo-queries from the corpus (no qrels); used only if it does not hurt.",
 )

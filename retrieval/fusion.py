@@ -1,8 +1,12 @@
 """First-stage fusion of the dense and sparse channel lists, done here rather than in Qdrant.
 
 Qdrant returns each channel's list (ids, scores and the ``doc_id`` payload field only) in one batched request;
-fusing them here gives every hit its per-channel rank and raw score without extra queries. The fusion is
-Qdrant's own: RRF over chunk ranks, ``sum(w / (k + rank))``, or DBSF (scores normalized by mean +- 3 sd).
+fusing them here gives every hit its per-channel rank and raw score without extra queries. RRF over chunk ranks,
+``sum(w / (k + rank))``, and DBSF (scores normalized by mean +- 3 sd) are Qdrant's own formulas; the third is
+z-score fusion (CombSUM of each channel's z-scores over its list; a chunk missing from a channel's list gets 0
+from it, the list's mean). Z-scores are DBSF without its clipping at +-3 sd, so a channel that is far more
+confident about its top hits than about the rest keeps that advantage (long queries need it; README, Quality).
+:func:`top_z` tells how far a list's best hit stands out.
 Fusing per document instead (a document's rank in each channel from its best chunk) was measured and lost
 on SciFact (see README, Quality).
 """
@@ -51,13 +55,14 @@ def fuse(
         for f in fused.values():
             f.score = next(iter(f.scores.values()))
         return list(fused.values())
-    normalized = (
-        {name: _dbsf_normalized(hits) for name, hits in channels.items()} if method is FusionMethod.DBSF else {}
-    )
-    for f in fused.values():
-        for name, rank in f.ranks.items():
-            w = weights.get(name, 1.0)
-            f.score += w / (rrf_k + rank) if method is FusionMethod.RRF else w * normalized[name][f.id]
+    if method is FusionMethod.RRF:
+        for f in fused.values():
+            f.score = sum(weights.get(name, 1.0) / (rrf_k + rank) for name, rank in f.ranks.items())
+    else:
+        normalize = _dbsf_normalized if method is FusionMethod.DBSF else _z_scores
+        normalized = {name: normalize(hits) for name, hits in channels.items()}
+        for f in fused.values():
+            f.score = sum(weights.get(name, 1.0) * normalized[name].get(f.id, 0.0) for name in channels)
     return sorted(fused.values(), key=lambda f: (-f.score, min(f.ranks.values()), f.id))
 
 
@@ -69,3 +74,18 @@ def _dbsf_normalized(hits: Sequence[StoredHit]) -> dict[str, float]:
     low, span = scores.mean() - 3 * scores.std(), 6 * scores.std()
     values = np.clip((scores - low) / span, 0.0, 1.0) if span > 0 else np.ones_like(scores)
     return {h.id: float(v) for h, v in zip(hits, values, strict=True)}
+
+
+def _z_scores(hits: Sequence[StoredHit]) -> dict[str, float]:
+    """(s - mean) / sd over one channel's list (0 for a list whose scores are all equal)."""
+    if not hits:
+        return {}
+    scores = np.array([h.score for h in hits], dtype=float)
+    sd = scores.std()
+    values = (scores - scores.mean()) / sd if sd > 0 else np.zeros_like(scores)
+    return {h.id: float(v) for h, v in zip(hits, values, strict=True)}
+
+
+def top_z(hits: Sequence[StoredHit]) -> float:
+    """How many standard deviations a list's best score lies above the list's mean (0 for fewer than 2 hits)."""
+    return max(_z_scores(hits).values(), default=0.0) if len(hits) > 1 else 0.0

@@ -12,10 +12,10 @@ import numpy as np
 
 from retrieval.encoders.sparse import SparseVec
 from retrieval.errors import EmptyQueryError, InvalidArgumentError, choice
-from retrieval.fusion import Fused, fuse
+from retrieval.fusion import Fused, fuse, top_z
 from retrieval.parts import Parts
 from retrieval.rerank import EmbeddingReranker, RerankConfig
-from retrieval.settings import RerankMode
+from retrieval.settings import FusionMethod, RerankMode
 from retrieval.store import CollectionSchema, QueryPlan, StoredHit
 
 
@@ -289,10 +289,13 @@ class HybridRetriever:
         ]
 
     def fuse(self, channels: dict[str, Sequence[StoredHit]]) -> list[Fused]:
-        """One query's channel lists fused as the settings say (a single channel keeps its own order)."""
+        """One query's channel lists fused as the settings say (a single channel keeps its own order): by
+        z-scores when the sparse list's best hit stands out (``zscore_fusion_above``), else by ``fusion``."""
         s = self.settings
+        confident = s.zscore_fusion_above is not None and top_z(channels.get("sparse", ())) > s.zscore_fusion_above
+        method = FusionMethod.ZSCORE if confident else s.fusion
         return fuse(
-            channels, method=s.fusion, rrf_k=s.rrf_k, weights={"dense": s.dense_weight, "sparse": s.sparse_weight}
+            channels, method=method, rrf_k=s.rrf_k, weights={"dense": s.dense_weight, "sparse": s.sparse_weight}
         )
 
     def fused_plan(

@@ -11,11 +11,13 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from retrieval.documents import BadInputPolicy
 
 DEFAULT_DENSE_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+ADAPTED_MARKER = "adapted.json"  # written next to an adapted query encoder: its base model and held-out scores
 
 
 class FusionMethod(StrEnum):
     RRF = "rrf"
     DBSF = "dbsf"
+    ZSCORE = "zscore"
 
 
 class RerankMode(StrEnum):
@@ -93,6 +95,15 @@ class RetrievalSettings(BaseSettings):
     rerank_agreement: int = 5  # feedback only from candidates both channels rank in their top N (0: no gate)
     # Query-side encoder trained against the stored document vectors (`hybrid-rag tune-reranker`).
     query_model: str | None = None
+    # Quality (issue 9): the corpus-adapted query encoder (`hybrid-rag adapt`, Dagster `query_encoder`) is used
+    # when query_model is unset and one was saved for the collection (under models_dir, default: the folder
+    # next to qdrant_path, `data/models`) from the same dense model.
+    adapted_query_model: bool = True
+    models_dir: Path | None = None
+    # Quality (issue 9): a query whose best BM25 hit stands out (z-score over the sparse list above this) is
+    # fused by z-scores instead of `fusion`, which keeps the more confident channel ahead (long queries always
+    # are); a flat sparse list (few or common query terms) keeps rank fusion. None: always `fusion`.
+    zscore_fusion_above: float | None = 2.5
 
     @model_validator(mode="after")
     def _check(self) -> RetrievalSettings:
@@ -106,3 +117,21 @@ class RetrievalSettings(BaseSettings):
     def rerank_enabled(self) -> bool:
         """Reranking is on by default (``rerank=False`` turns it off)."""
         return self.rerank
+
+    def adapted_query_dir(self, collection: str | None = None) -> Path:
+        """Where the corpus-adapted query encoder of ``collection`` (default: this one) is saved."""
+        return (
+            (self.models_dir or self.qdrant_path.parent / "models") / (collection or self.collection) / "query_encoder"
+        )
+
+    def resolved_query_model(self) -> str | None:
+        """The query encoder to use: ``query_model``, else the adapted one saved for this collection from the
+        same dense model (see :mod:`evals.pseudo_queries`), else None (the dense model itself)."""
+        if self.query_model or not self.adapted_query_model:
+            return self.query_model
+        import json
+
+        marker = self.adapted_query_dir() / ADAPTED_MARKER
+        if marker.is_file() and json.loads(marker.read_text()).get("base_model") == self.dense_model:
+            return str(marker.parent)
+        return None

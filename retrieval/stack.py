@@ -46,8 +46,10 @@ def sparse_args(settings: RetrievalSettings) -> dict[str, Any]:
 
 
 def query_args(settings: RetrievalSettings) -> dict[str, Any] | None:
-    """What the query encoder depends on: the query model and the dense encoder; None without a query model."""
-    return {"query_model": settings.query_model, **dense_args(settings)} if settings.query_model else None
+    """What the query encoder depends on: the query model (``query_model``, else the collection's adapted one) and
+    the dense encoder; None without a query model."""
+    query_model = settings.resolved_query_model()
+    return {"query_model": query_model, **dense_args(settings)} if query_model else None
 
 
 def encoder_key(settings: RetrievalSettings) -> str:
@@ -77,9 +79,10 @@ class RetrievalStack:
         s = self.settings
         self.dense = dense or DenseEncoder(**dense_args(s))
         self.sparse = sparse or make_sparse_encoder(**sparse_args(s))
-        if query_encoder is None and s.query_model:
+        query_model = s.resolved_query_model()
+        if query_encoder is None and query_model:
             query_encoder = DenseEncoder(
-                s.query_model,
+                query_model,
                 device=self.dense.device,
                 batch_size=self.dense.batch_size,
                 query_prompt=self.dense.query_prompt,
@@ -122,7 +125,7 @@ class RetrievalStack:
         unchanged are shared; the others are built for this retriever (with their own locks)."""
         settings = self._settings_for(collection, **overrides)
         same = encoder_key(settings) == encoder_key(self.settings)
-        encoders = self if same else self.derive(**overrides)
+        encoders = self if same else self.derive(**({"collection": collection} if collection else {}), **overrides)
         return HybridRetriever(self._parts(collection, settings, encoders, version))
 
     def derive(self, **overrides: Any) -> RetrievalStack:
@@ -132,7 +135,7 @@ class RetrievalStack:
         same = {
             "dense": dense_args(settings) == dense_args(self.settings),
             "sparse": sparse_args(settings) == sparse_args(self.settings),
-            "query_encoder": query_args(settings) == query_args(self.settings) and settings.query_model,
+            "query_encoder": query_args(settings) == query_args(self.settings) is not None,
         }
         return RetrievalStack(
             settings,

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_definitions_validate() -> None:
     dg.Definitions.validate_loadable(defs)
     repo = defs.get_repository_def()
-    assert {"reindex", "evaluate"} <= set(repo.job_names)
+    assert {"reindex", "evaluate", "adapt"} <= set(repo.job_names)
     assert {s.name for s in repo.schedule_defs} == {"nightly_reindex", "daily_evaluation"}
     assert "dropbox_sensor" in {s.name for s in repo.sensor_defs}
     keys = {k.to_user_string() for k in repo.asset_graph.get_all_asset_keys()}
@@ -36,6 +36,7 @@ def test_definitions_validate() -> None:
         "qdrant_index",
         "retrieval_evaluation",
         "published_index",
+        "query_encoder",
     }
     checks = {k.name for k in repo.asset_graph.asset_check_keys}
     assert checks == {"index_point_count", "ndcg_not_dropped"}

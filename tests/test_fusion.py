@@ -3,7 +3,9 @@
 import numpy as np
 import pytest
 
-from retrieval.fusion import fuse
+from retrieval import HybridRetriever
+from retrieval.fusion import fuse, top_z
+from retrieval.parts import Parts
 from retrieval.rerank import EmbeddingReranker, RerankConfig
 from retrieval.store import StoredHit
 from tests.conftest import LEXICAL_QUERY
@@ -27,6 +29,26 @@ def test_rrf_sums_weighted_reciprocal_ranks():
 def test_single_channel_keeps_its_order_and_raw_scores():
     fused = fuse({"dense": hits("a1", "b1", "a2")})
     assert [f.id for f in fused] == ["a1", "b1", "a2"] and [f.score for f in fused] == [1.0, 0.9, 0.8]
+
+
+def scored(*pairs: tuple[str, float]) -> list[StoredHit]:
+    return [StoredHit(n, s, {"doc_id": n[0]}) for n, s in pairs]
+
+
+def test_zscore_fusion_keeps_the_confident_channel_ahead():
+    """Dense is sure of a1 (far above the rest of its list); sparse's scores fall evenly. RRF puts a chunk both
+    rank second first; z-scores put a1 first. A chunk missing from a list gets 0 (its mean) from it."""
+    d = np.array([0.9, 0.5, 0.49, 0.48, 0.47, 0.46, 0.45, 0.44])
+    s = np.linspace(10.0, 9.3, 8)
+    dense = scored(*zip(["a1", "b1", "c1", "d1", "e1", "g1", "h1", "i1"], d, strict=True))
+    sparse = scored(*zip(["f1", "b1", "c1", "d1", "e1", "g1", "h1", "i1"], s, strict=True))
+    assert fuse({"dense": dense, "sparse": sparse}, rrf_k=10)[0].id == "b1"
+    z = fuse({"dense": dense, "sparse": sparse}, method="zscore")
+    assert z[0].id == "a1"
+    by_id = {f.id: f for f in z}
+    zd, zs = (d - d.mean()) / d.std(), (s - s.mean()) / s.std()
+    assert by_id["a1"].score == pytest.approx(zd[0]) and by_id["b1"].score == pytest.approx(zd[1] + zs[1])
+    assert by_id["f1"].score == pytest.approx(zs[0])
 
 
 @pytest.fixture(scope="module")
@@ -72,3 +94,21 @@ def test_reranking_keeps_the_first_stage_when_the_channels_agree_on_nothing(dens
     assert scores is not None and set(np.argsort(-scores)[:2]) == {2, 3}
     no_gate = EmbeddingReranker(dense_encoder, RerankConfig(agreement=0, feedback_k=2))
     assert no_gate.feedback_rows(ranks) == [0, 1]
+
+
+def test_zscore_fusion_when_the_sparse_list_has_a_clear_best_hit(retriever):
+    """A sparse list whose best hit stands out (z above ``zscore_fusion_above``, as for long queries) is fused by
+    z-scores; a flat one (few or common query terms) keeps rank fusion."""
+    threshold = retriever.settings.zscore_fusion_above
+    dense = scored(*zip("abcdefghij", np.linspace(0.8, 0.5, 10), strict=True))
+    clear = scored(*zip("kbcdefghij", [30.0, *np.linspace(10.0, 9.0, 9)], strict=True))
+    flat = scored(*zip("kbcdefghij", np.linspace(10.0, 9.0, 10), strict=True))
+    assert top_z(clear) > threshold > top_z(flat)
+    assert retriever.fuse({"dense": dense, "sparse": clear}) == fuse({"dense": dense, "sparse": clear}, method="zscore")
+    assert retriever.fuse({"dense": dense, "sparse": flat}) == fuse(
+        {"dense": dense, "sparse": flat}, rrf_k=retriever.settings.rrf_k
+    )
+    settings = retriever.settings.model_copy(update={"zscore_fusion_above": None})
+    off = HybridRetriever(Parts(settings, retriever.store, retriever.dense, retriever.sparse))
+    assert off.fuse({"dense": dense, "sparse": clear})[0].id == "b"  # rank fusion: second in both lists
+    assert retriever.fuse({"dense": dense, "sparse": clear})[0].id == "k"

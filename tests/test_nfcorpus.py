@@ -71,11 +71,12 @@ def test_long_queries_hybrid_at_least_matches_the_reference_fusion(long_query_sc
     ndcg = long_query_scores
     assert ndcg["sparse"] >= ndcg["ref bm25"] - 0.01  # query term counts as BM25 query weights
     assert ndcg["hybrid"] >= ndcg["ref rrf"] - 0.01
-    assert ndcg["hybrid"] > ndcg["sparse"]
+    assert ndcg["hybrid"] > ndcg["sparse"] + 0.03
     assert ndcg["hybrid+rerank"] >= ndcg["hybrid"] - 0.005
 
 
-@pytest.mark.xfail(strict=True, reason="issue 9: rank fusion with a sparse channel 0.07 below dense (README, Quality)")
 def test_long_queries_hybrid_is_not_below_the_better_channel(long_query_scores):
+    """BM25 is 0.07 below dense here: rank fusion (RRF) weighs both alike and lost 0.02 to dense; long queries
+    are fused by z-scores, which keeps the channel that is sure of its top hits ahead."""
     ndcg = long_query_scores
     assert ndcg["hybrid"] >= max(ndcg["dense"], ndcg["sparse"]) - 0.005

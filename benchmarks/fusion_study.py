@@ -1,0 +1,106 @@
+"""How the two channel lists are fused, compared on the same lists: RRF (k 10/60, channel weights), DBSF,
+z-scores, and z-scores gated by how far the sparse list's best hit stands out (what ships). nDCG@10 of the best
+chunk per document, BEIR conventions. By default only train splits (the queries and the long queries built from
+them, ``evals.long_queries``), which is where the shipped choice was made; ``--held-out`` adds the test splits.
+
+    python -m benchmarks.fusion_study [--collections scifact] [--index-dir DIR] [--held-out]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from benchmarks.common import REPO, console, table
+from retrieval.fusion import top_z
+
+DATASETS = REPO.parent / "shared" / "datasets"
+Lists = dict[str, list]
+
+
+def channel_lists(root: Path, index_dir: Path, held_out: bool) -> dict[str, tuple[dict[str, Lists], dict]]:
+    """Per query set: each query's dense and sparse lists (top 100, one batched request per 64 queries)."""
+    from evals.collections import load_collection
+    from evals.long_queries import long_queries
+    from retrieval import Indexer, RetrievalSettings, read_documents
+    from retrieval.store import QueryPlan
+
+    coll = load_collection(root)
+    docs, _ = read_documents(coll.corpus_path, "jsonl")
+    indexer = Indexer(RetrievalSettings(qdrant_path=index_dir, collection=coll.name))
+    indexer.index(docs, progress=False)
+    splits = [s for s in coll.splits() if held_out or s != "test"]
+    sets = {}
+    for split in splits:
+        sets[f"{coll.name} {split}"] = (coll.split_queries(split), coll.qrels(split))
+        sets[f"{coll.name} {split} long"] = long_queries(coll, split, max_queries=300)
+    out = {}
+    for name, (queries, qrels) in sets.items():
+        qids = [q for q in queries if q in qrels]
+        texts = [queries[q] for q in qids]
+        dense, sparse = indexer.dense.encode_queries(texts), indexer.sparse.encode_queries(texts)
+        lists: dict[str, Lists] = {}
+        for start in range(0, len(qids), 64):
+            part = range(start, min(start + 64, len(qids)))
+            plans = [QueryPlan(dense=dense[i], limit=100, with_payload=("doc_id",)) for i in part]
+            plans += [QueryPlan(sparse=sparse[i], limit=100, with_payload=("doc_id",)) for i in part]
+            results = indexer.store.query_batch(plans)
+            for j, i in enumerate(part):
+                lists[qids[i]] = {"dense": results[j], "sparse": results[len(part) + j]}
+        out[name] = (lists, {q: qrels[q] for q in qids})
+    indexer.store.close()
+    return out
+
+
+def variants() -> dict[str, Callable[[Lists], list]]:
+    from retrieval.fusion import fuse
+
+    out: dict[str, Callable[[Lists], list]] = {
+        "dense": lambda c: fuse({"dense": c["dense"]}),
+        "sparse": lambda c: fuse({"sparse": c["sparse"]}),
+        "RRF k=60": lambda c: fuse(c, rrf_k=60),
+        "RRF k=10": lambda c: fuse(c, rrf_k=10),
+        "DBSF": lambda c: fuse(c, method="dbsf"),
+        "z-scores": lambda c: fuse(c, method="zscore"),
+    }
+    for w in (0.7, 1.5):
+        out[f"RRF k=10, dense weight {w}"] = lambda c, w=w: fuse(c, rrf_k=10, weights={"dense": w})
+    for t in (1.5, 2.5, 3.5):
+        label = f"z-scores if sparse top z > {t}, else RRF k=10" + (" (shipped)" if t == 2.5 else "")
+        out[label] = lambda c, t=t: fuse(c, method="zscore") if top_z(c["sparse"]) > t else fuse(c, rrf_k=10)
+    return out
+
+
+def ndcg(fused_lists: dict[str, list], qrels: dict) -> float:
+    from evals.metrics import evaluate
+
+    run = {}
+    for qid, fused in fused_lists.items():
+        ranking: dict[str, float] = {}
+        for position, f in enumerate(fused):
+            ranking.setdefault(f.doc_id, -float(position))
+        run[qid] = ranking
+    return evaluate(qrels, run, k_values=(10,)).mean["ndcg@10"]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.fusion_study", description=__doc__.splitlines()[0])
+    parser.add_argument("--collections", nargs="+", default=["scifact"], help="under ../shared/datasets")
+    parser.add_argument("--index-dir", type=Path, default=None, help="keep (and re-use) the collections here")
+    parser.add_argument("--held-out", action="store_true", help="also the test splits (never choose on them)")
+    args = parser.parse_args(argv)
+    index_dir = args.index_dir or Path(tempfile.mkdtemp(prefix="hybrid-rag-fusion-"))
+    sets = {}
+    for name in args.collections:
+        sets |= channel_lists(DATASETS / name, index_dir, args.held_out)
+    rows = []
+    for label, fn in variants().items():
+        rows.append([label, *(ndcg({q: fn(c) for q, c in lists.items()}, qrels) for lists, qrels in sets.values())])
+    headers = [f"{name} ({len(qrels)} q)" for name, (_, qrels) in sets.items()]
+    console.print(table("nDCG@10 by fusion of the same channel lists", ["fusion", *headers], rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,206 @@
+"""Corpus adaptation without qrels: pseudo-queries from the corpus itself train the query-side encoder.
+
+GenQ / GPL adapt a dense retriever with queries generated from the corpus; nothing can be downloaded here, so
+the pseudo-queries are taken from the documents themselves: a document's title, and sentences of its text
+(inverse cloze task, Lee et al. 2019), each paired with its own document. The document side stays frozen:
+the query encoder learns against the dense vectors already stored in the collection (a softmax over every
+stored chunk, the document's chunks as targets), so nothing is re-indexed. A slice of the documents is held
+out; their pseudo-queries decide whether the adapted encoder is used at all (it must not score below the
+base model on them).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+import re
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from evals.metrics import evaluate
+from retrieval.documents import Document
+from retrieval.settings import ADAPTED_MARKER
+from retrieval.store import QdrantStore
+
+log = logging.getLogger(__name__)
+
+_SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9(\[])")
+
+
+@dataclass(frozen=True)
+class PseudoQuery:
+    qid: str
+    text: str
+    doc_id: str
+    kind: str  # "title" or "sentence"
+
+
+@dataclass(frozen=True)
+class AdaptConfig:
+    max_queries: int = 3000  # pseudo-queries to train on (sampled over documents)
+    sentences_per_doc: int = 1
+    min_words: int = 6
+    max_words: int = 40
+    holdout: float = 0.1  # share of documents whose pseudo-queries are held out
+    max_holdout: int = 500
+    epochs: int = 1
+    batch_size: int = 32
+    learning_rate: float = 2e-5
+    temperature: float = 0.05
+    seed: int = 13
+
+
+@dataclass
+class AdaptReport:
+    out_dir: Path
+    used: bool  # the adapted encoder scored at least as well as the base model on held-out pseudo-queries
+    base_ndcg: float
+    adapted_ndcg: float
+    train_queries: int
+    held_out_queries: int
+    steps: int
+    losses: list[float] = field(default_factory=list)
+
+    @property
+    def model_dir(self) -> Path | None:
+        return self.out_dir if self.used else None
+
+
+def stored_corpus(store: QdrantStore) -> tuple[list[Document], np.ndarray, np.ndarray]:
+    """The documents as stored in a collection (chunk texts joined in order), the document id of every stored
+    chunk and the chunk vectors (same order): what adaptation needs, read from the index alone."""
+    ids = sorted(store.stored_hashes())
+    points = store.points(ids, with_dense_vectors=True)
+    parts: dict[str, list[tuple[int, str, str]]] = {}
+    for pid in ids:
+        p = points[pid].payload
+        parts.setdefault(str(p["doc_id"]), []).append(
+            (p.get("chunk_index") or 0, p.get("title", ""), p.get("text", ""))
+        )
+    docs = [
+        Document(id=doc_id, title=chunks[0][1], text=" ".join(t for _, _, t in sorted(chunks)))
+        for doc_id, chunks in parts.items()
+    ]
+    owners = np.array([str(points[pid].payload["doc_id"]) for pid in ids])
+    return docs, owners, np.stack([points[pid].dense_vector for pid in ids])
+
+
+def sentences(text: str) -> list[str]:
+    return [s.strip() for s in _SENTENCE.split(text) if s.strip()]
+
+
+def pseudo_queries(docs: Sequence[Document], config: AdaptConfig | None = None) -> list[PseudoQuery]:
+    """A title query (when the title has enough words) and ``sentences_per_doc`` sentence queries per document."""
+    config = config or AdaptConfig()
+    rng = random.Random(config.seed)
+    out: list[PseudoQuery] = []
+    for doc in docs:
+        if config.min_words // 2 <= len(doc.title.split()) <= config.max_words:
+            out.append(PseudoQuery(f"{doc.id}#t", doc.title, doc.id, "title"))
+        candidates = [s for s in sentences(doc.text) if config.min_words <= len(s.split()) <= config.max_words]
+        for i, s in enumerate(rng.sample(candidates, min(config.sentences_per_doc, len(candidates)))):
+            out.append(PseudoQuery(f"{doc.id}#s{i}", s, doc.id, "sentence"))
+    return out
+
+
+def split_held_out(
+    queries: Sequence[PseudoQuery], config: AdaptConfig | None = None
+) -> tuple[list[PseudoQuery], list[PseudoQuery]]:
+    """(train, held out): documents are held out by a hash of their id, so a re-run holds out the same ones."""
+    config = config or AdaptConfig()
+
+    def held(doc_id: str) -> bool:
+        return int(hashlib.sha256(doc_id.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < config.holdout
+
+    train = [q for q in queries if not held(q.doc_id)]
+    rest = [q for q in queries if held(q.doc_id)]
+    rng = random.Random(config.seed)
+    rng.shuffle(train)
+    rng.shuffle(rest)
+    return train[: config.max_queries], rest[: config.max_holdout]
+
+
+def dense_ndcg(query_vectors: np.ndarray, queries: Sequence[PseudoQuery], owners: np.ndarray, vectors: np.ndarray):
+    """nDCG@10 of exact dense search over the stored chunk vectors (best chunk per document)."""
+    run: dict[str, dict[str, float]] = {}
+    for q, scores in zip(queries, query_vectors @ vectors.T, strict=True):
+        ranking: dict[str, float] = {}
+        for i in np.argsort(-scores)[:200]:
+            ranking.setdefault(str(owners[i]), float(scores[i]))
+        run[q.qid] = ranking
+    return evaluate({q.qid: {q.doc_id: 1} for q in queries}, run, k_values=(10,)).mean["ndcg@10"]
+
+
+def adapt_query_encoder(
+    docs: Sequence[Document],
+    owners: np.ndarray,
+    vectors: np.ndarray,
+    base_model: str,
+    out_dir: str | Path,
+    config: AdaptConfig | None = None,
+    query_prompt: str = "",
+) -> AdaptReport:
+    """Train ``base_model``'s query side on pseudo-queries against the stored chunk ``vectors`` (``owners``: the
+    document id of each row). The model is saved to ``out_dir`` only when held-out pseudo-queries say it does
+    not hurt; otherwise ``out_dir`` is removed (a stale adapted model is never left behind)."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    from retrieval.encoders.dense import resolve_model_path
+
+    config = config or AdaptConfig()
+    out_dir = Path(out_dir)
+    train, held = split_held_out(pseudo_queries(docs, config), config)
+    torch.manual_seed(config.seed)
+    model = SentenceTransformer(resolve_model_path(base_model), device="cpu")
+
+    def encode(qs: Sequence[PseudoQuery]) -> np.ndarray:
+        return model.encode([query_prompt + q.text for q in qs], normalize_embeddings=True, batch_size=64)
+
+    row_of_doc: dict[str, list[int]] = {}
+    for row, owner in enumerate(owners):
+        row_of_doc.setdefault(str(owner), []).append(row)
+    train = [q for q in train if q.doc_id in row_of_doc]
+    held = [q for q in held if q.doc_id in row_of_doc]
+    if not train or not held:
+        raise ValueError(f"too few documents to adapt on ({len(train)} pseudo-queries to train, {len(held)} held out)")
+    base = dense_ndcg(encode(held), held, owners, vectors)
+    stored = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate)
+    rng = random.Random(config.seed)
+    losses: list[float] = []
+    model.train()
+    for _ in range(config.epochs):
+        order = list(range(len(train)))
+        rng.shuffle(order)
+        for start in range(0, len(order), config.batch_size):
+            batch = [train[i] for i in order[start : start + config.batch_size]]
+            features = model.tokenize([query_prompt + q.text for q in batch])
+            embeddings = torch.nn.functional.normalize(model(features)["sentence_embedding"], dim=-1)
+            scores = embeddings @ stored.T / config.temperature
+            positives = torch.full_like(scores, float("-inf"))
+            for i, q in enumerate(batch):
+                rows = row_of_doc.get(q.doc_id, [])
+                positives[i, rows] = scores[i, rows]
+            loss = (torch.logsumexp(scores, 1) - torch.logsumexp(positives, 1)).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+    model.eval()
+    adapted = dense_ndcg(encode(held), held, owners, vectors)
+    used = adapted >= base
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    if used:
+        model.save(str(out_dir))
+        marker = {"base_model": base_model, "held_out_ndcg@10": {"base": base, "adapted": adapted}}
+        (out_dir / ADAPTED_MARKER).write_text(json.dumps({**marker, "train_queries": len(train), "steps": len(losses)}))
+    log.info("adapted query encoder: held-out nDCG@10 %.4f -> %.4f (%s)", base, adapted, "used" if used else "not used")
+    return AdaptReport(out_dir, used, base, adapted, len(train), len(held), len(losses), losses)
