@@ -24,12 +24,13 @@ def channel_lists(root: Path, index_dir: Path, held_out: bool) -> dict[str, tupl
     """Per query set: each query's dense and sparse lists (top 100, one batched request per 64 queries)."""
     from evals.collections import load_collection
     from evals.long_queries import long_queries
-    from retrieval import Indexer, RetrievalSettings, read_documents
+    from retrieval import RetrievalSettings, RetrievalStack, read_documents
     from retrieval.store import QueryPlan
 
     coll = load_collection(root)
     docs, _ = read_documents(coll.corpus_path, "jsonl")
-    indexer = Indexer(RetrievalSettings(qdrant_path=index_dir, collection=coll.name))
+    stack = RetrievalStack(RetrievalSettings(qdrant_path=index_dir, collection=coll.name))
+    indexer = stack.indexer()
     indexer.index(docs, progress=False)
     splits = [s for s in coll.splits() if held_out or s != "test"]
     sets = {}
@@ -50,7 +51,7 @@ def channel_lists(root: Path, index_dir: Path, held_out: bool) -> dict[str, tupl
             for j, i in enumerate(part):
                 lists[qids[i]] = {"dense": results[j], "sparse": results[len(part) + j]}
         out[name] = (lists, {q: qrels[q] for q in qids})
-    indexer.store.close()
+    stack.close()
     return out
 
 

@@ -8,17 +8,17 @@ import os
 
 import dagster as dg
 import pytest
-from orchestration.resources import CorporaResource, RetrievalResource
 from typer.testing import CliRunner
 
 from assets import chunks, dense_vectors, raw_documents
 from assets.query_encoder import query_encoder
+from assets.resources import CorporaResource, RetrievalResource
 from evals.collections import sample_collection
 from evals.pseudo_queries import AdaptConfig, adapt_query_encoder, pseudo_queries, split_held_out, stored_corpus
 from orchestration.cli import app
 from orchestration.definitions import defs
 from orchestration.parquet_io import ParquetIOManager
-from retrieval import HybridRetriever, RetrievalSettings, read_documents
+from retrieval import RetrievalSettings, RetrievalStack, read_documents
 from retrieval.settings import ADAPTED_MARKER
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -59,12 +59,10 @@ def test_cli_adapt_saves_an_encoder_that_searches_then_use(sample_index) -> None
         assert not out.exists() and settings.resolved_query_model() is None
         return
     assert (out / ADAPTED_MARKER).is_file() and settings.resolved_query_model() == str(out)
-    retriever = HybridRetriever(settings)
-    try:
+    with RetrievalStack(settings) as stack:
+        retriever = stack.retriever()
         assert retriever.query_encoder.model_name == str(out)
         assert retriever.search("valve gasket", k=3)  # the adapted encoder answers queries
-    finally:
-        retriever.close()
     other_model = settings.model_copy(update={"dense_model": "another-model"})
     assert other_model.resolved_query_model() is None  # trained against other vectors: ignored
 
