@@ -64,21 +64,36 @@ def test_default_reranking_does_not_hurt(test_results):
     assert ndcg["hybrid+rerank"] >= 0.73  # issue 9 goal, without training (0.7314)
 
 
-def test_long_queries_hybrid_beats_the_reference_fusion(scifact):
-    """A 100-300 word abstract as the query; the other abstracts judged for the same claim are relevant."""
+@pytest.fixture(scope="module")
+def long_query_ndcg(scifact) -> dict[str, float]:
+    """nDCG@10 on long queries: a 100-300 word abstract as the query, the other abstracts judged for the same
+    claim as its relevant set; our channels, hybrid and the references."""
     coll, retriever, _, _ = scifact
     queries, qrels = long_queries(coll, "test")
+    assert len(queries) >= 40
     docs, _ = read_documents(coll.corpus_path, "jsonl")
     results = evaluate_variants(retriever, queries, qrels, ["dense", "sparse", "hybrid"], progress=False)
     ndcg = {v: r.metrics["ndcg@10"] for v, r in results.items()}
     reference = ReferenceRankings(docs, retriever.store, retriever.dense).all(queries)
     ndcg |= {name: evaluate(qrels, run).mean["ndcg@10"] for name, run in reference.items()}
     print(f"SciFact long queries ({len(queries)}) nDCG@10:", {v: round(x, 4) for v, x in ndcg.items()})
-    assert len(queries) >= 40
-    # 48 queries (one query moves the mean by up to 0.02): hybrid 0.667, ref RRF 0.675, sparse 0.674 here; on the
-    # 103 long queries from the train split hybrid is 0.635 vs 0.594 for the better channel (README, Quality).
-    assert ndcg["hybrid"] >= ndcg["ref rrf"] - 0.01
+    return ndcg
+
+
+def test_long_queries_hybrid_is_not_far_below_a_channel(long_query_ndcg):
+    ndcg = long_query_ndcg
     assert ndcg["hybrid"] >= max(ndcg["dense"], ndcg["sparse"]) - 0.01
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 9, not met on these 48 queries: z-score fusion (chosen on SciFact train long queries, 0.618 -> "
+    "0.635) gives hybrid 0.667 here vs sparse 0.674 and reference RRF 0.675; RRF k=10 alone gives 0.675",
+)
+def test_long_queries_hybrid_beats_the_reference_fusion_and_the_better_channel(long_query_ndcg):
+    ndcg = long_query_ndcg
+    assert ndcg["hybrid"] >= ndcg["ref rrf"] - 0.005
+    assert ndcg["hybrid"] >= max(ndcg["dense"], ndcg["sparse"]) - 0.005
 
 
 def test_trained_query_encoder_and_reranker_reach_the_goal_without_seeing_test(scifact, test_results, tmp_path):
