@@ -45,7 +45,9 @@ def default_cache_dir() -> Path:
 class RetrievalSettings(BaseSettings):
     """Every knob of indexing and search. Environment: ``HYBRID_RAG_<FIELD>`` (e.g. HYBRID_RAG_QDRANT_URL)."""
 
-    model_config = SettingsConfigDict(env_prefix="HYBRID_RAG_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="HYBRID_RAG_", env_file=".env", extra="ignore", env_parse_none_str="none"
+    )
 
     # Qdrant: embedded engine under qdrant_path unless qdrant_url is set.
     qdrant_path: Path = Path("data/index")

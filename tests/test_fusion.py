@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from retrieval import HybridRetriever
+from retrieval import HybridRetriever, RetrievalSettings
 from retrieval.fusion import fuse, top_z
 from retrieval.parts import Parts
 from retrieval.rerank import EmbeddingReranker, RerankConfig
@@ -112,3 +112,10 @@ def test_zscore_fusion_when_the_sparse_list_has_a_clear_best_hit(retriever):
     off = HybridRetriever(Parts(settings, retriever.store, retriever.dense, retriever.sparse))
     assert off.fuse({"dense": dense, "sparse": clear})[0].id == "b"  # rank fusion: second in both lists
     assert retriever.fuse({"dense": dense, "sparse": clear})[0].id == "k"
+
+
+def test_zscore_fusion_can_be_turned_off_from_the_environment(monkeypatch):
+    monkeypatch.setenv("HYBRID_RAG_ZSCORE_FUSION_ABOVE", "none")
+    assert RetrievalSettings().zscore_fusion_above is None
+    monkeypatch.setenv("HYBRID_RAG_ZSCORE_FUSION_ABOVE", "3.5")
+    assert RetrievalSettings().zscore_fusion_above == 3.5
