@@ -1,5 +1,7 @@
 """How the two channel lists are fused, compared on the same lists: RRF (k 10/60, channel weights), DBSF,
-z-scores, and z-scores gated by how far the sparse list's best hit stands out (what ships). nDCG@10 of the best
+z-scores, and z-scores gated by how far the sparse list's best hit stands out (what ships); also alternatives
+that were not shipped (min-max CombSUM, z-scores with a missing chunk at the list's minimum, RRF of the RRF and
+z-score lists). nDCG@10 of the best
 chunk per document, BEIR conventions. By default only train splits (the queries and the long queries built from
 them, ``evals.long_queries``), which is where the shipped choice was made; ``--held-out`` adds the test splits.
 
@@ -12,6 +14,8 @@ import argparse
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+
+import numpy as np
 
 from benchmarks.common import REPO, console, table
 from retrieval.fusion import top_z
@@ -71,7 +75,51 @@ def variants() -> dict[str, Callable[[Lists], list]]:
     for t in (1.5, 2.5, 3.5):
         label = f"z-scores if sparse top z > {t}, else RRF k=10" + (" (shipped)" if t == 2.5 else "")
         out[label] = lambda c, t=t: fuse(c, method="zscore") if top_z(c["sparse"]) > t else fuse(c, rrf_k=10)
+    out["min-max CombSUM (not shipped)"] = lambda c: combsum(c, _min_max)
+    out["z-scores, missing chunk at the list's minimum (not shipped)"] = lambda c: combsum(c, _z, missing_at_min=True)
+    out["RRF of the RRF k=10 and z-score lists (not shipped)"] = lambda c: _rrf_of(
+        [fuse(c, rrf_k=10), fuse(c, method="zscore")]
+    )
     return out
+
+
+def _z(scores: np.ndarray) -> np.ndarray:
+    return (scores - scores.mean()) / scores.std() if len(scores) and scores.std() > 0 else np.zeros_like(scores)
+
+
+def _min_max(scores: np.ndarray) -> np.ndarray:
+    span = np.ptp(scores) if len(scores) else 0.0
+    return (scores - scores.min()) / span if span > 0 else np.ones_like(scores)
+
+
+def combsum(c: Lists, normalize: Callable[[np.ndarray], np.ndarray], missing_at_min: bool = False) -> list:
+    """CombSUM of each list's normalized scores; a chunk missing from a list gets 0 (or that list's minimum)."""
+    from retrieval.fusion import Fused
+
+    normalized = {}
+    for name, hits in c.items():
+        values = normalize(np.array([h.score for h in hits], dtype=float))
+        normalized[name] = {h.id: float(v) for h, v in zip(hits, values, strict=True)}
+    fused: dict[str, Fused] = {}
+    for hits in c.values():
+        for h in hits:
+            fused.setdefault(h.id, Fused(h.id, str(h.payload.get("doc_id", "")), 0.0))
+    for f in fused.values():
+        for name in c:
+            floor = min(normalized[name].values(), default=0.0) if missing_at_min else 0.0
+            f.score += normalized[name].get(f.id, floor)
+    return sorted(fused.values(), key=lambda f: -f.score)
+
+
+def _rrf_of(lists: list[list], k: int = 10) -> list:
+    """Reciprocal rank fusion of already fused lists."""
+    score: dict[str, float] = {}
+    first: dict[str, object] = {}
+    for fused in lists:
+        for rank, f in enumerate(fused, start=1):
+            score[f.id] = score.get(f.id, 0.0) + 1.0 / (k + rank)
+            first.setdefault(f.id, f)
+    return sorted(first.values(), key=lambda f: -score[f.id])
 
 
 def ndcg(fused_lists: dict[str, list], qrels: dict) -> float:
