@@ -22,7 +22,7 @@ from pydantic import Field, create_model
 
 from assets.corpora import CORPORA_FILE_ENV, Corpora, CorpusConfig, CorpusConfigError, load_corpora
 from assets.partitions import CORPORA
-from evals.history import DEFAULT_HISTORY
+from evals.history import DEFAULT_HISTORY, EvalHistory
 from retrieval import HybridRetriever, Indexer, RetrievalSettings, RetrievalStack
 from retrieval.stack import shared_stack
 from retrieval.store import QdrantStore
@@ -146,7 +146,5 @@ class EvalHistoryResource(dg.ConfigurableResource):
 
     path: str = DEFAULT_HISTORY
 
-    def history(self):
-        from evals.history import EvalHistory
-
+    def history(self) -> EvalHistory:
         return EvalHistory(self.path)

@@ -124,13 +124,12 @@ def _rrf_of(lists: list[list], k: int = 10) -> list:
 
 def ndcg(fused_lists: dict[str, list], qrels: dict) -> float:
     from evals.metrics import evaluate
+    from evals.runs import best_chunk_per_document
 
-    run = {}
-    for qid, fused in fused_lists.items():
-        ranking: dict[str, float] = {}
-        for position, f in enumerate(fused):
-            ranking.setdefault(f.doc_id, -float(position))
-        run[qid] = ranking
+    run = {
+        qid: best_chunk_per_document((f.doc_id, -float(i)) for i, f in enumerate(fused))
+        for qid, fused in fused_lists.items()
+    }
     return evaluate(qrels, run, k_values=(10,)).mean["ndcg@10"]
 
 

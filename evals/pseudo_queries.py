@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from evals.metrics import evaluate
+from evals.runs import best_chunk_per_document
 from retrieval.documents import Document
 from retrieval.settings import ADAPTED_MARKER
 from retrieval.store import QdrantStore
@@ -128,12 +129,10 @@ def split_held_out(
 
 def dense_ndcg(query_vectors: np.ndarray, queries: Sequence[PseudoQuery], owners: np.ndarray, vectors: np.ndarray):
     """nDCG@10 of exact dense search over the stored chunk vectors (best chunk per document)."""
-    run: dict[str, dict[str, float]] = {}
-    for q, scores in zip(queries, query_vectors @ vectors.T, strict=True):
-        ranking: dict[str, float] = {}
-        for i in np.argsort(-scores)[:200]:
-            ranking.setdefault(str(owners[i]), float(scores[i]))
-        run[q.qid] = ranking
+    run = {
+        q.qid: best_chunk_per_document((str(owners[i]), float(scores[i])) for i in np.argsort(-scores)[:200])
+        for q, scores in zip(queries, query_vectors @ vectors.T, strict=True)
+    }
     return evaluate({q.qid: {q.doc_id: 1} for q in queries}, run, k_values=(10,)).mean["ndcg@10"]
 
 

@@ -30,11 +30,11 @@ RUN_DEPTH = 100
 LATENCY_P50 = "latency_p50_ms"  # the p50 latency as a metric name: EvalReport.frame() and Dagster metadata
 # The settings that change results, recorded with every report (the models are the encoders' own names).
 REPORTED_SETTINGS = (
-    "query_model",
     "chunk_tokens",
     "chunk_overlap",
     "fusion",
     "rrf_k",
+    "zscore_fusion_above",
     "dense_weight",
     "sparse_weight",
     "prefetch_k",
@@ -182,7 +182,11 @@ def evaluate_collection(
     started = time.perf_counter()
     qrels = collection.qrels(split)
     results = evaluate_variants(retriever, collection.split_queries(split), qrels, variants, progress=progress)
-    settings = {"dense_model": retriever.dense.model_name, "sparse_model": retriever.sparse.name}
+    settings = {
+        "dense_model": retriever.dense.model_name,
+        "sparse_model": retriever.sparse.name,
+        "query_model": retriever.query_encoder.model_name,  # the trained or corpus-adapted one, else the dense model
+    }
     settings |= {name: _plain(getattr(retriever.settings, name)) for name in REPORTED_SETTINGS}
     return EvalReport(
         collection=collection.name,

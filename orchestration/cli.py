@@ -429,13 +429,13 @@ def adapt(
     settings = _settings(collection=collection)
     store = open_store(settings)
     try:
-        store.check_schema()  # the collection must exist
+        schema = store.check_schema()  # the collection must exist; its vectors' model is the one adapted
         docs, owners, vectors = stored_corpus(store)
     finally:
         store.close()
     out = settings.adapted_query_dir()
     config = AdaptConfig(max_queries=max_queries, epochs=epochs)
-    report = adapt_query_encoder(docs, owners, vectors, settings.dense_model, out, config)
+    report = adapt_query_encoder(docs, owners, vectors, schema.dense_model, out, config)
     table = Table(
         title=f"{settings.collection}: {report.train_queries} pseudo-queries to train, "
         f"{report.held_out_queries} held out"

@@ -175,7 +175,7 @@ class HybridRetriever:
         variant = choice(Variant, variant, "variant")
         if variant is Variant.HYBRID_RERANK:
             variant, rerank = Variant.HYBRID, True
-        rerank = self.settings.rerank_enabled if rerank is None else rerank
+        rerank = self.settings.rerank if rerank is None else rerank
         return variant, rerank and variant is Variant.HYBRID
 
     def _rerank_batch(

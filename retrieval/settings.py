@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from enum import StrEnum
 from pathlib import Path
 
@@ -115,24 +116,15 @@ class RetrievalSettings(BaseSettings):
             raise ValueError("rerank_weight must be within [0, 1]")
         return self
 
-    @property
-    def rerank_enabled(self) -> bool:
-        """Reranking is on by default (``rerank=False`` turns it off)."""
-        return self.rerank
-
-    def adapted_query_dir(self, collection: str | None = None) -> Path:
-        """Where the corpus-adapted query encoder of ``collection`` (default: this one) is saved."""
-        return (
-            (self.models_dir or self.qdrant_path.parent / "models") / (collection or self.collection) / "query_encoder"
-        )
+    def adapted_query_dir(self) -> Path:
+        """Where the corpus-adapted query encoder of this collection is saved."""
+        return (self.models_dir or self.qdrant_path.parent / "models") / self.collection / "query_encoder"
 
     def resolved_query_model(self) -> str | None:
         """The query encoder to use: ``query_model``, else the adapted one saved for this collection from the
         same dense model (see :mod:`evals.pseudo_queries`), else None (the dense model itself)."""
         if self.query_model or not self.adapted_query_model:
             return self.query_model
-        import json
-
         marker = self.adapted_query_dir() / ADAPTED_MARKER
         if marker.is_file() and json.loads(marker.read_text()).get("base_model") == self.dense_model:
             return str(marker.parent)
