@@ -131,11 +131,15 @@ def test_reindex_run_while_other_processes_search(tmp_path: Path) -> None:
         published_at, run_id = materialized_at(sandbox, "published_index")
         assert run_id == second["run_id"] and second["published"] == 2
 
-        def sees_new_docs(log: Path) -> bool:
-            return any(s.get("ids", [None])[0] == ADDED["_id"] and s["start"] > published_at for s in searches(log))
+        def searched_every_query_after_the_new_version(log: Path) -> bool:
+            done = searches(log)
+            seen = [s["end"] for s in done if s.get("ids", [None])[:1] == [ADDED["_id"]] and s["start"] > published_at]
+            return bool(seen) and sum(s["start"] > min(seen) for s in done) >= 2 * len(QUERIES)
 
         for log in logs:
-            wait_for(lambda f=log: sees_new_docs(f), 30, "the readers to see the new version")
+            wait_for(
+                lambda f=log: searched_every_query_after_the_new_version(f), 30, "the readers to see the new version"
+            )
             wait_for(lambda f=log: len(searches(f)) >= 200, 120, "200 searches")
     finally:
         stop.touch()
