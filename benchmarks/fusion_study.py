@@ -1,7 +1,7 @@
 """How the two channel lists are fused, compared on the same lists: RRF (k 10/60, channel weights), DBSF,
 z-scores, and z-scores gated by how far the sparse list's best hit stands out (what ships); also alternatives
 that were not shipped (min-max CombSUM, z-scores with a missing chunk at the list's minimum, RRF of the RRF and
-z-score lists). nDCG@10 of the best
+z-score lists, robust z-scores (median and MAD), z-scores over documents instead of chunks). nDCG@10 of the best
 chunk per document, BEIR conventions. By default only train splits (the queries and the long queries built from
 them, ``evals.long_queries``), which is where the shipped choice was made; ``--held-out`` adds the test splits.
 
@@ -80,6 +80,35 @@ def variants() -> dict[str, Callable[[Lists], list]]:
     out["RRF of the RRF k=10 and z-score lists (not shipped)"] = lambda c: _rrf_of(
         [fuse(c, rrf_k=10), fuse(c, method="zscore")]
     )
+    out["robust z-scores: median and MAD (not shipped)"] = lambda c: combsum(c, _robust_z)
+    out["z-scores over documents (a document's best chunk per list), gated (not shipped)"] = lambda c: (
+        fuse(_per_document(c), method="zscore") if top_z(c["sparse"]) > 2.5 else fuse(c, rrf_k=10)
+    )
+    return out
+
+
+def _robust_z(scores: np.ndarray) -> np.ndarray:
+    """(s - median) / (1.4826 MAD): one outlying hit (e.g. the query's own text) does not set the scale."""
+    if len(scores) < 2:
+        return np.zeros_like(scores)
+    median = np.median(scores)
+    mad = 1.4826 * np.median(np.abs(scores - median))
+    return (scores - median) / mad if mad > 0 else np.zeros_like(scores)
+
+
+def _per_document(c: Lists) -> Lists:
+    """Each list reduced to one hit per document (its best chunk), keyed by document id."""
+    from retrieval.store import StoredHit
+
+    out: Lists = {}
+    for name, hits in c.items():
+        seen: set[str] = set()
+        out[name] = []
+        for h in hits:
+            doc = str(h.payload.get("doc_id", ""))
+            if doc not in seen:
+                seen.add(doc)
+                out[name].append(StoredHit(id=doc, score=h.score, payload={"doc_id": doc}))
     return out
 
 

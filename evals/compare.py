@@ -2,7 +2,8 @@
 
 Significance comes from a two-sided paired randomization (sign-flip permutation) test with a fixed seed,
 the usual test for IR runs (Smucker et al., CIKM 2007), run by ``scipy.stats.permutation_test``, with the
-paired t-test p-value (``scipy.stats.ttest_rel``) beside it.
+paired t-test p-value (``scipy.stats.ttest_rel``) beside it, and a 95% bootstrap confidence interval of the
+mean difference (``scipy.stats.bootstrap``, BCa, the same seed): how small a difference the query set can resolve.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ class Comparison:
     ties: int
     p_randomization: float
     p_ttest: float
+    ci_low: float  # 95% bootstrap confidence interval of mean_diff
+    ci_high: float
     n_resamples: int
     seed: int
 
@@ -112,6 +115,7 @@ def compare_per_query(
         ties=int(np.count_nonzero(np.abs(diffs) <= TIE_TOLERANCE)),
         p_randomization=paired_randomization_test(x, y, n_resamples, seed),
         p_ttest=_ttest(x, y),
+        **_bootstrap_ci(diffs, n_resamples, seed),
         n_resamples=n_resamples,
         seed=seed,
     )
@@ -134,13 +138,14 @@ def format_comparison(comparisons: Comparison | Iterable[Comparison]) -> str:
     """A markdown table, one row per comparison."""
     rows = [comparisons] if isinstance(comparisons, Comparison) else list(comparisons)
     lines = [
-        "| metric | baseline | candidate | mean base | mean cand | diff | W/L/T | p (rand.) | p (t-test) |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+        "| metric | baseline | candidate | mean base | mean cand | diff | 95% CI | W/L/T | p (rand.) | p (t-test) |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for c in rows:
         lines.append(
             f"| {c.metric} | {c.baseline} | {c.candidate} | {c.mean_baseline:.4f} | {c.mean_candidate:.4f} "
-            f"| {c.mean_diff:+.4f} | {c.wins}/{c.losses}/{c.ties} | {c.p_randomization:.4f} "
+            f"| {c.mean_diff:+.4f} | [{c.ci_low:+.4f}, {c.ci_high:+.4f}] | {c.wins}/{c.losses}/{c.ties} "
+            f"| {c.p_randomization:.4f} "
             f"| {c.p_ttest:.4f} |"
         )
     return "\n".join(lines)
@@ -167,3 +172,13 @@ def _ttest(x: np.ndarray, y: np.ndarray) -> float:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         return float(stats.ttest_rel(y, x).pvalue)
+
+
+def _bootstrap_ci(diffs: np.ndarray, n_resamples: int, seed: int) -> dict[str, float]:
+    """95% BCa bootstrap interval of the mean paired difference (the mean itself when all differences are equal)."""
+    if diffs.size < 2 or np.ptp(diffs) <= TIE_TOLERANCE:
+        return {"ci_low": float(diffs.mean()), "ci_high": float(diffs.mean())}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        ci = stats.bootstrap((diffs,), np.mean, n_resamples=n_resamples, random_state=seed).confidence_interval
+    return {"ci_low": float(ci.low), "ci_high": float(ci.high)}

@@ -27,6 +27,7 @@ def test_clearly_better_run_is_significant():
     assert c.mean_diff == pytest.approx(float(np.mean(better - base)))
     assert c.p_randomization < 0.01
     assert c.p_ttest < 0.01
+    assert 0.15 < c.ci_low < c.mean_diff < c.ci_high < 0.25  # the interval excludes 0 and holds the mean
     assert c.significant()
     assert (c.baseline, c.candidate, c.n_queries, c.n_resamples) == ("bm25", "hybrid", 30, 10_000)
 
@@ -38,6 +39,7 @@ def test_identical_runs_give_p_one_and_no_wins():
     assert c.mean_diff == 0.0
     assert c.p_randomization == 1.0
     assert c.p_ttest == 1.0
+    assert c.ci_low == c.ci_high == 0.0
     assert not c.significant()
 
 
@@ -48,6 +50,7 @@ def test_tiny_noisy_difference_is_not_significant():
     c = compare_per_query(_per_query(base), _per_query(noisy))
     assert (c.wins, c.losses) == (15, 15)
     assert c.mean_diff == pytest.approx(0.005)
+    assert c.ci_low < -0.05 and c.ci_high > 0.05  # 30 queries this noisy cannot resolve a 0.005 difference
     assert c.p_randomization > 0.05
     assert c.p_ttest > 0.05
 
@@ -86,4 +89,4 @@ def test_format_comparison_is_a_markdown_table():
     table = format_comparison([c, c])
     lines = table.splitlines()
     assert lines[0].startswith("| metric |") and len(lines) == 4
-    assert "| ndcg@10 | dense | hybrid | 0.3750 | 0.5000 | +0.1250 | 1/0/1 |" in table
+    assert "| ndcg@10 | dense | hybrid | 0.3750 | 0.5000 | +0.1250 | [+0.0000, +0.2500] | 1/0/1 |" in table
