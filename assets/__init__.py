@@ -6,7 +6,7 @@ raw_documents, chunks, dense_vectors -> query_encoder (corpus adaptation; its ow
 """
 
 from assets.embeddings import dense_vectors, sparse_vectors
-from assets.evaluation import NDCG_CHECK, retrieval_evaluation
+from assets.evaluation import CHANNELS_CHECK, NDCG_CHECK, RERANK_CHECK, retrieval_evaluation
 from assets.index import POINT_COUNT_CHECK, qdrant_index
 from assets.ingest import chunks, raw_documents
 from assets.partitions import CORPORA, corpus_partitions
@@ -26,7 +26,9 @@ ALL_ASSETS = [
 __all__ = [
     "ALL_ASSETS",
     "CORPORA",
+    "CHANNELS_CHECK",
     "NDCG_CHECK",
+    "RERANK_CHECK",
     "POINT_COUNT_CHECK",
     "chunks",
     "corpus_partitions",

@@ -4,7 +4,12 @@
 In a ``reindex`` run it scores the version ``qdrant_index`` just staged, and its blocking check
 ``ndcg_not_dropped`` (the gate) compares it with the published version: when it fails, ``published_index`` does
 not run and readers stay on the published version. Outside such a run it scores the published version.
-A corpus without qrels has nothing to score: the asset records which version it saw and the gate is not run.
+Two more checks warn (they never block publishing) when, on this corpus, fusion or reranking costs quality:
+``hybrid_not_below_channels`` (hybrid against the better of its dense and sparse channels) and
+``reranking_does_not_hurt`` (the default, hybrid + rerank, against hybrid). Each fails only when the loss is
+larger than ``quality_tolerance`` and significant (its 95% bootstrap interval lies below 0); the figures, the
+interval, the wins/losses and the randomization p-value are its metadata.
+A corpus without qrels has nothing to score: the asset records which version it saw and no check is run.
 """
 
 import base64
@@ -22,11 +27,14 @@ from assets.ingest import GROUP
 from assets.meta import md_table
 from assets.partitions import corpus_check, corpus_partitions
 from assets.resources import CorporaResource, EvalHistoryResource, RetrievalResource
+from evals.compare import compare_per_query
 from evals.metrics import HEADLINE_METRICS
 from evals.runner import LATENCY_P50, EvalReport, evaluate_collection
 from retrieval.search import Variant
 
 NDCG_CHECK = "ndcg_not_dropped"
+CHANNELS_CHECK = "hybrid_not_below_channels"
+RERANK_CHECK = "reranking_does_not_hurt"
 WATCHED_VARIANT = "hybrid"
 WATCHED_METRIC = "ndcg@10"
 REPORT = "report"  # the evaluation's EvalReport.summary(), read back by evaluation_report()
@@ -63,6 +71,11 @@ class EvaluationConfig(dg.Config):
         "the published one; a larger drop keeps readers on the published version",
     )
     sample_queries: int = Field(default=3, description="Queries shown with their top hits per variant")
+    quality_tolerance: float = Field(
+        default=0.005,
+        description=f"{CHANNELS_CHECK} and {RERANK_CHECK} warn when {WATCHED_METRIC} is lower by more than this "
+        "and the loss is significant",
+    )
 
 
 @dg.multi_asset(
@@ -84,7 +97,19 @@ class EvaluationConfig(dg.Config):
             blocking=True,
             description=f"Publishing gate: {WATCHED_VARIANT} {WATCHED_METRIC} of the evaluated version is not below "
             "the published version's by more than the configured tolerance. Not run for corpora without qrels.",
-        )
+        ),
+        corpus_check(
+            CHANNELS_CHECK,
+            "retrieval_evaluation",
+            description=f"Warns when hybrid {WATCHED_METRIC} is significantly below the better of its dense and "
+            "sparse channels on this corpus (fusion costs quality here). Not run for corpora without qrels.",
+        ),
+        corpus_check(
+            RERANK_CHECK,
+            "retrieval_evaluation",
+            description=f"Warns when the default (hybrid+rerank) {WATCHED_METRIC} is significantly below hybrid on "
+            "this corpus (reranking costs quality here). Not run for corpora without qrels.",
+        ),
     ],
     partitions_def=corpus_partitions,
     can_subset=True,
@@ -151,17 +176,65 @@ def retrieval_evaluation(
     chart = ndcg_chart(history, corpus.name, split)
     if chart:
         metadata["ndcg@10_over_time"] = dg.MetadataValue.md(chart)
-    gate = _gate(context, corpus, split, version, published, report.variants, config)
+    checks = [
+        _gate(context, corpus, split, version, published, report.variants, config),
+        _no_significant_loss(CHANNELS_CHECK, report, ("dense", "sparse"), "hybrid", config.quality_tolerance),
+        _no_significant_loss(RERANK_CHECK, report, ("hybrid",), "hybrid+rerank", config.quality_tolerance),
+    ]
     yield dg.MaterializeResult(
         asset_key="retrieval_evaluation",
         metadata=metadata,
-        check_results=[gate] if _selected(context) else [],
+        check_results=[c for c in checks if _selected(context, c.check_name)],
     )
 
 
-def _selected(context: dg.AssetExecutionContext) -> bool:
-    key = dg.AssetCheckKey(dg.AssetKey("retrieval_evaluation"), NDCG_CHECK)
+def _selected(context: dg.AssetExecutionContext, check: str) -> bool:
+    key = dg.AssetCheckKey(dg.AssetKey("retrieval_evaluation"), check)
     return key in context.selected_asset_check_keys
+
+
+def _no_significant_loss(
+    check: str, report: EvalReport, baselines: tuple[str, ...], candidate: str, tolerance: float
+) -> dg.AssetCheckResult:
+    """WARN when ``candidate`` scores below the best of ``baselines`` by more than ``tolerance``, significantly."""
+
+    def result(passed: bool, description: str, **metadata: object) -> dg.AssetCheckResult:
+        return dg.AssetCheckResult(
+            asset_key="retrieval_evaluation",
+            check_name=check,
+            passed=passed,
+            severity=dg.AssetCheckSeverity.WARN,
+            description=description,
+            metadata=metadata,
+        )
+
+    missing = [v for v in (*baselines, candidate) if v not in report.variants]
+    if missing:
+        return result(False, f"cannot decide: {', '.join(missing)} not evaluated (add to variants)")
+    scores = {v: report.variants[v].metrics[WATCHED_METRIC] for v in baselines}
+    baseline = max(scores, key=scores.__getitem__)
+    c = compare_per_query(
+        report.variants[baseline].per_query,
+        report.variants[candidate].per_query,
+        WATCHED_METRIC,
+        names=(baseline, candidate),
+    )
+    within = c.mean_diff >= -tolerance - 1e-12
+    passed = within or c.ci_high >= 0
+    verdict = "ok" if within else "lower, but not significantly" if passed else "significantly lower on this corpus"
+    return result(
+        passed,
+        f"{candidate} {WATCHED_METRIC} {c.mean_candidate:.4f} vs {baseline} {c.mean_baseline:.4f} "
+        f"(diff {c.mean_diff:+.4f}, 95% CI [{c.ci_low:+.4f}, {c.ci_high:+.4f}], {c.n_queries} queries): {verdict}",
+        baseline=baseline,
+        candidate=candidate,
+        diff=dg.MetadataValue.float(round(c.mean_diff, 6)),
+        ci_low=dg.MetadataValue.float(round(c.ci_low, 6)),
+        ci_high=dg.MetadataValue.float(round(c.ci_high, 6)),
+        wins_losses_ties=f"{c.wins}/{c.losses}/{c.ties}",
+        p_randomization=dg.MetadataValue.float(round(c.p_randomization, 6)),
+        tolerance=tolerance,
+    )
 
 
 def sample_table(queries: dict[str, str], qrels: dict, results: dict, n: int) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 import dagster as dg
 from rich.console import Console
 
-from assets import ALL_ASSETS, CORPORA, NDCG_CHECK, POINT_COUNT_CHECK
+from assets import ALL_ASSETS, CHANNELS_CHECK, CORPORA, NDCG_CHECK, POINT_COUNT_CHECK, RERANK_CHECK
 from assets.corpora import REPO_ROOT
 from assets.evaluation import evaluation_report
 from orchestration.definitions import default_resources
@@ -117,10 +117,15 @@ def print_results(summary: Mapping[str, Any], console: Console | None = None) ->
         console.print(metrics_table(summary["metrics"], title=f"{summary['corpus']} ({summary.get('split')})"))
     else:
         console.print(f"[yellow]{summary.get('note') or 'no evaluation'}[/yellow]")
-    for name in (POINT_COUNT_CHECK, NDCG_CHECK):
+    for name in (POINT_COUNT_CHECK, NDCG_CHECK, CHANNELS_CHECK, RERANK_CHECK):
         check = summary.get("checks", {}).get(name)
         if check:
-            mark = "[green]passed[/green]" if check["passed"] else f"[red]FAILED[/red] ({check['severity']})"
+            if check["passed"]:
+                mark = "[green]passed[/green]"
+            elif check["severity"] == "WARN":
+                mark = "[yellow]warning[/yellow]"
+            else:
+                mark = f"[red]FAILED[/red] ({check['severity']})"
             detail = f": {check['description']}" if check.get("description") else ""
             console.print(f"check {name}: {mark}{detail}")
     if summary.get("published") is not None:

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from dagster._core.event_api import PartitionKeyFilter  # the check history per partition (no public export)
 
-from assets import NDCG_CHECK, POINT_COUNT_CHECK, corpus_partitions, raw_documents
+from assets import CHANNELS_CHECK, NDCG_CHECK, POINT_COUNT_CHECK, RERANK_CHECK, corpus_partitions, raw_documents
 from assets.resources import CorporaResource, EvalHistoryResource, RetrievalResource
 from evals.collections import sample_collection
 from evals.history import EvalHistory
@@ -136,6 +136,20 @@ def test_first_run_evaluates_every_variant(first_run: dict) -> None:
     }
     assert summary["version"] == summary["published"] == 1
     assert first_run["published_index"]["version"] == 1 and first_run["published_index"]["previous_version"] == "none"
+
+
+def test_quality_warnings_compare_hybrid_with_its_better_channel_and_the_default_with_hybrid(first_run: dict) -> None:
+    meta, checks = first_run["retrieval_evaluation"], first_run["summary"]["checks"]
+    better = max(("dense", "sparse"), key=lambda v: meta[f"{v}/ndcg@10"])
+    for name, baseline, candidate in ((CHANNELS_CHECK, better, "hybrid"), (RERANK_CHECK, "hybrid", "hybrid+rerank")):
+        check = checks[name]
+        assert check["severity"] == "WARN"  # never blocks publishing: the run succeeded and published version 1
+        diff = meta[f"{candidate}/ndcg@10"] - meta[f"{baseline}/ndcg@10"]
+        assert check["description"].startswith(f"{candidate} ndcg@10 {meta[f'{candidate}/ndcg@10']:.4f} vs {baseline} ")
+        assert f"(diff {diff:+.4f}, 95% CI [" in check["description"]
+        low, high = (float(x) for x in check["description"].split("95% CI [")[1].split("]")[0].split(", "))
+        assert low <= diff + 1e-4 and diff - 1e-4 <= high
+        assert check["passed"] == (diff >= -0.005 - 1e-4 or high >= 0)
 
 
 def test_parquet_assets_have_arrow_vector_types(sandbox: Sandbox, first_run: dict) -> None:
