@@ -27,14 +27,13 @@ from assets.ingest import GROUP
 from assets.meta import md_table
 from assets.partitions import corpus_check, corpus_partitions
 from assets.resources import CorporaResource, EvalHistoryResource, RetrievalResource
-from evals.compare import compare_per_query
+from evals.compare import LossCheck
 from evals.metrics import HEADLINE_METRICS
-from evals.runner import LATENCY_P50, EvalReport, evaluate_collection
+from evals.runner import LATENCY_P50, QUALITY_CHECKS, EvalReport, evaluate_collection
 from retrieval.search import Variant
 
 NDCG_CHECK = "ndcg_not_dropped"
-CHANNELS_CHECK = "hybrid_not_below_channels"
-RERANK_CHECK = "reranking_does_not_hurt"
+CHANNELS_CHECK, RERANK_CHECK = QUALITY_CHECKS  # hybrid_not_below_channels, reranking_does_not_hurt
 WATCHED_VARIANT = "hybrid"
 WATCHED_METRIC = "ndcg@10"
 REPORT = "report"  # the evaluation's EvalReport.summary(), read back by evaluation_report()
@@ -176,10 +175,10 @@ def retrieval_evaluation(
     chart = ndcg_chart(history, corpus.name, split)
     if chart:
         metadata["ndcg@10_over_time"] = dg.MetadataValue.md(chart)
+    quality = report.quality_checks(config.quality_tolerance)
     checks = [
         _gate(context, corpus, split, version, published, report.variants, config),
-        _no_significant_loss(CHANNELS_CHECK, report, ("dense", "sparse"), "hybrid", config.quality_tolerance),
-        _no_significant_loss(RERANK_CHECK, report, ("hybrid",), "hybrid+rerank", config.quality_tolerance),
+        *(_quality_check(name, check) for name, check in quality.items()),
     ]
     yield dg.MaterializeResult(
         asset_key="retrieval_evaluation",
@@ -193,47 +192,26 @@ def _selected(context: dg.AssetExecutionContext, check: str) -> bool:
     return key in context.selected_asset_check_keys
 
 
-def _no_significant_loss(
-    check: str, report: EvalReport, baselines: tuple[str, ...], candidate: str, tolerance: float
-) -> dg.AssetCheckResult:
-    """WARN when ``candidate`` scores below the best of ``baselines`` by more than ``tolerance``, significantly."""
-
-    def result(passed: bool, description: str, **metadata: object) -> dg.AssetCheckResult:
-        return dg.AssetCheckResult(
-            asset_key="retrieval_evaluation",
-            check_name=check,
-            passed=passed,
-            severity=dg.AssetCheckSeverity.WARN,
-            description=description,
-            metadata=metadata,
-        )
-
-    missing = [v for v in (*baselines, candidate) if v not in report.variants]
-    if missing:
-        return result(False, f"cannot decide: {', '.join(missing)} not evaluated (add to variants)")
-    scores = {v: report.variants[v].metrics[WATCHED_METRIC] for v in baselines}
-    baseline = max(scores, key=scores.__getitem__)
-    c = compare_per_query(
-        report.variants[baseline].per_query,
-        report.variants[candidate].per_query,
-        WATCHED_METRIC,
-        names=(baseline, candidate),
-    )
-    within = c.mean_diff >= -tolerance - 1e-12
-    passed = within or c.ci_high >= 0
-    verdict = "ok" if within else "lower, but not significantly" if passed else "significantly lower on this corpus"
-    return result(
-        passed,
-        f"{candidate} {WATCHED_METRIC} {c.mean_candidate:.4f} vs {baseline} {c.mean_baseline:.4f} "
-        f"(diff {c.mean_diff:+.4f}, 95% CI [{c.ci_low:+.4f}, {c.ci_high:+.4f}], {c.n_queries} queries): {verdict}",
-        baseline=baseline,
-        candidate=candidate,
-        diff=dg.MetadataValue.float(round(c.mean_diff, 6)),
-        ci_low=dg.MetadataValue.float(round(c.ci_low, 6)),
-        ci_high=dg.MetadataValue.float(round(c.ci_high, 6)),
-        wins_losses_ties=f"{c.wins}/{c.losses}/{c.ties}",
-        p_randomization=dg.MetadataValue.float(round(c.p_randomization, 6)),
-        tolerance=tolerance,
+def _quality_check(name: str, check: LossCheck) -> dg.AssetCheckResult:
+    """One of the report's :meth:`~evals.runner.EvalReport.quality_checks` as a WARN asset check result."""
+    c = check.comparison
+    metadata: dict[str, object] = {"candidate": check.candidate, "tolerance": check.tolerance}
+    if c is not None:
+        metadata |= {
+            "baseline": c.baseline,
+            "diff": dg.MetadataValue.float(round(c.mean_diff, 6)),
+            "ci_low": dg.MetadataValue.float(round(c.ci_low, 6)),
+            "ci_high": dg.MetadataValue.float(round(c.ci_high, 6)),
+            "wins_losses_ties": f"{c.wins}/{c.losses}/{c.ties}",
+            "p_randomization": dg.MetadataValue.float(round(c.p_randomization, 6)),
+        }
+    return dg.AssetCheckResult(
+        asset_key="retrieval_evaluation",
+        check_name=name,
+        passed=check.passed,
+        severity=dg.AssetCheckSeverity.WARN,
+        description=check.description,
+        metadata=metadata,
     )
 
 

@@ -121,6 +121,57 @@ def compare_per_query(
     )
 
 
+@dataclass(frozen=True)
+class LossCheck:
+    """Whether ``candidate`` scores below the better of some ``baselines`` by more than ``tolerance`` and
+    significantly (the 95% bootstrap interval of the difference lies below 0). ``comparison`` is None when a
+    variant was not evaluated (``missing``); such a check cannot pass."""
+
+    candidate: str
+    baselines: tuple[str, ...]
+    tolerance: float
+    comparison: Comparison | None
+    missing: tuple[str, ...] = ()
+
+    @property
+    def within_tolerance(self) -> bool:
+        return self.comparison is not None and self.comparison.mean_diff >= -self.tolerance - 1e-12
+
+    @property
+    def passed(self) -> bool:
+        return self.within_tolerance or (self.comparison is not None and self.comparison.ci_high >= 0)
+
+    @property
+    def description(self) -> str:
+        c = self.comparison
+        if c is None:
+            return f"cannot decide: {', '.join(self.missing)} not evaluated"
+        verdict = (
+            "ok" if self.within_tolerance else "lower, but not significantly" if self.passed else "significantly lower"
+        )
+        return (
+            f"{c.candidate} {c.metric} {c.mean_candidate:.4f} vs {c.baseline} {c.mean_baseline:.4f} "
+            f"(diff {c.mean_diff:+.4f}, 95% CI [{c.ci_low:+.4f}, {c.ci_high:+.4f}], {c.n_queries} queries): {verdict}"
+        )
+
+
+def loss_check(
+    per_variant: Mapping[str, PerQuery],
+    baselines: tuple[str, ...],
+    candidate: str,
+    metric: str = "ndcg@10",
+    tolerance: float = 0.005,
+) -> LossCheck:
+    """:class:`LossCheck` of ``candidate`` against the best (highest mean ``metric``) of ``baselines``."""
+    missing = tuple(v for v in (*baselines, candidate) if v not in per_variant)
+    if missing:
+        return LossCheck(candidate, baselines, tolerance, None, missing)
+    means = {v: float(np.mean(list(_values(per_variant[v], metric).values()))) for v in baselines}
+    best = max(baselines, key=means.__getitem__)
+    comparison = compare_per_query(per_variant[best], per_variant[candidate], metric, names=(best, candidate))
+    return LossCheck(candidate, baselines, tolerance, comparison)
+
+
 def compare_runs(
     qrels: Qrels, baseline: RunLike, candidate: RunLike, metric: str = "ndcg@10", **options: Any
 ) -> Comparison:

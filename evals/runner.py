@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from evals.compare import LossCheck, loss_check
 from evals.metrics import LATENCY_KEY, evaluate
 from evals.runs import Run, best_chunk_per_document
 from retrieval.search import HybridRetriever, Variant
@@ -102,6 +103,12 @@ def evaluate_variants(
     return results
 
 
+QUALITY_CHECKS: dict[str, tuple[tuple[str, ...], str]] = {
+    "hybrid_not_below_channels": (("dense", "sparse"), "hybrid"),  # fusion against the better single channel
+    "reranking_does_not_hurt": (("hybrid",), "hybrid+rerank"),  # the default against the fused first stage
+}
+
+
 @dataclass
 class EvalReport:
     """One evaluation of a collection's split: every variant's :class:`VariantResult` and what was evaluated.
@@ -120,6 +127,15 @@ class EvalReport:
     settings: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
     timestamp: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    def quality_checks(self, tolerance: float = 0.005) -> dict[str, LossCheck]:
+        """Does fusion, and does reranking, pay off here? :data:`QUALITY_CHECKS`, each a :class:`LossCheck` on
+        nDCG@10 (fails only for a loss beyond ``tolerance`` that is also significant)."""
+        per_query = {name: r.per_query for name, r in self.variants.items()}
+        return {
+            name: loss_check(per_query, baselines, candidate, "ndcg@10", tolerance)
+            for name, (baselines, candidate) in QUALITY_CHECKS.items()
+        }
 
     def metrics(self) -> dict[str, dict[str, float]]:
         """``{variant: {metric: mean, "latency_ms": p50}}``, what the tables show."""

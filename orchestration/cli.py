@@ -305,6 +305,10 @@ def evaluate(
             stack.indexer().index(docs)
         report = evaluate_collection(stack.retriever(), coll, split, variants)
     console.print(metrics_table(report.metrics(), title=f"{coll.name} ({split})"))
+    for name, check in report.quality_checks().items():
+        if check.comparison is not None:
+            mark = "[green]ok[/green]" if check.passed else "[yellow]warning[/yellow]"
+            console.print(f"{name}: {mark} {check.description}")
     report.record(EvalHistory(history or default_history_path()), source="cli")
     if run_file:
         last = variants[-1].value

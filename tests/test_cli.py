@@ -1,6 +1,7 @@
 """The hybrid-rag command line, end to end on the shipped sample collection."""
 
 import json
+import re
 
 from typer.testing import CliRunner
 
@@ -64,6 +65,11 @@ def test_index_search_eval_round_trip(cli_env, monkeypatch):
     assert set(rows["source"]) == {"cli"} and not (cli_env / "data" / "history").exists()
     run, tag = read_run(cli_env / "runs" / "dense.trec")
     assert tag == "hybrid-rag-dense" and set(run) == set(sample.split_queries("test"))
+
+    assert "hybrid_not_below_channels" not in out  # sparse was not evaluated: nothing to say
+    every = invoke("eval", "sample", "--collection", "cli")  # all variants: fusion and reranking are checked
+    assert re.search(r"hybrid_not_below_channels: (ok|warning) hybrid ndcg@10 0\.\d{4} vs (dense|sparse) ", every)
+    assert re.search(r"reranking_does_not_hurt: (ok|warning) hybrid\+rerank ndcg@10 0\.\d{4} vs hybrid ", every)
 
     invoke("eval", "sample", "--collection", "cli", "--variant", "hybrid", "--run-file", "runs/hybrid.trec")
     compared = invoke("compare", "runs/dense.trec", "runs/hybrid.trec", "sample")

@@ -1,50 +1,49 @@
-"""The quality warnings of the evaluation asset decide on per-query figures: a loss counts only when it is larger
-than the tolerance and significant (its 95% bootstrap interval lies below 0)."""
+"""Does fusion, and does reranking, pay off? A loss counts only when it is larger than the tolerance and
+significant (its 95% bootstrap interval lies below 0): the evaluation asset's warnings and `hybrid-rag eval`."""
 
 import numpy as np
 import pytest
 
-from assets.evaluation import CHANNELS_CHECK, _no_significant_loss
+from assets.evaluation import CHANNELS_CHECK, RERANK_CHECK
+from evals.compare import loss_check
 from evals.runner import EvalReport, VariantResult
 
 QIDS = [f"q{i}" for i in range(40)]
-
-
-def _report(**per_variant: np.ndarray) -> EvalReport:
-    variants = {
-        name: VariantResult(
-            name,
-            {"ndcg@10": float(values.mean())},
-            {q: {"ndcg@10": float(v)} for q, v in zip(QIDS, values, strict=True)},
-        )
-        for name, values in per_variant.items()
-    }
-    return EvalReport("c", "test", "c", 1, len(QIDS), variants)
-
-
 BASE = np.linspace(0.2, 0.9, 40)
+
+
+def _per_query(values: np.ndarray) -> dict[str, dict[str, float]]:
+    return {q: {"ndcg@10": float(v)} for q, v in zip(QIDS, values, strict=True)}
 
 
 @pytest.mark.parametrize(
     ("hybrid", "passed"),
     [
         (BASE - 0.1, False),  # every query loses 0.1: significant and beyond the tolerance
-        (BASE + np.where(np.arange(40) % 2 == 0, 0.3, -0.32), True),  # -0.01 on average, but noise: not significant
+        (BASE + np.where(np.arange(40) % 2 == 0, 0.25, -0.27), True),  # -0.01 on average, but noise
         (BASE - 0.004, True),  # significant, but within the tolerance
         (BASE + 0.05, True),
     ],
 )
-def test_a_loss_warns_only_when_larger_than_the_tolerance_and_significant(hybrid, passed) -> None:
-    report = _report(dense=BASE, sparse=BASE - 0.2, hybrid=np.clip(hybrid, 0, 1))
-    result = _no_significant_loss(CHANNELS_CHECK, report, ("dense", "sparse"), "hybrid", tolerance=0.005)
-    assert result.passed is passed
-    meta = {k: getattr(v, "value", v) for k, v in result.metadata.items()}
-    assert meta["baseline"] == "dense"  # the better channel
-    assert meta["ci_low"] <= meta["diff"] <= meta["ci_high"]
+def test_a_loss_fails_only_when_larger_than_the_tolerance_and_significant(hybrid, passed) -> None:
+    per_variant = {"dense": _per_query(BASE), "sparse": _per_query(BASE - 0.2), "hybrid": _per_query(hybrid)}
+    check = loss_check(per_variant, ("dense", "sparse"), "hybrid", tolerance=0.005)
+    assert check.passed is passed
+    c = check.comparison
+    assert c.baseline == "dense" and c.mean_diff == pytest.approx(float(np.mean(hybrid - BASE)))  # the better one
+    assert c.ci_low <= c.mean_diff <= c.ci_high
+    assert check.description.endswith("ok" if c.mean_diff >= -0.005 else "not significantly" if passed else "lower")
 
 
 def test_a_missing_variant_cannot_pass() -> None:
-    result = _no_significant_loss(
-        CHANNELS_CHECK, _report(dense=BASE, hybrid=BASE), ("dense", "sparse"), "hybrid", 0.005
-    )
-    assert not result.passed and "sparse not evaluated" in result.description
+    check = loss_check({"dense": _per_query(BASE), "hybrid": _per_query(BASE)}, ("dense", "sparse"), "hybrid")
+    assert not check.passed and check.description == "cannot decide: sparse not evaluated"
+
+
+def test_the_report_checks_fusion_against_the_better_channel_and_reranking_against_hybrid() -> None:
+    values = {"dense": BASE - 0.2, "sparse": BASE, "hybrid": BASE - 0.1, "hybrid+rerank": BASE - 0.05}
+    variants = {name: VariantResult(name, {"ndcg@10": float(v.mean())}, _per_query(v)) for name, v in values.items()}
+    checks = EvalReport("c", "test", "c", 1, len(QIDS), variants).quality_checks()
+    assert list(checks) == [CHANNELS_CHECK, RERANK_CHECK]
+    assert checks[CHANNELS_CHECK].comparison.baseline == "sparse" and not checks[CHANNELS_CHECK].passed
+    assert checks[RERANK_CHECK].comparison.baseline == "hybrid" and checks[RERANK_CHECK].passed
