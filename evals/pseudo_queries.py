@@ -220,7 +220,7 @@ def adapt_query_encoder(
     def encode(texts: Sequence[str]) -> np.ndarray:
         return model.encode([query_prompt + t for t in texts], normalize_embeddings=True, batch_size=64)
 
-    def scores() -> tuple[float, float | None]:
+    def measure() -> tuple[float, float | None]:
         """(held-out pseudo-query nDCG@10, judged nDCG@10 or None) of the model as it is now."""
         pseudo = dense_ndcg(encode([q.text for q in held]), [q.qid for q in held], held_qrels, owners, vectors)
         if judged is None:
@@ -236,7 +236,7 @@ def adapt_query_encoder(
     if not train or not held:
         raise ValueError(f"too few documents to adapt on ({len(train)} pseudo-queries to train, {len(held)} held out)")
     held_qrels = {q.qid: {q.doc_id: 1} for q in held}
-    base, judged_base = scores()
+    base, judged_base = measure()
     stored = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32))
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate)
     rng = random.Random(config.seed)
@@ -260,7 +260,7 @@ def adapt_query_encoder(
             optimizer.step()
             losses.append(loss.item())
     model.eval()
-    adapted, judged_adapted = scores()
+    adapted, judged_adapted = measure()
     gate = judged.gate if judged else PSEUDO_GATE
     used = judged_adapted >= judged_base if judged else adapted >= base
     if out_dir.exists():
