@@ -73,8 +73,7 @@ class JudgedQueries:
     qrels: dict[str, dict[str, int]]
 
     def __post_init__(self) -> None:
-        if self.split.strip().lower() == "test":
-            raise ValueError("the 'test' split cannot judge an adaptation: decide on a dev or train split only")
+        _refuse_test(self.split)
         missing = [qid for qid in self.qrels if qid not in self.queries]
         if not self.qrels or missing:
             raise ValueError(f"split {self.split!r}: no judged queries, or qrels of unknown queries {missing[:5]}")
@@ -82,6 +81,11 @@ class JudgedQueries:
     @property
     def gate(self) -> str:
         return f"qrels ({self.split}, {len(self.qrels)} queries)"
+
+
+def _refuse_test(split: str) -> None:
+    if split.strip().lower() == "test":
+        raise ValueError("the 'test' split cannot judge an adaptation: decide on a dev or train split only")
 
 
 def judged_split(collection: EvalCollection, evaluated: str | None = None) -> str | None:
@@ -98,8 +102,9 @@ def judged_queries(
     split = split or judged_split(collection, evaluated)
     if split is None:
         return None
-    if split.strip().lower() == "test" or split == evaluated:
-        raise ValueError(f"split {split!r} cannot judge an adaptation: it is a test or evaluation split")
+    _refuse_test(split)
+    if split == evaluated:
+        raise ValueError(f"split {split!r} is the corpus' evaluation split: it cannot judge an adaptation")
     return JudgedQueries(split, collection.split_queries(split), collection.qrels(split))
 
 

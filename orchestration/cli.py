@@ -437,8 +437,6 @@ def adapt(
     if split is not None and qrels is None:
         raise InvalidArgumentError("--split needs --qrels (the BEIR folder whose judgements decide)")
     if qrels is not None:
-        if split is not None and split.strip().lower() == "test":
-            raise InvalidArgumentError("--split test: a test split never decides; use a dev or train split")
         if not (qrels / "queries.jsonl").is_file() or not (qrels / "qrels").is_dir():
             raise InvalidArgumentError(f"--qrels {qrels}: not a BEIR folder (needs queries.jsonl and qrels/)")
         beir = EvalCollection(qrels.resolve().name, qrels)
@@ -446,7 +444,7 @@ def adapt(
             raise InvalidArgumentError(f"--qrels {qrels}: no split {split!r}; available: {', '.join(beir.splits())}")
         try:
             judged = judged_queries(beir, split)
-        except ValueError as exc:  # a malformed qrels or queries file: file:line: reason
+        except ValueError as exc:  # a test split; a malformed qrels or queries file (file:line: reason)
             raise InvalidArgumentError(str(exc)) from None
         if judged is None:
             console.print(f"{qrels}: no dev or train judgements; held-out pseudo-queries decide")

@@ -179,14 +179,16 @@ def test_a_test_split_never_judges(sample_vectors, sample_index, tmp_path) -> No
             tmp_path / "out",
             judged=JudgedQueries("test", SAMPLE.split_queries("test"), SAMPLE.qrels("test")),
         )
-    with pytest.raises(ValueError, match="cannot judge"):
+    with pytest.raises(ValueError, match="'test' split cannot judge"):
         judged_queries(SAMPLE, "test")
+    with pytest.raises(ValueError, match="evaluation split"):
+        judged_queries(SAMPLE, "train", evaluated="train")
     assert not (tmp_path / "out").exists()
     _, env = sample_index
     runner = CliRunner()
     for args, message in [
-        (["--qrels", str(SAMPLE.root), "--split", "test"], "a test split never decides"),
-        (["--qrels", str(SAMPLE.root), "--split", "TEST"], "a test split never decides"),
+        (["--qrels", str(SAMPLE.root), "--split", "test"], "'test' split cannot judge"),
+        (["--qrels", str(SAMPLE.root), "--split", "TEST"], "no split 'TEST'"),
         (["--qrels", str(SAMPLE.root), "--split", "dev"], "no split 'dev'; available: test, train"),
         (["--split", "train"], "--split needs --qrels"),
         (["--qrels", str(tmp_path)], "not a BEIR folder"),
