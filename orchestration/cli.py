@@ -462,7 +462,8 @@ def adapt(
         title=f"{settings.collection}: {report.train_queries} pseudo-queries to train, "
         f"{report.held_out_queries} held out; decided by {report.gate}"
     )
-    for col in ("nDCG@10 (dense)", "dense model", "adapted", "decides"):
+    table.add_column("nDCG@10 (dense)")
+    for col in ("dense model", "adapted", "decides"):
         table.add_column(col, justify="right")
     rows = [(f"held-out pseudo-queries ({report.held_out_queries})", report.base_ndcg, report.adapted_ndcg, not judged)]
     if judged:
