@@ -1,9 +1,10 @@
 """The corpus-adapted query encoder: the query side of the dense model trained on pseudo-queries taken from the
 corpus itself (titles, inverse-cloze sentences; no qrels) against the stored chunk vectors.
 
-It is saved where searches pick it up (``RetrievalSettings.adapted_query_dir``) only when held-out
-pseudo-queries say it does not hurt; otherwise any earlier adapted encoder of the corpus is removed and
-searches use the dense model itself. See :mod:`evals.pseudo_queries`.
+It is saved where searches pick it up (``RetrievalSettings.adapted_query_dir``) only when it does not hurt:
+judged by the corpus' qrels where they have a dev or train split (never test, nor the corpus' evaluation split),
+else by held-out pseudo-queries; otherwise any earlier adapted encoder of the corpus is removed and searches use
+the dense model itself. See :mod:`evals.pseudo_queries`.
 """
 
 import time
@@ -16,7 +17,8 @@ from assets.ingest import GROUP
 from assets.partitions import corpus_partitions
 from assets.resources import CorporaResource, RetrievalResource
 from assets.tables import stale_rows, table_model, table_to_dense, table_to_documents
-from evals.pseudo_queries import AdaptConfig, adapt_query_encoder
+from evals.collections import EvalCollection
+from evals.pseudo_queries import AdaptConfig, adapt_query_encoder, judged_queries
 
 
 class QueryEncoderConfig(dg.Config):
@@ -34,14 +36,19 @@ def query_encoder(
     corpora: CorporaResource,
     retrieval: RetrievalResource,
 ) -> dg.MaterializeResult:
-    """Adapts the query encoder to the corpus without labels; used by searches only if held-out pseudo-queries
-    score at least as well with it as with the dense model."""
+    """Adapts the query encoder to the corpus without labels; used by searches only if it scores at least as well
+    as the dense model on the corpus' dev/train qrels where they exist, else on held-out pseudo-queries."""
     started = time.perf_counter()
     corpus = corpora.get(context.partition_key)
     settings = retrieval.settings(corpus.collection)
     if stale_rows(chunks, dense_vectors) or table_model(dense_vectors) not in (None, settings.dense_model):
         raise dg.Failure("dense_vectors is out of date with chunks or the dense model: materialize dense_vectors first")
     out = settings.adapted_query_dir()
+    judged = None
+    if corpus.qrels is not None:
+        judged = judged_queries(EvalCollection(corpus.name, corpus.qrels), evaluated=corpus.split)
+        if judged is None:
+            context.log.warning(f"{corpus.name}: no dev or train qrels in {corpus.qrels}; pseudo-queries decide")
     report = adapt_query_encoder(
         table_to_documents(raw_documents),
         chunks.column("doc_id").to_numpy(zero_copy_only=False),
@@ -49,14 +56,27 @@ def query_encoder(
         settings.dense_model,
         out,
         AdaptConfig(max_queries=config.max_queries, epochs=config.epochs),
+        judged=judged,
     )
-    verdict = "used" if report.used else "not used (held-out pseudo-queries scored lower); dense model kept"
+    verdict = "used" if report.used else f"not used ({report.gate} scored lower); dense model kept"
+    judged_line = f", {report.gate} {report.judged_base_ndcg:.4f} -> {report.judged_adapted_ndcg:.4f}" if judged else ""
     context.log.info(
-        f"{corpus.name}: held-out pseudo-query nDCG@10 {report.base_ndcg:.4f} -> {report.adapted_ndcg:.4f}, {verdict}"
+        f"{corpus.name}: held-out pseudo-query nDCG@10 {report.base_ndcg:.4f} -> {report.adapted_ndcg:.4f}"
+        f"{judged_line}; {report.gate} decided: {verdict}"
     )
+    judged_meta = {}
+    if judged:
+        judged_meta = {
+            "judged_split": judged.split,
+            "judged_queries": dg.MetadataValue.int(len(judged.qrels)),
+            "judged_ndcg@10_base": dg.MetadataValue.float(round(report.judged_base_ndcg, 4)),
+            "judged_ndcg@10_adapted": dg.MetadataValue.float(round(report.judged_adapted_ndcg, 4)),
+        }
     return dg.MaterializeResult(
         metadata={
             "used": report.used,
+            "gate": report.gate,
+            **judged_meta,
             "model_dir": dg.MetadataValue.path(str(out)) if report.used else "none",
             "base_model": settings.dense_model,
             "held_out_ndcg@10_base": dg.MetadataValue.float(round(report.base_ndcg, 4)),

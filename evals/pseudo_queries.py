@@ -4,9 +4,11 @@ GenQ / GPL adapt a dense retriever with queries generated from the corpus; nothi
 the pseudo-queries are taken from the documents themselves: a document's title, and sentences of its text
 (inverse cloze task, Lee et al. 2019), each paired with its own document. The document side stays frozen:
 the query encoder learns against the dense vectors already stored in the collection (a softmax over every
-stored chunk, the document's chunks as targets), so nothing is re-indexed. A slice of the documents is held
-out; their pseudo-queries decide whether the adapted encoder is used at all (it must not score below the
-base model on them).
+stored chunk, the document's chunks as targets), so nothing is re-indexed.
+
+Whether the adapted encoder is used at all (it must not score below the base model) is decided by real
+judgements where they exist (:class:`JudgedQueries`: a ``dev`` or ``train`` split, never ``test``), else by
+the pseudo-queries of a held-out slice of the documents (a weak judge: they are lexical). Both are reported.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from evals.collections import EvalCollection
 from evals.metrics import evaluate
 from evals.runs import best_chunk_per_document
 from retrieval.documents import Document
@@ -57,16 +60,67 @@ class AdaptConfig:
     seed: int = 13
 
 
+JUDGED_SPLITS = ("dev", "train")  # the splits that may judge an adaptation, in order of preference
+PSEUDO_GATE = "held-out pseudo-queries"
+
+
+@dataclass(frozen=True)
+class JudgedQueries:
+    """Real judgements that decide whether an adapted encoder is used: a non-test split's queries and qrels."""
+
+    split: str
+    queries: dict[str, str]
+    qrels: dict[str, dict[str, int]]
+
+    def __post_init__(self) -> None:
+        _refuse_test(self.split)
+        missing = [qid for qid in self.qrels if qid not in self.queries]
+        if not self.qrels or missing:
+            raise ValueError(f"split {self.split!r}: no judged queries, or qrels of unknown queries {missing[:5]}")
+
+    @property
+    def gate(self) -> str:
+        return f"qrels ({self.split}, {len(self.qrels)} queries)"
+
+
+def _refuse_test(split: str) -> None:
+    if split.strip().lower() == "test":
+        raise ValueError("the 'test' split cannot judge an adaptation: decide on a dev or train split only")
+
+
+def judged_split(collection: EvalCollection, evaluated: str | None = None) -> str | None:
+    """The split of ``collection`` that judges an adaptation: ``dev`` if present, else ``train``; never ``test``
+    nor the split the corpus is evaluated on (``evaluated``). None when there is none."""
+    available = set(collection.splits())
+    return next((s for s in JUDGED_SPLITS if s in available and s != evaluated), None)
+
+
+def judged_queries(
+    collection: EvalCollection, split: str | None = None, evaluated: str | None = None
+) -> JudgedQueries | None:
+    """The judgements of ``split`` (default: :func:`judged_split`), or None when the collection has none."""
+    split = split or judged_split(collection, evaluated)
+    if split is None:
+        return None
+    _refuse_test(split)
+    if split == evaluated:
+        raise ValueError(f"split {split!r} is the corpus' evaluation split: it cannot judge an adaptation")
+    return JudgedQueries(split, collection.split_queries(split), collection.qrels(split))
+
+
 @dataclass
 class AdaptReport:
     out_dir: Path
-    used: bool  # the adapted encoder scored at least as well as the base model on held-out pseudo-queries
-    base_ndcg: float
+    used: bool  # the adapted encoder scored at least as well as the base model for the judge (``gate``)
+    base_ndcg: float  # held-out pseudo-queries, always computed
     adapted_ndcg: float
     train_queries: int
     held_out_queries: int
     steps: int
     losses: list[float] = field(default_factory=list)
+    gate: str = PSEUDO_GATE  # which judge decided: "qrels (train, 809 queries)" or "held-out pseudo-queries"
+    judged_base_ndcg: float | None = None  # dense nDCG@10 on the judged split, when there is one
+    judged_adapted_ndcg: float | None = None
 
     @property
     def model_dir(self) -> Path | None:
@@ -127,13 +181,20 @@ def split_held_out(
     return train[: config.max_queries], rest[: config.max_holdout]
 
 
-def dense_ndcg(query_vectors: np.ndarray, queries: Sequence[PseudoQuery], owners: np.ndarray, vectors: np.ndarray):
-    """nDCG@10 of exact dense search over the stored chunk vectors (best chunk per document)."""
+def dense_ndcg(
+    query_vectors: np.ndarray,
+    qids: Sequence[str],
+    qrels: dict[str, dict[str, int]],
+    owners: np.ndarray,
+    vectors: np.ndarray,
+) -> float:
+    """nDCG@10 of exact dense search over the stored chunk vectors (best chunk per document); BEIR conventions
+    (:func:`evals.metrics.evaluate`: a hit whose id is the query id is ignored)."""
     run = {
-        q.qid: best_chunk_per_document((str(owners[i]), float(scores[i])) for i in np.argsort(-scores)[:200])
-        for q, scores in zip(queries, query_vectors @ vectors.T, strict=True)
+        qid: best_chunk_per_document((str(owners[i]), float(scores[i])) for i in np.argsort(-scores)[:200])
+        for qid, scores in zip(qids, query_vectors @ vectors.T, strict=True)
     }
-    return evaluate({q.qid: {q.doc_id: 1} for q in queries}, run, k_values=(10,)).mean["ndcg@10"]
+    return evaluate(qrels, run, k_values=(10,)).mean["ndcg@10"]
 
 
 def adapt_query_encoder(
@@ -144,10 +205,12 @@ def adapt_query_encoder(
     out_dir: str | Path,
     config: AdaptConfig | None = None,
     query_prompt: str = "",
+    judged: JudgedQueries | None = None,
 ) -> AdaptReport:
     """Train ``base_model``'s query side on pseudo-queries against the stored chunk ``vectors`` (``owners``: the
-    document id of each row). The model is saved to ``out_dir`` only when held-out pseudo-queries say it does
-    not hurt; otherwise ``out_dir`` is removed (a stale adapted model is never left behind)."""
+    document id of each row). The model is saved to ``out_dir`` only when it does not hurt: on the ``judged``
+    queries when given (dense nDCG@10 against their qrels), else on held-out pseudo-queries; otherwise
+    ``out_dir`` is removed (a stale adapted model is never left behind)."""
     import torch
     from sentence_transformers import SentenceTransformer
 
@@ -159,8 +222,16 @@ def adapt_query_encoder(
     torch.manual_seed(config.seed)
     model = SentenceTransformer(resolve_model_path(base_model), device="cpu")
 
-    def encode(qs: Sequence[PseudoQuery]) -> np.ndarray:
-        return model.encode([query_prompt + q.text for q in qs], normalize_embeddings=True, batch_size=64)
+    def encode(texts: Sequence[str]) -> np.ndarray:
+        return model.encode([query_prompt + t for t in texts], normalize_embeddings=True, batch_size=64)
+
+    def measure() -> tuple[float, float | None]:
+        """(held-out pseudo-query nDCG@10, judged nDCG@10 or None) of the model as it is now."""
+        pseudo = dense_ndcg(encode([q.text for q in held]), [q.qid for q in held], held_qrels, owners, vectors)
+        if judged is None:
+            return pseudo, None
+        qids = list(judged.qrels)
+        return pseudo, dense_ndcg(encode([judged.queries[q] for q in qids]), qids, judged.qrels, owners, vectors)
 
     row_of_doc: dict[str, list[int]] = {}
     for row, owner in enumerate(owners):
@@ -169,7 +240,8 @@ def adapt_query_encoder(
     held = [q for q in held if q.doc_id in row_of_doc]
     if not train or not held:
         raise ValueError(f"too few documents to adapt on ({len(train)} pseudo-queries to train, {len(held)} held out)")
-    base = dense_ndcg(encode(held), held, owners, vectors)
+    held_qrels = {q.qid: {q.doc_id: 1} for q in held}
+    base, judged_base = measure()
     stored = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32))
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate)
     rng = random.Random(config.seed)
@@ -193,13 +265,26 @@ def adapt_query_encoder(
             optimizer.step()
             losses.append(loss.item())
     model.eval()
-    adapted = dense_ndcg(encode(held), held, owners, vectors)
-    used = adapted >= base
+    adapted, judged_adapted = measure()
+    gate = judged.gate if judged else PSEUDO_GATE
+    used = judged_adapted >= judged_base if judged else adapted >= base
     if out_dir.exists():
         shutil.rmtree(out_dir)
     if used:
         model.save(str(out_dir))
-        marker = {"base_model": base_model, "held_out_ndcg@10": {"base": base, "adapted": adapted}}
+        marker = {"base_model": base_model, "gate": gate, "held_out_ndcg@10": {"base": base, "adapted": adapted}}
+        if judged:
+            marker["judged_ndcg@10"] = {"split": judged.split, "base": judged_base, "adapted": judged_adapted}
         (out_dir / ADAPTED_MARKER).write_text(json.dumps({**marker, "train_queries": len(train), "steps": len(losses)}))
-    log.info("adapted query encoder: held-out nDCG@10 %.4f -> %.4f (%s)", base, adapted, "used" if used else "not used")
-    return AdaptReport(out_dir, used, base, adapted, len(train), len(held), len(losses), losses)
+    log.info(
+        "adapted query encoder: held-out nDCG@10 %.4f -> %.4f, judged %s -> %s; %s decided: %s",
+        base,
+        adapted,
+        judged_base,
+        judged_adapted,
+        gate,
+        "used" if used else "not used",
+    )
+    return AdaptReport(
+        out_dir, used, base, adapted, len(train), len(held), len(losses), losses, gate, judged_base, judged_adapted
+    )

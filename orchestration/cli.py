@@ -422,14 +422,36 @@ def adapt(
     collection: CollectionOpt = None,
     max_queries: Annotated[int, typer.Option(help="Pseudo-queries to train on")] = 3000,
     epochs: Annotated[int, typer.Option(help="Passes over the pseudo-queries")] = 1,
+    qrels: Annotated[
+        Path | None, typer.Option(help="BEIR folder (queries.jsonl, qrels/) whose judgements decide")
+    ] = None,
+    split: Annotated[str | None, typer.Option(help="Judged split (default: dev, else train; never test)")] = None,
 ) -> None:
     """Adapt the query encoder to an indexed collection without labels (pseudo-queries from its own text).
 
-    Searches use it from then on, unless held-out pseudo-queries scored lower with it (then it is not saved).
+    Searches use it from then on, unless it scored lower than the dense model: on the --qrels judgements
+    (a dev or train split) when given, else on held-out pseudo-queries (then it is not saved).
     """
-    from evals.pseudo_queries import AdaptConfig, adapt_query_encoder, stored_corpus
+    from evals.collections import EvalCollection
+    from evals.pseudo_queries import AdaptConfig, adapt_query_encoder, judged_queries, stored_corpus
+    from retrieval.errors import InvalidArgumentError
     from retrieval.store import open_store
 
+    judged = None
+    if split is not None and qrels is None:
+        raise InvalidArgumentError("--split needs --qrels (the BEIR folder whose judgements decide)")
+    if qrels is not None:
+        if not (qrels / "queries.jsonl").is_file() or not (qrels / "qrels").is_dir():
+            raise InvalidArgumentError(f"--qrels {qrels}: not a BEIR folder (needs queries.jsonl and qrels/)")
+        beir = EvalCollection(qrels.resolve().name, qrels)
+        if split is not None and split not in beir.splits():
+            raise InvalidArgumentError(f"--qrels {qrels}: no split {split!r}; available: {', '.join(beir.splits())}")
+        try:
+            judged = judged_queries(beir, split)
+        except ValueError as exc:  # a test split; a malformed qrels or queries file (file:line: reason)
+            raise InvalidArgumentError(str(exc)) from None
+        if judged is None:
+            console.print(f"{qrels}: no dev or train judgements; held-out pseudo-queries decide")
     settings = _settings(collection=collection)
     store = open_store(settings)
     try:
@@ -439,14 +461,19 @@ def adapt(
         store.close()
     out = settings.adapted_query_dir()
     config = AdaptConfig(max_queries=max_queries, epochs=epochs)
-    report = adapt_query_encoder(docs, owners, vectors, schema.dense_model, out, config)
+    report = adapt_query_encoder(docs, owners, vectors, schema.dense_model, out, config, judged=judged)
     table = Table(
         title=f"{settings.collection}: {report.train_queries} pseudo-queries to train, "
-        f"{report.held_out_queries} held out"
+        f"{report.held_out_queries} held out; decided by {report.gate}"
     )
-    for col in ("held-out nDCG@10: dense model", "adapted", "used"):
+    table.add_column("nDCG@10 (dense)")
+    for col in ("dense model", "adapted", "decides"):
         table.add_column(col, justify="right")
-    table.add_row(f"{report.base_ndcg:.4f}", f"{report.adapted_ndcg:.4f}", "yes" if report.used else "no")
+    rows = [(f"held-out pseudo-queries ({report.held_out_queries})", report.base_ndcg, report.adapted_ndcg, not judged)]
+    if judged:
+        rows.append((report.gate, report.judged_base_ndcg, report.judged_adapted_ndcg, True))
+    for name, base, adapted, decides in rows:
+        table.add_row(name, f"{base:.4f}", f"{adapted:.4f}", "yes" if decides else "no")
     console.print(table)
     console.print(f"adapted query encoder: {out}" if report.used else "not used: searches keep the dense model")
 

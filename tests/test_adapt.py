@@ -1,25 +1,40 @@
 """Corpus adaptation without qrels (issue 9): pseudo-queries from the corpus, the `query_encoder` asset, the
-`hybrid-rag adapt` command, and the rule that an adapted encoder is used only when held-out pseudo-queries
-do not score lower with it. Real model, real embedded Qdrant, real Dagster runs on the 60-document sample."""
+`hybrid-rag adapt` command, and the rule that an adapted encoder is used only when it does not score lower:
+on a dev/train split's qrels where they exist (never test), else on held-out pseudo-queries. Real model, real
+embedded Qdrant, real Dagster runs on the 60-document sample."""
 
 from __future__ import annotations
 
+import json
 import os
 
 import dagster as dg
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from assets import chunks, dense_vectors, raw_documents
 from assets.query_encoder import query_encoder
 from assets.resources import CorporaResource, RetrievalResource
-from evals.collections import sample_collection
-from evals.pseudo_queries import AdaptConfig, adapt_query_encoder, pseudo_queries, split_held_out, stored_corpus
+from evals.collections import EvalCollection, sample_collection
+from evals.pseudo_queries import (
+    PSEUDO_GATE,
+    AdaptConfig,
+    JudgedQueries,
+    adapt_query_encoder,
+    judged_queries,
+    judged_split,
+    pseudo_queries,
+    split_held_out,
+    stored_corpus,
+)
+from evals.runs import best_chunk_per_document
 from orchestration.cli import app
 from orchestration.definitions import defs
 from orchestration.parquet_io import ParquetIOManager
 from retrieval import RetrievalSettings, RetrievalStack, read_documents
 from retrieval.settings import ADAPTED_MARKER
+from retrieval.store import open_store
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 pytestmark = pytest.mark.slow  # trains (a few steps, on the 60-document sample)
@@ -48,6 +63,18 @@ def sample_index(tmp_path_factory):
     return root, env
 
 
+@pytest.fixture(scope="module")
+def sample_vectors(sample_index):
+    root, _ = sample_index
+    settings = RetrievalSettings(qdrant_path=root / "data" / "index", collection="sample")
+    store = open_store(settings)
+    try:
+        docs, owners, vectors = stored_corpus(store)
+    finally:
+        store.close()
+    return settings, docs, owners, vectors
+
+
 def test_cli_adapt_saves_an_encoder_that_searches_then_use(sample_index) -> None:
     root, env = sample_index
     result = CliRunner().invoke(app, ["adapt", "-c", "sample"], env=env)
@@ -67,16 +94,8 @@ def test_cli_adapt_saves_an_encoder_that_searches_then_use(sample_index) -> None
     assert other_model.resolved_query_model() is None  # trained against other vectors: ignored
 
 
-def test_an_adaptation_that_hurts_is_not_used_and_removes_an_earlier_one(sample_index, tmp_path) -> None:
-    root, _ = sample_index
-    settings = RetrievalSettings(qdrant_path=root / "data" / "index", collection="sample")
-    from retrieval.store import open_store
-
-    store = open_store(settings)
-    try:
-        docs, owners, vectors = stored_corpus(store)
-    finally:
-        store.close()
+def test_an_adaptation_that_hurts_is_not_used_and_removes_an_earlier_one(sample_vectors, tmp_path) -> None:
+    settings, docs, owners, vectors = sample_vectors
     out = tmp_path / "query_encoder"
     out.mkdir()
     (out / ADAPTED_MARKER).write_text("{}")  # an earlier adapted encoder
@@ -85,7 +104,145 @@ def test_an_adaptation_that_hurts_is_not_used_and_removes_an_earlier_one(sample_
         docs, owners, vectors, settings.dense_model, out, AdaptConfig(learning_rate=0.05, holdout=0.3)
     )
     assert report.adapted_ndcg < report.base_ndcg and not report.used
+    assert report.gate == PSEUDO_GATE and report.judged_base_ndcg is None
     assert not out.exists()
+
+
+def _base_rankings(settings: RetrievalSettings, owners, vectors) -> dict[str, list[str]]:
+    """The dense model's document ranking (best chunk per document) of every sample query, as adaptation
+    measures it."""
+    from sentence_transformers import SentenceTransformer
+
+    from retrieval.encoders.dense import resolve_model_path
+
+    queries = SAMPLE.queries()
+    model = SentenceTransformer(resolve_model_path(settings.dense_model), device="cpu")
+    encoded = model.encode(list(queries.values()), normalize_embeddings=True, batch_size=64)
+    return {
+        qid: list(best_chunk_per_document((str(owners[i]), float(s[i])) for i in np.argsort(-s)))
+        for qid, s in zip(queries, encoded @ vectors.T, strict=True)
+    }
+
+
+def test_judged_queries_decide_over_the_pseudo_queries_both_ways(sample_vectors, tmp_path) -> None:
+    """Synthetic judgements (real queries, real model) built from the dense model's own rankings, so that the
+    judge must disagree with the held-out pseudo-queries: the judge decides."""
+    settings, docs, owners, vectors = sample_vectors
+    rankings = _base_rankings(settings, owners, vectors)
+    queries = SAMPLE.queries()
+    out = tmp_path / "query_encoder"
+
+    # The dense model's own top 10, graded in its order: the dense model scores 1.0, any change of order is worse.
+    own_top = JudgedQueries(
+        "dev", queries, {q: {d: 10 - r for r, d in enumerate(rs[:10])} for q, rs in rankings.items()}
+    )
+    report = adapt_query_encoder(
+        docs,
+        owners,
+        vectors,
+        settings.dense_model,
+        out,
+        AdaptConfig(max_queries=64, learning_rate=1e-4),
+        judged=own_top,
+    )
+    assert report.adapted_ndcg >= report.base_ndcg  # the pseudo-queries would accept it
+    assert report.judged_base_ndcg == pytest.approx(1.0) and report.judged_adapted_ndcg < report.judged_base_ndcg
+    assert report.gate == "qrels (dev, 32 queries)" and not report.used and not out.exists()
+
+    # The dense model's last-ranked document: it scores 0, so the adapted encoder cannot score lower.
+    own_last = JudgedQueries("dev", queries, {q: {rs[-1]: 1} for q, rs in rankings.items()})
+    report = adapt_query_encoder(
+        docs,
+        owners,
+        vectors,
+        settings.dense_model,
+        out,
+        AdaptConfig(max_queries=64, learning_rate=0.05, holdout=0.3),  # wrecks the model: pseudo-queries refuse
+        judged=own_last,
+    )
+    assert report.adapted_ndcg < report.base_ndcg
+    assert report.judged_base_ndcg == 0.0 and report.used
+    marker = json.loads((out / ADAPTED_MARKER).read_text())
+    assert marker["gate"] == report.gate
+    assert marker["judged_ndcg@10"] == {"split": "dev", "base": 0.0, "adapted": report.judged_adapted_ndcg}
+    assert marker["held_out_ndcg@10"] == {"base": report.base_ndcg, "adapted": report.adapted_ndcg}
+
+
+def test_a_test_split_never_judges(sample_vectors, sample_index, tmp_path) -> None:
+    settings, docs, owners, vectors = sample_vectors
+    with pytest.raises(ValueError, match="'test' split cannot judge"):
+        adapt_query_encoder(
+            docs,
+            owners,
+            vectors,
+            settings.dense_model,
+            tmp_path / "out",
+            judged=JudgedQueries("test", SAMPLE.split_queries("test"), SAMPLE.qrels("test")),
+        )
+    with pytest.raises(ValueError, match="'test' split cannot judge"):
+        judged_queries(SAMPLE, "test")
+    with pytest.raises(ValueError, match="evaluation split"):
+        judged_queries(SAMPLE, "train", evaluated="train")
+    assert not (tmp_path / "out").exists()
+    _, env = sample_index
+    runner = CliRunner()
+    for args, message in [
+        (["--qrels", str(SAMPLE.root), "--split", "test"], "'test' split cannot judge"),
+        (["--qrels", str(SAMPLE.root), "--split", "TEST"], "no split 'TEST'"),
+        (["--qrels", str(SAMPLE.root), "--split", "dev"], "no split 'dev'; available: test, train"),
+        (["--split", "train"], "--split needs --qrels"),
+        (["--qrels", str(tmp_path)], "not a BEIR folder"),
+    ]:
+        result = runner.invoke(app, ["adapt", "-c", "sample", *args], env=env)
+        assert result.exit_code == 2 and message in " ".join(result.output.split()), result.output
+
+
+def _beir(root, splits: list[str]) -> EvalCollection:
+    (root / "qrels").mkdir(parents=True)
+    (root / "queries.jsonl").write_text("".join(json.dumps({"_id": f"q-{s}", "text": s}) + "\n" for s in splits))
+    for s in splits:
+        (root / "qrels" / f"{s}.tsv").write_text(f"query-id\tcorpus-id\tscore\nq-{s}\td1\t1\n")
+    return EvalCollection(root.name, root)
+
+
+@pytest.mark.parametrize(
+    ("splits", "evaluated", "expected"),
+    [
+        (["dev", "test", "train"], None, "dev"),
+        (["dev", "train"], "dev", "train"),  # the corpus' evaluation split never judges
+        (["test", "train"], "test", "train"),
+        (["train"], "train", None),
+        (["test"], None, None),
+        ([], None, None),
+    ],
+)
+def test_the_judged_split_is_dev_else_train_never_test(tmp_path, splits, evaluated, expected) -> None:
+    collection = _beir(tmp_path / "beir", splits)
+    assert judged_split(collection, evaluated) == expected
+    judged = judged_queries(collection, evaluated=evaluated)
+    if expected is None:
+        assert judged is None
+    else:
+        assert judged.split == expected and judged.queries == {f"q-{expected}": expected}
+        assert judged.qrels == {f"q-{expected}": {"d1": 1}} and judged.gate == f"qrels ({expected}, 1 queries)"
+
+
+def test_cli_adapt_judged_by_qrels(sample_index) -> None:
+    root, env = sample_index
+    result = CliRunner().invoke(
+        app, ["adapt", "-c", "sample", "--qrels", str(SAMPLE.root), "--max-queries", "64"], env=env
+    )
+    assert result.exit_code == 0, result.output
+    assert "decided by qrels (train, 11 queries)" in " ".join(result.output.split())
+    rows = {line.split("│")[1].strip(): line for line in result.output.splitlines() if line.count("│") == 5}
+    assert rows["qrels (train, 11 queries)"].split("│")[4].strip() == "yes"
+    assert rows[next(r for r in rows if r.startswith("held-out pseudo-queries"))].split("│")[4].strip() == "no"
+    base, adapted = (float(rows["qrels (train, 11 queries)"].split("│")[i]) for i in (2, 3))
+    marker = RetrievalSettings(qdrant_path=root / "data" / "index", collection="sample").adapted_query_dir()
+    assert (marker / ADAPTED_MARKER).is_file() == (adapted >= base) == ("not used" not in result.output)
+    if adapted >= base:
+        saved = json.loads((marker / ADAPTED_MARKER).read_text())
+        assert saved["gate"] == "qrels (train, 11 queries)" and saved["judged_ndcg@10"]["split"] == "train"
 
 
 def test_query_encoder_asset_on_the_sample_partition(tmp_path) -> None:
@@ -106,6 +263,9 @@ def test_query_encoder_asset_on_the_sample_partition(tmp_path) -> None:
         for k, v in result.asset_materializations_for_node("query_encoder")[0].metadata.items()
     }
     assert meta["train_pseudo_queries"] > 0 and meta["held_out_pseudo_queries"] > 0 and meta["steps"] > 0
-    assert meta["used"] == (meta["held_out_ndcg@10_adapted"] >= meta["held_out_ndcg@10_base"])
+    # The sample corpus is evaluated on test and has train qrels: they decide, never the test split.
+    assert meta["gate"] == "qrels (train, 11 queries)" and meta["judged_split"] == "train"
+    assert meta["used"] == (meta["judged_ndcg@10_adapted"] >= meta["judged_ndcg@10_base"])
+    assert "held_out_ndcg@10_base" in meta and "held_out_ndcg@10_adapted" in meta
     out = retrieval.settings("sample").adapted_query_dir()
     assert (out / ADAPTED_MARKER).is_file() == meta["used"]
