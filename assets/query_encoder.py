@@ -3,8 +3,9 @@ corpus itself (titles, inverse-cloze sentences; no qrels) against the stored chu
 
 It is saved where searches pick it up (``RetrievalSettings.adapted_query_dir``) only when it does not hurt:
 judged by the corpus' qrels where they have a dev or train split (never test, nor the corpus' evaluation split),
-else by held-out pseudo-queries; otherwise any earlier adapted encoder of the corpus is removed and searches use
-the dense model itself. See :mod:`evals.pseudo_queries`.
+searched with the default search (hybrid + rerank) on the published index, else by held-out pseudo-queries;
+otherwise any earlier adapted encoder of the corpus is removed and searches use the dense model itself.
+See :mod:`evals.pseudo_queries`.
 """
 
 import time
@@ -15,6 +16,7 @@ from pydantic import Field
 
 from assets.ingest import GROUP
 from assets.partitions import corpus_partitions
+from assets.publish import published_index
 from assets.resources import CorporaResource, RetrievalResource
 from assets.tables import stale_rows, table_model, table_to_dense, table_to_documents
 from evals.collections import EvalCollection
@@ -26,7 +28,7 @@ class QueryEncoderConfig(dg.Config):
     epochs: int = Field(default=AdaptConfig.epochs, description="Passes over the pseudo-queries")
 
 
-@dg.asset(partitions_def=corpus_partitions, group_name=GROUP, kinds={"pytorch"})
+@dg.asset(partitions_def=corpus_partitions, group_name=GROUP, kinds={"pytorch"}, deps=[published_index])
 def query_encoder(
     context: dg.AssetExecutionContext,
     config: QueryEncoderConfig,
@@ -49,15 +51,22 @@ def query_encoder(
         judged = judged_queries(EvalCollection(corpus.name, corpus.qrels), evaluated=corpus.split)
         if judged is None:
             context.log.warning(f"{corpus.name}: no dev or train qrels in {corpus.qrels}; pseudo-queries decide")
-    report = adapt_query_encoder(
-        table_to_documents(raw_documents),
-        chunks.column("doc_id").to_numpy(zero_copy_only=False),
-        table_to_dense(dense_vectors),
-        settings.dense_model,
-        out,
-        AdaptConfig(max_queries=config.max_queries, epochs=config.epochs),
-        judged=judged,
-    )
+    with retrieval.stack(corpus.collection) as stack:
+        if judged is not None and stack.check_schema(missing_ok=True) is None:
+            raise dg.Failure(
+                f"{corpus.name}: the {judged.gate} judge searches the published index of {corpus.collection!r}, "
+                "which does not exist yet: run the reindex job first"
+            )
+        report = adapt_query_encoder(
+            table_to_documents(raw_documents),
+            chunks.column("doc_id").to_numpy(zero_copy_only=False),
+            table_to_dense(dense_vectors),
+            settings.dense_model,
+            out,
+            AdaptConfig(max_queries=config.max_queries, epochs=config.epochs),
+            judged=judged,
+            stack=stack,
+        )
     verdict = "used" if report.used else f"not used ({report.gate} scored lower); dense model kept"
     judged_line = f", {report.gate} {report.judged_base_ndcg:.4f} -> {report.judged_adapted_ndcg:.4f}" if judged else ""
     context.log.info(

@@ -7,8 +7,10 @@ the query encoder learns against the dense vectors already stored in the collect
 stored chunk, the document's chunks as targets), so nothing is re-indexed.
 
 Whether the adapted encoder is used at all (it must not score below the base model) is decided by real
-judgements where they exist (:class:`JudgedQueries`: a ``dev`` or ``train`` split, never ``test``), else by
-the pseudo-queries of a held-out slice of the documents (a weak judge: they are lexical). Both are reported.
+judgements where they exist (:class:`JudgedQueries`: a ``dev`` or ``train`` split, never ``test``), scored
+with the search users get (the default, hybrid + rerank, on the collection's index, with and without the
+adapted encoder), else by dense search for the pseudo-queries of a held-out slice of the documents (a weak
+judge: they are lexical). Both are reported.
 """
 
 from __future__ import annotations
@@ -27,9 +29,12 @@ import numpy as np
 
 from evals.collections import EvalCollection
 from evals.metrics import evaluate
+from evals.runner import evaluate_variants
 from evals.runs import best_chunk_per_document
 from retrieval.documents import Document
+from retrieval.search import Variant
 from retrieval.settings import ADAPTED_MARKER
+from retrieval.stack import RetrievalStack
 from retrieval.store import QdrantStore
 
 log = logging.getLogger(__name__)
@@ -82,6 +87,14 @@ class JudgedQueries:
     def gate(self) -> str:
         return f"qrels ({self.split}, {len(self.qrels)} queries)"
 
+    def default_search_ndcg(self, stack: RetrievalStack, query_model: str | Path | None = None) -> float:
+        """nDCG@10 of the default search (hybrid + rerank) of ``stack``'s collection on these queries, with
+        ``query_model`` as the query encoder; None: without any adapted encoder (as if there were none)."""
+        overrides = {"query_model": str(query_model)} if query_model else {"adapted_query_model": False}
+        retriever = stack.retriever(**overrides)
+        results = evaluate_variants(retriever, self.queries, self.qrels, [Variant.HYBRID_RERANK], progress=False)
+        return results[Variant.HYBRID_RERANK.value].metrics["ndcg@10"]
+
 
 def _refuse_test(split: str) -> None:
     if split.strip().lower() == "test":
@@ -119,7 +132,7 @@ class AdaptReport:
     steps: int
     losses: list[float] = field(default_factory=list)
     gate: str = PSEUDO_GATE  # which judge decided: "qrels (train, 809 queries)" or "held-out pseudo-queries"
-    judged_base_ndcg: float | None = None  # dense nDCG@10 on the judged split, when there is one
+    judged_base_ndcg: float | None = None  # default-search nDCG@10 on the judged split, when there is one
     judged_adapted_ndcg: float | None = None
 
     @property
@@ -206,11 +219,15 @@ def adapt_query_encoder(
     config: AdaptConfig | None = None,
     query_prompt: str = "",
     judged: JudgedQueries | None = None,
+    stack: RetrievalStack | None = None,
 ) -> AdaptReport:
     """Train ``base_model``'s query side on pseudo-queries against the stored chunk ``vectors`` (``owners``: the
     document id of each row). The model is saved to ``out_dir`` only when it does not hurt: on the ``judged``
-    queries when given (dense nDCG@10 against their qrels), else on held-out pseudo-queries; otherwise
-    ``out_dir`` is removed (a stale adapted model is never left behind)."""
+    queries when given (nDCG@10 of ``stack``'s default search of the indexed collection, with and without the
+    adapted encoder), else on held-out pseudo-queries (dense search); otherwise ``out_dir`` is removed (a stale
+    adapted model is never left behind)."""
+    if judged is not None and stack is None:
+        raise ValueError("judged queries are scored by searching the index: pass the collection's stack")
     import torch
     from sentence_transformers import SentenceTransformer
 
@@ -225,13 +242,8 @@ def adapt_query_encoder(
     def encode(texts: Sequence[str]) -> np.ndarray:
         return model.encode([query_prompt + t for t in texts], normalize_embeddings=True, batch_size=64)
 
-    def measure() -> tuple[float, float | None]:
-        """(held-out pseudo-query nDCG@10, judged nDCG@10 or None) of the model as it is now."""
-        pseudo = dense_ndcg(encode([q.text for q in held]), [q.qid for q in held], held_qrels, owners, vectors)
-        if judged is None:
-            return pseudo, None
-        qids = list(judged.qrels)
-        return pseudo, dense_ndcg(encode([judged.queries[q] for q in qids]), qids, judged.qrels, owners, vectors)
+    def held_out_ndcg() -> float:
+        return dense_ndcg(encode([q.text for q in held]), [q.qid for q in held], held_qrels, owners, vectors)
 
     row_of_doc: dict[str, list[int]] = {}
     for row, owner in enumerate(owners):
@@ -241,7 +253,8 @@ def adapt_query_encoder(
     if not train or not held:
         raise ValueError(f"too few documents to adapt on ({len(train)} pseudo-queries to train, {len(held)} held out)")
     held_qrels = {q.qid: {q.doc_id: 1} for q in held}
-    base, judged_base = measure()
+    base = held_out_ndcg()
+    judged_base = judged.default_search_ndcg(stack) if judged else None
     stored = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32))
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate)
     rng = random.Random(config.seed)
@@ -252,7 +265,7 @@ def adapt_query_encoder(
         rng.shuffle(order)
         for start in range(0, len(order), config.batch_size):
             batch = [train[i] for i in order[start : start + config.batch_size]]
-            features = model.tokenize([query_prompt + q.text for q in batch])
+            features = model.preprocess([query_prompt + q.text for q in batch])
             embeddings = torch.nn.functional.normalize(model(features)["sentence_embedding"], dim=-1)
             scores = embeddings @ stored.T / config.temperature
             positives = torch.full_like(scores, float("-inf"))
@@ -265,13 +278,23 @@ def adapt_query_encoder(
             optimizer.step()
             losses.append(loss.item())
     model.eval()
-    adapted, judged_adapted = measure()
+    adapted = held_out_ndcg()
+    candidate = out_dir.with_name(out_dir.name + ".candidate")  # searched by the judge before it is used
+    shutil.rmtree(candidate, ignore_errors=True)
+    model.save(str(candidate))
+    try:
+        judged_adapted = judged.default_search_ndcg(stack, candidate) if judged else None
+    except BaseException:
+        shutil.rmtree(candidate, ignore_errors=True)
+        raise
     gate = judged.gate if judged else PSEUDO_GATE
     used = judged_adapted >= judged_base if judged else adapted >= base
     if out_dir.exists():
         shutil.rmtree(out_dir)
-    if used:
-        model.save(str(out_dir))
+    if not used:
+        shutil.rmtree(candidate)
+    else:
+        candidate.rename(out_dir)
         marker = {"base_model": base_model, "gate": gate, "held_out_ndcg@10": {"base": base, "adapted": adapted}}
         if judged:
             marker["judged_ndcg@10"] = {"split": judged.split, "base": judged_base, "adapted": judged_adapted}

@@ -99,7 +99,7 @@ def train_pseudo_query_encoder(
         rng.shuffle(order)
         for start in range(0, len(order), config.batch_size):
             batch = [examples[i] for i in order[start : start + config.batch_size]]
-            features = model.tokenize([anchor_text(cl, config, model.tokenizer) for cl, _ in batch])
+            features = model.preprocess([anchor_text(cl, config, model.tokenizer) for cl, _ in batch])
             embeddings = model(features)["sentence_embedding"]
             embeddings = torch.nn.functional.normalize(embeddings, dim=-1)
             loss = torch.zeros(())

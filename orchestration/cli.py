@@ -434,8 +434,8 @@ def adapt(
     """
     from evals.collections import EvalCollection
     from evals.pseudo_queries import AdaptConfig, adapt_query_encoder, judged_queries, stored_corpus
+    from retrieval import RetrievalStack
     from retrieval.errors import InvalidArgumentError
-    from retrieval.store import open_store
 
     judged = None
     if split is not None and qrels is None:
@@ -453,27 +453,26 @@ def adapt(
         if judged is None:
             console.print(f"{qrels}: no dev or train judgements; held-out pseudo-queries decide")
     settings = _settings(collection=collection)
-    store = open_store(settings)
-    try:
-        schema = store.check_schema()  # the collection must exist; its vectors' model is the one adapted
-        docs, owners, vectors = stored_corpus(store)
-    finally:
-        store.close()
     out = settings.adapted_query_dir()
     config = AdaptConfig(max_queries=max_queries, epochs=epochs)
-    report = adapt_query_encoder(docs, owners, vectors, schema.dense_model, out, config, judged=judged)
+    with RetrievalStack(settings) as stack:
+        schema = stack.check_schema()  # the collection must exist; its vectors' model is the one adapted
+        docs, owners, vectors = stored_corpus(stack.store())
+        report = adapt_query_encoder(docs, owners, vectors, schema.dense_model, out, config, judged=judged, stack=stack)
     table = Table(
         title=f"{settings.collection}: {report.train_queries} pseudo-queries to train, "
         f"{report.held_out_queries} held out; decided by {report.gate}"
     )
-    table.add_column("nDCG@10 (dense)")
+    for col in ("nDCG@10: judge", "search"):
+        table.add_column(col)
     for col in ("dense model", "adapted", "decides"):
         table.add_column(col, justify="right")
-    rows = [(f"held-out pseudo-queries ({report.held_out_queries})", report.base_ndcg, report.adapted_ndcg, not judged)]
+    rows = [(f"held-out pseudo-queries ({report.held_out_queries})", "dense", report.base_ndcg, report.adapted_ndcg)]
     if judged:
-        rows.append((report.gate, report.judged_base_ndcg, report.judged_adapted_ndcg, True))
-    for name, base, adapted, decides in rows:
-        table.add_row(name, f"{base:.4f}", f"{adapted:.4f}", "yes" if decides else "no")
+        rows.append((report.gate, "hybrid+rerank", report.judged_base_ndcg, report.judged_adapted_ndcg))
+    for judge, search, base, adapted in rows:
+        decides = judge == report.gate or (not judged and search == "dense")
+        table.add_row(judge, search, f"{base:.4f}", f"{adapted:.4f}", "yes" if decides else "no")
     console.print(table)
     console.print(f"adapted query encoder: {out}" if report.used else "not used: searches keep the dense model")
 

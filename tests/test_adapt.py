@@ -9,13 +9,12 @@ import json
 import os
 
 import dagster as dg
-import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from assets import chunks, dense_vectors, raw_documents
+from assets import ALL_ASSETS, chunks, dense_vectors, raw_documents
 from assets.query_encoder import query_encoder
-from assets.resources import CorporaResource, RetrievalResource
+from assets.resources import CorporaResource, EvalHistoryResource, RetrievalResource
 from evals.collections import EvalCollection, sample_collection
 from evals.pseudo_queries import (
     PSEUDO_GATE,
@@ -28,11 +27,12 @@ from evals.pseudo_queries import (
     split_held_out,
     stored_corpus,
 )
-from evals.runs import best_chunk_per_document
+from evals.runner import retrieve_run
 from orchestration.cli import app
 from orchestration.definitions import defs
 from orchestration.parquet_io import ParquetIOManager
 from retrieval import RetrievalSettings, RetrievalStack, read_documents
+from retrieval.search import Variant
 from retrieval.settings import ADAPTED_MARKER
 from retrieval.store import open_store
 
@@ -108,64 +108,62 @@ def test_an_adaptation_that_hurts_is_not_used_and_removes_an_earlier_one(sample_
     assert not out.exists()
 
 
-def _base_rankings(settings: RetrievalSettings, owners, vectors) -> dict[str, list[str]]:
-    """The dense model's document ranking (best chunk per document) of every sample query, as adaptation
-    measures it."""
-    from sentence_transformers import SentenceTransformer
-
-    from retrieval.encoders.dense import resolve_model_path
-
-    queries = SAMPLE.queries()
-    model = SentenceTransformer(resolve_model_path(settings.dense_model), device="cpu")
-    encoded = model.encode(list(queries.values()), normalize_embeddings=True, batch_size=64)
-    return {
-        qid: list(best_chunk_per_document((str(owners[i]), float(s[i])) for i in np.argsort(-s)))
-        for qid, s in zip(queries, encoded @ vectors.T, strict=True)
-    }
+def _default_search_rankings(stack: RetrievalStack) -> dict[str, list[str]]:
+    """The default search's document ranking (hybrid + rerank, no adapted encoder) of every sample query, as
+    the judge measures it."""
+    retriever = stack.retriever(adapted_query_model=False)
+    run, _ = retrieve_run(retriever, SAMPLE.queries(), Variant.HYBRID_RERANK, progress=False)
+    return {qid: sorted(scores, key=lambda d: -scores[d]) for qid, scores in run.items()}
 
 
 def test_judged_queries_decide_over_the_pseudo_queries_both_ways(sample_vectors, tmp_path) -> None:
-    """Synthetic judgements (real queries, real model) built from the dense model's own rankings, so that the
-    judge must disagree with the held-out pseudo-queries: the judge decides."""
+    """Synthetic judgements (real queries, real model, real index) built from the default search's own rankings,
+    so that the judge must disagree with the held-out pseudo-queries: the judge decides."""
     settings, docs, owners, vectors = sample_vectors
-    rankings = _base_rankings(settings, owners, vectors)
     queries = SAMPLE.queries()
     out = tmp_path / "query_encoder"
+    with RetrievalStack(settings) as stack:
+        rankings = _default_search_rankings(stack)
+        # The default search's own top 10, graded in its order: it scores 1.0, any change of order is worse.
+        own_top = JudgedQueries(
+            "dev", queries, {q: {d: 10 - r for r, d in enumerate(rs[:10])} for q, rs in rankings.items()}
+        )
+        report = adapt_query_encoder(
+            docs,
+            owners,
+            vectors,
+            settings.dense_model,
+            out,
+            AdaptConfig(max_queries=64, learning_rate=1e-4),
+            judged=own_top,
+            stack=stack,
+        )
+        assert report.adapted_ndcg >= report.base_ndcg  # the pseudo-queries would accept it
+        assert report.judged_base_ndcg == pytest.approx(1.0, abs=1e-3)
+        assert report.judged_adapted_ndcg < report.judged_base_ndcg - 0.01
+        assert report.gate == "qrels (dev, 32 queries)" and not report.used
+        assert not out.exists() and not out.with_name(out.name + ".candidate").exists()
 
-    # The dense model's own top 10, graded in its order: the dense model scores 1.0, any change of order is worse.
-    own_top = JudgedQueries(
-        "dev", queries, {q: {d: 10 - r for r, d in enumerate(rs[:10])} for q, rs in rankings.items()}
-    )
-    report = adapt_query_encoder(
-        docs,
-        owners,
-        vectors,
-        settings.dense_model,
-        out,
-        AdaptConfig(max_queries=64, learning_rate=1e-4),
-        judged=own_top,
-    )
-    assert report.adapted_ndcg >= report.base_ndcg  # the pseudo-queries would accept it
-    assert report.judged_base_ndcg == pytest.approx(1.0) and report.judged_adapted_ndcg < report.judged_base_ndcg
-    assert report.gate == "qrels (dev, 32 queries)" and not report.used and not out.exists()
-
-    # The dense model's last-ranked document: it scores 0, so the adapted encoder cannot score lower.
-    own_last = JudgedQueries("dev", queries, {q: {rs[-1]: 1} for q, rs in rankings.items()})
-    report = adapt_query_encoder(
-        docs,
-        owners,
-        vectors,
-        settings.dense_model,
-        out,
-        AdaptConfig(max_queries=64, learning_rate=0.05, holdout=0.3),  # wrecks the model: pseudo-queries refuse
-        judged=own_last,
-    )
+        # The default search's last-ranked document: it scores 0, so the adapted encoder cannot score lower.
+        own_last = JudgedQueries("dev", queries, {q: {rs[-1]: 1} for q, rs in rankings.items()})
+        report = adapt_query_encoder(
+            docs,
+            owners,
+            vectors,
+            settings.dense_model,
+            out,
+            AdaptConfig(max_queries=64, learning_rate=0.05, holdout=0.3),  # wrecks the model: pseudo-queries refuse
+            judged=own_last,
+            stack=stack,
+        )
     assert report.adapted_ndcg < report.base_ndcg
     assert report.judged_base_ndcg == 0.0 and report.used
     marker = json.loads((out / ADAPTED_MARKER).read_text())
     assert marker["gate"] == report.gate
     assert marker["judged_ndcg@10"] == {"split": "dev", "base": 0.0, "adapted": report.judged_adapted_ndcg}
     assert marker["held_out_ndcg@10"] == {"base": report.base_ndcg, "adapted": report.adapted_ndcg}
+    with pytest.raises(ValueError, match="pass the collection's stack"):
+        adapt_query_encoder(docs, owners, vectors, settings.dense_model, out, judged=own_last)
 
 
 def test_a_test_split_never_judges(sample_vectors, sample_index, tmp_path) -> None:
@@ -234,10 +232,12 @@ def test_cli_adapt_judged_by_qrels(sample_index) -> None:
     )
     assert result.exit_code == 0, result.output
     assert "decided by qrels (train, 11 queries)" in " ".join(result.output.split())
-    rows = {line.split("│")[1].strip(): line for line in result.output.splitlines() if line.count("│") == 5}
-    assert rows["qrels (train, 11 queries)"].split("│")[4].strip() == "yes"
-    assert rows[next(r for r in rows if r.startswith("held-out pseudo-queries"))].split("│")[4].strip() == "no"
-    base, adapted = (float(rows["qrels (train, 11 queries)"].split("│")[i]) for i in (2, 3))
+    rows = [[c.strip() for c in line.split("│")[1:6]] for line in result.output.splitlines() if line.count("│") == 6]
+    judge = next(r for r in rows if r[0] == "qrels (train, 11 queries)")
+    assert judge[1] == "hybrid+rerank" and judge[4] == "yes"  # the default search decides
+    pseudo = next(r for r in rows if r[0].startswith("held-out pseudo-queries"))
+    assert (pseudo[1], pseudo[4]) == ("dense", "no")
+    base, adapted = (float(judge[i]) for i in (2, 3))
     marker = RetrievalSettings(qdrant_path=root / "data" / "index", collection="sample").adapted_query_dir()
     assert (marker / ADAPTED_MARKER).is_file() == (adapted >= base) == ("not used" not in result.output)
     if adapted >= base:
@@ -248,15 +248,19 @@ def test_cli_adapt_judged_by_qrels(sample_index) -> None:
 def test_query_encoder_asset_on_the_sample_partition(tmp_path) -> None:
     assert defs.resolve_job_def("adapt").name == "adapt"
     retrieval = RetrievalResource(qdrant_path=str(tmp_path / "data" / "index"), cache_dir=str(tmp_path / "cache"))
-    result = dg.materialize(
-        [raw_documents, chunks, dense_vectors, query_encoder],
-        partition_key="sample",
-        resources={
-            "retrieval": retrieval,
-            "corpora": CorporaResource(),
-            "io_manager": ParquetIOManager(base_dir=str(tmp_path / "assets")),
-        },
-    )
+    resources = {
+        "retrieval": retrieval,
+        "corpora": CorporaResource(),
+        "io_manager": ParquetIOManager(base_dir=str(tmp_path / "assets")),
+        "eval_history": EvalHistoryResource(path=str(tmp_path / "history.sqlite")),
+    }
+    # The judge searches the published index: without one, the asset says what to run first.
+    with pytest.raises(dg.Failure, match="judge searches the published index of 'sample'.*run the reindex job first"):
+        dg.materialize(
+            [raw_documents, chunks, dense_vectors, query_encoder], partition_key="sample", resources=resources
+        )
+    assert not retrieval.settings("sample").adapted_query_dir().exists()
+    result = dg.materialize([*ALL_ASSETS, query_encoder], partition_key="sample", resources=resources)
     assert result.success
     meta = {
         k: getattr(v, "value", v)
