@@ -140,23 +140,32 @@ class AdaptReport:
         return self.out_dir if self.used else None
 
 
-def stored_corpus(store: QdrantStore) -> tuple[list[Document], np.ndarray, np.ndarray]:
+def stored_corpus(store: QdrantStore, page: int = 4096) -> tuple[list[Document], np.ndarray, np.ndarray]:
     """The documents as stored in a collection (chunk texts joined in order), the document id of every stored
-    chunk and the chunk vectors (same order): what adaptation needs, read from the index alone."""
-    ids = sorted(store.stored_hashes())
-    points = store.points(ids, with_dense_vectors=True)
+    chunk and the chunk vectors (same order, float32): what adaptation needs, read from the index alone, a page
+    of points at a time into one array."""
+    stored = store.stored_hashes()
+    ids = sorted(stored)
+    vectors: np.ndarray | None = None
     parts: dict[str, list[tuple[int, str, str]]] = {}
-    for pid in ids:
-        p = points[pid].payload
-        parts.setdefault(str(p["doc_id"]), []).append(
-            (p.get("chunk_index") or 0, p.get("title", ""), p.get("text", ""))
-        )
+    for start in range(0, len(ids), page):
+        chunk_ids = ids[start : start + page]
+        points = store.points(chunk_ids, with_dense_vectors=True)
+        for row, pid in enumerate(chunk_ids, start):
+            point = points[pid]
+            if vectors is None:
+                vectors = np.empty((len(ids), len(point.dense_vector)), dtype=np.float32)
+            vectors[row] = point.dense_vector
+            p = point.payload
+            parts.setdefault(str(p["doc_id"]), []).append(
+                (p.get("chunk_index") or 0, p.get("title", ""), p.get("text", ""))
+            )
     docs = [
         Document(id=doc_id, title=chunks[0][1], text=" ".join(t for _, _, t in sorted(chunks)))
         for doc_id, chunks in parts.items()
     ]
-    owners = np.array([str(points[pid].payload["doc_id"]) for pid in ids])
-    return docs, owners, np.stack([points[pid].dense_vector for pid in ids])
+    owners = np.array([stored[pid][0] for pid in ids])
+    return docs, owners, vectors if vectors is not None else np.empty((0, 0), dtype=np.float32)
 
 
 def sentences(text: str) -> list[str]:

@@ -9,6 +9,7 @@ import json
 import os
 
 import dagster as dg
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -73,6 +74,21 @@ def sample_vectors(sample_index):
     finally:
         store.close()
     return settings, docs, owners, vectors
+
+
+def test_the_stored_corpus_is_read_a_page_at_a_time(sample_vectors) -> None:
+    settings, docs, owners, vectors = sample_vectors
+    store = open_store(settings)
+    try:
+        paged_docs, paged_owners, paged_vectors = stored_corpus(store, page=7)
+        last = sorted(store.stored_hashes())[-1]  # rows follow the sorted point ids
+        point = store.points([last], with_dense_vectors=True)[last]
+    finally:
+        store.close()
+    assert vectors.dtype == np.float32 and vectors.shape == (len(owners), 384)
+    assert np.array_equal(paged_vectors, vectors) and list(paged_owners) == list(owners)
+    assert paged_docs == docs and {d.id for d in docs} == set(SAMPLE.doc_ids())
+    assert np.allclose(vectors[-1], point.dense_vector) and owners[-1] == point.payload["doc_id"]
 
 
 def test_cli_adapt_saves_an_encoder_that_searches_then_use(sample_index) -> None:
