@@ -17,11 +17,13 @@ from assets import ALL_ASSETS, chunks, dense_vectors, raw_documents
 from assets.query_encoder import query_encoder
 from assets.resources import CorporaResource, EvalHistoryResource, RetrievalResource
 from evals.collections import EvalCollection, sample_collection
+from evals.metrics import evaluate
 from evals.pseudo_queries import (
     PSEUDO_GATE,
     AdaptConfig,
     JudgedQueries,
     adapt_query_encoder,
+    dense_ndcg,
     judged_queries,
     judged_split,
     pseudo_queries,
@@ -29,6 +31,7 @@ from evals.pseudo_queries import (
     stored_corpus,
 )
 from evals.runner import retrieve_run
+from evals.runs import best_chunk_per_document
 from orchestration.cli import app
 from orchestration.definitions import defs
 from orchestration.parquet_io import ParquetIOManager
@@ -89,6 +92,23 @@ def test_the_stored_corpus_is_read_a_page_at_a_time(sample_vectors) -> None:
     assert np.array_equal(paged_vectors, vectors) and list(paged_owners) == list(owners)
     assert paged_docs == docs and {d.id for d in docs} == set(SAMPLE.doc_ids())
     assert np.allclose(vectors[-1], point.dense_vector) and owners[-1] == point.payload["doc_id"]
+
+
+def test_dense_ndcg_in_blocks_is_exact_search(sample_vectors) -> None:
+    """Scored a block of queries at a time (memory stays block x chunks), the same as ranking every chunk."""
+    _, _, owners, vectors = sample_vectors
+    rng = np.random.default_rng(0)
+    queries = vectors[rng.choice(len(vectors), 40, replace=False)] + rng.normal(0, 0.05, (40, vectors.shape[1]))
+    qids = [f"q{i}" for i in range(40)]
+    qrels = {q: {str(owners[rng.integers(len(owners))]): 1} for q in qids}
+    full = {
+        q: best_chunk_per_document((str(owners[i]), float(row[i])) for i in np.argsort(-row))
+        for q, row in zip(qids, queries @ vectors.T, strict=True)
+    }
+    expected = evaluate(qrels, full, k_values=(10,)).mean["ndcg@10"]
+    assert 0 < expected < 1
+    assert dense_ndcg(queries, qids, qrels, owners, vectors, block=7) == pytest.approx(expected)
+    assert dense_ndcg(queries, qids, qrels, owners, vectors, depth=10**6) == pytest.approx(expected)
 
 
 def test_cli_adapt_saves_an_encoder_that_searches_then_use(sample_index) -> None:
