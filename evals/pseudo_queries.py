@@ -303,16 +303,18 @@ def adapt_query_encoder(
         raise
     gate = judged.gate if judged else PSEUDO_GATE
     used = judged_adapted >= judged_base if judged else adapted >= base
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    if not used:
-        shutil.rmtree(candidate)
-    else:
-        candidate.rename(out_dir)
+    if used:  # the marker makes it the collection's query encoder (RetrievalSettings.resolved_query_model)
         marker = {"base_model": base_model, "gate": gate, "held_out_ndcg@10": {"base": base, "adapted": adapted}}
         if judged:
             marker["judged_ndcg@10"] = {"split": judged.split, "base": judged_base, "adapted": judged_adapted}
-        (out_dir / ADAPTED_MARKER).write_text(json.dumps({**marker, "train_queries": len(train), "steps": len(losses)}))
+        marker |= {"train_queries": len(train), "steps": len(losses)}
+        (candidate / ADAPTED_MARKER).write_text(json.dumps(marker))
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    if used:
+        candidate.rename(out_dir)
+    else:
+        shutil.rmtree(candidate)
     log.info(
         "adapted query encoder: held-out nDCG@10 %.4f -> %.4f, judged %s -> %s; %s decided: %s",
         base,
