@@ -29,11 +29,10 @@ from assets.partitions import corpus_check, corpus_partitions
 from assets.resources import CorporaResource, EvalHistoryResource, RetrievalResource
 from evals.compare import LossCheck
 from evals.metrics import HEADLINE_METRICS
-from evals.runner import LATENCY_P50, QUALITY_CHECKS, EvalReport, evaluate_collection
+from evals.runner import CHANNELS_CHECK, LATENCY_P50, RERANK_CHECK, EvalReport, evaluate_collection
 from retrieval.search import Variant
 
 NDCG_CHECK = "ndcg_not_dropped"
-CHANNELS_CHECK, RERANK_CHECK = QUALITY_CHECKS  # hybrid_not_below_channels, reranking_does_not_hurt
 WATCHED_VARIANT = "hybrid"
 WATCHED_METRIC = "ndcg@10"
 REPORT = "report"  # the evaluation's EvalReport.summary(), read back by evaluation_report()

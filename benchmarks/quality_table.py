@@ -63,7 +63,8 @@ def run(collections: list[str], index_dir: Path | None = None, long_queries: int
 
 
 def report(results: dict[str, Any]) -> None:
-    from evals.compare import compare_per_query
+    from evals.compare import loss_check
+    from evals.runner import QUALITY_CHECKS
 
     columns = [(c, s) for c, sets in results.items() for s in sets]
     systems = list(next(iter(next(iter(results.values())).values()))["per_query"])
@@ -82,13 +83,12 @@ def report(results: dict[str, Any]) -> None:
     pairs = []
     for c, s in columns:
         pq = results[c][s]["per_query"]
-        better = max(("dense", "sparse"), key=lambda ch: sum(v["ndcg@10"] for v in pq[ch].values()))
-        for baseline, candidate in (("hybrid", DEFAULT), (better, "hybrid")):
-            cmp = compare_per_query(pq[baseline], pq[candidate], names=(baseline, candidate))
+        for baselines, candidate in QUALITY_CHECKS.values():  # hybrid vs its better channel, default vs hybrid
+            cmp = loss_check(pq, baselines, candidate).comparison
             pairs.append(
                 [
                     f"{c} {s}",
-                    f"{candidate} vs {baseline}",
+                    f"{candidate} vs {cmp.baseline}",
                     cmp.mean_diff,
                     cmp.ci_low,
                     cmp.ci_high,

@@ -103,9 +103,11 @@ def evaluate_variants(
     return results
 
 
+CHANNELS_CHECK = "hybrid_not_below_channels"  # fusion against the better single channel
+RERANK_CHECK = "reranking_does_not_hurt"  # the default against the fused first stage
 QUALITY_CHECKS: dict[str, tuple[tuple[str, ...], str]] = {
-    "hybrid_not_below_channels": (("dense", "sparse"), "hybrid"),  # fusion against the better single channel
-    "reranking_does_not_hurt": (("hybrid",), "hybrid+rerank"),  # the default against the fused first stage
+    CHANNELS_CHECK: (("dense", "sparse"), "hybrid"),
+    RERANK_CHECK: (("hybrid",), "hybrid+rerank"),
 }
 
 

@@ -164,16 +164,13 @@ def test_judged_queries_decide_over_the_pseudo_queries_both_ways(sample_vectors,
         own_top = JudgedQueries(
             "dev", queries, {q: {d: 10 - r for r, d in enumerate(rs[:10])} for q, rs in rankings.items()}
         )
-        report = adapt_query_encoder(
-            docs,
-            owners,
-            vectors,
-            settings.dense_model,
-            out,
-            AdaptConfig(max_queries=64, learning_rate=1e-4),
-            judged=own_top,
-            stack=stack,
-        )
+
+        def adapt(judged: JudgedQueries, config: AdaptConfig):
+            return adapt_query_encoder(
+                docs, owners, vectors, settings.dense_model, out, config, judged=judged, stack=stack
+            )
+
+        report = adapt(own_top, AdaptConfig(max_queries=64, learning_rate=1e-4))
         assert report.adapted_ndcg >= report.base_ndcg  # the pseudo-queries would accept it
         assert report.judged_base_ndcg == pytest.approx(1.0, abs=1e-3)
         assert report.judged_adapted_ndcg < report.judged_base_ndcg - 0.01
@@ -182,16 +179,8 @@ def test_judged_queries_decide_over_the_pseudo_queries_both_ways(sample_vectors,
 
         # The default search's last-ranked document: it scores 0, so the adapted encoder cannot score lower.
         own_last = JudgedQueries("dev", queries, {q: {rs[-1]: 1} for q, rs in rankings.items()})
-        report = adapt_query_encoder(
-            docs,
-            owners,
-            vectors,
-            settings.dense_model,
-            out,
-            AdaptConfig(max_queries=64, learning_rate=0.05, holdout=0.3),  # wrecks the model: pseudo-queries refuse
-            judged=own_last,
-            stack=stack,
-        )
+        # A learning rate that wrecks the model: the pseudo-queries refuse it.
+        report = adapt(own_last, AdaptConfig(max_queries=64, learning_rate=0.05, holdout=0.3))
     assert report.adapted_ndcg < report.base_ndcg
     assert report.judged_base_ndcg == 0.0 and report.used
     marker = json.loads((out / ADAPTED_MARKER).read_text())
