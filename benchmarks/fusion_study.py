@@ -1,9 +1,10 @@
 """How the two channel lists are fused, compared on the same lists: RRF (k 10/60, channel weights), DBSF,
 z-scores, and z-scores gated by how far the sparse list's best hit stands out (what ships); also alternatives
 that were not shipped (min-max CombSUM, z-scores with a missing chunk at the list's minimum, RRF of the RRF and
-z-score lists, robust z-scores (median and MAD), z-scores over documents instead of chunks). nDCG@10 of the best
-chunk per document, BEIR conventions. By default only train splits (the queries and the long queries built from
-them, ``evals.long_queries``), which is where the shipped choice was made; ``--held-out`` adds the test splits.
+z-score lists, robust z-scores (median and MAD), z-scores without each list's best hit in its mean and sd,
+z-scores over documents instead of chunks). nDCG@10 of the best chunk per document, BEIR conventions. By
+default only train splits (the queries and the long queries built from them, ``evals.long_queries``), which is
+where the shipped choice was made; ``--held-out`` adds the test splits.
 
     python -m benchmarks.fusion_study [--collections scifact] [--index-dir DIR] [--held-out]
 """
@@ -81,6 +82,9 @@ def variants() -> dict[str, Callable[[Lists], list]]:
         [fuse(c, rrf_k=10), fuse(c, method="zscore")]
     )
     out["robust z-scores: median and MAD (not shipped)"] = lambda c: combsum(c, _robust_z)
+    out["z-scores, each list's best hit left out of its mean and sd, gated (not shipped)"] = lambda c: (
+        combsum(c, _z_without_best) if top_z(c["sparse"]) > 2.5 else fuse(c, rrf_k=10)
+    )
     out["z-scores over documents (a document's best chunk per list), gated (not shipped)"] = lambda c: (
         fuse(_per_document(c), method="zscore") if top_z(c["sparse"]) > 2.5 else fuse(c, rrf_k=10)
     )
@@ -94,6 +98,12 @@ def _robust_z(scores: np.ndarray) -> np.ndarray:
     median = np.median(scores)
     mad = 1.4826 * np.median(np.abs(scores - median))
     return (scores - median) / mad if mad > 0 else np.zeros_like(scores)
+
+
+def _z_without_best(scores: np.ndarray) -> np.ndarray:
+    """Z-scores whose mean and sd leave out the list's best hit (on a long query, the query's own document)."""
+    rest = np.sort(scores)[:-1]
+    return (scores - rest.mean()) / rest.std() if len(rest) > 1 and rest.std() > 0 else np.zeros_like(scores)
 
 
 def _per_document(c: Lists) -> Lists:
