@@ -131,7 +131,7 @@ class RetrievalStack:
     def derive(self, **overrides: Any) -> RetrievalStack:
         """A stack for the settings with ``overrides`` that shares this one's encoders where their settings are
         unchanged (its stores are its own)."""
-        settings = self._settings_for(None, **overrides)
+        settings = self._settings_for(overrides.pop("collection", None), **overrides)
         same = {
             "dense": dense_args(settings) == dense_args(self.settings),
             "sparse": sparse_args(settings) == sparse_args(self.settings),

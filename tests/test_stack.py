@@ -38,6 +38,9 @@ def test_retriever_overrides_share_unchanged_encoders_and_build_changed_ones(sta
     assert other_bm25.dense is stack.dense  # the dense model is unchanged
     assert other_bm25.sparse is not stack.sparse and other_bm25.sparse.k1 == 0.9
     assert other_bm25.sparse.lock is not stack.sparse.lock
+    elsewhere = stack.retriever("stack_other", bm25_k1=0.9)  # another collection and a changed encoder
+    assert elsewhere.store.collection == "stack_other" and elsewhere.sparse.k1 == 0.9
+    assert elsewhere.dense is stack.dense
     assert other_bm25.store is stack.store()
 
 
