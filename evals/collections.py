@@ -27,12 +27,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from retrieval.errors import InputFormatError, InputNotFoundError
+
 BEIR_URL = "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/{name}.zip"
 SAMPLE_NAME = "sample"
 QRELS_HEADER = ("query-id", "corpus-id", "score")
 
 
-class CollectionFormatError(ValueError):
+class CollectionFormatError(InputFormatError):
     """A malformed line of a collection file; the message starts with ``file:line``."""
 
     def __init__(self, path: Path, line: int | None, reason: str):
@@ -94,7 +96,7 @@ class EvalCollection:
         """Judgements of ``split``: ``{query_id: {doc_id: grade}}``."""
         path = self.qrels_path(split)
         if not path.is_file():
-            raise FileNotFoundError(
+            raise InputNotFoundError(
                 f"{self.name}: no split {split!r} ({path} is missing); available: {', '.join(self.splits())}"
             )
         return read_qrels(path)
@@ -121,7 +123,7 @@ class TrainSplitView:
             raise PermissionError("a TrainSplitView cannot be built on the 'test' split")
         path = collection.qrels_path(split)
         if not path.is_file():
-            raise FileNotFoundError(f"{collection.name}: no {split!r} split to tune on ({path} is missing)")
+            raise InputNotFoundError(f"{collection.name}: no {split!r} split to tune on ({path} is missing)")
         self._collection = collection
         self._split = split
 
@@ -211,10 +213,10 @@ def load_collection(path_or_name: str | Path) -> EvalCollection:
         return sample_collection()
     root = Path(path_or_name).expanduser()
     if not root.is_dir():
-        raise FileNotFoundError(f"{root}: not a directory (expected a BEIR collection or the name 'sample')")
+        raise InputNotFoundError(f"{root}: not a directory (expected a BEIR collection or the name 'sample')")
     missing = [n for n in ("corpus.jsonl", "queries.jsonl", "qrels") if not (root / n).exists()]
     if missing:
-        raise FileNotFoundError(f"{root}: not a BEIR collection, missing {', '.join(missing)}")
+        raise InputNotFoundError(f"{root}: not a BEIR collection, missing {', '.join(missing)}")
     return EvalCollection(root.resolve().name, root)
 
 

@@ -24,6 +24,8 @@ from typing import Any
 
 import pandas as pd
 
+from retrieval.errors import InputFormatError, InputNotFoundError
+
 HISTORY_ENV = "HYBRID_RAG_HISTORY_PATH"
 DEFAULT_HISTORY = "data/history/evals.sqlite"
 COLUMNS = ["id", "timestamp", "collection", "split", "variant", "metric", "value", "source", "context"]
@@ -53,14 +55,20 @@ def default_history_path() -> Path:
 
 
 class EvalHistory:
-    """Append-only store of evaluation results at ``path`` (created on first use)."""
+    """Append-only store of evaluation results at ``path`` (created on first use; ``create=False``: it must exist,
+    as for a report, which creates no file)."""
 
-    def __init__(self, path: str | Path, timeout_s: float = 30.0):
+    def __init__(self, path: str | Path, timeout_s: float = 30.0, *, create: bool = True):
         self.path = Path(path)
         self.timeout_s = timeout_s
+        if not create and not self.path.is_file():
+            raise InputNotFoundError(f"{self.path}: no evaluation history (no such file)")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as conn:
-            conn.executescript(_SCHEMA)
+        try:
+            with self._connect() as conn:
+                conn.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as exc:  # e.g. "file is not a database"
+            raise InputFormatError(f"{self.path}: not an evaluation history ({exc})") from None
         self._add_source_column()
 
     def append(

@@ -32,6 +32,7 @@ from evals.metrics import evaluate
 from evals.runner import evaluate_variants
 from evals.runs import best_chunk_per_document
 from retrieval.documents import Document
+from retrieval.errors import InvalidArgumentError
 from retrieval.search import Variant
 from retrieval.settings import ADAPTED_MARKER
 from retrieval.stack import RetrievalStack
@@ -265,7 +266,9 @@ def adapt_query_encoder(
     train = [q for q in train if q.doc_id in row_of_doc]
     held = [q for q in held if q.doc_id in row_of_doc]
     if not train or not held:
-        raise ValueError(f"too few documents to adapt on ({len(train)} pseudo-queries to train, {len(held)} held out)")
+        raise InvalidArgumentError(
+            f"too few documents to adapt on ({len(train)} pseudo-queries to train, {len(held)} held out)"
+        )
     held_qrels = {q.qid: {q.doc_id: 1} for q in held}
     base = held_out_ndcg()
     judged_base = judged.default_search_ndcg(stack) if judged else None

@@ -11,10 +11,12 @@ import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from retrieval.errors import InputFormatError, InputNotFoundError
+
 Run = dict[str, dict[str, float]]
 
 
-class RunFormatError(ValueError):
+class RunFormatError(InputFormatError):
     """A malformed run file line; the message starts with ``file:line``."""
 
     def __init__(self, path: Path, line: int, reason: str):
@@ -72,6 +74,8 @@ def read_run(path: str | Path) -> tuple[Run, str]:
     a repeated (query, doc) pair or a tag different from the first line's.
     """
     path = Path(path)
+    if not path.is_file():
+        raise InputNotFoundError(f"{path}: no such run file")
     run: Run = {}
     tag: str | None = None
     with path.open(encoding="utf-8") as handle:

@@ -53,7 +53,10 @@ def _settings(**overrides):
     try:
         return RetrievalSettings(_env_file=ENV_FILES, **{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors())
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg'].removeprefix('Value error, ')}"
+            for e in exc.errors()
+        )
         raise InvalidArgumentError(f"invalid settings: {problems}") from None
 
 
@@ -64,7 +67,12 @@ def main(
         list[Path] | None, typer.Option("--env-file", help="Extra HYBRID_RAG_* settings file (e.g. a tuned reranker)")
     ] = None,
 ) -> None:
+    from retrieval.errors import InputNotFoundError
+
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    missing = [path for path in env_file or [] if not path.is_file()]
+    if missing:  # pydantic-settings would skip it silently
+        raise InputNotFoundError(f"--env-file {missing[0]}: no such file")
     ENV_FILES[:] = [Path(".env"), *(env_file or [])]
 
 
@@ -297,7 +305,8 @@ def evaluate(
 
     variants = [choice(Variant, v, "variant") for v in (variant or [v.value for v in Variant])]
     coll = load_collection(beir_dir)
-    settings = _settings(collection=collection or coll.name)
+    coll.split_queries(split)  # a missing split or a malformed queries/qrels file fails before any work
+    settings = _settings(collection=coll.name if collection is None else collection)
     with RetrievalStack(settings) as stack:
         if stack.check_schema(missing_ok=True) is None:
             console.print(f"collection {settings.collection!r} does not exist: indexing {coll.corpus_path}")
@@ -359,7 +368,7 @@ def eval_report(
     from evals.report import markdown_table, plot_history
 
     history = history or default_history_path()
-    df = EvalHistory(history).records(collection=collection)
+    df = EvalHistory(history, create=False).records(collection=collection)  # a report creates no file
     if df.empty:
         console.print(f"[yellow]no evaluations recorded in {history}[/yellow]")
         raise typer.Exit(1)
@@ -395,7 +404,7 @@ def tune_reranker(
     from retrieval import RetrievalStack
 
     coll = load_collection(beir_dir)
-    settings = _settings(collection=collection or coll.name)
+    settings = _settings(collection=coll.name if collection is None else collection)
     out = out or Path("data/models") / settings.collection
     with RetrievalStack(settings) as stack:
         stack.check_schema()

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from retrieval.documents import Document
+from retrieval.errors import InvalidArgumentError
 
 POINT_NAMESPACE = uuid.UUID("6f1c1f0e-8d0a-4f43-9a57-1b2c3d4e5f60")
 
@@ -69,7 +70,10 @@ class Chunker:
         self.tokenizer = tokenizer
         self.budget = max_tokens - special - reserved_tokens
         if self.budget < 8:
-            raise ValueError(f"chunk budget of {self.budget} tokens is too small (max_tokens={max_tokens})")
+            raise InvalidArgumentError(
+                f"chunk budget of {self.budget} tokens is too small (max_tokens={max_tokens}, of which "
+                f"{special + reserved_tokens} special and prompt tokens): raise HYBRID_RAG_CHUNK_TOKENS"
+            )
         self.overlap = min(overlap, self.budget // 2)
 
     def chunk(self, doc: Document) -> list[Chunk]:

@@ -23,6 +23,15 @@ class InvalidDocumentError(HybridRagError, ValueError):
     """A document cannot be indexed (empty text, duplicate id, too large); the message says which and why."""
 
 
+class InputFormatError(HybridRagError, ValueError):
+    """An input file (queries, qrels, run file, history) is malformed; the message starts with ``file:line`` or
+    ``file``."""
+
+
+class InputNotFoundError(HybridRagError, FileNotFoundError):
+    """An input file, folder or split does not exist; the message names it and what was expected."""
+
+
 class UnsafeDeleteError(HybridRagError):
     """An index run would delete most (or all) of a collection; pass ``allow_delete`` to do it anyway."""
 

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
 from enum import StrEnum
 from pathlib import Path
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from retrieval.documents import BadInputPolicy
+from retrieval.errors import InvalidArgumentError
 
 DEFAULT_DENSE_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 ADAPTED_MARKER = "adapted.json"  # written next to an adapted query encoder: its base model and held-out scores
@@ -43,59 +45,89 @@ def default_cache_dir() -> Path:
     return Path.home() / ".cache" / "hybrid-rag"
 
 
+# A collection's longest file name is "<name>.current.json" (retrieval.store.edge), and a file name holds 255 bytes.
+COLLECTION_NAME_MAX_BYTES = 255 - len(".current.json")
+_NAME_FORBIDDEN = set('<>:"/\\|?*')  # Qdrant's rule for a new collection's name (a folder on the server too)
+_NAME_LAYOUT = re.compile(r".*(__v[0-9]+|\.current\.json|\.write\.lock)")  # a version or a file of another name
+_DEVICE = re.compile(r"(cpu|cuda|mps)(:[0-9]+)?")
+MIN_CHUNK_TOKENS = 16  # a chunk's budget also holds the special tokens and the document prompt
+
+
+def check_collection_name(name: object) -> str:
+    """``name`` when it can name a collection, else an :class:`InvalidArgumentError` saying why.
+
+    The rule: what a Qdrant server accepts for a new collection (none of ``< > : " / \\ | ? *``, no control
+    characters) that is also a safe file name next to the embedded layout: not empty, ``.`` or ``..``, at most
+    :data:`COLLECTION_NAME_MAX_BYTES` bytes in UTF-8, and not ending like a version (``__v<N>``) or a pointer or lock
+    file (``.current.json``, ``.write.lock``)."""
+    if not isinstance(name, str) or name in ("", ".", ".."):
+        raise InvalidArgumentError(f"invalid collection name {name!r}: give a non-empty name that is not . or ..")
+    bad = next((c for c in name if c in _NAME_FORBIDDEN or ord(c) < 32), None)
+    if bad is not None:
+        reason = f'it contains {bad!r} (not allowed: < > : " / \\ | ? * and control characters)'
+    elif len(name.encode()) > COLLECTION_NAME_MAX_BYTES:
+        reason = f"longer than {COLLECTION_NAME_MAX_BYTES} bytes"
+    elif _NAME_LAYOUT.fullmatch(name):
+        reason = "it ends like a stored version or file of a collection (__v<N>, .current.json, .write.lock)"
+    else:
+        return name
+    raise InvalidArgumentError(f"invalid collection name {name!r}: {reason}")
+
+
 class RetrievalSettings(BaseSettings):
     """Every knob of indexing and search. Environment: ``HYBRID_RAG_<FIELD>`` (e.g. HYBRID_RAG_QDRANT_URL)."""
 
     model_config = SettingsConfigDict(
-        env_prefix="HYBRID_RAG_", env_file=".env", extra="ignore", env_parse_none_str="none"
+        env_prefix="HYBRID_RAG_", env_file=".env", extra="ignore", env_parse_none_str="none", allow_inf_nan=False
     )
 
     # Qdrant: embedded engine under qdrant_path unless qdrant_url is set.
     qdrant_path: Path = Path("data/index")
     qdrant_url: str | None = None
     qdrant_api_key: SecretStr | None = None
-    qdrant_timeout_s: float = 30.0
-    qdrant_retries: int = 4
+    qdrant_timeout_s: float = Field(30.0, gt=0)
+    qdrant_retries: int = Field(4, ge=0)
     collection: str = "sample"
 
     # Encoders.
     dense_model: str = DEFAULT_DENSE_MODEL
     dense_backend: DenseBackend = DenseBackend.TORCH
-    dense_device: str | None = None
-    dense_batch_size: int = 64
+    dense_device: str | None = None  # cpu, cuda (every GPU: a multi-process pool), cuda:N, mps; None: the best one
+    dense_batch_size: int = Field(64, ge=1)
     dense_query_prompt: str | None = None
     dense_document_prompt: str | None = None
     sparse_model: str = "bm25"
-    bm25_k1: float = 1.2
-    bm25_b: float = 0.75
-    bm25_avg_len: float = 256.0
+    bm25_k1: float = Field(1.2, ge=0)
+    bm25_b: float = Field(0.75, ge=0, le=1)
+    bm25_avg_len: float = Field(256.0, gt=0)
 
     # Chunking.
-    chunk_tokens: int = 256
-    chunk_overlap: int = 32
+    chunk_tokens: int = Field(256, ge=MIN_CHUNK_TOKENS)
+    chunk_overlap: int = Field(32, ge=0)
 
     # Indexing.
-    upsert_batch_size: int = 256
+    upsert_batch_size: int = Field(256, ge=1)
     bad_input_policy: BadInputPolicy = BadInputPolicy.FAIL
     cache_dir: Path = Field(default_factory=default_cache_dir)
     embedding_cache: bool = True
 
     # Search.
     fusion: FusionMethod = FusionMethod.RRF
-    rrf_k: int = 10  # chosen on SciFact train (README, Quality); Qdrant and the RRF paper use 60
-    dense_weight: float = 1.0
-    sparse_weight: float = 1.0
-    prefetch_k: int = 100
-    k: int = 10
+    rrf_k: int = Field(10, ge=1)  # chosen on SciFact train (README, Quality); Qdrant and the RRF paper use 60
+    dense_weight: float = Field(1.0, gt=0)  # > 0 as Qdrant's weighted RRF needs (a search variant drops a channel)
+    sparse_weight: float = Field(1.0, gt=0)
+    prefetch_k: int = Field(100, ge=1)
+    k: int = Field(10, ge=1)
 
     # Reranking (embedding-based listwise, E2Rank style).
     rerank: bool = True  # safe on any corpus: feedback is gated by the channels' agreement (rerank_agreement)
     rerank_mode: RerankMode = RerankMode.FEEDBACK
-    rerank_depth: int = 100
-    rerank_feedback_k: int = 2
-    rerank_feedback_beta: float = 1.0
-    rerank_weight: float = 0.3
-    rerank_agreement: int = 5  # feedback only from candidates both channels rank in their top N (0: no gate)
+    rerank_depth: int = Field(100, ge=1)
+    rerank_feedback_k: int = Field(2, ge=0)  # 0: the query alone
+    rerank_feedback_beta: float = Field(1.0, ge=0)
+    rerank_weight: float = Field(0.3, ge=0, le=1)
+    # Feedback only from candidates both channels rank in their top N (0: no gate).
+    rerank_agreement: int = Field(5, ge=0)
     # Query-side encoder trained against the stored document vectors (`hybrid-rag tune-reranker`).
     query_model: str | None = None
     # Quality (issue 9): the corpus-adapted query encoder (`hybrid-rag adapt`, Dagster `query_encoder`) is used
@@ -108,12 +140,25 @@ class RetrievalSettings(BaseSettings):
     # are); a flat sparse list (few or common query terms) keeps rank fusion. None: always `fusion`.
     zscore_fusion_above: float | None = 2.5
 
+    @field_validator("collection")
+    @classmethod
+    def _check_collection(cls, name: str) -> str:
+        return check_collection_name(name)
+
+    @field_validator("dense_device")
+    @classmethod
+    def _check_device(cls, device: str | None) -> str | None:
+        """A device torch understands and this project runs on, checked without importing torch."""
+        if device is None or not device.strip():
+            return None
+        if not _DEVICE.fullmatch(device.strip()):
+            raise ValueError(f"unknown device {device!r}; use cpu, cuda (every GPU), cuda:N (one GPU) or mps")
+        return device.strip()
+
     @model_validator(mode="after")
     def _check(self) -> RetrievalSettings:
         if self.chunk_overlap >= self.chunk_tokens:
             raise ValueError("chunk_overlap must be smaller than chunk_tokens")
-        if not 0.0 <= self.rerank_weight <= 1.0:
-            raise ValueError("rerank_weight must be within [0, 1]")
         return self
 
     def adapted_query_dir(self) -> Path:

@@ -17,7 +17,7 @@ from retrieval.encoders.sparse import Bm25Encoder, SpladeEncoder
 from retrieval.indexer import Indexer
 from retrieval.parts import Parts
 from retrieval.search import HybridRetriever
-from retrieval.settings import RetrievalSettings
+from retrieval.settings import RetrievalSettings, check_collection_name
 from retrieval.store import CollectionSchema, QdrantStore, open_store
 
 
@@ -100,6 +100,8 @@ class RetrievalStack:
     def store(self, collection: str | None = None, version: int | None = None) -> QdrantStore:
         """The store of ``collection`` pinned to ``version`` when given, opened once; by default the store given
         to the stack, else the settings' collection."""
+        if collection is not None:
+            check_collection_name(collection)
         key = self._default if collection is None and version is None else (collection or self._default[0], version)
         with self._lock:
             if key not in self._stores:
@@ -171,8 +173,8 @@ class RetrievalStack:
         )
 
     def _settings_for(self, collection: str | None, **overrides: Any) -> RetrievalSettings:
-        if collection:
-            overrides["collection"] = collection
+        if collection is not None:
+            overrides["collection"] = check_collection_name(collection)
         if not overrides:
             return self.settings
         return RetrievalSettings.model_validate({**self.settings.model_dump(), **overrides})

@@ -126,6 +126,13 @@ def test_eval_arguments_are_checked_before_any_work(cli_in, args, message):
     assert message in out.strip().splitlines()[-1] and "Traceback" not in out
 
 
+def test_adapt_on_too_few_documents_is_one_line(cli_in, kb):
+    cli_in("index", str(write_jsonl(kb / "two.jsonl", TINY_DOCS[:2])), "-c", "two")
+    out = cli_in("adapt", "-c", "two", code=2)
+    assert out.strip().splitlines()[-1].startswith("error: too few documents to adapt on") and "Traceback" not in out
+    assert not (kb / "models" / "two").exists()
+
+
 @pytest.mark.slow
 def test_search_path_imports_no_dagster_and_no_server_client():
     import subprocess

@@ -49,6 +49,19 @@ def test_retriever_overrides_are_validated_by_the_settings(stack):
         stack.retriever(chunk_tokens=16, chunk_overlap=32)
 
 
+@pytest.mark.parametrize("name", ["", "..", "../escape", "sub/dir", "stack__v1", "stack.write.lock"])
+def test_a_collection_name_is_checked_wherever_it_enters(stack, name):
+    root = stack.settings.qdrant_path
+    before = sorted(p.name for p in root.parent.rglob("*"))
+    for hand_out in (stack.store, stack.indexer, stack.retriever):
+        with pytest.raises(InvalidArgumentError, match=f"invalid collection name {name!r}"):
+            hand_out(name)
+    with pytest.raises(InvalidArgumentError, match="invalid collection name"):
+        stack.retriever(name, k=3)
+    assert sorted(p.name for p in root.parent.rglob("*")) == before  # nothing opened or created
+    assert stack.retriever("stack").store is stack.store()  # the default collection by its name: the same store
+
+
 def test_one_schema_check_with_one_message(stack, indexed_stack):
     empty = indexed_stack("server", [], collection="nothing")
     message = "collection 'nothing' does not exist at :memory:; index documents first"

@@ -5,10 +5,12 @@ The server backend (and qdrant-client, a second or so to import) is imported onl
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import TYPE_CHECKING
 
-from retrieval.settings import RetrievalSettings
+from retrieval.errors import InvalidArgumentError
+from retrieval.settings import RetrievalSettings, check_collection_name
 from retrieval.store.base import (
     CollectionSchema,
     QdrantStore,
@@ -37,8 +39,9 @@ def open_store(
     """The store the settings point at: a Qdrant server when ``qdrant_url`` is set, else the embedded engine.
 
     ``version``: pinned to that version of the collection (e.g. a staged one), else following the published one.
+    ``collection`` (default: the settings') is checked by :func:`~retrieval.settings.check_collection_name`.
     """
-    name = collection or settings.collection
+    name = settings.collection if collection is None else check_collection_name(collection)
     if settings.qdrant_url:
         from retrieval.store.server import ServerStore, connect
 
@@ -48,11 +51,13 @@ def open_store(
     return EdgeStore(settings.qdrant_path, name, version=version)
 
 
+log = logging.getLogger(__name__)
 _PHYSICAL = re.compile(r"^(?P<name>.+)__v(?P<version>[1-9][0-9]*)$")
 
 
 def collection_names(settings: RetrievalSettings) -> list[str]:
-    """The collections in the backend the settings point at (versions folded into their collection's name)."""
+    """The collections in the backend the settings point at (versions folded into their collection's name); an
+    entry whose name no collection can have (e.g. made by hand) is left out with a warning."""
     if settings.qdrant_url:
         store = open_store(settings)
         try:
@@ -69,7 +74,16 @@ def collection_names(settings: RetrievalSettings) -> list[str]:
     for name in physical:
         match = _PHYSICAL.match(name)
         names.add(match["name"] if match else name)
-    return sorted(names)
+    return sorted(name for name in names if _valid(name))
+
+
+def _valid(name: str) -> bool:
+    try:
+        check_collection_name(name)
+    except InvalidArgumentError as exc:
+        log.warning("not a collection: %s", exc)
+        return False
+    return True
 
 
 __all__ = [

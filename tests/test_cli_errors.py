@@ -1,0 +1,197 @@
+"""Bad input to the CLI and to the settings: one red line naming the file (and line) or the setting, exit code 2,
+no traceback, no work done and no file written. None of these needs a model: the input is checked first."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+from typer.testing import CliRunner
+
+from evals.collections import sample_collection
+from evals.history import EvalHistory
+from orchestration.cli import app
+from retrieval import RetrievalSettings
+from retrieval.errors import InvalidArgumentError
+from retrieval.settings import COLLECTION_NAME_MAX_BYTES, check_collection_name
+from retrieval.store import collection_names, open_store
+from tests.conftest import TINY_DOCS
+from tests.test_data_safety import write_jsonl
+
+
+@pytest.fixture
+def fails(tmp_path, monkeypatch):
+    """Runs the CLI in an empty folder; asserts exit code 2 with one error line and no traceback; returns it."""
+    for key, sub in (("QDRANT_PATH", "data/index"), ("CACHE_DIR", "cache"), ("MODELS_DIR", "models")):
+        monkeypatch.setenv(f"HYBRID_RAG_{key}", str(tmp_path / sub))
+    monkeypatch.setenv("HYBRID_RAG_HISTORY_PATH", str(tmp_path / "history.sqlite"))
+    monkeypatch.chdir(tmp_path)
+
+    def run(*args: str) -> str:
+        result = CliRunner().invoke(app, list(args))
+        assert result.exit_code == 2, result.output
+        assert "Traceback" not in result.output and not isinstance(result.exception, AttributeError)
+        lines = result.output.strip().splitlines()
+        assert lines[-1].startswith("error: "), result.output
+        assert not (tmp_path / "data").exists()  # nothing indexed, no model loaded for nothing
+        return lines[-1]
+
+    return run
+
+
+@pytest.fixture
+def beir(tmp_path) -> Path:
+    """A copy of the shipped sample collection in BEIR layout, to break."""
+    return Path(shutil.copytree(sample_collection().root, tmp_path / "sb"))
+
+
+# -- item 4: eval, compare, adapt ------------------------------------------------------------------------------
+def test_eval_missing_folder_or_split(fails, beir):
+    assert (
+        fails("eval", "nosuchdir")
+        == "error: nosuchdir: not a directory (expected a BEIR collection or the name 'sample')"
+    )
+    (beir / "queries.jsonl").unlink()
+    assert fails("eval", str(beir)) == f"error: {beir}: not a BEIR collection, missing queries.jsonl"
+    assert "error: sample: no split 'dev'" in fails("eval", "sample", "--split", "dev")
+
+
+def test_eval_malformed_qrels_or_queries_name_file_and_line(fails, beir):
+    qrels = beir / "qrels" / "test.tsv"
+    lines = qrels.read_text().splitlines()
+    qrels.write_text("\n".join([*lines, "q1\tbroken"]) + "\n")
+    message = fails("eval", str(beir), "-c", "sb", "--variant", "dense")
+    assert message.startswith(f"error: {qrels}:{len(lines) + 1}: expected 3 tab-separated fields")
+    qrels.write_text("\n".join(lines) + "\n")
+    queries = beir / "queries.jsonl"
+    n = len(queries.read_text().splitlines())
+    with queries.open("a") as handle:
+        handle.write('{"_id": "x", \n')
+    assert fails("eval", str(beir), "--variant", "dense").startswith(f"error: {queries}:{n + 1}: malformed JSON")
+
+
+def test_compare_bad_or_missing_run_file(fails, tmp_path):
+    good = tmp_path / "good.trec"
+    good.write_text("q1 Q0 d1 1 1.0 tag\n")
+    (tmp_path / "bad.trec").write_text("q1 Q0 d1 1 1.0 tag\ngarbage line\n")
+    assert fails("compare", "bad.trec", "good.trec", "sample").startswith(
+        "error: bad.trec:2: expected 6 fields 'qid Q0 docid rank score tag', got 2"
+    )
+    assert fails("compare", "nosuch.trec", "good.trec", "sample") == "error: nosuch.trec: no such run file"
+
+
+# -- item 5: settings ranges and the device -------------------------------------------------------------------
+BAD_SETTINGS = [
+    ({"rrf_k": "-1"}, "rrf_k: Input should be greater than or equal to 1"),
+    ({"rrf_k": "0"}, "rrf_k: Input should be greater than or equal to 1"),
+    (
+        {"dense_device": "gpu9"},
+        "dense_device: unknown device 'gpu9'; use cpu, cuda (every GPU), cuda:N (one GPU) or mps",
+    ),
+    ({"dense_batch_size": "0"}, "dense_batch_size: Input should be greater than or equal to 1"),
+    ({"upsert_batch_size": "0"}, "upsert_batch_size: Input should be greater than or equal to 1"),
+    ({"chunk_tokens": "5", "chunk_overlap": "0"}, "chunk_tokens: Input should be greater than or equal to 16"),
+    ({"chunk_overlap": "-1"}, "chunk_overlap: Input should be greater than or equal to 0"),
+    ({"prefetch_k": "-1"}, "prefetch_k: Input should be greater than or equal to 1"),
+    ({"k": "0"}, "k: Input should be greater than or equal to 1"),
+    ({"bm25_b": "1.5"}, "bm25_b: Input should be less than or equal to 1"),
+    ({"dense_weight": "0"}, "dense_weight: Input should be greater than 0"),
+    ({"sparse_weight": "nan"}, "sparse_weight: Input should be a finite number"),
+    ({"rerank_depth": "0"}, "rerank_depth: Input should be greater than or equal to 1"),
+    ({"rerank_weight": "1.5"}, "rerank_weight: Input should be less than or equal to 1"),
+    ({"qdrant_timeout_s": "0"}, "qdrant_timeout_s: Input should be greater than 0"),
+]
+
+
+@pytest.mark.parametrize(("values", "message"), BAD_SETTINGS)
+def test_invalid_settings_are_one_line_from_the_cli(fails, monkeypatch, values, message):
+    for name, value in values.items():
+        monkeypatch.setenv(f"HYBRID_RAG_{name.upper()}", value)
+    assert fails("search", "red planet", "-c", "sample") == f"error: invalid settings: {message}"
+
+
+@pytest.mark.parametrize(("values", "message"), BAD_SETTINGS)
+def test_invalid_settings_fail_at_construction(values, message):
+    with pytest.raises(ValidationError, match=message.split(": ")[0]) as err:
+        RetrievalSettings(**values)
+    assert [e["loc"] for e in err.value.errors()] == [(next(iter(values)),)]
+
+
+@pytest.mark.parametrize(
+    ("device", "expected"), [("cpu", "cpu"), ("cuda", "cuda"), ("cuda:1", "cuda:1"), ("mps", "mps"), ("", None)]
+)
+def test_devices_the_project_runs_on_are_accepted(device, expected):
+    assert RetrievalSettings(dense_device=device).dense_device == expected
+
+
+# -- item 7: --env-file ---------------------------------------------------------------------------------------
+def test_env_file_must_exist_and_is_read(fails, tmp_path):
+    assert (
+        fails("--env-file", "nope.env", "search", "red planet", "-c", "sample")
+        == "error: --env-file nope.env: no such file"
+    )
+    (tmp_path / "tuned.env").write_text("HYBRID_RAG_RRF_K=0\n")
+    message = fails("--env-file", "tuned.env", "search", "red planet", "-c", "sample")
+    assert message == "error: invalid settings: rrf_k: Input should be greater than or equal to 1"
+
+
+# -- item 8: collection names ---------------------------------------------------------------------------------
+BAD_NAMES = [
+    "",
+    ".",
+    "..",
+    "../escape",
+    "sub/dir",
+    "a\\b",
+    "x:y",
+    "tab\there",
+    "docs__v1",
+    "docs.current.json",
+    "docs.write.lock",
+    "é" * 122,
+]
+GOOD_NAMES = ["sample", "my docs", "données-2026", "a..b", ".hidden", "v__vX", "docs__v", "é" * 121]
+
+
+@pytest.mark.parametrize("name", BAD_NAMES)
+def test_bad_collection_names_are_refused_everywhere(fails, tmp_path, name):
+    message = fails("index", str(write_jsonl(tmp_path / "kb.jsonl", TINY_DOCS)), "-c", name)
+    assert message.startswith(f"error: invalid settings: collection: invalid collection name {name!r}: ")
+    assert [p.name for p in tmp_path.iterdir()] == ["kb.jsonl"]  # nothing written, inside the index folder or out
+    with pytest.raises(ValidationError, match="invalid collection name"):
+        RetrievalSettings(collection=name)
+    with pytest.raises(InvalidArgumentError, match="invalid collection name"):
+        open_store(RetrievalSettings(qdrant_path=tmp_path / "index"), name)
+    assert not (tmp_path / "index").exists()
+
+
+@pytest.mark.parametrize("name", GOOD_NAMES)
+def test_names_a_qdrant_server_allows_that_are_safe_on_disk_are_accepted(name):
+    assert len(name.encode()) <= COLLECTION_NAME_MAX_BYTES
+    assert check_collection_name(name) == RetrievalSettings(collection=name).collection == name
+
+
+def test_collections_lists_no_phantom_names(tmp_path, monkeypatch):
+    root = tmp_path / "index"
+    (root / "__v1").mkdir(parents=True)
+    (root / "__v1" / "schema.json").write_text("{}")
+    (root / ".current.json").write_text(json.dumps({"version": 1, "collection": "__v1"}))
+    (root / "ok.current.json").write_text(json.dumps({"version": 1, "collection": "ok__v1"}))
+    assert collection_names(RetrievalSettings(qdrant_path=root)) == ["ok"]
+
+
+# -- item 16: eval-report --history -------------------------------------------------------------------------
+def test_eval_report_creates_no_history(fails, tmp_path):
+    message = fails("eval-report", "--history", "typo_dir/evals.sqlite", "--out", "reports")
+    assert message == "error: typo_dir/evals.sqlite: no evaluation history (no such file)"
+    assert not (tmp_path / "typo_dir").exists() and not (tmp_path / "reports").exists()
+    (tmp_path / "notes.txt").write_text("not a database\n" * 100)
+    assert fails("eval-report", "--history", "notes.txt").startswith("error: notes.txt: not an evaluation history")
+    assert not (tmp_path / "history.sqlite").exists()  # the default one is not created either
+    assert "no evaluation history" in fails("eval-report")
+    EvalHistory(tmp_path / "history.sqlite")  # an empty history still says so, as before (exit 1)
+    result = CliRunner().invoke(app, ["eval-report"])
+    assert result.exit_code == 1 and "no evaluations recorded" in result.output
