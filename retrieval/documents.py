@@ -11,6 +11,7 @@ import datetime as dt
 import json
 import logging
 import math
+import numbers
 import os
 import re
 from collections.abc import Iterable, Iterator
@@ -242,11 +243,11 @@ def _json_object(value: dict, prefix: str) -> dict[str, Any]:
 def _json_value(value: object, key: str) -> Any:
     if value is None or isinstance(value, bool):
         return value
-    if isinstance(value, int):
-        return int(value)
     if isinstance(value, str):
         return str(value)
-    if isinstance(value, float):
+    if isinstance(value, numbers.Integral):  # numpy integers too
+        return int(value)
+    if isinstance(value, numbers.Real):
         if not math.isfinite(value):
             raise InvalidMetadataError(f"metadata {key!r}: {value!r} is not a finite number")
         return float(value)
@@ -260,7 +261,7 @@ def _json_value(value: object, key: str) -> Any:
     if isinstance(value, dict):
         return _json_object(value, f"{key}.")
     raise InvalidMetadataError(
-        f"metadata {key!r}: a {type(value).__name__} cannot be stored; use strings, numbers, booleans, None, "
+        f"metadata {key!r}: {type(value).__name__} values cannot be stored; use strings, numbers, booleans, None, "
         "lists, dicts, dates or datetimes"
     )
 
