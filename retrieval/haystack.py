@@ -66,14 +66,14 @@ def to_filter(filters: dict[str, Any] | None) -> dict[str, Any] | None:
         if not isinstance(field, str) or not field.startswith("meta.") or field == "meta.":
             raise FilterError(f"Haystack filter on {field!r}: only metadata fields ('meta.<key>') can be filtered")
         key = field.removeprefix("meta.")
-        if operator not in _COMPARISONS:
+        if not isinstance(operator, str) or operator not in _COMPARISONS:
             raise FilterError(
                 f"Haystack filter on {field!r}: operator {operator!r} is not supported; "
                 f"valid: {', '.join(_COMPARISONS)} (combined with AND)"
             )
         if operator in {"==", "in"}:
             if key in out:
-                raise FilterError(f"Haystack filter on {field!r}: more than one condition with == or in")
+                raise FilterError(f"Haystack filter on {field!r}: == or in and another condition on the same field")
             if operator == "in" and not isinstance(value, list):
                 raise FilterError(f"Haystack filter on {field!r}: 'in' needs a list, got {value!r}")
             if operator == "==" and isinstance(value, list | dict):

@@ -15,6 +15,7 @@ from retrieval.errors import FilterError, HybridRagError, InvalidArgumentError  
 from retrieval.haystack import to_filter  # noqa: E402
 from tests.conftest import LEXICAL_QUERY, SEMANTIC_QUERY  # noqa: E402
 
+RANGE = {"field": "meta.year", "operator": ">", "value": 2000}
 TEMPLATE = "{% for d in documents %}[{{ d.meta.doc_id }}] {{ d.content }}\n{% endfor %}Question: {{ query }}"
 
 
@@ -110,6 +111,8 @@ def test_in_none_and_date_comparisons_map_onto_the_library_filters(retriever):
         ({"field": "meta.year", "operator": ">="}, "needs 'field', 'operator' and 'value'"),
         ({"field": "meta.year", "operator": ">=", "value": "soon"}, "'soon' is not an ISO 8601"),
         ({"field": "meta.topic", "operator": "in", "value": [1.5]}, "a list must hold strings or integers"),
+        ({"operator": "AND", "conditions": [RANGE, {**RANGE, "operator": "=="}]}, "== or in and another condition"),
+        ({"operator": "AND", "conditions": RANGE}, "'conditions' must be a list"),
     ],
 )
 def test_every_bad_filter_raises_the_filter_error(retriever, filters, message):
