@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Annotated
 
@@ -119,10 +119,20 @@ def index(
     table.add_row(*(f"{getattr(report, n):,}" for n in columns))
     console.print(table)
     for problem in read_report.skipped:
-        console.print(f"[yellow]skipped[/yellow] {problem}")
+        console.print(f"[yellow]skipped[/yellow] {problem}", soft_wrap=True)
     if report.kept:
-        console.print(f"kept the stored chunks of {report.kept} skipped documents")
+        console.print(_kept_line(report.kept, read_report.skipped, path), soft_wrap=True)
     console.print(f"{report.seconds:.1f}s")
+
+
+def _kept_line(kept: int, skipped: list, path: Path) -> str:
+    """What ``report.kept`` counts: the skipped documents whose stored chunks stayed, or, when a skipped record
+    has no readable id (it could be any document), every stored document missing from the source."""
+    unreadable = sum(p.doc_id is None for p in skipped)
+    if unreadable:
+        records = f"{unreadable} skipped record{'s' if unreadable > 1 else ''} without a readable id"
+        return f"kept the stored chunks of {kept} documents missing from {path} (not deleted: {records})"
+    return f"kept the stored chunks of {kept} skipped documents"
 
 
 @app.command()
@@ -150,7 +160,7 @@ def search(
             text, k=k, filter=flt, rerank=rerank, variant=variant, group_by=group_by, score_threshold=score_threshold
         )
     if as_json:
-        typer.echo(json.dumps([{**h.__dict__} for h in hits], default=str, indent=2))
+        typer.echo(json.dumps([_hit_json(h) for h in hits], default=str, indent=2))
         return
     table = Table(title=f"{len(hits)} hits for {text!r}")
     for col in ("#", "doc", "chunk", "score", "dense", "sparse", "title / text"):
@@ -167,6 +177,12 @@ def search(
             snippet,
         )
     console.print(table)
+
+
+def _hit_json(hit) -> dict:
+    """A hit's public fields, as the Python :class:`~retrieval.search.Hit` documents them: all but the
+    ``dense_vector`` it carries for the reranker."""
+    return {f.name: getattr(hit, f.name) for f in fields(hit) if f.name != "dense_vector"}
 
 
 def _parse_filter(text: str | None) -> dict | None:

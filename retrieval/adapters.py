@@ -1,4 +1,4 @@
-"""What the framework adapters (LlamaIndex, Haystack) attach to each hit."""
+"""What the framework adapters (LangChain, LlamaIndex, Haystack) attach to each hit."""
 
 from __future__ import annotations
 
@@ -6,12 +6,14 @@ from typing import Any
 
 
 def hit_metadata(hit: Any) -> dict[str, Any]:
-    """The document's own metadata, then where the hit came from: ids, title, fused score, per-channel ranks
-    and scores (``dense_score``/``sparse_score`` are None where the :class:`~retrieval.search.Hit` lacks them)."""
+    """The document's own metadata, then where the hit came from: ids, chunk index, title, fused score,
+    per-channel ranks and scores (``dense_score``/``sparse_score`` are None where the
+    :class:`~retrieval.search.Hit` lacks them)."""
     return {
         **hit.metadata,
         "doc_id": hit.doc_id,
         "chunk_id": hit.chunk_id,
+        "chunk_index": hit.chunk_index,
         "title": hit.title,
         "score": hit.score,
         "dense_rank": hit.dense_rank,

@@ -7,11 +7,15 @@ skipped, counted and logged (``skip``); valid records are always kept.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
+import math
+import numbers
+import os
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -120,6 +124,7 @@ class DocumentReader:
                     yield doc
 
     def _parse_json_line(self, path: Path, line_no: int, raw: bytes) -> Document | None:
+        raw = raw.rstrip(b"\r\n")  # a column past the line's end, not "column 1" of the next one
         try:
             line = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
@@ -150,9 +155,7 @@ class DocumentReader:
     def _read_dir(self, root: Path) -> Iterator[Document]:
         if not root.is_dir():
             raise BadInputError(InputProblem(root, None, "not a directory"))
-        for path in sorted(p for p in root.rglob("*") if p.is_file()):
-            if path.name.startswith("."):
-                continue
+        for path in _visible_files(root):
             doc_id = path.relative_to(root).as_posix()
             if path.suffix.lower() not in TEXT_SUFFIXES:
                 self._problem(path, None, f"unsupported file type {path.suffix or '(none)'!r}", doc_id)
@@ -183,6 +186,10 @@ class DocumentReader:
         reason = text_problem(text)
         if reason:
             return self._problem(path, line, f"document {doc_id!r}: {reason}", doc_id)
+        try:
+            metadata = json_metadata(metadata)
+        except InvalidMetadataError as exc:
+            return self._problem(path, line, f"document {doc_id!r}: {exc}", doc_id)
         here = InputProblem(path, line, "")
         if doc_id in self._seen_ids:
             first = self._seen_ids[doc_id]
@@ -195,7 +202,7 @@ class DocumentReader:
         problem = InputProblem(path, line, reason, doc_id)
         if self.policy is BadInputPolicy.FAIL:
             raise BadInputError(problem)
-        log.warning("skipped %s", problem)
+        log.info("skipped %s", problem)  # callers report the skipped records (CLI, Dagster): once
         self.report.skipped.append(problem)
         return None
 
@@ -212,11 +219,59 @@ def text_problem(text: object) -> str | None:
     return None
 
 
+class InvalidMetadataError(InvalidDocumentError):
+    """A metadata value cannot be stored; the message names its key (``a.b`` for nested keys) and why."""
+
+
+def json_metadata(metadata: object) -> dict[str, Any]:
+    """``metadata`` as it is stored: JSON values, with dates and datetimes as ISO 8601 strings (datetimes in UTC,
+    naive ones taken as UTC, as the date filters read them); :class:`InvalidMetadataError` for anything else."""
+    if not isinstance(metadata, dict):
+        raise InvalidMetadataError(f"metadata must be a dict, got {type(metadata).__name__}")
+    return _json_object(metadata, "")
+
+
+def _json_object(value: dict, prefix: str) -> dict[str, Any]:
+    out = {}
+    for key, item in value.items():
+        if not isinstance(key, str):
+            raise InvalidMetadataError(f"metadata {prefix + repr(key)}: keys must be strings")
+        out[key] = _json_value(item, prefix + key)
+    return out
+
+
+def _json_value(value: object, key: str) -> Any:
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, numbers.Integral):  # numpy integers too
+        return int(value)
+    if isinstance(value, numbers.Real):
+        if not math.isfinite(value):
+            raise InvalidMetadataError(f"metadata {key!r}: {value!r} is not a finite number")
+        return float(value)
+    if isinstance(value, dt.datetime):
+        value = value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+        return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    if isinstance(value, list | tuple):
+        return [_json_value(item, key) for item in value]
+    if isinstance(value, dict):
+        return _json_object(value, f"{key}.")
+    raise InvalidMetadataError(
+        f"metadata {key!r}: {type(value).__name__} values cannot be stored; use strings, numbers, booleans, None, "
+        "lists, dicts, dates or datetimes"
+    )
+
+
 def validate_documents(documents: Iterable[Document]) -> list[Document]:
     """The documents as a list, or :class:`InvalidDocumentError` for the first that cannot be indexed.
 
     The one check behind every entry point (readers, ``Indexer.index``, the CLI, the Dagster assets): text
-    must be a non-empty string within the size limit, and ids must be unique within one call.
+    must be a non-empty string within the size limit, metadata made of JSON values (dates and datetimes are
+    stored as ISO 8601 strings: see :func:`json_metadata`), and ids unique within one call.
     """
     docs = list(documents)
     first_at: dict[str, int] = {}
@@ -226,6 +281,12 @@ def validate_documents(documents: Iterable[Document]) -> list[Document]:
         reason = text_problem(doc.text)
         if reason:
             raise InvalidDocumentError(f"documents[{position}] (id {doc.id!r}): {reason}")
+        try:
+            metadata = json_metadata(doc.metadata)
+        except InvalidMetadataError as exc:
+            raise InvalidMetadataError(f"documents[{position}] (id {doc.id!r}): {exc}") from None
+        if metadata != doc.metadata:
+            docs[position] = replace(doc, metadata=metadata)
         if doc.id in first_at:
             raise InvalidDocumentError(
                 f"documents[{position}]: duplicate document id {doc.id!r} (first at documents[{first_at[doc.id]}])"
@@ -250,6 +311,16 @@ def read_documents(
     reader = DocumentReader(policy)
     docs = list(reader.read(path, fmt))
     return docs, reader.report
+
+
+def _visible_files(root: Path) -> list[Path]:
+    """The files under ``root``, sorted, leaving out hidden ones: any name below ``root`` starting with '.'
+    (``.git/``, ``.obsidian/``, ``.DS_Store``); ``root`` itself may be hidden."""
+    files = []
+    for folder, subfolders, names in os.walk(root):
+        subfolders[:] = [d for d in subfolders if not d.startswith(".")]
+        files.extend(Path(folder, n) for n in names if not n.startswith("."))
+    return sorted(p for p in files if p.is_file())
 
 
 def _guess_id(line: str) -> str | None:

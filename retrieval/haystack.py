@@ -8,8 +8,9 @@ from typing import Any
 from haystack import Document, component
 
 from retrieval.adapters import hit_metadata
+from retrieval.errors import FilterError
 
-_COMPARISONS = {"==": None, "in": None, ">": "gt", ">=": "gte", "<": "lt", "<=": "lte"}
+_COMPARISONS = {"==": None, "in": None, ">": "gt", ">=": "gte", "<": "lt", "<=": "lte"}  # Haystack -> range op
 
 
 @component
@@ -17,9 +18,9 @@ class HaystackRetriever:
     """Retrieves ``Document(id=chunk id, content, meta, score)``; ``meta`` carries the doc id, chunk id, title,
     the document's own metadata, and the per-channel ranks and scores of the hit.
 
-    ``filters`` are Haystack filters (``{"field": "meta.year", "operator": ">=", "value": 2020}``, combined
-    with ``AND``; the operators ``==``, ``in``, ``>``, ``>=``, ``<``, ``<=``) or this library's filter dicts
-    (``{"year": {"gte": 2020}}``). Runtime filters replace the ones given at construction.
+    ``filters`` are Haystack filters (``{"field": "meta.year", "operator": ">=", "value": 2020}``; see
+    :func:`to_filter`) or this library's filter dicts (``{"year": {"gte": 2020}}``). Runtime filters replace the
+    ones given at construction; ``top_k`` below 1 raises, as ``search(k=0)`` does.
     """
 
     def __init__(
@@ -44,35 +45,59 @@ class HaystackRetriever:
         return {"documents": [_to_document(h) for h in hits]}
 
     def _arguments(self, top_k: int | None, filters: dict[str, Any] | None) -> tuple:
-        return top_k or self.top_k, to_filter(filters if filters is not None else self.filters), self.rerank
+        return (
+            self.top_k if top_k is None else top_k,
+            to_filter(filters if filters is not None else self.filters),
+            self.rerank,
+        )
 
 
 def to_filter(filters: dict[str, Any] | None) -> dict[str, Any] | None:
-    """A Haystack filter (an ``AND`` of comparisons) as this library's filter dict; other dicts pass through."""
+    """A Haystack filter as this library's filter dict; a dict without ``operator`` is one already and passes.
+
+    Haystack filters map where the library has the same condition: ``AND`` of comparisons on ``meta.<key>``
+    with ``==`` (a value, or None: missing or null), ``in`` (a list), ``>``, ``>=``, ``<``, ``<=`` (numbers or
+    ISO 8601 dates). ``OR``, ``NOT``, ``!=``, ``not in`` and other fields raise :class:`FilterError`.
+    """
     if not filters or "operator" not in filters:
         return filters or None
     out: dict[str, Any] = {}
     for field, operator, value in _comparisons(filters):
+        if not isinstance(field, str) or not field.startswith("meta.") or field == "meta.":
+            raise FilterError(f"Haystack filter on {field!r}: only metadata fields ('meta.<key>') can be filtered")
         key = field.removeprefix("meta.")
-        if operator not in _COMPARISONS:
-            raise ValueError(f"Haystack filter on {field!r}: operator {operator!r} is not supported")
+        if not isinstance(operator, str) or operator not in _COMPARISONS:
+            raise FilterError(
+                f"Haystack filter on {field!r}: operator {operator!r} is not supported; "
+                f"valid: {', '.join(_COMPARISONS)} (combined with AND)"
+            )
         if operator in {"==", "in"}:
             if key in out:
-                raise ValueError(f"Haystack filter on {field!r}: more than one condition with == or in")
-            out[key] = list(value) if operator == "in" else value
+                raise FilterError(f"Haystack filter on {field!r}: == or in and another condition on the same field")
+            if operator == "in" and not isinstance(value, list):
+                raise FilterError(f"Haystack filter on {field!r}: 'in' needs a list, got {value!r}")
+            if operator == "==" and isinstance(value, list | dict):
+                raise FilterError(f"Haystack filter on {field!r}: '==' needs a single value (a list: use 'in')")
+            out[key] = value
         else:
             bounds = out.setdefault(key, {})
             if not isinstance(bounds, dict):
-                raise ValueError(f"Haystack filter on {field!r}: a range and an equality on the same field")
+                raise FilterError(f"Haystack filter on {field!r}: a range and an equality on the same field")
             bounds[_COMPARISONS[operator]] = value
     return out
 
 
-def _comparisons(node: dict[str, Any]) -> list[tuple[str, str, Any]]:
+def _comparisons(node: Any) -> list[tuple[Any, Any, Any]]:
+    if not isinstance(node, dict):
+        raise FilterError(f"Haystack filter: a condition must be a dict, got {node!r}")
     if "conditions" in node:
-        if node["operator"] != "AND":
-            raise ValueError(f"Haystack filter: only AND is supported, not {node['operator']!r}")
+        if node.get("operator") != "AND":
+            raise FilterError(f"Haystack filter: only AND combines conditions, not {node.get('operator')!r}")
+        if not isinstance(node["conditions"], list):
+            raise FilterError(f"Haystack filter: 'conditions' must be a list, got {node['conditions']!r}")
         return [c for child in node["conditions"] for c in _comparisons(child)]
+    if not {"field", "operator", "value"} <= set(node):
+        raise FilterError(f"Haystack filter: a comparison needs 'field', 'operator' and 'value', got {node!r}")
     return [(node["field"], node["operator"], node["value"])]
 
 

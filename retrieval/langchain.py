@@ -12,25 +12,27 @@ from typing import Any
 from langchain_core.callbacks import AsyncCallbackManagerForRetrieverRun, CallbackManagerForRetrieverRun
 from langchain_core.documents import Document as LCDocument
 from langchain_core.retrievers import BaseRetriever
-from pydantic import ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field
 
+from retrieval.adapters import hit_metadata
 from retrieval.errors import InvalidArgumentError
 
 SEARCH_KWARGS = ("k", "filter", "rerank", "variant", "group_by", "score_threshold")
 
 
 class LangChainRetriever(BaseRetriever):
-    """Yields ``Document(page_content, metadata)`` with doc_id, chunk id, scores and per-channel ranks."""
+    """Yields ``Document(page_content, metadata)``: the metadata of the other adapters (doc id, chunk id and
+    index, title, the document's own metadata, fused score, per-channel ranks and scores)."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
 
     retriever: Any
     search_kwargs: dict[str, Any] = Field(default_factory=dict)
 
-    @field_validator("search_kwargs")
-    @classmethod
-    def _known(cls, value: dict[str, Any]) -> dict[str, Any]:
-        return _checked(value)
+    def __init__(self, **data: Any):
+        # checked before pydantic, which would wrap the InvalidArgumentError (a ValueError) in a ValidationError
+        _checked(data.get("search_kwargs", {}))
+        super().__init__(**data)
 
     def _get_relevant_documents(
         self, query: str, *, run_manager: CallbackManagerForRetrieverRun, **kwargs: Any
@@ -47,6 +49,8 @@ class LangChainRetriever(BaseRetriever):
 
 
 def _checked(kwargs: dict[str, Any]) -> dict[str, Any]:
+    if not isinstance(kwargs, dict):
+        raise InvalidArgumentError(f"search_kwargs must be a dict, got {type(kwargs).__name__}")
     unknown = sorted(set(kwargs) - set(SEARCH_KWARGS))
     if unknown:
         raise InvalidArgumentError(f"unknown search arguments {unknown}; valid: {', '.join(SEARCH_KWARGS)}")
@@ -54,16 +58,4 @@ def _checked(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 
 def _to_document(hit) -> LCDocument:
-    metadata = {
-        **hit.metadata,
-        "doc_id": hit.doc_id,
-        "chunk_id": hit.chunk_id,
-        "chunk_index": hit.chunk_index,
-        "title": hit.title,
-        "score": hit.score,
-        "dense_rank": hit.dense_rank,
-        "sparse_rank": hit.sparse_rank,
-        "fused_rank": hit.fused_rank,
-        "rerank_score": hit.rerank_score,
-    }
-    return LCDocument(page_content=hit.text, metadata=metadata, id=hit.chunk_id)
+    return LCDocument(page_content=hit.text, metadata=hit_metadata(hit), id=hit.chunk_id)

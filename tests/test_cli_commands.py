@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import logging
+from dataclasses import fields
 
 import pytest
 from typer.testing import CliRunner
 
 from orchestration.cli import app
 from retrieval import RetrievalSettings, RetrievalStack
+from retrieval.search import Hit
 from tests.conftest import TINY_DOCS
 from tests.test_data_safety import points, write_jsonl
 
@@ -53,6 +56,31 @@ def test_search_uses_the_same_defaults_as_python(cli_in, kb):
     assert [h["score"] for h in hits] == pytest.approx([h.score for h in expected])
     plain = json.loads(cli_in("search", "how do I stop noodles sticking", "-c", "kb", "--json", "--no-rerank"))
     assert all(h["rerank_score"] is None for h in plain)
+
+
+def test_search_json_holds_the_public_hit_fields_only(cli_in):
+    hits = json.loads(cli_in("search", "ZX-4471 valve", "-c", "kb", "--json", "--k", "2"))  # reranked: vectors read
+    assert [h["doc_id"] for h in hits][:1] == ["valve"]
+    public = {f.name for f in fields(Hit)} - {"dense_vector"}
+    assert all(set(h) == public for h in hits)
+    assert isinstance(hits[0]["dense_score"], float) and isinstance(hits[0]["rerank_score"], float)
+
+
+def test_skipped_records_are_reported_once_and_kept_documents_explained(cli_in, kb, caplog):
+    cli_in("index", "kb.jsonl", "-c", "sy")
+    lines = (kb / "kb.jsonl").read_text().splitlines()
+    source = kb / "sy.jsonl"
+    source.write_text("\n".join([*lines[:5], json.dumps({"_id": "rome", "text": " "}), "garbage"]) + "\n")
+    caplog.set_level(logging.INFO)
+    out = cli_in("index", "sy.jsonl", "-c", "sy", "--sync", "--policy", "skip")
+    assert out.count("sy.jsonl:6: document 'rome': empty text") == 1
+    assert out.count("sy.jsonl:7: malformed JSON") == 1
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING and r.getMessage().startswith("skipped")]
+    # the 3 stored documents missing from the source stay: the garbage line could have been any of them
+    assert "kept the stored chunks of 3 documents missing from sy.jsonl (not deleted: 1 skipped record" in out
+    source.write_text("\n".join([*lines[:7], json.dumps({"_id": "bees", "text": " "})]) + "\n")
+    out = cli_in("index", "sy.jsonl", "-c", "sy", "--sync", "--policy", "skip")
+    assert "kept the stored chunks of 1 skipped documents" in out and "missing from" not in out
 
 
 def test_search_filter_as_json(cli_in):

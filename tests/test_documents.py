@@ -1,11 +1,17 @@
 """Bad input: every problem names file, line and reason; the skip policy keeps the valid records."""
 
+import datetime as dt
 import json
+import math
 
+import numpy as np
 import pytest
 
-from retrieval import BadInputError, read_documents
+from retrieval import BadInputError, Document, read_documents
 from retrieval.documents import MAX_DOCUMENT_BYTES
+from retrieval.errors import InvalidDocumentError
+
+CET = dt.timezone(dt.timedelta(hours=1))
 
 
 def write_jsonl(path, lines):
@@ -76,3 +82,85 @@ def test_unreadable_and_missing_sources(tmp_path):
     unreadable.mkdir()  # exists but cannot be opened as a file, even by root
     with pytest.raises(BadInputError, match=r"folder\.jsonl: cannot open file"):
         read_documents(unreadable, fmt="jsonl")
+
+
+def test_a_truncated_json_line_is_reported_at_its_end(tmp_path):
+    path = write_jsonl(tmp_path / "cut.jsonl", [ok("a"), ok("b")[:-1], ok("c")])
+    with pytest.raises(BadInputError, match=r"cut\.jsonl:2: malformed JSON: Expecting ',' delimiter at column 33$"):
+        read_documents(path)
+
+
+def test_hidden_files_and_folders_are_left_out_of_a_folder_source(tmp_path):
+    notes = tmp_path / "notes"
+    for name, text in {
+        "n.md": "# Note\nbody",
+        "sub/m.txt": "more notes",
+        ".hidden.txt": "hidden",
+        ".git/HEAD": "ref: refs/heads/main",  # no suffix: would be an unsupported file
+        ".obsidian/workspace.md": "# ws",
+        "sub/.cache/x.md": "cached",
+    }.items():
+        (notes / name).parent.mkdir(parents=True, exist_ok=True)
+        (notes / name).write_text(text)
+    docs, report = read_documents(notes)  # policy fail: nothing hidden is even looked at
+    assert [d.id for d in docs] == ["n.md", "sub/m.txt"] and report.skipped_count == 0
+    hidden_root = tmp_path / ".vault"
+    (notes / "n.md").rename(tmp_path / "n.md")
+    hidden_root.mkdir()
+    (tmp_path / "n.md").rename(hidden_root / "n.md")
+    assert [d.id for d in read_documents(hidden_root)[0]] == ["n.md"]  # a hidden root given explicitly
+
+
+def test_dates_in_metadata_are_stored_as_iso_strings_that_date_filters_match(indexed_stack):
+    stack = indexed_stack("edge", [])
+    try:
+        stack.indexer().index(
+            [
+                Document("old", "geothermal heat pumps", metadata={"at": dt.datetime(2019, 5, 1, 12, tzinfo=dt.UTC)}),
+                Document("new", "geothermal heat storage", metadata={"at": dt.datetime(2025, 1, 1, 1, tzinfo=CET)}),
+                Document("day", "geothermal heat maps", metadata={"at": dt.date(2024, 6, 1), "n": (np.int64(3),)}),
+            ],
+            progress=False,
+        )
+        retriever = stack.retriever(rerank=False)
+        stored = {h.doc_id: h.metadata for h in retriever.search("geothermal heat", k=5)}
+        assert stored == {
+            "old": {"at": "2019-05-01T12:00:00Z"},
+            "new": {"at": "2025-01-01T00:00:00Z"},  # in UTC, as filters compare them
+            "day": {"at": "2024-06-01", "n": [3]},  # a tuple is a list, a numpy integer an integer
+        }
+        after = retriever.search("geothermal heat", k=5, filter={"at": {"gte": dt.date(2024, 1, 1)}})
+        assert {h.doc_id for h in after} == {"new", "day"}
+        # 01:00 CET is 00:00 UTC; the date is its midnight (UTC)
+        between = {"at": {"gt": "2024-06-01", "lt": "2025-01-01T00:30"}}
+        assert [h.doc_id for h in retriever.search("geothermal heat", k=5, filter=between)] == ["new"]
+    finally:
+        stack.close()
+
+
+@pytest.mark.parametrize(
+    ("metadata", "message"),
+    [
+        ({"tags": {"a", "b"}}, r"metadata 'tags': set values cannot be stored"),
+        ({"owner": object()}, r"metadata 'owner': object values cannot be stored"),
+        ({"raw": b"\x00"}, r"metadata 'raw': bytes values cannot be stored"),
+        ({"score": math.nan}, r"metadata 'score': nan is not a finite number"),
+        ({"deep": {"er": [1, math.inf]}}, r"metadata 'deep\.er': inf is not a finite number"),
+        ({1: "x"}, r"metadata 1: keys must be strings"),
+    ],
+)
+def test_metadata_that_cannot_be_stored_is_refused_before_anything_is_written(indexed_stack, metadata, message):
+    stack = indexed_stack("edge", [])
+    try:
+        docs = [Document("ok", "fine text"), Document("d4", "geothermal heat", metadata=metadata)]
+        with pytest.raises(InvalidDocumentError, match=r"^documents\[1\] \(id 'd4'\): " + message):
+            stack.indexer().index(docs, progress=False)
+        assert stack.store().schema() is None  # nothing written, no unfinished collection
+    finally:
+        stack.close()
+
+
+def test_a_json_line_with_nan_metadata_is_a_bad_record(tmp_path):
+    path = write_jsonl(tmp_path / "nan.jsonl", [ok("a"), '{"_id": "b", "text": "t", "metadata": {"score": NaN}}'])
+    with pytest.raises(BadInputError, match=r"nan\.jsonl:2: document 'b': metadata 'score': nan is not a finite"):
+        read_documents(path)

@@ -11,9 +11,11 @@ pytest.importorskip("haystack")
 from haystack import Pipeline, component  # noqa: E402
 from haystack.components.builders import PromptBuilder  # noqa: E402
 
+from retrieval.errors import FilterError, HybridRagError, InvalidArgumentError  # noqa: E402
 from retrieval.haystack import to_filter  # noqa: E402
 from tests.conftest import LEXICAL_QUERY, SEMANTIC_QUERY  # noqa: E402
 
+RANGE = {"field": "meta.year", "operator": ">", "value": 2000}
 TEMPLATE = "{% for d in documents %}[{{ d.meta.doc_id }}] {{ d.content }}\n{% endfor %}Question: {{ query }}"
 
 
@@ -73,6 +75,60 @@ def test_haystack_filters_and_top_k_at_run_time(retriever):
         to_filter({"operator": "OR", "conditions": science["conditions"]})
     with pytest.raises(ValueError, match="'!='"):
         to_filter({"field": "meta.year", "operator": "!=", "value": 1})
+
+
+def test_in_none_and_date_comparisons_map_onto_the_library_filters(retriever):
+    component = retriever.as_haystack(top_k=8)
+    in_list = {"field": "meta.topic", "operator": "in", "value": ["science", "home"]}
+    assert {d.meta["doc_id"] for d in component.run("anything", filters=in_list)["documents"]} == {
+        "moon",
+        "bees",
+        "valve",
+    }
+    assert component.run("anything", filters={"field": "meta.note", "operator": "==", "value": None})["documents"]
+    assert to_filter(
+        {
+            "operator": "AND",
+            "conditions": [
+                {"field": "meta.at", "operator": ">=", "value": "2024-01-01"},
+                {"operator": "AND", "conditions": [{"field": "meta.at", "operator": "<", "value": "2025-01-01"}]},
+                {"field": "meta.doc_id", "operator": "==", "value": "x"},
+            ],
+        }
+    ) == {"at": {"gte": "2024-01-01", "lt": "2025-01-01"}, "doc_id": "x"}
+
+
+@pytest.mark.parametrize(
+    ("filters", "message"),
+    [
+        ({"operator": "OR", "conditions": [{"field": "meta.year", "operator": "==", "value": 2018}]}, "only AND"),
+        ({"operator": "NOT", "conditions": [{"field": "meta.year", "operator": "==", "value": 2018}]}, "only AND"),
+        ({"field": "meta.year", "operator": "!=", "value": 2018}, r"operator '!=' is not supported; valid: ==, in"),
+        ({"field": "meta.topic", "operator": "not in", "value": ["a"]}, "operator 'not in' is not supported"),
+        ({"field": "meta.topic", "operator": "in", "value": "astronomy"}, "'in' needs a list, got 'astronomy'"),
+        ({"field": "meta.topic", "operator": "==", "value": ["a", "b"]}, "a list: use 'in'"),
+        ({"field": "content", "operator": "==", "value": "x"}, r"only metadata fields \('meta.<key>'\)"),
+        ({"field": "meta.year", "operator": ">="}, "needs 'field', 'operator' and 'value'"),
+        ({"field": "meta.year", "operator": ">=", "value": "soon"}, "'soon' is not an ISO 8601"),
+        ({"field": "meta.topic", "operator": "in", "value": [1.5]}, "a list must hold strings or integers"),
+        ({"operator": "AND", "conditions": [RANGE, {**RANGE, "operator": "=="}]}, "== or in and another condition"),
+        ({"operator": "AND", "conditions": RANGE}, "'conditions' must be a list"),
+    ],
+)
+def test_every_bad_filter_raises_the_filter_error(retriever, filters, message):
+    component = retriever.as_haystack(top_k=3)
+    with pytest.raises(FilterError, match=message):
+        component.run("red planet", filters=filters)
+    with pytest.raises(FilterError, match=message):
+        asyncio.run(component.run_async("red planet", filters=filters))
+
+
+@pytest.mark.parametrize("top_k", [0, -2])
+def test_top_k_below_one_raises_like_search(retriever, top_k):
+    with pytest.raises(InvalidArgumentError, match=f"k must be a positive integer, got {top_k}"):
+        retriever.as_haystack(top_k=3).run("red planet", top_k=top_k)
+    with pytest.raises(HybridRagError):
+        retriever.as_haystack(top_k=top_k).run("red planet")
 
 
 def test_pipeline_with_prompt_builder_and_fake_generator(retriever):

@@ -5,6 +5,9 @@ import asyncio
 import pytest
 from langchain_core.retrievers import BaseRetriever
 
+from retrieval.adapters import hit_metadata
+from retrieval.errors import InvalidArgumentError
+from retrieval.langchain import LangChainRetriever
 from tests.conftest import LEXICAL_QUERY, SEMANTIC_QUERY
 
 
@@ -24,6 +27,24 @@ def test_is_a_base_retriever_yielding_documents(lc_retriever):
     assert top.metadata["doc_id"] == LEXICAL_QUERY[1]
     assert top.metadata["score"] > 0 and top.metadata["sparse_rank"] == 1
     assert top.metadata["topic"] == "home"
+    hit = lc_retriever.retriever.search(LEXICAL_QUERY[0], k=3)[0]
+    assert top.metadata == hit_metadata(hit)  # what the LlamaIndex and Haystack adapters attach
+    assert top.metadata["dense_score"] == pytest.approx(hit.dense_score) and top.metadata["sparse_score"] > 0
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda r: r.as_langchain(search_kwargs={"kk": 1}), r"unknown search arguments \['kk'\]; valid: k, filter"),
+        (lambda r: r.as_langchain(top_k=1), r"unknown search arguments \['top_k'\]"),
+        (lambda r: LangChainRetriever(retriever=r, search_kwargs=["k"]), "search_kwargs must be a dict, got list"),
+    ],
+)
+def test_bad_search_kwargs_raise_at_construction(lc_retriever, build, message):
+    with pytest.raises(InvalidArgumentError, match=message):
+        build(lc_retriever.retriever)
+    with pytest.raises(InvalidArgumentError, match="unknown search arguments"):
+        lc_retriever.invoke(LEXICAL_QUERY[0], kk=1)
 
 
 def test_async_matches_sync(lc_retriever):
