@@ -22,6 +22,7 @@ import dagster as dg
 from pydantic import Field
 
 from assets.corpora import CorpusConfig, CorpusUnavailableError
+from assets.failures import fails_clearly
 from assets.index import latest_staged, qdrant_index
 from assets.ingest import GROUP
 from assets.meta import md_table
@@ -112,6 +113,7 @@ class EvaluationConfig(dg.Config):
     partitions_def=corpus_partitions,
     can_subset=True,
 )
+@fails_clearly
 def retrieval_evaluation(
     context: dg.AssetExecutionContext,
     config: EvaluationConfig,

@@ -8,6 +8,7 @@ import dagster as dg
 import pyarrow as pa
 from pydantic import Field
 
+from assets.failures import fails_clearly
 from assets.ingest import GROUP
 from assets.meta import rate
 from assets.partitions import corpus_check, corpus_partitions
@@ -42,6 +43,7 @@ class IndexConfig(dg.Config):
         )
     ],
 )
+@fails_clearly
 def qdrant_index(
     context: dg.AssetExecutionContext,
     config: IndexConfig,

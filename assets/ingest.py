@@ -6,6 +6,7 @@ import dagster as dg
 import pyarrow as pa
 
 from assets.corpora import CorpusUnavailableError, UnknownCorpusError
+from assets.failures import fails_clearly
 from assets.meta import listing, preview, rate
 from assets.partitions import corpus_partitions
 from assets.resources import CorporaResource, RetrievalResource
@@ -16,6 +17,7 @@ GROUP = "retrieval"
 
 
 @dg.asset(partitions_def=corpus_partitions, group_name=GROUP, kinds={"python", "parquet"})
+@fails_clearly
 def raw_documents(
     context: dg.AssetExecutionContext, corpora: CorporaResource, retrieval: RetrievalResource
 ) -> dg.Output[pa.Table]:
@@ -57,6 +59,7 @@ def raw_documents(
 
 
 @dg.asset(partitions_def=corpus_partitions, group_name=GROUP, kinds={"python", "parquet"})
+@fails_clearly
 def chunks(
     context: dg.AssetExecutionContext, raw_documents: pa.Table, corpora: CorporaResource, retrieval: RetrievalResource
 ) -> dg.Output[pa.Table]:

@@ -14,6 +14,7 @@ import dagster as dg
 import pyarrow as pa
 from pydantic import Field
 
+from assets.failures import fails_clearly
 from assets.ingest import GROUP
 from assets.partitions import corpus_partitions
 from assets.publish import published_index
@@ -29,6 +30,7 @@ class QueryEncoderConfig(dg.Config):
 
 
 @dg.asset(partitions_def=corpus_partitions, group_name=GROUP, kinds={"pytorch"}, deps=[published_index])
+@fails_clearly
 def query_encoder(
     context: dg.AssetExecutionContext,
     config: QueryEncoderConfig,

@@ -1,13 +1,14 @@
 """The main job: a run of the ``reindex`` job for one corpus, in-process, and its evaluation report.
 
 Runs on the embedded Qdrant engine (unless ``HYBRID_RAG_QDRANT_URL`` is set) with a persistent Dagster
-instance under ``data/dagster_home``, so the run history, metadata plots and the publishing gate carry over
-between runs (point ``dagster dev`` at it with ``DAGSTER_HOME=$PWD/data/dagster_home`` to browse them; the
+instance under ``$DAGSTER_HOME`` (else ``data/dagster_home``), so the run history, metadata plots and the
+publishing gate carry over between runs (point ``dagster dev`` at the same absolute path to browse them; the
 runs belong to the ``reindex`` job, so they can be re-executed from the UI).
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -21,6 +22,7 @@ from assets.corpora import REPO_ROOT
 from assets.evaluation import evaluation_report
 from orchestration.definitions import default_resources
 from orchestration.jobs import reindex_job
+from retrieval.errors import HybridRagError
 
 DAGSTER_HOME = Path("data/dagster_home")
 INSTANCE_YAML = REPO_ROOT / "data" / "dagster_home" / "dagster.yaml"
@@ -29,6 +31,15 @@ INDEX_FIELDS = ("documents", "chunks", "written", "unchanged", "deleted", "point
 
 class MainJobError(RuntimeError):
     """The run failed; the message names the failed steps and why."""
+
+
+class UnknownCorpusError(HybridRagError, ValueError):
+    """The corpus is not configured; the message lists the configured ones."""
+
+
+def default_dagster_home() -> Path:
+    """``$DAGSTER_HOME`` when set (as ``dagster dev`` reads it), else the project's ``data/dagster_home``."""
+    return Path(os.environ.get("DAGSTER_HOME") or DAGSTER_HOME)
 
 
 def run_main_job(
@@ -44,8 +55,8 @@ def run_main_job(
     ``log_level`` sets the console logger (Dagster's per-event lines are DEBUG) unless ``run_config`` has loggers.
     """
     if corpus not in CORPORA.names:
-        raise ValueError(f"unknown corpus {corpus!r}; configured in {CORPORA.path}: {', '.join(CORPORA.names)}")
-    home = Path(dagster_home or DAGSTER_HOME).resolve()
+        raise UnknownCorpusError(f"unknown corpus {corpus!r}; configured in {CORPORA.path}: {', '.join(CORPORA.names)}")
+    home = Path(dagster_home or default_dagster_home()).resolve()
     home.mkdir(parents=True, exist_ok=True)
     if not (home / "dagster.yaml").exists():  # the project's instance settings (telemetry off, one run per corpus)
         shutil.copyfile(INSTANCE_YAML, home / "dagster.yaml")
@@ -150,5 +161,14 @@ def _failures(result: dg.ExecuteInProcessResult) -> list[str]:
         if data.error and data.error.cls_name == "DagsterAssetCheckFailedError":
             continue  # the failed checks are listed above, with their figures
         text = data.user_failure_data.description if data.user_failure_data else None
-        out.append(f"{event.step_key}: {text or (data.error.message.strip() if data.error else 'failed')}")
+        out.append(f"{event.step_key}: {text or _cause(data.error)}")
     return out or ["see the run's event log"]
+
+
+def _cause(error: Any) -> str:
+    """The innermost error of a step failure (the user code's, not Dagster's step wrapper), as one line."""
+    if error is None:
+        return "failed"
+    while error.cause is not None:
+        error = error.cause
+    return " ".join(error.message.split()) or error.cls_name
