@@ -8,8 +8,10 @@ runs belong to the ``reindex`` job, so they can be re-executed from the UI).
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -42,6 +44,26 @@ def default_dagster_home() -> Path:
     return Path(os.environ.get("DAGSTER_HOME") or DAGSTER_HOME)
 
 
+class _OneLine(logging.Formatter):
+    """Each event as its first line: a failed step's error and stack trace stay in the run's event log (the UI);
+    the run's failure reasons are printed once, by ``hybrid-rag run``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return super().format(record).split("\n\n", 1)[0]
+
+
+@dg.logger(
+    config_schema={"log_level": dg.Field(str, default_value="INFO", is_required=False)},
+    description="Dagster's console log lines, one line per event",
+)
+def one_line_console_logger(init_context: dg.InitLoggerContext) -> logging.Logger:
+    logger = logging.Logger("dagster", level=init_context.logger_config["log_level"].upper())
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_OneLine("%(asctime)s - %(name)s - %(levelname)s - %(message)s"))
+    logger.addHandler(handler)
+    return logger
+
+
 def run_main_job(
     corpus: str = "sample",
     *,
@@ -65,6 +87,7 @@ def run_main_job(
         jobs=[reindex_job],
         resources=dict(resources or default_resources()),
         executor=dg.in_process_executor,
+        loggers={"console": one_line_console_logger},
     )
     with dg.DagsterInstance.from_config(str(home)) as instance:
         result = defs.resolve_job_def(reindex_job.name).execute_in_process(
