@@ -157,3 +157,14 @@ def test_stale_rows_counts_the_chunks_that_differ() -> None:
     assert stale_rows(table(old[1:]), table(old)) == 1  # one removed
     assert stale_rows(table([("c0", "changed"), *old[1:]]), table(old)) == 1  # one changed
     assert stale_rows(table([old[1], old[0], *old[2:]]), table(old)) == 2  # same rows, two out of place
+
+
+@pytest.mark.slow
+def test_evaluation_alone_after_qdrant_index_names_the_staged_version(folder: Folder) -> None:
+    upto_index = [a for a in ALL_ASSETS if a.key.to_user_string() not in ("retrieval_evaluation", "published_index")]
+    assert folder.materialize(upto_index).success  # stages version 1, publishes nothing
+    evaluation = next(a for a in ALL_ASSETS if a.key.to_user_string() == "retrieval_evaluation")
+    result = folder.materialize([evaluation])
+    failures = [e.step_failure_data.user_failure_data.description for e in result.all_events if e.is_step_failure]
+    assert not any("no version yet" in f for f in failures)  # version 1 exists
+    assert result.success or "version 1 of 'drop' was staged by another run" in failures[0]
