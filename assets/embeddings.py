@@ -6,6 +6,7 @@ import dagster as dg
 import numpy as np
 import pyarrow as pa
 
+from assets.failures import fails_clearly
 from assets.ingest import GROUP
 from assets.meta import rate
 from assets.partitions import corpus_partitions
@@ -14,6 +15,7 @@ from assets.tables import dense_to_table, sparse_to_table, table_to_chunks
 
 
 @dg.asset(partitions_def=corpus_partitions, group_name=GROUP, kinds={"pytorch", "parquet"})
+@fails_clearly
 def dense_vectors(
     context: dg.AssetExecutionContext, chunks: pa.Table, corpora: CorporaResource, retrieval: RetrievalResource
 ) -> dg.Output[pa.Table]:
@@ -49,6 +51,7 @@ def dense_vectors(
 
 
 @dg.asset(partitions_def=corpus_partitions, group_name=GROUP, kinds={"python", "parquet"})
+@fails_clearly
 def sparse_vectors(chunks: pa.Table, retrieval: RetrievalResource) -> dg.Output[pa.Table]:
     """Sparse term weights of the chunks (BM25 with Qdrant's IDF modifier, or SPLADE)."""
     started = time.perf_counter()

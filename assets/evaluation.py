@@ -22,6 +22,7 @@ import dagster as dg
 from pydantic import Field
 
 from assets.corpora import CorpusConfig, CorpusUnavailableError
+from assets.failures import fails_clearly
 from assets.index import latest_staged, qdrant_index
 from assets.ingest import GROUP
 from assets.meta import md_table
@@ -112,6 +113,7 @@ class EvaluationConfig(dg.Config):
     partitions_def=corpus_partitions,
     can_subset=True,
 )
+@fails_clearly
 def retrieval_evaluation(
     context: dg.AssetExecutionContext,
     config: EvaluationConfig,
@@ -129,6 +131,11 @@ def retrieval_evaluation(
         version, role = staged[0], "staged"
     elif published is not None:
         version, role = published, "published"
+    elif staged is not None:  # staged by another run, nothing published: this run has nothing it may score
+        raise dg.Failure(
+            f"version {staged[0]} of {corpus.collection!r} was staged by another run ({staged[1]}) and no version "
+            "is published yet: materialize qdrant_index and retrieval_evaluation in one run"
+        )
     else:
         raise dg.Failure(f"collection {corpus.collection!r} has no version yet: materialize qdrant_index first")
     base = {

@@ -4,19 +4,26 @@ The version is staged, not published: readers keep the published one until ``pub
 after the point-count check (and, for corpora with qrels, the evaluation gate) passed.
 """
 
+import re
+
 import dagster as dg
 import pyarrow as pa
 from pydantic import Field
 
+from assets.failures import fails_clearly
 from assets.ingest import GROUP
 from assets.meta import rate
 from assets.partitions import corpus_check, corpus_partitions
 from assets.resources import CorporaResource, RetrievalResource
-from assets.tables import stale_rows, table_model, table_to_chunks, table_to_dense, table_to_sparse
-from retrieval.store import SchemaMismatchError
+from assets.tables import stale_rows, table_model, table_skipped, table_to_chunks, table_to_dense, table_to_sparse
+from retrieval.documents import InputProblem
+from retrieval.errors import UnsafeDeleteError
+from retrieval.store import QdrantStore, SchemaMismatchError
 
 POINT_COUNT_CHECK = "index_point_count"
 STAGED_VERSION = "version"  # metadata key: the staged version this materialization wrote
+ALLOW_DELETE_HINT = re.compile(r"\((hybrid-rag index )?--allow-delete\)")  # the library's hint names the CLI
+DAGSTER_ALLOW_DELETE = "(hybrid-rag run --allow-delete, or run config ops.qdrant_index.config.allow_delete: true)"
 
 
 class IndexConfig(dg.Config):
@@ -38,10 +45,12 @@ class IndexConfig(dg.Config):
             POINT_COUNT_CHECK,
             "qdrant_index",
             blocking=True,
-            description="The staged version holds exactly one point per chunk of the `chunks` asset.",
+            description="The staged version holds exactly the chunks of the `chunks` asset, plus the stored chunks "
+            "kept for documents skipped as bad input.",
         )
     ],
 )
+@fails_clearly
 def qdrant_index(
     context: dg.AssetExecutionContext,
     config: IndexConfig,
@@ -59,6 +68,7 @@ def qdrant_index(
         if stale:
             raise dg.Failure(f"{name} is out of date with chunks ({stale} rows differ): materialize {name} first")
     chunk_list = table_to_chunks(chunks)
+    skipped = table_skipped(chunks)
     rebuilt = "no"
     with retrieval.indexer(corpus.collection) as indexer:
         for name, table, expected in (
@@ -79,15 +89,20 @@ def qdrant_index(
             rebuilt = str(exc)
         vectors = (table_to_dense(dense_vectors), table_to_sparse(sparse_vectors))
         published = indexer.store.current_version()
-        report = indexer.sync(
-            chunk_list,
-            vectors=vectors,
-            prune=True,
-            allow_delete=config.allow_delete,
-            progress=False,
-            rebuild=rebuilt != "no",
-            publish=False,
-        )
+        kept_points = _kept_points(indexer.store, chunk_list, skipped) if skipped and published is not None else 0
+        try:
+            report = indexer.sync(
+                chunk_list,
+                vectors=vectors,
+                prune=True,
+                allow_delete=config.allow_delete,
+                skipped=skipped,
+                progress=False,
+                rebuild=rebuilt != "no",
+                publish=False,
+            )
+        except UnsafeDeleteError as exc:
+            raise dg.Failure(description=ALLOW_DELETE_HINT.sub(DAGSTER_ALLOW_DELETE, str(exc))) from exc
         points = report.points
         location = indexer.store.pinned(report.version or 0).location
         schema = indexer.schema()
@@ -97,11 +112,12 @@ def qdrant_index(
     )
     check = dg.AssetCheckResult(
         check_name=POINT_COUNT_CHECK,
-        passed=points == len(chunk_list),
+        passed=points == len(chunk_list) + kept_points,
         severity=dg.AssetCheckSeverity.ERROR,
         metadata={
             "points": dg.MetadataValue.int(points),
             "chunks": dg.MetadataValue.int(len(chunk_list)),
+            "kept_points": dg.MetadataValue.int(kept_points),
             "collection": corpus.collection,
             "version": dg.MetadataValue.int(report.version or 0),
         },
@@ -117,6 +133,8 @@ def qdrant_index(
             "written": dg.MetadataValue.int(report.embedded),
             "unchanged": dg.MetadataValue.int(report.unchanged),
             "deleted": dg.MetadataValue.int(report.deleted),
+            "kept_documents": dg.MetadataValue.int(report.kept),
+            "skipped_records": dg.MetadataValue.int(len(skipped)),
             "points": dg.MetadataValue.int(points),
             "dense_model": schema.dense_model,
             "dense_dimension": dg.MetadataValue.int(schema.dense_dim),
@@ -127,6 +145,16 @@ def qdrant_index(
         },
         check_results=[check],
     )
+
+
+def _kept_points(published: QdrantStore, chunks: list, skipped: list[InputProblem]) -> int:
+    """The published points a sync must keep for skipped documents: those of documents absent from ``chunks``
+    that were skipped as bad input (of every absent document when a skipped record had no readable id)."""
+    present = {c.doc_id for c in chunks}
+    skipped_ids = {p.doc_id for p in skipped if p.doc_id is not None}
+    any_absent = any(p.doc_id is None for p in skipped)
+    stored = [doc_id for doc_id, _ in published.stored_hashes().values()]
+    return sum(doc_id not in present and (any_absent or doc_id in skipped_ids) for doc_id in stored)
 
 
 def latest_staged(context: dg.AssetExecutionContext) -> tuple[int, str] | None:

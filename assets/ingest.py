@@ -6,16 +6,18 @@ import dagster as dg
 import pyarrow as pa
 
 from assets.corpora import CorpusUnavailableError, UnknownCorpusError
+from assets.failures import fails_clearly
 from assets.meta import listing, preview, rate
 from assets.partitions import corpus_partitions
 from assets.resources import CorporaResource, RetrievalResource
-from assets.tables import chunks_to_table, documents_to_table, table_to_documents
+from assets.tables import chunks_to_table, documents_to_table, table_skipped, table_to_documents
 from retrieval import BadInputError, read_documents
 
 GROUP = "retrieval"
 
 
 @dg.asset(partitions_def=corpus_partitions, group_name=GROUP, kinds={"python", "parquet"})
+@fails_clearly
 def raw_documents(
     context: dg.AssetExecutionContext, corpora: CorporaResource, retrieval: RetrievalResource
 ) -> dg.Output[pa.Table]:
@@ -34,7 +36,7 @@ def raw_documents(
             description=f"corpus {corpus.name!r}: bad input ({exc}); fix the record or set on_bad_input: skip",
             metadata={"source": str(source), "policy": policy.value},
         ) from exc
-    table = documents_to_table(docs)
+    table = documents_to_table(docs, report.skipped)  # qdrant_index keeps what is stored for them
     seconds = time.perf_counter() - started
     for problem in report.skipped:
         context.log.warning(f"skipped {problem}")
@@ -57,6 +59,7 @@ def raw_documents(
 
 
 @dg.asset(partitions_def=corpus_partitions, group_name=GROUP, kinds={"python", "parquet"})
+@fails_clearly
 def chunks(
     context: dg.AssetExecutionContext, raw_documents: pa.Table, corpora: CorporaResource, retrieval: RetrievalResource
 ) -> dg.Output[pa.Table]:
@@ -68,7 +71,7 @@ def chunks(
         chunker = indexer.chunker
         chunk_list = indexer.chunk(docs)
         tokenizer_model = indexer.dense.model_name
-    table = chunks_to_table(chunk_list)
+    table = chunks_to_table(chunk_list, table_skipped(raw_documents))
     seconds = time.perf_counter() - started
     per_doc = len(chunk_list) / len(docs) if docs else 0.0
     context.log.info(f"{corpus.name}: {len(docs)} documents -> {len(chunk_list)} chunks")

@@ -7,6 +7,7 @@ for corpora with qrels. A failed check skips this step, so readers stay on the p
 import dagster as dg
 
 from assets.evaluation import retrieval_evaluation
+from assets.failures import fails_clearly
 from assets.index import latest_staged, qdrant_index
 from assets.ingest import GROUP
 from assets.partitions import corpus_partitions
@@ -20,6 +21,7 @@ from retrieval.store import StoreError
     deps=[qdrant_index, retrieval_evaluation],
     kinds={"qdrant"},
 )
+@fails_clearly
 def published_index(
     context: dg.AssetExecutionContext, corpora: CorporaResource, retrieval: RetrievalResource
 ) -> dg.MaterializeResult:

@@ -8,19 +8,21 @@ otherwise any earlier adapted encoder of the corpus is removed and searches use 
 See :mod:`evals.pseudo_queries`.
 """
 
+import shutil
 import time
 
 import dagster as dg
 import pyarrow as pa
 from pydantic import Field
 
+from assets.failures import fails_clearly
 from assets.ingest import GROUP
 from assets.partitions import corpus_partitions
 from assets.publish import published_index
 from assets.resources import CorporaResource, RetrievalResource
 from assets.tables import stale_rows, table_model, table_to_dense, table_to_documents
 from evals.collections import EvalCollection
-from evals.pseudo_queries import AdaptConfig, adapt_query_encoder, judged_queries
+from evals.pseudo_queries import AdaptConfig, adapt_query_encoder, judged_queries, pseudo_queries, split_held_out
 
 
 class QueryEncoderConfig(dg.Config):
@@ -29,6 +31,7 @@ class QueryEncoderConfig(dg.Config):
 
 
 @dg.asset(partitions_def=corpus_partitions, group_name=GROUP, kinds={"pytorch"}, deps=[published_index])
+@fails_clearly
 def query_encoder(
     context: dg.AssetExecutionContext,
     config: QueryEncoderConfig,
@@ -39,13 +42,27 @@ def query_encoder(
     retrieval: RetrievalResource,
 ) -> dg.MaterializeResult:
     """Adapts the query encoder to the corpus without labels; used by searches only if it scores at least as well
-    as the dense model on the corpus' dev/train qrels where they exist, else on held-out pseudo-queries."""
+    as the dense model on the corpus' dev/train qrels where they exist, else on held-out pseudo-queries.
+    A corpus too small to draw both training and held-out pseudo-queries from is skipped (``used: false``)."""
     started = time.perf_counter()
     corpus = corpora.get(context.partition_key)
     settings = retrieval.settings(corpus.collection)
     if stale_rows(chunks, dense_vectors) or table_model(dense_vectors) not in (None, settings.dense_model):
         raise dg.Failure("dense_vectors is out of date with chunks or the dense model: materialize dense_vectors first")
     out = settings.adapted_query_dir()
+    adapt = AdaptConfig(max_queries=config.max_queries, epochs=config.epochs)
+    docs = table_to_documents(raw_documents)
+    indexed = set(chunks.column("doc_id").to_pylist())
+    train, held = (
+        sum(q.doc_id in indexed for q in part) for part in split_held_out(pseudo_queries(docs, adapt), adapt)
+    )
+    if not train or not held:
+        reason = f"too few documents ({len(docs)}: {train} pseudo-queries to train, {held} held out)"
+        context.log.warning(f"{corpus.name}: not adapted: {reason}; searches use the dense model itself")
+        shutil.rmtree(out, ignore_errors=True)  # an encoder adapted to an earlier state of the corpus
+        return dg.MaterializeResult(
+            metadata={"used": False, "reason": reason, "model_dir": "none", "base_model": settings.dense_model}
+        )
     judged = None
     if corpus.qrels is not None:
         judged = judged_queries(EvalCollection(corpus.name, corpus.qrels), evaluated=corpus.split)
@@ -58,12 +75,12 @@ def query_encoder(
                 "which does not exist yet: run the reindex job first"
             )
         report = adapt_query_encoder(
-            table_to_documents(raw_documents),
+            docs,
             chunks.column("doc_id").to_numpy(zero_copy_only=False),
             table_to_dense(dense_vectors),
             settings.dense_model,
             out,
-            AdaptConfig(max_queries=config.max_queries, epochs=config.epochs),
+            adapt,
             judged=judged,
             stack=stack,
         )

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
 from retrieval import Chunk, Document
+from retrieval.documents import InputProblem
 from retrieval.encoders.sparse import SparseVec
 
 DOCUMENTS = pa.schema(
@@ -26,14 +28,16 @@ CHUNKS = pa.schema(
     ]
 )
 MODEL_KEY = b"hybrid_rag.model"
+SKIPPED_KEY = b"hybrid_rag.skipped"  # the records the reader skipped as bad input (JSON), passed on to chunks
 
 
 def _json(metadata: dict) -> str:
     return json.dumps(metadata, sort_keys=True, default=str)
 
 
-def documents_to_table(docs: Sequence[Document]) -> pa.Table:
-    return pa.Table.from_pydict(
+def documents_to_table(docs: Sequence[Document], skipped: Sequence[InputProblem] = ()) -> pa.Table:
+    """The documents; ``skipped`` (records skipped as bad input) goes into the schema metadata."""
+    table = pa.Table.from_pydict(
         {
             "doc_id": [d.id for d in docs],
             "title": [d.title for d in docs],
@@ -42,6 +46,21 @@ def documents_to_table(docs: Sequence[Document]) -> pa.Table:
         },
         schema=DOCUMENTS,
     )
+    return with_skipped(table, skipped)
+
+
+def with_skipped(table: pa.Table, skipped: Sequence[InputProblem]) -> pa.Table:
+    """``table`` carrying ``skipped`` in its schema metadata (Parquet keeps it), so an index sync keeps what is
+    stored for the skipped documents."""
+    rows = [{"path": str(p.path), "line": p.line, "reason": p.reason, "doc_id": p.doc_id} for p in skipped]
+    return table.replace_schema_metadata({**(table.schema.metadata or {}), SKIPPED_KEY: json.dumps(rows).encode()})
+
+
+def table_skipped(table: pa.Table) -> list[InputProblem]:
+    """The skipped records carried by a documents or chunks table (none for a table written without them)."""
+    raw = (table.schema.metadata or {}).get(SKIPPED_KEY)
+    rows = json.loads(raw) if raw else []
+    return [InputProblem(Path(r["path"]), r["line"], r["reason"], r["doc_id"]) for r in rows]
 
 
 def table_to_documents(table: pa.Table) -> list[Document]:
@@ -51,8 +70,9 @@ def table_to_documents(table: pa.Table) -> list[Document]:
     ]
 
 
-def chunks_to_table(chunks: Sequence[Chunk]) -> pa.Table:
-    return pa.Table.from_pydict(
+def chunks_to_table(chunks: Sequence[Chunk], skipped: Sequence[InputProblem] = ()) -> pa.Table:
+    """The chunks; ``skipped``: as in :func:`documents_to_table`."""
+    table = pa.Table.from_pydict(
         {
             "chunk_id": [c.id for c in chunks],
             "doc_id": [c.doc_id for c in chunks],
@@ -64,6 +84,7 @@ def chunks_to_table(chunks: Sequence[Chunk]) -> pa.Table:
         },
         schema=CHUNKS,
     )
+    return with_skipped(table, skipped)
 
 
 def table_to_chunks(table: pa.Table) -> list[Chunk]:
@@ -116,9 +137,12 @@ def table_model(table: pa.Table) -> str | None:
 
 
 def stale_rows(chunks: pa.Table, vectors: pa.Table) -> int:
-    """How many rows of a vector table do not belong to the same-position chunk (0 when aligned)."""
-    if chunks.num_rows != vectors.num_rows:
-        return max(chunks.num_rows, vectors.num_rows)
-    same = np.asarray(chunks["content_hash"].to_pylist()) == np.asarray(vectors["content_hash"].to_pylist())
-    ids = np.asarray(chunks["chunk_id"].to_pylist()) == np.asarray(vectors["chunk_id"].to_pylist())
-    return int((~(same & ids)).sum()) if chunks.num_rows else 0
+    """How many chunks a vector table is out of date for: chunk ids added, removed, or with another content hash
+    (0 when it holds the chunks' rows in the same order; the same rows in another order count as differing at
+    their positions, since vectors are read by position)."""
+    wanted = dict(zip(chunks["chunk_id"].to_pylist(), chunks["content_hash"].to_pylist(), strict=True))
+    held = dict(zip(vectors["chunk_id"].to_pylist(), vectors["content_hash"].to_pylist(), strict=True))
+    stale = len(wanted.keys() ^ held.keys()) + sum(held[i] != h for i, h in wanted.items() if i in held)
+    if stale == 0 and list(wanted) != list(held):
+        return sum(a != b for a, b in zip(wanted, held, strict=True))
+    return stale

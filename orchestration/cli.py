@@ -503,14 +503,22 @@ def adapt(
 
 
 @app.command()
-def run(corpus: Annotated[str, typer.Option(help="Corpus partition to build")] = "sample") -> None:
-    """The main job: materialize the Dagster asset graph (ingest, chunk, embed, index, evaluate) and print metrics."""
+def run(
+    corpus: Annotated[str, typer.Option(help="Corpus partition to build")] = "sample",
+    allow_delete: Annotated[
+        bool, typer.Option("--allow-delete", help="Allow a sync that deletes over half of the collection")
+    ] = False,
+) -> None:
+    """The main job: materialize the Dagster asset graph (ingest, chunk, embed, index, evaluate) and print metrics.
+
+    The run is recorded in the Dagster instance at $DAGSTER_HOME (else data/dagster_home)."""
     from orchestration.main_job import MainJobError, print_results, run_main_job
 
+    run_config = {"ops": {"qdrant_index": {"config": {"allow_delete": True}}}} if allow_delete else None
     try:
-        print_results(run_main_job(corpus))
+        print_results(run_main_job(corpus, run_config=run_config))
     except MainJobError as exc:  # e.g. the evaluation gate refused the new version: readers keep the old one
-        console.print(f"[red]{exc}[/red]")
+        console.print(f"[red]{exc}[/red]", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from exc
 
 

@@ -1,14 +1,17 @@
 """The main job: a run of the ``reindex`` job for one corpus, in-process, and its evaluation report.
 
 Runs on the embedded Qdrant engine (unless ``HYBRID_RAG_QDRANT_URL`` is set) with a persistent Dagster
-instance under ``data/dagster_home``, so the run history, metadata plots and the publishing gate carry over
-between runs (point ``dagster dev`` at it with ``DAGSTER_HOME=$PWD/data/dagster_home`` to browse them; the
+instance under ``$DAGSTER_HOME`` (else ``data/dagster_home``), so the run history, metadata plots and the
+publishing gate carry over between runs (point ``dagster dev`` at the same absolute path to browse them; the
 runs belong to the ``reindex`` job, so they can be re-executed from the UI).
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import shutil
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -21,6 +24,7 @@ from assets.corpora import REPO_ROOT
 from assets.evaluation import evaluation_report
 from orchestration.definitions import default_resources
 from orchestration.jobs import reindex_job
+from retrieval.errors import HybridRagError
 
 DAGSTER_HOME = Path("data/dagster_home")
 INSTANCE_YAML = REPO_ROOT / "data" / "dagster_home" / "dagster.yaml"
@@ -29,6 +33,35 @@ INDEX_FIELDS = ("documents", "chunks", "written", "unchanged", "deleted", "point
 
 class MainJobError(RuntimeError):
     """The run failed; the message names the failed steps and why."""
+
+
+class UnknownCorpusError(HybridRagError, ValueError):
+    """The corpus is not configured; the message lists the configured ones."""
+
+
+def default_dagster_home() -> Path:
+    """``$DAGSTER_HOME`` when set (as ``dagster dev`` reads it), else the project's ``data/dagster_home``."""
+    return Path(os.environ.get("DAGSTER_HOME") or DAGSTER_HOME)
+
+
+class _OneLine(logging.Formatter):
+    """Each event as its first line: a failed step's error and stack trace stay in the run's event log (the UI);
+    the run's failure reasons are printed once, by ``hybrid-rag run``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return super().format(record).split("\n\n", 1)[0]
+
+
+@dg.logger(
+    config_schema={"log_level": dg.Field(str, default_value="INFO", is_required=False)},
+    description="Dagster's console log lines, one line per event",
+)
+def one_line_console_logger(init_context: dg.InitLoggerContext) -> logging.Logger:
+    logger = logging.Logger("dagster", level=init_context.logger_config["log_level"].upper())
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_OneLine("%(asctime)s - %(name)s - %(levelname)s - %(message)s"))
+    logger.addHandler(handler)
+    return logger
 
 
 def run_main_job(
@@ -44,8 +77,8 @@ def run_main_job(
     ``log_level`` sets the console logger (Dagster's per-event lines are DEBUG) unless ``run_config`` has loggers.
     """
     if corpus not in CORPORA.names:
-        raise ValueError(f"unknown corpus {corpus!r}; configured in {CORPORA.path}: {', '.join(CORPORA.names)}")
-    home = Path(dagster_home or DAGSTER_HOME).resolve()
+        raise UnknownCorpusError(f"unknown corpus {corpus!r}; configured in {CORPORA.path}: {', '.join(CORPORA.names)}")
+    home = Path(dagster_home or default_dagster_home()).resolve()
     home.mkdir(parents=True, exist_ok=True)
     if not (home / "dagster.yaml").exists():  # the project's instance settings (telemetry off, one run per corpus)
         shutil.copyfile(INSTANCE_YAML, home / "dagster.yaml")
@@ -54,6 +87,7 @@ def run_main_job(
         jobs=[reindex_job],
         resources=dict(resources or default_resources()),
         executor=dg.in_process_executor,
+        loggers={"console": one_line_console_logger},
     )
     with dg.DagsterInstance.from_config(str(home)) as instance:
         result = defs.resolve_job_def(reindex_job.name).execute_in_process(
@@ -150,5 +184,14 @@ def _failures(result: dg.ExecuteInProcessResult) -> list[str]:
         if data.error and data.error.cls_name == "DagsterAssetCheckFailedError":
             continue  # the failed checks are listed above, with their figures
         text = data.user_failure_data.description if data.user_failure_data else None
-        out.append(f"{event.step_key}: {text or (data.error.message.strip() if data.error else 'failed')}")
+        out.append(f"{event.step_key}: {text or _cause(data.error)}")
     return out or ["see the run's event log"]
+
+
+def _cause(error: Any) -> str:
+    """The innermost error of a step failure (the user code's, not Dagster's step wrapper), as one line."""
+    if error is None:
+        return "failed"
+    while error.cause is not None:
+        error = error.cause
+    return " ".join(error.message.split()) or error.cls_name

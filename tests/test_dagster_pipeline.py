@@ -209,6 +209,7 @@ def test_cli_run_is_a_run_of_the_reindex_job(sandbox: Sandbox, second_run: dict,
     }.items():
         monkeypatch.setenv(name, str(value))
     monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)  # else the run goes to $DAGSTER_HOME
     result = CliRunner().invoke(app, ["run", "--corpus", CORPUS])
     assert result.exit_code == 0, result.output
     store = EdgeStore(tmp_path / "index", CORPUS)

@@ -1,0 +1,170 @@
+"""Dagster runs of a small folder corpus: skipped documents keep their stored chunks, expected errors fail a run
+with one clear line (also through ``hybrid-rag run``), a corpus too small to adapt on is skipped, and stale
+vector tables are counted by the rows that differ."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+import pyarrow as pa
+import pytest
+from typer.testing import CliRunner
+
+from assets import ALL_ASSETS, POINT_COUNT_CHECK, query_encoder
+from assets.resources import CorporaResource, EvalHistoryResource, RetrievalResource
+from assets.tables import stale_rows
+from orchestration.cli import app
+from orchestration.definitions import default_resources
+from orchestration.main_job import MainJobError, run_main_job
+from orchestration.parquet_io import ParquetIOManager
+from retrieval.store import EdgeStore
+
+TEXTS = {
+    "a.txt": "Qdrant stores dense and sparse vectors.",
+    "b.txt": "BM25 weighs terms by frequency and rarity.",
+    "c.txt": "SPLADE expands sparse terms.",
+}
+
+
+class Folder:
+    """The ``dropbox`` partition on a folder of three text files (skip policy), every path under ``root``."""
+
+    def __init__(self, root: Path, texts: dict[str, str] = TEXTS):
+        self.root = root
+        self.drop = root / "drop"
+        self.drop.mkdir()
+        for name, text in texts.items():
+            (self.drop / name).write_text(text + "\n")
+        corpora = root / "corpora.yaml"
+        corpora.write_text(
+            f"corpora:\n  dropbox:\n    source: {self.drop}\n    format: dir\n    collection: drop\n"
+            "    on_bad_input: skip\n"
+        )
+        self.resources = default_resources(
+            retrieval=RetrievalResource(qdrant_path=str(root / "index"), cache_dir=str(root / "cache")),
+            eval_history=EvalHistoryResource(path=str(root / "evals.sqlite")),
+            io_manager=ParquetIOManager(base_dir=str(root / "assets")),
+            corpora=CorporaResource(path=str(corpora)),
+        )
+        self.instance = dg.DagsterInstance.ephemeral()
+
+    def materialize(self, assets=ALL_ASSETS) -> dg.ExecuteInJobResult:
+        return dg.materialize(
+            assets, partition_key="dropbox", resources=self.resources, instance=self.instance, raise_on_error=False
+        )
+
+    def stored_docs(self) -> list[str]:
+        """The document id of every point of the published version (one per chunk)."""
+        store = EdgeStore(self.root / "index", "drop")
+        try:
+            return sorted(doc_id for doc_id, _ in store.stored_hashes().values())
+        finally:
+            store.close()
+
+
+def _metadata(result: dg.ExecuteInJobResult, asset: str) -> dict:
+    [event] = [e for e in result.get_asset_materialization_events() if e.asset_key.to_user_string() == asset]
+    return {k: getattr(v, "value", v) for k, v in event.materialization.metadata.items()}
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Folder:
+    return Folder(tmp_path)
+
+
+@pytest.mark.slow
+def test_skipped_documents_keep_their_stored_chunks(folder: Folder) -> None:
+    assert folder.materialize().success and folder.stored_docs() == ["a.txt", "b.txt", "c.txt"]
+    (folder.drop / "a.txt").write_bytes(b"Qdrant stores \xff vectors.\n")  # now bad input: skipped
+    result = folder.materialize()
+    assert result.success and folder.stored_docs() == ["a.txt", "b.txt", "c.txt"]  # a.txt's chunk kept
+    [check] = result.get_asset_check_evaluations()
+    assert check.check_name == POINT_COUNT_CHECK and check.passed
+    assert check.metadata["kept_points"].value == 1 and check.metadata["chunks"].value == 2
+    assert _metadata(result, "qdrant_index")["kept_documents"] == 1
+    (folder.drop / "b.txt").unlink()  # a document really gone is still deleted
+    assert folder.materialize().success and folder.stored_docs() == ["a.txt", "c.txt"]
+
+
+@pytest.mark.slow
+def test_unsafe_delete_fails_with_one_line_naming_the_run_flag(folder: Folder, tmp_path: Path, monkeypatch) -> None:
+    home = tmp_path / "home"
+    assert run_main_job("dropbox", dagster_home=home, resources=folder.resources)["index"]["points"] == 3
+    for name in ("b.txt", "c.txt"):
+        (folder.drop / name).unlink()
+    with pytest.raises(MainJobError) as refused:
+        run_main_job("dropbox", dagster_home=home, resources=folder.resources)
+    message = str(refused.value)
+    assert "qdrant_index: refusing to delete 2 of the 3 points" in message and "\n" not in message
+    assert "hybrid-rag run --allow-delete" in message and "hybrid-rag index" not in message
+    assert "Dagster" not in message and folder.stored_docs() == ["a.txt", "b.txt", "c.txt"]
+    monkeypatch.setattr("orchestration.main_job.default_resources", lambda: folder.resources)
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    cli = CliRunner().invoke(app, ["run", "--corpus", "dropbox"])
+    assert cli.exit_code == 1 and "refusing to delete 2 of the 3 points" in cli.output, cli.output
+    assert "Traceback" not in cli.output and "DagsterExecutionStepExecutionError" not in cli.output
+    cli = CliRunner().invoke(app, ["run", "--corpus", "dropbox", "--allow-delete"])
+    assert cli.exit_code == 0, cli.output
+    assert folder.stored_docs() == ["a.txt"]
+
+
+@pytest.mark.slow
+def test_cli_run_prints_invalid_settings_in_one_line_and_records_the_run_in_dagster_home(
+    tmp_path: Path, monkeypatch
+) -> None:
+    home = tmp_path / "my_home"
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    monkeypatch.setenv("HYBRID_RAG_CHUNK_TOKENS", "32")  # smaller than the default overlap
+    monkeypatch.setenv("HYBRID_RAG_QDRANT_PATH", str(tmp_path / "index"))
+    monkeypatch.setenv("HYBRID_RAG_ASSETS_DIR", str(tmp_path / "assets"))
+    monkeypatch.setenv("HYBRID_RAG_HISTORY_PATH", str(tmp_path / "history.sqlite"))
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["run", "--corpus", "sample"])
+    assert result.exit_code == 1, result.output
+    [line] = [line for line in result.output.splitlines() if line.startswith("run ")]
+    assert "raw_documents: invalid settings" in line and "chunk_overlap" in line
+    assert "Traceback" not in result.output and "DagsterExecutionStepExecutionError" not in result.output
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        [run] = instance.get_runs()  # $DAGSTER_HOME, as `dagster dev` reads it
+    assert run.tags["dagster/partition"] == "sample" and not (tmp_path / "data" / "dagster_home").exists()
+
+
+def test_cli_run_refuses_an_unknown_corpus_in_one_line() -> None:
+    result = CliRunner().invoke(app, ["run", "--corpus", "smaple"])
+    assert result.exit_code == 2, result.output
+    assert "unknown corpus 'smaple'" in result.output and "sample" in result.output.split("smaple")[1]
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) <= 2  # soft-wrapped
+
+
+@pytest.mark.slow
+def test_query_encoder_skips_a_corpus_too_small_to_adapt_on(tmp_path: Path) -> None:
+    texts = {f"{w}.txt": f"Notes about {w} retrieval. A second sentence on {w}." for w in ("alpha", "beta", "gamma")}
+    folder = Folder(tmp_path, texts)  # no sentence long enough for a pseudo-query
+    result = folder.materialize([*ALL_ASSETS, query_encoder])  # "Materialize all"
+    assert result.success
+    meta = _metadata(result, "query_encoder")
+    assert meta["used"] is False and "too few documents" in meta["reason"]
+
+
+def test_stale_rows_counts_the_chunks_that_differ() -> None:
+    def table(rows: list[tuple[str, str]]) -> pa.Table:
+        return pa.table({"chunk_id": [r[0] for r in rows], "content_hash": [r[1] for r in rows]})
+
+    old = [(f"c{i}", f"h{i}") for i in range(20)]
+    assert stale_rows(table(old), table(old)) == 0
+    assert stale_rows(table([old[0], ("new", "h"), *old[1:]]), table(old)) == 1  # one chunk added
+    assert stale_rows(table(old[1:]), table(old)) == 1  # one removed
+    assert stale_rows(table([("c0", "changed"), *old[1:]]), table(old)) == 1  # one changed
+    assert stale_rows(table([old[1], old[0], *old[2:]]), table(old)) == 2  # same rows, two out of place
+
+
+@pytest.mark.slow
+def test_evaluation_alone_after_qdrant_index_names_the_staged_version(folder: Folder) -> None:
+    upto_index = [a for a in ALL_ASSETS if a.key.to_user_string() not in ("retrieval_evaluation", "published_index")]
+    assert folder.materialize(upto_index).success  # stages version 1, publishes nothing
+    evaluation = next(a for a in ALL_ASSETS if a.key.to_user_string() == "retrieval_evaluation")
+    result = folder.materialize([evaluation])
+    failures = [e.step_failure_data.user_failure_data.description for e in result.all_events if e.is_step_failure]
+    assert not any("no version yet" in f for f in failures)  # version 1 exists
+    assert result.success or "version 1 of 'drop' was staged by another run" in failures[0]
