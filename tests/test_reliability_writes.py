@@ -46,6 +46,10 @@ def test_delete_while_another_process_holds_the_collection(tmp_path, dense_encod
     )
     try:
         assert holder.stdout.readline().split() == ["holding", str(len(TINY_DOCS))]
+        direct = EdgeStore(root, "test")  # reads the held version through a view: writing there is refused
+        with pytest.raises(StoreError, match="delete refused: another process has this version open"):
+            direct.delete_documents(["moon"])
+        direct.close()
         with edge_stack(root, dense_encoder, sparse_encoder) as stack:
             report = stack.indexer().delete_documents(["valve", "pasta", "not-there"])
         holder.stdin.write("\n")

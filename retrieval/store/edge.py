@@ -461,14 +461,26 @@ class EdgeStore(QdrantStore):
         tmp.replace(directory / SCHEMA_FILE)
 
     @contextmanager
-    def _using(self, operation: str) -> Iterator[qe.EdgeShard]:
-        """The current shard, referenced for the duration of one operation; engine errors become StoreError."""
+    def _using(self, operation: str, write: bool = False) -> Iterator[qe.EdgeShard]:
+        """The current shard, referenced for the duration of one operation; engine errors become StoreError.
+
+        ``write``: refused on a version another process holds (this one has a read-only view of it, whose large
+        files are shared with that version): write into a staged version instead (``stage``, as the indexer does).
+        """
         with self._lock:
             self._follow()
             if self._shard is None:
                 self._open_current()
             path = self.root / self._bound / SHARD_DIR
             shard = _acquire(path, opening=False)
+        with _registry_lock:
+            viewed = _open_shards[str(path.resolve())][2] is not None
+        if write and viewed:
+            _release(path)
+            raise StoreError(
+                f"embedded Qdrant at {path.parent}: {operation} refused: another process has this version open; "
+                "write through Indexer (index, delete_documents), which writes a staged copy and publishes it"
+            )
         try:
             yield shard
         except (StoreError, ValueError, TypeError, KeyboardInterrupt, SystemExit, GeneratorExit):
@@ -525,18 +537,18 @@ class EdgeStore(QdrantStore):
             )
             for c, d, s in zip(chunks, dense, sparse, strict=True)
         ]
-        with self._using("upsert") as shard:
+        with self._using("upsert", write=True) as shard:
             shard.update(qe.UpdateOperation.upsert_points(points))
 
     def delete_ids(self, ids: Sequence[str]) -> None:
         if ids:
-            with self._using("delete") as shard:
+            with self._using("delete", write=True) as shard:
                 shard.update(qe.UpdateOperation.delete_points(list(ids)))
 
     def delete_documents(self, doc_ids: Sequence[str]) -> None:
         if doc_ids:
             flt = qe.Filter(must=[qe.FieldCondition(key="doc_id", match=qe.MatchAny(list(doc_ids)))])
-            with self._using("delete") as shard:
+            with self._using("delete", write=True) as shard:
                 shard.update(qe.UpdateOperation.delete_points_by_filter(flt))
 
     def flush(self) -> None:
