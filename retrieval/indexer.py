@@ -202,6 +202,7 @@ class Indexer:
     ) -> IndexReport:
         pinned = self.store.version is not None  # an explicit version (e.g. a staged one) is written in place
         staged = rebuild or (not pinned and (not publish or not self.store.writes_in_place))
+        created = False  # an in-place write that creates the collection
         if rebuild:
             existing = self._published_hashes(bool(chunks) or allow_delete)
             prunable = self._prunable(existing, chunks, True, True, skipped, allow_delete, report)
@@ -213,6 +214,7 @@ class Indexer:
                     return self._done(report, self.store.current_version(), rebuild, publish, started)
             target = self.store.stage(self.schema(), copy_current=True)
         else:
+            created = self.store.schema() is None
             self.store.ensure(self.schema())
             target = self.store
         try:
@@ -235,7 +237,7 @@ class Indexer:
         finally:
             if target is not self.store:
                 target.close()
-        report.changed = rebuild or bool(report.embedded or report.deleted)
+        report.changed = staged or created or bool(report.embedded or report.deleted)
         return self._done(report, target.version if staged else self.store.current_version(), rebuild, publish, started)
 
     def _done(
