@@ -122,10 +122,13 @@ def _make_view(shard_dir: Path) -> Path:
             dst.mkdir(parents=True, exist_ok=True)
             continue
         dst.parent.mkdir(parents=True, exist_ok=True)
-        if src.stat().st_size >= LINK_MIN_BYTES:
-            os.link(src, dst)
-        else:
-            _copy_sparse(str(src), str(dst))
+        try:
+            if src.stat().st_size >= LINK_MIN_BYTES:
+                os.link(src, dst)
+            else:
+                _copy_sparse(str(src), str(dst))
+        except FileNotFoundError:  # a temporary file the holder renamed meanwhile (``.atomicwrite*``): not needed
+            continue
     return view
 
 
