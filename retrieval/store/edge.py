@@ -476,14 +476,15 @@ class EdgeStore(QdrantStore):
                 self._open_current()
             path = self.root / self._bound / SHARD_DIR
             shard = _acquire(path, opening=False)
-        with _registry_lock:
-            viewed = _open_shards[str(path.resolve())][2] is not None
-        if write and viewed:
-            _release(path)
-            raise StoreError(
-                f"embedded Qdrant at {path.parent}: {operation} refused: another process has this version open; "
-                "write through Indexer (index, delete_documents), which writes a staged copy and publishes it"
-            )
+        if write:
+            with _registry_lock:
+                viewed = _open_shards[str(path.resolve())][2] is not None
+            if viewed:
+                _release(path)
+                raise StoreError(
+                    f"embedded Qdrant at {path.parent}: {operation} refused: another process has this version open; "
+                    "write through Indexer (index, delete_documents), which writes a staged copy and publishes it"
+                )
         try:
             yield shard
         except (StoreError, ValueError, TypeError, KeyboardInterrupt, SystemExit, GeneratorExit):
