@@ -204,24 +204,16 @@ def delete(
     doc_ids: Annotated[list[str], typer.Argument(help="Document ids to delete (all their chunks)")],
     collection: CollectionOpt = None,
 ) -> None:
-    """Delete documents from a collection by id."""
-    from retrieval.store import open_store
+    """Delete documents from a collection by id (as indexing writes: waits for other writers, readers switch
+    to the result atomically)."""
+    from retrieval.stack import RetrievalStack
 
     settings = _settings(collection=collection)
-    store = open_store(settings)
-    try:
-        store.check_schema()  # it exists (no models to compare: deleting needs none)
-        before = store.count()
-        missing = [d for d in doc_ids if store.count({"doc_id": d}) == 0]
-        store.delete_documents(doc_ids)
-        store.flush()
-        after = store.count()
-    finally:
-        store.close()
-    found = len(doc_ids) - len(missing)
-    console.print(f"deleted {before - after:,} points of {found} documents; {after:,} points left")
-    if missing:
-        console.print(f"[yellow]not in {settings.collection!r}:[/yellow] {', '.join(missing)}", soft_wrap=True)
+    with RetrievalStack(settings) as stack:
+        report = stack.indexer().delete_documents(doc_ids)
+    console.print(f"deleted {report.deleted:,} points of {report.documents} documents; {report.points:,} points left")
+    if report.missing:
+        console.print(f"[yellow]not in {settings.collection!r}:[/yellow] {', '.join(report.missing)}", soft_wrap=True)
 
 
 @app.command()

@@ -5,7 +5,7 @@ It never imports Dagster; the orchestration layer builds on it.
 
 from retrieval.chunking import Chunk, Chunker, point_id
 from retrieval.documents import BadInputError, BadInputPolicy, Document, SourceFormat, read_documents
-from retrieval.indexer import Indexer, IndexReport
+from retrieval.indexer import DeleteReport, Indexer, IndexReport
 from retrieval.rerank import EmbeddingReranker, RerankConfig
 from retrieval.search import Hit, HybridRetriever, Variant
 from retrieval.settings import RetrievalSettings
@@ -16,6 +16,7 @@ __all__ = [
     "BadInputPolicy",
     "Chunk",
     "Chunker",
+    "DeleteReport",
     "Document",
     "EmbeddingReranker",
     "Hit",

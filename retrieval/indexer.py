@@ -58,10 +58,23 @@ class IndexReport:
     points: int = 0
     seconds: float = 0.0
     skipped: list[InputProblem] = field(default_factory=list)
+    changed: bool = True  # False: nothing to write or delete, so no new version was staged or published
 
     @property
     def chunks_per_second(self) -> float:
         return self.embedded / self.seconds if self.seconds else 0.0
+
+
+@dataclass
+class DeleteReport:
+    """What :meth:`Indexer.delete_documents` did (``version``: the version that holds the result)."""
+
+    collection: str
+    version: int | None = None
+    documents: int = 0  # of the ids asked for, the stored ones
+    deleted: int = 0  # points deleted
+    points: int = 0  # points left
+    missing: list[str] = field(default_factory=list)  # ids asked for that the collection does not hold
 
 
 class Indexer:
@@ -169,6 +182,8 @@ class Indexer:
         Where readers in other processes may hold the published version (the embedded engine), the writes go
         into a staged copy of it that is published at the end. ``publish=False`` stages and stops there: the
         caller publishes ``report.version`` (``store.publish(store.pinned(version))``) once it is vetted.
+        A sync (not a rebuild) that finds nothing to write or delete in the published version stages nothing:
+        ``report.changed`` is False and ``report.version`` the published one.
         """
         started = time.perf_counter()
         report = IndexReport(
@@ -187,6 +202,7 @@ class Indexer:
     ) -> IndexReport:
         pinned = self.store.version is not None  # an explicit version (e.g. a staged one) is written in place
         staged = rebuild or (not pinned and (not publish or not self.store.writes_in_place))
+        created = False  # an in-place write that creates the collection
         if rebuild:
             existing = self._published_hashes(bool(chunks) or allow_delete)
             prunable = self._prunable(existing, chunks, True, True, skipped, allow_delete, report)
@@ -194,8 +210,11 @@ class Indexer:
         elif staged:
             if self.store.schema() is not None:
                 self.store.ensure(self.schema())  # refuses other models
+                if self._unchanged(chunks, prune, allow_delete, skipped, report):  # no copy, no new version
+                    return self._done(report, self.store.current_version(), rebuild, publish, started)
             target = self.store.stage(self.schema(), copy_current=True)
         else:
+            created = self.store.schema() is None
             self.store.ensure(self.schema())
             target = self.store
         try:
@@ -207,6 +226,8 @@ class Indexer:
             report.unchanged = len(chunks) - len(todo)
             self._write(target, [chunks[i] for i in todo], report, progress, _select(vectors, todo))
             report.deleted = self._delete_stale(target, chunks, stored, prunable, everything=rebuild)
+            if rebuild:  # the points of the published version that the new one no longer holds
+                report.deleted = len(existing.keys() - {c.id for c in chunks})
             target.flush()
             report.points = target.count()
             if staged:
@@ -216,13 +237,19 @@ class Indexer:
         finally:
             if target is not self.store:
                 target.close()
-        report.version = target.version if staged else self.store.current_version()
+        report.changed = staged or created or bool(report.embedded or report.deleted)
+        return self._done(report, target.version if staged else self.store.current_version(), rebuild, publish, started)
+
+    def _done(
+        self, report: IndexReport, version: int | None, rebuild: bool, publish: bool, started: float
+    ) -> IndexReport:
+        report.version = version
         report.seconds = time.perf_counter() - started
         log.info(
             "indexed %s (version %s%s): %d docs, %d chunks, %d written, %d unchanged, %d deleted in %.1fs",
             report.collection,
             report.version,
-            ", rebuilt" if rebuild else "" if publish else ", staged",
+            ", rebuilt" if rebuild else ", unchanged" if not report.changed else "" if publish else ", staged",
             report.documents,
             report.chunks,
             report.embedded,
@@ -232,8 +259,43 @@ class Indexer:
         )
         return report
 
-    def delete_documents(self, doc_ids: Sequence[str]) -> None:
-        self.store.delete_documents(list(doc_ids))
+    def delete_documents(self, doc_ids: Sequence[str]) -> DeleteReport:
+        """Delete every chunk of the documents ``doc_ids``, the way :meth:`sync` writes: under the collection's
+        write lock, into a staged copy of the published version (where the backend does not write in place),
+        sealed and published at the end. Nothing is staged when none of them is stored."""
+        wanted = list(dict.fromkeys(doc_ids))
+        report = DeleteReport(self.store.collection)
+        with self.store.write_lock():
+            schema = self.store.check_schema()  # it exists; deleting needs no models
+            stored = self.store.stored_hashes()
+            found = {doc_id for doc_id, _ in stored.values()} & set(wanted)
+            report.documents, report.missing = len(found), [d for d in wanted if d not in found]
+            report.points, report.version = len(stored), self.store.current_version()
+            if not found:
+                return report
+            staged = self.store.version is None and not self.store.writes_in_place
+            target = self.store.stage(schema, copy_current=True, resume=False) if staged else self.store
+            try:
+                target.delete_documents(sorted(found))
+                target.flush()
+                report.points = target.count()
+                if staged:
+                    self.store.seal(target)
+                    self.store.publish(target)
+                    report.version = target.version
+            finally:
+                if target is not self.store:
+                    target.close()
+        report.deleted = len(stored) - report.points
+        log.info(
+            "deleted %d points of %d documents from %s (version %s); %d points left",
+            report.deleted,
+            report.documents,
+            report.collection,
+            report.version,
+            report.points,
+        )
+        return report
 
     # -- internals ----------------------------------------------------------------------------------
     def _write(
@@ -393,15 +455,40 @@ class Indexer:
     ) -> int:
         """Delete surplus chunks of the indexed documents and the chunks of ``prunable`` documents (or of
         every document absent from ``chunks`` when ``everything``)."""
-        current = {c.id for c in chunks}
-        indexed_docs = {c.doc_id for c in chunks}
-        stale = [
-            pid
-            for pid, (doc_id, _) in stored.items()
-            if pid not in current and (doc_id in indexed_docs or doc_id in prunable or everything)
-        ]
+        stale = _stale(chunks, stored, prunable, everything)
         store.delete_ids(stale)
         return len(stale)
+
+    def _unchanged(
+        self,
+        chunks: Sequence[Chunk],
+        prune: bool,
+        allow_delete: bool,
+        skipped: Sequence[InputProblem],
+        report: IndexReport,
+    ) -> bool:
+        """Whether the published version already holds ``chunks`` and nothing to delete (then the report says so)."""
+        stored = self.store.stored_hashes()
+        prunable = self._prunable(stored, chunks, prune, False, skipped, allow_delete, report)
+        if any(stored.get(c.id, ("", ""))[1] != c.content_hash for c in chunks) or _stale(chunks, stored, prunable):
+            return False
+        report.chunks = report.unchanged = len(chunks)
+        report.points, report.changed = len(stored), False
+        return True
+
+
+def _stale(
+    chunks: Sequence[Chunk], stored: dict[str, tuple[str, str]], prunable: set[str], everything: bool = False
+) -> list[str]:
+    """The stored points to delete: surplus chunks of the indexed documents, all chunks of ``prunable`` documents
+    (or of every document absent from ``chunks`` when ``everything``)."""
+    current = {c.id for c in chunks}
+    indexed_docs = {c.doc_id for c in chunks}
+    return [
+        pid
+        for pid, (doc_id, _) in stored.items()
+        if pid not in current and (doc_id in indexed_docs or doc_id in prunable or everything)
+    ]
 
 
 def _select(

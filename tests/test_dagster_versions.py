@@ -212,13 +212,15 @@ def test_gate_refuses_a_worse_version_and_readers_keep_the_published_one(tmp_pat
     assert not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.ERROR  # failed, in the UI too
     assert (meta["evaluated_version"], meta["published_version"]) == (2, 1)
     assert meta["published"] == pytest.approx(published_ndcg) and meta["current"] < published_ndcg - 0.2
-    assert "refused" in evaluation.description
+    assert "refused" in evaluation.description and "evaluation in run" in meta["published_from"]
     _, run_id = materialized_at(sandbox, "published_index")
     assert run_id == first["run_id"]  # published_index did not run
     assert EdgeStore(tmp_path / "index", "gated").current_version() == 1
     assert {q: [h.chunk_id for h in reader.search(queries[q], k=5)] for q in expected} == expected
 
-    (data / "corpus.jsonl").write_text(original)  # fixed: the next run publishes, under a new version number
+    (data / "corpus.jsonl").write_text(original)  # fixed, and one unrelated document more: a change to publish
+    extra = {"_id": "misc-99", "title": "Warehouse", "text": "Shelf 12 holds crates of spare bolts and hinges."}
+    write_docs(data, [*read_docs(data), extra])  # (the original alone equals version 1: nothing would be staged)
     assert run_main_job(PARTITION, dagster_home=sandbox.home, resources=resources)["published"] == 3
     assert {q: [h.chunk_id for h in reader.search(queries[q], k=5)] for q in expected} == expected
     assert reader.store.current_version() == 3

@@ -206,13 +206,14 @@ class QdrantStore(ABC):
         """A store on version ``version`` of this collection (e.g. a staged one, to evaluate it)."""
         return self._pinned(version)
 
-    def stage(self, schema: CollectionSchema, *, copy_current: bool = False) -> QdrantStore:
+    def stage(self, schema: CollectionSchema, *, copy_current: bool = False, resume: bool = True) -> QdrantStore:
         """A pinned store on a new, unpublished version (``publish`` it when it is complete).
 
         ``copy_current``: the new version starts as a copy of the published one (same schema), so an
-        incremental write touches only what changed while readers keep the published version. Otherwise it
-        starts empty (a rebuild), and the unfinished target of a failed rebuild is resumed when it has the
-        same schema, else deleted.
+        incremental write touches only what changed while readers keep the published version; the unfinished
+        copy of a failed write is resumed, unless ``resume`` is False (a write that must not publish another's
+        half-done work, e.g. a delete). Otherwise it starts empty (a rebuild), and the unfinished target of a
+        failed rebuild is resumed when it has the same schema, else deleted.
         """
         if self.version is not None:
             raise ValueError(f"stage() needs the collection {self.collection!r}, not its version {self.version}")
@@ -220,10 +221,10 @@ class QdrantStore(ABC):
         if copy_current:
             pending = [v for v in self._versions() if current is None or v > current]
             unfinished = {"base": current, "complete": False}
-            resume = pending[-1] if pending and self._stage_info(pending[-1]) == unfinished else None
-            if resume is not None and self._pinned(resume).schema() == schema:
-                log.info("resuming the unfinished write of %r (version %d)", self.collection, resume)
-                return self._pinned(resume)
+            last = pending[-1] if resume and pending and self._stage_info(pending[-1]) == unfinished else None
+            if last is not None and self._pinned(last).schema() == schema:
+                log.info("resuming the unfinished write of %r (version %d)", self.collection, last)
+                return self._pinned(last)
             target = max([current or 0, *self._versions()]) + 1  # never the number of a refused version
             for v in pending:  # refused or abandoned stagings (kept while another process holds them)
                 self._pinned(v).drop()
@@ -251,10 +252,14 @@ class QdrantStore(ABC):
         return staged
 
     def publish(self, staged: QdrantStore) -> None:
-        """Switch readers to ``staged`` atomically, then delete the versions before it."""
+        """Switch readers to ``staged`` atomically, then delete the versions before it. The published version
+        itself (what a sync that changed nothing reports) is left as it is."""
+        current = self.current_version()
+        if staged.collection == self.collection and staged.version is not None and staged.version == current:
+            log.info("collection %r: version %d is already published", self.collection, current)
+            return
         if staged.collection != self.collection or not staged.version:
             raise ValueError(f"{staged.location} is not a staged version of {self.collection!r}")
-        current = self.current_version()
         if current is not None and staged.version < current:
             raise StoreError(
                 f"not publishing version {staged.version} of {self.collection!r} at {self.location}: "

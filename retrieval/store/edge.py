@@ -64,8 +64,9 @@ WRITE_LOCK_TIMEOUT_S = 600.0
 _open_shards: dict[str, tuple[qe.EdgeShard, int, Path | None]] = {}  # shard dir -> (shard, references, view)
 _doomed: set[str] = set()  # shard directories to delete once their last handle in this process is released
 _registry_lock = threading.Lock()
-_write_locks: dict[str, tuple[int, int]] = {}  # lock file -> (fd, depth): the write lock is re-entrant per process
-_write_locks_guard = threading.RLock()
+_write_locks: dict[str, tuple[int, int]] = {}  # lock file -> (fd, depth) of the thread holding it in this process
+_thread_locks: dict[str, threading.RLock] = {}  # lock file -> the lock that serialises this process' threads
+_write_locks_guard = threading.Lock()
 VIEWS_DIR = "views"
 LINK_MIN_BYTES = 1 << 20  # in a view, files this large are hard links: the engine only reads them after writing
 
@@ -121,10 +122,13 @@ def _make_view(shard_dir: Path) -> Path:
             dst.mkdir(parents=True, exist_ok=True)
             continue
         dst.parent.mkdir(parents=True, exist_ok=True)
-        if src.stat().st_size >= LINK_MIN_BYTES:
-            os.link(src, dst)
-        else:
-            _copy_sparse(str(src), str(dst))
+        try:
+            if src.stat().st_size >= LINK_MIN_BYTES:
+                os.link(src, dst)
+            else:
+                _copy_sparse(str(src), str(dst))
+        except FileNotFoundError:  # a temporary file the holder renamed meanwhile (``.atomicwrite*``): not needed
+            continue
     return view
 
 
@@ -182,28 +186,47 @@ def _remove_unheld(collection_dir: Path) -> None:
 
 @contextmanager
 def _write_lock(path: Path, collection: str, timeout_s: float) -> Iterator[None]:
-    """An exclusive lock on ``path`` (flock), re-entrant within this process; waits up to ``timeout_s``."""
-    key = str(path.resolve()) if path.exists() else str(path)
+    """An exclusive lock on ``path``: a per-path ``RLock`` (re-entrant per thread, so two threads of one process
+    are serialised too), then ``flock`` (across processes); waits up to ``timeout_s`` in all."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = str(path.parent.resolve() / path.name)  # the same key before and after the file exists
+    deadline = time.monotonic() + timeout_s
     with _write_locks_guard:
-        if key in _write_locks:
-            fd, depth = _write_locks[key]
-            _write_locks[key] = (fd, depth + 1)
-        else:
-            fd = _lock_file(path, collection, timeout_s)
-            _write_locks[key] = (fd, 1)
+        thread_lock = _thread_locks.setdefault(key, threading.RLock())
+    if not thread_lock.acquire(blocking=False):
+        holder = f"another thread of this process (pid {os.getpid()} on {socket.gethostname()})"
+        log.warning("collection %r is being written by %s: waiting for it to finish", collection, holder)
+        if not thread_lock.acquire(timeout=timeout_s):
+            raise StoreError(_busy_message(path, collection, holder, timeout_s)) from None
     try:
-        yield
-    finally:
         with _write_locks_guard:
-            fd, depth = _write_locks[key]
-            if depth > 1:
-                _write_locks[key] = (fd, depth - 1)
-            else:
-                del _write_locks[key]
-                os.close(fd)  # releases the flock
+            fd, depth = _write_locks.get(key, (-1, 0))
+        if depth == 0:  # this thread is the first holder in this process: take the lock file
+            fd = _lock_file(path, collection, max(deadline - time.monotonic(), 0.0), timeout_s)
+        with _write_locks_guard:
+            _write_locks[key] = (fd, depth + 1)
+        try:
+            yield
+        finally:
+            with _write_locks_guard:
+                if depth:
+                    _write_locks[key] = (fd, depth)
+                else:
+                    del _write_locks[key]
+                    os.close(fd)  # releases the flock
+    finally:
+        thread_lock.release()
 
 
-def _lock_file(path: Path, collection: str, timeout_s: float) -> int:
+def _busy_message(path: Path, collection: str, holder: str, timeout_s: float) -> str:
+    return (
+        f"collection {collection!r} at {path.parent} is being written by {holder}; "
+        f"gave up after waiting {timeout_s:.0f}s. Let that run finish (or stop it), then run this again"
+    )
+
+
+def _lock_file(path: Path, collection: str, timeout_s: float, waited_s: float | None = None) -> int:
+    """``flock`` on ``path``, waiting up to ``timeout_s`` (``waited_s``: the whole wait, for the message)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     if fcntl is None:  # pragma: no cover - Windows: no cross-process serialisation
@@ -218,8 +241,9 @@ def _lock_file(path: Path, collection: str, timeout_s: float) -> int:
             if time.monotonic() >= deadline:
                 os.close(fd)
                 raise StoreError(
-                    f"collection {collection!r} at {path.parent} is being written by another process ({holder}); "
-                    f"gave up after waiting {timeout_s:.0f}s. Let that run finish (or stop it), then run this again"
+                    _busy_message(
+                        path, collection, f"another process ({holder})", timeout_s if waited_s is None else waited_s
+                    )
                 ) from None
             if not warned:
                 log.warning("collection %r is being written by %s: waiting for it to finish", collection, holder)
@@ -440,14 +464,27 @@ class EdgeStore(QdrantStore):
         tmp.replace(directory / SCHEMA_FILE)
 
     @contextmanager
-    def _using(self, operation: str) -> Iterator[qe.EdgeShard]:
-        """The current shard, referenced for the duration of one operation; engine errors become StoreError."""
+    def _using(self, operation: str, write: bool = False) -> Iterator[qe.EdgeShard]:
+        """The current shard, referenced for the duration of one operation; engine errors become StoreError.
+
+        ``write``: refused on a version another process holds (this one has a read-only view of it, whose large
+        files are shared with that version): write into a staged version instead (``stage``, as the indexer does).
+        """
         with self._lock:
             self._follow()
             if self._shard is None:
                 self._open_current()
             path = self.root / self._bound / SHARD_DIR
             shard = _acquire(path, opening=False)
+        if write:
+            with _registry_lock:
+                viewed = _open_shards[str(path.resolve())][2] is not None
+            if viewed:
+                _release(path)
+                raise StoreError(
+                    f"embedded Qdrant at {path.parent}: {operation} refused: another process has this version open; "
+                    "write through Indexer (index, delete_documents), which writes a staged copy and publishes it"
+                )
         try:
             yield shard
         except (StoreError, ValueError, TypeError, KeyboardInterrupt, SystemExit, GeneratorExit):
@@ -504,18 +541,18 @@ class EdgeStore(QdrantStore):
             )
             for c, d, s in zip(chunks, dense, sparse, strict=True)
         ]
-        with self._using("upsert") as shard:
+        with self._using("upsert", write=True) as shard:
             shard.update(qe.UpdateOperation.upsert_points(points))
 
     def delete_ids(self, ids: Sequence[str]) -> None:
         if ids:
-            with self._using("delete") as shard:
+            with self._using("delete", write=True) as shard:
                 shard.update(qe.UpdateOperation.delete_points(list(ids)))
 
     def delete_documents(self, doc_ids: Sequence[str]) -> None:
         if doc_ids:
             flt = qe.Filter(must=[qe.FieldCondition(key="doc_id", match=qe.MatchAny(list(doc_ids)))])
-            with self._using("delete") as shard:
+            with self._using("delete", write=True) as shard:
                 shard.update(qe.UpdateOperation.delete_points_by_filter(flt))
 
     def flush(self) -> None:
