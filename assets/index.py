@@ -4,6 +4,8 @@ The version is staged, not published: readers keep the published one until ``pub
 after the point-count check (and, for corpora with qrels, the evaluation gate) passed.
 """
 
+from dataclasses import dataclass
+
 import dagster as dg
 import pyarrow as pa
 from pydantic import Field
@@ -17,6 +19,7 @@ from retrieval.store import SchemaMismatchError
 
 POINT_COUNT_CHECK = "index_point_count"
 STAGED_VERSION = "version"  # metadata key: the staged version this materialization wrote
+INDEX_KEY = dg.AssetKey("qdrant_index")
 
 
 class IndexConfig(dg.Config):
@@ -129,13 +132,56 @@ def qdrant_index(
     )
 
 
-def latest_staged(context: dg.AssetExecutionContext) -> tuple[int, str] | None:
+@dataclass(frozen=True)
+class StagedVersion:
+    """A version ``qdrant_index`` staged: its number and the run that staged it (with this run: ``own``)."""
+
+    version: int
+    run_id: str
+    own: bool
+
+
+def staged_version(context: dg.AssetExecutionContext) -> StagedVersion | None:
+    """The version ``qdrant_index`` staged in this run, else (it did not run here) the latest one of the partition,
+    whichever run staged it; None when it never ran for this partition."""
+    for record in reversed(
+        context.instance.get_records_for_run(context.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION).records
+    ):
+        staged = _staged(record.event_log_entry.asset_materialization, context.run_id, context.partition_key)
+        if staged is not None:
+            return StagedVersion(staged, context.run_id, own=True)
+    return latest_staged(context)
+
+
+def latest_staged(context: dg.AssetExecutionContext) -> StagedVersion | None:
     """The version the latest ``qdrant_index`` materialization of this partition staged, and the run that did it."""
     records = context.instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=dg.AssetKey("qdrant_index"), asset_partitions=[context.partition_key]),
-        limit=1,
+        dg.AssetRecordsFilter(asset_key=INDEX_KEY, asset_partitions=[context.partition_key]), limit=1
     ).records
-    if not records or records[0].asset_materialization is None:
+    if not records:
         return None
-    value = records[0].asset_materialization.metadata.get(STAGED_VERSION)
-    return (int(value.value), records[0].run_id) if value is not None else None
+    staged = _staged(records[0].asset_materialization, records[0].run_id, context.partition_key)
+    return StagedVersion(staged, records[0].run_id, own=records[0].run_id == context.run_id) if staged else None
+
+
+def point_count_result(context: dg.AssetExecutionContext, staged: StagedVersion) -> dg.AssetCheckEvaluation | None:
+    """The ``index_point_count`` result of the run that staged ``staged`` (None: the check did not run there)."""
+    records = context.instance.get_records_for_run(
+        staged.run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION
+    ).records
+    for record in reversed(records):
+        evaluation = record.event_log_entry.dagster_event.event_specific_data
+        if (
+            evaluation.asset_key == INDEX_KEY
+            and evaluation.check_name == POINT_COUNT_CHECK
+            and evaluation.partition in (None, context.partition_key)
+        ):
+            return evaluation
+    return None
+
+
+def _staged(materialization: dg.AssetMaterialization | None, run_id: str, partition: str) -> int | None:
+    if materialization is None or materialization.asset_key != INDEX_KEY or materialization.partition != partition:
+        return None
+    value = materialization.metadata.get(STAGED_VERSION)
+    return int(value.value) if value is not None else None

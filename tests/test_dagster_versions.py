@@ -16,7 +16,7 @@ import dagster as dg
 import pytest
 from dagster._core.event_api import PartitionKeyFilter  # the check history per partition (no public export)
 
-from assets import NDCG_CHECK
+from assets import ALL_ASSETS, NDCG_CHECK
 from assets.resources import CorporaResource, RetrievalResource
 from evals.collections import sample_collection
 from orchestration.main_job import MainJobError, run_main_job
@@ -29,6 +29,8 @@ PARTITION = "sample"  # a partition of the shipped corpora file; its corpus is r
 ADDED = {"_id": "new-01", "title": "Turbine coatings", "text": "The ZQ-7781 turbine blade coating resists corrosion."}
 CHANGED, CHANGED_TOKEN = "sport-05", "The KV-5521 treadmill protocol measures it in the lab."
 REMOVED = "bio-03"  # Tardigrades; judged by no query, so the gate passes
+FAST = {"ops": {"retrieval_evaluation": {"config": {"variants": ["hybrid"]}}}}  # the gate's variant only
+STEPS = ("raw_documents", "chunks", "dense_vectors", "sparse_vectors", "qdrant_index")  # up to a staged version
 READERS = 2  # an application and, say, `hybrid-rag search`: the second one reads through a private view
 QUERIES = ["ZQ-7781 turbine blade coating", "KV-5521 treadmill protocol", "tardigrades water bears survive", "mars"]
 
@@ -73,6 +75,47 @@ def read_docs(data: Path) -> list[dict]:
 
 def write_docs(data: Path, docs: list[dict]) -> None:
     (data / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+
+
+def degrade(data: Path) -> None:
+    """Every document gets another one's title and text: hybrid nDCG@10 collapses."""
+    docs = read_docs(data)
+    contents = [(d["title"], d["text"]) for d in docs]
+    random.Random(7).shuffle(contents)
+    write_docs(data, [{**d, "title": title, "text": text} for d, (title, text) in zip(docs, contents, strict=True)])
+
+
+def materialize(sandbox: Sandbox, resources: dict, *assets: str) -> tuple[dg.ExecuteInProcessResult, str]:
+    """One run materializing ``assets`` of the partition (as the UI's Materialize does), and its failure text."""
+    with dg.DagsterInstance.from_config(str(sandbox.home)) as instance:
+        result = dg.materialize(
+            ALL_ASSETS,
+            selection=list(assets),
+            partition_key=PARTITION,
+            resources=resources,
+            instance=instance,
+            run_config=FAST if "retrieval_evaluation" in assets else None,
+            raise_on_error=False,
+        )
+    failures = [
+        e.step_failure_data.user_failure_data.description
+        for e in result.all_events
+        if e.event_type_value == "STEP_FAILURE" and e.step_failure_data.user_failure_data
+    ]
+    return result, " ".join(f or "" for f in failures)
+
+
+def published_version(tmp_path: Path, collection: str) -> int | None:
+    store = EdgeStore(tmp_path / "index", collection)
+    try:
+        return store.current_version()
+    finally:
+        store.close()
+
+
+def gate_check(result: dg.ExecuteInProcessResult) -> dg.AssetCheckEvaluation:
+    [check] = [e for e in result.get_asset_check_evaluations() if e.check_name == NDCG_CHECK]
+    return check
 
 
 def materialized_at(sandbox: Sandbox, asset: str) -> tuple[float, str]:
@@ -224,3 +267,85 @@ def test_gate_refuses_a_worse_version_and_readers_keep_the_published_one(tmp_pat
     assert reader.store.current_version() == 3
     assert sorted(p.name for p in (tmp_path / "index").iterdir() if p.is_dir()) == ["gated__v3"]
     reader.close()
+
+
+@pytest.mark.slow
+def test_published_index_alone_does_not_publish_a_refused_version(tmp_path: Path) -> None:
+    sandbox = Sandbox(tmp_path)
+    data, corpora = corpus_copy(tmp_path, "refused")
+    resources = sandbox.resources(corpora=CorporaResource(path=str(corpora)))
+    assert run_main_job(PARTITION, dagster_home=sandbox.home, resources=resources, run_config=FAST)["published"] == 1
+    degrade(data)
+    with pytest.raises(MainJobError, match=f"check {NDCG_CHECK} failed: .* refused"):
+        run_main_job(PARTITION, dagster_home=sandbox.home, resources=resources, run_config=FAST)
+
+    result, failure = materialize(sandbox, resources, "published_index")  # the UI: select it, Materialize
+    assert not result.success
+    assert "version 2 of 'refused' (staged by run " in failure and f"was refused by {NDCG_CHECK} (hybrid" in failure
+    assert published_version(tmp_path, "refused") == 1
+
+
+@pytest.mark.slow
+def test_assets_one_at_a_time_publish_only_after_the_gate_evaluated_the_staged_version(tmp_path: Path) -> None:
+    sandbox = Sandbox(tmp_path)
+    data, corpora = corpus_copy(tmp_path, "steps")
+    resources = sandbox.resources(corpora=CorporaResource(path=str(corpora)))
+    first = run_main_job(PARTITION, dagster_home=sandbox.home, resources=resources, run_config=FAST)
+    original = (data / "corpus.jsonl").read_text()
+    degrade(data)
+    for asset in STEPS:  # each in its own run, as a user clicking through the graph
+        assert materialize(sandbox, resources, asset)[0].success, asset
+    result, failure = materialize(sandbox, resources, "published_index")
+    assert not result.success and "version 2 of 'steps'" in failure and "never evaluated" in failure
+    result, _ = materialize(sandbox, resources, "retrieval_evaluation")
+    gate = gate_check(result)  # the staged version, not the published one
+    assert not gate.passed and gate.metadata["evaluated_version"].value == 2 and "refused" in gate.description
+    result, failure = materialize(sandbox, resources, "published_index")
+    assert not result.success and f"refused by {NDCG_CHECK}" in failure
+    assert published_version(tmp_path, "steps") == 1
+
+    extra = {"_id": "misc-99", "title": "Warehouse", "text": "Shelf 12 holds crates of spare bolts and hinges."}
+    (data / "corpus.jsonl").write_text(original)  # repaired, and one document more: a version worth publishing
+    write_docs(data, [*read_docs(data), extra])
+    for asset in STEPS:
+        assert materialize(sandbox, resources, asset)[0].success, asset
+    result, _ = materialize(sandbox, resources, "retrieval_evaluation")
+    gate = gate_check(result)
+    meta = {k: v.value for k, v in gate.metadata.items()}
+    assert gate.passed and (meta["evaluated_version"], meta["published_version"]) == (3, 1)
+    assert meta["published_from"] == f"evaluation in run {first['run_id']}"
+    result, _ = materialize(sandbox, resources, "published_index")
+    assert result.success and published_version(tmp_path, "steps") == 3
+
+
+@pytest.mark.slow
+def test_gate_scores_a_published_version_it_has_no_evaluation_of(tmp_path: Path, monkeypatch) -> None:
+    from typer.testing import CliRunner
+
+    from orchestration.cli import app
+
+    sandbox = Sandbox(tmp_path)
+    data, corpora = corpus_copy(tmp_path, "cli")
+    resources = sandbox.resources(corpora=CorporaResource(path=str(corpora)))
+    assert run_main_job(PARTITION, dagster_home=sandbox.home, resources=resources, run_config=FAST)["published"] == 1
+    extra = {"_id": "misc-99", "title": "Warehouse", "text": "Shelf 12 holds crates of spare bolts and hinges."}
+    write_docs(data, [*read_docs(data), extra])
+    monkeypatch.setenv("HYBRID_RAG_QDRANT_PATH", str(tmp_path / "index"))
+    monkeypatch.setenv("HYBRID_RAG_CACHE_DIR", str(tmp_path / "cache"))
+    cli = CliRunner().invoke(app, ["index", str(data), "--format", "beir", "-c", "cli", "--sync"])
+    assert cli.exit_code == 0, cli.output
+    assert published_version(tmp_path, "cli") == 2  # published outside Dagster: no evaluation of it recorded
+
+    degrade(data)
+    with pytest.raises(MainJobError, match=rf"check {NDCG_CHECK} failed: hybrid ndcg@10: version 3 0\.\d+ vs "):
+        run_main_job(PARTITION, dagster_home=sandbox.home, resources=resources, run_config=FAST)
+    with dg.DagsterInstance.from_config(str(sandbox.home)) as instance:
+        [check] = instance.event_log_storage.get_asset_check_execution_history(
+            dg.AssetCheckKey(dg.AssetKey("retrieval_evaluation"), NDCG_CHECK),
+            limit=1,
+            partition_filter=PartitionKeyFilter(key=PARTITION),
+        )
+    meta = {k: v.value for k, v in check.event.dagster_event.event_specific_data.metadata.items()}
+    assert (meta["evaluated_version"], meta["published_version"]) == (3, 2)
+    assert meta["published_from"].startswith("evaluated in this run") and meta["published"] > 0.5
+    assert published_version(tmp_path, "cli") == 2
