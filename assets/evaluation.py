@@ -1,9 +1,13 @@
 """The evaluation asset: every retrieval variant scored on the corpus' eval split, recorded as numeric metadata
 (plotted over time by the Dagster UI) and appended to the SQLite evaluation history.
 
-In a ``reindex`` run it scores the version ``qdrant_index`` just staged, and its blocking check
-``ndcg_not_dropped`` (the gate) compares it with the published version: when it fails, ``published_index`` does
-not run and readers stay on the published version. Outside such a run it scores the published version.
+It scores the version ``qdrant_index`` staged in this run; in a run without ``qdrant_index`` (one asset
+materialized at a time, a re-execution from failure), the latest staged version that is not published yet,
+whichever run staged it; else the published version. Its blocking check ``ndcg_not_dropped`` (the gate) compares
+it with the published version's figure: from the latest recorded evaluation of that version (same place, same
+split) or, when none is recorded (published by the CLI, another Dagster instance), by scoring the published
+version now. The verdict is recorded in the materialization (``gate``, with the version and the run that staged
+it): ``published_index`` publishes nothing else. When the gate fails, readers stay on the published version.
 Two more checks warn (they never block publishing) when, on this corpus, fusion or reranking costs quality:
 ``hybrid_not_below_channels`` (hybrid against the better of its dense and sparse channels) and
 ``reranking_does_not_hurt`` (the default, hybrid + rerank, against hybrid). Each fails only when the loss is
@@ -22,7 +26,7 @@ import dagster as dg
 from pydantic import Field
 
 from assets.corpora import CorpusConfig, CorpusUnavailableError
-from assets.index import StagedVersion, latest_staged, qdrant_index, staged_version
+from assets.index import StagedVersion, qdrant_index, replaced, staged_version
 from assets.ingest import GROUP
 from assets.meta import md_table
 from assets.partitions import corpus_check, corpus_partitions
@@ -90,7 +94,8 @@ class EvaluationConfig(dg.Config):
             kinds={"python"},
             partitions_def=corpus_partitions,
             description="nDCG@10, Recall@100, MRR@10, MAP@100 and p50 latency per variant on the corpus' eval "
-            "split, of the version qdrant_index staged in this run (else of the published version).",
+            "split, of the version qdrant_index staged in this run (else the latest staged, unpublished version; "
+            "else the published one).",
         )
     ],
     check_specs=[
@@ -234,7 +239,7 @@ def _version_to_evaluate(
         if staged.version == published:
             return published, "published"
         if staged.own:
-            raise dg.Failure(_replaced(context, collection, staged, published))
+            raise dg.Failure(replaced(context, collection, staged, published))
         context.log.warning(
             f"the latest staged version {staged.version} of {collection!r} is gone or older than the published "
             f"version {published}: evaluating the published version"
@@ -242,17 +247,6 @@ def _version_to_evaluate(
     if published is None:
         raise dg.Failure(f"collection {collection!r} has no version yet: materialize qdrant_index first")
     return published, "published"
-
-
-def _replaced(context: dg.AssetExecutionContext, collection: str, staged: StagedVersion, published: int | None) -> str:
-    """Why this run's staged version can no longer be evaluated or published."""
-    latest = latest_staged(context)
-    if latest is not None and latest.run_id != staged.run_id:
-        return (
-            f"version {staged.version} of {collection!r} was replaced by version {latest.version} staged by another "
-            f"run ({latest.run_id}); that run evaluates and publishes its own version"
-        )
-    return f"version {staged.version} of {collection!r} is gone: version {published} was published after it"
 
 
 def _evaluate(
@@ -271,7 +265,7 @@ def _evaluate(
     except StoreError as exc:  # e.g. another run's staging deleted it meanwhile
         with retrieval.store(corpus.collection) as store:
             if staged is not None and staged.version == version and not _exists(store, version):
-                raise dg.Failure(_replaced(context, corpus.collection, staged, store.current_version())) from exc
+                raise dg.Failure(replaced(context, corpus.collection, staged, store.current_version())) from exc
         raise
 
 

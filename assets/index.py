@@ -180,6 +180,17 @@ def point_count_result(context: dg.AssetExecutionContext, staged: StagedVersion)
     return None
 
 
+def replaced(context: dg.AssetExecutionContext, collection: str, staged: StagedVersion, published: int | None) -> str:
+    """Why ``staged`` is gone: another writer staged over it (that writer evaluates and publishes its own)."""
+    name = f"version {staged.version} of {collection!r}"
+    latest = latest_staged(context)
+    if latest is not None and latest.run_id != staged.run_id and latest.version > staged.version:
+        return f"{name} was replaced by version {latest.version} staged by another run ({latest.run_id})"
+    if published is not None and published > staged.version:
+        return f"{name} was replaced: version {published} was published after it"
+    return f"{name} was replaced by a newer version another writer (a run or the CLI) is staging"
+
+
 def _staged(materialization: dg.AssetMaterialization | None, run_id: str, partition: str) -> int | None:
     if materialization is None or materialization.asset_key != INDEX_KEY or materialization.partition != partition:
         return None

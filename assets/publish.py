@@ -22,9 +22,9 @@ from assets.evaluation import (
 from assets.index import (
     POINT_COUNT_CHECK,
     StagedVersion,
-    latest_staged,
     point_count_result,
     qdrant_index,
+    replaced,
     staged_version,
 )
 from assets.ingest import GROUP
@@ -58,7 +58,7 @@ def published_index(
             target = store.pinned(version)
             try:
                 if target.schema() is None:
-                    raise dg.Failure(_gone(context, corpus, staged))
+                    raise dg.Failure(replaced(context, corpus.collection, staged, previous))
                 with store.write_lock():
                     store.publish(target)
             except StoreError as exc:
@@ -95,13 +95,3 @@ def _refusal(context: dg.AssetExecutionContext, corpus: CorpusConfig, staged: St
     if record.get(GATE) != GATE_PASSED and corpus.has_qrels:
         return f"{name} was never checked by {NDCG_CHECK}: materialize retrieval_evaluation with its checks"
     return None
-
-
-def _gone(context: dg.AssetExecutionContext, corpus: CorpusConfig, staged: StagedVersion) -> str:
-    latest = latest_staged(context)
-    if latest is not None and latest.run_id != staged.run_id:
-        return (
-            f"version {staged.version} of {corpus.collection!r} was replaced by version {latest.version} staged by "
-            f"another run ({latest.run_id})"
-        )
-    return f"version {staged.version} of {corpus.collection!r} no longer exists: materialize qdrant_index again"
