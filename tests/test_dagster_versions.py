@@ -349,3 +349,42 @@ def test_gate_scores_a_published_version_it_has_no_evaluation_of(tmp_path: Path,
     assert (meta["evaluated_version"], meta["published_version"]) == (3, 2)
     assert meta["published_from"].startswith("evaluated in this run") and meta["published"] > 0.5
     assert published_version(tmp_path, "cli") == 2
+
+
+@pytest.mark.slow
+def test_two_cli_runs_of_one_corpus_take_turns_and_each_publishes_its_own_version(tmp_path: Path) -> None:
+    _, corpora = corpus_copy(tmp_path, "twice")
+    home = tmp_path / "data" / "dagster_home"
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "HYBRID_RAG_CORPORA_FILE": str(corpora),
+        "HYBRID_RAG_QDRANT_PATH": str(tmp_path / "index"),
+        "HYBRID_RAG_CACHE_DIR": str(tmp_path / "cache"),
+        "HYBRID_RAG_ASSETS_DIR": str(tmp_path / "assets"),
+        "HYBRID_RAG_HISTORY_PATH": str(tmp_path / "history.sqlite"),
+        "DAGSTER_HOME": str(home),
+        "TQDM_DISABLE": "1",
+    }
+    command = [sys.executable, "-m", "orchestration.cli", "run", "--corpus", PARTITION]
+    runs = [
+        subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for _ in range(2)
+    ]
+    outputs = [run.communicate(timeout=600)[0] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], outputs
+    assert not any("Traceback" in out for out in outputs), outputs
+    published = []
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        finished = instance.get_runs()
+        assert len(finished) == 2 and all(r.is_success for r in finished)
+        for run in finished:  # each run evaluated and published the version it staged, not the other run's
+            records = instance.get_records_for_run(run.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION)
+            events = [r.event_log_entry.asset_materialization for r in records.records]
+            versions = {
+                e.asset_key.to_user_string(): e.metadata["version"].value for e in events if "version" in e.metadata
+            }
+            staged = versions["qdrant_index"]
+            assert versions["retrieval_evaluation"] == versions["published_index"] == staged, versions
+            published.append(staged)
+    assert published_version(tmp_path, "twice") == max(published)
