@@ -148,7 +148,7 @@ def staged_version(context: dg.AssetExecutionContext) -> StagedVersion | None:
         context.instance.get_records_for_run(context.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION).records
     ):
         staged = _staged(record.event_log_entry.asset_materialization, context.run_id, context.partition_key)
-        if staged is not None:
+        if staged:
             return StagedVersion(staged, context.run_id, own=True)
     return latest_staged(context)
 
@@ -192,6 +192,7 @@ def replaced(context: dg.AssetExecutionContext, collection: str, staged: StagedV
 
 
 def _staged(materialization: dg.AssetMaterialization | None, run_id: str, partition: str) -> int | None:
+    """The version a ``qdrant_index`` materialization of ``partition`` staged (None: another asset or partition)."""
     if materialization is None or materialization.asset_key != INDEX_KEY or materialization.partition != partition:
         return None
     value = materialization.metadata.get(STAGED_VERSION)

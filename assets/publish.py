@@ -52,14 +52,14 @@ def published_index(
     with retrieval.store(corpus.collection) as store:
         previous = store.current_version()
         if version != previous:
-            refusal = _refusal(context, corpus, staged)
-            if refusal:
-                raise dg.Failure(refusal)
             target = store.pinned(version)
             try:
-                if target.schema() is None:
-                    raise dg.Failure(replaced(context, corpus.collection, staged, previous))
-                with store.write_lock():
+                with store.write_lock():  # no other writer stages over it between these checks and the switch
+                    if target.schema() is None:
+                        raise dg.Failure(replaced(context, corpus.collection, staged, previous))
+                    refusal = _refusal(context, corpus, staged)
+                    if refusal:
+                        raise dg.Failure(refusal)
                     store.publish(target)
             except StoreError as exc:
                 raise dg.Failure(f"cannot publish version {version} of {corpus.collection!r}: {exc}") from exc
