@@ -31,6 +31,7 @@ CHANGED, CHANGED_TOKEN = "sport-05", "The KV-5521 treadmill protocol measures it
 REMOVED = "bio-03"  # Tardigrades; judged by no query, so the gate passes
 FAST = {"ops": {"retrieval_evaluation": {"config": {"variants": ["hybrid"]}}}}  # the gate's variant only
 STEPS = ("raw_documents", "chunks", "dense_vectors", "sparse_vectors", "qdrant_index")  # up to a staged version
+SANDBOX_ENV = "HYBRID_RAG_TEST_SANDBOX"
 READERS = 2  # an application and, say, `hybrid-rag search`: the second one reads through a private view
 QUERIES = ["ZQ-7781 turbine blade coating", "KV-5521 treadmill protocol", "tardigrades water bears survive", "mars"]
 
@@ -283,6 +284,38 @@ def test_published_index_alone_does_not_publish_a_refused_version(tmp_path: Path
     assert not result.success
     assert "version 2 of 'refused' (staged by run " in failure and f"was refused by {NDCG_CHECK} (hybrid" in failure
     assert published_version(tmp_path, "refused") == 1
+
+
+def reindex_in_sandbox() -> dg.JobDefinition:
+    """The ``reindex`` job on the sandbox under ``$SANDBOX_ENV`` (a re-execution loads the job by name)."""
+    from orchestration.jobs import reindex_job
+
+    root = os.environ[SANDBOX_ENV]
+    resources = Sandbox(Path(root)).resources(corpora=CorporaResource(path=str(Path(root) / "corpora.yaml")))
+    defs = dg.Definitions(assets=ALL_ASSETS, jobs=[reindex_job], resources=resources, executor=dg.in_process_executor)
+    return defs.resolve_job_def(reindex_job.name)
+
+
+@pytest.mark.slow
+def test_reexecuting_a_refused_run_from_failure_refuses_again(tmp_path: Path, monkeypatch) -> None:
+    sandbox = Sandbox(tmp_path)
+    data, corpora = corpus_copy(tmp_path, "reexec")
+    resources = sandbox.resources(corpora=CorporaResource(path=str(corpora)))
+    assert run_main_job(PARTITION, dagster_home=sandbox.home, resources=resources, run_config=FAST)["published"] == 1
+    degrade(data)
+    with pytest.raises(MainJobError, match=f"check {NDCG_CHECK} failed"):
+        run_main_job(PARTITION, dagster_home=sandbox.home, resources=resources, run_config=FAST)
+    with dg.DagsterInstance.from_config(str(sandbox.home)) as instance:
+        [failed, _] = instance.get_runs()
+        monkeypatch.setenv(SANDBOX_ENV, str(tmp_path))
+        job = dg.reconstructable(reindex_in_sandbox)  # as the UI's "Re-execute from failure" does
+        options = dg.ReexecutionOptions.from_failure(failed.run_id, instance)
+        with dg.execute_job(
+            job, instance, tags=failed.tags, reexecution_options=options, raise_on_error=False
+        ) as result:
+            gate = gate_check(result)
+            assert not result.success and not gate.passed and "version 2" in gate.description
+    assert published_version(tmp_path, "reexec") == 1
 
 
 @pytest.mark.slow
