@@ -1,9 +1,13 @@
 """The evaluation asset: every retrieval variant scored on the corpus' eval split, recorded as numeric metadata
 (plotted over time by the Dagster UI) and appended to the SQLite evaluation history.
 
-In a ``reindex`` run it scores the version ``qdrant_index`` just staged, and its blocking check
-``ndcg_not_dropped`` (the gate) compares it with the published version: when it fails, ``published_index`` does
-not run and readers stay on the published version. Outside such a run it scores the published version.
+It scores the version ``qdrant_index`` staged in this run; in a run without ``qdrant_index`` (one asset
+materialized at a time, a re-execution from failure), the latest staged version that is not published yet,
+whichever run staged it; else the published version. Its blocking check ``ndcg_not_dropped`` (the gate) compares
+it with the published version's figure: from the latest recorded evaluation of that version (same place, same
+split) or, when none is recorded (published by the CLI, another Dagster instance), by scoring the published
+version now. The verdict is recorded in the materialization (``gate``, with the version and the run that staged
+it): ``published_index`` publishes nothing else. When the gate fails, readers stay on the published version.
 Two more checks warn (they never block publishing) when, on this corpus, fusion or reranking costs quality:
 ``hybrid_not_below_channels`` (hybrid against the better of its dense and sparse channels) and
 ``reranking_does_not_hurt`` (the default, hybrid + rerank, against hybrid). Each fails only when the loss is
@@ -23,7 +27,7 @@ from pydantic import Field
 
 from assets.corpora import CorpusConfig, CorpusUnavailableError
 from assets.failures import fails_clearly
-from assets.index import latest_staged, qdrant_index
+from assets.index import StagedVersion, qdrant_index, replaced, staged_version
 from assets.ingest import GROUP
 from assets.meta import md_table
 from assets.partitions import corpus_check, corpus_partitions
@@ -32,11 +36,16 @@ from evals.compare import LossCheck
 from evals.metrics import HEADLINE_METRICS
 from evals.runner import CHANNELS_CHECK, LATENCY_P50, RERANK_CHECK, EvalReport, evaluate_collection
 from retrieval.search import Variant
+from retrieval.store import QdrantStore, StoreError
 
 NDCG_CHECK = "ndcg_not_dropped"
 WATCHED_VARIANT = "hybrid"
 WATCHED_METRIC = "ndcg@10"
 REPORT = "report"  # the evaluation's EvalReport.summary(), read back by evaluation_report()
+STAGED_BY = "staged_by_run"  # metadata: the run whose qdrant_index staged the evaluated version ("none": not staged)
+LOCATION = "location"  # metadata: where the evaluated version lives (a published figure is matched on it)
+GATE, GATE_DETAIL = "gate", "gate_detail"  # metadata: the gate's verdict on the evaluated version, and why
+GATE_PASSED, GATE_REFUSED, GATE_NOT_RUN = "passed", "refused", "not run"
 
 
 def metric_key(variant: str, metric: str) -> str:
@@ -86,7 +95,8 @@ class EvaluationConfig(dg.Config):
             kinds={"python"},
             partitions_def=corpus_partitions,
             description="nDCG@10, Recall@100, MRR@10, MAP@100 and p50 latency per variant on the corpus' eval "
-            "split, of the version qdrant_index staged in this run (else of the published version).",
+            "split, of the version qdrant_index staged in this run (else the latest staged, unpublished version; "
+            "else the published one).",
         )
     ],
     check_specs=[
@@ -126,30 +136,29 @@ def retrieval_evaluation(
     corpus = corpora.get(context.partition_key)
     with retrieval.store(corpus.collection) as store:
         published = store.current_version()
-    staged = latest_staged(context)
-    if staged is not None and staged[1] == context.run_id:
-        version, role = staged[0], "staged"
-    elif published is not None:
-        version, role = published, "published"
-    elif staged is not None:  # staged by another run, nothing published: this run has nothing it may score
-        raise dg.Failure(
-            f"version {staged[0]} of {corpus.collection!r} was staged by another run ({staged[1]}) and no version "
-            "is published yet: materialize qdrant_index and retrieval_evaluation in one run"
-        )
-    else:
-        raise dg.Failure(f"collection {corpus.collection!r} has no version yet: materialize qdrant_index first")
+        staged = staged_version(context)
+        version, role = _version_to_evaluate(context, store, staged, published)
+        location = _location(store, version)
+        published_at = _location(store, published) if published is not None else None
+    staged_by = staged.run_id if staged is not None and staged.version == version else "none"
     base = {
         "corpus": corpus.name,
         "collection": corpus.collection,
         "version": dg.MetadataValue.int(version),
         "evaluated_version": f"{role} version {version}",
         "published_version": published if published is not None else "none",
+        STAGED_BY: staged_by,
+        LOCATION: location,
     }
     if not corpus.has_qrels:
         context.log.info(f"corpus {corpus.name!r} has no qrels: nothing to score, the gate is not run")
         yield dg.MaterializeResult(
             asset_key="retrieval_evaluation",
-            metadata={**base, "qrels": "none configured: publishing is gated on the index point count only"},
+            metadata={
+                **base,
+                GATE: GATE_NOT_RUN,
+                "qrels": "none configured: publishing is gated on the index point count only",
+            },
         )
         return
     split = config.split or corpus.split
@@ -160,8 +169,7 @@ def retrieval_evaluation(
     except (ValueError, CorpusUnavailableError) as exc:
         raise dg.Failure(description=f"cannot evaluate corpus {corpus.name!r}: {exc}") from exc
     # rerank=False: "hybrid" is the fused first stage; the "hybrid+rerank" variant turns reranking on itself.
-    with retrieval.retriever(corpus.collection, version, rerank=False) as retriever:
-        report = evaluate_collection(retriever, collection, split, variants, version=version, progress=False)
+    report = _evaluate(context, retrieval, corpus, collection, split, variants, version, staged)
     history = eval_history.history()
     report.record(history, source="dagster", dagster_run_id=context.run_id)
     table = markdown_table(report.frame(), metrics=[*HEADLINE_METRICS, LATENCY_P50])
@@ -182,15 +190,97 @@ def retrieval_evaluation(
     if chart:
         metadata["ndcg@10_over_time"] = dg.MetadataValue.md(chart)
     quality = report.quality_checks(config.quality_tolerance)
-    checks = [
-        _gate(context, corpus, split, version, published, report.variants, config),
-        *(_quality_check(name, check) for name, check in quality.items()),
-    ]
+    gate = None
+    if _selected(context, NDCG_CHECK):
+        baseline = None
+        if published is not None and published != version and WATCHED_VARIANT in report.variants:
+            baseline = published_figure(context, published, split, str(published_at))
+            if baseline is None:  # not evaluated here (published by the CLI, another instance, ...): score it now
+                baseline = _score_published(retrieval, corpus, collection, split, published)
+        gate = _gate(corpus, version, published, report.variants, baseline, config)
+    metadata[GATE] = GATE_NOT_RUN if gate is None else GATE_PASSED if gate.passed else GATE_REFUSED
+    if gate is not None:
+        metadata[GATE_DETAIL] = gate.description or ""
+    checks = [gate, *(_quality_check(name, check) for name, check in quality.items())]
     yield dg.MaterializeResult(
         asset_key="retrieval_evaluation",
         metadata=metadata,
-        check_results=[c for c in checks if _selected(context, c.check_name)],
+        check_results=[c for c in checks if c is not None and _selected(context, c.check_name)],
     )
+
+
+def _location(store: QdrantStore, version: int) -> str:
+    """Where ``version`` of the store's collection lives (a directory, or a server's address and name)."""
+    pinned = store.pinned(version)
+    try:
+        return f"{pinned.location} ({pinned.collection} version {version})"
+    finally:
+        pinned.close()
+
+
+def _exists(store: QdrantStore, version: int) -> bool:
+    pinned = store.pinned(version)
+    try:
+        return pinned.schema() is not None
+    finally:
+        pinned.close()
+
+
+def _version_to_evaluate(
+    context: dg.AssetExecutionContext, store: QdrantStore, staged: StagedVersion | None, published: int | None
+) -> tuple[int, str]:
+    """The version to score and its role: the staged one (this run's, else the latest unpublished one, whichever
+    run staged it), else the published one. Fails when this run's version is gone or superseded."""
+    collection = store.collection
+    if staged is not None:
+        unpublished = published is None or staged.version > published
+        if unpublished and _exists(store, staged.version):
+            if not staged.own:
+                context.log.info(f"evaluating version {staged.version}, staged by run {staged.run_id}")
+            return staged.version, "staged"
+        if staged.version == published:
+            return published, "published"
+        if staged.own:
+            raise dg.Failure(replaced(context, collection, staged, published))
+        context.log.warning(
+            f"the latest staged version {staged.version} of {collection!r} is gone or older than the published "
+            f"version {published}: evaluating the published version"
+        )
+    if published is None:
+        raise dg.Failure(f"collection {collection!r} has no version yet: materialize qdrant_index first")
+    return published, "published"
+
+
+def _evaluate(
+    context: dg.AssetExecutionContext,
+    retrieval: RetrievalResource,
+    corpus: CorpusConfig,
+    collection: Any,
+    split: str,
+    variants: list[Variant],
+    version: int,
+    staged: StagedVersion | None,
+) -> EvalReport:
+    try:
+        with retrieval.retriever(corpus.collection, version, rerank=False) as retriever:
+            return evaluate_collection(retriever, collection, split, variants, version=version, progress=False)
+    except StoreError as exc:  # e.g. another run's staging deleted it meanwhile
+        with retrieval.store(corpus.collection) as store:
+            if staged is not None and staged.version == version and not _exists(store, version):
+                raise dg.Failure(replaced(context, corpus.collection, staged, store.current_version())) from exc
+        raise
+
+
+def _score_published(
+    retrieval: RetrievalResource, corpus: CorpusConfig, collection: Any, split: str, published: int
+) -> tuple[float, str]:
+    """The watched figure of the published version, scored now with the same queries."""
+    with retrieval.retriever(corpus.collection, published, rerank=False) as retriever:
+        report = evaluate_collection(
+            retriever, collection, split, [Variant(WATCHED_VARIANT)], version=published, progress=False
+        )
+    value = report.variants[WATCHED_VARIANT].metrics[WATCHED_METRIC]
+    return round(float(value), 6), "evaluated in this run (no recorded evaluation of it)"
 
 
 def _selected(context: dg.AssetExecutionContext, check: str) -> bool:
@@ -246,39 +336,35 @@ def ndcg_chart(history, corpus: str, split: str) -> str | None:
 
 
 def published_figure(
-    context: dg.AssetExecutionContext, published: int, split: str, exclude_run: str
+    context: dg.AssetExecutionContext, published: int, split: str, location: str
 ) -> tuple[float, str] | None:
-    """The watched figure of the published version, from the latest evaluation report of it in this partition."""
+    """The watched figure of the published version, from the latest evaluation of it (same split, same place) in
+    this partition, in another run; None when there is none."""
     records = context.instance.fetch_materializations(
         dg.AssetRecordsFilter(asset_key=dg.AssetKey("retrieval_evaluation"), asset_partitions=[context.partition_key]),
         limit=50,
     ).records
-    key = metric_key(WATCHED_VARIANT, WATCHED_METRIC)
     for record in records:
         md = record.asset_materialization.metadata if record.asset_materialization else {}
-        if record.run_id == exclude_run:
+        if record.run_id == context.run_id or getattr(md.get(LOCATION), "value", None) != location:
             continue
         report = evaluation_report(md)
-        if report is not None:
-            if (report.version, report.split) == (published, split) and WATCHED_VARIANT in report.variants:
-                value = report.variants[WATCHED_VARIANT].metrics[WATCHED_METRIC]
-                return round(value, 6), f"evaluation in run {record.run_id}"
-        elif (  # made before the report was stored: its numeric keys
-            getattr(md.get("version"), "value", None) == published
-            and getattr(md.get("split"), "value", None) == split
-            and key in md
+        if (
+            report is not None
+            and (report.version, report.split) == (published, split)
+            and WATCHED_VARIANT in report.variants
         ):
-            return round(float(md[key].value), 6), f"evaluation in run {record.run_id}"
+            value = report.variants[WATCHED_VARIANT].metrics[WATCHED_METRIC]
+            return round(value, 6), f"evaluation in run {record.run_id}"
     return None
 
 
 def _gate(
-    context: dg.AssetExecutionContext,
     corpus: CorpusConfig,
-    split: str,
     version: int,
     published: int | None,
     results: dict,
+    baseline: tuple[float, str] | None,
     config: EvaluationConfig,
 ) -> dg.AssetCheckResult:
     def result(passed: bool, description: str, **metadata: object) -> dg.AssetCheckResult:
@@ -296,11 +382,7 @@ def _gate(
     current = round(float(results[WATCHED_VARIANT].metrics[WATCHED_METRIC]), 6)
     if published is None or published == version:
         return result(True, "nothing published to compare with" if published is None else "the published version")
-    baseline = published_figure(context, published, split, exclude_run=context.run_id)
-    if baseline is None:
-        return result(
-            True, f"no evaluation of published version {published} on {split}: nothing to compare", current=current
-        )
+    assert baseline is not None  # the published version was scored when no evaluation of it was recorded
     value, source = baseline
     drop = round(value - current, 6)
     tolerance = config.ndcg_drop_tolerance
@@ -317,3 +399,17 @@ def _gate(
         published_from=source,
         corpus=corpus.name,
     )
+
+
+def gate_record(context: dg.AssetExecutionContext, staged: StagedVersion) -> Mapping[str, Any] | None:
+    """The metadata of the latest ``retrieval_evaluation`` of ``staged`` (that version, staged by that run)."""
+    records = context.instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey("retrieval_evaluation"), asset_partitions=[context.partition_key]),
+        limit=50,
+    ).records
+    for record in records:
+        md = record.asset_materialization.metadata if record.asset_materialization else {}
+        values = {k: getattr(v, "value", v) for k, v in md.items()}
+        if (values.get("version"), values.get(STAGED_BY)) == (staged.version, staged.run_id):
+            return values
+    return None

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from assets.corpora import CorpusConfigError, CorpusUnavailableError, UnknownCorpusError
 from retrieval.errors import HybridRagError
+from retrieval.settings import settings_problems
 
 EXPECTED = (HybridRagError, ValidationError, CorpusConfigError, CorpusUnavailableError, UnknownCorpusError)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -26,8 +27,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 def error_line(exc: BaseException) -> str:
     """The error's message as one line (a settings ValidationError as ``invalid settings: field: reason; ...``)."""
     if isinstance(exc, ValidationError):
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors())
-        return f"invalid settings: {problems}"
+        return settings_problems(exc)
     text = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
     return " ".join(str(text).split())
 

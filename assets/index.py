@@ -4,7 +4,7 @@ The version is staged, not published: readers keep the published one until ``pub
 after the point-count check (and, for corpora with qrels, the evaluation gate) passed.
 """
 
-import re
+from dataclasses import dataclass
 
 import dagster as dg
 import pyarrow as pa
@@ -17,13 +17,11 @@ from assets.partitions import corpus_check, corpus_partitions
 from assets.resources import CorporaResource, RetrievalResource
 from assets.tables import stale_rows, table_model, table_skipped, table_to_chunks, table_to_dense, table_to_sparse
 from retrieval.documents import InputProblem
-from retrieval.errors import UnsafeDeleteError
 from retrieval.store import QdrantStore, SchemaMismatchError
 
 POINT_COUNT_CHECK = "index_point_count"
 STAGED_VERSION = "version"  # metadata key: the staged version this materialization wrote
-ALLOW_DELETE_HINT = re.compile(r"\((hybrid-rag index )?--allow-delete\)")  # the library's hint names the CLI
-DAGSTER_ALLOW_DELETE = "(hybrid-rag run --allow-delete, or run config ops.qdrant_index.config.allow_delete: true)"
+INDEX_KEY = dg.AssetKey("qdrant_index")
 
 
 class IndexConfig(dg.Config):
@@ -90,19 +88,16 @@ def qdrant_index(
         vectors = (table_to_dense(dense_vectors), table_to_sparse(sparse_vectors))
         published = indexer.store.current_version()
         kept_points = _kept_points(indexer.store, chunk_list, skipped) if skipped and published is not None else 0
-        try:
-            report = indexer.sync(
-                chunk_list,
-                vectors=vectors,
-                prune=True,
-                allow_delete=config.allow_delete,
-                skipped=skipped,
-                progress=False,
-                rebuild=rebuilt != "no",
-                publish=False,
-            )
-        except UnsafeDeleteError as exc:
-            raise dg.Failure(description=ALLOW_DELETE_HINT.sub(DAGSTER_ALLOW_DELETE, str(exc))) from exc
+        report = indexer.sync(  # an UnsafeDeleteError fails the step with its message (fails_clearly)
+            chunk_list,
+            vectors=vectors,
+            prune=True,
+            allow_delete=config.allow_delete,
+            skipped=skipped,
+            progress=False,
+            rebuild=rebuilt != "no",
+            publish=False,
+        )
         points = report.points
         location = indexer.store.pinned(report.version or 0).location
         schema = indexer.schema()
@@ -157,13 +152,68 @@ def _kept_points(published: QdrantStore, chunks: list, skipped: list[InputProble
     return sum(doc_id not in present and (any_absent or doc_id in skipped_ids) for doc_id in stored)
 
 
-def latest_staged(context: dg.AssetExecutionContext) -> tuple[int, str] | None:
+@dataclass(frozen=True)
+class StagedVersion:
+    """A version ``qdrant_index`` staged: its number and the run that staged it (with this run: ``own``)."""
+
+    version: int
+    run_id: str
+    own: bool
+
+
+def staged_version(context: dg.AssetExecutionContext) -> StagedVersion | None:
+    """The version ``qdrant_index`` staged in this run, else (it did not run here) the latest one of the partition,
+    whichever run staged it; None when it never ran for this partition."""
+    for record in reversed(
+        context.instance.get_records_for_run(context.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION).records
+    ):
+        staged = _staged(record.event_log_entry.asset_materialization, context.run_id, context.partition_key)
+        if staged:
+            return StagedVersion(staged, context.run_id, own=True)
+    return latest_staged(context)
+
+
+def latest_staged(context: dg.AssetExecutionContext) -> StagedVersion | None:
     """The version the latest ``qdrant_index`` materialization of this partition staged, and the run that did it."""
     records = context.instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=dg.AssetKey("qdrant_index"), asset_partitions=[context.partition_key]),
-        limit=1,
+        dg.AssetRecordsFilter(asset_key=INDEX_KEY, asset_partitions=[context.partition_key]), limit=1
     ).records
-    if not records or records[0].asset_materialization is None:
+    if not records:
         return None
-    value = records[0].asset_materialization.metadata.get(STAGED_VERSION)
-    return (int(value.value), records[0].run_id) if value is not None else None
+    staged = _staged(records[0].asset_materialization, records[0].run_id, context.partition_key)
+    return StagedVersion(staged, records[0].run_id, own=records[0].run_id == context.run_id) if staged else None
+
+
+def point_count_result(context: dg.AssetExecutionContext, staged: StagedVersion) -> dg.AssetCheckEvaluation | None:
+    """The ``index_point_count`` result of the run that staged ``staged`` (None: the check did not run there)."""
+    records = context.instance.get_records_for_run(
+        staged.run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION
+    ).records
+    for record in reversed(records):
+        evaluation = record.event_log_entry.dagster_event.event_specific_data
+        if (
+            evaluation.asset_key == INDEX_KEY
+            and evaluation.check_name == POINT_COUNT_CHECK
+            and evaluation.partition in (None, context.partition_key)
+        ):
+            return evaluation
+    return None
+
+
+def replaced(context: dg.AssetExecutionContext, collection: str, staged: StagedVersion, published: int | None) -> str:
+    """Why ``staged`` is gone: another writer staged over it (that writer evaluates and publishes its own)."""
+    name = f"version {staged.version} of {collection!r}"
+    latest = latest_staged(context)
+    if latest is not None and latest.run_id != staged.run_id and latest.version > staged.version:
+        return f"{name} was replaced by version {latest.version} staged by another run ({latest.run_id})"
+    if published is not None and published > staged.version:
+        return f"{name} was replaced: version {published} was published after it"
+    return f"{name} was replaced by a newer version another writer (a run or the CLI) is staging"
+
+
+def _staged(materialization: dg.AssetMaterialization | None, run_id: str, partition: str) -> int | None:
+    """The version a ``qdrant_index`` materialization of ``partition`` staged (None: another asset or partition)."""
+    if materialization is None or materialization.asset_key != INDEX_KEY or materialization.partition != partition:
+        return None
+    value = materialization.metadata.get(STAGED_VERSION)
+    return int(value.value) if value is not None else None

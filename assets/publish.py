@@ -1,14 +1,33 @@
 """The published index: readers switch to the version ``qdrant_index`` staged, once its checks passed.
 
-It runs after the blocking checks: ``index_point_count`` always, and the evaluation gate ``ndcg_not_dropped``
-for corpora with qrels. A failed check skips this step, so readers stay on the published version.
+It publishes a version only when the blocking checks passed *for that version*: ``index_point_count`` in the run
+that staged it and, for corpora with qrels, the evaluation gate ``ndcg_not_dropped`` (as recorded by
+``retrieval_evaluation`` for that version, staged by that run). In a run with ``qdrant_index`` that is the version
+this run staged; otherwise the latest staged one. Anything else fails with the reason; readers stay on the
+published version.
 """
 
 import dagster as dg
 
-from assets.evaluation import retrieval_evaluation
+from assets.corpora import CorpusConfig
+from assets.evaluation import (
+    GATE,
+    GATE_DETAIL,
+    GATE_PASSED,
+    GATE_REFUSED,
+    NDCG_CHECK,
+    gate_record,
+    retrieval_evaluation,
+)
 from assets.failures import fails_clearly
-from assets.index import latest_staged, qdrant_index
+from assets.index import (
+    POINT_COUNT_CHECK,
+    StagedVersion,
+    point_count_result,
+    qdrant_index,
+    replaced,
+    staged_version,
+)
 from assets.ingest import GROUP
 from assets.partitions import corpus_partitions
 from assets.resources import CorporaResource, RetrievalResource
@@ -25,27 +44,56 @@ from retrieval.store import StoreError
 def published_index(
     context: dg.AssetExecutionContext, corpora: CorporaResource, retrieval: RetrievalResource
 ) -> dg.MaterializeResult:
-    """Switches readers (pointer file or alias) to the staged version, then deletes versions no one holds."""
+    """Switches readers (pointer file or alias) to the staged version once its blocking checks passed, then
+    deletes versions no one holds."""
     corpus = corpora.get(context.partition_key)
-    staged = latest_staged(context)
+    staged = staged_version(context)
     if staged is None:
         raise dg.Failure(f"nothing staged for {corpus.collection!r}: materialize qdrant_index first")
-    version = staged[0]
+    version = staged.version
     with retrieval.store(corpus.collection) as store:
         previous = store.current_version()
-        target = store.pinned(version)
-        try:
-            with store.write_lock():
-                store.publish(target)
-        except StoreError as exc:
-            raise dg.Failure(f"cannot publish version {version} of {corpus.collection!r}: {exc}") from exc
-        finally:
-            target.close()  # this process lets go of it at once: readers in other processes open it next
-    context.log.info(f"{corpus.collection}: readers switched from version {previous} to {version}")
+        if version != previous:
+            target = store.pinned(version)
+            try:
+                with store.write_lock():  # no other writer stages over it between these checks and the switch
+                    if target.schema() is None:
+                        raise dg.Failure(replaced(context, corpus.collection, staged, previous))
+                    refusal = _refusal(context, corpus, staged)
+                    if refusal:
+                        raise dg.Failure(refusal)
+                    store.publish(target)
+            except StoreError as exc:
+                raise dg.Failure(f"cannot publish version {version} of {corpus.collection!r}: {exc}") from exc
+            finally:
+                target.close()  # this process lets go of it at once: readers in other processes open it next
+            context.log.info(f"{corpus.collection}: readers switched from version {previous} to {version}")
+        else:
+            context.log.info(f"{corpus.collection}: version {version} is the published one already")
     return dg.MaterializeResult(
         metadata={
             "collection": corpus.collection,
             "version": dg.MetadataValue.int(version),
             "previous_version": previous if previous is not None else "none",
+            "staged_by_run": staged.run_id,
         }
     )
+
+
+def _refusal(context: dg.AssetExecutionContext, corpus: CorpusConfig, staged: StagedVersion) -> str | None:
+    """Why ``staged`` may not be published (None: both blocking checks passed for it)."""
+    name = f"version {staged.version} of {corpus.collection!r} (staged by run {staged.run_id})"
+    count = point_count_result(context, staged)
+    if count is None:
+        return f"{name} has no {POINT_COUNT_CHECK} result: materialize qdrant_index with its checks"
+    if not count.passed:
+        meta = {k: getattr(v, "value", v) for k, v in count.metadata.items()}
+        return f"{name} was refused by {POINT_COUNT_CHECK} ({meta.get('points')} points, {meta.get('chunks')} chunks)"
+    record = gate_record(context, staged)
+    if record is None:
+        return f"{name} was never evaluated: materialize retrieval_evaluation"
+    if record.get(GATE) == GATE_REFUSED:
+        return f"{name} was refused by {NDCG_CHECK} ({record.get(GATE_DETAIL)})"
+    if record.get(GATE) != GATE_PASSED and corpus.has_qrels:
+        return f"{name} was never checked by {NDCG_CHECK}: materialize retrieval_evaluation with its checks"
+    return None

@@ -48,16 +48,12 @@ def _settings(**overrides):
     from pydantic import ValidationError
 
     from retrieval.errors import InvalidArgumentError
-    from retrieval.settings import RetrievalSettings
+    from retrieval.settings import RetrievalSettings, settings_problems
 
     try:
         return RetrievalSettings(_env_file=ENV_FILES, **{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg'].removeprefix('Value error, ')}"
-            for e in exc.errors()
-        )
-        raise InvalidArgumentError(f"invalid settings: {problems}") from None
+        raise InvalidArgumentError(settings_problems(exc)) from None
 
 
 @app.callback()

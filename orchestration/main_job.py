@@ -12,7 +12,8 @@ import logging
 import os
 import shutil
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from assets.evaluation import evaluation_report
 from orchestration.definitions import default_resources
 from orchestration.jobs import reindex_job
 from retrieval.errors import HybridRagError
+from retrieval.store import StoreError, open_store
 
 DAGSTER_HOME = Path("data/dagster_home")
 INSTANCE_YAML = REPO_ROOT / "data" / "dagster_home" / "dagster.yaml"
@@ -82,14 +84,15 @@ def run_main_job(
     home.mkdir(parents=True, exist_ok=True)
     if not (home / "dagster.yaml").exists():  # the project's instance settings (telemetry off, one run per corpus)
         shutil.copyfile(INSTANCE_YAML, home / "dagster.yaml")
+    resources = dict(resources or default_resources())
     defs = dg.Definitions(
         assets=ALL_ASSETS,
         jobs=[reindex_job],
-        resources=dict(resources or default_resources()),
+        resources=resources,
         executor=dg.in_process_executor,
         loggers={"console": one_line_console_logger},
     )
-    with dg.DagsterInstance.from_config(str(home)) as instance:
+    with _corpus_lock(resources, corpus), dg.DagsterInstance.from_config(str(home)) as instance:
         result = defs.resolve_job_def(reindex_job.name).execute_in_process(
             partition_key=corpus,
             run_config={"loggers": {"console": {"config": {"log_level": log_level}}}, **(run_config or {})},
@@ -102,6 +105,31 @@ def run_main_job(
         summary = summarize(result, corpus)
     summary["dagster_home"] = str(home)
     return summary
+
+
+@contextmanager
+def _corpus_lock(resources: Mapping[str, Any], corpus: str) -> Iterator[None]:
+    """The collection's write lock for the whole run: runs of one corpus from ``hybrid-rag run`` (in-process, so
+    the instance's one-run-per-corpus queue does not apply) take turns instead of staging over each other.
+
+    Where the lock cannot be set up (bad settings, an unknown corpus file...), the run goes ahead without it
+    and reports that error itself; the assets still evaluate and publish only the version their run staged.
+    """
+    try:
+        collection = resources["corpora"].process_config_and_initialize().get(corpus).collection
+        settings = resources["retrieval"].process_config_and_initialize().settings(collection)  # EnvVars resolved
+        settings = settings.model_copy(update={"qdrant_path": Path(settings.qdrant_path).resolve()})  # one lock key
+        store = open_store(settings, collection)
+    except Exception:  # noqa: BLE001 - reported by the run's own steps
+        yield
+        return
+    with ExitStack() as held:
+        held.callback(store.close)
+        try:
+            held.enter_context(store.write_lock())
+        except StoreError as exc:  # another run held it past the lock timeout
+            raise MainJobError(f"corpus {corpus!r}: {exc}") from exc
+        yield
 
 
 def summarize(result: dg.ExecuteInProcessResult, corpus: str) -> dict[str, Any]:

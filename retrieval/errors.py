@@ -36,6 +36,13 @@ class UnsafeDeleteError(HybridRagError):
     """An index run would delete most (or all) of a collection; pass ``allow_delete`` to do it anyway."""
 
 
+# How to ask for such a deletion, from every entry point (the library's messages end with it).
+ALLOW_DELETE_HINT = (
+    "pass allow_delete=True if that is intended (CLI: hybrid-rag index or hybrid-rag run --allow-delete; "
+    "Dagster: run config ops.qdrant_index.config.allow_delete: true)"
+)
+
+
 class ModelLoadError(HybridRagError):
     """A configured model cannot be loaded; the message names the model and the setting."""
 

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from retrieval.chunking import Chunk, Chunker
 from retrieval.documents import Document, InputProblem, validate_documents
 from retrieval.encoders.sparse import SparseVec
-from retrieval.errors import UnsafeDeleteError
+from retrieval.errors import ALLOW_DELETE_HINT, UnsafeDeleteError
 from retrieval.parts import Parts
 from retrieval.store import CollectionSchema, QdrantStore, StoreError
 
@@ -389,7 +389,7 @@ class Indexer:
             if not proceed_unread:
                 raise UnsafeDeleteError(
                     f"refusing to rebuild {self.store.collection!r} from an empty source (its current version "
-                    f"cannot be read to compare: {exc}); pass allow_delete=True (--allow-delete) if that is intended"
+                    f"cannot be read to compare: {exc}); {ALLOW_DELETE_HINT}"
                 ) from exc
             log.warning("rebuild of %r: not checking how much it deletes: %s", self.store.collection, exc)
             return {}
@@ -414,7 +414,7 @@ class Indexer:
         skipped_ids = {p.doc_id for p in skipped if p.doc_id is not None}
         unknown = sum(p.doc_id is None for p in skipped)
         name = self.store.collection
-        hint = "pass allow_delete=True (hybrid-rag index --allow-delete) if that is intended"
+        hint = ALLOW_DELETE_HINT
         if rebuild:
             lost = absent & skipped_ids
             if (lost or (unknown and absent)) and not allow_delete:

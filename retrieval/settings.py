@@ -7,7 +7,7 @@ import re
 from enum import StrEnum
 from pathlib import Path
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from retrieval.documents import BadInputPolicy
@@ -72,6 +72,14 @@ def check_collection_name(name: object) -> str:
     else:
         return name
     raise InvalidArgumentError(f"invalid collection name {name!r}: {reason}")
+
+
+def settings_problems(exc: ValidationError) -> str:
+    """A settings ``ValidationError`` as one line: ``invalid settings: field: reason; ...``."""
+    problems = "; ".join(
+        f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors()
+    )
+    return f"invalid settings: {problems}"
 
 
 class RetrievalSettings(BaseSettings):

@@ -97,8 +97,8 @@ def test_unsafe_delete_fails_with_one_line_naming_the_run_flag(folder: Folder, t
         run_main_job("dropbox", dagster_home=home, resources=folder.resources)
     message = str(refused.value)
     assert "qdrant_index: refusing to delete 2 of the 3 points" in message and "\n" not in message
-    assert "hybrid-rag run --allow-delete" in message and "hybrid-rag index" not in message
-    assert "Dagster" not in message and folder.stored_docs() == ["a.txt", "b.txt", "c.txt"]
+    assert "hybrid-rag run --allow-delete" in message and "ops.qdrant_index.config.allow_delete" in message
+    assert "DagsterExecutionStepExecutionError" not in message and folder.stored_docs() == ["a.txt", "b.txt", "c.txt"]
     monkeypatch.setattr("orchestration.main_job.default_resources", lambda: folder.resources)
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     cli = CliRunner().invoke(app, ["run", "--corpus", "dropbox"])

@@ -16,7 +16,7 @@ import dagster as dg
 import pytest
 from dagster._core.event_api import PartitionKeyFilter  # the check history per partition (no public export)
 
-from assets import NDCG_CHECK
+from assets import ALL_ASSETS, NDCG_CHECK
 from assets.resources import CorporaResource, RetrievalResource
 from evals.collections import sample_collection
 from orchestration.main_job import MainJobError, run_main_job
@@ -29,6 +29,9 @@ PARTITION = "sample"  # a partition of the shipped corpora file; its corpus is r
 ADDED = {"_id": "new-01", "title": "Turbine coatings", "text": "The ZQ-7781 turbine blade coating resists corrosion."}
 CHANGED, CHANGED_TOKEN = "sport-05", "The KV-5521 treadmill protocol measures it in the lab."
 REMOVED = "bio-03"  # Tardigrades; judged by no query, so the gate passes
+FAST = {"ops": {"retrieval_evaluation": {"config": {"variants": ["hybrid"]}}}}  # the gate's variant only
+STEPS = ("raw_documents", "chunks", "dense_vectors", "sparse_vectors", "qdrant_index")  # up to a staged version
+SANDBOX_ENV = "HYBRID_RAG_TEST_SANDBOX"
 READERS = 2  # an application and, say, `hybrid-rag search`: the second one reads through a private view
 QUERIES = ["ZQ-7781 turbine blade coating", "KV-5521 treadmill protocol", "tardigrades water bears survive", "mars"]
 
@@ -73,6 +76,47 @@ def read_docs(data: Path) -> list[dict]:
 
 def write_docs(data: Path, docs: list[dict]) -> None:
     (data / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+
+
+def degrade(data: Path) -> None:
+    """Every document gets another one's title and text: hybrid nDCG@10 collapses."""
+    docs = read_docs(data)
+    contents = [(d["title"], d["text"]) for d in docs]
+    random.Random(7).shuffle(contents)
+    write_docs(data, [{**d, "title": title, "text": text} for d, (title, text) in zip(docs, contents, strict=True)])
+
+
+def materialize(sandbox: Sandbox, resources: dict, *assets: str) -> tuple[dg.ExecuteInProcessResult, str]:
+    """One run materializing ``assets`` of the partition (as the UI's Materialize does), and its failure text."""
+    with dg.DagsterInstance.from_config(str(sandbox.home)) as instance:
+        result = dg.materialize(
+            ALL_ASSETS,
+            selection=list(assets),
+            partition_key=PARTITION,
+            resources=resources,
+            instance=instance,
+            run_config=FAST if "retrieval_evaluation" in assets else None,
+            raise_on_error=False,
+        )
+    failures = [
+        e.step_failure_data.user_failure_data.description
+        for e in result.all_events
+        if e.event_type_value == "STEP_FAILURE" and e.step_failure_data.user_failure_data
+    ]
+    return result, " ".join(f or "" for f in failures)
+
+
+def published_version(tmp_path: Path, collection: str) -> int | None:
+    store = EdgeStore(tmp_path / "index", collection)
+    try:
+        return store.current_version()
+    finally:
+        store.close()
+
+
+def gate_check(result: dg.ExecuteInProcessResult) -> dg.AssetCheckEvaluation:
+    [check] = [e for e in result.get_asset_check_evaluations() if e.check_name == NDCG_CHECK]
+    return check
 
 
 def materialized_at(sandbox: Sandbox, asset: str) -> tuple[float, str]:
@@ -226,3 +270,156 @@ def test_gate_refuses_a_worse_version_and_readers_keep_the_published_one(tmp_pat
     assert reader.store.current_version() == 3
     assert sorted(p.name for p in (tmp_path / "index").iterdir() if p.is_dir()) == ["gated__v3"]
     reader.close()
+
+
+@pytest.mark.slow
+def test_published_index_alone_does_not_publish_a_refused_version(tmp_path: Path) -> None:
+    sandbox = Sandbox(tmp_path)
+    data, corpora = corpus_copy(tmp_path, "refused")
+    resources = sandbox.resources(corpora=CorporaResource(path=str(corpora)))
+    assert run_main_job(PARTITION, dagster_home=sandbox.home, resources=resources, run_config=FAST)["published"] == 1
+    degrade(data)
+    with pytest.raises(MainJobError, match=f"check {NDCG_CHECK} failed: .* refused"):
+        run_main_job(PARTITION, dagster_home=sandbox.home, resources=resources, run_config=FAST)
+
+    result, failure = materialize(sandbox, resources, "published_index")  # the UI: select it, Materialize
+    assert not result.success
+    assert "version 2 of 'refused' (staged by run " in failure and f"was refused by {NDCG_CHECK} (hybrid" in failure
+    assert published_version(tmp_path, "refused") == 1
+
+
+def reindex_in_sandbox() -> dg.JobDefinition:
+    """The ``reindex`` job on the sandbox under ``$SANDBOX_ENV`` (a re-execution loads the job by name)."""
+    from orchestration.jobs import reindex_job
+
+    root = os.environ[SANDBOX_ENV]
+    resources = Sandbox(Path(root)).resources(corpora=CorporaResource(path=str(Path(root) / "corpora.yaml")))
+    defs = dg.Definitions(assets=ALL_ASSETS, jobs=[reindex_job], resources=resources, executor=dg.in_process_executor)
+    return defs.resolve_job_def(reindex_job.name)
+
+
+@pytest.mark.slow
+def test_reexecuting_a_refused_run_from_failure_refuses_again(tmp_path: Path, monkeypatch) -> None:
+    sandbox = Sandbox(tmp_path)
+    data, corpora = corpus_copy(tmp_path, "reexec")
+    resources = sandbox.resources(corpora=CorporaResource(path=str(corpora)))
+    assert run_main_job(PARTITION, dagster_home=sandbox.home, resources=resources, run_config=FAST)["published"] == 1
+    degrade(data)
+    with pytest.raises(MainJobError, match=f"check {NDCG_CHECK} failed"):
+        run_main_job(PARTITION, dagster_home=sandbox.home, resources=resources, run_config=FAST)
+    with dg.DagsterInstance.from_config(str(sandbox.home)) as instance:
+        [failed, _] = instance.get_runs()
+        monkeypatch.setenv(SANDBOX_ENV, str(tmp_path))
+        job = dg.reconstructable(reindex_in_sandbox)  # as the UI's "Re-execute from failure" does
+        options = dg.ReexecutionOptions.from_failure(failed.run_id, instance)
+        with dg.execute_job(
+            job, instance, tags=failed.tags, reexecution_options=options, raise_on_error=False
+        ) as result:
+            gate = gate_check(result)
+            assert not result.success and not gate.passed and "version 2" in gate.description
+    assert published_version(tmp_path, "reexec") == 1
+
+
+@pytest.mark.slow
+def test_assets_one_at_a_time_publish_only_after_the_gate_evaluated_the_staged_version(tmp_path: Path) -> None:
+    sandbox = Sandbox(tmp_path)
+    data, corpora = corpus_copy(tmp_path, "steps")
+    resources = sandbox.resources(corpora=CorporaResource(path=str(corpora)))
+    first = run_main_job(PARTITION, dagster_home=sandbox.home, resources=resources, run_config=FAST)
+    original = (data / "corpus.jsonl").read_text()
+    degrade(data)
+    for asset in STEPS:  # each in its own run, as a user clicking through the graph
+        assert materialize(sandbox, resources, asset)[0].success, asset
+    result, failure = materialize(sandbox, resources, "published_index")
+    assert not result.success and "version 2 of 'steps'" in failure and "never evaluated" in failure
+    result, _ = materialize(sandbox, resources, "retrieval_evaluation")
+    gate = gate_check(result)  # the staged version, not the published one
+    assert not gate.passed and gate.metadata["evaluated_version"].value == 2 and "refused" in gate.description
+    result, failure = materialize(sandbox, resources, "published_index")
+    assert not result.success and f"refused by {NDCG_CHECK}" in failure
+    assert published_version(tmp_path, "steps") == 1
+
+    extra = {"_id": "misc-99", "title": "Warehouse", "text": "Shelf 12 holds crates of spare bolts and hinges."}
+    (data / "corpus.jsonl").write_text(original)  # repaired, and one document more: a version worth publishing
+    write_docs(data, [*read_docs(data), extra])
+    for asset in STEPS:
+        assert materialize(sandbox, resources, asset)[0].success, asset
+    result, _ = materialize(sandbox, resources, "retrieval_evaluation")
+    gate = gate_check(result)
+    meta = {k: v.value for k, v in gate.metadata.items()}
+    assert gate.passed and (meta["evaluated_version"], meta["published_version"]) == (3, 1)
+    assert meta["published_from"] == f"evaluation in run {first['run_id']}"
+    result, _ = materialize(sandbox, resources, "published_index")
+    assert result.success and published_version(tmp_path, "steps") == 3
+
+
+@pytest.mark.slow
+def test_gate_scores_a_published_version_it_has_no_evaluation_of(tmp_path: Path, monkeypatch) -> None:
+    from typer.testing import CliRunner
+
+    from orchestration.cli import app
+
+    sandbox = Sandbox(tmp_path)
+    data, corpora = corpus_copy(tmp_path, "cli")
+    resources = sandbox.resources(corpora=CorporaResource(path=str(corpora)))
+    assert run_main_job(PARTITION, dagster_home=sandbox.home, resources=resources, run_config=FAST)["published"] == 1
+    extra = {"_id": "misc-99", "title": "Warehouse", "text": "Shelf 12 holds crates of spare bolts and hinges."}
+    write_docs(data, [*read_docs(data), extra])
+    monkeypatch.setenv("HYBRID_RAG_QDRANT_PATH", str(tmp_path / "index"))
+    monkeypatch.setenv("HYBRID_RAG_CACHE_DIR", str(tmp_path / "cache"))
+    cli = CliRunner().invoke(app, ["index", str(data), "--format", "beir", "-c", "cli", "--sync"])
+    assert cli.exit_code == 0, cli.output
+    assert published_version(tmp_path, "cli") == 2  # published outside Dagster: no evaluation of it recorded
+
+    degrade(data)
+    with pytest.raises(MainJobError, match=rf"check {NDCG_CHECK} failed: hybrid ndcg@10: version 3 0\.\d+ vs "):
+        run_main_job(PARTITION, dagster_home=sandbox.home, resources=resources, run_config=FAST)
+    with dg.DagsterInstance.from_config(str(sandbox.home)) as instance:
+        [check] = instance.event_log_storage.get_asset_check_execution_history(
+            dg.AssetCheckKey(dg.AssetKey("retrieval_evaluation"), NDCG_CHECK),
+            limit=1,
+            partition_filter=PartitionKeyFilter(key=PARTITION),
+        )
+    meta = {k: v.value for k, v in check.event.dagster_event.event_specific_data.metadata.items()}
+    assert (meta["evaluated_version"], meta["published_version"]) == (3, 2)
+    assert meta["published_from"].startswith("evaluated in this run") and meta["published"] > 0.5
+    assert published_version(tmp_path, "cli") == 2
+
+
+@pytest.mark.slow
+def test_two_cli_runs_of_one_corpus_take_turns_and_each_publishes_its_own_version(tmp_path: Path) -> None:
+    _, corpora = corpus_copy(tmp_path, "twice")
+    home = tmp_path / "data" / "dagster_home"
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "HYBRID_RAG_CORPORA_FILE": str(corpora),
+        "HYBRID_RAG_QDRANT_PATH": str(tmp_path / "index"),
+        "HYBRID_RAG_CACHE_DIR": str(tmp_path / "cache"),
+        "HYBRID_RAG_ASSETS_DIR": str(tmp_path / "assets"),
+        "HYBRID_RAG_HISTORY_PATH": str(tmp_path / "history.sqlite"),
+        "DAGSTER_HOME": str(home),
+        "TQDM_DISABLE": "1",
+    }
+    command = [sys.executable, "-m", "orchestration.cli", "run", "--corpus", PARTITION]
+    runs = [
+        subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for _ in range(2)
+    ]
+    outputs = [run.communicate(timeout=600)[0] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], outputs
+    assert not any("Traceback" in out for out in outputs), outputs
+    published = []
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        finished = instance.get_runs()
+        assert len(finished) == 2 and all(r.is_success for r in finished)
+        for run in finished:  # each run evaluated and published the version it staged, not the other run's
+            records = instance.get_records_for_run(run.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION)
+            events = [r.event_log_entry.asset_materialization for r in records.records]
+            versions = {
+                e.asset_key.to_user_string(): e.metadata["version"].value for e in events if "version" in e.metadata
+            }
+            staged = versions["qdrant_index"]
+            assert versions["retrieval_evaluation"] == versions["published_index"] == staged, versions
+            published.append(staged)
+    assert published_version(tmp_path, "twice") == max(published)
