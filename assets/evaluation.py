@@ -18,7 +18,7 @@ A corpus without qrels has nothing to score: the asset records which version it 
 
 import base64
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -335,16 +335,20 @@ def ndcg_chart(history, corpus: str, split: str) -> str | None:
     return f"![{WATCHED_METRIC} per variant over time](data:image/png;base64,{base64.b64encode(png).decode()})"
 
 
+def _recent_evaluations(context: dg.AssetExecutionContext, limit: int = 50) -> Sequence[dg.EventLogRecord]:
+    """The latest ``retrieval_evaluation`` materializations of this partition, newest first."""
+    return context.instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey("retrieval_evaluation"), asset_partitions=[context.partition_key]),
+        limit=limit,
+    ).records
+
+
 def published_figure(
     context: dg.AssetExecutionContext, published: int, split: str, location: str
 ) -> tuple[float, str] | None:
     """The watched figure of the published version, from the latest evaluation of it (same split, same place) in
     this partition, in another run; None when there is none."""
-    records = context.instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=dg.AssetKey("retrieval_evaluation"), asset_partitions=[context.partition_key]),
-        limit=50,
-    ).records
-    for record in records:
+    for record in _recent_evaluations(context):
         md = record.asset_materialization.metadata if record.asset_materialization else {}
         if record.run_id == context.run_id or getattr(md.get(LOCATION), "value", None) != location:
             continue
@@ -403,11 +407,7 @@ def _gate(
 
 def gate_record(context: dg.AssetExecutionContext, staged: StagedVersion) -> Mapping[str, Any] | None:
     """The metadata of the latest ``retrieval_evaluation`` of ``staged`` (that version, staged by that run)."""
-    records = context.instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=dg.AssetKey("retrieval_evaluation"), asset_partitions=[context.partition_key]),
-        limit=50,
-    ).records
-    for record in records:
+    for record in _recent_evaluations(context):
         md = record.asset_materialization.metadata if record.asset_materialization else {}
         values = {k: getattr(v, "value", v) for k, v in md.items()}
         if (values.get("version"), values.get(STAGED_BY)) == (staged.version, staged.run_id):
