@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 from retrieval.documents import BadInputPolicy, SourceFormat
+from retrieval.errors import HybridRagError
 
 CORPORA_FILE_ENV = "HYBRID_RAG_CORPORA_FILE"
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -31,15 +32,15 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _KEYS = {"source", "format", "qrels", "split", "collection", "on_bad_input", "watch"}
 
 
-class CorpusConfigError(ValueError):
+class CorpusConfigError(HybridRagError, ValueError):
     """The corpora file is malformed; the message names the file and the corpus."""
 
 
-class CorpusUnavailableError(FileNotFoundError):
+class CorpusUnavailableError(HybridRagError, FileNotFoundError):
     """A configured source or qrels path does not exist on this machine."""
 
 
-class UnknownCorpusError(KeyError):
+class UnknownCorpusError(HybridRagError, KeyError):
     """No corpus of that name in the corpora file."""
 
     def __str__(self) -> str:
@@ -103,7 +104,7 @@ class Corpora:
             return self.corpora[name]
         except KeyError:
             raise UnknownCorpusError(
-                f"no corpus {name!r} in {self.path}; configured: {', '.join(self.corpora)}"
+                f"unknown corpus {name!r}; configured in {self.path}: {', '.join(self.corpora)}"
             ) from None
 
     def watched(self) -> list[CorpusConfig]:

@@ -3,12 +3,14 @@
 
 It scores the version ``qdrant_index`` staged in this run; in a run without ``qdrant_index`` (one asset
 materialized at a time, a re-execution from failure), the latest staged version that is not published yet,
-whichever run staged it; else the published version. Its blocking check ``ndcg_not_dropped`` (the gate) compares
-it with the published version's figure: from the latest recorded evaluation of that version (same place, same
-split) or, when none is recorded (published by the CLI, another Dagster instance), by scoring the published
-version now. The verdict is recorded in the materialization (``gate``, with the version and the run that staged
-it): ``published_index`` publishes nothing else. When the gate fails, readers stay on the published version.
-Two more checks warn (they never block publishing) when, on this corpus, fusion or reranking costs quality:
+whichever run staged it; else the published version (with ``version: published`` in its config, as the
+``evaluate`` job sets it, always the published one: the index readers use). Its blocking check ``ndcg_not_dropped``
+(the gate) compares it with the published version, scored in the same run with the same queries (a recorded
+figure is never reused: a version number does not identify a version across rebuilds, resets of the index
+folder or Dagster instances). The verdict is recorded in the materialization (``gate``, with the version and the
+run that staged it): ``published_index`` publishes nothing else. When the gate fails, readers stay on the
+published version. Two more checks warn (they never block publishing) when, on this corpus, fusion or reranking
+costs quality:
 ``hybrid_not_below_channels`` (hybrid against the better of its dense and sparse channels) and
 ``reranking_does_not_hurt`` (the default, hybrid + rerank, against hybrid). Each fails only when the loss is
 larger than ``quality_tolerance`` and significant (its 95% bootstrap interval lies below 0); the figures, the
@@ -20,7 +22,7 @@ import base64
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import dagster as dg
 from pydantic import Field
@@ -43,7 +45,7 @@ WATCHED_VARIANT = "hybrid"
 WATCHED_METRIC = "ndcg@10"
 REPORT = "report"  # the evaluation's EvalReport.summary(), read back by evaluation_report()
 STAGED_BY = "staged_by_run"  # metadata: the run whose qdrant_index staged the evaluated version ("none": not staged)
-LOCATION = "location"  # metadata: where the evaluated version lives (a published figure is matched on it)
+LOCATION = "location"  # metadata: where the evaluated version lives
 GATE, GATE_DETAIL = "gate", "gate_detail"  # metadata: the gate's verdict on the evaluated version, and why
 GATE_PASSED, GATE_REFUSED, GATE_NOT_RUN = "passed", "refused", "not run"
 
@@ -77,6 +79,11 @@ class EvaluationConfig(dg.Config):
         default=0.02,
         description=f"Largest tolerated drop of {WATCHED_VARIANT} {WATCHED_METRIC} of the staged version against "
         "the published one; a larger drop keeps readers on the published version",
+    )
+    version: Literal["staged", "published"] = Field(
+        default="staged",
+        description="Which version to score: 'staged' (this run's staged version, else the latest one not yet "
+        "published, else the published one) or 'published' (the one readers use; the evaluate job)",
     )
     sample_queries: int = Field(default=3, description="Queries shown with their top hits per variant")
     quality_tolerance: float = Field(
@@ -137,9 +144,10 @@ def retrieval_evaluation(
     with retrieval.store(corpus.collection) as store:
         published = store.current_version()
         staged = staged_version(context)
+        if config.version == "published":
+            staged = None  # the index readers use, whatever is staged
         version, role = _version_to_evaluate(context, store, staged, published)
         location = _location(store, version)
-        published_at = _location(store, published) if published is not None else None
     staged_by = staged.run_id if staged is not None and staged.version == version else "none"
     base = {
         "corpus": corpus.name,
@@ -194,9 +202,9 @@ def retrieval_evaluation(
     if _selected(context, NDCG_CHECK):
         baseline = None
         if published is not None and published != version and WATCHED_VARIANT in report.variants:
-            baseline = published_figure(context, published, split, str(published_at))
-            if baseline is None:  # not evaluated here (published by the CLI, another instance, ...): score it now
-                baseline = _score_published(retrieval, corpus, collection, split, published)
+            # Scored now, never looked up: a version number (even with its path) does not identify a version
+            # across rebuilds, resets of the index folder or Dagster instances.
+            baseline = _score_published(retrieval, corpus, collection, split, published)
         gate = _gate(corpus, version, published, report.variants, baseline, config)
     metadata[GATE] = GATE_NOT_RUN if gate is None else GATE_PASSED if gate.passed else GATE_REFUSED
     if gate is not None:
@@ -280,7 +288,7 @@ def _score_published(
             retriever, collection, split, [Variant(WATCHED_VARIANT)], version=published, progress=False
         )
     value = report.variants[WATCHED_VARIANT].metrics[WATCHED_METRIC]
-    return round(float(value), 6), "evaluated in this run (no recorded evaluation of it)"
+    return round(float(value), 6), "scored in this run"
 
 
 def _selected(context: dg.AssetExecutionContext, check: str) -> bool:
@@ -341,26 +349,6 @@ def _recent_evaluations(context: dg.AssetExecutionContext, limit: int = 50) -> S
         dg.AssetRecordsFilter(asset_key=dg.AssetKey("retrieval_evaluation"), asset_partitions=[context.partition_key]),
         limit=limit,
     ).records
-
-
-def published_figure(
-    context: dg.AssetExecutionContext, published: int, split: str, location: str
-) -> tuple[float, str] | None:
-    """The watched figure of the published version, from the latest evaluation of it (same split, same place) in
-    this partition, in another run; None when there is none."""
-    for record in _recent_evaluations(context):
-        md = record.asset_materialization.metadata if record.asset_materialization else {}
-        if record.run_id == context.run_id or getattr(md.get(LOCATION), "value", None) != location:
-            continue
-        report = evaluation_report(md)
-        if (
-            report is not None
-            and (report.version, report.split) == (published, split)
-            and WATCHED_VARIANT in report.variants
-        ):
-            value = report.variants[WATCHED_VARIANT].metrics[WATCHED_METRIC]
-            return round(value, 6), f"evaluation in run {record.run_id}"
-    return None
 
 
 def _gate(

@@ -16,11 +16,10 @@ from typing import Any, TypeVar
 import dagster as dg
 from pydantic import ValidationError
 
-from assets.corpora import CorpusConfigError, CorpusUnavailableError, UnknownCorpusError
 from retrieval.errors import HybridRagError
 from retrieval.settings import settings_problems
 
-EXPECTED = (HybridRagError, ValidationError, CorpusConfigError, CorpusUnavailableError, UnknownCorpusError)
+EXPECTED = (HybridRagError, ValidationError)  # the corpora file's errors are HybridRagErrors too
 F = TypeVar("F", bound=Callable[..., Any])
 
 

@@ -101,8 +101,9 @@ def qdrant_index(
         points = report.points
         location = indexer.store.pinned(report.version or 0).location
         schema = indexer.schema()
+    staged = f"staged version {report.version}" if report.changed else f"nothing changed: version {report.version}"
     context.log.info(
-        f"{corpus.collection}: staged version {report.version} (published: {published}): {report.embedded} written, "
+        f"{corpus.collection}: {staged} (published: {published}): {report.embedded} written, "
         f"{report.unchanged} unchanged, {report.deleted} deleted, {points} points"
     )
     check = dg.AssetCheckResult(

@@ -63,13 +63,36 @@ def main(
         list[Path] | None, typer.Option("--env-file", help="Extra HYBRID_RAG_* settings file (e.g. a tuned reranker)")
     ] = None,
 ) -> None:
-    from retrieval.errors import InputNotFoundError
-
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s")
-    missing = [path for path in env_file or [] if not path.is_file()]
-    if missing:  # pydantic-settings would skip it silently
-        raise InputNotFoundError(f"--env-file {missing[0]}: no such file")
+    for path in env_file or []:
+        _check_env_file(path)
     ENV_FILES[:] = [Path(".env"), *(env_file or [])]
+
+
+def _check_env_file(path: Path) -> None:
+    """An explicit ``--env-file`` must exist and hold only KEY=value lines naming real settings: pydantic-settings
+    would skip a missing file, a garbage line or a misspelt setting silently."""
+    import io
+
+    from dotenv.parser import parse_stream
+
+    from retrieval.errors import InputFormatError, InputNotFoundError
+    from retrieval.settings import RetrievalSettings
+
+    if not path.is_file():
+        raise InputNotFoundError(f"--env-file {path}: " + ("not a file" if path.exists() else "no such file"))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputFormatError(f"--env-file {path}: not UTF-8 (byte {exc.start})") from None
+    settings = {f"HYBRID_RAG_{name}".upper() for name in RetrievalSettings.model_fields}
+    for binding in parse_stream(io.StringIO(text)):
+        where = f"--env-file {path}:{binding.original.line}"
+        if binding.error:
+            raise InputFormatError(f"{where}: not a KEY=value line")
+        key = (binding.key or "").upper()
+        if key.startswith("HYBRID_RAG_") and key not in settings:
+            raise InputFormatError(f"{where}: unknown setting {binding.key}")
 
 
 @app.command()

@@ -18,7 +18,8 @@ evaluate_job = dg.define_asset_job(
     "evaluate",
     selection=dg.AssetSelection.assets(retrieval_evaluation),
     partitions_def=corpus_partitions,
-    description="Evaluate every retrieval variant on one corpus' existing index.",
+    config={"ops": {"retrieval_evaluation": {"config": {"version": "published"}}}},
+    description="Evaluate every retrieval variant on the version of one corpus' index that readers use.",
 )
 
 adapt_job = dg.define_asset_job(

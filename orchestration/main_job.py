@@ -25,7 +25,6 @@ from assets.corpora import REPO_ROOT
 from assets.evaluation import evaluation_report
 from orchestration.definitions import default_resources
 from orchestration.jobs import reindex_job
-from retrieval.errors import HybridRagError
 from retrieval.store import StoreError, open_store
 
 DAGSTER_HOME = Path("data/dagster_home")
@@ -35,10 +34,6 @@ INDEX_FIELDS = ("documents", "chunks", "written", "unchanged", "deleted", "point
 
 class MainJobError(RuntimeError):
     """The run failed; the message names the failed steps and why."""
-
-
-class UnknownCorpusError(HybridRagError, ValueError):
-    """The corpus is not configured; the message lists the configured ones."""
 
 
 def default_dagster_home() -> Path:
@@ -78,8 +73,7 @@ def run_main_job(
 
     ``log_level`` sets the console logger (Dagster's per-event lines are DEBUG) unless ``run_config`` has loggers.
     """
-    if corpus not in CORPORA.names:
-        raise UnknownCorpusError(f"unknown corpus {corpus!r}; configured in {CORPORA.path}: {', '.join(CORPORA.names)}")
+    CORPORA.get(corpus)  # an unknown corpus: UnknownCorpusError, naming the configured ones
     home = Path(dagster_home or default_dagster_home()).resolve()
     home.mkdir(parents=True, exist_ok=True)
     if not (home / "dagster.yaml").exists():  # the project's instance settings (telemetry off, one run per corpus)

@@ -265,8 +265,9 @@ class Indexer:
         sealed and published at the end. Nothing is staged when none of them is stored."""
         wanted = list(dict.fromkeys(doc_ids))
         report = DeleteReport(self.store.collection)
+        self.store.check_schema()  # it exists (else no lock file is left behind); deleting needs no models
         with self.store.write_lock():
-            schema = self.store.check_schema()  # it exists; deleting needs no models
+            schema = self.store.check_schema()
             stored = self.store.stored_hashes()
             found = {doc_id for doc_id, _ in stored.values()} & set(wanted)
             report.documents, report.missing = len(found), [d for d in wanted if d not in found]

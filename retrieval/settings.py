@@ -45,8 +45,9 @@ def default_cache_dir() -> Path:
     return Path.home() / ".cache" / "hybrid-rag"
 
 
-# A collection's longest file name is "<name>.current.json" (retrieval.store.edge), and a file name holds 255 bytes.
-COLLECTION_NAME_MAX_BYTES = 255 - len(".current.json")
+# The longest file name made from a collection's name is a snapshot being written ("<name>-<UTC stamp>.partial",
+# retrieval.store.snapshots); a file name holds 255 bytes.
+COLLECTION_NAME_MAX_BYTES = 255 - len("-20261130T032106Z.partial")
 _NAME_FORBIDDEN = set('<>:"/\\|?*')  # Qdrant's rule for a new collection's name (a folder on the server too)
 _NAME_LAYOUT = re.compile(r".*(__v[0-9]+|\.current\.json|\.write\.lock)")  # a version or a file of another name
 _DEVICE = re.compile(r"(cpu|cuda|mps)(:[0-9]+)?")
@@ -77,7 +78,8 @@ def check_collection_name(name: object) -> str:
 def settings_problems(exc: ValidationError) -> str:
     """A settings ``ValidationError`` as one line: ``invalid settings: field: reason; ...``."""
     problems = "; ".join(
-        f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors()
+        (f"{'.'.join(map(str, e['loc']))}: " if e["loc"] else "") + e["msg"].removeprefix("Value error, ")
+        for e in exc.errors()
     )
     return f"invalid settings: {problems}"
 

@@ -11,13 +11,16 @@ import json
 import threading
 from typing import Any
 
+from pydantic import ValidationError
+
 from retrieval.embedding_cache import EmbeddingCache
 from retrieval.encoders import DenseEncoder, make_sparse_encoder
 from retrieval.encoders.sparse import Bm25Encoder, SpladeEncoder
+from retrieval.errors import InvalidArgumentError
 from retrieval.indexer import Indexer
 from retrieval.parts import Parts
 from retrieval.search import HybridRetriever
-from retrieval.settings import RetrievalSettings, check_collection_name
+from retrieval.settings import RetrievalSettings, check_collection_name, settings_problems
 from retrieval.store import CollectionSchema, QdrantStore, open_store
 
 
@@ -177,7 +180,13 @@ class RetrievalStack:
             overrides["collection"] = check_collection_name(collection)
         if not overrides:
             return self.settings
-        return RetrievalSettings.model_validate({**self.settings.model_dump(), **overrides})
+        unknown = sorted(set(overrides) - set(RetrievalSettings.model_fields))
+        if unknown:
+            raise InvalidArgumentError(f"unknown settings {unknown}; see RetrievalSettings for the valid ones")
+        try:
+            return RetrievalSettings.model_validate({**self.settings.model_dump(), **overrides})
+        except ValidationError as exc:
+            raise InvalidArgumentError(settings_problems(exc)) from None
 
 
 _shared: dict[str, RetrievalStack] = {}

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from orchestration.cli import app
 from retrieval import RetrievalSettings, RetrievalStack
 from retrieval.search import Hit
+from retrieval.settings import COLLECTION_NAME_MAX_BYTES
 from tests.conftest import TINY_DOCS
 from tests.test_data_safety import points, write_jsonl
 
@@ -140,6 +141,16 @@ def test_delete_collections_snapshot_and_restore(cli_in, kb):
     assert points(kb, "work") == N and points(kb, "work", "valve") == 1
     cli_in("restore", str(snap), "-c", "copy")  # a snapshot also seeds a new collection
     assert points(kb, "copy") == N
+
+
+def test_the_longest_valid_collection_name_indexes_and_snapshots(cli_in, kb):
+    """Every file made from a name the rule accepts fits a file name (the pointer, its temporary, a snapshot)."""
+    name = "n" * COLLECTION_NAME_MAX_BYTES
+    cli_in("index", "kb.jsonl", "-c", name)
+    cli_in("delete", "valve", "-c", name)  # a second version: the pointer file is replaced
+    assert points(kb, name) == N - 1
+    cli_in("snapshot", "-c", name)
+    assert "invalid collection name" in cli_in("index", "kb.jsonl", "-c", name + "n", code=2)
 
 
 @pytest.mark.parametrize(

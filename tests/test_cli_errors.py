@@ -136,6 +136,17 @@ def test_env_file_must_exist_and_is_read(fails, tmp_path):
     (tmp_path / "tuned.env").write_text("HYBRID_RAG_RRF_K=0\n")
     message = fails("--env-file", "tuned.env", "search", "red planet", "-c", "sample")
     assert message == "error: invalid settings: rrf_k: Input should be greater than or equal to 1"
+    (tmp_path / "typo.env").write_text("# tuned\nHYBRID_RAG_RERNK=false\n")
+    assert (
+        fails("--env-file", "typo.env", "search", "x")
+        == "error: --env-file typo.env:2: unknown setting HYBRID_RAG_RERNK"
+    )
+    (tmp_path / "junk.env").write_text("HYBRID_RAG_RERANK=false\nthis is garbage\n")
+    assert fails("--env-file", "junk.env", "search", "x") == "error: --env-file junk.env:2: not a KEY=value line"
+    (tmp_path / "latin.env").write_bytes(b"\xff\xfe=1\n")
+    assert fails("--env-file", "latin.env", "search", "x") == "error: --env-file latin.env: not UTF-8 (byte 0)"
+    (tmp_path / "folder.env").mkdir()
+    assert fails("--env-file", "folder.env", "search", "x") == "error: --env-file folder.env: not a file"
 
 
 # -- item 8: collection names ---------------------------------------------------------------------------------
@@ -151,9 +162,18 @@ BAD_NAMES = [
     "docs__v1",
     "docs.current.json",
     "docs.write.lock",
-    "é" * 122,
+    "é" * (COLLECTION_NAME_MAX_BYTES // 2 + 1),
 ]
-GOOD_NAMES = ["sample", "my docs", "données-2026", "a..b", ".hidden", "v__vX", "docs__v", "é" * 121]
+GOOD_NAMES = [
+    "sample",
+    "my docs",
+    "données-2026",
+    "a..b",
+    ".hidden",
+    "v__vX",
+    "docs__v",
+    "é" * (COLLECTION_NAME_MAX_BYTES // 2),
+]
 
 
 @pytest.mark.parametrize("name", BAD_NAMES)

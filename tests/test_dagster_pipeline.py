@@ -14,6 +14,7 @@ import pytest
 from dagster._core.event_api import PartitionKeyFilter  # the check history per partition (no public export)
 
 from assets import CHANNELS_CHECK, NDCG_CHECK, POINT_COUNT_CHECK, RERANK_CHECK, corpus_partitions, raw_documents
+from assets.corpora import UnknownCorpusError
 from assets.resources import CorporaResource, EvalHistoryResource, RetrievalResource
 from evals.collections import sample_collection
 from evals.history import EvalHistory
@@ -266,7 +267,7 @@ def test_missing_corpus_source_fails_only_that_partition(tmp_path: Path, sandbox
 
 
 def test_unknown_corpus_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="unknown corpus"):
+    with pytest.raises(UnknownCorpusError, match="unknown corpus 'no-such-corpus'; configured in .*: sample"):
         run_main_job("no-such-corpus", dagster_home=tmp_path)
 
 

@@ -138,6 +138,23 @@ def test_cli_run_refuses_an_unknown_corpus_in_one_line() -> None:
 
 
 @pytest.mark.slow
+def test_cli_run_with_a_malformed_corpora_file_fails_in_one_line(tmp_path: Path) -> None:
+    """The corpora file is read when the asset graph is imported: a malformed one is still one red line."""
+    import os
+    import subprocess
+    import sys
+
+    bad = tmp_path / "corpora.yaml"
+    bad.write_text("corpora:\n  a: {source: x, format: beir\n")
+    env = {**os.environ, "HYBRID_RAG_CORPORA_FILE": str(bad), "DAGSTER_HOME": str(tmp_path / "home")}
+    cmd = [sys.executable, "-m", "orchestration.cli", "run", "--corpus", "a"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert "invalid YAML" in done.stderr and str(bad) in done.stderr.replace("\n", "")
+    assert "Traceback" not in done.stderr + done.stdout
+
+
+@pytest.mark.slow
 def test_query_encoder_skips_a_corpus_too_small_to_adapt_on(tmp_path: Path) -> None:
     texts = {f"{w}.txt": f"Notes about {w} retrieval. A second sentence on {w}." for w in ("alpha", "beta", "gamma")}
     folder = Folder(tmp_path, texts)  # no sentence long enough for a pseudo-query

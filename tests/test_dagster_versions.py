@@ -256,7 +256,7 @@ def test_gate_refuses_a_worse_version_and_readers_keep_the_published_one(tmp_pat
     assert not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.ERROR  # failed, in the UI too
     assert (meta["evaluated_version"], meta["published_version"]) == (2, 1)
     assert meta["published"] == pytest.approx(published_ndcg) and meta["current"] < published_ndcg - 0.2
-    assert "refused" in evaluation.description and "evaluation in run" in meta["published_from"]
+    assert "refused" in evaluation.description and meta["published_from"] == "scored in this run"
     _, run_id = materialized_at(sandbox, "published_index")
     assert run_id == first["run_id"]  # published_index did not run
     assert EdgeStore(tmp_path / "index", "gated").current_version() == 1
@@ -286,6 +286,15 @@ def test_published_index_alone_does_not_publish_a_refused_version(tmp_path: Path
     assert not result.success
     assert "version 2 of 'refused' (staged by run " in failure and f"was refused by {NDCG_CHECK} (hybrid" in failure
     assert published_version(tmp_path, "refused") == 1
+
+    from orchestration.jobs import evaluate_job  # the evaluate job (and its schedule): the version readers use
+
+    defs = dg.Definitions(assets=ALL_ASSETS, jobs=[evaluate_job], resources=resources, executor=dg.in_process_executor)
+    with dg.DagsterInstance.from_config(str(sandbox.home)) as instance:
+        result = defs.resolve_job_def(evaluate_job.name).execute_in_process(partition_key=PARTITION, instance=instance)
+    [evaluation] = result.asset_materializations_for_node("retrieval_evaluation")
+    assert result.success and evaluation.metadata["evaluated_version"].value == "published version 1"
+    assert evaluation.metadata["hybrid/ndcg@10"].value > 0.5 and gate_check(result).passed
 
 
 def reindex_in_sandbox() -> dg.JobDefinition:
@@ -325,7 +334,7 @@ def test_assets_one_at_a_time_publish_only_after_the_gate_evaluated_the_staged_v
     sandbox = Sandbox(tmp_path)
     data, corpora = corpus_copy(tmp_path, "steps")
     resources = sandbox.resources(corpora=CorporaResource(path=str(corpora)))
-    first = run_main_job(PARTITION, dagster_home=sandbox.home, resources=resources, run_config=FAST)
+    run_main_job(PARTITION, dagster_home=sandbox.home, resources=resources, run_config=FAST)
     original = (data / "corpus.jsonl").read_text()
     degrade(data)
     for asset in STEPS:  # each in its own run, as a user clicking through the graph
@@ -348,7 +357,7 @@ def test_assets_one_at_a_time_publish_only_after_the_gate_evaluated_the_staged_v
     gate = gate_check(result)
     meta = {k: v.value for k, v in gate.metadata.items()}
     assert gate.passed and (meta["evaluated_version"], meta["published_version"]) == (3, 1)
-    assert meta["published_from"] == f"evaluation in run {first['run_id']}"
+    assert meta["published_from"] == "scored in this run"
     result, _ = materialize(sandbox, resources, "published_index")
     assert result.success and published_version(tmp_path, "steps") == 3
 
@@ -382,8 +391,34 @@ def test_gate_scores_a_published_version_it_has_no_evaluation_of(tmp_path: Path,
         )
     meta = {k: v.value for k, v in check.event.dagster_event.event_specific_data.metadata.items()}
     assert (meta["evaluated_version"], meta["published_version"]) == (3, 2)
-    assert meta["published_from"].startswith("evaluated in this run") and meta["published"] > 0.5
+    assert meta["published_from"] == "scored in this run" and meta["published"] > 0.5
     assert published_version(tmp_path, "cli") == 2
+
+
+@pytest.mark.slow
+def test_gate_scores_the_published_version_after_the_index_folder_was_reset(tmp_path: Path, monkeypatch) -> None:
+    """A recorded evaluation of "version 1" belongs to an index that no longer exists: the gate scores the one
+    readers use instead of reusing it."""
+    from typer.testing import CliRunner
+
+    from orchestration.cli import app
+
+    sandbox = Sandbox(tmp_path)
+    data, corpora = corpus_copy(tmp_path, "reset")
+    resources = sandbox.resources(corpora=CorporaResource(path=str(corpora)))
+    original = (data / "corpus.jsonl").read_text()
+    degrade(data)
+    assert run_main_job(PARTITION, dagster_home=sandbox.home, resources=resources, run_config=FAST)["published"] == 1
+    shutil.rmtree(tmp_path / "index")  # the index folder is reset; the Dagster instance keeps its records
+    (data / "corpus.jsonl").write_text(original)
+    monkeypatch.setenv("HYBRID_RAG_QDRANT_PATH", str(tmp_path / "index"))
+    monkeypatch.setenv("HYBRID_RAG_CACHE_DIR", str(tmp_path / "cache"))
+    cli = CliRunner().invoke(app, ["index", str(data), "--format", "beir", "-c", "reset"])
+    assert cli.exit_code == 0 and published_version(tmp_path, "reset") == 1, cli.output  # a good version 1
+    degrade(data)
+    with pytest.raises(MainJobError, match=rf"check {NDCG_CHECK} failed: .* refused"):
+        run_main_job(PARTITION, dagster_home=sandbox.home, resources=resources, run_config=FAST)
+    assert published_version(tmp_path, "reset") == 1
 
 
 @pytest.mark.slow

@@ -1,7 +1,6 @@
 """One RetrievalStack owns the parts: what it hands out shares encoders (and their locks), stores and cache."""
 
 import pytest
-from pydantic import ValidationError
 
 from retrieval import RetrievalSettings, RetrievalStack
 from retrieval.encoders import Bm25Encoder
@@ -45,8 +44,12 @@ def test_retriever_overrides_share_unchanged_encoders_and_build_changed_ones(sta
 
 
 def test_retriever_overrides_are_validated_by_the_settings(stack):
-    with pytest.raises(ValidationError, match="chunk_overlap must be smaller than chunk_tokens"):
+    with pytest.raises(InvalidArgumentError, match="invalid settings: chunk_overlap must be smaller than chunk_tokens"):
         stack.retriever(chunk_tokens=16, chunk_overlap=32)
+    with pytest.raises(InvalidArgumentError, match="invalid settings: k: "):
+        stack.retriever(k=0)
+    with pytest.raises(InvalidArgumentError, match=r"unknown settings \['rerank_weigth'\]"):
+        stack.retriever(rerank_weigth=0.9)  # a misspelt setting is not silently ignored
 
 
 @pytest.mark.parametrize("name", ["", "..", "../escape", "sub/dir", "stack__v1", "stack.write.lock"])

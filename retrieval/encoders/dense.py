@@ -30,7 +30,7 @@ import numpy as np
 from retrieval.encoders.multi_process import pool_devices, start_pool, stop_pool
 from retrieval.encoders.onnx_export import EXPORT_VERSION, FP32_FILE, INT8_FILE, ensure_onnx_export
 from retrieval.encoders.onnx_model import OnnxSentenceModel
-from retrieval.encoders.runtime import SINGLE_THREAD_MAX, one_thread, select_device
+from retrieval.encoders.runtime import SINGLE_THREAD_MAX, check_device, one_thread, select_device
 from retrieval.settings import DEFAULT_DENSE_MODEL, DenseBackend, default_cache_dir
 
 log = logging.getLogger(__name__)
@@ -127,6 +127,7 @@ class DenseEncoder:
             return OnnxSentenceModel(export, file, runtime=runtime)
         from sentence_transformers import SentenceTransformer
 
+        check_device(self.device)
         log.info("loading dense model %s (torch, %s)", path, self.device)
         model = SentenceTransformer(path, device=self.device)
         if self.device.startswith("cuda"):

@@ -23,6 +23,24 @@ def select_device(requested: str | None = None) -> str:
     return "cpu"
 
 
+def check_device(device: str) -> None:
+    """A :class:`~retrieval.errors.ModelLoadError` when torch cannot use ``device`` (e.g. ``cuda`` on a CPU build)."""
+    import torch
+
+    from retrieval.errors import ModelLoadError
+
+    kind, _, index = device.partition(":")
+    if kind == "cuda":
+        usable = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if usable <= (int(index) if index else 0):
+            raise ModelLoadError(
+                f"HYBRID_RAG_DENSE_DEVICE={device}: torch {torch.__version__} sees {usable} CUDA device(s); "
+                "unset it to use the best available device"
+            )
+    elif kind == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ModelLoadError(f"HYBRID_RAG_DENSE_DEVICE={device}: Apple MPS is not available here")
+
+
 @contextmanager
 def one_thread() -> Iterator[None]:
     """Run torch on one thread inside the block (for small inputs on the CPU).

@@ -176,7 +176,7 @@ def _remove_unheld(collection_dir: Path) -> None:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                log.warning("not deleting %s: another process has it open; a later cleanup will", collection_dir)
+                log.info("not deleting %s yet: another process has it open", collection_dir)
                 return
         shutil.rmtree(collection_dir, ignore_errors=True)
     finally:

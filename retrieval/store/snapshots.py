@@ -58,7 +58,13 @@ def restore(store: QdrantStore, source: str | Path, *, replace: bool = False) ->
     """Make ``source`` (a snapshot) the collection's current version; returns its point count.
 
     An existing collection is only replaced with ``replace`` (its old version is deleted once readers let go).
+    Like every write, it waits for the collection's write lock (a running index finishes first).
     """
+    with store.write_lock():
+        return _restore(store, source, replace)
+
+
+def _restore(store: QdrantStore, source: str | Path, replace: bool) -> int:
     from retrieval.store.server import ServerStore
 
     if store.current_version() is not None and not replace:
