@@ -127,7 +127,7 @@ def _corpus_lock(resources: Mapping[str, Any], corpus: str) -> Iterator[None]:
 
 
 def summarize(result: dg.ExecuteInProcessResult, corpus: str) -> dict[str, Any]:
-    """``{corpus, collection, run_id, evaluated, note, split, version, published,
+    """``{corpus, collection, run_id, evaluated, note, split, version, published, previous,
     metrics: {variant: {metric: value, latency_ms}}, report: EvalReport.summary() or None,
     index: {documents, chunks, written, unchanged, deleted, points}, checks: {name: {passed, severity, description}}}``.
     """
@@ -152,6 +152,7 @@ def summarize(result: dg.ExecuteInProcessResult, corpus: str) -> dict[str, Any]:
         "split": report.split if report else None,
         "version": _value(index.get("version")),
         "published": _value(published.get("version")),
+        "previous": _value(published.get("previous_version")),
         "metrics": report.metrics() if report else {},
         "report": report.summary() if report else None,
         "index": {name: _value(index.get(name)) for name in INDEX_FIELDS},
@@ -185,7 +186,11 @@ def print_results(summary: Mapping[str, Any], console: Console | None = None) ->
             detail = f": {check['description']}" if check.get("description") else ""
             console.print(f"check {name}: {mark}{detail}")
     if summary.get("published") is not None:
-        console.print(f"readers now use version {summary['published']} of {summary.get('collection')!r}")
+        name, version = summary.get("collection"), summary["published"]
+        if version != summary.get("previous"):
+            console.print(f"readers now use version {version} of {name!r}")
+        else:
+            console.print(f"readers keep version {version} of {name!r} (nothing changed)")
     console.print(f"dagster run {summary.get('run_id')} (DAGSTER_HOME={summary.get('dagster_home', '-')})")
 
 

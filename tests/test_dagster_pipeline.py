@@ -235,12 +235,16 @@ def test_evaluations_are_appended_to_history(sandbox: Sandbox, second_run: dict)
     assert set(df["source"]) == {"dagster"}
 
 
-def test_print_results(second_run: dict, capsys: pytest.CaptureFixture[str]) -> None:
+def test_print_results(first_run: dict, second_run: dict, capsys: pytest.CaptureFixture[str]) -> None:
     from rich.console import Console
 
     print_results(second_run["summary"], Console(width=120, force_terminal=False))
     out = capsys.readouterr().out
     assert "hybrid+rerank" in out and "nDCG@10" in out and f"check {POINT_COUNT_CHECK}: passed" in out
+    name = second_run["summary"]["collection"]
+    assert f"readers keep version 1 of {name!r} (nothing changed)" in out  # an unchanged corpus
+    print_results(first_run["summary"], Console(width=120, force_terminal=False))
+    assert f"readers now use version 1 of {first_run['summary']['collection']!r}" in capsys.readouterr().out
     json.dumps(second_run["summary"])  # plain data, for the CLI's --json or logs
 
 
