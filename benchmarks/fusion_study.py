@@ -2,9 +2,10 @@
 z-scores, and z-scores gated by how far the sparse list's best hit stands out (what ships); also alternatives
 that were not shipped (min-max CombSUM, z-scores with a missing chunk at the list's minimum, RRF of the RRF and
 z-score lists, robust z-scores (median and MAD), z-scores without each list's best hit in its mean and sd,
-z-scores over documents instead of chunks). nDCG@10 of the best chunk per document, BEIR conventions. By
-default only train splits (the queries and the long queries built from them, ``evals.long_queries``), which is
-where the shipped choice was made; ``--held-out`` adds the test splits.
+z-scores over documents instead of chunks, a pairwise linear ranker fitted on SciFact train). nDCG@10 of the
+best chunk per document, BEIR conventions. By default only train splits (the queries and the long queries built
+from them, ``evals.long_queries``), which is where the shipped choice was made; ``--held-out`` adds the test
+splits.
 
     python -m benchmarks.fusion_study [--collections scifact] [--index-dir DIR] [--held-out]
 """
@@ -25,8 +26,9 @@ DATASETS = REPO.parent / "shared" / "datasets"
 Lists = dict[str, list]
 
 
-def channel_lists(root: Path, index_dir: Path, held_out: bool) -> dict[str, tuple[dict[str, Lists], dict]]:
-    """Per query set: each query's dense and sparse lists (top 100, one batched request per 64 queries)."""
+def channel_lists(root: Path, index_dir: Path, held_out: bool) -> dict[str, tuple[dict[str, Lists], dict, dict]]:
+    """Per query set: each query's dense and sparse lists (top 100, one batched request per 64 queries), the
+    qrels and the query texts."""
     from evals.collections import load_collection
     from evals.long_queries import long_queries
     from retrieval import RetrievalSettings, RetrievalStack, read_documents
@@ -55,7 +57,7 @@ def channel_lists(root: Path, index_dir: Path, held_out: bool) -> dict[str, tupl
             results = indexer.store.query_batch(plans)
             for j, i in enumerate(part):
                 lists[qids[i]] = {"dense": results[j], "sparse": results[len(part) + j]}
-        out[name] = (lists, {q: qrels[q] for q in qids})
+        out[name] = (lists, {q: qrels[q] for q in qids}, {q: queries[q] for q in qids})
     stack.close()
     return out
 
@@ -89,6 +91,43 @@ def variants() -> dict[str, Callable[[Lists], list]]:
         fuse(_per_document(c), method="zscore") if top_z(c["sparse"]) > 2.5 else fuse(c, rrf_k=10)
     )
     return out
+
+
+# Pairwise linear ranker (scikit-learn LogisticRegression on feature differences of relevant vs non-relevant chunks
+# of a query, the non-relevant ones from either channel's top 30, the query's own document left out; L2, C=0.03,
+# no intercept), fitted on SciFact train + train long queries only; C and the features chosen by 5-fold CV over
+# those queries (issue 9 study; README, Quality). Per chunk: each channel's z-score z and 1/(10 + rank) rr (0 when
+# missing from that list), a missing flag, and z times three query features standardized with their train mean
+# and sd: log(1 + words), the sparse and the dense list's top z-scores.
+LEARNED_WEIGHTS = {"z": (0.5259, 0.6409), "rr": (1.6904, -3.7591), "missing": (-1.2455, -0.5235)}
+LEARNED_Z_BY_QUERY = ((-0.0324, 0.0342, 0.1140), (0.0500, 0.0375, 0.0795))  # dense z, sparse z x query features
+LEARNED_QUERY_MEAN_SD = ((2.8267, 0.8998), (5.3583, 1.6182), (4.4387, 1.1957))
+
+
+def learned(c: Lists, query: str) -> list:
+    """The pairwise linear ranker's order of the union of the dense and sparse lists (not shipped)."""
+    from retrieval.fusion import Fused
+
+    names = ("dense", "sparse")
+    z = {name: _z(np.array([h.score for h in c[name]], dtype=float)) for name in names}
+    top = [float(z[name].max()) if len(z[name]) > 1 else 0.0 for name in ("sparse", "dense")]
+    raw = (np.log1p(len(query.split())), *top)
+    q = np.array([(v - mean) / sd for v, (mean, sd) in zip(raw, LEARNED_QUERY_MEAN_SD, strict=True)])
+    fused: dict[str, Fused] = {}
+    for hits in c.values():
+        for h in hits:
+            fused.setdefault(h.id, Fused(h.id, str(h.payload.get("doc_id", "")), 0.0))
+    for f in fused.values():
+        f.score = sum(LEARNED_WEIGHTS["missing"])
+    for j, name in enumerate(names):
+        z_weight = LEARNED_WEIGHTS["z"][j] + float(np.dot(LEARNED_Z_BY_QUERY[j], q))
+        for rank, h in enumerate(c[name], start=1):
+            f = fused[h.id]
+            if name not in f.ranks:
+                f.ranks[name] = rank
+                f.score += z_weight * z[name][rank - 1] + LEARNED_WEIGHTS["rr"][j] / (10 + rank)
+                f.score -= LEARNED_WEIGHTS["missing"][j]
+    return sorted(fused.values(), key=lambda f: -f.score)
 
 
 def _robust_z(scores: np.ndarray) -> np.ndarray:
@@ -184,8 +223,10 @@ def main(argv: list[str] | None = None) -> None:
         sets |= channel_lists(DATASETS / name, index_dir, args.held_out)
     rows = []
     for label, fn in variants().items():
-        rows.append([label, *(ndcg({q: fn(c) for q, c in lists.items()}, qrels) for lists, qrels in sets.values())])
-    headers = [f"{name} ({len(qrels)} q)" for name, (_, qrels) in sets.items()]
+        rows.append([label, *(ndcg({q: fn(c) for q, c in lists.items()}, qrels) for lists, qrels, _ in sets.values())])
+    label = "pairwise linear ranker fitted on SciFact train (not shipped)"
+    rows.append([label, *(ndcg({q: learned(c, t[q]) for q, c in ls.items()}, qr) for ls, qr, t in sets.values())])
+    headers = [f"{name} ({len(qrels)} q)" for name, (_, qrels, _) in sets.items()]
     console.print(table("nDCG@10 by fusion of the same channel lists", ["fusion", *headers], rows))
 
 
