@@ -36,7 +36,14 @@ from assets.partitions import corpus_check, corpus_partitions
 from assets.resources import CorporaResource, EvalHistoryResource, RetrievalResource
 from evals.compare import LossCheck
 from evals.metrics import HEADLINE_METRICS
-from evals.runner import CHANNELS_CHECK, LATENCY_P50, RERANK_CHECK, EvalReport, evaluate_collection
+from evals.runner import (
+    CHANNELS_CHECK,
+    LATENCY_P50,
+    RERANK_CHECK,
+    EvalReport,
+    JudgedDocumentsMissingError,
+    evaluate_collection,
+)
 from retrieval.search import Variant
 from retrieval.store import QdrantStore, StoreError
 
@@ -178,6 +185,8 @@ def retrieval_evaluation(
         raise dg.Failure(description=f"cannot evaluate corpus {corpus.name!r}: {exc}") from exc
     # rerank=False: "hybrid" is the fused first stage; the "hybrid+rerank" variant turns reranking on itself.
     report = _evaluate(context, retrieval, corpus, collection, split, variants, version, staged)
+    if report.coverage_warning():
+        context.log.warning(report.coverage_warning())
     history = eval_history.history()
     report.record(history, source="dagster", dagster_run_id=context.run_id)
     table = markdown_table(report.frame(), metrics=[*HEADLINE_METRICS, LATENCY_P50])
@@ -272,6 +281,8 @@ def _evaluate(
     try:
         with retrieval.retriever(corpus.collection, version, rerank=False) as retriever:
             return evaluate_collection(retriever, collection, split, variants, version=version, progress=False)
+    except JudgedDocumentsMissingError as exc:  # the collection holds another corpus: every score would be 0
+        raise dg.Failure(description=str(exc)) from exc
     except StoreError as exc:  # e.g. another run's staging deleted it meanwhile
         with retrieval.store(corpus.collection) as store:
             if staged is not None and staged.version == version and not _exists(store, version):

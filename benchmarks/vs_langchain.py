@@ -13,7 +13,7 @@ Dense document vectors come from the embedding cache on both sides by default (`
 afresh on both sides): indexing time then compares everything but the document encoder. Figures: indexing
 time, search p50/p95 at k=10 (queries alternate between the two stacks), nDCG@10 from runs at depth 100.
 
-    python -m benchmarks.vs_langchain [--max-docs 0] [--queries 300] [--no-cache] [--rrf-k 60]
+    python -m benchmarks.vs_langchain [--max-docs 0] [--queries 300] [--no-cache] [--rrf-k K]
 """
 
 from __future__ import annotations
@@ -209,13 +209,16 @@ def report(result: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    from retrieval.settings import RetrievalSettings
+
     parser = argparse.ArgumentParser(prog="python -m benchmarks.vs_langchain", description=__doc__.splitlines()[0])
     parser.add_argument("--max-docs", type=int, default=0, help="SciFact docs (0: the whole corpus)")
     parser.add_argument("--queries", type=int, default=300)
     parser.add_argument("--no-cache", action="store_true", help="embed documents afresh on both sides (slow)")
     parser.add_argument("--data", default=None, help="SciFact directory (BEIR layout)")
     parser.add_argument("--cache-dir", default=None, help="embedding cache directory (default: settings)")
-    parser.add_argument("--rrf-k", type=int, default=None, help="our RRF constant (default: settings, 60)")
+    rrf_k = RetrievalSettings.model_fields["rrf_k"].default
+    parser.add_argument("--rrf-k", type=int, default=None, help=f"our RRF constant (default: settings, {rrf_k})")
     args = parser.parse_args(argv)
     return run_and_report(
         lambda: run(args.max_docs or None, args.queries, not args.no_cache, args.data, args.cache_dir, args.rrf_k),

@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pandas as pd
+from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
 from matplotlib.figure import Figure
@@ -20,12 +21,39 @@ from evals.metrics import HEADLINE_METRICS, LATENCY_KEY
 LABELS = {"ndcg@10": "nDCG@10", "recall@100": "Recall@100", "mrr@10": "MRR@10", "map@100": "MAP@100"}
 
 
+PALETTE = colormaps["tab20"].colors  # 20 colours
+LINE_STYLES = ("-", "--", ":", "-.")
+MARKERS = ("o", "s", "^", "D", "v", "P", "X")
+
+
+def line_style(i: int) -> dict[str, object]:
+    """The ``i``-th plot line's colour, line style and marker: no two of the first 80 lines share colour and
+    line style, so every legend entry can be told apart."""
+    return {
+        "color": PALETTE[i % len(PALETTE)],
+        "linestyle": LINE_STYLES[(i // len(PALETTE)) % len(LINE_STYLES)],
+        "marker": MARKERS[i % len(MARKERS)],
+    }
+
+
+def with_searched_collection(df: pd.DataFrame) -> pd.DataFrame:
+    """History rows whose searched Qdrant collection (``context["qdrant_collection"]``) differs from the evaluated
+    collection get ``collection`` = ``"NAME (searched: OTHER)"``, so they are neither merged with nor taken for
+    the figures of the collection built from NAME."""
+    from evals.runner import searched_label
+
+    if "context" not in df or df.empty:
+        return df
+    searched = [c.get("qdrant_collection") if isinstance(c, dict) else None for c in df["context"]]
+    return df.assign(collection=[searched_label(c, s) for c, s in zip(df["collection"], searched, strict=True)])
+
+
 def plot_history(df: pd.DataFrame, out_png: str | Path, metric: str = "ndcg@10") -> Path:
     """Plot ``metric`` over time from :meth:`EvalHistory.records` rows, one line per variant.
 
     When the rows span several collections or splits, each line is labelled ``variant (collection/split)``.
     """
-    rows = df[df["metric"] == metric].sort_values("timestamp")
+    rows = with_searched_collection(df[df["metric"] == metric]).sort_values("timestamp")
     if rows.empty:
         raise ValueError(f"no history rows for metric {metric!r}")
     keys = ["collection", "split", "variant"]
@@ -33,9 +61,9 @@ def plot_history(df: pd.DataFrame, out_png: str | Path, metric: str = "ndcg@10")
     fig = Figure(figsize=(8, 4.5), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    for (collection, split, variant), group in rows.groupby(keys, sort=True):
+    for i, ((collection, split, variant), group) in enumerate(rows.groupby(keys, sort=True)):
         label = f"{variant} ({collection}/{split})" if several else str(variant)
-        ax.plot(group["timestamp"].dt.tz_convert(None), group["value"], marker="o", label=label)
+        ax.plot(group["timestamp"].dt.tz_convert(None), group["value"], label=label, **line_style(i))
     locator = AutoDateLocator()
     ax.xaxis.set_major_locator(locator)
     ax.xaxis.set_major_formatter(ConciseDateFormatter(locator))
@@ -64,7 +92,7 @@ def markdown_table(df: pd.DataFrame, metrics: Sequence[str] | None = None) -> st
 
     ``metrics`` defaults to the headline metrics present, then any others, in name order.
     """
-    last = latest(df.dropna(subset=["value"]))
+    last = latest(with_searched_collection(df.dropna(subset=["value"])))
     present = set(last["metric"])
     if metrics is None:
         metrics = [m for m in HEADLINE_METRICS if m in present]

@@ -19,6 +19,8 @@ from tqdm.auto import tqdm
 from evals.compare import LossCheck, loss_check
 from evals.metrics import LATENCY_KEY, evaluate
 from evals.runs import Run, best_chunk_per_document
+from retrieval.chunking import point_id
+from retrieval.errors import HybridRagError
 from retrieval.search import HybridRetriever, Variant
 
 if TYPE_CHECKING:
@@ -26,6 +28,7 @@ if TYPE_CHECKING:
 
     from evals.collections import EvalCollection
     from evals.history import EvalHistory
+    from retrieval.store import QdrantStore
 
 RUN_DEPTH = 100
 LATENCY_P50 = "latency_p50_ms"  # the p50 latency as a metric name: EvalReport.frame() and Dagster metadata
@@ -46,6 +49,11 @@ REPORTED_SETTINGS = (
     "rerank_weight",
     "rerank_agreement",
 )
+
+
+class JudgedDocumentsMissingError(HybridRagError):
+    """None of the documents judged in a split is in the searched collection (another corpus was indexed there):
+    every metric would be 0."""
 
 
 @dataclass
@@ -117,7 +125,8 @@ class EvalReport:
 
     ``collection`` is the evaluation collection (corpus) name, ``qdrant_collection`` and ``version`` the index
     that answered, ``settings`` the models and retrieval settings that change results, ``seconds`` the
-    wall time of the whole evaluation.
+    wall time of the whole evaluation, ``judged_coverage`` the fraction of the split's judged documents found in
+    the index (below 1: the scores are capped, see :meth:`coverage_warning`).
     """
 
     collection: str
@@ -129,6 +138,16 @@ class EvalReport:
     settings: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
     timestamp: datetime = field(default_factory=lambda: datetime.now(UTC))
+    judged_coverage: float = 1.0
+
+    def coverage_warning(self) -> str | None:
+        """A warning when only part of the judged documents is in the searched collection, else None."""
+        if self.judged_coverage >= 1.0:
+            return None
+        return (
+            f"only {self.judged_coverage:.1%} of the documents judged in {self.collection}/{self.split} are in "
+            f"collection {self.qdrant_collection!r}: the scores are capped by the missing ones"
+        )
 
     def quality_checks(self, tolerance: float = 0.005) -> dict[str, LossCheck]:
         """Does fusion, and does reranking, pay off here? :data:`QUALITY_CHECKS`, each a :class:`LossCheck` on
@@ -139,13 +158,18 @@ class EvalReport:
             for name, (baselines, candidate) in QUALITY_CHECKS.items()
         }
 
+    def label(self) -> str:
+        """The collection name, with the Qdrant collection searched when that has another name."""
+        return searched_label(self.collection, self.qdrant_collection)
+
     def metrics(self) -> dict[str, dict[str, float]]:
         """``{variant: {metric: mean, "latency_ms": p50}}``, what the tables show."""
         return {name: {**r.metrics, LATENCY_KEY: r.latency_ms["p50"]} for name, r in self.variants.items()}
 
     def context(self) -> dict[str, Any]:
         """What the history stores with every row of this report."""
-        return {"qdrant_collection": self.qdrant_collection, "version": self.version, **self.settings}
+        coverage = {} if self.judged_coverage >= 1.0 else {"judged_coverage": round(self.judged_coverage, 4)}
+        return {"qdrant_collection": self.qdrant_collection, "version": self.version, **coverage, **self.settings}
 
     def record(self, history: EvalHistory, source: str, **context: Any) -> int:
         """Append every variant's metrics to ``history`` (one timestamp), written by ``source``; returns rows."""
@@ -160,7 +184,7 @@ class EvalReport:
         import pandas as pd
 
         rows = [
-            {"timestamp": pd.Timestamp(self.timestamp), "collection": self.collection, "split": self.split}
+            {"timestamp": pd.Timestamp(self.timestamp), "collection": self.label(), "split": self.split}
             | {"variant": name, "metric": metric, "value": float(value)}
             for name, r in self.variants.items()
             for metric, value in {**r.metrics, LATENCY_P50: r.latency_ms["p50"]}.items()
@@ -199,6 +223,13 @@ def evaluate_collection(
     retriever reads; default the store's current one)."""
     started = time.perf_counter()
     qrels = collection.qrels(split)
+    coverage = judged_coverage(retriever.store, qrels)
+    if coverage == 0.0:
+        raise JudgedDocumentsMissingError(
+            f"none of the {len(judged_documents(qrels))} documents judged in {collection.name}/{split} is in "
+            f"collection {retriever.store.collection!r}: it holds another corpus (evaluate it with "
+            f"--collection naming the collection built from {collection.name})"
+        )
     results = evaluate_variants(retriever, collection.split_queries(split), qrels, variants, progress=progress)
     settings = {
         "dense_model": retriever.dense.model_name,
@@ -215,7 +246,30 @@ def evaluate_collection(
         variants=results,
         settings=settings,
         seconds=time.perf_counter() - started,
+        judged_coverage=coverage,
     )
+
+
+def searched_label(collection: str, searched: str | None) -> str:
+    """``collection``, or ``"collection (searched: NAME)"`` when the Qdrant collection searched is another."""
+    return collection if not searched or searched == collection else f"{collection} (searched: {searched})"
+
+
+def judged_documents(qrels: Mapping[str, Mapping[str, int]]) -> set[str]:
+    """Every document id judged in ``qrels``."""
+    return {doc_id for docs in qrels.values() for doc_id in docs}
+
+
+def judged_coverage(store: QdrantStore, qrels: Mapping[str, Mapping[str, int]], batch: int = 1000) -> float:
+    """The fraction of the documents judged in ``qrels`` that ``store`` holds (1.0 when nothing is judged).
+
+    Counts each document's first chunk (every stored document has one) by point id, in batches.
+    """
+    ids = sorted(judged_documents(qrels))
+    if not ids:
+        return 1.0
+    found = sum(len(store.points([point_id(d, 0) for d in ids[i : i + batch]])) for i in range(0, len(ids), batch))
+    return found / len(ids)
 
 
 def _plain(value: Any) -> Any:

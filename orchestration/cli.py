@@ -340,11 +340,13 @@ def evaluate(
             docs, _ = read_documents(coll.corpus_path, "jsonl", settings.bad_input_policy)
             stack.indexer().index(docs)
         report = evaluate_collection(stack.retriever(), coll, split, variants)
-    console.print(metrics_table(report.metrics(), title=f"{coll.name} ({split})"))
+    console.print(metrics_table(report.metrics(), title=f"{report.label()} ({split})"))
+    if report.coverage_warning():
+        console.print(f"[yellow]warning:[/yellow] {report.coverage_warning()}", soft_wrap=True)
     for name, check in report.quality_checks().items():
         if check.comparison is not None:
             mark = "[green]ok[/green]" if check.passed else "[yellow]warning[/yellow]"
-            console.print(f"{name}: {mark} {check.description}")
+            console.print(f"{name}: {mark} {check.description}", soft_wrap=True)
     report.record(EvalHistory(history or default_history_path()), source="cli")
     if run_file:
         last = variants[-1].value
@@ -368,26 +370,48 @@ def compare(
     from evals.compare import compare_runs, format_comparison
     from evals.metrics import metric_names
     from evals.runs import read_run
+    from retrieval.errors import InvalidArgumentError
 
     families = sorted({m.partition("@")[0] for m in metric_names()})
     for name in metric or []:
         family, _, cutoff = name.partition("@")
         if family not in families or not cutoff.isdigit() or int(cutoff) < 1:
             _check_metrics([name], [f"{f}@K" for f in families])
-    qrels = load_collection(beir_dir).qrels(split)
-    (base_run, base_tag), (cand_run, cand_tag) = read_run(baseline), read_run(candidate)
-    rows = [
-        compare_runs(qrels, base_run, cand_run, m, names=(base_tag or baseline.stem, cand_tag or candidate.stem))
-        for m in (metric or ["ndcg@10", "recall@100"])
-    ]
-    console.print(format_comparison(rows))
+    coll = load_collection(beir_dir)
+    qrels = coll.qrels(split)
+    (base_run, _), (cand_run, _) = read_run(baseline), read_run(candidate)
+    names = _run_labels(baseline, candidate)
+    judged = [len(qrels.keys() & run.keys()) for run in (base_run, cand_run)]
+    if not any(judged):
+        raise InvalidArgumentError(
+            f"neither {names[0]} nor {names[1]} has results for a query judged in {coll.name}/{split} "
+            f"({len(qrels)} queries): the runs are of another split or dataset"
+        )
+    for name, count in zip(names, judged, strict=True):
+        if count < len(qrels):
+            Console(stderr=True).print(
+                f"[yellow]warning:[/yellow] {name} has results for {count} of the {len(qrels)} queries judged in "
+                f"{coll.name}/{split}; the others score 0",
+                soft_wrap=True,
+            )
+    rows = [compare_runs(qrels, base_run, cand_run, m, names=names) for m in (metric or ["ndcg@10", "recall@100"])]
+    typer.echo(format_comparison(rows))
+
+
+def _run_labels(baseline: Path, candidate: Path) -> tuple[str, str]:
+    """Column labels of two run files: their file names, or their paths when the names are the same."""
+    if baseline.name != candidate.name:
+        return baseline.name, candidate.name
+    return str(baseline), str(candidate)
 
 
 @app.command("eval-report")
 def eval_report(
     history: HistoryOpt = None,
     out: Annotated[Path, typer.Option(help="Output folder for the PNG plot and markdown table")] = Path("data/reports"),
-    collection: CollectionOpt = None,
+    collection: Annotated[
+        str | None, typer.Option("--collection", "-c", help="Report only this collection (default: every one)")
+    ] = None,
     metric: Annotated[str, typer.Option(help="Metric to plot over time")] = "ndcg@10",
 ) -> None:
     """Plot a metric over time per variant (PNG) and write the latest figures as a markdown table."""
@@ -395,17 +419,27 @@ def eval_report(
     from evals.report import markdown_table, plot_history
 
     history = history or default_history_path()
-    df = EvalHistory(history, create=False).records(collection=collection)  # a report creates no file
+    df = EvalHistory(history, create=False).records()  # a report creates no file
     if df.empty:
-        console.print(f"[yellow]no evaluations recorded in {history}[/yellow]")
+        console.print(f"[yellow]no evaluations recorded in {history}[/yellow]", soft_wrap=True)
         raise typer.Exit(1)
+    if collection is not None:
+        recorded = sorted(set(df["collection"]))
+        df = df[df["collection"] == collection]
+        if df.empty:
+            console.print(
+                f"[yellow]no evaluations of collection {collection!r} in {history}; recorded: "
+                f"{', '.join(recorded)}[/yellow]",
+                soft_wrap=True,
+            )
+            raise typer.Exit(1)
     _check_metrics([metric], sorted(set(df["metric"])))
     out.mkdir(parents=True, exist_ok=True)
     png = plot_history(df, metric=metric, out_png=out / f"{metric.replace('@', '_at_')}.png")
     table = markdown_table(df)
     (out / "latest.md").write_text(table)
-    console.print(table)
-    console.print(f"plot: {png}")
+    typer.echo(table)
+    console.print(f"plot: {png}", soft_wrap=True)
 
 
 def _check_metrics(asked: list[str], valid: list[str]) -> None:
