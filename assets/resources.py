@@ -51,7 +51,10 @@ _SettingsFields = create_model(
     "_SettingsFields",
     __base__=dg.ConfigurableResource,
     **{
-        name: (_config_type(info.annotation) | None, Field(default=None, description=f"{env_var(name)}"))
+        name: (
+            _config_type(info.annotation) | None,
+            Field(default=None, description=": ".join(filter(None, (env_var(name), info.description)))),
+        )
         for name, info in RetrievalSettings.model_fields.items()
     },
 )

@@ -20,7 +20,7 @@ from evals.compare import LossCheck, loss_check
 from evals.metrics import LATENCY_KEY, evaluate
 from evals.runs import Run, best_chunk_per_document
 from retrieval.chunking import point_id
-from retrieval.errors import HybridRagError
+from retrieval.errors import HybridRagError, InvalidArgumentError
 from retrieval.search import HybridRetriever, Variant
 
 if TYPE_CHECKING:
@@ -151,7 +151,13 @@ class EvalReport:
 
     def quality_checks(self, tolerance: float = 0.005) -> dict[str, LossCheck]:
         """Does fusion, and does reranking, pay off here? :data:`QUALITY_CHECKS`, each a :class:`LossCheck` on
-        nDCG@10 (fails only for a loss beyond ``tolerance`` that is also significant)."""
+        nDCG@10 (fails only for a loss beyond ``tolerance`` that is also significant). Needs the per-query values:
+        a report read back with :meth:`from_summary` has none (an :class:`InvalidArgumentError` says so)."""
+        if any(r.metrics and not r.per_query for r in self.variants.values()):
+            raise InvalidArgumentError(
+                "quality checks need per-query values, which a report summary (eval --json, from_summary) does not "
+                "hold: run them on the report evaluate_collection returns"
+            )
         per_query = {name: r.per_query for name, r in self.variants.items()}
         return {
             name: loss_check(per_query, baselines, candidate, "ndcg@10", tolerance)
@@ -203,7 +209,8 @@ class EvalReport:
 
     @classmethod
     def from_summary(cls, data: Mapping[str, Any]) -> EvalReport:
-        """The report :meth:`summary` wrote (without runs and per-query values)."""
+        """The report :meth:`summary` wrote, without runs and per-query values: its metrics, tables and history
+        rows, not :meth:`quality_checks`."""
         values = dict(data)
         values["timestamp"] = datetime.fromisoformat(values["timestamp"])
         values["variants"] = {name: VariantResult(**v) for name, v in values["variants"].items()}

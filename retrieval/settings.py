@@ -126,13 +126,22 @@ class RetrievalSettings(BaseSettings):
     rrf_k: int = Field(10, ge=1)  # chosen on SciFact train (README, Quality); Qdrant and the RRF paper use 60
     dense_weight: float = Field(1.0, gt=0)  # > 0 as Qdrant's weighted RRF needs (a search variant drops a channel)
     sparse_weight: float = Field(1.0, gt=0)
-    prefetch_k: int = Field(100, ge=1)
+    prefetch_k: int = Field(
+        100,
+        ge=1,
+        description="Candidates each channel (dense, sparse) returns before fusion; at least as many as the hits "
+        "fused: rerank_depth when reranking (so a smaller prefetch_k then has no effect), else k",
+    )
     k: int = Field(10, ge=1)
 
     # Reranking (embedding-based listwise, E2Rank style).
     rerank: bool = True  # safe on any corpus: feedback is gated by the channels' agreement (rerank_agreement)
     rerank_mode: RerankMode = RerankMode.FEEDBACK
-    rerank_depth: int = Field(100, ge=1)
+    rerank_depth: int = Field(
+        100,
+        ge=1,
+        description="Fused candidates the reranker reorders; each channel then returns max(prefetch_k, rerank_depth)",
+    )
     rerank_feedback_k: int = Field(2, ge=0)  # 0: the query alone
     rerank_feedback_beta: float = Field(1.0, ge=0)
     rerank_weight: float = Field(0.3, ge=0, le=1)
