@@ -1,0 +1,180 @@
+"""Evaluating the right collection, and the evaluation commands' output read by a program: `eval` against a
+collection of another (or part of the) corpus, `compare` labels and judged queries, `eval-report` filters,
+markdown that is never wrapped, distinguishable plot lines, the benchmarks' help."""
+
+from __future__ import annotations
+
+import json
+import re
+import warnings
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from evals import report as report_module
+from evals.collections import sample_collection
+from evals.history import EvalHistory
+from evals.runner import EvalReport, judged_documents
+from orchestration.cli import app
+from retrieval.errors import InvalidArgumentError
+from retrieval.settings import RetrievalSettings
+from tests.conftest import TINY_DOCS
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def cli(*args: str, code: int = 0):
+    result = CliRunner().invoke(app, list(args))
+    assert result.exit_code == code, result.output
+    return result
+
+
+def table_rows(text: str) -> list[str]:
+    """The lines of ``text`` from the first markdown table row on that start with '|' (a wrapped row leaves
+    a line not ending in '|', and its rest outside)."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| "))
+    rows = []
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        rows.append(line)
+    return rows
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """Collections `tiny` (another corpus), `half` (the first 30 of the sample's 60 documents) and `sample`,
+    evaluated into history.sqlite: `half` (dense, hybrid: runs d.trec, h.trec, summary half.json) and
+    `sample` (every variant; its output kept)."""
+    root = tmp_path_factory.mktemp("evalcli")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HYBRID_RAG_QDRANT_PATH", str(root / "index"))
+        mp.setenv("HYBRID_RAG_CACHE_DIR", str(root / "cache"))
+        mp.setenv("HYBRID_RAG_HISTORY_PATH", str(root / "history.sqlite"))
+        mp.delenv("COLUMNS", raising=False)
+        mp.chdir(root)
+        (root / "tiny.jsonl").write_text("".join(json.dumps({"_id": d.id, "text": d.text}) + "\n" for d in TINY_DOCS))
+        corpus = sample_collection().corpus_path.read_text().splitlines(keepends=True)
+        (root / "half.jsonl").write_text("".join(corpus[:30]))
+        cli("index", "tiny.jsonl", "-c", "tiny")
+        cli("index", "half.jsonl", "-c", "half")
+        cli("eval", "sample", "-c", "half", "--variant", "dense", "--run-file", "d.trec")
+        half = cli("eval", "sample", "-c", "half", "--variant", "hybrid", "--variant", "dense", "--json", "half.json")
+        cli("eval", "sample", "-c", "half", "--variant", "hybrid", "--run-file", "h.trec")
+        full = cli("eval", "sample", "-c", "sample")
+        yield root, half.output, full.output
+
+
+def test_eval_refuses_a_collection_of_another_corpus(workspace) -> None:
+    root, _, _ = workspace
+    before = len(EvalHistory(root / "history.sqlite").records())
+    result = cli("eval", "sample", "-c", "tiny", "--variant", "dense", code=2)
+    assert "none of the" in result.output and "sample/test" in result.output and "'tiny'" in result.output
+    assert len(EvalHistory(root / "history.sqlite").records()) == before  # nothing recorded
+
+
+def test_a_partial_collection_is_scored_with_a_warning_that_is_recorded(workspace) -> None:
+    root, half_output, _ = workspace
+    qrels = sample_collection().qrels("test")
+    indexed = {json.loads(line)["_id"] for line in (root / "half.jsonl").read_text().splitlines()}
+    judged = judged_documents(qrels)
+    coverage = len(judged & indexed) / len(judged)
+    assert 0 < coverage < 1
+    assert f"only {coverage:.1%} of the documents judged in sample/test are in collection 'half'" in half_output
+    report = EvalReport.from_summary(json.loads((root / "half.json").read_text()))
+    assert report.judged_coverage == pytest.approx(coverage) and report.coverage_warning()
+    rows = EvalHistory(root / "history.sqlite").records(collection="sample")
+    searched = {c["qdrant_collection"]: c.get("judged_coverage") for c in rows["context"]}
+    assert searched == {"half": round(coverage, 4), "sample": None}  # the full collection needs no warning
+
+
+def test_eval_report_keeps_apart_what_each_collection_scored(workspace) -> None:
+    root, _, _ = workspace
+    out = cli("eval-report", "--out", "rep").stdout
+    rows = table_rows(out)
+    assert all(row.endswith("|") for row in rows), out  # one line per row
+    hybrid = {row.split(" | ")[0].lstrip("| ") for row in rows if " | hybrid | " in row}
+    assert hybrid == {"sample", "sample (searched: half)"}
+    assert (root / "rep" / "latest.md").read_text() == "\n".join(rows)
+
+
+def test_eval_report_collection_option(workspace) -> None:
+    assert "every" in cli("eval-report", "--help").output
+    result = cli("eval-report", "-c", "nosuch", "--out", "rep2", code=1)
+    assert "no evaluations of collection 'nosuch'" in result.output and "recorded: sample" in result.output
+    rows = table_rows(cli("eval-report", "-c", "sample", "--out", "rep2").stdout)
+    assert len(rows) == 2 + 4 + 2  # header, rule; every variant on sample, dense and hybrid on half
+
+
+def test_eval_quality_check_lines_are_not_wrapped(workspace) -> None:
+    _, _, full = workspace
+    for name in ("hybrid_not_below_channels", "reranking_does_not_hurt"):
+        (line,) = [line for line in full.splitlines() if line.startswith(name)]
+        assert re.search(r"\(diff [-+]\d\.\d{4}, 95% CI \[.*\], \d+ queries\): ", line), full
+
+
+def test_compare_labels_runs_by_file_name_and_rows_are_lines(workspace) -> None:
+    root, _, _ = workspace
+    rows = table_rows(cli("compare", "d.trec", "h.trec", "sample").stdout)
+    assert len(rows) == 4 and all(row.endswith("|") for row in rows)
+    assert all(row.split(" | ")[1:3] == ["d.trec", "h.trec"] for row in rows[2:])
+
+    lines = (root / "h.trec").read_text().splitlines(keepends=True)
+    queries = sorted({line.split()[0] for line in lines})
+    kept = set(queries[: len(queries) // 2])
+    (root / "half.trec").write_text("".join(line for line in lines if line.split()[0] in kept))  # the same tag
+    result = cli("compare", "h.trec", "half.trec", "sample")
+    assert all(row.split(" | ")[1:3] == ["h.trec", "half.trec"] for row in table_rows(result.stdout)[2:])
+    assert f"half.trec has results for {len(kept)} of the {len(queries)} queries judged in sample/test" in (
+        result.output
+    )
+
+
+def test_compare_refuses_runs_without_a_judged_query(workspace) -> None:
+    result = cli("compare", "d.trec", "h.trec", "sample", "--split", "train", code=2)
+    assert "neither d.trec nor h.trec has results for a query judged in sample/train" in result.output
+
+
+def test_quality_checks_of_a_summary_say_what_is_missing(workspace) -> None:
+    root, _, _ = workspace
+    report = EvalReport.from_summary(json.loads((root / "half.json").read_text()))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no numpy "Mean of empty slice" on the way
+        with pytest.raises(InvalidArgumentError, match="per-query values"):
+            report.quality_checks()
+
+
+def test_every_plot_line_is_distinguishable(tmp_path, monkeypatch) -> None:
+    styles = [report_module.line_style(i) for i in range(80)]
+    assert len({(s["color"], s["linestyle"]) for s in styles}) == 80
+    drawn = []
+    monkeypatch.setattr(report_module, "line_style", lambda i: drawn.append(i) or styles[i])
+    stamp = pd.Timestamp("2026-11-30T04:00:00Z")
+    df = pd.DataFrame(
+        [
+            {"timestamp": stamp, "collection": f"c{i}", "split": "test", "variant": "hybrid"}
+            | {"metric": "ndcg@10", "value": 0.5}
+            for i in range(12)
+        ]
+    )
+    assert report_module.plot_history(df, tmp_path / "p.png").is_file()
+    assert drawn == list(range(12))  # one style per line, more than matplotlib's 10-colour cycle
+
+
+def test_settings_document_prefetch_k_and_rerank_depth() -> None:
+    settings = README.read_text().split("### Settings", 1)[1].split("\n## ", 1)[0]
+    assert "`RERANK_DEPTH`" in settings and "`max(PREFETCH_K, RERANK_DEPTH)`" in settings
+    fields = RetrievalSettings.model_fields
+    assert "rerank_depth" in fields["prefetch_k"].description and "prefetch_k" in fields["rerank_depth"].description
+
+
+def test_vs_langchain_help_gives_the_settings_rrf_k(capsys) -> None:
+    from benchmarks import vs_langchain
+
+    with pytest.raises(SystemExit):
+        vs_langchain.main(["--help"])
+    default = RetrievalSettings.model_fields["rrf_k"].default
+    assert f"(default: settings, {default})" in " ".join(capsys.readouterr().out.split())
