@@ -98,3 +98,13 @@ def test_vs_embedded_peers(tmp_path, capsys):
     assert ds["breakdown_ms"] and ds["bare_ms"]["p50"] > 0
     assert len(result["study"]) == 2 and result["study"][0][1] > 0  # our encoder and the bare forward pass
     assert "where our time goes" in capsys.readouterr().out
+
+
+def test_versions(tmp_path, capsys):
+    """A no-op re-index keeps the version (nothing copied or published): the benchmark measures that path."""
+    from benchmarks import versions
+
+    versions.main(["--data", str(SCIFACT), "--max-docs", "5", "--rounds", "1", "--dir", str(tmp_path / "work")])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "Embedded versions on 5 documents" in out and "no-op incremental index (diff only)" in out
+    assert "second process: open through a view + count" in out
