@@ -73,7 +73,7 @@ def test_index_search_eval_round_trip(cli_env, monkeypatch):
 
     invoke("eval", "sample", "--collection", "cli", "--variant", "hybrid", "--run-file", "runs/hybrid.trec")
     compared = invoke("compare", "runs/dense.trec", "runs/hybrid.trec", "sample")
-    assert "hybrid-rag-dense" in compared and "W/L/T" in compared and "ndcg@10" in compared
+    assert "| dense.trec | hybrid.trec |" in compared and "W/L/T" in compared and "ndcg@10" in compared
 
     report = invoke("eval-report", "--out", "reports")
     assert "hybrid" in report
