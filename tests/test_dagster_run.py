@@ -14,6 +14,8 @@ from typer.testing import CliRunner
 from assets import ALL_ASSETS, POINT_COUNT_CHECK, query_encoder
 from assets.resources import CorporaResource, EvalHistoryResource, RetrievalResource
 from assets.tables import stale_rows
+from evals.collections import sample_collection
+from evals.history import EvalHistory
 from orchestration.cli import app
 from orchestration.definitions import default_resources
 from orchestration.main_job import MainJobError, run_main_job
@@ -185,3 +187,15 @@ def test_evaluation_alone_after_qdrant_index_names_the_staged_version(folder: Fo
     failures = [e.step_failure_data.user_failure_data.description for e in result.all_events if e.is_step_failure]
     assert not any("no version yet" in f for f in failures)  # version 1 exists
     assert result.success or "version 1 of 'drop' was staged by another run" in failures[0]
+
+
+@pytest.mark.slow
+def test_evaluation_fails_when_the_collection_holds_none_of_the_judged_documents(folder: Folder) -> None:
+    """Qrels of another corpus (the sample's) would score every variant 0: the run fails, nothing is recorded."""
+    corpora = folder.root / "corpora.yaml"
+    corpora.write_text(corpora.read_text() + f"    qrels: {sample_collection().root}\n    split: test\n")
+    result = folder.materialize()
+    failures = [e.step_failure_data.user_failure_data for e in result.all_events if e.is_step_failure]
+    assert not result.success and len(failures) == 1
+    assert "none of the" in failures[0].description and "collection 'drop'" in failures[0].description
+    assert not (folder.root / "evals.sqlite").exists() or EvalHistory(folder.root / "evals.sqlite").records().empty
