@@ -336,7 +336,9 @@ def evaluate(
     settings = _settings(collection=coll.name if collection is None else collection)
     with RetrievalStack(settings) as stack:
         if stack.check_schema(missing_ok=True) is None:
-            console.print(f"collection {settings.collection!r} does not exist: indexing {coll.corpus_path}")
+            console.print(
+                f"collection {settings.collection!r} does not exist: indexing {coll.corpus_path}", soft_wrap=True
+            )
             docs, _ = read_documents(coll.corpus_path, "jsonl", settings.bad_input_policy)
             stack.indexer().index(docs)
         report = evaluate_collection(stack.retriever(), coll, split, variants)
@@ -351,7 +353,7 @@ def evaluate(
     if run_file:
         last = variants[-1].value
         write_run(run_file, report.variants[last].run, tag=f"hybrid-rag-{last}")
-        console.print(f"run file ({last}): {run_file}")
+        console.print(f"run file ({last}): {run_file}", soft_wrap=True)
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(report.summary(), indent=2))
