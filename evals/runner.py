@@ -234,8 +234,8 @@ def evaluate_collection(
     if coverage == 0.0:
         raise JudgedDocumentsMissingError(
             f"none of the {len(judged_documents(qrels))} documents judged in {collection.name}/{split} is in "
-            f"collection {retriever.store.collection!r}: it holds another corpus (evaluate it with "
-            f"--collection naming the collection built from {collection.name})"
+            f"collection {retriever.store.collection!r}: it holds another corpus, nothing scored or recorded "
+            f"(search the collection built from {collection.name})"
         )
     results = evaluate_variants(retriever, collection.split_queries(split), qrels, variants, progress=progress)
     settings = {
