@@ -43,10 +43,6 @@ T = TypeVar("T")
 SCHEMA_KEY = "hybrid_rag_schema"
 SERVER_WIDE = ("get_aliases", "get_collections")  # operations that concern no one collection
 
-# qdrant-client's background version check warns, with its own file:line, when the server cannot be reached; the
-# request that follows fails with our error naming the URL and the operation, so the warning only adds noise.
-warnings.filterwarnings("ignore", message="Failed to obtain server version", category=UserWarning)
-
 
 def is_transient(exc: BaseException) -> bool:
     """Errors worth retrying: no connection, timeouts, 5xx and 429 answers."""
@@ -74,6 +70,9 @@ def connect(
     if url.startswith("file://"):
         return QdrantClient(path=url.removeprefix("file://"))
     timeout = max(1, math.ceil(timeout_s))
+    # qdrant-client's background version check warns, with its file:line, when the server cannot be reached; the
+    # request that follows fails with our error naming the URL and the operation, so the warning only adds noise.
+    warnings.filterwarnings("ignore", message="Failed to obtain server version", category=UserWarning)
     return QdrantClient(url=url, api_key=api_key, timeout=timeout, check_compatibility=check_compatibility)
 
 
