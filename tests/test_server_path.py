@@ -167,3 +167,17 @@ def test_unreachable_server_names_the_operation_and_prints_no_client_warning(cli
         while any(t.is_alive() for t in set(threading.enumerate()) - before) and time.monotonic() < deadline:
             time.sleep(0.05)
     assert not [w for w in caught if "server version" in str(w.message)]
+
+
+def test_sync_with_publish_false_stages_on_a_server(tmp_path, dense_encoder, sparse_encoder):
+    """What the ``qdrant_index`` asset does: the server's readers keep the published version until it is published."""
+    root = tmp_path / "index"
+    store, reader = store_pair("server", root)
+    indexer = RetrievalStack(settings_for(root), store=store, dense=dense_encoder, sparse=sparse_encoder).indexer()
+    indexer.index(TINY_DOCS, progress=False)
+    chunks = indexer.chunk(NEW_DOCS)
+    report = indexer.sync(chunks, prune=True, progress=False, publish=False)
+    assert (report.version, reader.current_version(), reader.count()) == (2, 1, len(TINY_DOCS))
+    store.publish(store.pinned(2))
+    assert (reader.current_version(), reader.count()) == (2, len(NEW_DOCS))
+    store.close()
