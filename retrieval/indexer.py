@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from retrieval.chunking import Chunk, Chunker
 from retrieval.documents import Document, InputProblem, validate_documents
-from retrieval.encoders.sparse import SparseVec
+from retrieval.encoders.sparse import SparseVec, SpladeEncoder
 from retrieval.errors import ALLOW_DELETE_HINT, UnsafeDeleteError
 from retrieval.parts import Parts
 from retrieval.store import CollectionSchema, QdrantStore, StoreError
@@ -180,12 +180,16 @@ class Indexer:
         :class:`UnsafeDeleteError`, before writing anything, when it would delete more than half of the
         collection's points, or any from an empty source, unless ``allow_delete``.
         Where readers in other processes may hold the published version (the embedded engine), the writes go
-        into a staged copy of it that is published at the end. ``publish=False`` stages and stops there: the
-        caller publishes ``report.version`` (``store.publish(store.pinned(version))``) once it is vetted.
+        into a staged copy of it that is published at the end. On a server a first build is staged the same way
+        (a failed one publishes nothing and the next run resumes it), while an incremental write goes into the
+        live collection batch by batch (each upsert atomic, point ids idempotent: re-running finishes it).
+        ``publish=False`` stages on every backend and stops there: the caller publishes ``report.version``
+        (``store.publish(store.pinned(version))``) once it is vetted.
         A sync (not a rebuild) that finds nothing to write or delete in the published version stages nothing:
         ``report.changed`` is False and ``report.version`` the published one.
         """
         started = time.perf_counter()
+        self._load_models(sparse=vectors is None)
         report = IndexReport(
             collection=self.store.collection,
             documents=len({c.doc_id for c in chunks}) if documents is None else documents,
@@ -202,10 +206,14 @@ class Indexer:
     ) -> IndexReport:
         pinned = self.store.version is not None  # an explicit version (e.g. a staged one) is written in place
         staged = rebuild or (not pinned and (not publish or not self.store.writes_in_place))
-        created = False  # an in-place write that creates the collection
+        # A first build is staged on every backend: it is published when complete, and a failed one is resumed.
+        first = not staged and not pinned and self.store.schema() is None
+        staged = staged or first
         if rebuild:
             existing = self._published_hashes(bool(chunks) or allow_delete)
             prunable = self._prunable(existing, chunks, True, True, skipped, allow_delete, report)
+            target = self.store.stage(self.schema())
+        elif first:  # resumes the unfinished first build when it has the same models
             target = self.store.stage(self.schema())
         elif staged:
             if self.store.schema() is not None:
@@ -213,8 +221,7 @@ class Indexer:
                 if self._unchanged(chunks, prune, allow_delete, skipped, report):  # no copy, no new version
                     return self._done(report, self.store.current_version(), rebuild, publish, started)
             target = self.store.stage(self.schema(), copy_current=True)
-        else:
-            created = self.store.schema() is None
+        else:  # an incremental write on a server: into the live collection, batch by batch
             self.store.ensure(self.schema())
             target = self.store
         try:
@@ -237,7 +244,7 @@ class Indexer:
         finally:
             if target is not self.store:
                 target.close()
-        report.changed = staged or created or bool(report.embedded or report.deleted)
+        report.changed = staged or bool(report.embedded or report.deleted)
         return self._done(report, target.version if staged else self.store.current_version(), rebuild, publish, started)
 
     def _done(
@@ -299,6 +306,13 @@ class Indexer:
         return report
 
     # -- internals ----------------------------------------------------------------------------------
+    def _load_models(self, sparse: bool) -> None:
+        """Load the encoders (``sparse``: the SPLADE model too) before any lock file, collection or version is
+        made, so a model that cannot load (:class:`~retrieval.errors.ModelLoadError`) leaves nothing behind."""
+        self.schema()  # loads the dense model
+        if sparse and isinstance(self.sparse, SpladeEncoder):
+            _ = self.sparse.model
+
     def _write(
         self,
         store: QdrantStore,

@@ -6,6 +6,7 @@ import json
 import re
 from enum import StrEnum
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -163,6 +164,27 @@ class RetrievalSettings(BaseSettings):
     @classmethod
     def _check_collection(cls, name: str) -> str:
         return check_collection_name(name)
+
+    @field_validator("qdrant_url")
+    @classmethod
+    def _check_qdrant_url(cls, url: str | None) -> str | None:
+        """``http(s)://host[:port]`` (a server), ``file://<dir>`` or ``:memory:`` (qdrant-client's local mode);
+        empty: unset (the embedded engine)."""
+        if not url:
+            return None
+        if url == ":memory:" or (url.startswith("file://") and url.removeprefix("file://").strip()):
+            return url
+        try:
+            parts = urlsplit(url)
+            ok = parts.scheme in ("http", "https") and bool(parts.hostname) and (parts.port or 0) >= 0
+        except ValueError:  # e.g. a port that is not a number
+            ok = False
+        if not ok:
+            raise ValueError(
+                f"{url!r} is not a Qdrant URL: give http(s)://host[:port] for a server, file://<dir> or :memory: "
+                "for qdrant-client's local mode, or leave it unset for the embedded engine"
+            )
+        return url
 
     @field_validator("dense_device")
     @classmethod

@@ -111,7 +111,8 @@ def test_client_errors_are_not_retried(settings, dense_encoder, sparse_encoder):
     sleeps: list[float] = []
     store = flaky_store(4, sleeps, upsert=[http_error(400)], count=[http_error(401)])
     indexer = RetrievalStack(settings, store=store, dense=dense_encoder, sparse=sparse_encoder).indexer()
-    with pytest.raises(StoreError, match=r"qdrant\.test:6333: upsert on collection 'test' was refused: HTTP 400"):
+    # a first build writes a staged version (test__v1), published when complete
+    with pytest.raises(StoreError, match=r"qdrant\.test:6333: upsert on collection 'test__v1' was refused: HTTP 400"):
         indexer.index(TINY_DOCS, progress=False)
     with pytest.raises(StoreError, match="HYBRID_RAG_QDRANT_API_KEY"):
         store.count()

@@ -82,8 +82,16 @@ class SpladeEncoder:
         from sentence_transformers import SparseEncoder
 
         from retrieval.encoders.runtime import select_device
+        from retrieval.errors import ModelLoadError
 
-        return SparseEncoder(self.name, device=select_device(self.device))
+        try:
+            return SparseEncoder(self.name, device=select_device(self.device))
+        except (OSError, ValueError) as exc:
+            reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+            raise ModelLoadError(
+                f"cannot load sparse model {self.name!r} (setting HYBRID_RAG_SPARSE_MODEL: bm25, or a SPLADE "
+                f"model name or path): {reason}"
+            ) from exc
 
     @property
     def cache_key(self) -> str:

@@ -57,13 +57,13 @@ _PHYSICAL = re.compile(r"^(?P<name>.+)__v(?P<version>[1-9][0-9]*)$")
 
 def collection_names(settings: RetrievalSettings) -> list[str]:
     """The collections in the backend the settings point at (versions folded into their collection's name); an
-    entry whose name no collection can have (e.g. made by hand) is left out with a warning."""
+    entry whose name no collection can have (e.g. made by hand), or that hybrid-rag did not create (a server
+    collection without its schema metadata, a folder without a schema file), is left out with a warning."""
     if settings.qdrant_url:
         store = open_store(settings)
         try:
-            client = store.client  # type: ignore[attr-defined]
-            names = {a.alias_name for a in store._call("get_aliases", client.get_aliases).aliases}
-            physical = [c.name for c in store._call("get_collections", client.get_collections).collections]
+            aliases, physical = store.catalogue()  # type: ignore[attr-defined]
+            names = set(aliases)
         finally:
             store.close()
     else:

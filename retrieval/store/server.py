@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -40,6 +41,7 @@ from retrieval.store.base import (
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 SCHEMA_KEY = "hybrid_rag_schema"
+SERVER_WIDE = ("get_aliases", "get_collections")  # operations that concern no one collection
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -68,6 +70,9 @@ def connect(
     if url.startswith("file://"):
         return QdrantClient(path=url.removeprefix("file://"))
     timeout = max(1, math.ceil(timeout_s))
+    # qdrant-client's background version check warns, with its file:line, when the server cannot be reached; the
+    # request that follows fails with our error naming the URL and the operation, so the warning only adds noise.
+    warnings.filterwarnings("ignore", message="Failed to obtain server version", category=UserWarning)
     return QdrantClient(url=url, api_key=api_key, timeout=timeout, check_compatibility=check_compatibility)
 
 
@@ -97,6 +102,7 @@ class ServerStore(QdrantStore):
         self._owns_client = owns_client
 
     def _call(self, operation: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        where = "" if operation in SERVER_WIDE else f" on collection {self.name!r}"
         for attempt in range(self.retries + 1):
             try:
                 return fn(*args, **kwargs)
@@ -104,14 +110,14 @@ class ServerStore(QdrantStore):
                 if isinstance(exc, UnexpectedResponse) and not is_transient(exc):
                     hint = " (check HYBRID_RAG_QDRANT_API_KEY)" if exc.status_code in (401, 403) else ""
                     raise StoreError(
-                        f"Qdrant at {self.location}: {operation} on collection {self.name!r} was refused{hint}: "
+                        f"Qdrant at {self.location}: {operation}{where} was refused{hint}: "
                         f"HTTP {exc.status_code} {exc.reason_phrase}: {exc.content[:500]!r}"
                     ) from exc
                 if not is_transient(exc):
                     raise
                 if attempt == self.retries:
                     raise StoreError(
-                        f"Qdrant at {self.location}: {operation} on collection {self.name!r} failed after "
+                        f"Qdrant at {self.location}: {operation}{where} failed after "
                         f"{self.retries + 1} attempts: {type(exc).__name__}: {exc}"
                     ) from exc
                 delay = self.backoff_s * 2**attempt
@@ -193,6 +199,23 @@ class ServerStore(QdrantStore):
                 self._call("upsert", self.client.upsert, dst.name, points=points, wait=True)
             if offset is None:
                 return
+
+    def catalogue(self) -> tuple[dict[str, str], list[str]]:
+        """The server's aliases (alias -> physical collection) and the physical collections hybrid-rag made (with
+        its schema metadata), both without the collections others made, which are named in one warning."""
+        aliases = {a.alias_name: a.collection_name for a in self._call("get_aliases", self.client.get_aliases).aliases}
+        ours, foreign = [], []
+        for c in self._call("get_collections", self.client.get_collections).collections:
+            other = ServerStore(self.client, c.name, location=self.location, retries=self.retries, owns_client=False)
+            info = other._call("get_collection", self.client.get_collection, c.name)
+            (ours if SCHEMA_KEY in (info.config.metadata or {}) else foreign).append(c.name)
+        if foreign:
+            log.warning(
+                "not listing collections at %s that hybrid-rag did not create (no schema metadata): %s",
+                self.location,
+                ", ".join(sorted(foreign)),
+            )
+        return {alias: target for alias, target in aliases.items() if target in ours}, ours
 
     # -- lifecycle ----------------------------------------------------------------------------------
     def schema(self) -> CollectionSchema | None:

@@ -1,0 +1,183 @@
+"""The Qdrant-server code path (qdrant-client's local mode, as the server backend drives it): a first build is staged
+and published when complete, a model that cannot load leaves nothing behind, the listing skips collections
+hybrid-rag did not create, and a bad or unreachable URL fails in one line."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import warnings
+
+import pytest
+from pydantic import ValidationError
+from qdrant_client import QdrantClient
+from qdrant_client import models as qm
+from typer.testing import CliRunner
+
+import retrieval.indexer as indexer_module
+from orchestration.cli import app
+from retrieval import RetrievalSettings, RetrievalStack
+from retrieval.encoders.sparse import SpladeEncoder
+from retrieval.errors import ModelLoadError
+from retrieval.store import connect
+from tests.conftest import TINY_DOCS
+from tests.test_reliability_versions import NEW_DOCS, physical_names, settings_for, store_pair
+
+MISSING_SPLADE = "naver/splade-x"  # a hub name that is not in the local cache: cannot load offline
+
+
+@pytest.fixture
+def cli(tmp_path, monkeypatch):
+    """Runs the CLI from an empty folder with its settings under tmp_path; returns (exit code, output)."""
+    for key, sub in (("QDRANT_PATH", "data/index"), ("CACHE_DIR", "cache"), ("MODELS_DIR", "models")):
+        monkeypatch.setenv(f"HYBRID_RAG_{key}", str(tmp_path / sub))
+    monkeypatch.setenv("HYBRID_RAG_HISTORY_PATH", str(tmp_path / "history.sqlite"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+
+    def run(*args: str, **env: str) -> tuple[int, str]:
+        for key, value in env.items():
+            monkeypatch.setenv(f"HYBRID_RAG_{key}", value)
+        result = CliRunner().invoke(app, list(args))
+        assert "Traceback" not in result.output
+        return result.exit_code, result.output
+
+    return run
+
+
+def write_docs(path, docs) -> str:
+    path.write_text("".join(json.dumps({"_id": d.id, "text": d.text}) + "\n" for d in docs))
+    return str(path)
+
+
+@pytest.mark.parametrize("backend", ["edge", "server"])
+def test_failed_first_build_publishes_nothing_and_is_resumed(
+    backend, tmp_path, dense_encoder, sparse_encoder, monkeypatch
+):
+    root = tmp_path / "index"
+    store, reader = store_pair(backend, root)
+    indexer = RetrievalStack(
+        settings_for(root, upsert_batch_size=8), store=store, dense=dense_encoder, sparse=sparse_encoder
+    ).indexer()
+    monkeypatch.setattr(indexer_module, "ENCODE_BLOCK", 8)
+
+    def crash(block_no: int) -> None:
+        if block_no == 1:
+            raise RuntimeError("injected failure after two blocks")
+
+    indexer.after_batch = crash
+    with pytest.raises(RuntimeError, match="injected"):
+        indexer.index(NEW_DOCS, progress=False)
+    assert reader.current_version() is None and reader.schema() is None  # readers see no collection
+    indexer.after_batch = None
+    resumed = indexer.index(NEW_DOCS, progress=False)
+    assert (resumed.version, resumed.unchanged, resumed.embedded) == (1, 16, len(NEW_DOCS) - 16)
+    assert reader.count() == len(NEW_DOCS) and physical_names(backend, root, store) & {"test__v1", "test__v2"} == {
+        "test__v1"
+    }
+    store.close()
+
+
+@pytest.mark.parametrize("backend", ["edge", "server"])
+def test_sparse_model_that_cannot_load_fails_before_anything_is_made(backend, tmp_path, dense_encoder):
+    root = tmp_path / "index"
+    store, _ = store_pair(backend, root)
+    sparse = SpladeEncoder(MISSING_SPLADE)
+    indexer = RetrievalStack(settings_for(root), store=store, dense=dense_encoder, sparse=sparse).indexer()
+    with pytest.raises(ModelLoadError, match=r"cannot load sparse model 'naver/splade-x' \(setting HYBRID_RAG_SPAR"):
+        indexer.index(TINY_DOCS, progress=False)
+    assert store._versions() == [] and store.current_version() is None
+    if backend == "edge":
+        assert not root.exists() or not any(root.iterdir())  # no folder, no lock file
+    store.close()
+
+
+def test_cli_first_index_that_fails_leaves_the_name_free_on_a_server(cli, tmp_path):
+    docs = write_docs(tmp_path / "docs.jsonl", TINY_DOCS)
+    url = f"file://{tmp_path / 'srv'}"
+    code, out = cli("index", docs, "-c", "notes", QDRANT_URL=url, SPARSE_MODEL=MISSING_SPLADE)
+    assert code == 2 and out.strip().splitlines()[-1].startswith("error: cannot load sparse model 'naver/splade-x'")
+    code, out = cli("collections", "--json")
+    assert (code, json.loads(out)) == (0, [])
+    code, out = cli("index", docs, "-c", "notes", SPARSE_MODEL="bm25")
+    assert code == 0, out
+    code, out = cli("collections", "--json")
+    [row] = json.loads(out)
+    assert (row["collection"], row["points"], row["sparse_model"], row["version"]) == (
+        "notes",
+        len(TINY_DOCS),
+        "bm25",
+        1,
+    )
+
+
+def test_collections_skips_the_server_collections_hybrid_rag_did_not_create(
+    cli, tmp_path, dense_encoder, sparse_encoder, caplog
+):
+    url = f"file://{tmp_path / 'srv'}"
+    settings = RetrievalSettings(qdrant_url=url, collection="notes", cache_dir=tmp_path / "cache", _env_file=None)
+    with RetrievalStack(settings, dense=dense_encoder, sparse=sparse_encoder) as stack:
+        stack.indexer().index(TINY_DOCS, progress=False)
+    client = QdrantClient(path=str(tmp_path / "srv"))
+    client.create_collection("langchain_docs", vectors_config=qm.VectorParams(size=4, distance=qm.Distance.COSINE))
+    alias = qm.CreateAlias(collection_name="langchain_docs", alias_name="docs")
+    client.update_collection_aliases(change_aliases_operations=[qm.CreateAliasOperation(create_alias=alias)])
+    client.close()
+    with caplog.at_level(logging.WARNING):
+        code, out = cli("collections", "--json", QDRANT_URL=url)
+    assert code == 0, out
+    assert [(r["collection"], r["points"]) for r in json.loads(out)] == [("notes", len(TINY_DOCS))]
+    warned = [r.getMessage() for r in caplog.records if "did not create" in r.getMessage()]
+    assert len(warned) == 1 and "langchain_docs" in warned[0]
+
+
+@pytest.mark.parametrize("url", ["ftp://qdrant.example.com:6333", " ", "http://:6333", "http://qdrant:port", "qdrant"])
+def test_malformed_qdrant_url_is_a_settings_error(url, cli):
+    with pytest.raises(ValidationError, match="qdrant_url"):
+        RetrievalSettings(qdrant_url=url, _env_file=None)
+    code, out = cli("collections", QDRANT_URL=url)
+    assert code == 2 and out.strip().splitlines()[-1].startswith("error: invalid settings: qdrant_url: "), out
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("http://qdrant:6333", "http://qdrant:6333"),
+        ("https://q.example.com", "https://q.example.com"),
+        ("file:///tmp/x", "file:///tmp/x"),
+        (":memory:", ":memory:"),
+        ("", None),
+    ],
+)
+def test_supported_qdrant_urls_pass(url, expected):
+    assert RetrievalSettings(qdrant_url=url, _env_file=None).qdrant_url == expected
+
+
+def test_unreachable_server_names_the_operation_and_prints_no_client_warning(cli):
+    code, out = cli("collections", QDRANT_URL="http://127.0.0.1:9", QDRANT_RETRIES="0", QDRANT_TIMEOUT_S="2")
+    line = out.strip().splitlines()[-1]
+    assert code == 2 and "get_aliases failed" in line and "on collection" not in line, out
+    before = set(threading.enumerate())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        connect("http://127.0.0.1:9", timeout_s=2).close()
+        deadline = time.monotonic() + 10  # the client checks the server's version in a background thread
+        while any(t.is_alive() for t in set(threading.enumerate()) - before) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert not [w for w in caught if "server version" in str(w.message)]
+
+
+def test_sync_with_publish_false_stages_on_a_server(tmp_path, dense_encoder, sparse_encoder):
+    """What the ``qdrant_index`` asset does: the server's readers keep the published version until it is published."""
+    root = tmp_path / "index"
+    store, reader = store_pair("server", root)
+    indexer = RetrievalStack(settings_for(root), store=store, dense=dense_encoder, sparse=sparse_encoder).indexer()
+    indexer.index(TINY_DOCS, progress=False)
+    chunks = indexer.chunk(NEW_DOCS)
+    report = indexer.sync(chunks, prune=True, progress=False, publish=False)
+    assert (report.version, reader.current_version(), reader.count()) == (2, 1, len(TINY_DOCS))
+    store.publish(store.pinned(2))
+    assert (reader.current_version(), reader.count()) == (2, len(NEW_DOCS))
+    store.close()
