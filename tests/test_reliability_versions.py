@@ -201,6 +201,23 @@ def test_failed_rebuild_leaves_readers_alone_and_resumes(backend, tmp_path, dens
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_a_rebuild_never_resumes_a_refused_version(backend, tmp_path, dense_encoder, sparse_encoder):
+    """A rebuild staged and left unpublished (refused by the gate) is complete, not unfinished: the next rebuild
+    starts a fresh version with a new number instead of resuming it (version numbers only grow)."""
+    root = tmp_path / "index"
+    store, _ = store_pair(backend, root)
+    indexer = RetrievalStack(settings_for(root), store=store, dense=dense_encoder, sparse=sparse_encoder).indexer()
+    indexer.index(TINY_DOCS, progress=False)
+    refused = indexer.sync(indexer.chunk(NEW_DOCS), rebuild=True, publish=False, progress=False)
+    assert refused.version == 2 and store.current_version() == 1
+    again = indexer.rebuild(NEW_DOCS, progress=False)
+    assert (again.version, again.unchanged, again.embedded) == (3, 0, len(NEW_DOCS))  # written afresh
+    assert store.current_version() == 3 and store.count() == len(NEW_DOCS)
+    assert not {"test__v1", "test__v2"} & physical_names(backend, root, store)
+    store.close()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_other_dense_model_is_refused_or_rebuilt_into_a_new_version(backend, tmp_path, dense_encoder, sparse_encoder):
     root = tmp_path / "index"
     store, reader = store_pair(backend, root)

@@ -40,6 +40,7 @@ from retrieval.store.base import (
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 SCHEMA_KEY = "hybrid_rag_schema"
+STAGE_KEY = "hybrid_rag_stage"  # collection metadata: what stage() recorded about a version (see QdrantStore.seal)
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -174,6 +175,14 @@ class ServerStore(QdrantStore):
             qm.CreateAliasOperation(create_alias=qm.CreateAlias(collection_name=target, alias_name=self.collection))
         )
         self._call("update_collection_aliases", self.client.update_collection_aliases, change_aliases_operations=ops)
+
+    def _stage_info(self, version: int) -> dict[str, Any] | None:
+        info = self._call("get_collection", self.client.get_collection, version_name(self.collection, version))
+        return (info.config.metadata or {}).get(STAGE_KEY)
+
+    def _set_stage_info(self, version: int, info: dict[str, Any]) -> None:
+        name = version_name(self.collection, version)
+        self._call("update_collection", self.client.update_collection, name, metadata={STAGE_KEY: info})
 
     def _copy_physical(self, source: int, target: int) -> None:
         """Scroll the source version and upsert its points (vectors and payload) into a new collection."""
