@@ -328,6 +328,42 @@ def test_staged_version_is_invisible_until_published(backend, tmp_path, dense_en
     reader.close()
 
 
+def test_server_writers_of_one_process_are_serialised() -> None:
+    """Qdrant has no lock primitive: the server backend serialises the writers of one process (threads wait, or
+    fail clearly after the timeout; re-entrant in one thread), per server and collection; not processes."""
+    client = connect(":memory:")
+    a, b, other = (ServerStore(client, name, location=":memory:", owns_client=False) for name in ("test", "test", "x"))
+    order: list[str] = []
+    held, release = threading.Event(), threading.Event()
+
+    def first() -> None:
+        with a.write_lock():
+            held.set()
+            release.wait(30)
+            order.append("first")
+
+    def second() -> None:
+        with b.write_lock(timeout_s=30):
+            order.append("second")
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    threads[0].start()
+    assert held.wait(30)
+    busy = "'test' at :memory: is being written by another thread of this process"
+    with pytest.raises(StoreError, match=busy), b.write_lock(timeout_s=0.1):
+        pass
+    with other.write_lock(timeout_s=0.1):  # another collection is not held
+        pass
+    threads[1].start()
+    release.set()
+    for t in threads:
+        t.join(30)
+    assert order == ["first", "second"]
+    with a.write_lock(), b.write_lock(timeout_s=0):  # re-entrant in one thread (a sync inside a publish)
+        pass
+    client.close()
+
+
 HOLD_WRITE_LOCK = """
 import sys, time
 from retrieval.store import EdgeStore

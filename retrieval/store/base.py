@@ -22,6 +22,7 @@ DENSE = "dense"
 SPARSE = "sparse"
 HASH_FIELDS = ["doc_id", "content_hash"]  # the payload that tells whether a stored chunk changed
 SCROLL_PAGE = 2048
+WRITE_LOCK_TIMEOUT_S = 600.0  # how long a writer waits for the collection's write lock
 TOP_LEVEL_FILTER_KEYS = {"doc_id", "chunk_index", "title", "content_hash"}
 RANGE_OPERATORS = {"gt", "gte", "lt", "lte"}
 VERSION_SEP = "__v"
