@@ -162,11 +162,12 @@ def stored_corpus(
     train, held = adaptation_documents(set(all_owners), config)
     targets = set(train) | set(held)
     rows = candidate_rows(all_owners, targets, config)
-    owners = all_owners[rows]
+    owners, ids = all_owners[rows], [ids[r] for r in rows]  # what stays is the pool's
+    del all_owners
     vectors: np.ndarray | None = None
     parts: dict[str, list[tuple[int, str, str]]] = {}
     for start in range(0, len(rows), page):
-        page_ids = [ids[r] for r in rows[start : start + page]]
+        page_ids = ids[start : start + page]
         own = [pid for pid, owner in zip(page_ids, owners[start : start + page], strict=True) if owner in targets]
         points = store.points(own, with_dense_vectors=True)
         dense = store.dense_vectors([pid for pid in page_ids if pid not in points])
