@@ -135,6 +135,7 @@ def test_first_run_evaluates_every_variant(first_run: dict) -> None:
         "passed": True,
         "severity": "ERROR",
         "description": "nothing published to compare with",
+        "run": True,
     }
     assert summary["version"] == summary["published"] == 1
     assert first_run["published_index"]["version"] == 1 and first_run["published_index"]["previous_version"] == "none"
