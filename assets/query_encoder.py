@@ -28,6 +28,9 @@ from evals.pseudo_queries import AdaptConfig, adapt_query_encoder, judged_querie
 class QueryEncoderConfig(dg.Config):
     max_queries: int = Field(default=AdaptConfig.max_queries, description="Pseudo-queries to train on")
     epochs: int = Field(default=AdaptConfig.epochs, description="Passes over the pseudo-queries")
+    max_negatives: int = Field(
+        default=AdaptConfig.max_negatives, ge=1, description="Other chunks the softmax ranks (a uniform sample)"
+    )
 
 
 @dg.asset(partitions_def=corpus_partitions, group_name=GROUP, kinds={"pytorch"}, deps=[published_index])
@@ -50,7 +53,7 @@ def query_encoder(
     if stale_rows(chunks, dense_vectors) or table_model(dense_vectors) not in (None, settings.dense_model):
         raise dg.Failure("dense_vectors is out of date with chunks or the dense model: materialize dense_vectors first")
     out = settings.adapted_query_dir()
-    adapt = AdaptConfig(max_queries=config.max_queries, epochs=config.epochs)
+    adapt = AdaptConfig(max_queries=config.max_queries, epochs=config.epochs, max_negatives=config.max_negatives)
     docs = table_to_documents(raw_documents)
     indexed = set(chunks.column("doc_id").to_pylist())
     train, held = (

@@ -3,8 +3,10 @@
 GenQ / GPL adapt a dense retriever with queries generated from the corpus; nothing can be downloaded here, so
 the pseudo-queries are taken from the documents themselves: a document's title, and sentences of its text
 (inverse cloze task, Lee et al. 2019), each paired with its own document. The document side stays frozen:
-the query encoder learns against the dense vectors already stored in the collection (a softmax over every
-stored chunk, the document's chunks as targets), so nothing is re-indexed.
+the query encoder learns against the dense vectors already stored in the collection (a softmax over the
+pseudo-queries' documents' chunks, the targets, and up to ``max_negatives`` other stored chunks drawn uniformly),
+so nothing is re-indexed. Memory is bounded by the settings, not by the corpus: texts are read only for the
+documents the pseudo-queries come from (at most ``max_queries`` + ``max_holdout``), vectors only for the pool.
 
 Whether the adapted encoder is used at all (it must not score below the base model) is decided by real
 judgements where they exist (:class:`JudgedQueries`: a ``dev`` or ``train`` split, never ``test``), scored
@@ -21,7 +23,7 @@ import logging
 import random
 import re
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,6 +66,10 @@ class AdaptConfig:
     learning_rate: float = 2e-5
     temperature: float = 0.05
     seed: int = 13
+    # Chunks the softmax (and the held-out dense search) ranks besides every chunk of the pseudo-queries' own
+    # documents: a uniform sample of the other stored chunks. Bounds memory on large corpora (about 1.5 KB a
+    # chunk); SciFact (5k documents) and NFCorpus (3.6k) have fewer, so they train on every stored chunk.
+    max_negatives: int = 200_000
 
 
 JUDGED_SPLITS = ("dev", "train")  # the splits that may judge an adaptation, in order of preference
@@ -141,32 +147,74 @@ class AdaptReport:
         return self.out_dir if self.used else None
 
 
-def stored_corpus(store: QdrantStore, page: int = 4096) -> tuple[list[Document], np.ndarray, np.ndarray]:
-    """The documents as stored in a collection (chunk texts joined in order), the document id of every stored
-    chunk and the chunk vectors (same order, float32): what adaptation needs, read from the index alone, a page
-    of points at a time into one array."""
+def stored_corpus(
+    store: QdrantStore, config: AdaptConfig | None = None, page: int = 4096
+) -> tuple[list[Document], np.ndarray, np.ndarray]:
+    """What adaptation needs, read from the index alone, a page of points at a time: the documents the
+    pseudo-queries come from (:func:`adaptation_documents`; chunk texts joined in order), and the document id
+    and vector (float32) of every chunk in the candidate pool (:func:`candidate_rows`), in point id order.
+    No other chunk's text is read, and no other chunk's vector."""
+    config = config or AdaptConfig()
     stored = store.stored_hashes()
     ids = sorted(stored)
+    all_owners = np.array([stored[pid][0] for pid in ids], dtype=object)
+    del stored
+    train, held = adaptation_documents(set(all_owners), config)
+    targets = set(train) | set(held)
+    rows = candidate_rows(all_owners, targets, config)
+    owners, ids = all_owners[rows], [ids[r] for r in rows]  # what stays is the pool's
+    del all_owners
     vectors: np.ndarray | None = None
     parts: dict[str, list[tuple[int, str, str]]] = {}
-    for start in range(0, len(ids), page):
-        chunk_ids = ids[start : start + page]
-        points = store.points(chunk_ids, with_dense_vectors=True)
-        for row, pid in enumerate(chunk_ids, start):
-            point = points[pid]
+    for start in range(0, len(rows), page):
+        page_ids = ids[start : start + page]
+        own = [pid for pid, owner in zip(page_ids, owners[start : start + page], strict=True) if owner in targets]
+        points = store.points(own, with_dense_vectors=True)
+        dense = store.dense_vectors([pid for pid in page_ids if pid not in points])
+        for row, pid in enumerate(page_ids, start):
+            vector = points[pid].dense_vector if pid in points else dense[pid]
             if vectors is None:
-                vectors = np.empty((len(ids), len(point.dense_vector)), dtype=np.float32)
-            vectors[row] = point.dense_vector
-            p = point.payload
-            parts.setdefault(str(p["doc_id"]), []).append(
-                (p.get("chunk_index") or 0, p.get("title", ""), p.get("text", ""))
-            )
+                vectors = np.empty((len(rows), len(vector)), dtype=np.float32)
+            vectors[row] = vector
+            if pid in points:
+                p = points[pid].payload
+                parts.setdefault(str(p["doc_id"]), []).append(
+                    (p.get("chunk_index") or 0, p.get("title", ""), p.get("text", ""))
+                )
     docs = [
         Document(id=doc_id, title=chunks[0][1], text=" ".join(t for _, _, t in sorted(chunks)))
         for doc_id, chunks in parts.items()
     ]
-    owners = np.array([stored[pid][0] for pid in ids])
     return docs, owners, vectors if vectors is not None else np.empty((0, 0), dtype=np.float32)
+
+
+def _held_out(doc_id: str, config: AdaptConfig) -> bool:
+    """Documents are held out by a hash of their id, so a re-run holds out the same ones."""
+    return int(hashlib.sha256(doc_id.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < config.holdout
+
+
+def adaptation_documents(doc_ids: Iterable[str], config: AdaptConfig | None = None) -> tuple[list[str], list[str]]:
+    """(train, held out) documents whose pseudo-queries adaptation uses: a seeded sample of at most
+    ``max_queries`` and ``max_holdout`` documents (enough: a document gives one pseudo-query or more, if any)."""
+    config = config or AdaptConfig()
+    ordered = sorted(doc_ids)
+    train = [d for d in ordered if not _held_out(d, config)]
+    held = [d for d in ordered if _held_out(d, config)]
+    rng = random.Random(config.seed)
+    rng.shuffle(train)
+    rng.shuffle(held)
+    return train[: config.max_queries], held[: config.max_holdout]
+
+
+def candidate_rows(owners: np.ndarray, targets: set[str], config: AdaptConfig | None = None) -> np.ndarray:
+    """The rows (sorted) the softmax ranks: every chunk of the ``targets`` documents and a uniform seeded sample
+    of at most ``max_negatives`` of the other chunks (all of them when there are no more)."""
+    config = config or AdaptConfig()
+    own = np.fromiter((o in targets for o in owners), dtype=bool, count=len(owners))
+    others = np.flatnonzero(~own)
+    if len(others) > config.max_negatives:
+        others = np.random.default_rng(config.seed).choice(others, config.max_negatives, replace=False)
+    return np.sort(np.concatenate([np.flatnonzero(own), others]))
 
 
 def sentences(text: str) -> list[str]:
@@ -176,9 +224,9 @@ def sentences(text: str) -> list[str]:
 def pseudo_queries(docs: Sequence[Document], config: AdaptConfig | None = None) -> list[PseudoQuery]:
     """A title query (when the title has enough words) and ``sentences_per_doc`` sentence queries per document."""
     config = config or AdaptConfig()
-    rng = random.Random(config.seed)
     out: list[PseudoQuery] = []
     for doc in docs:
+        rng = random.Random(f"{config.seed}:{doc.id}")  # a document's pseudo-queries depend on it alone
         if config.min_words // 2 <= len(doc.title.split()) <= config.max_words:
             out.append(PseudoQuery(f"{doc.id}#t", doc.title, doc.id, "title"))
         candidates = [s for s in sentences(doc.text) if config.min_words <= len(s.split()) <= config.max_words]
@@ -190,14 +238,12 @@ def pseudo_queries(docs: Sequence[Document], config: AdaptConfig | None = None) 
 def split_held_out(
     queries: Sequence[PseudoQuery], config: AdaptConfig | None = None
 ) -> tuple[list[PseudoQuery], list[PseudoQuery]]:
-    """(train, held out): documents are held out by a hash of their id, so a re-run holds out the same ones."""
+    """(train, held out): whole documents are held out (:func:`_held_out`); the order of ``queries`` does not
+    matter."""
     config = config or AdaptConfig()
-
-    def held(doc_id: str) -> bool:
-        return int(hashlib.sha256(doc_id.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < config.holdout
-
-    train = [q for q in queries if not held(q.doc_id)]
-    rest = [q for q in queries if held(q.doc_id)]
+    queries = sorted(queries, key=lambda q: q.qid)
+    train = [q for q in queries if not _held_out(q.doc_id, config)]
+    rest = [q for q in queries if _held_out(q.doc_id, config)]
     rng = random.Random(config.seed)
     rng.shuffle(train)
     rng.shuffle(rest)
@@ -236,11 +282,12 @@ def adapt_query_encoder(
     judged: JudgedQueries | None = None,
     stack: RetrievalStack | None = None,
 ) -> AdaptReport:
-    """Train ``base_model``'s query side on pseudo-queries against the stored chunk ``vectors`` (``owners``: the
-    document id of each row). The model is saved to ``out_dir`` only when it does not hurt: on the ``judged``
-    queries when given (nDCG@10 of ``stack``'s default search of the indexed collection, with and without the
-    adapted encoder), else on held-out pseudo-queries (dense search); otherwise ``out_dir`` is removed (a stale
-    adapted model is never left behind)."""
+    """Train ``base_model``'s query side on pseudo-queries of ``docs`` (those :func:`adaptation_documents`
+    picks) against the stored chunk ``vectors`` (``owners``: the document id of each row; the softmax and the
+    held-out search rank the :func:`candidate_rows` pool). The model is saved to ``out_dir`` only when it does
+    not hurt: on the ``judged`` queries when given (nDCG@10 of ``stack``'s default search of the indexed
+    collection, with and without the adapted encoder), else on held-out pseudo-queries (dense search);
+    otherwise ``out_dir`` is removed (a stale adapted model is never left behind)."""
     if judged is not None and stack is None:
         raise ValueError("judged queries are scored by searching the index: pass the collection's stack")
     import torch
@@ -250,7 +297,11 @@ def adapt_query_encoder(
 
     config = config or AdaptConfig()
     out_dir = Path(out_dir)
-    train, held = split_held_out(pseudo_queries(docs, config), config)
+    chosen = set().union(*adaptation_documents((d.id for d in docs), config))
+    train, held = split_held_out(pseudo_queries([d for d in docs if d.id in chosen], config), config)
+    rows = candidate_rows(owners, chosen, config)  # every row when called with stored_corpus's pool
+    if len(rows) < len(owners):
+        owners, vectors = owners[rows], vectors[rows]
     torch.manual_seed(config.seed)
     model = SentenceTransformer(resolve_model_path(base_model), device="cpu")
 

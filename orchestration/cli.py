@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Annotated
 
@@ -459,7 +459,9 @@ def tune_reranker(
     split: Annotated[str, typer.Option(help="Split to tune on (never test)")] = "train",
     train: Annotated[bool, typer.Option(help="Train the E2Rank-style pseudo-query encoder first")] = True,
     epochs: Annotated[int, typer.Option(help="Training epochs")] = 4,
-    out: Annotated[Path | None, typer.Option(help="Output folder (default: data/models/<collection>)")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Output folder (default: $HYBRID_RAG_MODELS_DIR/<collection>, data/models/...)")
+    ] = None,
 ) -> None:
     """Tune (and train) the reranker on the train split; writes an env file for --env-file."""
     from evals.collections import load_collection
@@ -468,7 +470,7 @@ def tune_reranker(
 
     coll = load_collection(beir_dir)
     settings = _settings(collection=coll.name if collection is None else collection)
-    out = out or Path("data/models") / settings.collection
+    out = out or settings.collection_models_dir()
     with RetrievalStack(settings) as stack:
         stack.check_schema()
         profile = tune(coll.train_view(split), stack.retriever(), out, train=train, epochs=epochs)
@@ -498,6 +500,10 @@ def adapt(
         Path | None, typer.Option(help="BEIR folder (queries.jsonl, qrels/) whose judgements decide")
     ] = None,
     split: Annotated[str | None, typer.Option(help="Judged split (default: dev, else train; never test)")] = None,
+    max_negatives: Annotated[
+        int | None,
+        typer.Option(min=1, help="Other chunks the softmax ranks, a uniform sample (bounds memory) [default: 200000]"),
+    ] = None,
 ) -> None:
     """Adapt the query encoder to an indexed collection without labels (pseudo-queries from its own text).
 
@@ -527,9 +533,11 @@ def adapt(
     settings = _settings(collection=collection)
     out = settings.adapted_query_dir()
     config = AdaptConfig(max_queries=max_queries, epochs=epochs)
+    if max_negatives is not None:
+        config = replace(config, max_negatives=max_negatives)
     with RetrievalStack(settings) as stack:
         schema = stack.check_schema()  # the collection must exist; its vectors' model is the one adapted
-        docs, owners, vectors = stored_corpus(stack.store())
+        docs, owners, vectors = stored_corpus(stack.store(), config)
         report = adapt_query_encoder(docs, owners, vectors, schema.dense_model, out, config, judged=judged, stack=stack)
     table = Table(
         title=f"{settings.collection}: {report.train_queries} pseudo-queries to train, "

@@ -22,7 +22,7 @@ from rich.console import Console
 
 from assets import ALL_ASSETS, CHANNELS_CHECK, CORPORA, NDCG_CHECK, POINT_COUNT_CHECK, RERANK_CHECK
 from assets.corpora import REPO_ROOT
-from assets.evaluation import evaluation_report
+from assets.evaluation import GATE, GATE_NOT_RUN, evaluation_report
 from orchestration.definitions import default_resources
 from orchestration.jobs import reindex_job
 from retrieval.store import StoreError, open_store
@@ -139,7 +139,12 @@ def summarize(result: dg.ExecuteInProcessResult, corpus: str) -> dict[str, Any]:
     evaluation = materialized.get("retrieval_evaluation", {})
     report = evaluation_report(evaluation)
     checks = {
-        e.check_name: {"passed": e.passed, "severity": e.severity.value, "description": e.description}
+        e.check_name: {
+            "passed": e.passed,
+            "severity": e.severity.value,
+            "description": e.description,
+            "run": _value(e.metadata.get(GATE)) != GATE_NOT_RUN,  # False: the gate of a corpus without qrels
+        }
         for e in result.get_asset_check_evaluations()
     }
     published = materialized.get("published_index", {})
@@ -177,7 +182,9 @@ def print_results(summary: Mapping[str, Any], console: Console | None = None) ->
     for name in (POINT_COUNT_CHECK, NDCG_CHECK, CHANNELS_CHECK, RERANK_CHECK):
         check = summary.get("checks", {}).get(name)
         if check:
-            if check["passed"]:
+            if not check.get("run", True):
+                mark = "not run"
+            elif check["passed"]:
                 mark = "[green]passed[/green]"
             elif check["severity"] == "WARN":
                 mark = "[yellow]warning[/yellow]"

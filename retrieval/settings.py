@@ -202,9 +202,14 @@ class RetrievalSettings(BaseSettings):
             raise ValueError("chunk_overlap must be smaller than chunk_tokens")
         return self
 
+    def collection_models_dir(self) -> Path:
+        """Where this collection's models live (``adapt``, ``tune-reranker``): ``models_dir``, default the folder
+        next to ``qdrant_path`` (``data/models``), then the collection's name."""
+        return (self.models_dir or self.qdrant_path.parent / "models") / self.collection
+
     def adapted_query_dir(self) -> Path:
         """Where the corpus-adapted query encoder of this collection is saved."""
-        return (self.models_dir or self.qdrant_path.parent / "models") / self.collection / "query_encoder"
+        return self.collection_models_dir() / "query_encoder"
 
     def resolved_query_model(self) -> str | None:
         """The query encoder to use: ``query_model``, else the adapted one saved for this collection from the

@@ -23,6 +23,8 @@ from evals.pseudo_queries import (
     AdaptConfig,
     JudgedQueries,
     adapt_query_encoder,
+    adaptation_documents,
+    candidate_rows,
     dense_ndcg,
     judged_queries,
     judged_split,
@@ -94,6 +96,34 @@ def test_the_stored_corpus_is_read_a_page_at_a_time(sample_vectors) -> None:
     assert np.allclose(vectors[-1], point.dense_vector) and owners[-1] == point.payload["doc_id"]
 
 
+def test_memory_is_bounded_by_the_settings_not_the_corpus(sample_vectors, tmp_path) -> None:
+    """Texts are read only for the documents the pseudo-queries come from, vectors only for the candidate pool:
+    every chunk of those documents plus ``max_negatives`` others (a seeded uniform sample); adaptation trains
+    and judges on that pool."""
+    settings, all_docs, all_owners, all_vectors = sample_vectors
+    config = AdaptConfig(max_queries=6, max_holdout=3, holdout=0.3, max_negatives=10)
+    train, held = adaptation_documents({d.id for d in all_docs}, config)
+    assert (len(train), len(held)) == (6, 3) and not set(train) & set(held)
+    store = open_store(settings)
+    try:
+        docs, owners, vectors = stored_corpus(store, config, page=5)
+    finally:
+        store.close()
+    chosen = set(train) | set(held)
+    by_id = {d.id: d for d in all_docs}
+    assert {d.id for d in docs} == chosen and all(d == by_id[d.id] for d in docs)  # whole texts, these only
+    own = np.isin(all_owners, list(chosen))
+    assert sum(o in chosen for o in owners) == own.sum() and len(owners) == own.sum() + 10
+    rows = candidate_rows(all_owners, chosen, config)
+    assert list(owners) == list(all_owners[rows]) and np.array_equal(vectors, all_vectors[rows])
+    assert np.array_equal(candidate_rows(all_owners, chosen, config), rows)  # seeded: a re-run reads the same
+    assert len(candidate_rows(all_owners, chosen, AdaptConfig(max_negatives=10**6))) == len(all_owners)
+    queries = pseudo_queries(all_docs)  # a document's pseudo-queries do not depend on the others read
+    assert {q for q in queries if q.doc_id in chosen} == set(pseudo_queries([by_id[d] for d in sorted(chosen)]))
+    report = adapt_query_encoder(docs, owners, vectors, settings.dense_model, tmp_path / "out", config)
+    assert report.train_queries > 0 and report.held_out_queries > 0 and 0 < report.base_ndcg <= 1
+
+
 def test_dense_ndcg_in_blocks_is_exact_search(sample_vectors) -> None:
     """Scored a block of queries at a time (memory stays block x chunks), the same as ranking every chunk."""
     _, _, owners, vectors = sample_vectors
@@ -128,6 +158,19 @@ def test_cli_adapt_saves_an_encoder_that_searches_then_use(sample_index) -> None
         assert retriever.search("valve gasket", k=3)  # the adapted encoder answers queries
     other_model = settings.model_copy(update={"dense_model": "another-model"})
     assert other_model.resolved_query_model() is None  # trained against other vectors: ignored
+
+
+def test_tune_reranker_writes_where_adapt_and_searches_look(sample_index, tmp_path, monkeypatch) -> None:
+    """One place says where a collection's models live: ``$HYBRID_RAG_MODELS_DIR/<collection>``."""
+    root, env = sample_index
+    monkeypatch.chdir(tmp_path)
+    models = tmp_path / "models"
+    args = ["tune-reranker", "sample", "-c", "sample", "--no-train"]
+    result = CliRunner().invoke(app, args, env={**env, "HYBRID_RAG_MODELS_DIR": str(models)})
+    assert result.exit_code == 0, result.output
+    settings = RetrievalSettings(qdrant_path=root / "data" / "index", collection="sample", models_dir=models)
+    assert (models / "sample" / "reranker.env").is_file() and not (tmp_path / "data").exists()
+    assert settings.collection_models_dir() == models / "sample" == settings.adapted_query_dir().parent
 
 
 def test_an_adaptation_that_hurts_is_not_used_and_removes_an_earlier_one(sample_vectors, tmp_path) -> None:

@@ -4,6 +4,7 @@ vector tables are counted by the rows that differ."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import dagster as dg
@@ -12,6 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from assets import ALL_ASSETS, POINT_COUNT_CHECK, query_encoder
+from assets.evaluation import GATE, GATE_NOT_RUN, NDCG_CHECK
 from assets.resources import CorporaResource, EvalHistoryResource, RetrievalResource
 from assets.tables import stale_rows
 from evals.collections import sample_collection
@@ -81,12 +83,26 @@ def test_skipped_documents_keep_their_stored_chunks(folder: Folder) -> None:
     (folder.drop / "a.txt").write_bytes(b"Qdrant stores \xff vectors.\n")  # now bad input: skipped
     result = folder.materialize()
     assert result.success and folder.stored_docs() == ["a.txt", "b.txt", "c.txt"]  # a.txt's chunk kept
-    [check] = result.get_asset_check_evaluations()
-    assert check.check_name == POINT_COUNT_CHECK and check.passed
+    [check] = [c for c in result.get_asset_check_evaluations() if c.check_name == POINT_COUNT_CHECK]
+    assert check.passed
     assert check.metadata["kept_points"].value == 1 and check.metadata["chunks"].value == 2
     assert _metadata(result, "qdrant_index")["kept_documents"] == 1
     (folder.drop / "b.txt").unlink()  # a document really gone is still deleted
     assert folder.materialize().success and folder.stored_docs() == ["a.txt", "c.txt"]
+
+
+@pytest.mark.slow
+def test_a_corpus_without_qrels_has_no_gate_and_no_warning_about_it(folder: Folder, caplog) -> None:
+    """The blocking gate reports on a corpus without qrels (passed, not run, and why), so Dagster does not warn
+    on every run that it emitted no result; the version is published on its point count alone."""
+    with caplog.at_level(logging.WARNING):
+        result = folder.materialize()
+    assert result.success and folder.stored_docs() == ["a.txt", "b.txt", "c.txt"]
+    assert not [r for r in caplog.records if "emitted no result" in r.getMessage()], caplog.text
+    [gate] = [c for c in result.get_asset_check_evaluations() if c.check_name == NDCG_CHECK]
+    assert gate.passed and gate.metadata[GATE].value == GATE_NOT_RUN and "no qrels" in gate.description
+    assert _metadata(result, "retrieval_evaluation")[GATE] == GATE_NOT_RUN
+    assert _metadata(result, "published_index")["version"] == 1
 
 
 @pytest.mark.slow

@@ -201,6 +201,23 @@ def test_failed_rebuild_leaves_readers_alone_and_resumes(backend, tmp_path, dens
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_a_rebuild_never_resumes_a_refused_version(backend, tmp_path, dense_encoder, sparse_encoder):
+    """A rebuild staged and left unpublished (refused by the gate) is complete, not unfinished: the next rebuild
+    starts a fresh version with a new number instead of resuming it (version numbers only grow)."""
+    root = tmp_path / "index"
+    store, _ = store_pair(backend, root)
+    indexer = RetrievalStack(settings_for(root), store=store, dense=dense_encoder, sparse=sparse_encoder).indexer()
+    indexer.index(TINY_DOCS, progress=False)
+    refused = indexer.sync(indexer.chunk(NEW_DOCS), rebuild=True, publish=False, progress=False)
+    assert refused.version == 2 and store.current_version() == 1
+    again = indexer.rebuild(NEW_DOCS, progress=False)
+    assert (again.version, again.unchanged, again.embedded) == (3, 0, len(NEW_DOCS))  # written afresh
+    assert store.current_version() == 3 and store.count() == len(NEW_DOCS)
+    assert not {"test__v1", "test__v2"} & physical_names(backend, root, store)
+    store.close()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_other_dense_model_is_refused_or_rebuilt_into_a_new_version(backend, tmp_path, dense_encoder, sparse_encoder):
     root = tmp_path / "index"
     store, reader = store_pair(backend, root)
@@ -309,6 +326,42 @@ def test_staged_version_is_invisible_until_published(backend, tmp_path, dense_en
         writer.publish(writer.pinned(1))
     writer.close()
     reader.close()
+
+
+def test_server_writers_of_one_process_are_serialised() -> None:
+    """Qdrant has no lock primitive: the server backend serialises the writers of one process (threads wait, or
+    fail clearly after the timeout; re-entrant in one thread), per server and collection; not processes."""
+    client = connect(":memory:")
+    a, b, other = (ServerStore(client, name, location=":memory:", owns_client=False) for name in ("test", "test", "x"))
+    order: list[str] = []
+    held, release = threading.Event(), threading.Event()
+
+    def first() -> None:
+        with a.write_lock():
+            held.set()
+            release.wait(30)
+            order.append("first")
+
+    def second() -> None:
+        with b.write_lock(timeout_s=30):
+            order.append("second")
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    threads[0].start()
+    assert held.wait(30)
+    busy = "'test' at :memory: is being written by another thread of this process"
+    with pytest.raises(StoreError, match=busy), b.write_lock(timeout_s=0.1):
+        pass
+    with other.write_lock(timeout_s=0.1):  # another collection is not held
+        pass
+    threads[1].start()
+    release.set()
+    for t in threads:
+        t.join(30)
+    assert order == ["first", "second"]
+    with a.write_lock(), b.write_lock(timeout_s=0):  # re-entrant in one thread (a sync inside a publish)
+        pass
+    client.close()
 
 
 HOLD_WRITE_LOCK = """

@@ -22,6 +22,7 @@ DENSE = "dense"
 SPARSE = "sparse"
 HASH_FIELDS = ["doc_id", "content_hash"]  # the payload that tells whether a stored chunk changed
 SCROLL_PAGE = 2048
+WRITE_LOCK_TIMEOUT_S = 600.0  # how long a writer waits for the collection's write lock
 TOP_LEVEL_FILTER_KEYS = {"doc_id", "chunk_index", "title", "content_hash"}
 RANGE_OPERATORS = {"gt", "gte", "lt", "lte"}
 VERSION_SEP = "__v"
@@ -213,7 +214,9 @@ class QdrantStore(ABC):
         incremental write touches only what changed while readers keep the published version; the unfinished
         copy of a failed write is resumed, unless ``resume`` is False (a write that must not publish another's
         half-done work, e.g. a delete). Otherwise it starts empty (a rebuild), and the unfinished target of a
-        failed rebuild is resumed when it has the same schema, else deleted.
+        failed rebuild is resumed when it has the same schema, else deleted. A sealed version (complete, then
+        refused or left unpublished) is never resumed: a new version gets the next number (numbers only grow
+        while the highest version exists).
         """
         if self.version is not None:
             raise ValueError(f"stage() needs the collection {self.collection!r}, not its version {self.version}")
@@ -239,16 +242,17 @@ class QdrantStore(ABC):
         current = current or 0
         versions = self._versions()
         pending = sorted(v for v in versions if v > current)
-        for v in pending[:-1]:
+        unfinished = {"rebuild": True, "complete": False}
+        last = pending[-1] if resume and pending and self._stage_info(pending[-1]) == unfinished else None
+        if last is not None and self._pinned(last).schema() == schema:
+            log.info("resuming the unfinished rebuild of %r (version %d)", self.collection, last)
+            return self._pinned(last)
+        target = max([current, *versions]) + 1  # never the number of a refused (sealed) or abandoned version
+        for v in pending:
             self._pinned(v).drop()
-        if pending:
-            staged = self._pinned(pending[-1])
-            if staged.schema() == schema:
-                log.info("resuming the unfinished rebuild of %r (version %d)", self.collection, pending[-1])
-                return staged
-            staged.drop()
-        staged = self._pinned(max([current, *versions]) + 1)
+        staged = self._pinned(target)
         staged._create_physical(schema)
+        self._set_stage_info(target, unfinished)
         return staged
 
     def publish(self, staged: QdrantStore) -> None:

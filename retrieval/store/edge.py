@@ -37,6 +37,7 @@ from retrieval.store.base import (
     HASH_FIELDS,
     SCROLL_PAGE,
     SPARSE,
+    WRITE_LOCK_TIMEOUT_S,
     CollectionSchema,
     QdrantStore,
     QueryPlan,
@@ -59,7 +60,6 @@ SHARD_DIR = "shard"
 STAGE_FILE = "staged.json"
 POINTER_SUFFIX = ".current.json"
 WRITE_LOCK_SUFFIX = ".write.lock"
-WRITE_LOCK_TIMEOUT_S = 600.0
 
 _open_shards: dict[str, tuple[qe.EdgeShard, int, Path | None]] = {}  # shard dir -> (shard, references, view)
 _doomed: set[str] = set()  # shard directories to delete once their last handle in this process is released

@@ -3,15 +3,24 @@
 A collection ``name`` is an alias on the physical collection ``name__v<N>`` that holds its data; a rebuild
 fills ``name__v<N+1>`` and moves the alias in one ``update_collection_aliases`` call, so requests addressed
 to ``name`` switch atomically. A physical collection called ``name`` (made before versioning) is version 0.
+
+Writers are serialised within one process only (``write_lock``: a lock per server and collection; threads
+wait for it). Qdrant has no lock primitive, so two processes writing one collection are not serialised:
+writes in place (``index``, ``delete``) interleave, each point as its last writer left it; two rebuilds or
+staged writes may resume or delete each other's unpublished version, or fail creating the same one, and the
+last publish wins (a publish never goes back to an older version: it fails with "version N was published
+after it"). Run one writer per collection at a time.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import numpy as np
@@ -27,6 +36,7 @@ from retrieval.store.base import (
     HASH_FIELDS,
     SCROLL_PAGE,
     SPARSE,
+    WRITE_LOCK_TIMEOUT_S,
     CollectionSchema,
     QdrantStore,
     QueryPlan,
@@ -42,6 +52,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 SCHEMA_KEY = "hybrid_rag_schema"
 SERVER_WIDE = ("get_aliases", "get_collections")  # operations that concern no one collection
+_write_locks: dict[tuple[str, str], threading.RLock] = {}  # (location, collection) -> this process' writers
+_write_locks_guard = threading.Lock()
+STAGE_KEY = "hybrid_rag_stage"  # collection metadata: what stage() recorded about a version (see QdrantStore.seal)
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -180,6 +193,35 @@ class ServerStore(QdrantStore):
             qm.CreateAliasOperation(create_alias=qm.CreateAlias(collection_name=target, alias_name=self.collection))
         )
         self._call("update_collection_aliases", self.client.update_collection_aliases, change_aliases_operations=ops)
+
+    @contextmanager
+    def write_lock(self, timeout_s: float | None = None) -> Iterator[None]:
+        """Serialises the writers of this collection in this process (threads wait up to ``timeout_s``, default
+        :data:`WRITE_LOCK_TIMEOUT_S`, then fail clearly); nothing serialises other processes (module doc)."""
+        timeout_s = WRITE_LOCK_TIMEOUT_S if timeout_s is None else timeout_s
+        with _write_locks_guard:
+            lock = _write_locks.setdefault((self.location, self.collection), threading.RLock())
+        if not lock.acquire(blocking=False):
+            log.warning(
+                "collection %r at %s is being written by another thread: waiting", self.collection, self.location
+            )
+            if not lock.acquire(timeout=timeout_s):
+                raise StoreError(
+                    f"collection {self.collection!r} at {self.location} is being written by another thread of this "
+                    f"process; gave up after waiting {timeout_s:.0f}s. Let that write finish, then run this again"
+                )
+        try:
+            yield
+        finally:
+            lock.release()
+
+    def _stage_info(self, version: int) -> dict[str, Any] | None:
+        info = self._call("get_collection", self.client.get_collection, version_name(self.collection, version))
+        return (info.config.metadata or {}).get(STAGE_KEY)
+
+    def _set_stage_info(self, version: int, info: dict[str, Any]) -> None:
+        name = version_name(self.collection, version)
+        self._call("update_collection", self.client.update_collection, name, metadata={STAGE_KEY: info})
 
     def _copy_physical(self, source: int, target: int) -> None:
         """Scroll the source version and upsert its points (vectors and payload) into a new collection."""
