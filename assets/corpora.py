@@ -118,7 +118,7 @@ class Corpora:
 
 
 def dagster_name(name: str) -> str:
-    """``name`` with every character Dagster refuses in names ('.', '-') replaced by '_': ``my-notes`` -> ``my_notes``."""
+    """``name`` with each character Dagster refuses in names ('.', '-') as '_': ``my-notes`` -> ``my_notes``."""
     return _NOT_IN_DAGSTER_NAMES.sub("_", name)
 
 
