@@ -19,6 +19,7 @@ from dagster._core.event_api import PartitionKeyFilter  # the check history per 
 from assets import ALL_ASSETS, NDCG_CHECK
 from assets.resources import CorporaResource, RetrievalResource
 from evals.collections import sample_collection
+from evals.history import EvalHistory
 from orchestration.main_job import MainJobError, run_main_job
 from retrieval import RetrievalSettings, RetrievalStack
 from retrieval.store import EdgeStore
@@ -273,7 +274,8 @@ def test_gate_refuses_a_worse_version_and_readers_keep_the_published_one(tmp_pat
 
 
 @pytest.mark.slow
-def test_published_index_alone_does_not_publish_a_refused_version(tmp_path: Path) -> None:
+def test_published_index_alone_does_not_publish_a_refused_version(tmp_path: Path, monkeypatch) -> None:
+    """Nor does the evaluate job score it, whatever run config it was launched with."""
     sandbox = Sandbox(tmp_path)
     data, corpora = corpus_copy(tmp_path, "refused")
     resources = sandbox.resources(corpora=CorporaResource(path=str(corpora)))
@@ -295,6 +297,36 @@ def test_published_index_alone_does_not_publish_a_refused_version(tmp_path: Path
     [evaluation] = result.asset_materializations_for_node("retrieval_evaluation")
     assert result.success and evaluation.metadata["evaluated_version"].value == "published version 1"
     assert evaluation.metadata["hybrid/ndcg@10"].value > 0.5 and gate_check(result).passed
+
+    # Launched with a run config of its own (`dagster job execute`, GraphQL, the UI's launchpad): the same version.
+    monkeypatch.setenv(SANDBOX_ENV, str(tmp_path))
+    with dg.DagsterInstance.from_config(str(sandbox.home)) as instance:
+        for run_config in ({}, FAST):
+            with dg.execute_job(
+                dg.reconstructable(evaluate_in_sandbox),
+                instance,
+                run_config=run_config,
+                tags={"dagster/partition": PARTITION},
+                raise_on_error=False,
+            ) as result:
+                [evaluation] = result.asset_materializations_for_node("retrieval_evaluation")
+                assert evaluation.metadata["evaluated_version"].value == "published version 1", run_config
+                assert result.success and gate_check(result).passed, run_config
+                runs = EvalHistory(sandbox.history).records(collection=PARTITION, variant="hybrid")
+                ndcg = runs[[c["dagster_run_id"] == result.run_id for c in runs["context"]]]
+                ndcg = ndcg[ndcg["metric"] == "ndcg@10"]
+                assert len(ndcg) == 1 and ndcg["value"].min() > 0.5, run_config  # no 0.0 of version 2 recorded
+    assert published_version(tmp_path, "refused") == 1
+
+
+def evaluate_in_sandbox() -> dg.JobDefinition:
+    """The ``evaluate`` job on the sandbox under ``$SANDBOX_ENV``, loadable by reference as the dagster CLI does."""
+    from orchestration.jobs import evaluate_job
+
+    root = Path(os.environ[SANDBOX_ENV])
+    resources = Sandbox(root).resources(corpora=CorporaResource(path=str(root / "corpora.yaml")))
+    defs = dg.Definitions(assets=ALL_ASSETS, jobs=[evaluate_job], resources=resources, executor=dg.in_process_executor)
+    return defs.resolve_job_def(evaluate_job.name)
 
 
 def reindex_in_sandbox() -> dg.JobDefinition:
