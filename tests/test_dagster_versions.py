@@ -490,3 +490,51 @@ def test_two_cli_runs_of_one_corpus_take_turns_and_each_publishes_its_own_versio
             assert versions["retrieval_evaluation"] == versions["published_index"] == staged, versions
             published.append(staged)
     assert published_version(tmp_path, "twice") == max(published)
+
+
+@pytest.mark.slow
+def test_qdrant_index_records_the_version_published_while_it_waited_for_the_write_lock(tmp_path: Path) -> None:
+    """Another writer holds the collection's write lock and publishes a version while ``qdrant_index`` waits for
+    it: the materialization names that version as the published one (the one its staged version was copied from)."""
+    import logging
+    import threading
+
+    from retrieval import Document
+
+    sandbox = Sandbox(tmp_path)
+    data, corpora = corpus_copy(tmp_path, "waited")
+    resources = sandbox.resources(corpora=CorporaResource(path=str(corpora)))
+    assert run_main_job(PARTITION, dagster_home=sandbox.home, resources=resources, run_config=FAST)["published"] == 1
+    write_docs(data, [*read_docs(data), ADDED])  # a change: the run stages a new version
+    for asset in STEPS[:-1]:
+        assert materialize(sandbox, resources, asset)[0].success, asset
+
+    waiting, holding = threading.Event(), threading.Event()
+
+    class Waiting(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "waiting for it to finish" in record.getMessage():
+                waiting.set()
+
+    def other_writer() -> None:  # e.g. `hybrid-rag index`: publishes version 2 while the run waits
+        settings = RetrievalSettings(qdrant_path=tmp_path / "index", cache_dir=tmp_path / "cache", collection="waited")
+        with RetrievalStack(settings) as stack:
+            store = stack.indexer().store
+            with store.write_lock():
+                holding.set()
+                assert waiting.wait(120), "qdrant_index never waited for the write lock"
+                stack.indexer().index([Document("other-01", "Written by another writer meanwhile.")])
+
+    handler, logger = Waiting(), logging.getLogger("retrieval.store.edge")
+    logger.addHandler(handler)
+    writer = threading.Thread(target=other_writer)
+    try:
+        writer.start()
+        assert holding.wait(120)
+        result, failure = materialize(sandbox, resources, "qdrant_index")
+    finally:
+        writer.join(120)
+        logger.removeHandler(handler)
+    assert result.success, failure
+    [index] = result.asset_materializations_for_node("qdrant_index")
+    assert (index.metadata["published_version"].value, index.metadata["version"].value) == (2, 3)
