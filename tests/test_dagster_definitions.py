@@ -224,3 +224,38 @@ def test_project_dagster_home_turns_telemetry_off_and_runs_one_job_per_corpus() 
     [limit] = config["run_coordinator"]["config"]["tag_concurrency_limits"]
     assert limit["key"] == "dagster/partition" and limit["limit"] == 1
     assert "DAGSTER_HOME" in (ROOT / "Makefile").read_text()
+
+
+def test_docker_run_logs_are_on_a_volume_shared_by_the_daemon_and_the_webserver(tmp_path: Path) -> None:
+    from dagster._config import validate_config
+    from dagster._core.instance.config import dagster_instance_config
+    from dagster._core.storage.local_compute_log_manager import LocalComputeLogManager
+
+    (tmp_path / "dagster.yaml").write_text((ROOT / "docker" / "dagster.yaml").read_text())
+    config, _ = dagster_instance_config(str(tmp_path))  # the instance schema, as the containers load it
+    logs = config["compute_logs"]
+    assert validate_config(LocalComputeLogManager.config_type(), logs["config"]).success
+    home = re.search(r"DAGSTER_HOME=(\S+)", (ROOT / "Dockerfile").read_text()).group(1)
+    assert logs["config"]["base_dir"].startswith(home + "/")
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    mounts = [
+        {v.split(":")[1]: v.split(":")[0] for v in compose["services"][name]["volumes"]}
+        for name in ("dagster_daemon", "dagster_webserver")
+    ]
+    volume = mounts[0].get(logs["config"]["base_dir"])  # runs write their logs where the webserver reads them
+    assert volume in compose["volumes"] and all(m.get(logs["config"]["base_dir"]) == volume for m in mounts)
+
+
+def test_docker_image_installs_with_the_constraints_and_a_small_build_context() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    installs = [line for line in dockerfile.splitlines() if line.startswith("RUN pip install")]
+    assert installs and all("-c constraints.txt" in line for line in installs)
+    [torch] = [line for line in installs if line.split()[-1] == "torch"]  # the pinned CPU wheel, before the rest
+    assert "https://download.pytorch.org/whl/cpu" in torch and installs[0] == torch
+    assert dockerfile.index("COPY constraints.txt") < dockerfile.index(torch)
+    ignored = [p.strip() for p in (ROOT / ".dockerignore").read_text().splitlines() if p.strip()[:1] not in ("", "#")]
+    assert {".git", ".venv", "data"} <= set(ignored)
+    copied = [src for line in dockerfile.splitlines() if line.startswith("COPY ") for src in line.split()[1:-1]]
+    for src in copied:  # every source the image needs exists and is in the build context
+        assert any(ROOT.glob(src)), src
+        assert not any(src == p or src.startswith(p.rstrip("/") + "/") for p in ignored), src
