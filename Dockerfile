@@ -9,8 +9,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 
-# The CPU build of torch first, so that installing the project does not pull the CUDA wheels.
-RUN pip install --index-url https://download.pytorch.org/whl/cpu "torch>=2.3"
+# The pins of constraints.txt, as `make setup` uses them. The CPU build of torch first (the version pinned there,
+# from PyTorch's CPU index), so that installing the project does not pull the CUDA wheels.
+COPY constraints.txt ./
+RUN pip install -c constraints.txt --index-url https://download.pytorch.org/whl/cpu torch
 
 # Editable install: the code location runs from /app, next to corpora.yaml and workspace.yaml.
 COPY pyproject.toml README.m[d] ./
@@ -18,7 +20,7 @@ COPY retrieval ./retrieval
 COPY evals ./evals
 COPY assets ./assets
 COPY orchestration ./orchestration
-RUN pip install -e . dagster-postgres
+RUN pip install -c constraints.txt -e . dagster-postgres
 
 COPY corpora.yaml workspace.yaml ./
 COPY docker/dagster.yaml ${DAGSTER_HOME}/dagster.yaml

@@ -29,6 +29,7 @@ CORPORA_FILE_ENV = "HYBRID_RAG_CORPORA_FILE"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CORPORA_FILE = REPO_ROOT / "corpora.yaml"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+_NOT_IN_DAGSTER_NAMES = re.compile(r"[^A-Za-z0-9_]")  # Dagster names (sensors, jobs) hold [A-Za-z0-9_] only
 _KEYS = {"source", "format", "qrels", "split", "collection", "on_bad_input", "watch"}
 
 
@@ -59,6 +60,11 @@ class CorpusConfig:
     split: str = "test"
     on_bad_input: BadInputPolicy | None = None
     watch: bool = False
+
+    @property
+    def dagster_name(self) -> str:
+        """The corpus name as a Dagster name (its sensor is ``<dagster_name>_sensor``): '.' and '-' become '_'."""
+        return dagster_name(self.name)
 
     @property
     def has_qrels(self) -> bool:
@@ -111,6 +117,11 @@ class Corpora:
         return [c for c in self.corpora.values() if c.watch]
 
 
+def dagster_name(name: str) -> str:
+    """``name`` with each character Dagster refuses in names ('.', '-') as '_': ``my-notes`` -> ``my_notes``."""
+    return _NOT_IN_DAGSTER_NAMES.sub("_", name)
+
+
 def corpora_file(path: str | Path | None = None) -> Path:
     """``path``, else ``$HYBRID_RAG_CORPORA_FILE``, else the repository's ``corpora.yaml``."""
     chosen = path or os.environ.get(CORPORA_FILE_ENV) or DEFAULT_CORPORA_FILE
@@ -130,10 +141,25 @@ def load_corpora(path: str | Path | None = None) -> Corpora:
     if not isinstance(entries, dict) or not entries:
         raise CorpusConfigError(f"{file}: expected a non-empty mapping under 'corpora'")
     corpora = {str(name): _parse_corpus(file, str(name), spec) for name, spec in entries.items()}
+    _refuse_shared(file, corpora, "collection", lambda c: c.collection, "each run would prune the other's documents")
+    _refuse_shared(file, corpora, "Dagster name", lambda c: c.dagster_name, "their sensors would have the same name")
     default = str(raw.get("default") or next(iter(corpora)))
     if default not in corpora:
         raise CorpusConfigError(f"{file}: default corpus {default!r} is not configured")
     return Corpora(file, corpora, default)
+
+
+def _refuse_shared(file: Path, corpora: dict[str, CorpusConfig], what: str, key: Any, why: str) -> None:
+    """Refuse two corpora with the same ``key`` (their collection, their Dagster name), naming both."""
+    seen: dict[str, str] = {}
+    for corpus in corpora.values():
+        value = key(corpus)
+        if value in seen:
+            raise CorpusConfigError(
+                f"{file}: corpora {seen[value]!r} and {corpus.name!r} have the same {what} {value!r} ({why}); "
+                f"give each corpus its own"
+            )
+        seen[value] = corpus.name
 
 
 def _parse_corpus(file: Path, name: str, spec: Any) -> CorpusConfig:

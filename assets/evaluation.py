@@ -3,8 +3,9 @@
 
 It scores the version ``qdrant_index`` staged in this run; in a run without ``qdrant_index`` (one asset
 materialized at a time, a re-execution from failure), the latest staged version that is not published yet,
-whichever run staged it; else the published version (with ``version: published`` in its config, as the
-``evaluate`` job sets it, always the published one: the index readers use). Its blocking check ``ndcg_not_dropped``
+whichever run staged it; else the published version. In a run tagged ``hybrid_rag/evaluate: published`` (every run
+of the ``evaluate`` job: Dagster merges a job's tags into each of its runs, whatever run config it was launched
+with), always the published one: the index readers use. Its blocking check ``ndcg_not_dropped``
 (the gate) compares it with the published version, scored in the same run with the same queries (a recorded
 figure is never reused: a version number does not identify a version across rebuilds, resets of the index
 folder or Dagster instances). The verdict is recorded in the materialization (``gate``, with the version and the
@@ -24,7 +25,7 @@ import base64
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import dagster as dg
 from pydantic import Field
@@ -57,6 +58,7 @@ STAGED_BY = "staged_by_run"  # metadata: the run whose qdrant_index staged the e
 LOCATION = "location"  # metadata: where the evaluated version lives
 GATE, GATE_DETAIL = "gate", "gate_detail"  # metadata: the gate's verdict on the evaluated version, and why
 GATE_PASSED, GATE_REFUSED, GATE_NOT_RUN = "passed", "refused", "not run"
+EVALUATE_TAG, PUBLISHED = "hybrid_rag/evaluate", "published"  # run tag: score the published version (evaluate job)
 
 
 def metric_key(variant: str, metric: str) -> str:
@@ -88,11 +90,6 @@ class EvaluationConfig(dg.Config):
         default=0.02,
         description=f"Largest tolerated drop of {WATCHED_VARIANT} {WATCHED_METRIC} of the staged version against "
         "the published one; a larger drop keeps readers on the published version",
-    )
-    version: Literal["staged", "published"] = Field(
-        default="staged",
-        description="Which version to score: 'staged' (this run's staged version, else the latest one not yet "
-        "published, else the published one) or 'published' (the one readers use; the evaluate job)",
     )
     sample_queries: int = Field(default=3, description="Queries shown with their top hits per variant")
     quality_tolerance: float = Field(
@@ -153,7 +150,7 @@ def retrieval_evaluation(
     with retrieval.store(corpus.collection) as store:
         published = store.current_version()
         staged = staged_version(context)
-        if config.version == "published":
+        if context.run.tags.get(EVALUATE_TAG) == PUBLISHED:
             staged = None  # the index readers use, whatever is staged
         version, role = _version_to_evaluate(context, store, staged, published)
         location = _location(store, version)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dagster as dg
 
 from assets import ALL_ASSETS, corpus_partitions, query_encoder, retrieval_evaluation
+from assets.evaluation import EVALUATE_TAG, PUBLISHED
 
 reindex_job = dg.define_asset_job(
     "reindex",
@@ -18,7 +19,7 @@ evaluate_job = dg.define_asset_job(
     "evaluate",
     selection=dg.AssetSelection.assets(retrieval_evaluation),
     partitions_def=corpus_partitions,
-    config={"ops": {"retrieval_evaluation": {"config": {"version": "published"}}}},
+    tags={EVALUATE_TAG: PUBLISHED},  # merged into every run's tags, whatever run config it was launched with
     description="Evaluate every retrieval variant on the version of one corpus' index that readers use.",
 )
 

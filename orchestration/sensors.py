@@ -13,6 +13,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from assets.corpora import dagster_name
 from orchestration.jobs import reindex_job
 
 Manifest = dict[str, list[int]]
@@ -50,7 +51,7 @@ def build_drop_folder_sensor(
     folder = Path(folder)
 
     @dg.sensor(
-        name=name or f"{corpus}_sensor",
+        name=name or f"{dagster_name(corpus)}_sensor",
         job=reindex_job,
         minimum_interval_seconds=minimum_interval_seconds,
         default_status=dg.DefaultSensorStatus.RUNNING,

@@ -12,6 +12,7 @@ import dagster as dg
 import pytest
 import yaml
 
+from assets import ALL_ASSETS
 from assets.corpora import CorpusConfigError, CorpusUnavailableError, load_corpora
 from assets.partitions import CORPORA
 from assets.resources import CorporaResource, RetrievalResource
@@ -50,6 +51,42 @@ def test_definitions_validate() -> None:
 @pytest.mark.slow
 def test_dagster_cli_validates_the_module(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"}
+    dagster = Path(sys.executable).with_name("dagster")
+    proc = subprocess.run(
+        [str(dagster), "definitions", "validate", "-m", "orchestration.definitions", "-d", str(ROOT)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+WATCHED_ODD_NAMES = (  # names the corpora file accepts that Dagster refuses as they are ('-', '.')
+    "corpora:\n  my-notes: {source: my-notes, format: dir, watch: true}\n"
+    "  v1.2: {source: v1.2, format: dir, watch: true}\n"
+)
+
+
+def test_watched_corpora_with_dashes_and_dots_get_valid_sensor_names(tmp_path: Path) -> None:
+    from orchestration.jobs import reindex_job
+    from orchestration.sensors import build_drop_folder_sensor
+
+    file = tmp_path / "corpora.yaml"
+    file.write_text(WATCHED_ODD_NAMES)
+    corpora = load_corpora(file)
+    sensors = [build_drop_folder_sensor(c.source, c.name) for c in corpora.watched()]
+    assert [s.name for s in sensors] == ["my_notes_sensor", "v1_2_sensor"]
+    location = dg.Definitions(assets=ALL_ASSETS, jobs=[reindex_job], sensors=sensors, resources=defs.resources)
+    dg.Definitions.validate_loadable(location)
+
+
+@pytest.mark.slow
+def test_dagster_cli_validates_a_code_location_watching_dashed_and_dotted_corpora(tmp_path: Path) -> None:
+    (tmp_path / "corpora.yaml").write_text(WATCHED_ODD_NAMES)
+    env = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"}
+    env["HYBRID_RAG_CORPORA_FILE"] = str(tmp_path / "corpora.yaml")
     dagster = Path(sys.executable).with_name("dagster")
     proc = subprocess.run(
         [str(dagster), "definitions", "validate", "-m", "orchestration.definitions", "-d", str(ROOT)],
@@ -105,13 +142,20 @@ def test_corpora_file_env_and_missing_paths(tmp_path: Path, monkeypatch: pytest.
         ("corpora:\n  'a,b': {source: x}\n", "names may hold"),
         ("default: b\ncorpora:\n  a: {source: x}\n", "default corpus 'b'"),
         ("corpora: [\n", "invalid YAML"),
+        (  # each run of one would prune the other's documents
+            "corpora:\n  notes: {source: n, collection: kb}\n  docs: {source: d, collection: kb}\n",
+            "corpora 'notes' and 'docs' have the same collection 'kb'",
+        ),
+        ("corpora:\n  kb: {source: n}\n  docs: {source: d, collection: kb}\n", "corpora 'kb' and 'docs'"),
+        ("corpora:\n  my-notes: {source: a}\n  my_notes: {source: b}\n", "same Dagster name 'my_notes'"),
     ],
 )
 def test_malformed_corpora_files_are_refused(tmp_path: Path, text: str, message: str) -> None:
     file = tmp_path / "corpora.yaml"
     file.write_text(text)
-    with pytest.raises(CorpusConfigError, match=re.escape(message)):
+    with pytest.raises(CorpusConfigError, match=re.escape(message)) as raised:
         load_corpora(file)
+    assert str(file) in str(raised.value)
 
 
 def test_retrieval_resource_reads_env_vars_without_exposing_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -180,3 +224,38 @@ def test_project_dagster_home_turns_telemetry_off_and_runs_one_job_per_corpus() 
     [limit] = config["run_coordinator"]["config"]["tag_concurrency_limits"]
     assert limit["key"] == "dagster/partition" and limit["limit"] == 1
     assert "DAGSTER_HOME" in (ROOT / "Makefile").read_text()
+
+
+def test_docker_run_logs_are_on_a_volume_shared_by_the_daemon_and_the_webserver(tmp_path: Path) -> None:
+    from dagster._config import validate_config
+    from dagster._core.instance.config import dagster_instance_config
+    from dagster._core.storage.local_compute_log_manager import LocalComputeLogManager
+
+    (tmp_path / "dagster.yaml").write_text((ROOT / "docker" / "dagster.yaml").read_text())
+    config, _ = dagster_instance_config(str(tmp_path))  # the instance schema, as the containers load it
+    logs = config["compute_logs"]
+    assert validate_config(LocalComputeLogManager.config_type(), logs["config"]).success
+    home = re.search(r"DAGSTER_HOME=(\S+)", (ROOT / "Dockerfile").read_text()).group(1)
+    assert logs["config"]["base_dir"].startswith(home + "/")
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    mounts = [
+        {v.split(":")[1]: v.split(":")[0] for v in compose["services"][name]["volumes"]}
+        for name in ("dagster_daemon", "dagster_webserver")
+    ]
+    volume = mounts[0].get(logs["config"]["base_dir"])  # runs write their logs where the webserver reads them
+    assert volume in compose["volumes"] and all(m.get(logs["config"]["base_dir"]) == volume for m in mounts)
+
+
+def test_docker_image_installs_with_the_constraints_and_a_small_build_context() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    installs = [line for line in dockerfile.splitlines() if line.startswith("RUN pip install")]
+    assert installs and all("-c constraints.txt" in line for line in installs)
+    [torch] = [line for line in installs if line.split()[-1] == "torch"]  # the pinned CPU wheel, before the rest
+    assert "https://download.pytorch.org/whl/cpu" in torch and installs[0] == torch
+    assert dockerfile.index("COPY constraints.txt") < dockerfile.index(torch)
+    ignored = [p.strip() for p in (ROOT / ".dockerignore").read_text().splitlines() if p.strip()[:1] not in ("", "#")]
+    assert {".git", ".venv", "data"} <= set(ignored)
+    copied = [src for line in dockerfile.splitlines() if line.startswith("COPY ") for src in line.split()[1:-1]]
+    for src in copied:  # every source the image needs exists and is in the build context
+        assert any(ROOT.glob(src)), src
+        assert not any(src == p or src.startswith(p.rstrip("/") + "/") for p in ignored), src

@@ -19,6 +19,7 @@ from dagster._core.event_api import PartitionKeyFilter  # the check history per 
 from assets import ALL_ASSETS, NDCG_CHECK
 from assets.resources import CorporaResource, RetrievalResource
 from evals.collections import sample_collection
+from evals.history import EvalHistory
 from orchestration.main_job import MainJobError, run_main_job
 from retrieval import RetrievalSettings, RetrievalStack
 from retrieval.store import EdgeStore
@@ -273,7 +274,8 @@ def test_gate_refuses_a_worse_version_and_readers_keep_the_published_one(tmp_pat
 
 
 @pytest.mark.slow
-def test_published_index_alone_does_not_publish_a_refused_version(tmp_path: Path) -> None:
+def test_published_index_alone_does_not_publish_a_refused_version(tmp_path: Path, monkeypatch) -> None:
+    """Nor does the evaluate job score it, whatever run config it was launched with."""
     sandbox = Sandbox(tmp_path)
     data, corpora = corpus_copy(tmp_path, "refused")
     resources = sandbox.resources(corpora=CorporaResource(path=str(corpora)))
@@ -295,6 +297,36 @@ def test_published_index_alone_does_not_publish_a_refused_version(tmp_path: Path
     [evaluation] = result.asset_materializations_for_node("retrieval_evaluation")
     assert result.success and evaluation.metadata["evaluated_version"].value == "published version 1"
     assert evaluation.metadata["hybrid/ndcg@10"].value > 0.5 and gate_check(result).passed
+
+    # Launched with a run config of its own (`dagster job execute`, GraphQL, the UI's launchpad): the same version.
+    monkeypatch.setenv(SANDBOX_ENV, str(tmp_path))
+    with dg.DagsterInstance.from_config(str(sandbox.home)) as instance:
+        for run_config in ({}, FAST):
+            with dg.execute_job(
+                dg.reconstructable(evaluate_in_sandbox),
+                instance,
+                run_config=run_config,
+                tags={"dagster/partition": PARTITION},
+                raise_on_error=False,
+            ) as result:
+                [evaluation] = result.asset_materializations_for_node("retrieval_evaluation")
+                assert evaluation.metadata["evaluated_version"].value == "published version 1", run_config
+                assert result.success and gate_check(result).passed, run_config
+                runs = EvalHistory(sandbox.history).records(collection=PARTITION, variant="hybrid")
+                ndcg = runs[[c["dagster_run_id"] == result.run_id for c in runs["context"]]]
+                ndcg = ndcg[ndcg["metric"] == "ndcg@10"]
+                assert len(ndcg) == 1 and ndcg["value"].min() > 0.5, run_config  # no 0.0 of version 2 recorded
+    assert published_version(tmp_path, "refused") == 1
+
+
+def evaluate_in_sandbox() -> dg.JobDefinition:
+    """The ``evaluate`` job on the sandbox under ``$SANDBOX_ENV``, loadable by reference as the dagster CLI does."""
+    from orchestration.jobs import evaluate_job
+
+    root = Path(os.environ[SANDBOX_ENV])
+    resources = Sandbox(root).resources(corpora=CorporaResource(path=str(root / "corpora.yaml")))
+    defs = dg.Definitions(assets=ALL_ASSETS, jobs=[evaluate_job], resources=resources, executor=dg.in_process_executor)
+    return defs.resolve_job_def(evaluate_job.name)
 
 
 def reindex_in_sandbox() -> dg.JobDefinition:
@@ -458,3 +490,51 @@ def test_two_cli_runs_of_one_corpus_take_turns_and_each_publishes_its_own_versio
             assert versions["retrieval_evaluation"] == versions["published_index"] == staged, versions
             published.append(staged)
     assert published_version(tmp_path, "twice") == max(published)
+
+
+@pytest.mark.slow
+def test_qdrant_index_records_the_version_published_while_it_waited_for_the_write_lock(tmp_path: Path) -> None:
+    """Another writer holds the collection's write lock and publishes a version while ``qdrant_index`` waits for
+    it: the materialization names that version as the published one (the one its staged version was copied from)."""
+    import logging
+    import threading
+
+    from retrieval import Document
+
+    sandbox = Sandbox(tmp_path)
+    data, corpora = corpus_copy(tmp_path, "waited")
+    resources = sandbox.resources(corpora=CorporaResource(path=str(corpora)))
+    assert run_main_job(PARTITION, dagster_home=sandbox.home, resources=resources, run_config=FAST)["published"] == 1
+    write_docs(data, [*read_docs(data), ADDED])  # a change: the run stages a new version
+    for asset in STEPS[:-1]:
+        assert materialize(sandbox, resources, asset)[0].success, asset
+
+    waiting, holding = threading.Event(), threading.Event()
+
+    class Waiting(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "waiting for it to finish" in record.getMessage():
+                waiting.set()
+
+    def other_writer() -> None:  # e.g. `hybrid-rag index`: publishes version 2 while the run waits
+        settings = RetrievalSettings(qdrant_path=tmp_path / "index", cache_dir=tmp_path / "cache", collection="waited")
+        with RetrievalStack(settings) as stack:
+            store = stack.indexer().store
+            with store.write_lock():
+                holding.set()
+                assert waiting.wait(120), "qdrant_index never waited for the write lock"
+                stack.indexer().index([Document("other-01", "Written by another writer meanwhile.")])
+
+    handler, logger = Waiting(), logging.getLogger("retrieval.store.edge")
+    logger.addHandler(handler)
+    writer = threading.Thread(target=other_writer)
+    try:
+        writer.start()
+        assert holding.wait(120)
+        result, failure = materialize(sandbox, resources, "qdrant_index")
+    finally:
+        writer.join(120)
+        logger.removeHandler(handler)
+    assert result.success, failure
+    [index] = result.asset_materializations_for_node("qdrant_index")
+    assert (index.metadata["published_version"].value, index.metadata["version"].value) == (2, 3)
