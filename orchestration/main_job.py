@@ -118,11 +118,12 @@ def _corpus_lock(resources: Mapping[str, Any], corpus: str) -> Iterator[None]:
         yield
         return
     with ExitStack() as held:
-        held.callback(store.close)
         try:
             held.enter_context(store.write_lock())
         except StoreError as exc:  # another run held it past the lock timeout
             raise MainJobError(f"corpus {corpus!r}: {exc}") from exc
+        finally:  # the lock outlives the store: qdrant-client's local mode (file://) lets one client open a folder
+            store.close()  # at a time, and the run's steps open their own
         yield
 
 

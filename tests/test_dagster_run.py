@@ -22,7 +22,8 @@ from orchestration.cli import app
 from orchestration.definitions import default_resources
 from orchestration.main_job import MainJobError, run_main_job
 from orchestration.parquet_io import ParquetIOManager
-from retrieval.store import EdgeStore
+from retrieval import RetrievalSettings
+from retrieval.store import EdgeStore, open_store
 
 TEXTS = {
     "a.txt": "Qdrant stores dense and sparse vectors.",
@@ -215,3 +216,21 @@ def test_evaluation_fails_when_the_collection_holds_none_of_the_judged_documents
     assert not result.success and len(failures) == 1
     assert "none of the" in failures[0].description and "collection 'drop'" in failures[0].description
     assert not (folder.root / "evals.sqlite").exists() or EvalHistory(folder.root / "evals.sqlite").records().empty
+
+
+@pytest.mark.slow
+def test_main_job_runs_on_a_file_url_server(folder: Folder, tmp_path: Path) -> None:
+    """``hybrid-rag run`` with ``file://`` QDRANT_URL (qdrant-client's local mode, one client per folder at a
+    time): the run's write lock must not keep a client open while the steps open theirs."""
+    server = tmp_path / "server"
+    resources = {
+        **folder.resources,
+        "retrieval": RetrievalResource(qdrant_url=f"file://{server}", cache_dir=str(tmp_path / "cache")),
+    }
+    summary = run_main_job("dropbox", dagster_home=tmp_path / "home", resources=resources)
+    assert summary["index"]["points"] == 3 and summary["published"] == summary["version"], summary
+    store = open_store(RetrievalSettings(qdrant_url=f"file://{server}"), "drop")
+    try:
+        assert sorted(doc_id for doc_id, _ in store.stored_hashes().values()) == sorted(TEXTS)
+    finally:
+        store.close()
