@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 import retrieval.indexer as indexer_module
 from orchestration.cli import app
-from retrieval import RetrievalSettings, RetrievalStack
+from retrieval import Document, RetrievalSettings, RetrievalStack
 from retrieval.encoders.sparse import SpladeEncoder
 from retrieval.errors import ModelLoadError
 from retrieval.store import connect
@@ -180,4 +180,42 @@ def test_sync_with_publish_false_stages_on_a_server(tmp_path, dense_encoder, spa
     assert (report.version, reader.current_version(), reader.count()) == (2, 1, len(TINY_DOCS))
     store.publish(store.pinned(2))
     assert (reader.current_version(), reader.count()) == (2, len(NEW_DOCS))
+    store.close()
+
+
+@pytest.mark.parametrize("between", ["index", "delete"])
+def test_staged_write_resumed_after_an_in_place_write_keeps_that_write(
+    between, tmp_path, dense_encoder, sparse_encoder, monkeypatch
+):
+    """A failed staged (Dagster) write, then a plain ``index`` or ``delete`` into the live collection: re-running
+    the staged write must not resume the old copy (that would publish a collection without the in-place write)."""
+    root = tmp_path / "index"
+    store, reader = store_pair("server", root)
+    indexer = RetrievalStack(
+        settings_for(root, upsert_batch_size=8), store=store, dense=dense_encoder, sparse=sparse_encoder
+    ).indexer()
+    indexer.index(TINY_DOCS, progress=False)
+    monkeypatch.setattr(indexer_module, "ENCODE_BLOCK", 8)
+    staged_docs = NEW_DOCS[1:]  # all but "valve": a staged write without pruning keeps the published "valve"
+
+    def crash(block_no: int) -> None:
+        if block_no == 1:
+            raise RuntimeError("injected failure after two blocks")
+
+    indexer.after_batch = crash
+    with pytest.raises(RuntimeError, match="injected"):
+        indexer.sync(indexer.chunk(staged_docs), prune=False, progress=False, publish=False)
+    indexer.after_batch = None
+    late = Document("late", "Added in place while the staged copy waited.")
+    if between == "index":
+        assert indexer.index([late], progress=False).version == 1  # in place: the version number is unchanged
+        expected = {d.id for d in NEW_DOCS} | {"late"}
+    else:
+        assert indexer.delete_documents(["valve"]).version == 1
+        expected = {d.id for d in NEW_DOCS} - {"valve"}
+    report = indexer.sync(indexer.chunk(staged_docs), prune=False, progress=False, publish=False)
+    assert report.version == 3  # a fresh copy: the unfinished version 2 misses the in-place write
+    store.publish(store.pinned(report.version))
+    assert {doc_id for doc_id, _ in reader.stored_hashes().values()} == expected
+    assert physical_names("server", root, store) == {"test__v3"}
     store.close()

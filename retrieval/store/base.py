@@ -197,6 +197,16 @@ class QdrantStore(ABC):
         if info is not None:
             self._set_stage_info(staged.version or 0, {**info, "complete": True})
 
+    def discard_staged_copies(self) -> None:
+        """Before a write into the live collection (servers): the unfinished staged copies of the published
+        version would miss it, so they are marked stale: never resumed, dropped by the next ``stage``."""
+        current = self.current_version()
+        for v in self._versions():
+            info = self._stage_info(v) if current is not None and v > current else None
+            if info is not None and info.get("base") == current and not info.get("complete"):
+                log.info("version %d of %r misses a write into the live collection: not resumed", v, self.collection)
+                self._set_stage_info(v, {**info, "stale": True})
+
     @contextmanager
     def write_lock(self, timeout_s: float | None = None) -> Iterator[None]:
         """Held by a writer from staging to publishing; a no-op where the backend serialises writes itself."""
