@@ -225,8 +225,8 @@ class Indexer:
             target = self.store.stage(self.schema(), copy_current=True)
         else:  # an incremental write on a server: into the live collection, batch by batch
             self.store.ensure(self.schema())
-            if not pinned:  # a staged copy made before this write must not be resumed and published
-                self.store.discard_staged_copies()
+            if not pinned:  # a staged copy made before this write must not be resumed or published
+                self.store.mark_copies_stale()
             target = self.store
         try:
             report.chunks = len(chunks)
@@ -288,7 +288,7 @@ class Indexer:
             staged = self.store.version is None and not self.store.writes_in_place
             target = self.store.stage(schema, copy_current=True, resume=False) if staged else self.store
             if not staged and self.store.version is None:
-                self.store.discard_staged_copies()
+                self.store.mark_copies_stale()
             try:
                 target.delete_documents(sorted(found))
                 target.flush()

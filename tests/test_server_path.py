@@ -21,7 +21,7 @@ from orchestration.cli import app
 from retrieval import Document, RetrievalSettings, RetrievalStack
 from retrieval.encoders.sparse import SpladeEncoder
 from retrieval.errors import ModelLoadError
-from retrieval.store import connect
+from retrieval.store import StoreError, connect
 from tests.conftest import TINY_DOCS
 from tests.test_reliability_versions import NEW_DOCS, physical_names, settings_for, store_pair
 
@@ -218,4 +218,22 @@ def test_staged_write_resumed_after_an_in_place_write_keeps_that_write(
     store.publish(store.pinned(report.version))
     assert {doc_id for doc_id, _ in reader.stored_hashes().values()} == expected
     assert physical_names("server", root, store) == {"test__v3"}
+    store.close()
+
+
+def test_staged_copy_is_not_published_after_an_in_place_write(tmp_path, dense_encoder, sparse_encoder):
+    """A complete staged copy (``qdrant_index`` done, ``published_index`` not yet), then a plain ``index``: publishing
+    the copy would drop that write, so it is refused clearly; the staged write run again publishes both."""
+    root = tmp_path / "index"
+    store, reader = store_pair("server", root)
+    indexer = RetrievalStack(settings_for(root), store=store, dense=dense_encoder, sparse=sparse_encoder).indexer()
+    indexer.index(TINY_DOCS, progress=False)
+    staged = indexer.sync(indexer.chunk(NEW_DOCS), prune=False, progress=False, publish=False)
+    indexer.index([Document("late", "Added in place before the staged copy was published.")], progress=False)
+    with pytest.raises(StoreError, match="written in place .* after it was copied; run the staged write again"):
+        store.publish(store.pinned(staged.version))
+    assert reader.current_version() == 1
+    again = indexer.sync(indexer.chunk(NEW_DOCS), prune=False, progress=False, publish=False)
+    store.publish(store.pinned(again.version))
+    assert {doc_id for doc_id, _ in reader.stored_hashes().values()} == {d.id for d in NEW_DOCS} | {"late"}
     store.close()

@@ -197,14 +197,14 @@ class QdrantStore(ABC):
         if info is not None:
             self._set_stage_info(staged.version or 0, {**info, "complete": True})
 
-    def discard_staged_copies(self) -> None:
-        """Before a write into the live collection (servers): the unfinished staged copies of the published
-        version would miss it, so they are marked stale: never resumed, dropped by the next ``stage``."""
+    def mark_copies_stale(self) -> None:
+        """Before a write into the live collection (servers): the staged copies of the published version miss
+        it, so they are marked stale: never resumed nor published; the next ``stage`` drops them."""
         current = self.current_version()
         for v in self._versions():
             info = self._stage_info(v) if current is not None and v > current else None
-            if info is not None and info.get("base") == current and not info.get("complete"):
-                log.info("version %d of %r misses a write into the live collection: not resumed", v, self.collection)
+            if info is not None and info.get("base") == current and not info.get("stale"):
+                log.info("version %d of %r misses a write into the live collection: stale", v, self.collection)
                 self._set_stage_info(v, {**info, "stale": True})
 
     @contextmanager
@@ -278,6 +278,11 @@ class QdrantStore(ABC):
             raise StoreError(
                 f"not publishing version {staged.version} of {self.collection!r} at {self.location}: "
                 f"version {current} was published after it"
+            )
+        if (self._stage_info(staged.version) or {}).get("stale"):
+            raise StoreError(
+                f"not publishing version {staged.version} of {self.collection!r} at {self.location}: version "
+                f"{current} was written in place (index, delete) after it was copied; run the staged write again"
             )
         staged.flush()
         self._switch(staged)
