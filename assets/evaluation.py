@@ -193,8 +193,6 @@ def retrieval_evaluation(
     report = _evaluate(context, retrieval, corpus, collection, split, variants, version, staged)
     if report.coverage_warning():
         context.log.warning(report.coverage_warning())
-    history = eval_history.history()
-    report.record(history, source="dagster", dagster_run_id=context.run_id)
     table = markdown_table(report.frame(), metrics=[*HEADLINE_METRICS, LATENCY_P50])
     context.log.info(f"{corpus.name} ({split}, {report.n_queries} queries), {role} version {version}:\n{table}")
     metadata: dict[str, object] = {
@@ -203,15 +201,11 @@ def retrieval_evaluation(
         "queries": dg.MetadataValue.int(report.n_queries),
         "dense_model": report.settings["dense_model"],
         "sparse_model": report.settings["sparse_model"],
-        "history": dg.MetadataValue.path(str(history.path.resolve())),
         **report_metadata(report),
         "metrics": dg.MetadataValue.md(table),
         "sample_queries": dg.MetadataValue.md(sample_table(queries, qrels, report.variants, config.sample_queries)),
         REPORT: dg.MetadataValue.json(report.summary()),
     }
-    chart = ndcg_chart(history, corpus.name, split)
-    if chart:
-        metadata["ndcg@10_over_time"] = dg.MetadataValue.md(chart)
     quality = report.quality_checks(config.quality_tolerance)
     gate = None
     if _selected(context, NDCG_CHECK):
@@ -224,6 +218,20 @@ def retrieval_evaluation(
     metadata[GATE] = GATE_NOT_RUN if gate is None else GATE_PASSED if gate.passed else GATE_REFUSED
     if gate is not None:
         metadata[GATE_DETAIL] = gate.description or ""
+    # Each history row says whether readers were served the evaluated version, and the gate's verdict on it, so
+    # that eval-report and the plot keep evaluations of staged or refused versions apart from the served figures.
+    history = eval_history.history()
+    report.record(
+        history,
+        source="dagster",
+        dagster_run_id=context.run_id,
+        published=version == published,
+        **({} if gate is None else {GATE: metadata[GATE]}),
+    )
+    metadata["history"] = dg.MetadataValue.path(str(history.path.resolve()))
+    chart = ndcg_chart(history, corpus.name, split)
+    if chart:
+        metadata["ndcg@10_over_time"] = dg.MetadataValue.md(chart)
     checks = [gate, *(_quality_check(name, check) for name, check in quality.items())]
     yield dg.MaterializeResult(
         asset_key="retrieval_evaluation",

@@ -48,12 +48,38 @@ def with_searched_collection(df: pd.DataFrame) -> pd.DataFrame:
     return df.assign(collection=[searched_label(c, s) for c, s in zip(df["collection"], searched, strict=True)])
 
 
+PUBLISHED, PASSED, STAGED, REFUSED = "published", "gate passed", "staged", "refused"  # see served_state()
+SERVED = (PUBLISHED, PASSED)  # states of the versions readers get: the line of the plot, the "latest" figures
+
+
+def served_state(context: object) -> str:
+    """What became of the evaluated version, from its history row's ``context``: ``published`` (readers were
+    served it when it was evaluated; also every row recorded before the history kept ``published``),
+    ``gate passed`` (a staged version the gate ``ndcg_not_dropped`` let through: ``published_index`` publishes
+    it next), ``refused`` (a staged version the gate refused: never served) or ``staged`` (a staged version the
+    gate did not judge: not published)."""
+    if not isinstance(context, dict) or context.get("published", True):
+        return PUBLISHED
+    return {"passed": PASSED, "refused": REFUSED}.get(context.get("gate"), STAGED)
+
+
+def with_state(df: pd.DataFrame) -> pd.DataFrame:
+    """History rows with ``version`` (the evaluated index version, ``-`` when unknown) and ``state`` (see
+    :func:`served_state`) taken from their ``context``."""
+    contexts = list(df["context"]) if "context" in df else [None] * len(df)
+    versions = [c.get("version") if isinstance(c, dict) else None for c in contexts]
+    states = [served_state(c) for c in contexts]
+    return df.assign(version=["-" if v is None else str(v) for v in versions], state=states)
+
+
 def plot_history(df: pd.DataFrame, out_png: str | Path, metric: str = "ndcg@10") -> Path:
     """Plot ``metric`` over time from :meth:`EvalHistory.records` rows, one line per variant.
 
-    When the rows span several collections or splits, each line is labelled ``variant (collection/split)``.
+    The line joins the evaluations of the versions readers get (published, or passed by the gate); those of
+    staged versions the gate refused or did not judge are hollow markers off the line. When the rows span
+    several collections or splits, each line is labelled ``variant (collection/split)``.
     """
-    rows = with_searched_collection(df[df["metric"] == metric]).sort_values("timestamp")
+    rows = with_state(with_searched_collection(df[df["metric"] == metric])).sort_values("timestamp")
     if rows.empty:
         raise ValueError(f"no history rows for metric {metric!r}")
     keys = ["collection", "split", "variant"]
@@ -63,7 +89,21 @@ def plot_history(df: pd.DataFrame, out_png: str | Path, metric: str = "ndcg@10")
     ax = fig.add_subplot()
     for i, ((collection, split, variant), group) in enumerate(rows.groupby(keys, sort=True)):
         label = f"{variant} ({collection}/{split})" if several else str(variant)
-        ax.plot(group["timestamp"].dt.tz_convert(None), group["value"], label=label, **line_style(i))
+        style = line_style(i)
+        served = group[group["state"].isin(SERVED)]
+        other = group[~group["state"].isin(SERVED)]
+        if not served.empty:
+            ax.plot(served["timestamp"].dt.tz_convert(None), served["value"], label=label, **style)
+        if not other.empty:
+            ax.plot(
+                other["timestamp"].dt.tz_convert(None),
+                other["value"],
+                label=f"{label}: refused or unjudged, never served",
+                linestyle="none",
+                marker=style["marker"],
+                color=style["color"],
+                markerfacecolor="none",
+            )
     locator = AutoDateLocator()
     ax.xaxis.set_major_locator(locator)
     ax.xaxis.set_major_formatter(ConciseDateFormatter(locator))
@@ -82,25 +122,38 @@ def plot_history(df: pd.DataFrame, out_png: str | Path, metric: str = "ndcg@10")
 
 
 def latest(df: pd.DataFrame) -> pd.DataFrame:
-    """The most recent value of every (collection, split, variant, metric)."""
+    """The most recent value of every (collection, split, variant, metric) of a version readers get (state
+    published or gate passed), plus, when newer, the most recent one of a refused or unjudged staged version
+    (rows with a ``state``, see :func:`with_state`; without, simply the most recent)."""
     keys = ["collection", "split", "variant", "metric"]
-    return df.sort_values(["timestamp", "id"] if "id" in df else ["timestamp"]).groupby(keys).tail(1)
+    ordered = df.sort_values(["timestamp", "id"] if "id" in df else ["timestamp"])
+    newest = ordered.groupby(keys).tail(1)
+    if "state" not in df:
+        return newest
+    served = ordered[ordered["state"].isin(SERVED)].groupby(keys).tail(1)
+    return pd.concat([served, newest[~newest["state"].isin(SERVED)]])
 
 
 def markdown_table(df: pd.DataFrame, metrics: Sequence[str] | None = None) -> str:
     """Latest value per variant (rows) and metric (columns) as a markdown table.
 
+    History rows (with ``context``) get the evaluated ``version`` and its ``state`` (see :func:`latest`).
     ``metrics`` defaults to the headline metrics present, then any others, in name order.
     """
-    last = latest(with_searched_collection(df.dropna(subset=["value"])))
+    rows = with_searched_collection(df.dropna(subset=["value"]))
+    keys = ["collection", "split", "variant"]
+    if "context" in rows:
+        rows = with_state(rows)
+        keys += ["version", "state"]
+    last = latest(rows)
     present = set(last["metric"])
     if metrics is None:
         metrics = [m for m in HEADLINE_METRICS if m in present]
         metrics += sorted(present - set(metrics))
-    wide = last.pivot_table(index=["collection", "split", "variant"], columns="metric", values="value", aggfunc="last")
-    when = last.groupby(["collection", "split", "variant"])["timestamp"].max()
-    header = ["collection", "split", "variant", *(LABELS.get(m, m) for m in metrics), "last run (UTC)"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * 3 + "---:|" * len(metrics) + "---|"]
+    wide = last.pivot_table(index=keys, columns="metric", values="value", aggfunc="last")
+    when = last.groupby(keys)["timestamp"].max()
+    header = [*keys, *(LABELS.get(m, m) for m in metrics), "last run (UTC)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(keys) + "---:|" * len(metrics) + "---|"]
     if last.empty:
         return "\n".join(lines)
     for key, row in wide.iterrows():

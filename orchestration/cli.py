@@ -339,8 +339,10 @@ def evaluate(
             console.print(
                 f"collection {settings.collection!r} does not exist: indexing {coll.corpus_path}", soft_wrap=True
             )
-            docs, _ = read_documents(coll.corpus_path, "jsonl", settings.bad_input_policy)
-            stack.indexer().index(docs)
+            docs, read_report = read_documents(coll.corpus_path, "jsonl", settings.bad_input_policy)
+            stack.indexer().index(docs, skipped=read_report.skipped)
+            for problem in read_report.skipped:
+                console.print(f"[yellow]skipped[/yellow] {problem}", soft_wrap=True)
         report = evaluate_collection(stack.retriever(), coll, split, variants)
     console.print(metrics_table(report.metrics(), title=f"{report.label()} ({split})"))
     if report.coverage_warning():
@@ -502,7 +504,9 @@ def adapt(
     split: Annotated[str | None, typer.Option(help="Judged split (default: dev, else train; never test)")] = None,
     max_negatives: Annotated[
         int | None,
-        typer.Option(min=1, help="Other chunks the softmax ranks, a uniform sample (bounds memory) [default: 200000]"),
+        typer.Option(
+            min=1, help="Other chunks the softmax ranks, a uniform sample (bounds memory) \\[default: 200000]"
+        ),
     ] = None,
 ) -> None:
     """Adapt the query encoder to an indexed collection without labels (pseudo-queries from its own text).

@@ -174,12 +174,13 @@ def print_results(summary: Mapping[str, Any], console: Console | None = None) ->
     index = summary.get("index", {})
     console.print(
         f"corpus [bold]{summary['corpus']}[/bold] -> collection {summary.get('collection')!r}: "
-        + ", ".join(f"{name} {index.get(name)}" for name in INDEX_FIELDS)
+        + ", ".join(f"{name} {index.get(name)}" for name in INDEX_FIELDS),
+        soft_wrap=True,
     )
     if summary.get("metrics"):
         console.print(metrics_table(summary["metrics"], title=f"{summary['corpus']} ({summary.get('split')})"))
     else:
-        console.print(f"[yellow]{summary.get('note') or 'no evaluation'}[/yellow]")
+        console.print(f"[yellow]{summary.get('note') or 'no evaluation'}[/yellow]", soft_wrap=True)
     for name in (POINT_COUNT_CHECK, NDCG_CHECK, CHANNELS_CHECK, RERANK_CHECK):
         check = summary.get("checks", {}).get(name)
         if check:
@@ -192,14 +193,16 @@ def print_results(summary: Mapping[str, Any], console: Console | None = None) ->
             else:
                 mark = f"[red]FAILED[/red] ({check['severity']})"
             detail = f": {check['description']}" if check.get("description") else ""
-            console.print(f"check {name}: {mark}{detail}")
+            console.print(f"check {name}: {mark}{detail}", soft_wrap=True)
     if summary.get("published") is not None:
         name, version = summary.get("collection"), summary["published"]
         if version != summary.get("previous"):
-            console.print(f"readers now use version {version} of {name!r}")
+            console.print(f"readers now use version {version} of {name!r}", soft_wrap=True)
         else:
-            console.print(f"readers keep version {version} of {name!r} (nothing changed)")
-    console.print(f"dagster run {summary.get('run_id')} (DAGSTER_HOME={summary.get('dagster_home', '-')})")
+            console.print(f"readers keep version {version} of {name!r} (nothing changed)", soft_wrap=True)
+    console.print(
+        f"dagster run {summary.get('run_id')} (DAGSTER_HOME={summary.get('dagster_home', '-')})", soft_wrap=True
+    )
 
 
 def _value(metadata_value: Any) -> Any:

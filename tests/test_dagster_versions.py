@@ -20,6 +20,7 @@ from assets import ALL_ASSETS, NDCG_CHECK
 from assets.resources import CorporaResource, RetrievalResource
 from evals.collections import sample_collection
 from evals.history import EvalHistory
+from evals.report import markdown_table
 from orchestration.main_job import MainJobError, run_main_job
 from retrieval import RetrievalSettings, RetrievalStack
 from retrieval.store import EdgeStore
@@ -258,6 +259,10 @@ def test_gate_refuses_a_worse_version_and_readers_keep_the_published_one(tmp_pat
     assert (meta["evaluated_version"], meta["published_version"]) == (2, 1)
     assert meta["published"] == pytest.approx(published_ndcg) and meta["current"] < published_ndcg - 0.2
     assert "refused" in evaluation.description and meta["published_from"] == "scored in this run"
+    table = markdown_table(EvalHistory(sandbox.history).records(collection=PARTITION))  # what eval-report shows
+    hybrid = [row.split(" | ") for row in table.splitlines() if " | hybrid | " in row]
+    assert [(row[3], row[4]) for row in hybrid] == [("1", "gate passed"), ("2", "refused")], table
+    assert float(hybrid[0][5]) == pytest.approx(published_ndcg, abs=1e-4)  # the served figure, not the refused
     _, run_id = materialized_at(sandbox, "published_index")
     assert run_id == first["run_id"]  # published_index did not run
     assert EdgeStore(tmp_path / "index", "gated").current_version() == 1

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from matplotlib.figure import Figure
 from typer.testing import CliRunner
 
 from evals import report as report_module
@@ -178,3 +179,79 @@ def test_vs_langchain_help_gives_the_settings_rrf_k(capsys) -> None:
         vs_langchain.main(["--help"])
     default = RetrievalSettings.model_fields["rrf_k"].default
     assert f"(default: settings, {default})" in " ".join(capsys.readouterr().out.split())
+
+
+def test_eval_lists_the_records_it_skipped_when_it_indexes(workspace, monkeypatch) -> None:
+    root, _, _ = workspace
+    source = sample_collection().corpus_path.parent
+    bad = root / "badsample"
+    (bad / "qrels").mkdir(parents=True)
+    for name in ("queries.jsonl", "qrels/test.tsv"):
+        (bad / name).write_text((source / name).read_text())
+    lines = (source / "corpus.jsonl").read_text().splitlines(keepends=True)
+    (bad / "corpus.jsonl").write_text("".join([*lines[:5], "{not json\n", *lines[5:]]))
+    monkeypatch.setenv("HYBRID_RAG_BAD_INPUT_POLICY", "skip")
+    out = cli("eval", str(bad), "-c", "badsample", "--variant", "dense").output
+    assert f"skipped {bad / 'corpus.jsonl'}:6: malformed JSON" in out, out
+
+
+def test_main_job_output_is_not_wrapped_when_redirected() -> None:
+    import io
+
+    from rich.console import Console
+
+    from orchestration.main_job import print_results
+
+    detail = "hybrid ndcg@10: version 5 0.4611 vs published version 3 0.8125 (drop +0.3514, tolerance 0.02): refused"
+    summary = {
+        "corpus": "a-corpus-with-a-long-name",
+        "collection": "a-collection-with-a-rather-long-name-too",
+        "index": {"documents": 123456, "chunks": 234567, "written": 0, "unchanged": 234567, "points": 234567},
+        "note": "no evaluation: " + "x" * 100,
+        "checks": {"ndcg_not_dropped": {"passed": False, "severity": "ERROR", "description": detail}},
+        "published": 3,
+        "previous": 3,
+        "run_id": "0123456789abcdef" * 4,
+        "dagster_home": "/a/long/path/" * 8,
+    }
+    out = io.StringIO()
+    print_results(summary, Console(file=out, width=80, force_terminal=False))
+    text = out.getvalue()
+    assert f"check ndcg_not_dropped: FAILED (ERROR): {detail}\n" in text, text
+    assert "x" * 100 in text and f"(DAGSTER_HOME={'/a/long/path/' * 8})" in text
+    assert "deleted None, points 234567\n" in text
+
+
+def test_adapt_help_shows_the_max_negatives_default() -> None:
+    out = CliRunner().invoke(app, ["adapt", "--help"], terminal_width=200).output
+    assert "[default: 200000]" in out, out
+
+
+def test_eval_report_and_plot_keep_refused_versions_apart_from_the_served_figures(tmp_path, monkeypatch) -> None:
+    history = EvalHistory(tmp_path / "h.sqlite")
+    stamp = pd.Timestamp("2026-11-30T04:00:00Z")
+    rows = [  # (hours, version, context keys, ndcg@10): v2 recorded before the history kept published/gate
+        (0, 2, {}, 0.80),
+        (1, 3, {"published": False, "gate": "passed"}, 0.8125),
+        (2, 3, {"published": True, "gate": "passed"}, 0.8125),
+        (3, 4, {"published": False, "gate": "refused"}, 0.50),
+        (4, 5, {"published": False, "gate": "refused"}, 0.4611),
+    ]
+    for hours, version, extra, value in rows:
+        context = {"qdrant_collection": "bad", "version": version, **extra}
+        when = (stamp + pd.Timedelta(hours=hours)).to_pydatetime()
+        history.append("bad", "test", "hybrid", {"ndcg@10": value}, context, when, source="dagster")
+    table = report_module.markdown_table(history.records())
+    assert [row.split(" | ")[3:6] for row in table_rows(table)[2:]] == [
+        ["3", "published", "0.8125"],  # what readers are served
+        ["5", "refused", "0.4611"],  # the newer evaluation, of a version never served
+    ], table
+    assert table.splitlines()[0].startswith("| collection | split | variant | version | state | nDCG@10 |")
+
+    figures = []
+    monkeypatch.setattr(report_module, "Figure", lambda *a, **k: figures.append(Figure(*a, **k)) or figures[-1])
+    report_module.plot_history(history.records(), tmp_path / "p.png")
+    line, hollow = figures[0].axes[0].get_lines()
+    assert list(line.get_ydata()) == [0.80, 0.8125, 0.8125] and line.get_linestyle() == "-"
+    assert list(hollow.get_ydata()) == [0.50, 0.4611] and hollow.get_linestyle() == "None"
+    assert hollow.get_markerfacecolor() == "none" and "never served" in hollow.get_label()
