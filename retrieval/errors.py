@@ -46,6 +46,12 @@ ALLOW_DELETE_HINT = (
 class ModelLoadError(HybridRagError):
     """A configured model cannot be loaded; the message names the model and the setting."""
 
+    @classmethod
+    def wrapping(cls, exc: BaseException, what: str, name: str, setting: str) -> ModelLoadError:
+        """``cannot load <what> model '<name>' (setting <setting>): <the first line of exc>``."""
+        reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        return cls(f"cannot load {what} model {name!r} (setting {setting}): {reason}")
+
 
 def choice(enum_type: type, value: object, what: str):
     """``enum_type(value)``, or an :class:`InvalidArgumentError` naming ``what`` and the valid values."""

@@ -48,18 +48,23 @@ def test_definitions_validate() -> None:
         assert spec.partitions_def == repo.asset_graph.get(key.asset_key).partitions_def
 
 
-@pytest.mark.slow
-def test_dagster_cli_validates_the_module(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"}
+def dagster_validate(cwd: Path, **env_vars: str) -> subprocess.CompletedProcess:
+    """``dagster definitions validate -m orchestration.definitions`` as a user runs it (no DAGSTER_HOME)."""
+    env = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"} | env_vars
     dagster = Path(sys.executable).with_name("dagster")
-    proc = subprocess.run(
+    return subprocess.run(
         [str(dagster), "definitions", "validate", "-m", "orchestration.definitions", "-d", str(ROOT)],
-        cwd=tmp_path,
+        cwd=cwd,
         env=env,
         capture_output=True,
         text=True,
         timeout=300,
     )
+
+
+@pytest.mark.slow
+def test_dagster_cli_validates_the_module(tmp_path: Path) -> None:
+    proc = dagster_validate(tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -85,17 +90,7 @@ def test_watched_corpora_with_dashes_and_dots_get_valid_sensor_names(tmp_path: P
 @pytest.mark.slow
 def test_dagster_cli_validates_a_code_location_watching_dashed_and_dotted_corpora(tmp_path: Path) -> None:
     (tmp_path / "corpora.yaml").write_text(WATCHED_ODD_NAMES)
-    env = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"}
-    env["HYBRID_RAG_CORPORA_FILE"] = str(tmp_path / "corpora.yaml")
-    dagster = Path(sys.executable).with_name("dagster")
-    proc = subprocess.run(
-        [str(dagster), "definitions", "validate", "-m", "orchestration.definitions", "-d", str(ROOT)],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = dagster_validate(tmp_path, HYBRID_RAG_CORPORA_FILE=str(tmp_path / "corpora.yaml"))
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 

@@ -111,10 +111,11 @@ class DenseEncoder:
         except (OSError, ValueError) as exc:
             from retrieval.errors import ModelLoadError
 
-            reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
-            raise ModelLoadError(
-                f"cannot load dense model {self.model_name!r} (setting HYBRID_RAG_DENSE_MODEL, or "
-                f"HYBRID_RAG_QUERY_MODEL for a trained query encoder): {reason}"
+            raise ModelLoadError.wrapping(
+                exc,
+                "dense",
+                self.model_name,
+                "HYBRID_RAG_DENSE_MODEL, or HYBRID_RAG_QUERY_MODEL for a trained query encoder",
             ) from exc
 
     def _load(self):

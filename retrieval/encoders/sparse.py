@@ -87,10 +87,8 @@ class SpladeEncoder:
         try:
             return SparseEncoder(self.name, device=select_device(self.device))
         except (OSError, ValueError) as exc:
-            reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
-            raise ModelLoadError(
-                f"cannot load sparse model {self.name!r} (setting HYBRID_RAG_SPARSE_MODEL: bm25, or a SPLADE "
-                f"model name or path): {reason}"
+            raise ModelLoadError.wrapping(
+                exc, "sparse", self.name, "HYBRID_RAG_SPARSE_MODEL: bm25, or a SPLADE model name or path"
             ) from exc
 
     @property
