@@ -92,6 +92,11 @@ class EvaluationConfig(dg.Config):
         "the published one; a larger drop keeps readers on the published version",
     )
     sample_queries: int = Field(default=3, description="Queries shown with their top hits per variant")
+    version: str | None = Field(
+        default=None,
+        description="Kept for runs made by releases before the evaluate job's tag: 'published' scores the published "
+        f"version, as the tag {EVALUATE_TAG}={PUBLISHED} does; 'staged' or unset: the usual choice",
+    )
     quality_tolerance: float = Field(
         default=0.005,
         description=f"{CHANNELS_CHECK} and {RERANK_CHECK} warn when {WATCHED_METRIC} is lower by more than this "
@@ -150,7 +155,7 @@ def retrieval_evaluation(
     with retrieval.store(corpus.collection) as store:
         published = store.current_version()
         staged = staged_version(context)
-        if context.run.tags.get(EVALUATE_TAG) == PUBLISHED:
+        if context.run.tags.get(EVALUATE_TAG) == PUBLISHED or config.version == PUBLISHED:
             staged = None  # the index readers use, whatever is staged
         version, role = _version_to_evaluate(context, store, staged, published)
         location = _location(store, version)

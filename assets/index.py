@@ -99,7 +99,7 @@ def qdrant_index(
             publish=False,
         )
         points = report.points
-        published = report.published  # read under the write lock: another writer may have published meanwhile
+        published = report.published_before  # read under the write lock: another writer may have published meanwhile
         location = indexer.store.pinned(report.version or 0).location
         schema = indexer.schema()
     staged = f"staged version {report.version}" if report.changed else f"nothing changed: version {report.version}"

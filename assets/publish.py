@@ -30,7 +30,7 @@ from assets.index import (
 )
 from assets.ingest import GROUP
 from assets.partitions import corpus_partitions
-from assets.resources import CorporaResource, RetrievalResource
+from assets.resources import CorporaResource, EvalHistoryResource, RetrievalResource
 from retrieval.store import StoreError
 
 
@@ -42,10 +42,13 @@ from retrieval.store import StoreError
 )
 @fails_clearly
 def published_index(
-    context: dg.AssetExecutionContext, corpora: CorporaResource, retrieval: RetrievalResource
+    context: dg.AssetExecutionContext,
+    corpora: CorporaResource,
+    retrieval: RetrievalResource,
+    eval_history: EvalHistoryResource,
 ) -> dg.MaterializeResult:
     """Switches readers (pointer file or alias) to the staged version once its blocking checks passed, then
-    deletes versions no one holds."""
+    deletes versions no one holds, and marks the evaluations of that version in the history as published."""
     corpus = corpora.get(context.partition_key)
     staged = staged_version(context)
     if staged is None:
@@ -70,6 +73,8 @@ def published_index(
             context.log.info(f"{corpus.collection}: readers switched from version {previous} to {version}")
         else:
             context.log.info(f"{corpus.collection}: version {version} is the published one already")
+    if corpus.has_qrels:  # eval-report and the plot count its figures as served from now on
+        eval_history.history().mark_published(corpus.name, corpus.collection, version)
     return dg.MaterializeResult(
         metadata={
             "collection": corpus.collection,

@@ -101,6 +101,18 @@ class EvalHistory:
             )
         return len(rows)
 
+    def mark_published(self, collection: str, qdrant_collection: str, version: int) -> int:
+        """Readers now get ``version`` of ``qdrant_collection``: the rows of ``collection`` that evaluated it while
+        it was staged (context ``published`` false, gate passed) get ``published`` true. Returns the rows marked."""
+        with self._connect() as conn:
+            return conn.execute(
+                "UPDATE evals SET context = json_set(context, '$.published', json('true')) "
+                "WHERE collection = ? AND json_extract(context, '$.qdrant_collection') = ? "
+                "AND json_extract(context, '$.version') = ? AND json_extract(context, '$.published') = 0 "
+                "AND json_extract(context, '$.gate') = 'passed'",
+                (collection, qdrant_collection, version),
+            ).rowcount
+
     def records(
         self, collection: str | None = None, variant: str | None = None, source: str | None = None
     ) -> pd.DataFrame:

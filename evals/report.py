@@ -49,15 +49,16 @@ def with_searched_collection(df: pd.DataFrame) -> pd.DataFrame:
 
 
 PUBLISHED, PASSED, STAGED, REFUSED = "published", "gate passed", "staged", "refused"  # see served_state()
-SERVED = (PUBLISHED, PASSED)  # states of the versions readers get: the line of the plot, the "latest" figures
+SERVED = (PUBLISHED,)  # the state of the versions readers get: the line of the plot, the "latest" figures
 
 
 def served_state(context: object) -> str:
     """What became of the evaluated version, from its history row's ``context``: ``published`` (readers were
-    served it when it was evaluated; also every row recorded before the history kept ``published``),
-    ``gate passed`` (a staged version the gate ``ndcg_not_dropped`` let through: ``published_index`` publishes
-    it next), ``refused`` (a staged version the gate refused: never served) or ``staged`` (a staged version the
-    gate did not judge: not published)."""
+    served it when it was evaluated, or it was published afterwards: ``published_index`` marks its rows; also
+    every row recorded before the history kept ``published``), ``gate passed`` (a staged version the gate
+    ``ndcg_not_dropped`` let through but that was not published: its publishing failed or is still to come),
+    ``refused`` (a staged version the gate refused: never served) or ``staged`` (a staged version the gate did not
+    judge: not published)."""
     if not isinstance(context, dict) or context.get("published", True):
         return PUBLISHED
     return {"passed": PASSED, "refused": REFUSED}.get(context.get("gate"), STAGED)
@@ -75,9 +76,9 @@ def with_state(df: pd.DataFrame) -> pd.DataFrame:
 def plot_history(df: pd.DataFrame, out_png: str | Path, metric: str = "ndcg@10") -> Path:
     """Plot ``metric`` over time from :meth:`EvalHistory.records` rows, one line per variant.
 
-    The line joins the evaluations of the versions readers get (published, or passed by the gate); those of
-    staged versions the gate refused or did not judge are hollow markers off the line. When the rows span
-    several collections or splits, each line is labelled ``variant (collection/split)``.
+    The line joins the evaluations of the versions readers get (``published``); those of staged versions that
+    were never published (refused, unjudged, or passed but not published) are hollow markers off the line. When
+    the rows span several collections or splits, each line is labelled ``variant (collection/split)``.
     """
     rows = with_state(with_searched_collection(df[df["metric"] == metric])).sort_values("timestamp")
     if rows.empty:
@@ -98,7 +99,7 @@ def plot_history(df: pd.DataFrame, out_png: str | Path, metric: str = "ndcg@10")
             ax.plot(
                 other["timestamp"].dt.tz_convert(None),
                 other["value"],
-                label=f"{label}: refused or unjudged, never served",
+                label=f"{label}: staged, never served",
                 linestyle="none",
                 marker=style["marker"],
                 color=style["color"],

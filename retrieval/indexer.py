@@ -59,7 +59,7 @@ class IndexReport:
     seconds: float = 0.0
     skipped: list[InputProblem] = field(default_factory=list)
     changed: bool = True  # False: nothing to write or delete, so no new version was staged or published
-    published: int | None = None  # the published version when the write lock was taken (before this write)
+    published_before: int | None = None  # the version readers had when the write lock was taken (before this write)
 
     @property
     def chunks_per_second(self) -> float:
@@ -206,7 +206,7 @@ class Indexer:
         self, chunks, report, vectors, prune, allow_delete, skipped, progress, rebuild, publish, started
     ) -> IndexReport:
         pinned = self.store.version is not None  # an explicit version (e.g. a staged one) is written in place
-        report.published = self.store.current_version()
+        report.published_before = self.store.current_version()
         staged = rebuild or (not pinned and (not publish or not self.store.writes_in_place))
         # A first build is staged on every backend: it is published when complete, and a failed one is resumed.
         first = not staged and not pinned and self.store.schema() is None

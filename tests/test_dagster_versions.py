@@ -261,7 +261,7 @@ def test_gate_refuses_a_worse_version_and_readers_keep_the_published_one(tmp_pat
     assert "refused" in evaluation.description and meta["published_from"] == "scored in this run"
     table = markdown_table(EvalHistory(sandbox.history).records(collection=PARTITION))  # what eval-report shows
     hybrid = [row.split(" | ") for row in table.splitlines() if " | hybrid | " in row]
-    assert [(row[3], row[4]) for row in hybrid] == [("1", "gate passed"), ("2", "refused")], table
+    assert [(row[3], row[4]) for row in hybrid] == [("1", "published"), ("2", "refused")], table
     assert float(hybrid[0][5]) == pytest.approx(published_ndcg, abs=1e-4)  # the served figure, not the refused
     _, run_id = materialized_at(sandbox, "published_index")
     assert run_id == first["run_id"]  # published_index did not run
@@ -303,10 +303,12 @@ def test_published_index_alone_does_not_publish_a_refused_version(tmp_path: Path
     assert result.success and evaluation.metadata["evaluated_version"].value == "published version 1"
     assert evaluation.metadata["hybrid/ndcg@10"].value > 0.5 and gate_check(result).passed
 
-    # Launched with a run config of its own (`dagster job execute`, GraphQL, the UI's launchpad): the same version.
+    # Launched with a run config of its own (`dagster job execute`, GraphQL, the UI's launchpad), or re-executed
+    # with the config earlier releases saved with every evaluate run (`version: published`): the same version.
     monkeypatch.setenv(SANDBOX_ENV, str(tmp_path))
+    saved_by_earlier_releases = {"ops": {"retrieval_evaluation": {"config": {"version": "published"}}}}
     with dg.DagsterInstance.from_config(str(sandbox.home)) as instance:
-        for run_config in ({}, FAST):
+        for run_config in ({}, FAST, saved_by_earlier_releases):
             with dg.execute_job(
                 dg.reconstructable(evaluate_in_sandbox),
                 instance,

@@ -232,19 +232,20 @@ def test_eval_report_and_plot_keep_refused_versions_apart_from_the_served_figure
     stamp = pd.Timestamp("2026-11-30T04:00:00Z")
     rows = [  # (hours, version, context keys, ndcg@10): v2 recorded before the history kept published/gate
         (0, 2, {}, 0.80),
-        (1, 3, {"published": False, "gate": "passed"}, 0.8125),
-        (2, 3, {"published": True, "gate": "passed"}, 0.8125),
-        (3, 4, {"published": False, "gate": "refused"}, 0.50),
-        (4, 5, {"published": False, "gate": "refused"}, 0.4611),
+        (1, 3, {"published": False, "gate": "passed"}, 0.8125),  # published afterwards (published_index marks it)
+        (2, 4, {"published": False, "gate": "refused"}, 0.50),
+        (3, 5, {"published": False, "gate": "passed"}, 0.83),  # passed, never published (e.g. made stale)
+        (4, 6, {"published": False, "gate": "refused"}, 0.4611),
     ]
     for hours, version, extra, value in rows:
         context = {"qdrant_collection": "bad", "version": version, **extra}
         when = (stamp + pd.Timedelta(hours=hours)).to_pydatetime()
         history.append("bad", "test", "hybrid", {"ndcg@10": value}, context, when, source="dagster")
+    assert history.mark_published("bad", "bad", 3) == 1 and history.mark_published("bad", "bad", 4) == 0
     table = report_module.markdown_table(history.records())
     assert [row.split(" | ")[3:6] for row in table_rows(table)[2:]] == [
         ["3", "published", "0.8125"],  # what readers are served
-        ["5", "refused", "0.4611"],  # the newer evaluation, of a version never served
+        ["6", "refused", "0.4611"],  # the newer evaluation, of a version never served
     ], table
     assert table.splitlines()[0].startswith("| collection | split | variant | version | state | nDCG@10 |")
 
@@ -252,6 +253,6 @@ def test_eval_report_and_plot_keep_refused_versions_apart_from_the_served_figure
     monkeypatch.setattr(report_module, "Figure", lambda *a, **k: figures.append(Figure(*a, **k)) or figures[-1])
     report_module.plot_history(history.records(), tmp_path / "p.png")
     line, hollow = figures[0].axes[0].get_lines()
-    assert list(line.get_ydata()) == [0.80, 0.8125, 0.8125] and line.get_linestyle() == "-"
-    assert list(hollow.get_ydata()) == [0.50, 0.4611] and hollow.get_linestyle() == "None"
+    assert list(line.get_ydata()) == [0.80, 0.8125] and line.get_linestyle() == "-"
+    assert list(hollow.get_ydata()) == [0.50, 0.83, 0.4611] and hollow.get_linestyle() == "None"
     assert hollow.get_markerfacecolor() == "none" and "never served" in hollow.get_label()
