@@ -170,7 +170,9 @@ def retrieval_evaluation(
         LOCATION: location,
     }
     if not corpus.has_qrels:
-        reason = "none configured: publishing is gated on the index point count only"
+        reason = (
+            f"corpus {corpus.name!r} has no qrels: nothing to score; publishing is gated on the index point count only"
+        )
         context.log.info(f"corpus {corpus.name!r} has no qrels: nothing to score, the gate is not run")
         # The blocking gate still reports (passed, not run), so that Dagster does not warn on every run that it
         # emitted no result; publish_index reads the verdict from the materialization (gate: not run).
@@ -178,7 +180,7 @@ def retrieval_evaluation(
             asset_key="retrieval_evaluation",
             check_name=NDCG_CHECK,
             passed=True,
-            description=f"not run: corpus {corpus.name!r} has no qrels, nothing to compare (no quality gate)",
+            description=f"corpus {corpus.name!r} has no qrels, nothing to compare (no quality gate)",
             metadata={GATE: GATE_NOT_RUN, "qrels": reason, "evaluated_version": version},
         )
         yield dg.MaterializeResult(

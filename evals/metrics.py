@@ -13,6 +13,10 @@ Conventions:
   divides by all qrels queries). Here every query with qrels counts, and a query absent from the run (or
   left with no hits) scores 0 on every metric. This is the conservative choice and makes means of
   different systems comparable on the same query set; it equals BEIR whenever the run covers every query.
+- Order: pytrec_eval compares scores at lower precision than a Python float (two scores 1e-9 apart tie, and
+  trec_eval then orders them by doc id), so it is given each query's ranks instead (``n - rank`` in trec_eval
+  order, computed here in full precision): the metrics score the order the system returned, which
+  :func:`~evals.runs.best_chunk_per_document` keeps strictly decreasing, ties of fused scores included.
 - Queries in the run without qrels are ignored; graded relevance feeds nDCG, while recall, MAP and MRR
   count a document as relevant when its grade is >= 1 (trec_eval's default).
 """
@@ -76,11 +80,13 @@ def evaluate(
         kept = ((str(d), float(s)) for d, s in found.items())
         hits[qid] = {d: s for d, s in kept if not (ignore_identical_ids and d == qid)}
 
+    ranked = {qid: rank_hits(h) for qid, h in hits.items()}  # full precision; pytrec_eval gets exact ranks
+    as_ranks = {qid: {d: float(len(r) - i) for i, (d, _) in enumerate(r)} for qid, r in ranked.items()}
     cut = ",".join(map(str, ks))
     main = pytrec_eval.RelevanceEvaluator(judged, {f"ndcg_cut.{cut}", f"recall.{cut}", f"map_cut.{cut}"})
-    scores = main.evaluate(hits)
+    scores = main.evaluate(as_ranks)
     rr = pytrec_eval.RelevanceEvaluator(judged, {"recip_rank"})
-    rr_at = {k: rr.evaluate({q: dict(rank_hits(h)[:k]) for q, h in hits.items()}) for k in ks}
+    rr_at = {k: rr.evaluate({q: dict(list(r.items())[:k]) for q, r in as_ranks.items()}) for k in ks}
 
     names = metric_names(ks)
     per_query: dict[str, dict[str, float]] = {}

@@ -386,10 +386,11 @@ def compare(
     (base_run, _), (cand_run, _) = read_run(baseline), read_run(candidate)
     names = _run_labels(baseline, candidate)
     judged = [len(qrels.keys() & run.keys()) for run in (base_run, cand_run)]
-    if not any(judged):
+    if not all(judged):
+        empty = " nor ".join(name for name, count in zip(names, judged, strict=True) if not count)
         raise InvalidArgumentError(
-            f"neither {names[0]} nor {names[1]} has results for a query judged in {coll.name}/{split} "
-            f"({len(qrels)} queries): the runs are of another split or dataset"
+            f"{'neither ' if ' nor ' in empty else ''}{empty} has results for a query judged in {coll.name}/{split} "
+            f"({len(qrels)} queries): a run of another split or dataset, or an empty one"
         )
     for name, count in zip(names, judged, strict=True):
         if count < len(qrels):
@@ -414,7 +415,10 @@ def eval_report(
     history: HistoryOpt = None,
     out: Annotated[Path, typer.Option(help="Output folder for the PNG plot and markdown table")] = Path("data/reports"),
     collection: Annotated[
-        str | None, typer.Option("--collection", "-c", help="Report only this collection (default: every one)")
+        str | None,
+        typer.Option(
+            "--collection", "-c", help="Report only this collection: evaluated or searched (default: every one)"
+        ),
     ] = None,
     metric: Annotated[str, typer.Option(help="Metric to plot over time")] = "ndcg@10",
 ) -> None:
@@ -429,7 +433,8 @@ def eval_report(
         raise typer.Exit(1)
     if collection is not None:
         recorded = sorted(set(df["collection"]))
-        df = df[df["collection"] == collection]
+        searched = df["context"].map(lambda c: isinstance(c, dict) and c.get("qdrant_collection") == collection)
+        df = df[(df["collection"] == collection) | searched.astype(bool)]  # the evaluated dataset, or the one searched
         if df.empty:
             console.print(
                 f"[yellow]no evaluations of collection {collection!r} in {history}; recorded: "
@@ -490,7 +495,7 @@ def tune_reranker(
         f"{c.beta}",
     )
     console.print(table)
-    console.print(f"settings: {env_path}  (use: hybrid-rag --env-file {env_path} eval {beir_dir})")
+    console.print(f"settings: {env_path}  (use: hybrid-rag --env-file {env_path} eval {beir_dir})", soft_wrap=True)
 
 
 @app.command()

@@ -108,6 +108,8 @@ def test_eval_report_collection_option(workspace) -> None:
     assert "no evaluations of collection 'nosuch'" in result.output and "recorded: sample" in result.output
     rows = table_rows(cli("eval-report", "-c", "sample", "--out", "rep2").stdout)
     assert len(rows) == 2 + 4 + 2  # header, rule; every variant on sample, dense and hybrid on half
+    rows = table_rows(cli("eval-report", "-c", "half", "--out", "rep3").stdout)  # the collection searched
+    assert len(rows) == 2 + 2 and all("sample (searched: half)" in row for row in rows[2:])
 
 
 def test_eval_quality_check_lines_are_not_wrapped(workspace) -> None:
@@ -137,6 +139,10 @@ def test_compare_labels_runs_by_file_name_and_rows_are_lines(workspace) -> None:
 def test_compare_refuses_runs_without_a_judged_query(workspace) -> None:
     result = cli("compare", "d.trec", "h.trec", "sample", "--split", "train", code=2)
     assert "neither d.trec nor h.trec has results for a query judged in sample/train" in result.output
+    root, _, _ = workspace
+    (root / "none.trec").write_text("")
+    result = cli("compare", "h.trec", "none.trec", "sample", code=2)  # one empty run is refused as well
+    assert "none.trec has results for a query judged" in result.output and "neither" not in result.output
 
 
 def test_quality_checks_of_a_summary_say_what_is_missing(workspace) -> None:

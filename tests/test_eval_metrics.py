@@ -104,3 +104,11 @@ def test_bad_arguments():
         evaluate({}, {"q1": {"d1": 1.0}})
     with pytest.raises(ValueError, match="positive"):
         evaluate({"q1": {"d1": 1}}, {}, k_values=[0])
+
+
+def test_scores_a_hair_apart_keep_their_order() -> None:
+    # Fused (RRF) scores tie often; best_chunk_per_document keeps the returned order by lowering each score by
+    # 1e-9 per position, finer than pytrec_eval compares: the relevant 'a', returned first, must rank first.
+    tied = 0.17424242424242425
+    result = evaluate({"q": {"a": 1}}, {"q": {"a": tied, "b": tied - 1e-9}})
+    assert result.mean["ndcg@10"] == pytest.approx(1.0) and result.mean["mrr@10"] == pytest.approx(1.0)
