@@ -62,11 +62,6 @@ class CorpusConfig:
     watch: bool = False
 
     @property
-    def dagster_name(self) -> str:
-        """The corpus name as a Dagster name (its sensor is ``<dagster_name>_sensor``): '.' and '-' become '_'."""
-        return dagster_name(self.name)
-
-    @property
     def has_qrels(self) -> bool:
         return self.qrels is not None
 
@@ -142,7 +137,9 @@ def load_corpora(path: str | Path | None = None) -> Corpora:
         raise CorpusConfigError(f"{file}: expected a non-empty mapping under 'corpora'")
     corpora = {str(name): _parse_corpus(file, str(name), spec) for name, spec in entries.items()}
     _refuse_shared(file, corpora, "collection", lambda c: c.collection, "each run would prune the other's documents")
-    _refuse_shared(file, corpora, "Dagster name", lambda c: c.dagster_name, "their sensors would have the same name")
+    _refuse_shared(
+        file, corpora, "Dagster name", lambda c: dagster_name(c.name), "their sensors would have the same name"
+    )
     default = str(raw.get("default") or next(iter(corpora)))
     if default not in corpora:
         raise CorpusConfigError(f"{file}: default corpus {default!r} is not configured")
