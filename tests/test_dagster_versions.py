@@ -72,6 +72,14 @@ def corpus_copy(root: Path, collection: str) -> tuple[Path, Path]:
     return data, corpora
 
 
+def gated_sandbox(root: Path, collection: str) -> tuple[Sandbox, dict, Path]:
+    """A sandbox under ``root`` whose partition indexes its own copy of the sample into ``collection``: the
+    sandbox, its resources and the corpus folder (to change the corpus between runs)."""
+    sandbox = Sandbox(root)
+    data, corpora = corpus_copy(root, collection)
+    return sandbox, sandbox.resources(corpora=CorporaResource(path=str(corpora))), data
+
+
 def read_docs(data: Path) -> list[dict]:
     return [json.loads(line) for line in (data / "corpus.jsonl").read_text().splitlines() if line.strip()]
 
@@ -145,9 +153,7 @@ def searches(log: Path) -> list[dict]:
 
 @pytest.mark.slow
 def test_reindex_run_while_other_processes_search(tmp_path: Path) -> None:
-    sandbox = Sandbox(tmp_path)
-    data, corpora = corpus_copy(tmp_path, "live")
-    resources = sandbox.resources(corpora=CorporaResource(path=str(corpora)))
+    sandbox, resources, data = gated_sandbox(tmp_path, "live")
     first = run_main_job(PARTITION, dagster_home=sandbox.home, resources=resources)
     assert first["published"] == 1
 
@@ -223,9 +229,7 @@ def check_reader(done: list[dict], run_started: float, run_ended: float, staged_
 
 @pytest.mark.slow
 def test_gate_refuses_a_worse_version_and_readers_keep_the_published_one(tmp_path: Path) -> None:
-    sandbox = Sandbox(tmp_path)
-    data, corpora = corpus_copy(tmp_path, "gated")
-    resources = sandbox.resources(corpora=CorporaResource(path=str(corpora)))
+    sandbox, resources, data = gated_sandbox(tmp_path, "gated")
     first = run_main_job(PARTITION, dagster_home=sandbox.home, resources=resources)
     published_ndcg = first["metrics"]["hybrid"]["ndcg@10"]
     settings = RetrievalSettings(
@@ -281,9 +285,7 @@ def test_gate_refuses_a_worse_version_and_readers_keep_the_published_one(tmp_pat
 @pytest.mark.slow
 def test_published_index_alone_does_not_publish_a_refused_version(tmp_path: Path, monkeypatch) -> None:
     """Nor does the evaluate job score it, whatever run config it was launched with."""
-    sandbox = Sandbox(tmp_path)
-    data, corpora = corpus_copy(tmp_path, "refused")
-    resources = sandbox.resources(corpora=CorporaResource(path=str(corpora)))
+    sandbox, resources, data = gated_sandbox(tmp_path, "refused")
     assert run_main_job(PARTITION, dagster_home=sandbox.home, resources=resources, run_config=FAST)["published"] == 1
     degrade(data)
     with pytest.raises(MainJobError, match=f"check {NDCG_CHECK} failed: .* refused"):
@@ -348,9 +350,7 @@ def reindex_in_sandbox() -> dg.JobDefinition:
 
 @pytest.mark.slow
 def test_reexecuting_a_refused_run_from_failure_refuses_again(tmp_path: Path, monkeypatch) -> None:
-    sandbox = Sandbox(tmp_path)
-    data, corpora = corpus_copy(tmp_path, "reexec")
-    resources = sandbox.resources(corpora=CorporaResource(path=str(corpora)))
+    sandbox, resources, data = gated_sandbox(tmp_path, "reexec")
     assert run_main_job(PARTITION, dagster_home=sandbox.home, resources=resources, run_config=FAST)["published"] == 1
     degrade(data)
     with pytest.raises(MainJobError, match=f"check {NDCG_CHECK} failed"):
@@ -370,9 +370,7 @@ def test_reexecuting_a_refused_run_from_failure_refuses_again(tmp_path: Path, mo
 
 @pytest.mark.slow
 def test_assets_one_at_a_time_publish_only_after_the_gate_evaluated_the_staged_version(tmp_path: Path) -> None:
-    sandbox = Sandbox(tmp_path)
-    data, corpora = corpus_copy(tmp_path, "steps")
-    resources = sandbox.resources(corpora=CorporaResource(path=str(corpora)))
+    sandbox, resources, data = gated_sandbox(tmp_path, "steps")
     run_main_job(PARTITION, dagster_home=sandbox.home, resources=resources, run_config=FAST)
     original = (data / "corpus.jsonl").read_text()
     degrade(data)
@@ -407,9 +405,7 @@ def test_gate_scores_a_published_version_it_has_no_evaluation_of(tmp_path: Path,
 
     from orchestration.cli import app
 
-    sandbox = Sandbox(tmp_path)
-    data, corpora = corpus_copy(tmp_path, "cli")
-    resources = sandbox.resources(corpora=CorporaResource(path=str(corpora)))
+    sandbox, resources, data = gated_sandbox(tmp_path, "cli")
     assert run_main_job(PARTITION, dagster_home=sandbox.home, resources=resources, run_config=FAST)["published"] == 1
     extra = {"_id": "misc-99", "title": "Warehouse", "text": "Shelf 12 holds crates of spare bolts and hinges."}
     write_docs(data, [*read_docs(data), extra])
@@ -442,9 +438,7 @@ def test_gate_scores_the_published_version_after_the_index_folder_was_reset(tmp_
 
     from orchestration.cli import app
 
-    sandbox = Sandbox(tmp_path)
-    data, corpora = corpus_copy(tmp_path, "reset")
-    resources = sandbox.resources(corpora=CorporaResource(path=str(corpora)))
+    sandbox, resources, data = gated_sandbox(tmp_path, "reset")
     original = (data / "corpus.jsonl").read_text()
     degrade(data)
     assert run_main_job(PARTITION, dagster_home=sandbox.home, resources=resources, run_config=FAST)["published"] == 1
@@ -508,9 +502,7 @@ def test_qdrant_index_records_the_version_published_while_it_waited_for_the_writ
 
     from retrieval import Document
 
-    sandbox = Sandbox(tmp_path)
-    data, corpora = corpus_copy(tmp_path, "waited")
-    resources = sandbox.resources(corpora=CorporaResource(path=str(corpora)))
+    sandbox, resources, data = gated_sandbox(tmp_path, "waited")
     assert run_main_job(PARTITION, dagster_home=sandbox.home, resources=resources, run_config=FAST)["published"] == 1
     write_docs(data, [*read_docs(data), ADDED])  # a change: the run stages a new version
     for asset in STEPS[:-1]:
