@@ -4,7 +4,8 @@ averaged and renormalized, or searched once per window with each chunk's best co
 query no longer than one window is embedded as before. nDCG@10 of dense, sparse, hybrid and the default (hybrid
 + rerank) through the retriever's own candidates, fusion and reranking, with paired differences against the
 shipped query encoding. By default only SciFact train and its long queries (``evals.long_queries``), where a
-choice may be made; ``--held-out`` adds the test splits (never choose on them).
+choice may be made; ``--held-out`` adds the test splits (never choose on them). None is shipped (README,
+Quality): on SciFact train long queries every variant leaves hybrid below the shipped encoding.
 
     python -m benchmarks.long_query_windows [--index-dir DIR] [--held-out] [--variants ...]
 """
