@@ -108,3 +108,27 @@ def test_versions(tmp_path, capsys):
     out = " ".join(capsys.readouterr().out.split())
     assert "Embedded versions on 5 documents" in out and "no-op incremental index (diff only)" in out
     assert "second process: open through a view + count" in out
+
+
+def test_long_query_windows(dense_encoder):
+    """A query over one window is cut into windows of that many word pieces covering it, the last one ending at
+    its end, and pooled to one unit vector; a query within one window keeps its own vector."""
+    import numpy as np
+
+    from benchmarks.long_query_windows import mean_pooled, query_windows, window_vectors
+
+    tokenizer = dense_encoder.tokenizer
+    long_query = " ".join(f"finding{i} of the trial on vitamin D and bone density" for i in range(30))
+    n = len(tokenizer(long_query, add_special_tokens=False)["input_ids"])
+    windows = query_windows(tokenizer, long_query, 128, 128)
+    assert n > 256 and len(windows) == -(-n // 128)
+    assert long_query.startswith(windows[0]) and long_query.endswith(windows[-1])
+    assert all(len(tokenizer(w, add_special_tokens=False)["input_ids"]) == 128 for w in windows)
+    short = "vitamin D and bone density"
+    assert query_windows(tokenizer, short, 128, 128) == [short]
+    vectors = window_vectors(dense_encoder, [long_query, short], 128, 128, "mean")
+    assert [len(v) for v in vectors] == [len(windows), 1]
+    pooled = mean_pooled(vectors)
+    np.testing.assert_allclose(np.linalg.norm(pooled, axis=1), 1.0, atol=1e-6)
+    np.testing.assert_allclose(pooled[1], dense_encoder.encode_query(short), atol=1e-5)
+    assert float(pooled[0] @ dense_encoder.encode_query(windows[0])) < 0.9999  # not just the first window
