@@ -140,17 +140,20 @@ class StoredHit:
         return cls(id=id, score=float(getattr(point, "score", 0.0)), payload=point.payload or {}, dense_vector=vector)
 
 
-def stored_hashes_from(scroll: Callable[[Any], tuple[Sequence[Any], Any]]) -> dict[str, tuple[str, str]]:
-    """point id -> (doc_id, content_hash), paging through ``scroll(offset) -> (records, next offset or None)``
-    (each record's payload limited to :data:`HASH_FIELDS`)."""
-    out: dict[str, tuple[str, str]] = {}
+def scrolled(scroll: Callable[[Any], tuple[Sequence[Any], Any]]) -> Iterator[Any]:
+    """Every record, paging through ``scroll(offset) -> (records, next offset or None)``: one page held at a time."""
     offset = None
     while True:
         records, offset = scroll(offset)
-        for r in records:
-            out[str(r.id)] = (r.payload["doc_id"], r.payload["content_hash"])
+        yield from records
         if offset is None:
-            return out
+            return
+
+
+def stored_hashes_from(scroll: Callable[[Any], tuple[Sequence[Any], Any]]) -> dict[str, tuple[str, str]]:
+    """point id -> (doc_id, content_hash), paging through ``scroll`` (see :func:`scrolled`; each record's payload
+    limited to :data:`HASH_FIELDS`)."""
+    return {str(r.id): (r.payload["doc_id"], r.payload["content_hash"]) for r in scrolled(scroll)}
 
 
 class QdrantStore(ABC):
@@ -369,6 +372,10 @@ class QdrantStore(ABC):
     @abstractmethod
     def stored_hashes(self) -> dict[str, tuple[str, str]]:
         """point id -> (doc_id, content_hash) for every stored point."""
+
+    @abstractmethod
+    def stored_owners(self) -> Iterator[tuple[str, str]]:
+        """(point id, doc_id) of every stored point, read a page at a time (memory does not grow with the store)."""
 
     @abstractmethod
     def count(self, filter: dict[str, Any] | None = None) -> int: ...
