@@ -108,3 +108,16 @@ def test_versions(tmp_path, capsys):
     out = " ".join(capsys.readouterr().out.split())
     assert "Embedded versions on 5 documents" in out and "no-op incremental index (diff only)" in out
     assert "second process: open through a view + count" in out
+
+
+def test_adapt_memory(tmp_path, capsys):
+    from benchmarks import adapt_memory
+    from evals.pseudo_queries import AdaptConfig
+
+    config = AdaptConfig(max_queries=50, max_holdout=10, max_negatives=100)
+    result = adapt_memory.run([600], config, str(tmp_path))
+    adapt_memory.report(result)
+    row = result["rows"][0]
+    assert row["shipped"]["pool"] == row["every_id"]["pool"] == 2 * 60 + 100  # the targets' chunks and 100 others
+    assert row["shipped"]["peak_mb"] > 0 and row["every_id"]["peak_mb"] > 0
+    assert "sampling step" in capsys.readouterr().out
