@@ -12,6 +12,8 @@ from dataclasses import replace
 
 import dagster as dg
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
@@ -383,7 +385,7 @@ def test_query_encoder_asset_on_the_sample_partition(tmp_path) -> None:
         "eval_history": EvalHistoryResource(path=str(tmp_path / "history.sqlite")),
     }
     # The judge searches the published index: without one, the asset says what to run first.
-    with pytest.raises(dg.Failure, match="judge searches the published index of 'sample'.*run the reindex job first"):
+    with pytest.raises(dg.Failure, match="judge read the published index of 'sample'.*run the reindex job first"):
         dg.materialize(
             [raw_documents, chunks, dense_vectors, query_encoder], partition_key="sample", resources=resources
         )
@@ -401,3 +403,36 @@ def test_query_encoder_asset_on_the_sample_partition(tmp_path) -> None:
     assert "held_out_ndcg@10_base" in meta and "held_out_ndcg@10_adapted" in meta
     out = retrieval.settings("sample").adapted_query_dir()
     assert (out / ADAPTED_MARKER).is_file() == meta["used"]
+    assert meta["chunks_ranked"] == len(SAMPLE.doc_ids())  # one chunk a document; every one in the pool
+
+
+def test_query_encoder_reads_the_index_and_checks_its_tables_lazily(tmp_path) -> None:
+    """The asset reads texts and vectors from the published index, as ``hybrid-rag adapt`` does (not the
+    ``raw_documents`` table, nor whole tables); ``chunks`` and ``dense_vectors`` are opened lazily and still
+    must agree (ids, content hashes, order, model) or the asset fails before training."""
+    retrieval = RetrievalResource(qdrant_path=str(tmp_path / "data" / "index"), cache_dir=str(tmp_path / "cache"))
+    assets_dir = tmp_path / "assets"
+    resources = {
+        "retrieval": retrieval,
+        "corpora": CorporaResource(),
+        "io_manager": ParquetIOManager(base_dir=str(assets_dir)),
+        "eval_history": EvalHistoryResource(path=str(tmp_path / "history.sqlite")),
+    }
+    assert dg.materialize(ALL_ASSETS, partition_key="sample", resources=resources).success
+    (assets_dir / "raw_documents" / "sample.parquet").unlink()  # the asset never reads it
+    vectors_file = assets_dir / "dense_vectors" / "sample.parquet"
+    vectors = pq.read_table(vectors_file)
+    hashes = vectors.column("content_hash").to_pylist()
+    stale = {
+        "a chunk changed": vectors.set_column(1, "content_hash", pa.array(["changed", *hashes[1:]])),
+        "rows out of order": vectors.take([1, 0, *range(2, vectors.num_rows)]),
+        "a chunk missing": vectors.slice(1),
+        "another model": vectors.replace_schema_metadata({b"hybrid_rag.model": b"another-model"}),
+    }
+    for what, table in stale.items():
+        pq.write_table(table, vectors_file)
+        with pytest.raises(dg.Failure, match="dense_vectors is out of date with chunks or the dense model"):
+            dg.materialize(
+                [*ALL_ASSETS, query_encoder], selection=[query_encoder], partition_key="sample", resources=resources
+            )
+        assert not retrieval.settings("sample").adapted_query_dir().exists(), what
