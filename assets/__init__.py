@@ -2,7 +2,7 @@
 
 raw_documents -> chunks -> dense_vectors, sparse_vectors -> qdrant_index (staged version)
     -> retrieval_evaluation (gate) -> published_index (readers switch)
-raw_documents, chunks, dense_vectors -> query_encoder (corpus adaptation; its own job, it trains for minutes)
+published_index (reads it), chunks, dense_vectors (checked, lazily) -> query_encoder (corpus adaptation; its own job)
 """
 
 from assets.embeddings import dense_vectors, sparse_vectors

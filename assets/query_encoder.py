@@ -12,7 +12,7 @@ import shutil
 import time
 
 import dagster as dg
-import pyarrow as pa
+import pyarrow.parquet as pq
 from pydantic import Field
 
 from assets.failures import fails_clearly
@@ -20,9 +20,16 @@ from assets.ingest import GROUP
 from assets.partitions import corpus_partitions
 from assets.publish import published_index
 from assets.resources import CorporaResource, RetrievalResource
-from assets.tables import stale_rows, table_model, table_to_dense, table_to_documents
+from assets.tables import same_rows, table_model
 from evals.collections import EvalCollection
-from evals.pseudo_queries import AdaptConfig, adapt_query_encoder, judged_queries, pseudo_queries, split_held_out
+from evals.pseudo_queries import (
+    AdaptConfig,
+    adapt_query_encoder,
+    judged_queries,
+    pseudo_queries,
+    split_held_out,
+    stored_corpus,
+)
 
 
 class QueryEncoderConfig(dg.Config):
@@ -38,55 +45,49 @@ class QueryEncoderConfig(dg.Config):
 def query_encoder(
     context: dg.AssetExecutionContext,
     config: QueryEncoderConfig,
-    raw_documents: pa.Table,
-    chunks: pa.Table,
-    dense_vectors: pa.Table,
+    chunks: pq.ParquetFile,
+    dense_vectors: pq.ParquetFile,
     corpora: CorporaResource,
     retrieval: RetrievalResource,
 ) -> dg.MaterializeResult:
     """Adapts the query encoder to the corpus without labels; used by searches only if it scores at least as well
     as the dense model on the corpus' dev/train qrels where they exist, else on held-out pseudo-queries.
-    A corpus too small to draw both training and held-out pseudo-queries from is skipped (``used: false``)."""
+    A corpus too small to draw both training and held-out pseudo-queries from is skipped (``used: false``).
+
+    Reads what it needs as ``hybrid-rag adapt`` does, from the published index (:func:`stored_corpus`: the
+    sampled documents' texts, the pool's vectors): memory is bounded by the config, not by the corpus. ``chunks``
+    and ``dense_vectors`` are opened lazily, only to check that the vectors are up to date (a batch at a time)."""
     started = time.perf_counter()
     corpus = corpora.get(context.partition_key)
     settings = retrieval.settings(corpus.collection)
-    if stale_rows(chunks, dense_vectors) or table_model(dense_vectors) not in (None, settings.dense_model):
+    model = table_model(dense_vectors.schema_arrow)
+    if not same_rows(chunks, dense_vectors) or model not in (None, settings.dense_model):
         raise dg.Failure("dense_vectors is out of date with chunks or the dense model: materialize dense_vectors first")
     out = settings.adapted_query_dir()
     adapt = AdaptConfig(max_queries=config.max_queries, epochs=config.epochs, max_negatives=config.max_negatives)
-    docs = table_to_documents(raw_documents)
-    indexed = set(chunks.column("doc_id").to_pylist())
-    train, held = (
-        sum(q.doc_id in indexed for q in part) for part in split_held_out(pseudo_queries(docs, adapt), adapt)
-    )
-    if not train or not held:
-        reason = f"too few documents ({len(docs)}: {train} pseudo-queries to train, {held} held out)"
-        context.log.warning(f"{corpus.name}: not adapted: {reason}; searches use the dense model itself")
-        shutil.rmtree(out, ignore_errors=True)  # an encoder adapted to an earlier state of the corpus
-        return dg.MaterializeResult(
-            metadata={"used": False, "reason": reason, "model_dir": "none", "base_model": settings.dense_model}
-        )
     judged = None
     if corpus.qrels is not None:
         judged = judged_queries(EvalCollection(corpus.name, corpus.qrels), evaluated=corpus.split)
         if judged is None:
             context.log.warning(f"{corpus.name}: no dev or train qrels in {corpus.qrels}; pseudo-queries decide")
     with retrieval.stack(corpus.collection) as stack:
-        if judged is not None and stack.check_schema(missing_ok=True) is None:
+        schema = stack.check_schema(missing_ok=True)
+        if schema is None:
+            readers = f"adaptation and the {judged.gate} judge read" if judged else "adaptation reads"
             raise dg.Failure(
-                f"{corpus.name}: the {judged.gate} judge searches the published index of {corpus.collection!r}, "
-                "which does not exist yet: run the reindex job first"
+                f"{corpus.name}: {readers} the published index of {corpus.collection!r}, which does not exist yet: "
+                "run the reindex job first"
             )
-        report = adapt_query_encoder(
-            docs,
-            chunks.column("doc_id").to_numpy(zero_copy_only=False),
-            table_to_dense(dense_vectors),
-            settings.dense_model,
-            out,
-            adapt,
-            judged=judged,
-            stack=stack,
-        )
+        docs, owners, vectors = stored_corpus(stack.store(), adapt)
+        train, held = split_held_out(pseudo_queries(docs, adapt), adapt)
+        if not train or not held:
+            reason = f"too few documents ({len(docs)}: {len(train)} pseudo-queries to train, {len(held)} held out)"
+            context.log.warning(f"{corpus.name}: not adapted: {reason}; searches use the dense model itself")
+            shutil.rmtree(out, ignore_errors=True)  # an encoder adapted to an earlier state of the corpus
+            return dg.MaterializeResult(
+                metadata={"used": False, "reason": reason, "model_dir": "none", "base_model": schema.dense_model}
+            )
+        report = adapt_query_encoder(docs, owners, vectors, schema.dense_model, out, adapt, judged=judged, stack=stack)
     verdict = "used" if report.used else f"not used ({report.gate} scored lower); dense model kept"
     judged_line = f", {report.gate} {report.judged_base_ndcg:.4f} -> {report.judged_adapted_ndcg:.4f}" if judged else ""
     context.log.info(
@@ -107,7 +108,8 @@ def query_encoder(
             "gate": report.gate,
             **judged_meta,
             "model_dir": dg.MetadataValue.path(str(out)) if report.used else "none",
-            "base_model": settings.dense_model,
+            "base_model": schema.dense_model,
+            "chunks_ranked": dg.MetadataValue.int(len(owners)),
             "held_out_ndcg@10_base": dg.MetadataValue.float(round(report.base_ndcg, 4)),
             "held_out_ndcg@10_adapted": dg.MetadataValue.float(round(report.adapted_ndcg, 4)),
             "train_pseudo_queries": dg.MetadataValue.int(report.train_queries),

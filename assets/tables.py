@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from retrieval import Chunk, Document
 from retrieval.documents import InputProblem
@@ -130,9 +131,10 @@ def table_to_sparse(table: pa.Table) -> list[SparseVec]:
     return [SparseVec(i, v) for i, v in zip(indices, values, strict=True)]
 
 
-def table_model(table: pa.Table) -> str | None:
-    """The model a vector table was made with (stored in the Parquet schema metadata)."""
-    raw = (table.schema.metadata or {}).get(MODEL_KEY)
+def table_model(table: pa.Table | pa.Schema) -> str | None:
+    """The model a vector table (or its schema) was made with (stored in the Parquet schema metadata)."""
+    schema = table if isinstance(table, pa.Schema) else table.schema
+    raw = (schema.metadata or {}).get(MODEL_KEY)
     return raw.decode() if raw else None
 
 
@@ -146,3 +148,16 @@ def stale_rows(chunks: pa.Table, vectors: pa.Table) -> int:
     if stale == 0 and list(wanted) != list(held):
         return sum(a != b for a, b in zip(wanted, held, strict=True))
     return stale
+
+
+def same_rows(chunks: pq.ParquetFile, vectors: pq.ParquetFile, batch_size: int = 65_536) -> bool:
+    """Whether a stored vector table holds the chunks' rows (chunk id and content hash) in the same order: what
+    :func:`stale_rows` counts as 0, read a batch of those two columns at a time (memory bounded by the batch)."""
+    if chunks.metadata.num_rows != vectors.metadata.num_rows:
+        return False
+
+    def rows(table: pq.ParquetFile) -> Iterator[tuple[str, str]]:
+        for batch in table.iter_batches(batch_size, columns=["chunk_id", "content_hash"]):
+            yield from zip(batch.column(0).to_pylist(), batch.column(1).to_pylist(), strict=True)
+
+    return all(a == b for a, b in zip(rows(chunks), rows(vectors), strict=True))

@@ -18,12 +18,13 @@ judge: they are lexical). Both are reported.
 from __future__ import annotations
 
 import hashlib
+import heapq
 import json
 import logging
 import random
 import re
 import shutil
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -150,23 +151,20 @@ class AdaptReport:
 def stored_corpus(
     store: QdrantStore, config: AdaptConfig | None = None, page: int = 4096
 ) -> tuple[list[Document], np.ndarray, np.ndarray]:
-    """What adaptation needs, read from the index alone, a page of points at a time: the documents the
-    pseudo-queries come from (:func:`adaptation_documents`; chunk texts joined in order), and the document id
-    and vector (float32) of every chunk in the candidate pool (:func:`candidate_rows`), in point id order.
-    No other chunk's text is read, and no other chunk's vector."""
+    """What adaptation needs, read from the index alone: the documents the pseudo-queries come from
+    (:func:`adaptation_documents`; chunk texts joined in order), and the document id and vector (float32) of every
+    chunk in the candidate pool (:func:`candidate_pool`), in point id order. The ids are scrolled twice, a page at
+    a time, and only the samples are kept; then the pool is read a ``page`` of points at a time. No other chunk's
+    text is read, and no other chunk's vector: memory is bounded by ``config``, not by the corpus."""
     config = config or AdaptConfig()
-    stored = store.stored_hashes()
-    ids = sorted(stored)
-    all_owners = np.array([stored[pid][0] for pid in ids], dtype=object)
-    del stored
-    train, held = adaptation_documents(set(all_owners), config)
+    train, held = adaptation_documents((owner for _, owner in store.stored_owners()), config)
     targets = set(train) | set(held)
-    rows = candidate_rows(all_owners, targets, config)
-    owners, ids = all_owners[rows], [ids[r] for r in rows]  # what stays is the pool's
-    del all_owners
+    pool = candidate_pool(store.stored_owners(), targets, config)
+    ids, owners = [pid for pid, _ in pool], np.array([owner for _, owner in pool], dtype=object)
+    del pool
     vectors: np.ndarray | None = None
     parts: dict[str, list[tuple[int, str, str]]] = {}
-    for start in range(0, len(rows), page):
+    for start in range(0, len(ids), page):
         page_ids = ids[start : start + page]
         own = [pid for pid, owner in zip(page_ids, owners[start : start + page], strict=True) if owner in targets]
         points = store.points(own, with_dense_vectors=True)
@@ -174,7 +172,7 @@ def stored_corpus(
         for row, pid in enumerate(page_ids, start):
             vector = points[pid].dense_vector if pid in points else dense[pid]
             if vectors is None:
-                vectors = np.empty((len(rows), len(vector)), dtype=np.float32)
+                vectors = np.empty((len(ids), len(vector)), dtype=np.float32)
             vectors[row] = vector
             if pid in points:
                 p = points[pid].payload
@@ -193,28 +191,66 @@ def _held_out(doc_id: str, config: AdaptConfig) -> bool:
     return int(hashlib.sha256(doc_id.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < config.holdout
 
 
+def _rank(key: str, config: AdaptConfig) -> int:
+    """A seeded pseudo-random rank of ``key`` (64 bits): the same on every machine and in every scroll order."""
+    return int.from_bytes(hashlib.blake2b(f"{config.seed}:{key}".encode(), digest_size=8).digest(), "big")
+
+
+class _Lowest:
+    """The (at most) ``k`` distinct keys of lowest :func:`_rank` seen so far: a seeded uniform sample without
+    replacement of a stream that may repeat keys, in O(k) memory (a bottom-k sketch)."""
+
+    def __init__(self, k: int, config: AdaptConfig) -> None:
+        self.k, self.config = k, config
+        self.heap: list[tuple[int, str]] = []  # (-rank, key): the root is the highest rank kept
+        self.kept: set[str] = set()
+
+    def add(self, key: str) -> None:
+        if key in self.kept or self.k <= 0:
+            return
+        item = (-_rank(key, self.config), key)
+        if len(self.heap) < self.k:
+            heapq.heappush(self.heap, item)
+        elif item > self.heap[0]:
+            self.kept.discard(heapq.heapreplace(self.heap, item)[1])
+        else:
+            return
+        self.kept.add(key)
+
+    def sample(self) -> list[str]:
+        """The kept keys, lowest rank first."""
+        return [key for _, key in sorted(self.heap, reverse=True)]
+
+
 def adaptation_documents(doc_ids: Iterable[str], config: AdaptConfig | None = None) -> tuple[list[str], list[str]]:
     """(train, held out) documents whose pseudo-queries adaptation uses: a seeded sample of at most
-    ``max_queries`` and ``max_holdout`` documents (enough: a document gives one pseudo-query or more, if any)."""
+    ``max_queries`` and ``max_holdout`` documents (enough: a document gives one pseudo-query or more, if any).
+    ``doc_ids`` may repeat ids (one per chunk) and come in any order; it is read once, only the samples are kept."""
     config = config or AdaptConfig()
-    ordered = sorted(doc_ids)
-    train = [d for d in ordered if not _held_out(d, config)]
-    held = [d for d in ordered if _held_out(d, config)]
-    rng = random.Random(config.seed)
-    rng.shuffle(train)
-    rng.shuffle(held)
-    return train[: config.max_queries], held[: config.max_holdout]
+    train, held = _Lowest(config.max_queries, config), _Lowest(config.max_holdout, config)
+    for doc_id in doc_ids:
+        (held if _held_out(doc_id, config) else train).add(doc_id)
+    return train.sample(), held.sample()
 
 
-def candidate_rows(owners: np.ndarray, targets: set[str], config: AdaptConfig | None = None) -> np.ndarray:
-    """The rows (sorted) the softmax ranks: every chunk of the ``targets`` documents and a uniform seeded sample
-    of at most ``max_negatives`` of the other chunks (all of them when there are no more)."""
+def candidate_pool(
+    chunks: Iterable[tuple[str, str]], targets: set[str], config: AdaptConfig | None = None
+) -> list[tuple[str, str]]:
+    """The (point id, doc id) rows the softmax ranks, in point id order: every chunk of the ``targets`` documents
+    and a seeded uniform sample of at most ``max_negatives`` of the other ``chunks`` (all of them when there are
+    no more). ``chunks`` is read once; only the pool is kept."""
     config = config or AdaptConfig()
-    own = np.fromiter((o in targets for o in owners), dtype=bool, count=len(owners))
-    others = np.flatnonzero(~own)
-    if len(others) > config.max_negatives:
-        others = np.random.default_rng(config.seed).choice(others, config.max_negatives, replace=False)
-    return np.sort(np.concatenate([np.flatnonzero(own), others]))
+    own: list[tuple[str, str]] = []
+
+    def others() -> Iterator[tuple[str, str]]:
+        for row in chunks:
+            if row[1] in targets:
+                own.append(row)
+            else:
+                yield row
+
+    negatives = heapq.nsmallest(config.max_negatives, others(), key=lambda row: _rank(row[0], config))
+    return sorted(own + negatives)
 
 
 def sentences(text: str) -> list[str]:
@@ -284,7 +320,7 @@ def adapt_query_encoder(
 ) -> AdaptReport:
     """Train ``base_model``'s query side on pseudo-queries of ``docs`` (those :func:`adaptation_documents`
     picks) against the stored chunk ``vectors`` (``owners``: the document id of each row; the softmax and the
-    held-out search rank the :func:`candidate_rows` pool). The model is saved to ``out_dir`` only when it does
+    held-out search rank every row: :func:`stored_corpus`'s pool). The model is saved to ``out_dir`` only when it does
     not hurt: on the ``judged`` queries when given (nDCG@10 of ``stack``'s default search of the indexed
     collection, with and without the adapted encoder), else on held-out pseudo-queries (dense search);
     otherwise ``out_dir`` is removed (a stale adapted model is never left behind)."""
@@ -299,9 +335,6 @@ def adapt_query_encoder(
     out_dir = Path(out_dir)
     chosen = set().union(*adaptation_documents((d.id for d in docs), config))
     train, held = split_held_out(pseudo_queries([d for d in docs if d.id in chosen], config), config)
-    rows = candidate_rows(owners, chosen, config)  # every row when called with stored_corpus's pool
-    if len(rows) < len(owners):
-        owners, vectors = owners[rows], vectors[rows]
     torch.manual_seed(config.seed)
     model = SentenceTransformer(resolve_model_path(base_model), device="cpu")
 

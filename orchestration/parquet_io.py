@@ -1,4 +1,5 @@
-"""An IO manager that stores ``pyarrow.Table`` asset values as Parquet files (no pickles).
+"""An IO manager that stores ``pyarrow.Table`` asset values as Parquet files (no pickles), and loads them whole
+or, for an input annotated ``pyarrow.parquet.ParquetFile``, lazily.
 
 Layout: ``<base_dir>/<asset key path>/<partition key>.parquet`` (``__unpartitioned__.parquet`` without one).
 Files are written to a temporary name and renamed, so a failed step never leaves half a file behind.
@@ -46,7 +47,9 @@ class ParquetIOManager(dg.ConfigurableIOManager):
             }
         )
 
-    def load_input(self, context: dg.InputContext) -> pa.Table:
+    def load_input(self, context: dg.InputContext) -> pa.Table | pq.ParquetFile:
+        """The stored table; an input annotated ``pyarrow.parquet.ParquetFile`` gets the file opened lazily
+        (schema and row counts read, no rows): the asset reads the columns and batches it needs."""
         partition = context.asset_partition_key if context.has_asset_partitions else None
         path = self._path(context.asset_key, partition)
         if not path.is_file():
@@ -54,4 +57,6 @@ class ParquetIOManager(dg.ConfigurableIOManager):
                 f"{path}: no stored value of {context.asset_key.to_user_string()} for partition {partition!r}; "
                 "materialize it first"
             )
+        if context.dagster_type.typing_type is pq.ParquetFile:
+            return pq.ParquetFile(path)
         return pq.read_table(path)

@@ -298,23 +298,6 @@ class HybridRetriever:
             channels, method=method, rrf_k=s.rrf_k, weights={"dense": s.dense_weight, "sparse": s.sparse_weight}
         )
 
-    def fused_plan(
-        self, dense: np.ndarray | None, sparse, limit: int, filter: dict[str, Any] | None, with_vectors: bool
-    ) -> QueryPlan:
-        """The same channels fused inside Qdrant in one request (chunk-level fusion; benchmarks compare with it)."""
-        s = self.settings
-        return QueryPlan(
-            dense=dense,
-            sparse=sparse,
-            limit=limit,
-            prefetch_k=max(s.prefetch_k, limit),
-            fusion=s.fusion,
-            rrf_k=s.rrf_k,
-            weights=(s.dense_weight, s.sparse_weight),
-            filter=filter,
-            with_dense_vectors=with_vectors,
-        )
-
     def _rerank(self, query: str, query_vector: np.ndarray, hits: list[Hit]) -> list[Hit]:
         vectors = np.stack([h.dense_vector for h in hits])
         texts = [h.text for h in hits]

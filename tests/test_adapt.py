@@ -7,9 +7,13 @@ from __future__ import annotations
 
 import json
 import os
+import tracemalloc
+from dataclasses import replace
 
 import dagster as dg
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
@@ -24,7 +28,7 @@ from evals.pseudo_queries import (
     JudgedQueries,
     adapt_query_encoder,
     adaptation_documents,
-    candidate_rows,
+    candidate_pool,
     dense_ndcg,
     judged_queries,
     judged_split,
@@ -38,9 +42,12 @@ from orchestration.cli import app
 from orchestration.definitions import defs
 from orchestration.parquet_io import ParquetIOManager
 from retrieval import RetrievalSettings, RetrievalStack, read_documents
+from retrieval.chunking import Chunk
+from retrieval.encoders.sparse import SparseVec
 from retrieval.search import Variant
 from retrieval.settings import ADAPTED_MARKER
-from retrieval.store import open_store
+from retrieval.store import CollectionSchema, open_store
+from tests.conftest import make_store
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 pytestmark = pytest.mark.slow  # trains (a few steps, on the 60-document sample)
@@ -102,11 +109,14 @@ def test_memory_is_bounded_by_the_settings_not_the_corpus(sample_vectors, tmp_pa
     and judges on that pool."""
     settings, all_docs, all_owners, all_vectors = sample_vectors
     config = AdaptConfig(max_queries=6, max_holdout=3, holdout=0.3, max_negatives=10)
-    train, held = adaptation_documents({d.id for d in all_docs}, config)
+    train, held = adaptation_documents(all_owners, config)  # one id per chunk: repeats are one document
     assert (len(train), len(held)) == (6, 3) and not set(train) & set(held)
+    assert adaptation_documents(sorted({d.id for d in all_docs}, reverse=True), config) == (train, held)
     store = open_store(settings)
     try:
         docs, owners, vectors = stored_corpus(store, config, page=5)
+        pool = candidate_pool(store.stored_owners(), set(train) | set(held), config)
+        stored = store.dense_vectors([pid for pid, _ in pool])
     finally:
         store.close()
     chosen = set(train) | set(held)
@@ -114,14 +124,66 @@ def test_memory_is_bounded_by_the_settings_not_the_corpus(sample_vectors, tmp_pa
     assert {d.id for d in docs} == chosen and all(d == by_id[d.id] for d in docs)  # whole texts, these only
     own = np.isin(all_owners, list(chosen))
     assert sum(o in chosen for o in owners) == own.sum() and len(owners) == own.sum() + 10
-    rows = candidate_rows(all_owners, chosen, config)
-    assert list(owners) == list(all_owners[rows]) and np.array_equal(vectors, all_vectors[rows])
-    assert np.array_equal(candidate_rows(all_owners, chosen, config), rows)  # seeded: a re-run reads the same
-    assert len(candidate_rows(all_owners, chosen, AdaptConfig(max_negatives=10**6))) == len(all_owners)
+    assert list(owners) == [o for _, o in pool] and pool == sorted(pool)
+    assert np.array_equal(vectors, np.stack([stored[pid] for pid, _ in pool]))  # the pool's stored vectors
     queries = pseudo_queries(all_docs)  # a document's pseudo-queries do not depend on the others read
     assert {q for q in queries if q.doc_id in chosen} == set(pseudo_queries([by_id[d] for d in sorted(chosen)]))
     report = adapt_query_encoder(docs, owners, vectors, settings.dense_model, tmp_path / "out", config)
     assert report.train_queries > 0 and report.held_out_queries > 0 and 0 < report.base_ndcg <= 1
+
+
+def _synthetic_store(backend: str, root, chunks: int):
+    """A real store of ``backend`` holding ``chunks`` synthetic chunks (two per document, 4-d vectors)."""
+    store = make_store(backend, root, "synthetic")
+    store.ensure(CollectionSchema(dense_model="toy", dense_dim=4, sparse_model="bm25", sparse_idf=True))
+    rng = np.random.default_rng(0)
+    for start in range(0, chunks, 5000):
+        rows = range(start, min(chunks, start + 5000))
+        batch = [Chunk(f"doc-{i // 2:06d}", i % 2, f"Sentence {i} of synthetic document {i // 2}.") for i in rows]
+        store.upsert(batch, rng.normal(size=(len(batch), 4)).astype(np.float32), [SparseVec([1], [1.0])] * len(batch))
+    return store
+
+
+@pytest.mark.parametrize("backend", ["edge", "server"])
+def test_the_sample_is_seeded_the_same_on_both_backends_and_keeps_the_targets(backend, tmp_path) -> None:
+    """The pool is a function of the stored ids and the seed alone (not of the backend, nor of the scroll order):
+    same corpus, same seed, same sample; every chunk of the pseudo-queries' documents is always in."""
+    config = AdaptConfig(max_queries=40, max_holdout=10, max_negatives=300)
+    edge = _synthetic_store("edge", tmp_path / "edge", 3000)
+    store = edge if backend == "edge" else _synthetic_store(backend, tmp_path, 3000)
+    try:
+        docs, owners, vectors = stored_corpus(store, config, page=64)
+        again = stored_corpus(store, config)
+        expected = stored_corpus(edge, config)
+        other_seed = stored_corpus(store, replace(config, seed=7))[1]
+        owned = {pid: owner for pid, owner in store.stored_owners()}
+    finally:
+        store.close()
+        edge.close()
+    assert docs == again[0] == expected[0] and list(owners) == list(again[1]) == list(expected[1])
+    assert np.allclose(vectors, expected[2], atol=1e-6)  # the backends store float32 alike, up to rounding
+    targets = {d.id for d in docs}
+    assert len(targets) == 50 and len(owners) == 2 * 50 + 300  # all chunks of the targets, 300 others
+    assert sum(o in targets for o in owned.values()) == sum(o in targets for o in owners)
+    assert set(other_seed) != set(owners)
+
+
+def test_sampling_memory_does_not_grow_with_the_store(tmp_path) -> None:
+    """Drawing the pool scrolls the ids a page at a time and keeps only the samples: the Python heap's peak
+    (tracemalloc) is the same for 4x the chunks (it held every point id and document id, about 0.4 KB a chunk)."""
+    config = AdaptConfig(max_queries=50, max_holdout=10, max_negatives=500)
+    peaks = []
+    for size in (4000, 16000):
+        store = _synthetic_store("edge", tmp_path / str(size), size)
+        try:
+            tracemalloc.start()
+            docs, owners, _ = stored_corpus(store, config)
+            peaks.append(tracemalloc.get_traced_memory()[1])
+        finally:
+            tracemalloc.stop()
+            store.close()
+        assert len(docs) == 60 and len(owners) == 2 * 60 + 500
+    assert peaks[1] < 1.3 * peaks[0] and peaks[1] < 3_000_000, peaks
 
 
 def test_dense_ndcg_in_blocks_is_exact_search(sample_vectors) -> None:
@@ -323,7 +385,7 @@ def test_query_encoder_asset_on_the_sample_partition(tmp_path) -> None:
         "eval_history": EvalHistoryResource(path=str(tmp_path / "history.sqlite")),
     }
     # The judge searches the published index: without one, the asset says what to run first.
-    with pytest.raises(dg.Failure, match="judge searches the published index of 'sample'.*run the reindex job first"):
+    with pytest.raises(dg.Failure, match="judge read the published index of 'sample'.*run the reindex job first"):
         dg.materialize(
             [raw_documents, chunks, dense_vectors, query_encoder], partition_key="sample", resources=resources
         )
@@ -341,3 +403,36 @@ def test_query_encoder_asset_on_the_sample_partition(tmp_path) -> None:
     assert "held_out_ndcg@10_base" in meta and "held_out_ndcg@10_adapted" in meta
     out = retrieval.settings("sample").adapted_query_dir()
     assert (out / ADAPTED_MARKER).is_file() == meta["used"]
+    assert meta["chunks_ranked"] == len(SAMPLE.doc_ids())  # one chunk a document; every one in the pool
+
+
+def test_query_encoder_reads_the_index_and_checks_its_tables_lazily(tmp_path) -> None:
+    """The asset reads texts and vectors from the published index, as ``hybrid-rag adapt`` does (not the
+    ``raw_documents`` table, nor whole tables); ``chunks`` and ``dense_vectors`` are opened lazily and still
+    must agree (ids, content hashes, order, model) or the asset fails before training."""
+    retrieval = RetrievalResource(qdrant_path=str(tmp_path / "data" / "index"), cache_dir=str(tmp_path / "cache"))
+    assets_dir = tmp_path / "assets"
+    resources = {
+        "retrieval": retrieval,
+        "corpora": CorporaResource(),
+        "io_manager": ParquetIOManager(base_dir=str(assets_dir)),
+        "eval_history": EvalHistoryResource(path=str(tmp_path / "history.sqlite")),
+    }
+    assert dg.materialize(ALL_ASSETS, partition_key="sample", resources=resources).success
+    (assets_dir / "raw_documents" / "sample.parquet").unlink()  # the asset never reads it
+    vectors_file = assets_dir / "dense_vectors" / "sample.parquet"
+    vectors = pq.read_table(vectors_file)
+    hashes = vectors.column("content_hash").to_pylist()
+    stale = {
+        "a chunk changed": vectors.set_column(1, "content_hash", pa.array(["changed", *hashes[1:]])),
+        "rows out of order": vectors.take([1, 0, *range(2, vectors.num_rows)]),
+        "a chunk missing": vectors.slice(1),
+        "another model": vectors.replace_schema_metadata({b"hybrid_rag.model": b"another-model"}),
+    }
+    for what, table in stale.items():
+        pq.write_table(table, vectors_file)
+        with pytest.raises(dg.Failure, match="dense_vectors is out of date with chunks or the dense model"):
+            dg.materialize(
+                [*ALL_ASSETS, query_encoder], selection=[query_encoder], partition_key="sample", resources=resources
+            )
+        assert not retrieval.settings("sample").adapted_query_dir().exists(), what

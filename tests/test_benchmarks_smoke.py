@@ -132,3 +132,16 @@ def test_long_query_windows(dense_encoder):
     np.testing.assert_allclose(np.linalg.norm(pooled, axis=1), 1.0, atol=1e-6)
     np.testing.assert_allclose(pooled[1], dense_encoder.encode_query(short), atol=1e-5)
     assert float(pooled[0] @ dense_encoder.encode_query(windows[0])) < 0.9999  # not just the first window
+
+
+def test_adapt_memory(tmp_path, capsys):
+    from benchmarks import adapt_memory
+    from evals.pseudo_queries import AdaptConfig
+
+    config = AdaptConfig(max_queries=50, max_holdout=10, max_negatives=100)
+    result = adapt_memory.run([600], config, str(tmp_path))
+    adapt_memory.report(result)
+    row = result["rows"][0]
+    assert row["shipped"]["pool"] == row["every_id"]["pool"] == 2 * 60 + 100  # the targets' chunks and 100 others
+    assert row["shipped"]["peak_mb"] > 0 and row["every_id"]["peak_mb"] > 0
+    assert "sampling step" in capsys.readouterr().out

@@ -5,17 +5,19 @@ vector tables are counted by the rows that differ."""
 from __future__ import annotations
 
 import logging
+import tracemalloc
 from pathlib import Path
 
 import dagster as dg
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
 from assets import ALL_ASSETS, POINT_COUNT_CHECK, query_encoder
 from assets.evaluation import GATE, GATE_NOT_RUN, NDCG_CHECK
 from assets.resources import CorporaResource, EvalHistoryResource, RetrievalResource
-from assets.tables import stale_rows
+from assets.tables import same_rows, stale_rows
 from evals.collections import sample_collection
 from evals.history import EvalHistory
 from orchestration.cli import app
@@ -193,6 +195,37 @@ def test_stale_rows_counts_the_chunks_that_differ() -> None:
     assert stale_rows(table(old[1:]), table(old)) == 1  # one removed
     assert stale_rows(table([("c0", "changed"), *old[1:]]), table(old)) == 1  # one changed
     assert stale_rows(table([old[1], old[0], *old[2:]]), table(old)) == 2  # same rows, two out of place
+
+
+def test_same_rows_agrees_with_stale_rows_a_batch_at_a_time(tmp_path: Path) -> None:
+    """The lazy check the query_encoder asset runs: the chunks' (id, hash) rows in the same order, read a batch at
+    a time: the Python heap's peak does not grow with the tables (reading them whole held every id and hash)."""
+
+    def write(name: str, rows: list[tuple[str, str]]) -> Path:
+        path = tmp_path / f"{name.replace(' ', '_')}.parquet"
+        table = pa.table({"chunk_id": [r[0] for r in rows], "content_hash": [r[1] for r in rows]})
+        pq.write_table(table, path, row_group_size=7000)
+        return path
+
+    old = [(f"c{i}", f"h{i}") for i in range(100_000)]
+    chunks = write("chunks", old)
+    variants = {
+        "same": (old, True),
+        "one added": ([old[0], ("new", "h"), *old[1:]], False),
+        "one removed": (old[1:], False),
+        "one changed": ([*old[:-1], ("c99999", "changed")], False),
+        "two out of place": ([old[1], old[0], *old[2:]], False),
+    }
+    for name, (rows, same) in variants.items():
+        vectors = write(name, rows)
+        assert (stale_rows(pq.read_table(chunks), pq.read_table(vectors)) == 0) is same, name
+        tracemalloc.start()
+        try:
+            assert same_rows(pq.ParquetFile(chunks), pq.ParquetFile(vectors), batch_size=1000) is same, name
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 1_000_000, (name, peak)  # the whole tables' ids and hashes take over 10 MB
 
 
 @pytest.mark.slow

@@ -4,10 +4,13 @@ import numpy as np
 import pytest
 
 from retrieval import HybridRetriever, RetrievalSettings
+from retrieval.encoders.sparse import SparseVec
+from retrieval.errors import InvalidArgumentError
 from retrieval.fusion import fuse, top_z
 from retrieval.parts import Parts
 from retrieval.rerank import EmbeddingReranker, RerankConfig
-from retrieval.store import StoredHit
+from retrieval.settings import FusionMethod
+from retrieval.store import QueryPlan, StoredHit
 from tests.conftest import LEXICAL_QUERY
 
 
@@ -60,11 +63,26 @@ def retriever(indexed_stack):
 
 def test_client_side_fusion_ranks_like_qdrants_own(retriever):
     """The channel lists fused here give the order Qdrant's in-engine RRF gives (one fused request)."""
+    s = retriever.settings
     for query in ["blood pressure and the heart", LEXICAL_QUERY[0], "roman empire interest rates"]:
         ours = [h.chunk_id for h in retriever.search(query, k=8, rerank=False)]
         dense, sparse = retriever.dense.encode_query(query), retriever.sparse.encode_query(query)
-        engine = retriever.store.query(retriever.fused_plan(dense, sparse, 8, None, with_vectors=False))
+        weights = (s.dense_weight, s.sparse_weight)
+        plan = QueryPlan(dense=dense, sparse=sparse, limit=8, prefetch_k=s.prefetch_k, rrf_k=s.rrf_k, weights=weights)
+        engine = retriever.store.query(plan)
         assert ours == [h.id for h in sorted(engine, key=lambda h: (-h.score, h.id))][: len(ours)]
+
+
+def test_qdrant_side_fusion_is_rank_or_dbsf_only():
+    """Qdrant has no z-score fusion: a plan asking for it is refused (searches fuse client-side), and a fusion
+    named by a string is the method it names (a plain "rrf" used to reach the engine as DBSF)."""
+    both = {"dense": np.ones(4, dtype=np.float32), "sparse": SparseVec([1], [1.0])}
+    with pytest.raises(InvalidArgumentError, match="rrf or dbsf only; z-score fusion is done client-side"):
+        QueryPlan(**both, fusion="zscore")
+    with pytest.raises(InvalidArgumentError, match="unknown fusion 'borda'"):
+        QueryPlan(**both, fusion="borda")
+    assert QueryPlan(**both, fusion="rrf").fusion is FusionMethod.RRF
+    assert QueryPlan(**both, fusion="dbsf").fusion is FusionMethod.DBSF
 
 
 def test_hits_carry_each_channels_raw_score(retriever):

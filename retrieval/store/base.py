@@ -15,7 +15,7 @@ import numpy as np
 
 from retrieval.chunking import Chunk
 from retrieval.encoders.sparse import SparseVec
-from retrieval.errors import FilterError, HybridRagError
+from retrieval.errors import FilterError, HybridRagError, InvalidArgumentError, choice
 from retrieval.settings import FusionMethod
 
 DENSE = "dense"
@@ -87,7 +87,10 @@ class CollectionSchema:
 
 @dataclass(frozen=True)
 class QueryPlan:
-    """One search: which channels, how many candidates from each, and how they are fused in Qdrant."""
+    """One search: which channels, how many candidates from each, and how they are fused in Qdrant.
+
+    Qdrant fuses by rank (RRF, weighted) or by DBSF only: a plan asking for z-score fusion is refused. Searches
+    never fuse in Qdrant: they query each channel and fuse here (``HybridRetriever.fuse``, z-scores included)."""
 
     dense: np.ndarray | None = None
     sparse: SparseVec | None = None
@@ -99,6 +102,15 @@ class QueryPlan:
     filter: dict[str, Any] | None = None
     with_dense_vectors: bool = False
     with_payload: bool | tuple[str, ...] = True  # a tuple: only these payload fields
+
+    def __post_init__(self) -> None:
+        fusion = choice(FusionMethod, self.fusion, "fusion")
+        if fusion is FusionMethod.ZSCORE:
+            raise InvalidArgumentError(
+                "Qdrant fuses by rrf or dbsf only; z-score fusion is done client-side (HybridRetriever.fuse, "
+                "what searches use)"
+            )
+        object.__setattr__(self, "fusion", fusion)
 
     def payload_selector(self) -> bool | list[str]:
         return list(self.with_payload) if isinstance(self.with_payload, tuple) else self.with_payload
@@ -128,17 +140,20 @@ class StoredHit:
         return cls(id=id, score=float(getattr(point, "score", 0.0)), payload=point.payload or {}, dense_vector=vector)
 
 
-def stored_hashes_from(scroll: Callable[[Any], tuple[Sequence[Any], Any]]) -> dict[str, tuple[str, str]]:
-    """point id -> (doc_id, content_hash), paging through ``scroll(offset) -> (records, next offset or None)``
-    (each record's payload limited to :data:`HASH_FIELDS`)."""
-    out: dict[str, tuple[str, str]] = {}
+def scrolled(scroll: Callable[[Any], tuple[Sequence[Any], Any]]) -> Iterator[Any]:
+    """Every record, paging through ``scroll(offset) -> (records, next offset or None)``: one page held at a time."""
     offset = None
     while True:
         records, offset = scroll(offset)
-        for r in records:
-            out[str(r.id)] = (r.payload["doc_id"], r.payload["content_hash"])
+        yield from records
         if offset is None:
-            return out
+            return
+
+
+def stored_hashes_from(scroll: Callable[[Any], tuple[Sequence[Any], Any]]) -> dict[str, tuple[str, str]]:
+    """point id -> (doc_id, content_hash), paging through ``scroll`` (see :func:`scrolled`; each record's payload
+    limited to :data:`HASH_FIELDS`)."""
+    return {str(r.id): (r.payload["doc_id"], r.payload["content_hash"]) for r in scrolled(scroll)}
 
 
 class QdrantStore(ABC):
@@ -357,6 +372,10 @@ class QdrantStore(ABC):
     @abstractmethod
     def stored_hashes(self) -> dict[str, tuple[str, str]]:
         """point id -> (doc_id, content_hash) for every stored point."""
+
+    @abstractmethod
+    def stored_owners(self) -> Iterator[tuple[str, str]]:
+        """(point id, doc_id) of every stored point, read a page at a time (memory does not grow with the store)."""
 
     @abstractmethod
     def count(self, filter: dict[str, Any] | None = None) -> int: ...

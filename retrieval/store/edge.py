@@ -45,6 +45,7 @@ from retrieval.store.base import (
     StoreError,
     filter_conditions,
     parse_version,
+    scrolled,
     stored_hashes_from,
     version_name,
 )
@@ -570,6 +571,15 @@ class EdgeStore(QdrantStore):
                     qe.ScrollRequest(offset=offset, limit=SCROLL_PAGE, with_payload=HASH_FIELDS, with_vector=False)
                 )
             )
+
+    def stored_owners(self) -> Iterator[tuple[str, str]]:
+        with self._using("scroll") as shard:  # one version for every page
+            for r in scrolled(
+                lambda offset: shard.scroll(
+                    qe.ScrollRequest(offset=offset, limit=SCROLL_PAGE, with_payload=["doc_id"], with_vector=False)
+                )
+            ):
+                yield str(r.id), r.payload["doc_id"]
 
     def count(self, filter: dict[str, Any] | None = None) -> int:
         request = qe.CountRequest(exact=True, filter=_edge_filter(filter))

@@ -44,6 +44,7 @@ from retrieval.store.base import (
     StoreError,
     filter_conditions,
     parse_version,
+    scrolled,
     stored_hashes_from,
     version_name,
 )
@@ -342,6 +343,20 @@ class ServerStore(QdrantStore):
                 with_vectors=False,
             )
         )
+
+    def stored_owners(self) -> Iterator[tuple[str, str]]:
+        for r in scrolled(
+            lambda offset: self._call(
+                "scroll",
+                self.client.scroll,
+                self.name,
+                limit=SCROLL_PAGE,
+                offset=offset,
+                with_payload=["doc_id"],
+                with_vectors=False,
+            )
+        ):
+            yield str(r.id), r.payload["doc_id"]
 
     def count(self, filter: dict[str, Any] | None = None) -> int:
         result = self._call("count", self.client.count, self.name, count_filter=_client_filter(filter), exact=True)
