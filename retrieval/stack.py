@@ -150,11 +150,13 @@ class RetrievalStack:
         )
 
     def close(self) -> None:
-        """Close the stores this stack opened or was given (the encoders stay usable)."""
+        """Close the stores this stack opened or was given and the embedding cache (the encoders stay usable)."""
         with self._lock:
             stores, self._stores = list(self._stores.values()), {}
         for store in stores:
             store.close()
+        if self.cache is not None:
+            self.cache.close()
 
     def __enter__(self) -> RetrievalStack:
         return self
