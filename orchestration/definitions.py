@@ -15,6 +15,7 @@ from assets import ALL_ASSETS, CORPORA, query_encoder
 from assets.resources import DEFAULT_ASSETS_DIR, CorporaResource, EvalHistoryResource, RetrievalResource
 from evals.history import DEFAULT_HISTORY, HISTORY_ENV
 from orchestration.jobs import adapt_job, evaluate_job, reindex_job
+from orchestration.orphaned_runs import orphaned_runs_sensor
 from orchestration.parquet_io import ParquetIOManager
 from orchestration.schedules import daily_evaluation, nightly_reindex
 from orchestration.sensors import build_drop_folder_sensor
@@ -41,7 +42,7 @@ defs = dg.Definitions(
     assets=[*ALL_ASSETS, query_encoder],
     jobs=[reindex_job, evaluate_job, adapt_job],
     schedules=[nightly_reindex, daily_evaluation],
-    sensors=[build_drop_folder_sensor(c.source, c.name) for c in CORPORA.watched()],
+    sensors=[*(build_drop_folder_sensor(c.source, c.name) for c in CORPORA.watched()), orphaned_runs_sensor],
     resources=default_resources(),
     executor=dg.in_process_executor,
 )

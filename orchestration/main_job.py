@@ -25,6 +25,7 @@ from assets.corpora import REPO_ROOT
 from assets.evaluation import GATE, GATE_NOT_RUN, evaluation_report
 from orchestration.definitions import default_resources
 from orchestration.jobs import reindex_job
+from orchestration.orphaned_runs import PROCESS_TAG, fail_orphaned_runs, this_process
 from retrieval.store import StoreError, open_store
 
 DAGSTER_HOME = Path("data/dagster_home")
@@ -87,12 +88,13 @@ def run_main_job(
         loggers={"console": one_line_console_logger},
     )
     with _corpus_lock(resources, corpus), dg.DagsterInstance.from_config(str(home)) as instance:
+        fail_orphaned_runs(instance, corpus)
         result = defs.resolve_job_def(reindex_job.name).execute_in_process(
             partition_key=corpus,
             run_config={"loggers": {"console": {"config": {"log_level": log_level}}}, **(run_config or {})},
             instance=instance,
             raise_on_error=False,
-            tags={"hybrid_rag/trigger": "main job", "hybrid_rag/corpus": corpus},
+            tags={"hybrid_rag/trigger": "main job", "hybrid_rag/corpus": corpus, PROCESS_TAG: this_process()},
         )
         if not result.success:
             raise MainJobError(f"run {result.run_id} for corpus {corpus!r} failed: " + "; ".join(_failures(result)))

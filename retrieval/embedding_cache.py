@@ -1,59 +1,137 @@
-"""On-disk cache of dense vectors keyed by (encoder key, text hash), shared by every run on a machine."""
+"""On-disk cache of dense vectors keyed by (encoder key, text hash), shared by every run on a machine.
+
+The file is opened on first use (a search never touches it). It is only a cache: a damaged file (SQLite says
+"malformed" or "not a database", on opening or on any later read or write) is set aside as
+``embeddings.sqlite.damaged-<UTC time>`` with a warning and a fresh one takes its place; only when that fails too
+does :class:`EmbeddingCacheError` name the file and the remedy.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import sqlite3
 import threading
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
+
+from retrieval.errors import HybridRagError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+DAMAGED = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}  # the file's content is broken (not busy, not read-only)
+
+
+class EmbeddingCacheError(HybridRagError):
+    """The embedding cache file cannot be used; the message names it and the remedy."""
 
 
 def text_hash(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def is_damaged(exc: sqlite3.Error) -> bool:
+    return isinstance(exc, sqlite3.DatabaseError) and getattr(exc, "sqlite_errorcode", None) in DAMAGED
+
+
 class EmbeddingCache:
-    """SQLite table of float32 vectors; safe to share between processes."""
+    """SQLite table of float32 vectors; safe to share between processes and threads."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
-        with self._conn() as conn:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS vectors (model TEXT, hash TEXT, vector BLOB, PRIMARY KEY (model, hash))"
-            )
+        self._lock = threading.Lock()
+        self._generation = 0  # bumped when a damaged file is set aside (or on close): every thread reconnects
+        self._open: list[sqlite3.Connection] = []
 
     def _conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self.path, timeout=60)
-            self._local.conn = conn
+        held = getattr(self._local, "held", None)
+        if held is not None and held[0] == self._generation:
+            return held[1]
+        if held is not None:
+            held[1].close()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, timeout=60, check_same_thread=False)  # each used by one thread; closed by any
+        self._local.held = (self._generation, conn)
+        with self._lock:
+            self._open.append(conn)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS vectors (model TEXT, hash TEXT, vector BLOB, PRIMARY KEY (model, hash))"
+        )
         return conn
 
+    def close(self) -> None:
+        """Close every thread's connection (the cache opens again on its next use)."""
+        with self._lock:
+            conns, self._open = self._open, []
+            self._generation += 1
+        for conn in conns:
+            conn.close()
+
+    def _use(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """``work(connection)``; a damaged file is set aside once and ``work`` runs again on a fresh one."""
+        generation = self._generation
+        try:
+            return work(self._conn())
+        except sqlite3.DatabaseError as exc:
+            if not is_damaged(exc):
+                raise EmbeddingCacheError(self._problem(exc)) from exc
+            self._set_aside(generation, exc)
+        try:
+            return work(self._conn())
+        except sqlite3.DatabaseError as exc:
+            raise EmbeddingCacheError(self._problem(exc)) from exc
+
+    def _set_aside(self, generation: int, exc: sqlite3.Error) -> None:
+        with self._lock:
+            if generation != self._generation:  # another thread already did
+                return
+            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+            target = self.path.with_name(f"{self.path.name}.damaged-{stamp}")
+            try:
+                for suffix in ("", "-wal", "-shm"):  # the write-ahead log belongs to the damaged file
+                    part = Path(f"{self.path}{suffix}")
+                    if part.exists():
+                        part.rename(f"{target}{suffix}")
+            except OSError as err:
+                raise EmbeddingCacheError(self._problem(exc, f"setting it aside failed: {err}")) from exc
+            self._generation += 1
+        log.warning("embedding cache %s is damaged (%s): set aside as %s, starting a fresh one", self.path, exc, target)
+
+    def _problem(self, exc: sqlite3.Error, more: str = "") -> str:
+        return (
+            f"embedding cache {self.path}: {exc}{'; ' + more if more else ''} (it is only a cache: delete the file, "
+            "or set HYBRID_RAG_EMBEDDING_CACHE=false)"
+        )
+
     def get_many(self, model: str, hashes: Sequence[str]) -> dict[str, np.ndarray]:
-        found: dict[str, np.ndarray] = {}
-        conn = self._conn()
-        for start in range(0, len(hashes), 500):
-            part = list(hashes[start : start + 500])
-            marks = ",".join("?" * len(part))
-            rows = conn.execute(
-                f"SELECT hash, vector FROM vectors WHERE model = ? AND hash IN ({marks})", [model, *part]
-            )
-            for h, blob in rows:
-                found[h] = np.frombuffer(blob, dtype=np.float32)
-        return found
+        def read(conn: sqlite3.Connection) -> dict[str, np.ndarray]:
+            found: dict[str, np.ndarray] = {}
+            for start in range(0, len(hashes), 500):
+                part = list(hashes[start : start + 500])
+                marks = ",".join("?" * len(part))
+                rows = conn.execute(
+                    f"SELECT hash, vector FROM vectors WHERE model = ? AND hash IN ({marks})", [model, *part]
+                )
+                for h, blob in rows:
+                    found[h] = np.frombuffer(blob, dtype=np.float32)
+            return found
+
+        return self._use(read)
 
     def put_many(self, model: str, items: dict[str, np.ndarray]) -> None:
-        with self._conn() as conn:
-            conn.executemany(
-                "INSERT OR REPLACE INTO vectors (model, hash, vector) VALUES (?, ?, ?)",
-                [(model, h, np.asarray(v, dtype=np.float32).tobytes()) for h, v in items.items()],
-            )
+        rows = [(model, h, np.asarray(v, dtype=np.float32).tobytes()) for h, v in items.items()]
+
+        def write(conn: sqlite3.Connection) -> None:
+            with conn:
+                conn.executemany("INSERT OR REPLACE INTO vectors (model, hash, vector) VALUES (?, ?, ?)", rows)
+
+        self._use(write)
 
     def encode_through(
         self, model: str, texts: Sequence[str], encode: Callable[[list[str]], np.ndarray]

@@ -12,7 +12,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from retrieval.documents import BadInputPolicy
-from retrieval.errors import InvalidArgumentError
+from retrieval.errors import InvalidArgumentError, ModelLoadError
 
 DEFAULT_DENSE_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 ADAPTED_MARKER = "adapted.json"  # written next to an adapted query encoder: its base model and held-out scores
@@ -217,6 +217,17 @@ class RetrievalSettings(BaseSettings):
         if self.query_model or not self.adapted_query_model:
             return self.query_model
         marker = self.adapted_query_dir() / ADAPTED_MARKER
-        if marker.is_file() and json.loads(marker.read_text()).get("base_model") == self.dense_model:
-            return str(marker.parent)
-        return None
+        if not marker.is_file():
+            return None
+        try:
+            base_model = json.loads(marker.read_text(encoding="utf-8")).get("base_model")
+        except (OSError, ValueError, AttributeError) as exc:  # unreadable, not JSON, not an object
+            raise ModelLoadError(f"{marker}: unreadable ({exc}); {self.adapted_query_remedy()}") from exc
+        return str(marker.parent) if base_model == self.dense_model else None
+
+    def adapted_query_remedy(self) -> str:
+        """What to do about a damaged adapted query encoder of this collection."""
+        return (
+            f"re-run `hybrid-rag adapt -c {self.collection}`, delete {self.adapted_query_dir()}, "
+            "or set HYBRID_RAG_ADAPTED_QUERY_MODEL=false"
+        )

