@@ -217,23 +217,27 @@ class QdrantStore(ABC):
         """A store on version ``version`` of this collection (e.g. a staged one, to evaluate it)."""
         return self._pinned(version)
 
-    def stage(self, schema: CollectionSchema, *, copy_current: bool = False, resume: bool = True) -> QdrantStore:
+    def stage(
+        self, schema: CollectionSchema, *, copy_current: bool = False, resume: bool = True, intent: str | None = None
+    ) -> QdrantStore:
         """A pinned store on a new, unpublished version (``publish`` it when it is complete).
 
         ``copy_current``: the new version starts as a copy of the published one (same schema), so an
         incremental write touches only what changed while readers keep the published version; the unfinished
         copy of a failed write is resumed, unless ``resume`` is False (a write that must not publish another's
         half-done work, e.g. a delete). Otherwise it starts empty (a rebuild), and the unfinished target of a
-        failed rebuild is resumed when it has the same schema, else deleted. A sealed version (complete, then
-        refused or left unpublished) is never resumed: a new version gets the next number (numbers only grow
-        while the highest version exists).
+        failed rebuild is resumed when it has the same schema, else deleted. ``intent`` (a fingerprint of the
+        write: its input and mode) is recorded with the staged version, and only a write with the same intent
+        resumes it: another write never publishes a failed one's half-written documents. A sealed version
+        (complete, then refused or left unpublished) is never resumed: a new version gets the next number
+        (numbers only grow while the highest version exists).
         """
         if self.version is not None:
             raise ValueError(f"stage() needs the collection {self.collection!r}, not its version {self.version}")
         current = self.current_version()
         if copy_current:
             pending = [v for v in self._versions() if current is None or v > current]
-            unfinished = {"base": current, "complete": False}
+            unfinished = {"base": current, "complete": False, "intent": intent}
             last = pending[-1] if resume and pending and self._stage_info(pending[-1]) == unfinished else None
             if last is not None and self._pinned(last).schema() == schema:
                 log.info("resuming the unfinished write of %r (version %d)", self.collection, last)
@@ -252,7 +256,7 @@ class QdrantStore(ABC):
         current = current or 0
         versions = self._versions()
         pending = sorted(v for v in versions if v > current)
-        unfinished = {"rebuild": True, "complete": False}
+        unfinished = {"rebuild": True, "complete": False, "intent": intent}
         last = pending[-1] if resume and pending and self._stage_info(pending[-1]) == unfinished else None
         if last is not None and self._pinned(last).schema() == schema:
             log.info("resuming the unfinished rebuild of %r (version %d)", self.collection, last)
