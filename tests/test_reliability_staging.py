@@ -4,12 +4,17 @@ and leaves no copy behind."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
+from qdrant_client import models as qm
 
 import retrieval.indexer as indexer_module
 from retrieval import Document, RetrievalStack
+from retrieval.store import EdgeStore, StoreError
 from tests.conftest import TINY_DOCS
 from tests.test_reliability_versions import NEW_DOCS, settings_for, store_pair
+from tests.test_server_path import cli, write_docs  # noqa: F401 - cli is a fixture
 
 OTHER_DOCS = [Document("unrelated", "The red planet Mars has two small moons, Phobos and Deimos.")]
 
@@ -59,3 +64,88 @@ def test_another_write_never_publishes_a_failed_writes_half_written_copy(
     assert resumed.unchanged >= 16 and doc_ids(reader) == expected | {d.id for d in NEW_DOCS}
     store.close()
     reader.close()
+
+
+def two_versions(backend, tmp_path, dense_encoder, sparse_encoder):
+    """A collection after a first build and an incremental index (version 2; 1 on a server, written in place)."""
+    root = tmp_path / "index"
+    store, reader = store_pair(backend, root)
+    indexer = RetrievalStack(settings_for(root), store=store, dense=dense_encoder, sparse=sparse_encoder).indexer()
+    indexer.index(TINY_DOCS[:2], progress=False)
+    indexer.index(TINY_DOCS, progress=False)
+    assert store.current_version() == (2 if backend == "edge" else 1)
+    return root, store, reader, indexer
+
+
+def lose_pointer(backend, root, store, damage: str) -> None:
+    if backend == "server":
+        store.client.update_collection_aliases(
+            change_aliases_operations=[qm.DeleteAliasOperation(delete_alias=qm.DeleteAlias(alias_name="test"))]
+        )
+        return
+    pointer = root / "test.current.json"
+    if damage == "missing":
+        pointer.unlink()
+    else:
+        pointer.write_text({"empty": "", "absent": json.dumps({"version": 7})}[damage])
+
+
+@pytest.mark.parametrize(
+    ("backend", "damage"), [("edge", "missing"), ("edge", "empty"), ("edge", "absent"), ("server", "missing")]
+)
+def test_a_lost_or_damaged_pointer_never_costs_the_intact_version(
+    backend, damage, tmp_path, dense_encoder, sparse_encoder
+):
+    """No pointer (or alias), an unreadable one, or one naming an absent version: writes refuse with a message
+    naming the intact version and how to restore it, and the version is kept; restoring it as told works."""
+    root, store, reader, indexer = two_versions(backend, tmp_path, dense_encoder, sparse_encoder)
+    version = store.current_version()
+    lose_pointer(backend, root, store, damage)
+    hint = json.dumps({"version": version}) if backend == "edge" else f"test__v{version}"
+    with pytest.raises(StoreError, match="pointer") as refused:
+        indexer.index(OTHER_DOCS, progress=False)
+    assert hint in str(refused.value)
+    if backend == "edge":
+        with pytest.raises(StoreError, match="pointer"):  # readers are told the same, not "index documents first"
+            EdgeStore(root, "test").schema()
+    assert doc_ids(store.pinned(version)) == {d.id for d in TINY_DOCS}  # the intact version is still there
+    if backend == "edge":
+        (root / "test.current.json").write_text(hint)
+    else:
+        store.client.update_collection_aliases(
+            change_aliases_operations=[
+                qm.CreateAliasOperation(create_alias=qm.CreateAlias(collection_name=hint, alias_name="test"))
+            ]
+        )
+    indexer.index(OTHER_DOCS, progress=False)
+    assert doc_ids(reader) == {d.id for d in [*TINY_DOCS, *OTHER_DOCS]}
+    store.close()
+    reader.close()
+
+
+@pytest.mark.parametrize("backend", ["edge", "server"])
+def test_a_refused_first_build_is_not_taken_for_a_lost_pointer(backend, tmp_path, dense_encoder, sparse_encoder):
+    """A first build staged and left unpublished (refused by the gate) has no pointer either: the next write
+    replaces it rather than refusing."""
+    root = tmp_path / "index"
+    store, reader = store_pair(backend, root)
+    indexer = RetrievalStack(settings_for(root), store=store, dense=dense_encoder, sparse=sparse_encoder).indexer()
+    refused = indexer.sync(indexer.chunk(TINY_DOCS), prune=True, publish=False, progress=False)
+    assert refused.version == 1 and reader.current_version() is None
+    again = indexer.index(OTHER_DOCS, progress=False)
+    assert again.version == 2 and doc_ids(reader) == {"unrelated"}
+    store.close()
+    reader.close()
+
+
+def test_cli_names_a_lost_pointer_and_keeps_the_version(cli, tmp_path):  # noqa: F811 - the cli fixture
+    """r8/r7: `collections`, `search` and `index` say the pointer is lost and how to restore it; nothing is deleted."""
+    docs = write_docs(tmp_path / "docs.jsonl", TINY_DOCS[:2])
+    assert cli("index", docs, "-c", "lost")[0] == 0
+    assert cli("index", write_docs(tmp_path / "more.jsonl", TINY_DOCS), "-c", "lost")[0] == 0
+    index = tmp_path / "data/index"
+    (index / "lost.current.json").unlink()
+    for args in (("collections",), ("search", "valve gasket", "-c", "lost"), ("index", docs, "-c", "lost")):
+        code, out = cli(*args)
+        assert code == 2 and "pointer" in out and '{"version": 2}' in out, (args, out)
+    assert (index / "lost__v2" / "schema.json").is_file()

@@ -207,6 +207,41 @@ class QdrantStore(ABC):
                 log.info("version %d of %r misses a write into the live collection: stale", v, self.collection)
                 self._set_stage_info(v, {**info, "stale": True})
 
+    def intact_versions(self) -> list[int]:
+        """The versions that are, or were, published (not a failed write's or a refused one's staged copy): a
+        version made before staging records existed, or by a restore, a published one, or a copy of a published
+        version that was sealed. A lost pointer to the current version must never cost them."""
+        out = []
+        for v in self._versions():
+            info = self._stage_info(v)
+            published = info is None or info.get("published") or (info.get("complete") and info.get("base"))
+            published = published and not (info or {}).get("dropped")
+            if v and published and self._pinned(v).schema() is not None:
+                out.append(v)
+        return out
+
+    def _restore_hint(self, version: int) -> str:
+        """How to point readers at ``version`` again (by hand)."""
+        return f"point {self.collection!r} at {version_name(self.collection, version)} again"
+
+    def _pointer_where(self) -> str:
+        """Where readers' pointer to the current version is (for messages)."""
+        return f"{self.location} (alias {self.collection!r})"
+
+    def check_pointer(self, current: int | None) -> None:
+        """Refuse to go on when readers' pointer is missing (``current`` None) or names an absent version while
+        intact versions exist: every write would otherwise drop them as abandoned stagings."""
+        intact = [v for v in self.intact_versions() if v != current]
+        if not intact:
+            return
+        found = ", ".join(f"{v} ({version_name(self.collection, v)})" for v in intact)
+        what = "is missing" if current is None else f"names version {current}, which does not exist"
+        raise StoreError(
+            f"the version pointer of collection {self.collection!r} ({self._pointer_where()}) {what}, but intact "
+            f"versions are there: {found}. Nothing was changed. To restore the newest one, "
+            + self._restore_hint(intact[-1])
+        )
+
     @contextmanager
     def write_lock(self, timeout_s: float | None = None) -> Iterator[None]:
         """Held by a writer from staging to publishing; a no-op where the backend serialises writes itself."""
@@ -235,6 +270,8 @@ class QdrantStore(ABC):
         if self.version is not None:
             raise ValueError(f"stage() needs the collection {self.collection!r}, not its version {self.version}")
         current = self.current_version()
+        if current is None:
+            self.check_pointer(None)  # a lost pointer (or alias): its intact versions are not pending stagings
         if copy_current:
             pending = [v for v in self._versions() if current is None or v > current]
             unfinished = {"base": current, "complete": False, "intent": intent}
@@ -290,6 +327,9 @@ class QdrantStore(ABC):
             )
         staged.flush()
         self._switch(staged)
+        info = self._stage_info(staged.version)
+        if info is not None:  # tells a published version from a refused one should the pointer be lost
+            self._set_stage_info(staged.version, {**info, "published": True})
         log.info("collection %r now serves version %d", self.collection, staged.version)
         self.cleanup()
 

@@ -347,7 +347,20 @@ class EdgeStore(QdrantStore):
         except FileNotFoundError:
             return None
         except (ValueError, KeyError, TypeError) as exc:
-            raise StoreError(f"{self.pointer}: unreadable version pointer ({exc})") from exc
+            intact = self.intact_versions()
+            hint = (
+                f"intact versions: {', '.join(map(str, intact))}; to restore the newest, "
+                + self._restore_hint(intact[-1])
+                if intact
+                else f"no intact version is left: delete {self.pointer.name} and index the documents again"
+            )
+            raise StoreError(f"{self.pointer}: unreadable version pointer ({exc}); nothing changed; {hint}") from exc
+
+    def _restore_hint(self, version: int) -> str:
+        return f"write {json.dumps({'version': version})} into {self.pointer}"
+
+    def _pointer_where(self) -> str:
+        return str(self.pointer)
 
     def _target(self) -> str:
         """The physical collection this store should use now."""
@@ -358,9 +371,13 @@ class EdgeStore(QdrantStore):
         if self.version is not None:
             return self.version
         pointed = self._read_pointer()
-        if pointed is not None:
-            return pointed
-        return 0 if (self.root / self.collection).is_dir() else None
+        if pointed is None and (self.root / self.collection).is_dir():
+            return 0
+        if pointed is None or not (self.root / version_name(self.collection, pointed) / SCHEMA_FILE).exists():
+            if self._read_pointer() != pointed:  # a writer moved it meanwhile
+                return self.current_version()
+            self.check_pointer(pointed)  # lost, or naming an absent version, while intact versions exist
+        return pointed
 
     def _versions(self) -> list[int]:
         if not self.root.is_dir():
@@ -438,6 +455,8 @@ class EdgeStore(QdrantStore):
     def schema(self) -> CollectionSchema | None:
         path = self.root / self._target() / SCHEMA_FILE
         if not path.exists():
+            if self.version is None:
+                self.current_version()  # a lost or damaged pointer: say so, not "does not exist"
             return None
         try:
             return CollectionSchema.from_dict(json.loads(path.read_text()))
@@ -524,11 +543,13 @@ class EdgeStore(QdrantStore):
 
     def drop(self) -> None:
         self.close()
-        if self.version is not None:
-            _discard(self.root / version_name(self.collection, self.version))
-            return
-        self.pointer.unlink(missing_ok=True)
-        for v in self._versions():
+        versions = [self.version] if self.version is not None else self._versions()
+        for v in versions:  # one a reader still holds is kept a while: not an intact version that lost its pointer
+            if (self.root / version_name(self.collection, v)).is_dir():
+                self._set_stage_info(v, {**(self._stage_info(v) or {}), "dropped": True})
+        if self.version is None:
+            self.pointer.unlink(missing_ok=True)
+        for v in versions:
             _discard(self.root / version_name(self.collection, v))
 
     # -- writes -------------------------------------------------------------------------------------
