@@ -5,13 +5,18 @@ and leaves no copy behind."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from qdrant_client import models as qm
 
 import retrieval.indexer as indexer_module
 from retrieval import Document, RetrievalStack
-from retrieval.store import EdgeStore, StoreError
+from retrieval.store import EdgeStore, StoreError, collection_names
 from tests.conftest import TINY_DOCS
 from tests.test_reliability_versions import NEW_DOCS, settings_for, store_pair
 from tests.test_server_path import cli, write_docs  # noqa: F401 - cli is a fixture
@@ -149,3 +154,55 @@ def test_cli_names_a_lost_pointer_and_keeps_the_version(cli, tmp_path):  # noqa:
         code, out = cli(*args)
         assert code == 2 and "pointer" in out and '{"version": 2}' in out, (args, out)
     assert (index / "lost__v2" / "schema.json").is_file()
+
+
+STAGE_UNDER_LIMIT = """
+import json, resource, sys
+from retrieval.store import EdgeStore, StoreError, collection_names
+root, name, copy, limit = sys.argv[1], sys.argv[2], sys.argv[3] == "copy", int(sys.argv[4])
+store = EdgeStore(root, name)
+schema = EdgeStore(root, "test").schema()
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))  # the test's stand-in for a full disk: EFBIG
+try:
+    print(json.dumps({"staged": store.stage(schema, copy_current=copy).version}))
+except StoreError as exc:
+    print(json.dumps({"error": str(exc)}))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("write", ["copy", "first_build"])
+def test_a_full_disk_fails_in_one_line_and_leaves_no_copy(write, tmp_path, dense_encoder, sparse_encoder):
+    """r9: staging under a file size limit (EFBIG, as a full disk gives ENOSPC) names the disk problem and the
+    path, and removes its temporary copy; the published version is untouched."""
+    root, store, reader, _ = two_versions("edge", tmp_path, dense_encoder, sparse_encoder)
+    store.close()
+    name = "test" if write == "copy" else "fresh"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    run = subprocess.run(
+        [sys.executable, "-c", STAGE_UNDER_LIMIT, str(root), name, write, str(1 << 20)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr
+    error = json.loads(run.stdout)["error"]
+    assert "file size limit" in error.lower() or "File too large" in error
+    assert "EFBIG" in error and str(root) in error and "damaged" not in error
+    assert not list(root.glob("*.copy-*"))  # the failed copy is gone
+    assert reader.current_version() == 2 and doc_ids(reader) == {d.id for d in TINY_DOCS}
+    reader.close()
+
+
+def test_a_killed_copys_leftover_is_no_collection_and_the_next_write_removes_it(
+    tmp_path, dense_encoder, sparse_encoder
+):
+    root, store, reader, indexer = two_versions("edge", tmp_path, dense_encoder, sparse_encoder)
+    leftover = root / "test__v3.copy-0123abcd"  # what a write killed during its copy leaves
+    shutil.copytree(root / "test__v2", leftover)
+    assert collection_names(settings_for(root)) == ["test"]
+    indexer.index(OTHER_DOCS, progress=False)
+    assert not leftover.exists() and doc_ids(reader) == {d.id for d in [*TINY_DOCS, *OTHER_DOCS]}
+    store.close()
+    reader.close()

@@ -13,6 +13,7 @@ and delete the version they left once no process holds it. ``<name>.write.lock``
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -37,6 +38,7 @@ from retrieval.store.base import (
     HASH_FIELDS,
     SCROLL_PAGE,
     SPARSE,
+    VERSION_SEP,
     WRITE_LOCK_TIMEOUT_S,
     CollectionSchema,
     QdrantStore,
@@ -58,6 +60,15 @@ log = logging.getLogger(__name__)
 SCHEMA_FILE = "schema.json"
 SHARD_DIR = "shard"
 STAGE_FILE = "staged.json"
+COPY_MARK = ".copy-"  # <name>__v<N>.copy-<hex>: a version being copied (renamed to <name>__v<N> when complete)
+DISK_ERRORS = (  # how the OS (and the engine, quoting it) names a full disk, a file size limit, a quota
+    ("No space left on device", "no space left on the device (ENOSPC)"),
+    ("os error 28", "no space left on the device (ENOSPC)"),
+    ("File too large", "a file exceeds the file size limit (EFBIG; see ulimit -f)"),
+    ("os error 27", "a file exceeds the file size limit (EFBIG; see ulimit -f)"),
+    ("Disk quota exceeded", "the disk quota is exceeded (EDQUOT)"),
+    ("os error 122", "the disk quota is exceeded (EDQUOT)"),
+)
 POINTER_SUFFIX = ".current.json"
 WRITE_LOCK_SUFFIX = ".write.lock"
 
@@ -267,14 +278,56 @@ def _lock_holder(path: Path) -> str:
         return "unknown process"
 
 
+class _DiskFull(Exception):
+    """A copy stopped by a full disk or a file size / quota limit (not an OSError, so copytree does not go on)."""
+
+
+def _disk_problem(text: str) -> str | None:
+    """The disk problem an error's text names (no space, a file size limit, a quota), or None."""
+    for marker, problem in DISK_ERRORS:
+        if marker in text:
+            return problem
+    return None
+
+
 def _copy_tree(source: Path, target: Path) -> None:
-    """Copy a collection directory; files full of zeros (the engine's preallocated WAL) are copied sparse."""
-    tmp = target.with_name(target.name + f".copy-{uuid.uuid4().hex[:8]}")
+    """Copy a collection directory; files full of zeros (the engine's preallocated WAL) are copied sparse. A failed
+    copy is removed; a full disk (or a file size limit, a quota) fails in one line naming it and the path."""
+    tmp = target.with_name(target.name + f"{COPY_MARK}{uuid.uuid4().hex[:8]}")
     readers = shutil.ignore_patterns(VIEWS_DIR)  # readers' private views stay with the version they read
-    shutil.copytree(
-        source, tmp, copy_function=_copy_sparse, ignore=lambda d, names: readers(d, names) if d == str(source) else []
-    )
-    os.replace(tmp, target)
+
+    def copy(src: str, dst: str) -> None:
+        try:
+            _copy_sparse(src, dst)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+                raise _DiskFull(f"{os.strerror(exc.errno)} ({errno.errorcode[exc.errno]}) writing {dst}") from exc
+            raise
+
+    try:
+        shutil.copytree(
+            source, tmp, copy_function=copy, ignore=lambda d, names: readers(d, names) if d == str(source) else []
+        )
+        os.replace(tmp, target)
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        code = getattr(exc, "errno", None)
+        if isinstance(exc, OSError) and code in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+            exc = _DiskFull(f"{os.strerror(code)} ({errno.errorcode[code]}) at {exc.filename or tmp}")
+        if isinstance(exc, _DiskFull):
+            raise StoreError(
+                f"cannot copy {source} to stage a write: {exc}. Free disk space (or raise the file size limit or "
+                "quota), then run it again; nothing was changed"
+            ) from exc
+        raise
+
+
+def _remove_copy_leftovers(root: Path, collection: str) -> None:
+    """Delete the temporary copies a killed write left (``<name>__v<N>.copy-<hex>``); under the write lock."""
+    for path in root.glob(f"{collection}{VERSION_SEP}*{COPY_MARK}*"):
+        if path.is_dir() and parse_version(collection, path.name.split(COPY_MARK)[0]) is not None:
+            log.info("removing %s, the leftover of an interrupted copy", path)
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _copy_sparse(src: str, dst: str) -> None:
@@ -293,6 +346,12 @@ def _copy_sparse(src: str, dst: str) -> None:
 
 def _explain_open_error(path: Path, exc: BaseException) -> str:
     text = str(exc)
+    disk = _disk_problem(text)
+    if disk:
+        return (
+            f"embedded Qdrant data directory {path}: {disk}. Free disk space (or raise the file size limit or "
+            f"quota), then run it again. Engine said: {text}"
+        )
     if "WouldBlock" in text or "lock" in text.lower():
         return (
             f"embedded Qdrant data directory {path} is locked by another process (a Dagster run, "
@@ -411,6 +470,7 @@ class EdgeStore(QdrantStore):
         with _registry_lock:
             if key in _open_shards and _open_shards[key][2] is None:  # written in this process: make it durable
                 _open_shards[key][0].flush()
+        _remove_copy_leftovers(self.root, self.collection)
         _copy_tree(src, self.root / version_name(self.collection, target))
 
     def _switch(self, staged: QdrantStore) -> None:
@@ -511,7 +571,9 @@ class EdgeStore(QdrantStore):
         except BaseException as exc:  # the engine raises a bare Exception (or a Rust panic) with its own text
             if not isinstance(exc, Exception):  # a panic: the engine found its files inconsistent
                 raise StoreError(f"{operation} failed: " + _explain_open_error(path, exc)) from exc
-            raise StoreError(f"embedded Qdrant at {path.parent}: {operation} failed: {exc}") from exc
+            disk = _disk_problem(str(exc))
+            hint = f" ({disk}: free disk space, then run it again)" if disk else ""
+            raise StoreError(f"embedded Qdrant at {path.parent}: {operation} failed{hint}: {exc}") from exc
         finally:
             _release(path)
 
