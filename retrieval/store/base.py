@@ -234,12 +234,14 @@ class QdrantStore(ABC):
         intact = [v for v in self.intact_versions() if v != current]
         if not intact:
             return
+        published = [v for v in intact if (self._stage_info(v) or {"published": True}).get("published")]
+        newest = (published or intact)[-1]  # not a copy that was sealed, then refused by a gate
         found = ", ".join(f"{v} ({version_name(self.collection, v)})" for v in intact)
         what = "is missing" if current is None else f"names version {current}, which does not exist"
         raise StoreError(
             f"the version pointer of collection {self.collection!r} ({self._pointer_where()}) {what}, but intact "
-            f"versions are there: {found}. Nothing was changed. To restore the newest one, "
-            + self._restore_hint(intact[-1])
+            f"versions are there: {found}. Nothing was changed. To restore the last published one, "
+            + self._restore_hint(newest)
         )
 
     @contextmanager
