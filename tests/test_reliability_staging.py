@@ -206,3 +206,26 @@ def test_a_killed_copys_leftover_is_no_collection_and_the_next_write_removes_it(
     assert not leftover.exists() and doc_ids(reader) == {d.id for d in [*TINY_DOCS, *OTHER_DOCS]}
     store.close()
     reader.close()
+
+
+@pytest.mark.parametrize("backend", ["edge", "server"])
+def test_the_qdrant_index_assets_rerun_resumes_its_staged_copy(
+    backend, tmp_path, dense_encoder, sparse_encoder, monkeypatch
+):
+    """The `qdrant_index` asset's call (its own vectors, prune, publish=False) run again after a failure with the
+    same input resumes the failed run's staged copy instead of embedding and writing everything again."""
+    root, store, reader, indexer = two_versions(backend, tmp_path, dense_encoder, sparse_encoder)
+    chunks = indexer.chunk(NEW_DOCS)
+    vectors = (indexer.encode_dense(chunks)[0], indexer.encode_sparse(chunks))
+    monkeypatch.setattr(indexer_module, "ENCODE_BLOCK", 8)
+    indexer.settings = indexer.settings.model_copy(update={"upsert_batch_size": 8})
+    indexer.after_batch = crash_after_two_blocks
+    with pytest.raises(RuntimeError, match="injected"):
+        indexer.sync(chunks, vectors=vectors, prune=True, publish=False, progress=False)
+    indexer.after_batch = None
+    again = indexer.sync(chunks, vectors=vectors, prune=True, publish=False, progress=False)
+    new = len(NEW_DOCS) - len(TINY_DOCS)
+    assert again.embedded < new and again.unchanged > len(TINY_DOCS)  # resumed: the first blocks are not rewritten
+    assert doc_ids(store.pinned(again.version)) == {d.id for d in NEW_DOCS}
+    store.close()
+    reader.close()
