@@ -238,14 +238,20 @@ def delete(
 @app.command()
 def collections(as_json: Annotated[bool, typer.Option("--json", help="Print as JSON")] = False) -> None:
     """List the collections with their point counts, models and versions."""
-    from retrieval.store import collection_names, open_store
+    from retrieval.store import StoreError, collection_names, open_store
 
     settings = _settings()
-    rows = []
+    rows, problems = [], []
     for name in collection_names(settings):
         store = open_store(settings, name)
         try:
-            schema = store.schema()
+            try:
+                schema = store.schema()
+            except StoreError as exc:  # e.g. a lost or damaged version pointer: listed, and said why after the table
+                problems.append(f"{name}: {exc}")
+                keys = ("points", "dense_model", "dense_dim", "sparse_model", "version")
+                rows.append({"collection": name, **dict.fromkeys(keys)})
+                continue
             rows.append(
                 {
                     "collection": name,
@@ -260,13 +266,17 @@ def collections(as_json: Annotated[bool, typer.Option("--json", help="Print as J
             store.close()
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
-        return
-    table = Table(title=f"collections at {settings.qdrant_url or settings.qdrant_path}")
-    for col in rows[0] if rows else ("collection",):
-        table.add_column(col, overflow="fold")
-    for row in rows:
-        table.add_row(*("-" if v is None else f"{v:,}" if isinstance(v, int) else str(v) for v in row.values()))
-    console.print(table)
+    else:
+        table = Table(title=f"collections at {settings.qdrant_url or settings.qdrant_path}")
+        for col in rows[0] if rows else ("collection",):
+            table.add_column(col, overflow="fold")
+        for row in rows:
+            table.add_row(*("-" if v is None else f"{v:,}" if isinstance(v, int) else str(v) for v in row.values()))
+        console.print(table)
+    for problem in problems:
+        Console(stderr=True).print(f"[red]error:[/red] {problem}", highlight=False, soft_wrap=True)
+    if problems:
+        raise typer.Exit(2)
 
 
 @app.command()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -211,18 +212,20 @@ class Indexer:
         # A first build is staged on every backend: it is published when complete, and a failed one is resumed.
         first = not staged and not pinned and self.store.schema() is None
         staged = staged or first
+        # Only the same write (same chunks, same mode) resumes a failed one's staged version (see stage).
+        intent = write_intent(chunks, prune=prune or rebuild, rebuild=rebuild, skipped=skipped)
         if rebuild:
             existing = self._published_hashes(bool(chunks) or allow_delete)
             prunable = self._prunable(existing, chunks, True, True, skipped, allow_delete, report)
-            target = self.store.stage(self.schema())
-        elif first:  # resumes the unfinished first build when it has the same models
-            target = self.store.stage(self.schema())
+            target = self.store.stage(self.schema(), intent=intent)
+        elif first:  # resumes the unfinished first build of the same input when it has the same models
+            target = self.store.stage(self.schema(), intent=intent)
         elif staged:
             if self.store.schema() is not None:
                 self.store.ensure(self.schema())  # refuses other models
                 if self._unchanged(chunks, prune, allow_delete, skipped, report):  # no copy, no new version
                     return self._done(report, self.store.current_version(), rebuild, publish, started)
-            target = self.store.stage(self.schema(), copy_current=True)
+            target = self.store.stage(self.schema(), copy_current=True, intent=intent)
         else:  # an incremental write on a server: into the live collection, batch by batch
             self.store.ensure(self.schema())
             if not pinned:  # a staged copy made before this write must not be resumed or published
@@ -496,6 +499,17 @@ class Indexer:
         report.chunks = report.unchanged = len(chunks)
         report.points, report.changed = len(stored), False
         return True
+
+
+def write_intent(chunks: Sequence[Chunk], *, prune: bool, rebuild: bool, skipped: Sequence[InputProblem] = ()) -> str:
+    """A fingerprint of one write: its chunks (ids and content hashes) and its mode; the same input written the
+    same way (e.g. a run repeated after a failure) gives the same fingerprint, any other write another one."""
+    digest = hashlib.sha256(f"prune={prune} rebuild={rebuild}\n".encode())
+    for line in sorted(f"{c.id} {c.content_hash}" for c in chunks):
+        digest.update(line.encode() + b"\n")
+    kept = sorted({str(p.doc_id) for p in skipped if p.doc_id is not None})
+    digest.update(f"kept={kept} unknown={sum(p.doc_id is None for p in skipped)}".encode())
+    return digest.hexdigest()
 
 
 def _stale(

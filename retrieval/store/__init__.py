@@ -53,6 +53,7 @@ def open_store(
 
 log = logging.getLogger(__name__)
 _PHYSICAL = re.compile(r"^(?P<name>.+)__v(?P<version>[1-9][0-9]*)$")
+_COPY = re.compile(r"__v[1-9][0-9]*\.copy-[0-9a-f]+$")
 
 
 def collection_names(settings: RetrievalSettings) -> list[str]:
@@ -70,7 +71,9 @@ def collection_names(settings: RetrievalSettings) -> list[str]:
         root = settings.qdrant_path
         entries = list(root.iterdir()) if root.is_dir() else []
         names = {p.name.removesuffix(POINTER_SUFFIX) for p in entries if p.name.endswith(POINTER_SUFFIX)}
-        physical = [p.name for p in entries if p.is_dir() and (p / SCHEMA_FILE).is_file()]
+        physical = [
+            p.name for p in entries if p.is_dir() and (p / SCHEMA_FILE).is_file() and not _COPY.search(p.name)
+        ]  # a copy being made (or left by a killed write) is no collection
     for name in physical:
         match = _PHYSICAL.match(name)
         names.add(match["name"] if match else name)

@@ -222,6 +222,43 @@ class QdrantStore(ABC):
                 log.info("version %d of %r misses a write into the live collection: stale", v, self.collection)
                 self._set_stage_info(v, {**info, "stale": True})
 
+    def intact_versions(self) -> list[int]:
+        """The versions that are, or were, published (not a failed write's or a refused one's staged copy): a
+        version made before staging records existed, or by a restore, a published one, or a copy of a published
+        version that was sealed. A lost pointer to the current version must never cost them."""
+        out = []
+        for v in self._versions():
+            info = self._stage_info(v)
+            published = info is None or info.get("published") or (info.get("complete") and info.get("base"))
+            published = published and not (info or {}).get("dropped")
+            if v and published and self._pinned(v).schema() is not None:
+                out.append(v)
+        return out
+
+    def _restore_hint(self, version: int) -> str:
+        """How to point readers at ``version`` again (by hand)."""
+        return f"point {self.collection!r} at {version_name(self.collection, version)} again"
+
+    def _pointer_where(self) -> str:
+        """Where readers' pointer to the current version is (for messages)."""
+        return f"{self.location} (alias {self.collection!r})"
+
+    def check_pointer(self, current: int | None) -> None:
+        """Refuse to go on when readers' pointer is missing (``current`` None) or names an absent version while
+        intact versions exist: every write would otherwise drop them as abandoned stagings."""
+        intact = [v for v in self.intact_versions() if v != current]
+        if not intact:
+            return
+        published = [v for v in intact if (self._stage_info(v) or {"published": True}).get("published")]
+        newest = (published or intact)[-1]  # not a copy that was sealed, then refused by a gate
+        found = ", ".join(f"{v} ({version_name(self.collection, v)})" for v in intact)
+        what = "is missing" if current is None else f"names version {current}, which does not exist"
+        raise StoreError(
+            f"the version pointer of collection {self.collection!r} ({self._pointer_where()}) {what}, but intact "
+            f"versions are there: {found}. Nothing was changed. To restore the last published one, "
+            + self._restore_hint(newest)
+        )
+
     @contextmanager
     def write_lock(self, timeout_s: float | None = None) -> Iterator[None]:
         """Held by a writer from staging to publishing; a no-op where the backend serialises writes itself."""
@@ -232,23 +269,29 @@ class QdrantStore(ABC):
         """A store on version ``version`` of this collection (e.g. a staged one, to evaluate it)."""
         return self._pinned(version)
 
-    def stage(self, schema: CollectionSchema, *, copy_current: bool = False, resume: bool = True) -> QdrantStore:
+    def stage(
+        self, schema: CollectionSchema, *, copy_current: bool = False, resume: bool = True, intent: str | None = None
+    ) -> QdrantStore:
         """A pinned store on a new, unpublished version (``publish`` it when it is complete).
 
         ``copy_current``: the new version starts as a copy of the published one (same schema), so an
         incremental write touches only what changed while readers keep the published version; the unfinished
         copy of a failed write is resumed, unless ``resume`` is False (a write that must not publish another's
         half-done work, e.g. a delete). Otherwise it starts empty (a rebuild), and the unfinished target of a
-        failed rebuild is resumed when it has the same schema, else deleted. A sealed version (complete, then
-        refused or left unpublished) is never resumed: a new version gets the next number (numbers only grow
-        while the highest version exists).
+        failed rebuild is resumed when it has the same schema, else deleted. ``intent`` (a fingerprint of the
+        write: its input and mode) is recorded with the staged version, and only a write with the same intent
+        resumes it: another write never publishes a failed one's half-written documents. A sealed version
+        (complete, then refused or left unpublished) is never resumed: a new version gets the next number
+        (numbers only grow while the highest version exists).
         """
         if self.version is not None:
             raise ValueError(f"stage() needs the collection {self.collection!r}, not its version {self.version}")
         current = self.current_version()
+        if current is None:
+            self.check_pointer(None)  # a lost pointer (or alias): its intact versions are not pending stagings
         if copy_current:
             pending = [v for v in self._versions() if current is None or v > current]
-            unfinished = {"base": current, "complete": False}
+            unfinished = {"base": current, "complete": False, "intent": intent}
             last = pending[-1] if resume and pending and self._stage_info(pending[-1]) == unfinished else None
             if last is not None and self._pinned(last).schema() == schema:
                 log.info("resuming the unfinished write of %r (version %d)", self.collection, last)
@@ -267,7 +310,7 @@ class QdrantStore(ABC):
         current = current or 0
         versions = self._versions()
         pending = sorted(v for v in versions if v > current)
-        unfinished = {"rebuild": True, "complete": False}
+        unfinished = {"rebuild": True, "complete": False, "intent": intent}
         last = pending[-1] if resume and pending and self._stage_info(pending[-1]) == unfinished else None
         if last is not None and self._pinned(last).schema() == schema:
             log.info("resuming the unfinished rebuild of %r (version %d)", self.collection, last)
@@ -301,6 +344,9 @@ class QdrantStore(ABC):
             )
         staged.flush()
         self._switch(staged)
+        info = self._stage_info(staged.version)
+        if info is not None:  # tells a published version from a refused one should the pointer be lost
+            self._set_stage_info(staged.version, {**info, "published": True})
         log.info("collection %r now serves version %d", self.collection, staged.version)
         self.cleanup()
 

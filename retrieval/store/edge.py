@@ -13,6 +13,7 @@ and delete the version they left once no process holds it. ``<name>.write.lock``
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -37,6 +38,7 @@ from retrieval.store.base import (
     HASH_FIELDS,
     SCROLL_PAGE,
     SPARSE,
+    VERSION_SEP,
     WRITE_LOCK_TIMEOUT_S,
     CollectionSchema,
     QdrantStore,
@@ -59,6 +61,15 @@ log = logging.getLogger(__name__)
 SCHEMA_FILE = "schema.json"
 SHARD_DIR = "shard"
 STAGE_FILE = "staged.json"
+COPY_MARK = ".copy-"  # <name>__v<N>.copy-<hex>: a version being copied (renamed to <name>__v<N> when complete)
+DISK_ERRORS = (  # how the OS (and the engine, quoting it) names a full disk, a file size limit, a quota
+    ("No space left on device", "no space left on the device (ENOSPC)"),
+    ("os error 28", "no space left on the device (ENOSPC)"),
+    ("File too large", "a file exceeds the file size limit (EFBIG; see ulimit -f)"),
+    ("os error 27", "a file exceeds the file size limit (EFBIG; see ulimit -f)"),
+    ("Disk quota exceeded", "the disk quota is exceeded (EDQUOT)"),
+    ("os error 122", "the disk quota is exceeded (EDQUOT)"),
+)
 POINTER_SUFFIX = ".current.json"
 WRITE_LOCK_SUFFIX = ".write.lock"
 
@@ -268,14 +279,56 @@ def _lock_holder(path: Path) -> str:
         return "unknown process"
 
 
+class _DiskFull(Exception):
+    """A copy stopped by a full disk or a file size / quota limit (not an OSError, so copytree does not go on)."""
+
+
+def _disk_problem(text: str) -> str | None:
+    """The disk problem an error's text names (no space, a file size limit, a quota), or None."""
+    for marker, problem in DISK_ERRORS:
+        if marker in text:
+            return problem
+    return None
+
+
 def _copy_tree(source: Path, target: Path) -> None:
-    """Copy a collection directory; files full of zeros (the engine's preallocated WAL) are copied sparse."""
-    tmp = target.with_name(target.name + f".copy-{uuid.uuid4().hex[:8]}")
+    """Copy a collection directory; files full of zeros (the engine's preallocated WAL) are copied sparse. A failed
+    copy is removed; a full disk (or a file size limit, a quota) fails in one line naming it and the path."""
+    tmp = target.with_name(target.name + f"{COPY_MARK}{uuid.uuid4().hex[:8]}")
     readers = shutil.ignore_patterns(VIEWS_DIR)  # readers' private views stay with the version they read
-    shutil.copytree(
-        source, tmp, copy_function=_copy_sparse, ignore=lambda d, names: readers(d, names) if d == str(source) else []
-    )
-    os.replace(tmp, target)
+
+    def copy(src: str, dst: str) -> None:
+        try:
+            _copy_sparse(src, dst)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+                raise _DiskFull(f"{os.strerror(exc.errno)} ({errno.errorcode[exc.errno]}) writing {dst}") from exc
+            raise
+
+    try:
+        shutil.copytree(
+            source, tmp, copy_function=copy, ignore=lambda d, names: readers(d, names) if d == str(source) else []
+        )
+        os.replace(tmp, target)
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        code = getattr(exc, "errno", None)
+        if isinstance(exc, OSError) and code in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+            exc = _DiskFull(f"{os.strerror(code)} ({errno.errorcode[code]}) at {exc.filename or tmp}")
+        if isinstance(exc, _DiskFull):
+            raise StoreError(
+                f"cannot copy {source} to stage a write: {exc}. Free disk space (or raise the file size limit or "
+                "quota), then run it again; nothing was changed"
+            ) from exc
+        raise
+
+
+def _remove_copy_leftovers(root: Path, collection: str) -> None:
+    """Delete the temporary copies a killed write left (``<name>__v<N>.copy-<hex>``); under the write lock."""
+    for path in root.glob(f"{collection}{VERSION_SEP}*{COPY_MARK}*"):
+        if path.is_dir() and parse_version(collection, path.name.split(COPY_MARK)[0]) is not None:
+            log.info("removing %s, the leftover of an interrupted copy", path)
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _copy_sparse(src: str, dst: str) -> None:
@@ -294,6 +347,12 @@ def _copy_sparse(src: str, dst: str) -> None:
 
 def _explain_open_error(path: Path, exc: BaseException) -> str:
     text = str(exc)
+    disk = _disk_problem(text)
+    if disk:
+        return (
+            f"embedded Qdrant data directory {path}: {disk}. Free disk space (or raise the file size limit or "
+            f"quota), then run it again. Engine said: {text}"
+        )
     if "WouldBlock" in text or "lock" in text.lower():
         return (
             f"embedded Qdrant data directory {path} is locked by another process (a Dagster run, "
@@ -348,7 +407,20 @@ class EdgeStore(QdrantStore):
         except FileNotFoundError:
             return None
         except (ValueError, KeyError, TypeError) as exc:
-            raise StoreError(f"{self.pointer}: unreadable version pointer ({exc})") from exc
+            intact = self.intact_versions()
+            hint = (
+                f"intact versions: {', '.join(map(str, intact))}; to restore the newest, "
+                + self._restore_hint(intact[-1])
+                if intact
+                else f"no intact version is left: delete {self.pointer.name} and index the documents again"
+            )
+            raise StoreError(f"{self.pointer}: unreadable version pointer ({exc}); nothing changed; {hint}") from exc
+
+    def _restore_hint(self, version: int) -> str:
+        return f"write {json.dumps({'version': version})} into {self.pointer}"
+
+    def _pointer_where(self) -> str:
+        return str(self.pointer)
 
     def _target(self) -> str:
         """The physical collection this store should use now."""
@@ -359,9 +431,13 @@ class EdgeStore(QdrantStore):
         if self.version is not None:
             return self.version
         pointed = self._read_pointer()
-        if pointed is not None:
-            return pointed
-        return 0 if (self.root / self.collection).is_dir() else None
+        if pointed is None and (self.root / self.collection).is_dir():
+            return 0
+        if pointed is None or not (self.root / version_name(self.collection, pointed) / SCHEMA_FILE).exists():
+            if self._read_pointer() != pointed:  # a writer moved it meanwhile
+                return self.current_version()
+            self.check_pointer(pointed)  # lost, or naming an absent version, while intact versions exist
+        return pointed
 
     def _versions(self) -> list[int]:
         if not self.root.is_dir():
@@ -395,6 +471,7 @@ class EdgeStore(QdrantStore):
         with _registry_lock:
             if key in _open_shards and _open_shards[key][2] is None:  # written in this process: make it durable
                 _open_shards[key][0].flush()
+        _remove_copy_leftovers(self.root, self.collection)
         _copy_tree(src, self.root / version_name(self.collection, target))
 
     def _switch(self, staged: QdrantStore) -> None:
@@ -439,6 +516,8 @@ class EdgeStore(QdrantStore):
     def schema(self) -> CollectionSchema | None:
         path = self.root / self._target() / SCHEMA_FILE
         if not path.exists():
+            if self.version is None:
+                self.current_version()  # a lost or damaged pointer: say so, not "does not exist"
             return None
         try:
             return CollectionSchema.from_dict(json.loads(path.read_text()))
@@ -493,7 +572,9 @@ class EdgeStore(QdrantStore):
         except BaseException as exc:  # the engine raises a bare Exception (or a Rust panic) with its own text
             if not isinstance(exc, Exception):  # a panic: the engine found its files inconsistent
                 raise StoreError(f"{operation} failed: " + _explain_open_error(path, exc)) from exc
-            raise StoreError(f"embedded Qdrant at {path.parent}: {operation} failed: {exc}") from exc
+            disk = _disk_problem(str(exc))
+            hint = f" ({disk}: free disk space, then run it again)" if disk else ""
+            raise StoreError(f"embedded Qdrant at {path.parent}: {operation} failed{hint}: {exc}") from exc
         finally:
             _release(path)
 
@@ -525,11 +606,13 @@ class EdgeStore(QdrantStore):
 
     def drop(self) -> None:
         self.close()
-        if self.version is not None:
-            _discard(self.root / version_name(self.collection, self.version))
-            return
-        self.pointer.unlink(missing_ok=True)
-        for v in self._versions():
+        versions = [self.version] if self.version is not None else self._versions()
+        for v in versions:  # one a reader still holds is kept a while: not an intact version that lost its pointer
+            if (self.root / version_name(self.collection, v)).is_dir():
+                self._set_stage_info(v, {**(self._stage_info(v) or {}), "dropped": True})
+        if self.version is None:
+            self.pointer.unlink(missing_ok=True)
+        for v in versions:
             _discard(self.root / version_name(self.collection, v))
 
     # -- writes -------------------------------------------------------------------------------------

@@ -216,6 +216,10 @@ class ServerStore(QdrantStore):
         finally:
             lock.release()
 
+    def _restore_hint(self, version: int) -> str:
+        physical = version_name(self.collection, version)
+        return f"create the alias {self.collection!r} on the collection {physical!r} (update_collection_aliases)"
+
     def _stage_info(self, version: int) -> dict[str, Any] | None:
         info = self._call("get_collection", self.client.get_collection, version_name(self.collection, version))
         return (info.config.metadata or {}).get(STAGE_KEY)

@@ -85,6 +85,7 @@ def _restore(store: QdrantStore, source: str | Path, replace: bool) -> int:
         directory = store.root / version_name(store.collection, target.version)
         shutil.rmtree(directory, ignore_errors=True)
         shutil.copytree(source, directory, ignore=shutil.ignore_patterns(MANIFEST))
+        store._set_stage_info(target.version, {"restore": True, "complete": True})  # not yet a published version
     else:
         raise StoreError(f"snapshots are not supported for {type(store).__name__}")
     try:
