@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from retrieval import Document, RetrievalStack
-from retrieval.store import EdgeStore
+from retrieval.store import EdgeStore, StoreError, edge
 from tests.conftest import TINY_DOCS
 from tests.test_reliability_versions import settings_for
 from tests.test_reliability_writes import HOLD_OPEN, REPO
@@ -118,6 +118,21 @@ def test_a_view_is_made_while_the_holder_renames_temporaries(held, monkeypatch):
     assert not list(view.rglob(".atomicwrite*"))
     store.close()
     assert not list((held / "test__v1" / "views").iterdir())
+
+
+@pytest.mark.slow
+def test_a_view_that_cannot_be_copied_is_a_store_error(held, monkeypatch):
+    """Any other failure copying the view is retried, then reported as a StoreError (never a bare OSError)."""
+    attempts = []
+
+    def unreadable(src, dst):
+        attempts.append(src)
+        raise PermissionError(13, "Permission denied", src)
+
+    monkeypatch.setattr(edge, "_copy_sparse", unreadable)
+    with pytest.raises(StoreError, match=r"test__v1/shard, which another process has open: copying it failed 3"):
+        EdgeStore(held, "test").count()
+    assert len(attempts) == edge.VIEW_ATTEMPTS and not list((held / "test__v1" / "views").iterdir())
 
 
 @pytest.mark.slow

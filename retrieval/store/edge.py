@@ -139,19 +139,23 @@ def _make_view(shard_dir: Path) -> Path:
     when this process lets go of it or exits, with the version, or (killed process) at the next open of it.
     """
     view = shard_dir.parent / VIEWS_DIR / f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    for top, dirs, files in os.walk(shard_dir):  # a folder that vanished before it was listed is skipped
-        dirs[:] = sorted(d for d in dirs if not d.startswith(TEMP_PREFIX))
-        target = view / Path(top).relative_to(shard_dir)
-        target.mkdir(parents=True, exist_ok=True)
-        for name in sorted(f for f in files if not f.startswith(TEMP_PREFIX)):
-            src = os.path.join(top, name)
-            try:
-                if os.stat(src).st_size >= LINK_MIN_BYTES:
-                    os.link(src, target / name)
-                else:
-                    _copy_sparse(src, str(target / name))
-            except FileNotFoundError:  # renamed or removed by the holder meanwhile
-                continue
+    try:
+        for top, dirs, files in os.walk(shard_dir):  # a folder that vanished before it was listed is skipped
+            dirs[:] = sorted(d for d in dirs if not d.startswith(TEMP_PREFIX))
+            target = view / Path(top).relative_to(shard_dir)
+            target.mkdir(parents=True, exist_ok=True)
+            for name in sorted(f for f in files if not f.startswith(TEMP_PREFIX)):
+                src = os.path.join(top, name)
+                try:
+                    if os.stat(src).st_size >= LINK_MIN_BYTES:
+                        os.link(src, target / name)
+                    else:
+                        _copy_sparse(src, str(target / name))
+                except FileNotFoundError:  # renamed or removed by the holder meanwhile
+                    continue
+    except BaseException:
+        shutil.rmtree(view, ignore_errors=True)
+        raise
     return view
 
 
