@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -88,7 +89,8 @@ class HybridRetriever:
     """``search(query)`` -> ranked :class:`Hit` list; batched with ``search_batch``.
 
     Safe to share between threads. Each search first follows a rebuild of the collection (the embedded engine
-    reopens the new version; a server resolves the alias itself) and checks the schema again after a switch.
+    reopens the new version; a server resolves the alias), checks the schema again after a switch, and reads
+    that one version for all its requests (``store.reading()``), even when a writer publishes another meanwhile.
     """
 
     def __init__(self, parts: Parts):
@@ -162,12 +164,21 @@ class HybridRetriever:
         # Reranking by feedback needs the candidates' stored vectors, not their text: payloads are then read
         # for the final hits only (the listwise prompt needs the candidates' text, so it reads them all).
         deferred = rerank and self.reranker.config.mode is not RerankMode.PROMPT
-        query_vectors, candidates = self.first_stage(
-            queries, variant, depth, filter, with_vectors=rerank, with_payload=not deferred
-        )
-        ranked = self._rerank_batch(queries, query_vectors, candidates) if rerank else candidates
-        results = [_finish(hits[:k], requested_k, group_by, score_threshold) for hits in ranked]
-        return self._fill_payloads(results) if deferred else results
+        with self._one_version():
+            query_vectors, candidates = self.first_stage(
+                queries, variant, depth, filter, with_vectors=rerank, with_payload=not deferred
+            )
+            ranked = self._rerank_batch(queries, query_vectors, candidates) if rerank else candidates
+            results = [_finish(hits[:k], requested_k, group_by, score_threshold) for hits in ranked]
+            return self._fill_payloads(results) if deferred else results
+
+    @contextmanager
+    def _one_version(self) -> Iterator[None]:
+        """Every store request inside reads the version current when the block begins (re-entrant)."""
+        with self.store.reading() as switched:
+            if switched:
+                self._checked = False
+            yield
 
     def _resolve_variant(self, variant: Variant | str, rerank: bool | None) -> tuple[Variant, bool]:
         """The first-stage variant and whether to rerank (``hybrid+rerank`` is hybrid reranked; only hybrid
@@ -228,9 +239,20 @@ class HybridRetriever:
         with_vectors: bool = False,
         with_payload: bool = True,
     ) -> tuple[np.ndarray | None, list[list[Hit]]]:
-        """The query vectors (None for sparse only) and each query's top ``depth`` hits, before reranking."""
-        if self.store.refresh():
-            self._checked = False
+        """The query vectors (None for sparse only) and each query's top ``depth`` hits, before reranking
+        (from one version of the collection)."""
+        with self._one_version():
+            return self._first_stage(queries, variant, depth, filter, with_vectors, with_payload)
+
+    def _first_stage(
+        self,
+        queries: Sequence[str],
+        variant: Variant | str,
+        depth: int,
+        filter: dict[str, Any] | None,
+        with_vectors: bool,
+        with_payload: bool,
+    ) -> tuple[np.ndarray | None, list[list[Hit]]]:
         self.check_schema()
         variant = Variant(variant)
         t0 = time.perf_counter()

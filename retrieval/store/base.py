@@ -361,6 +361,13 @@ class QdrantStore(ABC):
         """Follow a rebuild to the current version; True when this store switched (servers resolve aliases)."""
         return False
 
+    @contextmanager
+    def reading(self) -> Iterator[bool]:
+        """A block whose reads (in this thread) all answer from one version, the current one when it begins, even
+        when a writer publishes another meanwhile: one search reads one version. Yields whether this store
+        followed a rebuild (see ``refresh``)."""
+        yield self.refresh()
+
     # -- lifecycle ---------------------------------------------------------------------------------------
     @abstractmethod
     def schema(self) -> CollectionSchema | None:

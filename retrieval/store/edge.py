@@ -13,6 +13,7 @@ and delete the version they left once no process holds it. ``<name>.write.lock``
 
 from __future__ import annotations
 
+import atexit
 import errno
 import json
 import logging
@@ -23,7 +24,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +82,8 @@ _thread_locks: dict[str, threading.RLock] = {}  # lock file -> the lock that ser
 _write_locks_guard = threading.Lock()
 VIEWS_DIR = "views"
 LINK_MIN_BYTES = 1 << 20  # in a view, files this large are hard links: the engine only reads them after writing
+TEMP_PREFIX = ".atomicwrite"  # the engine's temporaries, renamed into place by the process holding a shard
+VIEW_ATTEMPTS = 3  # a view copied while the holder renamed files under it may not load: copy it again
 
 
 def _acquire(path: Path, create_config: qe.EdgeConfig | None = None, *, opening: bool = True) -> qe.EdgeShard:
@@ -99,6 +102,7 @@ def _acquire(path: Path, create_config: qe.EdgeConfig | None = None, *, opening:
             _open_shards[key] = (shard, refs + 1, view)
             return shard
         view = None
+        _remove_dead_views(path.parent / VIEWS_DIR)
         try:
             shard = qe.EdgeShard.create(key, create_config) if create_config else qe.EdgeShard.load(key)
         except BaseException as exc:  # the engine raises a bare Exception (or a Rust panic) with its own text
@@ -106,17 +110,33 @@ def _acquire(path: Path, create_config: qe.EdgeConfig | None = None, *, opening:
                 raise
             if create_config is not None or "WouldBlock" not in str(exc):
                 raise StoreError(_explain_open_error(path, exc)) from exc
-            view = _make_view(path)
-            try:
-                shard = qe.EdgeShard.load(str(view))
-            except BaseException as view_exc:
-                shutil.rmtree(view, ignore_errors=True)
-                if isinstance(view_exc, KeyboardInterrupt | SystemExit):
-                    raise
-                raise StoreError(_explain_open_error(path, view_exc)) from view_exc
+            shard, view = _load_view(path)
             log.info("%s is open in another process: reading it through %s", path, view)
         _open_shards[key] = (shard, 1, view)
         return shard
+
+
+def _load_view(shard_dir: Path) -> tuple[qe.EdgeShard, Path]:
+    """Under ``_registry_lock``: a view of a shard another process holds, opened (copied again when it fails)."""
+    for attempt in range(1, VIEW_ATTEMPTS + 1):
+        view = None
+        try:
+            view = _make_view(shard_dir)
+            return qe.EdgeShard.load(str(view)), view
+        except BaseException as exc:  # an OSError while copying, or the engine's bare Exception / Rust panic
+            if view is not None:
+                shutil.rmtree(view, ignore_errors=True)
+            if isinstance(exc, KeyboardInterrupt | SystemExit):
+                raise
+            if attempt == VIEW_ATTEMPTS:
+                if isinstance(exc, OSError):
+                    raise StoreError(
+                        f"cannot read {shard_dir}, which another process has open: copying it failed "
+                        f"{VIEW_ATTEMPTS} times ({type(exc).__name__}: {exc})"
+                    ) from exc
+                raise StoreError(_explain_open_error(shard_dir, exc)) from exc
+            log.info("view of %s failed (%s: %s): copying it again", shard_dir, type(exc).__name__, exc)
+    raise AssertionError("unreachable")
 
 
 def _make_view(shard_dir: Path) -> Path:
@@ -124,24 +144,87 @@ def _make_view(shard_dir: Path) -> Path:
 
     Published versions are never written again, so the large files (vectors, payloads, WAL segments) are hard
     links; the small files the engine rewrites when it opens or closes a shard are copied, and the WAL folder
-    (what the engine locks) is new. It lives in the version's ``views/`` folder and goes when this process lets
-    go of it, or with the version.
+    (what the engine locks) is new. The engine of the holding process still writes temporaries
+    (``.atomicwrite*``) and renames them into place: those are skipped, and so is a file or folder that goes
+    while it is copied. The view lives in the version's ``views/`` folder, named ``<pid>-<random>``, and goes
+    when this process lets go of it or exits, with the version, or (killed process) at the next open of it.
     """
     view = shard_dir.parent / VIEWS_DIR / f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    for src in sorted(shard_dir.rglob("*")):
-        dst = view / src.relative_to(shard_dir)
-        if src.is_dir():
-            dst.mkdir(parents=True, exist_ok=True)
-            continue
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            if src.stat().st_size >= LINK_MIN_BYTES:
-                os.link(src, dst)
-            else:
-                _copy_sparse(str(src), str(dst))
-        except FileNotFoundError:  # a temporary file the holder renamed meanwhile (``.atomicwrite*``): not needed
-            continue
+    try:
+        for top, dirs, files in os.walk(shard_dir):  # a folder that vanished before it was listed is skipped
+            dirs[:] = sorted(d for d in dirs if not d.startswith(TEMP_PREFIX))
+            target = view / Path(top).relative_to(shard_dir)
+            target.mkdir(parents=True, exist_ok=True)
+            for name in sorted(f for f in files if not f.startswith(TEMP_PREFIX)):
+                src = os.path.join(top, name)
+                try:
+                    if os.stat(src).st_size >= LINK_MIN_BYTES:
+                        os.link(src, target / name)
+                    else:
+                        _copy_sparse(src, str(target / name))
+                except FileNotFoundError:  # renamed or removed by the holder meanwhile
+                    continue
+    except BaseException:
+        shutil.rmtree(view, ignore_errors=True)
+        raise
     return view
+
+
+def _remove_dead_views(views: Path) -> None:
+    """Delete the views left by processes of this host that ended without letting go of them (killed, or no
+    ``close()``): the pid in the view's name is gone and no process holds its WAL lock."""
+    if not views.is_dir():
+        return
+    for view in views.iterdir():
+        pid = view.name.split("-", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)) or _locked(view / "wal"):
+            continue
+        log.info("removing %s, left by process %s, which has ended", view, pid)
+        shutil.rmtree(view, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. another user's process
+        return True
+    return True
+
+
+def _locked(wal: Path) -> bool:
+    """Whether a process holds the engine's lock on this WAL folder."""
+    if fcntl is None or not wal.is_dir():
+        return False
+    try:
+        fd = os.open(wal, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+@atexit.register
+def _remove_own_views() -> None:
+    """At interpreter exit: the views of stores that were never closed go (their shards are closed first)."""
+    if not _registry_lock.acquire(timeout=5):
+        return
+    try:
+        for key, (shard, _, view) in list(_open_shards.items()):
+            if view is None:
+                continue
+            del _open_shards[key]
+            with suppress(Exception):  # exiting anyway: the folder goes below
+                shard.close()
+            shutil.rmtree(view, ignore_errors=True)
+    finally:
+        _registry_lock.release()
 
 
 def _release(path: Path) -> None:
@@ -369,7 +452,9 @@ class EdgeStore(QdrantStore):
     """A collection stored as Qdrant Edge shards under ``root`` (see the module docstring for the layout).
 
     Thread-safe: every operation holds a reference on the shard it uses, so a reader that switches to a new
-    version (on its next operation after a rebuild) never closes a shard under a running query.
+    version (on its next operation after a rebuild) never closes a shard under a running query. Inside
+    ``reading()`` every read of the thread uses the version current when the block began (one search reads one
+    version), which stays open until the block ends.
     """
 
     writes_in_place = False
@@ -390,6 +475,7 @@ class EdgeStore(QdrantStore):
         self._shard: qe.EdgeShard | None = None
         self._bound: str | None = None  # the physical collection self._shard belongs to
         self._lock = threading.Lock()
+        self._local = threading.local()  # .reading: the shard directory this thread's reads are pinned to
 
     @property
     def dir(self) -> Path:
@@ -492,6 +578,27 @@ class EdgeStore(QdrantStore):
         with self._lock:
             return self._follow()
 
+    @contextmanager
+    def reading(self) -> Iterator[bool]:
+        """Follow the pointer once, then read that version only in this thread until the block ends (the version
+        is kept open meanwhile, even when a writer publishes the next one); re-entrant (an inner block changes
+        nothing). Yields whether this store switched to another version."""
+        if getattr(self._local, "reading", None) is not None:
+            yield False
+            return
+        with self._lock:
+            switched = self._follow()
+            if self._shard is None:
+                self._open_current()
+            path = self.root / self._bound / SHARD_DIR
+            _acquire(path, opening=False)
+        self._local.reading = path
+        try:
+            yield switched
+        finally:
+            self._local.reading = None
+            _release(path)
+
     def _follow(self) -> bool:
         """Under ``self._lock``: move this store's handle to the pointer's version when it changed."""
         if self.version is not None or self._shard is None:
@@ -514,7 +621,8 @@ class EdgeStore(QdrantStore):
 
     # -- lifecycle ----------------------------------------------------------------------------------
     def schema(self) -> CollectionSchema | None:
-        path = self.root / self._target() / SCHEMA_FILE
+        pinned = getattr(self._local, "reading", None)
+        path = (pinned.parent if pinned is not None else self.root / self._target()) / SCHEMA_FILE
         if not path.exists():
             if self.version is None:
                 self.current_version()  # a lost or damaged pointer: say so, not "does not exist"
@@ -551,10 +659,12 @@ class EdgeStore(QdrantStore):
         files are shared with that version): write into a staged version instead (``stage``, as the indexer does).
         """
         with self._lock:
-            self._follow()
-            if self._shard is None:
-                self._open_current()
-            path = self.root / self._bound / SHARD_DIR
+            path = None if write else getattr(self._local, "reading", None)  # a read inside reading()
+            if path is None:
+                self._follow()
+                if self._shard is None:
+                    self._open_current()
+                path = self.root / self._bound / SHARD_DIR
             shard = _acquire(path, opening=False)
         if write:
             with _registry_lock:

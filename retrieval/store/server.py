@@ -3,6 +3,11 @@
 A collection ``name`` is an alias on the physical collection ``name__v<N>`` that holds its data; a rebuild
 fills ``name__v<N+1>`` and moves the alias in one ``update_collection_aliases`` call, so requests addressed
 to ``name`` switch atomically. A physical collection called ``name`` (made before versioning) is version 0.
+Each request resolves the alias itself: a search makes two or three requests (channel lists, then payloads or
+vectors), so one that runs while a rebuild publishes may take its candidates from version N and their payloads
+from N+1, where a candidate missing from N+1 is dropped (fewer than k hits). Pinning a search to N would not
+help: the publish deletes N at once (no reader holds a server collection), and writes in place (``index``,
+``delete``) change the live collection between requests anyway. The embedded engine has no such window.
 
 Writers are serialised within one process only (``write_lock``: a lock per server and collection; threads
 wait for it). Qdrant has no lock primitive, so two processes writing one collection are not serialised:
