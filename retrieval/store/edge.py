@@ -695,6 +695,8 @@ class EdgeStore(QdrantStore):
             if not (self.root / target / SCHEMA_FILE).exists():
                 if attempt < 2 and self.version is None and self._target() != target:
                     continue
+                if self.version is None:
+                    self.current_version()  # a lost or damaged pointer: say so, not "does not exist"
                 raise StoreError(
                     f"collection {self.collection!r} does not exist at {self.root / target}; index documents first"
                 )
