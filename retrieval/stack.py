@@ -13,6 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from retrieval.adapted import AdaptedQueryEncoder
 from retrieval.embedding_cache import EmbeddingCache
 from retrieval.encoders import DenseEncoder, make_sparse_encoder
 from retrieval.encoders.sparse import Bm25Encoder, SpladeEncoder
@@ -49,10 +50,13 @@ def sparse_args(settings: RetrievalSettings) -> dict[str, Any]:
 
 
 def query_args(settings: RetrievalSettings) -> dict[str, Any] | None:
-    """What the query encoder depends on: the query model (``query_model``, else the collection's adapted one) and
-    the dense encoder; None without a query model."""
-    query_model = settings.resolved_query_model()
-    return {"query_model": query_model, **dense_args(settings)} if query_model else None
+    """What the query encoder depends on: the query model (``query_model``, else the folder of the collection's
+    adapted one, followed while it changes) and the dense encoder; None without either."""
+    if settings.query_model:
+        return {"query_model": settings.query_model, **dense_args(settings)}
+    if settings.adapted_query_model:
+        return {"adapted_query_dir": str(settings.adapted_query_dir()), **dense_args(settings)}
+    return None
 
 
 def encoder_key(settings: RetrievalSettings) -> str:
@@ -75,22 +79,23 @@ class RetrievalStack:
         *,
         dense: DenseEncoder | None = None,
         sparse: Bm25Encoder | SpladeEncoder | None = None,
-        query_encoder: DenseEncoder | None = None,
+        query_encoder: DenseEncoder | AdaptedQueryEncoder | None = None,
         store: QdrantStore | None = None,
     ):
         self.settings = settings or RetrievalSettings()
         s = self.settings
         self.dense = dense or DenseEncoder(**dense_args(s))
         self.sparse = sparse or make_sparse_encoder(**sparse_args(s))
-        query_model = s.resolved_query_model()
-        if query_encoder is None and query_model:
+        if query_encoder is None and s.query_model:
             query_encoder = DenseEncoder(
-                query_model,
+                s.query_model,
                 device=self.dense.device,
                 batch_size=self.dense.batch_size,
                 query_prompt=self.dense.query_prompt,
             )
-        self.query_encoder = query_encoder or self.dense
+        elif query_encoder is None and s.adapted_query_model:
+            query_encoder = AdaptedQueryEncoder(s, self.dense)  # followed: a new or removed one needs no restart
+        self._query = query_encoder
         self.cache = EmbeddingCache(s.cache_dir / "embeddings.sqlite") if s.embedding_cache else None
         self._stores: dict[tuple[str, int | None], QdrantStore] = {}
         self._lock = threading.Lock()
@@ -100,6 +105,13 @@ class RetrievalStack:
             self._stores[self._default] = store
 
     # -- parts ----------------------------------------------------------------------------------------------
+    @property
+    def query_encoder(self) -> DenseEncoder:
+        """The query encoder now: ``query_model``'s, else the collection's adapted one as saved now (see
+        :class:`~retrieval.adapted.AdaptedQueryEncoder`), else the dense encoder."""
+        query = self._query
+        return query.current() if isinstance(query, AdaptedQueryEncoder) else query or self.dense
+
     def store(self, collection: str | None = None, version: int | None = None) -> QdrantStore:
         """The store of ``collection`` pinned to ``version`` when given, opened once; by default the store given
         to the stack, else the settings' collection."""
@@ -146,7 +158,7 @@ class RetrievalStack:
             settings,
             dense=self.dense if same["dense"] else None,
             sparse=self.sparse if same["sparse"] else None,
-            query_encoder=self.query_encoder if same["query_encoder"] else None,
+            query_encoder=self._query if same["query_encoder"] else None,
         )
 
     def close(self) -> None:
@@ -171,7 +183,7 @@ class RetrievalStack:
             self.store(collection, version),
             encoders.dense,
             encoders.sparse,
-            query_encoder=encoders.query_encoder,
+            query_encoder=encoders._query,
             cache=self.cache,
         )
 
@@ -201,4 +213,4 @@ def shared_stack(settings: RetrievalSettings) -> RetrievalStack:
         base = _shared.get(key)
         if base is None:
             base = _shared[key] = RetrievalStack(settings)
-    return RetrievalStack(settings, dense=base.dense, sparse=base.sparse, query_encoder=base.query_encoder)
+    return RetrievalStack(settings, dense=base.dense, sparse=base.sparse, query_encoder=base._query)
