@@ -279,15 +279,19 @@ def _copy_tree(source: Path, target: Path) -> None:
 
 
 def _copy_sparse(src: str, dst: str) -> None:
-    """``shutil.copy2``, but runs of zeros become holes (a WAL segment is 32 MiB, almost all of it unwritten)."""
-    block = 1 << 20
+    """``shutil.copy2``, but pages (4 KiB) of zeros become holes (a WAL segment is 32 MiB, almost all of it
+    unwritten, and a small segment file is a few bytes in its first page): the copy takes the source's disk space."""
+    block, page = 1 << 20, 4096
     with open(src, "rb") as fin, open(dst, "wb") as fout:
         size = os.fstat(fin.fileno()).st_size
         while chunk := fin.read(block):
-            if chunk.count(0) == len(chunk):
-                fout.seek(len(chunk), os.SEEK_CUR)
-            else:
-                fout.write(chunk)
+            view, step = memoryview(chunk), block if chunk.count(0) == len(chunk) else page
+            for start in range(0, len(chunk), step):
+                end = min(start + step, len(chunk))
+                if chunk.count(0, start, end) == end - start:
+                    fout.seek(end - start, os.SEEK_CUR)
+                else:
+                    fout.write(view[start:end])
         fout.truncate(size)
     shutil.copystat(src, dst)
 
