@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import fields
 
 import pytest
@@ -141,6 +142,15 @@ def test_delete_collections_snapshot_and_restore(cli_in, kb):
     assert points(kb, "work") == N and points(kb, "work", "valve") == 1
     cli_in("restore", str(snap), "-c", "copy")  # a snapshot also seeds a new collection
     assert points(kb, "copy") == N
+
+
+def test_index_reports_the_time_of_the_whole_write_reading_included(cli_in, kb):
+    started = time.perf_counter()
+    report = json.loads(cli_in("index", "kb.jsonl", "-c", "timed", "--json"))
+    wall = time.perf_counter() - started
+    assert 0 < report["read_seconds"] < report["seconds"] <= wall
+    assert wall - report["seconds"] < 0.5 + 0.1 * wall  # only parsing the arguments and printing are left out
+    assert "s: reading " in cli_in("index", "kb.jsonl", "-c", "timed")
 
 
 def _disk_usage(path) -> int:
