@@ -211,6 +211,10 @@ def shared_stack(settings: RetrievalSettings) -> RetrievalStack:
     key = encoder_key(settings)
     with _shared_lock:
         base = _shared.get(key)
-        if base is None:
-            base = _shared[key] = RetrievalStack(settings)
+        if base is None:  # a collection of its own (its adapted encoder is followed per collection): same models
+            donor = next((b for b in _shared.values() if dense_args(b.settings) == dense_args(settings)), None)
+            same_sparse = donor is not None and sparse_args(donor.settings) == sparse_args(settings)
+            base = _shared[key] = RetrievalStack(
+                settings, dense=donor.dense if donor else None, sparse=donor.sparse if same_sparse else None
+            )
     return RetrievalStack(settings, dense=base.dense, sparse=base.sparse, query_encoder=base._query)

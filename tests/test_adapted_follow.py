@@ -11,9 +11,10 @@ from pathlib import Path
 import torch
 
 from evals.pseudo_queries import install_adapted
-from retrieval import RetrievalStack
+from retrieval import RetrievalSettings, RetrievalStack
 from retrieval.encoders.dense import resolve_model_path
 from retrieval.settings import ADAPTED_MARKER
+from retrieval.stack import shared_stack
 from tests.conftest import SEMANTIC_QUERY
 
 
@@ -61,3 +62,24 @@ def test_a_searching_stack_follows_the_adapted_encoder_saved_and_removed(indexed
     install_adapted(None, out)  # removed (adapt's gate refused a new one, or the user deleted it)
     assert scores(retriever) == base and retriever.query_encoder is stack.dense
     assert not out.exists() and not out.with_name(out.name + ".old").exists()
+
+
+def test_shared_stacks_load_the_models_once_and_follow_each_collections_encoder(tmp_path) -> None:
+    """Dagster's long-lived stacks (``shared_stack``): one dense model for every collection, each collection's own
+    adapted encoder (its model loads on first use, so a marker and a folder are enough here)."""
+    one, two = (
+        shared_stack(RetrievalSettings(qdrant_path=tmp_path / "index", cache_dir=tmp_path / "cache", collection=c))
+        for c in ("one", "two")
+    )
+    try:
+        assert one.dense is two.dense and one.sparse is two.sparse
+        out = one.settings.adapted_query_dir()
+        out.mkdir(parents=True)
+        (out / ADAPTED_MARKER).write_text(json.dumps({"base_model": one.settings.dense_model}))
+        assert one.query_encoder.model_name == str(out) and two.query_encoder is two.dense
+        again = shared_stack(one.settings)
+        assert again.query_encoder is one.query_encoder and again.dense is one.dense
+        again.close()
+    finally:
+        one.close()
+        two.close()
