@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import random
 import time
 from dataclasses import fields
 
@@ -14,6 +16,7 @@ from orchestration.cli import app
 from retrieval import RetrievalSettings, RetrievalStack
 from retrieval.search import Hit
 from retrieval.settings import COLLECTION_NAME_MAX_BYTES
+from retrieval.store.edge import _copy_sparse
 from tests.conftest import TINY_DOCS
 from tests.test_data_safety import points, write_jsonl
 
@@ -168,6 +171,20 @@ def test_snapshot_and_restore_take_the_disk_space_of_the_version(cli_in, kb):
     assert f"{N} points" in cli_in("restore", str(snap), "-c", "kb_disk")
     assert _disk_usage(kb / "index" / "kb_disk__v1") <= _disk_usage(version) + 2**20
     assert json.loads(cli_in("search", "ZX-4471", "-c", "kb_disk", "--json", "--k", "1"))[0]["doc_id"] == "valve"
+
+
+@pytest.mark.parametrize("size", [0, 1, 4095, 4097, 2**20, 3 * 2**20 + 123])
+def test_a_sparse_copy_is_exact_and_leaves_pages_of_zeros_out(tmp_path, size):
+    data = bytearray(size)
+    rng = random.Random(size)
+    for i in rng.sample(range(size), min(size, 300)):  # scattered bytes: some pages hold data, most are zeros
+        data[i] = rng.randint(1, 255)
+    (tmp_path / "src").write_bytes(data)
+    _copy_sparse(str(tmp_path / "src"), str(tmp_path / "dst"))
+    assert (tmp_path / "dst").read_bytes() == data
+    page = max(4096, os.statvfs(tmp_path).f_bsize)  # the file system's block, if larger than a page
+    with_data = len({i // page for i, b in enumerate(data) if b})
+    assert (tmp_path / "dst").stat().st_blocks * 512 <= (with_data + 1) * page
 
 
 def test_the_longest_valid_collection_name_indexes_and_snapshots(cli_in, kb):

@@ -23,6 +23,7 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -285,13 +286,18 @@ def _copy_sparse(src: str, dst: str) -> None:
     with open(src, "rb") as fin, open(dst, "wb") as fout:
         size = os.fstat(fin.fileno()).st_size
         while chunk := fin.read(block):
-            view, step = memoryview(chunk), block if chunk.count(0) == len(chunk) else page
-            for start in range(0, len(chunk), step):
-                end = min(start + step, len(chunk))
-                if chunk.count(0, start, end) == end - start:
-                    fout.seek(end - start, os.SEEK_CUR)
+            if chunk.count(0) < page:  # no page of zeros in it: one write
+                fout.write(chunk)
+                continue
+            pages = np.frombuffer(chunk.ljust(-(-len(chunk) // page) * page, b"\0"), np.uint8).reshape(-1, page)
+            used = pages.any(axis=1)
+            cuts = [0, *(np.flatnonzero(used[1:] != used[:-1]) + 1), len(used)]  # runs of data, runs of holes
+            for first, last in pairwise(cuts):
+                run = memoryview(chunk)[first * page : last * page]
+                if used[first]:
+                    fout.write(run)
                 else:
-                    fout.write(view[start:end])
+                    fout.seek(len(run), os.SEEK_CUR)
         fout.truncate(size)
     shutil.copystat(src, dst)
 
