@@ -307,6 +307,19 @@ def dense_ndcg(
     return evaluate(qrels, run, k_values=(10,)).mean["ndcg@10"]
 
 
+def install_adapted(candidate: Path | None, out_dir: Path) -> None:
+    """Make ``candidate`` (a whole saved model, its marker written last) the adapted encoder at ``out_dir``, or
+    remove the one there (None). Folders are renamed, never written in place: a searching process that follows
+    the marker (:class:`retrieval.adapted.AdaptedQueryEncoder`) sees the old encoder, none, or the new one whole."""
+    old = out_dir.with_name(out_dir.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if out_dir.exists():
+        out_dir.rename(old)
+    if candidate is not None:
+        candidate.rename(out_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def adapt_query_encoder(
     docs: Sequence[Document],
     owners: np.ndarray,
@@ -396,12 +409,8 @@ def adapt_query_encoder(
             marker["judged_ndcg@10"] = {"split": judged.split, "base": judged_base, "adapted": judged_adapted}
         marker |= {"train_queries": len(train), "steps": len(losses)}
         (candidate / ADAPTED_MARKER).write_text(json.dumps(marker))
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    if used:
-        candidate.rename(out_dir)
-    else:
-        shutil.rmtree(candidate)
+    install_adapted(candidate if used else None, out_dir)
+    shutil.rmtree(candidate, ignore_errors=True)  # not used
     log.info(
         "adapted query encoder: held-out nDCG@10 %.4f -> %.4f, judged %s -> %s; %s decided: %s",
         base,

@@ -44,7 +44,10 @@ def length_order(texts: Sequence[str]) -> list[int]:
 
 @dataclass
 class IndexReport:
-    """What one indexing run did (``version``: the collection version written; 0 for an unversioned one)."""
+    """What one indexing run did (``version``: the collection version written; 0 for an unversioned one).
+
+    ``seconds``: the whole write: chunking (:meth:`Indexer.index`), embedding, writing and publishing, plus reading
+    the source when the caller read it and says so in ``read_seconds`` (the ``index`` command does)."""
 
     collection: str
     version: int | None = None
@@ -58,6 +61,7 @@ class IndexReport:
     cache_reused: int = 0
     points: int = 0
     seconds: float = 0.0
+    read_seconds: float = 0.0
     skipped: list[InputProblem] = field(default_factory=list)
     changed: bool = True  # False: nothing to write or delete, so no new version was staged or published
     published_before: int | None = None  # the version readers had when the write lock was taken (before this write)
@@ -131,9 +135,10 @@ class Indexer:
         the documents go into a new version of the collection that readers switch to atomically (see
         :meth:`rebuild`). ``allow_delete``: see :meth:`sync`.
         """
+        started = time.perf_counter()
         docs = list(documents)
         chunks = self.chunk(docs, progress=progress)
-        return self.sync(
+        report = self.sync(
             chunks,
             prune=prune,
             allow_delete=allow_delete,
@@ -142,6 +147,8 @@ class Indexer:
             documents=len(docs),
             rebuild=rebuild,
         )
+        report.seconds = time.perf_counter() - started  # the documents consumed and chunked too
+        return report
 
     def rebuild(
         self,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from retrieval.adapted import AdaptedQueryEncoder
 from retrieval.embedding_cache import EmbeddingCache
 from retrieval.encoders import DenseEncoder
 from retrieval.encoders.sparse import Bm25Encoder, SpladeEncoder
@@ -16,12 +17,13 @@ class Parts:
     """Settings, the store of one collection, the encoders (each with its own ``lock``) and the embedding cache.
 
     ``query_encoder``: the encoder of ``settings.query_model`` (trained against the stored document vectors), which
-    serves the dense channel and the reranker's pseudo-queries; None: the dense encoder.
+    serves the dense channel and the reranker's pseudo-queries; the collection's adapted one, followed on every
+    search (:class:`~retrieval.adapted.AdaptedQueryEncoder`); None: the dense encoder.
     """
 
     settings: RetrievalSettings
     store: QdrantStore
     dense: DenseEncoder
     sparse: Bm25Encoder | SpladeEncoder
-    query_encoder: DenseEncoder | None = None
+    query_encoder: DenseEncoder | AdaptedQueryEncoder | None = None
     cache: EmbeddingCache | None = None

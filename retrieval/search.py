@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from retrieval.adapted import AdaptedQueryEncoder
 from retrieval.encoders.sparse import SparseVec
 from retrieval.errors import EmptyQueryError, InvalidArgumentError, choice
 from retrieval.fusion import Fused, fuse, top_z
@@ -89,8 +90,9 @@ class HybridRetriever:
     """``search(query)`` -> ranked :class:`Hit` list; batched with ``search_batch``.
 
     Safe to share between threads. Each search first follows a rebuild of the collection (the embedded engine
-    reopens the new version; a server resolves the alias), checks the schema again after a switch, and reads
-    that one version for all its requests (``store.reading()``), even when a writer publishes another meanwhile.
+    reopens the new version; a server resolves the alias), checks the schema again after a switch, reads that
+    one version for all its requests (``store.reading()``), even when a writer publishes another meanwhile, and
+    follows the collection's adapted query encoder (a new one saved by ``adapt``, or none after its removal).
     """
 
     def __init__(self, parts: Parts):
@@ -102,7 +104,9 @@ class HybridRetriever:
             )
         self.settings, self.store = parts.settings, parts.store
         self.dense, self.sparse = parts.dense, parts.sparse
-        self.query_encoder = parts.query_encoder or parts.dense
+        adapted = parts.query_encoder if isinstance(parts.query_encoder, AdaptedQueryEncoder) else None
+        self._adapted = adapted  # followed on every search: a new adapted encoder, or none, needs no restart
+        self.query_encoder = adapted.current() if adapted else parts.query_encoder or parts.dense
         self.reranker = EmbeddingReranker(
             self.dense, RerankConfig.from_settings(self.settings), query_encoder=self.query_encoder
         )
@@ -257,9 +261,12 @@ class HybridRetriever:
         variant = Variant(variant)
         t0 = time.perf_counter()
         dense_q, sparse_q = None, None
+        if self._adapted is not None:
+            self.query_encoder = self.reranker.query_encoder = self._adapted.current()
         if variant is not Variant.SPARSE:
-            with self.query_encoder.lock:
-                dense_q = self.query_encoder.encode_queries(queries)
+            encoder = self.query_encoder
+            with encoder.lock:
+                dense_q = encoder.encode_queries(queries)
         if variant is not Variant.DENSE:
             with self.sparse.lock:
                 sparse_q = self.sparse.encode_queries(queries)

@@ -13,10 +13,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from retrieval.adapted import AdaptedQueryEncoder
 from retrieval.embedding_cache import EmbeddingCache
 from retrieval.encoders import DenseEncoder, make_sparse_encoder
 from retrieval.encoders.sparse import Bm25Encoder, SpladeEncoder
-from retrieval.errors import InvalidArgumentError, ModelLoadError
+from retrieval.errors import InvalidArgumentError
 from retrieval.indexer import Indexer
 from retrieval.parts import Parts
 from retrieval.search import HybridRetriever
@@ -49,13 +50,13 @@ def sparse_args(settings: RetrievalSettings) -> dict[str, Any]:
 
 
 def query_args(settings: RetrievalSettings) -> dict[str, Any] | None:
-    """What the query encoder depends on: the query model (``query_model``, else the collection's adapted one) and
-    the dense encoder; None without a query model."""
-    try:
-        query_model = settings.resolved_query_model()
-    except ModelLoadError as exc:  # a damaged adapted encoder: no query encoder to share (retrievers fail with it)
-        return {"query_model_error": str(exc)}
-    return {"query_model": query_model, **dense_args(settings)} if query_model else None
+    """What the query encoder depends on: the query model (``query_model``, else the folder of the collection's
+    adapted one, followed while it changes) and the dense encoder; None without either."""
+    if settings.query_model:
+        return {"query_model": settings.query_model, **dense_args(settings)}
+    if settings.adapted_query_model:
+        return {"adapted_query_dir": str(settings.adapted_query_dir()), **dense_args(settings)}
+    return None
 
 
 def encoder_key(settings: RetrievalSettings) -> str:
@@ -78,29 +79,24 @@ class RetrievalStack:
         *,
         dense: DenseEncoder | None = None,
         sparse: Bm25Encoder | SpladeEncoder | None = None,
-        query_encoder: DenseEncoder | None = None,
+        query_encoder: DenseEncoder | AdaptedQueryEncoder | None = None,
         store: QdrantStore | None = None,
     ):
         self.settings = settings or RetrievalSettings()
         s = self.settings
         self.dense = dense or DenseEncoder(**dense_args(s))
         self.sparse = sparse or make_sparse_encoder(**sparse_args(s))
-        self.query_error: ModelLoadError | None = None  # a damaged adapted query encoder: retrievers raise it
-        try:
-            query_model = s.resolved_query_model()
-        except ModelLoadError as exc:  # indexing embeds documents with the dense model: it goes on without it
-            query_model, self.query_error = None, exc
-        if query_encoder is None and query_model:
+        if query_encoder is None and s.query_model:
             query_encoder = DenseEncoder(
-                query_model,
+                s.query_model,
                 device=self.dense.device,
                 batch_size=self.dense.batch_size,
                 query_prompt=self.dense.query_prompt,
-                setting="HYBRID_RAG_QUERY_MODEL"
-                if s.query_model
-                else f"HYBRID_RAG_ADAPTED_QUERY_MODEL, the adapted query encoder: {s.adapted_query_remedy()}",
+                setting="HYBRID_RAG_QUERY_MODEL",
             )
-        self.query_encoder = query_encoder or self.dense
+        elif query_encoder is None and s.adapted_query_model:
+            query_encoder = AdaptedQueryEncoder(s, self.dense)  # followed: a new or removed one needs no restart
+        self._query = query_encoder
         self.cache = EmbeddingCache(s.cache_dir / "embeddings.sqlite") if s.embedding_cache else None
         self._stores: dict[tuple[str, int | None], QdrantStore] = {}
         self._lock = threading.Lock()
@@ -110,6 +106,13 @@ class RetrievalStack:
             self._stores[self._default] = store
 
     # -- parts ----------------------------------------------------------------------------------------------
+    @property
+    def query_encoder(self) -> DenseEncoder:
+        """The query encoder now: ``query_model``'s, else the collection's adapted one as saved now (see
+        :class:`~retrieval.adapted.AdaptedQueryEncoder`), else the dense encoder."""
+        query = self._query
+        return query.current() if isinstance(query, AdaptedQueryEncoder) else query or self.dense
+
     def store(self, collection: str | None = None, version: int | None = None) -> QdrantStore:
         """The store of ``collection`` pinned to ``version`` when given, opened once; by default the store given
         to the stack, else the settings' collection."""
@@ -141,8 +144,7 @@ class RetrievalStack:
         settings = self._settings_for(collection, **overrides)
         same = encoder_key(settings) == encoder_key(self.settings)
         encoders = self if same else self.derive(**({"collection": collection} if collection else {}), **overrides)
-        if encoders.query_error is not None:
-            raise encoders.query_error
+        encoders.query_encoder  # noqa: B018 - a damaged adapted encoder (its marker) raises ModelLoadError here
         return HybridRetriever(self._parts(collection, settings, encoders, version))
 
     def derive(self, **overrides: Any) -> RetrievalStack:
@@ -158,7 +160,7 @@ class RetrievalStack:
             settings,
             dense=self.dense if same["dense"] else None,
             sparse=self.sparse if same["sparse"] else None,
-            query_encoder=self.query_encoder if same["query_encoder"] else None,
+            query_encoder=self._query if same["query_encoder"] else None,
         )
 
     def close(self) -> None:
@@ -185,7 +187,7 @@ class RetrievalStack:
             self.store(collection, version),
             encoders.dense,
             encoders.sparse,
-            query_encoder=encoders.query_encoder,
+            query_encoder=encoders._query,
             cache=self.cache,
         )
 
@@ -213,6 +215,10 @@ def shared_stack(settings: RetrievalSettings) -> RetrievalStack:
     key = encoder_key(settings)
     with _shared_lock:
         base = _shared.get(key)
-        if base is None:
-            base = _shared[key] = RetrievalStack(settings)
-    return RetrievalStack(settings, dense=base.dense, sparse=base.sparse, query_encoder=base.query_encoder)
+        if base is None:  # a collection of its own (its adapted encoder is followed per collection): same models
+            donor = next((b for b in _shared.values() if dense_args(b.settings) == dense_args(settings)), None)
+            same_sparse = donor is not None and sparse_args(donor.settings) == sparse_args(settings)
+            base = _shared[key] = RetrievalStack(
+                settings, dense=donor.dense if donor else None, sparse=donor.sparse if same_sparse else None
+            )
+    return RetrievalStack(settings, dense=base.dense, sparse=base.sparse, query_encoder=base._query)

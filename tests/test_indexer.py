@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import time
 
 import pytest
 
@@ -24,6 +25,23 @@ def test_second_run_changes_nothing(indexer):
     assert (second.embedded, second.unchanged, second.deleted) == (0, len(TINY_DOCS), 0)
     assert second.points == first.points
     assert set(indexer.store.stored_hashes()) == ids_before
+
+
+def test_the_reported_time_covers_the_whole_write(indexed_stack):
+    """``report.seconds`` runs from the first document read off the iterable, not from the write step: a source
+    that takes 2 s to yield its documents (a slow reader) is in it."""
+    stack = indexed_stack("edge", [], collection="timed")
+
+    def slow_source():
+        for doc in TINY_DOCS:
+            time.sleep(2.0 / len(TINY_DOCS))
+            yield doc
+
+    started = time.perf_counter()
+    report = stack.indexer().index(slow_source(), progress=False)
+    wall = time.perf_counter() - started
+    assert report.points == len(TINY_DOCS)
+    assert 2.0 <= report.seconds <= wall
 
 
 def test_changed_document_replaces_its_chunks_and_drops_stale_ones(indexer):

@@ -25,6 +25,7 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -415,15 +416,24 @@ def _remove_copy_leftovers(root: Path, collection: str) -> None:
 
 
 def _copy_sparse(src: str, dst: str) -> None:
-    """``shutil.copy2``, but runs of zeros become holes (a WAL segment is 32 MiB, almost all of it unwritten)."""
-    block = 1 << 20
+    """``shutil.copy2``, but pages (4 KiB) of zeros become holes (a WAL segment is 32 MiB, almost all of it
+    unwritten, and a small segment file is a few bytes in its first page): the copy takes the source's disk space."""
+    block, page = 1 << 20, 4096
     with open(src, "rb") as fin, open(dst, "wb") as fout:
         size = os.fstat(fin.fileno()).st_size
         while chunk := fin.read(block):
-            if chunk.count(0) == len(chunk):
-                fout.seek(len(chunk), os.SEEK_CUR)
-            else:
+            if chunk.count(0) < page:  # no page of zeros in it: one write
                 fout.write(chunk)
+                continue
+            pages = np.frombuffer(chunk.ljust(-(-len(chunk) // page) * page, b"\0"), np.uint8).reshape(-1, page)
+            used = pages.any(axis=1)
+            cuts = [0, *(np.flatnonzero(used[1:] != used[:-1]) + 1), len(used)]  # runs of data, runs of holes
+            for first, last in pairwise(cuts):
+                run = memoryview(chunk)[first * page : last * page]
+                if used[first]:
+                    fout.write(run)
+                else:
+                    fout.seek(len(run), os.SEEK_CUR)
         fout.truncate(size)
     shutil.copystat(src, dst)
 

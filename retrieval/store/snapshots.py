@@ -2,8 +2,10 @@
 
 The embedded engine's snapshot is a directory: the version's ``schema.json`` and engine ``shard/``, copied
 while this process holds the shard (so no other process writes it) right after a flush, plus
-``snapshot.json``. Restoring copies it into a new version and switches readers to it atomically, like a
-rebuild. On a server, ``create_snapshot``/``recover_snapshot`` of Qdrant itself are used on the physical
+``snapshot.json``. Both ways, files are copied as staging copies them: runs of zeros (the engine's preallocated
+WAL segments) stay holes, so a snapshot takes the disk space of the version, not 32 MiB per WAL segment.
+Restoring copies it into a new version and switches readers to it atomically, like a rebuild. On a server,
+``create_snapshot``/``recover_snapshot`` of Qdrant itself are used on the physical
 collection behind the alias; the snapshot file stays on the server.
 """
 
@@ -15,7 +17,7 @@ import shutil
 from pathlib import Path
 
 from retrieval.store.base import QdrantStore, StoreError, version_name
-from retrieval.store.edge import SCHEMA_FILE, SHARD_DIR, EdgeStore
+from retrieval.store.edge import SCHEMA_FILE, SHARD_DIR, EdgeStore, _copy_tree
 
 MANIFEST = "snapshot.json"
 
@@ -47,7 +49,7 @@ def snapshot(store: QdrantStore, dest: Path | None = None) -> str:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     shutil.copy2(source / SCHEMA_FILE, tmp / SCHEMA_FILE)
-    shutil.copytree(source / SHARD_DIR, tmp / SHARD_DIR)
+    _copy_tree(source / SHARD_DIR, tmp / SHARD_DIR)
     manifest = {"collection": store.collection, "version": version, "points": points, "created": stamp}
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
     tmp.rename(dest)
@@ -84,7 +86,8 @@ def _restore(store: QdrantStore, source: str | Path, replace: bool) -> int:
             raise StoreError(f"{source} is not a snapshot of the embedded engine (no {SCHEMA_FILE} and {SHARD_DIR}/)")
         directory = store.root / version_name(store.collection, target.version)
         shutil.rmtree(directory, ignore_errors=True)
-        shutil.copytree(source, directory, ignore=shutil.ignore_patterns(MANIFEST))
+        _copy_tree(source, directory)
+        (directory / MANIFEST).unlink(missing_ok=True)
         store._set_stage_info(target.version, {"restore": True, "complete": True})  # not yet a published version
     else:
         raise StoreError(f"snapshots are not supported for {type(store).__name__}")
