@@ -56,7 +56,7 @@ MODEL_FIELDS = ("dense_model", "dense_dim", "sparse_model", "sparse_idf")  # che
 # How the chunks were cut and encoded: checked by writers only (a search may use other values). None: not
 # recorded (a collection made before they were), accepted with a warning.
 ENCODING_FIELDS = ("document_prompt", "bm25_k1", "bm25_b", "bm25_avg_len", "chunk_tokens", "chunk_overlap")
-_warned_unrecorded: set[str] = set()
+_warned_unrecorded: set[str] = set()  # location/collection: warned once per process
 
 
 def canonical_model(name: str) -> str:
@@ -106,10 +106,6 @@ class CollectionSchema:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CollectionSchema:
         return cls(**{k: data[k] for k in MODEL_FIELDS}, **{k: data.get(k) for k in ENCODING_FIELDS})
-
-    def settings(self) -> dict[str, Any]:
-        """The recorded index-time settings (None: not recorded)."""
-        return {name: getattr(self, name) for name in ("dense_model", "sparse_model", *ENCODING_FIELDS)}
 
     def differences(self, other: CollectionSchema, *, write: bool = False) -> list[str]:
         """What ``other`` (the collection's) has that this schema (the settings') does not: the models, and with
@@ -400,8 +396,8 @@ class QdrantStore(ABC):
                 )
             )
         unrecorded = existing.unrecorded() if write else []
-        if unrecorded and self.collection not in _warned_unrecorded:
-            _warned_unrecorded.add(self.collection)
+        if unrecorded and f"{self.location}/{self.collection}" not in _warned_unrecorded:
+            _warned_unrecorded.add(f"{self.location}/{self.collection}")
             log.warning(
                 "collection %r at %s does not record its %s (made by an older release): writing with the current "
                 "settings; rebuild it (hybrid-rag index --rebuild) if they differ from those it was built with",
