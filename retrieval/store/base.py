@@ -56,7 +56,7 @@ MODEL_FIELDS = ("dense_model", "dense_dim", "sparse_model", "sparse_idf")  # che
 # How the chunks were cut and encoded: checked by writers only (a search may use other values). None: not
 # recorded (a collection made before they were), accepted with a warning.
 ENCODING_FIELDS = ("document_prompt", "bm25_k1", "bm25_b", "bm25_avg_len", "chunk_tokens", "chunk_overlap")
-_warned_unrecorded: set[str] = set()  # location/collection: warned once per process
+_warned_unrecorded: set[str] = set()  # the collections warned about (once per process)
 
 
 def canonical_model(name: str) -> str:
@@ -396,8 +396,8 @@ class QdrantStore(ABC):
                 )
             )
         unrecorded = existing.unrecorded() if write else []
-        if unrecorded and f"{self.location}/{self.collection}" not in _warned_unrecorded:
-            _warned_unrecorded.add(f"{self.location}/{self.collection}")
+        if unrecorded and self.collection not in _warned_unrecorded:
+            _warned_unrecorded.add(self.collection)
             log.warning(
                 "collection %r at %s does not record its %s (made by an older release): writing with the current "
                 "settings; rebuild it (hybrid-rag index --rebuild) if they differ from those it was built with",
