@@ -26,7 +26,7 @@ INDEX_KEY = dg.AssetKey("qdrant_index")
 
 class IndexConfig(dg.Config):
     rebuild_on_model_change: bool = Field(
-        default=True, description="Drop and rebuild the collection when it was built with other models (else fail)"
+        default=True, description="Rebuild the collection when it was built with other models or settings (else fail)"
     )
     allow_delete: bool = Field(
         default=False,
@@ -79,7 +79,7 @@ def qdrant_index(
                     f"materialize {name} again"
                 )
         try:
-            indexer.store.check_schema(indexer.schema(), missing_ok=True)
+            indexer.store.check_schema(indexer.schema(), missing_ok=True, write=True)
         except SchemaMismatchError as exc:
             if not config.rebuild_on_model_change:
                 raise dg.Failure(str(exc)) from exc

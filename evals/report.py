@@ -73,14 +73,37 @@ def with_state(df: pd.DataFrame) -> pd.DataFrame:
     return df.assign(version=["-" if v is None else str(v) for v in versions], state=states)
 
 
+SHIPPED = "shipped"  # the search settings of a row that are the shipped defaults (see search_settings())
+
+
+def search_settings(context: object) -> str:
+    """A history row's search settings: ``shipped`` when those it records are the shipped defaults (rows recorded
+    without them too), else the ones that differ (``rrf_k=1, fusion=dbsf``): an experiment, not the published
+    figure."""
+    from evals.runner import REPORTED_SETTINGS, shipped_search_settings
+
+    if not isinstance(context, dict):
+        return SHIPPED
+    shipped = shipped_search_settings()
+    differ = [f"{k}={context[k]}" for k in REPORTED_SETTINGS if k in context and context[k] != shipped[k]]
+    return ", ".join(differ) or SHIPPED
+
+
+def with_settings(df: pd.DataFrame) -> pd.DataFrame:
+    """History rows with ``settings`` (see :func:`search_settings`) taken from their ``context``."""
+    contexts = list(df["context"]) if "context" in df else [None] * len(df)
+    return df.assign(settings=[search_settings(c) for c in contexts])
+
+
 def plot_history(df: pd.DataFrame, out_png: str | Path, metric: str = "ndcg@10") -> Path:
     """Plot ``metric`` over time from :meth:`EvalHistory.records` rows, one line per variant.
 
-    The line joins the evaluations of the versions readers get (``published``); those of staged versions that
-    were never published (refused, unjudged, or passed but not published) are hollow markers off the line. When
-    the rows span several collections or splits, each line is labelled ``variant (collection/split)``.
+    The line joins the evaluations of the versions readers get (``published``) with the shipped search settings;
+    those of staged versions that were never published (refused, unjudged, or passed but not published) are
+    hollow markers off the line, as are those made with other search settings (experiments). When the rows span
+    several collections or splits, each line is labelled ``variant (collection/split)``.
     """
-    rows = with_state(with_searched_collection(df[df["metric"] == metric])).sort_values("timestamp")
+    rows = with_settings(with_state(with_searched_collection(df[df["metric"] == metric]))).sort_values("timestamp")
     if rows.empty:
         raise ValueError(f"no history rows for metric {metric!r}")
     keys = ["collection", "split", "variant"]
@@ -91,20 +114,25 @@ def plot_history(df: pd.DataFrame, out_png: str | Path, metric: str = "ndcg@10")
     for i, ((collection, split, variant), group) in enumerate(rows.groupby(keys, sort=True)):
         label = f"{variant} ({collection}/{split})" if several else str(variant)
         style = line_style(i)
-        served = group[group["state"].isin(SERVED)]
-        other = group[~group["state"].isin(SERVED)]
+        shipped = group["settings"] == SHIPPED
+        served = group[group["state"].isin(SERVED) & shipped]
+        off_line = (
+            (group[~group["state"].isin(SERVED) & shipped], "staged, never served"),
+            (group[~shipped], "other search settings"),
+        )
         if not served.empty:
             ax.plot(served["timestamp"].dt.tz_convert(None), served["value"], label=label, **style)
-        if not other.empty:
-            ax.plot(
-                other["timestamp"].dt.tz_convert(None),
-                other["value"],
-                label=f"{label}: staged, never served",
-                linestyle="none",
-                marker=style["marker"],
-                color=style["color"],
-                markerfacecolor="none",
-            )
+        for other, why in off_line:
+            if not other.empty:
+                ax.plot(
+                    other["timestamp"].dt.tz_convert(None),
+                    other["value"],
+                    label=f"{label}: {why}",
+                    linestyle="none",
+                    marker=style["marker"],
+                    color=style["color"],
+                    markerfacecolor="none",
+                )
     locator = AutoDateLocator()
     ax.xaxis.set_major_locator(locator)
     ax.xaxis.set_major_formatter(ConciseDateFormatter(locator))
@@ -125,8 +153,9 @@ def plot_history(df: pd.DataFrame, out_png: str | Path, metric: str = "ndcg@10")
 def latest(df: pd.DataFrame) -> pd.DataFrame:
     """The most recent value of every (collection, split, variant, metric) of a version readers get (state
     published or gate passed), plus, when newer, the most recent one of a refused or unjudged staged version
-    (rows with a ``state``, see :func:`with_state`; without, simply the most recent)."""
-    keys = ["collection", "split", "variant", "metric"]
+    (rows with a ``state``, see :func:`with_state`; without, simply the most recent); per search ``settings``
+    where rows have them (see :func:`with_settings`)."""
+    keys = ["collection", "split", "variant", "metric", *(["settings"] if "settings" in df else [])]
     ordered = df.sort_values(["timestamp", "id"] if "id" in df else ["timestamp"])
     newest = ordered.groupby(keys).tail(1)
     if "state" not in df:
@@ -138,14 +167,16 @@ def latest(df: pd.DataFrame) -> pd.DataFrame:
 def markdown_table(df: pd.DataFrame, metrics: Sequence[str] | None = None) -> str:
     """Latest value per variant (rows) and metric (columns) as a markdown table.
 
-    History rows (with ``context``) get the evaluated ``version`` and its ``state`` (see :func:`latest`).
-    ``metrics`` defaults to the headline metrics present, then any others, in name order.
+    History rows (with ``context``) get the evaluated ``version`` and its ``state`` (see :func:`latest`), and
+    their search ``settings`` in the last column (see :func:`search_settings`: rows with other settings than the
+    shipped ones are separate rows). ``metrics`` defaults to the headline metrics present, then any others, in
+    name order.
     """
     rows = with_searched_collection(df.dropna(subset=["value"]))
     keys = ["collection", "split", "variant"]
     if "context" in rows:
-        rows = with_state(rows)
-        keys += ["version", "state"]
+        rows = with_settings(with_state(rows))
+        keys += ["version", "state", "settings"]
     last = latest(rows)
     present = set(last["metric"])
     if metrics is None:
@@ -153,14 +184,20 @@ def markdown_table(df: pd.DataFrame, metrics: Sequence[str] | None = None) -> st
         metrics += sorted(present - set(metrics))
     wide = last.pivot_table(index=keys, columns="metric", values="value", aggfunc="last")
     when = last.groupby(keys)["timestamp"].max()
-    header = [*keys, *(LABELS.get(m, m) for m in metrics), "last run (UTC)"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(keys) + "---:|" * len(metrics) + "---|"]
+    shown = [k for k in keys if k != "settings"]  # the settings go last: they can be long
+    header = [*shown, *(LABELS.get(m, m) for m in metrics), "last run (UTC)", *(["search settings"] * (shown != keys))]
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(shown) + "---:|" * len(metrics) + "---|" * (1 + (shown != keys)),
+    ]
     if last.empty:
         return "\n".join(lines)
     for key, row in wide.iterrows():
         cells = [_fmt(row.get(m)) for m in metrics]
         stamp = when[key].strftime("%Y-%m-%d %H:%M")
-        lines.append("| " + " | ".join([*map(str, key), *cells, stamp]) + " |")
+        named = dict(zip(keys, map(str, key), strict=True))
+        settings = [named["settings"]] if "settings" in named else []
+        lines.append("| " + " | ".join([*(named[k] for k in shown), *cells, stamp, *settings]) + " |")
     return "\n".join(lines)
 
 

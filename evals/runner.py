@@ -22,6 +22,7 @@ from evals.runs import Run, best_chunk_per_document
 from retrieval.chunking import point_id
 from retrieval.errors import HybridRagError, InvalidArgumentError
 from retrieval.search import HybridRetriever, Variant
+from retrieval.store.base import ENCODING_FIELDS
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -32,10 +33,9 @@ if TYPE_CHECKING:
 
 RUN_DEPTH = 100
 LATENCY_P50 = "latency_p50_ms"  # the p50 latency as a metric name: EvalReport.frame() and Dagster metadata
-# The settings that change results, recorded with every report (the models are the encoders' own names).
+# The search-time settings that change results, recorded with every report (the index-time ones, which made the
+# collection's vectors, come from its schema; the models are the encoders' own names).
 REPORTED_SETTINGS = (
-    "chunk_tokens",
-    "chunk_overlap",
     "fusion",
     "rrf_k",
     "zscore_fusion_above",
@@ -49,6 +49,13 @@ REPORTED_SETTINGS = (
     "rerank_weight",
     "rerank_agreement",
 )
+
+
+def shipped_search_settings() -> dict[str, Any]:
+    """The shipped defaults of :data:`REPORTED_SETTINGS` (what ``eval-report`` joins into the published line)."""
+    from retrieval.settings import RetrievalSettings
+
+    return {name: _plain(RetrievalSettings.model_fields[name].default) for name in REPORTED_SETTINGS}
 
 
 class JudgedDocumentsMissingError(HybridRagError):
@@ -243,6 +250,8 @@ def evaluate_collection(
         "sparse_model": retriever.sparse.name,
         "query_model": retriever.query_encoder.model_name,  # the trained or corpus-adapted one, else the dense model
     }
+    schema = retriever.store.schema()  # how the evaluated version was chunked and encoded (None: not recorded)
+    settings |= {name: getattr(schema, name, None) for name in ENCODING_FIELDS}
     settings |= {name: _plain(getattr(retriever.settings, name)) for name in REPORTED_SETTINGS}
     return EvalReport(
         collection=collection.name,

@@ -106,7 +106,8 @@ class Indexer:
         return Chunker(self.dense.tokenizer, max_tokens, self.settings.chunk_overlap, reserved_tokens=reserved)
 
     def schema(self) -> CollectionSchema:
-        return CollectionSchema.of(self.dense, self.sparse)
+        """What this indexer's vectors are made with: models, document prompt, BM25 parameters, chunk sizes."""
+        return CollectionSchema.of(self.dense, self.sparse, self.settings)
 
     def chunk(self, documents: Iterable[Document], progress: bool = False) -> list[Chunk]:
         """Validate ``documents`` (:func:`~retrieval.documents.validate_documents`: the one check of every entry
@@ -228,11 +229,12 @@ class Indexer:
         elif first:  # resumes the unfinished first build of the same input when it has the same models
             target = self.store.stage(self.schema(), intent=intent)
         elif staged:
+            schema = self.schema()
             if self.store.schema() is not None:
-                self.store.ensure(self.schema())  # refuses other models
+                schema = self.store.ensure(schema)  # refuses other models and settings; the copy keeps its schema
                 if self._unchanged(chunks, prune, allow_delete, skipped, report):  # no copy, no new version
                     return self._done(report, self.store.current_version(), rebuild, publish, started)
-            target = self.store.stage(self.schema(), copy_current=True, intent=intent)
+            target = self.store.stage(schema, copy_current=True, intent=intent)
         else:  # an incremental write on a server: into the live collection, batch by batch
             self.store.ensure(self.schema())
             if not pinned:  # a staged copy made before this write must not be resumed or published

@@ -125,8 +125,8 @@ class RetrievalStack:
             return self._stores[key]
 
     def schema(self) -> CollectionSchema:
-        """The schema of the vectors this stack's encoders make."""
-        return CollectionSchema.of(self.dense, self.sparse)
+        """The schema of the vectors this stack's encoders make, chunked per its settings."""
+        return CollectionSchema.of(self.dense, self.sparse, self.settings)
 
     def check_schema(self, collection: str | None = None, *, missing_ok: bool = False) -> CollectionSchema | None:
         """The collection's schema once checked against this stack's models (see :meth:`QdrantStore.check_schema`)."""

@@ -262,3 +262,27 @@ def test_eval_report_and_plot_keep_refused_versions_apart_from_the_served_figure
     assert list(line.get_ydata()) == [0.80, 0.8125] and line.get_linestyle() == "-"
     assert list(hollow.get_ydata()) == [0.50, 0.83, 0.4611] and hollow.get_linestyle() == "None"
     assert hollow.get_markerfacecolor() == "none" and "never served" in hollow.get_label()
+
+
+def test_eval_report_keeps_other_search_settings_apart_from_the_published_figures(tmp_path, monkeypatch) -> None:
+    history = EvalHistory(tmp_path / "h.sqlite")
+    stamp = pd.Timestamp("2026-11-30T04:00:00Z")
+    shipped = {"fusion": "rrf", "rrf_k": 10, "zscore_fusion_above": 2.5}
+    experiment = {"fusion": "dbsf", "rrf_k": 1, "zscore_fusion_above": None}  # the same published version
+    for hours, settings, value in ((0, {}, 0.90), (1, shipped, 0.9215), (2, experiment, 0.9453)):
+        context = {"qdrant_collection": "samp", "version": 1, **settings}  # the first: recorded without settings
+        when = (stamp + pd.Timedelta(hours=hours)).to_pydatetime()
+        history.append("samp", "test", "hybrid", {"ndcg@10": value}, context, when, source="cli")
+    table = report_module.markdown_table(history.records())
+    assert table.splitlines()[0].endswith("| nDCG@10 | last run (UTC) | search settings |"), table
+    assert [(row.split(" | ")[5], row.split(" | ")[-1]) for row in table_rows(table)[2:]] == [
+        ("0.9453", "fusion=dbsf, rrf_k=1, zscore_fusion_above=None |"),  # an experiment, in a row of its own
+        ("0.9215", "shipped |"),  # the published figure
+    ], table
+
+    figures = []
+    monkeypatch.setattr(report_module, "Figure", lambda *a, **k: figures.append(Figure(*a, **k)) or figures[-1])
+    report_module.plot_history(history.records(), tmp_path / "p.png")
+    line, hollow = figures[0].axes[0].get_lines()
+    assert list(line.get_ydata()) == [0.90, 0.9215] and list(hollow.get_ydata()) == [0.9453]
+    assert hollow.get_markerfacecolor() == "none" and "other search settings" in hollow.get_label()

@@ -130,9 +130,13 @@ def test_plot_history_writes_png(tmp_path):
 def test_markdown_table_shows_latest_values(tmp_path):
     table = markdown_table(_fill(tmp_path / "h.sqlite").records())
     lines = table.splitlines()
-    assert lines[0] == "| collection | split | variant | version | state | nDCG@10 | Recall@100 | last run (UTC) |"
-    assert "| sample | test | hybrid | - | published | 0.7456 | 0.9500 | 2025-03-03 12:00 |" in lines  # no version
-    assert "| sample | test | bm25 | - | published | 0.6234 | 0.9000 | 2025-03-03 12:00 |" in lines
+    assert lines[0] == (
+        "| collection | split | variant | version | state | nDCG@10 | Recall@100 | last run (UTC) | search settings |"
+    )
+    assert (
+        "| sample | test | hybrid | - | published | 0.7456 | 0.9500 | 2025-03-03 12:00 | shipped |" in lines
+    )  # no version
+    assert "| sample | test | bm25 | - | published | 0.6234 | 0.9000 | 2025-03-03 12:00 | shipped |" in lines
     assert "0.7312" not in table and "0.7000" not in table  # older values are not shown
 
 

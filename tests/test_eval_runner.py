@@ -9,7 +9,7 @@ from evals.history import EvalHistory
 from evals.metrics import evaluate
 from evals.report import markdown_table
 from evals.runner import LATENCY_P50, EvalReport, evaluate_collection
-from retrieval import HybridRetriever, read_documents
+from retrieval import HybridRetriever, RetrievalSettings, RetrievalStack, read_documents
 from tests.conftest import TINY_DOCS
 
 VARIANTS = ["sparse", "hybrid"]
@@ -87,3 +87,21 @@ def test_a_hit_with_the_query_id_is_ignored(indexed_stack, tmp_path) -> None:
     assert next(iter(result.run["pasta"])) == "pasta"  # retrieved first...
     assert result.per_query["pasta"]["ndcg@10"] == 0.0  # ...and not counted
     assert result.per_query["q-moon"]["ndcg@10"] == 1.0
+
+
+@pytest.mark.parametrize("backend", ["edge", "server"])
+def test_the_index_time_settings_recorded_are_the_collections(indexed_stack, backend) -> None:
+    """Chunk sizes, BM25 parameters and the document prompt come from the collection, not the evaluating process."""
+    coll = sample_collection()
+    docs, _ = read_documents(coll.root)
+    built = indexed_stack(backend, docs, collection="chunked", chunk_tokens=48, chunk_overlap=8)
+    evaluating = RetrievalStack(  # the shipped settings, searching the collection built above
+        RetrievalSettings(qdrant_path=built.settings.qdrant_path, collection="chunked", rerank=False),
+        dense=built.dense,
+        sparse=built.sparse,
+        store=built.store(),
+    )
+    report = evaluate_collection(evaluating.retriever(), coll, "test", ["sparse"], progress=False)
+    recorded = {k: report.settings[k] for k in ("chunk_tokens", "chunk_overlap", "bm25_k1", "bm25_b", "bm25_avg_len")}
+    assert recorded == {"chunk_tokens": 48, "chunk_overlap": 8, "bm25_k1": 1.2, "bm25_b": 0.75, "bm25_avg_len": 256.0}
+    assert report.settings["document_prompt"] == "" and report.settings["rrf_k"] == evaluating.settings.rrf_k

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import threading
 import time
 from pathlib import Path
@@ -10,9 +11,18 @@ import numpy as np
 import pytest
 
 import retrieval.indexer as indexer_module
+import retrieval.store.base as store_base
 from retrieval import Document, RetrievalSettings, RetrievalStack
 from retrieval.encoders import Bm25Encoder, DenseEncoder
-from retrieval.store import EdgeStore, QdrantStore, SchemaMismatchError, ServerStore, StoreError, connect
+from retrieval.store import (
+    CollectionSchema,
+    EdgeStore,
+    QdrantStore,
+    SchemaMismatchError,
+    ServerStore,
+    StoreError,
+    connect,
+)
 from tests.conftest import LEXICAL_QUERY, TINY_DOCS
 
 BACKENDS = ["edge", "server"]
@@ -415,3 +425,144 @@ def test_concurrent_writers_are_serialised_with_a_clear_message(tmp_path, dense_
     assert proc.wait(timeout=30) == 0 and report.version == 1 and patient.store.count() == len(TINY_DOCS)
     patient.store.close()
     impatient.store.close()
+
+
+def with_prompt(dense: DenseEncoder, prompt: str) -> DenseEncoder:
+    """The session's model with another document prompt (the loaded model shared)."""
+    other = copy.copy(dense)
+    other.document_prompt = prompt
+    return other
+
+
+# (what changes, the settings of the stack, its encoders given the session's): each changes the stored vectors
+INDEX_TIME_CHANGES = {
+    "bm25": (
+        {"bm25_k1": 3.0, "bm25_b": 0.1},
+        lambda d, s: (d, Bm25Encoder(k1=3.0, b=0.1)),
+        "bm25_k1: collection has 1.2",
+    ),
+    "prompt": ({}, lambda d, s: (with_prompt(d, "passage: "), s), "document_prompt: collection has '', settings give"),
+    "chunks": ({"chunk_tokens": 48, "chunk_overlap": 8}, lambda d, s: (d, s), "chunk_tokens: collection has 256"),
+}
+
+
+@pytest.mark.parametrize("change", INDEX_TIME_CHANGES)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_other_index_time_settings_are_refused_or_rebuilt_never_mixed(
+    backend, change, tmp_path, dense_encoder, sparse_encoder
+):
+    root = tmp_path / "index"
+    store, reader = store_pair(backend, root)
+    RetrievalStack(settings_for(root), store=store, dense=dense_encoder, sparse=sparse_encoder).indexer().index(
+        TINY_DOCS, progress=False
+    )
+    updates, encoders, message = INDEX_TIME_CHANGES[change]
+    dense, sparse = encoders(dense_encoder, sparse_encoder)
+    stack = RetrievalStack(settings_for(root, **updates), store=store, dense=dense, sparse=sparse)
+    edited = [Document(d.id, d.text + " Edited.", title=d.title, metadata=d.metadata) for d in TINY_DOCS[:1]]
+    before = store.stored_hashes()
+    for write in (
+        lambda: stack.indexer().index(TINY_DOCS, prune=True, progress=False),
+        lambda: stack.indexer().index(edited, progress=False),
+    ):
+        with pytest.raises(SchemaMismatchError, match=rf"other index-time settings \({message}.*--rebuild"):
+            write()
+    assert store.stored_hashes() == before and store.current_version() == 1  # nothing written
+    reader_stack = RetrievalStack(settings_for(root, **updates), store=reader, dense=dense, sparse=sparse)
+    assert reader_stack.retriever().search(LEXICAL_QUERY[0], k=1)  # searching with other settings stays free
+
+    report = stack.indexer().rebuild(TINY_DOCS, progress=False)
+    assert report.unchanged == 0 and report.embedded == report.chunks  # everything re-encoded
+    recorded = store.schema()
+    assert (recorded.bm25_k1, recorded.bm25_b, recorded.document_prompt, recorded.chunk_tokens) == (
+        sparse.k1,
+        sparse.b,
+        dense.document_prompt,
+        stack.settings.chunk_tokens,
+    )
+    assert stack.indexer().index(edited, progress=False).embedded >= 1  # and the new settings write freely
+    store.close()
+    reader.close()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_failed_rebuild_is_resumed_only_with_the_same_settings(
+    backend, tmp_path, dense_encoder, sparse_encoder, monkeypatch
+):
+    root = tmp_path / "index"
+    store, _ = store_pair(backend, root)
+    indexer = RetrievalStack(
+        settings_for(root, upsert_batch_size=8), store=store, dense=dense_encoder, sparse=sparse_encoder
+    ).indexer()
+    indexer.index(TINY_DOCS, progress=False)
+    monkeypatch.setattr(indexer_module, "ENCODE_BLOCK", 8)
+
+    def crash(block_no: int) -> None:
+        if block_no == 1:
+            raise RuntimeError("injected failure after two blocks")
+
+    indexer.after_batch = crash
+    with pytest.raises(RuntimeError, match="injected"):
+        indexer.rebuild(NEW_DOCS, progress=False)
+    other = RetrievalStack(
+        settings_for(root, upsert_batch_size=8, bm25_k1=3.0, bm25_b=0.1),
+        store=store,
+        dense=dense_encoder,
+        sparse=Bm25Encoder(k1=3.0, b=0.1),
+    ).indexer()
+    report = other.rebuild(NEW_DOCS, progress=False)  # the half-built copy has the old BM25: not resumed
+    assert (report.unchanged, report.embedded) == (0, len(NEW_DOCS))
+    assert store.schema().bm25_k1 == 3.0 and store.count() == len(NEW_DOCS)
+    store.close()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_collection_that_does_not_record_its_settings_keeps_working(
+    backend, tmp_path, dense_encoder, sparse_encoder, caplog, monkeypatch
+):
+    """A collection made before the encoding settings were recorded: writes go on (one warning), never a rebuild."""
+    root = tmp_path / "index"
+    store, _ = store_pair(backend, root)
+    stack = RetrievalStack(settings_for(root), store=store, dense=dense_encoder, sparse=sparse_encoder)
+    full = stack.schema()
+    old = CollectionSchema(full.dense_model, full.dense_dim, full.sparse_model, full.sparse_idf)
+    store.ensure(old)  # as an older release wrote it
+    monkeypatch.setattr(store_base, "_warned_unrecorded", set())
+    with caplog.at_level("WARNING", logger="retrieval.store.base"):
+        stack.indexer().index(TINY_DOCS[:3], progress=False)
+        stack.indexer().index(TINY_DOCS[3:], progress=False)  # a copy of the published version: nothing lost
+    [warning] = [r.getMessage() for r in caplog.records if "does not record" in r.getMessage()]  # once
+    assert "document_prompt, bm25_k1, bm25_b, bm25_avg_len, chunk_tokens, chunk_overlap" in warning
+    assert store.count() == len(TINY_DOCS) and store.schema() == old
+    assert stack.retriever().search(LEXICAL_QUERY[0], k=1)[0].doc_id == LEXICAL_QUERY[1]
+    store.close()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_bundled_model_under_its_other_name_is_the_same_model(backend, tmp_path, dense_encoder, sparse_encoder):
+    root = tmp_path / "index"
+    store, reader = store_pair(backend, root)
+    RetrievalStack(settings_for(root), store=store, dense=dense_encoder, sparse=sparse_encoder).indexer().index(
+        TINY_DOCS[:3], progress=False
+    )
+    assert dense_encoder.model_name == "sentence-transformers/all-MiniLM-L6-v2"
+    short = copy.copy(dense_encoder)
+    short.model_name = "all-MiniLM-L6-v2"
+    stack = RetrievalStack(
+        settings_for(root, dense_model="all-MiniLM-L6-v2"), store=store, dense=short, sparse=sparse_encoder
+    )
+    stack.indexer().index(TINY_DOCS[3:], progress=False)  # written into a copy of the collection: nothing lost
+    assert store.count() == len(TINY_DOCS)
+    reading = RetrievalStack(settings_for(root), store=reader, dense=short, sparse=sparse_encoder).retriever()
+    assert reading.search(LEXICAL_QUERY[0], k=1)[0].doc_id == LEXICAL_QUERY[1]
+    store.close()
+    reader.close()
+
+
+def test_a_model_folder_by_relative_or_absolute_path_is_one_model(tmp_path, monkeypatch):
+    (tmp_path / "models" / "mine").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    relative = CollectionSchema("models/mine", 384, "bm25", True)
+    absolute = CollectionSchema(str(tmp_path / "models" / "mine"), 384, "bm25", True)
+    assert relative.differences(absolute) == []
+    assert CollectionSchema("models/other", 384, "bm25", True).differences(absolute)

@@ -9,6 +9,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,7 +17,7 @@ import numpy as np
 from retrieval.chunking import Chunk
 from retrieval.encoders.sparse import SparseVec
 from retrieval.errors import FilterError, HybridRagError, InvalidArgumentError, choice
-from retrieval.settings import FusionMethod
+from retrieval.settings import DEFAULT_DENSE_MODEL, FusionMethod
 
 DENSE = "dense"
 SPARSE = "sparse"
@@ -51,23 +52,52 @@ class SchemaMismatchError(StoreError):
     """The configured models do not fit the existing collection."""
 
 
+MODEL_FIELDS = ("dense_model", "dense_dim", "sparse_model", "sparse_idf")  # checked by readers and writers
+# How the chunks were cut and encoded: checked by writers only (a search may use other values). None: not
+# recorded (a collection made before they were), accepted with a warning.
+ENCODING_FIELDS = ("document_prompt", "bm25_k1", "bm25_b", "bm25_avg_len", "chunk_tokens", "chunk_overlap")
+_warned_unrecorded: set[str] = set()  # the collections warned about (once per process)
+
+
+def canonical_model(name: str) -> str:
+    """One name per model: the bundled default under either of its names, a local folder as its absolute path."""
+    if name in {DEFAULT_DENSE_MODEL, "all-MiniLM-L6-v2"}:
+        return DEFAULT_DENSE_MODEL
+    path = Path(name).expanduser()
+    return str(path.resolve()) if path.is_dir() else name
+
+
 @dataclass(frozen=True)
 class CollectionSchema:
-    """What a collection's vectors were made with; stored with the collection and checked on every open."""
+    """What a collection's vectors were made with; stored with the collection and checked on every open
+    (the models) and every write (also the encoding settings: a write with others would mix two encodings)."""
 
     dense_model: str
     dense_dim: int
     sparse_model: str
     sparse_idf: bool
+    document_prompt: str | None = None
+    bm25_k1: float | None = None  # the BM25 fields are None for another sparse model
+    bm25_b: float | None = None
+    bm25_avg_len: float | None = None
+    chunk_tokens: int | None = None
+    chunk_overlap: int | None = None
 
     @classmethod
-    def of(cls, dense: Any, sparse: Any) -> CollectionSchema:
-        """The schema of vectors made by these encoders (a dense and a sparse one)."""
+    def of(cls, dense: Any, sparse: Any, settings: Any | None = None) -> CollectionSchema:
+        """The schema of vectors made by these encoders (a dense and a sparse one), chunked per ``settings``."""
+        bm25 = sparse.name == "bm25"
         return cls(
             dense_model=dense.model_name,
             dense_dim=dense.dimension,
             sparse_model=sparse.name,
             sparse_idf=sparse.uses_idf_modifier,
+            document_prompt=dense.document_prompt,
+            bm25_k1=sparse.k1 if bm25 else None,
+            bm25_b=sparse.b if bm25 else None,
+            bm25_avg_len=sparse.avg_len if bm25 else None,
+            chunk_tokens=settings.chunk_tokens if settings is not None else None,
+            chunk_overlap=settings.chunk_overlap if settings is not None else None,
         )
 
     def to_json(self) -> str:
@@ -75,13 +105,31 @@ class CollectionSchema:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CollectionSchema:
-        return cls(**{k: data[k] for k in ("dense_model", "dense_dim", "sparse_model", "sparse_idf")})
+        return cls(**{k: data[k] for k in MODEL_FIELDS}, **{k: data.get(k) for k in ENCODING_FIELDS})
 
-    def differences(self, other: CollectionSchema) -> list[str]:
+    def differences(self, other: CollectionSchema, *, write: bool = False) -> list[str]:
+        """What ``other`` (the collection's) has that this schema (the settings') does not: the models, and with
+        ``write`` the encoding settings that ``other`` records."""
+
+        def same(name: str) -> bool:
+            mine, theirs = getattr(self, name), getattr(other, name)
+            return canonical_model(mine) == canonical_model(theirs) if name == "dense_model" else mine == theirs
+
+        names = (
+            [*MODEL_FIELDS, *(f for f in ENCODING_FIELDS if getattr(other, f) is not None)] if write else MODEL_FIELDS
+        )
         return [
             f"{name}: collection has {getattr(other, name)!r}, settings give {getattr(self, name)!r}"
-            for name in ("dense_model", "dense_dim", "sparse_model", "sparse_idf")
-            if getattr(self, name) != getattr(other, name)
+            for name in names
+            if not same(name)
+        ]
+
+    def unrecorded(self) -> list[str]:
+        """The encoding settings this (a collection's) schema does not record."""
+        return [
+            f
+            for f in ENCODING_FIELDS
+            if getattr(self, f) is None and not (f.startswith("bm25") and self.sparse_model != "bm25")
         ]
 
 
@@ -384,13 +432,14 @@ class QdrantStore(ABC):
             staged.close()
 
     def check_schema(
-        self, expected: CollectionSchema | None = None, *, missing_ok: bool = False
+        self, expected: CollectionSchema | None = None, *, missing_ok: bool = False, write: bool = False
     ) -> CollectionSchema | None:
         """The existing collection's schema, checked against ``expected`` (the one schema check of the retriever,
         the indexer, the ``qdrant_index`` asset and the CLI); None when it does not exist and ``missing_ok``.
 
         Raises :class:`SchemaMismatchError` when the collection does not exist (unless ``missing_ok``) or was
-        built with other models than ``expected`` (None: existence only).
+        built with other models than ``expected`` (None: existence only), or, with ``write`` (before writing
+        into it), chunked or encoded with other settings (document prompt, BM25 parameters, chunk sizes).
         """
         existing = self.schema()
         if existing is None:
@@ -399,19 +448,40 @@ class QdrantStore(ABC):
             raise SchemaMismatchError(
                 f"collection {self.collection!r} does not exist at {self.location}; index documents first"
             )
-        problems = expected.differences(existing) if expected is not None else []
+        problems = expected.differences(existing, write=write) if expected is not None else []
         if problems:
+            models = any(p.split(":")[0] in MODEL_FIELDS for p in problems)
             raise SchemaMismatchError(
-                f"collection {self.collection!r} at {self.location} was built with other models ("
+                f"collection {self.collection!r} at {self.location} was built with other "
+                + ("models (" if models else "index-time settings (")
                 + "; ".join(problems)
-                + "). Use another collection name, or rebuild it (Indexer.rebuild, hybrid-rag index --rebuild)."
+                + "). Use another collection name, or rebuild it (Indexer.rebuild, hybrid-rag index --rebuild)"
+                + (
+                    "."
+                    if models
+                    else ", which re-encodes every document with the new settings; a write with "
+                    "these settings would mix two encodings in one collection."
+                )
+            )
+        unrecorded = existing.unrecorded() if write else []
+        if unrecorded and self.collection not in _warned_unrecorded:
+            _warned_unrecorded.add(self.collection)
+            log.warning(
+                "collection %r at %s does not record its %s (made by an older release): writing with the current "
+                "settings; rebuild it (hybrid-rag index --rebuild) if they differ from those it was built with",
+                self.collection,
+                self.location,
+                ", ".join(unrecorded),
             )
         return existing
 
-    def ensure(self, schema: CollectionSchema) -> None:
-        """Create the collection, or check that the existing one was built with the same models."""
-        if self.check_schema(schema, missing_ok=True) is None:
+    def ensure(self, schema: CollectionSchema) -> CollectionSchema:
+        """Create the collection, or check that the existing one was built with the same models and settings;
+        the schema to write with (the existing collection's, or ``schema``)."""
+        existing = self.check_schema(schema, missing_ok=True, write=True)
+        if existing is None:
             self._create(schema)
+        return existing or schema
 
     @abstractmethod
     def upsert(self, chunks: Sequence[Chunk], dense: np.ndarray, sparse: Sequence[SparseVec]) -> None: ...
