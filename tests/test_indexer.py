@@ -8,6 +8,7 @@ import pytest
 
 from retrieval import BadInputError, Document, read_documents
 from tests.conftest import TINY_DOCS
+from tests.test_reliability_versions import crash_after_two_blocks
 
 
 @pytest.fixture(params=["edge", "server"])
@@ -86,12 +87,7 @@ def test_interrupted_run_resumes_without_duplicates_or_re_embedding(indexed_stac
     original_block = indexer_module.ENCODE_BLOCK
     indexer_module.ENCODE_BLOCK = 16
     try:
-
-        def crash(block_no: int) -> None:
-            if block_no == 1:
-                raise RuntimeError("injected failure after two blocks")
-
-        broken.after_batch = crash
+        broken.after_batch = crash_after_two_blocks
         with pytest.raises(RuntimeError, match="injected"):
             broken.index(docs, progress=False)
         assert broken.store.current_version() is None  # readers never see a half-written version ...

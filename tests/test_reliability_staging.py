@@ -18,7 +18,7 @@ import retrieval.indexer as indexer_module
 from retrieval import Document, RetrievalStack
 from retrieval.store import EdgeStore, StoreError, collection_names
 from tests.conftest import TINY_DOCS
-from tests.test_reliability_versions import NEW_DOCS, settings_for, store_pair
+from tests.test_reliability_versions import NEW_DOCS, crash_after_two_blocks, settings_for, store_pair
 from tests.test_server_path import cli, write_docs  # noqa: F401 - cli is a fixture
 
 OTHER_DOCS = [Document("unrelated", "The red planet Mars has two small moons, Phobos and Deimos.")]
@@ -26,11 +26,6 @@ OTHER_DOCS = [Document("unrelated", "The red planet Mars has two small moons, Ph
 
 def doc_ids(store) -> set[str]:
     return {doc_id for doc_id, _ in store.stored_hashes().values()}
-
-
-def crash_after_two_blocks(block_no: int) -> None:
-    if block_no == 1:
-        raise RuntimeError("injected failure after two blocks")
 
 
 # A server writes an incremental index into the live collection (batch by batch, no staged copy): not staged here.

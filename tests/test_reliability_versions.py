@@ -12,7 +12,7 @@ import pytest
 
 import retrieval.indexer as indexer_module
 import retrieval.store.base as store_base
-from retrieval import Document, RetrievalSettings, RetrievalStack
+from retrieval import Document, Indexer, RetrievalSettings, RetrievalStack
 from retrieval.encoders import Bm25Encoder, DenseEncoder
 from retrieval.store import (
     CollectionSchema,
@@ -51,6 +51,20 @@ def physical_names(backend: str, root: Path, store: QdrantStore) -> set[str]:
 def settings_for(root: Path, **updates) -> RetrievalSettings:
     base = RetrievalSettings(qdrant_path=root, cache_dir=root / "cache", collection="test", embedding_cache=False)
     return base.model_copy(update={"rerank": False, **updates})
+
+
+def crash_after_two_blocks(block_no: int) -> None:
+    """An ``Indexer.after_batch`` hook that fails the write after its second block."""
+    if block_no == 1:
+        raise RuntimeError("injected failure after two blocks")
+
+
+def small_block_indexer(root: Path, store: QdrantStore, dense, sparse, monkeypatch, **updates) -> Indexer:
+    """An indexer on ``store`` that encodes and writes 8 chunks at a time (so a write has several blocks to fail
+    between, see :func:`crash_after_two_blocks`)."""
+    monkeypatch.setattr(indexer_module, "ENCODE_BLOCK", 8)
+    settings = settings_for(root, upsert_batch_size=8, **updates)
+    return RetrievalStack(settings, store=store, dense=dense, sparse=sparse).indexer()
 
 
 class ProjectedEncoder(DenseEncoder):
@@ -189,17 +203,9 @@ def test_incremental_index_writes_into_the_current_version(backend, tmp_path, de
 def test_failed_rebuild_leaves_readers_alone_and_resumes(backend, tmp_path, dense_encoder, sparse_encoder, monkeypatch):
     root = tmp_path / "index"
     store, _ = store_pair(backend, root)
-    indexer = RetrievalStack(
-        settings_for(root, upsert_batch_size=8), store=store, dense=dense_encoder, sparse=sparse_encoder
-    ).indexer()
+    indexer = small_block_indexer(root, store, dense_encoder, sparse_encoder, monkeypatch)
     indexer.index(TINY_DOCS, progress=False)
-    monkeypatch.setattr(indexer_module, "ENCODE_BLOCK", 8)
-
-    def crash(block_no: int) -> None:
-        if block_no == 1:
-            raise RuntimeError("injected failure after two blocks")
-
-    indexer.after_batch = crash
+    indexer.after_batch = crash_after_two_blocks
     with pytest.raises(RuntimeError, match="injected"):
         indexer.rebuild(NEW_DOCS, progress=False)
     assert store.current_version() == 1 and store.count() == len(TINY_DOCS)  # readers never saw the half-built one
@@ -491,17 +497,9 @@ def test_a_failed_rebuild_is_resumed_only_with_the_same_settings(
 ):
     root = tmp_path / "index"
     store, _ = store_pair(backend, root)
-    indexer = RetrievalStack(
-        settings_for(root, upsert_batch_size=8), store=store, dense=dense_encoder, sparse=sparse_encoder
-    ).indexer()
+    indexer = small_block_indexer(root, store, dense_encoder, sparse_encoder, monkeypatch)
     indexer.index(TINY_DOCS, progress=False)
-    monkeypatch.setattr(indexer_module, "ENCODE_BLOCK", 8)
-
-    def crash(block_no: int) -> None:
-        if block_no == 1:
-            raise RuntimeError("injected failure after two blocks")
-
-    indexer.after_batch = crash
+    indexer.after_batch = crash_after_two_blocks
     with pytest.raises(RuntimeError, match="injected"):
         indexer.rebuild(NEW_DOCS, progress=False)
     other = RetrievalStack(

@@ -16,14 +16,20 @@ from qdrant_client import QdrantClient
 from qdrant_client import models as qm
 from typer.testing import CliRunner
 
-import retrieval.indexer as indexer_module
 from orchestration.cli import app
 from retrieval import Document, RetrievalSettings, RetrievalStack
 from retrieval.encoders.sparse import SpladeEncoder
 from retrieval.errors import ModelLoadError
 from retrieval.store import StoreError, connect
 from tests.conftest import TINY_DOCS
-from tests.test_reliability_versions import NEW_DOCS, physical_names, settings_for, store_pair
+from tests.test_reliability_versions import (
+    NEW_DOCS,
+    crash_after_two_blocks,
+    physical_names,
+    settings_for,
+    small_block_indexer,
+    store_pair,
+)
 
 MISSING_SPLADE = "naver/splade-x"  # a hub name that is not in the local cache: cannot load offline
 
@@ -58,16 +64,8 @@ def test_failed_first_build_publishes_nothing_and_is_resumed(
 ):
     root = tmp_path / "index"
     store, reader = store_pair(backend, root)
-    indexer = RetrievalStack(
-        settings_for(root, upsert_batch_size=8), store=store, dense=dense_encoder, sparse=sparse_encoder
-    ).indexer()
-    monkeypatch.setattr(indexer_module, "ENCODE_BLOCK", 8)
-
-    def crash(block_no: int) -> None:
-        if block_no == 1:
-            raise RuntimeError("injected failure after two blocks")
-
-    indexer.after_batch = crash
+    indexer = small_block_indexer(root, store, dense_encoder, sparse_encoder, monkeypatch)
+    indexer.after_batch = crash_after_two_blocks
     with pytest.raises(RuntimeError, match="injected"):
         indexer.index(NEW_DOCS, progress=False)
     assert reader.current_version() is None and reader.schema() is None  # readers see no collection
@@ -191,18 +189,10 @@ def test_staged_write_resumed_after_an_in_place_write_keeps_that_write(
     the staged write must not resume the old copy (that would publish a collection without the in-place write)."""
     root = tmp_path / "index"
     store, reader = store_pair("server", root)
-    indexer = RetrievalStack(
-        settings_for(root, upsert_batch_size=8), store=store, dense=dense_encoder, sparse=sparse_encoder
-    ).indexer()
+    indexer = small_block_indexer(root, store, dense_encoder, sparse_encoder, monkeypatch)
     indexer.index(TINY_DOCS, progress=False)
-    monkeypatch.setattr(indexer_module, "ENCODE_BLOCK", 8)
     staged_docs = NEW_DOCS[1:]  # all but "valve": a staged write without pruning keeps the published "valve"
-
-    def crash(block_no: int) -> None:
-        if block_no == 1:
-            raise RuntimeError("injected failure after two blocks")
-
-    indexer.after_batch = crash
+    indexer.after_batch = crash_after_two_blocks
     with pytest.raises(RuntimeError, match="injected"):
         indexer.sync(indexer.chunk(staged_docs), prune=False, progress=False, publish=False)
     indexer.after_batch = None

@@ -340,31 +340,23 @@ class ServerStore(QdrantStore):
             self._call("delete", self.client.delete, self.name, points_selector=selector, wait=True)
 
     # -- reads --------------------------------------------------------------------------------------
-    def stored_hashes(self) -> dict[str, tuple[str, str]]:
-        return stored_hashes_from(
-            lambda offset: self._call(
-                "scroll",
-                self.client.scroll,
-                self.name,
-                limit=SCROLL_PAGE,
-                offset=offset,
-                with_payload=HASH_FIELDS,
-                with_vectors=False,
-            )
+    def _scroll_page(self, payload: Sequence[str]) -> Callable[[Any], tuple[Sequence[Any], Any]]:
+        """``offset -> (records, next offset)`` over this collection, each record's payload limited to ``payload``."""
+        return lambda offset: self._call(
+            "scroll",
+            self.client.scroll,
+            self.name,
+            limit=SCROLL_PAGE,
+            offset=offset,
+            with_payload=list(payload),
+            with_vectors=False,
         )
 
+    def stored_hashes(self) -> dict[str, tuple[str, str]]:
+        return stored_hashes_from(self._scroll_page(HASH_FIELDS))
+
     def stored_owners(self) -> Iterator[tuple[str, str]]:
-        for r in scrolled(
-            lambda offset: self._call(
-                "scroll",
-                self.client.scroll,
-                self.name,
-                limit=SCROLL_PAGE,
-                offset=offset,
-                with_payload=["doc_id"],
-                with_vectors=False,
-            )
-        ):
+        for r in scrolled(self._scroll_page(["doc_id"])):
             yield str(r.id), r.payload["doc_id"]
 
     def count(self, filter: dict[str, Any] | None = None) -> int:
