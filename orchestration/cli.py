@@ -7,7 +7,7 @@ import logging
 import time
 from dataclasses import asdict, fields, replace
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import click
 import typer
@@ -240,13 +240,28 @@ def delete(
         console.print(f"[yellow]not in {settings.collection!r}:[/yellow] {', '.join(report.missing)}", soft_wrap=True)
 
 
+def _encoding_summary(encoding: dict[str, Any] | None) -> str | None:
+    """A collection's recorded encoding settings in a few words (``chunks 256/32, bm25 1.2/0.75/256``)."""
+    if encoding is None:
+        return None
+    if all(v is None for v in encoding.values()):
+        return "not recorded"
+    parts = [f"chunks {encoding['chunk_tokens']}/{encoding['chunk_overlap']}"]
+    if encoding["bm25_k1"] is not None:
+        parts.append(f"bm25 {encoding['bm25_k1']:g}/{encoding['bm25_b']:g}/{encoding['bm25_avg_len']:g}")
+    if encoding["document_prompt"]:
+        parts.append(f"prompt {encoding['document_prompt']!r}")
+    return ", ".join(parts)
+
+
 @app.command()
 def collections(as_json: Annotated[bool, typer.Option("--json", help="Print as JSON")] = False) -> None:
     """List the collections with their point counts, models and versions."""
-    from retrieval.store import StoreError, collection_names, open_store
+    from retrieval.store import ENCODING_FIELDS, StoreError, collection_names, open_store
 
     settings = _settings()
     rows, problems = [], []
+    keys = ("points", "dense_model", "dense_dim", "sparse_model", "version", "encoding")
     for name in collection_names(settings):
         store = open_store(settings, name)
         try:
@@ -254,7 +269,6 @@ def collections(as_json: Annotated[bool, typer.Option("--json", help="Print as J
                 schema = store.schema()
             except StoreError as exc:  # e.g. a lost or damaged version pointer: listed, and said why after the table
                 problems.append(f"{name}: {exc}")
-                keys = ("points", "dense_model", "dense_dim", "sparse_model", "version")
                 rows.append({"collection": name, **dict.fromkeys(keys)})
                 continue
             rows.append(
@@ -265,6 +279,8 @@ def collections(as_json: Annotated[bool, typer.Option("--json", help="Print as J
                     "dense_dim": schema.dense_dim if schema else None,
                     "sparse_model": schema.sparse_model if schema else None,
                     "version": store.current_version() if schema else None,  # None: an unfinished first build
+                    # how the chunks were cut and encoded (None: not recorded, a collection made before they were)
+                    "encoding": {f: getattr(schema, f) for f in ENCODING_FIELDS} if schema else None,
                 }
             )
         finally:
@@ -273,10 +289,11 @@ def collections(as_json: Annotated[bool, typer.Option("--json", help="Print as J
         typer.echo(json.dumps(rows, indent=2))
     else:
         table = Table(title=f"collections at {settings.qdrant_url or settings.qdrant_path}")
-        for col in rows[0] if rows else ("collection",):
+        for col in ("collection", *keys):
             table.add_column(col, overflow="fold")
         for row in rows:
-            table.add_row(*("-" if v is None else f"{v:,}" if isinstance(v, int) else str(v) for v in row.values()))
+            cells = {**row, "encoding": _encoding_summary(row["encoding"])}
+            table.add_row(*("-" if v is None else f"{v:,}" if isinstance(v, int) else str(v) for v in cells.values()))
         console.print(table)
     for problem in problems:
         Console(stderr=True).print(f"[red]error:[/red] {problem}", highlight=False, soft_wrap=True)

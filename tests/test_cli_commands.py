@@ -130,6 +130,14 @@ def test_delete_collections_snapshot_and_restore(cli_in, kb):
         "dense_dim": 384,
         "sparse_model": "bm25",
         "version": 1,
+        "encoding": {
+            "document_prompt": "",
+            "bm25_k1": 1.2,
+            "bm25_b": 0.75,
+            "bm25_avg_len": 256.0,
+            "chunk_tokens": 256,
+            "chunk_overlap": 32,
+        },
     }
     assert listing["kb"]["points"] == N and "work" in cli_in("collections")
 

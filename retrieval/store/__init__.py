@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from retrieval.errors import InvalidArgumentError
 from retrieval.settings import RetrievalSettings, check_collection_name
 from retrieval.store.base import (
+    ENCODING_FIELDS,
     CollectionSchema,
     QdrantStore,
     QueryPlan,
@@ -90,6 +91,7 @@ def _valid(name: str) -> bool:
 
 
 __all__ = [
+    "ENCODING_FIELDS",
     "CollectionSchema",
     "EdgeStore",
     "QdrantStore",
