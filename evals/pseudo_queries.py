@@ -154,31 +154,33 @@ def stored_corpus(
     """What adaptation needs, read from the index alone: the documents the pseudo-queries come from
     (:func:`adaptation_documents`; chunk texts joined in order), and the document id and vector (float32) of every
     chunk in the candidate pool (:func:`candidate_pool`), in point id order. The ids are scrolled twice, a page at
-    a time, and only the samples are kept; then the pool is read a ``page`` of points at a time. No other chunk's
-    text is read, and no other chunk's vector: memory is bounded by ``config``, not by the corpus."""
+    a time, and only the samples are kept; then the pool is read a ``page`` of points at a time, all from one
+    version of the collection. No other chunk's text is read, and no other chunk's vector: memory is bounded by
+    ``config``, not by the corpus."""
     config = config or AdaptConfig()
-    train, held = adaptation_documents((owner for _, owner in store.stored_owners()), config)
-    targets = set(train) | set(held)
-    pool = candidate_pool(store.stored_owners(), targets, config)
-    ids, owners = [pid for pid, _ in pool], np.array([owner for _, owner in pool], dtype=object)
-    del pool
-    vectors: np.ndarray | None = None
-    parts: dict[str, list[tuple[int, str, str]]] = {}
-    for start in range(0, len(ids), page):
-        page_ids = ids[start : start + page]
-        own = [pid for pid, owner in zip(page_ids, owners[start : start + page], strict=True) if owner in targets]
-        points = store.points(own, with_dense_vectors=True)
-        dense = store.dense_vectors([pid for pid in page_ids if pid not in points])
-        for row, pid in enumerate(page_ids, start):
-            vector = points[pid].dense_vector if pid in points else dense[pid]
-            if vectors is None:
-                vectors = np.empty((len(ids), len(vector)), dtype=np.float32)
-            vectors[row] = vector
-            if pid in points:
-                p = points[pid].payload
-                parts.setdefault(str(p["doc_id"]), []).append(
-                    (p.get("chunk_index") or 0, p.get("title", ""), p.get("text", ""))
-                )
+    with store.reading():  # one version for both scrolls and every read (a writer may publish meanwhile)
+        train, held = adaptation_documents((owner for _, owner in store.stored_owners()), config)
+        targets = set(train) | set(held)
+        pool = candidate_pool(store.stored_owners(), targets, config)
+        ids, owners = [pid for pid, _ in pool], np.array([owner for _, owner in pool], dtype=object)
+        del pool
+        vectors: np.ndarray | None = None
+        parts: dict[str, list[tuple[int, str, str]]] = {}
+        for start in range(0, len(ids), page):
+            page_ids = ids[start : start + page]
+            own = [pid for pid, owner in zip(page_ids, owners[start : start + page], strict=True) if owner in targets]
+            points = store.points(own, with_dense_vectors=True)
+            dense = store.dense_vectors([pid for pid in page_ids if pid not in points])
+            for row, pid in enumerate(page_ids, start):
+                vector = points[pid].dense_vector if pid in points else dense[pid]
+                if vectors is None:
+                    vectors = np.empty((len(ids), len(vector)), dtype=np.float32)
+                vectors[row] = vector
+                if pid in points:
+                    p = points[pid].payload
+                    parts.setdefault(str(p["doc_id"]), []).append(
+                        (p.get("chunk_index") or 0, p.get("title", ""), p.get("text", ""))
+                    )
     docs = [
         Document(id=doc_id, title=chunks[0][1], text=" ".join(t for _, _, t in sorted(chunks)))
         for doc_id, chunks in parts.items()

@@ -436,3 +436,35 @@ def test_query_encoder_reads_the_index_and_checks_its_tables_lazily(tmp_path) ->
                 [*ALL_ASSETS, query_encoder], selection=[query_encoder], partition_key="sample", resources=resources
             )
         assert not retrieval.settings("sample").adapted_query_dir().exists(), what
+
+
+def test_the_sample_reads_one_version_while_a_writer_publishes(tmp_path, dense_encoder, sparse_encoder) -> None:
+    """A rebuild published between the two scrolls (and the reads after them) does not mix versions: the sample
+    is drawn from the version the first scroll read, whole (it mixed, or failed on a vector gone from the next)."""
+    from retrieval import Document, RetrievalStack
+    from retrieval.store import EdgeStore
+    from tests.test_reliability_versions import settings_for
+
+    def docs(prefix: str) -> list[Document]:
+        return [Document(f"{prefix}{i}", f"Note {i} on pump seals, valves and gaskets ({prefix}).") for i in range(30)]
+
+    root = tmp_path / "index"
+    writer = RetrievalStack(settings_for(root), dense=dense_encoder, sparse=sparse_encoder)
+    writer.indexer().index(docs("a"), progress=False)
+    reader = EdgeStore(root, "test")
+    scrolls = reader.stored_owners
+
+    def publish_after_first_scroll():
+        yield from scrolls()
+        if writer.store().current_version() == 1:
+            writer.indexer().rebuild(docs("b"), allow_delete=True, progress=False)
+
+    reader.stored_owners = publish_after_first_scroll
+    try:
+        sample, owners, vectors = stored_corpus(reader, AdaptConfig(max_queries=10, max_holdout=4, max_negatives=5))
+        assert writer.store().current_version() == 2  # published in between
+    finally:
+        reader.close()
+        writer.close()
+    assert {d.id[0] for d in sample} == {o[0] for o in owners} == {"a"}
+    assert len(owners) == len(vectors) == len(sample) + 5  # every chunk of the sampled documents, 5 others
