@@ -52,6 +52,9 @@ def fail_orphaned_runs(
     for run in instance.get_runs(dg.RunsFilter(statuses=in_progress, tags=tags)):
         tag = run.tags.get(PROCESS_TAG)
         if tag and process_gone(tag):
+            latest = instance.get_run_by_id(run.run_id)  # another process (the sensor, a run) may have failed it
+            if latest is None or latest.status not in in_progress:
+                continue
             reason = f"the process that ran it ({tag}) is gone (killed?); marked failed by {by}"
             instance.report_run_failed(run, message=reason)
             partition = run.tags.get("dagster/partition")

@@ -18,6 +18,14 @@ DEFAULT_DENSE_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 ADAPTED_MARKER = "adapted.json"  # written next to an adapted query encoder: its base model and held-out scores
 
 
+def canonical_model(name: str) -> str:
+    """One name per model: the bundled default under either of its names, a local folder as its absolute path."""
+    if name in {DEFAULT_DENSE_MODEL, "all-MiniLM-L6-v2"}:
+        return DEFAULT_DENSE_MODEL
+    path = Path(name).expanduser()
+    return str(path.resolve()) if path.is_dir() else name
+
+
 class FusionMethod(StrEnum):
     RRF = "rrf"
     DBSF = "dbsf"
@@ -223,7 +231,8 @@ class RetrievalSettings(BaseSettings):
             base_model = json.loads(marker.read_text(encoding="utf-8")).get("base_model")
         except (OSError, ValueError, AttributeError) as exc:  # unreadable, not JSON, not an object
             raise ModelLoadError(f"{marker}: unreadable ({exc}); {self.adapted_query_remedy()}") from exc
-        return str(marker.parent) if base_model == self.dense_model else None
+        same = base_model is not None and canonical_model(base_model) == canonical_model(self.dense_model)
+        return str(marker.parent) if same else None
 
     def adapted_query_remedy(self) -> str:
         """What to do about a damaged adapted query encoder of this collection."""

@@ -83,3 +83,16 @@ def test_shared_stacks_load_the_models_once_and_follow_each_collections_encoder(
     finally:
         one.close()
         two.close()
+
+
+def test_an_adapted_encoder_is_used_under_either_name_of_its_base_model(tmp_path) -> None:
+    """The adapted encoder's base model and the settings' dense model compare as one model under either name of
+    the bundled one (it was silently ignored under the other name)."""
+    settings = RetrievalSettings(models_dir=tmp_path, collection="c")
+    folder = settings.adapted_query_dir()
+    folder.mkdir(parents=True)
+    for base, dense in [("all-MiniLM-L6-v2", settings.dense_model), (settings.dense_model, "all-MiniLM-L6-v2")]:
+        (folder / ADAPTED_MARKER).write_text(json.dumps({"base_model": base}))
+        assert settings.model_copy(update={"dense_model": dense}).resolved_query_model() == str(folder)
+    (folder / ADAPTED_MARKER).write_text(json.dumps({"base_model": "some-org/another-model"}))
+    assert settings.resolved_query_model() is None

@@ -105,9 +105,9 @@ def test_a_lost_or_damaged_pointer_never_costs_the_intact_version(
     with pytest.raises(StoreError, match="pointer") as refused:
         indexer.index(OTHER_DOCS, progress=False)
     assert hint in str(refused.value)
-    if backend == "edge":
-        with pytest.raises(StoreError, match="pointer"):  # readers are told the same, not "index documents first"
-            EdgeStore(root, "test").schema()
+    fresh = EdgeStore(root, "test") if backend == "edge" else reader
+    with pytest.raises(StoreError, match="pointer"):  # readers are told the same, not "index documents first"
+        fresh.schema()
     assert doc_ids(store.pinned(version)) == {d.id for d in TINY_DOCS}  # the intact version is still there
     if backend == "edge":
         (root / "test.current.json").write_text(hint)
@@ -119,6 +119,49 @@ def test_a_lost_or_damaged_pointer_never_costs_the_intact_version(
         )
     indexer.index(OTHER_DOCS, progress=False)
     assert doc_ids(reader) == {d.id for d in [*TINY_DOCS, *OTHER_DOCS]}
+    store.close()
+    reader.close()
+
+
+@pytest.mark.parametrize("backend", ["edge", "server"])
+@pytest.mark.parametrize("marker", [{"base": None, "complete": True}, {"rebuild": True, "complete": True}])
+def test_a_version_an_earlier_release_built_is_intact_when_its_pointer_is_lost(
+    backend, marker, tmp_path, dense_encoder, sparse_encoder
+):
+    """A first build or rebuild published by the previous release records neither the write's fingerprint nor
+    ``published``: a lost pointer must not make it an abandoned staging (the next write deleted it)."""
+    root = tmp_path / "index"
+    store, reader = store_pair(backend, root)
+    indexer = RetrievalStack(settings_for(root), store=store, dense=dense_encoder, sparse=sparse_encoder).indexer()
+    indexer.index(TINY_DOCS, progress=False)
+    store._set_stage_info(1, marker)  # as the previous release recorded it
+    lose_pointer(backend, root, store, "missing")
+    with pytest.raises(StoreError, match="pointer") as refused:
+        indexer.index(OTHER_DOCS, progress=False)
+    assert "earlier release" in str(refused.value)
+    assert doc_ids(store.pinned(1)) == {d.id for d in TINY_DOCS}
+    store.close()
+    reader.close()
+
+
+def test_a_reader_whose_pointer_is_lost_keeps_its_version_and_says_how_to_repair(
+    tmp_path, dense_encoder, sparse_encoder, caplog
+):
+    """A long-lived reader goes on serving the version it holds when the pointer is lost or unreadable, and warns
+    once with the repair (it warned on every search that the collection 'looks damaged', or failed every search)."""
+    root, store, reader, _ = two_versions("edge", tmp_path, dense_encoder, sparse_encoder)
+    retriever = RetrievalStack(settings_for(root), store=reader, dense=dense_encoder, sparse=sparse_encoder).retriever()
+    assert retriever.search("valve gasket", k=2)
+    pointer = root / "test.current.json"
+    for damage in ("missing", "empty"):
+        lose_pointer("edge", root, store, damage)
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="retrieval.store.edge"):
+            for _ in range(3):
+                assert [h.doc_id for h in retriever.search("valve gasket", k=2)][0] == "valve"
+        warnings = [r.getMessage() for r in caplog.records]
+        assert len(warnings) == 1 and '{"version": 2}' in warnings[0] and "damaged" not in warnings[0], warnings
+        pointer.write_text(json.dumps({"version": 2}))
     store.close()
     reader.close()
 

@@ -9,7 +9,6 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,7 +16,7 @@ import numpy as np
 from retrieval.chunking import Chunk
 from retrieval.encoders.sparse import SparseVec
 from retrieval.errors import FilterError, HybridRagError, InvalidArgumentError, choice
-from retrieval.settings import DEFAULT_DENSE_MODEL, FusionMethod
+from retrieval.settings import FusionMethod, canonical_model
 
 DENSE = "dense"
 SPARSE = "sparse"
@@ -59,12 +58,10 @@ ENCODING_FIELDS = ("document_prompt", "bm25_k1", "bm25_b", "bm25_avg_len", "chun
 _warned_unrecorded: set[str] = set()  # the collections warned about (once per process)
 
 
-def canonical_model(name: str) -> str:
-    """One name per model: the bundled default under either of its names, a local folder as its absolute path."""
-    if name in {DEFAULT_DENSE_MODEL, "all-MiniLM-L6-v2"}:
-        return DEFAULT_DENSE_MODEL
-    path = Path(name).expanduser()
-    return str(path.resolve()) if path.is_dir() else name
+def _earlier_release(info: dict[str, Any]) -> bool:
+    """A staging record written before records held the write's fingerprint (``intent``; every write of this
+    release records it, a restore says ``restore``): whether that version was published is not recorded."""
+    return "intent" not in info and not info.get("restore")
 
 
 @dataclass(frozen=True)
@@ -273,11 +270,16 @@ class QdrantStore(ABC):
     def intact_versions(self) -> list[int]:
         """The versions that are, or were, published (not a failed write's or a refused one's staged copy): a
         version made before staging records existed, or by a restore, a published one, or a copy of a published
-        version that was sealed. A lost pointer to the current version must never cost them."""
+        version that was sealed, or a complete one an earlier release wrote (its records do not say whether it was
+        published). A lost pointer to the current version must never cost them."""
         out = []
         for v in self._versions():
             info = self._stage_info(v)
-            published = info is None or info.get("published") or (info.get("complete") and info.get("base"))
+            published = (
+                info is None
+                or info.get("published")
+                or (info.get("complete") and (info.get("base") or _earlier_release(info)))
+            )
             published = published and not (info or {}).get("dropped")
             if v and published and self._pinned(v).schema() is not None:
                 out.append(v)
@@ -301,10 +303,18 @@ class QdrantStore(ABC):
         newest = (published or intact)[-1]  # not a copy that was sealed, then refused by a gate
         found = ", ".join(f"{v} ({version_name(self.collection, v)})" for v in intact)
         what = "is missing" if current is None else f"names version {current}, which does not exist"
+        unknown = [v for v in intact if v > newest or not published]
+        caveat = (
+            f" (an earlier release wrote version {', '.join(map(str, unknown))} without recording whether it was "
+            "published or refused by a gate: check it before pointing readers at it)"
+            if unknown
+            else ""
+        )
         raise StoreError(
             f"the version pointer of collection {self.collection!r} ({self._pointer_where()}) {what}, but intact "
             f"versions are there: {found}. Nothing was changed. To restore the last published one, "
             + self._restore_hint(newest)
+            + caveat
         )
 
     @contextmanager

@@ -486,6 +486,7 @@ class EdgeStore(QdrantStore):
         self._bound: str | None = None  # the physical collection self._shard belongs to
         self._lock = threading.Lock()
         self._local = threading.local()  # .reading: the shard directory this thread's reads are pinned to
+        self._pointer_warned: str | None = None  # the pointer problem last warned about (once, not every search)
 
     @property
     def dir(self) -> Path:
@@ -613,7 +614,20 @@ class EdgeStore(QdrantStore):
         """Under ``self._lock``: move this store's handle to the pointer's version when it changed."""
         if self.version is not None or self._shard is None:
             return False
-        target = self._target()
+        try:
+            pointed = self._read_pointer()
+            lost = None if pointed is not None or self._bound == self.collection else f"{self.pointer} is missing"
+        except StoreError as exc:  # an unreadable pointer
+            pointed, lost = None, str(exc)
+        if lost is not None:  # keep serving the version this store holds; say once how to repair the pointer
+            if self._pointer_warned != lost:
+                self._pointer_warned = lost
+                held = parse_version(self.collection, self._bound or "")
+                repair = self._restore_hint(held) if held else "index the collection again"
+                log.warning("collection %r: %s; still serving %s: %s", self.collection, lost, self._bound, repair)
+            return False
+        self._pointer_warned = None
+        target = version_name(self.collection, pointed or 0)
         if target == self._bound:
             return False
         try:

@@ -273,6 +273,8 @@ class ServerStore(QdrantStore):
     def schema(self) -> CollectionSchema | None:
         physical = self._physical()
         if physical is None:
+            if self.version is None:
+                self.check_pointer(None)  # a lost alias: say so, not "does not exist"
             return None
         info = self._call("get_collection", self.client.get_collection, physical)
         metadata = info.config.metadata or {}
