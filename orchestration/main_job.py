@@ -21,7 +21,6 @@ import dagster as dg
 from rich.console import Console
 
 from assets import ALL_ASSETS, CHANNELS_CHECK, CORPORA, NDCG_CHECK, POINT_COUNT_CHECK, RERANK_CHECK
-from assets.corpora import REPO_ROOT
 from assets.evaluation import GATE, GATE_NOT_RUN, evaluation_report
 from orchestration.definitions import default_resources
 from orchestration.jobs import reindex_job
@@ -29,7 +28,7 @@ from orchestration.orphaned_runs import PROCESS_TAG, fail_orphaned_runs, this_pr
 from retrieval.store import StoreError, open_store
 
 DAGSTER_HOME = Path("data/dagster_home")
-INSTANCE_YAML = REPO_ROOT / "data" / "dagster_home" / "dagster.yaml"
+INSTANCE_YAML = Path(__file__).with_name("dagster_instance.yaml")  # the project's instance settings, outside data/
 INDEX_FIELDS = ("documents", "chunks", "written", "unchanged", "deleted", "points")
 
 
@@ -62,6 +61,17 @@ def one_line_console_logger(init_context: dg.InitLoggerContext) -> logging.Logge
     return logger
 
 
+def prepare_dagster_home(dagster_home: str | Path | None = None) -> Path:
+    """The instance folder (``dagster_home``, else ``$DAGSTER_HOME``, else ``data/dagster_home``), made with the
+    project's instance settings (telemetry off, one run per corpus) unless it has its own ``dagster.yaml``; so
+    deleting ``data/`` to start afresh loses nothing."""
+    home = Path(dagster_home or default_dagster_home()).resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    if not (home / "dagster.yaml").exists():
+        shutil.copyfile(INSTANCE_YAML, home / "dagster.yaml")
+    return home
+
+
 def run_main_job(
     corpus: str = "sample",
     *,
@@ -75,10 +85,7 @@ def run_main_job(
     ``log_level`` sets the console logger (Dagster's per-event lines are DEBUG) unless ``run_config`` has loggers.
     """
     CORPORA.get(corpus)  # an unknown corpus: UnknownCorpusError, naming the configured ones
-    home = Path(dagster_home or default_dagster_home()).resolve()
-    home.mkdir(parents=True, exist_ok=True)
-    if not (home / "dagster.yaml").exists():  # the project's instance settings (telemetry off, one run per corpus)
-        shutil.copyfile(INSTANCE_YAML, home / "dagster.yaml")
+    home = prepare_dagster_home(dagster_home)
     resources = dict(resources or default_resources())
     defs = dg.Definitions(
         assets=ALL_ASSETS,

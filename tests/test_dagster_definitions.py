@@ -214,7 +214,10 @@ def test_docker_dagster_yaml_uses_postgres_from_compose_env() -> None:
 
 
 def test_project_dagster_home_turns_telemetry_off_and_runs_one_job_per_corpus() -> None:
-    config = yaml.safe_load((ROOT / "data" / "dagster_home" / "dagster.yaml").read_text())
+    from orchestration.main_job import INSTANCE_YAML
+
+    assert INSTANCE_YAML.is_file() and "data" not in INSTANCE_YAML.relative_to(ROOT).parts  # survives `rm -rf data`
+    config = yaml.safe_load(INSTANCE_YAML.read_text())
     assert config["telemetry"] == {"enabled": False}
     [limit] = config["run_coordinator"]["config"]["tag_concurrency_limits"]
     assert limit["key"] == "dagster/partition" and limit["limit"] == 1
