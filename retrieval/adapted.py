@@ -70,3 +70,8 @@ class AdaptedQueryEncoder:
             query_prompt=d.query_prompt,
             setting=f"HYBRID_RAG_ADAPTED_QUERY_MODEL, the adapted query encoder: {remedy}",
         )
+
+
+def query_encoder_now(query: DenseEncoder | AdaptedQueryEncoder | None, dense: DenseEncoder) -> DenseEncoder:
+    """The encoder to embed queries with now: a followed adapted one's current encoder, a fixed one, else ``dense``."""
+    return query.current() if isinstance(query, AdaptedQueryEncoder) else query or dense

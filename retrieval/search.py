@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from retrieval.adapted import AdaptedQueryEncoder
+from retrieval.adapted import query_encoder_now
 from retrieval.encoders.sparse import SparseVec
 from retrieval.errors import EmptyQueryError, InvalidArgumentError, choice
 from retrieval.fusion import Fused, fuse, top_z
@@ -104,9 +104,8 @@ class HybridRetriever:
             )
         self.settings, self.store = parts.settings, parts.store
         self.dense, self.sparse = parts.dense, parts.sparse
-        adapted = parts.query_encoder if isinstance(parts.query_encoder, AdaptedQueryEncoder) else None
-        self._adapted = adapted  # followed on every search: a new adapted encoder, or none, needs no restart
-        self.query_encoder = adapted.current() if adapted else parts.query_encoder or parts.dense
+        self._query = parts.query_encoder  # an adapted one is followed on every search: no restart after `adapt`
+        self.query_encoder = query_encoder_now(self._query, self.dense)
         self.reranker = EmbeddingReranker(
             self.dense, RerankConfig.from_settings(self.settings), query_encoder=self.query_encoder
         )
@@ -261,8 +260,7 @@ class HybridRetriever:
         variant = Variant(variant)
         t0 = time.perf_counter()
         dense_q, sparse_q = None, None
-        if self._adapted is not None:
-            self.query_encoder = self.reranker.query_encoder = self._adapted.current()
+        self.query_encoder = self.reranker.query_encoder = query_encoder_now(self._query, self.dense)
         if variant is not Variant.SPARSE:
             encoder = self.query_encoder
             with encoder.lock:

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from retrieval.adapted import AdaptedQueryEncoder
+from retrieval.adapted import AdaptedQueryEncoder, query_encoder_now
 from retrieval.embedding_cache import EmbeddingCache
 from retrieval.encoders import DenseEncoder, make_sparse_encoder
 from retrieval.encoders.sparse import Bm25Encoder, SpladeEncoder
@@ -110,8 +110,7 @@ class RetrievalStack:
     def query_encoder(self) -> DenseEncoder:
         """The query encoder now: ``query_model``'s, else the collection's adapted one as saved now (see
         :class:`~retrieval.adapted.AdaptedQueryEncoder`), else the dense encoder."""
-        query = self._query
-        return query.current() if isinstance(query, AdaptedQueryEncoder) else query or self.dense
+        return query_encoder_now(self._query, self.dense)
 
     def store(self, collection: str | None = None, version: int | None = None) -> QdrantStore:
         """The store of ``collection`` pinned to ``version`` when given, opened once; by default the store given
