@@ -305,8 +305,8 @@ class QdrantStore(ABC):
         what = "is missing" if current is None else f"names version {current}, which does not exist"
         unknown = [v for v in intact if v > newest or not published]
         caveat = (
-            f" (an earlier release wrote version {', '.join(map(str, unknown))} without recording whether it was "
-            "published or refused by a gate: check it before pointing readers at it)"
+            f" (version {', '.join(map(str, unknown))} is not recorded as published: an earlier release wrote it, "
+            "or a gate refused it; check it before pointing readers at it)"
             if unknown
             else ""
         )

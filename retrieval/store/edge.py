@@ -367,6 +367,13 @@ class _DiskFull(Exception):
     """A copy stopped by a full disk or a file size / quota limit (not an OSError, so copytree does not go on)."""
 
 
+def _disk_full(exc: OSError, path: str | Path) -> _DiskFull | None:
+    """``exc`` as a :class:`_DiskFull` naming the error and ``path`` when it is one (no space, size limit, quota)."""
+    if exc.errno not in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+        return None
+    return _DiskFull(f"{os.strerror(exc.errno)} ({errno.errorcode[exc.errno]}) writing {path}")
+
+
 def _disk_problem(text: str) -> str | None:
     """The disk problem an error's text names (no space, a file size limit, a quota), or None."""
     for marker, problem in DISK_ERRORS:
@@ -375,7 +382,7 @@ def _disk_problem(text: str) -> str | None:
     return None
 
 
-def _copy_tree(source: Path, target: Path) -> None:
+def copy_tree(source: Path, target: Path) -> None:
     """Copy a collection directory; files full of zeros (the engine's preallocated WAL) are copied sparse. A failed
     copy is removed; a full disk (or a file size limit, a quota) fails in one line naming it and the path."""
     tmp = target.with_name(target.name + f"{COPY_MARK}{uuid.uuid4().hex[:8]}")
@@ -385,9 +392,7 @@ def _copy_tree(source: Path, target: Path) -> None:
         try:
             _copy_sparse(src, dst)
         except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
-                raise _DiskFull(f"{os.strerror(exc.errno)} ({errno.errorcode[exc.errno]}) writing {dst}") from exc
-            raise
+            raise _disk_full(exc, dst) or exc from exc  # a full disk stops copytree (which goes on after an OSError)
 
     try:
         shutil.copytree(
@@ -396,9 +401,8 @@ def _copy_tree(source: Path, target: Path) -> None:
         os.replace(tmp, target)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        code = getattr(exc, "errno", None)
-        if isinstance(exc, OSError) and code in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
-            exc = _DiskFull(f"{os.strerror(code)} ({errno.errorcode[code]}) at {exc.filename or tmp}")
+        if isinstance(exc, OSError):
+            exc = _disk_full(exc, exc.filename or tmp) or exc
         if isinstance(exc, _DiskFull):
             raise StoreError(
                 f"cannot copy {source} to stage a write: {exc}. Free disk space (or raise the file size limit or "
@@ -569,7 +573,7 @@ class EdgeStore(QdrantStore):
             if key in _open_shards and _open_shards[key][2] is None:  # written in this process: make it durable
                 _open_shards[key][0].flush()
         _remove_copy_leftovers(self.root, self.collection)
-        _copy_tree(src, self.root / version_name(self.collection, target))
+        copy_tree(src, self.root / version_name(self.collection, target))
 
     def _switch(self, staged: QdrantStore) -> None:
         tmp = self.pointer.with_name(self.pointer.name + ".tmp")

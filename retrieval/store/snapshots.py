@@ -17,7 +17,7 @@ import shutil
 from pathlib import Path
 
 from retrieval.store.base import QdrantStore, StoreError, version_name
-from retrieval.store.edge import SCHEMA_FILE, SHARD_DIR, EdgeStore, _copy_tree
+from retrieval.store.edge import SCHEMA_FILE, SHARD_DIR, EdgeStore, copy_tree
 
 MANIFEST = "snapshot.json"
 
@@ -49,7 +49,7 @@ def snapshot(store: QdrantStore, dest: Path | None = None) -> str:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     shutil.copy2(source / SCHEMA_FILE, tmp / SCHEMA_FILE)
-    _copy_tree(source / SHARD_DIR, tmp / SHARD_DIR)
+    copy_tree(source / SHARD_DIR, tmp / SHARD_DIR)
     manifest = {"collection": store.collection, "version": version, "points": points, "created": stamp}
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
     tmp.rename(dest)
@@ -86,7 +86,7 @@ def _restore(store: QdrantStore, source: str | Path, replace: bool) -> int:
             raise StoreError(f"{source} is not a snapshot of the embedded engine (no {SCHEMA_FILE} and {SHARD_DIR}/)")
         directory = store.root / version_name(store.collection, target.version)
         shutil.rmtree(directory, ignore_errors=True)
-        _copy_tree(source, directory)
+        copy_tree(source, directory)
         (directory / MANIFEST).unlink(missing_ok=True)
         store._set_stage_info(target.version, {"restore": True, "complete": True})  # not yet a published version
     else:
