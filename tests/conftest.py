@@ -71,6 +71,15 @@ TINY_DOCS = [
     ),
 ]
 LEXICAL_QUERY = ("ZX-4471", "valve")
+# How a collection indexed with the shipped settings records its chunking and encoding (collections --json).
+SHIPPED_ENCODING = {
+    "document_prompt": "",
+    "bm25_k1": 1.2,
+    "bm25_b": 0.75,
+    "bm25_avg_len": 256.0,
+    "chunk_tokens": 256,
+    "chunk_overlap": 32,
+}
 SEMANTIC_QUERY = ("how can I keep spaghetti from sticking", "pasta")
 
 

@@ -10,6 +10,7 @@ from evals.history import EvalHistory
 from evals.runner import EvalReport
 from evals.runs import read_run
 from orchestration.cli import app
+from tests.conftest import SHIPPED_ENCODING
 
 
 def invoke(*args):
@@ -87,14 +88,7 @@ def test_eval_indexes_a_missing_collection_first(cli_env):
     [fresh] = json.loads(invoke_stdout("collections", "--json"))
     assert fresh["collection"] == "fresh" and fresh["points"] >= len(sample_collection().doc_ids())
     # how its chunks were cut and encoded, as recorded (and refused to a write with other values)
-    assert fresh["encoding"] == {
-        "document_prompt": "",
-        "bm25_k1": 1.2,
-        "bm25_b": 0.75,
-        "bm25_avg_len": 256.0,
-        "chunk_tokens": 256,
-        "chunk_overlap": 32,
-    }
+    assert fresh["encoding"] == SHIPPED_ENCODING
 
 
 def test_bad_input_exits_with_file_and_line(cli_env):

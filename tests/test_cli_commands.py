@@ -17,7 +17,7 @@ from retrieval import RetrievalSettings, RetrievalStack
 from retrieval.search import Hit
 from retrieval.settings import COLLECTION_NAME_MAX_BYTES
 from retrieval.store.edge import _copy_sparse
-from tests.conftest import TINY_DOCS
+from tests.conftest import SHIPPED_ENCODING, TINY_DOCS
 from tests.test_data_safety import points, write_jsonl
 
 N = len(TINY_DOCS)
@@ -130,14 +130,7 @@ def test_delete_collections_snapshot_and_restore(cli_in, kb):
         "dense_dim": 384,
         "sparse_model": "bm25",
         "version": 1,
-        "encoding": {
-            "document_prompt": "",
-            "bm25_k1": 1.2,
-            "bm25_b": 0.75,
-            "bm25_avg_len": 256.0,
-            "chunk_tokens": 256,
-            "chunk_overlap": 32,
-        },
+        "encoding": SHIPPED_ENCODING,
     }
     assert listing["kb"]["points"] == N and "work" in cli_in("collections")
 

@@ -67,6 +67,18 @@ def small_block_indexer(root: Path, store: QdrantStore, dense, sparse, monkeypat
     return RetrievalStack(settings, store=store, dense=dense, sparse=sparse).indexer()
 
 
+def failed_rebuild(root: Path, store: QdrantStore, dense, sparse, monkeypatch) -> Indexer:
+    """The small-block indexer after indexing TINY_DOCS and a rebuild to NEW_DOCS that failed after two blocks
+    (its hook removed: the next write goes through)."""
+    indexer = small_block_indexer(root, store, dense, sparse, monkeypatch)
+    indexer.index(TINY_DOCS, progress=False)
+    indexer.after_batch = crash_after_two_blocks
+    with pytest.raises(RuntimeError, match="injected"):
+        indexer.rebuild(NEW_DOCS, progress=False)
+    indexer.after_batch = None
+    return indexer
+
+
 class ProjectedEncoder(DenseEncoder):
     """The real model's vectors cut to their first ``dim`` components: stands in for another dense model."""
 
@@ -203,13 +215,8 @@ def test_incremental_index_writes_into_the_current_version(backend, tmp_path, de
 def test_failed_rebuild_leaves_readers_alone_and_resumes(backend, tmp_path, dense_encoder, sparse_encoder, monkeypatch):
     root = tmp_path / "index"
     store, _ = store_pair(backend, root)
-    indexer = small_block_indexer(root, store, dense_encoder, sparse_encoder, monkeypatch)
-    indexer.index(TINY_DOCS, progress=False)
-    indexer.after_batch = crash_after_two_blocks
-    with pytest.raises(RuntimeError, match="injected"):
-        indexer.rebuild(NEW_DOCS, progress=False)
+    indexer = failed_rebuild(root, store, dense_encoder, sparse_encoder, monkeypatch)
     assert store.current_version() == 1 and store.count() == len(TINY_DOCS)  # readers never saw the half-built one
-    indexer.after_batch = None
     resumed = indexer.rebuild(NEW_DOCS, progress=False)
     assert (resumed.version, resumed.unchanged, resumed.embedded) == (2, 16, len(NEW_DOCS) - 16)
     assert store.count() == len(NEW_DOCS)
@@ -497,11 +504,7 @@ def test_a_failed_rebuild_is_resumed_only_with_the_same_settings(
 ):
     root = tmp_path / "index"
     store, _ = store_pair(backend, root)
-    indexer = small_block_indexer(root, store, dense_encoder, sparse_encoder, monkeypatch)
-    indexer.index(TINY_DOCS, progress=False)
-    indexer.after_batch = crash_after_two_blocks
-    with pytest.raises(RuntimeError, match="injected"):
-        indexer.rebuild(NEW_DOCS, progress=False)
+    failed_rebuild(root, store, dense_encoder, sparse_encoder, monkeypatch)
     other = RetrievalStack(
         settings_for(root, upsert_batch_size=8, bm25_k1=3.0, bm25_b=0.1),
         store=store,
