@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import math
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -24,6 +26,10 @@ HASH_FIELDS = ["doc_id", "content_hash"]  # the payload that tells whether a sto
 SCROLL_PAGE = 2048
 WRITE_LOCK_TIMEOUT_S = 600.0  # how long a writer waits for the collection's write lock
 TOP_LEVEL_FILTER_KEYS = {"doc_id", "chunk_index", "title", "content_hash"}
+STRING_FIELDS = {"doc_id", "title", "content_hash"}  # top-level fields that hold strings
+PLAIN_KEY = re.compile(r"[\w-]+")  # a metadata key Qdrant's paths take unquoted
+PAYLOAD_PATH = re.compile(r"[\w-]+(?:\[\d*\])*(?:\.[\w-]+(?:\[\d*\])*)*")  # keys joined by dots, [i] or []
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 RANGE_OPERATORS = {"gt", "gte", "lt", "lte"}
 VERSION_SEP = "__v"
 
@@ -537,47 +543,81 @@ class QdrantStore(ABC):
     def close(self) -> None: ...
 
 
-def filter_conditions(spec: dict[str, Any] | None) -> list[tuple[str, str, Any]]:
-    """Normalize a filter dict into (payload key, kind, value); every problem names its field.
+def filter_conditions(spec: dict[str, Any] | None) -> list[list[tuple[str, str, Any]]]:
+    """Normalize a filter dict into tests on payload keys; every problem names its field.
 
-    Kinds: ``value`` (a string or integer: ``{"topic": "music"}``), ``bool`` (``{"published": True}``),
-    ``any`` (a list of strings or integers: ``{"topic": ["a", "b"]}``), ``range`` (numbers, also a float
-    equality: ``{"year": {"gte": 2000, "lt": 2010}}``, ``{"score": 0.5}``), ``datetime`` (ISO 8601 strings or
-    datetime/date objects, as RFC 3339 strings: ``{"published_at": {"gte": "2024-01-01"}}``; naive times are
-    UTC) and ``empty`` (``{"field": None}``: the field is missing, null or an empty list). Keys other than the
-    stored top-level fields refer to the document's metadata.
+    The result is a conjunction of alternatives: every inner list holds ``(payload key, kind, value)`` tests of
+    which one must match, and every inner list must. Kinds: ``value`` (a string or an integer beyond 2^53:
+    ``{"topic": "music"}``), ``bool`` (``{"published": True}``), ``any`` (a list of strings:
+    ``{"topic": ["a", "b"]}``), ``range`` (numbers: ``{"year": {"gte": 2000, "lt": 2010}}``; also a number's
+    equality, so that ``{"stars": 4}`` matches 4 and 4.0 alike, and each number of a list), ``datetime`` (ISO
+    8601 strings or datetime/date objects, as RFC 3339 strings: ``{"published_at": {"gte": "2024-01-01"}}``;
+    naive times are UTC) and ``empty`` (``{"field": None}``: the field is missing, null or an empty list).
+
+    Keys other than the stored top-level fields refer to the document's metadata; a key with dots or brackets
+    matches the key as written or, as a Qdrant path, a nested field (``"author.name"``: ``{"author.name": x}``
+    or ``{"author": {"name": x}}``). ``doc_id``, ``title`` and ``content_hash`` hold strings.
     """
     if spec is None:
         return []
     if not isinstance(spec, dict):
         raise FilterError(f"a filter must be a dict of field -> condition, got {type(spec).__name__}")
-    conditions = []
+    groups = []
     for key, value in spec.items():
         if not isinstance(key, str) or not key:
             raise FilterError(f"filter field names must be non-empty strings, got {key!r}")
-        path = key if key in TOP_LEVEL_FILTER_KEYS or key.startswith("metadata.") else f"metadata.{key}"
-        conditions.append((path, *_condition(key, value)))
-    return conditions
+        if key in STRING_FIELDS and not _strings_or_none(value):
+            raise FilterError(
+                f"filter on {key!r}: the field holds strings (a document id written as 6 is stored as '6'), "
+                f"got {value!r}"
+            )
+        paths = _paths(key)
+        tests = _tests(key, value)
+        if tests[0][0] == "empty":  # no value under any reading of the key
+            groups += [[(path, "empty", None)] for path in paths]
+        else:
+            groups.append([(path, kind, v) for path in paths for kind, v in tests])
+    return groups
 
 
-def _condition(key: str, value: Any) -> tuple[str, Any]:
+def _strings_or_none(value: Any) -> bool:
+    items = value if isinstance(value, list | tuple | set | frozenset) else [value]
+    return value is None or all(isinstance(v, str) for v in items)
+
+
+def _paths(key: str) -> list[str]:
+    """The payload paths a filter key may mean: the metadata key as written, and a nested path if it is one."""
+    if key in TOP_LEVEL_FILTER_KEYS or key.startswith("metadata."):
+        return [key]
+    if PLAIN_KEY.fullmatch(key):
+        return [f"metadata.{key}"]
+    if '"' in key:
+        raise FilterError(f"filter on {key!r}: a key with a double quote cannot be filtered")
+    literal = f'metadata."{key}"'  # Qdrant's quoted path segment: the key with its dots and brackets
+    return [literal, f"metadata.{key}"] if PAYLOAD_PATH.fullmatch(key) else [literal]
+
+
+def _tests(key: str, value: Any) -> list[tuple[str, Any]]:
+    """The (kind, value) alternatives of one condition: several for numbers, one otherwise."""
     if value is None:
-        return "empty", None
+        return [("empty", None)]
     if isinstance(value, bool):
-        return "bool", value
-    if isinstance(value, int | str):
-        return "value", value
-    if isinstance(value, float):
-        return "range", {"gte": value, "lte": value}
+        return [("bool", value)]
+    if isinstance(value, str):
+        return [("value", value)]
+    if isinstance(value, int | float):
+        return [_number(key, value)]
     if isinstance(value, dt.date):
-        return "datetime", {"gte": _iso(key, value), "lte": _iso(key, value)}
+        return [("datetime", {"gte": _iso(key, value), "lte": _iso(key, value)})]
     if isinstance(value, list | tuple | set | frozenset):
         items = list(value)
-        if not items or not (all(type(v) is str for v in items) or all(type(v) is int for v in items)):
-            raise FilterError(
-                f"filter on {key!r}: a list must hold strings or integers (not mixed, not empty), got {items!r}"
-            )
-        return "any", items
+        if items and all(type(v) is str for v in items):
+            return [("any", items)]
+        if items and all(isinstance(v, int | float) and not isinstance(v, bool) for v in items):
+            return [_number(key, v) for v in dict.fromkeys(items)]
+        raise FilterError(
+            f"filter on {key!r}: a list must hold strings or numbers (not mixed, not empty), got {items!r}"
+        )
     if isinstance(value, dict):
         unknown = set(value) - RANGE_OPERATORS
         if unknown or not value:
@@ -586,11 +626,35 @@ def _condition(key: str, value: Any) -> tuple[str, Any]:
             )
         bounds = list(value.values())
         if all(isinstance(v, int | float) and not isinstance(v, bool) for v in bounds):
-            return "range", dict(value)
+            return [("range", {op: _float(key, v) for op, v in value.items()})]
         if all(isinstance(v, str | dt.date) for v in bounds):
-            return "datetime", {op: _iso(key, v) for op, v in value.items()}
+            return [("datetime", {op: _iso(key, v) for op, v in value.items()})]
         raise FilterError(f"filter on {key!r}: range bounds must be all numbers or all ISO dates, got {value!r}")
     raise FilterError(f"filter on {key!r}: unsupported value {value!r} of type {type(value).__name__}")
+
+
+def _number(key: str, value: int | float) -> tuple[str, Any]:
+    """Equality with a number, whether stored as an integer or a float: a range on the number, exact as a
+    64-bit float; an integer beyond 2^53 (not exact as a float) matches stored integers only."""
+    if isinstance(value, int) and abs(value) >= 2**53:
+        if not INT64_MIN <= value <= INT64_MAX:
+            raise FilterError(
+                f"filter on {key!r}: {value} is outside the 64-bit integer range that filters can match "
+                "(-2**63 to 2**63 - 1)"
+            )
+        return "value", value
+    number = _float(key, value)
+    return "range", {"gte": number, "lte": number}
+
+
+def _float(key: str, value: int | float) -> float:
+    try:
+        number = float(value)
+    except OverflowError:
+        raise FilterError(f"filter on {key!r}: {value} is too large for a 64-bit float") from None
+    if math.isnan(number):
+        raise FilterError(f"filter on {key!r}: NaN matches nothing; use a number")
+    return number
 
 
 def _iso(key: str, value: str | dt.date) -> str:

@@ -829,21 +829,23 @@ class EdgeStore(QdrantStore):
 
 
 def _edge_filter(spec: dict[str, Any] | None) -> qe.Filter | None:
-    conditions: list[Any] = []
-    for key, kind, value in filter_conditions(spec):
-        if kind == "range":
-            conditions.append(qe.FieldCondition(key=key, range=qe.RangeFloat(**value)))
-        elif kind == "datetime":
-            conditions.append(qe.FieldCondition(key=key, range=qe.RangeDateTime(**value)))
-        elif kind == "any":
-            conditions.append(qe.FieldCondition(key=key, match=qe.MatchAny(value)))
-        elif kind == "empty":
-            conditions.append(qe.IsEmptyCondition(key))
-        elif kind == "bool":  # the binding reads a Python bool as an integer; numpy's bool_ reaches it as a bool
-            conditions.append(qe.FieldCondition(key=key, match=qe.MatchValue(np.bool_(value))))
-        else:
-            conditions.append(qe.FieldCondition(key=key, match=qe.MatchValue(value)))
+    groups = [[_edge_condition(*test) for test in group] for group in filter_conditions(spec)]
+    conditions = [group[0] if len(group) == 1 else qe.Filter(should=group) for group in groups]
     return qe.Filter(must=conditions) if conditions else None
+
+
+def _edge_condition(key: str, kind: str, value: Any) -> Any:
+    if kind == "range":
+        return qe.FieldCondition(key=key, range=qe.RangeFloat(**value))
+    if kind == "datetime":
+        return qe.FieldCondition(key=key, range=qe.RangeDateTime(**value))
+    if kind == "any":
+        return qe.FieldCondition(key=key, match=qe.MatchAny(value))
+    if kind == "empty":
+        return qe.IsEmptyCondition(key)
+    if kind == "bool":  # the binding reads a Python bool as an integer; numpy's bool_ reaches it as a bool
+        return qe.FieldCondition(key=key, match=qe.MatchValue(np.bool_(value)))
+    return qe.FieldCondition(key=key, match=qe.MatchValue(value))
 
 
 def _edge_request(plan: QueryPlan) -> qe.QueryRequest:

@@ -387,19 +387,21 @@ class ServerStore(QdrantStore):
 
 
 def _client_filter(spec: dict[str, Any] | None) -> qm.Filter | None:
-    conditions: list[qm.Condition] = []
-    for key, kind, value in filter_conditions(spec):
-        if kind == "range":
-            conditions.append(qm.FieldCondition(key=key, range=qm.Range(**value)))
-        elif kind == "datetime":
-            conditions.append(qm.FieldCondition(key=key, range=qm.DatetimeRange(**value)))
-        elif kind == "any":
-            conditions.append(qm.FieldCondition(key=key, match=qm.MatchAny(any=value)))
-        elif kind == "empty":
-            conditions.append(qm.IsEmptyCondition(is_empty=qm.PayloadField(key=key)))
-        else:
-            conditions.append(qm.FieldCondition(key=key, match=qm.MatchValue(value=value)))
+    groups = [[_client_condition(*test) for test in group] for group in filter_conditions(spec)]
+    conditions = [group[0] if len(group) == 1 else qm.Filter(should=group) for group in groups]
     return qm.Filter(must=conditions) if conditions else None
+
+
+def _client_condition(key: str, kind: str, value: Any) -> qm.Condition:
+    if kind == "range":
+        return qm.FieldCondition(key=key, range=qm.Range(**value))
+    if kind == "datetime":
+        return qm.FieldCondition(key=key, range=qm.DatetimeRange(**value))
+    if kind == "any":
+        return qm.FieldCondition(key=key, match=qm.MatchAny(any=value))
+    if kind == "empty":
+        return qm.IsEmptyCondition(is_empty=qm.PayloadField(key=key))
+    return qm.FieldCondition(key=key, match=qm.MatchValue(value=value))
 
 
 def _client_request(plan: QueryPlan) -> qm.QueryRequest:
