@@ -1,4 +1,4 @@
-"""Metadata filters (bool, float, null, ISO datetimes) on both backends; bad filters name their field."""
+"""Metadata filters (bool, numbers, null, ISO datetimes, dotted keys) on both backends; bad filters name their field."""
 
 import datetime as dt
 
@@ -47,7 +47,15 @@ def test_bool_float_null_and_datetime_filters(filled):
         ({"at": {"gte": "last tuesday"}}, r"filter on 'at': 'last tuesday' is not an ISO 8601"),
         ({"score": {"above": 1}}, r"filter on 'score': unknown range operators \['above'\]"),
         ({"score": {"gte": 1, "lt": "2020-01-01"}}, r"filter on 'score': range bounds must be all numbers"),
-        ({"topic": [1.5, 2.5]}, r"filter on 'topic': a list must hold strings or integers"),
+        ({"topic": ["a", 2]}, r"filter on 'topic': a list must hold strings or numbers"),
+        ({"hash": 2**64 - 59}, r"filter on 'hash': 18446744073709551557 is outside the 64-bit integer range"),
+        ({"hash": [1, -(2**63) - 1]}, r"filter on 'hash': -9223372036854775809 is outside the 64-bit integer"),
+        ({"score": float("nan")}, r"filter on 'score': NaN matches nothing"),
+        ({"score": {"lt": 10**5000}}, r"filter on 'score': an integer of 16610 bits is too large for a 64-bit float"),
+        ({"doc_id": 6}, r"filter on 'doc_id': the field holds strings \(a document id written as 6 is stored as '6'\)"),
+        ({"doc_id": ["a", 6]}, r"filter on 'doc_id': the field holds strings"),
+        ({"title": 2024}, r"filter on 'title': the field holds strings"),
+        ({'say "hi"': "x"}, r"filter on 'say \"hi\"': a key with a double quote cannot be filtered"),
         ({"topic": {"a": object()}}, r"filter on 'topic'"),
         ({"topic": object()}, r"filter on 'topic': unsupported value"),
     ],
@@ -55,3 +63,61 @@ def test_bool_float_null_and_datetime_filters(filled):
 def test_bad_filters_name_the_field(filled, flt, message):
     with pytest.raises(FilterError, match=message):
         filled.count(flt)
+
+
+NUMBERS = [
+    ("f", 0, (1, 0, 0, 0), {1: 1.0}, {"stars": 4.0, "big": 2**53 + 1}),  # 4.0: as pandas or JSON write it
+    ("i", 0, (0, 1, 0, 0), {2: 1.0}, {"stars": 4, "big": 2**53}),
+    ("t", 0, (0, 0, 1, 0), {3: 1.0}, {"stars": 3}),
+    ("l", 0, (0, 0, 0, 1), {4: 1.0}, {"stars": [3.0, 5]}),
+    ("h", 1, (1, 1, 0, 0), {5: 1.0}, {"hash": 2**64 - 59}),  # an older collection may hold an unsigned 64-bit hash
+]
+
+
+def test_a_number_matches_whether_stored_as_integer_or_float(store):
+    store.ensure(SCHEMA)
+    put(store, NUMBERS)
+    for four in (4, 4.0, [4], [4.0], (4, 4.0)):
+        assert docs(store, {"stars": four}) == {"f", "i"}, four
+    assert docs(store, {"stars": 3}) == docs(store, {"stars": 3.0}) == {"t", "l"}
+    assert docs(store, {"stars": [5, 4]}) == {"f", "i", "l"}
+    assert docs(store, {"stars": {"gte": 4, "lte": 4}}) == {"f", "i"}
+    assert docs(store, {"big": 2**53}) == {"i"}  # exact beyond a float's 53 bits: 2**53 + 1 is another number
+    assert docs(store, {"big": 2**53 + 1}) == {"f"}
+    assert docs(store, {"chunk_index": 1}) == docs(store, {"chunk_index": 1.0}) == {"h"}
+    with pytest.raises(FilterError, match="filter on 'hash': 18446744073709551557 is outside the 64-bit"):
+        store.query(QueryPlan(dense=unit(1, 1, 1, 1), limit=10, filter={"hash": 2**64 - 59}))
+
+
+def test_a_key_with_dots_matches_the_key_as_written_or_a_nested_field(store):
+    store.ensure(SCHEMA)
+    put(
+        store,
+        [
+            ("a", 0, (1, 0, 0, 0), {1: 1.0}, {"dc.creator": "Ann", "a b": 1, "x[0]": "y"}),
+            ("b", 0, (0, 1, 0, 0), {2: 1.0}, {"dc": {"creator": "Bob"}, "links": [{"to": "c"}, {"to": "d"}]}),
+            ("c", 0, (0, 0, 1, 0), {3: 1.0}, {"dc": {"title": "T"}}),
+        ],
+    )
+    assert docs(store, {"dc.creator": "Ann"}) == {"a"}
+    assert docs(store, {"dc.creator": "Bob"}) == {"b"}
+    assert docs(store, {"dc.creator": ["Ann", "Bob", "Cy"]}) == {"a", "b"}
+    assert docs(store, {"dc.creator": None}) == {"c"}  # missing under both readings
+    assert docs(store, {"a b": 1}) == {"a"}
+    assert docs(store, {"x[0]": "y"}) == {"a"}
+    assert docs(store, {"links[].to": "d"}) == {"b"}
+
+
+def test_none_matches_a_missing_null_or_empty_field(store):
+    store.ensure(SCHEMA)
+    put(
+        store,
+        [
+            ("missing", 0, (1, 0, 0, 0), {1: 1.0}, {}),
+            ("null", 0, (0, 1, 0, 0), {2: 1.0}, {"tags": None}),
+            ("empty", 0, (0, 0, 1, 0), {3: 1.0}, {"tags": []}),
+            ("tagged", 0, (0, 0, 0, 1), {4: 1.0}, {"tags": ["x"]}),
+            ("blank", 0, (1, 1, 0, 0), {5: 1.0}, {"tags": ""}),
+        ],
+    )
+    assert docs(store, {"tags": None}) == {"missing", "null", "empty"}  # Qdrant's IsEmpty, as the README says

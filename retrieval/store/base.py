@@ -639,7 +639,7 @@ def _number(key: str, value: int | float) -> tuple[str, Any]:
     if isinstance(value, int) and abs(value) >= 2**53:
         if not INT64_MIN <= value <= INT64_MAX:
             raise FilterError(
-                f"filter on {key!r}: {value} is outside the 64-bit integer range that filters can match "
+                f"filter on {key!r}: {_int_text(value)} is outside the 64-bit integer range that filters can match "
                 "(-2**63 to 2**63 - 1)"
             )
         return "value", value
@@ -651,10 +651,15 @@ def _float(key: str, value: int | float) -> float:
     try:
         number = float(value)
     except OverflowError:
-        raise FilterError(f"filter on {key!r}: {value} is too large for a 64-bit float") from None
+        raise FilterError(f"filter on {key!r}: {_int_text(value)} is too large for a 64-bit float") from None
     if math.isnan(number):
         raise FilterError(f"filter on {key!r}: NaN matches nothing; use a number")
     return number
+
+
+def _int_text(value: int) -> str:
+    """An integer for a message: its digits, or its size when it has too many to read (or for ``str``)."""
+    return str(value) if value.bit_length() <= 128 else f"an integer of {value.bit_length()} bits"
 
 
 def _iso(key: str, value: str | dt.date) -> str:
