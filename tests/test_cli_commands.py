@@ -91,6 +91,8 @@ def test_skipped_records_are_reported_once_and_kept_documents_explained(cli_in, 
 def test_search_filter_as_json(cli_in):
     hits = json.loads(cli_in("search", "anything at all", "-c", "kb", "--json", "--filter", '{"year": {"gte": 2020}}'))
     assert hits and {h["doc_id"] for h in hits} == {d.id for d in TINY_DOCS if d.metadata["year"] >= 2020}
+    hits = json.loads(cli_in("search", "anything at all", "-c", "kb", "--json", "--filter", '{"year": [2015.0, 2010]}'))
+    assert {h["doc_id"] for h in hits} == {"moon", "rome"}  # JSON numbers match however they are written
     out = cli_in("search", "x", "-c", "kb", "--filter", "{year: 2020}", code=2)
     assert out.strip().splitlines()[-1].startswith("error: --filter is not valid JSON")
 
@@ -104,6 +106,7 @@ def test_search_filter_as_json(cli_in):
         (("search", "valve", "-c", "kb", "--group-by", "page"), "error: unknown group_by 'page'; valid: chunk, doc"),
         (("search", "valve", "-c", "nope"), "error: collection 'nope' does not exist"),
         (("search", "valve", "-c", "kb", "--filter", '{"year": {"after": 1}}'), "error: filter on 'year'"),
+        (("search", "valve", "-c", "kb", "--filter", '{"doc_id": 6}'), "error: filter on 'doc_id': the field holds"),
         (("index", "kb.jsonl", "-c", "kb", "--format", "xml"), "error: unknown format 'xml'; valid: beir, jsonl, dir"),
         (("index", "kb.jsonl", "-c", "kb", "--policy", "maybe"), "error: invalid settings: bad_input_policy"),
     ],

@@ -11,6 +11,7 @@ pytest.importorskip("haystack")
 from haystack import Pipeline, component  # noqa: E402
 from haystack.components.builders import PromptBuilder  # noqa: E402
 
+from retrieval import Document  # noqa: E402
 from retrieval.errors import FilterError, HybridRagError, InvalidArgumentError  # noqa: E402
 from retrieval.haystack import to_filter  # noqa: E402
 from tests.conftest import LEXICAL_QUERY, SEMANTIC_QUERY  # noqa: E402
@@ -98,6 +99,31 @@ def test_in_none_and_date_comparisons_map_onto_the_library_filters(retriever):
     ) == {"at": {"gte": "2024-01-01", "lt": "2025-01-01"}, "doc_id": "x"}
 
 
+@pytest.mark.parametrize("backend", ["edge", "server"])
+def test_a_number_filter_matches_the_number_stored_as_a_float(indexed_stack, backend):
+    """Python and Haystack: ``4`` matches ``4.0`` (as pandas or JSON write it), and vice versa; a dotted key and
+    None (missing, null or an empty list) on the retriever's path."""
+    hotels = [
+        Document("a", "Hotel A review.", metadata={"stars": 4.0, "dc.creator": "Ann"}),
+        Document("b", "Hotel B review.", metadata={"stars": 3, "tags": []}),
+    ]
+    stack = indexed_stack(backend, hotels, collection="stars")
+    retriever = stack.retriever()
+
+    def found(**kwargs) -> list[str]:
+        return sorted(h.doc_id for h in retriever.search("hotel review", **kwargs))
+
+    assert found(filter={"stars": 4}) == found(filter={"stars": [4]}) == found(filter={"stars": 4.0}) == ["a"]
+    assert found(filter={"stars": 3.0}) == found(filter={"stars": [3.0, 5]}) == ["b"]
+    assert found(filter={"dc.creator": "Ann"}) == ["a"] and found(filter={"tags": None}) == ["a", "b"]
+    component = retriever.as_haystack()
+    for filters in (
+        {"field": "meta.stars", "operator": "==", "value": 4},
+        {"field": "meta.stars", "operator": "in", "value": [4, 5.5]},
+    ):
+        assert [d.meta["doc_id"] for d in component.run("hotel", filters=filters)["documents"]] == ["a"]
+
+
 @pytest.mark.parametrize(
     ("filters", "message"),
     [
@@ -110,7 +136,8 @@ def test_in_none_and_date_comparisons_map_onto_the_library_filters(retriever):
         ({"field": "content", "operator": "==", "value": "x"}, r"only metadata fields \('meta.<key>'\)"),
         ({"field": "meta.year", "operator": ">="}, "needs 'field', 'operator' and 'value'"),
         ({"field": "meta.year", "operator": ">=", "value": "soon"}, "'soon' is not an ISO 8601"),
-        ({"field": "meta.topic", "operator": "in", "value": [1.5]}, "a list must hold strings or integers"),
+        ({"field": "meta.topic", "operator": "in", "value": [1, "a"]}, "a list must hold strings or numbers"),
+        ({"field": "meta.id", "operator": "==", "value": 2**64}, "18446744073709551616 is outside the 64-bit"),
         ({"operator": "AND", "conditions": [RANGE, {**RANGE, "operator": "=="}]}, "== or in and another condition"),
         ({"operator": "AND", "conditions": RANGE}, "'conditions' must be a list"),
     ],
