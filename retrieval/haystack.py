@@ -58,7 +58,8 @@ def to_filter(filters: dict[str, Any] | None) -> dict[str, Any] | None:
     Haystack filters map where the library has the same condition: ``AND`` of comparisons on ``meta.<key>``
     with ``==`` (a value, or None: missing, null or an empty list, as this library's ``{key: None}``), ``in`` (a
     list), ``>``, ``>=``, ``<``, ``<=`` (numbers or ISO 8601 dates); numbers match as in
-    :func:`~retrieval.store.base.filter_conditions` (``4`` matches a stored ``4.0``). ``OR``, ``NOT``, ``!=``, ``not in`` and other fields raise :class:`FilterError`.
+    :func:`~retrieval.store.base.filter_conditions` (``4`` matches a stored ``4.0``). ``OR``, ``NOT``, ``!=``,
+    ``not in`` and other fields raise :class:`FilterError`.
     """
     if not filters or "operator" not in filters:
         return filters or None
