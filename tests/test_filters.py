@@ -2,6 +2,7 @@
 
 import datetime as dt
 
+import numpy as np
 import pytest
 
 from retrieval.errors import FilterError
@@ -77,7 +78,7 @@ NUMBERS = [
 def test_a_number_matches_whether_stored_as_integer_or_float(store):
     store.ensure(SCHEMA)
     put(store, NUMBERS)
-    for four in (4, 4.0, [4], [4.0], (4, 4.0)):
+    for four in (4, 4.0, [4], [4.0], (4, 4.0), np.int64(4), [np.float32(4.0)]):  # numpy's too, as pandas gives
         assert docs(store, {"stars": four}) == {"f", "i"}, four
     assert docs(store, {"stars": 3}) == docs(store, {"stars": 3.0}) == {"t", "l"}
     assert docs(store, {"stars": [5, 4]}) == {"f", "i", "l"}

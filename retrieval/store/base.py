@@ -6,6 +6,7 @@ import datetime as dt
 import json
 import logging
 import math
+import numbers
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
@@ -567,10 +568,8 @@ def filter_conditions(spec: dict[str, Any] | None) -> list[list[tuple[str, str, 
         if not isinstance(key, str) or not key:
             raise FilterError(f"filter field names must be non-empty strings, got {key!r}")
         if key in STRING_FIELDS and not _strings_or_none(value):
-            raise FilterError(
-                f"filter on {key!r}: the field holds strings (a document id written as 6 is stored as '6'), "
-                f"got {value!r}"
-            )
+            hint = " (a document id written as 6 is stored as '6')" if key == "doc_id" else ""
+            raise FilterError(f"filter on {key!r}: the field holds strings{hint}, got {value!r}")
         paths = _paths(key)
         tests = _tests(key, value)
         if tests[0][0] == "empty":  # no value under any reading of the key
@@ -605,7 +604,7 @@ def _tests(key: str, value: Any) -> list[tuple[str, Any]]:
         return [("bool", value)]
     if isinstance(value, str):
         return [("value", value)]
-    if isinstance(value, int | float):
+    if _is_number(value):
         return [_number(key, value)]
     if isinstance(value, dt.date):
         return [("datetime", {"gte": _iso(key, value), "lte": _iso(key, value)})]
@@ -613,7 +612,7 @@ def _tests(key: str, value: Any) -> list[tuple[str, Any]]:
         items = list(value)
         if items and all(type(v) is str for v in items):
             return [("any", items)]
-        if items and all(isinstance(v, int | float) and not isinstance(v, bool) for v in items):
+        if items and all(_is_number(v) for v in items):
             return [_number(key, v) for v in dict.fromkeys(items)]
         raise FilterError(
             f"filter on {key!r}: a list must hold strings or numbers (not mixed, not empty), got {items!r}"
@@ -625,7 +624,7 @@ def _tests(key: str, value: Any) -> list[tuple[str, Any]]:
                 f"filter on {key!r}: unknown range operators {sorted(map(str, unknown))}; valid: gt, gte, lt, lte"
             )
         bounds = list(value.values())
-        if all(isinstance(v, int | float) and not isinstance(v, bool) for v in bounds):
+        if all(_is_number(v) for v in bounds):
             return [("range", {op: _float(key, v) for op, v in value.items()})]
         if all(isinstance(v, str | dt.date) for v in bounds):
             return [("datetime", {op: _iso(key, v) for op, v in value.items()})]
@@ -633,10 +632,15 @@ def _tests(key: str, value: Any) -> list[tuple[str, Any]]:
     raise FilterError(f"filter on {key!r}: unsupported value {value!r} of type {type(value).__name__}")
 
 
-def _number(key: str, value: int | float) -> tuple[str, Any]:
+def _is_number(value: Any) -> bool:
+    """An int or float, numpy's too (as pandas hands them out); not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _number(key: str, value: numbers.Real) -> tuple[str, Any]:
     """Equality with a number, whether stored as an integer or a float: a range on the number, exact as a
     64-bit float; an integer beyond 2^53 (not exact as a float) matches stored integers only."""
-    if isinstance(value, int) and abs(value) >= 2**53:
+    if isinstance(value, numbers.Integral) and abs(value := int(value)) >= 2**53:
         if not INT64_MIN <= value <= INT64_MAX:
             raise FilterError(
                 f"filter on {key!r}: {_int_text(value)} is outside the 64-bit integer range that filters can match "
@@ -647,7 +651,7 @@ def _number(key: str, value: int | float) -> tuple[str, Any]:
     return "range", {"gte": number, "lte": number}
 
 
-def _float(key: str, value: int | float) -> float:
+def _float(key: str, value: numbers.Real) -> float:
     try:
         number = float(value)
     except OverflowError:
@@ -658,7 +662,7 @@ def _float(key: str, value: int | float) -> float:
 
 
 def _int_text(value: int) -> str:
-    """An integer for a message: its digits, or its size when it has too many to read (or for ``str``)."""
+    """An integer for a message: its digits, or its size when it has too many (``str`` refuses over 4300)."""
     return str(value) if value.bit_length() <= 128 else f"an integer of {value.bit_length()} bits"
 
 
