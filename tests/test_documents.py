@@ -192,32 +192,52 @@ def test_lone_surrogates_are_bad_records_under_either_policy(tmp_path, record, r
 
 
 @pytest.mark.parametrize("backend", ["edge", "server"])
-def test_python_documents_are_checked_before_anything_is_written(indexed_stack, backend):
-    """Lone surrogates, titles that are not strings, integers a payload cannot hold (i64) and a single Document
-    instead of a list: each a clear InvalidDocumentError naming the document, and the store stays empty."""
-    stack = indexed_stack(backend, [], collection=f"checks-{backend}")
+@pytest.mark.parametrize(
+    ("doc", "message"),
+    [
+        (Document("a", f"cut {CUT}"), r"text is not valid Unicode \(lone surrogate\)"),
+        (Document("a", "t", title=f"cut {CUT}"), "title is not valid Unicode"),
+        (Document("a", "t", metadata={"k": CUT}), "metadata 'k': the value is not valid Unicode"),
+        (Document(CUT, "t"), "id is not valid Unicode"),
+        (Document("a", "t", title=math.nan), "title must be a string or None, got float nan"),
+        (Document("a", "t", title=2024), "title must be a string or None, got int 2024"),
+        (Document("a", "t", metadata={"h": 2**63}), "metadata 'h': 9223372036854775808 is outside the 64-bit"),
+        (Document("a", "t", metadata={"n": {"u": np.uint64(2**64 - 59)}}), r"metadata 'n\.u': 1844\d+ is outside"),
+        (Document("a", "t", metadata={"low": -(2**63) - 1}), "metadata 'low': -9223372036854775809 is outside"),
+    ],
+    ids=[
+        "surrogate-text",
+        "surrogate-title",
+        "surrogate-meta",
+        "surrogate-id",
+        "nan-title",
+        "int-title",
+        "uint64",
+        "nested-uint64",
+        "below-int64",
+    ],
+)
+def test_python_documents_are_checked_before_anything_is_written(indexed_stack, backend, doc, message):
+    """Lone surrogates, titles that are not strings and integers a payload cannot hold (i64): each a clear
+    InvalidDocumentError naming the document, and the store stays empty."""
+    stack = indexed_stack(backend, [], collection="checks")
+    try:
+        with pytest.raises(InvalidDocumentError, match=r"^documents\[1\] \(id '(a|\\ud83d)'\): " + message):
+            stack.indexer().index([Document("ok", "fine text"), doc], progress=False)
+        assert stack.store().schema() is None  # nothing written, no unfinished collection
+    finally:
+        stack.close()
+
+
+@pytest.mark.parametrize("backend", ["edge", "server"])
+def test_no_title_int64_bounds_one_document_and_surrogate_queries(indexed_stack, backend):
+    stack = indexed_stack(backend, [], collection="bounds")
     try:
         ix = stack.indexer()
-        refused = [  # each after "documents[1] (id 'a'): "
-            (Document("a", f"cut {CUT}"), r"text is not valid Unicode \(lone surrogate\)"),
-            (Document("a", "t", title=f"cut {CUT}"), "title is not valid Unicode"),
-            (Document("a", "t", metadata={"k": CUT}), "metadata 'k': the value is not valid Unicode"),
-            (Document(CUT, "t"), "id is not valid Unicode"),
-            (Document("a", "t", title=math.nan), "title must be a string or None, got float nan"),
-            (Document("a", "t", title=2024), "title must be a string or None, got int 2024"),
-            (Document("a", "t", metadata={"h": 2**63}), "metadata 'h': 9223372036854775808 is outside the 64-bit"),
-            (Document("a", "t", metadata={"n": {"u": np.uint64(2**64 - 59)}}), r"metadata 'n\.u': 1844\d+ is outside"),
-            (Document("a", "t", metadata={"low": -(2**63) - 1}), "metadata 'low': -9223372036854775809 is outside"),
-        ]
-        for doc, message in refused:
-            with pytest.raises(InvalidDocumentError, match=r"^documents\[1\] \(id '(a|\\ud83d)'\): " + message):
-                ix.index([Document("ok", "fine text"), doc], progress=False)
         with pytest.raises(InvalidDocumentError, match=r"got one Document: pass \[document\]"):
             ix.index(Document("a", "Some text."), progress=False)
-        assert stack.store().schema() is None  # nothing written, no unfinished collection
-        # None is "no title"; the int64 bounds are stored exactly
-        bounds = {"max": 2**63 - 1, "min": -(2**63)}
-        ix.index([Document("a", "Lanterns glow at dusk.", title=None, metadata=bounds)], progress=False)
+        bounds = {"max": 2**63 - 1, "min": -(2**63)}  # stored exactly
+        ix.index([Document("a", "Lanterns glow at dusk.", title=None, metadata=bounds)], progress=False)  # None: none
         [hit] = stack.retriever(rerank=False).search("lanterns", k=1)
         assert (hit.doc_id, hit.title, hit.metadata) == ("a", "", bounds)
         with pytest.raises(InvalidArgumentError, match=r"query is not valid Unicode \(lone surrogate"):
