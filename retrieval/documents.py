@@ -184,7 +184,7 @@ class DocumentReader:
         if root.is_file():
             files, root = [root], root.parent
         elif root.is_dir():
-            files = _visible_files(root)
+            files = visible_files(root)
         else:
             raise BadInputError(InputProblem(root, None, "not a directory"))
         for path in files:
@@ -382,7 +382,7 @@ def read_documents(
     return docs, reader.report
 
 
-def _visible_files(root: Path) -> list[Path]:
+def visible_files(root: Path) -> list[Path]:
     """The files under ``root``, sorted, leaving out hidden ones: any name below ``root`` starting with '.'
     (``.git/``, ``.obsidian/``, ``.DS_Store``); ``root`` itself may be hidden. Linked folders are followed,
     except a link to a folder above it (which would loop)."""
