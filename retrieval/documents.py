@@ -8,6 +8,7 @@ skipped, counted and logged (``skip``); valid records are always kept.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 import logging
 import math
@@ -33,6 +34,7 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # the integers a Qdrant payload hold
 RECORD_FIELDS = {"_id", "title", "text", "metadata"}  # a JSONL record's other fields are metadata
 UTF8_BOM = b"\xef\xbb\xbf"
 NOT_UNICODE = "not valid Unicode (lone surrogate)"
+_H1_LINE = re.compile(r" {0,3}#(?:[ \t]|$)")  # may open a "# Title" heading (CommonMark decides)
 _ID_IN_BROKEN_LINE = re.compile(r'"_?id"\s*:\s*(?:"((?:[^"\\]|\\.)*)"|(-?\d+))')
 
 
@@ -151,7 +153,7 @@ class DocumentReader:
             return self._problem(path, line_no, f"expected a JSON object, got {type(record).__name__}")
         id_field = "_id" if "_id" in record else "id"  # with both, 'id' is an ordinary field (metadata)
         doc_id = record.get(id_field)
-        if doc_id is None or doc_id == "" or (isinstance(doc_id, str) and not doc_id.strip()):
+        if doc_id is None or (isinstance(doc_id, str) and not doc_id.strip()):
             return self._problem(path, line_no, "missing document id ('_id' or 'id')")
         if isinstance(doc_id, int) and not isinstance(doc_id, bool):
             doc_id = str(doc_id)  # numeric ids, as in BEIR corpora
@@ -412,11 +414,18 @@ def _guess_id(line: str) -> str | None:
 
 
 def _markdown_title(text: str) -> str:
-    """The text of the first level-1 heading (CommonMark: not a ``# comment`` in a code block), or ''."""
-    tokens = MarkdownIt("commonmark").parse(text)
-    for i, token in enumerate(tokens):
-        if token.type == "heading_open" and token.tag == "h1":
-            return tokens[i + 1].content.strip()
+    """The text of the first non-empty ``# Title`` heading as CommonMark reads it (not a ``# comment`` in a code
+    block), or ''. Only the text up to a line that may be one is parsed (in doubling steps): long files stay cheap."""
+    lines = text.splitlines(keepends=True)
+    parsed = 0
+    for i, line in enumerate(lines):
+        if i < parsed or not _H1_LINE.match(line):
+            continue
+        parsed = max(i + 1, 2 * parsed)
+        tokens = MarkdownIt("commonmark").parse("".join(lines[:parsed]))
+        for opening, inline in itertools.pairwise(tokens):
+            if opening.type == "heading_open" and opening.markup == "#" and inline.content.strip():
+                return inline.content.strip()
     return ""
 
 

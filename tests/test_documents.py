@@ -301,6 +301,7 @@ def test_byte_order_marks_are_not_content(tmp_path):
         ("    # an indented code line\n\n# Real\nbody", "Real"),
         ("## Section only\nbody\n#hashtag", ""),
         ("Intro line\n\n  # Indented heading\nbody", "Indented heading"),
+        ("#\nSetext\n===\n# Second #\nbody", "Second"),  # an empty heading is no title; only '# ' ones are
     ],
 )
 def test_a_markdown_title_is_its_first_level_one_heading_outside_code(tmp_path, markdown, title):
