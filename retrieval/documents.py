@@ -34,6 +34,7 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # the integers a Qdrant payload hold
 RECORD_FIELDS = {"_id", "title", "text", "metadata"}  # a JSONL record's other fields are metadata
 UTF8_BOM = b"\xef\xbb\xbf"
 NOT_UNICODE = "not valid Unicode (lone surrogate)"
+_COMMONMARK = MarkdownIt("commonmark")
 _H1_LINE = re.compile(r" {0,3}#(?:[ \t]|$)")  # may open a "# Title" heading (CommonMark decides)
 _ID_IN_BROKEN_LINE = re.compile(r'"_?id"\s*:\s*(?:"((?:[^"\\]|\\.)*)"|(-?\d+))')
 
@@ -422,7 +423,7 @@ def _markdown_title(text: str) -> str:
         if i < parsed or not _H1_LINE.match(line):
             continue
         parsed = max(i + 1, 2 * parsed)
-        tokens = MarkdownIt("commonmark").parse("".join(lines[:parsed]))
+        tokens = _COMMONMARK.parse("".join(lines[:parsed]))
         for opening, inline in itertools.pairwise(tokens):
             if opening.type == "heading_open" and opening.markup == "#" and inline.content.strip():
                 return inline.content.strip()
