@@ -26,6 +26,7 @@ CHUNKS = pa.schema(
         ("text", pa.string()),
         ("metadata", pa.string()),
         ("content_hash", pa.string()),
+        ("embed_title", pa.string()),  # null: the whole title is embedded
     ]
 )
 MODEL_KEY = b"hybrid_rag.model"
@@ -82,6 +83,7 @@ def chunks_to_table(chunks: Sequence[Chunk], skipped: Sequence[InputProblem] = (
             "text": [c.text for c in chunks],
             "metadata": [_json(c.metadata) for c in chunks],
             "content_hash": [c.content_hash for c in chunks],
+            "embed_title": [c.embed_title for c in chunks],
         },
         schema=CHUNKS,
     )
@@ -90,7 +92,7 @@ def chunks_to_table(chunks: Sequence[Chunk], skipped: Sequence[InputProblem] = (
 
 def table_to_chunks(table: pa.Table) -> list[Chunk]:
     return [
-        Chunk(r["doc_id"], r["chunk_index"], r["text"], r["title"], json.loads(r["metadata"]))
+        Chunk(r["doc_id"], r["chunk_index"], r["text"], r["title"], json.loads(r["metadata"]), r.get("embed_title"))
         for r in table.to_pylist()
     ]
 

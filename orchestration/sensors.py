@@ -15,6 +15,7 @@ import dagster as dg
 
 from assets.corpora import dagster_name
 from orchestration.jobs import reindex_job
+from retrieval.documents import visible_files
 
 Manifest = dict[str, list[int]]
 
@@ -24,11 +25,9 @@ def folder_manifest(folder: Path) -> Manifest:
     if not folder.is_dir():
         return {}
     manifest: Manifest = {}
-    for path in sorted(folder.rglob("*")):
-        rel = path.relative_to(folder)
-        if path.is_file() and not any(part.startswith(".") for part in rel.parts):
-            stat = path.stat()
-            manifest[rel.as_posix()] = [stat.st_mtime_ns, stat.st_size]
+    for path in visible_files(folder):  # the files the reader indexes (linked folders too)
+        stat = path.stat()
+        manifest[path.relative_to(folder).as_posix()] = [stat.st_mtime_ns, stat.st_size]
     return manifest
 
 

@@ -28,6 +28,7 @@ class Chunk:
     text: str
     title: str = ""
     metadata: dict[str, Any] = field(default_factory=dict)
+    embed_title: str | None = None  # the head of a long title that is embedded; None: the whole title
 
     @property
     def id(self) -> str:
@@ -35,8 +36,9 @@ class Chunk:
 
     @property
     def embed_text(self) -> str:
-        """What the encoders see: the title (context for every chunk) and the chunk text."""
-        return f"{self.title}\n{self.text}" if self.title else self.text
+        """What the encoders see: the title (context for every chunk; only its head when long) and the text."""
+        title = self.title if self.embed_title is None else self.embed_title
+        return f"{title}\n{self.text}" if title else self.text
 
     @property
     def content_hash(self) -> str:
@@ -77,22 +79,22 @@ class Chunker:
         self.overlap = min(overlap, self.budget // 2)
 
     def chunk(self, doc: Document) -> list[Chunk]:
-        title = doc.title.strip()
+        title, head = doc.title.strip(), None
         title_tokens = self._count(title + "\n") if title else 0
-        if title_tokens > self.budget // 2:  # a huge title would crowd out the text: keep only its head
-            title = self._head(title, self.budget // 4)
-            title_tokens = self._count(title + "\n")
+        if title_tokens > self.budget // 2:  # a huge title would crowd out the text: embed only its head
+            head = self._head(title, self.budget // 4)
+            title_tokens = self._count(head + "\n")
         budget = self.budget - title_tokens
         offsets = self._offsets(doc.text)
         if not offsets:
-            return [Chunk(doc.id, 0, doc.text.strip(), title, doc.metadata)]
+            return [Chunk(doc.id, 0, doc.text.strip(), title, doc.metadata, head)]
         cuts = _word_cuts(doc.text, offsets)
         chunks: list[Chunk] = []
         start, n = 0, len(offsets)
         while True:
             end = _last_cut(cuts, start + 1, min(start + budget, n)) or min(start + budget, n)
             text = doc.text[offsets[start][0] : offsets[end - 1][1]]
-            chunks.append(Chunk(doc.id, len(chunks), text, title, doc.metadata))
+            chunks.append(Chunk(doc.id, len(chunks), text, title, doc.metadata, head))
             if end >= n:
                 return chunks
             start = _last_cut(cuts, start + 1, end - self.overlap) or end

@@ -8,6 +8,7 @@ skipped, counted and logged (``skip``); valid records are always kept.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 import logging
 import math
@@ -20,12 +21,21 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from markdown_it import MarkdownIt
+
 from retrieval.errors import HybridRagError, InvalidDocumentError, choice
 
 log = logging.getLogger(__name__)
 
 TEXT_SUFFIXES = {".txt", ".md", ".markdown", ".rst"}
+JSONL_SUFFIXES = {".jsonl", ".json", ".ndjson"}
 MAX_DOCUMENT_BYTES = 8 * 1024 * 1024
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # the integers a Qdrant payload holds (i64)
+RECORD_FIELDS = {"_id", "title", "text", "metadata"}  # a JSONL record's other fields are metadata
+UTF8_BOM = b"\xef\xbb\xbf"
+NOT_UNICODE = "not valid Unicode (lone surrogate)"
+_COMMONMARK = MarkdownIt("commonmark")
+_H1_LINE = re.compile(r" {0,3}#(?:[ \t]|$)")  # may open a "# Title" heading (CommonMark decides)
 _ID_IN_BROKEN_LINE = re.compile(r'"_?id"\s*:\s*(?:"((?:[^"\\]|\\.)*)"|(-?\d+))')
 
 
@@ -117,6 +127,8 @@ class DocumentReader:
             raise BadInputError(InputProblem(path, None, f"cannot open file: {exc.strerror or exc}")) from exc
         with handle:
             for line_no, raw in enumerate(handle, start=1):
+                if line_no == 1:
+                    raw = raw.removeprefix(UTF8_BOM)  # saved as "UTF-8 with BOM" (Notepad, Excel)
                 if not raw.strip():
                     continue
                 doc = self._parse_json_line(path, line_no, raw)
@@ -140,22 +152,45 @@ class DocumentReader:
             return self._problem(path, line_no, f"malformed JSON: {exc.msg} at column {exc.colno}", _guess_id(line))
         if not isinstance(record, dict):
             return self._problem(path, line_no, f"expected a JSON object, got {type(record).__name__}")
-        doc_id = record.get("_id", record.get("id"))
-        if doc_id is None or str(doc_id).strip() == "":
+        id_field = "_id" if "_id" in record else "id"  # with both, 'id' is an ordinary field (metadata)
+        doc_id = record.get(id_field)
+        if doc_id is None or (isinstance(doc_id, str) and not doc_id.strip()):
             return self._problem(path, line_no, "missing document id ('_id' or 'id')")
+        if isinstance(doc_id, int) and not isinstance(doc_id, bool):
+            doc_id = str(doc_id)  # numeric ids, as in BEIR corpora
+        if not isinstance(doc_id, str):
+            return self._problem(
+                path, line_no, f"document id {id_field!r} must be a string or an integer, got {_json_type(doc_id)}"
+            )
         text = record.get("text")
         if not isinstance(text, str):
-            return self._problem(path, line_no, f"document {doc_id!r}: missing or non-string 'text'", str(doc_id))
-        title = record.get("title") or ""
-        metadata = record.get("metadata") or {}
+            return self._problem(path, line_no, f"document {doc_id!r}: missing or non-string 'text'", doc_id)
+        title = record.get("title")
+        if title is not None and not isinstance(title, str):
+            return self._problem(
+                path, line_no, f"document {doc_id!r}: 'title' must be a string, got {_json_type(title)}", doc_id
+            )
+        metadata = record.get("metadata")
+        metadata = {} if metadata is None else metadata
         if not isinstance(metadata, dict):
-            return self._problem(path, line_no, f"document {doc_id!r}: 'metadata' must be an object", str(doc_id))
-        return self._document(path, line_no, str(doc_id), text, str(title), metadata)
+            return self._problem(path, line_no, f"document {doc_id!r}: 'metadata' must be an object", doc_id)
+        extra = {k: v for k, v in record.items() if k not in RECORD_FIELDS and k != id_field}
+        both = sorted(extra.keys() & metadata.keys())
+        if both:
+            return self._problem(
+                path, line_no, f"document {doc_id!r}: {both[0]!r} is both a top-level field and in 'metadata'", doc_id
+            )
+        return self._document(path, line_no, doc_id, text, title or "", {**metadata, **extra})
 
     def _read_dir(self, root: Path) -> Iterator[Document]:
-        if not root.is_dir():
+        """The text files of folder ``root`` (or the one text file ``root``), one document each."""
+        if root.is_file():
+            files, root = [root], root.parent
+        elif root.is_dir():
+            files = visible_files(root)
+        else:
             raise BadInputError(InputProblem(root, None, "not a directory"))
-        for path in _visible_files(root):
+        for path in files:
             doc_id = path.relative_to(root).as_posix()
             if path.suffix.lower() not in TEXT_SUFFIXES:
                 self._problem(path, None, f"unsupported file type {path.suffix or '(none)'!r}", doc_id)
@@ -169,7 +204,7 @@ class DocumentReader:
                 self._problem(path, None, "binary content (NUL bytes) in a text file", doc_id)
                 continue
             try:
-                text = raw.decode("utf-8")
+                text = raw.decode("utf-8-sig")  # a leading BOM is not text
             except UnicodeDecodeError as exc:
                 line = raw[: exc.start].count(b"\n") + 1
                 self._problem(path, line, f"not valid UTF-8 (byte offset {exc.start})", doc_id)
@@ -183,20 +218,18 @@ class DocumentReader:
     def _document(
         self, path: Path, line: int | None, doc_id: str, text: str, title: str, metadata: dict[str, Any]
     ) -> Document | None:
-        reason = text_problem(text)
-        if reason:
-            return self._problem(path, line, f"document {doc_id!r}: {reason}", doc_id)
         try:
-            metadata = json_metadata(metadata)
-        except InvalidMetadataError as exc:
-            return self._problem(path, line, f"document {doc_id!r}: {exc}", doc_id)
+            doc = check_document(Document(id=doc_id, text=text, title=title, metadata=metadata))
+        except InvalidDocumentError as exc:  # an id that is not valid Unicode cannot name a stored document
+            known = None if has_lone_surrogate(doc_id) else doc_id
+            return self._problem(path, line, f"document {doc_id!r}: {exc}", known)
         here = InputProblem(path, line, "")
         if doc_id in self._seen_ids:
             first = self._seen_ids[doc_id]
             first_at = f"{first.path}:{first.line}" if first.line is not None else str(first.path)
             return self._problem(path, line, f"duplicate document id {doc_id!r} (first seen at {first_at})", doc_id)
         self._seen_ids[doc_id] = here
-        return Document(id=doc_id, text=text, title=title, metadata=metadata)
+        return doc
 
     def _problem(self, path: Path, line: int | None, reason: str, doc_id: str | None = None) -> None:
         problem = InputProblem(path, line, reason, doc_id)
@@ -213,7 +246,10 @@ def text_problem(text: object) -> str | None:
         return f"text must be a string, got {type(text).__name__}"
     if not text.strip():
         return "empty text"
-    size = len(text.encode("utf-8"))
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        return f"text is {NOT_UNICODE}"
     if size > MAX_DOCUMENT_BYTES:
         return f"{size:,} bytes exceeds the {MAX_DOCUMENT_BYTES:,}-byte limit per document"
     return None
@@ -236,6 +272,8 @@ def _json_object(value: dict, prefix: str) -> dict[str, Any]:
     for key, item in value.items():
         if not isinstance(key, str):
             raise InvalidMetadataError(f"metadata {prefix + repr(key)}: keys must be strings")
+        if has_lone_surrogate(key):
+            raise InvalidMetadataError(f"metadata {prefix + key!r}: the key is {NOT_UNICODE}")
         out[key] = _json_value(item, prefix + key)
     return out
 
@@ -244,8 +282,15 @@ def _json_value(value: object, key: str) -> Any:
     if value is None or isinstance(value, bool):
         return value
     if isinstance(value, str):
+        if has_lone_surrogate(value):
+            raise InvalidMetadataError(f"metadata {key!r}: the value is {NOT_UNICODE}")
         return str(value)
     if isinstance(value, numbers.Integral):  # numpy integers too
+        if not INT64_MIN <= int(value) <= INT64_MAX:
+            raise InvalidMetadataError(
+                f"metadata {key!r}: {int(value)} is outside the 64-bit integer range a payload holds "
+                "(-2**63 to 2**63-1); store it as a string"
+            )
         return int(value)
     if isinstance(value, numbers.Real):
         if not math.isfinite(value):
@@ -269,24 +314,20 @@ def _json_value(value: object, key: str) -> Any:
 def validate_documents(documents: Iterable[Document]) -> list[Document]:
     """The documents as a list, or :class:`InvalidDocumentError` for the first that cannot be indexed.
 
-    The one check behind every entry point (readers, ``Indexer.index``, the CLI, the Dagster assets): text
-    must be a non-empty string within the size limit, metadata made of JSON values (dates and datetimes are
-    stored as ISO 8601 strings: see :func:`json_metadata`), and ids unique within one call.
+    The one check behind every entry point (readers, ``Indexer.index``, the CLI, the Dagster assets): each
+    document passes :func:`check_document`, and ids are unique within one call.
     """
+    if isinstance(documents, Document):
+        raise InvalidDocumentError("expected a list of Documents, got one Document: pass [document]")
     docs = list(documents)
     first_at: dict[str, int] = {}
     for position, doc in enumerate(docs):
         if not isinstance(doc, Document):
             raise InvalidDocumentError(f"documents[{position}]: expected a Document, got {type(doc).__name__}")
-        reason = text_problem(doc.text)
-        if reason:
-            raise InvalidDocumentError(f"documents[{position}] (id {doc.id!r}): {reason}")
         try:
-            metadata = json_metadata(doc.metadata)
-        except InvalidMetadataError as exc:
-            raise InvalidMetadataError(f"documents[{position}] (id {doc.id!r}): {exc}") from None
-        if metadata != doc.metadata:
-            docs[position] = replace(doc, metadata=metadata)
+            docs[position] = check_document(doc)
+        except InvalidDocumentError as exc:
+            raise type(exc)(f"documents[{position}] (id {doc.id!r}): {exc}") from None
         if doc.id in first_at:
             raise InvalidDocumentError(
                 f"documents[{position}]: duplicate document id {doc.id!r} (first at documents[{first_at[doc.id]}])"
@@ -295,13 +336,44 @@ def validate_documents(documents: Iterable[Document]) -> list[Document]:
     return docs
 
 
+def check_document(doc: Document) -> Document:
+    """``doc`` as it is stored, or :class:`InvalidDocumentError` saying why it cannot be: the id and title must
+    be valid Unicode, the title a string (None: no title), the text pass :func:`text_problem` and the metadata
+    :func:`json_metadata`."""
+    if has_lone_surrogate(doc.id):
+        raise InvalidDocumentError(f"id is {NOT_UNICODE}")
+    title = "" if doc.title is None else doc.title
+    if not isinstance(title, str):
+        raise InvalidDocumentError(f"title must be a string or None, got {type(title).__name__} {title!r}")
+    if has_lone_surrogate(title):
+        raise InvalidDocumentError(f"title is {NOT_UNICODE}")
+    reason = text_problem(doc.text)
+    if reason:
+        raise InvalidDocumentError(reason)
+    metadata = json_metadata(doc.metadata)
+    if metadata != doc.metadata or title is not doc.title:
+        doc = replace(doc, title=title, metadata=metadata)
+    return doc
+
+
 def detect_format(path: Path) -> SourceFormat:
-    """BEIR when ``path`` is a directory holding corpus.jsonl, JSONL for a file, else a folder of files."""
+    """BEIR when ``path`` is a directory holding corpus.jsonl, else a folder of files; for a file, by its suffix:
+    JSONL (.jsonl, .json, .ndjson) or one text document (``dir``, read as a folder holding only that file)."""
     if path.is_dir():
         return SourceFormat.BEIR if (path / "corpus.jsonl").is_file() else SourceFormat.DIR
-    if path.suffix.lower() in {".jsonl", ".json", ".ndjson"} or path.is_file():
+    suffix = path.suffix.lower()
+    if suffix in JSONL_SUFFIXES:
         return SourceFormat.JSONL
-    raise BadInputError(InputProblem(path, None, "no such file or directory"))
+    if not path.exists():
+        raise BadInputError(InputProblem(path, None, "no such file or directory"))
+    if suffix in TEXT_SUFFIXES:
+        return SourceFormat.DIR
+    jsonl, text = ", ".join(sorted(JSONL_SUFFIXES)), ", ".join(sorted(TEXT_SUFFIXES))
+    reason = (
+        f"unsupported file type {suffix or '(none)'!r}: a file is read as JSONL ({jsonl}) or as one text document "
+        f"({text}); format 'jsonl' reads any file as JSONL"
+    )
+    raise BadInputError(InputProblem(path, None, reason))
 
 
 def read_documents(
@@ -313,12 +385,25 @@ def read_documents(
     return docs, reader.report
 
 
-def _visible_files(root: Path) -> list[Path]:
+def visible_files(root: Path) -> list[Path]:
     """The files under ``root``, sorted, leaving out hidden ones: any name below ``root`` starting with '.'
-    (``.git/``, ``.obsidian/``, ``.DS_Store``); ``root`` itself may be hidden."""
+    (``.git/``, ``.obsidian/``, ``.DS_Store``); ``root`` itself may be hidden. Linked folders are followed,
+    except a link to a folder above it (which would loop)."""
     files = []
-    for folder, subfolders, names in os.walk(root):
-        subfolders[:] = [d for d in subfolders if not d.startswith(".")]
+    above: dict[str, set[str]] = {str(root): {os.path.realpath(root)}}  # each folder's real path and its parents'
+    for folder, subfolders, names in os.walk(root, followlinks=True):
+        chain = above.pop(folder)
+        keep = []
+        for name in subfolders:
+            real = os.path.realpath(os.path.join(folder, name))
+            if name.startswith("."):
+                continue
+            if real in chain:
+                log.info("not following %s: it links to a folder above it", Path(folder, name))
+                continue
+            above[os.path.join(folder, name)] = chain | {real}
+            keep.append(name)
+        subfolders[:] = keep
         files.extend(Path(folder, n) for n in names if not n.startswith("."))
     return sorted(p for p in files if p.is_file())
 
@@ -330,7 +415,31 @@ def _guess_id(line: str) -> str | None:
 
 
 def _markdown_title(text: str) -> str:
-    for line in text.splitlines():
-        if line.startswith("# "):
-            return line[2:].strip()
+    """The text of the first non-empty ``# Title`` heading as CommonMark reads it (not a ``# comment`` in a code
+    block), or ''. Only the text up to a line that may be one is parsed (in doubling steps): long files stay cheap."""
+    lines = text.splitlines(keepends=True)
+    parsed = 0
+    for i, line in enumerate(lines):
+        if i < parsed or not _H1_LINE.match(line):
+            continue
+        parsed = max(i + 1, 2 * parsed)
+        tokens = _COMMONMARK.parse("".join(lines[:parsed]))
+        for opening, inline in itertools.pairwise(tokens):
+            if opening.type == "heading_open" and opening.markup == "#" and inline.content.strip():
+                return inline.content.strip()
     return ""
+
+
+def has_lone_surrogate(text: str) -> bool:
+    """Whether ``text`` holds a lone surrogate (e.g. a cut emoji's ``\\ud83d``): no UTF-8 encoding exists."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _json_type(value: object) -> str:
+    """JSON's name for the type of a parsed value."""
+    names = {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "an array"}
+    return {dict: "an object", **names}.get(type(value), type(value).__name__)

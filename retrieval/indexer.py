@@ -137,7 +137,7 @@ class Indexer:
         :meth:`rebuild`). ``allow_delete``: see :meth:`sync`.
         """
         started = time.perf_counter()
-        docs = list(documents)
+        docs = validate_documents(documents)  # a list, or a clear error (one Document, not a list)
         chunks = self.chunk(docs, progress=progress)
         report = self.sync(
             chunks,

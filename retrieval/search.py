@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from retrieval.adapted import query_encoder_now
+from retrieval.documents import has_lone_surrogate
 from retrieval.encoders.sparse import SparseVec
 from retrieval.errors import EmptyQueryError, InvalidArgumentError, choice
 from retrieval.fusion import Fused, fuse, top_z
@@ -226,6 +227,9 @@ class HybridRetriever:
             if not isinstance(query, str) or not query.strip():
                 where = "" if len(queries) == 1 else f" (queries[{position}])"
                 raise EmptyQueryError(f"empty query{where}: give some text to search for")
+            if has_lone_surrogate(query):
+                where = "" if len(queries) == 1 else f" (queries[{position}])"
+                raise InvalidArgumentError(f"query{where} is not valid Unicode (lone surrogate, e.g. a cut emoji)")
         k = self.settings.k if k is None else k
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise InvalidArgumentError(f"k must be a positive integer, got {k!r}")

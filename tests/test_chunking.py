@@ -1,3 +1,8 @@
+import hashlib
+
+import pytest
+
+from assets.tables import chunks_to_table, table_to_chunks
 from retrieval import Chunker, Document, point_id
 
 
@@ -105,3 +110,50 @@ def test_a_title_taking_half_the_budget_still_moves_the_window_forward(dense_enc
         assert n_tokens(dense_encoder.tokenizer, c.embed_text) <= 34
     covered = " ".join(c.text for c in chunks).split()
     assert set(covered) == set(words)
+
+
+LONG_TITLE = "Proceedings of the workshop on " + " ".join(f"topic{i}" for i in range(120))
+WOMBATS = " ".join(f"wombat{i} burrows" for i in range(60))
+
+
+def test_a_long_title_is_kept_whole_and_only_its_head_is_embedded(dense_encoder):
+    chunks = make_chunker(dense_encoder).chunk(Document("t1", WOMBATS, f" {LONG_TITLE} "))
+    assert len(chunks) == 7 and all(c.title == LONG_TITLE for c in chunks)  # stored whole (payload, hits)
+    head = "Proceedings of the workshop on topic0 topic1 topic2 topic3 topic4"  # budget // 4 = 15 tokens
+    assert all(c.embed_title == head and c.embed_text == f"{head}\n{c.text}" for c in chunks)
+    assert all(n_tokens(dense_encoder.tokenizer, c.embed_text) <= 64 for c in chunks)
+    # what is embedded is what the first version embedded (same embedding cache keys: no re-embedding)
+    joined = "\n".join(c.embed_text for c in chunks).encode()
+    assert hashlib.sha256(joined).hexdigest() == "56358d9d27cae589f359ae7fdb7073ed90f839c92c03049f52c5547ffaade66d"
+    # a change past the embedded head is still a change of the stored chunk
+    other = make_chunker(dense_encoder).chunk(Document("t1", WOMBATS, LONG_TITLE + " and more"))
+    assert [c.embed_text for c in other] == [c.embed_text for c in chunks]
+    assert all(a.content_hash != b.content_hash for a, b in zip(chunks, other, strict=True))
+    # the Dagster chunks table keeps both titles
+    back = table_to_chunks(chunks_to_table(chunks))
+    assert [(c.title, c.embed_text, c.content_hash) for c in back] == [
+        (c.title, c.embed_text, c.content_hash) for c in chunks
+    ]
+
+
+def test_a_short_title_chunks_as_before(dense_encoder):
+    """Content hash and embedded text as the first version made them: upgrading re-embeds nothing."""
+    [chunk] = make_chunker(dense_encoder).chunk(Document("doc-1", "alpha beta gamma", "  Boiler manual ", {"k": 1}))
+    assert (chunk.title, chunk.embed_title, chunk.embed_text) == (
+        "Boiler manual",
+        None,
+        "Boiler manual\nalpha beta gamma",
+    )
+    assert chunk.content_hash == "3f2349879e7b909d65b23ceb7b543016503243bcbe53152b489c8a2b558dd5dc"
+
+
+@pytest.mark.parametrize("backend", ["edge", "server"])
+def test_hits_carry_the_whole_long_title(indexed_stack, backend):
+    stack = indexed_stack(backend, [Document("t1", "Body text about wombats.", LONG_TITLE)], collection=f"t-{backend}")
+    try:
+        [hit] = stack.retriever().search("wombats", k=1)
+        assert hit.title == LONG_TITLE
+        [node] = stack.retriever().as_langchain().invoke("wombats", k=1)
+        assert node.metadata["title"] == LONG_TITLE
+    finally:
+        stack.close()

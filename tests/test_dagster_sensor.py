@@ -104,6 +104,15 @@ def test_hidden_files_are_ignored(folder: Folder) -> None:
     assert folder_manifest(folder.path).keys() == {"sub/c.md"}
 
 
+def test_files_in_linked_folders_are_watched_as_they_are_indexed(folder: Folder, tmp_path: Path) -> None:
+    team = tmp_path / "team"
+    team.mkdir()
+    (team / "shared.txt").write_text("Team note.")
+    (folder.path / "team").symlink_to(team, target_is_directory=True)
+    (team / "up").symlink_to(folder.path, target_is_directory=True)  # a loop: not followed
+    assert folder_manifest(folder.path).keys() == {"team/shared.txt"}
+
+
 def test_missing_folder_is_skipped(tmp_path: Path) -> None:
     sensor = build_drop_folder_sensor(tmp_path / "absent", "dropbox")
     result = sensor(dg.build_sensor_context())

@@ -3,13 +3,14 @@
 import datetime as dt
 import json
 import math
+import re
 
 import numpy as np
 import pytest
 
 from retrieval import BadInputError, Document, read_documents
 from retrieval.documents import MAX_DOCUMENT_BYTES
-from retrieval.errors import InvalidDocumentError
+from retrieval.errors import InvalidArgumentError, InvalidDocumentError
 
 CET = dt.timezone(dt.timedelta(hours=1))
 
@@ -164,3 +165,176 @@ def test_a_json_line_with_nan_metadata_is_a_bad_record(tmp_path):
     path = write_jsonl(tmp_path / "nan.jsonl", [ok("a"), '{"_id": "b", "text": "t", "metadata": {"score": NaN}}'])
     with pytest.raises(BadInputError, match=r"nan\.jsonl:2: document 'b': metadata 'score': nan is not a finite"):
         read_documents(path)
+
+
+CUT = "\ud83d"  # a lone surrogate: the first half of a cut emoji, valid in JSON (\ud83d) but not Unicode
+
+
+@pytest.mark.parametrize(
+    ("record", "reason"),
+    [
+        ({"_id": "t2", "text": f"cut tweet {CUT}"}, "document 't2': text is not valid Unicode (lone surrogate)"),
+        ({"_id": "t2", "text": "t", "title": f"cut {CUT}"}, "document 't2': title is not valid Unicode"),
+        ({"_id": "t2", "text": "t", "metadata": {"a": {"b": [CUT]}}}, "metadata 'a.b': the value is not valid"),
+        ({"_id": "t2", "text": "t", "metadata": {f"k{CUT}": 1}}, "metadata 'k\\ud83d': the key is not valid"),
+        ({"_id": "t2", "text": "t", "lang": f"e{CUT}"}, "document 't2': metadata 'lang': the value is not valid"),
+        ({"_id": f"t{CUT}", "text": "t"}, "document 't\\ud83d': id is not valid Unicode"),
+    ],
+)
+def test_lone_surrogates_are_bad_records_under_either_policy(tmp_path, record, reason):
+    path = write_jsonl(tmp_path / "tweets.jsonl", [ok("t1"), json.dumps(record), ok("t3")])  # ASCII: \ud83d
+    with pytest.raises(BadInputError, match=r"tweets\.jsonl:2: (document 't2': )?" + re.escape(reason)):
+        read_documents(path)
+    docs, report = read_documents(path, policy="skip")
+    assert [d.id for d in docs] == ["t1", "t3"] and report.skipped[0].line == 2
+    # an id that is not valid Unicode names no stored document (so a sync keeps what the others had)
+    assert report.skipped[0].doc_id == (None if CUT in record["_id"] else "t2")
+
+
+@pytest.mark.parametrize("backend", ["edge", "server"])
+@pytest.mark.parametrize(
+    ("doc", "message"),
+    [
+        (Document("a", f"cut {CUT}"), r"text is not valid Unicode \(lone surrogate\)"),
+        (Document("a", "t", title=f"cut {CUT}"), "title is not valid Unicode"),
+        (Document("a", "t", metadata={"k": CUT}), "metadata 'k': the value is not valid Unicode"),
+        (Document(CUT, "t"), "id is not valid Unicode"),
+        (Document("a", "t", title=math.nan), "title must be a string or None, got float nan"),
+        (Document("a", "t", title=2024), "title must be a string or None, got int 2024"),
+        (Document("a", "t", metadata={"h": 2**63}), "metadata 'h': 9223372036854775808 is outside the 64-bit"),
+        (Document("a", "t", metadata={"n": {"u": np.uint64(2**64 - 59)}}), r"metadata 'n\.u': 1844\d+ is outside"),
+        (Document("a", "t", metadata={"low": -(2**63) - 1}), "metadata 'low': -9223372036854775809 is outside"),
+    ],
+    ids=[
+        "surrogate-text",
+        "surrogate-title",
+        "surrogate-meta",
+        "surrogate-id",
+        "nan-title",
+        "int-title",
+        "uint64",
+        "nested-uint64",
+        "below-int64",
+    ],
+)
+def test_python_documents_are_checked_before_anything_is_written(indexed_stack, backend, doc, message):
+    """Lone surrogates, titles that are not strings and integers a payload cannot hold (i64): each a clear
+    InvalidDocumentError naming the document, and the store stays empty."""
+    stack = indexed_stack(backend, [], collection="checks")
+    try:
+        with pytest.raises(InvalidDocumentError, match=r"^documents\[1\] \(id '(a|\\ud83d)'\): " + message):
+            stack.indexer().index([Document("ok", "fine text"), doc], progress=False)
+        assert stack.store().schema() is None  # nothing written, no unfinished collection
+    finally:
+        stack.close()
+
+
+@pytest.mark.parametrize("backend", ["edge", "server"])
+def test_no_title_int64_bounds_one_document_and_surrogate_queries(indexed_stack, backend):
+    stack = indexed_stack(backend, [], collection="bounds")
+    try:
+        ix = stack.indexer()
+        with pytest.raises(InvalidDocumentError, match=r"got one Document: pass \[document\]"):
+            ix.index(Document("a", "Some text."), progress=False)
+        bounds = {"max": 2**63 - 1, "min": -(2**63)}  # stored exactly
+        ix.index([Document("a", "Lanterns glow at dusk.", title=None, metadata=bounds)], progress=False)  # None: none
+        [hit] = stack.retriever(rerank=False).search("lanterns", k=1)
+        assert (hit.doc_id, hit.title, hit.metadata) == ("a", "", bounds)
+        with pytest.raises(InvalidArgumentError, match=r"query is not valid Unicode \(lone surrogate"):
+            stack.retriever().search(f"lanterns {CUT}")
+        with pytest.raises(InvalidArgumentError, match=r"query \(queries\[1\]\) is not valid Unicode"):
+            stack.retriever().search_batch(["lanterns", f"emoji {CUT} cut"])
+    finally:
+        stack.close()
+
+
+def test_jsonl_fields_beside_text_are_metadata_and_ids_titles_are_strict(tmp_path):
+    lines = [
+        {"id": "p1", "title": "Refund policy", "text": "t", "url": "https://x/r", "lang": "en", "metadata": {"n": 1}},
+        {"_id": 42, "text": "numeric id, as in BEIR", "title": None, "id": "other-system-7"},
+        {"_id": True, "text": "t"},
+        {"_id": 1.0, "text": "t"},
+        {"_id": {"k": 1}, "text": "t"},
+        {"id": ["a"], "text": "t"},
+        {"_id": "b", "text": "t", "title": ["Boats", "Rafts"]},
+        {"_id": "c", "text": "t", "title": 7},
+        {"_id": "d", "text": "t", "lang": "en", "metadata": {"lang": "de"}},
+    ]
+    path = write_jsonl(tmp_path / "kb.jsonl", [json.dumps(r) for r in lines])
+    docs, report = read_documents(path, policy="skip")
+    assert [(d.id, d.title, d.metadata) for d in docs] == [
+        ("p1", "Refund policy", {"n": 1, "url": "https://x/r", "lang": "en"}),
+        ("42", "", {"id": "other-system-7"}),  # with '_id' given, 'id' is an ordinary field
+    ]
+    assert [str(p).removeprefix(str(tmp_path) + "/") for p in report.skipped] == [
+        "kb.jsonl:3: document id '_id' must be a string or an integer, got a boolean",
+        "kb.jsonl:4: document id '_id' must be a string or an integer, got a number",
+        "kb.jsonl:5: document id '_id' must be a string or an integer, got an object",
+        "kb.jsonl:6: document id 'id' must be a string or an integer, got an array",
+        "kb.jsonl:7: document 'b': 'title' must be a string, got an array",
+        "kb.jsonl:8: document 'c': 'title' must be a string, got a number",
+        "kb.jsonl:9: document 'd': 'lang' is both a top-level field and in 'metadata'",
+    ]
+
+
+def test_byte_order_marks_are_not_content(tmp_path):
+    bom = b"\xef\xbb\xbf"
+    path = write_jsonl(tmp_path / "excel.jsonl", [bom + ok("b1").encode(), ok("b2")])
+    assert [d.id for d in read_documents(path)[0]] == ["b1", "b2"]
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "windows.md").write_bytes(bom + b"# Windows note\n\nSaved by Notepad.\n")
+    (notes / "plain.txt").write_bytes(bom + b"Plain text.\n")
+    docs = {d.id: d for d in read_documents(notes)[0]}
+    assert docs["windows.md"].title == "Windows note" and docs["windows.md"].text.startswith("# Windows")
+    assert docs["plain.txt"].text == "Plain text.\n"
+
+
+@pytest.mark.parametrize(
+    ("markdown", "title"),
+    [
+        (
+            "```bash\n# install the dependencies first\npip install foo\n```\n\n# Deployment guide\n\nbody",
+            "Deployment guide",
+        ),
+        ("~~~\n# not a title\n~~~\n# Title #\nbody", "Title"),
+        ("    # an indented code line\n\n# Real\nbody", "Real"),
+        ("## Section only\nbody\n#hashtag", ""),
+        ("Intro line\n\n  # Indented heading\nbody", "Indented heading"),
+        ("#\nSetext\n===\n# Second #\nbody", "Second"),  # an empty heading is no title; only '# ' ones are
+    ],
+)
+def test_a_markdown_title_is_its_first_level_one_heading_outside_code(tmp_path, markdown, title):
+    (tmp_path / "note.md").write_text(markdown)
+    assert read_documents(tmp_path)[0][0].title == title
+
+
+def test_a_single_file_is_read_by_its_suffix(tmp_path):
+    (tmp_path / "meeting.md").write_text("# Meeting notes\n\nWe ship on Friday.\n")
+    (tmp_path / "todo.txt").write_text("Buy lanterns.")
+    docs, _ = read_documents(tmp_path / "meeting.md")
+    assert [(d.id, d.title, d.metadata) for d in docs] == [
+        ("meeting.md", "Meeting notes", {"source_path": "meeting.md"})
+    ]
+    assert [(d.id, d.text) for d in read_documents(tmp_path / "todo.txt", fmt="dir")[0]] == [
+        ("todo.txt", "Buy lanterns.")
+    ]
+    (tmp_path / "notes.csv").write_text("id,text\n1,hello\n")
+    with pytest.raises(BadInputError, match=r"notes\.csv: unsupported file type '\.csv': a file is read as JSONL"):
+        read_documents(tmp_path / "notes.csv")
+    (tmp_path / "corpus.data").write_text(ok("a") + "\n")
+    assert [d.id for d in read_documents(tmp_path / "corpus.data", fmt="jsonl")[0]] == ["a"]
+
+
+def test_linked_folders_are_followed_without_looping(tmp_path):
+    notes, team = tmp_path / "notes", tmp_path / "team"
+    (notes / "sub").mkdir(parents=True)
+    team.mkdir()
+    (notes / "local.txt").write_text("Local note about kites.")
+    (team / "shared.txt").write_text("Team note about origami cranes.")
+    (notes / "team").symlink_to(team, target_is_directory=True)  # a linked folder
+    (notes / "linked.txt").symlink_to(team / "shared.txt")  # a linked file
+    (notes / "sub" / "up").symlink_to(notes, target_is_directory=True)  # a link to a folder above: a loop
+    (team / "back").symlink_to(notes, target_is_directory=True)  # a loop through the linked folder
+    docs, report = read_documents(notes)
+    assert sorted(d.id for d in docs) == ["linked.txt", "local.txt", "team/shared.txt"] and not report.skipped
