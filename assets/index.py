@@ -30,7 +30,10 @@ class IndexConfig(dg.Config):
     )
     allow_delete: bool = Field(
         default=False,
-        description="Allow a sync that deletes more than half of the collection (or all of it, from an empty corpus)",
+        description=(
+            "Allow a sync that deletes more than half of the collection's documents or points (or any, from an empty "
+            "corpus)"
+        ),
     )
 
 

@@ -108,7 +108,10 @@ def index(
         ),
     ] = False,
     allow_delete: Annotated[
-        bool, typer.Option("--allow-delete", help="Allow a sync that deletes over half of the collection")
+        bool,
+        typer.Option(
+            "--allow-delete", help="Allow a sync that deletes over half of the collection's documents or points"
+        ),
     ] = False,
     policy: Annotated[str | None, typer.Option(help="Bad input: fail (default) or skip")] = None,
     rebuild: Annotated[
@@ -602,7 +605,10 @@ def adapt(
 def run(
     corpus: Annotated[str, typer.Option(help="Corpus partition to build")] = "sample",
     allow_delete: Annotated[
-        bool, typer.Option("--allow-delete", help="Allow a sync that deletes over half of the collection")
+        bool,
+        typer.Option(
+            "--allow-delete", help="Allow a sync that deletes over half of the collection's documents or points"
+        ),
     ] = False,
 ) -> None:
     """The main job: materialize the Dagster asset graph (ingest, chunk, embed, index, evaluate) and print metrics.

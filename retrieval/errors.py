@@ -60,3 +60,13 @@ def choice(enum_type: type, value: object, what: str):
     except ValueError:
         valid = ", ".join(m.value for m in enum_type)
         raise InvalidArgumentError(f"unknown {what} {value!r}; valid: {valid}") from None
+
+
+def not_one_string(values: object, call: str, what: str) -> None:
+    """Refuse one ``str``/``bytes`` where ``call`` takes a list of ``what``: Python would iterate it character by
+    character (``delete_documents("10")`` would mean the documents "1" and "0")."""
+    if isinstance(values, str | bytes | bytearray):
+        shown = repr(values) if len(values) <= 40 else repr(values[:40]) + "..."
+        raise InvalidArgumentError(
+            f"{call} takes a list of {what}, not one string ({shown}); for one, pass a list of one"
+        )

@@ -17,13 +17,14 @@ from tqdm.auto import tqdm
 from retrieval.chunking import Chunk, Chunker
 from retrieval.documents import Document, InputProblem, validate_documents
 from retrieval.encoders.sparse import SparseVec, SpladeEncoder
-from retrieval.errors import ALLOW_DELETE_HINT, UnsafeDeleteError
+from retrieval.errors import ALLOW_DELETE_HINT, UnsafeDeleteError, not_one_string
 from retrieval.parts import Parts
+from retrieval.settings import canonical_model
 from retrieval.store import CollectionSchema, QdrantStore, StoreError
 
 log = logging.getLogger(__name__)
 ENCODE_BLOCK = 1024
-MAX_DELETE_SHARE = 0.5  # a sync deleting more than this share of a collection needs allow_delete
+MAX_DELETE_SHARE = 0.5  # a sync deleting more than this share of a collection's documents or points needs allow_delete
 
 
 def locked_batches(encoder: Any, encode: Callable[[list[str]], Any], texts: Sequence[str], step: int) -> list:
@@ -89,7 +90,8 @@ class Indexer:
     Point ids derive from (document id, chunk index) and each point stores its content hash, so a second
     run over the same input embeds and writes nothing; a changed document gets its chunks replaced and its
     surplus chunks deleted. Deletions happen only after every upsert succeeded, and a sync that would delete
-    more than half of the collection (or all of it, from an empty source) is refused unless ``allow_delete``.
+    more than half of the collection's documents or of its points (or any, from an empty source) is refused
+    unless ``allow_delete``.
     """
 
     def __init__(self, parts: Parts):
@@ -113,6 +115,7 @@ class Indexer:
         """Validate ``documents`` (:func:`~retrieval.documents.validate_documents`: the one check of every entry
         point, Python, CLI and the Dagster ``chunks`` asset), then cut them into chunks (under the dense
         encoder's lock, so concurrent searches stay correct)."""
+        not_one_string(documents, "chunk", "Documents")
         chunks: list[Chunk] = []
         for doc in tqdm(validate_documents(documents), desc="chunking", unit="doc", disable=not progress):
             with self.dense.lock:
@@ -136,6 +139,7 @@ class Indexer:
         the documents go into a new version of the collection that readers switch to atomically (see
         :meth:`rebuild`). ``allow_delete``: see :meth:`sync`.
         """
+        not_one_string(documents, "index", "Documents")
         started = time.perf_counter()
         docs = validate_documents(documents)  # a list, or a clear error (one Document, not a list)
         chunks = self.chunk(docs, progress=progress)
@@ -188,7 +192,8 @@ class Indexer:
         ``rebuild`` writes a new version of the collection and publishes it when complete (implies ``prune``).
         A pruning run keeps the stored chunks of the documents in ``skipped`` (bad input), and raises
         :class:`UnsafeDeleteError`, before writing anything, when it would delete more than half of the
-        collection's points, or any from an empty source, unless ``allow_delete``.
+        collection's documents, or more than half of its points (the absent documents' and the surplus chunks of
+        documents that shrank), or any from an empty source, unless ``allow_delete``.
         Where readers in other processes may hold the published version (the embedded engine), the writes go
         into a staged copy of it that is published at the end. On a server a first build is staged the same way
         (a failed one publishes nothing and the next run resumes it), while an incremental write goes into the
@@ -198,6 +203,7 @@ class Indexer:
         A sync (not a rebuild) that finds nothing to write or delete in the published version stages nothing:
         ``report.changed`` is False and ``report.version`` the published one.
         """
+        not_one_string(chunks, "sync", "Chunks")
         started = time.perf_counter()
         self._load_models(sparse=vectors is None)
         report = IndexReport(
@@ -285,7 +291,9 @@ class Indexer:
     def delete_documents(self, doc_ids: Sequence[str]) -> DeleteReport:
         """Delete every chunk of the documents ``doc_ids``, the way :meth:`sync` writes: under the collection's
         write lock, into a staged copy of the published version (where the backend does not write in place),
-        sealed and published at the end. Nothing is staged when none of them is stored."""
+        sealed and published at the end. Nothing is staged when none of them is stored. One string is refused
+        (:class:`~retrieval.errors.InvalidArgumentError`), not read as a list of one-character ids."""
+        not_one_string(doc_ids, "delete_documents", "document ids")
         wanted = list(dict.fromkeys(doc_ids))
         report = DeleteReport(self.store.collection)
         self.store.check_schema()  # it exists (else no lock file is left behind); deleting needs no models
@@ -469,14 +477,21 @@ class Indexer:
         else:
             prunable = absent - skipped_ids
         report.kept = len(absent - prunable)
-        doomed = sum(doc_id in prunable for doc_id, _ in existing.values())
-        if doomed and not allow_delete and (not chunks or doomed > MAX_DELETE_SHARE * len(existing)):
-            source = "the source is empty" if not chunks else f"the source holds {report.documents:,} documents"
-            raise UnsafeDeleteError(
-                f"refusing to delete {doomed:,} of the {len(existing):,} points of collection {name!r} "
-                f"({len(prunable):,} documents absent from the source; {source}): {hint}"
-            )
+        if not allow_delete:
+            rechunked = rebuild and bool(existing) and self._rechunked()
+            _check_delete_share(existing, chunks, prunable, name, report.documents, rechunked)
         return prunable
+
+    def _rechunked(self) -> bool:
+        """Whether the published version was chunked otherwise than this indexer chunks (another dense model, document
+        prompt or chunk sizes, as far as its schema records them): then its chunk counts say nothing of shrinking."""
+        published, new = self.store.schema(), self.schema()
+        if published is None:
+            return False
+        if canonical_model(published.dense_model) != canonical_model(new.dense_model):
+            return True
+        fields = ("document_prompt", "chunk_tokens", "chunk_overlap")
+        return any(getattr(published, f) is not None and getattr(published, f) != getattr(new, f) for f in fields)
 
     def _delete_stale(
         self,
@@ -508,6 +523,42 @@ class Indexer:
         report.chunks = report.unchanged = len(chunks)
         report.points, report.changed = len(stored), False
         return True
+
+
+def _check_delete_share(
+    existing: dict[str, tuple[str, str]],
+    chunks: Sequence[Chunk],
+    prunable: set[str],
+    name: str,
+    documents: int,
+    rechunked: bool = False,
+) -> None:
+    """Refuse (:class:`UnsafeDeleteError`) a pruning write that deletes more than half of the stored documents,
+    or more than half of the stored points (the ``prunable`` documents' and the surplus chunks of documents that
+    shrank; only the former when ``rechunked``: a rebuild with other chunking), or any point from an empty
+    source; the message gives both figures and marks the one over half."""
+    lost = _stale(chunks, existing, prunable)
+    if rechunked:
+        lost = [pid for pid in lost if existing[pid][0] in prunable]
+    if not lost:
+        return
+    stored_docs = {doc_id for doc_id, _ in existing.values()}
+    gone = len(prunable & stored_docs)
+    figures = [(len(lost), len(existing), "points"), (gone, len(stored_docs), "documents")]
+    if chunks and all(part <= MAX_DELETE_SHARE * whole for part, whole, _ in figures):
+        return
+    shares = " and ".join(
+        f"{part:,} of the {whole:,} {what}" + (" (over half)" if part > MAX_DELETE_SHARE * whole else "")
+        for part, whole, what in figures
+    )
+    surplus = sum(existing[pid][0] not in prunable for pid in lost)
+    shrunk = len({existing[pid][0] for pid in lost} - prunable)
+    causes = [f"{gone:,} documents absent from the source"] if gone else []
+    causes += [f"{surplus:,} surplus chunks of {shrunk:,} documents that shrank"] if surplus else []
+    causes.append("the source is empty" if not chunks else f"the source holds {documents:,} documents")
+    raise UnsafeDeleteError(
+        f"refusing to delete {shares} of collection {name!r} ({'; '.join(causes)}): {ALLOW_DELETE_HINT}"
+    )
 
 
 def write_intent(chunks: Sequence[Chunk], *, prune: bool, rebuild: bool, skipped: Sequence[InputProblem] = ()) -> str:

@@ -10,11 +10,21 @@ from typer.testing import CliRunner
 
 from orchestration.cli import app
 from retrieval import Document
-from retrieval.errors import InvalidDocumentError, UnsafeDeleteError
+from retrieval.chunking import point_id
+from retrieval.errors import InvalidArgumentError, InvalidDocumentError, UnsafeDeleteError
+from retrieval.indexer import Indexer
+from retrieval.parts import Parts
 from retrieval.store import EdgeStore
 from tests.conftest import TINY_DOCS
 
 N = len(TINY_DOCS)
+BACKENDS = ["edge", "server"]
+VERBS = ["install", "configure", "deploy", "monitor", "backup", "restore", "upgrade"]
+# One long document (many chunks) and four one-chunk notes: removing the notes removes few points but most documents.
+MANUAL = Document(
+    "manual", "\n\n".join(f"Step {i}: {VERBS[i % 7]} the pump, then {VERBS[i * 3 % 7]} it." for i in range(400))
+)
+NOTES = [Document(n, f"The {n} page of our product.") for n in ("faq", "contacts", "pricing", "roadmap")]
 
 
 def cli(*args: str, code: int = 0) -> str:
@@ -142,3 +152,119 @@ def test_the_dagster_sync_refuses_mass_deletion_unless_allowed(indexed_stack):
         assert indexer.sync(chunks[:3], prune=True, allow_delete=True, progress=False).points == 3
     finally:
         stack.close()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_deletes_refuse_one_string_instead_of_deleting_its_characters(indexed_stack, backend):
+    """``delete_documents("10")`` used to delete the documents "1" and "0" and keep "10"."""
+    stack = indexed_stack(backend, [Document(str(i), f"Ticket number {i} about printer issue {i}.") for i in range(13)])
+    indexer = stack.indexer()
+    store = indexer.store
+    try:
+        for one in ("10", b"10"):
+            for delete in (indexer.delete_documents, store.delete_documents):
+                with pytest.raises(
+                    InvalidArgumentError, match="delete_documents takes a list of document ids, not one"
+                ):
+                    delete(one)
+        for call in (store.delete_ids, store.points, store.dense_vectors):
+            with pytest.raises(InvalidArgumentError, match=f"{call.__name__} takes a list of point ids, not one"):
+                call(point_id("10", 0))
+        assert store.count() == 13
+        report = indexer.delete_documents(["10"])
+        assert (report.documents, report.deleted, report.points, report.missing) == (1, 1, 12, [])
+        assert store.count({"doc_id": "10"}) == 0 and store.count({"doc_id": ["1", "0"]}) == 2
+    finally:
+        stack.close()
+
+
+def test_calls_taking_texts_or_documents_refuse_one_string(indexed_stack):
+    stack = indexed_stack("edge", [])
+    indexer = stack.indexer()
+    try:
+        calls = [indexer.index, indexer.rebuild, indexer.chunk, indexer.sync]
+        calls += [stack.dense.encode_documents, stack.dense.encode_queries]
+        calls += [stack.sparse.encode_documents, stack.sparse.encode_queries]
+        for call in calls:
+            with pytest.raises(InvalidArgumentError, match=r"takes a list of \w+, not one string \('pump seal'\)"):
+                call("pump seal")
+        assert indexer.store.schema() is None  # nothing was written
+    finally:
+        stack.close()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sync_refuses_deleting_most_documents_even_when_they_are_few_points(indexed_stack, backend):
+    stack = indexed_stack(backend, [MANUAL, *NOTES])
+    indexer = stack.indexer()
+    try:
+        total = indexer.store.count()
+        assert total > 2 * (len(NOTES) + 1)  # the notes are under half of the points
+        with pytest.raises(UnsafeDeleteError, match=r"4 of the \d+ points and 4 of the 5 documents \(over half\)"):
+            indexer.index([MANUAL], prune=True, progress=False)
+        assert indexer.store.count() == total
+        indexer.index([MANUAL, *NOTES[:2]], prune=True, progress=False)  # 2 of 5 documents: a safe share, done
+        assert indexer.store.count() == total - 2
+        report = indexer.index([MANUAL], prune=True, allow_delete=True, progress=False)  # asked for explicitly
+        assert (report.deleted, report.points) == (2, total - 4)
+    finally:
+        stack.close()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sync_refuses_when_a_document_that_shrank_takes_most_points_with_it(indexed_stack, backend):
+    """A truncated file (a bad save) keeps its document but loses its chunks: the points count, on ``index`` and
+    on ``sync`` (what the Dagster ``qdrant_index`` asset calls)."""
+    stack = indexed_stack(backend, [MANUAL, NOTES[0]])
+    indexer = stack.indexer()
+    truncated = Document("manual", MANUAL.text[:200])
+    try:
+        total = indexer.store.count()
+        lost = total - 2
+        shares = rf"{lost} of the {total} points \(over half\) and 0 of the 2 documents of collection 'test'"
+        why = rf"{lost} surplus chunks of 1 documents that shrank; the source holds 2 documents"
+        with pytest.raises(UnsafeDeleteError, match=rf"refusing to delete {shares} \({why}\): pass allow_delete"):
+            indexer.index([truncated, NOTES[0]], prune=True, progress=False)
+        with pytest.raises(UnsafeDeleteError, match=rf"refusing to delete {shares}"):
+            indexer.sync(indexer.chunk([truncated, NOTES[0]]), prune=True, progress=False)
+        with pytest.raises(UnsafeDeleteError, match=rf"refusing to delete {shares}"):
+            indexer.rebuild([truncated, NOTES[0]], progress=False)
+        assert indexer.store.count() == total
+        shorter = Document("manual", MANUAL.text[: len(MANUAL.text) * 2 // 3])  # a third gone: a safe share
+        assert indexer.index([shorter, NOTES[0]], prune=True, progress=False).deleted > 0
+        report = indexer.index([truncated, NOTES[0]], prune=True, allow_delete=True, progress=False)
+        assert report.points == 2
+    finally:
+        stack.close()
+
+
+def test_a_rebuild_with_larger_chunks_is_not_a_shrinking_document(indexed_stack):
+    """Chunk counts only compare under the same chunking: a rebuild into larger chunks deletes most points and
+    loses nothing, while a rebuild that drops most documents is still refused."""
+    stack = indexed_stack("edge", [MANUAL, NOTES[0]], chunk_tokens=64, chunk_overlap=8)
+    small = stack.indexer()
+    settings = small.settings.model_copy(update={"chunk_tokens": 256})
+    larger = Indexer(Parts(settings, small.store, small.dense, small.sparse, cache=small.cache))
+    try:
+        before = small.store.count()
+        with pytest.raises(UnsafeDeleteError, match="1 of the 2 documents"):
+            larger.rebuild([NOTES[0]], progress=False)
+        report = larger.rebuild([MANUAL, NOTES[0]], progress=False)
+        assert report.points < before / 2 and report.deleted == before - report.points
+    finally:
+        stack.close()
+
+
+def test_cli_sync_names_the_figure_over_half(cli_env):
+    folder = cli_env / "docs"
+    folder.mkdir()
+    for doc in (MANUAL, *NOTES):
+        (folder / f"{doc.id}.md").write_text(doc.text)
+    indexed = cli_json("index", str(folder), "-c", "kb")
+    for note in NOTES:
+        (folder / f"{note.id}.md").unlink()  # e.g. a bad checkout
+    out = cli("index", str(folder), "-c", "kb", "--sync", code=2)
+    last = out.strip().splitlines()[-1]
+    assert last.startswith(f"error: refusing to delete 4 of the {indexed['points']} points and 4 of the 5 documents")
+    assert "(over half)" in last and "--allow-delete" in last and points(cli_env, "kb") == indexed["points"]
+    assert cli_json("index", str(folder), "-c", "kb", "--sync", "--allow-delete")["deleted"] == 4

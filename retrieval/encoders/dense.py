@@ -31,6 +31,7 @@ from retrieval.encoders.multi_process import pool_devices, start_pool, stop_pool
 from retrieval.encoders.onnx_export import EXPORT_VERSION, FP32_FILE, INT8_FILE, ensure_onnx_export
 from retrieval.encoders.onnx_model import OnnxSentenceModel
 from retrieval.encoders.runtime import SINGLE_THREAD_MAX, check_device, one_thread, select_device
+from retrieval.errors import not_one_string
 from retrieval.settings import DEFAULT_DENSE_MODEL, DenseBackend, default_cache_dir
 
 log = logging.getLogger(__name__)
@@ -174,9 +175,11 @@ class DenseEncoder:
         return self.device
 
     def encode_documents(self, texts: Sequence[str], show_progress: bool = False) -> np.ndarray:
+        not_one_string(texts, "encode_documents", "texts")
         return self._encode(list(texts), self.document_prompt, show_progress)
 
     def encode_queries(self, texts: Sequence[str], show_progress: bool = False) -> np.ndarray:
+        not_one_string(texts, "encode_queries", "texts")
         return self._encode(list(texts), self.query_prompt, show_progress)
 
     def encode_query(self, text: str) -> np.ndarray:

@@ -10,6 +10,8 @@ from functools import cached_property
 
 import numpy as np
 
+from retrieval.errors import not_one_string
+
 
 @dataclass(frozen=True)
 class SparseVec:
@@ -57,9 +59,11 @@ class Bm25Encoder:
         return hashlib.sha256(f"bm25|{self.k1}|{self.b}|{self.avg_len}".encode()).hexdigest()[:16]
 
     def encode_documents(self, texts: Sequence[str]) -> list[SparseVec]:
+        not_one_string(texts, "encode_documents", "texts")
         return [_from_edge(self._model.embed_document(t)) for t in texts]
 
     def encode_queries(self, texts: Sequence[str]) -> list[SparseVec]:
+        not_one_string(texts, "encode_queries", "texts")
         return [_from_edge(self._counts.embed_document(t), rounded=True) for t in texts]
 
     def encode_query(self, text: str) -> SparseVec:
@@ -96,9 +100,11 @@ class SpladeEncoder:
         return hashlib.sha256(f"splade|{self.name}".encode()).hexdigest()[:16]
 
     def encode_documents(self, texts: Sequence[str]) -> list[SparseVec]:
+        not_one_string(texts, "encode_documents", "texts")
         return self._convert(self.model.encode_document(list(texts), batch_size=self.batch_size))
 
     def encode_queries(self, texts: Sequence[str]) -> list[SparseVec]:
+        not_one_string(texts, "encode_queries", "texts")
         return self._convert(self.model.encode_query(list(texts), batch_size=self.batch_size))
 
     def encode_query(self, text: str) -> SparseVec:

@@ -34,6 +34,7 @@ import qdrant_edge as qe
 
 from retrieval.chunking import Chunk
 from retrieval.encoders.sparse import SparseVec
+from retrieval.errors import not_one_string
 from retrieval.settings import FusionMethod
 from retrieval.store.base import (
     DENSE,
@@ -769,11 +770,13 @@ class EdgeStore(QdrantStore):
             shard.update(qe.UpdateOperation.upsert_points(points))
 
     def delete_ids(self, ids: Sequence[str]) -> None:
+        not_one_string(ids, "delete_ids", "point ids")
         if ids:
             with self._using("delete", write=True) as shard:
                 shard.update(qe.UpdateOperation.delete_points(list(ids)))
 
     def delete_documents(self, doc_ids: Sequence[str]) -> None:
+        not_one_string(doc_ids, "delete_documents", "document ids")
         if doc_ids:
             flt = qe.Filter(must=[qe.FieldCondition(key="doc_id", match=qe.MatchAny(list(doc_ids)))])
             with self._using("delete", write=True) as shard:
@@ -816,6 +819,7 @@ class EdgeStore(QdrantStore):
         return [[_hit(p) for p in points] for points in results]
 
     def points(self, ids: Sequence[str], with_dense_vectors: bool = False) -> dict[str, StoredHit]:
+        not_one_string(ids, "points", "point ids")
         if not ids:
             return {}
         with self._using("retrieve") as shard:
@@ -823,6 +827,7 @@ class EdgeStore(QdrantStore):
         return {h.id: h for h in map(_hit, records)}
 
     def dense_vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
+        not_one_string(ids, "dense_vectors", "point ids")
         with self._using("retrieve") as shard:
             records = shard.retrieve(list(ids), with_payload=False, with_vector=[DENSE])
         return {str(r.id): np.asarray(r.vector[DENSE], dtype=np.float32) for r in records}

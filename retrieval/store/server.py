@@ -35,6 +35,7 @@ from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedR
 
 from retrieval.chunking import Chunk
 from retrieval.encoders.sparse import SparseVec
+from retrieval.errors import not_one_string
 from retrieval.settings import FusionMethod
 from retrieval.store.base import (
     DENSE,
@@ -332,11 +333,13 @@ class ServerStore(QdrantStore):
         self._call("upsert", self.client.upsert, self.name, points=points, wait=True)
 
     def delete_ids(self, ids: Sequence[str]) -> None:
+        not_one_string(ids, "delete_ids", "point ids")
         if ids:
             selector = qm.PointIdsList(points=list(ids))
             self._call("delete", self.client.delete, self.name, points_selector=selector, wait=True)
 
     def delete_documents(self, doc_ids: Sequence[str]) -> None:
+        not_one_string(doc_ids, "delete_documents", "document ids")
         if doc_ids:
             selector = qm.FilterSelector(filter=_client_filter({"doc_id": list(doc_ids)}))
             self._call("delete", self.client.delete, self.name, points_selector=selector, wait=True)
@@ -371,6 +374,7 @@ class ServerStore(QdrantStore):
         return [[_hit(p) for p in r.points] for r in responses]
 
     def points(self, ids: Sequence[str], with_dense_vectors: bool = False) -> dict[str, StoredHit]:
+        not_one_string(ids, "points", "point ids")
         if not ids:
             return {}
         vectors = [DENSE] if with_dense_vectors else False
@@ -380,6 +384,7 @@ class ServerStore(QdrantStore):
         return {h.id: h for h in map(_hit, records)}
 
     def dense_vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
+        not_one_string(ids, "dense_vectors", "point ids")
         records = self._call(
             "retrieve", self.client.retrieve, self.name, ids=list(ids), with_payload=False, with_vectors=[DENSE]
         )
