@@ -6,11 +6,11 @@ from typing import Any
 
 
 def hit_metadata(hit: Any) -> dict[str, Any]:
-    """The document's own metadata, then where the hit came from: ids, chunk index, title, fused score,
-    per-channel ranks and scores (``dense_score``/``sparse_score`` are None where the
-    :class:`~retrieval.search.Hit` lacks them)."""
+    """Where the hit came from (ids, chunk index, title, fused score, per-channel ranks and scores;
+    ``dense_score``/``sparse_score`` are None where the :class:`~retrieval.search.Hit` lacks them), then the
+    document's own metadata, which wins on a clash: its values round-trip exactly (the hit's stay on the ``Hit``,
+    and on the node's/document's own ``score`` and ``id``)."""
     return {
-        **hit.metadata,
         "doc_id": hit.doc_id,
         "chunk_id": hit.chunk_id,
         "chunk_index": hit.chunk_index,
@@ -22,4 +22,5 @@ def hit_metadata(hit: Any) -> dict[str, Any]:
         "dense_score": getattr(hit, "dense_score", None),
         "sparse_score": getattr(hit, "sparse_score", None),
         "rerank_score": hit.rerank_score,
+        **hit.metadata,
     }

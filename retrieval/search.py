@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
@@ -38,7 +38,9 @@ class GroupBy(StrEnum):
     DOC = "doc"
 
 
-GROUP_OVERFETCH = 4  # group_by="doc" ranks max(GROUP_OVERFETCH * k, prefetch_k) chunks to fill k documents
+# group_by="doc": a channel list is deepened (its limit doubled) until it holds the documents wanted, reading at
+# most this many chunks per document wanted
+GROUP_MAX_CHUNKS_PER_DOC = 64
 
 
 @dataclass
@@ -157,23 +159,22 @@ class HybridRetriever:
 
         ``k`` (default: settings) hits per query; ``filter``: metadata conditions (see
         :func:`~retrieval.store.base.filter_conditions`); ``rerank`` (default: settings); ``group_by="doc"``:
-        one hit per document, its best chunk; ``score_threshold``: drop hits whose final ``score`` is lower.
+        one hit per document, its best chunk (each channel's list then holds documents, ranked by their best chunk;
+        fusion and reranking rank documents); ``score_threshold``: drop hits whose final ``score`` is lower.
         Empty queries, ``k < 1`` and unknown names raise :class:`~retrieval.errors.InvalidArgumentError`.
         """
-        requested_k, group_by = self._check_arguments(queries, k, group_by, score_threshold)
+        k, group_by = self._check_arguments(queries, k, group_by, score_threshold)
         variant, rerank = self._resolve_variant(variant, rerank)
-        # group_by="doc" ranks more chunks to fill k documents
-        k = max(GROUP_OVERFETCH * requested_k, self.settings.prefetch_k) if group_by is GroupBy.DOC else requested_k
-        depth = max(k, self.reranker.config.depth) if rerank else k
+        depth = max(k, self.reranker.config.depth) if rerank else k  # chunks, or documents (group_by="doc")
         # Reranking by feedback needs the candidates' stored vectors, not their text: payloads are then read
         # for the final hits only (the listwise prompt needs the candidates' text, so it reads them all).
         deferred = rerank and self.reranker.config.mode is not RerankMode.PROMPT
         with self._one_version():
             query_vectors, candidates = self.first_stage(
-                queries, variant, depth, filter, with_vectors=rerank, with_payload=not deferred
+                queries, variant, depth, filter, with_vectors=rerank, with_payload=not deferred, group_by=group_by
             )
             ranked = self._rerank_batch(queries, query_vectors, candidates) if rerank else candidates
-            results = [_finish(hits[:k], requested_k, group_by, score_threshold) for hits in ranked]
+            results = [_finish(hits, k, score_threshold) for hits in ranked]
             return self._fill_payloads(results) if deferred else results
 
     @contextmanager
@@ -245,11 +246,12 @@ class HybridRetriever:
         filter: dict[str, Any] | None = None,
         with_vectors: bool = False,
         with_payload: bool = True,
+        group_by: GroupBy | str = GroupBy.CHUNK,
     ) -> tuple[np.ndarray | None, list[list[Hit]]]:
-        """The query vectors (None for sparse only) and each query's top ``depth`` hits, before reranking
-        (from one version of the collection)."""
+        """The query vectors (None for sparse only) and each query's top ``depth`` hits (documents with
+        ``group_by="doc"``), before reranking (from one version of the collection)."""
         with self._one_version():
-            return self._first_stage(queries, variant, depth, filter, with_vectors, with_payload)
+            return self._first_stage(queries, variant, depth, filter, with_vectors, with_payload, GroupBy(group_by))
 
     def _first_stage(
         self,
@@ -259,6 +261,7 @@ class HybridRetriever:
         filter: dict[str, Any] | None,
         with_vectors: bool,
         with_payload: bool,
+        group_by: GroupBy,
     ) -> tuple[np.ndarray | None, list[list[Hit]]]:
         self.check_schema()
         variant = Variant(variant)
@@ -274,7 +277,7 @@ class HybridRetriever:
                 sparse_q = self.sparse.encode_queries(queries)
         t1 = time.perf_counter()
         try:
-            out = self.candidates(dense_q, sparse_q, depth, filter, with_vectors, with_payload)
+            out = self.candidates(dense_q, sparse_q, depth, filter, with_vectors, with_payload, group_by)
         except Exception:
             self._checked = False  # was the collection rebuilt with other models meanwhile? Say so if it was.
             self.check_schema()
@@ -290,10 +293,15 @@ class HybridRetriever:
         filter: dict[str, Any] | None = None,
         with_vectors: bool = False,
         with_payload: bool = True,
+        group_by: GroupBy | str = GroupBy.CHUNK,
     ) -> list[list[Hit]]:
         """The Qdrant part of a search, from query vectors: one batched request for the channel lists (ids,
         scores, doc ids), fusion, then one request for the payloads (and vectors) of each query's top ``depth``.
-        Without ``with_payload`` the hits carry ids, doc ids, ranks, scores (and vectors) only."""
+        Without ``with_payload`` the hits carry ids, doc ids, ranks, scores (and vectors) only.
+
+        ``group_by="doc"``: ``depth`` counts documents; each channel's list is deepened until it holds as many
+        documents as a chunk list holds chunks (or the channel has no more), and fused by document
+        (:meth:`fuse_documents`)."""
         names = [name for name, q in (("dense", dense_q), ("sparse", sparse_q)) if q is not None]
         n = len(dense_q if dense_q is not None else sparse_q)
         hybrid = len(names) == 2
@@ -305,8 +313,12 @@ class HybridRetriever:
             if sparse_q is not None:
                 plans.append(QueryPlan(sparse=sparse_q[i], limit=channel_k, filter=filter, with_payload=("doc_id",)))
         results = self.store.query_batch(plans)
+        by_doc = GroupBy(group_by) is GroupBy.DOC
+        if by_doc:
+            results = self._deepened(plans, results, channel_k)
+        fuse = self.fuse_documents if by_doc else self.fuse
         step = len(names)
-        fused = [self.fuse({name: results[i * step + j] for j, name in enumerate(names)})[:depth] for i in range(n)]
+        fused = [fuse({name: results[i * step + j] for j, name in enumerate(names)})[:depth] for i in range(n)]
         ids = sorted({f.id for fs in fused for f in fs})
         if with_payload:
             points = self.store.points(ids, with_dense_vectors=with_vectors)
@@ -318,6 +330,33 @@ class HybridRetriever:
             [Hit.from_fused(f, points[f.id], r if hybrid else None) for r, f in enumerate(fs, 1) if f.id in points]
             for fs in fused
         ]
+
+    def _deepened(self, plans: list[QueryPlan], results: list[list[StoredHit]], wanted: int) -> list[list[StoredHit]]:
+        """Each channel list that holds fewer than ``wanted`` documents queried again with twice the limit (one
+        batched request a round, at most ``GROUP_MAX_CHUNKS_PER_DOC * wanted`` chunks), until it holds them or
+        the channel has no more chunks (it returned fewer than its limit)."""
+        cap = GROUP_MAX_CHUNKS_PER_DOC * wanted
+        plans, results = list(plans), list(results)
+        while short := [
+            i
+            for i, (plan, hits) in enumerate(zip(plans, results, strict=True))
+            if len(hits) >= plan.limit and plan.limit < cap and len(_documents(hits)) < wanted
+        ]:
+            for i in short:
+                plans[i] = replace(plans[i], limit=min(2 * plans[i].limit, cap))
+            for i, hits in zip(short, self.store.query_batch([plans[i] for i in short]), strict=True):
+                results[i] = hits
+        return results
+
+    def fuse_documents(self, channels: dict[str, Sequence[StoredHit]]) -> list[Fused]:
+        """One query's channel lists fused by document (``group_by="doc"``): a document's rank and score in a
+        channel are its best chunk's there; each document is represented by its best chunk in :meth:`fuse` of
+        the chunk lists."""
+        best_chunk: dict[str, str] = {}
+        for f in self.fuse(channels):
+            best_chunk.setdefault(f.doc_id, f.id)
+        documents = {name: list(_documents(hits).values()) for name, hits in channels.items()}
+        return [replace(f, id=best_chunk[f.doc_id]) for f in self.fuse(documents)]
 
     def fuse(self, channels: dict[str, Sequence[StoredHit]]) -> list[Fused]:
         """One query's channel lists fused as the settings say (a single channel keeps its own order): by
@@ -366,11 +405,18 @@ class HybridRetriever:
         self.store.close()
 
 
-def _finish(hits: list[Hit], k: int, group_by: GroupBy, score_threshold: float | None) -> list[Hit]:
-    """The final list: the best chunk of each document (``group_by="doc"``), scores >= threshold, at most k."""
-    if group_by is GroupBy.DOC:
-        seen: set[str] = set()
-        hits = [h for h in hits if not (h.doc_id in seen or seen.add(h.doc_id))]
+def _documents(hits: Sequence[StoredHit]) -> dict[str, StoredHit]:
+    """The best chunk of each document in a channel list (best first) as a hit keyed by the document id."""
+    best: dict[str, StoredHit] = {}
+    for hit in hits:
+        doc_id = str(hit.payload.get("doc_id", ""))
+        if doc_id not in best:
+            best[doc_id] = StoredHit(doc_id, hit.score, {"doc_id": doc_id})
+    return best
+
+
+def _finish(hits: list[Hit], k: int, score_threshold: float | None) -> list[Hit]:
+    """The final list: scores >= threshold, at most k."""
     if score_threshold is not None:
         hits = [h for h in hits if h.score >= score_threshold]
     return hits[:k]
