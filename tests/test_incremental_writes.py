@@ -139,3 +139,26 @@ def test_a_sync_reads_the_collection_once(indexer, scanned):
     scanned[0] = 0
     report = indexer.index(docs[:-1], prune=True, progress=False)  # one document gone
     assert report.deleted == 1 and scanned[0] == total  # not once more on the staged copy
+
+
+@pytest.mark.parametrize("backend", ["edge", "server"])
+def test_a_failed_sync_resumes_with_unchanged_documents_skipped(backend, indexed_stack, monkeypatch):
+    """The re-run of a failed sync finds the same unchanged documents (not chunked) and finishes the failed run's
+    staged copy (the embedded engine) or the live collection (a server): what it read of the copy is the copy's."""
+    import retrieval.indexer as indexer_module
+    from tests.test_reliability_versions import crash_after_two_blocks
+
+    stack = indexed_stack(backend, TINY_DOCS, upsert_batch_size=8, embedding_cache=False)
+    indexer = stack.indexer()
+    new = [Document(f"n{i}", f"new document number {i} about topic {i % 7}") for i in range(40)]
+    docs = [*TINY_DOCS[1:], *new]
+    monkeypatch.setattr(indexer_module, "ENCODE_BLOCK", 8)
+    indexer.after_batch = crash_after_two_blocks
+    with pytest.raises(RuntimeError, match="injected"):
+        indexer.index(docs, prune=True, progress=False)
+    indexer.after_batch = None
+    resumed = indexer.index(docs, prune=True, progress=False)
+    assert resumed.embedded == len(new) - 16 and resumed.unchanged == len(TINY_DOCS) - 1 + 16
+    assert resumed.deleted == 1
+    assert indexer.store.stored_hashes() == expected_points(indexer, docs)
+    stack.close()
