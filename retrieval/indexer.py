@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -21,6 +22,7 @@ from retrieval.errors import ALLOW_DELETE_HINT, UnsafeDeleteError, not_one_strin
 from retrieval.parts import Parts
 from retrieval.settings import canonical_model
 from retrieval.store import CollectionSchema, QdrantStore, StoreError
+from retrieval.store.base import StoredChunk
 
 log = logging.getLogger(__name__)
 ENCODE_BLOCK = 1024
@@ -41,6 +43,18 @@ def length_order(texts: Sequence[str]) -> list[int]:
     """Positions of ``texts``, longest first (the order sentence-transformers gives one ``encode`` call): batches
     cut from it hold texts of similar length, so little padding is computed."""
     return sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+
+
+@dataclass(frozen=True)
+class DocumentChunk(Chunk):
+    """A chunk that carries its document's fingerprint (:meth:`Indexer.fingerprint`) and chunk count into its
+    payload: the next write skips a document whose stored points all carry the same, without chunking it."""
+
+    doc_hash: str = ""
+    doc_chunks: int = 0
+
+    def payload(self) -> dict[str, Any]:
+        return {**super().payload(), "doc_hash": self.doc_hash, "doc_chunks": self.doc_chunks}
 
 
 @dataclass
@@ -114,13 +128,44 @@ class Indexer:
     def chunk(self, documents: Iterable[Document], progress: bool = False) -> list[Chunk]:
         """Validate ``documents`` (:func:`~retrieval.documents.validate_documents`: the one check of every entry
         point, Python, CLI and the Dagster ``chunks`` asset), then cut them into chunks (under the dense
-        encoder's lock, so concurrent searches stay correct)."""
+        encoder's lock, so concurrent searches stay correct), each carrying its document's fingerprint."""
         not_one_string(documents, "chunk", "Documents")
+        return self._chunk(validate_documents(documents), progress)
+
+    def _chunk(self, docs: Sequence[Document], progress: bool) -> list[Chunk]:
         chunks: list[Chunk] = []
-        for doc in tqdm(validate_documents(documents), desc="chunking", unit="doc", disable=not progress):
+        for doc in tqdm(docs, desc="chunking", unit="doc", disable=not progress):
             with self.dense.lock:
-                chunks.extend(self.chunker.chunk(doc))
+                pieces = self.chunker.chunk(doc)
+            fingerprint = self.fingerprint(doc)
+            chunks.extend(DocumentChunk(**vars(c), doc_hash=fingerprint, doc_chunks=len(pieces)) for c in pieces)
         return chunks
+
+    def fingerprint(self, doc: Document) -> str:
+        """What determines a (validated) document's chunks besides the collection's schema: its id, title, text and
+        metadata, and the chunk budget and overlap (also recorded by the schema, except by earlier releases')."""
+        raw = [doc.id, doc.title, doc.text, doc.metadata, self.chunker.budget, self.chunker.overlap]
+        return hashlib.sha256(json.dumps(raw, sort_keys=True, default=str).encode()).hexdigest()
+
+    def _split(
+        self, docs: Sequence[Document], stored: dict[str, StoredChunk], progress: bool
+    ) -> tuple[list[Chunk], dict[str, int]]:
+        """The chunks of the documents ``stored`` does not hold as they are, and (doc_id -> stored points) those it
+        does: every stored point of theirs carries their fingerprint and their number of points. Those are not
+        chunked (points written by bare :meth:`sync` or an earlier release carry no fingerprint: compared by chunk)."""
+        held: dict[str, list[StoredChunk]] = {}
+        for s in stored.values():
+            held.setdefault(s.doc_id, []).append(s)
+        fresh: dict[str, int] = {}
+        todo: list[Document] = []
+        for doc in docs:
+            points = held.get(doc.id, ())
+            fingerprint = self.fingerprint(doc) if points else None
+            if points and all(p.doc_hash == fingerprint and p.doc_chunks == len(points) for p in points):
+                fresh[doc.id] = len(points)
+            else:
+                todo.append(doc)
+        return self._chunk(todo, progress), fresh
 
     def index(
         self,
@@ -142,16 +187,7 @@ class Indexer:
         not_one_string(documents, "index", "Documents")
         started = time.perf_counter()
         docs = validate_documents(documents)  # a list, or a clear error (one Document, not a list)
-        chunks = self.chunk(docs, progress=progress)
-        report = self.sync(
-            chunks,
-            prune=prune,
-            allow_delete=allow_delete,
-            skipped=skipped,
-            progress=progress,
-            documents=len(docs),
-            rebuild=rebuild,
-        )
+        report = self._sync(docs, None, None, prune, allow_delete, skipped, progress, len(docs), rebuild, publish=True)
         report.seconds = time.perf_counter() - started  # the documents consumed and chunked too
         return report
 
@@ -204,21 +240,38 @@ class Indexer:
         ``report.changed`` is False and ``report.version`` the published one.
         """
         not_one_string(chunks, "sync", "Chunks")
+        return self._sync(None, chunks, vectors, prune, allow_delete, skipped, progress, documents, rebuild, publish)
+
+    def _sync(
+        self,
+        docs: Sequence[Document] | None,
+        chunks: Sequence[Chunk] | None,
+        vectors: tuple[np.ndarray, Sequence[SparseVec]] | None,
+        prune: bool,
+        allow_delete: bool,
+        skipped: Sequence[InputProblem],
+        progress: bool,
+        documents: int | None,
+        rebuild: bool,
+        publish: bool,
+    ) -> IndexReport:
+        """:meth:`sync` of ``chunks``, or of validated ``docs``: those chunked only when the store does not hold
+        them as they are (see :meth:`_split`)."""
         started = time.perf_counter()
         self._load_models(sparse=vectors is None)
         report = IndexReport(
             collection=self.store.collection,
-            documents=len({c.doc_id for c in chunks}) if documents is None else documents,
+            documents=len({c.doc_id for c in chunks or ()}) if documents is None else documents,
             rebuilt=rebuild,
             skipped=list(skipped),
         )
         with self.store.write_lock():
             return self._sync_locked(
-                chunks, report, vectors, prune, allow_delete, skipped, progress, rebuild, publish, started
+                docs, chunks, report, vectors, prune, allow_delete, skipped, progress, rebuild, publish, started
             )
 
     def _sync_locked(
-        self, chunks, report, vectors, prune, allow_delete, skipped, progress, rebuild, publish, started
+        self, docs, chunks, report, vectors, prune, allow_delete, skipped, progress, rebuild, publish, started
     ) -> IndexReport:
         pinned = self.store.version is not None  # an explicit version (e.g. a staged one) is written in place
         report.published_before = self.store.current_version()
@@ -226,33 +279,44 @@ class Indexer:
         # A first build is staged on every backend: it is published when complete, and a failed one is resumed.
         first = not staged and not pinned and self.store.schema() is None
         staged = staged or first
+        fresh: dict[str, int] = {}  # documents stored as they are (not chunked): doc_id -> points
+        base: dict[str, StoredChunk] | None = None  # what the store written from holds of the documents written
+        if rebuild or first or (staged and self.store.schema() is None):
+            chunks = self._chunk(docs, progress) if chunks is None else chunks
+        else:
+            schema = self.store.ensure(self.schema())  # refuses other models and settings; a copy keeps its schema
+            ids = [d.id for d in docs] if chunks is None else {c.doc_id for c in chunks}
+            base = self.store.stored_chunks(None if prune else ids)  # a sync sees every stored document, once
+            chunks, fresh = self._split(docs, base, progress) if chunks is None else (chunks, {})
+        present = {c.doc_id for c in chunks} | fresh.keys()
         # Only the same write (same chunks, same mode) resumes a failed one's staged version (see stage).
-        intent = write_intent(chunks, prune=prune or rebuild, rebuild=rebuild, skipped=skipped)
+        intent = write_intent(chunks, prune=prune or rebuild, rebuild=rebuild, skipped=skipped, unchanged=fresh)
         if rebuild:
             existing = self._published_hashes(bool(chunks) or allow_delete)
-            prunable = self._prunable(existing, chunks, True, True, skipped, allow_delete, report)
+            prunable = self._prunable(existing, chunks, present, True, True, skipped, allow_delete, report)
             target = self.store.stage(self.schema(), intent=intent)
         elif first:  # resumes the unfinished first build of the same input when it has the same models
             target = self.store.stage(self.schema(), intent=intent)
         elif staged:
-            schema = self.schema()
-            if self.store.schema() is not None:
-                schema = self.store.ensure(schema)  # refuses other models and settings; the copy keeps its schema
-                if self._unchanged(chunks, prune, allow_delete, skipped, report):  # no copy, no new version
-                    return self._done(report, self.store.current_version(), rebuild, publish, started)
+            if base is None:
+                schema = self.schema()
+            elif self._unchanged(chunks, fresh, base, prune, allow_delete, skipped, report):  # no copy, no version
+                return self._done(report, self.store.current_version(), rebuild, publish, started)
             target = self.store.stage(schema, copy_current=True, intent=intent)
         else:  # an incremental write on a server: into the live collection, batch by batch
-            self.store.ensure(self.schema())
             if not pinned:  # a staged copy made before this write must not be resumed or published
                 self.store.mark_copies_stale()
             target = self.store
         try:
-            report.chunks = len(chunks)
-            stored = target.stored_hashes()
+            report.chunks = len(chunks) + sum(fresh.values())
+            if target.resumed:  # a failed write's version, partly written: read itself
+                stored = target.stored_chunks(None if prune or rebuild else {c.doc_id for c in chunks})
+            else:  # a fresh copy holds what was read before staging (base); a new version holds nothing
+                stored = base or {}
             if not rebuild:
-                prunable = self._prunable(stored, chunks, prune, False, skipped, allow_delete, report)
-            todo = [i for i, c in enumerate(chunks) if stored.get(c.id, ("", ""))[1] != c.content_hash]
-            report.unchanged = len(chunks) - len(todo)
+                prunable = self._prunable(stored, chunks, present, prune, False, skipped, allow_delete, report)
+            todo = _todo(chunks, stored)
+            report.unchanged = report.chunks - len(todo)
             self._write(target, [chunks[i] for i in todo], report, progress, _select(vectors, todo))
             report.deleted = self._delete_stale(target, chunks, stored, prunable, everything=rebuild)
             if rebuild:  # the points of the published version that the new one no longer holds
@@ -299,10 +363,11 @@ class Indexer:
         self.store.check_schema()  # it exists (else no lock file is left behind); deleting needs no models
         with self.store.write_lock():
             schema = self.store.check_schema()
-            stored = self.store.stored_hashes()
+            stored = self.store.stored_hashes(wanted)  # the points of these documents only
             found = {doc_id for doc_id, _ in stored.values()} & set(wanted)
             report.documents, report.missing = len(found), [d for d in wanted if d not in found]
-            report.points, report.version = len(stored), self.store.current_version()
+            report.points, report.version = self.store.count(), self.store.current_version()
+            before = report.points
             if not found:
                 return report
             staged = self.store.version is None and not self.store.writes_in_place
@@ -320,7 +385,7 @@ class Indexer:
             finally:
                 if target is not self.store:
                     target.close()
-        report.deleted = len(stored) - report.points
+        report.deleted = before - report.points
         log.info(
             "deleted %d points of %d documents from %s (version %s); %d points left",
             report.deleted,
@@ -418,14 +483,14 @@ class Indexer:
         out[order] = sorted_vectors
         return out
 
-    def _published_hashes(self, proceed_unread: bool) -> dict[str, tuple[str, str]]:
+    def _published_hashes(self, proceed_unread: bool) -> dict[str, StoredChunk]:
         """What readers see now, for a rebuild's deletion check. A rebuild does not need the current version:
         when another process holds it, the check is skipped with a warning (``proceed_unread``), except for an
         empty source, which is refused."""
         if self.store.current_version() is None:
             return {}
         try:
-            return self.store.stored_hashes()
+            return self.store.stored_chunks()
         except StoreError as exc:
             if not proceed_unread:
                 raise UnsafeDeleteError(
@@ -437,21 +502,23 @@ class Indexer:
 
     def _prunable(
         self,
-        existing: dict[str, tuple[str, str]],
+        existing: dict[str, StoredChunk],
         chunks: Sequence[Chunk],
+        present: set[str],
         prune: bool,
         rebuild: bool,
         skipped: Sequence[InputProblem],
         allow_delete: bool,
         report: IndexReport,
     ) -> set[str]:
-        """The stored documents this run deletes whole (absent from the source); refuses unsafe deletions.
+        """The stored documents this run deletes whole (absent from ``present``, the source's document ids);
+        refuses unsafe deletions.
 
         A rebuild cannot keep anything, so it refuses to drop a stored document that was skipped as bad input.
         """
         if not prune:
             return set()
-        absent = {doc_id for doc_id, _ in existing.values()} - {c.doc_id for c in chunks}
+        absent = {s.doc_id for s in existing.values()} - present
         skipped_ids = {p.doc_id for p in skipped if p.doc_id is not None}
         unknown = sum(p.doc_id is None for p in skipped)
         name = self.store.collection
@@ -479,7 +546,7 @@ class Indexer:
         report.kept = len(absent - prunable)
         if not allow_delete:
             rechunked = rebuild and bool(existing) and self._rechunked()
-            _check_delete_share(existing, chunks, prunable, name, report.documents, rechunked)
+            _check_delete_share(existing, chunks, present, prunable, name, report.documents, rechunked)
         return prunable
 
     def _rechunked(self) -> bool:
@@ -497,7 +564,7 @@ class Indexer:
         self,
         store: QdrantStore,
         chunks: Sequence[Chunk],
-        stored: dict[str, tuple[str, str]],
+        stored: dict[str, StoredChunk],
         prunable: set[str],
         everything: bool = False,
     ) -> int:
@@ -510,24 +577,29 @@ class Indexer:
     def _unchanged(
         self,
         chunks: Sequence[Chunk],
+        fresh: dict[str, int],
+        stored: dict[str, StoredChunk],
         prune: bool,
         allow_delete: bool,
         skipped: Sequence[InputProblem],
         report: IndexReport,
     ) -> bool:
-        """Whether the published version already holds ``chunks`` and nothing to delete (then the report says so)."""
-        stored = self.store.stored_hashes()
-        prunable = self._prunable(stored, chunks, prune, False, skipped, allow_delete, report)
-        if any(stored.get(c.id, ("", ""))[1] != c.content_hash for c in chunks) or _stale(chunks, stored, prunable):
+        """Whether the published version (``stored``: what it holds of the documents written, or all of it with
+        ``prune``) already holds ``chunks`` and the ``fresh`` documents, and nothing to delete (then the report
+        says so)."""
+        present = {c.doc_id for c in chunks} | fresh.keys()
+        prunable = self._prunable(stored, chunks, present, prune, False, skipped, allow_delete, report)
+        if _todo(chunks, stored) or _stale(chunks, stored, prunable):
             return False
-        report.chunks = report.unchanged = len(chunks)
-        report.points, report.changed = len(stored), False
+        report.chunks = report.unchanged = len(chunks) + sum(fresh.values())
+        report.points, report.changed = (len(stored) if prune else self.store.count()), False
         return True
 
 
 def _check_delete_share(
-    existing: dict[str, tuple[str, str]],
+    existing: dict[str, StoredChunk],
     chunks: Sequence[Chunk],
+    present: set[str],
     prunable: set[str],
     name: str,
     documents: int,
@@ -539,41 +611,73 @@ def _check_delete_share(
     source; the message gives both figures and marks the one over half."""
     lost = _stale(chunks, existing, prunable)
     if rechunked:
-        lost = [pid for pid in lost if existing[pid][0] in prunable]
+        lost = [pid for pid in lost if existing[pid].doc_id in prunable]
     if not lost:
         return
-    stored_docs = {doc_id for doc_id, _ in existing.values()}
+    stored_docs = {s.doc_id for s in existing.values()}
     gone = len(prunable & stored_docs)
     figures = [(len(lost), len(existing), "points"), (gone, len(stored_docs), "documents")]
-    if chunks and all(part <= MAX_DELETE_SHARE * whole for part, whole, _ in figures):
+    if present and all(part <= MAX_DELETE_SHARE * whole for part, whole, _ in figures):
         return
     shares = " and ".join(
         f"{part:,} of the {whole:,} {what}" + (" (over half)" if part > MAX_DELETE_SHARE * whole else "")
         for part, whole, what in figures
     )
-    surplus = sum(existing[pid][0] not in prunable for pid in lost)
-    shrunk = len({existing[pid][0] for pid in lost} - prunable)
+    surplus = sum(existing[pid].doc_id not in prunable for pid in lost)
+    shrunk = len({existing[pid].doc_id for pid in lost} - prunable)
     causes = [f"{gone:,} documents absent from the source"] if gone else []
     causes += [f"{surplus:,} surplus chunks of {shrunk:,} documents that shrank"] if surplus else []
-    causes.append("the source is empty" if not chunks else f"the source holds {documents:,} documents")
+    causes.append("the source is empty" if not present else f"the source holds {documents:,} documents")
     raise UnsafeDeleteError(
         f"refusing to delete {shares} of collection {name!r} ({'; '.join(causes)}): {ALLOW_DELETE_HINT}"
     )
 
 
-def write_intent(chunks: Sequence[Chunk], *, prune: bool, rebuild: bool, skipped: Sequence[InputProblem] = ()) -> str:
-    """A fingerprint of one write: its chunks (ids and content hashes) and its mode; the same input written the
-    same way (e.g. a run repeated after a failure) gives the same fingerprint, any other write another one."""
+def write_intent(
+    chunks: Sequence[Chunk],
+    *,
+    prune: bool,
+    rebuild: bool,
+    skipped: Sequence[InputProblem] = (),
+    unchanged: Iterable[str] = (),
+) -> str:
+    """A fingerprint of one write: its chunks (ids and content hashes), the documents it found stored as they are
+    (``unchanged``, not chunked) and its mode; the same input written the same way (e.g. a run repeated after a
+    failure) gives the same fingerprint, any other write another one."""
     digest = hashlib.sha256(f"prune={prune} rebuild={rebuild}\n".encode())
     for line in sorted(f"{c.id} {c.content_hash}" for c in chunks):
         digest.update(line.encode() + b"\n")
+    for doc_id in sorted(unchanged):
+        digest.update(f"unchanged {doc_id}\n".encode())
     kept = sorted({str(p.doc_id) for p in skipped if p.doc_id is not None})
     digest.update(f"kept={kept} unknown={sum(p.doc_id is None for p in skipped)}".encode())
     return digest.hexdigest()
 
 
+def _todo(chunks: Sequence[Chunk], stored: dict[str, StoredChunk]) -> list[int]:
+    """Positions of the ``chunks`` to write: new and changed ones, and every chunk of a document that has any to
+    write or delete, or whose stored points carry another fingerprint (see :class:`DocumentChunk`), so that the
+    points of a document written from a document carry one fingerprint (points without one are compared by chunk)."""
+
+    def differs(c: Chunk) -> bool:
+        s = stored.get(c.id)
+        if s is None or s.content_hash != c.content_hash:
+            return True
+        mine = (c.doc_hash, c.doc_chunks) if isinstance(c, DocumentChunk) else None
+        return mine is not None and s.doc_hash is not None and (s.doc_hash, s.doc_chunks) != mine
+
+    changed = [differs(c) for c in chunks]
+    whole = {c.doc_id for c in chunks if isinstance(c, DocumentChunk)}
+    if whole:
+        ids = {c.id for c in chunks}
+        touched = {c.doc_id for c, d in zip(chunks, changed, strict=True) if d}
+        touched |= {s.doc_id for pid, s in stored.items() if s.doc_id in whole and pid not in ids}  # surplus
+        whole &= touched
+    return [i for i, c in enumerate(chunks) if changed[i] or c.doc_id in whole]
+
+
 def _stale(
-    chunks: Sequence[Chunk], stored: dict[str, tuple[str, str]], prunable: set[str], everything: bool = False
+    chunks: Sequence[Chunk], stored: dict[str, StoredChunk], prunable: set[str], everything: bool = False
 ) -> list[str]:
     """The stored points to delete: surplus chunks of the indexed documents, all chunks of ``prunable`` documents
     (or of every document absent from ``chunks`` when ``everything``)."""
@@ -581,8 +685,8 @@ def _stale(
     indexed_docs = {c.doc_id for c in chunks}
     return [
         pid
-        for pid, (doc_id, _) in stored.items()
-        if pid not in current and (doc_id in indexed_docs or doc_id in prunable or everything)
+        for pid, s in stored.items()
+        if pid not in current and (s.doc_id in indexed_docs or s.doc_id in prunable or everything)
     ]
 
 

@@ -145,3 +145,21 @@ def test_adapt_memory(tmp_path, capsys):
     assert row["shipped"]["pool"] == row["every_id"]["pool"] == 2 * 60 + 100  # the targets' chunks and 100 others
     assert row["shipped"]["peak_mb"] > 0 and row["every_id"]["peak_mb"] > 0
     assert "sampling step" in capsys.readouterr().out
+
+
+def test_incremental(tmp_path, capsys, monkeypatch):
+    from benchmarks import incremental
+
+    monkeypatch.setenv("HYBRID_RAG_CACHE_DIR", str(tmp_path / "cache"))
+    result = incremental.run([30], str(SCIFACT), str(tmp_path))
+    incremental.report(result)
+    rows = {r["operation"]: r for r in result["rows"]}
+    assert rows["first build"]["chunked"] == 30 and rows["add one document"]["chunked"] == 1
+    assert rows["add one document"]["read"] == 0 and rows["delete one document"]["read"] == 1
+    assert rows["sync, nothing changed"]["chunked"] == 0
+    assert (
+        rows["sync, nothing changed"]["read"]
+        == rows["sync, one document changed"]["read"]
+        == rows["first build"]["points"]
+    )
+    assert "Incremental writes" in capsys.readouterr().out

@@ -9,10 +9,10 @@ import math
 import numbers
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -23,8 +23,10 @@ from retrieval.settings import FusionMethod, canonical_model
 
 DENSE = "dense"
 SPARSE = "sparse"
-HASH_FIELDS = ["doc_id", "content_hash"]  # the payload that tells whether a stored chunk changed
+# the payload that tells whether a stored chunk (content_hash) or its whole document (doc_hash, doc_chunks) changed
+HASH_FIELDS = ["doc_id", "content_hash", "doc_hash", "doc_chunks"]
 SCROLL_PAGE = 2048
+DOC_ID_BATCH = 1024  # document ids per filtered scroll (stored_chunks of some documents)
 WRITE_LOCK_TIMEOUT_S = 600.0  # how long a writer waits for the collection's write lock
 TOP_LEVEL_FILTER_KEYS = {"doc_id", "chunk_index", "title", "content_hash"}
 STRING_FIELDS = {"doc_id", "title", "content_hash"}  # top-level fields that hold strings
@@ -202,10 +204,37 @@ def scrolled(scroll: Callable[[Any], tuple[Sequence[Any], Any]]) -> Iterator[Any
             return
 
 
-def stored_hashes_from(scroll: Callable[[Any], tuple[Sequence[Any], Any]]) -> dict[str, tuple[str, str]]:
-    """point id -> (doc_id, content_hash), paging through ``scroll`` (see :func:`scrolled`; each record's payload
+class StoredChunk(NamedTuple):
+    """What a stored point says about its chunk: its document, content hash and, when the indexer wrote it from a
+    document (not from bare chunks, not by an earlier release), that document's fingerprint and chunk count."""
+
+    doc_id: str
+    content_hash: str
+    doc_hash: str | None = None
+    doc_chunks: int | None = None
+
+
+def stored_chunks_from(scroll: Callable[[Any], tuple[Sequence[Any], Any]]) -> dict[str, StoredChunk]:
+    """point id -> :class:`StoredChunk`, paging through ``scroll`` (see :func:`scrolled`; each record's payload
     limited to :data:`HASH_FIELDS`)."""
-    return {str(r.id): (r.payload["doc_id"], r.payload["content_hash"]) for r in scrolled(scroll)}
+    out = {}
+    for r in scrolled(scroll):
+        p = r.payload
+        out[str(r.id)] = StoredChunk(p["doc_id"], p["content_hash"], p.get("doc_hash"), p.get("doc_chunks"))
+    return out
+
+
+def doc_id_batches(doc_ids: Collection[str] | None) -> list[list[str] | None]:
+    """``[None]`` (every point) for ``doc_ids`` None, else the ids in sorted batches of :data:`DOC_ID_BATCH`."""
+    if doc_ids is None:
+        return [None]
+    ids = sorted(set(doc_ids))
+    return [ids[i : i + DOC_ID_BATCH] for i in range(0, len(ids), DOC_ID_BATCH)]
+
+
+def _resumed(store: QdrantStore) -> QdrantStore:
+    store.resumed = True
+    return store
 
 
 class QdrantStore(ABC):
@@ -226,6 +255,7 @@ class QdrantStore(ABC):
     collection: str
     version: int | None = None
     writes_in_place: bool = True  # False: every write goes to a staged copy (see stage(copy_current=True))
+    resumed: bool = False  # a version stage() returned as the unfinished one of a failed write (not a fresh copy)
 
     # -- versions: backend primitives -------------------------------------------------------------------
     @abstractmethod
@@ -360,7 +390,7 @@ class QdrantStore(ABC):
             last = pending[-1] if resume and pending and self._stage_info(pending[-1]) == unfinished else None
             if last is not None and self._pinned(last).schema() == schema:
                 log.info("resuming the unfinished write of %r (version %d)", self.collection, last)
-                return self._pinned(last)
+                return _resumed(self._pinned(last))
             target = max([current or 0, *self._versions()]) + 1  # never the number of a refused version
             for v in pending:  # refused or abandoned stagings (kept while another process holds them)
                 self._pinned(v).drop()
@@ -379,7 +409,7 @@ class QdrantStore(ABC):
         last = pending[-1] if resume and pending and self._stage_info(pending[-1]) == unfinished else None
         if last is not None and self._pinned(last).schema() == schema:
             log.info("resuming the unfinished rebuild of %r (version %d)", self.collection, last)
-            return self._pinned(last)
+            return _resumed(self._pinned(last))
         target = max([current, *versions]) + 1  # never the number of a refused (sealed) or abandoned version
         for v in pending:
             self._pinned(v).drop()
@@ -510,8 +540,13 @@ class QdrantStore(ABC):
     def delete_documents(self, doc_ids: Sequence[str]) -> None: ...
 
     @abstractmethod
-    def stored_hashes(self) -> dict[str, tuple[str, str]]:
-        """point id -> (doc_id, content_hash) for every stored point."""
+    def stored_chunks(self, doc_ids: Collection[str] | None = None) -> dict[str, StoredChunk]:
+        """point id -> :class:`StoredChunk` for every stored point, or (``doc_ids``) for the points of those
+        documents only: a filtered scroll on the ``doc_id`` index, :data:`DOC_ID_BATCH` ids per request."""
+
+    def stored_hashes(self, doc_ids: Collection[str] | None = None) -> dict[str, tuple[str, str]]:
+        """point id -> (doc_id, content_hash), of every stored point or of those of documents ``doc_ids``."""
+        return {pid: (s.doc_id, s.content_hash) for pid, s in self.stored_chunks(doc_ids).items()}
 
     @abstractmethod
     def stored_owners(self) -> Iterator[tuple[str, str]]:

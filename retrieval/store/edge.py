@@ -23,7 +23,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from itertools import pairwise
 from pathlib import Path
@@ -46,12 +46,14 @@ from retrieval.store.base import (
     CollectionSchema,
     QdrantStore,
     QueryPlan,
+    StoredChunk,
     StoredHit,
     StoreError,
+    doc_id_batches,
     filter_conditions,
     parse_version,
     scrolled,
-    stored_hashes_from,
+    stored_chunks_from,
     version_name,
 )
 
@@ -778,7 +780,7 @@ class EdgeStore(QdrantStore):
     def delete_documents(self, doc_ids: Sequence[str]) -> None:
         not_one_string(doc_ids, "delete_documents", "document ids")
         if doc_ids:
-            flt = qe.Filter(must=[qe.FieldCondition(key="doc_id", match=qe.MatchAny(list(doc_ids)))])
+            flt = qe.Filter(must=[_doc_ids_condition(doc_ids)])
             with self._using("delete", write=True) as shard:
                 shard.update(qe.UpdateOperation.delete_points_by_filter(flt))
 
@@ -790,13 +792,25 @@ class EdgeStore(QdrantStore):
             shard.flush()
 
     # -- reads --------------------------------------------------------------------------------------
-    def stored_hashes(self) -> dict[str, tuple[str, str]]:
+    def stored_chunks(self, doc_ids: Collection[str] | None = None) -> dict[str, StoredChunk]:
+        out: dict[str, StoredChunk] = {}
         with self._using("scroll") as shard:  # one version for every page
-            return stored_hashes_from(
-                lambda offset: shard.scroll(
-                    qe.ScrollRequest(offset=offset, limit=SCROLL_PAGE, with_payload=HASH_FIELDS, with_vector=False)
+            for batch in doc_id_batches(doc_ids):
+                flt = None if batch is None else qe.Filter(must=[_doc_ids_condition(batch)])
+                out.update(
+                    stored_chunks_from(
+                        lambda offset, flt=flt: shard.scroll(
+                            qe.ScrollRequest(
+                                offset=offset,
+                                limit=SCROLL_PAGE,
+                                filter=flt,
+                                with_payload=HASH_FIELDS,
+                                with_vector=False,
+                            )
+                        )
+                    )
                 )
-            )
+        return out
 
     def stored_owners(self) -> Iterator[tuple[str, str]]:
         with self._using("scroll") as shard:  # one version for every page
@@ -887,3 +901,7 @@ def _hit(point) -> StoredHit:
     vector = point.vector[DENSE] if point.vector and DENSE in point.vector else None
     pid = point.id
     return StoredHit.from_point(point, str(pid) if isinstance(pid, uuid.UUID) else str(uuid.UUID(str(pid))), vector)
+
+
+def _doc_ids_condition(doc_ids: Sequence[str]) -> qe.FieldCondition:
+    return qe.FieldCondition(key="doc_id", match=qe.MatchAny(list(doc_ids)))

@@ -24,7 +24,7 @@ import math
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -46,12 +46,14 @@ from retrieval.store.base import (
     CollectionSchema,
     QdrantStore,
     QueryPlan,
+    StoredChunk,
     StoredHit,
     StoreError,
+    doc_id_batches,
     filter_conditions,
     parse_version,
     scrolled,
-    stored_hashes_from,
+    stored_chunks_from,
     version_name,
 )
 
@@ -345,20 +347,32 @@ class ServerStore(QdrantStore):
             self._call("delete", self.client.delete, self.name, points_selector=selector, wait=True)
 
     # -- reads --------------------------------------------------------------------------------------
-    def _scroll_page(self, payload: Sequence[str]) -> Callable[[Any], tuple[Sequence[Any], Any]]:
-        """``offset -> (records, next offset)`` over this collection, each record's payload limited to ``payload``."""
+    def _scroll_page(
+        self, payload: Sequence[str], doc_ids: Sequence[str] | None = None
+    ) -> Callable[[Any], tuple[Sequence[Any], Any]]:
+        """``offset -> (records, next offset)`` over this collection (the points of documents ``doc_ids`` only, when
+        given), each record's payload limited to ``payload``."""
+        flt = (
+            None
+            if doc_ids is None
+            else qm.Filter(must=[qm.FieldCondition(key="doc_id", match=qm.MatchAny(any=list(doc_ids)))])
+        )
         return lambda offset: self._call(
             "scroll",
             self.client.scroll,
             self.name,
+            scroll_filter=flt,
             limit=SCROLL_PAGE,
             offset=offset,
             with_payload=list(payload),
             with_vectors=False,
         )
 
-    def stored_hashes(self) -> dict[str, tuple[str, str]]:
-        return stored_hashes_from(self._scroll_page(HASH_FIELDS))
+    def stored_chunks(self, doc_ids: Collection[str] | None = None) -> dict[str, StoredChunk]:
+        out: dict[str, StoredChunk] = {}
+        for batch in doc_id_batches(doc_ids):
+            out.update(stored_chunks_from(self._scroll_page(HASH_FIELDS, batch)))
+        return out
 
     def stored_owners(self) -> Iterator[tuple[str, str]]:
         for r in scrolled(self._scroll_page(["doc_id"])):

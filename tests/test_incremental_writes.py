@@ -1,0 +1,176 @@
+"""An incremental write costs what it touches: unchanged documents are not chunked again (each point stores its
+document's fingerprint), a plain write and a delete read only the points of their documents, a sync reads the
+collection once. Results stay those of a full comparison, on both backends."""
+
+import dataclasses
+
+import pytest
+
+import retrieval.store.base as store_base
+from retrieval import Document
+from tests.conftest import TINY_DOCS
+
+LONG = " ".join(f"paragraph {i} about valves, gaskets and pressure." for i in range(120))
+
+
+@pytest.fixture(params=["edge", "server"])
+def indexer(request, indexed_stack):
+    stack = indexed_stack(request.param, [])
+    yield stack.indexer()
+    stack.close()
+
+
+@pytest.fixture
+def chunked(indexer, monkeypatch):
+    """The ids of the documents the indexer's chunker cuts (in order)."""
+    seen: list[str] = []
+    original = indexer.chunker.chunk
+
+    def chunk(doc):
+        seen.append(doc.id)
+        return original(doc)
+
+    monkeypatch.setattr(indexer.chunker, "chunk", chunk)
+    return seen
+
+
+@pytest.fixture
+def scanned(monkeypatch):
+    """How many stored points the hash reads (every backend's ``stored_hashes``/``stored_chunks``) returned."""
+    count = [0]
+    original = store_base.scrolled
+
+    def scrolled(scroll):
+        for record in original(scroll):
+            count[0] += 1
+            yield record
+
+    monkeypatch.setattr(store_base, "scrolled", scrolled)
+    return count
+
+
+def expected_points(indexer, docs):
+    return {c.id: (c.doc_id, c.content_hash) for c in indexer.chunk(docs)}
+
+
+def test_unchanged_documents_are_not_chunked_again(indexer, chunked):
+    indexer.index(TINY_DOCS, progress=False)
+    chunked.clear()
+    edited = [dataclasses.replace(TINY_DOCS[0], text="Check the ZX-4471 valve gasket every year."), *TINY_DOCS[1:]]
+    report = indexer.index(edited, progress=False)
+    assert chunked == [TINY_DOCS[0].id]  # only the changed document was cut
+    assert (report.embedded, report.unchanged, report.chunks) == (1, len(TINY_DOCS) - 1, len(TINY_DOCS))
+    chunked.clear()
+    again = indexer.index(edited, prune=True, progress=False)  # `index --sync` with nothing changed
+    assert chunked == []
+    assert (again.embedded, again.deleted, again.unchanged, again.points) == (0, 0, len(TINY_DOCS), len(TINY_DOCS))
+    assert indexer.store.stored_hashes() == expected_points(indexer, edited)
+
+
+def test_a_sync_keeps_unchanged_documents_and_deletes_absent_ones(indexer, chunked):
+    indexer.index(TINY_DOCS, progress=False)
+    chunked.clear()
+    extra = Document("extra", "A brand new document about zebrafish heart regeneration.")
+    report = indexer.index([*TINY_DOCS[1:], extra], prune=True, progress=False)
+    assert chunked == ["extra"]
+    assert (report.embedded, report.deleted, report.unchanged) == (1, 1, len(TINY_DOCS) - 1)
+    assert indexer.store.stored_hashes() == expected_points(indexer, [*TINY_DOCS[1:], extra])
+
+
+def test_a_document_a_bare_chunk_write_shortened_is_chunked_again(indexer, chunked):
+    """Points keep the fingerprint of the document they were written from; a write of bare chunks (the Dagster
+    path) that drops some of a document's points leaves the rest with it: the stored chunk count tells."""
+    long_doc = Document("long", LONG)
+    first = indexer.index([long_doc, *TINY_DOCS], progress=False)
+    many = indexer.store.count({"doc_id": "long"})
+    assert many > 1
+    head = indexer.chunker.chunk(Document("long", indexer.chunk([long_doc])[0].text))
+    assert len(head) == 1
+    indexer.sync(head, progress=False)  # chunk 0 is unchanged (kept, with its fingerprint); the rest is deleted
+    assert indexer.store.count({"doc_id": "long"}) == 1
+    chunked.clear()
+    report = indexer.index([long_doc, *TINY_DOCS], progress=False)
+    assert chunked == ["long"] and report.embedded == many
+    assert report.points == first.points
+    assert indexer.store.stored_hashes() == expected_points(indexer, [long_doc, *TINY_DOCS])
+
+
+def test_points_without_a_fingerprint_are_compared_by_chunk(indexer, chunked):
+    """A collection an earlier release wrote (no fingerprint in its payloads) keeps working: its documents are
+    chunked and compared as before, nothing unchanged is rewritten, and a document gains the fast path when it
+    is next written."""
+    bare = [c for doc in TINY_DOCS for c in indexer.chunker.chunk(doc)]  # chunks as an earlier release wrote them
+    indexer.sync(bare, progress=False)
+    chunked.clear()
+    report = indexer.index(TINY_DOCS, prune=True, progress=False)
+    assert sorted(chunked) == sorted(d.id for d in TINY_DOCS)
+    assert (report.embedded, report.deleted, report.unchanged) == (0, 0, len(TINY_DOCS))
+    edited = [dataclasses.replace(TINY_DOCS[0], title="Boiler manual, 2nd edition"), *TINY_DOCS[1:]]
+    assert indexer.index(edited, progress=False).embedded == 1
+    chunked.clear()
+    assert indexer.index(edited, progress=False).embedded == 0
+    assert sorted(chunked) == sorted(d.id for d in TINY_DOCS[1:])  # the rewritten document is skipped now
+    assert indexer.store.stored_hashes() == expected_points(indexer, edited)
+
+
+def test_a_plain_write_and_a_delete_read_only_their_documents_points(indexer, scanned):
+    indexer.index([Document("long", LONG), *TINY_DOCS], progress=False)
+    total = indexer.store.count()
+    scanned[0] = 0
+    added = indexer.index([Document("new-1", "A brand new document about zebrafish.")], progress=False)
+    assert scanned[0] == 0 and added.points == total + 1  # a new document: no stored point of it to read
+    scanned[0] = 0
+    indexer.index([dataclasses.replace(TINY_DOCS[1], text="Salt the water before the noodles go in.")], progress=False)
+    assert scanned[0] == 1  # the one point of the changed document
+    scanned[0] = 0
+    deleted = indexer.delete_documents(["valve", "unknown"])
+    assert scanned[0] == 1 and (deleted.deleted, deleted.missing, deleted.points) == (1, ["unknown"], total)
+    scanned[0] = 0
+    assert indexer.delete_documents(["unknown"]).points == total and scanned[0] == 0
+
+
+def test_a_sync_reads_the_collection_once(indexer, scanned):
+    docs = [Document("long", LONG), *TINY_DOCS]
+    indexer.index(docs, progress=False)
+    total = indexer.store.count()
+    scanned[0] = 0
+    assert not indexer.index(docs, prune=True, progress=False).embedded
+    assert scanned[0] == total
+    scanned[0] = 0
+    report = indexer.index(docs[:-1], prune=True, progress=False)  # one document gone
+    assert report.deleted == 1 and scanned[0] == total  # not once more on the staged copy
+
+
+@pytest.mark.parametrize("backend", ["edge", "server"])
+def test_a_failed_sync_resumes_with_unchanged_documents_skipped(backend, indexed_stack, monkeypatch):
+    """The re-run of a failed sync finds the same unchanged documents (not chunked) and finishes the failed run's
+    staged copy (the embedded engine) or the live collection (a server): what it read of the copy is the copy's."""
+    import retrieval.indexer as indexer_module
+    from tests.test_reliability_versions import crash_after_two_blocks
+
+    stack = indexed_stack(backend, TINY_DOCS, upsert_batch_size=8, embedding_cache=False)
+    indexer = stack.indexer()
+    new = [Document(f"n{i}", f"new document number {i} about topic {i % 7}") for i in range(40)]
+    docs = [*TINY_DOCS[1:], *new]
+    monkeypatch.setattr(indexer_module, "ENCODE_BLOCK", 8)
+    indexer.after_batch = crash_after_two_blocks
+    with pytest.raises(RuntimeError, match="injected"):
+        indexer.index(docs, prune=True, progress=False)
+    indexer.after_batch = None
+    resumed = indexer.index(docs, prune=True, progress=False)
+    assert resumed.embedded == len(new) - 16 and resumed.unchanged == len(TINY_DOCS) - 1 + 16
+    assert resumed.deleted == 1
+    assert indexer.store.stored_hashes() == expected_points(indexer, docs)
+    stack.close()
+
+
+def test_fingerprinted_chunks_are_the_chunkers_chunks(indexer):
+    """A chunk that carries its document's fingerprint embeds and stores what the chunker cut: a long title's head,
+    the whole title in the payload (a fingerprint once landed in the embedded title)."""
+    doc = Document("long-title", LONG, title=" ".join(f"word{i}" for i in range(200)))
+    plain = indexer.chunker.chunk(doc)
+    carried = indexer.chunk([doc])
+    assert [(c.id, c.embed_text, c.content_hash) for c in carried] == [
+        (c.id, c.embed_text, c.content_hash) for c in plain
+    ]
+    assert all(c.payload()["title"] == doc.title for c in carried)
