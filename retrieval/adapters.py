@@ -6,13 +6,12 @@ from typing import Any
 
 
 def hit_metadata(hit: Any) -> dict[str, Any]:
-    """Where the hit came from (ids, chunk index, title, fused score, per-channel ranks and scores;
+    """Where the hit came from (chunk index, title, fused score, per-channel ranks and scores;
     ``dense_score``/``sparse_score`` are None where the :class:`~retrieval.search.Hit` lacks them), then the
     document's own metadata, which wins on a clash: its values round-trip exactly (the hit's stay on the ``Hit``,
-    and on the node's/document's own ``score`` and ``id``)."""
+    and on the node's/document's own ``score`` and ``id``); last the ids ``doc_id`` and ``chunk_id``, which are
+    always the hit's (a ``doc_id`` filter matches them; a metadata field of that name stays on ``Hit.metadata``)."""
     return {
-        "doc_id": hit.doc_id,
-        "chunk_id": hit.chunk_id,
         "chunk_index": hit.chunk_index,
         "title": hit.title,
         "score": hit.score,
@@ -23,4 +22,6 @@ def hit_metadata(hit: Any) -> dict[str, Any]:
         "sparse_score": getattr(hit, "sparse_score", None),
         "rerank_score": hit.rerank_score,
         **hit.metadata,
+        "doc_id": hit.doc_id,
+        "chunk_id": hit.chunk_id,
     }

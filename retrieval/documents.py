@@ -388,9 +388,12 @@ def read_documents(
 def visible_files(root: Path) -> list[Path]:
     """The files under ``root``, sorted, leaving out hidden ones: any name below ``root`` starting with '.'
     (``.git/``, ``.obsidian/``, ``.DS_Store``); ``root`` itself may be hidden. Linked folders are followed,
-    except a link to a folder above it (which would loop)."""
+    except a link to a folder above it, ``root`` and its parents included (which would loop, or walk the tree
+    ``root`` lies in)."""
     files = []
-    above: dict[str, set[str]] = {str(root): {os.path.realpath(root)}}  # each folder's real path and its parents'
+    real_root = Path(os.path.realpath(root))
+    # each folder's real path and those of every folder above it
+    above: dict[str, set[str]] = {str(root): {str(real_root), *map(str, real_root.parents)}}
     for folder, subfolders, names in os.walk(root, followlinks=True):
         chain = above.pop(folder)
         keep = []
@@ -441,5 +444,7 @@ def has_lone_surrogate(text: str) -> bool:
 
 def _json_type(value: object) -> str:
     """JSON's name for the type of a parsed value."""
-    names = {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "an array"}
+    if isinstance(value, float):
+        return f"a decimal number ({value!r})"
+    names = {bool: "a boolean", int: "a number", str: "a string", list: "an array"}
     return {dict: "an object", **names}.get(type(value), type(value).__name__)

@@ -70,3 +70,20 @@ def not_one_string(values: object, call: str, what: str) -> None:
         raise InvalidArgumentError(
             f"{call} takes a list of {what}, not one string ({shown}); for one, pass a list of one"
         )
+
+
+def document_ids(values: object, call: str) -> list[str]:
+    """``values`` as a list of document ids (strings, as stored: a JSONL ``_id`` of 6 is the id ``"6"``), or a clear
+    :class:`InvalidArgumentError` naming ``call``: one string, something not iterable, or an id that is no string."""
+    not_one_string(values, call, "document ids")
+    try:
+        ids = list(values)  # type: ignore[call-overload]
+    except TypeError:
+        raise InvalidArgumentError(f"{call} takes a list of document ids, got {type(values).__name__}") from None
+    for position, doc_id in enumerate(ids):
+        if not isinstance(doc_id, str):
+            hint = f" (a document id written as {doc_id} is stored as '{doc_id}')" if isinstance(doc_id, int) else ""
+            raise InvalidArgumentError(
+                f"{call}: document ids are strings{hint}; ids[{position}] is {type(doc_id).__name__} {doc_id!r}"
+            )
+    return ids

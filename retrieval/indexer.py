@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from retrieval.chunking import Chunk, Chunker
 from retrieval.documents import Document, InputProblem, validate_documents
 from retrieval.encoders.sparse import SparseVec, SpladeEncoder
-from retrieval.errors import ALLOW_DELETE_HINT, UnsafeDeleteError, not_one_string
+from retrieval.errors import ALLOW_DELETE_HINT, UnsafeDeleteError, document_ids, not_one_string
 from retrieval.parts import Parts
 from retrieval.settings import canonical_model
 from retrieval.store import CollectionSchema, QdrantStore, StoreError
@@ -206,6 +206,7 @@ class Indexer:
         afterwards. The new version gets the current models' schema, so this is also how a collection moves
         to another dense or sparse model. A failed rebuild leaves readers untouched; the next one resumes it.
         """
+        not_one_string(documents, "rebuild", "Documents")
         return self.index(documents, allow_delete=allow_delete, skipped=skipped, progress=progress, rebuild=True)
 
     def sync(
@@ -357,8 +358,7 @@ class Indexer:
         write lock, into a staged copy of the published version (where the backend does not write in place),
         sealed and published at the end. Nothing is staged when none of them is stored. One string is refused
         (:class:`~retrieval.errors.InvalidArgumentError`), not read as a list of one-character ids."""
-        not_one_string(doc_ids, "delete_documents", "document ids")
-        wanted = list(dict.fromkeys(doc_ids))
+        wanted = list(dict.fromkeys(document_ids(doc_ids, "delete_documents")))
         report = DeleteReport(self.store.collection)
         self.store.check_schema()  # it exists (else no lock file is left behind); deleting needs no models
         with self.store.write_lock():

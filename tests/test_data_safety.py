@@ -268,3 +268,24 @@ def test_cli_sync_names_the_figure_over_half(cli_env):
     assert last.startswith(f"error: refusing to delete 4 of the {indexed['points']} points and 4 of the 5 documents")
     assert "(over half)" in last and "--allow-delete" in last and points(cli_env, "kb") == indexed["points"]
     assert cli_json("index", str(folder), "-c", "kb", "--sync", "--allow-delete")["deleted"] == 4
+
+
+@pytest.mark.parametrize("backend", ["edge", "server"])
+def test_deletes_refuse_ids_that_are_not_strings(indexed_stack, backend):
+    """``delete_documents([2])`` silently deleted nothing (ids are stored as strings); None and nested lists gave
+    bare TypeErrors."""
+    stack = indexed_stack(backend, [Document(str(i), f"Ticket {i} about printers.") for i in range(3)])
+    indexer = stack.indexer()
+    try:
+        with pytest.raises(InvalidArgumentError, match=r"document ids are strings \(a document id written as 2 is"):
+            indexer.delete_documents([2])
+        with pytest.raises(InvalidArgumentError, match="takes a list of document ids, got NoneType"):
+            indexer.delete_documents(None)
+        with pytest.raises(InvalidArgumentError, match=r"ids\[0\] is list"):
+            indexer.delete_documents([["2"]])
+        with pytest.raises(InvalidArgumentError, match="rebuild takes a list of Documents, not one string"):
+            indexer.rebuild("abc")
+        assert indexer.store.count() == 3
+        assert indexer.delete_documents(("2", "2")).deleted == 1
+    finally:
+        stack.close()

@@ -268,7 +268,7 @@ def test_jsonl_fields_beside_text_are_metadata_and_ids_titles_are_strict(tmp_pat
     ]
     assert [str(p).removeprefix(str(tmp_path) + "/") for p in report.skipped] == [
         "kb.jsonl:3: document id '_id' must be a string or an integer, got a boolean",
-        "kb.jsonl:4: document id '_id' must be a string or an integer, got a number",
+        "kb.jsonl:4: document id '_id' must be a string or an integer, got a decimal number (1.0)",
         "kb.jsonl:5: document id '_id' must be a string or an integer, got an object",
         "kb.jsonl:6: document id 'id' must be a string or an integer, got an array",
         "kb.jsonl:7: document 'b': 'title' must be a string, got an array",
@@ -335,6 +335,7 @@ def test_linked_folders_are_followed_without_looping(tmp_path):
     (notes / "team").symlink_to(team, target_is_directory=True)  # a linked folder
     (notes / "linked.txt").symlink_to(team / "shared.txt")  # a linked file
     (notes / "sub" / "up").symlink_to(notes, target_is_directory=True)  # a link to a folder above: a loop
+    (notes / "sub" / "out").symlink_to(tmp_path, target_is_directory=True)  # above PATH itself: not walked
     (team / "back").symlink_to(notes, target_is_directory=True)  # a loop through the linked folder
     docs, report = read_documents(notes)
     assert sorted(d.id for d in docs) == ["linked.txt", "local.txt", "team/shared.txt"] and not report.skipped
