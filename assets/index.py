@@ -15,7 +15,7 @@ from assets.ingest import GROUP
 from assets.meta import rate
 from assets.partitions import corpus_check, corpus_partitions
 from assets.resources import CorporaResource, RetrievalResource
-from assets.tables import stale_rows, table_model, table_skipped, table_to_chunks, table_to_dense, table_to_sparse
+from assets.tables import SparseRows, stale_rows, table_model, table_skipped, table_to_chunks, table_to_dense
 from retrieval.documents import InputProblem
 from retrieval.store import QdrantStore, SchemaMismatchError
 
@@ -85,7 +85,7 @@ def qdrant_index(
                 raise dg.Failure(str(exc)) from exc
             context.log.warning(f"rebuilding {corpus.collection!r} as a new version: {exc}")
             rebuilt = str(exc)
-        vectors = (table_to_dense(dense_vectors), table_to_sparse(sparse_vectors))
+        vectors = (table_to_dense(dense_vectors), SparseRows(sparse_vectors))  # sparse lists made as written
         published = indexer.store.current_version()
         kept_points = _kept_points(indexer.store, chunk_list, skipped) if skipped and published is not None else 0
         report = indexer.sync(  # an UnsafeDeleteError fails the step with its message (fails_clearly)

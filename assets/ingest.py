@@ -4,6 +4,7 @@ import time
 
 import dagster as dg
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from assets.corpora import CorpusUnavailableError, UnknownCorpusError
 from assets.failures import fails_clearly
@@ -61,9 +62,13 @@ def raw_documents(
 @dg.asset(partitions_def=corpus_partitions, group_name=GROUP, kinds={"python", "parquet"})
 @fails_clearly
 def chunks(
-    context: dg.AssetExecutionContext, raw_documents: pa.Table, corpora: CorporaResource, retrieval: RetrievalResource
+    context: dg.AssetExecutionContext,
+    raw_documents: pq.ParquetFile,
+    corpora: CorporaResource,
+    retrieval: RetrievalResource,
 ) -> dg.Output[pa.Table]:
-    """Token-budgeted chunks cut with the dense model's tokenizer (deterministic ids, content hashes)."""
+    """Token-budgeted chunks cut with the dense model's tokenizer (deterministic ids, content hashes); the
+    documents are read a batch at a time."""
     started = time.perf_counter()
     corpus = corpora.get(context.partition_key)
     docs = table_to_documents(raw_documents)
