@@ -5,25 +5,26 @@ import time
 import dagster as dg
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from assets.failures import fails_clearly
 from assets.ingest import GROUP
 from assets.meta import rate
 from assets.partitions import corpus_partitions
 from assets.resources import CorporaResource, RetrievalResource
-from assets.tables import batch_to_chunks, batches, dense_to_table, nonzeros, sparse_to_table
+from assets.tables import batch_to_chunks, batches, dense_to_table, ids_and_hashes, nonzeros, sparse_to_table
 
 
 @dg.asset(partitions_def=corpus_partitions, group_name=GROUP, kinds={"pytorch", "parquet"})
 @fails_clearly
 def dense_vectors(
-    context: dg.AssetExecutionContext, chunks: pa.Table, corpora: CorporaResource, retrieval: RetrievalResource
+    context: dg.AssetExecutionContext, chunks: pq.ParquetFile, corpora: CorporaResource, retrieval: RetrievalResource
 ) -> dg.Output[pa.Table]:
     """Normalized dense embeddings, through the on-disk embedding cache (unchanged chunks are not re-encoded).
     The chunks are read and encoded a batch at a time, into one matrix."""
     started = time.perf_counter()
     collection = corpora.get(context.partition_key).collection
-    count = chunks.num_rows
+    count = chunks.metadata.num_rows
     with retrieval.indexer(collection) as indexer:
         dense = indexer.dense
         matrix, reused, row = np.zeros((count, dense.dimension), dtype=np.float32), 0, 0
@@ -35,7 +36,7 @@ def dense_vectors(
     embedded = count - reused
     context.log.info(f"dense {dense.model_name}: {embedded} chunks embedded, {reused} reused from the cache")
     return dg.Output(
-        dense_to_table(chunks, matrix, dense.model_name),
+        dense_to_table(ids_and_hashes(chunks), matrix, dense.model_name),
         metadata={
             "model": dense.model_name,
             "dimension": dg.MetadataValue.int(dense.dimension),
@@ -53,11 +54,11 @@ def dense_vectors(
 
 @dg.asset(partitions_def=corpus_partitions, group_name=GROUP, kinds={"python", "parquet"})
 @fails_clearly
-def sparse_vectors(chunks: pa.Table, retrieval: RetrievalResource) -> dg.Output[pa.Table]:
+def sparse_vectors(chunks: pq.ParquetFile, retrieval: RetrievalResource) -> dg.Output[pa.Table]:
     """Sparse term weights of the chunks (BM25 with Qdrant's IDF modifier, or SPLADE), encoded a batch at a time
     into Arrow arrays (the corpus' vectors never exist as Python lists all at once)."""
     started = time.perf_counter()
-    count = chunks.num_rows
+    count = chunks.metadata.num_rows
     with retrieval.stack() as stack:
         sparse = stack.sparse
 
@@ -66,7 +67,7 @@ def sparse_vectors(chunks: pa.Table, retrieval: RetrievalResource) -> dg.Output[
                 with sparse.lock:
                     yield sparse.encode_documents([c.embed_text for c in batch_to_chunks(batch)])
 
-        table = sparse_to_table(chunks, encoded(), sparse.name)
+        table = sparse_to_table(ids_and_hashes(chunks), encoded(), sparse.name)
     seconds = time.perf_counter() - started
     nnz = nonzeros(table)
     return dg.Output(

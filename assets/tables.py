@@ -129,13 +129,21 @@ def dense_to_table(chunks: pa.Table, vectors: np.ndarray, model: str) -> pa.Tabl
     return table.replace_schema_metadata({MODEL_KEY: model.encode()})
 
 
-def table_to_dense(table: pa.Table) -> np.ndarray:
-    column = table.column("vector")
-    dim = column.type.list_size
-    if table.num_rows == 0:
-        return np.zeros((0, dim), dtype=np.float32)
-    flat = column.combine_chunks().flatten().to_numpy(zero_copy_only=False)  # no copy for a single chunk
-    return flat.reshape(-1, dim).astype(np.float32, copy=False)
+def read_dense(source: Source) -> np.ndarray:
+    """The ``vector`` column of a dense vector table as one float32 matrix, filled a batch at a time."""
+    dim = schema_of(source).field("vector").type.list_size
+    rows = source.metadata.num_rows if isinstance(source, pq.ParquetFile) else source.num_rows
+    matrix, row = np.empty((rows, dim), dtype=np.float32), 0
+    for batch in batches(source, ["vector"]):
+        part = batch.column(0).flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
+        matrix[row : row + len(part)], row = part, row + len(part)
+    return matrix
+
+
+def ids_and_hashes(source: Source) -> pa.Table:
+    """The ``chunk_id`` and ``content_hash`` columns (all a vector table needs of the chunks, or checks)."""
+    columns = ["chunk_id", "content_hash"]
+    return source.read(columns=columns) if isinstance(source, pq.ParquetFile) else source.select(columns)
 
 
 def sparse_to_table(chunks: pa.Table, parts: Iterable[Sequence[SparseVec]], model: str) -> pa.Table:
@@ -167,7 +175,8 @@ class SparseRows(Sequence[SparseVec]):
     """The sparse vectors of a sparse vector table, each a :class:`LazySparseVec` (two Arrow offsets): its lists
     are made when a point is written, so the corpus' vectors never exist as Python lists all at once."""
 
-    def __init__(self, table: pa.Table):
+    def __init__(self, source: Source):
+        table = source.read(columns=["indices", "values"]) if isinstance(source, pq.ParquetFile) else source
         self.indices = table.column("indices").combine_chunks()
         self.values = table.column("values").combine_chunks()
 
@@ -202,9 +211,9 @@ class LazySparseVec:
         return len(self.rows.indices[self.row].values)
 
 
-def table_model(table: pa.Table | pa.Schema) -> str | None:
+def table_model(table: Source | pa.Schema) -> str | None:
     """The model a vector table (or its schema) was made with (stored in the Parquet schema metadata)."""
-    schema = table if isinstance(table, pa.Schema) else table.schema
+    schema = table if isinstance(table, pa.Schema) else schema_of(table)
     raw = (schema.metadata or {}).get(MODEL_KEY)
     return raw.decode() if raw else None
 
