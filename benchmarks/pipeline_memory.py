@@ -32,6 +32,8 @@ def write_corpus(size: int, out: Path) -> Path:
     for root in (SCIFACT, NFCORPUS):
         if (root / "corpus.jsonl").is_file():
             source += [json.loads(line) for line in (root / "corpus.jsonl").read_text().splitlines() if line.strip()]
+    if not source:
+        raise SystemExit(f"no corpus.jsonl in {SCIFACT} or {NFCORPUS} (set HYBRID_RAG_SCIFACT, HYBRID_RAG_NFCORPUS)")
     out.mkdir(parents=True, exist_ok=True)
     with (out / "corpus.jsonl").open("w") as f:
         for i in range(size):

@@ -145,3 +145,17 @@ def test_adapt_memory(tmp_path, capsys):
     assert row["shipped"]["pool"] == row["every_id"]["pool"] == 2 * 60 + 100  # the targets' chunks and 100 others
     assert row["shipped"]["peak_mb"] > 0 and row["every_id"]["peak_mb"] > 0
     assert "sampling step" in capsys.readouterr().out
+
+
+def test_pipeline_memory(tmp_path, capsys):
+    """Each command of a size runs in a process of its own and its peak is that process' own."""
+    from benchmarks import pipeline_memory
+
+    rows = pipeline_memory.main(["--sizes", "20", "--cache", str(tmp_path / "none.sqlite"), "--dir", str(tmp_path)])
+    assert [r[1] for r in rows] == [
+        "hybrid-rag index (first build)",
+        "hybrid-rag run (first build)",
+        "hybrid-rag run (nothing changed)",
+    ]
+    assert all(100 < r[2] < 8000 for r in rows)  # MiB: a Python process with torch loaded, not this process' peak
+    assert "Peak RSS of a build" in capsys.readouterr().out
