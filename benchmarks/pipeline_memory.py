@@ -92,7 +92,7 @@ def run(sizes: list[int], cache: Path, directory: str | None = None) -> list[lis
             ]
             for name, args in steps:
                 peak, seconds = measured(args, env, root / "last.err")
-                rows.append([size, name, peak, peak * 1024 / size, seconds])
+                rows.append([size, name, peak, seconds])
                 console.print(f"[dim]{size} documents, {name}: {peak:.0f} MiB peak, {seconds:.0f} s[/dim]")
             shutil.rmtree(root / "index", ignore_errors=True)  # the next size starts from nothing
             shutil.rmtree(root / "assets", ignore_errors=True)
@@ -101,11 +101,21 @@ def run(sizes: list[int], cache: Path, directory: str | None = None) -> list[lis
 
 
 def report(rows: list[list]) -> None:
+    """Each command's peak, and how much it grew per document from the previous size (the slope that decides
+    what a larger corpus needs; the peak of a small size is mostly imports and models)."""
+    previous: dict[str, tuple[int, float]] = {}
+    shown = []
+    for size, name, peak, seconds in rows:
+        slope = None
+        if name in previous and size > previous[name][0]:
+            slope = (peak - previous[name][1]) * 1024 / (size - previous[name][0])
+        previous[name] = (size, peak)
+        shown.append([size, name, peak, slope, seconds])
     console.print(
         table(
             "Peak RSS of a build, one process per command",
-            ["documents", "command", "peak RSS MiB", "KiB per document", "seconds"],
-            rows,
+            ["documents", "command", "peak RSS MiB", "KiB per added document", "seconds"],
+            shown,
         )
     )
 
