@@ -19,6 +19,7 @@ from assets.tables import (
     SparseRows,
     ids_and_hashes,
     read_dense,
+    release_read_buffers,
     same_rows,
     stale_rows,
     table_model,
@@ -96,6 +97,7 @@ def qdrant_index(
             context.log.warning(f"rebuilding {corpus.collection!r} as a new version: {exc}")
             rebuilt = str(exc)
         vectors = (read_dense(dense_vectors), SparseRows(sparse_vectors))  # sparse lists made as written
+        release_read_buffers()
         published = indexer.store.current_version()
         kept_points = _kept_points(indexer.store, chunk_list, skipped) if skipped and published is not None else 0
         report = indexer.sync(  # an UnsafeDeleteError fails the step with its message (fails_clearly)

@@ -11,7 +11,13 @@ from assets.failures import fails_clearly
 from assets.meta import listing, preview, rate
 from assets.partitions import corpus_partitions
 from assets.resources import CorporaResource, RetrievalResource
-from assets.tables import chunks_to_table, documents_to_table, table_skipped, table_to_documents
+from assets.tables import (
+    chunks_to_table,
+    documents_to_table,
+    release_read_buffers,
+    table_skipped,
+    table_to_documents,
+)
 from retrieval import BadInputError, read_documents
 
 GROUP = "retrieval"
@@ -72,6 +78,7 @@ def chunks(
     started = time.perf_counter()
     corpus = corpora.get(context.partition_key)
     docs = table_to_documents(raw_documents)
+    release_read_buffers()
     with retrieval.indexer(corpus.collection) as indexer:
         chunker = indexer.chunker
         chunk_list = indexer.chunk(docs)

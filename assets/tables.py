@@ -73,6 +73,13 @@ def batches(source: Source, columns: Sequence[str] | None = None) -> Iterator[pa
         yield from (source.select(list(columns)) if columns else source).to_batches(BATCH_ROWS)
 
 
+def release_read_buffers() -> None:
+    """Give the memory Arrow's pool kept from reading (decompression buffers, batches already converted) back to
+    the system: it would otherwise stay in the process under what the step allocates next (80 MiB at 10,000
+    documents)."""
+    pa.default_memory_pool().release_unused()
+
+
 def schema_of(source: Source) -> pa.Schema:
     return source.schema_arrow if isinstance(source, pq.ParquetFile) else source.schema
 
