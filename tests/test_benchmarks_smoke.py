@@ -159,3 +159,14 @@ def test_pipeline_memory(tmp_path, capsys):
     ]
     assert all(100 < r[2] < 8000 for r in rows)  # MiB: a Python process with torch loaded, not this process' peak
     assert "Peak RSS of a build" in capsys.readouterr().out
+
+
+def test_reader_reload(tmp_path, capsys):
+    """The reader's first search after the write is measured on the new version (the write happened)."""
+    from benchmarks import reader_reload
+
+    rows = reader_reload.main(
+        ["--sizes", "20", "--rounds", "1", "--cache", str(tmp_path / "no.sqlite"), "--dir", str(tmp_path)]
+    )
+    assert len(rows) == 1 and all(v > 0 for v in rows[0][2:])
+    assert "first search after it" in capsys.readouterr().out
