@@ -7,7 +7,7 @@ after the point-count check (and, for corpora with qrels, the evaluation gate) p
 from dataclasses import dataclass
 
 import dagster as dg
-import pyarrow as pa
+import pyarrow.parquet as pq
 from pydantic import Field
 
 from assets.failures import fails_clearly
@@ -15,7 +15,17 @@ from assets.ingest import GROUP
 from assets.meta import rate
 from assets.partitions import corpus_check, corpus_partitions
 from assets.resources import CorporaResource, RetrievalResource
-from assets.tables import stale_rows, table_model, table_skipped, table_to_chunks, table_to_dense, table_to_sparse
+from assets.tables import (
+    SparseRows,
+    ids_and_hashes,
+    read_dense,
+    release_read_buffers,
+    same_rows,
+    stale_rows,
+    table_model,
+    table_skipped,
+    table_to_chunks,
+)
 from retrieval.documents import InputProblem
 from retrieval.store import QdrantStore, SchemaMismatchError
 
@@ -55,18 +65,19 @@ class IndexConfig(dg.Config):
 def qdrant_index(
     context: dg.AssetExecutionContext,
     config: IndexConfig,
-    chunks: pa.Table,
-    dense_vectors: pa.Table,
-    sparse_vectors: pa.Table,
+    chunks: pq.ParquetFile,
+    dense_vectors: pq.ParquetFile,
+    sparse_vectors: pq.ParquetFile,
     corpora: CorporaResource,
     retrieval: RetrievalResource,
 ) -> dg.MaterializeResult:
     """Stages a new version: a copy of the published one with new and changed chunks written (by content hash)
-    and stale points deleted; nothing is re-embedded here. Readers keep the published version."""
+    and stale points deleted; nothing is re-embedded here. Readers keep the published version. The tables are
+    read a batch at a time (the columns each needs), into the chunks and vectors the write takes."""
     corpus = corpora.get(context.partition_key)
     for name, table in (("dense_vectors", dense_vectors), ("sparse_vectors", sparse_vectors)):
-        stale = stale_rows(chunks, table)
-        if stale:
+        if not same_rows(chunks, table):
+            stale = stale_rows(ids_and_hashes(chunks), ids_and_hashes(table))
             raise dg.Failure(f"{name} is out of date with chunks ({stale} rows differ): materialize {name} first")
     chunk_list = table_to_chunks(chunks)
     skipped = table_skipped(chunks)
@@ -88,7 +99,8 @@ def qdrant_index(
                 raise dg.Failure(str(exc)) from exc
             context.log.warning(f"rebuilding {corpus.collection!r} as a new version: {exc}")
             rebuilt = str(exc)
-        vectors = (table_to_dense(dense_vectors), table_to_sparse(sparse_vectors))
+        vectors = (read_dense(dense_vectors), SparseRows(sparse_vectors))  # sparse lists made as written
+        release_read_buffers()
         published = indexer.store.current_version()
         kept_points = _kept_points(indexer.store, chunk_list, skipped) if skipped and published is not None else 0
         report = indexer.sync(  # an UnsafeDeleteError fails the step with its message (fails_clearly)

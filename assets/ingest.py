@@ -4,13 +4,20 @@ import time
 
 import dagster as dg
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from assets.corpora import CorpusUnavailableError, UnknownCorpusError
 from assets.failures import fails_clearly
 from assets.meta import listing, preview, rate
 from assets.partitions import corpus_partitions
 from assets.resources import CorporaResource, RetrievalResource
-from assets.tables import chunks_to_table, documents_to_table, table_skipped, table_to_documents
+from assets.tables import (
+    chunks_to_table,
+    documents_to_table,
+    release_read_buffers,
+    table_skipped,
+    table_to_documents,
+)
 from retrieval import BadInputError, read_documents
 
 GROUP = "retrieval"
@@ -61,12 +68,17 @@ def raw_documents(
 @dg.asset(partitions_def=corpus_partitions, group_name=GROUP, kinds={"python", "parquet"})
 @fails_clearly
 def chunks(
-    context: dg.AssetExecutionContext, raw_documents: pa.Table, corpora: CorporaResource, retrieval: RetrievalResource
+    context: dg.AssetExecutionContext,
+    raw_documents: pq.ParquetFile,
+    corpora: CorporaResource,
+    retrieval: RetrievalResource,
 ) -> dg.Output[pa.Table]:
-    """Token-budgeted chunks cut with the dense model's tokenizer (deterministic ids, content hashes)."""
+    """Token-budgeted chunks cut with the dense model's tokenizer (deterministic ids, content hashes); the
+    documents are read a batch at a time."""
     started = time.perf_counter()
     corpus = corpora.get(context.partition_key)
     docs = table_to_documents(raw_documents)
+    release_read_buffers()
     with retrieval.indexer(corpus.collection) as indexer:
         chunker = indexer.chunker
         chunk_list = indexer.chunk(docs)

@@ -1,13 +1,19 @@
-"""Arrow tables for the asset values: documents, chunks, dense vectors (fixed-size lists), sparse vectors."""
+"""Arrow tables for the asset values: documents, chunks, dense vectors (fixed-size lists), sparse vectors.
+
+Tables are turned into Python objects :data:`BATCH_ROWS` rows at a time (a whole table's ``to_pylist`` held its
+rows twice over, as dicts and as objects), and sparse vectors only when a point is written (:class:`SparseRows`):
+the Dagster run's memory grows with the corpus as the CLI's does.
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from retrieval import Chunk, Document
@@ -31,6 +37,8 @@ CHUNKS = pa.schema(
 )
 MODEL_KEY = b"hybrid_rag.model"
 SKIPPED_KEY = b"hybrid_rag.skipped"  # the records the reader skipped as bad input (JSON), passed on to chunks
+BATCH_ROWS = 8_192  # rows turned into Python objects (or encoded) at a time
+Source = pa.Table | pq.ParquetFile  # an asset input: loaded whole, or opened lazily (see ParquetIOManager)
 
 
 def _json(metadata: dict) -> str:
@@ -58,17 +66,37 @@ def with_skipped(table: pa.Table, skipped: Sequence[InputProblem]) -> pa.Table:
     return table.replace_schema_metadata({**(table.schema.metadata or {}), SKIPPED_KEY: json.dumps(rows).encode()})
 
 
-def table_skipped(table: pa.Table) -> list[InputProblem]:
+def batches(source: Source, columns: Sequence[str] | None = None) -> Iterator[pa.RecordBatch]:
+    """``source`` (``columns`` of it) :data:`BATCH_ROWS` rows at a time; a Parquet file is read batch by batch."""
+    if isinstance(source, pq.ParquetFile):
+        yield from source.iter_batches(BATCH_ROWS, columns=list(columns) if columns else None)
+    else:
+        yield from (source.select(list(columns)) if columns else source).to_batches(BATCH_ROWS)
+
+
+def release_read_buffers() -> None:
+    """Give the memory Arrow's pool kept from reading (decompression buffers, batches already converted) back to
+    the system: it would otherwise stay in the process under what the step allocates next (80 MiB at 10,000
+    documents)."""
+    pa.default_memory_pool().release_unused()
+
+
+def schema_of(source: Source) -> pa.Schema:
+    return source.schema_arrow if isinstance(source, pq.ParquetFile) else source.schema
+
+
+def table_skipped(table: Source) -> list[InputProblem]:
     """The skipped records carried by a documents or chunks table (none for a table written without them)."""
-    raw = (table.schema.metadata or {}).get(SKIPPED_KEY)
+    raw = (schema_of(table).metadata or {}).get(SKIPPED_KEY)
     rows = json.loads(raw) if raw else []
     return [InputProblem(Path(r["path"]), r["line"], r["reason"], r["doc_id"]) for r in rows]
 
 
-def table_to_documents(table: pa.Table) -> list[Document]:
+def table_to_documents(table: Source) -> list[Document]:
     return [
         Document(id=r["doc_id"], text=r["text"], title=r["title"], metadata=json.loads(r["metadata"]))
-        for r in table.to_pylist()
+        for batch in batches(table)
+        for r in batch.to_pylist()
     ]
 
 
@@ -90,10 +118,14 @@ def chunks_to_table(chunks: Sequence[Chunk], skipped: Sequence[InputProblem] = (
     return with_skipped(table, skipped)
 
 
-def table_to_chunks(table: pa.Table) -> list[Chunk]:
+def table_to_chunks(table: Source) -> list[Chunk]:
+    return [chunk for batch in batches(table) for chunk in batch_to_chunks(batch)]
+
+
+def batch_to_chunks(batch: pa.RecordBatch) -> list[Chunk]:
     return [
         Chunk(r["doc_id"], r["chunk_index"], r["text"], r["title"], json.loads(r["metadata"]), r.get("embed_title"))
-        for r in table.to_pylist()
+        for r in batch.to_pylist()
     ]
 
 
@@ -106,36 +138,91 @@ def dense_to_table(chunks: pa.Table, vectors: np.ndarray, model: str) -> pa.Tabl
     return table.replace_schema_metadata({MODEL_KEY: model.encode()})
 
 
-def table_to_dense(table: pa.Table) -> np.ndarray:
-    column = table.column("vector")
-    dim = column.type.list_size
-    if table.num_rows == 0:
-        return np.zeros((0, dim), dtype=np.float32)
-    return column.combine_chunks().flatten().to_numpy(zero_copy_only=False).reshape(-1, dim).astype(np.float32)
+def read_dense(source: Source) -> np.ndarray:
+    """The ``vector`` column of a dense vector table as one float32 matrix, filled a batch at a time."""
+    dim = schema_of(source).field("vector").type.list_size
+    rows = source.metadata.num_rows if isinstance(source, pq.ParquetFile) else source.num_rows
+    matrix, row = np.empty((rows, dim), dtype=np.float32), 0
+    for batch in batches(source, ["vector"]):
+        part = batch.column(0).flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
+        matrix[row : row + len(part)], row = part, row + len(part)
+    return matrix
 
 
-def sparse_to_table(chunks: pa.Table, vectors: Sequence[SparseVec], model: str) -> pa.Table:
-    """``chunk_id``, ``content_hash``, ``indices`` (list<uint32>) and ``values`` (list<float32>)."""
+def ids_and_hashes(source: Source) -> pa.Table:
+    """The ``chunk_id`` and ``content_hash`` columns (all a vector table needs of the chunks, or checks)."""
+    columns = ["chunk_id", "content_hash"]
+    return source.read(columns=columns) if isinstance(source, pq.ParquetFile) else source.select(columns)
+
+
+def sparse_to_table(chunks: pa.Table, parts: Iterable[Sequence[SparseVec]], model: str) -> pa.Table:
+    """``chunk_id``, ``content_hash``, ``indices`` (list<uint32>) and ``values`` (list<float32>), from the vectors
+    in ``parts`` (consecutive lists; each is turned into Arrow arrays before the next is drawn)."""
+    indices: list[pa.Array] = []
+    values: list[pa.Array] = []
+    for part in parts:
+        indices.append(pa.array([v.indices for v in part], type=pa.list_(pa.uint32())))
+        values.append(pa.array([v.values for v in part], type=pa.list_(pa.float32())))
+        del part  # freed before the next part is drawn
     table = pa.table(
         {
             "chunk_id": chunks["chunk_id"],
             "content_hash": chunks["content_hash"],
-            "indices": pa.array([v.indices for v in vectors], type=pa.list_(pa.uint32())),
-            "values": pa.array([v.values for v in vectors], type=pa.list_(pa.float32())),
+            "indices": pa.chunked_array(indices, type=pa.list_(pa.uint32())),
+            "values": pa.chunked_array(values, type=pa.list_(pa.float32())),
         }
     )
     return table.replace_schema_metadata({MODEL_KEY: model.encode()})
 
 
-def table_to_sparse(table: pa.Table) -> list[SparseVec]:
-    indices = table.column("indices").to_pylist()
-    values = table.column("values").to_pylist()
-    return [SparseVec(i, v) for i, v in zip(indices, values, strict=True)]
+def nonzeros(table: pa.Table) -> np.ndarray:
+    """The number of terms of each sparse vector of a sparse vector table."""
+    return pc.list_value_length(table.column("indices")).to_numpy(zero_copy_only=False)
 
 
-def table_model(table: pa.Table | pa.Schema) -> str | None:
+class SparseRows(Sequence[SparseVec]):
+    """The sparse vectors of a sparse vector table, each a :class:`LazySparseVec` (two Arrow offsets): its lists
+    are made when a point is written, so the corpus' vectors never exist as Python lists all at once."""
+
+    def __init__(self, source: Source):
+        table = source.read(columns=["indices", "values"]) if isinstance(source, pq.ParquetFile) else source
+        self.indices = table.column("indices").combine_chunks()
+        self.values = table.column("values").combine_chunks()
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        if not -len(self) <= i < len(self):
+            raise IndexError(i)
+        return LazySparseVec(self, i % len(self))
+
+
+class LazySparseVec:
+    """Row ``row`` of a :class:`SparseRows`, read as a :class:`SparseVec` is (``indices``, ``values``, ``len``)."""
+
+    __slots__ = ("rows", "row")
+
+    def __init__(self, rows: SparseRows, row: int):
+        self.rows, self.row = rows, row
+
+    @property
+    def indices(self) -> list[int]:
+        return self.rows.indices[self.row].as_py()
+
+    @property
+    def values(self) -> list[float]:
+        return self.rows.values[self.row].as_py()
+
+    def __len__(self) -> int:
+        return len(self.rows.indices[self.row].values)
+
+
+def table_model(table: Source | pa.Schema) -> str | None:
     """The model a vector table (or its schema) was made with (stored in the Parquet schema metadata)."""
-    schema = table if isinstance(table, pa.Schema) else table.schema
+    schema = table if isinstance(table, pa.Schema) else schema_of(table)
     raw = (schema.metadata or {}).get(MODEL_KEY)
     return raw.decode() if raw else None
 

@@ -624,5 +624,92 @@ def run(
         raise typer.Exit(1) from exc
 
 
+cache_app = typer.Typer(
+    cls=_Group, help="The on-disk embedding cache: size per model, and pruning.", add_completion=False
+)
+app.add_typer(cache_app, name="cache")
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 7 * 86_400}
+
+
+def _duration(text: str) -> float:
+    """Seconds of ``30d``, ``12h``, ``2w``, ``90m``, ``45s`` (a bare number: days)."""
+    from retrieval.errors import InvalidArgumentError
+
+    raw = text.strip().lower()
+    unit = raw[-1:] if raw[-1:] in DURATION_UNITS else "d"
+    number = raw[:-1] if raw[-1:] in DURATION_UNITS else raw
+    try:
+        value = float(number)
+    except ValueError:
+        value = -1.0
+    if value < 0:
+        raise InvalidArgumentError(f"--older-than {text!r}: expected a number of days or e.g. 30d, 12h, 2w, 90m")
+    return value * DURATION_UNITS[unit]
+
+
+def _cache():
+    from retrieval.embedding_cache import EmbeddingCache
+
+    return EmbeddingCache(_settings().cache_dir / "embeddings.sqlite")
+
+
+def _day(seconds: int | None) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M") if seconds else "-"
+
+
+@cache_app.callback(invoke_without_command=True)
+def cache(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON")] = False,
+) -> None:
+    """Show the embedding cache: its file, size, and rows per model (cache key) with when they were last used."""
+    if ctx.invoked_subcommand is not None:
+        return
+    store = _cache()
+    if not store.path.exists():
+        console.print(f"no embedding cache at {store.path}", soft_wrap=True)
+        return
+    usage = store.usage()
+    if as_json:
+        rows = [asdict(u) for u in usage]
+        print(json.dumps({"path": str(store.path), "file_bytes": store.file_bytes(), "models": rows}, indent=2))
+        return
+    print(f"{store.path}: {store.file_bytes() / 2**20:.1f} MiB\n")
+    print("| cache key | model | rows | vectors MiB | oldest use (UTC) | last use (UTC) |")
+    print("|---|---|---:|---:|---|---|")
+    for u in usage:
+        mib = f"{u.vector_bytes / 2**20:.1f}"
+        print(f"| {u.model} | {u.label or '?'} | {u.rows} | {mib} | {_day(u.oldest_use)} | {_day(u.newest_use)} |")
+
+
+@cache_app.command("prune")
+def cache_prune(
+    older_than: Annotated[
+        str, typer.Option(help="Delete rows not used for this long: 30d, 12h, 2w (0: every row)")
+    ] = "30d",
+    model: Annotated[
+        str | None, typer.Option(help="Only this cache key, or every key of this model name (see hybrid-rag cache)")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON")] = False,
+) -> None:
+    """Delete cached vectors not used for a while (a later index encodes them again), then shrink the file."""
+    seconds = _duration(older_than)
+    store = _cache()
+    if not store.path.exists():
+        console.print(f"no embedding cache at {store.path}", soft_wrap=True)
+        return
+    report = store.prune(older_than=seconds or None, model=model)
+    if as_json:
+        print(json.dumps({"path": str(store.path), **asdict(report)}, indent=2))
+        return
+    console.print(
+        f"{store.path}: {report.rows_deleted} rows deleted, {report.rows_left} left; "
+        f"{report.bytes_before / 2**20:.1f} MiB -> {report.bytes_after / 2**20:.1f} MiB",
+        soft_wrap=True,
+    )
+
+
 if __name__ == "__main__":
     app()

@@ -4,6 +4,10 @@ The file is opened on first use (a search never touches it). It is only a cache:
 "malformed" or "not a database", on opening or on any later read or write) is set aside as
 ``embeddings.sqlite.damaged-<UTC time>`` with a warning and a fresh one takes its place; only when that fails too
 does :class:`EmbeddingCacheError` name the file and the remedy.
+
+Each row records when it was last used (written, or read when its mark was older than :data:`TOUCH_AFTER`), so
+:meth:`EmbeddingCache.prune` (``hybrid-rag cache prune``) can bound the file. A file written before that column
+existed gets it on first open, its rows counted as used then.
 """
 
 from __future__ import annotations
@@ -12,7 +16,9 @@ import hashlib
 import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
@@ -24,6 +30,7 @@ from retrieval.errors import HybridRagError
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 DAMAGED = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}  # the file's content is broken (not busy, not read-only)
+TOUCH_AFTER = 86_400  # seconds: a hit rewrites a row's last-used time only when it is older than this (a day)
 
 
 class EmbeddingCacheError(HybridRagError):
@@ -36,6 +43,27 @@ def text_hash(text: str) -> str:
 
 def is_damaged(exc: sqlite3.Error) -> bool:
     return isinstance(exc, sqlite3.DatabaseError) and getattr(exc, "sqlite_errorcode", None) in DAMAGED
+
+
+@dataclass(frozen=True)
+class ModelUsage:
+    """The rows of one cache key (a dense model, backend, prompt and token limit): ``label`` is the model name
+    recorded with them (None for rows written before labels were recorded); times are Unix seconds."""
+
+    model: str
+    label: str | None
+    rows: int
+    vector_bytes: int
+    oldest_use: int
+    newest_use: int
+
+
+@dataclass(frozen=True)
+class PruneReport:
+    rows_deleted: int
+    rows_left: int
+    bytes_before: int
+    bytes_after: int
 
 
 class EmbeddingCache:
@@ -60,10 +88,27 @@ class EmbeddingCache:
         with self._lock:
             self._open.append(conn)
         conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute(
-            "CREATE TABLE IF NOT EXISTS vectors (model TEXT, hash TEXT, vector BLOB, PRIMARY KEY (model, hash))"
-        )
+        self._ensure_schema(conn)
         return conn
+
+    @staticmethod
+    def _ensure_schema(conn: sqlite3.Connection) -> None:
+        """Create the tables, or upgrade a file from before the ``used`` column in place (O(1): the column's
+        default, the upgrade time, stands for its existing rows; nothing is rewritten)."""
+        with conn:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS vectors (model TEXT, hash TEXT, vector BLOB, used INTEGER, "
+                "PRIMARY KEY (model, hash))"
+            )
+            conn.execute("CREATE TABLE IF NOT EXISTS models (model TEXT PRIMARY KEY, label TEXT)")
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(vectors)")}
+        if "used" not in columns:
+            try:
+                with conn:
+                    conn.execute(f"ALTER TABLE vectors ADD COLUMN used INTEGER DEFAULT {int(time.time())}")
+            except sqlite3.OperationalError as exc:  # another process upgraded it meanwhile
+                if "duplicate column" not in str(exc):
+                    raise
 
     def close(self) -> None:
         """Close every thread's connection (the cache opens again on its next use)."""
@@ -110,33 +155,93 @@ class EmbeddingCache:
         )
 
     def get_many(self, model: str, hashes: Sequence[str]) -> dict[str, np.ndarray]:
+        """The cached vectors of ``hashes``; rows whose last-used mark is older than :data:`TOUCH_AFTER` get it
+        renewed (a write only then: most hits write nothing)."""
+        now = int(time.time())
+
         def read(conn: sqlite3.Connection) -> dict[str, np.ndarray]:
             found: dict[str, np.ndarray] = {}
+            stale: list[str] = []
             for start in range(0, len(hashes), 500):
                 part = list(hashes[start : start + 500])
                 marks = ",".join("?" * len(part))
                 rows = conn.execute(
-                    f"SELECT hash, vector FROM vectors WHERE model = ? AND hash IN ({marks})", [model, *part]
+                    f"SELECT hash, vector, used FROM vectors WHERE model = ? AND hash IN ({marks})", [model, *part]
                 )
-                for h, blob in rows:
+                for h, blob, used in rows:
                     found[h] = np.frombuffer(blob, dtype=np.float32)
+                    if used is None or used < now - TOUCH_AFTER:
+                        stale.append(h)
+            if stale:
+                with conn:
+                    conn.executemany(
+                        "UPDATE vectors SET used = ? WHERE model = ? AND hash = ?", [(now, model, h) for h in stale]
+                    )
             return found
 
         return self._use(read)
 
-    def put_many(self, model: str, items: dict[str, np.ndarray]) -> None:
-        rows = [(model, h, np.asarray(v, dtype=np.float32).tobytes()) for h, v in items.items()]
+    def put_many(self, model: str, items: dict[str, np.ndarray], label: str | None = None) -> None:
+        """Store ``items`` (hash: vector) under ``model``; ``label`` (the model's name) is recorded for the key."""
+        now = int(time.time())
+        rows = [(model, h, np.asarray(v, dtype=np.float32).tobytes(), now) for h, v in items.items()]
 
         def write(conn: sqlite3.Connection) -> None:
             with conn:
-                conn.executemany("INSERT OR REPLACE INTO vectors (model, hash, vector) VALUES (?, ?, ?)", rows)
+                conn.executemany("INSERT OR REPLACE INTO vectors (model, hash, vector, used) VALUES (?, ?, ?, ?)", rows)
+                if label is not None:
+                    conn.execute("INSERT OR REPLACE INTO models (model, label) VALUES (?, ?)", (model, label))
 
         self._use(write)
 
+    def usage(self) -> list[ModelUsage]:
+        """Rows, vector bytes and last-used span per cache key, largest first."""
+
+        def read(conn: sqlite3.Connection) -> list[ModelUsage]:
+            rows = conn.execute(
+                "SELECT v.model, m.label, COUNT(*), SUM(LENGTH(v.vector)), MIN(v.used), MAX(v.used) "
+                "FROM vectors v LEFT JOIN models m ON m.model = v.model GROUP BY v.model ORDER BY COUNT(*) DESC"
+            ).fetchall()
+            return [ModelUsage(*row) for row in rows]
+
+        return self._use(read)
+
+    def file_bytes(self) -> int:
+        """The cache's size on disk: the database file and its write-ahead log."""
+        return sum(p.stat().st_size for p in (self.path, Path(f"{self.path}-wal")) if p.exists())
+
+    def prune(self, older_than: float | None = None, model: str | None = None) -> PruneReport:
+        """Delete the rows not used for ``older_than`` seconds (None: every row) of the cache keys matching
+        ``model`` (a key or a recorded model name; None: every key), then shrink the file (``VACUUM``).
+
+        Other processes may use the cache meanwhile: they wait for the deletion (SQLite's lock, up to a
+        minute); a vector they miss is encoded again."""
+        before = self.file_bytes()
+        where, params = ["1"], []
+        if older_than is not None:
+            where.append("used < ?")
+            params.append(int(time.time() - older_than))
+        if model is not None:
+            where.append("(model = ? OR model IN (SELECT model FROM models WHERE label = ?))")
+            params += [model, model]
+
+        def delete(conn: sqlite3.Connection) -> tuple[int, int]:
+            with conn:
+                deleted = conn.execute(f"DELETE FROM vectors WHERE {' AND '.join(where)}", params).rowcount
+                conn.execute("DELETE FROM models WHERE model NOT IN (SELECT DISTINCT model FROM vectors)")
+            if deleted:
+                conn.execute("VACUUM")
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            return deleted, conn.execute("SELECT COUNT(*) FROM vectors").fetchone()[0]
+
+        deleted, left = self._use(delete)
+        return PruneReport(deleted, left, before, self.file_bytes())
+
     def encode_through(
-        self, model: str, texts: Sequence[str], encode: Callable[[list[str]], np.ndarray]
+        self, model: str, texts: Sequence[str], encode: Callable[[list[str]], np.ndarray], label: str | None = None
     ) -> tuple[np.ndarray, int]:
-        """Vectors for ``texts``: cached ones reused, the rest encoded and stored. Returns (vectors, reused)."""
+        """Vectors for ``texts``: cached ones reused, the rest encoded and stored (with ``label``, the model's
+        name, recorded for the key). Returns (vectors, reused)."""
         if not texts:
             return encode([]), 0
         hashes = [text_hash(t) for t in texts]
@@ -145,7 +250,7 @@ class EmbeddingCache:
         if missing:
             fresh = encode([t for _, t in missing])
             new = {h: v for (h, _), v in zip(missing, fresh, strict=True)}
-            self.put_many(model, new)
+            self.put_many(model, new, label)
             cached.update(new)
         missing_hashes = {h for h, _ in missing}
         reused = sum(1 for h in hashes if h not in missing_hashes)

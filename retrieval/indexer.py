@@ -458,7 +458,9 @@ class Indexer:
         texts = [c.embed_text for c in chunks]
         if self.cache is None:
             return self._encode_dense_locked(texts), 0
-        return self.cache.encode_through(self.dense.cache_key, texts, self._encode_dense_locked)
+        return self.cache.encode_through(
+            self.dense.cache_key, texts, self._encode_dense_locked, label=self.dense.model_name
+        )
 
     def encode_sparse(self, chunks: Sequence[Chunk]) -> list[SparseVec]:
         texts = [c.embed_text for c in chunks]

@@ -163,3 +163,28 @@ def test_incremental(tmp_path, capsys, monkeypatch):
         == rows["first build"]["points"]
     )
     assert "Incremental writes" in capsys.readouterr().out
+
+
+def test_pipeline_memory(tmp_path, capsys):
+    """Each command of a size runs in a process of its own and its peak is that process' own."""
+    from benchmarks import pipeline_memory
+
+    rows = pipeline_memory.main(["--sizes", "20", "--cache", str(tmp_path / "none.sqlite"), "--dir", str(tmp_path)])
+    assert [r[1] for r in rows] == [
+        "hybrid-rag index (first build)",
+        "hybrid-rag run (first build)",
+        "hybrid-rag run (nothing changed)",
+    ]
+    assert all(100 < r[2] < 8000 for r in rows)  # MiB: a Python process with torch loaded, not this process' peak
+    assert "Peak RSS of a build" in capsys.readouterr().out
+
+
+def test_reader_reload(tmp_path, capsys):
+    """The reader's first search after the write is measured on the new version (the write happened)."""
+    from benchmarks import reader_reload
+
+    rows = reader_reload.main(
+        ["--sizes", "20", "--rounds", "1", "--cache", str(tmp_path / "no.sqlite"), "--dir", str(tmp_path)]
+    )
+    assert len(rows) == 1 and all(v > 0 for v in rows[0][2:])
+    assert "first search after it" in capsys.readouterr().out

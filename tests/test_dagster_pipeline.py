@@ -168,6 +168,37 @@ def test_parquet_assets_have_arrow_vector_types(sandbox: Sandbox, first_run: dic
     assert not list(sandbox.assets.rglob("*.pkl")) and not list(sandbox.assets.rglob("*.tmp"))
 
 
+def test_the_tables_and_the_index_equal_what_the_library_makes_in_one_go(sandbox: Sandbox, first_run: dict) -> None:
+    """The assets read and write their tables a batch at a time; what they make is what the library makes from
+    the whole corpus at once: the chunks table, the dense and sparse vectors, and an index that answers every
+    channel as one built by ``Indexer.index`` (the CLI's path) does."""
+    import numpy as np
+
+    from assets.tables import chunks_to_table, read_dense
+    from retrieval import read_documents
+
+    docs, _ = read_documents(sample_collection().corpus_path)
+    with sandbox.retrieval.stack("sample-library") as stack:
+        indexer = stack.indexer()
+        chunks = indexer.chunk(docs)
+        stored = pq.read_table(sandbox.assets / "chunks" / f"{CORPUS}.parquet")
+        assert stored.replace_schema_metadata(None).equals(chunks_to_table(chunks).replace_schema_metadata(None))
+        dense = pq.read_table(sandbox.assets / "dense_vectors" / f"{CORPUS}.parquet")
+        assert np.array_equal(read_dense(dense), indexer.encode_dense(chunks)[0])
+        sparse = pq.read_table(sandbox.assets / "sparse_vectors" / f"{CORPUS}.parquet")
+        expected = indexer.encode_sparse(chunks)
+        assert sparse["indices"].to_pylist() == [v.indices for v in expected]
+        assert sparse["values"].to_pylist() == [np.float32(v.values).tolist() for v in expected]
+        indexer.index(docs, progress=False)
+        library = stack.retriever("sample-library", rerank=False)
+        assets = stack.retriever(CORPUS, rerank=False)
+        for query in ("how do plants make energy", "ancient history of writing", "machine learning"):
+            for variant in ("dense", "sparse", "hybrid"):
+                got = [(h.chunk_id, round(h.score, 5)) for h in assets.search(query, k=10, variant=variant)]
+                want = [(h.chunk_id, round(h.score, 5)) for h in library.search(query, k=10, variant=variant)]
+                assert got == want, (query, variant)
+
+
 def test_rematerializing_unchanged_corpus_reuses_everything(first_run: dict, second_run: dict) -> None:
     n_chunks = first_run["chunks"]["chunks"]
     dense = second_run["dense_vectors"]

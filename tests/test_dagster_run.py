@@ -267,3 +267,25 @@ def test_main_job_runs_on_a_file_url_server(folder: Folder, tmp_path: Path) -> N
         assert sorted(doc_id for doc_id, _ in store.stored_hashes().values()) == sorted(TEXTS)
     finally:
         store.close()
+
+
+@pytest.mark.slow
+def test_qdrant_index_refuses_vectors_out_of_date_with_the_chunks(folder: Folder) -> None:
+    """``qdrant_index`` reads its tables lazily; vectors made for other chunks still fail the step, naming the
+    table and how many rows differ, before anything is written."""
+    assert folder.materialize().success
+    (folder.drop / "d.txt").write_text("A fourth document.\n")
+    assert folder.materialize([a for a in ALL_ASSETS if a.key.to_user_string() in ("raw_documents", "chunks")])
+    result = dg.materialize(
+        ALL_ASSETS,
+        selection=["qdrant_index"],
+        partition_key="dropbox",
+        resources=folder.resources,
+        instance=folder.instance,
+        raise_on_error=False,
+    )
+    assert not result.success
+    [failure] = [e for e in result.all_events if e.is_step_failure]
+    message = failure.step_failure_data.error.message
+    assert "dense_vectors is out of date with chunks (1 rows differ)" in message
+    assert folder.stored_docs() == ["a.txt", "b.txt", "c.txt"]

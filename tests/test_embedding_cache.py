@@ -120,3 +120,157 @@ def test_search_never_opens_the_cache_and_index_survives_a_damaged_one(cli_env):
         result = CliRunner().invoke(app, ["index", str(docs), "-c", "ec", *extra])
         assert result.exit_code == 0, result.output
     assert len(list(cache_file.parent.glob("embeddings.sqlite.damaged-*Z"))) == 1
+
+
+# -- bounding the cache: last-used times, prune, the cache command -------------------------------------------
+DAY = 86_400
+
+
+class Clock:
+    """The cache's clock (``time.time`` in its module), moved by hand: what is under test is which rows a prune
+    keeps after days of use and disuse, which a test cannot wait for."""
+
+    def __init__(self, monkeypatch, start: float = 1_800_000_000.0) -> None:
+        self.now = start
+        monkeypatch.setattr("retrieval.embedding_cache.time.time", lambda: self.now)
+
+    def advance(self, days: float) -> None:
+        self.now += days * DAY
+
+
+def _used(path, model: str = "m") -> dict[str, int]:
+    import sqlite3
+
+    with sqlite3.connect(path) as conn:
+        return dict(conn.execute("SELECT hash, used FROM vectors WHERE model = ?", (model,)))
+
+
+def test_prune_deletes_the_rows_unused_for_longer_than_asked_and_shrinks_the_file(tmp_path, monkeypatch):
+    """A hit renews a row's last-used time (once a day at most: hits within a day write nothing); a prune
+    deletes only rows unused for longer than ``older_than``, VACUUMs the file smaller, and the kept rows are
+    still hits."""
+    clock, path = Clock(monkeypatch), tmp_path / "e.sqlite"
+    cache, encode = EmbeddingCache(path), CountingEncoder()
+    cache.put_many("m", {f"old{i}": np.full(384, i, dtype=np.float32) for i in range(3000)})  # 4.6 MB
+    cache.encode_through("m", ["kept", "dropped"], encode, label="model-a")
+    clock.advance(0.5)
+    cache.encode_through("m", ["kept"], encode)
+    assert len(set(_used(path).values())) == 1  # a hit within a day of the last mark writes nothing
+    clock.advance(20)
+    cache.encode_through("m", ["kept"], encode)  # a hit after a day renews the mark
+    clock.advance(15)  # "kept" used 15 days ago, the others 35.5 days ago
+    report = cache.prune(older_than=30 * DAY)
+    assert (report.rows_deleted, report.rows_left) == (3001, 1)
+    assert report.bytes_after < report.bytes_before / 4  # the file shrinks, not only its free pages
+    seen = len(encode.seen)
+    _, reused = EmbeddingCache(path).encode_through("m", ["kept", "dropped"], encode)
+    assert reused == 1 and encode.seen[seen:] == ["dropped"]  # the pruned text is encoded again, the kept one not
+    assert cache.prune(older_than=30 * DAY).rows_deleted == 0  # re-running finds nothing more
+
+
+def test_prune_by_model_name_or_key_and_usage_per_model(tmp_path):
+    """``usage`` gives rows, vector bytes and the recorded model name per cache key; ``prune(model=...)`` takes a
+    key or a recorded name and leaves every other key alone."""
+    cache, encode = EmbeddingCache(tmp_path / "e.sqlite"), CountingEncoder()
+    cache.encode_through("key-a", ["one", "two"], encode, label="model-a")
+    cache.encode_through("key-b", ["one"], encode, label="model-b")
+    cache.put_many("key-c", {"h": np.ones(3, dtype=np.float32)})  # a key written without a name
+    usage = {u.model: u for u in cache.usage()}
+    assert {k: (u.label, u.rows, u.vector_bytes) for k, u in usage.items()} == {
+        "key-a": ("model-a", 2, 24),
+        "key-b": ("model-b", 1, 12),
+        "key-c": (None, 1, 12),
+    }
+    assert cache.prune(model="model-a").rows_deleted == 2  # by name, every row (no age given)
+    assert cache.prune(model="key-c").rows_deleted == 1  # by key
+    assert [(u.model, u.rows) for u in cache.usage()] == [("key-b", 1)]
+    assert cache.prune(model="no-such-model").rows_deleted == 0
+
+
+def _old_release_cache(path) -> None:
+    """A cache file as releases before last-used times wrote it: the same statements as that code ran."""
+    import sqlite3
+
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("CREATE TABLE IF NOT EXISTS vectors (model TEXT, hash TEXT, vector BLOB, PRIMARY KEY (model, hash))")
+    rows = [("m", f"h{i}", np.full(3, i, dtype=np.float32).tobytes()) for i in range(5)]
+    with conn:
+        conn.executemany("INSERT OR REPLACE INTO vectors (model, hash, vector) VALUES (?, ?, ?)", rows)
+    conn.close()
+
+
+def test_a_cache_file_from_an_earlier_release_is_upgraded_in_place(tmp_path, monkeypatch):
+    """Its vectors stay hits; its rows count as used when it was upgraded (an age-based prune right after the
+    upgrade deletes none of them); the earlier release's own insert still works on the upgraded file."""
+    import sqlite3
+
+    clock, path = Clock(monkeypatch), tmp_path / "e.sqlite"
+    _old_release_cache(path)
+    cache = EmbeddingCache(path)
+    found = cache.get_many("m", [f"h{i}" for i in range(6)])
+    assert sorted(found) == [f"h{i}" for i in range(5)] and found["h3"].tolist() == [3.0, 3.0, 3.0]
+    assert set(_used(path).values()) == {int(clock.now)}
+    assert cache.prune(older_than=30 * DAY).rows_deleted == 0
+    with sqlite3.connect(path) as old:  # a process of the earlier release writing meanwhile
+        old.execute("INSERT OR REPLACE INTO vectors (model, hash, vector) VALUES ('m', 'h9', x'0000803f')")
+    assert cache.get_many("m", ["h9"])["h9"].tolist() == [1.0]
+    clock.advance(31)
+    assert cache.prune(older_than=30 * DAY).rows_deleted == 6
+
+
+def _use_cache_until(path: str, stop_at: float, worker: int) -> int:
+    """A process indexing through the cache: new texts and repeated ones, until ``stop_at``."""
+    import time
+
+    cache, rounds = EmbeddingCache(path), 0
+    while time.time() < stop_at:
+        texts = [f"w{worker} text {i}" for i in range(rounds * 50, rounds * 50 + 100)]
+        vectors, _ = cache.encode_through("m", texts, lambda t: np.ones((len(t), 384), dtype=np.float32))
+        assert vectors.shape == (100, 384)
+        rounds += 1
+    return rounds
+
+
+@pytest.mark.slow
+def test_processes_using_the_cache_while_another_prunes_do_not_fail(tmp_path):
+    """Two processes encode through the cache while this one prunes it again and again (deletes and VACUUMs):
+    SQLite's lock makes them take turns; nobody fails, nothing is damaged."""
+    import multiprocessing
+    import time
+    from concurrent.futures import ProcessPoolExecutor
+
+    path = tmp_path / "e.sqlite"
+    EmbeddingCache(path).put_many("m", {f"h{i}": np.ones(384, dtype=np.float32) for i in range(2000)})
+    stop_at = time.time() + 4
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        workers = [pool.submit(_use_cache_until, str(path), stop_at, w) for w in range(2)]
+        cache, prunes = EmbeddingCache(path), 0
+        while time.time() < stop_at:
+            cache.prune()
+            prunes += 1
+        assert all(w.result() > 0 for w in workers)
+    assert prunes > 1 and not list(tmp_path.glob("*.damaged-*"))
+    cache.prune()
+    assert cache.usage() == []
+
+
+def test_the_cache_command_shows_rows_per_model_and_prunes(cli_env):
+    """``hybrid-rag cache`` lists the cache keys with their model name and rows; ``cache prune`` deletes by age
+    and model; a bad duration is one red line, exit code 2."""
+    docs = cli_env / "docs.jsonl"
+    docs.write_text('{"_id": "mars", "text": "The reddish hue of Mars comes from iron oxide."}\n')
+    assert CliRunner().invoke(app, ["cache"]).output.startswith("no embedding cache")
+    assert CliRunner().invoke(app, ["index", str(docs), "-c", "ec"]).exit_code == 0
+    shown = CliRunner().invoke(app, ["cache", "--json"])
+    assert shown.exit_code == 0, shown.output
+    (row,) = json.loads(shown.stdout)["models"]
+    assert row["label"].endswith("all-MiniLM-L6-v2") and row["rows"] == 1 and row["vector_bytes"] == 384 * 4
+    table = CliRunner().invoke(app, ["cache"])
+    assert table.exit_code == 0 and "all-MiniLM-L6-v2" in table.output and row["model"] in table.output
+    kept = CliRunner().invoke(app, ["cache", "prune", "--json"])  # default: unused for 30 days
+    assert kept.exit_code == 0 and json.loads(kept.stdout)["rows_deleted"] == 0
+    bad = CliRunner().invoke(app, ["cache", "prune", "--older-than", "soon"])
+    assert bad.exit_code == 2 and "--older-than 'soon'" in bad.output
+    gone = CliRunner().invoke(app, ["cache", "prune", "--older-than", "0", "--model", row["label"], "--json"])
+    assert gone.exit_code == 0 and json.loads(gone.stdout)["rows_deleted"] == 1
