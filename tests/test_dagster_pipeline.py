@@ -168,6 +168,13 @@ def test_parquet_assets_have_arrow_vector_types(sandbox: Sandbox, first_run: dic
     assert not list(sandbox.assets.rglob("*.pkl")) and not list(sandbox.assets.rglob("*.tmp"))
 
 
+def untied(hits: list) -> list[tuple[float, str]]:
+    """(score, chunk id) of ``hits`` in a tie-free order, without the hits tied with the last one (which of those
+    make the cut depends on the engine's insertion order)."""
+    scored = sorted((-round(h.score, 5), h.chunk_id) for h in hits)
+    return [(-score, chunk_id) for score, chunk_id in scored if score != scored[-1][0]]
+
+
 def test_the_tables_and_the_index_equal_what_the_library_makes_in_one_go(sandbox: Sandbox, first_run: dict) -> None:
     """The assets read and write their tables a batch at a time; what they make is what the library makes from
     the whole corpus at once: the chunks table, the dense and sparse vectors, and an index that answers every
@@ -194,8 +201,8 @@ def test_the_tables_and_the_index_equal_what_the_library_makes_in_one_go(sandbox
         assets = stack.retriever(CORPUS, rerank=False)
         for query in ("how do plants make energy", "ancient history of writing", "machine learning"):
             for variant in ("dense", "sparse", "hybrid"):
-                got = [(h.chunk_id, round(h.score, 5)) for h in assets.search(query, k=10, variant=variant)]
-                want = [(h.chunk_id, round(h.score, 5)) for h in library.search(query, k=10, variant=variant)]
+                got = untied(assets.search(query, k=10, variant=variant))
+                want = untied(library.search(query, k=10, variant=variant))
                 assert got == want, (query, variant)
 
 
