@@ -46,6 +46,13 @@ def write_corpus(size: int, out: Path) -> Path:
     return out
 
 
+def seed_cache(cache: Path, folder: Path) -> None:
+    """``folder`` (a ``HYBRID_RAG_CACHE_DIR``) starts with a copy of the embedding cache file ``cache``, if any."""
+    folder.mkdir(exist_ok=True)
+    if cache.is_file() and not (folder / "embeddings.sqlite").exists():
+        shutil.copy(cache, folder / "embeddings.sqlite")
+
+
 def measured(args: list[str], env: dict[str, str], log: Path) -> tuple[float, float]:
     """Peak RSS (MiB) and seconds of one ``hybrid-rag`` command in a process of its own (``os.wait4``: that
     process' own peak)."""
@@ -64,9 +71,7 @@ def run(sizes: list[int], cache: Path, directory: str | None = None) -> list[lis
     info = machine_info(device="cpu")
     rows = []
     with workdir(directory) as root:
-        (root / "cache").mkdir(exist_ok=True)
-        if cache.is_file() and not (root / "cache" / "embeddings.sqlite").exists():
-            shutil.copy(cache, root / "cache" / "embeddings.sqlite")
+        seed_cache(cache, root / "cache")
         for size in sizes:
             corpus = write_corpus(size, root / f"c{size}")
             corpora = root / f"corpora{size}.yaml"

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from benchmarks.common import console, machine_info, print_machine, table, workdir
-from benchmarks.pipeline_memory import DEFAULT_CACHE, write_corpus
+from benchmarks.pipeline_memory import DEFAULT_CACHE, seed_cache, write_corpus
 
 
 def timed_search(retriever) -> Callable[[], float]:
@@ -39,9 +39,7 @@ def run(sizes: list[int], rounds: int, cache: Path, directory: str | None = None
     info = machine_info(device="cpu")
     rows = []
     with workdir(directory) as root:
-        (root / "cache").mkdir(exist_ok=True)
-        if cache.is_file() and not (root / "cache" / "embeddings.sqlite").exists():
-            shutil.copy(cache, root / "cache" / "embeddings.sqlite")
+        seed_cache(cache, root / "cache")
         env = {**os.environ, "HYBRID_RAG_QDRANT_PATH": str(root / "index"), "HYBRID_RAG_CACHE_DIR": str(root / "cache")}
         for size in sizes:
             corpus = write_corpus(size, root / f"c{size}") / "corpus.jsonl"
