@@ -629,6 +629,7 @@ cache_app = typer.Typer(
 )
 app.add_typer(cache_app, name="cache")
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 7 * 86_400}
+MAX_DURATION_S = 36_500 * 86_400  # a hundred years
 
 
 def _duration(text: str) -> float:
@@ -639,12 +640,14 @@ def _duration(text: str) -> float:
     unit = raw[-1:] if raw[-1:] in DURATION_UNITS else "d"
     number = raw[:-1] if raw[-1:] in DURATION_UNITS else raw
     try:
-        value = float(number)
+        seconds = float(number) * DURATION_UNITS[unit]
     except ValueError:
-        value = -1.0
-    if value < 0:
-        raise InvalidArgumentError(f"--older-than {text!r}: expected a number of days or e.g. 30d, 12h, 2w, 90m")
-    return value * DURATION_UNITS[unit]
+        seconds = -1.0
+    if not 0 <= seconds <= MAX_DURATION_S:  # NaN, infinity and what reaches before 1970 too
+        raise InvalidArgumentError(
+            f"--older-than {text!r}: expected a number of days up to 36500, or e.g. 30d, 12h, 2w, 90m"
+        )
+    return seconds
 
 
 def _cache():

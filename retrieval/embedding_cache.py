@@ -25,7 +25,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from retrieval.errors import HybridRagError
+from retrieval.errors import HybridRagError, InvalidArgumentError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -75,6 +75,7 @@ class EmbeddingCache:
         self._lock = threading.Lock()
         self._generation = 0  # bumped when a damaged file is set aside (or on close): every thread reconnects
         self._open: list[sqlite3.Connection] = []
+        self._labelled: set[tuple[str, str]] = set()  # (key, model name) recorded by this process
 
     def _conn(self) -> sqlite3.Connection:
         held = getattr(self._local, "held", None)
@@ -226,6 +227,18 @@ class EmbeddingCache:
             params += [model, model]
 
         def delete(conn: sqlite3.Connection) -> tuple[int, int]:
+            if model is not None:
+                keys = {k for k, label in conn.execute("SELECT model, label FROM models") if model in (k, label)}
+                keys |= {k for (k,) in conn.execute("SELECT DISTINCT model FROM vectors WHERE model = ?", (model,))}
+                if not keys:
+                    rows = conn.execute(
+                        "SELECT DISTINCT v.model, m.label FROM vectors v LEFT JOIN models m USING (model)"
+                    )
+                    known = sorted(label or key for key, label in rows)
+                    raise InvalidArgumentError(
+                        f"no cache key or model name {model!r} in {self.path} "
+                        f"(it holds: {', '.join(known) or 'nothing'})"
+                    )
             with conn:
                 deleted = conn.execute(f"DELETE FROM vectors WHERE {' AND '.join(where)}", params).rowcount
                 conn.execute("DELETE FROM models WHERE model NOT IN (SELECT DISTINCT model FROM vectors)")
@@ -246,6 +259,9 @@ class EmbeddingCache:
             return encode([]), 0
         hashes = [text_hash(t) for t in texts]
         cached = self.get_many(model, sorted(set(hashes)))
+        if label is not None and (model, label) not in self._labelled:  # an earlier release's rows carry no name
+            self._use(lambda conn: _record_label(conn, model, label))
+            self._labelled.add((model, label))
         missing = sorted({h: t for h, t in zip(hashes, texts, strict=True) if h not in cached}.items())
         if missing:
             fresh = encode([t for _, t in missing])
@@ -255,3 +271,9 @@ class EmbeddingCache:
         missing_hashes = {h for h, _ in missing}
         reused = sum(1 for h in hashes if h not in missing_hashes)
         return np.stack([cached[h] for h in hashes]), reused
+
+
+def _record_label(conn: sqlite3.Connection, model: str, label: str) -> None:
+    """Record ``label`` (the model's name) for the cache key ``model`` unless one is recorded."""
+    with conn:
+        conn.execute("INSERT OR IGNORE INTO models (model, label) VALUES (?, ?)", (model, label))

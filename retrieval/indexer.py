@@ -134,7 +134,7 @@ class Indexer:
 
     def _chunk(self, docs: Sequence[Document], progress: bool) -> list[Chunk]:
         chunks: list[Chunk] = []
-        for doc in tqdm(docs, desc="chunking", unit="doc", disable=not progress):
+        for doc in tqdm(docs, desc="chunking", unit="doc", disable=not progress or not docs):
             with self.dense.lock:
                 pieces = self.chunker.chunk(doc)
             fingerprint = self.fingerprint(doc)

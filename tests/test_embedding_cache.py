@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from orchestration.cli import app
 from retrieval.embedding_cache import EmbeddingCache, EmbeddingCacheError
+from retrieval.errors import InvalidArgumentError
 
 
 class CountingEncoder:
@@ -184,7 +185,8 @@ def test_prune_by_model_name_or_key_and_usage_per_model(tmp_path):
     assert cache.prune(model="model-a").rows_deleted == 2  # by name, every row (no age given)
     assert cache.prune(model="key-c").rows_deleted == 1  # by key
     assert [(u.model, u.rows) for u in cache.usage()] == [("key-b", 1)]
-    assert cache.prune(model="no-such-model").rows_deleted == 0
+    with pytest.raises(InvalidArgumentError, match=r"'no-such-model' .*\(it holds: model-b\)"):
+        cache.prune(model="no-such-model")
 
 
 def _old_release_cache(path) -> None:
@@ -217,6 +219,30 @@ def test_a_cache_file_from_an_earlier_release_is_upgraded_in_place(tmp_path, mon
     assert cache.get_many("m", ["h9"])["h9"].tolist() == [1.0]
     clock.advance(31)
     assert cache.prune(older_than=30 * DAY).rows_deleted == 6
+
+
+def test_rows_of_an_earlier_release_gain_the_model_name_when_reused(tmp_path):
+    """An earlier release recorded no model names: reusing its rows records one, so ``prune --model NAME`` finds
+    them (it deleted nothing and said nothing); a name that matches nothing is an error naming what is there."""
+    import sqlite3
+
+    from retrieval.embedding_cache import text_hash
+
+    path = tmp_path / "e.sqlite"
+    _old_release_cache(path)
+    with sqlite3.connect(path) as old:  # the earlier release cached "old text"
+        old.execute("INSERT INTO vectors (model, hash, vector) VALUES ('m', ?, x'0000803f')", (text_hash("old text"),))
+    cache = EmbeddingCache(path)
+    with pytest.raises(InvalidArgumentError, match=r"no cache key or model name 'mini' .*\(it holds: m\)"):
+        cache.prune(model="mini")
+
+    def never(texts):
+        raise AssertionError(f"encoded {texts}: the cached vector was not reused")
+
+    vectors, reused = cache.encode_through("m", ["old text"], never, label="mini")
+    assert reused == 1 and vectors.tolist() == [[1.0]]
+    assert [u.label for u in cache.usage()] == ["mini"]
+    assert cache.prune(model="mini").rows_deleted == 6
 
 
 def _use_cache_until(path: str, stop_at: float, worker: int) -> int:
@@ -270,7 +296,11 @@ def test_the_cache_command_shows_rows_per_model_and_prunes(cli_env):
     assert table.exit_code == 0 and "all-MiniLM-L6-v2" in table.output and row["model"] in table.output
     kept = CliRunner().invoke(app, ["cache", "prune", "--json"])  # default: unused for 30 days
     assert kept.exit_code == 0 and json.loads(kept.stdout)["rows_deleted"] == 0
-    bad = CliRunner().invoke(app, ["cache", "prune", "--older-than", "soon"])
-    assert bad.exit_code == 2 and "--older-than 'soon'" in bad.output
+    for duration in ("soon", "inf", "nan", "1e20d", "-1d"):  # inf and nan were tracebacks
+        bad = CliRunner().invoke(app, ["cache", "prune", "--older-than", duration])
+        assert bad.exit_code == 2 and f"--older-than '{duration}'" in bad.output, bad.output
+    typo = CliRunner().invoke(app, ["cache", "prune", "--older-than", "0", "--model", "all-MiniLM-L6"])
+    assert typo.exit_code == 2 and "no cache key or model name 'all-MiniLM-L6'" in typo.output  # said nothing
+    assert row["label"] in typo.output
     gone = CliRunner().invoke(app, ["cache", "prune", "--older-than", "0", "--model", row["label"], "--json"])
     assert gone.exit_code == 0 and json.loads(gone.stdout)["rows_deleted"] == 1
