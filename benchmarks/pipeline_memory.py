@@ -1,11 +1,13 @@
 """Peak memory of a build: `hybrid-rag run` (the Dagster job: first build, then a rerun with nothing changed) vs
 `hybrid-rag index` (first build), each a process of its own, on corpora of N documents: SciFact and NFCorpus
-documents repeated under new ids (`<id>-rK`), judged by SciFact's qrels.
+documents repeated under new ids (`<id>-rK`), judged by SciFact's qrels; `--sample` adds the shipped sample corpus.
+Each run's `chunks` asset is reported too: its seconds and how many documents it chunked (the rest it reused from
+its previous materialization).
 
 Vectors come from a copy of the embedding cache (`--cache`, default the user's; the copy is what gets written),
 so only the first size that needs a text embeds it.
 
-    python -m benchmarks.pipeline_memory [--sizes 2000 10000] [--cache FILE] [--dir DIR]
+    python -m benchmarks.pipeline_memory [--sizes 2000 10000] [--sample] [--no-index] [--cache FILE] [--dir DIR]
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from pathlib import Path
 from benchmarks.common import SCIFACT, console, machine_info, print_machine, table, workdir
 
 NFCORPUS = Path(os.environ.get("HYBRID_RAG_NFCORPUS", SCIFACT.parent / "nfcorpus"))
+SAMPLE = Path(__file__).resolve().parents[1] / "evals" / "sample"
+SAMPLE_SIZE = 0  # the size that stands for the shipped sample corpus
 DEFAULT_CACHE = Path.home() / ".cache" / "hybrid-rag" / "embeddings.sqlite"
 
 
@@ -67,16 +71,30 @@ def measured(args: list[str], env: dict[str, str], log: Path) -> tuple[float, fl
     return usage.ru_maxrss / 1024, time.perf_counter() - started
 
 
-def run(sizes: list[int], cache: Path, directory: str | None = None) -> list[list]:
+def chunks_step(dagster_home: Path, partition: str) -> tuple[float, int | None]:
+    """Seconds and documents chunked (None: a release that does not say) of the latest ``chunks`` asset run."""
+    import dagster as dg
+
+    with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
+        [record] = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey("chunks"), asset_partitions=[partition]), limit=1
+        ).records
+    meta = record.asset_materialization.metadata
+    chunked = meta.get("chunked_documents")
+    return float(meta["duration_s"].value), int(chunked.value) if chunked is not None else None
+
+
+def run(sizes: list[int], cache: Path, directory: str | None = None, index: bool = True) -> list[list]:
     info = machine_info(device="cpu")
     rows = []
     with workdir(directory) as root:
         seed_cache(cache, root / "cache")
         for size in sizes:
-            corpus = write_corpus(size, root / f"c{size}")
+            corpus = SAMPLE if size == SAMPLE_SIZE else write_corpus(size, root / f"c{size}")
+            source, kind = (corpus, "beir") if size == SAMPLE_SIZE else (corpus / "corpus.jsonl", "jsonl")
             corpora = root / f"corpora{size}.yaml"
             corpora.write_text(
-                f"corpora:\n  m{size}:\n    source: {corpus / 'corpus.jsonl'}\n    format: jsonl\n"
+                f"corpora:\n  m{size}:\n    source: {source}\n    format: {kind}\n"
                 f"    qrels: {corpus}\n    split: test\n    collection: run{size}\n"
             )
             env = {
@@ -91,14 +109,16 @@ def run(sizes: list[int], cache: Path, directory: str | None = None) -> list[lis
                 "TQDM_DISABLE": "1",
             }
             steps = [
-                ("hybrid-rag index (first build)", ["index", str(corpus / "corpus.jsonl"), "-c", f"cli{size}"]),
+                ("hybrid-rag index (first build)", ["index", str(source), "-c", f"cli{size}"]),
                 ("hybrid-rag run (first build)", ["run", "--corpus", f"m{size}"]),
                 ("hybrid-rag run (nothing changed)", ["run", "--corpus", f"m{size}"]),
-            ]
+            ][0 if index else 1 :]
+            documents = sum(1 for line in (corpus / "corpus.jsonl").read_text().splitlines() if line.strip())
             for name, args in steps:
                 peak, seconds = measured(args, env, root / "last.err")
-                rows.append([size, name, peak, seconds])
-                console.print(f"[dim]{size} documents, {name}: {peak:.0f} MiB peak, {seconds:.0f} s[/dim]")
+                step = chunks_step(root / "dagster_home", f"m{size}") if args[0] == "run" else (None, None)
+                rows.append([documents, name, peak, seconds, *step])
+                console.print(f"[dim]{documents} documents, {name}: {peak:.0f} MiB peak, {seconds:.0f} s[/dim]")
             shutil.rmtree(root / "index", ignore_errors=True)  # the next size starts from nothing
             shutil.rmtree(root / "assets", ignore_errors=True)
     print_machine(info, os.getloadavg()[0])
@@ -110,16 +130,24 @@ def report(rows: list[list]) -> None:
     what a larger corpus needs; the peak of a small size is mostly imports and models)."""
     previous: dict[str, tuple[int, float]] = {}
     shown = []
-    for size, name, peak, seconds in rows:
+    for size, name, peak, seconds, chunks_s, chunked in rows:
         slope = None
         if name in previous and size > previous[name][0]:
             slope = (peak - previous[name][1]) * 1024 / (size - previous[name][0])
         previous[name] = (size, peak)
-        shown.append([size, name, peak, slope, seconds])
+        shown.append([size, name, peak, slope, seconds, chunks_s, chunked])
     console.print(
         table(
             "Peak RSS of a build, one process per command",
-            ["documents", "command", "peak RSS MiB", "KiB per added document", "seconds"],
+            [
+                "documents",
+                "command",
+                "peak RSS MiB",
+                "KiB per added document",
+                "seconds",
+                "chunks asset s",
+                "documents chunked",
+            ],
             shown,
         )
     )
@@ -128,10 +156,13 @@ def report(rows: list[list]) -> None:
 def main(argv: list[str] | None = None) -> list[list]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[2000, 10000])
+    parser.add_argument("--sample", action="store_true", help="also the shipped sample corpus (first)")
+    parser.add_argument("--no-index", action="store_true", help="only the Dagster runs, not `hybrid-rag index`")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="embedding cache to start from (copied)")
     parser.add_argument("--dir", help="work folder (kept; default: a temporary one)")
     args = parser.parse_args(argv)
-    rows = run(args.sizes, args.cache, args.dir)
+    sizes = [SAMPLE_SIZE, *args.sizes] if args.sample else args.sizes
+    rows = run(sizes, args.cache, args.dir, index=not args.no_index)
     report(rows)
     return rows
 
