@@ -1,9 +1,11 @@
 """Ingestion assets: the corpus' documents and their chunks."""
 
 import time
+from pathlib import Path
 
 import dagster as dg
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from assets.corpora import CorpusUnavailableError, UnknownCorpusError
@@ -14,11 +16,16 @@ from assets.resources import CorporaResource, RetrievalResource
 from assets.tables import (
     chunks_to_table,
     documents_to_table,
+    in_document_order,
     release_read_buffers,
+    rows_of_documents,
+    table_model,
     table_skipped,
     table_to_documents,
+    unchanged_documents,
 )
 from retrieval import BadInputError, read_documents
+from retrieval.documents import validate_documents
 
 GROUP = "retrieval"
 
@@ -73,32 +80,75 @@ def chunks(
     corpora: CorporaResource,
     retrieval: RetrievalResource,
 ) -> dg.Output[pa.Table]:
-    """Token-budgeted chunks cut with the dense model's tokenizer (deterministic ids, content hashes); the
-    documents are read a batch at a time."""
+    """Token-budgeted chunks cut with the dense model's tokenizer (deterministic ids, content hashes), each
+    carrying its document's fingerprint and chunk count. A document unchanged since the previous materialization
+    (same fingerprint: text, title, metadata, chunk budget and overlap; same tokenizer) is not chunked again: its
+    rows are taken from the previous table. The table is the one chunking every document gives, row for row."""
     started = time.perf_counter()
     corpus = corpora.get(context.partition_key)
-    docs = table_to_documents(raw_documents)
+    docs = validate_documents(table_to_documents(raw_documents))  # as chunking sees them (fingerprinted so)
     release_read_buffers()
     with retrieval.indexer(corpus.collection) as indexer:
         chunker = indexer.chunker
-        chunk_list = indexer.chunk(docs)
         tokenizer_model = indexer.dense.model_name
-    table = chunks_to_table(chunk_list, table_skipped(raw_documents))
+        previous = previous_chunks(context, tokenizer_model)
+        try:
+            reused = set()
+            if previous is not None:
+                reused = unchanged_documents(previous, {d.id: indexer.fingerprint(d) for d in docs})
+            chunk_list = indexer.chunk([d for d in docs if d.id not in reused])
+            table = chunks_to_table(chunk_list, table_skipped(raw_documents), tokenizer_model)
+            if reused:
+                table = pa.concat_tables([table, rows_of_documents(previous, reused)])
+                table = in_document_order(table, [d.id for d in docs])
+        finally:
+            if previous is not None:
+                previous.close()
     seconds = time.perf_counter() - started
-    per_doc = len(chunk_list) / len(docs) if docs else 0.0
-    context.log.info(f"{corpus.name}: {len(docs)} documents -> {len(chunk_list)} chunks")
+    rows = table.num_rows
+    per_doc = rows / len(docs) if docs else 0.0
+    longest = pc.max(pc.utf8_length(table.column("text"))).as_py() or 0
+    context.log.info(
+        f"{corpus.name}: {len(docs)} documents -> {rows} chunks ({len(docs) - len(reused)} documents chunked, "
+        f"{len(reused)} unchanged since the previous materialization)"
+    )
     return dg.Output(
         table,
         metadata={
             "documents": dg.MetadataValue.int(len(docs)),
-            "chunks": dg.MetadataValue.int(len(chunk_list)),
+            "chunks": dg.MetadataValue.int(rows),
+            "chunked_documents": dg.MetadataValue.int(len(docs) - len(reused)),
+            "reused_documents": dg.MetadataValue.int(len(reused)),
             "chunks_per_document": dg.MetadataValue.float(round(per_doc, 3)),
-            "max_chunk_chars": dg.MetadataValue.int(max((len(c.text) for c in chunk_list), default=0)),
+            "max_chunk_chars": dg.MetadataValue.int(longest),
             "token_budget": dg.MetadataValue.int(chunker.budget),
             "overlap_tokens": dg.MetadataValue.int(chunker.overlap),
             "tokenizer": tokenizer_model,
-            "chunks_per_s": dg.MetadataValue.float(rate(len(chunk_list), seconds)),
+            "chunks_per_s": dg.MetadataValue.float(rate(rows, seconds)),
             "duration_s": dg.MetadataValue.float(round(seconds, 3)),
             "preview": preview(table, ["chunk_id", "doc_id", "chunk_index", "text"]),
         },
     )
+
+
+def previous_chunks(context: dg.AssetExecutionContext, tokenizer_model: str) -> pq.ParquetFile | None:
+    """The table the previous materialization of this partition wrote (the IO manager's ``path`` metadata), opened
+    lazily; None when there is none, it is unreadable, or it was cut with another tokenizer (or by an earlier
+    release, which did not record it): then every document is chunked."""
+    records = context.instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=context.asset_key, asset_partitions=[context.partition_key]), limit=1
+    ).records
+    path = records[0].asset_materialization.metadata.get("path") if records else None
+    if path is None or not Path(str(path.value)).is_file():
+        return None
+    try:
+        previous = pq.ParquetFile(str(path.value))
+    except (OSError, pa.ArrowException) as exc:
+        context.log.warning(f"chunking every document: the previous chunks table {path.value} is unreadable ({exc})")
+        return None
+    model = table_model(previous)
+    if model != tokenizer_model:
+        context.log.info(f"chunking every document: the previous chunks were cut with the tokenizer of {model!r}")
+        previous.close()
+        return None
+    return previous

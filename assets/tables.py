@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 from retrieval import Chunk, Document
 from retrieval.documents import InputProblem
 from retrieval.encoders.sparse import SparseVec
+from retrieval.indexer import DocumentChunk
 
 DOCUMENTS = pa.schema(
     [("doc_id", pa.string()), ("title", pa.string()), ("text", pa.string()), ("metadata", pa.string())]
@@ -33,9 +34,11 @@ CHUNKS = pa.schema(
         ("metadata", pa.string()),
         ("content_hash", pa.string()),
         ("embed_title", pa.string()),  # null: the whole title is embedded
+        ("doc_hash", pa.string()),  # the document's fingerprint (Indexer.fingerprint); null in a bare chunk's row
+        ("doc_chunks", pa.int32()),  # the document's number of chunks; null in a bare chunk's row
     ]
 )
-MODEL_KEY = b"hybrid_rag.model"
+MODEL_KEY = b"hybrid_rag.model"  # a vector table's model; a chunks table's tokenizer (the dense model's)
 SKIPPED_KEY = b"hybrid_rag.skipped"  # the records the reader skipped as bad input (JSON), passed on to chunks
 BATCH_ROWS = 8_192  # rows turned into Python objects (or encoded) at a time
 Source = pa.Table | pq.ParquetFile  # an asset input: loaded whole, or opened lazily (see ParquetIOManager)
@@ -100,8 +103,13 @@ def table_to_documents(table: Source) -> list[Document]:
     ]
 
 
-def chunks_to_table(chunks: Sequence[Chunk], skipped: Sequence[InputProblem] = ()) -> pa.Table:
-    """The chunks; ``skipped``: as in :func:`documents_to_table`."""
+def chunks_to_table(
+    chunks: Sequence[Chunk], skipped: Sequence[InputProblem] = (), tokenizer: str | None = None
+) -> pa.Table:
+    """The chunks, with their document's fingerprint and chunk count (null for a bare :class:`Chunk`);
+    ``skipped``: as in :func:`documents_to_table`; ``tokenizer``: the model whose tokenizer cut them (schema
+    metadata, read by :func:`table_model`)."""
+    fingerprinted = [c if isinstance(c, DocumentChunk) else None for c in chunks]
     table = pa.Table.from_pydict(
         {
             "chunk_id": [c.id for c in chunks],
@@ -112,9 +120,13 @@ def chunks_to_table(chunks: Sequence[Chunk], skipped: Sequence[InputProblem] = (
             "metadata": [_json(c.metadata) for c in chunks],
             "content_hash": [c.content_hash for c in chunks],
             "embed_title": [c.embed_title for c in chunks],
+            "doc_hash": [c.doc_hash if c else None for c in fingerprinted],
+            "doc_chunks": [c.doc_chunks if c else None for c in fingerprinted],
         },
         schema=CHUNKS,
     )
+    if tokenizer:
+        table = table.replace_schema_metadata({MODEL_KEY: tokenizer.encode()})
     return with_skipped(table, skipped)
 
 
@@ -123,10 +135,50 @@ def table_to_chunks(table: Source) -> list[Chunk]:
 
 
 def batch_to_chunks(batch: pa.RecordBatch) -> list[Chunk]:
-    return [
-        Chunk(r["doc_id"], r["chunk_index"], r["text"], r["title"], json.loads(r["metadata"]), r.get("embed_title"))
-        for r in batch.to_pylist()
-    ]
+    """The rows as chunks: a :class:`DocumentChunk` where the row has a fingerprint, else a bare :class:`Chunk`
+    (a table of an earlier release has no ``doc_hash`` column)."""
+    chunks: list[Chunk] = []
+    for r in batch.to_pylist():
+        fields = (r["doc_id"], r["chunk_index"], r["text"], r["title"], json.loads(r["metadata"]), r.get("embed_title"))
+        if r.get("doc_hash") is None:
+            chunks.append(Chunk(*fields))
+        else:
+            chunks.append(DocumentChunk(*fields, doc_hash=r["doc_hash"], doc_chunks=r["doc_chunks"]))
+    return chunks
+
+
+def unchanged_documents(previous: Source, fingerprints: dict[str, str]) -> set[str]:
+    """The documents of ``fingerprints`` (doc_id -> :meth:`~retrieval.Indexer.fingerprint`) that ``previous``, a
+    chunks table, holds as they are: every row of theirs carries their fingerprint and their number of rows (none
+    for a table of an earlier release, which has no fingerprints). Read a few columns a batch at a time."""
+    if "doc_hash" not in schema_of(previous).names:
+        return set()
+    rows: dict[str, int] = {}
+    counts: dict[str, int] = {}
+    stale: set[str] = set()
+    for batch in batches(previous, ["doc_id", "doc_hash", "doc_chunks", "chunk_index"]):
+        for doc_id, doc_hash, count, index in zip(*(column.to_pylist() for column in batch.columns), strict=True):
+            rows[doc_id] = rows.get(doc_id, 0) + 1
+            expected = counts.setdefault(doc_id, count)
+            if doc_hash is None or doc_hash != fingerprints.get(doc_id) or count != expected or not 0 <= index < count:
+                stale.add(doc_id)
+    return {doc_id for doc_id, n in rows.items() if doc_id not in stale and n == counts[doc_id]}
+
+
+def rows_of_documents(source: Source, doc_ids: set[str]) -> pa.Table:
+    """The rows of ``doc_ids`` in a chunks table (as :data:`CHUNKS`, without schema metadata), a batch at a time."""
+    wanted = pa.array(sorted(doc_ids), type=pa.string())
+    parts = [batch.filter(pc.is_in(batch.column("doc_id"), value_set=wanted)) for batch in batches(source)]
+    table = pa.Table.from_batches(parts, schema=schema_of(source)) if parts else CHUNKS.empty_table()
+    return table.select(CHUNKS.names).cast(CHUNKS)
+
+
+def in_document_order(table: pa.Table, doc_ids: Sequence[str]) -> pa.Table:
+    """A chunks table's rows by the position of their document in ``doc_ids``, then by chunk index (the order
+    in which chunking the documents in that order gives them)."""
+    rank = pc.index_in(table.column("doc_id"), value_set=pa.array(doc_ids, type=pa.string()))
+    keys = pa.table({"rank": rank, "chunk_index": table.column("chunk_index")})
+    return table.take(pc.sort_indices(keys, sort_keys=[("rank", "ascending"), ("chunk_index", "ascending")]))
 
 
 def dense_to_table(chunks: pa.Table, vectors: np.ndarray, model: str) -> pa.Table:
