@@ -176,15 +176,11 @@ def untied(hits: list) -> list[tuple[float, str]]:
 
 
 def stored_points(stack, collection: str) -> dict[str, tuple[dict, list[float]]]:
-    """point id -> (payload without the document fingerprint, dense vector) of every point in ``collection``."""
+    """point id -> (payload, document fingerprint included; dense vector) of every point in ``collection``."""
     store = stack.store(collection)
     ids = list(store.stored_chunks())
     points = store.points(ids, with_dense_vectors=True)
-    fingerprint = {"doc_hash", "doc_chunks"}  # only the library's path writes these so far
-    return {
-        id: ({k: v for k, v in h.payload.items() if k not in fingerprint}, h.dense_vector.tolist())
-        for id, h in points.items()
-    }
+    return {id: (h.payload, h.dense_vector.tolist()) for id, h in points.items()}
 
 
 def test_the_tables_and_the_index_equal_what_the_library_makes_in_one_go(sandbox: Sandbox, first_run: dict) -> None:
@@ -219,6 +215,23 @@ def test_the_tables_and_the_index_equal_what_the_library_makes_in_one_go(sandbox
                 got = untied(assets.search(query, k=10, variant=variant))
                 want = untied(library.search(query, k=10, variant=variant))
                 assert got == want, (query, variant)
+
+
+def test_a_library_sync_of_the_assets_index_chunks_nothing(
+    sandbox: Sandbox, first_run: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The points the assets wrote carry their document's fingerprint, as the library's do: a later `index --sync`
+    (``Indexer.index(prune=True)``) of the same corpus finds every document stored as it is, and cuts none."""
+    from retrieval import read_documents
+    from retrieval.chunking import Chunker
+
+    cut: list[str] = []
+    chunk = Chunker.chunk
+    monkeypatch.setattr(Chunker, "chunk", lambda self, doc: cut.append(doc.id) or chunk(self, doc))
+    docs, _ = read_documents(sample_collection().corpus_path)
+    with sandbox.retrieval.indexer(CORPUS) as indexer:
+        report = indexer.index(docs, prune=True, progress=False)
+    assert cut == [] and not report.changed and report.unchanged == first_run["chunks"]["chunks"]
 
 
 def test_rematerializing_unchanged_corpus_reuses_everything(first_run: dict, second_run: dict) -> None:
