@@ -176,6 +176,7 @@ def test_pipeline_memory(tmp_path, capsys):
         "hybrid-rag run (nothing changed)",
     ]
     assert all(100 < r[2] < 8000 for r in rows)  # MiB: a Python process with torch loaded, not this process' peak
+    assert [r[5] for r in rows] == [None, 20, 0]  # documents the chunks asset cut: none when nothing changed
     assert "Peak RSS of a build" in capsys.readouterr().out
 
 
