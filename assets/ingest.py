@@ -91,19 +91,21 @@ def chunks(
     with retrieval.indexer(corpus.collection) as indexer:
         chunker = indexer.chunker
         tokenizer_model = indexer.dense.model_name
+        reused, kept = set(), None
         previous = previous_chunks(context, tokenizer_model)
-        try:
-            reused = set()
-            if previous is not None:
+        if previous is not None:
+            try:
                 reused = unchanged_documents(previous, {d.id: indexer.fingerprint(d) for d in docs})
-            chunk_list = indexer.chunk([d for d in docs if d.id not in reused])
-            table = chunks_to_table(chunk_list, table_skipped(raw_documents), tokenizer_model)
-            if reused:
-                table = pa.concat_tables([table, rows_of_documents(previous, reused)])
-                table = in_document_order(table, [d.id for d in docs])
-        finally:
-            if previous is not None:
+                kept = rows_of_documents(previous, reused) if reused else None
+            except (OSError, pa.ArrowException) as exc:
+                context.log.warning(f"chunking every document: the previous chunks table is unreadable ({exc})")
+                reused, kept = set(), None
+            finally:
                 previous.close()
+        chunk_list = indexer.chunk([d for d in docs if d.id not in reused])
+    table = chunks_to_table(chunk_list, table_skipped(raw_documents), tokenizer_model)
+    if kept is not None:
+        table = in_document_order(pa.concat_tables([table, kept]), [d.id for d in docs])
     seconds = time.perf_counter() - started
     rows = table.num_rows
     per_doc = rows / len(docs) if docs else 0.0

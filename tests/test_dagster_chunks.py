@@ -110,8 +110,9 @@ def test_chunks_are_cut_only_for_documents_changed_since_the_previous_run(
 def test_chunks_of_another_tokenizer_or_an_earlier_release_are_not_reused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A previous table cut with another model's tokenizer, or written by the previous release (no fingerprint
-    columns, no tokenizer recorded), is not reused: every document is cut again, and the result is the same."""
+    """A previous table cut with another model's tokenizer, written by the previous release (no fingerprint
+    columns, no tokenizer recorded), or unreadable, is not reused: every document is cut again, and the result is
+    the same."""
     runs = ChunkRuns(tmp_path, monkeypatch)
     n_docs = runs.run()["chunked_documents"]
     table = pq.read_table(runs.table_path)
@@ -123,6 +124,10 @@ def test_chunks_of_another_tokenizer_or_an_earlier_release_are_not_reused(
     old = table.drop_columns(["doc_hash", "doc_chunks"])
     earlier = {k: v for k, v in old.schema.metadata.items() if k != MODEL_KEY}
     pq.write_table(old.replace_schema_metadata(earlier), runs.table_path)
+    assert runs.run()["chunked_documents"] == n_docs
+    assert_same_table(runs.table_path, runs.expected())
+
+    runs.table_path.write_bytes(b"not a parquet file")  # damaged: read as no previous table, with a warning
     assert runs.run()["chunked_documents"] == n_docs
     assert_same_table(runs.table_path, runs.expected())
 
