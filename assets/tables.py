@@ -160,7 +160,8 @@ def unchanged_documents(previous: Source, fingerprints: dict[str, str]) -> set[s
         for doc_id, doc_hash, count, index in zip(*(column.to_pylist() for column in batch.columns), strict=True):
             rows[doc_id] = rows.get(doc_id, 0) + 1
             expected = counts.setdefault(doc_id, count)
-            if doc_hash is None or doc_hash != fingerprints.get(doc_id) or count != expected or not 0 <= index < count:
+            consistent = count is not None and count == expected and 0 <= index < count
+            if not consistent or doc_hash is None or doc_hash != fingerprints.get(doc_id):
                 stale.add(doc_id)
     return {doc_id for doc_id, n in rows.items() if doc_id not in stale and n == counts[doc_id]}
 
