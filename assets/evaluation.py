@@ -352,8 +352,8 @@ def _score_published(
         context.log.warning(f"published version {published} cannot be scored in this run: {reason}")
     else:
         value = report.variants[WATCHED_VARIANT].metrics[WATCHED_METRIC]
-        how = f"with the models it was built with ({models})" if overrides else "with the run's models"
-        return round(float(value), 6), f"scored in this run {how}"
+        how = f" with the models it was built with ({models})" if overrides else ""  # else: the run's models
+        return round(float(value), 6), f"scored in this run{how}"
     recorded = recorded_evaluation(history, corpus, split, published, built)
     if recorded is not None:
         value, when = recorded
