@@ -6,12 +6,15 @@ materialized at a time, a re-execution from failure), the latest staged version 
 whichever run staged it; else the published version. In a run tagged ``hybrid_rag/evaluate: published`` (every run
 of the ``evaluate`` job: Dagster merges a job's tags into each of its runs, whatever run config it was launched
 with), always the published one: the index readers use. Its blocking check ``ndcg_not_dropped``
-(the gate) compares it with the published version, scored in the same run with the same queries (a recorded
-figure is never reused: a version number does not identify a version across rebuilds, resets of the index
-folder or Dagster instances). The verdict is recorded in the materialization (``gate``, with the version and the
-run that staged it): ``published_index`` publishes nothing else. When the gate fails, readers stay on the
-published version. Two more checks warn (they never block publishing) when, on this corpus, fusion or reranking
-costs quality:
+(the gate) compares it with the published version, scored in the same run with the same queries and with the
+models that version was built with (its schema records them: after a model change, ``rebuild_on_model_change``,
+they are not the run's). When those models cannot be loaded (gone from disk or the hub), the gate compares with
+the published version's latest recorded evaluation in the history (same collection, version and models), and
+without one it passes, described as not comparable. A recorded figure is never preferred to scoring: a version
+number does not identify a version across rebuilds, resets of the index folder or Dagster instances. The verdict
+is recorded in the materialization (``gate``, with the version and the run that staged it): ``published_index``
+publishes nothing else. When the gate fails, readers stay on the published version. Two more checks warn (they
+never block publishing) when, on this corpus, fusion or reranking costs quality:
 ``hybrid_not_below_channels`` (hybrid against the better of its dense and sparse channels) and
 ``reranking_does_not_hurt`` (the default, hybrid + rerank, against hybrid). Each fails only when the loss is
 larger than ``quality_tolerance`` and significant (its 95% bootstrap interval lies below 0); the figures, the
@@ -38,6 +41,7 @@ from assets.meta import md_table
 from assets.partitions import corpus_check, corpus_partitions
 from assets.resources import CorporaResource, EvalHistoryResource, RetrievalResource
 from evals.compare import LossCheck
+from evals.history import EvalHistory
 from evals.metrics import HEADLINE_METRICS
 from evals.runner import (
     CHANNELS_CHECK,
@@ -47,8 +51,10 @@ from evals.runner import (
     JudgedDocumentsMissingError,
     evaluate_collection,
 )
+from retrieval.errors import ModelLoadError
 from retrieval.search import Variant
-from retrieval.store import QdrantStore, StoreError
+from retrieval.settings import RetrievalSettings, canonical_model
+from retrieval.store import CollectionSchema, QdrantStore, SchemaMismatchError, StoreError
 
 NDCG_CHECK = "ndcg_not_dropped"
 WATCHED_VARIANT = "hybrid"
@@ -218,9 +224,10 @@ def retrieval_evaluation(
     if _selected(context, NDCG_CHECK):
         baseline = None
         if published is not None and published != version and WATCHED_VARIANT in report.variants:
-            # Scored now, never looked up: a version number (even with its path) does not identify a version
-            # across rebuilds, resets of the index folder or Dagster instances.
-            baseline = _score_published(retrieval, corpus, collection, split, published)
+            # Scored now with its own models; looked up only when they cannot be loaded: a version number (even
+            # with its path) does not identify a version across rebuilds, resets of the index folder or instances.
+            history = eval_history.history()
+            baseline = _score_published(context, retrieval, history, corpus, collection, split, published)
         gate = _gate(corpus, version, published, report.variants, baseline, config)
     metadata[GATE] = GATE_NOT_RUN if gate is None else GATE_PASSED if gate.passed else GATE_REFUSED
     if gate is not None:
@@ -312,15 +319,84 @@ def _evaluate(
 
 
 def _score_published(
-    retrieval: RetrievalResource, corpus: CorpusConfig, collection: Any, split: str, published: int
-) -> tuple[float, str]:
-    """The watched figure of the published version, scored now with the same queries."""
-    with retrieval.retriever(corpus.collection, published, rerank=False) as retriever:
-        report = evaluate_collection(
-            retriever, collection, split, [Variant(WATCHED_VARIANT)], version=published, progress=False
+    context: dg.AssetExecutionContext,
+    retrieval: RetrievalResource,
+    history: EvalHistory,
+    corpus: CorpusConfig,
+    collection: Any,
+    split: str,
+    published: int,
+) -> tuple[float | None, str]:
+    """The watched figure of the published version and where it comes from: scored now with the same queries and
+    the models that version was built with; when they cannot be loaded, its latest recorded evaluation; else None
+    (not comparable)."""
+    with retrieval.store(corpus.collection) as store:
+        pinned = store.pinned(published)
+        try:
+            built = pinned.schema()
+        finally:
+            pinned.close()
+    if built is None:
+        return None, f"published version {published} has no schema"
+    overrides = built_with(built, retrieval.settings(corpus.collection))
+    models = ", ".join(f"{k} {v!r}" for k, v in overrides.items() if k in ("dense_model", "sparse_model"))
+    if overrides:
+        context.log.info(f"scoring published version {published} with the models it was built with: {models}")
+    try:
+        with retrieval.retriever(corpus.collection, published, rerank=False, **overrides) as retriever:
+            report = evaluate_collection(
+                retriever, collection, split, [Variant(WATCHED_VARIANT)], version=published, progress=False
+            )
+    except (ModelLoadError, SchemaMismatchError) as exc:
+        reason = f"the models it was built with ({models or 'the run`s own'}) cannot be used: {exc}"
+        context.log.warning(f"published version {published} cannot be scored in this run: {reason}")
+    else:
+        value = report.variants[WATCHED_VARIANT].metrics[WATCHED_METRIC]
+        how = f" with the models it was built with ({models})" if overrides else ""  # else: the run's models
+        return round(float(value), 6), f"scored in this run{how}"
+    recorded = recorded_evaluation(history, corpus, split, published, built)
+    if recorded is not None:
+        value, when = recorded
+        return value, f"{reason}; compared with its evaluation recorded {when}"
+    return None, f"{reason}; the history records no evaluation of it"
+
+
+def built_with(built: CollectionSchema, settings: RetrievalSettings) -> dict[str, Any]:
+    """Settings overrides giving the models ``built`` (a version's schema) records; empty when they are the
+    settings' own. Another dense model drops the query encoder and query prompt of the settings' model (an
+    adapted query encoder is used only with the dense model it was trained from)."""
+    overrides: dict[str, Any] = {}
+    if canonical_model(built.dense_model) != canonical_model(settings.dense_model):
+        overrides |= {"dense_model": built.dense_model, "query_model": None, "dense_query_prompt": None}
+    if canonical_model(built.sparse_model) != canonical_model(settings.sparse_model):
+        overrides["sparse_model"] = built.sparse_model
+    return overrides
+
+
+def recorded_evaluation(
+    history: EvalHistory, corpus: CorpusConfig, split: str, version: int, built: CollectionSchema
+) -> tuple[float, str] | None:
+    """The watched figure of the latest recorded evaluation of ``version`` of the corpus' collection while it was
+    published (or served), with the models ``built`` records, and when and by whom it was recorded."""
+
+    def of_version(ctx: dict[str, Any]) -> bool:
+        return (
+            ctx.get("qdrant_collection") == corpus.collection
+            and ctx.get("version") == version
+            and ctx.get("published", True) is True
+            and canonical_model(str(ctx.get("dense_model"))) == canonical_model(built.dense_model)
+            and canonical_model(str(ctx.get("sparse_model"))) == canonical_model(built.sparse_model)
         )
-    value = report.variants[WATCHED_VARIANT].metrics[WATCHED_METRIC]
-    return round(float(value), 6), "scored in this run"
+
+    rows = history.records(collection=corpus.name, variant=WATCHED_VARIANT)
+    rows = rows[(rows["split"] == split) & (rows["metric"] == WATCHED_METRIC) & rows["value"].notna()]
+    rows = rows[rows["context"].map(of_version)] if not rows.empty else rows
+    if rows.empty:
+        return None
+    last = rows.iloc[-1]
+    run = last["context"].get("dagster_run_id")
+    by = f"dagster run {run}" if run else str(last["source"])
+    return round(float(last["value"]), 6), f"{last['timestamp']:%Y-%m-%d %H:%M:%S} UTC by {by} in {history.path}"
 
 
 def _selected(context: dg.AssetExecutionContext, check: str) -> bool:
@@ -388,7 +464,7 @@ def _gate(
     version: int,
     published: int | None,
     results: dict,
-    baseline: tuple[float, str] | None,
+    baseline: tuple[float | None, str] | None,
     config: EvaluationConfig,
 ) -> dg.AssetCheckResult:
     def result(passed: bool, description: str, **metadata: object) -> dg.AssetCheckResult:
@@ -406,8 +482,17 @@ def _gate(
     current = round(float(results[WATCHED_VARIANT].metrics[WATCHED_METRIC]), 6)
     if published is None or published == version:
         return result(True, "nothing published to compare with" if published is None else "the published version")
-    assert baseline is not None  # the published version was scored when no evaluation of it was recorded
+    assert baseline is not None  # the published version was scored (or looked up) before the gate
     value, source = baseline
+    if value is None:
+        return result(
+            True,
+            f"not comparable: published version {published} {source}: {WATCHED_VARIANT} {WATCHED_METRIC} of version "
+            f"{version} is {current:.4f}, publishing it without a quality comparison",
+            current=current,
+            published_from=f"not comparable: {source}",
+            corpus=corpus.name,
+        )
     drop = round(value - current, 6)
     tolerance = config.ndcg_drop_tolerance
     passed = drop <= tolerance + 1e-12
@@ -415,7 +500,7 @@ def _gate(
     return result(
         passed,
         f"{WATCHED_VARIANT} {WATCHED_METRIC}: version {version} {current:.4f} vs published version {published} "
-        f"{value:.4f} (drop {drop:+.4f}, tolerance {tolerance}): {verdict}",
+        f"{value:.4f} (drop {drop:+.4f}, tolerance {tolerance}): {verdict}; published version's figure: {source}",
         current=current,
         published=value,
         drop=drop,

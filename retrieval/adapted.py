@@ -60,13 +60,19 @@ class AdaptedQueryEncoder:
             if changed and self._encoder is not None:
                 log.info("adapted query encoder %s removed: queries use the dense model", self.marker.parent)
             return None
-        if changed:
-            log.info("adapted query encoder %s saved anew: queries use it from now on", model)
         d, remedy = self.dense, self.settings.adapted_query_remedy()
+        log.info(
+            "adapted query encoder %s%s: queries use it, backend %s",
+            model,
+            " saved anew" if changed else "",
+            d.backend,
+        )
         return DenseEncoder(
             model,
             device=d.device,
             batch_size=d.batch_size,
+            backend=d.backend,  # an ONNX export of its own: the export folder fingerprints the model's files
+            cache_dir=d.cache_dir,
             query_prompt=d.query_prompt,
             setting=f"HYBRID_RAG_ADAPTED_QUERY_MODEL, the adapted query encoder: {remedy}",
         )

