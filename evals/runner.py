@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
@@ -81,7 +82,14 @@ def retrieve_run(
     depth: int = RUN_DEPTH,
     progress: bool = True,
 ) -> tuple[Run, list[float]]:
-    """Search every query on its own (as an application would) and return the run and latencies in ms."""
+    """Search every query on its own (as an application would) and return the run and latencies in ms.
+
+    Each query's run holds ``depth`` documents (fewer only when the collection holds fewer): the documents of
+    its top ``depth`` chunks, in the order an application asking for ``k <= depth`` hits gets them, then, when
+    those are fewer than ``depth`` documents, the next ones of a document-level first-stage search
+    (:func:`deepen_runs`). The document whose id is the query id (ignored by BEIR's metrics) is left out.
+    Latencies measure the application's search only.
+    """
     variant = Variant(variant)
     run: Run = {}
     latencies = []
@@ -89,8 +97,32 @@ def retrieve_run(
         started = time.perf_counter()
         hits = retriever.search(text, k=depth, variant=variant, rerank=variant is Variant.HYBRID_RERANK)
         latencies.append((time.perf_counter() - started) * 1000)
-        run[qid] = best_chunk_per_document((h.doc_id, h.score) for h in hits)
+        run[qid] = best_chunk_per_document((h.doc_id, h.score) for h in hits if h.doc_id != qid)
+    deepen_runs(retriever, queries, run, variant, depth)
     return run, latencies
+
+
+def deepen_runs(retriever: HybridRetriever, queries: Mapping[str, str], run: Run, variant: Variant, depth: int) -> None:
+    """Fill each of ``run``'s queries holding fewer than ``depth`` documents up to ``depth`` (in place): the next
+    documents of a document-level search without reranking (one batched search for them all), each scored
+    strictly below the one before, so the ranking above them does not move."""
+    short = [qid for qid, docs in run.items() if len(docs) < depth]
+    if not short:
+        return
+    first_stage = Variant.HYBRID if variant is Variant.HYBRID_RERANK else variant
+    k = depth + 1 + max(len(run[qid]) for qid in short)  # room for the documents already there and the self-hit
+    found = retriever.search_batch(
+        [queries[qid] for qid in short], k=k, variant=first_stage, rerank=False, group_by="doc"
+    )
+    for qid, hits in zip(short, found, strict=True):
+        docs = run[qid]
+        score = min(docs.values(), default=0.0)
+        for hit in hits:
+            if len(docs) >= depth:
+                break
+            if hit.doc_id != qid and hit.doc_id not in docs:
+                score = min(score - 1e-9, math.nextafter(score, -math.inf))
+                docs[hit.doc_id] = score
 
 
 def evaluate_variants(

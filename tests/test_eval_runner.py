@@ -8,7 +8,7 @@ from evals.collections import EvalCollection, sample_collection
 from evals.history import EvalHistory
 from evals.metrics import evaluate
 from evals.report import markdown_table
-from evals.runner import LATENCY_P50, EvalReport, evaluate_collection
+from evals.runner import LATENCY_P50, EvalReport, evaluate_collection, retrieve_run
 from retrieval import HybridRetriever, RetrievalSettings, RetrievalStack, read_documents
 from tests.conftest import TINY_DOCS
 
@@ -84,7 +84,7 @@ def test_a_hit_with_the_query_id_is_ignored(indexed_stack, tmp_path) -> None:
     finally:
         retriever.close()
     result = report.variants["dense"]
-    assert next(iter(result.run["pasta"])) == "pasta"  # retrieved first...
+    assert "pasta" not in result.run["pasta"] and result.run["pasta"]  # left out of the run (a run file too)...
     assert result.per_query["pasta"]["ndcg@10"] == 0.0  # ...and not counted
     assert result.per_query["q-moon"]["ndcg@10"] == 1.0
 
@@ -105,3 +105,25 @@ def test_the_index_time_settings_recorded_are_the_collections(indexed_stack, bac
     recorded = {k: report.settings[k] for k in ("chunk_tokens", "chunk_overlap", "bm25_k1", "bm25_b", "bm25_avg_len")}
     assert recorded == {"chunk_tokens": 48, "chunk_overlap": 8, "bm25_k1": 1.2, "bm25_b": 0.75, "bm25_avg_len": 256.0}
     assert report.settings["document_prompt"] == "" and report.settings["rrf_k"] == evaluating.settings.rrf_k
+
+
+@pytest.mark.parametrize("variant", ["dense", "hybrid+rerank"])
+def test_runs_hold_depth_documents_and_keep_the_applications_ranking(indexed_stack, variant) -> None:
+    """Recall@100 is scored on 100 documents, not on the documents of the top 100 chunks (several chunks of a
+    document count once); the top of the run stays the order an application searching k=depth chunks gets."""
+    coll = sample_collection()
+    docs, _ = read_documents(coll.root)
+    stack = indexed_stack("edge", docs, collection="deep", chunk_tokens=24, chunk_overlap=4)
+    retriever, queries, depth = stack.retriever(), coll.split_queries("test"), 10
+    run, latencies = retrieve_run(retriever, queries, variant, depth=depth, progress=False)
+    assert len(latencies) == len(queries) and set(run) == set(queries)
+    short = 0
+    for qid, text in queries.items():
+        hits = retriever.search(text, k=depth, variant=variant)
+        app = [d for d in dict.fromkeys(h.doc_id for h in hits) if d != qid]
+        short += len(app) < depth
+        assert len(run[qid]) == depth, qid  # the sample holds 60 documents
+        assert list(run[qid])[: len(app)] == app  # the application's ranking, unchanged, on top
+        scores = list(run[qid].values())
+        assert all(a > b for a, b in zip(scores, scores[1:], strict=False))  # trec_eval keeps this order
+    assert short  # multi-chunk documents: some queries' top chunks hold fewer than `depth` documents
