@@ -165,7 +165,8 @@ class EvalReport:
     ``collection`` is the evaluation collection (corpus) name, ``qdrant_collection`` and ``version`` the index
     that answered, ``settings`` the models and retrieval settings that change results, ``seconds`` the
     wall time of the whole evaluation, ``judged_coverage`` the fraction of the split's judged documents found in
-    the index (below 1: the scores are capped, see :meth:`coverage_warning`).
+    the index (below 1: the scores are capped, see :meth:`coverage_warning`), ``warnings`` the settings that had no
+    effect at the evaluation's depth (see :func:`settings_in_effect`).
     """
 
     collection: str
@@ -178,6 +179,7 @@ class EvalReport:
     seconds: float = 0.0
     timestamp: datetime = field(default_factory=lambda: datetime.now(UTC))
     judged_coverage: float = 1.0
+    warnings: list[str] = field(default_factory=list)
 
     def coverage_warning(self) -> str | None:
         """A warning when only part of the judged documents is in the searched collection, else None."""
@@ -285,6 +287,7 @@ def evaluate_collection(
     schema = retriever.store.schema()  # how the evaluated version was chunked and encoded (None: not recorded)
     settings |= {name: getattr(schema, name, None) for name in ENCODING_FIELDS}
     settings |= {name: _plain(getattr(retriever.settings, name)) for name in REPORTED_SETTINGS}
+    settings, warnings = settings_in_effect(settings, RUN_DEPTH)
     return EvalReport(
         collection=collection.name,
         split=split,
@@ -295,7 +298,28 @@ def evaluate_collection(
         settings=settings,
         seconds=time.perf_counter() - started,
         judged_coverage=coverage,
+        warnings=warnings,
     )
+
+
+def settings_in_effect(settings: Mapping[str, Any], depth: int) -> tuple[dict[str, Any], list[str]]:
+    """``settings`` with the values a search for ``depth`` hits uses (recorded as such, so a run is not taken for
+    the experiment it is not), and one warning per setting that has no effect at that depth: each channel
+    returns at least ``depth`` hits (``PREFETCH_K``) and the reranker reorders all ``depth`` (``RERANK_DEPTH``)."""
+    why = {
+        "prefetch_k": "each channel returns at least the hits asked for",
+        "rerank_depth": "the reranker reorders all the hits asked for",
+    }
+    out, warnings = dict(settings), []
+    for name, reason in why.items():
+        value = out.get(name)
+        if isinstance(value, int) and value < depth:
+            out[name] = depth
+            warnings.append(
+                f"{name.upper()}={value} has no effect on an evaluation at depth {depth} ({reason}): "
+                f"recorded as {depth}"
+            )
+    return out, warnings
 
 
 def searched_label(collection: str, searched: str | None) -> str:

@@ -380,8 +380,9 @@ def evaluate(
                 console.print(f"[yellow]skipped[/yellow] {problem}", soft_wrap=True)
         report = evaluate_collection(stack.retriever(), coll, split, variants)
     console.print(metrics_table(report.metrics(), title=f"{report.label()} ({split})"))
-    if report.coverage_warning():
-        console.print(f"[yellow]warning:[/yellow] {report.coverage_warning()}", soft_wrap=True)
+    for warning in [*report.warnings, report.coverage_warning()]:
+        if warning:
+            console.print(f"[yellow]warning:[/yellow] {warning}", soft_wrap=True)
     for name, check in report.quality_checks().items():
         if check.comparison is not None:
             mark = "[green]ok[/green]" if check.passed else "[yellow]warning[/yellow]"

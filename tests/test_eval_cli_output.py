@@ -286,3 +286,19 @@ def test_eval_report_keeps_other_search_settings_apart_from_the_published_figure
     line, hollow = figures[0].axes[0].get_lines()
     assert list(line.get_ydata()) == [0.90, 0.9215] and list(hollow.get_ydata()) == [0.9453]
     assert hollow.get_markerfacecolor() == "none" and "other search settings" in hollow.get_label()
+
+
+def test_eval_report_keeps_another_query_encoder_off_the_published_line(tmp_path) -> None:
+    """A trained (QUERY_MODEL) or corpus-adapted query encoder is an experiment, not the shipped search."""
+    history = EvalHistory(tmp_path / "h.sqlite")
+    stamp = pd.Timestamp("2026-11-30T04:00:00Z")
+    models = {"dense_model": "all-MiniLM-L6-v2", "query_model": "all-MiniLM-L6-v2"}  # no query encoder of its own
+    trained = {**models, "query_model": "models/edge/query-encoder"}
+    for hours, context, value in ((0, models, 0.70), (1, trained, 0.79)):
+        when = (stamp + pd.Timedelta(hours=hours)).to_pydatetime()
+        history.append("edge", "test", "hybrid", {"ndcg@10": value}, context, when, source="cli")
+    table = report_module.markdown_table(history.records())
+    assert [(row.split(" | ")[5], row.split(" | ")[-1]) for row in table_rows(table)[2:]] == [
+        ("0.7900", "query_model=models/edge/query-encoder |"),
+        ("0.7000", "shipped |"),
+    ], table

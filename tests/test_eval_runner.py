@@ -7,7 +7,7 @@ import pytest
 from evals.collections import EvalCollection, sample_collection
 from evals.history import EvalHistory
 from evals.metrics import evaluate
-from evals.report import markdown_table
+from evals.report import markdown_table, search_settings
 from evals.runner import LATENCY_P50, EvalReport, evaluate_collection, retrieve_run
 from retrieval import HybridRetriever, RetrievalSettings, RetrievalStack, read_documents
 from tests.conftest import TINY_DOCS
@@ -127,3 +127,16 @@ def test_runs_hold_depth_documents_and_keep_the_applications_ranking(indexed_sta
         scores = list(run[qid].values())
         assert all(a > b for a, b in zip(scores, scores[1:], strict=False))  # trec_eval keeps this order
     assert short  # multi-chunk documents: some queries' top chunks hold fewer than `depth` documents
+
+
+def test_depth_settings_without_effect_are_recorded_as_in_effect(indexed_stack) -> None:
+    """PREFETCH_K and RERANK_DEPTH below the evaluation's 100 hits change nothing there: the report records what
+    the search used (so eval-report shows the shipped search) and says why in one warning each."""
+    coll = sample_collection()
+    docs, _ = read_documents(coll.root)
+    stack = indexed_stack("edge", docs, collection="shallow", prefetch_k=10, rerank_depth=10)
+    report = evaluate_collection(stack.retriever(), coll, "test", ["hybrid+rerank"], progress=False)
+    assert (report.settings["prefetch_k"], report.settings["rerank_depth"]) == (100, 100)
+    assert search_settings(report.context()) == "shipped"
+    assert [w.split(" has no effect")[0] for w in report.warnings] == ["PREFETCH_K=10", "RERANK_DEPTH=10"]
+    assert all("at depth 100" in w for w in report.warnings)
