@@ -387,14 +387,14 @@ def evaluate(
         if check.comparison is not None:
             mark = "[green]ok[/green]" if check.passed else "[yellow]warning[/yellow]"
             console.print(f"{name}: {mark} {check.description}", soft_wrap=True)
-    report.record(EvalHistory(history or default_history_path()), source="cli")
-    if run_file:
+    if run_file:  # the outputs first: a run the TREC format cannot hold fails here, before anything is recorded
         last = variants[-1].value
         write_run(run_file, report.variants[last].run, tag=f"hybrid-rag-{last}")
         console.print(f"run file ({last}): {run_file}", soft_wrap=True)
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(report.summary(), indent=2))
+    report.record(EvalHistory(history or default_history_path()), source="cli")
 
 
 @app.command()

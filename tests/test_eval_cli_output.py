@@ -302,3 +302,19 @@ def test_eval_report_keeps_another_query_encoder_off_the_published_line(tmp_path
         ("0.7900", "query_model=models/edge/query-encoder |"),
         ("0.7000", "shipped |"),
     ], table
+
+
+def test_eval_run_file_refuses_an_id_with_whitespace_before_recording(cli_env) -> None:
+    """A TREC run cannot hold `doc seven` (the index can): one line naming it, exit 2, no file, no history row."""
+    root = cli_env / "spaced"
+    (root / "qrels").mkdir(parents=True)
+    docs = [(d.id if d.id != "pasta" else "doc seven", d.text) for d in TINY_DOCS]
+    (root / "corpus.jsonl").write_text("".join(json.dumps({"_id": i, "text": t}) + "\n" for i, t in docs))
+    (root / "queries.jsonl").write_text(json.dumps({"_id": "q1", "text": "boiling noodles in water"}) + "\n")
+    (root / "qrels" / "test.tsv").write_text("q1\tdoc seven\t1\n")
+    out = ("--run-file", "r.trec", "--json", "r.json", "--history", "h.sqlite")
+    result = cli("eval", str(root), "--variant", "sparse", *out, code=2)
+    assert "'doc seven'" in result.output and "Traceback" not in result.output, result.output
+    assert not any((cli_env / name).exists() for name in ("r.trec", "r.json"))
+    history = cli_env / "h.sqlite"
+    assert not history.exists() or EvalHistory(history).records().empty
