@@ -512,11 +512,12 @@ def tune_reranker(
     from retrieval import RetrievalStack
 
     coll = load_collection(beir_dir)
+    view = coll.train_view(split)  # the test split is refused here, before any work
     settings = _settings(collection=coll.name if collection is None else collection)
     out = out or settings.collection_models_dir()
     with RetrievalStack(settings) as stack:
         stack.check_schema()
-        profile = tune(coll.train_view(split), stack.retriever(), out, train=train, epochs=epochs)
+        profile = tune(view, stack.retriever(), out, train=train, epochs=epochs)
     env_path = profile.write_env(out / "reranker.env")
     table = Table(title=f"{coll.name}/{split}: {profile.fit_queries} queries to train, {profile.dev_queries} to tune")
     for col in ("dev nDCG@10: hybrid", "+ trained query encoder", "+ rerank", "weight", "feedback_k", "beta"):
