@@ -77,6 +77,8 @@ class EvalCollection:
                 raise CollectionFormatError(self.queries_path, line_no, "missing query id '_id'")
             if not isinstance(text, str):
                 raise CollectionFormatError(self.queries_path, line_no, f"query {qid!r}: missing 'text'")
+            if not text.strip():  # a search would refuse it half way through an evaluation
+                raise CollectionFormatError(self.queries_path, line_no, f"query {qid!r}: empty text")
             if str(qid) in out:
                 raise CollectionFormatError(self.queries_path, line_no, f"duplicate query id {qid!r}")
             out[str(qid)] = text
