@@ -283,6 +283,7 @@ def evaluate_collection(
         "dense_model": retriever.dense.model_name,
         "sparse_model": retriever.sparse.name,
         "query_model": retriever.query_encoder.model_name,  # the trained or corpus-adapted one, else the dense model
+        "run_documents": RUN_DEPTH,  # documents per query's run (rows without it: the documents of 100 chunks)
     }
     schema = retriever.store.schema()  # how the evaluated version was chunked and encoded (None: not recorded)
     settings |= {name: getattr(schema, name, None) for name in ENCODING_FIELDS}
