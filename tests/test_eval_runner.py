@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from assets.evaluation import sample_table
 from evals.collections import EvalCollection, sample_collection
 from evals.history import EvalHistory
 from evals.metrics import evaluate
@@ -87,6 +88,9 @@ def test_a_hit_with_the_query_id_is_ignored(indexed_stack, tmp_path) -> None:
     assert "pasta" not in result.run["pasta"] and result.run["pasta"]  # left out of the run (a run file too)...
     assert result.per_query["pasta"]["ndcg@10"] == 0.0  # ...and not counted
     assert result.per_query["q-moon"]["ndcg@10"] == 1.0
+    table = sample_table(queries, {"pasta": {"pasta": 1}}, report.variants, 1)  # the Dagster sample_queries table
+    assert "| pasta: how can I keep spaghetti from sticking | dense | " in table and ", pasta" not in table
+    assert "| dense | pasta" not in table
 
 
 @pytest.mark.parametrize("backend", ["edge", "server"])
