@@ -165,8 +165,9 @@ class EvalReport:
     ``collection`` is the evaluation collection (corpus) name, ``qdrant_collection`` and ``version`` the index
     that answered, ``settings`` the models and retrieval settings that change results, ``seconds`` the
     wall time of the whole evaluation, ``judged_coverage`` the fraction of the split's judged documents found in
-    the index (below 1: the scores are capped, see :meth:`coverage_warning`), ``warnings`` the settings that had no
-    effect at the evaluation's depth (see :func:`settings_in_effect`).
+    the index (below 1: the scores are capped, see :meth:`coverage_warning`), ``judged_not_in_corpus`` the fraction
+    missing because the collection's corpus file itself lacks them (None: not checked), ``warnings`` the settings
+    that had no effect at the evaluation's depth (see :func:`settings_in_effect`).
     """
 
     collection: str
@@ -179,15 +180,24 @@ class EvalReport:
     seconds: float = 0.0
     timestamp: datetime = field(default_factory=lambda: datetime.now(UTC))
     judged_coverage: float = 1.0
+    judged_not_in_corpus: float | None = None
     warnings: list[str] = field(default_factory=list)
 
     def coverage_warning(self) -> str | None:
         """A warning when only part of the judged documents is in the searched collection, else None."""
         if self.judged_coverage >= 1.0:
             return None
+        head = (
+            f"only {self.judged_coverage:.1%} of the documents judged in {self.collection}/{self.split} (at any "
+            f"grade) are in collection {self.qdrant_collection!r}"
+        )
+        if self.judged_not_in_corpus is None:
+            return f"{head}: the scores are capped by the missing ones"
+        from_collection = max(1.0 - self.judged_coverage - self.judged_not_in_corpus, 0.0)
         return (
-            f"only {self.judged_coverage:.1%} of the documents judged in {self.collection}/{self.split} are in "
-            f"collection {self.qdrant_collection!r}: the scores are capped by the missing ones"
+            f"{head}: {self.judged_not_in_corpus:.1%} are not in the corpus file itself (the qrels judge documents "
+            f"it lacks), {from_collection:.1%} are in the corpus file but missing from the collection; the scores "
+            "are capped by the missing ones"
         )
 
     def quality_checks(self, tolerance: float = 0.005) -> dict[str, LossCheck]:
@@ -216,6 +226,8 @@ class EvalReport:
     def context(self) -> dict[str, Any]:
         """What the history stores with every row of this report."""
         coverage = {} if self.judged_coverage >= 1.0 else {"judged_coverage": round(self.judged_coverage, 4)}
+        if coverage and self.judged_not_in_corpus is not None:
+            coverage["judged_not_in_corpus"] = round(self.judged_not_in_corpus, 4)
         return {"qdrant_collection": self.qdrant_collection, "version": self.version, **coverage, **self.settings}
 
     def record(self, history: EvalHistory, source: str, **context: Any) -> int:
@@ -278,6 +290,7 @@ def evaluate_collection(
             f"collection {retriever.store.collection!r}: it holds another corpus, nothing scored or recorded "
             f"(search the collection built from {collection.name})"
         )
+    not_in_corpus = judged_not_in_corpus(retriever.store, collection, qrels) if coverage < 1.0 else None
     results = evaluate_variants(retriever, collection.split_queries(split), qrels, variants, progress=progress)
     settings = {
         "dense_model": retriever.dense.model_name,
@@ -299,6 +312,7 @@ def evaluate_collection(
         settings=settings,
         seconds=time.perf_counter() - started,
         judged_coverage=coverage,
+        judged_not_in_corpus=not_in_corpus,
         warnings=warnings,
     )
 
@@ -343,6 +357,21 @@ def judged_coverage(store: QdrantStore, qrels: Mapping[str, Mapping[str, int]], 
         return 1.0
     found = sum(len(store.points([point_id(d, 0) for d in ids[i : i + batch]])) for i in range(0, len(ids), batch))
     return found / len(ids)
+
+
+def judged_not_in_corpus(
+    store: QdrantStore, collection: EvalCollection, qrels: Mapping[str, Mapping[str, int]]
+) -> float | None:
+    """The fraction of the documents judged in ``qrels`` that are in neither the collection's corpus file nor
+    ``store`` (the qrels judge documents the corpus lacks); None when the collection has no corpus file."""
+    if not collection.corpus_path.is_file():
+        return None
+    judged = judged_documents(qrels)
+    absent = judged - collection.doc_ids()
+    if not absent:
+        return 0.0
+    stored = judged_coverage(store, {"": dict.fromkeys(absent, 1)}) * len(absent)
+    return (len(absent) - stored) / len(judged)
 
 
 def _plain(value: Any) -> Any:

@@ -84,7 +84,11 @@ def test_a_partial_collection_is_scored_with_a_warning_that_is_recorded(workspac
     judged = judged_documents(qrels)
     coverage = len(judged & indexed) / len(judged)
     assert 0 < coverage < 1
-    assert f"only {coverage:.1%} of the documents judged in sample/test are in collection 'half'" in half_output
+    said = " ".join(half_output.split())
+    assert f"only {coverage:.1%} of the documents judged in sample/test (at any grade) are in collection 'half'" in said
+    assert (
+        f"0.0% are not in the corpus file itself (the qrels judge documents it lacks), {1 - coverage:.1%} are" in said
+    )
     report = EvalReport.from_summary(json.loads((root / "half.json").read_text()))
     assert report.judged_coverage == pytest.approx(coverage) and report.coverage_warning()
     rows = EvalHistory(root / "history.sqlite").records(collection="sample")

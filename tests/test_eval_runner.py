@@ -144,3 +144,21 @@ def test_depth_settings_without_effect_are_recorded_as_in_effect(indexed_stack) 
     assert search_settings(report.context()) == "shipped"
     assert [w.split(" has no effect")[0] for w in report.warnings] == ["PREFETCH_K=10", "RERANK_DEPTH=10"]
     assert all("at depth 100" in w for w in report.warnings)
+
+
+def test_the_coverage_warning_tells_a_corpus_file_lacking_judged_documents_from_a_partial_index(
+    indexed_stack, tmp_path
+) -> None:
+    """The qrels judge a document corpus.jsonl does not hold: the collection holds the whole corpus, the warning
+    says where the missing documents are missing from."""
+    root = tmp_path / "coll"
+    (root / "qrels").mkdir(parents=True)
+    (root / "corpus.jsonl").write_text("".join(json.dumps({"_id": d.id, "text": d.text}) + "\n" for d in TINY_DOCS))
+    (root / "queries.jsonl").write_text(json.dumps({"_id": "q1", "text": "noodles in boiling water"}) + "\n")
+    (root / "qrels" / "test.tsv").write_text("q1\tpasta\t1\nq1\tvalve\t0\nq1\tmissing-doc\t1\n")
+    retriever = indexed_stack("edge", TINY_DOCS, collection="judged", rerank=False).retriever()
+    report = evaluate_collection(retriever, EvalCollection("coll", root), "test", ["sparse"], progress=False)
+    assert report.judged_coverage == pytest.approx(2 / 3) and report.judged_not_in_corpus == pytest.approx(1 / 3)
+    assert "33.3% are not in the corpus file itself" in report.coverage_warning()
+    assert "0.0% are in the corpus file but missing from the collection" in report.coverage_warning()
+    assert report.context()["judged_not_in_corpus"] == pytest.approx(0.3333)
