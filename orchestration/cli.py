@@ -407,7 +407,7 @@ def compare(
 ) -> None:
     """Compare two runs query by query: wins/losses/ties and a paired significance test."""
     from evals.collections import load_collection
-    from evals.compare import compare_runs, format_comparison
+    from evals.compare import compare_runs, corpus_warnings, format_comparison
     from evals.metrics import metric_names
     from evals.runs import read_run
     from retrieval.errors import InvalidArgumentError
@@ -428,6 +428,8 @@ def compare(
             f"{'neither ' if ' nor ' in empty else ''}{empty} has results for a query judged in {coll.name}/{split} "
             f"({len(qrels)} queries): a run of another split or dataset, or an empty one"
         )
+    for warning in corpus_warnings(dict(zip(names, (base_run, cand_run), strict=True)), coll.doc_ids(), coll.name):
+        Console(stderr=True).print(f"[yellow]warning:[/yellow] {warning}", soft_wrap=True)
     for name, count in zip(names, judged, strict=True):
         if count < len(qrels):
             Console(stderr=True).print(

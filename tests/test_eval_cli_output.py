@@ -322,3 +322,18 @@ def test_eval_run_file_refuses_an_id_with_whitespace_before_recording(cli_env) -
     assert not any((cli_env / name).exists() for name in ("r.trec", "r.json"))
     history = cli_env / "h.sqlite"
     assert not history.exists() or EvalHistory(history).records().empty
+
+
+def test_compare_flags_a_run_of_another_collection(workspace) -> None:
+    """A run that covers the judged queries but retrieves another corpus' documents would score 0 in silence."""
+    root, _, _ = workspace
+    lines = [line.split() for line in (root / "h.trec").read_text().splitlines()]
+    foreign = ["\t".join([q, z, f"other-{d}", r, s, t]) for q, z, d, r, s, t in lines]
+    (root / "other.trec").write_text("\n".join(foreign) + "\n")
+    result = cli("compare", "h.trec", "other.trec", "sample", code=2)
+    assert "other.trec retrieves none of the 60 documents of sample's corpus" in " ".join(result.output.split())
+    mostly = ["\t".join([q, z, d if r == "1" else f"other-{d}", r, s, t]) for q, z, d, r, s, t in lines]
+    (root / "mostly.trec").write_text("\n".join(mostly) + "\n")
+    said = " ".join(cli("compare", "h.trec", "mostly.trec", "sample").output.split())
+    assert "of the documents mostly.trec retrieves are not in sample's corpus" in said
+    assert "h.trec retrieves" not in said and "documents h.trec" not in said
