@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from retrieval.errors import InputFormatError, InputNotFoundError
+from retrieval.errors import InputFormatError, InputNotFoundError, InvalidArgumentError
 
 BEIR_URL = "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/{name}.zip"
 SAMPLE_NAME = "sample"
@@ -77,6 +77,8 @@ class EvalCollection:
                 raise CollectionFormatError(self.queries_path, line_no, "missing query id '_id'")
             if not isinstance(text, str):
                 raise CollectionFormatError(self.queries_path, line_no, f"query {qid!r}: missing 'text'")
+            if not text.strip():  # a search would refuse it half way through an evaluation
+                raise CollectionFormatError(self.queries_path, line_no, f"query {qid!r}: empty text")
             if str(qid) in out:
                 raise CollectionFormatError(self.queries_path, line_no, f"duplicate query id {qid!r}")
             out[str(qid)] = text
@@ -109,18 +111,25 @@ class EvalCollection:
         return TrainSplitView(self, split)
 
 
+class HeldOutSplitError(InvalidArgumentError, PermissionError):
+    """Tuning code asked for a held-out split (``test``, or any split but its own)."""
+
+
 class TrainSplitView:
     """What tuning code may see of a collection: the corpus and one split (``train``) only.
 
-    Asking for another split raises :class:`PermissionError`. The wrapped collection is kept private;
-    this is a guard against mistakes, not a security boundary.
+    Asking for another split raises :class:`HeldOutSplitError` (a :class:`PermissionError`). The wrapped
+    collection is kept private; this is a guard against mistakes, not a security boundary.
     """
 
     __slots__ = ("_collection", "_split")
 
     def __init__(self, collection: EvalCollection, split: str = "train"):
         if split == "test":
-            raise PermissionError("a TrainSplitView cannot be built on the 'test' split")
+            raise HeldOutSplitError(
+                f"{collection.name}: the 'test' split is held out: tuning never reads it (tune on train, or on "
+                "another split that is not evaluated)"
+            )
         path = collection.qrels_path(split)
         if not path.is_file():
             raise InputNotFoundError(f"{collection.name}: no {split!r} split to tune on ({path} is missing)")
@@ -160,7 +169,7 @@ class TrainSplitView:
 
     def _allowed(self, split: str | None) -> str:
         if split is not None and split != self._split:
-            raise PermissionError(
+            raise HeldOutSplitError(
                 f"{self._collection.name}: split {split!r} is held out; tuning code may only read "
                 f"the {self._split!r} split"
             )

@@ -185,6 +185,29 @@ def compare_runs(
     return compare_per_query(base, cand, metric, **options)
 
 
+def corpus_warnings(runs: Mapping[str, RunLike], doc_ids: set[str], corpus: str, most: float = 0.5) -> list[str]:
+    """A warning for each of ``runs`` (by label) whose retrieved documents are mostly (over ``most``) not in the
+    corpus' ``doc_ids``: a run of another collection scores near 0. None of them in the corpus raises
+    :class:`~retrieval.errors.InvalidArgumentError`."""
+    from retrieval.errors import InvalidArgumentError
+
+    out = []
+    for label, run in runs.items():
+        retrieved = {doc for hits in run.values() for doc in hits}
+        outside = len(retrieved - doc_ids) / len(retrieved) if retrieved else 0.0
+        if retrieved and outside == 1.0:
+            raise InvalidArgumentError(
+                f"{label} retrieves none of the {len(doc_ids)} documents of {corpus}'s corpus: it is a run of another "
+                "collection; nothing compared"
+            )
+        if outside > most:
+            out.append(
+                f"{outside:.1%} of the documents {label} retrieves are not in {corpus}'s corpus: a run of another "
+                "collection? They score 0"
+            )
+    return out
+
+
 def format_comparison(comparisons: Comparison | Iterable[Comparison]) -> str:
     """A markdown table, one row per comparison."""
     rows = [comparisons] if isinstance(comparisons, Comparison) else list(comparisons)

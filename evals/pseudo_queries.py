@@ -90,6 +90,11 @@ class JudgedQueries:
         missing = [qid for qid in self.qrels if qid not in self.queries]
         if not self.qrels or missing:
             raise ValueError(f"split {self.split!r}: no judged queries, or qrels of unknown queries {missing[:5]}")
+        if not any(grade > 0 for docs in self.qrels.values() for grade in docs.values()):
+            raise ValueError(
+                f"split {self.split!r}: no relevant judgement (every grade is 0), so every search scores 0 there: "
+                "it cannot judge an adaptation (judge on a split with relevant documents, or without --qrels)"
+            )
 
     @property
     def gate(self) -> str:

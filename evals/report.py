@@ -78,14 +78,17 @@ SHIPPED = "shipped"  # the search settings of a row that are the shipped default
 
 def search_settings(context: object) -> str:
     """A history row's search settings: ``shipped`` when those it records are the shipped defaults (rows recorded
-    without them too), else the ones that differ (``rrf_k=1, fusion=dbsf``): an experiment, not the published
-    figure."""
+    without them too), else the ones that differ (``rrf_k=1, fusion=dbsf``; ``query_model=PATH`` when queries were
+    embedded by a trained or adapted query encoder, not the dense model): an experiment, not the published figure."""
     from evals.runner import REPORTED_SETTINGS, shipped_search_settings
 
     if not isinstance(context, dict):
         return SHIPPED
     shipped = shipped_search_settings()
     differ = [f"{k}={context[k]}" for k in REPORTED_SETTINGS if k in context and context[k] != shipped[k]]
+    query_model = context.get("query_model")  # a trained or corpus-adapted query encoder, else the dense model
+    if query_model and query_model != context.get("dense_model", query_model):
+        differ.append(f"query_model={query_model}")
     return ", ".join(differ) or SHIPPED
 
 

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
@@ -81,7 +82,14 @@ def retrieve_run(
     depth: int = RUN_DEPTH,
     progress: bool = True,
 ) -> tuple[Run, list[float]]:
-    """Search every query on its own (as an application would) and return the run and latencies in ms."""
+    """Search every query on its own (as an application would) and return the run and latencies in ms.
+
+    Each query's run holds ``depth`` documents (fewer only when the collection holds fewer): the documents of
+    its top ``depth`` chunks, in the order an application asking for ``k <= depth`` hits gets them, then, when
+    those are fewer than ``depth`` documents, the next ones of a document-level first-stage search
+    (:func:`deepen_runs`). The document whose id is the query id (ignored by BEIR's metrics) is left out.
+    Latencies measure the application's search only.
+    """
     variant = Variant(variant)
     run: Run = {}
     latencies = []
@@ -89,8 +97,32 @@ def retrieve_run(
         started = time.perf_counter()
         hits = retriever.search(text, k=depth, variant=variant, rerank=variant is Variant.HYBRID_RERANK)
         latencies.append((time.perf_counter() - started) * 1000)
-        run[qid] = best_chunk_per_document((h.doc_id, h.score) for h in hits)
+        run[qid] = best_chunk_per_document((h.doc_id, h.score) for h in hits if h.doc_id != qid)
+    deepen_runs(retriever, queries, run, variant, depth)
     return run, latencies
+
+
+def deepen_runs(retriever: HybridRetriever, queries: Mapping[str, str], run: Run, variant: Variant, depth: int) -> None:
+    """Fill each of ``run``'s queries holding fewer than ``depth`` documents up to ``depth`` (in place): the next
+    documents of a document-level search without reranking (one batched search for them all), each scored
+    strictly below the one before, so the ranking above them does not move."""
+    short = [qid for qid, docs in run.items() if len(docs) < depth]
+    if not short:
+        return
+    first_stage = Variant.HYBRID if variant is Variant.HYBRID_RERANK else variant
+    k = depth + 1 + max(len(run[qid]) for qid in short)  # room for the documents already there and the self-hit
+    found = retriever.search_batch(
+        [queries[qid] for qid in short], k=k, variant=first_stage, rerank=False, group_by="doc"
+    )
+    for qid, hits in zip(short, found, strict=True):
+        docs = run[qid]
+        score = min(docs.values(), default=0.0)
+        for hit in hits:
+            if len(docs) >= depth:
+                break
+            if hit.doc_id != qid and hit.doc_id not in docs:
+                score = min(score - 1e-9, math.nextafter(score, -math.inf))
+                docs[hit.doc_id] = score
 
 
 def evaluate_variants(
@@ -133,7 +165,9 @@ class EvalReport:
     ``collection`` is the evaluation collection (corpus) name, ``qdrant_collection`` and ``version`` the index
     that answered, ``settings`` the models and retrieval settings that change results, ``seconds`` the
     wall time of the whole evaluation, ``judged_coverage`` the fraction of the split's judged documents found in
-    the index (below 1: the scores are capped, see :meth:`coverage_warning`).
+    the index (below 1: the scores are capped, see :meth:`coverage_warning`), ``judged_not_in_corpus`` the fraction
+    missing because the collection's corpus file itself lacks them (None: not checked), ``warnings`` the settings
+    that had no effect at the evaluation's depth (see :func:`settings_in_effect`).
     """
 
     collection: str
@@ -146,14 +180,24 @@ class EvalReport:
     seconds: float = 0.0
     timestamp: datetime = field(default_factory=lambda: datetime.now(UTC))
     judged_coverage: float = 1.0
+    judged_not_in_corpus: float | None = None
+    warnings: list[str] = field(default_factory=list)
 
     def coverage_warning(self) -> str | None:
         """A warning when only part of the judged documents is in the searched collection, else None."""
         if self.judged_coverage >= 1.0:
             return None
+        head = (
+            f"only {self.judged_coverage:.1%} of the documents judged in {self.collection}/{self.split} (at any "
+            f"grade) are in collection {self.qdrant_collection!r}"
+        )
+        if self.judged_not_in_corpus is None:
+            return f"{head}: the scores are capped by the missing ones"
+        from_collection = max(1.0 - self.judged_coverage - self.judged_not_in_corpus, 0.0)
         return (
-            f"only {self.judged_coverage:.1%} of the documents judged in {self.collection}/{self.split} are in "
-            f"collection {self.qdrant_collection!r}: the scores are capped by the missing ones"
+            f"{head}: {self.judged_not_in_corpus:.1%} are not in the corpus file itself (the qrels judge documents "
+            f"it lacks), {from_collection:.1%} are in the corpus file but missing from the collection; the scores "
+            "are capped by the missing ones"
         )
 
     def quality_checks(self, tolerance: float = 0.005) -> dict[str, LossCheck]:
@@ -182,6 +226,8 @@ class EvalReport:
     def context(self) -> dict[str, Any]:
         """What the history stores with every row of this report."""
         coverage = {} if self.judged_coverage >= 1.0 else {"judged_coverage": round(self.judged_coverage, 4)}
+        if coverage and self.judged_not_in_corpus is not None:
+            coverage["judged_not_in_corpus"] = round(self.judged_not_in_corpus, 4)
         return {"qdrant_collection": self.qdrant_collection, "version": self.version, **coverage, **self.settings}
 
     def record(self, history: EvalHistory, source: str, **context: Any) -> int:
@@ -244,15 +290,18 @@ def evaluate_collection(
             f"collection {retriever.store.collection!r}: it holds another corpus, nothing scored or recorded "
             f"(search the collection built from {collection.name})"
         )
+    not_in_corpus = judged_not_in_corpus(retriever.store, collection, qrels) if coverage < 1.0 else None
     results = evaluate_variants(retriever, collection.split_queries(split), qrels, variants, progress=progress)
     settings = {
         "dense_model": retriever.dense.model_name,
         "sparse_model": retriever.sparse.name,
         "query_model": retriever.query_encoder.model_name,  # the trained or corpus-adapted one, else the dense model
+        "run_documents": RUN_DEPTH,  # documents per query's run (rows without it: the documents of 100 chunks)
     }
     schema = retriever.store.schema()  # how the evaluated version was chunked and encoded (None: not recorded)
     settings |= {name: getattr(schema, name, None) for name in ENCODING_FIELDS}
     settings |= {name: _plain(getattr(retriever.settings, name)) for name in REPORTED_SETTINGS}
+    settings, warnings = settings_in_effect(settings, RUN_DEPTH)
     return EvalReport(
         collection=collection.name,
         split=split,
@@ -263,7 +312,29 @@ def evaluate_collection(
         settings=settings,
         seconds=time.perf_counter() - started,
         judged_coverage=coverage,
+        judged_not_in_corpus=not_in_corpus,
+        warnings=warnings,
     )
+
+
+def settings_in_effect(settings: Mapping[str, Any], depth: int) -> tuple[dict[str, Any], list[str]]:
+    """``settings`` with the values a search for ``depth`` hits uses (recorded as such, so a run is not taken for
+    the experiment it is not), and one warning per setting that has no effect at that depth: each channel
+    returns at least ``depth`` hits (``PREFETCH_K``) and the reranker reorders all ``depth`` (``RERANK_DEPTH``)."""
+    why = {
+        "prefetch_k": "each channel returns at least the hits asked for",
+        "rerank_depth": "the reranker reorders all the hits asked for",
+    }
+    out, warnings = dict(settings), []
+    for name, reason in why.items():
+        value = out.get(name)
+        if isinstance(value, int) and value < depth:
+            out[name] = depth
+            warnings.append(
+                f"{name.upper()}={value} has no effect on an evaluation at depth {depth} ({reason}): "
+                f"recorded as {depth}"
+            )
+    return out, warnings
 
 
 def searched_label(collection: str, searched: str | None) -> str:
@@ -286,6 +357,21 @@ def judged_coverage(store: QdrantStore, qrels: Mapping[str, Mapping[str, int]], 
         return 1.0
     found = sum(len(store.points([point_id(d, 0) for d in ids[i : i + batch]])) for i in range(0, len(ids), batch))
     return found / len(ids)
+
+
+def judged_not_in_corpus(
+    store: QdrantStore, collection: EvalCollection, qrels: Mapping[str, Mapping[str, int]]
+) -> float | None:
+    """The fraction of the documents judged in ``qrels`` that are in neither the collection's corpus file nor
+    ``store`` (the qrels judge documents the corpus lacks); None when the collection has no corpus file."""
+    if not collection.corpus_path.is_file():
+        return None
+    judged = judged_documents(qrels)
+    absent = judged - collection.doc_ids()
+    if not absent:
+        return 0.0
+    stored = judged_coverage(store, {"": dict.fromkeys(absent, 1)}) * len(absent)
+    return (len(absent) - stored) / len(judged)
 
 
 def _plain(value: Any) -> Any:

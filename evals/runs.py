@@ -11,7 +11,7 @@ import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from retrieval.errors import InputFormatError, InputNotFoundError
+from retrieval.errors import InputFormatError, InputNotFoundError, InvalidArgumentError
 
 Run = dict[str, dict[str, float]]
 
@@ -22,6 +22,10 @@ class RunFormatError(InputFormatError):
     def __init__(self, path: Path, line: int, reason: str):
         super().__init__(f"{path}:{line}: {reason}")
         self.path, self.line, self.reason = path, line, reason
+
+
+class RunIdError(InvalidArgumentError):
+    """An id or tag a TREC run file cannot hold (empty, or with whitespace: the format splits lines on it)."""
 
 
 def best_chunk_per_document(ranked: Iterable[tuple[str, float]], depth: int | None = None) -> dict[str, float]:
@@ -50,7 +54,8 @@ def rank_hits(hits: Mapping[str, float]) -> list[tuple[str, float]]:
 
 
 def write_run(path: str | Path, run: Mapping[str, Mapping[str, float]], tag: str) -> Path:
-    """Write ``run`` as a TREC run file; ranks start at 1 in :func:`rank_hits` order."""
+    """Write ``run`` as a TREC run file; ranks start at 1 in :func:`rank_hits` order. An id the format cannot
+    hold raises :class:`RunIdError` before anything is written."""
     path = Path(path)
     _check_token(tag, "run tag")
     lines: list[str] = []
@@ -111,4 +116,4 @@ def read_run(path: str | Path) -> tuple[Run, str]:
 
 def _check_token(value: str, what: str) -> None:
     if not isinstance(value, str) or not value or any(ch.isspace() for ch in value):
-        raise ValueError(f"{what} must be a non-empty string without whitespace, got {value!r}")
+        raise RunIdError(f"{what} must be a non-empty string without whitespace for a TREC run file, got {value!r}")

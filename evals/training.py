@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from evals.candidates import CandidateList
 from evals.collections import TrainSplitView
+from retrieval.errors import InvalidArgumentError
 from retrieval.rerank import listwise_prompt
 from retrieval.settings import RerankMode
 
@@ -85,7 +86,7 @@ def train_pseudo_query_encoder(
     torch.manual_seed(config.seed)
     examples = trainable_lists(view, lists)
     if not examples:
-        raise ValueError(f"{view}: no train query has a judged relevant document among its candidates")
+        raise InvalidArgumentError(f"{view}: no train query has a judged relevant document among its candidates")
     model = SentenceTransformer(resolve_model_path(base_model), device="cpu")
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate)

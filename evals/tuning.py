@@ -7,6 +7,7 @@ Everything here takes a :class:`~evals.collections.TrainSplitView`, so held-out 
 from __future__ import annotations
 
 import itertools
+import logging
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -16,9 +17,13 @@ from evals.candidates import CandidateList, first_stage_lists, rerank_run
 from evals.collections import TrainSplitView
 from evals.metrics import evaluate
 from evals.training import TrainingConfig, train_pseudo_query_encoder
+from retrieval.errors import InvalidArgumentError
 from retrieval.rerank import EmbeddingReranker, RerankConfig
 from retrieval.search import HybridRetriever
 from retrieval.stack import RetrievalStack
+
+log = logging.getLogger(__name__)
+FEW_QUERIES = 10  # fewer queries to train or to tune on than this: the choice is noise (a warning says so)
 
 
 @dataclass
@@ -62,6 +67,32 @@ def split_queries(view: TrainSplitView, dev_fraction: float = 0.25, seed: int = 
     random.Random(seed).shuffle(qids)
     cut = int(len(qids) * (1 - dev_fraction))
     return qids[:cut], qids[cut:]
+
+
+def check_split(view: TrainSplitView, train: bool = True) -> tuple[list[str], list[str]]:
+    """:func:`split_queries`, refused (:class:`~retrieval.errors.InvalidArgumentError`) when the split has no
+    relevant judgement or leaves no query to train on (``train``) or to tune on; a warning when either part is
+    smaller than :data:`FEW_QUERIES`."""
+    qrels = view.qrels()
+    relevant = sum(any(grade > 0 for grade in docs.values()) for docs in qrels.values())
+    where = f"{view.name}/{view.split}"
+    if not relevant:
+        raise InvalidArgumentError(f"{where}: no relevant judgement (every grade is 0): nothing to train or tune on")
+    fit, dev = split_queries(view)
+    if not dev or (train and not fit):
+        needed = 2 if train else 1
+        raise InvalidArgumentError(
+            f"{where}: {len(qrels)} judged queries, too few to split into queries to train on and queries to tune "
+            f"on (three quarters and a quarter): at least {needed} needed"
+        )
+    parts = (len(fit), len(dev)) if train else (len(dev),)
+    if min(parts) < FEW_QUERIES:
+        trained = f"{len(fit)} to train on and " if train else ""
+        log.warning(
+            f"{where}: only {trained}{len(dev)} queries to tune on (of {len(qrels)}; {relevant} with a relevant "
+            f"document): the settings chosen are little better than a guess"
+        )
+    return fit, dev
 
 
 DEFAULT_GRID = {"weight": [0.2, 0.35, 0.5, 0.65, 0.8], "feedback_k": [0, 2, 5], "beta": [0.5, 1.0]}
@@ -116,7 +147,7 @@ def tune_reranker(
 ) -> RerankerProfile:
     """Train the query encoder on part of the train split (the fit queries), then pick the reranker's fusion
     settings on the rest (the dev queries). The test split is never read."""
-    fit, dev = split_queries(view)
+    fit, dev = check_split(view, train)
     queries = view.queries()
     dev_queries = {q: queries[q] for q in dev}
     dev_qrels = _Subset(view, set(dev))

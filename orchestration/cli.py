@@ -380,20 +380,21 @@ def evaluate(
                 console.print(f"[yellow]skipped[/yellow] {problem}", soft_wrap=True)
         report = evaluate_collection(stack.retriever(), coll, split, variants)
     console.print(metrics_table(report.metrics(), title=f"{report.label()} ({split})"))
-    if report.coverage_warning():
-        console.print(f"[yellow]warning:[/yellow] {report.coverage_warning()}", soft_wrap=True)
+    for warning in [*report.warnings, report.coverage_warning()]:
+        if warning:
+            console.print(f"[yellow]warning:[/yellow] {warning}", soft_wrap=True)
     for name, check in report.quality_checks().items():
         if check.comparison is not None:
             mark = "[green]ok[/green]" if check.passed else "[yellow]warning[/yellow]"
             console.print(f"{name}: {mark} {check.description}", soft_wrap=True)
-    report.record(EvalHistory(history or default_history_path()), source="cli")
-    if run_file:
+    if run_file:  # the outputs first: a run the TREC format cannot hold fails here, before anything is recorded
         last = variants[-1].value
         write_run(run_file, report.variants[last].run, tag=f"hybrid-rag-{last}")
         console.print(f"run file ({last}): {run_file}", soft_wrap=True)
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(report.summary(), indent=2))
+    report.record(EvalHistory(history or default_history_path()), source="cli")
 
 
 @app.command()
@@ -406,7 +407,7 @@ def compare(
 ) -> None:
     """Compare two runs query by query: wins/losses/ties and a paired significance test."""
     from evals.collections import load_collection
-    from evals.compare import compare_runs, format_comparison
+    from evals.compare import compare_runs, corpus_warnings, format_comparison
     from evals.metrics import metric_names
     from evals.runs import read_run
     from retrieval.errors import InvalidArgumentError
@@ -427,6 +428,8 @@ def compare(
             f"{'neither ' if ' nor ' in empty else ''}{empty} has results for a query judged in {coll.name}/{split} "
             f"({len(qrels)} queries): a run of another split or dataset, or an empty one"
         )
+    for warning in corpus_warnings(dict(zip(names, (base_run, cand_run), strict=True)), coll.doc_ids(), coll.name):
+        Console(stderr=True).print(f"[yellow]warning:[/yellow] {warning}", soft_wrap=True)
     for name, count in zip(names, judged, strict=True):
         if count < len(qrels):
             Console(stderr=True).print(
@@ -511,11 +514,12 @@ def tune_reranker(
     from retrieval import RetrievalStack
 
     coll = load_collection(beir_dir)
+    view = coll.train_view(split)  # the test split is refused here, before any work
     settings = _settings(collection=coll.name if collection is None else collection)
     out = out or settings.collection_models_dir()
     with RetrievalStack(settings) as stack:
         stack.check_schema()
-        profile = tune(coll.train_view(split), stack.retriever(), out, train=train, epochs=epochs)
+        profile = tune(view, stack.retriever(), out, train=train, epochs=epochs)
     env_path = profile.write_env(out / "reranker.env")
     table = Table(title=f"{coll.name}/{split}: {profile.fit_queries} queries to train, {profile.dev_queries} to tune")
     for col in ("dev nDCG@10: hybrid", "+ trained query encoder", "+ rerank", "weight", "feedback_k", "beta"):

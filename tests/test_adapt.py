@@ -333,6 +333,20 @@ def _beir(root, splits: list[str]) -> EvalCollection:
     return EvalCollection(root.name, root)
 
 
+def test_a_judging_split_without_a_relevant_judgement_is_refused(tmp_path, monkeypatch) -> None:
+    """All grades 0: every search scores 0 there, so the adapted encoder would pass unjudged; refused, nothing run."""
+    root = tmp_path / "zero"
+    _beir(root, ["train"])
+    (root / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\nq-train\td1\t0\n")
+    with pytest.raises(ValueError, match="no relevant judgement"):
+        judged_queries(EvalCollection("zero", root))
+    monkeypatch.setenv("HYBRID_RAG_QDRANT_PATH", str(tmp_path / "index"))  # no collection: refused before any
+    monkeypatch.setenv("HYBRID_RAG_MODELS_DIR", str(tmp_path / "models"))
+    result = CliRunner().invoke(app, ["adapt", "-c", "zero", "--qrels", str(root)])
+    assert result.exit_code == 2 and "no relevant judgement" in " ".join(result.output.split()), result.output
+    assert not (tmp_path / "models").exists()
+
+
 @pytest.mark.parametrize(
     ("splits", "evaluated", "expected"),
     [

@@ -73,6 +73,18 @@ def test_eval_malformed_qrels_or_queries_name_file_and_line(fails, beir):
     assert fails("eval", str(beir), "--variant", "dense").startswith(f"error: {queries}:{n + 1}: malformed JSON")
 
 
+def test_eval_empty_query_text_names_file_line_and_id_before_any_search(fails, beir):
+    queries = beir / "queries.jsonl"
+    lines = queries.read_text().splitlines()
+    lines[3] = json.dumps({**json.loads(lines[3]), "text": "   "})
+    queries.write_text("\n".join(lines) + "\n")
+    qid = json.loads(lines[3])["_id"]
+    assert (
+        fails("eval", str(beir), "-c", "sb", "--variant", "dense") == f"error: {queries}:4: query {qid!r}: empty text"
+    )
+    assert not Path("data/index").exists()  # refused before the collection was indexed or searched
+
+
 def test_compare_bad_or_missing_run_file(fails, tmp_path):
     good = tmp_path / "good.trec"
     good.write_text("q1 Q0 d1 1 1.0 tag\n")

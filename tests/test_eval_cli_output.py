@@ -84,7 +84,11 @@ def test_a_partial_collection_is_scored_with_a_warning_that_is_recorded(workspac
     judged = judged_documents(qrels)
     coverage = len(judged & indexed) / len(judged)
     assert 0 < coverage < 1
-    assert f"only {coverage:.1%} of the documents judged in sample/test are in collection 'half'" in half_output
+    said = " ".join(half_output.split())
+    assert f"only {coverage:.1%} of the documents judged in sample/test (at any grade) are in collection 'half'" in said
+    assert (
+        f"0.0% are not in the corpus file itself (the qrels judge documents it lacks), {1 - coverage:.1%} are" in said
+    )
     report = EvalReport.from_summary(json.loads((root / "half.json").read_text()))
     assert report.judged_coverage == pytest.approx(coverage) and report.coverage_warning()
     rows = EvalHistory(root / "history.sqlite").records(collection="sample")
@@ -286,3 +290,50 @@ def test_eval_report_keeps_other_search_settings_apart_from_the_published_figure
     line, hollow = figures[0].axes[0].get_lines()
     assert list(line.get_ydata()) == [0.90, 0.9215] and list(hollow.get_ydata()) == [0.9453]
     assert hollow.get_markerfacecolor() == "none" and "other search settings" in hollow.get_label()
+
+
+def test_eval_report_keeps_another_query_encoder_off_the_published_line(tmp_path) -> None:
+    """A trained (QUERY_MODEL) or corpus-adapted query encoder is an experiment, not the shipped search."""
+    history = EvalHistory(tmp_path / "h.sqlite")
+    stamp = pd.Timestamp("2026-11-30T04:00:00Z")
+    models = {"dense_model": "all-MiniLM-L6-v2", "query_model": "all-MiniLM-L6-v2"}  # no query encoder of its own
+    trained = {**models, "query_model": "models/edge/query-encoder"}
+    for hours, context, value in ((0, models, 0.70), (1, trained, 0.79)):
+        when = (stamp + pd.Timedelta(hours=hours)).to_pydatetime()
+        history.append("edge", "test", "hybrid", {"ndcg@10": value}, context, when, source="cli")
+    table = report_module.markdown_table(history.records())
+    assert [(row.split(" | ")[5], row.split(" | ")[-1]) for row in table_rows(table)[2:]] == [
+        ("0.7900", "query_model=models/edge/query-encoder |"),
+        ("0.7000", "shipped |"),
+    ], table
+
+
+def test_eval_run_file_refuses_an_id_with_whitespace_before_recording(cli_env) -> None:
+    """A TREC run cannot hold `doc seven` (the index can): one line naming it, exit 2, no file, no history row."""
+    root = cli_env / "spaced"
+    (root / "qrels").mkdir(parents=True)
+    docs = [(d.id if d.id != "pasta" else "doc seven", d.text) for d in TINY_DOCS]
+    (root / "corpus.jsonl").write_text("".join(json.dumps({"_id": i, "text": t}) + "\n" for i, t in docs))
+    (root / "queries.jsonl").write_text(json.dumps({"_id": "q1", "text": "boiling noodles in water"}) + "\n")
+    (root / "qrels" / "test.tsv").write_text("q1\tdoc seven\t1\n")
+    out = ("--run-file", "r.trec", "--json", "r.json", "--history", "h.sqlite")
+    result = cli("eval", str(root), "--variant", "sparse", *out, code=2)
+    assert "'doc seven'" in result.output and "Traceback" not in result.output, result.output
+    assert not any((cli_env / name).exists() for name in ("r.trec", "r.json"))
+    history = cli_env / "h.sqlite"
+    assert not history.exists() or EvalHistory(history).records().empty
+
+
+def test_compare_flags_a_run_of_another_collection(workspace) -> None:
+    """A run that covers the judged queries but retrieves another corpus' documents would score 0 in silence."""
+    root, _, _ = workspace
+    lines = [line.split() for line in (root / "h.trec").read_text().splitlines()]
+    foreign = ["\t".join([q, z, f"other-{d}", r, s, t]) for q, z, d, r, s, t in lines]
+    (root / "other.trec").write_text("\n".join(foreign) + "\n")
+    result = cli("compare", "h.trec", "other.trec", "sample", code=2)
+    assert "other.trec retrieves none of the 60 documents of sample's corpus" in " ".join(result.output.split())
+    mostly = ["\t".join([q, z, d if r == "1" else f"other-{d}", r, s, t]) for q, z, d, r, s, t in lines]
+    (root / "mostly.trec").write_text("\n".join(mostly) + "\n")
+    said = " ".join(cli("compare", "h.trec", "mostly.trec", "sample").output.split())
+    assert "of the documents mostly.trec retrieves are not in sample's corpus" in said
+    assert "h.trec retrieves" not in said and "documents h.trec" not in said

@@ -4,11 +4,12 @@ import json
 
 import pytest
 
+from assets.evaluation import sample_table
 from evals.collections import EvalCollection, sample_collection
 from evals.history import EvalHistory
 from evals.metrics import evaluate
-from evals.report import markdown_table
-from evals.runner import LATENCY_P50, EvalReport, evaluate_collection
+from evals.report import markdown_table, search_settings
+from evals.runner import LATENCY_P50, EvalReport, evaluate_collection, retrieve_run
 from retrieval import HybridRetriever, RetrievalSettings, RetrievalStack, read_documents
 from tests.conftest import TINY_DOCS
 
@@ -84,9 +85,12 @@ def test_a_hit_with_the_query_id_is_ignored(indexed_stack, tmp_path) -> None:
     finally:
         retriever.close()
     result = report.variants["dense"]
-    assert next(iter(result.run["pasta"])) == "pasta"  # retrieved first...
+    assert "pasta" not in result.run["pasta"] and result.run["pasta"]  # left out of the run (a run file too)...
     assert result.per_query["pasta"]["ndcg@10"] == 0.0  # ...and not counted
     assert result.per_query["q-moon"]["ndcg@10"] == 1.0
+    table = sample_table(queries, {"pasta": {"pasta": 1}}, report.variants, 1)  # the Dagster sample_queries table
+    assert "| pasta: how can I keep spaghetti from sticking | dense | " in table and ", pasta" not in table
+    assert "| dense | pasta" not in table
 
 
 @pytest.mark.parametrize("backend", ["edge", "server"])
@@ -105,3 +109,56 @@ def test_the_index_time_settings_recorded_are_the_collections(indexed_stack, bac
     recorded = {k: report.settings[k] for k in ("chunk_tokens", "chunk_overlap", "bm25_k1", "bm25_b", "bm25_avg_len")}
     assert recorded == {"chunk_tokens": 48, "chunk_overlap": 8, "bm25_k1": 1.2, "bm25_b": 0.75, "bm25_avg_len": 256.0}
     assert report.settings["document_prompt"] == "" and report.settings["rrf_k"] == evaluating.settings.rrf_k
+
+
+@pytest.mark.parametrize("variant", ["dense", "hybrid+rerank"])
+def test_runs_hold_depth_documents_and_keep_the_applications_ranking(indexed_stack, variant) -> None:
+    """Recall@100 is scored on 100 documents, not on the documents of the top 100 chunks (several chunks of a
+    document count once); the top of the run stays the order an application searching k=depth chunks gets."""
+    coll = sample_collection()
+    docs, _ = read_documents(coll.root)
+    stack = indexed_stack("edge", docs, collection="deep", chunk_tokens=24, chunk_overlap=4)
+    retriever, queries, depth = stack.retriever(), coll.split_queries("test"), 10
+    run, latencies = retrieve_run(retriever, queries, variant, depth=depth, progress=False)
+    assert len(latencies) == len(queries) and set(run) == set(queries)
+    short = 0
+    for qid, text in queries.items():
+        hits = retriever.search(text, k=depth, variant=variant)
+        app = [d for d in dict.fromkeys(h.doc_id for h in hits) if d != qid]
+        short += len(app) < depth
+        assert len(run[qid]) == depth, qid  # the sample holds 60 documents
+        assert list(run[qid])[: len(app)] == app  # the application's ranking, unchanged, on top
+        scores = list(run[qid].values())
+        assert all(a > b for a, b in zip(scores, scores[1:], strict=False))  # trec_eval keeps this order
+    assert short  # multi-chunk documents: some queries' top chunks hold fewer than `depth` documents
+
+
+def test_depth_settings_without_effect_are_recorded_as_in_effect(indexed_stack) -> None:
+    """PREFETCH_K and RERANK_DEPTH below the evaluation's 100 hits change nothing there: the report records what
+    the search used (so eval-report shows the shipped search) and says why in one warning each."""
+    coll = sample_collection()
+    docs, _ = read_documents(coll.root)
+    stack = indexed_stack("edge", docs, collection="shallow", prefetch_k=10, rerank_depth=10)
+    report = evaluate_collection(stack.retriever(), coll, "test", ["hybrid+rerank"], progress=False)
+    assert (report.settings["prefetch_k"], report.settings["rerank_depth"]) == (100, 100)
+    assert search_settings(report.context()) == "shipped"
+    assert [w.split(" has no effect")[0] for w in report.warnings] == ["PREFETCH_K=10", "RERANK_DEPTH=10"]
+    assert all("at depth 100" in w for w in report.warnings)
+
+
+def test_the_coverage_warning_tells_a_corpus_file_lacking_judged_documents_from_a_partial_index(
+    indexed_stack, tmp_path
+) -> None:
+    """The qrels judge a document corpus.jsonl does not hold: the collection holds the whole corpus, the warning
+    says where the missing documents are missing from."""
+    root = tmp_path / "coll"
+    (root / "qrels").mkdir(parents=True)
+    (root / "corpus.jsonl").write_text("".join(json.dumps({"_id": d.id, "text": d.text}) + "\n" for d in TINY_DOCS))
+    (root / "queries.jsonl").write_text(json.dumps({"_id": "q1", "text": "noodles in boiling water"}) + "\n")
+    (root / "qrels" / "test.tsv").write_text("q1\tpasta\t1\nq1\tvalve\t0\nq1\tmissing-doc\t1\n")
+    retriever = indexed_stack("edge", TINY_DOCS, collection="judged", rerank=False).retriever()
+    report = evaluate_collection(retriever, EvalCollection("coll", root), "test", ["sparse"], progress=False)
+    assert report.judged_coverage == pytest.approx(2 / 3) and report.judged_not_in_corpus == pytest.approx(1 / 3)
+    assert "33.3% are not in the corpus file itself" in report.coverage_warning()
+    assert "0.0% are in the corpus file but missing from the collection" in report.coverage_warning()
+    assert report.context()["judged_not_in_corpus"] == pytest.approx(0.3333)

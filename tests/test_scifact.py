@@ -54,7 +54,7 @@ def test_channels_match_published_figures(test_results):
     assert ndcg["sparse"] >= 0.66  # BM25 (bm25s, stemming): 0.686
     assert ndcg["hybrid"] >= 0.70  # RRF of the two: 0.717
     assert ndcg["hybrid"] > max(ndcg["dense"], ndcg["sparse"])
-    assert test_results["hybrid"].metrics["recall@100"] >= 0.93
+    assert test_results["hybrid"].metrics["recall@100"] >= 0.955  # on 100 documents (0.9577; 0.9510 on ~77)
 
 
 def test_default_reranking_does_not_hurt(test_results):
