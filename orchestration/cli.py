@@ -254,6 +254,8 @@ def _encoding_summary(encoding: dict[str, Any] | None) -> str | None:
         parts.append(f"bm25 {encoding['bm25_k1']:g}/{encoding['bm25_b']:g}/{encoding['bm25_avg_len']:g}")
     if encoding["document_prompt"]:
         parts.append(f"prompt {encoding['document_prompt']!r}")
+    if encoding.get("dense_precision"):
+        parts.append(f"dense {encoding['dense_precision']}")
     return ", ".join(parts)
 
 
