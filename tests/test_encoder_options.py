@@ -18,7 +18,7 @@ from orchestration.cli import app
 from retrieval import RetrievalSettings, RetrievalStack
 from retrieval.embedding_cache import EmbeddingCache
 from retrieval.encoders import DenseEncoder, SpladeEncoder
-from retrieval.encoders.onnx_export import ensure_onnx_export, export_dir, stale_exports
+from retrieval.encoders.onnx_export import ensure_onnx_export, export_dir
 from retrieval.errors import ModelLoadError
 from retrieval.store import CollectionSchema, SchemaMismatchError
 from tests.conftest import TINY_DOCS
@@ -183,7 +183,14 @@ def test_splade_on_an_unavailable_device_is_one_error(tiny_splade, device):
 
 
 @needs_onnxruntime
-@pytest.mark.parametrize("backend", ["onnx", "onnx-int8"])
+@pytest.mark.parametrize(
+    "backend",
+    [
+        "onnx",
+        "onnx-int8",
+        pytest.param("openvino", marks=pytest.mark.skipif(not importlib.util.find_spec("openvino"), reason="openvino")),
+    ],
+)
 def test_a_damaged_onnx_export_is_one_error_naming_the_file_and_the_remedy(tmp_path, tiny_model, backend):
     export = ensure_onnx_export(tiny_model, tmp_path)
     file = export / ("model_int8.onnx" if backend == "onnx-int8" else "model.onnx")
@@ -215,6 +222,8 @@ def test_a_splade_folder_by_relative_or_absolute_path_is_one_model(tmp_path, mon
 
 @needs_onnxruntime
 def test_exports_left_by_killed_processes_are_counted_and_removed(cli_env, tiny_model):
+    from retrieval.encoders.onnx_export import stale_exports
+
     cache = cli_env / "cache"
     ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     target = export_dir(tiny_model, cache)
