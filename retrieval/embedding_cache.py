@@ -264,9 +264,12 @@ class EmbeddingCache:
                         f"no cache key or model name {model!r} in {self.path} "
                         f"(it holds: {', '.join(known) or 'nothing'})"
                     )
-            if backend is not None and not conn.execute(
-                "SELECT 1 FROM models WHERE json_extract(details, '$.backend') = ? LIMIT 1", (backend,)
-            ).fetchone():
+            if (
+                backend is not None
+                and not conn.execute(
+                    "SELECT 1 FROM models WHERE json_extract(details, '$.backend') = ? LIMIT 1", (backend,)
+                ).fetchone()
+            ):
                 raise InvalidArgumentError(f"no cache key of the dense backend {backend!r} in {self.path}")
             with conn:
                 deleted = conn.execute(f"DELETE FROM vectors WHERE {' AND '.join(where)}", params).rowcount

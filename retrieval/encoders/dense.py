@@ -164,13 +164,17 @@ class DenseEncoder:
         try:
             export = ensure_onnx_export(path, self.cache_dir)
         except NotImplementedError as exc:  # a model the export does not support (e.g. max pooling)
-            raise ModelLoadError.wrapping(exc, "dense", self.model_name, "HYBRID_RAG_DENSE_BACKEND=torch") from exc
+            raise ModelLoadError(
+                f"cannot load dense model {self.model_name!r} with HYBRID_RAG_DENSE_BACKEND={self.backend}: {exc}; "
+                "use HYBRID_RAG_DENSE_BACKEND=torch"
+            ) from exc
         file = INT8_FILE if self.backend == DenseBackend.ONNX_INT8 else FP32_FILE
         log.info("loading dense model %s (%s, %s)", export / file, self.backend, runtime)
         try:
             return OnnxSentenceModel(export, file, runtime=runtime)
         except Exception as exc:  # noqa: BLE001 - onnxruntime and OpenVINO raise their own types for a damaged file
-            reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+            reason = lines[-1] if lines else type(exc).__name__  # OpenVINO's first lines name its own sources
             raise ModelLoadError(
                 f"cannot load the {self.backend} export of dense model {self.model_name!r} from {export / file} "
                 f"({runtime}: {reason[:300]}); delete {export} to export it again, or use "
