@@ -114,6 +114,7 @@ class DenseEncoder:
             self.devices = list(devices) if devices is not None else pool_devices(self.device)
         self.pool_min_texts = pool_min_texts if pool_min_texts is not None else batch_size * max(len(self.devices), 1)
         self._pool: dict[str, Any] | None = None
+        self._fingerprint: str | None = None  # taken when the model is loaded
         self._pool_finalizer: weakref.finalize | None = None
 
     @cached_property
@@ -199,6 +200,8 @@ class DenseEncoder:
     def fingerprint(self) -> str:
         """What identifies the loaded model's content (:func:`~retrieval.encoders.fingerprint.model_fingerprint`)."""
         self.model  # noqa: B018 - taken when the model is loaded
+        if self._fingerprint is None:  # a model given otherwise (a subclass sharing a loaded one)
+            self._fingerprint = model_fingerprint(resolve_model_path(self.model_name))
         return self._fingerprint
 
     @property
