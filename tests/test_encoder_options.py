@@ -237,3 +237,20 @@ def test_exports_left_by_killed_processes_are_counted_and_removed(cli_env, tiny_
     assert listed["stale_exports"] == [str(dead)] and listed["stale_export_bytes"] == 1000
     ensure_onnx_export(tiny_model, cache)
     assert not dead.exists() and alive.exists()
+
+
+def test_a_hub_model_is_identified_by_its_cached_snapshot(tmp_path, monkeypatch):
+    """The snapshot that loads offline names a hub model's content: another snapshot is another model."""
+    from huggingface_hub import constants
+
+    from retrieval.encoders.fingerprint import model_fingerprint
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    repo = tmp_path / "models--org--tiny"
+    assert model_fingerprint("org/tiny") == "hub:?"  # nothing cached yet: fingerprinted after the download
+    for commit in ("a1b2c3", "d4e5f6"):
+        (repo / "snapshots" / commit).mkdir(parents=True)
+        (repo / "snapshots" / commit / "config.json").write_text("{}")
+        (repo / "refs").mkdir(exist_ok=True)
+        (repo / "refs" / "main").write_text(commit)
+        assert model_fingerprint("org/tiny") == f"hub:{commit}"
