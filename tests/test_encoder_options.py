@@ -20,7 +20,7 @@ from retrieval.embedding_cache import EmbeddingCache
 from retrieval.encoders import DenseEncoder, SpladeEncoder
 from retrieval.encoders.onnx_export import ensure_onnx_export, export_dir
 from retrieval.errors import ModelLoadError
-from retrieval.store import CollectionSchema, SchemaMismatchError
+from retrieval.store import CollectionSchema, EdgeStore, SchemaMismatchError
 from tests.conftest import TINY_DOCS
 
 needs_onnxruntime = pytest.mark.skipif(
@@ -254,3 +254,28 @@ def test_a_hub_model_is_identified_by_its_cached_snapshot(tmp_path, monkeypatch)
         (repo / "refs").mkdir(exist_ok=True)
         (repo / "refs" / "main").write_text(commit)
         assert model_fingerprint("org/tiny") == f"hub:{commit}"
+
+
+@pytest.mark.slow  # two Dagster runs
+@needs_onnxruntime
+def test_a_dagster_run_with_another_precision_rebuilds_the_collection(tmp_path, tiny_model):
+    """``rebuild_on_model_change`` (on by default): the staged version is a rebuild, never a mix of encodings."""
+    from assets.resources import RetrievalResource
+    from tests.test_dagster_versions import STEPS, gated_sandbox, materialize
+
+    sandbox, resources, _ = gated_sandbox(tmp_path, "precision")
+    sandbox.home.mkdir(parents=True)
+
+    def retrieval(**settings) -> RetrievalResource:
+        root = {"qdrant_path": str(tmp_path / "index"), "cache_dir": str(tmp_path / "cache")}
+        return RetrievalResource(**root, dense_model=tiny_model, **settings)
+
+    result, failure = materialize(sandbox, {**resources, "retrieval": retrieval()}, *STEPS)
+    assert result.success, failure
+    assert sandbox.metadata("qdrant_index")["rebuilt"] == "no"
+    store = EdgeStore(tmp_path / "index", "precision")  # published, as the gate would (a random model fails it)
+    store.publish(store.pinned(sandbox.metadata("qdrant_index")["version"]))
+    store.close()
+    result, failure = materialize(sandbox, {**resources, "retrieval": retrieval(dense_backend="onnx-int8")}, *STEPS)
+    assert result.success, failure
+    assert "dense_precision: collection has 'fp32', settings give 'int8'" in sandbox.metadata("qdrant_index")["rebuilt"]
