@@ -222,6 +222,8 @@ class DenseEncoder:
         raw = f"{self.model_name}|{self.backend}|{self.document_prompt}|{self.max_tokens}"
         if self.backend != DenseBackend.TORCH:  # a new export recipe gives other vectors
             raw += f"|export{EXPORT_VERSION}"
+        if self.precision == "fp16":  # torch on CUDA: not the CPU's vectors (keys before this one did not say)
+            raw += "|fp16"
         if self.fingerprint not in UNFINGERPRINTED_KEYS:
             raw += f"|{self.fingerprint}"
         return hashlib.sha256(raw.encode()).hexdigest()[:16]
