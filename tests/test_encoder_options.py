@@ -279,3 +279,18 @@ def test_a_dagster_run_with_another_precision_rebuilds_the_collection(tmp_path, 
     result, failure = materialize(sandbox, {**resources, "retrieval": retrieval(dense_backend="onnx-int8")}, *STEPS)
     assert result.success, failure
     assert "dense_precision: collection has 'fp32', settings give 'int8'" in sandbox.metadata("qdrant_index")["rebuilt"]
+
+
+def test_precision_classes_of_the_backends():
+    """torch on a CPU and onnx write one encoding (vectors within 1.4e-7); the others each their own."""
+    classes = {
+        (backend, device): DenseEncoder(backend=backend, device=device).precision
+        for backend, device in [("torch", "cpu"), ("torch", "cuda:0"), ("onnx", None), ("onnx-int8", None)]
+    }
+    assert classes == {
+        ("torch", "cpu"): "fp32",
+        ("torch", "cuda:0"): "fp16",
+        ("onnx", None): "fp32",
+        ("onnx-int8", None): "int8",
+    }
+    assert DenseEncoder(backend="openvino").precision == "openvino"
