@@ -254,6 +254,8 @@ def _encoding_summary(encoding: dict[str, Any] | None) -> str | None:
         parts.append(f"bm25 {encoding['bm25_k1']:g}/{encoding['bm25_b']:g}/{encoding['bm25_avg_len']:g}")
     if encoding["document_prompt"]:
         parts.append(f"prompt {encoding['document_prompt']!r}")
+    if encoding.get("dense_precision"):
+        parts.append(f"dense {encoding['dense_precision']}")
     return ", ".join(parts)
 
 
@@ -671,24 +673,38 @@ def cache(
     ctx: typer.Context,
     as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON")] = False,
 ) -> None:
-    """Show the embedding cache: its file, size, and rows per model (cache key) with when they were last used."""
+    """Show the embedding cache: its file, size, and rows per model (cache key: model, backend, prompt, token limit)
+    with when they were last used; and the ONNX export folders left by killed exports."""
+    from retrieval.encoders.onnx_export import stale_exports
+
     if ctx.invoked_subcommand is not None:
         return
     store = _cache()
-    if not store.path.exists():
-        console.print(f"no embedding cache at {store.path}", soft_wrap=True)
-        return
-    usage = store.usage()
+    stale = stale_exports(store.path.parent)
+    stale_bytes = sum(f.stat().st_size for d in stale for f in d.rglob("*") if f.is_file())
+    usage = store.usage() if store.path.exists() else []
     if as_json:
         rows = [asdict(u) for u in usage]
-        print(json.dumps({"path": str(store.path), "file_bytes": store.file_bytes(), "models": rows}, indent=2))
+        figures = {"path": str(store.path), "file_bytes": store.file_bytes(), "models": rows}
+        figures |= {"stale_exports": [str(d) for d in stale], "stale_export_bytes": stale_bytes}
+        print(json.dumps(figures, indent=2))
         return
-    print(f"{store.path}: {store.file_bytes() / 2**20:.1f} MiB\n")
-    print("| cache key | model | rows | vectors MiB | oldest use (UTC) | last use (UTC) |")
-    print("|---|---|---:|---:|---|---|")
+    if not store.path.exists():
+        console.print(f"no embedding cache at {store.path}", soft_wrap=True)
+    else:
+        print(f"{store.path}: {store.file_bytes() / 2**20:.1f} MiB\n")
+        print("| cache key | model | backend | prompt | tokens | rows | vectors MiB | oldest use | last use (UTC) |")
+        print("|---|---|---|---|---:|---:|---:|---|---|")
     for u in usage:
         mib = f"{u.vector_bytes / 2**20:.1f}"
-        print(f"| {u.model} | {u.label or '?'} | {u.rows} | {mib} | {_day(u.oldest_use)} | {_day(u.newest_use)} |")
+        prompt = "?" if u.prompt is None else repr(u.prompt)
+        what = f"{u.label or '?'} | {u.backend or '?'} | {prompt} | {u.max_tokens or '?'}"
+        print(f"| {u.model} | {what} | {u.rows} | {mib} | {_day(u.oldest_use)} | {_day(u.newest_use)} |")
+    if stale:
+        print(
+            f"\n{len(stale)} ONNX export folders left by ended processes ({stale_bytes / 2**20:.1f} MiB) under "
+            f"{store.path.parent / 'models'}: removed by the next ONNX export"
+        )
 
 
 @cache_app.command("prune")
@@ -699,6 +715,9 @@ def cache_prune(
     model: Annotated[
         str | None, typer.Option(help="Only this cache key, or every key of this model name (see hybrid-rag cache)")
     ] = None,
+    backend: Annotated[
+        str | None, typer.Option(help="Only the keys of this dense backend: torch, onnx, onnx-int8, openvino")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON")] = False,
 ) -> None:
     """Delete cached vectors not used for a while (a later index encodes them again), then shrink the file."""
@@ -707,7 +726,12 @@ def cache_prune(
     if not store.path.exists():
         console.print(f"no embedding cache at {store.path}", soft_wrap=True)
         return
-    report = store.prune(older_than=seconds or None, model=model)
+    if backend is not None:
+        from retrieval.errors import choice
+        from retrieval.settings import DenseBackend
+
+        backend = choice(DenseBackend, backend.strip().lower(), "dense backend").value
+    report = store.prune(older_than=seconds or None, model=model, backend=backend)
     if as_json:
         print(json.dumps({"path": str(store.path), **asdict(report)}, indent=2))
         return

@@ -13,6 +13,7 @@ existed gets it on first open, its rows counted as used then.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import sqlite3
 import threading
@@ -21,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -30,6 +31,7 @@ from retrieval.errors import HybridRagError, InvalidArgumentError
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 DAMAGED = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}  # the file's content is broken (not busy, not read-only)
+KEY_DETAILS = ("backend", "prompt", "max_tokens", "fingerprint")  # recorded with a cache key (besides its label)
 TOUCH_AFTER = 86_400  # seconds: a hit rewrites a row's last-used time only when it is older than this (a day)
 
 
@@ -47,8 +49,9 @@ def is_damaged(exc: sqlite3.Error) -> bool:
 
 @dataclass(frozen=True)
 class ModelUsage:
-    """The rows of one cache key (a dense model, backend, prompt and token limit): ``label`` is the model name
-    recorded with them (None for rows written before labels were recorded); times are Unix seconds."""
+    """The rows of one cache key (a dense model, its content, backend, prompt and token limit): ``label`` is the
+    model name recorded with them, ``backend``, ``prompt``, ``max_tokens`` and ``fingerprint`` (the model's content)
+    what else the key stands for (None: rows written before these were recorded); times are Unix seconds."""
 
     model: str
     label: str | None
@@ -56,6 +59,10 @@ class ModelUsage:
     vector_bytes: int
     oldest_use: int
     newest_use: int
+    backend: str | None = None
+    prompt: str | None = None
+    max_tokens: int | None = None
+    fingerprint: str | None = None
 
 
 @dataclass(frozen=True)
@@ -101,12 +108,17 @@ class EmbeddingCache:
                 "CREATE TABLE IF NOT EXISTS vectors (model TEXT, hash TEXT, vector BLOB, used INTEGER, "
                 "PRIMARY KEY (model, hash))"
             )
-            conn.execute("CREATE TABLE IF NOT EXISTS models (model TEXT PRIMARY KEY, label TEXT)")
-        columns = {row[1] for row in conn.execute("PRAGMA table_info(vectors)")}
-        if "used" not in columns:
+            conn.execute("CREATE TABLE IF NOT EXISTS models (model TEXT PRIMARY KEY, label TEXT, details TEXT)")
+        upgrades = [
+            ("vectors", "used", f"INTEGER DEFAULT {int(time.time())}"),
+            ("models", "details", "TEXT"),  # JSON: backend, prompt, max_tokens, fingerprint
+        ]
+        for table, column, kind in upgrades:
+            if column in {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}:
+                continue
             try:
                 with conn:
-                    conn.execute(f"ALTER TABLE vectors ADD COLUMN used INTEGER DEFAULT {int(time.time())}")
+                    conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
             except sqlite3.OperationalError as exc:  # another process upgraded it meanwhile
                 if "duplicate column" not in str(exc):
                     raise
@@ -182,16 +194,19 @@ class EmbeddingCache:
 
         return self._use(read)
 
-    def put_many(self, model: str, items: dict[str, np.ndarray], label: str | None = None) -> None:
-        """Store ``items`` (hash: vector) under ``model``; ``label`` (the model's name) is recorded for the key."""
+    def put_many(
+        self, model: str, items: dict[str, np.ndarray], label: str | None = None, details: dict[str, Any] | None = None
+    ) -> None:
+        """Store ``items`` (hash: vector) under ``model``; ``label`` (the model's name) and ``details`` (backend,
+        prompt, max_tokens, fingerprint) are recorded for the key."""
         now = int(time.time())
         rows = [(model, h, np.asarray(v, dtype=np.float32).tobytes(), now) for h, v in items.items()]
 
         def write(conn: sqlite3.Connection) -> None:
             with conn:
                 conn.executemany("INSERT OR REPLACE INTO vectors (model, hash, vector, used) VALUES (?, ?, ?, ?)", rows)
-                if label is not None:
-                    conn.execute("INSERT OR REPLACE INTO models (model, label) VALUES (?, ?)", (model, label))
+                if label is not None or details is not None:
+                    _record_key(conn, model, label, details, replace=True)
 
         self._use(write)
 
@@ -200,10 +215,14 @@ class EmbeddingCache:
 
         def read(conn: sqlite3.Connection) -> list[ModelUsage]:
             rows = conn.execute(
-                "SELECT v.model, m.label, COUNT(*), SUM(LENGTH(v.vector)), MIN(v.used), MAX(v.used) "
+                "SELECT v.model, m.label, COUNT(*), SUM(LENGTH(v.vector)), MIN(v.used), MAX(v.used), m.details "
                 "FROM vectors v LEFT JOIN models m ON m.model = v.model GROUP BY v.model ORDER BY COUNT(*) DESC"
             ).fetchall()
-            return [ModelUsage(*row) for row in rows]
+            out = []
+            for *row, details in rows:
+                known = json.loads(details) if details else {}
+                out.append(ModelUsage(*row, **{k: known.get(k) for k in KEY_DETAILS}))
+            return out
 
         return self._use(read)
 
@@ -211,9 +230,12 @@ class EmbeddingCache:
         """The cache's size on disk: the database file and its write-ahead log."""
         return sum(p.stat().st_size for p in (self.path, Path(f"{self.path}-wal")) if p.exists())
 
-    def prune(self, older_than: float | None = None, model: str | None = None) -> PruneReport:
+    def prune(
+        self, older_than: float | None = None, model: str | None = None, backend: str | None = None
+    ) -> PruneReport:
         """Delete the rows not used for ``older_than`` seconds (None: every row) of the cache keys matching
-        ``model`` (a key or a recorded model name; None: every key), then shrink the file (``VACUUM``).
+        ``model`` (a key or a recorded model name; None: every key) and ``backend`` (the dense backend recorded
+        with the key; None: any), then shrink the file (``VACUUM``).
 
         Other processes may use the cache meanwhile: they wait for the deletion (SQLite's lock, up to a
         minute); a vector they miss is encoded again."""
@@ -225,6 +247,9 @@ class EmbeddingCache:
         if model is not None:
             where.append("(model = ? OR model IN (SELECT model FROM models WHERE label = ?))")
             params += [model, model]
+        if backend is not None:
+            where.append("model IN (SELECT model FROM models WHERE json_extract(details, '$.backend') = ?)")
+            params.append(backend)
 
         def delete(conn: sqlite3.Connection) -> tuple[int, int]:
             if model is not None:
@@ -239,6 +264,13 @@ class EmbeddingCache:
                         f"no cache key or model name {model!r} in {self.path} "
                         f"(it holds: {', '.join(known) or 'nothing'})"
                     )
+            if (
+                backend is not None
+                and not conn.execute(
+                    "SELECT 1 FROM models WHERE json_extract(details, '$.backend') = ? LIMIT 1", (backend,)
+                ).fetchone()
+            ):
+                raise InvalidArgumentError(f"no cache key of the dense backend {backend!r} in {self.path}")
             with conn:
                 deleted = conn.execute(f"DELETE FROM vectors WHERE {' AND '.join(where)}", params).rowcount
                 conn.execute("DELETE FROM models WHERE model NOT IN (SELECT DISTINCT model FROM vectors)")
@@ -251,29 +283,44 @@ class EmbeddingCache:
         return PruneReport(deleted, left, before, self.file_bytes())
 
     def encode_through(
-        self, model: str, texts: Sequence[str], encode: Callable[[list[str]], np.ndarray], label: str | None = None
+        self,
+        model: str,
+        texts: Sequence[str],
+        encode: Callable[[list[str]], np.ndarray],
+        label: str | None = None,
+        details: dict[str, Any] | None = None,
     ) -> tuple[np.ndarray, int]:
         """Vectors for ``texts``: cached ones reused, the rest encoded and stored (with ``label``, the model's
-        name, recorded for the key). Returns (vectors, reused)."""
+        name, and ``details``, what else the key stands for, recorded for the key). Returns (vectors, reused)."""
         if not texts:
             return encode([]), 0
         hashes = [text_hash(t) for t in texts]
         cached = self.get_many(model, sorted(set(hashes)))
-        if label is not None and (model, label) not in self._labelled:  # an earlier release's rows carry no name
-            self._use(lambda conn: _record_label(conn, model, label))
+        if (label is not None or details is not None) and (model, label) not in self._labelled:
+            # an earlier release's rows carry no name, nor details
+            self._use(lambda conn: _record_key(conn, model, label, details))
             self._labelled.add((model, label))
         missing = sorted({h: t for h, t in zip(hashes, texts, strict=True) if h not in cached}.items())
         if missing:
             fresh = encode([t for _, t in missing])
             new = {h: v for (h, _), v in zip(missing, fresh, strict=True)}
-            self.put_many(model, new, label)
+            self.put_many(model, new, label, details)
             cached.update(new)
         missing_hashes = {h for h, _ in missing}
         reused = sum(1 for h in hashes if h not in missing_hashes)
         return np.stack([cached[h] for h in hashes]), reused
 
 
-def _record_label(conn: sqlite3.Connection, model: str, label: str) -> None:
-    """Record ``label`` (the model's name) for the cache key ``model`` unless one is recorded."""
+def _record_key(
+    conn: sqlite3.Connection, model: str, label: str | None, details: dict[str, Any] | None, replace: bool = False
+) -> None:
+    """Record ``label`` (the model's name) and ``details`` for the cache key ``model``: where none is recorded,
+    or (``replace``) over the recorded ones."""
+    text = json.dumps(details, sort_keys=True) if details is not None else None
+    keep = "COALESCE(excluded.{0}, {0})" if replace else "COALESCE({0}, excluded.{0})"
     with conn:
-        conn.execute("INSERT OR IGNORE INTO models (model, label) VALUES (?, ?)", (model, label))
+        conn.execute(
+            "INSERT INTO models (model, label, details) VALUES (?, ?, ?) ON CONFLICT(model) DO UPDATE SET "
+            f"label = {keep.format('label')}, details = {keep.format('details')}",
+            (model, label, text),
+        )

@@ -459,7 +459,11 @@ class Indexer:
         if self.cache is None:
             return self._encode_dense_locked(texts), 0
         return self.cache.encode_through(
-            self.dense.cache_key, texts, self._encode_dense_locked, label=self.dense.model_name
+            self.dense.cache_key,
+            texts,
+            self._encode_dense_locked,
+            label=self.dense.model_name,
+            details=getattr(self.dense, "cache_details", None),
         )
 
     def encode_sparse(self, chunks: Sequence[Chunk]) -> list[SparseVec]:

