@@ -150,7 +150,8 @@ def previous_chunks(context: dg.AssetExecutionContext, tokenizer_model: str) -> 
         return None
     model = table_model(previous)
     if model != tokenizer_model:
-        context.log.info(f"chunking every document: the previous chunks were cut with the tokenizer of {model!r}")
+        why = f"were cut with the tokenizer of {model!r}" if model else "do not say their tokenizer (earlier release)"
+        context.log.info(f"chunking every document: the previous chunks {why}")
         previous.close()
         return None
     return previous
