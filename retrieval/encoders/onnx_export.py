@@ -17,6 +17,8 @@ import uuid
 import warnings
 from pathlib import Path
 
+import psutil
+
 from retrieval.encoders.fingerprint import model_fingerprint
 from retrieval.encoders.quantize import quantize_int8
 
@@ -51,19 +53,9 @@ def stale_exports(cache_dir: str | Path) -> list[Path]:
     stale = []
     for entry in models.iterdir():
         match = TMP_NAME.fullmatch(entry.name)
-        if match and int(match["pid"]) != os.getpid() and not _alive(int(match["pid"])):
+        if match and int(match["pid"]) != os.getpid() and not psutil.pid_exists(int(match["pid"])):
             stale.append(entry)
     return sorted(stale)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # e.g. another user's process
-        return True
-    return True
 
 
 def ensure_onnx_export(model_path: str, cache_dir: str | Path) -> Path:

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 import qdrant_edge as qe
 
 from retrieval.chunking import Chunk
@@ -181,20 +182,10 @@ def _remove_dead_views(views: Path) -> None:
         return
     for view in views.iterdir():
         pid = view.name.split("-", 1)[0]
-        if not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)) or _locked(view / "wal"):
+        if not pid.isdigit() or int(pid) == os.getpid() or psutil.pid_exists(int(pid)) or _locked(view / "wal"):
             continue
         log.info("removing %s, left by process %s, which has ended", view, pid)
         shutil.rmtree(view, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # e.g. another user's process
-        return True
-    return True
 
 
 def _locked(wal: Path) -> bool:
