@@ -51,6 +51,8 @@ from evals.runner import (
     JudgedDocumentsMissingError,
     evaluate_collection,
 )
+from retrieval.encoders.dense import resolve_model_path
+from retrieval.encoders.fingerprint import model_fingerprint
 from retrieval.errors import ModelLoadError
 from retrieval.search import Variant
 from retrieval.settings import RetrievalSettings, canonical_model
@@ -342,7 +344,10 @@ def _score_published(
     models = ", ".join(f"{k} {v!r}" for k, v in overrides.items() if k in ("dense_model", "sparse_model"))
     if overrides:
         context.log.info(f"scoring published version {published} with the models it was built with: {models}")
+    changed = content_changed(built, overrides.get("dense_model", retrieval.settings(corpus.collection).dense_model))
     try:
+        if changed:
+            raise ModelLoadError(changed)
         with retrieval.retriever(corpus.collection, published, rerank=False, **overrides) as retriever:
             report = evaluate_collection(
                 retriever, collection, split, [Variant(WATCHED_VARIANT)], version=published, progress=False
@@ -373,6 +378,17 @@ def built_with(built: CollectionSchema, settings: RetrievalSettings) -> dict[str
     return overrides
 
 
+def content_changed(built: CollectionSchema, dense_model: str) -> str | None:
+    """Why ``dense_model`` no longer is the model ``built`` (a version's schema) was made with although it has the
+    same name (a folder saved in place: another content fingerprint), or None. Scoring that version with it would
+    pair new query vectors with old document vectors."""
+    was = built.dense_fingerprint
+    now = model_fingerprint(resolve_model_path(dense_model))
+    if was is None or was.endswith("?") or now.endswith("?") or was == now:
+        return None
+    return f"dense model {dense_model!r} changed since that version was built (content {was}, now {now})"
+
+
 def recorded_evaluation(
     history: EvalHistory, corpus: CorpusConfig, split: str, version: int, built: CollectionSchema
 ) -> tuple[float, str] | None:
@@ -386,6 +402,7 @@ def recorded_evaluation(
             and ctx.get("published", True) is True
             and canonical_model(str(ctx.get("dense_model"))) == canonical_model(built.dense_model)
             and canonical_model(str(ctx.get("sparse_model"))) == canonical_model(built.sparse_model)
+            and ctx.get("dense_fingerprint") in (None, built.dense_fingerprint)  # None: recorded by an earlier release
         )
 
     rows = history.records(collection=corpus.name, variant=WATCHED_VARIANT)

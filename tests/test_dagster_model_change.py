@@ -17,6 +17,7 @@ from assets.resources import CorporaResource, EvalHistoryResource, RetrievalReso
 from orchestration.definitions import default_resources
 from orchestration.main_job import print_results, run_main_job
 from orchestration.parquet_io import ParquetIOManager
+from retrieval import stack as stack_module
 from tests.test_dagster_versions import FAST, PARTITION, corpus_copy
 from tests.test_splade import tiny_splade_dir  # noqa: F401 - the fixture
 
@@ -87,3 +88,20 @@ def test_model_changes_through_dagster_publish(tmp_path: Path, tiny_splade_dir: 
     printed = " ".join(out.getvalue().split())
     assert "check ndcg_not_dropped: passed: not comparable: published version 3" in printed
     assert "readers now use version 4" in printed
+
+    # A model folder saved in place (same path, other content): version 5 cannot be scored with it (its query
+    # vectors against version 5's document vectors would be noise); its recorded evaluation stands in.
+    copy_c = minilm_copy(tmp_path / "minilm_c")
+    config = Path(copy_c) / "config.json"
+    text = config.read_text()
+    config.unlink()
+    config.write_text(text)  # a file of its own, rewritten below as a save in place would
+    fifth = run(dense_model=copy_c)
+    assert fifth["published"] == 5, fifth["checks"]
+    config.write_text(text + "\n")
+    stack_module._shared.clear()  # the models a process loaded are its own: a new run is a new process
+    sixth = run(dense_model=copy_c)
+    description = gate(sixth)["description"]
+    assert "changed since that version was built" in description, description
+    assert "compared with its evaluation recorded" in description and fifth["run_id"] in description
+    assert f"published version 5 {fifth['metrics']['hybrid']['ndcg@10']:.4f}" in description
