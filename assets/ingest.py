@@ -26,6 +26,7 @@ from assets.tables import (
 )
 from retrieval import BadInputError, read_documents
 from retrieval.documents import validate_documents
+from retrieval.encoders import DenseEncoder
 
 GROUP = "retrieval"
 
@@ -90,7 +91,7 @@ def chunks(
     release_read_buffers()
     with retrieval.indexer(corpus.collection) as indexer:
         chunker = indexer.chunker
-        tokenizer_model = indexer.dense.model_name
+        tokenizer_model = tokenizer_of(indexer.dense)
         reused, kept = set(), None
         previous = previous_chunks(context, tokenizer_model)
         if previous is not None:
@@ -131,6 +132,12 @@ def chunks(
             "preview": preview(table, ["chunk_id", "doc_id", "chunk_index", "text"]),
         },
     )
+
+
+def tokenizer_of(dense: DenseEncoder) -> str:
+    """What cut a chunks table: the dense model's name and content fingerprint (a model folder saved in place may
+    carry another tokenizer), recorded in the table and compared with the previous table's."""
+    return f"{dense.model_name} ({dense.fingerprint})"
 
 
 def previous_chunks(context: dg.AssetExecutionContext, tokenizer_model: str) -> pq.ParquetFile | None:
