@@ -37,6 +37,7 @@ LATENCY_P50 = "latency_p50_ms"  # the p50 latency as a metric name: EvalReport.f
 # The search-time settings that change results, recorded with every report (the index-time ones, which made the
 # collection's vectors, come from its schema; the models are the encoders' own names).
 REPORTED_SETTINGS = (
+    "dense_backend",  # the queries' encoding: onnx-int8 or openvino queries move the figures
     "fusion",
     "rrf_k",
     "zscore_fusion_above",

@@ -33,6 +33,9 @@ def test_report_describes_what_was_evaluated(sample_report) -> None:
     assert report.n_queries == len(qrels) and list(report.variants) == VARIANTS
     assert report.settings["dense_model"] == retriever.dense.model_name and report.settings["sparse_model"] == "bm25"
     assert report.settings["rrf_k"] == retriever.settings.rrf_k and report.settings["fusion"] == "rrf"
+    assert report.settings["dense_backend"] == "torch" and search_settings(report.context()) == "shipped"
+    int8 = {**report.context(), "dense_backend": "onnx-int8"}  # queries encoded in int8 move the figures
+    assert search_settings(int8) == "dense_backend=onnx-int8"
     assert report.seconds > 0
 
 
