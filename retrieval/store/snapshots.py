@@ -172,7 +172,12 @@ def _install_models(models: Path | None, models_dir: Path) -> Path | None:
         aside = models_dir.with_name(f"{models_dir.name}.before-restore-{_stamp()}")
         models_dir.rename(aside)
     if models is not None:
-        copy_tree(models, models_dir)
+        try:
+            copy_tree(models, models_dir)
+        except BaseException:
+            if aside is not None:  # nothing restored: the collection keeps its models
+                aside.rename(models_dir)
+            raise
     return aside
 
 
