@@ -169,3 +169,28 @@ def test_snapshot_out_that_cannot_be_created_is_one_line(kept, tmp_path, monkeyp
         assert result.exit_code == 2, result.output
         assert "Traceback" not in result.output
         assert result.output.strip().splitlines()[-1].startswith(f"error: cannot create snapshot directory {out}")
+
+
+def test_cli_restore_refuses_a_damaged_snapshot_and_carries_models(kept, tmp_path, monkeypatch):
+    """Through the CLI (its settings give the schema and the models dir): exit 2, one line, nothing changed."""
+    stack, good = kept
+    before = stack.store().current_version()
+    monkeypatch.setenv("HYBRID_RAG_QDRANT_PATH", str(stack.store().root))
+    monkeypatch.setenv("HYBRID_RAG_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("HYBRID_RAG_MODELS_DIR", str(tmp_path / "models"))
+    bad = tmp_path / "bad"
+    shutil.copytree(good, bad)
+    _damage_vectors(bad, "truncated")
+    result = CliRunner().invoke(app, ["restore", str(bad), "-c", "kept", "--replace"])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines()[-1].startswith(f"error: snapshot {bad} cannot be restored")
+    _still_served(stack, before)
+
+    (tmp_path / "models" / "kept" / "reranker").mkdir(parents=True)
+    (tmp_path / "models" / "kept" / "reranker" / "tuned.json").write_text("{}")
+    snap = tmp_path / "snap"
+    result = CliRunner().invoke(app, ["snapshot", "-c", "kept", "--out", str(snap)])
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(app, ["restore", str(snap), "-c", "kept_copy"])
+    assert result.exit_code == 0 and f"{N} points" in result.output, result.output
+    assert (tmp_path / "models" / "kept_copy" / "reranker" / "tuned.json").read_text() == "{}"
