@@ -320,7 +320,7 @@ def snapshot(
     settings = _settings(collection=collection)
     store = open_store(settings)
     try:
-        where = take(store, out)
+        where = take(store, out, models_dir=settings.collection_models_dir())
     finally:
         store.close()
     console.print(f"snapshot of {settings.collection!r}: {where}", soft_wrap=True)
@@ -332,17 +332,22 @@ def restore(
     collection: CollectionOpt = None,
     replace: Annotated[bool, typer.Option("--replace", help="Replace an existing collection")] = False,
 ) -> None:
-    """Restore a collection from a snapshot as a new version; readers switch to it atomically."""
-    from retrieval.store import open_store
+    """Restore a collection from a snapshot as a new version, verified first; readers switch to it atomically."""
+    from retrieval import RetrievalStack
     from retrieval.store.snapshots import restore as recover
 
     settings = _settings(collection=collection)
-    store = open_store(settings)
-    try:
-        points = recover(store, source, replace=replace)
-    finally:
-        store.close()
-    console.print(f"restored {settings.collection!r} from {source}: {points:,} points", soft_wrap=True)
+    with RetrievalStack(settings) as stack:
+        done = recover(
+            stack.store(),
+            source,
+            replace=replace,
+            expected=stack.schema(),
+            models_dir=settings.collection_models_dir(),
+        )
+    console.print(f"restored {settings.collection!r} from {source}: {done.points:,} points", soft_wrap=True)
+    if done.models_aside is not None:
+        console.print(f"the collection's previous models were set aside in {done.models_aside}", soft_wrap=True)
 
 
 @app.command("eval")

@@ -1,12 +1,14 @@
 """Snapshots of a collection: a copy of the current version (embedded engine) or a Qdrant snapshot (server).
 
 The embedded engine's snapshot is a directory: the version's ``schema.json`` and engine ``shard/``, copied
-while this process holds the shard (so no other process writes it) right after a flush, plus
-``snapshot.json``. Both ways, files are copied as staging copies them: runs of zeros (the engine's preallocated
-WAL segments) stay holes, so a snapshot takes the disk space of the version, not 32 MiB per WAL segment.
-Restoring copies it into a new version and switches readers to it atomically, like a rebuild. On a server,
-``create_snapshot``/``recover_snapshot`` of Qdrant itself are used on the physical
-collection behind the alias; the snapshot file stays on the server.
+while this process holds the shard (so no other process writes it) right after a flush, the collection's models
+(``models/``: the adapted query encoder, a tuned reranker; when it has any), plus ``snapshot.json`` (the point
+count). It does not hold the evaluation history. Both ways, files are copied as staging copies them: runs of
+zeros (the engine's preallocated WAL segments) stay holes, so a snapshot takes the disk space of the version,
+not 32 MiB per WAL segment. Restoring copies it into a new version, verifies it (schema, point count, every
+point read once) and only then switches readers to it atomically, like a rebuild; a damaged snapshot is refused
+and the published version stays served. On a server, ``create_snapshot``/``recover_snapshot`` of Qdrant itself
+are used on the physical collection behind the alias; the snapshot file stays on the server.
 """
 
 from __future__ import annotations
@@ -15,15 +17,24 @@ import datetime as dt
 import json
 import shutil
 from pathlib import Path
+from typing import Any, NamedTuple
 
-from retrieval.store.base import QdrantStore, StoreError, version_name
+import qdrant_edge as qe
+
+from retrieval.store.base import SCROLL_PAGE, CollectionSchema, QdrantStore, StoreError, scrolled, version_name
 from retrieval.store.edge import SCHEMA_FILE, SHARD_DIR, EdgeStore, copy_tree
 
 MANIFEST = "snapshot.json"
+MODELS_DIR = "models"
 
 
-def snapshot(store: QdrantStore, dest: Path | None = None) -> str:
-    """Snapshot the current version of ``store``'s collection; returns where it is (a path, or a server name)."""
+def _stamp() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+
+
+def snapshot(store: QdrantStore, dest: Path | None = None, *, models_dir: Path | None = None) -> str:
+    """Snapshot the current version of ``store``'s collection (and, embedded, the content of ``models_dir``, the
+    collection's models, when it has any); returns where it is (a path, or a server name)."""
     from retrieval.store.server import ServerStore
 
     version = store.current_version()
@@ -38,43 +49,88 @@ def snapshot(store: QdrantStore, dest: Path | None = None) -> str:
         return f"{physical}/{described.name}" if described else physical
     if not isinstance(store, EdgeStore):
         raise StoreError(f"snapshots are not supported for {type(store).__name__}")
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    stamp = _stamp()
     dest = Path(dest) if dest else Path("data/snapshots") / f"{store.collection}-{stamp}"
+    if dest.resolve().is_relative_to(store.root.resolve()):
+        raise StoreError(
+            f"snapshot directory {dest} is inside the index folder {store.root}, where it would be taken for a "
+            "collection (and deleted by a write): choose a directory outside it"
+        )
     if dest.exists():
         raise StoreError(f"{dest} already exists: choose another snapshot directory")
     points = store.count()
     store.flush()  # the shard stays open (and locked) in this process while it is copied
     source = store.dir
     tmp = dest.with_name(dest.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    shutil.copy2(source / SCHEMA_FILE, tmp / SCHEMA_FILE)
-    copy_tree(source / SHARD_DIR, tmp / SHARD_DIR)
-    manifest = {"collection": store.collection, "version": version, "points": points, "created": stamp}
-    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
-    tmp.rename(dest)
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    except OSError as exc:
+        raise StoreError(f"cannot create snapshot directory {dest}: {exc.strerror or exc}") from exc
+    try:
+        shutil.copy2(source / SCHEMA_FILE, tmp / SCHEMA_FILE)
+        copy_tree(source / SHARD_DIR, tmp / SHARD_DIR)
+        models = models_dir is not None and models_dir.is_dir() and any(models_dir.iterdir())
+        if models:
+            copy_tree(models_dir, tmp / MODELS_DIR)
+        manifest = {
+            "collection": store.collection,
+            "version": version,
+            "points": points,
+            "created": stamp,
+            "models": bool(models),
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        tmp.rename(dest)
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        text = str(exc).replace("to stage a write", "into the snapshot")
+        if isinstance(exc, StoreError | OSError):
+            raise StoreError(f"snapshot of {store.collection!r} to {dest} failed, nothing was kept: {text}") from exc
+        raise
     return str(dest)
 
 
-def restore(store: QdrantStore, source: str | Path, *, replace: bool = False) -> int:
-    """Make ``source`` (a snapshot) the collection's current version; returns its point count.
+class Restored(NamedTuple):
+    """What a restore did: the restored point count, and where the collection's previous models were set aside."""
+
+    points: int
+    models_aside: Path | None = None
+
+
+def restore(
+    store: QdrantStore,
+    source: str | Path,
+    *,
+    replace: bool = False,
+    expected: CollectionSchema | None = None,
+    models_dir: Path | None = None,
+) -> Restored:
+    """Make ``source`` (a snapshot) the collection's current version.
 
     An existing collection is only replaced with ``replace`` (its old version is deleted once readers let go).
+    Embedded, the restored version is verified before it is published: its schema matches ``expected`` (the
+    settings' models, the check a search does), its point count the snapshot's manifest, and every point's vectors
+    and payload are read once; else it is removed, and the published version stays served. The snapshot's models
+    are installed in ``models_dir`` (the collection's); what was there is set aside (renamed), never deleted.
     Like every write, it waits for the collection's write lock (a running index finishes first).
     """
     with store.write_lock():
-        return _restore(store, source, replace)
+        return _restore(store, source, replace, expected, models_dir)
 
 
-def _restore(store: QdrantStore, source: str | Path, replace: bool) -> int:
+def _restore(
+    store: QdrantStore, source: str | Path, replace: bool, expected: CollectionSchema | None, models_dir: Path | None
+) -> Restored:
     from retrieval.store.server import ServerStore
 
-    if store.current_version() is not None and not replace:
+    current = store.current_version()
+    if current is not None and not replace:
         raise StoreError(
             f"collection {store.collection!r} exists at {store.location}: pass --replace to replace it by the snapshot"
         )
-    versions = store._versions()
-    target = store._pinned(max([store.current_version() or 0, *versions]) + 1)
+    target = store._pinned(max([current or 0, *store._versions()]) + 1)
+    models = None
     if isinstance(store, ServerStore):
         try:
             store._call("recover_snapshot", store.client.recover_snapshot, target.name, location=str(source), wait=True)
@@ -84,16 +140,98 @@ def _restore(store: QdrantStore, source: str | Path, replace: bool) -> int:
         source = Path(source)
         if not (source / SCHEMA_FILE).is_file() or not (source / SHARD_DIR).is_dir():
             raise StoreError(f"{source} is not a snapshot of the embedded engine (no {SCHEMA_FILE} and {SHARD_DIR}/)")
+        manifest = _manifest(source)
         directory = store.root / version_name(store.collection, target.version)
         shutil.rmtree(directory, ignore_errors=True)
         copy_tree(source, directory)
         (directory / MANIFEST).unlink(missing_ok=True)
+        shutil.rmtree(directory / MODELS_DIR, ignore_errors=True)
         store._set_stage_info(target.version, {"restore": True, "complete": True})  # not yet a published version
+        try:
+            _verify(target, source, manifest, expected)
+        except BaseException:
+            target.drop()
+            raise
+        models = source / MODELS_DIR if (source / MODELS_DIR).is_dir() else None
     else:
         raise StoreError(f"snapshots are not supported for {type(store).__name__}")
     try:
         points = target.count()
+        aside = _install_models(models, models_dir) if models_dir is not None else None
         store.publish(target)
     finally:
         target.close()
-    return points
+    return Restored(points, aside)
+
+
+def _install_models(models: Path | None, models_dir: Path) -> Path | None:
+    """Put the snapshot's ``models`` (None: it has none) in ``models_dir``; returns where its previous content was
+    set aside (None: it had none). A restored collection never keeps another content's adapted encoder."""
+    aside = None
+    if models_dir.is_dir() and any(models_dir.iterdir()):
+        aside = models_dir.with_name(f"{models_dir.name}.before-restore-{_stamp()}")
+        models_dir.rename(aside)
+    if models is not None:
+        try:
+            copy_tree(models, models_dir)
+        except BaseException:
+            if aside is not None:  # nothing restored: the collection keeps its models
+                aside.rename(models_dir)
+            raise
+    return aside
+
+
+def _manifest(source: Path) -> dict[str, Any] | None:
+    """The snapshot's ``snapshot.json`` (None: a snapshot of an earlier release, which wrote none)."""
+    path = source / MANIFEST
+    if not path.exists():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+        int(manifest["points"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise StoreError(
+            f"snapshot {source} cannot be restored: unreadable {MANIFEST} ({exc}); nothing was changed"
+        ) from exc
+    return manifest
+
+
+def _verify(
+    target: EdgeStore, source: Path, manifest: dict[str, Any] | None, expected: CollectionSchema | None
+) -> None:
+    """Refuse a restored (unpublished) version whose schema, point count or points are not what they should be."""
+
+    def refuse(reason: str) -> StoreError:
+        return StoreError(
+            f"snapshot {source} cannot be restored: {reason}. Collection {target.collection!r} was not changed; "
+            "restore another copy of the snapshot, or take a new one"
+        )
+
+    try:
+        schema = target.schema()
+    except StoreError as exc:
+        raise refuse(str(exc)) from exc
+    if schema is None:
+        raise refuse(f"no {SCHEMA_FILE}")
+    problems = expected.differences(schema) if expected is not None else []
+    if problems:
+        raise refuse("it was built with other models than the settings give (" + "; ".join(problems) + ")")
+    try:
+        points = target.count()
+        with target._using("reading the snapshot") as shard:  # every point once: vectors and payload
+            read = sum(
+                1
+                for _ in scrolled(
+                    lambda offset: shard.scroll(
+                        qe.ScrollRequest(offset=offset, limit=SCROLL_PAGE, with_payload=True, with_vector=True)
+                    )
+                )
+            )
+    except StoreError as exc:  # the snapshot is damaged, not the collection: no advice to rebuild it
+        raise refuse(str(exc).removesuffix(". Rebuild the collection from its source documents")) from exc
+    if read != points:
+        raise refuse(f"it counts {points} points but {read} can be read")
+    if manifest is not None and points != int(manifest["points"]):
+        raise refuse(f"it holds {points} points where its {MANIFEST} says {manifest['points']}")
+    if manifest is None and points == 0:
+        raise refuse(f"it holds no points and has no {MANIFEST} (an earlier release's snapshot) to say it should")
