@@ -432,7 +432,8 @@ def compare(
     if not all(judged):
         empty = " nor ".join(name for name, count in zip(names, judged, strict=True) if not count)
         raise InvalidArgumentError(
-            f"{'neither ' if ' nor ' in empty else ''}{empty} has results for a query judged in {coll.name}/{split} "
+            f"{'neither ' if ' nor ' in empty else ''}{empty} has {'' if ' nor ' in empty else 'no '}results for a "
+            f"query judged in {coll.name}/{split} "
             f"({len(qrels)} queries): a run of another split or dataset, or an empty one"
         )
     for warning in corpus_warnings(dict(zip(names, (base_run, cand_run), strict=True)), coll.doc_ids(), coll.name):
@@ -614,7 +615,9 @@ def adapt(
 
 @app.command()
 def run(
-    corpus: Annotated[str, typer.Option(help="Corpus partition to build")] = "sample",
+    corpus: Annotated[
+        str | None, typer.Option(help="Corpus partition to build [default: the corpora file's default]")
+    ] = None,
     allow_delete: Annotated[
         bool,
         typer.Option(
@@ -625,8 +628,11 @@ def run(
     """The main job: materialize the Dagster asset graph (ingest, chunk, embed, index, evaluate) and print metrics.
 
     The run is recorded in the Dagster instance at $DAGSTER_HOME (else data/dagster_home)."""
+    from assets.corpora import load_corpora
     from orchestration.main_job import MainJobError, print_results, run_main_job
 
+    if corpus is None:
+        corpus = load_corpora().default
     run_config = {"ops": {"qdrant_index": {"config": {"allow_delete": True}}}} if allow_delete else None
     try:
         print_results(run_main_job(corpus, run_config=run_config))

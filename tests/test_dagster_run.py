@@ -176,6 +176,27 @@ def test_cli_run_with_a_malformed_corpora_file_fails_in_one_line(tmp_path: Path)
 
 
 @pytest.mark.slow
+def test_cli_run_without_corpus_builds_the_corpora_files_default(tmp_path: Path) -> None:
+    """`hybrid-rag run` with no --corpus runs the corpora file's `default` corpus (it ran 'sample' whatever the file
+    said); a source that is missing is then that corpus' one-line failure."""
+    import os
+    import subprocess
+    import sys
+
+    corpora = tmp_path / "corpora.yaml"
+    corpora.write_text(
+        f"default: notes\ncorpora:\n  notes:\n    source: {tmp_path / 'missing.jsonl'}\n    format: jsonl\n"
+    )
+    env = {**os.environ, "HYBRID_RAG_CORPORA_FILE": str(corpora), "DAGSTER_HOME": str(tmp_path / "home")}
+    env |= {"HYBRID_RAG_QDRANT_PATH": str(tmp_path / "index"), "HYBRID_RAG_ASSETS_DIR": str(tmp_path / "assets")}
+    cmd = [sys.executable, "-m", "orchestration.cli", "run"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    out = " ".join((done.stdout + done.stderr).split())
+    assert done.returncode != 0 and "unknown corpus" not in out, out
+    assert "missing.jsonl" in out and "Traceback" not in out
+
+
+@pytest.mark.slow
 def test_query_encoder_skips_a_corpus_too_small_to_adapt_on(tmp_path: Path) -> None:
     texts = {f"{w}.txt": f"Notes about {w} retrieval. A second sentence on {w}." for w in ("alpha", "beta", "gamma")}
     folder = Folder(tmp_path, texts)  # no sentence long enough for a pseudo-query

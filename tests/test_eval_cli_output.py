@@ -146,7 +146,7 @@ def test_compare_refuses_runs_without_a_judged_query(workspace) -> None:
     root, _, _ = workspace
     (root / "none.trec").write_text("")
     result = cli("compare", "h.trec", "none.trec", "sample", code=2)  # one empty run is refused as well
-    assert "none.trec has results for a query judged" in result.output and "neither" not in result.output
+    assert "none.trec has no results for a query judged" in result.output and "neither" not in result.output
 
 
 def test_quality_checks_of_a_summary_say_what_is_missing(workspace) -> None:
