@@ -270,7 +270,17 @@ class EmbeddingCache:
                     "SELECT 1 FROM models WHERE json_extract(details, '$.backend') = ? LIMIT 1", (backend,)
                 ).fetchone()
             ):
-                raise InvalidArgumentError(f"no cache key of the dense backend {backend!r} in {self.path}")
+                unrecorded = conn.execute(
+                    "SELECT count(DISTINCT v.model) FROM vectors v LEFT JOIN models m ON m.model = v.model "
+                    "WHERE m.details IS NULL"
+                ).fetchone()[0]
+                older = (
+                    f" ({unrecorded} key(s) written by an earlier release do not record their backend until next used:"
+                    " select them with --model KEY, see `hybrid-rag cache`)"
+                    if unrecorded
+                    else ""
+                )
+                raise InvalidArgumentError(f"no cache key of the dense backend {backend!r} in {self.path}{older}")
             with conn:
                 deleted = conn.execute(f"DELETE FROM vectors WHERE {' AND '.join(where)}", params).rowcount
                 conn.execute("DELETE FROM models WHERE model NOT IN (SELECT DISTINCT model FROM vectors)")

@@ -19,7 +19,7 @@ from retrieval import RetrievalSettings, RetrievalStack
 from retrieval.embedding_cache import EmbeddingCache
 from retrieval.encoders import DenseEncoder, SpladeEncoder
 from retrieval.encoders.onnx_export import ensure_onnx_export, export_dir
-from retrieval.errors import ModelLoadError
+from retrieval.errors import InvalidArgumentError, ModelLoadError
 from retrieval.store import CollectionSchema, EdgeStore, SchemaMismatchError
 from tests.conftest import TINY_DOCS
 
@@ -163,6 +163,8 @@ def test_cache_rows_of_an_earlier_release_gain_their_details(tmp_path):
     cache = EmbeddingCache(tmp_path / "e.sqlite")
     cache.put_many("k", {"h": np.ones(4, dtype=np.float32)}, label="mini")
     assert cache.usage()[0].backend is None
+    with pytest.raises(InvalidArgumentError, match=r"1 key\(s\) written by an earlier release .* --model KEY"):
+        cache.prune(backend="torch")  # its backend is not known yet: the error says how to select it
     details = {"backend": "torch", "prompt": "", "max_tokens": 256, "fingerprint": "x"}
     EmbeddingCache(tmp_path / "e.sqlite").encode_through("k", ["t"], lambda t: np.ones((len(t), 4)), "mini", details)
     usage = EmbeddingCache(tmp_path / "e.sqlite").usage()[0]
