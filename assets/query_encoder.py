@@ -87,7 +87,17 @@ def query_encoder(
             return dg.MaterializeResult(
                 metadata={"used": False, "reason": reason, "model_dir": "none", "base_model": schema.dense_model}
             )
-        report = adapt_query_encoder(docs, owners, vectors, schema.dense_model, out, adapt, judged=judged, stack=stack)
+        report = adapt_query_encoder(
+            docs,
+            owners,
+            vectors,
+            schema.dense_model,
+            out,
+            adapt,
+            judged=judged,
+            stack=stack,
+            device=settings.dense_device,
+        )
     verdict = "used" if report.used else f"not used ({report.gate} scored lower); dense model kept"
     judged_line = f", {report.gate} {report.judged_base_ndcg:.4f} -> {report.judged_adapted_ndcg:.4f}" if judged else ""
     context.log.info(

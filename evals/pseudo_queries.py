@@ -337,26 +337,28 @@ def adapt_query_encoder(
     query_prompt: str = "",
     judged: JudgedQueries | None = None,
     stack: RetrievalStack | None = None,
+    device: str | None = None,
 ) -> AdaptReport:
     """Train ``base_model``'s query side on pseudo-queries of ``docs`` (those :func:`adaptation_documents`
     picks) against the stored chunk ``vectors`` (``owners``: the document id of each row; the softmax and the
     held-out search rank every row: :func:`stored_corpus`'s pool). The model is saved to ``out_dir`` only when it does
     not hurt: on the ``judged`` queries when given (nDCG@10 of ``stack``'s default search of the indexed
     collection, with and without the adapted encoder), else on held-out pseudo-queries (dense search);
-    otherwise ``out_dir`` is removed (a stale adapted model is never left behind)."""
+    otherwise ``out_dir`` is removed (a stale adapted model is never left behind). It trains in float32 on
+    ``device`` (None: the best available, a GPU when there is one)."""
     if judged is not None and stack is None:
         raise ValueError("judged queries are scored by searching the index: pass the collection's stack")
     import torch
-    from sentence_transformers import SentenceTransformer
 
     from retrieval.encoders.dense import resolve_model_path
+    from retrieval.encoders.runtime import trainable_model
 
     config = config or AdaptConfig()
     out_dir = Path(out_dir)
     chosen = set().union(*adaptation_documents((d.id for d in docs), config))
     train, held = split_held_out(pseudo_queries([d for d in docs if d.id in chosen], config), config)
     torch.manual_seed(config.seed)
-    model = SentenceTransformer(resolve_model_path(base_model), device="cpu")
+    model = trainable_model(resolve_model_path(base_model), device)
 
     def encode(texts: Sequence[str]) -> np.ndarray:
         return model.encode([query_prompt + t for t in texts], normalize_embeddings=True, batch_size=64)
@@ -376,7 +378,7 @@ def adapt_query_encoder(
     held_qrels = {q.qid: {q.doc_id: 1} for q in held}
     base = held_out_ndcg()
     judged_base = judged.default_search_ndcg(stack) if judged else None
-    stored = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32))
+    stored = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32)).to(model.device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate)
     rng = random.Random(config.seed)
     losses: list[float] = []

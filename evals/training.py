@@ -75,19 +75,21 @@ def train_pseudo_query_encoder(
     base_model: str,
     out_dir: str | Path,
     config: TrainingConfig | None = None,
+    device: str | None = None,
 ) -> TrainingReport:
-    """Fine-tune ``base_model`` so its query (or prompt) embeddings rank the stored candidate vectors."""
+    """Fine-tune ``base_model`` so its query (or prompt) embeddings rank the stored candidate vectors (in float32,
+    on ``device``; None: the best available, a GPU when there is one)."""
     import torch
-    from sentence_transformers import SentenceTransformer
 
     from retrieval.encoders.dense import resolve_model_path
+    from retrieval.encoders.runtime import trainable_model
 
     config = config or TrainingConfig()
     torch.manual_seed(config.seed)
     examples = trainable_lists(view, lists)
     if not examples:
         raise InvalidArgumentError(f"{view}: no train query has a judged relevant document among its candidates")
-    model = SentenceTransformer(resolve_model_path(base_model), device="cpu")
+    model = trainable_model(resolve_model_path(base_model), device)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate)
     rng = random.Random(config.seed)
@@ -103,10 +105,10 @@ def train_pseudo_query_encoder(
             features = model.preprocess([anchor_text(cl, config, model.tokenizer) for cl, _ in batch])
             embeddings = model(features)["sentence_embedding"]
             embeddings = torch.nn.functional.normalize(embeddings, dim=-1)
-            loss = torch.zeros(())
+            loss = torch.zeros((), device=model.device)
             for row, (cl, target) in enumerate(batch):
-                scores = torch.from_numpy(cl.vectors) @ embeddings[row] / config.temperature
-                positives = scores[torch.from_numpy(target) > 0]
+                scores = torch.from_numpy(cl.vectors).to(model.device) @ embeddings[row] / config.temperature
+                positives = scores[torch.from_numpy(target).to(model.device) > 0]
                 loss = loss + torch.logsumexp(scores, 0) - torch.logsumexp(positives, 0)
             loss = loss / len(batch)
             optimizer.zero_grad()

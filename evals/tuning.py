@@ -158,7 +158,9 @@ def tune_reranker(
         model_dir = (Path(out_dir) / "query-encoder").resolve()
         fit_lists = first_stage_lists(retriever, {q: queries[q] for q in fit})
         config = TrainingConfig(mode=retriever.reranker.config.mode, epochs=epochs, learning_rate=learning_rate)
-        train_pseudo_query_encoder(view, fit_lists, retriever.dense.model_name, model_dir, config)
+        train_pseudo_query_encoder(
+            view, fit_lists, retriever.dense.model_name, model_dir, config, device=retriever.settings.dense_device
+        )
         query_model = str(model_dir)
         stack = RetrievalStack(
             retriever.settings, dense=retriever.dense, sparse=retriever.sparse, store=retriever.store

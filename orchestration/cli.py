@@ -594,7 +594,17 @@ def adapt(
     with RetrievalStack(settings) as stack:
         schema = stack.check_schema()  # the collection must exist; its vectors' model is the one adapted
         docs, owners, vectors = stored_corpus(stack.store(), config)
-        report = adapt_query_encoder(docs, owners, vectors, schema.dense_model, out, config, judged=judged, stack=stack)
+        report = adapt_query_encoder(
+            docs,
+            owners,
+            vectors,
+            schema.dense_model,
+            out,
+            config,
+            judged=judged,
+            stack=stack,
+            device=settings.dense_device,
+        )
     table = Table(
         title=f"{settings.collection}: {report.train_queries} pseudo-queries to train, "
         f"{report.held_out_queries} held out; decided by {report.gate}"

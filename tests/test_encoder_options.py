@@ -140,7 +140,7 @@ def test_a_non_cpu_device_with_an_onnx_backend_is_one_error(backend):
         _ = DenseEncoder(backend=backend, device="cuda:7").model
 
 
-@pytest.mark.parametrize("device", ["cuda", "mps"])
+@pytest.mark.parametrize("device", ["cuda:99", "mps"])  # cuda:99: unavailable on a machine with GPUs too
 def test_splade_on_an_unavailable_device_is_one_error(tiny_splade, device):
     with pytest.raises(ModelLoadError, match=f"HYBRID_RAG_DENSE_DEVICE={device}") as err:
         _ = SpladeEncoder(tiny_splade, device=device).model

@@ -31,7 +31,7 @@ from retrieval.encoders.fingerprint import BUNDLED_PACKAGE, model_fingerprint
 from retrieval.encoders.multi_process import pool_devices, start_pool, stop_pool
 from retrieval.encoders.onnx_export import EXPORT_VERSION, FP32_FILE, INT8_FILE, ensure_onnx_export
 from retrieval.encoders.onnx_model import OnnxSentenceModel
-from retrieval.encoders.runtime import SINGLE_THREAD_MAX, check_device, one_thread, select_device
+from retrieval.encoders.runtime import SINGLE_THREAD_MAX, check_device, float32_weights, one_thread, select_device
 from retrieval.errors import not_one_string
 from retrieval.settings import DEFAULT_DENSE_MODEL, DenseBackend, default_cache_dir
 
@@ -147,6 +147,8 @@ class DenseEncoder:
             model = SentenceTransformer(path, device=self.device)
             if self.device.startswith("cuda"):
                 model.half()
+            else:  # a checkpoint saved in fp16/bf16 would run at that precision
+                float32_weights(model)
         if self._fingerprint == "hub:?":  # downloaded by the load
             self._fingerprint = model_fingerprint(path)
         return model

@@ -1,4 +1,4 @@
-"""Where and how the dense model runs: the device, and one CPU thread for small inputs."""
+"""Where and how the models run: the device, the weights' precision, and one CPU thread for small inputs."""
 
 from __future__ import annotations
 
@@ -61,3 +61,26 @@ def one_thread() -> Iterator[None]:
         finally:
             if before > 1:
                 torch.set_num_threads(before)
+
+
+def float32_weights(model):
+    """``model`` with float32 weights, converted in place when its checkpoint was saved in fp16 or bf16.
+
+    transformers loads a checkpoint in the dtype it was saved in (many hub models are fp16 or bf16): on a CPU
+    that is slow and coarse, and training it against float32 vectors fails on the dtype mismatch.
+    """
+    import torch
+
+    if any(p.dtype != torch.float32 for p in model.parameters() if p.is_floating_point()):
+        model.float()
+    return model
+
+
+def trainable_model(path: str, device: str | None = None):
+    """The sentence-transformers model at ``path``, in float32, on ``device`` (None: the best available, as for
+    encoding: a GPU when there is one), ready to fine-tune."""
+    from sentence_transformers import SentenceTransformer
+
+    device = select_device(device)
+    check_device(device)
+    return float32_weights(SentenceTransformer(path, device=device))
