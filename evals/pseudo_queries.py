@@ -349,6 +349,7 @@ def adapt_query_encoder(
     if judged is not None and stack is None:
         raise ValueError("judged queries are scored by searching the index: pass the collection's stack")
     import torch
+    from sentence_transformers.util import batch_to_device
 
     from retrieval.encoders.dense import resolve_model_path
     from retrieval.encoders.runtime import trainable_model
@@ -388,7 +389,7 @@ def adapt_query_encoder(
         rng.shuffle(order)
         for start in range(0, len(order), config.batch_size):
             batch = [train[i] for i in order[start : start + config.batch_size]]
-            features = model.preprocess([query_prompt + q.text for q in batch])
+            features = batch_to_device(model.preprocess([query_prompt + q.text for q in batch]), model.device)
             embeddings = torch.nn.functional.normalize(model(features)["sentence_embedding"], dim=-1)
             scores = embeddings @ stored.T / config.temperature
             positives = torch.full_like(scores, float("-inf"))

@@ -80,6 +80,7 @@ def train_pseudo_query_encoder(
     """Fine-tune ``base_model`` so its query (or prompt) embeddings rank the stored candidate vectors (in float32,
     on ``device``; None: the best available, a GPU when there is one)."""
     import torch
+    from sentence_transformers.util import batch_to_device
 
     from retrieval.encoders.dense import resolve_model_path
     from retrieval.encoders.runtime import trainable_model
@@ -102,7 +103,9 @@ def train_pseudo_query_encoder(
         rng.shuffle(order)
         for start in range(0, len(order), config.batch_size):
             batch = [examples[i] for i in order[start : start + config.batch_size]]
-            features = model.preprocess([anchor_text(cl, config, model.tokenizer) for cl, _ in batch])
+            features = batch_to_device(
+                model.preprocess([anchor_text(cl, config, model.tokenizer) for cl, _ in batch]), model.device
+            )
             embeddings = model(features)["sentence_embedding"]
             embeddings = torch.nn.functional.normalize(embeddings, dim=-1)
             loss = torch.zeros((), device=model.device)
