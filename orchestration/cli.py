@@ -221,6 +221,8 @@ def _parse_filter(text: str | None) -> dict | None:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
         raise FilterError(f"--filter is not valid JSON: {exc.msg} at column {exc.colno}") from None
+    except RecursionError:
+        raise FilterError("--filter nests too deeply to be read as a filter") from None
     if not isinstance(value, dict):
         raise FilterError(f"--filter must be a JSON object of field -> condition, got {text!r}")
     return value

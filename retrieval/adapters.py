@@ -1,16 +1,21 @@
-"""What the framework adapters (LangChain, LlamaIndex, Haystack) attach to each hit."""
+"""What the framework adapters (LangChain, LlamaIndex, Haystack) attach to each hit, and how they filter."""
 
 from __future__ import annotations
 
 from typing import Any
+
+from retrieval.store.base import SHOWN_STORED, ShownFilter
 
 
 def hit_metadata(hit: Any) -> dict[str, Any]:
     """Where the hit came from (chunk index, title, fused score, per-channel ranks and scores;
     ``dense_score``/``sparse_score`` are None where the :class:`~retrieval.search.Hit` lacks them), then the
     document's own metadata, which wins on a clash: its values round-trip exactly (the hit's stay on the ``Hit``,
-    and on the node's/document's own ``score`` and ``id``); last the ids ``doc_id`` and ``chunk_id``, which are
-    always the hit's (a ``doc_id`` filter matches them; a metadata field of that name stays on ``Hit.metadata``)."""
+    and on the node's/document's own ``score`` and ``id``), except a ``title`` or ``chunk_index`` that is null or
+    an empty list (the stored one shows, as :func:`shown_filter` tests); last the ids ``doc_id`` and ``chunk_id``,
+    which are always the hit's (a ``doc_id`` filter matches them; a metadata field of that name stays on
+    ``Hit.metadata``)."""
+    own = {k: v for k, v in hit.metadata.items() if not (k in SHOWN_STORED and (v is None or v == []))}
     return {
         "chunk_index": hit.chunk_index,
         "title": hit.title,
@@ -21,7 +26,14 @@ def hit_metadata(hit: Any) -> dict[str, Any]:
         "dense_score": getattr(hit, "dense_score", None),
         "sparse_score": getattr(hit, "sparse_score", None),
         "rerank_score": hit.rerank_score,
-        **hit.metadata,
+        **own,
         "doc_id": hit.doc_id,
         "chunk_id": hit.chunk_id,
     }
+
+
+def shown_filter(spec: Any) -> Any:
+    """An adapter's filter dict as a :class:`~retrieval.store.base.ShownFilter`: each key tests the value
+    :func:`hit_metadata` shows (``title``: the document's own metadata title if it has one, else the stored
+    title). Anything else passes as given (the search refuses it)."""
+    return ShownFilter(spec) if isinstance(spec, dict) else spec

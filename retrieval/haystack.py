@@ -7,8 +7,9 @@ from typing import Any
 
 from haystack import Document, component
 
-from retrieval.adapters import hit_metadata
+from retrieval.adapters import hit_metadata, shown_filter
 from retrieval.errors import FilterError
+from retrieval.store.base import check_nesting
 
 _COMPARISONS = {"==": None, "in": None, ">": "gt", ">=": "gte", "<": "lt", "<=": "lte"}  # Haystack -> range op
 
@@ -47,7 +48,7 @@ class HaystackRetriever:
     def _arguments(self, top_k: int | None, filters: dict[str, Any] | None) -> tuple:
         return (
             self.top_k if top_k is None else top_k,
-            to_filter(filters if filters is not None else self.filters),
+            shown_filter(to_filter(filters if filters is not None else self.filters)),
             self.rerank,
         )
 
@@ -59,10 +60,12 @@ def to_filter(filters: dict[str, Any] | None) -> dict[str, Any] | None:
     with ``==`` (a value, or None: missing, null or an empty list, as this library's ``{key: None}``), ``in`` (a
     list), ``>``, ``>=``, ``<``, ``<=`` (numbers or ISO 8601 dates); numbers match as in
     :func:`~retrieval.store.base.filter_conditions` (``4`` matches a stored ``4.0``). ``OR``, ``NOT``, ``!=``,
-    ``not in`` and other fields raise :class:`FilterError`.
+    ``not in``, other fields and a filter nesting dicts and lists deeper than
+    :data:`~retrieval.store.base.MAX_FILTER_DEPTH` raise :class:`FilterError`.
     """
-    if not filters or "operator" not in filters:
-        return filters or None
+    if not isinstance(filters, dict) or "operator" not in filters:
+        return filters or None  # None, this library's filter dict, or something search refuses clearly
+    check_nesting(filters, "the Haystack filter")
     out: dict[str, Any] = {}
     for field, operator, value in _comparisons(filters):
         if not isinstance(field, str) or not field.startswith("meta.") or field == "meta.":

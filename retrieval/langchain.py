@@ -14,7 +14,7 @@ from langchain_core.documents import Document as LCDocument
 from langchain_core.retrievers import BaseRetriever
 from pydantic import ConfigDict, Field
 
-from retrieval.adapters import hit_metadata
+from retrieval.adapters import hit_metadata, shown_filter
 from retrieval.errors import InvalidArgumentError
 
 SEARCH_KWARGS = ("k", "filter", "rerank", "variant", "group_by", "score_threshold")
@@ -37,13 +37,13 @@ class LangChainRetriever(BaseRetriever):
     def _get_relevant_documents(
         self, query: str, *, run_manager: CallbackManagerForRetrieverRun, **kwargs: Any
     ) -> list[LCDocument]:
-        hits = self.retriever.search(query, **(self.search_kwargs | _checked(kwargs)))
+        hits = self.retriever.search(query, **_shown(self.search_kwargs | _checked(kwargs)))
         return [_to_document(h) for h in hits]
 
     async def _aget_relevant_documents(
         self, query: str, *, run_manager: AsyncCallbackManagerForRetrieverRun, **kwargs: Any
     ) -> list[LCDocument]:
-        search_kwargs = self.search_kwargs | _checked(kwargs)
+        search_kwargs = _shown(self.search_kwargs | _checked(kwargs))
         hits = await asyncio.to_thread(lambda: self.retriever.search(query, **search_kwargs))
         return [_to_document(h) for h in hits]
 
@@ -55,6 +55,11 @@ def _checked(kwargs: dict[str, Any]) -> dict[str, Any]:
     if unknown:
         raise InvalidArgumentError(f"unknown search arguments {unknown}; valid: {', '.join(SEARCH_KWARGS)}")
     return dict(kwargs)
+
+
+def _shown(search_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The search arguments with the filter read as the documents show their fields (:func:`shown_filter`)."""
+    return search_kwargs | {"filter": shown_filter(search_kwargs.get("filter"))}
 
 
 def _to_document(hit) -> LCDocument:

@@ -8,7 +8,7 @@ from typing import Any
 from llama_index.core.retrievers import BaseRetriever
 from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
 
-from retrieval.adapters import hit_metadata
+from retrieval.adapters import hit_metadata, shown_filter
 
 
 class LlamaIndexRetriever(BaseRetriever):
@@ -27,11 +27,15 @@ class LlamaIndexRetriever(BaseRetriever):
         super().__init__(**kwargs)
 
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
-        hits = self.retriever.search(query_bundle.query_str, k=self.k, filter=self.filter, rerank=self.rerank)
+        hits = self.retriever.search(
+            query_bundle.query_str, k=self.k, filter=shown_filter(self.filter), rerank=self.rerank
+        )
         return [_to_node(h) for h in hits]
 
     async def _aretrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
-        hits = await asyncio.to_thread(self.retriever.search, query_bundle.query_str, self.k, self.filter, self.rerank)
+        hits = await asyncio.to_thread(
+            self.retriever.search, query_bundle.query_str, self.k, shown_filter(self.filter), self.rerank
+        )
         return [_to_node(h) for h in hits]
 
 

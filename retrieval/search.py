@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -20,6 +22,7 @@ from retrieval.parts import Parts
 from retrieval.rerank import EmbeddingReranker, RerankConfig
 from retrieval.settings import FusionMethod, RerankMode
 from retrieval.store import CollectionSchema, QueryPlan, StoredHit
+from retrieval.store.base import filter_conditions
 
 
 class Variant(StrEnum):
@@ -37,6 +40,8 @@ class GroupBy(StrEnum):
     CHUNK = "chunk"
     DOC = "doc"
 
+
+MAX_K = 1_000_000_000  # hits per query; checked before the engine (whose limits are 64-bit, 64 * k for group_by="doc")
 
 # group_by="doc": a channel list is deepened (its limit doubled) until it holds the documents wanted, reading at
 # most this many chunks per document wanted
@@ -161,9 +166,11 @@ class HybridRetriever:
         :func:`~retrieval.store.base.filter_conditions`); ``rerank`` (default: settings); ``group_by="doc"``:
         one hit per document, its best chunk (each channel's list then holds documents, ranked by their best chunk;
         fusion and reranking rank documents); ``score_threshold``: drop hits whose final ``score`` is lower.
-        Empty queries, ``k < 1`` and unknown names raise :class:`~retrieval.errors.InvalidArgumentError`.
+        Empty queries, ``k`` outside 1 to :data:`MAX_K`, ``rerank`` other than a bool or None, a ``score_threshold``
+        that is no finite number, a bad filter and unknown names raise
+        :class:`~retrieval.errors.InvalidArgumentError` before anything is encoded or queried.
         """
-        k, group_by = self._check_arguments(queries, k, group_by, score_threshold)
+        k, group_by = self._check_arguments(queries, k, group_by, score_threshold, rerank, filter)
         variant, rerank = self._resolve_variant(variant, rerank)
         depth = max(k, self.reranker.config.depth) if rerank else k  # chunks, or documents (group_by="doc")
         # Reranking by feedback needs the candidates' stored vectors, not their text: payloads are then read
@@ -220,7 +227,13 @@ class HybridRetriever:
         return [[h for h in hits if h.chunk_id in points] for hits in results]
 
     def _check_arguments(
-        self, queries: Sequence[str], k: int | None, group_by: GroupBy | str, score_threshold: float | None
+        self,
+        queries: Sequence[str],
+        k: int | None,
+        group_by: GroupBy | str,
+        score_threshold: float | None,
+        rerank: bool | None,
+        filter: dict[str, Any] | None,
     ) -> tuple[int, GroupBy]:
         if isinstance(queries, str):
             raise InvalidArgumentError("search_batch takes a list of queries, not one string (use search)")
@@ -234,8 +247,14 @@ class HybridRetriever:
         k = self.settings.k if k is None else k
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise InvalidArgumentError(f"k must be a positive integer, got {k!r}")
-        if score_threshold is not None and not isinstance(score_threshold, int | float):
-            raise InvalidArgumentError(f"score_threshold must be a number, got {score_threshold!r}")
+        if k > MAX_K:
+            shown = f"{k:,}" if k.bit_length() <= 128 else f"an integer of {k.bit_length()} bits"
+            raise InvalidArgumentError(f"k must be at most {MAX_K:,}, got {shown}")
+        if score_threshold is not None and not _finite(score_threshold):
+            raise InvalidArgumentError(f"score_threshold must be a finite number or None, got {score_threshold!r}")
+        if rerank is not None and not isinstance(rerank, bool):
+            raise InvalidArgumentError(f"rerank must be True, False or None (the settings), got {rerank!r}")
+        filter_conditions(filter)  # a bad filter is refused here, before the queries are encoded
         return k, choice(GroupBy, group_by, "group_by")
 
     def first_stage(
@@ -403,6 +422,16 @@ class HybridRetriever:
 
     def close(self) -> None:
         self.store.close()
+
+
+def _finite(value: Any) -> bool:
+    """A real number (an int or float, numpy's too; not a bool) that is neither NaN nor infinite."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        return False
 
 
 def _documents(hits: Sequence[StoredHit]) -> dict[str, StoredHit]:

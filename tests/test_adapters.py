@@ -7,18 +7,21 @@ import os
 import pytest
 
 from retrieval import Document
+from retrieval.errors import FilterError, InvalidArgumentError
 
 os.environ.setdefault("HAYSTACK_TELEMETRY_ENABLED", "False")  # no network here
 
-OWN = {"score": 0.5, "title": "Paper title from metadata", "chunk_index": "sec-2", "year": 2024}
+OWN = {"score": 0.5, "title": "Paper title from metadata", "chunk_index": "sec-2", "year": 2024, "content_hash": "h"}
 IDS = {"doc_id": "ext-42", "chunk_id": "c-7"}  # metadata named like the hit's ids (e.g. a JSONL export's fields)
 PAPER = Document("p1", "Paper about hybrid retrieval and rank fusion.", title="Doc title", metadata={**OWN, **IDS})
 OTHER = Document("p2", "Notes about hybrid cars and their batteries.", title="Other", metadata={"year": 2020})
+# a null or empty metadata title/chunk_index counts as none: the stored ones show (and are filtered)
+EMPTY = Document("p3", "Hybrid vigour in plant breeding.", title="Plants", metadata={"title": None, "chunk_index": []})
 
 
 @pytest.fixture(params=["edge", "server"], scope="module")
 def retriever(request, indexed_stack):
-    stack = indexed_stack(request.param, [PAPER, OTHER], collection="adapters", rerank=False)
+    stack = indexed_stack(request.param, [PAPER, OTHER, EMPTY], collection="adapters", rerank=False)
     yield stack.retriever()
     stack.close()
 
@@ -61,3 +64,77 @@ def test_haystack_keeps_the_documents_own_metadata(retriever):
         "hybrid retrieval", filters={"field": "meta.doc_id", "operator": "==", "value": documents[0].meta["doc_id"]}
     )["documents"]
     assert [d.id for d in by_id] == [hit.chunk_id]
+
+
+QUERY = "hybrid"  # every document is a hit (dense)
+ADAPTERS = ["langchain", "llamaindex", "haystack"]
+
+
+def shown(retriever, adapter: str, key: str | None = None, operator: str = "==", value=None) -> dict[str, dict]:
+    """doc_id -> the metadata the adapter shows of each document it returns (filtered on ``key``, if given)."""
+    flt = None if key is None else {key: value} if operator == "==" else {key: {operator: value}}
+    if adapter == "langchain":
+        return {d.metadata["doc_id"]: d.metadata for d in retriever.as_langchain(k=10).invoke(QUERY, filter=flt)}
+    if adapter == "llamaindex":
+        pytest.importorskip("llama_index.core")
+        nodes = retriever.as_llamaindex(k=10, filter=flt).retrieve(QUERY)
+        return {n.node.metadata["doc_id"]: n.node.metadata for n in nodes}
+    pytest.importorskip("haystack")
+    haystack_op = {"==": "==", "gte": ">="}[operator]
+    filters = None if key is None else {"field": f"meta.{key}", "operator": haystack_op, "value": value}
+    return {d.meta["doc_id"]: d.meta for d in retriever.as_haystack(top_k=10).run(QUERY, filters=filters)["documents"]}
+
+
+@pytest.mark.parametrize("adapter", ADAPTERS)
+def test_a_filter_tests_the_value_the_adapter_shows(retriever, adapter):
+    """title and chunk_index show the document's own metadata value over the stored field; a filter on them
+    returns exactly the documents showing the value (the stored 'Doc title' and chunk 0 of p1 are not shown)."""
+    everything = shown(retriever, adapter)
+    assert set(everything) == {"p1", "p2", "p3"}
+    assert [everything[d]["title"] for d in ("p1", "p2", "p3")] == ["Paper title from metadata", "Other", "Plants"]
+    assert [everything[d]["chunk_index"] for d in ("p1", "p2", "p3")] == ["sec-2", 0, 0]
+    cases = [
+        ("title", "==", "Paper title from metadata"),
+        ("title", "==", "Doc title"),
+        ("title", "==", "Other"),
+        ("title", "==", "Plants"),
+        ("chunk_index", "==", "sec-2"),
+        ("chunk_index", "==", 0),
+        ("chunk_index", "gte", 0),
+        ("content_hash", "==", "h"),
+    ]
+    for key, operator, value in cases:
+        got = shown(retriever, adapter, key, operator, value)
+        want = {
+            d
+            for d, meta in everything.items()
+            if (meta.get(key) == value if operator == "==" else isinstance(meta[key], int) and meta[key] >= value)
+        }
+        assert set(got) == want, (key, operator, value)
+        assert all(got[d].get(key) == everything[d].get(key) for d in got)
+
+
+@pytest.mark.parametrize("adapter", ADAPTERS)
+def test_adapters_refuse_bad_search_arguments_before_searching(retriever, adapter):
+    """A filter on the hit's chunk id (the point's id, not filterable), a bad 'metadata.' key, a k over the limit
+    and a rerank that is no bool raise the library's errors, whichever adapter they come through."""
+    bad_filters = [({"chunk_id": "c-7"}, "filter on 'chunk_id'"), ({"metadata.": 1}, "filter on 'metadata.'")]
+    for flt, message in bad_filters:
+        with pytest.raises(FilterError, match=message):
+            if adapter == "langchain":
+                retriever.as_langchain().invoke(QUERY, filter=flt)
+            elif adapter == "llamaindex":
+                pytest.importorskip("llama_index.core")
+                retriever.as_llamaindex(filter=flt).retrieve(QUERY)
+            else:
+                pytest.importorskip("haystack")
+                key, value = next(iter(flt.items()))
+                retriever.as_haystack().run(QUERY, filters={"field": f"meta.{key}", "operator": "==", "value": value})
+    for kwargs, message in (({"k": 2**64}, "k must be at most 1,000,000,000"), ({"rerank": "false"}, "rerank must")):
+        with pytest.raises(InvalidArgumentError, match=message):
+            if adapter == "langchain":
+                retriever.as_langchain().invoke(QUERY, **kwargs)
+            elif adapter == "llamaindex":
+                retriever.as_llamaindex(**kwargs).retrieve(QUERY)
+            else:
+                retriever.as_haystack(**{"top_k" if k == "k" else k: v for k, v in kwargs.items()}).run(QUERY)

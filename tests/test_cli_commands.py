@@ -100,6 +100,22 @@ def test_search_filter_as_json(cli_in):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
+        (("--filter", '{"metadata.a\\"b": "x"}'), "error: filter on 'metadata.a\"b': after 'metadata.' comes a path"),
+        (("--k", str(10**22)), "error: k must be at most 1,000,000,000, got 10,000,000,000,000,000,000,000"),
+        (("--score-threshold", "nan"), "error: score_threshold must be a finite number or None, got nan"),
+        (("--filter", "[" * 50_000 + "]" * 50_000), "error: --filter nests too deeply to be read as a filter"),
+        (("--filter", '{"a": ' + "[" * 100 + "]" * 100 + "}"), "error: the filter nests dicts and lists deeper"),
+    ],
+)
+def test_search_arguments_the_engine_cannot_take_are_one_line(cli_in, args, message):
+    out = cli_in("search", "valve", "-c", "kb", *args, code=2)
+    assert out.strip().splitlines()[-1].startswith(message), out
+    assert "Traceback" not in out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
         (("search", "  ", "-c", "kb"), "error: empty query"),
         (("search", "valve", "-c", "kb", "--k", "0"), "error: k must be a positive integer, got 0"),
         (("search", "valve", "-c", "kb", "--variant", "bm25"), "valid: dense, sparse, hybrid, hybrid+rerank"),

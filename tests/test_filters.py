@@ -15,6 +15,9 @@ ROWS = [
     ("b", 0, (0, 1, 0, 0), {2: 1.0}, {"published": False, "score": 1.5, "at": "2019-12-31T23:00:00+00:00"}),
     ("c", 0, (0, 0, 1, 0), {3: 1.0}, {"published": True, "score": 2.0, "at": "2024-06-01", "note": "x"}),
 ]
+DEEP: dict = {"gte": 1}
+for _ in range(3000):  # deeper than Python's recursion limit: refused without recursing
+    DEEP = {"gte": DEEP}
 
 
 def docs(store, flt) -> set[str]:
@@ -59,6 +62,12 @@ def test_bool_float_null_and_datetime_filters(filled):
         ({'say "hi"': "x"}, r"filter on 'say \"hi\"': a key with a double quote cannot be filtered"),
         ({"topic": {"a": object()}}, r"filter on 'topic'"),
         ({"topic": object()}, r"filter on 'topic': unsupported value"),
+        # 'metadata.' keys (a payload path) are checked like the others, not handed to the engine as they are
+        ({"metadata.": "x"}, r"filter on 'metadata.': after 'metadata.' comes a path of keys"),
+        ({'metadata.a"b': "x"}, r"filter on 'metadata.a\"b': after 'metadata.' comes a path"),
+        ({"metadata.a..b": 1}, r"filter on 'metadata.a..b'"),
+        ({"metadata.a b": 1}, r"filter on 'metadata.a b'.*filter on the key itself \(without 'metadata.'\)"),
+        ({"a": DEEP}, r"the filter nests dicts and lists deeper than 64 levels"),
     ],
 )
 def test_bad_filters_name_the_field(filled, flt, message):
@@ -107,6 +116,8 @@ def test_a_key_with_dots_matches_the_key_as_written_or_a_nested_field(store):
     assert docs(store, {"a b": 1}) == {"a"}
     assert docs(store, {"x[0]": "y"}) == {"a"}
     assert docs(store, {"links[].to": "d"}) == {"b"}
+    assert docs(store, {"metadata.dc.creator": "Bob"}) == {"b"}  # a payload path into the metadata
+    assert docs(store, {"metadata.links[1].to": "d"}) == {"b"}
 
 
 def test_none_matches_a_missing_null_or_empty_field(store):

@@ -17,6 +17,9 @@ from retrieval.haystack import to_filter  # noqa: E402
 from tests.conftest import LEXICAL_QUERY, SEMANTIC_QUERY  # noqa: E402
 
 RANGE = {"field": "meta.year", "operator": ">", "value": 2000}
+DEEP_AND = RANGE
+for _ in range(5000):  # an AND nested 5,000 levels deep: a FilterError, not a RecursionError
+    DEEP_AND = {"operator": "AND", "conditions": [DEEP_AND]}
 TEMPLATE = "{% for d in documents %}[{{ d.meta.doc_id }}] {{ d.content }}\n{% endfor %}Question: {{ query }}"
 
 
@@ -140,6 +143,8 @@ def test_a_number_filter_matches_the_number_stored_as_a_float(indexed_stack, bac
         ({"field": "meta.id", "operator": "==", "value": 2**64}, "18446744073709551616 is outside the 64-bit"),
         ({"operator": "AND", "conditions": [RANGE, {**RANGE, "operator": "=="}]}, "== or in and another condition"),
         ({"operator": "AND", "conditions": RANGE}, "'conditions' must be a list"),
+        (DEEP_AND, "the Haystack filter nests dicts and lists deeper than 64 levels"),
+        ({"field": "meta.metadata.", "operator": "==", "value": 1}, "filter on 'metadata.': after 'metadata.'"),
     ],
 )
 def test_every_bad_filter_raises_the_filter_error(retriever, filters, message):

@@ -13,6 +13,10 @@ LONG = Document(
     {"topic": "home", "year": 2024},
 )
 
+NESTED: list = ["x"]
+for _ in range(5000):  # a value nested 5,000 lists deep (its repr alone would exceed Python's recursion limit)
+    NESTED = [NESTED]
+
 
 @pytest.fixture(scope="module")
 def retriever(indexed_stack):
@@ -37,6 +41,17 @@ def test_empty_query_is_refused(retriever, query):
         ({"variant": "semantic"}, "unknown variant 'semantic'; valid: dense, sparse, hybrid, hybrid\\+rerank"),
         ({"group_by": "page"}, "unknown group_by 'page'; valid: chunk, doc"),
         ({"filter": {"year": {"after": 2000}}}, "filter on 'year'"),
+        # checked before the engine: a k it cannot take, types that would be read as something else
+        ({"k": 2**64}, "k must be at most 1,000,000,000, got 18,446,744,073,709,551,616"),
+        ({"k": 10**5000}, "k must be at most 1,000,000,000, got an integer of 16610 bits"),
+        ({"rerank": "false"}, "rerank must be True, False or None \\(the settings\\), got 'false'"),
+        ({"rerank": 1}, "rerank must be True, False or None"),
+        ({"score_threshold": float("nan")}, "score_threshold must be a finite number or None, got nan"),
+        ({"score_threshold": float("-inf")}, "score_threshold must be a finite number or None, got -inf"),
+        ({"score_threshold": "0.5"}, "score_threshold must be a finite number"),
+        ({"filter": {"metadata.": "x"}}, "filter on 'metadata.': after 'metadata.' comes a path of keys"),
+        ({"filter": {'metadata.a"b': "x"}}, "filter on 'metadata.a\"b': after 'metadata.'"),
+        ({"filter": {"topic": NESTED}}, "the filter nests dicts and lists deeper than 64 levels"),
     ],
 )
 def test_invalid_arguments_raise_typed_errors(retriever, kwargs, message):
@@ -57,6 +72,7 @@ def test_group_by_doc_returns_the_best_chunk_of_each_document(retriever):
 
 
 def test_score_threshold_cuts_on_the_final_score(retriever):
+    assert len(retriever.search(LEXICAL_QUERY[0], k=2, score_threshold=-1e9)) == 2  # a finite number, any sign
     hits = retriever.search(LEXICAL_QUERY[0], k=8, group_by="doc")
     threshold = (hits[1].score + hits[2].score) / 2
     kept = retriever.search(LEXICAL_QUERY[0], k=8, group_by="doc", score_threshold=threshold)

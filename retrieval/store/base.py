@@ -34,6 +34,8 @@ PLAIN_KEY = re.compile(r"[\w-]+")  # a metadata key Qdrant's paths take unquoted
 PAYLOAD_PATH = re.compile(r"[\w-]+(?:\[\d*\])*(?:\.[\w-]+(?:\[\d*\])*)*")  # keys joined by dots, [i] or []
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 RANGE_OPERATORS = {"gt", "gte", "lt", "lte"}
+MAX_FILTER_DEPTH = 64  # dicts and lists nested in one filter (deeper: a FilterError, not a RecursionError)
+SHOWN_STORED = ("title", "chunk_index")  # stored fields the adapters show unless the document's metadata has them
 VERSION_SEP = "__v"
 
 log = logging.getLogger(__name__)
@@ -594,6 +596,14 @@ class QdrantStore(ABC):
     def close(self) -> None: ...
 
 
+class ShownFilter(dict):
+    """A filter dict as the framework adapters read it: a key tests the value their documents show
+    (:func:`retrieval.adapters.hit_metadata`). ``title`` and ``chunk_index`` test the document's own metadata
+    field of that name where it has one (not null, not an empty list), else the stored field; ``content_hash``
+    the document's metadata (the stored hash is not shown); ``chunk_id`` (the point's id) is refused; other keys
+    as in :func:`filter_conditions`."""
+
+
 def filter_conditions(spec: dict[str, Any] | None) -> list[list[tuple[str, str, Any]]]:
     """Normalize a filter dict into tests on payload keys; every problem names its field.
 
@@ -607,26 +617,63 @@ def filter_conditions(spec: dict[str, Any] | None) -> list[list[tuple[str, str, 
 
     Keys other than the stored top-level fields refer to the document's metadata; a key with dots or brackets
     matches the key as written or, as a Qdrant path, a nested field (``"author.name"``: ``{"author.name": x}``
-    or ``{"author": {"name": x}}``). ``doc_id``, ``title`` and ``content_hash`` hold strings.
+    or ``{"author": {"name": x}}``); a key starting with ``metadata.`` is a payload path into the metadata
+    (``"metadata.author.name"``). ``doc_id``, ``title`` and ``content_hash`` hold strings. A :class:`ShownFilter`
+    (the adapters') reads ``title``, ``chunk_index``, ``content_hash`` and ``chunk_id`` as its documents show them.
+    A filter nested deeper than :data:`MAX_FILTER_DEPTH` is refused.
     """
     if spec is None:
         return []
     if not isinstance(spec, dict):
         raise FilterError(f"a filter must be a dict of field -> condition, got {type(spec).__name__}")
+    check_nesting(spec, "the filter")
+    shown = isinstance(spec, ShownFilter)
     groups = []
     for key, value in spec.items():
         if not isinstance(key, str) or not key:
             raise FilterError(f"filter field names must be non-empty strings, got {key!r}")
-        if key in STRING_FIELDS and not _strings_or_none(value):
+        if shown and key == "chunk_id":
+            raise FilterError(
+                "filter on 'chunk_id': the chunk id shown is the point's id, which filters do not test; filter on "
+                "'doc_id', or on 'metadata.chunk_id' for the document's own metadata field of that name"
+            )
+        if key in STRING_FIELDS and not _strings_or_none(value) and not (shown and key == "content_hash"):
             hint = " (a document id written as 6 is stored as '6')" if key == "doc_id" else ""
             raise FilterError(f"filter on {key!r}: the field holds strings{hint}, got {value!r}")
-        paths = _paths(key)
         tests = _tests(key, value)
+        if shown and key in SHOWN_STORED:  # the document's own (non-empty) value, else the stored one
+            groups += _own_else_stored(key, tests)
+            continue
+        paths = [f"metadata.{key}"] if shown and key == "content_hash" else _paths(key)
         if tests[0][0] == "empty":  # no value under any reading of the key
             groups += [[(path, "empty", None)] for path in paths]
         else:
             groups.append([(path, kind, v) for path in paths for kind, v in tests])
     return groups
+
+
+def _own_else_stored(key: str, tests: list[tuple[str, Any]]) -> list[list[tuple[str, str, Any]]]:
+    """``own matches or (own is empty and stored matches)`` as a conjunction of alternatives: ``(own matches or
+    own is empty) and (own matches or stored matches)``; for ``None``: own and stored both empty."""
+    own = f"metadata.{key}"
+    if tests[0][0] == "empty":
+        return [[(own, "empty", None)], [(key, "empty", None)]]
+    mine = [(own, kind, v) for kind, v in tests]
+    return [[*mine, (own, "empty", None)], [*mine, *((key, kind, v) for kind, v in tests)]]
+
+
+def check_nesting(value: Any, what: str) -> None:
+    """Refuse ``value`` when it nests dicts and lists deeper than :data:`MAX_FILTER_DEPTH` (read without
+    recursion: a filter nested thousands of levels deep gets a :class:`FilterError`, not a RecursionError)."""
+    pending = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list | tuple) else None
+        if children is None:
+            continue
+        if depth > MAX_FILTER_DEPTH:
+            raise FilterError(f"{what} nests dicts and lists deeper than {MAX_FILTER_DEPTH} levels")
+        pending.extend((child, depth + 1) for child in children)
 
 
 def _strings_or_none(value: Any) -> bool:
@@ -636,7 +683,15 @@ def _strings_or_none(value: Any) -> bool:
 
 def _paths(key: str) -> list[str]:
     """The payload paths a filter key may mean: the metadata key as written, and a nested path if it is one."""
-    if key in TOP_LEVEL_FILTER_KEYS or key.startswith("metadata."):
+    if key in TOP_LEVEL_FILTER_KEYS:
+        return [key]
+    if key.startswith("metadata."):  # a payload path into the metadata, as Qdrant reads it
+        if not PAYLOAD_PATH.fullmatch(key.removeprefix("metadata.")):
+            raise FilterError(
+                f"filter on {key!r}: after 'metadata.' comes a path of keys (letters, digits, _ and -) joined by "
+                "dots, list indexes in square brackets; for a key with other characters, filter on the key itself "
+                "(without 'metadata.')"
+            )
         return [key]
     if PLAIN_KEY.fullmatch(key):
         return [f"metadata.{key}"]
