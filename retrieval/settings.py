@@ -84,6 +84,20 @@ def check_collection_name(name: object) -> str:
     raise InvalidArgumentError(f"invalid collection name {name!r}: {reason}")
 
 
+_USERINFO = re.compile(r"^(?P<head>(?:[A-Za-z][A-Za-z0-9+.-]*:)?//)?(?P<userinfo>[^/?#]*)@")
+
+
+def redact_url(url: str | None) -> str | None:
+    """``url`` as it may be shown (messages, logs, titles, Dagster metadata): the password of its user-info part
+    replaced by ``***`` (``https://user:***@host``), a user name alone (it may be a token) too (``https://***@host``).
+    """
+    match = _USERINFO.match(url or "")
+    if match is None:
+        return url
+    user, colon, _ = match["userinfo"].partition(":")
+    return f"{match['head'] or ''}{user + ':***' if colon else '***'}@{url[match.end() :]}"
+
+
 def settings_problems(exc: ValidationError) -> str:
     """A settings ``ValidationError`` as one line: ``invalid settings: field: reason; ...``."""
     problems = "; ".join(
@@ -97,7 +111,12 @@ class RetrievalSettings(BaseSettings):
     """Every knob of indexing and search. Environment: ``HYBRID_RAG_<FIELD>`` (e.g. HYBRID_RAG_QDRANT_URL)."""
 
     model_config = SettingsConfigDict(
-        env_prefix="HYBRID_RAG_", env_file=".env", extra="ignore", env_parse_none_str="none", allow_inf_nan=False
+        env_prefix="HYBRID_RAG_",
+        env_file=".env",
+        extra="ignore",
+        env_parse_none_str="none",
+        allow_inf_nan=False,
+        hide_input_in_errors=True,  # a rejected value may hold a secret (a URL's password); messages name what matters
     )
 
     # Qdrant: embedded engine under qdrant_path unless qdrant_url is set.
@@ -189,8 +208,8 @@ class RetrievalSettings(BaseSettings):
             ok = False
         if not ok:
             raise ValueError(
-                f"{url!r} is not a Qdrant URL: give http(s)://host[:port] for a server, file://<dir> or :memory: "
-                "for qdrant-client's local mode, or leave it unset for the embedded engine"
+                f"{redact_url(url)!r} is not a Qdrant URL: give http(s)://host[:port] for a server, file://<dir> or "
+                ":memory: for qdrant-client's local mode, or leave it unset for the embedded engine"
             )
         return url
 
