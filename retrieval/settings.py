@@ -84,13 +84,14 @@ def check_collection_name(name: object) -> str:
     raise InvalidArgumentError(f"invalid collection name {name!r}: {reason}")
 
 
-_USERINFO = re.compile(r"^(?P<head>(?:[A-Za-z][A-Za-z0-9+.-]*:)?//)?(?P<userinfo>[^/?#]*)@")
+# up to the last "@", even past a "/": a password with an unencoded "/" or "?" is still one
+_USERINFO = re.compile(r"^(?P<head>(?:[A-Za-z][A-Za-z0-9+.-]*:)?//)?(?P<userinfo>.*)@", re.DOTALL)
 
 
 def redact_url(url: str | None) -> str | None:
     """``url`` as it may be shown (messages, logs, titles, Dagster metadata): the password of its user-info part
     replaced by ``***`` (``https://user:***@host``), a user name alone (it may be a token) too (``https://***@host``).
-    """
+    Everything before the last ``@`` counts as user info, so a malformed URL shows no more."""
     match = _USERINFO.match(url or "")
     if match is None:
         return url
