@@ -188,6 +188,10 @@ class RetrievalSettings(BaseSettings):
     # are); a flat sparse list (few or common query terms) keeps rank fusion. None: always `fusion`.
     zscore_fusion_above: float | None = 2.5
 
+    def __repr_args__(self) -> list[tuple[str | None, object]]:
+        """repr() and str() show the Qdrant URL's password masked, as they show the API key."""
+        return [(name, redact_url(value) if name == "qdrant_url" else value) for name, value in super().__repr_args__()]
+
     @field_validator("collection")
     @classmethod
     def _check_collection(cls, name: str) -> str:

@@ -130,7 +130,9 @@ def test_url_password_never_appears_in_messages_logs_or_exceptions(monkeypatch, 
     monkeypatch.setenv("HYBRID_RAG_QDRANT_RETRIES", "1")
     monkeypatch.setenv("HYBRID_RAG_QDRANT_TIMEOUT_S", "1")
     caplog.set_level(logging.DEBUG)
-    store = open_store(RetrievalSettings(_env_file=None))
+    settings = RetrievalSettings(_env_file=None)
+    assert settings.qdrant_url == url and PASSWORD not in repr(settings) + str(settings)
+    store = open_store(settings)
     assert store.location == "https://user:***@127.0.0.1:1"
     with pytest.raises(StoreError) as info:
         store.schema()
