@@ -159,12 +159,7 @@ def test_a_failed_run_keeps_the_url_password_out_of_the_output_and_the_dagster_i
     """The tester's check: after `hybrid-rag run` fails on an unreachable server (and on a refused URL), grep
     every file of the Dagster instance (run storage, event log) for the password."""
     home = tmp_path / "home"
-    (tmp_path / "one.jsonl").write_text('{"_id": "a", "text": "Photons are light."}\n')
-    (tmp_path / "corpora.yaml").write_text(
-        f"corpora:\n  one:\n    source: {tmp_path / 'one.jsonl'}\n    format: jsonl\n"
-    )
     for key, value in {
-        "HYBRID_RAG_CORPORA_FILE": str(tmp_path / "corpora.yaml"),
         "DAGSTER_HOME": str(home),
         "HYBRID_RAG_QDRANT_PATH": str(tmp_path / "index"),
         "HYBRID_RAG_ASSETS_DIR": str(tmp_path / "assets"),
@@ -177,7 +172,7 @@ def test_a_failed_run_keeps_the_url_password_out_of_the_output_and_the_dagster_i
     outputs = []
     for url, failed_step in ((f"http://user:{PASSWORD}@127.0.0.1:1", "qdrant_index"), (f"ftp://u:{PASSWORD}@h", "")):
         monkeypatch.setenv("HYBRID_RAG_QDRANT_URL", url)
-        result = CliRunner().invoke(app, ["run", "--corpus", "one"])
+        result = CliRunner().invoke(app, ["run", "--corpus", "sample"])
         assert result.exit_code == 1, result.output
         assert f"{failed_step}: " in result.output and "***@" in result.output
         outputs.append(result.output)
