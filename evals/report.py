@@ -15,6 +15,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
 from matplotlib.figure import Figure
 from rich.table import Table
+from rich.text import Text
 
 from evals.metrics import HEADLINE_METRICS, LATENCY_KEY
 
@@ -226,7 +227,7 @@ def metrics_table(results: Mapping[str, Mapping[str, float]], title: str | None 
         for column in columns:
             value = values.get(column)
             text = _fmt(value, 1 if column == LATENCY_KEY else 4)
-            cells.append(f"[bold]{text}[/bold]" if value is not None and value == best.get(column) else text)
+            cells.append(Text(text, style="bold") if value is not None and value == best.get(column) else text)
         table.add_row(variant, *cells)
     return table
 

@@ -11,9 +11,10 @@ from typing import Annotated, Any
 
 import click
 import typer
-from rich.console import Console
 from rich.table import Table
 from typer.core import TyperGroup
+
+from orchestration.terminal import LiteralConsole, PrintableFormatter, label, printable
 
 
 class _Group(TyperGroup):
@@ -28,14 +29,15 @@ class _Group(TyperGroup):
 
             if not isinstance(exc, HybridRagError):
                 raise
-            Console(stderr=True).print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            err_console.print(label("error:", "red"), str(exc), soft_wrap=True)
             raise typer.Exit(2) from exc
 
 
 app = typer.Typer(
     cls=_Group, help="Hybrid dense + sparse retrieval on Qdrant.", no_args_is_help=True, add_completion=False
 )
-console = Console()
+console = LiteralConsole()  # content and user input print literally (orchestration.terminal)
+err_console = LiteralConsole(stderr=True)
 
 CollectionOpt = Annotated[str | None, typer.Option("--collection", "-c", help="Collection name (default: settings)")]
 HistoryOpt = Annotated[
@@ -64,7 +66,9 @@ def main(
         list[Path] | None, typer.Option("--env-file", help="Extra HYBRID_RAG_* settings file (e.g. a tuned reranker)")
     ] = None,
 ) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(PrintableFormatter("%(levelname)s %(message)s"))
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[handler])
     for path in env_file or []:
         _check_env_file(path)
     ENV_FILES[:] = [Path(".env"), *(env_file or [])]
@@ -129,7 +133,7 @@ def index(
     docs, read_report = read_documents(path, fmt, settings.bad_input_policy)
     read_seconds = time.perf_counter() - started
     if not docs and not as_json:
-        console.print(f"[yellow]no documents in {path}[/yellow]", soft_wrap=True)
+        console.print(f"no documents in {path}", style="yellow", soft_wrap=True)
     with RetrievalStack(settings) as stack:
         report = stack.indexer().index(
             docs, prune=sync, allow_delete=allow_delete, skipped=read_report.skipped, rebuild=rebuild
@@ -145,7 +149,7 @@ def index(
     table.add_row(*(f"{getattr(report, n):,}" for n in columns))
     console.print(table)
     for problem in read_report.skipped:
-        console.print(f"[yellow]skipped[/yellow] {problem}", soft_wrap=True)
+        console.print(label("skipped", "yellow"), str(problem), soft_wrap=True)
     if report.kept:
         console.print(_kept_line(report.kept, read_report.skipped, path), soft_wrap=True)
     rest = report.seconds - report.read_seconds
@@ -242,7 +246,7 @@ def delete(
         report = stack.indexer().delete_documents(doc_ids)
     console.print(f"deleted {report.deleted:,} points of {report.documents} documents; {report.points:,} points left")
     if report.missing:
-        console.print(f"[yellow]not in {settings.collection!r}:[/yellow] {', '.join(report.missing)}", soft_wrap=True)
+        console.print(label(f"not in {settings.collection!r}:", "yellow"), ", ".join(report.missing), soft_wrap=True)
 
 
 def _encoding_summary(encoding: dict[str, Any] | None) -> str | None:
@@ -264,6 +268,7 @@ def _encoding_summary(encoding: dict[str, Any] | None) -> str | None:
 @app.command()
 def collections(as_json: Annotated[bool, typer.Option("--json", help="Print as JSON")] = False) -> None:
     """List the collections with their point counts, models and versions."""
+    from retrieval.settings import redact_url
     from retrieval.store import ENCODING_FIELDS, StoreError, collection_names, open_store
 
     settings = _settings()
@@ -295,7 +300,7 @@ def collections(as_json: Annotated[bool, typer.Option("--json", help="Print as J
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
     else:
-        table = Table(title=f"collections at {settings.qdrant_url or settings.qdrant_path}")
+        table = Table(title=f"collections at {redact_url(settings.qdrant_url) or settings.qdrant_path}")
         for col in ("collection", *keys):
             table.add_column(col, overflow="fold")
         for row in rows:
@@ -303,7 +308,7 @@ def collections(as_json: Annotated[bool, typer.Option("--json", help="Print as J
             table.add_row(*("-" if v is None else f"{v:,}" if isinstance(v, int) else str(v) for v in cells.values()))
         console.print(table)
     for problem in problems:
-        Console(stderr=True).print(f"[red]error:[/red] {problem}", highlight=False, soft_wrap=True)
+        err_console.print(label("error:", "red"), problem, soft_wrap=True)
     if problems:
         raise typer.Exit(2)
 
@@ -386,16 +391,16 @@ def evaluate(
             docs, read_report = read_documents(coll.corpus_path, "jsonl", settings.bad_input_policy)
             stack.indexer().index(docs, skipped=read_report.skipped)
             for problem in read_report.skipped:
-                console.print(f"[yellow]skipped[/yellow] {problem}", soft_wrap=True)
+                console.print(label("skipped", "yellow"), str(problem), soft_wrap=True)
         report = evaluate_collection(stack.retriever(), coll, split, variants)
     console.print(metrics_table(report.metrics(), title=f"{report.label()} ({split})"))
     for warning in [*report.warnings, report.coverage_warning()]:
         if warning:
-            console.print(f"[yellow]warning:[/yellow] {warning}", soft_wrap=True)
+            console.print(label("warning:", "yellow"), warning, soft_wrap=True)
     for name, check in report.quality_checks().items():
         if check.comparison is not None:
-            mark = "[green]ok[/green]" if check.passed else "[yellow]warning[/yellow]"
-            console.print(f"{name}: {mark} {check.description}", soft_wrap=True)
+            mark = label("ok", "green") if check.passed else label("warning", "yellow")
+            console.print(f"{name}:", mark, check.description, soft_wrap=True)
     if run_file:  # the outputs first: a run the TREC format cannot hold fails here, before anything is recorded
         last = variants[-1].value
         write_run(run_file, report.variants[last].run, tag=f"hybrid-rag-{last}")
@@ -439,16 +444,17 @@ def compare(
             f"({len(qrels)} queries): a run of another split or dataset, or an empty one"
         )
     for warning in corpus_warnings(dict(zip(names, (base_run, cand_run), strict=True)), coll.doc_ids(), coll.name):
-        Console(stderr=True).print(f"[yellow]warning:[/yellow] {warning}", soft_wrap=True)
+        err_console.print(label("warning:", "yellow"), warning, soft_wrap=True)
     for name, count in zip(names, judged, strict=True):
         if count < len(qrels):
-            Console(stderr=True).print(
-                f"[yellow]warning:[/yellow] {name} has results for {count} of the {len(qrels)} queries judged in "
+            err_console.print(
+                label("warning:", "yellow"),
+                f"{name} has results for {count} of the {len(qrels)} queries judged in "
                 f"{coll.name}/{split}; the others score 0",
                 soft_wrap=True,
             )
     rows = [compare_runs(qrels, base_run, cand_run, m, names=names) for m in (metric or ["ndcg@10", "recall@100"])]
-    typer.echo(format_comparison(rows))
+    typer.echo(printable(format_comparison(rows)))
 
 
 def _run_labels(baseline: Path, candidate: Path) -> tuple[str, str]:
@@ -477,7 +483,7 @@ def eval_report(
     history = history or default_history_path()
     df = EvalHistory(history, create=False).records()  # a report creates no file
     if df.empty:
-        console.print(f"[yellow]no evaluations recorded in {history}[/yellow]", soft_wrap=True)
+        console.print(f"no evaluations recorded in {history}", style="yellow", soft_wrap=True)
         raise typer.Exit(1)
     if collection is not None:
         recorded = sorted(set(df["collection"]))
@@ -485,8 +491,8 @@ def eval_report(
         df = df[(df["collection"] == collection) | searched.astype(bool)]  # the evaluated dataset, or the one searched
         if df.empty:
             console.print(
-                f"[yellow]no evaluations of collection {collection!r} in {history}; recorded: "
-                f"{', '.join(recorded)}[/yellow]",
+                f"no evaluations of collection {collection!r} in {history}; recorded: {', '.join(recorded)}",
+                style="yellow",
                 soft_wrap=True,
             )
             raise typer.Exit(1)
@@ -495,7 +501,7 @@ def eval_report(
     png = plot_history(df, metric=metric, out_png=out / f"{metric.replace('@', '_at_')}.png")
     table = markdown_table(df)
     (out / "latest.md").write_text(table)
-    typer.echo(table)
+    typer.echo(printable(table))
     console.print(f"plot: {png}", soft_wrap=True)
 
 
@@ -649,7 +655,7 @@ def run(
     try:
         print_results(run_main_job(corpus, run_config=run_config))
     except MainJobError as exc:  # e.g. the evaluation gate refused the new version: readers keep the old one
-        console.print(f"[red]{exc}[/red]", highlight=False, soft_wrap=True)
+        console.print(str(exc), style="red", soft_wrap=True)
         raise typer.Exit(1) from exc
 
 
@@ -715,18 +721,20 @@ def cache(
     if not store.path.exists():
         console.print(f"no embedding cache at {store.path}", soft_wrap=True)
     else:
-        print(f"{store.path}: {store.file_bytes() / 2**20:.1f} MiB\n")
+        print(printable(f"{store.path}: {store.file_bytes() / 2**20:.1f} MiB\n"))
         print("| cache key | model | backend | prompt | tokens | rows | vectors MiB | oldest use | last use (UTC) |")
         print("|---|---|---|---|---:|---:|---:|---|---|")
     for u in usage:
         mib = f"{u.vector_bytes / 2**20:.1f}"
         prompt = "?" if u.prompt is None else repr(u.prompt)
         what = f"{u.label or '?'} | {u.backend or '?'} | {prompt} | {u.max_tokens or '?'}"
-        print(f"| {u.model} | {what} | {u.rows} | {mib} | {_day(u.oldest_use)} | {_day(u.newest_use)} |")
+        print(printable(f"| {u.model} | {what} | {u.rows} | {mib} | {_day(u.oldest_use)} | {_day(u.newest_use)} |"))
     if stale:
         print(
-            f"\n{len(stale)} ONNX export folders left by ended processes ({stale_bytes / 2**20:.1f} MiB) under "
-            f"{store.path.parent / 'models'}: removed by the next ONNX export"
+            printable(
+                f"\n{len(stale)} ONNX export folders left by ended processes ({stale_bytes / 2**20:.1f} MiB) under "
+                f"{store.path.parent / 'models'}: removed by the next ONNX export"
+            )
         )
 
 

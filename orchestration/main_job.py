@@ -19,12 +19,14 @@ from typing import Any
 
 import dagster as dg
 from rich.console import Console
+from rich.text import Text
 
 from assets import ALL_ASSETS, CHANNELS_CHECK, CORPORA, NDCG_CHECK, POINT_COUNT_CHECK, RERANK_CHECK
 from assets.evaluation import GATE, GATE_NOT_RUN, evaluation_report
 from orchestration.definitions import default_resources
 from orchestration.jobs import reindex_job
 from orchestration.orphaned_runs import PROCESS_TAG, fail_orphaned_runs, this_process
+from orchestration.terminal import LiteralConsole, PrintableFormatter, label
 from retrieval.store import StoreError, open_store
 
 DAGSTER_HOME = Path("data/dagster_home")
@@ -41,7 +43,7 @@ def default_dagster_home() -> Path:
     return Path(os.environ.get("DAGSTER_HOME") or DAGSTER_HOME)
 
 
-class _OneLine(logging.Formatter):
+class _OneLine(PrintableFormatter):
     """Each event as its first line: a failed step's error and stack trace stay in the run's event log (the UI);
     the run's failure reasons are printed once, by ``hybrid-rag run``."""
 
@@ -176,33 +178,36 @@ def summarize(result: dg.ExecuteInProcessResult, corpus: str) -> dict[str, Any]:
 
 
 def print_results(summary: Mapping[str, Any], console: Console | None = None) -> None:
-    """The evaluation as a rich table, with the index counts and the asset checks."""
+    """The evaluation as a rich table, with the index counts and the asset checks (``console``: by default one
+    that prints names and messages literally)."""
     from evals.report import metrics_table
 
-    console = console or Console()
+    console = console or LiteralConsole()
     index = summary.get("index", {})
     console.print(
-        f"corpus [bold]{summary['corpus']}[/bold] -> collection {summary.get('collection')!r}: "
-        + ", ".join(f"{name} {index.get(name)}" for name in INDEX_FIELDS),
+        "corpus",
+        label(summary["corpus"], "bold"),
+        f"-> collection {summary.get('collection')!r}:",
+        ", ".join(f"{name} {index.get(name)}" for name in INDEX_FIELDS),
         soft_wrap=True,
     )
     if summary.get("metrics"):
         console.print(metrics_table(summary["metrics"], title=f"{summary['corpus']} ({summary.get('split')})"))
     else:
-        console.print(f"[yellow]{summary.get('note') or 'no evaluation'}[/yellow]", soft_wrap=True)
+        console.print(summary.get("note") or "no evaluation", style="yellow", soft_wrap=True)
     for name in (POINT_COUNT_CHECK, NDCG_CHECK, CHANNELS_CHECK, RERANK_CHECK):
         check = summary.get("checks", {}).get(name)
         if check:
             if not check.get("run", True):
-                mark = "not run"
+                mark = Text("not run")
             elif check["passed"]:
-                mark = "[green]passed[/green]"
+                mark = label("passed", "green")
             elif check["severity"] == "WARN":
-                mark = "[yellow]warning[/yellow]"
+                mark = label("warning", "yellow")
             else:
-                mark = f"[red]FAILED[/red] ({check['severity']})"
+                mark = label("FAILED", "red") + f" ({check['severity']})"
             detail = f": {check['description']}" if check.get("description") else ""
-            console.print(f"check {name}: {mark}{detail}", soft_wrap=True)
+            console.print(f"check {name}: ", mark, detail, sep="", soft_wrap=True)
     if summary.get("published") is not None:
         name, version = summary.get("collection"), summary["published"]
         if version != summary.get("previous"):

@@ -84,6 +84,21 @@ def check_collection_name(name: object) -> str:
     raise InvalidArgumentError(f"invalid collection name {name!r}: {reason}")
 
 
+# up to the last "@", even past a "/": a password with an unencoded "/" or "?" is still one
+_USERINFO = re.compile(r"^(?P<head>(?:[A-Za-z][A-Za-z0-9+.-]*:)?//)?(?P<userinfo>.*)@", re.DOTALL)
+
+
+def redact_url(url: str | None) -> str | None:
+    """``url`` as it may be shown (messages, logs, titles, Dagster metadata): the password of its user-info part
+    replaced by ``***`` (``https://user:***@host``), a user name alone (it may be a token) too (``https://***@host``).
+    Everything before the last ``@`` counts as user info, so a malformed URL shows no more."""
+    match = _USERINFO.match(url or "")
+    if match is None:
+        return url
+    user, colon, _ = match["userinfo"].partition(":")
+    return f"{match['head'] or ''}{user + ':***' if colon else '***'}@{url[match.end() :]}"
+
+
 def settings_problems(exc: ValidationError) -> str:
     """A settings ``ValidationError`` as one line: ``invalid settings: field: reason; ...``."""
     problems = "; ".join(
@@ -97,7 +112,12 @@ class RetrievalSettings(BaseSettings):
     """Every knob of indexing and search. Environment: ``HYBRID_RAG_<FIELD>`` (e.g. HYBRID_RAG_QDRANT_URL)."""
 
     model_config = SettingsConfigDict(
-        env_prefix="HYBRID_RAG_", env_file=".env", extra="ignore", env_parse_none_str="none", allow_inf_nan=False
+        env_prefix="HYBRID_RAG_",
+        env_file=".env",
+        extra="ignore",
+        env_parse_none_str="none",
+        allow_inf_nan=False,
+        hide_input_in_errors=True,  # a rejected value may hold a secret (a URL's password); messages name what matters
     )
 
     # Qdrant: embedded engine under qdrant_path unless qdrant_url is set.
@@ -168,6 +188,10 @@ class RetrievalSettings(BaseSettings):
     # are); a flat sparse list (few or common query terms) keeps rank fusion. None: always `fusion`.
     zscore_fusion_above: float | None = 2.5
 
+    def __repr_args__(self) -> list[tuple[str | None, object]]:
+        """repr() and str() show the Qdrant URL's password masked, as they show the API key."""
+        return [(name, redact_url(value) if name == "qdrant_url" else value) for name, value in super().__repr_args__()]
+
     @field_validator("collection")
     @classmethod
     def _check_collection(cls, name: str) -> str:
@@ -189,8 +213,8 @@ class RetrievalSettings(BaseSettings):
             ok = False
         if not ok:
             raise ValueError(
-                f"{url!r} is not a Qdrant URL: give http(s)://host[:port] for a server, file://<dir> or :memory: "
-                "for qdrant-client's local mode, or leave it unset for the embedded engine"
+                f"{redact_url(url)!r} is not a Qdrant URL: give http(s)://host[:port] for a server, file://<dir> or "
+                ":memory: for qdrant-client's local mode, or leave it unset for the embedded engine"
             )
         return url
 

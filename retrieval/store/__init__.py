@@ -10,7 +10,7 @@ import re
 from typing import TYPE_CHECKING
 
 from retrieval.errors import InvalidArgumentError
-from retrieval.settings import RetrievalSettings, check_collection_name
+from retrieval.settings import RetrievalSettings, check_collection_name, redact_url
 from retrieval.store.base import (
     ENCODING_FIELDS,
     CollectionSchema,
@@ -48,7 +48,8 @@ def open_store(
 
         key = settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None
         client = connect(settings.qdrant_url, key, settings.qdrant_timeout_s)
-        return ServerStore(client, name, version=version, location=settings.qdrant_url, retries=settings.qdrant_retries)
+        location = redact_url(settings.qdrant_url)  # named in every message: never its password
+        return ServerStore(client, name, version=version, location=location, retries=settings.qdrant_retries)
     return EdgeStore(settings.qdrant_path, name, version=version)
 
 

@@ -27,7 +27,9 @@ import warnings
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
+from urllib.parse import unquote, urlsplit
 
+import httpx
 import numpy as np
 from qdrant_client import QdrantClient
 from qdrant_client import models as qm
@@ -85,6 +87,8 @@ def connect(
 ) -> QdrantClient:
     """A client for ``url``: ``http(s)://host:port`` for a server, ``:memory:`` or ``file:///dir`` for local mode.
 
+    A user name and password in the URL (``https://user:pass@host``, e.g. a proxy's basic auth) are sent as HTTP
+    basic auth; qdrant-client is given the URL without them (it would drop them, and may quote its URL in errors).
     No request is made here (qdrant-client's version check runs in the background unless switched off).
     """
     if url == ":memory:":
@@ -95,7 +99,12 @@ def connect(
     # qdrant-client's background version check warns, with its file:line, when the server cannot be reached; the
     # request that follows fails with our error naming the URL and the operation, so the warning only adds noise.
     warnings.filterwarnings("ignore", message="Failed to obtain server version", category=UserWarning)
-    return QdrantClient(url=url, api_key=api_key, timeout=timeout, check_compatibility=check_compatibility)
+    parts = urlsplit(url)
+    extra: dict[str, Any] = {}
+    if "@" in parts.netloc:
+        extra["auth"] = httpx.BasicAuth(unquote(parts.username or ""), unquote(parts.password or ""))
+        url = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+    return QdrantClient(url=url, api_key=api_key, timeout=timeout, check_compatibility=check_compatibility, **extra)
 
 
 class ServerStore(QdrantStore):

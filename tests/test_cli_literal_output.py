@@ -1,0 +1,113 @@
+"""The CLI prints stored content and user input literally: rich markup in a document, id, title, query, path or
+error message neither crashes the output nor styles it or makes a link, and control characters (ANSI/OSC escapes)
+are shown escaped, never sent to the terminal; ``--json`` keeps the content exact."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from orchestration.cli import app
+from orchestration.main_job import print_results
+from orchestration.terminal import PrintableFormatter, printable
+
+SPOOF = "[bold red]SECURITY ALERT[/bold red] [link=http://evil.example]click[/link] :warning:"
+ESCAPES = "\x1b]0;pwned\x07 \x1b[2J \u202egnp.exe"
+HOSTILE = [
+    {"_id": "a", "text": "Use the path [/usr/local] for photons."},
+    {"_id": "spoof[/x]", "title": SPOOF, "text": f"Photons are light. {ESCAPES}"},
+    {"_id": "[/bad]", "text": ""},  # skipped: empty text
+]
+
+
+def _env(monkeypatch: pytest.MonkeyPatch, root: Path) -> None:
+    for key, sub in (("QDRANT_PATH", "index"), ("CACHE_DIR", "cache"), ("MODELS_DIR", "models")):
+        monkeypatch.setenv(f"HYBRID_RAG_{key}", str(root / sub))
+    monkeypatch.setenv("HYBRID_RAG_HISTORY_PATH", str(root / "history.sqlite"))
+    monkeypatch.chdir(root)
+
+
+def _invoke(*args: str, code: int = 0) -> str:
+    result = CliRunner().invoke(app, list(args))
+    assert result.exit_code == code, (result.output, result.exception)
+    assert "Traceback" not in result.output and "MarkupError" not in result.output, result.output
+    assert "\x1b" not in result.output and "\x07" not in result.output and "\u202e" not in result.output
+    return result.output
+
+
+@pytest.fixture(scope="module")
+def indexed(tmp_path_factory) -> tuple[Path, str]:
+    """A collection of hostile documents indexed through the CLI (skip policy); the index command's output."""
+    root = tmp_path_factory.mktemp("literal")
+    (root / "hostile.jsonl").write_text("".join(json.dumps(d) + "\n" for d in HOSTILE))
+    with pytest.MonkeyPatch.context() as mp:
+        _env(mp, root)
+        out = _invoke("index", "hostile.jsonl", "-c", "hostile", "--policy", "skip")
+    return root, out
+
+
+def test_printable_escapes_control_characters_but_tab_and_newline() -> None:
+    assert printable("a\x1b[2Jb\x07c\x00d\x9be\u202ef\tg\nh[/x]") == "a\\x1b[2Jb\\x07c\\x00d\\x9be\\u202ef\tg\nh[/x]"
+    record = logging.LogRecord("x", logging.WARNING, __file__, 1, "doc %s", ("\x1b]0;pwned\x07",), None)
+    assert PrintableFormatter("%(message)s").format(record) == "doc \\x1b]0;pwned\\x07"
+
+
+def test_index_prints_skipped_records_with_markup_literally(indexed) -> None:
+    _, out = indexed
+    assert "skipped hostile.jsonl:3: document '[/bad]': empty text" in out, out
+
+
+def test_search_prints_hostile_content_and_query_literally(indexed, monkeypatch) -> None:
+    root, _ = indexed
+    _env(monkeypatch, root)
+    monkeypatch.setenv("COLUMNS", "300")  # no wrapped cells
+    out = _invoke("search", "[/b] photons [bold]", "-c", "hostile", "--no-rerank")
+    assert "hits for '[/b] photons [bold]'" in out and "[/usr/local]" in out and "spoof[/x]" in out
+    assert f"{SPOOF} | Photons are light. \\x1b]0;pwned\\x07 \\x1b[2J \\u202egnp.exe" in out, (
+        out
+    )  # tags, link, emoji code
+    hits = json.loads(_invoke("search", "photons", "-c", "hostile", "--no-rerank", "--json"))
+    assert SPOOF in {h["title"] for h in hits} and any(h["text"].endswith(ESCAPES) for h in hits)
+
+
+def test_a_folder_with_markup_in_a_path_is_indexed_and_reported(tmp_path, monkeypatch) -> None:
+    _env(monkeypatch, tmp_path)
+    (tmp_path / "dirmk" / "[/z]").mkdir(parents=True)
+    (tmp_path / "dirmk" / "[/z]" / "a.bin").write_text("hi")
+    (tmp_path / "dirmk" / "[bold]note.md").write_text("Photons are light.\n")
+    out = _invoke("index", "dirmk", "-c", "dirmk", "--policy", "skip")
+    assert "skipped dirmk/[/z]/a.bin: unsupported file type '.bin'" in out, out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["search", "stars", "-c", "[/b]"], "error: invalid settings: collection: invalid collection name '[/b]'"),
+        (["--env-file", "[/e]\x1b[2J.env", "collections"], "error: --env-file [/e]\\x1b[2J.env: no such file"),
+        (["index", "bad.jsonl", "-c", "x"], "error: bad.jsonl:1: document '[/x]': empty text"),
+    ],
+)
+def test_error_messages_with_markup_are_one_literal_line(tmp_path, monkeypatch, args, message) -> None:
+    _env(monkeypatch, tmp_path)
+    (tmp_path / "bad.jsonl").write_text('{"_id": "[/x]", "text": ""}\n')
+    out = _invoke(*args, code=2)
+    assert out.strip().splitlines()[-1].startswith(message), out
+
+
+def test_run_results_print_names_and_check_details_literally(capsys) -> None:
+    summary = {
+        "corpus": "[/c]",
+        "collection": "[bold]x",
+        "index": {"documents": 1},
+        "note": "no qrels for [/n] \x1b[2J",
+        "checks": {"ndcg_not_dropped": {"passed": False, "severity": "ERROR", "description": "[link=http://e]x"}},
+        "run_id": "r",
+    }
+    print_results(summary)
+    out = capsys.readouterr().out
+    assert "corpus [/c] -> collection '[bold]x': documents 1" in out and "no qrels for [/n] \\x1b[2J" in out
+    assert "check ndcg_not_dropped: FAILED (ERROR): [link=http://e]x" in out and "\x1b" not in out
