@@ -11,6 +11,7 @@ import dagster as dg
 import pytest
 
 from assets import CORPORA
+from assets.corpora import CorpusConfigError, load_corpora
 from assets.resources import CorporaResource
 from orchestration.schedules import daily_evaluation, nightly_reindex
 from orchestration.sensors import build_drop_folder_sensor, folder_manifest
@@ -167,3 +168,12 @@ def test_shipped_schedules_cover_the_configured_corpora() -> None:
     )
     names = {r.partition_key for r in nightly_reindex(context)}
     assert names == {c.name for c in CORPORA.corpora.values() if c.source.exists()} and "sample" in names
+
+
+@pytest.mark.parametrize("value", ['"false"', '"no"', "1", "null"])
+def test_watch_must_be_a_yaml_boolean(tmp_path: Path, value: str) -> None:
+    file = tmp_path / "corpora.yaml"
+    file.write_text(f"corpora:\n  notes: {{source: n, format: dir, watch: {value}}}\n")
+    with pytest.raises(CorpusConfigError, match="'watch' must be true or false") as raised:
+        load_corpora(file)
+    assert str(file) in str(raised.value) and "corpus 'notes'" in str(raised.value)
