@@ -21,6 +21,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+import yaml
 from markdown_it import MarkdownIt
 
 from retrieval.errors import HybridRagError, InvalidDocumentError, choice
@@ -33,9 +34,12 @@ MAX_DOCUMENT_BYTES = 8 * 1024 * 1024
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # the integers a Qdrant payload holds (i64)
 RECORD_FIELDS = {"_id", "title", "text", "metadata"}  # a JSONL record's other fields are metadata
 UTF8_BOM = b"\xef\xbb\xbf"
+UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")  # little-, big-endian (Notepad's "Unicode")
 NOT_UNICODE = "not valid Unicode (lone surrogate)"
 _COMMONMARK = MarkdownIt("commonmark")
-_H1_LINE = re.compile(r" {0,3}#(?:[ \t]|$)")  # may open a "# Title" heading (CommonMark decides)
+# may open a "# Title" heading or underline a "Title\n===" one (CommonMark decides)
+_H1_LINE = re.compile(r" {0,3}(?:#(?:[ \t]|\r?$)|=+[ \t]*\r?$)")
+_FRONT_MATTER = re.compile(r"---[ \t]*\r?\n(.*?)^(?:---|\.\.\.)[ \t]*(?:\r?\n|\Z)", re.DOTALL | re.MULTILINE)
 _ID_IN_BROKEN_LINE = re.compile(r'"_?id"\s*:\s*(?:"((?:[^"\\]|\\.)*)"|(-?\d+))')
 
 
@@ -200,6 +204,12 @@ class DocumentReader:
             except OSError as exc:
                 self._problem(path, None, f"cannot read file: {exc.strerror or exc}", doc_id)
                 continue
+            bom = next((b for b in UTF16_BOMS if raw.startswith(b)), None)
+            if bom is not None:
+                self._problem(
+                    path, None, f"UTF-16 text (byte order mark {bom.hex(' ').upper()}): save it as UTF-8", doc_id
+                )
+                continue
             if b"\x00" in raw[:8192]:
                 self._problem(path, None, "binary content (NUL bytes) in a text file", doc_id)
                 continue
@@ -209,7 +219,7 @@ class DocumentReader:
                 line = raw[: exc.start].count(b"\n") + 1
                 self._problem(path, line, f"not valid UTF-8 (byte offset {exc.start})", doc_id)
                 continue
-            title = _markdown_title(text) if path.suffix.lower() in {".md", ".markdown"} else path.stem
+            title = (_markdown_title(text) if path.suffix.lower() in {".md", ".markdown"} else "") or path.stem
             doc = self._document(path, None, doc_id, text, title, {"source_path": doc_id})
             if doc is not None:
                 yield doc
@@ -418,8 +428,21 @@ def _guess_id(line: str) -> str | None:
 
 
 def _markdown_title(text: str) -> str:
-    """The text of the first non-empty ``# Title`` heading as CommonMark reads it (not a ``# comment`` in a code
-    block), or ''. Only the text up to a line that may be one is parsed (in doubling steps): long files stay cheap."""
+    """A Markdown file's title: its YAML front matter's ``title:``, else the text of its first non-empty level-one
+    heading (``# Title`` or ``Title`` underlined with ``===``) as CommonMark reads the text after the front matter
+    (not a ``# comment`` in front matter or a code block), else ''. Only the text up to a line that may be such a
+    heading is parsed (in doubling steps): long files stay cheap."""
+    front = _FRONT_MATTER.match(text)
+    if front:
+        try:
+            fields = yaml.safe_load(front.group(1))
+        except yaml.YAMLError:
+            fields = None
+        if isinstance(fields, dict):  # else the '---' lines are Markdown (a thematic break)
+            title = fields.get("title")
+            if isinstance(title, str | int | float | dt.date) and not isinstance(title, bool) and str(title).strip():
+                return str(title).strip()
+            text = text[front.end() :]
     lines = text.splitlines(keepends=True)
     parsed = 0
     for i, line in enumerate(lines):
@@ -428,7 +451,7 @@ def _markdown_title(text: str) -> str:
         parsed = max(i + 1, 2 * parsed)
         tokens = _COMMONMARK.parse("".join(lines[:parsed]))
         for opening, inline in itertools.pairwise(tokens):
-            if opening.type == "heading_open" and opening.markup == "#" and inline.content.strip():
+            if opening.type == "heading_open" and opening.tag == "h1" and inline.content.strip():
                 return inline.content.strip()
     return ""
 

@@ -299,14 +299,36 @@ def test_byte_order_marks_are_not_content(tmp_path):
         ),
         ("~~~\n# not a title\n~~~\n# Title #\nbody", "Title"),
         ("    # an indented code line\n\n# Real\nbody", "Real"),
-        ("## Section only\nbody\n#hashtag", ""),
+        ("## Section only\nbody\n#hashtag", "note"),  # no title: the file name, as for .txt and .rst
         ("Intro line\n\n  # Indented heading\nbody", "Indented heading"),
-        ("#\nSetext\n===\n# Second #\nbody", "Second"),  # an empty heading is no title; only '# ' ones are
+        ("#\nSetext\n===\n# Second #\nbody", "Setext"),  # an empty heading is no title; a setext one is
+        ("Upgrading\n=========\n\nHow to upgrade.\n", "Upgrading"),
+        ("Section\n-------\nbody", "note"),
+        # front matter: its 'title:' is the title; a '# comment' in it is YAML, not a heading
+        ("---\n# Jekyll settings, do not edit\nlayout: page\ntitle: Installing\n---\n\n# Installation\n", "Installing"),
+        ("---\n# Jekyll settings\nlayout: page\n---\n\n# Installation\nbody", "Installation"),
+        ("---\r\ntitle: FAQ\r\n...\r\n\r\nQ: purr?\r\n", "FAQ"),
+        ("---\nlayout: page\n---\n\nNo heading.\n", "note"),
     ],
 )
 def test_a_markdown_title_is_its_first_level_one_heading_outside_code(tmp_path, markdown, title):
     (tmp_path / "note.md").write_text(markdown)
     assert read_documents(tmp_path)[0][0].title == title
+
+
+def test_utf16_text_is_named_as_such(tmp_path):
+    (tmp_path / "ok.md").write_text("# ok\n\nfine.\n")
+    (tmp_path / "minutes.txt").write_text("Meeting minutes.\n", encoding="utf-16")  # Notepad's "Unicode": a BOM
+    (tmp_path / "big.txt").write_text("Big-endian.\n", encoding="utf-16-be")
+    (tmp_path / "big.txt").write_bytes(b"\xfe\xff" + (tmp_path / "big.txt").read_bytes())
+    with pytest.raises(BadInputError, match=r"big\.txt: UTF-16 text \(byte order mark FE FF\): save it as UTF-8"):
+        read_documents(tmp_path)
+    docs, report = read_documents(tmp_path, policy="skip")
+    assert [d.id for d in docs] == ["ok.md"]
+    assert [(p.doc_id, p.reason) for p in report.skipped] == [
+        ("big.txt", "UTF-16 text (byte order mark FE FF): save it as UTF-8"),
+        ("minutes.txt", "UTF-16 text (byte order mark FF FE): save it as UTF-8"),
+    ]
 
 
 def test_a_single_file_is_read_by_its_suffix(tmp_path):
