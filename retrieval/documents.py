@@ -78,6 +78,13 @@ class InputProblem:
     line: int | None
     reason: str
     doc_id: str | None = None
+    folder: bool = False  # a folder (or a broken link) of a text folder: it may hold the documents below doc_id
+
+    def covers(self, doc_id: str) -> bool:
+        """Whether the stored document ``doc_id`` may be this skipped record (or lie in this skipped folder)."""
+        if self.doc_id is None:
+            return False
+        return doc_id == self.doc_id or (self.folder and doc_id.startswith(self.doc_id + "/"))
 
     def __str__(self) -> str:
         where = f"{self.path}:{self.line}" if self.line is not None else str(self.path)
@@ -191,7 +198,10 @@ class DocumentReader:
         if root.is_file():
             files, root = [root], root.parent
         elif root.is_dir():
-            files = visible_files(root)
+            unlisted: list[InputProblem] = []
+            files = visible_files(root, unlisted)
+            for problem in unlisted:
+                self._skip(problem)
         else:
             raise BadInputError(InputProblem(root, None, "not a directory"))
         for path in files:
@@ -242,7 +252,9 @@ class DocumentReader:
         return doc
 
     def _problem(self, path: Path, line: int | None, reason: str, doc_id: str | None = None) -> None:
-        problem = InputProblem(path, line, reason, doc_id)
+        return self._skip(InputProblem(path, line, reason, doc_id))
+
+    def _skip(self, problem: InputProblem) -> None:
         if self.policy is BadInputPolicy.FAIL:
             raise BadInputError(problem)
         log.info("skipped %s", problem)  # callers report the skipped records (CLI, Dagster): once
@@ -395,16 +407,29 @@ def read_documents(
     return docs, reader.report
 
 
-def visible_files(root: Path) -> list[Path]:
+def visible_files(root: Path, unlisted: list[InputProblem] | None = None) -> list[Path]:
     """The files under ``root``, sorted, leaving out hidden ones: any name below ``root`` starting with '.'
     (``.git/``, ``.obsidian/``, ``.DS_Store``); ``root`` itself may be hidden. Linked folders are followed,
     except a link to a folder above it, ``root`` and its parents included (which would loop, or walk the tree
-    ``root`` lies in)."""
+    ``root`` lies in).
+
+    A subfolder that cannot be listed and a broken link are problems (``folder`` set, ``doc_id`` their path below
+    ``root``: what they held is unknown): appended to ``unlisted``, or without it the first raised as
+    :class:`BadInputError`, as is a ``root`` that cannot be listed."""
+    found: list[InputProblem] = []
+
+    def unreadable(exc: OSError) -> None:
+        path = Path(exc.filename or root)
+        problem = InputProblem(path, None, f"cannot read folder: {exc.strerror or exc}")
+        if path == root:
+            raise BadInputError(problem) from exc
+        found.append(replace(problem, doc_id=path.relative_to(root).as_posix(), folder=True))
+
     files = []
     real_root = Path(os.path.realpath(root))
     # each folder's real path and those of every folder above it
     above: dict[str, set[str]] = {str(root): {str(real_root), *map(str, real_root.parents)}}
-    for folder, subfolders, names in os.walk(root, followlinks=True):
+    for folder, subfolders, names in os.walk(root, onerror=unreadable, followlinks=True):
         chain = above.pop(folder)
         keep = []
         for name in subfolders:
@@ -417,8 +442,20 @@ def visible_files(root: Path) -> list[Path]:
             above[os.path.join(folder, name)] = chain | {real}
             keep.append(name)
         subfolders[:] = keep
-        files.extend(Path(folder, n) for n in names if not n.startswith("."))
-    return sorted(p for p in files if p.is_file())
+        for name in names:
+            path = Path(folder, name)
+            if name.startswith("."):
+                continue
+            if path.is_file():
+                files.append(path)
+            elif path.is_symlink() and not path.exists():
+                reason = f"broken link: its target {os.readlink(path)} does not exist"
+                found.append(InputProblem(path, None, reason, path.relative_to(root).as_posix(), folder=True))
+    if unlisted is None and found:
+        raise BadInputError(found[0])
+    if unlisted is not None:
+        unlisted.extend(sorted(found, key=lambda p: p.path))
+    return sorted(files)
 
 
 def _guess_id(line: str) -> str | None:

@@ -525,7 +525,7 @@ class Indexer:
         if not prune:
             return set()
         absent = {s.doc_id for s in existing.values()} - present
-        skipped_ids = {p.doc_id for p in skipped if p.doc_id is not None}
+        skipped_ids = {d for d in absent if any(p.covers(d) for p in skipped)}  # in a skipped file or folder
         unknown = sum(p.doc_id is None for p in skipped)
         name = self.store.collection
         hint = ALLOW_DELETE_HINT
@@ -655,7 +655,7 @@ def write_intent(
         digest.update(line.encode() + b"\n")
     for doc_id in sorted(unchanged):
         digest.update(f"unchanged {doc_id}\n".encode())
-    kept = sorted({str(p.doc_id) for p in skipped if p.doc_id is not None})
+    kept = sorted({f"{p.doc_id}{'/' if p.folder else ''}" for p in skipped if p.doc_id is not None})
     digest.update(f"kept={kept} unknown={sum(p.doc_id is None for p in skipped)}".encode())
     return digest.hexdigest()
 

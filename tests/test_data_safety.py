@@ -289,3 +289,28 @@ def test_deletes_refuse_ids_that_are_not_strings(indexed_stack, backend):
         assert indexer.delete_documents(("2", "2")).deleted == 1
     finally:
         stack.close()
+
+
+def test_a_broken_link_or_unlistable_folder_is_reported_and_sync_keeps_its_documents(cli_env):
+    docs, share = cli_env / "docs", cli_env / "share"
+    docs.mkdir(), share.mkdir()
+    for i in range(6):
+        (docs / f"local{i}.md").write_text(f"# Local {i}\n\nLocal page {i} about otters.\n")
+    for i in range(3):
+        (share / f"s{i}.md").write_text(f"# Shared {i}\n\nShared page {i} about beavers.\n")
+    (docs / "shared").symlink_to("../share", target_is_directory=True)  # a linked team folder
+    (docs / "s0-link.md").symlink_to("../share/s0.md")  # and one of its files
+    cli("index", str(docs), "-c", "dl", "--sync")
+    assert points(cli_env, "dl") == 10
+    share.rename(cli_env / "share.unmounted")  # the share is unmounted: both links break
+    (docs / "local5.md").unlink()  # really removed
+    out = cli("index", str(docs), "-c", "dl", "--sync", code=2)
+    assert "s0-link.md: broken link: its target ../share/s0.md does not exist" in out
+    report = cli_json("index", str(docs), "-c", "dl", "--sync", "--policy", "skip")
+    skipped = {(Path(p["path"]).name, p["doc_id"], p["reason"]) for p in report["skipped"]}
+    assert skipped == {
+        ("s0-link.md", "s0-link.md", "broken link: its target ../share/s0.md does not exist"),
+        ("shared", "shared", "broken link: its target ../share does not exist"),
+    }
+    assert (report["documents"], report["deleted"], report["kept"]) == (5, 1, 4)  # local5.md only
+    assert points(cli_env, "dl") == 9 and points(cli_env, "dl", "shared/s2.md") == 1

@@ -3,7 +3,9 @@
 import datetime as dt
 import json
 import math
+import os
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -346,6 +348,42 @@ def test_a_single_file_is_read_by_its_suffix(tmp_path):
         read_documents(tmp_path / "notes.csv")
     (tmp_path / "corpus.data").write_text(ok("a") + "\n")
     assert [d.id for d in read_documents(tmp_path / "corpus.data", fmt="jsonl")[0]] == ["a"]
+
+
+def unlistable_folder(path):
+    """Make ``path`` a folder that cannot be listed: mode 000, or for root (whom modes do not stop) a link to
+    /proc/1/map_files, which root cannot list either."""
+    path.mkdir()
+    (path / "t1.md").write_text("# Team\n\nTeam page.\n")
+    path.chmod(0)
+    if os.access(path, os.R_OK):
+        path.chmod(0o755)
+        shutil.rmtree(path)
+        path.symlink_to("/proc/1/map_files", target_is_directory=True)
+    try:
+        os.listdir(path)
+    except PermissionError:
+        return
+    pytest.skip("no folder this user cannot list")
+
+
+def test_an_unreadable_folder_is_bad_input_naming_it(tmp_path):
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "page.md").write_text("# Page\n\nA page about otters.\n")
+    unlistable_folder(notes / "team")
+    try:
+        with pytest.raises(BadInputError, match=r"notes/team: cannot read folder: Permission denied"):
+            read_documents(notes)
+        docs, report = read_documents(notes, policy="skip")
+        assert [d.id for d in docs] == ["page.md"]
+        [problem] = report.skipped
+        assert (problem.doc_id, problem.folder) == ("team", True)
+        assert problem.covers("team/t1.md") and not problem.covers("team.md") and not problem.covers("teams/a.md")
+        with pytest.raises(BadInputError, match=r"team: cannot read folder"):  # the folder given itself
+            read_documents(notes / "team", fmt="dir")
+    finally:
+        (notes / "team").is_symlink() or (notes / "team").chmod(0o755)
 
 
 def test_linked_folders_are_followed_without_looping(tmp_path):
