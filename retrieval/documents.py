@@ -458,6 +458,14 @@ def visible_files(root: Path, unlisted: list[InputProblem] | None = None) -> lis
     return sorted(files)
 
 
+def ids_from_folders_above(path: Path, doc_id: str) -> list[tuple[Path, str]]:
+    """(folder, id) for each folder above text folder ``path`` (or above the folder of text file ``path``),
+    nearest first: the id document ``doc_id`` of ``path`` has when that folder is indexed instead."""
+    root = Path(os.path.abspath(path))
+    root = root if root.is_dir() else root.parent
+    return [(folder, f"{root.relative_to(folder).as_posix()}/{doc_id}") for folder in root.parents]
+
+
 def _guess_id(line: str) -> str | None:
     """The ``_id``/``id`` of a record that does not parse, when it can still be read off the line."""
     found = _ID_IN_BROKEN_LINE.search(line)
