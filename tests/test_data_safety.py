@@ -291,7 +291,7 @@ def test_deletes_refuse_ids_that_are_not_strings(indexed_stack, backend):
         stack.close()
 
 
-def test_a_broken_link_or_unlistable_folder_is_reported_and_sync_keeps_its_documents(cli_env):
+def test_broken_links_are_reported_and_sync_keeps_the_documents_below_them(cli_env):
     docs, share = cli_env / "docs", cli_env / "share"
     docs.mkdir(), share.mkdir()
     for i in range(6):
