@@ -175,6 +175,9 @@ def _parse_corpus(file: Path, name: str, spec: Any) -> CorpusConfig:
         policy = BadInputPolicy(spec["on_bad_input"]) if spec.get("on_bad_input") else None
     except ValueError as exc:
         raise CorpusConfigError(f"{where}: {exc}") from exc
+    watch = spec.get("watch", False)
+    if not isinstance(watch, bool):
+        raise CorpusConfigError(f"{where}: 'watch' must be true or false (unquoted), got {watch!r}")
     collection = str(spec.get("collection") or name)
     if not _NAME.match(collection):
         raise CorpusConfigError(f"{where}: invalid collection name {collection!r}")
@@ -186,7 +189,7 @@ def _parse_corpus(file: Path, name: str, spec: Any) -> CorpusConfig:
         qrels=_resolve(file, spec["qrels"]) if spec.get("qrels") else None,
         split=str(spec.get("split") or "test"),
         on_bad_input=policy,
-        watch=bool(spec.get("watch", False)),
+        watch=watch,
     )
 
 

@@ -163,10 +163,9 @@ def _kept_points(published: QdrantStore, chunks: list, skipped: list[InputProble
     """The published points a sync must keep for skipped documents: those of documents absent from ``chunks``
     that were skipped as bad input (of every absent document when a skipped record had no readable id)."""
     present = {c.doc_id for c in chunks}
-    skipped_ids = {p.doc_id for p in skipped if p.doc_id is not None}
     any_absent = any(p.doc_id is None for p in skipped)
     stored = [doc_id for doc_id, _ in published.stored_hashes().values()]
-    return sum(doc_id not in present and (any_absent or doc_id in skipped_ids) for doc_id in stored)
+    return sum(doc_id not in present and (any_absent or any(p.covers(doc_id) for p in skipped)) for doc_id in stored)
 
 
 @dataclass(frozen=True)

@@ -135,7 +135,10 @@ def index(
     if not docs and not as_json:
         console.print(f"no documents in {path}", style="yellow", soft_wrap=True)
     with RetrievalStack(settings) as stack:
-        report = stack.indexer().index(
+        indexer = stack.indexer()
+        if not (sync or rebuild):  # a sync deletes what it does not read: no copies stay
+            indexer.refuse_copies(path, docs, fmt)
+        report = indexer.index(
             docs, prune=sync, allow_delete=allow_delete, skipped=read_report.skipped, rebuild=rebuild
         )
     report.read_seconds, report.seconds = read_seconds, time.perf_counter() - started  # the whole write

@@ -1,8 +1,9 @@
 """A sensor per watched drop folder: re-index its corpus when files are added, changed or removed.
 
-The cursor holds the folder's manifest (relative path -> [mtime_ns, size] of every non-hidden file), its
-SHA-256 digest and a sequence number; the run key is derived from the digest (plus the sequence number, so
-that a folder returning to an earlier state is still re-indexed).
+The cursor holds the folder's manifest (relative path -> [mtime_ns, size] of every non-hidden file; for a source
+that is one file, a JSONL file or one text file, its name -> its own), its SHA-256 digest and a sequence number;
+the run key is derived from the digest (plus the sequence number, so that a folder returning to an earlier state
+is still re-indexed).
 """
 
 from __future__ import annotations
@@ -15,20 +16,31 @@ import dagster as dg
 
 from assets.corpora import dagster_name
 from orchestration.jobs import reindex_job
-from retrieval.documents import visible_files
+from retrieval.documents import InputProblem, visible_files
 
 Manifest = dict[str, list[int]]
 
 
-def folder_manifest(folder: Path) -> Manifest:
-    """Relative path -> [mtime_ns, size] of every file under ``folder`` (hidden files and folders excluded)."""
+def folder_manifest(folder: Path, unlisted: list[InputProblem] | None = None) -> Manifest:
+    """Relative path -> [mtime_ns, size] of every file under ``folder`` (hidden files and folders excluded), or
+    of ``folder`` itself when it is a file. A subfolder that cannot be listed and a broken link go to
+    ``unlisted`` (see :func:`visible_files`)."""
+    if folder.is_file():
+        stat = folder.stat()
+        return {folder.name: [stat.st_mtime_ns, stat.st_size]}
     if not folder.is_dir():
         return {}
     manifest: Manifest = {}
-    for path in visible_files(folder):  # the files the reader indexes (linked folders too)
+    for path in visible_files(folder, [] if unlisted is None else unlisted):  # the files the reader indexes
         stat = path.stat()
         manifest[path.relative_to(folder).as_posix()] = [stat.st_mtime_ns, stat.st_size]
     return manifest
+
+
+def _keep_unlisted(old: Manifest, new: Manifest, unlisted: list[InputProblem]) -> Manifest:
+    """``new`` with the entries of ``old`` under the folders and links that could not be listed this time: what
+    they hold is unknown, not removed (the re-index keeps their documents too)."""
+    return {**{p: v for p, v in old.items() if any(u.covers(p) for u in unlisted)}, **new}
 
 
 def manifest_digest(manifest: Manifest) -> str:
@@ -58,10 +70,16 @@ def build_drop_folder_sensor(
     )
     def _sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
         state = json.loads(context.cursor) if context.cursor else None
-        manifest = folder_manifest(folder)
+        unlisted: list[InputProblem] = []
+        manifest = folder_manifest(folder, unlisted)
+        for problem in unlisted:
+            context.log.warning(f"not watching {problem}")
+        if state is not None and unlisted:
+            manifest = _keep_unlisted(state["files"], manifest, unlisted)
         digest = manifest_digest(manifest)
         if state is not None and state["digest"] == digest:
-            return dg.SkipReason(f"no change in {folder} ({len(manifest)} files)")
+            what = "" if folder.is_file() else f" ({len(manifest)} files)"
+            return dg.SkipReason(f"no change in {folder}{what}")
         seq = (state["seq"] if state else 0) + 1
         cursor = json.dumps({"digest": digest, "seq": seq, "files": manifest})
         if state is None and not manifest:

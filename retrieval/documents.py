@@ -21,6 +21,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+import yaml
 from markdown_it import MarkdownIt
 
 from retrieval.errors import HybridRagError, InvalidDocumentError, choice
@@ -33,9 +34,12 @@ MAX_DOCUMENT_BYTES = 8 * 1024 * 1024
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # the integers a Qdrant payload holds (i64)
 RECORD_FIELDS = {"_id", "title", "text", "metadata"}  # a JSONL record's other fields are metadata
 UTF8_BOM = b"\xef\xbb\xbf"
+UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")  # little-, big-endian (Notepad's "Unicode")
 NOT_UNICODE = "not valid Unicode (lone surrogate)"
 _COMMONMARK = MarkdownIt("commonmark")
-_H1_LINE = re.compile(r" {0,3}#(?:[ \t]|$)")  # may open a "# Title" heading (CommonMark decides)
+# may open a "# Title" heading or underline a "Title\n===" one (CommonMark decides)
+_H1_LINE = re.compile(r" {0,3}(?:#(?:[ \t]|\r?$)|=+[ \t]*\r?$)")
+_FRONT_MATTER = re.compile(r"---[ \t]*\r?\n(.*?)^(?:---|\.\.\.)[ \t]*(?:\r?\n|\Z)", re.DOTALL | re.MULTILINE)
 _ID_IN_BROKEN_LINE = re.compile(r'"_?id"\s*:\s*(?:"((?:[^"\\]|\\.)*)"|(-?\d+))')
 
 
@@ -74,6 +78,13 @@ class InputProblem:
     line: int | None
     reason: str
     doc_id: str | None = None
+    folder: bool = False  # a folder (or a broken link) of a text folder: it may hold the documents below doc_id
+
+    def covers(self, doc_id: str) -> bool:
+        """Whether the stored document ``doc_id`` may be this skipped record (or lie in this skipped folder)."""
+        if self.doc_id is None:
+            return False
+        return doc_id == self.doc_id or (self.folder and doc_id.startswith(self.doc_id + "/"))
 
     def __str__(self) -> str:
         where = f"{self.path}:{self.line}" if self.line is not None else str(self.path)
@@ -187,7 +198,10 @@ class DocumentReader:
         if root.is_file():
             files, root = [root], root.parent
         elif root.is_dir():
-            files = visible_files(root)
+            unlisted: list[InputProblem] = []
+            files = visible_files(root, unlisted)
+            for problem in unlisted:
+                self._skip(problem)
         else:
             raise BadInputError(InputProblem(root, None, "not a directory"))
         for path in files:
@@ -200,6 +214,12 @@ class DocumentReader:
             except OSError as exc:
                 self._problem(path, None, f"cannot read file: {exc.strerror or exc}", doc_id)
                 continue
+            bom = next((b for b in UTF16_BOMS if raw.startswith(b)), None)
+            if bom is not None:
+                self._problem(
+                    path, None, f"UTF-16 text (byte order mark {bom.hex(' ').upper()}): save it as UTF-8", doc_id
+                )
+                continue
             if b"\x00" in raw[:8192]:
                 self._problem(path, None, "binary content (NUL bytes) in a text file", doc_id)
                 continue
@@ -209,7 +229,7 @@ class DocumentReader:
                 line = raw[: exc.start].count(b"\n") + 1
                 self._problem(path, line, f"not valid UTF-8 (byte offset {exc.start})", doc_id)
                 continue
-            title = _markdown_title(text) if path.suffix.lower() in {".md", ".markdown"} else path.stem
+            title = (_markdown_title(text) if path.suffix.lower() in {".md", ".markdown"} else "") or path.stem
             doc = self._document(path, None, doc_id, text, title, {"source_path": doc_id})
             if doc is not None:
                 yield doc
@@ -232,7 +252,9 @@ class DocumentReader:
         return doc
 
     def _problem(self, path: Path, line: int | None, reason: str, doc_id: str | None = None) -> None:
-        problem = InputProblem(path, line, reason, doc_id)
+        return self._skip(InputProblem(path, line, reason, doc_id))
+
+    def _skip(self, problem: InputProblem) -> None:
         if self.policy is BadInputPolicy.FAIL:
             raise BadInputError(problem)
         log.info("skipped %s", problem)  # callers report the skipped records (CLI, Dagster): once
@@ -385,16 +407,29 @@ def read_documents(
     return docs, reader.report
 
 
-def visible_files(root: Path) -> list[Path]:
+def visible_files(root: Path, unlisted: list[InputProblem] | None = None) -> list[Path]:
     """The files under ``root``, sorted, leaving out hidden ones: any name below ``root`` starting with '.'
     (``.git/``, ``.obsidian/``, ``.DS_Store``); ``root`` itself may be hidden. Linked folders are followed,
     except a link to a folder above it, ``root`` and its parents included (which would loop, or walk the tree
-    ``root`` lies in)."""
+    ``root`` lies in).
+
+    A subfolder that cannot be listed and a broken link are problems (``folder`` set, ``doc_id`` their path below
+    ``root``: what they held is unknown): appended to ``unlisted``, or without it the first raised as
+    :class:`BadInputError`, as is a ``root`` that cannot be listed."""
+    found: list[InputProblem] = []
+
+    def unreadable(exc: OSError) -> None:
+        path = Path(exc.filename or root)
+        problem = InputProblem(path, None, f"cannot read folder: {exc.strerror or exc}")
+        if path == root:
+            raise BadInputError(problem) from exc
+        found.append(replace(problem, doc_id=path.relative_to(root).as_posix(), folder=True))
+
     files = []
     real_root = Path(os.path.realpath(root))
     # each folder's real path and those of every folder above it
     above: dict[str, set[str]] = {str(root): {str(real_root), *map(str, real_root.parents)}}
-    for folder, subfolders, names in os.walk(root, followlinks=True):
+    for folder, subfolders, names in os.walk(root, onerror=unreadable, followlinks=True):
         chain = above.pop(folder)
         keep = []
         for name in subfolders:
@@ -407,8 +442,28 @@ def visible_files(root: Path) -> list[Path]:
             above[os.path.join(folder, name)] = chain | {real}
             keep.append(name)
         subfolders[:] = keep
-        files.extend(Path(folder, n) for n in names if not n.startswith("."))
-    return sorted(p for p in files if p.is_file())
+        for name in names:
+            path = Path(folder, name)
+            if name.startswith("."):
+                continue
+            if path.is_file():
+                files.append(path)
+            elif path.is_symlink() and not path.exists():
+                reason = f"broken link: its target {os.readlink(path)} does not exist"
+                found.append(InputProblem(path, None, reason, path.relative_to(root).as_posix(), folder=True))
+    if unlisted is None and found:
+        raise BadInputError(found[0])
+    if unlisted is not None:
+        unlisted.extend(sorted(found, key=lambda p: p.path))
+    return sorted(files)
+
+
+def ids_from_folders_above(path: Path, doc_id: str) -> list[tuple[Path, str]]:
+    """(folder, id) for each folder above text folder ``path`` (or above the folder of text file ``path``),
+    nearest first: the id document ``doc_id`` of ``path`` has when that folder is indexed instead."""
+    root = Path(os.path.abspath(path))
+    root = root if root.is_dir() else root.parent
+    return [(folder, f"{root.relative_to(folder).as_posix()}/{doc_id}") for folder in root.parents]
 
 
 def _guess_id(line: str) -> str | None:
@@ -418,8 +473,21 @@ def _guess_id(line: str) -> str | None:
 
 
 def _markdown_title(text: str) -> str:
-    """The text of the first non-empty ``# Title`` heading as CommonMark reads it (not a ``# comment`` in a code
-    block), or ''. Only the text up to a line that may be one is parsed (in doubling steps): long files stay cheap."""
+    """A Markdown file's title: its YAML front matter's ``title:``, else the text of its first non-empty level-one
+    heading (``# Title`` or ``Title`` underlined with ``===``) as CommonMark reads the text after the front matter
+    (not a ``# comment`` in front matter or a code block), else ''. Only the text up to a line that may be such a
+    heading is parsed (in doubling steps): long files stay cheap."""
+    front = _FRONT_MATTER.match(text)
+    if front:
+        try:
+            fields = yaml.safe_load(front.group(1))
+        except yaml.YAMLError:
+            fields = None
+        if isinstance(fields, dict):  # else the '---' lines are Markdown (a thematic break)
+            title = fields.get("title")
+            if isinstance(title, str | int | float | dt.date) and not isinstance(title, bool) and str(title).strip():
+                return str(title).strip()
+            text = text[front.end() :]
     lines = text.splitlines(keepends=True)
     parsed = 0
     for i, line in enumerate(lines):
@@ -428,7 +496,7 @@ def _markdown_title(text: str) -> str:
         parsed = max(i + 1, 2 * parsed)
         tokens = _COMMONMARK.parse("".join(lines[:parsed]))
         for opening, inline in itertools.pairwise(tokens):
-            if opening.type == "heading_open" and opening.markup == "#" and inline.content.strip():
+            if opening.type == "heading_open" and opening.tag == "h1" and inline.content.strip():
                 return inline.content.strip()
     return ""
 

@@ -10,15 +10,23 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from retrieval.chunking import Chunk, Chunker
-from retrieval.documents import Document, InputProblem, validate_documents
+from retrieval.documents import (
+    Document,
+    InputProblem,
+    SourceFormat,
+    detect_format,
+    ids_from_folders_above,
+    validate_documents,
+)
 from retrieval.encoders.sparse import SparseVec, SpladeEncoder
-from retrieval.errors import ALLOW_DELETE_HINT, UnsafeDeleteError, document_ids, not_one_string
+from retrieval.errors import ALLOW_DELETE_HINT, InvalidArgumentError, UnsafeDeleteError, document_ids, not_one_string
 from retrieval.parts import Parts
 from retrieval.settings import canonical_model
 from retrieval.store import CollectionSchema, QdrantStore, StoreError
@@ -96,6 +104,10 @@ class DeleteReport:
     deleted: int = 0  # points deleted
     points: int = 0  # points left
     missing: list[str] = field(default_factory=list)  # ids asked for that the collection does not hold
+
+
+class StoredUnderOtherIdsError(InvalidArgumentError):
+    """Files of a text folder are already stored under other ids (their paths below a folder above it)."""
 
 
 class Indexer:
@@ -190,6 +202,28 @@ class Indexer:
         report = self._sync(docs, None, None, prune, allow_delete, skipped, progress, len(docs), rebuild, publish=True)
         report.seconds = time.perf_counter() - started  # the documents consumed and chunked too
         return report
+
+    def refuse_copies(self, path: Path, documents: Sequence[Document], fmt: SourceFormat | str | None = None) -> None:
+        """Raise :class:`StoredUnderOtherIdsError` when documents read from text folder (or text file) ``path``
+        are new to the collection but their files are stored under longer ids, those they have when a folder
+        above ``path`` is indexed (a text file's id is its path below the folder given): adding them would store
+        a second copy of each file, the old text still found. Call it before adding (not syncing) documents."""
+        if (fmt or detect_format(Path(path))) != SourceFormat.DIR or self.store.current_version() is None:
+            return
+        ids = [d.id for d in documents]
+        stored = {s.doc_id for s in self.store.stored_chunks(ids).values()}
+        above = {i: ids_from_folders_above(Path(path), i) for i in ids if i not in stored}
+        found = {s.doc_id for s in self.store.stored_chunks({x for pairs in above.values() for _, x in pairs}).values()}
+        clashes = [(i, folder, other) for i, pairs in above.items() for folder, other in pairs if other in found]
+        if not clashes:
+            return
+        doc_id, folder, other = clashes[0]
+        raise StoredUnderOtherIdsError(
+            f"{path}: {len(clashes)} of {len(ids)} documents are already stored in {self.store.collection!r} under "
+            f"other ids ({doc_id!r} as {other!r}, its id when {folder} is indexed: a text file's id is its path "
+            f"below the folder indexed); index {folder} to update them, or --sync to make the collection hold only "
+            "these"
+        )
 
     def rebuild(
         self,
@@ -525,7 +559,7 @@ class Indexer:
         if not prune:
             return set()
         absent = {s.doc_id for s in existing.values()} - present
-        skipped_ids = {p.doc_id for p in skipped if p.doc_id is not None}
+        skipped_ids = {d for d in absent if any(p.covers(d) for p in skipped)}  # in a skipped file or folder
         unknown = sum(p.doc_id is None for p in skipped)
         name = self.store.collection
         hint = ALLOW_DELETE_HINT
@@ -655,7 +689,7 @@ def write_intent(
         digest.update(line.encode() + b"\n")
     for doc_id in sorted(unchanged):
         digest.update(f"unchanged {doc_id}\n".encode())
-    kept = sorted({str(p.doc_id) for p in skipped if p.doc_id is not None})
+    kept = sorted({f"{p.doc_id}{'/' if p.folder else ''}" for p in skipped if p.doc_id is not None})
     digest.update(f"kept={kept} unknown={sum(p.doc_id is None for p in skipped)}".encode())
     return digest.hexdigest()
 

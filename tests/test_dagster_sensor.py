@@ -11,6 +11,7 @@ import dagster as dg
 import pytest
 
 from assets import CORPORA
+from assets.corpora import CorpusConfigError, load_corpora
 from assets.resources import CorporaResource
 from orchestration.schedules import daily_evaluation, nightly_reindex
 from orchestration.sensors import build_drop_folder_sensor, folder_manifest
@@ -167,3 +168,48 @@ def test_shipped_schedules_cover_the_configured_corpora() -> None:
     )
     names = {r.partition_key for r in nightly_reindex(context)}
     assert names == {c.name for c in CORPORA.corpora.values() if c.source.exists()} and "sample" in names
+
+
+@pytest.mark.parametrize("value", ['"false"', '"no"', "1", "null"])
+def test_watch_must_be_a_yaml_boolean(tmp_path: Path, value: str) -> None:
+    file = tmp_path / "corpora.yaml"
+    file.write_text(f"corpora:\n  notes: {{source: n, format: dir, watch: {value}}}\n")
+    with pytest.raises(CorpusConfigError, match="'watch' must be true or false") as raised:
+        load_corpora(file)
+    assert str(file) in str(raised.value) and "corpus 'notes'" in str(raised.value)
+
+
+def test_a_file_source_is_watched_by_its_own_size_and_mtime(tmp_path: Path) -> None:
+    notes = tmp_path / "notes.jsonl"
+    notes.write_text('{"_id": "n1", "text": "note one about herons"}\n')
+    watched = Folder(notes)
+    [first] = watched.tick()
+    assert first.tags["hybrid_rag/changes"] == "1 added, 0 changed, 0 removed"
+    result = watched.sensor(dg.build_sensor_context(cursor=watched.cursor))
+    assert isinstance(result, dg.SkipReason) and result.skip_message == f"no change in {notes}"
+    with notes.open("a") as handle:
+        handle.write('{"_id": "n2", "text": "another note about herons"}\n')
+    [changed] = watched.tick()
+    assert changed.tags["hybrid_rag/changes"] == "0 added, 1 changed, 0 removed"
+    notes.unlink()
+    [removed] = watched.tick()
+    assert removed.tags["hybrid_rag/changes"] == "0 added, 0 changed, 1 removed"
+
+
+def test_a_broken_link_is_not_reported_as_removed_files(folder: Folder, tmp_path: Path) -> None:
+    share = tmp_path / "share"
+    share.mkdir()
+    (share / "s1.md").write_text("# S1")
+    (share / "s2.md").write_text("# S2")
+    (folder.path / "own.md").write_text("# Own")
+    (folder.path / "shared").symlink_to(share, target_is_directory=True)
+    (folder.path / "s1-link.md").symlink_to(share / "s1.md")
+    [first] = folder.tick()
+    assert first.tags["hybrid_rag/changes"] == "4 added, 0 changed, 0 removed"
+    share.rename(tmp_path / "share.unmounted")  # both links break: what they hold is unknown, not removed
+    assert folder.tick() == []
+    (folder.path / "own.md").unlink()
+    [removed] = folder.tick()
+    assert removed.tags["hybrid_rag/changes"] == "0 added, 0 changed, 1 removed"
+    (tmp_path / "share.unmounted").rename(share)
+    assert folder.tick() == []  # back as they were

@@ -289,3 +289,51 @@ def test_deletes_refuse_ids_that_are_not_strings(indexed_stack, backend):
         assert indexer.delete_documents(("2", "2")).deleted == 1
     finally:
         stack.close()
+
+
+def test_broken_links_are_reported_and_sync_keeps_the_documents_below_them(cli_env):
+    docs, share = cli_env / "docs", cli_env / "share"
+    docs.mkdir(), share.mkdir()
+    for i in range(6):
+        (docs / f"local{i}.md").write_text(f"# Local {i}\n\nLocal page {i} about otters.\n")
+    for i in range(3):
+        (share / f"s{i}.md").write_text(f"# Shared {i}\n\nShared page {i} about beavers.\n")
+    (docs / "shared").symlink_to("../share", target_is_directory=True)  # a linked team folder
+    (docs / "s0-link.md").symlink_to("../share/s0.md")  # and one of its files
+    cli("index", str(docs), "-c", "dl", "--sync")
+    assert points(cli_env, "dl") == 10
+    share.rename(cli_env / "share.unmounted")  # the share is unmounted: both links break
+    (docs / "local5.md").unlink()  # really removed
+    out = cli("index", str(docs), "-c", "dl", "--sync", code=2)
+    assert "s0-link.md: broken link: its target ../share/s0.md does not exist" in out
+    report = cli_json("index", str(docs), "-c", "dl", "--sync", "--policy", "skip")
+    skipped = {(Path(p["path"]).name, p["doc_id"], p["reason"]) for p in report["skipped"]}
+    assert skipped == {
+        ("s0-link.md", "s0-link.md", "broken link: its target ../share/s0.md does not exist"),
+        ("shared", "shared", "broken link: its target ../share does not exist"),
+    }
+    assert (report["documents"], report["deleted"], report["kept"]) == (5, 1, 4)  # local5.md only
+    assert points(cli_env, "dl") == 9 and points(cli_env, "dl", "shared/s2.md") == 1
+
+
+def test_indexing_one_file_or_subfolder_of_an_indexed_folder_adds_no_copies(cli_env):
+    docs = cli_env / "docs"
+    (docs / "guide").mkdir(parents=True), (docs / "ref").mkdir()
+    for i in range(3):
+        (docs / "guide" / f"g{i}.md").write_text(f"# Guide {i}\n\nGuide {i} about llamas.\n")
+        (docs / "ref" / f"r{i}.txt").write_text(f"Reference {i} about alpacas.\n")
+    cli("index", str(docs), "-c", "kb")
+    (docs / "guide" / "g0.md").write_text("# Guide 0\n\nGuide 0 now says: the llama limit is 12.\n")
+    out = cli("index", str(docs / "guide" / "g0.md"), "-c", "kb", code=2)
+    assert "1 of 1 documents are already stored in 'kb' under other ids ('g0.md' as 'guide/g0.md'" in out
+    assert f"index {docs} to update them" in out.replace("\n", "")
+    out = cli("index", str(docs / "guide"), "-c", "kb", code=2)
+    assert "3 of 3 documents are already stored" in out
+    assert points(cli_env, "kb") == 6 and points(cli_env, "kb", "g0.md") == 0
+    report = cli_json("index", str(docs), "-c", "kb")  # the folder indexed: the file's own document is updated
+    assert (report["documents"], report["embedded"], report["points"]) == (6, 1, 6)
+    notes = cli_env / "notes"  # another folder: its own ids, nothing of it stored
+    notes.mkdir()
+    (notes / "g0.md").write_text("# Notes\n\nMeeting notes about vicunas.\n")
+    report = cli_json("index", str(notes), "-c", "kb")
+    assert (report["embedded"], report["points"]) == (1, 7)

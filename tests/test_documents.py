@@ -3,7 +3,9 @@
 import datetime as dt
 import json
 import math
+import os
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -299,14 +301,36 @@ def test_byte_order_marks_are_not_content(tmp_path):
         ),
         ("~~~\n# not a title\n~~~\n# Title #\nbody", "Title"),
         ("    # an indented code line\n\n# Real\nbody", "Real"),
-        ("## Section only\nbody\n#hashtag", ""),
+        ("## Section only\nbody\n#hashtag", "note"),  # no title: the file name, as for .txt and .rst
         ("Intro line\n\n  # Indented heading\nbody", "Indented heading"),
-        ("#\nSetext\n===\n# Second #\nbody", "Second"),  # an empty heading is no title; only '# ' ones are
+        ("#\nSetext\n===\n# Second #\nbody", "Setext"),  # an empty heading is no title; a setext one is
+        ("Upgrading\n=========\n\nHow to upgrade.\n", "Upgrading"),
+        ("Section\n-------\nbody", "note"),
+        # front matter: its 'title:' is the title; a '# comment' in it is YAML, not a heading
+        ("---\n# Jekyll settings, do not edit\nlayout: page\ntitle: Installing\n---\n\n# Installation\n", "Installing"),
+        ("---\n# Jekyll settings\nlayout: page\n---\n\n# Installation\nbody", "Installation"),
+        ("---\r\ntitle: FAQ\r\n...\r\n\r\nQ: purr?\r\n", "FAQ"),
+        ("---\nlayout: page\n---\n\nNo heading.\n", "note"),
     ],
 )
 def test_a_markdown_title_is_its_first_level_one_heading_outside_code(tmp_path, markdown, title):
     (tmp_path / "note.md").write_text(markdown)
     assert read_documents(tmp_path)[0][0].title == title
+
+
+def test_utf16_text_is_named_as_such(tmp_path):
+    (tmp_path / "ok.md").write_text("# ok\n\nfine.\n")
+    (tmp_path / "minutes.txt").write_text("Meeting minutes.\n", encoding="utf-16")  # Notepad's "Unicode": a BOM
+    (tmp_path / "big.txt").write_text("Big-endian.\n", encoding="utf-16-be")
+    (tmp_path / "big.txt").write_bytes(b"\xfe\xff" + (tmp_path / "big.txt").read_bytes())
+    with pytest.raises(BadInputError, match=r"big\.txt: UTF-16 text \(byte order mark FE FF\): save it as UTF-8"):
+        read_documents(tmp_path)
+    docs, report = read_documents(tmp_path, policy="skip")
+    assert [d.id for d in docs] == ["ok.md"]
+    assert [(p.doc_id, p.reason) for p in report.skipped] == [
+        ("big.txt", "UTF-16 text (byte order mark FE FF): save it as UTF-8"),
+        ("minutes.txt", "UTF-16 text (byte order mark FF FE): save it as UTF-8"),
+    ]
 
 
 def test_a_single_file_is_read_by_its_suffix(tmp_path):
@@ -324,6 +348,42 @@ def test_a_single_file_is_read_by_its_suffix(tmp_path):
         read_documents(tmp_path / "notes.csv")
     (tmp_path / "corpus.data").write_text(ok("a") + "\n")
     assert [d.id for d in read_documents(tmp_path / "corpus.data", fmt="jsonl")[0]] == ["a"]
+
+
+def unlistable_folder(path):
+    """Make ``path`` a folder that cannot be listed: mode 000, or for root (whom modes do not stop) a link to
+    /proc/1/map_files, which root cannot list either."""
+    path.mkdir()
+    (path / "t1.md").write_text("# Team\n\nTeam page.\n")
+    path.chmod(0)
+    if os.access(path, os.R_OK):
+        path.chmod(0o755)
+        shutil.rmtree(path)
+        path.symlink_to("/proc/1/map_files", target_is_directory=True)
+    try:
+        os.listdir(path)
+    except PermissionError:
+        return
+    pytest.skip("no folder this user cannot list")
+
+
+def test_an_unreadable_folder_is_bad_input_naming_it(tmp_path):
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "page.md").write_text("# Page\n\nA page about otters.\n")
+    unlistable_folder(notes / "team")
+    try:
+        with pytest.raises(BadInputError, match=r"notes/team: cannot read folder: Permission denied"):
+            read_documents(notes)
+        docs, report = read_documents(notes, policy="skip")
+        assert [d.id for d in docs] == ["page.md"]
+        [problem] = report.skipped
+        assert (problem.doc_id, problem.folder) == ("team", True)
+        assert problem.covers("team/t1.md") and not problem.covers("team.md") and not problem.covers("teams/a.md")
+        with pytest.raises(BadInputError, match=r"team: cannot read folder"):  # the folder given itself
+            read_documents(notes / "team", fmt="dir")
+    finally:
+        (notes / "team").is_symlink() or (notes / "team").chmod(0o755)
 
 
 def test_linked_folders_are_followed_without_looping(tmp_path):
