@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+import reprlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -170,6 +171,10 @@ def _parse_corpus(file: Path, name: str, spec: Any) -> CorpusConfig:
         raise CorpusConfigError(f"{where}: unknown keys {sorted(unknown)} (allowed: {sorted(_KEYS)})")
     if not spec.get("source"):
         raise CorpusConfigError(f"{where}: 'source' is required")
+    for key in ("source", "qrels"):  # paths; YAML reads 2024 as a number, !!binary as bytes
+        value = spec.get(key)
+        if value is not None and not isinstance(value, str):
+            raise CorpusConfigError(f"{where}: {key!r} must be a path (a string), got {reprlib.repr(value)}")
     try:
         fmt = SourceFormat(spec.get("format", "beir"))
         policy = BadInputPolicy(spec["on_bad_input"]) if spec.get("on_bad_input") else None

@@ -280,12 +280,7 @@ def collections(as_json: Annotated[bool, typer.Option("--json", help="Print as J
     for name in collection_names(settings):
         store = open_store(settings, name)
         try:
-            try:
-                schema = store.schema()
-            except StoreError as exc:  # e.g. a lost or damaged version pointer: listed, and said why after the table
-                problems.append(f"{name}: {exc}")
-                rows.append({"collection": name, **dict.fromkeys(keys)})
-                continue
+            schema = store.schema()
             rows.append(
                 {
                     "collection": name,
@@ -298,6 +293,9 @@ def collections(as_json: Annotated[bool, typer.Option("--json", help="Print as J
                     "encoding": {f: getattr(schema, f) for f in ENCODING_FIELDS} if schema else None,
                 }
             )
+        except StoreError as exc:  # a lost pointer, a damaged version: listed, and said why after the table
+            problems.append(f"{name}: {exc}")
+            rows.append({"collection": name, **dict.fromkeys(keys), "error": str(exc)})
         finally:
             store.close()
     if as_json:
@@ -308,6 +306,7 @@ def collections(as_json: Annotated[bool, typer.Option("--json", help="Print as J
             table.add_column(col, overflow="fold")
         for row in rows:
             cells = {**row, "encoding": _encoding_summary(row["encoding"])}
+            cells.pop("error", None)  # said after the table
             table.add_row(*("-" if v is None else f"{v:,}" if isinstance(v, int) else str(v) for v in cells.values()))
         console.print(table)
     for problem in problems:

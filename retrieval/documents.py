@@ -30,7 +30,9 @@ log = logging.getLogger(__name__)
 
 TEXT_SUFFIXES = {".txt", ".md", ".markdown", ".rst"}
 JSONL_SUFFIXES = {".jsonl", ".json", ".ndjson"}
-MAX_DOCUMENT_BYTES = 8 * 1024 * 1024
+MAX_DOCUMENT_BYTES = 8 * 1024 * 1024  # a whole record: text, title and metadata (UTF-8; metadata as JSON)
+MAX_METADATA_BYTES = 64 * 1024  # a document's metadata as JSON: it is copied into every chunk's payload
+MAX_METADATA_DEPTH = 32  # objects and lists nested in metadata (the engine cannot read back ~120 in its WAL)
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # the integers a Qdrant payload holds (i64)
 RECORD_FIELDS = {"_id", "title", "text", "metadata"}  # a JSONL record's other fields are metadata
 UTF8_BOM = b"\xef\xbb\xbf"
@@ -161,6 +163,9 @@ class DocumentReader:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
             return self._problem(path, line_no, f"malformed JSON: {exc.msg} at column {exc.colno}", _guess_id(line))
+        except RecursionError:  # Python's parser gives up at about 1,000 levels
+            reason = f"JSON nested too deeply (metadata may nest {MAX_METADATA_DEPTH} levels)"
+            return self._problem(path, line_no, reason, _guess_id(line))
         if not isinstance(record, dict):
             return self._problem(path, line_no, f"expected a JSON object, got {type(record).__name__}")
         id_field = "_id" if "_id" in record else "id"  # with both, 'id' is an ordinary field (metadata)
@@ -283,24 +288,43 @@ class InvalidMetadataError(InvalidDocumentError):
 
 def json_metadata(metadata: object) -> dict[str, Any]:
     """``metadata`` as it is stored: JSON values, with dates and datetimes as ISO 8601 strings (datetimes in UTC,
-    naive ones taken as UTC, as the date filters read them); :class:`InvalidMetadataError` for anything else."""
+    naive ones taken as UTC, as the date filters read them), objects and lists nested at most
+    :data:`MAX_METADATA_DEPTH` levels (the metadata object itself is the first), at most :data:`MAX_METADATA_BYTES`
+    as JSON; :class:`InvalidMetadataError` for anything else."""
     if not isinstance(metadata, dict):
         raise InvalidMetadataError(f"metadata must be a dict, got {type(metadata).__name__}")
-    return _json_object(metadata, "")
+    out = _json_object(metadata, "", 1)
+    size = metadata_bytes(out)
+    if size > MAX_METADATA_BYTES:
+        raise InvalidMetadataError(
+            f"metadata is {size:,} bytes as JSON, over the {MAX_METADATA_BYTES:,}-byte limit (it is stored with "
+            "every chunk); put long content in the text"
+        )
+    return out
 
 
-def _json_object(value: dict, prefix: str) -> dict[str, Any]:
+def metadata_bytes(metadata: dict[str, Any]) -> int:
+    """The size of (stored) ``metadata`` as compact UTF-8 JSON, as it counts towards the limits."""
+    return len(json.dumps(metadata, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+
+
+def _json_object(value: dict, prefix: str, depth: int) -> dict[str, Any]:
     out = {}
     for key, item in value.items():
         if not isinstance(key, str):
             raise InvalidMetadataError(f"metadata {prefix + repr(key)}: keys must be strings")
         if has_lone_surrogate(key):
             raise InvalidMetadataError(f"metadata {prefix + key!r}: the key is {NOT_UNICODE}")
-        out[key] = _json_value(item, prefix + key)
+        out[key] = _json_value(item, prefix + key, depth)
     return out
 
 
-def _json_value(value: object, key: str) -> Any:
+def _json_value(value: object, key: str, depth: int) -> Any:
+    """``value`` as stored; ``depth``: the objects and lists around it (the metadata object is 1)."""
+    if isinstance(value, list | tuple | dict) and depth >= MAX_METADATA_DEPTH:
+        raise InvalidMetadataError(
+            f"metadata {key!r}: nested deeper than {MAX_METADATA_DEPTH} levels of objects and lists"
+        )
     if value is None or isinstance(value, bool):
         return value
     if isinstance(value, str):
@@ -324,9 +348,9 @@ def _json_value(value: object, key: str) -> Any:
     if isinstance(value, dt.date):
         return value.isoformat()
     if isinstance(value, list | tuple):
-        return [_json_value(item, key) for item in value]
+        return [_json_value(item, key, depth + 1) for item in value]
     if isinstance(value, dict):
-        return _json_object(value, f"{key}.")
+        return _json_object(value, f"{key}.", depth + 1)
     raise InvalidMetadataError(
         f"metadata {key!r}: {type(value).__name__} values cannot be stored; use strings, numbers, booleans, None, "
         "lists, dicts, dates or datetimes"
@@ -361,7 +385,7 @@ def validate_documents(documents: Iterable[Document]) -> list[Document]:
 def check_document(doc: Document) -> Document:
     """``doc`` as it is stored, or :class:`InvalidDocumentError` saying why it cannot be: the id and title must
     be valid Unicode, the title a string (None: no title), the text pass :func:`text_problem` and the metadata
-    :func:`json_metadata`."""
+    :func:`json_metadata`; text, title and metadata together at most :data:`MAX_DOCUMENT_BYTES`."""
     if has_lone_surrogate(doc.id):
         raise InvalidDocumentError(f"id is {NOT_UNICODE}")
     title = "" if doc.title is None else doc.title
@@ -373,6 +397,11 @@ def check_document(doc: Document) -> Document:
     if reason:
         raise InvalidDocumentError(reason)
     metadata = json_metadata(doc.metadata)
+    size = len(doc.text.encode("utf-8")) + len(title.encode("utf-8")) + metadata_bytes(metadata)
+    if size > MAX_DOCUMENT_BYTES:
+        raise InvalidDocumentError(
+            f"{size:,} bytes of text, title and metadata exceed the {MAX_DOCUMENT_BYTES:,}-byte limit per document"
+        )
     if metadata != doc.metadata or title is not doc.title:
         doc = replace(doc, title=title, metadata=metadata)
     return doc

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from retrieval import BadInputError, Document, read_documents
-from retrieval.documents import MAX_DOCUMENT_BYTES
+from retrieval.documents import MAX_DOCUMENT_BYTES, MAX_METADATA_BYTES, MAX_METADATA_DEPTH, validate_documents
 from retrieval.errors import InvalidArgumentError, InvalidDocumentError
 
 CET = dt.timezone(dt.timedelta(hours=1))
@@ -399,3 +399,65 @@ def test_linked_folders_are_followed_without_looping(tmp_path):
     (team / "back").symlink_to(notes, target_is_directory=True)  # a loop through the linked folder
     docs, report = read_documents(notes)
     assert sorted(d.id for d in docs) == ["linked.txt", "local.txt", "team/shared.txt"] and not report.skipped
+
+
+def nested(levels: int, leaf="leaf"):
+    """``leaf`` inside ``levels`` objects: ``{"d": {"d": ... leaf}}``."""
+    for _ in range(levels):
+        leaf = {"d": leaf}
+    return leaf
+
+
+def test_metadata_nested_deeper_than_the_limit_is_a_bad_record_naming_its_key(tmp_path):
+    """r9C-1: 130 nested levels were written, and the engine could not read its WAL back (the collection was lost)."""
+    deepest = {"x": nested(MAX_METADATA_DEPTH - 1)}  # the metadata object is the first level
+    records = [ok("a"), json.dumps({"_id": "evil", "text": "t", "metadata": {"x": nested(130)}})]
+    records += [
+        json.dumps({"_id": "deepest", "text": "t", "metadata": deepest}),
+        json.dumps({"_id": "lst", "text": "t", "m": [[[1]] * 2] * 2}),
+        '{"_id": "py", "text": "t", "m": ' + "[" * 5000 + "]" * 5000 + "}",  # past Python's own limit
+    ]
+    path = write_jsonl(tmp_path / "meta.jsonl", records)
+    key = re.escape("x" + ".d" * (MAX_METADATA_DEPTH - 1))
+    with pytest.raises(BadInputError, match=rf"meta\.jsonl:2: document 'evil': metadata '{key}': nested deeper than"):
+        read_documents(path)
+    docs, report = read_documents(path, policy="skip")
+    assert [d.id for d in docs] == ["a", "deepest", "lst"] and docs[1].metadata == deepest
+    assert [(p.line, p.doc_id) for p in report.skipped] == [(2, "evil"), (5, "py")]
+    assert f"nested deeper than {MAX_METADATA_DEPTH} levels" in report.skipped[0].reason
+    assert "JSON nested too deeply" in report.skipped[1].reason
+    for too_deep in ({"x": nested(MAX_METADATA_DEPTH)}, {"l": [nested(MAX_METADATA_DEPTH - 1)]}):
+        with pytest.raises(InvalidDocumentError, match=f"nested deeper than {MAX_METADATA_DEPTH} levels"):
+            validate_documents([Document("ok", "t"), Document("d", "t", metadata=too_deep)])
+
+
+def test_deep_metadata_through_the_python_api_writes_nothing(indexed_stack):
+    stack = indexed_stack("edge", [])
+    try:
+        docs = [Document("ok", "fine text"), Document("evil", "one more document", metadata={"x": nested(130)})]
+        with pytest.raises(InvalidDocumentError, match=r"^documents\[1\] \(id 'evil'\): metadata 'x\.d\.d"):
+            stack.indexer().index(docs, progress=False)
+        assert stack.store().schema() is None
+    finally:
+        stack.close()
+
+
+def test_metadata_counts_towards_the_document_limit_and_has_its_own(tmp_path):
+    """r9C-5: a 20 MB metadata value was accepted and copied into every chunk (345 MB index, 2.4 GB peak RSS)."""
+    near = "w " * ((MAX_DOCUMENT_BYTES - 1000) // 2)  # text just under the limit on its own
+    records = [
+        ok("a"),
+        json.dumps({"_id": "big", "text": "photons " * 200, "metadata": {"blob": "x" * (MAX_METADATA_BYTES + 1)}}),
+        json.dumps({"_id": "sum", "text": near, "title": "t" * 2000}),  # over the limit together
+        json.dumps({"_id": "fits", "text": "photons", "blob": "x" * (MAX_METADATA_BYTES - 100)}),
+    ]
+    path = write_jsonl(tmp_path / "big.jsonl", records)
+    with pytest.raises(BadInputError, match=r"big\.jsonl:2: document 'big': metadata is 65,548 bytes as JSON, over"):
+        read_documents(path)
+    docs, report = read_documents(path, policy="skip")
+    assert [d.id for d in docs] == ["a", "fits"]
+    assert [p.line for p in report.skipped] == [2, 3]
+    assert "bytes of text, title and metadata exceed the 8,388,608-byte limit" in report.skipped[1].reason
+    heavy = Document("h", near, metadata={"blob": "x" * (MAX_METADATA_BYTES - 100)})  # each part fits, not the sum
+    with pytest.raises(InvalidDocumentError, match=r"documents\[0\] \(id 'h'\): .* exceed the 8,388,608-byte limit"):
+        validate_documents([heavy])

@@ -241,6 +241,36 @@ def _release(path: Path) -> None:
             _remove_unheld(Path(key).parent)
 
 
+def _reopen(shard_dir: Path) -> None:
+    """Load the shard at ``shard_dir`` again from its files (replaying its WAL), as the next process to open it
+    will, before readers are pointed at it: a version the engine wrote but cannot read back must not replace the
+    published one. Opened here by its writer alone: closed and loaded again in place; opened by other handles of
+    this process too, or by another process: loaded through a view of its files (see :func:`_make_view`)."""
+    key = str(shard_dir.resolve())
+    with _registry_lock:
+        shard, refs, view = _open_shards.get(key, (None, 0, None))
+        if view is not None:  # this process loaded it from a copy of its files already
+            return
+        if shard is not None and refs == 1:
+            shard.flush()
+            shard.close()
+            del _open_shards[key]  # its handle finds nothing to release should loading fail
+            _open_shards[key] = (qe.EdgeShard.load(key), 1, None)
+            return
+        if shard is not None:
+            shard.flush()
+        else:
+            try:
+                qe.EdgeShard.load(key).close()
+                return
+            except BaseException as exc:
+                if "WouldBlock" not in str(exc):
+                    raise
+        loaded, view = _load_view(shard_dir)  # another handle or process holds it
+        loaded.close()
+        shutil.rmtree(view, ignore_errors=True)
+
+
 def _discard(collection_dir: Path) -> None:
     """Delete a physical collection now, or when the last handle on it in this process is released.
 
@@ -570,6 +600,19 @@ class EdgeStore(QdrantStore):
         copy_tree(src, self.root / version_name(self.collection, target))
 
     def _switch(self, staged: QdrantStore) -> None:
+        """Check that ``staged`` opens again (see :func:`_reopen`), then point readers at it."""
+        version = staged.version or 0
+        try:
+            _reopen(self.root / version_name(self.collection, version) / SHARD_DIR)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # the engine's bare Exception, a Rust panic, or StoreError
+            current = self.current_version()
+            raise StoreError(
+                f"not publishing version {version} of {self.collection!r} at {self.root}: the engine cannot open "
+                f"it again ({exc}); readers keep version {current}, nothing was deleted. Remove the documents it "
+                "cannot store (or free disk space), then write again"
+            ) from exc
         tmp = self.pointer.with_name(self.pointer.name + ".tmp")
         with open(tmp, "w") as f:
             json.dump({"version": staged.version, "collection": version_name(self.collection, staged.version)}, f)
