@@ -119,5 +119,5 @@ def test_a_corpus_source_that_is_not_a_string_is_refused_when_the_file_is_loaded
     with pytest.raises(CorpusConfigError, match=r"corpus 'notes': 'qrels' must be a path \(a string\), got 7"):
         load_corpora(file)
     file.write_text("corpora:\n  kb: {source: k, watch: 'no'}\n")
-    with pytest.raises(CorpusConfigError, match=r"corpus 'kb': 'watch' must be true or false, got 'no'"):
+    with pytest.raises(CorpusConfigError, match=r"corpus 'kb': 'watch' must be true or false \(unquoted\), got 'no'"):
         load_corpora(file)
