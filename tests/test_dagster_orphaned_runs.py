@@ -138,7 +138,7 @@ def test_a_run_on_another_host_is_failed_once_its_heartbeat_stops(tmp_path: Path
     heartbeat is older than the timeout, never while its process beats."""
     from orchestration import orphaned_runs
 
-    monkeypatch.setattr(orphaned_runs, "HEARTBEAT_TIMEOUT_S", 2.0)
+    monkeypatch.setattr(orphaned_runs, "HEARTBEAT_TIMEOUT_S", 3.0)  # the worker beats every 0.2 s
     home = tmp_path / "home"
     home.mkdir()
     worker = subprocess.Popen(
@@ -153,14 +153,14 @@ def test_a_run_on_another_host_is_failed_once_its_heartbeat_stops(tmp_path: Path
         [run] = instance.get_runs(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))
         assert run.tags[PROCESS_TAG].split(":")[1] == str(worker.pid) and HEARTBEAT_TAG in run.tags
         context = dg.build_sensor_context(instance=instance)
-        instance.add_run_tags(run.run_id, {PROCESS_TAG: "another-container:1:1.000"})  # as another host records it
-        time.sleep(3)  # longer than the timeout: only the heartbeat tells that it runs
+        monkeypatch.setattr(orphaned_runs.socket, "gethostname", lambda: "daemon-container")  # the sensor's host
+        time.sleep(4)  # longer than the timeout: only the heartbeat tells that the run's process runs
         assert "no orphaned run" in str(orphaned_runs_sensor(context).skip_message)
         assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.STARTED
 
         os.kill(worker.pid, signal.SIGKILL)
         worker.wait(timeout=60)
-        time.sleep(3)
+        time.sleep(4)
         assert run.run_id in str(orphaned_runs_sensor(context).skip_message)
         assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.FAILURE
         [failure] = instance.all_logs(run.run_id, of_type=dg.DagsterEventType.RUN_FAILURE)
