@@ -72,14 +72,14 @@ class _HeartbeatExecutor(dg.Executor):
         self.inner = inner
 
     @property
-    def retries(self):  # noqa: ANN201 - Dagster's RetryMode
+    def retries(self):  # Dagster's RetryMode
         return self.inner.retries
 
     @property
-    def step_dependency_config(self):  # noqa: ANN201 - Dagster's StepDependencyConfig
+    def step_dependency_config(self):  # Dagster's StepDependencyConfig
         return self.inner.step_dependency_config
 
-    def execute(self, plan_context, execution_plan):  # noqa: ANN001, ANN201 - Dagster's executor interface
+    def execute(self, plan_context, execution_plan):  # Dagster's executor interface
         plan_context.instance.add_run_tags(plan_context.run_id, process_tags())
         with heartbeat(plan_context.instance, plan_context.run_id):
             yield from self.inner.execute(plan_context, execution_plan)
