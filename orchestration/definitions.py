@@ -1,6 +1,7 @@
 """The Dagster code location: ``dagster dev -m orchestration.definitions`` (or ``dagster dev`` with workspace.yaml).
 
-Runs execute in one process (``in_process_executor``): the embedded Qdrant engine allows one handle per data
+Runs execute in one process (``in_process_executor``, recording the process and its heartbeat for
+``orphaned_runs_sensor``): the embedded Qdrant engine allows one handle per data
 folder and process, and the encoders are loaded once per run instead of once per step.
 """
 
@@ -15,7 +16,7 @@ from assets import ALL_ASSETS, CORPORA, query_encoder
 from assets.resources import DEFAULT_ASSETS_DIR, CorporaResource, EvalHistoryResource, RetrievalResource
 from evals.history import DEFAULT_HISTORY, HISTORY_ENV
 from orchestration.jobs import adapt_job, evaluate_job, reindex_job
-from orchestration.orphaned_runs import orphaned_runs_sensor
+from orchestration.orphaned_runs import in_process_heartbeat_executor, orphaned_runs_sensor
 from orchestration.parquet_io import ParquetIOManager
 from orchestration.schedules import daily_evaluation, nightly_reindex
 from orchestration.sensors import build_drop_folder_sensor
@@ -44,5 +45,5 @@ defs = dg.Definitions(
     schedules=[nightly_reindex, daily_evaluation],
     sensors=[*(build_drop_folder_sensor(c.source, c.name) for c in CORPORA.watched()), orphaned_runs_sensor],
     resources=default_resources(),
-    executor=dg.in_process_executor,
+    executor=in_process_heartbeat_executor,  # in_process_executor, with the run's process and heartbeat as tags
 )

@@ -12,6 +12,7 @@ import logging
 import os
 import shutil
 import sys
+import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -25,7 +26,7 @@ from assets import ALL_ASSETS, CHANNELS_CHECK, CORPORA, NDCG_CHECK, POINT_COUNT_
 from assets.evaluation import GATE, GATE_NOT_RUN, evaluation_report
 from orchestration.definitions import default_resources
 from orchestration.jobs import reindex_job
-from orchestration.orphaned_runs import PROCESS_TAG, fail_orphaned_runs, this_process
+from orchestration.orphaned_runs import fail_orphaned_runs, heartbeat, process_tags
 from orchestration.terminal import LiteralConsole, PrintableFormatter, label
 from retrieval.store import StoreError, open_store
 
@@ -98,13 +99,16 @@ def run_main_job(
     )
     with _corpus_lock(resources, corpus), dg.DagsterInstance.from_config(str(home)) as instance:
         fail_orphaned_runs(instance, corpus)
-        result = defs.resolve_job_def(reindex_job.name).execute_in_process(
-            partition_key=corpus,
-            run_config={"loggers": {"console": {"config": {"log_level": log_level}}}, **(run_config or {})},
-            instance=instance,
-            raise_on_error=False,
-            tags={"hybrid_rag/trigger": "main job", "hybrid_rag/corpus": corpus, PROCESS_TAG: this_process()},
-        )
+        run_id = str(uuid.uuid4())  # as Dagster makes them; known before the run exists, for the heartbeat
+        with heartbeat(instance, run_id):  # execute_in_process ignores the job's executor (which beats otherwise)
+            result = defs.resolve_job_def(reindex_job.name).execute_in_process(
+                partition_key=corpus,
+                run_config={"loggers": {"console": {"config": {"log_level": log_level}}}, **(run_config or {})},
+                instance=instance,
+                raise_on_error=False,
+                run_id=run_id,
+                tags={"hybrid_rag/trigger": "main job", "hybrid_rag/corpus": corpus, **process_tags()},
+            )
         if not result.success:
             raise MainJobError(f"run {result.run_id} for corpus {corpus!r} failed: " + "; ".join(_failures(result)))
         summary = summarize(result, corpus)

@@ -17,7 +17,14 @@ import psutil
 import pytest
 
 from orchestration.main_job import run_main_job
-from orchestration.orphaned_runs import PROCESS_TAG, fail_orphaned_runs, process_gone, this_process
+from orchestration.orphaned_runs import (
+    HEARTBEAT_TAG,
+    PROCESS_TAG,
+    fail_orphaned_runs,
+    orphaned_runs_sensor,
+    process_gone,
+    this_process,
+)
 from tests.test_dagster_run import Folder
 
 pytestmark = pytest.mark.slow  # a real `hybrid-rag run` process, killed
@@ -54,6 +61,7 @@ def test_a_killed_run_is_failed_by_the_next_run_of_its_corpus(tmp_path: Path, ca
     try:
         run = started_run(home, process, stderr)
         assert run.tags[PROCESS_TAG].split(":")[1] == str(process.pid)  # host:pid:start time
+        assert HEARTBEAT_TAG in run.tags
         with dg.DagsterInstance.from_config(str(home)) as instance:
             assert fail_orphaned_runs(instance, "dropbox") == []  # its process runs: left alone
             assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.STARTED
@@ -101,7 +109,6 @@ def test_the_daemon_sensor_fails_runs_whose_process_was_killed() -> None:
     """``orphaned_runs_sensor`` (on by default in the code location) does what the next ``hybrid-rag run`` does, for
     every corpus, so queued runs start even when nobody runs ``hybrid-rag run`` again."""
     from orchestration.definitions import defs
-    from orchestration.orphaned_runs import orphaned_runs_sensor
 
     [sensor] = [s for s in defs.sensors if s.name == "orphaned_runs_sensor"]
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
@@ -123,3 +130,38 @@ def test_the_daemon_sensor_fails_runs_whose_process_was_killed() -> None:
         assert orphan in str(orphaned_runs_sensor(context).skip_message)
         assert instance.get_run_by_id(orphan).status == dg.DagsterRunStatus.FAILURE
         assert instance.get_run_by_id(alive).status == dg.DagsterRunStatus.STARTED
+
+
+def test_a_run_on_another_host_is_failed_once_its_heartbeat_stops(tmp_path: Path, monkeypatch) -> None:
+    """A run of the code location's executor (as the daemon launches them) records its process and heartbeat; a
+    run whose process ran elsewhere (another container, a recreated one) is failed by the sensor only once its
+    heartbeat is older than the timeout, never while its process beats."""
+    from orchestration import orphaned_runs
+
+    monkeypatch.setattr(orphaned_runs, "HEARTBEAT_TIMEOUT_S", 3.0)  # the worker beats every 0.2 s
+    home = tmp_path / "home"
+    home.mkdir()
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "tests.sleeper_job", str(home)],
+        cwd=Path(__file__).parents[1],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    with ExitStack() as cleanup, dg.DagsterInstance.from_config(str(home)) as instance:
+        cleanup.callback(worker.kill)
+        assert worker.stdout.readline().strip() == "running"
+        [run] = instance.get_runs(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))
+        assert run.tags[PROCESS_TAG].split(":")[1] == str(worker.pid) and HEARTBEAT_TAG in run.tags
+        context = dg.build_sensor_context(instance=instance)
+        monkeypatch.setattr(orphaned_runs.socket, "gethostname", lambda: "daemon-container")  # the sensor's host
+        time.sleep(4)  # longer than the timeout: only the heartbeat tells that the run's process runs
+        assert "no orphaned run" in str(orphaned_runs_sensor(context).skip_message)
+        assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.STARTED
+
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.wait(timeout=60)
+        time.sleep(4)
+        assert run.run_id in str(orphaned_runs_sensor(context).skip_message)
+        assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.FAILURE
+        [failure] = instance.all_logs(run.run_id, of_type=dg.DagsterEventType.RUN_FAILURE)
+        assert "sent no heartbeat for" in failure.message

@@ -62,6 +62,7 @@ from retrieval.store.base import (
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 SCHEMA_KEY = "hybrid_rag_schema"
+PRIVATE_HOSTS = ("localhost", "127.0.0.1", "::1")  # and single-label names (compose services): http is fine
 SERVER_WIDE = ("get_aliases", "get_collections")  # operations that concern no one collection
 _write_locks: dict[tuple[str, str], threading.RLock] = {}  # (location, collection) -> this process' writers
 _write_locks_guard = threading.Lock()
@@ -94,14 +95,30 @@ def connect(
     if url == ":memory:":
         return QdrantClient(location=":memory:")
     if url.startswith("file://"):
-        return QdrantClient(path=url.removeprefix("file://"))
+        path = url.removeprefix("file://")
+        try:
+            return QdrantClient(path=path)
+        except RuntimeError as exc:
+            if "already accessed by another instance" not in str(exc):
+                raise
+            raise StoreError(
+                f"Qdrant local-mode folder {path} is in use by another process (a Dagster run, `dagster dev` or "
+                f"another hybrid-rag command has it open; qdrant-client's local mode allows one at a time). Stop "
+                f"that process, or use a Qdrant server (HYBRID_RAG_QDRANT_URL=http(s)://...) for several at once"
+            ) from None
     timeout = max(1, math.ceil(timeout_s))
     # qdrant-client's background version check warns, with its file:line, when the server cannot be reached; the
     # request that follows fails with our error naming the URL and the operation, so the warning only adds noise.
     warnings.filterwarnings("ignore", message="Failed to obtain server version", category=UserWarning)
+    # qdrant-client warns at every connection when an API key goes over http; on a private network (a compose
+    # service name, localhost) that is expected, so its warning is noise: one line of ours for other hosts only.
+    warnings.filterwarnings("ignore", message="Api key is used with an insecure connection", category=UserWarning)
     parts = urlsplit(url)
+    host = parts.hostname or ""
+    if api_key and url.startswith("http://") and "." in host and host not in PRIVATE_HOSTS:
+        log.warning("the Qdrant API key goes to %s over plain http: use https outside a private network", host)
     extra: dict[str, Any] = {}
-    if "@" in parts.netloc:
+    if "@" in parts.netloc:  # credentials in the URL: sent as basic auth, never shown (settings.redact_url)
         extra["auth"] = httpx.BasicAuth(unquote(parts.username or ""), unquote(parts.password or ""))
         url = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
     return QdrantClient(url=url, api_key=api_key, timeout=timeout, check_compatibility=check_compatibility, **extra)

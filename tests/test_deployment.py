@@ -1,0 +1,86 @@
+"""The docker-compose deployment without Docker: the image's Dagster instance settings (docker/dagster.yaml) name
+a PostgreSQL driver that the image installs and run monitoring that the run launcher supports; qdrant-client's
+local mode held by another process fails in one line; an API key over http to a compose service is no warning."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import yaml
+from sqlalchemy.engine import make_url
+from typer.testing import CliRunner
+
+from orchestration.cli import app
+from retrieval.store import StoreError, connect
+
+DOCKER_YAML = Path(__file__).parents[1] / "docker" / "dagster.yaml"
+
+
+def test_the_image_instance_uses_the_psycopg2_driver_it_installs() -> None:
+    """dagster-postgres installs psycopg2 only; SQLAlchemy >= 2.1 maps a bare ``postgresql://`` to psycopg (v3)."""
+    from dagster._core.storage.config import pg_config
+
+    db = yaml.safe_load(DOCKER_YAML.read_text())["storage"]["postgres"]["postgres_db"]
+    assert "scheme" in pg_config()["postgres_db"].config_type.fields  # a key dagster-postgres reads
+    assert make_url(f"{db['scheme']}://u:p@host/db").get_dialect().driver == "psycopg2"
+
+
+def test_the_image_instance_monitors_runs_with_the_default_launcher(tmp_path: Path) -> None:
+    """The run monitoring settings are valid for DefaultRunLauncher (it cannot resume runs); the storage is
+    swapped for SQLite, as the test suite has no PostgreSQL."""
+    config = yaml.safe_load(DOCKER_YAML.read_text())
+    del config["storage"]
+    config["compute_logs"]["config"]["base_dir"] = str(tmp_path / "logs")
+    (tmp_path / "dagster.yaml").write_text(yaml.safe_dump(config))
+    with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
+        assert instance.run_monitoring_enabled
+        assert instance.run_monitoring_start_timeout_seconds > 0
+        assert instance.run_monitoring_max_resume_run_attempts == 0
+
+
+@pytest.mark.slow  # a second process holds the folder
+def test_a_local_mode_folder_held_by_another_process_fails_in_one_line(tmp_path: Path, monkeypatch) -> None:
+    folder = tmp_path / "q"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from qdrant_client import QdrantClient; c = QdrantClient(path=sys.argv[1]); "
+            "print('ready', flush=True); sys.stdin.read()",
+            str(folder),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        with pytest.raises(StoreError, match=f"local-mode folder {folder} is in use by another process"):
+            connect(f"file://{folder}")
+        monkeypatch.chdir(tmp_path)
+        monkeypatch.setenv("HYBRID_RAG_QDRANT_URL", f"file://{folder}")
+        result = CliRunner().invoke(app, ["collections"])
+        assert result.exit_code == 2, result.output
+        assert "Traceback" not in result.output and "in use by another process" in result.output
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)
+    connect(f"file://{folder}").close()  # free again once the other process is gone
+
+
+def test_an_api_key_over_http_warns_only_outside_a_private_network(caplog) -> None:
+    with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.WARNING):
+        warnings.simplefilter("always")
+        for url in ("http://qdrant:6333", "http://localhost:6333", "https://qdrant.example.com"):
+            connect(url, "secret", check_compatibility=False).close()
+        assert not [str(w.message) for w in caught if "insecure" in str(w.message)]
+        assert not caplog.records
+        connect("http://qdrant.example.com:6333", "secret", check_compatibility=False).close()
+    [record] = caplog.records
+    assert "qdrant.example.com over plain http: use https" in record.getMessage()
