@@ -3,6 +3,8 @@ without care they encode in half precision on a CPU and cannot be trained agains
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 from safetensors import safe_open
@@ -43,9 +45,11 @@ def _dtypes(model) -> set[str]:
     return {str(p.dtype) for p in model.parameters()}
 
 
-def test_an_fp16_checkpoint_encodes_in_float32_on_the_cpu(models) -> None:
+def test_an_fp16_checkpoint_encodes_in_float32_on_the_cpu(models, caplog) -> None:
     half = DenseEncoder(models["dense-fp16"], device="cpu")
-    assert _dtypes(half.model) == {"torch.float32"}
+    with caplog.at_level(logging.WARNING):
+        assert _dtypes(half.model) == {"torch.float32"}
+    assert "float16" not in caplog.text  # loaded in float32, not loaded in fp16 then converted (and warned about)
     texts = ["a short sentence about boiling pasta", "the moon orbits the earth"]
     vectors = half.encode_documents(texts)
     reference = DenseEncoder(models["dense"], device="cpu").encode_documents(texts)

@@ -63,6 +63,17 @@ def one_thread() -> Iterator[None]:
                 torch.set_num_threads(before)
 
 
+def float32_loading() -> dict:
+    """``model_kwargs`` that make transformers load a checkpoint's weights in float32 (else in the dtype it was saved
+    in: fp16 or bf16 for many hub models)."""
+    import torch
+    import transformers
+    from packaging.version import Version
+
+    key = "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
+    return {key: torch.float32}
+
+
 def float32_weights(model):
     """``model`` with float32 weights, converted in place when its checkpoint was saved in fp16 or bf16.
 
@@ -83,4 +94,4 @@ def trainable_model(path: str, device: str | None = None):
 
     device = select_device(device)
     check_device(device)
-    return float32_weights(SentenceTransformer(path, device=device))
+    return float32_weights(SentenceTransformer(path, device=device, model_kwargs=float32_loading()))
