@@ -22,7 +22,7 @@ from evals.metrics import LATENCY_KEY, evaluate
 from evals.runs import Run, best_chunk_per_document
 from retrieval.chunking import point_id
 from retrieval.errors import HybridRagError, InvalidArgumentError
-from retrieval.search import HybridRetriever, Variant
+from retrieval.search import HybridRetriever, QueryVectors, Variant
 from retrieval.store.base import ENCODING_FIELDS
 
 if TYPE_CHECKING:
@@ -76,12 +76,57 @@ class VariantResult:
     latency_ms: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass
+class EncodedQueries:
+    """Each query encoded once, each channel on its own as a search encodes it (:meth:`HybridRetriever.encode`):
+    the vectors every variant and the top-up search with, and the milliseconds each channel's encoding took, which
+    a variant's latency includes for the channels it searches."""
+
+    vectors: dict[str, QueryVectors] = field(default_factory=dict)  # query id -> that query's vectors
+    ms: dict[str, dict[str, float]] = field(default_factory=dict)  # query id -> {channel: encoding ms}
+
+    @classmethod
+    def of(
+        cls, retriever: HybridRetriever, queries: Mapping[str, str], channels: Iterable[str], progress: bool = True
+    ) -> EncodedQueries:
+        """``queries`` encoded for ``channels`` ("dense", "sparse"), one query at a time (an application's search
+        encodes its own query alone; a batch gives vectors that differ in the last bits)."""
+        channels = [c for c in ("dense", "sparse") if c in set(channels)]
+        out = cls()
+        for qid, text in tqdm(queries.items(), desc="encoding queries", unit="query", disable=not progress):
+            parts, out.ms[qid] = {}, {}
+            for channel in channels:
+                started = time.perf_counter()
+                parts[channel] = retriever.encode([text], channel)
+                out.ms[qid][channel] = (time.perf_counter() - started) * 1000
+            dense, sparse = parts.get("dense"), parts.get("sparse")
+            out.vectors[qid] = QueryVectors(
+                dense.dense if dense else None, sparse.sparse if sparse else None, dense.encoder if dense else None
+            )
+        return out
+
+    def batch(self, qids: Iterable[str]) -> QueryVectors:
+        """The vectors of ``qids`` as one batch (for :meth:`HybridRetriever.search_batch`)."""
+        rows = [self.vectors[qid] for qid in qids]
+        first = rows[0]
+        return QueryVectors(
+            np.concatenate([r.dense for r in rows]) if first.dense is not None else None,
+            [v for r in rows for v in r.sparse] if first.sparse is not None else None,
+            first.encoder,
+        )
+
+    def latency_ms(self, qid: str, variant: Variant) -> float:
+        """What encoding ``qid`` for ``variant``'s channels took."""
+        return sum(self.ms[qid][channel] for channel in variant.channels)
+
+
 def retrieve_run(
     retriever: HybridRetriever,
     queries: dict[str, str],
     variant: Variant | str,
     depth: int = RUN_DEPTH,
     progress: bool = True,
+    encoded: EncodedQueries | None = None,
 ) -> tuple[Run, list[float]]:
     """Search every query on its own (as an application would) and return the run and latencies in ms.
 
@@ -89,41 +134,83 @@ def retrieve_run(
     its top ``depth`` chunks, in the order an application asking for ``k <= depth`` hits gets them, then, when
     those are fewer than ``depth`` documents, the next ones of a document-level first-stage search
     (:func:`deepen_runs`). The document whose id is the query id (ignored by BEIR's metrics) is left out.
-    Latencies measure the application's search only.
+    ``encoded``: the queries' vectors (default: encoded here). A latency is the application's search: encoding
+    the query (its channels, :class:`EncodedQueries`) plus the search from its vectors.
     """
     variant = Variant(variant)
+    if encoded is None:
+        encoded = EncodedQueries.of(retriever, queries, variant.channels, progress)
+    run, latencies = search_run(retriever, queries, variant, depth, encoded, progress)
+    deepen_runs(retriever, queries, {variant: run}, depth, encoded)
+    return run, latencies
+
+
+def search_run(
+    retriever: HybridRetriever,
+    queries: Mapping[str, str],
+    variant: Variant,
+    depth: int,
+    encoded: EncodedQueries,
+    progress: bool = True,
+) -> tuple[Run, list[float]]:
+    """Each query's documents of its top ``depth`` chunks (one search per query, from its vectors) and each
+    search's latency in ms, its query's encoding included (see :func:`retrieve_run`)."""
     run: Run = {}
     latencies = []
     for qid, text in tqdm(queries.items(), desc=f"searching ({variant})", unit="query", disable=not progress):
         started = time.perf_counter()
-        hits = retriever.search(text, k=depth, variant=variant, rerank=variant is Variant.HYBRID_RERANK)
-        latencies.append((time.perf_counter() - started) * 1000)
+        hits = retriever.search(
+            text, k=depth, variant=variant, rerank=variant is Variant.HYBRID_RERANK, encoded=encoded.vectors[qid]
+        )
+        latencies.append((time.perf_counter() - started) * 1000 + encoded.latency_ms(qid, variant))
         run[qid] = best_chunk_per_document((h.doc_id, h.score) for h in hits if h.doc_id != qid)
-    deepen_runs(retriever, queries, run, variant, depth)
     return run, latencies
 
 
-def deepen_runs(retriever: HybridRetriever, queries: Mapping[str, str], run: Run, variant: Variant, depth: int) -> None:
-    """Fill each of ``run``'s queries holding fewer than ``depth`` documents up to ``depth`` (in place): the next
-    documents of a document-level search without reranking (one batched search for them all), each scored
-    strictly below the one before, so the ranking above them does not move."""
-    short = [qid for qid, docs in run.items() if len(docs) < depth]
-    if not short:
-        return
-    first_stage = Variant.HYBRID if variant is Variant.HYBRID_RERANK else variant
-    k = depth + 1 + max(len(run[qid]) for qid in short)  # room for the documents already there and the self-hit
-    found = retriever.search_batch(
-        [queries[qid] for qid in short], k=k, variant=first_stage, rerank=False, group_by="doc"
-    )
-    for qid, hits in zip(short, found, strict=True):
-        docs = run[qid]
-        score = min(docs.values(), default=0.0)
-        for hit in hits:
-            if len(docs) >= depth:
-                break
-            if hit.doc_id != qid and hit.doc_id not in docs:
-                score = min(score - 1e-9, math.nextafter(score, -math.inf))
-                docs[hit.doc_id] = score
+def deepen_runs(
+    retriever: HybridRetriever,
+    queries: Mapping[str, str],
+    runs: Mapping[Variant, Run],
+    depth: int,
+    encoded: EncodedQueries | None = None,
+) -> None:
+    """Fill each run's queries holding fewer than ``depth`` documents up to ``depth`` (in place): the next
+    documents of a document-level search of the variant's first stage without reranking, each scored strictly
+    below the one before, so the ranking above them does not move.
+
+    One batched search per first stage and depth asked: ``hybrid`` and ``hybrid+rerank`` (the same first stage,
+    the same documents reordered) share theirs. ``encoded``: the queries' vectors (default: encoded by the search).
+    """
+    wanted: dict[tuple[Variant, int], dict[str, None]] = {}  # (first stage, documents asked) -> query ids
+    fills = []
+    for variant, run in runs.items():
+        short = [qid for qid, docs in run.items() if len(docs) < depth]
+        if short:
+            first_stage = Variant.HYBRID if variant is Variant.HYBRID_RERANK else variant
+            k = depth + 1 + max(len(run[qid]) for qid in short)  # room for the documents there and the self-hit
+            wanted.setdefault((first_stage, k), {}).update(dict.fromkeys(short))
+            fills.append((run, short, (first_stage, k)))
+    found: dict[tuple[Variant, int], dict[str, list]] = {}
+    for (first_stage, k), qids in wanted.items():
+        hits = retriever.search_batch(
+            [queries[qid] for qid in qids],
+            k=k,
+            variant=first_stage,
+            rerank=False,
+            group_by="doc",
+            encoded=encoded.batch(qids) if encoded else None,
+        )
+        found[first_stage, k] = dict(zip(qids, hits, strict=True))
+    for run, short, key in fills:
+        for qid in short:
+            docs = run[qid]
+            score = min(docs.values(), default=0.0)
+            for hit in found[key][qid]:
+                if len(docs) >= depth:
+                    break
+                if hit.doc_id != qid and hit.doc_id not in docs:
+                    score = min(score - 1e-9, math.nextafter(score, -math.inf))
+                    docs[hit.doc_id] = score
 
 
 def evaluate_variants(
@@ -133,12 +220,15 @@ def evaluate_variants(
     variants: Iterable[Variant | str] = tuple(Variant),
     progress: bool = True,
 ) -> dict[str, VariantResult]:
-    """Every variant's metrics on ``queries`` (only those with qrels are searched)."""
+    """Every variant's metrics on ``queries`` (only those with qrels are searched). Each query is encoded once
+    for all variants and their top-ups (:class:`EncodedQueries`)."""
     judged = {qid: text for qid, text in queries.items() if qid in qrels}
+    variants = list(dict.fromkeys(Variant(v) for v in variants))
+    encoded = EncodedQueries.of(retriever, judged, {c for v in variants for c in v.channels}, progress)
+    searched = {v: search_run(retriever, judged, v, RUN_DEPTH, encoded, progress) for v in variants}
+    deepen_runs(retriever, judged, {v: run for v, (run, _) in searched.items()}, RUN_DEPTH, encoded)
     results = {}
-    for variant in variants:
-        variant = Variant(variant)
-        run, latencies = retrieve_run(retriever, judged, variant, progress=progress)
+    for variant, (run, latencies) in searched.items():
         scored = evaluate(qrels, run)
         lat = np.asarray(latencies) if latencies else np.zeros(1)
         results[variant.value] = VariantResult(

@@ -33,6 +33,11 @@ class Variant(StrEnum):
     HYBRID = "hybrid"
     HYBRID_RERANK = "hybrid+rerank"
 
+    @property
+    def channels(self) -> tuple[str, ...]:
+        """The channels whose query vectors a search of this variant needs."""
+        return {Variant.DENSE: ("dense",), Variant.SPARSE: ("sparse",)}.get(self, ("dense", "sparse"))
+
 
 class GroupBy(StrEnum):
     """What one hit stands for: a chunk (default), or a document (its best chunk)."""
@@ -46,6 +51,20 @@ MAX_K = 1_000_000_000  # hits per query; checked before the engine (whose limits
 # group_by="doc": a channel list is deepened (its limit doubled) until it holds the documents wanted, reading at
 # most this many chunks per document wanted
 GROUP_MAX_CHUNKS_PER_DOC = 64
+
+
+@dataclass(frozen=True)
+class QueryVectors:
+    """Queries encoded for the channels (:meth:`HybridRetriever.encode`), to search them again without encoding
+    them again: ``dense`` (one row per query) made by the query encoder ``encoder``, ``sparse`` (one per query);
+    None for a channel not encoded."""
+
+    dense: np.ndarray | None = field(default=None, repr=False)
+    sparse: list[SparseVec] | None = field(default=None, repr=False)
+    encoder: Any = field(default=None, repr=False, compare=False)  # the DenseEncoder that made ``dense``
+
+    def __len__(self) -> int:
+        return len(self.dense if self.dense is not None else self.sparse or ())
 
 
 @dataclass
@@ -136,6 +155,7 @@ class HybridRetriever:
         *,
         group_by: GroupBy | str = GroupBy.CHUNK,
         score_threshold: float | None = None,
+        encoded: QueryVectors | None = None,
     ) -> list[Hit]:
         """The ``k`` best hits for ``query``; see :meth:`search_batch` for the arguments."""
         return self.search_batch(
@@ -146,6 +166,7 @@ class HybridRetriever:
             variant=variant,
             group_by=group_by,
             score_threshold=score_threshold,
+            encoded=encoded,
         )[0]
 
     def search_batch(
@@ -158,6 +179,7 @@ class HybridRetriever:
         *,
         group_by: GroupBy | str = GroupBy.CHUNK,
         score_threshold: float | None = None,
+        encoded: QueryVectors | None = None,
     ) -> list[list[Hit]]:
         """Search many queries: one encoder call per channel, one batched Qdrant request for the channel lists
         (ids, scores and doc ids only), fusion here, then one request for the payloads of the hits kept.
@@ -165,9 +187,10 @@ class HybridRetriever:
         ``k`` (default: settings) hits per query; ``filter``: metadata conditions (see
         :func:`~retrieval.store.base.filter_conditions`); ``rerank`` (default: settings); ``group_by="doc"``:
         one hit per document, its best chunk (each channel's list then holds documents, ranked by their best chunk;
-        fusion and reranking rank documents); ``score_threshold``: drop hits whose final ``score`` is lower.
-        Empty queries, ``k`` outside 1 to :data:`MAX_K`, ``rerank`` other than a bool or None, a ``score_threshold``
-        that is no finite number, a bad filter and unknown names raise
+        fusion and reranking rank documents); ``score_threshold``: drop hits whose final ``score`` is lower;
+        ``encoded``: the queries' vectors from :meth:`encode` (not encoded again: searching the same queries
+        several ways encodes them once). Empty queries, ``k`` outside 1 to :data:`MAX_K`, ``rerank`` other than a
+        bool or None, a ``score_threshold`` that is no finite number, a bad filter and unknown names raise
         :class:`~retrieval.errors.InvalidArgumentError` before anything is encoded or queried.
         """
         k, group_by = self._check_arguments(queries, k, group_by, score_threshold, rerank, filter)
@@ -178,7 +201,14 @@ class HybridRetriever:
         deferred = rerank and self.reranker.config.mode is not RerankMode.PROMPT
         with self._one_version():
             query_vectors, candidates = self.first_stage(
-                queries, variant, depth, filter, with_vectors=rerank, with_payload=not deferred, group_by=group_by
+                queries,
+                variant,
+                depth,
+                filter,
+                with_vectors=rerank,
+                with_payload=not deferred,
+                group_by=group_by,
+                encoded=encoded,
             )
             ranked = self._rerank_batch(queries, query_vectors, candidates) if rerank else candidates
             results = [_finish(hits, k, score_threshold) for hits in ranked]
@@ -266,11 +296,47 @@ class HybridRetriever:
         with_vectors: bool = False,
         with_payload: bool = True,
         group_by: GroupBy | str = GroupBy.CHUNK,
+        encoded: QueryVectors | None = None,
     ) -> tuple[np.ndarray | None, list[list[Hit]]]:
         """The query vectors (None for sparse only) and each query's top ``depth`` hits (documents with
-        ``group_by="doc"``), before reranking (from one version of the collection)."""
+        ``group_by="doc"``), before reranking (from one version of the collection); ``encoded``: the queries'
+        vectors from :meth:`encode`."""
         with self._one_version():
-            return self._first_stage(queries, variant, depth, filter, with_vectors, with_payload, GroupBy(group_by))
+            return self._first_stage(
+                queries, variant, depth, filter, with_vectors, with_payload, GroupBy(group_by), encoded
+            )
+
+    def encode(self, queries: Sequence[str], variant: Variant | str = Variant.HYBRID) -> QueryVectors:
+        """``queries`` encoded for the channels ``variant`` searches (the dense ones by the query encoder now), as a
+        search encodes them: pass them to :meth:`search_batch` (``encoded=``) to search the same queries again."""
+        variant = choice(Variant, variant, "variant")
+        self.query_encoder = self.reranker.query_encoder = query_encoder_now(self._query, self.dense)
+        dense_q, sparse_q = None, None
+        if "dense" in variant.channels:
+            encoder = self.query_encoder
+            with encoder.lock:
+                dense_q = encoder.encode_queries(queries)
+        if "sparse" in variant.channels:
+            with self.sparse.lock:
+                sparse_q = self.sparse.encode_queries(queries)
+        return QueryVectors(dense_q, sparse_q, self.query_encoder)
+
+    def _check_encoded(self, encoded: QueryVectors, n: int, variant: Variant) -> None:
+        """Refuse vectors that do not fit the search: another number of queries, a channel the variant searches
+        missing, dense vectors of another query encoder than the one queries use now."""
+        if len(encoded) != n:
+            raise InvalidArgumentError(f"encoded holds the vectors of {len(encoded)} queries, not of the {n} searched")
+        missing = [name for name in variant.channels if getattr(encoded, name) is None]
+        if missing:
+            raise InvalidArgumentError(
+                f"variant {variant.value} searches the {' and '.join(missing)} channel, but encoded has no "
+                f"{' or '.join(missing)} vectors: encode the queries with retriever.encode(queries, {variant.value!r})"
+            )
+        if encoded.dense is not None and encoded.encoder is not self.query_encoder:
+            raise InvalidArgumentError(
+                f"encoded's dense vectors were made by another query encoder than the one queries use now "
+                f"({self.query_encoder.model_name!r}; an adapted one was saved or removed since): encode them again"
+            )
 
     def _first_stage(
         self,
@@ -281,19 +347,18 @@ class HybridRetriever:
         with_vectors: bool,
         with_payload: bool,
         group_by: GroupBy,
+        encoded: QueryVectors | None = None,
     ) -> tuple[np.ndarray | None, list[list[Hit]]]:
         self.check_schema()
         variant = Variant(variant)
         t0 = time.perf_counter()
-        dense_q, sparse_q = None, None
-        self.query_encoder = self.reranker.query_encoder = query_encoder_now(self._query, self.dense)
-        if variant is not Variant.SPARSE:
-            encoder = self.query_encoder
-            with encoder.lock:
-                dense_q = encoder.encode_queries(queries)
-        if variant is not Variant.DENSE:
-            with self.sparse.lock:
-                sparse_q = self.sparse.encode_queries(queries)
+        if encoded is None:
+            encoded = self.encode(queries, variant)
+        else:
+            self.query_encoder = self.reranker.query_encoder = query_encoder_now(self._query, self.dense)
+            self._check_encoded(encoded, len(queries), variant)
+        dense_q = encoded.dense if "dense" in variant.channels else None
+        sparse_q = encoded.sparse if "sparse" in variant.channels else None
         t1 = time.perf_counter()
         try:
             out = self.candidates(dense_q, sparse_q, depth, filter, with_vectors, with_payload, group_by)

@@ -189,3 +189,19 @@ def test_reader_reload(tmp_path, capsys):
     )
     assert len(rows) == 1 and all(v > 0 for v in rows[0][2:])
     assert "first search after it" in capsys.readouterr().out
+
+
+def test_eval_cost(tmp_path, capsys):
+    """Each part of an evaluation is timed: one encoding pass, each judged query encoded once per channel, one
+    top-up; the parts fit in the whole."""
+    from benchmarks import eval_cost
+
+    result = eval_cost.main(["--collections", "sample", "--index-dir", str(tmp_path)])
+    r = result["collections"]["sample"]
+    calls = {part: n for part, (_, _, n) in r["parts"].items()}
+    assert calls["query encoding pass"] == calls[eval_cost.TOP_UP] == 1
+    assert calls["dense query encoding"] == calls["BM25 query encoding"] == r["queries"]
+    assert calls["per-query searches"] == 4 and calls["metrics (pytrec_eval)"] == 4
+    outer = ("query encoding pass", "per-query searches", eval_cost.TOP_UP)
+    assert 0 < sum(r["parts"][p][0] for p in outer) <= r["total"][0]
+    assert "Where an evaluation's time goes: sample test" in capsys.readouterr().out

@@ -1,6 +1,8 @@
 """The one evaluation path: evaluate_collection's typed report, its history rows and its JSON form."""
 
 import json
+import time
+from collections import Counter
 
 import pytest
 
@@ -9,8 +11,17 @@ from evals.collections import EvalCollection, sample_collection
 from evals.history import EvalHistory
 from evals.metrics import evaluate
 from evals.report import markdown_table, search_settings
-from evals.runner import LATENCY_P50, EvalReport, evaluate_collection, retrieve_run
-from retrieval import HybridRetriever, RetrievalSettings, RetrievalStack, read_documents
+from evals.runner import (
+    LATENCY_P50,
+    RUN_DEPTH,
+    EvalReport,
+    deepen_runs,
+    evaluate_collection,
+    evaluate_variants,
+    retrieve_run,
+)
+from evals.runs import best_chunk_per_document
+from retrieval import HybridRetriever, RetrievalSettings, RetrievalStack, Variant, read_documents
 from tests.conftest import TINY_DOCS
 
 VARIANTS = ["sparse", "hybrid"]
@@ -114,14 +125,19 @@ def test_the_index_time_settings_recorded_are_the_collections(indexed_stack, bac
     assert report.settings["document_prompt"] == "" and report.settings["rrf_k"] == evaluating.settings.rrf_k
 
 
+@pytest.fixture(scope="module")
+def deep_sample(indexed_stack) -> RetrievalStack:
+    """The sample in small chunks, several per document: runs need the document-level top-up."""
+    docs, _ = read_documents(sample_collection().root)
+    return indexed_stack("edge", docs, collection="deep", chunk_tokens=24, chunk_overlap=4)
+
+
 @pytest.mark.parametrize("variant", ["dense", "hybrid+rerank"])
-def test_runs_hold_depth_documents_and_keep_the_applications_ranking(indexed_stack, variant) -> None:
+def test_runs_hold_depth_documents_and_keep_the_applications_ranking(deep_sample, variant) -> None:
     """Recall@100 is scored on 100 documents, not on the documents of the top 100 chunks (several chunks of a
     document count once); the top of the run stays the order an application searching k=depth chunks gets."""
     coll = sample_collection()
-    docs, _ = read_documents(coll.root)
-    stack = indexed_stack("edge", docs, collection="deep", chunk_tokens=24, chunk_overlap=4)
-    retriever, queries, depth = stack.retriever(), coll.split_queries("test"), 10
+    retriever, queries, depth = deep_sample.retriever(), coll.split_queries("test"), 10
     run, latencies = retrieve_run(retriever, queries, variant, depth=depth, progress=False)
     assert len(latencies) == len(queries) and set(run) == set(queries)
     short = 0
@@ -165,3 +181,63 @@ def test_the_coverage_warning_tells_a_corpus_file_lacking_judged_documents_from_
     assert "33.3% are not in the corpus file itself" in report.coverage_warning()
     assert "0.0% are in the corpus file but missing from the collection" in report.coverage_warning()
     assert report.context()["judged_not_in_corpus"] == pytest.approx(0.3333)
+
+
+def test_variants_evaluated_together_equal_each_variant_searched_on_its_own(deep_sample) -> None:
+    """Encoding each query once for every variant and sharing top-ups changes no figure: each variant searched
+    as an application searches (every search encodes its query), with a top-up of its own, gives the same runs
+    and metrics."""
+    coll = sample_collection()
+    qrels, retriever = coll.qrels("test"), deep_sample.retriever()
+    queries = {qid: text for qid, text in coll.split_queries("test").items() if qid in qrels}
+    together = evaluate_variants(retriever, queries, qrels, progress=False)
+    short = 0
+    for variant in Variant:
+        run = {}
+        for qid, text in queries.items():
+            hits = retriever.search(text, k=RUN_DEPTH, variant=variant, rerank=variant is Variant.HYBRID_RERANK)
+            run[qid] = best_chunk_per_document((h.doc_id, h.score) for h in hits if h.doc_id != qid)
+        short += sum(len(docs) < RUN_DEPTH for docs in run.values())
+        deepen_runs(retriever, queries, {variant: run}, RUN_DEPTH)  # its own top-up, its own (batched) encoding
+        assert together[variant.value].run == run, variant
+        assert together[variant.value].metrics == evaluate(qrels, run).mean, variant
+    assert short  # the top-ups were compared too
+    assert together["hybrid+rerank"].run != together["hybrid"].run  # reranked: another order, one shared top-up
+
+
+def test_an_evaluation_encodes_each_query_once_and_its_latencies_include_the_encoding(deep_sample, monkeypatch):
+    """Four variants and their top-ups: one dense and one sparse encoding per query (the dense encoder was called
+    5 times per query before), one document-level top-up per first stage (hybrid+rerank shares hybrid's). The
+    real encoders, spied on; the dense one made 50 ms slower, which shows in the latency of every variant that
+    searches dense vectors (the application's search encodes its query) and not in sparse's."""
+    coll = sample_collection()
+    qrels, retriever = coll.qrels("test"), deep_sample.retriever()
+    queries = {qid: text for qid, text in coll.split_queries("test").items() if qid in qrels}
+    encoded: dict[str, list[str]] = {"dense": [], "sparse": []}
+    delay = {"dense": 0.05, "sparse": 0.0}
+
+    def spy(channel, encode):
+        def encode_queries(texts, *args, **kwargs):
+            encoded[channel].extend(texts)
+            time.sleep(delay[channel])
+            return encode(texts, *args, **kwargs)
+
+        return encode_queries
+
+    monkeypatch.setattr(retriever.dense, "encode_queries", spy("dense", retriever.dense.encode_queries))
+    monkeypatch.setattr(retriever.sparse, "encode_queries", spy("sparse", retriever.sparse.encode_queries))
+    top_ups: Counter[str] = Counter()
+    search_batch = retriever.search_batch
+
+    def counted(texts, **kwargs):
+        if kwargs.get("group_by") == "doc":
+            top_ups[str(kwargs["variant"])] += 1
+        return search_batch(texts, **kwargs)
+
+    monkeypatch.setattr(retriever, "search_batch", counted)
+    results = evaluate_variants(retriever, queries, qrels, progress=False)
+    assert Counter(encoded["dense"]) == Counter(encoded["sparse"]) == Counter(queries.values())
+    assert top_ups == {"dense": 1, "sparse": 1, "hybrid": 1}
+    for variant, result in results.items():
+        slow = variant != "sparse"
+        assert (result.latency_ms["p50"] >= 1000 * delay["dense"]) is slow, (variant, result.latency_ms)

@@ -1,5 +1,7 @@
 """What search promises callers: clear refusals, document-level results, thresholds, LangChain kwargs."""
 
+from dataclasses import replace
+
 import pytest
 
 from retrieval import Document
@@ -104,3 +106,22 @@ def test_reranked_hits_carry_their_stored_fields(retriever):
         assert hit.text and hit.text in doc.text and hit.title == doc.title and hit.metadata == doc.metadata
         assert hit.chunk_index is not None
     assert len({h.doc_id for h in grouped}) == len(grouped) == 3
+
+
+def test_queries_encoded_once_search_as_before_and_vectors_that_do_not_fit_are_refused(retriever):
+    """``encode`` then ``search_batch(encoded=...)``: the hits of a search that encodes its queries, for every
+    variant; vectors for other queries, lacking a channel or made by another query encoder are refused."""
+    queries = [LEXICAL_QUERY[0], "valve gasket torque"]
+    encoded = retriever.encode(queries)  # both channels: any variant
+    for variant in ("dense", "sparse", "hybrid", "hybrid+rerank"):
+        plain = retriever.search_batch(queries, k=6, variant=variant)
+        again = retriever.search_batch(queries, k=6, variant=variant, encoded=encoded)
+        assert [[(h.chunk_id, h.score) for h in hits] for hits in again] == [
+            [(h.chunk_id, h.score) for h in hits] for hits in plain
+        ]
+    with pytest.raises(InvalidArgumentError, match="the vectors of 2 queries, not of the 1 searched"):
+        retriever.search(queries[0], encoded=encoded)
+    with pytest.raises(InvalidArgumentError, match="searches the dense channel, but encoded has no dense vectors"):
+        retriever.search_batch(queries, variant="hybrid", encoded=retriever.encode(queries, "sparse"))
+    with pytest.raises(InvalidArgumentError, match="another query encoder"):
+        retriever.search_batch(queries, variant="dense", encoded=replace(encoded, encoder=None))
