@@ -73,7 +73,7 @@ def test_asset_refuses_to_wipe_the_index_unless_configured(tmp_path: Path) -> No
 
 
 @pytest.mark.slow
-def test_sync_keeps_the_documents_below_a_broken_link_or_unlistable_folder(tmp_path: Path) -> None:
+def test_sync_keeps_the_documents_below_a_broken_folder_link(tmp_path: Path) -> None:
     docs, share = tmp_path / "docs", tmp_path / "share"
     docs.mkdir(), share.mkdir()
     for doc in TINY_DOCS[:5]:
