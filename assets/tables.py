@@ -64,8 +64,11 @@ def documents_to_table(docs: Sequence[Document], skipped: Sequence[InputProblem]
 
 def with_skipped(table: pa.Table, skipped: Sequence[InputProblem]) -> pa.Table:
     """``table`` carrying ``skipped`` in its schema metadata (Parquet keeps it), so an index sync keeps what is
-    stored for the skipped documents."""
-    rows = [{"path": str(p.path), "line": p.line, "reason": p.reason, "doc_id": p.doc_id} for p in skipped]
+    stored for the skipped documents (``folder``: a skipped folder or broken link keeps those below its id)."""
+    rows = [
+        {"path": str(p.path), "line": p.line, "reason": p.reason, "doc_id": p.doc_id, "folder": p.folder}
+        for p in skipped
+    ]
     return table.replace_schema_metadata({**(table.schema.metadata or {}), SKIPPED_KEY: json.dumps(rows).encode()})
 
 
@@ -89,10 +92,14 @@ def schema_of(source: Source) -> pa.Schema:
 
 
 def table_skipped(table: Source) -> list[InputProblem]:
-    """The skipped records carried by a documents or chunks table (none for a table written without them)."""
+    """The skipped records carried by a documents or chunks table (none for a table written without them; a
+    record of a table written before ``folder`` was saved is a file's)."""
     raw = (schema_of(table).metadata or {}).get(SKIPPED_KEY)
     rows = json.loads(raw) if raw else []
-    return [InputProblem(Path(r["path"]), r["line"], r["reason"], r["doc_id"]) for r in rows]
+    return [
+        InputProblem(Path(r["path"]), r["line"], r["reason"], r["doc_id"], folder=bool(r.get("folder", False)))
+        for r in rows
+    ]
 
 
 def table_to_documents(table: Source) -> list[Document]:

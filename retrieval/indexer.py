@@ -205,24 +205,29 @@ class Indexer:
 
     def refuse_copies(self, path: Path, documents: Sequence[Document], fmt: SourceFormat | str | None = None) -> None:
         """Raise :class:`StoredUnderOtherIdsError` when documents read from text folder (or text file) ``path``
-        are new to the collection but their files are stored under longer ids, those they have when a folder
-        above ``path`` is indexed (a text file's id is its path below the folder given): adding them would store
-        a second copy of each file, the old text still found. Call it before adding (not syncing) documents."""
+        may be stored under longer ids, those they have when a folder above ``path`` is indexed (a text file's id
+        is its path below the folder given): adding them would store a second copy of each file, the old text
+        still found, or overwrite another stored document that has the same short id (``guide/index.md`` indexed
+        alone as ``index.md`` replaces the top-level ``index.md``). A longer id the source itself holds is no
+        clash. Whether the stored document is a copy of the file or another tree's file with the same path cannot
+        be told: a collection holds one folder tree's files. Call it before adding (not syncing) documents."""
         if (fmt or detect_format(Path(path))) != SourceFormat.DIR or self.store.current_version() is None:
             return
         ids = [d.id for d in documents]
-        stored = {s.doc_id for s in self.store.stored_chunks(ids).values()}
-        above = {i: ids_from_folders_above(Path(path), i) for i in ids if i not in stored}
+        own = set(ids)  # stored under an id the source holds too: that document is updated, no other one
+        above = {i: [(f, x) for f, x in ids_from_folders_above(Path(path), i) if x not in own] for i in ids}
         found = {s.doc_id for s in self.store.stored_chunks({x for pairs in above.values() for _, x in pairs}).values()}
-        clashes = [(i, folder, other) for i, pairs in above.items() for folder, other in pairs if other in found]
+        clashes = {i: hits[0] for i in ids if (hits := [(f, x) for f, x in above[i] if x in found])}
         if not clashes:
             return
-        doc_id, folder, other = clashes[0]
+        doc_id, (folder, other) = next(iter(clashes.items()))
+        name = self.store.collection
         raise StoredUnderOtherIdsError(
-            f"{path}: {len(clashes)} of {len(ids)} documents are already stored in {self.store.collection!r} under "
-            f"other ids ({doc_id!r} as {other!r}, its id when {folder} is indexed: a text file's id is its path "
-            f"below the folder indexed); index {folder} to update them, or --sync to make the collection hold only "
-            "these"
+            f"{path}: {len(clashes)} of {len(ids)} documents may already be stored in {name!r} under other ids "
+            f"({doc_id!r} would be {other!r} if {folder} were indexed, and {other!r} is stored: a text file's id is "
+            f"its path below the folder indexed). If the stored documents are copies of these files, index {folder} "
+            "to update them; if they are another folder tree's files with the same paths, index these into another "
+            f"collection: a collection holds one folder tree's files (or --sync to make {name!r} hold only these)"
         )
 
     def rebuild(

@@ -1,28 +1,31 @@
-"""The qdrant_index asset keeps sync semantics with the same refusal of mass deletion, overridable by config."""
+"""The qdrant_index asset keeps sync semantics: the same refusal of mass deletion (overridable by config), and the
+stored documents of records skipped as bad input, a skipped folder's included."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import dagster as dg
+import pyarrow.parquet as pq
 import pytest
 
 from assets import ALL_ASSETS
+from assets.index import POINT_COUNT_CHECK
 from assets.resources import CorporaResource, EvalHistoryResource, RetrievalResource
+from assets.tables import SKIPPED_KEY, documents_to_table, table_skipped
 from orchestration.definitions import default_resources
 from orchestration.parquet_io import ParquetIOManager
+from retrieval.documents import InputProblem
 from retrieval.store import EdgeStore
 from tests.conftest import TINY_DOCS
 
 
-@pytest.mark.slow
-def test_asset_refuses_to_wipe_the_index_unless_configured(tmp_path: Path) -> None:
-    drop = tmp_path / "drop"
-    drop.mkdir()
-    for doc in TINY_DOCS[:4]:
-        (drop / f"{doc.id}.md").write_text(f"# {doc.title}\n{doc.text}")
+def _pipeline(tmp_path: Path, corpus: str) -> tuple[Callable[..., dg.ExecuteInJobResult], Callable[..., int]]:
+    """materialize(**qdrant_index config) of every asset for the ``dropbox`` corpus (``corpus``: its YAML fields,
+    collection ``drop``), and points(doc_id=None) of the collection."""
     corpora = tmp_path / "corpora.yaml"
-    corpora.write_text(f"corpora:\n  dropbox:\n    source: {drop}\n    format: dir\n    collection: drop\n")
+    corpora.write_text(f"corpora:\n  dropbox:\n{corpus}    collection: drop\n")
     resources = default_resources(
         retrieval=RetrievalResource(qdrant_path=str(tmp_path / "index"), cache_dir=str(tmp_path / "cache")),
         eval_history=EvalHistoryResource(path=str(tmp_path / "evals.sqlite")),
@@ -42,13 +45,23 @@ def test_asset_refuses_to_wipe_the_index_unless_configured(tmp_path: Path) -> No
             raise_on_error=False,
         )
 
-    def points() -> int:
+    def points(doc_id: str | None = None) -> int:
         store = EdgeStore(tmp_path / "index", "drop")
         try:
-            return store.count()
+            return store.count({"doc_id": doc_id} if doc_id else None)
         finally:
             store.close()
 
+    return materialize, points
+
+
+@pytest.mark.slow
+def test_asset_refuses_to_wipe_the_index_unless_configured(tmp_path: Path) -> None:
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    for doc in TINY_DOCS[:4]:
+        (drop / f"{doc.id}.md").write_text(f"# {doc.title}\n{doc.text}")
+    materialize, points = _pipeline(tmp_path, f"    source: {drop}\n    format: dir\n")
     assert materialize().success and points() == 4
     for doc in TINY_DOCS[1:4]:
         (drop / f"{doc.id}.md").unlink()  # e.g. a half-synced or unmounted folder
@@ -57,3 +70,38 @@ def test_asset_refuses_to_wipe_the_index_unless_configured(tmp_path: Path) -> No
     failures = [e for e in refused.all_events if e.event_type_value == "STEP_FAILURE"]
     assert "refusing to delete 3 of the 4 points" in str(failures[0].step_failure_data.error)
     assert materialize(allow_delete=True).success and points() == 1
+
+
+@pytest.mark.slow
+def test_sync_keeps_the_documents_below_a_broken_folder_link(tmp_path: Path) -> None:
+    docs, share = tmp_path / "docs", tmp_path / "share"
+    docs.mkdir(), share.mkdir()
+    for doc in TINY_DOCS[:5]:
+        (docs / f"{doc.id}.md").write_text(f"# {doc.title}\n{doc.text}")
+    for doc in TINY_DOCS[5:7]:
+        (share / f"{doc.id}.md").write_text(f"# {doc.title}\n{doc.text}")
+    (docs / "shared").symlink_to("../share", target_is_directory=True)  # a linked team folder
+    materialize, points = _pipeline(tmp_path, f"    source: {docs}\n    format: dir\n    on_bad_input: skip\n")
+    assert materialize().success and points() == 7
+    share.rename(tmp_path / "share.unmounted")  # the share is unmounted: the link breaks
+    (docs / f"{TINY_DOCS[0].id}.md").unlink()  # really removed
+    result = materialize()
+    assert result.success
+    assert points() == 6 and points(f"shared/{TINY_DOCS[6].id}.md") == 1  # only the removed file's document went
+    [check] = [
+        e.event_specific_data
+        for e in result.all_events
+        if e.event_type_value == "ASSET_CHECK_EVALUATION" and e.event_specific_data.check_name == POINT_COUNT_CHECK
+    ]
+    assert check.passed and check.metadata["kept_points"].value == 2
+
+
+def test_skipped_records_keep_their_folder_flag_and_old_tables_still_read(tmp_path: Path) -> None:
+    link = InputProblem(tmp_path / "shared", None, "broken link: its target ../share does not exist", "shared", True)
+    bad = InputProblem(tmp_path / "a.md", None, "not valid UTF-8", "a.md")
+    pq.write_table(documents_to_table([], [link, bad]), tmp_path / "docs.parquet")
+    assert table_skipped(pq.ParquetFile(tmp_path / "docs.parquet")) == [link, bad]
+    assert table_skipped(pq.ParquetFile(tmp_path / "docs.parquet"))[0].covers("shared/s1.md")
+    old = b'[{"path": "/d/shared", "line": null, "reason": "broken link", "doc_id": "shared"}]'  # no 'folder'
+    [record] = table_skipped(documents_to_table([]).replace_schema_metadata({SKIPPED_KEY: old}))
+    assert record == InputProblem(Path("/d/shared"), None, "broken link", "shared") and not record.folder

@@ -325,10 +325,11 @@ def test_indexing_one_file_or_subfolder_of_an_indexed_folder_adds_no_copies(cli_
     cli("index", str(docs), "-c", "kb")
     (docs / "guide" / "g0.md").write_text("# Guide 0\n\nGuide 0 now says: the llama limit is 12.\n")
     out = cli("index", str(docs / "guide" / "g0.md"), "-c", "kb", code=2)
-    assert "1 of 1 documents are already stored in 'kb' under other ids ('g0.md' as 'guide/g0.md'" in out
-    assert f"index {docs} to update them" in out.replace("\n", "")
+    out = out.replace("\n", "")
+    assert "1 of 1 documents may already be stored in 'kb' under other ids ('g0.md' would be 'guide/g0.md'" in out
+    assert f"copies of these files, index {docs} to update them" in out
     out = cli("index", str(docs / "guide"), "-c", "kb", code=2)
-    assert "3 of 3 documents are already stored" in out
+    assert "3 of 3 documents may already be stored" in out
     assert points(cli_env, "kb") == 6 and points(cli_env, "kb", "g0.md") == 0
     report = cli_json("index", str(docs), "-c", "kb")  # the folder indexed: the file's own document is updated
     assert (report["documents"], report["embedded"], report["points"]) == (6, 1, 6)
@@ -337,3 +338,41 @@ def test_indexing_one_file_or_subfolder_of_an_indexed_folder_adds_no_copies(cli_
     (notes / "g0.md").write_text("# Notes\n\nMeeting notes about vicunas.\n")
     report = cli_json("index", str(notes), "-c", "kb")
     assert (report["embedded"], report["points"]) == (1, 7)
+
+
+def test_indexing_a_subfolders_file_never_overwrites_a_stored_document_with_the_same_short_id(cli_env):
+    kb = cli_env / "kb"
+    (kb / "guide").mkdir(parents=True)
+    (kb / "index.md").write_text("# Home\n\nThe top-level index page: the office opens at 9.\n")
+    (kb / "guide" / "index.md").write_text("# Guide\n\nThe guide index page: llamas eat hay.\n")
+    (kb / "guide" / "other.md").write_text("# Other\n\nAnother guide page about alpacas.\n")
+    cli("index", str(kb), "-c", "kb")
+    (kb / "guide" / "index.md").write_text("# Guide\n\nThe guide index page: llamas now eat grass.\n")
+    out = cli("index", str(kb / "guide" / "index.md"), "-c", "kb", code=2).replace("\n", "")  # stored too
+    assert "1 of 1 documents may already be stored in 'kb' under other ids ('index.md' would be" in out
+    store = EdgeStore(cli_env / "index", "kb")
+    try:
+        [home] = store.points([point_id("index.md", 0)]).values()
+    finally:
+        store.close()
+    assert "office opens at 9" in home.payload["text"] and points(cli_env, "kb") == 3
+    report = cli_json("index", str(kb), "-c", "kb")  # the folder indexed: the guide page alone is updated
+    assert (report["documents"], report["embedded"], report["points"]) == (3, 1, 3)
+    (kb / "kb").mkdir()  # a subfolder named as the folder: its files' ids are the folder's files' longer ids
+    (kb / "kb" / "index.md").write_text("# Nested\n\nA nested index page about vicunas.\n")
+    assert cli_json("index", str(kb), "-c", "kb")["points"] == 4  # ('index.md' would be 'kb/index.md': its own)
+    assert cli_json("index", str(kb), "-c", "kb")["embedded"] == 0  # and again: the same folder, no refusal
+
+
+def test_another_trees_file_with_the_same_path_is_refused_as_maybe_a_copy(cli_env):
+    team, bob = cli_env / "teamA", cli_env / "bob"
+    (team / "guide").mkdir(parents=True), (bob / "guide").mkdir(parents=True)
+    (team / "guide" / "setup.md").write_text("# Setup A\n\nTeam A setup about kiwis.\n")
+    (bob / "guide" / "setup.md").write_text("# Setup Bob\n\nBob's unrelated setup notes about kiwis.\n")
+    cli("index", str(team), "-c", "kb")
+    out = cli("index", str(bob / "guide"), "-c", "kb", code=2).replace("\n", "")
+    assert f"('setup.md' would be 'guide/setup.md' if {bob} were indexed, and 'guide/setup.md' is stored" in out
+    assert f"If the stored documents are copies of these files, index {bob} to update them" in out
+    assert "another folder tree's files with the same paths, index these into another collection" in out
+    assert "a collection holds one folder tree's files" in out
+    assert points(cli_env, "kb") == 1
