@@ -107,7 +107,7 @@ def run_main_job(
                 instance=instance,
                 raise_on_error=False,
                 run_id=run_id,
-                tags={"hybrid_rag/trigger": "main job", "hybrid_rag/corpus": corpus, **process_tags()},
+                tags={"hybrid_rag/trigger": "main job", "hybrid_rag/corpus": corpus, **process_tags(run_id)},
             )
         if not result.success:
             raise MainJobError(f"run {result.run_id} for corpus {corpus!r} failed: " + "; ".join(_failures(result)))

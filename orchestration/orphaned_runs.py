@@ -25,6 +25,7 @@ import psutil
 
 PROCESS_TAG = "hybrid_rag/process"  # host:pid:start time of the process running the run
 HEARTBEAT_TAG = "hybrid_rag/heartbeat"  # unix time of the run process' latest heartbeat
+PROCESS_RUN_TAG = "hybrid_rag/process_run"  # the run the two tags above were written for (re-executions copy tags)
 HEARTBEAT_INTERVAL_S = 30.0
 HEARTBEAT_TIMEOUT_S = 300.0  # ten missed heartbeats: the run's process (or its host, its container) is gone
 log = logging.getLogger(__name__)
@@ -36,9 +37,11 @@ def this_process() -> str:
     return f"{socket.gethostname()}:{process.pid}:{process.create_time():.3f}"
 
 
-def process_tags() -> dict[str, str]:
-    """The tags a run's process records when it starts: :data:`PROCESS_TAG` and a first :data:`HEARTBEAT_TAG`."""
-    return {PROCESS_TAG: this_process(), HEARTBEAT_TAG: f"{time.time():.0f}"}
+def process_tags(run_id: str) -> dict[str, str]:
+    """The tags run ``run_id``'s process records when it starts: :data:`PROCESS_TAG`, a first
+    :data:`HEARTBEAT_TAG`, and :data:`PROCESS_RUN_TAG` (``run_id``: a re-execution copies its parent's tags, which
+    name the parent's process until its own process overwrites them)."""
+    return {PROCESS_TAG: this_process(), HEARTBEAT_TAG: f"{time.time():.0f}", PROCESS_RUN_TAG: run_id}
 
 
 @contextmanager
@@ -80,7 +83,7 @@ class _HeartbeatExecutor(dg.Executor):
         return self.inner.step_dependency_config
 
     def execute(self, plan_context, execution_plan):  # Dagster's executor interface
-        plan_context.instance.add_run_tags(plan_context.run_id, process_tags())
+        plan_context.instance.add_run_tags(plan_context.run_id, process_tags(plan_context.run_id))
         with heartbeat(plan_context.instance, plan_context.run_id):
             yield from self.inner.execute(plan_context, execution_plan)
 
@@ -120,6 +123,9 @@ def dead_reason(run: dg.DagsterRun, timeout_s: float) -> str | None:
     tag = run.tags.get(PROCESS_TAG)
     if not tag:
         return None
+    owner = run.tags.get(PROCESS_RUN_TAG)
+    if owner != run.run_id and (owner or HEARTBEAT_TAG in run.tags):
+        return None  # its parent's tags (a re-execution not started yet): they say nothing of this run's process
     if process_gone(tag):
         return f"the process that ran it ({tag}) is gone (killed?)"
     if on_this_host(tag):

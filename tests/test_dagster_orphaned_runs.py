@@ -19,6 +19,7 @@ import pytest
 from orchestration.main_job import run_main_job
 from orchestration.orphaned_runs import (
     HEARTBEAT_TAG,
+    PROCESS_RUN_TAG,
     PROCESS_TAG,
     fail_orphaned_runs,
     orphaned_runs_sensor,
@@ -165,3 +166,22 @@ def test_a_run_on_another_host_is_failed_once_its_heartbeat_stops(tmp_path: Path
         assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.FAILURE
         [failure] = instance.all_logs(run.run_id, of_type=dg.DagsterEventType.RUN_FAILURE)
         assert "sent no heartbeat for" in failure.message
+
+
+def test_a_re_execution_is_not_judged_by_the_tags_it_copied_from_its_parent() -> None:
+    """A re-execution (the UI's, Dagster's retries) copies its parent's tags: until its own process writes its own,
+    they name the parent's process, gone; such a run is not failed, and is once its own process is gone."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait(timeout=60)
+    host, _, _ = this_process().rsplit(":", 2)
+    dead_tag = f"{host}:{dead.pid}:{time.time() - 5:.3f}"  # a process of this host that no longer runs
+    with dg.DagsterInstance.ephemeral() as instance:
+        parent = instance.create_run_for_job(_some_job, status=dg.DagsterRunStatus.FAILURE).run_id
+        copied = {PROCESS_TAG: dead_tag, HEARTBEAT_TAG: f"{time.time():.0f}", PROCESS_RUN_TAG: parent}
+        child = instance.create_run_for_job(
+            _some_job, status=dg.DagsterRunStatus.STARTING, tags={**copied, "dagster/partition": "sample"}
+        ).run_id
+        assert fail_orphaned_runs(instance, "sample") == []
+        assert instance.get_run_by_id(child).status == dg.DagsterRunStatus.STARTING
+        instance.add_run_tags(child, {PROCESS_RUN_TAG: child})  # its own process wrote them, then died
+        assert fail_orphaned_runs(instance, "sample") == [child]
