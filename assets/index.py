@@ -26,7 +26,7 @@ from assets.tables import (
     table_skipped,
     table_to_chunks,
 )
-from retrieval.documents import InputProblem
+from retrieval.documents import InputProblem, covered_by
 from retrieval.store import QdrantStore, SchemaMismatchError
 
 POINT_COUNT_CHECK = "index_point_count"
@@ -165,7 +165,8 @@ def _kept_points(published: QdrantStore, chunks: list, skipped: list[InputProble
     present = {c.doc_id for c in chunks}
     any_absent = any(p.doc_id is None for p in skipped)
     stored = [doc_id for doc_id, _ in published.stored_hashes().values()]
-    return sum(doc_id not in present and (any_absent or any(p.covers(doc_id) for p in skipped)) for doc_id in stored)
+    covered = covered_by(skipped)
+    return sum(doc_id not in present and (any_absent or covered(doc_id)) for doc_id in stored)
 
 
 @dataclass(frozen=True)

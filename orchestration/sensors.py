@@ -16,7 +16,7 @@ import dagster as dg
 
 from assets.corpora import dagster_name
 from orchestration.jobs import reindex_job
-from retrieval.documents import InputProblem, visible_files
+from retrieval.documents import InputProblem, covered_by, visible_files
 
 Manifest = dict[str, list[int]]
 
@@ -40,7 +40,8 @@ def folder_manifest(folder: Path, unlisted: list[InputProblem] | None = None) ->
 def _keep_unlisted(old: Manifest, new: Manifest, unlisted: list[InputProblem]) -> Manifest:
     """``new`` with the entries of ``old`` under the folders and links that could not be listed this time: what
     they hold is unknown, not removed (the re-index keeps their documents too)."""
-    return {**{p: v for p, v in old.items() if any(u.covers(p) for u in unlisted)}, **new}
+    covered = covered_by(unlisted)
+    return {**{p: v for p, v in old.items() if covered(p)}, **new}
 
 
 def manifest_digest(manifest: Manifest) -> str:

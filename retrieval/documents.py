@@ -15,7 +15,7 @@ import math
 import numbers
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
@@ -84,13 +84,20 @@ class InputProblem:
 
     def covers(self, doc_id: str) -> bool:
         """Whether the stored document ``doc_id`` may be this skipped record (or lie in this skipped folder)."""
-        if self.doc_id is None:
-            return False
-        return doc_id == self.doc_id or (self.folder and doc_id.startswith(self.doc_id + "/"))
+        return covered_by([self])(doc_id)
 
     def __str__(self) -> str:
         where = f"{self.path}:{self.line}" if self.line is not None else str(self.path)
         return f"{where}: {self.reason}"
+
+
+def covered_by(problems: Iterable[InputProblem]) -> Callable[[str], bool]:
+    """Whether a stored document id may be one of ``problems``' skipped records or lie in one of their skipped
+    folders (one set lookup and one prefix test per id, however many problems)."""
+    problems = [p for p in problems if p.doc_id is not None]
+    ids = {p.doc_id for p in problems}
+    folders = tuple(f"{p.doc_id}/" for p in problems if p.folder)
+    return lambda doc_id: doc_id in ids or doc_id.startswith(folders)
 
 
 class BadInputError(HybridRagError, ValueError):

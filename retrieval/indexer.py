@@ -21,6 +21,7 @@ from retrieval.documents import (
     Document,
     InputProblem,
     SourceFormat,
+    covered_by,
     detect_format,
     ids_from_folders_above,
     validate_documents,
@@ -564,7 +565,8 @@ class Indexer:
         if not prune:
             return set()
         absent = {s.doc_id for s in existing.values()} - present
-        skipped_ids = {d for d in absent if any(p.covers(d) for p in skipped)}  # in a skipped file or folder
+        covered = covered_by(skipped)
+        skipped_ids = {d for d in absent if covered(d)}  # in a skipped file or folder
         unknown = sum(p.doc_id is None for p in skipped)
         name = self.store.collection
         hint = ALLOW_DELETE_HINT
