@@ -31,14 +31,7 @@ from retrieval.encoders.fingerprint import BUNDLED_PACKAGE, model_fingerprint
 from retrieval.encoders.multi_process import pool_devices, start_pool, stop_pool
 from retrieval.encoders.onnx_export import EXPORT_VERSION, FP32_FILE, INT8_FILE, ensure_onnx_export
 from retrieval.encoders.onnx_model import OnnxSentenceModel
-from retrieval.encoders.runtime import (
-    SINGLE_THREAD_MAX,
-    check_device,
-    float32_loading,
-    float32_weights,
-    one_thread,
-    select_device,
-)
+from retrieval.encoders.runtime import SINGLE_THREAD_MAX, check_device, load_float32, one_thread, select_device
 from retrieval.errors import not_one_string
 from retrieval.settings import DEFAULT_DENSE_MODEL, DenseBackend, default_cache_dir
 
@@ -151,13 +144,10 @@ class DenseEncoder:
 
             check_device(self.device)
             log.info("loading dense model %s (torch, %s)", path, self.device)
-            on_cuda = self.device.startswith("cuda")
-            # fp16 on CUDA; elsewhere float32, also for a checkpoint saved in fp16/bf16
-            model = SentenceTransformer(path, device=self.device, model_kwargs=None if on_cuda else float32_loading())
-            if on_cuda:
-                model.half()
-            else:
-                float32_weights(model)  # modules transformers does not load (e.g. a Dense layer) too
+            if self.device.startswith("cuda"):
+                model = SentenceTransformer(path, device=self.device).half()
+            else:  # float32, also for a checkpoint saved in fp16/bf16
+                model = load_float32(SentenceTransformer, path, self.device)
         if self._fingerprint == "hub:?":  # downloaded by the load
             self._fingerprint = model_fingerprint(path)
         return model

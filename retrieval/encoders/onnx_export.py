@@ -90,11 +90,11 @@ def export_onnx(model_path: str, out_dir: str | Path) -> Path:
     import torch
     from sentence_transformers import SentenceTransformer
 
-    from retrieval.encoders.runtime import float32_loading, float32_weights
+    from retrieval.encoders.runtime import load_float32
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    st = float32_weights(SentenceTransformer(model_path, device="cpu", model_kwargs=float32_loading()))  # fp32 export
+    st = load_float32(SentenceTransformer, model_path, "cpu")  # model.onnx is the fp32 export
     modules = [type(m).__name__ for m in st]
     if modules[:2] != ["Transformer", "Pooling"] or any(m != "Normalize" for m in modules[2:]):
         raise NotImplementedError(

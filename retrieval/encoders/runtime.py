@@ -63,27 +63,18 @@ def one_thread() -> Iterator[None]:
                 torch.set_num_threads(before)
 
 
-def float32_loading() -> dict:
-    """``model_kwargs`` that make transformers load a checkpoint's weights in float32 (else in the dtype it was saved
-    in: fp16 or bf16 for many hub models)."""
+def load_float32(model_class, path: str, device: str):
+    """``model_class(path)`` (a sentence-transformers ``SentenceTransformer`` or ``SparseEncoder``) on ``device`` with
+    float32 weights, whatever dtype its checkpoint was saved in (transformers would load fp16 or bf16 weights, as
+    many hub models have, in that dtype: slow and coarse on a CPU, and unfit to train against float32 vectors)."""
     import torch
     import transformers
     from packaging.version import Version
 
-    key = "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
-    return {key: torch.float32}
-
-
-def float32_weights(model):
-    """``model`` with float32 weights, converted in place when its checkpoint was saved in fp16 or bf16.
-
-    transformers loads a checkpoint in the dtype it was saved in (many hub models are fp16 or bf16): on a CPU
-    that is slow and coarse, and training it against float32 vectors fails on the dtype mismatch.
-    """
-    import torch
-
+    dtype = "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
+    model = model_class(path, device=device, model_kwargs={dtype: torch.float32})
     if any(p.dtype != torch.float32 for p in model.parameters() if p.is_floating_point()):
-        model.float()
+        model.float()  # modules transformers does not load (e.g. a Dense layer)
     return model
 
 
@@ -94,4 +85,4 @@ def trainable_model(path: str, device: str | None = None):
 
     device = select_device(device)
     check_device(device)
-    return float32_weights(SentenceTransformer(path, device=device, model_kwargs=float32_loading()))
+    return load_float32(SentenceTransformer, path, device)

@@ -85,18 +85,17 @@ class SpladeEncoder:
     def model(self):
         from sentence_transformers import SparseEncoder
 
-        from retrieval.encoders.runtime import check_device, float32_loading, float32_weights, select_device
+        from retrieval.encoders.runtime import check_device, load_float32, select_device
         from retrieval.errors import ModelLoadError
 
         device = select_device(self.device)
         check_device(device)  # a ModelLoadError naming HYBRID_RAG_DENSE_DEVICE, which SPLADE runs on too
         try:
-            model = SparseEncoder(self.name, device=device, model_kwargs=float32_loading())
+            return load_float32(SparseEncoder, self.name, device)  # float32 whatever its checkpoint's dtype
         except (OSError, ValueError) as exc:
             raise ModelLoadError.wrapping(
                 exc, "sparse", self.name, "HYBRID_RAG_SPARSE_MODEL: bm25, or a SPLADE model name or path"
             ) from exc
-        return float32_weights(model)  # a checkpoint saved in fp16/bf16 would run at that precision
 
     @property
     def cache_key(self) -> str:
