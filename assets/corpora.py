@@ -1,7 +1,8 @@
 """Corpus configuration: which corpora exist (the asset partitions), where they are and how to evaluate them.
 
-The configuration is a YAML file (``HYBRID_RAG_CORPORA_FILE``, default ``corpora.yaml`` at the repository
-root)::
+The configuration is a YAML file, chosen by one rule (:func:`corpora_file`): ``$HYBRID_RAG_CORPORA_FILE``, else
+``corpora.yaml`` in the working directory (the checkout's, for ``make run``, Docker and the tests), else the built-in
+``default_corpora.yaml`` beside this module (the sample shipped in the package)::
 
     default: sample
     corpora:
@@ -27,8 +28,8 @@ from retrieval.documents import BadInputPolicy, SourceFormat
 from retrieval.errors import HybridRagError
 
 CORPORA_FILE_ENV = "HYBRID_RAG_CORPORA_FILE"
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_CORPORA_FILE = REPO_ROOT / "corpora.yaml"
+CORPORA_FILE_NAME = "corpora.yaml"  # looked for in the working directory
+BUILTIN_CORPORA_FILE = Path(__file__).resolve().with_name("default_corpora.yaml")  # package data: the sample
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _NOT_IN_DAGSTER_NAMES = re.compile(r"[^A-Za-z0-9_]")  # Dagster names (sensors, jobs) hold [A-Za-z0-9_] only
 _KEYS = {"source", "format", "qrels", "split", "collection", "on_bad_input", "watch"}
@@ -119,8 +120,11 @@ def dagster_name(name: str) -> str:
 
 
 def corpora_file(path: str | Path | None = None) -> Path:
-    """``path``, else ``$HYBRID_RAG_CORPORA_FILE``, else the repository's ``corpora.yaml``."""
-    chosen = path or os.environ.get(CORPORA_FILE_ENV) or DEFAULT_CORPORA_FILE
+    """``path``, else ``$HYBRID_RAG_CORPORA_FILE``, else ``./corpora.yaml`` if the working directory has one, else
+    the built-in file naming the packaged sample."""
+    chosen = path or os.environ.get(CORPORA_FILE_ENV)
+    if not chosen:
+        chosen = CORPORA_FILE_NAME if Path(CORPORA_FILE_NAME).is_file() else BUILTIN_CORPORA_FILE
     return Path(chosen).expanduser().resolve()
 
 
@@ -130,7 +134,10 @@ def load_corpora(path: str | Path | None = None) -> Corpora:
     try:
         raw = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
     except OSError as exc:
-        raise CorpusConfigError(f"cannot read corpora file {file}: {exc.strerror or exc}") from exc
+        raise CorpusConfigError(
+            f"cannot read corpora file {file}: {exc.strerror or exc} (the corpora file is ${CORPORA_FILE_ENV}, "
+            f"else ./{CORPORA_FILE_NAME} in the working directory, else the built-in sample)"
+        ) from exc
     except yaml.YAMLError as exc:
         raise CorpusConfigError(f"{file}: invalid YAML ({exc})") from exc
     entries = raw.get("corpora") if isinstance(raw, dict) else None

@@ -1,0 +1,83 @@
+"""hybrid-rag as an installed package sees it: run from a directory outside the checkout, without its corpora.yaml,
+without the optional extras, next to a user's own packages."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import evals
+from assets.corpora import CORPORA_FILE_ENV, CorpusConfigError, load_corpora
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_without_a_corpora_file_the_builtin_one_names_the_packaged_sample(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(CORPORA_FILE_ENV, raising=False)
+    monkeypatch.chdir(tmp_path)  # no corpora.yaml here: as an installed package run from anywhere
+    corpora = load_corpora()
+    assert corpora.names == ["sample"] and corpora.default == "sample"
+    sample = corpora.get("sample")
+    packaged = Path(evals.__file__).resolve().parent / "sample"  # the package's data, not the working directory's
+    assert sample.require_source() == packaged and sample.qrels == packaged and sample.eval_collection().splits()
+
+
+def test_corpora_yaml_in_the_working_directory_wins_and_its_paths_are_relative_to_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(CORPORA_FILE_ENV, raising=False)
+    (tmp_path / "corpora.yaml").write_text("corpora:\n  notes: {source: docs, format: dir}\n")
+    work = tmp_path / "sub"
+    work.mkdir()
+    monkeypatch.chdir(tmp_path)
+    corpora = load_corpora()
+    assert corpora.path == tmp_path / "corpora.yaml" and corpora.get("notes").source == tmp_path / "docs"
+    monkeypatch.chdir(ROOT)  # the checkout's file: make run, Docker (WORKDIR /app), the tests
+    assert {"sample", "scifact", "dropbox"} <= set(load_corpora().names)
+    monkeypatch.setenv(CORPORA_FILE_ENV, str(tmp_path / "corpora.yaml"))  # the variable wins over ./corpora.yaml
+    assert load_corpora().names == ["notes"]
+
+
+def test_an_unreadable_corpora_file_names_the_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(CORPORA_FILE_ENV, str(tmp_path / "missing.yaml"))
+    with pytest.raises(CorpusConfigError, match=f"missing.yaml.*{CORPORA_FILE_ENV}"):
+        load_corpora()
+
+
+def test_the_wheel_ships_the_builtin_corpora_file_and_the_sample() -> None:
+    import tomllib
+
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    assert "default_corpora.yaml" in data["assets"] and (ROOT / "assets" / "default_corpora.yaml").is_file()
+    shipped = [p for pattern in data["evals"] for p in (ROOT / "evals").glob(pattern)]
+    assert {p.relative_to(ROOT / "evals").as_posix() for p in shipped} >= {"sample/corpus.jsonl", "sample/queries.jsonl"}
+
+
+def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HYBRID_RAG_", "DAGSTER_HOME"))}
+    cache = os.environ.get("HYBRID_RAG_CACHE_DIR")  # the shared embedding cache: the sample's vectors are reused
+    return {**env, **({"HYBRID_RAG_CACHE_DIR": cache} if cache else {}), **extra}
+
+
+@pytest.mark.slow
+def test_main_job_runs_the_packaged_sample_from_outside_the_checkout(tmp_path: Path) -> None:
+    """`hybrid-rag run` from a directory without corpora.yaml: the built-in file, the sample inside the package."""
+    env = _env(
+        tmp_path,
+        DAGSTER_HOME=str(tmp_path / "home"),
+        HYBRID_RAG_QDRANT_PATH=str(tmp_path / "index"),
+        HYBRID_RAG_ASSETS_DIR=str(tmp_path / "assets"),
+        HYBRID_RAG_HISTORY_PATH=str(tmp_path / "history.sqlite"),
+    )
+    cmd = [sys.executable, "-m", "orchestration.cli", "run"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out
+    assert "corpus sample" in " ".join(out.split()) and "ndcg@10" in out.lower()
+    assert not (tmp_path / "evals").exists()  # nothing resolved against the working directory
