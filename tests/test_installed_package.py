@@ -56,7 +56,8 @@ def test_the_wheel_ships_the_builtin_corpora_file_and_the_sample() -> None:
     data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
     assert "default_corpora.yaml" in data["assets"] and (ROOT / "assets" / "default_corpora.yaml").is_file()
     shipped = [p for pattern in data["evals"] for p in (ROOT / "evals").glob(pattern)]
-    assert {p.relative_to(ROOT / "evals").as_posix() for p in shipped} >= {"sample/corpus.jsonl", "sample/queries.jsonl"}
+    names = {p.relative_to(ROOT / "evals").as_posix() for p in shipped}
+    assert names >= {"sample/corpus.jsonl", "sample/queries.jsonl"}
 
 
 def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
