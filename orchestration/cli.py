@@ -45,6 +45,9 @@ HistoryOpt = Annotated[
     typer.Option(help="Evaluation history, SQLite (default: $HYBRID_RAG_HISTORY_PATH, else data/history/evals.sqlite)"),
 ]
 ENV_FILES: list[Path] = [Path(".env")]
+# The HYBRID_RAG_* variables read outside RetrievalSettings (whose fields are the others): the corpora file
+# (assets.corpora), the assets' Parquet folder (orchestration.definitions), the evaluation history (evals.history).
+PATH_VARIABLES = ("HYBRID_RAG_CORPORA_FILE", "HYBRID_RAG_ASSETS_DIR", "HYBRID_RAG_HISTORY_PATH")
 
 
 def _settings(**overrides):
@@ -61,6 +64,7 @@ def _settings(**overrides):
 
 @app.callback()
 def main(
+    ctx: typer.Context,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details")] = False,
     env_file: Annotated[
         list[Path] | None, typer.Option("--env-file", help="Extra HYBRID_RAG_* settings file (e.g. a tuned reranker)")
@@ -72,6 +76,32 @@ def main(
     for path in env_file or []:
         _check_env_file(path)
     ENV_FILES[:] = [Path(".env"), *(env_file or [])]
+    _export_env_files(ctx, ENV_FILES)
+
+
+def _export_env_files(ctx: typer.Context, paths: list[Path]) -> None:
+    """The ``HYBRID_RAG_*`` lines of ``paths`` (``.env``, then each ``--env-file``: a later file wins) become part of
+    the environment for this command where the environment does not set them itself, as RetrievalSettings reads
+    them; so every reader sees them (the corpora file, the asset and history paths, the run of ``hybrid-rag run``).
+    The environment is restored when the command ends."""
+    import os
+
+    from dotenv import dotenv_values
+
+    from retrieval.errors import InputFormatError
+
+    values: dict[str, str] = {}
+    for path in paths:
+        if not path.is_file():
+            continue
+        try:
+            found = dotenv_values(path, encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise InputFormatError(f"{path}: not UTF-8 (byte {exc.start})") from None
+        values |= {k.upper(): v for k, v in found.items() if k.upper().startswith("HYBRID_RAG_") and v is not None}
+    added = {key: value for key, value in values.items() if key not in os.environ}
+    os.environ.update(added)
+    ctx.call_on_close(lambda: [os.environ.pop(key, None) for key in added])
 
 
 def _check_env_file(path: Path) -> None:
@@ -90,7 +120,7 @@ def _check_env_file(path: Path) -> None:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise InputFormatError(f"--env-file {path}: not UTF-8 (byte {exc.start})") from None
-    settings = {f"HYBRID_RAG_{name}".upper() for name in RetrievalSettings.model_fields}
+    settings = {f"HYBRID_RAG_{name}".upper() for name in RetrievalSettings.model_fields} | set(PATH_VARIABLES)
     for binding in parse_stream(io.StringIO(text)):
         where = f"--env-file {path}:{binding.original.line}"
         if binding.error:

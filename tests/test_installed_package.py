@@ -82,3 +82,57 @@ def test_main_job_runs_the_packaged_sample_from_outside_the_checkout(tmp_path: P
     assert done.returncode == 0, out
     assert "corpus sample" in " ".join(out.split()) and "ndcg@10" in out.lower()
     assert not (tmp_path / "evals").exists()  # nothing resolved against the working directory
+
+
+def test_every_hybrid_rag_variable_the_code_reads_is_a_setting_or_a_listed_path() -> None:
+    """One list: --env-file accepts, and .env sets, every HYBRID_RAG_* variable the project reads."""
+    import re
+
+    from assets.corpora import CORPORA_FILE_ENV
+    from evals.history import HISTORY_ENV
+    from orchestration.cli import PATH_VARIABLES
+    from orchestration.definitions import ASSETS_DIR_ENV
+    from retrieval.settings import RetrievalSettings
+
+    known = {f"HYBRID_RAG_{name}".upper() for name in RetrievalSettings.model_fields} | set(PATH_VARIABLES)
+    assert {CORPORA_FILE_ENV, HISTORY_ENV, ASSETS_DIR_ENV} <= set(PATH_VARIABLES)
+    read = {
+        name
+        for package in ("retrieval", "evals", "assets", "orchestration")
+        for file in (ROOT / package).rglob("*.py")
+        for name in re.findall(r"HYBRID_RAG_[A-Z][A-Z0-9_]*[A-Z0-9]", file.read_text())
+    }
+    assert read - known == set()
+
+
+def _unknown_corpus(tmp_path: Path, *args: str) -> str:
+    """`hybrid-rag [ARGS] run --corpus nope` in tmp_path: its error names the corpora file it read."""
+    cmd = [sys.executable, "-m", "orchestration.cli", *args, "run", "--corpus", "nope"]
+    done = subprocess.run(cmd, env=_env(tmp_path), capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 2, done.stdout + done.stderr
+    return " ".join(done.stderr.split())
+
+
+@pytest.mark.slow
+def test_path_variables_from_env_file_and_dotenv(tmp_path: Path) -> None:
+    mine = tmp_path / "conf" / "mine.yaml"
+    mine.parent.mkdir()
+    mine.write_text("corpora:\n  notes: {source: docs, format: dir}\n")
+    settings = tmp_path / "conf" / "paths.env"
+    settings.write_text(f"HYBRID_RAG_CORPORA_FILE={mine}\nHYBRID_RAG_ASSETS_DIR={tmp_path / 'a'}\n")
+    assert f"configured in {mine}: notes" in _unknown_corpus(tmp_path, "--env-file", str(settings))
+    (tmp_path / ".env").write_text(f"HYBRID_RAG_CORPORA_FILE={mine}\nHYBRID_RAG_HISTORY_PATH={tmp_path / 'h.db'}\n")
+    assert f"configured in {mine}: notes" in _unknown_corpus(tmp_path)
+
+
+def test_env_file_settings_last_only_for_the_command(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from orchestration.cli import app
+
+    settings = tmp_path / "paths.env"
+    settings.write_text(f"HYBRID_RAG_HISTORY_PATH={tmp_path / 'h.sqlite'}\n")
+    os.environ.pop("HYBRID_RAG_HISTORY_PATH", None)
+    result = CliRunner().invoke(app, ["--env-file", str(settings), "eval-report", "-c", "none"])
+    assert "unknown setting" not in result.output and str(tmp_path / "h.sqlite") in " ".join(result.output.split())
+    assert "HYBRID_RAG_HISTORY_PATH" not in os.environ
