@@ -136,3 +136,35 @@ def test_env_file_settings_last_only_for_the_command(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["--env-file", str(settings), "eval-report", "-c", "none"])
     assert "unknown setting" not in result.output and str(tmp_path / "h.sqlite") in " ".join(result.output.split())
     assert "HYBRID_RAG_HISTORY_PATH" not in os.environ
+
+
+@pytest.mark.parametrize(("backend", "runtime"), [("onnx", "onnxruntime"), ("openvino", "openvino")])
+def test_an_onnx_backend_without_the_fast_extra_is_one_error_before_any_export(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backend: str, runtime: str
+) -> None:
+    from retrieval.encoders import DenseEncoder
+    from retrieval.errors import ModelLoadError
+
+    monkeypatch.setitem(sys.modules, runtime, None)  # not installed, as without [fast] (import fails, no spec)
+    encoder = DenseEncoder(backend=backend, cache_dir=tmp_path / "cache")
+    with pytest.raises(ModelLoadError, match=rf"DENSE_BACKEND={backend} needs the \[fast\] extra \({runtime} not"):
+        encoder.encode_queries(["q"])
+    assert not (tmp_path / "cache").exists()  # nothing exported
+
+
+def test_cli_with_an_onnx_backend_without_the_fast_extra_exits_2_in_one_line(
+    cli_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from orchestration.cli import app
+
+    for name in ("onnx", "onnxruntime"):
+        monkeypatch.setitem(sys.modules, name, None)
+    monkeypatch.setenv("HYBRID_RAG_DENSE_BACKEND", "onnx")
+    (cli_env / "d.jsonl").write_text('{"_id": "a", "text": "some text"}\n')
+    result = CliRunner().invoke(app, ["index", str(cli_env / "d.jsonl")])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    line = " ".join(result.output.split())
+    assert "HYBRID_RAG_DENSE_BACKEND=onnx needs the [fast] extra (onnx, onnxruntime not installed)" in line
+    assert "pip install -e '.[fast]'" in line and "delete" not in line

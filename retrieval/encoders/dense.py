@@ -15,6 +15,7 @@ Backends (``HYBRID_RAG_DENSE_BACKEND``, :class:`~retrieval.settings.DenseBackend
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import logging
 import os
 import threading
@@ -163,6 +164,13 @@ class DenseEncoder:
                 "or use HYBRID_RAG_DENSE_BACKEND=torch for that device"
             )
         runtime = "openvino" if self.backend == DenseBackend.OPENVINO else "onnxruntime"
+        missing = [name for name in ("onnx", runtime) if importlib.util.find_spec(name) is None]
+        if missing:  # before any export; the export folder's remedy is for a runtime that is there
+            raise ModelLoadError(
+                f"HYBRID_RAG_DENSE_BACKEND={self.backend} needs the [fast] extra ({', '.join(missing)} not "
+                "installed): pip install -e '.[fast]' in the checkout, or "
+                "pip install 'dist/hybrid_rag-<version>-py3-none-any.whl[fast]'; or use HYBRID_RAG_DENSE_BACKEND=torch"
+            )
         try:
             export = ensure_onnx_export(path, self.cache_dir)
         except NotImplementedError as exc:  # a model the export does not support (e.g. max pooling)
