@@ -87,3 +87,20 @@ def document_ids(values: object, call: str) -> list[str]:
                 f"{call}: document ids are strings{hint}; ids[{position}] is {type(doc_id).__name__} {doc_id!r}"
             )
     return ids
+
+
+class MissingExtraError(HybridRagError, ModuleNotFoundError):
+    """An optional feature whose extra is not installed; the message names the extra and how to install it."""
+
+
+def install_extra(extra: str) -> str:
+    """How to install the optional ``extra``, from a checkout or from the wheel."""
+    wheel = f"dist/hybrid_rag-<version>-py3-none-any.whl[{extra}]"
+    return f"pip install -e '.[{extra}]' in the checkout, or pip install '{wheel}'"
+
+
+def missing_extra(exc: ModuleNotFoundError, extra: str, feature: str) -> MissingExtraError:
+    """``exc`` (a failed import) as a :class:`MissingExtraError` naming ``extra`` and its install line."""
+    return MissingExtraError(
+        f"{feature} needs the [{extra}] extra ({exc.name} is not installed): {install_extra(extra)}", name=exc.name
+    )

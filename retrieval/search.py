@@ -16,7 +16,7 @@ import numpy as np
 from retrieval.adapted import query_encoder_now
 from retrieval.documents import has_lone_surrogate
 from retrieval.encoders.sparse import SparseVec
-from retrieval.errors import EmptyQueryError, InvalidArgumentError, choice
+from retrieval.errors import EmptyQueryError, InvalidArgumentError, choice, missing_extra
 from retrieval.fusion import Fused, fuse, top_z
 from retrieval.parts import Parts
 from retrieval.rerank import EmbeddingReranker, RerankConfig
@@ -474,14 +474,26 @@ class HybridRetriever:
         return LangChainRetriever(retriever=self, search_kwargs={**(search_kwargs or {}), **kwargs})
 
     def as_llamaindex(self, **kwargs: Any):
-        """This retriever as a LlamaIndex ``BaseRetriever`` (extra ``[llamaindex]``)."""
-        from retrieval.llamaindex import LlamaIndexRetriever
+        """This retriever as a LlamaIndex ``BaseRetriever`` (extra ``[llamaindex]``; without it a
+        :class:`~retrieval.errors.MissingExtraError`)."""
+        try:
+            from retrieval.llamaindex import LlamaIndexRetriever
+        except ModuleNotFoundError as exc:
+            if not (exc.name or "").startswith("llama_index"):
+                raise
+            raise missing_extra(exc, "llamaindex", "as_llamaindex()") from exc
 
         return LlamaIndexRetriever(self, **kwargs)
 
     def as_haystack(self, **kwargs: Any):
-        """This retriever as a Haystack 2 component (extra ``[haystack]``)."""
-        from retrieval.haystack import HaystackRetriever
+        """This retriever as a Haystack 2 component (extra ``[haystack]``; without it a
+        :class:`~retrieval.errors.MissingExtraError`)."""
+        try:
+            from retrieval.haystack import HaystackRetriever
+        except ModuleNotFoundError as exc:
+            if not (exc.name or "").startswith("haystack"):
+                raise
+            raise missing_extra(exc, "haystack", "as_haystack()") from exc
 
         return HaystackRetriever(self, **kwargs)
 

@@ -168,3 +168,21 @@ def test_cli_with_an_onnx_backend_without_the_fast_extra_exits_2_in_one_line(
     line = " ".join(result.output.split())
     assert "HYBRID_RAG_DENSE_BACKEND=onnx needs the [fast] extra (onnx, onnxruntime not installed)" in line
     assert "pip install -e '.[fast]'" in line and "delete" not in line
+
+
+@pytest.mark.parametrize(
+    ("method", "module", "extra"),
+    [("as_llamaindex", "llama_index.core.retrievers", "llamaindex"), ("as_haystack", "haystack", "haystack")],
+)
+def test_adapters_without_their_extra_name_it(monkeypatch: pytest.MonkeyPatch, method: str, module: str, extra: str):
+    from retrieval.errors import HybridRagError
+    from retrieval.search import HybridRetriever
+
+    adapter = "retrieval.llamaindex" if extra == "llamaindex" else "retrieval.haystack"
+    monkeypatch.delitem(sys.modules, adapter, raising=False)
+    monkeypatch.setitem(sys.modules, module, None)  # not installed, as without the extra
+    retriever = HybridRetriever.__new__(HybridRetriever)  # the adapter is made before the retriever is used
+    with pytest.raises(
+        HybridRagError, match=rf"{method}\(\) needs the \[{extra}\] extra .*pip install -e '.\[{extra}\]'"
+    ):
+        getattr(retriever, method)()

@@ -156,7 +156,7 @@ class DenseEncoder:
     def _load_onnx(self, path: str) -> OnnxSentenceModel:
         """The ONNX export of ``path`` run by onnxruntime or OpenVINO; a failure is one :class:`ModelLoadError`
         line naming the file and the remedy."""
-        from retrieval.errors import ModelLoadError
+        from retrieval.errors import ModelLoadError, install_extra
 
         if not self.device.startswith("cpu"):
             raise ModelLoadError(
@@ -168,8 +168,7 @@ class DenseEncoder:
         if missing:  # before any export; the export folder's remedy is for a runtime that is there
             raise ModelLoadError(
                 f"HYBRID_RAG_DENSE_BACKEND={self.backend} needs the [fast] extra ({', '.join(missing)} not "
-                "installed): pip install -e '.[fast]' in the checkout, or "
-                "pip install 'dist/hybrid_rag-<version>-py3-none-any.whl[fast]'; or use HYBRID_RAG_DENSE_BACKEND=torch"
+                f"installed): {install_extra('fast')}; or use HYBRID_RAG_DENSE_BACKEND=torch"
             )
         try:
             export = ensure_onnx_export(path, self.cache_dir)
