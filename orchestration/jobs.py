@@ -5,20 +5,18 @@ from __future__ import annotations
 
 import dagster as dg
 
-from assets import ALL_ASSETS, corpus_partitions, query_encoder, retrieval_evaluation
+from assets import ALL_ASSETS, query_encoder, retrieval_evaluation
 from assets.evaluation import EVALUATE_TAG, PUBLISHED
 
 reindex_job = dg.define_asset_job(
     "reindex",
     selection=dg.AssetSelection.assets(*ALL_ASSETS),
-    partitions_def=corpus_partitions,
     description="Read, chunk, embed, index and evaluate one corpus (partition); unchanged chunks are reused.",
 )
 
 evaluate_job = dg.define_asset_job(
     "evaluate",
     selection=dg.AssetSelection.assets(retrieval_evaluation),
-    partitions_def=corpus_partitions,
     tags={EVALUATE_TAG: PUBLISHED},  # merged into every run's tags, whatever run config it was launched with
     description="Evaluate every retrieval variant on the version of one corpus' index that readers use.",
 )
@@ -26,6 +24,5 @@ evaluate_job = dg.define_asset_job(
 adapt_job = dg.define_asset_job(
     "adapt",
     selection=dg.AssetSelection.assets(query_encoder),
-    partitions_def=corpus_partitions,
     description="Train the query encoder on pseudo-queries from the corpus (no qrels); used only if it does not hurt.",
 )

@@ -186,3 +186,18 @@ def test_adapters_without_their_extra_name_it(monkeypatch: pytest.MonkeyPatch, m
         HybridRagError, match=rf"{method}\(\) needs the \[{extra}\] extra .*pip install -e '.\[{extra}\]'"
     ):
         getattr(retriever, method)()
+
+
+@pytest.mark.slow
+def test_the_code_location_imports_without_warnings(tmp_path: Path) -> None:
+    """`python -W error -c "import orchestration.definitions"`: no deprecated Dagster API (define_asset_job's
+    partitions_def: the jobs' partitions come from their assets)."""
+    code = (
+        "import orchestration.definitions as d; "
+        "assert {d.defs.resolve_job_def(n).partitions_def for n in ('reindex', 'evaluate', 'adapt')} == "
+        "{d.CORPORA and __import__('assets').corpus_partitions}"
+    )
+    done = subprocess.run(
+        [sys.executable, "-W", "error", "-c", code], env=_env(tmp_path), capture_output=True, text=True, cwd=ROOT
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
