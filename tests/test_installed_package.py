@@ -201,3 +201,21 @@ def test_the_code_location_imports_without_warnings(tmp_path: Path) -> None:
         [sys.executable, "-W", "error", "-c", code], env=_env(tmp_path), capture_output=True, text=True, cwd=ROOT
     )
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+@pytest.mark.parametrize("name", ["assets", "evals"])
+def test_a_users_own_package_of_the_same_name_is_refused_naming_both_paths(tmp_path: Path, name: str) -> None:
+    """`dagster dev -m orchestration.definitions` puts the working directory first on sys.path, as `python -c` does:
+    a user's project with its own `assets/` or `evals/` package would shadow ours."""
+    (tmp_path / name).mkdir()
+    (tmp_path / name / "__init__.py").write_text("")
+    done = subprocess.run(
+        [sys.executable, "-c", "import orchestration.definitions"],
+        env={**_env(tmp_path), "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    last = done.stderr.strip().splitlines()[-1]
+    assert done.returncode == 1 and last.startswith("ImportError:"), done.stderr[-2000:]
+    assert str(tmp_path / name / "__init__.py") in last and f"hybrid-rag's {ROOT / name}" in last
