@@ -691,6 +691,16 @@ def run(
         raise typer.Exit(1) from exc
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def ui(ctx: typer.Context) -> None:
+    """The Dagster UI: dagster dev -m orchestration.definitions (other arguments are passed on: -p 3001) on the
+    project's instance, $DAGSTER_HOME else data/dagster_home, made with the project's dagster.yaml (telemetry off,
+    one run per corpus) as `run` does; the runs of `run` show up there."""
+    from orchestration.main_job import run_dagster_ui
+
+    raise typer.Exit(run_dagster_ui(ctx.args))
+
+
 cache_app = typer.Typer(
     cls=_Group, help="The on-disk embedding cache: size per model, and pruning.", add_completion=False
 )

@@ -11,9 +11,10 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import subprocess
 import sys
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,19 @@ def prepare_dagster_home(dagster_home: str | Path | None = None) -> Path:
     if not (home / "dagster.yaml").exists():
         shutil.copyfile(INSTANCE_YAML, home / "dagster.yaml")
     return home
+
+
+def run_dagster_ui(args: Sequence[str] = ()) -> int:
+    """``dagster dev -m orchestration.definitions [args]`` on the project's instance (:func:`prepare_dagster_home`,
+    passed on as ``DAGSTER_HOME``); returns its exit code once it has stopped (Ctrl-C reaches it too)."""
+    home = prepare_dagster_home()
+    command = [sys.executable, "-m", "dagster", "dev", "-m", "orchestration.definitions", *args]
+    process = subprocess.Popen(command, env={**os.environ, "DAGSTER_HOME": str(home)})
+    while True:
+        try:
+            return process.wait()
+        except KeyboardInterrupt:  # dagster dev got it as well (one process group): wait for it to shut down
+            continue
 
 
 def run_main_job(

@@ -219,3 +219,56 @@ def test_a_users_own_package_of_the_same_name_is_refused_naming_both_paths(tmp_p
     last = done.stderr.strip().splitlines()[-1]
     assert done.returncode == 1 and last.startswith("ImportError:"), done.stderr[-2000:]
     assert str(tmp_path / name / "__init__.py") in last and f"hybrid-rag's {ROOT / name}" in last
+
+
+def test_ui_prepares_the_instance_and_runs_dagster_dev(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd) -> None:
+    """`hybrid-rag ui -- --help`: the project's instance settings in $DAGSTER_HOME, then `dagster dev` itself."""
+    from typer.testing import CliRunner
+
+    from orchestration.cli import app
+    from orchestration.main_job import INSTANCE_YAML
+
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    result = CliRunner().invoke(app, ["ui", "--", "--help"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "home" / "dagster.yaml").read_text() == INSTANCE_YAML.read_text()
+    assert "dagster dev [OPTIONS]" in capfd.readouterr().out  # the child's own output
+
+
+@pytest.mark.slow
+def test_ui_serves_the_code_location_on_the_projects_instance(tmp_path: Path) -> None:
+    """`hybrid-rag ui -p PORT` from outside the checkout: the webserver answers, on the prepared instance (with its
+    dagster.yaml: telemetry off, one run per corpus); Ctrl-C stops it."""
+    import signal
+    import socket
+    import time
+
+    import httpx
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    home = tmp_path / "home"
+    env = {**_env(tmp_path), "DAGSTER_HOME": str(home), "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "orchestration.cli", "ui", "-p", str(port), "-h", "127.0.0.1"]
+    proc = subprocess.Popen(
+        cmd, env=env, cwd=tmp_path, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        deadline, answered = time.monotonic() + 240, False
+        while time.monotonic() < deadline and proc.poll() is None and not answered:
+            try:
+                answered = httpx.get(f"http://127.0.0.1:{port}/server_info", timeout=5).status_code == 200
+            except httpx.HTTPError:
+                time.sleep(1)
+        assert answered, proc.stderr.read().decode()[-3000:] if proc.poll() is not None else "no answer in 240 s"
+        assert "telemetry:\n  enabled: false" in (home / "dagster.yaml").read_text()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: to hybrid-rag and dagster dev (one process group)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    assert proc.returncode == 0 or proc.returncode < 0
