@@ -28,6 +28,4 @@ test-fast: setup  ## the tests not marked slow (ONNX export, training, benchmark
 	TQDM_DISABLE=1 $(BIN)/pytest -m "not slow"
 
 ui: setup  ## the Dagster UI on http://127.0.0.1:3000 (the project's instance: the runs of `make run` show up)
-	export DAGSTER_HOME=$${DAGSTER_HOME:-$(CURDIR)/data/dagster_home}; \
-	$(BIN)/python -c "from orchestration.main_job import prepare_dagster_home; prepare_dagster_home()" && \
-	$(BIN)/dagster dev -m orchestration.definitions
+	$(BIN)/hybrid-rag ui
