@@ -193,9 +193,9 @@ def test_the_code_location_imports_without_warnings(tmp_path: Path) -> None:
     """`python -W error -c "import orchestration.definitions"`: no deprecated Dagster API (define_asset_job's
     partitions_def: the jobs' partitions come from their assets)."""
     code = (
-        "import orchestration.definitions as d; "
-        "assert {d.defs.resolve_job_def(n).partitions_def for n in ('reindex', 'evaluate', 'adapt')} == "
-        "{d.CORPORA and __import__('assets').corpus_partitions}"
+        "from orchestration.definitions import defs; from assets import corpus_partitions; "
+        "jobs = [defs.resolve_job_def(n) for n in ('reindex', 'evaluate', 'adapt')]; "
+        "assert all(job.partitions_def == corpus_partitions for job in jobs)"
     )
     done = subprocess.run(
         [sys.executable, "-W", "error", "-c", code], env=_env(tmp_path), capture_output=True, text=True, cwd=ROOT
