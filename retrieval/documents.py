@@ -167,7 +167,7 @@ class DocumentReader:
                 path,
                 line_no,
                 f"not valid UTF-8 (byte {exc.start}: {raw[exc.start : exc.start + 1]!r})",
-                _guess_id(raw.decode("utf-8", "surrogateescape")),  # a byte that is not UTF-8: no id
+                _guess_id(raw.decode("utf-8", "surrogateescape")),  # an id with such a byte: unreadable
             )
         try:
             record = json.loads(line)
