@@ -42,7 +42,10 @@ _COMMONMARK = MarkdownIt("commonmark")
 # may open a "# Title" heading or underline a "Title\n===" one (CommonMark decides)
 _H1_LINE = re.compile(r" {0,3}(?:#(?:[ \t]|\r?$)|=+[ \t]*\r?$)")
 _FRONT_MATTER = re.compile(r"---[ \t]*\r?\n(.*?)^(?:---|\.\.\.)[ \t]*(?:\r?\n|\Z)", re.DOTALL | re.MULTILINE)
-_ID_IN_BROKEN_LINE = re.compile(r'"_?id"\s*:\s*(?:"((?:[^"\\]|\\.)*)"|(-?\d+))')
+# a JSON token of a line that does not parse: a string (its escapes undecoded), a bracket, ':' or ',', any other run
+# of characters (a number, true, junk), or the quote of a string left open
+_JSON_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[{}\[\]:,]|[^\s"{}\[\]:,]+|"', re.DOTALL)
+_UNDERSCORE_ID = re.compile(r"(?<!\w)_id(?!\w)")  # '_id' as a word: a key, maybe with a quote lost
 
 
 @dataclass(frozen=True)
@@ -164,7 +167,7 @@ class DocumentReader:
                 path,
                 line_no,
                 f"not valid UTF-8 (byte {exc.start}: {raw[exc.start : exc.start + 1]!r})",
-                _guess_id(raw.decode("utf-8", "replace")),
+                _guess_id(raw.decode("utf-8", "surrogateescape")),  # an id with such a byte: unreadable
             )
         try:
             record = json.loads(line)
@@ -503,9 +506,60 @@ def ids_from_folders_above(path: Path, doc_id: str) -> list[tuple[Path, str]]:
 
 
 def _guess_id(line: str) -> str | None:
-    """The ``_id``/``id`` of a record that does not parse, when it can still be read off the line."""
-    found = _ID_IN_BROKEN_LINE.search(line)
-    return (found.group(1) or found.group(2)) if found else None
+    """The document id of a record that does not parse, when the line still tells it for sure, else None: a record
+    without a readable id, which keeps every stored document absent from the source.
+
+    The keys of the top-level object are read as JSON strings (escapes decoded) and, as for a valid line, ``_id``
+    wins over ``id``. None when the id is not a readable string or integer (a bad escape, a byte that is not UTF-8,
+    blank), when the key appears twice with two values or the brackets do not pair, when anything follows the
+    object, and for ``id`` unless the whole object was read with no ``_id`` anywhere (a damaged or cut ``_id``
+    would be the id)."""
+    tokens = [m.group() for m in _JSON_TOKEN.finditer(line)]
+    brackets: list[str] = []
+    values: dict[str, list[str | None]] = {"_id": [], "id": []}
+    end = None  # the index of the token closing the top-level object
+    for i, token in enumerate(tokens):
+        if token in ("{", "["):
+            brackets.append(token)
+        elif token in ("}", "]"):
+            if not brackets or brackets.pop() + token not in ("{}", "[]"):
+                return None
+            if not brackets:
+                end = i
+                break
+        elif token == '"':
+            break  # a string left open: the rest of the line is its text
+        elif brackets == ["{"] and token.startswith('"') and tokens[i + 1 : i + 2] == [":"]:
+            key = _json_id(token, key=True)
+            if key in values:
+                values[key].append(_json_id(tokens[i + 2]) if i + 2 < len(tokens) else None)
+    if end is not None and end + 1 < len(tokens):
+        return None  # more after the object: another record, maybe
+    if values["_id"]:
+        found = values["_id"]
+    elif end is not None and not _UNDERSCORE_ID.search(line) and not any(_escaped_id_key(t) for t in tokens):
+        found = values["id"]
+    else:
+        return None
+    return found[0] if found and None not in found and len(set(found)) == 1 else None
+
+
+def _escaped_id_key(token: str) -> bool:
+    """Whether ``token`` is the string ``"_id"`` written with escapes (``"\\u005fid"``)."""
+    return token.startswith('"') and "\\" in token and _json_id(token, key=True) == "_id"
+
+
+def _json_id(token: str, key: bool = False) -> str | None:
+    """JSON token ``token`` as a document id (a string or an integer, as text) or, with ``key``, as an object key
+    (a string); None when it is neither, or is blank or not valid Unicode."""
+    try:
+        value = json.loads(token)
+    except ValueError:
+        return None
+    if isinstance(value, bool) or not isinstance(value, str if key else str | int):
+        return None
+    value = str(value)
+    return value if value.strip() and not has_lone_surrogate(value) else None
 
 
 def _markdown_title(text: str) -> str:

@@ -3,6 +3,7 @@ stored documents of records skipped as bad input, a skipped folder's included.""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -94,6 +95,26 @@ def test_sync_keeps_the_documents_below_a_broken_folder_link(tmp_path: Path) -> 
         if e.event_type_value == "ASSET_CHECK_EVALUATION" and e.event_specific_data.check_name == POINT_COUNT_CHECK
     ]
     assert check.passed and check.metadata["kept_points"].value == 2
+
+
+@pytest.mark.slow
+def test_sync_keeps_the_document_of_a_broken_line_with_an_escaped_id(tmp_path: Path) -> None:
+    source = tmp_path / "notes.jsonl"
+    good = [json.dumps({"_id": d.id, "text": d.text}).encode() for d in TINY_DOCS[:4]]
+    cafe = json.dumps({"_id": "café", "text": "Notes from the café about espresso."}).encode()  # "caf\u00e9"
+    source.write_bytes(b"\n".join([*good, cafe]) + b"\n")
+    materialize, points = _pipeline(tmp_path, f"    source: {source}\n    format: jsonl\n    on_bad_input: skip\n")
+    assert materialize().success and points() == 5
+    for broken in (cafe[:-1] + b",}", '{"_id": "café", "text": "Notes"}'.encode("latin-1")):  # read as café, no id
+        source.write_bytes(b"\n".join([*good, broken]) + b"\n")
+        result = materialize()
+        assert result.success and points() == 5 and points("café") == 1
+        [check] = [
+            e.event_specific_data
+            for e in result.all_events
+            if e.event_type_value == "ASSET_CHECK_EVALUATION" and e.event_specific_data.check_name == POINT_COUNT_CHECK
+        ]
+        assert check.passed and check.metadata["kept_points"].value == 1
 
 
 def test_skipped_records_keep_their_folder_flag_and_old_tables_still_read(tmp_path: Path) -> None:

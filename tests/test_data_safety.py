@@ -118,6 +118,41 @@ def test_skipped_records_keep_their_last_good_version(cli_env):
     assert points(cli_env, "kb") == N
 
 
+def test_a_skipped_line_keeps_its_document_whatever_its_id_looks_like(cli_env):
+    """A broken line's id is read as JSON (escapes, '_id' before 'id'), or not at all: either way a sync with the
+    skip policy keeps the stored document of the line."""
+    records = {
+        "café": {"_id": "café", "text": "Notes from the café about espresso."},  # json.dumps: "caf\u00e9"
+        'doc "q"': {"_id": 'doc "q"', "text": "A quoted title for the quarterly report."},
+        "a/b": {"_id": "a/b", "text": "Path-like ids name files in a tree."},
+        "doc-e": {"id": "m-1", "_id": "doc-e", "text": "Here 'id' is an ordinary field, '_id' the id."},
+    }
+    source = cli_env / "all.jsonl"
+
+    def write(broken: dict[str, bytes]) -> None:
+        good = [json.dumps({"_id": d.id, "text": d.text}).encode() for d in TINY_DOCS]
+        lines = [broken.get(key, json.dumps(record).encode()) for key, record in records.items()]
+        source.write_bytes(b"\n".join([*good, *lines]) + b"\n")
+
+    write({})
+    cli("index", str(source), "-c", "kb")
+    total = len(TINY_DOCS) + len(records)
+    assert points(cli_env, "kb") == total
+
+    stray_comma = {key: json.dumps(record).encode()[:-1] + b",}" for key, record in records.items()}
+    stray_comma["a/b"] = b'{"_id": "a\\/b", "text": "Path-like ids name files in a tree.",}'  # '/' escaped
+    write(stray_comma)
+    report = cli_json("index", str(source), "-c", "kb", "--sync", "--policy", "skip")
+    assert sorted(p["doc_id"] for p in report["skipped"]) == sorted(records)
+    assert (report["kept"], report["deleted"]) == (len(records), 0)
+    assert all(points(cli_env, "kb", doc_id) == 1 for doc_id in records) and points(cli_env, "kb") == total
+
+    write({"café": '{"_id": "café", "text": "Notes from the café."}'.encode("latin-1")})  # not UTF-8: no id
+    out = cli("index", str(source), "-c", "kb", "--sync", "--policy", "skip")
+    assert "1 skipped record without a readable id" in out
+    assert points(cli_env, "kb", "café") == 1 and points(cli_env, "kb") == total
+
+
 def test_python_api_validates_like_the_cli(indexed_stack):
     stack = indexed_stack("edge", [])
     indexer = stack.indexer()

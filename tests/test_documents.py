@@ -93,6 +93,42 @@ def test_a_truncated_json_line_is_reported_at_its_end(tmp_path):
         read_documents(path)
 
 
+def broken(record: dict) -> str:
+    """``record`` as json.dumps writes it (non-ASCII as \\u escapes), made malformed by a stray comma at its end."""
+    return json.dumps(record)[:-1] + ",}"
+
+
+@pytest.mark.parametrize(
+    ("bad_line", "doc_id"),
+    [
+        (broken({"_id": "café", "text": "t"}), "café"),  # "caf\u00e9": escapes are decoded
+        (broken({"_id": 'doc "q"', "text": "t"}), 'doc "q"'),
+        ('{"_id": "a\\/b", "text": "t",}', "a/b"),
+        (broken({"id": "m-1", "_id": "doc-e", "text": "t"}), "doc-e"),  # with both, 'id' is an ordinary field
+        ('{"id": "m-1", "\\u005fid": "doc-e", "text": "t",}', "doc-e"),
+        (broken({"id": "m-1", "user_id": 7, "text": "t"}), "m-1"),
+        (broken({"_id": 12, "text": "t"}), "12"),
+        ('{"_id": "valve", "text": "Replace the valve', "valve"),  # cut: '_id' came first
+        (b'{"_id": "notes-1", "text": "d\xe9j\xe0 vu"}', "notes-1"),  # Latin-1 text, the id is clean
+        # the id cannot be read for sure: the record could be any document
+        (b'{"_id": "caf\xe9", "text": "t"}', None),  # Latin-1 id
+        ('{"_id": "caf\\x", "text": "t",}', None),  # not a JSON escape
+        ('{"id": "m-2", "text": "cut', None),  # an '_id' may have followed
+        ('{"id": "m-2", _id": "doc-f", "text": "t"}', None),  # a damaged '_id'
+        (broken({"metadata": {"id": "n"}, "text": "t"}), None),  # not the record's id
+        ('{"_id": "a", "_id": "b", "text": "t",}', None),  # two ids
+        ('{"_id": "a", "text": "t"}{"_id": "b", "text": "u"}', None),  # two records on one line
+        (broken({"_id": 1.5, "text": "t"}), None),
+        (broken({"_id": " ", "text": "t"}), None),
+    ],
+)
+def test_a_broken_lines_id_is_read_as_json_or_not_at_all(tmp_path, bad_line, doc_id):
+    path = write_jsonl(tmp_path / "corpus.jsonl", [ok("a1"), bad_line, ok("b1")])
+    docs, report = read_documents(path, policy="skip")
+    assert [d.id for d in docs] == ["a1", "b1"] and report.skipped[0].line == 2
+    assert report.skipped[0].doc_id == doc_id
+
+
 def test_hidden_files_and_folders_are_left_out_of_a_folder_source(tmp_path):
     notes = tmp_path / "notes"
     for name, text in {
