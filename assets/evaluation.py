@@ -19,6 +19,11 @@ never block publishing) when, on this corpus, fusion or reranking costs quality:
 ``reranking_does_not_hurt`` (the default, hybrid + rerank, against hybrid). Each fails only when the loss is
 larger than ``quality_tolerance`` and significant (its 95% bootstrap interval lies below 0); the figures, the
 interval, the wins/losses and the randomization p-value are its metadata.
+When nothing the figures depend on changed since the partition's last evaluation (:func:`evaluation_key`: the
+version and its location, the queries' and qrels' content, the variants, the settings and the models' content) and
+this run did not stage that version, the asset does not evaluate again nor append to the history: it reports that
+evaluation's figures (metadata ``unchanged``), and its checks judge them again from the per-query nDCG@10 saved
+beside the history (``reports/``, with the nDCG@10 plot that the metadata links to).
 A corpus without qrels has nothing to score and no quality gate: the asset records which version it saw, the
 gate reports ``passed`` with ``gate: not run`` in its metadata (Dagster warns about a blocking check that
 reports nothing) and the two warning checks are not run.
