@@ -19,13 +19,19 @@ never block publishing) when, on this corpus, fusion or reranking costs quality:
 ``reranking_does_not_hurt`` (the default, hybrid + rerank, against hybrid). Each fails only when the loss is
 larger than ``quality_tolerance`` and significant (its 95% bootstrap interval lies below 0); the figures, the
 interval, the wins/losses and the randomization p-value are its metadata.
+When nothing the figures depend on changed since the partition's last evaluation (:func:`evaluation_key`: the
+version and its location, the queries' and qrels' content, the variants, the settings and the models' content) and
+this run did not stage that version, the asset does not evaluate again nor append to the history: it reports that
+evaluation's figures (metadata ``unchanged``), and its checks judge them again from the per-query nDCG@10 saved
+beside the history (``reports/``, with the nDCG@10 plot that the metadata links to).
 A corpus without qrels has nothing to score and no quality gate: the asset records which version it saw, the
 gate reports ``passed`` with ``gate: not run`` in its metadata (Dagster warns about a blocking check that
 reports nothing) and the two warning checks are not run.
 """
 
-import base64
-import tempfile
+import hashlib
+import json
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -67,6 +73,9 @@ LOCATION = "location"  # metadata: where the evaluated version lives
 GATE, GATE_DETAIL = "gate", "gate_detail"  # metadata: the gate's verdict on the evaluated version, and why
 GATE_PASSED, GATE_REFUSED, GATE_NOT_RUN = "passed", "refused", "not run"
 EVALUATE_TAG, PUBLISHED = "hybrid_rag/evaluate", "published"  # run tag: score the published version (evaluate job)
+EVALUATION_KEY = "evaluation_key"  # metadata: what the figures depend on (see evaluation_key)
+UNCHANGED = "unchanged"  # metadata: set when the figures are the previous evaluation's (nothing it depends on changed)
+CHART = "ndcg@10_over_time"  # metadata: the path of the PNG plot (see ndcg_chart)
 
 
 def metric_key(variant: str, metric: str) -> str:
@@ -204,23 +213,40 @@ def retrieval_evaluation(
         queries, qrels = collection.split_queries(split), collection.qrels(split)
     except (ValueError, CorpusUnavailableError) as exc:
         raise dg.Failure(description=f"cannot evaluate corpus {corpus.name!r}: {exc}") from exc
-    # rerank=False: "hybrid" is the fused first stage; the "hybrid+rerank" variant turns reranking on itself.
-    report = _evaluate(context, retrieval, corpus, collection, split, variants, version, staged)
-    if report.coverage_warning():
-        context.log.warning(report.coverage_warning())
-    table = markdown_table(report.frame(), metrics=[*HEADLINE_METRICS, LATENCY_P50])
-    context.log.info(f"{corpus.name} ({split}, {report.n_queries} queries), {role} version {version}:\n{table}")
-    metadata: dict[str, object] = {
-        **base,
-        "split": split,
-        "queries": dg.MetadataValue.int(report.n_queries),
-        "dense_model": report.settings["dense_model"],
-        "sparse_model": report.settings["sparse_model"],
-        **report_metadata(report),
-        "metrics": dg.MetadataValue.md(table),
-        "sample_queries": dg.MetadataValue.md(sample_table(queries, qrels, report.variants, config.sample_queries)),
-        REPORT: dg.MetadataValue.json(report.summary()),
-    }
+    key = evaluation_key(retrieval.settings(corpus.collection), corpus, split, variants, queries, qrels, location)
+    newly_staged = role == "staged" and staged is not None and staged.own  # a version number is reused by resets
+    previous = None if newly_staged else _previous_evaluation(context, key, eval_history.history(), corpus.name, split)
+    if previous is not None:
+        report, previous_metadata = previous
+        since = f"{report.timestamp:%Y-%m-%d %H:%M:%S} UTC"
+        context.log.info(f"{corpus.name}: unchanged since {since} (version {version}): not evaluated again")
+        metadata: dict[str, object] = {
+            **previous_metadata,
+            **base,
+            UNCHANGED: f"unchanged since {since}, version {version}: the figures of that evaluation (not evaluated "
+            "again, nothing appended to the history)",
+        }
+    else:
+        # rerank=False: "hybrid" is the fused first stage; the "hybrid+rerank" variant turns reranking on itself.
+        report = _evaluate(context, retrieval, corpus, collection, split, variants, version, staged)
+        if report.coverage_warning():
+            context.log.warning(report.coverage_warning())
+        table = markdown_table(report.frame(), metrics=[*HEADLINE_METRICS, LATENCY_P50])
+        context.log.info(f"{corpus.name} ({split}, {report.n_queries} queries), {role} version {version}:\n{table}")
+        metadata = {
+            **base,
+            "split": split,
+            "queries": dg.MetadataValue.int(report.n_queries),
+            "dense_model": report.settings["dense_model"],
+            "sparse_model": report.settings["sparse_model"],
+            **report_metadata(report),
+            "metrics": dg.MetadataValue.md(table),
+            "sample_queries": dg.MetadataValue.md(sample_table(queries, qrels, report.variants, config.sample_queries)),
+            REPORT: dg.MetadataValue.json(report.summary()),
+        }
+        if key is not None:
+            metadata[EVALUATION_KEY] = key
+            _save_per_query(eval_history.history(), corpus.name, split, key, report)
     quality = report.quality_checks(config.quality_tolerance)
     gate = None
     if _selected(context, NDCG_CHECK):
@@ -237,17 +263,18 @@ def retrieval_evaluation(
     # Each history row says whether readers were served the evaluated version, and the gate's verdict on it, so
     # that eval-report and the plot keep evaluations of staged or refused versions apart from the served figures.
     history = eval_history.history()
-    report.record(
-        history,
-        source="dagster",
-        dagster_run_id=context.run_id,
-        published=version == published,
-        **({} if gate is None else {GATE: metadata[GATE]}),
-    )
+    if previous is None:
+        report.record(
+            history,
+            source="dagster",
+            dagster_run_id=context.run_id,
+            published=version == published,
+            **({} if gate is None else {GATE: metadata[GATE]}),
+        )
     metadata["history"] = dg.MetadataValue.path(str(history.path.resolve()))
-    chart = ndcg_chart(history, corpus.name, split)
+    chart = ndcg_chart(history, corpus.name, split, redraw=previous is None)
     if chart:
-        metadata["ndcg@10_over_time"] = dg.MetadataValue.md(chart)
+        metadata[CHART] = dg.MetadataValue.path(str(chart))
     checks = [gate, *(_quality_check(name, check) for name, check in quality.items())]
     yield dg.MaterializeResult(
         asset_key="retrieval_evaluation",
@@ -455,17 +482,101 @@ def sample_table(queries: dict[str, str], qrels: dict, results: dict, n: int) ->
     return md_table(["query", "variant", "top 3 (✓ relevant)"], rows)
 
 
-def ndcg_chart(history, corpus: str, split: str) -> str | None:
-    """nDCG@10 per variant over time (the ``eval-report`` plot) of this corpus' Dagster runs, as inline markdown."""
+def reports_dir(history: EvalHistory) -> Path:
+    """Where the evaluation asset writes its plot and per-query figures: ``reports/`` beside the history file."""
+    return history.path.resolve().parent / "reports"
+
+
+def _report_file(history: EvalHistory, corpus: str, split: str, suffix: str) -> Path:
+    return reports_dir(history) / f"{re.sub(r'[^A-Za-z0-9_.-]+', '-', f'{corpus}-{split}')}-{suffix}"
+
+
+def ndcg_chart(history: EvalHistory, corpus: str, split: str, redraw: bool = True) -> Path | None:
+    """nDCG@10 per variant over time (the ``eval-report`` plot) of this corpus' Dagster runs, as a PNG file under
+    :func:`reports_dir` (overwritten; ``redraw=False``: only drawn when missing); None before any evaluation."""
     from evals.report import plot_history
 
+    out = _report_file(history, corpus, split, "ndcg_at_10.png")
+    if out.is_file() and not redraw:
+        return out
     df = history.records(collection=corpus, source="dagster")
     df = df[df["split"] == split]
     if df.empty:
         return None
-    with tempfile.TemporaryDirectory() as tmp:
-        png = Path(plot_history(df, Path(tmp) / "ndcg.png", metric=WATCHED_METRIC)).read_bytes()
-    return f"![{WATCHED_METRIC} per variant over time](data:image/png;base64,{base64.b64encode(png).decode()})"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return Path(plot_history(df, out, metric=WATCHED_METRIC))
+
+
+def evaluation_key(
+    settings: RetrievalSettings,
+    corpus: CorpusConfig,
+    split: str,
+    variants: Sequence[Variant],
+    queries: Mapping[str, str],
+    qrels: Mapping[str, Mapping[str, int]],
+    location: str,
+) -> str | None:
+    """A hash of what an evaluation's figures depend on: the version evaluated (its number and location), the
+    queries and judgements (their content), the variants, the retrieval settings and the models' content
+    (dense, query encoder, sparse); None when a model cannot be looked at (the evaluation then says why)."""
+    try:
+        query_model = settings.resolved_query_model()
+    except ModelLoadError:
+        return None
+
+    def content(model: str | None) -> str | None:
+        return None if model is None else model_fingerprint(resolve_model_path(model))
+
+    def digest(value: object) -> str:
+        return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+
+    parts = {
+        "collection": corpus.collection,
+        "corpus": corpus.name,
+        "split": split,
+        "location": location,
+        "variants": [v.value for v in variants],
+        "queries": digest(queries),
+        "qrels": digest(qrels),
+        "settings": settings.model_dump(mode="json"),
+        "models": [content(settings.dense_model), content(query_model), content(settings.sparse_model)],
+    }
+    return digest(parts)
+
+
+def _save_per_query(history: EvalHistory, corpus: str, split: str, key: str, report: EvalReport) -> None:
+    """Keep the per-query nDCG@10 of ``report`` (what the quality checks compare) for an unchanged next run."""
+    out = _report_file(history, corpus, split, "per_query.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    values = {n: {q: v[WATCHED_METRIC] for q, v in r.per_query.items()} for n, r in report.variants.items()}
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(json.dumps({EVALUATION_KEY: key, WATCHED_METRIC: values}))
+    tmp.replace(out)
+
+
+def _previous_evaluation(
+    context: dg.AssetExecutionContext, key: str | None, history: EvalHistory, corpus: str, split: str
+) -> tuple[EvalReport, dict[str, Any]] | None:
+    """The report and metadata of this partition's latest evaluation when it had ``key`` (nothing it depends on
+    changed since) and its per-query figures are still on disk, else None (evaluate again)."""
+    if key is None:
+        return None
+    records = _recent_evaluations(context, limit=1)
+    md = records[0].asset_materialization.metadata if records and records[0].asset_materialization else {}
+    if getattr(md.get(EVALUATION_KEY), "value", None) != key or evaluation_report(md) is None:
+        return None
+    report = evaluation_report(md)
+    assert report is not None
+    try:
+        saved = json.loads(_report_file(history, corpus, split, "per_query.json").read_text())
+        per_query = saved[WATCHED_METRIC] if saved[EVALUATION_KEY] == key else {}
+    except (OSError, ValueError, KeyError, TypeError):  # gone, damaged: evaluate again
+        return None
+    if not isinstance(per_query, dict) or set(per_query) != set(report.variants):
+        return None
+    for name, result in report.variants.items():
+        result.per_query = {q: {WATCHED_METRIC: float(v)} for q, v in per_query[name].items()}
+    return report, {k: v for k, v in md.items() if k != GATE_DETAIL}  # this run's gate says its own
 
 
 def _recent_evaluations(context: dg.AssetExecutionContext, limit: int = 50) -> Sequence[dg.EventLogRecord]:

@@ -745,18 +745,23 @@ def cache(
     as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON")] = False,
 ) -> None:
     """Show the embedding cache: its file, size, and rows per model (cache key: model, backend, prompt, token limit)
-    with when they were last used; and the ONNX export folders left by killed exports."""
-    from retrieval.encoders.onnx_export import stale_exports
+    with when they were last used; the ONNX exports (current or superseded) and the folders left by killed exports."""
+    from retrieval.encoders.onnx_export import exports, stale_exports
 
     if ctx.invoked_subcommand is not None:
         return
     store = _cache()
     stale = stale_exports(store.path.parent)
     stale_bytes = sum(f.stat().st_size for d in stale for f in d.rglob("*") if f.is_file())
+    onnx = exports(store.path.parent)
     usage = store.usage() if store.path.exists() else []
     if as_json:
         rows = [asdict(u) for u in usage]
         figures = {"path": str(store.path), "file_bytes": store.file_bytes(), "models": rows}
+        figures["exports"] = [
+            {"path": str(e.path), "model": e.model, "bytes": e.bytes, "written": int(e.written), "current": e.current}
+            for e in onnx
+        ]
         figures |= {"stale_exports": [str(d) for d in stale], "stale_export_bytes": stale_bytes}
         print(json.dumps(figures, indent=2))
         return
@@ -771,11 +776,19 @@ def cache(
         prompt = "?" if u.prompt is None else repr(u.prompt)
         what = f"{u.label or '?'} | {u.backend or '?'} | {prompt} | {u.max_tokens or '?'}"
         print(printable(f"| {u.model} | {what} | {u.rows} | {mib} | {_day(u.oldest_use)} | {_day(u.newest_use)} |"))
+    if onnx:
+        print(printable(f"\nONNX exports under {store.path.parent / 'models'} (superseded: removed by cache prune)\n"))
+        print("| export | model | MiB | written (UTC) | state |")
+        print("|---|---|---:|---|---|")
+        for e in onnx:
+            state = "current" if e.current else "superseded"
+            mib = f"{e.bytes / 2**20:.1f}"
+            print(printable(f"| {e.path.name} | {e.model} | {mib} | {_day(int(e.written))} | {state} |"))
     if stale:
         print(
             printable(
                 f"\n{len(stale)} ONNX export folders left by ended processes ({stale_bytes / 2**20:.1f} MiB) under "
-                f"{store.path.parent / 'models'}: removed by the next ONNX export"
+                f"{store.path.parent / 'models'}: removed by the next ONNX export and by cache prune"
             )
         )
 
@@ -793,11 +806,29 @@ def cache_prune(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON")] = False,
 ) -> None:
-    """Delete cached vectors not used for a while (a later index encodes them again), then shrink the file."""
+    """Delete cached vectors not used for a while (a later index encodes them again), then shrink the file; delete
+    the superseded ONNX exports and the folders left by killed exports (see hybrid-rag cache)."""
+    from retrieval.encoders.onnx_export import remove_superseded, stale_exports
+
     seconds = _duration(older_than)
     store = _cache()
+    stale = stale_exports(store.path.parent)
+    freed = sum(f.stat().st_size for d in stale for f in d.rglob("*") if f.is_file())
+    removed = remove_superseded(store.path.parent)
+    freed += sum(e.bytes for e in removed)
+    exports_report = {"exports_removed": [str(e.path) for e in removed] + [str(d) for d in stale]}
+    exports_report["export_bytes_freed"] = freed
+    if (removed or stale) and not as_json:
+        console.print(
+            f"{len(removed)} superseded ONNX exports and {len(stale)} left by killed exports deleted "
+            f"({freed / 2**20:.1f} MiB)",
+            soft_wrap=True,
+        )
     if not store.path.exists():
-        console.print(f"no embedding cache at {store.path}", soft_wrap=True)
+        if as_json:
+            print(json.dumps({"path": str(store.path), **exports_report}, indent=2))
+        else:
+            console.print(f"no embedding cache at {store.path}", soft_wrap=True)
         return
     if backend is not None:
         from retrieval.errors import choice
@@ -806,7 +837,7 @@ def cache_prune(
         backend = choice(DenseBackend, backend.strip().lower(), "dense backend").value
     report = store.prune(older_than=seconds or None, model=model, backend=backend)
     if as_json:
-        print(json.dumps({"path": str(store.path), **asdict(report)}, indent=2))
+        print(json.dumps({"path": str(store.path), **asdict(report), **exports_report}, indent=2))
         return
     console.print(
         f"{store.path}: {report.rows_deleted} rows deleted, {report.rows_left} left; "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,7 @@ from assets.partitions import CORPORA
 from assets.resources import CorporaResource, RetrievalResource
 from orchestration.definitions import defs
 from retrieval import RetrievalSettings
+from tests.test_deployment import assert_ticks_are_purged
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -213,7 +215,7 @@ def test_docker_dagster_yaml_uses_postgres_from_compose_env() -> None:
     assert not (ROOT / "dagster.yaml").exists()  # would be picked up by `dagster dev` without PostgreSQL
 
 
-def test_project_dagster_home_turns_telemetry_off_and_runs_one_job_per_corpus() -> None:
+def test_project_dagster_home_turns_telemetry_off_and_runs_one_job_per_corpus(tmp_path: Path) -> None:
     from orchestration.main_job import INSTANCE_YAML
 
     assert INSTANCE_YAML.is_file() and "data" not in INSTANCE_YAML.relative_to(ROOT).parts  # survives `rm -rf data`
@@ -222,6 +224,11 @@ def test_project_dagster_home_turns_telemetry_off_and_runs_one_job_per_corpus() 
     [limit] = config["run_coordinator"]["config"]["tag_concurrency_limits"]
     assert limit["key"] == "dagster/partition" and limit["limit"] == 1
     assert "DAGSTER_HOME" in (ROOT / "Makefile").read_text()
+    home = tmp_path / "home"
+    home.mkdir()
+    shutil.copyfile(INSTANCE_YAML, home / "dagster.yaml")
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        assert_ticks_are_purged(instance)  # schedule and sensor ticks do not pile up in DAGSTER_HOME
 
 
 def test_docker_run_logs_are_on_a_volume_shared_by_the_daemon_and_the_webserver(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import dagster as dg
@@ -47,10 +48,12 @@ class Sandbox:
 
     def resources(self, **overrides) -> dict:
         return default_resources(
-            retrieval=self.retrieval,
-            eval_history=EvalHistoryResource(path=str(self.history)),
-            io_manager=ParquetIOManager(base_dir=str(self.assets)),
-            **overrides,
+            **{
+                "retrieval": self.retrieval,
+                "eval_history": EvalHistoryResource(path=str(self.history)),
+                "io_manager": ParquetIOManager(base_dir=str(self.assets)),
+                **overrides,
+            }
         )
 
     def metadata(self, asset: str) -> dict:
@@ -110,6 +113,10 @@ def test_first_run_records_counts_and_models(first_run: dict) -> None:
     assert index["dense_model"] == dense["model"] and index["sparse_model"] == "bm25"
 
 
+def sandbox_reports(run: dict) -> Path:
+    return Path(run["retrieval_evaluation"]["history"]).parent / "reports"
+
+
 def test_first_run_evaluates_every_variant(first_run: dict) -> None:
     meta = first_run["retrieval_evaluation"]
     assert meta["version"] == 1 and meta["evaluated_version"] == "staged version 1"
@@ -122,7 +129,8 @@ def test_first_run_evaluates_every_variant(first_run: dict) -> None:
     assert "| hybrid |" in meta["metrics"]
     rows = [line for line in meta["sample_queries"].splitlines()[2:]]
     assert len(rows) == 3 * len(VARIANTS) and "✓" in meta["sample_queries"]  # 3 queries x variants, hits judged
-    assert meta["ndcg@10_over_time"].startswith("![ndcg@10 per variant over time](data:image/png;base64,")
+    plot = Path(meta["ndcg@10_over_time"])  # a file beside the history, not a data URI in every materialization
+    assert plot.read_bytes().startswith(b"\x89PNG") and plot.parent == sandbox_reports(first_run)
     summary = first_run["summary"]
     assert set(summary["metrics"]) == set(VARIANTS)
     assert summary["metrics"]["hybrid"]["ndcg@10"] == pytest.approx(meta["hybrid/ndcg@10"])
@@ -294,13 +302,61 @@ def test_cli_run_is_a_run_of_the_reindex_job(sandbox: Sandbox, second_run: dict,
     assert "telemetry:\n  enabled: false" in yaml_text
 
 
-def test_evaluations_are_appended_to_history(sandbox: Sandbox, second_run: dict) -> None:
+def test_evaluations_are_appended_to_history(sandbox: Sandbox, first_run: dict, second_run: dict) -> None:
     df = EvalHistory(sandbox.history).records(collection=CORPUS)
     ndcg = df[(df["metric"] == "ndcg@10") & (df["variant"] == "hybrid")]
-    assert len(ndcg) >= 2  # one row per materialization
+    assert len(ndcg) >= 1  # one row per evaluation (an unchanged run adds none: see the next test)
     assert set(VARIANTS) <= set(df["variant"])
     assert all("dagster_run_id" in c for c in df["context"])
     assert set(df["source"]) == {"dagster"}
+
+
+def test_an_unchanged_run_reports_the_previous_figures_and_a_changed_qrels_file_is_evaluated_again(
+    sandbox: Sandbox, first_run: dict, second_run: dict, tmp_path: Path
+) -> None:
+    """Nothing the figures depend on changed (version, queries, qrels, settings, models): the second run does not
+    evaluate again nor append to the history, its checks judge the previous figures; a changed judgement does."""
+    from assets import retrieval_evaluation
+
+    first, second = first_run["retrieval_evaluation"], second_run["retrieval_evaluation"]
+    history = EvalHistory(sandbox.history)
+    runs = {c["dagster_run_id"] for c in history.records(collection=CORPUS)["context"]}
+    assert first_run["summary"]["run_id"] in runs and second_run["summary"]["run_id"] not in runs
+    assert second["unchanged"].startswith("unchanged since ") and ", version 1: " in second["unchanged"]
+    assert "unchanged" not in first and second["report"] == first["report"]
+    assert {k: second[k] for k in first if "/" in k} == {k: first[k] for k in first if "/" in k}
+    checks = second_run["summary"]["checks"]
+    assert {NDCG_CHECK, CHANNELS_CHECK, RERANK_CHECK} <= set(checks) and checks[NDCG_CHECK]["passed"]
+    assert checks[RERANK_CHECK]["description"] == first_run["summary"]["checks"][RERANK_CHECK]["description"]
+    # the same corpus with one judgement changed: evaluated again, recorded
+    corpus = tmp_path / "sample"
+    shutil.copytree(sample_collection().root, corpus)
+    qrels = corpus / "qrels" / "test.tsv"
+    lines = qrels.read_text().splitlines()
+    qrels.write_text("\n".join(lines[:-1]) + "\n")  # one judgement fewer
+    corpora = tmp_path / "corpora.yaml"
+    corpora.write_text(f"corpora:\n  {CORPUS}:\n    source: {corpus}\n    format: beir\n    qrels: {corpus}\n")
+    keys = {first["evaluation_key"]}
+    # then a changed retrieval setting: evaluated again too
+    rrf_60 = RetrievalResource(
+        qdrant_path=sandbox.retrieval.qdrant_path, cache_dir=sandbox.retrieval.cache_dir, rrf_k=60
+    )
+    for retrieval in (sandbox.retrieval, rrf_60):
+        rows = len(history.records(collection=CORPUS))
+        with dg.DagsterInstance.from_config(str(sandbox.home)) as instance:
+            result = dg.materialize(
+                [retrieval_evaluation],
+                partition_key=CORPUS,
+                resources=sandbox.resources(corpora=CorporaResource(path=str(corpora)), retrieval=retrieval),
+                instance=instance,
+            )
+        assert result.success
+        meta = sandbox.metadata("retrieval_evaluation")
+        assert "unchanged" not in meta and meta["evaluation_key"] not in keys
+        keys.add(meta["evaluation_key"])
+        added = history.records(collection=CORPUS).iloc[rows:]
+        assert set(added["variant"]) == set(VARIANTS)
+        assert {c["dagster_run_id"] for c in added["context"]} == {result.run_id}
 
 
 def test_print_results(first_run: dict, second_run: dict, capsys: pytest.CaptureFixture[str]) -> None:

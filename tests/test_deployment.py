@@ -42,6 +42,16 @@ def test_the_image_instance_monitors_runs_with_the_default_launcher(tmp_path: Pa
         assert instance.run_monitoring_enabled
         assert instance.run_monitoring_start_timeout_seconds > 0
         assert instance.run_monitoring_max_resume_run_attempts == 0
+        assert_ticks_are_purged(instance)
+
+
+def assert_ticks_are_purged(instance: dg.DagsterInstance) -> None:
+    """Schedule and sensor ticks (which Dagster keeps forever by default, -1) are purged after a while."""
+    from dagster._core.definitions.run_request import InstigatorType
+
+    for kind in (InstigatorType.SCHEDULE, InstigatorType.SENSOR):
+        days = instance.get_tick_retention_settings(kind)
+        assert days and all(0 < d <= 90 for status, d in days.items() if status.value != "STARTED"), (kind, days)
 
 
 @pytest.mark.slow  # a second process holds the folder

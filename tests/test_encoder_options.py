@@ -204,6 +204,37 @@ def test_exports_left_by_killed_processes_are_counted_and_removed(cli_env, tiny_
     assert not dead.exists() and alive.exists()
 
 
+@needs_onnxruntime
+def test_a_re_saved_model_s_old_export_is_removed_and_cache_lists_and_prunes_superseded_ones(cli_env, tiny_model):
+    """Each re-save of a model (adapt, tune-reranker) gets a new export; the old one must not pile up, and an export
+    of another model is never taken for a superseded one."""
+    import shutil
+
+    from retrieval.encoders.onnx_export import exports
+
+    cache = cli_env / "cache"
+    model = cli_env / "qm2"
+    shutil.copytree(tiny_model, model)
+    other = ensure_onnx_export(tiny_model, cache)  # another model's export: kept throughout
+    first = ensure_onnx_export("qm2", cache)  # a relative path: the same model as its absolute path
+    assert json.loads((first / "export.json").read_text())["model"] == str(model.resolve())
+    config = model / "config.json"
+    os.utime(config, ns=(config.stat().st_atime_ns, config.stat().st_mtime_ns + 10**9))  # "re-saved"
+    listed = json.loads(CliRunner().invoke(app, ["cache", "--json"]).stdout)["exports"]
+    assert {(Path(e["path"]), e["current"]) for e in listed} == {(other, True), (first, False)}
+    second = ensure_onnx_export(str(model), cache)
+    assert second != first and not first.exists() and other.exists()  # written: the superseded one is removed
+    # a superseded export left behind (by an earlier release): listed as such, removed by cache prune
+    shutil.copytree(second, first)
+    os.utime(first / "export.json", (0, 0))
+    table = CliRunner().invoke(app, ["cache"]).stdout
+    assert f"| {first.name} |" in table and "superseded" in table and f"| {second.name} |" in table
+    pruned = json.loads(CliRunner().invoke(app, ["cache", "prune", "--json"]).stdout)
+    assert pruned["exports_removed"] == [str(first)] and pruned["export_bytes_freed"] > 0
+    assert {e.path for e in exports(cache)} == {other, second}
+    assert not first.exists() and second.exists() and other.exists()
+
+
 def test_a_hub_model_is_identified_by_its_cached_snapshot(tmp_path, monkeypatch):
     """The snapshot that loads offline names a hub model's content: another snapshot is another model."""
     from huggingface_hub import constants

@@ -15,6 +15,7 @@ import re
 import shutil
 import uuid
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -31,14 +32,23 @@ INT8_FILE = "model_int8.onnx"
 TMP_NAME = re.compile(r"\..+\.tmp-(?P<pid>\d+)-[0-9a-f]{8}")  # an export being written (see ensure_onnx_export)
 
 
+def model_key(model_path: str) -> str:
+    """The model source an export belongs to (recorded in its ``export.json``): a local folder's absolute path,
+    else the model name."""
+    path = Path(model_path).expanduser()
+    return str(path.resolve()) if path.is_dir() else model_path
+
+
 def export_dir(model_path: str, cache_dir: str | Path) -> Path:
     """Where the ONNX export of ``model_path`` lives: ``<cache_dir>/models/<name>-<fingerprint>``.
 
-    The fingerprint covers the model's content (:func:`~retrieval.encoders.fingerprint.model_fingerprint`) and the
-    export recipe version, so a changed model gets a fresh export.
+    The fingerprint covers the model source (:func:`model_key`), its content
+    (:func:`~retrieval.encoders.fingerprint.model_fingerprint`) and the export recipe version, so a changed model
+    gets a fresh export.
     """
     source = Path(model_path)
-    parts = [str(EXPORT_VERSION), model_path, model_fingerprint(model_path)]
+    key = model_key(model_path)
+    parts = [str(EXPORT_VERSION), key, model_fingerprint(key)]
     fingerprint = hashlib.sha256("|".join(parts).encode()).hexdigest()[:12]
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", source.name if source.is_dir() else model_path).strip("-")[-48:]
     return Path(cache_dir) / "models" / f"{slug or 'model'}-{fingerprint}"
@@ -58,19 +68,74 @@ def stale_exports(cache_dir: str | Path) -> list[Path]:
     return sorted(stale)
 
 
+@dataclass(frozen=True)
+class Export:
+    """A finished export folder under ``<cache_dir>/models``: ``current`` is False once it is superseded (another
+    export of the same model is the current one: the model changed, or the export recipe did)."""
+
+    path: Path
+    model: str
+    bytes: int
+    written: float  # when it was finished (its export.json's modification time)
+    current: bool
+
+
+def exports(cache_dir: str | Path) -> list[Export]:
+    """The finished exports under ``<cache_dir>/models``, by model, newest first.
+
+    An export is current when it is the folder :func:`export_dir` names for its model now; where the model cannot
+    be looked at (a local folder gone, a hub model not in this process's hub cache), the newest export of that
+    model is. Exports of different models never supersede each other.
+    """
+    models = Path(cache_dir) / "models"
+    found: list[tuple[Path, str, float]] = []
+    for entry in sorted(models.iterdir()) if models.is_dir() else []:
+        meta = entry / EXPORT_META
+        if entry.name.startswith(".") or not meta.is_file():
+            continue
+        try:
+            recorded = json.loads(meta.read_text())
+            model = recorded.get("model") or model_key(recorded["source"])  # earlier releases: the source only
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            continue  # not an export of ours, or damaged: left alone
+        found.append((entry, model, meta.stat().st_mtime))
+    found.sort(key=lambda f: (f[1], -f[2]))
+    result, seen = [], set()
+    for path, model, written in found:
+        knowable = Path(model).is_dir() or (not Path(model).is_absolute() and model_fingerprint(model) != "hub:?")
+        current = path == export_dir(model, cache_dir) if knowable else model not in seen
+        seen.add(model)
+        size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+        result.append(Export(path, model, size, written, current))
+    return result
+
+
+def remove_superseded(cache_dir: str | Path, model: str | None = None, keep: Path | None = None) -> list[Export]:
+    """Delete the superseded exports (of ``model`` only, when given; never ``keep``) and the temporary folders of
+    ended exports (:func:`stale_exports`); return the exports deleted. Safe for a process still using a superseded
+    export: it loaded the files when it started (onnxruntime and OpenVINO read the model file whole, the tokenizer
+    is read once), and Linux keeps a file that is still open until it is closed."""
+    removed = [e for e in exports(cache_dir) if not e.current and model in {None, e.model} and e.path != keep]
+    for export in removed:
+        log.info("removing %s, a superseded ONNX export of %s", export.path, export.model)
+        shutil.rmtree(export.path, ignore_errors=True)
+    for stale in stale_exports(cache_dir):
+        log.info("removing %s, an export left by a process that has ended", stale)
+        shutil.rmtree(stale, ignore_errors=True)
+    return removed
+
+
 def ensure_onnx_export(model_path: str, cache_dir: str | Path) -> Path:
     """The directory holding the fp32 and int8 ONNX exports of ``model_path``, exporting them on first use.
 
     The export is written to a temporary directory and renamed into place, so concurrent first uses in
-    several processes are safe (the loser's copy is discarded).
+    several processes are safe (the loser's copy is discarded). Writing one removes the model's superseded exports
+    (:func:`remove_superseded`).
     """
     target = export_dir(model_path, cache_dir)
     if (target / EXPORT_META).is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    for stale in stale_exports(cache_dir):
-        log.info("removing %s, an export left by a process that has ended", stale)
-        shutil.rmtree(stale, ignore_errors=True)
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
         export_onnx(model_path, tmp)
@@ -81,6 +146,7 @@ def ensure_onnx_export(model_path: str, cache_dir: str | Path) -> Path:
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    remove_superseded(cache_dir, model_key(model_path), keep=target)
     return target
 
 
@@ -137,6 +203,7 @@ def export_onnx(model_path: str, out_dir: str | Path) -> Path:
     tokenizer.save_pretrained(str(out))
     meta = {
         "source": model_path,
+        "model": model_key(model_path),  # which model source this export belongs to (see exports)
         "export_version": EXPORT_VERSION,
         "pooling": mode,
         "include_prompt": pooling.get("include_prompt", True),
