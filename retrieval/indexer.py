@@ -34,6 +34,7 @@ from retrieval.store import CollectionSchema, QdrantStore, StoreError
 from retrieval.store.base import StoredChunk
 
 log = logging.getLogger(__name__)
+MULTILINGUAL_MODEL = "sentence-transformers/paraphrase-multilingual-MiniLM-L12-v2"
 ENCODE_BLOCK = 1024
 MAX_DELETE_SHARE = 0.5  # a sync deleting more than this share of a collection's documents or points needs allow_delete
 
@@ -105,6 +106,20 @@ class DeleteReport:
     deleted: int = 0  # points deleted
     points: int = 0  # points left
     missing: list[str] = field(default_factory=list)  # ids asked for that the collection does not hold
+
+
+def unknown_text_warning(chunks: Sequence[Chunk], model: str) -> str | None:
+    """One line when some ``chunks`` are mostly ``[UNK]`` to the dense model's tokenizer (text in a script it does
+    not know, e.g. Thai for the English-only default): such chunks get near-identical dense vectors."""
+    unknown = [c for c in chunks if c.unknown]
+    if not unknown:
+        return None
+    return (
+        f"{len(unknown)} of {len(chunks)} chunks (e.g. of document {unknown[0].doc_id!r}) are mostly unknown "
+        f"([UNK]) to the tokenizer of dense model {model!r}, so their dense vectors are near-identical and only "
+        f"BM25 tells them apart; the default model is English-only: for other languages set "
+        f"HYBRID_RAG_DENSE_MODEL={MULTILINGUAL_MODEL} (a multilingual sentence-transformers model)"
+    )
 
 
 class StoredUnderOtherIdsError(InvalidArgumentError):
@@ -329,6 +344,8 @@ class Indexer:
             ids = [d.id for d in docs] if chunks is None else {c.doc_id for c in chunks}
             base = self.store.stored_chunks(None if prune else ids)  # a sync sees every stored document, once
             chunks, fresh = self._split(docs, base, progress) if chunks is None else (chunks, {})
+        if docs is not None and (warning := unknown_text_warning(chunks, self.dense.model_name)):
+            log.warning(warning)  # documents chunked here (callers passing chunks warn when they chunk them)
         present = {c.doc_id for c in chunks} | fresh.keys()
         # Only the same write (same chunks, same mode) resumes a failed one's staged version (see stage).
         intent = write_intent(chunks, prune=prune or rebuild, rebuild=rebuild, skipped=skipped, unchanged=fresh)

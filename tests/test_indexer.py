@@ -99,3 +99,22 @@ def test_interrupted_run_resumes_without_duplicates_or_re_embedding(indexed_stac
     assert resumed.embedded == 8 and resumed.unchanged == 32  # only the missing block was embedded
     assert broken.store.stored_hashes() == expected
     broken.store.close()
+
+
+def test_text_mostly_unknown_to_the_dense_model_is_warned_about_once(indexed_stack, caplog):
+    # Thai is [UNK] to the English-only default model: every such chunk gets the same dense vector
+    thai = ["ต้มยำกุ้งเป็นอาหารไทยที่มีชื่อเสียงไปทั่วโลก", "มวยไทยเป็นศิลปะการต่อสู้ที่ใช้หมัดเท้าเข่าและศอก"]
+    docs = [Document(f"th-{i}", t) for i, t in enumerate(thai)] + TINY_DOCS
+    stack = indexed_stack("edge", [])
+    try:
+        with caplog.at_level("WARNING", logger="retrieval.indexer"):
+            stack.indexer().index(docs, progress=False)
+        warnings = [r.getMessage() for r in caplog.records if "[UNK]" in r.getMessage()]
+        assert len(warnings) == 1, warnings
+        assert "2 of " in warnings[0] and "'th-0'" in warnings[0] and "HYBRID_RAG_DENSE_MODEL=" in warnings[0]
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="retrieval.indexer"):
+            stack.indexer().index(TINY_DOCS, progress=False)  # English only: no warning
+        assert not [r for r in caplog.records if "[UNK]" in r.getMessage()]
+    finally:
+        stack.close()
