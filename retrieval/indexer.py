@@ -6,9 +6,10 @@ import hashlib
 import json
 import logging
 import time
+import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -106,6 +107,8 @@ class DeleteReport:
     deleted: int = 0  # points deleted
     points: int = 0  # points left
     missing: list[str] = field(default_factory=list)  # ids asked for that the collection does not hold
+    # ids asked for, not stored as they are but in another Unicode normalization: asked id -> stored id (deleted)
+    stored_as: dict[str, str] = field(default_factory=dict)
 
 
 def unknown_text_warning(chunks: Sequence[Chunk], model: str) -> str | None:
@@ -215,9 +218,23 @@ class Indexer:
         not_one_string(documents, "index", "Documents")
         started = time.perf_counter()
         docs = validate_documents(documents)  # a list, or a clear error (one Document, not a list)
+        if stored := self.stored_forms([d.id for d in docs]):  # the same document, not a second one
+            docs = [replace(d, id=stored.get(d.id, d.id)) for d in docs]
         report = self._sync(docs, None, None, prune, allow_delete, skipped, progress, len(docs), rebuild, publish=True)
         report.seconds = time.perf_counter() - started  # the documents consumed and chunked too
         return report
+
+    def stored_forms(self, ids: Sequence[str]) -> dict[str, str]:
+        """id -> stored id, for each of ``ids`` not stored as it is but in another Unicode normalization (NFC or
+        NFD: "café" composed or decomposed), which a reader sees as the same id: a file name macOS gave decomposed
+        to an earlier release (folder ids are NFC now). Looks up only the points of those ids' other forms."""
+        forms = {i: {unicodedata.normalize(f, i) for f in ("NFC", "NFD")} - {i} for i in ids if not i.isascii()}
+        forms = {i: other for i, other in forms.items() if other}
+        if not forms or self.store.current_version() is None:
+            return {}
+        stored = self.store.stored_chunks(set(forms).union(*forms.values())).values()
+        found = {s.doc_id for s in stored}
+        return {i: min(other & found) for i, other in forms.items() if i not in found and other & found}
 
     def refuse_copies(self, path: Path, documents: Sequence[Document], fmt: SourceFormat | str | None = None) -> None:
         """Raise :class:`StoredUnderOtherIdsError` when documents read from text folder (or text file) ``path``
@@ -422,7 +439,10 @@ class Indexer:
             schema = self.store.check_schema()
             stored = self.store.stored_hashes(wanted)  # the points of these documents only
             found = {doc_id for doc_id, _ in stored.values()} & set(wanted)
-            report.documents, report.missing = len(found), [d for d in wanted if d not in found]
+            report.stored_as = self.stored_forms([d for d in wanted if d not in found])
+            found |= set(report.stored_as.values())
+            missing = [d for d in wanted if d not in found and d not in report.stored_as]
+            report.documents, report.missing = len(found), missing
             report.points, report.version = self.store.count(), self.store.current_version()
             before = report.points
             if not found:

@@ -118,3 +118,22 @@ def test_text_mostly_unknown_to_the_dense_model_is_warned_about_once(indexed_sta
         assert not [r for r in caplog.records if "[UNK]" in r.getMessage()]
     finally:
         stack.close()
+
+
+def test_an_id_stored_in_another_unicode_normalization_is_the_same_document(indexed_stack, tmp_path):
+    # an earlier release stored a macOS file name decomposed; the same file now read composed updates it
+    import unicodedata
+
+    nfc, nfd = "résumé.txt", unicodedata.normalize("NFD", "résumé.txt")
+    stack = indexed_stack("edge", [])
+    try:
+        indexer = stack.indexer()
+        indexer.index([Document(nfd, "Curriculum vitae of Ana Lopez.")], progress=False)
+        report = indexer.index([Document(nfc, "Curriculum vitae of Ana López, updated.")], progress=False)
+        assert (report.documents, report.points) == (1, 1)  # not a second document
+        hits = stack.retriever(rerank=False).search("curriculum vitae", k=5)
+        assert [(h.doc_id, h.text) for h in hits] == [(nfd, "Curriculum vitae of Ana López, updated.")]
+        deleted = indexer.delete_documents([nfc])  # the id as typed names the stored one
+        assert (deleted.documents, deleted.points, deleted.missing, deleted.stored_as) == (1, 0, [], {nfc: nfd})
+    finally:
+        stack.close()
