@@ -219,6 +219,9 @@ class DocumentReader:
             raise BadInputError(InputProblem(root, None, "not a directory"))
         for path in files:
             doc_id = path_id(path, root)
+            if has_lone_surrogate(doc_id):  # bytes the file system's encoding cannot decode, kept as surrogates
+                self._problem(path, None, "file name is not valid UTF-8")
+                continue
             if path.suffix.lower() not in TEXT_SUFFIXES:
                 self._problem(path, None, f"unsupported file type {path.suffix or '(none)'!r}", doc_id)
                 continue
