@@ -97,7 +97,8 @@ class Chunker:
         budget = self.budget - title_tokens
         encoding = self._encode(doc.text)
         offsets = encoding["offset_mapping"]
-        unknown = list(accumulate((i == self.tokenizer.unk_token_id for i in encoding["input_ids"]), initial=0))
+        unk = self.tokenizer.unk_token_id
+        unknown = list(accumulate((i == unk for i in encoding["input_ids"]), initial=0))
         if not offsets:
             return [Chunk(doc.id, 0, doc.text.strip(), title, doc.metadata, head)]
         cuts = _word_cuts(doc.text, offsets)
@@ -158,6 +159,8 @@ def _word_cuts(text: str, offsets: list[tuple[int, int]]) -> list[bool]:
         prev_end, start = offsets[i - 1][1], offsets[i][0]
         if start < prev_end:  # tokens of one character (the jamo of a Hangul syllable share its offsets)
             cuts[i] = False
+        elif text[start - 1 : start] in (" ", "\n"):  # the common case, quickly
+            continue
         else:  # a character the tokenizer drops (a combining mark) between two tokens still joins them
             cuts[i] = not (_is_word(text[start - 1 : start]) and _is_word(text[start : start + 1]))
     return cuts
