@@ -27,6 +27,7 @@ from assets.tables import (
 from retrieval import BadInputError, read_documents
 from retrieval.documents import validate_documents
 from retrieval.encoders import DenseEncoder
+from retrieval.indexer import unknown_text_warning
 
 GROUP = "retrieval"
 
@@ -104,6 +105,8 @@ def chunks(
             finally:
                 previous.close()
         chunk_list = indexer.chunk([d for d in docs if d.id not in reused])
+        if unknown := unknown_text_warning(chunk_list, indexer.dense.model_name):
+            context.log.warning(unknown)
     table = chunks_to_table(chunk_list, table_skipped(raw_documents), tokenizer_model)
     if kept is not None:
         table = in_document_order(pa.concat_tables([table, kept]), [d.id for d in docs])
@@ -124,6 +127,7 @@ def chunks(
             "reused_documents": dg.MetadataValue.int(len(reused)),
             "chunks_per_document": dg.MetadataValue.float(round(per_doc, 3)),
             "max_chunk_chars": dg.MetadataValue.int(longest),
+            "mostly_unknown_chunks": dg.MetadataValue.int(sum(c.unknown for c in chunk_list)),
             "token_budget": dg.MetadataValue.int(chunker.budget),
             "overlap_tokens": dg.MetadataValue.int(chunker.overlap),
             "tokenizer": tokenizer_model,

@@ -6,14 +6,16 @@ pyplot's global state or needs a display.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from functools import cache
 from pathlib import Path
 
 import pandas as pd
-from matplotlib import colormaps
+from matplotlib import colormaps, font_manager, rc_context
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
 from matplotlib.figure import Figure
+from matplotlib.ft2font import FT2Font
 from rich.table import Table
 from rich.text import Text
 
@@ -112,11 +114,20 @@ def plot_history(df: pd.DataFrame, out_png: str | Path, metric: str = "ndcg@10")
         raise ValueError(f"no history rows for metric {metric!r}")
     keys = ["collection", "split", "variant"]
     several = rows[["collection", "split"]].drop_duplicates().shape[0] > 1
+    names = [str(x) for key in keys for x in rows[key].unique()]
+    families, drawable = plot_fonts(names)
+    with rc_context({"font.family": families}):
+        return _plot(rows, keys, several, drawable, out_png, metric)
+
+
+def _plot(
+    rows: pd.DataFrame, keys: list[str], several: bool, drawable: Callable[[str], str], out_png: str | Path, metric: str
+) -> Path:
     fig = Figure(figsize=(8, 4.5), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     for i, ((collection, split, variant), group) in enumerate(rows.groupby(keys, sort=True)):
-        label = f"{variant} ({collection}/{split})" if several else str(variant)
+        label = drawable(f"{variant} ({collection}/{split})" if several else str(variant))
         style = line_style(i)
         shipped = group["settings"] == SHIPPED
         served = group[group["state"].isin(SERVED) & shipped]
@@ -140,8 +151,8 @@ def plot_history(df: pd.DataFrame, out_png: str | Path, metric: str = "ndcg@10")
     locator = AutoDateLocator()
     ax.xaxis.set_major_locator(locator)
     ax.xaxis.set_major_formatter(ConciseDateFormatter(locator))
-    collections = ", ".join(sorted(rows["collection"].unique()))
-    splits = ", ".join(sorted(rows["split"].unique()))
+    collections = drawable(", ".join(sorted(rows["collection"].unique())))
+    splits = drawable(", ".join(sorted(rows["split"].unique())))
     ax.set_title(f"{LABELS.get(metric, metric)} over time: {collections} ({splits})")
     ax.set_xlabel("time (UTC)")
     ax.set_ylabel(LABELS.get(metric, metric))
@@ -152,6 +163,37 @@ def plot_history(df: pd.DataFrame, out_png: str | Path, metric: str = "ndcg@10")
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, format="png")
     return out
+
+
+def plot_fonts(texts: Iterable[str]) -> tuple[list[str], Callable[[str], str]]:
+    """The font families to draw ``texts`` with (matplotlib's default, then installed fonts that have the
+    characters it lacks: CJK collection names), and a function that writes each character no family has as its
+    escape (``\\u718a``), so labels stay distinct and matplotlib warns of no missing glyph."""
+    default = font_manager.FontProperties(fname=font_manager.findfont(font_manager.FontProperties())).get_name()
+    families, missing = [default], {c for text in texts for c in text if not c.isascii()}
+    if not missing:
+        return families, str
+    missing -= _glyphs().get(default, frozenset())
+    for name, glyphs in _glyphs().items():
+        if missing & glyphs:
+            families.append(name)
+            missing -= glyphs
+    return families, lambda text: "".join(ascii(c)[1:-1] if c in missing else c for c in text)
+
+
+@cache
+def _glyphs() -> dict[str, frozenset[str]]:
+    """The characters of each installed font family (not the Last Resort font: it draws every character as a
+    box)."""
+    found: dict[str, set[str]] = {}
+    for font in font_manager.fontManager.ttflist:
+        if font.name.startswith("Last Resort"):
+            continue
+        try:
+            found.setdefault(font.name, set()).update(map(chr, FT2Font(font.fname).get_charmap()))
+        except (OSError, RuntimeError):  # an unreadable font file draws nothing
+            continue
+    return {name: frozenset(chars) for name, chars in found.items()}
 
 
 def latest(df: pd.DataFrame) -> pd.DataFrame:

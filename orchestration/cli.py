@@ -278,6 +278,8 @@ def delete(
     with RetrievalStack(settings) as stack:
         report = stack.indexer().delete_documents(doc_ids)
     console.print(f"deleted {report.deleted:,} points of {report.documents} documents; {report.points:,} points left")
+    for asked, stored in report.stored_as.items():  # escaped: the two look the same
+        console.print(f"{asked} is stored as {ascii(stored)} (the same id in another Unicode normalization)")
     if report.missing:
         console.print(label(f"not in {settings.collection!r}:", "yellow"), ", ".join(report.missing), soft_wrap=True)
 

@@ -17,13 +17,14 @@ from rich.console import Console
 from rich.protocol import is_renderable
 from rich.text import Text
 
-# C0 codes but tab and newline, DEL, C1 codes, and the bidirectional embeddings/overrides/isolates
-_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+# C0 codes but tab and newline, DEL, C1 codes, the bidirectional embeddings/overrides/isolates, and lone
+# surrogates (a file name's bytes that are not UTF-8: printed as they are, the output would not be UTF-8 either)
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 
 
 def printable(value: object) -> str:
-    """``str(value)`` with every control character but tab and newline shown as its escape (``\\x1b``,
-    ``\\u202e``)."""
+    """``str(value)`` with every control character but tab and newline, and every lone surrogate, shown as its
+    escape (``\\x1b``, ``\\u202e``, ``\\udce9``)."""
     return _CONTROL.sub(lambda m: ascii(m[0])[1:-1], str(value))
 
 

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
+import unicodedata
 import uuid
 from dataclasses import dataclass, field
+from itertools import accumulate
 from typing import Any
+
+import regex
 
 from retrieval.documents import Document
 from retrieval.errors import InvalidArgumentError
 
 POINT_NAMESPACE = uuid.UUID("6f1c1f0e-8d0a-4f43-9a57-1b2c3d4e5f60")
+MOSTLY_UNKNOWN = 0.5  # a chunk is mostly unknown to the dense model when this share of its tokens is [UNK]
+_GRAPHEME = regex.compile(r"\X")  # an extended grapheme cluster: a user-perceived character
 
 
 def point_id(doc_id: str, chunk_index: int) -> str:
@@ -29,6 +36,7 @@ class Chunk:
     title: str = ""
     metadata: dict[str, Any] = field(default_factory=dict)
     embed_title: str | None = None  # the head of a long title that is embedded; None: the whole title
+    unknown: bool = field(default=False, compare=False)  # mostly [UNK] to the dense tokenizer (not stored)
 
     @property
     def id(self) -> str:
@@ -61,10 +69,12 @@ class Chunk:
 class Chunker:
     """Splits text into windows of at most ``max_tokens`` model tokens (title included) with overlap.
 
-    Windows are cut on the tokenizer's character offsets, so chunk text is an exact slice of the document
-    and never exceeds the model's max length once the title and special tokens are added. Windows start and
-    end between words (never inside a run of letters and digits); only a single word longer than the whole
-    budget is split.
+    Windows are cut on the tokenizer's character offsets, widened to whole characters (a letter with its
+    combining marks, an emoji with its variation selector or joined parts: grapheme clusters), so chunk text is
+    an exact slice of the document that never exceeds the model's max length once the title and special tokens
+    are added. Windows start and end between words (never inside a run of letters, marks and digits, nor between
+    tokens sharing a character); only a single word longer than the whole budget is split, and such a window is
+    tokenized again and shrunk until it fits (a word's pieces may not add up to the tokens of its parts).
     """
 
     def __init__(self, tokenizer, max_tokens: int, overlap: int = 32, reserved_tokens: int = 0):
@@ -85,33 +95,61 @@ class Chunker:
             head = self._head(title, self.budget // 4)
             title_tokens = self._count(head + "\n")
         budget = self.budget - title_tokens
-        offsets = self._offsets(doc.text)
+        encoding = self._encode(doc.text)
+        offsets = encoding["offset_mapping"]
+        unk = self.tokenizer.unk_token_id
+        unknown = list(accumulate((i == unk for i in encoding["input_ids"]), initial=0))
         if not offsets:
             return [Chunk(doc.id, 0, doc.text.strip(), title, doc.metadata, head)]
         cuts = _word_cuts(doc.text, offsets)
+        graphemes = _grapheme_starts(doc.text)
         chunks: list[Chunk] = []
         start, n = 0, len(offsets)
         while True:
             end = _last_cut(cuts, start + 1, min(start + budget, n)) or min(start + budget, n)
-            text = doc.text[offsets[start][0] : offsets[end - 1][1]]
-            chunks.append(Chunk(doc.id, len(chunks), text, title, doc.metadata, head))
+            while True:  # cut inside a word or character: the slice re-tokenized may hold more tokens than that
+                text = _slice(doc.text, graphemes, offsets[start][0], offsets[end - 1][1])
+                if end - start == 1 or (cuts[start] and cuts[end]) or self._count(text) <= budget:
+                    break
+                end = _last_cut(cuts, start + 1, end - 1) or end - 1
+            mostly_unknown = unknown[end] - unknown[start] >= MOSTLY_UNKNOWN * (end - start)
+            chunks.append(Chunk(doc.id, len(chunks), text, title, doc.metadata, head, mostly_unknown))
             if end >= n:
                 return chunks
             start = _last_cut(cuts, start + 1, end - self.overlap) or end
 
-    def _offsets(self, text: str) -> list[tuple[int, int]]:
+    def _encode(self, text: str):
         # verbose=False: text longer than the model's max length is expected here (it is what gets cut), so
         # the tokenizer's "Token indices sequence length is longer than ..." warning would be a false alarm.
-        return self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)[
-            "offset_mapping"
-        ]
+        return self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
 
     def _count(self, text: str) -> int:
-        return len(self._offsets(text))
+        return len(self._encode(text)["input_ids"])
 
     def _head(self, text: str, tokens: int) -> str:
-        offsets = self._offsets(text)
-        return text[: offsets[min(tokens, len(offsets)) - 1][1]] if offsets else text
+        offsets = self._encode(text)["offset_mapping"]
+        return _slice(text, _grapheme_starts(text), 0, offsets[min(tokens, len(offsets)) - 1][1]) if offsets else text
+
+
+def _grapheme_starts(text: str) -> list[int] | None:
+    """Where the grapheme clusters of ``text`` start (and its end); None for ASCII text, where every character
+    is one (a CR LF pair is one cluster, but tokens never end inside it)."""
+    if text.isascii():
+        return None
+    return [0, *(m.end() for m in _GRAPHEME.finditer(text))]
+
+
+def _slice(text: str, graphemes: list[int] | None, start: int, end: int) -> str:
+    """``text[start:end]`` widened to whole grapheme clusters."""
+    if graphemes is not None:
+        start = graphemes[bisect.bisect_right(graphemes, start) - 1]
+        end = graphemes[bisect.bisect_left(graphemes, end)]
+    return text[start:end]
+
+
+def _is_word(char: str) -> bool:
+    """A letter, digit or mark (a Devanagari vowel sign or virama, a combining accent); False for ``""``."""
+    return char.isalnum() or unicodedata.category(char[:1] or " ").startswith("M")
 
 
 def _word_cuts(text: str, offsets: list[tuple[int, int]]) -> list[bool]:
@@ -119,7 +157,12 @@ def _word_cuts(text: str, offsets: list[tuple[int, int]]) -> list[bool]:
     cuts = [True] * (len(offsets) + 1)
     for i in range(1, len(offsets)):
         prev_end, start = offsets[i - 1][1], offsets[i][0]
-        cuts[i] = not (prev_end == start and text[start - 1 : start].isalnum() and text[start : start + 1].isalnum())
+        if start < prev_end:  # tokens of one character (the jamo of a Hangul syllable share its offsets)
+            cuts[i] = False
+        elif text[start - 1 : start] in (" ", "\n"):  # the common case, quickly
+            continue
+        else:  # a character the tokenizer drops (a combining mark) between two tokens still joins them
+            cuts[i] = not (_is_word(text[start - 1 : start]) and _is_word(text[start : start + 1]))
     return cuts
 
 

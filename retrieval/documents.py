@@ -15,6 +15,7 @@ import math
 import numbers
 import os
 import re
+import unicodedata
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -220,7 +221,10 @@ class DocumentReader:
         else:
             raise BadInputError(InputProblem(root, None, "not a directory"))
         for path in files:
-            doc_id = path.relative_to(root).as_posix()
+            doc_id = path_id(path, root)
+            if has_lone_surrogate(doc_id):  # bytes the file system's encoding cannot decode, kept as surrogates
+                self._problem(path, None, "file name is not valid UTF-8")
+                continue
             if path.suffix.lower() not in TEXT_SUFFIXES:
                 self._problem(path, None, f"unsupported file type {path.suffix or '(none)'!r}", doc_id)
                 continue
@@ -259,11 +263,17 @@ class DocumentReader:
             known = None if has_lone_surrogate(doc_id) else doc_id
             return self._problem(path, line, f"document {doc_id!r}: {exc}", known)
         here = InputProblem(path, line, "")
-        if doc_id in self._seen_ids:
-            first = self._seen_ids[doc_id]
+        key = unicodedata.normalize("NFC", doc_id)  # "café" composed or decomposed: one id to a reader
+        if key in self._seen_ids:
+            first = self._seen_ids[key]
             first_at = f"{first.path}:{first.line}" if first.line is not None else str(first.path)
+            if first.doc_id != doc_id or first.path != path:  # names that may look the same: escaped
+                first_at = ascii(first_at) if first.path != path else first_at
+                first_at += f" as {ascii(first.doc_id)}" if first.doc_id != doc_id else ""
+                reason = f"duplicate document id {ascii(doc_id)} (first seen at {first_at}"
+                return self._problem(path, line, f"{reason}: the same id in another Unicode normalization)", doc_id)
             return self._problem(path, line, f"duplicate document id {doc_id!r} (first seen at {first_at})", doc_id)
-        self._seen_ids[doc_id] = here
+        self._seen_ids[key] = replace(here, doc_id=doc_id)
         return doc
 
     def _problem(self, path: Path, line: int | None, reason: str, doc_id: str | None = None) -> None:
@@ -384,11 +394,14 @@ def validate_documents(documents: Iterable[Document]) -> list[Document]:
             docs[position] = check_document(doc)
         except InvalidDocumentError as exc:
             raise type(exc)(f"documents[{position}] (id {doc.id!r}): {exc}") from None
-        if doc.id in first_at:
+        key = unicodedata.normalize("NFC", doc.id)  # ids differing only in Unicode normalization: one id
+        if key in first_at:
             raise InvalidDocumentError(
-                f"documents[{position}]: duplicate document id {doc.id!r} (first at documents[{first_at[doc.id]}])"
+                f"documents[{position}]: duplicate document id {doc.id!r} (first at documents[{first_at[key]}]"
+                + ("" if docs[first_at[key]].id == doc.id else f" as {ascii(docs[first_at[key]].id)}")
+                + ")"
             )
-        first_at[doc.id] = position
+        first_at[key] = position
     return docs
 
 
@@ -462,7 +475,7 @@ def visible_files(root: Path, unlisted: list[InputProblem] | None = None) -> lis
         problem = InputProblem(path, None, f"cannot read folder: {exc.strerror or exc}")
         if path == root:
             raise BadInputError(problem) from exc
-        found.append(replace(problem, doc_id=path.relative_to(root).as_posix(), folder=True))
+        found.append(replace(problem, doc_id=path_id(path, root), folder=True))
 
     files = []
     real_root = Path(os.path.realpath(root))
@@ -489,7 +502,7 @@ def visible_files(root: Path, unlisted: list[InputProblem] | None = None) -> lis
                 files.append(path)
             elif path.is_symlink() and not path.exists():
                 reason = f"broken link: its target {os.readlink(path)} does not exist"
-                found.append(InputProblem(path, None, reason, path.relative_to(root).as_posix(), folder=True))
+                found.append(InputProblem(path, None, reason, path_id(path, root), folder=True))
     if unlisted is None and found:
         raise BadInputError(found[0])
     if unlisted is not None:
@@ -502,7 +515,13 @@ def ids_from_folders_above(path: Path, doc_id: str) -> list[tuple[Path, str]]:
     nearest first: the id document ``doc_id`` of ``path`` has when that folder is indexed instead."""
     root = Path(os.path.abspath(path))
     root = root if root.is_dir() else root.parent
-    return [(folder, f"{root.relative_to(folder).as_posix()}/{doc_id}") for folder in root.parents]
+    return [(folder, f"{path_id(root, folder)}/{doc_id}") for folder in root.parents]
+
+
+def path_id(path: Path, root: Path) -> str:
+    """The id of ``path`` below folder ``root``: its relative path with ``/``, in Unicode NFC (a file system may
+    give a name decomposed, "e" + U+0301 as macOS does, or composed: the same file, the same id)."""
+    return unicodedata.normalize("NFC", path.relative_to(root).as_posix())
 
 
 def _guess_id(line: str) -> str | None:

@@ -6,9 +6,10 @@ import hashlib
 import json
 import logging
 import time
+import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from retrieval.store import CollectionSchema, QdrantStore, StoreError
 from retrieval.store.base import StoredChunk
 
 log = logging.getLogger(__name__)
+MULTILINGUAL_MODEL = "sentence-transformers/paraphrase-multilingual-MiniLM-L12-v2"
 ENCODE_BLOCK = 1024
 MAX_DELETE_SHARE = 0.5  # a sync deleting more than this share of a collection's documents or points needs allow_delete
 
@@ -105,6 +107,22 @@ class DeleteReport:
     deleted: int = 0  # points deleted
     points: int = 0  # points left
     missing: list[str] = field(default_factory=list)  # ids asked for that the collection does not hold
+    # ids asked for, not stored as they are but in another Unicode normalization: asked id -> stored id (deleted)
+    stored_as: dict[str, str] = field(default_factory=dict)
+
+
+def unknown_text_warning(chunks: Sequence[Chunk], model: str) -> str | None:
+    """One line when some ``chunks`` are mostly ``[UNK]`` to the dense model's tokenizer (text in a script it does
+    not know, e.g. Thai for the English-only default): such chunks get near-identical dense vectors."""
+    unknown = [c for c in chunks if c.unknown]
+    if not unknown:
+        return None
+    return (
+        f"{len(unknown)} of {len(chunks)} chunks (e.g. of document {unknown[0].doc_id!r}) are mostly unknown "
+        f"([UNK]) to the tokenizer of dense model {model!r}, so their dense vectors are near-identical and only "
+        f"BM25 tells them apart; the default model is English-only: for other languages set "
+        f"HYBRID_RAG_DENSE_MODEL={MULTILINGUAL_MODEL} (a multilingual sentence-transformers model)"
+    )
 
 
 class StoredUnderOtherIdsError(InvalidArgumentError):
@@ -200,9 +218,23 @@ class Indexer:
         not_one_string(documents, "index", "Documents")
         started = time.perf_counter()
         docs = validate_documents(documents)  # a list, or a clear error (one Document, not a list)
+        if stored := self.stored_forms([d.id for d in docs]):  # the same document, not a second one
+            docs = [replace(d, id=stored.get(d.id, d.id)) for d in docs]
         report = self._sync(docs, None, None, prune, allow_delete, skipped, progress, len(docs), rebuild, publish=True)
         report.seconds = time.perf_counter() - started  # the documents consumed and chunked too
         return report
+
+    def stored_forms(self, ids: Sequence[str]) -> dict[str, str]:
+        """id -> stored id, for each of ``ids`` not stored as it is but in another Unicode normalization (NFC or
+        NFD: "café" composed or decomposed), which a reader sees as the same id: a file name macOS gave decomposed
+        to an earlier release (folder ids are NFC now). Looks up only the points of those ids' other forms."""
+        forms = {i: {unicodedata.normalize(f, i) for f in ("NFC", "NFD")} - {i} for i in ids if not i.isascii()}
+        forms = {i: other for i, other in forms.items() if other}
+        if not forms or self.store.current_version() is None:
+            return {}
+        stored = self.store.stored_chunks(set(forms).union(*forms.values())).values()
+        found = {s.doc_id for s in stored}
+        return {i: min(other & found) for i, other in forms.items() if i not in found and other & found}
 
     def refuse_copies(self, path: Path, documents: Sequence[Document], fmt: SourceFormat | str | None = None) -> None:
         """Raise :class:`StoredUnderOtherIdsError` when documents read from text folder (or text file) ``path``
@@ -329,6 +361,8 @@ class Indexer:
             ids = [d.id for d in docs] if chunks is None else {c.doc_id for c in chunks}
             base = self.store.stored_chunks(None if prune else ids)  # a sync sees every stored document, once
             chunks, fresh = self._split(docs, base, progress) if chunks is None else (chunks, {})
+        if docs is not None and (warning := unknown_text_warning(chunks, self.dense.model_name)):
+            log.warning(warning)  # documents chunked here (callers passing chunks warn when they chunk them)
         present = {c.doc_id for c in chunks} | fresh.keys()
         # Only the same write (same chunks, same mode) resumes a failed one's staged version (see stage).
         intent = write_intent(chunks, prune=prune or rebuild, rebuild=rebuild, skipped=skipped, unchanged=fresh)
@@ -405,7 +439,10 @@ class Indexer:
             schema = self.store.check_schema()
             stored = self.store.stored_hashes(wanted)  # the points of these documents only
             found = {doc_id for doc_id, _ in stored.values()} & set(wanted)
-            report.documents, report.missing = len(found), [d for d in wanted if d not in found]
+            report.stored_as = self.stored_forms([d for d in wanted if d not in found])
+            found |= set(report.stored_as.values())
+            missing = [d for d in wanted if d not in found and d not in report.stored_as]
+            report.documents, report.missing = len(found), missing
             report.points, report.version = self.store.count(), self.store.current_version()
             before = report.points
             if not found:

@@ -1,4 +1,5 @@
 import hashlib
+import unicodedata
 
 import pytest
 
@@ -74,6 +75,60 @@ def test_chunks_start_and_end_between_words(dense_encoder):
         assert set(c.text.split()) <= vocabulary, c.text  # every word whole
         assert n_tokens(dense_encoder.tokenizer, c.embed_text) <= 32
     assert chunks[0].text.startswith(words[0]) and chunks[-1].text.endswith(words[-1])
+
+
+def test_chunks_keep_whole_characters_combining_marks_and_emoji_selectors(dense_encoder):
+    # the tokenizer drops combining marks (NFD accents, Vietnamese horn and hook) and U+FE0F: a window ending at
+    # the last token's offset would store "pho", "cafe" and a bare heart
+    chunker = make_chunker(dense_encoder)
+    for text in [
+        unicodedata.normalize("NFD", "Tôi yêu phở"),
+        unicodedata.normalize("NFD", "Rendez-vous au café"),
+        "We love it \u2764\ufe0f",
+        "A family \U0001f468\u200d\U0001f469\u200d\U0001f467",
+    ]:
+        assert [c.text for c in chunker.chunk(Document("d", text))] == [text]
+    # several windows over NFD text: each is a slice that starts and ends between whole characters
+    text = unicodedata.normalize("NFD", " ".join(f"{i} crème brûlée à Hà Nội phở ❤️ déjà vu" for i in range(80)))
+    chunks = chunker.chunk(Document("d", text))
+    assert len(chunks) > 3
+    for c in chunks:
+        assert c.text in text
+        assert unicodedata.category(c.text[0])[0] != "M" and not c.text.endswith("\u2764")
+        assert set(c.text.split()) <= set(text.split()), (c.text[:12], c.text[-12:])  # words whole, marks too
+
+
+def test_chunks_start_and_end_between_words_in_hindi(dense_encoder):
+    # Devanagari vowel signs and the virama are marks, not alphanumeric: they belong to their word
+    chunker = Chunker(dense_encoder.tokenizer, dense_encoder.max_tokens, 32)
+    text = " ".join(f"नई दिल्ली भारत की राजधानी है और यहाँ संसद भवन है {i}।" for i in range(60))
+    vocabulary = set(text.split())
+    chunks = chunker.chunk(Document("hi", text))
+    assert len(chunks) > 3
+    for c in chunks:
+        assert set(c.text.split()) <= vocabulary, (c.text[:12], c.text[-12:])
+
+
+def test_korean_chunks_fit_the_model_with_special_tokens(dense_encoder):
+    # each Hangul syllable is 2-3 jamo tokens sharing its offsets: a window may not end between them
+    chunker = Chunker(dense_encoder.tokenizer, dense_encoder.max_tokens, 32)
+    text = " ".join(f"서울은 대한민국의 수도이며 한강이 도시를 가로지릅니다 {i}." for i in range(200))
+    chunks = chunker.chunk(Document("ko", text))
+    assert len(chunks) > 10
+    vocabulary = set(text.split())
+    for c in chunks:
+        assert n_tokens(dense_encoder.tokenizer, c.embed_text) <= dense_encoder.max_tokens
+        assert set(c.text.split()) <= vocabulary
+    # one word of Hangul longer than the budget is split, still within it
+    for c in chunker.chunk(Document("ko", "가나다라마바사" * 200)):
+        assert n_tokens(dense_encoder.tokenizer, c.embed_text) <= dense_encoder.max_tokens
+
+
+def test_chunks_mostly_unknown_to_the_dense_tokenizer_are_flagged(dense_encoder):
+    chunker = make_chunker(dense_encoder)
+    thai = chunker.chunk(Document("th", "มวยไทยเป็นศิลปะการต่อสู้ที่ใช้หมัดเท้าเข่าและศอก"))
+    english = chunker.chunk(Document("en", "Espresso is brewed by forcing hot water through ground coffee."))
+    assert [c.unknown for c in thai] == [True] and [c.unknown for c in english] == [False]
 
 
 def test_long_documents_are_chunked_without_a_false_tokenizer_warning(dense_encoder):

@@ -111,3 +111,18 @@ def test_run_results_print_names_and_check_details_literally(capsys) -> None:
     out = capsys.readouterr().out
     assert "corpus [/c] -> collection '[bold]x': documents 1" in out and "no qrels for [/n] \\x1b[2J" in out
     assert "check ndcg_not_dropped: FAILED (ERROR): [link=http://e]x" in out and "\x1b" not in out
+
+
+def test_a_file_name_that_is_not_utf8_is_printed_escaped_in_either_policy(tmp_path, monkeypatch) -> None:
+    import os
+
+    _env(monkeypatch, tmp_path)
+    (tmp_path / "latin").mkdir()
+    (tmp_path / "latin" / "ok.txt").write_text("Photons are light.\n")
+    with open(os.path.join(os.fsencode(tmp_path / "latin"), b"caf\xe9.txt"), "w") as f:  # a Latin-1 name
+        f.write("Plain text in a file whose name is Latin-1.\n")
+    for policy, code, prefix in (("skip", 0, "skipped"), ("fail", 2, "error:")):
+        result = CliRunner().invoke(app, ["index", "latin", "-c", "latin", "--policy", policy])
+        assert result.exit_code == code, result.output
+        out = (result.stdout_bytes + result.stderr_bytes).decode("utf-8")  # strict: no raw byte from the name
+        assert f"{prefix} latin/caf\\udce9.txt: file name is not valid UTF-8" in out, out

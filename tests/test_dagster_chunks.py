@@ -78,6 +78,7 @@ def test_chunks_are_cut_only_for_documents_changed_since_the_previous_run(
     first = runs.run()
     docs = read_docs(runs.data)
     assert first["chunked_documents"] == len(docs) and first["reused_documents"] == 0
+    assert first["mostly_unknown_chunks"] == 0  # English: the dense model knows its tokens
     assert sorted(runs.cut) == sorted(d["_id"] for d in docs)
     assert_same_table(runs.table_path, runs.expected())
 
@@ -90,11 +91,13 @@ def test_chunks_are_cut_only_for_documents_changed_since_the_previous_run(
     edited, removed = docs[3]["_id"], docs[7]["_id"]
     docs[3] = {**docs[3], "text": docs[3]["text"] + " Revised." + " More findings were added later." * 60}
     docs.insert(10, {"_id": "added-1", "title": "Added", "text": "A new note on zebrafish heart regeneration."})
+    docs.insert(11, {"_id": "added-th", "text": "มวยไทยเป็นศิลปะการต่อสู้ที่ใช้หมัดเท้าเข่าและศอก"})  # all [UNK]
     del docs[7]
     write_docs(runs.data, docs)
     changed = runs.run()
-    assert sorted(changed["cut"]) == sorted([edited, "added-1"])
-    assert changed["chunked_documents"] == 2 and changed["reused_documents"] == len(docs) - 2
+    assert sorted(changed["cut"]) == sorted([edited, "added-1", "added-th"])
+    assert changed["chunked_documents"] == 3 and changed["reused_documents"] == len(docs) - 3
+    assert changed["mostly_unknown_chunks"] == 1
     assert removed not in pq.read_table(runs.table_path, columns=["doc_id"])["doc_id"].to_pylist()
     assert_same_table(runs.table_path, runs.expected())
 

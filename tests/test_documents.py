@@ -497,3 +497,31 @@ def test_metadata_counts_towards_the_document_limit_and_has_its_own(tmp_path):
     heavy = Document("h", near, metadata={"blob": "x" * (MAX_METADATA_BYTES - 100)})  # each part fits, not the sum
     with pytest.raises(InvalidDocumentError, match=r"documents\[0\] \(id 'h'\): .* exceed the 8,388,608-byte limit"):
         validate_documents([heavy])
+
+
+def test_ids_differing_only_in_unicode_normalization_are_one_id(tmp_path):
+    import unicodedata
+
+    nfc, nfd = "résumé.txt", unicodedata.normalize("NFD", "résumé.txt")
+    assert nfc != nfd
+    # a folder file named decomposed (as macOS writes names) has the composed id, as the same name typed here
+    (tmp_path / "mac").mkdir()
+    (tmp_path / "mac" / nfd).write_text("Curriculum vitae of Ana Lopez.")
+    docs, _ = read_documents(tmp_path / "mac")
+    assert [d.id for d in docs] == [nfc] and docs[0].metadata["source_path"] == nfc
+    # both forms in one folder (possible on Linux): one id twice, reported
+    (tmp_path / "mac" / nfc).write_text("Another file.")
+    docs, report = read_documents(tmp_path / "mac", policy="skip")
+    assert len(docs) == 1 and len(report.skipped) == 1
+    assert "duplicate document id" in report.skipped[0].reason and "normalization" in report.skipped[0].reason
+    # a JSONL file holding both forms: a duplicate id naming both lines
+    source = tmp_path / "c.jsonl"
+    lines = [json.dumps({"_id": unicodedata.normalize(f, "café"), "text": "x"}) for f in ("NFC", "NFD")]
+    source.write_text("\n".join(lines) + "\n")
+    with pytest.raises(BadInputError) as err:
+        read_documents(source)
+    message = str(err.value)
+    assert f"{source}:2" in message and f"{source}:1" in message and "duplicate document id" in message
+    assert "caf\\xe9" in message and "cafe\\u0301" in message  # escaped: they look the same
+    with pytest.raises(InvalidDocumentError, match="duplicate document id"):
+        validate_documents([Document(unicodedata.normalize(f, "café"), "x") for f in ("NFC", "NFD")])

@@ -160,3 +160,22 @@ def test_metrics_table_renders_with_optional_latency():
     assert "0.7200" in text and "3.2" in text and "-" in text
     no_latency = metrics_table({"hybrid": results["hybrid"]})
     assert [c.header for c in no_latency.columns][-1] == "MAP@100"
+
+
+def test_plot_labels_collections_in_any_script_without_glyph_warnings(tmp_path):
+    import warnings
+
+    history = EvalHistory(tmp_path / "h.sqlite")
+    for name in ("評価データ", "評価テスト", "café-é"):
+        history.append(name, "test", "hybrid", {"ndcg@10": 0.5}, timestamp=T0, source="cli")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "Glyph ... missing from font(s)" would fail here
+        assert plot_history(history.records(), tmp_path / "p.png").is_file()
+    from evals.report import plot_fonts
+
+    families, drawable = plot_fonts(["評価データ", "評価テスト", "café"])
+    assert drawable("café") == "café"  # the default font has it
+    labels = {drawable(n) for n in ("評価データ", "評価テスト")}
+    assert len(labels) == 2  # told apart: drawn by an installed font that has the glyphs, else escaped
+    if len(families) == 1:
+        assert labels == {"\\u8a55\\u4fa1\\u30c7\\u30fc\\u30bf", "\\u8a55\\u4fa1\\u30c6\\u30b9\\u30c8"}

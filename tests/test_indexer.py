@@ -99,3 +99,41 @@ def test_interrupted_run_resumes_without_duplicates_or_re_embedding(indexed_stac
     assert resumed.embedded == 8 and resumed.unchanged == 32  # only the missing block was embedded
     assert broken.store.stored_hashes() == expected
     broken.store.close()
+
+
+def test_text_mostly_unknown_to_the_dense_model_is_warned_about_once(indexed_stack, caplog):
+    # Thai is [UNK] to the English-only default model: every such chunk gets the same dense vector
+    thai = ["ต้มยำกุ้งเป็นอาหารไทยที่มีชื่อเสียงไปทั่วโลก", "มวยไทยเป็นศิลปะการต่อสู้ที่ใช้หมัดเท้าเข่าและศอก"]
+    docs = [Document(f"th-{i}", t) for i, t in enumerate(thai)] + TINY_DOCS
+    stack = indexed_stack("edge", [])
+    try:
+        with caplog.at_level("WARNING", logger="retrieval.indexer"):
+            stack.indexer().index(docs, progress=False)
+        warnings = [r.getMessage() for r in caplog.records if "[UNK]" in r.getMessage()]
+        assert len(warnings) == 1, warnings
+        assert "2 of " in warnings[0] and "'th-0'" in warnings[0] and "HYBRID_RAG_DENSE_MODEL=" in warnings[0]
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="retrieval.indexer"):
+            stack.indexer().index(TINY_DOCS, progress=False)  # English only: no warning
+        assert not [r for r in caplog.records if "[UNK]" in r.getMessage()]
+    finally:
+        stack.close()
+
+
+def test_an_id_stored_in_another_unicode_normalization_is_the_same_document(indexed_stack, tmp_path):
+    # an earlier release stored a macOS file name decomposed; the same file now read composed updates it
+    import unicodedata
+
+    nfc, nfd = "résumé.txt", unicodedata.normalize("NFD", "résumé.txt")
+    stack = indexed_stack("edge", [])
+    try:
+        indexer = stack.indexer()
+        indexer.index([Document(nfd, "Curriculum vitae of Ana Lopez.")], progress=False)
+        report = indexer.index([Document(nfc, "Curriculum vitae of Ana López, updated.")], progress=False)
+        assert (report.documents, report.points) == (1, 1)  # not a second document
+        hits = stack.retriever(rerank=False).search("curriculum vitae", k=5)
+        assert [(h.doc_id, h.text) for h in hits] == [(nfd, "Curriculum vitae of Ana López, updated.")]
+        deleted = indexer.delete_documents([nfc])  # the id as typed names the stored one
+        assert (deleted.documents, deleted.points, deleted.missing, deleted.stored_as) == (1, 0, [], {nfc: nfd})
+    finally:
+        stack.close()
