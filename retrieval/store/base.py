@@ -130,7 +130,7 @@ class CollectionSchema:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CollectionSchema:
         schema = cls(**{k: data[k] for k in MODEL_FIELDS}, **{k: data.get(k) for k in ENCODING_FIELDS})
-        if schema.sparse_model == "bm25" and schema.bm25_analyzer is None:  # every earlier release used this one
+        if schema.sparse_model == "bm25" and "bm25_analyzer" not in data:  # an earlier release: this analyzer
             schema = replace(schema, bm25_analyzer=LEGACY_ANALYZER)
         return schema
 
