@@ -154,11 +154,14 @@ class CollectionSchema:
         ]
 
     def unrecorded(self) -> list[str]:
-        """The encoding settings this (a collection's) schema does not record."""
+        """The encoding settings this (a collection's) schema does not record (the BM25 analyzer is always known:
+        one an earlier release wrote reads as :data:`LEGACY_ANALYZER`)."""
         return [
             f
             for f in ENCODING_FIELDS
-            if getattr(self, f) is None and not (f.startswith("bm25") and self.sparse_model != "bm25")
+            if getattr(self, f) is None
+            and f != "bm25_analyzer"
+            and not (f.startswith("bm25") and self.sparse_model != "bm25")
         ]
 
 
