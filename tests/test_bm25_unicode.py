@@ -101,3 +101,15 @@ def test_a_collection_built_before_keeps_its_terms_until_rebuilt(tmp_path, dense
         assert new.check_schema().bm25_analyzer == "nfkc_casefold+word"
         assert _sparse_top(new, "STRASSE") == "street"
         assert _sparse_top(new, "oﬃce ﬁgures") == "pdf"
+
+
+def test_word_tokenizer_warns_once_on_unspaced_scripts(caplog):
+    word = Bm25Encoder()
+    with caplog.at_level("WARNING", logger="retrieval.encoders.sparse"):
+        word.encode_documents([d.text for d in CJK_DOCS[-1:]] * 20)  # English only: no warning
+        assert not caplog.records
+        word.encode_documents([d.text for d in CJK_DOCS])
+        word.encode_documents([d.text for d in CJK_DOCS])
+        Bm25Encoder(tokenizer="multilingual").encode_documents([d.text for d in CJK_DOCS])
+    [warning] = [r.getMessage() for r in caplog.records]
+    assert "6 of 7 texts" in warning and "HYBRID_RAG_BM25_TOKENIZER=multilingual" in warning

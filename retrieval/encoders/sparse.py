@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import logging
+import re
 import threading
 import unicodedata
 from collections.abc import Sequence
@@ -16,6 +18,12 @@ from retrieval.errors import InvalidArgumentError, not_one_string
 TOKENIZERS = ("word", "multilingual")  # Qdrant's TokenizerType.Word and .Multilingual
 LEGACY_ANALYZER = "word"  # what earlier releases used (no normalization); a collection that records none used it
 _DROPPED = {ord("\u00ad"): None}  # soft hyphens: invisible, they would split a word
+# Scripts written without spaces between words (Han, kana, Thai, Lao, Khmer, Myanmar): the Word tokenizer makes a
+# whole clause one term
+UNSPACED = re.compile("[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u0e00-\u0eff\u1780-\u17ff\u1000-\u109f]")
+UNSPACED_SHARE = 0.05  # of a call's texts: above it, the Word tokenizer warns (once per encoder)
+
+log = logging.getLogger(__name__)
 
 
 def normalize_text(text: str) -> str:
@@ -61,6 +69,7 @@ class Bm25Encoder:
         self.k1, self.b, self.avg_len = k1, b, avg_len
         self.tokenizer, self.normalize = str(tokenizer), normalize
         self.lock = threading.RLock()  # held around each call, as for every encoder
+        self._warned = False
 
     @property
     def analyzer(self) -> str:
@@ -104,6 +113,17 @@ class Bm25Encoder:
 
     def encode_documents(self, texts: Sequence[str]) -> list[SparseVec]:
         not_one_string(texts, "encode_documents", "texts")
+        if self.tokenizer == "word" and not self._warned and texts:
+            unspaced = sum(1 for t in texts if UNSPACED.search(t))
+            if unspaced > UNSPACED_SHARE * len(texts):
+                self._warned = True
+                log.warning(
+                    "%d of %d texts hold Chinese, Japanese or Thai, which BM25's word tokenizer cannot split into "
+                    "words (a clause becomes one term: the sparse channel misses words inside it); set "
+                    "HYBRID_RAG_BM25_TOKENIZER=multilingual and rebuild the collection (hybrid-rag index --rebuild)",
+                    unspaced,
+                    len(texts),
+                )
         return [_from_edge(self._model.embed_document(t)) for t in self._prepared(texts)]
 
     def encode_queries(self, texts: Sequence[str]) -> list[SparseVec]:
