@@ -159,8 +159,7 @@ class HybridRetriever:
         if recorded == self._sparse.analyzer:
             self.sparse = self._sparse
         elif getattr(self.sparse, "analyzer", None) != recorded:
-            s = self._sparse
-            self.sparse = Bm25Encoder.of_analyzer(recorded, k1=s.k1, b=s.b, avg_len=s.avg_len)
+            s, self.sparse = self._sparse, self._sparse.with_analyzer(recorded)
             log.info(
                 "collection %r holds BM25 terms made by analyzer %r (settings: %r): queries use it; rebuild the "
                 "collection (hybrid-rag index --rebuild) to change it",

@@ -79,12 +79,11 @@ def _as_an_earlier_release_wrote_it(root) -> None:
 
 
 def test_a_collection_built_before_keeps_its_terms_until_rebuilt(tmp_path, dense_encoder, caplog):
-    """Queries on a collection built by the earlier analyzer (no normalization, Word) are encoded the same way,
-    so they return what they did; a write with the new analyzer is refused naming it and --rebuild."""
+    """A collection built by the earlier analyzer (no normalization, Word) is searched and written with it, so
+    queries return what they did and new documents make the same terms; a rebuild moves it to the settings'."""
     docs = [d for d, _ in EQUIVALENT]
     queries = ["oﬃce ﬁgures", "Straße", "ＲＡＭ", "dessert", "STRASSE"]
-    legacy = Bm25Encoder(normalize=False)
-    with _stack(tmp_path, dense_encoder, legacy) as old:
+    with _stack(tmp_path, dense_encoder, Bm25Encoder(normalize=False)) as old:
         old.indexer().index(docs, progress=False)
         before = {q: _sparse_top(old, q) for q in queries}
     _as_an_earlier_release_wrote_it(tmp_path / "index")
@@ -92,15 +91,27 @@ def test_a_collection_built_before_keeps_its_terms_until_rebuilt(tmp_path, dense
 
     with _stack(tmp_path, dense_encoder) as new:
         assert new.check_schema().bm25_analyzer == "word"
-        with caplog.at_level("INFO", logger="retrieval.search"):
+        with caplog.at_level("INFO"):
             assert {q: _sparse_top(new, q) for q in queries} == before
-        assert "analyzer 'word'" in caplog.text
-        with pytest.raises(SchemaMismatchError, match=r"bm25_analyzer: collection has 'word'.*--rebuild"):
-            new.indexer().index([Document("extra", "More ﬁgures.")], progress=False)
+            new.indexer().index([Document("menu", "Crème brûlée and ﬂan.")], progress=False)
+        assert "analyzer 'word'" in caplog.text and "--rebuild" in caplog.text
+        assert new.check_schema().bm25_analyzer == "word"
+        assert _sparse_top(new, "ﬂan") == "menu"  # written with the collection's terms
         new.indexer().rebuild(docs, progress=False)
         assert new.check_schema().bm25_analyzer == "nfkc_casefold+word"
         assert _sparse_top(new, "STRASSE") == "street"
         assert _sparse_top(new, "oﬃce ﬁgures") == "pdf"
+
+
+def test_a_collection_recording_another_analyzer_is_searched_with_it_and_refuses_writes(tmp_path, dense_encoder):
+    with _stack(tmp_path, dense_encoder, Bm25Encoder(tokenizer="multilingual")) as multi:
+        multi.indexer().index(CJK_DOCS, progress=False)
+    with _stack(tmp_path, dense_encoder) as word:
+        assert _sparse_top(word, "熊猫") == "panda"  # queries split as the documents were
+        with pytest.raises(
+            SchemaMismatchError, match=r"bm25_analyzer: collection has 'nfkc_casefold\+multi.*--rebuild"
+        ):
+            word.indexer().index([Document("more", "熊猫很可爱。")], progress=False)
 
 
 def test_word_tokenizer_warns_once_on_unspaced_scripts(caplog):

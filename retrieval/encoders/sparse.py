@@ -85,6 +85,12 @@ class Bm25Encoder:
             raise InvalidArgumentError(f"unknown BM25 analyzer {analyzer!r}")
         return cls(k1=k1, b=b, avg_len=avg_len, tokenizer=tokenizer, normalize=bool(normalize))
 
+    def with_analyzer(self, analyzer: str | None) -> Bm25Encoder:
+        """This encoder, or one with the same parameters and the recorded ``analyzer`` (None: this one)."""
+        if analyzer is None or analyzer == self.analyzer:
+            return self
+        return Bm25Encoder.of_analyzer(analyzer, k1=self.k1, b=self.b, avg_len=self.avg_len)
+
     def _config(self, **kwargs):
         import qdrant_edge
 
