@@ -40,18 +40,22 @@ def _sparse_top(stack: RetrievalStack, query: str) -> str | None:
     return hits[0].doc_id if hits else None
 
 
+@pytest.fixture(scope="module")
+def multilingual_stack(tmp_path_factory, dense_encoder):
+    with _stack(tmp_path_factory.mktemp("ml"), dense_encoder, Bm25Encoder(tokenizer="multilingual")) as stack:
+        stack.indexer().index(CJK_DOCS, progress=False)
+        yield stack
+
+
 @pytest.mark.parametrize(
     ("query", "doc_id"),
     [("熊猫", "panda"), ("长城", "wall"), ("富士山", "fuji"), ("มวยไทย", "muaythai"), ("ต้มยำกุ้ง", "tomyum")],
 )
-def test_multilingual_tokenizer_finds_a_word_inside_running_text(tmp_path_factory, dense_encoder, query, doc_id):
+def test_multilingual_tokenizer_finds_a_word_inside_running_text(multilingual_stack, query, doc_id):
     """The Word tokenizer makes a clause between punctuation one term: no sparse hit for 熊猫 before."""
-    tmp_path = tmp_path_factory.mktemp("ml")
-    with _stack(tmp_path, dense_encoder, Bm25Encoder(tokenizer="multilingual")) as stack:
-        stack.indexer().index(CJK_DOCS, progress=False)
-        [hit] = stack.retriever().search(query, k=1, variant="sparse", rerank=False)
-        assert (hit.doc_id, hit.sparse_rank) == (doc_id, 1)
-        assert stack.retriever().search(query, k=1, rerank=False)[0].doc_id == doc_id  # hybrid too
+    [hit] = multilingual_stack.retriever().search(query, k=1, variant="sparse", rerank=False)
+    assert (hit.doc_id, hit.sparse_rank) == (doc_id, 1)
+    assert multilingual_stack.retriever().search(query, k=1, rerank=False)[0].doc_id == doc_id  # hybrid too
 
 
 def test_multilingual_tokenizer_keeps_english_words_and_their_stems():
