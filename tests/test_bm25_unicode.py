@@ -128,3 +128,13 @@ def test_word_tokenizer_warns_once_on_unspaced_scripts(caplog):
         Bm25Encoder(tokenizer="multilingual").encode_documents([d.text for d in CJK_DOCS])
     [warning] = [r.getMessage() for r in caplog.records]
     assert "6 of 7 texts" in warning and "HYBRID_RAG_BM25_TOKENIZER=multilingual" in warning
+
+
+def test_the_tokenizer_is_a_setting(tmp_path, monkeypatch, dense_encoder):
+    monkeypatch.setenv("HYBRID_RAG_BM25_TOKENIZER", "multilingual")
+    settings = RetrievalSettings(qdrant_path=tmp_path / "index", cache_dir=tmp_path / "cache")
+    with RetrievalStack(settings, dense=dense_encoder) as stack:
+        assert stack.schema().bm25_analyzer == "nfkc_casefold+multilingual"
+    monkeypatch.setenv("HYBRID_RAG_BM25_TOKENIZER", "jieba")
+    with pytest.raises(ValueError, match="bm25_tokenizer"):
+        RetrievalSettings()
