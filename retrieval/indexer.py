@@ -439,7 +439,7 @@ class Indexer:
         return report
 
     # -- internals ----------------------------------------------------------------------------------
-    def _legacy_analyzer_kept(self):
+    def _legacy_analyzer_kept(self) -> Bm25Encoder | SpladeEncoder:
         """The sparse encoder of this write: a collection whose BM25 terms an earlier release made (no Unicode
         normalization) keeps that analyzer until it is rebuilt, so its documents and queries make the same terms
         (a collection recording another analyzer than the settings' refuses the write instead, as for k1/b)."""

@@ -154,18 +154,16 @@ class HybridRetriever:
         """Queries must become the terms the documents became: a collection built with another BM25 analyzer
         (an earlier release's, or another ``BM25_TOKENIZER``) keeps it until it is rebuilt."""
         recorded = schema.bm25_analyzer if schema is not None else None
-        if not isinstance(self._sparse, Bm25Encoder) or recorded is None:
+        if not isinstance(self._sparse, Bm25Encoder) or recorded is None or recorded == self.sparse.analyzer:
             return
-        if recorded == self._sparse.analyzer:
-            self.sparse = self._sparse
-        elif getattr(self.sparse, "analyzer", None) != recorded:
-            s, self.sparse = self._sparse, self._sparse.with_analyzer(recorded)
+        self.sparse = self._sparse.with_analyzer(recorded)
+        if self.sparse is not self._sparse:
             log.info(
                 "collection %r holds BM25 terms made by analyzer %r (settings: %r): queries use it; rebuild the "
                 "collection (hybrid-rag index --rebuild) to change it",
                 self.store.collection,
                 recorded,
-                s.analyzer,
+                self._sparse.analyzer,
             )
 
     def search(
