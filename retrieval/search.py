@@ -16,7 +16,8 @@ import numpy as np
 
 from retrieval.adapted import query_encoder_now
 from retrieval.documents import has_lone_surrogate
-from retrieval.encoders.sparse import Bm25Encoder, SparseVec
+from retrieval.encoders import Bm25Encoder
+from retrieval.encoders.sparse import SparseVec
 from retrieval.errors import EmptyQueryError, InvalidArgumentError, choice
 from retrieval.fusion import Fused, fuse, top_z
 from retrieval.parts import Parts
