@@ -27,7 +27,7 @@ from retrieval.documents import (
     ids_from_folders_above,
     validate_documents,
 )
-from retrieval.encoders.sparse import SparseVec, SpladeEncoder
+from retrieval.encoders.sparse import LEGACY_ANALYZER, Bm25Encoder, SparseVec, SpladeEncoder
 from retrieval.errors import ALLOW_DELETE_HINT, InvalidArgumentError, UnsafeDeleteError, document_ids, not_one_string
 from retrieval.parts import Parts
 from retrieval.settings import canonical_model
@@ -143,6 +143,7 @@ class Indexer:
         """An indexer over ``parts``; :meth:`retrieval.RetrievalStack.indexer` builds one (sharing its parts)."""
         self.settings, self.store, self.cache = parts.settings, parts.store, parts.cache
         self.dense, self.sparse = parts.dense, parts.sparse
+        self._sparse = parts.sparse  # the settings' encoder; self.sparse: the one this write uses
         self.after_batch: Callable[[int], None] | None = None  # hook for progress or fault injection
 
     @cached_property
@@ -347,6 +348,7 @@ class Indexer:
         self, docs, chunks, report, vectors, prune, allow_delete, skipped, progress, rebuild, publish, started
     ) -> IndexReport:
         pinned = self.store.version is not None  # an explicit version (e.g. a staged one) is written in place
+        self.sparse = self._sparse if rebuild or vectors is not None else self._legacy_analyzer_kept()
         report.published_before = self.store.current_version()
         staged = rebuild or (not pinned and (not publish or not self.store.writes_in_place))
         # A first build is staged on every backend: it is published when complete, and a failed one is resumed.
@@ -474,6 +476,27 @@ class Indexer:
         return report
 
     # -- internals ----------------------------------------------------------------------------------
+    def _legacy_analyzer_kept(self) -> Bm25Encoder | SpladeEncoder:
+        """The sparse encoder of this write: a collection whose BM25 terms an earlier release made (no Unicode
+        normalization) keeps that analyzer until it is rebuilt, so its documents and queries make the same terms
+        (a collection recording another analyzer than the settings' refuses the write instead, as for k1/b)."""
+        existing = self.store.schema()
+        if (
+            not isinstance(self._sparse, Bm25Encoder)
+            or existing is None
+            or existing.bm25_analyzer != LEGACY_ANALYZER
+            or self._sparse.analyzer == LEGACY_ANALYZER
+        ):
+            return self._sparse
+        log.warning(
+            "collection %r holds BM25 terms made by an earlier release (analyzer %r, without Unicode normalization): "
+            "written with it; rebuild it (hybrid-rag index --rebuild) for %r",
+            self.store.collection,
+            LEGACY_ANALYZER,
+            self._sparse.analyzer,
+        )
+        return self._sparse.with_analyzer(LEGACY_ANALYZER)
+
     def _load_models(self, sparse: bool) -> None:
         """Load the encoders (``sparse``: the SPLADE model too) before any lock file, collection or version is
         made, so a model that cannot load (:class:`~retrieval.errors.ModelLoadError`) leaves nothing behind."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import numbers
 import time
@@ -15,6 +16,7 @@ import numpy as np
 
 from retrieval.adapted import query_encoder_now
 from retrieval.documents import has_lone_surrogate
+from retrieval.encoders import Bm25Encoder
 from retrieval.encoders.sparse import SparseVec
 from retrieval.errors import EmptyQueryError, InvalidArgumentError, choice, missing_extra
 from retrieval.fusion import Fused, fuse, top_z
@@ -23,6 +25,8 @@ from retrieval.rerank import EmbeddingReranker, RerankConfig
 from retrieval.settings import FusionMethod, RerankMode
 from retrieval.store import CollectionSchema, QueryPlan, StoredHit
 from retrieval.store.base import filter_conditions
+
+log = logging.getLogger(__name__)
 
 
 class Variant(StrEnum):
@@ -131,6 +135,7 @@ class HybridRetriever:
             )
         self.settings, self.store = parts.settings, parts.store
         self.dense, self.sparse = parts.dense, parts.sparse
+        self._sparse = parts.sparse  # the settings' encoder; self.sparse: the one the collection's terms need
         self._query = parts.query_encoder  # an adapted one is followed on every search: no restart after `adapt`
         self.query_encoder = query_encoder_now(self._query, self.dense)
         self.reranker = EmbeddingReranker(
@@ -140,10 +145,27 @@ class HybridRetriever:
         self.last_timings: dict[str, float] = {}
 
     def check_schema(self) -> None:
-        """Refuse to query a collection that is missing or whose vectors came from other models."""
+        """Refuse to query a collection that is missing or whose vectors came from other models; encode BM25
+        queries with the analyzer the collection's documents were encoded with (see :meth:`_follow_analyzer`)."""
         if not self._checked:
-            self.store.check_schema(CollectionSchema.of(self.dense, self.sparse))
+            self._follow_analyzer(self.store.check_schema(CollectionSchema.of(self.dense, self.sparse)))
             self._checked = True
+
+    def _follow_analyzer(self, schema: CollectionSchema | None) -> None:
+        """Queries must become the terms the documents became: a collection built with another BM25 analyzer
+        (an earlier release's, or another ``BM25_TOKENIZER``) keeps it until it is rebuilt."""
+        recorded = schema.bm25_analyzer if schema is not None else None
+        if not isinstance(self._sparse, Bm25Encoder) or recorded is None or recorded == self.sparse.analyzer:
+            return
+        self.sparse = self._sparse.with_analyzer(recorded)
+        if self.sparse is not self._sparse:
+            log.info(
+                "collection %r holds BM25 terms made by analyzer %r (settings: %r): queries use it; rebuild the "
+                "collection (hybrid-rag index --rebuild) to change it",
+                self.store.collection,
+                recorded,
+                self._sparse.analyzer,
+            )
 
     def search(
         self,
@@ -317,6 +339,8 @@ class HybridRetriever:
             with encoder.lock:
                 dense_q = encoder.encode_queries(queries)
         if "sparse" in variant.channels:
+            if not self._checked:
+                self._follow_analyzer(self.store.schema())
             with self.sparse.lock:
                 sparse_q = self.sparse.encode_queries(queries)
         return QueryVectors(dense_q, sparse_q, self.query_encoder)

@@ -37,6 +37,14 @@ class RerankMode(StrEnum):
     PROMPT = "prompt"
 
 
+class Bm25Tokenizer(StrEnum):
+    """How BM25 splits text into words (Qdrant's tokenizers): ``word`` at spaces and punctuation; ``multilingual``
+    also segments Chinese, Japanese and Thai into words (and drops numbers)."""
+
+    WORD = "word"
+    MULTILINGUAL = "multilingual"
+
+
 class DenseBackend(StrEnum):
     TORCH = "torch"
     ONNX = "onnx"
@@ -139,6 +147,7 @@ class RetrievalSettings(BaseSettings):
     bm25_k1: float = Field(1.2, ge=0)
     bm25_b: float = Field(0.75, ge=0, le=1)
     bm25_avg_len: float = Field(256.0, gt=0)
+    bm25_tokenizer: Bm25Tokenizer = Bm25Tokenizer.WORD
 
     # Chunking.
     chunk_tokens: int = Field(256, ge=MIN_CHUNK_TOKENS)

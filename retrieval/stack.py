@@ -48,6 +48,7 @@ def sparse_args(settings: RetrievalSettings) -> dict[str, Any]:
         "k1": settings.bm25_k1,
         "b": settings.bm25_b,
         "avg_len": settings.bm25_avg_len,
+        "tokenizer": settings.bm25_tokenizer,
         "device": settings.dense_device,
     }
 

@@ -3,14 +3,34 @@
 from __future__ import annotations
 
 import hashlib
+import logging
+import re
 import threading
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
 
-from retrieval.errors import not_one_string
+from retrieval.errors import InvalidArgumentError, not_one_string
+
+TOKENIZERS = ("word", "multilingual")  # Qdrant's TokenizerType.Word and .Multilingual
+LEGACY_ANALYZER = "word"  # what earlier releases used (no normalization); a collection that records none used it
+_DROPPED = {ord("\u00ad"): None}  # soft hyphens: invisible, they would split a word
+# Scripts written without spaces between words (Han, kana, Thai, Lao, Khmer, Myanmar): the Word tokenizer makes a
+# whole clause one term
+UNSPACED = re.compile("[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u0e00-\u0eff\u1780-\u17ff\u1000-\u109f]")
+UNSPACED_SHARE = 0.05  # of a call's texts: above it, the Word tokenizer warns (once per encoder)
+
+log = logging.getLogger(__name__)
+
+
+def normalize_text(text: str) -> str:
+    """Text as BM25 reads it: NFKC (composed accents, ligatures and full-width forms as plain letters and
+    digits), case-folded (``ß`` -> ``ss``; ``İ`` -> ``i``), without soft hyphens."""
+    folded = unicodedata.normalize("NFKC", text.translate(_DROPPED)).casefold()
+    return unicodedata.normalize("NFKC", folded.replace("i\u0307", "i"))  # casefold keeps İ's dot as a mark
 
 
 @dataclass(frozen=True)
@@ -32,39 +52,89 @@ class Bm25Encoder:
     Term ids are hashes of the stemmed token, so no vocabulary is stored; the IDF factor is applied by
     Qdrant from the collection's statistics (sparse vector modifier ``idf``). English stopwords and the
     Snowball stemmer come from Qdrant's own tokenizer.
+
+    Texts (documents and queries) are normalized first (:func:`normalize_text`), then split by ``tokenizer``
+    (``word`` or ``multilingual``). The two make the :attr:`analyzer` a collection records; ``normalize=False``
+    with ``word`` is the analyzer of earlier releases (:data:`LEGACY_ANALYZER`), kept for their collections.
     """
 
     name = "bm25"
     uses_idf_modifier = True
 
-    def __init__(self, k1: float = 1.2, b: float = 0.75, avg_len: float = 256.0):
+    def __init__(
+        self, k1: float = 1.2, b: float = 0.75, avg_len: float = 256.0, tokenizer: str = "word", normalize: bool = True
+    ):
+        if tokenizer not in TOKENIZERS:
+            raise InvalidArgumentError(f"BM25 tokenizer {tokenizer!r} is not one of {', '.join(TOKENIZERS)}")
         self.k1, self.b, self.avg_len = k1, b, avg_len
+        self.tokenizer, self.normalize = str(tokenizer), normalize
         self.lock = threading.RLock()  # held around each call, as for every encoder
+        self._warned = False
+
+    @property
+    def analyzer(self) -> str:
+        """How texts become terms, as a collection records it: ``nfkc_casefold+<tokenizer>``, or ``word`` for the
+        analyzer of earlier releases."""
+        return f"nfkc_casefold+{self.tokenizer}" if self.normalize else self.tokenizer
+
+    @classmethod
+    def of_analyzer(cls, analyzer: str, k1: float = 1.2, b: float = 0.75, avg_len: float = 256.0) -> Bm25Encoder:
+        """The encoder of a recorded :attr:`analyzer`."""
+        normalize, _, tokenizer = analyzer.rpartition("+")
+        if normalize not in ("", "nfkc_casefold"):
+            raise InvalidArgumentError(f"unknown BM25 analyzer {analyzer!r}")
+        return cls(k1=k1, b=b, avg_len=avg_len, tokenizer=tokenizer, normalize=bool(normalize))
+
+    def with_analyzer(self, analyzer: str | None) -> Bm25Encoder:
+        """This encoder, or one with the same parameters and the recorded ``analyzer`` (None: this one)."""
+        if analyzer is None or analyzer == self.analyzer:
+            return self
+        return Bm25Encoder.of_analyzer(analyzer, k1=self.k1, b=self.b, avg_len=self.avg_len)
+
+    def _config(self, **kwargs):
+        import qdrant_edge
+
+        tokenizer = qdrant_edge.TokenizerType.Multilingual if self.tokenizer == "multilingual" else None
+        return qdrant_edge.Bm25Config(**kwargs, tokenizer=tokenizer, language="english")
+
+    def _prepared(self, texts: Sequence[str]) -> list[str]:
+        return [normalize_text(t) for t in texts] if self.normalize else list(texts)
 
     @cached_property
     def _model(self):
         import qdrant_edge
 
-        return qdrant_edge.Bm25(qdrant_edge.Bm25Config(k=self.k1, b=self.b, avg_len=self.avg_len, language="english"))
+        return qdrant_edge.Bm25(self._config(k=self.k1, b=self.b, avg_len=self.avg_len))
 
     @cached_property
     def _counts(self):
         """The same tokenizer with neither saturation nor length normalization: weights are term counts."""
         import qdrant_edge
 
-        return qdrant_edge.Bm25(qdrant_edge.Bm25Config(k=1e9, b=0.0, language="english"))
+        return qdrant_edge.Bm25(self._config(k=1e9, b=0.0))
 
     @property
     def cache_key(self) -> str:
-        return hashlib.sha256(f"bm25|{self.k1}|{self.b}|{self.avg_len}".encode()).hexdigest()[:16]
+        return hashlib.sha256(f"bm25|{self.k1}|{self.b}|{self.avg_len}|{self.analyzer}".encode()).hexdigest()[:16]
 
     def encode_documents(self, texts: Sequence[str]) -> list[SparseVec]:
         not_one_string(texts, "encode_documents", "texts")
-        return [_from_edge(self._model.embed_document(t)) for t in texts]
+        if self.tokenizer == "word" and not self._warned and texts:
+            unspaced = sum(1 for t in texts if UNSPACED.search(t))
+            if unspaced > UNSPACED_SHARE * len(texts):
+                self._warned = True
+                log.warning(
+                    "%d of %d texts hold Chinese, Japanese or Thai, which BM25's word tokenizer cannot split into "
+                    "words (a clause becomes one term: the sparse channel misses words inside it); set "
+                    "HYBRID_RAG_BM25_TOKENIZER=multilingual and rebuild the collection (hybrid-rag index --rebuild)",
+                    unspaced,
+                    len(texts),
+                )
+        return [_from_edge(self._model.embed_document(t)) for t in self._prepared(texts)]
 
     def encode_queries(self, texts: Sequence[str]) -> list[SparseVec]:
         not_one_string(texts, "encode_queries", "texts")
-        return [_from_edge(self._counts.embed_document(t), rounded=True) for t in texts]
+        return [_from_edge(self._counts.embed_document(t), rounded=True) for t in self._prepared(texts)]
 
     def encode_query(self, text: str) -> SparseVec:
         return self.encode_queries([text])[0]
@@ -132,9 +202,15 @@ def _from_edge(vec, rounded: bool = False) -> SparseVec:
 
 
 def make_sparse_encoder(
-    name: str, *, k1: float = 1.2, b: float = 0.75, avg_len: float = 256.0, device: str | None = None
+    name: str,
+    *,
+    k1: float = 1.2,
+    b: float = 0.75,
+    avg_len: float = 256.0,
+    tokenizer: str = "word",
+    device: str | None = None,
 ) -> Bm25Encoder | SpladeEncoder:
     """``bm25`` for BM25; any other value is a SPLADE model name or path."""
     if name.lower() == "bm25":
-        return Bm25Encoder(k1=k1, b=b, avg_len=avg_len)
+        return Bm25Encoder(k1=k1, b=b, avg_len=avg_len, tokenizer=tokenizer)
     return SpladeEncoder(name, device=device)

@@ -11,13 +11,13 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from retrieval.chunking import Chunk
-from retrieval.encoders.sparse import SparseVec
+from retrieval.encoders.sparse import LEGACY_ANALYZER, SparseVec
 from retrieval.errors import FilterError, HybridRagError, InvalidArgumentError, choice
 from retrieval.settings import FusionMethod, canonical_model
 
@@ -70,6 +70,7 @@ ENCODING_FIELDS = (
     "bm25_k1",
     "bm25_b",
     "bm25_avg_len",
+    "bm25_analyzer",
     "chunk_tokens",
     "chunk_overlap",
     "dense_fingerprint",
@@ -97,6 +98,7 @@ class CollectionSchema:
     bm25_k1: float | None = None  # the BM25 fields are None for another sparse model
     bm25_b: float | None = None
     bm25_avg_len: float | None = None
+    bm25_analyzer: str | None = None  # how BM25 made terms (Bm25Encoder.analyzer): queries are encoded the same way
     chunk_tokens: int | None = None
     chunk_overlap: int | None = None
     dense_fingerprint: str | None = None  # the dense model's content (a folder saved in place is another model)
@@ -115,6 +117,7 @@ class CollectionSchema:
             bm25_k1=sparse.k1 if bm25 else None,
             bm25_b=sparse.b if bm25 else None,
             bm25_avg_len=sparse.avg_len if bm25 else None,
+            bm25_analyzer=sparse.analyzer if bm25 else None,
             chunk_tokens=settings.chunk_tokens if settings is not None else None,
             chunk_overlap=settings.chunk_overlap if settings is not None else None,
             dense_fingerprint=getattr(dense, "fingerprint", None),
@@ -126,7 +129,10 @@ class CollectionSchema:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CollectionSchema:
-        return cls(**{k: data[k] for k in MODEL_FIELDS}, **{k: data.get(k) for k in ENCODING_FIELDS})
+        schema = cls(**{k: data[k] for k in MODEL_FIELDS}, **{k: data.get(k) for k in ENCODING_FIELDS})
+        if schema.sparse_model == "bm25" and "bm25_analyzer" not in data:  # an earlier release: this analyzer
+            schema = replace(schema, bm25_analyzer=LEGACY_ANALYZER)
+        return schema
 
     def differences(self, other: CollectionSchema, *, write: bool = False) -> list[str]:
         """What ``other`` (the collection's) has that this schema (the settings') does not: the models, and with
@@ -148,11 +154,14 @@ class CollectionSchema:
         ]
 
     def unrecorded(self) -> list[str]:
-        """The encoding settings this (a collection's) schema does not record."""
+        """The encoding settings this (a collection's) schema does not record (the BM25 analyzer is always known:
+        one an earlier release wrote reads as :data:`LEGACY_ANALYZER`)."""
         return [
             f
             for f in ENCODING_FIELDS
-            if getattr(self, f) is None and not (f.startswith("bm25") and self.sparse_model != "bm25")
+            if getattr(self, f) is None
+            and f != "bm25_analyzer"
+            and not (f.startswith("bm25") and self.sparse_model != "bm25")
         ]
 
 
