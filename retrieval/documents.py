@@ -97,11 +97,17 @@ class InputProblem:
 
 def covered_by(problems: Iterable[InputProblem]) -> Callable[[str], bool]:
     """Whether a stored document id may be one of ``problems``' skipped records or lie in one of their skipped
-    folders (one set lookup and one prefix test per id, however many problems)."""
+    folders (one set lookup and one prefix test per id, however many problems), compared in Unicode NFC: ids
+    differing only in normalization are one document."""
     problems = [p for p in problems if p.doc_id is not None]
-    ids = {p.doc_id for p in problems}
-    folders = tuple(f"{p.doc_id}/" for p in problems if p.folder)
-    return lambda doc_id: doc_id in ids or doc_id.startswith(folders)
+    ids = {unicodedata.normalize("NFC", p.doc_id) for p in problems}
+    folders = tuple(unicodedata.normalize("NFC", f"{p.doc_id}/") for p in problems if p.folder)
+
+    def covered(doc_id: str) -> bool:
+        nfc = unicodedata.normalize("NFC", doc_id)
+        return nfc in ids or nfc.startswith(folders)
+
+    return covered
 
 
 class BadInputError(HybridRagError, ValueError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -150,6 +151,13 @@ def test_a_skipped_line_keeps_its_document_whatever_its_id_looks_like(cli_env):
     write({"café": '{"_id": "café", "text": "Notes from the café."}'.encode("latin-1")})  # not UTF-8: no id
     out = cli("index", str(source), "-c", "kb", "--sync", "--policy", "skip")
     assert "1 skipped record without a readable id" in out
+    assert points(cli_env, "kb", "café") == 1 and points(cli_env, "kb") == total
+
+    decomposed = unicodedata.normalize("NFD", "café")  # the same id to a reader: its stored document is kept
+    write({"café": json.dumps({"_id": decomposed, "text": "Notes from the café."}).encode()[:-1] + b",}"})
+    report = cli_json("index", str(source), "-c", "kb", "--sync", "--policy", "skip")
+    assert [p["doc_id"] for p in report["skipped"]] == [decomposed]
+    assert (report["kept"], report["deleted"]) == (1, 0)
     assert points(cli_env, "kb", "café") == 1 and points(cli_env, "kb") == total
 
 
