@@ -558,7 +558,8 @@ def _previous_evaluation(
     context: dg.AssetExecutionContext, key: str | None, history: EvalHistory, corpus: str, split: str
 ) -> tuple[EvalReport, dict[str, Any]] | None:
     """The report and metadata of this partition's latest evaluation when it had ``key`` (nothing it depends on
-    changed since) and its per-query figures are still on disk, else None (evaluate again)."""
+    changed since), the history holds its rows and its per-query figures are still on disk, else None (evaluate
+    again)."""
     if key is None:
         return None
     records = _recent_evaluations(context, limit=1)
@@ -567,6 +568,8 @@ def _previous_evaluation(
         return None
     report = evaluation_report(md)
     assert report is not None
+    if not _recorded(history, report):  # a new, emptied or other history: it must get this evaluation's rows
+        return None
     try:
         saved = json.loads(_report_file(history, corpus, split, "per_query.json").read_text())
         per_query = saved[WATCHED_METRIC] if saved[EVALUATION_KEY] == key else {}
@@ -577,6 +580,14 @@ def _previous_evaluation(
     for name, result in report.variants.items():
         result.per_query = {q: {WATCHED_METRIC: float(v)} for q, v in per_query[name].items()}
     return report, {k: v for k, v in md.items() if k != GATE_DETAIL}  # this run's gate says its own
+
+
+def _recorded(history: EvalHistory, report: EvalReport) -> bool:
+    """Whether ``history`` holds the rows ``report`` appended (same collection, split and timestamp)."""
+    import pandas as pd
+
+    rows = history.records(collection=report.collection, source="dagster")
+    return bool(((rows["split"] == report.split) & (rows["timestamp"] == pd.Timestamp(report.timestamp))).any())
 
 
 def _recent_evaluations(context: dg.AssetExecutionContext, limit: int = 50) -> Sequence[dg.EventLogRecord]:

@@ -328,6 +328,17 @@ def test_an_unchanged_run_reports_the_previous_figures_and_a_changed_qrels_file_
     checks = second_run["summary"]["checks"]
     assert {NDCG_CHECK, CHANNELS_CHECK, RERANK_CHECK} <= set(checks) and checks[NDCG_CHECK]["passed"]
     assert checks[RERANK_CHECK]["description"] == first_run["summary"]["checks"][RERANK_CHECK]["description"]
+    # another (new, emptied) history beside it: it does not hold those figures, so they are evaluated again there
+    other = EvalHistoryResource(path=str(Path(sandbox.history).with_name("other.sqlite")))
+    with dg.DagsterInstance.from_config(str(sandbox.home)) as instance:
+        result = dg.materialize(
+            [retrieval_evaluation],
+            partition_key=CORPUS,
+            resources=sandbox.resources(eval_history=other),
+            instance=instance,
+        )
+    assert result.success and "unchanged" not in sandbox.metadata("retrieval_evaluation")
+    assert set(EvalHistory(other.path).records(collection=CORPUS)["variant"]) == set(VARIANTS)
     # the same corpus with one judgement changed: evaluated again, recorded
     corpus = tmp_path / "sample"
     shutil.copytree(sample_collection().root, corpus)
