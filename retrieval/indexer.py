@@ -250,8 +250,11 @@ class Indexer:
         ids = [d.id for d in documents]
         own = set(ids)  # stored under an id the source holds too: that document is updated, no other one
         above = {i: [(f, x) for f, x in ids_from_folders_above(Path(path), i) if x not in own] for i in ids}
-        found = {s.doc_id for s in self.store.stored_chunks({x for pairs in above.values() for _, x in pairs}).values()}
-        clashes = {i: hits[0] for i in ids if (hits := [(f, x) for f, x in above[i] if x in found])}
+        longer = {x for pairs in above.values() for _, x in pairs}
+        longer |= {unicodedata.normalize("NFD", x) for x in longer if not x.isascii()}  # stored by an earlier release
+        found = {unicodedata.normalize("NFC", s.doc_id) for s in self.store.stored_chunks(longer).values()}
+        nfc = unicodedata.normalize
+        clashes = {i: hits[0] for i in ids if (hits := [(f, x) for f, x in above[i] if nfc("NFC", x) in found])}
         if not clashes:
             return
         doc_id, (folder, other) = next(iter(clashes.items()))

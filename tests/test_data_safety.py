@@ -383,6 +383,24 @@ def test_indexing_one_file_or_subfolder_of_an_indexed_folder_adds_no_copies(cli_
     assert (report["embedded"], report["points"]) == (1, 7)
 
 
+def test_a_subfolders_file_stored_decomposed_by_an_earlier_release_is_refused_as_a_copy(cli_env):
+    """An earlier release stored file names as the file system gave them (macOS: decomposed); folder ids are NFC
+    now, and the copies check matches the stored form."""
+    decomposed = unicodedata.normalize("NFD", "guide/résumé.txt")
+    cli(
+        "index",
+        str(write_jsonl(cli_env / "old.jsonl", [Document(decomposed, "Curriculum vitae of Ana Lopez.")])),
+        "-c",
+        "kb",
+    )
+    guide = cli_env / "docs" / "guide"
+    guide.mkdir(parents=True)
+    (guide / "résumé.txt").write_text("Curriculum vitae of Ana Lopez, updated.\n")
+    out = cli("index", str(guide), "-c", "kb", code=2).replace("\n", "")
+    assert "1 of 1 documents may already be stored in 'kb' under other ids" in out
+    assert points(cli_env, "kb") == 1
+
+
 def test_indexing_a_subfolders_file_never_overwrites_a_stored_document_with_the_same_short_id(cli_env):
     kb = cli_env / "kb"
     (kb / "guide").mkdir(parents=True)
