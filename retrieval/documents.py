@@ -179,7 +179,9 @@ class DocumentReader:
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
-            return self._problem(path, line_no, f"malformed JSON: {exc.msg} at column {exc.colno}", _guess_id(line))
+            return self._problem(
+                path, line_no, f"malformed JSON: {exc.msg.removesuffix(' at')} at column {exc.colno}", _guess_id(line)
+            )
         except RecursionError:  # Python's parser gives up at about 1,000 levels
             reason = f"JSON nested too deeply (metadata may nest {MAX_METADATA_DEPTH} levels)"
             return self._problem(path, line_no, reason, _guess_id(line))

@@ -93,6 +93,15 @@ def test_a_truncated_json_line_is_reported_at_its_end(tmp_path):
         read_documents(path)
 
 
+def test_an_unterminated_string_is_reported_once_at_its_column(tmp_path):
+    path = tmp_path / "open.jsonl"
+    path.write_text('{"_id": "broken", "text": "oops\n')
+    with pytest.raises(
+        BadInputError, match=r"open\.jsonl:1: malformed JSON: Unterminated string starting at column 27$"
+    ):
+        read_documents(path)
+
+
 def broken(record: dict) -> str:
     """``record`` as json.dumps writes it (non-ASCII as \\u escapes), made malformed by a stray comma at its end."""
     return json.dumps(record)[:-1] + ",}"
