@@ -460,6 +460,7 @@ class HybridRetriever:
         """One query's channel lists fused by document (``group_by="doc"``): a document's rank and score in a
         channel are its best chunk's there; each document is represented by its best chunk in :meth:`fuse` of
         the chunk lists."""
+        channels = _score_order(channels)
         best_chunk: dict[str, str] = {}
         for f in self.fuse(channels):
             best_chunk.setdefault(f.doc_id, f.id)
@@ -469,7 +470,7 @@ class HybridRetriever:
     def fuse(self, channels: dict[str, Sequence[StoredHit]]) -> list[Fused]:
         """One query's channel lists fused as the settings say (a single channel keeps its own order): by
         z-scores when the sparse list's best hit stands out (``zscore_fusion_above``), else by ``fusion``."""
-        s = self.settings
+        s, channels = self.settings, _score_order(channels)
         confident = s.zscore_fusion_above is not None and top_z(channels.get("sparse", ())) > s.zscore_fusion_above
         method = FusionMethod.ZSCORE if confident else s.fusion
         return fuse(
@@ -523,6 +524,12 @@ class HybridRetriever:
 
     def close(self) -> None:
         self.store.close()
+
+
+def _score_order(channels: dict[str, Sequence[StoredHit]]) -> dict[str, list[StoredHit]]:
+    """Each channel's list best first, hits of equal score by id: the engine returns ties in any order (it may
+    differ between collections holding the same points), which would decide their ranks and fused scores."""
+    return {name: sorted(hits, key=lambda h: (-h.score, h.id)) for name, hits in channels.items()}
 
 
 def _finite(value: Any) -> bool:

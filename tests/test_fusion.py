@@ -137,3 +137,16 @@ def test_zscore_fusion_can_be_turned_off_from_the_environment(monkeypatch):
     assert RetrievalSettings().zscore_fusion_above is None
     monkeypatch.setenv("HYBRID_RAG_ZSCORE_FUSION_ABOVE", "3.5")
     assert RetrievalSettings().zscore_fusion_above == 3.5
+
+
+@pytest.mark.parametrize("group", ["chunk", "doc"])
+def test_hits_of_equal_channel_score_fuse_in_one_order_whatever_order_the_engine_gave(retriever, group):
+    # three Thai texts are all [UNK] to the default model: equal dense scores, returned in any order
+    dense = [StoredHit(f"{d}1", 1.0, {"doc_id": d}) for d in "abc"]
+    sparse = [StoredHit("d1", 3.0, {"doc_id": "d"}), StoredHit("c1", 2.0, {"doc_id": "c"})]
+    fuse_ = retriever.fuse if group == "chunk" else retriever.fuse_documents
+    orders = {
+        tuple(f.id for f in fuse_({"dense": d, "sparse": sparse})) for d in (dense, dense[::-1], dense[1:] + dense[:1])
+    }
+    assert orders == {("c1", "a1", "d1", "b1")}
+    assert [f.id for f in retriever.fuse({"dense": dense[::-1]})] == ["a1", "b1", "c1"]  # one channel too
