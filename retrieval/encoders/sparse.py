@@ -14,8 +14,8 @@ from functools import cached_property
 import numpy as np
 
 from retrieval.errors import InvalidArgumentError, not_one_string
+from retrieval.settings import Bm25Tokenizer
 
-TOKENIZERS = ("word", "multilingual")  # Qdrant's TokenizerType.Word and .Multilingual
 LEGACY_ANALYZER = "word"  # what earlier releases used (no normalization); a collection that records none used it
 _DROPPED = {ord("\u00ad"): None}  # soft hyphens: invisible, they would split a word
 # Scripts written without spaces between words (Han, kana, Thai, Lao, Khmer, Myanmar): the Word tokenizer makes a
@@ -64,8 +64,8 @@ class Bm25Encoder:
     def __init__(
         self, k1: float = 1.2, b: float = 0.75, avg_len: float = 256.0, tokenizer: str = "word", normalize: bool = True
     ):
-        if tokenizer not in TOKENIZERS:
-            raise InvalidArgumentError(f"BM25 tokenizer {tokenizer!r} is not one of {', '.join(TOKENIZERS)}")
+        if tokenizer not in tuple(Bm25Tokenizer):
+            raise InvalidArgumentError(f"BM25 tokenizer {tokenizer!r} is not one of {', '.join(Bm25Tokenizer)}")
         self.k1, self.b, self.avg_len = k1, b, avg_len
         self.tokenizer, self.normalize = str(tokenizer), normalize
         self.lock = threading.RLock()  # held around each call, as for every encoder
