@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 
 class HybridRagError(Exception):
     """Base of every error hybrid-rag raises on purpose; its message is one line a user can act on."""
@@ -99,8 +102,15 @@ def install_extra(extra: str) -> str:
     return f"pip install -e '.[{extra}]' in the checkout, or pip install '{wheel}'"
 
 
-def missing_extra(exc: ModuleNotFoundError, extra: str, feature: str) -> MissingExtraError:
-    """``exc`` (a failed import) as a :class:`MissingExtraError` naming ``extra`` and its install line."""
-    return MissingExtraError(
-        f"{feature} needs the [{extra}] extra ({exc.name} is not installed): {install_extra(extra)}", name=exc.name
-    )
+@contextmanager
+def requires_extra(extra: str, package: str, feature: str) -> Iterator[None]:
+    """Turn a missing ``package`` (the extra's top-level module) imported in the block into a
+    :class:`MissingExtraError` naming ``extra`` and its install line; other import errors pass as they are."""
+    try:
+        yield
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").partition(".")[0] != package:
+            raise
+        raise MissingExtraError(
+            f"{feature} needs the [{extra}] extra ({exc.name} is not installed): {install_extra(extra)}", name=exc.name
+        ) from exc

@@ -18,7 +18,7 @@ from retrieval.adapted import query_encoder_now
 from retrieval.documents import has_lone_surrogate
 from retrieval.encoders import Bm25Encoder
 from retrieval.encoders.sparse import SparseVec
-from retrieval.errors import EmptyQueryError, InvalidArgumentError, choice, missing_extra
+from retrieval.errors import EmptyQueryError, InvalidArgumentError, choice, requires_extra
 from retrieval.fusion import Fused, fuse, top_z
 from retrieval.parts import Parts
 from retrieval.rerank import EmbeddingReranker, RerankConfig
@@ -501,24 +501,16 @@ class HybridRetriever:
     def as_llamaindex(self, **kwargs: Any):
         """This retriever as a LlamaIndex ``BaseRetriever`` (extra ``[llamaindex]``; without it a
         :class:`~retrieval.errors.MissingExtraError`)."""
-        try:
+        with requires_extra("llamaindex", "llama_index", "as_llamaindex()"):
             from retrieval.llamaindex import LlamaIndexRetriever
-        except ModuleNotFoundError as exc:
-            if not (exc.name or "").startswith("llama_index"):
-                raise
-            raise missing_extra(exc, "llamaindex", "as_llamaindex()") from exc
 
         return LlamaIndexRetriever(self, **kwargs)
 
     def as_haystack(self, **kwargs: Any):
         """This retriever as a Haystack 2 component (extra ``[haystack]``; without it a
         :class:`~retrieval.errors.MissingExtraError`)."""
-        try:
+        with requires_extra("haystack", "haystack", "as_haystack()"):
             from retrieval.haystack import HaystackRetriever
-        except ModuleNotFoundError as exc:
-            if not (exc.name or "").startswith("haystack"):
-                raise
-            raise missing_extra(exc, "haystack", "as_haystack()") from exc
 
         return HaystackRetriever(self, **kwargs)
 
