@@ -750,13 +750,13 @@ def cache(
 ) -> None:
     """Show the embedding cache: its file, size, and rows per model (cache key: model, backend, prompt, token limit)
     with when they were last used; the ONNX exports (current or superseded) and the folders left by killed exports."""
-    from retrieval.encoders.onnx_export import exports, stale_exports
+    from retrieval.encoders.onnx_export import exports, folder_bytes, stale_exports
 
     if ctx.invoked_subcommand is not None:
         return
     store = _cache()
     stale = stale_exports(store.path.parent)
-    stale_bytes = sum(f.stat().st_size for d in stale for f in d.rglob("*") if f.is_file())
+    stale_bytes = sum(folder_bytes(d) for d in stale)
     onnx = exports(store.path.parent)
     usage = store.usage() if store.path.exists() else []
     if as_json:
@@ -812,12 +812,12 @@ def cache_prune(
 ) -> None:
     """Delete cached vectors not used for a while (a later index encodes them again), then shrink the file; delete
     the superseded ONNX exports and the folders left by killed exports (see hybrid-rag cache)."""
-    from retrieval.encoders.onnx_export import remove_superseded, stale_exports
+    from retrieval.encoders.onnx_export import folder_bytes, remove_superseded, stale_exports
 
     seconds = _duration(older_than)
     store = _cache()
     stale = stale_exports(store.path.parent)
-    freed = sum(f.stat().st_size for d in stale for f in d.rglob("*") if f.is_file())
+    freed = sum(folder_bytes(d) for d in stale)
     removed = remove_superseded(store.path.parent)
     freed += sum(e.bytes for e in removed)
     exports_report = {"exports_removed": [str(e.path) for e in removed] + [str(d) for d in stale]}

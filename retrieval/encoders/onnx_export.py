@@ -105,9 +105,13 @@ def exports(cache_dir: str | Path) -> list[Export]:
         knowable = Path(model).is_dir() or (not Path(model).is_absolute() and model_fingerprint(model) != "hub:?")
         current = path == export_dir(model, cache_dir) if knowable else model not in seen
         seen.add(model)
-        size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-        result.append(Export(path, model, size, written, current))
+        result.append(Export(path, model, folder_bytes(path), written, current))
     return result
+
+
+def folder_bytes(folder: Path) -> int:
+    """The size of the files below ``folder`` (an export, or one a killed export left)."""
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
 
 
 def remove_superseded(cache_dir: str | Path, model: str | None = None, keep: Path | None = None) -> list[Export]:
