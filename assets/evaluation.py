@@ -215,7 +215,8 @@ def retrieval_evaluation(
         raise dg.Failure(description=f"cannot evaluate corpus {corpus.name!r}: {exc}") from exc
     key = evaluation_key(retrieval.settings(corpus.collection), corpus, split, variants, queries, qrels, location)
     newly_staged = role == "staged" and staged is not None and staged.own  # a version number is reused by resets
-    previous = None if newly_staged else _previous_evaluation(context, key, eval_history.history(), corpus.name, split)
+    history = eval_history.history()
+    previous = None if newly_staged else _previous_evaluation(context, key, history, corpus.name, split)
     if previous is not None:
         report, previous_metadata = previous
         since = f"{report.timestamp:%Y-%m-%d %H:%M:%S} UTC"
@@ -246,7 +247,7 @@ def retrieval_evaluation(
         }
         if key is not None:
             metadata[EVALUATION_KEY] = key
-            _save_per_query(eval_history.history(), corpus.name, split, key, report)
+            _save_per_query(history, corpus.name, split, key, report)
     quality = report.quality_checks(config.quality_tolerance)
     gate = None
     if _selected(context, NDCG_CHECK):
@@ -254,7 +255,6 @@ def retrieval_evaluation(
         if published is not None and published != version and WATCHED_VARIANT in report.variants:
             # Scored now with its own models; looked up only when they cannot be loaded: a version number (even
             # with its path) does not identify a version across rebuilds, resets of the index folder or instances.
-            history = eval_history.history()
             baseline = _score_published(context, retrieval, history, corpus, collection, split, published)
         gate = _gate(corpus, version, published, report.variants, baseline, config)
     metadata[GATE] = GATE_NOT_RUN if gate is None else GATE_PASSED if gate.passed else GATE_REFUSED
@@ -262,7 +262,6 @@ def retrieval_evaluation(
         metadata[GATE_DETAIL] = gate.description or ""
     # Each history row says whether readers were served the evaluated version, and the gate's verdict on it, so
     # that eval-report and the plot keep evaluations of staged or refused versions apart from the served figures.
-    history = eval_history.history()
     if previous is None:
         report.record(
             history,
