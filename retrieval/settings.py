@@ -2,19 +2,33 @@
 
 from __future__ import annotations
 
+import difflib
 import json
+import logging
+import os
 import re
+from collections.abc import Iterable
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from dotenv import dotenv_values
+from pydantic import Field, SecretStr, ValidationError, field_serializer, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from retrieval.documents import BadInputPolicy
 from retrieval.errors import InvalidArgumentError, ModelLoadError
 
+log = logging.getLogger(__name__)
+
 DEFAULT_DENSE_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+ENV_PREFIX = "HYBRID_RAG_"
+# The HYBRID_RAG_* variables read outside RetrievalSettings (whose fields are the others): the corpora file
+# (assets.corpora), the assets' Parquet folder (orchestration.definitions), the evaluation history (evals.history).
+PATH_VARIABLES = ("HYBRID_RAG_CORPORA_FILE", "HYBRID_RAG_ASSETS_DIR", "HYBRID_RAG_HISTORY_PATH")
+# Read by the benchmarks and tests (their datasets, a sandbox), never by the library: not misspelt settings.
+TOOL_VARIABLES = ("HYBRID_RAG_SCIFACT", "HYBRID_RAG_NFCORPUS", "HYBRID_RAG_TEST_SANDBOX")
 ADAPTED_MARKER = "adapted.json"  # written next to an adapted query encoder: its base model and held-out scores
 
 
@@ -116,13 +130,45 @@ def settings_problems(exc: ValidationError) -> str:
     return f"invalid settings: {problems}"
 
 
+def _closest(name: str, valid: Iterable[str]) -> str:
+    """`` (did you mean X?)`` for the valid name closest to ``name``, else nothing."""
+    match = difflib.get_close_matches(name, list(valid), n=1, cutoff=0.6)
+    return f" (did you mean {match[0]}?)" if match else ""
+
+
+def env_names() -> set[str]:
+    """Every ``HYBRID_RAG_*`` variable this project reads: one per settings field, and :data:`PATH_VARIABLES`."""
+    return {f"{ENV_PREFIX}{name}".upper() for name in RetrievalSettings.model_fields} | set(PATH_VARIABLES)
+
+
+_warned_env: set[str] = set()
+
+
+def warn_unknown_env(env_files: Iterable[str | Path] = ()) -> None:
+    """Log a warning, once per name and process, for each ``HYBRID_RAG_*`` name in the environment or in
+    ``env_files`` that nothing reads (a misspelt setting would otherwise be ignored silently)."""
+    names = {name.upper() for name in os.environ}
+    for file in env_files:
+        if Path(file).expanduser().is_file():
+            try:
+                names |= {name.upper() for name in dotenv_values(Path(file).expanduser(), encoding="utf-8")}
+            except (OSError, UnicodeDecodeError):  # read again by pydantic-settings, which says what is wrong
+                continue
+    valid = env_names()
+    for name in sorted(n for n in names if n.startswith(ENV_PREFIX) and n not in valid | set(TOOL_VARIABLES)):
+        if name not in _warned_env:
+            _warned_env.add(name)
+            log.warning("unknown setting %s (environment or .env) is ignored%s", name, _closest(name, valid))
+
+
 class RetrievalSettings(BaseSettings):
     """Every knob of indexing and search. Environment: ``HYBRID_RAG_<FIELD>`` (e.g. HYBRID_RAG_QDRANT_URL)."""
 
     model_config = SettingsConfigDict(
-        env_prefix="HYBRID_RAG_",
+        env_prefix=ENV_PREFIX,
         env_file=".env",
-        extra="ignore",
+        extra="ignore",  # a .env may hold other programs' variables; keywords are checked in __init__
+        validate_assignment=True,  # `settings.rrf_k = 0` is refused as the constructor refuses it
         env_parse_none_str="none",
         allow_inf_nan=False,
         hide_input_in_errors=True,  # a rejected value may hold a secret (a URL's password); messages name what matters
@@ -197,9 +243,52 @@ class RetrievalSettings(BaseSettings):
     # are); a flat sparse list (few or common query terms) keeps rank fusion. None: always `fusion`.
     zscore_fusion_above: float | None = 2.5
 
+    def __init__(self, **values: Any) -> None:
+        """As pydantic-settings builds it (keywords, then ``HYBRID_RAG_*`` variables, then ``.env``); a misspelt
+        keyword or a bad value is an :class:`InvalidArgumentError` (``invalid settings: field: reason``). Unknown
+        ``HYBRID_RAG_*`` names in the environment or the env files are warned about once."""
+        fields = type(self).model_fields
+        unknown = [name for name in values if not name.startswith("_") and name not in fields]
+        if unknown:
+            raise InvalidArgumentError(
+                "invalid settings: " + "; ".join(f"unknown setting {n!r}{_closest(n, fields)}" for n in unknown)
+            )
+        env_file = values.get("_env_file", self.model_config.get("env_file"))
+        warn_unknown_env([env_file] if isinstance(env_file, str | Path) else env_file or ())
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise InvalidArgumentError(settings_problems(exc)) from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        """Assignment is checked as construction is: a bad value or an unknown name is an InvalidArgumentError."""
+        if name not in type(self).model_fields and not name.startswith("_"):
+            raise InvalidArgumentError(
+                f"invalid settings: unknown setting {name!r}{_closest(name, type(self).model_fields)}"
+            )
+        before = self.__dict__.get(name)
+        try:
+            super().__setattr__(name, value)
+        except ValidationError as exc:
+            if name in type(self).model_fields:  # a model check (chunk_overlap < chunk_tokens) runs after the set
+                self.__dict__[name] = before
+            raise InvalidArgumentError(settings_problems(exc)) from None
+
     def __repr_args__(self) -> list[tuple[str | None, object]]:
         """repr() and str() show the Qdrant URL's password masked, as they show the API key."""
         return [(name, redact_url(value) if name == "qdrant_url" else value) for name, value in super().__repr_args__()]
+
+    @field_serializer("qdrant_url")
+    def _dump_qdrant_url(self, url: str | None) -> str | None:
+        """Dumps (model_dump, model_dump_json: run configs, logs) show the URL's password masked, as repr() does;
+        copy settings with ``model_copy()``, which keeps it."""
+        return redact_url(url)
+
+    @field_validator("qdrant_path", "cache_dir", "models_dir")
+    @classmethod
+    def _expand_home(cls, path: Path | None) -> Path | None:
+        """``~`` is the home directory, also where no shell expands it (``.env``, keywords)."""
+        return path.expanduser() if path is not None else None
 
     @field_validator("collection")
     @classmethod

@@ -1,0 +1,99 @@
+"""RetrievalSettings as a Python user meets it: misspelt names, bad values, `~`, dumps, assignment."""
+
+import logging
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+import retrieval.settings
+from retrieval import RetrievalSettings
+from retrieval.errors import HybridRagError, InvalidArgumentError
+
+PASSWORD = "hunter2-secret"
+
+
+@pytest.fixture
+def clean_env(tmp_path: Path, monkeypatch) -> Path:
+    """An empty working directory (no .env), no HYBRID_RAG_* variables, nothing warned about yet."""
+    monkeypatch.chdir(tmp_path)
+    for name in [n for n in os.environ if n.upper().startswith("HYBRID_RAG_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setattr(retrieval.settings, "_warned_env", set())
+    return tmp_path
+
+
+def test_a_misspelt_keyword_is_an_error_naming_it_and_the_closest_setting(clean_env):
+    with pytest.raises(InvalidArgumentError) as err:
+        RetrievalSettings(colection="typo_target", k=3)
+    assert str(err.value) == "invalid settings: unknown setting 'colection' (did you mean collection?)"
+
+
+def test_unknown_hybrid_rag_variables_are_warned_about_once_naming_them(clean_env, monkeypatch, caplog):
+    monkeypatch.setenv("HYBRID_RAG_RERANK_DEPT", "5")
+    (clean_env / ".env").write_text("HYBRID_RAG_COLECTION=notes\nHYBRID_RAG_HISTORY_PATH=h.sqlite\nOTHER_APP=1\n")
+    monkeypatch.setenv("HYBRID_RAG_ASSETS_DIR", "assets")  # read outside RetrievalSettings: valid
+    with caplog.at_level(logging.WARNING, logger="retrieval.settings"):
+        assert RetrievalSettings().collection == "sample"
+        RetrievalSettings()  # once per name and process
+    assert [r.getMessage() for r in caplog.records] == [
+        "unknown setting HYBRID_RAG_COLECTION (environment or .env) is ignored (did you mean HYBRID_RAG_COLLECTION?)",
+        "unknown setting HYBRID_RAG_RERANK_DEPT (environment or .env) is ignored "
+        "(did you mean HYBRID_RAG_RERANK_DEPTH?)",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("make", "error"),
+    [
+        (lambda: RetrievalSettings(rrf_k=0), "invalid settings: rrf_k: Input should be greater than or equal to 1"),
+        (lambda: RetrievalSettings(dense_device="tpu"), "invalid settings: dense_device: unknown device 'tpu'"),
+    ],
+)
+def test_a_bad_value_is_a_one_line_hybrid_rag_error(clean_env, make, error):
+    with pytest.raises(HybridRagError) as err:
+        make()
+    assert str(err.value).startswith(error) and "\n" not in str(err.value)
+
+
+def test_a_bad_value_in_the_environment_is_a_hybrid_rag_error(clean_env, monkeypatch):
+    monkeypatch.setenv("HYBRID_RAG_FUSION", "bogus")
+    with pytest.raises(InvalidArgumentError, match="^invalid settings: fusion: Input should be 'rrf', 'dbsf'"):
+        RetrievalSettings()
+
+
+def test_tilde_is_the_home_directory_in_path_settings(clean_env, monkeypatch):
+    home = clean_env / "home"
+    monkeypatch.setenv("HOME", str(home))
+    (clean_env / ".env").write_text("HYBRID_RAG_QDRANT_PATH=~/rag/index\nHYBRID_RAG_CACHE_DIR=~/rag/cache\n")
+    settings = RetrievalSettings(models_dir="~/rag/models")
+    assert (settings.qdrant_path, settings.cache_dir) == (home / "rag/index", home / "rag/cache")
+    assert settings.models_dir == home / "rag/models"
+    settings.qdrant_path = Path("~/elsewhere")
+    assert settings.qdrant_path == home / "elsewhere"
+
+
+def test_dumps_mask_the_url_password_and_copies_keep_it(clean_env):
+    settings = RetrievalSettings(qdrant_url=f"https://admin:{PASSWORD}@qdrant.example.com:6333")
+    for shown in (repr(settings), str(settings), settings.model_dump_json(), str(settings.model_dump())):
+        assert PASSWORD not in shown and "admin:***@qdrant.example.com" in shown
+    assert PASSWORD in settings.model_copy().qdrant_url
+
+
+def test_an_assignment_is_checked_as_the_constructor_checks(clean_env):
+    settings = RetrievalSettings(collection="notes")
+    for name, value, error in [
+        ("rrf_k", 0, "rrf_k: Input should be greater than or equal to 1"),
+        ("dense_weight", -1.0, "dense_weight: Input should be greater than 0"),
+        ("fusion", "bogus", "fusion: Input should be 'rrf', 'dbsf' or 'zscore'"),
+        ("chunk_overlap", 999, "chunk_overlap must be smaller than chunk_tokens"),
+        ("collection", "../up", "collection: invalid collection name '../up'"),
+        ("colection", "x", "unknown setting 'colection' (did you mean collection?)"),
+    ]:
+        before = getattr(settings, name, None)
+        with pytest.raises(InvalidArgumentError, match="^" + re.escape(f"invalid settings: {error}")):
+            setattr(settings, name, value)
+        assert getattr(settings, name, None) == before
+    settings.rrf_k = 60
+    assert settings.rrf_k == 60
