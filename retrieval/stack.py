@@ -12,8 +12,6 @@ import logging
 import threading
 from typing import Any
 
-from pydantic import ValidationError
-
 from retrieval.adapted import AdaptedQueryEncoder, query_encoder_now
 from retrieval.embedding_cache import EmbeddingCache
 from retrieval.encoders import DenseEncoder, make_sparse_encoder
@@ -22,10 +20,12 @@ from retrieval.errors import InvalidArgumentError
 from retrieval.indexer import Indexer
 from retrieval.parts import Parts
 from retrieval.search import HybridRetriever
-from retrieval.settings import RetrievalSettings, check_collection_name, settings_problems
+from retrieval.settings import RetrievalSettings, check_collection_name
 from retrieval.store import CollectionSchema, QdrantStore, SchemaMismatchError, StoreError, open_store
 
 log = logging.getLogger(__name__)
+# The settings that locate a stack's store: a retriever searches its stack's stores, so these come from derive().
+STORE_SETTINGS = ("qdrant_path", "qdrant_url", "qdrant_api_key", "qdrant_timeout_s", "qdrant_retries")
 
 
 def dense_args(settings: RetrievalSettings) -> dict[str, Any]:
@@ -74,7 +74,8 @@ class RetrievalStack:
 
     ``stack.indexer()`` and ``stack.retriever()`` share these parts. Parts given here (``dense``, ``sparse``,
     ``store``) are used instead of building them. The stack closes its stores in :meth:`close` (or on leaving a
-    ``with`` block); encoders need no closing.
+    ``with`` block); encoders need no closing. The stack keeps its own copy of ``settings``: changing the caller's
+    object afterwards does not change the stack.
     """
 
     def __init__(
@@ -86,7 +87,12 @@ class RetrievalStack:
         query_encoder: DenseEncoder | AdaptedQueryEncoder | None = None,
         store: QdrantStore | None = None,
     ):
-        self.settings = settings or RetrievalSettings()
+        if settings is not None and not isinstance(settings, RetrievalSettings):
+            raise InvalidArgumentError(
+                f"settings must be RetrievalSettings, not {type(settings).__name__}: "
+                "give RetrievalStack(RetrievalSettings(**values))"
+            )
+        self.settings = settings.model_copy() if settings is not None else RetrievalSettings()
         s = self.settings
         self.dense = dense or DenseEncoder(**dense_args(s))
         self.sparse = sparse or make_sparse_encoder(**sparse_args(s))
@@ -146,8 +152,15 @@ class RetrievalStack:
     def retriever(self, collection: str | None = None, version: int | None = None, **overrides: Any) -> HybridRetriever:
         """A :class:`HybridRetriever` on ``collection`` (``version``: a pinned one, e.g. staged), with settings
         ``overrides`` (validated by :class:`RetrievalSettings`). Encoders whose settings the overrides leave
-        unchanged are shared; the others are built for this retriever (with their own locks)."""
+        unchanged are shared; the others are built for this retriever (with their own locks). It searches this
+        stack's store: a different Qdrant location or connection is refused (use ``stack.derive(qdrant_path=...)``)."""
         settings = self._settings_for(collection, **overrides)
+        moved = [name for name in STORE_SETTINGS if getattr(settings, name) != getattr(self.settings, name)]
+        if moved:
+            raise InvalidArgumentError(
+                f"retriever() searches this stack's store, so {', '.join(moved)} cannot be overridden here: "
+                f"use stack.derive({moved[0]}=...).retriever()"
+            )
         same = encoder_key(settings) == encoder_key(self.settings)
         encoders = self if same else self.derive(**({"collection": collection} if collection else {}), **overrides)
         query = encoders.query_encoder  # a damaged adapted encoder (its marker) raises ModelLoadError here
@@ -205,13 +218,8 @@ class RetrievalStack:
             overrides["collection"] = check_collection_name(collection)
         if not overrides:
             return self.settings
-        unknown = sorted(set(overrides) - set(RetrievalSettings.model_fields))
-        if unknown:
-            raise InvalidArgumentError(f"unknown settings {unknown}; see RetrievalSettings for the valid ones")
-        try:
-            return RetrievalSettings.model_validate({**self.settings.model_dump(), **overrides})
-        except ValidationError as exc:
-            raise InvalidArgumentError(settings_problems(exc)) from None
+        # dict(settings), not model_dump(): a dump masks the Qdrant URL's password (RetrievalSettings checks names)
+        return RetrievalSettings(**{**dict(self.settings), **overrides})
 
 
 def check_query_dimension(query: DenseEncoder, store: QdrantStore) -> None:

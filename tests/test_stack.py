@@ -48,8 +48,39 @@ def test_retriever_overrides_are_validated_by_the_settings(stack):
         stack.retriever(chunk_tokens=16, chunk_overlap=32)
     with pytest.raises(InvalidArgumentError, match="invalid settings: k: "):
         stack.retriever(k=0)
-    with pytest.raises(InvalidArgumentError, match=r"unknown settings \['rerank_weigth'\]"):
+    with pytest.raises(InvalidArgumentError, match=r"unknown setting 'rerank_weigth' \(did you mean rerank_weight\?\)"):
         stack.retriever(rerank_weigth=0.9)  # a misspelt setting is not silently ignored
+
+
+def test_a_retriever_searches_its_stacks_store_so_a_location_override_is_refused(stack, tmp_path):
+    for override in (
+        {"qdrant_path": tmp_path / "elsewhere"},
+        {"qdrant_url": ":memory:"},
+        {"qdrant_api_key": "key"},
+        {"qdrant_timeout_s": 1.0},
+        {"qdrant_retries": 0},
+    ):
+        name = next(iter(override))
+        with pytest.raises(
+            InvalidArgumentError,
+            match=rf"^retriever\(\) .* {name} cannot be overridden here: use stack\.derive\({name}=\.\.\.\)",
+        ):
+            stack.retriever(**override)
+    assert stack.retriever(qdrant_path=stack.settings.qdrant_path, k=1).store is stack.store()  # the same: fine
+    assert not (tmp_path / "elsewhere").exists()
+    moved = stack.derive(qdrant_path=tmp_path / "elsewhere")  # the way to search another store
+    assert moved.retriever().store.location.startswith(str(tmp_path / "elsewhere"))
+    moved.close()
+
+
+def test_the_stack_keeps_its_own_settings(dense_encoder, sparse_encoder, tmp_path):
+    settings = RetrievalSettings(qdrant_path=tmp_path / "index", cache_dir=tmp_path / "cache", collection="mine")
+    with RetrievalStack(settings, dense=dense_encoder, sparse=sparse_encoder) as stack:
+        settings.collection, settings.k = "alias", 3  # the caller's object changes; the stack does not follow
+        retriever = stack.retriever()
+        assert (retriever.settings.collection, retriever.store.collection, retriever.settings.k) == ("mine", "mine", 10)
+    with pytest.raises(InvalidArgumentError, match=r"^settings must be RetrievalSettings, not dict: "):
+        RetrievalStack({"collection": "x"})
 
 
 @pytest.mark.parametrize("name", ["", "..", "../escape", "sub/dir", "stack__v1", "stack.write.lock"])
