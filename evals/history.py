@@ -59,7 +59,7 @@ class EvalHistory:
     as for a report, which creates no file)."""
 
     def __init__(self, path: str | Path, timeout_s: float = 30.0, *, create: bool = True):
-        self.path = Path(path)
+        self.path = Path(path).expanduser()  # ~ also where no shell expands it (.env, Dagster config)
         self.timeout_s = timeout_s
         if not create and not self.path.is_file():
             raise InputNotFoundError(f"{self.path}: no evaluation history (no such file)")

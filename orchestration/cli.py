@@ -45,21 +45,13 @@ HistoryOpt = Annotated[
     typer.Option(help="Evaluation history, SQLite (default: $HYBRID_RAG_HISTORY_PATH, else data/history/evals.sqlite)"),
 ]
 ENV_FILES: list[Path] = [Path(".env")]
-# The HYBRID_RAG_* variables read outside RetrievalSettings (whose fields are the others): the corpora file
-# (assets.corpora), the assets' Parquet folder (orchestration.definitions), the evaluation history (evals.history).
-PATH_VARIABLES = ("HYBRID_RAG_CORPORA_FILE", "HYBRID_RAG_ASSETS_DIR", "HYBRID_RAG_HISTORY_PATH")
 
 
 def _settings(**overrides):
-    from pydantic import ValidationError
+    """The settings of this command (a bad value is an InvalidArgumentError: ``invalid settings: ...``)."""
+    from retrieval.settings import RetrievalSettings
 
-    from retrieval.errors import InvalidArgumentError
-    from retrieval.settings import RetrievalSettings, settings_problems
-
-    try:
-        return RetrievalSettings(_env_file=ENV_FILES, **{k: v for k, v in overrides.items() if v is not None})
-    except ValidationError as exc:
-        raise InvalidArgumentError(settings_problems(exc)) from None
+    return RetrievalSettings(_env_file=ENV_FILES, **{k: v for k, v in overrides.items() if v is not None})
 
 
 @app.callback()
@@ -83,13 +75,16 @@ def _export_env_files(ctx: typer.Context, paths: list[Path]) -> None:
     """The ``HYBRID_RAG_*`` lines of ``paths`` (``.env``, then each ``--env-file``: a later file wins) become part of
     the environment for this command where the environment does not set them itself, as RetrievalSettings reads
     them; so every reader sees them (the corpora file, the asset and history paths, the run of ``hybrid-rag run``).
-    The environment is restored when the command ends."""
+    A relative path in a file is relative to that file's folder (as in the corpora file), so a command run from
+    another directory uses the same index. The environment is restored when the command ends."""
     import os
 
     from dotenv import dotenv_values
 
     from retrieval.errors import InputFormatError
+    from retrieval.settings import PATH_VARIABLES
 
+    paths_of = {"HYBRID_RAG_QDRANT_PATH", "HYBRID_RAG_CACHE_DIR", "HYBRID_RAG_MODELS_DIR", *PATH_VARIABLES}
     values: dict[str, str] = {}
     for path in paths:
         if not path.is_file():
@@ -98,10 +93,19 @@ def _export_env_files(ctx: typer.Context, paths: list[Path]) -> None:
             found = dotenv_values(path, encoding="utf-8")
         except UnicodeDecodeError as exc:
             raise InputFormatError(f"{path}: not UTF-8 (byte {exc.start})") from None
-        values |= {k.upper(): v for k, v in found.items() if k.upper().startswith("HYBRID_RAG_") and v is not None}
+        found = {k.upper(): v for k, v in found.items() if k.upper().startswith("HYBRID_RAG_") and v is not None}
+        values |= {k: _file_relative(path, v) if k in paths_of else v for k, v in found.items()}
     added = {key: value for key, value in values.items() if key not in os.environ}
     os.environ.update(added)
     ctx.call_on_close(lambda: [os.environ.pop(key, None) for key in added])
+
+
+def _file_relative(env_file: Path, value: str) -> str:
+    """``value`` (a path, ``~`` expanded) made absolute against ``env_file``'s folder; empty and ``none`` (unset)
+    stay as they are."""
+    if value.strip().lower() in ("", "none"):
+        return value
+    return str(env_file.parent.resolve() / Path(value).expanduser())
 
 
 def _check_env_file(path: Path) -> None:
@@ -112,7 +116,7 @@ def _check_env_file(path: Path) -> None:
     from dotenv.parser import parse_stream
 
     from retrieval.errors import InputFormatError, InputNotFoundError
-    from retrieval.settings import RetrievalSettings
+    from retrieval.settings import env_names
 
     if not path.is_file():
         raise InputNotFoundError(f"--env-file {path}: " + ("not a file" if path.exists() else "no such file"))
@@ -120,7 +124,7 @@ def _check_env_file(path: Path) -> None:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise InputFormatError(f"--env-file {path}: not UTF-8 (byte {exc.start})") from None
-    settings = {f"HYBRID_RAG_{name}".upper() for name in RetrievalSettings.model_fields} | set(PATH_VARIABLES)
+    settings = env_names()
     for binding in parse_stream(io.StringIO(text)):
         where = f"--env-file {path}:{binding.original.line}"
         if binding.error:

@@ -42,7 +42,7 @@ class MainJobError(RuntimeError):
 
 def default_dagster_home() -> Path:
     """``$DAGSTER_HOME`` when set (as ``dagster dev`` reads it), else the project's ``data/dagster_home``."""
-    return Path(os.environ.get("DAGSTER_HOME") or DAGSTER_HOME)
+    return Path(os.environ.get("DAGSTER_HOME") or DAGSTER_HOME).expanduser()
 
 
 class _OneLine(PrintableFormatter):

@@ -26,7 +26,7 @@ class ParquetIOManager(dg.ConfigurableIOManager):
     compression: str = "zstd"
 
     def _path(self, asset_key: dg.AssetKey, partition: str | None) -> Path:
-        return Path(self.base_dir).joinpath(*asset_key.path, f"{partition or UNPARTITIONED}.parquet")
+        return Path(self.base_dir).expanduser().joinpath(*asset_key.path, f"{partition or UNPARTITIONED}.parquet")
 
     def handle_output(self, context: dg.OutputContext, obj: pa.Table) -> None:
         if not isinstance(obj, pa.Table):

@@ -523,7 +523,7 @@ class EdgeStore(QdrantStore):
 
     @property
     def location(self) -> str:  # type: ignore[override]
-        return str(self.dir)
+        return str(self.dir.absolute())  # messages say where, whatever the working directory
 
     # -- versions ------------------------------------------------------------------------------------------
     def _read_pointer(self) -> int | None:
@@ -763,7 +763,8 @@ class EdgeStore(QdrantStore):
                 if self.version is None:
                     self.current_version()  # a lost or damaged pointer: say so, not "does not exist"
                 raise StoreError(
-                    f"collection {self.collection!r} does not exist at {self.root / target}; index documents first"
+                    f"collection {self.collection!r} does not exist at {(self.root / target).absolute()}; "
+                    "index documents first"
                 )
             try:
                 self._shard, self._bound = _acquire(self.root / target / SHARD_DIR), target
