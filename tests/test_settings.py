@@ -97,3 +97,19 @@ def test_an_assignment_is_checked_as_the_constructor_checks(clean_env):
         assert getattr(settings, name, None) == before
     settings.rrf_k = 60
     assert settings.rrf_k == 60
+
+
+def test_tilde_is_the_home_directory_in_paths_read_outside_the_settings(clean_env, monkeypatch):
+    import dagster as dg
+
+    from evals.history import EvalHistory
+    from orchestration.main_job import default_dagster_home
+    from orchestration.parquet_io import ParquetIOManager
+
+    home = clean_env / "home"
+    monkeypatch.setenv("HOME", str(home))
+    assert EvalHistory("~/rag/evals.sqlite").path == home / "rag/evals.sqlite"
+    monkeypatch.setenv("DAGSTER_HOME", "~/dagster")
+    assert default_dagster_home() == home / "dagster"
+    assert ParquetIOManager(base_dir="~/assets")._path(dg.AssetKey("chunks"), "p") == home / "assets/chunks/p.parquet"
+    assert not (clean_env / "~").exists()
