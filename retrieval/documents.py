@@ -55,7 +55,7 @@ class Document:
 
     id: str
     text: str
-    title: str = ""
+    title: str | None = ""  # None: no title (stored as "")
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -10,7 +10,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -25,6 +25,11 @@ from retrieval.rerank import EmbeddingReranker, RerankConfig
 from retrieval.settings import FusionMethod, RerankMode
 from retrieval.store import CollectionSchema, QueryPlan, StoredHit
 from retrieval.store.base import filter_conditions
+
+if TYPE_CHECKING:  # the adapters' extras stay optional: imported by the calls that return them
+    from retrieval.haystack import HaystackRetriever
+    from retrieval.langchain import LangChainRetriever
+    from retrieval.llamaindex import LlamaIndexRetriever
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +118,7 @@ class Hit:
         self.doc_id = str(payload.get("doc_id", self.doc_id))
         self.chunk_index = payload.get("chunk_index")
         self.text = payload.get("text", "")
-        self.title = payload.get("title", "")
+        self.title = payload.get("title") or ""  # a string: "" for none
         self.metadata = payload.get("metadata", {}) or {}
 
 
@@ -487,7 +492,7 @@ class HybridRetriever:
             hit.rerank_score, hit.score = (float(rerank_scores[i]) if rerank_scores is not None else None), float(fs)
         return sorted(hits, key=lambda h: (-h.score, h.chunk_id))
 
-    def as_langchain(self, search_kwargs: dict[str, Any] | None = None, **kwargs: Any):
+    def as_langchain(self, search_kwargs: dict[str, Any] | None = None, **kwargs: Any) -> LangChainRetriever:
         """This retriever as a LangChain ``BaseRetriever``.
 
         ``search_kwargs`` (k, filter, rerank, variant, group_by, score_threshold) are the defaults of every call,
@@ -498,7 +503,7 @@ class HybridRetriever:
 
         return LangChainRetriever(retriever=self, search_kwargs={**(search_kwargs or {}), **kwargs})
 
-    def as_llamaindex(self, **kwargs: Any):
+    def as_llamaindex(self, **kwargs: Any) -> LlamaIndexRetriever:
         """This retriever as a LlamaIndex ``BaseRetriever`` (extra ``[llamaindex]``; without it a
         :class:`~retrieval.errors.MissingExtraError`)."""
         with requires_extra("llamaindex", "llama_index", "as_llamaindex()"):
@@ -506,7 +511,7 @@ class HybridRetriever:
 
         return LlamaIndexRetriever(self, **kwargs)
 
-    def as_haystack(self, **kwargs: Any):
+    def as_haystack(self, **kwargs: Any) -> HaystackRetriever:
         """This retriever as a Haystack 2 component (extra ``[haystack]``; without it a
         :class:`~retrieval.errors.MissingExtraError`)."""
         with requires_extra("haystack", "haystack", "as_haystack()"):
