@@ -78,7 +78,8 @@ class QueryVectors:
 
 @dataclass
 class Hit:
-    """One retrieved chunk with where it came from."""
+    """One retrieved chunk with where it came from. ``dense_vector`` (the chunk's stored dense vector) is set only
+    on :meth:`HybridRetriever.first_stage` hits asked ``with_vectors=True``; a search's hits never carry it."""
 
     doc_id: str
     chunk_id: str
@@ -239,6 +240,8 @@ class HybridRetriever:
             )
             ranked = self._rerank_batch(queries, query_vectors, candidates) if rerank else candidates
             results = [_finish(hits, k, score_threshold) for hits in ranked]
+            for hit in (h for hits in results for h in hits):
+                hit.dense_vector = None  # the reranker's input: hits have one shape whatever the variant
             return self._fill_payloads(results) if deferred else results
 
     @contextmanager

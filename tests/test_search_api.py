@@ -1,6 +1,7 @@
 """What search promises callers: clear refusals, document-level results, thresholds, LangChain kwargs."""
 
-from dataclasses import replace
+import json
+from dataclasses import asdict, replace
 
 import pytest
 
@@ -106,6 +107,22 @@ def test_reranked_hits_carry_their_stored_fields(retriever):
         assert hit.text and hit.text in doc.text and hit.title == doc.title and hit.metadata == doc.metadata
         assert hit.chunk_index is not None
     assert len({h.doc_id for h in grouped}) == len(grouped) == 3
+
+
+def test_hits_have_one_shape_whatever_the_variant_and_vectors_only_when_asked(retriever):
+    """A reranked search reads the candidates' vectors, but its hits carry none: ``asdict`` of any hit is JSON."""
+    for rerank, group_by, variant in [
+        (False, "chunk", "hybrid"),
+        (True, "chunk", "hybrid"),
+        (True, "doc", "hybrid"),
+        (None, "chunk", "hybrid+rerank"),
+        (None, "chunk", "dense"),
+    ]:
+        hits = retriever.search(LEXICAL_QUERY[0], k=3, rerank=rerank, group_by=group_by, variant=variant)
+        assert hits and all(h.dense_vector is None for h in hits), (rerank, group_by, variant)
+        assert json.loads(json.dumps([asdict(h) for h in hits]))[0]["doc_id"] == hits[0].doc_id
+    _, [candidates] = retriever.first_stage([LEXICAL_QUERY[0]], "hybrid", 3, with_vectors=True)
+    assert candidates and all(h.dense_vector.shape == (384,) for h in candidates)  # asked for: there
 
 
 def test_queries_encoded_once_search_as_before_and_vectors_that_do_not_fit_are_refused(retriever):
