@@ -71,8 +71,8 @@ class VariantResult:
 
     variant: str
     metrics: dict[str, float]
-    per_query: dict[str, dict[str, float]] = field(default_factory=dict)
-    run: Run = field(default_factory=dict)
+    per_query: dict[str, dict[str, float]] = field(default_factory=dict, repr=False)  # a row per query: not shown
+    run: Run = field(default_factory=dict, repr=False)
     latency_ms: dict[str, float] = field(default_factory=dict)
 
 

@@ -28,7 +28,7 @@ from retrieval.documents import (
 )
 from retrieval.encoders.sparse import LEGACY_ANALYZER, Bm25Encoder, SparseVec, SpladeEncoder
 from retrieval.errors import ALLOW_DELETE_HINT, InvalidArgumentError, UnsafeDeleteError, document_ids, not_one_string
-from retrieval.parts import Parts
+from retrieval.parts import Parts, describe
 from retrieval.progress import progress_bar
 from retrieval.settings import canonical_model
 from retrieval.store import CollectionSchema, QdrantStore, StoreError
@@ -145,6 +145,9 @@ class Indexer:
         self.dense, self.sparse = parts.dense, parts.sparse
         self._sparse = parts.sparse  # the settings' encoder; self.sparse: the one this write uses
         self.after_batch: Callable[[int], None] | None = None  # hook for progress or fault injection
+
+    def __repr__(self) -> str:
+        return describe("Indexer", self.store)
 
     @cached_property
     def chunker(self) -> Chunker:

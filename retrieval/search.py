@@ -20,7 +20,7 @@ from retrieval.encoders import Bm25Encoder
 from retrieval.encoders.sparse import SparseVec
 from retrieval.errors import EmptyQueryError, InvalidArgumentError, choice, requires_extra
 from retrieval.fusion import Fused, fuse, top_z
-from retrieval.parts import Parts
+from retrieval.parts import Parts, describe
 from retrieval.rerank import EmbeddingReranker, RerankConfig
 from retrieval.settings import FusionMethod, RerankMode
 from retrieval.store import CollectionSchema, QueryPlan, StoredHit
@@ -149,6 +149,9 @@ class HybridRetriever:
         )
         self._checked = False
         self.last_timings: dict[str, float] = {}
+
+    def __repr__(self) -> str:
+        return describe("HybridRetriever", self.store)
 
     def check_schema(self) -> None:
         """Refuse to query a collection that is missing or whose vectors came from other models; encode BM25
@@ -298,11 +301,12 @@ class HybridRetriever:
         if isinstance(queries, str):
             raise InvalidArgumentError("search_batch takes a list of queries, not one string (use search)")
         for position, query in enumerate(queries):
-            if not isinstance(query, str) or not query.strip():
-                where = "" if len(queries) == 1 else f" (queries[{position}])"
+            where = "" if len(queries) == 1 else f" (queries[{position}])"
+            if not isinstance(query, str):
+                raise InvalidArgumentError(f"query{where} must be a string, got {type(query).__name__} {query!r:.80}")
+            if not query.strip():
                 raise EmptyQueryError(f"empty query{where}: give some text to search for")
             if has_lone_surrogate(query):
-                where = "" if len(queries) == 1 else f" (queries[{position}])"
                 raise InvalidArgumentError(f"query{where} is not valid Unicode (lone surrogate, e.g. a cut emoji)")
         k = self.settings.k if k is None else k
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
