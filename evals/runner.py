@@ -15,13 +15,13 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from evals.compare import LossCheck, loss_check
 from evals.metrics import LATENCY_KEY, evaluate
 from evals.runs import Run, best_chunk_per_document
 from retrieval.chunking import point_id
 from retrieval.errors import HybridRagError, InvalidArgumentError
+from retrieval.progress import progress_bar
 from retrieval.search import HybridRetriever, QueryVectors, Variant
 from retrieval.store.base import ENCODING_FIELDS
 
@@ -71,8 +71,8 @@ class VariantResult:
 
     variant: str
     metrics: dict[str, float]
-    per_query: dict[str, dict[str, float]] = field(default_factory=dict)
-    run: Run = field(default_factory=dict)
+    per_query: dict[str, dict[str, float]] = field(default_factory=dict, repr=False)  # a row per query: not shown
+    run: Run = field(default_factory=dict, repr=False)
     latency_ms: dict[str, float] = field(default_factory=dict)
 
 
@@ -93,7 +93,7 @@ class EncodedQueries:
         encodes its own query alone; a batch gives vectors that differ in the last bits)."""
         channels = [c for c in ("dense", "sparse") if c in set(channels)]
         out = cls()
-        for qid, text in tqdm(queries.items(), desc="encoding queries", unit="query", disable=not progress):
+        for qid, text in progress_bar(queries.items(), progress=progress, desc="encoding queries", unit="query"):
             parts, out.ms[qid] = {}, {}
             for channel in channels:
                 started = time.perf_counter()
@@ -157,7 +157,7 @@ def search_run(
     search's latency in ms, its query's encoding included (see :func:`retrieve_run`)."""
     run: Run = {}
     latencies = []
-    for qid, text in tqdm(queries.items(), desc=f"searching ({variant})", unit="query", disable=not progress):
+    for qid, text in progress_bar(queries.items(), progress=progress, desc=f"searching ({variant})", unit="query"):
         started = time.perf_counter()
         hits = retriever.search(
             text, k=depth, variant=variant, rerank=variant is Variant.HYBRID_RERANK, encoded=encoded.vectors[qid]

@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from evals.candidates import CandidateList
 from evals.collections import TrainSplitView
 from retrieval.errors import InvalidArgumentError
+from retrieval.progress import progress_bar
 from retrieval.rerank import listwise_prompt
 from retrieval.settings import RerankMode
 
@@ -97,7 +97,7 @@ def train_pseudo_query_encoder(
     losses: list[float] = []
     steps = 0
     total = config.epochs * ((len(examples) + config.batch_size - 1) // config.batch_size)
-    bar = tqdm(total=total, desc="training pseudo-query encoder", unit="step")
+    bar = progress_bar(total=total, desc="training pseudo-query encoder", unit="step")
     for _ in range(config.epochs):
         order = list(range(len(examples)))
         rng.shuffle(order)

@@ -55,12 +55,14 @@ class Document:
 
     id: str
     text: str
-    title: str = ""
+    title: str | None = ""  # None: no title (stored as "")
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not isinstance(self.id, str) or not self.id.strip():
-            raise ValueError("Document.id must be a non-empty string")
+            raise InvalidDocumentError(
+                f"Document.id must be a non-empty string, got {type(self.id).__name__} {self.id!r}"
+            )
 
 
 class BadInputPolicy(StrEnum):
@@ -143,6 +145,10 @@ class DocumentReader:
         path = Path(path)
         fmt = choice(SourceFormat, fmt, "format") if fmt else detect_format(path)
         if fmt is SourceFormat.BEIR:
+            if path.is_file():
+                raise BadInputError(
+                    InputProblem(path, None, "format 'beir' reads a folder holding corpus.jsonl, not a file")
+                )
             yield from self._read_jsonl(path / "corpus.jsonl")
         elif fmt is SourceFormat.JSONL:
             yield from self._read_jsonl(path)

@@ -6,10 +6,16 @@ import asyncio
 from typing import Any
 
 from haystack import Document, component
+from haystack.core.serialization import default_to_dict
+from pydantic import ValidationError
 
 from retrieval.adapters import hit_metadata, shown_filter
-from retrieval.errors import FilterError
+from retrieval.errors import FilterError, InvalidArgumentError
+from retrieval.settings import RetrievalSettings, redact_url, settings_problems
+from retrieval.stack import RetrievalStack
 from retrieval.store.base import check_nesting
+
+WHERE = ("collection", "qdrant_path", "qdrant_url")  # always saved: a loading process's environment cannot move it
 
 _COMPARISONS = {"==": None, "in": None, ">": "gt", ">=": "gte", "<": "lt", "<=": "lte"}  # Haystack -> range op
 
@@ -22,6 +28,9 @@ class HaystackRetriever:
     ``filters`` are Haystack filters (``{"field": "meta.year", "operator": ">=", "value": 2020}``; see
     :func:`to_filter`) or this library's filter dicts (``{"year": {"gte": 2020}}``). Runtime filters replace the
     ones given at construction; ``top_k`` below 1 raises, as ``search(k=0)`` does.
+
+    Saved pipelines (``Pipeline.dumps()``/``loads()``) hold the retriever's settings, not the retriever: see
+    :meth:`to_dict` and :meth:`from_dict`.
     """
 
     def __init__(
@@ -44,6 +53,36 @@ class HaystackRetriever:
     ) -> dict[str, Any]:
         hits = await asyncio.to_thread(self.retriever.search, query, *self._arguments(top_k, filters))
         return {"documents": [_to_document(h) for h in hits]}
+
+    def to_dict(self) -> dict[str, Any]:
+        """The component as Haystack saves it: the collection, where it is (``qdrant_path``, ``qdrant_url``), the
+        settings that differ from the defaults, and ``top_k``, ``filters``, ``rerank``. Never the API key: the
+        loading process reads ``HYBRID_RAG_QDRANT_API_KEY`` (a URL holding a password is refused)."""
+        settings, store = self.retriever.settings, self.retriever.store
+        if redact_url(settings.qdrant_url) != settings.qdrant_url:
+            raise InvalidArgumentError(
+                f"cannot save a retriever whose Qdrant URL {redact_url(settings.qdrant_url)} holds credentials: give "
+                "the URL without them and the key as HYBRID_RAG_QDRANT_API_KEY (read again when the pipeline loads)"
+            )
+        saved = settings.model_dump(mode="json", exclude={"qdrant_api_key"}, exclude_defaults=True)
+        saved |= settings.model_dump(mode="json", include=set(WHERE)) | {"collection": store.collection}
+        return default_to_dict(
+            self, settings=saved, version=store.version, top_k=self.top_k, filters=self.filters, rerank=self.rerank
+        )
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> HaystackRetriever:
+        """The component :meth:`to_dict` saved, on a :class:`~retrieval.RetrievalStack` of its own built from the
+        saved settings; the others (the API key among them) from the environment, as ``RetrievalSettings()``."""
+        params = dict(data.get("init_parameters") or {})
+        try:
+            settings = RetrievalSettings(**params.pop("settings"))
+        except ValidationError as exc:
+            raise InvalidArgumentError(f"saved HaystackRetriever: {settings_problems(exc)}") from None
+        stack = RetrievalStack(settings)
+        component = cls(stack.retriever(version=params.pop("version", None)), **params)
+        component.stack = stack  # owned by the component: the stores stay open while it is used
+        return component
 
     def _arguments(self, top_k: int | None, filters: dict[str, Any] | None) -> tuple:
         return (

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from retrieval.chunking import Chunk, Chunker
 from retrieval.documents import (
@@ -29,7 +28,8 @@ from retrieval.documents import (
 )
 from retrieval.encoders.sparse import LEGACY_ANALYZER, Bm25Encoder, SparseVec, SpladeEncoder
 from retrieval.errors import ALLOW_DELETE_HINT, InvalidArgumentError, UnsafeDeleteError, document_ids, not_one_string
-from retrieval.parts import Parts
+from retrieval.parts import Parts, describe
+from retrieval.progress import progress_bar
 from retrieval.settings import canonical_model
 from retrieval.store import CollectionSchema, QdrantStore, StoreError
 from retrieval.store.base import StoredChunk
@@ -146,6 +146,9 @@ class Indexer:
         self._sparse = parts.sparse  # the settings' encoder; self.sparse: the one this write uses
         self.after_batch: Callable[[int], None] | None = None  # hook for progress or fault injection
 
+    def __repr__(self) -> str:
+        return describe("Indexer", self.store)
+
     @cached_property
     def chunker(self) -> Chunker:
         max_tokens = min(self.settings.chunk_tokens, self.dense.max_tokens)
@@ -166,7 +169,7 @@ class Indexer:
 
     def _chunk(self, docs: Sequence[Document], progress: bool) -> list[Chunk]:
         chunks: list[Chunk] = []
-        for doc in tqdm(docs, desc="chunking", unit="doc", disable=not progress or not docs):
+        for doc in progress_bar(docs, progress=progress and bool(docs), desc="chunking", unit="doc"):
             with self.dense.lock:
                 pieces = self.chunker.chunk(doc)
             fingerprint = self.fingerprint(doc)
@@ -525,7 +528,7 @@ class Indexer:
         todo = [todo[i] for i in order]
         if vectors is not None:
             vectors = np.asarray(vectors[0])[order], [vectors[1][i] for i in order]
-        bar = tqdm(total=len(todo), desc=f"embedding {report.collection}", unit="chunk", disable=not progress)
+        bar = progress_bar(total=len(todo), progress=progress, desc=f"embedding {report.collection}", unit="chunk")
         pending: list[Future] = []
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="upsert") as writer:
             for block_no, start in enumerate(range(0, len(todo), ENCODE_BLOCK)):

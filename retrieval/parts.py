@@ -9,7 +9,7 @@ from retrieval.embedding_cache import EmbeddingCache
 from retrieval.encoders import DenseEncoder
 from retrieval.encoders.sparse import Bm25Encoder, SpladeEncoder
 from retrieval.settings import RetrievalSettings
-from retrieval.store import QdrantStore
+from retrieval.store import EdgeStore, QdrantStore
 
 
 @dataclass(frozen=True)
@@ -27,3 +27,11 @@ class Parts:
     sparse: Bm25Encoder | SpladeEncoder
     query_encoder: DenseEncoder | AdaptedQueryEncoder | None = None
     cache: EmbeddingCache | None = None
+
+
+def describe(kind: str, store: QdrantStore) -> str:
+    """``kind(collection='x', at='data/index')``, the repr of what works on ``store``: the embedded engine's folder or
+    the server's URL (without its password), and a pinned version."""
+    where = str(store.root) if isinstance(store, EdgeStore) else store.location  # location: redacted, read no files
+    pinned = "" if store.version is None else f", version={store.version}"
+    return f"{kind}(collection={store.collection!r}, at={where!r}{pinned})"

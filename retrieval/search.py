@@ -10,7 +10,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -20,11 +20,16 @@ from retrieval.encoders import Bm25Encoder
 from retrieval.encoders.sparse import SparseVec
 from retrieval.errors import EmptyQueryError, InvalidArgumentError, choice, requires_extra
 from retrieval.fusion import Fused, fuse, top_z
-from retrieval.parts import Parts
+from retrieval.parts import Parts, describe
 from retrieval.rerank import EmbeddingReranker, RerankConfig
 from retrieval.settings import FusionMethod, RerankMode
 from retrieval.store import CollectionSchema, QueryPlan, StoredHit
 from retrieval.store.base import filter_conditions
+
+if TYPE_CHECKING:  # the adapters' extras stay optional: imported by the calls that return them
+    from retrieval.haystack import HaystackRetriever
+    from retrieval.langchain import LangChainRetriever
+    from retrieval.llamaindex import LlamaIndexRetriever
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +78,8 @@ class QueryVectors:
 
 @dataclass
 class Hit:
-    """One retrieved chunk with where it came from."""
+    """One retrieved chunk with where it came from. ``dense_vector`` (the chunk's stored dense vector) is set only
+    on :meth:`HybridRetriever.first_stage` hits asked ``with_vectors=True``; a search's hits never carry it."""
 
     doc_id: str
     chunk_id: str
@@ -113,7 +119,7 @@ class Hit:
         self.doc_id = str(payload.get("doc_id", self.doc_id))
         self.chunk_index = payload.get("chunk_index")
         self.text = payload.get("text", "")
-        self.title = payload.get("title", "")
+        self.title = payload.get("title") or ""  # a string: "" for none
         self.metadata = payload.get("metadata", {}) or {}
 
 
@@ -143,6 +149,9 @@ class HybridRetriever:
         )
         self._checked = False
         self.last_timings: dict[str, float] = {}
+
+    def __repr__(self) -> str:
+        return describe("HybridRetriever", self.store)
 
     def check_schema(self) -> None:
         """Refuse to query a collection that is missing or whose vectors came from other models; encode BM25
@@ -234,6 +243,8 @@ class HybridRetriever:
             )
             ranked = self._rerank_batch(queries, query_vectors, candidates) if rerank else candidates
             results = [_finish(hits, k, score_threshold) for hits in ranked]
+            for hit in (h for hits in results for h in hits):
+                hit.dense_vector = None  # the reranker's input: hits have one shape whatever the variant
             return self._fill_payloads(results) if deferred else results
 
     @contextmanager
@@ -290,11 +301,12 @@ class HybridRetriever:
         if isinstance(queries, str):
             raise InvalidArgumentError("search_batch takes a list of queries, not one string (use search)")
         for position, query in enumerate(queries):
-            if not isinstance(query, str) or not query.strip():
-                where = "" if len(queries) == 1 else f" (queries[{position}])"
+            where = "" if len(queries) == 1 else f" (queries[{position}])"
+            if not isinstance(query, str):
+                raise InvalidArgumentError(f"query{where} must be a string, got {type(query).__name__} {query!r:.80}")
+            if not query.strip():
                 raise EmptyQueryError(f"empty query{where}: give some text to search for")
             if has_lone_surrogate(query):
-                where = "" if len(queries) == 1 else f" (queries[{position}])"
                 raise InvalidArgumentError(f"query{where} is not valid Unicode (lone surrogate, e.g. a cut emoji)")
         k = self.settings.k if k is None else k
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
@@ -487,7 +499,7 @@ class HybridRetriever:
             hit.rerank_score, hit.score = (float(rerank_scores[i]) if rerank_scores is not None else None), float(fs)
         return sorted(hits, key=lambda h: (-h.score, h.chunk_id))
 
-    def as_langchain(self, search_kwargs: dict[str, Any] | None = None, **kwargs: Any):
+    def as_langchain(self, search_kwargs: dict[str, Any] | None = None, **kwargs: Any) -> LangChainRetriever:
         """This retriever as a LangChain ``BaseRetriever``.
 
         ``search_kwargs`` (k, filter, rerank, variant, group_by, score_threshold) are the defaults of every call,
@@ -498,7 +510,7 @@ class HybridRetriever:
 
         return LangChainRetriever(retriever=self, search_kwargs={**(search_kwargs or {}), **kwargs})
 
-    def as_llamaindex(self, **kwargs: Any):
+    def as_llamaindex(self, **kwargs: Any) -> LlamaIndexRetriever:
         """This retriever as a LlamaIndex ``BaseRetriever`` (extra ``[llamaindex]``; without it a
         :class:`~retrieval.errors.MissingExtraError`)."""
         with requires_extra("llamaindex", "llama_index", "as_llamaindex()"):
@@ -506,7 +518,7 @@ class HybridRetriever:
 
         return LlamaIndexRetriever(self, **kwargs)
 
-    def as_haystack(self, **kwargs: Any):
+    def as_haystack(self, **kwargs: Any) -> HaystackRetriever:
         """This retriever as a Haystack 2 component (extra ``[haystack]``; without it a
         :class:`~retrieval.errors.MissingExtraError`)."""
         with requires_extra("haystack", "haystack", "as_haystack()"):

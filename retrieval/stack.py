@@ -20,7 +20,7 @@ from retrieval.errors import InvalidArgumentError
 from retrieval.indexer import Indexer
 from retrieval.parts import Parts
 from retrieval.search import HybridRetriever
-from retrieval.settings import RetrievalSettings, check_collection_name
+from retrieval.settings import RetrievalSettings, check_collection_name, redact_url
 from retrieval.store import CollectionSchema, QdrantStore, SchemaMismatchError, StoreError, open_store
 
 log = logging.getLogger(__name__)
@@ -117,6 +117,11 @@ class RetrievalStack:
         if store is not None:
             self._default = (store.collection, store.version)
             self._stores[self._default] = store
+
+    def __repr__(self) -> str:
+        s = self.settings
+        where = redact_url(s.qdrant_url) if s.qdrant_url else str(s.qdrant_path)
+        return f"RetrievalStack(collection={self._default[0]!r}, at={where!r})"
 
     # -- parts ----------------------------------------------------------------------------------------------
     @property

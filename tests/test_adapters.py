@@ -138,3 +138,48 @@ def test_adapters_refuse_bad_search_arguments_before_searching(retriever, adapte
                 retriever.as_llamaindex(**kwargs).retrieve(QUERY)
             else:
                 retriever.as_haystack(**{"top_k" if k == "k" else k: v for k, v in kwargs.items()}).run(QUERY)
+
+
+def test_a_haystack_pipeline_saves_and_loads_a_working_retriever(tmp_path, monkeypatch, dense_encoder, sparse_encoder):
+    """``Pipeline.dumps()`` holds the settings that rebuild the retriever (never the API key: the loading process's
+    environment gives it); ``Pipeline.loads()`` gives a component that searches the same collection alike."""
+    haystack = pytest.importorskip("haystack")
+    from retrieval import RetrievalSettings, RetrievalStack
+    from retrieval.haystack import HaystackRetriever
+
+    settings = RetrievalSettings(
+        qdrant_path=tmp_path / "index", collection="saved", embedding_cache=False, rrf_k=20, qdrant_api_key="s3cret"
+    )
+    filters = {"field": "meta.year", "operator": ">=", "value": 2020}
+    with RetrievalStack(settings, dense=dense_encoder, sparse=sparse_encoder) as stack:
+        stack.indexer().index([PAPER, OTHER, EMPTY], progress=False)
+        pipe = haystack.Pipeline()
+        pipe.add_component("retriever", stack.retriever(rerank=False).as_haystack(top_k=2, filters=filters))
+        before = pipe.run({"retriever": {"query": QUERY}})["retriever"]["documents"]
+        saved = pipe.dumps()
+    assert "s3cret" not in saved and "saved" in saved and "rrf_k: 20" in saved
+    monkeypatch.setenv("HYBRID_RAG_QDRANT_API_KEY", "from-env")
+    loaded = haystack.Pipeline.loads(saved, allowed_modules=["retrieval.haystack"])  # Haystack trusts no module
+    component = loaded.get_component("retriever")
+    try:
+        assert isinstance(component, HaystackRetriever) and component.top_k == 2 and component.rerank is None
+        assert component.retriever.settings.rerank is False and component.retriever.settings.rrf_k == 20
+        assert component.retriever.settings.qdrant_api_key.get_secret_value() == "from-env"
+        after = loaded.run({"retriever": {"query": QUERY}})["retriever"]["documents"]
+        assert [(d.meta["doc_id"], d.score) for d in after] == [(d.meta["doc_id"], d.score) for d in before]
+        assert len(after) == 2 and all(d.meta["year"] >= 2020 for d in after)  # the saved filters apply
+        assert loaded.dumps() == saved  # saving the loaded pipeline again changes nothing
+    finally:
+        component.stack.close()
+
+
+def test_a_haystack_retriever_whose_url_holds_a_password_is_not_saved(dense_encoder, sparse_encoder):
+    pytest.importorskip("haystack")
+    from retrieval import RetrievalSettings, RetrievalStack
+
+    settings = RetrievalSettings(collection="notes", qdrant_url="http://admin:hunter2@127.0.0.1:1")  # never reached
+    with RetrievalStack(settings, dense=dense_encoder, sparse=sparse_encoder) as stack:
+        component = stack.retriever().as_haystack()
+        with pytest.raises(InvalidArgumentError, match=r"admin:\*\*\*@.*HYBRID_RAG_QDRANT_API_KEY") as refused:
+            component.to_dict()
+    assert "hunter2" not in str(refused.value)

@@ -12,7 +12,7 @@ import pytest
 
 from retrieval import BadInputError, Document, read_documents
 from retrieval.documents import MAX_DOCUMENT_BYTES, MAX_METADATA_BYTES, MAX_METADATA_DEPTH, validate_documents
-from retrieval.errors import InvalidArgumentError, InvalidDocumentError
+from retrieval.errors import HybridRagError, InvalidArgumentError, InvalidDocumentError
 
 CET = dt.timezone(dt.timedelta(hours=1))
 
@@ -534,3 +534,17 @@ def test_ids_differing_only_in_unicode_normalization_are_one_id(tmp_path):
     assert "caf\\xe9" in message and "cafe\\u0301" in message  # escaped: they look the same
     with pytest.raises(InvalidDocumentError, match="duplicate document id"):
         validate_documents([Document(unicodedata.normalize(f, "café"), "x") for f in ("NFC", "NFD")])
+
+
+@pytest.mark.parametrize("doc_id", [6, "", "  ", None])
+def test_a_document_id_that_is_no_text_is_refused_as_bad_input(doc_id) -> None:
+    with pytest.raises(HybridRagError, match=f"Document.id must be a non-empty string, got {type(doc_id).__name__}"):
+        Document(doc_id, "text")
+
+
+def test_format_beir_given_the_corpus_file_says_it_reads_a_folder(tmp_path) -> None:
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text('{"_id": "a", "text": "Lanterns glow at dusk."}\n')
+    with pytest.raises(BadInputError, match=r"corpus.jsonl: format 'beir' reads a folder holding corpus.jsonl, not a"):
+        read_documents(corpus, "beir")
+    assert [d.id for d in read_documents(tmp_path, "beir")[0]] == ["a"]  # its folder

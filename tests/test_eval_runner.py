@@ -50,6 +50,14 @@ def test_report_describes_what_was_evaluated(sample_report) -> None:
     assert report.seconds > 0
 
 
+def test_a_reports_repr_is_a_summary_not_every_query(sample_report) -> None:
+    """What a notebook shows for ``report``: the metrics, not each query's scores and run (megabytes for SciFact)."""
+    report, _ = sample_report
+    shown = repr(report)
+    assert "ndcg@10" in shown and "per_query" not in shown and "run=" not in shown
+    assert len(shown) < 3000 + 200 * len(report.variants)
+
+
 def test_report_scores_are_the_runs_scored_against_the_qrels(sample_report) -> None:
     report, _ = sample_report
     qrels = sample_collection().qrels("test")

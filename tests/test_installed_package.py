@@ -60,6 +60,50 @@ def test_the_wheel_ships_the_builtin_corpora_file_and_the_sample() -> None:
     assert names >= {"sample/corpus.jsonl", "sample/queries.jsonl"}
 
 
+@pytest.mark.slow
+def test_the_built_wheel_marks_retrieval_typed(tmp_path: Path) -> None:
+    """PEP 561: without ``retrieval/py.typed`` in the wheel, type checkers treat every ``retrieval`` name as Any."""
+    import shutil
+    import zipfile
+
+    source = tmp_path / "src"  # a copy of what the wheel is built from: the build writes into its source tree
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md", "retrieval", "evals", "assets", "orchestration"):
+        copy = shutil.copytree if (ROOT / name).is_dir() else shutil.copy
+        copy(
+            ROOT / name,
+            source / name,
+            **({"ignore": shutil.ignore_patterns("__pycache__")} if copy is shutil.copytree else {}),
+        )
+    cmd = [sys.executable, "-m", "pip", "wheel", ".", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), "-q"]
+    done = subprocess.run(cmd, cwd=source, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    [wheel] = tmp_path.glob("hybrid_rag-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert "retrieval/py.typed" in names and "evals/sample/corpus.jsonl" in names
+
+
+def test_the_public_api_says_what_it_returns() -> None:
+    """The adapters' factories name their return types (the extras stay optional: the names are strings), and a
+    title, documented as None for none, is annotated so."""
+    import inspect
+    import typing
+
+    from retrieval import Document, Hit, HybridRetriever
+
+    returns = {
+        name: inspect.signature(getattr(HybridRetriever, name)).return_annotation
+        for name in ("as_langchain", "as_llamaindex", "as_haystack")
+    }
+    assert returns == {
+        "as_langchain": "LangChainRetriever",
+        "as_llamaindex": "LlamaIndexRetriever",
+        "as_haystack": "HaystackRetriever",
+    }
+    assert typing.get_type_hints(Document)["title"] == str | None and Document("a", "b", title=None).title is None
+    assert typing.get_type_hints(Hit)["title"] is str  # a hit's title is always a string: "" for none
+
+
 def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HYBRID_RAG_", "DAGSTER_HOME"))}
     cache = os.environ.get("HYBRID_RAG_CACHE_DIR")  # the shared embedding cache: the sample's vectors are reused

@@ -1,6 +1,7 @@
 """What search promises callers: clear refusals, document-level results, thresholds, LangChain kwargs."""
 
-from dataclasses import replace
+import json
+from dataclasses import asdict, replace
 
 import pytest
 
@@ -108,6 +109,22 @@ def test_reranked_hits_carry_their_stored_fields(retriever):
     assert len({h.doc_id for h in grouped}) == len(grouped) == 3
 
 
+def test_hits_have_one_shape_whatever_the_variant_and_vectors_only_when_asked(retriever):
+    """A reranked search reads the candidates' vectors, but its hits carry none: ``asdict`` of any hit is JSON."""
+    for rerank, group_by, variant in [
+        (False, "chunk", "hybrid"),
+        (True, "chunk", "hybrid"),
+        (True, "doc", "hybrid"),
+        (None, "chunk", "hybrid+rerank"),
+        (None, "chunk", "dense"),
+    ]:
+        hits = retriever.search(LEXICAL_QUERY[0], k=3, rerank=rerank, group_by=group_by, variant=variant)
+        assert hits and all(h.dense_vector is None for h in hits), (rerank, group_by, variant)
+        assert json.loads(json.dumps([asdict(h) for h in hits]))[0]["doc_id"] == hits[0].doc_id
+    _, [candidates] = retriever.first_stage([LEXICAL_QUERY[0]], "hybrid", 3, with_vectors=True)
+    assert candidates and all(h.dense_vector.shape == (384,) for h in candidates)  # asked for: there
+
+
 def test_queries_encoded_once_search_as_before_and_vectors_that_do_not_fit_are_refused(retriever):
     """``encode`` then ``search_batch(encoded=...)``: the hits of a search that encodes its queries, for every
     variant; vectors for other queries, lacking a channel or made by another query encoder are refused."""
@@ -125,3 +142,29 @@ def test_queries_encoded_once_search_as_before_and_vectors_that_do_not_fit_are_r
         retriever.search_batch(queries, variant="hybrid", encoded=retriever.encode(queries, "sparse"))
     with pytest.raises(InvalidArgumentError, match="another query encoder"):
         retriever.search_batch(queries, variant="dense", encoded=replace(encoded, encoder=None))
+
+
+def test_a_query_that_is_no_string_is_named_so_not_empty(retriever):
+    with pytest.raises(InvalidArgumentError, match="query must be a string, got bytes b'hybrid fusion'") as refused:
+        retriever.search(b"hybrid fusion")
+    assert not isinstance(refused.value, EmptyQueryError)
+    with pytest.raises(InvalidArgumentError, match=r"query \(queries\[1\]\) must be a string, got int 7"):
+        retriever.search_batch(["valve", 7])
+
+
+def test_stacks_retrievers_and_indexers_show_their_collection_and_where_it_is(
+    retriever, tmp_path, dense_encoder, sparse_encoder
+):
+    from retrieval import RetrievalSettings, RetrievalStack
+
+    assert repr(retriever) == f"HybridRetriever(collection='api', at={str(retriever.store.root)!r})"
+    with RetrievalStack(RetrievalSettings(qdrant_path=tmp_path, collection="notes")) as stack:
+        assert repr(stack) == f"RetrievalStack(collection='notes', at={str(tmp_path)!r})"
+        assert repr(stack.indexer("other")) == f"Indexer(collection='other', at={str(tmp_path)!r})"
+        assert (
+            repr(stack.retriever(version=3)) == f"HybridRetriever(collection='notes', at={str(tmp_path)!r}, version=3)"
+        )
+    url = "http://admin:hunter2@127.0.0.1:1"  # never reached: a repr reads nothing
+    with RetrievalStack(RetrievalSettings(qdrant_url=url), dense=dense_encoder, sparse=sparse_encoder) as stack:
+        shown = [repr(stack), repr(stack.retriever()), repr(stack.indexer())]
+    assert all("admin:***@127.0.0.1:1" in r and "hunter2" not in r for r in shown)

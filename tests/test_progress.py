@@ -1,0 +1,40 @@
+"""Progress bars: ``progress=False`` silences them, otherwise tqdm's own defaults apply, ``TQDM_DISABLE`` included
+(``make test`` relies on it). tqdm reads its environment when imported, so each case runs in a process of its own."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+INDEX = """
+import sys
+from retrieval import Document, RetrievalSettings, RetrievalStack
+settings = RetrievalSettings(collection="bars", qdrant_path=sys.argv[1], embedding_cache=False)
+with RetrievalStack(settings) as stack:
+    stack.indexer().index([Document("a", "some text"), Document("b", "other text")], progress=sys.argv[2] == "on")
+"""
+
+
+def bars(tmp_path: Path, progress: str, **env: str) -> list[str]:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("TQDM_")} | env
+    done = subprocess.run(
+        [sys.executable, "-c", INDEX, str(tmp_path / f"{progress}-{len(env)}"), progress],
+        env=environ,
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.replace("\r", "\n").splitlines()
+    return sorted({name for name in ("chunking", "embedding bars") for line in lines if line.startswith(f"{name}:")})
+
+
+def test_progress_bars_follow_tqdm_disable_and_progress_false(tmp_path):
+    assert bars(tmp_path, "on") == ["chunking", "embedding bars"]
+    assert bars(tmp_path, "on", TQDM_DISABLE="1") == []
+    assert bars(tmp_path, "off") == []
