@@ -704,8 +704,8 @@ def _paths(key: str) -> list[str]:
         return [key]
     if PLAIN_KEY.fullmatch(key):
         return [f"metadata.{key}"]
-    if '"' in key:
-        raise FilterError(f"filter on {key!r}: a key with a double quote cannot be filtered")
+    if '"' in key or "\\" in key:  # Qdrant's quoted path segments have no escapes
+        raise FilterError(f"filter on {key!r}: a key with a double quote or a backslash cannot be filtered")
     literal = f'metadata."{key}"'  # Qdrant's quoted path segment: the key with its dots and brackets
     return [literal, f"metadata.{key}"] if PAYLOAD_PATH.fullmatch(key) else [literal]
 
