@@ -227,3 +227,65 @@ def test_staged_copy_is_not_published_after_an_in_place_write(tmp_path, dense_en
     store.publish(store.pinned(again.version))
     assert {doc_id for doc_id, _ in reader.stored_hashes().values()} == {d.id for d in NEW_DOCS} | {"late"}
     store.close()
+
+
+def foreign_collection(client: QdrantClient, name: str, points: int = 3) -> None:
+    """Another application's collection, made with plain qdrant-client (no hybrid-rag schema metadata)."""
+    client.create_collection(name, vectors_config={"theirs": qm.VectorParams(size=8, distance=qm.Distance.DOT)})
+    payload = {"doc_id": "t", "content_hash": "x", "owner": "team"}  # keys like hybrid-rag's do not make it ours
+    client.upsert(
+        name, points=[qm.PointStruct(id=i, vector={"theirs": [0.1] * 8}, payload=payload) for i in range(points)]
+    )
+
+
+def aliases(client: QdrantClient) -> dict[str, str]:
+    return {a.alias_name: a.collection_name for a in client.get_aliases().aliases}
+
+
+@pytest.mark.parametrize("write", ["rebuild", "staged"])
+def test_writes_keep_another_applications_collection_named_like_a_version(
+    write, tmp_path, dense_encoder, sparse_encoder
+):
+    """A team's ``test__v7`` (plain qdrant-client) beside hybrid-rag's ``test``: a rebuild, or the ``qdrant_index``
+    asset's staged copy, used to drop it as an abandoned staging of ``test``."""
+    root = tmp_path / "index"
+    store, reader = store_pair("server", root)
+    indexer = RetrievalStack(settings_for(root), store=store, dense=dense_encoder, sparse=sparse_encoder).indexer()
+    indexer.index(TINY_DOCS, progress=False)
+    foreign_collection(store.client, "test__v7")
+    if write == "rebuild":
+        report = indexer.rebuild(NEW_DOCS, progress=False)
+    else:
+        report = indexer.sync(indexer.chunk(NEW_DOCS), prune=True, progress=False, publish=False)
+        store.publish(store.pinned(report.version))
+    assert report.version == 8  # not a number another collection has
+    assert (reader.current_version(), reader.count()) == (8, len(NEW_DOCS))
+    assert physical_names("server", root, store) == {"test__v7", "test__v8"}
+    assert store.client.count("test__v7").count == 3
+    store.close()
+
+
+@pytest.mark.parametrize("foreign", ["collection", "alias"])
+def test_rebuild_refuses_a_collection_or_alias_hybrid_rag_did_not_make(
+    foreign, tmp_path, dense_encoder, sparse_encoder
+):
+    """``index --rebuild`` into a team's collection ``test`` (or their alias ``test`` on ``team_data``) deleted it and
+    made ``test`` hybrid-rag's alias, or crashed on its points; like every other write it refuses, touching nothing."""
+    root = tmp_path / "index"
+    store, _ = store_pair("server", root)
+    client = store.client
+    foreign_collection(client, "test" if foreign == "collection" else "team_data")
+    if foreign == "alias":
+        alias = qm.CreateAlias(collection_name="team_data", alias_name="test")
+        client.update_collection_aliases(change_aliases_operations=[qm.CreateAliasOperation(create_alias=alias)])
+    before = (physical_names("server", root, store), aliases(client))
+    indexer = RetrievalStack(settings_for(root), store=store, dense=dense_encoder, sparse=sparse_encoder).indexer()
+    with pytest.raises(StoreError, match=r"was not created by hybrid-rag \(no schema metadata\)"):
+        indexer.rebuild(TINY_DOCS, allow_delete=True, progress=False)
+    assert (physical_names("server", root, store), aliases(client)) == before
+    # the publish itself refuses too (a restore, a staged version published later)
+    staged = store.stage(indexer.schema())
+    with pytest.raises(StoreError, match="hybrid-rag did not make|was not created by hybrid-rag"):
+        store.publish(staged)
+    assert aliases(client) == before[1] and client.count("test").count == 3  # their points, through their name
+    store.close()

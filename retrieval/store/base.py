@@ -292,6 +292,10 @@ class QdrantStore(ABC):
     def _versions(self) -> list[int]:
         """Every physical version present, published or not."""
 
+    def _taken_versions(self) -> list[int]:
+        """Every version number in use, by hybrid-rag or not (a new version gets a higher one)."""
+        return self._versions()
+
     @abstractmethod
     def _pinned(self, version: int) -> QdrantStore:
         """A store on the physical collection of ``version`` (not created here)."""
@@ -417,7 +421,7 @@ class QdrantStore(ABC):
             if last is not None and self._pinned(last).schema() == schema:
                 log.info("resuming the unfinished write of %r (version %d)", self.collection, last)
                 return _resumed(self._pinned(last))
-            target = max([current or 0, *self._versions()]) + 1  # never the number of a refused version
+            target = max([current or 0, *self._taken_versions()]) + 1  # never the number of a refused version
             for v in pending:  # refused or abandoned stagings (kept while another process holds them)
                 self._pinned(v).drop()
             staged = self._pinned(target)
@@ -436,7 +440,7 @@ class QdrantStore(ABC):
         if last is not None and self._pinned(last).schema() == schema:
             log.info("resuming the unfinished rebuild of %r (version %d)", self.collection, last)
             return _resumed(self._pinned(last))
-        target = max([current, *versions]) + 1  # never the number of a refused (sealed) or abandoned version
+        target = max([current, *self._taken_versions()]) + 1  # never a refused (sealed) or abandoned one's number
         for v in pending:
             self._pinned(v).drop()
         staged = self._pinned(target)

@@ -195,10 +195,20 @@ class ServerStore(QdrantStore):
         physical = self._physical()
         return None if physical is None else parse_version(self.collection, physical)
 
-    def _versions(self) -> list[int]:
+    def _ours(self, name: str) -> bool:
+        """Whether the physical collection ``name`` carries hybrid-rag's schema metadata (hybrid-rag made it)."""
+        info = self._call("get_collection", self.client.get_collection, name)
+        return SCHEMA_KEY in (info.config.metadata or {})
+
+    def _taken_versions(self) -> list[int]:
         response = self._call("get_collections", self.client.get_collections)
         found = (parse_version(self.collection, c.name) for c in response.collections)
         return sorted(v for v in found if v is not None)
+
+    def _versions(self) -> list[int]:
+        """The versions hybrid-rag made: a collection named like one (``<name>__v7``) without hybrid-rag's schema
+        metadata is another application's, never dropped nor resumed (its number is not reused either)."""
+        return [v for v in self._taken_versions() if self._ours(version_name(self.collection, v))]
 
     def _pinned(self, version: int) -> ServerStore:
         return ServerStore(
@@ -214,16 +224,28 @@ class ServerStore(QdrantStore):
 
     def _switch(self, staged: QdrantStore) -> None:
         ops: list[qm.AliasOperations] = []
-        if self.collection in self._aliases():
+        target = version_name(self.collection, staged.version or 0)
+        aliased = self._aliases().get(self.collection)
+        if aliased is not None and (parse_version(self.collection, aliased) is None or not self._ours(aliased)):
+            raise StoreError(
+                f"not publishing {target!r} at {self.location}: the alias {self.collection!r} points at "
+                f"{aliased!r}, which hybrid-rag did not make as a version of {self.collection!r}; nothing was changed. "
+                "Use another collection name"
+            )
+        if aliased is not None:
             ops.append(qm.DeleteAliasOperation(delete_alias=qm.DeleteAlias(alias_name=self.collection)))
         elif self._exists(self.collection):  # an alias cannot shadow a collection: the unversioned one goes first
+            if not self._ours(self.collection):
+                raise StoreError(
+                    f"not publishing {target!r} at {self.location}: collection {self.collection!r} was not "
+                    "created by hybrid-rag (no schema metadata); nothing was changed. Use another collection name"
+                )
             log.warning(
                 "replacing the unversioned collection %r at %s by an alias (it is missing for a moment)",
                 self.collection,
                 self.location,
             )
             self._call("delete_collection", self.client.delete_collection, self.collection)
-        target = version_name(self.collection, staged.version or 0)
         ops.append(
             qm.CreateAliasOperation(create_alias=qm.CreateAlias(collection_name=target, alias_name=self.collection))
         )
