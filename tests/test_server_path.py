@@ -21,6 +21,7 @@ from retrieval import Document, RetrievalSettings, RetrievalStack
 from retrieval.encoders.sparse import SpladeEncoder
 from retrieval.errors import ModelLoadError
 from retrieval.store import StoreError, connect
+from retrieval.store.base import ForeignPointsError
 from tests.conftest import TINY_DOCS
 from tests.test_reliability_versions import (
     NEW_DOCS,
@@ -288,4 +289,36 @@ def test_rebuild_refuses_a_collection_or_alias_hybrid_rag_did_not_make(
     with pytest.raises(StoreError, match="hybrid-rag did not make|was not created by hybrid-rag"):
         store.publish(staged)
     assert aliases(client) == before[1] and client.count("test").count == 3  # their points, through their name
+    store.close()
+
+
+def test_points_another_tool_wrote_into_a_collection_are_no_hits_and_stop_sync_and_rebuild(
+    tmp_path, dense_encoder, sparse_encoder, caplog
+):
+    """A point langchain-qdrant (``vector_name="dense"``) added to a hybrid-rag collection came back as an empty hit,
+    and a sync or rebuild crashed with ``KeyError: 'doc_id'``: it is left out of searches with a warning, and a
+    sync or rebuild refuses in one line naming it (deleting another tool's data is for its owner to decide)."""
+    root = tmp_path / "index"
+    store, reader = store_pair("server", root)
+    stack = RetrievalStack(settings_for(root), store=store, dense=dense_encoder, sparse=sparse_encoder)
+    indexer = stack.indexer()
+    indexer.index(TINY_DOCS, progress=False)
+    query = "how often to replace the valve gasket"
+    lc_id = "5c5b4a52-0000-4000-8000-000000000001"
+    vector = dense_encoder.encode_queries([query])[0].tolist()  # the best dense match of the query
+    point = qm.PointStruct(id=lc_id, vector={"dense": vector}, payload={"page_content": "x", "metadata": {"s": "lc"}})
+    store.client.upsert("test", points=[point])
+    with caplog.at_level(logging.WARNING):
+        hits = stack.retriever().search(query, k=len(TINY_DOCS) + 1)
+    assert lc_id not in {h.chunk_id for h in hits} and all(h.doc_id and h.text for h in hits)
+    assert any(lc_id in r.getMessage() and "did not write" in r.getMessage() for r in caplog.records)
+    for write in (
+        lambda: indexer.index(TINY_DOCS, prune=True, allow_delete=True, progress=False),
+        lambda: indexer.rebuild(TINY_DOCS, allow_delete=True, progress=False),
+    ):
+        with pytest.raises(ForeignPointsError, match=f"1 point that hybrid-rag did not write .*'{lc_id}'"):
+            write()
+    assert (reader.current_version(), reader.count()) == (1, store.client.count("test").count)
+    assert store.client.retrieve("test", [lc_id])  # still there
+    assert indexer.index(NEW_DOCS[:1], progress=False).version == 1  # a plain index reads its documents only
     store.close()

@@ -54,8 +54,8 @@ from retrieval.store.base import (
     doc_id_batches,
     filter_conditions,
     parse_version,
-    scrolled,
     stored_chunks_from,
+    stored_owners_from,
     version_name,
 )
 
@@ -419,12 +419,14 @@ class ServerStore(QdrantStore):
     def stored_chunks(self, doc_ids: Collection[str] | None = None) -> dict[str, StoredChunk]:
         out: dict[str, StoredChunk] = {}
         for batch in doc_id_batches(doc_ids):
-            out.update(stored_chunks_from(self._scroll_page(HASH_FIELDS, batch)))
+            out.update(stored_chunks_from(self._scroll_page(HASH_FIELDS, batch), self._where()))
         return out
 
     def stored_owners(self) -> Iterator[tuple[str, str]]:
-        for r in scrolled(self._scroll_page(["doc_id"])):
-            yield str(r.id), r.payload["doc_id"]
+        return stored_owners_from(self._scroll_page(["doc_id"]), self._where())
+
+    def _where(self) -> str:
+        return f"collection {self.name!r} at {self.location}"
 
     def count(self, filter: dict[str, Any] | None = None) -> int:
         result = self._call("count", self.client.count, self.name, count_filter=_client_filter(filter), exact=True)
