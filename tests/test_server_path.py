@@ -20,7 +20,7 @@ from orchestration.cli import app
 from retrieval import Document, RetrievalSettings, RetrievalStack
 from retrieval.encoders.sparse import SpladeEncoder
 from retrieval.errors import ModelLoadError
-from retrieval.store import StoreError, connect
+from retrieval.store import StoreError, collection_names, connect
 from retrieval.store.base import ForeignPointsError
 from tests.conftest import TINY_DOCS
 from tests.test_reliability_versions import (
@@ -322,3 +322,31 @@ def test_points_another_tool_wrote_into_a_collection_are_no_hits_and_stop_sync_a
     assert store.client.retrieve("test", [lc_id])  # still there
     assert indexer.index(NEW_DOCS[:1], progress=False).version == 1  # a plain index reads its documents only
     store.close()
+
+
+def test_team_alias_on_a_version_is_no_collection_and_keeps_its_version(
+    tmp_path, dense_encoder, sparse_encoder, caplog
+):
+    """A team's alias ``prod`` on ``notes__v1``: ``collections`` listed it as a collection, and a rebuild of ``notes``
+    deleted ``notes__v1`` and with it the alias."""
+    url = f"file://{tmp_path / 'srv'}"
+    settings = RetrievalSettings(
+        qdrant_url=url, collection="notes", cache_dir=tmp_path / "cache", rerank=False, _env_file=None
+    )
+    with RetrievalStack(settings, dense=dense_encoder, sparse=sparse_encoder) as stack:
+        stack.indexer().index(TINY_DOCS, progress=False)
+    client = QdrantClient(path=str(tmp_path / "srv"))
+    alias = qm.CreateAlias(collection_name="notes__v1", alias_name="prod")
+    client.update_collection_aliases(change_aliases_operations=[qm.CreateAliasOperation(create_alias=alias)])
+    client.close()
+    with caplog.at_level(logging.WARNING):
+        assert collection_names(settings) == ["notes"]
+    assert any("'prod' -> 'notes__v1'" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with RetrievalStack(settings, dense=dense_encoder, sparse=sparse_encoder) as stack:
+        with caplog.at_level(logging.WARNING):
+            assert stack.indexer().rebuild(NEW_DOCS, progress=False).version == 2
+        assert any("keeping 'notes__v1'" in r.getMessage() and "'prod'" in r.getMessage() for r in caplog.records)
+        client = stack.store().client
+        assert aliases(client) == {"notes": "notes__v2", "prod": "notes__v1"}
+        assert client.count("prod").count == len(TINY_DOCS)

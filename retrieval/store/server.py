@@ -210,6 +210,11 @@ class ServerStore(QdrantStore):
         metadata is another application's, never dropped nor resumed (its number is not reused either)."""
         return [v for v in self._taken_versions() if self._ours(version_name(self.collection, v))]
 
+    def _other_aliases(self, version: int) -> list[str]:
+        """The aliases other than the collection's own that point at ``version`` (e.g. a team's ``prod``)."""
+        target = version_name(self.collection, version)
+        return sorted(a for a, t in self._aliases().items() if t == target and a != self.collection)
+
     def _pinned(self, version: int) -> ServerStore:
         return ServerStore(
             self.client,
@@ -304,8 +309,9 @@ class ServerStore(QdrantStore):
                 return
 
     def catalogue(self) -> tuple[dict[str, str], list[str]]:
-        """The server's aliases (alias -> physical collection) and the physical collections hybrid-rag made (with
-        its schema metadata), both without the collections others made, which are named in one warning."""
+        """The collections' aliases (``name`` -> ``name__v<N>``) and the physical collections hybrid-rag made (with
+        its schema metadata), without the collections others made, which are named in one warning, and without
+        the other aliases on hybrid-rag's versions (a team's ``prod`` -> ``kb__v1``), named in another."""
         aliases = {a.alias_name: a.collection_name for a in self._call("get_aliases", self.client.get_aliases).aliases}
         ours, foreign = [], []
         for c in self._call("get_collections", self.client.get_collections).collections:
@@ -318,7 +324,15 @@ class ServerStore(QdrantStore):
                 self.location,
                 ", ".join(sorted(foreign)),
             )
-        return {alias: target for alias, target in aliases.items() if target in ours}, ours
+        others = sorted(a for a, t in aliases.items() if t in ours and parse_version(a, t) is None)
+        if others:
+            log.warning(
+                "not listing aliases at %s on versions of hybrid-rag collections (searchable, but no collections of "
+                "their own; a rebuild keeps the version they point at): %s",
+                self.location,
+                ", ".join(f"{a!r} -> {aliases[a]!r}" for a in others),
+            )
+        return {a: t for a, t in aliases.items() if t in ours and parse_version(a, t) is not None}, ours
 
     # -- lifecycle ----------------------------------------------------------------------------------
     def schema(self) -> CollectionSchema | None:
@@ -356,6 +370,15 @@ class ServerStore(QdrantStore):
 
     def drop(self) -> None:
         if self.version is not None:
+            if others := self._other_aliases(self.version):  # deleting it would delete them (Qdrant drops its aliases)
+                log.warning(
+                    "keeping %r at %s: the alias %s points at it; delete %s to let hybrid-rag remove it",
+                    self.name,
+                    self.location,
+                    ", ".join(map(repr, others)),
+                    "that alias" if len(others) == 1 else "those aliases",
+                )
+                return
             self._call("delete_collection", self.client.delete_collection, self.name)
             return
         if self.collection in self._aliases():
@@ -364,7 +387,7 @@ class ServerStore(QdrantStore):
                 "update_collection_aliases", self.client.update_collection_aliases, change_aliases_operations=[delete]
             )
         for v in self._versions():
-            self._call("delete_collection", self.client.delete_collection, version_name(self.collection, v))
+            self._pinned(v).drop()
 
     def close(self) -> None:
         if self._owns_client:
