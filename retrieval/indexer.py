@@ -356,6 +356,8 @@ class Indexer:
         pinned = self.store.version is not None  # an explicit version (e.g. a staged one) is written in place
         self.sparse = self._sparse if rebuild or vectors is not None else self._legacy_analyzer_kept()
         report.published_before = self.store.current_version()
+        if rebuild:  # like every write, a rebuild refuses a collection (or alias) hybrid-rag did not make
+            self.store.check_schema(missing_ok=True)
         staged = rebuild or (not pinned and (not publish or not self.store.writes_in_place))
         # A first build is staged on every backend: it is published when complete, and a failed one is resumed.
         first = not staged and not pinned and self.store.schema() is None

@@ -436,6 +436,7 @@ class HybridRetriever:
         by_doc = GroupBy(group_by) is GroupBy.DOC
         if by_doc:
             results = self._deepened(plans, results, channel_k)
+        results = self._written(results)
         fuse = self.fuse_documents if by_doc else self.fuse
         step = len(names)
         fused = [fuse({name: results[i * step + j] for j, name in enumerate(names)})[:depth] for i in range(n)]
@@ -450,6 +451,21 @@ class HybridRetriever:
             [Hit.from_fused(f, points[f.id], r if hybrid else None) for r, f in enumerate(fs, 1) if f.id in points]
             for fs in fused
         ]
+
+    def _written(self, results: list[list[StoredHit]]) -> list[list[StoredHit]]:
+        """The channel lists without the points hybrid-rag did not write (no ``doc_id``: another tool's, e.g.
+        langchain-qdrant writing into the collection), which are named in a warning: they are no documents."""
+        foreign = {h.id for hits in results for h in hits if not isinstance(h.payload.get("doc_id"), str)}
+        if not foreign:
+            return results
+        log.warning(
+            "collection %r at %s: leaving out %d point(s) hybrid-rag did not write (no doc_id payload): %s",
+            self.store.collection,
+            self.store.location,
+            len(foreign),
+            ", ".join(sorted(foreign)[:5]) + (" ..." if len(foreign) > 5 else ""),
+        )
+        return [[h for h in hits if h.id not in foreign] for hits in results]
 
     def _deepened(self, plans: list[QueryPlan], results: list[list[StoredHit]], wanted: int) -> list[list[StoredHit]]:
         """Each channel list that holds fewer than ``wanted`` documents queried again with twice the limit (one

@@ -19,7 +19,8 @@ from orchestration.cli import app
 from retrieval import Document, RetrievalSettings, RetrievalStack
 from retrieval.encoders.sparse import SpladeEncoder
 from retrieval.errors import InvalidArgumentError, ModelLoadError
-from retrieval.store import StoreError, connect
+from retrieval.store import StoreError, collection_names, connect
+from retrieval.store.base import ForeignPointsError
 from tests.conftest import TINY_DOCS
 from tests.test_reliability_versions import (
     NEW_DOCS,
@@ -226,3 +227,125 @@ def test_staged_copy_is_not_published_after_an_in_place_write(tmp_path, dense_en
     store.publish(store.pinned(again.version))
     assert {doc_id for doc_id, _ in reader.stored_hashes().values()} == {d.id for d in NEW_DOCS} | {"late"}
     store.close()
+
+
+def foreign_collection(client: QdrantClient, name: str, points: int = 3) -> None:
+    """Another application's collection, made with plain qdrant-client (no hybrid-rag schema metadata)."""
+    client.create_collection(name, vectors_config={"theirs": qm.VectorParams(size=8, distance=qm.Distance.DOT)})
+    payload = {"doc_id": "t", "content_hash": "x", "owner": "team"}  # keys like hybrid-rag's do not make it ours
+    client.upsert(
+        name, points=[qm.PointStruct(id=i, vector={"theirs": [0.1] * 8}, payload=payload) for i in range(points)]
+    )
+
+
+def aliases(client: QdrantClient) -> dict[str, str]:
+    return {a.alias_name: a.collection_name for a in client.get_aliases().aliases}
+
+
+@pytest.mark.parametrize("write", ["rebuild", "staged"])
+def test_writes_keep_another_applications_collection_named_like_a_version(
+    write, tmp_path, dense_encoder, sparse_encoder
+):
+    """A team's ``test__v7`` (plain qdrant-client) beside hybrid-rag's ``test``: a rebuild, or the ``qdrant_index``
+    asset's staged copy, used to drop it as an abandoned staging of ``test``."""
+    root = tmp_path / "index"
+    store, reader = store_pair("server", root)
+    indexer = RetrievalStack(settings_for(root), store=store, dense=dense_encoder, sparse=sparse_encoder).indexer()
+    indexer.index(TINY_DOCS, progress=False)
+    foreign_collection(store.client, "test__v7")
+    if write == "rebuild":
+        report = indexer.rebuild(NEW_DOCS, progress=False)
+    else:
+        report = indexer.sync(indexer.chunk(NEW_DOCS), prune=True, progress=False, publish=False)
+        store.publish(store.pinned(report.version))
+    assert report.version == 8  # not a number another collection has
+    assert (reader.current_version(), reader.count()) == (8, len(NEW_DOCS))
+    assert physical_names("server", root, store) == {"test__v7", "test__v8"}
+    assert store.client.count("test__v7").count == 3
+    store.close()
+
+
+@pytest.mark.parametrize("foreign", ["collection", "alias"])
+def test_rebuild_refuses_a_collection_or_alias_hybrid_rag_did_not_make(
+    foreign, tmp_path, dense_encoder, sparse_encoder
+):
+    """``index --rebuild`` into a team's collection ``test`` (or their alias ``test`` on ``team_data``) deleted it and
+    made ``test`` hybrid-rag's alias, or crashed on its points; like every other write it refuses, touching nothing."""
+    root = tmp_path / "index"
+    store, _ = store_pair("server", root)
+    client = store.client
+    foreign_collection(client, "test" if foreign == "collection" else "team_data")
+    if foreign == "alias":
+        alias = qm.CreateAlias(collection_name="team_data", alias_name="test")
+        client.update_collection_aliases(change_aliases_operations=[qm.CreateAliasOperation(create_alias=alias)])
+    before = (physical_names("server", root, store), aliases(client))
+    indexer = RetrievalStack(settings_for(root), store=store, dense=dense_encoder, sparse=sparse_encoder).indexer()
+    with pytest.raises(StoreError, match=r"was not created by hybrid-rag \(no schema metadata\)"):
+        indexer.rebuild(TINY_DOCS, allow_delete=True, progress=False)
+    assert (physical_names("server", root, store), aliases(client)) == before
+    # the publish itself refuses too (a restore, a staged version published later)
+    staged = store.stage(indexer.schema())
+    with pytest.raises(StoreError, match="hybrid-rag did not make|was not created by hybrid-rag"):
+        store.publish(staged)
+    assert aliases(client) == before[1] and client.count("test").count == 3  # their points, through their name
+    store.close()
+
+
+def test_points_another_tool_wrote_into_a_collection_are_no_hits_and_stop_sync_and_rebuild(
+    tmp_path, dense_encoder, sparse_encoder, caplog
+):
+    """A point langchain-qdrant (``vector_name="dense"``) added to a hybrid-rag collection came back as an empty hit,
+    and a sync or rebuild crashed with ``KeyError: 'doc_id'``: it is left out of searches with a warning, and a
+    sync or rebuild refuses in one line naming it (deleting another tool's data is for its owner to decide)."""
+    root = tmp_path / "index"
+    store, reader = store_pair("server", root)
+    stack = RetrievalStack(settings_for(root), store=store, dense=dense_encoder, sparse=sparse_encoder)
+    indexer = stack.indexer()
+    indexer.index(TINY_DOCS, progress=False)
+    query = "how often to replace the valve gasket"
+    lc_id = "5c5b4a52-0000-4000-8000-000000000001"
+    vector = dense_encoder.encode_queries([query])[0].tolist()  # the best dense match of the query
+    point = qm.PointStruct(id=lc_id, vector={"dense": vector}, payload={"page_content": "x", "metadata": {"s": "lc"}})
+    store.client.upsert("test", points=[point])
+    with caplog.at_level(logging.WARNING):
+        hits = stack.retriever().search(query, k=len(TINY_DOCS) + 1)
+    assert lc_id not in {h.chunk_id for h in hits} and all(h.doc_id and h.text for h in hits)
+    assert any(lc_id in r.getMessage() and "did not write" in r.getMessage() for r in caplog.records)
+    for write in (
+        lambda: indexer.index(TINY_DOCS, prune=True, allow_delete=True, progress=False),
+        lambda: indexer.rebuild(TINY_DOCS, allow_delete=True, progress=False),
+    ):
+        with pytest.raises(ForeignPointsError, match=f"1 point that hybrid-rag did not write .*'{lc_id}'"):
+            write()
+    assert (reader.current_version(), reader.count()) == (1, store.client.count("test").count)
+    assert store.client.retrieve("test", [lc_id])  # still there
+    assert indexer.index(NEW_DOCS[:1], progress=False).version == 1  # a plain index reads its documents only
+    store.close()
+
+
+def test_team_alias_on_a_version_is_no_collection_and_keeps_its_version(
+    tmp_path, dense_encoder, sparse_encoder, caplog
+):
+    """A team's alias ``prod`` on ``notes__v1``: ``collections`` listed it as a collection, and a rebuild of ``notes``
+    deleted ``notes__v1`` and with it the alias."""
+    url = f"file://{tmp_path / 'srv'}"
+    settings = RetrievalSettings(
+        qdrant_url=url, collection="notes", cache_dir=tmp_path / "cache", rerank=False, _env_file=None
+    )
+    with RetrievalStack(settings, dense=dense_encoder, sparse=sparse_encoder) as stack:
+        stack.indexer().index(TINY_DOCS, progress=False)
+    client = QdrantClient(path=str(tmp_path / "srv"))
+    alias = qm.CreateAlias(collection_name="notes__v1", alias_name="prod")
+    client.update_collection_aliases(change_aliases_operations=[qm.CreateAliasOperation(create_alias=alias)])
+    client.close()
+    with caplog.at_level(logging.WARNING):
+        assert collection_names(settings) == ["notes"]
+    assert any("'prod' -> 'notes__v1'" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with RetrievalStack(settings, dense=dense_encoder, sparse=sparse_encoder) as stack:
+        with caplog.at_level(logging.WARNING):
+            assert stack.indexer().rebuild(NEW_DOCS, progress=False).version == 2
+        assert any("keeping 'notes__v1'" in r.getMessage() and "'prod'" in r.getMessage() for r in caplog.records)
+        client = stack.store().client
+        assert aliases(client) == {"notes": "notes__v2", "prod": "notes__v1"}
+        assert client.count("prod").count == len(TINY_DOCS)

@@ -58,6 +58,11 @@ class StoreError(HybridRagError, RuntimeError):
     """A store operation failed; the message names the backend location and the operation."""
 
 
+class ForeignPointsError(HybridRagError, RuntimeError):
+    """A collection holds points hybrid-rag did not write (another tool's: no ``doc_id``/``content_hash``), which a
+    sync or rebuild would have to keep or delete: it refuses instead, naming them."""
+
+
 class SchemaMismatchError(StoreError):
     """The configured models do not fit the existing collection."""
 
@@ -240,14 +245,45 @@ class StoredChunk(NamedTuple):
     doc_chunks: int | None = None
 
 
-def stored_chunks_from(scroll: Callable[[Any], tuple[Sequence[Any], Any]]) -> dict[str, StoredChunk]:
+def stored_chunks_from(scroll: Callable[[Any], tuple[Sequence[Any], Any]], where: str) -> dict[str, StoredChunk]:
     """point id -> :class:`StoredChunk`, paging through ``scroll`` (see :func:`scrolled`; each record's payload
-    limited to :data:`HASH_FIELDS`)."""
-    out = {}
+    limited to :data:`HASH_FIELDS`). Raises :class:`ForeignPointsError` naming the points of ``where`` (the
+    collection, for the message) that hybrid-rag did not write."""
+    out, foreign = {}, []
     for r in scrolled(scroll):
-        p = r.payload
-        out[str(r.id)] = StoredChunk(p["doc_id"], p["content_hash"], p.get("doc_hash"), p.get("doc_chunks"))
+        p = r.payload or {}
+        if isinstance(p.get("doc_id"), str) and isinstance(p.get("content_hash"), str):
+            out[str(r.id)] = StoredChunk(p["doc_id"], p["content_hash"], p.get("doc_hash"), p.get("doc_chunks"))
+        else:
+            foreign.append(str(r.id))
+    if foreign:
+        raise foreign_points_error(where, foreign)
     return out
+
+
+def stored_owners_from(scroll: Callable[[Any], tuple[Sequence[Any], Any]], where: str) -> Iterator[tuple[str, str]]:
+    """(point id, doc_id) of every point, paging through ``scroll`` (payload ``doc_id`` only); raises
+    :class:`ForeignPointsError` at the end when some were not written by hybrid-rag."""
+    foreign = []
+    for r in scrolled(scroll):
+        doc_id = (r.payload or {}).get("doc_id")
+        if isinstance(doc_id, str):
+            yield str(r.id), doc_id
+        else:
+            foreign.append(str(r.id))
+    if foreign:
+        raise foreign_points_error(where, foreign)
+
+
+def foreign_points_error(where: str, ids: Sequence[str]) -> ForeignPointsError:
+    shown = ", ".join(map(repr, ids[:5])) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
+    return ForeignPointsError(
+        f"{where} holds {len(ids)} point{'s' if len(ids) > 1 else ''} that hybrid-rag did not write (no doc_id "
+        f"and content_hash payload: another tool's, e.g. langchain-qdrant's): {shown}. Nothing was changed: a sync "
+        "or rebuild would have to keep or delete them, and deleting another tool's data is for its owner to decide. "
+        "Delete them with the tool that wrote them (qdrant-client: client.delete(COLLECTION, points_selector=[ids])), "
+        "or keep that tool's data in a collection of its own"
+    )
 
 
 def doc_id_batches(doc_ids: Collection[str] | None) -> list[list[str] | None]:
@@ -291,6 +327,10 @@ class QdrantStore(ABC):
     @abstractmethod
     def _versions(self) -> list[int]:
         """Every physical version present, published or not."""
+
+    def _taken_versions(self) -> list[int]:
+        """Every version number in use, by hybrid-rag or not (a new version gets a higher one)."""
+        return self._versions()
 
     @abstractmethod
     def _pinned(self, version: int) -> QdrantStore:
@@ -417,7 +457,7 @@ class QdrantStore(ABC):
             if last is not None and self._pinned(last).schema() == schema:
                 log.info("resuming the unfinished write of %r (version %d)", self.collection, last)
                 return _resumed(self._pinned(last))
-            target = max([current or 0, *self._versions()]) + 1  # never the number of a refused version
+            target = max([current or 0, *self._taken_versions()]) + 1  # never the number of a refused version
             for v in pending:  # refused or abandoned stagings (kept while another process holds them)
                 self._pinned(v).drop()
             staged = self._pinned(target)
@@ -436,7 +476,7 @@ class QdrantStore(ABC):
         if last is not None and self._pinned(last).schema() == schema:
             log.info("resuming the unfinished rebuild of %r (version %d)", self.collection, last)
             return _resumed(self._pinned(last))
-        target = max([current, *versions]) + 1  # never the number of a refused (sealed) or abandoned version
+        target = max([current, *self._taken_versions()]) + 1  # never a refused (sealed) or abandoned one's number
         for v in pending:
             self._pinned(v).drop()
         staged = self._pinned(target)
@@ -704,8 +744,8 @@ def _paths(key: str) -> list[str]:
         return [key]
     if PLAIN_KEY.fullmatch(key):
         return [f"metadata.{key}"]
-    if '"' in key:
-        raise FilterError(f"filter on {key!r}: a key with a double quote cannot be filtered")
+    if '"' in key or "\\" in key:  # Qdrant's quoted path segments have no escapes
+        raise FilterError(f"filter on {key!r}: a key with a double quote or a backslash cannot be filtered")
     literal = f'metadata."{key}"'  # Qdrant's quoted path segment: the key with its dots and brackets
     return [literal, f"metadata.{key}"] if PAYLOAD_PATH.fullmatch(key) else [literal]
 

@@ -53,8 +53,8 @@ from retrieval.store.base import (
     doc_id_batches,
     filter_conditions,
     parse_version,
-    scrolled,
     stored_chunks_from,
+    stored_owners_from,
     version_name,
 )
 
@@ -842,19 +842,20 @@ class EdgeStore(QdrantStore):
                                 with_payload=HASH_FIELDS,
                                 with_vector=False,
                             )
-                        )
+                        ),
+                        f"collection {self.collection!r} at {self.root}",
                     )
                 )
         return out
 
     def stored_owners(self) -> Iterator[tuple[str, str]]:
         with self._using("scroll") as shard:  # one version for every page
-            for r in scrolled(
+            yield from stored_owners_from(
                 lambda offset: shard.scroll(
                     qe.ScrollRequest(offset=offset, limit=SCROLL_PAGE, with_payload=["doc_id"], with_vector=False)
-                )
-            ):
-                yield str(r.id), r.payload["doc_id"]
+                ),
+                f"collection {self.collection!r} at {self.root}",
+            )
 
     def count(self, filter: dict[str, Any] | None = None) -> int:
         request = qe.CountRequest(exact=True, filter=_edge_filter(filter))

@@ -54,8 +54,8 @@ from retrieval.store.base import (
     doc_id_batches,
     filter_conditions,
     parse_version,
-    scrolled,
     stored_chunks_from,
+    stored_owners_from,
     version_name,
 )
 
@@ -195,10 +195,25 @@ class ServerStore(QdrantStore):
         physical = self._physical()
         return None if physical is None else parse_version(self.collection, physical)
 
-    def _versions(self) -> list[int]:
+    def _ours(self, name: str) -> bool:
+        """Whether the physical collection ``name`` carries hybrid-rag's schema metadata (hybrid-rag made it)."""
+        info = self._call("get_collection", self.client.get_collection, name)
+        return SCHEMA_KEY in (info.config.metadata or {})
+
+    def _taken_versions(self) -> list[int]:
         response = self._call("get_collections", self.client.get_collections)
         found = (parse_version(self.collection, c.name) for c in response.collections)
         return sorted(v for v in found if v is not None)
+
+    def _versions(self) -> list[int]:
+        """The versions hybrid-rag made: a collection named like one (``<name>__v7``) without hybrid-rag's schema
+        metadata is another application's, never dropped nor resumed (its number is not reused either)."""
+        return [v for v in self._taken_versions() if self._ours(version_name(self.collection, v))]
+
+    def _other_aliases(self, version: int) -> list[str]:
+        """The aliases other than the collection's own that point at ``version`` (e.g. a team's ``prod``)."""
+        target = version_name(self.collection, version)
+        return sorted(a for a, t in self._aliases().items() if t == target and a != self.collection)
 
     def _pinned(self, version: int) -> ServerStore:
         return ServerStore(
@@ -214,16 +229,28 @@ class ServerStore(QdrantStore):
 
     def _switch(self, staged: QdrantStore) -> None:
         ops: list[qm.AliasOperations] = []
-        if self.collection in self._aliases():
+        target = version_name(self.collection, staged.version or 0)
+        aliased = self._aliases().get(self.collection)
+        if aliased is not None and (parse_version(self.collection, aliased) is None or not self._ours(aliased)):
+            raise StoreError(
+                f"not publishing {target!r} at {self.location}: the alias {self.collection!r} points at "
+                f"{aliased!r}, which hybrid-rag did not make as a version of {self.collection!r}; nothing was changed. "
+                "Use another collection name"
+            )
+        if aliased is not None:
             ops.append(qm.DeleteAliasOperation(delete_alias=qm.DeleteAlias(alias_name=self.collection)))
         elif self._exists(self.collection):  # an alias cannot shadow a collection: the unversioned one goes first
+            if not self._ours(self.collection):
+                raise StoreError(
+                    f"not publishing {target!r} at {self.location}: collection {self.collection!r} was not "
+                    "created by hybrid-rag (no schema metadata); nothing was changed. Use another collection name"
+                )
             log.warning(
                 "replacing the unversioned collection %r at %s by an alias (it is missing for a moment)",
                 self.collection,
                 self.location,
             )
             self._call("delete_collection", self.client.delete_collection, self.collection)
-        target = version_name(self.collection, staged.version or 0)
         ops.append(
             qm.CreateAliasOperation(create_alias=qm.CreateAlias(collection_name=target, alias_name=self.collection))
         )
@@ -282,8 +309,9 @@ class ServerStore(QdrantStore):
                 return
 
     def catalogue(self) -> tuple[dict[str, str], list[str]]:
-        """The server's aliases (alias -> physical collection) and the physical collections hybrid-rag made (with
-        its schema metadata), both without the collections others made, which are named in one warning."""
+        """The collections' aliases (``name`` -> ``name__v<N>``) and the physical collections hybrid-rag made (with
+        its schema metadata), without the collections others made, which are named in one warning, and without
+        the other aliases on hybrid-rag's versions (a team's ``prod`` -> ``kb__v1``), named in another."""
         aliases = {a.alias_name: a.collection_name for a in self._call("get_aliases", self.client.get_aliases).aliases}
         ours, foreign = [], []
         for c in self._call("get_collections", self.client.get_collections).collections:
@@ -296,7 +324,15 @@ class ServerStore(QdrantStore):
                 self.location,
                 ", ".join(sorted(foreign)),
             )
-        return {alias: target for alias, target in aliases.items() if target in ours}, ours
+        others = sorted(a for a, t in aliases.items() if t in ours and parse_version(a, t) is None)
+        if others:
+            log.warning(
+                "not listing aliases at %s on versions of hybrid-rag collections (searchable, but no collections of "
+                "their own; a rebuild keeps the version they point at): %s",
+                self.location,
+                ", ".join(f"{a!r} -> {aliases[a]!r}" for a in others),
+            )
+        return {a: t for a, t in aliases.items() if t in ours and parse_version(a, t) is not None}, ours
 
     # -- lifecycle ----------------------------------------------------------------------------------
     def schema(self) -> CollectionSchema | None:
@@ -334,6 +370,15 @@ class ServerStore(QdrantStore):
 
     def drop(self) -> None:
         if self.version is not None:
+            if others := self._other_aliases(self.version):  # deleting it would delete them (Qdrant drops its aliases)
+                log.warning(
+                    "keeping %r at %s: the alias %s points at it; delete %s to let hybrid-rag remove it",
+                    self.name,
+                    self.location,
+                    ", ".join(map(repr, others)),
+                    "that alias" if len(others) == 1 else "those aliases",
+                )
+                return
             self._call("delete_collection", self.client.delete_collection, self.name)
             return
         if self.collection in self._aliases():
@@ -342,7 +387,7 @@ class ServerStore(QdrantStore):
                 "update_collection_aliases", self.client.update_collection_aliases, change_aliases_operations=[delete]
             )
         for v in self._versions():
-            self._call("delete_collection", self.client.delete_collection, version_name(self.collection, v))
+            self._pinned(v).drop()
 
     def close(self) -> None:
         if self._owns_client:
@@ -397,12 +442,14 @@ class ServerStore(QdrantStore):
     def stored_chunks(self, doc_ids: Collection[str] | None = None) -> dict[str, StoredChunk]:
         out: dict[str, StoredChunk] = {}
         for batch in doc_id_batches(doc_ids):
-            out.update(stored_chunks_from(self._scroll_page(HASH_FIELDS, batch)))
+            out.update(stored_chunks_from(self._scroll_page(HASH_FIELDS, batch), self._where()))
         return out
 
     def stored_owners(self) -> Iterator[tuple[str, str]]:
-        for r in scrolled(self._scroll_page(["doc_id"])):
-            yield str(r.id), r.payload["doc_id"]
+        return stored_owners_from(self._scroll_page(["doc_id"]), self._where())
+
+    def _where(self) -> str:
+        return f"collection {self.name!r} at {self.location}"
 
     def count(self, filter: dict[str, Any] | None = None) -> int:
         result = self._call("count", self.client.count, self.name, count_filter=_client_filter(filter), exact=True)

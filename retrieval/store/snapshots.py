@@ -129,7 +129,7 @@ def _restore(
         raise StoreError(
             f"collection {store.collection!r} exists at {store.location}: pass --replace to replace it by the snapshot"
         )
-    target = store._pinned(max([current or 0, *store._versions()]) + 1)
+    target = store._pinned(max([current or 0, *store._taken_versions()]) + 1)
     models = None
     if isinstance(store, ServerStore):
         try:
