@@ -1,6 +1,6 @@
 """The embedded engine's handles over a process' life: forked children open their own and leave the parent's
-alone; closing a stack is final; an unclosed store lets go of its version when garbage-collected. Real engine,
-real encoders, real ``os.fork`` and processes."""
+alone; closing a stack is final; a retriever's close leaves its stack's store open; an unclosed store lets go of
+its version when garbage-collected. Real engine, real encoders, real ``os.fork`` and processes."""
 
 from __future__ import annotations
 
@@ -126,6 +126,25 @@ def test_a_forked_child_leaves_its_parents_view_and_lock_alone(tmp_path, dense_e
     finally:
         holder.kill()
         holder.communicate()
+
+
+def test_closing_a_retriever_leaves_its_stacks_store_open(indexed_stack) -> None:
+    """A retriever per request, closed after it: the stack's store (and its other retrievers) go on with the
+    shard they have open, not a shard loaded again; the closed retriever refuses to search."""
+    stack = indexed_stack("edge", collection="per-request")
+    shared = stack.retriever(rerank=False)
+    expected = ids(shared.search(QUERY, k=3))
+    (shard,) = [edge._open_shards[key][0] for key in held(stack.store().root)]
+    closed = []
+    for _ in range(3):
+        retriever = stack.retriever(rerank=False)
+        assert ids(retriever.search(QUERY, k=3)) == expected
+        retriever.close()
+        closed.append(retriever)
+    assert [edge._open_shards[key][0] for key in held(stack.store().root)] == [shard]
+    assert ids(shared.search(QUERY, k=3)) == expected
+    with pytest.raises(ClosedError, match="retriever of collection 'per-request' is closed"):
+        closed[0].search(QUERY)
 
 
 def test_a_closed_stack_stays_closed(indexed_stack) -> None:
