@@ -46,6 +46,10 @@ ALLOW_DELETE_HINT = (
 )
 
 
+class ClosedError(HybridRagError, RuntimeError):
+    """A stack, store or retriever used after its ``close()``: closing is final; build a new ``RetrievalStack``."""
+
+
 class ModelLoadError(HybridRagError):
     """A configured model cannot be loaded; the message names the model and the setting."""
 

@@ -18,7 +18,7 @@ from retrieval.adapted import query_encoder_now
 from retrieval.documents import has_lone_surrogate
 from retrieval.encoders import Bm25Encoder
 from retrieval.encoders.sparse import SparseVec
-from retrieval.errors import EmptyQueryError, InvalidArgumentError, choice, requires_extra
+from retrieval.errors import ClosedError, EmptyQueryError, InvalidArgumentError, choice, requires_extra
 from retrieval.fusion import Fused, fuse, top_z
 from retrieval.parts import Parts, describe
 from retrieval.rerank import EmbeddingReranker, RerankConfig
@@ -148,6 +148,7 @@ class HybridRetriever:
             self.dense, RerankConfig.from_settings(self.settings), query_encoder=self.query_encoder
         )
         self._checked = False
+        self._closed = False
         self.last_timings: dict[str, float] = {}
 
     def __repr__(self) -> str:
@@ -250,6 +251,7 @@ class HybridRetriever:
     @contextmanager
     def _one_version(self) -> Iterator[None]:
         """Every store request inside reads the version current when the block begins (re-entrant)."""
+        self._check_open()
         with self.store.reading() as switched:
             if switched:
                 self._checked = False
@@ -422,6 +424,7 @@ class HybridRetriever:
         ``group_by="doc"``: ``depth`` counts documents; each channel's list is deepened until it holds as many
         documents as a chunk list holds chunks (or the channel has no more), and fused by document
         (:meth:`fuse_documents`)."""
+        self._check_open()
         names = [name for name, q in (("dense", dense_q), ("sparse", sparse_q)) if q is not None]
         n = len(dense_q if dense_q is not None else sparse_q)
         hybrid = len(names) == 2
@@ -543,7 +546,18 @@ class HybridRetriever:
         return HaystackRetriever(self, **kwargs)
 
     def close(self) -> None:
-        self.store.close()
+        """Stop using this retriever: later searches through it raise :class:`~retrieval.errors.ClosedError`.
+
+        The store, encoders and cache it shares with its stack (and the stack's other retrievers and indexers) stay
+        open, so a retriever per request costs nothing: :meth:`RetrievalStack.close` closes them."""
+        self._closed = True
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError(
+                f"this retriever of collection {self.store.collection!r} is closed (closing is final): get another "
+                "one from its RetrievalStack"
+            )
 
 
 def _score_order(channels: dict[str, Sequence[StoredHit]]) -> dict[str, list[StoredHit]]:

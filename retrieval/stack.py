@@ -16,7 +16,7 @@ from retrieval.adapted import AdaptedQueryEncoder, query_encoder_now
 from retrieval.embedding_cache import EmbeddingCache
 from retrieval.encoders import DenseEncoder, make_sparse_encoder
 from retrieval.encoders.sparse import Bm25Encoder, SpladeEncoder
-from retrieval.errors import InvalidArgumentError
+from retrieval.errors import ClosedError, InvalidArgumentError
 from retrieval.indexer import Indexer
 from retrieval.parts import Parts
 from retrieval.search import HybridRetriever
@@ -74,8 +74,9 @@ class RetrievalStack:
 
     ``stack.indexer()`` and ``stack.retriever()`` share these parts. Parts given here (``dense``, ``sparse``,
     ``store``) are used instead of building them. The stack closes its stores in :meth:`close` (or on leaving a
-    ``with`` block); encoders need no closing. The stack keeps its own copy of ``settings``: changing the caller's
-    object afterwards does not change the stack.
+    ``with`` block), for good: the stack and its retrievers and indexers then raise
+    :class:`~retrieval.errors.ClosedError`. Encoders need no closing. The stack keeps its own copy of ``settings``:
+    changing the caller's object afterwards does not change the stack.
     """
 
     def __init__(
@@ -113,6 +114,7 @@ class RetrievalStack:
         self.cache = EmbeddingCache(s.cache_dir / "embeddings.sqlite") if s.embedding_cache else None
         self._stores: dict[tuple[str, int | None], QdrantStore] = {}
         self._lock = threading.Lock()
+        self._closed = False
         self._default = (s.collection, None)  # the store of store()
         if store is not None:
             self._default = (store.collection, store.version)
@@ -137,6 +139,8 @@ class RetrievalStack:
             check_collection_name(collection)
         key = self._default if collection is None and version is None else (collection or self._default[0], version)
         with self._lock:
+            if self._closed:
+                raise ClosedError("this RetrievalStack is closed (closing is final): build a new one")
             if key not in self._stores:
                 self._stores[key] = open_store(self.settings, key[0], version=version)
             return self._stores[key]
@@ -191,8 +195,10 @@ class RetrievalStack:
         )
 
     def close(self) -> None:
-        """Close the stores this stack opened or was given and the embedding cache (the encoders stay usable)."""
+        """Close the stores this stack opened or was given and the embedding cache, for good (the encoders stay
+        usable: :meth:`derive` and ``RetrievalStack(dense=...)`` share them); closing twice is harmless."""
         with self._lock:
+            self._closed = True
             stores, self._stores = list(self._stores.values()), {}
         for store in stores:
             store.close()

@@ -143,7 +143,9 @@ def test_data_dir_locked_by_another_process(tmp_path, settings, dense_encoder, s
     store = EdgeStore(root, "test")
     indexer = RetrievalStack(settings, store=store, dense=dense_encoder, sparse=sparse_encoder).indexer()
     indexer.index(TINY_DOCS, progress=False)
-    store.close()
+    store.close()  # this process lets go of the version (closing is final: what follows uses a new store)
+    store = EdgeStore(root, "test")
+    indexer = RetrievalStack(settings, store=store, dense=dense_encoder, sparse=sparse_encoder).indexer()
     holder = subprocess.Popen(
         [sys.executable, "-c", HOLD, str(root)], cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )

@@ -4,7 +4,7 @@ import pytest
 
 from retrieval import RetrievalSettings, RetrievalStack
 from retrieval.encoders import Bm25Encoder
-from retrieval.errors import InvalidArgumentError
+from retrieval.errors import ClosedError, InvalidArgumentError
 from retrieval.parts import Parts
 from retrieval.search import HybridRetriever
 from retrieval.store import SchemaMismatchError
@@ -129,6 +129,10 @@ def test_closing_the_stack_lets_go_of_its_stores(indexed_stack):
     stack = indexed_stack("edge", collection="closing")
     first = stack.store()
     assert stack.store() is first  # opened once
+    assert first.count() == len(TINY_DOCS)
     stack.close()
-    assert stack.store() is not first and stack.store().count() == len(TINY_DOCS)  # reopened on the next use
+    with pytest.raises(ClosedError):  # not reopened on the next use: closing is final
+        first.count()
+    with pytest.raises(ClosedError):
+        stack.store()
     stack.close()

@@ -23,6 +23,8 @@ import socket
 import threading
 import time
 import uuid
+import warnings
+import weakref
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from itertools import pairwise
@@ -35,7 +37,7 @@ import qdrant_edge as qe
 
 from retrieval.chunking import Chunk
 from retrieval.encoders.sparse import SparseVec
-from retrieval.errors import not_one_string
+from retrieval.errors import ClosedError, not_one_string
 from retrieval.settings import FusionMethod
 from retrieval.store.base import (
     DENSE,
@@ -82,6 +84,9 @@ WRITE_LOCK_SUFFIX = ".write.lock"
 _open_shards: dict[str, tuple[qe.EdgeShard, int, Path | None]] = {}  # shard dir -> (shard, references, view)
 _doomed: set[str] = set()  # shard directories to delete once their last handle in this process is released
 _registry_lock = threading.Lock()
+_collected: list[Path] = []  # shard dirs of stores garbage-collected unclosed, released at the next registry call
+_stores: weakref.WeakSet[EdgeStore] = weakref.WeakSet()  # this process' stores (a forked child forgets their handles)
+_inherited: list[qe.EdgeShard] = []  # in a forked child: the parent's shards, kept (never flushed, closed nor freed)
 _write_locks: dict[str, tuple[int, int]] = {}  # lock file -> (fd, depth) of the thread holding it in this process
 _thread_locks: dict[str, threading.RLock] = {}  # lock file -> the lock that serialises this process' threads
 _write_locks_guard = threading.Lock()
@@ -100,6 +105,7 @@ def _acquire(path: Path, create_config: qe.EdgeConfig | None = None, *, opening:
     """
     key = str(path.resolve())
     with _registry_lock:
+        _release_collected()
         if opening:
             _doomed.discard(key)
         if key in _open_shards:
@@ -223,22 +229,88 @@ def _remove_own_views() -> None:
 
 
 def _release(path: Path) -> None:
+    """Let go of one reference on the shard at ``path``; the last one flushes and closes it, deletes its view, and
+    the version when it was dropped meanwhile. The engine failing to close it is a :class:`StoreError`."""
     key = str(path.resolve())
     with _registry_lock:
-        if key not in _open_shards:
-            return
-        shard, refs, view = _open_shards[key]
-        if refs > 1:
-            _open_shards[key] = (shard, refs - 1, view)
-            return
-        del _open_shards[key]
+        _release_collected()
+        _release_locked(key)
+
+
+def _release_locked(key: str) -> None:
+    """Under ``_registry_lock``: :func:`_release`."""
+    if key not in _open_shards:
+        return
+    shard, refs, view = _open_shards[key]
+    if refs > 1:
+        _open_shards[key] = (shard, refs - 1, view)
+        return
+    del _open_shards[key]
+    try:
         shard.flush()
         shard.close()
+    except Exception as exc:  # the engine's bare Exception: e.g. its files were deleted under it
+        raise StoreError(f"embedded Qdrant at {Path(key).parent}: closing {key} failed: {exc}") from exc
+    finally:
         if view is not None:
             shutil.rmtree(view, ignore_errors=True)
         if key in _doomed:
             _doomed.discard(key)
             _remove_unheld(Path(key).parent)
+
+
+def _release_collected() -> None:
+    """Under ``_registry_lock``: let go of the shards of stores garbage-collected meanwhile (see
+    :func:`_store_collected`)."""
+    while _collected:
+        path = _collected.pop()
+        try:
+            _release_locked(str(path.resolve()))
+        except StoreError as exc:  # nobody to tell but the log: the store is gone
+            log.warning("%s", exc)
+
+
+def _store_collected(binding: _Binding, collection: str) -> None:
+    """A store garbage-collected without ``close()``: its reference on its version is let go of (at once, or at
+    the next registry call when the registry is busy, e.g. this thread collected it inside one), with a
+    ResourceWarning, as for an unclosed file. Refers to the store's binding only, never to the store."""
+    if binding.name is None:
+        return
+    path, binding.name = binding.root / binding.name / SHARD_DIR, None
+    warnings.warn(
+        f"unclosed store of collection {collection!r} at {binding.root}: released when garbage-collected; "
+        "close its RetrievalStack (stack.close() or a with block) when done",
+        ResourceWarning,
+        stacklevel=1,  # called by the garbage collector: no caller to point at
+    )
+    _collected.append(path)
+    if _registry_lock.acquire(blocking=False):
+        try:
+            _release_collected()
+        finally:
+            _registry_lock.release()
+
+
+def _forget_inherited() -> None:
+    """In a forked child (``os.fork``, gunicorn ``--preload``, a ``fork`` multiprocessing pool): the shards the
+    parent opened are its own, and the engine's threads did not survive the fork (a query on them never returns).
+    The child's stores open their own (through a view: the parent holds the WAL lock); the parent's shards are
+    kept referenced, never flushed, closed nor deleted here, and its views and write locks are left alone."""
+    global _registry_lock, _write_locks_guard
+    _inherited.extend(shard for shard, _, _ in _open_shards.values())
+    _open_shards.clear()
+    _doomed.clear()
+    _collected.clear()
+    _registry_lock = threading.Lock()  # another thread of the parent may have held these at the fork
+    _write_locks.clear()
+    _thread_locks.clear()
+    _write_locks_guard = threading.Lock()
+    for store in list(_stores):
+        store._forget()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which cannot fork
+    os.register_at_fork(after_in_child=_forget_inherited)
 
 
 def _reopen(shard_dir: Path) -> None:
@@ -486,6 +558,16 @@ def _explain_open_error(path: Path, exc: BaseException) -> str:
     )
 
 
+class _Binding:
+    """The version a store holds a reference on: what its finalizer lets go of (it must not refer to the store)."""
+
+    __slots__ = ("name", "root")
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.name: str | None = None  # the physical collection (``<name>__v<N>``) whose shard the store holds
+
+
 class EdgeStore(QdrantStore):
     """A collection stored as Qdrant Edge shards under ``root`` (see the module docstring for the layout).
 
@@ -493,6 +575,9 @@ class EdgeStore(QdrantStore):
     version (on its next operation after a rebuild) never closes a shard under a running query. Inside
     ``reading()`` every read of the thread uses the version current when the block began (one search reads one
     version), which stays open until the block ends.
+
+    ``close()`` is final: later operations raise :class:`~retrieval.errors.ClosedError`. A store garbage-collected
+    unclosed lets go of its version (with a ResourceWarning). In a forked child it opens its own handle.
     """
 
     writes_in_place = False
@@ -511,10 +596,35 @@ class EdgeStore(QdrantStore):
         self.lock_timeout_s = lock_timeout_s
         self.pointer = self.root / (collection + POINTER_SUFFIX)
         self._shard: qe.EdgeShard | None = None
-        self._bound: str | None = None  # the physical collection self._shard belongs to
+        self._binding = _Binding(self.root)  # ._bound: the physical collection self._shard belongs to
+        self._closed = False
         self._lock = threading.Lock()
         self._local = threading.local()  # .reading: the shard directory this thread's reads are pinned to
         self._pointer_warned: str | None = None  # the pointer problem last warned about (once, not every search)
+        finalizer = weakref.finalize(self, _store_collected, self._binding, collection)
+        finalizer.atexit = False  # at exit the engine lets go of its files (and _remove_own_views of the views)
+        _stores.add(self)
+
+    @property
+    def _bound(self) -> str | None:
+        return self._binding.name
+
+    @_bound.setter
+    def _bound(self, name: str | None) -> None:
+        self._binding.name = name
+
+    def _forget(self) -> None:
+        """In a forked child: drop the parent's handle without letting go of it (see :func:`_forget_inherited`)."""
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        self._shard, self._bound = None, None
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError(
+                f"collection {self.collection!r} at {self.root}: its store is closed (RetrievalStack.close()); "
+                "closing is final: build a new RetrievalStack to search or write again"
+            )
 
     @property
     def dir(self) -> Path:
@@ -709,6 +819,7 @@ class EdgeStore(QdrantStore):
             shutil.rmtree(shard_dir)
         directory.mkdir(parents=True, exist_ok=True)
         with self._lock:
+            self._check_open()
             self._close_unlocked()
             self._shard, self._bound = _acquire(shard_dir, config), target
         self._shard.update(qe.UpdateOperation.create_field_index("doc_id", qe.PayloadSchemaType.Keyword))
@@ -755,6 +866,7 @@ class EdgeStore(QdrantStore):
 
     def _open_current(self) -> None:
         """Under ``self._lock``: open the version the pointer names (again, if a writer moved it meanwhile)."""
+        self._check_open()
         for attempt in range(3):
             target = self._target()
             if not (self.root / target / SCHEMA_FILE).exists():
@@ -779,11 +891,14 @@ class EdgeStore(QdrantStore):
             _release(self.root / bound / SHARD_DIR)
 
     def close(self) -> None:
+        """Let go of this store's version (final: see the class docstring); closing twice is harmless."""
         with self._lock:
+            self._closed = True
             self._close_unlocked()
 
     def drop(self) -> None:
-        self.close()
+        with self._lock:
+            self._close_unlocked()
         versions = [self.version] if self.version is not None else self._versions()
         for v in versions:  # one a reader still holds is kept a while: not an intact version that lost its pointer
             if (self.root / version_name(self.collection, v)).is_dir():

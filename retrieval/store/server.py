@@ -37,7 +37,7 @@ from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedR
 
 from retrieval.chunking import Chunk
 from retrieval.encoders.sparse import SparseVec
-from retrieval.errors import not_one_string
+from retrieval.errors import ClosedError, not_one_string
 from retrieval.settings import FusionMethod
 from retrieval.store.base import (
     DENSE,
@@ -148,9 +148,15 @@ class ServerStore(QdrantStore):
         self.backoff_s = backoff_s
         self._sleep = sleep
         self._owns_client = owns_client
+        self._closed = False
 
     def _call(self, operation: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         where = "" if operation in SERVER_WIDE else f" on collection {self.name!r}"
+        if self._closed:
+            raise ClosedError(
+                f"Qdrant at {self.location}: {operation}{where} refused: its store is closed (RetrievalStack.close()); "
+                "closing is final: build a new RetrievalStack to search or write again"
+            )
         for attempt in range(self.retries + 1):
             try:
                 return fn(*args, **kwargs)
@@ -390,6 +396,8 @@ class ServerStore(QdrantStore):
             self._pinned(v).drop()
 
     def close(self) -> None:
+        """Final: later operations raise :class:`~retrieval.errors.ClosedError` (the client is closed if owned)."""
+        self._closed = True
         if self._owns_client:
             self.client.close()
 
