@@ -227,3 +227,28 @@ def test_staged_copy_is_not_published_after_an_in_place_write(tmp_path, dense_en
     store.publish(store.pinned(again.version))
     assert {doc_id for doc_id, _ in reader.stored_hashes().values()} == {d.id for d in NEW_DOCS} | {"late"}
     store.close()
+
+
+@pytest.mark.parametrize("where", ["memory", "file"])
+def test_local_mode_handles_of_one_process_share_its_database(where, tmp_path, dense_encoder, sparse_encoder):
+    """qdrant-client's local mode: each ``:memory:`` client is a database of its own and a folder admits one client
+    at a time, so a derived stack, a pinned version and a second stack must share the first store's client (as
+    every handle of the embedded engine sees the same data); the last handle closed frees the folder."""
+    url = ":memory:" if where == "memory" else f"file://{tmp_path / 'srv'}"
+    settings = RetrievalSettings(
+        qdrant_url=url, collection="mem", rerank=False, cache_dir=tmp_path / "cache", _env_file=None
+    )
+    stack = RetrievalStack(settings, dense=dense_encoder, sparse=sparse_encoder)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        version = stack.indexer().index(TINY_DOCS, progress=False).version
+    assert not [str(w.message) for w in caught if "Payload indexes" in str(w.message)]
+    second = RetrievalStack(settings, dense=dense_encoder, sparse=sparse_encoder)
+    derived = stack.derive(k=1)
+    expected = {d.id for d in TINY_DOCS}
+    for retriever in (stack.retriever("mem", version=version), second.retriever(), derived.retriever(k=10)):
+        assert {h.doc_id for h in retriever.search("valve gasket", k=10)} == expected
+    for handle in (derived, second, stack):
+        handle.close()
+    if where == "file":  # every handle closed: the folder is free for another client
+        QdrantClient(path=str(tmp_path / "srv")).close()
