@@ -70,6 +70,7 @@ def main(
         list[Path] | None, typer.Option("--env-file", help="Extra HYBRID_RAG_* settings file (e.g. a tuned reranker)")
     ] = None,
 ) -> None:
+    _replace_unencodable()
     handler = logging.StreamHandler()
     handler.setFormatter(PrintableFormatter("%(levelname)s %(message)s"))
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[handler])
@@ -77,6 +78,16 @@ def main(
         _check_env_file(path)
     ENV_FILES[:] = [Path(".env"), *(env_file or [])]
     _export_env_files(ctx, ENV_FILES)
+
+
+def _replace_unencodable() -> None:
+    """Characters the output streams cannot encode (stdout in ASCII or Latin-1: ``PYTHONIOENCODING``, a locale)
+    are written as ``?``: output never fails, least of all after the work is done (``--json`` is ASCII anyway)."""
+    import sys
+
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="replace")
 
 
 def _export_env_files(ctx: typer.Context, paths: list[Path]) -> None:
