@@ -335,6 +335,8 @@ class Indexer:
         """:meth:`sync` of ``chunks``, or of validated ``docs``: those chunked only when the store does not hold
         them as they are (see :meth:`_split`)."""
         started = time.perf_counter()
+        if vectors is None and self.cache is not None:  # an unusable cache fails here, before models load or staging
+            self.cache.check_writable()
         self._load_models(sparse=vectors is None)
         report = IndexReport(
             collection=self.store.collection,
