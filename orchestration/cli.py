@@ -430,6 +430,7 @@ def evaluate(
     coll = load_collection(beir_dir)
     coll.split_queries(split)  # a missing split or a malformed queries/qrels file fails before any work
     settings = _settings(collection=coll.name if collection is None else collection)
+    records = EvalHistory(history or default_history_path())  # one that cannot be written fails before the work
     with RetrievalStack(settings) as stack:
         if stack.check_schema(missing_ok=True) is None:
             console.print(
@@ -455,7 +456,7 @@ def evaluate(
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(report.summary(), indent=2))
-    report.record(EvalHistory(history or default_history_path()), source="cli")
+    report.record(records, source="cli")
 
 
 @app.command()
