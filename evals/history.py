@@ -24,7 +24,7 @@ from typing import Any
 
 import pandas as pd
 
-from retrieval.errors import InputFormatError, InputNotFoundError
+from retrieval.errors import HybridRagError, InputFormatError, InputNotFoundError
 
 HISTORY_ENV = "HYBRID_RAG_HISTORY_PATH"
 DEFAULT_HISTORY = "data/history/evals.sqlite"
@@ -49,6 +49,11 @@ UPDATE evals SET source = CASE WHEN context LIKE '%"dagster_run_id"%' THEN 'dags
 """
 
 
+class HistoryUnwritableError(HybridRagError):
+    """The evaluation history cannot be written (permissions, a read-only folder); the message names the file's
+    absolute path and the settings that move it."""
+
+
 def default_history_path() -> Path:
     """``$HYBRID_RAG_HISTORY_PATH`` when set, else ``data/history/evals.sqlite`` (relative to the working dir)."""
     return Path(os.environ.get(HISTORY_ENV) or DEFAULT_HISTORY)
@@ -63,13 +68,26 @@ class EvalHistory:
         self.timeout_s = timeout_s
         if not create and not self.path.is_file():
             raise InputNotFoundError(f"{self.path}: no evaluation history (no such file)")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             with self._connect() as conn:
                 conn.executescript(_SCHEMA)
-        except sqlite3.DatabaseError as exc:  # e.g. "file is not a database"
-            raise InputFormatError(f"{self.path}: not an evaluation history ({exc})") from None
+                if create:  # a writer: fails now, before an evaluation's work, not when its results are appended
+                    conn.execute("BEGIN IMMEDIATE")
+                    conn.rollback()
+        except sqlite3.DatabaseError as exc:
+            if exc.sqlite_errorcode in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):  # e.g. "file is not a database"
+                raise InputFormatError(f"{self.path}: not an evaluation history ({exc})") from None
+            raise HistoryUnwritableError(self._unwritable(exc)) from None
+        except OSError as exc:  # a read-only working directory (the default path is relative), a missing folder
+            raise HistoryUnwritableError(self._unwritable(exc)) from None
         self._add_source_column()
+
+    def _unwritable(self, exc: Exception) -> str:
+        return (
+            f"evaluation history {self.path.absolute()}: cannot write it ({exc}): give --history, or set "
+            f"{HISTORY_ENV}, to a file in a folder this user can write"
+        )
 
     def append(
         self,

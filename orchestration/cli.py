@@ -62,6 +62,7 @@ def main(
         list[Path] | None, typer.Option("--env-file", help="Extra HYBRID_RAG_* settings file (e.g. a tuned reranker)")
     ] = None,
 ) -> None:
+    _replace_unencodable()
     handler = logging.StreamHandler()
     handler.setFormatter(PrintableFormatter("%(levelname)s %(message)s"))
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[handler])
@@ -69,6 +70,16 @@ def main(
         _check_env_file(path)
     ENV_FILES[:] = [Path(".env"), *(env_file or [])]
     _export_env_files(ctx, ENV_FILES)
+
+
+def _replace_unencodable() -> None:
+    """Characters the output streams cannot encode (stdout in ASCII or Latin-1: ``PYTHONIOENCODING``, a locale)
+    are written as ``?``: output never fails, least of all after the work is done (``--json`` is ASCII anyway)."""
+    import sys
+
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="replace")
 
 
 def _export_env_files(ctx: typer.Context, paths: list[Path]) -> None:
@@ -423,6 +434,7 @@ def evaluate(
     coll = load_collection(beir_dir)
     coll.split_queries(split)  # a missing split or a malformed queries/qrels file fails before any work
     settings = _settings(collection=coll.name if collection is None else collection)
+    records = EvalHistory(history or default_history_path())  # one that cannot be written fails before the work
     with RetrievalStack(settings) as stack:
         if stack.check_schema(missing_ok=True) is None:
             console.print(
@@ -448,7 +460,7 @@ def evaluate(
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(report.summary(), indent=2))
-    report.record(EvalHistory(history or default_history_path()), source="cli")
+    report.record(records, source="cli")
 
 
 @app.command()

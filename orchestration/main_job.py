@@ -29,6 +29,7 @@ from orchestration.definitions import default_resources
 from orchestration.jobs import reindex_job
 from orchestration.orphaned_runs import fail_orphaned_runs, heartbeat, process_tags
 from orchestration.terminal import LiteralConsole, PrintableFormatter, label
+from retrieval.errors import HybridRagError
 from retrieval.store import StoreError, open_store
 
 DAGSTER_HOME = Path("data/dagster_home")
@@ -38,6 +39,10 @@ INDEX_FIELDS = ("documents", "chunks", "written", "unchanged", "deleted", "point
 
 class MainJobError(RuntimeError):
     """The run failed; the message names the failed steps and why."""
+
+
+class DagsterHomeError(HybridRagError):
+    """The Dagster instance folder cannot be made or written; the message names it and ``DAGSTER_HOME``."""
 
 
 def default_dagster_home() -> Path:
@@ -70,9 +75,15 @@ def prepare_dagster_home(dagster_home: str | Path | None = None) -> Path:
     project's instance settings (telemetry off, one run per corpus) unless it has its own ``dagster.yaml``; so
     deleting ``data/`` to start afresh loses nothing."""
     home = Path(dagster_home or default_dagster_home()).resolve()
-    home.mkdir(parents=True, exist_ok=True)
-    if not (home / "dagster.yaml").exists():
-        shutil.copyfile(INSTANCE_YAML, home / "dagster.yaml")
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+        if not (home / "dagster.yaml").exists():
+            shutil.copyfile(INSTANCE_YAML, home / "dagster.yaml")
+    except OSError as exc:  # a read-only working directory (the default is relative to it), a missing home
+        raise DagsterHomeError(
+            f"Dagster instance folder {home}: cannot write it ({exc.strerror or exc}): set DAGSTER_HOME to the "
+            "absolute path of a folder this user can write"
+        ) from None
     return home
 
 

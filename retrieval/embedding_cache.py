@@ -90,7 +90,10 @@ class EmbeddingCache:
             return held[1]
         if held is not None:
             held[1].close()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # an unwritable or missing home (~/.cache), a read-only mount
+            raise EmbeddingCacheError(self._problem(exc)) from exc
         conn = sqlite3.connect(self.path, timeout=60, check_same_thread=False)  # each used by one thread; closed by any
         self._local.held = (self._generation, conn)
         with self._lock:
@@ -122,6 +125,17 @@ class EmbeddingCache:
             except sqlite3.OperationalError as exc:  # another process upgraded it meanwhile
                 if "duplicate column" not in str(exc):
                     raise
+
+    def check_writable(self) -> None:
+        """Raise :class:`EmbeddingCacheError` (naming the file and the settings) unless the cache can be written:
+        its folder made, the file opened and a write lock taken (and given back; waits, like every write, for
+        another process' write to end). Indexing calls it before loading models or staging anything."""
+
+        def lock(conn: sqlite3.Connection) -> None:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.rollback()
+
+        self._use(lock)
 
     def close(self) -> None:
         """Close every thread's connection (the cache opens again on its next use)."""
@@ -161,11 +175,17 @@ class EmbeddingCache:
             self._generation += 1
         log.warning("embedding cache %s is damaged (%s): set aside as %s, starting a fresh one", self.path, exc, target)
 
-    def _problem(self, exc: sqlite3.Error, more: str = "") -> str:
-        return (
-            f"embedding cache {self.path}: {exc}{'; ' + more if more else ''} (it is only a cache: delete the file, "
-            "or set HYBRID_RAG_EMBEDDING_CACHE=false)"
+    def _problem(self, exc: Exception, more: str = "") -> str:
+        """The message for a cache that cannot be used: a damaged file that could not be set aside can be deleted;
+        anything else (permissions, a missing or read-only folder) needs another folder or no cache."""
+        damaged = isinstance(exc, sqlite3.Error) and is_damaged(exc)
+        remedy = (
+            "it is only a cache: delete the file, or set HYBRID_RAG_EMBEDDING_CACHE=false"
+            if damaged
+            else "set HYBRID_RAG_CACHE_DIR to a folder this user can write, or HYBRID_RAG_EMBEDDING_CACHE=false to "
+            "index without the cache"
         )
+        return f"embedding cache {self.path.absolute()}: {exc}{'; ' + more if more else ''} ({remedy})"
 
     def get_many(self, model: str, hashes: Sequence[str]) -> dict[str, np.ndarray]:
         """The cached vectors of ``hashes``; rows whose last-used mark is older than :data:`TOUCH_AFTER` get it

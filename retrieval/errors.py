@@ -60,6 +60,11 @@ class ModelLoadError(HybridRagError):
         return cls(f"cannot load {what} model {name!r} (setting {setting}): {reason}")
 
 
+class ResourceLimitError(HybridRagError):
+    """The process ran out of memory or could not start a thread (``ulimit -v``, ``ulimit -u``, a container's
+    memory or pids limit); the message says which and what was left as it was."""
+
+
 def choice(enum_type: type, value: object, what: str):
     """``enum_type(value)``, or an :class:`InvalidArgumentError` naming ``what`` and the valid values."""
     try:

@@ -27,7 +27,14 @@ from retrieval.documents import (
     validate_documents,
 )
 from retrieval.encoders.sparse import LEGACY_ANALYZER, Bm25Encoder, SparseVec, SpladeEncoder
-from retrieval.errors import ALLOW_DELETE_HINT, InvalidArgumentError, UnsafeDeleteError, document_ids, not_one_string
+from retrieval.errors import (
+    ALLOW_DELETE_HINT,
+    InvalidArgumentError,
+    ResourceLimitError,
+    UnsafeDeleteError,
+    document_ids,
+    not_one_string,
+)
 from retrieval.parts import Parts, describe
 from retrieval.progress import progress_bar
 from retrieval.settings import canonical_model
@@ -338,6 +345,8 @@ class Indexer:
         """:meth:`sync` of ``chunks``, or of validated ``docs``: those chunked only when the store does not hold
         them as they are (see :meth:`_split`)."""
         started = time.perf_counter()
+        if vectors is None and self.cache is not None:  # an unusable cache fails here, before models load or staging
+            self.cache.check_writable()
         self._load_models(sparse=vectors is None)
         report = IndexReport(
             collection=self.store.collection,
@@ -525,12 +534,33 @@ class Indexer:
         The chunks go longest first (in characters), across blocks, so each block holds texts of similar length
         and its encoder batches need little padding.
         """
-        batch = self.settings.upsert_batch_size
         order = length_order([c.embed_text for c in todo])
         todo = [todo[i] for i in order]
         if vectors is not None:
             vectors = np.asarray(vectors[0])[order], [vectors[1][i] for i in order]
         bar = progress_bar(total=len(todo), progress=progress, desc=f"embedding {report.collection}", unit="chunk")
+        try:
+            self._write_blocks(store, todo, report, vectors, bar)
+        except (MemoryError, RuntimeError) as exc:  # RuntimeError: only "can't start new thread" is a limit
+            if isinstance(exc, RuntimeError) and "can't start new thread" not in str(exc):
+                raise
+            what = "out of memory" if isinstance(exc, MemoryError) else "cannot start a thread"
+            raise ResourceLimitError(
+                f"indexing {report.collection!r} stopped: {what} (a memory or thread limit: ulimit -v / -u, a "
+                "container's limits); run it again with more memory: a re-run resumes it, nothing stored is lost"
+            ) from exc
+        bar.close()
+
+    def _write_blocks(
+        self,
+        store: QdrantStore,
+        todo: list[Chunk],
+        report: IndexReport,
+        vectors: tuple[np.ndarray, list[SparseVec]] | None,
+        bar: Any,  # a tqdm bar (progress_bar)
+    ) -> None:
+        """:meth:`_write`'s blocks: encoded here, upserted by a writer thread."""
+        batch = self.settings.upsert_batch_size
         pending: list[Future] = []
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="upsert") as writer:
             for block_no, start in enumerate(range(0, len(todo), ENCODE_BLOCK)):
@@ -559,7 +589,6 @@ class Indexer:
                     self.after_batch(block_no)
             for future in pending:
                 future.result()
-        bar.close()
 
     def encode_dense(self, chunks: Sequence[Chunk]) -> tuple[np.ndarray, int]:
         """Dense vectors for ``chunks`` (through the embedding cache) and how many came from the cache."""

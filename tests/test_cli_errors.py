@@ -240,3 +240,28 @@ def test_eval_report_creates_no_history(fails, tmp_path):
     EvalHistory(tmp_path / "history.sqlite")  # an empty history still says so, as before (exit 1)
     result = CliRunner().invoke(app, ["eval-report"])
     assert result.exit_code == 1 and "no evaluations recorded" in result.output
+
+
+def test_eval_and_run_check_their_default_folders_before_any_work(tmp_path, monkeypatch):
+    """A working directory where ``data/`` cannot be made (read-only; here a file named ``data``): ``eval`` fails
+    before indexing or evaluating, naming the history's absolute path and the settings that move it, and ``run``
+    names the Dagster instance folder and ``DAGSTER_HOME``; one line, exit code 2, each."""
+    for key, sub in (("QDRANT_PATH", "idx"), ("CACHE_DIR", "cache"), ("MODELS_DIR", "models")):
+        monkeypatch.setenv(f"HYBRID_RAG_{key}", str(tmp_path / sub))
+    for key in ("HYBRID_RAG_HISTORY_PATH", "DAGSTER_HOME"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").write_text("a file where the default folders would go")
+    expected = {
+        ("eval", "sample", "-c", "sample"): (
+            f"error: evaluation history {tmp_path}/data/history/evals.sqlite: ",
+            ("--history", "HYBRID_RAG_HISTORY_PATH"),
+        ),
+        ("run",): (f"error: Dagster instance folder {tmp_path}/data/dagster_home: ", ("DAGSTER_HOME",)),
+    }
+    for args, (start, settings) in expected.items():
+        result = CliRunner().invoke(app, list(args))
+        assert result.exit_code == 2, result.output
+        [line] = result.output.strip().splitlines()
+        assert line.startswith(start) and all(s in line for s in settings), line
+    assert not (tmp_path / "idx").exists()  # nothing indexed or evaluated for results that could not be kept

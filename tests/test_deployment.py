@@ -94,3 +94,20 @@ def test_an_api_key_over_http_warns_only_outside_a_private_network(caplog) -> No
         connect("http://qdrant.example.com:6333", "secret", check_compatibility=False).close()
     [record] = caplog.records
     assert "qdrant.example.com over plain http: use https" in record.getMessage()
+
+
+def test_opening_a_server_store_keeps_the_applications_own_qdrant_client_warnings() -> None:
+    """The API-key-over-http warning is silenced for this library's own client only: the application's
+    ``QdrantClient`` still warns, and no process-wide warnings filter is left behind."""
+    from qdrant_client import QdrantClient
+
+    from retrieval.settings import RetrievalSettings
+    from retrieval.store import open_store
+
+    filters = list(warnings.filters)
+    settings = RetrievalSettings(qdrant_url="http://qdrant:6333", qdrant_api_key="k", collection="c", _env_file=None)
+    open_store(settings).close()
+    assert warnings.filters == filters
+    with warnings.catch_warnings(record=True) as caught:
+        QdrantClient(url="http://qdrant.example.com:6333", api_key="k", check_compatibility=False).close()
+    assert [str(w.message) for w in caught] == ["Api key is used with an insecure connection."]

@@ -104,6 +104,28 @@ def test_a_cache_that_cannot_be_used_is_one_error_naming_the_file_and_the_remedy
     assert path.is_dir()
 
 
+def test_a_cache_folder_that_cannot_be_made_fails_index_before_anything_is_written(cli_env, monkeypatch):
+    """An unwritable or missing home (``~/.cache`` cannot be made; here a file stands where the folder would be):
+    ``index`` is one line naming the folder and both settings, exit code 2, checked before the models load or a
+    version is staged: the published version keeps its documents and no staged copy is left."""
+    docs = cli_env / "docs.jsonl"
+    docs.write_text('{"_id": "mars", "text": "The reddish hue of Mars comes from iron oxide."}\n')
+    assert CliRunner().invoke(app, ["index", str(docs), "-c", "ec"]).exit_code == 0
+    before = sorted(p.name for p in (cli_env / "index").iterdir())
+    (cli_env / "home").write_text("not a folder")
+    monkeypatch.setenv("HYBRID_RAG_CACHE_DIR", str(cli_env / "home" / ".cache" / "hybrid-rag"))
+    docs.write_text('{"_id": "venus", "text": "Venus is wrapped in clouds of sulfuric acid."}\n')
+    result = CliRunner().invoke(app, ["index", str(docs), "-c", "ec"])
+    assert result.exit_code == 2, result.output
+    [line] = result.output.strip().splitlines()
+    assert line.startswith(f"error: embedding cache {cli_env / 'home' / '.cache' / 'hybrid-rag'}"), line
+    assert "HYBRID_RAG_CACHE_DIR" in line and "HYBRID_RAG_EMBEDDING_CACHE=false" in line
+    assert "delete the file" not in line  # nothing is damaged
+    assert sorted(p.name for p in (cli_env / "index").iterdir()) == before
+    search = CliRunner().invoke(app, ["search", "planet", "-c", "ec", "--json", "--no-rerank"])
+    assert [h["doc_id"] for h in json.loads(search.stdout)] == ["mars"]
+
+
 def test_search_never_opens_the_cache_and_index_survives_a_damaged_one(cli_env):
     """The CLI: ``search`` does not touch a damaged cache file; ``index`` (even ``--rebuild``) sets it aside and
     indexes, exit code 0."""

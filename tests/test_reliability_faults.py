@@ -202,3 +202,31 @@ def test_garbage_in_small_files_gives_a_clear_error(tmp_path, settings, dense_en
     (root / name).write_text("{garbage")
     with pytest.raises(StoreError, match=expected):
         EdgeStore(root, "test").schema()
+
+
+def test_a_write_that_cannot_start_its_writer_thread_is_one_error_and_loses_nothing(
+    tmp_path, dense_encoder, sparse_encoder
+):
+    """A memory or thread limit (``ulimit -v``: a thread's stack cannot be mapped) stops ``index`` with a
+    ``ResourceLimitError`` saying so, not a raw ``RuntimeError``; the published version keeps its documents
+    and the next run finishes the job. The failure is real: new threads get a stack larger than can be mapped."""
+    import threading
+
+    from retrieval import Document
+    from retrieval.errors import HybridRagError
+
+    settings = RetrievalSettings(qdrant_path=tmp_path / "index", cache_dir=tmp_path / "cache", collection="t")
+    with RetrievalStack(settings, dense=dense_encoder, sparse=sparse_encoder) as stack:
+        stack.indexer().index(TINY_DOCS, progress=False)
+        new = [Document("new", "Tardigrades survive the vacuum of space.")]
+        previous = threading.stack_size(1 << 46)  # 64 TiB: pthread_create fails as under ulimit -v
+        try:
+            with pytest.raises(HybridRagError, match="indexing 't' stopped: cannot start a thread") as err:
+                stack.indexer().index(new, progress=False)
+        finally:
+            threading.stack_size(previous)
+        assert type(err.value).__name__ == "ResourceLimitError"  # the CLI: one line, exit code 2
+        ids = {h.doc_id for h in stack.retriever(rerank=False).search("tardigrades space", k=10)}
+        assert ids == {d.id for d in TINY_DOCS}
+        stack.indexer().index(new, progress=False)
+        assert stack.retriever(rerank=False).search("tardigrades space", k=1)[0].doc_id == "new"

@@ -349,3 +349,28 @@ def test_team_alias_on_a_version_is_no_collection_and_keeps_its_version(
         client = stack.store().client
         assert aliases(client) == {"notes": "notes__v2", "prod": "notes__v1"}
         assert client.count("prod").count == len(TINY_DOCS)
+
+
+@pytest.mark.parametrize("where", ["memory", "file"])
+def test_local_mode_handles_of_one_process_share_its_database(where, tmp_path, dense_encoder, sparse_encoder):
+    """qdrant-client's local mode: each ``:memory:`` client is a database of its own and a folder admits one client
+    at a time, so a derived stack, a pinned version and a second stack must share the first store's client (as
+    every handle of the embedded engine sees the same data); the last handle closed frees the folder."""
+    url = ":memory:" if where == "memory" else f"file://{tmp_path / 'srv'}"
+    settings = RetrievalSettings(
+        qdrant_url=url, collection="mem", rerank=False, cache_dir=tmp_path / "cache", _env_file=None
+    )
+    stack = RetrievalStack(settings, dense=dense_encoder, sparse=sparse_encoder)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        version = stack.indexer().index(TINY_DOCS, progress=False).version
+    assert not [str(w.message) for w in caught if "Payload indexes" in str(w.message)]
+    second = RetrievalStack(settings, dense=dense_encoder, sparse=sparse_encoder)
+    derived = stack.derive(k=1)
+    expected = {d.id for d in TINY_DOCS}
+    for retriever in (stack.retriever("mem", version=version), second.retriever(), derived.retriever(k=10)):
+        assert {h.doc_id for h in retriever.search("valve gasket", k=10)} == expected
+    for handle in (derived, second, stack):
+        handle.close()
+    if where == "file":  # every handle closed: the folder is free for another client
+        QdrantClient(path=str(tmp_path / "srv")).close()

@@ -44,11 +44,16 @@ def open_store(
     """
     name = settings.collection if collection is None else check_collection_name(collection)
     if settings.qdrant_url:
-        from retrieval.store.server import ServerStore, connect
+        from retrieval.store.server import ServerStore, connect, local_location, shared_local_client
 
+        location = redact_url(settings.qdrant_url)  # named in every message: never its password
+        if local_location(settings.qdrant_url):  # qdrant-client's local mode: one client per location and process
+            client, release = shared_local_client(settings.qdrant_url)
+            return ServerStore(
+                client, name, version=version, location=location, retries=settings.qdrant_retries, release=release
+            )
         key = settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None
         client = connect(settings.qdrant_url, key, settings.qdrant_timeout_s)
-        location = redact_url(settings.qdrant_url)  # named in every message: never its password
         return ServerStore(client, name, version=version, location=location, retries=settings.qdrant_retries)
     return EdgeStore(settings.qdrant_path, name, version=version)
 

@@ -19,6 +19,8 @@ after it"). Run one writer per collection at a time.
 
 from __future__ import annotations
 
+import atexit
+import importlib.metadata
 import logging
 import math
 import threading
@@ -26,6 +28,7 @@ import time
 import warnings
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
@@ -33,6 +36,7 @@ import httpx
 import numpy as np
 from qdrant_client import QdrantClient
 from qdrant_client import models as qm
+from qdrant_client.common.version_check import get_server_version, is_compatible
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from retrieval.chunking import Chunk
@@ -107,12 +111,6 @@ def connect(
                 f"that process, or use a Qdrant server (HYBRID_RAG_QDRANT_URL=http(s)://...) for several at once"
             ) from None
     timeout = max(1, math.ceil(timeout_s))
-    # qdrant-client's background version check warns, with its file:line, when the server cannot be reached; the
-    # request that follows fails with our error naming the URL and the operation, so the warning only adds noise.
-    warnings.filterwarnings("ignore", message="Failed to obtain server version", category=UserWarning)
-    # qdrant-client warns at every connection when an API key goes over http; on a private network (a compose
-    # service name, localhost) that is expected, so its warning is noise: one line of ours for other hosts only.
-    warnings.filterwarnings("ignore", message="Api key is used with an insecure connection", category=UserWarning)
     parts = urlsplit(url)
     host = parts.hostname or ""
     if api_key and url.startswith("http://") and "." in host and host not in PRIVATE_HOSTS:
@@ -121,7 +119,86 @@ def connect(
     if "@" in parts.netloc:  # credentials in the URL: sent as basic auth, never shown (settings.redact_url)
         extra["auth"] = httpx.BasicAuth(unquote(parts.username or ""), unquote(parts.password or ""))
         url = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
-    return QdrantClient(url=url, api_key=api_key, timeout=timeout, check_compatibility=check_compatibility, **extra)
+    with warnings.catch_warnings():  # this client's construction only: the application's own clients still warn
+        # qdrant-client warns at every connection when an API key goes over http; on a private network (a compose
+        # service name, localhost) that is expected, so its warning is noise: one line of ours for other hosts only.
+        warnings.filterwarnings("ignore", message="Api key is used with an insecure connection", category=UserWarning)
+        client = QdrantClient(url=url, api_key=api_key, timeout=timeout, check_compatibility=False, **extra)
+    if check_compatibility:  # qdrant-client's own check would warn from its thread, where no filter can be scoped
+        headers = {"api-key": api_key} if api_key else {}
+        check = (client._client.rest_uri, headers, extra.get("auth"), timeout)
+        threading.Thread(target=_check_version, args=check, daemon=True).start()
+    return client
+
+
+def _check_version(rest_uri: str, headers: dict[str, str], auth: httpx.Auth | None, timeout: int) -> None:
+    """Log a warning when the server's version is incompatible with qdrant-client's (qdrant-client's own check,
+    logged). A server that cannot be reached is not worth one: the request that follows fails with our error
+    naming the URL and the operation."""
+    try:
+        server = get_server_version(rest_uri, headers, auth, timeout)  # type: ignore[arg-type]
+    except Exception:  # noqa: BLE001 - unreachable now: the next request says so
+        return
+    mine = importlib.metadata.version("qdrant-client")
+    if server and not is_compatible(mine, server):
+        log.warning(
+            "qdrant-client %s may not work with the Qdrant server's version %s (major versions should match, "
+            "minor versions differ by at most 1)",
+            mine,
+            server,
+        )
+
+
+_local_clients: dict[str, tuple[QdrantClient, list[int]]] = {}  # local-mode location -> (client, [handles])
+_local_guard = threading.Lock()
+
+
+def local_location(url: str) -> str | None:
+    """The location a qdrant-client local-mode URL names (``:memory:``, ``file://`` and the folder's absolute
+    path), or None for a server's URL."""
+    if url == ":memory:":
+        return url
+    if url.startswith("file://"):
+        return f"file://{Path(url.removeprefix('file://')).expanduser().resolve()}"
+    return None
+
+
+def shared_local_client(url: str) -> tuple[QdrantClient, Callable[[], None]]:
+    """This process's one client of a local-mode ``url`` and the callable that lets go of it (once; the last
+    handle to let go closes it). qdrant-client's local mode lets one client at a time open a folder, and each
+    ``:memory:`` client is a database of its own, so every store of one location in a process shares a client."""
+    key = local_location(url)
+    if key is None:
+        raise ValueError(f"not a local-mode URL: {url}")
+    with _local_guard:
+        if key not in _local_clients:
+            _local_clients[key] = (connect(url), [0])
+        client, handles = _local_clients[key]
+        handles[0] += 1
+    released = threading.Event()
+
+    def release() -> None:
+        with _local_guard:
+            if released.is_set():
+                return
+            released.set()
+            handles[0] -= 1
+            if handles[0] == 0 and _local_clients.get(key, (None,))[0] is client:
+                del _local_clients[key]
+                client.close()
+
+    return client, release
+
+
+@atexit.register
+def _close_local_clients() -> None:
+    """Close the local-mode clients still held at exit (a stack never closed): qdrant-client's own ``__del__``
+    would close them during interpreter shutdown, and fail there with a traceback."""
+    with _local_guard:
+        clients = [client for client, _ in _local_clients.values()]
+        _local_clients.clear()
+    for client in clients:
+        client.close()
 
 
 class ServerStore(QdrantStore):
@@ -138,6 +215,7 @@ class ServerStore(QdrantStore):
         backoff_s: float = 0.5,
         sleep: Callable[[float], None] = time.sleep,
         owns_client: bool = True,
+        release: Callable[[], None] | None = None,
     ):
         self.client = client
         self.collection = collection
@@ -149,6 +227,7 @@ class ServerStore(QdrantStore):
         self._sleep = sleep
         self._owns_client = owns_client
         self._closed = False
+        self._release = release  # a shared local-mode client's (shared_local_client): closes it with its last handle
 
     def _call(self, operation: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         where = "" if operation in SERVER_WIDE else f" on collection {self.name!r}"
@@ -366,13 +445,15 @@ class ServerStore(QdrantStore):
             },
             metadata={SCHEMA_KEY: {**schema.__dict__}},
         )
-        self._call(
-            "create_payload_index",
-            self.client.create_payload_index,
-            self.name,
-            field_name="doc_id",
-            field_schema=qm.PayloadSchemaType.KEYWORD,
-        )
+        with warnings.catch_warnings():  # local mode says its payload indexes do nothing: nothing to act on
+            warnings.filterwarnings("ignore", message="Payload indexes have no effect in the local Qdrant")
+            self._call(
+                "create_payload_index",
+                self.client.create_payload_index,
+                self.name,
+                field_name="doc_id",
+                field_schema=qm.PayloadSchemaType.KEYWORD,
+            )
 
     def drop(self) -> None:
         if self.version is not None:
@@ -397,8 +478,12 @@ class ServerStore(QdrantStore):
 
     def close(self) -> None:
         """Final: later operations raise :class:`~retrieval.errors.ClosedError` (the client is closed if owned)."""
+        if self._closed:
+            return
         self._closed = True
-        if self._owns_client:
+        if self._release is not None:
+            self._release()
+        elif self._owns_client:
             self.client.close()
 
     # -- writes -------------------------------------------------------------------------------------
