@@ -557,6 +557,7 @@ class EdgeStore(QdrantStore):
             return self.version
         pointed = self._read_pointer()
         if pointed is None and (self.root / self.collection).is_dir():
+            self._refuse_foreign(self.root / self.collection)
             return 0
         if pointed is None or not (self.root / version_name(self.collection, pointed) / SCHEMA_FILE).exists():
             if self._read_pointer() != pointed:  # a writer moved it meanwhile
@@ -567,8 +568,26 @@ class EdgeStore(QdrantStore):
     def _versions(self) -> list[int]:
         if not self.root.is_dir():
             return []
-        names = (p.name for p in self.root.iterdir() if p.is_dir())
-        return sorted(v for v in (parse_version(self.collection, n) for n in names) if v is not None)
+        found = {p: parse_version(self.collection, p.name) for p in self.root.iterdir() if p.is_dir()}
+        versions = {p: v for p, v in found.items() if v is not None}
+        for path in versions:  # every write drops versions: never one hybrid-rag did not make
+            self._refuse_foreign(path)
+        return sorted(versions.values())
+
+    def _refuse_foreign(self, path: Path) -> None:
+        """Refuse to go on when ``path``, named like a version of this collection, is a folder hybrid-rag did not
+        make (e.g. the source folder, or the evaluation history, when the index folder is a project folder): not
+        empty, and no schema, shard or staging record in it. Such a folder is never read, written nor deleted."""
+        try:
+            names = {p.name for p in path.iterdir()}
+        except OSError as exc:
+            raise StoreError(f"{path}: cannot list this folder of collection {self.collection!r}: {exc}") from exc
+        if names and not names & {SCHEMA_FILE, SHARD_DIR, STAGE_FILE}:
+            raise StoreError(
+                f"{path} is not a hybrid-rag collection (no {SCHEMA_FILE}, {SHARD_DIR}/ or {STAGE_FILE} in it), but "
+                f"the index folder {self.root} keeps collection {self.collection!r} under that name: nothing was "
+                f"changed; use another collection name, or move that folder out of {self.root}"
+            )
 
     def _pinned(self, version: int) -> EdgeStore:
         return EdgeStore(self.root, self.collection, version=version, lock_timeout_s=self.lock_timeout_s)
