@@ -76,6 +76,8 @@ DISK_ERRORS = (  # how the OS (and the engine, quoting it) names a full disk, a 
     ("Disk quota exceeded", "the disk quota is exceeded (EDQUOT)"),
     ("os error 122", "the disk quota is exceeded (EDQUOT)"),
 )
+ACCESS_ERRORS = ("Permission denied", "os error 13", "Operation not permitted", "os error 1)", "Read-only file system")
+MEMORY_ERRORS = ("Cannot allocate memory", "os error 12", "memory allocation of")
 POINTER_SUFFIX = ".current.json"
 WRITE_LOCK_SUFFIX = ".write.lock"
 
@@ -308,7 +310,10 @@ def _remove_unheld(collection_dir: Path) -> None:
 def _write_lock(path: Path, collection: str, timeout_s: float) -> Iterator[None]:
     """An exclusive lock on ``path``: a per-path ``RLock`` (re-entrant per thread, so two threads of one process
     are serialised too), then ``flock`` (across processes); waits up to ``timeout_s`` in all."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except PermissionError as exc:
+        raise StoreError(f"{path.parent}: cannot create the index folder ({exc.strerror}). {_ACCESS_HINT}") from exc
     key = str(path.parent.resolve() / path.name)  # the same key before and after the file exists
     deadline = time.monotonic() + timeout_s
     with _write_locks_guard:
@@ -347,8 +352,11 @@ def _busy_message(path: Path, collection: str, holder: str, timeout_s: float) ->
 
 def _lock_file(path: Path, collection: str, timeout_s: float, waited_s: float | None = None) -> int:
     """``flock`` on ``path``, waiting up to ``timeout_s`` (``waited_s``: the whole wait, for the message)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except PermissionError as exc:
+        raise StoreError(f"{path}: cannot open the write lock ({exc.strerror}). {_ACCESS_HINT}") from exc
     if fcntl is None:  # pragma: no cover - Windows: no cross-process serialisation
         return fd
     deadline, warned = time.monotonic() + timeout_s, False
@@ -466,6 +474,18 @@ def _copy_sparse(src: str, dst: str) -> None:
     shutil.copystat(src, dst)
 
 
+_ACCESS_HINT = (
+    "The user running this needs read and write access to the index folder and every file in it, even to search "
+    "(the engine opens its files writable); nothing is damaged."
+)
+
+
+def _unreadable(path: Path, exc: OSError) -> StoreError:
+    """An OSError reading one of the collection's small files, as a one-line error naming the path."""
+    hint = f". {_ACCESS_HINT}" if isinstance(exc, PermissionError) else ""
+    return StoreError(f"{path}: cannot read it ({exc.strerror or exc}){hint}")
+
+
 def _explain_open_error(path: Path, exc: BaseException) -> str:
     text = str(exc)
     disk = _disk_problem(text)
@@ -473,6 +493,14 @@ def _explain_open_error(path: Path, exc: BaseException) -> str:
         return (
             f"embedded Qdrant data directory {path}: {disk}. Free disk space (or raise the file size limit or "
             f"quota), then run it again. Engine said: {text}"
+        )
+    if any(marker in text for marker in ACCESS_ERRORS):
+        return f"embedded Qdrant data directory {path}: permission denied. {_ACCESS_HINT} Engine said: {text}"
+    if any(marker in text for marker in MEMORY_ERRORS):
+        return (
+            f"embedded Qdrant data directory {path}: out of memory while opening it (the engine maps its files into "
+            f"memory): raise the memory limit (ulimit -v, the container's) or free memory; nothing is damaged. "
+            f"Engine said: {text}"
         )
     if "WouldBlock" in text or "lock" in text.lower():
         return (
@@ -531,6 +559,8 @@ class EdgeStore(QdrantStore):
             return int(json.loads(self.pointer.read_text())["version"])
         except FileNotFoundError:
             return None
+        except OSError as exc:
+            raise _unreadable(self.pointer, exc) from exc
         except (ValueError, KeyError, TypeError) as exc:
             intact = self.intact_versions()
             hint = (
@@ -713,6 +743,10 @@ class EdgeStore(QdrantStore):
             return None
         try:
             return CollectionSchema.from_dict(json.loads(path.read_text()))
+        except FileNotFoundError:  # removed meanwhile (a writer deleted the version)
+            return None
+        except OSError as exc:
+            raise _unreadable(path, exc) from exc
         except (ValueError, KeyError, TypeError) as exc:
             raise StoreError(f"{path}: unreadable collection schema ({exc})") from exc
 
