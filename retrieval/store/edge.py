@@ -78,6 +78,7 @@ DISK_ERRORS = (  # how the OS (and the engine, quoting it) names a full disk, a 
 )
 ACCESS_ERRORS = ("Permission denied", "os error 13", "Operation not permitted", "os error 1)", "Read-only file system")
 MEMORY_ERRORS = ("Cannot allocate memory", "os error 12", "memory allocation of")
+STAGE_FREE_MARGIN = 64 << 20  # free space a write needs beyond the version it copies (the engine's 32 MiB files)
 POINTER_SUFFIX = ".current.json"
 WRITE_LOCK_SUFFIX = ".write.lock"
 
@@ -443,6 +444,42 @@ def copy_tree(source: Path, target: Path) -> None:
         raise
 
 
+def _allocated(directory: Path) -> int:
+    """The bytes ``directory``'s files take on their filesystem (holes excluded; readers' views, hard links to the
+    version's files, left out). On tmpfs a version opened by the engine is fully allocated (it pre-reads its
+    memory maps, and reading a hole there allocates it): the sample's 520 KiB on ext4 take 41 MiB there."""
+    total = 0
+    for top, dirs, files in os.walk(directory):
+        if Path(top) == directory:
+            dirs[:] = [d for d in dirs if d != VIEWS_DIR]
+        for name in files:
+            with suppress(FileNotFoundError):
+                total += os.lstat(os.path.join(top, name)).st_blocks * 512
+    return total
+
+
+def check_free_space(root: Path, collection: str, source: Path | None) -> None:
+    """Refuse a write that would run the filesystem of ``root`` out of space: the engine writes (and pre-reads)
+    its files through memory maps, and a memory-mapped page the filesystem has no block for kills the process
+    with SIGBUS, without a message. Needed: what ``source`` (the version copied; None: a new one) takes on
+    this filesystem, plus :data:`STAGE_FREE_MARGIN`."""
+    existing = next(p for p in (root, *root.parents) if p.exists())
+    free = shutil.disk_usage(existing).free
+    copied = _allocated(source) if source is not None else 0
+    needed = copied + STAGE_FREE_MARGIN
+    if free < needed:
+        what = f"a copy of {source.name} ({_mib(copied)}) plus {_mib(STAGE_FREE_MARGIN)}" if source else "a new version"
+        raise StoreError(
+            f"not enough free space on the filesystem of {root} to write collection {collection!r}: {_mib(free)} "
+            f"free, {_mib(needed)} needed ({what}; the engine writes through memory maps, and running out there "
+            "kills the process with SIGBUS). Free disk space, then run it again; nothing was changed"
+        )
+
+
+def _mib(size: int) -> str:
+    return f"{size / (1 << 20):.1f} MiB"
+
+
 def _remove_copy_leftovers(root: Path, collection: str) -> None:
     """Delete the temporary copies a killed write left (``<name>__v<N>.copy-<hex>``); under the write lock."""
     for path in root.glob(f"{collection}{VERSION_SEP}*{COPY_MARK}*"):
@@ -646,6 +683,7 @@ class EdgeStore(QdrantStore):
             if key in _open_shards and _open_shards[key][2] is None:  # written in this process: make it durable
                 _open_shards[key][0].flush()
         _remove_copy_leftovers(self.root, self.collection)
+        check_free_space(self.root, self.collection, src)
         copy_tree(src, self.root / version_name(self.collection, target))
 
     def _switch(self, staged: QdrantStore) -> None:
@@ -760,6 +798,7 @@ class EdgeStore(QdrantStore):
         shard_dir = directory / SHARD_DIR
         if shard_dir.exists():  # leftovers of a creation that never wrote its schema
             shutil.rmtree(shard_dir)
+        check_free_space(self.root, self.collection, None)
         directory.mkdir(parents=True, exist_ok=True)
         with self._lock:
             self._close_unlocked()
