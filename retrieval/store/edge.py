@@ -89,6 +89,8 @@ _write_locks: dict[str, tuple[int, int]] = {}  # lock file -> (fd, depth) of the
 _thread_locks: dict[str, threading.RLock] = {}  # lock file -> the lock that serialises this process' threads
 _write_locks_guard = threading.Lock()
 VIEWS_DIR = "views"
+# what a version folder holds, one of which is left while another process deletes it
+OWN_ENTRIES = {SCHEMA_FILE, SCHEMA_FILE + ".tmp", SHARD_DIR, STAGE_FILE, STAGE_FILE + ".tmp", VIEWS_DIR}
 LINK_MIN_BYTES = 1 << 20  # in a view, files this large are hard links: the engine only reads them after writing
 TEMP_PREFIX = ".atomicwrite"  # the engine's temporaries, renamed into place by the process holding a shard
 VIEW_ATTEMPTS = 3  # a view copied while the holder renamed files under it may not load: copy it again
@@ -647,9 +649,11 @@ class EdgeStore(QdrantStore):
         empty, and no schema, shard or staging record in it. Such a folder is never read, written nor deleted."""
         try:
             names = {p.name for p in path.iterdir()}
+        except FileNotFoundError:  # a version another process deleted meanwhile
+            return
         except OSError as exc:
             raise StoreError(f"{path}: cannot list this folder of collection {self.collection!r}: {exc}") from exc
-        if names and not names & {SCHEMA_FILE, SHARD_DIR, STAGE_FILE}:
+        if names and not names & OWN_ENTRIES:
             raise StoreError(
                 f"{path} is not a hybrid-rag collection (no {SCHEMA_FILE}, {SHARD_DIR}/ or {STAGE_FILE} in it), but "
                 f"the index folder {self.root} keeps collection {self.collection!r} under that name: nothing was "
