@@ -437,3 +437,43 @@ def test_another_trees_file_with_the_same_path_is_refused_as_maybe_a_copy(cli_en
     assert "another folder tree's files with the same paths, index these into another collection" in out
     assert "a collection holds one folder tree's files" in out
     assert points(cli_env, "kb") == 1
+
+
+def test_a_folder_named_like_the_collection_in_the_index_folder_is_never_taken_for_it(cli_env):
+    """The index folder may be a project folder: a plain folder with the collection's name (the source being indexed,
+    the evaluation history's data/history) is neither an earlier release's collection nor deleted after a write."""
+    index = cli_env / "index"
+    source = index / "docs"  # QDRANT_PATH=proj, `index proj/docs --collection docs`
+    source.mkdir(parents=True)
+    for i in range(3):
+        (source / f"note{i}.md").write_text(f"# Note {i}\nSome team notes about topic {i} and retrieval.\n")
+    history = index / "history" / "evals.sqlite"  # QDRANT_PATH=data, `--collection history`
+    history.parent.mkdir()
+    history.write_bytes(b"SQLite format 3\x00")
+    jsonl = str(write_jsonl(cli_env / "all.jsonl", TINY_DOCS))
+    for args in (
+        [str(source), "-c", "docs"],
+        [str(source), "-c", "docs", "--sync"],
+        [str(source), "-c", "docs", "--rebuild"],
+        [jsonl, "-c", "history"],
+    ):
+        out = cli("index", *args, code=2)
+        folder = str(index / args[2])
+        assert f"{folder} is not a hybrid-rag collection" in " ".join(out.split()), out
+        assert "index documents first" not in out
+    assert sorted(p.name for p in source.iterdir()) == ["note0.md", "note1.md", "note2.md"]
+    assert history.read_bytes() == b"SQLite format 3\x00"
+    written = sorted(p.name for p in index.iterdir() if not p.name.endswith(".write.lock"))  # writers' lock files
+    assert written == ["docs", "history"]  # no version was staged beside them
+
+
+def test_a_plain_folder_appearing_beside_a_collection_is_not_dropped_as_an_old_version(cli_env):
+    jsonl = str(write_jsonl(cli_env / "all.jsonl", TINY_DOCS))
+    cli("index", jsonl, "-c", "notes")
+    precious = cli_env / "index" / "notes" / "precious.txt"  # the team's folder, made after the first index
+    precious.parent.mkdir()
+    precious.write_text("team data\n")
+    cli("search", "pasta", "-c", "notes")  # reads do not look at it
+    out = cli("index", jsonl, "-c", "notes", "--rebuild", code=2)  # a write would drop it as version 0
+    assert "is not a hybrid-rag collection" in out
+    assert precious.read_text() == "team data\n" and points(cli_env, "notes") == N

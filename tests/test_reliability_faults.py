@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -15,6 +18,7 @@ from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedR
 
 from retrieval import RetrievalSettings, RetrievalStack
 from retrieval.store import EdgeStore, ServerStore, StoreError, connect, open_store
+from retrieval.store.edge import _explain_open_error
 from tests.conftest import LEXICAL_QUERY, TINY_DOCS
 
 URL = "http://qdrant.test:6333"
@@ -230,3 +234,76 @@ def test_a_write_that_cannot_start_its_writer_thread_is_one_error_and_loses_noth
         assert ids == {d.id for d in TINY_DOCS}
         stack.indexer().index(new, progress=False)
         assert stack.retriever(rerank=False).search("tardigrades space", k=1)[0].doc_id == "new"
+
+
+OPEN_AS_READER = """
+import sys
+from retrieval.store import EdgeStore, StoreError
+try:
+    print(EdgeStore(sys.argv[1], "test").count())
+except StoreError as exc:
+    print(exc)
+try:
+    with EdgeStore(sys.argv[1], "test").write_lock():
+        pass
+except StoreError as exc:
+    print(exc)
+"""
+
+
+def open_as_another_user(root: Path) -> str:
+    """What a reader without write access to ``root`` gets (as root: the user nobody, via setpriv)."""
+    command = [sys.executable, "-c", OPEN_AS_READER, str(root)]
+    if os.geteuid() == 0:
+        if not shutil.which("setpriv"):
+            pytest.skip("running as root without setpriv: no other user to open the index as")
+        command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *command]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HOME": str(root.parent)}
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=120, check=True).stdout
+
+
+@pytest.fixture
+def shared_dir():
+    """A folder every user can enter (pytest's tmp_path is private to its owner)."""
+    path = Path(tempfile.mkdtemp(prefix="hybrid-rag-shared-"))
+    path.chmod(0o755)
+    yield path
+    subprocess.run(["chmod", "-R", "u+rwX", str(path)], check=False)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.mark.parametrize("layout", ["read-only", "umask 077"])
+def test_an_index_the_reader_cannot_write_or_read_is_reported_as_such_not_as_damaged(
+    shared_dir, layout, dense_encoder, sparse_encoder
+):
+    root = shared_dir / "index"
+    settings = RetrievalSettings(qdrant_path=root, cache_dir=shared_dir / "cache", collection="test", rerank=False)
+    store = EdgeStore(root, "test")
+    RetrievalStack(settings, store=store, dense=dense_encoder, sparse=sparse_encoder).indexer().index(
+        TINY_DOCS, progress=False
+    )
+    store.close()
+    mode = "go=rX" if layout == "read-only" else "go="  # an admin's read-only share; a writer under umask 077
+    subprocess.run(["chmod", "-R", mode, str(root)], check=True)
+    if os.geteuid() != 0:
+        subprocess.run(["chmod", "-R", "u-w", str(root)], check=True)
+    message = open_as_another_user(root)
+    assert "permission denied" in message.lower() and "needs read and write access" in message
+    assert str(root / ("test.current.json" if layout == "umask 077" else "test__v1/shard")) in message
+    assert f"{root / 'test.write.lock'}: cannot open the write lock (Permission denied)" in message  # a writer
+    assert "damaged or" not in message and "Rebuild" not in message
+    if os.geteuid() == 0:  # nothing is damaged: its owner reads it
+        owner = EdgeStore(root, "test")
+        assert owner.count() == len(TINY_DOCS)
+        owner.close()
+
+
+def test_running_out_of_memory_while_opening_is_not_reported_as_damage(tmp_path):
+    # the engine's text under `ulimit -v` (too low a limit to open reliably in a test: threads cannot start)
+    engine = Exception(
+        "Service runtime error: failed to load segment /x/segments/ea63: Service runtime error: Failed to open mmap "
+        "payload storage: Cannot allocate memory (os error 12)"
+    )
+    message = _explain_open_error(tmp_path / "test__v1" / "shard", engine)
+    assert "out of memory" in message and "ulimit -v" in message
+    assert "damaged or" not in message and "Rebuild" not in message

@@ -15,6 +15,7 @@ import pytest
 from qdrant_client import models as qm
 
 import retrieval.indexer as indexer_module
+import retrieval.store.edge as edge
 from retrieval import Document, RetrievalStack
 from retrieval.store import EdgeStore, StoreError, collection_names
 from tests.conftest import TINY_DOCS
@@ -266,4 +267,26 @@ def test_the_qdrant_index_assets_rerun_resumes_its_staged_copy(
     assert again.embedded < new and again.unchanged > len(TINY_DOCS)  # resumed: the first blocks are not rewritten
     assert doc_ids(store.pinned(again.version)) == {d.id for d in NEW_DOCS}
     store.close()
+    reader.close()
+
+
+@pytest.mark.parametrize("write", ["copy", "first_build"])
+def test_a_write_the_filesystem_has_no_room_for_is_refused_before_staging(
+    write, tmp_path, monkeypatch, dense_encoder, sparse_encoder
+):
+    """The engine writes through memory maps: a filesystem that runs out of blocks under them kills the process with
+    SIGBUS (tmpfs, 20 MiB free). A write checks the free space first and refuses in one line with both figures."""
+    root, store, reader, _ = two_versions("edge", tmp_path, dense_encoder, sparse_encoder)
+    store.close()
+    monkeypatch.setattr(edge, "STAGE_FREE_MARGIN", shutil.disk_usage(root).total, raising=False)  # > free
+    name = "test" if write == "copy" else "fresh"
+    schema = reader.schema()
+    with pytest.raises(StoreError) as raised:
+        EdgeStore(root, name).stage(schema, copy_current=write == "copy")
+    error = str(raised.value)
+    assert f"not enough free space on the filesystem of {root} to write collection {name!r}" in error
+    assert "MiB free" in error and "SIGBUS" in error and "nothing was changed" in error
+    assert ("a copy of test__v2" in error) == (write == "copy")
+    assert sorted(p.name for p in root.iterdir() if p.is_dir()) == ["test__v2"]  # nothing staged
+    assert reader.current_version() == 2 and doc_ids(reader) == {d.id for d in TINY_DOCS}
     reader.close()

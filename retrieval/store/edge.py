@@ -78,6 +78,9 @@ DISK_ERRORS = (  # how the OS (and the engine, quoting it) names a full disk, a 
     ("Disk quota exceeded", "the disk quota is exceeded (EDQUOT)"),
     ("os error 122", "the disk quota is exceeded (EDQUOT)"),
 )
+ACCESS_ERRORS = ("Permission denied", "os error 13", "Operation not permitted", "os error 1)", "Read-only file system")
+MEMORY_ERRORS = ("Cannot allocate memory", "os error 12", "memory allocation of")
+STAGE_FREE_MARGIN = 64 << 20  # free space a write needs beyond the version it copies (the engine's 32 MiB files)
 POINTER_SUFFIX = ".current.json"
 WRITE_LOCK_SUFFIX = ".write.lock"
 
@@ -91,6 +94,8 @@ _write_locks: dict[str, tuple[int, int]] = {}  # lock file -> (fd, depth) of the
 _thread_locks: dict[str, threading.RLock] = {}  # lock file -> the lock that serialises this process' threads
 _write_locks_guard = threading.Lock()
 VIEWS_DIR = "views"
+# what a version folder holds, one of which is left while another process deletes it
+OWN_ENTRIES = {SCHEMA_FILE, SCHEMA_FILE + ".tmp", SHARD_DIR, STAGE_FILE, STAGE_FILE + ".tmp", VIEWS_DIR}
 LINK_MIN_BYTES = 1 << 20  # in a view, files this large are hard links: the engine only reads them after writing
 TEMP_PREFIX = ".atomicwrite"  # the engine's temporaries, renamed into place by the process holding a shard
 VIEW_ATTEMPTS = 3  # a view copied while the holder renamed files under it may not load: copy it again
@@ -380,7 +385,10 @@ def _remove_unheld(collection_dir: Path) -> None:
 def _write_lock(path: Path, collection: str, timeout_s: float) -> Iterator[None]:
     """An exclusive lock on ``path``: a per-path ``RLock`` (re-entrant per thread, so two threads of one process
     are serialised too), then ``flock`` (across processes); waits up to ``timeout_s`` in all."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except PermissionError as exc:
+        raise StoreError(f"{path.parent}: cannot create the index folder ({exc.strerror}). {_ACCESS_HINT}") from exc
     key = str(path.parent.resolve() / path.name)  # the same key before and after the file exists
     deadline = time.monotonic() + timeout_s
     with _write_locks_guard:
@@ -419,8 +427,11 @@ def _busy_message(path: Path, collection: str, holder: str, timeout_s: float) ->
 
 def _lock_file(path: Path, collection: str, timeout_s: float, waited_s: float | None = None) -> int:
     """``flock`` on ``path``, waiting up to ``timeout_s`` (``waited_s``: the whole wait, for the message)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except PermissionError as exc:
+        raise StoreError(f"{path}: cannot open the write lock ({exc.strerror}). {_ACCESS_HINT}") from exc
     if fcntl is None:  # pragma: no cover - Windows: no cross-process serialisation
         return fd
     deadline, warned = time.monotonic() + timeout_s, False
@@ -507,6 +518,42 @@ def copy_tree(source: Path, target: Path) -> None:
         raise
 
 
+def _allocated(directory: Path) -> int:
+    """The bytes ``directory``'s files take on their filesystem (holes excluded; readers' views, hard links to the
+    version's files, left out). On tmpfs a version opened by the engine is fully allocated (it pre-reads its
+    memory maps, and reading a hole there allocates it): the sample's 520 KiB on ext4 take 41 MiB there."""
+    total = 0
+    for top, dirs, files in os.walk(directory):
+        if Path(top) == directory:
+            dirs[:] = [d for d in dirs if d != VIEWS_DIR]
+        for name in files:
+            with suppress(FileNotFoundError):
+                total += os.lstat(os.path.join(top, name)).st_blocks * 512
+    return total
+
+
+def check_free_space(root: Path, collection: str, source: Path | None) -> None:
+    """Refuse a write that would run the filesystem of ``root`` out of space: the engine writes (and pre-reads)
+    its files through memory maps, and a memory-mapped page the filesystem has no block for kills the process
+    with SIGBUS, without a message. Needed: what ``source`` (the version copied; None: a new one) takes on
+    this filesystem, plus :data:`STAGE_FREE_MARGIN`."""
+    existing = next(p for p in (root, *root.parents) if p.exists())
+    free = shutil.disk_usage(existing).free
+    copied = _allocated(source) if source is not None else 0
+    needed = copied + STAGE_FREE_MARGIN
+    if free < needed:
+        what = f"a copy of {source.name} ({_mib(copied)}) plus {_mib(STAGE_FREE_MARGIN)}" if source else "a new version"
+        raise StoreError(
+            f"not enough free space on the filesystem of {root} to write collection {collection!r}: {_mib(free)} "
+            f"free, {_mib(needed)} needed ({what}; the engine writes through memory maps, and running out there "
+            "kills the process with SIGBUS). Free disk space, then run it again; nothing was changed"
+        )
+
+
+def _mib(size: int) -> str:
+    return f"{size / (1 << 20):.1f} MiB"
+
+
 def _remove_copy_leftovers(root: Path, collection: str) -> None:
     """Delete the temporary copies a killed write left (``<name>__v<N>.copy-<hex>``); under the write lock."""
     for path in root.glob(f"{collection}{VERSION_SEP}*{COPY_MARK}*"):
@@ -538,6 +585,18 @@ def _copy_sparse(src: str, dst: str) -> None:
     shutil.copystat(src, dst)
 
 
+_ACCESS_HINT = (
+    "The user running this needs read and write access to the index folder and every file in it, even to search "
+    "(the engine opens its files writable); nothing is damaged."
+)
+
+
+def _unreadable(path: Path, exc: OSError) -> StoreError:
+    """An OSError reading one of the collection's small files, as a one-line error naming the path."""
+    hint = f". {_ACCESS_HINT}" if isinstance(exc, PermissionError) else ""
+    return StoreError(f"{path}: cannot read it ({exc.strerror or exc}){hint}")
+
+
 def _explain_open_error(path: Path, exc: BaseException) -> str:
     text = str(exc)
     disk = _disk_problem(text)
@@ -545,6 +604,14 @@ def _explain_open_error(path: Path, exc: BaseException) -> str:
         return (
             f"embedded Qdrant data directory {path}: {disk}. Free disk space (or raise the file size limit or "
             f"quota), then run it again. Engine said: {text}"
+        )
+    if any(marker in text for marker in ACCESS_ERRORS):
+        return f"embedded Qdrant data directory {path}: permission denied. {_ACCESS_HINT} Engine said: {text}"
+    if any(marker in text for marker in MEMORY_ERRORS):
+        return (
+            f"embedded Qdrant data directory {path}: out of memory while opening it (the engine maps its files into "
+            f"memory): raise the memory limit (ulimit -v, the container's) or free memory; nothing is damaged. "
+            f"Engine said: {text}"
         )
     if "WouldBlock" in text or "lock" in text.lower():
         return (
@@ -641,6 +708,8 @@ class EdgeStore(QdrantStore):
             return int(json.loads(self.pointer.read_text())["version"])
         except FileNotFoundError:
             return None
+        except OSError as exc:
+            raise _unreadable(self.pointer, exc) from exc
         except (ValueError, KeyError, TypeError) as exc:
             intact = self.intact_versions()
             hint = (
@@ -667,6 +736,7 @@ class EdgeStore(QdrantStore):
             return self.version
         pointed = self._read_pointer()
         if pointed is None and (self.root / self.collection).is_dir():
+            self._refuse_foreign(self.root / self.collection)
             return 0
         if pointed is None or not (self.root / version_name(self.collection, pointed) / SCHEMA_FILE).exists():
             if self._read_pointer() != pointed:  # a writer moved it meanwhile
@@ -677,8 +747,28 @@ class EdgeStore(QdrantStore):
     def _versions(self) -> list[int]:
         if not self.root.is_dir():
             return []
-        names = (p.name for p in self.root.iterdir() if p.is_dir())
-        return sorted(v for v in (parse_version(self.collection, n) for n in names) if v is not None)
+        found = {p: parse_version(self.collection, p.name) for p in self.root.iterdir() if p.is_dir()}
+        versions = {p: v for p, v in found.items() if v is not None}
+        for path in versions:  # every write drops versions: never one hybrid-rag did not make
+            self._refuse_foreign(path)
+        return sorted(versions.values())
+
+    def _refuse_foreign(self, path: Path) -> None:
+        """Refuse to go on when ``path``, named like a version of this collection, is a folder hybrid-rag did not
+        make (e.g. the source folder, or the evaluation history, when the index folder is a project folder): not
+        empty, and no schema, shard or staging record in it. Such a folder is never read, written nor deleted."""
+        try:
+            names = {p.name for p in path.iterdir()}
+        except FileNotFoundError:  # a version another process deleted meanwhile
+            return
+        except OSError as exc:
+            raise StoreError(f"{path}: cannot list this folder of collection {self.collection!r}: {exc}") from exc
+        if names and not names & OWN_ENTRIES:
+            raise StoreError(
+                f"{path} is not a hybrid-rag collection (no {SCHEMA_FILE}, {SHARD_DIR}/ or {STAGE_FILE} in it), but "
+                f"the index folder {self.root} keeps collection {self.collection!r} under that name: nothing was "
+                f"changed; use another collection name, or move that folder out of {self.root}"
+            )
 
     def _pinned(self, version: int) -> EdgeStore:
         return EdgeStore(self.root, self.collection, version=version, lock_timeout_s=self.lock_timeout_s)
@@ -707,6 +797,7 @@ class EdgeStore(QdrantStore):
             if key in _open_shards and _open_shards[key][2] is None:  # written in this process: make it durable
                 _open_shards[key][0].flush()
         _remove_copy_leftovers(self.root, self.collection)
+        check_free_space(self.root, self.collection, src)
         copy_tree(src, self.root / version_name(self.collection, target))
 
     def _switch(self, staged: QdrantStore) -> None:
@@ -804,6 +895,10 @@ class EdgeStore(QdrantStore):
             return None
         try:
             return CollectionSchema.from_dict(json.loads(path.read_text()))
+        except FileNotFoundError:  # removed meanwhile (a writer deleted the version)
+            return None
+        except OSError as exc:
+            raise _unreadable(path, exc) from exc
         except (ValueError, KeyError, TypeError) as exc:
             raise StoreError(f"{path}: unreadable collection schema ({exc})") from exc
 
@@ -817,6 +912,7 @@ class EdgeStore(QdrantStore):
         shard_dir = directory / SHARD_DIR
         if shard_dir.exists():  # leftovers of a creation that never wrote its schema
             shutil.rmtree(shard_dir)
+        check_free_space(self.root, self.collection, None)
         directory.mkdir(parents=True, exist_ok=True)
         with self._lock:
             self._check_open()
