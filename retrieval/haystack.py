@@ -12,7 +12,6 @@ from pydantic import ValidationError
 from retrieval.adapters import hit_metadata, shown_filter
 from retrieval.errors import FilterError, InvalidArgumentError
 from retrieval.settings import RetrievalSettings, redact_url, settings_problems
-from retrieval.stack import RetrievalStack
 from retrieval.store.base import check_nesting
 
 WHERE = ("collection", "qdrant_path", "qdrant_url")  # always saved: a loading process's environment cannot move it
@@ -74,6 +73,8 @@ class HaystackRetriever:
     def from_dict(cls, data: dict[str, Any]) -> HaystackRetriever:
         """The component :meth:`to_dict` saved, on a :class:`~retrieval.RetrievalStack` of its own built from the
         saved settings; the others (the API key among them) from the environment, as ``RetrievalSettings()``."""
+        from retrieval.stack import RetrievalStack  # here: the stack's retrievers import this module lazily
+
         params = dict(data.get("init_parameters") or {})
         try:
             settings = RetrievalSettings(**params.pop("settings"))
