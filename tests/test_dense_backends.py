@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 
 from retrieval.encoders import DenseEncoder, multi_process, onnx_export, select_device
+from retrieval.encoders.runtime import fork_guard
+from retrieval.errors import ModelLoadError
 from retrieval.settings import DenseBackend, RetrievalSettings
 
 SENTENCES = [
@@ -155,6 +157,40 @@ def test_small_inputs_use_one_thread_and_restore_the_setting(dense_encoder):
 
 
 # -- devices ---------------------------------------------------------------------------------------------
+TORCH_CUDA_FORK_ERROR = (  # torch's own words, as a child met them on the H200 (README, Performance)
+    "Cannot re-initialize CUDA in forked subprocess. To use CUDA with multiprocessing, you must use the 'spawn' "
+    "start method"
+)
+
+
+def test_a_gpu_model_in_a_forked_child_is_one_error_saying_what_to_do():
+    """Stand-in for a GPU (none here): torch's error for a model its parent ran on CUDA becomes a ModelLoadError
+    naming the remedies; any other RuntimeError passes unchanged. The real fork runs below where there is a GPU."""
+    remedies = "CUDA does not survive a fork.*without --preload.*'spawn'"
+    with pytest.raises(ModelLoadError, match=remedies), fork_guard("cuda"):
+        raise RuntimeError(TORCH_CUDA_FORK_ERROR)
+    with pytest.raises(RuntimeError, match="^shape mismatch$"), fork_guard("cuda"):
+        raise RuntimeError("shape mismatch")
+
+
+def test_a_forked_child_of_a_gpu_parent_gets_the_error_not_a_traceback(dense_encoder):
+    import os
+
+    if not dense_encoder.device.startswith("cuda"):
+        pytest.skip("needs the dense model on a GPU")
+    dense_encoder.encode_query("warm up on the GPU")
+    pid = os.fork()
+    if pid == 0:
+        try:
+            dense_encoder.encode_query("in the child")
+            os._exit(1)
+        except ModelLoadError:
+            os._exit(0)
+        except BaseException:
+            os._exit(2)
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+
+
 def test_select_device_is_cpu_here():
     import torch
 

@@ -32,7 +32,14 @@ from retrieval.encoders.fingerprint import BUNDLED_PACKAGE, model_fingerprint
 from retrieval.encoders.multi_process import pool_devices, start_pool, stop_pool
 from retrieval.encoders.onnx_export import EXPORT_VERSION, FP32_FILE, INT8_FILE, ensure_onnx_export
 from retrieval.encoders.onnx_model import OnnxSentenceModel
-from retrieval.encoders.runtime import SINGLE_THREAD_MAX, check_device, load_float32, one_thread, select_device
+from retrieval.encoders.runtime import (
+    SINGLE_THREAD_MAX,
+    check_device,
+    fork_guard,
+    load_float32,
+    one_thread,
+    select_device,
+)
 from retrieval.errors import not_one_string
 from retrieval.settings import DEFAULT_DENSE_MODEL, DenseBackend, default_cache_dir
 
@@ -272,7 +279,8 @@ class DenseEncoder:
         if len(self.devices) > 1 and len(texts) >= self.pool_min_texts:
             kwargs["pool"] = self.pool
         small_on_cpu = self.backend == DenseBackend.TORCH and self.device.startswith("cpu")
-        with one_thread() if small_on_cpu and len(texts) <= SINGLE_THREAD_MAX else nullcontext():
+        threads = one_thread() if small_on_cpu and len(texts) <= SINGLE_THREAD_MAX else nullcontext()
+        with threads, fork_guard(self.device):
             vectors = self.model.encode(
                 texts,
                 prompt=prompt or None,

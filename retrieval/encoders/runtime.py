@@ -63,6 +63,26 @@ def one_thread() -> Iterator[None]:
                 torch.set_num_threads(before)
 
 
+@contextmanager
+def fork_guard(device: str) -> Iterator[None]:
+    """A model's calls: CUDA does not survive ``os.fork``, so a model a parent process ran on a GPU fails in its
+    forked child (gunicorn ``--preload`` with a warm-up search, a ``fork`` multiprocessing pool) with torch's
+    "Cannot re-initialize CUDA in forked subprocess"; that becomes a
+    :class:`~retrieval.errors.ModelLoadError` saying what to do instead."""
+    try:
+        yield
+    except RuntimeError as exc:
+        if "forked subprocess" not in str(exc):
+            raise
+        from retrieval.errors import ModelLoadError
+
+        raise ModelLoadError(
+            f"the model runs on {device}, which this process's parent used before it forked: CUDA does not survive "
+            "a fork; build the stack in each worker after the fork (gunicorn without --preload), start workers "
+            "with multiprocessing's 'spawn' method, or set HYBRID_RAG_DENSE_DEVICE=cpu"
+        ) from exc
+
+
 def load_float32(model_class, path: str, device: str):
     """``model_class(path)`` (a sentence-transformers ``SentenceTransformer`` or ``SparseEncoder``) on ``device`` with
     float32 weights, whatever dtype its checkpoint was saved in (transformers would load fp16 or bf16 weights, as

@@ -13,6 +13,7 @@ from functools import cached_property
 
 import numpy as np
 
+from retrieval.encoders.runtime import fork_guard
 from retrieval.errors import InvalidArgumentError, not_one_string
 from retrieval.settings import Bm25Tokenizer
 
@@ -173,11 +174,13 @@ class SpladeEncoder:
 
     def encode_documents(self, texts: Sequence[str]) -> list[SparseVec]:
         not_one_string(texts, "encode_documents", "texts")
-        return self._convert(self.model.encode_document(list(texts), batch_size=self.batch_size))
+        with fork_guard(str(self.model.device)):
+            return self._convert(self.model.encode_document(list(texts), batch_size=self.batch_size))
 
     def encode_queries(self, texts: Sequence[str]) -> list[SparseVec]:
         not_one_string(texts, "encode_queries", "texts")
-        return self._convert(self.model.encode_query(list(texts), batch_size=self.batch_size))
+        with fork_guard(str(self.model.device)):
+            return self._convert(self.model.encode_query(list(texts), batch_size=self.batch_size))
 
     def encode_query(self, text: str) -> SparseVec:
         return self.encode_queries([text])[0]
