@@ -774,7 +774,12 @@ class EdgeStore(QdrantStore):
         return EdgeStore(self.root, self.collection, version=version, lock_timeout_s=self.lock_timeout_s)
 
     def write_lock(self, timeout_s: float | None = None):  # type: ignore[override]
-        """``<name>.write.lock``: one writer per collection across processes; others wait, then fail clearly."""
+        """``<name>.write.lock``: one writer per collection across processes; others wait, then fail clearly. A
+        folder named like the collection that hybrid-rag did not make is refused first (and again under the lock,
+        by every write), so that a refused write leaves no lock file beside it."""
+        if not self.pointer.exists() and (self.root / self.collection).is_dir():
+            self._refuse_foreign(self.root / self.collection)
+        self._versions()
         lock = self.root / (self.collection + WRITE_LOCK_SUFFIX)
         return _write_lock(lock, self.collection, self.lock_timeout_s if timeout_s is None else timeout_s)
 
