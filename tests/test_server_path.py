@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 import threading
 import time
 import warnings
@@ -30,6 +32,7 @@ from tests.test_reliability_versions import (
     small_block_indexer,
     store_pair,
 )
+from tests.test_reliability_writes import REPO
 
 MISSING_SPLADE = "naver/splade-x"  # a hub name that is not in the local cache: cannot load offline
 
@@ -374,3 +377,50 @@ def test_local_mode_handles_of_one_process_share_its_database(where, tmp_path, d
         handle.close()
     if where == "file":  # every handle closed: the folder is free for another client
         QdrantClient(path=str(tmp_path / "srv")).close()
+
+
+FORK_AND_EXIT = """
+import os, sys
+from retrieval import RetrievalSettings
+from retrieval.store import open_store
+store = open_store(RetrievalSettings(qdrant_url=sys.argv[1], collection="notes", _env_file=None))
+pid = os.fork()
+if pid == 0:  # a worker ending as gunicorn's do: its own close (or not), then the interpreter's exit
+    if sys.argv[2] == "close":
+        store.close()
+    elif sys.argv[2] == "client":  # what qdrant-client's __del__ does when the client is collected
+        store.client.close()
+    sys.exit(0)  # the exit handlers run
+os.waitpid(pid, 0)
+print("child exited", flush=True)
+sys.stdin.readline()
+store.close()
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ending", ["exit", "close", "client"])
+def test_a_forked_child_that_exits_keeps_its_parents_local_mode_folder_lock(ending, tmp_path):
+    """The child shares the parent's open lock file: its store's close, the exit handler's or the client's own
+    (qdrant-client's ``__del__``) unlocked it for both, so another process could open the folder the parent still
+    held and both wrote it. After the child, the folder is still refused to others until the parent closes it."""
+    url = f"file://{tmp_path / 'srv'}"
+    parent = subprocess.Popen(
+        [sys.executable, "-c", FORK_AND_EXIT, url, ending],
+        cwd=REPO,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert parent.stdout.readline() == "child exited\n"
+        with pytest.raises(StoreError, match="is in use by another process"):
+            connect(url)
+        parent.stdin.write("\n")
+        parent.stdin.flush()
+        assert parent.wait(timeout=60) == 0
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+    connect(url).close()  # the parent's close freed it
