@@ -151,7 +151,7 @@ def _check_version(rest_uri: str, headers: dict[str, str], auth: httpx.Auth | No
 
 
 _local_clients: dict[str, tuple[QdrantClient, list[int]]] = {}  # local-mode location -> (client, [handles])
-_inherited: list[QdrantClient] = []  # in a forked child: the parent's local-mode clients (never closed)
+_inherited: list[QdrantClient] = []  # in a forked child: the parent's local-mode clients (refused, never closed)
 _local_guard = threading.Lock()
 
 
@@ -194,7 +194,8 @@ def shared_local_client(url: str) -> tuple[QdrantClient, Callable[[], None]]:
 
 def _forget_local_clients() -> None:
     """In a forked child (``os.fork``, gunicorn ``--preload``, a ``fork`` multiprocessing pool): the local-mode
-    clients the parent opened are its own; the child's new stores open clients of their own. The child's
+    clients the parent opened are its own. Their in-memory data would diverge from the parent's, so the child's
+    stores refuse them (:meth:`ServerStore._call`); the child's new stores open clients of their own. The child's
     copy of a folder's lock file is closed without unlocking (the lock belongs to the open file, which the parent
     still holds), so no close in the child (the exit handler, qdrant-client's ``__del__``) releases the parent's
     lock; the clients stay referenced and are never closed here."""
@@ -259,6 +260,14 @@ class ServerStore(QdrantStore):
             raise ClosedError(
                 f"Qdrant at {self.location}: {operation}{where} refused: its store is closed (RetrievalStack.close()); "
                 "closing is final: build a new RetrievalStack to search or write again"
+            )
+        if any(self.client is client for client in _inherited):
+            raise StoreError(
+                f"Qdrant at {self.location}: {operation}{where} refused: this process was forked from the process "
+                "that opened this local-mode store, and qdrant-client's local mode is one process's at a time (a "
+                "copy of its data here would diverge from the parent's). Build the RetrievalStack after the fork "
+                "(a folder stays refused while the parent holds it; :memory: starts empty), or use a Qdrant server "
+                "(HYBRID_RAG_QDRANT_URL=http(s)://...) for several processes"
             )
         for attempt in range(self.retries + 1):
             try:
