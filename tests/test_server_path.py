@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 import threading
 import time
 import warnings
@@ -21,7 +23,7 @@ from retrieval.encoders.sparse import SpladeEncoder
 from retrieval.errors import InvalidArgumentError, ModelLoadError
 from retrieval.store import StoreError, collection_names, connect
 from retrieval.store.base import ForeignPointsError
-from tests.conftest import TINY_DOCS
+from tests.conftest import LEXICAL_QUERY, TINY_DOCS
 from tests.test_reliability_versions import (
     NEW_DOCS,
     crash_after_two_blocks,
@@ -30,6 +32,8 @@ from tests.test_reliability_versions import (
     small_block_indexer,
     store_pair,
 )
+from tests.test_reliability_writes import REPO
+from tests.test_store_lifecycle import in_forked_child
 
 MISSING_SPLADE = "naver/splade-x"  # a hub name that is not in the local cache: cannot load offline
 
@@ -374,3 +378,95 @@ def test_local_mode_handles_of_one_process_share_its_database(where, tmp_path, d
         handle.close()
     if where == "file":  # every handle closed: the folder is free for another client
         QdrantClient(path=str(tmp_path / "srv")).close()
+
+
+FORK_AND_EXIT = """
+import os, sys
+from retrieval import RetrievalSettings
+from retrieval.store import open_store
+store = open_store(RetrievalSettings(qdrant_url=sys.argv[1], collection="notes", _env_file=None))
+pid = os.fork()
+if pid == 0:  # a worker ending as gunicorn's do: its own close (or not), then the interpreter's exit
+    if sys.argv[2] == "close":
+        store.close()
+    elif sys.argv[2] == "client":  # what qdrant-client's __del__ does when the client is collected
+        store.client.close()
+    sys.exit(0)  # the exit handlers run
+os.waitpid(pid, 0)
+print("child exited", flush=True)
+sys.stdin.readline()
+store.close()
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ending", ["exit", "close", "client"])
+def test_a_forked_child_that_exits_keeps_its_parents_local_mode_folder_lock(ending, tmp_path):
+    """The child shares the parent's open lock file: its store's close, the exit handler's or the client's own
+    (qdrant-client's ``__del__``) unlocked it for both, so another process could open the folder the parent still
+    held and both wrote it. After the child, the folder is still refused to others until the parent closes it."""
+    url = f"file://{tmp_path / 'srv'}"
+    parent = subprocess.Popen(
+        [sys.executable, "-c", FORK_AND_EXIT, url, ending],
+        cwd=REPO,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert parent.stdout.readline() == "child exited\n"
+        with pytest.raises(StoreError, match="is in use by another process"):
+            connect(url)
+        parent.stdin.write("\n")
+        parent.stdin.flush()
+        assert parent.wait(timeout=60) == 0
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+    connect(url).close()  # the parent's close freed it
+
+
+@pytest.mark.parametrize("where", ["memory", "file"])
+def test_a_forked_child_cannot_use_its_parents_local_mode_store(where, tmp_path, dense_encoder, sparse_encoder):
+    """A forked child searched and wrote through the parent's local-mode client: its writes went to the folder but
+    not to the parent's in-memory copy, so the parent missed them and its counts disagreed with the folder
+    (``:memory:``: the two copies diverge silently). The child's every request through it is refused in one
+    line; a stack the child builds after the fork is refused the folder the parent holds (``:memory:``: a new,
+    empty database), and the parent's data is as it left it."""
+    url = ":memory:" if where == "memory" else f"file://{tmp_path / 'srv'}"
+    settings = RetrievalSettings(
+        qdrant_url=url, collection="notes", rerank=False, cache_dir=tmp_path / "cache", _env_file=None
+    )
+    stack = RetrievalStack(settings, dense=dense_encoder, sparse=sparse_encoder)
+    stack.indexer().index(TINY_DOCS, progress=False)
+    retriever = stack.retriever()
+    encoded = retriever.encode([LEXICAL_QUERY[0]])  # the child tests the store, not the encoder
+    expected = [h.doc_id for h in retriever.search(LEXICAL_QUERY[0], k=3, encoded=encoded)]
+    assert expected[0] == LEXICAL_QUERY[1]
+
+    def search() -> list[str]:
+        return [h.doc_id for h in retriever.search(LEXICAL_QUERY[0], k=3, encoded=encoded)]
+
+    def write() -> int:
+        return stack.indexer().delete_documents([LEXICAL_QUERY[1]]).points
+
+    def own_stack() -> int | None:
+        with RetrievalStack(settings, dense=dense_encoder, sparse=sparse_encoder) as own:
+            return own.store().current_version()
+
+    refused = f"StoreError: Qdrant at {url}: "
+    for work in (search, write):
+        outcome, message = in_forked_child(work)
+        assert outcome == "error" and message.startswith(refused), message
+        assert "forked from the process that opened this local-mode store" in message and "\n" not in message
+    outcome, message = in_forked_child(own_stack)
+    if where == "file":
+        assert outcome == "error" and " is in use by another process " in message, message
+    else:
+        assert (outcome, message) == ("ok", None)  # a database of its own: no collection there
+    assert search() == expected and stack.store().count() == len(TINY_DOCS)
+    stack.close()
+    if where == "file":  # the folder holds what the parent saw
+        with RetrievalStack(settings, dense=dense_encoder, sparse=sparse_encoder) as again:
+            assert again.store().count() == len(TINY_DOCS)

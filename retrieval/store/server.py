@@ -23,6 +23,7 @@ import atexit
 import importlib.metadata
 import logging
 import math
+import os
 import threading
 import time
 import warnings
@@ -150,6 +151,7 @@ def _check_version(rest_uri: str, headers: dict[str, str], auth: httpx.Auth | No
 
 
 _local_clients: dict[str, tuple[QdrantClient, list[int]]] = {}  # local-mode location -> (client, [handles])
+_inherited: list[QdrantClient] = []  # in a forked child: the parent's local-mode clients (refused, never closed)
 _local_guard = threading.Lock()
 
 
@@ -188,6 +190,29 @@ def shared_local_client(url: str) -> tuple[QdrantClient, Callable[[], None]]:
                 client.close()
 
     return client, release
+
+
+def _forget_local_clients() -> None:
+    """In a forked child (``os.fork``, gunicorn ``--preload``, a ``fork`` multiprocessing pool): the local-mode
+    clients the parent opened are its own. Their in-memory data would diverge from the parent's, so the child's
+    stores refuse them (:meth:`ServerStore._call`); the child's new stores open clients of their own. The child's
+    copy of a folder's lock file is closed without unlocking (the lock belongs to the open file, which the parent
+    still holds), so no close in the child (the exit handler, qdrant-client's ``__del__``) releases the parent's
+    lock; the clients stay referenced and are never closed here."""
+    global _local_guard
+    for client, _ in _local_clients.values():
+        local = getattr(client, "_client", None)  # qdrant-client's QdrantLocal
+        lock_file = getattr(local, "_flock_file", None)
+        if lock_file is not None:
+            lock_file.close()
+            local._flock_file = None  # type: ignore[union-attr]
+        _inherited.append(client)
+    _local_clients.clear()
+    _local_guard = threading.Lock()  # another thread of the parent may have held it at the fork
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which cannot fork
+    os.register_at_fork(after_in_child=_forget_local_clients)
 
 
 @atexit.register
@@ -235,6 +260,14 @@ class ServerStore(QdrantStore):
             raise ClosedError(
                 f"Qdrant at {self.location}: {operation}{where} refused: its store is closed (RetrievalStack.close()); "
                 "closing is final: build a new RetrievalStack to search or write again"
+            )
+        if any(self.client is client for client in _inherited):
+            raise StoreError(
+                f"Qdrant at {self.location}: {operation}{where} refused: this process was forked from the process "
+                "that opened this local-mode store, and qdrant-client's local mode is one process's at a time (a "
+                "copy of its data here would diverge from the parent's). Build the RetrievalStack after the fork "
+                "(a folder stays refused while the parent holds it; :memory: starts empty), or use a Qdrant server "
+                "(HYBRID_RAG_QDRANT_URL=http(s)://...) for several processes"
             )
         for attempt in range(self.retries + 1):
             try:
