@@ -86,8 +86,9 @@ def _export_env_files(ctx: typer.Context, paths: list[Path]) -> None:
     """The ``HYBRID_RAG_*`` lines of ``paths`` (``.env``, then each ``--env-file``: a later file wins) become part of
     the environment for this command where the environment does not set them itself, as RetrievalSettings reads
     them; so every reader sees them (the corpora file, the asset and history paths, the run of ``hybrid-rag run``).
-    A relative path in a file is relative to that file's folder (as in the corpora file), so a command run from
-    another directory uses the same index. The environment is restored when the command ends."""
+    A relative path in a file (also a ``file://<dir>`` URL's folder) is relative to that file's folder (as in the
+    corpora file), so a command run from another directory uses the same index. The environment is restored when
+    the command ends."""
     import os
 
     from dotenv import dotenv_values
@@ -105,7 +106,12 @@ def _export_env_files(ctx: typer.Context, paths: list[Path]) -> None:
         except UnicodeDecodeError as exc:
             raise InputFormatError(f"{path}: not UTF-8 (byte {exc.start})") from None
         found = {k.upper(): v for k, v in found.items() if k.upper().startswith("HYBRID_RAG_") and v is not None}
-        values |= {k: _file_relative(path, v) if k in paths_of else v for k, v in found.items()}
+        for key, value in found.items():
+            if key in paths_of:
+                value = _file_relative(path, value)
+            elif key == "HYBRID_RAG_QDRANT_URL" and value.startswith("file://"):  # local mode's folder
+                value = "file://" + _file_relative(path, value.removeprefix("file://"))
+            values[key] = value
     added = {key: value for key, value in values.items() if key not in os.environ}
     os.environ.update(added)
     ctx.call_on_close(lambda: [os.environ.pop(key, None) for key in added])

@@ -325,11 +325,13 @@ class RetrievalSettings(BaseSettings):
     @classmethod
     def _check_qdrant_url(cls, url: str | None) -> str | None:
         """``http(s)://host[:port]`` (a server), ``file://<dir>`` or ``:memory:`` (qdrant-client's local mode);
-        empty: unset (the embedded engine)."""
+        empty: unset (the embedded engine). ``~`` in ``<dir>`` is the home directory, as in the path settings."""
         if not url:
             return None
-        if url == ":memory:" or (url.startswith("file://") and url.removeprefix("file://").strip()):
+        if url == ":memory:":
             return url
+        if url.startswith("file://") and url.removeprefix("file://").strip():
+            return f"file://{Path(url.removeprefix('file://')).expanduser()}"
         try:
             parts = urlsplit(url)
             ok = parts.scheme in ("http", "https") and bool(parts.hostname) and (parts.port or 0) >= 0

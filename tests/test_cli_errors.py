@@ -172,6 +172,11 @@ def test_relative_paths_in_an_env_file_are_relative_to_its_folder(fails, tmp_pat
     assert (
         message == f"error: collection 'e' does not exist at {tmp_path / 'conf' / 'idx' / 'e'}; index documents first"
     )
+    (tmp_path / "conf" / "local.env").write_text("HYBRID_RAG_QDRANT_URL=file://local_idx\n")  # local mode's folder
+    message = fails("--env-file", "../conf/local.env", "search", "moss", "-c", "e")
+    local = tmp_path / "conf" / "local_idx"
+    assert message == f"error: collection 'e' does not exist at file://{local}; index documents first"
+    assert not (tmp_path / "a" / "local_idx").exists()
 
 
 # -- item 8: collection names ---------------------------------------------------------------------------------
