@@ -290,6 +290,14 @@ class RetrievalSettings(BaseSettings):
         checked._in_use = True
         return checked
 
+    def __eq__(self, other: object) -> bool:
+        """Equal values are equal settings, whether a RetrievalStack holds them or not (pydantic also compares
+        private attributes)."""
+        if not isinstance(other, RetrievalSettings):
+            return NotImplemented
+        return type(self) is type(other) and dict(self) == dict(other)
+
+
     def __copy__(self) -> RetrievalSettings:
         copied = super().__copy__()
         copied._in_use = False

@@ -1,5 +1,7 @@
 """One RetrievalStack owns the parts: what it hands out shares encoders (and their locks), stores and cache."""
 
+import copy
+
 import pytest
 
 from retrieval import RetrievalSettings, RetrievalStack
@@ -129,8 +131,10 @@ def test_a_stacks_settings_cannot_be_changed_under_it(stack):
     retriever = stack.retriever()
     assert retriever.settings.collection == retriever.store.collection == "stack"
     assert retriever.search(LEXICAL_QUERY[0], k=1)[0].doc_id == LEXICAL_QUERY[1]
-    mine = stack.settings.model_copy()  # a copy is the caller's own
+    mine = stack.settings.model_copy()  # a copy is the caller's own, equal until changed
+    assert mine == stack.settings == copy.deepcopy(stack.settings)
     mine.collection, mine.k = "sf", 2
+    assert mine != stack.settings
     assert (mine.collection, mine.k, stack.settings.collection, stack.settings.k) == ("sf", 2, "stack", 10)
 
 
