@@ -284,7 +284,7 @@ class RetrievalSettings(BaseSettings):
     def in_use_copy(self, **overrides: Any) -> RetrievalSettings:
         """A copy (with ``overrides``) as a RetrievalStack holds it: checked again, since pydantic checks neither
         ``model_copy(update=...)`` nor ``model_construct()``, and refusing assignment, since the stack has built its
-        encoders and opened its stores from it. A copy of it (``model_copy()``, ``copy.copy``) is writable again."""
+        encoders and opened its stores from it. A copy of it (``model_copy()``, ``copy``, ``pickle``) is writable."""
         # dict(self), not model_dump(): a dump masks the URL's password; every field is given, so no .env is read
         checked = type(self)(_env_file=None, **{**dict(self), **overrides})
         checked._in_use = True
@@ -297,7 +297,6 @@ class RetrievalSettings(BaseSettings):
             return NotImplemented
         return type(self) is type(other) and dict(self) == dict(other)
 
-
     def __copy__(self) -> RetrievalSettings:
         copied = super().__copy__()
         copied._in_use = False
@@ -307,6 +306,10 @@ class RetrievalSettings(BaseSettings):
         copied = super().__deepcopy__(memo)
         copied._in_use = False
         return copied
+
+    def __getstate__(self) -> dict[Any, Any]:
+        state = super().__getstate__()
+        return {**state, "__pydantic_private__": {**(state["__pydantic_private__"] or {}), "_in_use": False}}
 
     def __repr_args__(self) -> list[tuple[str | None, object]]:
         """repr() and str() show the Qdrant URL's password masked, as they show the API key."""

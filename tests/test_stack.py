@@ -1,6 +1,7 @@
 """One RetrievalStack owns the parts: what it hands out shares encoders (and their locks), stores and cache."""
 
 import copy
+import pickle
 
 import pytest
 
@@ -135,6 +136,9 @@ def test_a_stacks_settings_cannot_be_changed_under_it(stack):
     assert mine == stack.settings == copy.deepcopy(stack.settings)
     mine.collection, mine.k = "sf", 2
     assert mine != stack.settings
+    for other in (copy.copy(stack.settings), copy.deepcopy(stack.settings), pickle.loads(pickle.dumps(stack.settings))):
+        other.k = 3
+        assert other.k == 3 and stack.settings.k == 10
     assert (mine.collection, mine.k, stack.settings.collection, stack.settings.k) == ("sf", 2, "stack", 10)
 
 
