@@ -83,11 +83,13 @@ def _replace_unencodable() -> None:
 
 
 def _export_env_files(ctx: typer.Context, paths: list[Path]) -> None:
-    """The ``HYBRID_RAG_*`` lines of ``paths`` (``.env``, then each ``--env-file``: a later file wins) become part of
-    the environment for this command where the environment does not set them itself, as RetrievalSettings reads
-    them; so every reader sees them (the corpora file, the asset and history paths, the run of ``hybrid-rag run``).
-    A relative path in a file is relative to that file's folder (as in the corpora file), so a command run from
-    another directory uses the same index. The environment is restored when the command ends."""
+    """The ``HYBRID_RAG_*`` and ``DAGSTER_HOME`` lines of ``paths`` (``.env``, then each ``--env-file``: a later file
+    wins) become part of the environment for this command where the environment does not set them itself, as
+    RetrievalSettings reads them; so every reader sees them (the corpora file, the asset and history paths, the
+    Dagster instance and run of ``hybrid-rag run`` and ``ui``).
+    A relative path in a file (also a ``file://<dir>`` URL's folder) is relative to that file's folder (as in the
+    corpora file), so a command run from another directory uses the same index. The environment is restored when
+    the command ends."""
     import os
 
     from dotenv import dotenv_values
@@ -95,7 +97,8 @@ def _export_env_files(ctx: typer.Context, paths: list[Path]) -> None:
     from retrieval.errors import InputFormatError
     from retrieval.settings import PATH_VARIABLES
 
-    paths_of = {"HYBRID_RAG_QDRANT_PATH", "HYBRID_RAG_CACHE_DIR", "HYBRID_RAG_MODELS_DIR", *PATH_VARIABLES}
+    settings_paths = ("HYBRID_RAG_QDRANT_PATH", "HYBRID_RAG_CACHE_DIR", "HYBRID_RAG_MODELS_DIR")
+    paths_of = {*settings_paths, *PATH_VARIABLES, "DAGSTER_HOME"}
     values: dict[str, str] = {}
     for path in paths:
         if not path.is_file():
@@ -104,8 +107,14 @@ def _export_env_files(ctx: typer.Context, paths: list[Path]) -> None:
             found = dotenv_values(path, encoding="utf-8")
         except UnicodeDecodeError as exc:
             raise InputFormatError(f"{path}: not UTF-8 (byte {exc.start})") from None
-        found = {k.upper(): v for k, v in found.items() if k.upper().startswith("HYBRID_RAG_") and v is not None}
-        values |= {k: _file_relative(path, v) if k in paths_of else v for k, v in found.items()}
+        for key, value in ((k.upper(), v) for k, v in found.items() if v is not None):
+            if not key.startswith("HYBRID_RAG_") and key != "DAGSTER_HOME":
+                continue
+            if key in paths_of:
+                value = _file_relative(path, value)
+            elif key == "HYBRID_RAG_QDRANT_URL" and value.startswith("file://"):  # local mode's folder
+                value = "file://" + _file_relative(path, value.removeprefix("file://"))
+            values[key] = value
     added = {key: value for key, value in values.items() if key not in os.environ}
     os.environ.update(added)
     ctx.call_on_close(lambda: [os.environ.pop(key, None) for key in added])

@@ -14,7 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
-from pydantic import Field, SecretStr, ValidationError, field_serializer, field_validator, model_validator
+from pydantic import Field, PrivateAttr, SecretStr, ValidationError, field_serializer, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from retrieval.documents import BadInputPolicy
@@ -243,6 +243,8 @@ class RetrievalSettings(BaseSettings):
     # are); a flat sparse list (few or common query terms) keeps rank fusion. None: always `fusion`.
     zscore_fusion_above: float | None = 2.5
 
+    _in_use: bool = PrivateAttr(default=False)  # held by a RetrievalStack: assignment is refused (in_use_copy)
+
     def __init__(self, **values: Any) -> None:
         """As pydantic-settings builds it (keywords, then ``HYBRID_RAG_*`` variables, then ``.env``); a misspelt
         keyword or a bad value is an :class:`InvalidArgumentError` (``invalid settings: field: reason``). Unknown
@@ -266,6 +268,11 @@ class RetrievalSettings(BaseSettings):
             raise InvalidArgumentError(
                 f"invalid settings: unknown setting {name!r}{_closest(name, type(self).model_fields)}"
             )
+        if getattr(self, "_in_use", False) and not name.startswith("_"):
+            raise InvalidArgumentError(
+                f"invalid settings: {name} cannot be changed on the settings a RetrievalStack uses (stack.settings, "
+                f"its retrievers' and indexers'): use stack.derive({name}=...) or stack.retriever({name}=...)"
+            )
         before = self.__dict__.get(name)
         try:
             super().__setattr__(name, value)
@@ -273,6 +280,36 @@ class RetrievalSettings(BaseSettings):
             if name in type(self).model_fields:  # a model check (chunk_overlap < chunk_tokens) runs after the set
                 self.__dict__[name] = before
             raise InvalidArgumentError(settings_problems(exc)) from None
+
+    def in_use_copy(self, **overrides: Any) -> RetrievalSettings:
+        """A copy (with ``overrides``) as a RetrievalStack holds it: checked again, since pydantic checks neither
+        ``model_copy(update=...)`` nor ``model_construct()``, and refusing assignment, since the stack has built its
+        encoders and opened its stores from it. A copy of it (``model_copy()``, ``copy``, ``pickle``) is writable."""
+        # dict(self), not model_dump(): a dump masks the URL's password; every field is given, so no .env is read
+        checked = type(self)(_env_file=None, **{**dict(self), **overrides})
+        checked._in_use = True
+        return checked
+
+    def __eq__(self, other: object) -> bool:
+        """Equal values are equal settings, whether a RetrievalStack holds them or not (pydantic also compares
+        private attributes)."""
+        if not isinstance(other, RetrievalSettings):
+            return NotImplemented
+        return type(self) is type(other) and dict(self) == dict(other)
+
+    def __copy__(self) -> RetrievalSettings:
+        copied = super().__copy__()
+        copied._in_use = False
+        return copied
+
+    def __deepcopy__(self, memo: dict[int, Any] | None = None) -> RetrievalSettings:
+        copied = super().__deepcopy__(memo)
+        copied._in_use = False
+        return copied
+
+    def __getstate__(self) -> dict[Any, Any]:
+        state = super().__getstate__()
+        return {**state, "__pydantic_private__": {**(state["__pydantic_private__"] or {}), "_in_use": False}}
 
     def __repr_args__(self) -> list[tuple[str | None, object]]:
         """repr() and str() show the Qdrant URL's password masked, as they show the API key."""
@@ -299,11 +336,13 @@ class RetrievalSettings(BaseSettings):
     @classmethod
     def _check_qdrant_url(cls, url: str | None) -> str | None:
         """``http(s)://host[:port]`` (a server), ``file://<dir>`` or ``:memory:`` (qdrant-client's local mode);
-        empty: unset (the embedded engine)."""
+        empty: unset (the embedded engine). ``~`` in ``<dir>`` is the home directory, as in the path settings."""
         if not url:
             return None
-        if url == ":memory:" or (url.startswith("file://") and url.removeprefix("file://").strip()):
+        if url == ":memory:":
             return url
+        if url.startswith("file://") and url.removeprefix("file://").strip():
+            return f"file://{Path(url.removeprefix('file://')).expanduser()}"
         try:
             parts = urlsplit(url)
             ok = parts.scheme in ("http", "https") and bool(parts.hostname) and (parts.port or 0) >= 0

@@ -75,8 +75,9 @@ class RetrievalStack:
     ``stack.indexer()`` and ``stack.retriever()`` share these parts. Parts given here (``dense``, ``sparse``,
     ``store``) are used instead of building them. The stack closes its stores in :meth:`close` (or on leaving a
     ``with`` block), for good: the stack and its retrievers and indexers then raise
-    :class:`~retrieval.errors.ClosedError`. Encoders need no closing. The stack keeps its own copy of ``settings``:
-    changing the caller's object afterwards does not change the stack.
+    :class:`~retrieval.errors.ClosedError`. Encoders need no closing. The stack keeps its own copy of ``settings``,
+    checked however the object was made (changing the caller's object afterwards does not change the stack), and
+    refuses assignment to it (``stack.settings``, its retrievers' and indexers'): :meth:`derive` makes another.
     """
 
     def __init__(
@@ -93,7 +94,7 @@ class RetrievalStack:
                 f"settings must be RetrievalSettings, not {type(settings).__name__}: "
                 "give RetrievalStack(RetrievalSettings(**values))"
             )
-        self.settings = settings.model_copy() if settings is not None else RetrievalSettings()
+        self.settings = (settings if settings is not None else RetrievalSettings()).in_use_copy()
         s = self.settings
         self.dense = dense or DenseEncoder(**dense_args(s))
         self.sparse = sparse or make_sparse_encoder(**sparse_args(s))
@@ -227,10 +228,7 @@ class RetrievalStack:
     def _settings_for(self, collection: str | None, **overrides: Any) -> RetrievalSettings:
         if collection is not None:
             overrides["collection"] = check_collection_name(collection)
-        if not overrides:
-            return self.settings
-        # dict(settings), not model_dump(): a dump masks the Qdrant URL's password (RetrievalSettings checks names)
-        return RetrievalSettings(**{**dict(self.settings), **overrides})
+        return self.settings.in_use_copy(**overrides) if overrides else self.settings
 
 
 def check_query_dimension(query: DenseEncoder, store: QdrantStore) -> None:

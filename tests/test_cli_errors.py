@@ -4,6 +4,7 @@ no traceback, no work done and no file written. None of these needs a model: the
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -172,6 +173,11 @@ def test_relative_paths_in_an_env_file_are_relative_to_its_folder(fails, tmp_pat
     assert (
         message == f"error: collection 'e' does not exist at {tmp_path / 'conf' / 'idx' / 'e'}; index documents first"
     )
+    (tmp_path / "conf" / "local.env").write_text("HYBRID_RAG_QDRANT_URL=file://local_idx\n")  # local mode's folder
+    message = fails("--env-file", "../conf/local.env", "search", "moss", "-c", "e")
+    local = tmp_path / "conf" / "local_idx"
+    assert message == f"error: collection 'e' does not exist at file://{local}; index documents first"
+    assert not (tmp_path / "a" / "local_idx").exists()
 
 
 # -- item 8: collection names ---------------------------------------------------------------------------------
@@ -265,3 +271,36 @@ def test_eval_and_run_check_their_default_folders_before_any_work(tmp_path, monk
         [line] = result.output.strip().splitlines()
         assert line.startswith(start) and all(s in line for s in settings), line
     assert not (tmp_path / "idx").exists()  # nothing indexed or evaluated for results that could not be kept
+
+
+def test_dagster_home_is_read_from_env_files_relative_to_them(tmp_path, monkeypatch):
+    """``DAGSTER_HOME`` in ``.env`` or an ``--env-file`` is used as the path settings there are (``~`` the home
+    directory, a relative path relative to the file's folder); the environment wins. Seen in where ``run`` makes the
+    Dagster instance: each folder below is blocked by a file, so the run stops there, naming it."""
+    for key, sub in (("QDRANT_PATH", "idx"), ("CACHE_DIR", "cache"), ("MODELS_DIR", "models")):
+        monkeypatch.setenv(f"HYBRID_RAG_{key}", str(tmp_path / sub))
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    for folder in ("conf", "a"):
+        (tmp_path / folder).mkdir()
+    for blocker in ("home", "conf/blocked", "env_blocked", "a/data"):  # a/data: the default, data/dagster_home
+        (tmp_path / blocker).write_text("a file where the Dagster instance would go")
+    (tmp_path / "a" / ".env").write_text("DAGSTER_HOME=~/dagster\n")
+    (tmp_path / "conf" / "run.env").write_text("DAGSTER_HOME=blocked/dagster\n")
+    monkeypatch.chdir(tmp_path / "a")
+
+    def run(*args: str) -> str:
+        result = CliRunner().invoke(app, [*args, "run"])
+        assert result.exit_code == 2, result.output
+        [line] = result.output.strip().splitlines()
+        return line
+
+    assert run().startswith(f"error: Dagster instance folder {tmp_path}/home/dagster: cannot write it")
+    assert "DAGSTER_HOME" not in os.environ  # the command's environment is restored
+    assert run("--env-file", "../conf/run.env").startswith(
+        f"error: Dagster instance folder {tmp_path}/conf/blocked/dagster: cannot write it"
+    )
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "env_blocked" / "dagster"))
+    assert run("--env-file", "../conf/run.env").startswith(
+        f"error: Dagster instance folder {tmp_path}/env_blocked/dagster: cannot write it"
+    )

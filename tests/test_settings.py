@@ -74,6 +74,24 @@ def test_tilde_is_the_home_directory_in_path_settings(clean_env, monkeypatch):
     assert settings.qdrant_path == home / "elsewhere"
 
 
+def test_tilde_is_the_home_directory_in_a_local_mode_url(clean_env, monkeypatch):
+    """``file://<dir>`` names local mode's folder: ``~`` in it is the home directory, as in QDRANT_PATH, never a
+    folder named ``~`` in the working directory."""
+    from retrieval.store.server import connect
+
+    home = clean_env / "home"
+    monkeypatch.setenv("HOME", str(home))
+    (clean_env / ".env").write_text("HYBRID_RAG_QDRANT_URL=file://~/rag/local\n")
+    assert RetrievalSettings().qdrant_url == f"file://{home}/rag/local"
+    settings = RetrievalSettings(qdrant_url="file://~/elsewhere")
+    assert settings.qdrant_url == f"file://{home}/elsewhere"
+    settings.qdrant_url = "file://~/third"
+    assert settings.qdrant_url == f"file://{home}/third"
+    assert RetrievalSettings(qdrant_url="file://idx").qdrant_url == "file://idx"  # relative: to the working directory
+    connect("file://~/opened").close()  # a URL given to the store directly
+    assert (home / "opened").is_dir() and not (clean_env / "~").exists()
+
+
 def test_dumps_mask_the_url_password_and_copies_keep_it(clean_env):
     settings = RetrievalSettings(qdrant_url=f"https://admin:{PASSWORD}@qdrant.example.com:6333")
     for shown in (repr(settings), str(settings), settings.model_dump_json(), str(settings.model_dump())):

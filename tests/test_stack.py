@@ -1,5 +1,8 @@
 """One RetrievalStack owns the parts: what it hands out shares encoders (and their locks), stores and cache."""
 
+import copy
+import pickle
+
 import pytest
 
 from retrieval import RetrievalSettings, RetrievalStack
@@ -81,6 +84,62 @@ def test_the_stack_keeps_its_own_settings(dense_encoder, sparse_encoder, tmp_pat
         assert (retriever.settings.collection, retriever.store.collection, retriever.settings.k) == ("mine", "mine", 10)
     with pytest.raises(InvalidArgumentError, match=r"^settings must be RetrievalSettings, not dict: "):
         RetrievalStack({"collection": "x"})
+
+
+@pytest.mark.parametrize(
+    ("change", "error"),
+    [
+        (
+            {"rrf_k": 0, "dense_weight": -1.0},
+            "rrf_k: Input should be greater than or equal to 1; dense_weight: Input should be greater than 0",
+        ),
+        ({"fusion": "bogus"}, "fusion: Input should be 'rrf', 'dbsf' or 'zscore'"),
+        ({"colection": "typo"}, "unknown setting 'colection' (did you mean collection?)"),
+    ],
+)
+def test_the_stack_checks_the_settings_it_is_given_however_they_were_made(
+    dense_encoder, sparse_encoder, tmp_path, change, error
+):
+    """pydantic checks neither ``model_copy(update=...)`` nor ``model_construct(...)`` (which drops unknown names): the
+    stack checks what it gets, with the one line the constructor gives."""
+    base = RetrievalSettings(qdrant_path=tmp_path / "index", cache_dir=tmp_path / "cache", collection="mine")
+    with pytest.raises(InvalidArgumentError) as err:
+        RetrievalStack(base.model_copy(update=change), dense=dense_encoder, sparse=sparse_encoder)
+    assert str(err.value) == f"invalid settings: {error}"
+    with pytest.raises(InvalidArgumentError, match=r"^invalid settings: rrf_k: Input should be greater than or equal"):
+        RetrievalStack(RetrievalSettings.model_construct(**{**dict(base), "rrf_k": 0}), dense=dense_encoder)
+
+
+def test_the_stack_expands_a_home_path_it_is_given_unchecked(dense_encoder, sparse_encoder, tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    settings = RetrievalSettings(cache_dir=tmp_path / "cache").model_copy(update={"qdrant_path": "~/rag/index"})
+    with RetrievalStack(settings, dense=dense_encoder, sparse=sparse_encoder) as stack:
+        assert stack.settings.qdrant_path == tmp_path / "home/rag/index"
+        assert stack.settings.collection_models_dir() == tmp_path / "home/rag/models/sample"
+
+
+def test_a_stacks_settings_cannot_be_changed_under_it(stack):
+    """The stack has built its encoders and opened its stores from its settings: an assignment is refused, pointing
+    at ``derive`` (it would otherwise be half followed: a retriever reporting one collection and searching another)."""
+    retrievers = (stack.retriever(), stack.retriever(k=2))
+    for settings in (stack.settings, *(r.settings for r in retrievers), stack.indexer().settings):
+        with pytest.raises(InvalidArgumentError) as err:
+            settings.collection = "sf"
+        assert str(err.value) == (
+            "invalid settings: collection cannot be changed on the settings a RetrievalStack uses (stack.settings, "
+            "its retrievers' and indexers'): use stack.derive(collection=...) or stack.retriever(collection=...)"
+        )
+    retriever = stack.retriever()
+    assert retriever.settings.collection == retriever.store.collection == "stack"
+    assert retriever.search(LEXICAL_QUERY[0], k=1)[0].doc_id == LEXICAL_QUERY[1]
+    mine = stack.settings.model_copy()  # a copy is the caller's own, equal until changed
+    assert mine == stack.settings == copy.deepcopy(stack.settings)
+    mine.collection, mine.k = "sf", 2
+    assert mine != stack.settings
+    for other in (copy.copy(stack.settings), copy.deepcopy(stack.settings), pickle.loads(pickle.dumps(stack.settings))):
+        other.k = 3
+        assert other.k == 3 and stack.settings.k == 10
+    assert (mine.collection, mine.k, stack.settings.collection, stack.settings.k) == ("sf", 2, "stack", 10)
 
 
 @pytest.mark.parametrize("name", ["", "..", "../escape", "sub/dir", "stack__v1", "stack.write.lock"])

@@ -100,7 +100,7 @@ def connect(
     if url == ":memory:":
         return QdrantClient(location=":memory:")
     if url.startswith("file://"):
-        path = url.removeprefix("file://")
+        path = str(Path(url.removeprefix("file://")).expanduser())  # the folder local_location() names
         try:
             return QdrantClient(path=path)
         except RuntimeError as exc:
