@@ -777,9 +777,12 @@ class EdgeStore(QdrantStore):
         """``<name>.write.lock``: one writer per collection across processes; others wait, then fail clearly. A
         folder named like the collection that hybrid-rag did not make is refused first (and again under the lock,
         by every write), so that a refused write leaves no lock file beside it."""
-        if not self.pointer.exists() and (self.root / self.collection).is_dir():
-            self._refuse_foreign(self.root / self.collection)
-        self._versions()
+        try:
+            if not self.pointer.exists() and (self.root / self.collection).is_dir():
+                self._refuse_foreign(self.root / self.collection)
+            self._versions()
+        except PermissionError:  # an index folder this user cannot read: the lock file says so in one line
+            pass
         lock = self.root / (self.collection + WRITE_LOCK_SUFFIX)
         return _write_lock(lock, self.collection, self.lock_timeout_s if timeout_s is None else timeout_s)
 
