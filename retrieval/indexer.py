@@ -37,7 +37,7 @@ from retrieval.errors import (
 )
 from retrieval.parts import Parts, describe
 from retrieval.progress import progress_bar
-from retrieval.settings import canonical_model
+from retrieval.settings import HeldSettings, canonical_model
 from retrieval.store import CollectionSchema, QdrantStore, StoreError
 from retrieval.store.base import StoredChunk
 
@@ -145,6 +145,8 @@ class Indexer:
     more than half of the collection's documents or of its points (or any, from an empty source) is refused
     unless ``allow_delete``.
     """
+
+    settings = HeldSettings()
 
     def __init__(self, parts: Parts):
         """An indexer over ``parts``; :meth:`retrieval.RetrievalStack.indexer` builds one (sharing its parts)."""

@@ -22,7 +22,7 @@ from retrieval.errors import ClosedError, EmptyQueryError, InvalidArgumentError,
 from retrieval.fusion import Fused, fuse, top_z
 from retrieval.parts import Parts, describe
 from retrieval.rerank import EmbeddingReranker, RerankConfig
-from retrieval.settings import FusionMethod, RerankMode
+from retrieval.settings import FusionMethod, HeldSettings, RerankMode
 from retrieval.store import CollectionSchema, QueryPlan, StoredHit
 from retrieval.store.base import filter_conditions
 
@@ -131,6 +131,8 @@ class HybridRetriever:
     one version for all its requests (``store.reading()``), even when a writer publishes another meanwhile, and
     follows the collection's adapted query encoder (a new one saved by ``adapt``, or none after its removal).
     """
+
+    settings = HeldSettings()
 
     def __init__(self, parts: Parts):
         """A retriever over ``parts``; :meth:`retrieval.RetrievalStack.retriever` builds one (sharing its parts)."""

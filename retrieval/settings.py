@@ -161,6 +161,25 @@ def warn_unknown_env(env_files: Iterable[str | Path] = ()) -> None:
             log.warning("unknown setting %s (environment or .env) is ignored%s", name, _closest(name, valid))
 
 
+class HeldSettings:
+    """The ``settings`` attribute of a stack, retriever or indexer: set once when it is built; replacing them is
+    refused, as assigning one of their fields is (its encoders and stores were made from them)."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.owner, self.slot = owner.__name__, f"_{name}"
+
+    def __get__(self, obj: Any, objtype: type | None = None) -> Any:
+        return self if obj is None else obj.__dict__[self.slot]
+
+    def __set__(self, obj: Any, value: RetrievalSettings) -> None:
+        if self.slot in obj.__dict__:
+            raise InvalidArgumentError(
+                f"invalid settings: the settings of a {self.owner} cannot be replaced: use stack.derive(...) or "
+                "stack.retriever(...) with the settings to change"
+            )
+        obj.__dict__[self.slot] = value
+
+
 class RetrievalSettings(BaseSettings):
     """Every knob of indexing and search. Environment: ``HYBRID_RAG_<FIELD>`` (e.g. HYBRID_RAG_QDRANT_URL)."""
 

@@ -20,7 +20,7 @@ from retrieval.errors import ClosedError, InvalidArgumentError
 from retrieval.indexer import Indexer
 from retrieval.parts import Parts
 from retrieval.search import HybridRetriever
-from retrieval.settings import RetrievalSettings, check_collection_name, redact_url
+from retrieval.settings import HeldSettings, RetrievalSettings, check_collection_name, redact_url
 from retrieval.store import CollectionSchema, QdrantStore, SchemaMismatchError, StoreError, open_store
 
 log = logging.getLogger(__name__)
@@ -79,6 +79,8 @@ class RetrievalStack:
     checked however the object was made (changing the caller's object afterwards does not change the stack), and
     refuses assignment to it (``stack.settings``, its retrievers' and indexers'): :meth:`derive` makes another.
     """
+
+    settings = HeldSettings()
 
     def __init__(
         self,

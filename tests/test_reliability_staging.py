@@ -257,7 +257,8 @@ def test_the_qdrant_index_assets_rerun_resumes_its_staged_copy(
     chunks = indexer.chunk(NEW_DOCS)
     vectors = (indexer.encode_dense(chunks)[0], indexer.encode_sparse(chunks))
     monkeypatch.setattr(indexer_module, "ENCODE_BLOCK", 8)
-    indexer.settings = indexer.settings.model_copy(update={"upsert_batch_size": 8})
+    settings = settings_for(root).model_copy(update={"upsert_batch_size": 8})
+    indexer = RetrievalStack(settings, store=store, dense=dense_encoder, sparse=sparse_encoder).indexer()
     indexer.after_batch = crash_after_two_blocks
     with pytest.raises(RuntimeError, match="injected"):
         indexer.sync(chunks, vectors=vectors, prune=True, publish=False, progress=False)

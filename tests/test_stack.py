@@ -142,6 +142,16 @@ def test_a_stacks_settings_cannot_be_changed_under_it(stack):
     assert (mine.collection, mine.k, stack.settings.collection, stack.settings.k) == ("sf", 2, "stack", 10)
 
 
+def test_the_settings_of_a_stack_retriever_or_indexer_cannot_be_replaced(stack):
+    """Replacing the whole object (``stack.settings = RetrievalSettings(collection="other")``) was accepted and half
+    followed, as assigning a field was: a retriever reported ``other`` and searched ``stack``."""
+    other = RetrievalSettings(collection="other", k=2, _env_file=None)
+    for owner in (stack, stack.retriever(), stack.indexer()):
+        with pytest.raises(InvalidArgumentError, match=f"the settings of a {type(owner).__name__} cannot be replaced"):
+            owner.settings = other
+        assert owner.settings.collection == "stack"
+
+
 @pytest.mark.parametrize("name", ["", "..", "../escape", "sub/dir", "stack__v1", "stack.write.lock"])
 def test_a_collection_name_is_checked_wherever_it_enters(stack, name):
     root = stack.settings.qdrant_path
