@@ -251,9 +251,9 @@ except StoreError as exc:
 """
 
 
-def open_as_another_user(root: Path) -> str:
-    """What a reader without write access to ``root`` gets (as root: the user nobody, via setpriv)."""
-    command = [sys.executable, "-c", OPEN_AS_READER, str(root)]
+def open_as_another_user(root: Path, script: str = OPEN_AS_READER) -> str:
+    """What a reader without write access to ``root`` gets from ``script`` (as root: the user nobody, via setpriv)."""
+    command = [sys.executable, "-c", script, str(root)]
     if os.geteuid() == 0:
         if not shutil.which("setpriv"):
             pytest.skip("running as root without setpriv: no other user to open the index as")
@@ -307,3 +307,40 @@ def test_running_out_of_memory_while_opening_is_not_reported_as_damage(tmp_path)
     message = _explain_open_error(tmp_path / "test__v1" / "shard", engine)
     assert "out of memory" in message and "ulimit -v" in message
     assert "damaged or" not in message and "Rebuild" not in message
+
+
+LIST_AND_OPEN = """
+import sys
+from pathlib import Path
+from retrieval import RetrievalSettings
+from retrieval.store import EdgeStore, StoreError, collection_names, connect
+print(collection_names(RetrievalSettings(qdrant_path=sys.argv[1], _env_file=None)))
+local = f"file://{Path(sys.argv[1]) / 'local'}"
+for opening in (lambda: EdgeStore(sys.argv[1], "test").count(), lambda: connect(local)):
+    try:
+        opening()
+    except StoreError as exc:
+        print(exc)
+"""
+
+
+def test_folders_the_user_cannot_read_are_one_line_each_not_a_traceback(
+    shared_dir, dense_encoder, sparse_encoder, caplog
+):
+    """A collection's version folder another user made private (umask 077) and a qdrant-client local-mode folder
+    the user cannot write: ``search``/``collections`` raised a bare PermissionError on ``schema.json``, and
+    ``connect("file://...")`` one on qdrant-client's ``.lock``."""
+    root = shared_dir / "index"
+    settings = RetrievalSettings(qdrant_path=root, cache_dir=shared_dir / "cache", collection="test", rerank=False)
+    with RetrievalStack(settings, dense=dense_encoder, sparse=sparse_encoder) as stack:
+        stack.indexer().index(TINY_DOCS, progress=False)
+    connect(f"file://{root / 'local'}").close()
+    if os.geteuid() != 0:
+        pytest.skip("needs another user: run as root (setpriv to nobody)")
+    subprocess.run(["chmod", "go=", str(root / "test__v1")], check=True)
+    subprocess.run(["chmod", "-R", "go=rX", str(root / "local")], check=True)
+    lines = open_as_another_user(root, LIST_AND_OPEN).splitlines()
+    assert lines[0] == "['test']"  # listed by its pointer; its unreadable version folder is no traceback
+    assert lines[1].startswith(f"{root / 'test__v1' / 'schema.json'}: cannot read it (Permission denied)")
+    assert lines[2].startswith(f"Qdrant local-mode folder {root / 'local'}: Permission denied")
+    assert "needs read and write access" in lines[1] and "needs read and write access" in lines[2]

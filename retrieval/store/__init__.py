@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import re
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from retrieval.errors import InvalidArgumentError
@@ -79,12 +80,21 @@ def collection_names(settings: RetrievalSettings) -> list[str]:
         entries = list(root.iterdir()) if root.is_dir() else []
         names = {p.name.removesuffix(POINTER_SUFFIX) for p in entries if p.name.endswith(POINTER_SUFFIX)}
         physical = [
-            p.name for p in entries if p.is_dir() and (p / SCHEMA_FILE).is_file() and not _COPY.search(p.name)
+            p.name for p in entries if p.is_dir() and _holds_schema(p) and not _COPY.search(p.name)
         ]  # a copy being made (or left by a killed write) is no collection
     for name in physical:
         match = _PHYSICAL.match(name)
         names.add(match["name"] if match else name)
     return sorted(name for name in names if _valid(name))
+
+
+def _holds_schema(folder: Path) -> bool:
+    """Whether ``folder`` holds a collection's schema file; one this user cannot read is left out with a warning."""
+    try:
+        return (folder / SCHEMA_FILE).is_file()
+    except OSError as exc:
+        log.warning("not listed: %s cannot be read (%s): the user needs read and write access", folder, exc.strerror)
+        return False
 
 
 def _valid(name: str) -> bool:

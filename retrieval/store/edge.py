@@ -973,7 +973,11 @@ class EdgeStore(QdrantStore):
         self._check_open()
         for attempt in range(3):
             target = self._target()
-            if not (self.root / target / SCHEMA_FILE).exists():
+            try:
+                exists = (self.root / target / SCHEMA_FILE).exists()
+            except OSError as exc:  # a folder this user cannot read: not "does not exist"
+                raise _unreadable(self.root / target / SCHEMA_FILE, exc) from None
+            if not exists:
                 if attempt < 2 and self.version is None and self._target() != target:
                     continue
                 if self.version is None:

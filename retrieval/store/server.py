@@ -103,6 +103,12 @@ def connect(
         path = str(Path(url.removeprefix("file://")).expanduser())  # the folder local_location() names
         try:
             return QdrantClient(path=path)
+        except PermissionError as exc:
+            raise StoreError(
+                f"Qdrant local-mode folder {path}: {exc.strerror or 'permission denied'} ({exc.filename}): the user "
+                "running this needs read and write access to the folder and its files, even to search "
+                "(qdrant-client locks it)"
+            ) from None
         except RuntimeError as exc:
             if "already accessed by another instance" not in str(exc):
                 raise
