@@ -17,7 +17,7 @@ from retrieval import Document, RetrievalStack
 from retrieval.store import EdgeStore, StoreError, edge
 from tests.conftest import TINY_DOCS
 from tests.test_reliability_versions import settings_for
-from tests.test_reliability_writes import HOLD_OPEN, REPO
+from tests.test_reliability_writes import REPO, holding
 
 QUERY = "alpha bravo charlie"
 SEARCH_AND_EXIT = """
@@ -84,15 +84,8 @@ def held(tmp_path, dense_encoder, sparse_encoder):
         settings_for(root), store=EdgeStore(root, "test"), dense=dense_encoder, sparse=sparse_encoder
     ) as stack:
         stack.indexer().index(TINY_DOCS, progress=False)
-    holder = subprocess.Popen(
-        [sys.executable, "-c", HOLD_OPEN, str(root)], cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert holder.stdout.readline().split() == ["holding", str(len(TINY_DOCS))]
+    with holding(root):
         yield root
-    finally:
-        holder.kill()
-        holder.wait()
 
 
 @pytest.mark.slow

@@ -7,6 +7,8 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -29,6 +31,21 @@ store.close()
 """
 
 
+@contextmanager
+def holding(root: Path) -> Iterator[subprocess.Popen]:
+    """Another process (the holder) with the published version of ``root``'s collection ``test`` (TINY_DOCS) open:
+    other processes read it through views. Killed on leaving."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_OPEN, str(root)], cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().split() == ["holding", str(len(TINY_DOCS))]
+        yield holder
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def edge_stack(root: Path, dense_encoder, sparse_encoder, **store_args) -> RetrievalStack:
     store = EdgeStore(root, "test", **store_args)
     return RetrievalStack(settings_for(root), store=store, dense=dense_encoder, sparse=sparse_encoder)
@@ -41,11 +58,7 @@ def test_delete_while_another_process_holds_the_collection(tmp_path, dense_encod
     root = tmp_path / "index"
     with edge_stack(root, dense_encoder, sparse_encoder) as stack:
         stack.indexer().index(TINY_DOCS, progress=False)
-    holder = subprocess.Popen(
-        [sys.executable, "-c", HOLD_OPEN, str(root)], cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert holder.stdout.readline().split() == ["holding", str(len(TINY_DOCS))]
+    with holding(root) as holder:
         direct = EdgeStore(root, "test")  # reads the held version through a view: writing there is refused
         with pytest.raises(StoreError, match="delete refused: another process has this version open"):
             direct.delete_documents(["moon"])
@@ -56,9 +69,6 @@ def test_delete_while_another_process_holds_the_collection(tmp_path, dense_encod
         holder.stdin.flush()
         assert holder.stdout.readline().split() == ["count", "at", "end", str(len(TINY_DOCS) - 2)]
         assert holder.wait(timeout=60) == 0
-    finally:
-        holder.kill()
-        holder.wait()
     kept = [d for d in TINY_DOCS if d.id not in {"valve", "pasta"}]
     with edge_stack(root, dense_encoder, sparse_encoder) as fresh:
         store = fresh.store()

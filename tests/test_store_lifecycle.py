@@ -9,8 +9,6 @@ import os
 import pickle
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,7 +20,7 @@ from retrieval import Document, RetrievalStack
 from retrieval.errors import ClosedError
 from retrieval.store import EdgeStore, StoreError, edge
 from tests.conftest import LEXICAL_QUERY, TINY_DOCS
-from tests.test_reliability_writes import HOLD_OPEN, REPO, edge_stack
+from tests.test_reliability_writes import edge_stack, holding
 
 QUERY = LEXICAL_QUERY[0]
 FORK_TIMEOUT_S = 60.0
@@ -94,11 +92,7 @@ def test_a_forked_child_leaves_its_parents_view_and_lock_alone(tmp_path, dense_e
     root = tmp_path / "index"
     with edge_stack(root, dense_encoder, sparse_encoder) as writer:
         writer.indexer().index(TINY_DOCS, progress=False)
-    holder = subprocess.Popen(
-        [sys.executable, "-c", HOLD_OPEN, str(root)], cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert holder.stdout.readline().split() == ["holding", str(len(TINY_DOCS))]
+    with holding(root):
         stack = edge_stack(root, dense_encoder, sparse_encoder)
         retriever = stack.retriever(rerank=False)
         expected = ids(retriever.search(QUERY, k=5))
@@ -123,9 +117,6 @@ def test_a_forked_child_leaves_its_parents_view_and_lock_alone(tmp_path, dense_e
         with pytest.raises(StoreError, match="closing .* failed"):
             direct.close()
         assert not held(root)
-    finally:
-        holder.kill()
-        holder.communicate()
 
 
 def test_closing_a_retriever_leaves_its_stacks_store_open(indexed_stack) -> None:
