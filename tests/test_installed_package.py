@@ -60,27 +60,59 @@ def test_the_wheel_ships_the_builtin_corpora_file_and_the_sample() -> None:
     assert names >= {"sample/corpus.jsonl", "sample/queries.jsonl"}
 
 
-@pytest.mark.slow
-def test_the_built_wheel_marks_retrieval_typed(tmp_path: Path) -> None:
-    """PEP 561: without ``retrieval/py.typed`` in the wheel, type checkers treat every ``retrieval`` name as Any."""
+@pytest.fixture(scope="module")
+def installed_wheel(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(the wheel built from the checkout's tracked files, a folder it is installed into without dependencies):
+    code run with that folder first on ``sys.path`` imports hybrid-rag as a user's ``pip install`` does, not the
+    checkout (the venv's editable install finds the checkout after ``PYTHONPATH``)."""
     import shutil
+
+    base = tmp_path_factory.mktemp("wheel")
+    source = base / "src"  # a copy of the tracked files: the build writes into its source tree
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, text=True, check=True)
+    for name in tracked.stdout.split("\0"):
+        if name and (ROOT / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, source / name)
+    pip = [sys.executable, "-m", "pip", "-q", "--disable-pip-version-check"]
+    built = subprocess.run(
+        [*pip, "wheel", ".", "--no-deps", "--no-build-isolation", "-w", str(base)],
+        cwd=source,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert built.returncode == 0, built.stdout + built.stderr
+    [wheel] = base.glob("hybrid_rag-*.whl")
+    site = base / "site"
+    installed = subprocess.run(
+        [*pip, "install", "--no-deps", "--no-index", "--target", str(site), str(wheel)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert installed.returncode == 0, installed.stdout + installed.stderr
+    return wheel, site
+
+
+@pytest.mark.slow
+def test_the_built_wheel_ships_every_data_file_and_the_typed_markers(installed_wheel: tuple[Path, Path]) -> None:
+    """Every tracked non-Python file inside the four packages is in the wheel (the sample, the built-in corpora file,
+    the Dagster instance settings); PEP 561: without ``py.typed`` type checkers treat every name as Any."""
     import zipfile
 
-    source = tmp_path / "src"  # a copy of what the wheel is built from: the build writes into its source tree
-    source.mkdir()
-    for name in ("pyproject.toml", "README.md", "retrieval", "evals", "assets", "orchestration"):
-        copy = shutil.copytree if (ROOT / name).is_dir() else shutil.copy
-        copy(
-            ROOT / name,
-            source / name,
-            **({"ignore": shutil.ignore_patterns("__pycache__")} if copy is shutil.copytree else {}),
-        )
-    cmd = [sys.executable, "-m", "pip", "wheel", ".", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), "-q"]
-    done = subprocess.run(cmd, cwd=source, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout + done.stderr
-    [wheel] = tmp_path.glob("hybrid_rag-*.whl")
+    wheel, _ = installed_wheel
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert "retrieval/py.typed" in names and "evals/sample/corpus.jsonl" in names
+    tracked = subprocess.run(
+        ["git", "ls-files", "retrieval", "evals", "assets", "orchestration"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    data = {name for name in tracked if not name.endswith(".py")}
+    assert {"retrieval/py.typed", "evals/py.typed", "evals/sample/corpus.jsonl"} <= data
+    assert data - names == set()
 
 
 def test_the_public_api_says_what_it_returns() -> None:
@@ -111,21 +143,35 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
 
 
 @pytest.mark.slow
-def test_main_job_runs_the_packaged_sample_from_outside_the_checkout(tmp_path: Path) -> None:
-    """`hybrid-rag run` from a directory without corpora.yaml: the built-in file, the sample inside the package."""
+def test_main_job_runs_from_the_installed_wheel_outside_the_checkout(
+    tmp_path: Path, installed_wheel: tuple[Path, Path]
+) -> None:
+    """`hybrid-rag run` as the wheel installs it, from a directory without corpora.yaml: the built-in file, the
+    sample and the Dagster instance settings inside the installed package, nothing read from the checkout."""
+    _, site = installed_wheel
     env = _env(
         tmp_path,
+        PYTHONPATH=str(site),
         DAGSTER_HOME=str(tmp_path / "home"),
         HYBRID_RAG_QDRANT_PATH=str(tmp_path / "index"),
         HYBRID_RAG_ASSETS_DIR=str(tmp_path / "assets"),
         HYBRID_RAG_HISTORY_PATH=str(tmp_path / "history.sqlite"),
     )
+    where = subprocess.run(
+        [sys.executable, "-c", "import evals, orchestration, retrieval; print(retrieval.__file__, evals.__file__)"],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert where.stdout.split() == [str(site / "retrieval" / "__init__.py"), str(site / "evals" / "__init__.py")]
     cmd = [sys.executable, "-m", "orchestration.cli", "run"]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     out = done.stdout + done.stderr
     assert done.returncode == 0, out
     assert "corpus sample" in " ".join(out.split()) and "ndcg@10" in out.lower()
-    assert not (tmp_path / "evals").exists()  # nothing resolved against the working directory
+    assert str(ROOT) not in out  # no path of the checkout: the sample and settings came from the installed package
+    assert (tmp_path / "home" / "dagster.yaml").is_file() and not (tmp_path / "evals").exists()
 
 
 def test_every_hybrid_rag_variable_the_code_reads_is_a_setting_or_a_listed_path() -> None:
