@@ -6,6 +6,7 @@ import logging
 import math
 import numbers
 import time
+import unicodedata
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -308,10 +309,10 @@ class HybridRetriever:
             where = "" if len(queries) == 1 else f" (queries[{position}])"
             if not isinstance(query, str):
                 raise InvalidArgumentError(f"query{where} must be a string, got {type(query).__name__} {query!r:.80}")
-            if not query.strip():
-                raise EmptyQueryError(f"empty query{where}: give some text to search for")
             if has_lone_surrogate(query):
                 raise InvalidArgumentError(f"query{where} is not valid Unicode (lone surrogate, e.g. a cut emoji)")
+            if not _visible(query):
+                raise EmptyQueryError(f"empty query{where}: give some text to search for")
         k = self.settings.k if k is None else k
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise InvalidArgumentError(f"k must be a positive integer, got {k!r}")
@@ -566,6 +567,12 @@ def _score_order(channels: dict[str, Sequence[StoredHit]]) -> dict[str, list[Sto
     """Each channel's list best first, hits of equal score by id: the engine returns ties in any order (it may
     differ between collections holding the same points), which would decide their ranks and fused scores."""
     return {name: sorted(hits, key=lambda h: (-h.score, h.id)) for name, hits in channels.items()}
+
+
+def _visible(text: str) -> bool:
+    """Whether ``text`` holds a letter, mark, digit, punctuation or symbol: not only spaces, control characters and
+    invisible format characters (a zero-width space, a byte order mark, a soft hyphen, NUL), which no channel reads."""
+    return any(unicodedata.category(char) not in ("Zs", "Zl", "Zp", "Cc", "Cf") for char in text)
 
 
 def _finite(value: Any) -> bool:

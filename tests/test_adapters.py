@@ -7,7 +7,7 @@ import os
 import pytest
 
 from retrieval import Document
-from retrieval.errors import FilterError, InvalidArgumentError
+from retrieval.errors import EmptyQueryError, FilterError, InvalidArgumentError
 
 os.environ.setdefault("HAYSTACK_TELEMETRY_ENABLED", "False")  # no network here
 
@@ -183,3 +183,17 @@ def test_a_haystack_retriever_whose_url_holds_a_password_is_not_saved(dense_enco
         with pytest.raises(InvalidArgumentError, match=r"admin:\*\*\*@.*HYBRID_RAG_QDRANT_API_KEY") as refused:
             component.to_dict()
     assert "hunter2" not in str(refused.value)
+
+
+@pytest.mark.parametrize("adapter", ADAPTERS)
+def test_adapters_refuse_a_query_with_no_visible_text(retriever, adapter):
+    """A zero-width space and a byte order mark are an empty query through every adapter too."""
+    with pytest.raises(EmptyQueryError, match="empty query"):
+        if adapter == "langchain":
+            retriever.as_langchain().invoke("\u200b\ufeff")
+        elif adapter == "llamaindex":
+            pytest.importorskip("llama_index.core")
+            retriever.as_llamaindex().retrieve("\u200b\ufeff")
+        else:
+            pytest.importorskip("haystack")
+            retriever.as_haystack().run("\u200b\ufeff")

@@ -117,6 +117,7 @@ def test_search_arguments_the_engine_cannot_take_are_one_line(cli_in, args, mess
     ("args", "message"),
     [
         (("search", "  ", "-c", "kb"), "error: empty query"),
+        (("search", "\u200b\ufeff", "-c", "kb"), "error: empty query"),
         (("search", "valve", "-c", "kb", "--k", "0"), "error: k must be a positive integer, got 0"),
         (("search", "valve", "-c", "kb", "--variant", "bm25"), "valid: dense, sparse, hybrid, hybrid+rerank"),
         (("search", "valve", "-c", "kb", "--group-by", "page"), "error: unknown group_by 'page'; valid: chunk, doc"),

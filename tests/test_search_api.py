@@ -28,12 +28,22 @@ def retriever(indexed_stack):
     stack.close()
 
 
-@pytest.mark.parametrize("query", ["", "   ", "\n\t"])
+# no visible text: spaces, a zero-width space, a byte order mark, soft hyphens, a word joiner, NUL (leftovers of
+# copy-paste and file reads), which neither channel reads
+@pytest.mark.parametrize(
+    "query", ["", "   ", "\n\t", "\u200b", "\ufeff", "\u00ad\u00ad", "\u2060", "\x00", " \u200b\u3000"]
+)
 def test_empty_query_is_refused(retriever, query):
     with pytest.raises(EmptyQueryError, match="empty query"):
         retriever.search(query)
     with pytest.raises(EmptyQueryError, match=r"queries\[1\]"):
         retriever.search_batch(["valve", query])
+
+
+@pytest.mark.parametrize("query", ["?", "\u0301", "\U0001f642", "\u200bvalve\ufeff"])
+def test_a_query_of_any_visible_character_is_searched(retriever, query):
+    """Punctuation, a lone combining mark or an emoji is something to search for (the dense channel reads it)."""
+    assert retriever.search(query, k=2)
 
 
 @pytest.mark.parametrize(
