@@ -72,9 +72,10 @@ class Chunker:
     Windows are cut on the tokenizer's character offsets, widened to whole characters (a letter with its
     combining marks, an emoji with its variation selector or joined parts: grapheme clusters), so chunk text is
     an exact slice of the document that never exceeds the model's max length once the title and special tokens
-    are added. Windows start and end between words (never inside a run of letters, marks and digits, nor between
-    tokens sharing a character); only a single word longer than the whole budget is split, and such a window is
-    tokenized again and shrunk until it fits (a word's pieces may not add up to the tokens of its parts).
+    are added. Windows start and end between words (never inside a run of letters, marks, digits and connector
+    punctuation such as ``_``, nor between tokens sharing a character); only a single word longer than the whole
+    budget is split, and such a window is tokenized again and shrunk until it fits (a word's pieces may not add up
+    to the tokens of its parts).
     """
 
     def __init__(self, tokenizer, max_tokens: int, overlap: int = 32, reserved_tokens: int = 0):
@@ -148,8 +149,9 @@ def _slice(text: str, graphemes: list[int] | None, start: int, end: int) -> str:
 
 
 def _is_word(char: str) -> bool:
-    """A letter, digit or mark (a Devanagari vowel sign or virama, a combining accent); False for ``""``."""
-    return char.isalnum() or unicodedata.category(char[:1] or " ").startswith("M")
+    """A letter, digit, mark (a Devanagari vowel sign or virama, a combining accent) or connector punctuation (the
+    ``_`` of a snake_case name); False for ``""``."""
+    return char.isalnum() or unicodedata.category(char[:1] or " ") in ("Mn", "Mc", "Me", "Pc")
 
 
 def _word_cuts(text: str, offsets: list[tuple[int, int]]) -> list[bool]:

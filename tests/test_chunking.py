@@ -1,4 +1,5 @@
 import hashlib
+import re
 import unicodedata
 
 import pytest
@@ -75,6 +76,20 @@ def test_chunks_start_and_end_between_words(dense_encoder):
         assert set(c.text.split()) <= vocabulary, c.text  # every word whole
         assert n_tokens(dense_encoder.tokenizer, c.embed_text) <= 32
     assert chunks[0].text.startswith(words[0]) and chunks[-1].text.endswith(words[-1])
+
+
+def test_chunks_start_and_end_between_identifiers_in_code(dense_encoder):
+    # "_" (connector punctuation) joins a snake_case name into one word: no chunk starts with "_collection_info"
+    chunker = make_chunker(dense_encoder, max_tokens=64, overlap=8)
+    text = "\n".join(f"    value_{k} = client.get_collection_info('snapshot_{k}')" for k in range(60))
+    chunks = chunker.chunk(Document("code.md", text))
+    assert len(chunks) > 5
+    position = 0
+    for c in chunks:
+        start = text.index(c.text, position)
+        end, position = start + len(c.text), start + 1
+        for before, after in ((text[start - 1 : start], c.text[0]), (c.text[-1], text[end : end + 1])):
+            assert not (re.fullmatch(r"\w", before) and re.fullmatch(r"\w", after)), (c.chunk_index, c.text[:20])
 
 
 def test_chunks_keep_whole_characters_combining_marks_and_emoji_selectors(dense_encoder):
