@@ -120,14 +120,20 @@ def test_a_collection_recording_another_analyzer_is_searched_with_it_and_refuses
 
 def test_word_tokenizer_warns_once_on_unspaced_scripts(caplog):
     word = Bm25Encoder()
+    # an English manual naming 日本 in most sections (blocks of 64, as the indexer encodes): 2 of ~100 letters
+    manual = [
+        f"Section {i}: the 日本 region's servers keep snapshots for {i} days before compaction." for i in range(64)
+    ]
     with caplog.at_level("WARNING", logger="retrieval.encoders.sparse"):
-        word.encode_documents([d.text for d in CJK_DOCS[-1:]] * 20)  # English only: no warning
+        for _ in range(3):
+            word.encode_documents(manual)
         assert not caplog.records
-        word.encode_documents([d.text for d in CJK_DOCS])
+        word.encode_documents([d.text for d in CJK_DOCS] * 20)  # the run: 120 CJK texts, 212 English ones
         word.encode_documents([d.text for d in CJK_DOCS])
         Bm25Encoder(tokenizer="multilingual").encode_documents([d.text for d in CJK_DOCS])
     [warning] = [r.getMessage() for r in caplog.records]
-    assert "6 of 7 texts" in warning and "HYBRID_RAG_BM25_TOKENIZER=multilingual" in warning
+    assert "of the letters and digits in the 332 texts encoded" in warning, warning
+    assert "HYBRID_RAG_BM25_TOKENIZER=multilingual" in warning and "drops numbers" in warning
 
 
 def test_the_tokenizer_is_a_setting(tmp_path, monkeypatch, dense_encoder):
