@@ -236,7 +236,9 @@ def search(
         str | None, typer.Option("--filter", help='Metadata filter as JSON, e.g. \'{"year": {"gte": 2020}}\'')
     ] = None,
     group_by: Annotated[str, typer.Option(help="chunk | doc (one hit per document, its best chunk)")] = "chunk",
-    score_threshold: Annotated[float | None, typer.Option(help="Drop hits with a lower final score")] = None,
+    score_threshold: Annotated[
+        float | None, typer.Option(help="Drop hits with a lower final score (hybrid: a cut by rank)")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print hits as JSON")] = False,
 ) -> None:
     """Search a collection (the same defaults as the Python API and `eval`: reranking as the settings say)."""

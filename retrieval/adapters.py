@@ -8,7 +8,7 @@ from retrieval.store.base import SHOWN_STORED, ShownFilter
 
 
 def hit_metadata(hit: Any) -> dict[str, Any]:
-    """Where the hit came from (chunk index, title, fused score, per-channel ranks and scores;
+    """Where the hit came from (chunk index, title, final score, per-channel ranks and scores;
     ``dense_score``/``sparse_score`` are None where the :class:`~retrieval.search.Hit` lacks them), then the
     document's own metadata, which wins on a clash: its values round-trip exactly (the hit's stay on the ``Hit``,
     and on the node's/document's own ``score`` and ``id``), except a ``title`` or ``chunk_index`` that is null or

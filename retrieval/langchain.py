@@ -22,7 +22,7 @@ SEARCH_KWARGS = ("k", "filter", "rerank", "variant", "group_by", "score_threshol
 
 class LangChainRetriever(BaseRetriever):
     """Yields ``Document(page_content, metadata)``: the metadata of the other adapters (doc id, chunk id and
-    index, title, the document's own metadata, fused score, per-channel ranks and scores)."""
+    index, title, the document's own metadata, final score, per-channel ranks and scores)."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
 

@@ -85,7 +85,7 @@ class Hit:
     doc_id: str
     chunk_id: str
     text: str
-    score: float
+    score: float  # orders one query's hits; a hybrid search's comes from ranks: not comparable across queries
     chunk_index: int | None = None
     title: str = ""
     metadata: dict[str, Any] = field(default_factory=dict)
@@ -222,7 +222,9 @@ class HybridRetriever:
         ``k`` (default: settings) hits per query; ``filter``: metadata conditions (see
         :func:`~retrieval.store.base.filter_conditions`); ``rerank`` (default: settings); ``group_by="doc"``:
         one hit per document, its best chunk (each channel's list then holds documents, ranked by their best chunk;
-        fusion and reranking rank documents); ``score_threshold``: drop hits whose final ``score`` is lower;
+        fusion and reranking rank documents); ``score_threshold``: drop hits whose final ``score`` is lower (a
+        hybrid search's score comes from the hit's ranks, so there it cuts by rank: warned once; to drop
+        irrelevant hits, test ``dense_score``);
         ``encoded``: the queries' vectors from :meth:`encode` (not encoded again: searching the same queries
         several ways encodes them once). Empty queries, ``k`` outside 1 to :data:`MAX_K`, ``rerank`` other than a
         bool or None, a ``score_threshold`` that is no finite number, a bad filter and unknown names raise
@@ -230,6 +232,8 @@ class HybridRetriever:
         """
         k, group_by = self._check_arguments(queries, k, group_by, score_threshold, rerank, filter)
         variant, rerank = self._resolve_variant(variant, rerank)
+        if score_threshold is not None and variant is Variant.HYBRID:
+            _warn_threshold_by_rank()
         depth = max(k, self.reranker.config.depth) if rerank else k  # chunks, or documents (group_by="doc")
         # Reranking by feedback needs the candidates' stored vectors, not their text: payloads are then read
         # for the final hits only (the listwise prompt needs the candidates' text, so it reads them all).
@@ -561,6 +565,21 @@ class HybridRetriever:
                 f"this retriever of collection {self.store.collection!r} is closed (closing is final): get another "
                 "one from its RetrievalStack"
             )
+
+
+_warned_threshold = False  # whether a score_threshold on a hybrid search was warned about (once per process)
+
+
+def _warn_threshold_by_rank() -> None:
+    """Say once that a hybrid search's ``score_threshold`` is a cut by rank, not by relevance."""
+    global _warned_threshold
+    if not _warned_threshold:
+        _warned_threshold = True
+        log.warning(
+            "score_threshold on a hybrid search cuts by rank: a hybrid hit's score comes from its ranks in the "
+            "channel lists (rank fusion, reranking), about the same for every query whether its hits are relevant "
+            "or not; to drop irrelevant hits test hit.dense_score, the query-chunk cosine (README: Search)"
+        )
 
 
 def _score_order(channels: dict[str, Sequence[StoredHit]]) -> dict[str, list[StoredHit]]:

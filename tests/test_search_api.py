@@ -6,6 +6,7 @@ from dataclasses import asdict, replace
 import pytest
 
 from retrieval import Document
+from retrieval import search as search_module
 from retrieval.errors import EmptyQueryError, HybridRagError, InvalidArgumentError
 from tests.conftest import LEXICAL_QUERY, TINY_DOCS
 
@@ -91,6 +92,22 @@ def test_score_threshold_cuts_on_the_final_score(retriever):
     kept = retriever.search(LEXICAL_QUERY[0], k=8, group_by="doc", score_threshold=threshold)
     assert [h.chunk_id for h in kept] == [h.chunk_id for h in hits[:2]]
     assert retriever.search(LEXICAL_QUERY[0], score_threshold=1e9) == []
+
+
+def test_a_score_threshold_on_a_hybrid_search_is_warned_about_once_as_a_cut_by_rank(retriever, caplog, monkeypatch):
+    # a hybrid hit's score comes from its ranks (reranked: always): an off-topic query's hits score as those of a
+    # document's own text do
+    monkeypatch.setattr(search_module, "_warned_threshold", False, raising=False)
+    exact, off_topic = (retriever.search(q, k=3, rerank=True) for q in (TINY_DOCS[0].text, "chocolate cake recipe"))
+    assert off_topic[0].score == pytest.approx(exact[0].score) == pytest.approx(1 / (retriever.settings.rrf_k + 1))
+    assert exact[0].dense_score > 0.8 > 0.3 > off_topic[0].dense_score  # the cosine tells them apart
+    with caplog.at_level("WARNING", logger="retrieval.search"):
+        retriever.search("valve", variant="dense", score_threshold=0.3)  # a cosine: no warning
+        assert not caplog.records
+        retriever.search("valve", score_threshold=0.01)
+        retriever.as_langchain(score_threshold=0.01).invoke("valve")
+    [warning] = [r.getMessage() for r in caplog.records]
+    assert "score_threshold on a hybrid search cuts by rank" in warning and "hit.dense_score" in warning
 
 
 def test_langchain_search_kwargs_and_per_call_overrides(retriever):
