@@ -479,7 +479,9 @@ class ServerStore(QdrantStore):
 
     def _record_schema(self, schema: CollectionSchema) -> None:
         physical = self._physical() or self.name
-        self._call("update_collection", self.client.update_collection, physical, metadata={SCHEMA_KEY: schema.to_dict()})
+        self._call(
+            "update_collection", self.client.update_collection, physical, metadata={SCHEMA_KEY: schema.to_dict()}
+        )
 
     def _create_physical(self, schema: CollectionSchema) -> None:
         self._call(
