@@ -64,7 +64,12 @@ class ForeignPointsError(HybridRagError, RuntimeError):
 
 
 class SchemaMismatchError(StoreError):
-    """The configured models do not fit the existing collection."""
+    """The configured models do not fit the existing collection; ``differences`` names each one (``name: collection
+    has X, settings give Y``; empty when the collection does not exist)."""
+
+    def __init__(self, message: str, differences: Sequence[str] = ()):
+        super().__init__(message)
+        self.differences = list(differences)
 
 
 MODEL_FIELDS = ("dense_model", "dense_dim", "sparse_model", "sparse_idf")  # checked by readers and writers
@@ -585,7 +590,8 @@ class QdrantStore(ABC):
                     if models
                     else ", which re-encodes every document with the new settings; a write with "
                     "these settings would mix two encodings in one collection."
-                )
+                ),
+                problems,
             )
         unrecorded = existing.unrecorded() if write else []
         if unrecorded and self.collection not in _warned_unrecorded:
