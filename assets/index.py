@@ -97,8 +97,12 @@ def qdrant_index(
         except SchemaMismatchError as exc:
             if not config.rebuild_on_model_change:
                 raise dg.Failure(str(exc)) from exc
-            context.log.warning(f"rebuilding {corpus.collection!r} as a new version: {exc}")
-            rebuilt = str(exc)
+            rebuilt = "; ".join(exc.differences)
+            context.log.warning(  # not the error's advice to rebuild: this is the rebuild
+                f"rebuilding {corpus.collection!r} at {indexer.store.location} as a new version with the current "
+                f"settings, every chunk written again (readers keep the published version until it is published): "
+                f"the collection was built with other models or index-time settings ({rebuilt})"
+            )
         vectors = (read_dense(dense_vectors), SparseRows(sparse_vectors))  # sparse lists made as written
         release_read_buffers()
         published = indexer.store.current_version()

@@ -29,7 +29,7 @@ class _Group(TyperGroup):
 
             if not isinstance(exc, HybridRagError):
                 raise
-            err_console.print(label("error:", "red"), str(exc), soft_wrap=True)
+            err_console.print(label("error:", "red"), str(exc) + _env_relative_hint(str(exc)), soft_wrap=True)
             raise typer.Exit(2) from exc
 
 
@@ -45,6 +45,10 @@ HistoryOpt = Annotated[
     typer.Option(help="Evaluation history, SQLite (default: $HYBRID_RAG_HISTORY_PATH, else data/history/evals.sqlite)"),
 ]
 ENV_FILES: list[Path] = [Path(".env")]
+# The paths an env file outside the working directory gave relatively: setting -> (file, value as written, the
+# absolute path it means). Releases before paths became relative to their env file read them relative to the
+# working directory: an error naming such a path says so (see _env_relative_hint).
+ENV_RELATIVE: dict[str, tuple[Path, str, str]] = {}
 
 
 def _settings(**overrides):
@@ -100,6 +104,7 @@ def _export_env_files(ctx: typer.Context, paths: list[Path]) -> None:
     settings_paths = ("HYBRID_RAG_QDRANT_PATH", "HYBRID_RAG_CACHE_DIR", "HYBRID_RAG_MODELS_DIR")
     paths_of = {*settings_paths, *PATH_VARIABLES, "DAGSTER_HOME"}
     values: dict[str, str] = {}
+    ENV_RELATIVE.clear()
     for path in paths:
         if not path.is_file():
             continue
@@ -110,11 +115,19 @@ def _export_env_files(ctx: typer.Context, paths: list[Path]) -> None:
         for key, value in ((k.upper(), v) for k, v in found.items() if v is not None):
             if not key.startswith("HYBRID_RAG_") and key != "DAGSTER_HOME":
                 continue
+            written = value
             if key in paths_of:
                 value = _file_relative(path, value)
             elif key == "HYBRID_RAG_QDRANT_URL" and value.startswith("file://"):  # local mode's folder
                 value = "file://" + _file_relative(path, value.removeprefix("file://"))
             values[key] = value
+            if value != written and path.parent.resolve() != Path.cwd().resolve():
+                if not Path(written.removeprefix("file://")).expanduser().is_absolute():
+                    ENV_RELATIVE[key] = (path, written, value.removeprefix("file://"))
+                else:
+                    ENV_RELATIVE.pop(key, None)
+    for key in [key for key in ENV_RELATIVE if key in os.environ]:
+        del ENV_RELATIVE[key]  # the environment's own value is used
     added = {key: value for key, value in values.items() if key not in os.environ}
     os.environ.update(added)
     ctx.call_on_close(lambda: [os.environ.pop(key, None) for key in added])
@@ -126,6 +139,45 @@ def _file_relative(env_file: Path, value: str) -> str:
     if value.strip().lower() in ("", "none"):
         return value
     return str(env_file.parent.resolve() / Path(value).expanduser())
+
+
+def _env_relative_hint(message: str) -> str:
+    """For an error naming a path an env file gave relatively (see ENV_RELATIVE): which file and value it came
+    from, and, where the same value relative to the working directory (what releases before read) is there, that
+    folder: a likely leftover of such a release, not a reason to index again."""
+    import os
+    import re
+
+    from retrieval.store import EdgeStore, StoreError
+
+    for key, (env_file, written, resolved) in ENV_RELATIVE.items():
+        if resolved not in message:
+            continue
+        hint = (
+            f" ({key}={written} in {env_file} is relative to that file's folder: {resolved}; earlier releases "
+            "read it relative to the working directory"
+        )
+        earlier = Path(written.removeprefix("file://")).expanduser().absolute()
+        named = re.match(r"collection '([^']+)'", message)
+        if key == "HYBRID_RAG_QDRANT_PATH" and named:
+            store = EdgeStore(earlier, named[1])
+            try:
+                there = earlier.is_dir() and store.schema() is not None
+            except StoreError:
+                there = True  # there, if damaged
+            finally:
+                store.close()
+            found = f"holds collection {named[1]!r}"
+        else:
+            there, found = earlier.exists(), "exists"
+        if there and str(earlier) != resolved:
+            hint += (
+                f". {earlier} (relative to the working directory) {found}: likely what an earlier release used; "
+                f"to keep using it, set {key}={os.path.relpath(earlier, env_file.parent.resolve())} in {env_file} "
+                "(or an absolute path) instead of indexing again"
+            )
+        return hint + ")"
+    return ""
 
 
 def _check_env_file(path: Path) -> None:

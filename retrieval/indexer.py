@@ -413,6 +413,8 @@ class Indexer:
                 prunable = self._prunable(stored, chunks, present, prune, False, skipped, allow_delete, report)
             todo = _todo(chunks, stored)
             report.unchanged = report.chunks - len(todo)
+            if todo:  # a collection this release writes into is refused by releases that would write other terms
+                target.upgrade_schema_record()
             self._write(target, [chunks[i] for i in todo], report, progress, _select(vectors, todo))
             report.deleted = self._delete_stale(target, chunks, stored, prunable, everything=rebuild)
             if rebuild:  # the points of the published version that the new one no longer holds

@@ -3,12 +3,16 @@ tokenizer), text a user sees as identical (NFKC, case folding, soft hyphens), an
 
 import json
 import unicodedata
+from dataclasses import asdict
 
 import pytest
 
 from retrieval import Document, RetrievalSettings, RetrievalStack
 from retrieval.encoders.sparse import Bm25Encoder
 from retrieval.store import SchemaMismatchError
+from retrieval.store.base import MODEL_FIELDS, CollectionSchema
+from retrieval.store.server import SCHEMA_KEY
+from tests.conftest import make_store
 
 CJK_DOCS = [
     Document("panda", "熊猫主要生活在四川的竹林里，以竹子为食。"),
@@ -30,9 +34,10 @@ EQUIVALENT = [
 ]
 
 
-def _stack(tmp_path, dense_encoder, sparse=None, collection="ml") -> RetrievalStack:
+def _stack(tmp_path, dense_encoder, sparse=None, collection="ml", backend=None) -> RetrievalStack:
     settings = RetrievalSettings(qdrant_path=tmp_path / "index", cache_dir=tmp_path / "cache", collection=collection)
-    return RetrievalStack(settings, dense=dense_encoder, sparse=sparse or Bm25Encoder())
+    store = make_store(backend, tmp_path, collection) if backend else None
+    return RetrievalStack(settings, dense=dense_encoder, sparse=sparse or Bm25Encoder(), store=store)
 
 
 def _sparse_top(stack: RetrievalStack, query: str) -> str | None:
@@ -100,11 +105,69 @@ def test_a_collection_built_before_keeps_its_terms_until_rebuilt(tmp_path, dense
             new.indexer().index([Document("menu", "Crème brûlée and ﬂan.")], progress=False)
         assert "analyzer 'word'" in caplog.text and "--rebuild" in caplog.text
         assert new.check_schema().bm25_analyzer == "word"
+        assert not _earlier_release_refuses(_record(new))  # they make the same terms: rolling back stays possible
         assert _sparse_top(new, "ﬂan") == "menu"  # written with the collection's terms
         new.indexer().rebuild(docs, progress=False)
         assert new.check_schema().bm25_analyzer == "nfkc_casefold+word"
         assert _sparse_top(new, "STRASSE") == "street"
         assert _sparse_top(new, "oﬃce ﬁgures") == "pdf"
+
+
+def _record(stack: RetrievalStack) -> dict:
+    """The collection's schema as stored (schema.json, or the server collection's metadata)."""
+    store = stack.store()
+    if hasattr(store, "client"):
+        physical = store.client.get_aliases().aliases[0].collection_name
+        return store.client.get_collection(physical).config.metadata[SCHEMA_KEY]
+    return json.loads((store.root / f"ml__v{store.current_version()}" / "schema.json").read_text())
+
+
+def _as_the_release_before_this_one_recorded_it(stack: RetrievalStack) -> None:
+    """The record of a release that knew the analyzer but recorded the sparse model as plain ``bm25``."""
+    store, record = stack.store(), {**_record(stack), "sparse_model": "bm25"}
+    if hasattr(store, "client"):
+        physical = store.client.get_aliases().aliases[0].collection_name
+        store.client.update_collection(physical, metadata={SCHEMA_KEY: record})
+    else:
+        (store.root / f"ml__v{store.current_version()}" / "schema.json").write_text(json.dumps(record))
+
+
+def _earlier_release_refuses(record: dict) -> bool:
+    """What releases before the analyzer was recorded check on every search and write: the four model fields,
+    the sparse model by name (theirs is plain ``bm25``, whatever analyzer the collection used)."""
+    theirs = asdict(CollectionSchema.from_dict({**record, "sparse_model": "bm25"}))
+    return any(record[k] != theirs[k] for k in MODEL_FIELDS)
+
+
+@pytest.mark.parametrize("backend", ["edge", "server"])
+@pytest.mark.parametrize("tokenizer", ["word", "multilingual"])
+def test_releases_before_the_analyzer_was_recorded_refuse_a_collection_of_another(
+    tmp_path, dense_encoder, backend, tokenizer
+):
+    """Rolled back, such a release would write its own (unnormalized Word) terms into the collection and search
+    it with them, silently: the stored sparse model names the analyzer, so their model check refuses it."""
+    with _stack(tmp_path, dense_encoder, Bm25Encoder(tokenizer=tokenizer), backend=backend) as stack:
+        stack.indexer().index(CJK_DOCS, progress=False)
+        record = _record(stack)
+        assert record["sparse_model"] == f"bm25:nfkc_casefold+{tokenizer}"
+        assert _earlier_release_refuses(record)
+        assert stack.check_schema() == stack.schema()  # this release reads it as the bm25 model it is
+        assert stack.check_schema().sparse_model == "bm25"
+
+
+@pytest.mark.parametrize("backend", ["edge", "server"])
+def test_a_collection_the_release_before_recorded_is_marked_on_its_next_write_without_re_encoding(
+    tmp_path, dense_encoder, backend
+):
+    with _stack(tmp_path, dense_encoder, backend=backend) as stack:
+        stack.indexer().index(CJK_DOCS, progress=False)
+        _as_the_release_before_this_one_recorded_it(stack)
+        assert not _earlier_release_refuses(_record(stack))
+        assert stack.check_schema().bm25_analyzer == "nfkc_casefold+word"
+        report = stack.indexer().index([Document("pdf", "The oﬃce ﬁnance team.")], progress=False)
+        assert report.embedded == 1  # the new document only
+        assert _earlier_release_refuses(_record(stack))
+        assert _sparse_top(stack, "office finance") == "pdf"
 
 
 def test_a_collection_recording_another_analyzer_is_searched_with_it_and_refuses_writes(tmp_path, dense_encoder):

@@ -17,7 +17,7 @@ from orchestration.cli import app
 from retrieval import RetrievalSettings
 from retrieval.errors import InvalidArgumentError
 from retrieval.settings import COLLECTION_NAME_MAX_BYTES, check_collection_name
-from retrieval.store import collection_names, open_store
+from retrieval.store import CollectionSchema, EdgeStore, collection_names, open_store
 from tests.conftest import TINY_DOCS
 from tests.test_data_safety import write_jsonl
 
@@ -170,14 +170,42 @@ def test_relative_paths_in_an_env_file_are_relative_to_its_folder(fails, tmp_pat
     (tmp_path / "conf" / "app.env").write_text("HYBRID_RAG_QDRANT_PATH=idx\n")
     monkeypatch.chdir(tmp_path / "a")
     message = fails("--env-file", "../conf/app.env", "search", "moss", "-c", "e")
-    assert (
-        message == f"error: collection 'e' does not exist at {tmp_path / 'conf' / 'idx' / 'e'}; index documents first"
+    idx = tmp_path / "conf" / "idx"
+    assert message == (
+        f"error: collection 'e' does not exist at {idx / 'e'}; index documents first (HYBRID_RAG_QDRANT_PATH=idx in "
+        f"../conf/app.env is relative to that file's folder: {idx}; earlier releases read it relative to the "
+        "working directory)"
     )
     (tmp_path / "conf" / "local.env").write_text("HYBRID_RAG_QDRANT_URL=file://local_idx\n")  # local mode's folder
     message = fails("--env-file", "../conf/local.env", "search", "moss", "-c", "e")
     local = tmp_path / "conf" / "local_idx"
-    assert message == f"error: collection 'e' does not exist at file://{local}; index documents first"
+    assert message.startswith(f"error: collection 'e' does not exist at file://{local}; index documents first (")
+    assert "HYBRID_RAG_QDRANT_URL=file://local_idx in ../conf/local.env is relative to that file's folder" in message
     assert not (tmp_path / "a" / "local_idx").exists()
+
+
+def test_an_env_files_relative_index_found_nowhere_names_the_folder_earlier_releases_used(fails, tmp_path, monkeypatch):
+    """Upgrading: releases before read an env file's relative paths against the working directory. 'index
+    documents first' alone would build a second index (and cache) beside the env file: the error names the file,
+    the value as written, and the folder relative to the working directory that holds the collection."""
+    monkeypatch.delenv("HYBRID_RAG_QDRANT_PATH")
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "prod.env").write_text("HYBRID_RAG_COLLECTION=notes\nHYBRID_RAG_QDRANT_PATH=var/idx\n")
+    earlier = EdgeStore(tmp_path / "var" / "idx", "notes")  # where an earlier release indexed, from tmp_path
+    earlier.ensure(CollectionSchema("sentence-transformers/all-MiniLM-L6-v2", 384, "bm25", True))
+    earlier.close()
+    message = fails("--env-file", "conf/prod.env", "search", "moss")
+    assert message.startswith(f"error: collection 'notes' does not exist at {tmp_path / 'conf' / 'var' / 'idx'}")
+    assert message.endswith(
+        f"HYBRID_RAG_QDRANT_PATH=var/idx in conf/prod.env is relative to that file's folder: "
+        f"{tmp_path / 'conf' / 'var' / 'idx'}; earlier releases read it relative to the working directory. "
+        f"{tmp_path / 'var' / 'idx'} (relative to the working directory) holds collection 'notes': likely what an "
+        "earlier release used; to keep using it, set HYBRID_RAG_QDRANT_PATH=../var/idx in conf/prod.env (or an "
+        "absolute path) instead of indexing again)"
+    )
+    assert "holds" not in fails("--env-file", "conf/prod.env", "search", "moss", "-c", "other")
+    (tmp_path / "prod.env").write_text("HYBRID_RAG_QDRANT_PATH=var/idx2\n")  # beside the working directory
+    assert "(" not in fails("--env-file", "prod.env", "search", "moss")  # nothing changed there: no hint
 
 
 # -- item 8: collection names ---------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ folders made here (a tiny random SPLADE, copies of the bundled MiniLM that are t
 from __future__ import annotations
 
 import io
+import logging
 import shutil
 from pathlib import Path
 
@@ -105,3 +106,40 @@ def test_model_changes_through_dagster_publish(tmp_path: Path, tiny_splade_dir: 
     assert "changed since that version was built" in description, description
     assert "compared with its evaluation recorded" in description and fifth["run_id"] in description
     assert f"published version 5 {fifth['metrics']['hybrid']['ndcg@10']:.4f}" in description
+
+
+@pytest.mark.slow  # two Dagster runs
+def test_the_asset_rebuilds_an_earlier_releases_bm25_terms_and_says_so(tmp_path: Path) -> None:
+    """A collection whose BM25 terms an earlier release made (it records no analyzer): the CLI keeps them, but the
+    ``sparse_vectors`` asset encodes with the settings' analyzer, so ``qdrant_index`` rebuilds, every chunk
+    written again with the dense vectors of ``dense_vectors`` (none embedded again). Its warning says so, and does
+    not tell the user to run the rebuild it is doing (the CLI's advice)."""
+    import json
+
+    import dagster as dg
+
+    from retrieval.store import EdgeStore
+    from tests.test_dagster_versions import STEPS, gated_sandbox, materialize
+
+    sandbox, resources, _ = gated_sandbox(tmp_path, "legacy")
+    sandbox.home.mkdir(parents=True)
+    result, failure = materialize(sandbox, resources, *STEPS)
+    assert result.success, failure
+    store = EdgeStore(tmp_path / "index", "legacy")
+    store.publish(store.pinned(sandbox.metadata("qdrant_index")["version"]))
+    store.close()
+    [schema] = (tmp_path / "index").glob("legacy__v*/schema.json")
+    record = json.loads(schema.read_text())
+    del record["bm25_analyzer"]
+    schema.write_text(json.dumps({**record, "sparse_model": "bm25"}))  # as an earlier release recorded it
+
+    result, failure = materialize(sandbox, resources, *STEPS)
+    assert result.success, failure
+    index = sandbox.metadata("qdrant_index")
+    assert index["rebuilt"] == "bm25_analyzer: collection has 'word', settings give 'nfkc_casefold+word'"
+    assert index["written"] == index["chunks"] and sandbox.metadata("dense_vectors")["embedded"] == 0
+    with dg.DagsterInstance.from_config(str(sandbox.home)) as instance:
+        logs = [e.user_message for e in instance.all_logs(result.run_id) if e.level == logging.WARNING]
+    [warning] = [m for m in logs if "rebuilding 'legacy'" in m]
+    assert "every chunk written again" in warning and "collection has 'word'" in warning
+    assert "--rebuild" not in warning and "Indexer.rebuild" not in warning

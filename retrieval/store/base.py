@@ -64,7 +64,12 @@ class ForeignPointsError(HybridRagError, RuntimeError):
 
 
 class SchemaMismatchError(StoreError):
-    """The configured models do not fit the existing collection."""
+    """The configured models do not fit the existing collection; ``differences`` names each one (``name: collection
+    has X, settings give Y``; empty when the collection does not exist)."""
+
+    def __init__(self, message: str, differences: Sequence[str] = ()):
+        super().__init__(message)
+        self.differences = list(differences)
 
 
 MODEL_FIELDS = ("dense_model", "dense_dim", "sparse_model", "sparse_idf")  # checked by readers and writers
@@ -129,11 +134,22 @@ class CollectionSchema:
             dense_precision=getattr(dense, "precision", None),
         )
 
+    def to_dict(self) -> dict[str, Any]:
+        """The schema as the collection records it. A BM25 analyzer other than the earlier releases' is part of the
+        recorded sparse model too (``bm25:<analyzer>``): releases before ``bm25_analyzer`` existed compare the
+        models only, so they refuse such a collection instead of writing or searching it with their own terms."""
+        data = asdict(self)
+        if self.sparse_model == "bm25" and self.bm25_analyzer not in (None, LEGACY_ANALYZER):
+            data["sparse_model"] = f"bm25:{self.bm25_analyzer}"
+        return data
+
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CollectionSchema:
+        if str(data.get("sparse_model")).startswith("bm25:"):  # see to_dict: the analyzer is its own key as well
+            data = {"bm25_analyzer": data["sparse_model"].removeprefix("bm25:"), **data, "sparse_model": "bm25"}
         schema = cls(**{k: data[k] for k in MODEL_FIELDS}, **{k: data.get(k) for k in ENCODING_FIELDS})
         if schema.sparse_model == "bm25" and "bm25_analyzer" not in data:  # an earlier release: this analyzer
             schema = replace(schema, bm25_analyzer=LEGACY_ANALYZER)
@@ -574,7 +590,8 @@ class QdrantStore(ABC):
                     if models
                     else ", which re-encodes every document with the new settings; a write with "
                     "these settings would mix two encodings in one collection."
-                )
+                ),
+                problems,
             )
         unrecorded = existing.unrecorded() if write else []
         if unrecorded and self.collection not in _warned_unrecorded:
@@ -587,6 +604,25 @@ class QdrantStore(ABC):
                 ", ".join(unrecorded),
             )
         return existing
+
+    @abstractmethod
+    def _schema_record(self) -> dict[str, Any] | None:
+        """The schema as this store's version records it (None: no such version)."""
+
+    @abstractmethod
+    def _record_schema(self, schema: CollectionSchema) -> None:
+        """Record ``schema`` as this store's version's schema (replacing the record)."""
+
+    def upgrade_schema_record(self) -> None:
+        """Before writing points into this version: record its schema as this release does (see
+        :meth:`CollectionSchema.to_dict`) where a release before it recorded it otherwise, so that releases which
+        would write other terms into it refuse it from now on. Nothing is re-encoded."""
+        record = self._schema_record()
+        if record is not None:
+            schema = CollectionSchema.from_dict(record)
+            if record.get("sparse_model") != schema.to_dict()["sparse_model"]:
+                log.info("collection %r: recording its BM25 analyzer in its sparse model's name", self.collection)
+                self._record_schema(schema)
 
     def ensure(self, schema: CollectionSchema) -> CollectionSchema:
         """Create the collection, or check that the existing one was built with the same models and settings;

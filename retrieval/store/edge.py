@@ -894,21 +894,37 @@ class EdgeStore(QdrantStore):
         return True
 
     # -- lifecycle ----------------------------------------------------------------------------------
-    def schema(self) -> CollectionSchema | None:
+    def _schema_path(self) -> Path:
         pinned = getattr(self._local, "reading", None)
-        path = (pinned.parent if pinned is not None else self.root / self._target()) / SCHEMA_FILE
+        return (pinned.parent if pinned is not None else self.root / self._target()) / SCHEMA_FILE
+
+    def _schema_record(self) -> dict[str, Any] | None:
+        path = self._schema_path()
         if not path.exists():
             if self.version is None:
                 self.current_version()  # a lost or damaged pointer: say so, not "does not exist"
             return None
         try:
-            return CollectionSchema.from_dict(json.loads(path.read_text()))
+            return json.loads(path.read_text())
         except FileNotFoundError:  # removed meanwhile (a writer deleted the version)
             return None
         except OSError as exc:
             raise _unreadable(path, exc) from exc
-        except (ValueError, KeyError, TypeError) as exc:
+        except ValueError as exc:
             raise StoreError(f"{path}: unreadable collection schema ({exc})") from exc
+
+    def schema(self) -> CollectionSchema | None:
+        record = self._schema_record()
+        try:
+            return None if record is None else CollectionSchema.from_dict(record)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise StoreError(f"{self._schema_path()}: unreadable collection schema ({exc})") from exc
+
+    def _record_schema(self, schema: CollectionSchema) -> None:
+        path = self.root / self._target() / SCHEMA_FILE
+        tmp = path.with_name(SCHEMA_FILE + ".tmp")
+        tmp.write_text(schema.to_json())
+        tmp.replace(path)
 
     def _create_physical(self, schema: CollectionSchema) -> None:
         config = qe.EdgeConfig(
@@ -927,9 +943,7 @@ class EdgeStore(QdrantStore):
             self._close_unlocked()
             self._shard, self._bound = _acquire(shard_dir, config), target
         self._shard.update(qe.UpdateOperation.create_field_index("doc_id", qe.PayloadSchemaType.Keyword))
-        tmp = directory / (SCHEMA_FILE + ".tmp")
-        tmp.write_text(schema.to_json())
-        tmp.replace(directory / SCHEMA_FILE)
+        self._record_schema(schema)
 
     @contextmanager
     def _using(self, operation: str, write: bool = False) -> Iterator[qe.EdgeShard]:

@@ -459,7 +459,7 @@ class ServerStore(QdrantStore):
         return {a: t for a, t in aliases.items() if t in ours and parse_version(a, t) is not None}, ours
 
     # -- lifecycle ----------------------------------------------------------------------------------
-    def schema(self) -> CollectionSchema | None:
+    def _schema_record(self) -> dict[str, Any] | None:
         physical = self._physical()
         if physical is None:
             if self.version is None:
@@ -471,7 +471,17 @@ class ServerStore(QdrantStore):
             raise StoreError(
                 f"collection {physical!r} at {self.location} was not created by hybrid-rag (no schema metadata)"
             )
-        return CollectionSchema.from_dict(metadata[SCHEMA_KEY])
+        return metadata[SCHEMA_KEY]
+
+    def schema(self) -> CollectionSchema | None:
+        record = self._schema_record()
+        return None if record is None else CollectionSchema.from_dict(record)
+
+    def _record_schema(self, schema: CollectionSchema) -> None:
+        physical = self._physical() or self.name
+        self._call(
+            "update_collection", self.client.update_collection, physical, metadata={SCHEMA_KEY: schema.to_dict()}
+        )
 
     def _create_physical(self, schema: CollectionSchema) -> None:
         self._call(
@@ -482,7 +492,7 @@ class ServerStore(QdrantStore):
             sparse_vectors_config={
                 SPARSE: qm.SparseVectorParams(modifier=qm.Modifier.IDF if schema.sparse_idf else None)
             },
-            metadata={SCHEMA_KEY: {**schema.__dict__}},
+            metadata={SCHEMA_KEY: schema.to_dict()},
         )
         with warnings.catch_warnings():  # local mode says its payload indexes do nothing: nothing to act on
             warnings.filterwarnings("ignore", message="Payload indexes have no effect in the local Qdrant")
