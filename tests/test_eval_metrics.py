@@ -1,6 +1,7 @@
 """Metric values against hand-computed tiny cases (trec_eval conventions: linear gain, log2 discount)."""
 
 import math
+import unicodedata
 
 import pytest
 
@@ -112,3 +113,13 @@ def test_scores_a_hair_apart_keep_their_order() -> None:
     tied = 0.17424242424242425
     result = evaluate({"q": {"a": 1}}, {"q": {"a": tied, "b": tied - 1e-9}})
     assert result.mean["ndcg@10"] == pytest.approx(1.0) and result.mean["mrr@10"] == pytest.approx(1.0)
+
+
+def test_ids_in_another_unicode_normalization_are_one_id():
+    """qrels written by a macOS tool (NFD) against a run of the index's NFC ids, and the other way round."""
+    nfc, nfd = "recherche/café.md", unicodedata.normalize("NFD", "recherche/café.md")
+    assert nfc != nfd
+    for judged, found in ((nfd, nfc), (nfc, nfd)):
+        result = evaluate({"q-é": {judged: 1}}, {unicodedata.normalize("NFD", "q-é"): {found: 1.0, "other": 0.5}})
+        assert result.mean["ndcg@10"] == 1.0 and list(result.per_query) == ["q-é"]
+
