@@ -7,7 +7,9 @@ For every cutoff ``k`` in ``k_values`` the metrics are ``ndcg@k`` (trec_eval ``n
 
 Conventions:
 
-- BEIR's ``ignore_identical_ids``: a hit whose doc id equals its query id is dropped before scoring.
+- BEIR's ``ignore_identical_ids``: a hit whose doc id equals its query id is dropped before scoring (BEIR's
+  data never judges such a pair relevant; a team numbering queries and documents alike does: pass False, and see
+  :func:`judgement_warnings`).
 - Ids: query and document ids of the qrels and the run are compared in Unicode NFC, as the index treats ids
   differing only in normalization as one id (of two that become one, the higher grade or score stays).
 - Averaging: BEIR divides by the number of queries pytrec_eval returned, i.e. queries present in *both*
@@ -20,7 +22,9 @@ Conventions:
   order, computed here in full precision): the metrics score the order the system returned, which
   :func:`~evals.runs.best_chunk_per_document` keeps strictly decreasing, ties of fused scores included.
 - Queries in the run without qrels are ignored; graded relevance feeds nDCG, while recall, MAP and MRR
-  count a document as relevant when its grade is >= 1 (trec_eval's default).
+  count a document as relevant when its grade is >= 1 (trec_eval's default). A query judged with no document
+  graded >= 1 scores 0 on every metric and counts in the means, as in pytrec_eval and BEIR
+  (:func:`judgement_warnings` says how many there are).
 """
 
 from __future__ import annotations
@@ -123,3 +127,26 @@ def nfc_ids(data: Mapping[str, Mapping[str, float]]) -> dict[str, dict[str, floa
             merged[key] = max(value, merged.get(key, value))
     return out
 
+
+def judgement_warnings(qrels: Qrels, ignore_identical_ids: bool = True) -> list[str]:
+    """What the qrels cap or hide without a word from the metrics: queries judged with no relevant document (grade
+    >= 1; they score 0 on every metric, so no mean can exceed the share of the others), and, under BEIR's
+    identical-id rule, relevant judgements pairing a query with the document of the same id (never found)."""
+    judged = {q: docs for q, docs in nfc_ids(qrels).items() if docs}
+    out = []
+    unanswerable = sorted(q for q, docs in judged.items() if max(docs.values()) < 1)
+    if unanswerable:
+        n, total = len(unanswerable), len(judged)
+        out.append(
+            f"{n} of the {total} judged queries have no document judged relevant (grade >= 1), e.g. "
+            f"{unanswerable[:5]}: they score 0 on every metric and count in the means, which cannot exceed "
+            f"{(total - n) / total:.4f} (as pytrec_eval and BEIR score them)"
+        )
+    same = sorted(q for q, docs in judged.items() if docs.get(q, 0) >= 1)
+    if ignore_identical_ids and same:
+        out.append(
+            f"{len(same)} relevant judgements pair a query with the document of the same id (queries {same[:5]}): "
+            "BEIR's identical-id rule drops such hits, so they can never be found (ids numbered alike for queries and "
+            "documents? score them with --keep-identical-ids, ignore_identical_ids=False)"
+        )
+    return out

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from evals import report as report_module
 from evals.collections import sample_collection
 from evals.history import EvalHistory
-from evals.runner import EvalReport, judged_documents
+from evals.runner import EvalReport, relevant_documents
 from orchestration.cli import app
 from retrieval.errors import InvalidArgumentError
 from retrieval.settings import RetrievalSettings
@@ -81,11 +81,12 @@ def test_a_partial_collection_is_scored_with_a_warning_that_is_recorded(workspac
     root, half_output, _ = workspace
     qrels = sample_collection().qrels("test")
     indexed = {json.loads(line)["_id"] for line in (root / "half.jsonl").read_text().splitlines()}
-    judged = judged_documents(qrels)
+    judged = relevant_documents(qrels)
     coverage = len(judged & indexed) / len(judged)
     assert 0 < coverage < 1
     said = " ".join(half_output.split())
-    assert f"only {coverage:.1%} of the documents judged in sample/test (at any grade) are in collection 'half'" in said
+    head = f"only {coverage:.1%} of the documents judged relevant (grade >= 1) in sample/test are in collection 'half'"
+    assert head in said
     assert (
         f"0.0% are not in the corpus file itself (the qrels judge documents it lacks), {1 - coverage:.1%} are" in said
     )
