@@ -1,7 +1,9 @@
 """Test collections in BEIR layout, and a train-only view for tuning code.
 
 A BEIR directory holds ``corpus.jsonl`` (``_id``, ``title``, ``text``, ``metadata``), ``queries.jsonl``
-(``_id``, ``text``) and ``qrels/<split>.tsv`` (header ``query-id<TAB>corpus-id<TAB>score``). The public
+(``_id``, ``text``) and ``qrels/<split>.tsv`` (header ``query-id<TAB>corpus-id<TAB>score``); a folder with only
+the last two judges a collection indexed from elsewhere (a text folder, a JSONL file). Ids are read in Unicode NFC
+(as the index treats them) and a UTF-8 byte order mark is ignored. The public
 BEIR collections are zip archives at::
 
     https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/{name}.zip
@@ -27,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from evals.metrics import nfc
 from retrieval.errors import InputFormatError, InputNotFoundError, InvalidArgumentError
 
 BEIR_URL = "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/{name}.zip"
@@ -79,19 +82,22 @@ class EvalCollection:
                 raise CollectionFormatError(self.queries_path, line_no, f"query {qid!r}: missing 'text'")
             if not text.strip():  # a search would refuse it half way through an evaluation
                 raise CollectionFormatError(self.queries_path, line_no, f"query {qid!r}: empty text")
-            if str(qid) in out:
+            if nfc(str(qid)) in out:
                 raise CollectionFormatError(self.queries_path, line_no, f"duplicate query id {qid!r}")
-            out[str(qid)] = text
+            out[nfc(str(qid))] = text
         return out
 
     def doc_ids(self) -> set[str]:
-        """Ids of all corpus documents (the corpus itself is read by ``retrieval``)."""
+        """Ids of all corpus documents, in NFC; empty without a corpus file (the corpus itself is read by
+        ``retrieval``)."""
         ids: set[str] = set()
+        if not self.corpus_path.is_file():
+            return ids
         for line_no, record in _json_lines(self.corpus_path):
             doc_id = record.get("_id")
             if doc_id is None or str(doc_id).strip() == "":
                 raise CollectionFormatError(self.corpus_path, line_no, "missing document id '_id'")
-            ids.add(str(doc_id))
+            ids.add(nfc(str(doc_id)))
         return ids
 
     def qrels(self, split: str) -> dict[str, dict[str, int]]:
@@ -177,11 +183,11 @@ class TrainSplitView:
 
 
 def read_qrels(path: str | Path) -> dict[str, dict[str, int]]:
-    """Read a BEIR qrels TSV (``query-id, corpus-id, score``; the header line is optional)."""
+    """Read a BEIR qrels TSV (``query-id, corpus-id, score``; the header line is optional); ids in NFC."""
     path = Path(path)
     qrels: dict[str, dict[str, int]] = {}
     first_seen: dict[tuple[str, str], int] = {}
-    with path.open(encoding="utf-8") as handle:
+    with path.open(encoding="utf-8-sig") as handle:  # a leading BOM (Excel's "CSV UTF-8") is not an id
         for line_no, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
@@ -191,7 +197,7 @@ def read_qrels(path: str | Path) -> dict[str, dict[str, int]]:
             if len(fields) != 3:
                 reason = f"expected 3 tab-separated fields (query-id, corpus-id, score), got {len(fields)}"
                 raise CollectionFormatError(path, line_no, reason)
-            qid, doc_id, score_text = (f.strip() for f in fields)
+            qid, doc_id, score_text = (nfc(f.strip()) for f in fields)
             if not qid or not doc_id:
                 raise CollectionFormatError(path, line_no, "empty query-id or corpus-id")
             try:
@@ -217,13 +223,14 @@ def sample_collection() -> EvalCollection:
 
 
 def load_collection(path_or_name: str | Path) -> EvalCollection:
-    """A collection from a BEIR directory, or the shipped one by the name ``"sample"``."""
+    """A collection from a BEIR directory, or the shipped one by the name ``"sample"``. ``corpus.jsonl`` may be
+    missing (a folder of queries and qrels for a collection indexed from elsewhere): what needs it says so."""
     if str(path_or_name) == SAMPLE_NAME:
         return sample_collection()
     root = Path(path_or_name).expanduser()
     if not root.is_dir():
         raise InputNotFoundError(f"{root}: not a directory (expected a BEIR collection or the name 'sample')")
-    missing = [n for n in ("corpus.jsonl", "queries.jsonl", "qrels") if not (root / n).exists()]
+    missing = [n for n in ("queries.jsonl", "qrels") if not (root / n).exists()]
     if missing:
         raise InputNotFoundError(f"{root}: not a BEIR collection, missing {', '.join(missing)}")
     return EvalCollection(root.resolve().name, root)
@@ -265,7 +272,7 @@ def _judged_queries(
 
 
 def _json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    with path.open(encoding="utf-8") as handle:
+    with path.open(encoding="utf-8-sig") as handle:  # a leading BOM (Notepad, PowerShell) is not JSON
         for line_no, line in enumerate(handle, start=1):
             if not line.strip():
                 continue

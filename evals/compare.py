@@ -173,15 +173,24 @@ def loss_check(
 
 
 def compare_runs(
-    qrels: Qrels, baseline: RunLike, candidate: RunLike, metric: str = "ndcg@10", **options: Any
+    qrels: Qrels,
+    baseline: RunLike,
+    candidate: RunLike,
+    metric: str = "ndcg@10",
+    *,
+    ignore_identical_ids: bool = True,
+    **options: Any,
 ) -> Comparison:
     """Evaluate two runs on ``qrels`` and compare them on ``metric`` (e.g. ``"ndcg@10"``); ``options``
-    (``names``, ``n_resamples``, ``seed``) go to :func:`compare_per_query`."""
+    (``names``, ``n_resamples``, ``seed``) go to :func:`compare_per_query`, ``ignore_identical_ids`` to
+    :func:`evals.metrics.evaluate`."""
     _, at, cutoff = metric.rpartition("@")
     if not (at and cutoff.isdigit()):
         raise ValueError(f"metric {metric!r} has no '@k' cutoff (e.g. 'ndcg@10')")
     k_values = {*DEFAULT_K_VALUES, int(cutoff)}
-    base, cand = evaluate(qrels, baseline, k_values), evaluate(qrels, candidate, k_values)
+    base, cand = (
+        evaluate(qrels, run, k_values, ignore_identical_ids=ignore_identical_ids) for run in (baseline, candidate)
+    )
     return compare_per_query(base, cand, metric, **options)
 
 

@@ -7,7 +7,11 @@ For every cutoff ``k`` in ``k_values`` the metrics are ``ndcg@k`` (trec_eval ``n
 
 Conventions:
 
-- BEIR's ``ignore_identical_ids``: a hit whose doc id equals its query id is dropped before scoring.
+- BEIR's ``ignore_identical_ids``: a hit whose doc id equals its query id is dropped before scoring (BEIR's
+  data never judges such a pair relevant; a team numbering queries and documents alike does: pass False, and see
+  :func:`judgement_warnings`).
+- Ids: query and document ids of the qrels and the run are compared in Unicode NFC, as the index treats ids
+  differing only in normalization as one id (of two that become one, the higher grade or score stays).
 - Averaging: BEIR divides by the number of queries pytrec_eval returned, i.e. queries present in *both*
   qrels and run, so a query the system never answered silently leaves the mean (its own MRR, however,
   divides by all qrels queries). Here every query with qrels counts, and a query absent from the run (or
@@ -18,11 +22,14 @@ Conventions:
   order, computed here in full precision): the metrics score the order the system returned, which
   :func:`~evals.runs.best_chunk_per_document` keeps strictly decreasing, ties of fused scores included.
 - Queries in the run without qrels are ignored; graded relevance feeds nDCG, while recall, MAP and MRR
-  count a document as relevant when its grade is >= 1 (trec_eval's default).
+  count a document as relevant when its grade is >= 1 (trec_eval's default). A query judged with no document
+  graded >= 1 scores 0 on every metric and counts in the means, as in pytrec_eval and BEIR
+  (:func:`judgement_warnings` says how many there are).
 """
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -70,15 +77,14 @@ def evaluate(
     ks = sorted({int(k) for k in k_values})
     if not ks or ks[0] < 1:
         raise ValueError(f"k_values must be positive integers, got {list(k_values)}")
-    judged = {str(q): {str(d): int(s) for d, s in docs.items()} for q, docs in qrels.items() if docs}
+    judged = {q: {d: int(s) for d, s in docs.items()} for q, docs in nfc_ids(qrels).items() if docs}
     if not judged:
         raise ValueError("qrels has no judged query")
-    by_qid = {str(q): h for q, h in run.items()}
+    by_qid = nfc_ids(run)
     hits: dict[str, dict[str, float]] = {}
     for qid in judged:
-        found = by_qid.get(qid) or {}
-        kept = ((str(d), float(s)) for d, s in found.items())
-        hits[qid] = {d: s for d, s in kept if not (ignore_identical_ids and d == qid)}
+        found = by_qid.get(qid, {})
+        hits[qid] = {d: float(s) for d, s in found.items() if not (ignore_identical_ids and d == qid)}
 
     ranked = {qid: rank_hits(h) for qid, h in hits.items()}  # full precision; pytrec_eval gets exact ranks
     as_ranks = {qid: {d: float(len(r) - i) for i, (d, _) in enumerate(r)} for qid, r in ranked.items()}
@@ -103,3 +109,44 @@ def evaluate(
     n = len(per_query)
     mean = {name: sum(v[name] for v in per_query.values()) / n for name in names}
     return EvalResult(mean=mean, per_query=per_query)
+
+
+def nfc(text: str) -> str:
+    """An id in Unicode NFC (``café`` composed or with a combining accent: one id, as in the index)."""
+    return text if text.isascii() else unicodedata.normalize("NFC", text)
+
+
+def nfc_ids(data: Mapping[str, Mapping[str, float]]) -> dict[str, dict[str, float]]:
+    """qrels or a run with its query and document ids in NFC (:func:`nfc`); of two ids that become one, the higher
+    grade or score stays."""
+    out: dict[str, dict[str, float]] = {}
+    for qid, docs in data.items():
+        merged = out.setdefault(nfc(str(qid)), {})
+        for doc_id, value in docs.items():
+            key = nfc(str(doc_id))
+            merged[key] = max(value, merged.get(key, value))
+    return out
+
+
+def judgement_warnings(qrels: Qrels, ignore_identical_ids: bool = True) -> list[str]:
+    """What the qrels cap or hide without a word from the metrics: queries judged with no relevant document (grade
+    >= 1; they score 0 on every metric, so no mean can exceed the share of the others), and, under BEIR's
+    identical-id rule, relevant judgements pairing a query with the document of the same id (never found)."""
+    judged = {q: docs for q, docs in nfc_ids(qrels).items() if docs}
+    out = []
+    unanswerable = sorted(q for q, docs in judged.items() if max(docs.values()) < 1)
+    if unanswerable:
+        n, total = len(unanswerable), len(judged)
+        out.append(
+            f"{n} of the {total} judged queries have no document judged relevant (grade >= 1), e.g. "
+            f"{unanswerable[:5]}: they score 0 on every metric and count in the means, which cannot exceed "
+            f"{(total - n) / total:.4f} (as pytrec_eval and BEIR score them)"
+        )
+    same = sorted(q for q, docs in judged.items() if docs.get(q, 0) >= 1)
+    if ignore_identical_ids and same:
+        out.append(
+            f"{len(same)} relevant judgements pair a query with the document of the same id (queries {same[:5]}): "
+            "BEIR's identical-id rule drops such hits, so they can never be found (ids numbered alike for queries and "
+            "documents? score them with --keep-identical-ids, ignore_identical_ids=False)"
+        )
+    return out

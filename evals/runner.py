@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from evals.compare import LossCheck, loss_check
-from evals.metrics import LATENCY_KEY, evaluate
+from evals.metrics import LATENCY_KEY, evaluate, judgement_warnings, nfc
 from evals.runs import Run, best_chunk_per_document
 from retrieval.chunking import point_id
 from retrieval.errors import HybridRagError, InvalidArgumentError
@@ -127,21 +128,23 @@ def retrieve_run(
     depth: int = RUN_DEPTH,
     progress: bool = True,
     encoded: EncodedQueries | None = None,
+    ignore_identical_ids: bool = True,
 ) -> tuple[Run, list[float]]:
     """Search every query on its own (as an application would) and return the run and latencies in ms.
 
     Each query's run holds ``depth`` documents (fewer only when the collection holds fewer): the documents of
     its top ``depth`` chunks, in the order an application asking for ``k <= depth`` hits gets them, then, when
     those are fewer than ``depth`` documents, the next ones of a document-level first-stage search
-    (:func:`deepen_runs`). The document whose id is the query id (ignored by BEIR's metrics) is left out.
+    (:func:`deepen_runs`). The document whose id is the query id (ignored by BEIR's metrics) is left out, unless
+    ``ignore_identical_ids`` is False (then the metrics must be told so too: :func:`evals.metrics.evaluate`).
     ``encoded``: the queries' vectors (default: encoded here). A latency is the application's search: encoding
     the query (its channels, :class:`EncodedQueries`) plus the search from its vectors.
     """
     variant = Variant(variant)
     if encoded is None:
         encoded = EncodedQueries.of(retriever, queries, variant.channels, progress)
-    run, latencies = search_run(retriever, queries, variant, depth, encoded, progress)
-    deepen_runs(retriever, queries, {variant: run}, depth, encoded)
+    run, latencies = search_run(retriever, queries, variant, depth, encoded, progress, ignore_identical_ids)
+    deepen_runs(retriever, queries, {variant: run}, depth, encoded, ignore_identical_ids)
     return run, latencies
 
 
@@ -152,6 +155,7 @@ def search_run(
     depth: int,
     encoded: EncodedQueries,
     progress: bool = True,
+    ignore_identical_ids: bool = True,
 ) -> tuple[Run, list[float]]:
     """Each query's documents of its top ``depth`` chunks (one search per query, from its vectors) and each
     search's latency in ms, its query's encoding included (see :func:`retrieve_run`)."""
@@ -163,7 +167,8 @@ def search_run(
             text, k=depth, variant=variant, rerank=variant is Variant.HYBRID_RERANK, encoded=encoded.vectors[qid]
         )
         latencies.append((time.perf_counter() - started) * 1000 + encoded.latency_ms(qid, variant))
-        run[qid] = best_chunk_per_document((h.doc_id, h.score) for h in hits if h.doc_id != qid)
+        kept = (h for h in hits if not (ignore_identical_ids and _same_id(h.doc_id, qid)))
+        run[qid] = best_chunk_per_document((h.doc_id, h.score) for h in kept)
     return run, latencies
 
 
@@ -173,6 +178,7 @@ def deepen_runs(
     runs: Mapping[Variant, Run],
     depth: int,
     encoded: EncodedQueries | None = None,
+    ignore_identical_ids: bool = True,
 ) -> None:
     """Fill each run's queries holding fewer than ``depth`` documents up to ``depth`` (in place): the next
     documents of a document-level search of the variant's first stage without reranking, each scored strictly
@@ -180,6 +186,7 @@ def deepen_runs(
 
     One batched search per first stage and depth asked: ``hybrid`` and ``hybrid+rerank`` (the same first stage,
     the same documents reordered) share theirs. ``encoded``: the queries' vectors (default: encoded by the search).
+    The document whose id is the query id is left out as :func:`search_run` leaves it out (``ignore_identical_ids``).
     """
     wanted: dict[tuple[Variant, int], dict[str, None]] = {}  # (first stage, documents asked) -> query ids
     fills = []
@@ -208,7 +215,8 @@ def deepen_runs(
             for hit in found[key][qid]:
                 if len(docs) >= depth:
                     break
-                if hit.doc_id != qid and hit.doc_id not in docs:
+                self_hit = ignore_identical_ids and _same_id(hit.doc_id, qid)
+                if not self_hit and hit.doc_id not in docs:
                     score = min(score - 1e-9, math.nextafter(score, -math.inf))
                     docs[hit.doc_id] = score
 
@@ -219,17 +227,20 @@ def evaluate_variants(
     qrels: dict[str, dict[str, int]],
     variants: Iterable[Variant | str] = tuple(Variant),
     progress: bool = True,
+    ignore_identical_ids: bool = True,
 ) -> dict[str, VariantResult]:
     """Every variant's metrics on ``queries`` (only those with qrels are searched). Each query is encoded once
-    for all variants and their top-ups (:class:`EncodedQueries`)."""
+    for all variants and their top-ups (:class:`EncodedQueries`). ``ignore_identical_ids``: BEIR's rule, a hit
+    whose document id is the query id left out of the run and the metrics (False: scored like any other)."""
     judged = {qid: text for qid, text in queries.items() if qid in qrels}
     variants = list(dict.fromkeys(Variant(v) for v in variants))
     encoded = EncodedQueries.of(retriever, judged, {c for v in variants for c in v.channels}, progress)
-    searched = {v: search_run(retriever, judged, v, RUN_DEPTH, encoded, progress) for v in variants}
-    deepen_runs(retriever, judged, {v: run for v, (run, _) in searched.items()}, RUN_DEPTH, encoded)
+    ignore = ignore_identical_ids
+    searched = {v: search_run(retriever, judged, v, RUN_DEPTH, encoded, progress, ignore) for v in variants}
+    deepen_runs(retriever, judged, {v: run for v, (run, _) in searched.items()}, RUN_DEPTH, encoded, ignore)
     results = {}
     for variant, (run, latencies) in searched.items():
-        scored = evaluate(qrels, run)
+        scored = evaluate(qrels, run, ignore_identical_ids=ignore)
         lat = np.asarray(latencies) if latencies else np.zeros(1)
         results[variant.value] = VariantResult(
             variant=variant.value,
@@ -255,10 +266,11 @@ class EvalReport:
 
     ``collection`` is the evaluation collection (corpus) name, ``qdrant_collection`` and ``version`` the index
     that answered, ``settings`` the models and retrieval settings that change results, ``seconds`` the
-    wall time of the whole evaluation, ``judged_coverage`` the fraction of the split's judged documents found in
-    the index (below 1: the scores are capped, see :meth:`coverage_warning`), ``judged_not_in_corpus`` the fraction
-    missing because the collection's corpus file itself lacks them (None: not checked), ``warnings`` the settings
-    that had no effect at the evaluation's depth (see :func:`settings_in_effect`).
+    wall time of the whole evaluation, ``judged_coverage`` the fraction of the split's documents judged relevant
+    (grade >= 1) found in the index (below 1: the scores are capped, see :meth:`coverage_warning`; a missing
+    non-relevant one caps nothing), ``judged_not_in_corpus`` the fraction missing because the collection's corpus
+    file itself lacks them (None: not checked), ``warnings`` the settings that had no effect at the evaluation's
+    depth (see :func:`settings_in_effect`) and what the qrels cap or hide (:func:`evals.metrics.judgement_warnings`).
     """
 
     collection: str
@@ -279,8 +291,8 @@ class EvalReport:
         if self.judged_coverage >= 1.0:
             return None
         head = (
-            f"only {self.judged_coverage:.1%} of the documents judged in {self.collection}/{self.split} (at any "
-            f"grade) are in collection {self.qdrant_collection!r}"
+            f"only {self.judged_coverage:.1%} of the documents judged relevant (grade >= 1) in "
+            f"{self.collection}/{self.split} are in collection {self.qdrant_collection!r}"
         )
         if self.judged_not_in_corpus is None:
             return f"{head}: the scores are capped by the missing ones"
@@ -369,20 +381,22 @@ def evaluate_collection(
     *,
     version: int | None = None,
     progress: bool = True,
+    ignore_identical_ids: bool = True,
 ) -> EvalReport:
     """Score ``variants`` of ``retriever`` on ``collection``'s ``split`` (``version``: the index version the
-    retriever reads; default the store's current one)."""
+    retriever reads; default the store's current one; ``ignore_identical_ids``: see :func:`evaluate_variants`)."""
     started = time.perf_counter()
     qrels = collection.qrels(split)
     coverage = judged_coverage(retriever.store, qrels)
     if coverage == 0.0:
         raise JudgedDocumentsMissingError(
-            f"none of the {len(judged_documents(qrels))} documents judged in {collection.name}/{split} is in "
-            f"collection {retriever.store.collection!r}: it holds another corpus, nothing scored or recorded "
+            f"none of the {len(relevant_documents(qrels))} documents judged relevant in {collection.name}/{split} "
+            f"is in collection {retriever.store.collection!r}: it holds another corpus, nothing scored or recorded "
             f"(search the collection built from {collection.name})"
         )
     not_in_corpus = judged_not_in_corpus(retriever.store, collection, qrels) if coverage < 1.0 else None
-    results = evaluate_variants(retriever, collection.split_queries(split), qrels, variants, progress=progress)
+    queries = collection.split_queries(split)
+    results = evaluate_variants(retriever, queries, qrels, variants, progress, ignore_identical_ids)
     settings = {
         "dense_model": retriever.dense.model_name,
         "sparse_model": retriever.sparse.name,
@@ -392,7 +406,10 @@ def evaluate_collection(
     schema = retriever.store.schema()  # how the evaluated version was chunked and encoded (None: not recorded)
     settings |= {name: getattr(schema, name, None) for name in ENCODING_FIELDS}
     settings |= {name: _plain(getattr(retriever.settings, name)) for name in REPORTED_SETTINGS}
+    if not ignore_identical_ids:  # recorded only when off: the figures score hits BEIR's rule drops
+        settings["ignore_identical_ids"] = False
     settings, warnings = settings_in_effect(settings, RUN_DEPTH)
+    warnings += judgement_warnings(qrels, ignore_identical_ids)
     return EvalReport(
         collection=collection.name,
         split=split,
@@ -433,36 +450,48 @@ def searched_label(collection: str, searched: str | None) -> str:
     return collection if not searched or searched == collection else f"{collection} (searched: {searched})"
 
 
-def judged_documents(qrels: Mapping[str, Mapping[str, int]]) -> set[str]:
-    """Every document id judged in ``qrels``."""
-    return {doc_id for docs in qrels.values() for doc_id in docs}
+def relevant_documents(qrels: Mapping[str, Mapping[str, int]]) -> set[str]:
+    """The id (NFC) of every document judged relevant (grade >= 1) in ``qrels``: only those cap the scores when
+    missing from the index."""
+    return {nfc(doc_id) for docs in qrels.values() for doc_id, grade in docs.items() if grade >= 1}
 
 
 def judged_coverage(store: QdrantStore, qrels: Mapping[str, Mapping[str, int]], batch: int = 1000) -> float:
-    """The fraction of the documents judged in ``qrels`` that ``store`` holds (1.0 when nothing is judged).
+    """The fraction of the documents judged relevant in ``qrels`` that ``store`` holds (1.0 when none is).
 
-    Counts each document's first chunk (every stored document has one) by point id, in batches.
+    Counts each document's first chunk (every stored document has one) by point id, in batches; an id is found
+    stored in NFC or NFD (as the index treats them: one id).
     """
-    ids = sorted(judged_documents(qrels))
+    ids = sorted(relevant_documents(qrels))
     if not ids:
         return 1.0
-    found = sum(len(store.points([point_id(d, 0) for d in ids[i : i + batch]])) for i in range(0, len(ids), batch))
+    found = 0
+    for i in range(0, len(ids), batch):
+        owner = {point_id(form, 0): d for d in ids[i : i + batch] for form in {d, unicodedata.normalize("NFD", d)}}
+        found += len({owner[pid] for pid in store.points(list(owner))})
     return found / len(ids)
 
 
 def judged_not_in_corpus(
     store: QdrantStore, collection: EvalCollection, qrels: Mapping[str, Mapping[str, int]]
 ) -> float | None:
-    """The fraction of the documents judged in ``qrels`` that are in neither the collection's corpus file nor
-    ``store`` (the qrels judge documents the corpus lacks); None when the collection has no corpus file."""
-    if not collection.corpus_path.is_file():
+    """The fraction of the documents judged relevant in ``qrels`` that are in neither the collection's corpus file
+    nor ``store`` (the qrels judge documents the corpus lacks); None when the collection has no corpus file (or one
+    holding no document)."""
+    corpus = collection.doc_ids()
+    if not corpus:
         return None
-    judged = judged_documents(qrels)
-    absent = judged - collection.doc_ids()
+    judged = relevant_documents(qrels)
+    absent = judged - corpus
     if not absent:
         return 0.0
     stored = judged_coverage(store, {"": dict.fromkeys(absent, 1)}) * len(absent)
     return (len(absent) - stored) / len(judged)
+
+
+def _same_id(doc_id: str, query_id: str) -> bool:
+    """Whether a hit's document id is its query's id (compared in NFC, as the metrics compare them)."""
+    return nfc(doc_id) == nfc(query_id)
 
 
 def _plain(value: Any) -> Any:

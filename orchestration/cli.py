@@ -40,6 +40,14 @@ console = LiteralConsole()  # content and user input print literally (orchestrat
 err_console = LiteralConsole(stderr=True)
 
 CollectionOpt = Annotated[str | None, typer.Option("--collection", "-c", help="Collection name (default: settings)")]
+KeepIdenticalOpt = Annotated[
+    bool,
+    typer.Option(
+        "--keep-identical-ids",
+        help="Score a hit whose document id is its query's id (BEIR's rule drops it: keep it for data that numbers "
+        "queries and documents alike)",
+    ),
+]
 HistoryOpt = Annotated[
     Path | None,
     typer.Option(help="Evaluation history, SQLite (default: $HYBRID_RAG_HISTORY_PATH, else data/history/evals.sqlite)"),
@@ -473,7 +481,12 @@ def restore(
 
 @app.command("eval")
 def evaluate(
-    beir_dir: Annotated[str, typer.Argument(help="BEIR directory (corpus.jsonl, queries.jsonl, qrels/) or 'sample'")],
+    beir_dir: Annotated[
+        str,
+        typer.Argument(
+            help="BEIR directory (queries.jsonl, qrels/; corpus.jsonl to index a new collection) or 'sample'"
+        ),
+    ],
     collection: CollectionOpt = None,
     split: Annotated[str, typer.Option(help="qrels split to score")] = "test",
     variant: Annotated[
@@ -482,6 +495,7 @@ def evaluate(
     run_file: Annotated[Path | None, typer.Option(help="Write the (last) variant's run as a TREC run file")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the report as JSON")] = None,
     history: HistoryOpt = None,
+    keep_identical_ids: KeepIdenticalOpt = False,
 ) -> None:
     """Evaluate retrieval variants on a BEIR collection; indexes it first when the collection does not exist."""
     from evals.collections import load_collection
@@ -490,7 +504,7 @@ def evaluate(
     from evals.runner import evaluate_collection
     from evals.runs import write_run
     from retrieval import RetrievalStack, read_documents
-    from retrieval.errors import choice
+    from retrieval.errors import InputFormatError, InputNotFoundError, choice
     from retrieval.search import Variant
 
     variants = [choice(Variant, v, "variant") for v in (variant or [v.value for v in Variant])]
@@ -500,14 +514,25 @@ def evaluate(
     records = EvalHistory(history or default_history_path())  # one that cannot be written fails before the work
     with RetrievalStack(settings) as stack:
         if stack.check_schema(missing_ok=True) is None:
+            if not coll.corpus_path.is_file():
+                raise InputNotFoundError(
+                    f"collection {settings.collection!r} does not exist and {coll.root} has no corpus.jsonl to index "
+                    "it from: name the collection its documents were indexed into (--collection)"
+                )
             console.print(
                 f"collection {settings.collection!r} does not exist: indexing {coll.corpus_path}", soft_wrap=True
             )
             docs, read_report = read_documents(coll.corpus_path, "jsonl", settings.bad_input_policy)
-            stack.indexer().index(docs, skipped=read_report.skipped)
             for problem in read_report.skipped:
                 console.print(label("skipped", "yellow"), str(problem), soft_wrap=True)
-        report = evaluate_collection(stack.retriever(), coll, split, variants)
+            if not docs:  # an empty collection would then be "another corpus"
+                raise InputFormatError(
+                    f"{coll.corpus_path}: holds no documents to index; collection {settings.collection!r} not created"
+                )
+            stack.indexer().index(docs, skipped=read_report.skipped)
+        report = evaluate_collection(
+            stack.retriever(), coll, split, variants, ignore_identical_ids=not keep_identical_ids
+        )
     console.print(metrics_table(report.metrics(), title=f"{report.label()} ({split})"))
     for warning in [*report.warnings, report.coverage_warning()]:
         if warning:
@@ -533,11 +558,12 @@ def compare(
     beir_dir: Annotated[str, typer.Argument(help="BEIR directory with the qrels, or 'sample'")],
     split: Annotated[str, typer.Option(help="qrels split")] = "test",
     metric: Annotated[list[str] | None, typer.Option(help="Metrics to compare (repeatable)")] = None,
+    keep_identical_ids: KeepIdenticalOpt = False,
 ) -> None:
     """Compare two runs query by query: wins/losses/ties and a paired significance test."""
     from evals.collections import load_collection
     from evals.compare import compare_runs, corpus_warnings, format_comparison
-    from evals.metrics import metric_names
+    from evals.metrics import judgement_warnings, metric_names, nfc_ids
     from evals.runs import read_run
     from retrieval.errors import InvalidArgumentError
 
@@ -549,6 +575,7 @@ def compare(
     coll = load_collection(beir_dir)
     qrels = coll.qrels(split)
     (base_run, _), (cand_run, _) = read_run(baseline), read_run(candidate)
+    base_run, cand_run = nfc_ids(base_run), nfc_ids(cand_run)  # the qrels' ids are NFC
     names = _run_labels(baseline, candidate)
     judged = [len(qrels.keys() & run.keys()) for run in (base_run, cand_run)]
     if not all(judged):
@@ -558,7 +585,9 @@ def compare(
             f"query judged in {coll.name}/{split} "
             f"({len(qrels)} queries): a run of another split or dataset, or an empty one"
         )
-    for warning in corpus_warnings(dict(zip(names, (base_run, cand_run), strict=True)), coll.doc_ids(), coll.name):
+    corpus = coll.doc_ids()  # empty without a corpus file (a folder of queries and qrels): nothing to check
+    checked = corpus_warnings(dict(zip(names, (base_run, cand_run), strict=True)), corpus, coll.name) if corpus else []
+    for warning in [*checked, *judgement_warnings(qrels, not keep_identical_ids)]:
         err_console.print(label("warning:", "yellow"), warning, soft_wrap=True)
     for name, count in zip(names, judged, strict=True):
         if count < len(qrels):
@@ -568,7 +597,11 @@ def compare(
                 f"{coll.name}/{split}; the others score 0",
                 soft_wrap=True,
             )
-    rows = [compare_runs(qrels, base_run, cand_run, m, names=names) for m in (metric or ["ndcg@10", "recall@100"])]
+    ignore = not keep_identical_ids
+    rows = [
+        compare_runs(qrels, base_run, cand_run, m, names=names, ignore_identical_ids=ignore)
+        for m in (metric or ["ndcg@10", "recall@100"])
+    ]
     typer.echo(printable(format_comparison(rows)))
 
 

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from evals import report as report_module
 from evals.collections import sample_collection
 from evals.history import EvalHistory
-from evals.runner import EvalReport, judged_documents
+from evals.runner import EvalReport, relevant_documents
 from orchestration.cli import app
 from retrieval.errors import InvalidArgumentError
 from retrieval.settings import RetrievalSettings
@@ -81,11 +81,12 @@ def test_a_partial_collection_is_scored_with_a_warning_that_is_recorded(workspac
     root, half_output, _ = workspace
     qrels = sample_collection().qrels("test")
     indexed = {json.loads(line)["_id"] for line in (root / "half.jsonl").read_text().splitlines()}
-    judged = judged_documents(qrels)
+    judged = relevant_documents(qrels)
     coverage = len(judged & indexed) / len(judged)
     assert 0 < coverage < 1
     said = " ".join(half_output.split())
-    assert f"only {coverage:.1%} of the documents judged in sample/test (at any grade) are in collection 'half'" in said
+    head = f"only {coverage:.1%} of the documents judged relevant (grade >= 1) in sample/test are in collection 'half'"
+    assert head in said
     assert (
         f"0.0% are not in the corpus file itself (the qrels judge documents it lacks), {1 - coverage:.1%} are" in said
     )
@@ -337,3 +338,63 @@ def test_compare_flags_a_run_of_another_collection(workspace) -> None:
     said = " ".join(cli("compare", "h.trec", "mostly.trec", "sample").output.split())
     assert "of the documents mostly.trec retrieves are not in sample's corpus" in said
     assert "h.trec retrieves" not in said and "documents h.trec" not in said
+
+
+def _judgements_folder(folder: Path, corpus: str | None = None) -> Path:
+    """The sample's queries and qrels in ``folder`` (a folder corpora.yaml's `qrels:` takes), ``corpus`` as
+    corpus.jsonl when given."""
+    source = sample_collection().root
+    (folder / "qrels").mkdir(parents=True)
+    for name in ("queries.jsonl", "qrels/test.tsv"):
+        (folder / name).write_text((source / name).read_text())
+    if corpus is not None:
+        (folder / "corpus.jsonl").write_text(corpus)
+    return folder
+
+
+def test_eval_of_a_corpus_file_without_documents_creates_no_collection(workspace) -> None:
+    root, _, _ = workspace
+    folder = _judgements_folder(root / "emptycorpus", corpus="")
+    said = " ".join(cli("eval", str(folder), "--variant", "sparse", code=2).output.split())
+    assert f"{folder / 'corpus.jsonl'}: holds no documents to index; collection 'emptycorpus' not created" in said
+    assert "another corpus" not in said
+    assert "emptycorpus" not in {c["collection"] for c in json.loads(cli("collections", "--json").stdout)}
+
+
+def test_eval_and_compare_take_a_folder_of_queries_and_qrels_without_a_corpus(workspace) -> None:
+    """Judgements of a collection indexed from elsewhere (Markdown files, a JSONL file): no corpus.jsonl needed
+    when the collection exists; an empty one is no corpus either."""
+    root, _, _ = workspace
+    folder = _judgements_folder(root / "judged")
+    out = cli("eval", str(folder), "-c", "sample", "--variant", "sparse").output
+    assert "│ sparse" in out and "warning" not in out, out
+    said = " ".join(cli("eval", str(folder), "--variant", "sparse", code=2).output.split())
+    assert f"collection 'judged' does not exist and {folder} has no corpus.jsonl to index it from" in said
+    for corpus in (None, ""):
+        if corpus is not None:
+            (folder / "corpus.jsonl").write_text(corpus)
+        result = cli("compare", "d.trec", "h.trec", str(folder))
+        assert len(table_rows(result.stdout)) == 4 and "warning" not in result.output, result.output
+
+
+def test_compare_warns_of_relevant_identical_ids_and_queries_without_relevant_documents(tmp_path) -> None:
+    """A team numbering queries and documents from 1: BEIR's rule drops document 2 for query 2 (said, and scored
+    on --keep-identical-ids); query 3 has no relevant document (said, scored 0 as pytrec_eval does)."""
+    folder = tmp_path / "numbered"
+    (folder / "qrels").mkdir(parents=True)
+    queries = {"1": "first", "2": "second", "3": "third"}
+    (folder / "queries.jsonl").write_text("".join(json.dumps({"_id": q, "text": t}) + "\n" for q, t in queries.items()))
+    (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n1\t7\t1\n2\t2\t1\n3\t9\t0\n")
+    (folder / "corpus.jsonl").write_text("".join(json.dumps({"_id": str(d), "text": "x"}) + "\n" for d in range(1, 10)))
+    run = {"1": ["7", "8"], "2": ["2", "5"], "3": ["9", "5"]}
+    for name, docs_of in (("base.trec", run), ("cand.trec", {q: d[::-1] for q, d in run.items()})):
+        lines = [f"{q} Q0 {d} {rank} {10 - rank} t" for q, docs in docs_of.items() for rank, d in enumerate(docs, 1)]
+        (tmp_path / name).write_text("\n".join(lines) + "\n")
+    args = (str(tmp_path / "base.trec"), str(tmp_path / "cand.trec"), str(folder), "--metric", "recall@100")
+    result = cli("compare", *args)
+    said = " ".join(result.output.split())
+    assert "1 relevant judgements pair a query with the document of the same id (queries ['2'])" in said
+    assert "1 of the 3 judged queries have no document judged relevant (grade >= 1), e.g. ['3']" in said
+    assert "| 0.3333 | 0.3333 |" in result.stdout  # query 2's hit dropped on both sides
+    kept = cli("compare", *args, "--keep-identical-ids")
+    assert "same id" not in kept.output and "| 0.6667 | 0.6667 |" in kept.stdout

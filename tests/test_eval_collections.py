@@ -3,6 +3,7 @@
 import json
 import re
 import shutil
+import unicodedata
 import zipfile
 
 import pytest
@@ -90,8 +91,21 @@ def test_load_collection_by_name_or_path(tmp_path, sample):
     with pytest.raises(FileNotFoundError, match="not a directory"):
         load_collection(tmp_path / "absent")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match="corpus.jsonl"):
+    with pytest.raises(FileNotFoundError, match="missing queries.jsonl, qrels"):
         load_collection(tmp_path / "empty")
+
+
+def test_a_folder_of_queries_and_qrels_without_a_corpus_loads(tmp_path, sample):
+    """The form corpora.yaml's `qrels:` takes: judgements of a collection indexed from a text folder or a JSONL
+    file; a corpus file holding no document is none either."""
+    judged = tmp_path / "judged"
+    (judged / "qrels").mkdir(parents=True)
+    for name in ("queries.jsonl", "qrels/test.tsv"):
+        (judged / name).write_text((sample.root / name).read_text())
+    loaded = load_collection(judged)
+    assert loaded.split_queries("test") == sample.split_queries("test") and loaded.doc_ids() == set()
+    (judged / "corpus.jsonl").write_text("")
+    assert load_collection(judged).doc_ids() == set()
 
 
 def test_missing_split_is_a_clear_error(sample):
@@ -164,3 +178,26 @@ def test_download_beir_refuses_paths_outside_dest(tmp_path):
     with pytest.raises(CollectionFormatError, match="unsafe path"):
         download_beir("evil", tmp_path / "datasets", url=url)
     assert not (tmp_path / "escaped.txt").exists()
+
+
+@pytest.mark.parametrize("header", ["query-id\tcorpus-id\tscore\n", ""], ids=["header", "no header"])
+def test_a_utf8_byte_order_mark_is_ignored_in_qrels_and_queries(tmp_path, header):
+    """Excel's "CSV UTF-8", Notepad and PowerShell start a file with a BOM: not part of the header or an id."""
+    coll = _collection(
+        tmp_path, "\ufeff" + header + "q1\td1\t1\n", ({"_id": "q1", "text": "hi"}, {"_id": "q2", "text": "b"})
+    )
+    coll.queries_path.write_text("\ufeff" + coll.queries_path.read_text(), encoding="utf-8")
+    assert coll.qrels("test") == {"q1": {"d1": 1}}
+    assert coll.split_queries("test") == {"q1": "hi"}
+
+
+def test_ids_are_read_in_unicode_nfc(tmp_path):
+    """A qrels file written by a macOS tool names `café` decomposed: the same id as the index's composed one."""
+    nfd = unicodedata.normalize("NFD", "café.md")
+    coll = _collection(tmp_path, f"q-é\t{nfd}\t1\n", ({"_id": unicodedata.normalize("NFD", "q-é"), "text": "x"},))
+    assert coll.qrels("test") == {"q-é": {"café.md": 1}} and coll.split_queries("test") == {"q-é": "x"}
+    coll.corpus_path.write_text(json.dumps({"_id": nfd, "text": "x"}) + "\n")
+    assert coll.doc_ids() == {"café.md"}
+    coll.qrels_path("test").write_text(f"q-é\t{nfd}\t1\nq-é\tcafé.md\t2\n")  # one id judged twice, apart
+    with pytest.raises(CollectionFormatError, match="judged 2 here but 1 on line 1"):
+        coll.qrels("test")

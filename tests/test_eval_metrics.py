@@ -1,11 +1,13 @@
 """Metric values against hand-computed tiny cases (trec_eval conventions: linear gain, log2 discount)."""
 
 import math
+import unicodedata
 
 import pytest
 
-from evals.collections import sample_collection
-from evals.metrics import HEADLINE_METRICS, evaluate
+from evals.collections import EvalCollection, read_qrels, sample_collection
+from evals.metrics import HEADLINE_METRICS, evaluate, judgement_warnings
+from tests.conftest import NFCORPUS, SCIFACT
 
 
 def test_ndcg_mrr_map_recall_hand_computed():
@@ -112,3 +114,44 @@ def test_scores_a_hair_apart_keep_their_order() -> None:
     tied = 0.17424242424242425
     result = evaluate({"q": {"a": 1}}, {"q": {"a": tied, "b": tied - 1e-9}})
     assert result.mean["ndcg@10"] == pytest.approx(1.0) and result.mean["mrr@10"] == pytest.approx(1.0)
+
+
+def test_the_identical_id_rule_can_be_turned_off_for_ids_numbered_alike():
+    """A team numbering queries and documents from 1: document 2 really answers query 2."""
+    qrels = {"2": {"2": 1}, "3": {"9": 1}}
+    run = {"2": {"2": 2.0, "5": 1.0}, "3": {"9": 1.0}}
+    assert evaluate(qrels, run).per_query["2"]["ndcg@10"] == 0.0  # BEIR's rule, the default
+    kept = evaluate(qrels, run, ignore_identical_ids=False)
+    assert kept.per_query["2"]["ndcg@10"] == 1.0 and kept.mean["ndcg@10"] == 1.0
+
+
+def test_ids_in_another_unicode_normalization_are_one_id():
+    """qrels written by a macOS tool (NFD) against a run of the index's NFC ids, and the other way round."""
+    nfc, nfd = "recherche/café.md", unicodedata.normalize("NFD", "recherche/café.md")
+    assert nfc != nfd
+    for judged, found in ((nfd, nfc), (nfc, nfd)):
+        result = evaluate({"q-é": {judged: 1}}, {unicodedata.normalize("NFD", "q-é"): {found: 1.0, "other": 0.5}})
+        assert result.mean["ndcg@10"] == 1.0 and list(result.per_query) == ["q-é"]
+
+
+def test_judgement_warnings_name_queries_without_a_relevant_document_and_identical_pairs():
+    qrels = {"1": {"1": 1, "4": 0}, "2": {"5": 0, "6": -1}, "3": {"7": 2}, "4": {"8": 1}}
+    unanswerable, identical = judgement_warnings(qrels)
+    assert unanswerable.startswith("1 of the 4 judged queries have no document judged relevant (grade >= 1)")
+    assert "['2']" in unanswerable and "cannot exceed 0.7500" in unanswerable
+    assert identical.startswith("1 relevant judgements pair a query with the document of the same id (queries ['1'])")
+    assert "--keep-identical-ids" in identical
+    assert judgement_warnings(qrels, ignore_identical_ids=False) == [unanswerable]
+    assert judgement_warnings({"1": {"1": 0, "2": 1}}) == []  # a non-relevant identical pair hides nothing
+    scores = evaluate(qrels, {q: {"7": 1.0, "8": 1.0} for q in qrels})  # the figures stay pytrec_eval's
+    assert scores.per_query["2"]["ndcg@10"] == 0.0 and scores.mean["recall@100"] == 0.5
+
+
+@pytest.mark.parametrize("dataset", [SCIFACT, NFCORPUS], ids=["scifact", "nfcorpus"])
+def test_beir_data_judges_no_document_relevant_to_the_query_of_the_same_id(dataset):
+    """Why BEIR's rule is the default: its data never needs the hits it drops (the warning stays quiet)."""
+    if not dataset.is_dir():
+        pytest.skip(f"{dataset} not available")
+    for split in EvalCollection(dataset.name, dataset).splits():
+        qrels = read_qrels(dataset / "qrels" / f"{split}.tsv")
+        assert not [w for w in judgement_warnings(qrels) if "same id" in w], split

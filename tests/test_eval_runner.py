@@ -2,6 +2,7 @@
 
 import json
 import time
+import unicodedata
 from collections import Counter
 
 import pytest
@@ -21,7 +22,7 @@ from evals.runner import (
     retrieve_run,
 )
 from evals.runs import best_chunk_per_document
-from retrieval import HybridRetriever, RetrievalSettings, RetrievalStack, Variant, read_documents
+from retrieval import Document, HybridRetriever, RetrievalSettings, RetrievalStack, Variant, read_documents
 from tests.conftest import TINY_DOCS
 
 VARIANTS = ["sparse", "hybrid"]
@@ -113,6 +114,26 @@ def test_a_hit_with_the_query_id_is_ignored(indexed_stack, tmp_path) -> None:
     table = sample_table(queries, {"pasta": {"pasta": 1}}, report.variants, 1)  # the Dagster sample_queries table
     assert "| pasta: how can I keep spaghetti from sticking | dense | " in table and ", pasta" not in table
     assert "| dense | pasta" not in table
+    assert any("1 relevant judgements pair a query with the document of the same id" in w for w in report.warnings)
+    assert "ignore_identical_ids" not in report.context()
+
+
+def test_the_identical_id_rule_can_be_turned_off(indexed_stack, tmp_path) -> None:
+    """Queries and documents numbered alike: the document with the query's id is searched, kept and scored."""
+    root = tmp_path / "coll"
+    (root / "qrels").mkdir(parents=True)
+    (root / "queries.jsonl").write_text(json.dumps({"_id": "pasta", "text": "keep spaghetti from sticking"}) + "\n")
+    (root / "qrels" / "test.tsv").write_text("pasta\tpasta\t1\n")
+    retriever = indexed_stack("edge", TINY_DOCS, collection="ids", rerank=False).retriever()
+    try:
+        coll = EvalCollection("ids", root)
+        report = evaluate_collection(retriever, coll, "test", ["dense"], progress=False, ignore_identical_ids=False)
+    finally:
+        retriever.close()
+    result = report.variants["dense"]
+    assert next(iter(result.run["pasta"])) == "pasta" and len(result.run["pasta"]) == len(TINY_DOCS)
+    assert result.metrics["ndcg@10"] == 1.0 and not report.warnings
+    assert report.context()["ignore_identical_ids"] is False  # the history tells these figures apart
 
 
 @pytest.mark.parametrize("backend", ["edge", "server"])
@@ -177,18 +198,40 @@ def test_the_coverage_warning_tells_a_corpus_file_lacking_judged_documents_from_
     indexed_stack, tmp_path
 ) -> None:
     """The qrels judge a document corpus.jsonl does not hold: the collection holds the whole corpus, the warning
-    says where the missing documents are missing from."""
+    says where the missing documents are missing from. Only documents judged relevant count: a missing
+    non-relevant one (a pool of another system, graded 0 or -1) caps no score."""
     root = tmp_path / "coll"
     (root / "qrels").mkdir(parents=True)
     (root / "corpus.jsonl").write_text("".join(json.dumps({"_id": d.id, "text": d.text}) + "\n" for d in TINY_DOCS))
     (root / "queries.jsonl").write_text(json.dumps({"_id": "q1", "text": "noodles in boiling water"}) + "\n")
-    (root / "qrels" / "test.tsv").write_text("q1\tpasta\t1\nq1\tvalve\t0\nq1\tmissing-doc\t1\n")
+    qrels = "q1\tpasta\t1\nq1\tvalve\t0\nq1\tmissing-doc\t1\nq1\tpool-1\t0\nq1\tpool-2\t-1\n"
+    (root / "qrels" / "test.tsv").write_text(qrels)
     retriever = indexed_stack("edge", TINY_DOCS, collection="judged", rerank=False).retriever()
     report = evaluate_collection(retriever, EvalCollection("coll", root), "test", ["sparse"], progress=False)
-    assert report.judged_coverage == pytest.approx(2 / 3) and report.judged_not_in_corpus == pytest.approx(1 / 3)
-    assert "33.3% are not in the corpus file itself" in report.coverage_warning()
+    assert report.judged_coverage == pytest.approx(1 / 2) and report.judged_not_in_corpus == pytest.approx(1 / 2)
+    assert "50.0% are not in the corpus file itself" in report.coverage_warning()
     assert "0.0% are in the corpus file but missing from the collection" in report.coverage_warning()
-    assert report.context()["judged_not_in_corpus"] == pytest.approx(0.3333)
+    assert report.context()["judged_not_in_corpus"] == pytest.approx(0.5)
+    (root / "qrels" / "test.tsv").write_text(qrels.replace("missing-doc\t1", "missing-doc\t0"))
+    report = evaluate_collection(retriever, EvalCollection("coll", root), "test", ["sparse"], progress=False)
+    assert report.judged_coverage == 1.0 and report.coverage_warning() is None
+    assert "judged_coverage" not in report.context()
+
+
+def test_qrels_naming_a_document_in_another_unicode_normalization_match_it(indexed_stack, tmp_path) -> None:
+    """A folder's file ids are stored in NFC; qrels written on macOS name them in NFD: the same document."""
+    cafe = Document(id="recherche/café études.md", text="Espresso coffee roasting and grinding beans at home.")
+    root = tmp_path / "coll"
+    (root / "qrels").mkdir(parents=True)
+    (root / "queries.jsonl").write_text(json.dumps({"_id": "q1", "text": "roasting coffee beans"}) + "\n")
+    (root / "qrels" / "test.tsv").write_text(f"q1\t{unicodedata.normalize('NFD', cafe.id)}\t1\n")
+    retriever = indexed_stack("edge", [*TINY_DOCS, cafe], collection="nfc", rerank=False).retriever()
+    try:
+        report = evaluate_collection(retriever, EvalCollection("nfc", root), "test", ["sparse"], progress=False)
+    finally:
+        retriever.close()
+    assert report.judged_coverage == 1.0 and report.coverage_warning() is None
+    assert report.variants["sparse"].metrics["ndcg@10"] == 1.0
 
 
 def test_variants_evaluated_together_equal_each_variant_searched_on_its_own(deep_sample) -> None:
