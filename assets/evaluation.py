@@ -17,8 +17,9 @@ publishes nothing else. When the gate fails, readers stay on the published versi
 never block publishing) when, on this corpus, fusion or reranking costs quality:
 ``hybrid_not_below_channels`` (hybrid against the better of its dense and sparse channels) and
 ``reranking_does_not_hurt`` (the default, hybrid + rerank, against hybrid). Each fails only when the loss is
-larger than ``quality_tolerance`` and significant (its 95% bootstrap interval lies below 0); the figures, the
-interval, the wins/losses and the randomization p-value are its metadata.
+larger than ``quality_tolerance`` and significant (its 95% bootstrap interval lies below 0 and the randomization
+p-value is below 0.05); the figures, the interval, the wins/losses and the randomization p-value are its
+metadata.
 When nothing the figures depend on changed since the partition's last evaluation (:func:`evaluation_key`: the
 version and its location, the queries' and qrels' content, the variants, the settings and the models' content) and
 this run did not stage that version, the asset does not evaluate again nor append to the history: it reports that
