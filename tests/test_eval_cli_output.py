@@ -120,7 +120,7 @@ def test_eval_quality_check_lines_are_not_wrapped(workspace) -> None:
     _, _, full = workspace
     for name in ("hybrid_not_below_channels", "reranking_does_not_hurt"):
         (line,) = [line for line in full.splitlines() if line.startswith(name)]
-        assert re.search(r"\(diff [-+]\d\.\d{4}, 95% CI \[.*\], \d+ queries\): ", line), full
+        assert re.search(r"\(diff [-+]\d\.\d{4}, 95% CI \[.*\], p = [0-9.e-]+, \d+ queries[^)]*\): ", line), full
 
 
 def test_compare_labels_runs_by_file_name_and_rows_are_lines(workspace) -> None:
