@@ -9,16 +9,18 @@ with), always the published one: the index readers use. Its blocking check ``ndc
 (the gate) compares it with the published version, scored in the same run with the same queries and with the
 models that version was built with (its schema records them: after a model change, ``rebuild_on_model_change``,
 they are not the run's). When those models cannot be loaded (gone from disk or the hub), the gate compares with
-the published version's latest recorded evaluation in the history (same collection, version and models), and
-without one it passes, described as not comparable. A recorded figure is never preferred to scoring: a version
+the published version's latest recorded evaluation in the history (same collection, version and models, scored
+on the same queries and qrels: the same ``qrels_fingerprint``), and without one it passes, described as not
+comparable. A recorded figure is never preferred to scoring: a version
 number does not identify a version across rebuilds, resets of the index folder or Dagster instances. The verdict
 is recorded in the materialization (``gate``, with the version and the run that staged it): ``published_index``
 publishes nothing else. When the gate fails, readers stay on the published version. Two more checks warn (they
 never block publishing) when, on this corpus, fusion or reranking costs quality:
 ``hybrid_not_below_channels`` (hybrid against the better of its dense and sparse channels) and
 ``reranking_does_not_hurt`` (the default, hybrid + rerank, against hybrid). Each fails only when the loss is
-larger than ``quality_tolerance`` and significant (its 95% bootstrap interval lies below 0); the figures, the
-interval, the wins/losses and the randomization p-value are its metadata.
+larger than ``quality_tolerance`` and significant (its 95% bootstrap interval lies below 0 and the randomization
+p-value is below 0.05); the figures, the interval, the wins/losses and the randomization p-value are its
+metadata.
 When nothing the figures depend on changed since the partition's last evaluation (:func:`evaluation_key`: the
 version and its location, the queries' and qrels' content, the variants, the settings and the models' content) and
 this run did not stage that version, the asset does not evaluate again nor append to the history: it reports that
@@ -56,6 +58,7 @@ from evals.runner import (
     EvalReport,
     JudgedDocumentsMissingError,
     evaluate_collection,
+    judgements_fingerprint,
 )
 from retrieval.encoders.dense import resolve_model_path
 from retrieval.encoders.fingerprint import model_fingerprint
@@ -385,11 +388,16 @@ def _score_published(
         value = report.variants[WATCHED_VARIANT].metrics[WATCHED_METRIC]
         how = f" with the models it was built with ({models})" if overrides else ""  # else: the run's models
         return round(float(value), 6), f"scored in this run{how}"
-    recorded = recorded_evaluation(history, corpus, split, published, built)
+    qrels = collection.qrels(split)
+    fingerprint = judgements_fingerprint(collection.split_queries(split), qrels)
+    recorded = recorded_evaluation(history, corpus, split, published, built, fingerprint)
     if recorded is not None:
         value, when = recorded
         return value, f"{reason}; compared with its evaluation recorded {when}"
-    return None, f"{reason}; the history records no evaluation of it"
+    return None, (
+        f"{reason}; the history records no evaluation of it on these {len(qrels)} queries and their qrels "
+        f"(qrels fingerprint {fingerprint}): a figure scored on other queries or judgements does not compare"
+    )
 
 
 def built_with(built: CollectionSchema, settings: RetrievalSettings) -> dict[str, Any]:
@@ -416,10 +424,12 @@ def content_changed(built: CollectionSchema, dense_model: str) -> str | None:
 
 
 def recorded_evaluation(
-    history: EvalHistory, corpus: CorpusConfig, split: str, version: int, built: CollectionSchema
+    history: EvalHistory, corpus: CorpusConfig, split: str, version: int, built: CollectionSchema, fingerprint: str
 ) -> tuple[float, str] | None:
     """The watched figure of the latest recorded evaluation of ``version`` of the corpus' collection while it was
-    published (or served), with the models ``built`` records, and when and by whom it was recorded."""
+    published (or served), with the models ``built`` records, on the queries and qrels of ``fingerprint``
+    (:func:`~evals.runner.judgements_fingerprint`; rows recorded without one do not count), and when and by
+    whom it was recorded."""
 
     def of_version(ctx: dict[str, Any]) -> bool:
         return (
@@ -429,6 +439,7 @@ def recorded_evaluation(
             and canonical_model(str(ctx.get("dense_model"))) == canonical_model(built.dense_model)
             and canonical_model(str(ctx.get("sparse_model"))) == canonical_model(built.sparse_model)
             and ctx.get("dense_fingerprint") in (None, built.dense_fingerprint)  # None: recorded by an earlier release
+            and ctx.get("qrels_fingerprint") == fingerprint
         )
 
     rows = history.records(collection=corpus.name, variant=WATCHED_VARIANT)

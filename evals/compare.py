@@ -22,6 +22,7 @@ from evals.metrics import DEFAULT_K_VALUES, EvalResult, Qrels, RunLike, evaluate
 PerQuery = EvalResult | Mapping[str, Mapping[str, float]] | Mapping[str, float]
 TIE_TOLERANCE = 1e-12
 _CHUNK = 1_000_000  # sign draws per batch, bounds memory for large query sets
+ALPHA = 0.05  # the significance level of LossCheck
 
 
 @dataclass(frozen=True)
@@ -124,7 +125,8 @@ def compare_per_query(
 @dataclass(frozen=True)
 class LossCheck:
     """Whether ``candidate`` scores below the better of some ``baselines`` by more than ``tolerance`` and
-    significantly (the 95% bootstrap interval of the difference lies below 0). ``comparison`` is None when a
+    significantly: the 95% bootstrap interval of the difference lies below 0 *and* the randomization p-value is
+    below ``ALPHA`` (the bootstrap interval alone is too narrow on a few queries). ``comparison`` is None when a
     variant was not evaluated (``missing``); such a check cannot pass."""
 
     candidate: str
@@ -138,8 +140,13 @@ class LossCheck:
         return self.comparison is not None and self.comparison.mean_diff >= -self.tolerance - 1e-12
 
     @property
+    def significant(self) -> bool:
+        c = self.comparison
+        return c is not None and c.ci_high < 0 and c.significant(ALPHA)
+
+    @property
     def passed(self) -> bool:
-        return self.within_tolerance or (self.comparison is not None and self.comparison.ci_high >= 0)
+        return self.comparison is not None and (self.within_tolerance or not self.significant)
 
     @property
     def description(self) -> str:
@@ -149,9 +156,17 @@ class LossCheck:
         verdict = (
             "ok" if self.within_tolerance else "lower, but not significantly" if self.passed else "significantly lower"
         )
+        differing = c.wins + c.losses
+        smallest = 2 / 2**differing  # the exact sign-flip test's smallest two-sided p-value
+        too_few = (
+            f"; too few queries to conclude: with {differing} that differ, p cannot go below {smallest:.4f}"
+            if smallest >= ALPHA and not self.within_tolerance
+            else ""
+        )
         return (
             f"{c.candidate} {c.metric} {c.mean_candidate:.4f} vs {c.baseline} {c.mean_baseline:.4f} "
-            f"(diff {c.mean_diff:+.4f}, 95% CI [{c.ci_low:+.4f}, {c.ci_high:+.4f}], {c.n_queries} queries): {verdict}"
+            f"(diff {c.mean_diff:+.4f}, 95% CI [{c.ci_low:+.4f}, {c.ci_high:+.4f}], p = {c.p_randomization:.4g}, "
+            f"{c.n_queries} queries{too_few}): {verdict}"
         )
 
 

@@ -101,15 +101,51 @@ def with_settings(df: pd.DataFrame) -> pd.DataFrame:
     return df.assign(settings=[search_settings(c) for c in contexts])
 
 
+UNKNOWN = "?"  # the query count of a row recorded before the history kept it
+
+
+def scored_set(context: object) -> tuple[str, str]:
+    """What a history row was scored on, from its ``context``: the query count as shown (``?`` when not
+    recorded; ``, judged found 62.3%`` added when only part of the judged documents were in the collection: the
+    scores are capped) and its series (the ``qrels_fingerprint`` of the queries and qrels, else the query count,
+    else ``?``): figures of different series are not comparable."""
+    ctx = context if isinstance(context, dict) else {}
+    n, fingerprint, coverage = ctx.get("n_queries"), ctx.get("qrels_fingerprint"), ctx.get("judged_coverage")
+    shown = UNKNOWN if n is None else str(n)
+    if isinstance(coverage, int | float) and coverage < 1:
+        shown += f", judged found {coverage:.1%}"
+    return shown, str(fingerprint or (f"n={n}" if n is not None else UNKNOWN))
+
+
+def with_scored(df: pd.DataFrame) -> pd.DataFrame:
+    """History rows with ``queries`` and ``series`` (see :func:`scored_set`) taken from their ``context``."""
+    contexts = list(df["context"]) if "context" in df else [None] * len(df)
+    scored = [scored_set(c) for c in contexts]
+    return df.assign(queries=[q for q, _ in scored], series=[s for _, s in scored])
+
+
+def series_segments(rows: pd.DataFrame) -> list[pd.DataFrame]:
+    """``rows`` (one line of the plot, in time order) cut where their ``series`` changes: each part was scored on
+    the same queries and qrels, and is drawn as a line of its own."""
+    if rows.empty:
+        return []
+    part = (rows["series"] != rows["series"].shift()).cumsum()
+    return [group for _, group in rows.groupby(part, sort=True)]
+
+
 def plot_history(df: pd.DataFrame, out_png: str | Path, metric: str = "ndcg@10") -> Path:
     """Plot ``metric`` over time from :meth:`EvalHistory.records` rows, one line per variant.
 
     The line joins the evaluations of the versions readers get (``published``) with the shipped search settings;
     those of staged versions that were never published (refused, unjudged, or passed but not published) are
-    hollow markers off the line, as are those made with other search settings (experiments). When the rows span
-    several collections or splits, each line is labelled ``variant (collection/split)``.
+    hollow markers off the line, as are those made with other search settings (experiments). The line breaks
+    where the queries or qrels scored change (:func:`series_segments`): a dotted vertical line marks the change
+    and the new part is labelled with its query count. A cross marks a figure scored while part of the judged
+    documents was missing from the collection (capped). When the rows span several collections or splits, each
+    line is labelled ``variant (collection/split)``.
     """
-    rows = with_settings(with_state(with_searched_collection(df[df["metric"] == metric]))).sort_values("timestamp")
+    rows = with_settings(with_state(with_searched_collection(df[df["metric"] == metric])))
+    rows = with_scored(rows).sort_values("timestamp")
     if rows.empty:
         raise ValueError(f"no history rows for metric {metric!r}")
     keys = ["collection", "split", "variant"]
@@ -126,6 +162,8 @@ def _plot(
     fig = Figure(figsize=(8, 4.5), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
+    changes: set[pd.Timestamp] = set()  # where a line's queries or qrels change
+    capped_shown = False
     for i, ((collection, split, variant), group) in enumerate(rows.groupby(keys, sort=True)):
         label = drawable(f"{variant} ({collection}/{split})" if several else str(variant))
         style = line_style(i)
@@ -135,8 +173,31 @@ def _plot(
             (group[~group["state"].isin(SERVED) & shipped], "staged, never served"),
             (group[~shipped], "other search settings"),
         )
-        if not served.empty:
-            ax.plot(served["timestamp"].dt.tz_convert(None), served["value"], label=label, **style)
+        for j, part in enumerate(series_segments(served)):
+            when = part["timestamp"].dt.tz_convert(None)
+            ax.plot(when, part["value"], label=label if j == 0 else None, **style)
+            if j > 0:
+                changes.add(when.iloc[0])
+                ax.annotate(
+                    f"n={part['queries'].iloc[0].split(',')[0]}",
+                    (when.iloc[0], part["value"].iloc[0]),
+                    textcoords="offset points",
+                    xytext=(4, 4),
+                    fontsize="x-small",
+                    color=style["color"],
+                )
+        capped = group[group["queries"].str.contains("judged found", regex=False)]
+        if not capped.empty:
+            ax.plot(
+                capped["timestamp"].dt.tz_convert(None),
+                capped["value"],
+                linestyle="none",
+                marker="x",
+                markersize=10,
+                color="black",
+                label=None if capped_shown else "judged documents missing: capped",
+            )
+            capped_shown = True
         for other, why in off_line:
             if not other.empty:
                 ax.plot(
@@ -148,6 +209,8 @@ def _plot(
                     color=style["color"],
                     markerfacecolor="none",
                 )
+    for j, when in enumerate(sorted(changes)):
+        ax.axvline(when, color="grey", linestyle=":", linewidth=1, label=None if j else "other queries or qrels")
     locator = AutoDateLocator()
     ax.xaxis.set_major_locator(locator)
     ax.xaxis.set_major_formatter(ConciseDateFormatter(locator))
@@ -213,17 +276,20 @@ def latest(df: pd.DataFrame) -> pd.DataFrame:
 def markdown_table(df: pd.DataFrame, metrics: Sequence[str] | None = None) -> str:
     """Latest value per variant (rows) and metric (columns) as a markdown table.
 
-    History rows (with ``context``) get the evaluated ``version`` and its ``state`` (see :func:`latest`), and
-    their search ``settings`` in the last column (see :func:`search_settings`: rows with other settings than the
-    shipped ones are separate rows). ``metrics`` defaults to the headline metrics present, then any others, in
+    History rows (with ``context``) get the evaluated ``version`` and its ``state`` (see :func:`latest`), the
+    ``queries`` the shown figures were scored on (see :func:`scored_set`: ``?`` for rows recorded before the
+    history kept it, the share of judged documents found when some were missing), and their search ``settings``
+    in the last column (see :func:`search_settings`: rows with other settings than the shipped ones are separate
+    rows). ``metrics`` defaults to the headline metrics present, then any others, in
     name order.
     """
     rows = with_searched_collection(df.dropna(subset=["value"]))
     keys = ["collection", "split", "variant"]
     if "context" in rows:
-        rows = with_settings(with_state(rows))
+        rows = with_scored(with_settings(with_state(rows)))
         keys += ["version", "state", "settings"]
     last = latest(rows)
+    queries = last.groupby(keys)["queries"].last() if "queries" in last else None
     present = set(last["metric"])
     if metrics is None:
         metrics = [m for m in HEADLINE_METRICS if m in present]
@@ -231,10 +297,17 @@ def markdown_table(df: pd.DataFrame, metrics: Sequence[str] | None = None) -> st
     wide = last.pivot_table(index=keys, columns="metric", values="value", aggfunc="last")
     when = last.groupby(keys)["timestamp"].max()
     shown = [k for k in keys if k != "settings"]  # the settings go last: they can be long
-    header = [*shown, *(LABELS.get(m, m) for m in metrics), "last run (UTC)", *(["search settings"] * (shown != keys))]
+    n = ["queries"] if queries is not None else []
+    header = [
+        *shown,
+        *n,
+        *(LABELS.get(m, m) for m in metrics),
+        "last run (UTC)",
+        *(["search settings"] * (shown != keys)),
+    ]
     lines = [
         "| " + " | ".join(header) + " |",
-        "|" + "---|" * len(shown) + "---:|" * len(metrics) + "---|" * (1 + (shown != keys)),
+        "|" + "---|" * (len(shown) + len(n)) + "---:|" * len(metrics) + "---|" * (1 + (shown != keys)),
     ]
     if last.empty:
         return "\n".join(lines)
@@ -243,7 +316,8 @@ def markdown_table(df: pd.DataFrame, metrics: Sequence[str] | None = None) -> st
         stamp = when[key].strftime("%Y-%m-%d %H:%M")
         named = dict(zip(keys, map(str, key), strict=True))
         settings = [named["settings"]] if "settings" in named else []
-        lines.append("| " + " | ".join([*(named[k] for k in shown), *cells, stamp, *settings]) + " |")
+        scored = [queries[key]] if queries is not None else []
+        lines.append("| " + " | ".join([*(named[k] for k in shown), *scored, *cells, stamp, *settings]) + " |")
     return "\n".join(lines)
 
 

@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import time
 import unicodedata
@@ -270,7 +272,8 @@ class EvalReport:
     (grade >= 1) found in the index (below 1: the scores are capped, see :meth:`coverage_warning`; a missing
     non-relevant one caps nothing), ``judged_not_in_corpus`` the fraction missing because the collection's corpus
     file itself lacks them (None: not checked), ``warnings`` the settings that had no effect at the evaluation's
-    depth (see :func:`settings_in_effect`) and what the qrels cap or hide (:func:`evals.metrics.judgement_warnings`).
+    depth (see :func:`settings_in_effect`) and what the qrels cap or hide (:func:`evals.metrics.judgement_warnings`),
+    ``qrels_fingerprint`` what was scored (:func:`judgements_fingerprint`; None: not known).
     """
 
     collection: str
@@ -285,6 +288,7 @@ class EvalReport:
     judged_coverage: float = 1.0
     judged_not_in_corpus: float | None = None
     warnings: list[str] = field(default_factory=list)
+    qrels_fingerprint: str | None = None  # of the scored queries and their judgements (judgements_fingerprint)
 
     def coverage_warning(self) -> str | None:
         """A warning when only part of the judged documents is in the searched collection, else None."""
@@ -331,7 +335,14 @@ class EvalReport:
         coverage = {} if self.judged_coverage >= 1.0 else {"judged_coverage": round(self.judged_coverage, 4)}
         if coverage and self.judged_not_in_corpus is not None:
             coverage["judged_not_in_corpus"] = round(self.judged_not_in_corpus, 4)
-        return {"qdrant_collection": self.qdrant_collection, "version": self.version, **coverage, **self.settings}
+        scored = {"n_queries": self.n_queries, "qrels_fingerprint": self.qrels_fingerprint}
+        return {
+            "qdrant_collection": self.qdrant_collection,
+            "version": self.version,
+            **scored,
+            **coverage,
+            **self.settings,
+        }
 
     def record(self, history: EvalHistory, source: str, **context: Any) -> int:
         """Append every variant's metrics to ``history`` (one timestamp), written by ``source``; returns rows."""
@@ -422,6 +433,7 @@ def evaluate_collection(
         judged_coverage=coverage,
         judged_not_in_corpus=not_in_corpus,
         warnings=warnings,
+        qrels_fingerprint=judgements_fingerprint(collection.split_queries(split), qrels),
     )
 
 
@@ -448,6 +460,14 @@ def settings_in_effect(settings: Mapping[str, Any], depth: int) -> tuple[dict[st
 def searched_label(collection: str, searched: str | None) -> str:
     """``collection``, or ``"collection (searched: NAME)"`` when the Qdrant collection searched is another."""
     return collection if not searched or searched == collection else f"{collection} (searched: {searched})"
+
+
+def judgements_fingerprint(queries: Mapping[str, str], qrels: Mapping[str, Mapping[str, int]]) -> str:
+    """A short hash of what an evaluation scores: the text of the ``queries`` that have qrels, and the qrels.
+    Figures with different fingerprints were scored on other queries or judgements: not comparable."""
+    judged = {str(q): text for q, text in queries.items() if q in qrels}
+    content = {"queries": judged, "qrels": {str(q): {str(d): int(g) for d, g in j.items()} for q, j in qrels.items()}}
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def relevant_documents(qrels: Mapping[str, Mapping[str, int]]) -> set[str]:

@@ -1,8 +1,12 @@
 """TREC run files: ``qid Q0 docid rank score tag``, one line per hit.
 
-A run is ``dict[query_id, dict[doc_id, score]]``. Scores are written with ``repr(float)``, the shortest
-text that reads back to the identical float, so a write/read round trip is exact. A query with no hits
-has no line and therefore does not survive a round trip (the format cannot express it).
+A run is ``dict[query_id, dict[doc_id, score]]``. The score column of a written run is rank-derived
+(``n - rank + 1`` of the query's ``n`` hits, in :func:`rank_hits` order), the scores
+:func:`evals.metrics.evaluate` gives pytrec_eval: trec_eval reads scores as 32-bit floats and re-sorts ties by
+doc id, so the system's own scores, which may differ by 1e-9 (:func:`best_chunk_per_document`, the top-ups),
+would not keep their order there. A write/read round trip keeps every query's order, hence every metric, not the
+scores. A query with no hits has no line and therefore does not survive a round trip (the format cannot express
+it).
 """
 
 from __future__ import annotations
@@ -54,19 +58,21 @@ def rank_hits(hits: Mapping[str, float]) -> list[tuple[str, float]]:
 
 
 def write_run(path: str | Path, run: Mapping[str, Mapping[str, float]], tag: str) -> Path:
-    """Write ``run`` as a TREC run file; ranks start at 1 in :func:`rank_hits` order. An id the format cannot
-    hold raises :class:`RunIdError` before anything is written."""
+    """Write ``run`` as a TREC run file; ranks start at 1 in :func:`rank_hits` order and each line's score is
+    ``n - rank + 1`` (see the module docstring). An id the format cannot hold, or a NaN score, raises before
+    anything is written."""
     path = Path(path)
     _check_token(tag, "run tag")
     lines: list[str] = []
     for qid, hits in run.items():
         _check_token(qid, "query id")
-        for rank, (doc_id, score) in enumerate(rank_hits(hits), start=1):
-            _check_token(doc_id, f"doc id (query {qid!r})")
-            value = float(score)
-            if math.isnan(value):
+        for doc_id, score in hits.items():
+            if math.isnan(float(score)):
                 raise ValueError(f"query {qid!r}, doc {doc_id!r}: score is NaN")
-            lines.append(f"{qid} Q0 {doc_id} {rank} {value!r} {tag}\n")
+        ranked = rank_hits(hits)
+        for rank, (doc_id, _) in enumerate(ranked, start=1):
+            _check_token(doc_id, f"doc id (query {qid!r})")
+            lines.append(f"{qid} Q0 {doc_id} {rank} {float(len(ranked) - rank + 1)!r} {tag}\n")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(lines), encoding="utf-8")
     return path

@@ -42,7 +42,7 @@ def gate(summary: dict) -> dict:
 
 @pytest.mark.slow
 def test_model_changes_through_dagster_publish(tmp_path: Path, tiny_splade_dir: str) -> None:  # noqa: F811
-    _, corpora = corpus_copy(tmp_path, "changing")
+    data, corpora = corpus_copy(tmp_path, "changing")
     history = tmp_path / "history.sqlite"
 
     def run(history: Path = history, config: dict = FAST, **models: str) -> dict:
@@ -107,6 +107,17 @@ def test_model_changes_through_dagster_publish(tmp_path: Path, tiny_splade_dir: 
     assert "compared with its evaluation recorded" in description and fifth["run_id"] in description
     assert f"published version 5 {fifth['metrics']['hybrid']['ndcg@10']:.4f}" in description
 
+    # The qrels are cut to 5 hard queries and version 6's model is gone: its evaluation was recorded on 21
+    # queries, which says nothing of these 5: not comparable (it would refuse an unchanged model), published.
+    qrels = data / "qrels" / "test.tsv"
+    kept = ("query-id", "q03", "q05", "q14", "q21", "q26")
+    qrels.write_text("".join(line for line in qrels.read_text().splitlines(True) if line.split("\t")[0] in kept))
+    shutil.rmtree(copy_c)
+    seventh = run()
+    assert seventh["published"] == 7, seventh["checks"]
+    description = gate(seventh)["description"]
+    assert description.startswith("not comparable: published version 6"), description
+    assert "no evaluation of it on these 5 queries" in description
 
 @pytest.mark.slow  # two Dagster runs
 def test_the_asset_rebuilds_an_earlier_releases_bm25_terms_and_says_so(tmp_path: Path) -> None:

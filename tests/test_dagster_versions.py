@@ -266,7 +266,7 @@ def test_gate_refuses_a_worse_version_and_readers_keep_the_published_one(tmp_pat
     table = markdown_table(EvalHistory(sandbox.history).records(collection=PARTITION))  # what eval-report shows
     hybrid = [row.split(" | ") for row in table.splitlines() if " | hybrid | " in row]
     assert [(row[3], row[4]) for row in hybrid] == [("1", "published"), ("2", "refused")], table
-    assert float(hybrid[0][5]) == pytest.approx(published_ndcg, abs=1e-4)  # the served figure, not the refused
+    assert float(hybrid[0][6]) == pytest.approx(published_ndcg, abs=1e-4)  # the served figure, not the refused
     _, run_id = materialized_at(sandbox, "published_index")
     assert run_id == first["run_id"]  # published_index did not run
     assert EdgeStore(tmp_path / "index", "gated").current_version() == 1

@@ -121,7 +121,7 @@ def test_eval_quality_check_lines_are_not_wrapped(workspace) -> None:
     _, _, full = workspace
     for name in ("hybrid_not_below_channels", "reranking_does_not_hurt"):
         (line,) = [line for line in full.splitlines() if line.startswith(name)]
-        assert re.search(r"\(diff [-+]\d\.\d{4}, 95% CI \[.*\], \d+ queries\): ", line), full
+        assert re.search(r"\(diff [-+]\d\.\d{4}, 95% CI \[.*\], p = [0-9.e-]+, \d+ queries[^)]*\): ", line), full
 
 
 def test_compare_labels_runs_by_file_name_and_rows_are_lines(workspace) -> None:
@@ -254,11 +254,11 @@ def test_eval_report_and_plot_keep_refused_versions_apart_from_the_served_figure
         history.append("bad", "test", "hybrid", {"ndcg@10": value}, context, when, source="dagster")
     assert history.mark_published("bad", "bad", 3) == 1 and history.mark_published("bad", "bad", 4) == 0
     table = report_module.markdown_table(history.records())
-    assert [row.split(" | ")[3:6] for row in table_rows(table)[2:]] == [
-        ["3", "published", "0.8125"],  # what readers are served
-        ["6", "refused", "0.4611"],  # the newer evaluation, of a version never served
+    assert [row.split(" | ")[3:7] for row in table_rows(table)[2:]] == [
+        ["3", "published", "?", "0.8125"],  # what readers are served (query count not recorded: ?)
+        ["6", "refused", "?", "0.4611"],  # the newer evaluation, of a version never served
     ], table
-    assert table.splitlines()[0].startswith("| collection | split | variant | version | state | nDCG@10 |")
+    assert table.splitlines()[0].startswith("| collection | split | variant | version | state | queries | nDCG@10 |")
 
     figures = []
     monkeypatch.setattr(report_module, "Figure", lambda *a, **k: figures.append(Figure(*a, **k)) or figures[-1])
@@ -280,7 +280,7 @@ def test_eval_report_keeps_other_search_settings_apart_from_the_published_figure
         history.append("samp", "test", "hybrid", {"ndcg@10": value}, context, when, source="cli")
     table = report_module.markdown_table(history.records())
     assert table.splitlines()[0].endswith("| nDCG@10 | last run (UTC) | search settings |"), table
-    assert [(row.split(" | ")[5], row.split(" | ")[-1]) for row in table_rows(table)[2:]] == [
+    assert [(row.split(" | ")[6], row.split(" | ")[-1]) for row in table_rows(table)[2:]] == [
         ("0.9453", "fusion=dbsf, rrf_k=1, zscore_fusion_above=None |"),  # an experiment, in a row of its own
         ("0.9215", "shipped |"),  # the published figure
     ], table
@@ -303,7 +303,7 @@ def test_eval_report_keeps_another_query_encoder_off_the_published_line(tmp_path
         when = (stamp + pd.Timedelta(hours=hours)).to_pydatetime()
         history.append("edge", "test", "hybrid", {"ndcg@10": value}, context, when, source="cli")
     table = report_module.markdown_table(history.records())
-    assert [(row.split(" | ")[5], row.split(" | ")[-1]) for row in table_rows(table)[2:]] == [
+    assert [(row.split(" | ")[6], row.split(" | ")[-1]) for row in table_rows(table)[2:]] == [
         ("0.7900", "query_model=models/edge/query-encoder |"),
         ("0.7000", "shipped |"),
     ], table

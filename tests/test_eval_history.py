@@ -8,7 +8,7 @@ import pytest
 from rich.console import Console
 
 from evals.history import EvalHistory
-from evals.report import markdown_table, metrics_table, plot_history
+from evals.report import markdown_table, metrics_table, plot_history, series_segments, with_scored
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -131,12 +131,12 @@ def test_markdown_table_shows_latest_values(tmp_path):
     table = markdown_table(_fill(tmp_path / "h.sqlite").records())
     lines = table.splitlines()
     assert lines[0] == (
-        "| collection | split | variant | version | state | nDCG@10 | Recall@100 | last run (UTC) | search settings |"
+        "| collection | split | variant | version | state | queries | nDCG@10 | Recall@100 | last run (UTC) "
+        "| search settings |"
     )
-    assert (
-        "| sample | test | hybrid | - | published | 0.7456 | 0.9500 | 2025-03-03 12:00 | shipped |" in lines
-    )  # no version
-    assert "| sample | test | bm25 | - | published | 0.6234 | 0.9000 | 2025-03-03 12:00 | shipped |" in lines
+    # no version, no query count: recorded before the history kept them
+    assert "| sample | test | hybrid | - | published | ? | 0.7456 | 0.9500 | 2025-03-03 12:00 | shipped |" in lines
+    assert "| sample | test | bm25 | - | published | ? | 0.6234 | 0.9000 | 2025-03-03 12:00 | shipped |" in lines
     assert "0.7312" not in table and "0.7000" not in table  # older values are not shown
 
 
@@ -179,3 +179,34 @@ def test_plot_labels_collections_in_any_script_without_glyph_warnings(tmp_path):
     assert len(labels) == 2  # told apart: drawn by an installed font that has the glyphs, else escaped
     if len(families) == 1:
         assert labels == {"\\u8a55\\u4fa1\\u30c7\\u30fc\\u30bf", "\\u8a55\\u4fa1\\u30c6\\u30b9\\u30c8"}
+
+
+def _scored_history(path):
+    """Version 1 evaluated on 100 queries, then on a 40-query subset (other qrels), the second time with part of
+    the judged documents missing; an older row before them recorded neither."""
+    history = EvalHistory(path)
+    history.append("sf", "test", "hybrid", {"ndcg@10": 0.80}, {"version": 1}, timestamp=T0, source="cli")
+    for day, (n, fingerprint, value, coverage) in enumerate(
+        [(100, "aaaa", 0.8168, None), (100, "aaaa", 0.8170, None), (40, "bbbb", 0.8410, 0.623)], start=1
+    ):
+        context = {"version": 1, "n_queries": n, "qrels_fingerprint": fingerprint}
+        context |= {"judged_coverage": coverage} if coverage else {}
+        when = T0 + timedelta(days=day)
+        history.append("sf", "test", "hybrid", {"ndcg@10": value}, context, timestamp=when, source="cli")
+    return history
+
+
+def test_the_table_says_how_many_queries_the_latest_figures_were_scored_on(tmp_path):
+    lines = markdown_table(_scored_history(tmp_path / "h.sqlite").records()).splitlines()
+    assert (
+        "| sf | test | hybrid | 1 | published | 40, judged found 62.3% | 0.8410 | 2025-03-04 12:00 | shipped |" in lines
+    )
+
+
+def test_the_plot_line_breaks_where_the_queries_or_qrels_change(tmp_path):
+    df = _scored_history(tmp_path / "h.sqlite").records()
+    rows = with_scored(df).sort_values("timestamp")
+    parts = series_segments(rows)
+    assert [p["value"].tolist() for p in parts] == [[0.80], [0.8168, 0.8170], [0.8410]]  # unknown, 100, 40 queries
+    assert [p["queries"].iloc[0] for p in parts] == ["?", "100", "40, judged found 62.3%"]
+    assert plot_history(df, tmp_path / "p.png").is_file()

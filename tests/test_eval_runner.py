@@ -19,6 +19,7 @@ from evals.runner import (
     deepen_runs,
     evaluate_collection,
     evaluate_variants,
+    judgements_fingerprint,
     retrieve_run,
 )
 from evals.runs import best_chunk_per_document
@@ -92,6 +93,25 @@ def test_summary_round_trip_and_history_rows(sample_report, tmp_path) -> None:
     md = markdown_table(report.frame(), metrics=["ndcg@10", LATENCY_P50]).splitlines()
     assert md[0] == "| collection | split | variant | nDCG@10 | latency_p50_ms | last run (UTC) |"
     assert len(md) == 2 + len(VARIANTS)
+
+
+def test_history_rows_say_which_queries_and_qrels_were_scored(sample_report) -> None:
+    """n_queries and a fingerprint of the judged queries' text and the qrels, so that the history never joins
+    figures scored on other queries or judgements (eval-report's plot and table, the publishing gate)."""
+    report, _ = sample_report
+    collection = sample_collection()
+    queries, qrels = collection.split_queries("test"), collection.qrels("test")
+    context = report.context()
+    assert context["n_queries"] == len(qrels) == 21
+    assert context["qrels_fingerprint"] == judgements_fingerprint(queries, qrels)
+    assert judgements_fingerprint({**queries, "unjudged": "not scored"}, qrels) == context["qrels_fingerprint"]
+    first = sorted(qrels)[0]
+    others = [
+        (queries, {q: j for q, j in qrels.items() if q != first}),  # a query dropped
+        (queries, {**qrels, first: {d: g + 1 for d, g in qrels[first].items()}}),  # regraded
+        ({**queries, first: queries[first] + " reworded"}, qrels),  # the query text edited
+    ]
+    assert len({context["qrels_fingerprint"], *(judgements_fingerprint(q, j) for q, j in others)}) == 4
 
 
 def test_a_hit_with_the_query_id_is_ignored(indexed_stack, tmp_path) -> None:

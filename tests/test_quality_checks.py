@@ -1,5 +1,6 @@
 """Does fusion, and does reranking, pay off? A loss counts only when it is larger than the tolerance and
-significant (its 95% bootstrap interval lies below 0): the evaluation asset's warnings and `hybrid-rag eval`."""
+significant (its 95% bootstrap interval lies below 0 and the randomization p-value is below 0.05): the evaluation
+asset's warnings and `hybrid-rag eval`."""
 
 import numpy as np
 import pytest
@@ -47,3 +48,28 @@ def test_the_report_checks_fusion_against_the_better_channel_and_reranking_again
     assert list(checks) == [CHANNELS_CHECK, RERANK_CHECK]
     assert checks[CHANNELS_CHECK].comparison.baseline == "sparse" and not checks[CHANNELS_CHECK].passed
     assert checks[RERANK_CHECK].comparison.baseline == "hybrid" and checks[RERANK_CHECK].passed
+
+
+def test_five_queries_are_too_few_for_a_significant_loss() -> None:
+    """Every one of 5 queries loses: the bootstrap interval lies below 0, but the exact randomization test cannot
+    go below 2/2**5 = 0.0625, so no loss is called significant, and the description says the set is too small."""
+    qids = [f"q{i}" for i in range(5)]
+    dense = {q: {"ndcg@10": v} for q, v in zip(qids, [0.9, 0.8, 0.7, 0.6, 0.5], strict=True)}
+    hybrid = {q: {"ndcg@10": v} for q, v in zip(qids, [0.5, 0.6, 0.6, 0.3, 0.45], strict=True)}
+    check = loss_check({"dense": dense, "sparse": dense, "hybrid": hybrid}, ("dense", "sparse"), "hybrid")
+    c = check.comparison
+    assert c.ci_high < 0 and c.p_randomization == pytest.approx(0.0625)
+    assert check.passed
+    assert "p = 0.0625" in check.description and "too few queries" in check.description
+    assert check.description.endswith("lower, but not significantly")
+
+
+def test_a_loss_the_randomization_test_does_not_confirm_is_not_significant() -> None:
+    """40 queries, 36 ties and 4 large losses: the bootstrap interval lies below 0 but the sign-flip test gives
+    p = 2/2**4 = 0.125: the check trusts neither alone."""
+    hybrid = BASE.copy()
+    hybrid[:4] -= 0.3
+    per_variant = {"dense": _per_query(BASE), "sparse": _per_query(BASE), "hybrid": _per_query(hybrid)}
+    check = loss_check(per_variant, ("dense", "sparse"), "hybrid")
+    assert check.comparison.ci_high < 0 and check.comparison.p_randomization == pytest.approx(0.125, abs=0.02)
+    assert check.passed and "too few queries" in check.description
