@@ -308,6 +308,41 @@ def delete(
         console.print(label(f"not in {settings.collection!r}:", "yellow"), ", ".join(report.missing), soft_wrap=True)
 
 
+@app.command()
+def drop(
+    collection: Annotated[str, typer.Argument(help="The collection to remove with everything in it")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation")] = False,
+) -> None:
+    """Remove a collection for good: every version (published or staged), readers' pointer or alias, and its models
+    (adapted query encoder, tuned reranker, the copies a restore set aside); asks first unless --yes. Snapshots stay."""
+    import glob
+    import shutil
+
+    from retrieval.settings import redact_url
+    from retrieval.store import StoreError, open_store
+
+    settings = _settings(collection=collection)
+    where = redact_url(settings.qdrant_url) or str(settings.qdrant_path)
+    models = settings.collection_models_dir()
+    aside = sorted(models.parent.glob(f"{glob.escape(models.name)}.before-restore-*"))
+    model_dirs = [d for d in (models, *aside) if d.is_dir()]
+    store = open_store(settings)
+    try:
+        if not store.exists():
+            raise StoreError(f"no collection {settings.collection!r} at {where} (hybrid-rag collections lists them)")
+        if not yes:
+            extra = f" and its models ({', '.join(map(str, model_dirs))})" if model_dirs else ""
+            typer.confirm(f"Remove collection {settings.collection!r} at {where}{extra} for good?", abort=True)
+        with store.write_lock():
+            dropped = store.drop()
+    finally:
+        store.close()
+    console.print(f"dropped {settings.collection!r} at {where}: {', '.join(dropped) or 'no version'}", soft_wrap=True)
+    for folder in model_dirs:
+        shutil.rmtree(folder)
+        console.print(f"removed {folder}", soft_wrap=True)
+
+
 def _encoding_summary(encoding: dict[str, Any] | None) -> str | None:
     """A collection's recorded encoding settings in a few words (``chunks 256/32, bm25 1.2/0.75/256``)."""
     if encoding is None:
