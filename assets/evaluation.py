@@ -43,7 +43,7 @@ from assets.corpora import CorpusConfig, CorpusUnavailableError
 from assets.failures import fails_clearly
 from assets.index import StagedVersion, qdrant_index, replaced, staged_version
 from assets.ingest import GROUP
-from assets.meta import md_table
+from assets.meta import PREVIEWS_OFF, md_table
 from assets.partitions import corpus_check, corpus_partitions
 from assets.resources import CorporaResource, EvalHistoryResource, RetrievalResource
 from evals.compare import LossCheck
@@ -108,7 +108,9 @@ class EvaluationConfig(dg.Config):
         description=f"Largest tolerated drop of {WATCHED_VARIANT} {WATCHED_METRIC} of the staged version against "
         "the published one; a larger drop keeps readers on the published version",
     )
-    sample_queries: int = Field(default=3, description="Queries shown with their top hits per variant")
+    sample_queries: int = Field(
+        default=3, description="Queries shown with their top hits per variant (none: previews: false in corpora file)"
+    )
     version: str | None = Field(
         default=None,
         description="Kept for runs made by releases before the evaluate job's tag: 'published' scores the published "
@@ -248,6 +250,8 @@ def retrieval_evaluation(
         if key is not None:
             metadata[EVALUATION_KEY] = key
             _save_per_query(history, corpus.name, split, key, report)
+    if not corpus.previews:  # also over an unchanged evaluation's copy of an earlier materialization's
+        metadata["sample_queries"] = PREVIEWS_OFF
     quality = report.quality_checks(config.quality_tolerance)
     gate = None
     if _selected(context, NDCG_CHECK):
