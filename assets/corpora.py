@@ -168,10 +168,17 @@ def _refuse_shared(file: Path, corpora: dict[str, CorpusConfig], what: str, key:
         seen[value] = corpus.name
 
 
+def check_corpus_name(name: str, where: str | None = None) -> str:
+    """``name`` when a corpus may have it, else :class:`CorpusConfigError` (``where``: the message's start)."""
+    if not _NAME.match(name):
+        where = where or f"corpus {name!r}"
+        raise CorpusConfigError(f"{where}: names may hold letters, digits, '_', '.', '-' (at most 63)")
+    return name
+
+
 def _parse_corpus(file: Path, name: str, spec: Any) -> CorpusConfig:
     where = f"{file}: corpus {name!r}"
-    if not _NAME.match(name):
-        raise CorpusConfigError(f"{where}: names may hold letters, digits, '_', '.', '-' (at most 63)")
+    check_corpus_name(name, where)
     if not isinstance(spec, dict):
         raise CorpusConfigError(f"{where}: expected a mapping")
     unknown = set(spec) - _KEYS

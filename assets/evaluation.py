@@ -490,8 +490,16 @@ def reports_dir(history: EvalHistory) -> Path:
     return history.path.resolve().parent / "reports"
 
 
+PLOT_SUFFIX, PER_QUERY_SUFFIX = "ndcg_at_10.png", "per_query.json"
+
+
 def _report_file(history: EvalHistory, corpus: str, split: str, suffix: str) -> Path:
     return reports_dir(history) / f"{re.sub(r'[^A-Za-z0-9_.-]+', '-', f'{corpus}-{split}')}-{suffix}"
+
+
+def report_files(history: EvalHistory, corpus: str, split: str) -> list[Path]:
+    """The files the evaluation asset writes for ``corpus`` and ``split`` under :func:`reports_dir` (present or not)."""
+    return [_report_file(history, corpus, split, suffix) for suffix in (PLOT_SUFFIX, PER_QUERY_SUFFIX)]
 
 
 def ndcg_chart(history: EvalHistory, corpus: str, split: str, redraw: bool = True) -> Path | None:
@@ -499,7 +507,7 @@ def ndcg_chart(history: EvalHistory, corpus: str, split: str, redraw: bool = Tru
     :func:`reports_dir` (overwritten; ``redraw=False``: only drawn when missing); None before any evaluation."""
     from evals.report import plot_history
 
-    out = _report_file(history, corpus, split, "ndcg_at_10.png")
+    out = _report_file(history, corpus, split, PLOT_SUFFIX)
     if out.is_file() and not redraw:
         return out
     df = history.records(collection=corpus, source="dagster")
@@ -549,7 +557,7 @@ def evaluation_key(
 
 def _save_per_query(history: EvalHistory, corpus: str, split: str, key: str, report: EvalReport) -> None:
     """Keep the per-query nDCG@10 of ``report`` (what the quality checks compare) for an unchanged next run."""
-    out = _report_file(history, corpus, split, "per_query.json")
+    out = _report_file(history, corpus, split, PER_QUERY_SUFFIX)
     out.parent.mkdir(parents=True, exist_ok=True)
     values = {n: {q: v[WATCHED_METRIC] for q, v in r.per_query.items()} for n, r in report.variants.items()}
     tmp = out.with_name(f".{out.name}.tmp")
@@ -574,7 +582,7 @@ def _previous_evaluation(
     if not _recorded(history, report):  # a new, emptied or other history: it must get this evaluation's rows
         return None
     try:
-        saved = json.loads(_report_file(history, corpus, split, "per_query.json").read_text())
+        saved = json.loads(_report_file(history, corpus, split, PER_QUERY_SUFFIX).read_text())
         per_query = saved[WATCHED_METRIC] if saved[EVALUATION_KEY] == key else {}
     except (OSError, ValueError, KeyError, TypeError):  # gone, damaged: evaluate again
         return None

@@ -311,6 +311,14 @@ def delete(
 @app.command()
 def drop(
     collection: Annotated[str, typer.Argument(help="The collection to remove with everything in it")],
+    corpus: Annotated[
+        str | None,
+        typer.Option(
+            help="Also remove this Dagster corpus' asset tables, evaluation reports and evaluation history rows "
+            "(its runs in the Dagster instance stay: see README)"
+        ),
+    ] = None,
+    history: HistoryOpt = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation")] = False,
 ) -> None:
     """Remove a collection for good: every version (published or staged), readers' pointer or alias, and its models
@@ -326,21 +334,48 @@ def drop(
     models = settings.collection_models_dir()
     aside = sorted(models.parent.glob(f"{glob.escape(models.name)}.before-restore-*"))
     model_dirs = [d for d in (models, *aside) if d.is_dir()]
+    leftovers = None
+    if corpus is not None:
+        from evals.history import default_history_path
+        from orchestration.forget import check_removable, find_leftovers
+
+        check_removable(corpus, settings.collection)
+        leftovers = find_leftovers(corpus, history or default_history_path())
     store = open_store(settings)
     try:
-        if not store.exists():
+        exists = store.exists()
+        if not exists and leftovers is None:
             raise StoreError(f"no collection {settings.collection!r} at {where} (hybrid-rag collections lists them)")
         if not yes:
-            extra = f" and its models ({', '.join(map(str, model_dirs))})" if model_dirs else ""
-            typer.confirm(f"Remove collection {settings.collection!r} at {where}{extra} for good?", abort=True)
-        with store.write_lock():
-            dropped = store.drop()
+            what = [f"collection {settings.collection!r} at {where}"] if exists else []
+            what += [f"its models ({', '.join(map(str, model_dirs))})"] if model_dirs else []
+            if leftovers is not None:
+                found = leftovers
+                what.append(
+                    f"corpus {corpus!r}: {len(found.tables)} asset tables, {len(found.reports)} reports, "
+                    f"{found.history_rows} evaluation history rows"
+                )
+            typer.confirm(f"Remove {'; '.join(what)} for good?", abort=True)
+        if exists:
+            with store.write_lock():
+                dropped = store.drop()
+            console.print(
+                f"dropped {settings.collection!r} at {where}: {', '.join(dropped) or 'its pointer'}", soft_wrap=True
+            )
+        else:
+            console.print(f"no collection {settings.collection!r} at {where}", soft_wrap=True)
     finally:
         store.close()
-    console.print(f"dropped {settings.collection!r} at {where}: {', '.join(dropped) or 'no version'}", soft_wrap=True)
     for folder in model_dirs:
         shutil.rmtree(folder)
         console.print(f"removed {folder}", soft_wrap=True)
+    if leftovers is not None:
+        from orchestration.forget import remove_leftovers
+
+        remove_leftovers(leftovers)
+        for path in [*leftovers.tables, *leftovers.reports]:
+            console.print(f"removed {path}", soft_wrap=True)
+        console.print(f"corpus {corpus!r}: {leftovers.history_rows} evaluation history rows deleted", soft_wrap=True)
 
 
 def _encoding_summary(encoding: dict[str, Any] | None) -> str | None:

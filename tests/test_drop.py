@@ -9,12 +9,16 @@ import pytest
 from qdrant_client import models as qm
 from typer.testing import CliRunner
 
+from assets.evaluation import report_files
+from evals.history import EvalHistory
 from orchestration.cli import app
 from retrieval import RetrievalStack
 from retrieval.store import collection_names, connect
 from tests.conftest import TINY_DOCS
 from tests.test_reliability_versions import NEW_DOCS, settings_for
 from tests.test_server_path import aliases, foreign_collection
+
+MARKER = "ZEBRA-SECRET-4711"
 
 
 def settings_of(backend: str, root: Path, collection: str):
@@ -110,3 +114,41 @@ def test_drop_refuses_a_server_collection_or_alias_hybrid_rag_did_not_make(forei
     code, out = drop("server", "test", "--yes")
     assert code == 2 and "hybrid-rag did not create" in out
     assert physical("server", tmp_path) == before
+
+
+def test_drop_corpus_removes_its_asset_tables_reports_and_history_rows_only(
+    tmp_path, drop, monkeypatch, dense_encoder, sparse_encoder
+):
+    """``--corpus``: what hybrid-rag wrote of a Dagster corpus beside its collection goes too; another corpus' stays."""
+    build("edge", tmp_path, dense_encoder, sparse_encoder)
+    assets, history_path = tmp_path / "assets", tmp_path / "history" / "evals.sqlite"
+    corpora = tmp_path / "corpora.yaml"
+    corpora.write_text("corpora:\n  other: {source: other, format: dir}\n")  # 'notes' was removed from it
+    for key, value in (("ASSETS_DIR", assets), ("HISTORY_PATH", history_path), ("CORPORA_FILE", corpora)):
+        monkeypatch.setenv(f"HYBRID_RAG_{key}", str(value))
+    history = EvalHistory(history_path)
+    files = []
+    for corpus in ("notes", "notes-old", "other"):
+        for asset in ("raw_documents", "chunks"):
+            files.append(assets / asset / f"{corpus}.parquet")
+        history.append(corpus, "test", "hybrid", {"ndcg@10": 0.5}, source="dagster")
+        files += report_files(history, corpus, "test")
+    for path in files:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(MARKER)
+
+    code, out = drop("edge", "test", "--corpus", "other", "--yes")  # configured for another collection
+    assert code == 2 and "corpus 'other' indexes collection 'other', not 'test'" in out
+    assert all(p.exists() for p in files) and physical("edge", tmp_path) >= {"test__v1"}
+
+    code, out = drop("edge", "test", "--corpus", "notes", "--yes")
+    assert code == 0, out
+    assert "1 evaluation history rows deleted" in out
+    assert sorted(str(p.relative_to(tmp_path)) for p in files if not p.exists()) == sorted(
+        str(p.relative_to(tmp_path)) for p in files if p.name.startswith("notes-test") or p.name == "notes.parquet"
+    )
+    assert set(history.records()["collection"]) == {"notes-old", "other"}
+    assert not {n for n in physical("edge", tmp_path) if n.startswith("test")}
+
+    code, out = drop("edge", "test", "--corpus", "notes", "--yes")  # again: nothing left, and no error
+    assert code == 0 and "no collection 'test'" in out and "0 evaluation history rows" in out
