@@ -357,8 +357,7 @@ def drop(
                 )
             typer.confirm(f"Remove {'; '.join(what)} for good?", abort=True)
         if exists:
-            with store.write_lock():
-                dropped = store.drop()
+            dropped = store.drop()  # under the write lock
             console.print(
                 f"dropped {settings.collection!r} at {where}: {', '.join(dropped) or 'its pointer'}", soft_wrap=True
             )

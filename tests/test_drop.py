@@ -3,6 +3,7 @@ models) after a confirmation, on both backends; refuses a name hybrid-rag did no
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from assets.evaluation import report_files
 from evals.history import EvalHistory
 from orchestration.cli import app
 from retrieval import RetrievalStack
-from retrieval.store import collection_names, connect
+from retrieval.store import EdgeStore, StoreError, collection_names, connect
 from tests.conftest import TINY_DOCS
 from tests.test_reliability_versions import NEW_DOCS, settings_for
 from tests.test_server_path import aliases, foreign_collection
@@ -152,3 +153,28 @@ def test_drop_corpus_removes_its_asset_tables_reports_and_history_rows_only(
 
     code, out = drop("edge", "test", "--corpus", "notes", "--yes")  # again: nothing left, and no error
     assert code == 0 and "no collection 'test'" in out and "0 evaluation history rows" in out
+
+
+def test_drop_waits_for_a_writer_and_gives_up_clearly(tmp_path, dense_encoder, sparse_encoder):
+    """A drop is a write: while another writer holds the collection it waits, then fails, dropping nothing."""
+    build("edge", tmp_path, dense_encoder, sparse_encoder)
+    store = EdgeStore(tmp_path / "index", "test", lock_timeout_s=0.5)
+    held, release = threading.Event(), threading.Event()
+
+    def writer() -> None:
+        with EdgeStore(tmp_path / "index", "test").write_lock():
+            held.set()
+            release.wait(30)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    held.wait(30)
+    try:
+        with pytest.raises(StoreError, match="is being written"):
+            store.drop()
+        assert {"test__v1", "test__v2", "test.current.json"} <= physical("edge", tmp_path)
+    finally:
+        release.set()
+        thread.join()
+    assert store.drop() == ["test__v1", "test__v2"]
+    assert not {n for n in physical("edge", tmp_path) if n.startswith("test")}

@@ -645,8 +645,8 @@ class QdrantStore(ABC):
     @abstractmethod
     def drop(self) -> list[str]:
         """Delete the collection (every version, published or staged, and the pointer or alias readers reach it
-        by) and everything in it; a pinned store drops its version only. Returns the physical collections dropped.
-        A collection named so that hybrid-rag did not make is refused (:class:`StoreError`), nothing changed."""
+        by) and everything in it, under :meth:`write_lock`; a pinned store drops its version only. Returns the physical
+        collections dropped. A name that reaches what hybrid-rag did not make is refused (:class:`StoreError`)."""
 
     @abstractmethod
     def close(self) -> None: ...

@@ -1008,7 +1008,16 @@ class EdgeStore(QdrantStore):
             self._close_unlocked()
 
     def drop(self) -> list[str]:
-        """A version another process still has open is deleted when it lets go of it (see :func:`_discard`)."""
+        """Under the write lock (the whole collection); a version another process still has open is deleted when it
+        lets go of it (see :func:`_discard`)."""
+        if self.version is None:
+            if not self.exists():  # nothing to drop: no lock file made for it either
+                return []
+            with self.write_lock():
+                return self._drop()
+        return self._drop()
+
+    def _drop(self) -> list[str]:
         with self._lock:
             self._close_unlocked()
         versions = [self.version] if self.version is not None else self._versions()  # refuses foreign folders

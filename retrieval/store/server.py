@@ -527,6 +527,10 @@ class ServerStore(QdrantStore):
                 return []
             self._call("delete_collection", self.client.delete_collection, self.name)
             return [self.name]
+        with self.write_lock():
+            return self._drop_collection()
+
+    def _drop_collection(self) -> list[str]:
         aliased = self._refuse_foreign_name()
         if aliased is not None:
             delete = qm.DeleteAliasOperation(delete_alias=qm.DeleteAlias(alias_name=self.collection))
