@@ -14,6 +14,8 @@ from assets import chunks, raw_documents
 from assets.corpora import CorpusConfigError, load_corpora
 from assets.meta import PREVIEWS_OFF
 from assets.resources import CorporaResource
+from evals.collections import sample_collection
+from orchestration.main_job import run_main_job
 from tests.test_dagster_pipeline import Sandbox
 from tests.test_dagster_versions import PARTITION, corpus_copy
 
@@ -68,3 +70,23 @@ def test_previews_must_be_a_yaml_boolean(tmp_path: Path) -> None:
         load_corpora(path)
     path.write_text("corpora:\n  kb: {source: kb, format: dir, previews: false}\n  kc: {source: kc, format: dir}\n")
     assert [c.previews for c in load_corpora(path).corpora.values()] == [False, True]
+
+
+@pytest.mark.slow  # a whole main job run
+def test_previews_false_keeps_query_text_and_hit_ids_of_the_evaluation_out_too(tmp_path: Path) -> None:
+    """The evaluation's ``sample_queries`` (query text, the ids of their hits) follows the same switch."""
+    sandbox = Sandbox(tmp_path)
+    data, corpora = corpus_copy(tmp_path, "private")
+    corpora.write_text(corpora.read_text() + "    previews: false\n")
+    sample = sample_collection()
+    qrels = sample.qrels("test")
+    first = sorted(qrels)[0]  # the first query sample_queries would show, and a document it finds
+    query, hit = sample.split_queries("test")[first], next(iter(qrels[first]))
+    summary = run_main_job(
+        PARTITION, dagster_home=sandbox.home, resources=sandbox.resources(corpora=CorporaResource(path=str(corpora)))
+    )
+    assert summary["metrics"]["hybrid"]["ndcg@10"] > 0.5  # evaluated
+    evaluation = sandbox.metadata("retrieval_evaluation")
+    assert evaluation["sample_queries"] == PREVIEWS_OFF.value and evaluation["queries"] > 0
+    assert event_log_mentions(sandbox.home, query) == []
+    assert event_log_mentions(sandbox.home, f"| {hit}") == []  # not a table cell: no preview nor sample row
