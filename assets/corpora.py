@@ -32,7 +32,7 @@ CORPORA_FILE_NAME = "corpora.yaml"  # looked for in the working directory
 BUILTIN_CORPORA_FILE = Path(__file__).resolve().with_name("default_corpora.yaml")  # package data: the sample
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _NOT_IN_DAGSTER_NAMES = re.compile(r"[^A-Za-z0-9_]")  # Dagster names (sensors, jobs) hold [A-Za-z0-9_] only
-_KEYS = {"source", "format", "qrels", "split", "collection", "on_bad_input", "watch"}
+_KEYS = {"source", "format", "qrels", "split", "collection", "on_bad_input", "watch", "previews"}
 
 
 class CorpusConfigError(HybridRagError, ValueError):
@@ -62,6 +62,7 @@ class CorpusConfig:
     split: str = "test"
     on_bad_input: BadInputPolicy | None = None
     watch: bool = False
+    previews: bool = True  # False: no document or query text, title or id in the runs' metadata (the event log)
 
     @property
     def has_qrels(self) -> bool:
@@ -167,10 +168,17 @@ def _refuse_shared(file: Path, corpora: dict[str, CorpusConfig], what: str, key:
         seen[value] = corpus.name
 
 
+def check_corpus_name(name: str, where: str | None = None) -> str:
+    """``name`` when a corpus may have it, else :class:`CorpusConfigError` (``where``: the message's start)."""
+    if not _NAME.match(name):
+        where = where or f"corpus {name!r}"
+        raise CorpusConfigError(f"{where}: names may hold letters, digits, '_', '.', '-' (at most 63)")
+    return name
+
+
 def _parse_corpus(file: Path, name: str, spec: Any) -> CorpusConfig:
     where = f"{file}: corpus {name!r}"
-    if not _NAME.match(name):
-        raise CorpusConfigError(f"{where}: names may hold letters, digits, '_', '.', '-' (at most 63)")
+    check_corpus_name(name, where)
     if not isinstance(spec, dict):
         raise CorpusConfigError(f"{where}: expected a mapping")
     unknown = set(spec) - _KEYS
@@ -187,9 +195,10 @@ def _parse_corpus(file: Path, name: str, spec: Any) -> CorpusConfig:
         policy = BadInputPolicy(spec["on_bad_input"]) if spec.get("on_bad_input") else None
     except ValueError as exc:
         raise CorpusConfigError(f"{where}: {exc}") from exc
-    watch = spec.get("watch", False)
-    if not isinstance(watch, bool):
-        raise CorpusConfigError(f"{where}: 'watch' must be true or false (unquoted), got {watch!r}")
+    watch, previews = spec.get("watch", False), spec.get("previews", True)
+    for key, value in (("watch", watch), ("previews", previews)):
+        if not isinstance(value, bool):
+            raise CorpusConfigError(f"{where}: {key!r} must be true or false (unquoted), got {value!r}")
     collection = str(spec.get("collection") or name)
     if not _NAME.match(collection):
         raise CorpusConfigError(f"{where}: invalid collection name {collection!r}")
@@ -202,6 +211,7 @@ def _parse_corpus(file: Path, name: str, spec: Any) -> CorpusConfig:
         split=str(spec.get("split") or "test"),
         on_bad_input=policy,
         watch=watch,
+        previews=previews,
     )
 
 

@@ -45,7 +45,7 @@ from assets.corpora import CorpusConfig, CorpusUnavailableError
 from assets.failures import fails_clearly
 from assets.index import StagedVersion, qdrant_index, replaced, staged_version
 from assets.ingest import GROUP
-from assets.meta import md_table
+from assets.meta import PREVIEWS_OFF, md_table
 from assets.partitions import corpus_check, corpus_partitions
 from assets.resources import CorporaResource, EvalHistoryResource, RetrievalResource
 from evals.compare import LossCheck
@@ -111,7 +111,9 @@ class EvaluationConfig(dg.Config):
         description=f"Largest tolerated drop of {WATCHED_VARIANT} {WATCHED_METRIC} of the staged version against "
         "the published one; a larger drop keeps readers on the published version",
     )
-    sample_queries: int = Field(default=3, description="Queries shown with their top hits per variant")
+    sample_queries: int = Field(
+        default=3, description="Queries shown with their top hits per variant (none: previews: false in corpora file)"
+    )
     version: str | None = Field(
         default=None,
         description="Kept for runs made by releases before the evaluate job's tag: 'published' scores the published "
@@ -251,6 +253,8 @@ def retrieval_evaluation(
         if key is not None:
             metadata[EVALUATION_KEY] = key
             _save_per_query(history, corpus.name, split, key, report)
+    if not corpus.previews:  # also over an unchanged evaluation's copy of an earlier materialization's
+        metadata["sample_queries"] = PREVIEWS_OFF
     quality = report.quality_checks(config.quality_tolerance)
     gate = None
     if _selected(context, NDCG_CHECK):
@@ -497,8 +501,16 @@ def reports_dir(history: EvalHistory) -> Path:
     return history.path.resolve().parent / "reports"
 
 
+PLOT_SUFFIX, PER_QUERY_SUFFIX = "ndcg_at_10.png", "per_query.json"
+
+
 def _report_file(history: EvalHistory, corpus: str, split: str, suffix: str) -> Path:
     return reports_dir(history) / f"{re.sub(r'[^A-Za-z0-9_.-]+', '-', f'{corpus}-{split}')}-{suffix}"
+
+
+def report_files(history: EvalHistory, corpus: str, split: str) -> list[Path]:
+    """The files the evaluation asset writes for ``corpus`` and ``split`` under :func:`reports_dir` (present or not)."""
+    return [_report_file(history, corpus, split, suffix) for suffix in (PLOT_SUFFIX, PER_QUERY_SUFFIX)]
 
 
 def ndcg_chart(history: EvalHistory, corpus: str, split: str, redraw: bool = True) -> Path | None:
@@ -506,7 +518,7 @@ def ndcg_chart(history: EvalHistory, corpus: str, split: str, redraw: bool = Tru
     :func:`reports_dir` (overwritten; ``redraw=False``: only drawn when missing); None before any evaluation."""
     from evals.report import plot_history
 
-    out = _report_file(history, corpus, split, "ndcg_at_10.png")
+    out = _report_file(history, corpus, split, PLOT_SUFFIX)
     if out.is_file() and not redraw:
         return out
     df = history.records(collection=corpus, source="dagster")
@@ -556,7 +568,7 @@ def evaluation_key(
 
 def _save_per_query(history: EvalHistory, corpus: str, split: str, key: str, report: EvalReport) -> None:
     """Keep the per-query nDCG@10 of ``report`` (what the quality checks compare) for an unchanged next run."""
-    out = _report_file(history, corpus, split, "per_query.json")
+    out = _report_file(history, corpus, split, PER_QUERY_SUFFIX)
     out.parent.mkdir(parents=True, exist_ok=True)
     values = {n: {q: v[WATCHED_METRIC] for q, v in r.per_query.items()} for n, r in report.variants.items()}
     tmp = out.with_name(f".{out.name}.tmp")
@@ -581,7 +593,7 @@ def _previous_evaluation(
     if not _recorded(history, report):  # a new, emptied or other history: it must get this evaluation's rows
         return None
     try:
-        saved = json.loads(_report_file(history, corpus, split, "per_query.json").read_text())
+        saved = json.loads(_report_file(history, corpus, split, PER_QUERY_SUFFIX).read_text())
         per_query = saved[WATCHED_METRIC] if saved[EVALUATION_KEY] == key else {}
     except (OSError, ValueError, KeyError, TypeError):  # gone, damaged: evaluate again
         return None

@@ -69,7 +69,7 @@ def raw_documents(
             "bad_input_policy": policy.value,
             "text_chars": dg.MetadataValue.int(sum(len(d.text) for d in docs)),
             "duration_s": dg.MetadataValue.float(round(seconds, 3)),
-            "preview": preview(table, ["doc_id", "title", "text"]),
+            "preview": preview(table, ["doc_id", "title", "text"], shown=corpus.previews),
         },
     )
 
@@ -133,7 +133,7 @@ def chunks(
             "tokenizer": tokenizer_model,
             "chunks_per_s": dg.MetadataValue.float(rate(rows, seconds)),
             "duration_s": dg.MetadataValue.float(round(seconds, 3)),
-            "preview": preview(table, ["chunk_id", "doc_id", "chunk_index", "text"]),
+            "preview": preview(table, ["chunk_id", "doc_id", "chunk_index", "text"], shown=corpus.previews),
         },
     )
 

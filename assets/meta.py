@@ -24,8 +24,13 @@ def md_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
-def preview(table: pa.Table, columns: Sequence[str], n: int = 5) -> dg.MetadataValue:
-    """The first ``n`` rows of ``columns`` as a markdown table."""
+PREVIEWS_OFF = dg.MetadataValue.md("off for this corpus (previews: false in the corpora file)")
+
+
+def preview(table: pa.Table, columns: Sequence[str], n: int = 5, *, shown: bool = True) -> dg.MetadataValue:
+    """The first ``n`` rows of ``columns`` as a markdown table (``shown`` False: :data:`PREVIEWS_OFF`)."""
+    if not shown:
+        return PREVIEWS_OFF
     head = table.select(list(columns)).slice(0, n).to_pylist()
     return dg.MetadataValue.md(md_table(columns, ([r[c] for c in columns] for r in head)))
 

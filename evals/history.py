@@ -7,7 +7,8 @@ transaction, so several processes can append concurrently. A file written before
 the column on first open: its rows with a Dagster run id in their context become ``"dagster"``, the others
 ``"cli"`` (the only two writers then).
 
-The CLI and the Dagster resource both default to :func:`default_history_path`.
+The CLI and the Dagster resource both default to :func:`default_history_path`. Rows are only ever appended, except
+by :meth:`EvalHistory.forget` (``hybrid-rag drop --corpus``).
 """
 
 from __future__ import annotations
@@ -130,6 +131,16 @@ class EvalHistory:
                 "AND json_extract(context, '$.gate') = 'passed'",
                 (collection, qdrant_collection, version),
             ).rowcount
+
+    def forget(self, collection: str) -> int:
+        """Delete every row of ``collection`` (a corpus removed for good), then compact the file so that they do not
+        stay readable in its free pages; returns the rows deleted."""
+        with self._connect() as conn:
+            deleted = conn.execute("DELETE FROM evals WHERE collection = ?", (collection,)).rowcount
+        if deleted:
+            with self._connect() as conn:
+                conn.execute("VACUUM")
+        return deleted
 
     def records(
         self, collection: str | None = None, variant: str | None = None, source: str | None = None

@@ -370,6 +370,75 @@ def delete(
         console.print(label(f"not in {settings.collection!r}:", "yellow"), ", ".join(report.missing), soft_wrap=True)
 
 
+@app.command()
+def drop(
+    collection: Annotated[str, typer.Argument(help="The collection to remove with everything in it")],
+    corpus: Annotated[
+        str | None,
+        typer.Option(
+            help="Also remove this Dagster corpus' asset tables, evaluation reports and evaluation history rows "
+            "(its runs in the Dagster instance stay: see README)"
+        ),
+    ] = None,
+    history: HistoryOpt = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation")] = False,
+) -> None:
+    """Remove a collection for good: every version (published or staged), readers' pointer or alias, and its models
+    (adapted query encoder, tuned reranker, the copies a restore set aside); asks first unless --yes. Snapshots stay."""
+    import glob
+    import shutil
+
+    from retrieval.settings import redact_url
+    from retrieval.store import StoreError, open_store
+
+    settings = _settings(collection=collection)
+    where = redact_url(settings.qdrant_url) or str(settings.qdrant_path)
+    models = settings.collection_models_dir()
+    aside = sorted(models.parent.glob(f"{glob.escape(models.name)}.before-restore-*"))
+    model_dirs = [d for d in (models, *aside) if d.is_dir()]
+    leftovers = None
+    if corpus is not None:
+        from evals.history import default_history_path
+        from orchestration.forget import check_removable, find_leftovers
+
+        check_removable(corpus, settings.collection)
+        leftovers = find_leftovers(corpus, history or default_history_path())
+    store = open_store(settings)
+    try:
+        exists = store.exists()
+        if not exists and leftovers is None:
+            raise StoreError(f"no collection {settings.collection!r} at {where} (hybrid-rag collections lists them)")
+        if not yes:
+            what = [f"collection {settings.collection!r} at {where}"] if exists else []
+            what += [f"its models ({', '.join(map(str, model_dirs))})"] if model_dirs else []
+            if leftovers is not None:
+                found = leftovers
+                what.append(
+                    f"corpus {corpus!r}: {len(found.tables)} asset tables, {len(found.reports)} reports, "
+                    f"{found.history_rows} evaluation history rows"
+                )
+            typer.confirm(f"Remove {'; '.join(what)} for good?", abort=True)
+        if exists:
+            dropped = store.drop()  # under the write lock
+            console.print(
+                f"dropped {settings.collection!r} at {where}: {', '.join(dropped) or 'its pointer'}", soft_wrap=True
+            )
+        else:
+            console.print(f"no collection {settings.collection!r} at {where}", soft_wrap=True)
+    finally:
+        store.close()
+    for folder in model_dirs:
+        shutil.rmtree(folder)
+        console.print(f"removed {folder}", soft_wrap=True)
+    if leftovers is not None:
+        from orchestration.forget import remove_leftovers
+
+        remove_leftovers(leftovers)
+        for path in [*leftovers.tables, *leftovers.reports]:
+            console.print(f"removed {path}", soft_wrap=True)
+        console.print(f"corpus {corpus!r}: {leftovers.history_rows} evaluation history rows deleted", soft_wrap=True)
+
+
 def _encoding_summary(encoding: dict[str, Any] | None) -> str | None:
     """A collection's recorded encoding settings in a few words (``chunks 256/32, bm25 1.2/0.75/256``)."""
     if encoding is None:

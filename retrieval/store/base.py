@@ -386,6 +386,11 @@ class QdrantStore(ABC):
                 log.info("version %d of %r misses a write into the live collection: stale", v, self.collection)
                 self._set_stage_info(v, {**info, "stale": True})
 
+    def exists(self) -> bool:
+        """Whether any version of the collection is here, published or staged (a lost pointer's too); a folder or
+        collection named like it that hybrid-rag did not make is refused (:class:`StoreError`)."""
+        return bool(self._versions())
+
     def intact_versions(self) -> list[int]:
         """The versions that are, or were, published (not a failed write's or a refused one's staged copy): a
         version made before staging records existed, or by a restore, a published one, or a copy of a published
@@ -674,8 +679,10 @@ class QdrantStore(ABC):
         """Make every write durable (a no-op where the backend does it per request)."""
 
     @abstractmethod
-    def drop(self) -> None:
-        """Delete the collection (every version) and everything in it; a pinned store drops its version only."""
+    def drop(self) -> list[str]:
+        """Delete the collection (every version, published or staged, and the pointer or alias readers reach it
+        by) and everything in it, under :meth:`write_lock`; a pinned store drops its version only. Returns the physical
+        collections dropped. A name that reaches what hybrid-rag did not make is refused (:class:`StoreError`)."""
 
     @abstractmethod
     def close(self) -> None: ...

@@ -770,6 +770,9 @@ class EdgeStore(QdrantStore):
                 f"changed; use another collection name, or move that folder out of {self.root}"
             )
 
+    def exists(self) -> bool:
+        return self.pointer.exists() or super().exists()
+
     def _pinned(self, version: int) -> EdgeStore:
         return EdgeStore(self.root, self.collection, version=version, lock_timeout_s=self.lock_timeout_s)
 
@@ -1018,17 +1021,31 @@ class EdgeStore(QdrantStore):
             self._closed = True
             self._close_unlocked()
 
-    def drop(self) -> None:
+    def drop(self) -> list[str]:
+        """Under the write lock (the whole collection); a version another process still has open is deleted when it
+        lets go of it (see :func:`_discard`)."""
+        if self.version is None:
+            if not self.exists():  # nothing to drop: no lock file made for it either
+                return []
+            with self.write_lock():
+                return self._drop()
+        return self._drop()
+
+    def _drop(self) -> list[str]:
         with self._lock:
             self._close_unlocked()
-        versions = [self.version] if self.version is not None else self._versions()
+        versions = [self.version] if self.version is not None else self._versions()  # refuses foreign folders
+        dropped = [version_name(self.collection, v) for v in versions]
         for v in versions:  # one a reader still holds is kept a while: not an intact version that lost its pointer
             if (self.root / version_name(self.collection, v)).is_dir():
                 self._set_stage_info(v, {**(self._stage_info(v) or {}), "dropped": True})
         if self.version is None:
             self.pointer.unlink(missing_ok=True)
+            self.pointer.with_name(self.pointer.name + ".tmp").unlink(missing_ok=True)
+            _remove_copy_leftovers(self.root, self.collection)
         for v in versions:
             _discard(self.root / version_name(self.collection, v))
+        return dropped
 
     # -- writes -------------------------------------------------------------------------------------
     def upsert(self, chunks: Sequence[Chunk], dense: np.ndarray, sparse: Sequence[SparseVec]) -> None:

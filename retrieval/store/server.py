@@ -334,6 +334,25 @@ class ServerStore(QdrantStore):
         metadata is another application's, never dropped nor resumed (its number is not reused either)."""
         return [v for v in self._taken_versions() if self._ours(version_name(self.collection, v))]
 
+    def _refuse_foreign_name(self) -> str | None:
+        """The collection the alias ``collection`` points at (None: no alias); :class:`StoreError` when the name
+        reaches a collection hybrid-rag did not make as a version of this one (another application's)."""
+        aliased = self._aliases().get(self.collection)
+        if aliased is not None:
+            foreign = None if parse_version(self.collection, aliased) is not None and self._ours(aliased) else aliased
+        else:
+            foreign = self.collection if self._exists(self.collection) and not self._ours(self.collection) else None
+        if foreign is not None:
+            raise StoreError(
+                f"{self.collection!r} at {self.location} reaches {foreign!r}, a collection hybrid-rag did not create "
+                "as a version of it (no schema metadata); nothing was changed. Use another collection name"
+            )
+        return aliased
+
+    def exists(self) -> bool:
+        self._refuse_foreign_name()
+        return super().exists()
+
     def _other_aliases(self, version: int) -> list[str]:
         """The aliases other than the collection's own that point at ``version`` (e.g. a team's ``prod``)."""
         target = version_name(self.collection, version)
@@ -504,7 +523,8 @@ class ServerStore(QdrantStore):
                 field_schema=qm.PayloadSchemaType.KEYWORD,
             )
 
-    def drop(self) -> None:
+    def drop(self) -> list[str]:
+        """A version another alias points at (a team's ``prod``) is kept, with a warning naming it."""
         if self.version is not None:
             if others := self._other_aliases(self.version):  # deleting it would delete them (Qdrant drops its aliases)
                 log.warning(
@@ -514,16 +534,20 @@ class ServerStore(QdrantStore):
                     ", ".join(map(repr, others)),
                     "that alias" if len(others) == 1 else "those aliases",
                 )
-                return
+                return []
             self._call("delete_collection", self.client.delete_collection, self.name)
-            return
-        if self.collection in self._aliases():
+            return [self.name]
+        with self.write_lock():
+            return self._drop_collection()
+
+    def _drop_collection(self) -> list[str]:
+        aliased = self._refuse_foreign_name()
+        if aliased is not None:
             delete = qm.DeleteAliasOperation(delete_alias=qm.DeleteAlias(alias_name=self.collection))
             self._call(
                 "update_collection_aliases", self.client.update_collection_aliases, change_aliases_operations=[delete]
             )
-        for v in self._versions():
-            self._pinned(v).drop()
+        return [name for v in self._versions() for name in self._pinned(v).drop()]
 
     def close(self) -> None:
         """Final: later operations raise :class:`~retrieval.errors.ClosedError` (the client is closed if owned)."""

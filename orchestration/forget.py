@@ -1,0 +1,63 @@
+"""What hybrid-rag writes of a Dagster corpus beside its collection, removed for good (``hybrid-rag drop --corpus``):
+its asset tables, its evaluation reports and its evaluation history rows. The Dagster instance's run history is
+Dagster's to remove (``dagster run delete``, ``dagster asset wipe``: README, "Removing a corpus completely")."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from assets.corpora import CorpusConfigError, check_corpus_name, load_corpora
+from assets.evaluation import report_files
+from assets.resources import DEFAULT_ASSETS_DIR
+from evals.history import EvalHistory
+from orchestration.definitions import ASSETS_DIR_ENV
+
+
+@dataclass
+class CorpusLeftovers:
+    """What :func:`find_leftovers` found of a corpus (and :func:`remove_leftovers` removes)."""
+
+    corpus: str
+    tables: list[Path] = field(default_factory=list)
+    reports: list[Path] = field(default_factory=list)
+    history: EvalHistory | None = None
+    history_rows: int = 0
+
+
+def check_removable(corpus: str, collection: str) -> None:
+    """Refuse a name no corpus can have, or a corpus the corpora file still configures for another collection."""
+    check_corpus_name(corpus)
+    try:
+        configured = load_corpora().corpora.get(corpus)
+    except CorpusConfigError:
+        configured = None  # a malformed corpora file configures nothing; the corpus may be gone from it
+    if configured is not None and configured.collection != collection:
+        raise CorpusConfigError(
+            f"corpus {corpus!r} indexes collection {configured.collection!r}, not {collection!r}: nothing was changed"
+        )
+
+
+def find_leftovers(corpus: str, history_path: Path) -> CorpusLeftovers:
+    """The corpus' asset tables (``$HYBRID_RAG_ASSETS_DIR/<asset>/<corpus>.parquet``), and its evaluation reports
+    and history rows (recorded under its name) in the history at ``history_path``."""
+    found = CorpusLeftovers(corpus)
+    assets = Path(os.environ.get(ASSETS_DIR_ENV) or DEFAULT_ASSETS_DIR).expanduser()
+    found.tables = sorted(p for p in assets.glob(f"*/{corpus}.parquet") if p.is_file())
+    if history_path.is_file():
+        found.history = EvalHistory(history_path, create=False)
+        rows = found.history.records(collection=corpus)
+        found.history_rows = len(rows)
+        found.reports = sorted(
+            p for s in set(rows["split"]) for p in report_files(found.history, corpus, s) if p.is_file()
+        )
+    return found
+
+
+def remove_leftovers(found: CorpusLeftovers) -> None:
+    """Delete what :func:`find_leftovers` found."""
+    for path in [*found.tables, *found.reports]:
+        path.unlink(missing_ok=True)
+    if found.history is not None and found.history_rows:
+        found.history.forget(found.corpus)

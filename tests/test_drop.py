@@ -1,0 +1,180 @@
+"""``hybrid-rag drop``: removes a collection for good (every version, staged ones too, readers' pointer or alias, its
+models) after a confirmation, on both backends; refuses a name hybrid-rag did not make; leaves other collections."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+from qdrant_client import models as qm
+from typer.testing import CliRunner
+
+from assets.evaluation import report_files
+from evals.history import EvalHistory
+from orchestration.cli import app
+from retrieval import RetrievalStack
+from retrieval.store import EdgeStore, StoreError, collection_names, connect
+from tests.conftest import TINY_DOCS
+from tests.test_reliability_versions import NEW_DOCS, settings_for
+from tests.test_server_path import aliases, foreign_collection
+
+MARKER = "ZEBRA-SECRET-4711"
+
+
+def settings_of(backend: str, root: Path, collection: str):
+    url = f"file://{root / 'local'}" if backend == "server" else None
+    return settings_for(root / "index", qdrant_url=url, collection=collection, models_dir=root / "models")
+
+
+def build(backend: str, root: Path, dense, sparse) -> None:
+    """Collections 'test' (published version 1, and version 2 staged, unpublished) and 'other'."""
+    for name in ("test", "other"):
+        with RetrievalStack(settings_of(backend, root, name), dense=dense, sparse=sparse) as stack:
+            indexer = stack.indexer()
+            indexer.index(TINY_DOCS, progress=False)
+            if name == "test":
+                indexer.sync(indexer.chunk(NEW_DOCS), prune=True, progress=False, publish=False)
+
+
+def physical(backend: str, root: Path) -> set[str]:
+    if backend == "edge":
+        return {p.name for p in (root / "index").iterdir() if not p.name.endswith(".lock")}
+    client = connect(f"file://{root / 'local'}")
+    try:
+        return {c.name for c in client.get_collections().collections} | {f"alias {a}" for a in aliases(client)}
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def drop(tmp_path, monkeypatch):
+    """Runs ``hybrid-rag drop`` with the settings of :func:`settings_of`; returns (exit code, output)."""
+    monkeypatch.chdir(tmp_path)
+
+    def run(backend: str, *args: str, input: str | None = None) -> tuple[int, str]:
+        if backend == "server":
+            monkeypatch.setenv("HYBRID_RAG_QDRANT_URL", f"file://{tmp_path / 'local'}")
+        monkeypatch.setenv("HYBRID_RAG_QDRANT_PATH", str(tmp_path / "index"))
+        monkeypatch.setenv("HYBRID_RAG_MODELS_DIR", str(tmp_path / "models"))
+        result = CliRunner().invoke(app, ["drop", *args], input=input)
+        assert "Traceback" not in result.output
+        return result.exit_code, result.output
+
+    return run
+
+
+@pytest.mark.parametrize("backend", ["edge", "server"])
+def test_drop_removes_every_version_pointer_and_models_after_confirmation(
+    backend, tmp_path, drop, dense_encoder, sparse_encoder
+):
+    build(backend, tmp_path, dense_encoder, sparse_encoder)
+    models = tmp_path / "models"
+    for folder in ("test/query_encoder", "test.before-restore-20260101T000000", "other/query_encoder"):
+        (models / folder).mkdir(parents=True)
+        (models / folder / "model.safetensors").write_text("weights")
+    before = physical(backend, tmp_path)
+    assert {"test__v1", "test__v2"} <= before
+
+    code, out = drop(backend, "test", input="n\n")  # declined: nothing changed
+    assert code == 1 and "Remove collection 'test'" in out and "test.before-restore-" in out
+    assert physical(backend, tmp_path) == before and (models / "test/query_encoder").is_dir()
+
+    code, out = drop(backend, "test", "--yes")
+    assert code == 0, out
+    assert "test__v1" in out and "test__v2" in out and f"removed {models / 'test'}" in out
+    left = physical(backend, tmp_path)
+    assert not {n for n in left if "test" in n}, left  # versions, staged copy, pointer file or alias
+    assert left == {n for n in before if "test" not in n}  # 'other' untouched
+    assert sorted(p.name for p in models.iterdir()) == ["other"]
+    assert collection_names(settings_of(backend, tmp_path, "test")) == ["other"]
+
+    code, out = drop(backend, "test", "--yes")  # again: a clear error, exit 2
+    assert code == 2 and "no collection 'test'" in out
+
+
+def test_drop_refuses_a_folder_hybrid_rag_did_not_make(tmp_path, drop):
+    theirs = tmp_path / "index" / "notes"
+    theirs.mkdir(parents=True)
+    (theirs / "todo.txt").write_text("mine")
+    code, out = drop("edge", "notes", "--yes")
+    assert code == 2 and "is not a hybrid-rag collection" in out
+    assert (theirs / "todo.txt").read_text() == "mine"
+    assert not (tmp_path / "index" / "notes.write.lock").exists()
+
+
+@pytest.mark.parametrize("foreign", ["collection", "alias"])
+def test_drop_refuses_a_server_collection_or_alias_hybrid_rag_did_not_make(foreign, tmp_path, drop):
+    client = connect(f"file://{tmp_path / 'local'}")
+    foreign_collection(client, "test" if foreign == "collection" else "team_data")
+    if foreign == "alias":
+        alias = qm.CreateAlias(collection_name="team_data", alias_name="test")
+        client.update_collection_aliases(change_aliases_operations=[qm.CreateAliasOperation(create_alias=alias)])
+    client.close()
+    before = physical("server", tmp_path)
+    code, out = drop("server", "test", "--yes")
+    assert code == 2 and "hybrid-rag did not create" in out
+    assert physical("server", tmp_path) == before
+
+
+def test_drop_corpus_removes_its_asset_tables_reports_and_history_rows_only(
+    tmp_path, drop, monkeypatch, dense_encoder, sparse_encoder
+):
+    """``--corpus``: what hybrid-rag wrote of a Dagster corpus beside its collection goes too; another corpus' stays."""
+    build("edge", tmp_path, dense_encoder, sparse_encoder)
+    assets, history_path = tmp_path / "assets", tmp_path / "history" / "evals.sqlite"
+    corpora = tmp_path / "corpora.yaml"
+    corpora.write_text("corpora:\n  other: {source: other, format: dir}\n")  # 'notes' was removed from it
+    for key, value in (("ASSETS_DIR", assets), ("HISTORY_PATH", history_path), ("CORPORA_FILE", corpora)):
+        monkeypatch.setenv(f"HYBRID_RAG_{key}", str(value))
+    history = EvalHistory(history_path)
+    files = []
+    for corpus in ("notes", "notes-old", "other"):
+        for asset in ("raw_documents", "chunks"):
+            files.append(assets / asset / f"{corpus}.parquet")
+        history.append(corpus, "test", "hybrid", {"ndcg@10": 0.5}, source="dagster")
+        files += report_files(history, corpus, "test")
+    for path in files:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(MARKER)
+
+    code, out = drop("edge", "test", "--corpus", "other", "--yes")  # configured for another collection
+    assert code == 2 and "corpus 'other' indexes collection 'other', not 'test'" in out
+    assert all(p.exists() for p in files) and physical("edge", tmp_path) >= {"test__v1"}
+
+    code, out = drop("edge", "test", "--corpus", "notes", "--yes")
+    assert code == 0, out
+    assert "1 evaluation history rows deleted" in out
+    assert sorted(str(p.relative_to(tmp_path)) for p in files if not p.exists()) == sorted(
+        str(p.relative_to(tmp_path)) for p in files if p.name.startswith("notes-test") or p.name == "notes.parquet"
+    )
+    assert set(history.records()["collection"]) == {"notes-old", "other"}
+    assert not {n for n in physical("edge", tmp_path) if n.startswith("test")}
+
+    code, out = drop("edge", "test", "--corpus", "notes", "--yes")  # again: nothing left, and no error
+    assert code == 0 and "no collection 'test'" in out and "0 evaluation history rows" in out
+
+
+def test_drop_waits_for_a_writer_and_gives_up_clearly(tmp_path, dense_encoder, sparse_encoder):
+    """A drop is a write: while another writer holds the collection it waits, then fails, dropping nothing."""
+    build("edge", tmp_path, dense_encoder, sparse_encoder)
+    store = EdgeStore(tmp_path / "index", "test", lock_timeout_s=0.5)
+    held, release = threading.Event(), threading.Event()
+
+    def writer() -> None:
+        with EdgeStore(tmp_path / "index", "test").write_lock():
+            held.set()
+            release.wait(30)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    held.wait(30)
+    try:
+        with pytest.raises(StoreError, match="is being written"):
+            store.drop()
+        assert {"test__v1", "test__v2", "test.current.json"} <= physical("edge", tmp_path)
+    finally:
+        release.set()
+        thread.join()
+    assert store.drop() == ["test__v1", "test__v2"]
+    assert not {n for n in physical("edge", tmp_path) if n.startswith("test")}
