@@ -119,6 +119,7 @@ def test_model_changes_through_dagster_publish(tmp_path: Path, tiny_splade_dir: 
     assert description.startswith("not comparable: published version 6"), description
     assert "no evaluation of it on these 5 queries" in description
 
+
 @pytest.mark.slow  # two Dagster runs
 def test_the_asset_rebuilds_an_earlier_releases_bm25_terms_and_says_so(tmp_path: Path) -> None:
     """A collection whose BM25 terms an earlier release made (it records no analyzer): the CLI keeps them, but the
