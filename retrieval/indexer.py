@@ -26,6 +26,7 @@ from retrieval.documents import (
     ids_from_folders_above,
     validate_documents,
 )
+from retrieval.embedding_cache import embedded_text_hashes, text_hash
 from retrieval.encoders.sparse import LEGACY_ANALYZER, Bm25Encoder, SparseVec, SpladeEncoder
 from retrieval.errors import (
     ALLOW_DELETE_HINT,
@@ -414,9 +415,14 @@ class Indexer:
             todo = _todo(chunks, stored)
             report.unchanged = report.chunks - len(todo)
             self._write(target, [chunks[i] for i in todo], report, progress, _select(vectors, todo))
-            report.deleted = self._delete_stale(target, chunks, stored, prunable, everything=rebuild)
+            stale = _stale(chunks, stored, prunable, everything=rebuild)
+            erased = self._embedded_hashes(target, stale, keep=chunks)
+            target.delete_ids(stale)
+            report.deleted = len(stale)
             if rebuild:  # the points of the published version that the new one no longer holds
-                report.deleted = len(existing.keys() - {c.id for c in chunks})
+                dropped = sorted(existing.keys() - {c.id for c in chunks})
+                erased |= self._embedded_hashes(self.store, dropped, keep=chunks)
+                report.deleted = len(dropped)
             target.flush()
             report.points = target.count()
             if staged:
@@ -426,6 +432,7 @@ class Indexer:
         finally:
             if target is not self.store:
                 target.close()
+        self._forget(erased)
         report.changed = staged or bool(report.embedded or report.deleted)
         return self._done(report, target.version if staged else self.store.current_version(), rebuild, publish, started)
 
@@ -472,6 +479,7 @@ class Indexer:
             target = self.store.stage(schema, copy_current=True, resume=False) if staged else self.store
             if not staged and self.store.version is None:
                 self.store.mark_copies_stale()
+            erased = self._embedded_hashes(self.store, list(self.store.stored_hashes(sorted(found))))
             try:
                 target.delete_documents(sorted(found))
                 target.flush()
@@ -483,6 +491,7 @@ class Indexer:
             finally:
                 if target is not self.store:
                     target.close()
+        self._forget(erased)
         report.deleted = before - report.points
         log.info(
             "deleted %d points of %d documents from %s (version %s); %d points left",
@@ -706,19 +715,20 @@ class Indexer:
         fields = ("document_prompt", "chunk_tokens", "chunk_overlap")
         return any(getattr(published, f) is not None and getattr(published, f) != getattr(new, f) for f in fields)
 
-    def _delete_stale(
-        self,
-        store: QdrantStore,
-        chunks: Sequence[Chunk],
-        stored: dict[str, StoredChunk],
-        prunable: set[str],
-        everything: bool = False,
-    ) -> int:
-        """Delete surplus chunks of the indexed documents and the chunks of ``prunable`` documents (or of
-        every document absent from ``chunks`` when ``everything``)."""
-        stale = _stale(chunks, stored, prunable, everything)
-        store.delete_ids(stale)
-        return len(stale)
+    def _embedded_hashes(self, store: QdrantStore, ids: Sequence[str], keep: Sequence[Chunk] = ()) -> set[str]:
+        """The embedding cache's text hashes of the points ``ids`` of ``store`` (about to be deleted), less those of
+        ``keep`` (the chunks this write stores); empty without a cache."""
+        if self.cache is None or not ids:
+            return set()
+        hashes = set()
+        for hit in store.points(list(ids)).values():
+            hashes |= embedded_text_hashes(str(hit.payload.get("title") or ""), str(hit.payload.get("text") or ""))
+        return hashes - {text_hash(c.embed_text) for c in keep}
+
+    def _forget(self, hashes: set[str]) -> None:
+        """Delete the embedding cache's rows of deleted points' texts (once their deletion is written)."""
+        if self.cache is not None and hashes:
+            log.info("embedding cache: forgot %d rows of deleted chunks", self.cache.forget(hashes))
 
     def _unchanged(
         self,

@@ -1,0 +1,68 @@
+"""Erasure: deleting documents (``delete``, a sync without them) leaves no trace of their text on disk in the
+published version (the embedded engine copies a version to write it, so its new version must not carry the
+deleted points' payloads or WAL records on), nor in the embedding cache, nor in a stale staged copy."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from retrieval import Document
+from retrieval.embedding_cache import text_hash
+from tests.conftest import TINY_DOCS
+
+MARKER = b"ZEBRA-SECRET-4711"
+SECRET = Document(
+    "secret-1",
+    "The enzyme kinetics of ZEBRA-SECRET-4711 were measured in mice with a new assay.",
+    title="Patient ZEBRA-SECRET-4711",
+    metadata={"owner": "ZEBRA-SECRET-4711-owner"},
+)
+
+
+def holding(root: Path, marker: bytes = MARKER) -> list[str]:
+    """The files under ``root`` whose bytes contain ``marker``."""
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and marker in p.read_bytes())
+
+
+def cached(stack, docs) -> dict[str, bool]:
+    """For each chunk text of ``docs``: whether the stack's embedding cache holds a row of it."""
+    texts = [c.embed_text for c in stack.indexer().chunk(docs)]
+    with sqlite3.connect(stack.cache.path) as conn:
+        held = {h for (h,) in conn.execute("SELECT hash FROM vectors")}
+    return {t: text_hash(t) in held for t in texts}
+
+
+@pytest.fixture
+def secret_stack(indexed_stack):
+    stack = indexed_stack("edge", [*TINY_DOCS, SECRET])
+    yield stack
+    stack.close()
+
+
+def test_a_delete_leaves_no_trace_of_the_text_in_the_published_version(secret_stack):
+    root = Path(secret_stack.settings.qdrant_path)
+    assert holding(root)  # the marker is on disk before the delete (the check can see it)
+    report = secret_stack.indexer().delete_documents([SECRET.id])
+    assert report.documents == 1 and report.points == len(TINY_DOCS)
+    assert holding(root) == []
+    assert secret_stack.store().count() == len(TINY_DOCS)  # the other documents are all still there
+    assert not any(cached(secret_stack, [SECRET]).values())  # nor is its embedding kept in the cache
+    assert all(cached(secret_stack, TINY_DOCS).values())
+    hits = secret_stack.retriever().search("valve gasket", k=3)
+    assert hits and all(h.doc_id != SECRET.id for h in hits)
+
+
+def test_a_sync_without_the_document_and_later_writes_leave_no_trace(secret_stack):
+    root = Path(secret_stack.settings.qdrant_path)
+    indexer = secret_stack.indexer()
+    report = indexer.index(TINY_DOCS, prune=True, progress=False)
+    assert report.deleted == 1
+    assert holding(root) == []
+    assert not any(cached(secret_stack, [SECRET]).values())
+    assert all(cached(secret_stack, TINY_DOCS).values())
+    indexer.index([Document("later", "A later document about zebrafish heart regeneration.")], progress=False)
+    assert holding(root) == []
+    assert secret_stack.store().count() == len(TINY_DOCS) + 1
