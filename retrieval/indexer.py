@@ -388,6 +388,7 @@ class Indexer:
         present = {c.doc_id for c in chunks} | fresh.keys()
         # Only the same write (same chunks, same mode) resumes a failed one's staged version (see stage).
         intent = write_intent(chunks, prune=prune or rebuild, rebuild=rebuild, skipped=skipped, unchanged=fresh)
+        copies: list[int] = []  # the stale staged copies of the published version (a write in place)
         if rebuild:
             existing = self._published_hashes(bool(chunks) or allow_delete)
             prunable = self._prunable(existing, chunks, present, True, True, skipped, allow_delete, report)
@@ -402,7 +403,7 @@ class Indexer:
             target = self.store.stage(schema, copy_current=True, intent=intent)
         else:  # an incremental write on a server: into the live collection, batch by batch
             if not pinned:  # a staged copy made before this write must not be resumed or published
-                self.store.mark_copies_stale()
+                copies = self.store.mark_copies_stale()
             target = self.store
         try:
             report.chunks = len(chunks) + sum(fresh.values())
@@ -418,6 +419,8 @@ class Indexer:
             stale = _stale(chunks, stored, prunable, everything=rebuild)
             erased = self._embedded_hashes(target, stale, keep=chunks)
             target.delete_ids(stale)
+            if target is self.store and stale:
+                self.store.erase_from_copies(copies, ids=stale)
             report.deleted = len(stale)
             if rebuild:  # the points of the published version that the new one no longer holds
                 dropped = sorted(existing.keys() - {c.id for c in chunks})
@@ -477,11 +480,12 @@ class Indexer:
                 return report
             staged = self.store.version is None and not self.store.writes_in_place
             target = self.store.stage(schema, copy_current=True, resume=False) if staged else self.store
-            if not staged and self.store.version is None:
-                self.store.mark_copies_stale()
-            erased = self._embedded_hashes(self.store, list(self.store.stored_hashes(sorted(found))))
+            copies = self.store.mark_copies_stale() if not staged and self.store.version is None else []
+            ids = [*stored, *(self.store.stored_hashes(list(report.stored_as.values())) if report.stored_as else ())]
+            erased = self._embedded_hashes(self.store, ids)
             try:
                 target.delete_documents(sorted(found))
+                self.store.erase_from_copies(copies, doc_ids=sorted(found))
                 target.flush()
                 report.points = target.count()
                 if staged:

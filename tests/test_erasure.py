@@ -11,6 +11,7 @@ import pytest
 
 from retrieval import Document
 from retrieval.embedding_cache import text_hash
+from retrieval.store import StoreError
 from tests.conftest import TINY_DOCS
 
 MARKER = b"ZEBRA-SECRET-4711"
@@ -66,3 +67,20 @@ def test_a_sync_without_the_document_and_later_writes_leave_no_trace(secret_stac
     indexer.index([Document("later", "A later document about zebrafish heart regeneration.")], progress=False)
     assert holding(root) == []
     assert secret_stack.store().count() == len(TINY_DOCS) + 1
+
+
+def test_a_delete_erases_the_documents_from_a_stale_staged_copy_too(indexed_stack):
+    """Server path: a copy staged before a delete into the live collection is stale (never published) and holds
+    the deleted document no longer."""
+    stack = indexed_stack("server", [*TINY_DOCS, SECRET])
+    store, indexer = stack.store(), stack.indexer()
+    staged = indexer.sync(
+        indexer.chunk([Document("new", "A staged document about pump seals.")]), progress=False, publish=False
+    )
+    copy = store.pinned(staged.version)
+    assert SECRET.id in {doc_id for doc_id, _ in copy.stored_hashes().values()}
+    indexer.delete_documents([SECRET.id])
+    assert {doc_id for doc_id, _ in copy.stored_hashes().values()} == {d.id for d in TINY_DOCS} | {"new"}
+    with pytest.raises(StoreError, match="written in place"):  # still stale: it misses the delete's version
+        store.publish(copy)
+    stack.close()
