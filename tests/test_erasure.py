@@ -84,3 +84,22 @@ def test_a_delete_erases_the_documents_from_a_stale_staged_copy_too(indexed_stac
     with pytest.raises(StoreError, match="written in place"):  # still stale: it misses the delete's version
         store.publish(copy)
     stack.close()
+
+
+def test_a_failed_rewrite_leaves_the_published_version_and_a_rerun_erases(secret_stack, monkeypatch):
+    import retrieval.store.edge as edge
+
+    root = Path(secret_stack.settings.qdrant_path)
+
+    def failing(shard):
+        raise RuntimeError("injected: killed while rewriting")
+        yield  # pragma: no cover - a generator, as _pages is
+
+    monkeypatch.setattr(edge, "_pages", failing)
+    with pytest.raises(RuntimeError, match="injected"):
+        secret_stack.indexer().delete_documents([SECRET.id])
+    assert secret_stack.store().current_version() == 1 and secret_stack.store().count() == len(TINY_DOCS) + 1
+    assert not list(root.glob(f"*/{edge.SHARD_DIR}{edge.REWRITE_MARK}*"))  # the half-written shard is gone
+    monkeypatch.undo()
+    assert secret_stack.indexer().delete_documents([SECRET.id]).points == len(TINY_DOCS)
+    assert holding(root) == []
