@@ -103,3 +103,27 @@ def test_a_failed_rewrite_leaves_the_published_version_and_a_rerun_erases(secret
     monkeypatch.undo()
     assert secret_stack.indexer().delete_documents([SECRET.id]).points == len(TINY_DOCS)
     assert holding(root) == []
+
+
+def test_a_sync_killed_while_swapping_in_the_rewritten_shard_is_resumed(secret_stack, monkeypatch):
+    """Killed between moving the old shard aside and moving the new one in: the re-run resumes the staged version
+    (its shard moved back), writes it again and publishes it clean."""
+    import retrieval.store.edge as edge
+
+    root = Path(secret_stack.settings.qdrant_path)
+    renames = []
+
+    def rename(src, dst):
+        renames.append(dst)
+        if len(renames) == 2:
+            raise KeyboardInterrupt  # as a kill would stop it
+        return edge.os.replace(src, dst)
+
+    monkeypatch.setattr(edge.os, "rename", rename)
+    with pytest.raises(KeyboardInterrupt):
+        secret_stack.indexer().index(TINY_DOCS, prune=True, progress=False)
+    monkeypatch.undo()
+    assert list(root.glob(f"*/{edge.SHARD_DIR}{edge.REWRITE_MARK}{edge.OLD_MARK}*"))  # the old shard, moved aside
+    report = secret_stack.indexer().index(TINY_DOCS, prune=True, progress=False)
+    assert report.points == len(TINY_DOCS) and secret_stack.store().current_version() == report.version
+    assert holding(root) == []

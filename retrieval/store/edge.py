@@ -71,6 +71,7 @@ SHARD_DIR = "shard"
 STAGE_FILE = "staged.json"
 ERASED_FILE = "erased"  # in a version: points were deleted from it; sealing rewrites it from its live points
 REWRITE_MARK = ".rewrite-"  # shard.rewrite-<hex>: a version's shard being rewritten from its live points
+OLD_MARK = "old-"  # shard.rewrite-old-<hex>: the shard it replaces, moved aside while the new one moves in
 COPY_MARK = ".copy-"  # <name>__v<N>.copy-<hex>: a version being copied (renamed to <name>__v<N> when complete)
 DISK_ERRORS = (  # how the OS (and the engine, quoting it) names a full disk, a file size limit, a quota
     ("No space left on device", "no space left on the device (ENOSPC)"),
@@ -556,6 +557,16 @@ def _mib(size: int) -> str:
     return f"{size / (1 << 20):.1f} MiB"
 
 
+def _undo_interrupted_swap(directory: Path) -> None:
+    """A version whose shard a killed rewrite had moved aside (``shard.rewrite-old-*``) before moving the new one
+    in gets it back (the version is still marked erased: sealing it rewrites it again)."""
+    if not (directory / SHARD_DIR).exists():
+        for old in directory.glob(f"{SHARD_DIR}{REWRITE_MARK}{OLD_MARK}*"):
+            log.info("%s: moving back %s, left by an interrupted rewrite", directory, old.name)
+            os.rename(old, directory / SHARD_DIR)
+            return
+
+
 def _remove_copy_leftovers(root: Path, collection: str) -> None:
     """Delete the temporary copies a killed write left (``<name>__v<N>.copy-<hex>``); under the write lock."""
     for path in root.glob(f"{collection}{VERSION_SEP}*{COPY_MARK}*"):
@@ -833,6 +844,7 @@ class EdgeStore(QdrantStore):
         schema = self.schema()
         if schema is None:
             raise StoreError(f"{directory}: no collection schema: cannot rewrite it")
+        _undo_interrupted_swap(directory)
         for leftover in directory.glob(f"{SHARD_DIR}{REWRITE_MARK}*"):
             shutil.rmtree(leftover, ignore_errors=True)
         self.flush()
@@ -855,7 +867,7 @@ class EdgeStore(QdrantStore):
             with _registry_lock:
                 if str(shard_dir.resolve()) in _open_shards:
                     raise StoreError(f"{directory}: cannot rewrite it: another store of this process has it open")
-            old = directory / f"{SHARD_DIR}{REWRITE_MARK}old-{uuid.uuid4().hex[:8]}"
+            old = directory / f"{SHARD_DIR}{REWRITE_MARK}{OLD_MARK}{uuid.uuid4().hex[:8]}"
             os.rename(shard_dir, old)
             os.rename(fresh, shard_dir)
             shutil.rmtree(old)
@@ -1039,6 +1051,8 @@ class EdgeStore(QdrantStore):
                     f"collection {self.collection!r} does not exist at {(self.root / target).absolute()}; "
                     "index documents first"
                 )
+            if self.version is not None:  # a staged version (the pointer's is never rewritten)
+                _undo_interrupted_swap(self.root / target)
             try:
                 self._shard, self._bound = _acquire(self.root / target / SHARD_DIR), target
                 return
