@@ -13,6 +13,7 @@ from retrieval import Document
 from retrieval.embedding_cache import text_hash
 from retrieval.store import StoreError
 from tests.conftest import TINY_DOCS
+from tests.test_dagster_data_safety import _pipeline
 
 MARKER = b"ZEBRA-SECRET-4711"
 SECRET = Document(
@@ -127,3 +128,17 @@ def test_a_sync_killed_while_swapping_in_the_rewritten_shard_is_resumed(secret_s
     report = secret_stack.indexer().index(TINY_DOCS, prune=True, progress=False)
     assert report.points == len(TINY_DOCS) and secret_stack.store().current_version() == report.version
     assert holding(root) == []
+
+
+@pytest.mark.slow
+def test_a_dagster_run_without_the_file_leaves_no_trace_of_it(tmp_path: Path) -> None:
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    for doc in [*TINY_DOCS[:5], SECRET]:
+        (drop / f"{doc.id}.md").write_text(f"# {doc.title}\n{doc.text}")
+    materialize, points = _pipeline(tmp_path, f"    source: {drop}\n    format: dir\n")
+    assert materialize().success and points() == 6
+    assert holding(tmp_path / "index")
+    (drop / f"{SECRET.id}.md").unlink()
+    assert materialize().success and points() == 5
+    assert holding(tmp_path / "index") == []
