@@ -357,7 +357,8 @@ def delete(
     collection: CollectionOpt = None,
 ) -> None:
     """Delete documents from a collection by id (as indexing writes: waits for other writers, readers switch
-    to the result atomically)."""
+    to the result atomically). Exit code 0: every id was deleted; 1: some were not in the collection (the others
+    are deleted); 2: an error (e.g. a blank id), nothing deleted."""
     from retrieval.stack import RetrievalStack
 
     settings = _settings(collection=collection)
@@ -368,6 +369,7 @@ def delete(
         console.print(f"{asked} is stored as {ascii(stored)} (the same id in another Unicode normalization)")
     if report.missing:
         console.print(label(f"not in {settings.collection!r}:", "yellow"), ", ".join(report.missing), soft_wrap=True)
+        raise typer.Exit(1)
 
 
 @app.command()

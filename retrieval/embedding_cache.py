@@ -18,7 +18,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -312,6 +312,28 @@ class EmbeddingCache:
         deleted, left = self._use(delete)
         return PruneReport(deleted, left, before, self.file_bytes())
 
+    def forget(self, hashes: Collection[str]) -> int:
+        """Delete the rows of the text hashes ``hashes`` under every cache key (the texts of deleted documents:
+        another collection holding one of them encodes it again); their bytes are overwritten in the file
+        (``secure_delete``) and its write-ahead log is truncated. Returns the rows deleted."""
+        if not hashes:
+            return 0
+        ordered = sorted(hashes)
+
+        def delete(conn: sqlite3.Connection) -> int:
+            conn.execute("PRAGMA secure_delete = ON")
+            deleted = 0
+            with conn:
+                for start in range(0, len(ordered), 500):
+                    part = ordered[start : start + 500]
+                    marks = ",".join("?" * len(part))
+                    deleted += conn.execute(f"DELETE FROM vectors WHERE hash IN ({marks})", part).rowcount
+            if deleted:
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            return deleted
+
+        return self._use(delete)
+
     def encode_through(
         self,
         model: str,
@@ -339,6 +361,14 @@ class EmbeddingCache:
         missing_hashes = {h for h, _ in missing}
         reused = sum(1 for h in hashes if h not in missing_hashes)
         return np.stack([cached[h] for h in hashes]), reused
+
+
+def embedded_text_hashes(title: str, text: str) -> set[str]:
+    """The text hashes a stored chunk (``title``, ``text``) may have been embedded under (see
+    :attr:`~retrieval.chunking.Chunk.embed_text`): its title, or a head of a long title, then its text."""
+    if not title:
+        return {text_hash(text)}
+    return {text_hash(f"{title[:end]}\n{text}") for end in range(1, len(title) + 1)}
 
 
 def _record_key(

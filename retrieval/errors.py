@@ -98,6 +98,8 @@ def document_ids(values: object, call: str) -> list[str]:
             raise InvalidArgumentError(
                 f"{call}: document ids are strings{hint}; ids[{position}] is {type(doc_id).__name__} {doc_id!r}"
             )
+        if not doc_id.strip():  # no document has one (Document refuses it): a blank from a script's empty variable
+            raise InvalidArgumentError(f"{call}: ids[{position}] is blank ({doc_id!r}); no document has such an id")
     return ids
 
 

@@ -26,6 +26,7 @@ from retrieval.documents import (
     ids_from_folders_above,
     validate_documents,
 )
+from retrieval.embedding_cache import embedded_text_hashes, text_hash
 from retrieval.encoders.sparse import LEGACY_ANALYZER, Bm25Encoder, SparseVec, SpladeEncoder
 from retrieval.errors import (
     ALLOW_DELETE_HINT,
@@ -387,6 +388,7 @@ class Indexer:
         present = {c.doc_id for c in chunks} | fresh.keys()
         # Only the same write (same chunks, same mode) resumes a failed one's staged version (see stage).
         intent = write_intent(chunks, prune=prune or rebuild, rebuild=rebuild, skipped=skipped, unchanged=fresh)
+        copies: list[int] = []  # the stale staged copies of the published version (a write in place)
         if rebuild:
             existing = self._published_hashes(bool(chunks) or allow_delete)
             prunable = self._prunable(existing, chunks, present, True, True, skipped, allow_delete, report)
@@ -401,7 +403,7 @@ class Indexer:
             target = self.store.stage(schema, copy_current=True, intent=intent)
         else:  # an incremental write on a server: into the live collection, batch by batch
             if not pinned:  # a staged copy made before this write must not be resumed or published
-                self.store.mark_copies_stale()
+                copies = self.store.mark_copies_stale()
             target = self.store
         try:
             report.chunks = len(chunks) + sum(fresh.values())
@@ -416,9 +418,16 @@ class Indexer:
             if todo:  # a collection this release writes into is refused by releases that would write other terms
                 target.upgrade_schema_record()
             self._write(target, [chunks[i] for i in todo], report, progress, _select(vectors, todo))
-            report.deleted = self._delete_stale(target, chunks, stored, prunable, everything=rebuild)
+            stale = _stale(chunks, stored, prunable, everything=rebuild)
+            erased = self._embedded_hashes(target, stale, keep=chunks)
+            target.delete_ids(stale)
+            if target is self.store and stale:
+                self.store.erase_from_copies(copies, ids=stale)
+            report.deleted = len(stale)
             if rebuild:  # the points of the published version that the new one no longer holds
-                report.deleted = len(existing.keys() - {c.id for c in chunks})
+                dropped = sorted(existing.keys() - {c.id for c in chunks})
+                erased |= self._embedded_hashes(self.store, dropped, keep=chunks)
+                report.deleted = len(dropped)
             target.flush()
             report.points = target.count()
             if staged:
@@ -428,6 +437,7 @@ class Indexer:
         finally:
             if target is not self.store:
                 target.close()
+        self._forget(erased)
         report.changed = staged or bool(report.embedded or report.deleted)
         return self._done(report, target.version if staged else self.store.current_version(), rebuild, publish, started)
 
@@ -472,10 +482,12 @@ class Indexer:
                 return report
             staged = self.store.version is None and not self.store.writes_in_place
             target = self.store.stage(schema, copy_current=True, resume=False) if staged else self.store
-            if not staged and self.store.version is None:
-                self.store.mark_copies_stale()
+            copies = self.store.mark_copies_stale() if not staged and self.store.version is None else []
+            ids = [*stored, *(self.store.stored_hashes(list(report.stored_as.values())) if report.stored_as else ())]
+            erased = self._embedded_hashes(self.store, ids)
             try:
                 target.delete_documents(sorted(found))
+                self.store.erase_from_copies(copies, doc_ids=sorted(found))
                 target.flush()
                 report.points = target.count()
                 if staged:
@@ -485,6 +497,7 @@ class Indexer:
             finally:
                 if target is not self.store:
                     target.close()
+        self._forget(erased)
         report.deleted = before - report.points
         log.info(
             "deleted %d points of %d documents from %s (version %s); %d points left",
@@ -708,19 +721,20 @@ class Indexer:
         fields = ("document_prompt", "chunk_tokens", "chunk_overlap")
         return any(getattr(published, f) is not None and getattr(published, f) != getattr(new, f) for f in fields)
 
-    def _delete_stale(
-        self,
-        store: QdrantStore,
-        chunks: Sequence[Chunk],
-        stored: dict[str, StoredChunk],
-        prunable: set[str],
-        everything: bool = False,
-    ) -> int:
-        """Delete surplus chunks of the indexed documents and the chunks of ``prunable`` documents (or of
-        every document absent from ``chunks`` when ``everything``)."""
-        stale = _stale(chunks, stored, prunable, everything)
-        store.delete_ids(stale)
-        return len(stale)
+    def _embedded_hashes(self, store: QdrantStore, ids: Sequence[str], keep: Sequence[Chunk] = ()) -> set[str]:
+        """The embedding cache's text hashes of the points ``ids`` of ``store`` (about to be deleted), less those of
+        ``keep`` (the chunks this write stores); empty without a cache."""
+        if self.cache is None or not ids:
+            return set()
+        hashes = set()
+        for hit in store.points(list(ids)).values():
+            hashes |= embedded_text_hashes(str(hit.payload.get("title") or ""), str(hit.payload.get("text") or ""))
+        return hashes - {text_hash(c.embed_text) for c in keep}
+
+    def _forget(self, hashes: set[str]) -> None:
+        """Delete the embedding cache's rows of deleted points' texts (once their deletion is written)."""
+        if self.cache is not None and hashes:
+            log.info("embedding cache: forgot %d rows of deleted chunks", self.cache.forget(hashes))
 
     def _unchanged(
         self,

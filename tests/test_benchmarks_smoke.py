@@ -205,3 +205,13 @@ def test_eval_cost(tmp_path, capsys):
     outer = ("query encoding pass", "per-query searches", eval_cost.TOP_UP)
     assert 0 < sum(r["parts"][p][0] for p in outer) <= r["total"][0]
     assert "Where an evaluation's time goes: sample test" in capsys.readouterr().out
+
+
+def test_erasure(capsys):
+    from benchmarks import erasure
+
+    result = erasure.run(sizes=(500,))
+    erasure.report(result)
+    (row,) = result["rows"]
+    assert row["count"] == 499 and row["rewrite_s"] > 0 and row["copy_s"] > 0
+    assert "An erasing delete" in capsys.readouterr().out

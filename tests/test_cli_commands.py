@@ -156,7 +156,7 @@ def test_delete_collections_snapshot_and_restore(cli_in, kb):
 
     snap = kb / "snaps" / "work-1"
     assert str(snap) in cli_in("snapshot", "-c", "work", "--out", str(snap)).replace("\n", "")
-    out = cli_in("delete", "valve", "pasta", "not-there", "-c", "work")
+    out = cli_in("delete", "valve", "pasta", "not-there", "-c", "work", code=1)  # 1: some ids were not there
     assert "deleted 2 points of 2 documents; 6 points left" in out and "not-there" in out
     assert points(kb, "work") == N - 2
 
@@ -166,6 +166,16 @@ def test_delete_collections_snapshot_and_restore(cli_in, kb):
     assert points(kb, "work") == N and points(kb, "work", "valve") == 1
     cli_in("restore", str(snap), "-c", "copy")  # a snapshot also seeds a new collection
     assert points(kb, "copy") == N
+
+
+def test_delete_exits_1_when_an_id_is_not_there_and_refuses_a_blank_id(cli_in, kb):
+    cli_in("index", "kb.jsonl", "-c", "gone")
+    out = cli_in("delete", "no-such-id", "-c", "gone", code=1)
+    assert "deleted 0 points of 0 documents" in out and "not in 'gone': no-such-id" in out
+    for blank in ("", "  "):
+        out = cli_in("delete", "valve", blank, "-c", "gone", code=2)
+        assert "blank" in out and points(kb, "gone") == N  # nothing deleted, not even the valid id
+    assert "deleted 1 points of 1 documents" in cli_in("delete", "valve", "-c", "gone")  # exit code 0
 
 
 def test_index_reports_the_time_of_the_whole_write_reading_included(cli_in, kb):

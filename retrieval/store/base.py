@@ -376,15 +376,32 @@ class QdrantStore(ABC):
         if info is not None:
             self._set_stage_info(staged.version or 0, {**info, "complete": True})
 
-    def mark_copies_stale(self) -> None:
+    def mark_copies_stale(self) -> list[int]:
         """Before a write into the live collection (servers): the staged copies of the published version miss
-        it, so they are marked stale: never resumed nor published; the next ``stage`` drops them."""
+        it, so they are marked stale: never resumed nor published; the next ``stage`` drops them. Returns the
+        stale copies of the published version (a write that deletes documents deletes them there too)."""
         current = self.current_version()
+        copies = []
         for v in self._versions():
             info = self._stage_info(v) if current is not None and v > current else None
-            if info is not None and info.get("base") == current and not info.get("stale"):
+            if info is None or info.get("base") != current:
+                continue
+            if not info.get("stale"):
                 log.info("version %d of %r misses a write into the live collection: stale", v, self.collection)
                 self._set_stage_info(v, {**info, "stale": True})
+            copies.append(v)
+        return copies
+
+    def erase_from_copies(self, copies: Sequence[int], ids: Sequence[str] = (), doc_ids: Sequence[str] = ()) -> None:
+        """Delete the points ``ids`` and the documents ``doc_ids`` from the stale copies ``copies`` too (see
+        :meth:`mark_copies_stale`): a deletion leaves no copy of the deleted text behind."""
+        for v in copies:
+            copy = self._pinned(v)
+            try:
+                copy.delete_ids(ids)
+                copy.delete_documents(doc_ids)
+            finally:
+                copy.close()
 
     def exists(self) -> bool:
         """Whether any version of the collection is here, published or staged (a lost pointer's too); a folder or

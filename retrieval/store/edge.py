@@ -69,6 +69,9 @@ log = logging.getLogger(__name__)
 SCHEMA_FILE = "schema.json"
 SHARD_DIR = "shard"
 STAGE_FILE = "staged.json"
+ERASED_FILE = "erased"  # in a version: points were deleted from it; sealing rewrites it from its live points
+REWRITE_MARK = ".rewrite-"  # shard.rewrite-<hex>: a version's shard being rewritten from its live points
+OLD_MARK = "old-"  # shard.rewrite-old-<hex>: the shard it replaces, moved aside while the new one moves in
 COPY_MARK = ".copy-"  # <name>__v<N>.copy-<hex>: a version being copied (renamed to <name>__v<N> when complete)
 DISK_ERRORS = (  # how the OS (and the engine, quoting it) names a full disk, a file size limit, a quota
     ("No space left on device", "no space left on the device (ENOSPC)"),
@@ -95,7 +98,7 @@ _thread_locks: dict[str, threading.RLock] = {}  # lock file -> the lock that ser
 _write_locks_guard = threading.Lock()
 VIEWS_DIR = "views"
 # what a version folder holds, one of which is left while another process deletes it
-OWN_ENTRIES = {SCHEMA_FILE, SCHEMA_FILE + ".tmp", SHARD_DIR, STAGE_FILE, STAGE_FILE + ".tmp", VIEWS_DIR}
+OWN_ENTRIES = {SCHEMA_FILE, SCHEMA_FILE + ".tmp", SHARD_DIR, STAGE_FILE, STAGE_FILE + ".tmp", VIEWS_DIR, ERASED_FILE}
 LINK_MIN_BYTES = 1 << 20  # in a view, files this large are hard links: the engine only reads them after writing
 TEMP_PREFIX = ".atomicwrite"  # the engine's temporaries, renamed into place by the process holding a shard
 VIEW_ATTEMPTS = 3  # a view copied while the holder renamed files under it may not load: copy it again
@@ -554,6 +557,16 @@ def _mib(size: int) -> str:
     return f"{size / (1 << 20):.1f} MiB"
 
 
+def _undo_interrupted_swap(directory: Path) -> None:
+    """A version whose shard a killed rewrite had moved aside (``shard.rewrite-old-*``) before moving the new one
+    in gets it back (the version is still marked erased: sealing it rewrites it again)."""
+    if not (directory / SHARD_DIR).exists():
+        for old in directory.glob(f"{SHARD_DIR}{REWRITE_MARK}{OLD_MARK}*"):
+            log.info("%s: moving back %s, left by an interrupted rewrite", directory, old.name)
+            os.rename(old, directory / SHARD_DIR)
+            return
+
+
 def _remove_copy_leftovers(root: Path, collection: str) -> None:
     """Delete the temporary copies a killed write left (``<name>__v<N>.copy-<hex>``); under the write lock."""
     for path in root.glob(f"{collection}{VERSION_SEP}*{COPY_MARK}*"):
@@ -811,6 +824,62 @@ class EdgeStore(QdrantStore):
         check_free_space(self.root, self.collection, src)
         copy_tree(src, self.root / version_name(self.collection, target))
 
+    def seal(self, staged: QdrantStore) -> None:
+        """Mark ``staged`` complete; one that points were deleted from is first rewritten from its live points
+        (see :meth:`_rewrite_live`), so that no file of it holds a deleted point's text."""
+        if isinstance(staged, EdgeStore) and (staged.dir / ERASED_FILE).exists():
+            staged._rewrite_live()
+        super().seal(staged)
+
+    def _rewrite_live(self) -> None:
+        """Replace this version's shard by a new one holding only its live points (vectors and payloads copied).
+
+        The engine only marks a deleted point deleted: its payload stays in the segment's pages and its upsert in
+        the WAL, and a copied version (every write copies one) carries them on. A shard written from the live
+        points alone holds no trace of the deleted ones. Under the write lock, on a staged version only this
+        store has open; an interrupted rewrite leaves the version as it was (and its ``shard.rewrite-*`` folder,
+        removed by the next one).
+        """
+        if self.version is None:
+            raise ValueError(f"_rewrite_live() needs a version of {self.collection!r}, not the collection")
+        directory = self.root / version_name(self.collection, self.version)
+        shard_dir = directory / SHARD_DIR
+        schema = self.schema()
+        if schema is None:
+            raise StoreError(f"{directory}: no collection schema: cannot rewrite it")
+        _undo_interrupted_swap(directory)
+        for leftover in directory.glob(f"{SHARD_DIR}{REWRITE_MARK}*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+        self.flush()
+        check_free_space(self.root, self.collection, shard_dir)
+        fresh = directory / f"{SHARD_DIR}{REWRITE_MARK}{uuid.uuid4().hex[:8]}"
+        try:
+            target = qe.EdgeShard.create(str(fresh), _edge_config(schema))
+            try:
+                target.update(DOC_ID_INDEX)
+                with self._using("rewrite") as shard:
+                    for page in _pages(shard):
+                        target.update(
+                            qe.UpdateOperation.upsert_points([qe.Point(str(r.id), r.vector, r.payload) for r in page])
+                        )
+                target.flush()
+            finally:
+                target.close()
+            with self._lock:
+                self._close_unlocked()
+            with _registry_lock:
+                if str(shard_dir.resolve()) in _open_shards:
+                    raise StoreError(f"{directory}: cannot rewrite it: another store of this process has it open")
+            old = directory / f"{SHARD_DIR}{REWRITE_MARK}{OLD_MARK}{uuid.uuid4().hex[:8]}"
+            os.rename(shard_dir, old)
+            os.rename(fresh, shard_dir)
+            shutil.rmtree(old)
+        except BaseException:
+            shutil.rmtree(fresh, ignore_errors=True)
+            raise
+        (directory / ERASED_FILE).unlink()
+        log.info("rewrote version %d of %r from its live points (points were deleted)", self.version, self.collection)
+
     def _switch(self, staged: QdrantStore) -> None:
         """Check that ``staged`` opens again (see :func:`_reopen`), then point readers at it."""
         version = staged.version or 0
@@ -930,10 +999,6 @@ class EdgeStore(QdrantStore):
         tmp.replace(path)
 
     def _create_physical(self, schema: CollectionSchema) -> None:
-        config = qe.EdgeConfig(
-            vectors={DENSE: qe.EdgeVectorParams(size=schema.dense_dim, distance=qe.Distance.Cosine)},
-            sparse_vectors={SPARSE: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf if schema.sparse_idf else None)},
-        )
         target = self._target()
         directory = self.root / target
         shard_dir = directory / SHARD_DIR
@@ -944,8 +1009,8 @@ class EdgeStore(QdrantStore):
         with self._lock:
             self._check_open()
             self._close_unlocked()
-            self._shard, self._bound = _acquire(shard_dir, config), target
-        self._shard.update(qe.UpdateOperation.create_field_index("doc_id", qe.PayloadSchemaType.Keyword))
+            self._shard, self._bound = _acquire(shard_dir, _edge_config(schema)), target
+        self._shard.update(DOC_ID_INDEX)
         self._record_schema(schema)
 
     @contextmanager
@@ -1003,6 +1068,8 @@ class EdgeStore(QdrantStore):
                     f"collection {self.collection!r} does not exist at {(self.root / target).absolute()}; "
                     "index documents first"
                 )
+            if self.version is not None:  # a staged version (the pointer's is never rewritten)
+                _undo_interrupted_swap(self.root / target)
             try:
                 self._shard, self._bound = _acquire(self.root / target / SHARD_DIR), target
                 return
@@ -1064,6 +1131,7 @@ class EdgeStore(QdrantStore):
         not_one_string(ids, "delete_ids", "point ids")
         if ids:
             with self._using("delete", write=True) as shard:
+                self._mark_erased()
                 shard.update(qe.UpdateOperation.delete_points(list(ids)))
 
     def delete_documents(self, doc_ids: Sequence[str]) -> None:
@@ -1071,7 +1139,13 @@ class EdgeStore(QdrantStore):
         if doc_ids:
             flt = qe.Filter(must=[_doc_ids_condition(doc_ids)])
             with self._using("delete", write=True) as shard:
+                self._mark_erased()
                 shard.update(qe.UpdateOperation.delete_points_by_filter(flt))
+
+    def _mark_erased(self) -> None:
+        """Record that points are deleted from this version (before deleting them, so that a write that fails
+        after the delete and is resumed still rewrites it): sealing it rewrites it from its live points."""
+        (self.root / (self._bound or self._target()) / ERASED_FILE).touch()
 
     def flush(self) -> None:
         with self._lock:
@@ -1135,6 +1209,30 @@ class EdgeStore(QdrantStore):
         with self._using("retrieve") as shard:
             records = shard.retrieve(list(ids), with_payload=False, with_vector=[DENSE])
         return {str(r.id): np.asarray(r.vector[DENSE], dtype=np.float32) for r in records}
+
+
+DOC_ID_INDEX = qe.UpdateOperation.create_field_index("doc_id", qe.PayloadSchemaType.Keyword)
+
+
+def _edge_config(schema: CollectionSchema) -> qe.EdgeConfig:
+    """The engine's configuration of a shard holding a collection of ``schema``."""
+    return qe.EdgeConfig(
+        vectors={DENSE: qe.EdgeVectorParams(size=schema.dense_dim, distance=qe.Distance.Cosine)},
+        sparse_vectors={SPARSE: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf if schema.sparse_idf else None)},
+    )
+
+
+def _pages(shard: qe.EdgeShard) -> Iterator[list[Any]]:
+    """Every point of ``shard`` with its vectors and payload, a page (:data:`SCROLL_PAGE` points) at a time."""
+    offset = None
+    while True:
+        records, offset = shard.scroll(
+            qe.ScrollRequest(offset=offset, limit=SCROLL_PAGE, with_payload=True, with_vector=True)
+        )
+        if records:
+            yield records
+        if offset is None:
+            return
 
 
 def _edge_filter(spec: dict[str, Any] | None) -> qe.Filter | None:
