@@ -271,10 +271,11 @@ def index(
         "points",
         "cache_reused",
     )
-    table = Table(title=f"indexed into {report.collection!r}")
+    table = Table(title=f"indexed into {report.collection!r}", show_header=False)  # one row each: fits 80 columns
+    table.add_column()
+    table.add_column(justify="right")
     for name in columns:
-        table.add_column(name, justify="right")
-    table.add_row(*(f"{getattr(report, n):,}" for n in columns))
+        table.add_row(name, f"{getattr(report, name):,}")
     console.print(table)
     for problem in read_report.skipped:
         console.print(label("skipped", "yellow"), str(problem), soft_wrap=True)
