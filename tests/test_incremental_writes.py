@@ -215,3 +215,30 @@ def test_fingerprinted_chunks_are_the_chunkers_chunks(indexer):
         (c.id, c.embed_text, c.content_hash) for c in plain
     ]
     assert all(c.payload()["title"] == doc.title for c in carried)
+
+
+@pytest.mark.parametrize("backend", ["edge", "server"])
+def test_hits_carry_their_offsets_in_the_document_text(backend, indexed_stack):
+    """A chunk id names a position in its document: after a paragraph inserted near the top, the ids hold the text
+    now at those positions. Each hit carries where its text lies in the document's text (``start``, ``end``), to
+    anchor a citation; a point written without them (an earlier release) gives None."""
+    from assets.tables import chunks_to_table, table_to_chunks
+
+    text = "Intro: caf\u00e9 \U0001f44d\U0001f3fd.\n\n" + LONG
+    doc = Document("long", text, title="Valves")
+    stack = indexed_stack(backend, [doc])
+    indexer = stack.indexer()
+    chunks = indexer.chunk([doc])
+    assert len(chunks) > 2 and all(text[c.start : c.end] == c.text for c in chunks)
+    assert table_to_chunks(chunks_to_table(chunks)) == chunks  # the Dagster chunks table keeps them
+    hits = stack.retriever(rerank=False).search("paragraph 60 about valves", k=20)
+    assert hits and all(h.start is not None and text[h.start : h.end] == h.text for h in hits)
+    edited = dataclasses.replace(doc, text=text.replace("Intro:", "Intro: " + "a new paragraph " * 40))
+    report = indexer.index([edited], progress=False)
+    by_index = {h.chunk_index: h for h in stack.retriever(rerank=False).search("paragraph valves", k=50)}
+    assert all(edited.text[h.start : h.end] == h.text for h in by_index.values())
+    assert report.embedded > 0 and report.written == report.chunks
+    bare = [dataclasses.replace(c, start=None, end=None) for c in indexer.chunker.chunk(doc)]
+    indexer.sync(bare, progress=False)  # points as an earlier release wrote them
+    assert {(h.start, h.end) for h in stack.retriever(rerank=False).search("paragraph", k=50)} == {(None, None)}
+    stack.close()
