@@ -123,7 +123,7 @@ def qdrant_index(
         schema = indexer.schema()
     staged = f"staged version {report.version}" if report.changed else f"nothing changed: version {report.version}"
     context.log.info(
-        f"{corpus.collection}: {staged} (published: {published}): {report.embedded} written, "
+        f"{corpus.collection}: {staged} (published: {published}): {report.written} written, "
         f"{report.unchanged} unchanged, {report.deleted} deleted, {points} points"
     )
     check = dg.AssetCheckResult(
@@ -146,7 +146,7 @@ def qdrant_index(
             "published_version": published if published is not None else "none",
             "documents": dg.MetadataValue.int(report.documents),
             "chunks": dg.MetadataValue.int(report.chunks),
-            "written": dg.MetadataValue.int(report.embedded),
+            "written": dg.MetadataValue.int(report.written),
             "unchanged": dg.MetadataValue.int(report.unchanged),
             "deleted": dg.MetadataValue.int(report.deleted),
             "kept_documents": dg.MetadataValue.int(report.kept),
@@ -156,7 +156,7 @@ def qdrant_index(
             "dense_dimension": dg.MetadataValue.int(schema.dense_dim),
             "sparse_model": schema.sparse_model,
             "rebuilt": rebuilt,
-            "written_per_s": dg.MetadataValue.float(rate(report.embedded, report.seconds)),
+            "written_per_s": dg.MetadataValue.float(rate(report.written, report.seconds)),
             "duration_s": dg.MetadataValue.float(round(report.seconds, 3)),
         },
         check_results=[check],

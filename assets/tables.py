@@ -36,6 +36,8 @@ CHUNKS = pa.schema(
         ("embed_title", pa.string()),  # null: the whole title is embedded
         ("doc_hash", pa.string()),  # the document's fingerprint (Indexer.fingerprint); null in a bare chunk's row
         ("doc_chunks", pa.int32()),  # the document's number of chunks; null in a bare chunk's row
+        ("start", pa.int64()),  # where the text lies in the document's text; null: not known
+        ("end", pa.int64()),
     ]
 )
 MODEL_KEY = b"hybrid_rag.model"  # a vector table's model; a chunks table's tokenizer (the dense model's)
@@ -129,6 +131,8 @@ def chunks_to_table(
             "embed_title": [c.embed_title for c in chunks],
             "doc_hash": [c.doc_hash if c else None for c in fingerprinted],
             "doc_chunks": [c.doc_chunks if c else None for c in fingerprinted],
+            "start": [c.start for c in chunks],
+            "end": [c.end for c in chunks],
         },
         schema=CHUNKS,
     )
@@ -147,18 +151,20 @@ def batch_to_chunks(batch: pa.RecordBatch) -> list[Chunk]:
     chunks: list[Chunk] = []
     for r in batch.to_pylist():
         fields = (r["doc_id"], r["chunk_index"], r["text"], r["title"], json.loads(r["metadata"]), r.get("embed_title"))
+        span = {"start": r.get("start"), "end": r.get("end")}  # none in a table of an earlier release
         if r.get("doc_hash") is None:
-            chunks.append(Chunk(*fields))
+            chunks.append(Chunk(*fields, **span))
         else:
-            chunks.append(DocumentChunk(*fields, doc_hash=r["doc_hash"], doc_chunks=r["doc_chunks"]))
+            chunks.append(DocumentChunk(*fields, **span, doc_hash=r["doc_hash"], doc_chunks=r["doc_chunks"]))
     return chunks
 
 
 def unchanged_documents(previous: Source, fingerprints: dict[str, str]) -> set[str]:
     """The documents of ``fingerprints`` (doc_id -> :meth:`~retrieval.Indexer.fingerprint`) that ``previous``, a
     chunks table, holds as they are: every row of theirs carries their fingerprint and their number of rows (none
-    for a table of an earlier release, which has no fingerprints). Read a few columns a batch at a time."""
-    if "doc_hash" not in schema_of(previous).names:
+    for a table of an earlier release, which has no fingerprints or no offsets). Read a few columns a batch at a
+    time."""
+    if not {"doc_hash", "start"} <= set(schema_of(previous).names):
         return set()
     rows: dict[str, int] = {}
     counts: dict[str, int] = {}

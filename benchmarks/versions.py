@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
             started = time.perf_counter()
             report = indexer.index(docs, progress=False)  # nothing changed: a diff, no copy, no new version
             noops.append(time.perf_counter() - started)
-            if report.embedded or report.changed or report.version != current:
+            if report.written or report.changed or report.version != current:
                 raise RuntimeError(f"a re-index of unchanged documents wrote something: {report}")
 
         holder = subprocess.Popen(

@@ -238,7 +238,7 @@ def index(
     as_json: Annotated[bool, typer.Option("--json", help="Print the report (counts, skipped records) as JSON")] = False,
 ) -> None:
     """Add documents to a collection, or with --sync make it equal to the source (unchanged chunks are neither
-    embedded nor written again)."""
+    embedded nor written again; those of a changed document are written with their stored vectors)."""
     from retrieval.documents import read_documents
     from retrieval.stack import RetrievalStack
 
@@ -259,11 +259,23 @@ def index(
     if as_json:
         typer.echo(json.dumps(asdict(report), default=str, indent=2))
         return
-    columns = ("documents", "chunks", "embedded", "unchanged", "deleted", "kept", "points", "cache_reused")
-    table = Table(title=f"indexed into {report.collection!r}")
+    columns = (
+        "documents",
+        "chunks",
+        "written",
+        "embedded",
+        "reused",
+        "unchanged",
+        "deleted",
+        "kept",
+        "points",
+        "cache_reused",
+    )
+    table = Table(title=f"indexed into {report.collection!r}", show_header=False)  # one row each: fits 80 columns
+    table.add_column()
+    table.add_column(justify="right")
     for name in columns:
-        table.add_column(name, justify="right")
-    table.add_row(*(f"{getattr(report, n):,}" for n in columns))
+        table.add_row(name, f"{getattr(report, name):,}")
     console.print(table)
     for problem in read_report.skipped:
         console.print(label("skipped", "yellow"), str(problem), soft_wrap=True)

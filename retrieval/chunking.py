@@ -37,6 +37,9 @@ class Chunk:
     metadata: dict[str, Any] = field(default_factory=dict)
     embed_title: str | None = None  # the head of a long title that is embedded; None: the whole title
     unknown: bool = field(default=False, compare=False)  # mostly [UNK] to the dense tokenizer (not stored)
+    # where ``text`` lies in the document's text: ``doc.text[start:end] == text``; None when not known
+    start: int | None = None
+    end: int | None = None
 
     @property
     def id(self) -> str:
@@ -63,6 +66,8 @@ class Chunk:
             "title": self.title,
             "metadata": self.metadata,
             "content_hash": self.content_hash,
+            "start": self.start,
+            "end": self.end,
         }
 
 
@@ -101,7 +106,10 @@ class Chunker:
         unk = self.tokenizer.unk_token_id
         unknown = list(accumulate((i == unk for i in encoding["input_ids"]), initial=0))
         if not offsets:
-            return [Chunk(doc.id, 0, doc.text.strip(), title, doc.metadata, head)]
+            lead = len(doc.text) - len(doc.text.lstrip())
+            return [
+                Chunk(doc.id, 0, doc.text.strip(), title, doc.metadata, head, start=lead, end=len(doc.text.rstrip()))
+            ]
         cuts = _word_cuts(doc.text, offsets)
         graphemes = _grapheme_starts(doc.text)
         chunks: list[Chunk] = []
@@ -109,12 +117,13 @@ class Chunker:
         while True:
             end = _last_cut(cuts, start + 1, min(start + budget, n)) or min(start + budget, n)
             while True:  # cut inside a word or character: the slice re-tokenized may hold more tokens than that
-                text = _slice(doc.text, graphemes, offsets[start][0], offsets[end - 1][1])
+                lo, hi = _span(graphemes, offsets[start][0], offsets[end - 1][1])
+                text = doc.text[lo:hi]
                 if end - start == 1 or (cuts[start] and cuts[end]) or self._count(text) <= budget:
                     break
                 end = _last_cut(cuts, start + 1, end - 1) or end - 1
             mostly_unknown = unknown[end] - unknown[start] >= MOSTLY_UNKNOWN * (end - start)
-            chunks.append(Chunk(doc.id, len(chunks), text, title, doc.metadata, head, mostly_unknown))
+            chunks.append(Chunk(doc.id, len(chunks), text, title, doc.metadata, head, mostly_unknown, lo, hi))
             if end >= n:
                 return chunks
             start = _last_cut(cuts, start + 1, end - self.overlap) or end
@@ -142,10 +151,16 @@ def _grapheme_starts(text: str) -> list[int] | None:
 
 def _slice(text: str, graphemes: list[int] | None, start: int, end: int) -> str:
     """``text[start:end]`` widened to whole grapheme clusters."""
+    lo, hi = _span(graphemes, start, end)
+    return text[lo:hi]
+
+
+def _span(graphemes: list[int] | None, start: int, end: int) -> tuple[int, int]:
+    """``start``, ``end`` widened to whole grapheme clusters (``graphemes``: :func:`_grapheme_starts`)."""
     if graphemes is not None:
         start = graphemes[bisect.bisect_right(graphemes, start) - 1]
         end = graphemes[bisect.bisect_left(graphemes, end)]
-    return text[start:end]
+    return start, end
 
 
 def _is_word(char: str) -> bool:

@@ -36,6 +36,7 @@ MAX_METADATA_BYTES = 64 * 1024  # a document's metadata as JSON: it is copied in
 MAX_METADATA_DEPTH = 32  # objects and lists nested in metadata (the engine cannot read back ~120 in its WAL)
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # the integers a Qdrant payload holds (i64)
 RECORD_FIELDS = {"_id", "title", "text", "metadata"}  # a JSONL record's other fields are metadata
+RESERVED_FRONT_MATTER = {"title", "source_path"}  # the document's title; the reader's own metadata
 UTF8_BOM = b"\xef\xbb\xbf"
 UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")  # little-, big-endian (Notepad's "Unicode")
 NOT_UNICODE = "not valid Unicode (lone surrogate)"
@@ -262,10 +263,51 @@ class DocumentReader:
                 line = raw[: exc.start].count(b"\n") + 1
                 self._problem(path, line, f"not valid UTF-8 (byte offset {exc.start})", doc_id)
                 continue
-            title = (_markdown_title(text) if path.suffix.lower() in {".md", ".markdown"} else "") or path.stem
-            doc = self._document(path, None, doc_id, text, title, {"source_path": doc_id})
+            metadata: dict[str, Any] = {}
+            if path.suffix.lower() in {".md", ".markdown"}:
+                front, text = self._front_matter(path, doc_id, text)
+                if front is None:
+                    continue
+                if front and not text.strip():
+                    self._problem(path, None, f"document {doc_id!r}: no text after the front matter", doc_id)
+                    continue
+                title = _markdown_title(front, text)
+                metadata = {k: v for k, v in front.items() if k not in RESERVED_FRONT_MATTER}
+            else:
+                title = ""
+            doc = self._document(path, None, doc_id, text, title or path.stem, {**metadata, "source_path": doc_id})
             if doc is not None:
                 yield doc
+
+    def _front_matter(self, path: Path, doc_id: str, text: str) -> tuple[dict[str, Any] | None, str]:
+        """A Markdown file's YAML front matter (a mapping between ``---`` lines at its start; ``...`` may close it)
+        as stored metadata (:func:`json_metadata`: dates as ISO 8601 strings) and the text after it; ``({}, text)``
+        when it has none (``---`` lines around anything but a mapping are Markdown: thematic breaks; front matter
+        that is not valid YAML is kept as text, with a warning naming its line). ``(None, text)``: a value that
+        cannot be stored, reported as bad input at its key's line."""
+        match = _FRONT_MATTER.match(text)
+        if not match:
+            return {}, text
+        loader = yaml.SafeLoader(match.group(1))
+        try:
+            node = loader.get_single_node()
+            fields = loader.construct_document(node) if node is not None else None
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f"{path}:{mark.line + 2}" if mark is not None else str(path)  # line 1 is the opening '---'
+            log.warning("%s: front matter is not valid YAML (%s): kept as text", where, getattr(exc, "problem", exc))
+            return {}, text
+        finally:
+            loader.dispose()
+        if not isinstance(fields, dict):
+            return {}, text
+        for key, value in [*fields.items(), (None, None)]:  # each key at its line, then the whole (its size)
+            try:
+                metadata = json_metadata(fields if key is None else {key: value})
+            except InvalidMetadataError as exc:
+                line = next((k.start_mark.line + 2 for k, _ in node.value if k.value == str(key)), 1)
+                return self._problem(path, line, f"document {doc_id!r}: front matter {exc}", doc_id), text
+        return metadata, text[match.end() :]
 
     # -- shared checks ------------------------------------------------------------------------------
     def _document(
@@ -595,22 +637,14 @@ def _json_id(token: str, key: bool = False) -> str | None:
     return value if value.strip() and not has_lone_surrogate(value) else None
 
 
-def _markdown_title(text: str) -> str:
-    """A Markdown file's title: its YAML front matter's ``title:``, else the text of its first non-empty level-one
-    heading (``# Title`` or ``Title`` underlined with ``===``) as CommonMark reads the text after the front matter
-    (not a ``# comment`` in front matter or a code block), else ''. Only the text up to a line that may be such a
+def _markdown_title(front: dict[str, Any], text: str) -> str:
+    """A Markdown file's title: its front matter's ``title:`` (``front``, as stored), else the text of its first
+    non-empty level-one heading (``# Title`` or ``Title`` underlined with ``===``) as CommonMark reads ``text``, the
+    text after the front matter (not a code block), else ''. Only the text up to a line that may be such a
     heading is parsed (in doubling steps): long files stay cheap."""
-    front = _FRONT_MATTER.match(text)
-    if front:
-        try:
-            fields = yaml.safe_load(front.group(1))
-        except yaml.YAMLError:
-            fields = None
-        if isinstance(fields, dict):  # else the '---' lines are Markdown (a thematic break)
-            title = fields.get("title")
-            if isinstance(title, str | int | float | dt.date) and not isinstance(title, bool) and str(title).strip():
-                return str(title).strip()
-            text = text[front.end() :]
+    title = front.get("title")
+    if isinstance(title, str | int | float) and not isinstance(title, bool) and str(title).strip():
+        return str(title).strip()
     lines = text.splitlines(keepends=True)
     parsed = 0
     for i, line in enumerate(lines):

@@ -80,15 +80,22 @@ class DocumentChunk(Chunk):
 class IndexReport:
     """What one indexing run did (``version``: the collection version written; 0 for an unversioned one).
 
-    ``seconds``: the whole write: chunking (:meth:`Indexer.index`), embedding, writing and publishing, plus reading
-    the source when the caller read it and says so in ``read_seconds`` (the ``index`` command does)."""
+    Of the ``chunks``, ``written`` points were written: ``embedded`` with vectors made for this write (encoded;
+    ``cache_reused`` of their dense vectors came from the embedding cache instead of the model; or the caller's,
+    :meth:`Indexer.sync` with ``vectors``) and ``reused`` with the vectors their points already had (a chunk of a
+    changed document with the same id and text, rewritten to carry the document's new fingerprint); the other
+    ``unchanged`` ones were not written. ``seconds``: the whole write: chunking (:meth:`Indexer.index`), embedding,
+    writing and publishing, plus reading the source when the caller read it and says so in ``read_seconds`` (the
+    ``index`` command does)."""
 
     collection: str
     version: int | None = None
     rebuilt: bool = False
     documents: int = 0
     chunks: int = 0
+    written: int = 0
     embedded: int = 0
+    reused: int = 0
     unchanged: int = 0
     deleted: int = 0
     kept: int = 0  # documents absent from the source (skipped as bad input) whose stored chunks were kept
@@ -417,7 +424,7 @@ class Indexer:
             report.unchanged = report.chunks - len(todo)
             if todo:  # a collection this release writes into is refused by releases that would write other terms
                 target.upgrade_schema_record()
-            self._write(target, [chunks[i] for i in todo], report, progress, _select(vectors, todo))
+            self._write(target, [chunks[i] for i in todo], report, progress, _select(vectors, todo), stored)
             stale = _stale(chunks, stored, prunable, everything=rebuild)
             erased = self._embedded_hashes(target, stale, keep=chunks)
             target.delete_ids(stale)
@@ -438,7 +445,7 @@ class Indexer:
             if target is not self.store:
                 target.close()
         self._forget(erased)
-        report.changed = staged or bool(report.embedded or report.deleted)
+        report.changed = staged or bool(report.written or report.deleted)
         return self._done(report, target.version if staged else self.store.current_version(), rebuild, publish, started)
 
     def _done(
@@ -447,13 +454,16 @@ class Indexer:
         report.version = version
         report.seconds = time.perf_counter() - started
         log.info(
-            "indexed %s (version %s%s): %d docs, %d chunks, %d written, %d unchanged, %d deleted in %.1fs",
+            "indexed %s (version %s%s): %d docs, %d chunks, %d written (%d embedded, %d with their stored vectors), "
+            "%d unchanged, %d deleted in %.1fs",
             report.collection,
             report.version,
             ", rebuilt" if rebuild else ", unchanged" if not report.changed else "" if publish else ", staged",
             report.documents,
             report.chunks,
+            report.written,
             report.embedded,
+            report.reused,
             report.unchanged,
             report.deleted,
             report.seconds,
@@ -545,17 +555,22 @@ class Indexer:
         report: IndexReport,
         progress: bool,
         vectors: tuple[np.ndarray, list[SparseVec]] | None,
+        stored: dict[str, StoredChunk],
     ) -> None:
         """Encode in blocks while the previous block is being upserted in the background.
 
-        The chunks go longest first (in characters), across blocks, so each block holds texts of similar length
+        Without ``vectors``, the chunks ``stored`` holds with the same content (rewritten only to carry their
+        document's new fingerprint) are written first, with the vectors their points have (:meth:`_rewrite`).
+        The others go longest first (in characters), across blocks, so each block holds texts of similar length
         and its encoder batches need little padding.
         """
+        bar = progress_bar(total=len(todo), progress=progress, desc=f"embedding {report.collection}", unit="chunk")
+        if vectors is None:
+            todo = self._rewrite(store, todo, stored, report, bar)
         order = length_order([c.embed_text for c in todo])
         todo = [todo[i] for i in order]
         if vectors is not None:
             vectors = np.asarray(vectors[0])[order], [vectors[1][i] for i in order]
-        bar = progress_bar(total=len(todo), progress=progress, desc=f"embedding {report.collection}", unit="chunk")
         try:
             self._write_blocks(store, todo, report, vectors, bar)
         except (MemoryError, RuntimeError) as exc:  # RuntimeError: only "can't start new thread" is a limit
@@ -599,6 +614,7 @@ class Indexer:
                     if future.done():
                         future.result()
                 report.embedded += len(block)
+                report.written += len(block)
                 bar.update(len(block))
                 if self.after_batch:
                     for future in pending:
@@ -606,6 +622,29 @@ class Indexer:
                     self.after_batch(block_no)
             for future in pending:
                 future.result()
+
+    def _rewrite(
+        self, store: QdrantStore, todo: list[Chunk], stored: dict[str, StoredChunk], report: IndexReport, bar: Any
+    ) -> list[Chunk]:
+        """Write the chunks of ``todo`` that ``store`` holds with the same content (``stored``: id and content hash:
+        title, text and metadata) with the vectors their points have, so they are not encoded again (the write's
+        models and encoding settings are the collection's: :meth:`QdrantStore.ensure`); returns the rest (and any
+        whose point was not found)."""
+        same = [c for c in todo if (s := stored.get(c.id)) is not None and s.content_hash == c.content_hash]
+        done: set[str] = set()
+        batch = self.settings.upsert_batch_size
+        for start in range(0, len(same), batch):
+            part = same[start : start + batch]
+            found = store.stored_vectors([c.id for c in part])
+            part = [c for c in part if c.id in found]
+            if part:
+                dense = np.stack([found[c.id][0] for c in part])
+                store.upsert(part, dense, [found[c.id][1] for c in part])
+            done.update(c.id for c in part)
+            report.reused += len(part)
+            report.written += len(part)
+            bar.update(len(part))
+        return [c for c in todo if c.id not in done]
 
     def encode_dense(self, chunks: Sequence[Chunk]) -> tuple[np.ndarray, int]:
         """Dense vectors for ``chunks`` (through the embedding cache) and how many came from the cache."""

@@ -95,6 +95,8 @@ class Hit:
     dense_score: float | None = None  # the channel's raw score (cosine); None when not in its list
     sparse_score: float | None = None  # the channel's raw score (BM25); None when not in its list
     rerank_score: float | None = None
+    start: int | None = None  # where ``text`` lies in the document's text (``text[start:end]``); None: not stored
+    end: int | None = None
     dense_vector: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @classmethod
@@ -116,12 +118,13 @@ class Hit:
         return hit
 
     def fill(self, payload: dict[str, Any]) -> None:
-        """The stored fields of the chunk (text, title, metadata, chunk index) from its point's payload."""
+        """The stored fields of the chunk (text, title, metadata, chunk index, offsets) from its point's payload."""
         self.doc_id = str(payload.get("doc_id", self.doc_id))
         self.chunk_index = payload.get("chunk_index")
         self.text = payload.get("text", "")
         self.title = payload.get("title") or ""  # a string: "" for none
         self.metadata = payload.get("metadata", {}) or {}
+        self.start, self.end = payload.get("start"), payload.get("end")  # None: written by an earlier release
 
 
 class HybridRetriever:

@@ -363,6 +363,69 @@ def test_a_markdown_title_is_its_first_level_one_heading_outside_code(tmp_path, 
     assert read_documents(tmp_path)[0][0].title == title
 
 
+FRONT_MATTER = """---
+title: Administrator Guide
+author: Ann
+tags: [ops, admin]
+date: 2024-05-01
+reviewed: 2024-05-02T10:30:00+02:00
+source_path: elsewhere/admin.md
+---
+
+# Admin
+
+Rotate the snapshots weekly.
+"""
+
+
+def test_markdown_front_matter_is_metadata_not_text(tmp_path):
+    """A Markdown file's YAML front matter becomes its metadata (dates as ISO 8601 strings, as the date filters read
+    them), its ``title:`` the title; the text starts after it, so the YAML is neither embedded nor shown as content.
+    ``source_path`` is the reader's own key: front matter cannot overwrite it."""
+    (tmp_path / "admin.md").write_text(FRONT_MATTER)
+    (tmp_path / "plain.md").write_text("---\n\nA thematic break above, not front matter.\n---\nbody\n")
+    docs = {d.id: d for d in read_documents(tmp_path)[0]}
+    admin = docs["admin.md"]
+    assert admin.title == "Administrator Guide"
+    assert admin.metadata == {
+        "author": "Ann",
+        "tags": ["ops", "admin"],
+        "date": "2024-05-01",
+        "reviewed": "2024-05-02T08:30:00Z",
+        "source_path": "admin.md",
+    }
+    assert admin.text == "\n# Admin\n\nRotate the snapshots weekly.\n"
+    assert docs["plain.md"].text.startswith("---\n") and docs["plain.md"].metadata == {"source_path": "plain.md"}
+
+
+def test_front_matter_that_cannot_be_metadata_is_bad_input_at_its_line(tmp_path, caplog):
+    (tmp_path / "nan.md").write_text("---\nlayout: page\nscore: .nan\n---\nbody\n")
+    (tmp_path / "stub.md").write_text("---\ntitle: Only a title\n---\n")
+    (tmp_path / "typo.md").write_text("---\ntags: [ops\n---\nbody\n")
+    with pytest.raises(BadInputError, match=r"nan\.md:3: document 'nan\.md': front matter metadata 'score': nan is"):
+        read_documents(tmp_path)
+    docs, report = read_documents(tmp_path, policy="skip")
+    assert [(p.doc_id, p.line, p.reason) for p in report.skipped] == [
+        ("nan.md", 3, "document 'nan.md': front matter metadata 'score': nan is not a finite number"),
+        ("stub.md", None, "document 'stub.md': no text after the front matter"),
+    ]
+    # front matter that is not YAML may be Markdown: kept as text, with a warning naming the file and line
+    assert [(d.id, d.text.startswith("---")) for d in docs] == [("typo.md", True)]
+    assert "typo.md:3: front matter is not valid YAML" in caplog.text
+
+
+def test_front_matter_keys_filter_search(indexed_stack, tmp_path):
+    (tmp_path / "admin.md").write_text(FRONT_MATTER)
+    (tmp_path / "other.md").write_text("---\nauthor: Bob\ntags: dev\ndate: 2019-01-01\n---\nRotate logs daily.\n")
+    stack = indexed_stack("edge", read_documents(tmp_path)[0])
+    search = stack.retriever(rerank=False).search
+    for flt in ({"author": "Ann"}, {"tags": "ops"}, {"date": {"gte": "2024-01-01"}}, {"source_path": "admin.md"}):
+        assert [h.doc_id for h in search("rotate", k=5, filter=flt)] == ["admin.md"], flt
+    hit = search("Administrator Guide author Ann", k=1, filter={"author": "Ann"})[0]
+    assert "author" not in hit.text and hit.text.startswith("# Admin")
+    stack.close()
+
+
 def test_utf16_text_is_named_as_such(tmp_path):
     (tmp_path / "ok.md").write_text("# ok\n\nfine.\n")
     (tmp_path / "minutes.txt").write_text("Meeting minutes.\n", encoding="utf-16")  # Notepad's "Unicode": a BOM

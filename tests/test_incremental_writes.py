@@ -4,6 +4,7 @@ collection once. Results stay those of a full comparison, on both backends."""
 
 import dataclasses
 
+import numpy as np
 import pytest
 
 import retrieval.store.base as store_base
@@ -67,6 +68,46 @@ def test_unchanged_documents_are_not_chunked_again(indexer, chunked):
     assert indexer.store.stored_hashes() == expected_points(indexer, edited)
 
 
+@pytest.mark.parametrize("backend", ["edge", "server"])
+def test_an_edit_encodes_only_the_changed_chunks(backend, indexed_stack, monkeypatch):
+    """A chunk of an edited document that keeps its id and text is rewritten (its point carries the document's new
+    fingerprint) with the vectors its point has, read back, not encoded again: with the embedding cache off the
+    model sees only the changed chunks, and the report tells encoded from reused."""
+    stack = indexed_stack(backend, [], embedding_cache=False)
+    indexer = stack.indexer()
+    doc = Document("long", LONG, title="Valves")
+    indexer.index([doc], progress=False)
+    ids = sorted(indexer.store.stored_chunks())
+    before = indexer.store.stored_vectors(ids)
+    edited = dataclasses.replace(doc, text=LONG.replace("paragraph 119 about", "paragraph 119, the last one, about"))
+    new_chunks = indexer.chunk([edited])
+    old_chunks = {c.id: c.content_hash for c in indexer.chunk([doc])}
+    changed = [c.embed_text for c in new_chunks if old_chunks.get(c.id) != c.content_hash]
+    assert 0 < len(changed) < len(new_chunks) - 1
+    encoded: list[str] = []
+    original = indexer.dense.encode_documents
+    monkeypatch.setattr(indexer.dense, "encode_documents", lambda texts: (encoded.extend(texts), original(texts))[1])
+    report = indexer.index([edited], progress=False)
+    assert sorted(encoded) == sorted(changed)
+    kept = len(new_chunks) - len(changed)
+    assert (report.written, report.embedded, report.reused, report.cache_reused) == (
+        len(new_chunks),
+        len(changed),
+        kept,
+        0,
+    )
+    after = indexer.store.stored_vectors(ids)
+    same = [c.id for c in new_chunks if old_chunks.get(c.id) == c.content_hash]
+    for pid in same:  # the vectors they had (a server normalizes dense ones again: within a float32 step)
+        np.testing.assert_allclose(after[pid][0], before[pid][0], rtol=0, atol=1e-7)
+        assert after[pid][1] == before[pid][1]
+    assert indexer.store.stored_hashes() == expected_points(indexer, [edited])
+    encoded.clear()
+    again = indexer.index([edited], progress=False)  # every point carries the new fingerprint: nothing to do
+    assert (again.written, again.unchanged, encoded) == (0, len(new_chunks), [])
+    stack.close()
+
+
 def test_a_sync_keeps_unchanged_documents_and_deletes_absent_ones(indexer, chunked):
     indexer.index(TINY_DOCS, progress=False)
     chunked.clear()
@@ -90,7 +131,7 @@ def test_a_document_a_bare_chunk_write_shortened_is_chunked_again(indexer, chunk
     assert indexer.store.count({"doc_id": "long"}) == 1
     chunked.clear()
     report = indexer.index([long_doc, *TINY_DOCS], progress=False)
-    assert chunked == ["long"] and report.embedded == many
+    assert chunked == ["long"] and (report.written, report.reused) == (many, 1)  # chunk 0: its stored vectors
     assert report.points == first.points
     assert indexer.store.stored_hashes() == expected_points(indexer, [long_doc, *TINY_DOCS])
 
@@ -174,3 +215,30 @@ def test_fingerprinted_chunks_are_the_chunkers_chunks(indexer):
         (c.id, c.embed_text, c.content_hash) for c in plain
     ]
     assert all(c.payload()["title"] == doc.title for c in carried)
+
+
+@pytest.mark.parametrize("backend", ["edge", "server"])
+def test_hits_carry_their_offsets_in_the_document_text(backend, indexed_stack):
+    """A chunk id names a position in its document: after a paragraph inserted near the top, the ids hold the text
+    now at those positions. Each hit carries where its text lies in the document's text (``start``, ``end``), to
+    anchor a citation; a point written without them (an earlier release) gives None."""
+    from assets.tables import chunks_to_table, table_to_chunks
+
+    text = "Intro: caf\u00e9 \U0001f44d\U0001f3fd.\n\n" + LONG
+    doc = Document("long", text, title="Valves")
+    stack = indexed_stack(backend, [doc])
+    indexer = stack.indexer()
+    chunks = indexer.chunk([doc])
+    assert len(chunks) > 2 and all(text[c.start : c.end] == c.text for c in chunks)
+    assert table_to_chunks(chunks_to_table(chunks)) == chunks  # the Dagster chunks table keeps them
+    hits = stack.retriever(rerank=False).search("paragraph 60 about valves", k=20)
+    assert hits and all(h.start is not None and text[h.start : h.end] == h.text for h in hits)
+    edited = dataclasses.replace(doc, text=text.replace("Intro:", "Intro: " + "a new paragraph " * 40))
+    report = indexer.index([edited], progress=False)
+    by_index = {h.chunk_index: h for h in stack.retriever(rerank=False).search("paragraph valves", k=50)}
+    assert all(edited.text[h.start : h.end] == h.text for h in by_index.values())
+    assert report.embedded > 0 and report.written == report.chunks
+    bare = [dataclasses.replace(c, start=None, end=None) for c in indexer.chunker.chunk(doc)]
+    indexer.sync(bare, progress=False)  # points as an earlier release wrote them
+    assert {(h.start, h.end) for h in stack.retriever(rerank=False).search("paragraph", k=50)} == {(None, None)}
+    stack.close()

@@ -95,3 +95,8 @@ def test_stored_vectors_come_back(store):
     vectors = store.dense_vectors([chunks[0].id, chunks[2].id])
     np.testing.assert_allclose(vectors[chunks[0].id], unit(1, 0, 0, 0), atol=1e-6)
     np.testing.assert_allclose(vectors[chunks[2].id], unit(0, 1, 0, 0), atol=1e-6)
+    both = store.stored_vectors([chunks[0].id, chunks[3].id, "00000000-0000-0000-0000-000000000000"])
+    assert set(both) == {chunks[0].id, chunks[3].id}  # an id not stored is left out
+    dense, sparse = both[chunks[3].id]
+    np.testing.assert_allclose(dense, unit(0, 0, 1, 0), atol=1e-6)
+    assert dict(zip(sparse.indices, sparse.values, strict=True)) == pytest.approx({4: 1.0, 1: 0.2})

@@ -692,6 +692,11 @@ class QdrantStore(ABC):
     @abstractmethod
     def dense_vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]: ...
 
+    @abstractmethod
+    def stored_vectors(self, ids: Sequence[str]) -> dict[str, tuple[np.ndarray, SparseVec]]:
+        """id -> the stored (dense, sparse) vectors, for the ids that exist: what a rewrite of an unchanged chunk
+        writes again instead of encoding it."""
+
     def flush(self) -> None:  # noqa: B027 - optional hook
         """Make every write durable (a no-op where the backend does it per request)."""
 

@@ -1210,6 +1210,19 @@ class EdgeStore(QdrantStore):
             records = shard.retrieve(list(ids), with_payload=False, with_vector=[DENSE])
         return {str(r.id): np.asarray(r.vector[DENSE], dtype=np.float32) for r in records}
 
+    def stored_vectors(self, ids: Sequence[str]) -> dict[str, tuple[np.ndarray, SparseVec]]:
+        not_one_string(ids, "stored_vectors", "point ids")
+        if not ids:
+            return {}
+        with self._using("retrieve") as shard:
+            records = shard.retrieve(list(ids), with_payload=False, with_vector=[DENSE, SPARSE])
+        return {_hit(r).id: _vectors(r.vector) for r in records}
+
+
+def _vectors(vector: dict[str, Any]) -> tuple[np.ndarray, SparseVec]:
+    sparse = vector[SPARSE]
+    return np.asarray(vector[DENSE], dtype=np.float32), SparseVec(list(sparse.indices), list(sparse.values))
+
 
 DOC_ID_INDEX = qe.UpdateOperation.create_field_index("doc_id", qe.PayloadSchemaType.Keyword)
 

@@ -643,6 +643,15 @@ class ServerStore(QdrantStore):
         )
         return {str(r.id): np.asarray(r.vector[DENSE], dtype=np.float32) for r in records}
 
+    def stored_vectors(self, ids: Sequence[str]) -> dict[str, tuple[np.ndarray, SparseVec]]:
+        not_one_string(ids, "stored_vectors", "point ids")
+        if not ids:
+            return {}
+        records = self._call(
+            "retrieve", self.client.retrieve, self.name, ids=list(ids), with_payload=False, with_vectors=[DENSE, SPARSE]
+        )
+        return {str(r.id): _vectors(r.vector) for r in records}
+
 
 def _client_filter(spec: dict[str, Any] | None) -> qm.Filter | None:
     groups = [[_client_condition(*test) for test in group] for group in filter_conditions(spec)]
@@ -692,6 +701,11 @@ def _client_request(plan: QueryPlan) -> qm.QueryRequest:
         with_payload=plan.payload_selector(),
         with_vector=with_vector,
     )
+
+
+def _vectors(vector: Any) -> tuple[np.ndarray, SparseVec]:
+    sparse = vector[SPARSE]
+    return np.asarray(vector[DENSE], dtype=np.float32), SparseVec(list(sparse.indices), list(sparse.values))
 
 
 def _hit(point: qm.ScoredPoint | qm.Record) -> StoredHit:
