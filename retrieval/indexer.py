@@ -424,12 +424,16 @@ class Indexer:
             report.unchanged = report.chunks - len(todo)
             if todo:  # a collection this release writes into is refused by releases that would write other terms
                 target.upgrade_schema_record()
+            replaced = [chunks[i].id for i in todo if _text_changed(chunks[i], stored)]
+            erased = self._embedded_hashes(target, replaced, keep=chunks)  # an edit's old text leaves the disk too
+            if replaced:
+                target.will_overwrite_text()
             self._write(target, [chunks[i] for i in todo], report, progress, _select(vectors, todo), stored)
             stale = _stale(chunks, stored, prunable, everything=rebuild)
-            erased = self._embedded_hashes(target, stale, keep=chunks)
+            erased |= self._embedded_hashes(target, stale, keep=chunks)
             target.delete_ids(stale)
-            if target is self.store and stale:
-                self.store.erase_from_copies(copies, ids=stale)
+            if target is self.store and (stale or replaced):
+                self.store.erase_from_copies(copies, ids=[*stale, *replaced])
             report.deleted = len(stale)
             if rebuild:  # the points of the published version that the new one no longer holds
                 dropped = sorted(existing.keys() - {c.id for c in chunks})
@@ -853,6 +857,12 @@ def write_intent(
     kept = sorted({f"{p.doc_id}{'/' if p.folder else ''}" for p in skipped if p.doc_id is not None})
     digest.update(f"kept={kept} unknown={sum(p.doc_id is None for p in skipped)}".encode())
     return digest.hexdigest()
+
+
+def _text_changed(chunk: Chunk, stored: dict[str, StoredChunk]) -> bool:
+    """Whether writing ``chunk`` overwrites a stored point that holds other text."""
+    s = stored.get(chunk.id)
+    return s is not None and s.content_hash != chunk.content_hash
 
 
 def _todo(chunks: Sequence[Chunk], stored: dict[str, StoredChunk]) -> list[int]:

@@ -70,6 +70,19 @@ def test_a_sync_without_the_document_and_later_writes_leave_no_trace(secret_stac
     assert secret_stack.store().count() == len(TINY_DOCS) + 1
 
 
+def test_an_edit_that_removes_the_text_leaves_no_trace_of_the_old_text(secret_stack):
+    """A document edited to remove a secret (same id, same number of chunks: its point is overwritten, none
+    deleted): the old text leaves the disk and the cache as a deleted document's does."""
+    root = Path(secret_stack.settings.qdrant_path)
+    edited = Document(SECRET.id, "The enzyme kinetics of the compound were measured in mice with a new assay.")
+    report = secret_stack.indexer().index([edited], progress=False)
+    assert (report.written, report.deleted) == (1, 0)
+    assert holding(root) == []
+    assert not any(cached(secret_stack, [SECRET]).values())
+    assert all(cached(secret_stack, [edited, *TINY_DOCS]).values())
+    assert [h.doc_id for h in secret_stack.retriever().search("enzyme kinetics assay", k=1)] == [SECRET.id]
+
+
 def test_a_delete_erases_the_documents_from_a_stale_staged_copy_too(indexed_stack):
     """Server path: a copy staged before a delete into the live collection is stale (never published) and holds
     the deleted document no longer."""

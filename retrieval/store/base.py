@@ -392,6 +392,11 @@ class QdrantStore(ABC):
             copies.append(v)
         return copies
 
+    def will_overwrite_text(self) -> None:
+        """Before overwriting points with other text (an edited document's chunks): the version loses text, as by a
+        delete (see :meth:`delete_ids`). A server's live collection keeps no copy for this store to rewrite."""
+        return None
+
     def erase_from_copies(self, copies: Sequence[int], ids: Sequence[str] = (), doc_ids: Sequence[str] = ()) -> None:
         """Delete the points ``ids`` and the documents ``doc_ids`` from the stale copies ``copies`` too (see
         :meth:`mark_copies_stale`): a deletion leaves no copy of the deleted text behind."""

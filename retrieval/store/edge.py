@@ -1142,6 +1142,10 @@ class EdgeStore(QdrantStore):
                 self._mark_erased()
                 shard.update(qe.UpdateOperation.delete_points_by_filter(flt))
 
+    def will_overwrite_text(self) -> None:
+        with self._using("overwrite", write=True):
+            self._mark_erased()
+
     def _mark_erased(self) -> None:
         """Record that points are deleted from this version (before deleting them, so that a write that fails
         after the delete and is resumed still rewrites it): sealing it rewrites it from its live points."""
