@@ -271,7 +271,8 @@ def index(
         "points",
         "cache_reused",
     )
-    table = Table(title=f"indexed into {report.collection!r}", show_header=False)  # one row each: fits 80 columns
+    console.print(f"indexed into {report.collection!r}", soft_wrap=True)  # not a title: the narrow table wraps it
+    table = Table(show_header=False)  # one row a count: fits 80 columns
     table.add_column()
     table.add_column(justify="right")
     for name in columns:
