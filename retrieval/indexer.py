@@ -630,15 +630,20 @@ class Indexer:
     def _rewrite(
         self, store: QdrantStore, todo: list[Chunk], stored: dict[str, StoredChunk], report: IndexReport, bar: Any
     ) -> list[Chunk]:
-        """Write the chunks of ``todo`` that ``store`` holds with the same content (``stored``: id and content hash:
-        title, text and metadata) with the vectors their points have, so they are not encoded again (the write's
-        models and encoding settings are the collection's: :meth:`QdrantStore.ensure`); returns the rest (and any
-        whose point was not found)."""
-        same = [c for c in todo if (s := stored.get(c.id)) is not None and s.content_hash == c.content_hash]
+        """Write the chunks of ``todo`` whose points ``store`` holds with the same embedded text (title and text:
+        the same content, rewritten only to carry their document's new fingerprint, or new metadata) with the
+        vectors their points have, so they are not encoded again (the write's models and encoding settings are the
+        collection's: :meth:`QdrantStore.ensure`); returns the rest (and any whose point was not found)."""
+        held = [c for c in todo if c.id in stored]
         done: set[str] = set()
         batch = self.settings.upsert_batch_size
-        for start in range(0, len(same), batch):
-            part = same[start : start + batch]
+        for start in range(0, len(held), batch):
+            part = held[start : start + batch]
+            edited = [c.id for c in part if stored[c.id].content_hash != c.content_hash]
+            if edited:  # a metadata edit leaves the embedded text, so the vectors, as they are
+                points, by_id = store.points(edited), {c.id: c for c in part}
+                same_text = {i for i in edited if i in points and _embeds_as_stored(points[i].payload, by_id[i])}
+                part = [c for c in part if c.id not in edited or c.id in same_text]
             found = store.stored_vectors([c.id for c in part])
             part = [c for c in part if c.id in found]
             if part:
@@ -857,6 +862,11 @@ def write_intent(
     kept = sorted({f"{p.doc_id}{'/' if p.folder else ''}" for p in skipped if p.doc_id is not None})
     digest.update(f"kept={kept} unknown={sum(p.doc_id is None for p in skipped)}".encode())
     return digest.hexdigest()
+
+
+def _embeds_as_stored(payload: dict[str, Any], chunk: Chunk) -> bool:
+    """Whether a stored point's ``payload`` holds ``chunk``'s title and text (what is embedded; metadata is not)."""
+    return (payload.get("title") or "") == chunk.title and payload.get("text") == chunk.text
 
 
 def _text_changed(chunk: Chunk, stored: dict[str, StoredChunk]) -> bool:

@@ -108,6 +108,27 @@ def test_an_edit_encodes_only_the_changed_chunks(backend, indexed_stack, monkeyp
     stack.close()
 
 
+@pytest.mark.parametrize("backend", ["edge", "server"])
+def test_a_metadata_edit_encodes_nothing(backend, indexed_stack, monkeypatch):
+    """Metadata is stored, not embedded: a document whose metadata alone changed (a front-matter tag) is rewritten
+    with its stored vectors, the model not called, with the embedding cache off; filters see the new metadata."""
+    stack = indexed_stack(backend, [], embedding_cache=False)
+    indexer = stack.indexer()
+    doc = Document("long", LONG, title="Valves", metadata={"tags": ["draft"]})
+    indexer.index([doc], progress=False)
+    encoded: list[str] = []
+    original = indexer.dense.encode_documents
+    monkeypatch.setattr(indexer.dense, "encode_documents", lambda texts: (encoded.extend(texts), original(texts))[1])
+    report = indexer.index([dataclasses.replace(doc, metadata={"tags": ["final"]})], progress=False)
+    chunks = len(indexer.chunk([doc]))
+    assert (report.written, report.embedded, report.reused, encoded) == (chunks, 0, chunks, [])
+    hits = stack.retriever().search("valves", k=3, filter={"tags": "final"})
+    assert hits and {h.metadata["tags"][0] for h in hits} == {"final"}
+    retitled = indexer.index([dataclasses.replace(doc, title="Pumps", metadata={"tags": ["final"]})], progress=False)
+    assert (retitled.embedded, retitled.reused) == (chunks, 0)  # the title is embedded: encoded again
+    stack.close()
+
+
 def test_a_sync_keeps_unchanged_documents_and_deletes_absent_ones(indexer, chunked):
     indexer.index(TINY_DOCS, progress=False)
     chunked.clear()
