@@ -265,12 +265,13 @@ class DocumentReader:
                 continue
             metadata: dict[str, Any] = {}
             if path.suffix.lower() in {".md", ".markdown"}:
-                front, text = self._front_matter(path, doc_id, text)
+                front, body = self._front_matter(path, doc_id, text)
                 if front is None:
                     continue
-                if front and not text.strip():
+                if len(body) < len(text) and not body.strip():  # front matter (maybe empty), then nothing
                     self._problem(path, None, f"document {doc_id!r}: no text after the front matter", doc_id)
                     continue
+                text = body
                 title = _markdown_title(front, text)
                 metadata = {k: v for k, v in front.items() if k not in RESERVED_FRONT_MATTER}
             else:
@@ -281,17 +282,18 @@ class DocumentReader:
 
     def _front_matter(self, path: Path, doc_id: str, text: str) -> tuple[dict[str, Any] | None, str]:
         """A Markdown file's YAML front matter (a mapping between ``---`` lines at its start; ``...`` may close it)
-        as stored metadata (:func:`json_metadata`: dates as ISO 8601 strings) and the text after it; ``({}, text)``
-        when it has none (``---`` lines around anything but a mapping are Markdown: thematic breaks; front matter
-        that is not valid YAML is kept as text, with a warning naming its line). ``(None, text)``: a value that
-        cannot be stored, reported as bad input at its key's line."""
+        as stored metadata (:func:`json_metadata`: dates as ISO 8601 strings) and the text after it; empty front
+        matter (nothing or only comments between the lines, as Jekyll writes it) is no metadata and leaves the text.
+        ``({}, text)`` when it has none; YAML that is not valid or not a mapping (it may be Markdown: thematic
+        breaks) is kept as text, with a warning naming its line. ``(None, text)``: a value that cannot be stored,
+        reported as bad input at its key's line."""
         match = _FRONT_MATTER.match(text)
         if not match:
             return {}, text
         loader = yaml.SafeLoader(match.group(1))
         try:
             node = loader.get_single_node()
-            fields = loader.construct_document(node) if node is not None else None
+            fields = loader.construct_document(node) if node is not None else {}
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f"{path}:{mark.line + 2}" if mark is not None else str(path)  # line 1 is the opening '---'
@@ -300,6 +302,10 @@ class DocumentReader:
         finally:
             loader.dispose()
         if not isinstance(fields, dict):
+            kind = "a list" if isinstance(node, yaml.SequenceNode) else "a single value"
+            log.warning(
+                "%s:%d: front matter is not a YAML mapping (%s): kept as text", path, node.start_mark.line + 2, kind
+            )
             return {}, text
         for key, value in [*fields.items(), (None, None)]:  # each key at its line, then the whole (its size)
             try:

@@ -414,6 +414,34 @@ def test_front_matter_that_cannot_be_metadata_is_bad_input_at_its_line(tmp_path,
     assert "typo.md:3: front matter is not valid YAML" in caplog.text
 
 
+def test_empty_front_matter_leaves_the_text_and_a_non_mapping_one_stays_text_with_a_warning(tmp_path, caplog):
+    """Empty front matter (``---`` then ``---``, as Jekyll writes it) is no metadata and is not text; YAML that is not
+    a mapping (a list) between ``---`` lines stays text, with the warning invalid YAML gets. CRLF, a BOM and a
+    ``...`` closer are front matter too."""
+    (tmp_path / "empty.md").write_text("---\n---\nBody text here.\n")
+    (tmp_path / "comment.md").write_text("---\n# only a comment\n---\n# Heading\nBody.\n")
+    (tmp_path / "list.md").write_text("---\n- a\n- b\n---\nBody text here.\n")
+    (tmp_path / "crlf.md").write_bytes(b"---\r\nauthor: Ann\r\n---\r\nBody.\r\n")
+    (tmp_path / "bom.md").write_bytes("\ufeff---\nauthor: Ann\n...\nBody.\n".encode())
+    (tmp_path / "bare.md").write_text("---\n---\n")
+    with caplog.at_level("WARNING", logger="retrieval.documents"):
+        docs, report = read_documents(tmp_path, policy="skip")
+    docs = {d.id: d for d in docs}
+    assert (docs["empty.md"].text, docs["empty.md"].metadata) == ("Body text here.\n", {"source_path": "empty.md"})
+    assert (docs["comment.md"].text, docs["comment.md"].title) == ("# Heading\nBody.\n", "Heading")
+    assert docs["list.md"].text == "---\n- a\n- b\n---\nBody text here.\n"
+    assert docs["list.md"].metadata == {"source_path": "list.md"}
+    assert "list.md:2: front matter is not a YAML mapping (a list): kept as text" in caplog.text
+    assert "empty.md" not in caplog.text and "comment.md" not in caplog.text
+    assert [(docs[n].text, docs[n].metadata["author"]) for n in ("crlf.md", "bom.md")] == [
+        ("Body.\r\n", "Ann"),
+        ("Body.\n", "Ann"),
+    ]
+    assert [(p.doc_id, p.reason) for p in report.skipped] == [
+        ("bare.md", "document 'bare.md': no text after the front matter")
+    ]
+
+
 def test_front_matter_keys_filter_search(indexed_stack, tmp_path):
     (tmp_path / "admin.md").write_text(FRONT_MATTER)
     (tmp_path / "other.md").write_text("---\nauthor: Bob\ntags: dev\ndate: 2019-01-01\n---\nRotate logs daily.\n")
