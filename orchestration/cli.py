@@ -391,8 +391,9 @@ def drop(
     corpus: Annotated[
         str | None,
         typer.Option(
-            help="Also remove this Dagster corpus' asset tables, evaluation reports and evaluation history rows "
-            "(its runs in the Dagster instance stay: see README)"
+            help="Also remove this Dagster corpus' asset tables, evaluation reports (reports/NAME-<split>-* beside "
+            "the history) and evaluation history rows (its runs in the Dagster instance and eval-report's outputs "
+            "stay: see README)"
         ),
     ] = None,
     history: HistoryOpt = None,
