@@ -203,9 +203,9 @@ elif sys.argv[2] == "kill":  # killed: no close, no exit handler
 def test_a_dropped_version_another_process_holds_goes_when_it_lets_go(
     ending, tmp_path, drop, dense_encoder, sparse_encoder
 ):
-    """A reader in another process keeps answering from the version it holds when the collection is dropped, and
-    its release deletes the version; a reader killed leaves it to the next process that lists or opens the
-    collection. Meanwhile the collection is not listed."""
+    """A reader in another process keeps answering from the version it holds when the collection is dropped, says
+    the collection was dropped (not how to bring it back), and its release deletes the version; a reader killed
+    leaves it to the next process that lists or opens the collection. Meanwhile the collection is not listed."""
     import signal
     import subprocess
     import sys
@@ -238,9 +238,11 @@ def test_a_dropped_version_another_process_holds_goes_when_it_lets_go(
         else:
             reader.stdin.close()
             assert reader.wait(timeout=60) == 0
+        log = reader.stderr.read()
     finally:
         reader.kill()
         reader.wait()
+    assert "collection 'test' was dropped" in log and "current.json" not in log, log  # no advice to restore it
     if ending == "kill":
         assert (index / "test__v1").is_dir()  # the killed reader could not delete it ...
         assert collection_names(settings_of("edge", tmp_path, "test")) == ["other"]  # ... the next listing does

@@ -990,12 +990,20 @@ class EdgeStore(QdrantStore):
             lost = None if pointed is not None or self._bound == self.collection else f"{self.pointer} is missing"
         except StoreError as exc:  # an unreadable pointer
             pointed, lost = None, str(exc)
-        if lost is not None:  # keep serving the version this store holds; say once how to repair the pointer
+        if lost is not None:  # keep serving the version this store holds; say once why (and how to repair a pointer)
             if self._pointer_warned != lost:
                 self._pointer_warned = lost
                 held = parse_version(self.collection, self._bound or "")
-                repair = self._restore_hint(held) if held else "index the collection again"
-                log.warning("collection %r: %s; still serving %s: %s", self.collection, lost, self._bound, repair)
+                if held and (self._stage_info(held) or {}).get("dropped"):
+                    log.warning(
+                        "collection %r was dropped: still serving %s, which is deleted when this process lets go of "
+                        "it (closing its stack); a collection indexed again under this name is served next",
+                        self.collection,
+                        self._bound,
+                    )
+                else:
+                    repair = self._restore_hint(held) if held else "index the collection again"
+                    log.warning("collection %r: %s; still serving %s: %s", self.collection, lost, self._bound, repair)
             return False
         self._pointer_warned = None
         target = version_name(self.collection, pointed or 0)
