@@ -271,3 +271,23 @@ def test_a_dropped_version_a_killed_reader_held_goes_at_the_next_open(tmp_path, 
     store = EdgeStore(index, "test")
     assert store.count() == 3 and not (index / "test__v1").exists()
     store.close()
+
+
+def test_a_reader_tells_a_drop_from_a_lost_pointer(tmp_path, caplog, dense_encoder, sparse_encoder):
+    """Only a lost pointer gets the advice to write it back: a dropped collection is not to be restored."""
+    index = tmp_path / "index"
+    with RetrievalStack(settings_for(index), dense=dense_encoder, sparse=sparse_encoder) as stack:
+        stack.indexer().index(TINY_DOCS, progress=False)
+    reader = EdgeStore(index, "test")
+    assert reader.count() == len(TINY_DOCS)
+    (index / "test.current.json").unlink()  # lost, not dropped: the version is intact
+    assert reader.count() == len(TINY_DOCS)
+    assert 'still serving test__v1: write {"version": 1} into' in caplog.text and "was dropped" not in caplog.text
+    caplog.clear()
+    (index / "test.current.json").write_text('{"version": 1}')
+    assert reader.count() == len(TINY_DOCS)
+    EdgeStore(index, "test").drop()
+    assert reader.count() == len(TINY_DOCS)
+    assert "collection 'test' was dropped: still serving test__v1" in caplog.text and "write {" not in caplog.text
+    reader.close()
+    assert not (index / "test__v1").exists()
