@@ -178,3 +178,116 @@ def test_drop_waits_for_a_writer_and_gives_up_clearly(tmp_path, dense_encoder, s
         thread.join()
     assert store.drop() == ["test__v1", "test__v2"]
     assert not {n for n in physical("edge", tmp_path) if n.startswith("test")}
+
+
+READ_THROUGH_DROP = """
+import gc, signal, sys
+from retrieval.store import EdgeStore
+store = EdgeStore(sys.argv[1], "test")
+print("holding", store.count(), flush=True)  # the published version is open in this process now
+sys.stdin.readline()  # the collection is dropped meanwhile
+print("after drop", store.count(), flush=True)
+if sys.argv[2] == "close":
+    store.close()
+elif sys.argv[2] == "gc":  # dropped unclosed: the garbage collector lets go of it
+    del store
+    gc.collect()
+elif sys.argv[2] == "kill":  # killed: no close, no exit handler
+    sys.stdin.readline()
+# "exit": ends with the store open (the exit handlers let go of it)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ending", ["close", "gc", "exit", "kill"])
+def test_a_dropped_version_another_process_holds_goes_when_it_lets_go(
+    ending, tmp_path, drop, dense_encoder, sparse_encoder
+):
+    """A reader in another process keeps answering from the version it holds when the collection is dropped, says
+    the collection was dropped (not how to bring it back), and its release deletes the version; a reader killed
+    leaves it to the next process that lists or opens the collection. Meanwhile the collection is not listed."""
+    import signal
+    import subprocess
+    import sys
+
+    from tests.test_reliability_writes import REPO
+
+    build("edge", tmp_path, dense_encoder, sparse_encoder)
+    index = tmp_path / "index"
+    reader = subprocess.Popen(
+        [sys.executable, "-c", READ_THROUGH_DROP, str(index), ending],
+        cwd=REPO,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert reader.stdout.readline().split() == ["holding", str(len(TINY_DOCS))]
+        code, out = drop("edge", "test", "--yes")
+        assert code == 0 and "test__v1" in out, out
+        assert (index / "test__v1").is_dir()  # held: kept for now
+        assert collection_names(settings_of("edge", tmp_path, "test")) == ["other"]  # but no longer listed
+        assert (index / "test__v1").is_dir()
+        reader.stdin.write("\n")
+        reader.stdin.flush()
+        assert reader.stdout.readline().split() == ["after", "drop", str(len(TINY_DOCS))]  # still answering
+        if ending == "kill":
+            reader.send_signal(signal.SIGKILL)
+            reader.wait(timeout=60)
+        else:
+            reader.stdin.close()
+            assert reader.wait(timeout=60) == 0
+        log = reader.stderr.read()
+    finally:
+        reader.kill()
+        reader.wait()
+    assert "collection 'test' was dropped" in log and "current.json" not in log, log  # no advice to restore it
+    if ending == "kill":
+        assert (index / "test__v1").is_dir()  # the killed reader could not delete it ...
+        assert collection_names(settings_of("edge", tmp_path, "test")) == ["other"]  # ... the next listing does
+    assert not (index / "test__v1").exists()
+    assert sorted(p.name for p in index.iterdir() if p.name.startswith("test")) == ["test.write.lock"]
+    code, out = drop("edge", "test", "--yes")
+    assert code == 2 and "no collection 'test'" in out
+
+
+@pytest.mark.slow
+def test_a_dropped_version_a_killed_reader_held_goes_at_the_next_open(tmp_path, dense_encoder, sparse_encoder):
+    """The collection is dropped and indexed again while another process holds its old version; that process is
+    killed (no release): the next store that opens the collection deletes the old version."""
+    from tests.test_reliability_writes import holding
+
+    index = tmp_path / "index"
+    settings = settings_for(index)
+    with RetrievalStack(settings, dense=dense_encoder, sparse=sparse_encoder) as stack:
+        stack.indexer().index(TINY_DOCS, progress=False)
+    with holding(index):
+        EdgeStore(index, "test").drop()
+        with RetrievalStack(settings, dense=dense_encoder, sparse=sparse_encoder) as stack:
+            assert stack.indexer().index(TINY_DOCS[:3], progress=False).version == 2
+        assert (index / "test__v1").is_dir()
+    assert (index / "test__v1").is_dir()  # its holder was killed
+    store = EdgeStore(index, "test")
+    assert store.count() == 3 and not (index / "test__v1").exists()
+    store.close()
+
+
+def test_a_reader_tells_a_drop_from_a_lost_pointer(tmp_path, caplog, dense_encoder, sparse_encoder):
+    """Only a lost pointer gets the advice to write it back: a dropped collection is not to be restored."""
+    index = tmp_path / "index"
+    with RetrievalStack(settings_for(index), dense=dense_encoder, sparse=sparse_encoder) as stack:
+        stack.indexer().index(TINY_DOCS, progress=False)
+    reader = EdgeStore(index, "test")
+    assert reader.count() == len(TINY_DOCS)
+    (index / "test.current.json").unlink()  # lost, not dropped: the version is intact
+    assert reader.count() == len(TINY_DOCS)
+    assert 'still serving test__v1: write {"version": 1} into' in caplog.text and "was dropped" not in caplog.text
+    caplog.clear()
+    (index / "test.current.json").write_text('{"version": 1}')
+    assert reader.count() == len(TINY_DOCS)
+    EdgeStore(index, "test").drop()
+    assert reader.count() == len(TINY_DOCS)
+    assert "collection 'test' was dropped: still serving test__v1" in caplog.text and "write {" not in caplog.text
+    reader.close()
+    assert not (index / "test__v1").exists()

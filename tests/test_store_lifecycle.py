@@ -101,7 +101,7 @@ def test_a_forked_child_leaves_its_parents_view_and_lock_alone(tmp_path, dense_e
 
         def close_and_exit() -> None:  # what a gunicorn worker's exit does: its hooks, then the exit handlers
             stack.close()
-            edge._remove_own_views()
+            edge._release_at_exit()
 
         assert in_forked_child(close_and_exit) == ("ok", None)
         assert view.is_dir() and edge._locked(view / "wal")

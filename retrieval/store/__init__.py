@@ -21,7 +21,7 @@ from retrieval.store.base import (
     StoredHit,
     StoreError,
 )
-from retrieval.store.edge import POINTER_SUFFIX, SCHEMA_FILE, EdgeStore
+from retrieval.store.edge import POINTER_SUFFIX, SCHEMA_FILE, EdgeStore, discard_dropped
 
 if TYPE_CHECKING:
     from retrieval.store.server import ServerStore, connect
@@ -67,7 +67,8 @@ _COPY = re.compile(r"__v[1-9][0-9]*\.copy-[0-9a-f]+$")
 def collection_names(settings: RetrievalSettings) -> list[str]:
     """The collections in the backend the settings point at (versions folded into their collection's name); an
     entry whose name no collection can have (e.g. made by hand), or that hybrid-rag did not create (a server
-    collection without its schema metadata, a folder without a schema file), is left out with a warning."""
+    collection without its schema metadata, a folder without a schema file), is left out with a warning. A dropped
+    version another process still holds is left out too (embedded; deleted here once no process holds it)."""
     if settings.qdrant_url:
         store = open_store(settings)
         try:
@@ -79,9 +80,11 @@ def collection_names(settings: RetrievalSettings) -> list[str]:
         root = settings.qdrant_path
         entries = list(root.iterdir()) if root.is_dir() else []
         names = {p.name.removesuffix(POINTER_SUFFIX) for p in entries if p.name.endswith(POINTER_SUFFIX)}
-        physical = [
-            p.name for p in entries if p.is_dir() and _holds_schema(p) and not _COPY.search(p.name)
-        ]  # a copy being made (or left by a killed write) is no collection
+        physical = [  # a copy being made (or left by a killed write) is no collection
+            p.name
+            for p in entries
+            if p.is_dir() and _holds_schema(p) and not _COPY.search(p.name) and not discard_dropped(p)
+        ]
     for name in physical:
         match = _PHYSICAL.match(name)
         names.add(match["name"] if match else name)

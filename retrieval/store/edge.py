@@ -220,25 +220,31 @@ def _locked(wal: Path) -> bool:
 
 
 @atexit.register
-def _remove_own_views() -> None:
-    """At interpreter exit: the views of stores that were never closed go (their shards are closed first)."""
+def _release_at_exit() -> None:
+    """At interpreter exit: the views of stores that were never closed go (their shards are closed first), and so do
+    the dropped versions they held (see :func:`_dropped`); the engine lets go of the other files itself."""
     if not _registry_lock.acquire(timeout=5):
         return
     try:
         for key, (shard, _, view) in list(_open_shards.items()):
-            if view is None:
+            dropped = key in _doomed or _dropped(Path(key).parent)
+            if view is None and not dropped:
                 continue
             del _open_shards[key]
-            with suppress(Exception):  # exiting anyway: the folder goes below
+            with suppress(Exception):  # exiting anyway: the folders go below
                 shard.close()
-            shutil.rmtree(view, ignore_errors=True)
+            if view is not None:
+                shutil.rmtree(view, ignore_errors=True)
+            if dropped:
+                _remove_unheld(Path(key).parent)
     finally:
         _registry_lock.release()
 
 
 def _release(path: Path) -> None:
     """Let go of one reference on the shard at ``path``; the last one flushes and closes it, deletes its view, and
-    the version when it was dropped meanwhile. The engine failing to close it is a :class:`StoreError`."""
+    the version when it was dropped meanwhile, by this process or another one (see :func:`_dropped`), unless another
+    process still holds it. The engine failing to close it is a :class:`StoreError`."""
     key = str(path.resolve())
     with _registry_lock:
         _release_collected()
@@ -262,7 +268,7 @@ def _release_locked(key: str) -> None:
     finally:
         if view is not None:
             shutil.rmtree(view, ignore_errors=True)
-        if key in _doomed:
+        if key in _doomed or _dropped(Path(key).parent):
             _doomed.discard(key)
             _remove_unheld(Path(key).parent)
 
@@ -364,6 +370,38 @@ def _discard(collection_dir: Path) -> None:
             _doomed.add(key)
             return
         _remove_unheld(collection_dir)
+
+
+def _dropped(collection_dir: Path) -> bool:
+    """Whether a physical collection was dropped (``"dropped"`` in its staging record: by ``drop``, or as a version a
+    publish superseded or a write abandoned, see :meth:`EdgeStore._drop`) and readers' pointer does not name it.
+    Another process reads the mark when it lets go of the version, or when it lists the collection."""
+    try:
+        if not json.loads((collection_dir / STAGE_FILE).read_text()).get("dropped"):
+            return False
+    except (OSError, ValueError, AttributeError):  # none (a published version made before staging records), or torn
+        return False
+    collection, sep, number = collection_dir.name.rpartition(VERSION_SEP)
+    if not sep or not number.isdigit():  # the unversioned collection: no pointer names it
+        return True
+    try:
+        return json.loads((collection_dir.parent / (collection + POINTER_SUFFIX)).read_text())["version"] != int(number)
+    except FileNotFoundError:
+        return True
+    except (OSError, ValueError, KeyError, TypeError):  # a damaged pointer may have named it: keep it
+        return False
+
+
+def discard_dropped(collection_dir: Path) -> bool:
+    """Whether ``collection_dir`` is a dropped physical collection (see :func:`_dropped`); such a one is deleted
+    now unless a process holds it (one that was killed holding it left it for this)."""
+    if not _dropped(collection_dir):
+        return False
+    try:
+        _discard(collection_dir)
+    except OSError as exc:  # e.g. another user's index: it stays dropped all the same
+        log.warning("cannot delete %s, a dropped version: %s", collection_dir, exc)
+    return True
 
 
 def _remove_unheld(collection_dir: Path) -> None:
@@ -682,7 +720,7 @@ class EdgeStore(QdrantStore):
         self._local = threading.local()  # .reading: the shard directory this thread's reads are pinned to
         self._pointer_warned: str | None = None  # the pointer problem last warned about (once, not every search)
         finalizer = weakref.finalize(self, _store_collected, self._binding, collection)
-        finalizer.atexit = False  # at exit the engine lets go of its files (and _remove_own_views of the views)
+        finalizer.atexit = False  # at exit the engine lets go of its files (and _release_at_exit of views, drops)
         _stores.add(self)
 
     @property
@@ -757,14 +795,25 @@ class EdgeStore(QdrantStore):
             self.check_pointer(pointed)  # lost, or naming an absent version, while intact versions exist
         return pointed
 
-    def _versions(self) -> list[int]:
+    def _version_dirs(self) -> dict[int, Path]:
+        """The folders named like a version of this collection (not checked: see :meth:`_refuse_foreign`)."""
         if not self.root.is_dir():
-            return []
-        found = {p: parse_version(self.collection, p.name) for p in self.root.iterdir() if p.is_dir()}
-        versions = {p: v for p, v in found.items() if v is not None}
-        for path in versions:  # every write drops versions: never one hybrid-rag did not make
+            return {}
+        found = {parse_version(self.collection, p.name): p for p in self.root.iterdir() if p.is_dir()}
+        return {v: p for v, p in found.items() if v is not None}
+
+    def _taken_versions(self) -> list[int]:
+        """Every version folder, dropped ones a process still holds too (their numbers are not given again)."""
+        dirs = self._version_dirs()
+        for path in dirs.values():  # every write drops versions: never one hybrid-rag did not make
             self._refuse_foreign(path)
-        return sorted(versions.values())
+        return sorted(dirs)
+
+    def _versions(self) -> list[int]:
+        """Every version but the dropped ones, which are deleted here unless a process still holds them (see
+        :func:`discard_dropped`): a dropped collection is gone for every command, even while a reader holds it."""
+        taken = self._taken_versions()
+        return [v for v in taken if not discard_dropped(self.root / version_name(self.collection, v))]
 
     def _refuse_foreign(self, path: Path) -> None:
         """Refuse to go on when ``path``, named like a version of this collection, is a folder hybrid-rag did not
@@ -941,12 +990,20 @@ class EdgeStore(QdrantStore):
             lost = None if pointed is not None or self._bound == self.collection else f"{self.pointer} is missing"
         except StoreError as exc:  # an unreadable pointer
             pointed, lost = None, str(exc)
-        if lost is not None:  # keep serving the version this store holds; say once how to repair the pointer
+        if lost is not None:  # keep serving the version this store holds; say once why (and how to repair a pointer)
             if self._pointer_warned != lost:
                 self._pointer_warned = lost
                 held = parse_version(self.collection, self._bound or "")
-                repair = self._restore_hint(held) if held else "index the collection again"
-                log.warning("collection %r: %s; still serving %s: %s", self.collection, lost, self._bound, repair)
+                if held and (self._stage_info(held) or {}).get("dropped"):
+                    log.warning(
+                        "collection %r was dropped: still serving %s, which is deleted when this process lets go of "
+                        "it (closing its stack); a collection indexed again under this name is served next",
+                        self.collection,
+                        self._bound,
+                    )
+                else:
+                    repair = self._restore_hint(held) if held else "index the collection again"
+                    log.warning("collection %r: %s; still serving %s: %s", self.collection, lost, self._bound, repair)
             return False
         self._pointer_warned = None
         target = version_name(self.collection, pointed or 0)
@@ -1051,8 +1108,13 @@ class EdgeStore(QdrantStore):
             _release(path)
 
     def _open_current(self) -> None:
-        """Under ``self._lock``: open the version the pointer names (again, if a writer moved it meanwhile)."""
+        """Under ``self._lock``: open the version the pointer names (again, if a writer moved it meanwhile); first
+        delete the dropped versions of the collection no process holds (their last holder was killed)."""
         self._check_open()
+        if self.version is None:
+            with suppress(OSError):  # a folder this user cannot list: opening it below says so
+                for path in self._version_dirs().values():
+                    discard_dropped(path)
         for attempt in range(3):
             target = self._target()
             try:
