@@ -215,3 +215,14 @@ def test_erasure(capsys):
     (row,) = result["rows"]
     assert row["count"] == 499 and row["rewrite_s"] > 0 and row["copy_s"] > 0
     assert "An erasing delete" in capsys.readouterr().out
+
+
+def test_score_signal(capsys):
+    from benchmarks import score_signal
+
+    result = score_signal.run(max_docs=60, max_queries=8)
+    score_signal.report(result)
+    assert result["queries"] >= 3 and result["distinct_scores"][1] <= result["queries"]
+    kept = [r["relevant"] for r in result["rows"]]
+    assert kept == sorted(kept, reverse=True) and kept[0] > 0  # a higher threshold keeps fewer relevant hits
+    assert "Share of top-10 hits" in capsys.readouterr().out
