@@ -291,3 +291,24 @@ def test_a_reader_tells_a_drop_from_a_lost_pointer(tmp_path, caplog, dense_encod
     assert "collection 'test' was dropped: still serving test__v1" in caplog.text and "write {" not in caplog.text
     reader.close()
     assert not (index / "test__v1").exists()
+
+
+def test_a_version_a_reader_deletes_while_it_is_dropped_is_gone_without_an_error(
+    tmp_path, monkeypatch, dense_encoder, sparse_encoder
+):
+    """A publish drops the old version while a reader of the same process, switching to the new one, deletes the
+    old one as its last holder: the drop's mark finds the folder gone (seen under load in CI: FileNotFoundError
+    from the rebuild) and the drop goes on."""
+    build("edge", tmp_path, dense_encoder, sparse_encoder)
+    original = EdgeStore._set_stage_info
+
+    def deleted_first(self, version, info):
+        import shutil
+
+        shutil.rmtree(self.root / f"{self.collection}__v{version}")  # the reader's delete, just before the mark
+        original(self, version, info)
+
+    monkeypatch.setattr(EdgeStore, "_set_stage_info", deleted_first)
+    store = EdgeStore(tmp_path / "index", "other")
+    assert store.pinned(1).drop() == ["other__v1"]
+    assert not (tmp_path / "index" / "other__v1").exists()

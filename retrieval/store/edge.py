@@ -1167,7 +1167,8 @@ class EdgeStore(QdrantStore):
         dropped = [version_name(self.collection, v) for v in versions]
         for v in versions:  # one a reader still holds is kept a while: not an intact version that lost its pointer
             if (self.root / version_name(self.collection, v)).is_dir():
-                self._set_stage_info(v, {**(self._stage_info(v) or {}), "dropped": True})
+                with suppress(FileNotFoundError):  # deleted meanwhile by a reader of this process that left it
+                    self._set_stage_info(v, {**(self._stage_info(v) or {}), "dropped": True})
         if self.version is None:
             self.pointer.unlink(missing_ok=True)
             self.pointer.with_name(self.pointer.name + ".tmp").unlink(missing_ok=True)
