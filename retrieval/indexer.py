@@ -40,7 +40,7 @@ from retrieval.parts import Parts, describe
 from retrieval.progress import progress_bar
 from retrieval.settings import HeldSettings, canonical_model
 from retrieval.store import CollectionSchema, QdrantStore, StoreError
-from retrieval.store.base import StoredChunk
+from retrieval.store.base import StoredChunk, StoredHit
 
 log = logging.getLogger(__name__)
 MULTILINGUAL_MODEL = "sentence-transformers/paraphrase-multilingual-MiniLM-L12-v2"
@@ -425,19 +425,22 @@ class Indexer:
             if todo:  # a collection this release writes into is refused by releases that would write other terms
                 target.upgrade_schema_record()
             replaced = [chunks[i].id for i in todo if _text_changed(chunks[i], stored)]
-            erased = self._embedded_hashes(target, replaced, keep=chunks)  # an edit's old text leaves the disk too
+            overwritten = target.points(replaced) if replaced else {}  # read once: erasure and vector reuse
+            erased = self._embedded_hashes(overwritten, keep=chunks)  # an edit's old text leaves the disk too
             if replaced:
                 target.will_overwrite_text()
-            self._write(target, [chunks[i] for i in todo], report, progress, _select(vectors, todo), stored)
+            self._write(
+                target, [chunks[i] for i in todo], report, progress, _select(vectors, todo), stored, overwritten
+            )
             stale = _stale(chunks, stored, prunable, everything=rebuild)
-            erased |= self._embedded_hashes(target, stale, keep=chunks)
+            erased |= self._embedded_hashes(self._cached_points(target, stale), keep=chunks)
             target.delete_ids(stale)
             if target is self.store and (stale or replaced):
                 self.store.erase_from_copies(copies, ids=[*stale, *replaced])
             report.deleted = len(stale)
             if rebuild:  # the points of the published version that the new one no longer holds
                 dropped = sorted(existing.keys() - {c.id for c in chunks})
-                erased |= self._embedded_hashes(self.store, dropped, keep=chunks)
+                erased |= self._embedded_hashes(self._cached_points(self.store, dropped), keep=chunks)
                 report.deleted = len(dropped)
             target.flush()
             report.points = target.count()
@@ -498,7 +501,7 @@ class Indexer:
             target = self.store.stage(schema, copy_current=True, resume=False) if staged else self.store
             copies = self.store.mark_copies_stale() if not staged and self.store.version is None else []
             ids = [*stored, *(self.store.stored_hashes(list(report.stored_as.values())) if report.stored_as else ())]
-            erased = self._embedded_hashes(self.store, ids)
+            erased = self._embedded_hashes(self._cached_points(self.store, ids))
             try:
                 target.delete_documents(sorted(found))
                 self.store.erase_from_copies(copies, doc_ids=sorted(found))
@@ -560,6 +563,7 @@ class Indexer:
         progress: bool,
         vectors: tuple[np.ndarray, list[SparseVec]] | None,
         stored: dict[str, StoredChunk],
+        overwritten: dict[str, StoredHit],
     ) -> None:
         """Encode in blocks while the previous block is being upserted in the background.
 
@@ -570,7 +574,7 @@ class Indexer:
         """
         bar = progress_bar(total=len(todo), progress=progress, desc=f"embedding {report.collection}", unit="chunk")
         if vectors is None:
-            todo = self._rewrite(store, todo, stored, report, bar)
+            todo = self._rewrite(store, todo, stored, overwritten, report, bar)
         order = length_order([c.embed_text for c in todo])
         todo = [todo[i] for i in order]
         if vectors is not None:
@@ -628,22 +632,30 @@ class Indexer:
                 future.result()
 
     def _rewrite(
-        self, store: QdrantStore, todo: list[Chunk], stored: dict[str, StoredChunk], report: IndexReport, bar: Any
+        self,
+        store: QdrantStore,
+        todo: list[Chunk],
+        stored: dict[str, StoredChunk],
+        overwritten: dict[str, StoredHit],
+        report: IndexReport,
+        bar: Any,
     ) -> list[Chunk]:
         """Write the chunks of ``todo`` whose points ``store`` holds with the same embedded text (title and text:
         the same content, rewritten only to carry their document's new fingerprint, or new metadata) with the
         vectors their points have, so they are not encoded again (the write's models and encoding settings are the
-        collection's: :meth:`QdrantStore.ensure`); returns the rest (and any whose point was not found)."""
+        collection's: :meth:`QdrantStore.ensure`; ``overwritten``: the stored points of the chunks with new
+        content); returns the rest (and any whose point was not found)."""
         held = [c for c in todo if c.id in stored]
         done: set[str] = set()
         batch = self.settings.upsert_batch_size
         for start in range(0, len(held), batch):
             part = held[start : start + batch]
-            edited = [c.id for c in part if stored[c.id].content_hash != c.content_hash]
-            if edited:  # a metadata edit leaves the embedded text, so the vectors, as they are
-                points, by_id = store.points(edited), {c.id: c for c in part}
-                same_text = {i for i in edited if i in points and _embeds_as_stored(points[i].payload, by_id[i])}
-                part = [c for c in part if c.id not in edited or c.id in same_text]
+            part = [  # a metadata edit leaves the embedded text, so the vectors, as they are
+                c
+                for c in part
+                if stored[c.id].content_hash == c.content_hash
+                or (c.id in overwritten and _embeds_as_stored(overwritten[c.id].payload, c))
+            ]
             found = store.stored_vectors([c.id for c in part])
             part = [c for c in part if c.id in found]
             if part:
@@ -769,13 +781,17 @@ class Indexer:
         fields = ("document_prompt", "chunk_tokens", "chunk_overlap")
         return any(getattr(published, f) is not None and getattr(published, f) != getattr(new, f) for f in fields)
 
-    def _embedded_hashes(self, store: QdrantStore, ids: Sequence[str], keep: Sequence[Chunk] = ()) -> set[str]:
-        """The embedding cache's text hashes of the points ``ids`` of ``store`` (about to be deleted), less those of
-        ``keep`` (the chunks this write stores); empty without a cache."""
-        if self.cache is None or not ids:
+    def _cached_points(self, store: QdrantStore, ids: Sequence[str]) -> dict[str, StoredHit]:
+        """The stored points ``ids`` (about to be deleted) when there is an embedding cache to forget them in."""
+        return store.points(list(ids)) if self.cache is not None and ids else {}
+
+    def _embedded_hashes(self, points: dict[str, StoredHit], keep: Sequence[Chunk] = ()) -> set[str]:
+        """The embedding cache's text hashes of the stored ``points`` (about to be deleted or overwritten), less
+        those of ``keep`` (the chunks this write stores); empty without a cache."""
+        if self.cache is None or not points:
             return set()
         hashes = set()
-        for hit in store.points(list(ids)).values():
+        for hit in points.values():
             hashes |= embedded_text_hashes(str(hit.payload.get("title") or ""), str(hit.payload.get("text") or ""))
         return hashes - {text_hash(c.embed_text) for c in keep}
 
@@ -870,7 +886,7 @@ def _embeds_as_stored(payload: dict[str, Any], chunk: Chunk) -> bool:
 
 
 def _text_changed(chunk: Chunk, stored: dict[str, StoredChunk]) -> bool:
-    """Whether writing ``chunk`` overwrites a stored point that holds other text."""
+    """Whether writing ``chunk`` overwrites a stored point that holds other content (title, text or metadata)."""
     s = stored.get(chunk.id)
     return s is not None and s.content_hash != chunk.content_hash
 
