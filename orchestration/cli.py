@@ -74,6 +74,7 @@ def main(
         list[Path] | None, typer.Option("--env-file", help="Extra HYBRID_RAG_* settings file (e.g. a tuned reranker)")
     ] = None,
 ) -> None:
+    _check_stdout()
     _replace_unencodable()
     handler = logging.StreamHandler()
     handler.setFormatter(PrintableFormatter("%(levelname)s %(message)s"))
@@ -82,6 +83,20 @@ def main(
         _check_env_file(path)
     ENV_FILES[:] = [Path(".env"), *(env_file or [])]
     _export_env_files(ctx, ENV_FILES)
+    from retrieval.settings import warn_unknown_env
+
+    warn_unknown_env(ENV_FILES)  # every command, whether it builds settings or not (eval-report, compare)
+
+
+def _check_stdout() -> None:
+    """A closed stdout (``>&-``: Python has no ``sys.stdout`` then) is an error before any work: every write to it
+    would be dropped without a word, and the command would report success with nothing printed."""
+    import sys
+
+    from retrieval.errors import InvalidArgumentError
+
+    if sys.stdout is None:
+        raise InvalidArgumentError("stdout is closed: nothing could be printed (to discard the output: >/dev/null)")
 
 
 def _replace_unencodable() -> None:
