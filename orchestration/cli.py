@@ -262,7 +262,7 @@ def index(
     docs, read_report = read_documents(path, fmt, settings.bad_input_policy)
     read_seconds = time.perf_counter() - started
     if not docs and not as_json:
-        console.print(f"no documents in {path}", style="yellow", soft_wrap=True)
+        err_console.print(f"no documents in {path}", style="yellow", soft_wrap=True)
     with RetrievalStack(settings) as stack:
         indexer = stack.indexer()
         if not (sync or rebuild):  # a sync deletes what it does not read: no copies stay
@@ -273,6 +273,7 @@ def index(
     report.read_seconds, report.seconds = read_seconds, time.perf_counter() - started  # the whole write
     if as_json:
         typer.echo(json.dumps(asdict(report), default=str, indent=2))
+        _skipped_summary(read_report.skipped, path, report.kept)
         return
     columns = (
         "documents",
@@ -293,12 +294,25 @@ def index(
     for name in columns:
         table.add_row(name, f"{getattr(report, name):,}")
     console.print(table)
-    for problem in read_report.skipped:
-        console.print(label("skipped", "yellow"), str(problem), soft_wrap=True)
-    if report.kept:
-        console.print(_kept_line(report.kept, read_report.skipped, path), soft_wrap=True)
     rest = report.seconds - report.read_seconds
     console.print(f"{report.seconds:.1f}s: reading {report.read_seconds:.1f}s, chunking to publishing {rest:.1f}s")
+    for problem in read_report.skipped:
+        err_console.print(label("skipped", "yellow"), str(problem), soft_wrap=True)
+    _skipped_summary(read_report.skipped, path, report.kept)
+
+
+def _skipped_summary(skipped: list, path: Path, kept: int) -> None:
+    """On stderr, where a script's log sees it: how many records ``--policy skip`` left out, and what stayed
+    stored for them (the exit code stays 0: skipping is what was asked; ``--json`` lists them in ``skipped``)."""
+    if skipped:
+        count = f"{len(skipped)} record{'s' if len(skipped) > 1 else ''}"
+        err_console.print(
+            label("warning:", "yellow"),
+            f"{count} of {path} skipped (--policy skip); the others are indexed",
+            soft_wrap=True,
+        )
+    if kept:
+        err_console.print(_kept_line(kept, skipped, path), soft_wrap=True)
 
 
 def _kept_line(kept: int, skipped: list, path: Path) -> str:
@@ -619,12 +633,12 @@ def evaluate(
                     f"collection {settings.collection!r} does not exist and {coll.root} has no corpus.jsonl to index "
                     "it from: name the collection its documents were indexed into (--collection)"
                 )
-            console.print(
+            err_console.print(
                 f"collection {settings.collection!r} does not exist: indexing {coll.corpus_path}", soft_wrap=True
             )
             docs, read_report = read_documents(coll.corpus_path, "jsonl", settings.bad_input_policy)
             for problem in read_report.skipped:
-                console.print(label("skipped", "yellow"), str(problem), soft_wrap=True)
+                err_console.print(label("skipped", "yellow"), str(problem), soft_wrap=True)
             if not docs:  # an empty collection would then be "another corpus"
                 raise InputFormatError(
                     f"{coll.corpus_path}: holds no documents to index; collection {settings.collection!r} not created"
@@ -636,7 +650,7 @@ def evaluate(
     console.print(metrics_table(report.metrics(), title=f"{report.label()} ({split})"))
     for warning in [*report.warnings, report.coverage_warning()]:
         if warning:
-            console.print(label("warning:", "yellow"), warning, soft_wrap=True)
+            err_console.print(label("warning:", "yellow"), warning, soft_wrap=True)
     for name, check in report.quality_checks().items():
         if check.comparison is not None:
             mark = label("ok", "green") if check.passed else label("warning", "yellow")
@@ -731,14 +745,14 @@ def eval_report(
     history = history or default_history_path()
     df = EvalHistory(history, create=False).records()  # a report creates no file
     if df.empty:
-        console.print(f"no evaluations recorded in {history}", style="yellow", soft_wrap=True)
+        err_console.print(f"no evaluations recorded in {history}", style="yellow", soft_wrap=True)
         raise typer.Exit(1)
     if collection is not None:
         recorded = sorted(set(df["collection"]))
         searched = df["context"].map(lambda c: isinstance(c, dict) and c.get("qdrant_collection") == collection)
         df = df[(df["collection"] == collection) | searched.astype(bool)]  # the evaluated dataset, or the one searched
         if df.empty:
-            console.print(
+            err_console.print(
                 f"no evaluations of collection {collection!r} in {history}; recorded: {', '.join(recorded)}",
                 style="yellow",
                 soft_wrap=True,
@@ -749,8 +763,9 @@ def eval_report(
     png = plot_history(df, metric=metric, out_png=out / f"{metric.replace('@', '_at_')}.png")
     table = markdown_table(df)
     (out / "latest.md").write_text(table)
-    typer.echo(printable(table))
-    console.print(f"plot: {png}", soft_wrap=True)
+    typer.echo(printable(table))  # stdout holds the markdown alone; where the files are goes to stderr
+    err_console.print(f"table: {(out / 'latest.md').absolute()}", soft_wrap=True)
+    err_console.print(f"plot: {Path(png).absolute()}", soft_wrap=True)
 
 
 def _check_metrics(asked: list[str], valid: list[str]) -> None:

@@ -48,8 +48,8 @@ def table_rows(text: str) -> list[str]:
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     """Collections `tiny` (another corpus), `half` (the first 30 of the sample's 60 documents) and `sample`,
-    evaluated into history.sqlite: `half` (dense, hybrid: runs d.trec, h.trec, summary half.json) and
-    `sample` (every variant; its output kept)."""
+    evaluated into history.sqlite: `half` (dense, hybrid: runs d.trec, h.trec, summary half.json; the result of
+    one) and `sample` (every variant; its output kept)."""
     root = tmp_path_factory.mktemp("evalcli")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HYBRID_RAG_QDRANT_PATH", str(root / "index"))
@@ -66,7 +66,7 @@ def workspace(tmp_path_factory):
         half = cli("eval", "sample", "-c", "half", "--variant", "hybrid", "--variant", "dense", "--json", "half.json")
         cli("eval", "sample", "-c", "half", "--variant", "hybrid", "--run-file", "h.trec")
         full = cli("eval", "sample", "-c", "sample")
-        yield root, half.output, full.output
+        yield root, half, full.output
 
 
 def test_eval_refuses_a_collection_of_another_corpus(workspace) -> None:
@@ -78,15 +78,15 @@ def test_eval_refuses_a_collection_of_another_corpus(workspace) -> None:
 
 
 def test_a_partial_collection_is_scored_with_a_warning_that_is_recorded(workspace) -> None:
-    root, half_output, _ = workspace
+    root, half, _ = workspace
     qrels = sample_collection().qrels("test")
     indexed = {json.loads(line)["_id"] for line in (root / "half.jsonl").read_text().splitlines()}
     judged = relevant_documents(qrels)
     coverage = len(judged & indexed) / len(judged)
     assert 0 < coverage < 1
-    said = " ".join(half_output.split())
+    said = " ".join(half.stderr.split())  # a warning: where a cron job or CI looks for one; the exit code is 0
     head = f"only {coverage:.1%} of the documents judged relevant (grade >= 1) in sample/test are in collection 'half'"
-    assert head in said
+    assert head in said and f"only {coverage:.1%}" not in half.stdout
     assert (
         f"0.0% are not in the corpus file itself (the qrels judge documents it lacks), {1 - coverage:.1%} are" in said
     )
@@ -99,7 +99,11 @@ def test_a_partial_collection_is_scored_with_a_warning_that_is_recorded(workspac
 
 def test_eval_report_keeps_apart_what_each_collection_scored(workspace) -> None:
     root, _, _ = workspace
-    out = cli("eval-report", "--out", "rep").stdout
+    result = cli("eval-report", "--out", "rep")
+    out = result.stdout
+    assert out.rstrip("\n").splitlines()[-1].startswith("|"), out  # the markdown alone; where it went: stderr
+    said = " ".join(result.stderr.split())
+    assert f"table: {root / 'rep' / 'latest.md'}" in said and f"plot: {root / 'rep' / 'ndcg_at_10.png'}" in said
     rows = table_rows(out)
     assert all(row.endswith("|") for row in rows), out  # one line per row
     hybrid = {row.split(" | ")[0].lstrip("| ") for row in rows if " | hybrid | " in row}
@@ -202,8 +206,9 @@ def test_eval_lists_the_records_it_skipped_when_it_indexes(workspace, monkeypatc
     lines = (source / "corpus.jsonl").read_text().splitlines(keepends=True)
     (bad / "corpus.jsonl").write_text("".join([*lines[:5], "{not json\n", *lines[5:]]))
     monkeypatch.setenv("HYBRID_RAG_BAD_INPUT_POLICY", "skip")
-    out = cli("eval", str(bad), "-c", "badsample", "--variant", "dense").output
-    assert f"skipped {bad / 'corpus.jsonl'}:6: malformed JSON" in out, out
+    result = cli("eval", str(bad), "-c", "badsample", "--variant", "dense")
+    assert f"skipped {bad / 'corpus.jsonl'}:6: malformed JSON" in result.stderr, result.output
+    assert "skipped" not in result.stdout
 
 
 def test_main_job_output_is_not_wrapped_when_redirected() -> None:
