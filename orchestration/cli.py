@@ -509,6 +509,7 @@ def collections(as_json: Annotated[bool, typer.Option("--json", help="Print as J
     from retrieval.store import ENCODING_FIELDS, StoreError, collection_names, open_store
 
     settings = _settings()
+    where = redact_url(settings.qdrant_url) or str(settings.qdrant_path.absolute())
     rows, problems = [], []
     keys = ("points", "dense_model", "dense_dim", "sparse_model", "version", "encoding")
     for name in collection_names(settings):
@@ -535,7 +536,7 @@ def collections(as_json: Annotated[bool, typer.Option("--json", help="Print as J
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
     else:
-        table = Table(title=f"collections at {redact_url(settings.qdrant_url) or settings.qdrant_path}")
+        table = Table(title=f"collections at {where}")
         for col in ("collection", *keys):
             table.add_column(col, overflow="fold")
         for row in rows:
@@ -547,6 +548,13 @@ def collections(as_json: Annotated[bool, typer.Option("--json", help="Print as J
         err_console.print(label("error:", "red"), problem, soft_wrap=True)
     if problems:
         raise typer.Exit(2)
+    if not settings.qdrant_url and not settings.qdrant_path.is_dir():  # e.g. cron, run from $HOME
+        err_console.print(
+            label("warning:", "yellow"),
+            f"no index folder at {where} (HYBRID_RAG_QDRANT_PATH, relative to the working directory or its .env)",
+            soft_wrap=True,
+        )
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -566,6 +574,8 @@ def snapshot(
         where = take(store, out, models_dir=settings.collection_models_dir())
     finally:
         store.close()
+    if not settings.qdrant_url:  # a folder (relative to the working directory, as --out is): said absolutely
+        where = str(Path(where).absolute())
     console.print(f"snapshot of {settings.collection!r}: {where}", soft_wrap=True)
 
 

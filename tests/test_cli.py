@@ -82,7 +82,8 @@ def test_index_search_eval_round_trip(cli_env, monkeypatch):
 
 
 def test_eval_indexes_a_missing_collection_first(cli_env):
-    assert json.loads(invoke_stdout("collections", "--json")) == []
+    nothing = CliRunner().invoke(app, ["collections", "--json"])  # no index folder yet: exit code 1, an empty list
+    assert nothing.exit_code == 1 and json.loads(nothing.stdout) == []
     out = invoke("eval", "sample", "--collection", "fresh", "--variant", "sparse")
     assert "does not exist: indexing" in out
     [fresh] = json.loads(invoke_stdout("collections", "--json"))

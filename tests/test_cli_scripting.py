@@ -1,0 +1,112 @@
+"""The command line under scripts, cron and CI: every command checks the ``HYBRID_RAG_*`` names, stdout holds the
+result and stderr the warnings (a partial result exits as README's table says), no prompt without an answer to
+read, absolute paths in what a job run from elsewhere logs, and no silent success with stdout closed."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import retrieval.settings
+from orchestration.cli import app
+from tests.conftest import TINY_DOCS
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def hybrid_rag(*args: str, cwd: Path, close: int | None = None) -> subprocess.CompletedProcess:
+    """``hybrid-rag ARGS`` in a process of its own, run from ``cwd`` with file descriptor ``close`` closed (``<&-``:
+    0, ``>&-``: 1), as a cron job or daemon starts it."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run(
+        [sys.executable, "-m", "orchestration.cli", *args],
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL if close != 0 else None,
+        stdout=subprocess.PIPE if close != 1 else None,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=None if close is None else lambda: os.close(close),
+        timeout=300,
+    )
+
+
+@pytest.fixture
+def scripted(tmp_path, monkeypatch) -> Path:
+    """An empty working directory with no HYBRID_RAG_* variables and nothing warned about yet."""
+    for name in [n for n in os.environ if n.upper().startswith("HYBRID_RAG_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setattr(retrieval.settings, "_warned_env", set())
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    ("variable", "args", "meant"),
+    [
+        ("HYBRID_RAG_HISTORY_PTH", ["eval-report", "--out", "rep"], "HYBRID_RAG_HISTORY_PATH"),
+        ("HYBRID_RAG_COLECTION", ["compare", "a.trec", "b.trec", "sample"], "HYBRID_RAG_COLLECTION"),
+        ("HYBRID_RAG_CACHE_DRI", ["cache", "--json"], "HYBRID_RAG_CACHE_DIR"),
+    ],
+)
+def test_every_command_warns_of_a_misspelt_setting(scripted, monkeypatch, caplog, variable, args, meant):
+    """Commands that build no settings (eval-report reads only the history path, compare only its files) warn too:
+    the check runs for every command, before it."""
+    monkeypatch.setenv(variable, str(scripted / "h2.sqlite"))
+    with caplog.at_level(logging.WARNING, logger="retrieval.settings"):
+        CliRunner().invoke(app, args)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"unknown setting {variable} (environment or .env) is ignored (did you mean {meant}?)"
+    ]
+
+
+def test_index_policy_skip_exits_0_and_says_what_it_skipped_on_stderr(scripted):
+    lines = [json.dumps({"_id": d.id, "text": d.text}) for d in TINY_DOCS]
+    (scripted / "bad.jsonl").write_text("\n".join([*lines, '{"_id": "x1", "text": ""}', "not json"]) + "\n")
+    bad = len(TINY_DOCS) + 1
+    result = CliRunner().invoke(app, ["index", "bad.jsonl", "-c", "badc", "--policy", "skip"])
+    assert result.exit_code == 0, result.output
+    assert "skipped" not in result.stdout and "indexed into 'badc'" in result.stdout
+    said = " ".join(result.stderr.split())
+    assert f"skipped bad.jsonl:{bad}: " in said and f"skipped bad.jsonl:{bad + 1}: " in said
+    assert "warning: 2 records of bad.jsonl skipped (--policy skip); the others are indexed" in said
+    as_json = CliRunner().invoke(app, ["index", "bad.jsonl", "-c", "badc", "--policy", "skip", "--json"])
+    assert as_json.exit_code == 0 and len(json.loads(as_json.stdout)["skipped"]) == 2
+    assert "2 records of bad.jsonl skipped" in " ".join(as_json.stderr.split())
+
+
+def test_collections_of_a_missing_index_folder_names_it_absolutely_and_exits_1(scripted):
+    """A cron job run from $HOME: the default, relative, index folder is not there."""
+    for args in (["collections"], ["collections", "--json"]):
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 1, result.output
+        said = " ".join(result.stderr.split())
+        assert f"warning: no index folder at {scripted / 'data' / 'index'} " in said
+    assert json.loads(result.stdout) == []  # still a list to a script that reads it
+    assert not (scripted / "data").exists()
+
+
+def test_snapshot_prints_the_absolute_folder_it_wrote(scripted):
+    (scripted / "kb.jsonl").write_text("".join(json.dumps({"_id": d.id, "text": d.text}) + "\n" for d in TINY_DOCS))
+    assert CliRunner().invoke(app, ["index", "kb.jsonl", "-c", "kb"]).exit_code == 0
+    result = CliRunner().invoke(app, ["snapshot", "-c", "kb"])
+    assert result.exit_code == 0, result.output
+    [made] = (scripted / "data" / "snapshots").iterdir()
+    assert f"snapshot of 'kb': {made}" in " ".join(result.stdout.split())
+
+
+def test_a_closed_stdout_is_an_error_before_any_work(tmp_path):
+    """``search --json >&-`` printed nothing and exited 0."""
+    done = hybrid_rag("search", "valve", "--json", cwd=tmp_path, close=1)
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        "error: stdout is closed: nothing could be printed (to discard the output: >/dev/null)"
+    )
+    assert not (tmp_path / "data").exists()
