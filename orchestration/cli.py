@@ -462,7 +462,7 @@ def drop(
                     f"corpus {corpus!r}: {len(found.tables)} asset tables, {len(found.reports)} reports, "
                     f"{found.history_rows} evaluation history rows"
                 )
-            typer.confirm(f"Remove {'; '.join(what)} for good?", abort=True)
+            _confirm(f"Remove {'; '.join(what)} for good?")
         if exists:
             dropped = store.drop()  # under the write lock
             console.print(
@@ -482,6 +482,27 @@ def drop(
         for path in [*leftovers.tables, *leftovers.reports]:
             console.print(f"removed {path}", soft_wrap=True)
         console.print(f"corpus {corpus!r}: {leftovers.history_rows} evaluation history rows deleted", soft_wrap=True)
+
+
+def _confirm(question: str) -> None:
+    """Ask ``question`` on stderr and read the answer from stdin: ``y``/``yes`` goes on, any other answer is exit
+    code 1. No answer to read (stdin closed, ``<&-``; at its end, ``</dev/null``, cron) is an error naming --yes
+    (exit code 2): nothing is done either way."""
+    import sys
+
+    from retrieval.errors import InvalidArgumentError
+
+    no_answer = InvalidArgumentError(f"{question} needs an answer, and stdin has none: pass --yes to confirm")
+    if sys.stdin is None or sys.stdin.closed:
+        raise no_answer
+    err_console.print(f"{question} [y/N]: ", end="", soft_wrap=True)
+    answer = sys.stdin.readline()
+    if not answer:
+        err_console.print()
+        raise no_answer
+    if answer.strip().lower() not in ("y", "yes"):
+        err_console.print("not confirmed: nothing removed", soft_wrap=True)
+        raise typer.Exit(1)
 
 
 def _encoding_summary(encoding: dict[str, Any] | None) -> str | None:

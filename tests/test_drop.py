@@ -93,6 +93,24 @@ def test_drop_removes_every_version_pointer_and_models_after_confirmation(
     assert code == 2 and "no collection 'test'" in out
 
 
+def test_drop_without_an_answer_to_read_names_yes_and_removes_nothing(tmp_path, drop, dense_encoder, sparse_encoder):
+    """cron, CI or a daemon: stdin at its end (``</dev/null``) or closed (``<&-``, once a traceback) is one line
+    naming --yes, exit code 2; a piped ``y`` still confirms."""
+    from tests.test_cli_scripting import hybrid_rag
+
+    build("edge", tmp_path, dense_encoder, sparse_encoder)
+    before = physical("edge", tmp_path)
+    code, out = drop("edge", "test", input="")
+    assert code == 2 and out.strip().splitlines()[-1].endswith("stdin has none: pass --yes to confirm"), out
+    assert physical("edge", tmp_path) == before
+    closed = hybrid_rag("drop", "test", cwd=tmp_path, close=0)  # drop's settings: the environment the fixture set
+    assert closed.returncode == 2 and "Traceback" not in closed.stderr, closed.stderr
+    assert closed.stderr.strip().splitlines()[-1].endswith("stdin has none: pass --yes to confirm"), closed.stderr
+    assert physical("edge", tmp_path) == before
+    code, out = drop("edge", "test", input="y\n")
+    assert code == 0 and "dropped 'test'" in out, out
+
+
 def test_drop_refuses_a_folder_hybrid_rag_did_not_make(tmp_path, drop):
     theirs = tmp_path / "index" / "notes"
     theirs.mkdir(parents=True)
