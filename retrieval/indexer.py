@@ -38,7 +38,7 @@ from retrieval.errors import (
 )
 from retrieval.parts import Parts, describe
 from retrieval.progress import progress_bar
-from retrieval.settings import HeldSettings, canonical_model
+from retrieval.settings import HeldSettings, canonical_model, parse_payload_indexes
 from retrieval.store import CollectionSchema, QdrantStore, StoreError
 from retrieval.store.base import StoredChunk, StoredHit
 
@@ -396,6 +396,7 @@ class Indexer:
         # Only the same write (same chunks, same mode) resumes a failed one's staged version (see stage).
         intent = write_intent(chunks, prune=prune or rebuild, rebuild=rebuild, skipped=skipped, unchanged=fresh)
         copies: list[int] = []  # the stale staged copies of the published version (a write in place)
+        indexes = parse_payload_indexes(self.settings.payload_indexes)
         if rebuild:
             existing = self._published_hashes(bool(chunks) or allow_delete)
             prunable = self._prunable(existing, chunks, present, True, True, skipped, allow_delete, report)
@@ -405,7 +406,9 @@ class Indexer:
         elif staged:
             if base is None:
                 schema = self.schema()
-            elif self._unchanged(chunks, fresh, base, prune, allow_delete, skipped, report):  # no copy, no version
+            elif not self.store.missing_payload_indexes(indexes) and self._unchanged(
+                chunks, fresh, base, prune, allow_delete, skipped, report
+            ):  # no copy, no version (a PAYLOAD_INDEXES index to add makes one)
                 return self._done(report, self.store.current_version(), rebuild, publish, started)
             target = self.store.stage(schema, copy_current=True, intent=intent)
         else:  # an incremental write on a server: into the live collection, batch by batch
@@ -413,6 +416,7 @@ class Indexer:
                 copies = self.store.mark_copies_stale()
             target = self.store
         try:
+            target.index_payload(indexes)  # before the points: indexed as they arrive
             report.chunks = len(chunks) + sum(fresh.values())
             if target.resumed:  # a failed write's version, partly written: read itself
                 stored = target.stored_chunks(None if prune or rebuild else {c.doc_id for c in chunks})

@@ -23,7 +23,7 @@ from retrieval.errors import ClosedError, EmptyQueryError, InvalidArgumentError,
 from retrieval.fusion import Fused, fuse, top_z
 from retrieval.parts import Parts, describe
 from retrieval.rerank import EmbeddingReranker, RerankConfig
-from retrieval.settings import FusionMethod, HeldSettings, RerankMode
+from retrieval.settings import FusionMethod, HeldSettings, RerankMode, parse_payload_indexes
 from retrieval.store import CollectionSchema, QueryPlan, StoredHit
 from retrieval.store.base import filter_conditions
 
@@ -165,7 +165,20 @@ class HybridRetriever:
         queries with the analyzer the collection's documents were encoded with (see :meth:`_follow_analyzer`)."""
         if not self._checked:
             self._follow_analyzer(self.store.check_schema(CollectionSchema.of(self.dense, self.sparse)))
+            self._warn_missing_indexes()
             self._checked = True
+
+    def _warn_missing_indexes(self) -> None:
+        """Say which ``PAYLOAD_INDEXES`` the collection lacks (or has with another type): filters on such a key
+        scan every point until a write adds the index."""
+        wanted = parse_payload_indexes(self.settings.payload_indexes)
+        if missing := wanted and self.store.missing_payload_indexes(wanted):
+            log.warning(
+                "collection %r has no payload index for %s (PAYLOAD_INDEXES): filters on it scan every point until "
+                "the next write (hybrid-rag index) adds it",
+                self.store.collection,
+                ", ".join(f"{key}:{kind}" for key, kind in missing.items()),
+            )
 
     def _follow_analyzer(self, schema: CollectionSchema | None) -> None:
         """Queries must become the terms the documents became: a collection built with another BM25 analyzer

@@ -83,6 +83,28 @@ _NAME_FORBIDDEN = set('<>:"/\\|?*')  # Qdrant's rule for a new collection's name
 _NAME_LAYOUT = re.compile(r".*(__v[0-9]+|\.current\.json|\.write\.lock)")  # a version or a file of another name
 _DEVICE = re.compile(r"(cpu|cuda|mps)(:[0-9]+)?")
 MIN_CHUNK_TOKENS = 16  # a chunk's budget also holds the special tokens and the document prompt
+# Payload index types of PAYLOAD_INDEXES (Qdrant's, and ``tenant``: a keyword index Qdrant lays out per value).
+PAYLOAD_INDEX_TYPES = ("keyword", "tenant", "integer", "float", "datetime", "bool")
+_INDEX_KEY = re.compile(r"[\w-]+(?:\.[\w-]+)*")  # a metadata key, or a dotted path into one
+
+
+def parse_payload_indexes(text: str | None) -> dict[str, str]:
+    """``PAYLOAD_INDEXES`` (``tenant:tenant, year:integer``) as metadata key -> index type; a ValueError says
+    what is wrong with it."""
+    indexes: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in (text or "").split(","))):
+        key, colon, kind = (s.strip() for s in item.rpartition(":"))
+        kind = kind.lower()
+        if not colon or not _INDEX_KEY.fullmatch(key):
+            raise ValueError(
+                f"{item!r} is not key:type (a metadata key of letters, digits, _ and -, dots for a nested key)"
+            )
+        if kind not in PAYLOAD_INDEX_TYPES:
+            raise ValueError(f"{item!r}: unknown index type {kind!r}; valid: {', '.join(PAYLOAD_INDEX_TYPES)}")
+        if key in indexes:
+            raise ValueError(f"{key!r} is listed twice")
+        indexes[key] = kind
+    return indexes
 
 
 def check_collection_name(name: object) -> str:
@@ -220,6 +242,11 @@ class RetrievalSettings(BaseSettings):
 
     # Indexing.
     upsert_batch_size: int = Field(256, ge=1)
+    payload_indexes: str | None = Field(
+        None,
+        description="Metadata keys to index for filters, as key:type pairs (tenant:tenant,year:integer); types: "
+        + ", ".join(PAYLOAD_INDEX_TYPES),
+    )
     bad_input_policy: BadInputPolicy = BadInputPolicy.FAIL
     cache_dir: Path = Field(default_factory=default_cache_dir)
     embedding_cache: bool = True
@@ -373,6 +400,13 @@ class RetrievalSettings(BaseSettings):
                 ":memory: for qdrant-client's local mode, or leave it unset for the embedded engine"
             )
         return url
+
+    @field_validator("payload_indexes")
+    @classmethod
+    def _check_payload_indexes(cls, text: str | None) -> str | None:
+        """One spelling per list: ``key:type`` pairs sorted by key (None when empty)."""
+        indexes = parse_payload_indexes(text)
+        return ",".join(f"{key}:{kind}" for key, kind in sorted(indexes.items())) or None
 
     @field_validator("dense_device")
     @classmethod

@@ -226,3 +226,14 @@ def test_score_signal(capsys):
     kept = [r["relevant"] for r in result["rows"]]
     assert kept == sorted(kept, reverse=True) and kept[0] > 0  # a higher threshold keeps fewer relevant hits
     assert "Share of top-10 hits" in capsys.readouterr().out
+
+
+def test_filtered_search(tmp_path, capsys):
+    from benchmarks import filtered_search
+
+    result = filtered_search.run(points=1200, queries=4, dir=str(tmp_path))
+    filtered_search.report(result)
+    assert all(row["same"] for row in result["rows"])  # an index changes the speed, never the hits
+    rare = result["rows"][0]
+    assert rare["hits"] == filtered_search.RARE and rare["indexed"]["n"] == 4
+    assert result["index_s"] > 0 and "Filtered hybrid query alone" in capsys.readouterr().out

@@ -702,6 +702,31 @@ class QdrantStore(ABC):
         """id -> the stored (dense, sparse) vectors, for the ids that exist: what a rewrite of an unchanged chunk
         writes again instead of encoding it."""
 
+    # -- payload indexes (PAYLOAD_INDEXES) -------------------------------------------------------------------
+    @abstractmethod
+    def payload_indexes(self) -> dict[str, str] | None:
+        """The metadata keys this version's engine indexes, key -> type as ``PAYLOAD_INDEXES`` names them
+        (``doc_id``, always indexed, left out); None where the backend keeps no payload indexes (qdrant-client's
+        local mode)."""
+
+    @abstractmethod
+    def _create_payload_index(self, key: str, kind: str) -> None:
+        """Index the metadata key ``key`` as ``kind`` (replacing an index of another type)."""
+
+    def missing_payload_indexes(self, wanted: dict[str, str]) -> dict[str, str]:
+        """The indexes of ``wanted`` (metadata key -> type) this version lacks or has with another type."""
+        have = self.payload_indexes()
+        return {} if have is None else {k: t for k, t in wanted.items() if have.get(k) != t}
+
+    def index_payload(self, wanted: dict[str, str]) -> dict[str, str]:
+        """Create the payload indexes of ``wanted`` this version lacks (see :meth:`missing_payload_indexes`);
+        indexes it has beyond ``wanted`` are kept. Returns the ones created."""
+        missing = self.missing_payload_indexes(wanted)
+        for key, kind in missing.items():
+            self._create_payload_index(key, kind)
+            log.info("collection %r: indexed metadata key %r as %s", self.collection, key, kind)
+        return missing
+
     def flush(self) -> None:  # noqa: B027 - optional hook
         """Make every write durable (a no-op where the backend does it per request)."""
 

@@ -907,6 +907,8 @@ class EdgeStore(QdrantStore):
             try:
                 target.update(DOC_ID_INDEX)
                 with self._using("rewrite") as shard:
+                    for operation in _index_operations(shard):  # the version's PAYLOAD_INDEXES too
+                        target.update(operation)
                     for page in _pages(shard):
                         target.update(
                             qe.UpdateOperation.upsert_points([qe.Point(str(r.id), r.vector, r.payload) for r in page])
@@ -1069,6 +1071,19 @@ class EdgeStore(QdrantStore):
             self._shard, self._bound = _acquire(shard_dir, _edge_config(schema)), target
         self._shard.update(DOC_ID_INDEX)
         self._record_schema(schema)
+
+    def payload_indexes(self) -> dict[str, str]:
+        with self._using("read payload indexes") as shard:
+            schema = shard.info().payload_schema
+        return {
+            path.removeprefix("metadata."): _index_kind(info)
+            for path, info in schema.items()
+            if path.startswith("metadata.")
+        }
+
+    def _create_payload_index(self, key: str, kind: str) -> None:
+        with self._using("create payload index", write=True) as shard:
+            shard.update(qe.UpdateOperation.create_field_index(f"metadata.{key}", _INDEX_SCHEMAS[kind]))
 
     @contextmanager
     def _using(self, operation: str, write: bool = False) -> Iterator[qe.EdgeShard]:
@@ -1292,6 +1307,36 @@ def _vectors(vector: dict[str, Any]) -> tuple[np.ndarray, SparseVec]:
 
 
 DOC_ID_INDEX = qe.UpdateOperation.create_field_index("doc_id", qe.PayloadSchemaType.Keyword)
+_INDEX_SCHEMAS: dict[str, Any] = {  # PAYLOAD_INDEXES types as the engine takes them
+    "keyword": qe.PayloadSchemaType.Keyword,
+    "tenant": qe.KeywordIndexParams(is_tenant=True),
+    "integer": qe.PayloadSchemaType.Integer,
+    "float": qe.PayloadSchemaType.Float,
+    "datetime": qe.PayloadSchemaType.Datetime,
+    "bool": qe.PayloadSchemaType.Bool,
+}
+_INDEX_TYPES = {
+    qe.PayloadSchemaType.Keyword: "keyword",
+    qe.PayloadSchemaType.Integer: "integer",
+    qe.PayloadSchemaType.Float: "float",
+    qe.PayloadSchemaType.Datetime: "datetime",
+    qe.PayloadSchemaType.Bool: "bool",
+}
+
+
+def _index_kind(info: Any) -> str:
+    """A payload index of the engine as ``PAYLOAD_INDEXES`` names its type (another type by its own name)."""
+    if getattr(info.params, "is_tenant", None):
+        return "tenant"
+    return _INDEX_TYPES.get(info.data_type, str(info.data_type).rpartition(".")[2].lower())
+
+
+def _index_operations(shard: qe.EdgeShard) -> list[qe.UpdateOperation]:
+    """The operations that give a new shard the payload indexes of ``shard`` (``doc_id``'s included)."""
+    return [
+        qe.UpdateOperation.create_field_index(path, info.params or info.data_type)
+        for path, info in shard.info().payload_schema.items()
+    ]
 
 
 def _edge_config(schema: CollectionSchema) -> qe.EdgeConfig:

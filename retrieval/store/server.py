@@ -39,6 +39,7 @@ from qdrant_client import QdrantClient
 from qdrant_client import models as qm
 from qdrant_client.common.version_check import get_server_version, is_compatible
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
+from qdrant_client.local.qdrant_local import QdrantLocal
 
 from retrieval.chunking import Chunk
 from retrieval.encoders.sparse import SparseVec
@@ -68,6 +69,16 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 SCHEMA_KEY = "hybrid_rag_schema"
 PRIVATE_HOSTS = ("localhost", "127.0.0.1", "::1")  # and single-label names (compose services): http is fine
+
+
+def payload_index_schema(kind: str) -> qm.PayloadSchemaType | qm.KeywordIndexParams:
+    """A ``PAYLOAD_INDEXES`` type as qdrant-client's ``create_payload_index`` takes it: ``tenant`` is a keyword
+    index with ``is_tenant`` (the server keeps each value's points together), the others Qdrant's types."""
+    if kind == "tenant":
+        return qm.KeywordIndexParams(type=qm.KeywordIndexType.KEYWORD, is_tenant=True)
+    return qm.PayloadSchemaType(kind)
+
+
 SERVER_WIDE = ("get_aliases", "get_collections")  # operations that concern no one collection
 _write_locks: dict[tuple[str, str], threading.RLock] = {}  # (location, collection) -> this process' writers
 _write_locks_guard = threading.Lock()
@@ -440,6 +451,7 @@ class ServerStore(QdrantStore):
         if schema is None:
             raise StoreError(f"Qdrant at {self.location}: version {source} of {self.collection!r} does not exist")
         dst._create_physical(schema)
+        dst.index_payload(src.payload_indexes() or {})  # before the points: indexed as they arrive
         offset = None
         while True:
             records, offset = self._call(
@@ -522,6 +534,28 @@ class ServerStore(QdrantStore):
                 field_name="doc_id",
                 field_schema=qm.PayloadSchemaType.KEYWORD,
             )
+
+    def payload_indexes(self) -> dict[str, str] | None:
+        """None in qdrant-client's local mode: it keeps no payload indexes (every filter scans its points)."""
+        if isinstance(getattr(self.client, "_client", None), QdrantLocal):
+            return None
+        info = self._call("get_collection", self.client.get_collection, self._physical() or self.name)
+        return {
+            path.removeprefix("metadata."): "tenant"
+            if getattr(index.params, "is_tenant", None)
+            else qm.PayloadSchemaType(index.data_type).value
+            for path, index in (info.payload_schema or {}).items()
+            if path.startswith("metadata.")
+        }
+
+    def _create_payload_index(self, key: str, kind: str) -> None:
+        self._call(
+            "create_payload_index",
+            self.client.create_payload_index,
+            self._physical() or self.name,
+            field_name=f"metadata.{key}",
+            field_schema=payload_index_schema(kind),
+        )
 
     def drop(self) -> list[str]:
         """A version another alias points at (a team's ``prod``) is kept, with a warning naming it."""

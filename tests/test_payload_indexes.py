@@ -1,0 +1,119 @@
+"""PAYLOAD_INDEXES: payload indexes on the metadata keys a deployment filters on, as the engine reports them."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from qdrant_client import models as qm
+
+from retrieval import RetrievalSettings
+from retrieval.errors import InvalidArgumentError
+from retrieval.settings import parse_payload_indexes
+from retrieval.store import CollectionSchema
+from retrieval.store.server import payload_index_schema
+from tests.conftest import TINY_DOCS, make_store
+
+INDEXES = "topic:tenant, year:integer"
+WANTED = {"topic": "tenant", "year": "integer"}
+FILTERS = [{"topic": "cooking"}, {"topic": ["home", "science"]}, {"year": 2019}, {"year": {"gte": 2020}}]
+
+
+def test_setting_is_parsed_and_normalized():
+    settings = RetrievalSettings(payload_indexes=" year:INTEGER,topic:tenant , published:datetime ")
+    assert settings.payload_indexes == "published:datetime,topic:tenant,year:integer"
+    assert parse_payload_indexes(settings.payload_indexes) == {
+        "published": "datetime",
+        "topic": "tenant",
+        "year": "integer",
+    }
+    assert RetrievalSettings(payload_indexes="").payload_indexes is None
+    assert parse_payload_indexes("author.name:keyword") == {"author.name": "keyword"}
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("topic", "is not key:type"),
+        ("topic:text", "unknown index type 'text'; valid: keyword, tenant"),
+        ("topic:keyword,topic:tenant", "'topic' is listed twice"),
+        ("a b:keyword", "is not key:type"),
+    ],
+)
+def test_bad_setting_is_one_line_naming_the_item(text, reason):
+    with pytest.raises(InvalidArgumentError, match=f"payload_indexes: .*{reason}"):
+        RetrievalSettings(payload_indexes=text)
+
+
+def test_edge_engine_reports_the_indexes_created(tmp_path):
+    store = make_store("edge", tmp_path)
+    try:
+        store.ensure(_schema())
+        assert store.payload_indexes() == {}  # doc_id's own index is not a metadata key's
+        kinds = {"k": "keyword", "t": "tenant", "i": "integer", "f": "float", "d": "datetime", "b": "bool"}
+        assert store.index_payload(kinds) == kinds
+        assert store.payload_indexes() == kinds
+        assert store.index_payload(kinds) == {}  # nothing to do the second time
+        assert store.index_payload({"i": "float"}) == {"i": "float"}  # another type replaces the index
+        assert store.payload_indexes()["i"] == "float"
+    finally:
+        store.close()
+
+
+def test_server_requests_are_accepted_and_local_mode_says_it_keeps_none(tmp_path):
+    """qdrant-client's local mode keeps no payload indexes (a real server is not available here): the requests the
+    server path sends must still be valid qdrant-client calls, and the store must not pretend to have indexes."""
+    assert payload_index_schema("tenant") == qm.KeywordIndexParams(type=qm.KeywordIndexType.KEYWORD, is_tenant=True)
+    assert payload_index_schema("datetime") is qm.PayloadSchemaType.DATETIME
+    store = make_store("server", tmp_path)
+    try:
+        store.ensure(_schema())
+        for key, kind in {"k": "keyword", "t": "tenant", "i": "integer", "f": "float", "d": "datetime"}.items():
+            store._create_payload_index(key, kind)
+        assert store.payload_indexes() is None
+        assert store.missing_payload_indexes(WANTED) == {}  # nothing a write could add
+    finally:
+        store.close()
+
+
+def test_indexes_exist_after_creation_and_results_are_unchanged(indexed_stack):
+    plain = indexed_stack("edge").retriever(rerank=False)
+    indexed_stack_ = indexed_stack("edge", payload_indexes=INDEXES)
+    assert indexed_stack_.store().payload_indexes() == WANTED
+    indexed = indexed_stack_.retriever(rerank=False)
+    for spec in FILTERS:
+        expected = [(h.chunk_id, h.score) for h in plain.search("water and leaks", k=10, filter=spec)]
+        assert expected  # every filter keeps something
+        assert [(h.chunk_id, h.score) for h in indexed.search("water and leaks", k=10, filter=spec)] == expected
+
+
+def test_next_write_adds_the_indexes_to_an_existing_collection(indexed_stack, caplog):
+    stack = indexed_stack("edge")
+    before = stack.store().current_version()
+    wanting = stack.derive(payload_indexes=INDEXES)
+    try:
+        with caplog.at_level(logging.WARNING, logger="retrieval.search"):
+            wanting.retriever().search("valve", filter={"topic": "home"})
+        assert "has no payload index for topic:tenant, year:integer (PAYLOAD_INDEXES)" in caplog.text
+        report = wanting.indexer().index(TINY_DOCS, progress=False)  # nothing changed but the indexes
+        assert report.written == 0 and wanting.store().current_version() == before + 1
+        assert wanting.store().payload_indexes() == WANTED
+        assert wanting.indexer().index(TINY_DOCS, progress=False).version == before + 1  # now nothing to do
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="retrieval.search"):
+            hits = wanting.retriever().search("valve", filter={"topic": "home"})
+        assert [h.doc_id for h in hits] == ["valve"] and "PAYLOAD_INDEXES" not in caplog.text
+    finally:
+        wanting.close()
+
+
+def test_an_erasing_rewrite_keeps_the_indexes(indexed_stack):
+    """A delete rewrites the version from its live points (no trace of the deleted text): with its indexes."""
+    stack = indexed_stack("edge", payload_indexes=INDEXES)
+    stack.indexer().delete_documents(["pasta"])
+    assert stack.store().payload_indexes() == WANTED
+    assert [h.doc_id for h in stack.retriever().search("noodles", filter={"topic": "cooking"})] == []
+
+
+def _schema() -> CollectionSchema:
+    return CollectionSchema(dense_model="synthetic", dense_dim=4, sparse_model="bm25", sparse_idf=True)
