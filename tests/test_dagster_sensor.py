@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -304,3 +306,23 @@ def test_a_cursor_of_an_earlier_release_requests_one_run(folder: Folder) -> None
     [upgrade] = folder.tick()
     assert upgrade.tags["hybrid_rag/changes"] == "0 added, 1 changed, 0 removed"
     assert folder.tick() == []
+
+
+def test_the_sensor_interval_comes_from_the_corpora_file(tmp_path: Path) -> None:
+    (tmp_path / "notes").mkdir()
+    file = tmp_path / "corpora.yaml"
+    file.write_text("corpora:\n  notes: {source: notes, format: dir, watch: true, watch_interval: 120}\n")
+    sensor = "defs.resolve_sensor_def('notes_sensor')"
+    code = f"from orchestration.definitions import defs; print({sensor}.minimum_interval_seconds)"
+    env = {**os.environ, "HYBRID_RAG_CORPORA_FILE": str(file), "PYTHONPATH": str(SAMPLE.parents[1])}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=tmp_path)
+    assert done.stdout.strip() == "120", done.stderr[-2000:]
+    assert load_corpora(SAMPLE.parents[1] / "corpora.yaml").get("dropbox").watch_interval == 30  # the default
+
+
+@pytest.mark.parametrize("value", ["2", "true", "1.5", '"60"', "null"])
+def test_watch_interval_must_be_whole_seconds_of_at_least_five(tmp_path: Path, value: str) -> None:
+    file = tmp_path / "corpora.yaml"
+    file.write_text(f"corpora:\n  notes: {{source: n, format: dir, watch: true, watch_interval: {value}}}\n")
+    with pytest.raises(CorpusConfigError, match="'watch_interval' must be a whole number of seconds, at least 5"):
+        load_corpora(file)
