@@ -32,7 +32,8 @@ CORPORA_FILE_NAME = "corpora.yaml"  # looked for in the working directory
 BUILTIN_CORPORA_FILE = Path(__file__).resolve().with_name("default_corpora.yaml")  # package data: the sample
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _NOT_IN_DAGSTER_NAMES = re.compile(r"[^A-Za-z0-9_]")  # Dagster names (sensors, jobs) hold [A-Za-z0-9_] only
-_KEYS = {"source", "format", "qrels", "split", "collection", "on_bad_input", "watch", "previews"}
+_KEYS = {"source", "format", "qrels", "split", "collection", "on_bad_input", "watch", "watch_interval", "previews"}
+MIN_WATCH_INTERVAL_S = 5
 
 
 class CorpusConfigError(HybridRagError, ValueError):
@@ -62,6 +63,7 @@ class CorpusConfig:
     split: str = "test"
     on_bad_input: BadInputPolicy | None = None
     watch: bool = False
+    watch_interval: int = 30  # seconds between the drop-folder sensor's ticks
     previews: bool = True  # False: no document or query text, title or id in the runs' metadata (the event log)
 
     @property
@@ -199,6 +201,12 @@ def _parse_corpus(file: Path, name: str, spec: Any) -> CorpusConfig:
     for key, value in (("watch", watch), ("previews", previews)):
         if not isinstance(value, bool):
             raise CorpusConfigError(f"{where}: {key!r} must be true or false (unquoted), got {value!r}")
+    interval = spec.get("watch_interval", 30)
+    if isinstance(interval, bool) or not isinstance(interval, int) or interval < MIN_WATCH_INTERVAL_S:
+        raise CorpusConfigError(
+            f"{where}: 'watch_interval' must be a whole number of seconds, at least {MIN_WATCH_INTERVAL_S}, "
+            f"got {interval!r}"
+        )
     collection = str(spec.get("collection") or name)
     if not _NAME.match(collection):
         raise CorpusConfigError(f"{where}: invalid collection name {collection!r}")
@@ -211,6 +219,7 @@ def _parse_corpus(file: Path, name: str, spec: Any) -> CorpusConfig:
         split=str(spec.get("split") or "test"),
         on_bad_input=policy,
         watch=watch,
+        watch_interval=interval,
         previews=previews,
     )
 

@@ -43,7 +43,13 @@ defs = dg.Definitions(
     assets=[*ALL_ASSETS, query_encoder],
     jobs=[reindex_job, evaluate_job, adapt_job],
     schedules=[nightly_reindex, daily_evaluation],
-    sensors=[*(build_drop_folder_sensor(c.source, c.name) for c in CORPORA.watched()), orphaned_runs_sensor],
+    sensors=[
+        *(
+            build_drop_folder_sensor(c.source, c.name, minimum_interval_seconds=c.watch_interval)
+            for c in CORPORA.watched()
+        ),
+        orphaned_runs_sensor,
+    ],
     resources=default_resources(),
     executor=in_process_heartbeat_executor,  # in_process_executor, with the run's process and heartbeat as tags
 )

@@ -11,8 +11,10 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
@@ -87,17 +89,71 @@ def prepare_dagster_home(dagster_home: str | Path | None = None) -> Path:
     return home
 
 
+class _Stop(Exception):  # noqa: N818 (a signal, not an error)
+    """A signal asking ``hybrid-rag ui`` to stop."""
+
+
+def _raise_stop(signum: int, _frame: object) -> None:
+    raise _Stop(signum)
+
+
 def run_dagster_ui(args: Sequence[str] = ()) -> int:
     """``dagster dev -m orchestration.definitions [args]`` on the project's instance (:func:`prepare_dagster_home`,
-    passed on as ``DAGSTER_HOME``); returns its exit code once it has stopped (Ctrl-C reaches it too)."""
+    passed on as ``DAGSTER_HOME``); returns its exit code once it has stopped.
+
+    ``dagster dev`` runs in its own session, so that what it starts (webserver, daemon, code servers) is one process
+    group that only this process stops: Ctrl-C, SIGTERM and SIGHUP (unless ignored, as under ``nohup``) send it
+    SIGINT, its own shutdown, then SIGTERM and SIGKILL to what is left after ``UI_STOP_GRACE_S`` each."""
     home = prepare_dagster_home()
     command = [sys.executable, "-m", "dagster", "dev", "-m", "orchestration.definitions", *args]
-    process = subprocess.Popen(command, env={**os.environ, "DAGSTER_HOME": str(home)})
-    while True:
+    stops = [s for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP) if s == signal.SIGINT or not _ignored(s)]
+    # set before the child starts: a handled signal is at its default in the child, so dagster dev (which maps
+    # SIGTERM to its SIGINT handler) stops on SIGINT even when started where SIGINT is ignored (`nohup ... &`)
+    previous = {s: signal.signal(s, _raise_stop) for s in stops}
+    process: subprocess.Popen[bytes] | None = None
+    try:
+        process = subprocess.Popen(command, env={**os.environ, "DAGSTER_HOME": str(home)}, start_new_session=True)
+        return process.wait()
+    except _Stop as stop:
+        if process is None:  # stopped before dagster dev started
+            return 128 + stop.args[0]
+        for s in stops:  # a second Ctrl-C does not cut the shutdown short
+            signal.signal(s, signal.SIG_IGN)
+        return _stop_group(process)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+UI_STOP_GRACE_S = 30.0
+
+
+def _ignored(signum: int) -> bool:
+    return signal.getsignal(signum) == signal.SIG_IGN
+
+
+def _stop_group(process: subprocess.Popen[bytes]) -> int:
+    """SIGINT, then SIGTERM, then SIGKILL to ``process``' group until none of it is left; its exit code."""
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
         try:
-            return process.wait()
-        except KeyboardInterrupt:  # dagster dev got it as well (one process group): wait for it to shut down
-            continue
+            os.killpg(process.pid, signum)
+        except ProcessLookupError:  # the whole group has exited
+            break
+        deadline = time.monotonic() + UI_STOP_GRACE_S
+        while _group_alive(process) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if not _group_alive(process):
+            break
+    return process.wait()
+
+
+def _group_alive(process: subprocess.Popen[bytes]) -> bool:
+    process.poll()  # reaps dagster dev once it exits (a zombie still counts as a member of its group)
+    try:
+        os.killpg(process.pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def run_main_job(

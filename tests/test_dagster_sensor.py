@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -14,33 +17,43 @@ from assets import CORPORA
 from assets.corpora import CorpusConfigError, load_corpora
 from assets.resources import CorporaResource
 from orchestration.schedules import daily_evaluation, nightly_reindex
-from orchestration.sensors import build_drop_folder_sensor, folder_manifest
+from orchestration.sensors import MAX_RETRIES, build_drop_folder_sensor, folder_manifest, manifest_digest
 
 SAMPLE = Path(__file__).resolve().parents[1] / "evals" / "sample"
 
 
 class Folder:
-    """Evaluates the sensor on ``path``, carrying the cursor from one tick to the next like the daemon does."""
+    """Evaluates the sensor on ``path`` against a Dagster instance, carrying the cursor from one tick to the next
+    like the daemon does."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, instance: dg.DagsterInstance):
         self.path = path
+        self.instance = instance
         self.sensor = build_drop_folder_sensor(path, "dropbox")
         self.cursor: str | None = None
+        self.skip_message: str | None = None
 
     def tick(self) -> list[dg.RunRequest]:
-        context = dg.build_sensor_context(cursor=self.cursor)
+        context = dg.build_sensor_context(cursor=self.cursor, instance=self.instance)
         result = self.sensor(context)
         if isinstance(result, dg.SensorResult):
             self.cursor = result.cursor or self.cursor
             return list(result.run_requests or [])
         assert isinstance(result, dg.SkipReason)
+        self.skip_message = result.skip_message
         return []
 
 
 @pytest.fixture
-def folder(tmp_path: Path) -> Folder:
+def instance() -> Iterator[dg.DagsterInstance]:
+    with dg.DagsterInstance.ephemeral() as instance:
+        yield instance
+
+
+@pytest.fixture
+def folder(tmp_path: Path, instance: dg.DagsterInstance) -> Folder:
     (tmp_path / "drop").mkdir()
-    return Folder(tmp_path / "drop")
+    return Folder(tmp_path / "drop", instance)
 
 
 def _touch_later(path: Path) -> None:
@@ -66,9 +79,7 @@ def test_new_file_requests_a_dropbox_run(folder: Folder) -> None:
 def test_unchanged_folder_requests_nothing(folder: Folder) -> None:
     (folder.path / "a.txt").write_text("alpha")
     assert len(folder.tick()) == 1
-    context = dg.build_sensor_context(cursor=folder.cursor)
-    result = folder.sensor(context)
-    assert isinstance(result, dg.SkipReason) and "no change" in result.skip_message
+    assert folder.tick() == [] and "no change" in folder.skip_message
 
 
 def test_modified_and_removed_files_request_runs(folder: Folder) -> None:
@@ -179,14 +190,13 @@ def test_watch_must_be_a_yaml_boolean(tmp_path: Path, value: str) -> None:
     assert str(file) in str(raised.value) and "corpus 'notes'" in str(raised.value)
 
 
-def test_a_file_source_is_watched_by_its_own_size_and_mtime(tmp_path: Path) -> None:
+def test_a_file_source_is_watched_by_its_own_size_and_mtime(tmp_path: Path, instance: dg.DagsterInstance) -> None:
     notes = tmp_path / "notes.jsonl"
     notes.write_text('{"_id": "n1", "text": "note one about herons"}\n')
-    watched = Folder(notes)
+    watched = Folder(notes, instance)
     [first] = watched.tick()
     assert first.tags["hybrid_rag/changes"] == "1 added, 0 changed, 0 removed"
-    result = watched.sensor(dg.build_sensor_context(cursor=watched.cursor))
-    assert isinstance(result, dg.SkipReason) and result.skip_message == f"no change in {notes}"
+    assert watched.tick() == [] and watched.skip_message == f"no change in {notes}"
     with notes.open("a") as handle:
         handle.write('{"_id": "n2", "text": "another note about herons"}\n')
     [changed] = watched.tick()
@@ -213,3 +223,106 @@ def test_a_broken_link_is_not_reported_as_removed_files(folder: Folder, tmp_path
     assert removed.tags["hybrid_rag/changes"] == "0 added, 0 changed, 1 removed"
     (tmp_path / "share.unmounted").rename(share)
     assert folder.tick() == []  # back as they were
+
+
+@dg.op(config_schema={"fail": dg.Field(bool, default_value=False)})
+def _reindex_stand_in(context) -> None:  # noqa: ANN001 (Dagster reads the annotation, a string here)
+    if context.op_config["fail"]:
+        raise RuntimeError("the run worker died")
+
+
+@dg.job
+def _stand_in_job() -> None:
+    _reindex_stand_in()
+
+
+def _run(folder: Folder, request: dg.RunRequest, *, fail: bool) -> dg.DagsterRunStatus:
+    """A real run of the request in the folder's instance, tagged as the daemon tags the run it launches for it."""
+    result = _stand_in_job.execute_in_process(
+        run_config={"ops": {"_reindex_stand_in": {"config": {"fail": fail}}}},
+        instance=folder.instance,
+        tags={**request.tags, "dagster/run_key": request.run_key},
+        raise_on_error=False,
+    )
+    return folder.instance.get_run_by_id(result.run_id).status
+
+
+def test_a_change_whose_run_failed_is_requested_again(folder: Folder) -> None:
+    (folder.path / "a.txt").write_text("alpha")
+    [first] = folder.tick()
+    assert _run(folder, first, fail=True) == dg.DagsterRunStatus.FAILURE
+    [again] = folder.tick()  # the folder did not change: the failed run's change is still not indexed
+    assert again.run_key != first.run_key and again.partition_key == "dropbox"
+    assert again.tags["hybrid_rag/changes"] == "1 added, 0 changed, 0 removed" and again.tags["hybrid_rag/retry"] == "1"
+    assert folder.tick() == []  # not run yet: requested once, not at every tick
+    assert _run(folder, again, fail=False) == dg.DagsterRunStatus.SUCCESS
+    assert folder.tick() == [] and "no change" in folder.skip_message
+
+
+def test_a_successful_queued_or_running_run_is_not_requested_again(folder: Folder) -> None:
+    (folder.path / "a.txt").write_text("alpha")
+    [first] = folder.tick()
+    for status in (dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED):
+        folder.instance.create_run_for_job(
+            _stand_in_job, status=status, tags=first.tags
+        )  # a queued, then a running one
+        assert folder.tick() == []
+    assert _run(folder, first, fail=False) == dg.DagsterRunStatus.SUCCESS
+    assert folder.tick() == []
+
+
+def test_a_change_that_keeps_failing_is_retried_a_bounded_number_of_times(folder: Folder) -> None:
+    (folder.path / "a.txt").write_text("alpha")
+    [request] = folder.tick()
+    for _ in range(MAX_RETRIES):
+        _run(folder, request, fail=True)
+        [request] = folder.tick()
+    _run(folder, request, fail=True)
+    assert folder.tick() == [] and f"after {MAX_RETRIES} retries: waiting for the next change" in folder.skip_message
+    (folder.path / "b.txt").write_text("beta")  # a new change gets its own retries
+    [new] = folder.tick()
+    _run(folder, new, fail=True)
+    [retry] = folder.tick()
+    assert retry.tags["hybrid_rag/retry"] == "1"
+
+
+def test_making_a_file_readable_is_a_change(folder: Folder) -> None:
+    note = folder.path / "locked.md"
+    note.write_text("# Locked\nText the run could not read.")
+    note.chmod(0o000)
+    folder.tick()
+    note.chmod(0o644)  # only the ctime changes: the run that skipped it must run again
+    [fixed] = folder.tick()
+    assert fixed.tags["hybrid_rag/changes"] == "0 added, 1 changed, 0 removed"
+
+
+def test_a_cursor_of_an_earlier_release_requests_one_run(folder: Folder) -> None:
+    """Cursors written before the manifest had the ctime: one run (everything "changed"), not one per tick."""
+    (folder.path / "a.txt").write_text("alpha")
+    folder.tick()
+    state = json.loads(folder.cursor)
+    files = {path: entry[:2] for path, entry in state["files"].items()}
+    folder.cursor = json.dumps({"digest": manifest_digest(files), "seq": state["seq"], "files": files})
+    [upgrade] = folder.tick()
+    assert upgrade.tags["hybrid_rag/changes"] == "0 added, 1 changed, 0 removed"
+    assert folder.tick() == []
+
+
+def test_the_sensor_interval_comes_from_the_corpora_file(tmp_path: Path) -> None:
+    (tmp_path / "notes").mkdir()
+    file = tmp_path / "corpora.yaml"
+    file.write_text("corpora:\n  notes: {source: notes, format: dir, watch: true, watch_interval: 120}\n")
+    sensor = "defs.resolve_sensor_def('notes_sensor')"
+    code = f"from orchestration.definitions import defs; print({sensor}.minimum_interval_seconds)"
+    env = {**os.environ, "HYBRID_RAG_CORPORA_FILE": str(file), "PYTHONPATH": str(SAMPLE.parents[1])}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=tmp_path)
+    assert done.stdout.strip() == "120", done.stderr[-2000:]
+    assert load_corpora(SAMPLE.parents[1] / "corpora.yaml").get("dropbox").watch_interval == 30  # the default
+
+
+@pytest.mark.parametrize("value", ["2", "true", "1.5", '"60"', "null"])
+def test_watch_interval_must_be_whole_seconds_of_at_least_five(tmp_path: Path, value: str) -> None:
+    file = tmp_path / "corpora.yaml"
+    file.write_text(f"corpora:\n  notes: {{source: n, format: dir, watch: true, watch_interval: {value}}}\n")
+    with pytest.raises(CorpusConfigError, match="'watch_interval' must be a whole number of seconds, at least 5"):
+        load_corpora(file)

@@ -361,3 +361,54 @@ def test_ui_serves_the_code_location_on_the_projects_instance(tmp_path: Path) ->
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
     assert proc.returncode == 0 or proc.returncode < 0
+
+
+def _processes_on(home: Path) -> list[int]:
+    """The processes whose environment has ``DAGSTER_HOME=home``: what `hybrid-rag ui` started on that instance."""
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if f"DAGSTER_HOME={home}".encode() in environ.read_bytes().split(b"\0"):
+                found.append(int(environ.parent.name))
+        except OSError:  # exited meanwhile, or another user's
+            continue
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stop", ["SIGTERM", "SIGHUP"])
+def test_ui_stopped_by_a_signal_leaves_no_dagster_process(tmp_path: Path, stop: str) -> None:
+    """`hybrid-rag ui` started as `nohup ... &` from a script does (SIGINT ignored), stopped with SIGTERM (kill, a
+    supervisor) or SIGHUP: dagster dev, its webserver, daemon and code server stop with it, none outlives it."""
+    import signal
+    import socket
+    import time
+
+    import httpx
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    home = tmp_path / "home"
+    env = {**_env(tmp_path), "DAGSTER_HOME": str(home), "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "orchestration.cli", "ui", "-p", str(port), "-h", "127.0.0.1"]
+    background = ["sh", "-c", 'trap "" INT; exec "$@"', "sh", *cmd]  # SIGINT ignored, as in a background job
+    proc = subprocess.Popen(background, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline, answered = time.monotonic() + 240, False
+        while time.monotonic() < deadline and proc.poll() is None and not answered:
+            try:
+                answered = httpx.get(f"http://127.0.0.1:{port}/server_info", timeout=5).status_code == 200
+            except httpx.HTTPError:
+                time.sleep(1)
+        assert answered, proc.stderr.read().decode()[-3000:] if proc.poll() is not None else "no answer in 240 s"
+        assert len(_processes_on(home)) >= 3  # the wrapper, dagster dev, the webserver...
+        proc.send_signal(getattr(signal, stop))  # to the wrapper only
+        proc.wait(timeout=120)
+        assert _processes_on(home) == []
+    finally:
+        for pid in _processes_on(home):  # what the wrapper left (the defect), so the test cleans up after itself
+            os.kill(pid, signal.SIGKILL)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
