@@ -135,3 +135,23 @@ def test_none_matches_a_missing_null_or_empty_field(store):
         ],
     )
     assert docs(store, {"tags": None}) == {"missing", "null", "empty"}  # Qdrant's IsEmpty, as the README says
+
+
+def test_a_string_matches_as_stored_composed_or_decomposed(store):
+    """An e with an acute accent, one character or two, is one document id (index and delete treat it so) and one
+    value: a filter in either form finds what is stored in the other, written by this release or an earlier one."""
+    composed, decomposed = "caf\u00e9", "cafe\u0301"
+    store.ensure(SCHEMA)
+    put(
+        store,
+        [
+            (composed, 0, (1, 0, 0, 0), {1: 1.0}, {"tenant": composed}),
+            ("x", 0, (0, 1, 0, 0), {2: 1.0}, {"tenant": decomposed, "tags": ["A\u030angstro\u0308m", "b"]}),
+            ("y", 0, (0, 0, 1, 0), {3: 1.0}, {"tenant": "cafe", "tags": ["b"]}),
+        ],
+    )
+    assert docs(store, {"doc_id": decomposed}) == docs(store, {"doc_id": composed}) == {composed}
+    assert docs(store, {"doc_id": [decomposed, "y"]}) == {composed, "y"}
+    assert docs(store, {"tenant": composed}) == docs(store, {"tenant": decomposed}) == {composed, "x"}
+    assert docs(store, {"tags": "\u00c5ngstr\u00f6m"}) == docs(store, {"tags": ["\u00c5ngstr\u00f6m"]}) == {"x"}
+    assert docs(store, {"tenant": "cafe"}) == {"y"}  # an accent is no normalization: another value

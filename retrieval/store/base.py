@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from retrieval.chunking import Chunk
+from retrieval.documents import unicode_forms
 from retrieval.encoders.sparse import LEGACY_ANALYZER, SparseVec
 from retrieval.errors import FilterError, HybridRagError, InvalidArgumentError, choice
 from retrieval.settings import FusionMethod, canonical_model
@@ -729,7 +730,8 @@ def filter_conditions(spec: dict[str, Any] | None) -> list[list[tuple[str, str, 
     The result is a conjunction of alternatives: every inner list holds ``(payload key, kind, value)`` tests of
     which one must match, and every inner list must. Kinds: ``value`` (a string or an integer beyond 2^53:
     ``{"topic": "music"}``), ``bool`` (``{"published": True}``), ``any`` (a list of strings:
-    ``{"topic": ["a", "b"]}``), ``range`` (numbers: ``{"year": {"gte": 2000, "lt": 2010}}``; also a number's
+    ``{"topic": ["a", "b"]}``; also a string with other Unicode normalization forms, each of which matches:
+    ``"café"`` composed or decomposed), ``range`` (numbers: ``{"year": {"gte": 2000, "lt": 2010}}``; also a number's
     equality, so that ``{"stars": 4}`` matches 4 and 4.0 alike, and each number of a list), ``datetime`` (ISO
     8601 strings or datetime/date objects, as RFC 3339 strings: ``{"published_at": {"gte": "2024-01-01"}}``;
     naive times are UTC) and ``empty`` (``{"field": None}``: the field is missing, null or an empty list).
@@ -827,7 +829,7 @@ def _tests(key: str, value: Any) -> list[tuple[str, Any]]:
     if isinstance(value, bool):
         return [("bool", value)]
     if isinstance(value, str):
-        return [("value", value)]
+        return [_string(value)]
     if _is_number(value):
         return [_number(key, value)]
     if isinstance(value, dt.date):
@@ -835,7 +837,7 @@ def _tests(key: str, value: Any) -> list[tuple[str, Any]]:
     if isinstance(value, list | tuple | set | frozenset):
         items = list(value)
         if items and all(type(v) is str for v in items):
-            return [("any", items)]
+            return [("any", sorted(set().union(*map(unicode_forms, items))))]
         if items and all(_is_number(v) for v in items):
             return [_number(key, v) for v in dict.fromkeys(items)]
         raise FilterError(
@@ -854,6 +856,13 @@ def _tests(key: str, value: Any) -> list[tuple[str, Any]]:
             return [("datetime", {op: _iso(key, v) for op, v in value.items()})]
         raise FilterError(f"filter on {key!r}: range bounds must be all numbers or all ISO dates, got {value!r}")
     raise FilterError(f"filter on {key!r}: unsupported value {value!r} of type {type(value).__name__}")
+
+
+def _string(value: str) -> tuple[str, Any]:
+    """Equality with a string, stored as written, composed (NFC) or decomposed (NFD): "café" with or without a
+    combining accent is one value, as it is one document id (:func:`~retrieval.documents.unicode_forms`)."""
+    forms = unicode_forms(value)
+    return ("value", value) if len(forms) == 1 else ("any", sorted(forms))
 
 
 def _is_number(value: Any) -> bool:
