@@ -345,11 +345,19 @@ def search(
 ) -> None:
     """Search a collection (the same defaults as the Python API and `eval`: reranking as the settings say)."""
     from retrieval.stack import RetrievalStack
+    from retrieval.store.base import filter_misses
 
     flt = _parse_filter(filter_json)
     with RetrievalStack(_settings(collection=collection)) as stack:
-        hits = stack.retriever().search(
+        retriever = stack.retriever()
+        hits = retriever.search(
             text, k=k, filter=flt, rerank=rerank, variant=variant, group_by=group_by, score_threshold=score_threshold
+        )
+        misses = filter_misses(retriever.store, flt) if flt and not hits else []
+    if misses:  # a filter of the wrong type finds nothing without an error: say why (stderr, --json too)
+        name = retriever.store.collection
+        err_console.print(
+            label("note:", "yellow"), f"no point of {name!r} matches the filter: {'; '.join(misses)}", soft_wrap=True
         )
     if as_json:
         typer.echo(json.dumps([_hit_json(h) for h in hits], default=str, indent=2))

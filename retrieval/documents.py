@@ -113,6 +113,12 @@ def covered_by(problems: Iterable[InputProblem]) -> Callable[[str], bool]:
     return covered
 
 
+def unicode_forms(text: str) -> set[str]:
+    """``text`` as written, composed (NFC) and decomposed (NFD): the spellings ("café" composed or with a combining
+    accent) a document id may be stored under and still be the same id, as an index keeps the form it was given."""
+    return {text, unicodedata.normalize("NFC", text), unicodedata.normalize("NFD", text)}
+
+
 class BadInputError(HybridRagError, ValueError):
     """Raised under the ``fail`` policy; the message names file, line and reason."""
 

@@ -24,6 +24,7 @@ from retrieval.documents import (
     covered_by,
     detect_format,
     ids_from_folders_above,
+    unicode_forms,
     validate_documents,
 )
 from retrieval.embedding_cache import embedded_text_hashes, text_hash
@@ -249,7 +250,7 @@ class Indexer:
         """id -> stored id, for each of ``ids`` not stored as it is but in another Unicode normalization (NFC or
         NFD: "café" composed or decomposed), which a reader sees as the same id: a file name macOS gave decomposed
         to an earlier release (folder ids are NFC now). Looks up only the points of those ids' other forms."""
-        forms = {i: {unicodedata.normalize(f, i) for f in ("NFC", "NFD")} - {i} for i in ids if not i.isascii()}
+        forms = {i: unicode_forms(i) - {i} for i in ids if not i.isascii()}
         forms = {i: other for i, other in forms.items() if other}
         if not forms or self.store.current_version() is None:
             return {}

@@ -99,6 +99,22 @@ def test_search_filter_as_json(cli_in):
     assert out.strip().splitlines()[-1].startswith("error: --filter is not valid JSON")
 
 
+def test_search_says_why_a_filter_matches_nothing(kb, monkeypatch):
+    """A value of another type than the stored one is a valid filter that finds nothing: the hits stay empty
+    (stdout), stderr says that no point matches and what the key holds; a filter that matches says nothing."""
+    monkeypatch.setenv("HYBRID_RAG_QDRANT_PATH", str(kb / "index"))
+    monkeypatch.setenv("HYBRID_RAG_CACHE_DIR", str(kb / "cache"))
+    runner = CliRunner()
+    result = runner.invoke(app, ["search", "anything", "-c", "kb", "--json", "--filter", '{"year": "2021"}'])
+    assert result.exit_code == 0 and json.loads(result.stdout) == []
+    assert result.stderr.strip() == (
+        "note: no point of 'kb' matches the filter: 'year' holds numbers: {\"year\": 2021} matches 1 point (a string "
+        "never matches a number)"
+    )
+    result = runner.invoke(app, ["search", "anything", "-c", "kb", "--filter", '{"year": 2021}'])
+    assert result.exit_code == 0 and "1 hits" in result.stdout and not result.stderr
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -7,6 +7,7 @@ import pytest
 
 from retrieval.errors import FilterError
 from retrieval.store import CollectionSchema, QueryPlan
+from retrieval.store.base import filter_misses
 from tests.test_store_contract import put, unit
 
 SCHEMA = CollectionSchema(dense_model="toy", dense_dim=4, sparse_model="bm25", sparse_idf=True)
@@ -135,3 +136,65 @@ def test_none_matches_a_missing_null_or_empty_field(store):
         ],
     )
     assert docs(store, {"tags": None}) == {"missing", "null", "empty"}  # Qdrant's IsEmpty, as the README says
+
+
+def test_a_string_matches_as_stored_composed_or_decomposed(store):
+    """An e with an acute accent, one character or two, is one document id (index and delete treat it so) and one
+    value: a filter in either form finds what is stored in the other, written by this release or an earlier one."""
+    composed, decomposed = "caf\u00e9", "cafe\u0301"
+    store.ensure(SCHEMA)
+    put(
+        store,
+        [
+            (composed, 0, (1, 0, 0, 0), {1: 1.0}, {"tenant": composed}),
+            ("x", 0, (0, 1, 0, 0), {2: 1.0}, {"tenant": decomposed, "tags": ["A\u030angstro\u0308m", "b"]}),
+            ("y", 0, (0, 0, 1, 0), {3: 1.0}, {"tenant": "cafe", "tags": ["b"]}),
+        ],
+    )
+    assert docs(store, {"doc_id": decomposed}) == docs(store, {"doc_id": composed}) == {composed}
+    assert docs(store, {"doc_id": [decomposed, "y"]}) == {composed, "y"}
+    assert docs(store, {"tenant": composed}) == docs(store, {"tenant": decomposed}) == {composed, "x"}
+    assert docs(store, {"tags": "\u00c5ngstr\u00f6m"}) == docs(store, {"tags": ["\u00c5ngstr\u00f6m"]}) == {"x"}
+    assert docs(store, {"tenant": "cafe"}) == {"y"}  # an accent is no normalization: another value
+
+
+def test_a_value_of_another_type_matches_nothing_and_filter_misses_says_why(store):
+    """A string never matches a stored number, nor a number a stored string, nor a range of numbers ISO dates:
+    valid filters (a key may hold numbers in one collection, strings in another) that find nothing, so
+    filter_misses (what the CLI prints for a filter with no hits) names the type the key holds."""
+    store.ensure(SCHEMA)
+    put(
+        store,
+        [
+            ("a", 0, (1, 0, 0, 0), {1: 1.0}, {"year": 2020, "at": "2021-02-03", "code": "7", "n": 1, "tag": "x"}),
+            ("b", 0, (0, 1, 0, 0), {2: 1.0}, {"year": 2019, "at": "2020-01-01", "code": "8", "n": 2, "tag": "y"}),
+        ],
+    )
+    for wrong in ({"year": "2020"}, {"year": ["2020"]}, {"code": 7}, {"at": {"gte": 2021}}):
+        assert docs(store, wrong) == set(), wrong
+    with pytest.raises(FilterError, match=r"'2000' is not an ISO 8601 date or datetime \(a range of numbers takes"):
+        store.count({"n": {"gte": "2000"}})  # a string bound must be an ISO date: refused, not read as a number
+    assert docs(store, {"year": 2020.0}) == docs(store, {"code": "7"}) == {"a"}
+    assert filter_misses(store, {"year": 2020.0}) == []
+    assert filter_misses(store, {"year": "2020"}) == [
+        "'year' holds numbers: {\"year\": 2020} matches 1 point (a string never matches a number)"
+    ]
+    assert filter_misses(store, {"year": ["2019", "2020.0"], "tag": "x"}) == [
+        "'year' holds numbers: {\"year\": [2019, 2020]} matches 2 points (a string never matches a number)"
+    ]
+    assert filter_misses(store, {"code": [7.0, 8.5]}) == [
+        '\'code\' holds strings: {"code": ["7", "8.5"]} matches 1 point (a number never matches a string)'
+    ]
+    assert filter_misses(store, {"at": {"gte": 2021}}) == [
+        "'at' holds ISO dates on 2 points: a range of numbers never matches one (give ISO dates)"
+    ]
+    assert filter_misses(store, {"n": {"lt": dt.date(2000, 1, 1)}}) == [
+        "'n' holds numbers on 2 points: a range of dates never matches one (give numbers)"
+    ]
+    assert filter_misses(store, {"tag": "z", "nokey": "x", "year": 2020}) == [
+        "'tag' is on 2 points, none matching \"z\"",
+        "no point has 'nokey'",
+    ]
+    assert filter_misses(store, {"year": 2019, "tag": "x"}) == [
+        "each condition matches some points, but no point matches all of them"
+    ]

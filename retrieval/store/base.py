@@ -8,6 +8,7 @@ import logging
 import math
 import numbers
 import re
+import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
@@ -17,6 +18,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from retrieval.chunking import Chunk
+from retrieval.documents import unicode_forms
 from retrieval.encoders.sparse import LEGACY_ANALYZER, SparseVec
 from retrieval.errors import FilterError, HybridRagError, InvalidArgumentError, choice
 from retrieval.settings import FusionMethod, canonical_model
@@ -34,6 +36,8 @@ PLAIN_KEY = re.compile(r"[\w-]+")  # a metadata key Qdrant's paths take unquoted
 PAYLOAD_PATH = re.compile(r"[\w-]+(?:\[\d*\])*(?:\.[\w-]+(?:\[\d*\])*)*")  # keys joined by dots, [i] or []
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 RANGE_OPERATORS = {"gt", "gte", "lt", "lte"}
+ANY_NUMBER = {"gte": -sys.float_info.max, "lte": sys.float_info.max}  # a range holding every stored number
+ANY_DATE = {"gte": "0001-01-01"}  # a range holding every stored ISO date
 MAX_FILTER_DEPTH = 64  # dicts and lists nested in one filter (deeper: a FilterError, not a RecursionError)
 SHOWN_STORED = ("title", "chunk_index")  # stored fields the adapters show unless the document's metadata has them
 VERSION_SEP = "__v"
@@ -754,7 +758,8 @@ def filter_conditions(spec: dict[str, Any] | None) -> list[list[tuple[str, str, 
     The result is a conjunction of alternatives: every inner list holds ``(payload key, kind, value)`` tests of
     which one must match, and every inner list must. Kinds: ``value`` (a string or an integer beyond 2^53:
     ``{"topic": "music"}``), ``bool`` (``{"published": True}``), ``any`` (a list of strings:
-    ``{"topic": ["a", "b"]}``), ``range`` (numbers: ``{"year": {"gte": 2000, "lt": 2010}}``; also a number's
+    ``{"topic": ["a", "b"]}``; also a string with other Unicode normalization forms, each of which matches:
+    ``"café"`` composed or decomposed), ``range`` (numbers: ``{"year": {"gte": 2000, "lt": 2010}}``; also a number's
     equality, so that ``{"stars": 4}`` matches 4 and 4.0 alike, and each number of a list), ``datetime`` (ISO
     8601 strings or datetime/date objects, as RFC 3339 strings: ``{"published_at": {"gte": "2024-01-01"}}``;
     naive times are UTC) and ``empty`` (``{"field": None}``: the field is missing, null or an empty list).
@@ -852,7 +857,7 @@ def _tests(key: str, value: Any) -> list[tuple[str, Any]]:
     if isinstance(value, bool):
         return [("bool", value)]
     if isinstance(value, str):
-        return [("value", value)]
+        return [_string(value)]
     if _is_number(value):
         return [_number(key, value)]
     if isinstance(value, dt.date):
@@ -860,7 +865,7 @@ def _tests(key: str, value: Any) -> list[tuple[str, Any]]:
     if isinstance(value, list | tuple | set | frozenset):
         items = list(value)
         if items and all(type(v) is str for v in items):
-            return [("any", items)]
+            return [("any", sorted(set().union(*map(unicode_forms, items))))]
         if items and all(_is_number(v) for v in items):
             return [_number(key, v) for v in dict.fromkeys(items)]
         raise FilterError(
@@ -879,6 +884,13 @@ def _tests(key: str, value: Any) -> list[tuple[str, Any]]:
             return [("datetime", {op: _iso(key, v) for op, v in value.items()})]
         raise FilterError(f"filter on {key!r}: range bounds must be all numbers or all ISO dates, got {value!r}")
     raise FilterError(f"filter on {key!r}: unsupported value {value!r} of type {type(value).__name__}")
+
+
+def _string(value: str) -> tuple[str, Any]:
+    """Equality with a string, stored as written, composed (NFC) or decomposed (NFD): "café" with or without a
+    combining accent is one value, as it is one document id (:func:`~retrieval.documents.unicode_forms`)."""
+    forms = unicode_forms(value)
+    return ("value", value) if len(forms) == 1 else ("any", sorted(forms))
 
 
 def _is_number(value: Any) -> bool:
@@ -921,9 +933,80 @@ def _iso(key: str, value: str | dt.date) -> str:
         try:
             value = dt.datetime.fromisoformat(value)
         except ValueError:
-            raise FilterError(f"filter on {key!r}: {value!r} is not an ISO 8601 date or datetime") from None
+            number = _read_number(value)
+            hint = f" (a range of numbers takes numbers: {number}, not {value!r})" if number is not None else ""
+            raise FilterError(f"filter on {key!r}: {value!r} is not an ISO 8601 date or datetime{hint}") from None
     if not isinstance(value, dt.datetime):
         value = dt.datetime(value.year, value.month, value.day)
     if value.tzinfo is None:
         value = value.replace(tzinfo=dt.UTC)
     return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+def filter_misses(store: QdrantStore, spec: dict[str, Any]) -> list[str]:
+    """Why filter ``spec`` matches no point of ``store``, one line per condition that matches none alone (empty
+    when some point matches ``spec``): its key is on no point, or it holds values of another type, which never
+    match (``{"year": "2020"}`` where ``year`` holds numbers: ``{"year": 2020}`` matches N points; a range of
+    numbers where it holds ISO dates), or none of its values matches. A filter of the other type is valid (a
+    key may hold numbers in one collection and dates in another), so a search with it finds nothing without an
+    error; this tells why, with a few count queries."""
+    if store.count(spec):
+        return []
+    misses = [_miss(store, key, value) for key, value in spec.items() if not store.count({key: value})]
+    return misses or ["each condition matches some points, but no point matches all of them"]
+
+
+def _miss(store: QdrantStore, key: str, value: Any) -> str:
+    """Why ``{key: value}`` (which matches no point) matches none."""
+    if value is None:
+        return f"every point has {key!r} (not null, not an empty list)"
+    if not (present := store.count() - store.count({key: None})):
+        return f"no point has {key!r}"
+    other = None if key in STRING_FIELDS else _other_type(value)
+    if other is not None and (n := store.count({key: other[0]})):
+        condition, holds = other
+        if holds in ("numbers", "strings"):
+            never = "a string never matches a number" if holds == "numbers" else "a number never matches a string"
+            return f"{key!r} holds {holds}: {_json({key: condition})} matches {_points(n)} ({never})"
+        if holds == "dates":
+            return f"{key!r} holds ISO dates on {_points(n)}: a range of numbers never matches one (give ISO dates)"
+        return f"{key!r} holds numbers on {_points(n)}: a range of dates never matches one (give numbers)"
+    return f"{key!r} is on {_points(present)}, none matching {_json(value)}"
+
+
+def _other_type(value: Any) -> tuple[Any, str] | None:
+    """The condition that finds what the key holds when ``value`` (a string, a number, a list of either, or a
+    range) has the wrong type, and what it then holds: ``numbers`` (for strings that read as numbers),
+    ``strings``, ``dates`` or ``numbers in a range``. None for other values."""
+    if isinstance(value, dict):
+        return (ANY_DATE, "dates") if all(map(_is_number, value.values())) else (ANY_NUMBER, "numbers in a range")
+    scalar = isinstance(value, str) or _is_number(value)
+    if not scalar and not isinstance(value, list | tuple | set | frozenset):
+        return None
+    items = [value] if scalar else list(value)
+    if all(isinstance(v, str) for v in items):
+        converted, holds = [_read_number(v) for v in items], "numbers"
+        if None in converted:
+            return None
+    elif all(map(_is_number, items)):
+        converted, holds = [str(int(v)) if float(v).is_integer() else repr(float(v)) for v in items], "strings"
+    else:
+        return None
+    return (converted[0] if scalar else converted), holds
+
+
+def _read_number(text: str) -> int | float | None:
+    """The number ``text`` spells (``"2020"``, ``"4.5"``), None when it spells none (or no finite one)."""
+    try:
+        number = float(text)
+    except ValueError:
+        return None
+    return None if not math.isfinite(number) else int(number) if number.is_integer() else number
+
+
+def _points(n: int) -> str:
+    return f"{n} point{'s' if n != 1 else ''}"
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, default=str)
