@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, fields, replace
 from pathlib import Path
+from types import FrameType
 from typing import Annotated, Any
 
 import click
@@ -19,11 +24,22 @@ from orchestration.terminal import LiteralConsole, PrintableFormatter, label, pr
 
 class _Group(TyperGroup):
     """Turns the library's expected failures (bad arguments, bad input, unsafe deletes, store errors) into one
-    red line and exit code 2, without a traceback."""
+    red line and exit code 2, without a traceback; and SIGTERM and Ctrl-C (SIGINT) into one line and exit code
+    143 or 130 (see :func:`_interrupts`)."""
 
     def invoke(self, ctx: click.Context):
         try:
-            return super().invoke(ctx)
+            with _interrupts(outermost=ctx.parent is None):
+                return super().invoke(ctx)
+        except KeyboardInterrupt as exc:
+            signum = _INTERRUPTED.get("signal", signal.SIGINT)
+            err_console.print(
+                label(f"interrupted ({signal.Signals(signum).name}):", "red"),
+                "the command did not finish; what it left half-done is removed (now, or by the next write); "
+                "rerun the same command",
+                soft_wrap=True,
+            )
+            raise typer.Exit(128 + signum) from exc
         except Exception as exc:
             from retrieval.errors import HybridRagError
 
@@ -31,6 +47,32 @@ class _Group(TyperGroup):
                 raise
             err_console.print(label("error:", "red"), str(exc) + _env_relative_hint(str(exc)), soft_wrap=True)
             raise typer.Exit(2) from exc
+
+
+_INTERRUPTED: dict[str, int] = {}  # "signal": the signal that interrupted this command
+
+
+@contextmanager
+def _interrupts(outermost: bool) -> Iterator[None]:
+    """SIGTERM (``timeout``, a CI runner, ``kill``) stops a command as Ctrl-C does: a KeyboardInterrupt in the main
+    thread, so every ``finally`` and ``except BaseException`` cleanup runs (a staged version, a ``.partial``
+    snapshot, a write lock) before the command exits. One handler serves both signals and records which came; it
+    is also what Dagster maps SIGTERM to (``hybrid-rag run``). The previous handlers are put back afterwards."""
+    if not outermost or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupted(signum: int, frame: FrameType | None) -> None:
+        _INTERRUPTED["signal"] = signum
+        raise KeyboardInterrupt
+
+    _INTERRUPTED.clear()
+    previous = {signum: signal.signal(signum, interrupted) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 app = typer.Typer(

@@ -203,7 +203,8 @@ def _remove_dead_views(views: Path) -> None:
 
 
 def _locked(wal: Path) -> bool:
-    """Whether a process holds the engine's lock on this WAL folder."""
+    """Whether a process holds an ``flock`` on this folder (the engine's on a WAL folder, a snapshot's on its
+    staging folder)."""
     if fcntl is None or not wal.is_dir():
         return False
     try:

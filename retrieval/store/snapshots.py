@@ -14,7 +14,11 @@ are used on the physical collection behind the alias; the snapshot file stays on
 from __future__ import annotations
 
 import datetime as dt
+import glob
 import json
+import logging
+import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -22,10 +26,12 @@ from typing import Any, NamedTuple
 import qdrant_edge as qe
 
 from retrieval.store.base import SCROLL_PAGE, CollectionSchema, QdrantStore, StoreError, scrolled, version_name
-from retrieval.store.edge import SCHEMA_FILE, SHARD_DIR, EdgeStore, copy_tree
+from retrieval.store.edge import SCHEMA_FILE, SHARD_DIR, EdgeStore, _locked, copy_tree, fcntl
 
 MANIFEST = "snapshot.json"
 MODELS_DIR = "models"
+PARTIAL = ".partial"  # a snapshot being written: renamed to its name once complete
+log = logging.getLogger(__name__)
 
 
 def _stamp() -> str:
@@ -61,10 +67,13 @@ def snapshot(store: QdrantStore, dest: Path | None = None, *, models_dir: Path |
     points = store.count()
     store.flush()  # the shard stays open (and locked) in this process while it is copied
     source = store.dir
-    tmp = dest.with_name(dest.name + ".partial")
+    tmp = dest.with_name(dest.name + PARTIAL)
     try:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _remove_left_partials(dest.parent, store.collection, tmp)
         tmp.mkdir(parents=True)
+        held = _hold(tmp)
+    except FileExistsError as exc:
+        raise StoreError(f"{tmp} is being written by another snapshot: wait for it, or choose another --out") from exc
     except OSError as exc:
         raise StoreError(f"cannot create snapshot directory {dest}: {exc.strerror or exc}") from exc
     try:
@@ -88,7 +97,37 @@ def snapshot(store: QdrantStore, dest: Path | None = None, *, models_dir: Path |
         if isinstance(exc, StoreError | OSError):
             raise StoreError(f"snapshot of {store.collection!r} to {dest} failed, nothing was kept: {text}") from exc
         raise
+    finally:
+        if held is not None:
+            os.close(held)
     return str(dest)
+
+
+def _hold(tmp: Path) -> int | None:
+    """An ``flock`` on the snapshot's staging folder while this process writes it (the kernel lets go when the
+    process ends, even by SIGKILL): how :func:`_remove_left_partials` tells a live snapshot from a killed one."""
+    if fcntl is None:  # pragma: no cover - Windows
+        return None
+    fd = os.open(tmp, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return fd
+
+
+def _remove_left_partials(folder: Path, collection: str, tmp: Path) -> None:
+    """Delete the staging folders that killed snapshots left in ``folder`` (``tmp``, and the default
+    ``NAME-TIME.partial`` of ``collection``), unless a live snapshot still writes one; raises FileExistsError
+    when that one is ``tmp``."""
+    pattern = re.compile(re.escape(collection) + r"-[0-9]{8}T[0-9]{6}Z" + re.escape(PARTIAL))
+    left = [p for p in folder.glob(glob.escape(collection) + "-*" + PARTIAL) if pattern.fullmatch(p.name)]
+    for path in {tmp, *left}:
+        if not path.is_dir():
+            continue
+        if _locked(path):
+            if path == tmp:
+                raise FileExistsError(path)
+            continue
+        log.info("removing %s, left by a snapshot that was stopped", path)
+        shutil.rmtree(path, ignore_errors=True)
 
 
 class Restored(NamedTuple):
@@ -138,6 +177,11 @@ def _restore(
             raise StoreError(f"{store.location} does not support snapshots ({exc})") from exc
     elif isinstance(store, EdgeStore):
         source = Path(source)
+        if source.name.endswith(PARTIAL):
+            raise StoreError(
+                f"{source} is not a snapshot: an unfinished one (a snapshot that was stopped), to delete; "
+                "restore another snapshot"
+            )
         if not (source / SCHEMA_FILE).is_file() or not (source / SHARD_DIR).is_dir():
             raise StoreError(f"{source} is not a snapshot of the embedded engine (no {SCHEMA_FILE} and {SHARD_DIR}/)")
         manifest = _manifest(source)

@@ -1,0 +1,92 @@
+"""SIGTERM (a CI timeout, ``timeout``, ``kill``) and Ctrl-C stop a command in order: its cleanup runs, one line
+says so on stderr, and the exit code is 128 + the signal; a snapshot killed outright (SIGKILL) leaves a staging
+folder that the next snapshot removes and that restore refuses."""
+
+import fcntl
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from retrieval.store import StoreError
+from retrieval.store.snapshots import restore, snapshot
+from tests.conftest import TINY_DOCS
+
+ROOT = Path(__file__).resolve().parents[1]
+# The real CLI, with the snapshot's copy sending this process a signal once the shard is in the staging folder.
+SIGNALLED_SNAPSHOT = """
+import os, signal, sys, time
+import retrieval.store.snapshots as snapshots
+copy = snapshots.copy_tree
+def copy_then_signalled(*args, **kwargs):
+    copy(*args, **kwargs)
+    os.kill(os.getpid(), getattr(signal, sys.argv[1]))
+    time.sleep(30)  # the signal lands here
+snapshots.copy_tree = copy_then_signalled
+from orchestration.cli import app
+app(sys.argv[2:], prog_name="hybrid-rag")
+"""
+
+
+@pytest.fixture(scope="module")
+def kept(indexed_stack):
+    return indexed_stack("edge", collection="kept")
+
+
+@pytest.mark.parametrize(("name", "code"), [("SIGTERM", 143), ("SIGINT", 130)])
+def test_a_signalled_snapshot_removes_its_partial_copy_says_so_and_exits_128_plus_the_signal(
+    kept, tmp_path, name, code
+):
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "HYBRID_RAG_QDRANT_PATH": str(kept.store().root),
+        "HYBRID_RAG_CACHE_DIR": str(tmp_path / "cache"),
+    }
+    command = [sys.executable, "-c", SIGNALLED_SNAPSHOT, name, "snapshot", "-c", "kept"]
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == code, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        f"interrupted ({name}): the command did not finish; what it left half-done is removed (now, or by the next "
+        "write); rerun the same command"
+    ]
+    assert done.stdout == ""
+    assert list((tmp_path / "data" / "snapshots").iterdir()) == []  # no NAME-TIME.partial left
+
+
+def test_a_killed_snapshots_partial_folder_is_removed_by_the_next_and_never_restored(kept, tmp_path):
+    store = kept.store()
+    left = tmp_path / "kept-20260101T000000Z.partial"  # as SIGKILL leaves it: complete but for the rename
+    os.rename(snapshot(store, tmp_path / "kept-20260101T000000Z"), left)
+    other = tmp_path / "kept-x-20260101T000000Z.partial"  # another collection's: not this one's to remove
+    other.mkdir()
+    with pytest.raises(StoreError, match="not a snapshot: an unfinished one"):
+        restore(store, left, replace=True, expected=kept.schema())
+    assert store.count() == len(TINY_DOCS)
+
+    held = os.open(left, os.O_RDONLY)  # a live snapshot holds its staging folder: left alone
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        snapshot(store, tmp_path / "kept-20260101T000001Z")
+        assert left.is_dir()
+    finally:
+        os.close(held)
+    snapshot(store, tmp_path / "kept-20260101T000002Z")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "kept-20260101T000001Z",
+        "kept-20260101T000002Z",
+        "kept-x-20260101T000000Z.partial",
+    ]
+
+
+def test_signal_handlers_are_put_back_after_a_command(cli_env):
+    from typer.testing import CliRunner
+
+    from orchestration.cli import app
+
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    CliRunner().invoke(app, ["collections", "--json"])
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
