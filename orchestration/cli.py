@@ -35,8 +35,7 @@ class _Group(TyperGroup):
             signum = _INTERRUPTED.get("signal", signal.SIGINT)
             err_console.print(
                 label(f"interrupted ({signal.Signals(signum).name}):", "red"),
-                "the command did not finish; what it left half-done is removed (now, or by the next write); "
-                "rerun the same command",
+                "the command stopped before it finished; rerun the same command to complete it",
                 soft_wrap=True,
             )
             raise typer.Exit(128 + signum) from exc
@@ -515,6 +514,9 @@ def _encoding_summary(encoding: dict[str, Any] | None) -> str | None:
     return ", ".join(parts)
 
 
+UNFINISHED = "unfinished first build: rerun the index command"
+
+
 @app.command()
 def collections(as_json: Annotated[bool, typer.Option("--json", help="Print as JSON")] = False) -> None:
     """List the collections with their point counts, models and versions."""
@@ -522,27 +524,32 @@ def collections(as_json: Annotated[bool, typer.Option("--json", help="Print as J
     from retrieval.store import ENCODING_FIELDS, StoreError, collection_names, open_store
 
     settings = _settings()
-    rows, problems = [], []
+    rows, problems, unfinished = [], [], []
     keys = ("points", "dense_model", "dense_dim", "sparse_model", "version", "encoding")
     for name in collection_names(settings):
         store = open_store(settings, name)
         try:
             schema = store.schema()
+            if schema is None:  # a first build that was stopped before it published: no command can use it yet
+                unfinished.append(name)
+                rows.append({"collection": name, "status": UNFINISHED, **dict.fromkeys(keys)})
+                continue
             rows.append(
                 {
                     "collection": name,
-                    "points": store.count() if schema else None,
-                    "dense_model": schema.dense_model if schema else None,
-                    "dense_dim": schema.dense_dim if schema else None,
-                    "sparse_model": schema.sparse_model if schema else None,
-                    "version": store.current_version() if schema else None,  # None: an unfinished first build
+                    "status": "ready",
+                    "points": store.count(),
+                    "dense_model": schema.dense_model,
+                    "dense_dim": schema.dense_dim,
+                    "sparse_model": schema.sparse_model,
+                    "version": store.current_version(),
                     # how the chunks were cut and encoded (None: not recorded, a collection made before they were)
-                    "encoding": {f: getattr(schema, f) for f in ENCODING_FIELDS} if schema else None,
+                    "encoding": {f: getattr(schema, f) for f in ENCODING_FIELDS},
                 }
             )
         except StoreError as exc:  # a lost pointer, a damaged version: listed, and said why after the table
             problems.append(f"{name}: {exc}")
-            rows.append({"collection": name, **dict.fromkeys(keys), "error": str(exc)})
+            rows.append({"collection": name, "status": "error", **dict.fromkeys(keys), "error": str(exc)})
         finally:
             store.close()
     if as_json:
@@ -554,8 +561,11 @@ def collections(as_json: Annotated[bool, typer.Option("--json", help="Print as J
         for row in rows:
             cells = {**row, "encoding": _encoding_summary(row["encoding"])}
             cells.pop("error", None)  # said after the table
+            cells.pop("status")  # said after the table where it is not "ready"
             table.add_row(*("-" if v is None else f"{v:,}" if isinstance(v, int) else str(v) for v in cells.values()))
         console.print(table)
+        for name in unfinished:
+            console.print(f"{name}: {UNFINISHED} (until then no other command can use it)", soft_wrap=True)
     for problem in problems:
         err_console.print(label("error:", "red"), problem, soft_wrap=True)
     if problems:

@@ -3,6 +3,7 @@ says so on stderr, and the exit code is 128 + the signal; a snapshot killed outr
 folder that the next snapshot removes and that restore refuses."""
 
 import fcntl
+import json
 import os
 import signal
 import subprocess
@@ -50,8 +51,7 @@ def test_a_signalled_snapshot_removes_its_partial_copy_says_so_and_exits_128_plu
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == code, done.stderr
     assert done.stderr.strip().splitlines() == [
-        f"interrupted ({name}): the command did not finish; what it left half-done is removed (now, or by the next "
-        "write); rerun the same command"
+        f"interrupted ({name}): the command stopped before it finished; rerun the same command to complete it"
     ]
     assert done.stdout == ""
     assert list((tmp_path / "data" / "snapshots").iterdir()) == []  # no NAME-TIME.partial left
@@ -90,3 +90,27 @@ def test_signal_handlers_are_put_back_after_a_command(cli_env):
     before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
     CliRunner().invoke(app, ["collections", "--json"])
     assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
+
+
+def test_collections_marks_a_first_build_stopped_before_publishing_as_unfinished(kept, cli_env):
+    from typer.testing import CliRunner
+
+    from orchestration.cli import app
+    from retrieval.store import EdgeStore
+
+    store = EdgeStore(cli_env / "index", "half")
+    with store.write_lock():
+        store.stage(kept.schema()).close()  # what a first `index` stopped before publishing leaves
+    store.close()
+    listed = CliRunner().invoke(app, ["collections", "--json"])
+    assert listed.exit_code == 0, listed.output
+    [row] = json.loads(listed.stdout)
+    assert (row["collection"], row["status"], row["points"], row["version"]) == (
+        "half",
+        "unfinished first build: rerun the index command",
+        None,
+        None,
+    )
+    table = CliRunner().invoke(app, ["collections"])
+    assert table.exit_code == 0
+    assert "half: unfinished first build: rerun the index command" in table.stdout.replace("\n", " ")
