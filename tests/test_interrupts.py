@@ -1,6 +1,7 @@
 """SIGTERM (a CI timeout, ``timeout``, ``kill``) and Ctrl-C stop a command in order: its cleanup runs, one line
 says so on stderr, and the exit code is 128 + the signal; a snapshot killed outright (SIGKILL) leaves a staging
-folder that the next snapshot removes and that restore refuses."""
+folder that the next snapshot removes and that restore refuses; a first build stopped before publishing is listed
+as unfinished; a writer that overlaps another waits a configurable time, then fails in one line."""
 
 import fcntl
 import json
@@ -114,3 +115,36 @@ def test_collections_marks_a_first_build_stopped_before_publishing_as_unfinished
     table = CliRunner().invoke(app, ["collections"])
     assert table.exit_code == 0
     assert "half: unfinished first build: rerun the index command" in table.stdout.replace("\n", " ")
+
+
+def test_a_second_writer_waits_the_configured_time_naming_the_holder_then_fails_in_one_line(
+    kept, tmp_path, monkeypatch, caplog
+):
+    """HYBRID_RAG_WRITE_LOCK_TIMEOUT_S sets how long a writer waits for another one's lock (default 600 s)."""
+    from typer.testing import CliRunner
+
+    from orchestration.cli import app
+
+    root = kept.store().root
+    monkeypatch.setenv("HYBRID_RAG_QDRANT_PATH", str(root))
+    monkeypatch.setenv("HYBRID_RAG_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("HYBRID_RAG_WRITE_LOCK_TIMEOUT_S", "1.5")
+    lock = os.open(root / "kept.write.lock", os.O_RDWR)  # another writer holds it (an flock is per open file)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        os.ftruncate(lock, 0)
+        os.write(lock, json.dumps({"pid": 4242, "host": "ci", "since": "2026-12-01T03:00:00Z"}).encode())
+        result = CliRunner().invoke(app, ["delete", "valve", "-c", "kept"])
+    finally:
+        os.close(lock)
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines()[-1] == (
+        f"error: collection 'kept' at {root} is being written by another process (pid 4242 on ci since "
+        "2026-12-01T03:00:00Z); gave up after waiting 1.5s (HYBRID_RAG_WRITE_LOCK_TIMEOUT_S). Let that run finish "
+        "(or stop it), then run this again"
+    )
+    assert (
+        "collection 'kept' is being written by pid 4242 on ci since 2026-12-01T03:00:00Z: waiting for it to finish "
+        "(up to 1.5s, HYBRID_RAG_WRITE_LOCK_TIMEOUT_S)"
+    ) in caplog.text
+    assert kept.store().count() == len(TINY_DOCS)  # nothing deleted
