@@ -148,3 +148,42 @@ def test_a_second_writer_waits_the_configured_time_naming_the_holder_then_fails_
         "(up to 1.5s, HYBRID_RAG_WRITE_LOCK_TIMEOUT_S)"
     ) in caplog.text
     assert kept.store().count() == len(TINY_DOCS)  # nothing deleted
+
+
+# The real entry point (``app()``, as the hybrid-rag script calls it): an exit handler registered before it, an
+# object torn down with the interpreter's modules, and a worker thread that is not a daemon.
+ENTRY_POINT = """
+import atexit, sys, threading, time
+from pathlib import Path
+out = Path(sys.argv[1])
+atexit.register(lambda: (out / "atexit").write_text("ran"))
+class TornDown:
+    def __del__(self):
+        (out / "teardown").write_text("ran")
+kept_until_teardown = TornDown()
+if sys.argv[2] == "thread":
+    threading.Thread(target=lambda: (time.sleep(1), (out / "thread").write_text("done"))).start()
+from orchestration.cli import app
+app(sys.argv[3:], prog_name="hybrid-rag")
+"""
+
+
+@pytest.mark.parametrize(("args", "code"), [(["collections", "--json"], 0), (["search", "x", "-c", "missing"], 2)])
+def test_a_finished_command_exits_at_once_with_its_code_output_and_exit_handlers(tmp_path, args, code):
+    """A done command skips the interpreter's teardown of the loaded modules (seconds after the last line, where
+    a CI timeout would mark a finished restore as failed), but keeps what matters: exit handlers, output, code."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HYBRID_RAG_QDRANT_PATH": str(tmp_path / "index")}
+    command = [sys.executable, "-c", ENTRY_POINT, str(tmp_path), "-", *args]
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == code, done.stderr
+    assert done.stdout.strip() == "[]" if code == 0 else "does not exist" in done.stderr
+    assert (tmp_path / "atexit").read_text() == "ran"
+    assert not (tmp_path / "teardown").exists()
+
+
+def test_a_command_that_leaves_a_thread_running_waits_for_it(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HYBRID_RAG_QDRANT_PATH": str(tmp_path / "index")}
+    command = [sys.executable, "-c", ENTRY_POINT, str(tmp_path), "thread", "collections", "--json"]
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "thread").read_text() == "done"  # its work is not cut short

@@ -131,10 +131,12 @@ def _remove_left_partials(folder: Path, collection: str, tmp: Path) -> None:
 
 
 class Restored(NamedTuple):
-    """What a restore did: the restored point count, and where the collection's previous models were set aside."""
+    """What a restore did: the restored point count, where the collection's previous models were set aside, and
+    whether the collection already was that snapshot (restored before, not written since: nothing was done)."""
 
     points: int
     models_aside: Path | None = None
+    already: bool = False
 
 
 def restore(
@@ -165,6 +167,9 @@ def _restore(
 
     current = store.current_version()
     if current is not None and not replace:
+        identity = _identity(Path(source)) if isinstance(store, EdgeStore) else None
+        if identity is not None and _restored_from(store, current) == identity:  # a rerun of a restore that was done
+            return Restored(store.count(), already=True)
         raise StoreError(
             f"collection {store.collection!r} exists at {store.location}: pass --replace to replace it by the snapshot"
         )
@@ -190,7 +195,8 @@ def _restore(
         copy_tree(source, directory)
         (directory / MANIFEST).unlink(missing_ok=True)
         shutil.rmtree(directory / MODELS_DIR, ignore_errors=True)
-        store._set_stage_info(target.version, {"restore": True, "complete": True})  # not yet a published version
+        info = {"restore": True, "complete": True, "snapshot": _identity(source)}  # kept once published
+        store._set_stage_info(target.version, info)  # not yet a published version
         try:
             _verify(target, source, manifest, expected)
         except BaseException:
@@ -206,6 +212,22 @@ def _restore(
     finally:
         target.close()
     return Restored(points, aside)
+
+
+def _identity(source: Path) -> dict[str, Any] | None:
+    """What tells a snapshot apart (its manifest's collection, version, time and point count), or None (no
+    readable manifest: an earlier release's snapshot, or not a snapshot)."""
+    try:
+        manifest = json.loads((source / MANIFEST).read_text())
+        return {key: manifest[key] for key in ("collection", "version", "created", "points")}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _restored_from(store: EdgeStore, version: int) -> dict[str, Any] | None:
+    """The identity of the snapshot ``version`` was restored from (None: it was written otherwise; every later
+    write of the embedded engine makes a new version)."""
+    return (store._stage_info(version) or {}).get("snapshot")
 
 
 def _install_models(models: Path | None, models_dir: Path) -> Path | None:
