@@ -992,6 +992,8 @@ def ui(ctx: typer.Context) -> None:
     one run per corpus) as `run` does; the runs of `run` show up there."""
     from orchestration.main_job import run_dagster_ui
 
+    # SIGTERM ends this process as before: taken as Ctrl-C, it would keep it waiting for dagster dev, not signalled
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     raise typer.Exit(run_dagster_ui(ctx.args))
 
 
