@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, fields, replace
 from pathlib import Path
+from types import FrameType
 from typing import Annotated, Any
 
 import click
@@ -19,11 +24,21 @@ from orchestration.terminal import LiteralConsole, PrintableFormatter, label, pr
 
 class _Group(TyperGroup):
     """Turns the library's expected failures (bad arguments, bad input, unsafe deletes, store errors) into one
-    red line and exit code 2, without a traceback."""
+    red line and exit code 2, without a traceback; and SIGTERM and Ctrl-C (SIGINT) into one line and exit code
+    143 or 130 (see :func:`_interrupts`)."""
 
     def invoke(self, ctx: click.Context):
         try:
-            return super().invoke(ctx)
+            with _interrupts(outermost=ctx.parent is None):
+                return super().invoke(ctx)
+        except KeyboardInterrupt as exc:
+            signum = _INTERRUPTED.get("signal", signal.SIGINT)
+            err_console.print(
+                label(f"interrupted ({signal.Signals(signum).name}):", "red"),
+                "the command stopped before it finished; rerun the same command to complete it",
+                soft_wrap=True,
+            )
+            raise typer.Exit(128 + signum) from exc
         except Exception as exc:
             from retrieval.errors import HybridRagError
 
@@ -33,9 +48,69 @@ class _Group(TyperGroup):
             raise typer.Exit(2) from exc
 
 
-app = typer.Typer(
-    cls=_Group, help="Hybrid dense + sparse retrieval on Qdrant.", no_args_is_help=True, add_completion=False
-)
+_INTERRUPTED: dict[str, int] = {}  # "signal": the signal that interrupted this command
+
+
+@contextmanager
+def _interrupts(outermost: bool) -> Iterator[None]:
+    """SIGTERM (``timeout``, a CI runner, ``kill``) stops a command as Ctrl-C does: a KeyboardInterrupt in the main
+    thread, so every ``finally`` and ``except BaseException`` cleanup runs (a staged version, a ``.partial``
+    snapshot, a write lock) before the command exits. One handler serves both signals and records which came; it
+    is also what Dagster maps SIGTERM to (``hybrid-rag run``). The previous handlers are put back afterwards."""
+    if not outermost or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupted(signum: int, frame: FrameType | None) -> None:
+        _INTERRUPTED["signal"] = signum
+        raise KeyboardInterrupt
+
+    _INTERRUPTED.clear()
+    previous = {signum: signal.signal(signum, interrupted) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+class _App(typer.Typer):
+    """The ``hybrid-rag`` entry point: once a command is done, the process ends at once (see
+    :func:`_exit_promptly`). Tests call the command through ``CliRunner``, which does not come here."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().__call__(*args, **kwargs)
+        except SystemExit as exc:
+            _exit_promptly(exc.code)
+            raise
+
+
+def _exit_promptly(code: object) -> None:
+    """End the process with ``code`` now that the command is done: the exit handlers run (stores let go of their
+    files, worker pools stop), logs and output are flushed, and only the interpreter's teardown of the loaded
+    modules (torch, transformers: 1-3 s, during which a CI timeout would report a finished command as killed) is
+    skipped, as after SIGKILL, which every write is safe against. Returns (a normal exit follows) when a thread
+    other than a daemon is still running, or the output cannot be flushed."""
+    import atexit
+    import os
+    import sys
+
+    if code is not None and not isinstance(code, int):
+        return
+    if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
+        return
+    atexit._run_exitfuncs()
+    logging.shutdown()
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        return
+    os._exit(code or 0)
+
+
+app = _App(cls=_Group, help="Hybrid dense + sparse retrieval on Qdrant.", no_args_is_help=True, add_completion=False)
 console = LiteralConsole()  # content and user input print literally (orchestration.terminal)
 err_console = LiteralConsole(stderr=True)
 
@@ -531,6 +606,9 @@ def _encoding_summary(encoding: dict[str, Any] | None) -> str | None:
     return ", ".join(parts)
 
 
+UNFINISHED = "unfinished first build: rerun the index command"
+
+
 @app.command()
 def collections(as_json: Annotated[bool, typer.Option("--json", help="Print as JSON")] = False) -> None:
     """List the collections with their point counts, models and versions."""
@@ -539,27 +617,32 @@ def collections(as_json: Annotated[bool, typer.Option("--json", help="Print as J
 
     settings = _settings()
     where = redact_url(settings.qdrant_url) or str(settings.qdrant_path.absolute())
-    rows, problems = [], []
+    rows, problems, unfinished = [], [], []
     keys = ("points", "dense_model", "dense_dim", "sparse_model", "version", "encoding")
     for name in collection_names(settings):
         store = open_store(settings, name)
         try:
             schema = store.schema()
+            if schema is None:  # a first build that was stopped before it published: no command can use it yet
+                unfinished.append(name)
+                rows.append({"collection": name, "status": UNFINISHED, **dict.fromkeys(keys)})
+                continue
             rows.append(
                 {
                     "collection": name,
-                    "points": store.count() if schema else None,
-                    "dense_model": schema.dense_model if schema else None,
-                    "dense_dim": schema.dense_dim if schema else None,
-                    "sparse_model": schema.sparse_model if schema else None,
-                    "version": store.current_version() if schema else None,  # None: an unfinished first build
+                    "status": "ready",
+                    "points": store.count(),
+                    "dense_model": schema.dense_model,
+                    "dense_dim": schema.dense_dim,
+                    "sparse_model": schema.sparse_model,
+                    "version": store.current_version(),
                     # how the chunks were cut and encoded (None: not recorded, a collection made before they were)
-                    "encoding": {f: getattr(schema, f) for f in ENCODING_FIELDS} if schema else None,
+                    "encoding": {f: getattr(schema, f) for f in ENCODING_FIELDS},
                 }
             )
         except StoreError as exc:  # a lost pointer, a damaged version: listed, and said why after the table
             problems.append(f"{name}: {exc}")
-            rows.append({"collection": name, **dict.fromkeys(keys), "error": str(exc)})
+            rows.append({"collection": name, "status": "error", **dict.fromkeys(keys), "error": str(exc)})
         finally:
             store.close()
     if as_json:
@@ -571,8 +654,11 @@ def collections(as_json: Annotated[bool, typer.Option("--json", help="Print as J
         for row in rows:
             cells = {**row, "encoding": _encoding_summary(row["encoding"])}
             cells.pop("error", None)  # said after the table
+            cells.pop("status")  # said after the table where it is not "ready"
             table.add_row(*("-" if v is None else f"{v:,}" if isinstance(v, int) else str(v) for v in cells.values()))
         console.print(table)
+        for name in unfinished:
+            console.print(f"{name}: {UNFINISHED} (until then no other command can use it)", soft_wrap=True)
     for problem in problems:
         err_console.print(label("error:", "red"), problem, soft_wrap=True)
     if problems:
@@ -627,6 +713,13 @@ def restore(
             expected=stack.schema(),
             models_dir=settings.collection_models_dir(),
         )
+    if done.already:
+        console.print(
+            f"{settings.collection!r} already holds {source} ({done.points:,} points; restored before, not written "
+            "since): nothing to do",
+            soft_wrap=True,
+        )
+        return
     console.print(f"restored {settings.collection!r} from {source}: {done.points:,} points", soft_wrap=True)
     if done.models_aside is not None:
         console.print(f"the collection's previous models were set aside in {done.models_aside}", soft_wrap=True)
@@ -968,6 +1061,7 @@ def ui(ctx: typer.Context) -> None:
     one run per corpus) as `run` does; the runs of `run` show up there."""
     from orchestration.main_job import run_dagster_ui
 
+    # run_dagster_ui handles SIGINT/SIGTERM/SIGHUP itself: it stops dagster dev's process group, then returns
     raise typer.Exit(run_dagster_ui(ctx.args))
 
 

@@ -78,6 +78,7 @@ def default_cache_dir() -> Path:
 
 # The longest file name made from a collection's name is a snapshot being written ("<name>-<UTC stamp>.partial",
 # retrieval.store.snapshots); a file name holds 255 bytes.
+WRITE_LOCK_TIMEOUT_S = 600.0  # default of write_lock_timeout_s: how long a writer waits for the collection's lock
 COLLECTION_NAME_MAX_BYTES = 255 - len("-20261130T032106Z.partial")
 _NAME_FORBIDDEN = set('<>:"/\\|?*')  # Qdrant's rule for a new collection's name (a folder on the server too)
 _NAME_LAYOUT = re.compile(r".*(__v[0-9]+|\.current\.json|\.write\.lock)")  # a version or a file of another name
@@ -221,6 +222,7 @@ class RetrievalSettings(BaseSettings):
     qdrant_api_key: SecretStr | None = None
     qdrant_timeout_s: float = Field(30.0, gt=0)
     qdrant_retries: int = Field(4, ge=0)
+    write_lock_timeout_s: float = Field(WRITE_LOCK_TIMEOUT_S, gt=0)  # a second writer's wait, then it fails
     collection: str = "sample"
 
     # Encoders.

@@ -163,6 +163,7 @@ def test_delete_collections_snapshot_and_restore(cli_in, kb):
     listing = {row["collection"]: row for row in json.loads(cli_in("collections", "--json"))}
     assert listing["work"] == {
         "collection": "work",
+        "status": "ready",
         "points": N,
         "dense_model": "sentence-transformers/all-MiniLM-L6-v2",
         "dense_dim": 384,

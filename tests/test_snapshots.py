@@ -194,3 +194,26 @@ def test_cli_restore_refuses_a_damaged_snapshot_and_carries_models(kept, tmp_pat
     result = CliRunner().invoke(app, ["restore", str(snap), "-c", "kept_copy"])
     assert result.exit_code == 0 and f"{N} points" in result.output, result.output
     assert (tmp_path / "models" / "kept_copy" / "reranker" / "tuned.json").read_text() == "{}"
+
+
+def test_rerunning_a_restore_that_was_done_says_so_and_exits_0(kept, tmp_path, monkeypatch):
+    """A CI job killed between a finished restore and its exit runs it again: the collection already is that
+    snapshot, so the rerun succeeds without copying it again; once the collection is written, it is refused."""
+    stack, good = kept
+    monkeypatch.setenv("HYBRID_RAG_QDRANT_PATH", str(stack.store().root))
+    monkeypatch.setenv("HYBRID_RAG_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("HYBRID_RAG_MODELS_DIR", str(tmp_path / "models"))
+    first = CliRunner().invoke(app, ["restore", str(good), "-c", "again"])
+    assert first.exit_code == 0, first.output
+    again = CliRunner().invoke(app, ["restore", str(good), "-c", "again"])
+    assert again.exit_code == 0, again.output
+    assert again.stdout.replace("\n", "") == (
+        f"'again' already holds {good} ({N} points; restored before, not written since): nothing to do"
+    )
+    other = tmp_path / "other"  # another snapshot of the same content is another snapshot
+    assert CliRunner().invoke(app, ["snapshot", "-c", "kept", "--out", str(other)]).exit_code == 0
+    refused = CliRunner().invoke(app, ["restore", str(other), "-c", "again"])
+    assert refused.exit_code == 2 and "pass --replace" in refused.output
+    assert CliRunner().invoke(app, ["delete", "valve", "-c", "again"]).exit_code == 0
+    refused = CliRunner().invoke(app, ["restore", str(good), "-c", "again"])
+    assert refused.exit_code == 2 and "pass --replace" in refused.output

@@ -51,12 +51,25 @@ def open_store(
         if local_location(settings.qdrant_url):  # qdrant-client's local mode: one client per location and process
             client, release = shared_local_client(settings.qdrant_url)
             return ServerStore(
-                client, name, version=version, location=location, retries=settings.qdrant_retries, release=release
+                client,
+                name,
+                version=version,
+                location=location,
+                retries=settings.qdrant_retries,
+                release=release,
+                lock_timeout_s=settings.write_lock_timeout_s,
             )
         key = settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None
         client = connect(settings.qdrant_url, key, settings.qdrant_timeout_s)
-        return ServerStore(client, name, version=version, location=location, retries=settings.qdrant_retries)
-    return EdgeStore(settings.qdrant_path, name, version=version)
+        return ServerStore(
+            client,
+            name,
+            version=version,
+            location=location,
+            retries=settings.qdrant_retries,
+            lock_timeout_s=settings.write_lock_timeout_s,
+        )
+    return EdgeStore(settings.qdrant_path, name, version=version, lock_timeout_s=settings.write_lock_timeout_s)
 
 
 log = logging.getLogger(__name__)

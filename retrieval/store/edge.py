@@ -38,14 +38,14 @@ import qdrant_edge as qe
 from retrieval.chunking import Chunk
 from retrieval.encoders.sparse import SparseVec
 from retrieval.errors import ClosedError, not_one_string
-from retrieval.settings import FusionMethod
+from retrieval.settings import WRITE_LOCK_TIMEOUT_S, FusionMethod
 from retrieval.store.base import (
     DENSE,
     HASH_FIELDS,
+    LOCK_WAIT_SETTING,
     SCROLL_PAGE,
     SPARSE,
     VERSION_SEP,
-    WRITE_LOCK_TIMEOUT_S,
     CollectionSchema,
     QdrantStore,
     QueryPlan,
@@ -203,7 +203,8 @@ def _remove_dead_views(views: Path) -> None:
 
 
 def _locked(wal: Path) -> bool:
-    """Whether a process holds the engine's lock on this WAL folder."""
+    """Whether a process holds an ``flock`` on this folder (the engine's on a WAL folder, a snapshot's on its
+    staging folder)."""
     if fcntl is None or not wal.is_dir():
         return False
     try:
@@ -436,7 +437,13 @@ def _write_lock(path: Path, collection: str, timeout_s: float) -> Iterator[None]
         thread_lock = _thread_locks.setdefault(key, threading.RLock())
     if not thread_lock.acquire(blocking=False):
         holder = f"another thread of this process (pid {os.getpid()} on {socket.gethostname()})"
-        log.warning("collection %r is being written by %s: waiting for it to finish", collection, holder)
+        log.warning(
+            "collection %r is being written by %s: waiting for it to finish (up to %gs, %s)",
+            collection,
+            holder,
+            timeout_s,
+            LOCK_WAIT_SETTING,
+        )
         if not thread_lock.acquire(timeout=timeout_s):
             raise StoreError(_busy_message(path, collection, holder, timeout_s)) from None
     try:
@@ -462,7 +469,8 @@ def _write_lock(path: Path, collection: str, timeout_s: float) -> Iterator[None]
 def _busy_message(path: Path, collection: str, holder: str, timeout_s: float) -> str:
     return (
         f"collection {collection!r} at {path.parent} is being written by {holder}; "
-        f"gave up after waiting {timeout_s:.0f}s. Let that run finish (or stop it), then run this again"
+        f"gave up after waiting {timeout_s:g}s ({LOCK_WAIT_SETTING}). Let that run finish (or stop it), then run "
+        "this again"
     )
 
 
@@ -490,7 +498,13 @@ def _lock_file(path: Path, collection: str, timeout_s: float, waited_s: float | 
                     )
                 ) from None
             if not warned:
-                log.warning("collection %r is being written by %s: waiting for it to finish", collection, holder)
+                log.warning(
+                    "collection %r is being written by %s: waiting for it to finish (up to %gs, %s)",
+                    collection,
+                    holder,
+                    waited_s if waited_s is not None else timeout_s,
+                    LOCK_WAIT_SETTING,
+                )
                 warned = True
             time.sleep(0.2)
     os.ftruncate(fd, 0)

@@ -44,13 +44,13 @@ from qdrant_client.local.qdrant_local import QdrantLocal
 from retrieval.chunking import Chunk
 from retrieval.encoders.sparse import SparseVec
 from retrieval.errors import ClosedError, not_one_string
-from retrieval.settings import FusionMethod
+from retrieval.settings import WRITE_LOCK_TIMEOUT_S, FusionMethod
 from retrieval.store.base import (
     DENSE,
     HASH_FIELDS,
+    LOCK_WAIT_SETTING,
     SCROLL_PAGE,
     SPARSE,
-    WRITE_LOCK_TIMEOUT_S,
     CollectionSchema,
     QdrantStore,
     QueryPlan,
@@ -258,6 +258,7 @@ class ServerStore(QdrantStore):
         sleep: Callable[[float], None] = time.sleep,
         owns_client: bool = True,
         release: Callable[[], None] | None = None,
+        lock_timeout_s: float = WRITE_LOCK_TIMEOUT_S,
     ):
         self.client = client
         self.collection = collection
@@ -270,6 +271,7 @@ class ServerStore(QdrantStore):
         self._owns_client = owns_client
         self._closed = False
         self._release = release  # a shared local-mode client's (shared_local_client): closes it with its last handle
+        self.lock_timeout_s = lock_timeout_s
 
     def _call(self, operation: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         where = "" if operation in SERVER_WIDE else f" on collection {self.name!r}"
@@ -379,6 +381,7 @@ class ServerStore(QdrantStore):
             backoff_s=self.backoff_s,
             sleep=self._sleep,
             owns_client=False,
+            lock_timeout_s=self.lock_timeout_s,
         )
 
     def _switch(self, staged: QdrantStore) -> None:
@@ -413,8 +416,8 @@ class ServerStore(QdrantStore):
     @contextmanager
     def write_lock(self, timeout_s: float | None = None) -> Iterator[None]:
         """Serialises the writers of this collection in this process (threads wait up to ``timeout_s``, default
-        :data:`WRITE_LOCK_TIMEOUT_S`, then fail clearly); nothing serialises other processes (module doc)."""
-        timeout_s = WRITE_LOCK_TIMEOUT_S if timeout_s is None else timeout_s
+        ``lock_timeout_s``, then fail clearly); nothing serialises other processes (module doc)."""
+        timeout_s = self.lock_timeout_s if timeout_s is None else timeout_s
         with _write_locks_guard:
             lock = _write_locks.setdefault((self.location, self.collection), threading.RLock())
         if not lock.acquire(blocking=False):
@@ -424,7 +427,8 @@ class ServerStore(QdrantStore):
             if not lock.acquire(timeout=timeout_s):
                 raise StoreError(
                     f"collection {self.collection!r} at {self.location} is being written by another thread of this "
-                    f"process; gave up after waiting {timeout_s:.0f}s. Let that write finish, then run this again"
+                    f"process; gave up after waiting {timeout_s:g}s ({LOCK_WAIT_SETTING}). Let that write finish, "
+                    "then run this again"
                 )
         try:
             yield

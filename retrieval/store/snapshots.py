@@ -14,7 +14,11 @@ are used on the physical collection behind the alias; the snapshot file stays on
 from __future__ import annotations
 
 import datetime as dt
+import glob
 import json
+import logging
+import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -22,10 +26,12 @@ from typing import Any, NamedTuple
 import qdrant_edge as qe
 
 from retrieval.store.base import SCROLL_PAGE, CollectionSchema, QdrantStore, StoreError, scrolled, version_name
-from retrieval.store.edge import SCHEMA_FILE, SHARD_DIR, EdgeStore, copy_tree
+from retrieval.store.edge import SCHEMA_FILE, SHARD_DIR, EdgeStore, _locked, copy_tree, fcntl
 
 MANIFEST = "snapshot.json"
 MODELS_DIR = "models"
+PARTIAL = ".partial"  # a snapshot being written: renamed to its name once complete
+log = logging.getLogger(__name__)
 
 
 def _stamp() -> str:
@@ -61,10 +67,13 @@ def snapshot(store: QdrantStore, dest: Path | None = None, *, models_dir: Path |
     points = store.count()
     store.flush()  # the shard stays open (and locked) in this process while it is copied
     source = store.dir
-    tmp = dest.with_name(dest.name + ".partial")
+    tmp = dest.with_name(dest.name + PARTIAL)
     try:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _remove_left_partials(dest.parent, store.collection, tmp)
         tmp.mkdir(parents=True)
+        held = _hold(tmp)
+    except FileExistsError as exc:
+        raise StoreError(f"{tmp} is being written by another snapshot: wait for it, or choose another --out") from exc
     except OSError as exc:
         raise StoreError(f"cannot create snapshot directory {dest}: {exc.strerror or exc}") from exc
     try:
@@ -88,14 +97,46 @@ def snapshot(store: QdrantStore, dest: Path | None = None, *, models_dir: Path |
         if isinstance(exc, StoreError | OSError):
             raise StoreError(f"snapshot of {store.collection!r} to {dest} failed, nothing was kept: {text}") from exc
         raise
+    finally:
+        if held is not None:
+            os.close(held)
     return str(dest)
 
 
+def _hold(tmp: Path) -> int | None:
+    """An ``flock`` on the snapshot's staging folder while this process writes it (the kernel lets go when the
+    process ends, even by SIGKILL): how :func:`_remove_left_partials` tells a live snapshot from a killed one."""
+    if fcntl is None:  # pragma: no cover - Windows
+        return None
+    fd = os.open(tmp, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return fd
+
+
+def _remove_left_partials(folder: Path, collection: str, tmp: Path) -> None:
+    """Delete the staging folders that killed snapshots left in ``folder`` (``tmp``, and the default
+    ``NAME-TIME.partial`` of ``collection``), unless a live snapshot still writes one; raises FileExistsError
+    when that one is ``tmp``."""
+    pattern = re.compile(re.escape(collection) + r"-[0-9]{8}T[0-9]{6}Z" + re.escape(PARTIAL))
+    left = [p for p in folder.glob(glob.escape(collection) + "-*" + PARTIAL) if pattern.fullmatch(p.name)]
+    for path in {tmp, *left}:
+        if not path.is_dir():
+            continue
+        if _locked(path):
+            if path == tmp:
+                raise FileExistsError(path)
+            continue
+        log.info("removing %s, left by a snapshot that was stopped", path)
+        shutil.rmtree(path, ignore_errors=True)
+
+
 class Restored(NamedTuple):
-    """What a restore did: the restored point count, and where the collection's previous models were set aside."""
+    """What a restore did: the restored point count, where the collection's previous models were set aside, and
+    whether the collection already was that snapshot (restored before, not written since: nothing was done)."""
 
     points: int
     models_aside: Path | None = None
+    already: bool = False
 
 
 def restore(
@@ -126,6 +167,9 @@ def _restore(
 
     current = store.current_version()
     if current is not None and not replace:
+        identity = _identity(Path(source)) if isinstance(store, EdgeStore) else None
+        if identity is not None and _restored_from(store, current) == identity:  # a rerun of a restore that was done
+            return Restored(store.count(), already=True)
         raise StoreError(
             f"collection {store.collection!r} exists at {store.location}: pass --replace to replace it by the snapshot"
         )
@@ -138,6 +182,11 @@ def _restore(
             raise StoreError(f"{store.location} does not support snapshots ({exc})") from exc
     elif isinstance(store, EdgeStore):
         source = Path(source)
+        if source.name.endswith(PARTIAL):
+            raise StoreError(
+                f"{source} is not a snapshot: an unfinished one (a snapshot that was stopped), to delete; "
+                "restore another snapshot"
+            )
         if not (source / SCHEMA_FILE).is_file() or not (source / SHARD_DIR).is_dir():
             raise StoreError(f"{source} is not a snapshot of the embedded engine (no {SCHEMA_FILE} and {SHARD_DIR}/)")
         manifest = _manifest(source)
@@ -146,7 +195,8 @@ def _restore(
         copy_tree(source, directory)
         (directory / MANIFEST).unlink(missing_ok=True)
         shutil.rmtree(directory / MODELS_DIR, ignore_errors=True)
-        store._set_stage_info(target.version, {"restore": True, "complete": True})  # not yet a published version
+        info = {"restore": True, "complete": True, "snapshot": _identity(source)}  # kept once published
+        store._set_stage_info(target.version, info)  # not yet a published version
         try:
             _verify(target, source, manifest, expected)
         except BaseException:
@@ -162,6 +212,22 @@ def _restore(
     finally:
         target.close()
     return Restored(points, aside)
+
+
+def _identity(source: Path) -> dict[str, Any] | None:
+    """What tells a snapshot apart (its manifest's collection, version, time and point count), or None (no
+    readable manifest: an earlier release's snapshot, or not a snapshot)."""
+    try:
+        manifest = json.loads((source / MANIFEST).read_text())
+        return {key: manifest[key] for key in ("collection", "version", "created", "points")}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _restored_from(store: EdgeStore, version: int) -> dict[str, Any] | None:
+    """The identity of the snapshot ``version`` was restored from (None: it was written otherwise; every later
+    write of the embedded engine makes a new version)."""
+    return (store._stage_info(version) or {}).get("snapshot")
 
 
 def _install_models(models: Path | None, models_dir: Path) -> Path | None:
