@@ -103,8 +103,9 @@ def _exit_promptly(code: object) -> None:
     atexit._run_exitfuncs()
     logging.shutdown()
     try:
-        sys.stdout.flush()
-        sys.stderr.flush()
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:  # None: started with that descriptor closed (`>&-`)
+                stream.flush()
     except (OSError, ValueError):
         return
     os._exit(code or 0)

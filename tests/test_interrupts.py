@@ -173,6 +173,7 @@ def test_a_finished_command_exits_at_once_with_its_code_output_and_exit_handlers
     """A done command skips the interpreter's teardown of the loaded modules (seconds after the last line, where
     a CI timeout would mark a finished restore as failed), but keeps what matters: exit handlers, output, code."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HYBRID_RAG_QDRANT_PATH": str(tmp_path / "index")}
+    (tmp_path / "index").mkdir()  # an index folder without collections: `collections` succeeds with []
     command = [sys.executable, "-c", ENTRY_POINT, str(tmp_path), "-", *args]
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == code, done.stderr
@@ -183,6 +184,7 @@ def test_a_finished_command_exits_at_once_with_its_code_output_and_exit_handlers
 
 def test_a_command_that_leaves_a_thread_running_waits_for_it(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HYBRID_RAG_QDRANT_PATH": str(tmp_path / "index")}
+    (tmp_path / "index").mkdir()
     command = [sys.executable, "-c", ENTRY_POINT, str(tmp_path), "thread", "collections", "--json"]
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
