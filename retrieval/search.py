@@ -25,7 +25,7 @@ from retrieval.parts import Parts, describe
 from retrieval.rerank import EmbeddingReranker, RerankConfig
 from retrieval.settings import FusionMethod, HeldSettings, RerankMode, parse_payload_indexes
 from retrieval.store import CollectionSchema, QueryPlan, StoredHit
-from retrieval.store.base import filter_conditions
+from retrieval.store.base import filter_conditions, score_order
 
 if TYPE_CHECKING:  # the adapters' extras stay optional: imported by the calls that return them
     from retrieval.haystack import HaystackRetriever
@@ -599,9 +599,9 @@ def _warn_threshold_by_rank() -> None:
 
 
 def _score_order(channels: dict[str, Sequence[StoredHit]]) -> dict[str, list[StoredHit]]:
-    """Each channel's list best first, hits of equal score by id: the engine returns ties in any order (it may
-    differ between collections holding the same points), which would decide their ranks and fused scores."""
-    return {name: sorted(hits, key=lambda h: (-h.score, h.id)) for name, hits in channels.items()}
+    """Each channel's list in :func:`~retrieval.store.base.score_order` (lists given to :meth:`fuse` directly
+    need not come from ``store.query_batch``, which returns that order)."""
+    return {name: score_order(hits) for name, hits in channels.items()}
 
 
 def _visible(text: str) -> bool:

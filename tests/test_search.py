@@ -2,6 +2,7 @@
 
 import pytest
 
+from retrieval import Document
 from retrieval.rerank import EmbeddingReranker, RerankConfig
 from retrieval.settings import RerankMode
 from tests.conftest import LEXICAL_QUERY, SEMANTIC_QUERY
@@ -78,3 +79,27 @@ def test_zero_weight_rerank_keeps_first_stage_order(retriever):
     finally:
         retriever.reranker = original
     assert [h.chunk_id for h in reranked] == [h.chunk_id for h in retriever.search("roman history", k=8, rerank=False)]
+
+
+FILLERS = ["apple", "river", "stone", "cloud", "piano", "tiger", "lemon", "candle"]
+# the same BM25 terms and length for "aspirin trial" (every one ties in the sparse channel), other dense vectors
+TIED_DOCS = [Document(f"d{i}", f"aspirin trial {w} {w} {w}") for i, w in enumerate(FILLERS)] + [
+    Document(f"x{i}", text)
+    for i, text in enumerate(["statins lower cholesterol", "exercise improves mood", "bone density in women"])
+]
+
+
+@pytest.mark.parametrize("backend", ["edge", "server"])
+def test_ties_at_the_channel_cut_give_the_same_hits_whatever_the_build(backend, indexed_stack):
+    """Eight chunks tie in the sparse channel, cut at 3 (PREFETCH_K): the same documents indexed in either order
+    give the same hits for every variant, grouping and batch, and a tied list's top 3 are its top 5's first 3."""
+    answers = []
+    for name, docs in (("fwd", TIED_DOCS), ("rev", TIED_DOCS[::-1])):
+        stack = indexed_stack(backend, docs, collection=f"ties-{name}", prefetch_k=3, rerank=False)
+        r, query = stack.retriever(), "aspirin trial"
+        searches = [r.search(query, k=5), r.search(query, k=5, group_by="doc"), r.search_batch([query, "trial"])[0]]
+        searches += [r.search(query, k=k, variant=v) for v in ("sparse", "dense") for k in (3, 5)]
+        assert [h.chunk_id for h in searches[3]] == [h.chunk_id for h in searches[4]][:3]
+        answers.append([[(h.chunk_id, h.score, h.dense_rank, h.sparse_rank) for h in hits] for hits in searches])
+        stack.close()
+    assert answers[0] == answers[1]

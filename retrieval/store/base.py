@@ -41,6 +41,8 @@ ANY_DATE = {"gte": "0001-01-01"}  # a range holding every stored ISO date
 MAX_FILTER_DEPTH = 64  # dicts and lists nested in one filter (deeper: a FilterError, not a RecursionError)
 SHOWN_STORED = ("title", "chunk_index")  # stored fields the adapters show unless the document's metadata has them
 VERSION_SEP = "__v"
+TIE_READ_AHEAD = 8  # hits a query reads past its limit, to see whether a tie of scores straddles the cut
+TIE_MAX_EXTRA = 1024  # most hits read past the limit to complete a tie at the cut (a longer one: engine's order)
 
 log = logging.getLogger(__name__)
 
@@ -243,6 +245,16 @@ class StoredHit:
         """From a scored point or a record (no score: 0) of either backend's client."""
         vector = np.asarray(dense_vector, dtype=np.float32) if dense_vector is not None else None
         return cls(id=id, score=float(getattr(point, "score", 0.0)), payload=point.payload or {}, dense_vector=vector)
+
+
+def score_order(hits: Sequence[StoredHit]) -> list[StoredHit]:
+    """``hits`` best first, hits of equal score by id: the one order of a channel list, whatever the build."""
+    return sorted(hits, key=lambda h: (-h.score, h.id))
+
+
+def _tie_beyond(hits: Sequence[StoredHit], limit: int, asked: int) -> bool:
+    """Whether hits the engine did not return (it returned all ``asked``) may tie with the hit at the ``limit`` cut."""
+    return len(hits) >= asked and min(h.score for h in hits) >= sorted((h.score for h in hits), reverse=True)[limit - 1]
 
 
 def scrolled(scroll: Callable[[Any], tuple[Sequence[Any], Any]]) -> Iterator[Any]:
@@ -688,8 +700,30 @@ class QdrantStore(ABC):
     @abstractmethod
     def count(self, filter: dict[str, Any] | None = None) -> int: ...
 
+    def query_batch(self, plans: Sequence[QueryPlan]) -> list[list[StoredHit]]:
+        """Each plan's top ``limit`` hits, best first, hits of equal score by id, whatever the build.
+
+        The engine orders tied scores by internal point offsets, which differ between builds of the same points
+        (insertion order, batching, backend): so each list is read a few hits past its limit
+        (:data:`TIE_READ_AHEAD`), and further (up to :data:`TIE_MAX_EXTRA` past it) while the score at the cut
+        ties with the last hit read, then sorted by (score, id) and cut."""
+        asked = [replace(p, limit=p.limit + TIE_READ_AHEAD) for p in plans]
+        results = self._query_batch(asked)
+        while open_ties := [
+            i
+            for i, (plan, ask, hits) in enumerate(zip(plans, asked, results, strict=True))
+            if _tie_beyond(hits, plan.limit, ask.limit) and ask.limit - plan.limit < TIE_MAX_EXTRA
+        ]:
+            for i in open_ties:
+                extra = min(2 * (asked[i].limit - plans[i].limit), TIE_MAX_EXTRA)
+                asked[i] = replace(asked[i], limit=plans[i].limit + extra)
+            for i, hits in zip(open_ties, self._query_batch([asked[i] for i in open_ties]), strict=True):
+                results[i] = hits
+        return [score_order(hits)[: plan.limit] for plan, hits in zip(plans, results, strict=True)]
+
     @abstractmethod
-    def query_batch(self, plans: Sequence[QueryPlan]) -> list[list[StoredHit]]: ...
+    def _query_batch(self, plans: Sequence[QueryPlan]) -> list[list[StoredHit]]:
+        """The engine's answer to each plan: its top ``limit`` hits, tied scores in the engine's order."""
 
     def query(self, plan: QueryPlan) -> list[StoredHit]:
         return self.query_batch([plan])[0]

@@ -1286,7 +1286,7 @@ class EdgeStore(QdrantStore):
         with self._using("count") as shard:
             return shard.count(request)
 
-    def query_batch(self, plans: Sequence[QueryPlan]) -> list[list[StoredHit]]:
+    def _query_batch(self, plans: Sequence[QueryPlan]) -> list[list[StoredHit]]:
         request = qe.QueryBatchRequest([_edge_request(p) for p in plans])
         with self._using("query_batch") as shard:
             results = shard.query_batch(request)

@@ -659,7 +659,7 @@ class ServerStore(QdrantStore):
         result = self._call("count", self.client.count, self.name, count_filter=_client_filter(filter), exact=True)
         return result.count
 
-    def query_batch(self, plans: Sequence[QueryPlan]) -> list[list[StoredHit]]:
+    def _query_batch(self, plans: Sequence[QueryPlan]) -> list[list[StoredHit]]:
         requests = [_client_request(p) for p in plans]
         responses = self._call("query_batch_points", self.client.query_batch_points, self.name, requests=requests)
         return [[_hit(p) for p in r.points] for r in responses]
