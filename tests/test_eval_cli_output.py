@@ -418,10 +418,10 @@ def test_evaluations_of_other_contents_under_one_collection_name_and_version_are
     history = cli_env / "h.sqlite"
     distractors = "".join(json.dumps({"_id": d.id, "text": d.text}) + "\n" for d in TINY_DOCS)
     (cli_env / "plus.jsonl").write_text(sample_collection().corpus_path.read_text() + distractors)
-    cli("eval", "sample", "-c", "h", "--history", str(history), "--variant", "hybrid")
+    cli("eval", "sample", "-c", "h", "--history", str(history), "--variant", "hybrid", "--run-file", "one.trec")
     cli("drop", "h", "--yes")
     cli("index", "plus.jsonl", "-c", "h")
-    cli("eval", "sample", "-c", "h", "--history", str(history), "--variant", "hybrid")
+    cli("eval", "sample", "-c", "h", "--history", str(history), "--variant", "hybrid", "--run-file", "two.trec")
 
     first, second = _contexts(history)
     assert (first["version"], first["qrels_fingerprint"]) == (second["version"], second["qrels_fingerprint"])
@@ -432,6 +432,10 @@ def test_evaluations_of_other_contents_under_one_collection_name_and_version_are
     assert len(series_segments(rows)) == 2  # the plot's line breaks between the two builds
     table = table_rows(cli("eval-report", "--history", str(history), "--out", "r").output)
     assert second["index_fingerprint"] in table[2] and first["index_fingerprint"] not in "\n".join(table)
+    compared = " ".join(cli("compare", "one.trec", "two.trec", "sample").output.split())
+    assert "the runs come from other contexts (one.trec vs two.trec): index_fingerprint (" in compared
+    assert f"({first['index_fingerprint']} vs {second['index_fingerprint']})" in compared
+    assert "other contexts" not in cli("compare", "two.trec", "two.trec", "sample").output
 
 
 def test_evaluations_with_a_query_encoder_retrained_into_the_same_folder_are_told_apart(cli_env, monkeypatch) -> None:
