@@ -184,11 +184,7 @@ def retrieval_evaluation(
             staged = None  # the index readers use, whatever is staged
         version, role = _version_to_evaluate(context, store, staged, published)
         location = _location(store, version)
-        pinned = store.pinned(version)
-        try:
-            points = index_fingerprint(pinned)  # a version number repeats (drop, reset), an in-place write keeps it
-        finally:
-            pinned.close()
+        points = _points(store, version) if corpus.has_qrels else None  # what the evaluation key says it holds
     staged_by = staged.run_id if staged is not None and staged.version == version else "none"
     base = {
         "corpus": corpus.name,
@@ -303,6 +299,16 @@ def _location(store: QdrantStore, version: int) -> str:
     pinned = store.pinned(version)
     try:
         return f"{pinned.location} ({pinned.collection} version {version})"
+    finally:
+        pinned.close()
+
+
+def _points(store: QdrantStore, version: int) -> str | None:
+    """The :func:`~evals.runner.index_fingerprint` of ``version`` of the store's collection: its number repeats
+    (after a drop, a reset of the index folder) and a server's in-place write keeps it, its points' fingerprint not."""
+    pinned = store.pinned(version)
+    try:
+        return index_fingerprint(pinned)
     finally:
         pinned.close()
 

@@ -15,6 +15,7 @@ import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
 from typing import TYPE_CHECKING, Any
 
@@ -450,7 +451,7 @@ def evaluate_collection(
         qrels_fingerprint=judgements_fingerprint(collection.split_queries(split), qrels),
         index_fingerprint=index_fingerprint(retriever.store),
         query_fingerprint=retriever.query_encoder.fingerprint,
-        release=package_version("hybrid-rag"),
+        release=release(),
     )
 
 
@@ -485,6 +486,14 @@ def judgements_fingerprint(queries: Mapping[str, str], qrels: Mapping[str, Mappi
     judged = {str(q): text for q, text in queries.items() if q in qrels}
     content = {"queries": judged, "qrels": {str(q): {str(d): int(g) for d, g in j.items()} for q, j in qrels.items()}}
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def release() -> str | None:
+    """The installed hybrid-rag package's version; None when the code runs from a source tree not installed."""
+    try:
+        return package_version("hybrid-rag")
+    except PackageNotFoundError:
+        return None
 
 
 def index_fingerprint(store: QdrantStore) -> str | None:
