@@ -224,7 +224,7 @@ def _plot(
                     markerfacecolor="none",
                 )
     for j, when in enumerate(sorted(changes)):
-        first = "other queries, qrels, index or encoder"
+        first = "other queries, qrels, index, encoder or release"
         ax.axvline(when, color="grey", linestyle=":", linewidth=1, label=None if j else first)
     locator = AutoDateLocator()
     ax.xaxis.set_major_locator(locator)
