@@ -10,8 +10,9 @@ with), always the published one: the index readers use. Its blocking check ``ndc
 models that version was built with (its schema records them: after a model change, ``rebuild_on_model_change``,
 they are not the run's). When those models cannot be loaded (gone from disk or the hub), the gate compares with
 the published version's latest recorded evaluation in the history (same collection, version and models, scored
-on the same queries and qrels: the same ``qrels_fingerprint``), and without one it passes, described as not
-comparable. A recorded figure is never preferred to scoring: a version
+on the same queries and qrels: the same ``qrels_fingerprint``, of the same points: the same ``index_fingerprint``,
+with the query encoder it would be scored with: the same ``query_fingerprint``), and without one it passes,
+described as not comparable. A recorded figure is never preferred to scoring: a version
 number does not identify a version across rebuilds, resets of the index folder or Dagster instances. The verdict
 is recorded in the materialization (``gate``, with the version and the run that staged it): ``published_index``
 publishes nothing else. When the gate fails, readers stay on the published version. Two more checks warn (they
@@ -22,10 +23,10 @@ larger than ``quality_tolerance`` and significant (its 95% bootstrap interval li
 p-value is below 0.05); the figures, the interval, the wins/losses and the randomization p-value are its
 metadata.
 When nothing the figures depend on changed since the partition's last evaluation (:func:`evaluation_key`: the
-version and its location, the queries' and qrels' content, the variants, the settings and the models' content) and
-this run did not stage that version, the asset does not evaluate again nor append to the history: it reports that
-evaluation's figures (metadata ``unchanged``), and its checks judge them again from the per-query nDCG@10 saved
-beside the history (``reports/``, with the nDCG@10 plot that the metadata links to).
+version, its location and its points' fingerprint, the queries' and qrels' content, the variants, the settings and
+the models' content) and this run did not stage that version, the asset does not evaluate again nor append to the
+history: it reports that evaluation's figures (metadata ``unchanged``), and its checks judge them again from the
+per-query nDCG@10 saved beside the history (``reports/``, with the nDCG@10 plot that the metadata links to).
 A corpus without qrels has nothing to score and no quality gate: the asset records which version it saw, the
 gate reports ``passed`` with ``gate: not run`` in its metadata (Dagster warns about a blocking check that
 reports nothing) and the two warning checks are not run.
@@ -35,6 +36,7 @@ import hashlib
 import json
 import re
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +60,7 @@ from evals.runner import (
     EvalReport,
     JudgedDocumentsMissingError,
     evaluate_collection,
+    index_fingerprint,
     judgements_fingerprint,
 )
 from retrieval.encoders.dense import resolve_model_path
@@ -181,6 +184,7 @@ def retrieval_evaluation(
             staged = None  # the index readers use, whatever is staged
         version, role = _version_to_evaluate(context, store, staged, published)
         location = _location(store, version)
+        points = _points(store, version) if corpus.has_qrels else None  # what the evaluation key says it holds
     staged_by = staged.run_id if staged is not None and staged.version == version else "none"
     base = {
         "corpus": corpus.name,
@@ -218,7 +222,8 @@ def retrieval_evaluation(
         queries, qrels = collection.split_queries(split), collection.qrels(split)
     except (ValueError, CorpusUnavailableError) as exc:
         raise dg.Failure(description=f"cannot evaluate corpus {corpus.name!r}: {exc}") from exc
-    key = evaluation_key(retrieval.settings(corpus.collection), corpus, split, variants, queries, qrels, location)
+    settings = retrieval.settings(corpus.collection)
+    key = evaluation_key(settings, corpus, split, variants, queries, qrels, location, points)
     newly_staged = role == "staged" and staged is not None and staged.own  # a version number is reused by resets
     history = eval_history.history()
     previous = None if newly_staged else _previous_evaluation(context, key, history, corpus.name, split)
@@ -298,6 +303,16 @@ def _location(store: QdrantStore, version: int) -> str:
         pinned.close()
 
 
+def _points(store: QdrantStore, version: int) -> str | None:
+    """The :func:`~evals.runner.index_fingerprint` of ``version`` of the store's collection: its number repeats
+    (after a drop, a reset of the index folder) and a server's in-place write keeps it, its points' fingerprint not."""
+    pinned = store.pinned(version)
+    try:
+        return index_fingerprint(pinned)
+    finally:
+        pinned.close()
+
+
 def _exists(store: QdrantStore, version: int) -> bool:
     pinned = store.pinned(version)
     try:
@@ -368,7 +383,7 @@ def _score_published(
     with retrieval.store(corpus.collection) as store:
         pinned = store.pinned(published)
         try:
-            built = pinned.schema()
+            built, index = pinned.schema(), index_fingerprint(pinned)  # what it holds: read without its models
         finally:
             pinned.close()
     if built is None:
@@ -394,7 +409,8 @@ def _score_published(
         return round(float(value), 6), f"scored in this run{how}"
     qrels = collection.qrels(split)
     fingerprint = judgements_fingerprint(collection.split_queries(split), qrels)
-    recorded = recorded_evaluation(history, corpus, split, published, built, fingerprint)
+    searched = Searched(index, _query_fingerprint(built, retrieval.settings(corpus.collection, **overrides)))
+    recorded = recorded_evaluation(history, corpus, split, published, built, fingerprint, searched)
     if recorded is not None:
         value, when = recorded
         return value, f"{reason}; compared with its evaluation recorded {when}"
@@ -427,13 +443,44 @@ def content_changed(built: CollectionSchema, dense_model: str) -> str | None:
     return f"dense model {dense_model!r} changed since that version was built (content {was}, now {now})"
 
 
+@dataclass(frozen=True)
+class Searched:
+    """What a recorded evaluation of the published version must have searched to stand in for scoring it: its
+    points (:func:`~evals.runner.index_fingerprint`: a version number repeats after a drop or a reset of the index
+    folder) and the query encoder it would be scored with (its content fingerprint); None: not known."""
+
+    index: str | None
+    query: str | None
+
+
+def _query_fingerprint(built: CollectionSchema, settings: RetrievalSettings) -> str | None:
+    """The content fingerprint of the query encoder the published version would be scored with under ``settings``
+    (the models it was built with): its dense model's (``built`` records it) unless a query encoder of its own is
+    set or adapted for the collection; None when that cannot be told (an unreadable adapted encoder)."""
+    try:
+        query = settings.resolved_query_model()
+    except ModelLoadError:
+        return None
+    return built.dense_fingerprint if query is None else model_fingerprint(resolve_model_path(query))
+
+
 def recorded_evaluation(
-    history: EvalHistory, corpus: CorpusConfig, split: str, version: int, built: CollectionSchema, fingerprint: str
+    history: EvalHistory,
+    corpus: CorpusConfig,
+    split: str,
+    version: int,
+    built: CollectionSchema,
+    fingerprint: str,
+    searched: Searched,
 ) -> tuple[float, str] | None:
     """The watched figure of the latest recorded evaluation of ``version`` of the corpus' collection while it was
     published (or served), with the models ``built`` records, on the queries and qrels of ``fingerprint``
-    (:func:`~evals.runner.judgements_fingerprint`; rows recorded without one do not count), and when and by
-    whom it was recorded."""
+    (:func:`~evals.runner.judgements_fingerprint`; rows recorded without one do not count), of the points and with
+    the query encoder ``searched`` gives (rows recorded without them, by an earlier release, count; a value not
+    known here matches none but those), and when and by whom it was recorded."""
+
+    def same(recorded: object, now: str | None) -> bool:
+        return recorded is None or recorded == now
 
     def of_version(ctx: dict[str, Any]) -> bool:
         return (
@@ -444,6 +491,8 @@ def recorded_evaluation(
             and canonical_model(str(ctx.get("sparse_model"))) == canonical_model(built.sparse_model)
             and ctx.get("dense_fingerprint") in (None, built.dense_fingerprint)  # None: recorded by an earlier release
             and ctx.get("qrels_fingerprint") == fingerprint
+            and same(ctx.get("index_fingerprint"), searched.index)
+            and same(ctx.get("query_fingerprint"), searched.query)
         )
 
     rows = history.records(collection=corpus.name, variant=WATCHED_VARIANT)
@@ -537,10 +586,16 @@ def evaluation_key(
     queries: Mapping[str, str],
     qrels: Mapping[str, Mapping[str, int]],
     location: str,
+    index: str | None,
 ) -> str | None:
-    """A hash of what an evaluation's figures depend on: the version evaluated (its number and location), the
-    queries and judgements (their content), the variants, the retrieval settings and the models' content
-    (dense, query encoder, sparse); None when a model cannot be looked at (the evaluation then says why)."""
+    """A hash of what an evaluation's figures depend on: the version evaluated (its number and location, and
+    ``index``, its points' :func:`~evals.runner.index_fingerprint`: the number repeats after a drop or a reset of the
+    index folder, and a server's in-place write keeps it), the queries and judgements (their content), the
+    variants, the retrieval settings and the models' content (dense, query encoder, sparse); None when a model cannot
+    be looked at (the evaluation then says why) or the points hold another tool's (no content hash to fingerprint):
+    then it evaluates every time."""
+    if index is None:
+        return None
     try:
         query_model = settings.resolved_query_model()
     except ModelLoadError:
@@ -557,6 +612,7 @@ def evaluation_key(
         "corpus": corpus.name,
         "split": split,
         "location": location,
+        "index": index,
         "variants": [v.value for v in variants],
         "queries": digest(queries),
         "qrels": digest(qrels),

@@ -232,6 +232,18 @@ def corpus_warnings(runs: Mapping[str, RunLike], doc_ids: set[str], corpus: str,
     return out
 
 
+def context_differences(
+    names: tuple[str, str], contexts: tuple[Mapping[str, Any] | None, Mapping[str, Any] | None]
+) -> str | None:
+    """What differs between the ``contexts`` of two runs labelled ``names`` (each what produced its run:
+    :func:`evals.runs.read_run_context`), as ``key (A vs B)`` items; None when they agree or one is not known."""
+    a, b = contexts
+    if a is None or b is None:
+        return None
+    differ = [f"{k} ({a.get(k, '?')} vs {b.get(k, '?')})" for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)]
+    return f"the runs come from other contexts ({names[0]} vs {names[1]}): {'; '.join(differ)}" if differ else None
+
+
 def format_comparison(comparisons: Comparison | Iterable[Comparison]) -> str:
     """A markdown table, one row per comparison."""
     rows = [comparisons] if isinstance(comparisons, Comparison) else list(comparisons)

@@ -101,32 +101,45 @@ def with_settings(df: pd.DataFrame) -> pd.DataFrame:
     return df.assign(settings=[search_settings(c) for c in contexts])
 
 
-UNKNOWN = "?"  # the query count of a row recorded before the history kept it
+UNKNOWN = "?"  # what a row recorded before the history kept it shows (its query count, its index fingerprint, ...)
+
+
+def searched_by(context: object) -> str:
+    """What searched a history row's figures, from its ``context``: the index fingerprint, the query encoder's
+    fingerprint and the hybrid-rag release (:data:`~evals.runner.IDENTITY_KEYS`), ``?`` for each not recorded."""
+    from evals.runner import IDENTITY_KEYS
+
+    ctx = context if isinstance(context, dict) else {}
+    return " / ".join(str(ctx.get(key) or UNKNOWN) for key in IDENTITY_KEYS)
 
 
 def scored_set(context: object) -> tuple[str, str]:
     """What a history row was scored on, from its ``context``: the query count as shown (``?`` when not
     recorded; ``, judged found 62.3%`` added when only part of the judged documents were in the collection: the
-    scores are capped) and its series (the ``qrels_fingerprint`` of the queries and qrels, else the query count,
-    else ``?``): figures of different series are not comparable."""
+    scores are capped) and its series: the ``qrels_fingerprint`` of the queries and qrels (else the query count,
+    else ``?``) and what searched them (:func:`searched_by`). Figures of different series are not comparable."""
     ctx = context if isinstance(context, dict) else {}
     n, fingerprint, coverage = ctx.get("n_queries"), ctx.get("qrels_fingerprint"), ctx.get("judged_coverage")
     shown = UNKNOWN if n is None else str(n)
     if isinstance(coverage, int | float) and coverage < 1:
         shown += f", judged found {coverage:.1%}"
-    return shown, str(fingerprint or (f"n={n}" if n is not None else UNKNOWN))
+    scored = str(fingerprint or (f"n={n}" if n is not None else UNKNOWN))
+    return shown, f"{scored} {searched_by(ctx)}"
 
 
 def with_scored(df: pd.DataFrame) -> pd.DataFrame:
-    """History rows with ``queries`` and ``series`` (see :func:`scored_set`) taken from their ``context``."""
+    """History rows with ``queries``, ``series`` (see :func:`scored_set`) and ``searched`` (see :func:`searched_by`)
+    taken from their ``context``."""
     contexts = list(df["context"]) if "context" in df else [None] * len(df)
     scored = [scored_set(c) for c in contexts]
-    return df.assign(queries=[q for q, _ in scored], series=[s for _, s in scored])
+    searched = [searched_by(c) for c in contexts]
+    return df.assign(queries=[q for q, _ in scored], series=[s for _, s in scored], searched=searched)
 
 
 def series_segments(rows: pd.DataFrame) -> list[pd.DataFrame]:
     """``rows`` (one line of the plot, in time order) cut where their ``series`` changes: each part was scored on
-    the same queries and qrels, and is drawn as a line of its own."""
+    the same queries and qrels, searching the same index with the same query encoder and release, and is drawn as a
+    line of its own."""
     if rows.empty:
         return []
     part = (rows["series"] != rows["series"].shift()).cumsum()
@@ -139,8 +152,9 @@ def plot_history(df: pd.DataFrame, out_png: str | Path, metric: str = "ndcg@10")
     The line joins the evaluations of the versions readers get (``published``) with the shipped search settings;
     those of staged versions that were never published (refused, unjudged, or passed but not published) are
     hollow markers off the line, as are those made with other search settings (experiments). The line breaks
-    where the queries or qrels scored change (:func:`series_segments`): a dotted vertical line marks the change
-    and the new part is labelled with its query count. A cross marks a figure scored while part of the judged
+    where the queries or qrels scored, the index searched, the query encoder or the release change
+    (:func:`series_segments`): a dotted vertical line marks the change and the new part is labelled with its query
+    count. A cross marks a figure scored while part of the judged
     documents was missing from the collection (capped). When the rows span several collections or splits, each
     line is labelled ``variant (collection/split)``.
     """
@@ -162,7 +176,7 @@ def _plot(
     fig = Figure(figsize=(8, 4.5), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    changes: set[pd.Timestamp] = set()  # where a line's queries or qrels change
+    changes: set[pd.Timestamp] = set()  # where a line's queries, qrels, index, query encoder or release change
     capped_shown = False
     for i, ((collection, split, variant), group) in enumerate(rows.groupby(keys, sort=True)):
         label = drawable(f"{variant} ({collection}/{split})" if several else str(variant))
@@ -210,7 +224,8 @@ def _plot(
                     markerfacecolor="none",
                 )
     for j, when in enumerate(sorted(changes)):
-        ax.axvline(when, color="grey", linestyle=":", linewidth=1, label=None if j else "other queries or qrels")
+        first = "other queries, qrels, index, encoder or release"
+        ax.axvline(when, color="grey", linestyle=":", linewidth=1, label=None if j else first)
     locator = AutoDateLocator()
     ax.xaxis.set_major_locator(locator)
     ax.xaxis.set_major_formatter(ConciseDateFormatter(locator))
@@ -280,8 +295,8 @@ def markdown_table(df: pd.DataFrame, metrics: Sequence[str] | None = None) -> st
     ``queries`` the shown figures were scored on (see :func:`scored_set`: ``?`` for rows recorded before the
     history kept it, the share of judged documents found when some were missing), and their search ``settings``
     in the last column (see :func:`search_settings`: rows with other settings than the shipped ones are separate
-    rows). ``metrics`` defaults to the headline metrics present, then any others, in
-    name order.
+    rows), and before it what searched the shown figures (:func:`searched_by`). ``metrics`` defaults to the headline
+    metrics present, then any others, in name order.
     """
     rows = with_searched_collection(df.dropna(subset=["value"]))
     keys = ["collection", "split", "variant"]
@@ -290,6 +305,7 @@ def markdown_table(df: pd.DataFrame, metrics: Sequence[str] | None = None) -> st
         keys += ["version", "state", "settings"]
     last = latest(rows)
     queries = last.groupby(keys)["queries"].last() if "queries" in last else None
+    searched = last.groupby(keys)["searched"].last() if "searched" in last else None
     present = set(last["metric"])
     if metrics is None:
         metrics = [m for m in HEADLINE_METRICS if m in present]
@@ -298,16 +314,18 @@ def markdown_table(df: pd.DataFrame, metrics: Sequence[str] | None = None) -> st
     when = last.groupby(keys)["timestamp"].max()
     shown = [k for k in keys if k != "settings"]  # the settings go last: they can be long
     n = ["queries"] if queries is not None else []
+    by = ["index / query encoder / release"] if searched is not None else []
     header = [
         *shown,
         *n,
         *(LABELS.get(m, m) for m in metrics),
         "last run (UTC)",
+        *by,
         *(["search settings"] * (shown != keys)),
     ]
     lines = [
         "| " + " | ".join(header) + " |",
-        "|" + "---|" * (len(shown) + len(n)) + "---:|" * len(metrics) + "---|" * (1 + (shown != keys)),
+        "|" + "---|" * (len(shown) + len(n)) + "---:|" * len(metrics) + "---|" * (1 + len(by) + (shown != keys)),
     ]
     if last.empty:
         return "\n".join(lines)
@@ -317,7 +335,8 @@ def markdown_table(df: pd.DataFrame, metrics: Sequence[str] | None = None) -> st
         named = dict(zip(keys, map(str, key), strict=True))
         settings = [named["settings"]] if "settings" in named else []
         scored = [queries[key]] if queries is not None else []
-        lines.append("| " + " | ".join([*(named[k] for k in shown), *scored, *cells, stamp, *settings]) + " |")
+        by_row = [searched[key]] if searched is not None else []
+        lines.append("| " + " | ".join([*(named[k] for k in shown), *scored, *cells, stamp, *by_row, *settings]) + " |")
     return "\n".join(lines)
 
 

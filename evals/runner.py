@@ -15,6 +15,8 @@ import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as package_version
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -26,7 +28,7 @@ from retrieval.chunking import point_id
 from retrieval.errors import HybridRagError, InvalidArgumentError
 from retrieval.progress import progress_bar
 from retrieval.search import HybridRetriever, QueryVectors, Variant
-from retrieval.store.base import ENCODING_FIELDS
+from retrieval.store.base import ENCODING_FIELDS, ForeignPointsError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -256,6 +258,7 @@ def evaluate_variants(
 
 CHANNELS_CHECK = "hybrid_not_below_channels"  # fusion against the better single channel
 RERANK_CHECK = "reranking_does_not_hurt"  # the default against the fused first stage
+IDENTITY_KEYS = ("index_fingerprint", "query_fingerprint", "hybrid_rag_version")  # what searched: see EvalReport
 QUALITY_CHECKS: dict[str, tuple[tuple[str, ...], str]] = {
     CHANNELS_CHECK: (("dense", "sparse"), "hybrid"),
     RERANK_CHECK: (("hybrid",), "hybrid+rerank"),
@@ -273,7 +276,10 @@ class EvalReport:
     non-relevant one caps nothing), ``judged_not_in_corpus`` the fraction missing because the collection's corpus
     file itself lacks them (None: not checked), ``warnings`` the settings that had no effect at the evaluation's
     depth (see :func:`settings_in_effect`) and what the qrels cap or hide (:func:`evals.metrics.judgement_warnings`),
-    ``qrels_fingerprint`` what was scored (:func:`judgements_fingerprint`; None: not known).
+    ``qrels_fingerprint`` what was scored (:func:`judgements_fingerprint`; None: not known), and what searched it:
+    ``index_fingerprint`` (:func:`index_fingerprint`: a version number repeats after a drop, a fingerprint does
+    not), ``query_fingerprint`` (the query encoder's content: one retrained into the same folder differs) and
+    ``release`` (the hybrid-rag version); the history rows record them as :data:`IDENTITY_KEYS`.
     """
 
     collection: str
@@ -289,6 +295,9 @@ class EvalReport:
     judged_not_in_corpus: float | None = None
     warnings: list[str] = field(default_factory=list)
     qrels_fingerprint: str | None = None  # of the scored queries and their judgements (judgements_fingerprint)
+    index_fingerprint: str | None = None  # of the searched points (index_fingerprint; None: not known)
+    query_fingerprint: str | None = None  # of the query encoder's content (model_fingerprint; None: not known)
+    release: str | None = None  # the hybrid-rag package version that scored it (None: not known)
 
     def coverage_warning(self) -> str | None:
         """A warning when only part of the judged documents is in the searched collection, else None."""
@@ -336,10 +345,16 @@ class EvalReport:
         if coverage and self.judged_not_in_corpus is not None:
             coverage["judged_not_in_corpus"] = round(self.judged_not_in_corpus, 4)
         scored = {"n_queries": self.n_queries, "qrels_fingerprint": self.qrels_fingerprint}
+        searched = {
+            "index_fingerprint": self.index_fingerprint,
+            "query_fingerprint": self.query_fingerprint,
+            "hybrid_rag_version": self.release,
+        }
         return {
             "qdrant_collection": self.qdrant_collection,
             "version": self.version,
             **scored,
+            **searched,
             **coverage,
             **self.settings,
         }
@@ -434,6 +449,9 @@ def evaluate_collection(
         judged_not_in_corpus=not_in_corpus,
         warnings=warnings,
         qrels_fingerprint=judgements_fingerprint(collection.split_queries(split), qrels),
+        index_fingerprint=index_fingerprint(retriever.store),
+        query_fingerprint=retriever.query_encoder.fingerprint,
+        release=release(),
     )
 
 
@@ -468,6 +486,28 @@ def judgements_fingerprint(queries: Mapping[str, str], qrels: Mapping[str, Mappi
     judged = {str(q): text for q, text in queries.items() if q in qrels}
     content = {"queries": judged, "qrels": {str(q): {str(d): int(g) for d, g in j.items()} for q, j in qrels.items()}}
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def release() -> str | None:
+    """The installed hybrid-rag package's version; None when the code runs from a source tree not installed."""
+    try:
+        return package_version("hybrid-rag")
+    except PackageNotFoundError:
+        return None
+
+
+def index_fingerprint(store: QdrantStore) -> str | None:
+    """What ``store`` holds, as ``"POINTS:HASH"``: its point count and a short hash of every point's id and content
+    hash (stored payload: no vector is read). Another build of other documents under the same name and version
+    number gets another one; None when the collection holds points hybrid-rag did not write (no content hash)."""
+    try:
+        stored = store.stored_hashes()
+    except ForeignPointsError:
+        return None
+    digest = hashlib.sha256()
+    for pid in sorted(stored):
+        digest.update(f"{pid} {stored[pid][1]}\n".encode())
+    return f"{len(stored)}:{digest.hexdigest()[:16]}"
 
 
 def relevant_documents(qrels: Mapping[str, Mapping[str, int]]) -> set[str]:

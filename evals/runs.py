@@ -6,14 +6,17 @@ A run is ``dict[query_id, dict[doc_id, score]]``. The score column of a written 
 doc id, so the system's own scores, which may differ by 1e-9 (:func:`best_chunk_per_document`, the top-ups),
 would not keep their order there. A write/read round trip keeps every query's order, hence every metric, not the
 scores. A query with no hits has no line and therefore does not survive a round trip (the format cannot express
-it).
+it). What produced a run (the evaluation's history context: index, models, settings) is kept beside it, in
+``RUN.context.json`` (:func:`write_run_context`), for ``compare`` to tell two runs' origins apart.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 from retrieval.errors import InputFormatError, InputNotFoundError, InvalidArgumentError
 
@@ -123,3 +126,32 @@ def read_run(path: str | Path) -> tuple[Run, str]:
 def _check_token(value: str, what: str) -> None:
     if not isinstance(value, str) or not value or any(ch.isspace() for ch in value):
         raise RunIdError(f"{what} must be a non-empty string without whitespace for a TREC run file, got {value!r}")
+
+
+def context_path(run_path: str | Path) -> Path:
+    """Where the context of the run file ``run_path`` is kept: ``RUN.context.json`` beside it."""
+    path = Path(run_path)
+    return path.with_name(path.name + ".context.json")
+
+
+def write_run_context(run_path: str | Path, context: Mapping[str, Any]) -> Path:
+    """Keep ``context`` (what produced the run at ``run_path``: an evaluation's history context) beside it."""
+    path = context_path(run_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(dict(context), indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
+    return path
+
+
+def read_run_context(run_path: str | Path) -> dict[str, Any] | None:
+    """The context kept beside the run file ``run_path``; None when there is none (a run written elsewhere).
+    Raises :class:`InputFormatError` naming the file when it is not a JSON object."""
+    path = context_path(run_path)
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputFormatError(f"{path}: not a run context (invalid JSON: {exc})") from None
+    if not isinstance(data, dict):
+        raise InputFormatError(f"{path}: not a run context (a JSON object expected)")
+    return data

@@ -749,7 +749,7 @@ def evaluate(
     from evals.history import EvalHistory, default_history_path
     from evals.report import metrics_table
     from evals.runner import evaluate_collection
-    from evals.runs import write_run
+    from evals.runs import write_run, write_run_context
     from retrieval import RetrievalStack, read_documents
     from retrieval.errors import InputFormatError, InputNotFoundError, choice
     from retrieval.search import Variant
@@ -791,6 +791,7 @@ def evaluate(
     if run_file:  # the outputs first: a run the TREC format cannot hold fails here, before anything is recorded
         last = variants[-1].value
         write_run(run_file, report.variants[last].run, tag=f"hybrid-rag-{last}")
+        write_run_context(run_file, {**report.context(), "variant": last})
         console.print(f"run file ({last}): {run_file}", soft_wrap=True)
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)
@@ -809,9 +810,9 @@ def compare(
 ) -> None:
     """Compare two runs query by query: wins/losses/ties and a paired significance test."""
     from evals.collections import load_collection
-    from evals.compare import compare_runs, corpus_warnings, format_comparison
+    from evals.compare import compare_runs, context_differences, corpus_warnings, format_comparison
     from evals.metrics import judgement_warnings, metric_names, nfc_ids
-    from evals.runs import read_run
+    from evals.runs import read_run, read_run_context
     from retrieval.errors import InvalidArgumentError
 
     families = sorted({m.partition("@")[0] for m in metric_names()})
@@ -836,6 +837,9 @@ def compare(
     checked = corpus_warnings(dict(zip(names, (base_run, cand_run), strict=True)), corpus, coll.name) if corpus else []
     for warning in [*checked, *judgement_warnings(qrels, not keep_identical_ids)]:
         err_console.print(label("warning:", "yellow"), warning, soft_wrap=True)
+    differ = context_differences(names, (read_run_context(baseline), read_run_context(candidate)))
+    if differ:  # what `eval --run-file` kept beside each run: another index, encoder, release or setting
+        err_console.print(label("note:", "cyan"), differ, soft_wrap=True)
     for name, count in zip(names, judged, strict=True):
         if count < len(qrels):
             err_console.print(

@@ -8,17 +8,22 @@ from __future__ import annotations
 import io
 import logging
 import shutil
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from rich.console import Console
 
-from assets.evaluation import NDCG_CHECK
+from assets.corpora import CorpusConfig
+from assets.evaluation import NDCG_CHECK, Searched, recorded_evaluation
 from assets.resources import CorporaResource, EvalHistoryResource, RetrievalResource
+from evals.history import EvalHistory
 from orchestration.definitions import default_resources
 from orchestration.main_job import print_results, run_main_job
 from orchestration.parquet_io import ParquetIOManager
 from retrieval import stack as stack_module
+from retrieval.documents import SourceFormat
+from retrieval.store import CollectionSchema
 from tests.test_dagster_versions import FAST, PARTITION, corpus_copy
 from tests.test_splade import tiny_splade_dir  # noqa: F401 - the fixture
 
@@ -155,3 +160,32 @@ def test_the_asset_rebuilds_an_earlier_releases_bm25_terms_and_says_so(tmp_path:
     [warning] = [m for m in logs if "rebuilding 'legacy'" in m]
     assert "every chunk written again" in warning and "collection has 'word'" in warning
     assert "--rebuild" not in warning and "Indexer.rebuild" not in warning
+
+
+def test_a_recorded_figure_stands_in_only_for_the_points_and_query_encoder_it_searched(tmp_path: Path) -> None:
+    """The gate's fallback: "version 1" recorded before a drop and a rebuild of other documents (which starts again
+    at version 1), or with another query encoder saved in the same folder, is not the published version's figure."""
+    history = EvalHistory(tmp_path / "h.sqlite")
+    corpus = CorpusConfig("c", tmp_path, SourceFormat.BEIR, "coll", qrels=tmp_path)
+    built = CollectionSchema("m", 384, "bm25", True, dense_fingerprint="dense-1")
+    version_1 = {"qdrant_collection": "coll", "version": 1, "dense_model": "m", "sparse_model": "bm25"}
+    version_1 |= {"dense_fingerprint": "dense-1", "qrels_fingerprint": "qrels"}
+    searched = [
+        {},  # recorded by an earlier release: neither is known
+        {"index_fingerprint": "60:aaaa", "query_fingerprint": "dense-1"},
+        {"index_fingerprint": "68:bbbb", "query_fingerprint": "dense-1"},  # dropped and rebuilt: version 1 again
+        {"index_fingerprint": "68:bbbb", "query_fingerprint": "files:retrained"},
+    ]
+    start = datetime(2026, 11, 30, tzinfo=UTC)
+    for hours, (value, ctx) in enumerate(zip((0.5, 0.6, 0.7, 0.8), searched, strict=True)):
+        when = start + timedelta(hours=hours)
+        history.append("c", "test", "hybrid", {"ndcg@10": value}, version_1 | ctx, when, source="cli")
+
+    def figure(index: str | None, query: str | None) -> float | None:
+        found = recorded_evaluation(history, corpus, "test", 1, built, "qrels", Searched(index, query))
+        return found and found[0]
+
+    assert figure("68:bbbb", "files:retrained") == 0.8
+    assert figure("68:bbbb", "dense-1") == 0.7
+    assert figure("60:aaaa", "dense-1") == 0.6
+    assert figure("99:cccc", "dense-1") == figure(None, None) == 0.5  # only the row that records neither is left

@@ -464,3 +464,52 @@ def test_corpus_without_qrels_publishes_after_the_point_count_check_only(
     assert dropbox_count.status.value == "SUCCEEDED"
     sample_meta = sandbox.metadata("retrieval_evaluation")  # the sample partition keeps its own figures
     assert sample_meta["hybrid/ndcg@10"] > 0.5 and "qrels" not in sample_meta
+
+
+def test_a_collection_dropped_and_rebuilt_from_other_documents_is_evaluated_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Version 1 of a collection dropped and built again from other documents (numbers start again at 1, in the same
+    folder) is not the version 1 evaluated before: the asset evaluates it instead of reporting the earlier figures
+    as unchanged, and the two history rows say what each searched."""
+    from typer.testing import CliRunner
+
+    from assets import retrieval_evaluation
+    from orchestration.cli import app
+    from tests.conftest import TINY_DOCS
+
+    sandbox = Sandbox(tmp_path)
+    sandbox.home.mkdir()
+    monkeypatch.setenv("HYBRID_RAG_QDRANT_PATH", sandbox.retrieval.qdrant_path)
+    monkeypatch.setenv("HYBRID_RAG_CACHE_DIR", sandbox.retrieval.cache_dir)
+    distractors = "".join(json.dumps({"_id": d.id, "text": d.text}) + "\n" for d in TINY_DOCS)
+    (tmp_path / "plus.jsonl").write_text(sample_collection().corpus_path.read_text() + distractors)
+    hybrid = {"ops": {"retrieval_evaluation": {"config": {"variants": ["hybrid"]}}}}
+
+    def cli(*args: str) -> None:
+        result = CliRunner().invoke(app, list(args))
+        assert result.exit_code == 0, result.output
+
+    def evaluate() -> dict:
+        with dg.DagsterInstance.from_config(str(sandbox.home)) as instance:
+            result = dg.materialize(
+                [retrieval_evaluation],
+                partition_key=CORPUS,
+                resources=sandbox.resources(),
+                instance=instance,
+                run_config=hybrid,
+                raise_on_error=False,
+            )
+        assert result.success
+        return sandbox.metadata("retrieval_evaluation")
+
+    cli("index", str(sample_collection().corpus_path), "-c", CORPUS)
+    first = evaluate()
+    cli("drop", CORPUS, "--yes")
+    cli("index", str(tmp_path / "plus.jsonl"), "-c", CORPUS)
+    second = evaluate()
+    assert first["version"] == second["version"] == 1 and first["location"] == second["location"]
+    assert "unchanged" not in second and second["evaluation_key"] != first["evaluation_key"]
+    rows = EvalHistory(sandbox.history).records(collection=CORPUS, variant="hybrid")
+    searched = {c["index_fingerprint"] for c in rows[rows["metric"] == "ndcg@10"]["context"]}
+    assert {f.split(":")[0] for f in searched} == {str(SAMPLE_DOCS), str(SAMPLE_DOCS + len(TINY_DOCS))}

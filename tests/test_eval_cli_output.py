@@ -6,17 +6,21 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import warnings
+from importlib.metadata import version as package_version
 from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from matplotlib.figure import Figure
 from typer.testing import CliRunner
 
 from evals import report as report_module
 from evals.collections import sample_collection
 from evals.history import EvalHistory
+from evals.report import series_segments, with_scored
 from evals.runner import EvalReport, relevant_documents
 from orchestration.cli import app
 from retrieval.errors import InvalidArgumentError
@@ -284,7 +288,9 @@ def test_eval_report_keeps_other_search_settings_apart_from_the_published_figure
         when = (stamp + pd.Timedelta(hours=hours)).to_pydatetime()
         history.append("samp", "test", "hybrid", {"ndcg@10": value}, context, when, source="cli")
     table = report_module.markdown_table(history.records())
-    assert table.splitlines()[0].endswith("| nDCG@10 | last run (UTC) | search settings |"), table
+    assert table.splitlines()[0].endswith(
+        "| nDCG@10 | last run (UTC) | index / query encoder / release | search settings |"
+    ), table
     assert [(row.split(" | ")[6], row.split(" | ")[-1]) for row in table_rows(table)[2:]] == [
         ("0.9453", "fusion=dbsf, rrf_k=1, zscore_fusion_above=None |"),  # an experiment, in a row of its own
         ("0.9215", "shipped |"),  # the published figure
@@ -403,3 +409,60 @@ def test_compare_warns_of_relevant_identical_ids_and_queries_without_relevant_do
     assert "| 0.3333 | 0.3333 |" in result.stdout  # query 2's hit dropped on both sides
     kept = cli("compare", *args, "--keep-identical-ids")
     assert "same id" not in kept.output and "| 0.6667 | 0.6667 |" in kept.stdout
+
+
+def _contexts(history: Path) -> list[dict]:
+    """The context of each ``eval``'s nDCG@10 row of hybrid in ``history``, oldest first."""
+    rows = EvalHistory(history).records(variant="hybrid")
+    return list(rows[rows["metric"] == "ndcg@10"]["context"])
+
+
+def test_evaluations_of_other_contents_under_one_collection_name_and_version_are_told_apart(cli_env) -> None:
+    """A collection dropped and built again from other documents starts again at version 1: the history rows record
+    what the index held (its fingerprint), so ``eval-report`` breaks the line there instead of joining them."""
+    history = cli_env / "h.sqlite"
+    distractors = "".join(json.dumps({"_id": d.id, "text": d.text}) + "\n" for d in TINY_DOCS)
+    (cli_env / "plus.jsonl").write_text(sample_collection().corpus_path.read_text() + distractors)
+    cli("eval", "sample", "-c", "h", "--history", str(history), "--variant", "hybrid", "--run-file", "one.trec")
+    cli("drop", "h", "--yes")
+    cli("index", "plus.jsonl", "-c", "h")
+    cli("eval", "sample", "-c", "h", "--history", str(history), "--variant", "hybrid", "--run-file", "two.trec")
+
+    first, second = _contexts(history)
+    assert (first["version"], first["qrels_fingerprint"]) == (second["version"], second["qrels_fingerprint"])
+    assert first["index_fingerprint"].startswith("60:") and second["index_fingerprint"].startswith("68:")
+    assert first["query_fingerprint"] == second["query_fingerprint"] == first["dense_fingerprint"]
+    assert first["hybrid_rag_version"] == package_version("hybrid-rag")
+    rows = with_scored(EvalHistory(history).records(variant="hybrid")).query("metric == 'ndcg@10'")
+    assert len(series_segments(rows)) == 2  # the plot's line breaks between the two builds
+    table = table_rows(cli("eval-report", "--history", str(history), "--out", "r").output)
+    assert second["index_fingerprint"] in table[2] and first["index_fingerprint"] not in "\n".join(table)
+    compared = " ".join(cli("compare", "one.trec", "two.trec", "sample").output.split())
+    assert "the runs come from other contexts (one.trec vs two.trec): index_fingerprint (" in compared
+    assert f"({first['index_fingerprint']} vs {second['index_fingerprint']})" in compared
+    assert "other contexts" not in cli("compare", "two.trec", "two.trec", "sample").output
+
+
+def test_evaluations_with_a_query_encoder_retrained_into_the_same_folder_are_told_apart(cli_env, monkeypatch) -> None:
+    """``query_model`` is a folder's name: the rows also record its content, which saving a retrained encoder in
+    place changes."""
+    from sentence_transformers import SentenceTransformer
+
+    from retrieval.encoders.fingerprint import bundled_model_path
+
+    history, encoder = cli_env / "h.sqlite", cli_env / "enc"
+    shutil.copytree(bundled_model_path(), encoder)
+    monkeypatch.setenv("HYBRID_RAG_QUERY_MODEL", str(encoder))
+    cli("eval", "sample", "-c", "q", "--history", str(history), "--variant", "hybrid")
+    model = SentenceTransformer(str(encoder), device="cpu")
+    with torch.no_grad():
+        next(model.parameters()).mul_(1.01)  # another training's weights, saved over the first
+    model.save(str(encoder))
+    cli("eval", "sample", "-c", "q", "--history", str(history), "--variant", "hybrid")
+
+    first, second = _contexts(history)
+    assert first["query_model"] == second["query_model"] == str(encoder)
+    assert first["index_fingerprint"] == second["index_fingerprint"]  # the same index searched
+    assert first["query_fingerprint"] != second["query_fingerprint"]
+    rows = with_scored(EvalHistory(history).records(variant="hybrid")).query("metric == 'ndcg@10'")
+    assert len(series_segments(rows)) == 2

@@ -132,11 +132,12 @@ def test_markdown_table_shows_latest_values(tmp_path):
     lines = table.splitlines()
     assert lines[0] == (
         "| collection | split | variant | version | state | queries | nDCG@10 | Recall@100 | last run (UTC) "
-        "| search settings |"
+        "| index / query encoder / release | search settings |"
     )
-    # no version, no query count: recorded before the history kept them
-    assert "| sample | test | hybrid | - | published | ? | 0.7456 | 0.9500 | 2025-03-03 12:00 | shipped |" in lines
-    assert "| sample | test | bm25 | - | published | ? | 0.6234 | 0.9000 | 2025-03-03 12:00 | shipped |" in lines
+    # no version, no query count, no index or encoder fingerprint, no release: recorded before the history kept them
+    old = "| ? / ? / ? | shipped |"
+    assert f"| sample | test | hybrid | - | published | ? | 0.7456 | 0.9500 | 2025-03-03 12:00 {old}" in lines
+    assert f"| sample | test | bm25 | - | published | ? | 0.6234 | 0.9000 | 2025-03-03 12:00 {old}" in lines
     assert "0.7312" not in table and "0.7000" not in table  # older values are not shown
 
 
@@ -199,7 +200,8 @@ def _scored_history(path):
 def test_the_table_says_how_many_queries_the_latest_figures_were_scored_on(tmp_path):
     lines = markdown_table(_scored_history(tmp_path / "h.sqlite").records()).splitlines()
     assert (
-        "| sf | test | hybrid | 1 | published | 40, judged found 62.3% | 0.8410 | 2025-03-04 12:00 | shipped |" in lines
+        "| sf | test | hybrid | 1 | published | 40, judged found 62.3% | 0.8410 | 2025-03-04 12:00 | ? / ? / ? "
+        "| shipped |" in lines
     )
 
 
