@@ -101,6 +101,9 @@ def with_settings(df: pd.DataFrame) -> pd.DataFrame:
     return df.assign(settings=[search_settings(c) for c in contexts])
 
 
+# What else must stay the same for figures to join one line of the plot (the queries and qrels aside): the index
+# searched may change along a line (that is the history the plot shows), the query encoder and the release not.
+SERIES_IDENTITY_KEYS = ("query_fingerprint", "hybrid_rag_version")
 UNKNOWN = "?"  # what a row recorded before the history kept it shows (its query count, its index fingerprint, ...)
 
 
@@ -117,14 +120,17 @@ def scored_set(context: object) -> tuple[str, str]:
     """What a history row was scored on, from its ``context``: the query count as shown (``?`` when not
     recorded; ``, judged found 62.3%`` added when only part of the judged documents were in the collection: the
     scores are capped) and its series: the ``qrels_fingerprint`` of the queries and qrels (else the query count,
-    else ``?``) and what searched them (:func:`searched_by`). Figures of different series are not comparable."""
+    else ``?``), the query encoder's fingerprint and the release (:data:`SERIES_IDENTITY_KEYS`). Figures of
+    different series are not comparable. The index's content is not part of it: following the figures as the index
+    changes (documents added, edited, removed, rebuilt) is what the plot is for; the table shows it."""
     ctx = context if isinstance(context, dict) else {}
     n, fingerprint, coverage = ctx.get("n_queries"), ctx.get("qrels_fingerprint"), ctx.get("judged_coverage")
     shown = UNKNOWN if n is None else str(n)
     if isinstance(coverage, int | float) and coverage < 1:
         shown += f", judged found {coverage:.1%}"
     scored = str(fingerprint or (f"n={n}" if n is not None else UNKNOWN))
-    return shown, f"{scored} {searched_by(ctx)}"
+    encoder = " / ".join(str(ctx.get(key) or UNKNOWN) for key in SERIES_IDENTITY_KEYS)
+    return shown, f"{scored} {encoder}"
 
 
 def with_scored(df: pd.DataFrame) -> pd.DataFrame:
@@ -138,8 +144,7 @@ def with_scored(df: pd.DataFrame) -> pd.DataFrame:
 
 def series_segments(rows: pd.DataFrame) -> list[pd.DataFrame]:
     """``rows`` (one line of the plot, in time order) cut where their ``series`` changes: each part was scored on
-    the same queries and qrels, searching the same index with the same query encoder and release, and is drawn as a
-    line of its own."""
+    the same queries and qrels, with the same query encoder and release, and is drawn as a line of its own."""
     if rows.empty:
         return []
     part = (rows["series"] != rows["series"].shift()).cumsum()
@@ -152,7 +157,7 @@ def plot_history(df: pd.DataFrame, out_png: str | Path, metric: str = "ndcg@10")
     The line joins the evaluations of the versions readers get (``published``) with the shipped search settings;
     those of staged versions that were never published (refused, unjudged, or passed but not published) are
     hollow markers off the line, as are those made with other search settings (experiments). The line breaks
-    where the queries or qrels scored, the index searched, the query encoder or the release change
+    where the queries or qrels scored, the query encoder or the release change
     (:func:`series_segments`): a dotted vertical line marks the change and the new part is labelled with its query
     count. A cross marks a figure scored while part of the judged
     documents was missing from the collection (capped). When the rows span several collections or splits, each
@@ -176,7 +181,7 @@ def _plot(
     fig = Figure(figsize=(8, 4.5), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    changes: set[pd.Timestamp] = set()  # where a line's queries, qrels, index, query encoder or release change
+    changes: set[pd.Timestamp] = set()  # where a line's queries, qrels, query encoder or release change
     capped_shown = False
     for i, ((collection, split, variant), group) in enumerate(rows.groupby(keys, sort=True)):
         label = drawable(f"{variant} ({collection}/{split})" if several else str(variant))
@@ -224,7 +229,7 @@ def _plot(
                     markerfacecolor="none",
                 )
     for j, when in enumerate(sorted(changes)):
-        first = "other queries, qrels, index, encoder or release"
+        first = "other queries, qrels, query encoder or release"
         ax.axvline(when, color="grey", linestyle=":", linewidth=1, label=None if j else first)
     locator = AutoDateLocator()
     ax.xaxis.set_major_locator(locator)
