@@ -330,9 +330,6 @@ def test_ui_serves_the_code_location_on_the_projects_instance(tmp_path: Path) ->
     dagster.yaml: telemetry off, one run per corpus); Ctrl-C stops it."""
     import signal
     import socket
-    import time
-
-    import httpx
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -344,13 +341,7 @@ def test_ui_serves_the_code_location_on_the_projects_instance(tmp_path: Path) ->
         cmd, env=env, cwd=tmp_path, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
     try:
-        deadline, answered = time.monotonic() + 240, False
-        while time.monotonic() < deadline and proc.poll() is None and not answered:
-            try:
-                answered = httpx.get(f"http://127.0.0.1:{port}/server_info", timeout=5).status_code == 200
-            except httpx.HTTPError:
-                time.sleep(1)
-        assert answered, proc.stderr.read().decode()[-3000:] if proc.poll() is not None else "no answer in 240 s"
+        _wait_for_ui(proc, port)
         assert "telemetry:\n  enabled: false" in (home / "dagster.yaml").read_text()
     finally:
         if proc.poll() is None:
@@ -361,6 +352,22 @@ def test_ui_serves_the_code_location_on_the_projects_instance(tmp_path: Path) ->
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
     assert proc.returncode == 0 or proc.returncode < 0
+
+
+def _wait_for_ui(proc: subprocess.Popen, port: int) -> None:
+    """Wait (up to 240 s) until the UI started by ``proc`` answers on ``port``; its stderr if it exited first."""
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/server_info", timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            time.sleep(1)
+    raise AssertionError(proc.stderr.read().decode()[-3000:] if proc.poll() is not None else "no answer in 240 s")
 
 
 def _processes_on(home: Path) -> list[int]:
@@ -382,9 +389,6 @@ def test_ui_stopped_by_a_signal_leaves_no_dagster_process(tmp_path: Path, stop: 
     supervisor) or SIGHUP: dagster dev, its webserver, daemon and code server stop with it, none outlives it."""
     import signal
     import socket
-    import time
-
-    import httpx
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -395,13 +399,7 @@ def test_ui_stopped_by_a_signal_leaves_no_dagster_process(tmp_path: Path, stop: 
     background = ["sh", "-c", 'trap "" INT; exec "$@"', "sh", *cmd]  # SIGINT ignored, as in a background job
     proc = subprocess.Popen(background, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        deadline, answered = time.monotonic() + 240, False
-        while time.monotonic() < deadline and proc.poll() is None and not answered:
-            try:
-                answered = httpx.get(f"http://127.0.0.1:{port}/server_info", timeout=5).status_code == 200
-            except httpx.HTTPError:
-                time.sleep(1)
-        assert answered, proc.stderr.read().decode()[-3000:] if proc.poll() is not None else "no answer in 240 s"
+        _wait_for_ui(proc, port)
         assert len(_processes_on(home)) >= 3  # the wrapper, dagster dev, the webserver...
         proc.send_signal(getattr(signal, stop))  # to the wrapper only
         proc.wait(timeout=120)

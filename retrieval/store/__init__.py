@@ -47,28 +47,17 @@ def open_store(
     if settings.qdrant_url:
         from retrieval.store.server import ServerStore, connect, local_location, shared_local_client
 
-        location = redact_url(settings.qdrant_url)  # named in every message: never its password
+        common = {
+            "version": version,
+            "location": redact_url(settings.qdrant_url),  # named in every message: never its password
+            "retries": settings.qdrant_retries,
+            "lock_timeout_s": settings.write_lock_timeout_s,
+        }
         if local_location(settings.qdrant_url):  # qdrant-client's local mode: one client per location and process
             client, release = shared_local_client(settings.qdrant_url)
-            return ServerStore(
-                client,
-                name,
-                version=version,
-                location=location,
-                retries=settings.qdrant_retries,
-                release=release,
-                lock_timeout_s=settings.write_lock_timeout_s,
-            )
+            return ServerStore(client, name, release=release, **common)
         key = settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None
-        client = connect(settings.qdrant_url, key, settings.qdrant_timeout_s)
-        return ServerStore(
-            client,
-            name,
-            version=version,
-            location=location,
-            retries=settings.qdrant_retries,
-            lock_timeout_s=settings.write_lock_timeout_s,
-        )
+        return ServerStore(connect(settings.qdrant_url, key, settings.qdrant_timeout_s), name, **common)
     return EdgeStore(settings.qdrant_path, name, version=version, lock_timeout_s=settings.write_lock_timeout_s)
 
 
