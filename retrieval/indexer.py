@@ -449,6 +449,7 @@ class Indexer:
                 report.deleted = len(dropped)
             target.flush()
             report.points = target.count()
+            self._forget(erased)
             if staged:
                 self.store.seal(target)
             if staged and publish:
@@ -456,7 +457,6 @@ class Indexer:
         finally:
             if target is not self.store:
                 target.close()
-        self._forget(erased)
         report.changed = staged or bool(report.written or report.deleted)
         return self._done(report, target.version if staged else self.store.current_version(), rebuild, publish, started)
 
@@ -512,6 +512,7 @@ class Indexer:
                 self.store.erase_from_copies(copies, doc_ids=sorted(found))
                 target.flush()
                 report.points = target.count()
+                self._forget(erased)
                 if staged:
                     self.store.seal(target)
                     self.store.publish(target)
@@ -519,7 +520,6 @@ class Indexer:
             finally:
                 if target is not self.store:
                     target.close()
-        self._forget(erased)
         report.deleted = before - report.points
         log.info(
             "deleted %d points of %d documents from %s (version %s); %d points left",
@@ -801,7 +801,9 @@ class Indexer:
         return hashes - {text_hash(c.embed_text) for c in keep}
 
     def _forget(self, hashes: set[str]) -> None:
-        """Delete the embedding cache's rows of deleted points' texts (once their deletion is written)."""
+        """Delete the embedding cache's rows of deleted points' texts, once their deletion is written and before it
+        is published: a stop right after the publish would otherwise leave them for good (a rerun finds nothing left
+        to delete), while a row forgotten for a write that then fails only costs its text an encode later."""
         if self.cache is not None and hashes:
             log.info("embedding cache: forgot %d rows of deleted chunks", self.cache.forget(hashes))
 

@@ -57,6 +57,29 @@ def test_a_delete_leaves_no_trace_of_the_text_in_the_published_version(secret_st
     assert hits and all(h.doc_id != SECRET.id for h in hits)
 
 
+@pytest.mark.parametrize("how", ["delete", "sync"])
+def test_a_stop_right_after_the_publish_leaves_no_cache_row_of_the_erased_text(secret_stack, monkeypatch, how):
+    """SIGTERM/Ctrl-C (a KeyboardInterrupt in the CLI) landing just after the version without the document is
+    published: its texts' cache rows are gone all the same (a rerun finds nothing left to delete, so it could not
+    forget them later)."""
+    indexer = secret_stack.indexer()
+    publish = indexer.store.publish
+
+    def publish_then_stop(*args, **kwargs):
+        publish(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(indexer.store, "publish", publish_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        if how == "delete":
+            indexer.delete_documents([SECRET.id])
+        else:
+            indexer.index(TINY_DOCS, prune=True, progress=False)
+    assert secret_stack.store().count() == len(TINY_DOCS)  # published
+    assert not any(cached(secret_stack, [SECRET]).values())
+    assert all(cached(secret_stack, TINY_DOCS).values())
+
+
 def test_a_sync_without_the_document_and_later_writes_leave_no_trace(secret_stack):
     root = Path(secret_stack.settings.qdrant_path)
     indexer = secret_stack.indexer()
