@@ -116,7 +116,7 @@ def searched_by(context: object) -> str:
     return " / ".join(str(ctx.get(key) or UNKNOWN) for key in IDENTITY_KEYS)
 
 
-def scored_set(context: object) -> tuple[str, str]:
+def scored_set(context: object) -> tuple[str, tuple[str, ...]]:
     """What a history row was scored on, from its ``context``: the query count as shown (``?`` when not
     recorded; ``, judged found 62.3%`` added when only part of the judged documents were in the collection: the
     scores are capped) and its series: the ``qrels_fingerprint`` of the queries and qrels (else the query count,
@@ -129,8 +129,7 @@ def scored_set(context: object) -> tuple[str, str]:
     if isinstance(coverage, int | float) and coverage < 1:
         shown += f", judged found {coverage:.1%}"
     scored = str(fingerprint or (f"n={n}" if n is not None else UNKNOWN))
-    encoder = " / ".join(str(ctx.get(key) or UNKNOWN) for key in SERIES_IDENTITY_KEYS)
-    return shown, f"{scored} {encoder}"
+    return shown, (scored, *(str(ctx.get(key) or UNKNOWN) for key in SERIES_IDENTITY_KEYS))
 
 
 def with_scored(df: pd.DataFrame) -> pd.DataFrame:
@@ -144,11 +143,24 @@ def with_scored(df: pd.DataFrame) -> pd.DataFrame:
 
 def series_segments(rows: pd.DataFrame) -> list[pd.DataFrame]:
     """``rows`` (one line of the plot, in time order) cut where their ``series`` changes: each part was scored on
-    the same queries and qrels, with the same query encoder and release, and is drawn as a line of its own."""
+    the same queries and qrels, with the same query encoder and release, and is drawn as a line of its own. An
+    encoder or release a row does not record (``?``: rows of earlier releases) breaks nothing."""
     if rows.empty:
         return []
-    part = (rows["series"] != rows["series"].shift()).cumsum()
-    return [group for _, group in rows.groupby(part, sort=True)]
+    parts: list[int] = []
+    current: list[str] = []
+    for scored, *identity in rows["series"]:
+        if (
+            not current
+            or scored != current[0]
+            or any(UNKNOWN not in (was, now) and was != now for was, now in zip(current[1:], identity, strict=True))
+        ):
+            current = [scored, *identity]
+            parts.append(parts[-1] + 1 if parts else 0)
+        else:  # a row of an earlier release records no encoder or release: it joins, and what it lacks is learnt
+            current[1:] = [was if now == UNKNOWN else now for was, now in zip(current[1:], identity, strict=True)]
+            parts.append(parts[-1])
+    return [group for _, group in rows.groupby(parts, sort=True)]
 
 
 def plot_history(df: pd.DataFrame, out_png: str | Path, metric: str = "ndcg@10") -> Path:

@@ -494,7 +494,9 @@ def delete(
     for asked, stored in report.stored_as.items():  # escaped: the two look the same
         console.print(f"{asked} is stored as {ascii(stored)} (the same id in another Unicode normalization)")
     if report.missing:
-        console.print(label(f"not in {settings.collection!r}:", "yellow"), ", ".join(report.missing), soft_wrap=True)
+        err_console.print(
+            label(f"not in {settings.collection!r}:", "yellow"), ", ".join(report.missing), soft_wrap=True
+        )
         raise typer.Exit(1)
 
 
@@ -1055,7 +1057,7 @@ def run(
     try:
         print_results(run_main_job(corpus, run_config=run_config))
     except MainJobError as exc:  # e.g. the evaluation gate refused the new version: readers keep the old one
-        console.print(str(exc), style="red", soft_wrap=True)
+        err_console.print(str(exc), style="red", soft_wrap=True)
         raise typer.Exit(1) from exc
 
 

@@ -329,6 +329,8 @@ def _cause(error: Any) -> str:
     """The innermost error of a step failure (the user code's, not Dagster's step wrapper), as one line."""
     if error is None:
         return "failed"
+    if error.cls_name == "DagsterExecutionInterruptedError":  # SIGINT/SIGTERM: Dagster's own handler stops the step
+        return "interrupted by a signal (SIGINT/SIGTERM) before it finished; run the same command again"
     while error.cause is not None:
         error = error.cause
     return " ".join(error.message.split()) or error.cls_name

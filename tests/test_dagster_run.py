@@ -123,7 +123,8 @@ def test_unsafe_delete_fails_with_one_line_naming_the_run_flag(folder: Folder, t
     monkeypatch.setattr("orchestration.main_job.default_resources", lambda: folder.resources)
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     cli = CliRunner().invoke(app, ["run", "--corpus", "dropbox"])
-    assert cli.exit_code == 1 and "refusing to delete 2 of the 3 points" in cli.output, cli.output
+    assert cli.exit_code == 1 and "refusing to delete 2 of the 3 points" in cli.stderr, cli.output
+    assert "refusing" not in cli.stdout  # the reason is a diagnostic: stderr, as every command's
     assert "Traceback" not in cli.output and "DagsterExecutionStepExecutionError" not in cli.output
     cli = CliRunner().invoke(app, ["run", "--corpus", "dropbox", "--allow-delete"])
     assert cli.exit_code == 0, cli.output
@@ -310,3 +311,21 @@ def test_qdrant_index_refuses_vectors_out_of_date_with_the_chunks(folder: Folder
     message = failure.step_failure_data.error.message
     assert "dense_vectors is out of date with chunks (1 rows differ)" in message
     assert folder.stored_docs() == ["a.txt", "b.txt", "c.txt"]
+
+
+def test_a_step_stopped_by_a_signal_is_said_to_be_interrupted_not_named_by_its_exception_class() -> None:
+    """SIGTERM/SIGINT during `hybrid-rag run`: Dagster's handler stops the step with its interrupt error, which
+    the one-line failure says in words (it printed the bare class name)."""
+    from dagster._utils.error import SerializableErrorInfo
+
+    from orchestration.main_job import _cause
+
+    stopped = SerializableErrorInfo("", [], "DagsterExecutionInterruptedError")
+    assert _cause(stopped).startswith("interrupted by a signal (SIGINT/SIGTERM) before it finished; run the same")
+    failed = SerializableErrorInfo(
+        "wrapper",
+        [],
+        "DagsterExecutionStepExecutionError",
+        SerializableErrorInfo("refusing to delete", [], "UnsafeDeleteError"),
+    )
+    assert _cause(failed) == "refusing to delete"

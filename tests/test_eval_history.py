@@ -212,3 +212,22 @@ def test_the_plot_line_breaks_where_the_queries_or_qrels_change(tmp_path):
     assert [p["value"].tolist() for p in parts] == [[0.80], [0.8168, 0.8170], [0.8410]]  # unknown, 100, 40 queries
     assert [p["queries"].iloc[0] for p in parts] == ["?", "100", "40, judged found 62.3%"]
     assert plot_history(df, tmp_path / "p.png").is_file()
+
+
+def test_rows_of_an_earlier_release_join_the_line_of_the_first_rows_that_record_an_encoder(tmp_path):
+    """Rows written before the history recorded the query encoder and the release (``?``) are not another series:
+    upgrading breaks no line; a later change of the encoder still does."""
+    history = EvalHistory(tmp_path / "h.sqlite")
+    qrels = {"n_queries": 100, "qrels_fingerprint": "q1"}
+    contexts = [
+        qrels,
+        qrels,
+        {**qrels, "query_fingerprint": "enc1", "hybrid_rag_version": "0.1.0"},
+        {**qrels, "query_fingerprint": "enc1", "hybrid_rag_version": "0.1.0"},
+        {**qrels, "query_fingerprint": "enc2", "hybrid_rag_version": "0.1.0"},
+    ]
+    for day, context in enumerate(contexts):
+        when = T0 + timedelta(days=day)
+        history.append("sf", "test", "hybrid", {"ndcg@10": 0.8 + day / 100}, context, timestamp=when, source="cli")
+    rows = with_scored(history.records()).sort_values("timestamp")
+    assert [len(part) for part in series_segments(rows)] == [4, 1]
