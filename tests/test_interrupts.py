@@ -115,6 +115,10 @@ def test_collections_marks_a_first_build_stopped_before_publishing_as_unfinished
     table = CliRunner().invoke(app, ["collections"])
     assert table.exit_code == 0
     assert "half: unfinished first build: rerun the index command" in table.stdout.replace("\n", " ")
+    searched = CliRunner().invoke(app, ["search", "valve", "-c", "half"])  # says the same, not "does not exist"
+    assert searched.exit_code == 2 and "no published version yet: its first build is running, or was stopped" in (
+        " ".join(searched.output.split())
+    )
 
 
 def test_a_second_writer_waits_the_configured_time_naming_the_holder_then_fails_in_one_line(

@@ -360,6 +360,17 @@ class QdrantStore(ABC):
     def _versions(self) -> list[int]:
         """Every physical version present, published or not."""
 
+    def missing_message(self, where: object) -> str:
+        """Why the collection cannot be opened when no version of it is published: it does not exist, or its first
+        build is running or was stopped before it published (a staged version only: what ``collections`` lists as
+        unfinished)."""
+        if self.version is None and self._versions():
+            return (
+                f"collection {self.collection!r} at {where} has no published version yet: its first build is "
+                "running, or was stopped before it finished (then rerun the index command)"
+            )
+        return f"collection {self.collection!r} does not exist at {where}; index documents first"
+
     def _taken_versions(self) -> list[int]:
         """Every version number in use, by hybrid-rag or not (a new version gets a higher one)."""
         return self._versions()
@@ -617,9 +628,7 @@ class QdrantStore(ABC):
         if existing is None:
             if missing_ok:
                 return None
-            raise SchemaMismatchError(
-                f"collection {self.collection!r} does not exist at {self.location}; index documents first"
-            )
+            raise SchemaMismatchError(self.missing_message(self.location))
         problems = expected.differences(existing, write=write) if expected is not None else []
         if problems:
             models = any(p.split(":")[0] in (*MODEL_FIELDS, "dense_fingerprint") for p in problems)

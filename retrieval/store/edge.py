@@ -1155,10 +1155,7 @@ class EdgeStore(QdrantStore):
                     continue
                 if self.version is None:
                     self.current_version()  # a lost or damaged pointer: say so, not "does not exist"
-                raise StoreError(
-                    f"collection {self.collection!r} does not exist at {(self.root / target).absolute()}; "
-                    "index documents first"
-                )
+                raise StoreError(self.missing_message((self.root / target).absolute()))
             if self.version is not None:  # a staged version (the pointer's is never rewritten)
                 _undo_interrupted_swap(self.root / target)
             try:
