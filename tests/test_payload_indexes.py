@@ -148,8 +148,8 @@ def test_a_filter_finds_the_same_points_with_and_without_an_index_or_is_refused(
             ({"date": {"gte": 2021}}, "a number, but the key has a datetime payload index .*give ISO dates"),
             ({"date": {"lt": 2021}}, "a number, but the key has a datetime"),
             ({"date": [2021, 2020]}, "a number, but the key has a datetime"),
-            ({"year": {"lt": "2030-01-01"}}, "an ISO date, but the key has an? integer payload index .*give numbers"),
-            ({"year": {"gte": "1960-01-01"}}, "an ISO date, but the key has an? integer payload index"),
+            ({"year": {"lt": "2030-01-01"}}, "an ISO date, but the key has an integer payload index .*give numbers"),
+            ({"year": {"gte": "1960-01-01"}}, "an ISO date, but the key has an integer payload index"),
         ]:
             assert docs(plain, spec) == set(), spec
             key = next(iter(spec))

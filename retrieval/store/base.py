@@ -855,9 +855,10 @@ def _check_index(key: str, path: str, kind: str, value: Any, indexes: Mapping[st
         given, other, wanted = "an ISO date", "number", 'numbers ({"gte": 2021})'
     else:
         return
+    article = "an" if index == "integer" else "a"
     raise FilterError(
-        f"filter on {key!r}: {given}, but the key has a {index} payload index (PAYLOAD_INDEXES), which would read it "
-        f"as a Unix timestamp (without the index it matches no stored {other}): give {wanted}"
+        f"filter on {key!r}: {given}, but the key has {article} {index} payload index (PAYLOAD_INDEXES), which would "
+        f"read it as a Unix timestamp (without the index it matches no stored {other}): give {wanted}"
     )
 
 
