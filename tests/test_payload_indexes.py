@@ -8,11 +8,14 @@ import pytest
 from qdrant_client import models as qm
 
 from retrieval import RetrievalSettings
-from retrieval.errors import InvalidArgumentError
+from retrieval.errors import FilterError, InvalidArgumentError
 from retrieval.settings import parse_payload_indexes
 from retrieval.store import CollectionSchema
+from retrieval.store.base import filter_misses
 from retrieval.store.server import payload_index_schema
 from tests.conftest import TINY_DOCS, make_store
+from tests.test_filters import docs
+from tests.test_store_contract import put
 
 INDEXES = "topic:tenant, year:integer"
 WANTED = {"topic": "tenant", "year": "integer"}
@@ -113,6 +116,73 @@ def test_an_erasing_rewrite_keeps_the_indexes(indexed_stack):
     stack.indexer().delete_documents(["pasta"])
     assert stack.store().payload_indexes() == WANTED
     assert [h.doc_id for h in stack.retriever().search("noodles", filter={"topic": "cooking"})] == []
+
+
+DATED = [
+    ("a", 0, (1, 0, 0, 0), {1: 1.0}, {"year": 2020, "date": "2021-02-03"}),
+    ("b", 0, (0, 1, 0, 0), {2: 1.0}, {"year": 2019, "date": "2020-01-01T10:00:00Z"}),
+]
+DATED_INDEXES = {"year": "integer", "date": "datetime"}
+
+
+def _dated(backend, root, indexes):
+    store = make_store(backend, root)
+    store.ensure(_schema())
+    store.index_payload(indexes)
+    put(store, DATED)
+    return store
+
+
+@pytest.mark.parametrize("backend", ["edge", "server"])
+def test_a_filter_finds_the_same_points_with_and_without_an_index_or_is_refused(tmp_path, backend):
+    """An integer or datetime index reads a bound of the other type as a Unix timestamp (a number range on dates
+    matched every point, an ISO range on years too, where the same filter without the index matches none): such a
+    filter is refused on an indexed key, naming the key, its index and the form to give; others find the same."""
+    plain, indexed = _dated(backend, tmp_path / "plain", {}), _dated(backend, tmp_path / "indexed", DATED_INDEXES)
+    try:
+        has_indexes = indexed.payload_indexes() is not None  # qdrant-client's local mode keeps none
+        same = [{"year": {"gte": 2020}}, {"year": 2019.0}, {"year": {"gte": 2030}}, {"date": {"gte": "2020-06-01"}}]
+        for spec in [*same, {"date": {"lt": "2020-01-02"}}, {"date": {"gte": "2030-01-01"}}, {"year": "2020"}]:
+            assert docs(indexed, spec) == docs(plain, spec), spec
+        for spec, given in [
+            ({"date": {"gte": 2021}}, "a number, but the key has a datetime payload index .*give ISO dates"),
+            ({"date": {"lt": 2021}}, "a number, but the key has a datetime"),
+            ({"date": [2021, 2020]}, "a number, but the key has a datetime"),
+            ({"year": {"lt": "2030-01-01"}}, "an ISO date, but the key has an integer payload index .*give numbers"),
+            ({"year": {"gte": "1960-01-01"}}, "an ISO date, but the key has an integer payload index"),
+        ]:
+            assert docs(plain, spec) == set(), spec
+            key = next(iter(spec))
+            if not has_indexes:
+                assert docs(indexed, spec) == set(), spec
+                continue
+            with pytest.raises(FilterError, match=f"filter on '{key}': {given}"):
+                indexed.count(spec)
+            with pytest.raises(FilterError, match=f"filter on '{key}': {given}"):
+                docs(indexed, spec)
+    finally:
+        plain.close()
+        indexed.close()
+
+
+def test_filter_misses_names_the_type_an_indexed_key_holds(tmp_path):
+    """On an indexed key, filter_misses looks for values of the index's type only (the index would convert
+    the others): a number range beyond every year is no 'holds ISO dates', an ISO range no 'holds numbers'."""
+    plain, indexed = _dated("edge", tmp_path / "plain", {}), _dated("edge", tmp_path / "indexed", DATED_INDEXES)
+    try:
+        for spec, note in [
+            ({"year": {"gte": 2030}}, "'year' is on 2 points, none matching {\"gte\": 2030}"),
+            ({"date": {"gte": "2030-01-01"}}, '\'date\' is on 2 points, none matching {"gte": "2030-01-01"}'),
+            ({"date": "2021"}, "'date' is on 2 points, none matching \"2021\""),
+            (
+                {"year": "2020"},
+                "'year' holds numbers: {\"year\": 2020} matches 1 point (a string never matches a number)",
+            ),
+        ]:
+            assert filter_misses(indexed, spec) == filter_misses(plain, spec) == [note], spec
+    finally:
+        plain.close()
+        indexed.close()
 
 
 def _schema() -> CollectionSchema:

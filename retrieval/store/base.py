@@ -10,7 +10,7 @@ import numbers
 import re
 import sys
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, NamedTuple
@@ -795,7 +795,9 @@ class ShownFilter(dict):
     as in :func:`filter_conditions`."""
 
 
-def filter_conditions(spec: dict[str, Any] | None) -> list[list[tuple[str, str, Any]]]:
+def filter_conditions(
+    spec: dict[str, Any] | None, indexes: Mapping[str, str] | None = None
+) -> list[list[tuple[str, str, Any]]]:
     """Normalize a filter dict into tests on payload keys; every problem names its field.
 
     The result is a conjunction of alternatives: every inner list holds ``(payload key, kind, value)`` tests of
@@ -813,6 +815,10 @@ def filter_conditions(spec: dict[str, Any] | None) -> list[list[tuple[str, str, 
     (``"metadata.author.name"``). ``doc_id``, ``title`` and ``content_hash`` hold strings. A :class:`ShownFilter`
     (the adapters') reads ``title``, ``chunk_index``, ``content_hash`` and ``chunk_id`` as its documents show them.
     A filter nested deeper than :data:`MAX_FILTER_DEPTH` is refused.
+
+    ``indexes`` (metadata key -> type, as :meth:`QdrantStore.payload_indexes` gives them): a number on a key with a
+    ``datetime`` index, or an ISO date on one with an ``integer``/``float`` index, is refused: the index would
+    compare it as a Unix timestamp and match what a key without the index never matches.
     """
     if spec is None:
         return []
@@ -834,14 +840,35 @@ def filter_conditions(spec: dict[str, Any] | None) -> list[list[tuple[str, str, 
             raise FilterError(f"filter on {key!r}: the field holds strings{hint}, got {value!r}")
         tests = _tests(key, value)
         if shown and key in SHOWN_STORED:  # the document's own (non-empty) value, else the stored one
-            groups += _own_else_stored(key, tests)
-            continue
-        paths = [f"metadata.{key}"] if shown and key == "content_hash" else _paths(key)
-        if tests[0][0] == "empty":  # no value under any reading of the key
-            groups += [[(path, "empty", None)] for path in paths]
+            found = _own_else_stored(key, tests)
         else:
-            groups.append([(path, kind, v) for path in paths for kind, v in tests])
+            paths = [f"metadata.{key}"] if shown and key == "content_hash" else _paths(key)
+            if tests[0][0] == "empty":  # no value under any reading of the key
+                found = [[(path, "empty", None)] for path in paths]
+            else:
+                found = [[(path, kind, v) for path in paths for kind, v in tests]]
+        for path, kind, v in (test for group in found for test in group):
+            _check_index(key, path, kind, v, indexes or {})
+        groups += found
     return groups
+
+
+def _check_index(key: str, path: str, kind: str, value: Any, indexes: Mapping[str, str]) -> None:
+    """Refuse a test of ``key`` whose type the payload index on ``path`` would convert (see
+    :func:`filter_conditions`)."""
+    index = indexes.get(path.removeprefix("metadata.")) if path.startswith("metadata.") else None
+    number = kind == "range" or (kind == "value" and _is_number(value))
+    if index == "datetime" and number:
+        given, other, wanted = "a number", "ISO date", 'ISO dates ({"gte": "2021-01-01"})'
+    elif index in ("integer", "float") and kind == "datetime":
+        given, other, wanted = "an ISO date", "number", 'numbers ({"gte": 2021})'
+    else:
+        return
+    article = "an" if index == "integer" else "a"
+    raise FilterError(
+        f"filter on {key!r}: {given}, but the key has {article} {index} payload index (PAYLOAD_INDEXES), which would "
+        f"read it as a Unix timestamp (without the index it matches no stored {other}): give {wanted}"
+    )
 
 
 def _own_else_stored(key: str, tests: list[tuple[str, Any]]) -> list[list[tuple[str, str, Any]]]:
@@ -992,20 +1019,24 @@ def filter_misses(store: QdrantStore, spec: dict[str, Any]) -> list[str]:
     match (``{"year": "2020"}`` where ``year`` holds numbers: ``{"year": 2020}`` matches N points; a range of
     numbers where it holds ISO dates), or none of its values matches. A filter of the other type is valid (a
     key may hold numbers in one collection and dates in another), so a search with it finds nothing without an
-    error; this tells why, with a few count queries."""
+    error; this tells why, with a few count queries. A key with a payload index holds what its index type says:
+    no values of another type are looked for (the index would convert them, see :func:`filter_conditions`)."""
     if store.count(spec):
         return []
-    misses = [_miss(store, key, value) for key, value in spec.items() if not store.count({key: value})]
+    indexes = store.payload_indexes() or {}
+    misses = [_miss(store, key, value, indexes) for key, value in spec.items() if not store.count({key: value})]
     return misses or ["each condition matches some points, but no point matches all of them"]
 
 
-def _miss(store: QdrantStore, key: str, value: Any) -> str:
+def _miss(store: QdrantStore, key: str, value: Any, indexes: Mapping[str, str]) -> str:
     """Why ``{key: value}`` (which matches no point) matches none."""
     if value is None:
         return f"every point has {key!r} (not null, not an empty list)"
     if not (present := store.count() - store.count({key: None})):
         return f"no point has {key!r}"
     other = None if key in STRING_FIELDS else _other_type(value)
+    if other is not None and not _fits(key, other[0], indexes):
+        other = None
     if other is not None and (n := store.count({key: other[0]})):
         condition, holds = other
         if holds in ("numbers", "strings"):
@@ -1015,6 +1046,15 @@ def _miss(store: QdrantStore, key: str, value: Any) -> str:
             return f"{key!r} holds ISO dates on {_points(n)}: a range of numbers never matches one (give ISO dates)"
         return f"{key!r} holds numbers on {_points(n)}: a range of dates never matches one (give numbers)"
     return f"{key!r} is on {_points(present)}, none matching {_json(value)}"
+
+
+def _fits(key: str, value: Any, indexes: Mapping[str, str]) -> bool:
+    """Whether ``{key: value}`` tests values of the type the key's payload index (if any) holds."""
+    try:
+        filter_conditions({key: value}, indexes)
+    except FilterError:
+        return False
+    return True
 
 
 def _other_type(value: Any) -> tuple[Any, str] | None:

@@ -1088,12 +1088,7 @@ class EdgeStore(QdrantStore):
 
     def payload_indexes(self) -> dict[str, str]:
         with self._using("read payload indexes") as shard:
-            schema = shard.info().payload_schema
-        return {
-            path.removeprefix("metadata."): _index_kind(info)
-            for path, info in schema.items()
-            if path.startswith("metadata.")
-        }
+            return _payload_indexes(shard)
 
     def _create_payload_index(self, key: str, kind: str) -> None:
         with self._using("create payload index", write=True) as shard:
@@ -1278,15 +1273,17 @@ class EdgeStore(QdrantStore):
                 f"collection {self.collection!r} at {self.root}",
             )
 
+    # A filter is built inside the operation: it checks the payload indexes of the version it reads (the engine's
+    # schema, read in-process per request, in microseconds: no cache to go stale when a write adds an index).
     def count(self, filter: dict[str, Any] | None = None) -> int:
-        request = qe.CountRequest(exact=True, filter=_edge_filter(filter))
         with self._using("count") as shard:
-            return shard.count(request)
+            flt = _edge_filter(filter, _payload_indexes(shard) if filter else {})
+            return shard.count(qe.CountRequest(exact=True, filter=flt))
 
     def _query_batch(self, plans: Sequence[QueryPlan]) -> list[list[StoredHit]]:
-        request = qe.QueryBatchRequest([_edge_request(p) for p in plans])
         with self._using("query_batch") as shard:
-            results = shard.query_batch(request)
+            indexes = _payload_indexes(shard) if any(p.filter for p in plans) else {}
+            results = shard.query_batch(qe.QueryBatchRequest([_edge_request(p, indexes) for p in plans]))
         return [[_hit(p) for p in points] for points in results]
 
     def points(self, ids: Sequence[str], with_dense_vectors: bool = False) -> dict[str, StoredHit]:
@@ -1342,6 +1339,15 @@ def _index_kind(info: Any) -> str:
     return _INDEX_TYPES.get(info.data_type, str(info.data_type).rpartition(".")[2].lower())
 
 
+def _payload_indexes(shard: qe.EdgeShard) -> dict[str, str]:
+    """The metadata keys ``shard`` indexes, key -> type (see :meth:`QdrantStore.payload_indexes`)."""
+    return {
+        path.removeprefix("metadata."): _index_kind(info)
+        for path, info in shard.info().payload_schema.items()
+        if path.startswith("metadata.")
+    }
+
+
 def _index_operations(shard: qe.EdgeShard) -> list[qe.UpdateOperation]:
     """The operations that give a new shard the payload indexes of ``shard`` (``doc_id``'s included)."""
     return [
@@ -1371,8 +1377,9 @@ def _pages(shard: qe.EdgeShard) -> Iterator[list[Any]]:
             return
 
 
-def _edge_filter(spec: dict[str, Any] | None) -> qe.Filter | None:
-    groups = [[_edge_condition(*test) for test in group] for group in filter_conditions(spec)]
+def _edge_filter(spec: dict[str, Any] | None, indexes: dict[str, str]) -> qe.Filter | None:
+    """The engine's filter of ``spec`` on a version with payload ``indexes`` (see :func:`filter_conditions`)."""
+    groups = [[_edge_condition(*test) for test in group] for group in filter_conditions(spec, indexes)]
     conditions = [group[0] if len(group) == 1 else qe.Filter(should=group) for group in groups]
     return qe.Filter(must=conditions) if conditions else None
 
@@ -1391,8 +1398,8 @@ def _edge_condition(key: str, kind: str, value: Any) -> Any:
     return qe.FieldCondition(key=key, match=qe.MatchValue(value))
 
 
-def _edge_request(plan: QueryPlan) -> qe.QueryRequest:
-    flt = _edge_filter(plan.filter)
+def _edge_request(plan: QueryPlan, indexes: dict[str, str]) -> qe.QueryRequest:
+    flt = _edge_filter(plan.filter, indexes)
     with_vector = plan.vector_selector()
     channels = [
         qe.Query.Nearest(v.tolist() if name == DENSE else qe.SparseVector(v.indices, v.values), using=name)

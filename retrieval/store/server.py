@@ -82,6 +82,7 @@ def payload_index_schema(kind: str) -> qm.PayloadSchemaType | qm.KeywordIndexPar
 SERVER_WIDE = ("get_aliases", "get_collections")  # operations that concern no one collection
 _write_locks: dict[tuple[str, str], threading.RLock] = {}  # (location, collection) -> this process' writers
 _write_locks_guard = threading.Lock()
+INDEX_TYPES_TTL_S = 30.0  # how long a store trusts the payload indexes it read (see ServerStore._filter_indexes)
 STAGE_KEY = "hybrid_rag_stage"  # collection metadata: what stage() recorded about a version (see QdrantStore.seal)
 
 
@@ -272,6 +273,7 @@ class ServerStore(QdrantStore):
         self._closed = False
         self._release = release  # a shared local-mode client's (shared_local_client): closes it with its last handle
         self.lock_timeout_s = lock_timeout_s
+        self._index_types: tuple[float, dict[str, str]] | None = None  # (when read, payload indexes): _filter_indexes
 
     def _call(self, operation: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         where = "" if operation in SERVER_WIDE else f" on collection {self.name!r}"
@@ -412,6 +414,7 @@ class ServerStore(QdrantStore):
             qm.CreateAliasOperation(create_alias=qm.CreateAlias(collection_name=target, alias_name=self.collection))
         )
         self._call("update_collection_aliases", self.client.update_collection_aliases, change_aliases_operations=ops)
+        self._index_types = None  # the published version's indexes
 
     @contextmanager
     def write_lock(self, timeout_s: float | None = None) -> Iterator[None]:
@@ -552,7 +555,17 @@ class ServerStore(QdrantStore):
             if path.startswith("metadata.")
         }
 
+    def _filter_indexes(self) -> dict[str, str]:
+        """:meth:`payload_indexes` as filters check them (see :func:`filter_conditions`), read from the server at most
+        every :data:`INDEX_TYPES_TTL_S` (not a request per search): an index another process adds (or a rebuild it
+        publishes) is followed within that time, one this store creates or publishes at once."""
+        now = time.monotonic()
+        if self._index_types is None or now - self._index_types[0] > INDEX_TYPES_TTL_S:
+            self._index_types = (now, self.payload_indexes() or {})
+        return self._index_types[1]
+
     def _create_payload_index(self, key: str, kind: str) -> None:
+        self._index_types = None
         self._call(
             "create_payload_index",
             self.client.create_payload_index,
@@ -618,7 +631,7 @@ class ServerStore(QdrantStore):
     def delete_documents(self, doc_ids: Sequence[str]) -> None:
         not_one_string(doc_ids, "delete_documents", "document ids")
         if doc_ids:
-            selector = qm.FilterSelector(filter=_client_filter({"doc_id": list(doc_ids)}))
+            selector = qm.FilterSelector(filter=_client_filter({"doc_id": list(doc_ids)}, {}))
             self._call("delete", self.client.delete, self.name, points_selector=selector, wait=True)
 
     # -- reads --------------------------------------------------------------------------------------
@@ -656,11 +669,12 @@ class ServerStore(QdrantStore):
         return f"collection {self.name!r} at {self.location}"
 
     def count(self, filter: dict[str, Any] | None = None) -> int:
-        result = self._call("count", self.client.count, self.name, count_filter=_client_filter(filter), exact=True)
-        return result.count
+        flt = _client_filter(filter, self._filter_indexes() if filter else {})
+        return self._call("count", self.client.count, self.name, count_filter=flt, exact=True).count
 
     def _query_batch(self, plans: Sequence[QueryPlan]) -> list[list[StoredHit]]:
-        requests = [_client_request(p) for p in plans]
+        indexes = self._filter_indexes() if any(p.filter for p in plans) else {}
+        requests = [_client_request(p, indexes) for p in plans]
         responses = self._call("query_batch_points", self.client.query_batch_points, self.name, requests=requests)
         return [[_hit(p) for p in r.points] for r in responses]
 
@@ -691,8 +705,9 @@ class ServerStore(QdrantStore):
         return {str(r.id): _vectors(r.vector) for r in records}
 
 
-def _client_filter(spec: dict[str, Any] | None) -> qm.Filter | None:
-    groups = [[_client_condition(*test) for test in group] for group in filter_conditions(spec)]
+def _client_filter(spec: dict[str, Any] | None, indexes: dict[str, str]) -> qm.Filter | None:
+    """qdrant-client's filter of ``spec`` on a collection with payload ``indexes`` (see :func:`filter_conditions`)."""
+    groups = [[_client_condition(*test) for test in group] for group in filter_conditions(spec, indexes)]
     conditions = [group[0] if len(group) == 1 else qm.Filter(should=group) for group in groups]
     return qm.Filter(must=conditions) if conditions else None
 
@@ -709,8 +724,8 @@ def _client_condition(key: str, kind: str, value: Any) -> qm.Condition:
     return qm.FieldCondition(key=key, match=qm.MatchValue(value=value))
 
 
-def _client_request(plan: QueryPlan) -> qm.QueryRequest:
-    flt = _client_filter(plan.filter)
+def _client_request(plan: QueryPlan, indexes: dict[str, str]) -> qm.QueryRequest:
+    flt = _client_filter(plan.filter, indexes)
     with_vector = plan.vector_selector()
     channels = [
         (v.tolist() if name == DENSE else qm.SparseVector(indices=v.indices, values=v.values), name)
