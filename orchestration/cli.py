@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import errno
+import io
 import json
 import logging
+import os
 import signal
 import threading
 import time
@@ -79,11 +82,74 @@ class _App(typer.Typer):
     :func:`_exit_promptly`). Tests call the command through ``CliRunner``, which does not come here."""
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        import sys
+
+        _own_stdout()
         try:
-            return super().__call__(*args, **kwargs)
+            try:
+                return super().__call__(*args, **kwargs)
+            except SystemExit:
+                if sys.stdout is not None:
+                    sys.stdout.flush()  # all of the output is out before the exit code says so
+                raise
+        except _StdoutFailed as exc:  # outside a command too (--help): the one place for every command
+            err_console.print(label("error:", "red"), str(exc), soft_wrap=True)
+            code: object = 2
         except SystemExit as exc:
-            _exit_promptly(exc.code)
-            raise
+            code = exc.code
+        _exit_promptly(code)
+        raise SystemExit(code)
+
+
+class _StdoutFailed(Exception):
+    """A write to stdout failed: its reader quit (``| head``: broken pipe) or its disk is full."""
+
+    def __init__(self, exc: OSError) -> None:
+        reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+        if exc.errno == errno.EPIPE:
+            reason += " (its reader closed it before the end, as `| head` does)"
+        super().__init__(f"stdout could not be written: {reason}; the output is incomplete")
+
+
+class _Stdout(io.TextIOWrapper):
+    """stdout on a buffered writer of its own, whose failed write is a :class:`_StdoutFailed` (exit code 2, one
+    line), not an ``OSError`` (a traceback, or Click's silent exit code 1 for a broken pipe). Buffered even under
+    ``PYTHONUNBUFFERED`` (the Docker image): there a write cut short by a reader that quit was dropped without an
+    error, and the command exited 0. After a failure the output goes to /dev/null, so no later flush fails."""
+
+    def write(self, text: str) -> int:
+        try:
+            return super().write(text)
+        except OSError as exc:
+            raise self._failed(exc) from exc
+
+    def flush(self) -> None:
+        try:
+            super().flush()
+        except OSError as exc:
+            raise self._failed(exc) from exc
+
+    def _failed(self, exc: OSError) -> _StdoutFailed:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, self.fileno())
+        os.close(devnull)
+        return _StdoutFailed(exc)
+
+
+def _own_stdout() -> None:
+    """Make ``sys.stdout`` a :class:`_Stdout` on the same file descriptor (closed, ``>&-``: left to
+    :func:`_check_stdout`)."""
+    import sys
+
+    stream = sys.stdout
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):  # None (closed), or not a file (an embedding program's)
+        return
+    raw = io.FileIO(fd, "w", closefd=False)
+    sys.stdout = _Stdout(
+        io.BufferedWriter(raw), encoding=stream.encoding, errors=stream.errors, line_buffering=stream.line_buffering
+    )
 
 
 def _exit_promptly(code: object) -> None:

@@ -110,3 +110,60 @@ def test_a_closed_stdout_is_an_error_before_any_work(tmp_path):
         "error: stdout is closed: nothing could be printed (to discard the output: >/dev/null)"
     )
     assert not (tmp_path / "data").exists()
+
+
+def _into(stdout, args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess:
+    """``hybrid-rag ARGS >stdout`` in a process of its own, with an index folder of its own."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HYBRID_RAG_QDRANT_PATH": str(cwd / "index"), **env}
+    (cwd / "index").mkdir(exist_ok=True)  # an index folder without collections: `collections --json` prints []
+    command = [sys.executable, "-m", "orchestration.cli", *args]
+    return subprocess.run(command, cwd=cwd, env=env, stdout=stdout, stderr=subprocess.PIPE, text=True, timeout=300)
+
+
+def test_a_stdout_whose_reader_is_gone_is_an_error_in_one_line(tmp_path):
+    """``collections --json | true`` exited 1 without a word (Click's broken pipe handling)."""
+    read, write = os.pipe()
+    os.close(read)  # the reader quit before the command wrote
+    with os.fdopen(write, "w") as stdout:
+        done = _into(stdout, ["collections", "--json"], tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        "error: stdout could not be written: broken pipe (its reader closed it before the end, as `| head` does); "
+        "the output is incomplete"
+    )
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full here")
+def test_a_stdout_on_a_full_device_is_an_error_in_one_line(tmp_path):
+    """``collections --json >/dev/full`` printed a 15-line traceback and exited 1."""
+    with open("/dev/full", "w") as stdout:
+        done = _into(stdout, ["collections", "--json"], tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        "error: stdout could not be written: no space left on device; the output is incomplete"
+    )
+
+
+@pytest.mark.slow
+def test_a_result_cut_short_by_its_reader_is_not_a_success(tmp_path):
+    """``search --json -k 100 | head -c 10`` exited 0 with nothing on stderr under PYTHONUNBUFFERED (the Docker
+    image's setting): the write the reader cut short was dropped without an error."""
+    words = ["valve", "pump", "seal", "gasket", "flange", "pressure", "leak", "turbine", "bearing", "shaft"]
+    docs = [{"_id": f"d{i}", "text": " ".join(words[(i + j) % 10] for j in range(600))} for i in range(40)]
+    (tmp_path / "long.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    assert _into(subprocess.DEVNULL, ["index", "long.jsonl", "-c", "long"], tmp_path).returncode == 0
+    read, write = os.pipe()
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "HYBRID_RAG_QDRANT_PATH": str(tmp_path / "index"),
+        "PYTHONUNBUFFERED": "1",
+    }
+    command = [sys.executable, "-m", "orchestration.cli", "search", "valve", "-c", "long", "-k", "100", "--json"]
+    with subprocess.Popen(command, cwd=tmp_path, env=env, stdout=write, stderr=subprocess.PIPE, text=True) as proc:
+        os.close(write)
+        assert len(os.read(read, 10)) == 10  # the result (over 64 KiB, a pipe's buffer) has begun: the reader quits
+        os.close(read)
+        stderr = proc.stderr.read()
+    assert proc.returncode == 2, stderr
+    assert stderr.strip().splitlines()[-1].startswith("error: stdout could not be written: broken pipe")
