@@ -36,6 +36,7 @@ def _parts() -> list[tuple[Any, str, str]]:
     from retrieval.encoders.dense import DenseEncoder
     from retrieval.encoders.sparse import Bm25Encoder
     from retrieval.search import HybridRetriever
+    from retrieval.store.base import QdrantStore
     from retrieval.store.edge import EdgeStore
 
     return [
@@ -43,7 +44,7 @@ def _parts() -> list[tuple[Any, str, str]]:
         (DenseEncoder, "encode_queries", "dense query encoding"),
         (Bm25Encoder, "encode_queries", "BM25 query encoding"),
         (runner, "search_run", "per-query searches"),
-        (EdgeStore, "query_batch", "engine: channel lists"),
+        (QdrantStore, "query_batch", "engine: channel lists"),  # the engine's answer and the tie-complete cut
         (EdgeStore, "points", "engine: payloads"),
         (EdgeStore, "dense_vectors", "engine: stored vectors"),
         (HybridRetriever, "fuse", "fusion"),
