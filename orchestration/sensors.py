@@ -101,11 +101,16 @@ def build_drop_folder_sensor(
         changes = manifest_changes(state["files"] if state else {}, manifest)
         summary = ", ".join(f"{len(v)} {k}" for k, v in changes.items())
         context.log.info(f"{folder}: {summary}")
-        run_key = f"{corpus}-{digest[:16]}-{seq}"
+        run_key = _request_key(corpus, digest, seq)
         request = dg.RunRequest(run_key=run_key, partition_key=corpus, tags=_tags(corpus, summary, run_key))
         return dg.SensorResult(run_requests=[request], cursor=cursor)
 
     return _sensor
+
+
+def _request_key(corpus: str, digest: str, seq: int) -> str:
+    """The run key of the first request for a manifest (its retries add ``-retryN``; :data:`REQUEST_TAG`)."""
+    return f"{corpus}-{digest[:16]}-{seq}"
 
 
 def _tags(corpus: str, summary: str, request: str) -> dict[str, str]:
@@ -122,7 +127,7 @@ def _request_again(
 ) -> dg.SensorResult | dg.SkipReason | None:
     """A new request for the unchanged manifest when the latest run requested for it ended FAILURE or CANCELED
     (up to ``MAX_RETRIES`` times); None while it is queued, in progress or succeeded (or no run of it is recorded)."""
-    request = f"{corpus}-{state['digest'][:16]}-{state['seq']}"
+    request = _request_key(corpus, state["digest"], state["seq"])
     retries = state.get("retries", 0)
     runs = context.instance.get_runs(dg.RunsFilter(tags={REQUEST_TAG: request}), limit=1)  # the newest first
     if not runs or runs[0].status not in _ENDED_BADLY or runs[0].tags.get(RETRY_TAG, "0") != str(retries):

@@ -329,14 +329,8 @@ def test_ui_serves_the_code_location_on_the_projects_instance(tmp_path: Path) ->
     """`hybrid-rag ui -p PORT` from outside the checkout: the webserver answers, on the prepared instance (with its
     dagster.yaml: telemetry off, one run per corpus); Ctrl-C stops it."""
     import signal
-    import socket
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    home = tmp_path / "home"
-    env = {**_env(tmp_path), "DAGSTER_HOME": str(home), "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "orchestration.cli", "ui", "-p", str(port), "-h", "127.0.0.1"]
+    port, home, env, cmd = _ui_command(tmp_path)
     proc = subprocess.Popen(
         cmd, env=env, cwd=tmp_path, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
@@ -352,6 +346,18 @@ def test_ui_serves_the_code_location_on_the_projects_instance(tmp_path: Path) ->
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
     assert proc.returncode == 0 or proc.returncode < 0
+
+
+def _ui_command(tmp_path: Path) -> tuple[int, Path, dict[str, str], list[str]]:
+    """A free port, a DAGSTER_HOME under ``tmp_path``, the environment and the `hybrid-rag ui` command on them."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    home = tmp_path / "home"
+    env = {**_env(tmp_path), "DAGSTER_HOME": str(home), "PYTHONPATH": str(ROOT)}
+    return port, home, env, [sys.executable, "-m", "orchestration.cli", "ui", "-p", str(port), "-h", "127.0.0.1"]
 
 
 def _wait_for_ui(proc: subprocess.Popen, port: int) -> None:
@@ -388,14 +394,8 @@ def test_ui_stopped_by_a_signal_leaves_no_dagster_process(tmp_path: Path, stop: 
     """`hybrid-rag ui` started as `nohup ... &` from a script does (SIGINT ignored), stopped with SIGTERM (kill, a
     supervisor) or SIGHUP: dagster dev, its webserver, daemon and code server stop with it, none outlives it."""
     import signal
-    import socket
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    home = tmp_path / "home"
-    env = {**_env(tmp_path), "DAGSTER_HOME": str(home), "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "orchestration.cli", "ui", "-p", str(port), "-h", "127.0.0.1"]
+    port, home, env, cmd = _ui_command(tmp_path)
     background = ["sh", "-c", 'trap "" INT; exec "$@"', "sh", *cmd]  # SIGINT ignored, as in a background job
     proc = subprocess.Popen(background, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
