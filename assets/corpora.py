@@ -10,7 +10,11 @@ The configuration is a YAML file, chosen by one rule (:func:`corpora_file`): ``$
       dropbox: {source: data/dropbox, format: dir, on_bad_input: skip, watch: true}
 
 Relative paths are resolved against the file's folder. A configured path that does not exist is not an error
-here: only the runs of that corpus fail (see :meth:`CorpusConfig.require_source`).
+here: only the runs of that corpus fail (see :meth:`CorpusConfig.require_source`). Without ``format``, a corpus'
+format is detected from its source when it is read, as the CLI's ``index`` does
+(:func:`retrieval.documents.detect_format`). The file is refused, naming it and the line, when a key is given twice
+in one mapping (YAML would keep the last) or a top-level key is neither ``default``, ``corpora`` nor an ``x-`` key
+(a place for YAML anchors, as in Compose files).
 """
 
 from __future__ import annotations
@@ -25,13 +29,19 @@ from typing import Any
 import yaml
 
 from retrieval.documents import BadInputPolicy, SourceFormat
-from retrieval.errors import HybridRagError
+from retrieval.errors import HybridRagError, InvalidArgumentError
+from retrieval.settings import check_collection_name
 
 CORPORA_FILE_ENV = "HYBRID_RAG_CORPORA_FILE"
 CORPORA_FILE_NAME = "corpora.yaml"  # looked for in the working directory
 BUILTIN_CORPORA_FILE = Path(__file__).resolve().with_name("default_corpora.yaml")  # package data: the sample
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+NAME_RULE = (
+    "a corpus name is 1 to 63 characters: ASCII letters and digits (A-Z, a-z, 0-9), '_', '.' and '-', "
+    "starting with a letter or digit"
+)
 _NOT_IN_DAGSTER_NAMES = re.compile(r"[^A-Za-z0-9_]")  # Dagster names (sensors, jobs) hold [A-Za-z0-9_] only
+_TOP_KEYS = {"default", "corpora"}  # and x-... keys, for anchors
 _KEYS = {"source", "format", "qrels", "split", "collection", "on_bad_input", "watch", "watch_interval", "previews"}
 MIN_WATCH_INTERVAL_S = 5
 
@@ -57,7 +67,7 @@ class CorpusConfig:
 
     name: str
     source: Path
-    format: SourceFormat
+    format: SourceFormat | None  # None: detected from the source when it is read (as the CLI does)
     collection: str
     qrels: Path | None = None
     split: str = "test"
@@ -75,7 +85,7 @@ class CorpusConfig:
         if not self.source.exists():
             raise CorpusUnavailableError(
                 f"corpus {self.name!r}: source {self.source} does not exist on this machine "
-                f"(format {self.format.value}); fix its entry in the corpora file or provide the data"
+                f"(format {self.format or 'detected from it'}); fix its entry in the corpora file or provide the data"
             )
         return self.source
 
@@ -135,7 +145,7 @@ def load_corpora(path: str | Path | None = None) -> Corpora:
     """Parse and validate the corpora file (paths need not exist)."""
     file = corpora_file(path)
     try:
-        raw = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+        raw, lines = _read_yaml(file)
     except OSError as exc:
         raise CorpusConfigError(
             f"cannot read corpora file {file}: {exc.strerror or exc} (the corpora file is ${CORPORA_FILE_ENV}, "
@@ -143,6 +153,12 @@ def load_corpora(path: str | Path | None = None) -> Corpora:
         ) from exc
     except yaml.YAMLError as exc:
         raise CorpusConfigError(f"{file}: invalid YAML ({exc})") from exc
+    for key, line in lines.items():
+        if key not in _TOP_KEYS and not key.startswith("x-"):
+            raise CorpusConfigError(
+                f"{file}:{line}: unknown top-level key {key!r} (allowed: {sorted(_TOP_KEYS)}, and keys starting "
+                "with 'x-' for YAML anchors)"
+            )
     entries = raw.get("corpora") if isinstance(raw, dict) else None
     if not isinstance(entries, dict) or not entries:
         raise CorpusConfigError(f"{file}: expected a non-empty mapping under 'corpora'")
@@ -155,6 +171,46 @@ def load_corpora(path: str | Path | None = None) -> Corpora:
     if default not in corpora:
         raise CorpusConfigError(f"{file}: default corpus {default!r} is not configured")
     return Corpora(file, corpora, default)
+
+
+def _read_yaml(file: Path) -> tuple[Any, dict[str, int]]:
+    """The file's YAML document and the line of each top-level key; a key given twice in one mapping (PyYAML
+    would keep the last silently) is a :class:`CorpusConfigError` naming both lines."""
+    loader = yaml.SafeLoader(file.read_text(encoding="utf-8"))
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return {}, {}
+        _refuse_duplicate_keys(file, node, set())
+        lines = {}
+        if isinstance(node, yaml.MappingNode):
+            lines = {str(k.value): k.start_mark.line + 1 for k, _ in node.value if isinstance(k, yaml.ScalarNode)}
+        return loader.construct_document(node), lines
+    finally:
+        loader.dispose()
+
+
+def _refuse_duplicate_keys(file: Path, node: yaml.Node, seen: set[int]) -> None:
+    """Refuse a scalar key written twice in one mapping of ``node``'s tree (keys a ``<<`` merge brings in may be
+    overridden: that is what merging means)."""
+    if id(node) in seen:  # an alias of a node already checked
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        first: dict[tuple[str, str], int] = {}
+        for key, _ in node.value:
+            if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
+                line = key.start_mark.line + 1
+                if (key.tag, key.value) in first:
+                    raise CorpusConfigError(
+                        f"{file}:{line}: {key.value!r} is given twice in one mapping (first at line "
+                        f"{first[key.tag, key.value]}; YAML would keep only the last): rename or remove one"
+                    )
+                first[key.tag, key.value] = line
+    if isinstance(node, yaml.MappingNode | yaml.SequenceNode):
+        for child in node.value:
+            for sub in child if isinstance(node, yaml.MappingNode) else (child,):
+                _refuse_duplicate_keys(file, sub, seen)
 
 
 def _refuse_shared(file: Path, corpora: dict[str, CorpusConfig], what: str, key: Any, why: str) -> None:
@@ -172,9 +228,8 @@ def _refuse_shared(file: Path, corpora: dict[str, CorpusConfig], what: str, key:
 
 def check_corpus_name(name: str, where: str | None = None) -> str:
     """``name`` when a corpus may have it, else :class:`CorpusConfigError` (``where``: the message's start)."""
-    if not _NAME.match(name):
-        where = where or f"corpus {name!r}"
-        raise CorpusConfigError(f"{where}: names may hold letters, digits, '_', '.', '-' (at most 63)")
+    if not _NAME.fullmatch(name):
+        raise CorpusConfigError(f"{where or f'corpus {name!r}'}: invalid corpus name: {NAME_RULE}")
     return name
 
 
@@ -193,7 +248,7 @@ def _parse_corpus(file: Path, name: str, spec: Any) -> CorpusConfig:
         if value is not None and not isinstance(value, str):
             raise CorpusConfigError(f"{where}: {key!r} must be a path (a string), got {reprlib.repr(value)}")
     try:
-        fmt = SourceFormat(spec.get("format", "beir"))
+        fmt = SourceFormat(spec["format"]) if spec.get("format") is not None else None
         policy = BadInputPolicy(spec["on_bad_input"]) if spec.get("on_bad_input") else None
     except ValueError as exc:
         raise CorpusConfigError(f"{where}: {exc}") from exc
@@ -207,9 +262,14 @@ def _parse_corpus(file: Path, name: str, spec: Any) -> CorpusConfig:
             f"{where}: 'watch_interval' must be a whole number of seconds, at least {MIN_WATCH_INTERVAL_S}, "
             f"got {interval!r}"
         )
-    collection = str(spec.get("collection") or name)
-    if not _NAME.match(collection):
-        raise CorpusConfigError(f"{where}: invalid collection name {collection!r}")
+    collection = spec.get("collection") or name
+    if not isinstance(collection, str):  # YAML reads 2024 as a number
+        raise CorpusConfigError(f"{where}: 'collection' must be a name (a string), got {reprlib.repr(collection)}")
+    try:  # the rule of the settings and the CLI
+        check_collection_name(collection)
+    except InvalidArgumentError as exc:
+        default = "" if spec.get("collection") else " (the corpus name: set 'collection' to give it another)"
+        raise CorpusConfigError(f"{where}: {exc}{default}") from exc
     return CorpusConfig(
         name=name,
         source=_resolve(file, spec["source"]),

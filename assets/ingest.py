@@ -25,7 +25,7 @@ from assets.tables import (
     unchanged_documents,
 )
 from retrieval import BadInputError, read_documents
-from retrieval.documents import validate_documents
+from retrieval.documents import detect_format, validate_documents
 from retrieval.encoders import DenseEncoder
 from retrieval.indexer import unknown_text_warning
 
@@ -46,10 +46,15 @@ def raw_documents(
         raise dg.Failure(description=str(exc)) from exc
     policy = corpus.on_bad_input or retrieval.settings().bad_input_policy
     try:
-        docs, report = read_documents(source, corpus.format, policy)
+        fmt = corpus.format or detect_format(source)  # as the CLI's index detects it
+        docs, report = read_documents(source, fmt, policy)
     except BadInputError as exc:
+        if exc.skippable:  # a record: the fail policy stopped at it
+            advice = "bad input ({}); fix the record or set on_bad_input: skip"
+        else:  # the source itself: no policy reads it
+            advice = "cannot read its source ({}); fix the source, or its entry in the corpora file (source, format)"
         raise dg.Failure(
-            description=f"corpus {corpus.name!r}: bad input ({exc}); fix the record or set on_bad_input: skip",
+            description=f"corpus {corpus.name!r}: " + advice.format(exc),
             metadata={"source": str(source), "policy": policy.value},
         ) from exc
     table = documents_to_table(docs, report.skipped)  # qdrant_index keeps what is stored for them
@@ -62,7 +67,7 @@ def raw_documents(
         metadata={
             "corpus": corpus.name,
             "source": dg.MetadataValue.path(str(source)),
-            "format": corpus.format.value,
+            "format": fmt.value,
             "documents": dg.MetadataValue.int(len(docs)),
             "skipped": dg.MetadataValue.int(report.skipped_count),
             "skipped_reasons": listing([str(p) for p in report.skipped]),

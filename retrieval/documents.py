@@ -120,11 +120,14 @@ def unicode_forms(text: str) -> set[str]:
 
 
 class BadInputError(HybridRagError, ValueError):
-    """Raised under the ``fail`` policy; the message names file, line and reason."""
+    """Raised under the ``fail`` policy; the message names file, line and reason. ``skippable``: a record (file,
+    line, folder) the ``skip`` policy would have left out; else the source as a whole cannot be read (a missing
+    ``corpus.jsonl``, a file of another type, a folder that cannot be listed), whatever the policy."""
 
-    def __init__(self, problem: InputProblem):
+    def __init__(self, problem: InputProblem, *, skippable: bool = False):
         super().__init__(str(problem))
         self.problem = problem
+        self.skippable = skippable
 
 
 @dataclass
@@ -349,7 +352,7 @@ class DocumentReader:
 
     def _skip(self, problem: InputProblem) -> None:
         if self.policy is BadInputPolicy.FAIL:
-            raise BadInputError(problem)
+            raise BadInputError(problem, skippable=True)
         log.info("skipped %s", problem)  # callers report the skipped records (CLI, Dagster): once
         self.report.skipped.append(problem)
         return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -18,7 +19,7 @@ from assets.corpora import CorpusConfigError, CorpusUnavailableError, load_corpo
 from assets.partitions import CORPORA
 from assets.resources import CorporaResource, RetrievalResource
 from orchestration.definitions import defs
-from retrieval import RetrievalSettings
+from retrieval import BadInputPolicy, RetrievalSettings, SourceFormat
 from tests.test_deployment import assert_ticks_are_purged
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -136,7 +137,12 @@ def test_corpora_file_env_and_missing_paths(tmp_path: Path, monkeypatch: pytest.
         ("corpora:\n  a: {source: x, colour: red}\n", "unknown keys"),
         ("corpora:\n  a: {format: beir}\n", "'source' is required"),
         ("corpora:\n  a: {source: x, format: pdf}\n", "pdf"),
-        ("corpora:\n  'a,b': {source: x}\n", "names may hold"),
+        ("corpora:\n  'a,b': {source: x}\n", "invalid corpus name: a corpus name is 1 to 63 characters: ASCII"),
+        ("corpora:\n  équipe: {source: x}\n", "ASCII letters and digits (A-Z, a-z, 0-9), '_', '.' and '-'"),
+        ("corpora:\n  a: {source: x, collection: notes__v2}\n", "it ends like a stored version"),
+        ("corpora:\n  a__v2: {source: x}\n", "(the corpus name: set 'collection' to give it another)"),
+        ("corpora:\n  a: {source: x, collection: 'a/b'}\n", "invalid collection name 'a/b': it contains '/'"),
+        ("corpora:\n  a: {source: x, collection: 2024}\n", "'collection' must be a name (a string), got 2024"),
         ("default: b\ncorpora:\n  a: {source: x}\n", "default corpus 'b'"),
         ("corpora: [\n", "invalid YAML"),
         (  # each run of one would prune the other's documents
@@ -153,6 +159,65 @@ def test_malformed_corpora_files_are_refused(tmp_path: Path, text: str, message:
     with pytest.raises(CorpusConfigError, match=re.escape(message)) as raised:
         load_corpora(file)
     assert str(file) in str(raised.value)
+
+
+def test_a_corpus_configured_twice_is_refused_naming_both_lines(tmp_path: Path) -> None:
+    """A copied entry not yet renamed: YAML would keep the last one, dropping the first corpus without a word,
+    and a copy that keeps its collection would get around the shared-collection refusal."""
+    file = tmp_path / "corpora.yaml"
+    file.write_text(
+        "corpora:\n"
+        "  handbook:\n    source: teamA\n    format: dir\n"
+        "  faq: {source: a.jsonl}\n"
+        "  handbook:   # team B's copy\n    source: teamB\n    format: dir\n"
+    )
+    with pytest.raises(CorpusConfigError) as raised:
+        load_corpora(file)
+    assert str(raised.value) == (
+        f"{file}:6: 'handbook' is given twice in one mapping (first at line 2; YAML would keep only the last): "
+        "rename or remove one"
+    )
+    file.write_text("corpora:\n  a:\n    source: x\n    source: y\n")  # inside an entry too
+    with pytest.raises(CorpusConfigError, match=re.escape(f"{file}:4: 'source' is given twice")):
+        load_corpora(file)
+
+
+def test_unknown_top_level_keys_are_refused_and_x_keys_hold_anchors(tmp_path: Path) -> None:
+    file = tmp_path / "corpora.yaml"
+    file.write_text("defualt: faq\ncorpora:\n  handbook: {source: b}\n  faq: {source: a.jsonl}\n")
+    with pytest.raises(CorpusConfigError) as raised:
+        load_corpora(file)
+    assert str(raised.value).startswith(f"{file}:1: unknown top-level key 'defualt' (allowed: ['corpora', 'default']")
+    file.write_text(  # per-team defaults: merged keys may be overridden, that is not a duplicate
+        "x-team: &team {format: dir, on_bad_input: skip, watch: true}\n"
+        "corpora:\n"
+        "  red: {<<: *team, source: red}\n"
+        "  blue: {<<: *team, source: blue.jsonl, format: jsonl}\n"
+    )
+    corpora = load_corpora(file)
+    red, blue = corpora.get("red"), corpora.get("blue")
+    assert (red.format, blue.format) == (SourceFormat.DIR, SourceFormat.JSONL)
+    assert red.on_bad_input == blue.on_bad_input == BadInputPolicy.SKIP and red.watch and blue.watch
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["Équipe notes", "notes", "a.b-c", "notes__v2", "x.current.json", "a/b", "a:b", "..", "n" * 231, "tab\there"],
+)
+def test_the_corpora_file_takes_the_collection_names_the_settings_take(tmp_path: Path, name: str) -> None:
+    """One rule: a name the CLI and the settings accept is a valid ``collection:``, and one they refuse is
+    refused when the file is loaded (not by every run at its chunks step), with the same reason."""
+    file = tmp_path / "corpora.yaml"
+    file.write_text(f"corpora:\n  kb: {{source: x, collection: {json.dumps(name)}}}\n")
+    try:
+        RetrievalSettings(collection=name)
+    except ValueError as refused:
+        with pytest.raises(CorpusConfigError) as raised:
+            load_corpora(file)
+        reason = str(refused).partition("invalid collection name")[2].splitlines()[0]
+        assert f"{file}: corpus 'kb': invalid collection name{reason}" in str(raised.value)
+    else:
+        assert load_corpora(file).get("kb").collection == name
 
 
 def test_retrieval_resource_reads_env_vars_without_exposing_the_key(monkeypatch: pytest.MonkeyPatch) -> None:

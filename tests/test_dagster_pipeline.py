@@ -431,6 +431,59 @@ def test_skipped_inputs_are_counted_with_reasons(tmp_path: Path, sandbox: Sandbo
     assert "unsupported file type '.pdf'" in meta["skipped_reasons"] and "not valid UTF-8" in meta["skipped_reasons"]
 
 
+def _read_raw_documents(tmp_path: Path, sandbox: Sandbox, entry: str) -> dg.ExecuteInJobResult:
+    """``raw_documents`` of the ``dropbox`` partition configured by ``entry`` (its YAML mapping, one line)."""
+    corpora = tmp_path / "corpora.yaml"
+    corpora.write_text(f"corpora:\n  dropbox: {entry}\n")
+    return dg.materialize(
+        [raw_documents],
+        partition_key="dropbox",
+        resources=sandbox.resources(corpora=CorporaResource(path=str(corpora))),
+        instance=dg.DagsterInstance.ephemeral(),
+        raise_on_error=False,
+    )
+
+
+def test_an_entry_without_format_is_read_as_the_cli_detects_it(tmp_path: Path, sandbox: Sandbox) -> None:
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    for i in range(2):
+        (notes / f"n{i}.md").write_text(f"# Note {i}\nThe QX-{i} pump needs a new seal.")
+    (tmp_path / "faq.jsonl").write_text('{"_id": "q1", "text": "How often is the seal changed?"}\n')
+    for source, fmt, count in ((notes, "dir", 2), (tmp_path / "faq.jsonl", "jsonl", 1)):
+        result = _read_raw_documents(tmp_path, sandbox, f"{{source: {source}}}")
+        assert result.success
+        [event] = result.get_asset_materialization_events()
+        meta = {k: getattr(v, "value", v) for k, v in event.materialization.metadata.items()}
+        assert (meta["format"], meta["documents"]) == (fmt, count)
+
+
+def _failure(result: dg.ExecuteInJobResult) -> str:
+    assert not result.success
+    [failure] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    return failure.step_failure_data.user_failure_data.description
+
+
+def test_a_source_no_policy_reads_is_not_called_bad_input(tmp_path: Path, sandbox: Sandbox) -> None:
+    """A wrong format is the entry's mistake: ``on_bad_input: skip`` cannot fix it, so it is not advised (and
+    never where it is already set); a bad record under ``fail`` still names the policy that would skip it."""
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "n.md").write_text("# Note\nText.")
+    for policy in ("fail", "skip"):
+        text = _failure(
+            _read_raw_documents(tmp_path, sandbox, f"{{source: {notes}, format: beir, on_bad_input: {policy}}}")
+        )
+        assert text == (
+            f"corpus 'dropbox': cannot read its source ({notes / 'corpus.jsonl'}: cannot open file: No such file or "
+            "directory); fix the source, or its entry in the corpora file (source, format)"
+        )
+    (tmp_path / "faq.jsonl").write_text('{"_id": "q1", "text": "ok"}\n{"_id": "q2"}\n')
+    text = _failure(_read_raw_documents(tmp_path, sandbox, f"{{source: {tmp_path / 'faq.jsonl'}, on_bad_input: fail}}"))
+    assert text.startswith(f"corpus 'dropbox': bad input ({tmp_path / 'faq.jsonl'}:2: ")
+    assert text.endswith("; fix the record or set on_bad_input: skip")
+
+
 def test_corpus_without_qrels_publishes_after_the_point_count_check_only(
     tmp_path: Path, sandbox: Sandbox, second_run: dict
 ) -> None:
