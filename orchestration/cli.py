@@ -766,19 +766,35 @@ def snapshot(
 @app.command()
 def restore(
     source: Annotated[str, typer.Argument(help="Snapshot directory (embedded) or snapshot URL/path on the server")],
-    collection: CollectionOpt = None,
+    collection: Annotated[
+        str | None,
+        typer.Option("--collection", "-c", help="Collection to restore (default: the one the snapshot was taken of)"),
+    ] = None,
     replace: Annotated[bool, typer.Option("--replace", help="Replace an existing collection")] = False,
+    other_collection: Annotated[
+        bool,
+        typer.Option("--other-collection", help="With --replace: replace it by a snapshot of another collection"),
+    ] = False,
 ) -> None:
     """Restore a collection from a snapshot as a new version, verified first; readers switch to it atomically."""
     from retrieval import RetrievalStack
+    from retrieval.errors import InvalidArgumentError
     from retrieval.store.snapshots import restore as recover
+    from retrieval.store.snapshots import snapshot_collection
 
-    settings = _settings(collection=collection)
+    recorded = snapshot_collection(source, server=_settings().qdrant_url is not None)
+    if collection is None and recorded is None:
+        raise InvalidArgumentError(
+            f"{source} does not record the collection it was taken of (a snapshot of an earlier release, or a renamed "
+            "file): name the collection to restore (--collection NAME)"
+        )
+    settings = _settings(collection=collection or recorded)
     with RetrievalStack(settings) as stack:
         done = recover(
             stack.store(),
             source,
             replace=replace,
+            other_collection=other_collection,
             expected=stack.schema(),
             models_dir=settings.collection_models_dir(),
         )
@@ -789,7 +805,8 @@ def restore(
             soft_wrap=True,
         )
         return
-    console.print(f"restored {settings.collection!r} from {source}: {done.points:,} points", soft_wrap=True)
+    of = f" (a snapshot of {recorded!r})" if recorded not in (None, settings.collection) else ""
+    console.print(f"restored {settings.collection!r} from {source}{of}: {done.points:,} points", soft_wrap=True)
     if done.models_aside is not None:
         console.print(f"the collection's previous models were set aside in {done.models_aside}", soft_wrap=True)
 

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from orchestration.cli import app
 from retrieval.store import StoreError
-from retrieval.store.snapshots import MANIFEST, restore, snapshot
+from retrieval.store.snapshots import MANIFEST, restore, snapshot, snapshot_collection
 from tests.conftest import TINY_DOCS
 
 N = len(TINY_DOCS)
@@ -217,3 +217,68 @@ def test_rerunning_a_restore_that_was_done_says_so_and_exits_0(kept, tmp_path, m
     assert CliRunner().invoke(app, ["delete", "valve", "-c", "again"]).exit_code == 0
     refused = CliRunner().invoke(app, ["restore", str(good), "-c", "again"])
     assert refused.exit_code == 2 and "pass --replace" in refused.output
+
+
+def test_restore_defaults_to_the_snapshots_collection_and_asks_before_replacing_another(kept, tmp_path, monkeypatch):
+    """r14B: a forgotten -c restored team-eu's snapshot into the default collection, and `-c team --replace`
+    replaced team's points and models by team-eu's without a word. A snapshot records its collection: that is the
+    default target; a new name stays easy; replacing another existing collection takes --other-collection."""
+    stack, good = kept  # a snapshot of 'kept'
+    before = stack.store().current_version()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HYBRID_RAG_COLLECTION", raising=False)  # the settings' default: 'sample'
+    monkeypatch.setenv("HYBRID_RAG_QDRANT_PATH", str(stack.store().root))
+    monkeypatch.setenv("HYBRID_RAG_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("HYBRID_RAG_MODELS_DIR", str(tmp_path / "models"))
+
+    def cli(*args: str, code: int = 0) -> str:
+        result = CliRunner().invoke(app, ["restore", str(good), *args])
+        assert result.exit_code == code, result.output
+        return result.output.replace("\n", "")
+
+    assert "collection 'kept' exists" in cli(code=2)  # its own collection, not 'sample'
+    assert not (stack.store().root / "sample__v1").exists()
+    _still_served(stack, before)
+
+    assert cli("-c", "team") == f"restored 'team' from {good} (a snapshot of 'kept'): {N} points"
+    assert CliRunner().invoke(app, ["delete", "valve", "-c", "team"]).exit_code == 0
+    tuned = tmp_path / "models" / "team" / "reranker" / "tuned.json"
+    tuned.parent.mkdir(parents=True)
+    tuned.write_text("{}")
+    assert "pass --replace and --other-collection (it is a snapshot of 'kept')" in cli("-c", "team", code=2)
+    refused = cli("-c", "team", "--replace", code=2)
+    assert f"error: {good} is a snapshot of collection 'kept', not 'team': restoring it would replace 'team'" in (
+        refused
+    )
+    assert "nothing was changed" in refused and "--other-collection" in refused
+    team = type(stack.store())(stack.store().root, "team")
+    try:
+        assert team.count() == N - 1 and tuned.read_text() == "{}"  # its points and models are kept
+        assert f"{N} points" in cli("-c", "team", "--replace", "--other-collection")
+        assert team.count() == N and not tuned.exists()  # asked for: replaced, its models set aside
+    finally:
+        team.close()
+
+    old = tmp_path / "old"  # an earlier release's snapshot does not say whose it is: the collection is asked for
+    shutil.copytree(good, old)
+    (old / MANIFEST).unlink()
+    result = CliRunner().invoke(app, ["restore", str(old)])
+    assert result.exit_code == 2 and "name the collection to restore (--collection NAME)" in result.output
+    assert CliRunner().invoke(app, ["restore", str(old), "-c", "from_old"]).exit_code == 0
+
+
+@pytest.mark.parametrize(
+    ("source", "collection"),
+    [  # the file names Qdrant gives snapshots of physical collections NAME__v<N> (and an unversioned one)
+        ("file:///qdrant/snapshots/team-eu__v3/team-eu__v3-5463282729713489-2024-05-01-12-30-05.snapshot", "team-eu"),
+        ("http://qdrant:6333/collections/a__v12/snapshots/a__v12-1-2024-05-01-12-30-05.snapshot", "a"),
+        (
+            "/qdrant/snapshots/%C3%89quipe%20notes__v1/%C3%89quipe%20notes__v1-7-2024-05-01-12-30-05.snapshot",
+            "Équipe notes",
+        ),
+        ("file:///snapshots/legacy-7-2024-05-01-12-30-05.snapshot", "legacy"),
+        ("https://backups.example/team-eu.snapshot", None),  # renamed: not Qdrant's name
+    ],
+)
+def test_a_server_snapshot_names_its_collection_in_its_file_name(source, collection):
+    assert snapshot_collection(source, server=True) == collection

@@ -9,6 +9,9 @@ not 32 MiB per WAL segment. Restoring copies it into a new version, verifies it 
 point read once) and only then switches readers to it atomically, like a rebuild; a damaged snapshot is refused
 and the published version stays served. On a server, ``create_snapshot``/``recover_snapshot`` of Qdrant itself
 are used on the physical collection behind the alias; the snapshot file stays on the server.
+
+A snapshot records the collection it was taken of (:func:`snapshot_collection`): a restore replaces an existing
+collection by another collection's snapshot only when asked to (``other_collection``).
 """
 
 from __future__ import annotations
@@ -22,15 +25,26 @@ import re
 import shutil
 from pathlib import Path
 from typing import Any, NamedTuple
+from urllib.parse import unquote, urlsplit
 
 import qdrant_edge as qe
 
-from retrieval.store.base import SCROLL_PAGE, CollectionSchema, QdrantStore, StoreError, scrolled, version_name
+from retrieval.store.base import (
+    SCROLL_PAGE,
+    VERSION_SEP,
+    CollectionSchema,
+    QdrantStore,
+    StoreError,
+    scrolled,
+    version_name,
+)
 from retrieval.store.edge import SCHEMA_FILE, SHARD_DIR, EdgeStore, _locked, copy_tree, fcntl
 
 MANIFEST = "snapshot.json"
 MODELS_DIR = "models"
 PARTIAL = ".partial"  # a snapshot being written: renamed to its name once complete
+# the file name Qdrant gives a collection's snapshot: <physical collection>-<peer id>-<UTC time>.snapshot
+_SERVER_SNAPSHOT = re.compile(r"(?P<physical>.+)-[0-9]+-[0-9]{4}(?:-[0-9]{2}){5}\.snapshot")
 log = logging.getLogger(__name__)
 
 
@@ -130,6 +144,24 @@ def _remove_left_partials(folder: Path, collection: str, tmp: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def snapshot_collection(source: str | Path, *, server: bool = False) -> str | None:
+    """The collection ``source`` is a snapshot of, as it records it; None when it does not say. Embedded: its
+    ``snapshot.json`` (an earlier release's snapshot has none). On a server (``source`` a URL or a path there):
+    the physical collection in the file name Qdrant gave it, ``NAME__v<N>-<peer>-<time>.snapshot``."""
+    if server:
+        name = unquote(urlsplit(str(source)).path.rstrip("/").rpartition("/")[2])
+        match = _SERVER_SNAPSHOT.fullmatch(name)
+        if match is None:
+            return None
+        collection, sep, version = match["physical"].rpartition(VERSION_SEP)
+        return collection if sep and collection and version.isdigit() else match["physical"]
+    try:
+        recorded = json.loads((Path(source) / MANIFEST).read_text()).get("collection")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return recorded if isinstance(recorded, str) and recorded else None
+
+
 class Restored(NamedTuple):
     """What a restore did: the restored point count, where the collection's previous models were set aside, and
     whether the collection already was that snapshot (restored before, not written since: nothing was done)."""
@@ -144,12 +176,15 @@ def restore(
     source: str | Path,
     *,
     replace: bool = False,
+    other_collection: bool = False,
     expected: CollectionSchema | None = None,
     models_dir: Path | None = None,
 ) -> Restored:
     """Make ``source`` (a snapshot) the collection's current version.
 
-    An existing collection is only replaced with ``replace`` (its old version is deleted once readers let go).
+    An existing collection is only replaced with ``replace`` (its old version is deleted once readers let go), and
+    by a snapshot that records another collection (:func:`snapshot_collection`) only with ``other_collection``
+    too; a new collection may be restored from any snapshot.
     Embedded, the restored version is verified before it is published: its schema matches ``expected`` (the
     settings' models, the check a search does), its point count the snapshot's manifest, and every point's vectors
     and payload are read once; else it is removed, and the published version stays served. The snapshot's models
@@ -157,21 +192,37 @@ def restore(
     Like every write, it waits for the collection's write lock (a running index finishes first).
     """
     with store.write_lock():
-        return _restore(store, source, replace, expected, models_dir)
+        return _restore(store, source, replace, other_collection, expected, models_dir)
 
 
 def _restore(
-    store: QdrantStore, source: str | Path, replace: bool, expected: CollectionSchema | None, models_dir: Path | None
+    store: QdrantStore,
+    source: str | Path,
+    replace: bool,
+    other_collection: bool,
+    expected: CollectionSchema | None,
+    models_dir: Path | None,
 ) -> Restored:
     from retrieval.store.server import ServerStore
 
     current = store.current_version()
+    recorded = snapshot_collection(source, server=isinstance(store, ServerStore))
+    other = recorded is not None and recorded != store.collection
     if current is not None and not replace:
         identity = _identity(Path(source)) if isinstance(store, EdgeStore) else None
         if identity is not None and _restored_from(store, current) == identity:  # a rerun of a restore that was done
             return Restored(store.count(), already=True)
+        also = f" and --other-collection (it is a snapshot of {recorded!r})" if other else ""
         raise StoreError(
-            f"collection {store.collection!r} exists at {store.location}: pass --replace to replace it by the snapshot"
+            f"collection {store.collection!r} exists at {store.location}: pass --replace{also} to replace it by the "
+            "snapshot"
+        )
+    if current is not None and other and not other_collection:
+        raise StoreError(
+            f"{source} is a snapshot of collection {recorded!r}, not {store.collection!r}: restoring it would "
+            f"replace {store.collection!r} ({store.count():,} points) and its models by those of {recorded!r}. "
+            "Restore it as a new collection (--collection NEW), or pass --other-collection too to replace "
+            f"{store.collection!r}; nothing was changed"
         )
     target = store._pinned(max([current or 0, *store._taken_versions()]) + 1)
     models = None
