@@ -582,17 +582,16 @@ def drop(
 ) -> None:
     """Remove a collection for good: every version (published or staged), readers' pointer or alias, and its models
     (adapted query encoder, tuned reranker, the copies a restore set aside); asks first unless --yes. Snapshots stay."""
-    import glob
     import shutil
 
     from retrieval.settings import redact_url
     from retrieval.store import StoreError, open_store
+    from retrieval.store.snapshots import models_set_aside
 
     settings = _settings(collection=collection)
     where = redact_url(settings.qdrant_url) or str(settings.qdrant_path)
     models = settings.collection_models_dir()
-    aside = sorted(models.parent.glob(f"{glob.escape(models.name)}.before-restore-*"))
-    model_dirs = [d for d in (models, *aside) if d.is_dir()]
+    model_dirs = [d for d in (models, *models_set_aside(models)) if d.is_dir()]
     leftovers = None
     if corpus is not None:
         from evals.history import default_history_path

@@ -70,7 +70,13 @@ def test_drop_removes_every_version_pointer_and_models_after_confirmation(
 ):
     build(backend, tmp_path, dense_encoder, sparse_encoder)
     models = tmp_path / "models"
-    for folder in ("test/query_encoder", "test.before-restore-20260101T000000", "other/query_encoder"):
+    # a restore's copy of test's models, and collection 'test.before-restore-eu''s own models (not a copy)
+    for folder in (
+        "test/query_encoder",
+        "test.before-restore-20260101T000000Z",
+        "test.before-restore-eu",
+        "other/query_encoder",
+    ):
         (models / folder).mkdir(parents=True)
         (models / folder / "model.safetensors").write_text("weights")
     before = physical(backend, tmp_path)
@@ -86,7 +92,7 @@ def test_drop_removes_every_version_pointer_and_models_after_confirmation(
     left = physical(backend, tmp_path)
     assert not {n for n in left if "test" in n}, left  # versions, staged copy, pointer file or alias
     assert left == {n for n in before if "test" not in n}  # 'other' untouched
-    assert sorted(p.name for p in models.iterdir()) == ["other"]
+    assert sorted(p.name for p in models.iterdir()) == ["other", "test.before-restore-eu"]
     assert collection_names(settings_of(backend, tmp_path, "test")) == ["other"]
 
     code, out = drop(backend, "test", "--yes")  # again: a clear error, exit 2
