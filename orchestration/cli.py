@@ -572,8 +572,8 @@ def drop(
     corpus: Annotated[
         str | None,
         typer.Option(
-            help="Also remove this Dagster corpus' asset tables, evaluation reports (reports/NAME-<split>-* beside "
-            "the history) and evaluation history rows (its runs in the Dagster instance and eval-report's outputs "
+            help="Also remove this Dagster corpus' asset tables, evaluation reports (reports/NAME/ beside the "
+            "history) and evaluation history rows (its runs in the Dagster instance and eval-report's outputs "
             "stay: see README)"
         ),
     ] = None,

@@ -4,12 +4,13 @@ Dagster's to remove (``dagster run delete``, ``dagster asset wipe``: README, "Re
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from assets.corpora import CorpusConfigError, check_corpus_name, load_corpora
-from assets.evaluation import report_files
+from assets.evaluation import legacy_report_files, report_files, reports_dir
 from assets.resources import DEFAULT_ASSETS_DIR
 from evals.history import EvalHistory
 from orchestration.definitions import ASSETS_DIR_ENV
@@ -41,7 +42,8 @@ def check_removable(corpus: str, collection: str) -> None:
 
 def find_leftovers(corpus: str, history_path: Path) -> CorpusLeftovers:
     """The corpus' asset tables (``$HYBRID_RAG_ASSETS_DIR/<asset>/<corpus>.parquet``), and its evaluation reports
-    and history rows (recorded under its name) in the history at ``history_path``."""
+    (an earlier release's names too, when no other corpus can have written them) and history rows (recorded under
+    its name) in the history at ``history_path``."""
     found = CorpusLeftovers(corpus)
     assets = Path(os.environ.get(ASSETS_DIR_ENV) or DEFAULT_ASSETS_DIR).expanduser()
     found.tables = sorted(p for p in assets.glob(f"*/{corpus}.parquet") if p.is_file())
@@ -49,15 +51,23 @@ def find_leftovers(corpus: str, history_path: Path) -> CorpusLeftovers:
         found.history = EvalHistory(history_path, create=False)
         rows = found.history.records(collection=corpus)
         found.history_rows = len(rows)
+        splits = set(rows["split"])
         found.reports = sorted(
-            p for s in set(rows["split"]) for p in report_files(found.history, corpus, s) if p.is_file()
+            {p for s in splits for p in report_files(found.history, corpus, s) if p.is_file()}
+            | {p for s in splits for p in legacy_report_files(found.history, corpus, s)}
         )
     return found
 
 
 def remove_leftovers(found: CorpusLeftovers) -> None:
-    """Delete what :func:`find_leftovers` found."""
+    """Delete what :func:`find_leftovers` found (a corpus' reports folder too, once empty)."""
     for path in [*found.tables, *found.reports]:
         path.unlink(missing_ok=True)
-    if found.history is not None and found.history_rows:
+    if found.history is None:
+        return
+    folder = reports_dir(found.history) / found.corpus
+    if folder.is_dir() and not any(folder.iterdir()):
+        with contextlib.suppress(OSError):  # a run of the corpus writes into it again
+            folder.rmdir()
+    if found.history_rows:
         found.history.forget(found.corpus)
