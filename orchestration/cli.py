@@ -573,8 +573,8 @@ def drop(
         str | None,
         typer.Option(
             help="Also remove this Dagster corpus' asset tables, evaluation reports (reports/NAME/ beside the "
-            "history) and evaluation history rows (its runs in the Dagster instance and eval-report's outputs "
-            "stay: see README)"
+            "history) and its evaluation history rows of this collection (its runs in the Dagster instance and "
+            "eval-report's outputs stay: see README)"
         ),
     ] = None,
     history: HistoryOpt = None,
@@ -598,7 +598,7 @@ def drop(
         from orchestration.forget import check_removable, find_leftovers
 
         check_removable(corpus, settings.collection)
-        leftovers = find_leftovers(corpus, history or default_history_path())
+        leftovers = find_leftovers(corpus, settings.collection, history or default_history_path())
     store = open_store(settings)
     try:
         exists = store.exists()
@@ -611,7 +611,7 @@ def drop(
                 found = leftovers
                 what.append(
                     f"corpus {corpus!r}: {len(found.tables)} asset tables, {len(found.reports)} reports, "
-                    f"{found.history_rows} evaluation history rows"
+                    f"{found.history_rows} evaluation history rows of collection {settings.collection!r}"
                 )
             _confirm(f"Remove {'; '.join(what)} for good?")
         if exists:
@@ -632,7 +632,10 @@ def drop(
         remove_leftovers(leftovers)
         for path in [*leftovers.tables, *leftovers.reports]:
             console.print(f"removed {path}", soft_wrap=True)
-        console.print(f"corpus {corpus!r}: {leftovers.history_rows} evaluation history rows deleted", soft_wrap=True)
+        kept = f" ({leftovers.other_rows} of other collections kept)" if leftovers.other_rows else ""
+        console.print(
+            f"corpus {corpus!r}: {leftovers.history_rows} evaluation history rows deleted{kept}", soft_wrap=True
+        )
 
 
 def _confirm(question: str) -> None:

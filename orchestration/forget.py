@@ -1,6 +1,7 @@
 """What hybrid-rag writes of a Dagster corpus beside its collection, removed for good (``hybrid-rag drop --corpus``):
-its asset tables, its evaluation reports and its evaluation history rows. The Dagster instance's run history is
-Dagster's to remove (``dagster run delete``, ``dagster asset wipe``: README, "Removing a corpus completely")."""
+its asset tables, its evaluation reports and its evaluation history rows of that collection. The Dagster
+instance's run history is Dagster's to remove (``dagster run delete``, ``dagster asset wipe``: README, "Removing a
+corpus completely")."""
 
 from __future__ import annotations
 
@@ -24,7 +25,12 @@ class CorpusLeftovers:
     tables: list[Path] = field(default_factory=list)
     reports: list[Path] = field(default_factory=list)
     history: EvalHistory | None = None
-    history_rows: int = 0
+    history_ids: list[int] = field(default_factory=list)
+    other_rows: int = 0  # rows of the same name that searched another collection: kept
+
+    @property
+    def history_rows(self) -> int:
+        return len(self.history_ids)
 
 
 def check_removable(corpus: str, collection: str) -> None:
@@ -40,18 +46,22 @@ def check_removable(corpus: str, collection: str) -> None:
         )
 
 
-def find_leftovers(corpus: str, history_path: Path) -> CorpusLeftovers:
-    """The corpus' asset tables (``$HYBRID_RAG_ASSETS_DIR/<asset>/<corpus>.parquet``), and its evaluation reports
-    (an earlier release's names too, when no other corpus can have written them) and history rows (recorded under
-    its name) in the history at ``history_path``."""
+def find_leftovers(corpus: str, collection: str, history_path: Path) -> CorpusLeftovers:
+    """The corpus' asset tables (``$HYBRID_RAG_ASSETS_DIR/<asset>/<corpus>.parquet``), and its evaluation history
+    rows (recorded under its name) in the history at ``history_path`` that searched ``collection`` (a row that
+    names no searched collection too), with their splits' reports (an earlier release's names too, when no other
+    corpus can have written them)."""
     found = CorpusLeftovers(corpus)
     assets = Path(os.environ.get(ASSETS_DIR_ENV) or DEFAULT_ASSETS_DIR).expanduser()
     found.tables = sorted(p for p in assets.glob(f"*/{corpus}.parquet") if p.is_file())
     if history_path.is_file():
         found.history = EvalHistory(history_path, create=False)
         rows = found.history.records(collection=corpus)
-        found.history_rows = len(rows)
-        splits = set(rows["split"])
+        # a row names the collection it searched; one that names none (an earlier release's) goes with its name
+        ours = rows.loc[[c.get("qdrant_collection", collection) == collection for c in rows["context"]]]
+        found.history_ids = [int(i) for i in ours["id"]]
+        found.other_rows = len(rows) - len(ours)
+        splits = set(ours["split"])
         found.reports = sorted(
             {p for s in splits for p in report_files(found.history, corpus, s) if p.is_file()}
             | {p for s in splits for p in legacy_report_files(found.history, corpus, s)}
@@ -69,5 +79,5 @@ def remove_leftovers(found: CorpusLeftovers) -> None:
     if folder.is_dir() and not any(folder.iterdir()):
         with contextlib.suppress(OSError):  # a run of the corpus writes into it again
             folder.rmdir()
-    if found.history_rows:
-        found.history.forget(found.corpus)
+    if found.history_ids:
+        found.history.forget(found.history_ids)

@@ -246,6 +246,23 @@ def test_moving_an_earlier_release_report_files_to_their_new_names(tmp_path):
     assert team.read_text() == MARKER and not report_files(history, "team", "eu-test")[1].exists()
 
 
+def test_drop_corpus_keeps_the_name_s_history_rows_of_other_collections(
+    tmp_path, drop, monkeypatch, dense_encoder, sparse_encoder
+):
+    """``hybrid-rag eval`` records under the BEIR folder's name: two teams' folders both named ``eval`` share it,
+    and each row says which collection it searched. Dropping one collection forgets only its rows."""
+    build("edge", tmp_path, dense_encoder, sparse_encoder)
+    _, history = corpus_files(tmp_path, monkeypatch, "corpora:\n  x: {source: x, format: dir}\n")
+    for searched in ("test", "other", "other"):
+        history.append("eval", "test", "hybrid", {"ndcg@10": 0.5}, {"qdrant_collection": searched}, source="cli")
+    kept = history.records()[lambda df: [c["qdrant_collection"] == "other" for c in df["context"]]]
+
+    code, out = drop("edge", "test", "--corpus", "eval", "--yes")
+    assert code == 0, out
+    assert "corpus 'eval': 1 evaluation history rows deleted (2 of other collections kept)" in out
+    assert history.records()["id"].tolist() == kept["id"].tolist()
+
+
 def test_drop_waits_for_a_writer_and_gives_up_clearly(tmp_path, dense_encoder, sparse_encoder):
     """A drop is a write: while another writer holds the collection it waits, then fails, dropping nothing."""
     build("edge", tmp_path, dense_encoder, sparse_encoder)
