@@ -33,16 +33,27 @@ class CorpusLeftovers:
         return len(self.history_ids)
 
 
-def check_removable(corpus: str, collection: str) -> None:
-    """Refuse a name no corpus can have, or a corpus the corpora file still configures for another collection."""
+def check_removable(corpus: str, collection: str, *, keep_collection: bool = False) -> None:
+    """Refuse a name no corpus can have, a corpus the corpora file still configures for another collection, and
+    (unless ``keep_collection``) dropping a collection the corpora file gives another corpus (a renamed one)."""
     check_corpus_name(corpus)
     try:
-        configured = load_corpora().corpora.get(corpus)
+        corpora = load_corpora()
     except CorpusConfigError:
-        configured = None  # a malformed corpora file configures nothing; the corpus may be gone from it
-    if configured is not None and configured.collection != collection:
+        corpora = None  # a malformed corpora file configures nothing; the corpus may be gone from it
+    configured = corpora.corpora if corpora is not None else {}
+    if corpus in configured and configured[corpus].collection != collection:
         raise CorpusConfigError(
-            f"corpus {corpus!r} indexes collection {configured.collection!r}, not {collection!r}: nothing was changed"
+            f"corpus {corpus!r} indexes collection {configured[corpus].collection!r}, not {collection!r}: "
+            "nothing was changed"
+        )
+    users = [c.name for c in configured.values() if c.collection == collection and c.name != corpus]
+    if users and not keep_collection:
+        assert corpora is not None
+        raise CorpusConfigError(
+            f"collection {collection!r} is still indexed by corpus {users[0]!r} in {corpora.path}: nothing was "
+            f"changed; to forget only corpus {corpus!r} (its asset tables, reports and evaluation history rows) and "
+            "keep the collection and its models, add --keep-collection"
         )
 
 

@@ -246,6 +246,38 @@ def test_moving_an_earlier_release_report_files_to_their_new_names(tmp_path):
     assert team.read_text() == MARKER and not report_files(history, "team", "eu-test")[1].exists()
 
 
+def test_drop_corpus_refuses_a_collection_a_renamed_corpus_still_indexes(
+    tmp_path, drop, monkeypatch, dense_encoder, sparse_encoder
+):
+    """Corpus ``notes`` renamed ``handbook`` in the corpora file, same collection: cleaning up the old name must not
+    drop the collection (and its models) the renamed corpus serves; --keep-collection forgets only the old name."""
+    build("edge", tmp_path, dense_encoder, sparse_encoder)
+    assets, history = corpus_files(
+        tmp_path, monkeypatch, "corpora:\n  handbook: {source: docs, format: dir, collection: test}\n"
+    )
+    for corpus in ("notes", "handbook"):
+        history.append(corpus, "test", "hybrid", {"ndcg@10": 0.5}, {"qdrant_collection": "test"}, source="dagster")
+    old = write(assets / "chunks" / "notes.parquet", *report_files(history, "notes", "test"))
+    live = write(assets / "chunks" / "handbook.parquet", tmp_path / "models" / "test" / "reranker.json")
+    before = physical("edge", tmp_path)
+
+    code, out = drop("edge", "test", "--corpus", "notes", "--yes")
+    assert code == 2 and "collection 'test' is still indexed by corpus 'handbook' in" in out, out
+    assert "--keep-collection" in out and "nothing was changed" in out
+    assert physical("edge", tmp_path) == before and all(p.exists() for p in [*old, *live])
+
+    code, out = drop("edge", "test", "--corpus", "notes", "--keep-collection", input="n\n")  # asks first
+    assert code == 1 and "Remove corpus 'notes': 1 asset tables, 2 reports, 1 evaluation history rows" in out, out
+    assert all(p.exists() for p in old)
+    code, out = drop("edge", "test", "--corpus", "notes", "--keep-collection", "--yes")
+    assert code == 0 and "1 evaluation history rows deleted" in out and "dropped" not in out, out
+    assert not any(p.exists() for p in old) and all(p.exists() for p in live)
+    assert physical("edge", tmp_path) == before and set(history.records()["collection"]) == {"handbook"}
+
+    code, out = drop("edge", "test", "--keep-collection", "--yes")
+    assert code == 2 and "needs --corpus" in out and physical("edge", tmp_path) == before
+
+
 def test_drop_corpus_keeps_the_name_s_history_rows_of_other_collections(
     tmp_path, drop, monkeypatch, dense_encoder, sparse_encoder
 ):
