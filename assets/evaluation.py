@@ -39,6 +39,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import dagster as dg
 from pydantic import Field
@@ -226,6 +227,7 @@ def retrieval_evaluation(
     key = evaluation_key(settings, corpus, split, variants, queries, qrels, location, points)
     newly_staged = role == "staged" and staged is not None and staged.own  # a version number is reused by resets
     history = eval_history.history()
+    move_legacy_reports(history, corpus.name, split)
     previous = None if newly_staged else _previous_evaluation(context, key, history, corpus.name, split)
     if previous is not None:
         report, previous_metadata = previous
@@ -554,12 +556,46 @@ PLOT_SUFFIX, PER_QUERY_SUFFIX = "ndcg_at_10.png", "per_query.json"
 
 
 def _report_file(history: EvalHistory, corpus: str, split: str, suffix: str) -> Path:
-    return reports_dir(history) / f"{re.sub(r'[^A-Za-z0-9_.-]+', '-', f'{corpus}-{split}')}-{suffix}"
+    """``reports/<corpus>/<split>-<suffix>``: a folder per corpus (a corpus name holds no '/'), the split
+    percent-encoded, so that no two (corpus, split) pairs share a file."""
+    return reports_dir(history) / corpus / f"{quote(split, safe='')}-{suffix}"
 
 
 def report_files(history: EvalHistory, corpus: str, split: str) -> list[Path]:
     """The files the evaluation asset writes for ``corpus`` and ``split`` under :func:`reports_dir` (present or not)."""
     return [_report_file(history, corpus, split, suffix) for suffix in (PLOT_SUFFIX, PER_QUERY_SUFFIX)]
+
+
+def _legacy_name(corpus: str, split: str) -> str:
+    """The ``reports/`` file name prefix of earlier releases: ``team``/``eu-test`` and ``team-eu``/``test`` share it."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{corpus}-{split}")
+
+
+def legacy_report_files(history: EvalHistory, corpus: str, split: str) -> list[Path]:
+    """The files an earlier release wrote for ``corpus`` and ``split`` as ``reports/<corpus>-<split>-<suffix>``
+    that exist and are this pair's: no other corpus and split of the history's Dagster rows has that name (else
+    they may be the other's, and are left alone)."""
+    name = _legacy_name(corpus, split)
+    found = [reports_dir(history) / f"{name}-{suffix}" for suffix in (PLOT_SUFFIX, PER_QUERY_SUFFIX)]
+    found = [p for p in found if p.is_file()]
+    if found:
+        rows = history.records(source="dagster")
+        pairs = set(zip(rows["collection"], rows["split"], strict=True)) - {(corpus, split)}
+        if any(_legacy_name(c, s) == name for c, s in pairs):
+            return []
+    return found
+
+
+def move_legacy_reports(history: EvalHistory, corpus: str, split: str) -> None:
+    """Move this pair's files of an earlier release's naming (:func:`legacy_report_files`) to :func:`report_files`'
+    names, so that an unchanged evaluation is still found (a file already there under the new name wins)."""
+    for old in legacy_report_files(history, corpus, split):
+        new = _report_file(history, corpus, split, PLOT_SUFFIX if old.name.endswith(PLOT_SUFFIX) else PER_QUERY_SUFFIX)
+        if new.is_file():
+            old.unlink(missing_ok=True)
+        else:
+            new.parent.mkdir(parents=True, exist_ok=True)
+            old.replace(new)
 
 
 def ndcg_chart(history: EvalHistory, corpus: str, split: str, redraw: bool = True) -> Path | None:

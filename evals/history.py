@@ -17,7 +17,7 @@ import json
 import math
 import os
 import sqlite3
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -132,11 +132,11 @@ class EvalHistory:
                 (collection, qdrant_collection, version),
             ).rowcount
 
-    def forget(self, collection: str) -> int:
-        """Delete every row of ``collection`` (a corpus removed for good), then compact the file so that they do not
-        stay readable in its free pages; returns the rows deleted."""
+    def forget(self, ids: Iterable[int]) -> int:
+        """Delete the rows ``ids`` (what ``hybrid-rag drop --corpus`` found of a corpus removed for good), then compact
+        the file so that they do not stay readable in its free pages; returns the rows deleted."""
         with self._connect() as conn:
-            deleted = conn.execute("DELETE FROM evals WHERE collection = ?", (collection,)).rowcount
+            deleted = conn.executemany("DELETE FROM evals WHERE id = ?", [(int(i),) for i in ids]).rowcount
         if deleted:
             with self._connect() as conn:
                 conn.execute("VACUUM")

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, fields, replace
 from pathlib import Path
 from types import FrameType
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import click
 import typer
@@ -23,6 +23,9 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from orchestration.terminal import LiteralConsole, PrintableFormatter, label, printable
+
+if TYPE_CHECKING:
+    from orchestration.forget import CorpusLeftovers
 
 
 class _Group(TyperGroup):
@@ -572,34 +575,48 @@ def drop(
     corpus: Annotated[
         str | None,
         typer.Option(
-            help="Also remove this Dagster corpus' asset tables, evaluation reports (reports/NAME-<split>-* beside "
-            "the history) and evaluation history rows (its runs in the Dagster instance and eval-report's outputs "
-            "stay: see README)"
+            help="Also remove this Dagster corpus' asset tables, evaluation reports (reports/NAME/ beside the "
+            "history) and its evaluation history rows of this collection (its runs in the Dagster instance and "
+            "eval-report's outputs stay: see README)"
         ),
     ] = None,
+    keep_collection: Annotated[
+        bool,
+        typer.Option(
+            "--keep-collection",
+            help="With --corpus: remove only the corpus' tables, reports and history rows; keep the collection and "
+            "its models (an old corpus name whose collection a renamed corpus still indexes)",
+        ),
+    ] = False,
     history: HistoryOpt = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation")] = False,
 ) -> None:
     """Remove a collection for good: every version (published or staged), readers' pointer or alias, and its models
     (adapted query encoder, tuned reranker, the copies a restore set aside); asks first unless --yes. Snapshots stay."""
-    import glob
     import shutil
 
+    from retrieval.errors import InvalidArgumentError
     from retrieval.settings import redact_url
     from retrieval.store import StoreError, open_store
+    from retrieval.store.snapshots import models_set_aside
 
+    if keep_collection and corpus is None:
+        raise InvalidArgumentError("--keep-collection keeps the collection: it needs --corpus NAME, what to remove")
     settings = _settings(collection=collection)
     where = redact_url(settings.qdrant_url) or str(settings.qdrant_path)
     models = settings.collection_models_dir()
-    aside = sorted(models.parent.glob(f"{glob.escape(models.name)}.before-restore-*"))
-    model_dirs = [d for d in (models, *aside) if d.is_dir()]
+    model_dirs = [] if keep_collection else [d for d in (models, *models_set_aside(models)) if d.is_dir()]
     leftovers = None
     if corpus is not None:
         from evals.history import default_history_path
         from orchestration.forget import check_removable, find_leftovers
 
-        check_removable(corpus, settings.collection)
-        leftovers = find_leftovers(corpus, history or default_history_path())
+        check_removable(corpus, settings.collection, keep_collection=keep_collection)
+        leftovers = find_leftovers(corpus, settings.collection, history or default_history_path())
+    if keep_collection:
+        assert leftovers is not None
+        _remove_corpus(leftovers, settings.collection, yes)
+        return
     store = open_store(settings)
     try:
         exists = store.exists()
@@ -609,11 +626,7 @@ def drop(
             what = [f"collection {settings.collection!r} at {where}"] if exists else []
             what += [f"its models ({', '.join(map(str, model_dirs))})"] if model_dirs else []
             if leftovers is not None:
-                found = leftovers
-                what.append(
-                    f"corpus {corpus!r}: {len(found.tables)} asset tables, {len(found.reports)} reports, "
-                    f"{found.history_rows} evaluation history rows"
-                )
+                what.append(_corpus_leftovers(leftovers, settings.collection))
             _confirm(f"Remove {'; '.join(what)} for good?")
         if exists:
             dropped = store.drop()  # under the write lock
@@ -628,12 +641,31 @@ def drop(
         shutil.rmtree(folder)
         console.print(f"removed {folder}", soft_wrap=True)
     if leftovers is not None:
-        from orchestration.forget import remove_leftovers
+        _remove_corpus(leftovers, settings.collection, yes=True)
 
-        remove_leftovers(leftovers)
-        for path in [*leftovers.tables, *leftovers.reports]:
-            console.print(f"removed {path}", soft_wrap=True)
-        console.print(f"corpus {corpus!r}: {leftovers.history_rows} evaluation history rows deleted", soft_wrap=True)
+
+def _corpus_leftovers(found: CorpusLeftovers, collection: str) -> str:
+    """What ``drop --corpus`` removes of a corpus, in a few words (for the confirmation)."""
+    return (
+        f"corpus {found.corpus!r}: {len(found.tables)} asset tables, {len(found.reports)} reports, "
+        f"{found.history_rows} evaluation history rows of collection {collection!r}"
+    )
+
+
+def _remove_corpus(found: CorpusLeftovers, collection: str, yes: bool) -> None:
+    """Remove what ``drop --corpus`` found of a corpus (asks first unless ``yes``), saying what it removed and which
+    history rows of the name it kept (they searched other collections)."""
+    from orchestration.forget import remove_leftovers
+
+    if not yes:
+        _confirm(f"Remove {_corpus_leftovers(found, collection)} for good?")
+    remove_leftovers(found)
+    for path in [*found.tables, *found.reports]:
+        console.print(f"removed {path}", soft_wrap=True)
+    kept = f" ({found.other_rows} of other collections kept)" if found.other_rows else ""
+    console.print(
+        f"corpus {found.corpus!r}: {found.history_rows} evaluation history rows deleted{kept}", soft_wrap=True
+    )
 
 
 def _confirm(question: str) -> None:

@@ -130,7 +130,7 @@ def test_first_run_evaluates_every_variant(first_run: dict) -> None:
     rows = [line for line in meta["sample_queries"].splitlines()[2:]]
     assert len(rows) == 3 * len(VARIANTS) and "✓" in meta["sample_queries"]  # 3 queries x variants, hits judged
     plot = Path(meta["ndcg@10_over_time"])  # a file beside the history, not a data URI in every materialization
-    assert plot.read_bytes().startswith(b"\x89PNG") and plot.parent == sandbox_reports(first_run)
+    assert plot.read_bytes().startswith(b"\x89PNG") and plot.parent == sandbox_reports(first_run) / CORPUS
     summary = first_run["summary"]
     assert set(summary["metrics"]) == set(VARIANTS)
     assert summary["metrics"]["hybrid"]["ndcg@10"] == pytest.approx(meta["hybrid/ndcg@10"])

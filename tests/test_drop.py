@@ -70,7 +70,13 @@ def test_drop_removes_every_version_pointer_and_models_after_confirmation(
 ):
     build(backend, tmp_path, dense_encoder, sparse_encoder)
     models = tmp_path / "models"
-    for folder in ("test/query_encoder", "test.before-restore-20260101T000000", "other/query_encoder"):
+    # a restore's copy of test's models, and collection 'test.before-restore-eu''s own models (not a copy)
+    for folder in (
+        "test/query_encoder",
+        "test.before-restore-20260101T000000Z",
+        "test.before-restore-eu",
+        "other/query_encoder",
+    ):
         (models / folder).mkdir(parents=True)
         (models / folder / "model.safetensors").write_text("weights")
     before = physical(backend, tmp_path)
@@ -86,7 +92,7 @@ def test_drop_removes_every_version_pointer_and_models_after_confirmation(
     left = physical(backend, tmp_path)
     assert not {n for n in left if "test" in n}, left  # versions, staged copy, pointer file or alias
     assert left == {n for n in before if "test" not in n}  # 'other' untouched
-    assert sorted(p.name for p in models.iterdir()) == ["other"]
+    assert sorted(p.name for p in models.iterdir()) == ["other", "test.before-restore-eu"]
     assert collection_names(settings_of(backend, tmp_path, "test")) == ["other"]
 
     code, out = drop(backend, "test", "--yes")  # again: a clear error, exit 2
@@ -163,14 +169,130 @@ def test_drop_corpus_removes_its_asset_tables_reports_and_history_rows_only(
     code, out = drop("edge", "test", "--corpus", "notes", "--yes")
     assert code == 0, out
     assert "1 evaluation history rows deleted" in out
-    assert sorted(str(p.relative_to(tmp_path)) for p in files if not p.exists()) == sorted(
-        str(p.relative_to(tmp_path)) for p in files if p.name.startswith("notes-test") or p.name == "notes.parquet"
-    )
+    notes = {assets / "raw_documents" / "notes.parquet", assets / "chunks" / "notes.parquet"}
+    assert {p for p in files if not p.exists()} == notes | set(report_files(history, "notes", "test"))
+    assert not (history_path.parent / "reports" / "notes").exists()  # its emptied reports folder too
     assert set(history.records()["collection"]) == {"notes-old", "other"}
     assert not {n for n in physical("edge", tmp_path) if n.startswith("test")}
 
     code, out = drop("edge", "test", "--corpus", "notes", "--yes")  # again: nothing left, and no error
     assert code == 0 and "no collection 'test'" in out and "0 evaluation history rows" in out
+
+
+def corpus_files(tmp_path: Path, monkeypatch, corpora: str) -> tuple[Path, EvalHistory]:
+    """The corpora file, asset tables folder and evaluation history ``drop --corpus`` reads, under ``tmp_path``."""
+    (tmp_path / "corpora.yaml").write_text(corpora)
+    assets, history_path = tmp_path / "assets", tmp_path / "history" / "evals.sqlite"
+    for key, value in (("ASSETS_DIR", assets), ("HISTORY_PATH", history_path), ("CORPORA_FILE", "corpora.yaml")):
+        monkeypatch.setenv(f"HYBRID_RAG_{key}", str(tmp_path / value))
+    return assets, EvalHistory(history_path)
+
+
+def write(*paths: Path) -> list[Path]:
+    for path in paths:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(MARKER)
+    return list(paths)
+
+
+def test_no_two_corpora_and_splits_share_report_files(tmp_path):
+    """``team``/``eu-test`` and ``team-eu``/``test`` (names and splits may hold '-'), or splits that differ in a
+    character a file name cannot hold, each get their own files: else their runs overwrite each other's figures."""
+    history = EvalHistory(tmp_path / "evals.sqlite")
+    pairs = [("team", "eu-test"), ("team-eu", "test"), ("team", "eu/test"), ("team", "eu test")]
+    files = [p for corpus, split in pairs for p in report_files(history, corpus, split)]
+    assert len(set(files)) == len(files) == 2 * len(pairs), files
+    assert all(p.is_relative_to(tmp_path / "reports") for p in files)
+
+
+def test_drop_corpus_leaves_another_corpus_reports_whose_old_names_it_shared(
+    tmp_path, drop, monkeypatch, dense_encoder, sparse_encoder
+):
+    """Dropping corpus ``test`` (split ``eu-test``) leaves corpus ``test-eu``'s reports (split ``test``); files an
+    earlier release wrote as ``reports/<corpus>-<split>-*`` go with their corpus only when no other corpus and split
+    of the history had that name (else they may be the other's: kept)."""
+    from assets.evaluation import PER_QUERY_SUFFIX, PLOT_SUFFIX
+
+    build("edge", tmp_path, dense_encoder, sparse_encoder)
+    _, history = corpus_files(tmp_path, monkeypatch, "corpora:\n  other: {source: other, format: dir}\n")
+    for corpus, split in (("test", "eu-test"), ("test-eu", "test"), ("test", "old")):
+        history.append(corpus, split, "hybrid", {"ndcg@10": 0.5}, {"qdrant_collection": corpus}, source="dagster")
+    reports = history.path.parent / "reports"
+    theirs = write(*report_files(history, "test-eu", "test"))
+    ours = write(*report_files(history, "test", "eu-test"))
+    shared = write(*(reports / f"test-eu-test-{s}" for s in (PLOT_SUFFIX, PER_QUERY_SUFFIX)))  # an old release's
+    old_ours = write(*(reports / f"test-old-{s}" for s in (PLOT_SUFFIX, PER_QUERY_SUFFIX)))
+
+    code, out = drop("edge", "test", "--corpus", "test", "--yes")
+    assert code == 0, out
+    assert {p for p in [*theirs, *ours, *shared, *old_ours] if not p.exists()} == {*ours, *old_ours}
+    assert all(p.read_text() == MARKER for p in [*theirs, *shared])
+    assert set(history.records()["collection"]) == {"test-eu"}
+
+
+def test_moving_an_earlier_release_report_files_to_their_new_names(tmp_path):
+    """An upgrade finds the per-query figures of the last evaluation under its new name (else every corpus would be
+    evaluated again once); a name two corpora may have written is left where it is."""
+    from assets.evaluation import PER_QUERY_SUFFIX, move_legacy_reports
+
+    history = EvalHistory(tmp_path / "evals.sqlite")
+    for corpus, split in (("notes", "test"), ("team", "eu-test"), ("team-eu", "test")):
+        history.append(corpus, split, "hybrid", {"ndcg@10": 0.5}, source="dagster")
+    reports = tmp_path / "reports"
+    notes, team = write(reports / f"notes-test-{PER_QUERY_SUFFIX}", reports / f"team-eu-test-{PER_QUERY_SUFFIX}")
+    move_legacy_reports(history, "notes", "test")
+    move_legacy_reports(history, "team", "eu-test")
+    assert not notes.exists() and report_files(history, "notes", "test")[1].read_text() == MARKER
+    assert team.read_text() == MARKER and not report_files(history, "team", "eu-test")[1].exists()
+
+
+def test_drop_corpus_refuses_a_collection_a_renamed_corpus_still_indexes(
+    tmp_path, drop, monkeypatch, dense_encoder, sparse_encoder
+):
+    """Corpus ``notes`` renamed ``handbook`` in the corpora file, same collection: cleaning up the old name must not
+    drop the collection (and its models) the renamed corpus serves; --keep-collection forgets only the old name."""
+    build("edge", tmp_path, dense_encoder, sparse_encoder)
+    assets, history = corpus_files(
+        tmp_path, monkeypatch, "corpora:\n  handbook: {source: docs, format: dir, collection: test}\n"
+    )
+    for corpus in ("notes", "handbook"):
+        history.append(corpus, "test", "hybrid", {"ndcg@10": 0.5}, {"qdrant_collection": "test"}, source="dagster")
+    old = write(assets / "chunks" / "notes.parquet", *report_files(history, "notes", "test"))
+    live = write(assets / "chunks" / "handbook.parquet", tmp_path / "models" / "test" / "reranker.json")
+    before = physical("edge", tmp_path)
+
+    code, out = drop("edge", "test", "--corpus", "notes", "--yes")
+    assert code == 2 and "collection 'test' is still indexed by corpus 'handbook' in" in out, out
+    assert "--keep-collection" in out and "nothing was changed" in out
+    assert physical("edge", tmp_path) == before and all(p.exists() for p in [*old, *live])
+
+    code, out = drop("edge", "test", "--corpus", "notes", "--keep-collection", input="n\n")  # asks first
+    assert code == 1 and "Remove corpus 'notes': 1 asset tables, 2 reports, 1 evaluation history rows" in out, out
+    assert all(p.exists() for p in old)
+    code, out = drop("edge", "test", "--corpus", "notes", "--keep-collection", "--yes")
+    assert code == 0 and "1 evaluation history rows deleted" in out and "dropped" not in out, out
+    assert not any(p.exists() for p in old) and all(p.exists() for p in live)
+    assert physical("edge", tmp_path) == before and set(history.records()["collection"]) == {"handbook"}
+
+    code, out = drop("edge", "test", "--keep-collection", "--yes")
+    assert code == 2 and "needs --corpus" in out and physical("edge", tmp_path) == before
+
+
+def test_drop_corpus_keeps_the_name_s_history_rows_of_other_collections(
+    tmp_path, drop, monkeypatch, dense_encoder, sparse_encoder
+):
+    """``hybrid-rag eval`` records under the BEIR folder's name: two teams' folders both named ``eval`` share it,
+    and each row says which collection it searched. Dropping one collection forgets only its rows."""
+    build("edge", tmp_path, dense_encoder, sparse_encoder)
+    _, history = corpus_files(tmp_path, monkeypatch, "corpora:\n  x: {source: x, format: dir}\n")
+    for searched in ("test", "other", "other"):
+        history.append("eval", "test", "hybrid", {"ndcg@10": 0.5}, {"qdrant_collection": searched}, source="cli")
+    kept = history.records()[lambda df: [c["qdrant_collection"] == "other" for c in df["context"]]]
+
+    code, out = drop("edge", "test", "--corpus", "eval", "--yes")
+    assert code == 0, out
+    assert "corpus 'eval': 1 evaluation history rows deleted (2 of other collections kept)" in out
+    assert history.records()["id"].tolist() == kept["id"].tolist()
 
 
 def test_drop_waits_for_a_writer_and_gives_up_clearly(tmp_path, dense_encoder, sparse_encoder):

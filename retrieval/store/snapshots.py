@@ -48,8 +48,20 @@ _SERVER_SNAPSHOT = re.compile(r"(?P<physical>.+)-[0-9]+-[0-9]{4}(?:-[0-9]{2}){5}
 log = logging.getLogger(__name__)
 
 
+_STAMP = r"[0-9]{8}T[0-9]{6}Z"  # what _stamp() writes
+SET_ASIDE = ".before-restore-"  # models a restore set aside: data/models/NAME.before-restore-<stamp>
+
+
 def _stamp() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+
+
+def models_set_aside(models_dir: Path) -> list[Path]:
+    """The copies of ``models_dir`` that restores set aside (``NAME.before-restore-<UTC stamp>``), oldest first;
+    never another collection's models folder that merely starts so (``NAME.before-restore-eu``)."""
+    name = re.compile(re.escape(models_dir.name + SET_ASIDE) + _STAMP)
+    candidates = models_dir.parent.glob(glob.escape(models_dir.name + SET_ASIDE) + "*")
+    return sorted(p for p in candidates if name.fullmatch(p.name) and p.is_dir())
 
 
 def snapshot(store: QdrantStore, dest: Path | None = None, *, models_dir: Path | None = None) -> str:
@@ -131,7 +143,7 @@ def _remove_left_partials(folder: Path, collection: str, tmp: Path) -> None:
     """Delete the staging folders that killed snapshots left in ``folder`` (``tmp``, and the default
     ``NAME-TIME.partial`` of ``collection``), unless a live snapshot still writes one; raises FileExistsError
     when that one is ``tmp``."""
-    pattern = re.compile(re.escape(collection) + r"-[0-9]{8}T[0-9]{6}Z" + re.escape(PARTIAL))
+    pattern = re.compile(re.escape(collection) + "-" + _STAMP + re.escape(PARTIAL))
     left = [p for p in folder.glob(glob.escape(collection) + "-*" + PARTIAL) if pattern.fullmatch(p.name)]
     for path in {tmp, *left}:
         if not path.is_dir():
@@ -286,7 +298,7 @@ def _install_models(models: Path | None, models_dir: Path) -> Path | None:
     set aside (None: it had none). A restored collection never keeps another content's adapted encoder."""
     aside = None
     if models_dir.is_dir() and any(models_dir.iterdir()):
-        aside = models_dir.with_name(f"{models_dir.name}.before-restore-{_stamp()}")
+        aside = models_dir.with_name(f"{models_dir.name}{SET_ASIDE}{_stamp()}")
         models_dir.rename(aside)
     if models is not None:
         try:
