@@ -129,7 +129,7 @@ def test_a_collection_built_before_keeps_its_terms_until_rebuilt(tmp_path, dense
         assert not _earlier_release_refuses(_record(new))  # they make the same terms: rolling back stays possible
         assert _sparse_top(new, "ﬂan") == "menu"  # written with the collection's terms
         new.indexer().rebuild(docs, progress=False)
-        assert new.check_schema().bm25_analyzer == "nfkc_cf+lucene_stop+word"
+        assert new.check_schema().bm25_analyzer == "nfkc_cf+word"
         assert _sparse_top(new, "STRASSE") == "street"
         assert _sparse_top(new, "oﬃce ﬁgures") == "pdf"
 
@@ -170,7 +170,7 @@ def test_releases_before_the_analyzer_was_recorded_refuse_a_collection_of_anothe
     with _stack(tmp_path, dense_encoder, Bm25Encoder(tokenizer=tokenizer), backend=backend) as stack:
         stack.indexer().index(CJK_DOCS, progress=False)
         record = _record(stack)
-        assert record["sparse_model"] == f"bm25:nfkc_cf+lucene_stop+{tokenizer}"
+        assert record["sparse_model"] == f"bm25:nfkc_cf+{tokenizer}"
         assert _earlier_release_refuses(record)
         assert stack.check_schema() == stack.schema()  # this release reads it as the bm25 model it is
         assert stack.check_schema().sparse_model == "bm25"
@@ -184,7 +184,7 @@ def test_a_collection_the_release_before_recorded_is_marked_on_its_next_write_wi
         stack.indexer().index(CJK_DOCS, progress=False)
         _as_the_release_before_this_one_recorded_it(stack)
         assert not _earlier_release_refuses(_record(stack))
-        assert stack.check_schema().bm25_analyzer == "nfkc_cf+lucene_stop+word"
+        assert stack.check_schema().bm25_analyzer == "nfkc_cf+word"
         report = stack.indexer().index([Document("pdf", "The oﬃce ﬁnance team.")], progress=False)
         assert report.embedded == 1  # the new document only
         assert _earlier_release_refuses(_record(stack))
@@ -196,9 +196,7 @@ def test_a_collection_recording_another_analyzer_is_searched_with_it_and_refuses
         multi.indexer().index(CJK_DOCS, progress=False)
     with _stack(tmp_path, dense_encoder) as word:
         assert _sparse_top(word, "熊猫") == "panda"  # queries split as the documents were
-        with pytest.raises(
-            SchemaMismatchError, match=r"bm25_analyzer: collection has 'nfkc_cf\+lucene_stop\+multi.*--rebuild"
-        ):
+        with pytest.raises(SchemaMismatchError, match=r"bm25_analyzer: collection has 'nfkc_cf\+multi.*--rebuild"):
             word.indexer().index([Document("more", "熊猫很可爱。")], progress=False)
 
 
@@ -224,7 +222,7 @@ def test_the_tokenizer_is_a_setting(tmp_path, monkeypatch, dense_encoder):
     monkeypatch.setenv("HYBRID_RAG_BM25_TOKENIZER", "multilingual")
     settings = RetrievalSettings(qdrant_path=tmp_path / "index", cache_dir=tmp_path / "cache")
     with RetrievalStack(settings, dense=dense_encoder) as stack:
-        assert stack.schema().bm25_analyzer == "nfkc_cf+lucene_stop+multilingual"
+        assert stack.schema().bm25_analyzer == "nfkc_cf+multilingual"
     monkeypatch.setenv("HYBRID_RAG_BM25_TOKENIZER", "jieba")
     with pytest.raises(ValueError, match="bm25_tokenizer"):
         RetrievalSettings()

@@ -128,7 +128,7 @@ def test_search_says_when_the_query_makes_no_sparse_term(kb, monkeypatch):
     result = runner.invoke(app, ["search", "to be or not to be", "-c", "kb", "--json"])
     assert result.exit_code == 0 and json.loads(result.stdout)
     assert result.stderr.strip() == f"{note}: the hits are the dense channel's"
-    for args in (["WHO", "--variant", "sparse"], ["to be or not to be", "--variant", "dense"]):
+    for args in (["valve", "--variant", "sparse"], ["to be or not to be", "--variant", "dense"]):
         result = runner.invoke(app, ["search", *args, "-c", "kb", "--json"])
         assert result.exit_code == 0 and not result.stderr, result.output
 

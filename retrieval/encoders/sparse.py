@@ -16,19 +16,18 @@ import regex
 
 from retrieval.encoders.runtime import fork_guard
 from retrieval.errors import InvalidArgumentError, not_one_string
-from retrieval.settings import Bm25Tokenizer
+from retrieval.settings import Bm25Stopwords, Bm25Tokenizer
 
 LEGACY_ANALYZER = "word"  # what earlier releases used (no normalization); a collection that records none used it
 # The stopwords of Lucene's (and Elasticsearch's) English analyzer, as bm25s and Pyserini use for BEIR: articles,
 # conjunctions, prepositions and pronouns only, no single letters or words such as "who", "all" and "can" (Qdrant's
-# default English list, NLTK's 179 words, dropped the "D" of "vitamin D" and the "T" of "T cell").
+# default English list, NLTK's 179 words, drops the "D" of "vitamin D" and the "T" of "T cell"). BM25_STOPWORDS=lucene.
 # fmt: off
 LUCENE_STOPWORDS = frozenset([
     "a", "an", "and", "are", "as", "at", "be", "but", "by", "for", "if", "in", "into", "is", "it", "no", "not", "of",
     "on", "or", "such", "that", "the", "their", "then", "there", "these", "they", "this", "to", "was", "will", "with",
 ])
 # fmt: on
-ANALYSIS = "nfkc_cf+lucene_stop"  # this release's analysis: normalize_text, then LUCENE_STOPWORDS (see ANALYSES)
 _IGNORABLE = regex.compile(r"\p{Default_Ignorable_Code_Point}+")  # invisible: ZWSP, ZWJ, ZWNJ, BOM, soft hyphen...
 _SOFT_HYPHEN = {ord("\u00ad"): None}
 # Scripts written without spaces between words (Han, kana, Thai, Lao, Khmer, Myanmar): the Word tokenizer makes a
@@ -60,14 +59,12 @@ def _normalize_v1(text: str) -> str:
     return _nfkc_casefold(text.translate(_SOFT_HYPHEN))
 
 
-# How each analyzer a release made makes terms, by the name it records without its tokenizer ("": the earliest
-# releases', recorded as the tokenizer's name alone), oldest first: its text normalization (None: none) and its
-# stopwords (None: Qdrant's English default, NLTK's). Collections keep theirs until rebuilt; new ones get ANALYSIS.
-ANALYSES = {
-    "": (None, None),
-    "nfkc_casefold": (_normalize_v1, None),
-    ANALYSIS: (normalize_text, LUCENE_STOPWORDS),
-}
+# The text normalization of each release's analyzer, by the name it records (first in the analyzer's name; "": the
+# earliest releases', none), oldest first. Collections keep theirs until rebuilt; new ones get NORMALIZATION.
+NORMALIZATIONS = {"": None, "nfkc_casefold": _normalize_v1, "nfkc_cf": normalize_text}
+NORMALIZATION = "nfkc_cf"
+_STOPWORDS = {Bm25Stopwords.NLTK: None, Bm25Stopwords.LUCENE: LUCENE_STOPWORDS}  # None: Qdrant's English default
+_LUCENE_STOP = "lucene_stop"  # in an analyzer's name: BM25_STOPWORDS=lucene (none: nltk)
 
 
 @dataclass(frozen=True)
@@ -88,10 +85,11 @@ class Bm25Encoder:
 
     Term ids are hashes of the stemmed token, so no vocabulary is stored; the IDF factor is applied by
     Qdrant from the collection's statistics (sparse vector modifier ``idf``). Texts (documents and queries) are
-    normalized first (:func:`normalize_text`), then split by ``tokenizer`` (``word`` or ``multilingual``); Lucene's
-    English stopwords (:data:`LUCENE_STOPWORDS`) are dropped and the rest stemmed by Qdrant's Snowball English
-    stemmer. ``analysis`` (:data:`ANALYSIS`) and the tokenizer make the :attr:`analyzer` a collection records;
-    the analyses of earlier releases (:data:`ANALYSES`) are kept for their collections (:meth:`of_analyzer`).
+    normalized first (:func:`normalize_text`), then split by ``tokenizer`` (``word`` or ``multilingual``);
+    ``stopwords`` (``nltk``: Qdrant's English default; ``lucene``: :data:`LUCENE_STOPWORDS`) are dropped and the
+    rest stemmed by Qdrant's Snowball English stemmer. The normalization, the stopwords and the tokenizer make the
+    :attr:`analyzer` a collection records; the normalizations of earlier releases (:data:`NORMALIZATIONS`) are kept
+    for their collections (:meth:`of_analyzer`).
     """
 
     name = "bm25"
@@ -103,32 +101,39 @@ class Bm25Encoder:
         b: float = 0.75,
         avg_len: float = 256.0,
         tokenizer: str = "word",
-        analysis: str = ANALYSIS,
+        stopwords: str = "nltk",
+        normalization: str = NORMALIZATION,
     ):
         if tokenizer not in tuple(Bm25Tokenizer):
             raise InvalidArgumentError(f"BM25 tokenizer {tokenizer!r} is not one of {', '.join(Bm25Tokenizer)}")
-        if analysis not in ANALYSES:
-            raise InvalidArgumentError(f"unknown BM25 analysis {analysis!r}: one of {', '.join(map(repr, ANALYSES))}")
+        if stopwords not in tuple(Bm25Stopwords):
+            raise InvalidArgumentError(f"BM25 stopwords {stopwords!r} are not one of {', '.join(Bm25Stopwords)}")
+        if normalization not in NORMALIZATIONS:
+            raise InvalidArgumentError(f"unknown BM25 normalization {normalization!r}")
         self.k1, self.b, self.avg_len = k1, b, avg_len
-        self.tokenizer, self.analysis = str(tokenizer), analysis
-        self._normalize, self._stopwords = ANALYSES[analysis]
+        self.tokenizer, self.stopwords, self.normalization = str(tokenizer), str(stopwords), normalization
+        self._normalize, self._stopwords = NORMALIZATIONS[normalization], _STOPWORDS[Bm25Stopwords(stopwords)]
         self.lock = threading.RLock()  # held around each call, as for every encoder
         self._warned = False
         self._seen = [0, 0, 0]  # documents encoded: texts, letters and digits, and those of unspaced scripts
 
     @property
     def analyzer(self) -> str:
-        """How texts become terms, as a collection records it: ``<analysis>+<tokenizer>`` (``nfkc_cf+lucene_stop+word``
-        by default), or the tokenizer alone (``word``) for the analyzer of the earliest releases."""
-        return f"{self.analysis}+{self.tokenizer}" if self.analysis else self.tokenizer
+        """How texts become terms, as a collection records it: ``<normalization>[+lucene_stop]+<tokenizer>``
+        (``nfkc_cf+word`` by default), or the tokenizer alone (``word``) for the analyzer of the earliest releases."""
+        stop = [_LUCENE_STOP] if self.stopwords == Bm25Stopwords.LUCENE else []
+        return "+".join([self.normalization, *stop, self.tokenizer] if self.normalization else [*stop, self.tokenizer])
 
     @classmethod
     def of_analyzer(cls, analyzer: str, k1: float = 1.2, b: float = 0.75, avg_len: float = 256.0) -> Bm25Encoder:
         """The encoder of a recorded :attr:`analyzer`."""
-        analysis, _, tokenizer = analyzer.rpartition("+")
-        if analysis not in ANALYSES:
+        *steps, tokenizer = analyzer.split("+")
+        stopwords = Bm25Stopwords.LUCENE if steps[-1:] == [_LUCENE_STOP] else Bm25Stopwords.NLTK
+        steps = steps[:-1] if stopwords == Bm25Stopwords.LUCENE else steps
+        if len(steps) > 1 or (steps and steps[0] not in NORMALIZATIONS) or steps == [""]:
             raise InvalidArgumentError(f"unknown BM25 analyzer {analyzer!r}")
-        return cls(k1=k1, b=b, avg_len=avg_len, tokenizer=tokenizer, analysis=analysis)
+        normalization = steps[0] if steps else ""
+        return cls(k1=k1, b=b, avg_len=avg_len, tokenizer=tokenizer, stopwords=stopwords, normalization=normalization)
 
     def with_analyzer(self, analyzer: str | None) -> Bm25Encoder:
         """This encoder, or one with the same parameters and the recorded ``analyzer`` (None: this one)."""
@@ -138,12 +143,16 @@ class Bm25Encoder:
 
     def earlier(self, analyzer: str | None) -> Bm25Encoder | None:
         """The encoder of ``analyzer`` (a collection's) when an earlier release made it from this encoder's settings:
-        an earlier analysis with the same tokenizer (None otherwise: this analyzer, another tokenizer, or unknown)."""
-        analysis, _, tokenizer = (analyzer or "").rpartition("+")
-        order = list(ANALYSES)
-        if tokenizer != self.tokenizer or analysis not in order or order.index(analysis) >= order.index(self.analysis):
+        an earlier normalization with the same stopwords and tokenizer (None otherwise: this analyzer, other
+        settings, or unknown)."""
+        try:
+            theirs = self.with_analyzer(analyzer)
+        except InvalidArgumentError:
             return None
-        return self.with_analyzer(analyzer)
+        order = list(NORMALIZATIONS)
+        earlier = order.index(theirs.normalization) < order.index(self.normalization)
+        same = (theirs.tokenizer, theirs.stopwords) == (self.tokenizer, self.stopwords)
+        return theirs if earlier and same else None
 
     def _config(self, **kwargs):
         import qdrant_edge
@@ -277,9 +286,10 @@ def make_sparse_encoder(
     b: float = 0.75,
     avg_len: float = 256.0,
     tokenizer: str = "word",
+    stopwords: str = "nltk",
     device: str | None = None,
 ) -> Bm25Encoder | SpladeEncoder:
     """``bm25`` for BM25; any other value is a SPLADE model name or path."""
     if name.lower() == "bm25":
-        return Bm25Encoder(k1=k1, b=b, avg_len=avg_len, tokenizer=tokenizer)
+        return Bm25Encoder(k1=k1, b=b, avg_len=avg_len, tokenizer=tokenizer, stopwords=stopwords)
     return SpladeEncoder(name, device=device)
