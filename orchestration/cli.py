@@ -489,6 +489,7 @@ def search(
     as_json: Annotated[bool, typer.Option("--json", help="Print hits as JSON")] = False,
 ) -> None:
     """Search a collection (the same defaults as the Python API and `eval`: reranking as the settings say)."""
+    from retrieval.search import Variant
     from retrieval.stack import RetrievalStack
     from retrieval.store.base import filter_misses
 
@@ -499,6 +500,14 @@ def search(
             text, k=k, filter=flt, rerank=rerank, variant=variant, group_by=group_by, score_threshold=score_threshold
         )
         misses = filter_misses(retriever.store, flt) if flt and not hits else []
+        termless = "sparse" in Variant(variant).channels and not retriever.encode([text], "sparse").sparse[0]
+    if termless:  # "the", "to be or not to be": say why the sparse channel found nothing (stderr, --json too)
+        only = ": the hits are the dense channel's" if Variant(variant) is not Variant.SPARSE else ""
+        err_console.print(
+            label("note:", "yellow"),
+            f"the query makes no sparse term (its words are all stopwords, or it has no words){only}",
+            soft_wrap=True,
+        )
     if misses:  # a filter of the wrong type finds nothing without an error: say why (stderr, --json too)
         name = retriever.store.collection
         err_console.print(

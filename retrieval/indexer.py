@@ -28,7 +28,7 @@ from retrieval.documents import (
     validate_documents,
 )
 from retrieval.embedding_cache import embedded_text_hashes, text_hash
-from retrieval.encoders.sparse import LEGACY_ANALYZER, Bm25Encoder, SparseVec, SpladeEncoder
+from retrieval.encoders.sparse import Bm25Encoder, SparseVec, SpladeEncoder
 from retrieval.errors import (
     ALLOW_DELETE_HINT,
     InvalidArgumentError,
@@ -374,7 +374,7 @@ class Indexer:
         self, docs, chunks, report, vectors, prune, allow_delete, skipped, progress, rebuild, publish, started
     ) -> IndexReport:
         pinned = self.store.version is not None  # an explicit version (e.g. a staged one) is written in place
-        self.sparse = self._sparse if rebuild or vectors is not None else self._legacy_analyzer_kept()
+        self.sparse = self._sparse if rebuild or vectors is not None else self._earlier_analyzer_kept()
         report.published_before = self.store.current_version()
         if rebuild:  # like every write, a rebuild refuses a collection (or alias) hybrid-rag did not make
             self.store.check_schema(missing_ok=True)
@@ -532,26 +532,24 @@ class Indexer:
         return report
 
     # -- internals ----------------------------------------------------------------------------------
-    def _legacy_analyzer_kept(self) -> Bm25Encoder | SpladeEncoder:
-        """The sparse encoder of this write: a collection whose BM25 terms an earlier release made (no Unicode
-        normalization) keeps that analyzer until it is rebuilt, so its documents and queries make the same terms
+    def _earlier_analyzer_kept(self) -> Bm25Encoder | SpladeEncoder:
+        """The sparse encoder of this write: a collection whose BM25 terms an earlier release's analyzer made from
+        the same settings keeps that analyzer until it is rebuilt, so its documents and queries make the same terms
         (a collection recording another analyzer than the settings' refuses the write instead, as for k1/b)."""
         existing = self.store.schema()
-        if (
-            not isinstance(self._sparse, Bm25Encoder)
-            or existing is None
-            or existing.bm25_analyzer != LEGACY_ANALYZER
-            or self._sparse.analyzer == LEGACY_ANALYZER
-        ):
+        if not isinstance(self._sparse, Bm25Encoder) or existing is None:
+            return self._sparse
+        earlier = self._sparse.earlier(existing.bm25_analyzer)
+        if earlier is None:
             return self._sparse
         log.warning(
-            "collection %r holds BM25 terms made by an earlier release (analyzer %r, without Unicode normalization): "
-            "written with it; rebuild it (hybrid-rag index --rebuild) for %r",
+            "collection %r holds BM25 terms made by an earlier release's analyzer %r: written with it; rebuild it "
+            "(hybrid-rag index --rebuild) for this release's %r (README: BM25 and other scripts)",
             self.store.collection,
-            LEGACY_ANALYZER,
+            earlier.analyzer,
             self._sparse.analyzer,
         )
-        return self._sparse.with_analyzer(LEGACY_ANALYZER)
+        return earlier
 
     def _load_models(self, sparse: bool) -> None:
         """Load the encoders (``sparse``: the SPLADE model too) before any lock file, collection or version is

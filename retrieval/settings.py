@@ -59,6 +59,14 @@ class Bm25Tokenizer(StrEnum):
     MULTILINGUAL = "multilingual"
 
 
+class Bm25Stopwords(StrEnum):
+    """Which English words BM25 drops: ``nltk`` (Qdrant's default, NLTK's 179 words, single letters, "who", "all"
+    and "can" among them) or ``lucene`` (Lucene's 33: articles, conjunctions, prepositions, pronouns)."""
+
+    NLTK = "nltk"
+    LUCENE = "lucene"
+
+
 class DenseBackend(StrEnum):
     TORCH = "torch"
     ONNX = "onnx"
@@ -237,6 +245,7 @@ class RetrievalSettings(BaseSettings):
     bm25_b: float = Field(0.75, ge=0, le=1)
     bm25_avg_len: float = Field(256.0, gt=0)
     bm25_tokenizer: Bm25Tokenizer = Bm25Tokenizer.WORD
+    bm25_stopwords: Bm25Stopwords = Bm25Stopwords.NLTK
 
     # Chunking.
     chunk_tokens: int = Field(256, ge=MIN_CHUNK_TOKENS)

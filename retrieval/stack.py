@@ -49,6 +49,7 @@ def sparse_args(settings: RetrievalSettings) -> dict[str, Any]:
         "b": settings.bm25_b,
         "avg_len": settings.bm25_avg_len,
         "tokenizer": settings.bm25_tokenizer,
+        "stopwords": settings.bm25_stopwords,
         "device": settings.dense_device,
     }
 

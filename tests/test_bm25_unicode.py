@@ -1,5 +1,5 @@
 """BM25 on text that is not English ASCII: words inside Chinese, Japanese and Thai running text (the multilingual
-tokenizer), text a user sees as identical (NFKC, case folding, soft hyphens), and collections built before."""
+tokenizer), text a user sees as identical (NFKC, case folding, invisible characters), and collections built before."""
 
 import json
 import unicodedata
@@ -31,7 +31,11 @@ EQUIVALENT = [
     (Document("spec", "The ＲＡＭ budget for ２０２４ is ５１２ gigabytes."), "RAM 2024"),
     (Document("trip", "İstanbul is a city on the Bosphorus."), "Istanbul"),
     (Document("street", "Die Hohe Straße ist eine Einkaufsstraße in Köln."), "STRASSE"),
+    (Document("wiki", "Call getUser\u200bById(id) to fetch one account (copied from a wiki: <wbr>)."), "getUserById"),
 ]
+# Invisible (default ignorable) characters a word can hold: zero-width space, non-joiner and joiner, word joiner,
+# byte order mark, left-to-right mark, variation selector 16
+INVISIBLE = ["\u200b", "\u200c", "\u200d", "\u2060", "\ufeff", "\u200e", "\ufe0f"]
 
 
 def _stack(tmp_path, dense_encoder, sparse=None, collection="ml", backend=None) -> RetrievalStack:
@@ -70,11 +74,28 @@ def test_multilingual_tokenizer_keeps_english_words_and_their_stems():
 
 
 def test_equivalent_text_makes_the_same_terms(tmp_path, dense_encoder):
-    """NFD accents, ligatures, soft hyphens, full-width forms, İ and ß: the query typed plainly finds each."""
+    """NFD accents, ligatures, soft hyphens, a zero-width space, full-width forms, İ and ß: the query typed plainly
+    finds each."""
     with _stack(tmp_path, dense_encoder) as stack:
         stack.indexer().index([d for d, _ in EQUIVALENT], progress=False)
         found = {doc.id: _sparse_top(stack, query) for doc, query in EQUIVALENT}
     assert found == {doc.id: doc.id for doc, _ in EQUIVALENT}
+
+
+@pytest.mark.parametrize("char", INVISIBLE, ids=[f"U+{ord(c):04X}" for c in INVISIBLE])
+def test_an_invisible_character_inside_a_word_does_not_split_it(char):
+    """Unicode's NFKC_Casefold drops them (as ICU's nfkc_cf does): a word pasted with one is the word typed."""
+    encoder = Bm25Encoder()
+    assert encoder.encode_documents([f"BRCA{char}1 and getUser{char}ById"]) == encoder.encode_documents(
+        ["BRCA1 and getUserById"]
+    )
+
+
+def test_persian_words_written_with_or_without_a_zero_width_non_joiner_make_one_term():
+    """Persian writes می‌خواهم ("I want") with a ZWNJ between its parts, or without: one term either way."""
+    encoder = Bm25Encoder()
+    assert encoder.encode_query("می\u200cخواهم") == encoder.encode_query("میخواهم")
+    assert len(encoder.encode_query("می\u200cخواهم")) == 1
 
 
 def _as_an_earlier_release_wrote_it(root) -> None:
@@ -92,7 +113,7 @@ def test_a_collection_built_before_keeps_its_terms_until_rebuilt(tmp_path, dense
     queries return what they did and new documents make the same terms; a rebuild moves it to the settings'."""
     docs = [d for d, _ in EQUIVALENT]
     queries = ["oﬃce ﬁgures", "Straße", "ＲＡＭ", "dessert", "STRASSE"]
-    with _stack(tmp_path, dense_encoder, Bm25Encoder(normalize=False)) as old:
+    with _stack(tmp_path, dense_encoder, Bm25Encoder.of_analyzer("word")) as old:
         old.indexer().index(docs, progress=False)
         before = {q: _sparse_top(old, q) for q in queries}
     _as_an_earlier_release_wrote_it(tmp_path / "index")
@@ -108,7 +129,7 @@ def test_a_collection_built_before_keeps_its_terms_until_rebuilt(tmp_path, dense
         assert not _earlier_release_refuses(_record(new))  # they make the same terms: rolling back stays possible
         assert _sparse_top(new, "ﬂan") == "menu"  # written with the collection's terms
         new.indexer().rebuild(docs, progress=False)
-        assert new.check_schema().bm25_analyzer == "nfkc_casefold+word"
+        assert new.check_schema().bm25_analyzer == "nfkc_cf+word"
         assert _sparse_top(new, "STRASSE") == "street"
         assert _sparse_top(new, "oﬃce ﬁgures") == "pdf"
 
@@ -149,7 +170,7 @@ def test_releases_before_the_analyzer_was_recorded_refuse_a_collection_of_anothe
     with _stack(tmp_path, dense_encoder, Bm25Encoder(tokenizer=tokenizer), backend=backend) as stack:
         stack.indexer().index(CJK_DOCS, progress=False)
         record = _record(stack)
-        assert record["sparse_model"] == f"bm25:nfkc_casefold+{tokenizer}"
+        assert record["sparse_model"] == f"bm25:nfkc_cf+{tokenizer}"
         assert _earlier_release_refuses(record)
         assert stack.check_schema() == stack.schema()  # this release reads it as the bm25 model it is
         assert stack.check_schema().sparse_model == "bm25"
@@ -163,7 +184,7 @@ def test_a_collection_the_release_before_recorded_is_marked_on_its_next_write_wi
         stack.indexer().index(CJK_DOCS, progress=False)
         _as_the_release_before_this_one_recorded_it(stack)
         assert not _earlier_release_refuses(_record(stack))
-        assert stack.check_schema().bm25_analyzer == "nfkc_casefold+word"
+        assert stack.check_schema().bm25_analyzer == "nfkc_cf+word"
         report = stack.indexer().index([Document("pdf", "The oﬃce ﬁnance team.")], progress=False)
         assert report.embedded == 1  # the new document only
         assert _earlier_release_refuses(_record(stack))
@@ -175,9 +196,7 @@ def test_a_collection_recording_another_analyzer_is_searched_with_it_and_refuses
         multi.indexer().index(CJK_DOCS, progress=False)
     with _stack(tmp_path, dense_encoder) as word:
         assert _sparse_top(word, "熊猫") == "panda"  # queries split as the documents were
-        with pytest.raises(
-            SchemaMismatchError, match=r"bm25_analyzer: collection has 'nfkc_casefold\+multi.*--rebuild"
-        ):
+        with pytest.raises(SchemaMismatchError, match=r"bm25_analyzer: collection has 'nfkc_cf\+multi.*--rebuild"):
             word.indexer().index([Document("more", "熊猫很可爱。")], progress=False)
 
 
@@ -203,7 +222,7 @@ def test_the_tokenizer_is_a_setting(tmp_path, monkeypatch, dense_encoder):
     monkeypatch.setenv("HYBRID_RAG_BM25_TOKENIZER", "multilingual")
     settings = RetrievalSettings(qdrant_path=tmp_path / "index", cache_dir=tmp_path / "cache")
     with RetrievalStack(settings, dense=dense_encoder) as stack:
-        assert stack.schema().bm25_analyzer == "nfkc_casefold+multilingual"
+        assert stack.schema().bm25_analyzer == "nfkc_cf+multilingual"
     monkeypatch.setenv("HYBRID_RAG_BM25_TOKENIZER", "jieba")
     with pytest.raises(ValueError, match="bm25_tokenizer"):
         RetrievalSettings()

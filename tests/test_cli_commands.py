@@ -115,6 +115,24 @@ def test_search_says_why_a_filter_matches_nothing(kb, monkeypatch):
     assert result.exit_code == 0 and "1 hits" in result.stdout and not result.stderr
 
 
+def test_search_says_when_the_query_makes_no_sparse_term(kb, monkeypatch):
+    """A query of stopwords only makes no BM25 term: the sparse channel finds nothing, and stderr says why instead
+    of a bare empty list (hybrid: its hits are the dense channel's); a query with a term says nothing."""
+    monkeypatch.setenv("HYBRID_RAG_QDRANT_PATH", str(kb / "index"))
+    monkeypatch.setenv("HYBRID_RAG_CACHE_DIR", str(kb / "cache"))
+    runner = CliRunner()
+    note = "note: the query makes no sparse term (its words are all stopwords, or it has no words)"
+    result = runner.invoke(app, ["search", "to be or not to be", "-c", "kb", "--variant", "sparse", "--json"])
+    assert result.exit_code == 0 and json.loads(result.stdout) == []
+    assert result.stderr.strip() == note
+    result = runner.invoke(app, ["search", "to be or not to be", "-c", "kb", "--json"])
+    assert result.exit_code == 0 and json.loads(result.stdout)
+    assert result.stderr.strip() == f"{note}: the hits are the dense channel's"
+    for args in (["valve", "--variant", "sparse"], ["to be or not to be", "--variant", "dense"]):
+        result = runner.invoke(app, ["search", *args, "-c", "kb", "--json"])
+        assert result.exit_code == 0 and not result.stderr, result.output
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

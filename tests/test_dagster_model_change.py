@@ -153,7 +153,7 @@ def test_the_asset_rebuilds_an_earlier_releases_bm25_terms_and_says_so(tmp_path:
     result, failure = materialize(sandbox, resources, *STEPS)
     assert result.success, failure
     index = sandbox.metadata("qdrant_index")
-    assert index["rebuilt"] == "bm25_analyzer: collection has 'word', settings give 'nfkc_casefold+word'"
+    assert index["rebuilt"] == "bm25_analyzer: collection has 'word', settings give 'nfkc_cf+word'"
     assert index["written"] == index["chunks"] and sandbox.metadata("dense_vectors")["embedded"] == 0
     with dg.DagsterInstance.from_config(str(sandbox.home)) as instance:
         logs = [e.user_message for e in instance.all_logs(result.run_id) if e.level == logging.WARNING]

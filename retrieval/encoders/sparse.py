@@ -12,13 +12,24 @@ from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
+import regex
 
 from retrieval.encoders.runtime import fork_guard
 from retrieval.errors import InvalidArgumentError, not_one_string
-from retrieval.settings import Bm25Tokenizer
+from retrieval.settings import Bm25Stopwords, Bm25Tokenizer
 
 LEGACY_ANALYZER = "word"  # what earlier releases used (no normalization); a collection that records none used it
-_DROPPED = {ord("\u00ad"): None}  # soft hyphens: invisible, they would split a word
+# The stopwords of Lucene's (and Elasticsearch's) English analyzer, as bm25s and Pyserini use for BEIR: articles,
+# conjunctions, prepositions and pronouns only, no single letters or words such as "who", "all" and "can" (Qdrant's
+# default English list, NLTK's 179 words, drops the "D" of "vitamin D" and the "T" of "T cell"). BM25_STOPWORDS=lucene.
+# fmt: off
+LUCENE_STOPWORDS = frozenset([
+    "a", "an", "and", "are", "as", "at", "be", "but", "by", "for", "if", "in", "into", "is", "it", "no", "not", "of",
+    "on", "or", "such", "that", "the", "their", "then", "there", "these", "they", "this", "to", "was", "will", "with",
+])
+# fmt: on
+_IGNORABLE = regex.compile(r"\p{Default_Ignorable_Code_Point}+")  # invisible: ZWSP, ZWJ, ZWNJ, BOM, soft hyphen...
+_SOFT_HYPHEN = {ord("\u00ad"): None}
 # Scripts written without spaces between words (Han, kana, Thai, Lao, Khmer, Myanmar): the Word tokenizer makes a
 # whole clause one term
 UNSPACED = re.compile("[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u0e00-\u0eff\u1780-\u17ff\u1000-\u109f]")
@@ -29,10 +40,31 @@ log = logging.getLogger(__name__)
 
 
 def normalize_text(text: str) -> str:
-    """Text as BM25 reads it: NFKC (composed accents, ligatures and full-width forms as plain letters and
-    digits), case-folded (``ß`` -> ``ss``; ``İ`` -> ``i``), without soft hyphens."""
-    folded = unicodedata.normalize("NFKC", text.translate(_DROPPED)).casefold()
+    """Text as BM25 reads it: Unicode's NFKC_Casefold, as ICU's ``nfkc_cf`` normalizer (Lucene, Elasticsearch)
+    applies it: NFKC (composed accents, ligatures and full-width forms as plain letters and digits), case-folded
+    (``ß`` -> ``ss``; ``İ`` -> ``i``), without the invisible (default ignorable) characters that would split a
+    word: soft hyphen, zero-width space (what ``<wbr>`` becomes), zero-width joiner and non-joiner, word joiner,
+    byte order mark, direction marks, variation selectors."""
+    return _nfkc_casefold(_IGNORABLE.sub("", text))
+
+
+def _nfkc_casefold(text: str) -> str:
+    folded = unicodedata.normalize("NFKC", text).casefold()
     return unicodedata.normalize("NFKC", folded.replace("i\u0307", "i"))  # casefold keeps İ's dot as a mark
+
+
+def _normalize_v1(text: str) -> str:
+    """The normalization of analyzer ``nfkc_casefold`` (kept for its collections): as :func:`normalize_text`, but
+    of the invisible characters only soft hyphens are removed."""
+    return _nfkc_casefold(text.translate(_SOFT_HYPHEN))
+
+
+# The text normalization of each release's analyzer, by the name it records (first in the analyzer's name; "": the
+# earliest releases', none), oldest first. Collections keep theirs until rebuilt; new ones get NORMALIZATION.
+NORMALIZATIONS = {"": None, "nfkc_casefold": _normalize_v1, "nfkc_cf": normalize_text}
+NORMALIZATION = "nfkc_cf"
+_STOPWORDS = {Bm25Stopwords.NLTK: None, Bm25Stopwords.LUCENE: LUCENE_STOPWORDS}  # None: Qdrant's English default
+_LUCENE_STOP = "lucene_stop"  # in an analyzer's name: BM25_STOPWORDS=lucene (none: nltk)
 
 
 @dataclass(frozen=True)
@@ -52,41 +84,56 @@ class Bm25Encoder:
     weight 1, which lost 0.06 nDCG@10 on long SciFact queries).
 
     Term ids are hashes of the stemmed token, so no vocabulary is stored; the IDF factor is applied by
-    Qdrant from the collection's statistics (sparse vector modifier ``idf``). English stopwords and the
-    Snowball stemmer come from Qdrant's own tokenizer.
-
-    Texts (documents and queries) are normalized first (:func:`normalize_text`), then split by ``tokenizer``
-    (``word`` or ``multilingual``). The two make the :attr:`analyzer` a collection records; ``normalize=False``
-    with ``word`` is the analyzer of earlier releases (:data:`LEGACY_ANALYZER`), kept for their collections.
+    Qdrant from the collection's statistics (sparse vector modifier ``idf``). Texts (documents and queries) are
+    normalized first (:func:`normalize_text`), then split by ``tokenizer`` (``word`` or ``multilingual``);
+    ``stopwords`` (``nltk``: Qdrant's English default; ``lucene``: :data:`LUCENE_STOPWORDS`) are dropped and the
+    rest stemmed by Qdrant's Snowball English stemmer. The normalization, the stopwords and the tokenizer make the
+    :attr:`analyzer` a collection records; the normalizations of earlier releases (:data:`NORMALIZATIONS`) are kept
+    for their collections (:meth:`of_analyzer`).
     """
 
     name = "bm25"
     uses_idf_modifier = True
 
     def __init__(
-        self, k1: float = 1.2, b: float = 0.75, avg_len: float = 256.0, tokenizer: str = "word", normalize: bool = True
+        self,
+        k1: float = 1.2,
+        b: float = 0.75,
+        avg_len: float = 256.0,
+        tokenizer: str = "word",
+        stopwords: str = "nltk",
+        normalization: str = NORMALIZATION,
     ):
         if tokenizer not in tuple(Bm25Tokenizer):
             raise InvalidArgumentError(f"BM25 tokenizer {tokenizer!r} is not one of {', '.join(Bm25Tokenizer)}")
+        if stopwords not in tuple(Bm25Stopwords):
+            raise InvalidArgumentError(f"BM25 stopwords {stopwords!r} are not one of {', '.join(Bm25Stopwords)}")
+        if normalization not in NORMALIZATIONS:
+            raise InvalidArgumentError(f"unknown BM25 normalization {normalization!r}")
         self.k1, self.b, self.avg_len = k1, b, avg_len
-        self.tokenizer, self.normalize = str(tokenizer), normalize
+        self.tokenizer, self.stopwords, self.normalization = str(tokenizer), str(stopwords), normalization
+        self._normalize, self._stopwords = NORMALIZATIONS[normalization], _STOPWORDS[Bm25Stopwords(stopwords)]
         self.lock = threading.RLock()  # held around each call, as for every encoder
         self._warned = False
         self._seen = [0, 0, 0]  # documents encoded: texts, letters and digits, and those of unspaced scripts
 
     @property
     def analyzer(self) -> str:
-        """How texts become terms, as a collection records it: ``nfkc_casefold+<tokenizer>``, or ``word`` for the
-        analyzer of earlier releases."""
-        return f"nfkc_casefold+{self.tokenizer}" if self.normalize else self.tokenizer
+        """How texts become terms, as a collection records it: ``<normalization>[+lucene_stop]+<tokenizer>``
+        (``nfkc_cf+word`` by default), or the tokenizer alone (``word``) for the analyzer of the earliest releases."""
+        stop = [_LUCENE_STOP] if self.stopwords == Bm25Stopwords.LUCENE else []
+        return "+".join([self.normalization, *stop, self.tokenizer] if self.normalization else [*stop, self.tokenizer])
 
     @classmethod
     def of_analyzer(cls, analyzer: str, k1: float = 1.2, b: float = 0.75, avg_len: float = 256.0) -> Bm25Encoder:
         """The encoder of a recorded :attr:`analyzer`."""
-        normalize, _, tokenizer = analyzer.rpartition("+")
-        if normalize not in ("", "nfkc_casefold"):
+        *steps, tokenizer = analyzer.split("+")
+        stopwords = Bm25Stopwords.LUCENE if steps[-1:] == [_LUCENE_STOP] else Bm25Stopwords.NLTK
+        steps = steps[:-1] if stopwords == Bm25Stopwords.LUCENE else steps
+        if len(steps) > 1 or (steps and steps[0] not in NORMALIZATIONS) or steps == [""]:
             raise InvalidArgumentError(f"unknown BM25 analyzer {analyzer!r}")
-        return cls(k1=k1, b=b, avg_len=avg_len, tokenizer=tokenizer, normalize=bool(normalize))
+        normalization = steps[0] if steps else ""
+        return cls(k1=k1, b=b, avg_len=avg_len, tokenizer=tokenizer, stopwords=stopwords, normalization=normalization)
 
     def with_analyzer(self, analyzer: str | None) -> Bm25Encoder:
         """This encoder, or one with the same parameters and the recorded ``analyzer`` (None: this one)."""
@@ -94,14 +141,29 @@ class Bm25Encoder:
             return self
         return Bm25Encoder.of_analyzer(analyzer, k1=self.k1, b=self.b, avg_len=self.avg_len)
 
+    def earlier(self, analyzer: str | None) -> Bm25Encoder | None:
+        """The encoder of ``analyzer`` (a collection's) when an earlier release made it from this encoder's settings:
+        an earlier normalization with the same stopwords and tokenizer (None otherwise: this analyzer, other
+        settings, or unknown)."""
+        try:
+            theirs = self.with_analyzer(analyzer)
+        except InvalidArgumentError:
+            return None
+        order = list(NORMALIZATIONS)
+        earlier = order.index(theirs.normalization) < order.index(self.normalization)
+        same = (theirs.tokenizer, theirs.stopwords) == (self.tokenizer, self.stopwords)
+        return theirs if earlier and same else None
+
     def _config(self, **kwargs):
         import qdrant_edge
 
         tokenizer = qdrant_edge.TokenizerType.Multilingual if self.tokenizer == "multilingual" else None
+        if self._stopwords is not None:
+            kwargs["stopwords"] = qdrant_edge.StopwordsSet(custom=set(self._stopwords))
         return qdrant_edge.Bm25Config(**kwargs, tokenizer=tokenizer, language="english")
 
     def _prepared(self, texts: Sequence[str]) -> list[str]:
-        return [normalize_text(t) for t in texts] if self.normalize else list(texts)
+        return [self._normalize(t) for t in texts] if self._normalize else list(texts)
 
     @cached_property
     def _model(self):
@@ -224,9 +286,10 @@ def make_sparse_encoder(
     b: float = 0.75,
     avg_len: float = 256.0,
     tokenizer: str = "word",
+    stopwords: str = "nltk",
     device: str | None = None,
 ) -> Bm25Encoder | SpladeEncoder:
     """``bm25`` for BM25; any other value is a SPLADE model name or path."""
     if name.lower() == "bm25":
-        return Bm25Encoder(k1=k1, b=b, avg_len=avg_len, tokenizer=tokenizer)
+        return Bm25Encoder(k1=k1, b=b, avg_len=avg_len, tokenizer=tokenizer, stopwords=stopwords)
     return SpladeEncoder(name, device=device)
