@@ -150,3 +150,27 @@ def test_hits_of_equal_channel_score_fuse_in_one_order_whatever_order_the_engine
     }
     assert orders == {("c1", "a1", "d1", "b1")}
     assert [f.id for f in retriever.fuse({"dense": dense[::-1]})] == ["a1", "b1", "c1"]  # one channel too
+
+
+def test_a_sparse_list_that_ran_out_counts_the_zeros_of_every_other_chunk(retriever):
+    """BM25 lists only the chunks holding a query term: a rare identifier's 7 hits, the one holding it far ahead
+    (14.8 vs 6.9). Over those 7 alone no best hit can lie more than sqrt(6) = 2.45 sd above the mean, so the
+    standout test could never fire; over the 100 chunks the channel was asked for (the rest score 0) it does,
+    and z-score fusion ranks that chunk first although dense ranks it 6th (rank fusion: 3rd)."""
+    threshold = retriever.settings.zscore_fusion_above
+    dense = scored(*((f"p{i}" if i < 5 else f"d{i}", s) for i, s in enumerate(np.linspace(0.7, 0.3, 100))))
+    dense.insert(5, StoredHit("x1", 0.682, {"doc_id": "x"}))
+    dense.pop()
+    sparse = scored(("x1", 14.8), ("p0", 6.9), *((f"p{i}", 6.8) for i in range(1, 5)), ("q1", 6.8))
+    assert top_z(sparse) <= 6**0.5 < threshold < top_z(sparse, 100)
+    fused = retriever.fuse({"dense": dense, "sparse": sparse})
+    assert fused == fuse({"dense": dense, "sparse": sparse}, method="zscore", depth=100) and fused[0].id == "x1"
+    assert [f.id for f in fuse({"dense": dense, "sparse": sparse}, rrf_k=retriever.settings.rrf_k)][2] == "x1"
+    # a chunk missing from the padded list gets the z-score of 0 there, not the list's mean
+    d, s = np.array([h.score for h in dense]), np.array([14.8, 6.9, *[6.8] * 5, *[0.0] * 93])
+    missing = next(f for f in fused if f.id == "d50")
+    assert missing.score == pytest.approx((missing.scores["dense"] - d.mean()) / d.std() - s.mean() / s.std())
+    # the depth asked is capped by what the collection holds: the dense list's length when it ran out too
+    assert retriever.fuse({"dense": dense, "sparse": sparse}, depth=1000) == fused
+    rrf = fuse({"dense": dense[:7], "sparse": sparse}, rrf_k=retriever.settings.rrf_k)
+    assert retriever.fuse({"dense": dense[:7], "sparse": sparse}, depth=100) == rrf
