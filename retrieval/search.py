@@ -542,8 +542,7 @@ class HybridRetriever:
     def _rerank(self, query: str, query_vector: np.ndarray, hits: list[Hit]) -> list[Hit]:
         vectors = np.stack([h.dense_vector for h in hits])
         texts = [h.text for h in hits]
-        ranks = [(h.dense_rank, h.sparse_rank) for h in hits]
-        rerank_scores = self.reranker.scores(query, query_vector, texts, vectors, ranks)
+        rerank_scores = self.reranker.scores(query, query_vector, texts, vectors, agreement_ranks(hits))
         final = self.reranker.fuse(rerank_scores, len(hits))
         for i, (hit, fs) in enumerate(zip(hits, final, strict=True)):
             hit.rerank_score, hit.score = (float(rerank_scores[i]) if rerank_scores is not None else None), float(fs)
@@ -636,6 +635,24 @@ def _documents(hits: Sequence[StoredHit]) -> dict[str, StoredHit]:
         if doc_id not in best:
             best[doc_id] = StoredHit(doc_id, hit.score, {"doc_id": doc_id})
     return best
+
+
+def agreement_ranks(hits: Sequence[Hit]) -> list[tuple[int | None, int | None]]:
+    """Each hit's (dense, sparse) rank for the reranker's agreement gate: the last rank among the hits tied with
+    its score in that channel (None: not in its list). The order within a tie is arbitrary (80 tickets that share
+    only a term of no weight, `jira`, score alike), so a hit is within a channel's top N only when its tie is."""
+    last: dict[tuple[str, float | None], int] = {}
+    for h in hits:
+        for name, rank, score in (("dense", h.dense_rank, h.dense_score), ("sparse", h.sparse_rank, h.sparse_score)):
+            if rank is not None:
+                last[name, score] = max(last.get((name, score), rank), rank)
+    return [
+        (
+            None if h.dense_rank is None else last["dense", h.dense_score],
+            None if h.sparse_rank is None else last["sparse", h.sparse_score],
+        )
+        for h in hits
+    ]
 
 
 def _finish(hits: list[Hit], k: int, score_threshold: float | None) -> list[Hit]:
