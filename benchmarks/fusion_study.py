@@ -23,6 +23,7 @@ from benchmarks.common import REPO, console, table
 from retrieval.fusion import top_z
 
 DATASETS = REPO.parent / "shared" / "datasets"
+DEPTH = 100  # hits asked of each channel (the shipped PREFETCH_K): a shorter sparse list ran out
 Lists = dict[str, list]
 
 
@@ -52,8 +53,8 @@ def channel_lists(root: Path, index_dir: Path, held_out: bool) -> dict[str, tupl
         lists: dict[str, Lists] = {}
         for start in range(0, len(qids), 64):
             part = range(start, min(start + 64, len(qids)))
-            plans = [QueryPlan(dense=dense[i], limit=100, with_payload=("doc_id",)) for i in part]
-            plans += [QueryPlan(sparse=sparse[i], limit=100, with_payload=("doc_id",)) for i in part]
+            plans = [QueryPlan(dense=dense[i], limit=DEPTH, with_payload=("doc_id",)) for i in part]
+            plans += [QueryPlan(sparse=sparse[i], limit=DEPTH, with_payload=("doc_id",)) for i in part]
             results = indexer.store.query_batch(plans)
             for j, i in enumerate(part):
                 lists[qids[i]] = {"dense": results[j], "sparse": results[len(part) + j]}
@@ -77,7 +78,8 @@ def variants() -> dict[str, Callable[[Lists], list]]:
         out[f"RRF k=10, dense weight {w}"] = lambda c, w=w: fuse(c, rrf_k=10, weights={"dense": w})
     for t in (1.5, 2.5, 3.5):
         label = f"z-scores if sparse top z > {t}, else RRF k=10" + (" (shipped)" if t == 2.5 else "")
-        out[label] = lambda c, t=t: fuse(c, method="zscore") if top_z(c["sparse"]) > t else fuse(c, rrf_k=10)
+        out[label] = lambda c, t=t: gated(c, t, DEPTH)
+    out["the same (2.5), a short sparse list not padded with zeros (previous release)"] = lambda c: gated(c, 2.5, None)
     out["min-max CombSUM (not shipped)"] = lambda c: combsum(c, _min_max)
     out["z-scores, missing chunk at the list's minimum (not shipped)"] = lambda c: combsum(c, _z, missing_at_min=True)
     out["RRF of the RRF k=10 and z-score lists (not shipped)"] = lambda c: _rrf_of(
@@ -91,6 +93,16 @@ def variants() -> dict[str, Callable[[Lists], list]]:
         fuse(_per_document(c), method="zscore") if top_z(c["sparse"]) > 2.5 else fuse(c, rrf_k=10)
     )
     return out
+
+
+def gated(c: Lists, threshold: float, depth: int | None) -> list:
+    """Z-scores when the sparse list's best hit stands out, else RRF k=10; a sparse list shorter than ``depth``
+    (it ran out: every other chunk scores 0) is padded with zeros (what ``HybridRetriever.fuse`` does)."""
+    from retrieval.fusion import fuse
+
+    if top_z(c["sparse"], depth) > threshold:
+        return fuse(c, method="zscore", depth=depth)
+    return fuse(c, rrf_k=10)
 
 
 # Pairwise linear ranker (scikit-learn LogisticRegression on feature differences of relevant vs non-relevant chunks
@@ -226,6 +238,8 @@ def main(argv: list[str] | None = None) -> None:
         rows.append([label, *(ndcg({q: fn(c) for q, c in lists.items()}, qrels) for lists, qrels, _ in sets.values())])
     label = "pairwise linear ranker fitted on SciFact train (not shipped)"
     rows.append([label, *(ndcg({q: learned(c, t[q]) for q, c in ls.items()}, qr) for ls, qr, t in sets.values())])
+    short = {name: sum(len(c["sparse"]) < DEPTH for c in lists.values()) for name, (lists, _, _) in sets.items()}
+    rows.append([f"queries whose sparse list is shorter than {DEPTH}", *short.values()])
     headers = [f"{name} ({len(qrels)} q)" for name, (_, qrels, _) in sets.items()]
     console.print(table("nDCG@10 by fusion of the same channel lists", ["fusion", *headers], rows))
 

@@ -12,7 +12,7 @@ import numpy as np
 
 from evals.runs import best_chunk_per_document
 from retrieval.rerank import EmbeddingReranker
-from retrieval.search import HybridRetriever
+from retrieval.search import HybridRetriever, agreement_ranks
 
 
 @dataclass
@@ -25,7 +25,7 @@ class CandidateList:
     doc_ids: list[str]
     texts: list[str]
     vectors: np.ndarray
-    ranks: list[tuple[int | None, int | None]] | None = None  # each candidate's (dense, sparse) rank
+    ranks: list[tuple[int | None, int | None]] | None = None  # each candidate's (dense, sparse) rank, for the gate
 
 
 def first_stage_lists(
@@ -47,7 +47,7 @@ def first_stage_lists(
                     doc_ids=[h.doc_id for h in hits],
                     texts=[h.text for h in hits],
                     vectors=np.stack([h.dense_vector for h in hits]) if hits else np.zeros((0, dense.shape[1])),
-                    ranks=[(h.dense_rank, h.sparse_rank) for h in hits],
+                    ranks=agreement_ranks(hits),
                 )
             )
     return out

@@ -39,10 +39,12 @@ def fuse(
     method: FusionMethod | str = FusionMethod.RRF,
     rrf_k: int = 60,
     weights: dict[str, float] | None = None,
+    depth: int | None = None,
 ) -> list[Fused]:
     """Fuse per-channel lists (best first) into one list, best first (ties by best rank, then id).
 
-    A single channel keeps its own order and scores.
+    A single channel keeps its own order and scores. ``depth``: how many hits each channel was asked for, capped
+    by what it could return (z-score fusion pads a shorter list with zeros to it; None: no padding).
     """
     method, weights = FusionMethod(method), weights or {}
     fused: dict[str, Fused] = {}
@@ -59,10 +61,14 @@ def fuse(
         for f in fused.values():
             f.score = sum(weights.get(name, 1.0) / (rrf_k + rank) for name, rank in f.ranks.items())
     else:
-        normalize = _dbsf_normalized if method is FusionMethod.DBSF else _z_scores
-        normalized = {name: normalize(hits) for name, hits in channels.items()}
+        normalized = {
+            name: (_dbsf_normalized(hits), 0.0) if method is FusionMethod.DBSF else _z_scores(hits, depth)
+            for name, hits in channels.items()
+        }
         for f in fused.values():
-            f.score = sum(weights.get(name, 1.0) * normalized[name].get(f.id, 0.0) for name in channels)
+            f.score = sum(
+                weights.get(name, 1.0) * values.get(f.id, missing) for name, (values, missing) in normalized.items()
+            )
     return sorted(fused.values(), key=lambda f: (-f.score, min(f.ranks.values()), f.id))
 
 
@@ -76,16 +82,23 @@ def _dbsf_normalized(hits: Sequence[StoredHit]) -> dict[str, float]:
     return {h.id: float(v) for h, v in zip(hits, values, strict=True)}
 
 
-def _z_scores(hits: Sequence[StoredHit]) -> dict[str, float]:
-    """(s - mean) / sd over one channel's list (0 for a list whose scores are all equal)."""
+def _z_scores(hits: Sequence[StoredHit], depth: int | None = None) -> tuple[dict[str, float], float]:
+    """(s - mean) / sd over one channel's list, padded with zeros to ``depth`` when shorter (0 for a list whose
+    scores are all equal); and the z-score of a chunk missing from the list: 0 (the mean) for a full list, that
+    of a score of 0 for a padded one."""
     if not hits:
-        return {}
+        return {}, 0.0
     scores = np.array([h.score for h in hits], dtype=float)
-    sd = scores.std()
-    values = (scores - scores.mean()) / sd if sd > 0 else np.zeros_like(scores)
-    return {h.id: float(v) for h, v in zip(hits, values, strict=True)}
+    padding = max((depth or 0) - len(scores), 0)
+    padded = np.concatenate([scores, np.zeros(padding)])
+    mean, sd = padded.mean(), padded.std()
+    if sd == 0:
+        return {h.id: 0.0 for h in hits}, 0.0
+    values = (scores - mean) / sd
+    return {h.id: float(v) for h, v in zip(hits, values, strict=True)}, float(-mean / sd) if padding else 0.0
 
 
-def top_z(hits: Sequence[StoredHit]) -> float:
-    """How many standard deviations a list's best score lies above the list's mean (0 for fewer than 2 hits)."""
-    return max(_z_scores(hits).values(), default=0.0) if len(hits) > 1 else 0.0
+def top_z(hits: Sequence[StoredHit], depth: int | None = None) -> float:
+    """How many standard deviations a list's best score lies above the list's mean (the list padded with zeros
+    to ``depth`` when shorter; 0 for fewer than 2 entries)."""
+    return max(_z_scores(hits, depth)[0].values(), default=0.0) if max(len(hits), depth or 0) > 1 else 0.0

@@ -13,9 +13,11 @@ Re-ordering by the pseudo-query alone loses to the first stage on SciFact, so th
 two rankings by weighted reciprocal rank: ``(1 - w) / (c + rank_first) + w / (c + rank_rerank)``.
 
 Feedback is gated by the first stage's own agreement: only candidates that both channels rank within their
-top ``agreement`` documents feed the pseudo-query (they are the likeliest relevant ones). When no candidate
-near the top is agreed on, the first-stage order is kept. This is what makes reranking safe to run by default
-on a corpus without labels (``agreement=0`` turns the gate off).
+top ``agreement`` documents feed the pseudo-query (they are the likeliest relevant ones). When the channels do
+not agree on the first stage's best hit, the first-stage order is kept: that hit came from one channel alone
+(an exact identifier the dense model cannot see, a paraphrase BM25 cannot match), and a pseudo-query built from
+other candidates would demote it. This is what makes reranking safe to run by default on a corpus without
+labels (``agreement=0`` turns the gate off).
 """
 
 from __future__ import annotations
@@ -78,8 +80,8 @@ class EmbeddingReranker:
 
     def feedback_rows(self, ranks: Sequence[tuple[int | None, int | None]] | None) -> list[int]:
         """Which candidates (first-stage order) feed the pseudo-query: the first ``feedback_k`` among the top
-        ``agreement`` that both channels rank within their top ``agreement`` (all of the first ``feedback_k``
-        when the gate is off or the ranks are unknown)."""
+        ``agreement`` that both channels rank within their top ``agreement``, none unless the first candidate is
+        one of them (all of the first ``feedback_k`` when the gate is off or the ranks are unknown)."""
         c = self.config
         if not c.agreement or ranks is None:
             return list(range(min(c.feedback_k, len(ranks) if ranks is not None else c.feedback_k)))
@@ -88,7 +90,7 @@ class EmbeddingReranker:
             for i, (dense, sparse) in enumerate(ranks[: c.agreement])
             if dense is not None and sparse is not None and dense <= c.agreement and sparse <= c.agreement
         ]
-        return agreed[: c.feedback_k]
+        return agreed[: c.feedback_k] if agreed[:1] == [0] else []
 
     def pseudo_query(
         self, query: str, query_vector: np.ndarray, texts: Sequence[str], vectors: np.ndarray, rows: Sequence[int]

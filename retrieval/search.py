@@ -465,7 +465,9 @@ class HybridRetriever:
         results = self._written(results)
         fuse = self.fuse_documents if by_doc else self.fuse
         step = len(names)
-        fused = [fuse({name: results[i * step + j] for j, name in enumerate(names)})[:depth] for i in range(n)]
+        fused = [
+            fuse({name: results[i * step + j] for j, name in enumerate(names)}, channel_k)[:depth] for i in range(n)
+        ]
         ids = sorted({f.id for fs in fused for f in fs})
         if with_payload:
             points = self.store.points(ids, with_dense_vectors=with_vectors)
@@ -510,32 +512,37 @@ class HybridRetriever:
                 results[i] = hits
         return results
 
-    def fuse_documents(self, channels: dict[str, Sequence[StoredHit]]) -> list[Fused]:
+    def fuse_documents(self, channels: dict[str, Sequence[StoredHit]], depth: int | None = None) -> list[Fused]:
         """One query's channel lists fused by document (``group_by="doc"``): a document's rank and score in a
         channel are its best chunk's there; each document is represented by its best chunk in :meth:`fuse` of
-        the chunk lists."""
+        the chunk lists. ``depth``: documents asked of each channel (see :meth:`fuse`)."""
         channels = _score_order(channels)
         best_chunk: dict[str, str] = {}
         for f in self.fuse(channels):
             best_chunk.setdefault(f.doc_id, f.id)
         documents = {name: list(_documents(hits).values()) for name, hits in channels.items()}
-        return [replace(f, id=best_chunk[f.doc_id]) for f in self.fuse(documents)]
+        return [replace(f, id=best_chunk[f.doc_id]) for f in self.fuse(documents, depth)]
 
-    def fuse(self, channels: dict[str, Sequence[StoredHit]]) -> list[Fused]:
+    def fuse(self, channels: dict[str, Sequence[StoredHit]], depth: int | None = None) -> list[Fused]:
         """One query's channel lists fused as the settings say (a single channel keeps its own order): by
-        z-scores when the sparse list's best hit stands out (``zscore_fusion_above``), else by ``fusion``."""
+        z-scores when the sparse list's best hit stands out (``zscore_fusion_above``), else by ``fusion``.
+
+        ``depth``: hits asked of each channel (default: the longest list's length), capped by the longest list
+        (the dense channel returns every matching chunk up to it). A sparse list shorter than that ran out: every
+        other candidate has a BM25 score of 0, so its z-scores (the standout test's too) count those zeros."""
         s, channels = self.settings, _score_order(channels)
-        confident = s.zscore_fusion_above is not None and top_z(channels.get("sparse", ())) > s.zscore_fusion_above
+        longest = max(map(len, channels.values()), default=0)
+        depth = longest if depth is None else min(depth, longest)
+        sparse = channels.get("sparse", ())
+        confident = s.zscore_fusion_above is not None and top_z(sparse, depth) > s.zscore_fusion_above
         method = FusionMethod.ZSCORE if confident else s.fusion
-        return fuse(
-            channels, method=method, rrf_k=s.rrf_k, weights={"dense": s.dense_weight, "sparse": s.sparse_weight}
-        )
+        weights = {"dense": s.dense_weight, "sparse": s.sparse_weight}
+        return fuse(channels, method=method, rrf_k=s.rrf_k, weights=weights, depth=depth)
 
     def _rerank(self, query: str, query_vector: np.ndarray, hits: list[Hit]) -> list[Hit]:
         vectors = np.stack([h.dense_vector for h in hits])
         texts = [h.text for h in hits]
-        ranks = [(h.dense_rank, h.sparse_rank) for h in hits]
-        rerank_scores = self.reranker.scores(query, query_vector, texts, vectors, ranks)
+        rerank_scores = self.reranker.scores(query, query_vector, texts, vectors, agreement_ranks(hits))
         final = self.reranker.fuse(rerank_scores, len(hits))
         for i, (hit, fs) in enumerate(zip(hits, final, strict=True)):
             hit.rerank_score, hit.score = (float(rerank_scores[i]) if rerank_scores is not None else None), float(fs)
@@ -628,6 +635,24 @@ def _documents(hits: Sequence[StoredHit]) -> dict[str, StoredHit]:
         if doc_id not in best:
             best[doc_id] = StoredHit(doc_id, hit.score, {"doc_id": doc_id})
     return best
+
+
+def agreement_ranks(hits: Sequence[Hit]) -> list[tuple[int | None, int | None]]:
+    """Each hit's (dense, sparse) rank for the reranker's agreement gate: the last rank among the hits tied with
+    its score in that channel (None: not in its list). The order within a tie is arbitrary (80 tickets that share
+    only a term of no weight, `jira`, score alike), so a hit is within a channel's top N only when its tie is."""
+    last: dict[tuple[str, float | None], int] = {}
+    for h in hits:
+        for name, rank, score in (("dense", h.dense_rank, h.dense_score), ("sparse", h.sparse_rank, h.sparse_score)):
+            if rank is not None:
+                last[name, score] = max(last.get((name, score), rank), rank)
+    return [
+        (
+            None if h.dense_rank is None else last["dense", h.dense_score],
+            None if h.sparse_rank is None else last["sparse", h.sparse_score],
+        )
+        for h in hits
+    ]
 
 
 def _finish(hits: list[Hit], k: int, score_threshold: float | None) -> list[Hit]:

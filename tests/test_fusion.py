@@ -1,17 +1,22 @@
 """First-stage fusion per document, per-channel scores on hits, and the reranker's agreement gate."""
 
+import itertools
+import json
+import random
+
 import numpy as np
 import pytest
 
-from retrieval import HybridRetriever, RetrievalSettings
+from retrieval import Document, HybridRetriever, RetrievalSettings
 from retrieval.encoders.sparse import SparseVec
 from retrieval.errors import InvalidArgumentError
 from retrieval.fusion import fuse, top_z
 from retrieval.parts import Parts
 from retrieval.rerank import EmbeddingReranker, RerankConfig
+from retrieval.search import Hit, agreement_ranks
 from retrieval.settings import FusionMethod
 from retrieval.store import QueryPlan, StoredHit
-from tests.conftest import LEXICAL_QUERY
+from tests.conftest import LEXICAL_QUERY, SCIFACT
 
 
 def hits(*names: str) -> list[StoredHit]:
@@ -98,7 +103,7 @@ def test_hits_carry_each_channels_raw_score(retriever):
     assert missing and all(h.sparse_score is None for h in missing)
 
 
-def test_reranking_keeps_the_first_stage_when_the_channels_agree_on_nothing(dense_encoder):
+def test_reranking_keeps_the_first_stage_unless_the_channels_agree_on_its_best_hit(dense_encoder):
     ranks = [(1, None), (None, 1), (3, 4), (2, 9)]  # (dense, sparse) rank of each candidate, first-stage order
     vectors = np.eye(4, dtype=np.float32)
     q = np.array([0.0, 0.0, 0.0, 1.0], dtype=np.float32)  # alone, the query would put the last candidate first
@@ -107,11 +112,29 @@ def test_reranking_keeps_the_first_stage_when_the_channels_agree_on_nothing(dens
     assert gated.scores("q", q, [""] * 4, vectors, ranks) is None
     assert list(np.argsort(-gated.fuse(None, 4))) == [0, 1, 2, 3]
     wider = EmbeddingReranker(dense_encoder, RerankConfig(weight=1.0, agreement=10, feedback_k=2, beta=4.0))
-    assert wider.feedback_rows(ranks) == [2, 3]
-    scores = wider.scores("q", q, [""] * 4, vectors, ranks)
-    assert scores is not None and set(np.argsort(-scores)[:2]) == {2, 3}
+    assert wider.feedback_rows(ranks) == []  # they agree on two, but not on the first stage's best hit
+    agreed_first = [(2, 9), (1, None), (None, 1), (3, 4)]
+    assert wider.feedback_rows(agreed_first) == [0, 3]
+    scores = wider.scores("q", q, [""] * 4, vectors, agreed_first)
+    assert scores is not None and set(np.argsort(-scores)[:2]) == {0, 3}
     no_gate = EmbeddingReranker(dense_encoder, RerankConfig(agreement=0, feedback_k=2))
     assert no_gate.feedback_rows(ranks) == [0, 1]
+
+
+def test_the_agreement_gate_counts_a_tie_at_its_last_rank(dense_encoder):
+    """80 tickets share only the term `jira` (score 0.01 each): their sparse order is arbitrary, so none of them
+    is within the sparse top 5, whatever rank the engine's tie order gave it; the note alone feeds the query."""
+    note = Hit("note", "n", "", 0.0, dense_rank=1, sparse_rank=1, dense_score=0.9, sparse_score=6.26)
+    tied = [
+        Hit(
+            f"t{i}", f"t{i}", "", 0.0, dense_rank=i + 2, sparse_rank=i + 2, dense_score=0.8 - i / 100, sparse_score=0.01
+        )
+        for i in range(80)
+    ]
+    ranks = agreement_ranks([note, *tied])
+    assert ranks[:4] == [(1, 1), (2, 81), (3, 81), (4, 81)]
+    assert EmbeddingReranker(dense_encoder).feedback_rows(ranks) == [0]
+    assert EmbeddingReranker(dense_encoder).feedback_rows([(1, 1), (2, 2), (3, 3)]) == [0, 1]
 
 
 def test_zscore_fusion_when_the_sparse_list_has_a_clear_best_hit(retriever):
@@ -150,3 +173,155 @@ def test_hits_of_equal_channel_score_fuse_in_one_order_whatever_order_the_engine
     }
     assert orders == {("c1", "a1", "d1", "b1")}
     assert [f.id for f in retriever.fuse({"dense": dense[::-1]})] == ["a1", "b1", "c1"]  # one channel too
+
+
+def test_a_sparse_list_that_ran_out_counts_the_zeros_of_every_other_chunk(retriever):
+    """BM25 lists only the chunks holding a query term: a rare identifier's 7 hits, the one holding it far ahead
+    (14.8 vs 6.9). Over those 7 alone no best hit can lie more than sqrt(6) = 2.45 sd above the mean, so the
+    standout test could never fire; over the 100 chunks the channel was asked for (the rest score 0) it does,
+    and z-score fusion ranks that chunk first although dense ranks it 6th (rank fusion: 3rd)."""
+    threshold = retriever.settings.zscore_fusion_above
+    dense = scored(*((f"p{i}" if i < 5 else f"d{i}", s) for i, s in enumerate(np.linspace(0.7, 0.3, 100))))
+    dense.insert(5, StoredHit("x1", 0.682, {"doc_id": "x"}))
+    dense.pop()
+    sparse = scored(("x1", 14.8), ("p0", 6.9), *((f"p{i}", 6.8) for i in range(1, 5)), ("q1", 6.8))
+    assert top_z(sparse) <= 6**0.5 < threshold < top_z(sparse, 100)
+    fused = retriever.fuse({"dense": dense, "sparse": sparse})
+    assert fused == fuse({"dense": dense, "sparse": sparse}, method="zscore", depth=100) and fused[0].id == "x1"
+    assert [f.id for f in fuse({"dense": dense, "sparse": sparse}, rrf_k=retriever.settings.rrf_k)][2] == "x1"
+    # a chunk missing from the padded list gets the z-score of 0 there, not the list's mean
+    d, s = np.array([h.score for h in dense]), np.array([14.8, 6.9, *[6.8] * 5, *[0.0] * 93])
+    missing = next(f for f in fused if f.id == "d50")
+    assert missing.score == pytest.approx((missing.scores["dense"] - d.mean()) / d.std() - s.mean() / s.std())
+    # the depth asked is capped by what the collection holds: the dense list's length when it ran out too
+    assert retriever.fuse({"dense": dense, "sparse": sparse}, depth=1000) == fused
+    rrf = fuse({"dense": dense[:7], "sparse": sparse}, rrf_k=retriever.settings.rrf_k)
+    assert retriever.fuse({"dense": dense[:7], "sparse": sparse}, depth=100) == rrf
+
+
+def identifier_docs() -> list[Document]:
+    """A ticket tracker export (80 tickets JIRA-1000..1079 about logins), a sprint review, the only text naming
+    JIRA-1234, release notes, the only text naming ERR_CONN_RESET, and 8 support articles on connection resets,
+    sprint review notes naming TASK-4711 and 5 tickets TASK-1000..5000 on the same theme, among the first 150
+    SciFact abstracts (explore14_A's corpora, one collection)."""
+    rng = random.Random(7)
+    subjects = [
+        "login page",
+        "session store",
+        "login form",
+        "password reset",
+        "single sign-on",
+        "session cookie",
+        "remember-me option",
+        "login API",
+        "mobile login",
+        "session timeout",
+    ]
+    problems = [
+        "times out under load",
+        "returns an error after the upgrade",
+        "logs users out early",
+        "shows a spinner forever",
+        "fails for users with many sessions",
+        "is slow on the first request",
+        "loses the redirect target",
+        "rejects valid credentials",
+        "leaks memory",
+        "breaks on Safari",
+    ]
+    docs = [
+        Document(
+            f"JIRA-{1000 + i}",
+            f"JIRA-{1000 + i}: the {rng.choice(subjects)} {rng.choice(problems)}.",
+            title=f"JIRA-{1000 + i}",
+        )
+        for i in range(80)
+    ]
+    docs.append(
+        Document(
+            "sprint-42",
+            "Sprint 42 review. Login timeouts were traced to the session store "
+            "(JIRA-1234, fixed by pooling connections). The design system migration is half done. Two "
+            "engineers joined the platform team and the on-call rotation moves to weekly shifts.",
+            title="Sprint 42 review",
+        )
+    )
+    docs.append(
+        Document(
+            "notes-4.2",
+            "Release 4.2 notes. The dashboard loads 30% faster thanks to lazy widgets. "
+            "Exports to CSV keep the column order. The Chrome extension no longer shows ERR_CONN_RESET "
+            "after the proxy closes an idle socket: it reconnects. Dark mode follows the operating "
+            "system. Audit logs are kept 400 days.",
+            title="Release 4.2",
+        )
+    )
+    docs += [Document(f"kb-{i}", text, title=f"Support article {i}") for i, text in enumerate(RESET_ARTICLES)]
+    docs.append(
+        Document(
+            "review",
+            "Sprint review notes: login timeouts were traced to the session store (TASK-4711); the design system "
+            "migration is half done; two engineers joined the platform team.",
+        )
+    )
+    docs += [Document(f"task-{i}", text) for i, text in enumerate(TASKS)]
+    with (SCIFACT / "corpus.jsonl").open() as f:
+        records = [json.loads(line) for line in itertools.islice(f, 150)]
+    return docs + [Document("sf" + r["_id"], r["text"], title=r["title"]) for r in records]
+
+
+TASKS = [
+    "TASK-1000: login page times out when the session store is slow.",
+    "TASK-2000: users report login timeouts after the session store upgrade.",
+    "TASK-3000: the session store evicts entries too early, causing login failures.",
+    "TASK-4000: the login form shows a spinner forever when the backend times out.",
+    "TASK-5000: session timeouts are too short on mobile login.",
+]
+RESET_ARTICLES = [
+    "A connection reset happens when the remote peer closes the TCP connection abruptly; the client must reconnect.",
+    "If your browser reports that the connection was reset, check the proxy settings and the firewall rules.",
+    "Connection reset errors behind a load balancer often come from idle timeouts shorter than the keepalive.",
+    "Why does my connection get reset? Usually the server or a middlebox sent a TCP RST packet.",
+    "To debug reset connections, capture traffic with tcpdump and look for RST flags from the server side.",
+    "The error 'connection reset by peer' means the other side dropped the socket while you were sending.",
+    "Resetting the network adapter fixes some connection errors on Windows laptops after sleep.",
+    "Browsers show a connection error page when the TLS handshake is reset by antivirus software.",
+]
+
+
+@pytest.fixture(scope="module")
+def identifiers(indexed_stack):
+    if not (SCIFACT / "corpus.jsonl").exists():
+        pytest.skip(f"{SCIFACT} is not present")
+    stack = indexed_stack("edge", identifier_docs(), collection="identifiers")
+    yield stack.retriever()
+    stack.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("query", "expected"), [("JIRA-1234", "sprint-42"), ("ERR_CONN_RESET", "notes-4.2")])
+@pytest.mark.parametrize("group_by", ["chunk", "doc"])
+def test_reranking_keeps_the_document_whose_identifier_stands_out_first(identifiers, query, expected, group_by):
+    """The only document holding an identifier leads the sparse list by far (6.26 against tickets tied at 0.01
+    for the common term `jira`; 24.4 against 6.7 for `reset`), so the first stage fuses by z-scores and ranks it
+    first; the default search (reranked) keeps that order: the channels do not agree on that hit (dense ranks it
+    8th and 81st). Before, the agreement gate opened on prose both channels rank near the top (or on tickets whose
+    tied near-zero sparse scores happened to order them there), the pseudo-query built from their vectors cannot
+    see the identifier, and the rank fusion with its order demoted the document."""
+    first = identifiers.search(query, k=5, rerank=False, group_by=group_by)
+    default = identifiers.search(query, k=5, group_by=group_by)
+    assert first[0].doc_id == expected and first[0].sparse_rank == 1
+    assert [h.doc_id for h in default] == [h.doc_id for h in first]
+    assert default[0].rerank_score is None  # the gate stayed closed
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("group_by", ["chunk", "doc"])
+def test_a_rare_identifier_with_few_sparse_hits_is_fused_by_z_scores(identifiers, group_by):
+    """TASK-4711 is in one document; `task` in 6: the sparse list has 6 hits, the note far ahead. Its best hit
+    stands out against the 100 chunks asked for (the rest score 0), so z-score fusion ranks the note first,
+    although dense puts the 5 tickets on the same theme above it (rank fusion, before: 3rd)."""
+    sparse = identifiers.search("TASK-4711", k=10, variant="sparse", group_by=group_by)
+    assert sparse[0].doc_id == "review" and len(sparse) < 10
+    for rerank in (False, True):
+        assert identifiers.search("TASK-4711", k=5, rerank=rerank, group_by=group_by)[0].doc_id == "review"

@@ -93,5 +93,6 @@ def test_batch_equals_single(retriever, rerank):
     batch = retriever.search_batch(queries, k=8, group_by="doc", rerank=rerank)
     for query, hits in zip(queries, batch, strict=True):
         single = retriever.search(query, k=8, group_by="doc", rerank=rerank)
-        assert [(h.chunk_id, h.score) for h in hits] == [(h.chunk_id, h.score) for h in single]
-        assert len(hits) == 8
+        assert [h.chunk_id for h in hits] == [h.chunk_id for h in single] and len(hits) == 8
+        # z-score fusion scores raw cosines, which a query encoded in a batch (padded) moves by ~1e-8
+        assert [h.score for h in hits] == pytest.approx([h.score for h in single], rel=1e-6)
