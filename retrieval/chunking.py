@@ -77,14 +77,16 @@ class Chunker:
     Windows are cut on the tokenizer's character offsets, widened to whole characters (a letter with its
     combining marks, an emoji with its variation selector or joined parts: grapheme clusters), so chunk text is
     an exact slice of the document that never exceeds the model's max length once the title and special tokens
-    are added. Windows start and end at whitespace, never inside a whitespace-delimited run such as a URL, an
-    e-mail address or ``JIRA-1234``. Only a run longer than the whole budget is split: between words (never inside
-    a run of letters, marks, digits and connector punctuation such as ``_``, nor between tokens sharing a
-    character) where it can, and such a window is tokenized again and shrunk until it fits (a word's pieces may
-    not add up to the tokens of its parts).
+    are added. Windows start and end between words (never inside a run of letters, marks, digits and connector
+    punctuation such as ``_``, nor between tokens sharing a character); with ``at_whitespace``, only at whitespace,
+    never inside a whitespace-delimited run such as a URL, an e-mail address or ``JIRA-1234`` unless the run alone
+    is longer than the budget. A single word longer than the whole budget is split, and such a window is tokenized
+    again and shrunk until it fits (a word's pieces may not add up to the tokens of its parts).
     """
 
-    def __init__(self, tokenizer, max_tokens: int, overlap: int = 32, reserved_tokens: int = 0):
+    def __init__(
+        self, tokenizer, max_tokens: int, overlap: int = 32, reserved_tokens: int = 0, at_whitespace: bool = False
+    ):
         special = tokenizer.num_special_tokens_to_add(pair=False)
         self.tokenizer = tokenizer
         self.budget = max_tokens - special - reserved_tokens
@@ -94,6 +96,7 @@ class Chunker:
                 f"{special + reserved_tokens} special and prompt tokens): raise HYBRID_RAG_CHUNK_TOKENS"
             )
         self.overlap = min(overlap, self.budget // 2)
+        self.at_whitespace = at_whitespace
 
     def chunk(self, doc: Document) -> list[Chunk]:
         title, head = doc.title.strip(), None
@@ -111,7 +114,7 @@ class Chunker:
             return [
                 Chunk(doc.id, 0, doc.text.strip(), title, doc.metadata, head, start=lead, end=len(doc.text.rstrip()))
             ]
-        cuts = _word_cuts(doc.text, offsets, budget)
+        cuts = _word_cuts(doc.text, offsets, budget if self.at_whitespace else 0)
         graphemes = _grapheme_starts(doc.text)
         chunks: list[Chunk] = []
         start, n = 0, len(offsets)
@@ -173,7 +176,7 @@ def _is_word(char: str) -> bool:
 def _word_cuts(text: str, offsets: list[tuple[int, int]], budget: int) -> list[bool]:
     """``cuts[i]``: a window may start at token ``i`` / end before it: where whitespace separates the tokens, or
     between words (:func:`_is_word`) inside a whitespace-delimited run (a URL, an e-mail address, ``JIRA-1234``)
-    of more than ``budget`` tokens, which no window could hold whole."""
+    of more than ``budget`` tokens, which no window could hold whole (``budget`` 0: between words everywhere)."""
     n = len(offsets)
     cuts = [True] * (n + 1)
     run = 0  # the token that starts the current whitespace-delimited run
