@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import bisect
 import errno
 import io
 import json
 import logging
 import os
+import re
 import signal
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, fields, replace
+from itertools import accumulate
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Annotated, Any
@@ -470,6 +473,10 @@ def _kept_line(kept: int, skipped: list, path: Path) -> str:
     return f"kept the stored chunks of {kept} skipped documents"
 
 
+PREVIEW_CHARS = 100  # of a hit's text in the search table
+WORD_RE = re.compile(r"[^\W_]+")  # a run of letters and digits
+
+
 @app.command()
 def search(
     text: Annotated[str, typer.Argument(help="The query")],
@@ -520,7 +527,7 @@ def search(
     for col in ("#", "doc", "chunk", "score", "dense", "sparse", "title / text"):
         table.add_column(col)
     for rank, h in enumerate(hits, start=1):
-        snippet = (h.title + " | " if h.title else "") + h.text[:100].replace("\n", " ")
+        snippet = (h.title + " | " if h.title else "") + _preview(h.text, text)
         table.add_row(
             str(rank),
             h.doc_id,
@@ -531,6 +538,34 @@ def search(
             snippet,
         )
     console.print(table)
+
+
+def _preview(text: str, query: str, width: int = PREVIEW_CHARS) -> str:
+    """About ``width`` characters of ``text`` in whole words, whitespace collapsed, with "…" where text is left
+    out: from shortly before the first word of the window that holds the most distinct query words (matched as
+    BM25 reads them: NFKC, case-folded, letters and digits), or from the start when none is in the text."""
+    from retrieval.encoders.sparse import normalize_text
+
+    def terms(s: str) -> set[str]:
+        return set(WORD_RE.findall(normalize_text(s)))
+
+    words, wanted = text.split(), terms(query)
+    found = [terms(w) & wanted for w in words]
+    ends = list(accumulate((len(w) + 1 for w in words), initial=0))  # the words[lo:hi] join: ends[hi]-ends[lo]-1
+
+    def stop(lo: int) -> int:  # the end of the longest window from ``lo`` that fits (at least one word)
+        return max(lo + 1, bisect.bisect_right(ends, ends[lo] + width + 1) - 1)
+
+    anchor = max((i for i, f in enumerate(found) if f), key=lambda i: len(set().union(*found[i : stop(i)])), default=0)
+    lo = anchor  # a few words of context before it, if the window still holds it
+    while lo > 0 and ends[anchor] - ends[lo - 1] <= width // 4 and stop(lo - 1) > anchor:
+        lo -= 1
+    hi = stop(lo)
+    while lo > 0 and hi == len(words) and ends[hi] - ends[lo - 1] - 1 <= width:  # the text's end: fill from before
+        lo -= 1
+    shown = " ".join(words[lo:hi])
+    cut = len(shown) > width  # a single word longer than the preview
+    return ("…" if lo > 0 else "") + shown[: width - cut] + ("…" if cut or hi < len(words) else "")
 
 
 def _hit_json(hit) -> dict:

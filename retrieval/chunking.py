@@ -78,12 +78,15 @@ class Chunker:
     combining marks, an emoji with its variation selector or joined parts: grapheme clusters), so chunk text is
     an exact slice of the document that never exceeds the model's max length once the title and special tokens
     are added. Windows start and end between words (never inside a run of letters, marks, digits and connector
-    punctuation such as ``_``, nor between tokens sharing a character); only a single word longer than the whole
-    budget is split, and such a window is tokenized again and shrunk until it fits (a word's pieces may not add up
-    to the tokens of its parts).
+    punctuation such as ``_``, nor between tokens sharing a character); with ``at_whitespace``, only at whitespace,
+    never inside a whitespace-delimited run such as a URL, an e-mail address or ``JIRA-1234`` unless the run alone
+    is longer than the budget. A single word longer than the whole budget is split, and such a window is tokenized
+    again and shrunk until it fits (a word's pieces may not add up to the tokens of its parts).
     """
 
-    def __init__(self, tokenizer, max_tokens: int, overlap: int = 32, reserved_tokens: int = 0):
+    def __init__(
+        self, tokenizer, max_tokens: int, overlap: int = 32, reserved_tokens: int = 0, at_whitespace: bool = False
+    ):
         special = tokenizer.num_special_tokens_to_add(pair=False)
         self.tokenizer = tokenizer
         self.budget = max_tokens - special - reserved_tokens
@@ -93,6 +96,7 @@ class Chunker:
                 f"{special + reserved_tokens} special and prompt tokens): raise HYBRID_RAG_CHUNK_TOKENS"
             )
         self.overlap = min(overlap, self.budget // 2)
+        self.at_whitespace = at_whitespace
 
     def chunk(self, doc: Document) -> list[Chunk]:
         title, head = doc.title.strip(), None
@@ -110,7 +114,7 @@ class Chunker:
             return [
                 Chunk(doc.id, 0, doc.text.strip(), title, doc.metadata, head, start=lead, end=len(doc.text.rstrip()))
             ]
-        cuts = _word_cuts(doc.text, offsets)
+        cuts = _word_cuts(doc.text, offsets, budget if self.at_whitespace else 0)
         graphemes = _grapheme_starts(doc.text)
         chunks: list[Chunk] = []
         start, n = 0, len(offsets)
@@ -169,17 +173,27 @@ def _is_word(char: str) -> bool:
     return char.isalnum() or unicodedata.category(char[:1] or " ") in ("Mn", "Mc", "Me", "Pc")
 
 
-def _word_cuts(text: str, offsets: list[tuple[int, int]]) -> list[bool]:
-    """``cuts[i]``: a window may start at token ``i`` / end before it without splitting a word."""
-    cuts = [True] * (len(offsets) + 1)
-    for i in range(1, len(offsets)):
-        prev_end, start = offsets[i - 1][1], offsets[i][0]
-        if start < prev_end:  # tokens of one character (the jamo of a Hangul syllable share its offsets)
-            cuts[i] = False
-        elif text[start - 1 : start] in (" ", "\n"):  # the common case, quickly
-            continue
-        else:  # a character the tokenizer drops (a combining mark) between two tokens still joins them
-            cuts[i] = not (_is_word(text[start - 1 : start]) and _is_word(text[start : start + 1]))
+def _word_cuts(text: str, offsets: list[tuple[int, int]], budget: int) -> list[bool]:
+    """``cuts[i]``: a window may start at token ``i`` / end before it: where whitespace separates the tokens, or
+    between words (:func:`_is_word`) inside a whitespace-delimited run (a URL, an e-mail address, ``JIRA-1234``)
+    of more than ``budget`` tokens, which no window could hold whole (``budget`` 0: between words everywhere)."""
+    n = len(offsets)
+    cuts = [True] * (n + 1)
+    run = 0  # the token that starts the current whitespace-delimited run
+    for i in range(1, n + 1):
+        if i < n:
+            prev_end, start = offsets[i - 1][1], offsets[i][0]
+            if start < prev_end:  # tokens of one character (the jamo of a Hangul syllable share its offsets)
+                cuts[i] = False
+                continue
+            # whitespace in the gap or at the tokens' edges ends the run (a space before the token: the common case)
+            spaced = text[start - 1 : start] == " " or any(map(str.isspace, text[prev_end - 1 : start + 1]))
+            if not spaced:  # a character the tokenizer drops (a combining mark) between two tokens still joins them
+                cuts[i] = not (_is_word(text[start - 1 : start]) and _is_word(text[start : start + 1]))
+                continue
+        if i - run <= budget:  # a run a window can hold: no cut inside it
+            cuts[run + 1 : i] = [False] * (i - run - 1)
+        run = i
     return cuts
 
 

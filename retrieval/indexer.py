@@ -172,7 +172,8 @@ class Indexer:
         max_tokens = min(self.settings.chunk_tokens, self.dense.max_tokens)
         prompt = self.dense.document_prompt
         reserved = len(self.dense.tokenizer(prompt, add_special_tokens=False)["input_ids"]) if prompt else 0
-        return Chunker(self.dense.tokenizer, max_tokens, self.settings.chunk_overlap, reserved_tokens=reserved)
+        overlap, whitespace = self.settings.chunk_overlap, self.settings.chunk_at_whitespace
+        return Chunker(self.dense.tokenizer, max_tokens, overlap, reserved_tokens=reserved, at_whitespace=whitespace)
 
     def schema(self) -> CollectionSchema:
         """What this indexer's vectors are made with: models, document prompt, BM25 parameters, chunk sizes."""
@@ -196,8 +197,10 @@ class Indexer:
 
     def fingerprint(self, doc: Document) -> str:
         """What determines a (validated) document's chunks besides the collection's schema: its id, title, text and
-        metadata, and the chunk budget and overlap (also recorded by the schema, except by earlier releases')."""
+        metadata, and the chunk budget and overlap (also recorded by the schema, except by earlier releases'), and
+        ``CHUNK_AT_WHITESPACE`` when on (off, fingerprints stay those of earlier releases)."""
         raw = [doc.id, doc.title, doc.text, doc.metadata, self.chunker.budget, self.chunker.overlap]
+        raw += ["at_whitespace"] if self.chunker.at_whitespace else []
         return hashlib.sha256(json.dumps(raw, sort_keys=True, default=str).encode()).hexdigest()
 
     def _split(

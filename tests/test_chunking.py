@@ -1,4 +1,5 @@
 import hashlib
+import json
 import re
 import unicodedata
 
@@ -90,6 +91,49 @@ def test_chunks_start_and_end_between_identifiers_in_code(dense_encoder):
         end, position = start + len(c.text), start + 1
         for before, after in ((text[start - 1 : start], c.text[0]), (c.text[-1], text[end : end + 1])):
             assert not (re.fullmatch(r"\w", before) and re.fullmatch(r"\w", after)), (c.chunk_index, c.text[:20])
+
+
+IDENTIFIERS = [
+    "https://status.example.com/incidents/2024-outage/postmortem.html",
+    "security-team@example.org",
+    "os.path.join",
+    "v2.3.1",
+    "IL-6",
+    "JIRA-1234",
+]
+
+
+@pytest.mark.parametrize("overlap", [0, 8])
+def test_chunks_never_cut_a_url_address_version_or_ticket_id(dense_encoder, overlap):
+    # a user reads each of these as one word: sliding it across the chunk boundaries, a chunk ended "See v2.3."
+    # or "See JIRA-", or started "://status.example.com/..." (and with no overlap, no chunk held it whole)
+    chunker = Chunker(dense_encoder.tokenizer, 64, overlap, at_whitespace=True)  # HYBRID_RAG_CHUNK_AT_WHITESPACE
+    filler = "The service restarted cleanly and the queue drained overnight. "
+    for ident in IDENTIFIERS:
+        for pad in range(0, 40, 3):
+            text = filler * 4 + "word " * pad + f"See {ident} for details. " + filler * 4
+            chunks = chunker.chunk(Document("d", text))
+            assert len(chunks) > 1
+            for c in chunks:
+                assert text[c.start : c.end] == c.text
+                assert c.start == 0 or text[c.start - 1].isspace(), (ident, pad, c.text[:20])
+                assert c.end == len(text) or text[c.end].isspace(), (ident, pad, c.text[-20:])
+            assert any(ident in c.text for c in chunks), (ident, pad)
+
+
+def test_a_url_longer_than_a_chunk_is_cut_between_its_words(dense_encoder):
+    chunker = Chunker(dense_encoder.tokenizer, 32, 4, at_whitespace=True)
+    url = "https://example.com/" + "/".join(f"part{i}" for i in range(40))
+    text = f"Before the link. {url} After the link."
+    chunks = chunker.chunk(Document("d", text))
+    assert chunks[0].text.startswith("Before the link. ") and chunks[-1].text.endswith(" After the link.")
+    for c in chunks:
+        assert text[c.start : c.end] == c.text
+        assert n_tokens(dense_encoder.tokenizer, c.embed_text) <= 32
+        inside = [c.start, c.end] if c.start > 0 and c.end < len(text) else []
+        for cut in inside:  # never inside "part12": between a letter/digit and a "/" or ":" or "."
+            assert not (text[cut - 1].isalnum() and text[cut].isalnum()), c.text
+    assert len(chunks) > 3  # the URL alone fills more than one chunk
 
 
 def test_chunks_keep_whole_characters_combining_marks_and_emoji_selectors(dense_encoder):
@@ -227,3 +271,20 @@ def test_hits_carry_the_whole_long_title(indexed_stack, backend):
         assert node.metadata["title"] == LONG_TITLE
     finally:
         stack.close()
+
+
+def test_chunk_at_whitespace_is_a_setting_that_only_its_fingerprints_record(tmp_path, dense_encoder, sparse_encoder):
+    # off by default (it cost SciFact test nDCG@10 0.001): documents chunked as before keep their fingerprints,
+    # so --sync rewrites nothing; on, every document's fingerprint changes and --sync re-chunks it
+    from retrieval import RetrievalSettings, RetrievalStack
+
+    doc = Document("d", "See JIRA-1234 for details.")
+    prints = []
+    for on in (False, True):
+        settings = RetrievalSettings(qdrant_path=tmp_path / str(on), chunk_at_whitespace=on)
+        with RetrievalStack(settings, dense=dense_encoder, sparse=sparse_encoder) as stack:
+            indexer = stack.indexer()
+            assert indexer.chunker.at_whitespace is on
+            prints.append(indexer.fingerprint(doc))
+    raw = [doc.id, doc.title, doc.text, doc.metadata, 254, 32]  # earlier releases' fingerprint (budget, overlap)
+    assert prints[0] == hashlib.sha256(json.dumps(raw, sort_keys=True).encode()).hexdigest() != prints[1]

@@ -12,8 +12,8 @@ from dataclasses import fields
 import pytest
 from typer.testing import CliRunner
 
-from orchestration.cli import app
-from retrieval import RetrievalSettings, RetrievalStack
+from orchestration.cli import _preview, app
+from retrieval import Document, RetrievalSettings, RetrievalStack
 from retrieval.search import Hit
 from retrieval.settings import COLLECTION_NAME_MAX_BYTES
 from retrieval.store.edge import _copy_sparse
@@ -69,6 +69,43 @@ def test_search_json_holds_the_public_hit_fields_only(cli_in):
     public = {f.name for f in fields(Hit)} - {"dense_vector"}
     assert all(set(h) == public for h in hits)
     assert isinstance(hits[0]["dense_score"], float) and isinstance(hits[0]["rerank_score"], float)
+
+
+NOTES = (
+    "Release 4.2 notes. The dashboard loads 30% faster thanks to lazy widgets. Exports to CSV keep the column order. "
+    "The Chrome extension no longer shows ERR_CONN_RESET after the proxy closes an idle socket: it reconnects.\n"
+    "Dark mode follows the operating system. Audit logs are kept 400 days."
+)
+
+
+def test_search_table_previews_the_text_around_the_matched_words(cli_in, kb, monkeypatch):
+    # it showed the chunk's first 100 characters, cut mid-word ("... keep the co"), not the code searched for
+    docs = [Document("notes-4.2", NOTES, "Release 4.2"), *TINY_DOCS]
+    cli_in("index", str(write_jsonl(kb / "notes.jsonl", docs)), "-c", "notes")
+    monkeypatch.setenv("COLUMNS", "250")
+    out = cli_in("search", "ERR_CONN_RESET", "-c", "notes", "--k", "1")
+    [row] = [line for line in out.splitlines() if "notes-4.2" in line]
+    preview = row.split("Release 4.2 | ")[1].rstrip(" │")
+    assert "ERR_CONN_RESET" in preview and preview.startswith("…") and preview.endswith("…")
+    assert set(preview.strip("…").split()) <= set(NOTES.split())  # whole words only
+    [hit] = json.loads(cli_in("search", "ERR_CONN_RESET", "-c", "notes", "--k", "1", "--json"))
+    assert hit["text"] == NOTES  # the JSON keeps the whole text
+
+
+def test_preview_window_words_and_ellipses():
+    text = " ".join(f"w{i}" for i in range(100))
+    assert _preview("Short text,\n  on two lines.", "absent") == "Short text, on two lines."
+    assert _preview(text, "absent") == " ".join(f"w{i}" for i in range(27)) + "…"  # no match: the start (97 chars)
+    middle = _preview(text, "W50")  # case-folded
+    assert middle.startswith("…") and middle.endswith("…") and " w50 " in middle and len(middle) <= 102
+    assert middle.index("w50") < 30  # a few words of context before it
+    end = _preview(text, "w98")
+    assert end.endswith("w98 w99") and end.startswith("…w75 ")  # filled from before
+    # the window holding the most distinct query words, not the first one matched
+    assert "the ZX-4471 valve gasket leaks" in _preview(
+        f"a valve {text} the ZX-4471 valve gasket leaks", "ZX-4471 valve gasket"
+    )
+    assert _preview("x" * 300, "x") == "x" * 99 + "…"  # a single word longer than the preview
 
 
 def test_skipped_records_are_reported_once_and_kept_documents_explained(cli_in, kb, caplog):
