@@ -1,6 +1,8 @@
 """One RetrievalStack owns the parts: what it hands out shares encoders (and their locks), stores and cache."""
 
 import copy
+import json
+import os
 import pickle
 
 import pytest
@@ -10,6 +12,7 @@ from retrieval.encoders import Bm25Encoder
 from retrieval.errors import ClosedError, InvalidArgumentError
 from retrieval.parts import Parts
 from retrieval.search import HybridRetriever
+from retrieval.settings import ADAPTED_MARKER
 from retrieval.store import SchemaMismatchError
 from tests.conftest import LEXICAL_QUERY, TINY_DOCS
 
@@ -116,6 +119,35 @@ def test_the_stack_expands_a_home_path_it_is_given_unchecked(dense_encoder, spar
     with RetrievalStack(settings, dense=dense_encoder, sparse=sparse_encoder) as stack:
         assert stack.settings.qdrant_path == tmp_path / "home/rag/index"
         assert stack.settings.collection_models_dir() == tmp_path / "home/rag/models/sample"
+
+
+def test_a_stack_on_relative_paths_keeps_its_index_and_adapted_encoder_after_a_chdir(
+    dense_encoder, sparse_encoder, tmp_path, monkeypatch
+):
+    """The default ``data/index`` (and ``data/models`` beside it) and a relative cache are where they were when the
+    stack was made: after the process changes directory it searches, writes and follows the adapted query encoder
+    there (an adapted encoder's model loads on first use: its marker is enough here)."""
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    work.mkdir()
+    elsewhere.mkdir()
+    monkeypatch.chdir(work)
+    for name in [n for n in os.environ if n.upper().startswith("HYBRID_RAG_")]:
+        monkeypatch.delenv(name)
+    settings = RetrievalSettings(collection="notes", cache_dir="cache", rerank=False)
+    with RetrievalStack(settings, dense=dense_encoder, sparse=sparse_encoder) as stack:
+        stack.indexer().index(TINY_DOCS[:4], progress=False)
+        retriever = stack.retriever()
+        monkeypatch.chdir(elsewhere)
+        assert retriever.search(LEXICAL_QUERY[0], k=1)[0].doc_id == LEXICAL_QUERY[1]
+        stack.indexer().index(TINY_DOCS[4:], progress=False)  # into the same collection
+        assert retriever.search("honeybees waggle dance", k=1)[0].doc_id == "bees"
+        assert str(work / "data/index") in repr(stack) and retriever.store.location.startswith(str(work))
+        adapted = work / "data/models/notes/query_encoder"
+        adapted.mkdir(parents=True)
+        (adapted / ADAPTED_MARKER).write_text(json.dumps({"base_model": settings.dense_model}))
+        assert stack.query_encoder.model_name == str(adapted)  # what its retrievers encode the next query with
+    assert (work / "data/index/notes.current.json").is_file() and (work / "cache/embeddings.sqlite").is_file()
+    assert list(elsewhere.iterdir()) == []
 
 
 def test_a_stacks_settings_cannot_be_changed_under_it(stack):

@@ -38,7 +38,7 @@ import qdrant_edge as qe
 from retrieval.chunking import Chunk
 from retrieval.encoders.sparse import SparseVec
 from retrieval.errors import ClosedError, not_one_string
-from retrieval.settings import WRITE_LOCK_TIMEOUT_S, FusionMethod
+from retrieval.settings import WRITE_LOCK_TIMEOUT_S, FusionMethod, absolute_path
 from retrieval.store.base import (
     DENSE,
     HASH_FIELDS,
@@ -722,7 +722,7 @@ class EdgeStore(QdrantStore):
         version: int | None = None,
         lock_timeout_s: float = WRITE_LOCK_TIMEOUT_S,
     ):
-        self.root = Path(root)
+        self.root = absolute_path(root)  # once: a later os.chdir does not move the collection
         self.collection = collection
         self.version = version
         self.lock_timeout_s = lock_timeout_s
@@ -765,7 +765,7 @@ class EdgeStore(QdrantStore):
 
     @property
     def location(self) -> str:  # type: ignore[override]
-        return str(self.dir.absolute())  # messages say where, whatever the working directory
+        return str(self.dir)  # absolute (root is): messages say where, whatever the working directory
 
     # -- versions ------------------------------------------------------------------------------------------
     def _read_pointer(self) -> int | None:
