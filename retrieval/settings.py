@@ -402,22 +402,38 @@ class RetrievalSettings(BaseSettings):
     @classmethod
     def _check_qdrant_url(cls, url: str | None) -> str | None:
         """``http(s)://host[:port]`` (a server), ``file://<dir>`` or ``:memory:`` (qdrant-client's local mode);
-        empty: unset (the embedded engine). ``~`` in ``<dir>`` is the home directory, as in the path settings."""
+        empty: unset (the embedded engine). ``~`` in ``<dir>`` is the home directory, as in the path settings.
+        Surrounding whitespace is dropped (a secret written with ``echo`` ends in a newline). A server's URL is
+        refused here, in the one settings line, with a control character inside (``urlsplit`` drops a newline or a
+        tab silently), or when qdrant-client's parser (urllib3's, given the URL as
+        :func:`~retrieval.store.server.connect` gives it: without user and password) refuses it (a space in the
+        host)."""
         if not url:
             return None
+        url = url.strip() or url  # whitespace alone is no URL (nor unset): refused below
         if url == ":memory:":
             return url
         if url.startswith("file://") and url.removeprefix("file://").strip():
             return f"file://{absolute_path(url.removeprefix('file://'))}"
+        from urllib3.util import parse_url  # qdrant-client's dependency and parser, imported only for a server
+
+        reason = ""
         try:
             parts = urlsplit(url)
             ok = parts.scheme in ("http", "https") and bool(parts.hostname) and (parts.port or 0) >= 0
         except ValueError:  # e.g. a port that is not a number
             ok = False
+        if ok and not url.isprintable():
+            ok, reason = False, " (a control character inside it)"
+        elif ok:
+            try:
+                parse_url(parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl())
+            except ValueError:  # urllib3's LocationParseError is one
+                ok, reason = False, " (qdrant-client cannot parse it)"
         if not ok:
             raise ValueError(
-                f"{redact_url(url)!r} is not a Qdrant URL: give http(s)://host[:port] for a server, file://<dir> or "
-                ":memory: for qdrant-client's local mode, or leave it unset for the embedded engine"
+                f"{redact_url(url)!r} is not a Qdrant URL{reason}: give http(s)://host[:port] for a server, "
+                "file://<dir> or :memory: for qdrant-client's local mode, or leave it unset for the embedded engine"
             )
         return url
 

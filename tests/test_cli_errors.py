@@ -96,6 +96,10 @@ def test_compare_bad_or_missing_run_file(fails, tmp_path):
 
 
 # -- item 5: settings ranges and the device -------------------------------------------------------------------
+URL_ADVICE = (
+    "give http(s)://host[:port] for a server, file://<dir> or :memory: for qdrant-client's local mode, or leave it "
+    "unset for the embedded engine"
+)
 BAD_SETTINGS = [
     ({"rrf_k": "-1"}, "rrf_k: Input should be greater than or equal to 1"),
     ({"rrf_k": "0"}, "rrf_k: Input should be greater than or equal to 1"),
@@ -115,6 +119,15 @@ BAD_SETTINGS = [
     ({"rerank_depth": "0"}, "rerank_depth: Input should be greater than or equal to 1"),
     ({"rerank_weight": "1.5"}, "rerank_weight: Input should be less than or equal to 1"),
     ({"qdrant_timeout_s": "0"}, "qdrant_timeout_s: Input should be greater than 0"),
+    # what qdrant-client's parser refuses, and a control character urlsplit would drop: not the client's traceback
+    (
+        {"qdrant_url": "http://u:pw@ho st:6333"},
+        f"qdrant_url: 'http://u:***@ho st:6333' is not a Qdrant URL (qdrant-client cannot parse it): {URL_ADVICE}",
+    ),
+    (
+        {"qdrant_url": "http://u:p\nw@qdrant:6333"},
+        f"qdrant_url: 'http://u:***@qdrant:6333' is not a Qdrant URL (a control character inside it): {URL_ADVICE}",
+    ),
 ]
 
 
@@ -265,10 +278,10 @@ def test_collections_lists_no_phantom_names(tmp_path, monkeypatch):
 # -- item 16: eval-report --history -------------------------------------------------------------------------
 def test_eval_report_creates_no_history(fails, tmp_path):
     message = fails("eval-report", "--history", "typo_dir/evals.sqlite", "--out", "reports")
-    assert message == "error: typo_dir/evals.sqlite: no evaluation history (no such file)"
+    assert message == f"error: {tmp_path / 'typo_dir/evals.sqlite'}: no evaluation history (no such file)"
     assert not (tmp_path / "typo_dir").exists() and not (tmp_path / "reports").exists()
     (tmp_path / "notes.txt").write_text("not a database\n" * 100)
-    assert fails("eval-report", "--history", "notes.txt").startswith("error: notes.txt: not an evaluation history")
+    assert fails("eval-report", "--history", "notes.txt").startswith(f"error: {tmp_path}/notes.txt: not an evaluation")
     assert not (tmp_path / "history.sqlite").exists()  # the default one is not created either
     assert "no evaluation history" in fails("eval-report")
     EvalHistory(tmp_path / "history.sqlite")  # an empty history still says so, as before (exit 1)

@@ -115,6 +115,26 @@ def test_tilde_is_the_home_directory_in_a_local_mode_url(clean_env, monkeypatch)
     assert (home / "opened").is_dir() and not (clean_env / "~").exists()
 
 
+def test_a_qdrant_url_loses_surrounding_whitespace_and_the_client_parses_every_url_accepted(clean_env, monkeypatch):
+    """A secret written with ``echo`` ends in a newline: dropped, as surrounding spaces are (whitespace alone stays an
+    error: tests/test_server_path.py)."""
+    from retrieval.store.server import connect
+
+    monkeypatch.setenv("HYBRID_RAG_QDRANT_URL", "http://qdrant:6333\n")
+    assert RetrievalSettings().qdrant_url == "http://qdrant:6333"
+    # every server URL the settings accept is one qdrant-client can parse (no request is made)
+    for url in (
+        " https://qdrant.example.com:6333/prefix\n",
+        f"http://user:{PASSWORD}@qdrant:6333",
+        "http://user:p w@qdrant:6333",  # a space in the password: sent as basic auth, not parsed by the client
+        "http://[::1]:6333",
+        "http://bücher.example",
+    ):
+        settings = RetrievalSettings(qdrant_url=url)
+        assert settings.qdrant_url == url.strip()
+        connect(settings.qdrant_url, check_compatibility=False).close()
+
+
 def test_dumps_mask_the_url_password_and_copies_keep_it(clean_env):
     settings = RetrievalSettings(qdrant_url=f"https://admin:{PASSWORD}@qdrant.example.com:6333")
     for shown in (repr(settings), str(settings), settings.model_dump_json(), str(settings.model_dump())):
