@@ -8,11 +8,12 @@ import pickle
 import pytest
 
 from retrieval import RetrievalSettings, RetrievalStack
-from retrieval.encoders import Bm25Encoder
+from retrieval.encoders import Bm25Encoder, DenseEncoder
+from retrieval.encoders.dense import resolve_model_path
 from retrieval.errors import ClosedError, InvalidArgumentError
 from retrieval.parts import Parts
 from retrieval.search import HybridRetriever
-from retrieval.settings import ADAPTED_MARKER
+from retrieval.settings import ADAPTED_MARKER, DEFAULT_DENSE_MODEL
 from retrieval.store import SchemaMismatchError
 from tests.conftest import LEXICAL_QUERY, TINY_DOCS
 
@@ -212,12 +213,27 @@ def test_one_schema_check_with_one_message(stack, indexed_stack):
 
     mismatched = RetrievalStack(stack.settings, dense=stack.dense, sparse=OtherSparse(), store=stack.store())
     message = "sparse_model: collection has 'bm25', settings give 'other-sparse'"
-    with pytest.raises(SchemaMismatchError, match=message):
-        mismatched.check_schema()
-    with pytest.raises(SchemaMismatchError, match=message):
-        mismatched.retriever().search("anything")
-    with pytest.raises(SchemaMismatchError, match=message):
+    # a read names the setting that reads it; rebuilding would re-encode it for every reader
+    read = "To search it, use the models it was built with: set HYBRID_RAG_SPARSE_MODEL=bm25 (sparse_model in Python)."
+    for refused in (mismatched.check_schema, lambda: mismatched.retriever().search("anything")):
+        with pytest.raises(SchemaMismatchError, match=message) as err:
+            refused()
+        assert str(err.value).endswith(read) and "rebuild" not in str(err.value)
+    with pytest.raises(SchemaMismatchError, match=message) as err:
         mismatched.indexer().index(TINY_DOCS[:1], progress=False)
+    assert "hybrid-rag index --rebuild" in str(err.value) and "HYBRID_RAG_SPARSE_MODEL" not in str(err.value)
+
+
+def test_a_search_of_a_collection_built_with_another_dense_model_names_the_setting_to_set(stack):
+    """As `hybrid-rag search` and `eval` meet it: the collection's dense model, as the setting to give."""
+    folder = resolve_model_path(DEFAULT_DENSE_MODEL)  # the bundled model by its folder: another name, another model
+    other = RetrievalStack(stack.settings, dense=DenseEncoder(folder), sparse=stack.sparse, store=stack.store())
+    with pytest.raises(SchemaMismatchError) as err:
+        other.retriever().search("anything")
+    assert str(err.value).endswith(
+        f"(dense_model: collection has {DEFAULT_DENSE_MODEL!r}, settings give {folder!r}). To search it, use the "
+        f"models it was built with: set HYBRID_RAG_DENSE_MODEL={DEFAULT_DENSE_MODEL} (dense_model in Python)."
+    )
 
 
 def test_a_query_model_needs_its_encoder(stack):

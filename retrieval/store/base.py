@@ -21,7 +21,7 @@ from retrieval.chunking import Chunk
 from retrieval.documents import unicode_forms
 from retrieval.encoders.sparse import LEGACY_ANALYZER, SparseVec
 from retrieval.errors import FilterError, HybridRagError, InvalidArgumentError, choice
-from retrieval.settings import FusionMethod, canonical_model
+from retrieval.settings import ENV_PREFIX, FusionMethod, canonical_model
 
 DENSE = "dense"
 SPARSE = "sparse"
@@ -93,6 +93,21 @@ ENCODING_FIELDS = (
     "dense_precision",
 )
 _warned_unrecorded: set[str] = set()  # the collections warned about (once per process)
+# The setting that gives a reader the model a differing MODEL_FIELDS entry records (the dimension follows the dense
+# model, the IDF modifier the sparse one; the BM25 analyzer a reader follows by itself).
+_MODEL_SETTING = {
+    "dense_model": "dense_model",
+    "dense_dim": "dense_model",
+    "sparse_model": "sparse_model",
+    "sparse_idf": "sparse_model",
+}
+
+
+def _read_remedy(existing: CollectionSchema, problems: Sequence[str]) -> str:
+    """What a reader (search, eval, adapt) of a collection built with other models sets to read it."""
+    names = list(dict.fromkeys(_MODEL_SETTING[p.split(":")[0]] for p in problems))
+    given = " and ".join(f"{ENV_PREFIX}{name.upper()}={getattr(existing, name)}" for name in names)
+    return f"To search it, use the models it was built with: set {given} ({', '.join(names)} in Python)."
 
 
 def _earlier_release(info: dict[str, Any]) -> bool:
@@ -632,11 +647,17 @@ class QdrantStore(ABC):
         problems = expected.differences(existing, write=write) if expected is not None else []
         if problems:
             models = any(p.split(":")[0] in (*MODEL_FIELDS, "dense_fingerprint") for p in problems)
-            raise SchemaMismatchError(
+            built = (
                 f"collection {self.collection!r} at {self.location} was built with other "
                 + ("models (" if models else "index-time settings (")
                 + "; ".join(problems)
-                + "). Use another collection name, or rebuild it (Indexer.rebuild, hybrid-rag index --rebuild)"
+                + ")"
+            )
+            if not write:  # a read: the fix is the reader's settings, not rebuilding the collection for every reader
+                raise SchemaMismatchError(f"{built}. {_read_remedy(existing, problems)}", problems)
+            raise SchemaMismatchError(
+                built
+                + ". Use another collection name, or rebuild it (Indexer.rebuild, hybrid-rag index --rebuild)"
                 + (
                     "."
                     if models
