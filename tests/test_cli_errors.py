@@ -14,10 +14,10 @@ from typer.testing import CliRunner
 from evals.collections import sample_collection
 from evals.history import EvalHistory
 from orchestration.cli import app
-from retrieval import RetrievalSettings
+from retrieval import RetrievalSettings, RetrievalStack
 from retrieval.errors import InvalidArgumentError
 from retrieval.settings import COLLECTION_NAME_MAX_BYTES, check_collection_name
-from retrieval.store import CollectionSchema, EdgeStore, collection_names, open_store
+from retrieval.store import CollectionSchema, EdgeStore, StoreError, collection_names, open_store
 from tests.conftest import TINY_DOCS
 from tests.test_data_safety import write_jsonl
 
@@ -273,6 +273,34 @@ def test_collections_lists_no_phantom_names(tmp_path, monkeypatch):
     (root / ".current.json").write_text(json.dumps({"version": 1, "collection": "__v1"}))
     (root / "ok.current.json").write_text(json.dumps({"version": 1, "collection": "ok__v1"}))
     assert collection_names(RetrievalSettings(qdrant_path=root)) == ["ok"]
+
+
+def test_a_missing_collection_names_the_existing_ones_closest_first(
+    tmp_path, monkeypatch, dense_encoder, sparse_encoder
+):
+    """A mistyped name (search, delete, snapshot, the Python API) is told what exists, the closest name first, ten
+    at most, not to "index documents first" (which would make the typo a collection of its own)."""
+    monkeypatch.setenv("HYBRID_RAG_QDRANT_PATH", str(tmp_path / "index"))
+    monkeypatch.setenv("HYBRID_RAG_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    with RetrievalStack(RetrievalSettings(), dense=dense_encoder, sparse=sparse_encoder) as stack:
+        for name in ["zeta", "mini", *(f"extra{i:02d}" for i in range(9))]:
+            stack.indexer(name).index(TINY_DOCS[:1], progress=False)
+        with pytest.raises(StoreError) as err:
+            stack.retriever("minni").search("anything")
+    listed = ", ".join(["mini", *(f"extra{i:02d}" for i in range(9))])
+    expected = (
+        f"collection 'minni' does not exist at {tmp_path / 'index' / 'minni'}; did you mean 'mini'? existing: "
+        f"{listed} and 1 more (`hybrid-rag collections` lists them)"
+    )
+    assert str(err.value) == expected
+    for args in (["search", "red planet", "-c", "minni"], ["delete", "x", "-c", "minni"], ["snapshot", "-c", "minni"]):
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 2 and result.output.strip().splitlines()[-1].endswith(expected), result.output
+    store = open_store(RetrievalSettings(), "qqq")
+    with pytest.raises(StoreError, match=r"qqq; existing: extra00, extra01, .*, extra08, mini and 1 more \("):
+        store.check_schema()  # nothing close: in name order
+    store.close()
 
 
 # -- item 16: eval-report --history -------------------------------------------------------------------------
