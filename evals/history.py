@@ -26,6 +26,7 @@ from typing import Any
 import pandas as pd
 
 from retrieval.errors import HybridRagError, InputFormatError, InputNotFoundError
+from retrieval.settings import absolute_path
 
 HISTORY_ENV = "HYBRID_RAG_HISTORY_PATH"
 DEFAULT_HISTORY = "data/history/evals.sqlite"
@@ -65,7 +66,7 @@ class EvalHistory:
     as for a report, which creates no file)."""
 
     def __init__(self, path: str | Path, timeout_s: float = 30.0, *, create: bool = True):
-        self.path = Path(path).expanduser()  # ~ also where no shell expands it (.env, Dagster config)
+        self.path = absolute_path(path)  # once (a later os.chdir moves nothing); ~ also in .env, Dagster config
         self.timeout_s = timeout_s
         if not create and not self.path.is_file():
             raise InputNotFoundError(f"{self.path}: no evaluation history (no such file)")
@@ -86,7 +87,7 @@ class EvalHistory:
 
     def _unwritable(self, exc: Exception) -> str:
         return (
-            f"evaluation history {self.path.absolute()}: cannot write it ({exc}): give --history, or set "
+            f"evaluation history {self.path}: cannot write it ({exc}): give --history, or set "
             f"{HISTORY_ENV}, to a file in a folder this user can write"
         )
 

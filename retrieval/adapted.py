@@ -58,7 +58,7 @@ class AdaptedQueryEncoder:
         changed = self._seen != _UNSEEN
         if model is None:
             if changed and self._encoder is not None:
-                log.info("adapted query encoder %s removed: queries use the dense model", self.marker.parent)
+                log.warning("adapted query encoder %s removed: queries use the dense model", self.marker.parent)
             return None
         d, remedy = self.dense, self.settings.adapted_query_remedy()
         log.info(

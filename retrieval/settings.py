@@ -32,6 +32,13 @@ TOOL_VARIABLES = ("HYBRID_RAG_SCIFACT", "HYBRID_RAG_NFCORPUS", "HYBRID_RAG_TEST_
 ADAPTED_MARKER = "adapted.json"  # written next to an adapted query encoder: its base model and held-out scores
 
 
+def absolute_path(path: str | Path) -> Path:
+    """``path`` with ``~`` expanded, made absolute against the working directory now (as written otherwise: symlinks
+    and ``..`` kept): path settings are resolved once, when the settings are made, so a later ``os.chdir`` moves no
+    index, model or cache."""
+    return Path(path).expanduser().absolute()
+
+
 def canonical_model(name: str) -> str:
     """One name per model: the bundled default under either of its names, a local folder as its absolute path."""
     if name in {DEFAULT_DENSE_MODEL, "all-MiniLM-L6-v2"}:
@@ -225,7 +232,7 @@ class RetrievalSettings(BaseSettings):
     )
 
     # Qdrant: embedded engine under qdrant_path unless qdrant_url is set.
-    qdrant_path: Path = Path("data/index")
+    qdrant_path: Path = Field(Path("data/index"), validate_default=True)  # made absolute (absolute_path)
     qdrant_url: str | None = None
     qdrant_api_key: SecretStr | None = None
     qdrant_timeout_s: float = Field(30.0, gt=0)
@@ -260,7 +267,7 @@ class RetrievalSettings(BaseSettings):
         + ", ".join(PAYLOAD_INDEX_TYPES),
     )
     bad_input_policy: BadInputPolicy = BadInputPolicy.FAIL
-    cache_dir: Path = Field(default_factory=default_cache_dir)
+    cache_dir: Path = Field(default_factory=default_cache_dir, validate_default=True)
     embedding_cache: bool = True
 
     # Search.
@@ -381,9 +388,20 @@ class RetrievalSettings(BaseSettings):
 
     @field_validator("qdrant_path", "cache_dir", "models_dir")
     @classmethod
-    def _expand_home(cls, path: Path | None) -> Path | None:
-        """``~`` is the home directory, also where no shell expands it (``.env``, keywords)."""
-        return path.expanduser() if path is not None else None
+    def _absolute(cls, path: Path | None) -> Path | None:
+        """Absolute, against the working directory when the settings are made (a later ``os.chdir`` moves nothing);
+        ``~`` is the home directory, also where no shell expands it (``.env``, keywords)."""
+        return absolute_path(path) if path is not None else None
+
+    @field_validator("dense_model", "query_model")
+    @classmethod
+    def _absolute_model_folder(cls, name: str | None) -> str | None:
+        """A model given as an existing folder by a relative path (or ``~``) is that folder's absolute path, as the
+        path settings are; a hub name (and the bundled default under either name) stays as it is."""
+        if name is None or name in {DEFAULT_DENSE_MODEL, "all-MiniLM-L6-v2"}:
+            return name
+        relative = not Path(name).is_absolute()  # "~/models/x" too
+        return str(absolute_path(name)) if relative and Path(name).expanduser().is_dir() else name
 
     @field_validator("collection")
     @classmethod
@@ -394,22 +412,38 @@ class RetrievalSettings(BaseSettings):
     @classmethod
     def _check_qdrant_url(cls, url: str | None) -> str | None:
         """``http(s)://host[:port]`` (a server), ``file://<dir>`` or ``:memory:`` (qdrant-client's local mode);
-        empty: unset (the embedded engine). ``~`` in ``<dir>`` is the home directory, as in the path settings."""
+        empty: unset (the embedded engine). ``~`` in ``<dir>`` is the home directory, as in the path settings.
+        Surrounding whitespace is dropped (a secret written with ``echo`` ends in a newline). A server's URL is
+        refused here, in the one settings line, with a control character inside (``urlsplit`` drops a newline or a
+        tab silently), or when qdrant-client's parser (urllib3's, given the URL as
+        :func:`~retrieval.store.server.connect` gives it: without user and password) refuses it (a space in the
+        host)."""
         if not url:
             return None
+        url = url.strip() or url  # whitespace alone is no URL (nor unset): refused below
         if url == ":memory:":
             return url
         if url.startswith("file://") and url.removeprefix("file://").strip():
-            return f"file://{Path(url.removeprefix('file://')).expanduser()}"
+            return f"file://{absolute_path(url.removeprefix('file://'))}"
+        from urllib3.util import parse_url  # qdrant-client's dependency and parser, imported only for a server
+
+        reason = ""
         try:
             parts = urlsplit(url)
             ok = parts.scheme in ("http", "https") and bool(parts.hostname) and (parts.port or 0) >= 0
         except ValueError:  # e.g. a port that is not a number
             ok = False
+        if ok and not url.isprintable():
+            ok, reason = False, " (a control character inside it)"
+        elif ok:
+            try:
+                parse_url(parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl())
+            except ValueError:  # urllib3's LocationParseError is one
+                ok, reason = False, " (qdrant-client cannot parse it)"
         if not ok:
             raise ValueError(
-                f"{redact_url(url)!r} is not a Qdrant URL: give http(s)://host[:port] for a server, file://<dir> or "
-                ":memory: for qdrant-client's local mode, or leave it unset for the embedded engine"
+                f"{redact_url(url)!r} is not a Qdrant URL{reason}: give http(s)://host[:port] for a server, "
+                "file://<dir> or :memory: for qdrant-client's local mode, or leave it unset for the embedded engine"
             )
         return url
 

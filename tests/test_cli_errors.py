@@ -14,10 +14,10 @@ from typer.testing import CliRunner
 from evals.collections import sample_collection
 from evals.history import EvalHistory
 from orchestration.cli import app
-from retrieval import RetrievalSettings
+from retrieval import RetrievalSettings, RetrievalStack
 from retrieval.errors import InvalidArgumentError
 from retrieval.settings import COLLECTION_NAME_MAX_BYTES, check_collection_name
-from retrieval.store import CollectionSchema, EdgeStore, collection_names, open_store
+from retrieval.store import CollectionSchema, EdgeStore, StoreError, collection_names, open_store
 from tests.conftest import TINY_DOCS
 from tests.test_data_safety import write_jsonl
 
@@ -96,6 +96,10 @@ def test_compare_bad_or_missing_run_file(fails, tmp_path):
 
 
 # -- item 5: settings ranges and the device -------------------------------------------------------------------
+URL_ADVICE = (
+    "give http(s)://host[:port] for a server, file://<dir> or :memory: for qdrant-client's local mode, or leave it "
+    "unset for the embedded engine"
+)
 BAD_SETTINGS = [
     ({"rrf_k": "-1"}, "rrf_k: Input should be greater than or equal to 1"),
     ({"rrf_k": "0"}, "rrf_k: Input should be greater than or equal to 1"),
@@ -115,6 +119,15 @@ BAD_SETTINGS = [
     ({"rerank_depth": "0"}, "rerank_depth: Input should be greater than or equal to 1"),
     ({"rerank_weight": "1.5"}, "rerank_weight: Input should be less than or equal to 1"),
     ({"qdrant_timeout_s": "0"}, "qdrant_timeout_s: Input should be greater than 0"),
+    # what qdrant-client's parser refuses, and a control character urlsplit would drop: not the client's traceback
+    (
+        {"qdrant_url": "http://u:pw@ho st:6333"},
+        f"qdrant_url: 'http://u:***@ho st:6333' is not a Qdrant URL (qdrant-client cannot parse it): {URL_ADVICE}",
+    ),
+    (
+        {"qdrant_url": "http://u:p\nw@qdrant:6333"},
+        f"qdrant_url: 'http://u:***@qdrant:6333' is not a Qdrant URL (a control character inside it): {URL_ADVICE}",
+    ),
 ]
 
 
@@ -262,13 +275,41 @@ def test_collections_lists_no_phantom_names(tmp_path, monkeypatch):
     assert collection_names(RetrievalSettings(qdrant_path=root)) == ["ok"]
 
 
+def test_a_missing_collection_names_the_existing_ones_closest_first(
+    tmp_path, monkeypatch, dense_encoder, sparse_encoder
+):
+    """A mistyped name (search, delete, snapshot, the Python API) is told what exists, the closest name first, ten
+    at most, not to "index documents first" (which would make the typo a collection of its own)."""
+    monkeypatch.setenv("HYBRID_RAG_QDRANT_PATH", str(tmp_path / "index"))
+    monkeypatch.setenv("HYBRID_RAG_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    with RetrievalStack(RetrievalSettings(), dense=dense_encoder, sparse=sparse_encoder) as stack:
+        for name in ["zeta", "mini", *(f"extra{i:02d}" for i in range(9))]:
+            stack.indexer(name).index(TINY_DOCS[:1], progress=False)
+        with pytest.raises(StoreError) as err:
+            stack.retriever("minni").search("anything")
+    listed = ", ".join(["mini", *(f"extra{i:02d}" for i in range(9))])
+    expected = (
+        f"collection 'minni' does not exist at {tmp_path / 'index' / 'minni'}; did you mean 'mini'? existing: "
+        f"{listed} and 1 more (`hybrid-rag collections` lists them)"
+    )
+    assert str(err.value) == expected
+    for args in (["search", "red planet", "-c", "minni"], ["delete", "x", "-c", "minni"], ["snapshot", "-c", "minni"]):
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 2 and result.output.strip().splitlines()[-1].endswith(expected), result.output
+    store = open_store(RetrievalSettings(), "qqq")
+    with pytest.raises(StoreError, match=r"qqq; existing: extra00, extra01, .*, extra08, mini and 1 more \("):
+        store.check_schema()  # nothing close: in name order
+    store.close()
+
+
 # -- item 16: eval-report --history -------------------------------------------------------------------------
 def test_eval_report_creates_no_history(fails, tmp_path):
     message = fails("eval-report", "--history", "typo_dir/evals.sqlite", "--out", "reports")
-    assert message == "error: typo_dir/evals.sqlite: no evaluation history (no such file)"
+    assert message == f"error: {tmp_path / 'typo_dir/evals.sqlite'}: no evaluation history (no such file)"
     assert not (tmp_path / "typo_dir").exists() and not (tmp_path / "reports").exists()
     (tmp_path / "notes.txt").write_text("not a database\n" * 100)
-    assert fails("eval-report", "--history", "notes.txt").startswith("error: notes.txt: not an evaluation history")
+    assert fails("eval-report", "--history", "notes.txt").startswith(f"error: {tmp_path}/notes.txt: not an evaluation")
     assert not (tmp_path / "history.sqlite").exists()  # the default one is not created either
     assert "no evaluation history" in fails("eval-report")
     EvalHistory(tmp_path / "history.sqlite")  # an empty history still says so, as before (exit 1)

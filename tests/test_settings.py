@@ -74,6 +74,29 @@ def test_tilde_is_the_home_directory_in_path_settings(clean_env, monkeypatch):
     assert settings.qdrant_path == home / "elsewhere"
 
 
+def test_relative_path_settings_are_made_absolute_when_the_settings_are_made(clean_env, monkeypatch):
+    """Resolved once, against the working directory of that moment: a later ``os.chdir`` (a daemon, a notebook's
+    ``%cd``) moves no index, cache, model or history."""
+    from evals.history import EvalHistory
+
+    (clean_env / "mymodel").mkdir()
+    settings = RetrievalSettings(cache_dir="cache", models_dir="models", dense_model="mymodel", query_model="mymodel")
+    local = RetrievalSettings(qdrant_url="file://local")
+    history = EvalHistory("history/evals.sqlite")
+    monkeypatch.chdir(clean_env.parent)
+    assert settings.qdrant_path == clean_env / "data/index"  # the default
+    assert (settings.cache_dir, settings.models_dir) == (clean_env / "cache", clean_env / "models")
+    assert settings.dense_model == settings.query_model == str(clean_env / "mymodel")
+    assert local.qdrant_url == f"file://{clean_env / 'local'}"
+    assert history.path == clean_env / "history/evals.sqlite"
+    assert RetrievalSettings(qdrant_path="data/index").qdrant_path == clean_env.parent / "data/index"  # its own cwd
+    settings.qdrant_path = Path("index")  # assignment too
+    assert settings.qdrant_path == clean_env.parent / "index"
+    # a model name that is no folder here is a hub name, left as written (the bundled default under either name)
+    for name in ("mymodel", "BAAI/bge-small-en-v1.5", "all-MiniLM-L6-v2"):
+        assert RetrievalSettings(dense_model=name).dense_model == name
+
+
 def test_tilde_is_the_home_directory_in_a_local_mode_url(clean_env, monkeypatch):
     """``file://<dir>`` names local mode's folder: ``~`` in it is the home directory, as in QDRANT_PATH, never a
     folder named ``~`` in the working directory."""
@@ -87,9 +110,29 @@ def test_tilde_is_the_home_directory_in_a_local_mode_url(clean_env, monkeypatch)
     assert settings.qdrant_url == f"file://{home}/elsewhere"
     settings.qdrant_url = "file://~/third"
     assert settings.qdrant_url == f"file://{home}/third"
-    assert RetrievalSettings(qdrant_url="file://idx").qdrant_url == "file://idx"  # relative: to the working directory
+    assert RetrievalSettings(qdrant_url="file://idx").qdrant_url == f"file://{clean_env / 'idx'}"  # the working dir's
     connect("file://~/opened").close()  # a URL given to the store directly
     assert (home / "opened").is_dir() and not (clean_env / "~").exists()
+
+
+def test_a_qdrant_url_loses_surrounding_whitespace_and_the_client_parses_every_url_accepted(clean_env, monkeypatch):
+    """A secret written with ``echo`` ends in a newline: dropped, as surrounding spaces are (whitespace alone stays an
+    error: tests/test_server_path.py)."""
+    from retrieval.store.server import connect
+
+    monkeypatch.setenv("HYBRID_RAG_QDRANT_URL", "http://qdrant:6333\n")
+    assert RetrievalSettings().qdrant_url == "http://qdrant:6333"
+    # every server URL the settings accept is one qdrant-client can parse (no request is made)
+    for url in (
+        " https://qdrant.example.com:6333/prefix\n",
+        f"http://user:{PASSWORD}@qdrant:6333",
+        "http://user:p w@qdrant:6333",  # a space in the password: sent as basic auth, not parsed by the client
+        "http://[::1]:6333",
+        "http://bücher.example",
+    ):
+        settings = RetrievalSettings(qdrant_url=url)
+        assert settings.qdrant_url == url.strip()
+        connect(settings.qdrant_url, check_compatibility=False).close()
 
 
 def test_dumps_mask_the_url_password_and_copies_keep_it(clean_env):

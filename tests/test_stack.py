@@ -1,15 +1,19 @@
 """One RetrievalStack owns the parts: what it hands out shares encoders (and their locks), stores and cache."""
 
 import copy
+import json
+import os
 import pickle
 
 import pytest
 
 from retrieval import RetrievalSettings, RetrievalStack
-from retrieval.encoders import Bm25Encoder
+from retrieval.encoders import Bm25Encoder, DenseEncoder
+from retrieval.encoders.dense import resolve_model_path
 from retrieval.errors import ClosedError, InvalidArgumentError
 from retrieval.parts import Parts
 from retrieval.search import HybridRetriever
+from retrieval.settings import ADAPTED_MARKER, DEFAULT_DENSE_MODEL
 from retrieval.store import SchemaMismatchError
 from tests.conftest import LEXICAL_QUERY, TINY_DOCS
 
@@ -118,6 +122,35 @@ def test_the_stack_expands_a_home_path_it_is_given_unchecked(dense_encoder, spar
         assert stack.settings.collection_models_dir() == tmp_path / "home/rag/models/sample"
 
 
+def test_a_stack_on_relative_paths_keeps_its_index_and_adapted_encoder_after_a_chdir(
+    dense_encoder, sparse_encoder, tmp_path, monkeypatch
+):
+    """The default ``data/index`` (and ``data/models`` beside it) and a relative cache are where they were when the
+    stack was made: after the process changes directory it searches, writes and follows the adapted query encoder
+    there (an adapted encoder's model loads on first use: its marker is enough here)."""
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    work.mkdir()
+    elsewhere.mkdir()
+    monkeypatch.chdir(work)
+    for name in [n for n in os.environ if n.upper().startswith("HYBRID_RAG_")]:
+        monkeypatch.delenv(name)
+    settings = RetrievalSettings(collection="notes", cache_dir="cache", rerank=False)
+    with RetrievalStack(settings, dense=dense_encoder, sparse=sparse_encoder) as stack:
+        stack.indexer().index(TINY_DOCS[:4], progress=False)
+        retriever = stack.retriever()
+        monkeypatch.chdir(elsewhere)
+        assert retriever.search(LEXICAL_QUERY[0], k=1)[0].doc_id == LEXICAL_QUERY[1]
+        stack.indexer().index(TINY_DOCS[4:], progress=False)  # into the same collection
+        assert retriever.search("honeybees waggle dance", k=1)[0].doc_id == "bees"
+        assert str(work / "data/index") in repr(stack) and retriever.store.location.startswith(str(work))
+        adapted = work / "data/models/notes/query_encoder"
+        adapted.mkdir(parents=True)
+        (adapted / ADAPTED_MARKER).write_text(json.dumps({"base_model": settings.dense_model}))
+        assert stack.query_encoder.model_name == str(adapted)  # what its retrievers encode the next query with
+    assert (work / "data/index/notes.current.json").is_file() and (work / "cache/embeddings.sqlite").is_file()
+    assert list(elsewhere.iterdir()) == []
+
+
 def test_a_stacks_settings_cannot_be_changed_under_it(stack):
     """The stack has built its encoders and opened its stores from its settings: an assignment is refused, pointing
     at ``derive`` (it would otherwise be half followed: a retriever reporting one collection and searching another)."""
@@ -180,12 +213,27 @@ def test_one_schema_check_with_one_message(stack, indexed_stack):
 
     mismatched = RetrievalStack(stack.settings, dense=stack.dense, sparse=OtherSparse(), store=stack.store())
     message = "sparse_model: collection has 'bm25', settings give 'other-sparse'"
-    with pytest.raises(SchemaMismatchError, match=message):
-        mismatched.check_schema()
-    with pytest.raises(SchemaMismatchError, match=message):
-        mismatched.retriever().search("anything")
-    with pytest.raises(SchemaMismatchError, match=message):
+    # a read names the setting that reads it; rebuilding would re-encode it for every reader
+    read = "To search it, use the models it was built with: set HYBRID_RAG_SPARSE_MODEL=bm25 (sparse_model in Python)."
+    for refused in (mismatched.check_schema, lambda: mismatched.retriever().search("anything")):
+        with pytest.raises(SchemaMismatchError, match=message) as err:
+            refused()
+        assert str(err.value).endswith(read) and "rebuild" not in str(err.value)
+    with pytest.raises(SchemaMismatchError, match=message) as err:
         mismatched.indexer().index(TINY_DOCS[:1], progress=False)
+    assert "hybrid-rag index --rebuild" in str(err.value) and "HYBRID_RAG_SPARSE_MODEL" not in str(err.value)
+
+
+def test_a_search_of_a_collection_built_with_another_dense_model_names_the_setting_to_set(stack):
+    """As `hybrid-rag search` and `eval` meet it: the collection's dense model, as the setting to give."""
+    folder = resolve_model_path(DEFAULT_DENSE_MODEL)  # the bundled model by its folder: another name, another model
+    other = RetrievalStack(stack.settings, dense=DenseEncoder(folder), sparse=stack.sparse, store=stack.store())
+    with pytest.raises(SchemaMismatchError) as err:
+        other.retriever().search("anything")
+    assert str(err.value).endswith(
+        f"(dense_model: collection has {DEFAULT_DENSE_MODEL!r}, settings give {folder!r}). To search it, use the "
+        f"models it was built with: set HYBRID_RAG_DENSE_MODEL={DEFAULT_DENSE_MODEL} (dense_model in Python)."
+    )
 
 
 def test_a_query_model_needs_its_encoder(stack):

@@ -5,12 +5,8 @@ The server backend (and qdrant-client, a second or so to import) is imported onl
 
 from __future__ import annotations
 
-import logging
-import re
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-from retrieval.errors import InvalidArgumentError
 from retrieval.settings import RetrievalSettings, check_collection_name, redact_url
 from retrieval.store.base import (
     ENCODING_FIELDS,
@@ -21,7 +17,7 @@ from retrieval.store.base import (
     StoredHit,
     StoreError,
 )
-from retrieval.store.edge import POINTER_SUFFIX, SCHEMA_FILE, EdgeStore, discard_dropped
+from retrieval.store.edge import EdgeStore
 
 if TYPE_CHECKING:
     from retrieval.store.server import ServerStore, connect
@@ -61,54 +57,16 @@ def open_store(
     return EdgeStore(settings.qdrant_path, name, version=version, lock_timeout_s=settings.write_lock_timeout_s)
 
 
-log = logging.getLogger(__name__)
-_PHYSICAL = re.compile(r"^(?P<name>.+)__v(?P<version>[1-9][0-9]*)$")
-_COPY = re.compile(r"__v[1-9][0-9]*\.copy-[0-9a-f]+$")
-
-
 def collection_names(settings: RetrievalSettings) -> list[str]:
     """The collections in the backend the settings point at (versions folded into their collection's name); an
     entry whose name no collection can have (e.g. made by hand), or that hybrid-rag did not create (a server
     collection without its schema metadata, a folder without a schema file), is left out with a warning. A dropped
     version another process still holds is left out too (embedded; deleted here once no process holds it)."""
-    if settings.qdrant_url:
-        store = open_store(settings)
-        try:
-            aliases, physical = store.catalogue()  # type: ignore[attr-defined]
-            names = set(aliases)
-        finally:
-            store.close()
-    else:
-        root = settings.qdrant_path
-        entries = list(root.iterdir()) if root.is_dir() else []
-        names = {p.name.removesuffix(POINTER_SUFFIX) for p in entries if p.name.endswith(POINTER_SUFFIX)}
-        physical = [  # a copy being made (or left by a killed write) is no collection
-            p.name
-            for p in entries
-            if p.is_dir() and _holds_schema(p) and not _COPY.search(p.name) and not discard_dropped(p)
-        ]
-    for name in physical:
-        match = _PHYSICAL.match(name)
-        names.add(match["name"] if match else name)
-    return sorted(name for name in names if _valid(name))
-
-
-def _holds_schema(folder: Path) -> bool:
-    """Whether ``folder`` holds a collection's schema file; one this user cannot read is left out with a warning."""
+    store = open_store(settings)
     try:
-        return (folder / SCHEMA_FILE).is_file()
-    except OSError as exc:
-        log.warning("not listed: %s cannot be read (%s): the user needs read and write access", folder, exc.strerror)
-        return False
-
-
-def _valid(name: str) -> bool:
-    try:
-        check_collection_name(name)
-    except InvalidArgumentError as exc:
-        log.warning("not a collection: %s", exc)
-        return False
-    return True
+        return store.collection_names()
+    finally:
+        store.close()
 
 
 __all__ = [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import difflib
 import json
 import logging
 import math
@@ -21,7 +22,7 @@ from retrieval.chunking import Chunk
 from retrieval.documents import unicode_forms
 from retrieval.encoders.sparse import LEGACY_ANALYZER, SparseVec
 from retrieval.errors import FilterError, HybridRagError, InvalidArgumentError, choice
-from retrieval.settings import FusionMethod, canonical_model
+from retrieval.settings import ENV_PREFIX, FusionMethod, canonical_model, check_collection_name
 
 DENSE = "dense"
 SPARSE = "sparse"
@@ -38,6 +39,8 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 RANGE_OPERATORS = {"gt", "gte", "lt", "lte"}
 ANY_NUMBER = {"gte": -sys.float_info.max, "lte": sys.float_info.max}  # a range holding every stored number
 ANY_DATE = {"gte": "0001-01-01"}  # a range holding every stored ISO date
+PHYSICAL_NAME = re.compile(r"^(?P<name>.+)__v(?P<version>[1-9][0-9]*)$")  # a version of collection <name>
+LISTED_NAMES = 10  # the existing collections a missing one's message names at most
 MAX_FILTER_DEPTH = 64  # dicts and lists nested in one filter (deeper: a FilterError, not a RecursionError)
 SHOWN_STORED = ("title", "chunk_index")  # stored fields the adapters show unless the document's metadata has them
 VERSION_SEP = "__v"
@@ -93,6 +96,30 @@ ENCODING_FIELDS = (
     "dense_precision",
 )
 _warned_unrecorded: set[str] = set()  # the collections warned about (once per process)
+# The setting that gives a reader the model a differing MODEL_FIELDS entry records (the dimension follows the dense
+# model, the IDF modifier the sparse one; the BM25 analyzer a reader follows by itself).
+_MODEL_SETTING = {
+    "dense_model": "dense_model",
+    "dense_dim": "dense_model",
+    "sparse_model": "sparse_model",
+    "sparse_idf": "sparse_model",
+}
+
+
+def _read_remedy(existing: CollectionSchema, problems: Sequence[str]) -> str:
+    """What a reader (search, eval, adapt) of a collection built with other models sets to read it."""
+    names = list(dict.fromkeys(_MODEL_SETTING[p.split(":")[0]] for p in problems))
+    given = " and ".join(f"{ENV_PREFIX}{name.upper()}={getattr(existing, name)}" for name in names)
+    return f"To search it, use the models it was built with: set {given} ({', '.join(names)} in Python)."
+
+
+def _valid_name(name: str) -> bool:
+    try:
+        check_collection_name(name)
+    except InvalidArgumentError as exc:
+        log.warning("not a collection: %s", exc)
+        return False
+    return True
 
 
 def _earlier_release(info: dict[str, Any]) -> bool:
@@ -369,7 +396,39 @@ class QdrantStore(ABC):
                 f"collection {self.collection!r} at {where} has no published version yet: its first build is "
                 "running, or was stopped before it finished (then rerun the index command)"
             )
-        return f"collection {self.collection!r} does not exist at {where}; index documents first"
+        return f"collection {self.collection!r} does not exist at {where}; {self._existing_collections()}"
+
+    def _existing_collections(self) -> str:
+        """What a missing collection's message ends with: the collections that do exist here (a mistyped name's
+        closest first, at most :data:`LISTED_NAMES`), else that documents must be indexed first."""
+        try:
+            names = [name for name in self.collection_names() if name != self.collection]
+        except (StoreError, OSError):  # unlisted (a server's permissions): the message stands without them
+            names = []
+        if not names:
+            return "index documents first"
+        close = difflib.get_close_matches(self.collection, names, n=LISTED_NAMES, cutoff=0.6)
+        ordered = [*close, *(name for name in names if name not in close)]
+        listed = ", ".join(ordered[:LISTED_NAMES])
+        if len(ordered) > LISTED_NAMES:
+            listed += f" and {len(ordered) - LISTED_NAMES} more (`hybrid-rag collections` lists them)"
+        return (f"did you mean {close[0]!r}? " if close else "") + f"existing: {listed}"
+
+    def collection_names(self) -> list[str]:
+        """The collections in this store's backend (versions folded into their collection's name); an entry whose
+        name no collection can have (e.g. made by hand), or that hybrid-rag did not create, is left out with a
+        warning (see :func:`retrieval.store.collection_names`)."""
+        published, physical = self.catalogue()
+        names = set(published)
+        for name in physical:
+            match = PHYSICAL_NAME.match(name)
+            names.add(match["name"] if match else name)
+        return sorted(name for name in names if _valid_name(name))
+
+    @abstractmethod
+    def catalogue(self) -> tuple[Collection[str], list[str]]:
+        """The collection names this store's backend publishes (pointers, aliases) and the physical collections
+        hybrid-rag made there (``<name>__v<N>``, or an earlier release's plain ``<name>``)."""
 
     def _taken_versions(self) -> list[int]:
         """Every version number in use, by hybrid-rag or not (a new version gets a higher one)."""
@@ -632,11 +691,17 @@ class QdrantStore(ABC):
         problems = expected.differences(existing, write=write) if expected is not None else []
         if problems:
             models = any(p.split(":")[0] in (*MODEL_FIELDS, "dense_fingerprint") for p in problems)
-            raise SchemaMismatchError(
+            built = (
                 f"collection {self.collection!r} at {self.location} was built with other "
                 + ("models (" if models else "index-time settings (")
                 + "; ".join(problems)
-                + "). Use another collection name, or rebuild it (Indexer.rebuild, hybrid-rag index --rebuild)"
+                + ")"
+            )
+            if not write:  # a read: the fix is the reader's settings, not rebuilding the collection for every reader
+                raise SchemaMismatchError(f"{built}. {_read_remedy(existing, problems)}", problems)
+            raise SchemaMismatchError(
+                built
+                + ". Use another collection name, or rebuild it (Indexer.rebuild, hybrid-rag index --rebuild)"
                 + (
                     "."
                     if models

@@ -18,6 +18,7 @@ import errno
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import threading
@@ -38,7 +39,7 @@ import qdrant_edge as qe
 from retrieval.chunking import Chunk
 from retrieval.encoders.sparse import SparseVec
 from retrieval.errors import ClosedError, not_one_string
-from retrieval.settings import WRITE_LOCK_TIMEOUT_S, FusionMethod
+from retrieval.settings import WRITE_LOCK_TIMEOUT_S, FusionMethod, absolute_path
 from retrieval.store.base import (
     DENSE,
     HASH_FIELDS,
@@ -85,6 +86,7 @@ ACCESS_ERRORS = ("Permission denied", "os error 13", "Operation not permitted", 
 MEMORY_ERRORS = ("Cannot allocate memory", "os error 12", "memory allocation of")
 STAGE_FREE_MARGIN = 64 << 20  # free space a write needs beyond the version it copies (the engine's 32 MiB files)
 POINTER_SUFFIX = ".current.json"
+_COPY = re.compile(r"__v[1-9][0-9]*\.copy-[0-9a-f]+$")  # a version being copied (stage(copy_current=True))
 WRITE_LOCK_SUFFIX = ".write.lock"
 
 _open_shards: dict[str, tuple[qe.EdgeShard, int, Path | None]] = {}  # shard dir -> (shard, references, view)
@@ -390,6 +392,15 @@ def _dropped(collection_dir: Path) -> bool:
     except FileNotFoundError:
         return True
     except (OSError, ValueError, KeyError, TypeError):  # a damaged pointer may have named it: keep it
+        return False
+
+
+def _holds_schema(folder: Path) -> bool:
+    """Whether ``folder`` holds a collection's schema file; one this user cannot read is left out with a warning."""
+    try:
+        return (folder / SCHEMA_FILE).is_file()
+    except OSError as exc:
+        log.warning("not listed: %s cannot be read (%s): the user needs read and write access", folder, exc.strerror)
         return False
 
 
@@ -722,7 +733,7 @@ class EdgeStore(QdrantStore):
         version: int | None = None,
         lock_timeout_s: float = WRITE_LOCK_TIMEOUT_S,
     ):
-        self.root = Path(root)
+        self.root = absolute_path(root)  # once: a later os.chdir does not move the collection
         self.collection = collection
         self.version = version
         self.lock_timeout_s = lock_timeout_s
@@ -765,7 +776,7 @@ class EdgeStore(QdrantStore):
 
     @property
     def location(self) -> str:  # type: ignore[override]
-        return str(self.dir.absolute())  # messages say where, whatever the working directory
+        return str(self.dir)  # absolute (root is): messages say where, whatever the working directory
 
     # -- versions ------------------------------------------------------------------------------------------
     def _read_pointer(self) -> int | None:
@@ -808,6 +819,19 @@ class EdgeStore(QdrantStore):
                 return self.current_version()
             self.check_pointer(pointed)  # lost, or naming an absent version, while intact versions exist
         return pointed
+
+    def catalogue(self) -> tuple[list[str], list[str]]:
+        """The collections with a pointer under ``root``, and the folders holding a schema (a copy being made, or
+        left by a killed write, is no collection; a dropped version another process holds is left out, and deleted
+        here once none does)."""
+        entries = list(self.root.iterdir()) if self.root.is_dir() else []
+        published = [p.name.removesuffix(POINTER_SUFFIX) for p in entries if p.name.endswith(POINTER_SUFFIX)]
+        physical = [
+            p.name
+            for p in entries
+            if p.is_dir() and _holds_schema(p) and not _COPY.search(p.name) and not discard_dropped(p)
+        ]
+        return published, physical
 
     def _version_dirs(self) -> dict[int, Path]:
         """The folders named like a version of this collection (not checked: see :meth:`_refuse_foreign`)."""

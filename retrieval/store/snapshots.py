@@ -71,7 +71,7 @@ def snapshot(store: QdrantStore, dest: Path | None = None, *, models_dir: Path |
 
     version = store.current_version()
     if version is None:
-        raise StoreError(f"collection {store.collection!r} does not exist at {store.location}: nothing to snapshot")
+        raise StoreError(f"nothing to snapshot: {store.missing_message(store.location)}")
     if isinstance(store, ServerStore):
         physical = version_name(store.collection, version)
         try:
