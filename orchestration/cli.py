@@ -194,6 +194,9 @@ HistoryOpt = Annotated[
     Path | None,
     typer.Option(help="Evaluation history, SQLite (default: $HYBRID_RAG_HISTORY_PATH, else data/history/evals.sqlite)"),
 ]
+PROJECT_LOGGERS = ("retrieval", "evals", "assets", "orchestration")  # -v: their INFO lines
+VERBOSE_FORMAT = "%(asctime)s - %(name)s - %(levelname)s - %(message)s"  # as Dagster's console lines
+log = logging.getLogger("orchestration.cli")  # not __name__: "__main__" under python -m orchestration.cli
 ENV_FILES: list[Path] = [Path(".env")]
 # The paths an env file outside the working directory gave relatively: setting -> (file, value as written, the
 # absolute path it means). Releases before paths became relative to their env file read them relative to the
@@ -218,9 +221,7 @@ def main(
 ) -> None:
     _check_stdout()
     _replace_unencodable()
-    handler = logging.StreamHandler()
-    handler.setFormatter(PrintableFormatter("%(levelname)s %(message)s"))
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[handler])
+    _configure_logging(verbose)
     for path in env_file or []:
         _check_env_file(path)
     ENV_FILES[:] = [Path(".env"), *(env_file or [])]
@@ -228,6 +229,17 @@ def main(
     from retrieval.settings import warn_unknown_env
 
     warn_unknown_env(ENV_FILES)  # every command, whether it builds settings or not (eval-report, compare)
+
+
+def _configure_logging(verbose: bool) -> None:
+    """Warnings and errors of every library on stderr, one line each (``WARNING message``); ``-v`` adds the INFO
+    lines of the project's own loggers (:data:`PROJECT_LOGGERS`), every line then carrying its time and logger
+    name as Dagster's lines do. Other libraries' INFO lines (alembic, SQLAlchemy, sentence-transformers) stay out."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(PrintableFormatter(VERBOSE_FORMAT if verbose else "%(levelname)s %(message)s"))
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])
+    for name in PROJECT_LOGGERS:
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.NOTSET)
 
 
 def _check_stdout() -> None:
@@ -494,6 +506,13 @@ def search(
         retriever = stack.retriever()
         hits = retriever.search(
             text, k=k, filter=flt, rerank=rerank, variant=variant, group_by=group_by, score_threshold=score_threshold
+        )
+        timings = retriever.last_timings
+        log.info(
+            "searched %r in %.0f ms: %s",
+            retriever.store.collection,
+            sum(timings.values()) * 1000,
+            ", ".join(f"{name.removesuffix('_s')} {seconds * 1000:.0f} ms" for name, seconds in timings.items()),
         )
         misses = filter_misses(retriever.store, flt) if flt and not hits else []
     if misses:  # a filter of the wrong type finds nothing without an error: say why (stderr, --json too)
