@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 MULTILINGUAL_MODEL = "sentence-transformers/paraphrase-multilingual-MiniLM-L12-v2"
 ENCODE_BLOCK = 1024
 MAX_DELETE_SHARE = 0.5  # a sync deleting more than this share of a collection's documents or points needs allow_delete
+MAX_NAMED = 100  # document ids a log line names (then: "and N more")
 
 
 def locked_batches(encoder: Any, encode: Callable[[list[str]], Any], texts: Sequence[str], step: int) -> list:
@@ -85,7 +86,9 @@ class IndexReport:
     ``cache_reused`` of their dense vectors came from the embedding cache instead of the model; or the caller's,
     :meth:`Indexer.sync` with ``vectors``) and ``reused`` with the vectors their points already had (a chunk of a
     changed document with the same id and text, rewritten to carry the document's new fingerprint); the other
-    ``unchanged`` ones were not written. ``seconds``: the whole write: chunking (:meth:`Indexer.index`), embedding,
+    ``unchanged`` ones were not written. ``deleted`` points were deleted: those of the ``deleted_documents`` (ids of
+    the stored documents absent from the source of a pruning write, sorted) and the surplus chunks of documents
+    that shrank. ``seconds``: the whole write: chunking (:meth:`Indexer.index`), embedding,
     writing and publishing, plus reading the source when the caller read it and says so in ``read_seconds`` (the
     ``index`` command does)."""
 
@@ -99,6 +102,7 @@ class IndexReport:
     reused: int = 0
     unchanged: int = 0
     deleted: int = 0
+    deleted_documents: list[str] = field(default_factory=list)  # ids of the documents deleted whole, sorted
     kept: int = 0  # documents absent from the source (skipped as bad input) whose stored chunks were kept
     cache_reused: int = 0
     points: int = 0
@@ -125,6 +129,12 @@ class DeleteReport:
     missing: list[str] = field(default_factory=list)  # ids asked for that the collection does not hold
     # ids asked for, not stored as they are but in another Unicode normalization: asked id -> stored id (deleted)
     stored_as: dict[str, str] = field(default_factory=dict)
+
+
+def named(ids: Sequence[str], limit: int = MAX_NAMED) -> str:
+    """``ids`` quoted, at most ``limit`` of them, then how many more (a log line's list)."""
+    shown = ", ".join(map(repr, ids[:limit]))
+    return shown + (f" and {len(ids) - limit:,} more" if len(ids) > limit else "")
 
 
 def unknown_text_warning(chunks: Sequence[Chunk], model: str) -> str | None:
@@ -443,6 +453,7 @@ class Indexer:
             if target is self.store and (stale or replaced):
                 self.store.erase_from_copies(copies, ids=[*stale, *replaced])
             report.deleted = len(stale)
+            report.deleted_documents = sorted(prunable)  # absent from the source: all their points are stale
             if rebuild:  # the points of the published version that the new one no longer holds
                 dropped = sorted(existing.keys() - {c.id for c in chunks})
                 erased |= self._embedded_hashes(self._cached_points(self.store, dropped), keep=chunks)
@@ -465,6 +476,13 @@ class Indexer:
     ) -> IndexReport:
         report.version = version
         report.seconds = time.perf_counter() - started
+        if report.deleted_documents:
+            log.info(
+                "%s: deleted %d documents absent from the source: %s",
+                report.collection,
+                len(report.deleted_documents),
+                named(report.deleted_documents),
+            )
         log.info(
             "indexed %s (version %s%s): %d docs, %d chunks, %d written (%d embedded, %d with their stored vectors), "
             "%d unchanged, %d deleted in %.1fs",

@@ -1,0 +1,53 @@
+"""What an indexing run reports, the same way on every path (``IndexReport``, ``index --json``, the ``-v`` log line,
+the Dagster assets' metadata): which documents a pruning write deleted."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from orchestration.cli import app
+from retrieval.indexer import MAX_NAMED, named
+from tests.conftest import TINY_DOCS
+
+
+@pytest.fixture(params=["edge", "server"])
+def indexer(request, indexed_stack):
+    stack = indexed_stack(request.param)  # TINY_DOCS: one chunk each
+    yield stack.indexer()
+    stack.close()
+
+
+def test_a_pruning_write_names_the_documents_it_deleted(indexer, caplog):
+    with caplog.at_level(logging.INFO, logger="retrieval.indexer"):
+        report = indexer.index(TINY_DOCS[:-2], prune=True, progress=False)
+    assert (report.deleted, report.deleted_documents) == (2, ["bank", "bees"])  # before: a count only
+    assert "test: deleted 2 documents absent from the source: 'bank', 'bees'" in caplog.text
+    assert indexer.index(TINY_DOCS[:2], progress=False).deleted_documents == []  # adding deletes nothing
+    rebuilt = indexer.rebuild(TINY_DOCS[:3], progress=False)
+    assert rebuilt.deleted_documents == sorted(d.id for d in TINY_DOCS[3:-2])
+
+
+def test_index_json_lists_the_deleted_documents(cli_env: Path):
+    source = cli_env / "docs.jsonl"
+
+    def index(docs, *flags: str) -> dict:
+        source.write_text("".join(json.dumps({"_id": d.id, "text": d.text}) + "\n" for d in docs))
+        result = CliRunner().invoke(app, ["index", str(source), "-c", "kb", "--json", *flags])
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout)
+
+    assert index(TINY_DOCS)["deleted_documents"] == []
+    synced = index(TINY_DOCS[1:-1], "--sync")
+    assert (synced["deleted"], synced["deleted_documents"]) == (2, sorted([TINY_DOCS[0].id, TINY_DOCS[-1].id]))
+
+
+def test_named_caps_a_long_list_and_says_how_many_more():
+    ids = [f"doc-{i:04d}" for i in range(MAX_NAMED + 1234)]
+    text = named(ids)
+    assert text.startswith("'doc-0000', 'doc-0001'") and text.endswith(f"'doc-{MAX_NAMED - 1:04d}' and 1,234 more")
+    assert named(["a"]) == "'a'"
