@@ -252,9 +252,9 @@ class Indexer:
         docs = validate_documents(documents)  # a list, or a clear error (one Document, not a list)
         if stored := self.stored_forms([d.id for d in docs]):  # the same document, not a second one
             docs = [replace(d, id=stored.get(d.id, d.id)) for d in docs]
-        report = self._sync(docs, None, None, prune, allow_delete, skipped, progress, len(docs), rebuild, publish=True)
-        report.seconds = time.perf_counter() - started  # the documents consumed and chunked too
-        return report
+        return self._sync(  # timed from here: the documents consumed and validated too
+            docs, None, None, prune, allow_delete, skipped, progress, len(docs), rebuild, publish=True, started=started
+        )
 
     def stored_forms(self, ids: Sequence[str]) -> dict[str, str]:
         """id -> stored id, for each of ``ids`` not stored as it is but in another Unicode normalization (NFC or
@@ -362,10 +362,11 @@ class Indexer:
         documents: int | None,
         rebuild: bool,
         publish: bool,
+        started: float | None = None,
     ) -> IndexReport:
         """:meth:`sync` of ``chunks``, or of validated ``docs``: those chunked only when the store does not hold
-        them as they are (see :meth:`_split`)."""
-        started = time.perf_counter()
+        them as they are (see :meth:`_split`); ``report.seconds`` counts from ``started`` (default: now)."""
+        started = time.perf_counter() if started is None else started
         if vectors is None and self.cache is not None:  # an unusable cache fails here, before models load or staging
             self.cache.check_writable()
         self._load_models(sparse=vectors is None)
@@ -485,7 +486,7 @@ class Indexer:
             )
         log.info(
             "indexed %s (version %s%s): %d docs, %d chunks, %d written (%d embedded, %d with their stored vectors), "
-            "%d unchanged, %d deleted in %.1fs",
+            "%d unchanged, %d deleted in %.1fs (chunking to publishing; not reading the source)",
             report.collection,
             report.version,
             ", rebuilt" if rebuild else ", unchanged" if not report.changed else "" if publish else ", staged",
