@@ -434,12 +434,12 @@ def index(
         "chunks",
         "written",
         "embedded",
+        "reused_from_cache",
         "reused",
         "unchanged",
         "deleted",
         "kept",
         "points",
-        "cache_reused",
     )
     console.print(f"indexed into {report.collection!r}", soft_wrap=True)  # not a title: the narrow table wraps it
     table = Table(show_header=False)  # one row a count: fits 80 columns

@@ -82,15 +82,16 @@ class DocumentChunk(Chunk):
 class IndexReport:
     """What one indexing run did (``version``: the collection version written; 0 for an unversioned one).
 
-    Of the ``chunks``, ``written`` points were written: ``embedded`` with vectors made for this write (encoded;
-    ``cache_reused`` of their dense vectors came from the embedding cache instead of the model; or the caller's,
-    :meth:`Indexer.sync` with ``vectors``) and ``reused`` with the vectors their points already had (a chunk of a
-    changed document with the same id and text, rewritten to carry the document's new fingerprint); the other
-    ``unchanged`` ones were not written. ``deleted`` points were deleted: those of the ``deleted_documents`` (ids of
-    the stored documents absent from the source of a pruning write, sorted) and the surplus chunks of documents
-    that shrank. ``seconds``: the whole write: chunking (:meth:`Indexer.index`), embedding,
-    writing and publishing, plus reading the source when the caller read it and says so in ``read_seconds`` (the
-    ``index`` command does)."""
+    Of the ``chunks``, ``written`` points were written: ``embedded`` with vectors computed now (the dense model
+    encoded them; or the caller's, :meth:`Indexer.sync` with ``vectors``), ``reused_from_cache`` with dense
+    vectors read from the embedding cache instead (their sparse ones encoded now) and ``reused`` with the vectors
+    their points already had (a chunk of a changed document with the same id and text, rewritten to carry the
+    document's new fingerprint); the other ``unchanged`` ones were not written. The Dagster ``dense_vectors``
+    asset's ``embedded`` and ``reused_from_cache`` count the same way. ``deleted`` points were deleted: those of
+    the ``deleted_documents`` (ids of the stored documents absent from the source of a pruning write, sorted) and
+    the surplus chunks of documents that shrank. ``seconds``: the whole write: chunking (:meth:`Indexer.index`),
+    embedding, writing and publishing, plus reading the source when the caller read it and says so in
+    ``read_seconds`` (the ``index`` command does)."""
 
     collection: str
     version: int | None = None
@@ -99,12 +100,12 @@ class IndexReport:
     chunks: int = 0
     written: int = 0
     embedded: int = 0
+    reused_from_cache: int = 0
     reused: int = 0
     unchanged: int = 0
     deleted: int = 0
     deleted_documents: list[str] = field(default_factory=list)  # ids of the documents deleted whole, sorted
     kept: int = 0  # documents absent from the source (skipped as bad input) whose stored chunks were kept
-    cache_reused: int = 0
     points: int = 0
     seconds: float = 0.0
     read_seconds: float = 0.0
@@ -114,7 +115,8 @@ class IndexReport:
 
     @property
     def chunks_per_second(self) -> float:
-        return self.embedded / self.seconds if self.seconds else 0.0
+        """Chunks written with new vectors (encoded or from the cache) per second of the write."""
+        return (self.embedded + self.reused_from_cache) / self.seconds if self.seconds else 0.0
 
 
 @dataclass
@@ -485,8 +487,9 @@ class Indexer:
                 named(report.deleted_documents),
             )
         log.info(
-            "indexed %s (version %s%s): %d docs, %d chunks, %d written (%d embedded, %d with their stored vectors), "
-            "%d unchanged, %d deleted in %.1fs (chunking to publishing; not reading the source)",
+            "indexed %s (version %s%s): %d docs, %d chunks, %d written (%d embedded, %d reused from the cache, %d "
+            "with their stored vectors), %d unchanged, %d deleted in %.1fs (chunking to publishing; not reading the "
+            "source)",
             report.collection,
             report.version,
             ", rebuilt" if rebuild else ", unchanged" if not report.changed else "" if publish else ", staged",
@@ -494,6 +497,7 @@ class Indexer:
             report.chunks,
             report.written,
             report.embedded,
+            report.reused_from_cache,
             report.reused,
             report.unchanged,
             report.deleted,
@@ -629,10 +633,10 @@ class Indexer:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="upsert") as writer:
             for block_no, start in enumerate(range(0, len(todo), ENCODE_BLOCK)):
                 block = todo[start : start + ENCODE_BLOCK]
+                from_cache = 0
                 if vectors is None:
-                    dense, reused = self.encode_dense(block)
+                    dense, from_cache = self.encode_dense(block)
                     sparse = self.encode_sparse(block)
-                    report.cache_reused += reused
                 else:
                     dense = vectors[0][start : start + ENCODE_BLOCK]
                     sparse = vectors[1][start : start + ENCODE_BLOCK]
@@ -645,7 +649,8 @@ class Indexer:
                 for future in pending:  # surface a failed upsert before doing more work
                     if future.done():
                         future.result()
-                report.embedded += len(block)
+                report.embedded += len(block) - from_cache
+                report.reused_from_cache += from_cache
                 report.written += len(block)
                 bar.update(len(block))
                 if self.after_batch:

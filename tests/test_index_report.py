@@ -1,5 +1,6 @@
 """What an indexing run reports, the same way on every path (``IndexReport``, ``index --json``, the ``-v`` log line,
-the Dagster assets' metadata): which documents a pruning write deleted, and what its durations cover."""
+the Dagster assets' metadata): what "embedded" counts, which documents a pruning write deleted, and what its
+durations cover."""
 
 from __future__ import annotations
 
@@ -21,6 +22,23 @@ def indexer(request, indexed_stack):
     stack = indexed_stack(request.param)  # TINY_DOCS: one chunk each
     yield stack.indexer()
     stack.close()
+
+
+def test_embedded_counts_the_vectors_computed_now_not_those_read_from_the_cache(cli_env: Path):
+    """As the Dagster dense_vectors asset counts them: ``embedded`` computed now, ``reused_from_cache`` read."""
+    source = cli_env / "docs.jsonl"
+    source.write_text("".join(json.dumps({"_id": d.id, "text": d.text}) + "\n" for d in TINY_DOCS))
+
+    def index(collection: str) -> dict:
+        result = CliRunner().invoke(app, ["index", str(source), "-c", collection, "--json"])
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout)
+
+    first = index("a")
+    assert (first["written"], first["embedded"], first["reused_from_cache"]) == (8, 8, 0)
+    again = index("b")  # another collection, the same texts: every dense vector is in the cache
+    assert (again["written"], again["embedded"], again["reused_from_cache"]) == (8, 0, 8)  # before: 8 embedded
+    assert "cache_reused" not in again  # one name, the assets' one
 
 
 def test_a_pruning_write_names_the_documents_it_deleted(indexer, caplog):
