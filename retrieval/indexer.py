@@ -488,8 +488,7 @@ class Indexer:
             )
         log.info(
             "indexed %s (version %s%s): %d docs, %d chunks, %d written (%d embedded, %d reused from the cache, %d "
-            "with their stored vectors), %d unchanged, %d deleted in %.1fs (chunking to publishing; not reading the "
-            "source)",
+            "with their stored vectors), %d unchanged, %d deleted in %.1fs (chunking to publishing)",
             report.collection,
             report.version,
             ", rebuilt" if rebuild else ", unchanged" if not report.changed else "" if publish else ", staged",
