@@ -12,7 +12,7 @@ from pydantic import Field
 
 from assets.failures import fails_clearly
 from assets.ingest import GROUP
-from assets.meta import rate
+from assets.meta import listing, rate
 from assets.partitions import corpus_check, corpus_partitions
 from assets.resources import CorporaResource, RetrievalResource
 from assets.tables import (
@@ -27,6 +27,7 @@ from assets.tables import (
     table_to_chunks,
 )
 from retrieval.documents import InputProblem, covered_by
+from retrieval.indexer import named
 from retrieval.store import QdrantStore, SchemaMismatchError
 
 POINT_COUNT_CHECK = "index_point_count"
@@ -125,6 +126,7 @@ def qdrant_index(
     context.log.info(
         f"{corpus.collection}: {staged} (published: {published}): {report.written} written, "
         f"{report.unchanged} unchanged, {report.deleted} deleted, {points} points"
+        + (f"; deleted documents: {named(report.deleted_documents)}" if report.deleted_documents else "")
     )
     check = dg.AssetCheckResult(
         check_name=POINT_COUNT_CHECK,
@@ -149,6 +151,8 @@ def qdrant_index(
             "written": dg.MetadataValue.int(report.written),
             "unchanged": dg.MetadataValue.int(report.unchanged),
             "deleted": dg.MetadataValue.int(report.deleted),
+            "deleted_documents": listing(report.deleted_documents),
+            "deleted_document_count": dg.MetadataValue.int(len(report.deleted_documents)),
             "kept_documents": dg.MetadataValue.int(report.kept),
             "skipped_records": dg.MetadataValue.int(len(skipped)),
             "points": dg.MetadataValue.int(points),

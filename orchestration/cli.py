@@ -200,6 +200,9 @@ HistoryOpt = Annotated[
     Path | None,
     typer.Option(help="Evaluation history, SQLite (default: $HYBRID_RAG_HISTORY_PATH, else data/history/evals.sqlite)"),
 ]
+PROJECT_LOGGERS = ("retrieval", "evals", "assets", "orchestration")  # -v: their INFO lines
+VERBOSE_FORMAT = "%(asctime)s - %(name)s - %(levelname)s - %(message)s"  # as Dagster's console lines
+log = logging.getLogger("orchestration.cli")  # not __name__: "__main__" under python -m orchestration.cli
 ENV_FILES: list[Path] = [Path(".env")]
 # The paths an env file outside the working directory gave relatively: setting -> (file, value as written, the
 # absolute path it means). Releases before paths became relative to their env file read them relative to the
@@ -224,9 +227,7 @@ def main(
 ) -> None:
     _check_stdout()
     _replace_unencodable()
-    handler = logging.StreamHandler()
-    handler.setFormatter(PrintableFormatter("%(levelname)s %(message)s"))
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[handler])
+    _configure_logging(verbose)
     for path in env_file or []:
         _check_env_file(path)
     ENV_FILES[:] = [Path(".env"), *(env_file or [])]
@@ -234,6 +235,17 @@ def main(
     from retrieval.settings import warn_unknown_env
 
     warn_unknown_env(ENV_FILES)  # every command, whether it builds settings or not (eval-report, compare)
+
+
+def _configure_logging(verbose: bool) -> None:
+    """Warnings and errors of every library on stderr, one line each (``WARNING message``); ``-v`` adds the INFO
+    lines of the project's own loggers (:data:`PROJECT_LOGGERS`), every line then carrying its time and logger
+    name as Dagster's lines do. Other libraries' INFO lines (alembic, SQLAlchemy, sentence-transformers) stay out."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(PrintableFormatter(VERBOSE_FORMAT if verbose else "%(levelname)s %(message)s"))
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])
+    for name in PROJECT_LOGGERS:
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.NOTSET)
 
 
 def _check_stdout() -> None:
@@ -418,6 +430,7 @@ def index(
         report = indexer.index(
             docs, prune=sync, allow_delete=allow_delete, skipped=read_report.skipped, rebuild=rebuild
         )
+    indexing_seconds = report.seconds  # the indexer's part: chunking to publishing, as its -v line says
     report.read_seconds, report.seconds = read_seconds, time.perf_counter() - started  # the whole write
     if as_json:
         typer.echo(json.dumps(asdict(report), default=str, indent=2))
@@ -428,12 +441,12 @@ def index(
         "chunks",
         "written",
         "embedded",
+        "reused_from_cache",
         "reused",
         "unchanged",
         "deleted",
         "kept",
         "points",
-        "cache_reused",
     )
     console.print(f"indexed into {report.collection!r}", soft_wrap=True)  # not a title: the narrow table wraps it
     table = Table(show_header=False)  # one row a count: fits 80 columns
@@ -442,8 +455,11 @@ def index(
     for name in columns:
         table.add_row(name, f"{getattr(report, name):,}")
     console.print(table)
-    rest = report.seconds - report.read_seconds
-    console.print(f"{report.seconds:.1f}s: reading {report.read_seconds:.1f}s, chunking to publishing {rest:.1f}s")
+    starting = report.seconds - report.read_seconds - indexing_seconds  # importing torch, opening the stack
+    console.print(
+        f"{report.seconds:.1f}s: reading {report.read_seconds:.1f}s, starting {starting:.1f}s, "
+        f"chunking to publishing {indexing_seconds:.1f}s"
+    )
     for problem in read_report.skipped:
         err_console.print(label("skipped", "yellow"), str(problem), soft_wrap=True)
     _skipped_summary(read_report.skipped, path, report.kept)
@@ -505,6 +521,13 @@ def search(
         retriever = stack.retriever()
         hits = retriever.search(
             text, k=k, filter=flt, rerank=rerank, variant=variant, group_by=group_by, score_threshold=score_threshold
+        )
+        timings = retriever.last_timings
+        log.info(
+            "searched %r in %.0f ms: %s",
+            retriever.store.collection,
+            sum(timings.values()) * 1000,
+            ", ".join(f"{name.removesuffix('_s')} {seconds * 1000:.0f} ms" for name, seconds in timings.items()),
         )
         misses = filter_misses(retriever.store, flt) if flt and not hits else []
         termless = "sparse" in Variant(variant).channels and not retriever.encode([text], "sparse").sparse[0]

@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 MULTILINGUAL_MODEL = "sentence-transformers/paraphrase-multilingual-MiniLM-L12-v2"
 ENCODE_BLOCK = 1024
 MAX_DELETE_SHARE = 0.5  # a sync deleting more than this share of a collection's documents or points needs allow_delete
+MAX_NAMED = 100  # document ids a log line names (then: "and N more")
 
 
 def locked_batches(encoder: Any, encode: Callable[[list[str]], Any], texts: Sequence[str], step: int) -> list:
@@ -81,13 +82,16 @@ class DocumentChunk(Chunk):
 class IndexReport:
     """What one indexing run did (``version``: the collection version written; 0 for an unversioned one).
 
-    Of the ``chunks``, ``written`` points were written: ``embedded`` with vectors made for this write (encoded;
-    ``cache_reused`` of their dense vectors came from the embedding cache instead of the model; or the caller's,
-    :meth:`Indexer.sync` with ``vectors``) and ``reused`` with the vectors their points already had (a chunk of a
-    changed document with the same id and text, rewritten to carry the document's new fingerprint); the other
-    ``unchanged`` ones were not written. ``seconds``: the whole write: chunking (:meth:`Indexer.index`), embedding,
-    writing and publishing, plus reading the source when the caller read it and says so in ``read_seconds`` (the
-    ``index`` command does)."""
+    Of the ``chunks``, ``written`` points were written: ``embedded`` with vectors computed now (the dense model
+    encoded them; or the caller's, :meth:`Indexer.sync` with ``vectors``), ``reused_from_cache`` with dense
+    vectors read from the embedding cache instead (their sparse ones encoded now) and ``reused`` with the vectors
+    their points already had (a chunk of a changed document with the same id and text, rewritten to carry the
+    document's new fingerprint); the other ``unchanged`` ones were not written. The Dagster ``dense_vectors``
+    asset's ``embedded`` and ``reused_from_cache`` count the same way. ``deleted`` points were deleted: those of
+    the ``deleted_documents`` (ids of the stored documents absent from the source of a pruning write, sorted) and
+    the surplus chunks of documents that shrank. ``seconds``: the whole write: chunking (:meth:`Indexer.index`),
+    embedding, writing and publishing, plus reading the source when the caller read it and says so in
+    ``read_seconds`` (the ``index`` command does)."""
 
     collection: str
     version: int | None = None
@@ -96,11 +100,12 @@ class IndexReport:
     chunks: int = 0
     written: int = 0
     embedded: int = 0
+    reused_from_cache: int = 0
     reused: int = 0
     unchanged: int = 0
     deleted: int = 0
+    deleted_documents: list[str] = field(default_factory=list)  # ids of the documents deleted whole, sorted
     kept: int = 0  # documents absent from the source (skipped as bad input) whose stored chunks were kept
-    cache_reused: int = 0
     points: int = 0
     seconds: float = 0.0
     read_seconds: float = 0.0
@@ -110,7 +115,8 @@ class IndexReport:
 
     @property
     def chunks_per_second(self) -> float:
-        return self.embedded / self.seconds if self.seconds else 0.0
+        """Chunks written with new vectors (encoded or from the cache) per second of the write."""
+        return (self.embedded + self.reused_from_cache) / self.seconds if self.seconds else 0.0
 
 
 @dataclass
@@ -125,6 +131,12 @@ class DeleteReport:
     missing: list[str] = field(default_factory=list)  # ids asked for that the collection does not hold
     # ids asked for, not stored as they are but in another Unicode normalization: asked id -> stored id (deleted)
     stored_as: dict[str, str] = field(default_factory=dict)
+
+
+def named(ids: Sequence[str], limit: int = MAX_NAMED) -> str:
+    """``ids`` quoted, at most ``limit`` of them, then how many more (a log line's list)."""
+    shown = ", ".join(map(repr, ids[:limit]))
+    return shown + (f" and {len(ids) - limit:,} more" if len(ids) > limit else "")
 
 
 def unknown_text_warning(chunks: Sequence[Chunk], model: str) -> str | None:
@@ -245,9 +257,9 @@ class Indexer:
         docs = validate_documents(documents)  # a list, or a clear error (one Document, not a list)
         if stored := self.stored_forms([d.id for d in docs]):  # the same document, not a second one
             docs = [replace(d, id=stored.get(d.id, d.id)) for d in docs]
-        report = self._sync(docs, None, None, prune, allow_delete, skipped, progress, len(docs), rebuild, publish=True)
-        report.seconds = time.perf_counter() - started  # the documents consumed and chunked too
-        return report
+        return self._sync(  # timed from here: the documents consumed and validated too
+            docs, None, None, prune, allow_delete, skipped, progress, len(docs), rebuild, publish=True, started=started
+        )
 
     def stored_forms(self, ids: Sequence[str]) -> dict[str, str]:
         """id -> stored id, for each of ``ids`` not stored as it is but in another Unicode normalization (NFC or
@@ -355,10 +367,11 @@ class Indexer:
         documents: int | None,
         rebuild: bool,
         publish: bool,
+        started: float | None = None,
     ) -> IndexReport:
         """:meth:`sync` of ``chunks``, or of validated ``docs``: those chunked only when the store does not hold
-        them as they are (see :meth:`_split`)."""
-        started = time.perf_counter()
+        them as they are (see :meth:`_split`); ``report.seconds`` counts from ``started`` (default: now)."""
+        started = time.perf_counter() if started is None else started
         if vectors is None and self.cache is not None:  # an unusable cache fails here, before models load or staging
             self.cache.check_writable()
         self._load_models(sparse=vectors is None)
@@ -446,6 +459,7 @@ class Indexer:
             if target is self.store and (stale or replaced):
                 self.store.erase_from_copies(copies, ids=[*stale, *replaced])
             report.deleted = len(stale)
+            report.deleted_documents = sorted(prunable)  # absent from the source: all their points are stale
             if rebuild:  # the points of the published version that the new one no longer holds
                 dropped = sorted(existing.keys() - {c.id for c in chunks})
                 erased |= self._embedded_hashes(self._cached_points(self.store, dropped), keep=chunks)
@@ -468,9 +482,16 @@ class Indexer:
     ) -> IndexReport:
         report.version = version
         report.seconds = time.perf_counter() - started
+        if report.deleted_documents:
+            log.info(
+                "%s: deleted %d documents absent from the source: %s",
+                report.collection,
+                len(report.deleted_documents),
+                named(report.deleted_documents),
+            )
         log.info(
-            "indexed %s (version %s%s): %d docs, %d chunks, %d written (%d embedded, %d with their stored vectors), "
-            "%d unchanged, %d deleted in %.1fs",
+            "indexed %s (version %s%s): %d docs, %d chunks, %d written (%d embedded, %d reused from the cache, %d "
+            "with their stored vectors), %d unchanged, %d deleted in %.1fs (chunking to publishing)",
             report.collection,
             report.version,
             ", rebuilt" if rebuild else ", unchanged" if not report.changed else "" if publish else ", staged",
@@ -478,6 +499,7 @@ class Indexer:
             report.chunks,
             report.written,
             report.embedded,
+            report.reused_from_cache,
             report.reused,
             report.unchanged,
             report.deleted,
@@ -611,10 +633,10 @@ class Indexer:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="upsert") as writer:
             for block_no, start in enumerate(range(0, len(todo), ENCODE_BLOCK)):
                 block = todo[start : start + ENCODE_BLOCK]
+                from_cache = 0
                 if vectors is None:
-                    dense, reused = self.encode_dense(block)
+                    dense, from_cache = self.encode_dense(block)
                     sparse = self.encode_sparse(block)
-                    report.cache_reused += reused
                 else:
                     dense = vectors[0][start : start + ENCODE_BLOCK]
                     sparse = vectors[1][start : start + ENCODE_BLOCK]
@@ -627,7 +649,8 @@ class Indexer:
                 for future in pending:  # surface a failed upsert before doing more work
                     if future.done():
                         future.result()
-                report.embedded += len(block)
+                report.embedded += len(block) - from_cache
+                report.reused_from_cache += from_cache
                 report.written += len(block)
                 bar.update(len(block))
                 if self.after_batch:

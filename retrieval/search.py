@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import numbers
+import threading
 import time
 import unicodedata
 from collections.abc import Iterator, Sequence
@@ -134,6 +135,7 @@ class HybridRetriever:
     reopens the new version; a server resolves the alias), checks the schema again after a switch, reads that
     one version for all its requests (``store.reading()``), even when a writer publishes another meanwhile, and
     follows the collection's adapted query encoder (a new one saved by ``adapt``, or none after its removal).
+    :attr:`last_timings` says where the calling thread's last search spent its time.
     """
 
     settings = HeldSettings()
@@ -155,7 +157,17 @@ class HybridRetriever:
         )
         self._checked = False
         self._closed = False
-        self.last_timings: dict[str, float] = {}
+        self._timings = _Timings()
+
+    @property
+    def last_timings(self) -> dict[str, float]:
+        """Where the calling thread's last search (``search``, ``search_batch``, ``first_stage``) spent its time,
+        in seconds: ``open_s`` following the collection's current version (opening it, or reopening it after
+        another process's write) and checking its schema (the first search loads the dense model here),
+        ``encode_s`` encoding the queries, ``qdrant_s`` the engine's requests and fusion, ``rerank_s`` reranking
+        (reranked searches only). Their sum is the search's wall time (within about a millisecond: checking the
+        arguments). Kept per thread: threads sharing this retriever each read their own search's."""
+        return self._timings.last
 
     def __repr__(self) -> str:
         return describe("HybridRetriever", self.store)
@@ -273,12 +285,24 @@ class HybridRetriever:
 
     @contextmanager
     def _one_version(self) -> Iterator[None]:
-        """Every store request inside reads the version current when the block begins (re-entrant)."""
+        """Every store request inside reads the version current when the block begins, its schema checked
+        (re-entrant); the outermost block starts this thread's :attr:`last_timings` with ``open_s``."""
         self._check_open()
-        with self.store.reading() as switched:
-            if switched:
-                self._checked = False
-            yield
+        timings = self._timings
+        started = time.perf_counter()
+        if not timings.depth:
+            timings.last = {}
+        timings.depth += 1
+        try:
+            with self.store.reading() as switched:
+                if switched:
+                    self._checked = False
+                self.check_schema()
+                if timings.depth == 1:
+                    timings.last["open_s"] = time.perf_counter() - started
+                yield
+        finally:
+            timings.depth -= 1
 
     def _resolve_variant(self, variant: Variant | str, rerank: bool | None) -> tuple[Variant, bool]:
         """The first-stage variant and whether to rerank (``hybrid+rerank`` is hybrid reranked; only hybrid
@@ -300,7 +324,7 @@ class HybridRetriever:
                 with self.reranker.query_encoder.lock:
                     hits = self._rerank(query, query_vectors[i], hits)
             out.append(hits)
-        self.last_timings = {**self.last_timings, "rerank_s": time.perf_counter() - started}
+        self._timings.last["rerank_s"] = time.perf_counter() - started
         return out
 
     def _fill_payloads(self, results: list[list[Hit]]) -> list[list[Hit]]:
@@ -311,7 +335,8 @@ class HybridRetriever:
             for hit in hits:
                 if hit.chunk_id in points:
                     hit.fill(points[hit.chunk_id].payload)
-        self.last_timings["qdrant_s"] = self.last_timings.get("qdrant_s", 0.0) + time.perf_counter() - started
+        timings = self._timings.last
+        timings["qdrant_s"] = timings.get("qdrant_s", 0.0) + time.perf_counter() - started
         return [[h for h in hits if h.chunk_id in points] for hits in results]
 
     def _check_arguments(
@@ -410,8 +435,7 @@ class HybridRetriever:
         group_by: GroupBy,
         encoded: QueryVectors | None = None,
     ) -> tuple[np.ndarray | None, list[list[Hit]]]:
-        self.check_schema()
-        variant = Variant(variant)
+        variant = Variant(variant)  # under _one_version: the schema is checked
         t0 = time.perf_counter()
         if encoded is None:
             encoded = self.encode(queries, variant)
@@ -427,7 +451,7 @@ class HybridRetriever:
             self._checked = False  # was the collection rebuilt with other models meanwhile? Say so if it was.
             self.check_schema()
             raise
-        self.last_timings = {"encode_s": t1 - t0, "qdrant_s": time.perf_counter() - t1}
+        self._timings.last.update(encode_s=t1 - t0, qdrant_s=time.perf_counter() - t1)
         return dense_q, out
 
     def candidates(
@@ -591,6 +615,15 @@ class HybridRetriever:
 
 
 _warned_threshold = False  # whether a score_threshold on a hybrid search was warned about (once per process)
+
+
+class _Timings(threading.local):
+    """One thread's :attr:`HybridRetriever.last_timings` and how deep it is in nested version blocks (the
+    outermost starts a search's timings)."""
+
+    def __init__(self) -> None:
+        self.last: dict[str, float] = {}
+        self.depth = 0
 
 
 def _warn_threshold_by_rank() -> None:

@@ -95,6 +95,16 @@ def test_skipped_documents_keep_their_stored_chunks(folder: Folder) -> None:
 
 
 @pytest.mark.slow
+def test_a_run_that_deletes_documents_names_them_in_the_index_metadata(folder: Folder) -> None:
+    assert folder.materialize().success
+    (folder.drop / "c.txt").unlink()
+    result = folder.materialize()
+    assert result.success and folder.stored_docs() == ["a.txt", "b.txt"]
+    meta = _metadata(result, "qdrant_index")
+    assert (meta["deleted"], meta["deleted_document_count"], meta["deleted_documents"]) == (1, 1, "- c.txt")
+
+
+@pytest.mark.slow
 def test_a_corpus_without_qrels_has_no_gate_and_no_warning_about_it(folder: Folder, caplog) -> None:
     """The blocking gate reports on a corpus without qrels (passed, not run, and why), so Dagster does not warn
     on every run that it emitted no result; the version is published on its point count alone."""

@@ -73,7 +73,7 @@ def test_a_model_folder_changed_in_place_gets_new_vectors_and_refuses_writes_unt
         with pytest.raises(SchemaMismatchError, match="dense_fingerprint"):
             stack.indexer().index(TINY_DOCS, progress=False)  # old and new vectors would be mixed
         report = stack.indexer().rebuild(DOCS, progress=False)
-        assert report.cache_reused == 0  # the old model's cached vectors are not reused
+        assert report.reused_from_cache == 0  # the old model's cached vectors are not reused
         assert stack.store().schema().dense_fingerprint == stack.dense.fingerprint
 
 

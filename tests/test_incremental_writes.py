@@ -90,7 +90,7 @@ def test_an_edit_encodes_only_the_changed_chunks(backend, indexed_stack, monkeyp
     report = indexer.index([edited], progress=False)
     assert sorted(encoded) == sorted(changed)
     kept = len(new_chunks) - len(changed)
-    assert (report.written, report.embedded, report.reused, report.cache_reused) == (
+    assert (report.written, report.embedded, report.reused, report.reused_from_cache) == (
         len(new_chunks),
         len(changed),
         kept,

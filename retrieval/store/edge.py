@@ -1179,6 +1179,7 @@ class EdgeStore(QdrantStore):
                 _undo_interrupted_swap(self.root / target)
             try:
                 self._shard, self._bound = _acquire(self.root / target / SHARD_DIR), target
+                log.info("collection %r: opened %s", self.collection, target)
                 return
             except StoreError:
                 if attempt == 2 or self.version is not None or self._target() == target:

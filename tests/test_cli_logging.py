@@ -1,0 +1,64 @@
+"""``hybrid-rag -v``: the project's INFO lines, each with its time and logger name; other libraries' INFO lines
+(alembic and SQLAlchemy under Dagster, sentence-transformers) stay out; a search says where its time went."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import TINY_DOCS
+
+REPO = Path(__file__).resolve().parents[1]
+VERBOSE_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} - (\S+) - (INFO|WARNING|ERROR) - ")
+
+
+def hybrid_rag(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("HYBRID_RAG_")}
+    environ |= {"PYTHONPATH": str(REPO), "HYBRID_RAG_QDRANT_PATH": str(cwd / "index"), **env}
+    environ |= {"HYBRID_RAG_CACHE_DIR": str(cwd / "cache"), "DAGSTER_HOME": str(cwd / "home")}
+    command = [sys.executable, "-m", "orchestration.cli", *args]
+    return subprocess.run(command, cwd=cwd, env=environ, capture_output=True, text=True, timeout=300)
+
+
+def log_lines(stderr: str) -> list[str]:
+    """The logging lines of ``stderr`` (not the tables, progress or error lines the commands print)."""
+    return [line for line in stderr.splitlines() if re.match(r"^(\d{4}-|INFO |WARNING |ERROR )", line)]
+
+
+@pytest.mark.slow
+def test_verbose_search_logs_with_time_and_logger_and_says_where_the_time_went(tmp_path: Path) -> None:
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text("".join(json.dumps({"_id": d.id, "text": d.text}) + "\n" for d in TINY_DOCS))
+    assert hybrid_rag("index", str(docs), "-c", "kb", cwd=tmp_path).returncode == 0
+    done = hybrid_rag("-v", "search", "valve gasket", "-c", "kb", "-k", "2", "--json", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    lines = log_lines(done.stderr)
+    assert lines and all(VERBOSE_LINE.match(line) for line in lines), lines  # before: "INFO message"
+    loggers = {VERBOSE_LINE.match(line)[1] for line in lines}
+    assert {"retrieval.store.edge", "retrieval.encoders.dense", "orchestration.cli"} <= loggers, lines
+    assert not any(name.split(".")[0] == "sentence_transformers" for name in loggers)  # its "Loading ..." line
+    assert "collection 'kb': opened kb__v1" in done.stderr
+    [searched] = [line for line in lines if "searched 'kb'" in line]
+    assert all(f"{part} " in searched for part in ("open", "encode", "qdrant", "rerank")), searched
+    quiet = hybrid_rag("search", "valve gasket", "-c", "kb", "-k", "2", "--json", cwd=tmp_path)
+    assert quiet.returncode == 0 and not log_lines(quiet.stderr), quiet.stderr  # no -v: warnings only
+
+
+@pytest.mark.slow
+def test_verbose_run_leaves_out_alembic_and_sqlalchemy_info_lines(tmp_path: Path) -> None:
+    """Creating the Dagster instance logs ~30 INFO lines through alembic: not hybrid-rag's, and not what -v is for."""
+    corpora = tmp_path / "corpora.yaml"
+    source = tmp_path / "gone.jsonl"
+    corpora.write_text(f"default: notes\ncorpora:\n  notes:\n    source: {source}\n    format: jsonl\n")
+    done = hybrid_rag("-v", "run", cwd=tmp_path, HYBRID_RAG_CORPORA_FILE=str(corpora))
+    assert done.returncode == 1 and "gone.jsonl" in done.stderr, done.stderr  # the run failed on its source
+    assert (tmp_path / "home").is_dir()  # the instance was made (alembic stamped its database)
+    for noise in ("alembic", "SQLiteImpl", "non-transactional DDL", "stamp_revision"):
+        assert noise not in done.stderr, done.stderr
+    assert all(VERBOSE_LINE.match(line) for line in log_lines(done.stderr)), done.stderr
