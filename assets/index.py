@@ -22,6 +22,7 @@ from assets.tables import (
     release_read_buffers,
     same_rows,
     stale_rows,
+    table_encoder,
     table_model,
     table_skipped,
     table_to_chunks,
@@ -32,6 +33,9 @@ from retrieval.store import QdrantStore, SchemaMismatchError
 POINT_COUNT_CHECK = "index_point_count"
 STAGED_VERSION = "version"  # metadata key: the staged version this materialization wrote
 INDEX_KEY = dg.AssetKey("qdrant_index")
+# What a vector table's encoder identity (its cache_key, recorded in the table) covers besides the model's name
+DENSE_SETTINGS = "the dense model's content, DENSE_BACKEND, DENSE_DOCUMENT_PROMPT or its token limit"
+SPARSE_SETTINGS = "BM25_K1, BM25_B, BM25_AVG_LEN or the BM25 analyzer (BM25_TOKENIZER)"
 
 
 class IndexConfig(dg.Config):
@@ -72,7 +76,8 @@ def qdrant_index(
     retrieval: RetrievalResource,
 ) -> dg.MaterializeResult:
     """Stages a new version: a copy of the published one with new and changed chunks written (by content hash)
-    and stale points deleted; nothing is re-embedded here. Readers keep the published version. The tables are
+    and stale points deleted; nothing is re-embedded here. Vector tables made with other settings than the run's
+    (their encoder's ``cache_key``) are refused. Readers keep the published version. The tables are
     read a batch at a time (the columns each needs), into the chunks and vectors the write takes."""
     corpus = corpora.get(context.partition_key)
     for name, table in (("dense_vectors", dense_vectors), ("sparse_vectors", sparse_vectors)):
@@ -83,14 +88,24 @@ def qdrant_index(
     skipped = table_skipped(chunks)
     rebuilt = "no"
     with retrieval.indexer(corpus.collection) as indexer:
-        for name, table, expected in (
-            ("dense_vectors", dense_vectors, indexer.dense.model_name),
-            ("sparse_vectors", sparse_vectors, indexer.sparse.name),
+        for name, table, model, encoder, settings in (
+            ("dense_vectors", dense_vectors, indexer.dense.model_name, indexer.dense, DENSE_SETTINGS),
+            ("sparse_vectors", sparse_vectors, indexer.sparse.name, indexer.sparse, SPARSE_SETTINGS),
         ):
-            if table_model(table) != expected:
+            if table_model(table) != model:
                 raise dg.Failure(
-                    f"{name} was made with {table_model(table)!r} but settings say {expected!r}: "
-                    f"materialize {name} again"
+                    f"{name} was made with {table_model(table)!r} but settings say {model!r}: materialize {name} again"
+                )
+            made = table_encoder(table)
+            if made != encoder.cache_key:  # its vectors would be stored under settings they were not made with
+                why = (
+                    f"encoder {made}, this run's {encoder.cache_key}: {settings} differ"
+                    if made
+                    else "written by an earlier release, which did not record them"
+                )
+                raise dg.Failure(
+                    f"{name} was made with other settings than this run's ({why}): materialize {name} again, "
+                    "then qdrant_index"
                 )
         try:
             indexer.store.check_schema(indexer.schema(), missing_ok=True, write=True)
