@@ -77,6 +77,7 @@ REPORT = "report"  # the evaluation's EvalReport.summary(), read back by evaluat
 STAGED_BY = "staged_by_run"  # metadata: the run whose qdrant_index staged the evaluated version ("none": not staged)
 LOCATION = "location"  # metadata: where the evaluated version lives
 GATE, GATE_DETAIL = "gate", "gate_detail"  # metadata: the gate's verdict on the evaluated version, and why
+GATE_TOLERANCE = "gate_tolerance"  # metadata and history context: the ndcg_drop_tolerance the verdict was given with
 GATE_PASSED, GATE_REFUSED, GATE_NOT_RUN = "passed", "refused", "not run"
 EVALUATE_TAG, PUBLISHED = "hybrid_rag/evaluate", "published"  # run tag: score the published version (evaluate job)
 EVALUATION_KEY = "evaluation_key"  # metadata: what the figures depend on (see evaluation_key)
@@ -272,6 +273,9 @@ def retrieval_evaluation(
     metadata[GATE] = GATE_NOT_RUN if gate is None else GATE_PASSED if gate.passed else GATE_REFUSED
     if gate is not None:
         metadata[GATE_DETAIL] = gate.description or ""
+        metadata[GATE_TOLERANCE] = config.ndcg_drop_tolerance
+    else:
+        metadata.pop(GATE_TOLERANCE, None)  # an unchanged evaluation's copy: no verdict given in this run
     # Each history row says whether readers were served the evaluated version, and the gate's verdict on it, so
     # that eval-report and the plot keep evaluations of staged or refused versions apart from the served figures.
     if previous is None:
@@ -280,7 +284,7 @@ def retrieval_evaluation(
             source="dagster",
             dagster_run_id=context.run_id,
             published=version == published,
-            **({} if gate is None else {GATE: metadata[GATE]}),
+            **({} if gate is None else {GATE: metadata[GATE], GATE_TOLERANCE: config.ndcg_drop_tolerance}),
         )
     metadata["history"] = dg.MetadataValue.path(str(history.path.resolve()))
     chart = ndcg_chart(history, corpus.name, split, redraw=previous is None)

@@ -7,6 +7,8 @@ this run staged; otherwise the latest staged one. Anything else fails with the r
 published version.
 """
 
+from datetime import datetime
+
 import dagster as dg
 
 from assets.corpora import CorpusConfig
@@ -15,7 +17,9 @@ from assets.evaluation import (
     GATE_DETAIL,
     GATE_PASSED,
     GATE_REFUSED,
+    GATE_TOLERANCE,
     NDCG_CHECK,
+    REPORT,
     gate_record,
     retrieval_evaluation,
 )
@@ -31,6 +35,7 @@ from assets.index import (
 from assets.ingest import GROUP
 from assets.partitions import corpus_partitions
 from assets.resources import CorporaResource, EvalHistoryResource, RetrievalResource
+from evals.history import EvalHistory
 from retrieval.store import StoreError
 
 
@@ -74,7 +79,7 @@ def published_index(
         else:
             context.log.info(f"{corpus.collection}: version {version} is the published one already")
     if corpus.has_qrels:  # eval-report and the plot count its figures as served from now on
-        eval_history.history().mark_published(corpus.name, corpus.collection, version)
+        _mark_published(context, eval_history.history(), corpus, staged)
     return dg.MaterializeResult(
         metadata={
             "collection": corpus.collection,
@@ -82,6 +87,23 @@ def published_index(
             "previous_version": previous if previous is not None else "none",
             "staged_by_run": staged.run_id,
         }
+    )
+
+
+def _mark_published(
+    context: dg.AssetExecutionContext, history: EvalHistory, corpus: CorpusConfig, staged: StagedVersion
+) -> None:
+    """Mark the history rows of the published version ``staged`` as published: those the gate passed, and those of
+    the evaluation whose latest verdict let it through, with its tolerance (a version the gate refused, accepted
+    afterwards with a larger ``ndcg_drop_tolerance``: an unchanged evaluation, which appends no rows)."""
+    record = gate_record(context, staged)
+    accepted = record if record and record.get(GATE) == GATE_PASSED and REPORT in record else None
+    history.mark_published(
+        corpus.name,
+        corpus.collection,
+        staged.version,
+        accepted_at=datetime.fromisoformat(accepted[REPORT]["timestamp"]) if accepted else None,
+        tolerance=accepted.get(GATE_TOLERANCE) if accepted else None,
     )
 
 
