@@ -45,7 +45,7 @@ from pydantic import Field
 
 from assets.corpora import CorpusConfig, CorpusUnavailableError
 from assets.failures import fails_clearly
-from assets.index import StagedVersion, qdrant_index, replaced, staged_version
+from assets.index import STAGED_BY, StagedVersion, qdrant_index, replaced, staged_version
 from assets.ingest import GROUP
 from assets.meta import PREVIEWS_OFF, md_table
 from assets.partitions import corpus_check, corpus_partitions
@@ -74,7 +74,6 @@ NDCG_CHECK = "ndcg_not_dropped"
 WATCHED_VARIANT = "hybrid"
 WATCHED_METRIC = "ndcg@10"
 REPORT = "report"  # the evaluation's EvalReport.summary(), read back by evaluation_report()
-STAGED_BY = "staged_by_run"  # metadata: the run whose qdrant_index staged the evaluated version ("none": not staged)
 LOCATION = "location"  # metadata: where the evaluated version lives
 GATE, GATE_DETAIL = "gate", "gate_detail"  # metadata: the gate's verdict on the evaluated version, and why
 GATE_TOLERANCE = "gate_tolerance"  # metadata and history context: the ndcg_drop_tolerance the verdict was given with
@@ -186,7 +185,8 @@ def retrieval_evaluation(
         version, role = _version_to_evaluate(context, store, staged, published)
         location = _location(store, version)
         points = _points(store, version) if corpus.has_qrels else None  # what the evaluation key says it holds
-    staged_by = staged.run_id if staged is not None and staged.version == version else "none"
+    # metadata STAGED_BY: the run whose qdrant_index staged the evaluated version ("none": not staged by a known run)
+    staged_by = (staged.run_id if staged is not None and staged.version == version else None) or "none"
     base = {
         "corpus": corpus.name,
         "collection": corpus.collection,
@@ -736,6 +736,6 @@ def gate_record(context: dg.AssetExecutionContext, staged: StagedVersion) -> Map
     for record in _recent_evaluations(context):
         md = record.asset_materialization.metadata if record.asset_materialization else {}
         values = {k: getattr(v, "value", v) for k, v in md.items()}
-        if (values.get("version"), values.get(STAGED_BY)) == (staged.version, staged.run_id):
+        if (values.get("version"), values.get(STAGED_BY)) == (staged.version, staged.run_id or "none"):
             return values
     return None

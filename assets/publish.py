@@ -26,6 +26,7 @@ from assets.evaluation import (
 from assets.failures import fails_clearly
 from assets.index import (
     POINT_COUNT_CHECK,
+    STAGED_BY,
     StagedVersion,
     point_count_result,
     qdrant_index,
@@ -85,7 +86,7 @@ def published_index(
             "collection": corpus.collection,
             "version": dg.MetadataValue.int(version),
             "previous_version": previous if previous is not None else "none",
-            "staged_by_run": staged.run_id,
+            STAGED_BY: staged.run_id or "none",
         }
     )
 
@@ -109,7 +110,8 @@ def _mark_published(
 
 def _refusal(context: dg.AssetExecutionContext, corpus: CorpusConfig, staged: StagedVersion) -> str | None:
     """Why ``staged`` may not be published (None: both blocking checks passed for it)."""
-    name = f"version {staged.version} of {corpus.collection!r} (staged by run {staged.run_id})"
+    by = f"run {staged.run_id}" if staged.run_id else "no known run"
+    name = f"version {staged.version} of {corpus.collection!r} (staged by {by})"
     count = point_count_result(context, staged)
     if count is None:
         return f"{name} has no {POINT_COUNT_CHECK} result: materialize qdrant_index with its checks"
