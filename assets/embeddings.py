@@ -36,7 +36,7 @@ def dense_vectors(
     embedded = count - reused
     context.log.info(f"dense {dense.model_name}: {embedded} chunks embedded, {reused} reused from the cache")
     return dg.Output(
-        dense_to_table(ids_and_hashes(chunks), matrix, dense.model_name),
+        dense_to_table(ids_and_hashes(chunks), matrix, dense.model_name, dense.cache_key),
         metadata={
             "model": dense.model_name,
             "dimension": dg.MetadataValue.int(dense.dimension),
@@ -67,7 +67,7 @@ def sparse_vectors(chunks: pq.ParquetFile, retrieval: RetrievalResource) -> dg.O
                 with sparse.lock:
                     yield sparse.encode_documents([c.embed_text for c in batch_to_chunks(batch)])
 
-        table = sparse_to_table(ids_and_hashes(chunks), encoded(), sparse.name)
+        table = sparse_to_table(ids_and_hashes(chunks), encoded(), sparse.name, sparse.cache_key)
     seconds = time.perf_counter() - started
     nnz = nonzeros(table)
     return dg.Output(

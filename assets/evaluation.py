@@ -46,7 +46,7 @@ from pydantic import Field
 
 from assets.corpora import CorpusConfig, CorpusUnavailableError
 from assets.failures import fails_clearly
-from assets.index import StagedVersion, qdrant_index, replaced, staged_version
+from assets.index import STAGED_BY, StagedVersion, qdrant_index, replaced, staged_version
 from assets.ingest import GROUP
 from assets.meta import PREVIEWS_OFF, md_table
 from assets.partitions import corpus_check, corpus_partitions
@@ -75,9 +75,9 @@ NDCG_CHECK = "ndcg_not_dropped"
 WATCHED_VARIANT = "hybrid"
 WATCHED_METRIC = "ndcg@10"
 REPORT = "report"  # the evaluation's EvalReport.summary(), read back by evaluation_report()
-STAGED_BY = "staged_by_run"  # metadata: the run whose qdrant_index staged the evaluated version ("none": not staged)
 LOCATION = "location"  # metadata: where the evaluated version lives
 GATE, GATE_DETAIL = "gate", "gate_detail"  # metadata: the gate's verdict on the evaluated version, and why
+GATE_TOLERANCE = "gate_tolerance"  # metadata and history context: the ndcg_drop_tolerance the verdict was given with
 GATE_PASSED, GATE_REFUSED, GATE_NOT_RUN = "passed", "refused", "not run"
 EVALUATE_TAG, PUBLISHED = "hybrid_rag/evaluate", "published"  # run tag: score the published version (evaluate job)
 EVALUATION_KEY = "evaluation_key"  # metadata: what the figures depend on (see evaluation_key)
@@ -186,7 +186,8 @@ def retrieval_evaluation(
         version, role = _version_to_evaluate(context, store, staged, published)
         location = _location(store, version)
         points = _points(store, version) if corpus.has_qrels else None  # what the evaluation key says it holds
-    staged_by = staged.run_id if staged is not None and staged.version == version else "none"
+    # metadata STAGED_BY: the run whose qdrant_index staged the evaluated version ("none": not staged by a known run)
+    staged_by = (staged.run_id if staged is not None and staged.version == version else None) or "none"
     base = {
         "corpus": corpus.name,
         "collection": corpus.collection,
@@ -274,6 +275,9 @@ def retrieval_evaluation(
     metadata[GATE] = GATE_NOT_RUN if gate is None else GATE_PASSED if gate.passed else GATE_REFUSED
     if gate is not None:
         metadata[GATE_DETAIL] = gate.description or ""
+        metadata[GATE_TOLERANCE] = config.ndcg_drop_tolerance
+    else:
+        metadata.pop(GATE_TOLERANCE, None)  # an unchanged evaluation's copy: no verdict given in this run
     # Each history row says whether readers were served the evaluated version, and the gate's verdict on it, so
     # that eval-report and the plot keep evaluations of staged or refused versions apart from the served figures.
     if previous is None:
@@ -282,7 +286,7 @@ def retrieval_evaluation(
             source="dagster",
             dagster_run_id=context.run_id,
             published=version == published,
-            **({} if gate is None else {GATE: metadata[GATE]}),
+            **({} if gate is None else {GATE: metadata[GATE], GATE_TOLERANCE: config.ndcg_drop_tolerance}),
         )
     metadata["history"] = dg.MetadataValue.path(str(history.path.resolve()))
     chart = ndcg_chart(history, corpus.name, split, redraw=previous is None)
@@ -768,6 +772,6 @@ def gate_record(context: dg.AssetExecutionContext, staged: StagedVersion) -> Map
     for record in _recent_evaluations(context):
         md = record.asset_materialization.metadata if record.asset_materialization else {}
         values = {k: getattr(v, "value", v) for k, v in md.items()}
-        if (values.get("version"), values.get(STAGED_BY)) == (staged.version, staged.run_id):
+        if (values.get("version"), values.get(STAGED_BY)) == (staged.version, staged.run_id or "none"):
             return values
     return None

@@ -22,6 +22,7 @@ from assets.tables import (
     release_read_buffers,
     same_rows,
     stale_rows,
+    table_encoder,
     table_model,
     table_skipped,
     table_to_chunks,
@@ -31,8 +32,12 @@ from retrieval.indexer import named
 from retrieval.store import QdrantStore, SchemaMismatchError
 
 POINT_COUNT_CHECK = "index_point_count"
-STAGED_VERSION = "version"  # metadata key: the staged version this materialization wrote
+STAGED_VERSION = "version"  # metadata key: the staged version this materialization wrote (or found unchanged)
+STAGED_BY = "staged_by_run"  # metadata key: the run that staged that version ("none": not known)
 INDEX_KEY = dg.AssetKey("qdrant_index")
+# What a vector table's encoder identity (its cache_key, recorded in the table) covers besides the model's name
+DENSE_SETTINGS = "the dense model's content, DENSE_BACKEND, DENSE_DOCUMENT_PROMPT or its token limit"
+SPARSE_SETTINGS = "BM25_K1, BM25_B, BM25_AVG_LEN or the BM25 analyzer (BM25_TOKENIZER)"
 
 
 class IndexConfig(dg.Config):
@@ -73,7 +78,8 @@ def qdrant_index(
     retrieval: RetrievalResource,
 ) -> dg.MaterializeResult:
     """Stages a new version: a copy of the published one with new and changed chunks written (by content hash)
-    and stale points deleted; nothing is re-embedded here. Readers keep the published version. The tables are
+    and stale points deleted; nothing is re-embedded here. Vector tables made with other settings than the run's
+    (their encoder's ``cache_key``) are refused. Readers keep the published version. The tables are
     read a batch at a time (the columns each needs), into the chunks and vectors the write takes."""
     corpus = corpora.get(context.partition_key)
     for name, table in (("dense_vectors", dense_vectors), ("sparse_vectors", sparse_vectors)):
@@ -84,14 +90,24 @@ def qdrant_index(
     skipped = table_skipped(chunks)
     rebuilt = "no"
     with retrieval.indexer(corpus.collection) as indexer:
-        for name, table, expected in (
-            ("dense_vectors", dense_vectors, indexer.dense.model_name),
-            ("sparse_vectors", sparse_vectors, indexer.sparse.name),
+        for name, table, model, encoder, settings in (
+            ("dense_vectors", dense_vectors, indexer.dense.model_name, indexer.dense, DENSE_SETTINGS),
+            ("sparse_vectors", sparse_vectors, indexer.sparse.name, indexer.sparse, SPARSE_SETTINGS),
         ):
-            if table_model(table) != expected:
+            if table_model(table) != model:
                 raise dg.Failure(
-                    f"{name} was made with {table_model(table)!r} but settings say {expected!r}: "
-                    f"materialize {name} again"
+                    f"{name} was made with {table_model(table)!r} but settings say {model!r}: materialize {name} again"
+                )
+            made = table_encoder(table)
+            if made != encoder.cache_key:  # its vectors would be stored under settings they were not made with
+                why = (
+                    f"encoder {made}, this run's {encoder.cache_key}: {settings} differ"
+                    if made
+                    else "written by an earlier release, which did not record them"
+                )
+                raise dg.Failure(
+                    f"{name} was made with other settings than this run's ({why}): materialize {name} again, "
+                    "then qdrant_index"
                 )
         try:
             indexer.store.check_schema(indexer.schema(), missing_ok=True, write=True)
@@ -122,6 +138,7 @@ def qdrant_index(
         published = report.published_before  # read under the write lock: another writer may have published meanwhile
         location = indexer.store.pinned(report.version or 0).location
         schema = indexer.schema()
+    staged_by = context.run_id if report.changed else _stager(context, report.version)
     staged = f"staged version {report.version}" if report.changed else f"nothing changed: version {report.version}"
     context.log.info(
         f"{corpus.collection}: {staged} (published: {published}): {report.written} written, "
@@ -145,6 +162,7 @@ def qdrant_index(
             "collection": corpus.collection,
             "location": location,
             STAGED_VERSION: dg.MetadataValue.int(report.version or 0),
+            STAGED_BY: staged_by or "none",
             "published_version": published if published is not None else "none",
             "documents": dg.MetadataValue.int(report.documents),
             "chunks": dg.MetadataValue.int(report.chunks),
@@ -177,12 +195,22 @@ def _kept_points(published: QdrantStore, chunks: list, skipped: list[InputProble
     return sum(doc_id not in present and (any_absent or covered(doc_id)) for doc_id in stored)
 
 
+def _stager(context: dg.AssetExecutionContext, version: int | None) -> str | None:
+    """The run that staged ``version``, which this run found unchanged: the one the partition's previous
+    ``qdrant_index`` materialization names for it (None: it names another version, e.g. one published by the CLI
+    since, or there is none)."""
+    previous = latest_staged(context)  # this run's materialization is not recorded yet
+    return previous.run_id if previous is not None and previous.version == version else None
+
+
 @dataclass(frozen=True)
 class StagedVersion:
-    """A version ``qdrant_index`` staged: its number and the run that staged it (with this run: ``own``)."""
+    """A version a ``qdrant_index`` materialization recorded: its number, the run that staged it (None: not known,
+    e.g. a version the CLI published that a run found unchanged) and whether that materialization is this run's
+    (``own``)."""
 
     version: int
-    run_id: str
+    run_id: str | None
     own: bool
 
 
@@ -194,7 +222,7 @@ def staged_version(context: dg.AssetExecutionContext) -> StagedVersion | None:
     ):
         staged = _staged(record.event_log_entry.asset_materialization, context.run_id, context.partition_key)
         if staged:
-            return StagedVersion(staged, context.run_id, own=True)
+            return StagedVersion(*staged, own=True)
     return latest_staged(context)
 
 
@@ -206,11 +234,14 @@ def latest_staged(context: dg.AssetExecutionContext) -> StagedVersion | None:
     if not records:
         return None
     staged = _staged(records[0].asset_materialization, records[0].run_id, context.partition_key)
-    return StagedVersion(staged, records[0].run_id, own=records[0].run_id == context.run_id) if staged else None
+    return StagedVersion(*staged, own=records[0].run_id == context.run_id) if staged else None
 
 
 def point_count_result(context: dg.AssetExecutionContext, staged: StagedVersion) -> dg.AssetCheckEvaluation | None:
-    """The ``index_point_count`` result of the run that staged ``staged`` (None: the check did not run there)."""
+    """The ``index_point_count`` result of the run that staged ``staged`` (None: the check did not run there, or
+    no run is known to have staged it)."""
+    if staged.run_id is None:
+        return None
     records = context.instance.get_records_for_run(
         staged.run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION
     ).records
@@ -229,16 +260,24 @@ def replaced(context: dg.AssetExecutionContext, collection: str, staged: StagedV
     """Why ``staged`` is gone: another writer staged over it (that writer evaluates and publishes its own)."""
     name = f"version {staged.version} of {collection!r}"
     latest = latest_staged(context)
-    if latest is not None and latest.run_id != staged.run_id and latest.version > staged.version:
+    if latest is not None and latest.run_id not in (None, staged.run_id) and latest.version > staged.version:
         return f"{name} was replaced by version {latest.version} staged by another run ({latest.run_id})"
     if published is not None and published > staged.version:
         return f"{name} was replaced: version {published} was published after it"
     return f"{name} was replaced by a newer version another writer (a run or the CLI) is staging"
 
 
-def _staged(materialization: dg.AssetMaterialization | None, run_id: str, partition: str) -> int | None:
-    """The version a ``qdrant_index`` materialization of ``partition`` staged (None: another asset or partition)."""
+def _staged(
+    materialization: dg.AssetMaterialization | None, run_id: str, partition: str
+) -> tuple[int, str | None] | None:
+    """The version a ``qdrant_index`` materialization of ``partition`` (made by run ``run_id``) recorded and the
+    run that staged it (None: not known; a materialization of an earlier release names none: its own run); None:
+    another asset or partition."""
     if materialization is None or materialization.asset_key != INDEX_KEY or materialization.partition != partition:
         return None
     value = materialization.metadata.get(STAGED_VERSION)
-    return int(value.value) if value is not None else None
+    if value is None:
+        return None
+    by = materialization.metadata.get(STAGED_BY)
+    stager = run_id if by is None else str(by.value)
+    return int(value.value), None if stager == "none" else stager

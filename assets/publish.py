@@ -7,6 +7,8 @@ this run staged; otherwise the latest staged one. Anything else fails with the r
 published version.
 """
 
+from datetime import datetime
+
 import dagster as dg
 
 from assets.corpora import CorpusConfig
@@ -15,13 +17,16 @@ from assets.evaluation import (
     GATE_DETAIL,
     GATE_PASSED,
     GATE_REFUSED,
+    GATE_TOLERANCE,
     NDCG_CHECK,
+    REPORT,
     gate_record,
     retrieval_evaluation,
 )
 from assets.failures import fails_clearly
 from assets.index import (
     POINT_COUNT_CHECK,
+    STAGED_BY,
     StagedVersion,
     point_count_result,
     qdrant_index,
@@ -31,6 +36,7 @@ from assets.index import (
 from assets.ingest import GROUP
 from assets.partitions import corpus_partitions
 from assets.resources import CorporaResource, EvalHistoryResource, RetrievalResource
+from evals.history import EvalHistory
 from retrieval.store import StoreError
 
 
@@ -74,20 +80,38 @@ def published_index(
         else:
             context.log.info(f"{corpus.collection}: version {version} is the published one already")
     if corpus.has_qrels:  # eval-report and the plot count its figures as served from now on
-        eval_history.history().mark_published(corpus.name, corpus.collection, version)
+        _mark_published(context, eval_history.history(), corpus, staged)
     return dg.MaterializeResult(
         metadata={
             "collection": corpus.collection,
             "version": dg.MetadataValue.int(version),
             "previous_version": previous if previous is not None else "none",
-            "staged_by_run": staged.run_id,
+            STAGED_BY: staged.run_id or "none",
         }
+    )
+
+
+def _mark_published(
+    context: dg.AssetExecutionContext, history: EvalHistory, corpus: CorpusConfig, staged: StagedVersion
+) -> None:
+    """Mark the history rows of the published version ``staged`` as published: those the gate passed, and those of
+    the evaluation whose latest verdict let it through, with its tolerance (a version the gate refused, accepted
+    afterwards with a larger ``ndcg_drop_tolerance``: an unchanged evaluation, which appends no rows)."""
+    record = gate_record(context, staged)
+    accepted = record if record and record.get(GATE) == GATE_PASSED and REPORT in record else None
+    history.mark_published(
+        corpus.name,
+        corpus.collection,
+        staged.version,
+        accepted_at=datetime.fromisoformat(accepted[REPORT]["timestamp"]) if accepted else None,
+        tolerance=accepted.get(GATE_TOLERANCE) if accepted else None,
     )
 
 
 def _refusal(context: dg.AssetExecutionContext, corpus: CorpusConfig, staged: StagedVersion) -> str | None:
     """Why ``staged`` may not be published (None: both blocking checks passed for it)."""
-    name = f"version {staged.version} of {corpus.collection!r} (staged by run {staged.run_id})"
+    by = f"run {staged.run_id}" if staged.run_id else "no known run"
+    name = f"version {staged.version} of {corpus.collection!r} (staged by {by})"
     count = point_count_result(context, staged)
     if count is None:
         return f"{name} has no {POINT_COUNT_CHECK} result: materialize qdrant_index with its checks"

@@ -41,6 +41,7 @@ CHUNKS = pa.schema(
     ]
 )
 MODEL_KEY = b"hybrid_rag.model"  # a vector table's model; a chunks table's tokenizer (the dense model's)
+ENCODER_KEY = b"hybrid_rag.encoder"  # a vector table's encoder identity: its ``cache_key`` (model and settings)
 SKIPPED_KEY = b"hybrid_rag.skipped"  # the records the reader skipped as bad input (JSON), passed on to chunks
 BATCH_ROWS = 8_192  # rows turned into Python objects (or encoded) at a time
 Source = pa.Table | pq.ParquetFile  # an asset input: loaded whole, or opened lazily (see ParquetIOManager)
@@ -195,13 +196,14 @@ def in_document_order(table: pa.Table, doc_ids: Sequence[str]) -> pa.Table:
     return table.take(pc.sort_indices(keys, sort_keys=[("rank", "ascending"), ("chunk_index", "ascending")]))
 
 
-def dense_to_table(chunks: pa.Table, vectors: np.ndarray, model: str) -> pa.Table:
-    """``chunk_id``, ``content_hash`` and ``vector`` as ``fixed_size_list<float32>[dim]``."""
+def dense_to_table(chunks: pa.Table, vectors: np.ndarray, model: str, encoder: str) -> pa.Table:
+    """``chunk_id``, ``content_hash`` and ``vector`` as ``fixed_size_list<float32>[dim]``; the schema metadata
+    records ``model`` and ``encoder``, the encoder's ``cache_key`` (read by :func:`table_encoder`)."""
     matrix = np.ascontiguousarray(vectors, dtype=np.float32)
     dim = int(matrix.shape[1])
     vector = pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1), type=pa.float32()), dim)
     table = pa.table({"chunk_id": chunks["chunk_id"], "content_hash": chunks["content_hash"], "vector": vector})
-    return table.replace_schema_metadata({MODEL_KEY: model.encode()})
+    return table.replace_schema_metadata({MODEL_KEY: model.encode(), ENCODER_KEY: encoder.encode()})
 
 
 def read_dense(source: Source) -> np.ndarray:
@@ -221,9 +223,10 @@ def ids_and_hashes(source: Source) -> pa.Table:
     return source.read(columns=columns) if isinstance(source, pq.ParquetFile) else source.select(columns)
 
 
-def sparse_to_table(chunks: pa.Table, parts: Iterable[Sequence[SparseVec]], model: str) -> pa.Table:
+def sparse_to_table(chunks: pa.Table, parts: Iterable[Sequence[SparseVec]], model: str, encoder: str) -> pa.Table:
     """``chunk_id``, ``content_hash``, ``indices`` (list<uint32>) and ``values`` (list<float32>), from the vectors
-    in ``parts`` (consecutive lists; each is turned into Arrow arrays before the next is drawn)."""
+    in ``parts`` (consecutive lists; each is turned into Arrow arrays before the next is drawn); ``model`` and
+    ``encoder`` as in :func:`dense_to_table`."""
     indices: list[pa.Array] = []
     values: list[pa.Array] = []
     for part in parts:
@@ -238,7 +241,7 @@ def sparse_to_table(chunks: pa.Table, parts: Iterable[Sequence[SparseVec]], mode
             "values": pa.chunked_array(values, type=pa.list_(pa.float32())),
         }
     )
-    return table.replace_schema_metadata({MODEL_KEY: model.encode()})
+    return table.replace_schema_metadata({MODEL_KEY: model.encode(), ENCODER_KEY: encoder.encode()})
 
 
 def nonzeros(table: pa.Table) -> np.ndarray:
@@ -290,6 +293,13 @@ def table_model(table: Source | pa.Schema) -> str | None:
     """The model a vector table (or its schema) was made with (stored in the Parquet schema metadata)."""
     schema = table if isinstance(table, pa.Schema) else schema_of(table)
     raw = (schema.metadata or {}).get(MODEL_KEY)
+    return raw.decode() if raw else None
+
+
+def table_encoder(table: Source) -> str | None:
+    """The ``cache_key`` of the encoder a vector table was made with: the model and every setting that changes its
+    vectors (None: written by an earlier release, which did not record it)."""
+    raw = (schema_of(table).metadata or {}).get(ENCODER_KEY)
     return raw.decode() if raw else None
 
 

@@ -8,7 +8,8 @@ the column on first open: its rows with a Dagster run id in their context become
 ``"cli"`` (the only two writers then).
 
 The CLI and the Dagster resource both default to :func:`default_history_path`. Rows are only ever appended, except
-by :meth:`EvalHistory.forget` (``hybrid-rag drop --corpus``).
+by :meth:`EvalHistory.forget` (``hybrid-rag drop --corpus``); :meth:`EvalHistory.mark_published` updates the state of
+their version in ``context``.
 """
 
 from __future__ import annotations
@@ -49,6 +50,11 @@ _ADD_SOURCE = """
 ALTER TABLE evals ADD COLUMN source TEXT NOT NULL DEFAULT 'unknown';
 UPDATE evals SET source = CASE WHEN context LIKE '%"dagster_run_id"%' THEN 'dagster' ELSE 'cli' END;
 """
+
+
+def _stamp(when: datetime) -> str:
+    """A row's ``timestamp`` column: UTC, ISO 8601 to the microsecond."""
+    return when.astimezone(UTC).isoformat(timespec="microseconds")
 
 
 class HistoryUnwritableError(HybridRagError):
@@ -106,7 +112,7 @@ class EvalHistory:
         returns the row count."""
         if not source or not isinstance(source, str):
             raise ValueError(f"source must name the writer (e.g. 'cli', 'dagster'), got {source!r}")
-        when = (timestamp or datetime.now(UTC)).astimezone(UTC).isoformat(timespec="microseconds")
+        when = _stamp(timestamp or datetime.now(UTC))
         ctx = json.dumps(dict(context or {}), sort_keys=True, default=str)
         rows = []
         for metric, value in metrics.items():
@@ -121,17 +127,38 @@ class EvalHistory:
             )
         return len(rows)
 
-    def mark_published(self, collection: str, qdrant_collection: str, version: int) -> int:
+    def mark_published(
+        self,
+        collection: str,
+        qdrant_collection: str,
+        version: int,
+        *,
+        accepted_at: datetime | None = None,
+        tolerance: float | None = None,
+    ) -> int:
         """Readers now get ``version`` of ``qdrant_collection``: the rows of ``collection`` that evaluated it while
-        it was staged (context ``published`` false, gate passed) get ``published`` true. Returns the rows marked."""
+        it was staged (context ``published`` false, gate passed) get ``published`` true. ``accepted_at``: the
+        timestamp of the evaluation whose gate verdict let it through, judged again with ``tolerance`` (the gate's
+        ``ndcg_drop_tolerance``): its rows also get gate ``passed`` and ``gate_tolerance``, whatever verdict they
+        were recorded with (a version refused, then accepted with a larger tolerance). Returns the rows marked."""
+        where = (
+            "collection = ? AND json_extract(context, '$.qdrant_collection') = ? "
+            "AND json_extract(context, '$.version') = ?"
+        )
         with self._connect() as conn:
-            return conn.execute(
-                "UPDATE evals SET context = json_set(context, '$.published', json('true')) "
-                "WHERE collection = ? AND json_extract(context, '$.qdrant_collection') = ? "
-                "AND json_extract(context, '$.version') = ? AND json_extract(context, '$.published') = 0 "
-                "AND json_extract(context, '$.gate') = 'passed'",
+            marked = conn.execute(
+                f"UPDATE evals SET context = json_set(context, '$.published', json('true')) WHERE {where} "
+                "AND json_extract(context, '$.published') = 0 AND json_extract(context, '$.gate') = 'passed'",
                 (collection, qdrant_collection, version),
             ).rowcount
+            if accepted_at is not None:
+                marked += conn.execute(
+                    "UPDATE evals SET context = json_set(context, '$.published', json('true'), '$.gate', 'passed', "
+                    f"'$.gate_tolerance', ?) WHERE {where} AND timestamp = ? "
+                    "AND json_extract(context, '$.gate') IS NOT 'passed'",
+                    (tolerance, collection, qdrant_collection, version, _stamp(accepted_at)),
+                ).rowcount
+        return marked
 
     def forget(self, ids: Iterable[int]) -> int:
         """Delete the rows ``ids`` (what ``hybrid-rag drop --corpus`` found of a corpus removed for good), then compact

@@ -66,7 +66,7 @@ def test_the_index_step_holds_no_python_lists_of_the_sparse_vectors() -> None:
     the stored terms and weights, as a store's upsert reads them."""
     vectors = sparse_vectors(3000)
     chunks = chunks_to_table([Chunk(f"d{i}", 0, f"text {i}") for i in range(3000)])
-    table = sparse_to_table(chunks, [vectors[:1000], vectors[1000:]], "bm25")
+    table = sparse_to_table(chunks, [vectors[:1000], vectors[1000:]], "bm25", "key")
 
     def take_all() -> list:
         rows = SparseRows(table)
@@ -92,7 +92,7 @@ def test_the_sparse_table_is_built_a_part_at_a_time() -> None:
         for seed in range(10):
             yield sparse_vectors(500, seed=seed)
 
-    table, _, peak = heap(lambda: sparse_to_table(chunks, parts(), "bm25"))
+    table, _, peak = heap(lambda: sparse_to_table(chunks, parts(), "bm25", "key"))
     assert peak < 12_000_000, f"peak {peak / 1e6:.1f} MB"
     assert table.num_rows == 5000 and table.column("chunk_id").to_pylist() == chunks.column("chunk_id").to_pylist()
     expected = [v.indices for seed in range(10) for v in sparse_vectors(500, seed=seed)]

@@ -162,6 +162,56 @@ def test_the_asset_rebuilds_an_earlier_releases_bm25_terms_and_says_so(tmp_path:
     assert "--rebuild" not in warning and "Indexer.rebuild" not in warning
 
 
+@pytest.mark.slow  # five Dagster runs
+def test_qdrant_index_refuses_vector_tables_made_with_other_settings(tmp_path: Path) -> None:
+    """Index-time settings changed and only ``qdrant_index`` materialized: its vector tables hold the old encoding,
+    so it stages nothing (a rebuild from them would record the new settings over old vectors); with the table made
+    again it rebuilds, and the points hold the new encoding."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from assets.tables import table_to_chunks
+    from retrieval.encoders import Bm25Encoder
+    from retrieval.store import EdgeStore
+    from tests.test_dagster_versions import STEPS, gated_sandbox, materialize
+
+    sandbox, resources, _ = gated_sandbox(tmp_path, "stale")
+    sandbox.home.mkdir(parents=True)
+    result, failure = materialize(sandbox, resources, *STEPS)
+    assert result.success, failure
+    store = EdgeStore(tmp_path / "index", "stale")
+    store.publish(store.pinned(sandbox.metadata("qdrant_index")["version"]))
+    store.close()
+
+    def changed(**settings: object) -> dict:
+        root = {"qdrant_path": str(tmp_path / "index"), "cache_dir": str(tmp_path / "cache")}
+        return {**resources, "retrieval": RetrievalResource(**root, **settings)}
+
+    for settings, table in (
+        ({"dense_document_prompt": "passage: "}, "dense_vectors"),
+        ({"bm25_k1": 3.0}, "sparse_vectors"),
+    ):
+        result, failure = materialize(sandbox, changed(**settings), "qdrant_index")
+        assert not result.success and f"{table} was made with other settings" in failure, failure
+        assert f"materialize {table} again" in failure
+        store = EdgeStore(tmp_path / "index", "stale")
+        assert store.current_version() == 1 and store.schema().bm25_k1 == 1.2 and not store.schema().document_prompt
+        assert not list((tmp_path / "index").glob("stale__v2*"))  # nothing staged
+        store.close()
+
+    result, failure = materialize(sandbox, changed(bm25_k1=3.0), "sparse_vectors", "qdrant_index")
+    assert result.success, failure
+    assert "bm25_k1" in sandbox.metadata("qdrant_index")["rebuilt"]
+    chunks = table_to_chunks(pq.ParquetFile(sandbox.metadata("chunks")["path"]))
+    store = EdgeStore(tmp_path / "index", "stale", version=sandbox.metadata("qdrant_index")["version"])
+    stored = store.stored_vectors([c.id for c in chunks])
+    store.close()
+    expected = Bm25Encoder(k1=3.0).encode_documents([c.embed_text for c in chunks])
+    for chunk, vector in zip(chunks, expected, strict=True):
+        assert stored[chunk.id][1].indices == vector.indices
+        assert np.allclose(stored[chunk.id][1].values, vector.values, atol=1e-5)
+
+
 def test_a_recorded_figure_stands_in_only_for_the_points_and_query_encoder_it_searched(tmp_path: Path) -> None:
     """The gate's fallback: "version 1" recorded before a drop and a rebuild of other documents (which starts again
     at version 1), or with another query encoder saved in the same folder, is not the published version's figure."""

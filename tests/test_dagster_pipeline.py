@@ -256,6 +256,14 @@ def test_rematerializing_unchanged_corpus_reuses_everything(first_run: dict, sec
     assert second_run["summary"]["checks"][NDCG_CHECK]["passed"] is True
 
 
+def test_an_unchanged_run_names_the_run_that_staged_the_version(first_run: dict, second_run: dict) -> None:
+    """The second run staged nothing: version 1 is the first run's, read back from its qdrant_index record."""
+    first_id, second_id = first_run["summary"]["run_id"], second_run["summary"]["run_id"]
+    assert first_id != second_id
+    for asset in ("retrieval_evaluation", "published_index", "qdrant_index"):
+        assert second_run[asset]["staged_by_run"] == first_run[asset]["staged_by_run"] == first_id, asset
+
+
 def test_gate_passes_the_published_version_when_nothing_changed(
     sandbox: Sandbox, first_run: dict, second_run: dict
 ) -> None:

@@ -332,6 +332,35 @@ def test_published_index_alone_does_not_publish_a_refused_version(tmp_path: Path
     assert published_version(tmp_path, "refused") == 1
 
 
+@pytest.mark.slow
+def test_a_refused_version_accepted_on_purpose_is_recorded_as_published(tmp_path: Path) -> None:
+    """The operator accepts the drop (a larger tolerance): the evaluation is unchanged, so no row is added; the
+    refused rows of that version then say published, with the verdict and tolerance that let it through."""
+    sandbox, resources, data = gated_sandbox(tmp_path, "accepted")
+    assert run_main_job(PARTITION, dagster_home=sandbox.home, resources=resources, run_config=FAST)["published"] == 1
+    degrade(data)
+    with pytest.raises(MainJobError, match=f"check {NDCG_CHECK} failed: .* refused"):
+        run_main_job(PARTITION, dagster_home=sandbox.home, resources=resources, run_config=FAST)
+    accept = {"ops": {"retrieval_evaluation": {"config": {"variants": ["hybrid"], "ndcg_drop_tolerance": 1.0}}}}
+    with dg.DagsterInstance.from_config(str(sandbox.home)) as instance:
+        result = dg.materialize(
+            ALL_ASSETS,
+            selection=["retrieval_evaluation", "published_index"],
+            partition_key=PARTITION,
+            resources=resources,
+            instance=instance,
+            run_config=accept,
+        )
+    assert result.success and gate_check(result).passed and published_version(tmp_path, "accepted") == 2
+    rows = EvalHistory(sandbox.history).records(collection=PARTITION, variant="hybrid")
+    rows = rows[rows["metric"] == "ndcg@10"]
+    [accepted] = [c for c in rows["context"] if c["version"] == 2]  # the refusing run's evaluation, not repeated
+    assert (accepted["published"], accepted["gate"], accepted.get("gate_tolerance")) == (True, "passed", 1.0)
+    table = markdown_table(EvalHistory(sandbox.history).records(collection=PARTITION))  # what eval-report shows
+    hybrid = [row.split(" | ") for row in table.splitlines() if " | hybrid | " in row]
+    assert [(row[3], row[4]) for row in hybrid] == [("2", "published")], table  # the figure readers now get
+
+
 def evaluate_in_sandbox() -> dg.JobDefinition:
     """The ``evaluate`` job on the sandbox under ``$SANDBOX_ENV``, loadable by reference as the dagster CLI does."""
     from orchestration.jobs import evaluate_job

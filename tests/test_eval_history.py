@@ -231,3 +231,21 @@ def test_rows_of_an_earlier_release_join_the_line_of_the_first_rows_that_record_
         history.append("sf", "test", "hybrid", {"ndcg@10": 0.8 + day / 100}, context, timestamp=when, source="cli")
     rows = with_scored(history.records()).sort_values("timestamp")
     assert [len(part) for part in series_segments(rows)] == [4, 1]
+
+
+def test_a_refused_evaluation_accepted_later_is_marked_published_with_its_tolerance(tmp_path):
+    """Only the rows of the evaluation whose verdict let the version through change; another refused evaluation
+    of the same version stays refused, and marking again changes nothing."""
+    history = EvalHistory(tmp_path / "h.sqlite")
+    first, second = datetime(2026, 11, 30, 4, tzinfo=UTC), datetime(2026, 11, 30, 5, tzinfo=UTC)
+    refused = {"qdrant_collection": "c", "version": 2, "published": False, "gate": "refused", "gate_tolerance": 0.02}
+    for when in (first, second):
+        history.append("c", "test", "hybrid", {"ndcg@10": 0.5, "mrr@10": 0.4}, refused, when, source="dagster")
+    assert history.mark_published("c", "c", 2, accepted_at=second, tolerance=0.5) == 2
+    assert history.mark_published("c", "c", 2, accepted_at=second, tolerance=0.5) == 0
+    states = {
+        (row.timestamp, row.metric): (row.context["published"], row.context["gate"], row.context["gate_tolerance"])
+        for row in history.records().itertuples()
+    }
+    assert set(states.values()) == {(False, "refused", 0.02), (True, "passed", 0.5)}
+    assert all(state == (True, "passed", 0.5) for (when, _), state in states.items() if when == second)
