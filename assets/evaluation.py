@@ -38,10 +38,10 @@ import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import dagster as dg
-from pydantic import Field
+from pydantic import Field, ValidationError, field_validator
 
 from assets.corpora import CorpusConfig, CorpusUnavailableError
 from assets.failures import fails_clearly
@@ -67,7 +67,7 @@ from retrieval.encoders.dense import resolve_model_path
 from retrieval.encoders.fingerprint import model_fingerprint
 from retrieval.errors import ModelLoadError
 from retrieval.search import Variant
-from retrieval.settings import RetrievalSettings, canonical_model
+from retrieval.settings import RetrievalSettings, canonical_model, settings_problems
 from retrieval.store import CollectionSchema, QdrantStore, SchemaMismatchError, StoreError
 
 NDCG_CHECK = "ndcg_not_dropped"
@@ -106,27 +106,64 @@ def evaluation_report(metadata: Mapping[str, Any]) -> EvalReport | None:
     return EvalReport.from_summary(value.value) if value is not None else None
 
 
+VARIANTS = tuple(v.value for v in Variant)  # what `variants` may hold
+
+
 class EvaluationConfig(dg.Config):
-    variants: list[str] = Field(default=[v.value for v in Variant], description="Variants to evaluate")
+    """The run config of ``retrieval_evaluation``; a value out of range fails the step before anything is scored,
+    with one line naming the key (a ``dg.Failure``), and ``version`` is refused by Dagster when the run is launched."""
+
+    variants: list[str] = Field(
+        default=list(VARIANTS),
+        min_length=1,
+        description=f"Variants to evaluate, one or more of: {', '.join(VARIANTS)}",
+    )
     split: str | None = Field(default=None, description="qrels split (default: the corpus' split)")
     ndcg_drop_tolerance: float = Field(
         default=0.02,
-        description=f"Largest tolerated drop of {WATCHED_VARIANT} {WATCHED_METRIC} of the staged version against "
-        "the published one; a larger drop keeps readers on the published version",
+        ge=0,
+        le=1,
+        allow_inf_nan=False,
+        description=f"Largest tolerated drop (0 to 1) of {WATCHED_VARIANT} {WATCHED_METRIC} of the staged version "
+        "against the published one; a larger drop keeps readers on the published version",
     )
     sample_queries: int = Field(
-        default=3, description="Queries shown with their top hits per variant (none: previews: false in corpora file)"
+        default=3,
+        ge=0,
+        description="Queries (0 or more) shown with their top hits per variant (none: previews: false in corpora file)",
     )
-    version: str | None = Field(
-        default=None,
+    version: Literal["staged", "published"] = Field(
+        default="staged",
         description="Kept for runs made by releases before the evaluate job's tag: 'published' scores the published "
-        f"version, as the tag {EVALUATE_TAG}={PUBLISHED} does; 'staged' or unset: the usual choice",
+        f"version, as the tag {EVALUATE_TAG}={PUBLISHED} does; 'staged': the usual choice",
     )
     quality_tolerance: float = Field(
         default=0.005,
+        ge=0,
+        le=1,
+        allow_inf_nan=False,
         description=f"{CHANNELS_CHECK} and {RERANK_CHECK} warn when {WATCHED_METRIC} is lower by more than this "
-        "and the loss is significant",
+        "(0 to 1) and the loss is significant",
     )
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:  # Dagster makes the config when the step starts: fail it in one line
+            problems = settings_problems(exc).removeprefix("invalid settings: ")
+            raise dg.Failure(
+                description=f"invalid retrieval_evaluation config: {problems}", metadata={"error": "ValidationError"}
+            ) from exc
+
+    @field_validator("variants")
+    @classmethod
+    def _known_variants(cls, variants: list[str]) -> list[str]:
+        unknown = [v for v in variants if v not in VARIANTS]
+        if unknown:
+            raise ValueError(f"unknown {', '.join(map(repr, unknown))}: choose from {', '.join(VARIANTS)}")
+        if len(set(variants)) < len(variants):
+            raise ValueError(f"{variants} names a variant twice")
+        return variants
 
 
 @dg.multi_asset(
@@ -216,8 +253,8 @@ def retrieval_evaluation(
         )
         return
     split = config.split or corpus.split
+    variants = [Variant(v) for v in config.variants]  # known: EvaluationConfig checks them
     try:
-        variants = [Variant(v) for v in config.variants]
         collection = corpus.eval_collection(split)
         queries, qrels = collection.split_queries(split), collection.qrels(split)
     except (ValueError, CorpusUnavailableError) as exc:
