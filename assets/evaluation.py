@@ -21,12 +21,13 @@ never block publishing) when, on this corpus, fusion or reranking costs quality:
 ``reranking_does_not_hurt`` (the default, hybrid + rerank, against hybrid). Each fails only when the loss is
 larger than ``quality_tolerance`` and significant (its 95% bootstrap interval lies below 0 and the randomization
 p-value is below 0.05); the figures, the interval, the wins/losses and the randomization p-value are its
-metadata.
+metadata. One that compares a variant the run config's ``variants`` leave out passes, described as not run.
 When nothing the figures depend on changed since the partition's last evaluation (:func:`evaluation_key`: the
-version, its location and its points' fingerprint, the queries' and qrels' content, the variants, the settings and
-the models' content) and this run did not stage that version, the asset does not evaluate again nor append to the
-history: it reports that evaluation's figures (metadata ``unchanged``), and its checks judge them again from the
-per-query nDCG@10 saved beside the history (``reports/``, with the nDCG@10 plot that the metadata links to).
+version, its location and its points' fingerprint, the queries' and qrels' content, the variants, the settings,
+the models' content and ``sample_queries``) and this run did not stage that version, the asset does not evaluate
+again nor append to the history: it reports that evaluation's figures (metadata ``unchanged``), and its checks
+judge them again from the per-query nDCG@10 saved beside the history (``reports/``, with the nDCG@10 plot that the
+metadata links to).
 A corpus without qrels has nothing to score and no quality gate: the asset records which version it saw, the
 gate reports ``passed`` with ``gate: not run`` in its metadata (Dagster warns about a blocking check that
 reports nothing) and the two warning checks are not run.
@@ -260,7 +261,8 @@ def retrieval_evaluation(
     except (ValueError, CorpusUnavailableError) as exc:
         raise dg.Failure(description=f"cannot evaluate corpus {corpus.name!r}: {exc}") from exc
     settings = retrieval.settings(corpus.collection)
-    key = evaluation_key(settings, corpus, split, variants, queries, qrels, location, points)
+    shown = config.sample_queries if corpus.previews else 0
+    key = evaluation_key(settings, corpus, split, variants, queries, qrels, location, points, shown)
     newly_staged = role == "staged" and staged is not None and staged.own  # a version number is reused by resets
     history = eval_history.history()
     previous = None if newly_staged else _previous_evaluation(context, key, history, corpus.name, split)
@@ -549,10 +551,16 @@ def _selected(context: dg.AssetExecutionContext, check: str) -> bool:
 
 
 def _quality_check(name: str, check: LossCheck) -> dg.AssetCheckResult:
-    """One of the report's :meth:`~evals.runner.EvalReport.quality_checks` as a WARN asset check result."""
+    """One of the report's :meth:`~evals.runner.EvalReport.quality_checks` as a WARN asset check result; one that
+    cannot decide (the run config's ``variants`` leave out one it compares) passes, saying it was not run."""
     c = check.comparison
     metadata: dict[str, object] = {"candidate": check.candidate, "tolerance": check.tolerance}
-    if c is not None:
+    if c is None:
+        missing = ", ".join(check.missing)
+        passed, description = True, f"not run: {missing} not evaluated (the run config's variants), nothing compared"
+        metadata["not_evaluated"] = missing
+    else:
+        passed, description = check.passed, check.description
         metadata |= {
             "baseline": c.baseline,
             "diff": dg.MetadataValue.float(round(c.mean_diff, 6)),
@@ -564,9 +572,9 @@ def _quality_check(name: str, check: LossCheck) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(
         asset_key="retrieval_evaluation",
         check_name=name,
-        passed=check.passed,
+        passed=passed,
         severity=dg.AssetCheckSeverity.WARN,
-        description=check.description,
+        description=description,
         metadata=metadata,
     )
 
@@ -624,13 +632,14 @@ def evaluation_key(
     qrels: Mapping[str, Mapping[str, int]],
     location: str,
     index: str | None,
+    sample_queries: int,
 ) -> str | None:
-    """A hash of what an evaluation's figures depend on: the version evaluated (its number and location, and
-    ``index``, its points' :func:`~evals.runner.index_fingerprint`: the number repeats after a drop or a reset of the
-    index folder, and a server's in-place write keeps it), the queries and judgements (their content), the
-    variants, the retrieval settings and the models' content (dense, query encoder, sparse); None when a model cannot
-    be looked at (the evaluation then says why) or the points hold another tool's (no content hash to fingerprint):
-    then it evaluates every time."""
+    """A hash of what an evaluation's figures and metadata depend on: the version evaluated (its number and
+    location, and ``index``, its points' :func:`~evals.runner.index_fingerprint`: the number repeats after a drop or
+    a reset of the index folder, and a server's in-place write keeps it), the queries and judgements (their
+    content), the variants, the retrieval settings, the models' content (dense, query encoder, sparse) and how many
+    ``sample_queries`` the metadata shows; None when a model cannot be looked at (the evaluation then says why) or
+    the points hold another tool's (no content hash to fingerprint): then it evaluates every time."""
     if index is None:
         return None
     try:
@@ -655,6 +664,7 @@ def evaluation_key(
         "qrels": digest(qrels),
         "settings": settings.model_dump(mode="json"),
         "models": [content(settings.dense_model), content(query_model), content(settings.sparse_model)],
+        "sample_queries": sample_queries,
     }
     return digest(parts)
 
