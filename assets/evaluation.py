@@ -35,6 +35,7 @@ reports nothing) and the two warning checks are not run.
 
 import hashlib
 import json
+import math
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -761,10 +762,19 @@ def _gate(
     tolerance = config.ndcg_drop_tolerance
     passed = drop <= tolerance + 1e-12
     verdict = "publish" if passed else "refused: readers stay on the published version"
+    accept = min(1.0, math.ceil(drop * 1000) / 1000)  # the tolerance that lets this drop through
+    next_step = (
+        ""
+        if passed
+        else f"; next: if the source is wrong, fix it and run again; if the drop is intended, accept it: "
+        f"hybrid-rag run --corpus {corpus.name} --ndcg-drop-tolerance {accept} (in Dagster: retrieval_evaluation "
+        f"config ndcg_drop_tolerance: {accept})"
+    )
     return result(
         passed,
         f"{WATCHED_VARIANT} {WATCHED_METRIC}: version {version} {current:.4f} vs published version {published} "
-        f"{value:.4f} (drop {drop:+.4f}, tolerance {tolerance}): {verdict}; published version's figure: {source}",
+        f"{value:.4f} (drop {drop:+.4f}, tolerance {tolerance}): {verdict}; published version's figure: {source}"
+        f"{next_step}",
         current=current,
         published=value,
         drop=drop,
