@@ -14,15 +14,20 @@ here: only the runs of that corpus fail (see :meth:`CorpusConfig.require_source`
 format is detected from its source when it is read, as the CLI's ``index`` does
 (:func:`retrieval.documents.detect_format`). The file is refused, naming it and the line, when a key is given twice
 in one mapping (YAML would keep the last) or a top-level key is neither ``default``, ``corpora`` nor an ``x-`` key
-(a place for YAML anchors, as in Compose files).
+(a place for YAML anchors, as in Compose files). Nor is the file refused for an entry with a bad value
+(``watch: "yes"``): it is logged once per process, its name stays a partition and :meth:`Corpora.get` of
+it raises :class:`CorpusConfigError` naming the file, the entry's line and the reason, so one team's mistake does not
+stop the other corpora. What concerns the whole file (unreadable, invalid YAML, no ``corpora`` mapping, an unknown
+``default``, two corpora sharing a collection or a Dagster name) raises, naming the file and, for YAML, the line.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import reprlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +49,8 @@ _NOT_IN_DAGSTER_NAMES = re.compile(r"[^A-Za-z0-9_]")  # Dagster names (sensors, 
 _TOP_KEYS = {"default", "corpora"}  # and x-... keys, for anchors
 _KEYS = {"source", "format", "qrels", "split", "collection", "on_bad_input", "watch", "watch_interval", "previews"}
 MIN_WATCH_INTERVAL_S = 5
+log = logging.getLogger(__name__)
+_warned: set[str] = set()  # broken entries already logged by this process
 
 
 class CorpusConfigError(HybridRagError, ValueError):
@@ -110,17 +117,22 @@ class Corpora:
     path: Path
     corpora: dict[str, CorpusConfig]
     default: str
+    broken: dict[str, str] = field(default_factory=dict)  # entries refused: name -> why (file, line, reason)
 
     @property
     def names(self) -> list[str]:
-        return list(self.corpora)
+        """Every corpus name, in file order: the partitions (an entry refused by :attr:`broken` too, so that its
+        runs fail saying why)."""
+        return list(self.corpora) + [name for name in self.broken if _NAME.match(name)]
 
     def get(self, name: str) -> CorpusConfig:
+        if name in self.broken:
+            raise CorpusConfigError(self.broken[name])
         try:
             return self.corpora[name]
         except KeyError:
             raise UnknownCorpusError(
-                f"unknown corpus {name!r}; configured in {self.path}: {', '.join(self.corpora)}"
+                f"unknown corpus {name!r}; configured in {self.path}: {', '.join(self.names)}"
             ) from None
 
     def watched(self) -> list[CorpusConfig]:
@@ -152,7 +164,10 @@ def load_corpora(path: str | Path | None = None) -> Corpora:
             f"else ./{CORPORA_FILE_NAME} in the working directory, else the built-in sample)"
         ) from exc
     except yaml.YAMLError as exc:
-        raise CorpusConfigError(f"{file}: invalid YAML ({exc})") from exc
+        mark = getattr(exc, "problem_mark", None)
+        at = f", line {mark.line + 1}" if mark is not None else ""
+        reason = " ".join(str(getattr(exc, "problem", None) or exc).split())
+        raise CorpusConfigError(f"{file}{at}: invalid YAML: {reason} (no corpus can run until it is fixed)") from exc
     for key, line in lines.items():
         if key not in _TOP_KEYS and not key.startswith("x-"):
             raise CorpusConfigError(
@@ -162,15 +177,37 @@ def load_corpora(path: str | Path | None = None) -> Corpora:
     entries = raw.get("corpora") if isinstance(raw, dict) else None
     if not isinstance(entries, dict) or not entries:
         raise CorpusConfigError(f"{file}: expected a non-empty mapping under 'corpora'")
-    corpora = {str(name): _parse_corpus(file, str(name), spec) for name, spec in entries.items()}
+    lines = _entry_lines(file)
+    corpora: dict[str, CorpusConfig] = {}
+    broken: dict[str, str] = {}
+    for key, spec in entries.items():
+        name = str(key)
+        try:
+            corpora[name] = _parse_corpus(file, name, spec)
+        except CorpusConfigError as exc:  # this entry only: the other corpora still run
+            line = f", line {lines[name]}" if name in lines else ""
+            why = str(exc).replace(f"{file}: ", f"{file}{line}: ", 1)
+            broken[name] = why  # get() raises it; a valid name stays a partition whose runs fail with it
+            if why not in _warned:
+                _warned.add(why)
+                log.warning(f"{why}; this corpus cannot run until its entry is fixed, the others are not affected")
     _refuse_shared(file, corpora, "collection", lambda c: c.collection, "each run would prune the other's documents")
     _refuse_shared(
         file, corpora, "Dagster name", lambda c: dagster_name(c.name), "their sensors would have the same name"
     )
-    default = str(raw.get("default") or next(iter(corpora)))
-    if default not in corpora:
+    default = str(raw.get("default") or next(iter(entries)))
+    if default not in corpora and default not in broken:
         raise CorpusConfigError(f"{file}: default corpus {default!r} is not configured")
-    return Corpora(file, corpora, default)
+    return Corpora(file, corpora, default, broken)
+
+
+def _entry_lines(file: Path) -> dict[str, int]:
+    """The line of each entry under ``corpora`` in ``file`` (already read as valid YAML), by name."""
+    root = yaml.compose(file.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
+    for key, value in root.value if isinstance(root, yaml.MappingNode) else []:
+        if key.value == "corpora" and isinstance(value, yaml.MappingNode):
+            return {str(k.value): k.start_mark.line + 1 for k, _ in value.value}
+    return {}
 
 
 def _read_yaml(file: Path) -> tuple[Any, dict[str, int]]:

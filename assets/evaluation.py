@@ -21,12 +21,13 @@ never block publishing) when, on this corpus, fusion or reranking costs quality:
 ``reranking_does_not_hurt`` (the default, hybrid + rerank, against hybrid). Each fails only when the loss is
 larger than ``quality_tolerance`` and significant (its 95% bootstrap interval lies below 0 and the randomization
 p-value is below 0.05); the figures, the interval, the wins/losses and the randomization p-value are its
-metadata.
+metadata. One that compares a variant the run config's ``variants`` leave out passes, described as not run.
 When nothing the figures depend on changed since the partition's last evaluation (:func:`evaluation_key`: the
-version, its location and its points' fingerprint, the queries' and qrels' content, the variants, the settings and
-the models' content) and this run did not stage that version, the asset does not evaluate again nor append to the
-history: it reports that evaluation's figures (metadata ``unchanged``), and its checks judge them again from the
-per-query nDCG@10 saved beside the history (``reports/``, with the nDCG@10 plot that the metadata links to).
+version, its location and its points' fingerprint, the queries' and qrels' content, the variants, the settings,
+the models' content and ``sample_queries``) and this run did not stage that version, the asset does not evaluate
+again nor append to the history: it reports that evaluation's figures (metadata ``unchanged``), and its checks
+judge them again from the per-query nDCG@10 saved beside the history (``reports/``, with the nDCG@10 plot that the
+metadata links to).
 A corpus without qrels has nothing to score and no quality gate: the asset records which version it saw, the
 gate reports ``passed`` with ``gate: not run`` in its metadata (Dagster warns about a blocking check that
 reports nothing) and the two warning checks are not run.
@@ -34,15 +35,16 @@ reports nothing) and the two warning checks are not run.
 
 import hashlib
 import json
+import math
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import quote
 
 import dagster as dg
-from pydantic import Field
+from pydantic import Field, ValidationError, field_validator
 
 from assets.corpora import CorpusConfig, CorpusUnavailableError
 from assets.failures import fails_clearly
@@ -68,7 +70,7 @@ from retrieval.encoders.dense import resolve_model_path
 from retrieval.encoders.fingerprint import model_fingerprint
 from retrieval.errors import ModelLoadError
 from retrieval.search import Variant
-from retrieval.settings import RetrievalSettings, canonical_model
+from retrieval.settings import RetrievalSettings, canonical_model, settings_problems
 from retrieval.store import CollectionSchema, QdrantStore, SchemaMismatchError, StoreError
 
 NDCG_CHECK = "ndcg_not_dropped"
@@ -107,27 +109,64 @@ def evaluation_report(metadata: Mapping[str, Any]) -> EvalReport | None:
     return EvalReport.from_summary(value.value) if value is not None else None
 
 
+VARIANTS = tuple(v.value for v in Variant)  # what `variants` may hold
+
+
 class EvaluationConfig(dg.Config):
-    variants: list[str] = Field(default=[v.value for v in Variant], description="Variants to evaluate")
+    """The run config of ``retrieval_evaluation``; a value out of range fails the step before anything is scored,
+    with one line naming the key (a ``dg.Failure``), and ``version`` is refused by Dagster when the run is launched."""
+
+    variants: list[str] = Field(
+        default=list(VARIANTS),
+        min_length=1,
+        description=f"Variants to evaluate, one or more of: {', '.join(VARIANTS)}",
+    )
     split: str | None = Field(default=None, description="qrels split (default: the corpus' split)")
     ndcg_drop_tolerance: float = Field(
         default=0.02,
-        description=f"Largest tolerated drop of {WATCHED_VARIANT} {WATCHED_METRIC} of the staged version against "
-        "the published one; a larger drop keeps readers on the published version",
+        ge=0,
+        le=1,
+        allow_inf_nan=False,
+        description=f"Largest tolerated drop (0 to 1) of {WATCHED_VARIANT} {WATCHED_METRIC} of the staged version "
+        "against the published one; a larger drop keeps readers on the published version",
     )
     sample_queries: int = Field(
-        default=3, description="Queries shown with their top hits per variant (none: previews: false in corpora file)"
+        default=3,
+        ge=0,
+        description="Queries (0 or more) shown with their top hits per variant (none: previews: false in corpora file)",
     )
-    version: str | None = Field(
-        default=None,
+    version: Literal["staged", "published"] = Field(
+        default="staged",
         description="Kept for runs made by releases before the evaluate job's tag: 'published' scores the published "
-        f"version, as the tag {EVALUATE_TAG}={PUBLISHED} does; 'staged' or unset: the usual choice",
+        f"version, as the tag {EVALUATE_TAG}={PUBLISHED} does; 'staged': the usual choice",
     )
     quality_tolerance: float = Field(
         default=0.005,
+        ge=0,
+        le=1,
+        allow_inf_nan=False,
         description=f"{CHANNELS_CHECK} and {RERANK_CHECK} warn when {WATCHED_METRIC} is lower by more than this "
-        "and the loss is significant",
+        "(0 to 1) and the loss is significant",
     )
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:  # Dagster makes the config when the step starts: fail it in one line
+            problems = settings_problems(exc).removeprefix("invalid settings: ")
+            raise dg.Failure(
+                description=f"invalid retrieval_evaluation config: {problems}", metadata={"error": "ValidationError"}
+            ) from exc
+
+    @field_validator("variants")
+    @classmethod
+    def _known_variants(cls, variants: list[str]) -> list[str]:
+        unknown = [v for v in variants if v not in VARIANTS]
+        if unknown:
+            raise ValueError(f"unknown {', '.join(map(repr, unknown))}: choose from {', '.join(VARIANTS)}")
+        if len(set(variants)) < len(variants):
+            raise ValueError(f"{variants} names a variant twice")
+        return variants
 
 
 @dg.multi_asset(
@@ -218,14 +257,15 @@ def retrieval_evaluation(
         )
         return
     split = config.split or corpus.split
+    variants = [Variant(v) for v in config.variants]  # known: EvaluationConfig checks them
     try:
-        variants = [Variant(v) for v in config.variants]
         collection = corpus.eval_collection(split)
         queries, qrels = collection.split_queries(split), collection.qrels(split)
     except (ValueError, CorpusUnavailableError) as exc:
         raise dg.Failure(description=f"cannot evaluate corpus {corpus.name!r}: {exc}") from exc
     settings = retrieval.settings(corpus.collection)
-    key = evaluation_key(settings, corpus, split, variants, queries, qrels, location, points)
+    shown = config.sample_queries if corpus.previews else 0
+    key = evaluation_key(settings, corpus, split, variants, queries, qrels, location, points, shown)
     newly_staged = role == "staged" and staged is not None and staged.own  # a version number is reused by resets
     history = eval_history.history()
     move_legacy_reports(history, corpus.name, split)
@@ -518,10 +558,16 @@ def _selected(context: dg.AssetExecutionContext, check: str) -> bool:
 
 
 def _quality_check(name: str, check: LossCheck) -> dg.AssetCheckResult:
-    """One of the report's :meth:`~evals.runner.EvalReport.quality_checks` as a WARN asset check result."""
+    """One of the report's :meth:`~evals.runner.EvalReport.quality_checks` as a WARN asset check result; one that
+    cannot decide (the run config's ``variants`` leave out one it compares) passes, saying it was not run."""
     c = check.comparison
     metadata: dict[str, object] = {"candidate": check.candidate, "tolerance": check.tolerance}
-    if c is not None:
+    if c is None:
+        missing = ", ".join(check.missing)
+        passed, description = True, f"not run: {missing} not evaluated (the run config's variants), nothing compared"
+        metadata["not_evaluated"] = missing
+    else:
+        passed, description = check.passed, check.description
         metadata |= {
             "baseline": c.baseline,
             "diff": dg.MetadataValue.float(round(c.mean_diff, 6)),
@@ -533,9 +579,9 @@ def _quality_check(name: str, check: LossCheck) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(
         asset_key="retrieval_evaluation",
         check_name=name,
-        passed=check.passed,
+        passed=passed,
         severity=dg.AssetCheckSeverity.WARN,
-        description=check.description,
+        description=description,
         metadata=metadata,
     )
 
@@ -627,13 +673,14 @@ def evaluation_key(
     qrels: Mapping[str, Mapping[str, int]],
     location: str,
     index: str | None,
+    sample_queries: int,
 ) -> str | None:
-    """A hash of what an evaluation's figures depend on: the version evaluated (its number and location, and
-    ``index``, its points' :func:`~evals.runner.index_fingerprint`: the number repeats after a drop or a reset of the
-    index folder, and a server's in-place write keeps it), the queries and judgements (their content), the
-    variants, the retrieval settings and the models' content (dense, query encoder, sparse); None when a model cannot
-    be looked at (the evaluation then says why) or the points hold another tool's (no content hash to fingerprint):
-    then it evaluates every time."""
+    """A hash of what an evaluation's figures and metadata depend on: the version evaluated (its number and
+    location, and ``index``, its points' :func:`~evals.runner.index_fingerprint`: the number repeats after a drop or
+    a reset of the index folder, and a server's in-place write keeps it), the queries and judgements (their
+    content), the variants, the retrieval settings, the models' content (dense, query encoder, sparse) and how many
+    ``sample_queries`` the metadata shows; None when a model cannot be looked at (the evaluation then says why) or
+    the points hold another tool's (no content hash to fingerprint): then it evaluates every time."""
     if index is None:
         return None
     try:
@@ -658,6 +705,7 @@ def evaluation_key(
         "qrels": digest(qrels),
         "settings": settings.model_dump(mode="json"),
         "models": [content(settings.dense_model), content(query_model), content(settings.sparse_model)],
+        "sample_queries": sample_queries,
     }
     return digest(parts)
 
@@ -754,10 +802,19 @@ def _gate(
     tolerance = config.ndcg_drop_tolerance
     passed = drop <= tolerance + 1e-12
     verdict = "publish" if passed else "refused: readers stay on the published version"
+    accept = min(1.0, math.ceil(drop * 1000) / 1000)  # the tolerance that lets this drop through
+    next_step = (
+        ""
+        if passed
+        else f"; next: if the source is wrong, fix it and run again; if the drop is intended, accept it: "
+        f"hybrid-rag run --corpus {corpus.name} --ndcg-drop-tolerance {accept} (in Dagster: retrieval_evaluation "
+        f"config ndcg_drop_tolerance: {accept})"
+    )
     return result(
         passed,
         f"{WATCHED_VARIANT} {WATCHED_METRIC}: version {version} {current:.4f} vs published version {published} "
-        f"{value:.4f} (drop {drop:+.4f}, tolerance {tolerance}): {verdict}; published version's figure: {source}",
+        f"{value:.4f} (drop {drop:+.4f}, tolerance {tolerance}): {verdict}; published version's figure: {source}"
+        f"{next_step}",
         current=current,
         published=value,
         drop=drop,

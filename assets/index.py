@@ -145,18 +145,7 @@ def qdrant_index(
         f"{report.unchanged} unchanged, {report.deleted} deleted, {points} points"
         + (f"; deleted documents: {named(report.deleted_documents)}" if report.deleted_documents else "")
     )
-    check = dg.AssetCheckResult(
-        check_name=POINT_COUNT_CHECK,
-        passed=points == len(chunk_list) + kept_points,
-        severity=dg.AssetCheckSeverity.ERROR,
-        metadata={
-            "points": dg.MetadataValue.int(points),
-            "chunks": dg.MetadataValue.int(len(chunk_list)),
-            "kept_points": dg.MetadataValue.int(kept_points),
-            "collection": corpus.collection,
-            "version": dg.MetadataValue.int(report.version or 0),
-        },
-    )
+    check = point_count_check(corpus.collection, report.version or 0, points, len(chunk_list), kept_points)
     return dg.MaterializeResult(
         metadata={
             "collection": corpus.collection,
@@ -182,6 +171,33 @@ def qdrant_index(
             "duration_s": dg.MetadataValue.float(round(report.seconds, 3)),
         },
         check_results=[check],
+    )
+
+
+def point_count_check(collection: str, version: int, points: int, chunks: int, kept: int) -> dg.AssetCheckResult:
+    """The blocking ``index_point_count`` check: the staged version holds exactly ``chunks`` (this run's) plus
+    ``kept`` (the stored chunks of documents skipped as bad input) points; else publishing is blocked."""
+    expected = chunks + kept
+    passed = points == expected
+    description = (
+        f"version {version} of {collection!r} holds {points} points: {chunks} chunks + {kept} kept for skipped input"
+        if passed
+        else f"version {version} of {collection!r} holds {points} points, expected {expected} ({chunks} chunks + "
+        f"{kept} kept for skipped input): points were lost or added while it was written, so it is not published "
+        "(readers stay on the published version); run again"
+    )
+    return dg.AssetCheckResult(
+        check_name=POINT_COUNT_CHECK,
+        passed=passed,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description=description,
+        metadata={
+            "points": dg.MetadataValue.int(points),
+            "chunks": dg.MetadataValue.int(chunks),
+            "kept_points": dg.MetadataValue.int(kept),
+            "collection": collection,
+            "version": dg.MetadataValue.int(version),
+        },
     )
 
 

@@ -27,6 +27,7 @@ LABELS = {"ndcg@10": "nDCG@10", "recall@100": "Recall@100", "mrr@10": "MRR@10", 
 PALETTE = colormaps["tab20"].colors  # 20 colours
 LINE_STYLES = ("-", "--", ":", "-.")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X")
+EXPERIMENT_MARKER = "*"  # evaluations with other search settings: a filled star (no line's marker)
 
 
 def line_style(i: int) -> dict[str, object]:
@@ -168,8 +169,8 @@ def plot_history(df: pd.DataFrame, out_png: str | Path, metric: str = "ndcg@10")
 
     The line joins the evaluations of the versions readers get (``published``) with the shipped search settings;
     those of staged versions that were never published (refused, unjudged, or passed but not published) are
-    hollow markers off the line, as are those made with other search settings (experiments). The line breaks
-    where the queries or qrels scored, the query encoder or the release change
+    hollow markers (the line's) off the line; those made with other search settings (experiments) are filled
+    stars. The line breaks where the queries or qrels scored, the query encoder or the release change
     (:func:`series_segments`): a dotted vertical line marks the change and the new part is labelled with its query
     count. A cross marks a figure scored while part of the judged
     documents was missing from the collection (capped). When the rows span several collections or splits, each
@@ -200,9 +201,9 @@ def _plot(
         style = line_style(i)
         shipped = group["settings"] == SHIPPED
         served = group[group["state"].isin(SERVED) & shipped]
-        off_line = (
-            (group[~group["state"].isin(SERVED) & shipped], "staged, never served"),
-            (group[~shipped], "other search settings"),
+        off_line = (  # hollow: the variant's marker; experiments: a filled star, no variant's marker
+            (group[~group["state"].isin(SERVED) & shipped], "staged, never served", style["marker"], "none"),
+            (group[~shipped], "other search settings", EXPERIMENT_MARKER, style["color"]),
         )
         for j, part in enumerate(series_segments(served)):
             when = part["timestamp"].dt.tz_convert(None)
@@ -229,16 +230,16 @@ def _plot(
                 label=None if capped_shown else "judged documents missing: capped",
             )
             capped_shown = True
-        for other, why in off_line:
+        for other, why, marker, face in off_line:
             if not other.empty:
                 ax.plot(
                     other["timestamp"].dt.tz_convert(None),
                     other["value"],
                     label=f"{label}: {why}",
                     linestyle="none",
-                    marker=style["marker"],
+                    marker=marker,
                     color=style["color"],
-                    markerfacecolor="none",
+                    markerfacecolor=face,
                 )
     for j, when in enumerate(sorted(changes)):
         first = "other queries, qrels, query encoder or release"

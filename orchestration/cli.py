@@ -1226,16 +1226,35 @@ def run(
             "--allow-delete", help="Allow a sync that deletes over half of the collection's documents or points"
         ),
     ] = False,
+    ndcg_drop_tolerance: Annotated[
+        float | None,
+        typer.Option(
+            help="Largest tolerated drop of hybrid nDCG@10 against the published version (0 to 1) [default: 0.02]; "
+            "a larger value accepts an intended drop the publishing gate refused"
+        ),
+    ] = None,
 ) -> None:
     """The main job: materialize the Dagster asset graph (ingest, chunk, embed, index, evaluate) and print metrics.
 
     The run is recorded in the Dagster instance at $DAGSTER_HOME (else data/dagster_home)."""
+    import dagster as dg
+
     from assets.corpora import load_corpora
+    from assets.evaluation import EvaluationConfig
     from orchestration.main_job import MainJobError, print_results, run_main_job
+    from retrieval.errors import InvalidArgumentError
 
     if corpus is None:
         corpus = load_corpora().default
-    run_config = {"ops": {"qdrant_index": {"config": {"allow_delete": True}}}} if allow_delete else None
+    ops: dict[str, object] = {"qdrant_index": {"config": {"allow_delete": True}}} if allow_delete else {}
+    if ndcg_drop_tolerance is not None:
+        evaluation = {"ndcg_drop_tolerance": ndcg_drop_tolerance}
+        try:  # checked before the run: a bad value would fail it only after indexing
+            EvaluationConfig(**evaluation)
+        except dg.Failure as exc:
+            raise InvalidArgumentError(f"--ndcg-drop-tolerance {ndcg_drop_tolerance}: {exc.description}") from None
+        ops["retrieval_evaluation"] = {"config": evaluation}
+    run_config = {"ops": ops} if ops else None
     try:
         print_results(run_main_job(corpus, run_config=run_config))
     except MainJobError as exc:  # e.g. the evaluation gate refused the new version: readers keep the old one

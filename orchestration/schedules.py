@@ -21,10 +21,12 @@ EVALUATION_CRON = "0 6 * * *"
 def nightly_reindex(
     context: dg.ScheduleEvaluationContext, corpora: CorporaResource
 ) -> dg.SkipReason | list[dg.RunRequest]:
-    """One run request per corpus whose source exists; the others are named in the tick's skip reason."""
+    """One run request per corpus whose source exists and whose entry is valid; the others are named in the tick's
+    log (its skip reason when none runs)."""
     day = context.scheduled_execution_time.strftime("%Y-%m-%d")
-    requests, missing = [], []
-    for corpus in corpora.load().corpora.values():
+    loaded = corpora.load()
+    requests, missing = [], [f"{name} (its entry is refused: {why})" for name, why in loaded.broken.items()]
+    for corpus in loaded.corpora.values():
         if not corpus.source.exists():
             missing.append(f"{corpus.name} ({corpus.source} does not exist)")
             continue
@@ -36,7 +38,7 @@ def nightly_reindex(
             )
         )
     if missing:
-        context.log.info("skipped corpora without a source: " + "; ".join(missing))
+        context.log.info("skipped corpora without a source or with a refused entry: " + "; ".join(missing))
     if not requests:
         return dg.SkipReason("no corpus has its source on this machine: " + "; ".join(missing))
     return requests

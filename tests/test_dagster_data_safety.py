@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from assets import ALL_ASSETS
-from assets.index import POINT_COUNT_CHECK
+from assets.index import POINT_COUNT_CHECK, point_count_check
 from assets.resources import CorporaResource, EvalHistoryResource, RetrievalResource
 from assets.tables import SKIPPED_KEY, documents_to_table, table_skipped
 from orchestration.definitions import default_resources
@@ -126,3 +126,13 @@ def test_skipped_records_keep_their_folder_flag_and_old_tables_still_read(tmp_pa
     old = b'[{"path": "/d/shared", "line": null, "reason": "broken link", "doc_id": "shared"}]'  # no 'folder'
     [record] = table_skipped(documents_to_table([]).replace_schema_metadata({SKIPPED_KEY: old}))
     assert record == InputProblem(Path("/d/shared"), None, "broken link", "shared") and not record.folder
+
+
+def test_the_point_count_check_says_what_it_found_and_what_a_failure_means() -> None:
+
+    ok = point_count_check("notes", 3, 7, 5, 2)
+    assert ok.passed and ok.description == "version 3 of 'notes' holds 7 points: 5 chunks + 2 kept for skipped input"
+    lost = point_count_check("notes", 3, 6, 5, 2)
+    assert not lost.passed and lost.severity == dg.AssetCheckSeverity.ERROR
+    assert "holds 6 points, expected 7 (5 chunks + 2 kept" in lost.description
+    assert "not published (readers stay on the published version); run again" in lost.description

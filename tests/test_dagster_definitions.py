@@ -19,6 +19,7 @@ from assets.corpora import CorpusConfigError, CorpusUnavailableError, load_corpo
 from assets.partitions import CORPORA
 from assets.resources import CorporaResource, RetrievalResource
 from orchestration.definitions import defs
+from orchestration.parquet_io import ParquetIOManager
 from retrieval import BadInputPolicy, RetrievalSettings, SourceFormat
 from tests.test_deployment import assert_ticks_are_purged
 
@@ -157,7 +158,9 @@ def test_malformed_corpora_files_are_refused(tmp_path: Path, text: str, message:
     file = tmp_path / "corpora.yaml"
     file.write_text(text)
     with pytest.raises(CorpusConfigError, match=re.escape(message)) as raised:
-        load_corpora(file)
+        corpora = load_corpora(file)  # a whole-file error
+        for name in corpora.broken:  # an entry's own: only that corpus is refused
+            corpora.get(name)
     assert str(file) in str(raised.value)
 
 
@@ -213,11 +216,70 @@ def test_the_corpora_file_takes_the_collection_names_the_settings_take(tmp_path:
         RetrievalSettings(collection=name)
     except ValueError as refused:
         with pytest.raises(CorpusConfigError) as raised:
-            load_corpora(file)
+            load_corpora(file).get("kb")  # an entry's own error: only that corpus is refused
         reason = str(refused).partition("invalid collection name")[2].splitlines()[0]
-        assert f"{file}: corpus 'kb': invalid collection name{reason}" in str(raised.value)
+        assert f"{file}, line 2: corpus 'kb': invalid collection name{reason}" in str(raised.value)
     else:
         assert load_corpora(file).get("kb").collection == name
+
+
+ONE_BAD_ENTRY = (  # another team's entry with a quoted boolean; the other corpora must still run
+    "corpora:\n  sample:\n    source: {sample}\n    format: beir\n  dropbox:\n    source: {tmp}\n"
+    '    format: dir\n    watch: "yes"\n  scifact:\n    source: {tmp}\n    format: dir\n    watch: true\n'
+)
+
+
+def test_a_bad_entry_refuses_its_corpus_only_naming_file_line_and_reason(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    file = tmp_path / "corpora.yaml"
+    file.write_text(ONE_BAD_ENTRY.format(sample=ROOT / "evals" / "sample", tmp=tmp_path))
+    with caplog.at_level("WARNING", logger="assets.corpora"):
+        corpora = load_corpora(file)
+    reason = f"{file}, line 5: corpus 'dropbox': 'watch' must be true or false (unquoted), got 'yes'"
+    assert [r.getMessage().split(";")[0] for r in caplog.records] == [reason]  # the CLI and `dagster dev` show it
+    assert corpora.names == ["sample", "scifact", "dropbox"] and corpora.default == "sample"  # still a partition
+    assert corpora.get("sample").source == ROOT / "evals" / "sample"
+    assert [c.name for c in corpora.watched()] == ["scifact"]  # the watched corpora keep their sensors
+    with pytest.raises(CorpusConfigError) as refused:
+        corpora.get("dropbox")
+    assert str(refused.value) == reason
+    resources = defs.resources | {
+        "corpora": CorporaResource(path=str(file)),
+        "io_manager": ParquetIOManager(base_dir=str(tmp_path / "assets")),
+    }
+
+    def raw_documents(partition: str) -> dg.ExecuteInProcessResult:
+        from assets import raw_documents
+
+        with dg.DagsterInstance.ephemeral() as instance:
+            return dg.materialize(
+                [raw_documents], partition_key=partition, resources=resources, instance=instance, raise_on_error=False
+            )
+
+    assert raw_documents("sample").success  # the other corpora run
+    failed = raw_documents("dropbox")
+    [failure] = [e.step_failure_data for e in failed.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert not failed.success and failure.user_failure_data.description == reason  # the bad one's runs say why
+
+
+def test_a_yaml_syntax_error_stops_the_file_leading_with_file_and_line(tmp_path: Path) -> None:
+    file = tmp_path / "corpora.yaml"
+    file.write_text("corpora:\n  sample:\n    source: x\n   format: beir\n")  # format indented one space less
+    with pytest.raises(CorpusConfigError) as refused:
+        load_corpora(file)
+    message = str(refused.value)
+    assert message.startswith(f"{file}, line 4: invalid YAML: ") and "\n" not in message, message
+
+
+@pytest.mark.slow
+def test_the_code_location_loads_with_a_bad_entry(tmp_path: Path) -> None:
+    """Schedules, sensors and orphaned_runs_sensor keep running for the other corpora."""
+    file = tmp_path / "corpora.yaml"
+    file.write_text(ONE_BAD_ENTRY.format(sample=ROOT / "evals" / "sample", tmp=tmp_path))
+    proc = dagster_validate(tmp_path, HYBRID_RAG_CORPORA_FILE=str(file))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "line 5: corpus 'dropbox': 'watch' must be true or false" in proc.stderr
 
 
 def test_retrieval_resource_reads_env_vars_without_exposing_the_key(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -379,6 +379,41 @@ def test_an_unchanged_run_reports_the_previous_figures_and_a_changed_qrels_file_
         assert {c["dagster_run_id"] for c in added["context"]} == {result.run_id}
 
 
+def test_an_unchanged_evaluation_follows_the_run_config_and_checks_of_variants_not_evaluated_pass(
+    sandbox: Sandbox, first_run: dict
+) -> None:
+    """sample_queries changes what the evaluation shows: evaluated again, not the previous table. With variants:
+    [hybrid] the warning checks have nothing to compare: they pass, saying so (they fail only on a loss)."""
+    from assets import retrieval_evaluation
+
+    def evaluate(config: dict) -> tuple[dict, dict]:
+        with dg.DagsterInstance.from_config(str(sandbox.home)) as instance:
+            result = dg.materialize(
+                [retrieval_evaluation],
+                partition_key=CORPUS,
+                resources=sandbox.resources(),
+                instance=instance,
+                run_config={"ops": {"retrieval_evaluation": {"config": config}}},
+            )
+        assert result.success
+        checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
+        return sandbox.metadata("retrieval_evaluation"), checks
+
+    def shown(meta: dict) -> set[str]:
+        return {row.split(" | ")[0] for row in meta["sample_queries"].splitlines()[2:]}
+
+    evaluate({})
+    before, _ = evaluate({})  # nothing changed since the evaluation above
+    assert "unchanged" in before and len(shown(before)) == 3
+    one, _ = evaluate({"sample_queries": 1})
+    assert "unchanged" not in one and len(shown(one)) == 1
+    _, checks = evaluate({"variants": ["hybrid"]})
+    for name, missing in ((CHANNELS_CHECK, "dense, sparse"), (RERANK_CHECK, "hybrid+rerank")):
+        assert checks[name].passed, checks[name].description
+        assert checks[name].description.startswith(f"not run: {missing} not evaluated")
+    assert checks[NDCG_CHECK].passed
+
+
 def test_print_results(first_run: dict, second_run: dict, capsys: pytest.CaptureFixture[str]) -> None:
     from rich.console import Console
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -15,12 +16,14 @@ from pathlib import Path
 import dagster as dg
 import pytest
 from dagster._core.event_api import PartitionKeyFilter  # the check history per partition (no public export)
+from typer.testing import CliRunner
 
 from assets import ALL_ASSETS, NDCG_CHECK
 from assets.resources import CorporaResource, RetrievalResource
 from evals.collections import sample_collection
 from evals.history import EvalHistory
 from evals.report import markdown_table
+from orchestration.cli import app
 from orchestration.main_job import MainJobError, run_main_job
 from retrieval import RetrievalSettings, RetrievalStack
 from retrieval.store import EdgeStore
@@ -280,6 +283,29 @@ def test_gate_refuses_a_worse_version_and_readers_keep_the_published_one(tmp_pat
     assert reader.store.current_version() == 3
     assert sorted(p.name for p in (tmp_path / "index").iterdir() if p.is_dir()) == ["gated__v3"]
     reader.close()
+
+
+@pytest.mark.slow
+def test_a_refused_publish_names_both_ways_out_and_run_can_accept_the_drop(tmp_path: Path, monkeypatch) -> None:
+    """hybrid-rag run refused by the gate: the one line says to fix the source or accept the drop, with the
+    option and value that accept it (and the Dagster config key); that rerun publishes."""
+    sandbox, resources, data = gated_sandbox(tmp_path, "accept")
+    assert run_main_job(PARTITION, dagster_home=sandbox.home, resources=resources, run_config=FAST)["published"] == 1
+    degrade(data)
+    monkeypatch.setattr("orchestration.main_job.default_resources", lambda: resources)
+    monkeypatch.setenv("DAGSTER_HOME", str(sandbox.home))
+    refused = CliRunner().invoke(app, ["run", "--corpus", PARTITION])
+    reason = " ".join(refused.stderr.split())
+    assert refused.exit_code == 1 and "refused: readers stay on the published version" in reason, refused.output
+    accept = re.search(rf"accept it: hybrid-rag run --corpus {PARTITION} --ndcg-drop-tolerance (0\.\d+) ", reason)
+    assert accept and "if the source is wrong, fix it and run again" in reason, reason
+    assert f"retrieval_evaluation config ndcg_drop_tolerance: {accept.group(1)}" in reason
+    assert published_version(tmp_path, "accept") == 1
+    bad = CliRunner().invoke(app, ["run", "--corpus", PARTITION, "--ndcg-drop-tolerance", "nan"])
+    assert bad.exit_code == 2 and "ndcg_drop_tolerance: Input should be a finite number" in bad.stderr, bad.output
+    accepted = CliRunner().invoke(app, ["run", "--corpus", PARTITION, "--ndcg-drop-tolerance", accept.group(1)])
+    assert accepted.exit_code == 0, accepted.output
+    assert published_version(tmp_path, "accept") not in (None, 1)
 
 
 @pytest.mark.slow

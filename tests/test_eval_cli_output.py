@@ -301,7 +301,32 @@ def test_eval_report_keeps_other_search_settings_apart_from_the_published_figure
     report_module.plot_history(history.records(), tmp_path / "p.png")
     line, hollow = figures[0].axes[0].get_lines()
     assert list(line.get_ydata()) == [0.90, 0.9215] and list(hollow.get_ydata()) == [0.9453]
-    assert hollow.get_markerfacecolor() == "none" and "other search settings" in hollow.get_label()
+    assert "other search settings" in hollow.get_label()
+    assert hollow.get_marker() == "*" and hollow.get_markerfacecolor() != "none"  # not a refused version's mark
+
+
+def test_the_plot_tells_a_refused_version_from_an_experiment(tmp_path, monkeypatch) -> None:
+    """A version the gate refused and an evaluation with other search settings: two legend entries that look
+    different (marker and fill), so the plot says which point was a build never served."""
+    history = EvalHistory(tmp_path / "h.sqlite")
+    stamp = pd.Timestamp("2026-11-30T04:00:00Z")
+    experiment = {"fusion": "dbsf", "rrf_k": 1, "zscore_fusion_above": None}
+    rows = ((0, 1, {}, 0.90), (1, 2, {"published": False, "gate": "refused"}, 0.50), (2, 1, experiment, 0.95))
+    for hours, version, extra, value in rows:
+        context = {"qdrant_collection": "m", "version": version, **extra}
+        when = (stamp + pd.Timedelta(hours=hours)).to_pydatetime()
+        history.append("m", "test", "dense", {"ndcg@10": value}, context, when, source="dagster")
+    figures = []
+    monkeypatch.setattr(report_module, "Figure", lambda *a, **k: figures.append(Figure(*a, **k)) or figures[-1])
+    report_module.plot_history(history.records(), tmp_path / "p.png")
+    ax = figures[0].axes[0]
+    by_label = {line.get_label(): line for line in ax.get_lines()}
+    refused, other = by_label["dense: staged, never served"], by_label["dense: other search settings"]
+    assert list(refused.get_ydata()) == [0.50] and list(other.get_ydata()) == [0.95]
+    looks = [(line.get_marker(), str(line.get_markerfacecolor())) for line in (refused, other)]
+    assert looks[0] != looks[1] and looks[0][1] == "none"
+    legend = [text.get_text() for text in ax.get_legend().get_texts()]
+    assert "dense: staged, never served" in legend and "dense: other search settings" in legend
 
 
 def test_eval_report_keeps_another_query_encoder_off_the_published_line(tmp_path) -> None:

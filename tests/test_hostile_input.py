@@ -112,12 +112,12 @@ def test_a_corpus_source_that_is_not_a_string_is_refused_when_the_file_is_loaded
     """r9C observation: `source: !!binary aGVsbG8=` loaded, and a run failed on a path named "b'hello'"."""
     file = tmp_path / "corpora.yaml"
     file.write_text(f"corpora:\n  notes:\n    source: {source}\n    format: dir\n")
-    message = f"{file}: corpus 'notes': 'source' must be a path (a string), got {shown}"
+    message = f"{file}, line 2: corpus 'notes': 'source' must be a path (a string), got {shown}"
     with pytest.raises(CorpusConfigError, match=re.escape(message)):
-        load_corpora(file)
+        load_corpora(file).get("notes")  # when loaded; only the runs of that corpus fail
     file.write_text("corpora:\n  notes: {source: n, qrels: 7}\n  kb: {source: k, watch: 'no'}\n")
     with pytest.raises(CorpusConfigError, match=r"corpus 'notes': 'qrels' must be a path \(a string\), got 7"):
-        load_corpora(file)
+        load_corpora(file).get("notes")
     file.write_text("corpora:\n  kb: {source: k, watch: 'no'}\n")
     with pytest.raises(CorpusConfigError, match=r"corpus 'kb': 'watch' must be true or false \(unquoted\), got 'no'"):
-        load_corpora(file)
+        load_corpora(file).get("kb")

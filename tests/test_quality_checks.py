@@ -5,7 +5,7 @@ asset's warnings and `hybrid-rag eval`."""
 import numpy as np
 import pytest
 
-from assets.evaluation import CHANNELS_CHECK, RERANK_CHECK
+from assets.evaluation import CHANNELS_CHECK, RERANK_CHECK, _quality_check
 from evals.compare import loss_check
 from evals.runner import EvalReport, VariantResult
 
@@ -39,6 +39,22 @@ def test_a_loss_fails_only_when_larger_than_the_tolerance_and_significant(hybrid
 def test_a_missing_variant_cannot_pass() -> None:
     check = loss_check({"dense": _per_query(BASE), "hybrid": _per_query(BASE)}, ("dense", "sparse"), "hybrid")
     assert not check.passed and check.description == "cannot decide: sparse not evaluated"
+
+
+def test_the_asset_check_that_cannot_decide_passes_saying_it_was_not_run() -> None:
+    """variants: [hybrid] in the run config: the warning checks compare variants that were not evaluated. The UI
+    must not show that as a quality warning (they fail only on a significant loss)."""
+    check = loss_check({"hybrid": _per_query(BASE)}, ("dense", "sparse"), "hybrid")
+    result = _quality_check(CHANNELS_CHECK, check)
+    assert result.passed and result.severity.value == "WARN"
+    assert result.description == "not run: dense, sparse not evaluated (the run config's variants), nothing compared"
+    assert result.metadata["not_evaluated"].value == "dense, sparse"
+    lower = loss_check(
+        {"dense": _per_query(BASE), "sparse": _per_query(BASE), "hybrid": _per_query(BASE - 0.1)},
+        ("dense", "sparse"),
+        "hybrid",
+    )
+    assert not _quality_check(CHANNELS_CHECK, lower).passed  # a real, significant loss still warns
 
 
 def test_the_report_checks_fusion_against_the_better_channel_and_reranking_against_hybrid() -> None:
