@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -140,7 +141,7 @@ def test_an_output_stream_that_cannot_encode_a_character_gets_a_replacement_not_
     runner = CliRunner(charset="ascii")
     index = runner.invoke(app, ["index", "docs.jsonl", "-c", "ascii"])
     assert index.exit_code == 0, (index.output, index.exception)
-    assert "indexed into 'ascii'" in index.output and "| documents    | 1 |" in index.output
+    assert "indexed into 'ascii'" in index.output and re.search(r"\| documents +\| 1 \|", index.output), index.output
     search = runner.invoke(app, ["search", "brûlée", "-c", "ascii", "--k", "1"])
     assert search.exit_code == 0, (search.output, search.exception)
     assert "caf?" in search.output
