@@ -33,7 +33,7 @@ from typing import Any
 
 import yaml
 
-from retrieval.documents import BadInputPolicy, SourceFormat
+from retrieval.documents import BadInputError, BadInputPolicy, SourceFormat, detect_format
 from retrieval.errors import HybridRagError, InvalidArgumentError
 from retrieval.settings import check_collection_name
 
@@ -95,6 +95,20 @@ class CorpusConfig:
                 f"(format {self.format or 'detected from it'}); fix its entry in the corpora file or provide the data"
             )
         return self.source
+
+    def detected_format_note(self) -> str:
+        """For an entry without ``format:``, a sentence saying which format its source is detected as now (detected
+        on every run: a folder that gains or loses ``corpus.jsonl`` changes it), else ''."""
+        if self.format is not None:
+            return ""
+        try:
+            fmt = detect_format(self.source).value
+        except BadInputError:
+            fmt = "none (the source is gone)"
+        return (
+            f"; the entry sets no format: its source is detected as format {fmt!r} on each run (set format: for a "
+            "watched or synced folder, whose content can change what is detected)"
+        )
 
     def eval_collection(self, split: str | None = None):
         """The :class:`evals.collections.EvalCollection` with this corpus' queries and qrels of ``split``."""
