@@ -33,7 +33,7 @@ from typing import Any
 
 import yaml
 
-from retrieval.documents import BadInputPolicy, SourceFormat
+from retrieval.documents import BadInputError, BadInputPolicy, SourceFormat, detect_format
 from retrieval.errors import HybridRagError, InvalidArgumentError
 from retrieval.settings import check_collection_name
 
@@ -95,6 +95,20 @@ class CorpusConfig:
                 f"(format {self.format or 'detected from it'}); fix its entry in the corpora file or provide the data"
             )
         return self.source
+
+    def detected_format_note(self) -> str:
+        """For an entry without ``format:``, a sentence saying which format its source is detected as now (detected
+        on every run: a folder that gains or loses ``corpus.jsonl`` changes it), else ''."""
+        if self.format is not None:
+            return ""
+        try:
+            fmt = detect_format(self.source).value
+        except BadInputError:
+            fmt = "none (the source is gone)"
+        return (
+            f"; the entry sets no format: its source is detected as format {fmt!r} on each run (set format: for a "
+            "watched or synced folder, whose content can change what is detected)"
+        )
 
     def eval_collection(self, split: str | None = None):
         """The :class:`evals.collections.EvalCollection` with this corpus' queries and qrels of ``split``."""
@@ -218,7 +232,8 @@ def _read_yaml(file: Path) -> tuple[Any, dict[str, int]]:
         node = loader.get_single_node()
         if node is None:
             return {}, {}
-        _refuse_duplicate_keys(file, node, set())
+        _refuse_duplicate_keys(file, loader, node, set())
+        _refuse_non_string_names(file, loader, node)
         lines = {}
         if isinstance(node, yaml.MappingNode):
             lines = {str(k.value): k.start_mark.line + 1 for k, _ in node.value if isinstance(k, yaml.ScalarNode)}
@@ -227,27 +242,46 @@ def _read_yaml(file: Path) -> tuple[Any, dict[str, int]]:
         loader.dispose()
 
 
-def _refuse_duplicate_keys(file: Path, node: yaml.Node, seen: set[int]) -> None:
-    """Refuse a scalar key written twice in one mapping of ``node``'s tree (keys a ``<<`` merge brings in may be
-    overridden: that is what merging means)."""
+def _refuse_duplicate_keys(file: Path, loader: yaml.SafeLoader, node: yaml.Node, seen: set[int]) -> None:
+    """Refuse a scalar key given twice in one mapping of ``node``'s tree, compared as the values YAML reads
+    (``on``/``yes``, ``10``/``0x0a``, ``a``/``"a"`` are one key each); keys a ``<<`` merge brings in may be
+    overridden: that is what merging means."""
     if id(node) in seen:  # an alias of a node already checked
         return
     seen.add(id(node))
     if isinstance(node, yaml.MappingNode):
-        first: dict[tuple[str, str], int] = {}
+        first: dict[Any, yaml.ScalarNode] = {}
         for key, _ in node.value:
             if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
-                line = key.start_mark.line + 1
-                if (key.tag, key.value) in first:
+                value = loader.construct_object(key)
+                if value in first:
+                    before = first[value]
+                    spelled = f" as {before.value!r}, YAML reads both as {value!r}" if before.value != key.value else ""
                     raise CorpusConfigError(
-                        f"{file}:{line}: {key.value!r} is given twice in one mapping (first at line "
-                        f"{first[key.tag, key.value]}; YAML would keep only the last): rename or remove one"
+                        f"{file}:{key.start_mark.line + 1}: {key.value!r} is given twice in one mapping (first at "
+                        f"line {before.start_mark.line + 1}{spelled}; YAML would keep only the last): rename or "
+                        "remove one"
                     )
-                first[key.tag, key.value] = line
+                first[value] = key
     if isinstance(node, yaml.MappingNode | yaml.SequenceNode):
         for child in node.value:
             for sub in child if isinstance(node, yaml.MappingNode) else (child,):
-                _refuse_duplicate_keys(file, sub, seen)
+                _refuse_duplicate_keys(file, loader, sub, seen)
+
+
+def _refuse_non_string_names(file: Path, loader: yaml.SafeLoader, root: yaml.Node) -> None:
+    """Refuse a corpus name YAML reads as something else than a string (``no:`` is False, ``10:`` a number)."""
+    for key, value in root.value if isinstance(root, yaml.MappingNode) else []:
+        if key.value != "corpora" or not isinstance(value, yaml.MappingNode):
+            continue
+        for name, _ in value.value:
+            if isinstance(name, yaml.ScalarNode) and name.tag != "tag:yaml.org,2002:merge":
+                read = loader.construct_object(name)
+                if not isinstance(read, str):
+                    raise CorpusConfigError(
+                        f"{file}:{name.start_mark.line + 1}: corpus name {name.value!r} is read by YAML as "
+                        f"{read!r}, not a name: quote it ('{name.value}':)"
+                    )
 
 
 def _refuse_shared(file: Path, corpora: dict[str, CorpusConfig], what: str, key: Any, why: str) -> None:

@@ -28,6 +28,7 @@ from assets.tables import (
     table_to_chunks,
 )
 from retrieval.documents import InputProblem, covered_by
+from retrieval.errors import UnsafeDeleteError
 from retrieval.indexer import named
 from retrieval.store import QdrantStore, SchemaMismatchError
 
@@ -124,16 +125,19 @@ def qdrant_index(
         release_read_buffers()
         published = indexer.store.current_version()
         kept_points = _kept_points(indexer.store, chunk_list, skipped) if skipped and published is not None else 0
-        report = indexer.sync(  # an UnsafeDeleteError fails the step with its message (fails_clearly)
-            chunk_list,
-            vectors=vectors,
-            prune=True,
-            allow_delete=config.allow_delete,
-            skipped=skipped,
-            progress=False,
-            rebuild=rebuilt != "no",
-            publish=False,
-        )
+        try:
+            report = indexer.sync(
+                chunk_list,
+                vectors=vectors,
+                prune=True,
+                allow_delete=config.allow_delete,
+                skipped=skipped,
+                progress=False,
+                rebuild=rebuilt != "no",
+                publish=False,
+            )
+        except UnsafeDeleteError as exc:  # fails the step with its message (fails_clearly), and the format's
+            raise UnsafeDeleteError(f"{exc}{corpus.detected_format_note()}") from exc
         points = report.points
         published = report.published_before  # read under the write lock: another writer may have published meanwhile
         location = indexer.store.pinned(report.version or 0).location

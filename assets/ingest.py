@@ -54,20 +54,25 @@ def raw_documents(
         else:  # the source itself: no policy reads it
             advice = "cannot read its source ({}); fix the source, or its entry in the corpora file (source, format)"
         raise dg.Failure(
-            description=f"corpus {corpus.name!r}: " + advice.format(exc),
+            description=f"corpus {corpus.name!r}: " + advice.format(exc) + corpus.detected_format_note(),
             metadata={"source": str(source), "policy": policy.value},
         ) from exc
     table = documents_to_table(docs, report.skipped)  # qdrant_index keeps what is stored for them
     seconds = time.perf_counter() - started
     for problem in report.skipped:
         context.log.warning(f"skipped {problem}")
-    context.log.info(f"{corpus.name}: {len(docs)} documents read from {source}, {report.skipped_count} skipped")
+    detected = "" if corpus.format else " (detected: the entry sets no format)"
+    context.log.info(
+        f"{corpus.name}: {len(docs)} documents read from {source} as format {fmt.value!r}{detected}, "
+        f"{report.skipped_count} skipped"
+    )
     return dg.Output(
         table,
         metadata={
             "corpus": corpus.name,
             "source": dg.MetadataValue.path(str(source)),
             "format": fmt.value,
+            "format_detected": corpus.format is None,
             "documents": dg.MetadataValue.int(len(docs)),
             "skipped": dg.MetadataValue.int(report.skipped_count),
             "skipped_reasons": listing([str(p) for p in report.skipped]),

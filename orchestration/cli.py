@@ -878,10 +878,13 @@ def restore(
     """Restore a collection from a snapshot as a new version, verified first; readers switch to it atomically."""
     from retrieval import RetrievalStack
     from retrieval.errors import InvalidArgumentError
+    from retrieval.store.snapshots import check_snapshot, snapshot_collection
     from retrieval.store.snapshots import restore as recover
-    from retrieval.store.snapshots import snapshot_collection
 
-    recorded = snapshot_collection(source, server=_settings().qdrant_url is not None)
+    server = _settings(collection=collection).qdrant_url is not None  # -c overrides the default collection
+    if not server:
+        check_snapshot(source)  # a mistyped path is said to be one before anything else
+    recorded = snapshot_collection(source, server=server)
     if collection is None and recorded is None:
         raise InvalidArgumentError(
             f"{source} does not record the collection it was taken of (a snapshot of an earlier release, or a renamed "

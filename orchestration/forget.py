@@ -34,8 +34,9 @@ class CorpusLeftovers:
 
 
 def check_removable(corpus: str, collection: str, *, keep_collection: bool = False) -> None:
-    """Refuse a name no corpus can have, a corpus the corpora file still configures for another collection, and
-    (unless ``keep_collection``) dropping a collection the corpora file gives another corpus (a renamed one)."""
+    """Refuse a name no corpus can have, a corpus the corpora file still configures for another collection (with
+    ``keep_collection``: at all, the option being for a removed or renamed corpus' old name), and (unless
+    ``keep_collection``) dropping a collection the corpora file gives another corpus (a renamed one)."""
     check_corpus_name(corpus)
     try:
         corpora = load_corpora()
@@ -46,6 +47,12 @@ def check_removable(corpus: str, collection: str, *, keep_collection: bool = Fal
         raise CorpusConfigError(
             f"corpus {corpus!r} indexes collection {configured[corpus].collection!r}, not {collection!r}: "
             "nothing was changed"
+        )
+    if keep_collection and corpus in configured:
+        assert corpora is not None
+        raise CorpusConfigError(
+            f"corpus {corpus!r} is still configured in {corpora.path}: --keep-collection forgets an old corpus name "
+            "(removed or renamed); remove it from the corpora file first. Nothing was changed"
         )
     users = [c.name for c in configured.values() if c.collection == collection and c.name != corpus]
     if users and not keep_collection:

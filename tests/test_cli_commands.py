@@ -213,7 +213,7 @@ def test_unknown_model_names_the_setting(cli_in, monkeypatch):
     assert "cannot load dense model 'no-such-org/no-such-model'" in last and "HYBRID_RAG_DENSE_MODEL" in last
 
 
-def test_delete_collections_snapshot_and_restore(cli_in, kb):
+def test_delete_collections_snapshot_and_restore(cli_in, kb, monkeypatch):
     cli_in("index", "kb.jsonl", "-c", "work")
     listing = {row["collection"]: row for row in json.loads(cli_in("collections", "--json"))}
     assert listing["work"] == {
@@ -240,6 +240,10 @@ def test_delete_collections_snapshot_and_restore(cli_in, kb):
     assert points(kb, "work") == N and points(kb, "work", "valve") == 1
     cli_in("restore", str(snap), "-c", "copy")  # a snapshot also seeds a new collection
     assert points(kb, "copy") == N
+    out = cli_in("restore", str(kb / "snaps" / "wrok-1"), code=2)  # a mistyped path is said to be one
+    assert "no snapshot at" in out and "does not exist" in out and "--collection" not in out, out
+    monkeypatch.setenv("HYBRID_RAG_COLLECTION", "stale__v1")  # an invalid default: -c overrides it
+    assert f"{N} points" in cli_in("restore", str(snap), "-c", "copy2")
 
 
 def test_delete_exits_1_when_an_id_is_not_there_and_refuses_a_blank_id(cli_in, kb):

@@ -74,6 +74,25 @@ def test_asset_refuses_to_wipe_the_index_unless_configured(tmp_path: Path) -> No
 
 
 @pytest.mark.slow
+def test_a_refused_run_of_an_entry_without_format_names_the_detected_format(tmp_path: Path) -> None:
+    """A docs folder (no ``format:``) that receives a ``corpus.jsonl`` is read as BEIR from then on: the size guard
+    refuses, and the failure says why the source now looks so small."""
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    for doc in TINY_DOCS[:4]:
+        (drop / f"{doc.id}.md").write_text(f"# {doc.title}\n{doc.text}")
+    materialize, points = _pipeline(tmp_path, f"    source: {drop}\n")
+    assert materialize().success and points() == 4
+    (drop / "corpus.jsonl").write_text('{"_id": "x", "title": "t", "text": "a synced export"}\n')
+    refused = materialize()
+    assert not refused.success and points() == 4
+    error = str(next(e for e in refused.all_events if e.event_type_value == "STEP_FAILURE").step_failure_data.error)
+    assert (
+        "refusing to delete" in error and "the entry sets no format: its source is detected as format 'beir'" in error
+    )
+
+
+@pytest.mark.slow
 def test_sync_keeps_the_documents_below_a_broken_folder_link(tmp_path: Path) -> None:
     docs, share = tmp_path / "docs", tmp_path / "share"
     docs.mkdir(), share.mkdir()

@@ -183,6 +183,24 @@ def test_a_corpus_configured_twice_is_refused_naming_both_lines(tmp_path: Path) 
     file.write_text("corpora:\n  a:\n    source: x\n    source: y\n")  # inside an entry too
     with pytest.raises(CorpusConfigError, match=re.escape(f"{file}:4: 'source' is given twice")):
         load_corpora(file)
+    file.write_text("corpora:\n  '10': {source: x}\n  a: {source: y, on: 1,\n    yes: 2}\n")  # one key: True
+    with pytest.raises(CorpusConfigError, match=re.escape(f"{file}:4: 'yes' is given twice")) as raised:
+        load_corpora(file)
+    assert "(first at line 3 as 'on', YAML reads both as True;" in str(raised.value)
+
+
+@pytest.mark.parametrize(("key", "read"), [("on", "True"), ("no", "False"), ("10", "10"), ("0x0a", "10")])
+def test_a_corpus_name_yaml_reads_as_no_string_is_refused(tmp_path: Path, key: str, read: str) -> None:
+    """``no:`` (Norway) would become corpus 'False', ``on:`` and ``yes:`` one corpus 'True'."""
+    file = tmp_path / "corpora.yaml"
+    file.write_text(f"corpora:\n  a: {{source: x}}\n  {key}: {{source: y}}\n")
+    with pytest.raises(CorpusConfigError) as raised:
+        load_corpora(file)
+    assert str(raised.value) == (
+        f"{file}:3: corpus name {key!r} is read by YAML as {read}, not a name: quote it ('{key}':)"
+    )
+    file.write_text(f"corpora:\n  a: {{source: x}}\n  '{key}': {{source: y}}\n")
+    assert set(load_corpora(file).corpora) == {"a", key}
 
 
 def test_unknown_top_level_keys_are_refused_and_x_keys_hold_anchors(tmp_path: Path) -> None:

@@ -276,6 +276,9 @@ def test_drop_corpus_refuses_a_collection_a_renamed_corpus_still_indexes(
 
     code, out = drop("edge", "test", "--keep-collection", "--yes")
     assert code == 2 and "needs --corpus" in out and physical("edge", tmp_path) == before
+    code, out = drop("edge", "test", "--corpus", "handbook", "--keep-collection", "--yes")  # the live name, by mistake
+    assert code == 2 and "corpus 'handbook' is still configured in" in out and "Nothing was changed" in out, out
+    assert all(p.exists() for p in live) and set(history.records()["collection"]) == {"handbook"}
 
 
 def test_drop_corpus_keeps_the_name_s_history_rows_of_other_collections(

@@ -174,6 +174,21 @@ def snapshot_collection(source: str | Path, *, server: bool = False) -> str | No
     return recorded if isinstance(recorded, str) and recorded else None
 
 
+def check_snapshot(source: str | Path) -> None:
+    """Refuse (StoreError) a path that is not a snapshot of the embedded engine: one that does not exist, an
+    unfinished one, or a folder without the engine's files."""
+    source = Path(source)
+    if not source.exists():
+        raise StoreError(f"no snapshot at {source}: the path does not exist")
+    if source.name.endswith(PARTIAL):
+        raise StoreError(
+            f"{source} is not a snapshot: an unfinished one (a snapshot that was stopped), to delete; "
+            "restore another snapshot"
+        )
+    if not (source / SCHEMA_FILE).is_file() or not (source / SHARD_DIR).is_dir():
+        raise StoreError(f"{source} is not a snapshot of the embedded engine (no {SCHEMA_FILE} and {SHARD_DIR}/)")
+
+
 class Restored(NamedTuple):
     """What a restore did: the restored point count, where the collection's previous models were set aside, and
     whether the collection already was that snapshot (restored before, not written since: nothing was done)."""
@@ -245,13 +260,7 @@ def _restore(
             raise StoreError(f"{store.location} does not support snapshots ({exc})") from exc
     elif isinstance(store, EdgeStore):
         source = Path(source)
-        if source.name.endswith(PARTIAL):
-            raise StoreError(
-                f"{source} is not a snapshot: an unfinished one (a snapshot that was stopped), to delete; "
-                "restore another snapshot"
-            )
-        if not (source / SCHEMA_FILE).is_file() or not (source / SHARD_DIR).is_dir():
-            raise StoreError(f"{source} is not a snapshot of the embedded engine (no {SCHEMA_FILE} and {SHARD_DIR}/)")
+        check_snapshot(source)
         manifest = _manifest(source)
         directory = store.root / version_name(store.collection, target.version)
         shutil.rmtree(directory, ignore_errors=True)
