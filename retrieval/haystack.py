@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from haystack import Document, component
@@ -50,7 +49,7 @@ class HaystackRetriever:
     async def run_async(
         self, query: str, top_k: int | None = None, filters: dict[str, Any] | None = None
     ) -> dict[str, Any]:
-        hits = await asyncio.to_thread(self.retriever.search, query, *self._arguments(top_k, filters))
+        hits = await self.retriever.asearch(query, *self._arguments(top_k, filters))
         return {"documents": [_to_document(h) for h in hits]}
 
     def to_dict(self) -> dict[str, Any]:

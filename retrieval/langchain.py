@@ -6,7 +6,6 @@ defaults of every call, and ``invoke(query, k=3, filter={...})`` overrides them 
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from langchain_core.callbacks import AsyncCallbackManagerForRetrieverRun, CallbackManagerForRetrieverRun
@@ -44,7 +43,7 @@ class LangChainRetriever(BaseRetriever):
         self, query: str, *, run_manager: AsyncCallbackManagerForRetrieverRun, **kwargs: Any
     ) -> list[LCDocument]:
         search_kwargs = _shown(self.search_kwargs | _checked(kwargs))
-        hits = await asyncio.to_thread(lambda: self.retriever.search(query, **search_kwargs))
+        hits = await self.retriever.asearch(query, **search_kwargs)
         return [_to_document(h) for h in hits]
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from llama_index.core.retrievers import BaseRetriever
@@ -33,9 +32,7 @@ class LlamaIndexRetriever(BaseRetriever):
         return [_to_node(h) for h in hits]
 
     async def _aretrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
-        hits = await asyncio.to_thread(
-            self.retriever.search, query_bundle.query_str, self.k, shown_filter(self.filter), self.rerank
-        )
+        hits = await self.retriever.asearch(query_bundle.query_str, self.k, shown_filter(self.filter), self.rerank)
         return [_to_node(h) for h in hits]
 
 

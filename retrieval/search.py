@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import numbers
@@ -207,6 +208,18 @@ class HybridRetriever:
                 recorded,
                 self._sparse.analyzer,
             )
+
+    async def asearch(self, *args: Any, **kwargs: Any) -> list[Hit]:
+        """:meth:`search` in a worker thread, for event loops (the async adapters await it); afterwards the
+        awaiting thread's :attr:`last_timings` are this search's."""
+
+        def run() -> tuple[list[Hit], dict[str, float]]:
+            hits = self.search(*args, **kwargs)
+            return hits, dict(self._timings.last)
+
+        hits, timings = await asyncio.to_thread(run)
+        self._timings.last = timings
+        return hits
 
     def search(
         self,

@@ -54,3 +54,14 @@ def test_async_matches_sync(lc_retriever):
     lexical, semantic = asyncio.run(run())
     assert [d.id for d in lexical] == [d.id for d in lc_retriever.invoke(LEXICAL_QUERY[0])]
     assert semantic[0].metadata["doc_id"] == SEMANTIC_QUERY[1]
+
+
+def test_ainvoke_leaves_its_search_timings_to_the_awaiting_thread(lc_retriever):
+    """``last_timings`` is per thread and the async adapters search in a worker thread: after ``ainvoke`` the
+    caller reads that search's timings, not its own previous search's."""
+    retriever = lc_retriever.retriever
+    retriever.search(LEXICAL_QUERY[0], variant="sparse")
+    before = retriever.last_timings
+    asyncio.run(lc_retriever.ainvoke(SEMANTIC_QUERY[0]))
+    assert retriever.last_timings is not before and retriever.last_timings != before
+    assert {"open_s", "encode_s", "qdrant_s"} <= retriever.last_timings.keys()
