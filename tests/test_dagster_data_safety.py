@@ -56,12 +56,18 @@ def _pipeline(tmp_path: Path, corpus: str) -> tuple[Callable[..., dg.ExecuteInJo
     return materialize, points
 
 
-@pytest.mark.slow
-def test_asset_refuses_to_wipe_the_index_unless_configured(tmp_path: Path) -> None:
+def _docs_folder(tmp_path: Path) -> Path:
+    """A docs folder ``drop`` holding the first four tiny documents as Markdown files."""
     drop = tmp_path / "drop"
     drop.mkdir()
     for doc in TINY_DOCS[:4]:
         (drop / f"{doc.id}.md").write_text(f"# {doc.title}\n{doc.text}")
+    return drop
+
+
+@pytest.mark.slow
+def test_asset_refuses_to_wipe_the_index_unless_configured(tmp_path: Path) -> None:
+    drop = _docs_folder(tmp_path)
     materialize, points = _pipeline(tmp_path, f"    source: {drop}\n    format: dir\n")
     assert materialize().success and points() == 4
     for doc in TINY_DOCS[1:4]:
@@ -77,10 +83,7 @@ def test_asset_refuses_to_wipe_the_index_unless_configured(tmp_path: Path) -> No
 def test_a_refused_run_of_an_entry_without_format_names_the_detected_format(tmp_path: Path) -> None:
     """A docs folder (no ``format:``) that receives a ``corpus.jsonl`` is read as BEIR from then on: the size guard
     refuses, and the failure says why the source now looks so small."""
-    drop = tmp_path / "drop"
-    drop.mkdir()
-    for doc in TINY_DOCS[:4]:
-        (drop / f"{doc.id}.md").write_text(f"# {doc.title}\n{doc.text}")
+    drop = _docs_folder(tmp_path)
     materialize, points = _pipeline(tmp_path, f"    source: {drop}\n")
     assert materialize().success and points() == 4
     (drop / "corpus.jsonl").write_text('{"_id": "x", "title": "t", "text": "a synced export"}\n')

@@ -125,6 +125,22 @@ def test_model_changes_through_dagster_publish(tmp_path: Path, tiny_splade_dir: 
     assert "no evaluation of it on these 5 queries" in description
 
 
+def _published(tmp_path: Path, name: str) -> tuple:
+    """A gated sandbox whose corpus ``name`` was built by the whole job and its version published: (sandbox,
+    resources)."""
+    from retrieval.store import EdgeStore
+    from tests.test_dagster_versions import STEPS, gated_sandbox, materialize
+
+    sandbox, resources, _ = gated_sandbox(tmp_path, name)
+    sandbox.home.mkdir(parents=True)
+    result, failure = materialize(sandbox, resources, *STEPS)
+    assert result.success, failure
+    store = EdgeStore(tmp_path / "index", name)
+    store.publish(store.pinned(sandbox.metadata("qdrant_index")["version"]))
+    store.close()
+    return sandbox, resources
+
+
 @pytest.mark.slow  # two Dagster runs
 def test_the_asset_rebuilds_an_earlier_releases_bm25_terms_and_says_so(tmp_path: Path) -> None:
     """A collection whose BM25 terms an earlier release made (it records no analyzer): the CLI keeps them, but the
@@ -135,16 +151,9 @@ def test_the_asset_rebuilds_an_earlier_releases_bm25_terms_and_says_so(tmp_path:
 
     import dagster as dg
 
-    from retrieval.store import EdgeStore
-    from tests.test_dagster_versions import STEPS, gated_sandbox, materialize
+    from tests.test_dagster_versions import STEPS, materialize
 
-    sandbox, resources, _ = gated_sandbox(tmp_path, "legacy")
-    sandbox.home.mkdir(parents=True)
-    result, failure = materialize(sandbox, resources, *STEPS)
-    assert result.success, failure
-    store = EdgeStore(tmp_path / "index", "legacy")
-    store.publish(store.pinned(sandbox.metadata("qdrant_index")["version"]))
-    store.close()
+    sandbox, resources = _published(tmp_path, "legacy")
     [schema] = (tmp_path / "index").glob("legacy__v*/schema.json")
     record = json.loads(schema.read_text())
     del record["bm25_analyzer"]
@@ -173,15 +182,9 @@ def test_qdrant_index_refuses_vector_tables_made_with_other_settings(tmp_path: P
     from assets.tables import table_to_chunks
     from retrieval.encoders import Bm25Encoder
     from retrieval.store import EdgeStore
-    from tests.test_dagster_versions import STEPS, gated_sandbox, materialize
+    from tests.test_dagster_versions import materialize
 
-    sandbox, resources, _ = gated_sandbox(tmp_path, "stale")
-    sandbox.home.mkdir(parents=True)
-    result, failure = materialize(sandbox, resources, *STEPS)
-    assert result.success, failure
-    store = EdgeStore(tmp_path / "index", "stale")
-    store.publish(store.pinned(sandbox.metadata("qdrant_index")["version"]))
-    store.close()
+    sandbox, resources = _published(tmp_path, "stale")
 
     def changed(**settings: object) -> dict:
         root = {"qdrant_path": str(tmp_path / "index"), "cache_dir": str(tmp_path / "cache")}

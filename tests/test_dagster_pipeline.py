@@ -65,6 +65,22 @@ class Sandbox:
         assert records, f"no materialization of {asset}"
         return {k: getattr(v, "value", v) for k, v in records[0].asset_materialization.metadata.items()}
 
+    def evaluate(self, config: dict) -> dg.ExecuteInProcessResult:
+        """Materialize only the sample partition's ``retrieval_evaluation`` with this op ``config``; it must succeed."""
+        from assets import retrieval_evaluation
+
+        with dg.DagsterInstance.from_config(str(self.home)) as instance:
+            result = dg.materialize(
+                [retrieval_evaluation],
+                partition_key=CORPUS,
+                resources=self.resources(),
+                instance=instance,
+                run_config={"ops": {"retrieval_evaluation": {"config": config}}},
+                raise_on_error=False,
+            )
+        assert result.success
+        return result
+
 
 @pytest.fixture(scope="session")
 def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Sandbox:
@@ -384,18 +400,9 @@ def test_an_unchanged_evaluation_follows_the_run_config_and_checks_of_variants_n
 ) -> None:
     """sample_queries changes what the evaluation shows: evaluated again, not the previous table. With variants:
     [hybrid] the warning checks have nothing to compare: they pass, saying so (they fail only on a loss)."""
-    from assets import retrieval_evaluation
 
     def evaluate(config: dict) -> tuple[dict, dict]:
-        with dg.DagsterInstance.from_config(str(sandbox.home)) as instance:
-            result = dg.materialize(
-                [retrieval_evaluation],
-                partition_key=CORPUS,
-                resources=sandbox.resources(),
-                instance=instance,
-                run_config={"ops": {"retrieval_evaluation": {"config": config}}},
-            )
-        assert result.success
+        result = sandbox.evaluate(config)
         checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
         return sandbox.metadata("retrieval_evaluation"), checks
 
@@ -570,7 +577,6 @@ def test_a_collection_dropped_and_rebuilt_from_other_documents_is_evaluated_agai
     as unchanged, and the two history rows say what each searched."""
     from typer.testing import CliRunner
 
-    from assets import retrieval_evaluation
     from orchestration.cli import app
     from tests.conftest import TINY_DOCS
 
@@ -580,23 +586,13 @@ def test_a_collection_dropped_and_rebuilt_from_other_documents_is_evaluated_agai
     monkeypatch.setenv("HYBRID_RAG_CACHE_DIR", sandbox.retrieval.cache_dir)
     distractors = "".join(json.dumps({"_id": d.id, "text": d.text}) + "\n" for d in TINY_DOCS)
     (tmp_path / "plus.jsonl").write_text(sample_collection().corpus_path.read_text() + distractors)
-    hybrid = {"ops": {"retrieval_evaluation": {"config": {"variants": ["hybrid"]}}}}
 
     def cli(*args: str) -> None:
         result = CliRunner().invoke(app, list(args))
         assert result.exit_code == 0, result.output
 
     def evaluate() -> dict:
-        with dg.DagsterInstance.from_config(str(sandbox.home)) as instance:
-            result = dg.materialize(
-                [retrieval_evaluation],
-                partition_key=CORPUS,
-                resources=sandbox.resources(),
-                instance=instance,
-                run_config=hybrid,
-                raise_on_error=False,
-            )
-        assert result.success
+        sandbox.evaluate({"variants": ["hybrid"]})
         return sandbox.metadata("retrieval_evaluation")
 
     cli("index", str(sample_collection().corpus_path), "-c", CORPUS)
