@@ -13,15 +13,15 @@ from typing import Any
 import dagster as dg
 
 from assets import ALL_ASSETS, CORPORA, query_encoder
-from assets.resources import DEFAULT_ASSETS_DIR, CorporaResource, EvalHistoryResource, RetrievalResource
+from assets.resources import CorporaResource, EvalHistoryResource, RetrievalResource
 from evals.history import DEFAULT_HISTORY, HISTORY_ENV
 from orchestration.jobs import adapt_job, evaluate_job, reindex_job
 from orchestration.orphaned_runs import in_process_heartbeat_executor, orphaned_runs_sensor
-from orchestration.parquet_io import ParquetIOManager
+from orchestration.parquet_io import ASSETS_DIR_ENV, ParquetIOManager, assets_dir
 from orchestration.schedules import daily_evaluation, nightly_reindex
 from orchestration.sensors import build_drop_folder_sensor
 
-ASSETS_DIR_ENV = "HYBRID_RAG_ASSETS_DIR"
+__all__ = ["ASSETS_DIR_ENV", "default_resources", "defs"]
 
 
 def _env_or(var: str, default: str) -> str | dg.EnvVar:
@@ -29,12 +29,13 @@ def _env_or(var: str, default: str) -> str | dg.EnvVar:
 
 
 def default_resources(**overrides: Any) -> dict[str, Any]:
-    """The resources of a run; paths and Qdrant settings come from the environment when set."""
+    """The resources of a run; paths and Qdrant settings come from the environment when set (the assets' folder
+    made absolute now: a relative one means the folder under the working directory these resources are built in)."""
     resources: dict[str, Any] = {
         "retrieval": RetrievalResource.from_env(),
         "corpora": CorporaResource(),
         "eval_history": EvalHistoryResource(path=_env_or(HISTORY_ENV, DEFAULT_HISTORY)),
-        "io_manager": ParquetIOManager(base_dir=_env_or(ASSETS_DIR_ENV, DEFAULT_ASSETS_DIR)),
+        "io_manager": ParquetIOManager(base_dir=str(assets_dir())),
     }
     return {**resources, **overrides}
 

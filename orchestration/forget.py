@@ -6,15 +6,13 @@ corpus completely")."""
 from __future__ import annotations
 
 import contextlib
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from assets.corpora import CorpusConfigError, check_corpus_name, load_corpora
 from assets.evaluation import legacy_report_files, report_files, reports_dir
-from assets.resources import DEFAULT_ASSETS_DIR
 from evals.history import EvalHistory
-from orchestration.definitions import ASSETS_DIR_ENV
+from orchestration.parquet_io import assets_dir
 
 
 @dataclass
@@ -70,7 +68,7 @@ def find_leftovers(corpus: str, collection: str, history_path: Path) -> CorpusLe
     names no searched collection too), with their splits' reports (an earlier release's names too, when no other
     corpus can have written them)."""
     found = CorpusLeftovers(corpus)
-    assets = Path(os.environ.get(ASSETS_DIR_ENV) or DEFAULT_ASSETS_DIR).expanduser()
+    assets = assets_dir()
     found.tables = sorted(p for p in assets.glob(f"*/{corpus}.parquet") if p.is_file())
     if history_path.is_file():
         found.history = EvalHistory(history_path, create=False)

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import dagster as dg
+import pyarrow as pa
 import pytest
 import yaml
 
@@ -409,3 +410,56 @@ def test_docker_image_installs_with_the_constraints_and_a_small_build_context() 
     for src in copied:  # every source the image needs exists and is in the build context
         assert any(ROOT.glob(src)), src
         assert not any(src == p or src.startswith(p.rstrip("/") + "/") for p in ignored), src
+
+
+def test_the_assets_folder_is_resolved_once_when_the_resources_are_built(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A relative HYBRID_RAG_ASSETS_DIR means the folder under the directory the resources were built in, however
+    the process changes directory afterwards (before the run, or between a table's write and its read)."""
+    from orchestration.definitions import default_resources
+
+    built_in, run_in, moved_to = (tmp_path / name for name in ("built", "run", "moved"))
+    for folder in (built_in, run_in, moved_to):
+        folder.mkdir()
+    monkeypatch.setenv("HYBRID_RAG_ASSETS_DIR", "assets")
+    monkeypatch.chdir(built_in)
+    io_manager = default_resources()["io_manager"]
+    monkeypatch.chdir(run_in)
+
+    @dg.asset
+    def table() -> pa.Table:
+        os.chdir(moved_to)  # a library changing directory mid-run
+        return pa.table({"x": [1, 2]})
+
+    @dg.asset
+    def total(table: pa.Table) -> pa.Table:
+        return pa.table({"total": [sum(table["x"].to_pylist())]})
+
+    result = dg.materialize([table, total], resources={"io_manager": io_manager})
+    assert result.success
+    assert {p.relative_to(built_in).as_posix() for p in built_in.rglob("*.parquet")} == {
+        "assets/table/__unpartitioned__.parquet",
+        "assets/total/__unpartitioned__.parquet",
+    }
+    assert not any(p.name.endswith(".parquet") for folder in (run_in, moved_to) for p in folder.rglob("*"))
+
+
+def test_an_assets_folder_that_is_a_file_fails_the_run_naming_it_and_the_setting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from orchestration.definitions import default_resources
+
+    taken = tmp_path / "assets"
+    taken.write_text("not a folder")
+    monkeypatch.setenv("HYBRID_RAG_ASSETS_DIR", str(taken))
+
+    @dg.asset
+    def table() -> pa.Table:
+        return pa.table({"x": [1]})
+
+    with pytest.raises(Exception) as failed:
+        dg.materialize([table], resources={"io_manager": default_resources()["io_manager"]})
+    message = f"{taken}: the assets folder (io_manager base_dir, HYBRID_RAG_ASSETS_DIR) is not usable: a file, not a"
+    assert message in str(failed.value) or message in str(failed.value.__cause__)
+    assert taken.read_text() == "not a folder"
