@@ -36,7 +36,7 @@ def dense_vectors(
     embedded = count - reused
     context.log.info(f"dense {dense.model_name}: {embedded} chunks embedded, {reused} reused from the cache")
     return dg.Output(
-        dense_to_table(ids_and_hashes(chunks), matrix, dense.model_name, dense.cache_key),
+        dense_to_table(ids_and_hashes(chunks), matrix, dense.model_name, dense.cache_key, dense.cache_details),
         metadata={
             "model": dense.model_name,
             "dimension": dg.MetadataValue.int(dense.dimension),

@@ -23,6 +23,7 @@ from assets.tables import (
     same_rows,
     stale_rows,
     table_encoder,
+    table_encoder_details,
     table_model,
     table_skipped,
     table_to_chunks,
@@ -38,6 +39,12 @@ STAGED_BY = "staged_by_run"  # metadata key: the run that staged that version ("
 INDEX_KEY = dg.AssetKey("qdrant_index")
 # What a vector table's encoder identity (its cache_key, recorded in the table) covers besides the model's name
 DENSE_SETTINGS = "the dense model's content, DENSE_BACKEND, DENSE_DOCUMENT_PROMPT or its token limit"
+DENSE_DETAILS = (  # the encoder's cache_details key, what it is, whether its values mean something to a user
+    ("backend", "DENSE_BACKEND", True),
+    ("prompt", "DENSE_DOCUMENT_PROMPT", True),
+    ("max_tokens", "the dense model's token limit", True),
+    ("fingerprint", "the dense model's content changed", False),
+)
 SPARSE_SETTINGS = "BM25_K1, BM25_B, BM25_AVG_LEN or the BM25 analyzer (BM25_TOKENIZER)"
 
 
@@ -95,21 +102,20 @@ def qdrant_index(
             ("dense_vectors", dense_vectors, indexer.dense.model_name, indexer.dense, DENSE_SETTINGS),
             ("sparse_vectors", sparse_vectors, indexer.sparse.name, indexer.sparse, SPARSE_SETTINGS),
         ):
+            remake = (
+                f"materialize {name} again, then qdrant_index, or the whole job: hybrid-rag run --corpus {corpus.name}"
+            )
             if table_model(table) != model:
-                raise dg.Failure(
-                    f"{name} was made with {table_model(table)!r} but settings say {model!r}: materialize {name} again"
-                )
+                raise dg.Failure(f"{name} was made with {table_model(table)!r} but settings say {model!r}: {remake}")
             made = table_encoder(table)
             if made != encoder.cache_key:  # its vectors would be stored under settings they were not made with
                 why = (
-                    f"encoder {made}, this run's {encoder.cache_key}: {settings} differ"
+                    _changed(table_encoder_details(table), getattr(encoder, "cache_details", None))
+                    or f"encoder {made}, this run's {encoder.cache_key}: {settings} differ"
                     if made
                     else "written by an earlier release, which did not record them"
                 )
-                raise dg.Failure(
-                    f"{name} was made with other settings than this run's ({why}): materialize {name} again, "
-                    "then qdrant_index"
-                )
+                raise dg.Failure(f"{name} was made with other settings than this run's ({why}): {remake}")
         try:
             indexer.store.check_schema(indexer.schema(), missing_ok=True, write=True)
         except SchemaMismatchError as exc:
@@ -176,6 +182,20 @@ def qdrant_index(
         },
         check_results=[check],
     )
+
+
+def _changed(made: dict | None, now: dict | None) -> str | None:
+    """The dense settings a vector table was made with that differ from this run's (None: not recorded, or none of
+    them differs, e.g. the ONNX export recipe did). A backend's vectors are its own (torch and onnx agree within
+    2e-7, not bit for bit): the embedding cache keeps them apart, and so does ``qdrant_index``."""
+    if not made or not now:
+        return None
+    changed = [
+        f"{label} {made.get(key)!r}, this run's {now.get(key)!r}" if shown else label
+        for key, label, shown in DENSE_DETAILS
+        if made.get(key) != now.get(key)
+    ]
+    return "; ".join(changed) or None
 
 
 def point_count_check(collection: str, version: int, points: int, chunks: int, kept: int) -> dg.AssetCheckResult:

@@ -42,6 +42,7 @@ CHUNKS = pa.schema(
 )
 MODEL_KEY = b"hybrid_rag.model"  # a vector table's model; a chunks table's tokenizer (the dense model's)
 ENCODER_KEY = b"hybrid_rag.encoder"  # a vector table's encoder identity: its ``cache_key`` (model and settings)
+DETAILS_KEY = b"hybrid_rag.encoder_details"  # what that identity stands for (JSON: backend, prompt...), where known
 SKIPPED_KEY = b"hybrid_rag.skipped"  # the records the reader skipped as bad input (JSON), passed on to chunks
 BATCH_ROWS = 8_192  # rows turned into Python objects (or encoded) at a time
 Source = pa.Table | pq.ParquetFile  # an asset input: loaded whole, or opened lazily (see ParquetIOManager)
@@ -196,14 +197,20 @@ def in_document_order(table: pa.Table, doc_ids: Sequence[str]) -> pa.Table:
     return table.take(pc.sort_indices(keys, sort_keys=[("rank", "ascending"), ("chunk_index", "ascending")]))
 
 
-def dense_to_table(chunks: pa.Table, vectors: np.ndarray, model: str, encoder: str) -> pa.Table:
+def dense_to_table(
+    chunks: pa.Table, vectors: np.ndarray, model: str, encoder: str, details: dict | None = None
+) -> pa.Table:
     """``chunk_id``, ``content_hash`` and ``vector`` as ``fixed_size_list<float32>[dim]``; the schema metadata
-    records ``model`` and ``encoder``, the encoder's ``cache_key`` (read by :func:`table_encoder`)."""
+    records ``model`` and ``encoder``, the encoder's ``cache_key`` (read by :func:`table_encoder`), and ``details``,
+    what that key stands for (read by :func:`table_encoder_details`)."""
     matrix = np.ascontiguousarray(vectors, dtype=np.float32)
     dim = int(matrix.shape[1])
     vector = pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1), type=pa.float32()), dim)
     table = pa.table({"chunk_id": chunks["chunk_id"], "content_hash": chunks["content_hash"], "vector": vector})
-    return table.replace_schema_metadata({MODEL_KEY: model.encode(), ENCODER_KEY: encoder.encode()})
+    metadata = {MODEL_KEY: model.encode(), ENCODER_KEY: encoder.encode()}
+    if details is not None:
+        metadata[DETAILS_KEY] = _json(details).encode()
+    return table.replace_schema_metadata(metadata)
 
 
 def read_dense(source: Source) -> np.ndarray:
@@ -301,6 +308,13 @@ def table_encoder(table: Source) -> str | None:
     vectors (None: written by an earlier release, which did not record it)."""
     raw = (schema_of(table).metadata or {}).get(ENCODER_KEY)
     return raw.decode() if raw else None
+
+
+def table_encoder_details(table: Source) -> dict | None:
+    """What a vector table's encoder identity stands for (the dense encoder's ``cache_details``: backend, document
+    prompt, token limit, model fingerprint); None where the table does not record it."""
+    raw = (schema_of(table).metadata or {}).get(DETAILS_KEY)
+    return json.loads(raw) if raw else None
 
 
 def stale_rows(chunks: pa.Table, vectors: pa.Table) -> int:

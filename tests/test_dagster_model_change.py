@@ -242,3 +242,31 @@ def test_a_recorded_figure_stands_in_only_for_the_points_and_query_encoder_it_se
     assert figure("68:bbbb", "dense-1") == 0.7
     assert figure("60:aaaa", "dense-1") == 0.6
     assert figure("99:cccc", "dense-1") == figure(None, None) == 0.5  # only the row that records neither is left
+
+
+@pytest.mark.slow  # two Dagster runs and an ONNX export
+def test_a_dense_backend_switch_refuses_the_old_table_naming_the_backends_and_what_to_run(tmp_path: Path) -> None:
+    """DENSE_BACKEND torch -> onnx, then ``qdrant_index`` alone: its dense table holds torch's vectors (the same
+    model's, within 2e-7, but another encoder identity, as the embedding cache keys them), so it stages nothing and
+    says which setting changed and what to run: ``dense_vectors`` then ``qdrant_index``, or the whole job."""
+    pytest.importorskip("onnxruntime")
+    from retrieval.store import EdgeStore
+    from tests.test_dagster_versions import materialize
+
+    sandbox, resources = _published(tmp_path, "switched")
+    root = {"qdrant_path": str(tmp_path / "index"), "cache_dir": str(tmp_path / "cache")}
+    onnx = {**resources, "retrieval": RetrievalResource(**root, dense_backend="onnx")}
+    result, failure = materialize(sandbox, onnx, "qdrant_index")
+    assert not result.success
+    assert "dense_vectors was made with other settings than this run's (DENSE_BACKEND 'torch', this run's 'onnx')" in (
+        failure
+    ), failure
+    assert failure.endswith(
+        "materialize dense_vectors again, then qdrant_index, or the whole job: hybrid-rag run --corpus sample"
+    ), failure
+    assert not list((tmp_path / "index").glob("switched__v2*"))  # nothing staged
+    result, failure = materialize(sandbox, onnx, "dense_vectors", "qdrant_index")
+    assert result.success, failure
+    store = EdgeStore(tmp_path / "index", "switched")
+    assert store.current_version() == 1  # staged, not published
+    store.close()
