@@ -37,6 +37,7 @@ POINT_COUNT_CHECK = "index_point_count"
 STAGED_VERSION = "version"  # metadata key: the staged version this materialization wrote (or found unchanged)
 STAGED_BY = "staged_by_run"  # metadata key: the run that staged that version ("none": not known)
 INDEX_KEY = dg.AssetKey("qdrant_index")
+STAGER_LOOKBACK = 100  # qdrant_index materializations read back to find the run that staged an unchanged version
 # What a vector table's encoder identity (its cache_key, recorded in the table) covers besides the model's name
 DENSE_SETTINGS = "the dense model's content, DENSE_BACKEND, DENSE_DOCUMENT_PROMPT or its token limit"
 DENSE_DETAILS = (  # the encoder's cache_details key, what it is, whether its values mean something to a user
@@ -236,11 +237,17 @@ def _kept_points(published: QdrantStore, chunks: list, skipped: list[InputProble
 
 
 def _stager(context: dg.AssetExecutionContext, version: int | None) -> str | None:
-    """The run that staged ``version``, which this run found unchanged: the one the partition's previous
-    ``qdrant_index`` materialization names for it (None: it names another version, e.g. one published by the CLI
-    since, or there is none)."""
-    previous = latest_staged(context)  # this run's materialization is not recorded yet
-    return previous.run_id if previous is not None and previous.version == version else None
+    """The run that staged ``version``, which this run found unchanged: the one the latest of the partition's last
+    ``STAGER_LOOKBACK`` ``qdrant_index`` materializations that recorded ``version`` names (a refused staging of
+    another version may lie in between); None: none recorded it, or that one names no run (the CLI published it)."""
+    records = context.instance.fetch_materializations(  # this run's materialization is not recorded yet
+        dg.AssetRecordsFilter(asset_key=INDEX_KEY, asset_partitions=[context.partition_key]), limit=STAGER_LOOKBACK
+    ).records
+    for record in records:  # newest first
+        staged = _staged(record.asset_materialization, record.run_id, context.partition_key)
+        if staged is not None and staged[0] == version:
+            return staged[1]
+    return None
 
 
 @dataclass(frozen=True)

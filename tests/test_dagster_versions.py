@@ -596,3 +596,26 @@ def test_qdrant_index_records_the_version_published_while_it_waited_for_the_writ
     assert result.success, failure
     [index] = result.asset_materializations_for_node("qdrant_index")
     assert (index.metadata["published_version"].value, index.metadata["version"].value) == (2, 3)
+
+
+@pytest.mark.slow  # three runs of the main job
+def test_an_unchanged_run_after_a_refused_staging_names_the_run_that_staged_the_version(tmp_path: Path) -> None:
+    """Version 1 published by the first run, version 2 staged by the second and refused, then the source fixed:
+    the third run finds version 1 unchanged and names the first run as its stager (the partition's latest
+    qdrant_index materialization names version 2, so the lookup goes further back in its history)."""
+    sandbox, resources, data = gated_sandbox(tmp_path, "lookback")
+    original = (data / "corpus.jsonl").read_text()
+    first = run_main_job(PARTITION, dagster_home=sandbox.home, resources=resources, run_config=FAST)
+    assert first["published"] == 1
+    degrade(data)
+    with pytest.raises(MainJobError, match=f"check {NDCG_CHECK} failed: .* refused"):
+        run_main_job(PARTITION, dagster_home=sandbox.home, resources=resources, run_config=FAST)
+    assert sandbox.metadata("qdrant_index")["version"] == 2
+    (data / "corpus.jsonl").write_text(original)
+    run_main_job(PARTITION, dagster_home=sandbox.home, resources=resources, run_config=FAST)
+    index = sandbox.metadata("qdrant_index")
+    assert (index["version"], index["written"]) == (1, 0)  # nothing staged: the published version holds it all
+    assert index["staged_by_run"] == first["run_id"]
+    assert sandbox.metadata("published_index")["staged_by_run"] == first["run_id"]
+    assert published_version(tmp_path, "lookback") == 1
+
