@@ -7,7 +7,7 @@ this run staged; otherwise the latest staged one. Anything else fails with the r
 published version.
 """
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 import dagster as dg
 
@@ -94,18 +94,27 @@ def published_index(
 def _mark_published(
     context: dg.AssetExecutionContext, history: EvalHistory, corpus: CorpusConfig, staged: StagedVersion
 ) -> None:
-    """Mark the history rows of the published version ``staged`` as published: those the gate passed, and those of
-    the evaluation whose latest verdict let it through, with its tolerance (a version the gate refused, accepted
-    afterwards with a larger ``ndcg_drop_tolerance``: an unchanged evaluation, which appends no rows)."""
+    """Mark the history rows of the published version ``staged`` as published: those the gate passed, every one
+    recorded since the run that staged it started (another evaluation's refusal of it is superseded: readers get
+    it), and those of the evaluation whose latest verdict let it through, with its tolerance (a version the gate
+    refused, accepted afterwards with a larger ``ndcg_drop_tolerance``: an unchanged evaluation, which appends no
+    rows)."""
     record = gate_record(context, staged)
     accepted = record if record and record.get(GATE) == GATE_PASSED and REPORT in record else None
+    run = context.instance.get_run_record_by_id(staged.run_id) if staged.run_id else None
     history.mark_published(
         corpus.name,
         corpus.collection,
         staged.version,
         accepted_at=datetime.fromisoformat(accepted[REPORT]["timestamp"]) if accepted else None,
         tolerance=accepted.get(GATE_TOLERANCE) if accepted else None,
+        since=_utc(run.create_timestamp) if run is not None else None,
     )
+
+
+def _utc(when: datetime) -> datetime:
+    """``when`` as an aware datetime (Dagster's run records hold naive UTC times)."""
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 def _refusal(context: dg.AssetExecutionContext, corpus: CorpusConfig, staged: StagedVersion) -> str | None:

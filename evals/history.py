@@ -135,22 +135,23 @@ class EvalHistory:
         *,
         accepted_at: datetime | None = None,
         tolerance: float | None = None,
+        since: datetime | None = None,
     ) -> int:
         """Readers now get ``version`` of ``qdrant_collection``: the rows of ``collection`` that evaluated it while
-        it was staged (context ``published`` false, gate passed) get ``published`` true. ``accepted_at``: the
-        timestamp of the evaluation whose gate verdict let it through, judged again with ``tolerance`` (the gate's
-        ``ndcg_drop_tolerance``): its rows also get gate ``passed`` and ``gate_tolerance``, whatever verdict they
-        were recorded with (a version refused, then accepted with a larger tolerance). Returns the rows marked."""
+        it was staged (context ``published`` false, gate passed) get ``published`` true; with ``since`` (when that
+        version was staged), every row of it recorded since then, whatever its gate's verdict, which it keeps
+        (another evaluation refused it before it was accepted: the version is served all the same). ``accepted_at``:
+        the timestamp of the evaluation whose gate verdict let it through, judged again with ``tolerance`` (the
+        gate's ``ndcg_drop_tolerance``): its rows also get gate ``passed`` and ``gate_tolerance``, whatever verdict
+        they were recorded with (a version refused, then accepted with a larger tolerance). Returns the rows
+        marked."""
         where = (
             "collection = ? AND json_extract(context, '$.qdrant_collection') = ? "
             "AND json_extract(context, '$.version') = ?"
         )
+        which = "json_extract(context, '$.gate') = 'passed'" + (" OR timestamp >= ?" if since is not None else "")
+        marked = 0
         with self._connect() as conn:
-            marked = conn.execute(
-                f"UPDATE evals SET context = json_set(context, '$.published', json('true')) WHERE {where} "
-                "AND json_extract(context, '$.published') = 0 AND json_extract(context, '$.gate') = 'passed'",
-                (collection, qdrant_collection, version),
-            ).rowcount
             if accepted_at is not None:
                 marked += conn.execute(
                     "UPDATE evals SET context = json_set(context, '$.published', json('true'), '$.gate', 'passed', "
@@ -158,6 +159,11 @@ class EvalHistory:
                     "AND json_extract(context, '$.gate') IS NOT 'passed'",
                     (tolerance, collection, qdrant_collection, version, _stamp(accepted_at)),
                 ).rowcount
+            marked += conn.execute(
+                f"UPDATE evals SET context = json_set(context, '$.published', json('true')) WHERE {where} "
+                f"AND json_extract(context, '$.published') = 0 AND ({which})",
+                (collection, qdrant_collection, version, *([_stamp(since)] if since is not None else [])),
+            ).rowcount
         return marked
 
     def forget(self, ids: Iterable[int]) -> int:

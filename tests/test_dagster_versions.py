@@ -619,3 +619,33 @@ def test_an_unchanged_run_after_a_refused_staging_names_the_run_that_staged_the_
     assert sandbox.metadata("published_index")["staged_by_run"] == first["run_id"]
     assert published_version(tmp_path, "lookback") == 1
 
+
+@pytest.mark.slow  # two runs of the main job and one of the evaluation and publishing
+def test_every_evaluation_of_a_version_accepted_later_shows_it_published(tmp_path: Path) -> None:
+    """Version 2 refused by an evaluation of hybrid and dense, then accepted on purpose by another one (hybrid only,
+    another evaluation key: evaluated again): eval-report shows version 2 published in every row, the dense row of
+    the refusing evaluation too (it stayed 'refused' though readers get version 2); that evaluation keeps its own
+    verdict in its rows."""
+    sandbox, resources, data = gated_sandbox(tmp_path, "reaccepted")
+    assert run_main_job(PARTITION, dagster_home=sandbox.home, resources=resources, run_config=FAST)["published"] == 1
+    degrade(data)
+    both = {"ops": {"retrieval_evaluation": {"config": {"variants": ["hybrid", "dense"]}}}}
+    with pytest.raises(MainJobError, match=f"check {NDCG_CHECK} failed: .* refused"):
+        run_main_job(PARTITION, dagster_home=sandbox.home, resources=resources, run_config=both)
+    accept = {"ops": {"retrieval_evaluation": {"config": {"variants": ["hybrid"], "ndcg_drop_tolerance": 1.0}}}}
+    with dg.DagsterInstance.from_config(str(sandbox.home)) as instance:
+        result = dg.materialize(
+            ALL_ASSETS,
+            selection=["retrieval_evaluation", "published_index"],
+            partition_key=PARTITION,
+            resources=resources,
+            instance=instance,
+            run_config=accept,
+        )
+    assert result.success and published_version(tmp_path, "reaccepted") == 2
+    rows = EvalHistory(sandbox.history).records(collection=PARTITION)
+    table = markdown_table(rows)  # what eval-report shows
+    shown = [row.split(" | ")[2:5] for row in table.splitlines() if " | hybrid | " in row or " | dense | " in row]
+    assert sorted(shown) == [["dense", "2", "published"], ["hybrid", "2", "published"]], table
+    refusing = [c for c in rows["context"] if c["version"] == 2 and c.get("gate_tolerance") != 1.0]
+    assert refusing and all((c["published"], c["gate"]) == (True, "refused") for c in refusing)

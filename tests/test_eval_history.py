@@ -234,8 +234,8 @@ def test_rows_of_an_earlier_release_join_the_line_of_the_first_rows_that_record_
 
 
 def test_a_refused_evaluation_accepted_later_is_marked_published_with_its_tolerance(tmp_path):
-    """Only the rows of the evaluation whose verdict let the version through change; another refused evaluation
-    of the same version stays refused, and marking again changes nothing."""
+    """Without ``since``, only the rows of the evaluation whose verdict let the version through change; another
+    refused evaluation of the same version stays refused, and marking again changes nothing."""
     history = EvalHistory(tmp_path / "h.sqlite")
     first, second = datetime(2026, 11, 30, 4, tzinfo=UTC), datetime(2026, 11, 30, 5, tzinfo=UTC)
     refused = {"qdrant_collection": "c", "version": 2, "published": False, "gate": "refused", "gate_tolerance": 0.02}
@@ -249,3 +249,27 @@ def test_a_refused_evaluation_accepted_later_is_marked_published_with_its_tolera
     }
     assert set(states.values()) == {(False, "refused", 0.02), (True, "passed", 0.5)}
     assert all(state == (True, "passed", 0.5) for (when, _), state in states.items() if when == second)
+
+
+def test_publishing_marks_every_evaluation_of_the_version_since_it_was_staged(tmp_path):
+    """``since`` (the staging run's start): a refused or unjudged evaluation of the version recorded since then is
+    marked published (readers get the version), keeping its own verdict; one recorded before (a version number of an
+    earlier index folder) and other versions stay as they were."""
+    history = EvalHistory(tmp_path / "h.sqlite")
+    staged = datetime(2026, 11, 30, 4, tzinfo=UTC)
+    refused = {"qdrant_collection": "c", "version": 2, "published": False, "gate": "refused", "gate_tolerance": 0.02}
+    unjudged = {"qdrant_collection": "c", "version": 2, "published": False}
+    for when, context in (
+        (staged - timedelta(days=3), refused),  # an earlier version 2, before the index folder was reset
+        (staged + timedelta(minutes=1), refused),
+        (staged + timedelta(minutes=2), unjudged),
+        (staged + timedelta(minutes=3), {**refused, "version": 3}),
+    ):
+        history.append("c", "test", "hybrid", {"ndcg@10": 0.5}, context, when, source="dagster")
+    assert history.mark_published("c", "c", 2, since=staged) == 2
+    assert history.mark_published("c", "c", 2, since=staged) == 0
+    rows = history.records()
+    states = [(c["version"], c["published"], c.get("gate")) for c in rows["context"]]
+    assert states == [(2, False, "refused"), (2, True, "refused"), (2, True, None), (3, False, "refused")]
+    shown = [row.split(" | ")[3:5] for row in markdown_table(rows).splitlines() if " | hybrid | " in row]
+    assert shown == [["2", "published"], ["3", "refused"]], shown
