@@ -315,6 +315,8 @@ def _failures(result: dg.ExecuteInProcessResult) -> list[str]:
         if not e.passed
     ]
     for event in result.all_events:
+        if event.event_type_value == "RESOURCE_INIT_FAILURE":  # e.g. an assets folder that is a file
+            out.append(f"resources: {_cause(event.engine_event_data.error)}")
         if event.event_type_value != "STEP_FAILURE":
             continue
         data = event.step_failure_data

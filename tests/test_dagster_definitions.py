@@ -463,3 +463,12 @@ def test_an_assets_folder_that_is_a_file_fails_the_run_naming_it_and_the_setting
     message = f"{taken}: the assets folder (io_manager base_dir, HYBRID_RAG_ASSETS_DIR) is not usable: a file, not a"
     assert message in str(failed.value) or message in str(failed.value.__cause__)
     assert taken.read_text() == "not a folder"
+
+    from orchestration.main_job import MainJobError, run_main_job  # hybrid-rag run's one line says it too
+
+    resources = default_resources(
+        retrieval=RetrievalResource(qdrant_path=str(tmp_path / "index"), cache_dir=str(tmp_path / "cache"))
+    )
+    with pytest.raises(MainJobError, match=re.escape(f"failed: resources: NotADirectoryError: {message}")):
+        run_main_job("sample", dagster_home=tmp_path / "dagster_home", resources=resources)
+    assert taken.read_text() == "not a folder"
