@@ -43,6 +43,8 @@ RunLike = Mapping[str, Mapping[str, float]]
 HEADLINE_METRICS: tuple[str, ...] = ("ndcg@10", "recall@100", "mrr@10", "map@100")
 DEFAULT_K_VALUES: tuple[int, ...] = (10, 100)
 LATENCY_KEY = "latency_ms"  # the p50 search latency, shown beside the metrics in tables
+LATENCY_P50 = "latency_p50_ms"  # the p50 latency as a metric name: EvalReport.frame(), Dagster metadata, history
+LATENCY_P95 = "latency_p95_ms"  # the p95 latency as a metric name: history rows (see EvalReport.record)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 from matplotlib import colormaps, font_manager, rc_context
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
 from matplotlib.figure import Figure
@@ -19,7 +20,7 @@ from matplotlib.ft2font import FT2Font
 from rich.table import Table
 from rich.text import Text
 
-from evals.metrics import HEADLINE_METRICS, LATENCY_KEY
+from evals.metrics import HEADLINE_METRICS, LATENCY_KEY, LATENCY_P50, LATENCY_P95
 
 LABELS = {"ndcg@10": "nDCG@10", "recall@100": "Recall@100", "mrr@10": "MRR@10", "map@100": "MAP@100"}
 
@@ -176,24 +177,55 @@ def plot_history(df: pd.DataFrame, out_png: str | Path, metric: str = "ndcg@10")
     documents was missing from the collection (capped). When the rows span several collections or splits, each
     line is labelled ``variant (collection/split)``.
     """
-    rows = with_settings(with_state(with_searched_collection(df[df["metric"] == metric])))
-    rows = with_scored(rows).sort_values("timestamp")
-    if rows.empty:
-        raise ValueError(f"no history rows for metric {metric!r}")
+    return _plot(df, [metric], out_png, figsize=(8, 4.5))
+
+
+LATENCY_LABELS = {LATENCY_P50: "p50 search latency (ms)", LATENCY_P95: "p95 search latency (ms)"}
+
+
+def plot_latency(df: pd.DataFrame, out_png: str | Path) -> Path:
+    """Plot the p50 and p95 search latency (ms per query, its encoding included) of every evaluation over time from
+    :meth:`EvalHistory.records` rows: one panel each, drawn as :func:`plot_history` draws a metric. Evaluations
+    recorded before the history kept their latency have no such rows: they are left out (a ``ValueError`` when no
+    row has it)."""
+    return _plot(df, list(LATENCY_LABELS), out_png, figsize=(8, 8))
+
+
+def _plot(df: pd.DataFrame, metrics: list[str], out_png: str | Path, figsize: tuple[float, float]) -> Path:
+    """One panel per metric of ``metrics`` (one below the other, the first with the legend), saved as a PNG."""
+    panels = [with_scored(with_settings(with_state(with_searched_collection(df[df["metric"] == m])))) for m in metrics]
+    for metric, rows in zip(metrics, panels, strict=True):
+        if rows.empty:
+            raise ValueError(f"no history rows for metric {metric!r}")
     keys = ["collection", "split", "variant"]
-    several = rows[["collection", "split"]].drop_duplicates().shape[0] > 1
-    names = [str(x) for key in keys for x in rows[key].unique()]
-    families, drawable = plot_fonts(names)
+    every = pd.concat(panels)
+    several = every[["collection", "split"]].drop_duplicates().shape[0] > 1
+    families, drawable = plot_fonts([str(x) for key in keys for x in every[key].unique()])
     with rc_context({"font.family": families}):
-        return _plot(rows, keys, several, drawable, out_png, metric)
+        fig = Figure(figsize=figsize, dpi=100)
+        FigureCanvasAgg(fig)
+        axes = fig.subplots(len(metrics), 1, sharex=True, squeeze=False)[:, 0]
+        for i, (ax, metric, rows) in enumerate(zip(axes, metrics, panels, strict=True)):
+            _draw(ax, rows.sort_values("timestamp"), keys, several, drawable, metric, legend=i == 0)
+        for ax in axes[:-1]:
+            ax.set_xlabel("")  # the panels share the time axis, labelled at the bottom
+        fig.tight_layout()
+        out = Path(out_png)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out, format="png")
+    return out
 
 
-def _plot(
-    rows: pd.DataFrame, keys: list[str], several: bool, drawable: Callable[[str], str], out_png: str | Path, metric: str
-) -> Path:
-    fig = Figure(figsize=(8, 4.5), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
+def _draw(
+    ax: Axes,
+    rows: pd.DataFrame,
+    keys: list[str],
+    several: bool,
+    drawable: Callable[[str], str],
+    metric: str,
+    *,
+    legend: bool,
+) -> None:
     changes: set[pd.Timestamp] = set()  # where a line's queries, qrels, query encoder or release change
     capped_shown = False
     for i, ((collection, split, variant), group) in enumerate(rows.groupby(keys, sort=True)):
@@ -249,16 +281,13 @@ def _plot(
     ax.xaxis.set_major_formatter(ConciseDateFormatter(locator))
     collections = drawable(", ".join(sorted(rows["collection"].unique())))
     splits = drawable(", ".join(sorted(rows["split"].unique())))
-    ax.set_title(f"{LABELS.get(metric, metric)} over time: {collections} ({splits})")
+    label = LABELS.get(metric) or LATENCY_LABELS.get(metric, metric)
+    ax.set_title(f"{label} over time: {collections} ({splits})")
     ax.set_xlabel("time (UTC)")
-    ax.set_ylabel(LABELS.get(metric, metric))
+    ax.set_ylabel(label)
     ax.grid(True, alpha=0.3)
-    ax.legend(loc="best", fontsize="small")
-    fig.tight_layout()
-    out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, format="png")
-    return out
+    if legend:
+        ax.legend(loc="best", fontsize="small")
 
 
 def plot_fonts(texts: Iterable[str]) -> tuple[list[str], Callable[[str], str]]:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from evals.compare import LossCheck, loss_check
-from evals.metrics import LATENCY_KEY, evaluate, judgement_warnings, nfc
+from evals.metrics import LATENCY_KEY, LATENCY_P50, LATENCY_P95, evaluate, judgement_warnings, nfc
 from evals.runs import Run, best_chunk_per_document
 from retrieval.chunking import point_id
 from retrieval.errors import HybridRagError, InvalidArgumentError
@@ -38,7 +38,6 @@ if TYPE_CHECKING:
     from retrieval.store import QdrantStore
 
 RUN_DEPTH = 100
-LATENCY_P50 = "latency_p50_ms"  # the p50 latency as a metric name: EvalReport.frame() and Dagster metadata
 # The search-time settings that change results, recorded with every report (the index-time ones, which made the
 # collection's vectors, come from its schema; the models are the encoders' own names).
 REPORTED_SETTINGS = (
@@ -265,6 +264,12 @@ QUALITY_CHECKS: dict[str, tuple[tuple[str, ...], str]] = {
 }
 
 
+def latency_metrics(result: VariantResult) -> dict[str, float]:
+    """A variant's measured p50 and p95 search latency as history metrics (none when it measured none)."""
+    names = {"p50": LATENCY_P50, "p95": LATENCY_P95}
+    return {names[p]: float(ms) for p, ms in result.latency_ms.items() if p in names}
+
+
 @dataclass
 class EvalReport:
     """One evaluation of a collection's split: every variant's :class:`VariantResult` and what was evaluated.
@@ -360,10 +365,13 @@ class EvalReport:
         }
 
     def record(self, history: EvalHistory, source: str, **context: Any) -> int:
-        """Append every variant's metrics to ``history`` (one timestamp), written by ``source``; returns rows."""
+        """Append every variant's metrics and its search latency (:data:`LATENCY_P50`, :data:`LATENCY_P95`: ms per
+        query, its encoding included) to ``history`` (one timestamp), written by ``source``; returns rows."""
         ctx = {**self.context(), **context}
         return sum(
-            history.append(self.collection, self.split, name, r.metrics, ctx, self.timestamp, source=source)
+            history.append(
+                self.collection, self.split, name, r.metrics | latency_metrics(r), ctx, self.timestamp, source=source
+            )
             for name, r in self.variants.items()
         )
 

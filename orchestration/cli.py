@@ -1062,9 +1062,10 @@ def eval_report(
     ] = None,
     metric: Annotated[str, typer.Option(help="Metric to plot over time")] = "ndcg@10",
 ) -> None:
-    """Plot a metric over time per variant (PNG) and write the latest figures as a markdown table."""
+    """Plot a metric over time per variant (PNG), and the p50/p95 search latency when the history has it
+    (latency_ms.png), and write the latest figures as a markdown table."""
     from evals.history import EvalHistory, default_history_path
-    from evals.report import markdown_table, plot_history
+    from evals.report import LATENCY_LABELS, markdown_table, plot_history, plot_latency
 
     history = history or default_history_path()
     df = EvalHistory(history, create=False).records()  # a report creates no file
@@ -1085,11 +1086,20 @@ def eval_report(
     _check_metrics([metric], sorted(set(df["metric"])))
     out.mkdir(parents=True, exist_ok=True)
     png = plot_history(df, metric=metric, out_png=out / f"{metric.replace('@', '_at_')}.png")
+    timed = df["metric"].isin(LATENCY_LABELS).any()  # evaluations of earlier releases recorded no latency
+    latency = plot_latency(df, out / "latency_ms.png") if timed else None
     table = markdown_table(df)
     (out / "latest.md").write_text(table)
     typer.echo(printable(table))  # stdout holds the markdown alone; where the files are goes to stderr
     err_console.print(f"table: {(out / 'latest.md').absolute()}", soft_wrap=True)
     err_console.print(f"plot: {Path(png).absolute()}", soft_wrap=True)
+    if latency is not None:
+        err_console.print(f"latency plot: {latency.absolute()}", soft_wrap=True)
+    else:
+        err_console.print(
+            f"latency plot: none, no evaluation in {history} recorded its search latency (earlier releases did not)",
+            soft_wrap=True,
+        )
 
 
 def _check_metrics(asked: list[str], valid: list[str]) -> None:

@@ -447,6 +447,23 @@ class RetrievalSettings(BaseSettings):
             )
         return url
 
+    @field_validator("qdrant_api_key", mode="before")
+    @classmethod
+    def _check_qdrant_api_key(cls, key: object) -> object:
+        """Surrounding whitespace is dropped, as the URL's is (a secret written with ``echo`` or read from a file ends
+        in a newline); whitespace alone is no key (unset, as an empty one is). A key with a control character or a
+        non-ASCII character inside is refused here, in the one settings line, without showing it: an HTTP header
+        cannot carry it (httpx would refuse it mid-request, quoting the key in its error)."""
+        text = key.get_secret_value() if isinstance(key, SecretStr) else key
+        if not isinstance(text, str):
+            return key
+        text = text.strip()
+        if not text.isprintable():
+            raise ValueError("a control character inside it (the key is not shown): give the key alone, on one line")
+        if not text.isascii():
+            raise ValueError("a non-ASCII character inside it (the key is not shown): an HTTP header cannot carry it")
+        return text or None
+
     @field_validator("payload_indexes")
     @classmethod
     def _check_payload_indexes(cls, text: str | None) -> str | None:

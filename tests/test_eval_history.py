@@ -8,7 +8,8 @@ import pytest
 from rich.console import Console
 
 from evals.history import EvalHistory
-from evals.report import markdown_table, metrics_table, plot_history, series_segments, with_scored
+from evals.metrics import LATENCY_P50, LATENCY_P95
+from evals.report import markdown_table, metrics_table, plot_history, plot_latency, series_segments, with_scored
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -125,6 +126,72 @@ def test_plot_history_writes_png(tmp_path):
     assert len(data) > 5_000
     with pytest.raises(ValueError, match="map@100"):
         plot_history(df, tmp_path / "none.png", metric="map@100")
+
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _png_size(path) -> tuple[int, int]:
+    """A PNG file's width and height (its IHDR chunk), after checking its signature."""
+    data = path.read_bytes()
+    assert data[:8] == PNG and data[12:16] == b"IHDR"
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def _timed(history: EvalHistory, collection: str, days: range) -> None:
+    """Evaluations that recorded their search latency (as EvalReport.record does), one per day of ``days``."""
+    for day in days:
+        for variant, ms in (("bm25", 2.0), ("hybrid", 9.0)):
+            history.append(
+                collection,
+                "test",
+                variant,
+                {"ndcg@10": 0.6, LATENCY_P50: ms + day, LATENCY_P95: 2 * ms + day},
+                timestamp=T0 + timedelta(days=day),
+                source="cli",
+            )
+
+
+def test_the_latency_plot_draws_p50_and_p95_per_corpus_and_skips_evaluations_without_latency(tmp_path):
+    """Evaluations recorded before the history kept latency (``_fill``: no latency rows) still load and are left out
+    of the latency plot: it is the very plot the timed evaluations alone give."""
+    history = _fill(tmp_path / "h.sqlite")  # days 0-2: no latency
+    with pytest.raises(ValueError, match=LATENCY_P50):
+        plot_latency(history.records(), tmp_path / "none.png")
+    for collection in ("sample", "nfcorpus"):
+        _timed(history, collection, range(3, 6))
+    df = history.records()
+    out = plot_latency(df, tmp_path / "reports" / "latency.png")
+    assert _png_size(out) == (800, 800)  # two panels, p50 above p95
+    timed = plot_latency(df[df["metric"].isin([LATENCY_P50, LATENCY_P95])], tmp_path / "timed.png")
+    assert out.read_bytes() == timed.read_bytes()  # the old rows drew nothing (no point, no axis range)
+    with_old = plot_latency(df.assign(value=df["value"].where(df["metric"] != LATENCY_P95, 1.0)), tmp_path / "p.png")
+    assert with_old.read_bytes() != out.read_bytes()  # the plot does show the figures it is given
+    assert plot_history(df, tmp_path / "ndcg.png").is_file()  # the quality plot keeps the old rows
+
+
+def test_eval_report_writes_the_latency_plot_when_the_history_has_latency(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from orchestration.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    history = _fill(tmp_path / "h.sqlite")
+
+    def report() -> tuple[str, str]:
+        result = CliRunner().invoke(app, ["eval-report", "--history", "h.sqlite", "--out", "rep"])
+        assert result.exit_code == 0 and "Traceback" not in result.output, result.output
+        return result.stdout, " ".join(result.stderr.split())
+
+    table, said = report()  # an earlier release's evaluations only: no latency plot, and no error
+    assert "latency plot: none, no evaluation in h.sqlite recorded its search latency" in said
+    assert not (tmp_path / "rep" / "latency_ms.png").exists() and "latency" not in table
+    assert _png_size(tmp_path / "rep" / "ndcg_at_10.png") == (800, 450)
+    _timed(history, "sample", range(3, 5))
+    table, said = report()
+    assert f"latency plot: {tmp_path / 'rep' / 'latency_ms.png'}" in said
+    assert _png_size(tmp_path / "rep" / "latency_ms.png") == (800, 800)
+    assert f"| {LATENCY_P50} | {LATENCY_P95} |" in table.splitlines()[0]
 
 
 def test_markdown_table_shows_latest_values(tmp_path):

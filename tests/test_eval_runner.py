@@ -14,6 +14,7 @@ from evals.metrics import evaluate
 from evals.report import markdown_table, search_settings
 from evals.runner import (
     LATENCY_P50,
+    LATENCY_P95,
     RUN_DEPTH,
     EvalReport,
     deepen_runs,
@@ -84,7 +85,10 @@ def test_summary_round_trip_and_history_rows(sample_report, tmp_path) -> None:
     history = EvalHistory(tmp_path / "evals.sqlite")
     rows = report.record(history, source="benchmark", note="nightly")
     df = history.records(collection="sample")
-    assert rows == len(df) == sum(len(r.metrics) for r in report.variants.values())
+    assert rows == len(df) == sum(len(r.metrics) + 2 for r in report.variants.values())  # + p50 and p95 latency
+    for name, result in report.variants.items():
+        latency = df[df["variant"] == name].set_index("metric")["value"]
+        assert (latency[LATENCY_P50], latency[LATENCY_P95]) == (result.latency_ms["p50"], result.latency_ms["p95"])
     assert set(df["source"]) == {"benchmark"} and df["timestamp"].nunique() == 1
     assert df["context"][0] == {**report.context(), "note": "nightly"} and df["context"][0]["version"] == report.version
     hybrid = df[(df["variant"] == "hybrid") & (df["metric"] == "ndcg@10")]["value"].tolist()

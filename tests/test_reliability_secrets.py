@@ -82,9 +82,11 @@ class _QdrantStub(http.server.BaseHTTPRequestHandler):
     request it got."""
 
     authorization: list[str | None] = []
+    api_keys: list[str | None] = []
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's name
         type(self).authorization.append(self.headers.get("Authorization"))
+        type(self).api_keys.append(self.headers.get("api-key"))
         result = {"/aliases": {"aliases": []}, "/collections": {"collections": []}}.get(self.path.split("?")[0])
         body = (
             {"title": "qdrant", "version": version("qdrant-client")}
@@ -104,7 +106,7 @@ class _QdrantStub(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def qdrant_stub():
-    _QdrantStub.authorization = []
+    _QdrantStub.authorization, _QdrantStub.api_keys = [], []
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _QdrantStub)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -122,6 +124,36 @@ def test_url_credentials_reach_the_server_as_basic_auth_and_are_masked_in_the_ti
     result = CliRunner().invoke(app, ["collections"], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert f"collections at http://user:***@{qdrant_stub}" in result.output and PASSWORD not in result.output
+
+
+def test_an_api_key_with_surrounding_whitespace_reaches_the_server_without_it(qdrant_stub, tmp_path, monkeypatch):
+    """A key written by ``echo`` (the environment) or read from a file into an env file: the server gets it without
+    the whitespace (it was httpx's "Illegal header value" error, quoting the key); a key with a control character
+    inside is the one-line settings error, the key not shown, and no request is made."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HYBRID_RAG_QDRANT_URL", f"http://{qdrant_stub}")
+    monkeypatch.delenv("HYBRID_RAG_QDRANT_API_KEY", raising=False)
+    (tmp_path / "key.env").write_text(f'HYBRID_RAG_QDRANT_API_KEY="  {KEY}\\n"\n')  # dotenv reads \n as a newline
+    (tmp_path / "bad.env").write_text(f'HYBRID_RAG_QDRANT_API_KEY="{KEY[:8]}\\n{KEY[8:]}"\n')
+    refused = (
+        "error: invalid settings: qdrant_api_key: a control character inside it (the key is not shown): give the "
+        "key alone, on one line"
+    )
+    for args, env in (
+        (["--env-file", "bad.env", "collections"], {}),
+        (["collections"], {"HYBRID_RAG_QDRANT_API_KEY": f"{KEY[:8]}\x1b{KEY[8:]}"}),
+    ):
+        result = CliRunner().invoke(app, args, env=env)
+        assert result.exit_code == 2 and result.output.strip() == refused, result.output
+        assert KEY[8:] not in result.output and _QdrantStub.api_keys == []
+    for args, env in (
+        (["--env-file", "key.env", "collections"], {}),
+        (["collections"], {"HYBRID_RAG_QDRANT_API_KEY": f"{KEY}\n"}),
+    ):
+        _QdrantStub.api_keys = []
+        result = CliRunner().invoke(app, args, env=env)
+        assert result.exit_code == 0, result.output
+        assert _QdrantStub.api_keys and set(_QdrantStub.api_keys) == {KEY}
 
 
 def test_url_password_never_appears_in_messages_logs_or_exceptions(monkeypatch, caplog):

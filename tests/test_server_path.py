@@ -4,6 +4,8 @@ hybrid-rag did not create, and a bad or unreachable URL fails in one line."""
 
 from __future__ import annotations
 
+import functools
+import http.server
 import json
 import logging
 import subprocess
@@ -21,7 +23,7 @@ from orchestration.cli import app
 from retrieval import Document, RetrievalSettings, RetrievalStack
 from retrieval.encoders.sparse import SpladeEncoder
 from retrieval.errors import InvalidArgumentError, ModelLoadError
-from retrieval.store import StoreError, collection_names, connect
+from retrieval.store import NotQdrantServerError, StoreError, collection_names, connect
 from retrieval.store.base import ForeignPointsError
 from tests.conftest import LEXICAL_QUERY, TINY_DOCS
 from tests.test_reliability_versions import (
@@ -169,6 +171,109 @@ def test_unreachable_server_names_the_operation_and_prints_no_client_warning(cli
         while any(t.is_alive() for t in set(threading.enumerate()) - before) and time.monotonic() < deadline:
             time.sleep(0.05)
     assert not [w for w in caught if "server version" in str(w.message)]
+
+
+QDRANT_VERSION = b'{"title":"qdrant - vector search engine","version":"1.15.0"}'  # what Qdrant answers at /
+
+
+class _WebPage(http.server.BaseHTTPRequestHandler):
+    """Another web service on the port: an HTML page with status 200 for every path and method (a catch-all web
+    app), or, with ``qdrant_root``, Qdrant's version at ``/`` and a 404 HTML page elsewhere (a Qdrant behind a
+    proxy that maps other paths elsewhere: still Qdrant)."""
+
+    qdrant_root = False
+
+    def _answer(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        root = self.path.split("?")[0] == "/"
+        if self.qdrant_root and root:
+            status, kind, body = 200, "application/json", QDRANT_VERSION
+        else:
+            status, kind, body = (404 if self.qdrant_root else 200), "text/html", b"<html><body>Welcome</body></html>"
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = do_PUT = do_DELETE = _answer  # noqa: N815 - http.server's names
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+class _QdrantBehindProxy(_WebPage):
+    qdrant_root = True
+
+
+class _Files(http.server.SimpleHTTPRequestHandler):
+    """``python -m http.server``'s handler, quiet."""
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def web_server(tmp_path):
+    """Starts a real HTTP server (``python -m http.server``'s handler on a folder, or a :class:`_WebPage` kind) on a
+    free port in a thread; returns a function giving its URL."""
+    servers = []
+
+    def start(handler: type[http.server.BaseHTTPRequestHandler]) -> str:
+        if handler is _Files:
+            (tmp_path / "site").mkdir(exist_ok=True)
+            handler = functools.partial(_Files, directory=str(tmp_path / "site"))  # type: ignore[assignment]
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}"
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+NOT_QDRANT = (
+    "HYBRID_RAG_QDRANT_URL={url} answered but is not a Qdrant server ({said}; GET /: no Qdrant version in its "
+    "answer): check the host and port (Qdrant's REST port is 6333)"
+)
+
+
+@pytest.mark.parametrize(
+    ("handler", "said"),
+    [
+        (_Files, "get_aliases: HTTP 404 File not found, text/html"),  # python -m http.server: 404 pages, a listing at /
+        (_WebPage, "get_aliases: an answer that is not Qdrant's JSON"),  # was qdrant-client's JSONDecodeError traceback
+    ],
+)
+def test_a_web_server_that_is_not_qdrant_is_one_line_at_the_first_call(
+    web_server, cli, handler, said, dense_encoder, sparse_encoder
+):
+    url = web_server(handler)
+    message = NOT_QDRANT.format(url=url, said=said)
+    code, out = cli("collections", QDRANT_URL=url)  # the default retries: none is made, nothing to retry
+    assert code == 2 and out.strip() == f"error: {message}", out
+    settings = RetrievalSettings(qdrant_url=url, _env_file=None)
+    with pytest.raises(NotQdrantServerError) as info:
+        collection_names(settings)
+    assert str(info.value) == message
+    with RetrievalStack(settings, dense=dense_encoder, sparse=sparse_encoder) as stack:
+        retriever = stack.retriever()
+        with pytest.raises(NotQdrantServerError) as info:
+            retriever.search("red planet")
+        retriever.close()
+    assert str(info.value) == message and isinstance(info.value, StoreError)  # what callers catch today
+
+
+def test_a_qdrant_whose_root_answers_is_not_called_another_server(web_server):
+    """A 404 page for one request, while ``/`` gives Qdrant's version (a proxy in front of Qdrant): Qdrant's 404, as
+    before, not the "not a Qdrant server" advice."""
+    url = web_server(_QdrantBehindProxy)
+    with pytest.raises(StoreError) as info:
+        collection_names(RetrievalSettings(qdrant_url=url, qdrant_retries=0, _env_file=None))
+    assert not isinstance(info.value, NotQdrantServerError)
+    assert str(info.value).startswith(f"Qdrant at {url}: get_aliases was refused: HTTP 404 Not Found: b'<html>")
 
 
 def test_sync_with_publish_false_stages_on_a_server(tmp_path, dense_encoder, sparse_encoder):

@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
 import retrieval.settings
 from retrieval import RetrievalSettings
@@ -133,6 +134,31 @@ def test_a_qdrant_url_loses_surrounding_whitespace_and_the_client_parses_every_u
         settings = RetrievalSettings(qdrant_url=url)
         assert settings.qdrant_url == url.strip()
         connect(settings.qdrant_url, check_compatibility=False).close()
+
+
+def test_the_api_key_loses_surrounding_whitespace_and_one_with_a_control_character_is_refused(clean_env, monkeypatch):
+    """A key written with ``echo`` or read from a file ends in a newline: dropped, as the URL's is (httpx refused it
+    mid-request, quoting the key in the error); whitespace alone is no key. A control or non-ASCII character inside
+    is the one-line settings error, which never shows the key."""
+    key = "hr-key-0123456789"
+    monkeypatch.setenv("HYBRID_RAG_QDRANT_API_KEY", f"{key}\n")
+    assert RetrievalSettings().qdrant_api_key.get_secret_value() == key
+    for written in (f"  {key}\t\r\n", SecretStr(f" {key}\n")):
+        assert RetrievalSettings(qdrant_api_key=written).qdrant_api_key.get_secret_value() == key
+    settings = RetrievalSettings()
+    settings.qdrant_api_key = f"{key}\n"  # assignment is checked as construction is
+    assert settings.qdrant_api_key.get_secret_value() == key
+    assert RetrievalSettings(qdrant_api_key=" \n").qdrant_api_key is None  # as an empty one: no key sent
+    for bad, why in (
+        (f"{key[:5]}\n{key[5:]}", "a control character inside it"),
+        (f"{key}\x00", "a control character inside it"),
+        (f"{key[:5]}\t{key[5:]}", "a control character inside it"),
+        (f"{key}é", "a non-ASCII character inside it"),
+    ):
+        with pytest.raises(InvalidArgumentError) as err:
+            RetrievalSettings(qdrant_api_key=bad)
+        assert str(err.value).startswith(f"invalid settings: qdrant_api_key: {why} (the key is not shown)")
+        assert key[:5] not in str(err.value) and "\n" not in str(err.value)
 
 
 def test_dumps_mask_the_url_password_and_copies_keep_it(clean_env):

@@ -11,6 +11,7 @@ from retrieval.settings import RetrievalSettings, check_collection_name, redact_
 from retrieval.store.base import (
     ENCODING_FIELDS,
     CollectionSchema,
+    NotQdrantServerError,
     QdrantStore,
     QueryPlan,
     SchemaMismatchError,
@@ -73,6 +74,7 @@ __all__ = [
     "ENCODING_FIELDS",
     "CollectionSchema",
     "EdgeStore",
+    "NotQdrantServerError",
     "QdrantStore",
     "QueryPlan",
     "SchemaMismatchError",

@@ -67,6 +67,11 @@ class StoreError(HybridRagError, RuntimeError):
     """A store operation failed; the message names the backend location and the operation."""
 
 
+class NotQdrantServerError(StoreError):
+    """The server at ``QDRANT_URL`` answered, but not as Qdrant does (another service on that port: a web server's
+    404 page); the message names the URL, what it answered and Qdrant's REST port."""
+
+
 class ForeignPointsError(HybridRagError, RuntimeError):
     """A collection holds points hybrid-rag did not write (another tool's: no ``doc_id``/``content_hash``), which a
     sync or rebuild would have to keep or delete: it refuses instead, naming them."""

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import atexit
 import importlib.metadata
+import json
 import logging
 import math
 import os
@@ -35,6 +36,7 @@ from urllib.parse import unquote, urlsplit
 
 import httpx
 import numpy as np
+from pydantic import ValidationError
 from qdrant_client import QdrantClient
 from qdrant_client import models as qm
 from qdrant_client.common.version_check import get_server_version, is_compatible
@@ -52,6 +54,7 @@ from retrieval.store.base import (
     SCROLL_PAGE,
     SPARSE,
     CollectionSchema,
+    NotQdrantServerError,
     QdrantStore,
     QueryPlan,
     StoredChunk,
@@ -98,6 +101,33 @@ def is_transient(exc: BaseException) -> bool:
         return isinstance(exc, httpx.TransportError)
     except ImportError:  # pragma: no cover - httpx ships with qdrant-client
         return False
+
+
+QDRANT_REST_PORT = 6333
+
+
+def _qdrant_error_body(content: bytes) -> bool:
+    """Whether an error answer's body is Qdrant's: a JSON object with its ``status`` (``{"status": {"error": ...},
+    "time": ...}``)."""
+    try:
+        body = json.loads(content)
+    except ValueError:  # an HTML page, plain text, nothing
+        return False
+    return isinstance(body, dict) and "status" in body
+
+
+def _unreadable(exc: BaseException) -> bool:
+    """Whether ``exc`` is qdrant-client failing to read a successful answer: not JSON (raised as it is), or JSON of
+    another shape (its validation error, wrapped)."""
+    if isinstance(exc, ResponseHandlingException):
+        return isinstance(exc.source, ValidationError)
+    return isinstance(exc, json.JSONDecodeError)
+
+
+def _answered(exc: UnexpectedResponse) -> str:
+    """``HTTP 404 File not found, text/html``: an answer's status and content type, for a message."""
+    kind = (exc.headers.get("content-type") or "no content type").partition(";")[0].strip()
+    return f"HTTP {exc.status_code} {exc.reason_phrase}, {kind}".replace("  ", " ")
 
 
 def connect(
@@ -294,6 +324,12 @@ class ServerStore(QdrantStore):
             try:
                 return fn(*args, **kwargs)
             except Exception as exc:
+                other = self._not_qdrant(operation, exc)
+                if other is not None:
+                    raise NotQdrantServerError(
+                        f"HYBRID_RAG_QDRANT_URL={self.location} answered but is not a Qdrant server ({other}): check "
+                        f"the host and port (Qdrant's REST port is {QDRANT_REST_PORT})"
+                    ) from None
                 if isinstance(exc, UnexpectedResponse) and not is_transient(exc):
                     hint = " (check HYBRID_RAG_QDRANT_API_KEY)" if exc.status_code in (401, 403) else ""
                     raise StoreError(
@@ -311,6 +347,32 @@ class ServerStore(QdrantStore):
                 log.warning("Qdrant %s at %s failed (%s); retrying in %.1fs", operation, self.location, exc, delay)
                 self._sleep(delay)
         raise AssertionError("unreachable")
+
+    def _not_qdrant(self, operation: str, exc: Exception) -> str | None:
+        """What the server answered ``operation`` and its root (``GET /``), when both show it is not Qdrant: an error
+        whose body is not Qdrant's JSON (a web server's 404 page) or a success qdrant-client cannot read, and a root
+        that does not give Qdrant's version (``{"title": "qdrant - vector search engine", "version": ...}``). None
+        when it is Qdrant, or when that cannot be told (no answer, a refused API key, a 5xx): the caller's own
+        handling says what happened. Only a failed request asks the root: a working server costs nothing."""
+        if isinstance(exc, UnexpectedResponse):
+            if exc.status_code in (401, 403) or is_transient(exc) or _qdrant_error_body(exc.content):
+                return None
+            said = _answered(exc)
+        elif _unreadable(exc):
+            said = "an answer that is not Qdrant's JSON"
+        else:
+            return None
+        try:
+            title = self.client.info().title
+        except UnexpectedResponse as root:
+            if root.status_code in (401, 403) or is_transient(root):
+                return None
+            return f"{operation}: {said}; GET /: {_answered(root)}"
+        except Exception as root:  # noqa: BLE001 - else cannot tell: the caller's handling of the failure says it
+            return f"{operation}: {said}; GET /: no Qdrant version in its answer" if _unreadable(root) else None
+        if "qdrant" in (title or "").lower():
+            return None
+        return f"{operation}: {said}; GET /: title {title!r}"
 
     # -- versions -----------------------------------------------------------------------------------
     def _aliases(self) -> dict[str, str]:
