@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from llama_index.core.retrievers import BaseRetriever
-from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
+from llama_index.core.schema import NodeRelationship, NodeWithScore, QueryBundle, RelatedNodeInfo, TextNode
 
 from retrieval.adapters import hit_metadata, shown_filter
 
@@ -42,6 +42,9 @@ def _to_node(hit) -> NodeWithScore:
         id_=hit.chunk_id,
         text=hit.text,
         metadata=metadata,
+        start_char_idx=hit.start,  # LlamaIndex's own fields for where the text lies in its document
+        end_char_idx=hit.end,
+        relationships={NodeRelationship.SOURCE: RelatedNodeInfo(node_id=hit.doc_id)},  # node.ref_doc_id
         # what the LLM sees next to the text: the title only, not ids and ranks
         excluded_llm_metadata_keys=[key for key in metadata if key != "title"],
         excluded_embed_metadata_keys=list(metadata),

@@ -197,3 +197,39 @@ def test_adapters_refuse_a_query_with_no_visible_text(retriever, adapter):
         else:
             pytest.importorskip("haystack")
             retriever.as_haystack().run("\u200b\ufeff")
+
+
+# a document of several chunks, with whitespace the chunks leave out at its edges: offsets are not 0 and len(text)
+LONG = Document(
+    "long",
+    "  \n" + " ".join(f"Paragraph {i} about quokkas on Rottnest Island and their burrows." for i in range(60)) + "\n",
+    title="Quokkas",
+)
+
+
+@pytest.fixture(scope="module")
+def long_retriever(indexed_stack):
+    stack = indexed_stack("edge", [LONG], collection="adapter-offsets", rerank=False, chunk_tokens=64)
+    yield stack.retriever()
+    stack.close()
+
+
+@pytest.mark.parametrize("adapter", ADAPTERS)
+def test_adapters_carry_where_the_text_lies_in_its_document(long_retriever, adapter):
+    """A citation needs the chunk's place in its document: ``start``/``end`` in each adapter's metadata (LlamaIndex
+    also on its own ``start_char_idx``/``end_char_idx``, and the document id as its ``ref_doc_id``), as on ``Hit``."""
+    pytest.importorskip({"langchain": "langchain_core", "llamaindex": "llama_index.core", "haystack": "haystack"}[adapter])
+    hits = long_retriever.search("quokkas burrows", k=5)
+    assert len({h.chunk_index for h in hits}) > 1 and hits[0].start is not None
+    if adapter == "langchain":
+        shown = [(d.page_content, d.metadata) for d in long_retriever.as_langchain(k=5).invoke("quokkas burrows")]
+    elif adapter == "llamaindex":
+        nodes = long_retriever.as_llamaindex(k=5).retrieve("quokkas burrows")
+        shown = [(n.node.text, n.node.metadata) for n in nodes]
+        assert [(n.node.start_char_idx, n.node.end_char_idx) for n in nodes] == [(h.start, h.end) for h in hits]
+        assert {n.node.ref_doc_id for n in nodes} == {"long"}
+    else:
+        shown = [(d.content, d.meta) for d in long_retriever.as_haystack(top_k=5).run("quokkas burrows")["documents"]]
+    assert [(meta["start"], meta["end"]) for _, meta in shown] == [(h.start, h.end) for h in hits]
+    assert all(LONG.text[meta["start"] : meta["end"]] == text for text, meta in shown)
+    assert any(meta["start"] > 0 for _, meta in shown)
