@@ -218,7 +218,8 @@ def long_retriever(indexed_stack):
 def test_adapters_carry_where_the_text_lies_in_its_document(long_retriever, adapter):
     """A citation needs the chunk's place in its document: ``start``/``end`` in each adapter's metadata (LlamaIndex
     also on its own ``start_char_idx``/``end_char_idx``, and the document id as its ``ref_doc_id``), as on ``Hit``."""
-    pytest.importorskip({"langchain": "langchain_core", "llamaindex": "llama_index.core", "haystack": "haystack"}[adapter])
+    modules = {"langchain": "langchain_core", "llamaindex": "llama_index.core", "haystack": "haystack"}
+    pytest.importorskip(modules[adapter])
     hits = long_retriever.search("quokkas burrows", k=5)
     assert len({h.chunk_index for h in hits}) > 1 and hits[0].start is not None
     if adapter == "langchain":
