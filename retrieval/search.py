@@ -372,6 +372,8 @@ class HybridRetriever:
             if not _visible(query):
                 raise EmptyQueryError(f"empty query{where}: give some text to search for")
         k = self.settings.k if k is None else k
+        if isinstance(k, numbers.Integral) and not isinstance(k, bool):
+            k = int(k)  # numpy's and other integer types too
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise InvalidArgumentError(f"k must be a positive integer, got {k!r}")
         if k > MAX_K:
@@ -412,6 +414,7 @@ class HybridRetriever:
         if "dense" in variant.channels:
             encoder = self.query_encoder
             with encoder.lock:
+                _warn_truncated(encoder, queries)
                 dense_q = encoder.encode_queries(queries)
         if "sparse" in variant.channels:
             if not self._checked:
@@ -628,6 +631,7 @@ class HybridRetriever:
 
 
 _warned_threshold = False  # whether a score_threshold on a hybrid search was warned about (once per process)
+_warned_truncated = False  # whether a query longer than the dense model's token limit was warned about (once)
 
 
 class _Timings(threading.local):
@@ -649,6 +653,33 @@ def _warn_threshold_by_rank() -> None:
             "channel lists (rank fusion, reranking), about the same for every query whether its hits are relevant "
             "or not; to drop irrelevant hits test hit.dense_score, the query-chunk cosine (README: Search)"
         )
+
+
+def _warn_truncated(encoder: Any, queries: Sequence[str]) -> None:
+    """Say once per process that a query is longer than the dense model reads: the dense channel (and the reranker's
+    pseudo-query) see its first ``max_tokens`` tokens only, BM25 all of it (a pasted page or a chat history)."""
+    global _warned_truncated
+    if _warned_truncated:
+        return
+    prompt, limit = encoder.query_prompt or "", encoder.max_tokens
+    # a token holds one UTF-8 byte at least: only a query of more bytes than the limit (special tokens
+    # aside) can be cut, so the common short query is never tokenized here
+    for query in queries:
+        if len((prompt + query).encode()) + 4 <= limit:
+            continue
+        tokens = len(encoder.tokenizer(prompt + query, truncation=False, verbose=False)["input_ids"])
+        if tokens > limit:
+            _warned_truncated = True
+            log.warning(
+                "a query of %d tokens is longer than dense model %r reads (%d tokens): the dense channel and the "
+                "reranker see its first %d tokens only, BM25 all of it; search with a shorter query (the question, "
+                "not the whole conversation or document) to be matched on all of it (warned once)",
+                tokens,
+                encoder.model_name,
+                limit,
+                limit,
+            )
+            return
 
 
 def _score_order(channels: dict[str, Sequence[StoredHit]]) -> dict[str, list[StoredHit]]:

@@ -110,6 +110,31 @@ def test_a_score_threshold_on_a_hybrid_search_is_warned_about_once_as_a_cut_by_r
     assert "score_threshold on a hybrid search cuts by rank" in warning and "hit.dense_score" in warning
 
 
+def test_a_query_longer_than_the_dense_model_reads_is_warned_about_once(retriever, caplog, monkeypatch):
+    # a pasted page or a chat history as the query: the dense model reads its first 256 tokens, BM25 all of it
+    monkeypatch.setattr(search_module, "_warned_truncated", False, raising=False)
+    limit = retriever.dense.max_tokens
+    long_query = " ".join(["pasta"] * (2 * limit) + ["ZX-4471 valve gasket"])
+    with caplog.at_level("WARNING", logger="retrieval.search"):
+        retriever.search("valve gasket " * (limit // 8))  # under the limit (about 3 tokens a repeat): no warning
+        retriever.search("ünïcödé " * 30)  # more bytes than tokens allowed, fewer tokens: no warning
+        assert not caplog.records
+        hits = retriever.search(long_query, k=3)
+        retriever.search_batch([long_query, "valve"])  # once per process
+    assert hits[0].doc_id == "manual" and hits[0].sparse_rank == 1  # BM25 read the end of the query
+    [warning] = [r.getMessage() for r in caplog.records]
+    assert f"longer than dense model {retriever.dense.model_name!r} reads ({limit} tokens)" in warning
+    assert "BM25 all of it" in warning
+
+
+def test_k_may_be_any_integer_type(retriever):
+    np = pytest.importorskip("numpy")
+    assert [h.chunk_id for h in retriever.search("valve", k=np.int64(2))] == [
+        h.chunk_id for h in retriever.search("valve", k=2)
+    ]
+    assert len(retriever.as_langchain(k=np.int32(2)).invoke("valve")) == 2
+
+
 def test_langchain_search_kwargs_and_per_call_overrides(retriever):
     lc = retriever.as_langchain(search_kwargs={"k": 2, "filter": {"topic": "home"}})
     docs = lc.invoke(LEXICAL_QUERY[0])
