@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from retrieval.adapted import query_encoder_now
+from retrieval.chunking import point_id
 from retrieval.documents import has_lone_surrogate
 from retrieval.encoders import Bm25Encoder
 from retrieval.encoders.sparse import SparseVec
@@ -587,6 +588,29 @@ class HybridRetriever:
         for i, (hit, fs) in enumerate(zip(hits, final, strict=True)):
             hit.rerank_score, hit.score = (float(rerank_scores[i]) if rerank_scores is not None else None), float(fs)
         return sorted(hits, key=lambda h: (-h.score, h.chunk_id))
+
+    def neighbours(self, hit: Hit, before: int = 1, after: int = 1) -> list[Hit]:
+        """The chunks of ``hit``'s document around it, in document order: up to ``before`` chunks before it, the
+        hit's own chunk as stored, up to ``after`` after it (fewer at the document's edges), read from the version
+        current now. They carry their text, offsets, title and metadata; ``score`` 0.0 and no ranks (they were not
+        searched for). Consecutive chunks overlap by ``CHUNK_OVERLAP`` tokens: a chunk's new text is
+        ``chunk.text[previous.end - chunk.start:]``."""
+        for name, value in (("before", before), ("after", after)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+                raise InvalidArgumentError(f"{name} must be a non-negative integer, got {value!r}")
+        if not isinstance(hit, Hit) or hit.chunk_index is None:
+            raise InvalidArgumentError(f"neighbours takes a Hit of a search (with its chunk_index), got {hit!r:.80}")
+        first, last = max(0, hit.chunk_index - int(before)), hit.chunk_index + int(after)
+        ids = [point_id(hit.doc_id, i) for i in range(first, last + 1)]
+        with self._one_version():
+            points = self.store.points(ids)
+        out = []
+        for pid in ids:
+            if pid in points and points[pid].payload.get("doc_id") == hit.doc_id:
+                chunk = Hit(doc_id=hit.doc_id, chunk_id=pid, text="", score=0.0)
+                chunk.fill(points[pid].payload)
+                out.append(chunk)
+        return out
 
     def as_langchain(self, search_kwargs: dict[str, Any] | None = None, **kwargs: Any) -> LangChainRetriever:
         """This retriever as a LangChain ``BaseRetriever``.
