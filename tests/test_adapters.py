@@ -234,3 +234,22 @@ def test_adapters_carry_where_the_text_lies_in_its_document(long_retriever, adap
     assert [(meta["start"], meta["end"]) for _, meta in shown] == [(h.start, h.end) for h in hits]
     assert all(LONG.text[meta["start"] : meta["end"]] == text for text, meta in shown)
     assert any(meta["start"] > 0 for _, meta in shown)
+
+
+@pytest.mark.parametrize("adapter", ["llamaindex", "haystack"])
+def test_llamaindex_and_haystack_can_ask_for_one_hit_per_document(long_retriever, adapter):
+    """Several chunks of one document fill an LLM's context with near-copies: ``group_by="doc"`` (as LangChain's
+    ``search_kwargs``) gives one node/document per document, its best chunk; Haystack saves it with the pipeline."""
+    pytest.importorskip({"llamaindex": "llama_index.core", "haystack": "haystack"}[adapter])
+    best = long_retriever.search("quokkas burrows", k=5, group_by="doc")
+    assert len(best) == 1 and len(long_retriever.search("quokkas burrows", k=5)) == 5
+    if adapter == "llamaindex":
+        ids = [n.node.node_id for n in long_retriever.as_llamaindex(k=5, group_by="doc").retrieve("quokkas burrows")]
+    else:
+        component = long_retriever.as_haystack(top_k=5, group_by="doc")
+        ids = [d.id for d in component.run("quokkas burrows")["documents"]]
+        assert component.to_dict()["init_parameters"]["group_by"] == "doc"
+    assert ids == [best[0].chunk_id]
+    maker = long_retriever.as_llamaindex if adapter == "llamaindex" else long_retriever.as_haystack
+    with pytest.raises(InvalidArgumentError, match="unknown group_by 'document'"):
+        maker(group_by="document")
