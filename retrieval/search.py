@@ -320,10 +320,18 @@ class HybridRetriever:
 
     def _resolve_variant(self, variant: Variant | str, rerank: bool | None) -> tuple[Variant, bool]:
         """The first-stage variant and whether to rerank (``hybrid+rerank`` is hybrid reranked; only hybrid
-        candidates are reranked; ``rerank=None``: as the settings say)."""
+        candidates are reranked; ``rerank=None``: as the settings say). An explicit ``rerank`` the variant
+        contradicts (True for dense or sparse, False for ``hybrid+rerank``) is refused: it was ignored silently."""
         variant = choice(Variant, variant, "variant")
         if variant is Variant.HYBRID_RERANK:
+            if rerank is False:
+                raise InvalidArgumentError("variant 'hybrid+rerank' with rerank=False: use variant 'hybrid'")
             variant, rerank = Variant.HYBRID, True
+        if rerank is True and variant is not Variant.HYBRID:
+            raise InvalidArgumentError(
+                f"rerank=True with variant {variant.value!r}: the reranker reorders hybrid candidates only "
+                "(variant 'hybrid', or rerank=None for the settings' choice)"
+            )
         rerank = self.settings.rerank if rerank is None else rerank
         return variant, rerank and variant is Variant.HYBRID
 
