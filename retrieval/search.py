@@ -597,25 +597,26 @@ class HybridRetriever:
             hit.rerank_score, hit.score = (float(rerank_scores[i]) if rerank_scores is not None else None), float(fs)
         return sorted(hits, key=lambda h: (-h.score, h.chunk_id))
 
-    def neighbours(self, hit: Hit, before: int = 1, after: int = 1) -> list[Hit]:
-        """The chunks of ``hit``'s document around it, in document order: up to ``before`` chunks before it, the
-        hit's own chunk as stored, up to ``after`` after it (fewer at the document's edges), read from the version
-        current now. They carry their text, offsets, title and metadata; ``score`` 0.0 and no ranks (they were not
-        searched for). Consecutive chunks overlap by ``CHUNK_OVERLAP`` tokens: a chunk's new text is
+    def neighbours(self, doc_id: str, chunk_index: int, before: int = 1, after: int = 1) -> list[Hit]:
+        """The chunks of document ``doc_id`` around its chunk ``chunk_index`` (a hit's ``doc_id`` and
+        ``chunk_index``, or an adapter's metadata of those names), in document order: up to ``before`` chunks
+        before it, the chunk itself, up to ``after`` after it (fewer at the document's edges), read from the
+        version current now. They carry their text, offsets, title and metadata; ``score`` 0.0 and no ranks (they
+        were not searched for). Consecutive chunks overlap by ``CHUNK_OVERLAP`` tokens: a chunk's new text is
         ``chunk.text[previous.end - chunk.start:]``."""
-        for name, value in (("before", before), ("after", after)):
+        if not isinstance(doc_id, str):
+            raise InvalidArgumentError(f"doc_id must be a string, got {type(doc_id).__name__} {doc_id!r:.80}")
+        for name, value in (("chunk_index", chunk_index), ("before", before), ("after", after)):
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
                 raise InvalidArgumentError(f"{name} must be a non-negative integer, got {value!r}")
-        if not isinstance(hit, Hit) or hit.chunk_index is None:
-            raise InvalidArgumentError(f"neighbours takes a Hit of a search (with its chunk_index), got {hit!r:.80}")
-        first, last = max(0, hit.chunk_index - int(before)), hit.chunk_index + int(after)
-        ids = [point_id(hit.doc_id, i) for i in range(first, last + 1)]
+        first, last = max(0, int(chunk_index) - int(before)), int(chunk_index) + int(after)
+        ids = [point_id(doc_id, i) for i in range(first, last + 1)]
         with self._one_version():
             points = self.store.points(ids)
         out = []
         for pid in ids:
-            if pid in points and points[pid].payload.get("doc_id") == hit.doc_id:
-                chunk = Hit(doc_id=hit.doc_id, chunk_id=pid, text="", score=0.0)
+            if pid in points and points[pid].payload.get("doc_id") == doc_id:
+                chunk = Hit(doc_id=doc_id, chunk_id=pid, text="", score=0.0)
                 chunk.fill(points[pid].payload)
                 out.append(chunk)
         return out

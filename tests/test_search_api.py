@@ -143,22 +143,28 @@ def test_k_may_be_any_integer_type(retriever):
 def test_neighbours_give_the_chunks_around_a_hit_in_document_order(retriever):
     # context expansion for an LLM: the chunks before and after the hit, stitched by their offsets
     hits = [h for h in retriever.search("ZX-4471 valve gasket torque", k=20) if h.doc_id == "manual"]
-    chunks = retriever.neighbours(hits[0], before=10**6, after=10**6)  # the whole document
+    chunks = retriever.neighbours(hits[0].doc_id, hits[0].chunk_index, before=10**6, after=10**6)  # all of it
     assert [c.chunk_index for c in chunks] == list(range(len(chunks))) and len(chunks) > 3
     assert all(LONG.text[c.start : c.end] == c.text and c.title == LONG.title for c in chunks)
     assert hits[0].chunk_id in {c.chunk_id for c in chunks} and {c.score for c in chunks} == {0.0}
     stitched = chunks[0].text + "".join(c.text[p.end - c.start :] for p, c in itertools.pairwise(chunks))
     assert stitched == LONG.text.strip()
-    middle = chunks[2]
-    around = retriever.neighbours(middle, before=1, after=2)
-    assert [c.chunk_index for c in around] == [1, 2, 3, 4] and around[1].text == middle.text
-    assert [c.chunk_index for c in retriever.neighbours(chunks[0], before=3, after=0)] == [0]
-    assert [c.chunk_index for c in retriever.neighbours(chunks[-1], after=5)] == [len(chunks) - 2, len(chunks) - 1]
-    for bad in ({"before": -1}, {"after": 1.5}, {"before": True}):
-        with pytest.raises(InvalidArgumentError, match="non-negative integer"):
-            retriever.neighbours(middle, **bad)
-    with pytest.raises(InvalidArgumentError, match="takes a Hit"):
-        retriever.neighbours(middle.chunk_id)
+    around = retriever.neighbours("manual", 2, before=1, after=2)
+    assert [c.chunk_index for c in around] == [1, 2, 3, 4] and around[1].text == chunks[2].text
+    assert [c.chunk_index for c in retriever.neighbours("manual", 0, before=3, after=0)] == [0]
+    assert [c.chunk_index for c in retriever.neighbours("manual", len(chunks) - 1, after=5)] == [
+        len(chunks) - 2,
+        len(chunks) - 1,
+    ]
+    # what a LangChain document shows is enough
+    [doc] = retriever.as_langchain(k=1, filter={"doc_id": "manual"}).invoke("valve gasket")
+    assert doc.id in {c.chunk_id for c in retriever.neighbours(doc.metadata["doc_id"], doc.metadata["chunk_index"])}
+    assert retriever.neighbours("no-such-document", 0) == []
+    for bad in ({"before": -1}, {"after": 1.5}, {"before": True}, {"chunk_index": -1}):
+        with pytest.raises(InvalidArgumentError, match="must be a non-negative integer"):
+            retriever.neighbours(**({"doc_id": "manual", "chunk_index": 1} | bad))
+    with pytest.raises(InvalidArgumentError, match="doc_id must be a string"):
+        retriever.neighbours(hits[0], 1)
 
 
 def test_langchain_search_kwargs_and_per_call_overrides(retriever):
