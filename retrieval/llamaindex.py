@@ -27,6 +27,7 @@ class LlamaIndexRetriever(BaseRetriever):
     ):
         self.retriever, self.k, self.filter, self.rerank = retriever, k, filter, rerank
         self.group_by = choice(GroupBy, group_by, "group_by").value  # "doc": one node per document, its best chunk
+        retriever.check_arguments(k, shown_filter(filter), rerank, group_by=self.group_by)
         super().__init__(**kwargs)
 
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:

@@ -297,6 +297,20 @@ class HybridRetriever:
                 hit.dense_vector = None  # the reranker's input: hits have one shape whatever the variant
             return self._fill_payloads(results) if deferred else results
 
+    def check_arguments(
+        self,
+        k: int | None = None,
+        filter: dict[str, Any] | None = None,
+        rerank: bool | None = None,
+        variant: Variant | str = Variant.HYBRID,
+        group_by: GroupBy | str = GroupBy.CHUNK,
+        score_threshold: float | None = None,
+    ) -> None:
+        """Raise what :meth:`search` would raise for these arguments, without searching (the adapters check the
+        arguments they are built with, so a bad ``k`` fails where it is given, not at the first query)."""
+        self._check_arguments([], k, group_by, score_threshold, rerank, filter)
+        self._resolve_variant(variant, rerank)
+
     @contextmanager
     def _one_version(self) -> Iterator[None]:
         """Every store request inside reads the version current when the block begins, its schema checked

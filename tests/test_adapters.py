@@ -253,3 +253,27 @@ def test_llamaindex_and_haystack_can_ask_for_one_hit_per_document(long_retriever
     maker = long_retriever.as_llamaindex if adapter == "llamaindex" else long_retriever.as_haystack
     with pytest.raises(InvalidArgumentError, match="unknown group_by 'document'"):
         maker(group_by="document")
+
+
+@pytest.mark.parametrize("adapter", ADAPTERS)
+def test_adapters_check_their_search_arguments_when_built(retriever, adapter):
+    """A bad k, variant or filter given to the adapter fails where it is given (a service's start-up), not at its
+    first query."""
+    pytest.importorskip(
+        {"langchain": "langchain_core", "llamaindex": "llama_index.core", "haystack": "haystack"}[adapter]
+    )
+    make = {
+        "langchain": retriever.as_langchain,
+        "llamaindex": retriever.as_llamaindex,
+        "haystack": retriever.as_haystack,
+    }
+    k = "top_k" if adapter == "haystack" else "k"
+    with pytest.raises(InvalidArgumentError, match="k must be a positive integer, got 0"):
+        make[adapter](**{k: 0})
+    with pytest.raises(InvalidArgumentError, match="rerank must be True, False or None"):
+        make[adapter](rerank="no")
+    with pytest.raises(FilterError, match="filter on 'chunk_id'"):
+        make[adapter](**{"filters" if adapter == "haystack" else "filter": {"chunk_id": "c-7"}})
+    if adapter == "langchain":
+        with pytest.raises(InvalidArgumentError, match="rerank=True with variant 'dense'"):
+            make[adapter](variant="dense", rerank=True)
