@@ -344,7 +344,7 @@ class HybridRetriever:
         if rerank is True and variant is not Variant.HYBRID:
             raise InvalidArgumentError(
                 f"rerank=True with variant {variant.value!r}: the reranker reorders hybrid candidates only "
-                "(variant 'hybrid', or rerank=None for the settings' choice)"
+                "(search variant 'hybrid', or leave rerank to the settings)"
             )
         rerank = self.settings.rerank if rerank is None else rerank
         return variant, rerank and variant is Variant.HYBRID
