@@ -8,7 +8,8 @@ from retrieval.store.base import SHOWN_STORED, ShownFilter
 
 
 def hit_metadata(hit: Any) -> dict[str, Any]:
-    """Where the hit came from (chunk index, title, final score, per-channel ranks and scores;
+    """Where the hit came from (chunk index, ``start``/``end`` offsets of its text in the document's text, title,
+    final score, per-channel ranks and scores;
     ``dense_score``/``sparse_score`` are None where the :class:`~retrieval.search.Hit` lacks them), then the
     document's own metadata, which wins on a clash: its values round-trip exactly (the hit's stay on the ``Hit``,
     and on the node's/document's own ``score`` and ``id``), except a ``title`` or ``chunk_index`` that is null or
@@ -18,6 +19,8 @@ def hit_metadata(hit: Any) -> dict[str, Any]:
     own = {k: v for k, v in hit.metadata.items() if not (k in SHOWN_STORED and (v is None or v == []))}
     return {
         "chunk_index": hit.chunk_index,
+        "start": getattr(hit, "start", None),
+        "end": getattr(hit, "end", None),
         "title": hit.title,
         "score": hit.score,
         "dense_rank": hit.dense_rank,

@@ -9,7 +9,8 @@ from haystack.core.serialization import default_to_dict
 from pydantic import ValidationError
 
 from retrieval.adapters import hit_metadata, shown_filter
-from retrieval.errors import FilterError, InvalidArgumentError
+from retrieval.errors import FilterError, InvalidArgumentError, choice
+from retrieval.search import GroupBy
 from retrieval.settings import RetrievalSettings, redact_url, settings_problems
 from retrieval.store.base import check_nesting
 
@@ -37,25 +38,28 @@ class HaystackRetriever:
         top_k: int | None = None,
         filters: dict[str, Any] | None = None,
         rerank: bool | None = None,
+        group_by: str = "chunk",
     ):
         self.retriever, self.top_k, self.filters, self.rerank = retriever, top_k, filters, rerank
+        self.group_by = choice(GroupBy, group_by, "group_by").value  # "doc": one Document per document, its best chunk
+        retriever.check_arguments(*self._arguments(None, None), group_by=self.group_by)
 
     @component.output_types(documents=list[Document])
     def run(self, query: str, top_k: int | None = None, filters: dict[str, Any] | None = None) -> dict[str, Any]:
-        hits = self.retriever.search(query, *self._arguments(top_k, filters))
+        hits = self.retriever.search(query, *self._arguments(top_k, filters), group_by=self.group_by)
         return {"documents": [_to_document(h) for h in hits]}
 
     @component.output_types(documents=list[Document])
     async def run_async(
         self, query: str, top_k: int | None = None, filters: dict[str, Any] | None = None
     ) -> dict[str, Any]:
-        hits = await self.retriever.asearch(query, *self._arguments(top_k, filters))
+        hits = await self.retriever.asearch(query, *self._arguments(top_k, filters), group_by=self.group_by)
         return {"documents": [_to_document(h) for h in hits]}
 
     def to_dict(self) -> dict[str, Any]:
         """The component as Haystack saves it: the collection, where it is (``qdrant_path``, ``qdrant_url``), the
-        settings that differ from the defaults, and ``top_k``, ``filters``, ``rerank``. Never the API key: the
-        loading process reads ``HYBRID_RAG_QDRANT_API_KEY`` (a URL holding a password is refused)."""
+        settings that differ from the defaults, and ``top_k``, ``filters``, ``rerank``, ``group_by``. Never the API
+        key: the loading process reads ``HYBRID_RAG_QDRANT_API_KEY`` (a URL holding a password is refused)."""
         settings, store = self.retriever.settings, self.retriever.store
         if redact_url(settings.qdrant_url) != settings.qdrant_url:
             raise InvalidArgumentError(
@@ -65,7 +69,13 @@ class HaystackRetriever:
         saved = settings.model_dump(mode="json", exclude={"qdrant_api_key"}, exclude_defaults=True)
         saved |= settings.model_dump(mode="json", include=set(WHERE)) | {"collection": store.collection}
         return default_to_dict(
-            self, settings=saved, version=store.version, top_k=self.top_k, filters=self.filters, rerank=self.rerank
+            self,
+            settings=saved,
+            version=store.version,
+            top_k=self.top_k,
+            filters=self.filters,
+            rerank=self.rerank,
+            group_by=self.group_by,
         )
 
     @classmethod

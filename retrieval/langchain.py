@@ -30,7 +30,9 @@ class LangChainRetriever(BaseRetriever):
 
     def __init__(self, **data: Any):
         # checked before pydantic, which would wrap the InvalidArgumentError (a ValueError) in a ValidationError
-        _checked(data.get("search_kwargs", {}))
+        search_kwargs = _checked(data.get("search_kwargs", {}))
+        if "retriever" in data:
+            data["retriever"].check_arguments(**_shown(search_kwargs))
         super().__init__(**data)
 
     def _get_relevant_documents(

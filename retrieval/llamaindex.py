@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from llama_index.core.retrievers import BaseRetriever
-from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
+from llama_index.core.schema import NodeRelationship, NodeWithScore, QueryBundle, RelatedNodeInfo, TextNode
 
 from retrieval.adapters import hit_metadata, shown_filter
+from retrieval.errors import choice
+from retrieval.search import GroupBy
 
 
 class LlamaIndexRetriever(BaseRetriever):
@@ -20,19 +22,28 @@ class LlamaIndexRetriever(BaseRetriever):
         k: int | None = None,
         filter: dict[str, Any] | None = None,
         rerank: bool | None = None,
+        group_by: str = "chunk",
         **kwargs: Any,
     ):
         self.retriever, self.k, self.filter, self.rerank = retriever, k, filter, rerank
+        self.group_by = choice(GroupBy, group_by, "group_by").value  # "doc": one node per document, its best chunk
+        retriever.check_arguments(k, shown_filter(filter), rerank, group_by=self.group_by)
         super().__init__(**kwargs)
 
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
         hits = self.retriever.search(
-            query_bundle.query_str, k=self.k, filter=shown_filter(self.filter), rerank=self.rerank
+            query_bundle.query_str,
+            k=self.k,
+            filter=shown_filter(self.filter),
+            rerank=self.rerank,
+            group_by=self.group_by,
         )
         return [_to_node(h) for h in hits]
 
     async def _aretrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
-        hits = await self.retriever.asearch(query_bundle.query_str, self.k, shown_filter(self.filter), self.rerank)
+        hits = await self.retriever.asearch(
+            query_bundle.query_str, self.k, shown_filter(self.filter), self.rerank, group_by=self.group_by
+        )
         return [_to_node(h) for h in hits]
 
 
@@ -42,6 +53,9 @@ def _to_node(hit) -> NodeWithScore:
         id_=hit.chunk_id,
         text=hit.text,
         metadata=metadata,
+        start_char_idx=hit.start,  # LlamaIndex's own fields for where the text lies in its document
+        end_char_idx=hit.end,
+        relationships={NodeRelationship.SOURCE: RelatedNodeInfo(node_id=hit.doc_id)},  # node.ref_doc_id
         # what the LLM sees next to the text: the title only, not ids and ranks
         excluded_llm_metadata_keys=[key for key in metadata if key != "title"],
         excluded_embed_metadata_keys=list(metadata),

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from retrieval.adapted import query_encoder_now
+from retrieval.chunking import point_id
 from retrieval.documents import has_lone_surrogate
 from retrieval.encoders import Bm25Encoder
 from retrieval.encoders.sparse import SparseVec
@@ -296,6 +297,20 @@ class HybridRetriever:
                 hit.dense_vector = None  # the reranker's input: hits have one shape whatever the variant
             return self._fill_payloads(results) if deferred else results
 
+    def check_arguments(
+        self,
+        k: int | None = None,
+        filter: dict[str, Any] | None = None,
+        rerank: bool | None = None,
+        variant: Variant | str = Variant.HYBRID,
+        group_by: GroupBy | str = GroupBy.CHUNK,
+        score_threshold: float | None = None,
+    ) -> None:
+        """Raise what :meth:`search` would raise for these arguments, without searching (the adapters check the
+        arguments they are built with, so a bad ``k`` fails where it is given, not at the first query)."""
+        self._check_arguments([], k, group_by, score_threshold, rerank, filter)
+        self._resolve_variant(variant, rerank)
+
     @contextmanager
     def _one_version(self) -> Iterator[None]:
         """Every store request inside reads the version current when the block begins, its schema checked
@@ -319,10 +334,18 @@ class HybridRetriever:
 
     def _resolve_variant(self, variant: Variant | str, rerank: bool | None) -> tuple[Variant, bool]:
         """The first-stage variant and whether to rerank (``hybrid+rerank`` is hybrid reranked; only hybrid
-        candidates are reranked; ``rerank=None``: as the settings say)."""
+        candidates are reranked; ``rerank=None``: as the settings say). An explicit ``rerank`` the variant
+        contradicts (True for dense or sparse, False for ``hybrid+rerank``) is refused: it was ignored silently."""
         variant = choice(Variant, variant, "variant")
         if variant is Variant.HYBRID_RERANK:
+            if rerank is False:
+                raise InvalidArgumentError("variant 'hybrid+rerank' with rerank=False: use variant 'hybrid'")
             variant, rerank = Variant.HYBRID, True
+        if rerank is True and variant is not Variant.HYBRID:
+            raise InvalidArgumentError(
+                f"rerank=True with variant {variant.value!r}: the reranker reorders hybrid candidates only "
+                "(search variant 'hybrid', or leave rerank to the settings)"
+            )
         rerank = self.settings.rerank if rerank is None else rerank
         return variant, rerank and variant is Variant.HYBRID
 
@@ -372,6 +395,8 @@ class HybridRetriever:
             if not _visible(query):
                 raise EmptyQueryError(f"empty query{where}: give some text to search for")
         k = self.settings.k if k is None else k
+        if isinstance(k, numbers.Integral) and not isinstance(k, bool):
+            k = int(k)  # numpy's and other integer types too
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise InvalidArgumentError(f"k must be a positive integer, got {k!r}")
         if k > MAX_K:
@@ -412,6 +437,7 @@ class HybridRetriever:
         if "dense" in variant.channels:
             encoder = self.query_encoder
             with encoder.lock:
+                _warn_truncated(encoder, queries)
                 dense_q = encoder.encode_queries(queries)
         if "sparse" in variant.channels:
             if not self._checked:
@@ -585,6 +611,30 @@ class HybridRetriever:
             hit.rerank_score, hit.score = (float(rerank_scores[i]) if rerank_scores is not None else None), float(fs)
         return sorted(hits, key=lambda h: (-h.score, h.chunk_id))
 
+    def neighbours(self, doc_id: str, chunk_index: int, before: int = 1, after: int = 1) -> list[Hit]:
+        """The chunks of document ``doc_id`` around its chunk ``chunk_index`` (a hit's ``doc_id`` and
+        ``chunk_index``, or an adapter's metadata of those names), in document order: up to ``before`` chunks
+        before it, the chunk itself, up to ``after`` after it (fewer at the document's edges), read from the
+        version current now. They carry their text, offsets, title and metadata; ``score`` 0.0 and no ranks (they
+        were not searched for). Consecutive chunks overlap by ``CHUNK_OVERLAP`` tokens: a chunk's new text is
+        ``chunk.text[previous.end - chunk.start:]``."""
+        if not isinstance(doc_id, str):
+            raise InvalidArgumentError(f"doc_id must be a string, got {type(doc_id).__name__} {doc_id!r:.80}")
+        for name, value in (("chunk_index", chunk_index), ("before", before), ("after", after)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+                raise InvalidArgumentError(f"{name} must be a non-negative integer, got {value!r}")
+        first, last = max(0, int(chunk_index) - int(before)), int(chunk_index) + int(after)
+        ids = [point_id(doc_id, i) for i in range(first, last + 1)]
+        with self._one_version():
+            points = self.store.points(ids)
+        out = []
+        for pid in ids:
+            if pid in points and points[pid].payload.get("doc_id") == doc_id:
+                chunk = Hit(doc_id=doc_id, chunk_id=pid, text="", score=0.0)
+                chunk.fill(points[pid].payload)
+                out.append(chunk)
+        return out
+
     def as_langchain(self, search_kwargs: dict[str, Any] | None = None, **kwargs: Any) -> LangChainRetriever:
         """This retriever as a LangChain ``BaseRetriever``.
 
@@ -628,6 +678,7 @@ class HybridRetriever:
 
 
 _warned_threshold = False  # whether a score_threshold on a hybrid search was warned about (once per process)
+_warned_truncated = False  # whether a query longer than the dense model's token limit was warned about (once)
 
 
 class _Timings(threading.local):
@@ -649,6 +700,33 @@ def _warn_threshold_by_rank() -> None:
             "channel lists (rank fusion, reranking), about the same for every query whether its hits are relevant "
             "or not; to drop irrelevant hits test hit.dense_score, the query-chunk cosine (README: Search)"
         )
+
+
+def _warn_truncated(encoder: Any, queries: Sequence[str]) -> None:
+    """Say once per process that a query is longer than the dense model reads: the dense channel (and the reranker's
+    pseudo-query) see its first ``max_tokens`` tokens only, BM25 all of it (a pasted page or a chat history)."""
+    global _warned_truncated
+    if _warned_truncated:
+        return
+    prompt, limit = encoder.query_prompt or "", encoder.max_tokens
+    # a token holds one UTF-8 byte at least: only a query of more bytes than the limit (special tokens
+    # aside) can be cut, so the common short query is never tokenized here
+    for query in queries:
+        if len((prompt + query).encode()) + 4 <= limit:
+            continue
+        tokens = len(encoder.tokenizer(prompt + query, truncation=False, verbose=False)["input_ids"])
+        if tokens > limit:
+            _warned_truncated = True
+            log.warning(
+                "a query of %d tokens is longer than dense model %r reads (%d tokens): the dense channel and the "
+                "reranker see its first %d tokens only, BM25 all of it; search with a shorter query (the question, "
+                "not the whole conversation or document) to be matched on all of it (warned once)",
+                tokens,
+                encoder.model_name,
+                limit,
+                limit,
+            )
+            return
 
 
 def _score_order(channels: dict[str, Sequence[StoredHit]]) -> dict[str, list[StoredHit]]:

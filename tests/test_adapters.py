@@ -197,3 +197,83 @@ def test_adapters_refuse_a_query_with_no_visible_text(retriever, adapter):
         else:
             pytest.importorskip("haystack")
             retriever.as_haystack().run("\u200b\ufeff")
+
+
+# a document of several chunks, with whitespace the chunks leave out at its edges: offsets are not 0 and len(text)
+LONG = Document(
+    "long",
+    "  \n" + " ".join(f"Paragraph {i} about quokkas on Rottnest Island and their burrows." for i in range(60)) + "\n",
+    title="Quokkas",
+)
+
+
+@pytest.fixture(scope="module")
+def long_retriever(indexed_stack):
+    stack = indexed_stack("edge", [LONG], collection="adapter-offsets", rerank=False, chunk_tokens=64)
+    yield stack.retriever()
+    stack.close()
+
+
+@pytest.mark.parametrize("adapter", ADAPTERS)
+def test_adapters_carry_where_the_text_lies_in_its_document(long_retriever, adapter):
+    """A citation needs the chunk's place in its document: ``start``/``end`` in each adapter's metadata (LlamaIndex
+    also on its own ``start_char_idx``/``end_char_idx``, and the document id as its ``ref_doc_id``), as on ``Hit``."""
+    modules = {"langchain": "langchain_core", "llamaindex": "llama_index.core", "haystack": "haystack"}
+    pytest.importorskip(modules[adapter])
+    hits = long_retriever.search("quokkas burrows", k=5)
+    assert len({h.chunk_index for h in hits}) > 1 and hits[0].start is not None
+    if adapter == "langchain":
+        shown = [(d.page_content, d.metadata) for d in long_retriever.as_langchain(k=5).invoke("quokkas burrows")]
+    elif adapter == "llamaindex":
+        nodes = long_retriever.as_llamaindex(k=5).retrieve("quokkas burrows")
+        shown = [(n.node.text, n.node.metadata) for n in nodes]
+        assert [(n.node.start_char_idx, n.node.end_char_idx) for n in nodes] == [(h.start, h.end) for h in hits]
+        assert {n.node.ref_doc_id for n in nodes} == {"long"}
+    else:
+        shown = [(d.content, d.meta) for d in long_retriever.as_haystack(top_k=5).run("quokkas burrows")["documents"]]
+    assert [(meta["start"], meta["end"]) for _, meta in shown] == [(h.start, h.end) for h in hits]
+    assert all(LONG.text[meta["start"] : meta["end"]] == text for text, meta in shown)
+    assert any(meta["start"] > 0 for _, meta in shown)
+
+
+@pytest.mark.parametrize("adapter", ["llamaindex", "haystack"])
+def test_llamaindex_and_haystack_can_ask_for_one_hit_per_document(long_retriever, adapter):
+    """Several chunks of one document fill an LLM's context with near-copies: ``group_by="doc"`` (as LangChain's
+    ``search_kwargs``) gives one node/document per document, its best chunk; Haystack saves it with the pipeline."""
+    pytest.importorskip({"llamaindex": "llama_index.core", "haystack": "haystack"}[adapter])
+    best = long_retriever.search("quokkas burrows", k=5, group_by="doc")
+    assert len(best) == 1 and len(long_retriever.search("quokkas burrows", k=5)) == 5
+    if adapter == "llamaindex":
+        ids = [n.node.node_id for n in long_retriever.as_llamaindex(k=5, group_by="doc").retrieve("quokkas burrows")]
+    else:
+        component = long_retriever.as_haystack(top_k=5, group_by="doc")
+        ids = [d.id for d in component.run("quokkas burrows")["documents"]]
+        assert component.to_dict()["init_parameters"]["group_by"] == "doc"
+    assert ids == [best[0].chunk_id]
+    maker = long_retriever.as_llamaindex if adapter == "llamaindex" else long_retriever.as_haystack
+    with pytest.raises(InvalidArgumentError, match="unknown group_by 'document'"):
+        maker(group_by="document")
+
+
+@pytest.mark.parametrize("adapter", ADAPTERS)
+def test_adapters_check_their_search_arguments_when_built(retriever, adapter):
+    """A bad k, variant or filter given to the adapter fails where it is given (a service's start-up), not at its
+    first query."""
+    pytest.importorskip(
+        {"langchain": "langchain_core", "llamaindex": "llama_index.core", "haystack": "haystack"}[adapter]
+    )
+    make = {
+        "langchain": retriever.as_langchain,
+        "llamaindex": retriever.as_llamaindex,
+        "haystack": retriever.as_haystack,
+    }
+    k = "top_k" if adapter == "haystack" else "k"
+    with pytest.raises(InvalidArgumentError, match="k must be a positive integer, got 0"):
+        make[adapter](**{k: 0})
+    with pytest.raises(InvalidArgumentError, match="rerank must be True, False or None"):
+        make[adapter](rerank="no")
+    with pytest.raises(FilterError, match="filter on 'chunk_id'"):
+        make[adapter](**{"filters" if adapter == "haystack" else "filter": {"chunk_id": "c-7"}})
+    if adapter == "langchain":
+        with pytest.raises(InvalidArgumentError, match="rerank=True with variant 'dense'"):
+            make[adapter](variant="dense", rerank=True)

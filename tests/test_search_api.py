@@ -1,5 +1,6 @@
 """What search promises callers: clear refusals, document-level results, thresholds, LangChain kwargs."""
 
+import itertools
 import json
 from dataclasses import asdict, replace
 
@@ -60,6 +61,10 @@ def test_a_query_of_any_visible_character_is_searched(retriever, query):
         ({"k": 10**5000}, "k must be at most 1,000,000,000, got an integer of 16610 bits"),
         ({"rerank": "false"}, "rerank must be True, False or None \\(the settings\\), got 'false'"),
         ({"rerank": 1}, "rerank must be True, False or None"),
+        # an explicit rerank the variant contradicts (it was ignored silently: dense hits came back not reranked)
+        ({"variant": "dense", "rerank": True}, "rerank=True with variant 'dense': the reranker reorders hybrid"),
+        ({"variant": "sparse", "rerank": True}, "rerank=True with variant 'sparse'"),
+        ({"variant": "hybrid+rerank", "rerank": False}, "variant 'hybrid\+rerank' with rerank=False"),
         ({"score_threshold": float("nan")}, "score_threshold must be a finite number or None, got nan"),
         ({"score_threshold": float("-inf")}, "score_threshold must be a finite number or None, got -inf"),
         ({"score_threshold": "0.5"}, "score_threshold must be a finite number"),
@@ -108,6 +113,58 @@ def test_a_score_threshold_on_a_hybrid_search_is_warned_about_once_as_a_cut_by_r
         retriever.as_langchain(score_threshold=0.01).invoke("valve")
     [warning] = [r.getMessage() for r in caplog.records]
     assert "score_threshold on a hybrid search cuts by rank" in warning and "hit.dense_score" in warning
+
+
+def test_a_query_longer_than_the_dense_model_reads_is_warned_about_once(retriever, caplog, monkeypatch):
+    # a pasted page or a chat history as the query: the dense model reads its first 256 tokens, BM25 all of it
+    monkeypatch.setattr(search_module, "_warned_truncated", False, raising=False)
+    limit = retriever.dense.max_tokens
+    long_query = " ".join(["pasta"] * (2 * limit) + ["ZX-4471 valve gasket"])
+    with caplog.at_level("WARNING", logger="retrieval.search"):
+        retriever.search("valve gasket " * (limit // 8))  # under the limit (about 3 tokens a repeat): no warning
+        retriever.search("ünïcödé " * 30)  # more bytes than tokens allowed, fewer tokens: no warning
+        assert not caplog.records
+        hits = retriever.search(long_query, k=3)
+        retriever.search_batch([long_query, "valve"])  # once per process
+    assert hits[0].doc_id == "manual" and hits[0].sparse_rank == 1  # BM25 read the end of the query
+    [warning] = [r.getMessage() for r in caplog.records]
+    assert f"longer than dense model {retriever.dense.model_name!r} reads ({limit} tokens)" in warning
+    assert "BM25 all of it" in warning
+
+
+def test_k_may_be_any_integer_type(retriever):
+    np = pytest.importorskip("numpy")
+    assert [h.chunk_id for h in retriever.search("valve", k=np.int64(2))] == [
+        h.chunk_id for h in retriever.search("valve", k=2)
+    ]
+    assert len(retriever.as_langchain(k=np.int32(2)).invoke("valve")) == 2
+
+
+def test_neighbours_give_the_chunks_around_a_hit_in_document_order(retriever):
+    # context expansion for an LLM: the chunks before and after the hit, stitched by their offsets
+    hits = [h for h in retriever.search("ZX-4471 valve gasket torque", k=20) if h.doc_id == "manual"]
+    chunks = retriever.neighbours(hits[0].doc_id, hits[0].chunk_index, before=10**6, after=10**6)  # all of it
+    assert [c.chunk_index for c in chunks] == list(range(len(chunks))) and len(chunks) > 3
+    assert all(LONG.text[c.start : c.end] == c.text and c.title == LONG.title for c in chunks)
+    assert hits[0].chunk_id in {c.chunk_id for c in chunks} and {c.score for c in chunks} == {0.0}
+    stitched = chunks[0].text + "".join(c.text[p.end - c.start :] for p, c in itertools.pairwise(chunks))
+    assert stitched == LONG.text.strip()
+    around = retriever.neighbours("manual", 2, before=1, after=2)
+    assert [c.chunk_index for c in around] == [1, 2, 3, 4] and around[1].text == chunks[2].text
+    assert [c.chunk_index for c in retriever.neighbours("manual", 0, before=3, after=0)] == [0]
+    assert [c.chunk_index for c in retriever.neighbours("manual", len(chunks) - 1, after=5)] == [
+        len(chunks) - 2,
+        len(chunks) - 1,
+    ]
+    # what a LangChain document shows is enough
+    [doc] = retriever.as_langchain(k=1, filter={"doc_id": "manual"}).invoke("valve gasket")
+    assert doc.id in {c.chunk_id for c in retriever.neighbours(doc.metadata["doc_id"], doc.metadata["chunk_index"])}
+    assert retriever.neighbours("no-such-document", 0) == []
+    for bad in ({"before": -1}, {"after": 1.5}, {"before": True}, {"chunk_index": -1}):
+        with pytest.raises(InvalidArgumentError, match="must be a non-negative integer"):
+            retriever.neighbours(**({"doc_id": "manual", "chunk_index": 1} | bad))
+    with pytest.raises(InvalidArgumentError, match="doc_id must be a string"):
+        retriever.neighbours(hits[0], 1)
 
 
 def test_langchain_search_kwargs_and_per_call_overrides(retriever):
