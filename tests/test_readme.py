@@ -1,4 +1,4 @@
-"""The README's Python snippet runs as written and prints hits."""
+"""The README's Python snippets run as written and print hits; it names every setting."""
 
 import os
 import re
@@ -23,3 +23,12 @@ def test_readme_python_snippet_prints_hits(tmp_path):
     lines = result.stdout.strip().splitlines()
     assert lines and lines[0].startswith("qdrant 0 "), result.stdout  # the filter keeps the 2024 document
     assert not any(line.startswith("bm25") for line in lines)
+
+
+def test_readme_names_every_setting():
+    """Each RetrievalSettings field is documented (as its HYBRID_RAG_* name without the prefix)."""
+    from retrieval import RetrievalSettings
+
+    text = README.read_text()
+    missing = [f for f in RetrievalSettings.model_fields if not re.search(rf"`(HYBRID_RAG_)?{f.upper()}`", text)]
+    assert not missing, f"settings README does not name: {missing}"
