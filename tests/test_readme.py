@@ -32,3 +32,33 @@ def test_readme_names_every_setting():
     text = README.read_text()
     missing = [f for f in RetrievalSettings.model_fields if not re.search(rf"`(HYBRID_RAG_)?{f.upper()}`", text)]
     assert not missing, f"settings README does not name: {missing}"
+
+
+def test_readme_command_synopsis_lists_every_option():
+    """Each CLI command has a synopsis line in README's Command line block naming all its options, and no other."""
+    import typer
+
+    from orchestration.cli import app
+
+    block = README.read_text().split("### Command line\n\n```bash\n", 1)[1].split("```", 1)[0]
+    entries: dict[str, str] = {}
+    for entry in re.split(r"\n(?=hybrid-rag )", block.replace("\\\n", " ")):
+        words = entry.split()
+        name = " ".join(words[1:3]) if words[1:3] == ["cache", "prune"] else words[1]
+        entries[name] = entries.get(name, "") + " " + entry
+
+    def commands(group, prefix=""):
+        for name, command in group.commands.items():
+            yield prefix + name, command
+            if hasattr(command, "commands"):
+                yield from commands(command, prefix + name + " ")
+
+    for name, command in commands(typer.main.get_command(app)):
+        if name == "ui":  # its arguments are dagster dev's
+            continue
+        assert name in entries, f"README has no synopsis of hybrid-rag {name}"
+        listed = set(re.findall(r"--[a-z][a-z-]*", entries[name]))
+        options = {o for p in command.params for o in p.opts if o.startswith("--") and o != "--help"}
+        assert options - listed == set(), f"hybrid-rag {name}: options README does not list"
+        negations = {o for p in command.params for o in p.secondary_opts}
+        assert listed - options - negations == set(), f"hybrid-rag {name}: README lists options it lacks"
