@@ -261,14 +261,16 @@ class HybridRetriever:
         (ids, scores and doc ids only), fusion here, then one request for the payloads of the hits kept.
 
         ``k`` (default: settings) hits per query; ``filter``: metadata conditions (see
-        :func:`~retrieval.store.base.filter_conditions`); ``rerank`` (default: settings); ``group_by="doc"``:
+        :func:`~retrieval.store.base.filter_conditions`); ``rerank`` (default: settings); ``variant``: the channels,
+        ``dense``, ``sparse``, ``hybrid`` (default) or ``hybrid+rerank`` (hybrid reranked); ``group_by="doc"``:
         one hit per document, its best chunk (each channel's list then holds documents, ranked by their best chunk;
         fusion and reranking rank documents); ``score_threshold``: drop hits whose final ``score`` is lower (a
         hybrid search's score comes from the hit's ranks, so there it cuts by rank: warned once; to drop
         irrelevant hits, test ``dense_score``);
         ``encoded``: the queries' vectors from :meth:`encode` (not encoded again: searching the same queries
         several ways encodes them once). Empty queries, ``k`` outside 1 to :data:`MAX_K`, ``rerank`` other than a
-        bool or None, a ``score_threshold`` that is no finite number, a bad filter and unknown names raise
+        bool or None (or one the ``variant`` contradicts: ``hybrid+rerank`` with False, ``dense``/``sparse`` with True),
+        a ``score_threshold`` that is no finite number, a bad filter and unknown names raise
         :class:`~retrieval.errors.InvalidArgumentError` before anything is encoded or queried.
         """
         k, group_by = self._check_arguments(queries, k, group_by, score_threshold, rerank, filter)
@@ -319,8 +321,17 @@ class HybridRetriever:
 
     def _resolve_variant(self, variant: Variant | str, rerank: bool | None) -> tuple[Variant, bool]:
         """The first-stage variant and whether to rerank (``hybrid+rerank`` is hybrid reranked; only hybrid
-        candidates are reranked; ``rerank=None``: as the settings say)."""
+        candidates are reranked; ``rerank=None``: as the settings say). An explicit ``rerank`` the variant
+        contradicts (``hybrid+rerank`` with False, ``dense`` or ``sparse`` with True) is refused."""
         variant = choice(Variant, variant, "variant")
+        if (variant is Variant.HYBRID_RERANK and rerank is False) or (
+            rerank is True and variant in (Variant.DENSE, Variant.SPARSE)
+        ):
+            instead = "variant 'hybrid'" if rerank is False else "variant 'hybrid' (or 'hybrid+rerank')"
+            raise InvalidArgumentError(
+                f"variant {variant.value!r} with rerank={rerank} contradicts itself: only hybrid candidates are "
+                f"reranked; use {instead} with rerank={rerank}, or leave rerank unset"
+            )
         if variant is Variant.HYBRID_RERANK:
             variant, rerank = Variant.HYBRID, True
         rerank = self.settings.rerank if rerank is None else rerank

@@ -60,6 +60,10 @@ def test_a_query_of_any_visible_character_is_searched(retriever, query):
         ({"k": 10**5000}, "k must be at most 1,000,000,000, got an integer of 16610 bits"),
         ({"rerank": "false"}, "rerank must be True, False or None \\(the settings\\), got 'false'"),
         ({"rerank": 1}, "rerank must be True, False or None"),
+        # a variant and an explicit rerank that contradict each other (the variant used to win silently)
+        ({"variant": "hybrid+rerank", "rerank": False}, "variant 'hybrid\\+rerank' with rerank=False contradicts"),
+        ({"variant": "dense", "rerank": True}, "variant 'dense' with rerank=True contradicts itself: only hybrid"),
+        ({"variant": "sparse", "rerank": True}, "variant 'sparse' with rerank=True"),
         ({"score_threshold": float("nan")}, "score_threshold must be a finite number or None, got nan"),
         ({"score_threshold": float("-inf")}, "score_threshold must be a finite number or None, got -inf"),
         ({"score_threshold": "0.5"}, "score_threshold must be a finite number"),
