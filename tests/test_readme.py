@@ -11,18 +11,43 @@ import pytest
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
+# What the second snippet (LlamaIndex, Haystack) takes from its surroundings: the first snippet's `retriever`, the
+# imports it leaves out and an LLM (LlamaIndex's MockLLM: no model, no network).
+FRAMEWORKS = """
+from haystack import Pipeline
+from llama_index.core.llms import MockLLM
+from llama_index.core.query_engine import RetrieverQueryEngine
+
+my_llm = MockLLM()
+"""
+CHECKS = """
+print("LI", len(nodes), type(engine).__name__)
+print("HS", *[d.meta["doc_id"] for d in docs], *pipe.graph.nodes)
+"""
+
+
 @pytest.mark.slow
-def test_readme_python_snippet_prints_hits(tmp_path):
-    snippet = re.search(r"```python\n(.*?)```", README.read_text(), re.S).group(1)
+def test_readme_python_snippets_print_hits(tmp_path):
+    """Both Python blocks run as written, the second after the first (it uses its retriever)."""
+    pytest.importorskip("llama_index.core")
+    pytest.importorskip("haystack")
+    first, second = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
     env = {k: v for k, v in os.environ.items() if not k.startswith("HYBRID_RAG_")}
     env |= {"HYBRID_RAG_CACHE_DIR": str(tmp_path / "cache"), "PYTHONPATH": str(README.parent)}
     result = subprocess.run(
-        [sys.executable, "-c", snippet], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", first + FRAMEWORKS + second + CHECKS],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.strip().splitlines()
     assert lines and lines[0].startswith("qdrant 0 "), result.stdout  # the filter keeps the 2024 document
     assert not any(line.startswith("bm25") for line in lines)
+    # no document has topic "science"; the Haystack filter (year >= 2020) keeps the 2024 one; the pipeline loaded
+    assert lines[-2:] == ["LI 0 RetrieverQueryEngine", "HS qdrant retriever"], result.stdout
 
 
 def test_readme_names_every_setting():
