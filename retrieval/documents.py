@@ -74,6 +74,9 @@ class BadInputPolicy(StrEnum):
 
 
 class SourceFormat(StrEnum):
+    """How a source is read: a BEIR folder (``beir``: its ``corpus.jsonl``), a JSONL file (``jsonl``) or a folder
+    or file of text (``dir``: .txt, .md, .markdown, .rst)."""
+
     BEIR = "beir"
     JSONL = "jsonl"
     DIR = "dir"

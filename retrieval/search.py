@@ -609,7 +609,8 @@ class HybridRetriever:
 
     def as_llamaindex(self, **kwargs: Any) -> LlamaIndexRetriever:
         """This retriever as a LlamaIndex ``BaseRetriever`` (extra ``[llamaindex]``; without it a
-        :class:`~retrieval.errors.MissingExtraError`)."""
+        :class:`~retrieval.errors.MissingExtraError`): ``k``, ``filter`` and ``rerank`` as :meth:`search` takes
+        them, for every call; other keywords go to LlamaIndex's ``BaseRetriever``."""
         with requires_extra("llamaindex", "llama_index", "as_llamaindex()"):
             from retrieval.llamaindex import LlamaIndexRetriever
 
@@ -617,7 +618,8 @@ class HybridRetriever:
 
     def as_haystack(self, **kwargs: Any) -> HaystackRetriever:
         """This retriever as a Haystack 2 component (extra ``[haystack]``; without it a
-        :class:`~retrieval.errors.MissingExtraError`)."""
+        :class:`~retrieval.errors.MissingExtraError`): ``top_k``, ``filters`` (Haystack's filter syntax, or this
+        library's dicts) and ``rerank``, the defaults of its ``run(query, top_k, filters)``."""
         with requires_extra("haystack", "haystack", "as_haystack()"):
             from retrieval.haystack import HaystackRetriever
 

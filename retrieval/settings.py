@@ -48,12 +48,18 @@ def canonical_model(name: str) -> str:
 
 
 class FusionMethod(StrEnum):
+    """How the dense and sparse lists are fused: reciprocal ranks (``rrf``), distribution-based score fusion
+    (``dbsf``) or z-scores of each list (``zscore``)."""
+
     RRF = "rrf"
     DBSF = "dbsf"
     ZSCORE = "zscore"
 
 
 class RerankMode(StrEnum):
+    """The reranker's pseudo-query: the query vector plus its top candidates' (``feedback``), or E2Rank's listwise
+    prompt of the query and their text, embedded (``prompt``)."""
+
     FEEDBACK = "feedback"
     PROMPT = "prompt"
 
@@ -75,6 +81,9 @@ class Bm25Stopwords(StrEnum):
 
 
 class DenseBackend(StrEnum):
+    """What runs the dense model: ``torch``, or an ONNX export run by ONNX Runtime in fp32 (``onnx``) or int8
+    (``onnx-int8``), or by OpenVINO (``openvino``); the last three need the ``[fast]`` extra and run on the CPU."""
+
     TORCH = "torch"
     ONNX = "onnx"
     ONNX_INT8 = "onnx-int8"
@@ -219,7 +228,8 @@ class HeldSettings:
 
 
 class RetrievalSettings(BaseSettings):
-    """Every knob of indexing and search. Environment: ``HYBRID_RAG_<FIELD>`` (e.g. HYBRID_RAG_QDRANT_URL)."""
+    """Every knob of indexing and search. Environment: ``HYBRID_RAG_<FIELD>`` (e.g. HYBRID_RAG_QDRANT_URL), then
+    ``.env``; README, Settings, says what each field means and its default."""
 
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
