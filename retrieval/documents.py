@@ -527,7 +527,9 @@ def detect_format(path: Path) -> SourceFormat:
 def read_documents(
     path: str | Path, fmt: SourceFormat | str | None = None, policy: BadInputPolicy | str = BadInputPolicy.FAIL
 ) -> tuple[list[Document], ReadReport]:
-    """Read all documents of a source; returns them with the report of skipped records."""
+    """Read all documents of a source (``fmt``: a :class:`SourceFormat`, by default detected as ``hybrid-rag index``
+    does); returns them with the report of skipped records. Bad input raises :class:`BadInputError` (file, line,
+    reason) under the ``fail`` policy; ``skip`` leaves such records out and lists them in the report."""
     reader = DocumentReader(policy)
     docs = list(reader.read(path, fmt))
     return docs, reader.report
