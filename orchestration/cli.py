@@ -371,7 +371,7 @@ def _check_env_file(path: Path) -> None:
     from dotenv.parser import parse_stream
 
     from retrieval.errors import InputFormatError, InputNotFoundError
-    from retrieval.settings import env_names
+    from retrieval.settings import closest_hint, env_names
 
     if not path.is_file():
         raise InputNotFoundError(f"--env-file {path}: " + ("not a file" if path.exists() else "no such file"))
@@ -386,7 +386,7 @@ def _check_env_file(path: Path) -> None:
             raise InputFormatError(f"{where}: not a KEY=value line")
         key = (binding.key or "").upper()
         if key.startswith("HYBRID_RAG_") and key not in settings:
-            raise InputFormatError(f"{where}: unknown setting {binding.key}")
+            raise InputFormatError(f"{where}: unknown setting {binding.key}{closest_hint(key, settings)}")
 
 
 @app.command()

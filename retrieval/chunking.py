@@ -43,6 +43,7 @@ class Chunk:
 
     @property
     def id(self) -> str:
+        """The point id: :func:`point_id` of the document id and chunk index."""
         return point_id(self.doc_id, self.chunk_index)
 
     @property
@@ -59,6 +60,7 @@ class Chunk:
         return hashlib.sha256(raw.encode("utf-8")).hexdigest()
 
     def payload(self) -> dict[str, Any]:
+        """What the chunk's point stores besides its vectors: ids, text, title, metadata, hash, offsets."""
         return {
             "doc_id": self.doc_id,
             "chunk_index": self.chunk_index,
@@ -99,6 +101,7 @@ class Chunker:
         self.at_whitespace = at_whitespace
 
     def chunk(self, doc: Document) -> list[Chunk]:
+        """``doc`` cut into windows, each with its offsets into ``doc.text``."""
         title, head = doc.title.strip(), None
         title_tokens = self._count(title + "\n") if title else 0
         if title_tokens > self.budget // 2:  # a huge title would crowd out the text: embed only its head

@@ -74,6 +74,9 @@ class BadInputPolicy(StrEnum):
 
 
 class SourceFormat(StrEnum):
+    """How a source is read: a BEIR folder (``beir``: its ``corpus.jsonl``), a JSONL file (``jsonl``) or a folder
+    or file of text (``dir``: .txt, .md, .markdown, .rst)."""
+
     BEIR = "beir"
     JSONL = "jsonl"
     DIR = "dir"
@@ -524,7 +527,9 @@ def detect_format(path: Path) -> SourceFormat:
 def read_documents(
     path: str | Path, fmt: SourceFormat | str | None = None, policy: BadInputPolicy | str = BadInputPolicy.FAIL
 ) -> tuple[list[Document], ReadReport]:
-    """Read all documents of a source; returns them with the report of skipped records."""
+    """Read all documents of a source (``fmt``: a :class:`SourceFormat`, by default detected as ``hybrid-rag index``
+    does); returns them with the report of skipped records. Bad input raises :class:`BadInputError` (file, line,
+    reason) under the ``fail`` policy; ``skip`` leaves such records out and lists them in the report."""
     reader = DocumentReader(policy)
     docs = list(reader.read(path, fmt))
     return docs, reader.report

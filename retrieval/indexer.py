@@ -710,6 +710,7 @@ class Indexer:
         )
 
     def encode_sparse(self, chunks: Sequence[Chunk]) -> list[SparseVec]:
+        """Sparse vectors (BM25 or SPLADE) for ``chunks``, in batches of ``dense_batch_size``."""
         texts = [c.embed_text for c in chunks]
         parts = locked_batches(self.sparse, self.sparse.encode_documents, texts, self.settings.dense_batch_size)
         return [v for part in parts for v in part]

@@ -46,6 +46,7 @@ class RerankConfig:
 
     @classmethod
     def from_settings(cls, s: RetrievalSettings) -> RerankConfig:
+        """The reranker configuration the ``RERANK_*`` settings (and ``RRF_K``) describe."""
         return cls(
             mode=s.rerank_mode,
             feedback_k=s.rerank_feedback_k,

@@ -262,14 +262,16 @@ class HybridRetriever:
         (ids, scores and doc ids only), fusion here, then one request for the payloads of the hits kept.
 
         ``k`` (default: settings) hits per query; ``filter``: metadata conditions (see
-        :func:`~retrieval.store.base.filter_conditions`); ``rerank`` (default: settings); ``group_by="doc"``:
+        :func:`~retrieval.store.base.filter_conditions`); ``rerank`` (default: settings); ``variant``: the channels,
+        ``dense``, ``sparse``, ``hybrid`` (default) or ``hybrid+rerank`` (hybrid reranked); ``group_by="doc"``:
         one hit per document, its best chunk (each channel's list then holds documents, ranked by their best chunk;
         fusion and reranking rank documents); ``score_threshold``: drop hits whose final ``score`` is lower (a
         hybrid search's score comes from the hit's ranks, so there it cuts by rank: warned once; to drop
         irrelevant hits, test ``dense_score``);
         ``encoded``: the queries' vectors from :meth:`encode` (not encoded again: searching the same queries
         several ways encodes them once). Empty queries, ``k`` outside 1 to :data:`MAX_K`, ``rerank`` other than a
-        bool or None, a ``score_threshold`` that is no finite number, a bad filter and unknown names raise
+        bool or None (or one the ``variant`` contradicts: ``hybrid+rerank`` with False, ``dense``/``sparse`` with True),
+        a ``score_threshold`` that is no finite number, a bad filter and unknown names raise
         :class:`~retrieval.errors.InvalidArgumentError` before anything is encoded or queried.
         """
         k, group_by = self._check_arguments(queries, k, group_by, score_threshold, rerank, filter)
@@ -648,7 +650,8 @@ class HybridRetriever:
 
     def as_llamaindex(self, **kwargs: Any) -> LlamaIndexRetriever:
         """This retriever as a LlamaIndex ``BaseRetriever`` (extra ``[llamaindex]``; without it a
-        :class:`~retrieval.errors.MissingExtraError`)."""
+        :class:`~retrieval.errors.MissingExtraError`): ``k``, ``filter`` and ``rerank`` as :meth:`search` takes
+        them, for every call; other keywords go to LlamaIndex's ``BaseRetriever``."""
         with requires_extra("llamaindex", "llama_index", "as_llamaindex()"):
             from retrieval.llamaindex import LlamaIndexRetriever
 
@@ -656,7 +659,8 @@ class HybridRetriever:
 
     def as_haystack(self, **kwargs: Any) -> HaystackRetriever:
         """This retriever as a Haystack 2 component (extra ``[haystack]``; without it a
-        :class:`~retrieval.errors.MissingExtraError`)."""
+        :class:`~retrieval.errors.MissingExtraError`): ``top_k``, ``filters`` (Haystack's filter syntax, or this
+        library's dicts) and ``rerank``, the defaults of its ``run(query, top_k, filters)``."""
         with requires_extra("haystack", "haystack", "as_haystack()"):
             from retrieval.haystack import HaystackRetriever
 

@@ -48,12 +48,18 @@ def canonical_model(name: str) -> str:
 
 
 class FusionMethod(StrEnum):
+    """How the dense and sparse lists are fused: reciprocal ranks (``rrf``), distribution-based score fusion
+    (``dbsf``) or z-scores of each list (``zscore``)."""
+
     RRF = "rrf"
     DBSF = "dbsf"
     ZSCORE = "zscore"
 
 
 class RerankMode(StrEnum):
+    """The reranker's pseudo-query: the query vector plus its top candidates' (``feedback``), or E2Rank's listwise
+    prompt of the query and their text, embedded (``prompt``)."""
+
     FEEDBACK = "feedback"
     PROMPT = "prompt"
 
@@ -75,6 +81,9 @@ class Bm25Stopwords(StrEnum):
 
 
 class DenseBackend(StrEnum):
+    """What runs the dense model: ``torch``, or an ONNX export run by ONNX Runtime in fp32 (``onnx``) or int8
+    (``onnx-int8``), or by OpenVINO (``openvino``); the last three need the ``[fast]`` extra and run on the CPU."""
+
     TORCH = "torch"
     ONNX = "onnx"
     ONNX_INT8 = "onnx-int8"
@@ -168,7 +177,7 @@ def settings_problems(exc: ValidationError) -> str:
     return f"invalid settings: {problems}"
 
 
-def _closest(name: str, valid: Iterable[str]) -> str:
+def closest_hint(name: str, valid: Iterable[str]) -> str:
     """`` (did you mean X?)`` for the valid name closest to ``name``, else nothing."""
     match = difflib.get_close_matches(name, list(valid), n=1, cutoff=0.6)
     return f" (did you mean {match[0]}?)" if match else ""
@@ -196,7 +205,7 @@ def warn_unknown_env(env_files: Iterable[str | Path] = ()) -> None:
     for name in sorted(n for n in names if n.startswith(ENV_PREFIX) and n not in valid | set(TOOL_VARIABLES)):
         if name not in _warned_env:
             _warned_env.add(name)
-            log.warning("unknown setting %s (environment or .env) is ignored%s", name, _closest(name, valid))
+            log.warning("unknown setting %s (environment or .env) is ignored%s", name, closest_hint(name, valid))
 
 
 class HeldSettings:
@@ -219,7 +228,8 @@ class HeldSettings:
 
 
 class RetrievalSettings(BaseSettings):
-    """Every knob of indexing and search. Environment: ``HYBRID_RAG_<FIELD>`` (e.g. HYBRID_RAG_QDRANT_URL)."""
+    """Every knob of indexing and search. Environment: ``HYBRID_RAG_<FIELD>`` (e.g. HYBRID_RAG_QDRANT_URL), then
+    ``.env``; README, Settings, says what each field means and its default."""
 
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
@@ -318,7 +328,7 @@ class RetrievalSettings(BaseSettings):
         unknown = [name for name in values if not name.startswith("_") and name not in fields]
         if unknown:
             raise InvalidArgumentError(
-                "invalid settings: " + "; ".join(f"unknown setting {n!r}{_closest(n, fields)}" for n in unknown)
+                "invalid settings: " + "; ".join(f"unknown setting {n!r}{closest_hint(n, fields)}" for n in unknown)
             )
         env_file = values.get("_env_file", self.model_config.get("env_file"))
         warn_unknown_env([env_file] if isinstance(env_file, str | Path) else env_file or ())
@@ -331,7 +341,7 @@ class RetrievalSettings(BaseSettings):
         """Assignment is checked as construction is: a bad value or an unknown name is an InvalidArgumentError."""
         if name not in type(self).model_fields and not name.startswith("_"):
             raise InvalidArgumentError(
-                f"invalid settings: unknown setting {name!r}{_closest(name, type(self).model_fields)}"
+                f"invalid settings: unknown setting {name!r}{closest_hint(name, type(self).model_fields)}"
             )
         if getattr(self, "_in_use", False) and not name.startswith("_"):
             raise InvalidArgumentError(

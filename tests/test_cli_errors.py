@@ -165,7 +165,7 @@ def test_env_file_must_exist_and_is_read(fails, tmp_path):
     (tmp_path / "typo.env").write_text("# tuned\nHYBRID_RAG_RERNK=false\n")
     assert (
         fails("--env-file", "typo.env", "search", "x")
-        == "error: --env-file typo.env:2: unknown setting HYBRID_RAG_RERNK"
+        == "error: --env-file typo.env:2: unknown setting HYBRID_RAG_RERNK (did you mean HYBRID_RAG_RERANK?)"
     )
     (tmp_path / "junk.env").write_text("HYBRID_RAG_RERANK=false\nthis is garbage\n")
     assert fails("--env-file", "junk.env", "search", "x") == "error: --env-file junk.env:2: not a KEY=value line"

@@ -86,6 +86,20 @@ def test_the_bundled_model_keeps_its_cache_key(dense_encoder):
     assert dense_encoder.cache_key == hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
+def test_model_prompts_come_from_a_word_of_the_name_not_any_folder_of_its_path(tmp_path):
+    """e5's "query: " prefix (and bge's, nomic-embed's) follows the model's name: a MiniLM-like model in a folder
+    whose path holds "e5" inside a word (/home/steve5/...) gets no prompt and encodes as elsewhere."""
+    plain = tiny_dense(tmp_path / "steve5" / "lr2e5-minilm")
+    e5 = tmp_path / "models--intfloat--e5-small-v2"
+    e5.symlink_to(plain)
+    with stack_for(tmp_path, plain) as stack:
+        assert (stack.dense.query_prompt, stack.dense.document_prompt) == ("", "")
+        named = DenseEncoder(str(e5), device="cpu")
+        assert (named.query_prompt, named.document_prompt) == ("query: ", "passage: ")
+        unprompted = DenseEncoder(str(e5), device="cpu", query_prompt="", document_prompt="")
+        assert (stack.dense.encode_queries(["hybrid fusion"]) == unprompted.encode_queries(["hybrid fusion"])).all()
+
+
 @needs_onnxruntime
 def test_a_write_with_another_precision_is_refused_and_searches_may_use_any(tmp_path, tiny_model):
     with stack_for(tmp_path, tiny_model) as stack:

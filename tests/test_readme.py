@@ -1,4 +1,4 @@
-"""The README's Python snippet runs as written and prints hits."""
+"""The README's Python snippets run as written and print hits; it names every setting."""
 
 import os
 import re
@@ -11,15 +11,79 @@ import pytest
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
+# What the second snippet (LlamaIndex, Haystack) takes from its surroundings: the first snippet's `retriever`, the
+# imports it leaves out and an LLM (LlamaIndex's MockLLM: no model, no network).
+FRAMEWORKS = """
+from haystack import Pipeline
+from llama_index.core.llms import MockLLM
+from llama_index.core.query_engine import RetrieverQueryEngine
+
+my_llm = MockLLM()
+"""
+CHECKS = """
+print("LI", len(nodes), type(engine).__name__)
+print("HS", *[d.meta["doc_id"] for d in docs], *pipe.graph.nodes)
+"""
+
+
 @pytest.mark.slow
-def test_readme_python_snippet_prints_hits(tmp_path):
-    snippet = re.search(r"```python\n(.*?)```", README.read_text(), re.S).group(1)
+def test_readme_python_snippets_print_hits(tmp_path):
+    """Both Python blocks run as written, the second after the first (it uses its retriever)."""
+    pytest.importorskip("llama_index.core")
+    pytest.importorskip("haystack")
+    first, second = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
     env = {k: v for k, v in os.environ.items() if not k.startswith("HYBRID_RAG_")}
     env |= {"HYBRID_RAG_CACHE_DIR": str(tmp_path / "cache"), "PYTHONPATH": str(README.parent)}
     result = subprocess.run(
-        [sys.executable, "-c", snippet], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", first + FRAMEWORKS + second + CHECKS],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.strip().splitlines()
     assert lines and lines[0].startswith("qdrant 0 "), result.stdout  # the filter keeps the 2024 document
     assert not any(line.startswith("bm25") for line in lines)
+    # no document has topic "science"; the Haystack filter (year >= 2020) keeps the 2024 one; the pipeline loaded
+    assert lines[-2:] == ["LI 0 RetrieverQueryEngine", "HS qdrant retriever"], result.stdout
+
+
+def test_readme_names_every_setting():
+    """Each RetrievalSettings field is documented (as its HYBRID_RAG_* name without the prefix)."""
+    from retrieval import RetrievalSettings
+
+    text = README.read_text()
+    missing = [f for f in RetrievalSettings.model_fields if not re.search(rf"`(HYBRID_RAG_)?{f.upper()}`", text)]
+    assert not missing, f"settings README does not name: {missing}"
+
+
+def test_readme_command_synopsis_lists_every_option():
+    """Each CLI command has a synopsis line in README's Command line block naming all its options, and no other."""
+    import typer
+
+    from orchestration.cli import app
+
+    block = README.read_text().split("### Command line\n\n```bash\n", 1)[1].split("```", 1)[0]
+    entries: dict[str, str] = {}
+    for entry in re.split(r"\n(?=hybrid-rag )", block.replace("\\\n", " ")):
+        words = entry.split()
+        name = " ".join(words[1:3]) if words[1:3] == ["cache", "prune"] else words[1]
+        entries[name] = entries.get(name, "") + " " + entry
+
+    def commands(group, prefix=""):
+        for name, command in group.commands.items():
+            yield prefix + name, command
+            if hasattr(command, "commands"):
+                yield from commands(command, prefix + name + " ")
+
+    for name, command in commands(typer.main.get_command(app)):
+        if name == "ui":  # its arguments are dagster dev's
+            continue
+        assert name in entries, f"README has no synopsis of hybrid-rag {name}"
+        listed = set(re.findall(r"--[a-z][a-z-]*", entries[name]))
+        options = {o for p in command.params for o in p.opts if o.startswith("--") and o != "--help"}
+        assert options - listed == set(), f"hybrid-rag {name}: options README does not list"
+        negations = {o for p in command.params for o in p.secondary_opts}
+        assert listed - options - negations == set(), f"hybrid-rag {name}: README lists options it lacks"

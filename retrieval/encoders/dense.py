@@ -18,6 +18,7 @@ import hashlib
 import importlib.util
 import logging
 import os
+import re
 import threading
 import weakref
 from collections.abc import Sequence
@@ -45,11 +46,21 @@ from retrieval.settings import DEFAULT_DENSE_MODEL, DenseBackend, default_cache_
 
 log = logging.getLogger(__name__)
 
-# Models that expect an instruction prefix on each side (query, document).
+# Models that expect an instruction prefix on each side (query, document), known by a word of their name: the
+# marker stands between non-alphanumerics (or the ends), so a folder such as /home/steve5/ or a checkpoint lr2e5
+# is no e5 model, while intfloat/multilingual-e5-large and an HF cache's models--intfloat--e5-small-v2 are.
 KNOWN_PROMPTS: dict[str, tuple[str, str]] = {
     "e5": ("query: ", "passage: "),
     "bge-": ("Represent this sentence for searching relevant passages: ", ""),
     "nomic-embed": ("search_query: ", "search_document: "),
+}
+_PROMPT_MARKERS = {
+    marker: re.compile(
+        rf"(?<![a-z0-9]){re.escape(marker)}(?![a-z0-9])"
+        if marker[-1].isalnum()
+        else rf"(?<![a-z0-9]){re.escape(marker)}"
+    )
+    for marker in KNOWN_PROMPTS
 }
 
 
@@ -73,9 +84,11 @@ def resolve_model_path(name: str) -> str:
 
 
 def default_prompts(name: str) -> tuple[str, str]:
+    """The (query, document) prompts of a model known by a word of ``name`` (a hub name or a folder path: see
+    :data:`KNOWN_PROMPTS`); none for any other model. The ``DENSE_*_PROMPT`` settings override them."""
     lowered = name.lower()
     for marker, prompts in KNOWN_PROMPTS.items():
-        if marker in lowered:
+        if _PROMPT_MARKERS[marker].search(lowered):
             return prompts
     return "", ""
 

@@ -1197,8 +1197,8 @@ class EdgeStore(QdrantStore):
             self._close_unlocked()
 
     def drop(self) -> list[str]:
-        """Under the write lock (the whole collection); a version another process still has open is deleted when it
-        lets go of it (see :func:`_discard`)."""
+        """Delete the collection for good (see :meth:`QdrantStore.drop`; returns the versions dropped), under the
+        write lock; a version another process still has open is deleted when it lets go of it (:func:`_discard`)."""
         if self.version is None:
             if not self.exists():  # nothing to drop: no lock file made for it either
                 return []

@@ -637,7 +637,8 @@ class ServerStore(QdrantStore):
         )
 
     def drop(self) -> list[str]:
-        """A version another alias points at (a team's ``prod``) is kept, with a warning naming it."""
+        """Delete the collection for good (see :meth:`QdrantStore.drop`; returns the versions dropped); a version
+        another alias points at (a team's ``prod``) is kept, with a warning naming it."""
         if self.version is not None:
             if others := self._other_aliases(self.version):  # deleting it would delete them (Qdrant drops its aliases)
                 log.warning(
