@@ -20,6 +20,7 @@ after it"). Run one writer per collection at a time.
 from __future__ import annotations
 
 import atexit
+import datetime as dt
 import importlib.metadata
 import logging
 import math
@@ -84,6 +85,7 @@ _write_locks: dict[tuple[str, str], threading.RLock] = {}  # (location, collecti
 _write_locks_guard = threading.Lock()
 INDEX_TYPES_TTL_S = 30.0  # how long a store trusts the payload indexes it read (see ServerStore._filter_indexes)
 STAGE_KEY = "hybrid_rag_stage"  # collection metadata: what stage() recorded about a version (see QdrantStore.seal)
+WRITTEN_KEY = "hybrid_rag_written"  # collection metadata: when a write last changed the version (ISO 8601, UTC)
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -664,6 +666,39 @@ class ServerStore(QdrantStore):
 
     def stored_owners(self) -> Iterator[tuple[str, str]]:
         return stored_owners_from(self._scroll_page(["doc_id"]), self._where())
+
+    def documents(self) -> int:
+        """A facet of the ``doc_id`` index of the version read (exact counts; values left with no point are left
+        out); one without the index is scrolled. qdrant-client's local mode, which keeps no index, facets its
+        points itself."""
+        physical = self._physical() or self.name
+        if not isinstance(getattr(self.client, "_client", None), QdrantLocal):
+            info = self._call("get_collection", self.client.get_collection, physical)
+            if "doc_id" not in (info.payload_schema or {}):
+                return super().documents()
+        points = self._call("count", self.client.count, physical, exact=True).count
+        if not points:
+            return 0
+        facet = self._call("facet", self.client.facet, physical, key="doc_id", limit=points, exact=True)
+        return sum(1 for hit in facet.hits if hit.count > 0)
+
+    def last_write(self) -> dt.datetime | None:
+        """What :meth:`mark_written` recorded on the version read (None: written before this was recorded)."""
+        physical = self._physical()
+        if physical is None:
+            return None
+        info = self._call("get_collection", self.client.get_collection, physical)
+        written = (info.config.metadata or {}).get(WRITTEN_KEY)
+        try:
+            return dt.datetime.fromisoformat(written) if isinstance(written, str) else None
+        except ValueError:
+            return None
+
+    def mark_written(self) -> None:
+        """Qdrant records no time of its own: the version's metadata keeps it."""
+        now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        name = self._physical() or self.name
+        self._call("update_collection", self.client.update_collection, name, metadata={WRITTEN_KEY: now})
 
     def _where(self) -> str:
         return f"collection {self.name!r} at {self.location}"
