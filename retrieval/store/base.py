@@ -781,6 +781,18 @@ class QdrantStore(ABC):
         ``doc_id`` here; the backends ask the ``doc_id`` index instead (a facet) where the version has it."""
         return len({doc_id for _, doc_id in self.stored_owners()})
 
+    def _documents_by_facet(self, facet: Callable[[int, bool], Sequence[Any]], points: int) -> int:
+        """The documents, from ``facet(limit, exact)``, the ``doc_id`` index's hits (``count`` per value) of a version
+        of ``points`` points. The index's own counts first (fast); they are exact when they add up to ``points``
+        (every point holds one ``doc_id``, and an index never misses a live point: a value counted from deleted
+        points would make them add up to more), else the engine counts every value exactly (slower: per value)."""
+        if not points:
+            return 0
+        hits = facet(points, False)
+        if sum(hit.count for hit in hits) != points:
+            hits = facet(points, True)
+        return sum(1 for hit in hits if hit.count > 0)
+
     def last_write(self) -> dt.datetime | None:
         """When readers last saw the collection change (a publish, or a write in place), in UTC; None where it is
         not recorded (see :meth:`mark_written`)."""

@@ -904,13 +904,14 @@ class EdgeStore(QdrantStore):
         return EdgeStore(self.root, self.collection, version=version, lock_timeout_s=self.lock_timeout_s)
 
     def documents(self) -> int:
-        """A facet of the ``doc_id`` index (exact counts: values whose points were all deleted count 0 and are left
-        out); a version without the index (an earlier release's) is scrolled."""
+        """A facet of the ``doc_id`` index (see :meth:`_documents_by_facet`); a version without the index (an
+        earlier release's) is scrolled."""
         with self._using("count documents") as shard:
             if "doc_id" in shard.info().payload_schema:
-                points = shard.count(qe.CountRequest(exact=True))
-                hits = shard.facet(qe.FacetRequest("doc_id", limit=max(points, 1), exact=True)).hits if points else []
-                return sum(1 for hit in hits if hit.count > 0)
+                return self._documents_by_facet(
+                    lambda limit, exact: shard.facet(qe.FacetRequest("doc_id", limit=limit, exact=exact)).hits,
+                    shard.count(qe.CountRequest(exact=True)),
+                )
         return super().documents()
 
     def last_write(self) -> dt.datetime | None:

@@ -668,19 +668,23 @@ class ServerStore(QdrantStore):
         return stored_owners_from(self._scroll_page(["doc_id"]), self._where())
 
     def documents(self) -> int:
-        """A facet of the ``doc_id`` index of the version read (exact counts; values left with no point are left
-        out); one without the index is scrolled. qdrant-client's local mode, which keeps no index, facets its
-        points itself."""
+        """A facet of the ``doc_id`` index of the version read (see :meth:`_documents_by_facet`); one without the
+        index, or a server without facets, is scrolled. qdrant-client's local mode, which keeps no index, facets its
+        points itself (exactly)."""
         physical = self._physical() or self.name
         if not isinstance(getattr(self.client, "_client", None), QdrantLocal):
             info = self._call("get_collection", self.client.get_collection, physical)
             if "doc_id" not in (info.payload_schema or {}):
                 return super().documents()
-        points = self._call("count", self.client.count, physical, exact=True).count
-        if not points:
-            return 0
-        facet = self._call("facet", self.client.facet, physical, key="doc_id", limit=points, exact=True)
-        return sum(1 for hit in facet.hits if hit.count > 0)
+
+        def facet(limit: int, exact: bool) -> list[qm.FacetValueHit]:
+            return self._call("facet", self.client.facet, physical, key="doc_id", limit=limit, exact=exact).hits
+
+        try:
+            return self._documents_by_facet(facet, self._call("count", self.client.count, physical, exact=True).count)
+        except StoreError as exc:  # a server from before facets (Qdrant 1.12)
+            log.info("Qdrant at %s: no facet (%s): documents of %r counted by a scroll", self.location, exc, physical)
+            return super().documents()
 
     def last_write(self) -> dt.datetime | None:
         """What :meth:`mark_written` recorded on the version read (None: written before this was recorded)."""
