@@ -865,8 +865,13 @@ def collections(as_json: Annotated[bool, typer.Option("--json", help="Print as J
                 cells.pop(key, None)
             table.add_row(*("-" if v is None else f"{v:,}" if isinstance(v, int) else str(v) for v in cells.values()))
         console.print(table)
-        for name in unfinished:
-            console.print(f"{name}: {UNFINISHED} (until then no other command can use it)", soft_wrap=True)
+        for row in (row for row in rows if row["collection"] in unfinished):
+            if row["write_in_progress"]:  # the first build is running now: nothing to rerun
+                writer = _writing_cell(row).removeprefix("yes").removeprefix(": ") or "another process"
+                note = f"first build in progress ({writer}); no other command can use it until it publishes"
+            else:
+                note = f"{UNFINISHED} (until then no other command can use it)"
+            console.print(f"{row['collection']}: {note}", soft_wrap=True)
     for problem in problems:
         err_console.print(label("error:", "red"), problem, soft_wrap=True)
     if problems:

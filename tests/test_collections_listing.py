@@ -126,3 +126,39 @@ def test_collections_shows_a_write_in_progress_only_while_a_live_process_holds_t
     (root / "kb.write.lock").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": "x"}))
     [row] = listed("--json")
     assert (row["write_in_progress"], row["writer"]) == (False, None)
+
+
+STAGE_FIRST_BUILD = """
+import sys, time
+from retrieval.store import CollectionSchema, EdgeStore
+store = EdgeStore(sys.argv[1], "half")
+with store.write_lock():
+    store.stage(CollectionSchema(dense_model="toy", dense_dim=4, sparse_model="bm25", sparse_idf=True)).close()
+    print("staged", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_first_build_running_in_another_process_is_said_to_be_in_progress(tmp_path, monkeypatch):
+    root = tmp_path / "index"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HYBRID_RAG_QDRANT_PATH", str(root))
+    builder = subprocess.Popen(
+        [sys.executable, "-c", STAGE_FIRST_BUILD, str(root)], cwd=REPO, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert builder.stdout.readline().strip() == "staged"
+        [row] = listed("--json")
+        assert (row["status"], row["write_in_progress"], row["writer"]["pid"]) == (
+            "unfinished first build: rerun the index command",
+            True,
+            builder.pid,
+        )
+        table = " ".join(listed().split())
+        assert f"half: first build in progress (pid {builder.pid} on {socket.gethostname()} since" in table
+        assert "rerun" not in table
+    finally:
+        builder.kill()
+        builder.wait()
+    table = " ".join(listed().split())  # killed: stopped before it published
+    assert "half: unfinished first build: rerun the index command (until then no other command can use it)" in table
