@@ -12,7 +12,7 @@ import re
 import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, NamedTuple
 
@@ -778,8 +778,12 @@ class QdrantStore(ABC):
     # -- what `hybrid-rag collections` says of a collection ------------------------------------------------
     def documents(self) -> int:
         """The number of documents (distinct ``doc_id``) in the version this store reads: a scroll of every point's
-        ``doc_id`` here; the backends ask the ``doc_id`` index instead (a facet) where the version has it."""
-        return len({doc_id for _, doc_id in self.stored_owners()})
+        ``doc_id`` here; the backends ask the ``doc_id`` index instead (a facet) where the version has it. Points
+        hybrid-rag did not write (no ``doc_id``) are no document."""
+        found: set[str] = set()
+        with suppress(ForeignPointsError):  # raised once every point was read
+            found.update(doc_id for _, doc_id in self.stored_owners())
+        return len(found)
 
     def _documents_by_facet(self, facet: Callable[[int, bool], Sequence[Any]], points: int) -> int:
         """The documents, from ``facet(limit, exact)``, the ``doc_id`` index's hits (``count`` per value) of a version

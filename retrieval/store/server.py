@@ -699,10 +699,14 @@ class ServerStore(QdrantStore):
             return None
 
     def mark_written(self) -> None:
-        """Qdrant records no time of its own: the version's metadata keeps it."""
+        """Qdrant records no time of its own: the version's metadata keeps it. The write is done: a failure to
+        record its time is a warning (``collections`` shows the time recorded before), not the write's."""
         now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         name = self._physical() or self.name
-        self._call("update_collection", self.client.update_collection, name, metadata={WRITTEN_KEY: now})
+        try:
+            self._call("update_collection", self.client.update_collection, name, metadata={WRITTEN_KEY: now})
+        except StoreError as exc:
+            log.warning("collection %r at %s: the time of this write was not recorded: %s", name, self.location, exc)
 
     def _where(self) -> str:
         return f"collection {self.name!r} at {self.location}"
