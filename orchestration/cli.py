@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import datetime as dt
 import errno
 import io
 import json
@@ -775,58 +776,102 @@ def _encoding_summary(encoding: dict[str, Any] | None) -> str | None:
 
 
 UNFINISHED = "unfinished first build: rerun the index command"
+NOT_KNOWN = "n/a"  # a field the backend cannot tell (README: hybrid-rag collections)
+
+
+def _writing(store: Any) -> dict[str, Any]:
+    """A row's ``write_in_progress`` (True, False, or None where the backend cannot tell) and ``writer`` (the
+    holder of the write lock as it records itself: pid, host, since)."""
+    held = store.write_in_progress()
+    return {"write_in_progress": None if held is None else bool(held is not False), "writer": held or None}
+
+
+def _writing_cell(row: dict[str, Any]) -> str:
+    if row["write_in_progress"] is None:
+        return NOT_KNOWN
+    if not row["write_in_progress"]:
+        return "no"
+    writer = row["writer"] or {}
+    if "pid" not in writer:
+        return "yes"
+    return f"yes: pid {writer['pid']} on {writer.get('host', '?')} since {writer.get('since', '?')}"
+
+
+def _written_at(when: dt.datetime | None) -> str | None:
+    return None if when is None else when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @app.command()
 def collections(as_json: Annotated[bool, typer.Option("--json", help="Print as JSON")] = False) -> None:
-    """List the collections with their point counts, models and versions."""
+    """List the collections with their point and document counts, last write, writer, models and versions."""
     from retrieval.settings import redact_url
     from retrieval.store import ENCODING_FIELDS, StoreError, collection_names, open_store
 
     settings = _settings()
     where = redact_url(settings.qdrant_url) or str(settings.qdrant_path.absolute())
     rows, problems, unfinished = [], [], []
-    keys = ("points", "dense_model", "dense_dim", "sparse_model", "version", "encoding")
+    keys = ("points", "documents", "last_write", "dense_model", "dense_dim", "sparse_model", "version", "encoding")
     for name in collection_names(settings):
         store = open_store(settings, name)
         try:
+            writing = _writing(store)
             schema = store.schema()
             if schema is None:  # a first build that was stopped before it published: no command can use it yet
                 unfinished.append(name)
-                rows.append({"collection": name, "status": UNFINISHED, **dict.fromkeys(keys)})
+                rows.append({"collection": name, "status": UNFINISHED, **dict.fromkeys(keys), **writing})
                 continue
             rows.append(
                 {
                     "collection": name,
                     "status": "ready",
                     "points": store.count(),
+                    "documents": store.documents(),
+                    "last_write": _written_at(store.last_write()),
                     "dense_model": schema.dense_model,
                     "dense_dim": schema.dense_dim,
                     "sparse_model": schema.sparse_model,
                     "version": store.current_version(),
                     # how the chunks were cut and encoded (None: not recorded, a collection made before they were)
                     "encoding": {f: getattr(schema, f) for f in ENCODING_FIELDS},
+                    **writing,
                 }
             )
         except StoreError as exc:  # a lost pointer, a damaged version: listed, and said why after the table
             problems.append(f"{name}: {exc}")
-            rows.append({"collection": name, "status": "error", **dict.fromkeys(keys), "error": str(exc)})
+            rows.append(
+                {
+                    "collection": name,
+                    "status": "error",
+                    **dict.fromkeys(keys),
+                    "write_in_progress": None,
+                    "writer": None,
+                    "error": str(exc),
+                }
+            )
         finally:
             store.close()
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
     else:
         table = Table(title=f"collections at {where}")
-        for col in ("collection", *keys):
+        for col in ("collection", *keys, "writing"):
             table.add_column(col, overflow="fold")
         for row in rows:
             cells = {**row, "encoding": _encoding_summary(row["encoding"])}
-            cells.pop("error", None)  # said after the table
-            cells.pop("status")  # said after the table where it is not "ready"
+            if row["status"] == "ready" and row["last_write"] is None:
+                cells["last_write"] = NOT_KNOWN  # not recorded: README says where
+            cells["writing"] = _writing_cell(row) if row["status"] != "error" else None
+            for key in ("error", "status", "write_in_progress", "writer"):  # status, error: said after the table
+                cells.pop(key, None)
             table.add_row(*("-" if v is None else f"{v:,}" if isinstance(v, int) else str(v) for v in cells.values()))
         console.print(table)
-        for name in unfinished:
-            console.print(f"{name}: {UNFINISHED} (until then no other command can use it)", soft_wrap=True)
+        for row in (row for row in rows if row["collection"] in unfinished):
+            if row["write_in_progress"]:  # the first build is running now: nothing to rerun
+                writer = _writing_cell(row).removeprefix("yes").removeprefix(": ") or "another process"
+                note = f"first build in progress ({writer}); no other command can use it until it publishes"
+            else:
+                note = f"{UNFINISHED} (until then no other command can use it)"
+            console.print(f"{row['collection']}: {note}", soft_wrap=True)
     for problem in problems:
         err_console.print(label("error:", "red"), problem, soft_wrap=True)
     if problems:

@@ -465,6 +465,8 @@ class Indexer:
                 erased |= self._embedded_hashes(self._cached_points(self.store, dropped), keep=chunks)
                 report.deleted = len(dropped)
             target.flush()
+            if not staged and (report.written or report.deleted):  # a write in place (publish records its own)
+                target.mark_written()
             report.points = target.count()
             self._forget(erased)
             if staged:
@@ -536,6 +538,8 @@ class Indexer:
                 target.delete_documents(sorted(found))
                 self.store.erase_from_copies(copies, doc_ids=sorted(found))
                 target.flush()
+                if not staged:  # a delete in place (publish records its own)
+                    target.mark_written()
                 report.points = target.count()
                 self._forget(erased)
                 if staged:

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import random
+import re
 import time
 from dataclasses import fields
 
@@ -216,15 +217,19 @@ def test_unknown_model_names_the_setting(cli_in, monkeypatch):
 def test_delete_collections_snapshot_and_restore(cli_in, kb, monkeypatch):
     cli_in("index", "kb.jsonl", "-c", "work")
     listing = {row["collection"]: row for row in json.loads(cli_in("collections", "--json"))}
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", listing["work"].pop("last_write"))
     assert listing["work"] == {
         "collection": "work",
         "status": "ready",
         "points": N,
+        "documents": N,
         "dense_model": "sentence-transformers/all-MiniLM-L6-v2",
         "dense_dim": 384,
         "sparse_model": "bm25",
         "version": 1,
         "encoding": SHIPPED_ENCODING,
+        "write_in_progress": False,
+        "writer": None,
     }
     assert listing["kb"]["points"] == N and "work" in cli_in("collections")
 

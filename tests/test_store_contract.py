@@ -1,11 +1,13 @@
 """One contract, two backends: the embedded engine (Qdrant Edge) and the server API (qdrant-client local mode)."""
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
 from retrieval import Chunk
 from retrieval.encoders.sparse import SparseVec
-from retrieval.store import CollectionSchema, QueryPlan, SchemaMismatchError
+from retrieval.store import CollectionSchema, QdrantStore, QueryPlan, SchemaMismatchError
 from tests.conftest import make_store
 
 SCHEMA = CollectionSchema(dense_model="toy", dense_dim=4, sparse_model="bm25", sparse_idf=True)
@@ -122,3 +124,32 @@ def test_tied_scores_at_the_cut_are_taken_by_id_whatever_the_insertion_order(bac
         answers.append(lists)
         store.close()
     assert answers[0] == answers[1]
+
+
+def test_documents_counts_distinct_doc_ids_through_deletions(store):
+    """`collections`' documents: the doc_id index's counts, which must not count a deleted document."""
+    store.ensure(SCHEMA)
+    assert store.documents() == 0
+    put(store, ROWS)
+    assert (store.documents(), store.count()) == (3, 4)
+    store.delete_documents(["b"])
+    store.delete_ids([Chunk("a", 0, "").id])  # a document keeps counting while one of its points is left
+    assert store.documents() == 2 == QdrantStore.documents(store)  # the scroll of a version without the index
+    store.delete_documents(["a", "c"])
+    assert store.documents() == 0
+
+
+def test_documents_falls_back_to_exact_counts_when_the_index_counts_do_not_add_up(store):
+    """Index counts that add up to more than the points (a value counted from deleted points) are not trusted."""
+    asked = []
+
+    def facet(counts: dict[bool, list[int]]):
+        def answer(limit: int, exact: bool) -> list[SimpleNamespace]:
+            asked.append(exact)
+            return [SimpleNamespace(count=c) for c in counts[exact]]
+
+        return answer
+
+    assert store._documents_by_facet(facet({False: [2, 1], True: [2, 0]}), 2) == 1 and asked == [False, True]
+    asked.clear()
+    assert store._documents_by_facet(facet({False: [1, 1], True: [2, 0]}), 2) == 2 and asked == [False]

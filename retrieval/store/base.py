@@ -12,7 +12,7 @@ import re
 import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, NamedTuple
 
@@ -642,6 +642,7 @@ class QdrantStore(ABC):
         info = self._stage_info(staged.version)
         if info is not None:  # tells a published version from a refused one should the pointer be lost
             self._set_stage_info(staged.version, {**info, "published": True})
+        staged.mark_written()
         log.info("collection %r now serves version %d", self.collection, staged.version)
         self.cleanup()
 
@@ -778,6 +779,43 @@ class QdrantStore(ABC):
 
     @abstractmethod
     def count(self, filter: dict[str, Any] | None = None) -> int: ...
+
+    # -- what `hybrid-rag collections` says of a collection ------------------------------------------------
+    def documents(self) -> int:
+        """The number of documents (distinct ``doc_id``) in the version this store reads: a scroll of every point's
+        ``doc_id`` here; the backends ask the ``doc_id`` index instead (a facet) where the version has it. Points
+        hybrid-rag did not write (no ``doc_id``) are no document."""
+        found: set[str] = set()
+        with suppress(ForeignPointsError):  # raised once every point was read
+            found.update(doc_id for _, doc_id in self.stored_owners())
+        return len(found)
+
+    def _documents_by_facet(self, facet: Callable[[int, bool], Sequence[Any]], points: int) -> int:
+        """The documents, from ``facet(limit, exact)``, the ``doc_id`` index's hits (``count`` per value) of a version
+        of ``points`` points. The index's own counts first (fast); they are exact when they add up to ``points``
+        (every point holds one ``doc_id``, and an index never misses a live point: a value counted from deleted
+        points would make them add up to more), else the engine counts every value exactly (slower: per value)."""
+        if not points:
+            return 0
+        hits = facet(points, False)
+        if sum(hit.count for hit in hits) != points:
+            hits = facet(points, True)
+        return sum(1 for hit in hits if hit.count > 0)
+
+    def last_write(self) -> dt.datetime | None:
+        """When readers last saw the collection change (a publish, or a write in place), in UTC; None where it is
+        not recorded (see :meth:`mark_written`)."""
+        return None
+
+    def mark_written(self) -> None:  # noqa: B027 - optional hook
+        """Record now as the time of the last write (:meth:`publish`, and a write in place after its flush), where
+        the backend records nothing by itself at each write."""
+
+    def write_in_progress(self) -> dict[str, Any] | bool | None:
+        """Whether a writer holds the collection's write lock now: the holder as its lock records it (``pid``,
+        ``host``, ``since``; empty when unreadable), False when none does, None where no process can tell (a
+        backend without a lock shared between processes)."""
+        return None
 
     def query_batch(self, plans: Sequence[QueryPlan]) -> list[list[StoredHit]]:
         """Each plan's top ``limit`` hits, best first, hits of equal score by id, whatever the build.

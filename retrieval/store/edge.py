@@ -14,6 +14,7 @@ and delete the version they left once no process holds it. ``<name>.write.lock``
 from __future__ import annotations
 
 import atexit
+import datetime as dt
 import errno
 import json
 import logging
@@ -528,6 +529,32 @@ def _lock_file(path: Path, collection: str, timeout_s: float, waited_s: float | 
     return fd
 
 
+def lock_held(path: Path) -> dict[str, Any] | bool | None:
+    """Whether a process holds the write lock ``path`` now (a non-blocking shared ``flock``, let go at once): its
+    holder as the lock file records it (``pid``, ``host``, ``since``; empty when unreadable), or False. A lock file
+    left by a finished or killed writer is not held (the OS lets go of a dead process's ``flock``), whatever pid it
+    names. None: not known (no ``flock`` here, or the file cannot be opened)."""
+    if fcntl is None:  # pragma: no cover - Windows
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        try:
+            info = json.loads(os.read(fd, 4096))
+        except (OSError, ValueError):
+            info = None
+        return info if isinstance(info, dict) else {}
+    finally:
+        os.close(fd)  # lets go of the shared lock, when taken
+    return False
+
+
 def _lock_holder(path: Path) -> str:
     try:
         info = json.loads(path.read_text())
@@ -875,6 +902,27 @@ class EdgeStore(QdrantStore):
 
     def _pinned(self, version: int) -> EdgeStore:
         return EdgeStore(self.root, self.collection, version=version, lock_timeout_s=self.lock_timeout_s)
+
+    def documents(self) -> int:
+        """A facet of the ``doc_id`` index (see :meth:`_documents_by_facet`); a version without the index (an
+        earlier release's) is scrolled."""
+        with self._using("count documents") as shard:
+            if "doc_id" in shard.info().payload_schema:
+                return self._documents_by_facet(
+                    lambda limit, exact: shard.facet(qe.FacetRequest("doc_id", limit=limit, exact=exact)).hits,
+                    shard.count(qe.CountRequest(exact=True)),
+                )
+        return super().documents()
+
+    def last_write(self) -> dt.datetime | None:
+        """The time the version pointer was last replaced: every write publishes a version (a restore too)."""
+        try:
+            return dt.datetime.fromtimestamp(self.pointer.stat().st_mtime, dt.UTC)
+        except FileNotFoundError:  # a collection made before versioning (version 0) records no write time
+            return None
+
+    def write_in_progress(self) -> dict[str, Any] | bool | None:
+        return lock_held(self.root / (self.collection + WRITE_LOCK_SUFFIX))
 
     def write_lock(self, timeout_s: float | None = None):  # type: ignore[override]
         """``<name>.write.lock``: one writer per collection across processes; others wait, then fail clearly. A

@@ -20,6 +20,7 @@ after it"). Run one writer per collection at a time.
 from __future__ import annotations
 
 import atexit
+import datetime as dt
 import importlib.metadata
 import json
 import logging
@@ -87,6 +88,7 @@ _write_locks: dict[tuple[str, str], threading.RLock] = {}  # (location, collecti
 _write_locks_guard = threading.Lock()
 INDEX_TYPES_TTL_S = 30.0  # how long a store trusts the payload indexes it read (see ServerStore._filter_indexes)
 STAGE_KEY = "hybrid_rag_stage"  # collection metadata: what stage() recorded about a version (see QdrantStore.seal)
+WRITTEN_KEY = "hybrid_rag_written"  # collection metadata: when a write last changed the version (ISO 8601, UTC)
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -727,6 +729,47 @@ class ServerStore(QdrantStore):
 
     def stored_owners(self) -> Iterator[tuple[str, str]]:
         return stored_owners_from(self._scroll_page(["doc_id"]), self._where())
+
+    def documents(self) -> int:
+        """A facet of the ``doc_id`` index of the version read (see :meth:`_documents_by_facet`); one without the
+        index, or a server without facets, is scrolled. qdrant-client's local mode, which keeps no index, facets its
+        points itself (exactly)."""
+        physical = self._physical() or self.name
+        if not isinstance(getattr(self.client, "_client", None), QdrantLocal):
+            info = self._call("get_collection", self.client.get_collection, physical)
+            if "doc_id" not in (info.payload_schema or {}):
+                return super().documents()
+
+        def facet(limit: int, exact: bool) -> list[qm.FacetValueHit]:
+            return self._call("facet", self.client.facet, physical, key="doc_id", limit=limit, exact=exact).hits
+
+        try:
+            return self._documents_by_facet(facet, self._call("count", self.client.count, physical, exact=True).count)
+        except StoreError as exc:  # a server from before facets (Qdrant 1.12)
+            log.info("Qdrant at %s: no facet (%s): documents of %r counted by a scroll", self.location, exc, physical)
+            return super().documents()
+
+    def last_write(self) -> dt.datetime | None:
+        """What :meth:`mark_written` recorded on the version read (None: written before this was recorded)."""
+        physical = self._physical()
+        if physical is None:
+            return None
+        info = self._call("get_collection", self.client.get_collection, physical)
+        written = (info.config.metadata or {}).get(WRITTEN_KEY)
+        try:
+            return dt.datetime.fromisoformat(written) if isinstance(written, str) else None
+        except ValueError:
+            return None
+
+    def mark_written(self) -> None:
+        """Qdrant records no time of its own: the version's metadata keeps it. The write is done: a failure to
+        record its time is a warning (``collections`` shows the time recorded before), not the write's."""
+        now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        name = self._physical() or self.name
+        try:
+            self._call("update_collection", self.client.update_collection, name, metadata={WRITTEN_KEY: now})
+        except StoreError as exc:
+            log.warning("collection %r at %s: the time of this write was not recorded: %s", name, self.location, exc)
 
     def _where(self) -> str:
         return f"collection {self.name!r} at {self.location}"
