@@ -25,7 +25,7 @@ from evals.compare import LossCheck, loss_check
 from evals.metrics import LATENCY_KEY, evaluate, judgement_warnings, nfc
 from evals.runs import Run, best_chunk_per_document
 from retrieval.chunking import point_id
-from retrieval.errors import HybridRagError, InvalidArgumentError
+from retrieval.errors import HybridRagError, InvalidArgumentError, choice, not_one_string
 from retrieval.progress import progress_bar
 from retrieval.search import HybridRetriever, QueryVectors, Variant
 from retrieval.store.base import ENCODING_FIELDS, ForeignPointsError
@@ -225,6 +225,16 @@ def deepen_runs(
                     docs[hit.doc_id] = score
 
 
+def variant_list(variants: Iterable[Variant | str]) -> list[Variant]:
+    """``variants`` as a list of :class:`Variant` without repeats, or an :class:`InvalidArgumentError`: one string
+    (which would be read letter by letter), an unknown name (the valid ones listed), or none at all."""
+    not_one_string(variants, "variants", "variant names")
+    chosen = list(dict.fromkeys(choice(Variant, v, "variant") for v in variants))
+    if not chosen:
+        raise InvalidArgumentError(f"variants is empty: name at least one of {', '.join(Variant)}")
+    return chosen
+
+
 def evaluate_variants(
     retriever: HybridRetriever,
     queries: dict[str, str],
@@ -237,7 +247,7 @@ def evaluate_variants(
     for all variants and their top-ups (:class:`EncodedQueries`). ``ignore_identical_ids``: BEIR's rule, a hit
     whose document id is the query id left out of the run and the metrics (False: scored like any other)."""
     judged = {qid: text for qid, text in queries.items() if qid in qrels}
-    variants = list(dict.fromkeys(Variant(v) for v in variants))
+    variants = variant_list(variants)
     encoded = EncodedQueries.of(retriever, judged, {c for v in variants for c in v.channels}, progress)
     ignore = ignore_identical_ids
     searched = {v: search_run(retriever, judged, v, RUN_DEPTH, encoded, progress, ignore) for v in variants}
@@ -412,6 +422,7 @@ def evaluate_collection(
     """Score ``variants`` of ``retriever`` on ``collection``'s ``split`` (``version``: the index version the
     retriever reads; default the store's current one; ``ignore_identical_ids``: see :func:`evaluate_variants`)."""
     started = time.perf_counter()
+    variants = variant_list(variants)  # before any work: a bad name fails at once
     qrels = collection.qrels(split)
     coverage = judged_coverage(retriever.store, qrels)
     if coverage == 0.0:

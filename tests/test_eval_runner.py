@@ -24,6 +24,7 @@ from evals.runner import (
 )
 from evals.runs import best_chunk_per_document
 from retrieval import Document, HybridRetriever, RetrievalSettings, RetrievalStack, Variant, read_documents
+from retrieval.errors import InvalidArgumentError
 from tests.conftest import TINY_DOCS
 
 VARIANTS = ["sparse", "hybrid"]
@@ -58,6 +59,20 @@ def test_a_reports_repr_is_a_summary_not_every_query(sample_report) -> None:
     shown = repr(report)
     assert "ndcg@10" in shown and "per_query" not in shown and "run=" not in shown
     assert len(shown) < 3000 + 200 * len(report.variants)
+
+
+@pytest.mark.parametrize(
+    ("variants", "message"),
+    [
+        ("hybrid", "not one string \\('hybrid'\\)"),  # read letter by letter: "'h' is not a valid Variant"
+        (["Hybrid"], "unknown variant 'Hybrid'; valid: dense, sparse, hybrid, hybrid\\+rerank"),
+        ([], "variants is empty"),  # an empty report, which recorded nothing
+    ],
+)
+def test_bad_variants_are_refused_before_any_work(sample_report, variants, message) -> None:
+    _, retriever = sample_report
+    with pytest.raises(InvalidArgumentError, match=message):
+        evaluate_collection(retriever, sample_collection(), "test", variants, progress=False)
 
 
 def test_report_scores_are_the_runs_scored_against_the_qrels(sample_report) -> None:
