@@ -185,7 +185,10 @@ class HybridRetriever:
         """Say which ``PAYLOAD_INDEXES`` the collection lacks (or has with another type): filters on such a key
         scan every point until a write adds the index."""
         wanted = parse_payload_indexes(self.settings.payload_indexes)
-        if missing := wanted and self.store.missing_payload_indexes(wanted):
+        missing = wanted and self.store.missing_payload_indexes(wanted)
+        seen = (describe("", self.store), tuple(sorted(missing.items()))) if missing else None
+        if seen is not None and seen not in _warned_indexes:  # once per process, not per retriever (one per request)
+            _warned_indexes.add(seen)
             log.warning(
                 "collection %r has no payload index for %s (PAYLOAD_INDEXES): filters on it scan every point until "
                 "the next write (hybrid-rag index) adds it",
@@ -627,6 +630,7 @@ class HybridRetriever:
             )
 
 
+_warned_indexes: set[tuple[str, tuple[tuple[str, str], ...]]] = set()  # (store, missing indexes) warned about
 _warned_threshold = False  # whether a score_threshold on a hybrid search was warned about (once per process)
 
 
