@@ -212,12 +212,25 @@ class HybridRetriever:
                 self._sparse.analyzer,
             )
 
-    async def asearch(self, *args: Any, **kwargs: Any) -> list[Hit]:
+    async def asearch(
+        self,
+        query: str,
+        k: int | None = None,
+        filter: dict[str, Any] | None = None,
+        rerank: bool | None = None,
+        variant: Variant | str = Variant.HYBRID,
+        *,
+        group_by: GroupBy | str = GroupBy.CHUNK,
+        score_threshold: float | None = None,
+        encoded: QueryVectors | None = None,
+    ) -> list[Hit]:
         """:meth:`search` in a worker thread, for event loops (the async adapters await it); afterwards the
         awaiting thread's :attr:`last_timings` are this search's."""
 
         def run() -> tuple[list[Hit], dict[str, float]]:
-            hits = self.search(*args, **kwargs)
+            hits = self.search(
+                query, k, filter, rerank, variant, group_by=group_by, score_threshold=score_threshold, encoded=encoded
+            )
             return hits, dict(self._timings.last)
 
         hits, timings = await asyncio.to_thread(run)
