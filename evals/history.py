@@ -91,6 +91,9 @@ class EvalHistory:
             raise HistoryUnwritableError(self._unwritable(exc)) from None
         self._add_source_column()
 
+    def __repr__(self) -> str:
+        return f"EvalHistory({str(self.path)!r})"
+
     def _unwritable(self, exc: Exception) -> str:
         return (
             f"evaluation history {self.path}: cannot write it ({exc}): give --history, or set "

@@ -249,3 +249,10 @@ def test_a_refused_evaluation_accepted_later_is_marked_published_with_its_tolera
     }
     assert set(states.values()) == {(False, "refused", 0.02), (True, "passed", 0.5)}
     assert all(state == (True, "passed", 0.5) for (when, _), state in states.items() if when == second)
+
+
+def test_repr_names_the_file(tmp_path, monkeypatch):
+    """A notebook showed ``<evals.history.EvalHistory object at 0x...>``: which file (absolute, as resolved) is it?"""
+    monkeypatch.chdir(tmp_path)
+    history = EvalHistory("data/evals.sqlite")
+    assert repr(history) == f"EvalHistory('{tmp_path / 'data' / 'evals.sqlite'}')"
