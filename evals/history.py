@@ -130,6 +130,17 @@ class EvalHistory:
             )
         return len(rows)
 
+    def holds(self, collection: str, split: str, variant: str, timestamp: datetime, source: str) -> bool:
+        """Whether rows of ``variant`` on ``collection``/``split`` written by ``source`` at ``timestamp`` are here
+        (a report, which keeps its timestamp, recorded before)."""
+        with self._connect() as conn:
+            row = conn.execute(
+                "SELECT 1 FROM evals WHERE collection = ? AND split = ? AND variant = ? AND timestamp = ? "
+                "AND source = ? LIMIT 1",
+                (collection, split, variant, _stamp(timestamp), source),
+            ).fetchone()
+        return row is not None
+
     def mark_published(
         self,
         collection: str,

@@ -370,11 +370,13 @@ class EvalReport:
         }
 
     def record(self, history: EvalHistory, source: str, **context: Any) -> int:
-        """Append every variant's metrics to ``history`` (one timestamp), written by ``source``; returns rows."""
+        """Append every variant's metrics to ``history`` (one timestamp), written by ``source``; returns rows. A
+        variant this report already recorded there (a notebook cell run again) is not appended twice."""
         ctx = {**self.context(), **context}
         return sum(
             history.append(self.collection, self.split, name, r.metrics, ctx, self.timestamp, source=source)
             for name, r in self.variants.items()
+            if not history.holds(self.collection, self.split, name, self.timestamp, source)
         )
 
     def frame(self) -> pd.DataFrame:

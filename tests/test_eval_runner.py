@@ -104,6 +104,9 @@ def test_summary_round_trip_and_history_rows(sample_report, tmp_path) -> None:
     assert df["context"][0] == {**report.context(), "note": "nightly"} and df["context"][0]["version"] == report.version
     hybrid = df[(df["variant"] == "hybrid") & (df["metric"] == "ndcg@10")]["value"].tolist()
     assert hybrid == [report.variants["hybrid"].metrics["ndcg@10"]]
+    # a notebook cell run again records the same report again: nothing appended (it doubled the rows)
+    assert report.record(history, source="benchmark", note="nightly") == 0
+    assert len(history.records(collection="sample")) == rows
 
     md = markdown_table(report.frame(), metrics=["ndcg@10", LATENCY_P50]).splitlines()
     assert md[0] == "| collection | split | variant | nDCG@10 | latency_p50_ms | last run (UTC) |"
