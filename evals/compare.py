@@ -12,14 +12,24 @@ import math
 import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 from scipy import stats
 
-from evals.metrics import DEFAULT_K_VALUES, EvalResult, Qrels, RunLike, evaluate
+from evals.metrics import DEFAULT_K_VALUES, Qrels, RunLike, evaluate
 
-PerQuery = EvalResult | Mapping[str, Mapping[str, float]] | Mapping[str, float]
+
+@runtime_checkable
+class HasPerQuery(Protocol):
+    """What holds per-query values: an :class:`EvalResult`, or a report's ``VariantResult``
+    (``report.variants["hybrid"]``)."""
+
+    @property
+    def per_query(self) -> Mapping[str, Mapping[str, float]]: ...
+
+
+PerQuery = HasPerQuery | Mapping[str, Mapping[str, float]] | Mapping[str, float]
 TIE_TOLERANCE = 1e-12
 _CHUNK = 1_000_000  # sign draws per batch, bounds memory for large query sets
 ALPHA = 0.05  # the significance level of LossCheck
@@ -63,8 +73,8 @@ def paired_randomization_test(
         raise ValueError("no paired values to test")
     if n_resamples < 1:
         raise ValueError("n_resamples must be >= 1")
-    if np.all(np.abs(diffs) <= TIE_TOLERANCE):
-        return 1.0
+    if diffs.size == 1 or np.all(np.abs(diffs) <= TIE_TOLERANCE):
+        return 1.0  # one difference: both its signs have the same |mean|, so the exact p-value is 2/2
     result = stats.permutation_test(
         (diffs,),
         lambda d, axis: np.abs(np.mean(d, axis=axis)),
@@ -87,7 +97,8 @@ def compare_per_query(
     n_resamples: int = 10_000,
     seed: int = 0,
 ) -> Comparison:
-    """Compare per-query values (an :class:`EvalResult`, ``{qid: {metric: v}}`` or ``{qid: v}``).
+    """Compare per-query values (an :class:`EvalResult`, a report's ``VariantResult``, ``{qid: {metric: v}}`` or
+    ``{qid: v}``). One query is never significant (p = 1: its two sign flips tie).
 
     Both sides must cover the same queries; evaluate both with :func:`evals.metrics.evaluate` on the same
     qrels to get that (queries without hits then score 0 on both sides).
@@ -99,6 +110,8 @@ def compare_per_query(
             f"{metric}: the two sides cover different queries (only in {names[0]}: {only_a[:5]}, "
             f"only in {names[1]}: {only_b[:5]})"
         )
+    if not a:
+        raise ValueError(f"{metric}: no queries to compare (both sides are empty)")
     qids = sorted(a)
     x = np.array([a[q] for q in qids], dtype=float)
     y = np.array([b[q] for q in qids], dtype=float)
@@ -262,7 +275,12 @@ def format_comparison(comparisons: Comparison | Iterable[Comparison]) -> str:
 
 
 def _values(side: PerQuery, metric: str) -> dict[str, float]:
-    per_query = side.per_query if isinstance(side, EvalResult) else side
+    per_query = side.per_query if isinstance(side, HasPerQuery) else side
+    if not isinstance(per_query, Mapping):
+        raise TypeError(
+            f"per-query values are an EvalResult, a report's variant (report.variants['hybrid']) or a mapping "
+            f"{{query id: value}}, not {type(side).__name__}"
+        )
     out: dict[str, float] = {}
     for qid, value in per_query.items():
         if isinstance(value, Mapping):

@@ -91,6 +91,9 @@ class EvalHistory:
             raise HistoryUnwritableError(self._unwritable(exc)) from None
         self._add_source_column()
 
+    def __repr__(self) -> str:
+        return f"EvalHistory({str(self.path)!r})"
+
     def _unwritable(self, exc: Exception) -> str:
         return (
             f"evaluation history {self.path}: cannot write it ({exc}): give --history, or set "
@@ -126,6 +129,17 @@ class EvalHistory:
                 rows,
             )
         return len(rows)
+
+    def holds(self, collection: str, split: str, variant: str, timestamp: datetime, source: str) -> bool:
+        """Whether rows of ``variant`` on ``collection``/``split`` written by ``source`` at ``timestamp`` are here
+        (a report, which keeps its timestamp, recorded before)."""
+        with self._connect() as conn:
+            row = conn.execute(
+                "SELECT 1 FROM evals WHERE collection = ? AND split = ? AND variant = ? AND timestamp = ? "
+                "AND source = ? LIMIT 1",
+                (collection, split, variant, _stamp(timestamp), source),
+            ).fetchone()
+        return row is not None
 
     def mark_published(
         self,

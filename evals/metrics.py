@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import pytrec_eval
 
 from evals.runs import rank_hits
+from retrieval.documents import compact_repr
 
 Qrels = Mapping[str, Mapping[str, int]]
 RunLike = Mapping[str, Mapping[str, float]]
@@ -53,6 +54,8 @@ class EvalResult:
 
     mean: dict[str, float]
     per_query: dict[str, dict[str, float]]
+
+    __repr__ = compact_repr  # the means and a few queries, not 300 queries' values
 
     @property
     def n_queries(self) -> int:

@@ -25,7 +25,7 @@ from evals.compare import LossCheck, loss_check
 from evals.metrics import LATENCY_KEY, LATENCY_P50, LATENCY_P95, evaluate, judgement_warnings, nfc
 from evals.runs import Run, best_chunk_per_document
 from retrieval.chunking import point_id
-from retrieval.errors import HybridRagError, InvalidArgumentError
+from retrieval.errors import HybridRagError, InvalidArgumentError, choice, not_one_string
 from retrieval.progress import progress_bar
 from retrieval.search import HybridRetriever, QueryVectors, Variant
 from retrieval.store.base import ENCODING_FIELDS, ForeignPointsError
@@ -224,6 +224,16 @@ def deepen_runs(
                     docs[hit.doc_id] = score
 
 
+def variant_list(variants: Iterable[Variant | str]) -> list[Variant]:
+    """``variants`` as a list of :class:`Variant` without repeats, or an :class:`InvalidArgumentError`: one string
+    (which would be read letter by letter), an unknown name (the valid ones listed), or none at all."""
+    not_one_string(variants, "variants", "variant names")
+    chosen = list(dict.fromkeys(choice(Variant, v, "variant") for v in variants))
+    if not chosen:
+        raise InvalidArgumentError(f"variants is empty: name at least one of {', '.join(Variant)}")
+    return chosen
+
+
 def evaluate_variants(
     retriever: HybridRetriever,
     queries: dict[str, str],
@@ -236,7 +246,7 @@ def evaluate_variants(
     for all variants and their top-ups (:class:`EncodedQueries`). ``ignore_identical_ids``: BEIR's rule, a hit
     whose document id is the query id left out of the run and the metrics (False: scored like any other)."""
     judged = {qid: text for qid, text in queries.items() if qid in qrels}
-    variants = list(dict.fromkeys(Variant(v) for v in variants))
+    variants = variant_list(variants)
     encoded = EncodedQueries.of(retriever, judged, {c for v in variants for c in v.channels}, progress)
     ignore = ignore_identical_ids
     searched = {v: search_run(retriever, judged, v, RUN_DEPTH, encoded, progress, ignore) for v in variants}
@@ -366,13 +376,15 @@ class EvalReport:
 
     def record(self, history: EvalHistory, source: str, **context: Any) -> int:
         """Append every variant's metrics and its search latency (:data:`LATENCY_P50`, :data:`LATENCY_P95`: ms per
-        query, its encoding included) to ``history`` (one timestamp), written by ``source``; returns rows."""
+        query, its encoding included) to ``history`` (one timestamp), written by ``source``; returns rows. A variant
+        this report already recorded there (a notebook cell run again) is not appended twice."""
         ctx = {**self.context(), **context}
         return sum(
             history.append(
                 self.collection, self.split, name, r.metrics | latency_metrics(r), ctx, self.timestamp, source=source
             )
             for name, r in self.variants.items()
+            if not history.holds(self.collection, self.split, name, self.timestamp, source)
         )
 
     def frame(self) -> pd.DataFrame:
@@ -420,6 +432,7 @@ def evaluate_collection(
     """Score ``variants`` of ``retriever`` on ``collection``'s ``split`` (``version``: the index version the
     retriever reads; default the store's current one; ``ignore_identical_ids``: see :func:`evaluate_variants`)."""
     started = time.perf_counter()
+    variants = variant_list(variants)  # before any work: a bad name fails at once
     qrels = collection.qrels(split)
     coverage = judged_coverage(retriever.store, qrels)
     if coverage == 0.0:

@@ -17,7 +17,7 @@ import os
 import re
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -133,11 +133,31 @@ class BadInputError(HybridRagError, ValueError):
         self.skippable = skippable
 
 
+def compact_repr(report: Any, most: int = 5) -> str:
+    """A report dataclass's repr whose lists and dicts longer than ``most`` show their first ``most`` items and how
+    many more: what a notebook shows for a report of 5,000 skipped lines (else about a megabyte)."""
+    shown = []
+    for f in (f for f in fields(report) if f.repr):
+        value = getattr(report, f.name)
+        if isinstance(value, list | dict) and len(value) > most:
+            more = f"... {len(value) - most:,} more"
+            if isinstance(value, dict):
+                value = "{" + ", ".join([*(f"{k!r}: {v!r}" for k, v in list(value.items())[:most]), more]) + "}"
+            else:
+                value = "[" + ", ".join([*map(repr, value[:most]), more]) + "]"
+            shown.append(f"{f.name}={value}")
+        else:
+            shown.append(f"{f.name}={value!r}")
+    return f"{type(report).__name__}({', '.join(shown)})"
+
+
 @dataclass
 class ReadReport:
     """What a read produced besides the documents: the skipped records."""
 
     skipped: list[InputProblem] = field(default_factory=list)
+
+    __repr__ = compact_repr
 
     @property
     def skipped_count(self) -> int:

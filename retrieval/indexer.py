@@ -21,6 +21,7 @@ from retrieval.documents import (
     Document,
     InputProblem,
     SourceFormat,
+    compact_repr,
     covered_by,
     detect_format,
     ids_from_folders_above,
@@ -113,6 +114,8 @@ class IndexReport:
     changed: bool = True  # False: nothing to write or delete, so no new version was staged or published
     published_before: int | None = None  # the version readers had when the write lock was taken (before this write)
 
+    __repr__ = compact_repr  # thousands of deleted or skipped documents: the first few and a count
+
     @property
     def chunks_per_second(self) -> float:
         """Chunks written with new vectors (encoded or from the cache) per second of the write."""
@@ -131,6 +134,8 @@ class DeleteReport:
     missing: list[str] = field(default_factory=list)  # ids asked for that the collection does not hold
     # ids asked for, not stored as they are but in another Unicode normalization: asked id -> stored id (deleted)
     stored_as: dict[str, str] = field(default_factory=dict)
+
+    __repr__ = compact_repr
 
 
 def named(ids: Sequence[str], limit: int = MAX_NAMED) -> str:

@@ -186,7 +186,10 @@ class HybridRetriever:
         """Say which ``PAYLOAD_INDEXES`` the collection lacks (or has with another type): filters on such a key
         scan every point until a write adds the index."""
         wanted = parse_payload_indexes(self.settings.payload_indexes)
-        if missing := wanted and self.store.missing_payload_indexes(wanted):
+        missing = wanted and self.store.missing_payload_indexes(wanted)
+        seen = (describe("", self.store), tuple(sorted(missing.items()))) if missing else None
+        if seen is not None and seen not in _warned_indexes:  # once per process, not per retriever (one per request)
+            _warned_indexes.add(seen)
             log.warning(
                 "collection %r has no payload index for %s (PAYLOAD_INDEXES): filters on it scan every point until "
                 "the next write (hybrid-rag index) adds it",
@@ -210,12 +213,25 @@ class HybridRetriever:
                 self._sparse.analyzer,
             )
 
-    async def asearch(self, *args: Any, **kwargs: Any) -> list[Hit]:
+    async def asearch(
+        self,
+        query: str,
+        k: int | None = None,
+        filter: dict[str, Any] | None = None,
+        rerank: bool | None = None,
+        variant: Variant | str = Variant.HYBRID,
+        *,
+        group_by: GroupBy | str = GroupBy.CHUNK,
+        score_threshold: float | None = None,
+        encoded: QueryVectors | None = None,
+    ) -> list[Hit]:
         """:meth:`search` in a worker thread, for event loops (the async adapters await it); afterwards the
         awaiting thread's :attr:`last_timings` are this search's."""
 
         def run() -> tuple[list[Hit], dict[str, float]]:
-            hits = self.search(*args, **kwargs)
+            hits = self.search(
+                query, k, filter, rerank, variant, group_by=group_by, score_threshold=score_threshold, encoded=encoded
+            )
             return hits, dict(self._timings.last)
 
         hits, timings = await asyncio.to_thread(run)
@@ -681,6 +697,7 @@ class HybridRetriever:
             )
 
 
+_warned_indexes: set[tuple[str, tuple[tuple[str, str], ...]]] = set()  # (store, missing indexes) warned about
 _warned_threshold = False  # whether a score_threshold on a hybrid search was warned about (once per process)
 _warned_truncated = False  # whether a query longer than the dense model's token limit was warned about (once)
 

@@ -90,3 +90,39 @@ def test_format_comparison_is_a_markdown_table():
     lines = table.splitlines()
     assert lines[0].startswith("| metric |") and len(lines) == 4
     assert "| ndcg@10 | dense | hybrid | 0.3750 | 0.5000 | +0.1250 | [+0.0000, +0.2500] | 1/0/1 |" in table
+
+
+def test_one_query_is_compared_and_never_significant():
+    # one judged query whose two runs differ: scipy's permutation test needs two observations and raised a bare
+    # ValueError (a traceback from `hybrid-rag compare`); the exact test has two sign flips with the same |mean|
+    qrels = {"q1": {"d1": 1}}
+    c = compare_runs(qrels, {"q1": {"d1": 2.0, "d2": 1.0}}, {"q1": {"d2": 2.0, "d1": 1.0}}, metric="mrr@10")
+    assert (c.n_queries, c.wins, c.losses) == (1, 0, 1)
+    assert c.mean_diff == pytest.approx(-0.5)
+    assert c.p_randomization == 1.0 and not c.significant()
+    assert paired_randomization_test([0.2], [0.9]) == 1.0
+
+
+def test_no_queries_is_one_clear_error():
+    with pytest.raises(ValueError, match="no queries to compare"):
+        compare_per_query({}, {})
+
+
+def test_a_reports_variant_results_compare_directly():
+    # a notebook passes report.variants["hybrid"] (a VariantResult), which raised AttributeError: 'items'
+    from evals.runner import VariantResult
+
+    qrels = {q: {f"{q}-rel": 1} for q in QIDS}
+    good = evaluate(qrels, {q: {f"{q}-rel": 2.0, "x": 1.0} for q in QIDS})
+    worse = evaluate(qrels, {q: {"x": 2.0, f"{q}-rel": 1.0} for q in QIDS})
+    a = VariantResult("hybrid", dict(worse.mean), per_query=worse.per_query)
+    b = VariantResult("hybrid+rerank", dict(good.mean), per_query=good.per_query)
+    c = compare_per_query(a, b, metric="mrr@10")
+    assert (
+        c
+        == compare_per_query(worse, good, metric="mrr@10")
+        == compare_per_query(worse.per_query, good.per_query, metric="mrr@10")
+    )
+    assert c.wins == 30
+    with pytest.raises(TypeError, match="not list"):
+        compare_per_query([0.5], [0.6])

@@ -340,3 +340,10 @@ def test_publishing_marks_every_evaluation_of_the_version_since_it_was_staged(tm
     assert states == [(2, False, "refused"), (2, True, "refused"), (2, True, None), (3, False, "refused")]
     shown = [row.split(" | ")[3:5] for row in markdown_table(rows).splitlines() if " | hybrid | " in row]
     assert shown == [["2", "published"], ["3", "refused"]], shown
+
+
+def test_repr_names_the_file(tmp_path, monkeypatch):
+    """A notebook showed ``<evals.history.EvalHistory object at 0x...>``: which file (absolute, as resolved) is it?"""
+    monkeypatch.chdir(tmp_path)
+    history = EvalHistory("data/evals.sqlite")
+    assert repr(history) == f"EvalHistory('{tmp_path / 'data' / 'evals.sqlite'}')"

@@ -25,6 +25,7 @@ from evals.runner import (
 )
 from evals.runs import best_chunk_per_document
 from retrieval import Document, HybridRetriever, RetrievalSettings, RetrievalStack, Variant, read_documents
+from retrieval.errors import InvalidArgumentError
 from tests.conftest import TINY_DOCS
 
 VARIANTS = ["sparse", "hybrid"]
@@ -61,6 +62,20 @@ def test_a_reports_repr_is_a_summary_not_every_query(sample_report) -> None:
     assert len(shown) < 3000 + 200 * len(report.variants)
 
 
+@pytest.mark.parametrize(
+    ("variants", "message"),
+    [
+        ("hybrid", "not one string \\('hybrid'\\)"),  # read letter by letter: "'h' is not a valid Variant"
+        (["Hybrid"], "unknown variant 'Hybrid'; valid: dense, sparse, hybrid, hybrid\\+rerank"),
+        ([], "variants is empty"),  # an empty report, which recorded nothing
+    ],
+)
+def test_bad_variants_are_refused_before_any_work(sample_report, variants, message) -> None:
+    _, retriever = sample_report
+    with pytest.raises(InvalidArgumentError, match=message):
+        evaluate_collection(retriever, sample_collection(), "test", variants, progress=False)
+
+
 def test_report_scores_are_the_runs_scored_against_the_qrels(sample_report) -> None:
     report, _ = sample_report
     qrels = sample_collection().qrels("test")
@@ -93,6 +108,9 @@ def test_summary_round_trip_and_history_rows(sample_report, tmp_path) -> None:
     assert df["context"][0] == {**report.context(), "note": "nightly"} and df["context"][0]["version"] == report.version
     hybrid = df[(df["variant"] == "hybrid") & (df["metric"] == "ndcg@10")]["value"].tolist()
     assert hybrid == [report.variants["hybrid"].metrics["ndcg@10"]]
+    # a notebook cell run again records the same report again: nothing appended (it doubled the rows)
+    assert report.record(history, source="benchmark", note="nightly") == 0
+    assert len(history.records(collection="sample")) == rows
 
     md = markdown_table(report.frame(), metrics=["ndcg@10", LATENCY_P50]).splitlines()
     assert md[0] == "| collection | split | variant | nDCG@10 | latency_p50_ms | last run (UTC) |"

@@ -88,3 +88,28 @@ def test_named_caps_a_long_list_and_says_how_many_more():
     text = named(ids)
     assert text.startswith("'doc-0000', 'doc-0001'") and text.endswith(f"'doc-{MAX_NAMED - 1:04d}' and 1,234 more")
     assert named(["a"]) == "'a'"
+
+
+def test_reports_show_a_few_of_a_long_list_and_how_many_more(indexed_stack, tmp_path):
+    """What a notebook shows for a report: 5,000 skipped lines were a repr of about a megabyte."""
+    from evals.metrics import evaluate
+    from retrieval import read_documents
+
+    source = tmp_path / "bad.jsonl"
+    lines = ['{"_id": "ok", "text": "a good line"}'] + [f"{{broken {i}" for i in range(5000)]
+    source.write_text("\n".join(lines) + "\n")
+    docs, read = read_documents(source, policy="skip")
+    assert len(docs) == 1 and read.skipped_count == 5000
+    shown = repr(read)
+    assert shown.startswith("ReadReport(skipped=[InputProblem(") and shown.endswith(", ... 4,995 more])")
+    assert len(shown) < 2000
+
+    stack = indexed_stack("edge")
+    deleted = stack.indexer().delete_documents([f"absent-{i}" for i in range(3000)])
+    assert len(deleted.missing) == 3000  # the report keeps every one; only its repr is short
+    assert "missing=['absent-0', 'absent-1', 'absent-2', 'absent-3', 'absent-4', ... 2,995 more]" in repr(deleted)
+    assert len(repr(deleted)) < 400
+    stack.close()
+
+    scored = evaluate({f"q{i}": {"d": 1} for i in range(300)}, {"q0": {"d": 1.0}})
+    assert len(scored.per_query) == 300 and "... 295 more}" in repr(scored) and len(repr(scored)) < 3000

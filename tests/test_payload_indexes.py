@@ -187,3 +187,17 @@ def test_filter_misses_names_the_type_an_indexed_key_holds(tmp_path):
 
 def _schema() -> CollectionSchema:
     return CollectionSchema(dense_model="synthetic", dense_dim=4, sparse_model="bm25", sparse_idf=True)
+
+
+def test_a_missing_index_is_warned_once_not_per_retriever(indexed_stack, caplog):
+    # README: "a retriever per request, closed after it, costs nothing"; each one logged the warning again
+    wanting = indexed_stack("edge").derive(payload_indexes=INDEXES)
+    try:
+        with caplog.at_level(logging.WARNING, logger="retrieval.search"):
+            for _ in range(3):
+                retriever = wanting.retriever(k=3)
+                retriever.search("valve", filter={"topic": "home"})
+                retriever.close()
+        assert caplog.text.count("has no payload index for topic:tenant, year:integer") == 1
+    finally:
+        wanting.close()

@@ -252,3 +252,20 @@ def test_stacks_retrievers_and_indexers_show_their_collection_and_where_it_is(
     with RetrievalStack(RetrievalSettings(qdrant_url=url), dense=dense_encoder, sparse=sparse_encoder) as stack:
         shown = [repr(stack), repr(stack.retriever()), repr(stack.indexer())]
     assert all("admin:***@127.0.0.1:1" in r and "hunter2" not in r for r in shown)
+
+
+def test_asearch_has_searchs_signature_and_results(retriever):
+    """``asearch(*args, **kwargs)`` told type checkers and notebooks' signature help nothing (any name passed)."""
+    import asyncio
+    import inspect
+
+    from retrieval.search import HybridRetriever
+
+    assert inspect.signature(HybridRetriever.asearch).parameters == inspect.signature(HybridRetriever.search).parameters
+
+    async def both() -> tuple[list, list]:  # from inside a running event loop, as in a notebook
+        sync = retriever.search("valve gasket", 3, None, False, "hybrid", group_by="doc")
+        return sync, await retriever.asearch("valve gasket", 3, None, False, "hybrid", group_by="doc")
+
+    sync, hits = asyncio.run(both())
+    assert [(h.doc_id, h.chunk_index) for h in hits] == [(h.doc_id, h.chunk_index) for h in sync] and len(hits) == 3
