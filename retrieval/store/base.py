@@ -99,6 +99,7 @@ ENCODING_FIELDS = (
     "chunk_overlap",
     "dense_fingerprint",
     "dense_precision",
+    "sparse_fingerprint",
 )
 _warned_unrecorded: set[str] = set()  # the collections warned about (once per process)
 # The setting that gives a reader the model a differing MODEL_FIELDS entry records (the dimension follows the dense
@@ -151,6 +152,7 @@ class CollectionSchema:
     chunk_overlap: int | None = None
     dense_fingerprint: str | None = None  # the dense model's content (a folder saved in place is another model)
     dense_precision: str | None = None  # the dense vectors' encoding class: fp32, int8 or openvino
+    sparse_fingerprint: str | None = None  # a SPLADE model's content (None for BM25, which has no weights)
 
     @classmethod
     def of(cls, dense: Any, sparse: Any, settings: Any | None = None) -> CollectionSchema:
@@ -170,6 +172,7 @@ class CollectionSchema:
             chunk_overlap=settings.chunk_overlap if settings is not None else None,
             dense_fingerprint=getattr(dense, "fingerprint", None),
             dense_precision=getattr(dense, "precision", None),
+            sparse_fingerprint=None if bm25 else getattr(sparse, "fingerprint", None),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -221,6 +224,7 @@ class CollectionSchema:
             if getattr(self, f) is None
             and f != "bm25_analyzer"
             and not (f.startswith("bm25") and self.sparse_model != "bm25")
+            and not (f == "sparse_fingerprint" and self.sparse_model == "bm25")
         ]
 
 
@@ -696,7 +700,8 @@ class QdrantStore(ABC):
             raise SchemaMismatchError(self.missing_message(self.location))
         problems = expected.differences(existing, write=write) if expected is not None else []
         if problems:
-            models = any(p.split(":")[0] in (*MODEL_FIELDS, "dense_fingerprint") for p in problems)
+            contents = ("dense_fingerprint", "sparse_fingerprint")
+            models = any(p.split(":")[0] in (*MODEL_FIELDS, *contents) for p in problems)
             built = (
                 f"collection {self.collection!r} at {self.location} was built with other "
                 + ("models (" if models else "index-time settings (")
