@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -98,6 +99,36 @@ def test_model_prompts_come_from_a_word_of_the_name_not_any_folder_of_its_path(t
         assert (named.query_prompt, named.document_prompt) == ("query: ", "passage: ")
         unprompted = DenseEncoder(str(e5), device="cpu", query_prompt="", document_prompt="")
         assert (stack.dense.encode_queries(["hybrid fusion"]) == unprompted.encode_queries(["hybrid fusion"])).all()
+
+
+def test_prompts_named_in_a_model_s_config_are_used_recorded_and_the_same_on_every_backend(tmp_path):
+    """A model whose config_sentence_transformers.json names its prompts gets them (as sentence-transformers'
+    encode_query/encode_document would), the collection records the document prompt and the chunker leaves room
+    for it; a default_prompt_name applies only where it is chosen, never behind the prompt in use (it did on torch
+    only: the same model's vectors differed by backend, cosine 0.89, under one recorded precision)."""
+    from sentence_transformers import SentenceTransformer
+
+    prompted, default = str(tmp_path / "prompted"), str(tmp_path / "default")
+    model = SentenceTransformer(tiny_dense(tmp_path / "plain"), device="cpu")
+    model.prompts = {"query": "query: ", "passage": "passage: "}
+    model.save(prompted)
+    model.prompts, model.default_prompt_name = {"query": "query: "}, "query"
+    model.save(default)
+    with stack_for(tmp_path, prompted) as stack:
+        assert (stack.dense.query_prompt, stack.dense.document_prompt) == ("query: ", "passage: ")
+        stack.indexer().index(DOCS, progress=False)
+        assert stack.store().schema().document_prompt == "passage: "
+        reserved = len(stack.dense.tokenizer("passage: ", add_special_tokens=False)["input_ids"])
+        assert reserved > 0 and stack.indexer().chunker.budget == stack.dense.max_tokens - 2 - reserved  # [CLS] [SEP]
+    encoder = DenseEncoder(default, device="cpu")
+    assert (encoder.query_prompt, encoder.document_prompt) == ("query: ", "query: ")  # as encode_document does
+    off = DenseEncoder(default, device="cpu", document_prompt="")  # the setting turns it off, on torch too
+    plain = DenseEncoder(str(tmp_path / "plain"), device="cpu")
+    text = ["Honeybees dance to share where flowers are."]
+    assert np.allclose(off.encode_documents(text), plain.encode_documents(text), atol=1e-6)
+    if importlib.util.find_spec("onnxruntime") is not None:
+        onnx = DenseEncoder(default, backend="onnx", cache_dir=tmp_path / "cache", document_prompt="")
+        assert np.allclose(onnx.encode_documents(text), off.encode_documents(text), atol=1e-5)
 
 
 @needs_onnxruntime

@@ -68,6 +68,7 @@ _PROMPT_MARKERS = {
 # stay valid (that release of the package is the only content they can come from).
 UNFINGERPRINTED_KEYS = {f"{BUNDLED_PACKAGE}==0.1.0"}
 
+CONFIG_FILE = "config_sentence_transformers.json"  # where a sentence-transformers model names its prompts
 DENSE_MODEL_SETTING = "HYBRID_RAG_DENSE_MODEL, or HYBRID_RAG_QUERY_MODEL for a trained query encoder"
 
 
@@ -85,12 +86,42 @@ def resolve_model_path(name: str) -> str:
 
 def default_prompts(name: str) -> tuple[str, str]:
     """The (query, document) prompts of a model known by a word of ``name`` (a hub name or a folder path: see
-    :data:`KNOWN_PROMPTS`); none for any other model. The ``DENSE_*_PROMPT`` settings override them."""
+    :data:`KNOWN_PROMPTS`), else those its own sentence-transformers config names (:func:`configured_prompts`);
+    none for any other model. The ``DENSE_*_PROMPT`` settings override them."""
     lowered = name.lower()
     for marker, prompts in KNOWN_PROMPTS.items():
         if _PROMPT_MARKERS[marker].search(lowered):
             return prompts
-    return "", ""
+    return configured_prompts(resolve_model_path(name))
+
+
+def configured_prompts(path: str) -> tuple[str, str]:
+    """The (query, document) prompts the ``config_sentence_transformers.json`` of a model (a local folder or a cached
+    hub snapshot) names, as sentence-transformers' ``encode_query``/``encode_document`` pick them: its ``query``
+    prompt, its ``document`` (or ``passage``, ``corpus``) prompt, each else its ``default_prompt_name``'s."""
+    import json
+
+    file = Path(path).expanduser() / CONFIG_FILE
+    if not file.is_file():
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            found = try_to_load_from_cache(path, CONFIG_FILE)
+        except Exception:  # noqa: BLE001 - not a repo id, or an unreadable cache: no configured prompts
+            found = None
+        if not isinstance(found, str):
+            return "", ""
+        file = Path(found)
+    try:
+        config = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # the model's load reports a damaged config
+        return "", ""
+    prompts = config.get("prompts") if isinstance(config, dict) else None
+    if not isinstance(prompts, dict):
+        return "", ""
+    default = prompts.get(config.get("default_prompt_name"), "")
+    document = next((prompts[n] for n in ("document", "passage", "corpus") if n in prompts), default)
+    return str(prompts.get("query", default) or ""), str(document or "")
 
 
 class DenseEncoder:
@@ -296,7 +327,7 @@ class DenseEncoder:
         with threads, fork_guard(self.device):
             vectors = self.model.encode(
                 texts,
-                prompt=prompt or None,
+                prompt=prompt,  # "" too: a model's default_prompt_name must not apply behind the recorded prompt
                 batch_size=self.batch_size,
                 normalize_embeddings=True,
                 convert_to_numpy=True,
