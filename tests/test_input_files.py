@@ -1,0 +1,133 @@
+"""The files users have, read by every input reader: line ends (CRLF, a lone CR), encodings (UTF-16 from PowerShell
+or Notepad, Latin-1/Windows-1252, a UTF-8 BOM), gzip, and JSON that is not JSON Lines. Each is either read as
+meant or refused once, naming the file (and line) and what to do, never a traceback or a file's worth of
+misleading per-line errors."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import pytest
+
+from retrieval.documents import BadInputError, read_documents
+
+RECORDS = [{"_id": "a", "text": "alpha été"}, {"_id": "b", "text": "beta"}]
+LINES = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in RECORDS)
+
+
+@pytest.mark.parametrize("policy", ["fail", "skip"])
+@pytest.mark.parametrize("end", ["\r", "\r\n"])
+def test_jsonl_lines_ending_in_a_lone_cr_or_crlf_are_records(tmp_path, end, policy):
+    """A lone CR ends a line (classic Mac OS, some exporters), as the evaluation readers and an editor take it: it
+    was one line 'malformed JSON: Extra data', and under skip nothing was indexed ('the others are indexed')."""
+    path = tmp_path / "docs.jsonl"
+    path.write_bytes(LINES.replace("\n", end).encode())
+    docs, report = read_documents(path, policy=policy)
+    assert [(d.id, d.text) for d in docs] == [("a", "alpha été"), ("b", "beta")]
+    assert report.skipped == []
+
+
+def test_a_bad_line_of_a_cr_file_is_named_by_its_own_line(tmp_path):
+    path = tmp_path / "docs.jsonl"
+    path.write_bytes(b'{"_id": "a", "text": "x"}\r\r{"_id": "b"}\r{"_id": "c", "text": "z"}\r')
+    docs, report = read_documents(path, policy="skip")
+    assert [d.id for d in docs] == ["a", "c"]
+    assert [str(p) for p in report.skipped] == [f"{path}:3: document 'b': missing or non-string 'text'"]
+
+
+@pytest.mark.parametrize("policy", ["fail", "skip"])
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (LINES.encode("utf-16"), "UTF-16 text (byte order mark FF FE): save it as UTF-8"),
+        (b"\xfe\xff" + LINES.encode("utf-16-be"), "UTF-16 text (byte order mark FE FF): save it as UTF-8"),
+        (gzip.compress(LINES.encode()), "gzip-compressed: decompress it first (gunzip -k FILE)"),
+    ],
+    ids=["utf-16-le", "utf-16-be", "gzip"],
+)
+def test_a_utf16_or_gzip_jsonl_file_is_refused_as_a_whole(tmp_path, data, reason, policy):
+    """Windows PowerShell's ``>`` writes UTF-16: it was 'line 1: not valid UTF-8 (byte 0)', then 'malformed JSON'
+    for every other line, and under skip exit 0 with nothing indexed. Now one error, under either policy."""
+    path = tmp_path / "docs.jsonl"
+    path.write_bytes(data)
+    with pytest.raises(BadInputError) as caught:
+        read_documents(path, "jsonl", policy)
+    assert str(caught.value) == f"{path}: {reason}"
+    assert not caught.value.skippable
+
+
+@pytest.mark.parametrize("policy", ["fail", "skip"])
+@pytest.mark.parametrize(
+    ("name", "text", "reason"),
+    [
+        (
+            "a.json",
+            json.dumps(RECORDS),
+            "a JSON array, not JSON Lines (one document object per line): convert it, "
+            "e.g. jq -c '.[]' a.json > a.jsonl",
+        ),
+        (
+            "a.json",
+            json.dumps(RECORDS, indent=2),
+            "a JSON array, not JSON Lines (one document object per line): "
+            "convert it, e.g. jq -c '.[]' a.json > a.jsonl",
+        ),
+        (
+            "a.jsonl",
+            json.dumps(RECORDS[0], indent=2),
+            "JSON written over several lines, not JSON Lines (one document "
+            "object per line): convert it, e.g. jq -c . a.jsonl > a-lines.jsonl",
+        ),
+    ],
+    ids=["array", "indented array", "indented object"],
+)
+def test_a_json_array_or_pretty_printed_json_is_refused_with_how_to_convert_it(tmp_path, name, text, reason, policy):
+    """A .json file is read as JSONL: an array was 'expected a JSON object, got list' (one record skipped) and a
+    pretty-printed one 'malformed JSON' on each of its lines; under skip nothing was indexed, exit 0."""
+    path = tmp_path / name
+    path.write_text("\n" + text)
+    with pytest.raises(BadInputError) as caught:
+        read_documents(path, policy=policy)
+    assert str(caught.value) == f"{path}:2: {reason}"
+
+
+def test_a_leading_bad_line_of_jsonl_is_still_one_skipped_record(tmp_path):
+    path = tmp_path / "docs.jsonl"
+    path.write_text("# my corpus\n" + LINES)
+    docs, report = read_documents(path, policy="skip")
+    assert [d.id for d in docs] == ["a", "b"]
+    assert [p.line for p in report.skipped] == [1]
+
+
+def test_markdown_front_matter_with_lone_cr_line_ends_is_metadata(tmp_path):
+    """A Markdown file saved with CR line ends kept its front matter as text (and its title came from a heading)."""
+    (tmp_path / "cr.md").write_bytes(b"---\rtitle: CR Title\rtags: [ops]\r---\r# Heading\rbody of the file\r")
+    (doc,), _ = read_documents(tmp_path)
+    assert (doc.title, doc.text, doc.metadata) == (
+        "CR Title",
+        "# Heading\rbody of the file\r",
+        {"tags": ["ops"], "source_path": "cr.md"},
+    )
+
+
+def test_a_nul_byte_anywhere_in_a_text_file_is_binary_content(tmp_path):
+    """Only the first 8 KiB were checked: a NUL after them was indexed as text."""
+    (tmp_path / "late.txt").write_bytes(b"words " * 2000 + b"\x00 tail")
+    with pytest.raises(BadInputError, match=r"late\.txt: binary content \(NUL bytes\) in a text file"):
+        read_documents(tmp_path)
+
+
+def test_a_latin1_file_names_the_byte_and_the_fix(tmp_path):
+    (tmp_path / "cp1252.txt").write_bytes("smart “quotes” café\n".encode("cp1252"))
+    (tmp_path / "l.jsonl").write_bytes('{"_id": "x", "text": "café"}\n'.encode("latin-1"))
+    with pytest.raises(BadInputError) as caught:
+        read_documents(tmp_path / "cp1252.txt")
+    assert str(caught.value).endswith(
+        "cp1252.txt:1: not valid UTF-8 (byte offset 6: b'\\x93'; Latin-1 or Windows-1252? save it as UTF-8)"
+    )
+    with pytest.raises(BadInputError) as caught:
+        read_documents(tmp_path / "l.jsonl")
+    assert str(caught.value).endswith(
+        "l.jsonl:1: not valid UTF-8 (byte 25: b'\\xe9'; Latin-1 or Windows-1252? save the file as UTF-8)"
+    )
