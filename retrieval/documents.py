@@ -218,8 +218,7 @@ class DocumentReader:
             return self._problem(
                 path,
                 line_no,
-                f"not valid UTF-8 (byte {exc.start}: {raw[exc.start : exc.start + 1]!r}; Latin-1 or Windows-1252? "
-                "save the file as UTF-8)",
+                utf8_problem(raw, exc),
                 _guess_id(raw.decode("utf-8", "surrogateescape")),  # an id with such a byte: unreadable
             )
         try:
@@ -413,6 +412,30 @@ def numbered_lines(handle: BinaryIO) -> Iterator[tuple[int, bytes]]:
         for piece in pieces:
             line_no += 1
             yield line_no, piece
+
+
+def utf8_problem(data: bytes, exc: UnicodeDecodeError) -> str:
+    """What to tell of bytes ``data`` that are not UTF-8 (``exc``: their decoding's error): the byte, and the fix."""
+    return (
+        f"not valid UTF-8 (byte {exc.start}: {data[exc.start : exc.start + 1]!r}; Latin-1 or Windows-1252? "
+        "save the file as UTF-8)"
+    )
+
+
+def text_lines(path: Path, error: Callable[[Path, int | None, str], Exception]) -> Iterator[tuple[int, str]]:
+    """The lines of UTF-8 text file ``path`` as :func:`numbered_lines` gives them, decoded; a file that is no UTF-8
+    text (:func:`encoding_problem`) or a line that is not UTF-8 raises ``error(path, line, reason)`` (line None: the
+    file as a whole), the file's reader's own error, instead of a UnicodeDecodeError naming neither."""
+    with path.open("rb") as handle:
+        problem = encoding_problem(handle.peek(len(UTF8_BOM))[: len(UTF8_BOM)])
+        if problem is not None:
+            raise error(path, None, problem)
+        for line_no, raw in numbered_lines(handle):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise error(path, line_no, utf8_problem(raw, exc)) from None
+            yield line_no, line
 
 
 def _not_json_lines(path: Path, first: bytes) -> str | None:

@@ -10,9 +10,13 @@ import json
 
 import pytest
 
+from assets.corpora import CorpusConfigError, load_corpora
+from evals.collections import CollectionFormatError, load_collection
+from evals.runs import RunFormatError, read_run
 from retrieval.documents import BadInputError, read_documents
 
 RECORDS = [{"_id": "a", "text": "alpha été"}, {"_id": "b", "text": "beta"}]
+CORPORA = "default: docs\ncorpora:\n  docs:\n    source: docs\n    format: dir\n    collection: docs\n"
 LINES = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in RECORDS)
 
 
@@ -131,3 +135,113 @@ def test_a_latin1_file_names_the_byte_and_the_fix(tmp_path):
     assert str(caught.value).endswith(
         "l.jsonl:1: not valid UTF-8 (byte 25: b'\\xe9'; Latin-1 or Windows-1252? save the file as UTF-8)"
     )
+
+
+QUERIES = b'{"_id": "q1", "text": "alpha?", "metadata": {"lang": "en"}}\n'
+QRELS = b"query-id\tcorpus-id\tscore\nq1\td1\t1\n"
+
+
+def _beir(root, queries=QUERIES, qrels=QRELS, corpus=b'{"_id": "d1", "text": "alpha"}\n'):
+    (root / "qrels").mkdir(parents=True)
+    (root / "corpus.jsonl").write_bytes(corpus)
+    (root / "queries.jsonl").write_bytes(queries)
+    (root / "qrels" / "test.tsv").write_bytes(qrels)
+    return load_collection(root)
+
+
+@pytest.mark.parametrize(
+    ("file", "data", "reason"),
+    [
+        ("queries.jsonl", QUERIES.decode().encode("utf-16"), "UTF-16 text (byte order mark FF FE): save it as UTF-8"),
+        ("qrels/test.tsv", QRELS.decode().encode("utf-16"), "UTF-16 text (byte order mark FF FE): save it as UTF-8"),
+        (
+            "queries.jsonl",
+            '{"_id": "q1", "text": "café?"}\n'.encode("latin-1"),
+            "1: not valid UTF-8 (byte 26: b'\\xe9'; Latin-1 or Windows-1252? save the file as UTF-8)",
+        ),
+        (
+            "qrels/test.tsv",
+            "q1\td1\t1\nq1\tdé\t1\n".encode("cp1252"),
+            "2: not valid UTF-8 (byte 4: b'\\xe9'; Latin-1 or Windows-1252? save the file as UTF-8)",
+        ),
+    ],
+    ids=["utf16-queries", "utf16-qrels", "latin1-queries", "cp1252-qrels"],
+)
+def test_evaluation_files_that_are_not_utf8_are_errors_naming_file_and_line(tmp_path, file, data, reason):
+    """They were a UnicodeDecodeError naming no file: `eval` printed a traceback."""
+    collection = _beir(tmp_path / "c")
+    (collection.root / file).write_bytes(data)
+    with pytest.raises(CollectionFormatError) as caught:
+        collection.split_queries("test")
+    separator = ":" if reason[0].isdigit() else ": "
+    assert str(caught.value) == f"{collection.root / file}{separator}{reason}"
+
+
+def test_evaluation_files_with_lone_cr_or_crlf_and_a_bom_are_read(tmp_path):
+    queries = b"\xef\xbb\xbf" + QUERIES.replace(b"\n", b"\r") + b'{"_id": "q2", "text": "beta?"}'
+    qrels = b"\xef\xbb\xbf" + QRELS.replace(b"\n", b"\r\n") + b"q2\td2\t2\r"
+    collection = _beir(tmp_path / "c", queries, qrels)
+    assert collection.split_queries("test") == {"q1": "alpha?", "q2": "beta?"}
+    assert collection.qrels("test") == {"q1": {"d1": 1}, "q2": {"d2": 2}}
+
+
+@pytest.mark.parametrize(
+    ("line", "hint"),
+    [
+        (b"q1 d1 1\n", "(they are separated by spaces: use tabs)"),
+        (b"q1 0 d1 1\n", "(a TREC qrels line 'query-id iteration corpus-id score'? drop its second column)"),
+        (b"q1\t0\td1\t1\n", "(a TREC qrels line 'query-id iteration corpus-id score'? drop its second column)"),
+    ],
+)
+def test_qrels_separated_by_spaces_or_in_trec_columns_say_so(tmp_path, line, hint):
+    collection = _beir(tmp_path / "c", qrels=line)
+    with pytest.raises(CollectionFormatError, match="expected 3 tab-separated fields") as caught:
+        collection.qrels("test")
+    assert str(caught.value).endswith(hint)
+
+
+def test_the_corpus_ids_of_an_evaluation_are_read_as_the_index_reads_them(tmp_path):
+    """`id` is a JSONL record's id when it has no `_id` (README): `compare` and the coverage check said
+    "missing document id '_id'" of a corpus the index had read."""
+    corpus = b'{"id": "d1", "text": "alpha"}\n{"id": 7, "text": "beta"}\n{"_id": "d3", "id": "x", "text": "c"}\n'
+    collection = _beir(tmp_path / "c", corpus=corpus)
+    assert collection.doc_ids() == {"d1", "7", "d3"}
+    assert {d.id for d in read_documents(collection.root)[0]} == collection.doc_ids()
+
+
+def test_a_run_file_that_is_not_utf8_names_file_and_line_and_a_bom_is_not_a_query_id(tmp_path):
+    run = tmp_path / "run.trec"
+    run.write_bytes(b"\xef\xbb\xbfq1 Q0 d1 1 2.0 mine\r\nq1 Q0 d2 2 1.0 mine\r\n")
+    assert read_run(run) == ({"q1": {"d1": 2.0, "d2": 1.0}}, "mine")
+    run.write_bytes("q1 Q0 d1 1 2.0 mine\nq1 Q0 dé 2 1.0 mine\n".encode("latin-1"))
+    with pytest.raises(RunFormatError, match=r"run\.trec:2: not valid UTF-8 \(byte 7: b'\\xe9'"):
+        read_run(run)
+    run.write_bytes("q1 Q0 d1 1 2.0 mine\n".encode("utf-16"))
+    with pytest.raises(RunFormatError, match=r"run\.trec: UTF-16 text \(byte order mark FF FE\): save it as UTF-8"):
+        read_run(run)
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (CORPORA.encode("utf-16"), ": UTF-16 text (byte order mark FF FE): save it as UTF-8"),
+        (
+            ("# Données\n" + CORPORA).encode("cp1252"),
+            ", line 1: not valid UTF-8 (byte offset 6: b'\\xe9'; Latin-1 or Windows-1252? save the file as UTF-8)",
+        ),
+        (
+            (CORPORA.replace("\n", "\r") + "# café\r").encode("latin-1"),
+            ", line 7: not valid UTF-8 (byte offset 90: b'\\xe9'; Latin-1 or Windows-1252? save the file as UTF-8)",
+        ),
+    ],
+    ids=["utf-16", "cp1252", "latin1-cr"],
+)
+def test_a_corpora_file_that_is_not_utf8_is_a_config_error_naming_file_and_line(tmp_path, data, reason):
+    """It was a UnicodeDecodeError naming no file, where the Dagster code location loads."""
+    file = tmp_path / "corpora.yaml"
+    file.write_bytes(data)
+    with pytest.raises(CorpusConfigError) as caught:
+        load_corpora(file)
+    assert str(caught.value) == f"{file}{reason} (no corpus can run until it is fixed)"
+    file.write_bytes(b"\xef\xbb\xbf" + CORPORA.replace("\n", "\r").encode())
+    assert list(load_corpora(file).corpora) == ["docs"]
