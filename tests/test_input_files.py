@@ -9,10 +9,12 @@ import gzip
 import json
 
 import pytest
+from typer.testing import CliRunner
 
 from assets.corpora import CorpusConfigError, load_corpora
 from evals.collections import CollectionFormatError, load_collection
 from evals.runs import RunFormatError, read_run
+from orchestration.cli import app
 from retrieval.documents import BadInputError, read_documents
 
 RECORDS = [{"_id": "a", "text": "alpha été"}, {"_id": "b", "text": "beta"}]
@@ -245,3 +247,24 @@ def test_a_corpora_file_that_is_not_utf8_is_a_config_error_naming_file_and_line(
     assert str(caught.value) == f"{file}{reason} (no corpus can run until it is fixed)"
     file.write_bytes(b"\xef\xbb\xbf" + CORPORA.replace("\n", "\r").encode())
     assert list(load_corpora(file).corpora) == ["docs"]
+
+
+def test_index_stopped_by_one_record_says_what_reads_the_others(tmp_path, monkeypatch):
+    """A docs folder with an image failed on it, naming nothing that would index the Markdown beside it; a file as a
+    whole that no policy reads gets no such hint."""
+    for key, sub in (("QDRANT_PATH", "index"), ("CACHE_DIR", "cache"), ("MODELS_DIR", "models")):
+        monkeypatch.setenv(f"HYBRID_RAG_{key}", str(tmp_path / sub))
+    (tmp_path / "docs" / "img").mkdir(parents=True)
+    (tmp_path / "docs" / "guide.md").write_text("# Guide\nSteps.\n")
+    (tmp_path / "docs" / "img" / "logo.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    (tmp_path / "u16.jsonl").write_bytes(LINES.encode("utf-16"))
+    result = CliRunner().invoke(app, ["index", str(tmp_path / "docs"), "-c", "docs"])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == (
+        f"error: {tmp_path}/docs/img/logo.png: unsupported file type '.png' "
+        "(--policy skip indexes the others and lists each record it leaves out)"
+    )
+    result = CliRunner().invoke(app, ["index", str(tmp_path / "u16.jsonl"), "-c", "docs"])
+    assert (
+        result.output.strip() == f"error: {tmp_path}/u16.jsonl: UTF-16 text (byte order mark FF FE): save it as UTF-8"
+    )
