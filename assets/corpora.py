@@ -33,7 +33,14 @@ from typing import Any
 
 import yaml
 
-from retrieval.documents import BadInputError, BadInputPolicy, SourceFormat, detect_format
+from retrieval.documents import (
+    BadInputError,
+    BadInputPolicy,
+    SourceFormat,
+    detect_format,
+    encoding_problem,
+    utf8_problem,
+)
 from retrieval.errors import HybridRagError, InvalidArgumentError
 from retrieval.settings import check_collection_name
 
@@ -217,7 +224,7 @@ def load_corpora(path: str | Path | None = None) -> Corpora:
 
 def _entry_lines(file: Path) -> dict[str, int]:
     """The line of each entry under ``corpora`` in ``file`` (already read as valid YAML), by name."""
-    root = yaml.compose(file.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
+    root = yaml.compose(_yaml_text(file), Loader=yaml.SafeLoader)
     for key, value in root.value if isinstance(root, yaml.MappingNode) else []:
         if key.value == "corpora" and isinstance(value, yaml.MappingNode):
             return {str(k.value): k.start_mark.line + 1 for k, _ in value.value}
@@ -227,7 +234,7 @@ def _entry_lines(file: Path) -> dict[str, int]:
 def _read_yaml(file: Path) -> tuple[Any, dict[str, int]]:
     """The file's YAML document and the line of each top-level key; a key given twice in one mapping (PyYAML
     would keep the last silently) is a :class:`CorpusConfigError` naming both lines."""
-    loader = yaml.SafeLoader(file.read_text(encoding="utf-8"))
+    loader = yaml.SafeLoader(_yaml_text(file))
     try:
         node = loader.get_single_node()
         if node is None:
@@ -240,6 +247,21 @@ def _read_yaml(file: Path) -> tuple[Any, dict[str, int]]:
         return loader.construct_document(node), lines
     finally:
         loader.dispose()
+
+
+def _yaml_text(file: Path) -> str:
+    """The corpora file's text; a file that is not UTF-8 (UTF-16 from Windows PowerShell's ``>``, a Latin-1 comment)
+    is a :class:`CorpusConfigError` naming it, the line and the byte, not a UnicodeDecodeError naming nothing."""
+    raw = file.read_bytes()
+    problem = encoding_problem(raw)
+    if problem is not None:
+        raise CorpusConfigError(f"{file}: {problem} (no corpus can run until it is fixed)")
+    try:
+        return raw.decode("utf-8")  # a leading BOM is YAML's to skip
+    except UnicodeDecodeError as exc:
+        line = len(re.split(r"\r\n?|\n", raw[: exc.start].decode("utf-8")))
+        reason = utf8_problem(raw, exc).replace("(byte ", "(byte offset ", 1)
+        raise CorpusConfigError(f"{file}, line {line}: {reason} (no corpus can run until it is fixed)") from None
 
 
 def _refuse_duplicate_keys(file: Path, loader: yaml.SafeLoader, node: yaml.Node, seen: set[int]) -> None:

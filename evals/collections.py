@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from evals.metrics import nfc
+from retrieval.documents import text_lines
 from retrieval.errors import InputFormatError, InputNotFoundError, InvalidArgumentError
 
 BEIR_URL = "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/{name}.zip"
@@ -94,9 +95,9 @@ class EvalCollection:
         if not self.corpus_path.is_file():
             return ids
         for line_no, record in _json_lines(self.corpus_path):
-            doc_id = record.get("_id")
+            doc_id = record.get("_id" if "_id" in record else "id")  # as the index reads it (retrieval.documents)
             if doc_id is None or str(doc_id).strip() == "":
-                raise CollectionFormatError(self.corpus_path, line_no, "missing document id '_id'")
+                raise CollectionFormatError(self.corpus_path, line_no, "missing document id ('_id' or 'id')")
             ids.add(nfc(str(doc_id)))
         return ids
 
@@ -187,33 +188,37 @@ def read_qrels(path: str | Path) -> dict[str, dict[str, int]]:
     path = Path(path)
     qrels: dict[str, dict[str, int]] = {}
     first_seen: dict[tuple[str, str], int] = {}
-    with path.open(encoding="utf-8-sig") as handle:  # a leading BOM (Excel's "CSV UTF-8") is not an id
-        for line_no, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            fields = line.rstrip("\r\n").split("\t")
-            if line_no == 1 and tuple(f.strip().lower() for f in fields) == QRELS_HEADER:
-                continue
-            if len(fields) != 3:
-                reason = f"expected 3 tab-separated fields (query-id, corpus-id, score), got {len(fields)}"
-                raise CollectionFormatError(path, line_no, reason)
-            qid, doc_id, score_text = (nfc(f.strip()) for f in fields)
-            if not qid or not doc_id:
-                raise CollectionFormatError(path, line_no, "empty query-id or corpus-id")
-            try:
-                score = int(score_text)
-            except ValueError:
-                reason = f"score {score_text!r} is not an integer"
-                raise CollectionFormatError(path, line_no, reason) from None
-            previous = qrels.setdefault(qid, {}).get(doc_id)
-            if previous is not None and previous != score:
-                raise CollectionFormatError(
-                    path,
-                    line_no,
-                    f"({qid}, {doc_id}) judged {score} here but {previous} on line {first_seen[(qid, doc_id)]}",
-                )
-            first_seen.setdefault((qid, doc_id), line_no)
-            qrels[qid][doc_id] = score
+    for line_no, line in text_lines(path, CollectionFormatError):  # a leading BOM (Excel's "CSV UTF-8") is not an id
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if line_no == 1 and tuple(f.strip().lower() for f in fields) == QRELS_HEADER:
+            continue
+        if len(fields) != 3:
+            reason = f"expected 3 tab-separated fields (query-id, corpus-id, score), got {len(fields)}"
+            words = len(line.split())
+            if len(fields) == 1 and words == 3:
+                reason += " (they are separated by spaces: use tabs)"
+            elif words == 4:
+                reason += " (a TREC qrels line 'query-id iteration corpus-id score'? drop its second column)"
+            raise CollectionFormatError(path, line_no, reason)
+        qid, doc_id, score_text = (nfc(f.strip()) for f in fields)
+        if not qid or not doc_id:
+            raise CollectionFormatError(path, line_no, "empty query-id or corpus-id")
+        try:
+            score = int(score_text)
+        except ValueError:
+            reason = f"score {score_text!r} is not an integer"
+            raise CollectionFormatError(path, line_no, reason) from None
+        previous = qrels.setdefault(qid, {}).get(doc_id)
+        if previous is not None and previous != score:
+            raise CollectionFormatError(
+                path,
+                line_no,
+                f"({qid}, {doc_id}) judged {score} here but {previous} on line {first_seen[(qid, doc_id)]}",
+            )
+        first_seen.setdefault((qid, doc_id), line_no)
+        qrels[qid][doc_id] = score
     return qrels
 
 
@@ -272,14 +277,13 @@ def _judged_queries(
 
 
 def _json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    with path.open(encoding="utf-8-sig") as handle:  # a leading BOM (Notepad, PowerShell) is not JSON
-        for line_no, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise CollectionFormatError(path, line_no, f"malformed JSON: {exc.msg}") from None
-            if not isinstance(record, dict):
-                raise CollectionFormatError(path, line_no, "expected a JSON object")
-            yield line_no, record
+    for line_no, line in text_lines(path, CollectionFormatError):  # a leading BOM (Notepad, PowerShell) is not JSON
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise CollectionFormatError(path, line_no, f"malformed JSON: {exc.msg}") from None
+        if not isinstance(record, dict):
+            raise CollectionFormatError(path, line_no, "expected a JSON object")
+        yield line_no, record

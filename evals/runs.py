@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from retrieval.documents import text_lines
 from retrieval.errors import InputFormatError, InputNotFoundError, InvalidArgumentError
 
 Run = dict[str, dict[str, float]]
@@ -26,8 +27,8 @@ Run = dict[str, dict[str, float]]
 class RunFormatError(InputFormatError):
     """A malformed run file line; the message starts with ``file:line``."""
 
-    def __init__(self, path: Path, line: int, reason: str):
-        super().__init__(f"{path}:{line}: {reason}")
+    def __init__(self, path: Path, line: int | None, reason: str):
+        super().__init__(f"{path}:{line}: {reason}" if line is not None else f"{path}: {reason}")
         self.path, self.line, self.reason = path, line, reason
 
 
@@ -92,34 +93,31 @@ def read_run(path: str | Path) -> tuple[Run, str]:
         raise InputNotFoundError(f"{path}: no such run file")
     run: Run = {}
     tag: str | None = None
-    with path.open(encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            fields = line.split()
-            if len(fields) != 6:
-                raise RunFormatError(
-                    path, line_no, f"expected 6 fields 'qid Q0 docid rank score tag', got {len(fields)}"
-                )
-            qid, _, doc_id, rank, score_text, line_tag = fields
-            try:
-                int(rank)
-            except ValueError:
-                raise RunFormatError(path, line_no, f"rank {rank!r} is not an integer") from None
-            try:
-                score = float(score_text)
-            except ValueError:
-                raise RunFormatError(path, line_no, f"score {score_text!r} is not a number") from None
-            if math.isnan(score):
-                raise RunFormatError(path, line_no, "score is NaN")
-            if tag is None:
-                tag = line_tag
-            elif line_tag != tag:
-                raise RunFormatError(path, line_no, f"tag {line_tag!r} differs from the first line's {tag!r}")
-            hits = run.setdefault(qid, {})
-            if doc_id in hits:
-                raise RunFormatError(path, line_no, f"doc {doc_id!r} listed twice for query {qid!r}")
-            hits[doc_id] = score
+    for line_no, line in text_lines(path, RunFormatError):
+        if not line.strip():
+            continue
+        fields = line.split()
+        if len(fields) != 6:
+            raise RunFormatError(path, line_no, f"expected 6 fields 'qid Q0 docid rank score tag', got {len(fields)}")
+        qid, _, doc_id, rank, score_text, line_tag = fields
+        try:
+            int(rank)
+        except ValueError:
+            raise RunFormatError(path, line_no, f"rank {rank!r} is not an integer") from None
+        try:
+            score = float(score_text)
+        except ValueError:
+            raise RunFormatError(path, line_no, f"score {score_text!r} is not a number") from None
+        if math.isnan(score):
+            raise RunFormatError(path, line_no, "score is NaN")
+        if tag is None:
+            tag = line_tag
+        elif line_tag != tag:
+            raise RunFormatError(path, line_no, f"tag {line_tag!r} differs from the first line's {tag!r}")
+        hits = run.setdefault(qid, {})
+        if doc_id in hits:
+            raise RunFormatError(path, line_no, f"doc {doc_id!r} listed twice for query {qid!r}")
+        hits[doc_id] = score
     return run, tag or ""
 
 

@@ -415,12 +415,20 @@ def index(
 ) -> None:
     """Add documents to a collection, or with --sync make it equal to the source (unchanged chunks are neither
     embedded nor written again; those of a changed document are written with their stored vectors)."""
-    from retrieval.documents import read_documents
+    from retrieval.documents import BadInputError, read_documents
     from retrieval.stack import RetrievalStack
 
     settings = _settings(collection=collection, bad_input_policy=policy)
     started = time.perf_counter()
-    docs, read_report = read_documents(path, fmt, settings.bad_input_policy)
+    try:
+        docs, read_report = read_documents(path, fmt, settings.bad_input_policy)
+    except BadInputError as exc:
+        if not exc.skippable:  # the source as a whole: no policy reads it
+            raise
+        # a record (a folder's image, a stray line): the fail policy stops at the first, and fixing them one per
+        # run is slow; say what reads the rest
+        hint = " (--policy skip indexes the others and lists each record it leaves out)"
+        raise BadInputError(replace(exc.problem, reason=exc.problem.reason + hint), skippable=True) from None
     read_seconds = time.perf_counter() - started
     if not docs and not as_json:
         err_console.print(f"no documents in {path}", style="yellow", soft_wrap=True)

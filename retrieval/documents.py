@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, fields, replace
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import yaml
 from markdown_it import MarkdownIt
@@ -38,12 +38,14 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # the integers a Qdrant payload hold
 RECORD_FIELDS = {"_id", "title", "text", "metadata"}  # a JSONL record's other fields are metadata
 RESERVED_FRONT_MATTER = {"title", "source_path"}  # the document's title; the reader's own metadata
 UTF8_BOM = b"\xef\xbb\xbf"
-UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")  # little-, big-endian (Notepad's "Unicode")
+UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")  # little-, big-endian (Notepad's "Unicode", Windows PowerShell's `>`)
+GZIP_MAGIC = b"\x1f\x8b"
 NOT_UNICODE = "not valid Unicode (lone surrogate)"
 _COMMONMARK = MarkdownIt("commonmark")
 # may open a "# Title" heading or underline a "Title\n===" one (CommonMark decides)
 _H1_LINE = re.compile(r" {0,3}(?:#(?:[ \t]|\r?$)|=+[ \t]*\r?$)")
-_FRONT_MATTER = re.compile(r"---[ \t]*\r?\n(.*?)^(?:---|\.\.\.)[ \t]*(?:\r?\n|\Z)", re.DOTALL | re.MULTILINE)
+# lines may end with LF, CRLF or a lone CR (classic Mac OS), as YAML and Markdown read them
+_FRONT_MATTER = re.compile(r"---[ \t]*(?:\r\n?|\n)(.*?)(?<=[\r\n])(?:---|\.\.\.)[ \t]*(?:\r\n?|\n|\Z)", re.DOTALL)
 # a JSON token of a line that does not parse: a string (its escapes undecoded), a bracket, ':' or ',', any other run
 # of characters (a number, true, junk), or the quote of a string left open
 _JSON_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[{}\[\]:,]|[^\s"{}\[\]:,]+|"', re.DOTALL)
@@ -195,24 +197,28 @@ class DocumentReader:
         except OSError as exc:
             raise BadInputError(InputProblem(path, None, f"cannot open file: {exc.strerror or exc}")) from exc
         with handle:
-            for line_no, raw in enumerate(handle, start=1):
-                if line_no == 1:
-                    raw = raw.removeprefix(UTF8_BOM)  # saved as "UTF-8 with BOM" (Notepad, Excel)
+            problem = encoding_problem(handle.peek(len(UTF8_BOM))[: len(UTF8_BOM)])
+            if problem is not None:  # no line of it would read: the file as a whole, under either policy
+                raise BadInputError(InputProblem(path, None, problem))
+            first = True
+            for line_no, raw in numbered_lines(handle):
                 if not raw.strip():
                     continue
+                if first and (shape := _not_json_lines(path, raw)):
+                    raise BadInputError(InputProblem(path, line_no, shape))
+                first = False
                 doc = self._parse_json_line(path, line_no, raw)
                 if doc is not None:
                     yield doc
 
     def _parse_json_line(self, path: Path, line_no: int, raw: bytes) -> Document | None:
-        raw = raw.rstrip(b"\r\n")  # a column past the line's end, not "column 1" of the next one
         try:
             line = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
             return self._problem(
                 path,
                 line_no,
-                f"not valid UTF-8 (byte {exc.start}: {raw[exc.start : exc.start + 1]!r})",
+                utf8_problem(raw, exc),
                 _guess_id(raw.decode("utf-8", "surrogateescape")),  # an id with such a byte: unreadable
             )
         try:
@@ -280,20 +286,19 @@ class DocumentReader:
             except OSError as exc:
                 self._problem(path, None, f"cannot read file: {exc.strerror or exc}", doc_id)
                 continue
-            bom = next((b for b in UTF16_BOMS if raw.startswith(b)), None)
-            if bom is not None:
-                self._problem(
-                    path, None, f"UTF-16 text (byte order mark {bom.hex(' ').upper()}): save it as UTF-8", doc_id
-                )
+            problem = encoding_problem(raw)
+            if problem is not None:
+                self._problem(path, None, problem, doc_id)
                 continue
-            if b"\x00" in raw[:8192]:
+            if b"\x00" in raw:  # anywhere: one past the first 8 KiB was indexed as text
                 self._problem(path, None, "binary content (NUL bytes) in a text file", doc_id)
                 continue
             try:
                 text = raw.decode("utf-8-sig")  # a leading BOM is not text
             except UnicodeDecodeError as exc:
                 line = raw[: exc.start].count(b"\n") + 1
-                self._problem(path, line, f"not valid UTF-8 (byte offset {exc.start})", doc_id)
+                reason = f"not valid UTF-8 (byte offset {exc.start}: {raw[exc.start : exc.start + 1]!r}; Latin-1 or "
+                self._problem(path, line, reason + "Windows-1252? save it as UTF-8)", doc_id)
                 continue
             metadata: dict[str, Any] = {}
             if path.suffix.lower() in {".md", ".markdown"}:
@@ -379,6 +384,73 @@ class DocumentReader:
         log.info("skipped %s", problem)  # callers report the skipped records (CLI, Dagster): once
         self.report.skipped.append(problem)
         return None
+
+
+def encoding_problem(head: bytes) -> str | None:
+    """Why a file whose first bytes are ``head`` is no UTF-8 text at all, or None: UTF-16 (a byte order mark:
+    Notepad's "Unicode", what Windows PowerShell's ``>`` and ``Out-File`` write) or gzip-compressed."""
+    bom = next((b for b in UTF16_BOMS if head.startswith(b)), None)
+    if bom is not None:
+        return f"UTF-16 text (byte order mark {bom.hex(' ').upper()}): save it as UTF-8"
+    if head.startswith(GZIP_MAGIC):
+        return "gzip-compressed: decompress it first (gunzip -k FILE)"
+    return None
+
+
+def numbered_lines(handle: BinaryIO) -> Iterator[tuple[int, bytes]]:
+    """The lines of a file opened in binary, numbered from 1, without their line ends: a line ends at LF, CRLF or a
+    lone CR (classic Mac OS, some exporters), as an editor and Python's text mode read them; a UTF-8 byte order
+    mark at the start ("UTF-8 with BOM": Notepad, Excel) is not content. (JSON text holds no raw CR.)"""
+    line_no = 0
+    for raw in handle:
+        if line_no == 0:
+            raw = raw.removeprefix(UTF8_BOM)
+        body = raw[:-2] if raw.endswith(b"\r\n") else raw.removesuffix(b"\n")
+        pieces = body.split(b"\r")
+        if len(pieces) > 1 and not pieces[-1] and not raw.endswith(b"\n"):  # the file's last line, ended by a CR
+            pieces.pop()
+        for piece in pieces:
+            line_no += 1
+            yield line_no, piece
+
+
+def utf8_problem(data: bytes, exc: UnicodeDecodeError) -> str:
+    """What to tell of bytes ``data`` that are not UTF-8 (``exc``: their decoding's error): the byte, and the fix."""
+    return (
+        f"not valid UTF-8 (byte {exc.start}: {data[exc.start : exc.start + 1]!r}; Latin-1 or Windows-1252? "
+        "save the file as UTF-8)"
+    )
+
+
+def text_lines(path: Path, error: Callable[[Path, int | None, str], Exception]) -> Iterator[tuple[int, str]]:
+    """The lines of UTF-8 text file ``path`` as :func:`numbered_lines` gives them, decoded; a file that is no UTF-8
+    text (:func:`encoding_problem`) or a line that is not UTF-8 raises ``error(path, line, reason)`` (line None: the
+    file as a whole), the file's reader's own error, instead of a UnicodeDecodeError naming neither."""
+    with path.open("rb") as handle:
+        problem = encoding_problem(handle.peek(len(UTF8_BOM))[: len(UTF8_BOM)])
+        if problem is not None:
+            raise error(path, None, problem)
+        for line_no, raw in numbered_lines(handle):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise error(path, line_no, utf8_problem(raw, exc)) from None
+            yield line_no, line
+
+
+def _not_json_lines(path: Path, first: bytes) -> str | None:
+    """Why JSONL file ``path``, whose first non-blank line is ``first``, is another kind of JSON, or None: a JSON
+    array (``[`` opening it) or an object written over several lines (``{`` alone); the reason says how to
+    convert it."""
+    start = first.strip()
+    if start.startswith(b"["):
+        kind, jq = "a JSON array", "'.[]'"
+    elif start == b"{":
+        kind, jq = "JSON written over several lines", "."
+    else:
+        return None
+    out = f"{path.stem}.jsonl" if path.suffix.lower() != ".jsonl" else f"{path.stem}-lines.jsonl"  # not over it
+    return f"{kind}, not JSON Lines (one document object per line): convert it, e.g. jq -c {jq} {path.name} > {out}"
 
 
 def text_problem(text: object) -> str | None:
