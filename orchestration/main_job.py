@@ -105,7 +105,9 @@ def run_dagster_ui(args: Sequence[str] = ()) -> int:
     group that only this process stops: Ctrl-C, SIGTERM and SIGHUP (unless ignored, as under ``nohup``) send it
     SIGINT, its own shutdown, then SIGTERM and SIGKILL to what is left after ``UI_STOP_GRACE_S`` each."""
     home = prepare_dagster_home()
-    command = [sys.executable, "-m", "dagster", "dev", "-m", "orchestration.definitions", *args]
+    # Dagster's SupersessionWarning at dagster dev's start advises `dg dev`, which knows nothing of this instance
+    quiet = "ignore:Function `dev_command` is superseded"
+    command = [sys.executable, "-W", quiet, "-m", "dagster", "dev", "-m", "orchestration.definitions", *args]
     stops = [s for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP) if s == signal.SIGINT or not _ignored(s)]
     # set before the child starts: a handled signal is at its default in the child, so dagster dev (which maps
     # SIGTERM to its SIGINT handler) stops on SIGINT even when started where SIGINT is ignored (`nohup ... &`)

@@ -26,6 +26,8 @@ import psutil
 PROCESS_TAG = "hybrid_rag/process"  # host:pid:start time of the process running the run
 HEARTBEAT_TAG = "hybrid_rag/heartbeat"  # unix time of the run process' latest heartbeat
 PROCESS_RUN_TAG = "hybrid_rag/process_run"  # the run the two tags above were written for (re-executions copy tags)
+PARTITION_TAG = "dagster/partition"  # the corpus of a run (Dagster's tag)
+PARTITION_RANGE_TAG = "dagster/asset_partition_range_start"  # a run over a range of partitions
 HEARTBEAT_INTERVAL_S = 30.0
 HEARTBEAT_TIMEOUT_S = 300.0  # ten missed heartbeats: the run's process (or its host, its container) is gone
 log = logging.getLogger(__name__)
@@ -68,6 +70,25 @@ def heartbeat(instance: dg.DagsterInstance, run_id: str, interval_s: float | Non
         thread.join()
 
 
+class UnpartitionedRunError(Exception):
+    """A run of a job partitioned by corpus names no corpus (raised before any step runs)."""
+
+
+def unpartitioned_run(job: dg.JobDefinition, run: dg.DagsterRun) -> str | None:
+    """Why a run of a job partitioned by corpus that names no partition cannot run (the launchpad, GraphQL and
+    ``dagster job launch`` accept it; each asset would fail on Dagster's "Cannot access partition_key for a
+    non-partitioned run"), else None. Such a run is also outside the one-run-per-corpus limit."""
+    partitions = job.partitions_def
+    if partitions is None or PARTITION_TAG in run.tags or PARTITION_RANGE_TAG in run.tags:
+        return None
+    corpora = ", ".join(partitions.get_partition_keys())
+    return (
+        f"run {run.run_id} of job {run.job_name!r} names no corpus: its assets are partitioned by corpus, one "
+        f"partition per corpora file entry ({corpora or 'none'}); launch it with a partition (the launchpad's "
+        "partition selector, a backfill, `dagster job launch --partition`, `hybrid-rag run --corpus`)"
+    )
+
+
 class _HeartbeatExecutor(dg.Executor):
     """Dagster's in-process executor that first tags the run with its process and keeps its heartbeat."""
 
@@ -83,6 +104,9 @@ class _HeartbeatExecutor(dg.Executor):
         return self.inner.step_dependency_config
 
     def execute(self, plan_context, execution_plan):  # Dagster's executor interface
+        refusal = unpartitioned_run(plan_context.job.get_definition(), plan_context.dagster_run)
+        if refusal:
+            raise UnpartitionedRunError(refusal)
         plan_context.instance.add_run_tags(plan_context.run_id, process_tags(plan_context.run_id))
         with heartbeat(plan_context.instance, plan_context.run_id):
             yield from self.inner.execute(plan_context, execution_plan)
@@ -95,7 +119,8 @@ class _HeartbeatExecutor(dg.Executor):
 )
 def in_process_heartbeat_executor(init_context: dg.InitExecutorContext) -> dg.Executor:
     """Dagster's ``in_process_executor`` (same config) whose runs record their process and heartbeat, so that
-    :func:`fail_orphaned_runs` can tell when they die, whichever host or container launched them."""
+    :func:`fail_orphaned_runs` can tell when they die, whichever host or container launched them; a run that
+    names no corpus is refused first (:func:`unpartitioned_run`)."""
     return _HeartbeatExecutor(dg.in_process_executor.executor_creation_fn(init_context))
 
 
@@ -151,7 +176,7 @@ def fail_orphaned_runs(
     a warning and the reason in its event log."""
     timeout_s = timeout_s or HEARTBEAT_TIMEOUT_S
     in_progress = [dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
-    tags = {"dagster/partition": corpus} if corpus else None
+    tags = {PARTITION_TAG: corpus} if corpus else None
     failed = []
     for run in instance.get_runs(dg.RunsFilter(statuses=in_progress, tags=tags)):
         if dead_reason(run, timeout_s):
@@ -161,7 +186,7 @@ def fail_orphaned_runs(
                 continue
             reason = f"{dead}; marked failed by {by}"
             instance.report_run_failed(run, message=reason)
-            partition = run.tags.get("dagster/partition")
+            partition = run.tags.get(PARTITION_TAG)
             log.warning("dagster run %s of corpus %r was left %s: %s", run.run_id, partition, run.status.value, reason)
             failed.append(run.run_id)
     return failed

@@ -327,7 +327,7 @@ def test_ui_prepares_the_instance_and_runs_dagster_dev(tmp_path: Path, monkeypat
 @pytest.mark.slow
 def test_ui_serves_the_code_location_on_the_projects_instance(tmp_path: Path) -> None:
     """`hybrid-rag ui -p PORT` from outside the checkout: the webserver answers, on the prepared instance (with its
-    dagster.yaml: telemetry off, one run per corpus); Ctrl-C stops it."""
+    dagster.yaml: telemetry off, one run per corpus); Ctrl-C stops it. Dagster's advice to use `dg dev` is not shown."""
     import signal
 
     port, home, env, cmd = _ui_command(tmp_path)
@@ -346,6 +346,7 @@ def test_ui_serves_the_code_location_on_the_projects_instance(tmp_path: Path) ->
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
     assert proc.returncode == 0 or proc.returncode < 0
+    assert "Use 'dg dev' instead" not in proc.stderr.read().decode()  # advice that would leave the project's instance
 
 
 def _ui_command(tmp_path: Path) -> tuple[int, Path, dict[str, str], list[str]]:
