@@ -51,13 +51,22 @@ MAX_DELETE_SHARE = 0.5  # a sync deleting more than this share of a collection's
 MAX_NAMED = 100  # document ids a log line names (then: "and N more")
 
 
-def locked_batches(encoder: Any, encode: Callable[[list[str]], Any], texts: Sequence[str], step: int) -> list:
-    """``encode`` over ``texts`` in batches of ``step``, each under the encoder's lock (so searches interleave)."""
+def locked_batches(
+    encoder: Any,
+    encode: Callable[[list[str]], Any],
+    texts: Sequence[str],
+    step: int,
+    done: Callable[[int], None] | None = None,
+) -> list:
+    """``encode`` over ``texts`` in batches of ``step``, each under the encoder's lock (so searches interleave);
+    ``done`` is told each batch's size after it (a progress bar)."""
     parts = []
     texts, step = list(texts), max(step, 1)
     for start in range(0, max(len(texts), 1), step):
         with encoder.lock:
             parts.append(encode(texts[start : start + step]))
+        if done is not None:
+            done(len(texts[start : start + step]))
     return parts
 
 
@@ -180,6 +189,7 @@ class Indexer:
         self.dense, self.sparse = parts.dense, parts.sparse
         self._sparse = parts.sparse  # the settings' encoder; self.sparse: the one this write uses
         self.after_batch: Callable[[int], None] | None = None  # hook for progress or fault injection
+        self._encoded: Callable[[int], None] | None = None  # told each encoder batch's size while a write encodes
 
     def __repr__(self) -> str:
         return describe("Indexer", self.store)
@@ -375,11 +385,14 @@ class Indexer:
         started: float | None = None,
     ) -> IndexReport:
         """:meth:`sync` of ``chunks``, or of validated ``docs``: those chunked only when the store does not hold
-        them as they are (see :meth:`_split`); ``report.seconds`` counts from ``started`` (default: now)."""
+        them as they are (see :meth:`_split`); ``report.seconds`` counts from ``started`` (default: now), less the time
+        spent loading the models (the CLI counts that as starting)."""
         started = time.perf_counter() if started is None else started
         if vectors is None and self.cache is not None:  # an unusable cache fails here, before models load or staging
             self.cache.check_writable()
+        loading = time.perf_counter()
         self._load_models(sparse=vectors is None)
+        started += time.perf_counter() - loading  # loading the models (a first write's 20-40 s) is starting, not work
         report = IndexReport(
             collection=self.store.collection,
             documents=len({c.doc_id for c in chunks or ()}) if documents is None else documents,
@@ -639,12 +652,24 @@ class Indexer:
         """:meth:`_write`'s blocks: encoded here, upserted by a writer thread."""
         batch = self.settings.upsert_batch_size
         pending: list[Future] = []
+        counted = 0  # of the block: its encoder batches move the bar as they finish (a block took minutes on 2 busy
+        # cores with the bar at 0% and no rate or ETA)
+
+        def encoded(n: int) -> None:
+            nonlocal counted
+            counted += n
+            bar.update(n)
+
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="upsert") as writer:
             for block_no, start in enumerate(range(0, len(todo), ENCODE_BLOCK)):
                 block = todo[start : start + ENCODE_BLOCK]
-                from_cache = 0
+                from_cache = counted = 0
                 if vectors is None:
-                    dense, from_cache = self.encode_dense(block)
+                    self._encoded = encoded
+                    try:
+                        dense, from_cache = self.encode_dense(block)
+                    finally:
+                        self._encoded = None
                     sparse = self.encode_sparse(block)
                 else:
                     dense = vectors[0][start : start + ENCODE_BLOCK]
@@ -661,7 +686,7 @@ class Indexer:
                 report.embedded += len(block) - from_cache
                 report.reused_from_cache += from_cache
                 report.written += len(block)
-                bar.update(len(block))
+                bar.update(len(block) - counted)
                 if self.after_batch:
                     for future in pending:
                         future.result()
@@ -736,7 +761,7 @@ class Indexer:
             tokens = self.dense.tokenizer(texts, truncation=True, max_length=self.dense.max_tokens)["input_ids"]
         order = sorted(range(len(texts)), key=lambda i: -len(tokens[i]))
         step = self.dense.batch_size
-        parts = locked_batches(self.dense, self.dense.encode_documents, [texts[i] for i in order], step)
+        parts = locked_batches(self.dense, self.dense.encode_documents, [texts[i] for i in order], step, self._encoded)
         sorted_vectors = np.concatenate(parts)
         out = np.empty_like(sorted_vectors)
         out[order] = sorted_vectors
