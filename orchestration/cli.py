@@ -931,11 +931,15 @@ def restore(
     """Restore a collection from a snapshot as a new version, verified first; readers switch to it atomically."""
     from retrieval import RetrievalStack
     from retrieval.errors import InvalidArgumentError
-    from retrieval.store.snapshots import check_snapshot, snapshot_collection
+    from retrieval.settings import redact_url
+    from retrieval.store.snapshots import check_snapshot, refuse_embedded_snapshot, snapshot_collection
     from retrieval.store.snapshots import restore as recover
 
-    server = _settings(collection=collection).qdrant_url is not None  # -c overrides the default collection
-    if not server:
+    url = _settings(collection=collection).qdrant_url  # -c overrides the default collection
+    server = url is not None
+    if server:
+        refuse_embedded_snapshot(source, redact_url(url))  # else "does not record the collection" or a server error
+    else:
         check_snapshot(source)  # a mistyped path is said to be one before anything else
     recorded = snapshot_collection(source, server=server)
     if collection is None and recorded is None:

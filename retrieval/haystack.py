@@ -43,6 +43,8 @@ class HaystackRetriever:
         self.retriever, self.top_k, self.filters, self.rerank = retriever, top_k, filters, rerank
         self.group_by = choice(GroupBy, group_by, "group_by").value  # "doc": one Document per document, its best chunk
         retriever.check_arguments(*self._arguments(None, None), group_by=self.group_by)
+        if top_k is not None:  # numpy's integer types too (search takes them): a saved pipeline needs a plain int
+            self.top_k = int(top_k)
 
     @component.output_types(documents=list[Document])
     def run(self, query: str, top_k: int | None = None, filters: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -173,6 +173,25 @@ def test_a_haystack_pipeline_saves_and_loads_a_working_retriever(tmp_path, monke
         component.stack.close()
 
 
+def test_a_haystack_top_k_of_a_numpy_integer_is_saved_as_a_plain_int(tmp_path, dense_encoder, sparse_encoder):
+    """search takes k of numpy's integer types, so the Haystack component does: its pipeline must save too (it
+    raised SerializationError 'unsupported value of type int64 ... under key top_k')."""
+    haystack = pytest.importorskip("haystack")
+    import numpy as np
+
+    from retrieval import RetrievalSettings, RetrievalStack
+
+    settings = RetrievalSettings(qdrant_path=tmp_path / "index", collection="np", embedding_cache=False)
+    with RetrievalStack(settings, dense=dense_encoder, sparse=sparse_encoder) as stack:
+        stack.indexer().index([PAPER, OTHER], progress=False)
+        pipe = haystack.Pipeline()
+        pipe.add_component("retriever", stack.retriever().as_haystack(top_k=np.int64(1)))
+        assert len(pipe.run({"retriever": {"query": QUERY}})["retriever"]["documents"]) == 1
+        saved = pipe.dumps()
+    assert "top_k: 1\n" in saved
+    assert type(pipe.get_component("retriever").top_k) is int
+
+
 def test_a_haystack_retriever_whose_url_holds_a_password_is_not_saved(dense_encoder, sparse_encoder):
     pytest.importorskip("haystack")
     from retrieval import RetrievalSettings, RetrievalStack

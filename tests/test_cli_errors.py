@@ -373,3 +373,21 @@ def test_dagster_home_is_read_from_env_files_relative_to_them(tmp_path, monkeypa
     assert run("--env-file", "../conf/run.env").startswith(
         f"error: Dagster instance folder {tmp_path}/env_blocked/dagster: cannot write it"
     )
+
+
+def test_restore_of_an_embedded_snapshot_on_a_server_names_what_it_is(fails, tmp_path, monkeypatch):
+    """An embedded snapshot (a folder) given with HYBRID_RAG_QDRANT_URL set: it was said not to record its collection
+    ('a snapshot of an earlier release, or a renamed file') while its snapshot.json names it, and with -c the server
+    was asked to recover a folder."""
+    snap = tmp_path / "snap"
+    (snap / "shard").mkdir(parents=True)
+    (snap / "schema.json").write_text("{}")
+    (snap / "snapshot.json").write_text('{"collection": "notes", "version": 1, "points": 3}')
+    monkeypatch.setenv("HYBRID_RAG_QDRANT_URL", ":memory:")
+    expected = (
+        f"error: {snap} is a snapshot of the embedded engine (a folder); HYBRID_RAG_QDRANT_URL (:memory:) restores a "
+        "Qdrant .snapshot file (a URL, or a path on the server). Restore this one without HYBRID_RAG_QDRANT_URL, "
+        "into the embedded engine at HYBRID_RAG_QDRANT_PATH"
+    )
+    assert " ".join(fails("restore", str(snap)).split()) == expected
+    assert " ".join(fails("restore", str(snap), "-c", "notes").split()) == expected

@@ -132,6 +132,26 @@ def test_write_lock_serialises_threads_and_times_out_clearly(tmp_path):
     assert len(errors) == 1
 
 
+def test_a_collections_probe_of_the_write_lock_is_no_writer_to_wait_for(tmp_path, caplog):
+    """``hybrid-rag collections`` asks whether a writer holds the lock with a shared flock of an instant
+    (:func:`lock_held`): a writer that starts at that instant tried once, then warned that the previous writer
+    (dead, named from the lock file) was writing and waited; with a short HYBRID_RAG_WRITE_LOCK_TIMEOUT_S it could
+    fail naming it (247 of 2000 writes failed beside a probing loop). It tries again at once now, silently."""
+    import fcntl
+    import logging
+    import os
+
+    store = EdgeStore(tmp_path, "test", lock_timeout_s=30)
+    lock = tmp_path / "test.write.lock"
+    lock.write_text('{"pid": 4242, "host": "gone", "since": "2026-12-01T03:00:00Z"}')  # a finished writer's file
+    fd = os.open(lock, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # the probe, caught in the act
+    threading.Timer(0.005, os.close, (fd,)).start()  # ... and let go of at once, as lock_held does
+    with caplog.at_level(logging.INFO, logger="retrieval"), store.write_lock():
+        assert store.write_in_progress()["pid"] == os.getpid()
+    assert not [r for r in caplog.records if "being written" in r.getMessage()]
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_delete_report_and_nothing_staged_for_unknown_ids(backend, tmp_path, dense_encoder, sparse_encoder):
     root = tmp_path / "index"

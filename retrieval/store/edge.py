@@ -486,6 +486,9 @@ def _busy_message(path: Path, collection: str, holder: str, timeout_s: float) ->
     )
 
 
+PROBE_GRACE_S = 0.05  # a writer finding the lock taken tries again this soon before it waits and says so
+
+
 def _lock_file(path: Path, collection: str, timeout_s: float, waited_s: float | None = None) -> int:
     """``flock`` on ``path``, waiting up to ``timeout_s`` (``waited_s``: the whole wait, for the message)."""
     try:
@@ -495,12 +498,16 @@ def _lock_file(path: Path, collection: str, timeout_s: float, waited_s: float | 
         raise StoreError(f"{path}: cannot open the write lock ({exc.strerror}). {_ACCESS_HINT}") from exc
     if fcntl is None:  # pragma: no cover - Windows: no cross-process serialisation
         return fd
-    deadline, warned = time.monotonic() + timeout_s, False
+    deadline, warned, probed = time.monotonic() + timeout_s, False, False
     while True:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             break
         except BlockingIOError:
+            if not probed:  # perhaps lock_held's shared lock of an instant (`hybrid-rag collections`): no writer
+                probed = True
+                time.sleep(PROBE_GRACE_S)
+                continue
             holder = _lock_holder(path)
             if time.monotonic() >= deadline:
                 os.close(fd)

@@ -174,6 +174,19 @@ def snapshot_collection(source: str | Path, *, server: bool = False) -> str | No
     return recorded if isinstance(recorded, str) and recorded else None
 
 
+def refuse_embedded_snapshot(source: str | Path, location: str) -> None:
+    """On a Qdrant server (or qdrant-client's local mode) at ``location``: refuse (StoreError) a local folder that
+    is a snapshot of the embedded engine, which only the embedded engine restores; a server restores Qdrant's own
+    ``.snapshot`` files."""
+    folder = Path(source)
+    if (folder / SCHEMA_FILE).is_file() and (folder / SHARD_DIR).is_dir():
+        raise StoreError(
+            f"{source} is a snapshot of the embedded engine (a folder); HYBRID_RAG_QDRANT_URL ({location}) restores "
+            "a Qdrant .snapshot file (a URL, or a path on the server). Restore this one without "
+            "HYBRID_RAG_QDRANT_URL, into the embedded engine at HYBRID_RAG_QDRANT_PATH"
+        )
+
+
 def check_snapshot(source: str | Path) -> None:
     """Refuse (StoreError) a path that is not a snapshot of the embedded engine: one that does not exist, an
     unfinished one, or a folder without the engine's files."""
