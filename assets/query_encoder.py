@@ -94,6 +94,7 @@ def query_encoder(
             schema.dense_model,
             out,
             adapt,
+            query_prompt=stack.dense.query_prompt,  # as searches encode queries
             judged=judged,
             stack=stack,
             device=settings.dense_device,

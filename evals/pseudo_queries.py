@@ -362,7 +362,8 @@ def adapt_query_encoder(
     model = trainable_model(resolve_model_path(base_model), device)
 
     def encode(texts: Sequence[str]) -> np.ndarray:
-        return model.encode([query_prompt + t for t in texts], normalize_embeddings=True, batch_size=64)
+        # prompt= even when "": a model's default_prompt_name must not add a prompt searches do not use
+        return model.encode(list(texts), prompt=query_prompt, normalize_embeddings=True, batch_size=64)
 
     def held_out_ndcg() -> float:
         return dense_ndcg(encode([q.text for q in held]), [q.qid for q in held], held_qrels, owners, vectors)
@@ -389,7 +390,7 @@ def adapt_query_encoder(
         rng.shuffle(order)
         for start in range(0, len(order), config.batch_size):
             batch = [train[i] for i in order[start : start + config.batch_size]]
-            features = batch_to_device(model.preprocess([query_prompt + q.text for q in batch]), model.device)
+            features = batch_to_device(model.preprocess([q.text for q in batch], prompt=query_prompt), model.device)
             embeddings = torch.nn.functional.normalize(model(features)["sentence_embedding"], dim=-1)
             scores = embeddings @ stored.T / config.temperature
             positives = torch.full_like(scores, float("-inf"))

@@ -76,9 +76,11 @@ def train_pseudo_query_encoder(
     out_dir: str | Path,
     config: TrainingConfig | None = None,
     device: str | None = None,
+    query_prompt: str = "",
 ) -> TrainingReport:
     """Fine-tune ``base_model`` so its query (or prompt) embeddings rank the stored candidate vectors (in float32,
-    on ``device``; None: the best available, a GPU when there is one)."""
+    on ``device``; None: the best available, a GPU when there is one). ``query_prompt``: the dense encoder's query
+    prompt, which searches put before each query (or listwise prompt), so training sees what searches encode."""
     import torch
     from sentence_transformers.util import batch_to_device
 
@@ -104,7 +106,8 @@ def train_pseudo_query_encoder(
         for start in range(0, len(order), config.batch_size):
             batch = [examples[i] for i in order[start : start + config.batch_size]]
             features = batch_to_device(
-                model.preprocess([anchor_text(cl, config, model.tokenizer) for cl, _ in batch]), model.device
+                model.preprocess([anchor_text(cl, config, model.tokenizer) for cl, _ in batch], prompt=query_prompt),
+                model.device,
             )
             embeddings = model(features)["sentence_embedding"]
             embeddings = torch.nn.functional.normalize(embeddings, dim=-1)

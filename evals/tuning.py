@@ -159,7 +159,13 @@ def tune_reranker(
         fit_lists = first_stage_lists(retriever, {q: queries[q] for q in fit})
         config = TrainingConfig(mode=retriever.reranker.config.mode, epochs=epochs, learning_rate=learning_rate)
         train_pseudo_query_encoder(
-            view, fit_lists, retriever.dense.model_name, model_dir, config, device=retriever.settings.dense_device
+            view,
+            fit_lists,
+            retriever.dense.model_name,
+            model_dir,
+            config,
+            device=retriever.settings.dense_device,
+            query_prompt=retriever.dense.query_prompt,
         )
         query_model = str(model_dir)
         stack = RetrievalStack(

@@ -1263,6 +1263,7 @@ def adapt(
             schema.dense_model,
             out,
             config,
+            query_prompt=stack.dense.query_prompt,  # as searches encode queries
             judged=judged,
             stack=stack,
             device=settings.dense_device,
