@@ -119,6 +119,20 @@ def materialize(sandbox: Sandbox, resources: dict, *assets: str) -> tuple[dg.Exe
     return result, " ".join(f or "" for f in failures)
 
 
+def accept_the_drop(sandbox: Sandbox, resources: dict) -> dg.ExecuteInProcessResult:
+    """The operator accepts a refused version on purpose: evaluation (hybrid only) and publish with a tolerance of 1."""
+    accept = {"ops": {"retrieval_evaluation": {"config": {"variants": ["hybrid"], "ndcg_drop_tolerance": 1.0}}}}
+    with dg.DagsterInstance.from_config(str(sandbox.home)) as instance:
+        return dg.materialize(
+            ALL_ASSETS,
+            selection=["retrieval_evaluation", "published_index"],
+            partition_key=PARTITION,
+            resources=resources,
+            instance=instance,
+            run_config=accept,
+        )
+
+
 def published_version(tmp_path: Path, collection: str) -> int | None:
     store = EdgeStore(tmp_path / "index", collection)
     try:
@@ -367,16 +381,7 @@ def test_a_refused_version_accepted_on_purpose_is_recorded_as_published(tmp_path
     degrade(data)
     with pytest.raises(MainJobError, match=f"check {NDCG_CHECK} failed: .* refused"):
         run_main_job(PARTITION, dagster_home=sandbox.home, resources=resources, run_config=FAST)
-    accept = {"ops": {"retrieval_evaluation": {"config": {"variants": ["hybrid"], "ndcg_drop_tolerance": 1.0}}}}
-    with dg.DagsterInstance.from_config(str(sandbox.home)) as instance:
-        result = dg.materialize(
-            ALL_ASSETS,
-            selection=["retrieval_evaluation", "published_index"],
-            partition_key=PARTITION,
-            resources=resources,
-            instance=instance,
-            run_config=accept,
-        )
+    result = accept_the_drop(sandbox, resources)
     assert result.success and gate_check(result).passed and published_version(tmp_path, "accepted") == 2
     rows = EvalHistory(sandbox.history).records(collection=PARTITION, variant="hybrid")
     rows = rows[rows["metric"] == "ndcg@10"]
@@ -632,16 +637,7 @@ def test_every_evaluation_of_a_version_accepted_later_shows_it_published(tmp_pat
     both = {"ops": {"retrieval_evaluation": {"config": {"variants": ["hybrid", "dense"]}}}}
     with pytest.raises(MainJobError, match=f"check {NDCG_CHECK} failed: .* refused"):
         run_main_job(PARTITION, dagster_home=sandbox.home, resources=resources, run_config=both)
-    accept = {"ops": {"retrieval_evaluation": {"config": {"variants": ["hybrid"], "ndcg_drop_tolerance": 1.0}}}}
-    with dg.DagsterInstance.from_config(str(sandbox.home)) as instance:
-        result = dg.materialize(
-            ALL_ASSETS,
-            selection=["retrieval_evaluation", "published_index"],
-            partition_key=PARTITION,
-            resources=resources,
-            instance=instance,
-            run_config=accept,
-        )
+    result = accept_the_drop(sandbox, resources)
     assert result.success and published_version(tmp_path, "reaccepted") == 2
     rows = EvalHistory(sandbox.history).records(collection=PARTITION)
     table = markdown_table(rows)  # what eval-report shows

@@ -19,10 +19,12 @@ with RetrievalStack(settings) as stack:
 """
 
 
-def bars(tmp_path: Path, progress: str, **env: str) -> list[str]:
+def stderr_lines(script: str, *args: str, **env: str) -> list[str]:
+    """Run ``script`` in a fresh interpreter (tqdm reads its environment when imported); its stderr's lines, a bar's
+    redraws (``\\r``) each a line of its own."""
     environ = {k: v for k, v in os.environ.items() if not k.startswith("TQDM_")} | env
     done = subprocess.run(
-        [sys.executable, "-c", INDEX, str(tmp_path / f"{progress}-{len(env)}"), progress],
+        [sys.executable, "-c", script, *args],
         env=environ,
         capture_output=True,
         text=True,
@@ -30,7 +32,11 @@ def bars(tmp_path: Path, progress: str, **env: str) -> list[str]:
         timeout=300,
     )
     assert done.returncode == 0, done.stderr
-    lines = done.stderr.replace("\r", "\n").splitlines()
+    return done.stderr.replace("\r", "\n").splitlines()
+
+
+def bars(tmp_path: Path, progress: str, **env: str) -> list[str]:
+    lines = stderr_lines(INDEX, str(tmp_path / f"{progress}-{len(env)}"), progress, **env)
     return sorted({name for name in ("chunking", "embedding bars") for line in lines if line.startswith(f"{name}:")})
 
 
@@ -52,16 +58,7 @@ with RetrievalStack(settings) as stack:
 def test_the_embedding_bar_moves_with_each_encoder_batch(tmp_path):
     """The bar moved once per block of 1,024 chunks: 20,000 short documents on 2 busy cores sat at 0/20000 with no
     rate or ETA for over four minutes. Now each encoder batch (``DENSE_BATCH_SIZE``) moves it."""
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("TQDM_")} | {"TQDM_MININTERVAL": "0"}
-    done = subprocess.run(
-        [sys.executable, "-c", BATCHES, str(tmp_path / "index")],
-        env=environ,
-        capture_output=True,
-        text=True,
-        cwd=Path(__file__).resolve().parents[1],
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr
-    lines = [line for line in done.stderr.replace("\r", "\n").splitlines() if line.startswith("embedding bars:")]
+    lines = stderr_lines(BATCHES, str(tmp_path / "index"), TQDM_MININTERVAL="0")
+    lines = [line for line in lines if line.startswith("embedding bars:")]
     shown = {n for n in range(7) for line in lines if f"| {n}/6 [" in line}
     assert {2, 4, 6} <= shown, lines  # before: 0/6, then 6/6
