@@ -13,7 +13,7 @@ from typing import Any
 
 import regex
 
-from retrieval.documents import Document
+from retrieval.documents import Document, short_repr
 from retrieval.errors import InvalidArgumentError
 
 POINT_NAMESPACE = uuid.UUID("6f1c1f0e-8d0a-4f43-9a57-1b2c3d4e5f60")
@@ -40,6 +40,8 @@ class Chunk:
     # where ``text`` lies in the document's text: ``doc.text[start:end] == text``; None when not known
     start: int | None = None
     end: int | None = None
+
+    __repr__ = short_repr  # the text's head and length, not 256 tokens of it
 
     @property
     def id(self) -> str:

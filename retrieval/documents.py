@@ -61,6 +61,9 @@ class Document:
     title: str | None = ""  # None: no title (stored as "")
     metadata: dict[str, Any] = field(default_factory=dict)
 
+    def __repr__(self) -> str:  # short_repr is defined below
+        return short_repr(self)
+
     def __post_init__(self) -> None:
         if not isinstance(self.id, str) or not self.id.strip():
             raise InvalidDocumentError(
@@ -135,22 +138,43 @@ class BadInputError(HybridRagError, ValueError):
         self.skippable = skippable
 
 
-def compact_repr(report: Any, most: int = 5) -> str:
+def compact_repr(report: Any, most: int = 5, chars: int | None = None) -> str:
     """A report dataclass's repr whose lists and dicts longer than ``most`` show their first ``most`` items and how
-    many more: what a notebook shows for a report of 5,000 skipped lines (else about a megabyte)."""
+    many more: what a notebook shows for a report of 5,000 skipped lines (else about a megabyte). ``chars``: a
+    string longer than that (a field, or an item of a list or dict) shows its first ``chars`` characters, ``…`` and
+    its length, another item's repr its first ``chars`` characters."""
     shown = []
     for f in (f for f in fields(report) if f.repr):
         value = getattr(report, f.name)
-        if isinstance(value, list | dict) and len(value) > most:
-            more = f"... {len(value) - most:,} more"
+        if isinstance(value, list | dict) and (len(value) > most or (chars and value)):
+            more = [f"... {len(value) - most:,} more"] if len(value) > most else []
             if isinstance(value, dict):
-                value = "{" + ", ".join([*(f"{k!r}: {v!r}" for k, v in list(value.items())[:most]), more]) + "}"
+                items = (f"{k!r}: {_cut(v, chars)}" for k, v in list(value.items())[:most])
+                value = "{" + ", ".join([*items, *more]) + "}"
             else:
-                value = "[" + ", ".join([*map(repr, value[:most]), more]) + "]"
+                value = "[" + ", ".join([*(_cut(v, chars) for v in value[:most]), *more]) + "]"
             shown.append(f"{f.name}={value}")
         else:
-            shown.append(f"{f.name}={value!r}")
+            shown.append(f"{f.name}={_cut(value, chars)}")
     return f"{type(report).__name__}({', '.join(shown)})"
+
+
+def short_repr(obj: Any) -> str:
+    """:func:`compact_repr` with long strings cut (``text='Pasta needs…' (1,234 chars)``): what a REPL or notebook
+    shows of a list of hits, chunks or documents (the fields hold the whole text)."""
+    return compact_repr(obj, chars=SHORT_REPR_CHARS)
+
+
+SHORT_REPR_CHARS = 60
+
+
+def _cut(value: Any, chars: int | None) -> str:
+    if chars is None:
+        return repr(value)
+    if isinstance(value, str) and len(value) > chars:
+        return f"{value[:chars] + '…'!r} ({len(value):,} chars)"
+    shown = repr(value)
+    return shown if len(shown) <= chars else shown[:chars] + "…"
 
 
 @dataclass

@@ -6,15 +6,11 @@ from typing import Any
 
 from haystack import Document, component
 from haystack.core.serialization import default_to_dict
-from pydantic import ValidationError
 
 from retrieval.adapters import hit_metadata, shown_filter
-from retrieval.errors import FilterError, InvalidArgumentError, choice
+from retrieval.errors import FilterError, choice
 from retrieval.search import GroupBy
-from retrieval.settings import RetrievalSettings, redact_url, settings_problems
 from retrieval.store.base import check_nesting
-
-WHERE = ("collection", "qdrant_path", "qdrant_url")  # always saved: a loading process's environment cannot move it
 
 _COMPARISONS = {"==": None, "in": None, ">": "gt", ">=": "gte", "<": "lt", "<=": "lte"}  # Haystack -> range op
 
@@ -59,21 +55,14 @@ class HaystackRetriever:
         return {"documents": [_to_document(h) for h in hits]}
 
     def to_dict(self) -> dict[str, Any]:
-        """The component as Haystack saves it: the collection, where it is (``qdrant_path``, ``qdrant_url``), the
-        settings that differ from the defaults, and ``top_k``, ``filters``, ``rerank``, ``group_by``. Never the API
-        key: the loading process reads ``HYBRID_RAG_QDRANT_API_KEY`` (a URL holding a password is refused)."""
-        settings, store = self.retriever.settings, self.retriever.store
-        if redact_url(settings.qdrant_url) != settings.qdrant_url:
-            raise InvalidArgumentError(
-                f"cannot save a retriever whose Qdrant URL {redact_url(settings.qdrant_url)} holds credentials: give "
-                "the URL without them and the key as HYBRID_RAG_QDRANT_API_KEY (read again when the pipeline loads)"
-            )
-        saved = settings.model_dump(mode="json", exclude={"qdrant_api_key"}, exclude_defaults=True)
-        saved |= settings.model_dump(mode="json", include=set(WHERE)) | {"collection": store.collection}
+        """The component as Haystack saves it: what reopens its retriever (:meth:`HybridRetriever.saved`: the
+        collection, where it is, the settings that differ from the defaults, never the API key) and ``top_k``,
+        ``filters``, ``rerank``, ``group_by``."""
+        settings, version = self.retriever.saved()
         return default_to_dict(
             self,
-            settings=saved,
-            version=store.version,
+            settings=settings,
+            version=version,
             top_k=self.top_k,
             filters=self.filters,
             rerank=self.rerank,
@@ -82,19 +71,18 @@ class HaystackRetriever:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> HaystackRetriever:
-        """The component :meth:`to_dict` saved, on a :class:`~retrieval.RetrievalStack` of its own built from the
-        saved settings; the others (the API key among them) from the environment, as ``RetrievalSettings()``."""
-        from retrieval.stack import RetrievalStack  # here: the stack's retrievers import this module lazily
+        """The component :meth:`to_dict` saved, its retriever reopened (:func:`~retrieval.stack.reopen`) on a stack
+        of its own (:attr:`stack`)."""
+        from retrieval.stack import reopen  # here: the stack's retrievers import this module lazily
 
         params = dict(data.get("init_parameters") or {})
-        try:
-            settings = RetrievalSettings(**params.pop("settings"))
-        except ValidationError as exc:
-            raise InvalidArgumentError(f"saved HaystackRetriever: {settings_problems(exc)}") from None
-        stack = RetrievalStack(settings)
-        component = cls(stack.retriever(version=params.pop("version", None)), **params)
-        component.stack = stack  # owned by the component: the stores stay open while it is used
-        return component
+        return cls(reopen(params.pop("settings"), params.pop("version", None)), **params)
+
+    @property
+    def stack(self) -> Any:
+        """The stack a loaded component's retriever opened for itself (None for one built on a stack's retriever):
+        ``component.retriever.close()`` closes it."""
+        return self.retriever.own_stack
 
     def _arguments(self, top_k: int | None, filters: dict[str, Any] | None) -> tuple:
         return (

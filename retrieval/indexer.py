@@ -76,7 +76,7 @@ def length_order(texts: Sequence[str]) -> list[int]:
     return sorted(range(len(texts)), key=lambda i: -len(texts[i]))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)  # Chunk's short repr
 class DocumentChunk(Chunk):
     """A chunk that carries its document's fingerprint (:meth:`Indexer.fingerprint`) and chunk count into its
     payload: the next write skips a document whose stored points all carry the same, without chunking it."""

@@ -19,21 +19,22 @@ import numpy as np
 
 from retrieval.adapted import query_encoder_now
 from retrieval.chunking import point_id
-from retrieval.documents import has_lone_surrogate
+from retrieval.documents import has_lone_surrogate, short_repr
 from retrieval.encoders import Bm25Encoder
 from retrieval.encoders.sparse import SparseVec
 from retrieval.errors import ClosedError, EmptyQueryError, InvalidArgumentError, choice, requires_extra
 from retrieval.fusion import Fused, fuse, top_z
 from retrieval.parts import Parts, describe
 from retrieval.rerank import EmbeddingReranker, RerankConfig
-from retrieval.settings import FusionMethod, HeldSettings, RerankMode, parse_payload_indexes
-from retrieval.store import CollectionSchema, QueryPlan, StoredHit
+from retrieval.settings import FusionMethod, HeldSettings, RerankMode, absolute_path, parse_payload_indexes, redact_url
+from retrieval.store import CollectionSchema, EdgeStore, QueryPlan, StoredHit
 from retrieval.store.base import filter_conditions, score_order
 
 if TYPE_CHECKING:  # the adapters' extras stay optional: imported by the calls that return them
     from retrieval.haystack import HaystackRetriever
     from retrieval.langchain import LangChainRetriever
     from retrieval.llamaindex import LlamaIndexRetriever
+    from retrieval.stack import RetrievalStack
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,8 @@ class Hit:
     end: int | None = None
     dense_vector: np.ndarray | None = field(default=None, repr=False, compare=False)
 
+    __repr__ = short_repr  # a listing of hits: each text's head and length, not 256 tokens of it
+
     @classmethod
     def from_fused(cls, fused: Fused, point: StoredHit, fused_rank: int | None = None) -> Hit:
         hit = cls(
@@ -160,6 +163,7 @@ class HybridRetriever:
         self._checked = False
         self._closed = False
         self._timings = _Timings()
+        self._owned: _OwnedStack | None = None  # the stack it opened for itself (reopened: unpickled, from_dict)
 
     @property
     def last_timings(self) -> dict[str, float]:
@@ -173,6 +177,66 @@ class HybridRetriever:
 
     def __repr__(self) -> str:
         return describe("HybridRetriever", self.store)
+
+    # -- copies and pickles --------------------------------------------------------------------------------
+    def __copy__(self) -> HybridRetriever:
+        """A retriever on the same store, encoders and cache (nothing opened or loaded again), with its own
+        :attr:`last_timings` and closing; its settings are read-only, so a deep copy is the same."""
+        other = object.__new__(type(self))
+        other.__dict__.update(self.__dict__)
+        other._timings = _Timings()
+        if self._owned is not None and not self._closed:
+            self._owned.join()
+        return other
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> HybridRetriever:
+        return self.__copy__()
+
+    def __reduce__(self) -> tuple[Any, tuple[dict[str, Any], int | None]]:
+        """Pickled as what reopens it (:meth:`saved`): unpickling opens the collection again, on a stack of its
+        own whose encoders load once per process (:func:`~retrieval.stack.reopen`)."""
+        from retrieval.stack import reopen  # the stack module imports this one
+
+        self._check_open()
+        return reopen, self.saved()
+
+    def saved(self) -> tuple[dict[str, Any], int | None]:
+        """What reopens this retriever in another process (``pickle``, a saved Haystack pipeline): its collection,
+        where it is (``qdrant_path``, ``qdrant_url``) and the settings that differ from the defaults (never the API
+        key: the reopening process reads ``HYBRID_RAG_QDRANT_API_KEY``), and its pinned version (None: the published
+        one). Refused (:class:`TypeError`) for a store the settings do not locate (one given to the stack, an
+        in-memory one), and for a URL holding a password (:class:`InvalidArgumentError`)."""
+        settings, store = self.settings, self.store
+        url = settings.qdrant_url
+        if url and redact_url(url) != url:
+            raise InvalidArgumentError(
+                f"cannot save a retriever whose Qdrant URL {redact_url(url)} holds credentials: give the URL "
+                "without them and the key as HYBRID_RAG_QDRANT_API_KEY (read again where it is reopened)"
+            )
+        if isinstance(store, EdgeStore):
+            located = not url and store.root == absolute_path(settings.qdrant_path)
+        else:
+            located = bool(url) and store.location == url and url != ":memory:"
+        if not located:
+            raise TypeError(
+                f"cannot save {self!r}: its store was not opened from its settings (given to its RetrievalStack, or "
+                "in memory), so they cannot reopen it elsewhere: pickle the RetrievalSettings and call "
+                "RetrievalStack(settings).retriever() there (copy.deepcopy shares the store in this process)"
+            )
+        saved = settings.model_dump(mode="json", exclude={"qdrant_api_key"}, exclude_defaults=True)
+        where = settings.model_dump(mode="json", include={"qdrant_path", "qdrant_url"})
+        return saved | where | {"collection": store.collection}, store.version
+
+    def own(self, stack: RetrievalStack) -> None:
+        """Take ``stack`` as this retriever's own (it was opened for it): :meth:`close` closes it, once this
+        retriever and its copies are all closed."""
+        self._owned = _OwnedStack(stack)
+
+    @property
+    def own_stack(self) -> RetrievalStack | None:
+        """The stack a reopened retriever (unpickled, a loaded Haystack pipeline's) opened for itself; None for
+        one a stack handed out."""
+        return self._owned.stack if self._owned is not None else None
 
     def check_schema(self) -> None:
         """Refuse to query a collection that is missing or whose vectors came from other models; encode BM25
@@ -686,7 +750,10 @@ class HybridRetriever:
         """Stop using this retriever: later searches through it raise :class:`~retrieval.errors.ClosedError`.
 
         The store, encoders and cache it shares with its stack (and the stack's other retrievers and indexers) stay
-        open, so a retriever per request costs nothing: :meth:`RetrievalStack.close` closes them."""
+        open, so a retriever per request costs nothing: :meth:`RetrievalStack.close` closes them. A reopened
+        retriever's own stack (:attr:`own_stack`) closes with the last of it and its copies to close."""
+        if not self._closed and self._owned is not None:
+            self._owned.leave()
         self._closed = True
 
     def _check_open(self) -> None:
@@ -700,6 +767,24 @@ class HybridRetriever:
 _warned_indexes: set[tuple[str, tuple[tuple[str, str], ...]]] = set()  # (store, missing indexes) warned about
 _warned_threshold = False  # whether a score_threshold on a hybrid search was warned about (once per process)
 _warned_truncated = False  # whether a query longer than the dense model's token limit was warned about (once)
+
+
+class _OwnedStack:
+    """A reopened retriever's own stack and how many of it and its copies are open: the last to close closes it."""
+
+    def __init__(self, stack: RetrievalStack) -> None:
+        self.stack, self.users, self.lock = stack, 1, threading.Lock()
+
+    def join(self) -> None:
+        with self.lock:
+            self.users += 1
+
+    def leave(self) -> None:
+        with self.lock:
+            self.users -= 1
+            last = self.users == 0
+        if last:
+            self.stack.close()
 
 
 class _Timings(threading.local):

@@ -12,6 +12,8 @@ import logging
 import threading
 from typing import Any
 
+from pydantic import ValidationError
+
 from retrieval.adapted import AdaptedQueryEncoder, query_encoder_now
 from retrieval.embedding_cache import EmbeddingCache
 from retrieval.encoders import DenseEncoder, make_sparse_encoder
@@ -20,7 +22,7 @@ from retrieval.errors import ClosedError, InvalidArgumentError
 from retrieval.indexer import Indexer
 from retrieval.parts import Parts
 from retrieval.search import HybridRetriever
-from retrieval.settings import HeldSettings, RetrievalSettings, check_collection_name, redact_url
+from retrieval.settings import HeldSettings, RetrievalSettings, check_collection_name, redact_url, settings_problems
 from retrieval.store import CollectionSchema, QdrantStore, SchemaMismatchError, StoreError, open_store
 
 log = logging.getLogger(__name__)
@@ -212,6 +214,19 @@ class RetrievalStack:
     def __enter__(self) -> RetrievalStack:
         return self
 
+    def __copy__(self) -> RetrievalStack:
+        """The stack itself: it is its open stores and loaded encoders, which a copy must not open again."""
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> RetrievalStack:
+        return self
+
+    def __reduce__(self) -> Any:
+        raise TypeError(
+            "cannot pickle a RetrievalStack (its stores are open): pickle its settings, or one of its retrievers, "
+            "which reopens its collection when unpickled"
+        )
+
     def __exit__(self, *exc: object) -> None:
         self.close()
 
@@ -247,6 +262,24 @@ def check_query_dimension(query: DenseEncoder, store: QdrantStore) -> None:
             f"collection {store.collection!r} at {store.location} holds {schema.dense_dim}-dimensional ones (dense "
             f"model {schema.dense_model!r}): use a query encoder trained from that model"
         )
+
+
+def reopen(saved: dict[str, Any], version: int | None = None) -> HybridRetriever:
+    """The retriever :meth:`HybridRetriever.saved` describes (how ``pickle`` and Haystack's ``from_dict`` reopen
+    one), on a stack of its own (:func:`shared_stack`: encoders loaded once per process), closed with it; the settings
+    not saved (the API key among them) from the environment, as ``RetrievalSettings()``."""
+    try:
+        settings = RetrievalSettings(**saved)
+    except ValidationError as exc:
+        raise InvalidArgumentError(f"saved retriever: {settings_problems(exc)}") from None
+    stack = shared_stack(settings)
+    try:
+        retriever = stack.retriever(version=version)
+    except BaseException:
+        stack.close()
+        raise
+    retriever.own(stack)
+    return retriever
 
 
 _shared: dict[str, RetrievalStack] = {}

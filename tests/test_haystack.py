@@ -1,7 +1,9 @@
 """The Haystack adapter in a Haystack ``Pipeline`` (``run`` and ``run_async``) with a fake generator."""
 
 import asyncio
+import copy
 import os
+import pickle
 
 import pytest
 
@@ -185,3 +187,22 @@ def test_pipeline_run_async_matches_run(retriever):
     assert lexical["llm"]["replies"] == sync["llm"]["replies"]
     assert lexical["llm"]["replies"][0].startswith(f"[{LEXICAL_QUERY[1]}]")
     assert semantic["llm"]["replies"][0].startswith(f"[{SEMANTIC_QUERY[1]}]")
+
+
+def test_copies_share_the_store_and_pickles_reopen_it(retriever):
+    """``copy.deepcopy`` and ``pickle`` raised "cannot pickle '_thread.lock' object": a deep copy (of a pipeline
+    too) shares the store and models and owns its ``filters``; a pickle reopens the collection, as ``from_dict``."""
+    component = retriever.as_haystack(top_k=3, filters={"topic": "home"})
+    pipe = Pipeline()
+    pipe.add_component("retriever", component)
+    twin = copy.deepcopy(pipe).get_component("retriever")
+    twin.filters["topic"] = "science"
+    assert twin.retriever.store is retriever.store and component.filters == {"topic": "home"}
+    assert component.stack is None  # a stack's retriever: that stack owns the store
+    loaded = pickle.loads(pickle.dumps(component))
+    try:
+        assert loaded.to_dict() == component.to_dict() and loaded.stack is not None
+        expected = [d.id for d in component.run(LEXICAL_QUERY[0])["documents"]]
+        assert [d.id for d in loaded.run(LEXICAL_QUERY[0])["documents"]] == expected
+    finally:
+        loaded.retriever.close()

@@ -1,12 +1,18 @@
 """The LangChain adapter returns real documents, sync and async."""
 
 import asyncio
+import copy
+import json
+import pickle
+import subprocess
+import sys
+import time
 
 import pytest
 from langchain_core.retrievers import BaseRetriever
 
 from retrieval.adapters import hit_metadata
-from retrieval.errors import InvalidArgumentError
+from retrieval.errors import ClosedError, InvalidArgumentError
 from retrieval.langchain import LangChainRetriever
 from tests.conftest import LEXICAL_QUERY, SEMANTIC_QUERY
 
@@ -65,3 +71,69 @@ def test_ainvoke_leaves_its_search_timings_to_the_awaiting_thread(lc_retriever):
     asyncio.run(lc_retriever.ainvoke(SEMANTIC_QUERY[0]))
     assert retriever.last_timings is not before and retriever.last_timings != before
     assert {"open_s", "encode_s", "qdrant_s"} <= retriever.last_timings.keys()
+
+
+def test_a_deep_copy_shares_the_store_and_models_and_owns_its_search_kwargs(lc_retriever):
+    """LangChain's runnables and users copy retrievers (``copy.deepcopy``, ``model_copy(deep=True)``): it raised
+    "cannot pickle '_thread.lock' object". A copy opens nothing and loads nothing again; its settings are its own."""
+    for other in (copy.deepcopy(lc_retriever), lc_retriever.model_copy(deep=True)):
+        original, copied = lc_retriever.retriever, other.retriever
+        assert copied is not original and copied.store is original.store and copied.dense is original.dense
+        other.search_kwargs["k"] = 1
+        assert lc_retriever.search_kwargs == {"k": 3} and len(other.invoke(LEXICAL_QUERY[0])) == 1
+        copied.close()  # closing a copy leaves the original, and the stack's store, open
+        assert lc_retriever.invoke(LEXICAL_QUERY[0])[0].metadata["doc_id"] == LEXICAL_QUERY[1]
+
+
+def test_a_pickled_retriever_reopens_its_collection(lc_retriever):
+    """A retriever pickles as what reopens it (its collection, where it is and the changed settings): unpickled,
+    it searches the same collection on a stack of its own, which closes with the last of it and its copies."""
+    loaded = pickle.loads(pickle.dumps(lc_retriever))
+    try:
+        assert loaded.search_kwargs == {"k": 3} and loaded.retriever.store is not lc_retriever.retriever.store
+        assert [d.id for d in loaded.invoke(LEXICAL_QUERY[0])] == [d.id for d in lc_retriever.invoke(LEXICAL_QUERY[0])]
+        stack, twin = loaded.retriever.own_stack, copy.deepcopy(loaded)
+    finally:
+        loaded.retriever.close()
+    assert twin.invoke(SEMANTIC_QUERY[0])[0].metadata["doc_id"] == SEMANTIC_QUERY[1]  # its copy still searches
+    twin.retriever.close()
+    with pytest.raises(ClosedError):
+        stack.store()
+    assert lc_retriever.invoke(LEXICAL_QUERY[0])  # the fixture's stack is not the one closed
+
+
+def test_a_retriever_whose_store_its_settings_do_not_locate_refuses_to_pickle(indexed_stack):
+    """A store given to the stack (here qdrant-client's in-memory local mode) cannot be reopened from the settings:
+    pickling says what to do instead; copying still works."""
+    stack = indexed_stack("server", (), collection="lc-memory")
+    retriever = stack.retriever().as_langchain()
+    with pytest.raises(TypeError, match="its store was not opened from its settings.*pickle the RetrievalSettings"):
+        pickle.dumps(retriever)
+    with pytest.raises(TypeError, match="cannot pickle a RetrievalStack"):
+        pickle.dumps(stack)
+    assert copy.deepcopy(retriever).retriever.store is retriever.retriever.store
+    stack.close()
+
+
+UNPICKLE = """
+import json, pickle, sys
+retriever = pickle.loads(sys.stdin.buffer.read())
+print(json.dumps([d.id for d in retriever.invoke(sys.argv[1], variant="sparse")]))
+"""
+
+
+@pytest.mark.slow
+def test_another_process_unpickles_a_reader_of_the_embedded_collection(lc_retriever):
+    """multiprocessing hands a retriever to a worker pickled: the worker reopens the embedded collection while this
+    process holds it open (the engine locks it: the worker reads a view of it)."""
+    expected = [d.id for d in lc_retriever.invoke(LEXICAL_QUERY[0], variant="sparse")]  # this process holds it open
+    started = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-c", UNPICKLE, LEXICAL_QUERY[0]],
+        input=pickle.dumps(lc_retriever),
+        capture_output=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert json.loads(done.stdout.decode().splitlines()[-1]) == expected
+    print(f"unpickled and searched in another process in {time.perf_counter() - started:.1f} s")

@@ -1,6 +1,8 @@
 """The LlamaIndex adapter in LlamaIndex's own query engine (with its MockLLM), sync and async."""
 
 import asyncio
+import copy
+import pickle
 
 import pytest
 
@@ -55,3 +57,19 @@ def test_query_engine_with_mock_llm_sync_and_async(retriever):
     ]
     assert "ZX-4471" in str(lexical)
     assert semantic.source_nodes[0].node.metadata["doc_id"] == SEMANTIC_QUERY[1]
+
+
+def test_copies_share_the_store_and_pickles_reopen_it(retriever):
+    """``copy.deepcopy`` and ``pickle`` raised "cannot pickle '_thread.lock' object": a deep copy shares the store
+    and models and owns its ``k`` and ``filter``; a pickle reopens the collection (a stack of its own)."""
+    li = retriever.as_llamaindex(k=3, filter={"topic": "home"})
+    twin = copy.deepcopy(li)
+    twin.filter["topic"], twin.k = "science", 8
+    assert twin.retriever.store is retriever.store and li.filter == {"topic": "home"} and li.k == 3
+    loaded = pickle.loads(pickle.dumps(li))
+    try:
+        assert (loaded.k, loaded.filter) == (3, {"topic": "home"}) and loaded.retriever.own_stack is not None
+        ids = [n.node.node_id for n in li.retrieve(LEXICAL_QUERY[0])]
+        assert [n.node.node_id for n in loaded.retrieve(LEXICAL_QUERY[0])] == ids
+    finally:
+        loaded.retriever.close()

@@ -3,7 +3,9 @@
 import pytest
 
 from retrieval import Document
+from retrieval.indexer import DocumentChunk
 from retrieval.rerank import EmbeddingReranker, RerankConfig
+from retrieval.search import Hit
 from retrieval.settings import RerankMode
 from tests.conftest import LEXICAL_QUERY, SEMANTIC_QUERY
 
@@ -103,3 +105,20 @@ def test_ties_at_the_channel_cut_give_the_same_hits_whatever_the_build(backend, 
         answers.append([[(h.chunk_id, h.score, h.dense_rank, h.sparse_rank) for h in hits] for hits in searches])
         stack.close()
     assert answers[0] == answers[1]
+
+
+def test_reprs_of_hits_chunks_and_documents_show_the_heads_of_their_texts():
+    """A REPL or notebook listing 10 hits showed every chunk's whole text (256 tokens each, and a document's whole
+    metadata): the repr shows the head of each long string and its length; ``str``, fields and equality are as
+    before."""
+    text = "Pasta needs plenty of salted boiling water and a stir in the first minute. " * 20
+    metadata = {"abstract": text, "year": 2024, **{f"tag{i}": i for i in range(10)}}
+    hit = Hit("pasta", "c-1", text, 0.03, chunk_index=2, title="Cooking", metadata=metadata, dense_rank=1)
+    shown = repr(hit)
+    assert len(shown) < 500 < len(text) and str(hit) == shown
+    assert "text='Pasta needs plenty of salted boiling water and a stir in the…' (1,500 chars)" in shown
+    assert "'abstract': 'Pasta" in shown and "... 7 more}" in shown and "dense_rank=1" in shown
+    assert hit == Hit("pasta", "c-1", text, 0.03, chunk_index=2, title="Cooking", metadata=dict(metadata), dense_rank=1)
+    assert hit.text == text and hit.metadata == metadata
+    for other in (Document("pasta", text, metadata=metadata), DocumentChunk("pasta", 0, text, doc_hash="h")):
+        assert len(repr(other)) < 500 and "(1,500 chars)" in repr(other)

@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from retrieval.chunking import Chunk
-from retrieval.documents import unicode_forms
+from retrieval.documents import short_repr, unicode_forms
 from retrieval.encoders.sparse import LEGACY_ANALYZER, SparseVec
 from retrieval.errors import FilterError, HybridRagError, InvalidArgumentError, choice
 from retrieval.settings import ENV_PREFIX, FusionMethod, canonical_model, check_collection_name
@@ -275,6 +275,8 @@ class StoredHit:
     score: float
     payload: dict[str, Any] = field(default_factory=dict)
     dense_vector: np.ndarray | None = None
+
+    __repr__ = short_repr  # the payload's text and the vector cut short
 
     @classmethod
     def from_point(cls, point: Any, id: str, dense_vector: Any | None) -> StoredHit:
