@@ -33,15 +33,9 @@ from typing import Any
 
 import yaml
 
-from retrieval.documents import (
-    BadInputError,
-    BadInputPolicy,
-    SourceFormat,
-    detect_format,
-    encoding_problem,
-    utf8_problem,
-)
+from retrieval.documents import BadInputError, BadInputPolicy, SourceFormat, detect_format
 from retrieval.errors import HybridRagError, InvalidArgumentError
+from retrieval.input_files import encoding_problem, utf8_problem
 from retrieval.settings import check_collection_name
 
 CORPORA_FILE_ENV = "HYBRID_RAG_CORPORA_FILE"
@@ -260,7 +254,7 @@ def _yaml_text(file: Path) -> str:
         return raw.decode("utf-8")  # a leading BOM is YAML's to skip
     except UnicodeDecodeError as exc:
         line = len(re.split(r"\r\n?|\n", raw[: exc.start].decode("utf-8")))
-        reason = utf8_problem(raw, exc).replace("(byte ", "(byte offset ", 1)
+        reason = utf8_problem(raw, exc, file, offset="byte offset")
         raise CorpusConfigError(f"{file}, line {line}: {reason} (no corpus can run until it is fixed)") from None
 
 

@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from evals.metrics import nfc
-from retrieval.documents import text_lines
 from retrieval.errors import InputFormatError, InputNotFoundError, InvalidArgumentError
+from retrieval.input_files import text_lines
 
 BEIR_URL = "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/{name}.zip"
 SAMPLE_NAME = "sample"

@@ -18,8 +18,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from retrieval.documents import text_lines
 from retrieval.errors import InputFormatError, InputNotFoundError, InvalidArgumentError
+from retrieval.input_files import text_lines
 
 Run = dict[str, dict[str, float]]
 

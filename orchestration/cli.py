@@ -425,10 +425,9 @@ def index(
     except BadInputError as exc:
         if not exc.skippable:  # the source as a whole: no policy reads it
             raise
-        # a record (a folder's image, a stray line): the fail policy stops at the first, and fixing them one per
-        # run is slow; say what reads the rest
+        # records (a folder's image, a stray line): the fail policy names the first few; say what reads the rest
         hint = " (--policy skip indexes the others and lists each record it leaves out)"
-        raise BadInputError(replace(exc.problem, reason=exc.problem.reason + hint), skippable=True) from None
+        raise BadInputError(exc.problem, skippable=True, more=exc.problems[1:], hint=hint) from None
     read_seconds = time.perf_counter() - started
     if not docs and not as_json:
         err_console.print(f"no documents in {path}", style="yellow", soft_wrap=True)

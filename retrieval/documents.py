@@ -1,8 +1,10 @@
-"""Documents and the sources they are read from (BEIR directory, JSONL file, folder of text files).
+"""Documents and the sources they are read from (BEIR directory, JSONL or JSON array file, folder of text files;
+any of them gzip-compressed, UTF-8 or UTF-16: :mod:`retrieval.input_files`).
 
 Every problem with the input is reported as an :class:`InputProblem` naming the file, the line and the
-reason. The :class:`BadInputPolicy` decides whether a problem stops the read (``fail``) or the record is
-skipped, counted and logged (``skip``); valid records are always kept.
+reason. The :class:`BadInputPolicy` decides whether problems stop the read (``fail``: after the first
+:data:`MAX_REPORTED_PROBLEMS`, all named at once) or the record is skipped, counted and logged (``skip``); valid
+records are always kept.
 """
 
 from __future__ import annotations
@@ -20,26 +22,34 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, fields, replace
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import yaml
 from markdown_it import MarkdownIt
 
 from retrieval.errors import HybridRagError, InvalidDocumentError, choice
+from retrieval.input_files import (
+    FileProblem,
+    base_name,
+    file_text,
+    file_type,
+    inner_suffix,
+    numbered_lines,
+    raw_lines,
+    utf8_problem,
+)
 
 log = logging.getLogger(__name__)
 
 TEXT_SUFFIXES = {".txt", ".md", ".markdown", ".rst"}
-JSONL_SUFFIXES = {".jsonl", ".json", ".ndjson"}
+JSONL_SUFFIXES = {".jsonl", ".json", ".ndjson"}  # each also gzip-compressed (".jsonl.gz"), as are text files
+MAX_REPORTED_PROBLEMS = 20  # the fail policy reads on to name this many bad records at once, then stops
 MAX_DOCUMENT_BYTES = 8 * 1024 * 1024  # a whole record: text, title and metadata (UTF-8; metadata as JSON)
 MAX_METADATA_BYTES = 64 * 1024  # a document's metadata as JSON: it is copied into every chunk's payload
 MAX_METADATA_DEPTH = 32  # objects and lists nested in metadata (the engine cannot read back ~120 in its WAL)
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # the integers a Qdrant payload holds (i64)
 RECORD_FIELDS = {"_id", "title", "text", "metadata"}  # a JSONL record's other fields are metadata
 RESERVED_FRONT_MATTER = {"title", "source_path"}  # the document's title; the reader's own metadata
-UTF8_BOM = b"\xef\xbb\xbf"
-UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")  # little-, big-endian (Notepad's "Unicode", Windows PowerShell's `>`)
-GZIP_MAGIC = b"\x1f\x8b"
 NOT_UNICODE = "not valid Unicode (lone surrogate)"
 _COMMONMARK = MarkdownIt("commonmark")
 # may open a "# Title" heading or underline a "Title\n===" one (CommonMark decides)
@@ -48,6 +58,7 @@ _H1_LINE = re.compile(r" {0,3}(?:#(?:[ \t]|\r?$)|=+[ \t]*\r?$)")
 _FRONT_MATTER = re.compile(r"---[ \t]*(?:\r\n?|\n)(.*?)(?<=[\r\n])(?:---|\.\.\.)[ \t]*(?:\r\n?|\n|\Z)", re.DOTALL)
 # a JSON token of a line that does not parse: a string (its escapes undecoded), a bracket, ':' or ',', any other run
 # of characters (a number, true, junk), or the quote of a string left open
+_JSON_SPACE = re.compile(r"[ \t\n\r]*")
 _JSON_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[{}\[\]:,]|[^\s"{}\[\]:,]+|"', re.DOTALL)
 _UNDERSCORE_ID = re.compile(r"(?<!\w)_id(?!\w)")  # '_id' as a word: a key, maybe with a quote lost
 
@@ -79,8 +90,9 @@ class BadInputPolicy(StrEnum):
 
 
 class SourceFormat(StrEnum):
-    """How a source is read: a BEIR folder (``beir``: its ``corpus.jsonl``), a JSONL file (``jsonl``) or a folder
-    or file of text (``dir``: .txt, .md, .markdown, .rst)."""
+    """How a source is read: a BEIR folder (``beir``: its ``corpus.jsonl``), a JSONL file or a JSON array of
+    records (``jsonl``) or a folder or file of text (``dir``: .txt, .md, .markdown, .rst); files may be
+    gzip-compressed."""
 
     BEIR = "beir"
     JSONL = "jsonl"
@@ -128,12 +140,23 @@ def unicode_forms(text: str) -> set[str]:
 
 
 class BadInputError(HybridRagError, ValueError):
-    """Raised under the ``fail`` policy; the message names file, line and reason. ``skippable``: a record (file,
-    line, folder) the ``skip`` policy would have left out; else the source as a whole cannot be read (a missing
-    ``corpus.jsonl``, a file of another type, a folder that cannot be listed), whatever the policy."""
+    """Raised under the ``fail`` policy; the message (one line) names file, line and reason of each of
+    ``problems`` (``problem``, the first, and ``more``), then ``hint``. ``skippable``: records (file, line, folder)
+    the ``skip`` policy would have left out; else the source as a whole cannot be read (a missing
+    ``corpus.jsonl``, a file of another type, damaged gzip data, a folder that cannot be listed), whatever the
+    policy."""
 
-    def __init__(self, problem: InputProblem, *, skippable: bool = False):
-        super().__init__(str(problem))
+    def __init__(
+        self, problem: InputProblem, *, skippable: bool = False, more: Iterable[InputProblem] = (), hint: str = ""
+    ):
+        self.problems = [problem, *more]
+        message = str(problem)
+        if len(self.problems) > 1:
+            stopped = "; reading stopped there" if len(self.problems) >= MAX_REPORTED_PROBLEMS else ""
+            others = "; ".join(map(str, self.problems[1:]))
+            more_records = f"{len(self.problems) - 1} more bad record" + ("s" if len(self.problems) > 2 else "")
+            message += f" (and {more_records}: {others}{stopped})"
+        super().__init__(message + hint)
         self.problem = problem
         self.skippable = skippable
 
@@ -197,6 +220,7 @@ class DocumentReader:
         self.policy = choice(BadInputPolicy, policy, "bad input policy")
         self.report = ReadReport()
         self._seen_ids: dict[str, InputProblem] = {}
+        self._failed: list[InputProblem] = []  # under the fail policy, the bad records read so far
 
     # -- public -------------------------------------------------------------------------------------
     def read(self, path: str | Path, fmt: SourceFormat | str | None = None) -> Iterator[Document]:
@@ -213,27 +237,75 @@ class DocumentReader:
             yield from self._read_jsonl(path)
         else:
             yield from self._read_dir(path)
+        if self._failed:
+            raise BadInputError(self._failed[0], skippable=True, more=self._failed[1:])
 
     # -- sources ------------------------------------------------------------------------------------
     def _read_jsonl(self, path: Path) -> Iterator[Document]:
+        """JSON Lines, or a JSON array of records when the file's first non-blank character is ``[``."""
+        lines = raw_lines(path, _unreadable)
+        head = []  # the blank lines, then the first that is not
+        for raw in lines:
+            head.append(raw)
+            if raw.strip():
+                break
+        if head and head[-1].lstrip().startswith(b"["):
+            data = bytearray().join(head)
+            for more in lines:
+                data += more
+            yield from self._read_json_array(path, data)
+            return
+        first = True
+        for line_no, raw in numbered_lines(itertools.chain(head, lines)):
+            if not raw.strip():
+                continue
+            if first and raw.strip() == b"{":
+                raise BadInputError(InputProblem(path, line_no, _several_lines(path)))
+            first = False
+            doc = self._parse_json_line(path, line_no, raw)
+            if doc is not None:
+                yield doc
+
+    def _read_json_array(self, path: Path, data: bytearray) -> Iterator[Document]:
+        """The records of a JSON array (``data``: the whole file, read into memory as text, one element parsed at a
+        time); each is named by its line and its index (``[3]``, as jq counts). JSON or UTF-8 that is not valid
+        stops the read under either policy: where the next element starts is unknown."""
         try:
-            handle = path.open("rb")
-        except OSError as exc:
-            raise BadInputError(InputProblem(path, None, f"cannot open file: {exc.strerror or exc}")) from exc
-        with handle:
-            problem = encoding_problem(handle.peek(len(UTF8_BOM))[: len(UTF8_BOM)])
-            if problem is not None:  # no line of it would read: the file as a whole, under either policy
-                raise BadInputError(InputProblem(path, None, problem))
-            first = True
-            for line_no, raw in numbered_lines(handle):
-                if not raw.strip():
-                    continue
-                if first and (shape := _not_json_lines(path, raw)):
-                    raise BadInputError(InputProblem(path, line_no, shape))
-                first = False
-                doc = self._parse_json_line(path, line_no, raw)
-                if doc is not None:
-                    yield doc
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            line = data.count(b"\n", 0, exc.start) + 1
+            raise BadInputError(InputProblem(path, line, utf8_problem(data, exc, path, "byte offset"))) from None
+        del data
+        decoder = json.JSONDecoder()
+        pos = _JSON_SPACE.match(text, text.index("[") + 1).end()
+        line, counted = 1, 0  # the line of text[counted]
+        index = 0
+        while text[pos : pos + 1] != "]":
+            line += _line_breaks(text, counted, pos)
+            counted = pos
+            try:
+                record, pos = decoder.raw_decode(text, pos)
+            except json.JSONDecodeError as exc:
+                reason = f"malformed JSON array: {exc.msg} at column {exc.colno} (element [{index}])"
+                raise BadInputError(InputProblem(path, exc.lineno, reason)) from None
+            except RecursionError:
+                reason = f"JSON nested too deeply (element [{index}]; metadata may nest {MAX_METADATA_DEPTH} levels)"
+                raise BadInputError(InputProblem(path, line, reason)) from None
+            doc = self._record(path, line, record, f"element [{index}]: ")
+            if doc is not None:
+                yield doc
+            pos = _JSON_SPACE.match(text, pos).end()
+            if text[pos : pos + 1] == ",":
+                pos = _JSON_SPACE.match(text, pos + 1).end()
+                index += 1
+            elif text[pos : pos + 1] != "]":
+                line += _line_breaks(text, counted, pos)
+                reason = f"malformed JSON array: expected ',' or ']' after element [{index}]"
+                raise BadInputError(InputProblem(path, line, reason))
+        after = _JSON_SPACE.match(text, pos + 1).end()
+        if after < len(text):
+            line += _line_breaks(text, counted, after)
+            raise BadInputError(InputProblem(path, line, "malformed JSON array: more data after its closing ']'"))
 
     def _parse_json_line(self, path: Path, line_no: int, raw: bytes) -> Document | None:
         try:
@@ -242,7 +314,7 @@ class DocumentReader:
             return self._problem(
                 path,
                 line_no,
-                utf8_problem(raw, exc),
+                utf8_problem(raw, exc, path),
                 _guess_id(raw.decode("utf-8", "surrogateescape")),  # an id with such a byte: unreadable
             )
         try:
@@ -254,37 +326,39 @@ class DocumentReader:
         except RecursionError:  # Python's parser gives up at about 1,000 levels
             reason = f"JSON nested too deeply (metadata may nest {MAX_METADATA_DEPTH} levels)"
             return self._problem(path, line_no, reason, _guess_id(line))
+        return self._record(path, line_no, record)
+
+    def _record(self, path: Path, line_no: int, record: Any, where: str = "") -> Document | None:
+        """The document of JSON record ``record`` (``where``: what names it besides its line, ending in ': ')."""
+
+        def bad(reason: str, doc_id: str | None = None) -> None:
+            return self._problem(path, line_no, where + reason, doc_id)
+
         if not isinstance(record, dict):
-            return self._problem(path, line_no, f"expected a JSON object, got {type(record).__name__}")
+            return bad(f"expected a JSON object, got {type(record).__name__}")
         id_field = "_id" if "_id" in record else "id"  # with both, 'id' is an ordinary field (metadata)
         doc_id = record.get(id_field)
         if doc_id is None or (isinstance(doc_id, str) and not doc_id.strip()):
-            return self._problem(path, line_no, "missing document id ('_id' or 'id')")
+            return bad("missing document id ('_id' or 'id')")
         if isinstance(doc_id, int) and not isinstance(doc_id, bool):
             doc_id = str(doc_id)  # numeric ids, as in BEIR corpora
         if not isinstance(doc_id, str):
-            return self._problem(
-                path, line_no, f"document id {id_field!r} must be a string or an integer, got {_json_type(doc_id)}"
-            )
+            return bad(f"document id {id_field!r} must be a string or an integer, got {_json_type(doc_id)}")
         text = record.get("text")
         if not isinstance(text, str):
-            return self._problem(path, line_no, f"document {doc_id!r}: missing or non-string 'text'", doc_id)
+            return bad(f"document {doc_id!r}: missing or non-string 'text'", doc_id)
         title = record.get("title")
         if title is not None and not isinstance(title, str):
-            return self._problem(
-                path, line_no, f"document {doc_id!r}: 'title' must be a string, got {_json_type(title)}", doc_id
-            )
+            return bad(f"document {doc_id!r}: 'title' must be a string, got {_json_type(title)}", doc_id)
         metadata = record.get("metadata")
         metadata = {} if metadata is None else metadata
         if not isinstance(metadata, dict):
-            return self._problem(path, line_no, f"document {doc_id!r}: 'metadata' must be an object", doc_id)
+            return bad(f"document {doc_id!r}: 'metadata' must be an object", doc_id)
         extra = {k: v for k, v in record.items() if k not in RECORD_FIELDS and k != id_field}
         both = sorted(extra.keys() & metadata.keys())
         if both:
-            return self._problem(
-                path, line_no, f"document {doc_id!r}: {both[0]!r} is both a top-level field and in 'metadata'", doc_id
-            )
-        return self._document(path, line_no, doc_id, text, title or "", {**metadata, **extra})
+            return bad(f"document {doc_id!r}: {both[0]!r} is both a top-level field and in 'metadata'", doc_id)
+        return self._document(path, line_no, doc_id, text, title or "", {**metadata, **extra}, where)
 
     def _read_dir(self, root: Path) -> Iterator[Document]:
         """The text files of folder ``root`` (or the one text file ``root``), one document each."""
@@ -302,30 +376,16 @@ class DocumentReader:
             if has_lone_surrogate(doc_id):  # bytes the file system's encoding cannot decode, kept as surrogates
                 self._problem(path, None, "file name is not valid UTF-8")
                 continue
-            if path.suffix.lower() not in TEXT_SUFFIXES:
-                self._problem(path, None, f"unsupported file type {path.suffix or '(none)'!r}", doc_id)
+            if inner_suffix(path) not in TEXT_SUFFIXES:
+                self._problem(path, None, f"unsupported file type {file_type(path) or '(none)'!r}", doc_id)
                 continue
             try:
-                raw = path.read_bytes()
-            except OSError as exc:
-                self._problem(path, None, f"cannot read file: {exc.strerror or exc}", doc_id)
-                continue
-            problem = encoding_problem(raw)
-            if problem is not None:
-                self._problem(path, None, problem, doc_id)
-                continue
-            if b"\x00" in raw:  # anywhere: one past the first 8 KiB was indexed as text
-                self._problem(path, None, "binary content (NUL bytes) in a text file", doc_id)
-                continue
-            try:
-                text = raw.decode("utf-8-sig")  # a leading BOM is not text
-            except UnicodeDecodeError as exc:
-                line = raw[: exc.start].count(b"\n") + 1
-                reason = f"not valid UTF-8 (byte offset {exc.start}: {raw[exc.start : exc.start + 1]!r}; Latin-1 or "
-                self._problem(path, line, reason + "Windows-1252? save it as UTF-8)", doc_id)
+                text = file_text(path, 4 * MAX_DOCUMENT_BYTES)  # UTF-16 may take twice UTF-8's bytes, or more
+            except FileProblem as exc:
+                self._problem(path, exc.line, exc.reason, doc_id)
                 continue
             metadata: dict[str, Any] = {}
-            if path.suffix.lower() in {".md", ".markdown"}:
+            if inner_suffix(path) in {".md", ".markdown"}:
                 front, body = self._front_matter(path, doc_id, text)
                 if front is None:
                     continue
@@ -337,7 +397,9 @@ class DocumentReader:
                 metadata = {k: v for k, v in front.items() if k not in RESERVED_FRONT_MATTER}
             else:
                 title = ""
-            doc = self._document(path, None, doc_id, text, title or path.stem, {**metadata, "source_path": doc_id})
+            doc = self._document(
+                path, None, doc_id, text, title or base_name(path), {**metadata, "source_path": doc_id}
+            )
             if doc is not None:
                 yield doc
 
@@ -378,13 +440,21 @@ class DocumentReader:
 
     # -- shared checks ------------------------------------------------------------------------------
     def _document(
-        self, path: Path, line: int | None, doc_id: str, text: str, title: str, metadata: dict[str, Any]
+        self,
+        path: Path,
+        line: int | None,
+        doc_id: str,
+        text: str,
+        title: str,
+        metadata: dict[str, Any],
+        where: str = "",
     ) -> Document | None:
+        """``where``: what names the record besides its line (an array element), ending in ': '."""
         try:
             doc = check_document(Document(id=doc_id, text=text, title=title, metadata=metadata))
         except InvalidDocumentError as exc:  # an id that is not valid Unicode cannot name a stored document
             known = None if has_lone_surrogate(doc_id) else doc_id
-            return self._problem(path, line, f"document {doc_id!r}: {exc}", known)
+            return self._problem(path, line, f"{where}document {doc_id!r}: {exc}", known)
         here = InputProblem(path, line, "")
         key = unicodedata.normalize("NFC", doc_id)  # "café" composed or decomposed: one id to a reader
         if key in self._seen_ids:
@@ -393,9 +463,10 @@ class DocumentReader:
             if first.doc_id != doc_id or first.path != path:  # names that may look the same: escaped
                 first_at = ascii(first_at) if first.path != path else first_at
                 first_at += f" as {ascii(first.doc_id)}" if first.doc_id != doc_id else ""
-                reason = f"duplicate document id {ascii(doc_id)} (first seen at {first_at}"
+                reason = f"{where}duplicate document id {ascii(doc_id)} (first seen at {first_at}"
                 return self._problem(path, line, f"{reason}: the same id in another Unicode normalization)", doc_id)
-            return self._problem(path, line, f"duplicate document id {doc_id!r} (first seen at {first_at})", doc_id)
+            reason = f"{where}duplicate document id {doc_id!r} (first seen at {first_at})"
+            return self._problem(path, line, reason, doc_id)
         self._seen_ids[key] = replace(here, doc_id=doc_id)
         return doc
 
@@ -403,78 +474,34 @@ class DocumentReader:
         return self._skip(InputProblem(path, line, reason, doc_id))
 
     def _skip(self, problem: InputProblem) -> None:
-        if self.policy is BadInputPolicy.FAIL:
-            raise BadInputError(problem, skippable=True)
+        if self.policy is BadInputPolicy.FAIL:  # read on: a user fixes the first MAX_REPORTED_PROBLEMS in one pass
+            self._failed.append(problem)
+            if len(self._failed) >= MAX_REPORTED_PROBLEMS:
+                raise BadInputError(self._failed[0], skippable=True, more=self._failed[1:])
+            return None
         log.info("skipped %s", problem)  # callers report the skipped records (CLI, Dagster): once
         self.report.skipped.append(problem)
         return None
 
 
-def encoding_problem(head: bytes) -> str | None:
-    """Why a file whose first bytes are ``head`` is no UTF-8 text at all, or None: UTF-16 (a byte order mark:
-    Notepad's "Unicode", what Windows PowerShell's ``>`` and ``Out-File`` write) or gzip-compressed."""
-    bom = next((b for b in UTF16_BOMS if head.startswith(b)), None)
-    if bom is not None:
-        return f"UTF-16 text (byte order mark {bom.hex(' ').upper()}): save it as UTF-8"
-    if head.startswith(GZIP_MAGIC):
-        return "gzip-compressed: decompress it first (gunzip -k FILE)"
-    return None
+def _unreadable(path: Path, line: int | None, reason: str) -> BadInputError:
+    """The error for a source file that cannot be read as a whole (whatever the policy)."""
+    return BadInputError(InputProblem(path, line, reason))
 
 
-def numbered_lines(handle: BinaryIO) -> Iterator[tuple[int, bytes]]:
-    """The lines of a file opened in binary, numbered from 1, without their line ends: a line ends at LF, CRLF or a
-    lone CR (classic Mac OS, some exporters), as an editor and Python's text mode read them; a UTF-8 byte order
-    mark at the start ("UTF-8 with BOM": Notepad, Excel) is not content. (JSON text holds no raw CR.)"""
-    line_no = 0
-    for raw in handle:
-        if line_no == 0:
-            raw = raw.removeprefix(UTF8_BOM)
-        body = raw[:-2] if raw.endswith(b"\r\n") else raw.removesuffix(b"\n")
-        pieces = body.split(b"\r")
-        if len(pieces) > 1 and not pieces[-1] and not raw.endswith(b"\n"):  # the file's last line, ended by a CR
-            pieces.pop()
-        for piece in pieces:
-            line_no += 1
-            yield line_no, piece
-
-
-def utf8_problem(data: bytes, exc: UnicodeDecodeError) -> str:
-    """What to tell of bytes ``data`` that are not UTF-8 (``exc``: their decoding's error): the byte, and the fix."""
+def _several_lines(path: Path) -> str:
+    """Why JSONL file ``path``, whose first non-blank line is ``{`` alone, is not read: a JSON object written over
+    several lines; the reason says how to convert it."""
+    out = f"{base_name(path)}.jsonl" if file_type(path) != ".jsonl" else f"{base_name(path)}-lines.jsonl"
     return (
-        f"not valid UTF-8 (byte {exc.start}: {data[exc.start : exc.start + 1]!r}; Latin-1 or Windows-1252? "
-        "save the file as UTF-8)"
+        f"JSON written over several lines, not JSON Lines (one document object per line): convert it, e.g. "
+        f"jq -c . {path.name} > {out}"
     )
 
 
-def text_lines(path: Path, error: Callable[[Path, int | None, str], Exception]) -> Iterator[tuple[int, str]]:
-    """The lines of UTF-8 text file ``path`` as :func:`numbered_lines` gives them, decoded; a file that is no UTF-8
-    text (:func:`encoding_problem`) or a line that is not UTF-8 raises ``error(path, line, reason)`` (line None: the
-    file as a whole), the file's reader's own error, instead of a UnicodeDecodeError naming neither."""
-    with path.open("rb") as handle:
-        problem = encoding_problem(handle.peek(len(UTF8_BOM))[: len(UTF8_BOM)])
-        if problem is not None:
-            raise error(path, None, problem)
-        for line_no, raw in numbered_lines(handle):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise error(path, line_no, utf8_problem(raw, exc)) from None
-            yield line_no, line
-
-
-def _not_json_lines(path: Path, first: bytes) -> str | None:
-    """Why JSONL file ``path``, whose first non-blank line is ``first``, is another kind of JSON, or None: a JSON
-    array (``[`` opening it) or an object written over several lines (``{`` alone); the reason says how to
-    convert it."""
-    start = first.strip()
-    if start.startswith(b"["):
-        kind, jq = "a JSON array", "'.[]'"
-    elif start == b"{":
-        kind, jq = "JSON written over several lines", "."
-    else:
-        return None
-    out = f"{path.stem}.jsonl" if path.suffix.lower() != ".jsonl" else f"{path.stem}-lines.jsonl"  # not over it
-    return f"{kind}, not JSON Lines (one document object per line): convert it, e.g. jq -c {jq} {path.name} > {out}"
+def _line_breaks(text: str, start: int, end: int) -> int:
+    """The line ends (LF, CRLF or a lone CR) in ``text[start:end]``; ``text[end]`` is no LF."""
+    return text.count("\n", start, end) + text.count("\r", start, end) - text.count("\r\n", start, end)
 
 
 def text_problem(text: object) -> str | None:
@@ -621,11 +648,12 @@ def check_document(doc: Document) -> Document:
 
 
 def detect_format(path: Path) -> SourceFormat:
-    """BEIR when ``path`` is a directory holding corpus.jsonl, else a folder of files; for a file, by its suffix:
-    JSONL (.jsonl, .json, .ndjson) or one text document (``dir``, read as a folder holding only that file)."""
+    """BEIR when ``path`` is a directory holding corpus.jsonl, else a folder of files; for a file, by its suffix
+    (under ``.gz``): JSONL (.jsonl, .json, .ndjson) or one text document (``dir``, read as a folder holding only
+    that file)."""
     if path.is_dir():
         return SourceFormat.BEIR if (path / "corpus.jsonl").is_file() else SourceFormat.DIR
-    suffix = path.suffix.lower()
+    suffix = inner_suffix(path)
     if suffix in JSONL_SUFFIXES:
         return SourceFormat.JSONL
     if not path.exists():
@@ -634,8 +662,8 @@ def detect_format(path: Path) -> SourceFormat:
         return SourceFormat.DIR
     jsonl, text = ", ".join(sorted(JSONL_SUFFIXES)), ", ".join(sorted(TEXT_SUFFIXES))
     reason = (
-        f"unsupported file type {suffix or '(none)'!r}: a file is read as JSONL ({jsonl}) or as one text document "
-        f"({text}); format 'jsonl' reads any file as JSONL"
+        f"unsupported file type {file_type(path) or '(none)'!r}: a file is read as JSONL ({jsonl}) or as one text "
+        f"document ({text}), each maybe gzip-compressed (.gz); format 'jsonl' reads any file as JSONL"
     )
     raise BadInputError(InputProblem(path, None, reason))
 

@@ -1,6 +1,7 @@
 """Bad input: every problem names file, line and reason; the skip policy keeps the valid records."""
 
 import datetime as dt
+import gzip
 import json
 import math
 import os
@@ -454,18 +455,34 @@ def test_front_matter_keys_filter_search(indexed_stack, tmp_path):
     stack.close()
 
 
-def test_utf16_text_is_named_as_such(tmp_path):
+def test_utf16_and_gzip_text_files_are_read(tmp_path):
+    """UTF-16 files (Notepad's "Unicode": a byte order mark) were refused 'UTF-16 text: save it as UTF-8', a
+    gzip-compressed one 'unsupported file type'; a cut one is still one bad file, named."""
     (tmp_path / "ok.md").write_text("# ok\n\nfine.\n")
-    (tmp_path / "minutes.txt").write_text("Meeting minutes.\n", encoding="utf-16")  # Notepad's "Unicode": a BOM
-    (tmp_path / "big.txt").write_text("Big-endian.\n", encoding="utf-16-be")
-    (tmp_path / "big.txt").write_bytes(b"\xfe\xff" + (tmp_path / "big.txt").read_bytes())
-    with pytest.raises(BadInputError, match=r"big\.txt: UTF-16 text \(byte order mark FE FF\): save it as UTF-8"):
-        read_documents(tmp_path)
+    (tmp_path / "minutes.txt").write_text("Meeting minutes.\n", encoding="utf-16")
+    (tmp_path / "big.txt").write_bytes(b"\xfe\xff" + "Big-endian.\n".encode("utf-16-be"))
+    (tmp_path / "guide.md.gz").write_bytes(gzip.compress(b"---\ntags: ops\n---\n# Guide\nSteps.\n"))
+    docs, _ = read_documents(tmp_path)
+    assert [(d.id, d.title, d.text) for d in docs] == [
+        ("big.txt", "big", "Big-endian.\n"),
+        ("guide.md.gz", "Guide", "# Guide\nSteps.\n"),
+        ("minutes.txt", "minutes", "Meeting minutes.\n"),
+        ("ok.md", "ok", "# ok\n\nfine.\n"),
+    ]
+    assert docs[1].metadata == {"tags": "ops", "source_path": "guide.md.gz"}
+    (tmp_path / "nul.txt").write_text("a\x00b", encoding="utf-16")
+    (tmp_path / "cut.txt.gz").write_bytes(gzip.compress(b"words " * 100)[:-20])
+    (tmp_path / "data.csv.gz").write_bytes(gzip.compress(b"a,b\n"))
     docs, report = read_documents(tmp_path, policy="skip")
-    assert [d.id for d in docs] == ["ok.md"]
+    assert len(docs) == 4
     assert [(p.doc_id, p.reason) for p in report.skipped] == [
-        ("big.txt", "UTF-16 text (byte order mark FE FF): save it as UTF-8"),
-        ("minutes.txt", "UTF-16 text (byte order mark FF FE): save it as UTF-8"),
+        (
+            "cut.txt.gz",
+            "damaged gzip data (Compressed file ended before the end-of-stream marker was reached): "
+            "gzip -t cut.txt.gz checks it",
+        ),
+        ("data.csv.gz", "unsupported file type '.csv.gz'"),
+        ("nul.txt", "binary content (NUL characters) in a text file"),
     ]
 
 
@@ -482,6 +499,9 @@ def test_a_single_file_is_read_by_its_suffix(tmp_path):
     (tmp_path / "notes.csv").write_text("id,text\n1,hello\n")
     with pytest.raises(BadInputError, match=r"notes\.csv: unsupported file type '\.csv': a file is read as JSONL"):
         read_documents(tmp_path / "notes.csv")
+    (tmp_path / "notes.csv.gz").write_bytes(gzip.compress(b"id,text\n"))
+    with pytest.raises(BadInputError, match=r"unsupported file type '\.csv\.gz': .*, each maybe gzip-compressed"):
+        read_documents(tmp_path / "notes.csv.gz")
     (tmp_path / "corpus.data").write_text(ok("a") + "\n")
     assert [d.id for d in read_documents(tmp_path / "corpus.data", fmt="jsonl")[0]] == ["a"]
 

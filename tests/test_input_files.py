@@ -42,60 +42,170 @@ def test_a_bad_line_of_a_cr_file_is_named_by_its_own_line(tmp_path):
     assert [str(p) for p in report.skipped] == [f"{path}:3: document 'b': missing or non-string 'text'"]
 
 
+UTF16_BE = b"\xfe\xff" + LINES.encode("utf-16-be")
+ARRAY = json.dumps(RECORDS, ensure_ascii=False, indent=2)
+
+
+@pytest.mark.parametrize(
+    ("name", "data"),
+    [
+        ("docs.jsonl", LINES.encode("utf-16")),
+        ("docs.jsonl", UTF16_BE),
+        ("docs.jsonl.gz", gzip.compress(LINES.encode())),
+        ("docs.ndjson.gz", gzip.compress(LINES.replace("\n", "\r").encode("utf-16"))),
+        ("docs.json.gz", gzip.compress(b"\xef\xbb\xbf" + ARRAY.encode())),
+        ("docs.json", ARRAY.encode("utf-16")),
+        ("docs.json", b"\n" + json.dumps(RECORDS).encode()),
+        ("docs.jsonl", ARRAY.replace("\n", "\r\n").encode()),  # the content decides, not the suffix
+    ],
+    ids=["utf-16-le", "utf-16-be", "gzip", "gzip-utf16-cr", "gzip-bom-array", "utf16-array", "array", "crlf-array"],
+)
+def test_gzip_utf16_and_json_array_files_are_read(tmp_path, name, data):
+    """They were refused as a whole: 'UTF-16 text: save it as UTF-8', 'gzip-compressed: decompress it first', 'a
+    JSON array, not JSON Lines: convert it'."""
+    path = tmp_path / name
+    path.write_bytes(data)
+    docs, report = read_documents(path)
+    assert [(d.id, d.text) for d in docs] == [("a", "alpha été"), ("b", "beta")]
+    assert report.skipped == []
+
+
+def test_compressed_utf16_and_array_sources_are_indexed_and_found(tmp_path, indexed_stack):
+    """End to end, once for all: each new kind of file is read, indexed and found by its own words."""
+    records = [{"_id": "gz", "text": "lanterns glow over the harbour"}, {"_id": "arr", "text": "glaciers calve ice"}]
+    (tmp_path / "a.jsonl.gz").write_bytes(gzip.compress((json.dumps(records[0]) + "\n").encode()))
+    (tmp_path / "b.json").write_bytes(json.dumps(records[1:], indent=2).encode("utf-16"))
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "c.md.gz").write_bytes(gzip.compress(b"# Bees\nHoneybees dance to share nectar.\n"))
+    (tmp_path / "notes" / "d.txt").write_text("Volcanoes erupt molten basalt.\n", encoding="utf-16")
+    docs = [d for name in ("a.jsonl.gz", "b.json", "notes") for d in read_documents(tmp_path / name)[0]]
+    stack = indexed_stack("edge", docs)
+    search = stack.retriever(rerank=False).search
+    for query, doc_id in [
+        ("harbour lanterns", "gz"),
+        ("glaciers", "arr"),
+        ("honeybees nectar", "c.md.gz"),
+        ("basalt volcanoes", "d.txt"),
+    ]:
+        assert search(query, k=1)[0].doc_id == doc_id, query
+    stack.close()
+
+
+def test_a_bad_line_of_a_compressed_or_utf16_file_is_named_by_its_decompressed_line(tmp_path):
+    lines = '{"_id": "a", "text": "x"}\n\n{"_id": "b"}\n{"_id": "c", "text": "z"}\n'
+    (tmp_path / "docs.jsonl.gz").write_bytes(gzip.compress(lines.encode()))
+    (tmp_path / "u16.jsonl").write_bytes(lines.replace("\n", "\r\n").encode("utf-16"))
+    for name in ("docs.jsonl.gz", "u16.jsonl"):
+        path = tmp_path / name
+        with pytest.raises(BadInputError) as caught:
+            read_documents(path)
+        assert str(caught.value) == f"{path}:3: document 'b': missing or non-string 'text'"
+        docs, report = read_documents(path, policy="skip")
+        assert [d.id for d in docs] == ["a", "c"] and [p.line for p in report.skipped] == [3]
+
+
+@pytest.mark.parametrize("policy", ["fail", "skip"])
+def test_a_cut_or_damaged_gzip_file_is_refused_as_a_whole_naming_it(tmp_path, policy):
+    """Under skip too: the records after the damage are unknown, so nothing is indexed (no stored document is
+    taken for deleted by a sync)."""
+    data = gzip.compress("".join(json.dumps({"_id": f"d{i}", "text": "w " * 9}) + "\n" for i in range(999)).encode())
+    (tmp_path / "cut.jsonl.gz").write_bytes(data[: len(data) // 2])
+    damaged = bytearray(data)
+    damaged[-6] ^= 0xFF  # the CRC-32 and length trailer
+    (tmp_path / "crc.jsonl.gz").write_bytes(damaged)
+    for name, why in [("cut", "Compressed file ended before the end-of-stream marker was reached"), ("crc", "CRC")]:
+        path = tmp_path / f"{name}.jsonl.gz"
+        with pytest.raises(BadInputError) as caught:
+            read_documents(path, policy=policy)
+        assert str(caught.value).startswith(f"{path}: damaged gzip data ({why}")
+        assert str(caught.value).endswith(f"): gzip -t {name}.jsonl.gz checks it")
+        assert not caught.value.skippable
+
+
+def test_utf16_that_is_cut_or_holds_a_lone_surrogate_names_the_line(tmp_path):
+    path = tmp_path / "u16.jsonl"
+    path.write_bytes(LINES.encode("utf-16")[:-1])
+    with pytest.raises(BadInputError, match=r"u16\.jsonl:2: not valid UTF-16 \(truncated data\)"):
+        read_documents(path, policy="skip")
+    path.write_bytes(LINES.encode("utf-16") + '{"_id": "c", "text": "\ud83d"}\n'.encode("utf-16-le", "surrogatepass"))
+    with pytest.raises(BadInputError, match=r"u16\.jsonl:3: not valid UTF-16 \(a lone surrogate\)"):
+        read_documents(path, policy="skip")
+
+
+def test_json_array_elements_follow_the_jsonl_rules_and_are_named_by_line_and_index(tmp_path):
+    path = tmp_path / "export.json"
+    records = [{"_id": "a", "text": "x"}, {"_id": "b"}, ["not", "a", "record"], {"_id": "a", "text": "y"}]
+    path.write_text("[\n" + ",\n".join(json.dumps(r, indent=1) for r in records) + "\n]\n")
+    docs, report = read_documents(path, policy="skip")
+    assert [d.id for d in docs] == ["a"]
+    assert [str(p) for p in report.skipped] == [
+        f"{path}:6: element [1]: document 'b': missing or non-string 'text'",
+        f"{path}:9: element [2]: expected a JSON object, got list",
+        f"{path}:14: element [3]: duplicate document id 'a' (first seen at {path}:2)",
+    ]
+    assert report.skipped[0].doc_id == "b"  # what is stored for it is kept
+
+
+LATIN1_HINT = (
+    "Latin-1 or Windows-1252? convert it: iconv -f cp1252 -t utf-8 a.json > a.json.new && mv a.json.new a.json"
+)
+
+
 @pytest.mark.parametrize("policy", ["fail", "skip"])
 @pytest.mark.parametrize(
-    ("data", "reason"),
+    ("text", "where"),
     [
-        (LINES.encode("utf-16"), "UTF-16 text (byte order mark FF FE): save it as UTF-8"),
-        (b"\xfe\xff" + LINES.encode("utf-16-be"), "UTF-16 text (byte order mark FE FF): save it as UTF-8"),
-        (gzip.compress(LINES.encode()), "gzip-compressed: decompress it first (gunzip -k FILE)"),
+        (
+            '[{"_id": "a", "text": "x"},\n {"_id": "b", "text": }]',
+            "2: malformed JSON array: Expecting value at column 23 (element [1])",
+        ),
+        (
+            '[{"_id": "a", "text": "x"}\n {"_id": "b", "text": "y"}]',
+            "2: malformed JSON array: expected ',' or ']' after element [0]",
+        ),
+        ('[{"_id": "a", "text": "x"}]\n\n[]', "3: malformed JSON array: more data after its closing ']'"),
+        (
+            '[{"_id": "a", "text": "x"},\n{"_id": "b", "text": "caf\xe9"}]',
+            f"2: not valid UTF-8 (byte offset 53: b'\\xe9'; {LATIN1_HINT})",
+        ),
+        (
+            "\n" + json.dumps(RECORDS[0], indent=2),
+            "2: JSON written over several lines, not JSON Lines (one document object per line): convert it, e.g. "
+            "jq -c . a.json > a.jsonl",
+        ),
     ],
-    ids=["utf-16-le", "utf-16-be", "gzip"],
+    ids=["syntax", "no-comma", "extra", "latin1", "indented object"],
 )
-def test_a_utf16_or_gzip_jsonl_file_is_refused_as_a_whole(tmp_path, data, reason, policy):
-    """Windows PowerShell's ``>`` writes UTF-16: it was 'line 1: not valid UTF-8 (byte 0)', then 'malformed JSON'
-    for every other line, and under skip exit 0 with nothing indexed. Now one error, under either policy."""
-    path = tmp_path / "docs.jsonl"
-    path.write_bytes(data)
+def test_a_json_array_that_does_not_parse_is_refused_as_a_whole_at_its_line(tmp_path, text, where, policy):
+    """Where the next element starts is unknown: under either policy the file is not read (nothing is lost)."""
+    path = tmp_path / "a.json"
+    path.write_bytes(text.encode("latin-1"))
     with pytest.raises(BadInputError) as caught:
-        read_documents(path, "jsonl", policy)
-    assert str(caught.value) == f"{path}: {reason}"
+        read_documents(path, policy=policy)
+    assert str(caught.value) == f"{path}:{where}"
     assert not caught.value.skippable
 
 
-@pytest.mark.parametrize("policy", ["fail", "skip"])
-@pytest.mark.parametrize(
-    ("name", "text", "reason"),
-    [
-        (
-            "a.json",
-            json.dumps(RECORDS),
-            "a JSON array, not JSON Lines (one document object per line): convert it, "
-            "e.g. jq -c '.[]' a.json > a.jsonl",
-        ),
-        (
-            "a.json",
-            json.dumps(RECORDS, indent=2),
-            "a JSON array, not JSON Lines (one document object per line): "
-            "convert it, e.g. jq -c '.[]' a.json > a.jsonl",
-        ),
-        (
-            "a.jsonl",
-            json.dumps(RECORDS[0], indent=2),
-            "JSON written over several lines, not JSON Lines (one document "
-            "object per line): convert it, e.g. jq -c . a.jsonl > a-lines.jsonl",
-        ),
-    ],
-    ids=["array", "indented array", "indented object"],
-)
-def test_a_json_array_or_pretty_printed_json_is_refused_with_how_to_convert_it(tmp_path, name, text, reason, policy):
-    """A .json file is read as JSONL: an array was 'expected a JSON object, got list' (one record skipped) and a
-    pretty-printed one 'malformed JSON' on each of its lines; under skip nothing was indexed, exit 0."""
-    path = tmp_path / name
-    path.write_text("\n" + text)
+def test_the_fail_policy_names_the_first_20_bad_records_at_once(tmp_path):
+    """It stopped at the first: a file with three bad lines took three runs to fix."""
+    path = tmp_path / "docs.jsonl"
+    good = [json.dumps({"_id": f"d{i}", "text": "t"}) for i in range(40)]
+    path.write_text("\n".join([good[0], '{"_id": "x"}', good[1], "{not json", good[2], '{"text": "y"}']) + "\n")
     with pytest.raises(BadInputError) as caught:
-        read_documents(path, policy=policy)
-    assert str(caught.value) == f"{path}:2: {reason}"
+        read_documents(path)
+    assert str(caught.value) == (
+        f"{path}:2: document 'x': missing or non-string 'text' (and 2 more bad records: "
+        f"{path}:4: malformed JSON: Expecting property name enclosed in double quotes at column 2; "
+        f"{path}:6: missing document id ('_id' or 'id'))"
+    )
+    assert caught.value.skippable and [p.line for p in caught.value.problems] == [2, 4, 6]
+    path.write_text("\n".join(["{bad"] * 30 + good) + "\n")
+    with pytest.raises(BadInputError) as caught:
+        read_documents(path)
+    assert [p.line for p in caught.value.problems] == list(range(1, 21))
+    message = str(caught.value)
+    assert message.startswith(f"{path}:1: malformed JSON") and "(and 19 more bad records: " in message
+    assert message.endswith("; reading stopped there)")
 
 
 def test_a_leading_bad_line_of_jsonl_is_still_one_skipped_record(tmp_path):
@@ -130,12 +240,14 @@ def test_a_latin1_file_names_the_byte_and_the_fix(tmp_path):
     with pytest.raises(BadInputError) as caught:
         read_documents(tmp_path / "cp1252.txt")
     assert str(caught.value).endswith(
-        "cp1252.txt:1: not valid UTF-8 (byte offset 6: b'\\x93'; Latin-1 or Windows-1252? save it as UTF-8)"
+        "cp1252.txt:1: not valid UTF-8 (byte offset 6: b'\\x93'; Latin-1 or Windows-1252? convert it: "
+        "iconv -f cp1252 -t utf-8 cp1252.txt > cp1252.txt.new && mv cp1252.txt.new cp1252.txt)"
     )
     with pytest.raises(BadInputError) as caught:
         read_documents(tmp_path / "l.jsonl")
     assert str(caught.value).endswith(
-        "l.jsonl:1: not valid UTF-8 (byte 25: b'\\xe9'; Latin-1 or Windows-1252? save the file as UTF-8)"
+        "l.jsonl:1: not valid UTF-8 (byte 25: b'\\xe9'; Latin-1 or Windows-1252? convert it: "
+        "iconv -f cp1252 -t utf-8 l.jsonl > l.jsonl.new && mv l.jsonl.new l.jsonl)"
     )
 
 
@@ -154,20 +266,20 @@ def _beir(root, queries=QUERIES, qrels=QRELS, corpus=b'{"_id": "d1", "text": "al
 @pytest.mark.parametrize(
     ("file", "data", "reason"),
     [
-        ("queries.jsonl", QUERIES.decode().encode("utf-16"), "UTF-16 text (byte order mark FF FE): save it as UTF-8"),
-        ("qrels/test.tsv", QRELS.decode().encode("utf-16"), "UTF-16 text (byte order mark FF FE): save it as UTF-8"),
         (
             "queries.jsonl",
             '{"_id": "q1", "text": "café?"}\n'.encode("latin-1"),
-            "1: not valid UTF-8 (byte 26: b'\\xe9'; Latin-1 or Windows-1252? save the file as UTF-8)",
+            "1: not valid UTF-8 (byte 26: b'\\xe9'; Latin-1 or Windows-1252? convert it: iconv -f cp1252 -t utf-8 "
+            "queries.jsonl > queries.jsonl.new && mv queries.jsonl.new queries.jsonl)",
         ),
         (
             "qrels/test.tsv",
             "q1\td1\t1\nq1\tdé\t1\n".encode("cp1252"),
-            "2: not valid UTF-8 (byte 4: b'\\xe9'; Latin-1 or Windows-1252? save the file as UTF-8)",
+            "2: not valid UTF-8 (byte 4: b'\\xe9'; Latin-1 or Windows-1252? convert it: iconv -f cp1252 -t utf-8 "
+            "test.tsv > test.tsv.new && mv test.tsv.new test.tsv)",
         ),
     ],
-    ids=["utf16-queries", "utf16-qrels", "latin1-queries", "cp1252-qrels"],
+    ids=["latin1-queries", "cp1252-qrels"],
 )
 def test_evaluation_files_that_are_not_utf8_are_errors_naming_file_and_line(tmp_path, file, data, reason):
     """They were a UnicodeDecodeError naming no file: `eval` printed a traceback."""
@@ -175,8 +287,13 @@ def test_evaluation_files_that_are_not_utf8_are_errors_naming_file_and_line(tmp_
     (collection.root / file).write_bytes(data)
     with pytest.raises(CollectionFormatError) as caught:
         collection.split_queries("test")
-    separator = ":" if reason[0].isdigit() else ": "
-    assert str(caught.value) == f"{collection.root / file}{separator}{reason}"
+    assert str(caught.value) == f"{collection.root / file}:{reason}"
+
+
+def test_evaluation_files_in_utf16_or_gzip_compressed_are_read_as_the_corpus_is(tmp_path):
+    """They were refused ('UTF-16 text: save it as UTF-8') while the corpus beside them is read."""
+    collection = _beir(tmp_path / "c", QUERIES.decode().encode("utf-16"), gzip.compress(QRELS))
+    assert collection.split_queries("test") == {"q1": "alpha?"}
 
 
 def test_evaluation_files_with_lone_cr_or_crlf_and_a_bom_are_read(tmp_path):
@@ -219,8 +336,7 @@ def test_a_run_file_that_is_not_utf8_names_file_and_line_and_a_bom_is_not_a_quer
     with pytest.raises(RunFormatError, match=r"run\.trec:2: not valid UTF-8 \(byte 7: b'\\xe9'"):
         read_run(run)
     run.write_bytes("q1 Q0 d1 1 2.0 mine\n".encode("utf-16"))
-    with pytest.raises(RunFormatError, match=r"run\.trec: UTF-16 text \(byte order mark FF FE\): save it as UTF-8"):
-        read_run(run)
+    assert read_run(run) == ({"q1": {"d1": 2.0}}, "mine")
 
 
 @pytest.mark.parametrize(
@@ -229,11 +345,13 @@ def test_a_run_file_that_is_not_utf8_names_file_and_line_and_a_bom_is_not_a_quer
         (CORPORA.encode("utf-16"), ": UTF-16 text (byte order mark FF FE): save it as UTF-8"),
         (
             ("# Données\n" + CORPORA).encode("cp1252"),
-            ", line 1: not valid UTF-8 (byte offset 6: b'\\xe9'; Latin-1 or Windows-1252? save the file as UTF-8)",
+            ", line 1: not valid UTF-8 (byte offset 6: b'\\xe9'; Latin-1 or Windows-1252? convert it: "
+            "iconv -f cp1252 -t utf-8 corpora.yaml > corpora.yaml.new && mv corpora.yaml.new corpora.yaml)",
         ),
         (
             (CORPORA.replace("\n", "\r") + "# café\r").encode("latin-1"),
-            ", line 7: not valid UTF-8 (byte offset 90: b'\\xe9'; Latin-1 or Windows-1252? save the file as UTF-8)",
+            ", line 7: not valid UTF-8 (byte offset 90: b'\\xe9'; Latin-1 or Windows-1252? convert it: "
+            "iconv -f cp1252 -t utf-8 corpora.yaml > corpora.yaml.new && mv corpora.yaml.new corpora.yaml)",
         ),
     ],
     ids=["utf-16", "cp1252", "latin1-cr"],
@@ -257,14 +375,17 @@ def test_index_stopped_by_one_record_says_what_reads_the_others(tmp_path, monkey
     (tmp_path / "docs" / "img").mkdir(parents=True)
     (tmp_path / "docs" / "guide.md").write_text("# Guide\nSteps.\n")
     (tmp_path / "docs" / "img" / "logo.png").write_bytes(b"\x89PNG\r\n\x1a\n")
-    (tmp_path / "u16.jsonl").write_bytes(LINES.encode("utf-16"))
+    (tmp_path / "docs" / "notes.docx").write_bytes(b"PK\x03\x04")
+    (tmp_path / "cut.jsonl.gz").write_bytes(gzip.compress(LINES.encode())[:-9])
     result = CliRunner().invoke(app, ["index", str(tmp_path / "docs"), "-c", "docs"])
     assert result.exit_code == 2, result.output
     assert result.output.strip() == (
-        f"error: {tmp_path}/docs/img/logo.png: unsupported file type '.png' "
+        f"error: {tmp_path}/docs/img/logo.png: unsupported file type '.png' (and 1 more bad record: "
+        f"{tmp_path}/docs/notes.docx: unsupported file type '.docx') "
         "(--policy skip indexes the others and lists each record it leaves out)"
     )
-    result = CliRunner().invoke(app, ["index", str(tmp_path / "u16.jsonl"), "-c", "docs"])
-    assert (
-        result.output.strip() == f"error: {tmp_path}/u16.jsonl: UTF-16 text (byte order mark FF FE): save it as UTF-8"
+    result = CliRunner().invoke(app, ["index", str(tmp_path / "cut.jsonl.gz"), "-c", "docs"])
+    assert result.output.strip() == (
+        f"error: {tmp_path}/cut.jsonl.gz: damaged gzip data (Compressed file ended before the end-of-stream marker "
+        "was reached): gzip -t cut.jsonl.gz checks it"
     )
