@@ -26,7 +26,7 @@ import typer
 from rich.table import Table
 from typer.core import TyperGroup
 
-from orchestration.terminal import LiteralConsole, PrintableFormatter, label, printable
+from orchestration.terminal import ConsoleHandler, LiteralConsole, PrintableFormatter, label, printable
 
 if TYPE_CHECKING:
     from orchestration.forget import CorpusLeftovers
@@ -239,11 +239,14 @@ def main(
 
 
 def _configure_logging(verbose: bool) -> None:
-    """Warnings and errors of every library on stderr, one line each (``WARNING message``); ``-v`` adds the INFO
-    lines of the project's own loggers (:data:`PROJECT_LOGGERS`), every line then carrying its time and logger
-    name as Dagster's lines do. Other libraries' INFO lines (alembic, SQLAlchemy, sentence-transformers) stay out."""
-    handler = logging.StreamHandler()
-    handler.setFormatter(PrintableFormatter(VERBOSE_FORMAT if verbose else "%(levelname)s %(message)s"))
+    """Warnings and errors of every library on stderr, one line each, as the CLI's own (``warning: message``,
+    ``error: message``); ``-v`` adds the INFO lines of the project's own loggers (:data:`PROJECT_LOGGERS`), every
+    line then carrying its time and logger name as Dagster's lines do. Other libraries' INFO lines (alembic,
+    SQLAlchemy, sentence-transformers) stay out."""
+    handler: logging.Handler = ConsoleHandler(err_console)
+    if verbose:
+        handler = logging.StreamHandler()
+        handler.setFormatter(PrintableFormatter(VERBOSE_FORMAT))
     logging.basicConfig(level=logging.WARNING, handlers=[handler])
     for name in PROJECT_LOGGERS:
         logging.getLogger(name).setLevel(logging.INFO if verbose else logging.NOTSET)
@@ -873,7 +876,7 @@ def _print_collections(rows: list[dict[str, Any]], columns: list[str], where: st
         for key in ("error", "status", "write_in_progress", "writer"):  # status, error: said after the table
             cells.pop(key, None)
         shown.append({k: "-" if v is None else f"{v:,}" if isinstance(v, int) else str(v) for k, v in cells.items()})
-    whole = {c: max(cell_len(c), *(cell_len(cells[c]) for cells in shown)) for c in columns}
+    whole = {c: max([cell_len(c), *(cell_len(cells[c]) for cells in shown)]) for c in columns}
     needed = sum(min(w, FOLDED.get(c, w)) for c, w in whole.items()) + 3 * len(columns) + 1  # padding, borders
     if needed <= console.width or not shown:
         table = Table(title=f"collections at {where}")
