@@ -858,13 +858,15 @@ def _written_at(when: dt.datetime | None) -> str | None:
     return None if when is None else when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-FOLDED = {"encoding": 16, "writing": 12}  # collections' columns that may fold, and the width each needs at least
+# the columns of `collections` that may fold in its table, each with the width it needs at least (a name may be
+# 200 bytes long, an encoding or a writer's line some 80 characters)
+FOLDED = {"collection": 24, "encoding": 16, "writing": 12}
 
 
 def _print_collections(rows: list[dict[str, Any]], columns: list[str], where: str) -> None:
-    """The rows of ``collections`` as one table when every value but the encoding and writer fits on one line in
-    it, else (80 columns: piped, a CI log) as one block of ``name  value`` lines per collection, so that no name,
-    model or time is folded into slivers."""
+    """The rows of ``collections`` as one table when every value but a long name, the encoding and the writer fits
+    on one line in it, else (80 columns: piped, a CI log) as one block of ``name  value`` lines per collection, so
+    that no model or time is folded into slivers."""
     from rich.cells import cell_len
 
     shown = []
@@ -889,7 +891,7 @@ def _print_collections(rows: list[dict[str, Any]], columns: list[str], where: st
     console.print(f"collections at {where}", soft_wrap=True)
     indent = 2 + max(map(cell_len, columns)) + 2
     for cells in shown:
-        console.print(label(cells["collection"], "bold"), soft_wrap=True)
+        console.print(label(cells["collection"], "bold"), overflow="fold")  # a name up to 200 bytes long
         for col in columns[1:]:  # the value wrapped under itself, no trailing spaces (a table pads every row)
             lines = label(cells[col], "").wrap(console, max(20, console.width - indent), overflow="fold")
             for i, line in enumerate(lines):
