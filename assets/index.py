@@ -151,8 +151,9 @@ def qdrant_index(
         schema = indexer.schema()
     staged_by = context.run_id if report.changed else _stager(context, report.version)
     staged = f"staged version {report.version}" if report.changed else f"nothing changed: version {report.version}"
+    before = "none yet" if published is None else published  # a first build
     context.log.info(
-        f"{corpus.collection}: {staged} (published: {published}): {report.written} written, "
+        f"{corpus.collection}: {staged} (published: {before}): {report.written} written, "
         f"{report.unchanged} unchanged, {report.deleted} deleted, {points} points"
         + (f"; deleted documents: {named(report.deleted_documents)}" if report.deleted_documents else "")
     )

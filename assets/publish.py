@@ -76,7 +76,8 @@ def published_index(
                 raise dg.Failure(f"cannot publish version {version} of {corpus.collection!r}: {exc}") from exc
             finally:
                 target.close()  # this process lets go of it at once: readers in other processes open it next
-            context.log.info(f"{corpus.collection}: readers switched from version {previous} to {version}")
+            was = "its first version" if previous is None else f"was version {previous}"
+            context.log.info(f"{corpus.collection}: readers now use version {version} ({was})")
         else:
             context.log.info(f"{corpus.collection}: version {version} is the published one already")
     if corpus.has_qrels:  # eval-report and the plot count its figures as served from now on

@@ -377,7 +377,7 @@ def markdown_table(df: pd.DataFrame, metrics: Sequence[str] | None = None) -> st
     if last.empty:
         return "\n".join(lines)
     for key, row in wide.iterrows():
-        cells = [_fmt(row.get(m)) for m in metrics]
+        cells = [_fmt_ms(row.get(m)) if m in LATENCY_METRICS else _fmt(row.get(m)) for m in metrics]
         stamp = when[key].strftime("%Y-%m-%d %H:%M")
         named = dict(zip(keys, map(str, key), strict=True))
         settings = [named["settings"]] if "settings" in named else []
@@ -408,7 +408,7 @@ def metrics_table(results: Mapping[str, Mapping[str, float]], title: str | None 
         cells = []
         for column in columns:
             value = values.get(column)
-            text = _fmt(value, 1 if column == LATENCY_KEY else 4)
+            text = _fmt_ms(value) if column == LATENCY_KEY else _fmt(value)
             cells.append(Text(text, style="bold") if value is not None and value == best.get(column) else text)
         table.add_row(variant, *cells)
     return table
@@ -418,3 +418,11 @@ def _fmt(value: float | None, digits: int = 4) -> str:
     if value is None or pd.isna(value):
         return "-"
     return f"{value:.{digits}f}"
+
+
+LATENCY_METRICS = {LATENCY_KEY, LATENCY_P50, LATENCY_P95}
+
+
+def _fmt_ms(value: float | None) -> str:
+    """Milliseconds as a person reads them: ``3.2``, ``48.0``, ``153`` (no decimal from 100 ms)."""
+    return _fmt(value, 0 if value is not None and value >= 100 else 1)

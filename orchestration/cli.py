@@ -26,7 +26,7 @@ import typer
 from rich.table import Table
 from typer.core import TyperGroup
 
-from orchestration.terminal import LiteralConsole, PrintableFormatter, label, printable
+from orchestration.terminal import ConsoleHandler, LiteralConsole, PrintableFormatter, label, printable
 
 if TYPE_CHECKING:
     from orchestration.forget import CorpusLeftovers
@@ -239,11 +239,14 @@ def main(
 
 
 def _configure_logging(verbose: bool) -> None:
-    """Warnings and errors of every library on stderr, one line each (``WARNING message``); ``-v`` adds the INFO
-    lines of the project's own loggers (:data:`PROJECT_LOGGERS`), every line then carrying its time and logger
-    name as Dagster's lines do. Other libraries' INFO lines (alembic, SQLAlchemy, sentence-transformers) stay out."""
-    handler = logging.StreamHandler()
-    handler.setFormatter(PrintableFormatter(VERBOSE_FORMAT if verbose else "%(levelname)s %(message)s"))
+    """Warnings and errors of every library on stderr, one line each, as the CLI's own (``warning: message``,
+    ``error: message``); ``-v`` adds the INFO lines of the project's own loggers (:data:`PROJECT_LOGGERS`), every
+    line then carrying its time and logger name as Dagster's lines do. Other libraries' INFO lines (alembic,
+    SQLAlchemy, sentence-transformers) stay out."""
+    handler: logging.Handler = ConsoleHandler(err_console)
+    if verbose:
+        handler = logging.StreamHandler()
+        handler.setFormatter(PrintableFormatter(VERBOSE_FORMAT))
     logging.basicConfig(level=logging.WARNING, handlers=[handler])
     for name in PROJECT_LOGGERS:
         logging.getLogger(name).setLevel(logging.INFO if verbose else logging.NOTSET)
@@ -477,7 +480,7 @@ def _skipped_summary(skipped: list, path: Path, kept: int) -> None:
     """On stderr, where a script's log sees it: how many records ``--policy skip`` left out, and what stayed
     stored for them (the exit code stays 0: skipping is what was asked; ``--json`` lists them in ``skipped``)."""
     if skipped:
-        count = f"{len(skipped)} record{'s' if len(skipped) > 1 else ''}"
+        count = f"{len(skipped):,} record{'s' if len(skipped) > 1 else ''}"
         err_console.print(
             label("warning:", "yellow"),
             f"{count} of {path} skipped (--policy skip); the others are indexed",
@@ -492,9 +495,9 @@ def _kept_line(kept: int, skipped: list, path: Path) -> str:
     has no readable id (it could be any document), every stored document missing from the source."""
     unreadable = sum(p.doc_id is None for p in skipped)
     if unreadable:
-        records = f"{unreadable} skipped record{'s' if unreadable > 1 else ''} without a readable id"
-        return f"kept the stored chunks of {kept} documents missing from {path} (not deleted: {records})"
-    return f"kept the stored chunks of {kept} skipped documents"
+        records = f"{unreadable:,} skipped record{'s' if unreadable > 1 else ''} without a readable id"
+        return f"kept the stored chunks of {kept:,} documents missing from {path} (not deleted: {records})"
+    return f"kept the stored chunks of {kept:,} skipped documents"
 
 
 PREVIEW_CHARS = 100  # of a hit's text in the search table
@@ -554,7 +557,7 @@ def search(
     if as_json:
         typer.echo(json.dumps([_hit_json(h) for h in hits], default=str, indent=2))
         return
-    table = Table(title=f"{len(hits)} hits for {text!r}")
+    table = Table(title=f"{len(hits):,} hits for {text!r}")
     for col in ("#", "doc", "chunk", "score", "dense", "sparse", "title / text"):
         table.add_column(col)
     for rank, h in enumerate(hits, start=1):
@@ -623,18 +626,35 @@ def _parse_filter(text: str | None) -> dict | None:
 
 @app.command()
 def delete(
-    doc_ids: Annotated[list[str], typer.Argument(help="Document ids to delete (all their chunks)")],
+    doc_ids: Annotated[list[str] | None, typer.Argument(help="Document ids to delete (all their chunks)")] = None,
+    ids_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--ids-file",
+            help="Also delete the ids in this file, one per line ('-': stdin; blank lines and surrounding "
+            "whitespace ignored)",
+        ),
+    ] = None,
     collection: CollectionOpt = None,
 ) -> None:
     """Delete documents from a collection by id (as indexing writes: waits for other writers, readers switch
     to the result atomically). Exit code 0: every id was deleted; 1: some were not in the collection (the others
-    are deleted); 2: an error (e.g. a blank id), nothing deleted."""
+    are deleted); 2: an error (e.g. a blank id, an unreadable ids file), nothing deleted."""
+    from retrieval.errors import InvalidArgumentError
     from retrieval.stack import RetrievalStack
 
+    wanted = list(doc_ids or [])
+    if ids_file is not None:
+        listed = _read_ids(ids_file)
+        if not listed:  # an empty file is more likely a script's mistake than nothing to do
+            raise InvalidArgumentError(f"--ids-file {_ids_name(ids_file)}: holds no document ids")
+        wanted += listed
+    if not wanted:
+        raise InvalidArgumentError("no document ids to delete: give them as arguments or --ids-file PATH")
     settings = _settings(collection=collection)
     with RetrievalStack(settings) as stack:
-        report = stack.indexer().delete_documents(doc_ids)
-    console.print(f"deleted {report.deleted:,} points of {report.documents} documents; {report.points:,} points left")
+        report = stack.indexer().delete_documents(wanted)
+    console.print(f"deleted {report.deleted:,} points of {report.documents:,} documents; {report.points:,} points left")
     for asked, stored in report.stored_as.items():  # escaped: the two look the same
         console.print(f"{asked} is stored as {ascii(stored)} (the same id in another Unicode normalization)")
     if report.missing:
@@ -642,6 +662,34 @@ def delete(
             label(f"not in {settings.collection!r}:", "yellow"), ", ".join(report.missing), soft_wrap=True
         )
         raise typer.Exit(1)
+
+
+def _read_ids(path: Path) -> list[str]:
+    """The ids of an ids file (``-``: stdin), one per line, stripped, blank lines left out. A file that cannot be
+    read, or is not UTF-8 text (a NUL byte, an invalid sequence), is an error naming the file and line."""
+    from retrieval.errors import InputFormatError, InputNotFoundError
+
+    name = _ids_name(path)
+    try:
+        data = click.get_binary_stream("stdin").read() if str(path) == "-" else path.read_bytes()
+    except FileNotFoundError:
+        raise InputNotFoundError(f"--ids-file {name}: no such file") from None
+    except OSError as exc:
+        raise InputFormatError(f"--ids-file {name}: cannot be read ({exc.strerror or exc})") from None
+    nul = data.find(b"\0")  # a binary file; what comes first, it or a byte that is not UTF-8, is the one named
+    try:
+        text = data[: nul if nul >= 0 else None].decode("utf-8-sig")  # a byte order mark is no part of an id
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise InputFormatError(f"--ids-file {name}:{line}: not UTF-8 text (byte {exc.start})") from None
+    if nul >= 0:
+        line = data.count(b"\n", 0, nul) + 1
+        raise InputFormatError(f"--ids-file {name}:{line}: a NUL byte (a binary file, not one id per line)")
+    return [line.strip() for line in text.split("\n") if line.strip()]
+
+
+def _ids_name(path: Path) -> str:
+    return "stdin" if str(path) == "-" else str(path)
 
 
 @app.command()
@@ -722,8 +770,8 @@ def drop(
 def _corpus_leftovers(found: CorpusLeftovers, collection: str) -> str:
     """What ``drop --corpus`` removes of a corpus, in a few words (for the confirmation)."""
     return (
-        f"corpus {found.corpus!r}: {len(found.tables)} asset tables, {len(found.reports)} reports, "
-        f"{found.history_rows} evaluation history rows of collection {collection!r}"
+        f"corpus {found.corpus!r}: {len(found.tables):,} asset tables, {len(found.reports):,} reports, "
+        f"{found.history_rows:,} evaluation history rows of collection {collection!r}"
     )
 
 
@@ -737,9 +785,9 @@ def _remove_corpus(found: CorpusLeftovers, collection: str, yes: bool) -> None:
     remove_leftovers(found)
     for path in [*found.tables, *found.reports]:
         console.print(f"removed {path}", soft_wrap=True)
-    kept = f" ({found.other_rows} of other collections kept)" if found.other_rows else ""
+    kept = f" ({found.other_rows:,} of other collections kept)" if found.other_rows else ""
     console.print(
-        f"corpus {found.corpus!r}: {found.history_rows} evaluation history rows deleted{kept}", soft_wrap=True
+        f"corpus {found.corpus!r}: {found.history_rows:,} evaluation history rows deleted{kept}", soft_wrap=True
     )
 
 
@@ -783,6 +831,7 @@ def _encoding_summary(encoding: dict[str, Any] | None) -> str | None:
 
 
 UNFINISHED = "unfinished first build: rerun the index command"
+FIRST_BUILD = "first build in progress"  # the status while the write lock's holder builds it
 NOT_KNOWN = "n/a"  # a field the backend cannot tell (README: hybrid-rag collections)
 
 
@@ -808,6 +857,46 @@ def _written_at(when: dt.datetime | None) -> str | None:
     return None if when is None else when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+# the columns of `collections` that may fold in its table, each with the width it needs at least (a name may be
+# 200 bytes long, an encoding or a writer's line some 80 characters)
+FOLDED = {"collection": 24, "encoding": 16, "writing": 12}
+
+
+def _print_collections(rows: list[dict[str, Any]], columns: list[str], where: str) -> None:
+    """The rows of ``collections`` as one table when every value but a long name, the encoding and the writer fits
+    on one line in it, else (80 columns: piped, a CI log) as one block of ``name  value`` lines per collection, so
+    that no model or time is folded into slivers."""
+    from rich.cells import cell_len
+
+    shown = []
+    for row in rows:
+        cells = {**row, "encoding": _encoding_summary(row["encoding"])}
+        if row["status"] == "ready" and row["last_write"] is None:
+            cells["last_write"] = NOT_KNOWN  # not recorded: README says where
+        cells["writing"] = _writing_cell(row) if row["status"] != "error" else None
+        for key in ("error", "status", "write_in_progress", "writer"):  # status, error: said after the table
+            cells.pop(key, None)
+        shown.append({k: "-" if v is None else f"{v:,}" if isinstance(v, int) else str(v) for k, v in cells.items()})
+    whole = {c: max([cell_len(c), *(cell_len(cells[c]) for cells in shown)]) for c in columns}
+    needed = sum(min(w, FOLDED.get(c, w)) for c, w in whole.items()) + 3 * len(columns) + 1  # padding, borders
+    if needed <= console.width or not shown:
+        table = Table(title=f"collections at {where}")
+        for col in columns:
+            table.add_column(col, overflow="fold", no_wrap=col not in FOLDED)
+        for cells in shown:
+            table.add_row(*(cells[col] for col in columns))
+        console.print(table)
+        return
+    console.print(f"collections at {where}", soft_wrap=True)
+    indent = 2 + max(map(cell_len, columns)) + 2
+    for cells in shown:
+        console.print(label(cells["collection"], "bold"), overflow="fold")  # a name up to 200 bytes long
+        for col in columns[1:]:  # the value wrapped under itself, no trailing spaces (a table pads every row)
+            lines = label(cells[col], "").wrap(console, max(20, console.width - indent), overflow="fold")
+            for i, line in enumerate(lines):
+                console.print(f"  {col if i == 0 else '':<{indent - 4}}  ", line, sep="", soft_wrap=True)
+
+
 @app.command()
 def collections(as_json: Annotated[bool, typer.Option("--json", help="Print as JSON")] = False) -> None:
     """List the collections with their point and document counts, last write, writer, models and versions."""
@@ -823,9 +912,10 @@ def collections(as_json: Annotated[bool, typer.Option("--json", help="Print as J
         try:
             writing = _writing(store)
             schema = store.schema()
-            if schema is None:  # a first build that was stopped before it published: no command can use it yet
+            if schema is None:  # a first build running, or one stopped before it published: no command can use it
                 unfinished.append(name)
-                rows.append({"collection": name, "status": UNFINISHED, **dict.fromkeys(keys), **writing})
+                status = FIRST_BUILD if writing["write_in_progress"] else UNFINISHED
+                rows.append({"collection": name, "status": status, **dict.fromkeys(keys), **writing})
                 continue
             rows.append(
                 {
@@ -860,22 +950,11 @@ def collections(as_json: Annotated[bool, typer.Option("--json", help="Print as J
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
     else:
-        table = Table(title=f"collections at {where}")
-        for col in ("collection", *keys, "writing"):
-            table.add_column(col, overflow="fold")
-        for row in rows:
-            cells = {**row, "encoding": _encoding_summary(row["encoding"])}
-            if row["status"] == "ready" and row["last_write"] is None:
-                cells["last_write"] = NOT_KNOWN  # not recorded: README says where
-            cells["writing"] = _writing_cell(row) if row["status"] != "error" else None
-            for key in ("error", "status", "write_in_progress", "writer"):  # status, error: said after the table
-                cells.pop(key, None)
-            table.add_row(*("-" if v is None else f"{v:,}" if isinstance(v, int) else str(v) for v in cells.values()))
-        console.print(table)
+        _print_collections(rows, ["collection", *keys, "writing"], where)
         for row in (row for row in rows if row["collection"] in unfinished):
             if row["write_in_progress"]:  # the first build is running now: nothing to rerun
                 writer = _writing_cell(row).removeprefix("yes").removeprefix(": ") or "another process"
-                note = f"first build in progress ({writer}); no other command can use it until it publishes"
+                note = f"{FIRST_BUILD} ({writer}); no other command can use it until it publishes"
             else:
                 note = f"{UNFINISHED} (until then no other command can use it)"
             console.print(f"{row['collection']}: {note}", soft_wrap=True)
@@ -1074,7 +1153,7 @@ def compare(
         raise InvalidArgumentError(
             f"{'neither ' if ' nor ' in empty else ''}{empty} has {'' if ' nor ' in empty else 'no '}results for a "
             f"query judged in {coll.name}/{split} "
-            f"({len(qrels)} queries): a run of another split or dataset, or an empty one"
+            f"({len(qrels):,} queries): a run of another split or dataset, or an empty one"
         )
     corpus = coll.doc_ids()  # empty without a corpus file (a folder of queries and qrels): nothing to check
     checked = corpus_warnings(dict(zip(names, (base_run, cand_run), strict=True)), corpus, coll.name) if corpus else []
@@ -1087,7 +1166,7 @@ def compare(
         if count < len(qrels):
             err_console.print(
                 label("warning:", "yellow"),
-                f"{name} has results for {count} of the {len(qrels)} queries judged in "
+                f"{name} has results for {count:,} of the {len(qrels):,} queries judged in "
                 f"{coll.name}/{split}; the others score 0",
                 soft_wrap=True,
             )
@@ -1190,7 +1269,9 @@ def tune_reranker(
         stack.check_schema()
         profile = tune(view, stack.retriever(), out, train=train, epochs=epochs)
     env_path = profile.write_env(out / "reranker.env")
-    table = Table(title=f"{coll.name}/{split}: {profile.fit_queries} queries to train, {profile.dev_queries} to tune")
+    table = Table(
+        title=f"{coll.name}/{split}: {profile.fit_queries:,} queries to train, {profile.dev_queries:,} to tune"
+    )
     for col in ("dev nDCG@10: hybrid", "+ trained query encoder", "+ rerank", "weight", "feedback_k", "beta"):
         table.add_column(col, justify="right")
     c = profile.config
@@ -1268,14 +1349,14 @@ def adapt(
             device=settings.dense_device,
         )
     table = Table(
-        title=f"{settings.collection}: {report.train_queries} pseudo-queries to train, "
-        f"{report.held_out_queries} held out; decided by {report.gate}"
+        title=f"{settings.collection}: {report.train_queries:,} pseudo-queries to train, "
+        f"{report.held_out_queries:,} held out; decided by {report.gate}"
     )
     for col in ("nDCG@10: judge", "search"):
         table.add_column(col)
     for col in ("dense model", "adapted", "decides"):
         table.add_column(col, justify="right")
-    rows = [(f"held-out pseudo-queries ({report.held_out_queries})", "dense", report.base_ndcg, report.adapted_ndcg)]
+    rows = [(f"held-out pseudo-queries ({report.held_out_queries:,})", "dense", report.base_ndcg, report.adapted_ndcg)]
     if judged:
         rows.append((report.gate, "hybrid+rerank", report.judged_base_ndcg, report.judged_adapted_ndcg))
     for judge, search, base, adapted in rows:
@@ -1417,7 +1498,7 @@ def cache(
         mib = f"{u.vector_bytes / 2**20:.1f}"
         prompt = "?" if u.prompt is None else repr(u.prompt)
         what = f"{u.label or '?'} | {u.backend or '?'} | {prompt} | {u.max_tokens or '?'}"
-        print(printable(f"| {u.model} | {what} | {u.rows} | {mib} | {_day(u.oldest_use)} | {_day(u.newest_use)} |"))
+        print(printable(f"| {u.model} | {what} | {u.rows:,} | {mib} | {_day(u.oldest_use)} | {_day(u.newest_use)} |"))
     if onnx:
         print(printable(f"\nONNX exports under {store.path.parent / 'models'} (superseded: removed by cache prune)\n"))
         print("| export | model | MiB | written (UTC) | state |")
@@ -1429,7 +1510,7 @@ def cache(
     if stale:
         print(
             printable(
-                f"\n{len(stale)} ONNX export folders left by ended processes ({stale_bytes / 2**20:.1f} MiB) under "
+                f"\n{len(stale):,} ONNX export folders left by ended processes ({stale_bytes / 2**20:.1f} MiB) under "
                 f"{store.path.parent / 'models'}: removed by the next ONNX export and by cache prune"
             )
         )
@@ -1462,7 +1543,7 @@ def cache_prune(
     exports_report["export_bytes_freed"] = freed
     if (removed or stale) and not as_json:
         console.print(
-            f"{len(removed)} superseded ONNX exports and {len(stale)} left by killed exports deleted "
+            f"{len(removed):,} superseded ONNX exports and {len(stale):,} left by killed exports deleted "
             f"({freed / 2**20:.1f} MiB)",
             soft_wrap=True,
         )
@@ -1482,7 +1563,7 @@ def cache_prune(
         print(json.dumps({"path": str(store.path), **asdict(report), **exports_report}, indent=2))
         return
     console.print(
-        f"{store.path}: {report.rows_deleted} rows deleted, {report.rows_left} left; "
+        f"{store.path}: {report.rows_deleted:,} rows deleted, {report.rows_left:,} left; "
         f"{report.bytes_before / 2**20:.1f} MiB -> {report.bytes_after / 2**20:.1f} MiB",
         soft_wrap=True,
     )

@@ -275,7 +275,7 @@ def print_results(summary: Mapping[str, Any], console: Console | None = None) ->
         "corpus",
         label(summary["corpus"], "bold"),
         f"-> collection {summary.get('collection')!r}:",
-        ", ".join(f"{name} {index.get(name)}" for name in INDEX_FIELDS),
+        ", ".join(f"{name} {_count(index.get(name))}" for name in INDEX_FIELDS),
         soft_wrap=True,
     )
     if summary.get("metrics"):
@@ -304,6 +304,13 @@ def print_results(summary: Mapping[str, Any], console: Console | None = None) ->
     console.print(
         f"dagster run {summary.get('run_id')} (DAGSTER_HOME={summary.get('dagster_home', '-')})", soft_wrap=True
     )
+
+
+def _count(value: Any) -> str:
+    """A count with thousands separators (``4,500``); ``-`` where the run did not record it."""
+    if value is None:
+        return "-"
+    return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
 
 
 def _value(metadata_value: Any) -> Any:

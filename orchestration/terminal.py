@@ -51,6 +51,25 @@ class PrintableFormatter(logging.Formatter):
         return printable(super().format(record))
 
 
+class ConsoleHandler(logging.Handler):
+    """Log records as the command line's own lines, one style for both: ``warning: message`` (the level in
+    lowercase, styled as the CLI styles its labels), printed literally on ``console``."""
+
+    STYLES = {"WARNING": "yellow", "ERROR": "red", "CRITICAL": "red"}
+
+    def __init__(self, console: Console) -> None:
+        super().__init__()
+        self.console = console
+        self.setFormatter(logging.Formatter("%(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            tag = label(f"{record.levelname.lower()}:", self.STYLES.get(record.levelname, ""))
+            self.console.print(tag, self.format(record), soft_wrap=True)
+        except Exception:
+            self.handleError(record)
+
+
 def label(text: str, style: str) -> Text:
     """Styled text (``error:``, ``warning:``, ``skipped``), as literal as any other string."""
     return Text(printable(text), style=style)

@@ -341,3 +341,83 @@ def test_search_path_imports_no_dagster_and_no_server_client():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"  # torch and the model load when the first query is encoded, not on import
+
+
+BIG = 4600  # documents: more than a shell command line holds as arguments, and counts that need a separator
+
+
+@pytest.fixture(scope="module")
+def big(tmp_path_factory):
+    """Settings of a published collection 'big' of BIG one-chunk documents (4-d vectors: deleting loads no model)."""
+    from tests.test_hostile_input import published_with
+
+    root = tmp_path_factory.mktemp("big")
+    published_with(root / "index", "big", [f"doc-{i:05d}" for i in range(BIG)]).close()
+    return root
+
+
+def test_delete_reads_thousands_of_ids_from_a_file_or_stdin(big, monkeypatch):
+    monkeypatch.setenv("HYBRID_RAG_QDRANT_PATH", str(big / "index"))
+    monkeypatch.chdir(big)
+    ids = [f"doc-{i:05d}" for i in range(4500)]
+    (big / "ids.txt").write_text("\ufeff" + "\n".join(f"  {d}\t" for d in ids[:4000]) + "\r\n\n   \n")
+    result = CliRunner().invoke(app, ["delete", "--ids-file", "ids.txt", "-c", "big"])
+    assert result.exit_code == 0, result.output
+    assert "deleted 4,000 points of 4,000 documents; 600 points left" in result.stdout  # not "4000 documents"
+    stdin = "\n".join([*ids[4000:], "doc-00000", "no-such-doc"]) + "\n"  # one deleted above: 2 not there
+    result = CliRunner().invoke(app, ["delete", "--ids-file", "-", "doc-04600", "-c", "big"], input=stdin)
+    assert result.exit_code == 1, result.output
+    assert "deleted 500 points of 500 documents; 100 points left" in result.stdout
+    assert "not in 'big': doc-04600, doc-00000, no-such-doc" in " ".join(result.stderr.split())
+    assert points_in(big, "big") == 100
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"doc-04500\n\n  \n", None),  # nothing wrong: exit code 0
+        (b"doc-04501\ndoc-\xe9t\xe9\n", "--ids-file ids.bin:2: not UTF-8 text (byte 14)"),
+        (b"doc-04502\n\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "--ids-file ids.bin:2: not UTF-8 text (byte 10)"),
+        (b"doc-04503\ndoc-04504\n\x00\x00", "--ids-file ids.bin:3: a NUL byte (a binary file, not one id per line)"),
+        (b"\n \n", "--ids-file ids.bin: holds no document ids"),
+        (None, "--ids-file ids.bin: no such file"),
+    ],
+)
+def test_a_bad_ids_file_is_one_line_naming_file_and_line_and_deletes_nothing(big, monkeypatch, content, message):
+    monkeypatch.setenv("HYBRID_RAG_QDRANT_PATH", str(big / "index"))
+    monkeypatch.chdir(big)
+    path = big / "ids.bin"
+    path.unlink(missing_ok=True)
+    if content is not None:
+        path.write_bytes(content)
+    before = points_in(big, "big")
+    result = CliRunner().invoke(app, ["delete", "doc-04599", "--ids-file", "ids.bin", "-c", "big"])
+    if message is None:
+        assert result.exit_code == 0 and points_in(big, "big") == before - 2, result.output
+        return
+    assert result.exit_code == 2 and result.output.strip() == f"error: {message}", result.output
+    assert points_in(big, "big") == before  # not even the valid id given as an argument
+
+
+def points_in(root, name: str) -> int:
+    from retrieval.store import EdgeStore
+
+    store = EdgeStore(root / "index", name)
+    try:
+        return store.count()
+    finally:
+        store.close()
+
+
+def test_collections_is_readable_at_80_columns(cli_in, monkeypatch):
+    """Piped or in a CI log (80 columns, no terminal) the ten-column table folded every value into slivers
+    ("sente", "nce-t", "ransf"...): there each collection is a block of whole values; a wide console keeps the table."""
+    monkeypatch.setenv("COLUMNS", "80")
+    [kb] = [row for row in json.loads(cli_in("collections", "--json")) if row["collection"] == "kb"]
+    lines = cli_in("collections").splitlines()
+    assert all(len(line) <= 80 and line == line.rstrip() for line in lines), lines
+    for name, value in [("points", "8"), ("last_write", kb["last_write"]), ("dense_model", kb["dense_model"])]:
+        assert f"  {name:<12}  {value}" in lines
+    assert any(line.startswith("  encoding      chunks 256/32, bm25 ") for line in lines), lines
+    monkeypatch.setenv("COLUMNS", "250")
+    assert f"│ {kb['dense_model']} │" in cli_in("collections")

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import subprocess
@@ -28,7 +29,30 @@ def hybrid_rag(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess
 
 def log_lines(stderr: str) -> list[str]:
     """The logging lines of ``stderr`` (not the tables, progress or error lines the commands print)."""
-    return [line for line in stderr.splitlines() if re.match(r"^(\d{4}-|INFO |WARNING |ERROR )", line)]
+    return [line for line in stderr.splitlines() if re.match(r"^(\d{4}-|info: |warning: |error: )", line)]
+
+
+def test_library_warnings_print_as_the_cli_own_warning_lines(cli_env, monkeypatch) -> None:
+    """A library's warning printed as ``WARNING unknown setting ...`` beside the CLI's ``warning: no index folder
+    ...``: both are ``warning: ...`` now. Run in-process with the root logger bare, as in a fresh process (pytest's
+    own handlers on it would make the CLI's logging setup a no-op)."""
+    from typer.testing import CliRunner
+
+    from orchestration.cli import app
+
+    monkeypatch.setenv("HYBRID_RAG_STYLE_CHECK_TYPO", "1")  # a name no other test warns of (warned once a process)
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    root.handlers.clear()
+    try:
+        result = CliRunner().invoke(app, ["collections"])  # no index folder: the CLI's own warning, exit code 1
+    finally:
+        root.handlers[:], root.level = saved
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output  # not a crash
+    lines = result.stderr.splitlines()
+    assert lines[0].startswith("warning: unknown setting HYBRID_RAG_STYLE_CHECK_TYPO (environment or .env)"), lines
+    assert lines[-1].startswith("warning: no index folder at "), lines
+    assert not [line for line in lines if line.startswith("WARNING")]
 
 
 @pytest.mark.slow

@@ -150,7 +150,7 @@ def test_a_first_build_running_in_another_process_is_said_to_be_in_progress(tmp_
         assert builder.stdout.readline().strip() == "staged"
         [row] = listed("--json")
         assert (row["status"], row["write_in_progress"], row["writer"]["pid"]) == (
-            "unfinished first build: rerun the index command",
+            "first build in progress",  # was "unfinished first build: rerun the index command" while it ran
             True,
             builder.pid,
         )

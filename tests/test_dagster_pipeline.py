@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -65,6 +66,11 @@ class Sandbox:
         assert records, f"no materialization of {asset}"
         return {k: getattr(v, "value", v) for k, v in records[0].asset_materialization.metadata.items()}
 
+    def messages(self, run_id: str) -> list[str]:
+        """The log messages of a run, as the Dagster UI and ``hybrid-rag run`` show them."""
+        with dg.DagsterInstance.from_config(str(self.home)) as instance:
+            return [entry.user_message for entry in instance.all_logs(run_id)]
+
     def evaluate(self, config: dict) -> dg.ExecuteInProcessResult:
         """Materialize only the sample partition's ``retrieval_evaluation`` with this op ``config``; it must succeed."""
         from assets import retrieval_evaluation
@@ -110,7 +116,7 @@ _ASSETS = (
 )
 
 
-def test_first_run_records_counts_and_models(first_run: dict) -> None:
+def test_first_run_records_counts_and_models(first_run: dict, sandbox: Sandbox) -> None:
     docs, chunks = first_run["raw_documents"], first_run["chunks"]
     assert docs["documents"] == SAMPLE_DOCS and docs["skipped"] == 0
     assert chunks["documents"] == SAMPLE_DOCS and chunks["chunks"] >= SAMPLE_DOCS
@@ -127,6 +133,10 @@ def test_first_run_records_counts_and_models(first_run: dict) -> None:
     assert index["written"] == n_chunks and index["unchanged"] == 0 and index["deleted"] == 0
     assert index["points"] == n_chunks
     assert index["dense_model"] == dense["model"] and index["sparse_model"] == "bm25"
+    said = sandbox.messages(first_run["summary"]["run_id"])  # was "readers switched from version None to 1"
+    assert f"{CORPUS}: readers now use version 1 (its first version)" in said
+    assert [m for m in said if m.startswith(f"{CORPUS}: staged version 1 (published: none yet): ")], said
+    assert not [m for m in said if re.search(r"\bNone\b", m)]
 
 
 def sandbox_reports(run: dict) -> Path:
@@ -140,7 +150,8 @@ def test_first_run_evaluates_every_variant(first_run: dict) -> None:
     for variant in VARIANTS:
         for metric in HEADLINE:
             assert 0.0 <= meta[f"{variant}/{metric}"] <= 1.0
-        assert meta[f"{variant}/latency_p50_ms"] > 0
+        p50, p95 = meta[f"{variant}/latency_p50_ms"], meta[f"{variant}/latency_p95_ms"]  # the UI plots floats
+        assert isinstance(p50, float) and isinstance(p95, float) and 0 < p50 <= p95
     assert meta["hybrid/ndcg@10"] > 0.5  # the sample is easy; a broken pipeline scores near 0
     assert "| hybrid |" in meta["metrics"]
     rows = [line for line in meta["sample_queries"].splitlines()[2:]]

@@ -239,7 +239,7 @@ def test_main_job_output_is_not_wrapped_when_redirected() -> None:
     text = out.getvalue()
     assert f"check ndcg_not_dropped: FAILED (ERROR): {detail}\n" in text, text
     assert "x" * 100 in text and f"(DAGSTER_HOME={'/a/long/path/' * 8})" in text
-    assert "deleted None, points 234567\n" in text
+    assert "documents 123,456, chunks 234,567, " in text and "deleted -, points 234,567\n" in text  # not None
 
 
 def test_adapt_help_shows_the_max_negatives_default() -> None:

@@ -188,7 +188,10 @@ def test_eval_report_writes_the_latency_plot_when_the_history_has_latency(tmp_pa
     assert not (tmp_path / "rep" / "latency_ms.png").exists() and "latency" not in table
     assert _png_size(tmp_path / "rep" / "ndcg_at_10.png") == (800, 450)
     _timed(history, "sample", range(3, 5))
+    slow = {LATENCY_P50: 12.3456, LATENCY_P95: 153.4567}  # ms: 1 decimal, none from 100 ms (was 12.3456, 153.4567)
+    history.append("sample", "test", "rerank", slow, timestamp=T0 + timedelta(days=4), source="cli")
     table, said = report()
+    assert "| 12.3 | 153 |" in table and "| 6.0 | 8.0 |" in table and "12.3456" not in table, table
     assert f"latency plot: {tmp_path / 'rep' / 'latency_ms.png'}" in said
     assert _png_size(tmp_path / "rep" / "latency_ms.png") == (800, 800)
     assert f"| {LATENCY_P50} | {LATENCY_P95} |" in table.splitlines()[0]
