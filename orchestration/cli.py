@@ -424,7 +424,7 @@ def index(
     settings = _settings(collection=collection, bad_input_policy=policy)
     started = time.perf_counter()
     try:
-        docs, read_report = read_documents(path, fmt, settings.bad_input_policy)
+        docs, read_report = read_documents(path, fmt, settings.bad_input_policy, progress=True)
     except BadInputError as exc:
         if not exc.skippable:  # the source as a whole: no policy reads it
             raise
@@ -1032,7 +1032,7 @@ def restore(
             source,
             replace=replace,
             other_collection=other_collection,
-            expected=stack.schema(),
+            expected=stack.schema,  # called (loading the models) only to verify a restored version
             models_dir=settings.collection_models_dir(),
         )
     if done.already:

@@ -75,6 +75,11 @@ class Chunk:
         }
 
 
+def window_overlap(overlap: int, budget: int) -> int:
+    """The overlap of consecutive windows: the one asked for, at most half the ``budget``."""
+    return min(overlap, budget // 2)
+
+
 class Chunker:
     """Splits text into windows of at most ``max_tokens`` model tokens (title included) with overlap.
 
@@ -99,7 +104,7 @@ class Chunker:
                 f"chunk budget of {self.budget} tokens is too small (max_tokens={max_tokens}, of which "
                 f"{special + reserved_tokens} special and prompt tokens): raise HYBRID_RAG_CHUNK_TOKENS"
             )
-        self.overlap = min(overlap, self.budget // 2)
+        self.overlap = window_overlap(overlap, self.budget)
         self.at_whitespace = at_whitespace
 
     def chunk(self, doc: Document) -> list[Chunk]:

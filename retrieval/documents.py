@@ -38,6 +38,7 @@ from retrieval.input_files import (
     raw_lines,
     utf8_problem,
 )
+from retrieval.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -216,8 +217,10 @@ class ReadReport:
 class DocumentReader:
     """Reads documents from a source, applying one bad-input policy and collecting a report."""
 
-    def __init__(self, policy: BadInputPolicy | str = BadInputPolicy.FAIL):
+    def __init__(self, policy: BadInputPolicy | str = BadInputPolicy.FAIL, *, progress: bool = False):
+        """``progress``: a progress bar over the files of a folder (:func:`~retrieval.progress.progress_bar`)."""
         self.policy = choice(BadInputPolicy, policy, "bad input policy")
+        self.progress = progress
         self.report = ReadReport()
         self._seen_ids: dict[str, InputProblem] = {}
         self._failed: list[InputProblem] = []  # under the fail policy, the bad records read so far
@@ -371,7 +374,7 @@ class DocumentReader:
                 self._skip(problem)
         else:
             raise BadInputError(InputProblem(root, None, "not a directory"))
-        for path in files:
+        for path in progress_bar(files, progress=self.progress and len(files) > 1, desc="reading", unit="file"):
             doc_id = path_id(path, root)
             if has_lone_surrogate(doc_id):  # bytes the file system's encoding cannot decode, kept as surrogates
                 self._problem(path, None, "file name is not valid UTF-8")
@@ -669,12 +672,17 @@ def detect_format(path: Path) -> SourceFormat:
 
 
 def read_documents(
-    path: str | Path, fmt: SourceFormat | str | None = None, policy: BadInputPolicy | str = BadInputPolicy.FAIL
+    path: str | Path,
+    fmt: SourceFormat | str | None = None,
+    policy: BadInputPolicy | str = BadInputPolicy.FAIL,
+    *,
+    progress: bool = False,
 ) -> tuple[list[Document], ReadReport]:
     """Read all documents of a source (``fmt``: a :class:`SourceFormat`, by default detected as ``hybrid-rag index``
     does); returns them with the report of skipped records. Bad input raises :class:`BadInputError` (file, line,
-    reason) under the ``fail`` policy; ``skip`` leaves such records out and lists them in the report."""
-    reader = DocumentReader(policy)
+    reason) under the ``fail`` policy; ``skip`` leaves such records out and lists them in the report. ``progress``:
+    a bar over a folder's files (``hybrid-rag index`` shows one)."""
+    reader = DocumentReader(policy, progress=progress)
     docs = list(reader.read(path, fmt))
     return docs, reader.report
 

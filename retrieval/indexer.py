@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from retrieval.chunking import Chunk, Chunker
+from retrieval.chunking import Chunk, Chunker, window_overlap
 from retrieval.documents import (
     Document,
     InputProblem,
@@ -190,6 +190,7 @@ class Indexer:
         self._sparse = parts.sparse  # the settings' encoder; self.sparse: the one this write uses
         self.after_batch: Callable[[int], None] | None = None  # hook for progress or fault injection
         self._encoded: Callable[[int], None] | None = None  # told each encoder batch's size while a write encodes
+        self._recorded_budget: int | None = None  # a write's chunk budget read from the collection (models unloaded)
 
     def __repr__(self) -> str:
         return describe("Indexer", self.store)
@@ -203,8 +204,9 @@ class Indexer:
         return Chunker(self.dense.tokenizer, max_tokens, overlap, reserved_tokens=reserved, at_whitespace=whitespace)
 
     def schema(self) -> CollectionSchema:
-        """What this indexer's vectors are made with: models, document prompt, BM25 parameters, chunk sizes."""
-        return CollectionSchema.of(self.dense, self.sparse, self.settings)
+        """What this indexer's vectors are made with: models, document prompt, BM25 parameters, chunk sizes (loads
+        the dense model)."""
+        return replace(CollectionSchema.of(self.dense, self.sparse, self.settings), chunk_budget=self.chunker.budget)
 
     def chunk(self, documents: Iterable[Document], progress: bool = False) -> list[Chunk]:
         """Validate ``documents`` (:func:`~retrieval.documents.validate_documents`: the one check of every entry
@@ -226,8 +228,10 @@ class Indexer:
         """What determines a (validated) document's chunks besides the collection's schema: its id, title, text and
         metadata, and the chunk budget and overlap (also recorded by the schema, except by earlier releases'), and
         ``CHUNK_AT_WHITESPACE`` when on (off, fingerprints stay those of earlier releases)."""
-        raw = [doc.id, doc.title, doc.text, doc.metadata, self.chunker.budget, self.chunker.overlap]
-        raw += ["at_whitespace"] if self.chunker.at_whitespace else []
+        loaded = "chunker" in self.__dict__ or self._recorded_budget is None
+        budget = self.chunker.budget if loaded else self._recorded_budget  # the same, as the schema matched
+        raw = [doc.id, doc.title, doc.text, doc.metadata, budget, window_overlap(self.settings.chunk_overlap, budget)]
+        raw += ["at_whitespace"] if self.settings.chunk_at_whitespace else []
         return hashlib.sha256(json.dumps(raw, sort_keys=True, default=str).encode()).hexdigest()
 
     def _split(
@@ -386,13 +390,17 @@ class Indexer:
     ) -> IndexReport:
         """:meth:`sync` of ``chunks``, or of validated ``docs``: those chunked only when the store does not hold
         them as they are (see :meth:`_split`); ``report.seconds`` counts from ``started`` (default: now), less the time
-        spent loading the models (the CLI counts that as starting)."""
+        spent loading the models (the CLI counts that as starting). Documents written into a collection that records
+        this indexer's models, settings and chunk budget (:meth:`_budget_recorded`) are compared before the models
+        load: a write that finds them all stored as they are loads none."""
         started = time.perf_counter() if started is None else started
         if vectors is None and self.cache is not None:  # an unusable cache fails here, before models load or staging
             self.cache.check_writable()
-        loading = time.perf_counter()
-        self._load_models(sparse=vectors is None)
-        started += time.perf_counter() - loading  # loading the models (a first write's 20-40 s) is starting, not work
+        self._recorded_budget = None if docs is None or rebuild else self._budget_recorded()
+        if self._recorded_budget is None:
+            loading = time.perf_counter()
+            self._load_models(sparse=vectors is None)
+            started += time.perf_counter() - loading  # loading the models (a first write's 20-40 s) is starting
         report = IndexReport(
             collection=self.store.collection,
             documents=len({c.doc_id for c in chunks or ()}) if documents is None else documents,
@@ -418,20 +426,29 @@ class Indexer:
         staged = staged or first
         fresh: dict[str, int] = {}  # documents stored as they are (not chunked): doc_id -> points
         base: dict[str, StoredChunk] | None = None  # what the store written from holds of the documents written
+        indexes = parse_payload_indexes(self.settings.payload_indexes)
         if rebuild or first or (staged and self.store.schema() is None):
             chunks = self._chunk(docs, progress) if chunks is None else chunks
         else:
-            schema = self.store.ensure(self.schema())  # refuses other models and settings; a copy keeps its schema
+            # refuses other models and settings; a copy keeps its schema (models unloaded: checked as far as they
+            # show without loading, in _budget_recorded)
+            schema = self.store.ensure(self.schema()) if self._recorded_budget is None else self.store.schema()
             ids = [d.id for d in docs] if chunks is None else {c.doc_id for c in chunks}
             base = self.store.stored_chunks(None if prune else ids)  # a sync sees every stored document, once
             chunks, fresh = self._split(docs, base, progress) if chunks is None else (chunks, {})
+            if self._recorded_budget is not None:  # only a write that changes nothing needs no model
+                if not self.store.missing_payload_indexes(indexes) and self._unchanged(
+                    chunks, fresh, base, prune, allow_delete, skipped, report
+                ):
+                    return self._done(report, self.store.current_version(), rebuild, publish, started)
+                self._load_models(sparse=True)
+                schema = self.store.ensure(self.schema())  # the full check, before anything is written
         if docs is not None and (warning := unknown_text_warning(chunks, self.dense.model_name)):
             log.warning(warning)  # documents chunked here (callers passing chunks warn when they chunk them)
         present = {c.doc_id for c in chunks} | fresh.keys()
         # Only the same write (same chunks, same mode) resumes a failed one's staged version (see stage).
         intent = write_intent(chunks, prune=prune or rebuild, rebuild=rebuild, skipped=skipped, unchanged=fresh)
         copies: list[int] = []  # the stale staged copies of the published version (a write in place)
-        indexes = parse_payload_indexes(self.settings.payload_indexes)
         if rebuild:
             existing = self._published_hashes(bool(chunks) or allow_delete)
             prunable = self._prunable(existing, chunks, present, True, True, skipped, allow_delete, report)
@@ -462,7 +479,7 @@ class Indexer:
             todo = _todo(chunks, stored)
             report.unchanged = report.chunks - len(todo)
             if todo:  # a collection this release writes into is refused by releases that would write other terms
-                target.upgrade_schema_record()
+                target.upgrade_schema_record(self.chunker.budget)
             replaced = [chunks[i].id for i in todo if _text_changed(chunks[i], stored)]
             overwritten = target.points(replaced) if replaced else {}  # read once: erasure and vector reuse
             erased = self._embedded_hashes(overwritten, keep=chunks)  # an edit's old text leaves the disk too
@@ -579,14 +596,30 @@ class Indexer:
         return report
 
     # -- internals ----------------------------------------------------------------------------------
+    def _budget_recorded(self) -> int | None:
+        """The chunk budget the collection records, when its schema is the one this indexer writes as far as it
+        shows without loading the models (all but the dense dimension, which follows the model's content): its
+        documents' fingerprints can then be compared before the models load. None: nothing recorded, or other
+        models or settings (the models load, and the full check says which)."""
+        existing = self.store.schema()
+        if existing is None or existing.chunk_budget is None:
+            return None
+        sparse = self._kept_sparse(existing) or self._sparse
+        mine = CollectionSchema.of(self.dense, sparse, self.settings, dense_dim=existing.dense_dim)
+        return None if mine.differences(existing, write=True) else existing.chunk_budget
+
+    def _kept_sparse(self, existing: CollectionSchema | None) -> Bm25Encoder | None:
+        """The encoder of the earlier release's BM25 analyzer the ``existing`` collection keeps (see
+        :meth:`_earlier_analyzer_kept`), or None."""
+        if not isinstance(self._sparse, Bm25Encoder) or existing is None:
+            return None
+        return self._sparse.earlier(existing.bm25_analyzer)
+
     def _earlier_analyzer_kept(self) -> Bm25Encoder | SpladeEncoder:
         """The sparse encoder of this write: a collection whose BM25 terms an earlier release's analyzer made from
         the same settings keeps that analyzer until it is rebuilt, so its documents and queries make the same terms
         (a collection recording another analyzer than the settings' refuses the write instead, as for k1/b)."""
-        existing = self.store.schema()
-        if not isinstance(self._sparse, Bm25Encoder) or existing is None:
-            return self._sparse
-        earlier = self._sparse.earlier(existing.bm25_analyzer)
+        earlier = self._kept_sparse(self.store.schema())
         if earlier is None:
             return self._sparse
         log.warning(

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 import retrieval.store.base as store_base
-from retrieval import Document
+from retrieval import Document, RetrievalStack
+from retrieval.encoders import DenseEncoder
+from retrieval.store import SchemaMismatchError
 from tests.conftest import TINY_DOCS
 
 LONG = " ".join(f"paragraph {i} about valves, gaskets and pressure." for i in range(120))
@@ -263,3 +265,33 @@ def test_hits_carry_their_offsets_in_the_document_text(backend, indexed_stack):
     indexer.sync(bare, progress=False)  # points as an earlier release wrote them
     assert {(h.start, h.end) for h in stack.retriever(rerank=False).search("paragraph", k=50)} == {(None, None)}
     stack.close()
+
+
+@pytest.mark.parametrize(("backend", "prune"), [("edge", False), ("server", True)])
+def test_an_unchanged_reindex_loads_no_model(backend, prune, indexed_stack):
+    """A re-index that finds every document stored as it is compares fingerprints with the chunk budget the
+    collection records and never loads the dense model (``hybrid-rag index`` of an unchanged source spent ~6 s of
+    its 6.3 s importing torch and loading it); a changed document loads it, once, and is embedded again."""
+    stack = indexed_stack(backend, TINY_DOCS, embedding_cache=False)  # written with the session's loaded model
+    fresh = DenseEncoder()  # the same model, not loaded: a new process's
+    indexer = RetrievalStack(stack.settings, dense=fresh, sparse=stack.sparse, store=stack.store()).indexer()
+    report = indexer.index(TINY_DOCS, prune=prune, progress=False)
+    assert (report.changed, report.unchanged, report.written) == (False, len(TINY_DOCS), 0)
+    assert "model" not in vars(fresh) and fresh.loads == 0
+    edited = [dataclasses.replace(TINY_DOCS[0], text=TINY_DOCS[0].text + " Checked yearly."), *TINY_DOCS[1:]]
+    report = indexer.index(edited, prune=prune, progress=False)
+    assert (report.embedded, report.unchanged, fresh.loads) == (1, len(TINY_DOCS) - 1, 1)
+    assert indexer.store.stored_hashes() == expected_points(indexer, edited)
+
+
+def test_an_unchanged_reindex_with_other_settings_is_refused_before_writing(indexed_stack):
+    """Settings that differ from the collection's (here the chunk overlap) are not taken for a match by the check
+    made without the model: the write loads it and refuses, as before."""
+    stack = indexed_stack("edge", TINY_DOCS, embedding_cache=False)
+    version = stack.store().current_version()
+    fresh = DenseEncoder()
+    other = stack.settings.in_use_copy(chunk_overlap=stack.settings.chunk_overlap + 1)
+    indexer = RetrievalStack(other, dense=fresh, sparse=stack.sparse, store=stack.store()).indexer()
+    with pytest.raises(SchemaMismatchError, match="chunk_overlap"):
+        indexer.index(TINY_DOCS, progress=False)
+    assert stack.store().current_version() == version and fresh.loads == 1

@@ -10,6 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from orchestration.cli import app
+from retrieval import RetrievalStack
+from retrieval.encoders import DenseEncoder
 from retrieval.store import StoreError
 from retrieval.store.snapshots import MANIFEST, restore, snapshot, snapshot_collection
 from tests.conftest import TINY_DOCS
@@ -217,6 +219,19 @@ def test_rerunning_a_restore_that_was_done_says_so_and_exits_0(kept, tmp_path, m
     assert CliRunner().invoke(app, ["delete", "valve", "-c", "again"]).exit_code == 0
     refused = CliRunner().invoke(app, ["restore", str(good), "-c", "again"])
     assert refused.exit_code == 2 and "pass --replace" in refused.output
+
+
+def test_a_rerun_of_a_done_restore_loads_no_model(kept):
+    """The models are loaded only to verify a restored version (``expected=stack.schema``, called then): the rerun
+    of a restore that was done (``hybrid-rag restore`` again) answers without loading them."""
+    stack, good = kept
+    settings = stack.settings.in_use_copy(collection="rerun")
+    with RetrievalStack(settings, dense=stack.dense, sparse=stack.sparse) as loaded:
+        assert not restore(loaded.store(), good, expected=loaded.schema).already
+    fresh = DenseEncoder()  # a new process's
+    with RetrievalStack(settings, dense=fresh, sparse=stack.sparse) as again:
+        assert restore(again.store(), good, expected=again.schema).already
+    assert "model" not in vars(fresh) and fresh.loads == 0
 
 
 def test_restore_defaults_to_the_snapshots_collection_and_asks_before_replacing_another(kept, tmp_path, monkeypatch):

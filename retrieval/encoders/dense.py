@@ -154,20 +154,33 @@ class DenseEncoder:
         except ValueError:
             choices = ", ".join(b.value for b in DenseBackend)
             raise ValueError(f"unknown dense backend {backend!r}; expected one of {choices}") from None
-        self.device = select_device(device) if self.backend == DenseBackend.TORCH else (device or "cpu")
+        self._device, self._devices, self._pool_min_texts = device, devices, pool_min_texts  # resolved on first use
         self.batch_size = batch_size
         self.cache_dir = Path(cache_dir) if cache_dir else _env_cache_dir()
         auto_query, auto_document = default_prompts(model_name)
         self.query_prompt = auto_query if query_prompt is None else query_prompt
         self.document_prompt = auto_document if document_prompt is None else document_prompt
-        if self.backend != DenseBackend.TORCH:
-            self.devices: list[str] = []
-        else:
-            self.devices = list(devices) if devices is not None else pool_devices(self.device)
-        self.pool_min_texts = pool_min_texts if pool_min_texts is not None else batch_size * max(len(self.devices), 1)
         self._pool: dict[str, Any] | None = None
-        self._fingerprint: str | None = None  # taken when the model is loaded
+        self._fingerprint: str | None = None  # taken when first asked for or when the model is loaded
         self._pool_finalizer: weakref.finalize | None = None
+        self.loads = 0  # times the model was loaded (once; what tests of lazy loading count)
+
+    # The device, devices and the pool's smallest input are resolved on first use: picking the best device imports
+    # torch (seconds), which a command that encodes nothing (a re-index finding nothing changed) never needs.
+    @cached_property
+    def device(self) -> str:
+        return select_device(self._device) if self.backend == DenseBackend.TORCH else (self._device or "cpu")
+
+    @cached_property
+    def devices(self) -> list[str]:
+        if self.backend != DenseBackend.TORCH:
+            return []
+        return list(self._devices) if self._devices is not None else pool_devices(self.device)
+
+    @cached_property
+    def pool_min_texts(self) -> int:
+        given = self._pool_min_texts
+        return given if given is not None else self.batch_size * max(len(self.devices), 1)
 
     @cached_property
     def model(self):
@@ -188,7 +201,9 @@ class DenseEncoder:
 
     def _load(self):
         path = resolve_model_path(self.model_name)
-        self._fingerprint = model_fingerprint(path)  # before loading: a change meanwhile gives another key next time
+        self.loads += 1
+        if self._fingerprint is None:  # before loading: a change meanwhile gives another key next time
+            self._fingerprint = model_fingerprint(path)
         if self.backend != DenseBackend.TORCH:
             model = self._load_onnx(path)
         else:
@@ -257,9 +272,9 @@ class DenseEncoder:
 
     @property
     def fingerprint(self) -> str:
-        """What identifies the loaded model's content (:func:`~retrieval.encoders.fingerprint.model_fingerprint`)."""
-        self.model  # noqa: B018 - taken when the model is loaded
-        if self._fingerprint is None:  # a model given otherwise (a subclass sharing a loaded one)
+        """What identifies the model's content (:func:`~retrieval.encoders.fingerprint.model_fingerprint`), taken
+        once, without loading it (a ``stat`` per file at most): the one the model is then loaded with."""
+        if self._fingerprint is None:
             self._fingerprint = model_fingerprint(resolve_model_path(self.model_name))
         return self._fingerprint
 

@@ -238,7 +238,8 @@ class SpladeEncoder:
 
         device = select_device(self.device)
         check_device(device)  # a ModelLoadError naming HYBRID_RAG_DENSE_DEVICE, which SPLADE runs on too
-        self._fingerprint = model_fingerprint(self.name)  # before loading: a change meanwhile gives another one
+        if self._fingerprint is None:  # before loading: a change meanwhile gives another one next time
+            self._fingerprint = model_fingerprint(self.name)
         try:
             model = load_float32(SparseEncoder, self.name, device)  # float32 whatever its checkpoint's dtype
         except (OSError, ValueError) as exc:
@@ -251,10 +252,12 @@ class SpladeEncoder:
 
     @property
     def fingerprint(self) -> str:
-        """What identifies the loaded model's content (:func:`~retrieval.encoders.fingerprint.model_fingerprint`):
-        a SPLADE folder saved in place (e.g. fine-tuned) is another model."""
-        self.model  # noqa: B018 - taken when the model is loaded
-        assert self._fingerprint is not None
+        """What identifies the model's content (:func:`~retrieval.encoders.fingerprint.model_fingerprint`), taken
+        once, without loading it: a SPLADE folder saved in place (e.g. fine-tuned) is another model."""
+        if self._fingerprint is None:
+            from retrieval.encoders.fingerprint import model_fingerprint
+
+            self._fingerprint = model_fingerprint(self.name)
         return self._fingerprint
 
     @property

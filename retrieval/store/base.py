@@ -153,14 +153,21 @@ class CollectionSchema:
     dense_fingerprint: str | None = None  # the dense model's content (a folder saved in place is another model)
     dense_precision: str | None = None  # the dense vectors' encoding class: fp32, int8 or openvino
     sparse_fingerprint: str | None = None  # a SPLADE model's content (None for BM25, which has no weights)
+    # The chunker's token budget the documents' fingerprints were taken with (the chunk size capped by the model's
+    # limit, less its special and prompt tokens): it follows from the fields above, so it is not compared; a write
+    # that finds every document stored as it is reads it here instead of loading the model (None: not recorded).
+    chunk_budget: int | None = field(default=None, compare=False)
 
     @classmethod
-    def of(cls, dense: Any, sparse: Any, settings: Any | None = None) -> CollectionSchema:
-        """The schema of vectors made by these encoders (a dense and a sparse one), chunked per ``settings``."""
+    def of(
+        cls, dense: Any, sparse: Any, settings: Any | None = None, *, dense_dim: int | None = None
+    ) -> CollectionSchema:
+        """The schema of vectors made by these encoders (a dense and a sparse one), chunked per ``settings``;
+        ``dense_dim`` given, the dense model is not loaded (its dimension is the one thing that needs it)."""
         bm25 = sparse.name == "bm25"
         return cls(
             dense_model=dense.model_name,
-            dense_dim=dense.dimension,
+            dense_dim=dense.dimension if dense_dim is None else dense_dim,
             sparse_model=sparse.name,
             sparse_idf=sparse.uses_idf_modifier,
             document_prompt=dense.document_prompt,
@@ -180,6 +187,8 @@ class CollectionSchema:
         recorded sparse model too (``bm25:<analyzer>``): releases before ``bm25_analyzer`` existed compare the
         models only, so they refuse such a collection instead of writing or searching it with their own terms."""
         data = asdict(self)
+        if self.chunk_budget is None:  # recorded by writes only
+            del data["chunk_budget"]
         if self.sparse_model == "bm25" and self.bm25_analyzer not in (None, LEGACY_ANALYZER):
             data["sparse_model"] = f"bm25:{self.bm25_analyzer}"
         return data
@@ -191,7 +200,8 @@ class CollectionSchema:
     def from_dict(cls, data: dict[str, Any]) -> CollectionSchema:
         if str(data.get("sparse_model")).startswith("bm25:"):  # see to_dict: the analyzer is its own key as well
             data = {"bm25_analyzer": data["sparse_model"].removeprefix("bm25:"), **data, "sparse_model": "bm25"}
-        schema = cls(**{k: data[k] for k in MODEL_FIELDS}, **{k: data.get(k) for k in ENCODING_FIELDS})
+        fields = {k: data.get(k) for k in (*ENCODING_FIELDS, "chunk_budget")}
+        schema = cls(**{k: data[k] for k in MODEL_FIELDS}, **fields)
         if schema.sparse_model == "bm25" and "bm25_analyzer" not in data:  # an earlier release: this analyzer
             schema = replace(schema, bm25_analyzer=LEGACY_ANALYZER)
         return schema
@@ -743,16 +753,20 @@ class QdrantStore(ABC):
     def _record_schema(self, schema: CollectionSchema) -> None:
         """Record ``schema`` as this store's version's schema (replacing the record)."""
 
-    def upgrade_schema_record(self) -> None:
+    def upgrade_schema_record(self, chunk_budget: int | None = None) -> None:
         """Before writing points into this version: record its schema as this release does (see
         :meth:`CollectionSchema.to_dict`) where a release before it recorded it otherwise, so that releases which
-        would write other terms into it refuse it from now on. Nothing is re-encoded."""
+        would write other terms into it refuse it from now on, with the ``chunk_budget`` the points' document
+        fingerprints are taken with where it records none or another. Nothing is re-encoded."""
         record = self._schema_record()
         if record is not None:
             schema = CollectionSchema.from_dict(record)
+            budget = chunk_budget if chunk_budget is not None else schema.chunk_budget
             if record.get("sparse_model") != schema.to_dict()["sparse_model"]:
                 log.info("collection %r: recording its BM25 analyzer in its sparse model's name", self.collection)
-                self._record_schema(schema)
+            elif budget == record.get("chunk_budget"):
+                return
+            self._record_schema(replace(schema, chunk_budget=budget))
 
     def ensure(self, schema: CollectionSchema) -> CollectionSchema:
         """Create the collection, or check that the existing one was built with the same models and settings;
