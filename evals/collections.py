@@ -10,7 +10,8 @@ BEIR collections are zip archives at::
 
 (e.g. ``scifact``, ``nfcorpus``, ``fiqa``), each unpacking to a ``{name}/`` folder in this layout;
 :func:`download_beir` fetches and unpacks one. The project ships a small original collection,
-:func:`sample_collection`.
+:func:`sample_collection`. Queries and judgements already in Python dicts need no files:
+:meth:`EvalCollection.from_dicts`.
 
 Tuning code must only ever see a :class:`TrainSplitView`: it exposes the train split's queries and
 judgements and raises :class:`PermissionError` when asked for any other split, so test judgements cannot
@@ -20,17 +21,19 @@ leak into tuning.
 from __future__ import annotations
 
 import json
+import numbers
 import re
 import shutil
 import urllib.request
 import zipfile
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from evals.metrics import nfc
-from retrieval.errors import InputFormatError, InputNotFoundError, InvalidArgumentError
+from retrieval.documents import Document
+from retrieval.errors import InputFormatError, InputNotFoundError, InvalidArgumentError, not_one_string
 from retrieval.input_files import text_lines
 
 BEIR_URL = "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/{name}.zip"
@@ -49,7 +52,8 @@ class CollectionFormatError(InputFormatError):
 
 @dataclass(frozen=True)
 class EvalCollection:
-    """A BEIR-layout collection at ``root``; files are read on each call (they are small or streamed)."""
+    """A BEIR-layout collection at ``root``; files are read on each call (they are small or streamed).
+    :meth:`from_dicts` makes one from Python dicts instead (an :class:`InMemoryCollection`)."""
 
     name: str
     root: Path
@@ -117,6 +121,75 @@ class EvalCollection:
     def train_view(self, split: str = "train") -> TrainSplitView:
         return TrainSplitView(self, split)
 
+    @classmethod
+    def from_dicts(
+        cls,
+        name: str,
+        queries: Mapping[str, str],
+        qrels: Mapping[str, Mapping[str, int]],
+        corpus: Iterable[str | Document] | None = None,
+        *,
+        split: str = "test",
+    ) -> EvalCollection:
+        """A collection held in memory: ``queries`` (``{query_id: text}``) and ``qrels`` (``{query_id: {doc_id:
+        grade}}``) as the one split ``split``; ``corpus``: the corpus' document ids (or its Documents, or a
+        dict keyed by id), for the evaluation's ``judged_not_in_corpus``. Checked as the files are, in one
+        :class:`InvalidArgumentError` naming the query: ids must be non-empty strings, texts non-empty, grades
+        integers, every judged query must be in ``queries``; ids are taken in Unicode NFC."""
+        if not isinstance(name, str) or not name.strip():
+            raise InvalidArgumentError(f"collection name must be a non-empty string, got {name!r}")
+        if not isinstance(split, str) or not split.strip():
+            raise InvalidArgumentError(f"{name}: split must be a non-empty string, got {split!r}")
+        texts = _checked_queries(name, queries)
+        judged = _checked_qrels(name, qrels, texts)
+        ids = None if corpus is None else _checked_corpus(name, corpus)
+        return InMemoryCollection(name, Path(IN_MEMORY), texts, {split: judged}, ids)
+
+
+IN_MEMORY = "<in memory>"  # the root an in-memory collection shows: it has no folder
+
+
+@dataclass(frozen=True)
+class InMemoryCollection(EvalCollection):
+    """Queries, judgements and corpus ids held in memory (:meth:`EvalCollection.from_dicts`, which checks them);
+    it has no files: asking for one is an :class:`InputNotFoundError`. Compared by name and content."""
+
+    query_texts: Mapping[str, str] = field(default_factory=dict, repr=False)
+    judgements: Mapping[str, Mapping[str, Mapping[str, int]]] = field(default_factory=dict, repr=False)
+    corpus_ids: frozenset[str] | None = field(default=None, repr=False)
+
+    @property
+    def corpus_path(self) -> Path:
+        raise self._no_file("corpus.jsonl")
+
+    @property
+    def queries_path(self) -> Path:
+        raise self._no_file("queries.jsonl")
+
+    def qrels_path(self, split: str) -> Path:
+        raise self._no_file(f"qrels/{split}.tsv")
+
+    def splits(self) -> list[str]:
+        return sorted(self.judgements)
+
+    def queries(self) -> dict[str, str]:
+        return dict(self.query_texts)
+
+    def doc_ids(self) -> set[str]:
+        """The corpus ids given (empty without a corpus, as for a folder without ``corpus.jsonl``)."""
+        return set(self.corpus_ids or ())
+
+    def qrels(self, split: str) -> dict[str, dict[str, int]]:
+        if split not in self.judgements:
+            raise InputNotFoundError(f"{self.name}: no split {split!r}; available: {', '.join(self.splits())}")
+        return {qid: dict(docs) for qid, docs in self.judgements[split].items()}
+
+    def split_queries(self, split: str) -> dict[str, str]:
+        return {qid: self.query_texts[qid] for qid in self.qrels(split)}  # every judged query has a text (checked)
+
+    def _no_file(self, what: str) -> InputNotFoundError:
+        return InputNotFoundError(f"{self.name}: held in memory (EvalCollection.from_dicts), it has no {what}")
+
 
 class HeldOutSplitError(InvalidArgumentError, PermissionError):
     """Tuning code asked for a held-out split (``test``, or any split but its own)."""
@@ -137,9 +210,10 @@ class TrainSplitView:
                 f"{collection.name}: the 'test' split is held out: tuning never reads it (tune on train, or on "
                 "another split that is not evaluated)"
             )
-        path = collection.qrels_path(split)
-        if not path.is_file():
-            raise InputNotFoundError(f"{collection.name}: no {split!r} split to tune on ({path} is missing)")
+        if split not in collection.splits():
+            raise InputNotFoundError(
+                f"{collection.name}: no {split!r} split to tune on; available: {', '.join(collection.splits())}"
+            )
         self._collection = collection
         self._split = split
 
@@ -274,6 +348,71 @@ def _judged_queries(
             qrels_path, None, f"{len(unknown)} query id(s) not in queries.jsonl, e.g. {unknown[:5]}"
         )
     return {qid: queries[qid] for qid in qrels}
+
+
+def _checked_queries(name: str, queries: Mapping[str, str]) -> dict[str, str]:
+    """``queries`` with ids in NFC, or the first problem as an :class:`InvalidArgumentError`."""
+    if not isinstance(queries, Mapping):
+        raise InvalidArgumentError(f"{name}: queries must be a dict {{query_id: text}}, got {type(queries).__name__}")
+    out: dict[str, str] = {}
+    for qid, text in queries.items():
+        _check_id(name, "query id", qid)
+        if not isinstance(text, str):
+            raise InvalidArgumentError(f"{name}: query {qid!r}: text must be a string, got {type(text).__name__}")
+        if not text.strip():  # a search would refuse it half way through an evaluation
+            raise InvalidArgumentError(f"{name}: query {qid!r}: empty text")
+        if nfc(qid) in out:
+            raise InvalidArgumentError(f"{name}: duplicate query id {qid!r} (another key is the same id in NFC)")
+        out[nfc(qid)] = text
+    return out
+
+
+def _checked_qrels(
+    name: str, qrels: Mapping[str, Mapping[str, int]], queries: Mapping[str, str]
+) -> dict[str, dict[str, int]]:
+    """``qrels`` with ids in NFC and grades as ``int``, or the first problem as an :class:`InvalidArgumentError`."""
+    if not isinstance(qrels, Mapping):
+        raise InvalidArgumentError(
+            f"{name}: qrels must be a dict {{query_id: {{doc_id: grade}}}}, got {type(qrels).__name__}"
+        )
+    if not qrels:
+        raise InvalidArgumentError(f"{name}: qrels is empty: judge at least one query")
+    out: dict[str, dict[str, int]] = {}
+    for qid, judged in qrels.items():
+        _check_id(name, "query id in qrels", qid)
+        if not isinstance(judged, Mapping) or not judged:
+            raise InvalidArgumentError(f"{name}: qrels of query {qid!r}: expected a non-empty dict {{doc_id: grade}}")
+        grades = out.setdefault(nfc(qid), {})
+        for doc_id, grade in judged.items():
+            _check_id(name, f"qrels of query {qid!r}: document id", doc_id)
+            if isinstance(grade, bool) or not isinstance(grade, numbers.Integral):
+                raise InvalidArgumentError(
+                    f"{name}: qrels of query {qid!r}: grade {grade!r} of {doc_id!r} is not an integer"
+                )
+            previous = grades.setdefault(nfc(doc_id), int(grade))
+            if previous != grade:
+                raise InvalidArgumentError(
+                    f"{name}: qrels of query {qid!r}: {doc_id!r} judged {grade} and {previous} (the same id in NFC)"
+                )
+    unknown = [qid for qid in out if qid not in queries]
+    if unknown:
+        raise InvalidArgumentError(f"{name}: {len(unknown)} query id(s) in qrels not in queries, e.g. {unknown[:5]}")
+    return out
+
+
+def _checked_corpus(name: str, corpus: Iterable[str | Document]) -> frozenset[str]:
+    not_one_string(corpus, "from_dicts", "corpus document ids")
+    ids = set()
+    for item in corpus:
+        doc_id = item.id if isinstance(item, Document) else item
+        _check_id(name, "corpus document id", doc_id)
+        ids.add(nfc(doc_id))
+    return frozenset(ids)
+
+
+def _check_id(name: str, what: str, value: object) -> None:
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidArgumentError(f"{name}: {what} {value!r} is not a non-empty string")
 
 
 def _json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:

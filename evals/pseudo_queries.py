@@ -270,8 +270,9 @@ def pseudo_queries(docs: Sequence[Document], config: AdaptConfig | None = None) 
     out: list[PseudoQuery] = []
     for doc in docs:
         rng = random.Random(f"{config.seed}:{doc.id}")  # a document's pseudo-queries depend on it alone
-        if config.min_words // 2 <= len(doc.title.split()) <= config.max_words:
-            out.append(PseudoQuery(f"{doc.id}#t", doc.title, doc.id, "title"))
+        title = doc.title or ""  # None: no title
+        if config.min_words // 2 <= len(title.split()) <= config.max_words:
+            out.append(PseudoQuery(f"{doc.id}#t", title, doc.id, "title"))
         candidates = [s for s in sentences(doc.text) if config.min_words <= len(s.split()) <= config.max_words]
         for i, s in enumerate(rng.sample(candidates, min(config.sentences_per_doc, len(candidates)))):
             out.append(PseudoQuery(f"{doc.id}#s{i}", s, doc.id, "sentence"))

@@ -108,8 +108,8 @@ class Chunker:
         self.at_whitespace = at_whitespace
 
     def chunk(self, doc: Document) -> list[Chunk]:
-        """``doc`` cut into windows, each with its offsets into ``doc.text``."""
-        title, head = doc.title.strip(), None
+        """``doc`` cut into windows, each with its offsets into ``doc.text`` (a title of None: no title)."""
+        title, head = (doc.title or "").strip(), None
         title_tokens = self._count(title + "\n") if title else 0
         if title_tokens > self.budget // 2:  # a huge title would crowd out the text: embed only its head
             head = self._head(title, self.budget // 4)

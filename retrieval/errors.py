@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from enum import Enum
+from typing import TypeVar
+
+E = TypeVar("E", bound=Enum)
 
 
 class HybridRagError(Exception):
@@ -65,7 +69,7 @@ class ResourceLimitError(HybridRagError):
     memory or pids limit); the message says which and what was left as it was."""
 
 
-def choice(enum_type: type, value: object, what: str):
+def choice(enum_type: type[E], value: object, what: str) -> E:
     """``enum_type(value)``, or an :class:`InvalidArgumentError` naming ``what`` and the valid values."""
     try:
         return enum_type(value)

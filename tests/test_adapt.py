@@ -41,7 +41,7 @@ from evals.runs import best_chunk_per_document
 from orchestration.cli import app
 from orchestration.definitions import defs
 from orchestration.parquet_io import ParquetIOManager
-from retrieval import RetrievalSettings, RetrievalStack, read_documents
+from retrieval import Document, RetrievalSettings, RetrievalStack, read_documents
 from retrieval.chunking import Chunk
 from retrieval.encoders.sparse import SparseVec
 from retrieval.search import Variant
@@ -482,3 +482,11 @@ def test_the_sample_reads_one_version_while_a_writer_publishes(tmp_path, dense_e
         writer.close()
     assert {d.id[0] for d in sample} == {o[0] for o in owners} == {"a"}
     assert len(owners) == len(vectors) == len(sample) + 5  # every chunk of the sampled documents, 5 others
+
+
+def test_pseudo_queries_of_documents_without_a_title_are_their_sentences() -> None:
+    """A title of None (no title) asks no title query, as an empty one: it raised an AttributeError."""
+    text = "Replace the valve gasket every two years to prevent leaks. Check the pump pressure after each refill."
+    untitled = pseudo_queries([Document("d", text, None)])
+    assert untitled == pseudo_queries([Document("d", text, "")]) and untitled
+    assert {q.kind for q in untitled} == {"sentence"}

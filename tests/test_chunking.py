@@ -288,3 +288,10 @@ def test_chunk_at_whitespace_is_a_setting_that_only_its_fingerprints_record(tmp_
             prints.append(indexer.fingerprint(doc))
     raw = [doc.id, doc.title, doc.text, doc.metadata, 254, 32]  # earlier releases' fingerprint (budget, overlap)
     assert prints[0] == hashlib.sha256(json.dumps(raw, sort_keys=True).encode()).hexdigest() != prints[1]
+
+
+def test_a_document_without_a_title_is_chunked_as_one_with_an_empty_title(dense_encoder):
+    """``Document.title`` None means no title (the type says so): the public Chunker cut it, not an AttributeError."""
+    chunker = make_chunker(dense_encoder)
+    text = "Replace the valve gasket every two years to prevent leaks. " * 6
+    assert chunker.chunk(Document("d", text, None)) == chunker.chunk(Document("d", text, ""))

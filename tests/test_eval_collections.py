@@ -18,6 +18,7 @@ from evals.collections import (
     sample_collection,
 )
 from evals.metrics import evaluate
+from retrieval.errors import InputNotFoundError, InvalidArgumentError
 
 
 @pytest.fixture
@@ -201,3 +202,40 @@ def test_ids_are_read_in_unicode_nfc(tmp_path):
     coll.qrels_path("test").write_text(f"q-é\t{nfd}\t1\nq-é\tcafé.md\t2\n")  # one id judged twice, apart
     with pytest.raises(CollectionFormatError, match="judged 2 here but 1 on line 1"):
         coll.qrels("test")
+
+
+@pytest.mark.parametrize(
+    ("queries", "qrels", "message"),
+    [
+        ({"q1": "  "}, {"q1": {"d1": 1}}, "notebook: query 'q1': empty text"),
+        ({"q1": None}, {"q1": {"d1": 1}}, "notebook: query 'q1': text must be a string, got NoneType"),
+        ({7: "text"}, {"q1": {"d1": 1}}, "notebook: query id 7 is not a non-empty string"),
+        ({"q1": "text"}, {"q1": {"d1": 1}, "q9": {"d1": 1}}, "1 query id(s) in qrels not in queries, e.g. ['q9']"),
+        ({"q1": "text"}, {"q1": {"d1": 1.5}}, "qrels of query 'q1': grade 1.5 of 'd1' is not an integer"),
+        ({"q1": "text"}, {"q1": {"d1": "1"}}, "qrels of query 'q1': grade '1' of 'd1' is not an integer"),
+        ({"q1": "text"}, {"q1": {"d1": True}}, "qrels of query 'q1': grade True of 'd1' is not an integer"),
+        ({"q1": "text"}, {"q1": {}}, "qrels of query 'q1': expected a non-empty dict {doc_id: grade}"),
+        ({"q1": "text"}, {"q1": {"": 1}}, "qrels of query 'q1': document id '' is not a non-empty string"),
+        ({"q1": "text"}, {}, "notebook: qrels is empty"),
+        ([("q1", "text")], {"q1": {"d1": 1}}, "queries must be a dict {query_id: text}, got list"),
+    ],
+)
+def test_a_collection_from_dicts_refuses_what_the_files_would_in_one_line(queries, qrels, message):
+    with pytest.raises(InvalidArgumentError) as info:
+        EvalCollection.from_dicts("notebook", queries, qrels)
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_collection_from_dicts_reads_like_the_files_and_has_no_files():
+    """Ids in NFC as the files' are, grades as ints, one split; a tuning view of its train split works, and a
+    file asked of it is an error saying it is held in memory."""
+    nfd = unicodedata.normalize("NFD", "café")
+    coll = EvalCollection.from_dicts("mem", {nfd: "espresso"}, {nfd: {nfd: 1}}, corpus=["d1", nfd], split="train")
+    nfc_id = unicodedata.normalize("NFC", "café")
+    assert coll.splits() == ["train"] and coll.queries() == {nfc_id: "espresso"}
+    assert coll.qrels("train") == {nfc_id: {nfc_id: 1}} and coll.doc_ids() == {"d1", nfc_id}
+    assert coll.train_view().split_queries() == {nfc_id: "espresso"}
+    with pytest.raises(InputNotFoundError, match="no split 'test'; available: train"):
+        coll.qrels("test")
+    with pytest.raises(InputNotFoundError, match=r"mem: held in memory \(EvalCollection.from_dicts\)"):
+        coll.corpus_path  # noqa: B018

@@ -334,3 +334,24 @@ def test_an_evaluation_encodes_each_query_once_and_its_latencies_include_the_enc
     for variant, result in results.items():
         slow = variant != "sparse"
         assert (result.latency_ms["p50"] >= 1000 * delay["dense"]) is slow, (variant, result.latency_ms)
+
+
+def test_a_collection_from_python_dicts_is_evaluated_without_files(indexed_stack) -> None:
+    """A notebook's queries and qrels as dicts: judgements naming each query's one right document, which the
+    lexical channel ranks first, score a perfect nDCG (a grade-0 judgement lowers nothing)."""
+    queries = {"q-valve": "ZX-4471 valve gasket", "q-moon": "Moon natural satellite orbit kilometres"}
+    qrels = {"q-valve": {"valve": 1, "pasta": 0}, "q-moon": {"moon": 2}}
+    coll = EvalCollection.from_dicts("notebook", queries, qrels, corpus=TINY_DOCS)
+    retriever = indexed_stack("edge", TINY_DOCS, collection="dicts", rerank=False).retriever()
+    try:
+        report = evaluate_collection(retriever, coll, "test", ["sparse"], progress=False)
+    finally:
+        retriever.close()
+    assert report.collection == "notebook" and report.split == "test" and report.n_queries == 2
+    assert report.variants["sparse"].metrics["ndcg@10"] == 1.0
+    assert {q: next(iter(run)) for q, run in report.variants["sparse"].run.items()} == {
+        "q-valve": "valve",
+        "q-moon": "moon",
+    }
+    assert report.judged_coverage == 1.0 and report.coverage_warning() is None
+    assert report.qrels_fingerprint == judgements_fingerprint(queries, qrels)

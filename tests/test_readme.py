@@ -1,4 +1,4 @@
-"""The README's Python snippets run as written and print hits; it names every setting."""
+"""The README's Python snippets run as written and print hits (and an evaluation); it names every setting."""
 
 import os
 import re
@@ -23,19 +23,20 @@ my_llm = MockLLM()
 CHECKS = """
 print("LI", len(nodes), type(engine).__name__)
 print("HS", *[d.meta["doc_id"] for d in docs], *pipe.graph.nodes)
+print("EV", report.n_queries, report.variants["hybrid"].metrics["ndcg@10"])
 """
 
 
 @pytest.mark.slow
 def test_readme_python_snippets_print_hits(tmp_path):
-    """Both Python blocks run as written, the second after the first (it uses its retriever)."""
+    """The Python blocks run as written, in order (the later ones use the first one's stack and retriever)."""
     pytest.importorskip("llama_index.core")
     pytest.importorskip("haystack")
-    first, second = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+    first, second, evaluation = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
     env = {k: v for k, v in os.environ.items() if not k.startswith("HYBRID_RAG_")}
     env |= {"HYBRID_RAG_CACHE_DIR": str(tmp_path / "cache"), "PYTHONPATH": str(README.parent)}
     result = subprocess.run(
-        [sys.executable, "-c", first + FRAMEWORKS + second + CHECKS],
+        [sys.executable, "-c", first + FRAMEWORKS + second + evaluation + CHECKS],
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -47,7 +48,8 @@ def test_readme_python_snippets_print_hits(tmp_path):
     assert lines and lines[0].startswith("qdrant 0 "), result.stdout  # the filter keeps the 2024 document
     assert not any(line.startswith("bm25") for line in lines)
     # no document has topic "science"; the Haystack filter (year >= 2020) keeps the 2024 one; the pipeline loaded
-    assert lines[-2:] == ["LI 0 RetrieverQueryEngine", "HS qdrant retriever"], result.stdout
+    assert lines[-3:-1] == ["LI 0 RetrieverQueryEngine", "HS qdrant retriever"], result.stdout
+    assert lines[-1] == "EV 1 1.0", result.stdout  # the dicts' one query finds its one relevant document first
 
 
 def test_readme_names_every_setting():

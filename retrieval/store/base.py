@@ -777,10 +777,20 @@ class QdrantStore(ABC):
         return existing or schema
 
     @abstractmethod
-    def upsert(self, chunks: Sequence[Chunk], dense: np.ndarray, sparse: Sequence[SparseVec]) -> None: ...
+    def upsert(self, chunks: Sequence[Chunk], dense: np.ndarray, sparse: Sequence[SparseVec]) -> None:
+        """Write ``chunks`` (point id :attr:`Chunk.id`, payload :meth:`Chunk.payload`) with their vectors, row
+        ``i`` of ``dense`` (float32, the collection's dimension) and ``sparse[i]``, replacing points of the same
+        id, into the version this store writes. Readers of that version see them at once: write a staged version
+        (:meth:`stage`, as :class:`~retrieval.indexer.Indexer` does) to publish them together. Raises
+        ``ValueError`` when the three lengths differ, :class:`StoreError` when the write is refused or fails,
+        ``ClosedError`` after :meth:`close`."""
 
     @abstractmethod
-    def delete_ids(self, ids: Sequence[str]) -> None: ...
+    def delete_ids(self, ids: Sequence[str]) -> None:
+        """Delete the points ``ids`` (point ids, not document ids: see :meth:`delete_documents`) from the version
+        this store writes; ids not stored are ignored, none is a no-op. Raises ``InvalidArgumentError`` for one
+        string instead of a list, :class:`StoreError` when the write is refused or fails, ``ClosedError`` after
+        :meth:`close`."""
 
     @abstractmethod
     def delete_documents(self, doc_ids: Sequence[str]) -> None: ...
@@ -799,7 +809,11 @@ class QdrantStore(ABC):
         """(point id, doc_id) of every stored point, read a page at a time (memory does not grow with the store)."""
 
     @abstractmethod
-    def count(self, filter: dict[str, Any] | None = None) -> int: ...
+    def count(self, filter: dict[str, Any] | None = None) -> int:
+        """The exact number of points (chunks, not documents: :meth:`documents`) in the version this store
+        reads, or of those matching ``filter`` (a search's metadata filter). Raises ``FilterError`` for a filter
+        that cannot be built, :class:`StoreError` when the collection cannot be read, ``ClosedError`` after
+        :meth:`close`."""
 
     # -- what `hybrid-rag collections` says of a collection ------------------------------------------------
     def documents(self) -> int:
@@ -871,7 +885,10 @@ class QdrantStore(ABC):
         """id -> the stored point (payload, and the dense vector when asked; score 0) for the ids that exist."""
 
     @abstractmethod
-    def dense_vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]: ...
+    def dense_vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
+        """point id -> its stored dense vector (float32, the collection's dimension), for the ids that exist
+        (others are left out), without payloads. Raises ``InvalidArgumentError`` for one string instead of a
+        list, :class:`StoreError` when the collection cannot be read, ``ClosedError`` after :meth:`close`."""
 
     @abstractmethod
     def stored_vectors(self, ids: Sequence[str]) -> dict[str, tuple[np.ndarray, SparseVec]]:

@@ -1280,6 +1280,8 @@ class EdgeStore(QdrantStore):
 
     # -- writes -------------------------------------------------------------------------------------
     def upsert(self, chunks: Sequence[Chunk], dense: np.ndarray, sparse: Sequence[SparseVec]) -> None:
+        """:meth:`QdrantStore.upsert` into this process's shard; a :class:`StoreError` when another process has
+        this version open (write a staged version) or the engine fails (a full disk says so)."""
         points = [
             qe.Point(
                 c.id,
@@ -1292,6 +1294,8 @@ class EdgeStore(QdrantStore):
             shard.update(qe.UpdateOperation.upsert_points(points))
 
     def delete_ids(self, ids: Sequence[str]) -> None:
+        """:meth:`QdrantStore.delete_ids`; the version is marked as having erased points, so that sealing it
+        rewrites its files without the deleted text (Operations, "Erasure")."""
         not_one_string(ids, "delete_ids", "point ids")
         if ids:
             with self._using("delete", write=True) as shard:
@@ -1356,6 +1360,7 @@ class EdgeStore(QdrantStore):
     # A filter is built inside the operation: it checks the payload indexes of the version it reads (the engine's
     # schema, read in-process per request, in microseconds: no cache to go stale when a write adds an index).
     def count(self, filter: dict[str, Any] | None = None) -> int:
+        """:meth:`QdrantStore.count`, exact, in this process's shard."""
         with self._using("count") as shard:
             flt = _edge_filter(filter, _payload_indexes(shard) if filter else {})
             return shard.count(qe.CountRequest(exact=True, filter=flt))
@@ -1375,6 +1380,7 @@ class EdgeStore(QdrantStore):
         return {h.id: h for h in map(_hit, records)}
 
     def dense_vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
+        """:meth:`QdrantStore.dense_vectors`, one retrieve from this process's shard."""
         not_one_string(ids, "dense_vectors", "point ids")
         with self._using("retrieve") as shard:
             records = shard.retrieve(list(ids), with_payload=False, with_vector=[DENSE])

@@ -677,6 +677,8 @@ class ServerStore(QdrantStore):
 
     # -- writes -------------------------------------------------------------------------------------
     def upsert(self, chunks: Sequence[Chunk], dense: np.ndarray, sparse: Sequence[SparseVec]) -> None:
+        """:meth:`QdrantStore.upsert` in one request (``wait=True``: applied when it returns), retried on
+        transient errors; a :class:`StoreError` when it still fails."""
         points = [
             qm.PointStruct(
                 id=c.id,
@@ -688,6 +690,7 @@ class ServerStore(QdrantStore):
         self._call("upsert", self.client.upsert, self.name, points=points, wait=True)
 
     def delete_ids(self, ids: Sequence[str]) -> None:
+        """:meth:`QdrantStore.delete_ids` in one request (``wait=True``), retried on transient errors."""
         not_one_string(ids, "delete_ids", "point ids")
         if ids:
             selector = qm.PointIdsList(points=list(ids))
@@ -775,6 +778,7 @@ class ServerStore(QdrantStore):
         return f"collection {self.name!r} at {self.location}"
 
     def count(self, filter: dict[str, Any] | None = None) -> int:
+        """:meth:`QdrantStore.count`, exact (``exact=True``), retried on transient errors."""
         flt = _client_filter(filter, self._filter_indexes() if filter else {})
         return self._call("count", self.client.count, self.name, count_filter=flt, exact=True).count
 
@@ -795,6 +799,7 @@ class ServerStore(QdrantStore):
         return {h.id: h for h in map(_hit, records)}
 
     def dense_vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
+        """:meth:`QdrantStore.dense_vectors`, one retrieve request, retried on transient errors."""
         not_one_string(ids, "dense_vectors", "point ids")
         records = self._call(
             "retrieve", self.client.retrieve, self.name, ids=list(ids), with_payload=False, with_vectors=[DENSE]
