@@ -89,7 +89,9 @@ def qdrant_index(
     """Stages a new version: a copy of the published one with new and changed chunks written (by content hash)
     and stale points deleted; nothing is re-embedded here. Vector tables made with other settings than the run's
     (their encoder's ``cache_key``) are refused. Readers keep the published version. The tables are
-    read a batch at a time (the columns each needs), into the chunks and vectors the write takes."""
+    read a batch at a time (the columns each needs), into the chunks and vectors the write takes. A complete
+    version an earlier attempt of the same write staged and no one published (a run stopped before publishing) is
+    reused (``reused_version``), not written again."""
     corpus = corpora.get(context.partition_key)
     for name, table in (("dense_vectors", dense_vectors), ("sparse_vectors", sparse_vectors)):
         if not same_rows(chunks, table):
@@ -152,6 +154,11 @@ def qdrant_index(
     staged_by = context.run_id if report.changed else _stager(context, report.version)
     staged = f"staged version {report.version}" if report.changed else f"nothing changed: version {report.version}"
     before = "none yet" if published is None else published  # a first build
+    if report.reused_staged:
+        staged = (
+            f"reused staged version {report.version}, complete and unpublished: an earlier attempt of this write "
+            "(same chunks, models and settings, same published version) staged it"
+        )
     context.log.info(
         f"{corpus.collection}: {staged} (published: {before}): {report.written} written, "
         f"{report.unchanged} unchanged, {report.deleted} deleted, {points} points"
@@ -164,6 +171,7 @@ def qdrant_index(
             "location": location,
             STAGED_VERSION: dg.MetadataValue.int(report.version or 0),
             STAGED_BY: staged_by or "none",
+            "reused_version": dg.MetadataValue.int(report.version or 0) if report.reused_staged else "no",
             "published_version": published if published is not None else "none",
             "documents": dg.MetadataValue.int(report.documents),
             "chunks": dg.MetadataValue.int(report.chunks),

@@ -121,6 +121,7 @@ class IndexReport:
     read_seconds: float = 0.0
     skipped: list[InputProblem] = field(default_factory=list)
     changed: bool = True  # False: nothing to write or delete, so no new version was staged or published
+    reused_staged: bool = False  # a staged-only write found its own complete staged version (sealed) and reused it
     published_before: int | None = None  # the version readers had when the write lock was taken (before this write)
 
     __repr__ = compact_repr  # thousands of deleted or skipped documents: the first few and a count
@@ -367,7 +368,9 @@ class Indexer:
         (a failed one publishes nothing and the next run resumes it), while an incremental write goes into the
         live collection batch by batch (each upsert atomic, point ids idempotent: re-running finishes it).
         ``publish=False`` stages on every backend and stops there: the caller publishes ``report.version``
-        (``store.publish(store.pinned(version))``) once it is vetted.
+        (``store.publish(store.pinned(version))``) once it is vetted. Run again before it was published (same
+        chunks, mode, models and settings, same published version), it reuses that complete staged version instead
+        of writing a new one (``report.reused_staged``; only what differs in it is written, normally nothing).
         A sync (not a rebuild) that finds nothing to write or delete in the published version stages nothing:
         ``report.changed`` is False and ``report.version`` the published one.
         """
@@ -452,7 +455,7 @@ class Indexer:
         if rebuild:
             existing = self._published_hashes(bool(chunks) or allow_delete)
             prunable = self._prunable(existing, chunks, present, True, True, skipped, allow_delete, report)
-            target = self.store.stage(self.schema(), intent=intent)
+            target = self.store.stage(self.schema(), intent=intent, reuse_sealed=not publish)
         elif first:  # resumes the unfinished first build of the same input when it has the same models
             target = self.store.stage(self.schema(), intent=intent)
         elif staged:
@@ -462,7 +465,7 @@ class Indexer:
                 chunks, fresh, base, prune, allow_delete, skipped, report
             ):  # no copy, no version (a PAYLOAD_INDEXES index to add makes one)
                 return self._done(report, self.store.current_version(), rebuild, publish, started)
-            target = self.store.stage(schema, copy_current=True, intent=intent)
+            target = self.store.stage(schema, copy_current=True, intent=intent, reuse_sealed=not publish)
         else:  # an incremental write on a server: into the live collection, batch by batch
             if not pinned:  # a staged copy made before this write must not be resumed or published
                 copies = self.store.mark_copies_stale()
@@ -512,6 +515,7 @@ class Indexer:
             if target is not self.store:
                 target.close()
         report.changed = staged or bool(report.written or report.deleted)
+        report.reused_staged = target.reused
         return self._done(report, target.version if staged else self.store.current_version(), rebuild, publish, started)
 
     def _done(

@@ -319,7 +319,9 @@ def test_a_refused_publish_names_both_ways_out_and_run_can_accept_the_drop(tmp_p
     assert bad.exit_code == 2 and "ndcg_drop_tolerance: Input should be a finite number" in bad.stderr, bad.output
     accepted = CliRunner().invoke(app, ["run", "--corpus", PARTITION, "--ndcg-drop-tolerance", accept.group(1)])
     assert accepted.exit_code == 0, accepted.output
-    assert published_version(tmp_path, "accept") not in (None, 1)
+    index = sandbox.metadata("qdrant_index")  # the refused run's complete version, judged again: not written again
+    assert (index["version"], index["written"], index["reused_version"]) == (2, 0, 2)
+    assert published_version(tmp_path, "accept") == 2
 
 
 @pytest.mark.slow
@@ -440,6 +442,11 @@ def test_assets_one_at_a_time_publish_only_after_the_gate_evaluated_the_staged_v
     degrade(data)
     for asset in STEPS:  # each in its own run, as a user clicking through the graph
         assert materialize(sandbox, resources, asset)[0].success, asset
+    result, _ = materialize(sandbox, resources, "qdrant_index")  # again, as after a run stopped before publishing
+    [index] = result.asset_materializations_for_node("qdrant_index")
+    meta = {k: v.value for k, v in index.metadata.items()}
+    assert (meta["version"], meta["written"], meta.get("reused_version")) == (2, 0, 2), meta  # nothing written again
+    assert meta["staged_by_run"] == result.run_id and meta["points"] == meta["chunks"]
     result, failure = materialize(sandbox, resources, "published_index")
     assert not result.success and "version 2 of 'steps'" in failure and "never evaluated" in failure
     result, _ = materialize(sandbox, resources, "retrieval_evaluation")

@@ -271,6 +271,34 @@ def test_the_qdrant_index_assets_rerun_resumes_its_staged_copy(
     reader.close()
 
 
+@pytest.mark.parametrize("backend", ["edge", "server"])
+def test_the_qdrant_index_assets_rerun_reuses_its_complete_staged_version(
+    backend, tmp_path, dense_encoder, sparse_encoder
+):
+    """A run stopped after `qdrant_index` staged its version (complete, not published), then run again with the same
+    chunks: that version is taken as it is (nothing written); another write does not take it, nor does a publishing
+    write of the same chunks (the CLI: it would publish without the gate that staged writes wait for)."""
+    root, store, reader, indexer = two_versions(backend, tmp_path, dense_encoder, sparse_encoder)
+    chunks = indexer.chunk(NEW_DOCS)
+    vectors = (indexer.encode_dense(chunks)[0], indexer.encode_sparse(chunks))
+    staged = indexer.sync(chunks, vectors=vectors, prune=True, publish=False, progress=False)
+    again = indexer.sync(chunks, vectors=vectors, prune=True, publish=False, progress=False)
+    assert staged.written == len(NEW_DOCS) - len(TINY_DOCS)
+    assert (again.version, again.written, again.deleted) == (staged.version, 0, 0)  # old: a new version, 23 written
+    assert again.reused_staged and not staged.reused_staged
+    assert again.unchanged == again.points == len(chunks) and doc_ids(store.pinned(again.version)) == {
+        d.id for d in NEW_DOCS
+    }
+    fewer = (chunks[1:], (vectors[0][1:], vectors[1][1:]))  # another write
+    other = indexer.sync(fewer[0], vectors=fewer[1], prune=True, publish=False, progress=False)
+    assert other.version == staged.version + 1 and not other.reused_staged
+    published = indexer.sync(fewer[0], vectors=fewer[1], prune=True, progress=False)  # the same, publishing
+    assert published.version not in (staged.version, other.version) and not published.reused_staged
+    assert doc_ids(reader) == {c.doc_id for c in fewer[0]}
+    store.close()
+    reader.close()
+
+
 @pytest.mark.parametrize("write", ["copy", "first_build"])
 def test_a_write_the_filesystem_has_no_room_for_is_refused_before_staging(
     write, tmp_path, monkeypatch, dense_encoder, sparse_encoder

@@ -374,11 +374,6 @@ def doc_id_batches(doc_ids: Collection[str] | None) -> list[list[str] | None]:
     return [ids[i : i + DOC_ID_BATCH] for i in range(0, len(ids), DOC_ID_BATCH)]
 
 
-def _resumed(store: QdrantStore) -> QdrantStore:
-    store.resumed = True
-    return store
-
-
 class QdrantStore(ABC):
     """One collection in one Qdrant backend.
 
@@ -398,6 +393,7 @@ class QdrantStore(ABC):
     version: int | None = None
     writes_in_place: bool = True  # False: every write goes to a staged copy (see stage(copy_current=True))
     resumed: bool = False  # a version stage() returned as the unfinished one of a failed write (not a fresh copy)
+    reused: bool = False  # resumed, and complete: the same write had sealed it (stage(reuse_sealed=True))
 
     # -- versions: backend primitives -------------------------------------------------------------------
     @abstractmethod
@@ -478,7 +474,8 @@ class QdrantStore(ABC):
         pass
 
     def seal(self, staged: QdrantStore) -> None:
-        """Mark a staged version as completely written: it is published, or refused, but never resumed."""
+        """Mark a staged version as completely written: it is published, or refused, but not resumed (only
+        reused by the same write, see :meth:`stage`)."""
         info = self._stage_info(staged.version or 0)
         if info is not None:
             self._set_stage_info(staged.version or 0, {**info, "complete": True})
@@ -581,7 +578,13 @@ class QdrantStore(ABC):
         return self._pinned(version)
 
     def stage(
-        self, schema: CollectionSchema, *, copy_current: bool = False, resume: bool = True, intent: str | None = None
+        self,
+        schema: CollectionSchema,
+        *,
+        copy_current: bool = False,
+        resume: bool = True,
+        intent: str | None = None,
+        reuse_sealed: bool = False,
     ) -> QdrantStore:
         """A pinned store on a new, unpublished version (``publish`` it when it is complete).
 
@@ -592,8 +595,11 @@ class QdrantStore(ABC):
         failed rebuild is resumed when it has the same schema, else deleted. ``intent`` (a fingerprint of the
         write: its input and mode) is recorded with the staged version, and only a write with the same intent
         resumes it: another write never publishes a failed one's half-written documents. A sealed version
-        (complete, then refused or left unpublished) is never resumed: a new version gets the next number
-        (numbers only grow while the highest version exists).
+        (complete, then refused or left unpublished) is not resumed: a new version gets the next number (numbers
+        only grow while the highest version exists), unless ``reuse_sealed`` (a write that publishes only after a
+        gate judged it, the Dagster assets): then the sealed version of the same write, on the same published
+        version and schema, is resumed as it is (``reused``), e.g. after a run was stopped between staging and
+        publishing; the write finds nothing left to do in it.
         """
         if self.version is not None:
             raise ValueError(f"stage() needs the collection {self.collection!r}, not its version {self.version}")
@@ -603,10 +609,9 @@ class QdrantStore(ABC):
         if copy_current:
             pending = [v for v in self._versions() if current is None or v > current]
             unfinished = {"base": current, "complete": False, "intent": intent}
-            last = pending[-1] if resume and pending and self._stage_info(pending[-1]) == unfinished else None
-            if last is not None and self._pinned(last).schema() == schema:
-                log.info("resuming the unfinished write of %r (version %d)", self.collection, last)
-                return _resumed(self._pinned(last))
+            resumed = self._resumable(pending, unfinished, schema, resume, reuse_sealed)
+            if resumed is not None:
+                return resumed
             target = max([current or 0, *self._taken_versions()]) + 1  # never the number of a refused version
             for v in pending:  # refused or abandoned stagings (kept while another process holds them)
                 self._pinned(v).drop()
@@ -622,10 +627,9 @@ class QdrantStore(ABC):
         versions = self._versions()
         pending = sorted(v for v in versions if v > current)
         unfinished = {"rebuild": True, "complete": False, "intent": intent}
-        last = pending[-1] if resume and pending and self._stage_info(pending[-1]) == unfinished else None
-        if last is not None and self._pinned(last).schema() == schema:
-            log.info("resuming the unfinished rebuild of %r (version %d)", self.collection, last)
-            return _resumed(self._pinned(last))
+        resumed = self._resumable(pending, unfinished, schema, resume, reuse_sealed)
+        if resumed is not None:
+            return resumed
         target = max([current, *self._taken_versions()]) + 1  # never a refused (sealed) or abandoned one's number
         for v in pending:
             self._pinned(v).drop()
@@ -633,6 +637,27 @@ class QdrantStore(ABC):
         staged._create_physical(schema)
         self._set_stage_info(target, unfinished)
         return staged
+
+    def _resumable(
+        self, pending: list[int], unfinished: dict[str, Any], schema: CollectionSchema, resume: bool, reuse: bool
+    ) -> QdrantStore | None:
+        """The last ``pending`` version, resumed, when the same write left it (its record is ``unfinished``, or with
+        ``reuse`` that record sealed) with ``schema``; None: another write's, or none (see :meth:`stage`)."""
+        if not resume or not pending:
+            return None
+        last, info = pending[-1], self._stage_info(pending[-1])
+        sealed = reuse and unfinished["intent"] is not None and info == {**unfinished, "complete": True}
+        if (info != unfinished and not sealed) or self._pinned(last).schema() != schema:
+            return None
+        what = "rebuild" if unfinished.get("rebuild") else "write"
+        if sealed:  # unfinished again until sealed: a write stopped in it resumes it
+            self._set_stage_info(last, unfinished)
+            log.info("reusing the complete staged %s of %r (version %d): the same write", what, self.collection, last)
+        else:
+            log.info("resuming the unfinished %s of %r (version %d)", what, self.collection, last)
+        store = self._pinned(last)
+        store.resumed, store.reused = True, sealed
+        return store
 
     def publish(self, staged: QdrantStore) -> None:
         """Switch readers to ``staged`` atomically, then delete the versions before it. The published version
