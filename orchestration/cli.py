@@ -665,27 +665,36 @@ def delete(
 
 
 def _read_ids(path: Path) -> list[str]:
-    """The ids of an ids file (``-``: stdin), one per line, stripped, blank lines left out. A file that cannot be
-    read, or is not UTF-8 text (a NUL byte, an invalid sequence), is an error naming the file and line."""
+    """The ids of an ids file (``-``: stdin), one per line, stripped, blank lines left out; read as every input file
+    is (:func:`retrieval.input_files.raw_lines`: gzip, UTF-16 with a byte order mark, LF, CRLF or lone CR line
+    ends). A file that cannot be read, or is not UTF-8 text (a NUL byte, an invalid sequence), is an error naming
+    the file and line."""
     from retrieval.errors import InputFormatError, InputNotFoundError
+    from retrieval.input_files import numbered_lines, raw_lines, utf8_problem
 
     name = _ids_name(path)
-    try:
-        data = click.get_binary_stream("stdin").read() if str(path) == "-" else path.read_bytes()
-    except FileNotFoundError:
-        raise InputNotFoundError(f"--ids-file {name}: no such file") from None
-    except OSError as exc:
-        raise InputFormatError(f"--ids-file {name}: cannot be read ({exc.strerror or exc})") from None
-    nul = data.find(b"\0")  # a binary file; what comes first, it or a byte that is not UTF-8, is the one named
-    try:
-        text = data[: nul if nul >= 0 else None].decode("utf-8-sig")  # a byte order mark is no part of an id
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        raise InputFormatError(f"--ids-file {name}:{line}: not UTF-8 text (byte {exc.start})") from None
-    if nul >= 0:
-        line = data.count(b"\n", 0, nul) + 1
-        raise InputFormatError(f"--ids-file {name}:{line}: a NUL byte (a binary file, not one id per line)")
-    return [line.strip() for line in text.split("\n") if line.strip()]
+
+    def error(_path: Path, line: int | None, reason: str) -> InputFormatError:
+        return InputFormatError(f"--ids-file {name}{'' if line is None else f':{line}'}: {reason}")
+
+    stdin = str(path) == "-"
+    if not stdin and not path.exists():
+        raise InputNotFoundError(f"--ids-file {name}: no such file")
+    handle = click.get_binary_stream("stdin") if stdin else None
+    if handle is not None and not hasattr(handle, "peek"):  # a test runner's BytesIO
+        handle = io.BufferedReader(handle)  # type: ignore[arg-type]
+    ids = []
+    for line_no, raw in numbered_lines(raw_lines(path, error, handle)):
+        if b"\0" in raw:
+            raise error(path, line_no, "a NUL byte (a binary file, not one id per line)")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            problem = f"not valid UTF-8 (byte {exc.start} of the line)" if stdin else utf8_problem(raw, exc, path)
+            raise error(path, line_no, problem) from None
+        if text.strip():
+            ids.append(text.strip())
+    return ids
 
 
 def _ids_name(path: Path) -> str:

@@ -604,9 +604,11 @@ class Indexer:
         """The chunk budget the collection records, when its schema is the one this indexer writes as far as it
         shows without loading the models (all but the dense dimension, which follows the model's content): its
         documents' fingerprints can then be compared before the models load. None: nothing recorded, or other
-        models or settings (the models load, and the full check says which)."""
+        models or settings (the models load, and the full check says which), or a collection that does not record
+        all of them (an earlier release's, upgraded: the dense dimension is then the one check of the model's content,
+        and the full check warns of what is unrecorded)."""
         existing = self.store.schema()
-        if existing is None or existing.chunk_budget is None:
+        if existing is None or existing.chunk_budget is None or existing.unrecorded():
             return None
         sparse = self._kept_sparse(existing) or self._sparse
         mine = CollectionSchema.of(self.dense, sparse, self.settings, dense_dim=existing.dense_dim)

@@ -67,24 +67,32 @@ def gzip_problem(path: Path, exc: BaseException) -> str:
     return f"damaged gzip data ({exc or type(exc).__name__}): gzip -t {path.name} checks it"
 
 
-def raw_lines(path: Path, error: ErrorFactory) -> Iterator[bytes]:
+def raw_lines(path: Path, error: ErrorFactory, handle: io.BufferedReader | None = None) -> Iterator[bytes]:
     """The lines of file ``path`` as UTF-8 bytes with their ends, read as they are needed: gzip-compressed data is
     decompressed, UTF-16 text (a byte order mark) decoded, a UTF-8 byte order mark dropped. A UTF-8 file's lines
     are split at LF only (:func:`numbered_lines` splits the rest) and are not checked. A file that cannot be opened,
-    damaged gzip data or UTF-16 that is not valid raise ``error(path, line, reason)``."""
+    damaged gzip data or UTF-16 that is not valid raise ``error(path, line, reason)``. ``handle``: the file
+    already open (stdin; ``path`` names it), read from where it is and left open."""
+    if handle is not None:
+        yield from _decoded_lines(path, handle, error)
+        return
     try:
         handle = path.open("rb")
     except OSError as exc:
         raise error(path, None, f"cannot open file: {exc.strerror or exc}") from exc
     with handle:
-        compressed = handle.peek(len(GZIP_MAGIC)).startswith(GZIP_MAGIC)
-        stream: BinaryIO = gzip.GzipFile(fileobj=handle) if compressed else handle  # type: ignore[assignment]
-        try:
-            yield from _utf8_lines(path, stream, error)
-        except GZIP_ERRORS as exc:
-            if not compressed:
-                raise error(path, None, f"cannot read file: {getattr(exc, 'strerror', None) or exc}") from exc
-            raise error(path, None, gzip_problem(path, exc)) from None
+        yield from _decoded_lines(path, handle, error)
+
+
+def _decoded_lines(path: Path, handle: io.BufferedReader, error: ErrorFactory) -> Iterator[bytes]:
+    compressed = handle.peek(len(GZIP_MAGIC)).startswith(GZIP_MAGIC)
+    stream: BinaryIO = gzip.GzipFile(fileobj=handle) if compressed else handle  # type: ignore[assignment]
+    try:
+        yield from _utf8_lines(path, stream, error)
+    except GZIP_ERRORS as exc:
+        if not compressed:
+            raise error(path, None, f"cannot read file: {getattr(exc, 'strerror', None) or exc}") from exc
+        raise error(path, None, gzip_problem(path, exc)) from None
 
 
 def _utf8_lines(path: Path, stream: BinaryIO, error: ErrorFactory) -> Iterator[bytes]:

@@ -30,6 +30,13 @@ class LlamaIndexRetriever(BaseRetriever):
         retriever.check_arguments(k, shown_filter(filter), rerank, group_by=self.group_by)
         super().__init__(**kwargs)
 
+    def __repr__(self) -> str:
+        """What it searches and the arguments given (LlamaIndex's own repr is the object's address)."""
+        given = {"k": self.k, "filter": self.filter, "rerank": self.rerank}
+        shown = [f"{key}={value!r}" for key, value in given.items() if value is not None]
+        shown += [f"group_by={self.group_by!r}"] if self.group_by != GroupBy.CHUNK.value else []
+        return f"LlamaIndexRetriever({', '.join([f'retriever={self.retriever!r}', *shown])})"
+
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
         hits = self.retriever.search(
             query_bundle.query_str,

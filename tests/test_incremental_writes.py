@@ -295,3 +295,19 @@ def test_an_unchanged_reindex_with_other_settings_is_refused_before_writing(inde
     with pytest.raises(SchemaMismatchError, match="chunk_overlap"):
         indexer.index(TINY_DOCS, progress=False)
     assert stack.store().current_version() == version and fresh.loads == 1
+
+
+def test_an_unchanged_reindex_of_a_collection_not_recording_its_models_content_checks_the_model(indexed_stack):
+    """A collection an earlier release made records no model content (``dense_fingerprint``) even once a write
+    recorded its chunk budget: its dense dimension is then the one check of the model, so a re-index with
+    another model loads it and refuses (it was reported unchanged, the stale vectors kept, without a word)."""
+    stack = indexed_stack("edge", TINY_DOCS, embedding_cache=False)
+    store = stack.store()
+    old = dataclasses.replace(store.schema(), dense_fingerprint=None, dense_precision=None, dense_dim=768)
+    store._record_schema(old)  # an earlier release's record (and model: another dimension), upgraded by a write
+    assert store.schema().chunk_budget is not None
+    fresh = DenseEncoder()
+    indexer = RetrievalStack(stack.settings, dense=fresh, sparse=stack.sparse, store=store).indexer()
+    with pytest.raises(SchemaMismatchError, match="dense_dim: collection has 768"):
+        indexer.index(TINY_DOCS, progress=False)
+    assert fresh.loads == 1

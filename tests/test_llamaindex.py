@@ -66,6 +66,7 @@ def test_copies_share_the_store_and_pickles_reopen_it(retriever):
     twin = copy.deepcopy(li)
     twin.filter["topic"], twin.k = "science", 8
     assert twin.retriever.store is retriever.store and li.filter == {"topic": "home"} and li.k == 3
+    assert repr(li) == f"LlamaIndexRetriever(retriever={retriever!r}, k=3, filter={{'topic': 'home'}})"
     loaded = pickle.loads(pickle.dumps(li))
     try:
         assert (loaded.k, loaded.filter) == (3, {"topic": "home"}) and loaded.retriever.own_stack is not None
