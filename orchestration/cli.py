@@ -26,7 +26,7 @@ import typer
 from rich.table import Table
 from typer.core import TyperGroup
 
-from orchestration.terminal import ConsoleHandler, LiteralConsole, PrintableFormatter, label, printable
+from orchestration.terminal import ConsoleHandler, LiteralConsole, PrintableFormatter, counted, label, printable
 
 if TYPE_CHECKING:
     from orchestration.forget import CorpusLeftovers
@@ -654,7 +654,8 @@ def delete(
     settings = _settings(collection=collection)
     with RetrievalStack(settings) as stack:
         report = stack.indexer().delete_documents(wanted)
-    console.print(f"deleted {report.deleted:,} points of {report.documents:,} documents; {report.points:,} points left")
+    deleted, documents, left = counted(report.deleted, "point"), counted(report.documents, "document"), report.points
+    console.print(f"deleted {deleted} of {documents}; {counted(left, 'point')} left")
     for asked, stored in report.stored_as.items():  # escaped: the two look the same
         console.print(f"{asked} is stored as {ascii(stored)} (the same id in another Unicode normalization)")
     if report.missing:

@@ -70,6 +70,11 @@ class ConsoleHandler(logging.Handler):
             self.handleError(record)
 
 
+def counted(n: int, noun: str) -> str:
+    """``n`` with thousands separators and ``noun``, plural unless ``n`` is 1: ``counted(4500, "point")``."""
+    return f"{n:,} {noun}" + ("" if n == 1 else "s")
+
+
 def label(text: str, style: str) -> Text:
     """Styled text (``error:``, ``warning:``, ``skipped``), as literal as any other string."""
     return Text(printable(text), style=style)

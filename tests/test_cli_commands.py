@@ -259,7 +259,7 @@ def test_delete_exits_1_when_an_id_is_not_there_and_refuses_a_blank_id(cli_in, k
     for blank in ("", "  "):
         out = cli_in("delete", "valve", blank, "-c", "gone", code=2)
         assert "blank" in out and points(kb, "gone") == N  # nothing deleted, not even the valid id
-    assert "deleted 1 points of 1 documents" in cli_in("delete", "valve", "-c", "gone")  # exit code 0
+    assert "deleted 1 point of 1 document; 7 points left" in cli_in("delete", "valve", "-c", "gone")  # exit code 0
 
 
 def test_index_reports_the_time_of_the_whole_write_reading_included(cli_in, kb):
