@@ -19,10 +19,10 @@ setup: $(BIN)/hybrid-rag
 run: setup  ## ingest the sample corpus, build the index, evaluate, print the metrics (embedded Qdrant)
 	$(BIN)/hybrid-rag run
 
-test: setup  ## lint, import layers (import-linter) and the whole test suite (progress bars off: they would flood the log)
+test: setup  ## lint, import layers (import-linter) and the whole test suite on 2 workers, a module each (progress bars off: they would flood the log)
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
-	TQDM_DISABLE=1 $(BIN)/pytest
+	TQDM_DISABLE=1 OMP_NUM_THREADS=1 $(BIN)/pytest -n 2 --dist loadfile --no-loadscope-reorder --durations=30
 
 test-fast: setup  ## the tests not marked slow (ONNX export, training, benchmarks, subprocesses, Dagster runs): < 3 min
 	TQDM_DISABLE=1 $(BIN)/pytest -m "not slow"

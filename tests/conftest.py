@@ -87,6 +87,26 @@ SHIPPED_ENCODING = {
 SEMANTIC_QUERY = ("how can I keep spaghetti from sticking", "pasta")
 
 
+# The order in which test modules start: the ones that embed a whole BEIR collection first, then the other slow
+# ones, then the rest. Under `make test` (pytest-xdist, one module per worker) the long modules then run beside
+# the many short ones instead of last, alone, on one core.
+HEAVY_MARKS = ("scifact", "nfcorpus")
+
+
+def module_rank(item: pytest.Item) -> int:
+    if any(item.get_closest_marker(mark) for mark in HEAVY_MARKS):
+        return 0
+    return 1 if item.get_closest_marker("slow") else 2
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Heavy modules first; tests keep their order within a module (some share module-scoped state)."""
+    rank: dict[str, int] = {}
+    for item in items:
+        rank[item.nodeid.split("::")[0]] = min(rank.get(item.nodeid.split("::")[0], 2), module_rank(item))
+    items.sort(key=lambda item: rank[item.nodeid.split("::")[0]])
+
+
 @pytest.fixture(scope="session")
 def dense_encoder() -> DenseEncoder:
     return DenseEncoder()
