@@ -8,6 +8,11 @@ from pathlib import Path
 
 import pytest
 
+# pytest-xdist gives its workers the controller's terminal size as COLUMNS/LINES; the CLI's rich consoles, made when
+# orchestration.cli is imported, would keep that width for good. The tests whose output depends on the width set it.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.pop("COLUMNS", None)
+    os.environ.pop("LINES", None)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
