@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from evals.metrics import nfc
-from retrieval.documents import Document
+from retrieval.documents import Document, json_records
 from retrieval.errors import InputFormatError, InputNotFoundError, InvalidArgumentError, not_one_string
 from retrieval.input_files import text_lines
 
@@ -93,15 +93,20 @@ class EvalCollection:
         return out
 
     def doc_ids(self) -> set[str]:
-        """Ids of all corpus documents, in NFC; empty without a corpus file (the corpus itself is read by
-        ``retrieval``)."""
+        """Ids of all corpus documents, in NFC; empty without a corpus file. The file is read as the index reads
+        it (:func:`retrieval.documents.json_records`: gzip, UTF-16, a JSON array)."""
         ids: set[str] = set()
         if not self.corpus_path.is_file():
             return ids
-        for line_no, record in _json_lines(self.corpus_path):
-            doc_id = record.get("_id" if "_id" in record else "id")  # as the index reads it (retrieval.documents)
+        for record in json_records(self.corpus_path):
+            if record.problem is not None:
+                raise CollectionFormatError(self.corpus_path, record.line, record.where + record.problem)
+            if not isinstance(record.value, dict):
+                raise CollectionFormatError(self.corpus_path, record.line, record.where + "expected a JSON object")
+            doc_id = record.value.get("_id" if "_id" in record.value else "id")  # as the index reads it
             if doc_id is None or str(doc_id).strip() == "":
-                raise CollectionFormatError(self.corpus_path, line_no, "missing document id ('_id' or 'id')")
+                reason = "missing document id ('_id' or 'id')"
+                raise CollectionFormatError(self.corpus_path, record.line, record.where + reason)
             ids.add(nfc(str(doc_id)))
         return ids
 

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, fields, replace
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 from markdown_it import MarkdownIt
@@ -33,7 +33,9 @@ from retrieval.input_files import (
     base_name,
     file_text,
     file_type,
+    first_line,
     inner_suffix,
+    json_values,
     numbered_lines,
     raw_lines,
     utf8_problem,
@@ -59,7 +61,6 @@ _H1_LINE = re.compile(r" {0,3}(?:#(?:[ \t]|\r?$)|=+[ \t]*\r?$)")
 _FRONT_MATTER = re.compile(r"---[ \t]*(?:\r\n?|\n)(.*?)(?<=[\r\n])(?:---|\.\.\.)[ \t]*(?:\r\n?|\n|\Z)", re.DOTALL)
 # a JSON token of a line that does not parse: a string (its escapes undecoded), a bracket, ':' or ',', any other run
 # of characters (a number, true, junk), or the quote of a string left open
-_JSON_SPACE = re.compile(r"[ \t\n\r]*")
 _JSON_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[{}\[\]:,]|[^\s"{}\[\]:,]+|"', re.DOTALL)
 _UNDERSCORE_ID = re.compile(r"(?<!\w)_id(?!\w)")  # '_id' as a word: a key, maybe with a quote lost
 
@@ -218,7 +219,8 @@ class DocumentReader:
     """Reads documents from a source, applying one bad-input policy and collecting a report."""
 
     def __init__(self, policy: BadInputPolicy | str = BadInputPolicy.FAIL, *, progress: bool = False):
-        """``progress``: a progress bar over the files of a folder (:func:`~retrieval.progress.progress_bar`)."""
+        """``progress``: a progress bar over the files of a folder, or over the bytes of a JSON file
+        (:func:`~retrieval.progress.progress_bar`)."""
         self.policy = choice(BadInputPolicy, policy, "bad input policy")
         self.progress = progress
         self.report = ReadReport()
@@ -245,91 +247,14 @@ class DocumentReader:
 
     # -- sources ------------------------------------------------------------------------------------
     def _read_jsonl(self, path: Path) -> Iterator[Document]:
-        """JSON Lines, or a JSON array of records when the file's first non-blank character is ``[``."""
-        lines = raw_lines(path, _unreadable)
-        head = []  # the blank lines, then the first that is not
-        for raw in lines:
-            head.append(raw)
-            if raw.strip():
-                break
-        if head and head[-1].lstrip().startswith(b"["):
-            data = bytearray().join(head)
-            for more in lines:
-                data += more
-            yield from self._read_json_array(path, data)
-            return
-        first = True
-        for line_no, raw in numbered_lines(itertools.chain(head, lines)):
-            if not raw.strip():
-                continue
-            if first and raw.strip() == b"{":
-                raise BadInputError(InputProblem(path, line_no, _several_lines(path)))
-            first = False
-            doc = self._parse_json_line(path, line_no, raw)
+        """The records of :func:`json_records`; a progress bar over the file's bytes."""
+        for record in json_records(path, progress=self.progress):
+            if record.problem is not None:
+                doc = self._problem(path, record.line, record.problem, record.guessed_id)
+            else:
+                doc = self._record(path, record.line, record.value, record.where)
             if doc is not None:
                 yield doc
-
-    def _read_json_array(self, path: Path, data: bytearray) -> Iterator[Document]:
-        """The records of a JSON array (``data``: the whole file, read into memory as text, one element parsed at a
-        time); each is named by its line and its index (``[3]``, as jq counts). JSON or UTF-8 that is not valid
-        stops the read under either policy: where the next element starts is unknown."""
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            line = data.count(b"\n", 0, exc.start) + 1
-            raise BadInputError(InputProblem(path, line, utf8_problem(data, exc, path, "byte offset"))) from None
-        del data
-        decoder = json.JSONDecoder()
-        pos = _JSON_SPACE.match(text, text.index("[") + 1).end()
-        line, counted = 1, 0  # the line of text[counted]
-        index = 0
-        while text[pos : pos + 1] != "]":
-            line += _line_breaks(text, counted, pos)
-            counted = pos
-            try:
-                record, pos = decoder.raw_decode(text, pos)
-            except json.JSONDecodeError as exc:
-                reason = f"malformed JSON array: {exc.msg} at column {exc.colno} (element [{index}])"
-                raise BadInputError(InputProblem(path, exc.lineno, reason)) from None
-            except RecursionError:
-                reason = f"JSON nested too deeply (element [{index}]; metadata may nest {MAX_METADATA_DEPTH} levels)"
-                raise BadInputError(InputProblem(path, line, reason)) from None
-            doc = self._record(path, line, record, f"element [{index}]: ")
-            if doc is not None:
-                yield doc
-            pos = _JSON_SPACE.match(text, pos).end()
-            if text[pos : pos + 1] == ",":
-                pos = _JSON_SPACE.match(text, pos + 1).end()
-                index += 1
-            elif text[pos : pos + 1] != "]":
-                line += _line_breaks(text, counted, pos)
-                reason = f"malformed JSON array: expected ',' or ']' after element [{index}]"
-                raise BadInputError(InputProblem(path, line, reason))
-        after = _JSON_SPACE.match(text, pos + 1).end()
-        if after < len(text):
-            line += _line_breaks(text, counted, after)
-            raise BadInputError(InputProblem(path, line, "malformed JSON array: more data after its closing ']'"))
-
-    def _parse_json_line(self, path: Path, line_no: int, raw: bytes) -> Document | None:
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            return self._problem(
-                path,
-                line_no,
-                utf8_problem(raw, exc, path),
-                _guess_id(raw.decode("utf-8", "surrogateescape")),  # an id with such a byte: unreadable
-            )
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            return self._problem(
-                path, line_no, f"malformed JSON: {exc.msg.removesuffix(' at')} at column {exc.colno}", _guess_id(line)
-            )
-        except RecursionError:  # Python's parser gives up at about 1,000 levels
-            reason = f"JSON nested too deeply (metadata may nest {MAX_METADATA_DEPTH} levels)"
-            return self._problem(path, line_no, reason, _guess_id(line))
-        return self._record(path, line_no, record)
 
     def _record(self, path: Path, line_no: int, record: Any, where: str = "") -> Document | None:
         """The document of JSON record ``record`` (``where``: what names it besides its line, ending in ': ')."""
@@ -492,19 +417,50 @@ def _unreadable(path: Path, line: int | None, reason: str) -> BadInputError:
     return BadInputError(InputProblem(path, line, reason))
 
 
-def _several_lines(path: Path) -> str:
-    """Why JSONL file ``path``, whose first non-blank line is ``{`` alone, is not read: a JSON object written over
-    several lines; the reason says how to convert it."""
-    out = f"{base_name(path)}.jsonl" if file_type(path) != ".jsonl" else f"{base_name(path)}-lines.jsonl"
-    return (
-        f"JSON written over several lines, not JSON Lines (one document object per line): convert it, e.g. "
-        f"jq -c . {path.name} > {out}"
-    )
+class JsonRecord(NamedTuple):
+    """A record of a JSON file at ``line`` (``where``: what else names it, ending in ': ', or ''): its JSON
+    ``value``, or the ``problem`` of a JSON Lines line that does not parse (``guessed_id``: the id it seems to
+    hold)."""
+
+    line: int
+    value: Any = None
+    where: str = ""
+    problem: str | None = None
+    guessed_id: str | None = None
 
 
-def _line_breaks(text: str, start: int, end: int) -> int:
-    """The line ends (LF, CRLF or a lone CR) in ``text[start:end]``; ``text[end]`` is no LF."""
-    return text.count("\n", start, end) + text.count("\r", start, end) - text.count("\r\n", start, end)
+def json_records(path: Path, *, progress: bool = False) -> Iterator[JsonRecord]:
+    """The records of JSON file ``path``: JSON Lines (a line that does not parse is one bad record); a JSON array
+    of records (``element [3]``) when the file's first non-blank character is ``[``; a sequence of records
+    written over several lines (``jq .``'s output) when its first non-blank line is ``{`` alone. The last two are
+    read a window at a time (:func:`~retrieval.input_files.json_values`): JSON that is not valid there stops the
+    read (:class:`BadInputError`), as does a file that cannot be read. ``progress``: a bar over the file's
+    bytes."""
+    first = first_line(path, _unreadable)
+    if first.startswith(b"[") or first == b"{":
+        array = first.startswith(b"[")
+        for index, (line, value) in enumerate(json_values(path, _unreadable, progress=progress)):
+            yield JsonRecord(line, value, f"element [{index}]: " if array else "")
+        return
+    for line_no, raw in numbered_lines(raw_lines(path, _unreadable, progress=progress)):
+        if raw.strip():
+            yield _json_line(path, line_no, raw)
+
+
+def _json_line(path: Path, line_no: int, raw: bytes) -> JsonRecord:
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        guessed = _guess_id(raw.decode("utf-8", "surrogateescape"))  # an id with such a byte: unreadable
+        return JsonRecord(line_no, problem=utf8_problem(raw, exc, path), guessed_id=guessed)
+    try:
+        return JsonRecord(line_no, json.loads(line))
+    except json.JSONDecodeError as exc:
+        reason = f"malformed JSON: {exc.msg.removesuffix(' at')} at column {exc.colno}"
+        return JsonRecord(line_no, problem=reason, guessed_id=_guess_id(line))
+    except RecursionError:  # Python's parser gives up at about 1,000 levels
+        reason = f"JSON nested too deeply (metadata may nest {MAX_METADATA_DEPTH} levels)"
+        return JsonRecord(line_no, problem=reason, guessed_id=_guess_id(line))
 
 
 def text_problem(text: object) -> str | None:

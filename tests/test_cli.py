@@ -1,7 +1,9 @@
 """The hybrid-rag command line, end to end on the shipped sample collection."""
 
+import gzip
 import json
 import re
+import shutil
 
 from typer.testing import CliRunner
 
@@ -82,12 +84,19 @@ def test_index_search_eval_round_trip(cli_env, monkeypatch):
 
 
 def test_eval_indexes_a_missing_collection_first(cli_env):
+    """From a corpus.jsonl that is a gzip-compressed JSON array lacking a judged document: `eval` indexed it, then
+    stopped at its ids ("corpus.jsonl:1: malformed JSON") to tell whether the corpus lacks the document."""
     nothing = CliRunner().invoke(app, ["collections", "--json"])  # no index folder yet: exit code 1, an empty list
     assert nothing.exit_code == 1 and json.loads(nothing.stdout) == []
-    out = invoke("eval", "sample", "--collection", "fresh", "--variant", "sparse")
+    shutil.copytree(sample_collection().root, cli_env / "sample")
+    corpus = cli_env / "sample" / "corpus.jsonl"
+    records = [json.loads(line) for line in corpus.read_text().splitlines()]
+    corpus.write_bytes(gzip.compress(json.dumps([r for r in records if r["_id"] != "astro-02"], indent=2).encode()))
+    out = invoke("eval", str(cli_env / "sample"), "--collection", "fresh", "--variant", "sparse")
+    assert "are not in the corpus file itself" in out
     assert "does not exist: indexing" in out
     [fresh] = json.loads(invoke_stdout("collections", "--json"))
-    assert fresh["collection"] == "fresh" and fresh["points"] >= len(sample_collection().doc_ids())
+    assert fresh["collection"] == "fresh" and fresh["points"] >= len(records) - 1
     # how its chunks were cut and encoded, as recorded (and refused to a write with other values)
     assert fresh["encoding"] == SHIPPED_ENCODING
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import tracemalloc
 
 import pytest
 from typer.testing import CliRunner
@@ -15,7 +16,8 @@ from assets.corpora import CorpusConfigError, load_corpora
 from evals.collections import CollectionFormatError, load_collection
 from evals.runs import RunFormatError, read_run
 from orchestration.cli import app
-from retrieval.documents import BadInputError, read_documents
+from retrieval import input_files
+from retrieval.documents import BadInputError, DocumentReader, read_documents
 
 RECORDS = [{"_id": "a", "text": "alpha été"}, {"_id": "b", "text": "beta"}]
 CORPORA = "default: docs\ncorpora:\n  docs:\n    source: docs\n    format: dir\n    collection: docs\n"
@@ -146,6 +148,63 @@ def test_json_array_elements_follow_the_jsonl_rules_and_are_named_by_line_and_in
     assert report.skipped[0].doc_id == "b"  # what is stored for it is kept
 
 
+@pytest.mark.parametrize("compress", [False, True])
+def test_objects_written_over_several_lines_are_records_named_by_their_first_line(tmp_path, compress):
+    """`jq . docs.jsonl > docs.json` (one pretty-printed object after another) was refused with a `jq -c` hint."""
+    records = [*RECORDS, {"_id": "c"}, {"_id": "d", "text": "delta", "metadata": {"tags": ["x", "y"]}}]
+    text = "\n".join(json.dumps(r, ensure_ascii=False, indent=2) for r in records).replace("\n", "\r\n")
+    path = tmp_path / ("docs.json.gz" if compress else "docs.json")
+    path.write_bytes(gzip.compress(text.encode()) if compress else text.encode())
+    docs, report = read_documents(path, policy="skip")
+    assert [(d.id, d.text, d.metadata) for d in docs] == [
+        ("a", "alpha été", {}),
+        ("b", "beta", {}),
+        ("d", "delta", {"tags": ["x", "y"]}),
+    ]
+    assert [str(p) for p in report.skipped] == [f"{path}:9: document 'c': missing or non-string 'text'"]
+
+
+@pytest.mark.parametrize("indent", [None, 1], ids=["one line", "indented"])
+def test_a_json_array_is_read_a_window_at_a_time_and_names_a_bad_element(tmp_path, monkeypatch, indent):
+    """Windows of 5 characters: values, strings, numbers and a UTF-8 character cut between them are read whole, and
+    an element that does not parse is named by its line, column and index as in the file."""
+    monkeypatch.setattr(input_files, "JSON_WINDOW", 5)
+    records = [*RECORDS, {"_id": 12345678, "text": "number id", "metadata": {"n": -1.5e3, "ok": True}}]
+    path = tmp_path / "a.json"
+    path.write_text(json.dumps(records, ensure_ascii=False, indent=indent), encoding="utf-8")
+    docs, _ = read_documents(path)
+    assert [(d.id, d.text, d.metadata) for d in docs] == [
+        ("a", "alpha été", {}),
+        ("b", "beta", {}),
+        ("12345678", "number id", {"n": -1500.0, "ok": True}),
+    ]
+    text = path.read_text().removesuffix("]") + ', {"_id": "x", "text": "y" "z"}]'
+    path.write_text(text)
+    bad = text.rindex('"z"')
+    line, column = text.count("\n", 0, bad) + 1, bad - text.rfind("\n", 0, bad)
+    with pytest.raises(BadInputError) as caught:
+        read_documents(path, policy="skip")
+    assert str(caught.value) == (
+        f"{path}:{line}: malformed JSON array: Expecting ',' delimiter at column {column} (element [3])"
+    )
+
+
+def test_reading_a_json_array_holds_a_window_of_it_not_the_file(tmp_path, monkeypatch):
+    """A 121 MB array peaked 237 MB above the same records as JSON Lines: the whole file was read into memory."""
+    monkeypatch.setattr(input_files, "JSON_WINDOW", 16 * 1024)
+    records = [{"_id": f"d{i}", "text": f"word{i} " * 1200} for i in range(250)]
+    path = tmp_path / "big.json"
+    path.write_text(json.dumps(records, indent=1))
+    size = path.stat().st_size  # about 2 MB
+    tracemalloc.start()
+    try:
+        count = sum(1 for _ in DocumentReader().read(path))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert count == 250 and peak < size / 4, (peak, size)
+
+
 LATIN1_HINT = (
     "Latin-1 or Windows-1252? convert it: iconv -f cp1252 -t utf-8 a.json > a.json.new && mv a.json.new a.json"
 )
@@ -169,12 +228,11 @@ LATIN1_HINT = (
             f"2: not valid UTF-8 (byte offset 53: b'\\xe9'; {LATIN1_HINT})",
         ),
         (
-            "\n" + json.dumps(RECORDS[0], indent=2),
-            "2: JSON written over several lines, not JSON Lines (one document object per line): convert it, e.g. "
-            "jq -c . a.json > a.jsonl",
+            "\n" + json.dumps(RECORDS[0], indent=2) + '\n{\n  "_id": "b",\n  "text":\n}\n',
+            "9: malformed JSON: Expecting value at column 1",
         ),
     ],
-    ids=["syntax", "no-comma", "extra", "latin1", "indented object"],
+    ids=["syntax", "no-comma", "extra", "latin1", "objects over several lines"],
 )
 def test_a_json_array_that_does_not_parse_is_refused_as_a_whole_at_its_line(tmp_path, text, where, policy):
     """Where the next element starts is unknown: under either policy the file is not read (nothing is lost)."""
@@ -326,6 +384,17 @@ def test_the_corpus_ids_of_an_evaluation_are_read_as_the_index_reads_them(tmp_pa
     collection = _beir(tmp_path / "c", corpus=corpus)
     assert collection.doc_ids() == {"d1", "7", "d3"}
     assert {d.id for d in read_documents(collection.root)[0]} == collection.doc_ids()
+
+
+def test_the_corpus_ids_of_a_compressed_json_array_or_pretty_printed_corpus_are_read(tmp_path):
+    """`eval` indexed such a corpus, then stopped at its ids: "corpus.jsonl:1: malformed JSON"."""
+    array = gzip.compress(json.dumps(RECORDS, indent=2).encode("utf-16"))
+    pretty = "\n".join(json.dumps(r, indent=2) for r in RECORDS).encode()
+    for name, corpus in [("array", array), ("pretty", pretty)]:
+        collection = _beir(tmp_path / name, corpus=corpus)
+        assert collection.doc_ids() == {"a", "b"} == {d.id for d in read_documents(collection.root)[0]}
+    with pytest.raises(CollectionFormatError, match=r"corpus\.jsonl:2: element \[1\]: expected a JSON object"):
+        _beir(tmp_path / "bad", corpus=b'[{"_id": "a", "text": "x"},\n ["b"]]').doc_ids()
 
 
 def test_a_run_file_that_is_not_utf8_names_file_and_line_and_a_bom_is_not_a_query_id(tmp_path):

@@ -1,6 +1,8 @@
 """Progress bars: ``progress=False`` silences them, otherwise tqdm's own defaults apply, ``TQDM_DISABLE`` included
 (``make test`` relies on it). tqdm reads its environment when imported, so each case runs in a process of its own."""
 
+import gzip
+import json
 import os
 import subprocess
 import sys
@@ -86,3 +88,14 @@ def test_reading_a_folder_shows_a_bar_with_its_file_count(tmp_path):
     assert any("| 3/3 [" in line for line in reading("on")), reading("on")
     assert reading("on", TQDM_DISABLE="1") == []
     assert reading("off") == []
+
+
+def test_reading_one_large_file_shows_a_bar_over_its_bytes(tmp_path):
+    """A single 1 GB JSONL or BEIR corpus was read with nothing on the terminal (a folder had its bar): a bar counts
+    the bytes of the file read so far, of a gzip file its compressed bytes."""
+    lines = "".join(json.dumps({"_id": str(i), "text": f"text {i}"}) + "\n" for i in range(3))
+    path = tmp_path / "docs.jsonl.gz"
+    path.write_bytes(gzip.compress(lines.encode()))
+    size = path.stat().st_size
+    shown = [line for line in stderr_lines(READ, str(path), "on", TQDM_MININTERVAL="0") if line.startswith("reading:")]
+    assert any(line.startswith("reading: 100%|") and f"| {size:.1f}/{size:.1f} [" in line for line in shown), shown
