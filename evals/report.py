@@ -1,4 +1,4 @@
-"""Reports over evaluation results: history plot (PNG), markdown table, rich console table.
+"""Reports over evaluation results: history plot (PNG), markdown table, rich console table, HTML table.
 
 Plots are drawn on a bare :class:`~matplotlib.figure.Figure` with the Agg canvas, so nothing here touches
 pyplot's global state or needs a display.
@@ -6,6 +6,7 @@ pyplot's global state or needs a display.
 
 from __future__ import annotations
 
+import html
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import cache
 from pathlib import Path
@@ -392,26 +393,51 @@ def metrics_table(results: Mapping[str, Mapping[str, float]], title: str | None 
 
     The best value of each metric column is shown in bold (lowest for latency).
     """
-    columns = list(HEADLINE_METRICS)
-    if any(LATENCY_KEY in values for values in results.values()):
-        columns.append(LATENCY_KEY)
+    columns, best = _table_columns(results)
     table = Table(title=title)
     table.add_column("variant", style="cyan", no_wrap=True)
     for column in columns:
         table.add_column(LABELS.get(column, "latency ms"), justify="right")
+    for variant, values in results.items():
+        cells = []
+        for column in columns:
+            value, text = values.get(column), _cell(column, values.get(column))
+            cells.append(Text(text, style="bold") if value is not None and value == best.get(column) else text)
+        table.add_row(variant, *cells)
+    return table
+
+
+def metrics_html(results: Mapping[str, Mapping[str, float]], caption: str | None = None) -> str:
+    """:func:`metrics_table` as an HTML table, what a notebook shows of an :class:`~evals.runner.EvalReport`."""
+    columns, best = _table_columns(results)
+    head = "".join(f"<th>{LABELS.get(column, 'latency ms')}</th>" for column in columns)
+    rows = []
+    for variant, values in results.items():
+        cells = []
+        for column in columns:
+            value, text = values.get(column), html.escape(_cell(column, values.get(column)))
+            text = f"<b>{text}</b>" if value is not None and value == best.get(column) else text
+            cells.append(f'<td style="text-align: right">{text}</td>')
+        rows.append(f'<tr><td style="text-align: left">{html.escape(variant)}</td>{"".join(cells)}</tr>')
+    title = f"<caption>{html.escape(caption)}</caption>" if caption else ""
+    return f"<table>{title}<thead><tr><th>variant</th>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+def _table_columns(results: Mapping[str, Mapping[str, float]]) -> tuple[list[str], dict[str, float]]:
+    """The headline metrics, plus ``latency_ms`` when any variant has it, and each column's best value."""
+    columns = list(HEADLINE_METRICS)
+    if any(LATENCY_KEY in values for values in results.values()):
+        columns.append(LATENCY_KEY)
     best: dict[str, float] = {}
     for column in columns:
         values = [v[column] for v in results.values() if v.get(column) is not None]
         if values:
             best[column] = min(values) if column == LATENCY_KEY else max(values)
-    for variant, values in results.items():
-        cells = []
-        for column in columns:
-            value = values.get(column)
-            text = _fmt_ms(value) if column == LATENCY_KEY else _fmt(value)
-            cells.append(Text(text, style="bold") if value is not None and value == best.get(column) else text)
-        table.add_row(variant, *cells)
-    return table
+    return columns, best
+
+
+def _cell(column: str, value: float | None) -> str:
+    return _fmt_ms(value) if column == LATENCY_KEY else _fmt(value)
 
 
 def _fmt(value: float | None, digits: int = 4) -> str:

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import hashlib
+import html
 import json
 import math
 import time
@@ -25,6 +26,7 @@ from evals.compare import LossCheck, loss_check
 from evals.metrics import LATENCY_KEY, LATENCY_P50, LATENCY_P95, evaluate, judgement_warnings, nfc
 from evals.runs import Run, best_chunk_per_document
 from retrieval.chunking import point_id
+from retrieval.documents import compact_repr
 from retrieval.errors import HybridRagError, InvalidArgumentError, choice, not_one_string
 from retrieval.progress import progress_bar
 from retrieval.search import HybridRetriever, QueryVectors, Variant
@@ -313,6 +315,17 @@ class EvalReport:
     index_fingerprint: str | None = None  # of the searched points (index_fingerprint; None: not known)
     query_fingerprint: str | None = None  # of the query encoder's content (model_fingerprint; None: not known)
     release: str | None = None  # the hybrid-rag package version that scored it (None: not known)
+
+    __repr__ = compact_repr  # a few of the settings and a count, not the 27 of them
+
+    def _repr_html_(self) -> str:
+        """What a notebook shows: the metrics table ``eval`` prints (:func:`evals.report.metrics_html`) and its
+        warnings."""
+        from evals.report import metrics_html
+
+        caption = f"{self.label()} ({self.split}): {self.n_queries} queries, version {self.version}"
+        warnings = [w for w in [*self.warnings, self.coverage_warning()] if w]
+        return metrics_html(self.metrics(), caption) + "".join(f"<p>warning: {html.escape(w)}</p>" for w in warnings)
 
     def coverage_warning(self) -> str | None:
         """A warning when only part of the judged documents is in the searched collection, else None."""

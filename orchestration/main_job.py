@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 import uuid
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -183,7 +184,8 @@ def run_main_job(
     with _corpus_lock(resources, corpus), dg.DagsterInstance.from_config(str(home)) as instance:
         fail_orphaned_runs(instance, corpus)
         run_id = str(uuid.uuid4())  # as Dagster makes them; known before the run exists, for the heartbeat
-        with heartbeat(instance, run_id):  # execute_in_process ignores the job's executor (which beats otherwise)
+        # execute_in_process ignores the job's executor (which beats otherwise)
+        with heartbeat(instance, run_id), _no_loop_cleanup_warning():
             result = defs.resolve_job_def(reindex_job.name).execute_in_process(
                 partition_key=corpus,
                 run_config={"loggers": {"console": {"config": {"log_level": log_level}}}, **(run_config or {})},
@@ -197,6 +199,16 @@ def run_main_job(
         summary = summarize(result, corpus)
     summary["dagster_home"] = str(home)
     return summary
+
+
+@contextmanager
+def _no_loop_cleanup_warning() -> Iterator[None]:
+    """Inside a running event loop (a notebook cell) Dagster cannot shut down the event loop it made for the run:
+    its ``shutdown_asyncgens()`` coroutine is never awaited and Python would print a ``RuntimeWarning`` in the cell,
+    for nothing (the run is complete)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "coroutine 'BaseEventLoop.shutdown_asyncgens' was never awaited")
+        yield
 
 
 @contextmanager

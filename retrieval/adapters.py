@@ -35,6 +35,14 @@ def hit_metadata(hit: Any) -> dict[str, Any]:
     }
 
 
+def adapter_repr(name: str, retriever: Any, group_by: str, **given: Any) -> str:
+    """``Name(retriever=..., <the arguments given>)``: what an adapter searches (the frameworks' own reprs of
+    LlamaIndex and Haystack components show the object's address)."""
+    shown = [f"{key}={value!r}" for key, value in given.items() if value is not None]
+    shown += [f"group_by={group_by!r}"] if group_by != "chunk" else []
+    return f"{name}({', '.join([f'retriever={retriever!r}', *shown])})"
+
+
 def shown_filter(spec: Any) -> Any:
     """An adapter's filter dict as a :class:`~retrieval.store.base.ShownFilter`: each key tests the value
     :func:`hit_metadata` shows (``title``: the document's own metadata title if it has one, else the stored

@@ -7,7 +7,7 @@ from typing import Any
 from haystack import Document, component
 from haystack.core.serialization import default_to_dict
 
-from retrieval.adapters import hit_metadata, shown_filter
+from retrieval.adapters import adapter_repr, hit_metadata, shown_filter
 from retrieval.errors import FilterError, choice
 from retrieval.search import GroupBy
 from retrieval.store.base import check_nesting
@@ -90,6 +90,20 @@ class HaystackRetriever:
             shown_filter(to_filter(filters if filters is not None else self.filters)),
             self.rerank,
         )
+
+
+_haystack_repr = HaystackRetriever.__repr__  # @component's: the object's address, then its name and sockets
+
+
+def _repr(self: HaystackRetriever) -> str:
+    """What it searches and the arguments given, then what Haystack shows of a component (its name in a pipeline,
+    its sockets)."""
+    given = {"top_k": self.top_k, "filters": self.filters, "rerank": self.rerank}
+    head = adapter_repr("HaystackRetriever", self.retriever, self.group_by, **given)
+    return "\n".join([head, *_haystack_repr(self).split("\n")[1:]])
+
+
+HaystackRetriever.__repr__ = _repr  # type: ignore[method-assign]
 
 
 def to_filter(filters: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -7,7 +7,7 @@ from typing import Any
 from llama_index.core.retrievers import BaseRetriever
 from llama_index.core.schema import NodeRelationship, NodeWithScore, QueryBundle, RelatedNodeInfo, TextNode
 
-from retrieval.adapters import hit_metadata, shown_filter
+from retrieval.adapters import adapter_repr, hit_metadata, shown_filter
 from retrieval.errors import choice
 from retrieval.search import GroupBy
 
@@ -32,10 +32,9 @@ class LlamaIndexRetriever(BaseRetriever):
 
     def __repr__(self) -> str:
         """What it searches and the arguments given (LlamaIndex's own repr is the object's address)."""
-        given = {"k": self.k, "filter": self.filter, "rerank": self.rerank}
-        shown = [f"{key}={value!r}" for key, value in given.items() if value is not None]
-        shown += [f"group_by={self.group_by!r}"] if self.group_by != GroupBy.CHUNK.value else []
-        return f"LlamaIndexRetriever({', '.join([f'retriever={self.retriever!r}', *shown])})"
+        return adapter_repr(
+            "LlamaIndexRetriever", self.retriever, self.group_by, k=self.k, filter=self.filter, rerank=self.rerank
+        )
 
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
         hits = self.retriever.search(

@@ -233,6 +233,21 @@ def test_metrics_table_renders_with_optional_latency():
     assert [c.header for c in no_latency.columns][-1] == "MAP@100"
 
 
+def test_an_eval_report_shows_in_a_notebook_as_the_metrics_table_and_its_warnings():
+    from evals.runner import EvalReport, VariantResult
+
+    variants = {
+        name: VariantResult(name, {"ndcg@10": ndcg, "recall@100": 0.9}, latency_ms={"p50": ms, "p95": ms})
+        for name, ndcg, ms in [("dense", 0.61, 24.0), ("hybrid", 0.72, 153.2)]
+    }
+    report = EvalReport("<b>kb", "test", "<b>kb", 3, 21, variants, judged_coverage=0.5, warnings=["PREFETCH_K < 100"])
+    shown = report._repr_html_()
+    assert shown.startswith("<table><caption>&lt;b&gt;kb (test): 21 queries, version 3</caption><thead><tr>")
+    assert "<th>nDCG@10</th>" in shown and "<th>latency ms</th>" in shown
+    assert '<td style="text-align: right"><b>0.7200</b></td>' in shown and ">153<" in shown and "<b>24.0</b>" in shown
+    assert "<p>warning: PREFETCH_K &lt; 100</p><p>warning: only 50.0% of the documents judged relevant" in shown
+
+
 def test_plot_labels_collections_in_any_script_without_glyph_warnings(tmp_path):
     import warnings
 

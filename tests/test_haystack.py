@@ -199,6 +199,8 @@ def test_copies_share_the_store_and_pickles_reopen_it(retriever):
     twin.filters["topic"] = "science"
     assert twin.retriever.store is retriever.store and component.filters == {"topic": "home"}
     assert component.stack is None  # a stack's retriever: that stack owns the store
+    shown = f"HaystackRetriever(retriever={retriever!r}, top_k=3, filters={{'topic': 'home'}})\nretriever\nInputs:"
+    assert repr(component).startswith(shown)  # was Haystack's <...HaystackRetriever object at 0x...>
     loaded = pickle.loads(pickle.dumps(component))
     try:
         assert loaded.to_dict() == component.to_dict() and loaded.stack is not None

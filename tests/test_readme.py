@@ -1,4 +1,5 @@
-"""The README's Python snippets run as written and print hits (and an evaluation); it names every setting."""
+"""The README's Python snippets run as written and print hits (and an evaluation), also as a Jupyter notebook; it
+names every setting."""
 
 import os
 import re
@@ -50,6 +51,49 @@ def test_readme_python_snippets_print_hits(tmp_path):
     # no document has topic "science"; the Haystack filter (year >= 2020) keeps the 2024 one; the pipeline loaded
     assert lines[-3:-1] == ["LI 0 RetrieverQueryEngine", "HS qdrant retriever"], result.stdout
     assert lines[-1] == "EV 1 1.0", result.stdout  # the dicts' one query finds its one relevant document first
+
+
+@pytest.mark.slow
+def test_readme_python_snippets_as_a_notebook(tmp_path, monkeypatch):
+    """The snippets as cells of a notebook run in a real Jupyter kernel (an event loop runs there): the async APIs
+    awaited at the top level, a cell run again, and what the cells show: an evaluation report as a table, the
+    adapters by what they search, no warning but tqdm's (no ipywidgets)."""
+    for module in ("llama_index.core", "haystack", "nbclient", "nbformat", "ipykernel"):
+        pytest.importorskip(module)
+    import nbformat
+    from nbclient import NotebookClient
+
+    first, second, evaluation = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+    awaited = """
+lc_docs, batched = await lc.ainvoke("hybrid fusion"), await lc.abatch(["hybrid fusion", "BM25"])
+nodes, hits = await li.aretrieve("hybrid fusion"), await retriever.asearch("hybrid fusion")
+print("ASYNC", len(lc_docs), len(batched), len(nodes), len((await hs.run_async("BM25"))["documents"]), len(hits))
+"""
+    cells = [first, FRAMEWORKS + second, evaluation + "report", awaited, "hs", first + "print('AGAIN', len(hits))"]
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(cell) for cell in cells])
+    for name in [n for n in os.environ if n.startswith("HYBRID_RAG_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("HYBRID_RAG_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("PYTHONPATH", str(README.parent))
+    NotebookClient(notebook, timeout=300, resources={"metadata": {"path": str(tmp_path)}}).execute()  # raises on errors
+
+    def shown(cell: int, kind: str) -> str:
+        outputs = notebook.cells[cell].outputs
+        return "".join(
+            o.get("text", "") if kind in ("stdout", "stderr") else o.get("data", {}).get(kind, "")
+            for o in outputs
+            if o.get("name", kind) == kind
+        )
+
+    table = shown(2, "text/html")
+    assert table.startswith("<table><caption>notes (test): 1 queries, version 1</caption>") and "nDCG@10" in table
+    assert "<b>1.0000</b>" in table and "... 22 more" in shown(2, "text/plain")  # a few of the settings
+    assert shown(3, "stdout") == "ASYNC 2 2 0 2 2\n"  # both documents (none of topic "science" for LlamaIndex)
+    assert shown(4, "text/plain").startswith("HaystackRetriever(retriever=HybridRetriever(collection='notes', at=")
+    assert "top_k=5" in shown(4, "text/plain")
+    assert "AGAIN" in shown(5, "stdout")
+    stderr = "".join(shown(i, "stderr") for i in range(len(cells)))
+    assert [line for line in stderr.splitlines() if "Warning" in line and "TqdmWarning" not in line] == [], stderr
 
 
 def test_readme_names_every_setting():
