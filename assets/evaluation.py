@@ -24,8 +24,10 @@ p-value is below 0.05); the figures, the interval, the wins/losses and the rando
 metadata. One that compares a variant the run config's ``variants`` leave out passes, described as not run.
 When nothing the figures depend on changed since the partition's last evaluation (:func:`evaluation_key`: the
 version, its location and its points' fingerprint, the queries' and qrels' content, the variants, the settings,
-the models' content and ``sample_queries``) and this run did not stage that version, the asset does not evaluate
-again nor append to the history: it reports that evaluation's figures (metadata ``unchanged``), and its checks
+the models' content and ``sample_queries``) and this run did not write that version (it may have reused the one
+an earlier attempt of the same write staged: ``reused_version``), the asset does not evaluate again nor append to
+the history: it reports that evaluation's figures (metadata ``unchanged``, and ``reused_evaluation``: when and by
+which run they were scored), and its checks
 judge them again from the per-query nDCG@10 saved beside the history (``reports/``, with the nDCG@10 plot that the
 metadata links to).
 A corpus without qrels has nothing to score and no quality gate: the asset records which version it saw, the
@@ -85,6 +87,7 @@ GATE_PASSED, GATE_REFUSED, GATE_NOT_RUN = "passed", "refused", "not run"
 EVALUATE_TAG, PUBLISHED = "hybrid_rag/evaluate", "published"  # run tag: score the published version (evaluate job)
 EVALUATION_KEY = "evaluation_key"  # metadata: what the figures depend on (see evaluation_key)
 UNCHANGED = "unchanged"  # metadata: set when the figures are the previous evaluation's (nothing it depends on changed)
+REUSED_EVALUATION = "reused_evaluation"  # metadata: the evaluation whose figures these are (when, which run), or "no"
 CHART = "ndcg@10_over_time"  # metadata: the path of the PNG plot (see ndcg_chart)
 
 
@@ -266,14 +269,20 @@ def retrieval_evaluation(
     settings = retrieval.settings(corpus.collection)
     shown = config.sample_queries if corpus.previews else 0
     key = evaluation_key(settings, corpus, split, variants, queries, qrels, location, points, shown)
-    newly_staged = role == "staged" and staged is not None and staged.own  # a version number is reused by resets
+    # A version this run wrote is evaluated (a version number is reused by resets); one it reused as an earlier
+    # attempt of the same write staged it holds the same points, which that attempt may have evaluated already.
+    newly_staged = role == "staged" and staged is not None and staged.own and not staged.reused
     history = eval_history.history()
     move_legacy_reports(history, corpus.name, split)
     previous = None if newly_staged else _previous_evaluation(context, key, history, corpus.name, split)
     if previous is not None:
         report, previous_metadata = previous
         since = f"{report.timestamp:%Y-%m-%d %H:%M:%S} UTC"
-        context.log.info(f"{corpus.name}: unchanged since {since} (version {version}): not evaluated again")
+        points = " (the same points: the reused staged version)" if staged is not None and staged.reused else ""
+        context.log.info(
+            f"{corpus.name}: unchanged since {since} (version {version}{points}): not evaluated again, reused "
+            f"evaluation {previous_metadata[REUSED_EVALUATION]}"
+        )
         metadata: dict[str, object] = {
             **previous_metadata,
             **base,
@@ -289,6 +298,7 @@ def retrieval_evaluation(
         context.log.info(f"{corpus.name} ({split}, {report.n_queries} queries), {role} version {version}:\n{table}")
         metadata = {
             **base,
+            REUSED_EVALUATION: "no",
             "split": split,
             "queries": dg.MetadataValue.int(report.n_queries),
             "dense_model": report.settings["dense_model"],
@@ -726,7 +736,7 @@ def _previous_evaluation(
 ) -> tuple[EvalReport, dict[str, Any]] | None:
     """The report and metadata of this partition's latest evaluation when it had ``key`` (nothing it depends on
     changed since), the history holds its rows and its per-query figures are still on disk, else None (evaluate
-    again)."""
+    again). The metadata's ``reused_evaluation`` names that evaluation: when, and the run that made it."""
     if key is None:
         return None
     records = _recent_evaluations(context, limit=1)
@@ -746,7 +756,11 @@ def _previous_evaluation(
         return None
     for name, result in report.variants.items():
         result.per_query = {q: {WATCHED_METRIC: float(v)} for q, v in per_query[name].items()}
-    return report, {k: v for k, v in md.items() if k != GATE_DETAIL}  # this run's gate says its own
+    origin = getattr(md.get(REUSED_EVALUATION), "value", "no")  # that materialization reused one itself
+    if origin == "no":
+        origin = f"{report.timestamp:%Y-%m-%d %H:%M:%S} UTC by run {records[0].run_id}"
+    kept = {k: v for k, v in md.items() if k != GATE_DETAIL}  # this run's gate says its own
+    return report, {**kept, REUSED_EVALUATION: origin}
 
 
 def _recorded(history: EvalHistory, report: EvalReport) -> bool:

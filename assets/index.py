@@ -36,6 +36,7 @@ from retrieval.store import QdrantStore, SchemaMismatchError
 POINT_COUNT_CHECK = "index_point_count"
 STAGED_VERSION = "version"  # metadata key: the staged version this materialization wrote (or found unchanged)
 STAGED_BY = "staged_by_run"  # metadata key: the run that staged that version ("none": not known)
+REUSED_VERSION = "reused_version"  # metadata key: the staged version reused as an earlier attempt left it ("no": none)
 INDEX_KEY = dg.AssetKey("qdrant_index")
 STAGER_LOOKBACK = 100  # qdrant_index materializations read back to find the run that staged an unchanged version
 # What a vector table's encoder identity (its cache_key, recorded in the table) covers besides the model's name
@@ -171,7 +172,7 @@ def qdrant_index(
             "location": location,
             STAGED_VERSION: dg.MetadataValue.int(report.version or 0),
             STAGED_BY: staged_by or "none",
-            "reused_version": dg.MetadataValue.int(report.version or 0) if report.reused_staged else "no",
+            REUSED_VERSION: dg.MetadataValue.int(report.version or 0) if report.reused_staged else "no",
             "published_version": published if published is not None else "none",
             "documents": dg.MetadataValue.int(report.documents),
             "chunks": dg.MetadataValue.int(report.chunks),
@@ -262,12 +263,14 @@ def _stager(context: dg.AssetExecutionContext, version: int | None) -> str | Non
 @dataclass(frozen=True)
 class StagedVersion:
     """A version a ``qdrant_index`` materialization recorded: its number, the run that staged it (None: not known,
-    e.g. a version the CLI published that a run found unchanged) and whether that materialization is this run's
-    (``own``)."""
+    e.g. a version the CLI published that a run found unchanged), whether that materialization is this run's
+    (``own``) and whether it reused the complete version an earlier attempt of the same write staged (``reused``:
+    the same points, so an evaluation of them holds)."""
 
     version: int
     run_id: str | None
     own: bool
+    reused: bool = False
 
 
 def staged_version(context: dg.AssetExecutionContext) -> StagedVersion | None:
@@ -276,9 +279,11 @@ def staged_version(context: dg.AssetExecutionContext) -> StagedVersion | None:
     for record in reversed(
         context.instance.get_records_for_run(context.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION).records
     ):
-        staged = _staged(record.event_log_entry.asset_materialization, context.run_id, context.partition_key)
-        if staged:
-            return StagedVersion(*staged, own=True)
+        materialization = record.event_log_entry.asset_materialization
+        staged = _staged(materialization, context.run_id, context.partition_key)
+        if staged and materialization is not None:
+            reused = materialization.metadata.get(REUSED_VERSION)
+            return StagedVersion(*staged, own=True, reused=reused is not None and reused.value == staged[0])
     return latest_staged(context)
 
 

@@ -96,12 +96,14 @@ def _mark_published(
     context: dg.AssetExecutionContext, history: EvalHistory, corpus: CorpusConfig, staged: StagedVersion
 ) -> None:
     """Mark the history rows of the published version ``staged`` as published: those the gate passed, every one
-    recorded since the run that staged it started (another evaluation's refusal of it is superseded: readers get
-    it), and those of the evaluation whose latest verdict let it through, with its tolerance (a version the gate
-    refused, accepted afterwards with a larger ``ndcg_drop_tolerance``: an unchanged evaluation, which appends no
-    rows)."""
+    recorded since the run that staged it started or of the same points (another evaluation's refusal of it is
+    superseded: readers get it; a run that reused the version an earlier attempt staged names itself, not that
+    attempt), and those of the evaluation whose latest verdict let it through, with its tolerance (a version the
+    gate refused, accepted afterwards with a larger ``ndcg_drop_tolerance``: an unchanged evaluation, which appends
+    no rows)."""
     record = gate_record(context, staged)
-    accepted = record if record and record.get(GATE) == GATE_PASSED and REPORT in record else None
+    report = record.get(REPORT) if record else None
+    accepted = record if record and record.get(GATE) == GATE_PASSED and report else None
     run = context.instance.get_run_record_by_id(staged.run_id) if staged.run_id else None
     history.mark_published(
         corpus.name,
@@ -110,6 +112,7 @@ def _mark_published(
         accepted_at=datetime.fromisoformat(accepted[REPORT]["timestamp"]) if accepted else None,
         tolerance=accepted.get(GATE_TOLERANCE) if accepted else None,
         since=_utc(run.create_timestamp) if run is not None else None,
+        index=report.get("index_fingerprint") if isinstance(report, dict) else None,
     )
 
 

@@ -150,10 +150,13 @@ class EvalHistory:
         accepted_at: datetime | None = None,
         tolerance: float | None = None,
         since: datetime | None = None,
+        index: str | None = None,
     ) -> int:
         """Readers now get ``version`` of ``qdrant_collection``: the rows of ``collection`` that evaluated it while
         it was staged (context ``published`` false, gate passed) get ``published`` true; with ``since`` (when that
-        version was staged), every row of it recorded since then, whatever its gate's verdict, which it keeps
+        version was staged), every row of it recorded since then, and with ``index`` (its points'
+        ``index_fingerprint``), every row of it that searched those points, whoever recorded them (a run stopped
+        before publishing the version a later run reused), whatever its gate's verdict, which it keeps
         (another evaluation refused it before it was accepted: the version is served all the same). ``accepted_at``:
         the timestamp of the evaluation whose gate verdict let it through, judged again with ``tolerance`` (the
         gate's ``ndcg_drop_tolerance``): its rows also get gate ``passed`` and ``gate_tolerance``, whatever verdict
@@ -163,7 +166,11 @@ class EvalHistory:
             "collection = ? AND json_extract(context, '$.qdrant_collection') = ? "
             "AND json_extract(context, '$.version') = ?"
         )
-        which = "json_extract(context, '$.gate') = 'passed'" + (" OR timestamp >= ?" if since is not None else "")
+        which, also = "json_extract(context, '$.gate') = 'passed'", []
+        if since is not None:
+            which, also = f"{which} OR timestamp >= ?", [*also, _stamp(since)]
+        if index is not None:
+            which, also = f"{which} OR json_extract(context, '$.index_fingerprint') = ?", [*also, index]
         marked = 0
         with self._connect() as conn:
             if accepted_at is not None:
@@ -176,7 +183,7 @@ class EvalHistory:
             marked += conn.execute(
                 f"UPDATE evals SET context = json_set(context, '$.published', json('true')) WHERE {where} "
                 f"AND json_extract(context, '$.published') = 0 AND ({which})",
-                (collection, qdrant_collection, version, *([_stamp(since)] if since is not None else [])),
+                (collection, qdrant_collection, version, *also),
             ).rowcount
         return marked
 

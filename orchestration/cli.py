@@ -26,7 +26,15 @@ import typer
 from rich.table import Table
 from typer.core import TyperGroup
 
-from orchestration.terminal import ConsoleHandler, LiteralConsole, PrintableFormatter, counted, label, printable
+from orchestration.terminal import (
+    ConsoleHandler,
+    LiteralConsole,
+    PrintableFormatter,
+    counted,
+    label,
+    printable,
+    show_warning,
+)
 
 if TYPE_CHECKING:
     from orchestration.forget import CorpusLeftovers
@@ -240,9 +248,13 @@ def main(
 
 def _configure_logging(verbose: bool) -> None:
     """Warnings and errors of every library on stderr, one line each, as the CLI's own (``warning: message``,
-    ``error: message``); ``-v`` adds the INFO lines of the project's own loggers (:data:`PROJECT_LOGGERS`), every
-    line then carrying its time and logger name as Dagster's lines do. Other libraries' INFO lines (alembic,
-    SQLAlchemy, sentence-transformers) stay out."""
+    ``error: message``), Python warnings (``warnings.warn``) too (:func:`~orchestration.terminal.show_warning`);
+    ``-v`` adds the INFO lines of the project's own loggers (:data:`PROJECT_LOGGERS`), every line then carrying its
+    time and logger name as Dagster's lines do. Other libraries' INFO lines (alembic, SQLAlchemy,
+    sentence-transformers) stay out."""
+    import warnings
+
+    warnings.showwarning = show_warning
     handler: logging.Handler = ConsoleHandler(err_console)
     if verbose:
         handler = logging.StreamHandler()
@@ -1042,7 +1054,7 @@ def restore(
             source,
             replace=replace,
             other_collection=other_collection,
-            expected=stack.schema,  # called (loading the models) only to verify a restored version
+            expected=stack.schema,  # called only to verify a restored version (loads no model that it records)
             models_dir=settings.collection_models_dir(),
         )
     if done.already:

@@ -70,6 +70,14 @@ class ConsoleHandler(logging.Handler):
             self.handleError(record)
 
 
+def show_warning(message: Warning | str, category: type[Warning], *_: object, **__: object) -> None:
+    """A ``warnings.showwarning`` hook: a Python warning (a library's ``warnings.warn``) as a log warning of
+    ``py.warnings`` (the logger ``logging.captureWarnings`` uses), so that it prints as the CLI's other warnings
+    (``warning: message``), not as ``/path/file.py:123: UserWarning: message`` and its source line. Installed by
+    the CLI only: an application importing the library keeps its own."""
+    logging.getLogger("py.warnings").warning("%s", message)
+
+
 def counted(n: int, noun: str) -> str:
     """``n`` with thousands separators and ``noun``, plural unless ``n`` is 1: ``counted(4500, "point")``."""
     return f"{n:,} {noun}" + ("" if n == 1 else "s")

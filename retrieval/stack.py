@@ -151,9 +151,14 @@ class RetrievalStack:
                 self._stores[key] = open_store(self.settings, key[0], version=version)
             return self._stores[key]
 
-    def schema(self) -> CollectionSchema:
-        """The schema of the vectors this stack's encoders make, chunked per its settings."""
-        return CollectionSchema.of(self.dense, self.sparse, self.settings)
+    def schema(self, recorded: CollectionSchema | None = None) -> CollectionSchema:
+        """The schema of the vectors this stack's encoders make, chunked per its settings. Given the schema a
+        collection ``recorded``, the dense model is not loaded when that schema records its content (the same
+        fingerprint): its dimension, the one thing that needs the model, is then the recorded one."""
+        was, now = recorded.dense_fingerprint if recorded else None, self.dense.fingerprint
+        known = was is not None and was == now and not now.endswith("?")  # "hub:?": not cached, not known
+        dim = recorded.dense_dim if known and recorded is not None else None
+        return CollectionSchema.of(self.dense, self.sparse, self.settings, dense_dim=dim)
 
     def check_schema(self, collection: str | None = None, *, missing_ok: bool = False) -> CollectionSchema | None:
         """The collection's schema once checked against this stack's models (see :meth:`QdrantStore.check_schema`)."""

@@ -55,6 +55,44 @@ def test_library_warnings_print_as_the_cli_own_warning_lines(cli_env, monkeypatc
     assert not [line for line in lines if line.startswith("WARNING")]
 
 
+def test_python_warnings_print_as_the_cli_own_warning_lines(cli_env, capsys, tmp_path) -> None:
+    """A Python warning (``warnings.warn``) printed raw, ``/path/edge.py:298: ResourceWarning: unclosed store ...``
+    and its source line, beside the CLI's ``warning: ...`` lines: it is one of them now. The library's own warning
+    of a store garbage-collected unclosed, after the CLI set up its output; the library alone installs no hook."""
+    import gc
+    import warnings
+
+    from typer.testing import CliRunner
+
+    from orchestration.cli import app
+    from retrieval.store import CollectionSchema, EdgeStore
+
+    assert warnings.showwarning is warnings._showwarning_orig  # type: ignore[attr-defined]  # the library's import
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    root.handlers.clear()  # bare, as in a fresh process (see the test above)
+    try:
+        assert CliRunner().invoke(app, ["collections"]).exit_code == 1  # no index folder: the CLI's own warning
+        capsys.readouterr()
+        store = EdgeStore(tmp_path / "index", "leaked")
+        staged = store.stage(CollectionSchema(dense_model="toy", dense_dim=4, sparse_model="bm25", sparse_idf=True))
+        store.seal(staged)
+        store.publish(staged)
+        staged.close()
+        store.count()  # holds its version
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", ResourceWarning)  # hidden by default: shown with python -W, -X dev
+            del store
+            gc.collect()
+    finally:
+        root.handlers[:], root.level = saved
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == [
+        f"warning: unclosed store of collection 'leaked' at {tmp_path / 'index'}: released when "
+        "garbage-collected; close its RetrievalStack (stack.close() or a with block) when done"
+    ], lines
+
+
 @pytest.mark.slow
 def test_verbose_search_logs_with_time_and_logger_and_says_where_the_time_went(tmp_path: Path) -> None:
     docs = tmp_path / "docs.jsonl"

@@ -317,11 +317,23 @@ def test_a_refused_publish_names_both_ways_out_and_run_can_accept_the_drop(tmp_p
     assert published_version(tmp_path, "accept") == 1
     bad = CliRunner().invoke(app, ["run", "--corpus", PARTITION, "--ndcg-drop-tolerance", "nan"])
     assert bad.exit_code == 2 and "ndcg_drop_tolerance: Input should be a finite number" in bad.stderr, bad.output
+    _, refusing_run = materialized_at(sandbox, "retrieval_evaluation")
     accepted = CliRunner().invoke(app, ["run", "--corpus", PARTITION, "--ndcg-drop-tolerance", accept.group(1)])
     assert accepted.exit_code == 0, accepted.output
     index = sandbox.metadata("qdrant_index")  # the refused run's complete version, judged again: not written again
     assert (index["version"], index["written"], index["reused_version"]) == (2, 0, 2)
     assert published_version(tmp_path, "accept") == 2
+    # Nor evaluated again: the same points, queries and settings; the refused run's figures, judged again, and its
+    # history rows (the one evaluation of version 2) are what readers now get.
+    evaluation = sandbox.metadata("retrieval_evaluation")
+    assert evaluation["reused_evaluation"].endswith(f" UTC by run {refusing_run}"), evaluation
+    _, accepting_run = materialized_at(sandbox, "retrieval_evaluation")
+    assert any("not evaluated again, reused evaluation" in m for m in sandbox.messages(accepting_run))
+    rows = EvalHistory(sandbox.history).records(collection=PARTITION, variant="hybrid")
+    rows = rows[rows["metric"] == "ndcg@10"]
+    assert [(c["version"], c["published"], c["dagster_run_id"]) for c in rows["context"]][1:] == [
+        (2, True, refusing_run)
+    ]
 
 
 @pytest.mark.slow

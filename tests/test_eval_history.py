@@ -360,6 +360,24 @@ def test_publishing_marks_every_evaluation_of_the_version_since_it_was_staged(tm
     assert shown == [["2", "published"], ["3", "refused"]], shown
 
 
+def test_publishing_marks_the_evaluations_of_the_same_points_by_other_runs(tmp_path):
+    """``index`` (the published points' fingerprint): a run stopped before publishing evaluated the version that a
+    later run reused (it staged nothing new, so ``since`` is the later run's start); that earlier refused evaluation
+    of the same points is marked published too, keeping its verdict. Another build numbered 2 is left alone."""
+    history = EvalHistory(tmp_path / "h.sqlite")
+    restaged = datetime(2026, 11, 30, 4, tzinfo=UTC)
+    refused = {"qdrant_collection": "c", "version": 2, "published": False, "gate": "refused"}
+    refused["index_fingerprint"] = "9:a"
+    for when, context in (
+        (restaged - timedelta(hours=1), refused),  # the stopped run's evaluation of the points published now
+        (restaged - timedelta(days=3), {**refused, "index_fingerprint": "7:b"}),  # other points, same number
+    ):
+        history.append("c", "test", "hybrid", {"ndcg@10": 0.5}, context, when, source="dagster")
+    assert history.mark_published("c", "c", 2, since=restaged, index="9:a") == 1
+    states = {c["index_fingerprint"]: (c["published"], c["gate"]) for c in history.records()["context"]}
+    assert states == {"9:a": (True, "refused"), "7:b": (False, "refused")}
+
+
 def test_repr_names_the_file(tmp_path, monkeypatch):
     """A notebook showed ``<evals.history.EvalHistory object at 0x...>``: which file (absolute, as resolved) is it?"""
     monkeypatch.chdir(tmp_path)

@@ -234,6 +234,45 @@ def test_a_rerun_of_a_done_restore_loads_no_model(kept):
     assert "model" not in vars(fresh) and fresh.loads == 0
 
 
+def test_a_restore_of_the_settings_model_loads_no_model_and_another_dimension_is_refused(kept, tmp_path):
+    """The snapshot's schema records the dense model's content (fingerprint) and dimension: when the settings'
+    model is that content, the restore checks the dimension without loading it (torch and MiniLM took seconds).
+    Another model is loaded for its dimension, and one that differs is refused, naming both."""
+    from tests.tiny_models import tiny_dense
+
+    stack, good = kept
+    fresh = DenseEncoder()  # a new process's
+    settings = stack.settings.in_use_copy(collection="unloaded")
+    with RetrievalStack(settings, dense=fresh, sparse=stack.sparse) as restoring:
+        assert restore(restoring.store(), good, expected=restoring.schema).points == N
+    assert "model" not in vars(fresh) and fresh.loads == 0
+    tiny = tiny_dense(tmp_path / "tiny")  # 32 dimensions, MiniLM's 384
+    other = DenseEncoder(tiny)
+    with RetrievalStack(settings.in_use_copy(dense_model=tiny), dense=other, sparse=stack.sparse) as restoring:
+        with pytest.raises(StoreError, match="cannot be restored") as refused:
+            restore(restoring.store(), good, expected=restoring.schema, replace=True, other_collection=True)
+        assert restoring.store().count() == N  # the collection keeps its version
+    assert "dense_dim: collection has 384, settings give 32" in str(refused.value) and other.loads == 1
+
+
+@pytest.mark.slow
+def test_cli_restore_imports_no_torch_when_the_snapshot_records_the_settings_model(kept, tmp_path):
+    """``hybrid-rag restore`` of a snapshot built with the settings' model, in a new process: torch is never
+    imported (the search path's check, test_cli_commands)."""
+    import subprocess
+    import sys
+
+    _, good = kept
+    code = (
+        "import sys; from orchestration.cli import app;"
+        f"app(['restore', {str(good)!r}, '-c', 'fresh'], standalone_mode=False);"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'sentence_transformers'}))"
+    )
+    env = {**os.environ, "HYBRID_RAG_QDRANT_PATH": str(tmp_path / "index"), "HYBRID_RAG_CACHE_DIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout
+    assert out.strip().splitlines() == [f"restored 'fresh' from {good} (a snapshot of 'kept'): {N} points", "[]"]
+
+
 def test_restore_defaults_to_the_snapshots_collection_and_asks_before_replacing_another(kept, tmp_path, monkeypatch):
     """r14B: a forgotten -c restored team-eu's snapshot into the default collection, and `-c team --replace`
     replaced team's points and models by team-eu's without a word. A snapshot records its collection: that is the

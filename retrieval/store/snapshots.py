@@ -218,7 +218,7 @@ def restore(
     *,
     replace: bool = False,
     other_collection: bool = False,
-    expected: CollectionSchema | Callable[[], CollectionSchema] | None = None,
+    expected: CollectionSchema | Callable[[CollectionSchema], CollectionSchema] | None = None,
     models_dir: Path | None = None,
 ) -> Restored:
     """Make ``source`` (a snapshot) the collection's current version.
@@ -227,8 +227,9 @@ def restore(
     by a snapshot that records another collection (:func:`snapshot_collection`) only with ``other_collection``
     too; a new collection may be restored from any snapshot.
     Embedded, the restored version is verified before it is published: its schema matches ``expected`` (the
-    settings' models, the check a search does; or a callable making it, e.g. ``stack.schema``, called only then:
-    a rerun of a restore that was done loads no model), its point count the snapshot's manifest, and every point's
+    settings' models, the check a search does; or a callable making it from the snapshot's schema, e.g.
+    ``stack.schema``, called only then: a rerun of a restore that was done loads no model, nor does a snapshot
+    that records the settings' dense model's content), its point count the snapshot's manifest, and every point's
     vectors and payload are read once; else it is removed, and the published version stays served. The snapshot's
     models are installed in ``models_dir`` (the collection's); what was there is set aside (renamed), never
     deleted.
@@ -243,7 +244,7 @@ def _restore(
     source: str | Path,
     replace: bool,
     other_collection: bool,
-    expected: CollectionSchema | Callable[[], CollectionSchema] | None,
+    expected: CollectionSchema | Callable[[CollectionSchema], CollectionSchema] | None,
     models_dir: Path | None,
 ) -> Restored:
     from retrieval.store.server import ServerStore
@@ -354,7 +355,7 @@ def _verify(
     target: EdgeStore,
     source: Path,
     manifest: dict[str, Any] | None,
-    expected: CollectionSchema | Callable[[], CollectionSchema] | None,
+    expected: CollectionSchema | Callable[[CollectionSchema], CollectionSchema] | None,
 ) -> None:
     """Refuse a restored (unpublished) version whose schema, point count or points are not what they should be."""
 
@@ -370,7 +371,7 @@ def _verify(
         raise refuse(str(exc)) from exc
     if schema is None:
         raise refuse(f"no {SCHEMA_FILE}")
-    expected = expected() if callable(expected) else expected
+    expected = expected(schema) if callable(expected) else expected
     problems = expected.differences(schema) if expected is not None else []
     if problems:
         raise refuse("it was built with other models than the settings give (" + "; ".join(problems) + ")")
