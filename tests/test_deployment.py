@@ -19,7 +19,32 @@ from typer.testing import CliRunner
 from orchestration.cli import app
 from retrieval.store import StoreError, connect
 
-DOCKER_YAML = Path(__file__).parents[1] / "docker" / "dagster.yaml"
+ROOT = Path(__file__).parents[1]
+DOCKER_YAML = ROOT / "docker" / "dagster.yaml"
+
+
+def test_git_ignores_what_running_from_a_checkout_writes() -> None:
+    """A checkout's ``git add -A`` must not take in secrets (``.env``: HYBRID_RAG_QDRANT_API_KEY), indexed text
+    (snapshots were not ignored) or run state; the defaults under ``data/`` and the settings file."""
+    written = [
+        ".env",
+        "data/snapshots/sample-20260101T000000Z/snapshot.json",  # hybrid-rag snapshot
+        "data/index/sample.current.json",
+        "data/models/sample/query_encoder/config.json",
+        "data/history/evals.sqlite",
+        "data/reports/latest.md",  # hybrid-rag eval-report
+        "data/assets/chunks/sample.parquet",
+        "data/dagster_home/dagster.yaml",
+        "data/dropbox/note.md",
+    ]
+    if subprocess.run(["git", "-C", str(ROOT), "rev-parse"], capture_output=True).returncode:
+        pytest.skip("not a git checkout")
+    check = subprocess.run(
+        ["git", "-C", str(ROOT), "check-ignore", "--no-index", "-v", "--non-matching", *written],
+        capture_output=True,
+        text=True,
+    )
+    assert not [line for line in check.stdout.splitlines() if line.startswith("::")], check.stdout
 
 
 def test_the_image_instance_uses_the_psycopg2_driver_it_installs() -> None:
