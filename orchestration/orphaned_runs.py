@@ -13,6 +13,7 @@ host is never failed.
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import threading
@@ -81,11 +82,14 @@ def unpartitioned_run(job: dg.JobDefinition, run: dg.DagsterRun) -> str | None:
     partitions = job.partitions_def
     if partitions is None or PARTITION_TAG in run.tags or PARTITION_RANGE_TAG in run.tags:
         return None
-    corpora = ", ".join(partitions.get_partition_keys())
+    keys = partitions.get_partition_keys()
+    name, corpus = run.job_name, keys[0] if keys else "NAME"
+    tags = json.dumps({PARTITION_TAG: corpus})
     return (
-        f"run {run.run_id} of job {run.job_name!r} names no corpus: its assets are partitioned by corpus, one "
-        f"partition per corpora file entry ({corpora or 'none'}); launch it with a partition (the launchpad's "
-        "partition selector, a backfill, `dagster job launch --partition`, `hybrid-rag run --corpus`)"
+        f"run {run.run_id} of job {name!r} names no corpus: its assets are partitioned by corpus, one partition "
+        f"per corpora file entry ({', '.join(keys) or 'none'}); launch it with a partition: the launchpad's "
+        f"partition selector, `dagster job backfill -j {name} --partitions {corpus}`, `dagster job launch -j {name} "
+        f"--tags '{tags}'`" + (f", `hybrid-rag run --corpus {corpus}`" if name == "reindex" else "")
     )
 
 

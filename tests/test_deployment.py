@@ -5,8 +5,10 @@ local mode held by another process fails in one line; an API key over http to a 
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -19,7 +21,32 @@ from typer.testing import CliRunner
 from orchestration.cli import app
 from retrieval.store import StoreError, connect
 
-DOCKER_YAML = Path(__file__).parents[1] / "docker" / "dagster.yaml"
+ROOT = Path(__file__).parents[1]
+DOCKER_YAML = ROOT / "docker" / "dagster.yaml"
+
+
+def test_git_ignores_what_running_from_a_checkout_writes() -> None:
+    """A checkout's ``git add -A`` must not take in secrets (``.env``: HYBRID_RAG_QDRANT_API_KEY), indexed text
+    (snapshots were not ignored) or run state; the defaults under ``data/`` and the settings file."""
+    written = [
+        ".env",
+        "data/snapshots/sample-20260101T000000Z/snapshot.json",  # hybrid-rag snapshot
+        "data/index/sample.current.json",
+        "data/models/sample/query_encoder/config.json",
+        "data/history/evals.sqlite",
+        "data/reports/latest.md",  # hybrid-rag eval-report
+        "data/assets/chunks/sample.parquet",
+        "data/dagster_home/dagster.yaml",
+        "data/dropbox/note.md",
+    ]
+    if subprocess.run(["git", "-C", str(ROOT), "rev-parse"], capture_output=True).returncode:
+        pytest.skip("not a git checkout")
+    check = subprocess.run(
+        ["git", "-C", str(ROOT), "check-ignore", "--no-index", "-v", "--non-matching", *written],
+        capture_output=True,
+        text=True,
+    )
+    assert not [line for line in check.stdout.splitlines() if line.startswith("::")], check.stdout
 
 
 def test_the_image_instance_uses_the_psycopg2_driver_it_installs() -> None:
@@ -43,6 +70,31 @@ def test_the_image_instance_monitors_runs_with_the_default_launcher(tmp_path: Pa
         assert instance.run_monitoring_start_timeout_seconds > 0
         assert instance.run_monitoring_max_resume_run_attempts == 0
         assert_ticks_are_purged(instance)
+
+
+@pytest.mark.slow  # runs dagster-daemon twice
+def test_the_daemon_container_is_unhealthy_once_its_daemons_stop_beating(tmp_path: Path) -> None:
+    """docker-compose.yml's daemon healthcheck, run against the image's instance settings (SQLite storage): healthy
+    while every daemon beats, unhealthy 5 minutes after they stop (Dagster's own default waits 30)."""
+    from dagster._daemon.types import DaemonHeartbeat
+
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    kind, command = compose["services"]["dagster_daemon"]["healthcheck"]["test"]
+    assert kind == "CMD-SHELL"
+    config = yaml.safe_load(DOCKER_YAML.read_text())
+    del config["storage"]
+    config["compute_logs"]["config"]["base_dir"] = str(tmp_path / "logs")
+    (tmp_path / "dagster.yaml").write_text(yaml.safe_dump(config))
+
+    def healthy_after_beats(seconds_ago: float) -> bool:
+        with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
+            for daemon in instance.get_required_daemon_types():
+                instance.add_daemon_heartbeat(DaemonHeartbeat(time.time() - seconds_ago, daemon, "d1", errors=[]))
+        env = {**os.environ, "DAGSTER_HOME": str(tmp_path)}
+        return subprocess.run(["sh", "-c", command], env=env, capture_output=True, timeout=120).returncode == 0
+
+    assert healthy_after_beats(10)
+    assert not healthy_after_beats(400)
 
 
 def assert_ticks_are_purged(instance: dg.DagsterInstance) -> None:
