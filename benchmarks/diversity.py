@@ -63,7 +63,7 @@ def run(max_docs: int | None = None, max_queries: int | None = None, root: str |
                 rows.append(
                     {
                         "diversity": diversity,
-                        "depth": depth or settings.rerank_depth,
+                        "depth": None if diversity is None else depth or settings.rerank_depth,
                         "ndcg": ndcg,
                         "mean_cosine": float(np.mean([c.mean() for c in cosines])),
                         "near_duplicates": float(np.mean(np.concatenate(cosines) >= NEAR_DUPLICATE)),
