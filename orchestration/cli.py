@@ -532,6 +532,13 @@ def search(
     score_threshold: Annotated[
         float | None, typer.Option(help="Drop hits with a lower final score (hybrid: a cut by rank)")
     ] = None,
+    diversity: Annotated[
+        float | None,
+        typer.Option(help="0 to 1: diverse hits (maximal marginal relevance), e.g. 0.3; default off"),
+    ] = None,
+    diversity_depth: Annotated[
+        int | None, typer.Option(help="Candidates --diversity picks from (default: settings, RERANK_DEPTH)")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print hits as JSON")] = False,
 ) -> None:
     """Search a collection (the same defaults as the Python API and `eval`: reranking as the settings say)."""
@@ -543,7 +550,15 @@ def search(
     with RetrievalStack(_settings(collection=collection)) as stack:
         retriever = stack.retriever()
         hits = retriever.search(
-            text, k=k, filter=flt, rerank=rerank, variant=variant, group_by=group_by, score_threshold=score_threshold
+            text,
+            k=k,
+            filter=flt,
+            rerank=rerank,
+            variant=variant,
+            group_by=group_by,
+            score_threshold=score_threshold,
+            diversity=diversity,
+            diversity_depth=diversity_depth,
         )
         timings = retriever.last_timings
         log.info(

@@ -35,29 +35,32 @@ class HaystackRetriever:
         filters: dict[str, Any] | None = None,
         rerank: bool | None = None,
         group_by: str = "chunk",
+        diversity: float | None = None,
+        diversity_depth: int | None = None,
     ):
         self.retriever, self.top_k, self.filters, self.rerank = retriever, top_k, filters, rerank
         self.group_by = choice(GroupBy, group_by, "group_by").value  # "doc": one Document per document, its best chunk
-        retriever.check_arguments(*self._arguments(None, None), group_by=self.group_by)
+        self.diversity, self.diversity_depth = diversity, diversity_depth  # search's: MMR, off by default
+        retriever.check_arguments(*self._arguments(None, None), **self._options())
         if top_k is not None:  # numpy's integer types too (search takes them): a saved pipeline needs a plain int
             self.top_k = int(top_k)
 
     @component.output_types(documents=list[Document])
     def run(self, query: str, top_k: int | None = None, filters: dict[str, Any] | None = None) -> dict[str, Any]:
-        hits = self.retriever.search(query, *self._arguments(top_k, filters), group_by=self.group_by)
+        hits = self.retriever.search(query, *self._arguments(top_k, filters), **self._options())
         return {"documents": [_to_document(h) for h in hits]}
 
     @component.output_types(documents=list[Document])
     async def run_async(
         self, query: str, top_k: int | None = None, filters: dict[str, Any] | None = None
     ) -> dict[str, Any]:
-        hits = await self.retriever.asearch(query, *self._arguments(top_k, filters), group_by=self.group_by)
+        hits = await self.retriever.asearch(query, *self._arguments(top_k, filters), **self._options())
         return {"documents": [_to_document(h) for h in hits]}
 
     def to_dict(self) -> dict[str, Any]:
         """The component as Haystack saves it: what reopens its retriever (:meth:`HybridRetriever.saved`: the
         collection, where it is, the settings that differ from the defaults, never the API key) and ``top_k``,
-        ``filters``, ``rerank``, ``group_by``."""
+        ``filters``, ``rerank``, ``group_by``, ``diversity``, ``diversity_depth``."""
         settings, version = self.retriever.saved()
         return default_to_dict(
             self,
@@ -66,7 +69,7 @@ class HaystackRetriever:
             top_k=self.top_k,
             filters=self.filters,
             rerank=self.rerank,
-            group_by=self.group_by,
+            **self._options(),
         )
 
     @classmethod
@@ -84,6 +87,9 @@ class HaystackRetriever:
         ``component.retriever.close()`` closes it."""
         return self.retriever.own_stack
 
+    def _options(self) -> dict[str, Any]:
+        return {"group_by": self.group_by, "diversity": self.diversity, "diversity_depth": self.diversity_depth}
+
     def _arguments(self, top_k: int | None, filters: dict[str, Any] | None) -> tuple:
         return (
             self.top_k if top_k is None else top_k,
@@ -99,6 +105,7 @@ def _repr(self: HaystackRetriever) -> str:
     """What it searches and the arguments given, then what Haystack shows of a component (its name in a pipeline,
     its sockets)."""
     given = {"top_k": self.top_k, "filters": self.filters, "rerank": self.rerank}
+    given |= {"diversity": self.diversity, "diversity_depth": self.diversity_depth}
     head = adapter_repr("HaystackRetriever", self.retriever, self.group_by, **given)
     return "\n".join([head, *_haystack_repr(self).split("\n")[1:]])
 

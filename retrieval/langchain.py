@@ -1,11 +1,14 @@
 """LangChain adapter: a ``BaseRetriever`` over :class:`HybridRetriever`.
 
 It follows LangChain's own ``VectorStoreRetriever``: ``search_kwargs`` (``k``, ``filter``, ...) are the
-defaults of every call, and ``invoke(query, k=3, filter={...})`` overrides them for one call.
+defaults of every call, and ``invoke(query, k=3, filter={...})`` overrides them for one call; ``search_type="mmr"``
+takes LangChain's ``lambda_mult`` (default 0.5) and ``fetch_k`` as ``diversity = 1 - lambda_mult`` and
+``diversity_depth = fetch_k``.
 """
 
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
 from langchain_core.callbacks import AsyncCallbackManagerForRetrieverRun, CallbackManagerForRetrieverRun
@@ -16,7 +19,10 @@ from pydantic import ConfigDict, Field
 from retrieval.adapters import hit_metadata, shown_filter
 from retrieval.errors import InvalidArgumentError
 
-SEARCH_KWARGS = ("k", "filter", "rerank", "variant", "group_by", "score_threshold")
+SEARCH_KWARGS = ("k", "filter", "rerank", "variant", "group_by", "score_threshold", "diversity", "diversity_depth")
+SEARCH_TYPES = ("similarity", "mmr")
+MMR_KWARGS = ("lambda_mult", "fetch_k")  # LangChain's names of search_type="mmr": diversity, diversity_depth
+DEFAULT_LAMBDA_MULT = 0.5  # LangChain's
 
 
 class LangChainRetriever(BaseRetriever):
@@ -26,36 +32,64 @@ class LangChainRetriever(BaseRetriever):
     model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
 
     retriever: Any
+    search_type: str = "similarity"
     search_kwargs: dict[str, Any] = Field(default_factory=dict)
 
     def __init__(self, **data: Any):
         # checked before pydantic, which would wrap the InvalidArgumentError (a ValueError) in a ValidationError
-        search_kwargs = _checked(data.get("search_kwargs", {}))
-        if "retriever" in data:
-            data["retriever"].check_arguments(**_shown(search_kwargs))
+        search_type = data.get("search_type", "similarity")
+        if search_type not in SEARCH_TYPES:
+            raise InvalidArgumentError(f"search_type must be one of {', '.join(SEARCH_TYPES)}, got {search_type!r}")
+        _checked(data.get("search_kwargs", {}), search_type)
         super().__init__(**data)
+        if "retriever" in data:
+            self.retriever.check_arguments(**self._arguments({}))
 
     def _get_relevant_documents(
         self, query: str, *, run_manager: CallbackManagerForRetrieverRun, **kwargs: Any
     ) -> list[LCDocument]:
-        hits = self.retriever.search(query, **_shown(self.search_kwargs | _checked(kwargs)))
+        hits = self.retriever.search(query, **self._arguments(kwargs))
         return [_to_document(h) for h in hits]
 
     async def _aget_relevant_documents(
         self, query: str, *, run_manager: AsyncCallbackManagerForRetrieverRun, **kwargs: Any
     ) -> list[LCDocument]:
-        search_kwargs = _shown(self.search_kwargs | _checked(kwargs))
-        hits = await self.retriever.asearch(query, **search_kwargs)
+        hits = await self.retriever.asearch(query, **self._arguments(kwargs))
         return [_to_document(h) for h in hits]
 
+    def _arguments(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The search's arguments: ``search_kwargs`` overridden by this call's, in this library's names, with
+        ``search_type="mmr"``'s default diversity."""
+        arguments = _checked(self.search_kwargs, self.search_type) | _checked(kwargs, self.search_type)
+        if self.search_type == "mmr":
+            arguments.setdefault("diversity", 1 - DEFAULT_LAMBDA_MULT)
+        return _shown(arguments)
 
-def _checked(kwargs: dict[str, Any]) -> dict[str, Any]:
+
+def _checked(kwargs: dict[str, Any], search_type: str) -> dict[str, Any]:
+    """``kwargs`` checked for names and LangChain's MMR names (``search_type="mmr"`` only) made this library's."""
     if not isinstance(kwargs, dict):
         raise InvalidArgumentError(f"search_kwargs must be a dict, got {type(kwargs).__name__}")
-    unknown = sorted(set(kwargs) - set(SEARCH_KWARGS))
+    valid = SEARCH_KWARGS + (MMR_KWARGS if search_type == "mmr" else ())
+    unknown = sorted(set(kwargs) - set(valid))
     if unknown:
-        raise InvalidArgumentError(f"unknown search arguments {unknown}; valid: {', '.join(SEARCH_KWARGS)}")
-    return dict(kwargs)
+        hint = f" ({', '.join(MMR_KWARGS)}: with search_type='mmr')" if set(unknown) & set(MMR_KWARGS) else ""
+        raise InvalidArgumentError(f"unknown search arguments {unknown}{hint}; valid: {', '.join(valid)}")
+    out = {key: value for key, value in kwargs.items() if key not in MMR_KWARGS}
+    if "lambda_mult" in kwargs:
+        if "diversity" in kwargs:
+            raise InvalidArgumentError("give lambda_mult or diversity (1 - lambda_mult), not both")
+        value = kwargs["lambda_mult"]
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value <= 1:
+            raise InvalidArgumentError(
+                f"lambda_mult must be a number from 0 (the most diverse) to 1 (relevance only), got {value!r}"
+            )
+        out["diversity"] = 1 - float(value)
+    if "fetch_k" in kwargs:
+        if "diversity_depth" in kwargs:
+            raise InvalidArgumentError("give fetch_k or diversity_depth (the same), not both")
+        out["diversity_depth"] = kwargs["fetch_k"]
+    return out
 
 
 def _shown(search_kwargs: dict[str, Any]) -> dict[str, Any]:

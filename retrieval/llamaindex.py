@@ -23,34 +23,39 @@ class LlamaIndexRetriever(BaseRetriever):
         filter: dict[str, Any] | None = None,
         rerank: bool | None = None,
         group_by: str = "chunk",
+        diversity: float | None = None,
+        diversity_depth: int | None = None,
         **kwargs: Any,
     ):
         self.retriever, self.k, self.filter, self.rerank = retriever, k, filter, rerank
         self.group_by = choice(GroupBy, group_by, "group_by").value  # "doc": one node per document, its best chunk
-        retriever.check_arguments(k, shown_filter(filter), rerank, group_by=self.group_by)
+        self.diversity, self.diversity_depth = diversity, diversity_depth  # search's: MMR, off by default
+        retriever.check_arguments(**self._arguments())
         super().__init__(**kwargs)
 
     def __repr__(self) -> str:
         """What it searches and the arguments given (LlamaIndex's own repr is the object's address)."""
-        return adapter_repr(
-            "LlamaIndexRetriever", self.retriever, self.group_by, k=self.k, filter=self.filter, rerank=self.rerank
-        )
+        given = {"k": self.k, "filter": self.filter, "rerank": self.rerank}
+        given |= {"diversity": self.diversity, "diversity_depth": self.diversity_depth}
+        return adapter_repr("LlamaIndexRetriever", self.retriever, self.group_by, **given)
 
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
-        hits = self.retriever.search(
-            query_bundle.query_str,
-            k=self.k,
-            filter=shown_filter(self.filter),
-            rerank=self.rerank,
-            group_by=self.group_by,
-        )
+        hits = self.retriever.search(query_bundle.query_str, **self._arguments())
         return [_to_node(h) for h in hits]
 
     async def _aretrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
-        hits = await self.retriever.asearch(
-            query_bundle.query_str, self.k, shown_filter(self.filter), self.rerank, group_by=self.group_by
-        )
+        hits = await self.retriever.asearch(query_bundle.query_str, **self._arguments())
         return [_to_node(h) for h in hits]
+
+    def _arguments(self) -> dict[str, Any]:
+        return {
+            "k": self.k,
+            "filter": shown_filter(self.filter),
+            "rerank": self.rerank,
+            "group_by": self.group_by,
+            "diversity": self.diversity,
+            "diversity_depth": self.diversity_depth,
+        }
 
 
 def _to_node(hit) -> NodeWithScore:

@@ -19,6 +19,7 @@ import numpy as np
 
 from retrieval.adapted import query_encoder_now
 from retrieval.chunking import point_id
+from retrieval.diversity import mmr_order
 from retrieval.documents import has_lone_surrogate, short_repr
 from retrieval.encoders import Bm25Encoder
 from retrieval.encoders.sparse import SparseVec
@@ -171,8 +172,9 @@ class HybridRetriever:
         in seconds: ``open_s`` following the collection's current version (opening it, or reopening it after
         another process's write) and checking its schema (the first search loads the dense model here),
         ``encode_s`` encoding the queries, ``qdrant_s`` the engine's requests and fusion, ``rerank_s`` reranking
-        (reranked searches only). Their sum is the search's wall time (within about a millisecond: checking the
-        arguments). Kept per thread: threads sharing this retriever each read their own search's."""
+        (reranked searches only), ``diversity_s`` picking diverse hits (searches with a ``diversity`` only). Their
+        sum is the search's wall time (within about a millisecond: checking the arguments).
+        Kept per thread: threads sharing this retriever each read their own search's."""
         return self._timings.last
 
     def __repr__(self) -> str:
@@ -288,13 +290,24 @@ class HybridRetriever:
         group_by: GroupBy | str = GroupBy.CHUNK,
         score_threshold: float | None = None,
         encoded: QueryVectors | None = None,
+        diversity: float | None = None,
+        diversity_depth: int | None = None,
     ) -> list[Hit]:
         """:meth:`search` in a worker thread, for event loops (the async adapters await it); afterwards the
         awaiting thread's :attr:`last_timings` are this search's."""
 
         def run() -> tuple[list[Hit], dict[str, float]]:
             hits = self.search(
-                query, k, filter, rerank, variant, group_by=group_by, score_threshold=score_threshold, encoded=encoded
+                query,
+                k,
+                filter,
+                rerank,
+                variant,
+                group_by=group_by,
+                score_threshold=score_threshold,
+                encoded=encoded,
+                diversity=diversity,
+                diversity_depth=diversity_depth,
             )
             return hits, dict(self._timings.last)
 
@@ -313,6 +326,8 @@ class HybridRetriever:
         group_by: GroupBy | str = GroupBy.CHUNK,
         score_threshold: float | None = None,
         encoded: QueryVectors | None = None,
+        diversity: float | None = None,
+        diversity_depth: int | None = None,
     ) -> list[Hit]:
         """The ``k`` best hits for ``query``; see :meth:`search_batch` for the arguments."""
         return self.search_batch(
@@ -324,6 +339,8 @@ class HybridRetriever:
             group_by=group_by,
             score_threshold=score_threshold,
             encoded=encoded,
+            diversity=diversity,
+            diversity_depth=diversity_depth,
         )[0]
 
     def search_batch(
@@ -337,6 +354,8 @@ class HybridRetriever:
         group_by: GroupBy | str = GroupBy.CHUNK,
         score_threshold: float | None = None,
         encoded: QueryVectors | None = None,
+        diversity: float | None = None,
+        diversity_depth: int | None = None,
     ) -> list[list[Hit]]:
         """Search many queries: one encoder call per channel, one batched Qdrant request for the channel lists
         (ids, scores and doc ids only), fusion here, then one request for the payloads of the hits kept.
@@ -349,31 +368,40 @@ class HybridRetriever:
         hybrid search's score comes from the hit's ranks, so there it cuts by rank: warned once; to drop
         irrelevant hits, test ``dense_score``);
         ``encoded``: the queries' vectors from :meth:`encode` (not encoded again: searching the same queries
-        several ways encodes them once). Empty queries, ``k`` outside 1 to :data:`MAX_K`, ``rerank`` other than a
-        bool or None (or one the ``variant`` contradicts: ``hybrid+rerank`` with False, ``dense``/``sparse`` with True),
-        a ``score_threshold`` that is no finite number, a bad filter and unknown names raise
-        :class:`~retrieval.errors.InvalidArgumentError` before anything is encoded or queried.
+        several ways encodes them once); ``diversity``: from 0 to 1, maximal marginal relevance over the top
+        ``diversity_depth`` candidates (default: settings, ``RERANK_DEPTH``), after fusion and reranking: each next
+        hit trades its score for being unlike the hits before it (:mod:`retrieval.diversity`; None or 0: off).
+        Empty queries, ``k`` or ``diversity_depth`` outside 1 to :data:`MAX_K`, ``rerank`` other than a bool or
+        None (or one the ``variant`` contradicts: ``hybrid+rerank`` with False, ``dense``/``sparse`` with True), a
+        ``score_threshold`` that is no finite number, a ``diversity`` outside 0 to 1, a bad filter and unknown names
+        raise :class:`~retrieval.errors.InvalidArgumentError` before anything is encoded or queried.
         """
-        k, group_by = self._check_arguments(queries, k, group_by, score_threshold, rerank, filter)
+        k, group_by, pool = self._check_arguments(
+            queries, k, group_by, score_threshold, rerank, filter, diversity, diversity_depth
+        )
         variant, rerank = self._resolve_variant(variant, rerank)
         if score_threshold is not None and variant is Variant.HYBRID:
             _warn_threshold_by_rank()
-        depth = max(k, self.reranker.config.depth) if rerank else k  # chunks, or documents (group_by="doc")
-        # Reranking by feedback needs the candidates' stored vectors, not their text: payloads are then read
+        diverse = bool(diversity)
+        pool = max(k, pool) if diverse else k  # the candidates MMR picks from
+        depth = max(pool, self.reranker.config.depth) if rerank else pool  # chunks, or documents (group_by="doc")
+        # Reranking by feedback and MMR need the candidates' stored vectors, not their text: payloads are then read
         # for the final hits only (the listwise prompt needs the candidates' text, so it reads them all).
-        deferred = rerank and self.reranker.config.mode is not RerankMode.PROMPT
+        deferred = (rerank or diverse) and not (rerank and self.reranker.config.mode is RerankMode.PROMPT)
         with self._one_version():
             query_vectors, candidates = self.first_stage(
                 queries,
                 variant,
                 depth,
                 filter,
-                with_vectors=rerank,
+                with_vectors=rerank or diverse,
                 with_payload=not deferred,
                 group_by=group_by,
                 encoded=encoded,
             )
             ranked = self._rerank_batch(queries, query_vectors, candidates) if rerank else candidates
+            if diverse:
+                ranked = self._diversify_batch(ranked, pool, k, diversity, score_threshold)
             results = [_finish(hits, k, score_threshold) for hits in ranked]
             for hit in (h for hits in results for h in hits):
                 hit.dense_vector = None  # the reranker's input: hits have one shape whatever the variant
@@ -387,10 +415,12 @@ class HybridRetriever:
         variant: Variant | str = Variant.HYBRID,
         group_by: GroupBy | str = GroupBy.CHUNK,
         score_threshold: float | None = None,
+        diversity: float | None = None,
+        diversity_depth: int | None = None,
     ) -> None:
         """Raise what :meth:`search` would raise for these arguments, without searching (the adapters check the
         arguments they are built with, so a bad ``k`` fails where it is given, not at the first query)."""
-        self._check_arguments([], k, group_by, score_threshold, rerank, filter)
+        self._check_arguments([], k, group_by, score_threshold, rerank, filter, diversity, diversity_depth)
         self._resolve_variant(variant, rerank)
 
     @contextmanager
@@ -445,6 +475,22 @@ class HybridRetriever:
         self._timings.last["rerank_s"] = time.perf_counter() - started
         return out
 
+    def _diversify_batch(
+        self, ranked: list[list[Hit]], pool: int, k: int, diversity: float, score_threshold: float | None
+    ) -> list[list[Hit]]:
+        """Each query's ``k`` hits picked by MMR (:func:`~retrieval.diversity.mmr_order`) from its top ``pool``
+        candidates whose score passes ``score_threshold``; each keeps its score."""
+        started = time.perf_counter()
+        out = []
+        for hits in ranked:
+            hits = [h for h in hits[:pool] if score_threshold is None or h.score >= score_threshold]
+            if hits:
+                scores, vectors = np.array([h.score for h in hits]), np.stack([h.dense_vector for h in hits])
+                hits = [hits[i] for i in mmr_order(scores, vectors, k, diversity)]
+            out.append(hits)
+        self._timings.last["diversity_s"] = time.perf_counter() - started
+        return out
+
     def _fill_payloads(self, results: list[list[Hit]]) -> list[list[Hit]]:
         """Read the payloads of the final hits in one request (a point deleted meanwhile is dropped)."""
         started = time.perf_counter()
@@ -465,7 +511,11 @@ class HybridRetriever:
         score_threshold: float | None,
         rerank: bool | None,
         filter: dict[str, Any] | None,
-    ) -> tuple[int, GroupBy]:
+        diversity: float | None = None,
+        diversity_depth: int | None = None,
+    ) -> tuple[int, GroupBy, int]:
+        """``k``, ``group_by`` and the MMR candidates' depth checked (and the defaults filled in), the other
+        arguments checked."""
         if isinstance(queries, str):
             raise InvalidArgumentError("search_batch takes a list of queries, not one string (use search)")
         for position, query in enumerate(queries):
@@ -476,20 +526,19 @@ class HybridRetriever:
                 raise InvalidArgumentError(f"query{where} is not valid Unicode (lone surrogate, e.g. a cut emoji)")
             if not _visible(query):
                 raise EmptyQueryError(f"empty query{where}: give some text to search for")
-        k = self.settings.k if k is None else k
-        if isinstance(k, numbers.Integral) and not isinstance(k, bool):
-            k = int(k)  # numpy's and other integer types too
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise InvalidArgumentError(f"k must be a positive integer, got {k!r}")
-        if k > MAX_K:
-            shown = f"{k:,}" if k.bit_length() <= 128 else f"an integer of {k.bit_length()} bits"
-            raise InvalidArgumentError(f"k must be at most {MAX_K:,}, got {shown}")
+        k = _count("k", self.settings.k if k is None else k)
+        depth = _count("diversity_depth", self.settings.rerank_depth if diversity_depth is None else diversity_depth)
+        if diversity is not None and not (_finite(diversity) and 0 <= diversity <= 1):
+            raise InvalidArgumentError(
+                f"diversity must be a number from 0 (relevance only) to 1 (the most diverse), or None (off), "
+                f"got {diversity!r}"
+            )
         if score_threshold is not None and not _finite(score_threshold):
             raise InvalidArgumentError(f"score_threshold must be a finite number or None, got {score_threshold!r}")
         if rerank is not None and not isinstance(rerank, bool):
             raise InvalidArgumentError(f"rerank must be True, False or None (the settings), got {rerank!r}")
         filter_conditions(filter)  # a bad filter is refused here, before the queries are encoded
-        return k, choice(GroupBy, group_by, "group_by")
+        return k, choice(GroupBy, group_by, "group_by"), depth
 
     def first_stage(
         self,
@@ -717,16 +766,21 @@ class HybridRetriever:
                 out.append(chunk)
         return out
 
-    def as_langchain(self, search_kwargs: dict[str, Any] | None = None, **kwargs: Any) -> LangChainRetriever:
+    def as_langchain(
+        self, search_kwargs: dict[str, Any] | None = None, search_type: str = "similarity", **kwargs: Any
+    ) -> LangChainRetriever:
         """This retriever as a LangChain ``BaseRetriever``.
 
-        ``search_kwargs`` (k, filter, rerank, variant, group_by, score_threshold) are the defaults of every call,
-        as in LangChain's ``VectorStoreRetriever``; ``as_langchain(k=5)`` is short for
+        ``search_kwargs`` (k, filter, rerank, variant, group_by, score_threshold, diversity, diversity_depth) are
+        the defaults of every call, as in LangChain's ``VectorStoreRetriever``; ``as_langchain(k=5)`` is short for
         ``as_langchain(search_kwargs={"k": 5})``; ``invoke(query, k=3)`` overrides them for one call.
+        ``search_type="mmr"`` also takes LangChain's ``lambda_mult`` (default 0.5) and ``fetch_k``, searched as
+        ``diversity=1 - lambda_mult`` and ``diversity_depth=fetch_k``.
         """
         from retrieval.langchain import LangChainRetriever
 
-        return LangChainRetriever(retriever=self, search_kwargs={**(search_kwargs or {}), **kwargs})
+        search_kwargs = {**(search_kwargs or {}), **kwargs}
+        return LangChainRetriever(retriever=self, search_type=search_type, search_kwargs=search_kwargs)
 
     def as_llamaindex(self, **kwargs: Any) -> LlamaIndexRetriever:
         """This retriever as a LlamaIndex ``BaseRetriever`` (extra ``[llamaindex]``; without it a
@@ -883,6 +937,18 @@ def agreement_ranks(hits: Sequence[Hit]) -> list[tuple[int | None, int | None]]:
         )
         for h in hits
     ]
+
+
+def _count(name: str, value: Any) -> int:
+    """``value`` as a number of hits (``k``, ``diversity_depth``): an integer (numpy's too) from 1 to MAX_K."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidArgumentError(f"{name} must be a positive integer, got {value!r}")
+    if value > MAX_K:
+        shown = f"{value:,}" if value.bit_length() <= 128 else f"an integer of {value.bit_length()} bits"
+        raise InvalidArgumentError(f"{name} must be at most {MAX_K:,}, got {shown}")
+    return value
 
 
 def _finish(hits: list[Hit], k: int, score_threshold: float | None) -> list[Hit]:

@@ -76,6 +76,9 @@ TINY_DOCS = [
     ),
 ]
 LEXICAL_QUERY = ("ZX-4471", "valve")
+# TINY_DOCS and a copy of one of them under another id: the default ranking puts both first for MOON_QUERY
+DUPLICATED = [*TINY_DOCS, Document("moon-copy", TINY_DOCS[2].text, TINY_DOCS[2].title, TINY_DOCS[2].metadata)]
+MOON_QUERY = "how far from Earth does the Moon orbit"
 # How a collection indexed with the shipped settings records its chunking and encoding (collections --json).
 SHIPPED_ENCODING = {
     "document_prompt": "",

@@ -237,3 +237,14 @@ def test_filtered_search(tmp_path, capsys):
     rare = result["rows"][0]
     assert rare["hits"] == filtered_search.RARE and rare["indexed"]["n"] == 4
     assert result["index_s"] > 0 and "Filtered hybrid query alone" in capsys.readouterr().out
+
+
+def test_diversity(capsys):
+    from benchmarks import diversity
+
+    result = diversity.run(max_docs=60, max_queries=8)
+    diversity.report(result)
+    off, *diverse = result["rows"]
+    assert off["diversity"] is None and result["queries"] >= 3 and 0 < off["ndcg"] <= 1
+    assert all(r["mean_cosine"] <= off["mean_cosine"] + 1e-9 for r in diverse)  # MMR never makes the top 10 alike
+    assert "Diversity on SciFact train" in capsys.readouterr().out

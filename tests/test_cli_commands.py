@@ -63,6 +63,11 @@ def test_search_uses_the_same_defaults_as_python(cli_in, kb):
     assert [h["score"] for h in hits] == pytest.approx([h.score for h in expected])
     plain = json.loads(cli_in("search", "how do I stop noodles sticking", "-c", "kb", "--json", "--no-rerank"))
     assert all(h["rerank_score"] is None for h in plain)
+    args = ("noodles", "-c", "kb", "--json", "--k", "3", "--diversity", "0.8", "--diversity-depth", "5")
+    diverse = json.loads(cli_in("search", *args))
+    with RetrievalStack(settings) as stack:
+        expected = stack.retriever().search("noodles", k=3, diversity=0.8, diversity_depth=5)
+    assert [h["chunk_id"] for h in diverse] == [h.chunk_id for h in expected] and len(expected) == 3
 
 
 def test_search_json_holds_the_public_hit_fields_only(cli_in):
@@ -178,6 +183,7 @@ def test_search_says_when_the_query_makes_no_sparse_term(kb, monkeypatch):
         (("--filter", '{"metadata.a\\"b": "x"}'), "error: filter on 'metadata.a\"b': after 'metadata.' comes a path"),
         (("--k", str(10**22)), "error: k must be at most 1,000,000,000, got 10,000,000,000,000,000,000,000"),
         (("--score-threshold", "nan"), "error: score_threshold must be a finite number or None, got nan"),
+        (("--diversity", "1.5"), "error: diversity must be a number from 0 (relevance only) to 1 (the most diverse)"),
         (("--filter", "[" * 50_000 + "]" * 50_000), "error: --filter nests too deeply to be read as a filter"),
         (("--filter", '{"a": ' + "[" * 100 + "]" * 100 + "}"), "error: the filter nests dicts and lists deeper"),
     ],

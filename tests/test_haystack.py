@@ -208,3 +208,17 @@ def test_copies_share_the_store_and_pickles_reopen_it(retriever):
         assert [d.id for d in loaded.run(LEXICAL_QUERY[0])["documents"]] == expected
     finally:
         loaded.retriever.close()
+
+
+ORBIT = "natural satellite orbit"
+
+
+def test_diversity_reaches_the_search_and_is_saved(retriever):
+    component = retriever.as_haystack(top_k=3, diversity=1.0, diversity_depth=6)
+    expected = [h.chunk_id for h in retriever.search(ORBIT, k=3, diversity=1.0, diversity_depth=6)]
+    assert [d.id for d in component.run(ORBIT)["documents"]] == expected
+    assert expected != [h.chunk_id for h in retriever.search(ORBIT, k=3)]  # it did reorder
+    saved = component.to_dict()["init_parameters"]
+    assert (saved["diversity"], saved["diversity_depth"]) == (1.0, 6)
+    with pytest.raises(InvalidArgumentError, match="diversity must be a number from 0"):
+        retriever.as_haystack(diversity=1.01)

@@ -14,7 +14,7 @@ from langchain_core.retrievers import BaseRetriever
 from retrieval.adapters import hit_metadata
 from retrieval.errors import ClosedError, InvalidArgumentError
 from retrieval.langchain import LangChainRetriever
-from tests.conftest import LEXICAL_QUERY, SEMANTIC_QUERY
+from tests.conftest import DUPLICATED, LEXICAL_QUERY, MOON_QUERY, SEMANTIC_QUERY
 
 
 @pytest.fixture(scope="module")
@@ -137,3 +137,28 @@ def test_another_process_unpickles_a_reader_of_the_embedded_collection(lc_retrie
     assert done.returncode == 0, done.stderr.decode()[-2000:]
     assert json.loads(done.stdout.decode().splitlines()[-1]) == expected
     print(f"unpickled and searched in another process in {time.perf_counter() - started:.1f} s")
+
+
+def test_search_type_mmr_takes_langchains_lambda_mult_and_fetch_k(indexed_stack):
+    stack = indexed_stack("edge", DUPLICATED, collection="lc-mmr")
+    retriever = stack.retriever()
+    assert {d.metadata["doc_id"] for d in retriever.as_langchain(k=2).invoke(MOON_QUERY)} == {"moon", "moon-copy"}
+    mmr = retriever.as_langchain(search_type="mmr", search_kwargs={"k": 2, "lambda_mult": 0.25, "fetch_k": 5})
+    docs = mmr.invoke(MOON_QUERY)
+    assert [d.id for d in docs] == [
+        h.chunk_id for h in retriever.search(MOON_QUERY, 2, diversity=0.75, diversity_depth=5)
+    ]
+    assert len({"moon", "moon-copy"} & {d.metadata["doc_id"] for d in docs}) == 1
+    default_lambda = retriever.as_langchain(search_type="mmr", k=2).invoke(MOON_QUERY)  # LangChain's 0.5
+    assert [d.id for d in default_lambda] == [h.chunk_id for h in retriever.search(MOON_QUERY, 2, diversity=0.5)]
+    relevance_only = mmr.invoke(MOON_QUERY, lambda_mult=1)  # a call's own lambda_mult: diversity 0, the default
+    assert {d.metadata["doc_id"] for d in relevance_only} == {"moon", "moon-copy"}
+    with pytest.raises(InvalidArgumentError, match=r"lambda_mult must be a number from 0 .* to 1 .*got 1.5"):
+        retriever.as_langchain(search_type="mmr", lambda_mult=1.5)
+    with pytest.raises(InvalidArgumentError, match=r"unknown search arguments \['lambda_mult'\] \(.*search_type='mmr'"):
+        retriever.as_langchain(lambda_mult=0.5)
+    with pytest.raises(InvalidArgumentError, match="search_type must be one of similarity, mmr, got 'mmmr'"):
+        retriever.as_langchain(search_type="mmmr")
+    with pytest.raises(InvalidArgumentError, match="diversity must be a number"):
+        retriever.as_langchain(diversity=2)
+    stack.close()

@@ -12,6 +12,7 @@ from llama_index.core.llms import MockLLM  # noqa: E402
 from llama_index.core.query_engine import RetrieverQueryEngine  # noqa: E402
 from llama_index.core.retrievers import BaseRetriever  # noqa: E402
 
+from retrieval.errors import InvalidArgumentError  # noqa: E402
 from tests.conftest import LEXICAL_QUERY, SEMANTIC_QUERY  # noqa: E402
 
 
@@ -74,3 +75,17 @@ def test_copies_share_the_store_and_pickles_reopen_it(retriever):
         assert [n.node.node_id for n in loaded.retrieve(LEXICAL_QUERY[0])] == ids
     finally:
         loaded.retriever.close()
+
+
+ORBIT = "natural satellite orbit"
+
+
+def test_diversity_reaches_the_search_and_is_checked_when_built(retriever):
+    li = retriever.as_llamaindex(k=3, diversity=1.0, diversity_depth=6)
+    expected = [h.chunk_id for h in retriever.search(ORBIT, k=3, diversity=1.0, diversity_depth=6)]
+    assert [n.node.node_id for n in li.retrieve(ORBIT)] == expected
+    assert [n.node.node_id for n in asyncio.run(li.aretrieve(ORBIT))] == expected
+    assert expected != [h.chunk_id for h in retriever.search(ORBIT, k=3)]  # it did reorder
+    assert "diversity=1.0, diversity_depth=6" in repr(li)
+    with pytest.raises(InvalidArgumentError, match="diversity must be a number from 0"):
+        retriever.as_llamaindex(diversity=-1)

@@ -3,11 +3,12 @@
 import pytest
 
 from retrieval import Document
+from retrieval.errors import InvalidArgumentError
 from retrieval.indexer import DocumentChunk
 from retrieval.rerank import EmbeddingReranker, RerankConfig
 from retrieval.search import Hit
 from retrieval.settings import RerankMode
-from tests.conftest import LEXICAL_QUERY, SEMANTIC_QUERY
+from tests.conftest import DUPLICATED, LEXICAL_QUERY, MOON_QUERY, SEMANTIC_QUERY
 
 
 @pytest.fixture(params=["edge", "server"], scope="module")
@@ -122,3 +123,52 @@ def test_reprs_of_hits_chunks_and_documents_show_the_heads_of_their_texts():
     assert hit.text == text and hit.metadata == metadata
     for other in (Document("pasta", text, metadata=metadata), DocumentChunk("pasta", 0, text, doc_hash="h")):
         assert len(repr(other)) < 500 and "(1,500 chars)" in repr(other)
+
+
+# -- diversity (maximal marginal relevance) -------------------------------------------------------------------------
+@pytest.fixture(params=["edge", "server"], scope="module")
+def duplicated(request, indexed_stack):
+    stack = indexed_stack(request.param, DUPLICATED, collection="dup")
+    yield stack.retriever()
+    stack.close()
+
+
+@pytest.mark.parametrize("rerank", [True, False])
+def test_diversity_drops_a_duplicate_that_the_default_ranking_keeps(duplicated, rerank):
+    default = [h.doc_id for h in duplicated.search(MOON_QUERY, k=3, rerank=rerank)]
+    assert {"moon", "moon-copy"} <= set(default[:2])
+    diverse = duplicated.search(MOON_QUERY, k=3, rerank=rerank, diversity=0.5)
+    assert len(diverse) == 3 and diverse[0].doc_id == default[0]  # the best hit first, then unlike ones
+    assert len({"moon", "moon-copy"} & {h.doc_id for h in diverse}) == 1
+    assert all(h.text and h.dense_vector is None for h in diverse)  # payloads read, vectors dropped
+    assert "diversity_s" in duplicated.last_timings
+    batch = duplicated.search_batch([MOON_QUERY, LEXICAL_QUERY[0]], k=3, rerank=rerank, diversity=0.5)
+    assert batch[0] == diverse and batch[1] == duplicated.search(LEXICAL_QUERY[0], k=3, rerank=rerank, diversity=0.5)
+
+
+def test_diversity_works_with_filters_group_by_doc_thresholds_and_variants(duplicated):
+    science = duplicated.search(MOON_QUERY, k=2, filter={"topic": "science"}, group_by="doc", diversity=0.5)
+    assert [h.doc_id for h in science][1:] == ["bees"]  # one of the two moons, then the other science document
+    hits = duplicated.search(MOON_QUERY, k=3, variant="dense", diversity=0.5)
+    assert len({"moon", "moon-copy"} & {h.doc_id for h in hits}) == 1
+    only_moons = duplicated.search(MOON_QUERY, k=3, variant="sparse", diversity=0.5)  # no other document matches
+    assert sorted(h.doc_id for h in only_moons) == ["moon", "moon-copy"]
+    scores = [h.score for h in duplicated.search(MOON_QUERY, k=10, rerank=False, variant="dense")]
+    cut = scores[3]
+    kept = duplicated.search(MOON_QUERY, k=10, variant="dense", diversity=0.9, score_threshold=cut)
+    assert len(kept) == 4 and min(h.score for h in kept) >= cut
+
+
+def test_diversity_off_or_zero_gives_the_same_hits(duplicated):
+    for kwargs in ({}, {"rerank": False}, {"variant": "sparse"}, {"group_by": "doc"}):
+        default = duplicated.search(MOON_QUERY, k=5, **kwargs)
+        assert duplicated.search(MOON_QUERY, k=5, diversity=None, **kwargs) == default
+        assert duplicated.search(MOON_QUERY, k=5, diversity=0, diversity_depth=3, **kwargs) == default
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.5, float("nan"), True, "0.5"])
+def test_diversity_outside_0_to_1_is_refused(duplicated, value):
+    with pytest.raises(InvalidArgumentError, match=r"diversity must be a number from 0 .* to 1 .* got"):
+        duplicated.search(MOON_QUERY, diversity=value)
+    with pytest.raises(InvalidArgumentError, match="diversity_depth must be a positive integer, got 0"):
+        duplicated.check_arguments(diversity=0.5, diversity_depth=0)
