@@ -838,9 +838,12 @@ def _encoding_summary(encoding: dict[str, Any] | None) -> str | None:
     """A collection's recorded encoding settings in a few words (``chunks 256/32, bm25 1.2/0.75/256``)."""
     if encoding is None:
         return None
-    if all(v is None for k, v in encoding.items() if k != "bm25_analyzer"):  # an earlier release's BM25: "word"
+    known = ("bm25_analyzer", "chunk_at_whitespace")  # read from an earlier release's record as "word", False
+    if all(v is None for k, v in encoding.items() if k not in known):
         return "not recorded"
     parts = [f"chunks {encoding['chunk_tokens']}/{encoding['chunk_overlap']}"]
+    if encoding.get("chunk_at_whitespace"):
+        parts[0] += " at whitespace"
     if encoding["bm25_k1"] is not None:
         parts.append(f"bm25 {encoding['bm25_k1']:g}/{encoding['bm25_b']:g}/{encoding['bm25_avg_len']:g}")
     if encoding.get("bm25_analyzer"):

@@ -14,10 +14,11 @@ from dataclasses import fields
 import pytest
 from typer.testing import CliRunner
 
-from orchestration.cli import _preview, app
+from orchestration.cli import _encoding_summary, _preview, app
 from retrieval import Document, RetrievalSettings, RetrievalStack
 from retrieval.search import Hit
 from retrieval.settings import COLLECTION_NAME_MAX_BYTES
+from retrieval.store import ENCODING_FIELDS
 from retrieval.store.edge import _copy_sparse
 from tests.conftest import SHIPPED_ENCODING, TINY_DOCS
 from tests.test_data_safety import points, write_jsonl
@@ -422,6 +423,13 @@ def points_in(root, name: str) -> int:
         return store.count()
     finally:
         store.close()
+
+
+def test_the_encoding_summary_shows_the_whitespace_rule_and_an_earlier_release_s_record_as_not_recorded():
+    earlier = dict.fromkeys(ENCODING_FIELDS) | {"bm25_analyzer": "word", "chunk_at_whitespace": False}
+    assert _encoding_summary(earlier) == "not recorded"  # the two values such a record reads as
+    on = _encoding_summary(SHIPPED_ENCODING | {"chunk_at_whitespace": True})
+    assert on.startswith("chunks 256/32 at whitespace, bm25 ")
 
 
 def test_collections_is_readable_at_80_columns(cli_in, monkeypatch):

@@ -88,7 +88,7 @@ class SchemaMismatchError(StoreError):
 
 MODEL_FIELDS = ("dense_model", "dense_dim", "sparse_model", "sparse_idf")  # checked by readers and writers
 # How the chunks were cut and encoded: checked by writers only (a search may use other values). None: not
-# recorded (a collection made before they were), accepted with a warning.
+# recorded (a collection made before they were), accepted with a warning (chunk_at_whitespace is never None).
 ENCODING_FIELDS = (
     "document_prompt",
     "bm25_k1",
@@ -97,6 +97,7 @@ ENCODING_FIELDS = (
     "bm25_analyzer",
     "chunk_tokens",
     "chunk_overlap",
+    "chunk_at_whitespace",
     "dense_fingerprint",
     "dense_precision",
     "sparse_fingerprint",
@@ -150,6 +151,8 @@ class CollectionSchema:
     bm25_analyzer: str | None = None  # how BM25 made terms (Bm25Encoder.analyzer): queries are encoded the same way
     chunk_tokens: int | None = None
     chunk_overlap: int | None = None
+    # CHUNK_AT_WHITESPACE; a record without it (an earlier release's) was cut between words, as the default cuts
+    chunk_at_whitespace: bool = False
     dense_fingerprint: str | None = None  # the dense model's content (a folder saved in place is another model)
     dense_precision: str | None = None  # the dense vectors' encoding class: fp32, int8 or openvino
     sparse_fingerprint: str | None = None  # a SPLADE model's content (None for BM25, which has no weights)
@@ -177,6 +180,7 @@ class CollectionSchema:
             bm25_analyzer=sparse.analyzer if bm25 else None,
             chunk_tokens=settings.chunk_tokens if settings is not None else None,
             chunk_overlap=settings.chunk_overlap if settings is not None else None,
+            chunk_at_whitespace=settings is not None and settings.chunk_at_whitespace,
             dense_fingerprint=getattr(dense, "fingerprint", None),
             dense_precision=getattr(dense, "precision", None),
             sparse_fingerprint=None if bm25 else getattr(sparse, "fingerprint", None),
@@ -200,7 +204,7 @@ class CollectionSchema:
     def from_dict(cls, data: dict[str, Any]) -> CollectionSchema:
         if str(data.get("sparse_model")).startswith("bm25:"):  # see to_dict: the analyzer is its own key as well
             data = {"bm25_analyzer": data["sparse_model"].removeprefix("bm25:"), **data, "sparse_model": "bm25"}
-        fields = {k: data.get(k) for k in (*ENCODING_FIELDS, "chunk_budget")}
+        fields = {k: data[k] for k in (*ENCODING_FIELDS, "chunk_budget") if k in data}  # absent: the default
         schema = cls(**{k: data[k] for k in MODEL_FIELDS}, **fields)
         if schema.sparse_model == "bm25" and "bm25_analyzer" not in data:  # an earlier release: this analyzer
             schema = replace(schema, bm25_analyzer=LEGACY_ANALYZER)
@@ -226,8 +230,8 @@ class CollectionSchema:
         ]
 
     def unrecorded(self) -> list[str]:
-        """The encoding settings this (a collection's) schema does not record (the BM25 analyzer is always known:
-        one an earlier release wrote reads as :data:`LEGACY_ANALYZER`)."""
+        """The encoding settings this (a collection's) schema does not record (the BM25 analyzer and the whitespace
+        rule are always known: one an earlier release wrote reads as :data:`LEGACY_ANALYZER`, cut between words)."""
         return [
             f
             for f in ENCODING_FIELDS
