@@ -23,6 +23,7 @@ from retrieval.documents import short_repr, unicode_forms
 from retrieval.encoders.sparse import LEGACY_ANALYZER, SparseVec
 from retrieval.errors import FilterError, HybridRagError, InvalidArgumentError, choice
 from retrieval.settings import ENV_PREFIX, FusionMethod, canonical_model, check_collection_name
+from retrieval.wording import counted
 
 DENSE = "dense"
 SPARSE = "sparse"
@@ -362,7 +363,7 @@ def stored_owners_from(scroll: Callable[[Any], tuple[Sequence[Any], Any]], where
 def foreign_points_error(where: str, ids: Sequence[str]) -> ForeignPointsError:
     shown = ", ".join(map(repr, ids[:5])) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
     return ForeignPointsError(
-        f"{where} holds {len(ids)} point{'s' if len(ids) > 1 else ''} that hybrid-rag did not write (no doc_id "
+        f"{where} holds {counted(len(ids), 'point')} that hybrid-rag did not write (no doc_id "
         f"and content_hash payload: another tool's, e.g. langchain-qdrant's): {shown}. Nothing was changed: a sync "
         "or rebuild would have to keep or delete them, and deleting another tool's data is for its owner to decide. "
         "Delete them with the tool that wrote them (qdrant-client: client.delete(COLLECTION, points_selector=[ids])), "
@@ -1216,11 +1217,12 @@ def _miss(store: QdrantStore, key: str, value: Any, indexes: Mapping[str, str]) 
         condition, holds = other
         if holds in ("numbers", "strings"):
             never = "a string never matches a number" if holds == "numbers" else "a number never matches a string"
-            return f"{key!r} holds {holds}: {_json({key: condition})} matches {_points(n)} ({never})"
+            return f"{key!r} holds {holds}: {_json({key: condition})} matches {counted(n, 'point')} ({never})"
         if holds == "dates":
-            return f"{key!r} holds ISO dates on {_points(n)}: a range of numbers never matches one (give ISO dates)"
-        return f"{key!r} holds numbers on {_points(n)}: a range of dates never matches one (give numbers)"
-    return f"{key!r} is on {_points(present)}, none matching {_json(value)}"
+            dates = f"{key!r} holds ISO dates on {counted(n, 'point')}"
+            return f"{dates}: a range of numbers never matches one (give ISO dates)"
+        return f"{key!r} holds numbers on {counted(n, 'point')}: a range of dates never matches one (give numbers)"
+    return f"{key!r} is on {counted(present, 'point')}, none matching {_json(value)}"
 
 
 def _fits(key: str, value: Any, indexes: Mapping[str, str]) -> bool:
@@ -1260,10 +1262,6 @@ def _read_number(text: str) -> int | float | None:
     except ValueError:
         return None
     return None if not math.isfinite(number) else int(number) if number.is_integer() else number
-
-
-def _points(n: int) -> str:
-    return f"{n} point{'s' if n != 1 else ''}"
 
 
 def _json(value: Any) -> str:
