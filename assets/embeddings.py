@@ -13,6 +13,7 @@ from assets.meta import rate
 from assets.partitions import corpus_partitions
 from assets.resources import CorporaResource, RetrievalResource
 from assets.tables import batch_to_chunks, batches, dense_to_table, ids_and_hashes, nonzeros, sparse_to_table
+from retrieval.wording import counted
 
 
 @dg.asset(partitions_def=corpus_partitions, group_name=GROUP, kinds={"pytorch", "parquet"})
@@ -34,7 +35,9 @@ def dense_vectors(
         cache = str(indexer.cache.path) if indexer.cache else "disabled"
     seconds = time.perf_counter() - started
     embedded = count - reused
-    context.log.info(f"dense {dense.model_name}: {embedded} chunks embedded, {reused} reused from the cache")
+    context.log.info(
+        f"dense {dense.model_name}: {counted(embedded, 'chunk')} embedded, {reused:,} reused from the cache"
+    )
     return dg.Output(
         dense_to_table(ids_and_hashes(chunks), matrix, dense.model_name, dense.cache_key, dense.cache_details),
         metadata={

@@ -75,6 +75,7 @@ from retrieval.errors import ModelLoadError
 from retrieval.search import Variant
 from retrieval.settings import RetrievalSettings, canonical_model, settings_problems
 from retrieval.store import CollectionSchema, QdrantStore, SchemaMismatchError, StoreError
+from retrieval.wording import counted
 
 NDCG_CHECK = "ndcg_not_dropped"
 WATCHED_VARIANT = "hybrid"
@@ -295,7 +296,9 @@ def retrieval_evaluation(
         if report.coverage_warning():
             context.log.warning(report.coverage_warning())
         table = markdown_table(report.frame(), metrics=[*HEADLINE_METRICS, LATENCY_P50])
-        context.log.info(f"{corpus.name} ({split}, {report.n_queries} queries), {role} version {version}:\n{table}")
+        context.log.info(
+            f"{corpus.name} ({split}, {counted(report.n_queries, 'query')}), {role} version {version}:\n{table}"
+        )
         metadata = {
             **base,
             REUSED_EVALUATION: "no",
@@ -472,8 +475,8 @@ def _score_published(
         value, when = recorded
         return value, f"{reason}; compared with its evaluation recorded {when}"
     return None, (
-        f"{reason}; the history records no evaluation of it on these {len(qrels)} queries and their qrels "
-        f"(qrels fingerprint {fingerprint}): a figure scored on other queries or judgements does not compare"
+        f"{reason}; the history records no evaluation of it on the {counted(len(qrels), 'query')} of these qrels "
+        f"(fingerprint {fingerprint}): a figure scored on other queries or judgements does not compare"
     )
 
 

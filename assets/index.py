@@ -32,6 +32,7 @@ from retrieval.documents import InputProblem, covered_by
 from retrieval.errors import UnsafeDeleteError
 from retrieval.indexer import named
 from retrieval.store import QdrantStore, SchemaMismatchError
+from retrieval.wording import counted
 
 POINT_COUNT_CHECK = "index_point_count"
 STAGED_VERSION = "version"  # metadata key: the staged version this materialization wrote (or found unchanged)
@@ -97,7 +98,10 @@ def qdrant_index(
     for name, table in (("dense_vectors", dense_vectors), ("sparse_vectors", sparse_vectors)):
         if not same_rows(chunks, table):
             stale = stale_rows(ids_and_hashes(chunks), ids_and_hashes(table))
-            raise dg.Failure(f"{name} is out of date with chunks ({stale} rows differ): materialize {name} first")
+            raise dg.Failure(
+                f"{name} is out of date with chunks ({counted(stale, 'row')} {'differs' if stale == 1 else 'differ'}): "
+                f"materialize {name} first"
+            )
     chunk_list = table_to_chunks(chunks)
     skipped = table_skipped(chunks)
     rebuilt = "no"
@@ -162,7 +166,7 @@ def qdrant_index(
         )
     context.log.info(
         f"{corpus.collection}: {staged} (published: {before}): {report.written} written, "
-        f"{report.unchanged} unchanged, {report.deleted} deleted, {points} points"
+        f"{report.unchanged:,} unchanged, {report.deleted:,} deleted, {counted(points, 'point')}"
         + (f"; deleted documents: {named(report.deleted_documents)}" if report.deleted_documents else "")
     )
     check = point_count_check(corpus.collection, report.version or 0, points, len(chunk_list), kept_points)
@@ -215,11 +219,12 @@ def point_count_check(collection: str, version: int, points: int, chunks: int, k
     expected = chunks + kept
     passed = points == expected
     description = (
-        f"version {version} of {collection!r} holds {points} points: {chunks} chunks + {kept} kept for skipped input"
+        f"version {version} of {collection!r} holds {counted(points, 'point')}: {counted(chunks, 'chunk')} + "
+        f"{kept:,} kept for skipped input"
         if passed
-        else f"version {version} of {collection!r} holds {points} points, expected {expected} ({chunks} chunks + "
-        f"{kept} kept for skipped input): points were lost or added while it was written, so it is not published "
-        "(readers stay on the published version); run again"
+        else f"version {version} of {collection!r} holds {counted(points, 'point')}, expected {expected:,} "
+        f"({counted(chunks, 'chunk')} + {kept:,} kept for skipped input): points were lost or added while it was "
+        "written, so it is not published (readers stay on the published version); run again"
     )
     return dg.AssetCheckResult(
         check_name=POINT_COUNT_CHECK,

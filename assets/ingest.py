@@ -28,6 +28,7 @@ from retrieval import BadInputError, read_documents
 from retrieval.documents import detect_format, validate_documents
 from retrieval.encoders import DenseEncoder
 from retrieval.indexer import unknown_text_warning
+from retrieval.wording import counted
 
 GROUP = "retrieval"
 
@@ -63,8 +64,8 @@ def raw_documents(
         context.log.warning(f"skipped {problem}")
     detected = "" if corpus.format else " (detected: the entry sets no format)"
     context.log.info(
-        f"{corpus.name}: {len(docs)} documents read from {source} as format {fmt.value!r}{detected}, "
-        f"{report.skipped_count} skipped"
+        f"{corpus.name}: {counted(len(docs), 'document')} read from {source} as format {fmt.value!r}{detected}, "
+        f"{report.skipped_count:,} skipped"
     )
     return dg.Output(
         table,
@@ -125,8 +126,9 @@ def chunks(
     per_doc = rows / len(docs) if docs else 0.0
     longest = pc.max(pc.utf8_length(table.column("text"))).as_py() or 0
     context.log.info(
-        f"{corpus.name}: {len(docs)} documents -> {rows} chunks ({len(docs) - len(reused)} documents chunked, "
-        f"{len(reused)} unchanged since the previous materialization)"
+        f"{corpus.name}: {counted(len(docs), 'document')} -> {counted(rows, 'chunk')} "
+        f"({counted(len(docs) - len(reused), 'document')} chunked, {len(reused):,} unchanged since the previous "
+        "materialization)"
     )
     return dg.Output(
         table,

@@ -38,6 +38,7 @@ from assets.partitions import corpus_partitions
 from assets.resources import CorporaResource, EvalHistoryResource, RetrievalResource
 from evals.history import EvalHistory
 from retrieval.store import StoreError
+from retrieval.wording import counted
 
 
 @dg.asset(
@@ -130,7 +131,8 @@ def _refusal(context: dg.AssetExecutionContext, corpus: CorpusConfig, staged: St
         return f"{name} has no {POINT_COUNT_CHECK} result: materialize qdrant_index with its checks"
     if not count.passed:
         meta = {k: getattr(v, "value", v) for k, v in count.metadata.items()}
-        return f"{name} was refused by {POINT_COUNT_CHECK} ({meta.get('points')} points, {meta.get('chunks')} chunks)"
+        figures = ", ".join(counted(meta[key], key.removesuffix("s")) for key in ("points", "chunks") if key in meta)
+        return f"{name} was refused by {POINT_COUNT_CHECK} ({figures})"
     record = gate_record(context, staged)
     if record is None:
         return f"{name} was never evaluated: materialize retrieval_evaluation"

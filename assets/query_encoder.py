@@ -30,6 +30,7 @@ from evals.pseudo_queries import (
     split_held_out,
     stored_corpus,
 )
+from retrieval.wording import counted
 
 
 class QueryEncoderConfig(dg.Config):
@@ -81,7 +82,9 @@ def query_encoder(
         docs, owners, vectors = stored_corpus(stack.store(), adapt)
         train, held = split_held_out(pseudo_queries(docs, adapt), adapt)
         if not train or not held:
-            reason = f"too few documents ({len(docs)}: {len(train)} pseudo-queries to train, {len(held)} held out)"
+            reason = (
+                f"too few documents ({len(docs)}: {counted(len(train), 'pseudo-query')} to train, {len(held)} held out)"
+            )
             context.log.warning(f"{corpus.name}: not adapted: {reason}; searches use the dense model itself")
             shutil.rmtree(out, ignore_errors=True)  # an encoder adapted to an earlier state of the corpus
             return dg.MaterializeResult(

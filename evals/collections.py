@@ -35,6 +35,7 @@ from evals.metrics import nfc
 from retrieval.documents import Document, json_records
 from retrieval.errors import InputFormatError, InputNotFoundError, InvalidArgumentError, not_one_string
 from retrieval.input_files import text_lines
+from retrieval.wording import counted
 
 BEIR_URL = "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/{name}.zip"
 SAMPLE_NAME = "sample"
@@ -350,7 +351,7 @@ def _judged_queries(
     unknown = [qid for qid in qrels if qid not in queries]
     if unknown:
         raise CollectionFormatError(
-            qrels_path, None, f"{len(unknown)} query id(s) not in queries.jsonl, e.g. {unknown[:5]}"
+            qrels_path, None, f"{counted(len(unknown), 'query id')} not in queries.jsonl, e.g. {unknown[:5]}"
         )
     return {qid: queries[qid] for qid in qrels}
 
@@ -401,7 +402,9 @@ def _checked_qrels(
                 )
     unknown = [qid for qid in out if qid not in queries]
     if unknown:
-        raise InvalidArgumentError(f"{name}: {len(unknown)} query id(s) in qrels not in queries, e.g. {unknown[:5]}")
+        raise InvalidArgumentError(
+            f"{name}: {counted(len(unknown), 'query id')} in qrels not in queries, e.g. {unknown[:5]}"
+        )
     return out
 
 

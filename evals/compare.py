@@ -18,6 +18,7 @@ import numpy as np
 from scipy import stats
 
 from evals.metrics import DEFAULT_K_VALUES, Qrels, RunLike, evaluate
+from retrieval.wording import counted
 
 
 @runtime_checkable
@@ -179,7 +180,7 @@ class LossCheck:
         return (
             f"{c.candidate} {c.metric} {c.mean_candidate:.4f} vs {c.baseline} {c.mean_baseline:.4f} "
             f"(diff {c.mean_diff:+.4f}, 95% CI [{c.ci_low:+.4f}, {c.ci_high:+.4f}], p = {c.p_randomization:.4g}, "
-            f"{c.n_queries} queries{too_few}): {verdict}"
+            f"{counted(c.n_queries, 'query')}{too_few}): {verdict}"
         )
 
 
@@ -234,8 +235,8 @@ def corpus_warnings(runs: Mapping[str, RunLike], doc_ids: set[str], corpus: str,
         outside = len(retrieved - doc_ids) / len(retrieved) if retrieved else 0.0
         if retrieved and outside == 1.0:
             raise InvalidArgumentError(
-                f"{label} retrieves none of the {len(doc_ids)} documents of {corpus}'s corpus: it is a run of another "
-                "collection; nothing compared"
+                f"{label} retrieves none of the {counted(len(doc_ids), 'document')} of {corpus}'s corpus: it is a "
+                "run of another collection; nothing compared"
             )
         if outside > most:
             out.append(

@@ -37,6 +37,7 @@ import pytrec_eval
 
 from evals.runs import rank_hits
 from retrieval.documents import compact_repr
+from retrieval.wording import counted
 
 Qrels = Mapping[str, Mapping[str, int]]
 RunLike = Mapping[str, Mapping[str, float]]
@@ -143,14 +144,15 @@ def judgement_warnings(qrels: Qrels, ignore_identical_ids: bool = True) -> list[
     if unanswerable:
         n, total = len(unanswerable), len(judged)
         out.append(
-            f"{n} of the {total} judged queries have no document judged relevant (grade >= 1), e.g. "
-            f"{unanswerable[:5]}: they score 0 on every metric and count in the means, which cannot exceed "
-            f"{(total - n) / total:.4f} (as pytrec_eval and BEIR score them)"
+            f"{n:,} of the {counted(total, 'judged query')} {'has' if n == 1 else 'have'} no document judged "
+            f"relevant (grade >= 1), e.g. {unanswerable[:5]}: they score 0 on every metric and count in the means, "
+            f"which cannot exceed {(total - n) / total:.4f} (as pytrec_eval and BEIR score them)"
         )
     same = sorted(q for q, docs in judged.items() if docs.get(q, 0) >= 1)
     if ignore_identical_ids and same:
         out.append(
-            f"{len(same)} relevant judgements pair a query with the document of the same id (queries {same[:5]}): "
+            f"{counted(len(same), 'relevant judgement')} {'pairs' if len(same) == 1 else 'pair'} a query with the "
+            f"document of the same id (queries {same[:5]}): "
             "BEIR's identical-id rule drops such hits, so they can never be found (ids numbered alike for queries and "
             "documents? score them with --keep-identical-ids, ignore_identical_ids=False)"
         )

@@ -40,6 +40,7 @@ from retrieval.search import Variant
 from retrieval.settings import ADAPTED_MARKER
 from retrieval.stack import RetrievalStack
 from retrieval.store import QdrantStore
+from retrieval.wording import counted
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,7 @@ class JudgedQueries:
 
     @property
     def gate(self) -> str:
-        return f"qrels ({self.split}, {len(self.qrels)} queries)"
+        return f"qrels ({self.split}, {counted(len(self.qrels), 'query')})"
 
     def default_search_ndcg(self, stack: RetrievalStack, query_model: str | Path | None = None) -> float:
         """nDCG@10 of the default search (hybrid + rerank) of ``stack``'s collection on these queries, with
@@ -376,7 +377,7 @@ def adapt_query_encoder(
     held = [q for q in held if q.doc_id in row_of_doc]
     if not train or not held:
         raise InvalidArgumentError(
-            f"too few documents to adapt on ({len(train)} pseudo-queries to train, {len(held)} held out)"
+            f"too few documents to adapt on ({counted(len(train), 'pseudo-query')} to train, {len(held)} held out)"
         )
     held_qrels = {q.qid: {q.doc_id: 1} for q in held}
     base = held_out_ndcg()

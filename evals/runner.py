@@ -31,6 +31,7 @@ from retrieval.errors import HybridRagError, InvalidArgumentError, choice, not_o
 from retrieval.progress import progress_bar
 from retrieval.search import HybridRetriever, QueryVectors, Variant
 from retrieval.store.base import ENCODING_FIELDS, ForeignPointsError
+from retrieval.wording import counted
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -323,7 +324,7 @@ class EvalReport:
         warnings."""
         from evals.report import metrics_html
 
-        caption = f"{self.label()} ({self.split}): {self.n_queries} queries, version {self.version}"
+        caption = f"{self.label()} ({self.split}): {counted(self.n_queries, 'query')}, version {self.version}"
         warnings = [w for w in [*self.warnings, self.coverage_warning()] if w]
         return metrics_html(self.metrics(), caption) + "".join(f"<p>warning: {html.escape(w)}</p>" for w in warnings)
 
@@ -450,9 +451,9 @@ def evaluate_collection(
     coverage = judged_coverage(retriever.store, qrels)
     if coverage == 0.0:
         raise JudgedDocumentsMissingError(
-            f"none of the {len(relevant_documents(qrels))} documents judged relevant in {collection.name}/{split} "
-            f"is in collection {retriever.store.collection!r}: it holds another corpus, nothing scored or recorded "
-            f"(search the collection built from {collection.name})"
+            f"none of the {counted(len(relevant_documents(qrels)), 'document')} judged relevant in "
+            f"{collection.name}/{split} is in collection {retriever.store.collection!r}: it holds another corpus, "
+            f"nothing scored or recorded (search the collection built from {collection.name})"
         )
     not_in_corpus = judged_not_in_corpus(retriever.store, collection, qrels) if coverage < 1.0 else None
     queries = collection.split_queries(split)

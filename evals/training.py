@@ -26,6 +26,7 @@ from retrieval.errors import InvalidArgumentError
 from retrieval.progress import progress_bar
 from retrieval.rerank import listwise_prompt
 from retrieval.settings import RerankMode
+from retrieval.wording import counted
 
 log = logging.getLogger(__name__)
 
@@ -128,5 +129,5 @@ def train_pseudo_query_encoder(
     model.eval()
     out_dir = Path(out_dir)
     model.save(str(out_dir))
-    log.info("saved pseudo-query encoder to %s after %d steps", out_dir, steps)
+    log.info("saved pseudo-query encoder to %s after %s", out_dir, counted(steps, "step"))
     return TrainingReport(out_dir=out_dir, examples=len(examples), steps=steps, losses=losses)

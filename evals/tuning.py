@@ -21,6 +21,7 @@ from retrieval.errors import InvalidArgumentError
 from retrieval.rerank import EmbeddingReranker, RerankConfig
 from retrieval.search import HybridRetriever
 from retrieval.stack import RetrievalStack
+from retrieval.wording import counted
 
 log = logging.getLogger(__name__)
 FEW_QUERIES = 10  # fewer queries to train or to tune on than this: the choice is noise (a warning says so)
@@ -82,15 +83,15 @@ def check_split(view: TrainSplitView, train: bool = True) -> tuple[list[str], li
     if not dev or (train and not fit):
         needed = 2 if train else 1
         raise InvalidArgumentError(
-            f"{where}: {len(qrels)} judged queries, too few to split into queries to train on and queries to tune "
-            f"on (three quarters and a quarter): at least {needed} needed"
+            f"{where}: {counted(len(qrels), 'judged query')}, too few to split into queries to train on and "
+            f"queries to tune on (three quarters and a quarter): at least {needed} needed"
         )
     parts = (len(fit), len(dev)) if train else (len(dev),)
     if min(parts) < FEW_QUERIES:
-        trained = f"{len(fit)} to train on and " if train else ""
+        trained = f"{len(fit):,} to train on and " if train else ""
         log.warning(
-            f"{where}: only {trained}{len(dev)} queries to tune on (of {len(qrels)}; {relevant} with a relevant "
-            f"document): the settings chosen are little better than a guess"
+            f"{where}: only {trained}{counted(len(dev), 'query')} to tune on (of {len(qrels):,}; {relevant:,} with a "
+            f"relevant document): the settings chosen are little better than a guess"
         )
     return fit, dev
 

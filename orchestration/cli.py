@@ -30,11 +30,11 @@ from orchestration.terminal import (
     ConsoleHandler,
     LiteralConsole,
     PrintableFormatter,
-    counted,
     label,
     printable,
     show_warning,
 )
+from retrieval.wording import counted
 
 if TYPE_CHECKING:
     from orchestration.forget import CorpusLeftovers
@@ -492,10 +492,9 @@ def _skipped_summary(skipped: list, path: Path, kept: int) -> None:
     """On stderr, where a script's log sees it: how many records ``--policy skip`` left out, and what stayed
     stored for them (the exit code stays 0: skipping is what was asked; ``--json`` lists them in ``skipped``)."""
     if skipped:
-        count = f"{len(skipped):,} record{'s' if len(skipped) > 1 else ''}"
         err_console.print(
             label("warning:", "yellow"),
-            f"{count} of {path} skipped (--policy skip); the others are indexed",
+            f"{counted(len(skipped), 'record')} of {path} skipped (--policy skip); the others are indexed",
             soft_wrap=True,
         )
     if kept:
@@ -507,9 +506,9 @@ def _kept_line(kept: int, skipped: list, path: Path) -> str:
     has no readable id (it could be any document), every stored document missing from the source."""
     unreadable = sum(p.doc_id is None for p in skipped)
     if unreadable:
-        records = f"{unreadable:,} skipped record{'s' if unreadable > 1 else ''} without a readable id"
-        return f"kept the stored chunks of {kept:,} documents missing from {path} (not deleted: {records})"
-    return f"kept the stored chunks of {kept:,} skipped documents"
+        records = f"{counted(unreadable, 'skipped record')} without a readable id"
+        return f"kept the stored chunks of {counted(kept, 'document')} missing from {path} (not deleted: {records})"
+    return f"kept the stored chunks of {counted(kept, 'skipped document')}"
 
 
 PREVIEW_CHARS = 100  # of a hit's text in the search table
@@ -584,7 +583,7 @@ def search(
     if as_json:
         typer.echo(json.dumps([_hit_json(h) for h in hits], default=str, indent=2))
         return
-    table = Table(title=f"{len(hits):,} hits for {text!r}")
+    table = Table(title=f"{counted(len(hits), 'hit')} for {text!r}")
     for col in ("#", "doc", "chunk", "score", "dense", "sparse", "title / text"):
         table.add_column(col)
     for rank, h in enumerate(hits, start=1):
@@ -806,9 +805,10 @@ def drop(
 
 def _corpus_leftovers(found: CorpusLeftovers, collection: str) -> str:
     """What ``drop --corpus`` removes of a corpus, in a few words (for the confirmation)."""
+    tables, reports = counted(len(found.tables), "asset table"), counted(len(found.reports), "report")
     return (
-        f"corpus {found.corpus!r}: {len(found.tables):,} asset tables, {len(found.reports):,} reports, "
-        f"{found.history_rows:,} evaluation history rows of collection {collection!r}"
+        f"corpus {found.corpus!r}: {tables}, {reports}, "
+        f"{counted(found.history_rows, 'evaluation history row')} of collection {collection!r}"
     )
 
 
@@ -824,7 +824,8 @@ def _remove_corpus(found: CorpusLeftovers, collection: str, yes: bool) -> None:
         console.print(f"removed {path}", soft_wrap=True)
     kept = f" ({found.other_rows:,} of other collections kept)" if found.other_rows else ""
     console.print(
-        f"corpus {found.corpus!r}: {found.history_rows:,} evaluation history rows deleted{kept}", soft_wrap=True
+        f"corpus {found.corpus!r}: {counted(found.history_rows, 'evaluation history row')} deleted{kept}",
+        soft_wrap=True,
     )
 
 
@@ -853,9 +854,12 @@ def _encoding_summary(encoding: dict[str, Any] | None) -> str | None:
     """A collection's recorded encoding settings in a few words (``chunks 256/32, bm25 1.2/0.75/256``)."""
     if encoding is None:
         return None
-    if all(v is None for k, v in encoding.items() if k != "bm25_analyzer"):  # an earlier release's BM25: "word"
+    known = ("bm25_analyzer", "chunk_at_whitespace")  # read from an earlier release's record as "word", False
+    if all(v is None for k, v in encoding.items() if k not in known):
         return "not recorded"
     parts = [f"chunks {encoding['chunk_tokens']}/{encoding['chunk_overlap']}"]
+    if encoding.get("chunk_at_whitespace"):
+        parts[0] += " at whitespace"
     if encoding["bm25_k1"] is not None:
         parts.append(f"bm25 {encoding['bm25_k1']:g}/{encoding['bm25_b']:g}/{encoding['bm25_avg_len']:g}")
     if encoding.get("bm25_analyzer"):
@@ -1074,13 +1078,15 @@ def restore(
         )
     if done.already:
         console.print(
-            f"{settings.collection!r} already holds {source} ({done.points:,} points; restored before, not written "
-            "since): nothing to do",
+            f"{settings.collection!r} already holds {source} ({counted(done.points, 'point')}; restored before, "
+            "not written since): nothing to do",
             soft_wrap=True,
         )
         return
     of = f" (a snapshot of {recorded!r})" if recorded not in (None, settings.collection) else ""
-    console.print(f"restored {settings.collection!r} from {source}{of}: {done.points:,} points", soft_wrap=True)
+    console.print(
+        f"restored {settings.collection!r} from {source}{of}: {counted(done.points, 'point')}", soft_wrap=True
+    )
     if done.models_aside is not None:
         console.print(f"the collection's previous models were set aside in {done.models_aside}", soft_wrap=True)
 
@@ -1190,7 +1196,7 @@ def compare(
         raise InvalidArgumentError(
             f"{'neither ' if ' nor ' in empty else ''}{empty} has {'' if ' nor ' in empty else 'no '}results for a "
             f"query judged in {coll.name}/{split} "
-            f"({len(qrels):,} queries): a run of another split or dataset, or an empty one"
+            f"({counted(len(qrels), 'query')}): a run of another split or dataset, or an empty one"
         )
     corpus = coll.doc_ids()  # empty without a corpus file (a folder of queries and qrels): nothing to check
     checked = corpus_warnings(dict(zip(names, (base_run, cand_run), strict=True)), corpus, coll.name) if corpus else []
@@ -1203,7 +1209,7 @@ def compare(
         if count < len(qrels):
             err_console.print(
                 label("warning:", "yellow"),
-                f"{name} has results for {count:,} of the {len(qrels):,} queries judged in "
+                f"{name} has results for {count:,} of the {counted(len(qrels), 'query')} judged in "
                 f"{coll.name}/{split}; the others score 0",
                 soft_wrap=True,
             )
@@ -1307,7 +1313,7 @@ def tune_reranker(
         profile = tune(view, stack.retriever(), out, train=train, epochs=epochs)
     env_path = profile.write_env(out / "reranker.env")
     table = Table(
-        title=f"{coll.name}/{split}: {profile.fit_queries:,} queries to train, {profile.dev_queries:,} to tune"
+        title=f"{coll.name}/{split}: {counted(profile.fit_queries, 'query')} to train, {profile.dev_queries:,} to tune"
     )
     for col in ("dev nDCG@10: hybrid", "+ trained query encoder", "+ rerank", "weight", "feedback_k", "beta"):
         table.add_column(col, justify="right")
@@ -1386,7 +1392,7 @@ def adapt(
             device=settings.dense_device,
         )
     table = Table(
-        title=f"{settings.collection}: {report.train_queries:,} pseudo-queries to train, "
+        title=f"{settings.collection}: {counted(report.train_queries, 'pseudo-query')} to train, "
         f"{report.held_out_queries:,} held out; decided by {report.gate}"
     )
     for col in ("nDCG@10: judge", "search"):
@@ -1547,8 +1553,8 @@ def cache(
     if stale:
         print(
             printable(
-                f"\n{len(stale):,} ONNX export folders left by ended processes ({stale_bytes / 2**20:.1f} MiB) under "
-                f"{store.path.parent / 'models'}: removed by the next ONNX export and by cache prune"
+                f"\n{counted(len(stale), 'ONNX export folder')} left by ended processes ({stale_bytes / 2**20:.1f} "
+                f"MiB) under {store.path.parent / 'models'}: removed by the next ONNX export and by cache prune"
             )
         )
 
@@ -1580,7 +1586,7 @@ def cache_prune(
     exports_report["export_bytes_freed"] = freed
     if (removed or stale) and not as_json:
         console.print(
-            f"{len(removed):,} superseded ONNX exports and {len(stale):,} left by killed exports deleted "
+            f"{counted(len(removed), 'superseded ONNX export')} and {len(stale):,} left by killed exports deleted "
             f"({freed / 2**20:.1f} MiB)",
             soft_wrap=True,
         )
@@ -1600,7 +1606,7 @@ def cache_prune(
         print(json.dumps({"path": str(store.path), **asdict(report), **exports_report}, indent=2))
         return
     console.print(
-        f"{store.path}: {report.rows_deleted:,} rows deleted, {report.rows_left:,} left; "
+        f"{store.path}: {counted(report.rows_deleted, 'row')} deleted, {report.rows_left:,} left; "
         f"{report.bytes_before / 2**20:.1f} MiB -> {report.bytes_after / 2**20:.1f} MiB",
         soft_wrap=True,
     )

@@ -23,6 +23,7 @@ import dagster as dg
 from assets.corpora import dagster_name
 from orchestration.jobs import reindex_job
 from retrieval.documents import InputProblem, covered_by, visible_files
+from retrieval.wording import counted
 
 Manifest = dict[str, list[int]]
 MAX_RETRIES = 2
@@ -91,7 +92,7 @@ def build_drop_folder_sensor(
             manifest = _keep_unlisted(state["files"], manifest, unlisted)
         digest = manifest_digest(manifest)
         if state is not None and state["digest"] == digest:
-            what = "" if folder.is_file() else f" ({len(manifest)} files)"
+            what = "" if folder.is_file() else f" ({counted(len(manifest), 'file')})"
             return _request_again(context, corpus, state) or dg.SkipReason(f"no change in {folder}{what}")
         seq = (state["seq"] if state else 0) + 1
         cursor = json.dumps({"digest": digest, "seq": seq, "files": manifest})

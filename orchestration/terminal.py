@@ -78,11 +78,6 @@ def show_warning(message: Warning | str, category: type[Warning], *_: object, **
     logging.getLogger("py.warnings").warning("%s", message)
 
 
-def counted(n: int, noun: str) -> str:
-    """``n`` with thousands separators and ``noun``, plural unless ``n`` is 1: ``counted(4500, "point")``."""
-    return f"{n:,} {noun}" + ("" if n == 1 else "s")
-
-
 def label(text: str, style: str) -> Text:
     """Styled text (``error:``, ``warning:``, ``skipped``), as literal as any other string."""
     return Text(printable(text), style=style)

@@ -15,6 +15,7 @@ import regex
 
 from retrieval.documents import Document, short_repr
 from retrieval.errors import InvalidArgumentError
+from retrieval.wording import counted
 
 POINT_NAMESPACE = uuid.UUID("6f1c1f0e-8d0a-4f43-9a57-1b2c3d4e5f60")
 MOSTLY_UNKNOWN = 0.5  # a chunk is mostly unknown to the dense model when this share of its tokens is [UNK]
@@ -101,7 +102,7 @@ class Chunker:
         self.budget = max_tokens - special - reserved_tokens
         if self.budget < 8:
             raise InvalidArgumentError(
-                f"chunk budget of {self.budget} tokens is too small (max_tokens={max_tokens}, of which "
+                f"chunk budget of {counted(self.budget, 'token')} is too small (max_tokens={max_tokens}, of which "
                 f"{special + reserved_tokens} special and prompt tokens): raise HYBRID_RAG_CHUNK_TOKENS"
             )
         self.overlap = window_overlap(overlap, self.budget)

@@ -41,6 +41,7 @@ from retrieval.input_files import (
     utf8_problem,
 )
 from retrieval.progress import progress_bar
+from retrieval.wording import counted
 
 log = logging.getLogger(__name__)
 
@@ -156,8 +157,7 @@ class BadInputError(HybridRagError, ValueError):
         if len(self.problems) > 1:
             stopped = "; reading stopped there" if len(self.problems) >= MAX_REPORTED_PROBLEMS else ""
             others = "; ".join(map(str, self.problems[1:]))
-            more_records = f"{len(self.problems) - 1} more bad record" + ("s" if len(self.problems) > 2 else "")
-            message += f" (and {more_records}: {others}{stopped})"
+            message += f" (and {counted(len(self.problems) - 1, 'more bad record')}: {others}{stopped})"
         super().__init__(message + hint)
         self.problem = problem
         self.skippable = skippable

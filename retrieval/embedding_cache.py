@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from retrieval.errors import HybridRagError, InvalidArgumentError
+from retrieval.wording import counted
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -294,9 +295,10 @@ class EmbeddingCache:
                     "SELECT count(DISTINCT v.model) FROM vectors v LEFT JOIN models m ON m.model = v.model "
                     "WHERE m.details IS NULL"
                 ).fetchone()[0]
+                keys = counted(unrecorded, "key")
                 older = (
-                    f" ({unrecorded} key(s) written by an earlier release do not record their backend until next used:"
-                    " select them with --model KEY, see `hybrid-rag cache`)"
+                    f" ({keys} written by an earlier release {'does' if unrecorded == 1 else 'do'} not record their "
+                    "backend until next used: select them with --model KEY, see `hybrid-rag cache`)"
                     if unrecorded
                     else ""
                 )

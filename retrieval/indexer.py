@@ -43,6 +43,7 @@ from retrieval.progress import progress_bar
 from retrieval.settings import HeldSettings, canonical_model, parse_payload_indexes
 from retrieval.store import CollectionSchema, QdrantStore, StoreError
 from retrieval.store.base import StoredChunk, StoredHit
+from retrieval.wording import counted
 
 log = logging.getLogger(__name__)
 MULTILINGUAL_MODEL = "sentence-transformers/paraphrase-multilingual-MiniLM-L12-v2"
@@ -161,7 +162,8 @@ def unknown_text_warning(chunks: Sequence[Chunk], model: str) -> str | None:
     if not unknown:
         return None
     return (
-        f"{len(unknown)} of {len(chunks)} chunks (e.g. of document {unknown[0].doc_id!r}) are mostly unknown "
+        f"{len(unknown):,} of {counted(len(chunks), 'chunk')} (e.g. of document {unknown[0].doc_id!r}) "
+        f"{'is' if len(unknown) == 1 else 'are'} mostly unknown "
         f"([UNK]) to the tokenizer of dense model {model!r}, so their dense vectors are near-identical and only "
         f"BM25 tells them apart; the default model is English-only: for other languages set "
         f"HYBRID_RAG_DENSE_MODEL={MULTILINGUAL_MODEL} (a multilingual sentence-transformers model)"
@@ -316,7 +318,8 @@ class Indexer:
         doc_id, (folder, other) = next(iter(clashes.items()))
         name = self.store.collection
         raise StoredUnderOtherIdsError(
-            f"{path}: {len(clashes)} of {len(ids)} documents may already be stored in {name!r} under other ids "
+            f"{path}: {len(clashes):,} of {counted(len(ids), 'document')} may already be stored in {name!r} under "
+            "other ids "
             f"({doc_id!r} would be {other!r} if {folder} were indexed, and {other!r} is stored: a text file's id is "
             f"its path below the folder indexed). If the stored documents are copies of these files, index {folder} "
             "to update them; if they are another folder tree's files with the same paths, index these into another "
@@ -525,19 +528,19 @@ class Indexer:
         report.seconds = time.perf_counter() - started
         if report.deleted_documents:
             log.info(
-                "%s: deleted %d documents absent from the source: %s",
+                "%s: deleted %s absent from the source: %s",
                 report.collection,
-                len(report.deleted_documents),
+                counted(len(report.deleted_documents), "document"),
                 named(report.deleted_documents),
             )
         log.info(
-            "indexed %s (version %s%s): %d docs, %d chunks, %d written (%d embedded, %d reused from the cache, %d "
+            "indexed %s (version %s%s): %s, %s, %d written (%d embedded, %d reused from the cache, %d "
             "with their stored vectors), %d unchanged, %d deleted in %.1fs (chunking to publishing)",
             report.collection,
             report.version,
             ", rebuilt" if rebuild else ", unchanged" if not report.changed else "" if publish else ", staged",
-            report.documents,
-            report.chunks,
+            counted(report.documents, "document"),
+            counted(report.chunks, "chunk"),
             report.written,
             report.embedded,
             report.reused_from_cache,
@@ -590,12 +593,12 @@ class Indexer:
                     target.close()
         report.deleted = before - report.points
         log.info(
-            "deleted %d points of %d documents from %s (version %s); %d points left",
-            report.deleted,
-            report.documents,
+            "deleted %s of %s from %s (version %s); %s left",
+            counted(report.deleted, "point"),
+            counted(report.documents, "document"),
             report.collection,
             report.version,
-            report.points,
+            counted(report.points, "point"),
         )
         return report
 
@@ -850,7 +853,10 @@ class Indexer:
         if rebuild:
             lost = absent & skipped_ids
             if (lost or (unknown and absent)) and not allow_delete:
-                examples = ", ".join(repr(d) for d in sorted(lost)[:5]) or f"{unknown} records without a readable id"
+                examples = (
+                    ", ".join(repr(d) for d in sorted(lost)[:5])
+                    or f"{counted(unknown, 'record')} without a readable id"
+                )
                 raise UnsafeDeleteError(
                     f"rebuilding {name!r} would drop stored documents that were skipped as bad input ({examples}): "
                     f"fix them, or {hint}"
@@ -858,10 +864,9 @@ class Indexer:
             prunable = absent
         elif unknown and absent:
             log.warning(
-                "%d skipped records have no readable document id: not deleting the %d documents of %r absent "
-                "from the source",
-                unknown,
-                len(absent),
+                "%s without a readable document id: not deleting the %s of %r absent from the source",
+                counted(unknown, "skipped record"),
+                counted(len(absent), "document"),
                 name,
             )
             prunable = set()
@@ -903,7 +908,7 @@ class Indexer:
         is published: a stop right after the publish would otherwise leave them for good (a rerun finds nothing left
         to delete), while a row forgotten for a write that then fails only costs its text an encode later."""
         if self.cache is not None and hashes:
-            log.info("embedding cache: forgot %d rows of deleted chunks", self.cache.forget(hashes))
+            log.info("embedding cache: forgot %s of deleted chunks", counted(self.cache.forget(hashes), "row"))
 
     def _unchanged(
         self,
@@ -947,18 +952,18 @@ def _check_delete_share(
         return
     stored_docs = {s.doc_id for s in existing.values()}
     gone = len(prunable & stored_docs)
-    figures = [(len(lost), len(existing), "points"), (gone, len(stored_docs), "documents")]
+    figures = [(len(lost), len(existing), "point"), (gone, len(stored_docs), "document")]
     if present and all(part <= MAX_DELETE_SHARE * whole for part, whole, _ in figures):
         return
     shares = " and ".join(
-        f"{part:,} of the {whole:,} {what}" + (" (over half)" if part > MAX_DELETE_SHARE * whole else "")
+        f"{part:,} of the {counted(whole, what)}" + (" (over half)" if part > MAX_DELETE_SHARE * whole else "")
         for part, whole, what in figures
     )
     surplus = sum(existing[pid].doc_id not in prunable for pid in lost)
     shrunk = len({existing[pid].doc_id for pid in lost} - prunable)
-    causes = [f"{gone:,} documents absent from the source"] if gone else []
-    causes += [f"{surplus:,} surplus chunks of {shrunk:,} documents that shrank"] if surplus else []
-    causes.append("the source is empty" if not present else f"the source holds {documents:,} documents")
+    causes = [f"{counted(gone, 'document')} absent from the source"] if gone else []
+    causes += [f"{counted(surplus, 'surplus chunk')} of {counted(shrunk, 'document')} that shrank"] if surplus else []
+    causes.append("the source is empty" if not present else f"the source holds {counted(documents, 'document')}")
     raise UnsafeDeleteError(
         f"refusing to delete {shares} of collection {name!r} ({'; '.join(causes)}): {ALLOW_DELETE_HINT}"
     )

@@ -30,6 +30,7 @@ from retrieval.rerank import EmbeddingReranker, RerankConfig
 from retrieval.settings import FusionMethod, HeldSettings, RerankMode, absolute_path, parse_payload_indexes, redact_url
 from retrieval.store import CollectionSchema, EdgeStore, QueryPlan, StoredHit
 from retrieval.store.base import filter_conditions, score_order
+from retrieval.wording import counted
 
 if TYPE_CHECKING:  # the adapters' extras stay optional: imported by the calls that return them
     from retrieval.haystack import HaystackRetriever
@@ -581,7 +582,9 @@ class HybridRetriever:
         """Refuse vectors that do not fit the search: another number of queries, a channel the variant searches
         missing, dense vectors of another query encoder than the one queries use now."""
         if len(encoded) != n:
-            raise InvalidArgumentError(f"encoded holds the vectors of {len(encoded)} queries, not of the {n} searched")
+            raise InvalidArgumentError(
+                f"encoded holds the vectors of {counted(len(encoded), 'query')}, not of the {n:,} searched"
+            )
         missing = [name for name in variant.channels if getattr(encoded, name) is None]
         if missing:
             raise InvalidArgumentError(
@@ -681,10 +684,10 @@ class HybridRetriever:
         if not foreign:
             return results
         log.warning(
-            "collection %r at %s: leaving out %d point(s) hybrid-rag did not write (no doc_id payload): %s",
+            "collection %r at %s: leaving out %s hybrid-rag did not write (no doc_id payload): %s",
             self.store.collection,
             self.store.location,
-            len(foreign),
+            counted(len(foreign), "point"),
             ", ".join(sorted(foreign)[:5]) + (" ..." if len(foreign) > 5 else ""),
         )
         return [[h for h in hits if h.id not in foreign] for hits in results]

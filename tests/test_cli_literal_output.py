@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from orchestration.cli import app
 from orchestration.main_job import print_results
 from orchestration.terminal import PrintableFormatter, printable
+from retrieval.wording import counted
 
 SPOOF = "[bold red]SECURITY ALERT[/bold red] [link=http://evil.example]click[/link] :warning:"
 ESCAPES = "\x1b]0;pwned\x07 \x1b[2J \u202egnp.exe"
@@ -145,3 +146,17 @@ def test_an_output_stream_that_cannot_encode_a_character_gets_a_replacement_not_
     search = runner.invoke(app, ["search", "brûlée", "-c", "ascii", "--k", "1"])
     assert search.exit_code == 0, (search.output, search.exception)
     assert "caf?" in search.output
+
+
+def test_counts_are_worded_in_the_singular_for_one_and_with_thousands_separators():
+    """One helper words every count of the library, CLI, assets and evaluations ("1 documents" was printed)."""
+    assert [counted(1, "document"), counted(0, "document"), counted(4500, "point")] == [
+        "1 document",
+        "0 documents",
+        "4,500 points",
+    ]
+    assert [counted(1, "query"), counted(2, "judged query"), counted(3, "key")] == [
+        "1 query",
+        "2 judged queries",
+        "3 keys",
+    ]

@@ -122,7 +122,7 @@ def test_model_changes_through_dagster_publish(tmp_path: Path, tiny_splade_dir: 
     assert seventh["published"] == 7, seventh["checks"]
     description = gate(seventh)["description"]
     assert description.startswith("not comparable: published version 6"), description
-    assert "no evaluation of it on these 5 queries" in description
+    assert "no evaluation of it on the 5 queries of these qrels" in description
 
 
 def _published(tmp_path: Path, name: str) -> tuple:

@@ -328,7 +328,7 @@ def test_qdrant_index_refuses_vectors_out_of_date_with_the_chunks(folder: Folder
     assert not result.success
     [failure] = [e for e in result.all_events if e.is_step_failure]
     message = failure.step_failure_data.error.message
-    assert "dense_vectors is out of date with chunks (1 rows differ)" in message
+    assert "dense_vectors is out of date with chunks (1 row differs)" in message
     assert folder.stored_docs() == ["a.txt", "b.txt", "c.txt"]
 
 

@@ -243,7 +243,9 @@ def test_sync_refuses_deleting_most_documents_even_when_they_are_few_points(inde
     try:
         total = indexer.store.count()
         assert total > 2 * (len(NOTES) + 1)  # the notes are under half of the points
-        with pytest.raises(UnsafeDeleteError, match=r"4 of the \d+ points and 4 of the 5 documents \(over half\)"):
+        shares = r"4 of the \d+ points and 4 of the 5 documents \(over half\)"
+        why = r"4 documents absent from the source; the source holds 1 document\)"  # not "1 documents"
+        with pytest.raises(UnsafeDeleteError, match=rf"{shares} of collection 'test' \({why}"):
             indexer.index([MANUAL], prune=True, progress=False)
         assert indexer.store.count() == total
         indexer.index([MANUAL, *NOTES[:2]], prune=True, progress=False)  # 2 of 5 documents: a safe share, done
@@ -265,7 +267,7 @@ def test_sync_refuses_when_a_document_that_shrank_takes_most_points_with_it(inde
         total = indexer.store.count()
         lost = total - 2
         shares = rf"{lost} of the {total} points \(over half\) and 0 of the 2 documents of collection 'test'"
-        why = rf"{lost} surplus chunks of 1 documents that shrank; the source holds 2 documents"
+        why = rf"{lost} surplus chunks of 1 document that shrank; the source holds 2 documents"
         with pytest.raises(UnsafeDeleteError, match=rf"refusing to delete {shares} \({why}\): pass allow_delete"):
             indexer.index([truncated, NOTES[0]], prune=True, progress=False)
         with pytest.raises(UnsafeDeleteError, match=rf"refusing to delete {shares}"):
@@ -369,7 +371,7 @@ def test_indexing_one_file_or_subfolder_of_an_indexed_folder_adds_no_copies(cli_
     (docs / "guide" / "g0.md").write_text("# Guide 0\n\nGuide 0 now says: the llama limit is 12.\n")
     out = cli("index", str(docs / "guide" / "g0.md"), "-c", "kb", code=2)
     out = out.replace("\n", "")
-    assert "1 of 1 documents may already be stored in 'kb' under other ids ('g0.md' would be 'guide/g0.md'" in out
+    assert "1 of 1 document may already be stored in 'kb' under other ids ('g0.md' would be 'guide/g0.md'" in out
     assert f"copies of these files, index {docs} to update them" in out
     out = cli("index", str(docs / "guide"), "-c", "kb", code=2)
     assert "3 of 3 documents may already be stored" in out
@@ -397,7 +399,7 @@ def test_a_subfolders_file_stored_decomposed_by_an_earlier_release_is_refused_as
     guide.mkdir(parents=True)
     (guide / "résumé.txt").write_text("Curriculum vitae of Ana Lopez, updated.\n")
     out = cli("index", str(guide), "-c", "kb", code=2).replace("\n", "")
-    assert "1 of 1 documents may already be stored in 'kb' under other ids" in out
+    assert "1 of 1 document may already be stored in 'kb' under other ids" in out
     assert points(cli_env, "kb") == 1
 
 
@@ -410,7 +412,7 @@ def test_indexing_a_subfolders_file_never_overwrites_a_stored_document_with_the_
     cli("index", str(kb), "-c", "kb")
     (kb / "guide" / "index.md").write_text("# Guide\n\nThe guide index page: llamas now eat grass.\n")
     out = cli("index", str(kb / "guide" / "index.md"), "-c", "kb", code=2).replace("\n", "")  # stored too
-    assert "1 of 1 documents may already be stored in 'kb' under other ids ('index.md' would be" in out
+    assert "1 of 1 document may already be stored in 'kb' under other ids ('index.md' would be" in out
     store = EdgeStore(cli_env / "index", "kb")
     try:
         [home] = store.points([point_id("index.md", 0)]).values()

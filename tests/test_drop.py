@@ -168,7 +168,7 @@ def test_drop_corpus_removes_its_asset_tables_reports_and_history_rows_only(
 
     code, out = drop("edge", "test", "--corpus", "notes", "--yes")
     assert code == 0, out
-    assert "1 evaluation history rows deleted" in out
+    assert "1 evaluation history row deleted" in out
     notes = {assets / "raw_documents" / "notes.parquet", assets / "chunks" / "notes.parquet"}
     assert {p for p in files if not p.exists()} == notes | set(report_files(history, "notes", "test"))
     assert not (history_path.parent / "reports" / "notes").exists()  # its emptied reports folder too
@@ -267,10 +267,10 @@ def test_drop_corpus_refuses_a_collection_a_renamed_corpus_still_indexes(
     assert physical("edge", tmp_path) == before and all(p.exists() for p in [*old, *live])
 
     code, out = drop("edge", "test", "--corpus", "notes", "--keep-collection", input="n\n")  # asks first
-    assert code == 1 and "Remove corpus 'notes': 1 asset tables, 2 reports, 1 evaluation history rows" in out, out
+    assert code == 1 and "Remove corpus 'notes': 1 asset table, 2 reports, 1 evaluation history row" in out, out
     assert all(p.exists() for p in old)
     code, out = drop("edge", "test", "--corpus", "notes", "--keep-collection", "--yes")
-    assert code == 0 and "1 evaluation history rows deleted" in out and "dropped" not in out, out
+    assert code == 0 and "1 evaluation history row deleted" in out and "dropped" not in out, out
     assert not any(p.exists() for p in old) and all(p.exists() for p in live)
     assert physical("edge", tmp_path) == before and set(history.records()["collection"]) == {"handbook"}
 
@@ -294,7 +294,7 @@ def test_drop_corpus_keeps_the_name_s_history_rows_of_other_collections(
 
     code, out = drop("edge", "test", "--corpus", "eval", "--yes")
     assert code == 0, out
-    assert "corpus 'eval': 1 evaluation history rows deleted (2 of other collections kept)" in out
+    assert "corpus 'eval': 1 evaluation history row deleted (2 of other collections kept)" in out
     assert history.records()["id"].tolist() == kept["id"].tolist()
 
 

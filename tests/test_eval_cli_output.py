@@ -429,8 +429,8 @@ def test_compare_warns_of_relevant_identical_ids_and_queries_without_relevant_do
     args = (str(tmp_path / "base.trec"), str(tmp_path / "cand.trec"), str(folder), "--metric", "recall@100")
     result = cli("compare", *args)
     said = " ".join(result.output.split())
-    assert "1 relevant judgements pair a query with the document of the same id (queries ['2'])" in said
-    assert "1 of the 3 judged queries have no document judged relevant (grade >= 1), e.g. ['3']" in said
+    assert "1 relevant judgement pairs a query with the document of the same id (queries ['2'])" in said
+    assert "1 of the 3 judged queries has no document judged relevant (grade >= 1), e.g. ['3']" in said
     assert "| 0.3333 | 0.3333 |" in result.stdout  # query 2's hit dropped on both sides
     kept = cli("compare", *args, "--keep-identical-ids")
     assert "same id" not in kept.output and "| 0.6667 | 0.6667 |" in kept.stdout

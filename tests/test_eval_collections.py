@@ -147,7 +147,7 @@ def test_qrels_without_header_keeps_first_line(tmp_path):
 
 def test_bad_queries_file_and_unknown_query_ids(tmp_path):
     coll = _collection(tmp_path, "q2\td1\t1\n")
-    with pytest.raises(CollectionFormatError, match=r"1 query id\(s\) not in queries.jsonl"):
+    with pytest.raises(CollectionFormatError, match=r"1 query id not in queries.jsonl"):
         coll.split_queries("test")
     (tmp_path / "queries.jsonl").write_text('{"_id": "q1", "text": "a"}\n{"_id": "q2", "text": \n')
     with pytest.raises(CollectionFormatError, match=r"queries.jsonl:2: malformed JSON"):
@@ -210,7 +210,7 @@ def test_ids_are_read_in_unicode_nfc(tmp_path):
         ({"q1": "  "}, {"q1": {"d1": 1}}, "notebook: query 'q1': empty text"),
         ({"q1": None}, {"q1": {"d1": 1}}, "notebook: query 'q1': text must be a string, got NoneType"),
         ({7: "text"}, {"q1": {"d1": 1}}, "notebook: query id 7 is not a non-empty string"),
-        ({"q1": "text"}, {"q1": {"d1": 1}, "q9": {"d1": 1}}, "1 query id(s) in qrels not in queries, e.g. ['q9']"),
+        ({"q1": "text"}, {"q1": {"d1": 1}, "q9": {"d1": 1}}, "1 query id in qrels not in queries, e.g. ['q9']"),
         ({"q1": "text"}, {"q1": {"d1": 1.5}}, "qrels of query 'q1': grade 1.5 of 'd1' is not an integer"),
         ({"q1": "text"}, {"q1": {"d1": "1"}}, "qrels of query 'q1': grade '1' of 'd1' is not an integer"),
         ({"q1": "text"}, {"q1": {"d1": True}}, "qrels of query 'q1': grade True of 'd1' is not an integer"),

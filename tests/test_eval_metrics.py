@@ -137,9 +137,9 @@ def test_ids_in_another_unicode_normalization_are_one_id():
 def test_judgement_warnings_name_queries_without_a_relevant_document_and_identical_pairs():
     qrels = {"1": {"1": 1, "4": 0}, "2": {"5": 0, "6": -1}, "3": {"7": 2}, "4": {"8": 1}}
     unanswerable, identical = judgement_warnings(qrels)
-    assert unanswerable.startswith("1 of the 4 judged queries have no document judged relevant (grade >= 1)")
+    assert unanswerable.startswith("1 of the 4 judged queries has no document judged relevant (grade >= 1)")
     assert "['2']" in unanswerable and "cannot exceed 0.7500" in unanswerable
-    assert identical.startswith("1 relevant judgements pair a query with the document of the same id (queries ['1'])")
+    assert identical.startswith("1 relevant judgement pairs a query with the document of the same id (queries ['1'])")
     assert "--keep-identical-ids" in identical
     assert judgement_warnings(qrels, ignore_identical_ids=False) == [unanswerable]
     assert judgement_warnings({"1": {"1": 0, "2": 1}}) == []  # a non-relevant identical pair hides nothing

@@ -156,7 +156,7 @@ def test_a_hit_with_the_query_id_is_ignored(indexed_stack, tmp_path) -> None:
     table = sample_table(queries, {"pasta": {"pasta": 1}}, report.variants, 1)  # the Dagster sample_queries table
     assert "| pasta: how can I keep spaghetti from sticking | dense | " in table and ", pasta" not in table
     assert "| dense | pasta" not in table
-    assert any("1 relevant judgements pair a query with the document of the same id" in w for w in report.warnings)
+    assert any("1 relevant judgement pairs a query with the document of the same id" in w for w in report.warnings)
     assert "ignore_identical_ids" not in report.context()
 
 

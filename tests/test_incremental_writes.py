@@ -3,6 +3,7 @@ document's fingerprint), a plain write and a delete read only the points of thei
 collection once. Results stay those of a full comparison, on both backends."""
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -295,6 +296,33 @@ def test_an_unchanged_reindex_with_other_settings_is_refused_before_writing(inde
     with pytest.raises(SchemaMismatchError, match="chunk_overlap"):
         indexer.index(TINY_DOCS, progress=False)
     assert stack.store().current_version() == version and fresh.loads == 1
+
+
+def test_a_collection_recording_no_whitespace_rule_reindexes_unchanged_and_refuses_the_other_rule(
+    indexed_stack, caplog, monkeypatch
+):
+    """A collection an earlier release made records no ``CHUNK_AT_WHITESPACE``: its chunks were cut between words
+    (off), so an unchanged re-index finds every document as it is, loads no model and warns of nothing; with the
+    setting on, a plain write is refused as for ``CHUNK_TOKENS`` (it added chunks of the other rule silently)."""
+    stack = indexed_stack("edge", TINY_DOCS, embedding_cache=False)
+    store = stack.store()
+    path = store._schema_path()
+    record = json.loads(path.read_text())
+    record.pop("chunk_at_whitespace", None)
+    path.write_text(json.dumps(record))  # as an earlier release recorded it
+    monkeypatch.setattr(store_base, "_warned_unrecorded", set())
+    fresh = DenseEncoder()
+    indexer = RetrievalStack(stack.settings, dense=fresh, sparse=stack.sparse, store=store).indexer()
+    with caplog.at_level("WARNING"):
+        report = indexer.index(TINY_DOCS, progress=False)
+    assert (report.changed, report.unchanged, fresh.loads) == (False, len(TINY_DOCS), 0)
+    assert not [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    on = stack.settings.in_use_copy(chunk_at_whitespace=True)
+    version = store.current_version()
+    refused = r"chunk_at_whitespace: collection has False, settings give True\).*--rebuild"
+    with pytest.raises(SchemaMismatchError, match=refused):
+        RetrievalStack(on, dense=fresh, sparse=stack.sparse, store=store).indexer().index(TINY_DOCS, progress=False)
+    assert store.current_version() == version
 
 
 def test_an_unchanged_reindex_of_a_collection_not_recording_its_models_content_checks_the_model(indexed_stack):

@@ -86,8 +86,8 @@ print("ASYNC", len(lc_docs), len(batched), len(nodes), len((await hs.run_async("
         )
 
     table = shown(2, "text/html")
-    assert table.startswith("<table><caption>notes (test): 1 queries, version 1</caption>") and "nDCG@10" in table
-    assert "<b>1.0000</b>" in table and "... 22 more" in shown(2, "text/plain")  # a few of the settings
+    assert table.startswith("<table><caption>notes (test): 1 query, version 1</caption>") and "nDCG@10" in table
+    assert "<b>1.0000</b>" in table and "... 23 more" in shown(2, "text/plain")  # a few of the settings
     assert shown(3, "stdout") == "ASYNC 2 2 0 2 2\n"  # both documents (none of topic "science" for LlamaIndex)
     assert shown(4, "text/plain").startswith("HaystackRetriever(retriever=HybridRetriever(collection='notes', at=")
     assert "top_k=5" in shown(4, "text/plain")

@@ -456,6 +456,7 @@ INDEX_TIME_CHANGES = {
     ),
     "prompt": ({}, lambda d, s: (with_prompt(d, "passage: "), s), "document_prompt: collection has '', settings give"),
     "chunks": ({"chunk_tokens": 48, "chunk_overlap": 8}, lambda d, s: (d, s), "chunk_tokens: collection has 256"),
+    "whitespace": ({"chunk_at_whitespace": True}, lambda d, s: (d, s), "chunk_at_whitespace: collection has False"),
 }
 
 
@@ -493,6 +494,7 @@ def test_other_index_time_settings_are_refused_or_rebuilt_never_mixed(
         dense.document_prompt,
         stack.settings.chunk_tokens,
     )
+    assert recorded.chunk_at_whitespace is stack.settings.chunk_at_whitespace
     assert stack.indexer().index(edited, progress=False).embedded >= 1  # and the new settings write freely
     store.close()
     reader.close()

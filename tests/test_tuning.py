@@ -62,7 +62,7 @@ def _train_split(root, grades: list[int]) -> EvalCollection:
     ("grades", "message"),
     [
         ([0, 0, 0, 0], "no relevant judgement"),
-        ([2], "1 judged queries, too few to split .* at least 2 needed"),
+        ([2], "1 judged query, too few to split .* at least 2 needed"),
     ],
 )
 def test_tuning_refuses_a_split_it_cannot_train_and_tune_on(tmp_path, grades, message) -> None:
@@ -74,7 +74,7 @@ def test_tuning_refuses_a_split_it_cannot_train_and_tune_on(tmp_path, grades, me
 def test_tuning_warns_when_it_trains_or_tunes_on_a_handful_of_queries(tmp_path, caplog) -> None:
     fit, dev = check_split(_train_split(tmp_path / "t", [1, 2]).train_view())
     assert (len(fit), len(dev)) == (1, 1)
-    assert "only 1 to train on and 1 queries to tune on" in caplog.text
+    assert "only 1 to train on and 1 query to tune on" in caplog.text
 
 
 def test_tune_reranker_on_the_test_split_is_one_error_line(tmp_path, monkeypatch) -> None:

@@ -6,6 +6,8 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from retrieval.wording import counted
+
 SINGLE_THREAD_MAX = 8  # inputs this small (queries) are encoded on one CPU thread, see one_thread
 _THREADS_LOCK = threading.Lock()
 
@@ -34,7 +36,7 @@ def check_device(device: str) -> None:
         usable = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if usable <= (int(index) if index else 0):
             raise ModelLoadError(
-                f"HYBRID_RAG_DENSE_DEVICE={device}: torch {torch.__version__} sees {usable} CUDA device(s); "
+                f"HYBRID_RAG_DENSE_DEVICE={device}: torch {torch.__version__} sees {counted(usable, 'CUDA device')}; "
                 "unset it to use the best available device"
             )
     elif kind == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):

@@ -17,6 +17,7 @@ import regex
 from retrieval.encoders.runtime import fork_guard
 from retrieval.errors import InvalidArgumentError, not_one_string
 from retrieval.settings import Bm25Stopwords, Bm25Tokenizer
+from retrieval.wording import counted
 
 LEGACY_ANALYZER = "word"  # what earlier releases used (no normalization); a collection that records none used it
 # The stopwords of Lucene's (and Elasticsearch's) English analyzer, as bm25s and Pyserini use for BEIR: articles,
@@ -199,13 +200,13 @@ class Bm25Encoder:
         if seen[2] > UNSPACED_SHARE * seen[1]:
             self._warned = True
             log.warning(
-                "%.0f%% of the letters and digits in the %d texts encoded so far are Chinese, Japanese or Thai, which "
+                "%.0f%% of the letters and digits in the %s encoded so far are Chinese, Japanese or Thai, which "
                 "BM25's word tokenizer cannot split into words (a clause becomes one term: the sparse channel misses "
                 "words inside it); for a corpus mostly in these languages set HYBRID_RAG_BM25_TOKENIZER=multilingual "
                 "and rebuild the collection (hybrid-rag index --rebuild): it splits them into words but drops numbers "
                 "(COVID-19 -> covid, 2024 -> nothing), which costs English text a little",
                 100 * seen[2] / seen[1],
-                seen[0],
+                counted(seen[0], "text"),
             )
 
     def encode_queries(self, texts: Sequence[str]) -> list[SparseVec]:

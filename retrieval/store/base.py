@@ -23,6 +23,7 @@ from retrieval.documents import short_repr, unicode_forms
 from retrieval.encoders.sparse import LEGACY_ANALYZER, SparseVec
 from retrieval.errors import FilterError, HybridRagError, InvalidArgumentError, choice
 from retrieval.settings import ENV_PREFIX, FusionMethod, canonical_model, check_collection_name
+from retrieval.wording import counted
 
 DENSE = "dense"
 SPARSE = "sparse"
@@ -88,7 +89,7 @@ class SchemaMismatchError(StoreError):
 
 MODEL_FIELDS = ("dense_model", "dense_dim", "sparse_model", "sparse_idf")  # checked by readers and writers
 # How the chunks were cut and encoded: checked by writers only (a search may use other values). None: not
-# recorded (a collection made before they were), accepted with a warning.
+# recorded (a collection made before they were), accepted with a warning (chunk_at_whitespace is never None).
 ENCODING_FIELDS = (
     "document_prompt",
     "bm25_k1",
@@ -97,6 +98,7 @@ ENCODING_FIELDS = (
     "bm25_analyzer",
     "chunk_tokens",
     "chunk_overlap",
+    "chunk_at_whitespace",
     "dense_fingerprint",
     "dense_precision",
     "sparse_fingerprint",
@@ -150,6 +152,8 @@ class CollectionSchema:
     bm25_analyzer: str | None = None  # how BM25 made terms (Bm25Encoder.analyzer): queries are encoded the same way
     chunk_tokens: int | None = None
     chunk_overlap: int | None = None
+    # CHUNK_AT_WHITESPACE; a record without it (an earlier release's) was cut between words, as the default cuts
+    chunk_at_whitespace: bool = False
     dense_fingerprint: str | None = None  # the dense model's content (a folder saved in place is another model)
     dense_precision: str | None = None  # the dense vectors' encoding class: fp32, int8 or openvino
     sparse_fingerprint: str | None = None  # a SPLADE model's content (None for BM25, which has no weights)
@@ -177,6 +181,7 @@ class CollectionSchema:
             bm25_analyzer=sparse.analyzer if bm25 else None,
             chunk_tokens=settings.chunk_tokens if settings is not None else None,
             chunk_overlap=settings.chunk_overlap if settings is not None else None,
+            chunk_at_whitespace=settings is not None and settings.chunk_at_whitespace,
             dense_fingerprint=getattr(dense, "fingerprint", None),
             dense_precision=getattr(dense, "precision", None),
             sparse_fingerprint=None if bm25 else getattr(sparse, "fingerprint", None),
@@ -200,7 +205,7 @@ class CollectionSchema:
     def from_dict(cls, data: dict[str, Any]) -> CollectionSchema:
         if str(data.get("sparse_model")).startswith("bm25:"):  # see to_dict: the analyzer is its own key as well
             data = {"bm25_analyzer": data["sparse_model"].removeprefix("bm25:"), **data, "sparse_model": "bm25"}
-        fields = {k: data.get(k) for k in (*ENCODING_FIELDS, "chunk_budget")}
+        fields = {k: data[k] for k in (*ENCODING_FIELDS, "chunk_budget") if k in data}  # absent: the default
         schema = cls(**{k: data[k] for k in MODEL_FIELDS}, **fields)
         if schema.sparse_model == "bm25" and "bm25_analyzer" not in data:  # an earlier release: this analyzer
             schema = replace(schema, bm25_analyzer=LEGACY_ANALYZER)
@@ -226,8 +231,8 @@ class CollectionSchema:
         ]
 
     def unrecorded(self) -> list[str]:
-        """The encoding settings this (a collection's) schema does not record (the BM25 analyzer is always known:
-        one an earlier release wrote reads as :data:`LEGACY_ANALYZER`)."""
+        """The encoding settings this (a collection's) schema does not record (the BM25 analyzer and the whitespace
+        rule are always known: one an earlier release wrote reads as :data:`LEGACY_ANALYZER`, cut between words)."""
         return [
             f
             for f in ENCODING_FIELDS
@@ -358,7 +363,7 @@ def stored_owners_from(scroll: Callable[[Any], tuple[Sequence[Any], Any]], where
 def foreign_points_error(where: str, ids: Sequence[str]) -> ForeignPointsError:
     shown = ", ".join(map(repr, ids[:5])) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
     return ForeignPointsError(
-        f"{where} holds {len(ids)} point{'s' if len(ids) > 1 else ''} that hybrid-rag did not write (no doc_id "
+        f"{where} holds {counted(len(ids), 'point')} that hybrid-rag did not write (no doc_id "
         f"and content_hash payload: another tool's, e.g. langchain-qdrant's): {shown}. Nothing was changed: a sync "
         "or rebuild would have to keep or delete them, and deleting another tool's data is for its owner to decide. "
         "Delete them with the tool that wrote them (qdrant-client: client.delete(COLLECTION, points_selector=[ids])), "
@@ -1212,11 +1217,12 @@ def _miss(store: QdrantStore, key: str, value: Any, indexes: Mapping[str, str]) 
         condition, holds = other
         if holds in ("numbers", "strings"):
             never = "a string never matches a number" if holds == "numbers" else "a number never matches a string"
-            return f"{key!r} holds {holds}: {_json({key: condition})} matches {_points(n)} ({never})"
+            return f"{key!r} holds {holds}: {_json({key: condition})} matches {counted(n, 'point')} ({never})"
         if holds == "dates":
-            return f"{key!r} holds ISO dates on {_points(n)}: a range of numbers never matches one (give ISO dates)"
-        return f"{key!r} holds numbers on {_points(n)}: a range of dates never matches one (give numbers)"
-    return f"{key!r} is on {_points(present)}, none matching {_json(value)}"
+            dates = f"{key!r} holds ISO dates on {counted(n, 'point')}"
+            return f"{dates}: a range of numbers never matches one (give ISO dates)"
+        return f"{key!r} holds numbers on {counted(n, 'point')}: a range of dates never matches one (give numbers)"
+    return f"{key!r} is on {counted(present, 'point')}, none matching {_json(value)}"
 
 
 def _fits(key: str, value: Any, indexes: Mapping[str, str]) -> bool:
@@ -1256,10 +1262,6 @@ def _read_number(text: str) -> int | float | None:
     except ValueError:
         return None
     return None if not math.isfinite(number) else int(number) if number.is_integer() else number
-
-
-def _points(n: int) -> str:
-    return f"{n} point{'s' if n != 1 else ''}"
 
 
 def _json(value: Any) -> str:

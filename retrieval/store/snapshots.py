@@ -40,6 +40,7 @@ from retrieval.store.base import (
     version_name,
 )
 from retrieval.store.edge import SCHEMA_FILE, SHARD_DIR, EdgeStore, _locked, copy_tree, fcntl
+from retrieval.wording import counted
 
 MANIFEST = "snapshot.json"
 MODELS_DIR = "models"
@@ -264,7 +265,8 @@ def _restore(
     if current is not None and other and not other_collection:
         raise StoreError(
             f"{source} is a snapshot of collection {recorded!r}, not {store.collection!r}: restoring it would "
-            f"replace {store.collection!r} ({store.count():,} points) and its models by those of {recorded!r}. "
+            f"replace {store.collection!r} ({counted(store.count(), 'point')}) and its models by those of "
+            f"{recorded!r}. "
             "Restore it as a new collection (--collection NEW), or pass --other-collection too to replace "
             f"{store.collection!r}; nothing was changed"
         )
@@ -389,8 +391,8 @@ def _verify(
     except StoreError as exc:  # the snapshot is damaged, not the collection: no advice to rebuild it
         raise refuse(str(exc).removesuffix(". Rebuild the collection from its source documents")) from exc
     if read != points:
-        raise refuse(f"it counts {points} points but {read} can be read")
+        raise refuse(f"it counts {counted(points, 'point')} but {read:,} can be read")
     if manifest is not None and points != int(manifest["points"]):
-        raise refuse(f"it holds {points} points where its {MANIFEST} says {manifest['points']}")
+        raise refuse(f"it holds {counted(points, 'point')} where its {MANIFEST} says {manifest['points']}")
     if manifest is None and points == 0:
         raise refuse(f"it holds no points and has no {MANIFEST} (an earlier release's snapshot) to say it should")
