@@ -224,7 +224,8 @@ def ndcg(fused_lists: dict[str, list], qrels: dict) -> float:
     return evaluate(qrels, run, k_values=(10,)).mean["ndcg@10"]
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> dict[str, list]:
+    """Prints the table; returns each fusion's row (nDCG@10 per query set) under its label."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.fusion_study", description=__doc__.splitlines()[0])
     parser.add_argument(
         "--collections", nargs="+", default=["scifact"], help="names under ../shared/datasets, folders, or sample"
@@ -245,6 +246,7 @@ def main(argv: list[str] | None = None) -> None:
     rows.append([f"queries whose sparse list is shorter than {DEPTH}", *short.values()])
     headers = [f"{name} ({len(qrels)} q)" for name, (_, qrels, _) in sets.items()]
     console.print(table("nDCG@10 by fusion of the same channel lists", ["fusion", *headers], rows))
+    return {row[0]: row[1:] for row in rows}
 
 
 if __name__ == "__main__":

@@ -201,7 +201,7 @@ def _diff(c: Any, label: str = "") -> str:
     return f"{prefix}{c.mean_diff:+.4f} [{c.ci_low:+.3f}, {c.ci_high:+.3f}], p {c.p_randomization:.2f}"
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> dict[str, dict[str, dict[str, dict]]]:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.long_query_windows", description=__doc__.splitlines()[0]
     )
@@ -213,7 +213,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     args = parser.parse_args(argv)
     index_dir = args.index_dir or Path(tempfile.mkdtemp(prefix="hybrid-rag-windows-"))
-    report(study(args.collections, index_dir, args.held_out, args.variants))
+    results = study(args.collections, index_dir, args.held_out, args.variants)
+    report(results)
+    return results
 
 
 if __name__ == "__main__":
