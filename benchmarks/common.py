@@ -23,7 +23,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 REPO = Path(__file__).resolve().parents[1]
-SCIFACT = Path(os.environ.get("HYBRID_RAG_SCIFACT", REPO.parent / "shared" / "datasets" / "scifact"))
+DATASETS = REPO.parent / "shared" / "datasets"
+SCIFACT = Path(os.environ.get("HYBRID_RAG_SCIFACT", DATASETS / "scifact"))
+NFCORPUS = Path(os.environ.get("HYBRID_RAG_NFCORPUS", DATASETS / "nfcorpus"))
 
 T = TypeVar("T")
 console = Console(width=None if sys.stdout.isatty() else 160)  # no wrapped columns in logs and pipes
@@ -120,6 +122,16 @@ def workdir(path: str | Path | None = None, prefix: str = "hybrid-rag-bench-") -
 
 
 # -- data ---------------------------------------------------------------------------------------------
+def collection_dir(name: str) -> Path:
+    """A BEIR collection named on a command line: ``sample`` (the shipped one), a folder, or a name under
+    ``../shared/datasets`` (``HYBRID_RAG_SCIFACT`` / ``HYBRID_RAG_NFCORPUS`` override theirs)."""
+    if name == "sample":
+        return REPO / "evals" / "sample"
+    if Path(name).is_dir():
+        return Path(name)
+    return {"scifact": SCIFACT, "nfcorpus": NFCORPUS}.get(name, DATASETS / name)
+
+
 def require_scifact(root: str | Path | None = None) -> Path:
     path = Path(root) if root else SCIFACT
     if not (path / "corpus.jsonl").is_file():

@@ -24,9 +24,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import REPO, console, machine_info, print_machine, run_and_report, table, workdir
+from benchmarks.common import collection_dir, console, machine_info, print_machine, run_and_report, table, workdir
 
-DATASETS = REPO.parent / "shared" / "datasets"
 TOP_UP = "top-up (deepen_runs)"
 
 
@@ -97,11 +96,11 @@ class PartTimer:
 
 def evaluate_one(name: str, index_dir: Path) -> dict[str, Any]:
     """One evaluation of ``name``'s test split, its parts timed."""
-    from evals.collections import load_collection, sample_collection
+    from evals.collections import load_collection
     from evals.runner import evaluate_collection
     from retrieval import RetrievalSettings, RetrievalStack, read_documents
 
-    coll = sample_collection() if name == "sample" else load_collection(DATASETS / name)
+    coll = load_collection(collection_dir(name))
     with RetrievalStack(RetrievalSettings(qdrant_path=index_dir, collection=coll.name)) as stack:
         docs, _ = read_documents(coll.corpus_path, "jsonl")
         stack.indexer().index(docs, progress=False)  # unchanged documents: nothing written

@@ -154,12 +154,12 @@ def report(result: dict[str, Any]) -> None:
     )
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--points", type=int, default=11_344)
     parser.add_argument("--queries", type=int, default=100)
     parser.add_argument("--dir", help="keep the collections here (default: a temporary directory)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     run_and_report(lambda: run(args.points, args.queries, args.dir), report)
 
 

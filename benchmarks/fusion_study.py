@@ -19,10 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import REPO, console, table
+from benchmarks.common import collection_dir, console, table
 from retrieval.fusion import top_z
 
-DATASETS = REPO.parent / "shared" / "datasets"
 DEPTH = 100  # hits asked of each channel (the shipped PREFETCH_K): a shorter sparse list ran out
 Lists = dict[str, list]
 
@@ -44,7 +43,9 @@ def channel_lists(root: Path, index_dir: Path, held_out: bool) -> dict[str, tupl
     sets = {}
     for split in splits:
         sets[f"{coll.name} {split}"] = (coll.split_queries(split), coll.qrels(split))
-        sets[f"{coll.name} {split} long"] = long_queries(coll, split, max_queries=300)
+        long = long_queries(coll, split, max_queries=300)
+        if long[1]:  # a small collection may have no document of 100-300 words judged with another one
+            sets[f"{coll.name} {split} long"] = long
     out = {}
     for name, (queries, qrels) in sets.items():
         qids = [q for q in queries if q in qrels]
@@ -223,16 +224,19 @@ def ndcg(fused_lists: dict[str, list], qrels: dict) -> float:
     return evaluate(qrels, run, k_values=(10,)).mean["ndcg@10"]
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> dict[str, list]:
+    """Prints the table; returns each fusion's row (nDCG@10 per query set) under its label."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.fusion_study", description=__doc__.splitlines()[0])
-    parser.add_argument("--collections", nargs="+", default=["scifact"], help="under ../shared/datasets")
+    parser.add_argument(
+        "--collections", nargs="+", default=["scifact"], help="names under ../shared/datasets, folders, or sample"
+    )
     parser.add_argument("--index-dir", type=Path, default=None, help="keep (and re-use) the collections here")
     parser.add_argument("--held-out", action="store_true", help="also the test splits (never choose on them)")
     args = parser.parse_args(argv)
     index_dir = args.index_dir or Path(tempfile.mkdtemp(prefix="hybrid-rag-fusion-"))
     sets = {}
     for name in args.collections:
-        sets |= channel_lists(DATASETS / name, index_dir, args.held_out)
+        sets |= channel_lists(collection_dir(name), index_dir, args.held_out)
     rows = []
     for label, fn in variants().items():
         rows.append([label, *(ndcg({q: fn(c) for q, c in lists.items()}, qrels) for lists, qrels, _ in sets.values())])
@@ -242,6 +246,7 @@ def main(argv: list[str] | None = None) -> None:
     rows.append([f"queries whose sparse list is shorter than {DEPTH}", *short.values()])
     headers = [f"{name} ({len(qrels)} q)" for name, (_, qrels, _) in sets.items()]
     console.print(table("nDCG@10 by fusion of the same channel lists", ["fusion", *headers], rows))
+    return {row[0]: row[1:] for row in rows}
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import numpy as np
 from benchmarks.common import console, machine_info, print_machine, read_docs, require_scifact, table, workdir
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=None, help="BEIR directory (default: SciFact)")
     parser.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: the best available)")
@@ -28,7 +28,7 @@ def main() -> None:
     parser.add_argument("--max-docs", type=int, default=0)
     parser.add_argument("--save-vectors", default=None, help="write chunk ids and fp16 dense vectors here (.npz)")
     parser.add_argument("--compare", default=None, help="a --save-vectors file from another device to compare")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     from evals.collections import load_collection
     from evals.runner import evaluate_variants

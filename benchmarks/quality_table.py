@@ -19,9 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import REPO, console, machine_info, print_machine, table
+from benchmarks.common import collection_dir, console, machine_info, print_machine, table
 
-DATASETS = REPO.parent / "shared" / "datasets"
 SYSTEMS = ("dense", "sparse", "hybrid", "hybrid+rerank")
 DEFAULT = "hybrid+rerank"
 
@@ -44,8 +43,9 @@ def evaluate_collection(root: Path, index_dir: Path, long_queries: int = 300) ->
     retriever = stack.retriever()
     reference = ReferenceRankings(docs, indexer.store, indexer.dense)
     sets = {"test": (coll.split_queries("test"), coll.qrels("test"))}
-    if long_queries:
-        sets["long"] = make_long_queries(coll, "test", max_queries=long_queries)
+    long = make_long_queries(coll, "test", max_queries=long_queries) if long_queries else ({}, {})
+    if long[1]:  # a small collection may have no document of 100-300 words judged with another one
+        sets["long"] = long
     out: dict[str, Any] = {}
     for name, (queries, qrels) in sets.items():
         results = evaluate_variants(retriever, queries, qrels, SYSTEMS, progress=False)
@@ -59,7 +59,7 @@ def evaluate_collection(root: Path, index_dir: Path, long_queries: int = 300) ->
 
 def run(collections: list[str], index_dir: Path | None = None, long_queries: int = 300) -> dict[str, Any]:
     root = Path(index_dir or tempfile.mkdtemp(prefix="hybrid-rag-quality-"))
-    return {name: evaluate_collection(DATASETS / name, root, long_queries) for name in collections}
+    return {name: evaluate_collection(collection_dir(name), root, long_queries) for name in collections}
 
 
 def report(results: dict[str, Any]) -> None:
@@ -107,7 +107,12 @@ def report(results: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.quality_table", description=__doc__.splitlines()[0])
-    parser.add_argument("--collections", nargs="+", default=["scifact", "nfcorpus"], help="under ../shared/datasets")
+    parser.add_argument(
+        "--collections",
+        nargs="+",
+        default=["scifact", "nfcorpus"],
+        help="names under ../shared/datasets, folders, or sample",
+    )
     parser.add_argument("--index-dir", type=Path, default=None, help="keep (and re-use) the collections here")
     parser.add_argument("--long-queries", type=int, default=300, help="long queries per collection (0: none)")
     args = parser.parse_args(argv)

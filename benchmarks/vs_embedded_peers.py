@@ -5,8 +5,8 @@ Every system gets the same chunks (our chunker's output, the texts we index) and
 its own way, as its docs recommend:
 
 * **hybrid-rag**: ``Indexer`` into the embedded engine (Qdrant Edge, optimized) and ``HybridRetriever.search``
-  with the default settings (BM25 sparse vectors with Qdrant's IDF modifier, RRF k=60 over 100 candidates per
-  channel).
+  with the default settings (BM25 sparse vectors with Qdrant's IDF modifier, 100 candidates per channel fused by
+  RRF k=10, or z-scores when the best BM25 hit stands out, then reranked).
 * **LanceDB**: a table (chunk id, doc id, text, vector), its native full-text index (``create_index(config=FTS())``:
   simple tokenizer, lower case, English stemming, stop words), no vector index (exact search, what its docs
   advise at this size), ``search(query_type="hybrid")`` with its ``RRFReranker`` (k=60).
@@ -47,7 +47,8 @@ import numpy as np
 os.environ.setdefault("LANCEDB_LOG", "error")  # lance's Rust warnings about score columns, once per query
 
 from benchmarks.common import (  # noqa: E402
-    REPO,
+    NFCORPUS,
+    SCIFACT,
     console,
     eval_subset,
     goal,
@@ -60,10 +61,7 @@ from benchmarks.common import (  # noqa: E402
     workdir,
 )
 
-DATASETS = {
-    "scifact": Path(os.environ.get("HYBRID_RAG_SCIFACT", REPO.parent / "shared" / "datasets" / "scifact")),
-    "nfcorpus": Path(os.environ.get("HYBRID_RAG_NFCORPUS", REPO.parent / "shared" / "datasets" / "nfcorpus")),
-}
+DATASETS = {"scifact": SCIFACT, "nfcorpus": NFCORPUS}
 K = 10
 DEPTH = 100
 CANDIDATES = 100
@@ -496,7 +494,7 @@ def report_dataset(ds: dict[str, Any]) -> None:
     console.print(
         table(
             f"{ds['name']}: {ds['docs']:,} docs -> {ds['chunks']:,} chunks, {ds['queries']} test queries, "
-            f"RRF k={RRF_K} over {CANDIDATES} candidates per channel, top {K}",
+            f"{CANDIDATES} candidates per channel, peers RRF k={RRF_K}, ours its shipped fusion and reranking, top {K}",
             [
                 "system",
                 "build s",

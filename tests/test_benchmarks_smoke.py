@@ -9,12 +9,11 @@ import pytest
 from tests.conftest import SCIFACT
 from tests.test_dense_backends import onnx_cache_dir
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not (SCIFACT / "corpus.jsonl").is_file(), reason=f"SciFact not found at {SCIFACT}"),
-]
+pytestmark = pytest.mark.slow
+needs_scifact = pytest.mark.skipif(not (SCIFACT / "corpus.jsonl").is_file(), reason=f"SciFact not found at {SCIFACT}")
 
 
+@needs_scifact
 def test_indexing_overhead(capsys):
     from benchmarks import indexing_overhead
 
@@ -26,6 +25,7 @@ def test_indexing_overhead(capsys):
     assert "Indexing overhead" in capsys.readouterr().out
 
 
+@needs_scifact
 @pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None, reason="optional dependency missing: onnxruntime")
 def test_cpu_backends(capsys):
     from benchmarks import cpu_backends
@@ -43,6 +43,7 @@ def test_cpu_backends(capsys):
     assert "CPU dense backends" in capsys.readouterr().out
 
 
+@needs_scifact
 def test_search_latency(tmp_path, capsys):
     from benchmarks import search_latency
 
@@ -69,6 +70,7 @@ def test_scale(capsys):
     assert "Embedded engine growth" in capsys.readouterr().out
 
 
+@needs_scifact
 @pytest.mark.skipif(importlib.util.find_spec("langchain_qdrant") is None, reason="optional: langchain-qdrant")
 def test_vs_langchain(tmp_path, capsys):
     from benchmarks import vs_langchain
@@ -82,6 +84,7 @@ def test_vs_langchain(tmp_path, capsys):
     assert "vs LangChain" in capsys.readouterr().out
 
 
+@needs_scifact
 def test_vs_embedded_peers(tmp_path, capsys):
     from benchmarks import vs_embedded_peers
 
@@ -100,6 +103,7 @@ def test_vs_embedded_peers(tmp_path, capsys):
     assert "where our time goes" in capsys.readouterr().out
 
 
+@needs_scifact
 def test_versions(tmp_path, capsys):
     """A no-op re-index keeps the version (nothing copied or published): the benchmark measures that path."""
     from benchmarks import versions
@@ -147,6 +151,7 @@ def test_adapt_memory(tmp_path, capsys):
     assert "sampling step" in capsys.readouterr().out
 
 
+@needs_scifact
 def test_incremental(tmp_path, capsys, monkeypatch):
     from benchmarks import incremental
 
@@ -165,6 +170,7 @@ def test_incremental(tmp_path, capsys, monkeypatch):
     assert "Incremental writes" in capsys.readouterr().out
 
 
+@needs_scifact
 def test_pipeline_memory(tmp_path, capsys):
     """Each command of a size runs in a process of its own and its peak is that process' own."""
     from benchmarks import pipeline_memory
@@ -180,6 +186,7 @@ def test_pipeline_memory(tmp_path, capsys):
     assert "Peak RSS of a build" in capsys.readouterr().out
 
 
+@needs_scifact
 def test_reader_reload(tmp_path, capsys):
     """The reader's first search after the write is measured on the new version (the write happened)."""
     from benchmarks import reader_reload
@@ -217,6 +224,7 @@ def test_erasure(capsys):
     assert "An erasing delete" in capsys.readouterr().out
 
 
+@needs_scifact
 def test_score_signal(capsys):
     from benchmarks import score_signal
 
@@ -239,6 +247,7 @@ def test_filtered_search(tmp_path, capsys):
     assert result["index_s"] > 0 and "Filtered hybrid query alone" in capsys.readouterr().out
 
 
+@needs_scifact
 def test_diversity(capsys):
     from benchmarks import diversity
 
@@ -248,3 +257,67 @@ def test_diversity(capsys):
     assert off["diversity"] is None and result["queries"] >= 3 and 0 < off["ndcg"] <= 1
     assert all(r["mean_cosine"] <= off["mean_cosine"] + 1e-9 for r in diverse)  # MMR never makes the top 10 alike
     assert "Diversity on SciFact train" in capsys.readouterr().out
+
+
+def test_quality_table(tmp_path, capsys):
+    """The side-by-side table and its paired differences, on the sample (which has no long queries: no such set)."""
+    from benchmarks import quality_table
+
+    results = quality_table.main(["--collections", "sample", "--index-dir", str(tmp_path)])
+    (sets,) = results.values()
+    assert list(sets) == ["test"] and sets["test"]["queries"] == 21
+    per_query = sets["test"]["per_query"]
+    assert {*quality_table.SYSTEMS, "ref bm25", "ref dense (exact)", "ref rrf"} <= set(per_query)
+    assert all(len(values) == 21 for values in per_query.values())
+    out = capsys.readouterr().out
+    assert "nDCG@10 (shipped settings" in out and "hybrid+rerank (default)" in out
+    assert "Paired nDCG@10 differences" in out and "hybrid+rerank vs hybrid" in out
+
+
+def test_fusion_study(tmp_path, capsys):
+    """Every fusion is scored on each split of the same channel lists; the shipped one is named."""
+    from benchmarks import fusion_study
+
+    rows = fusion_study.main(["--collections", "sample", "--index-dir", str(tmp_path), "--held-out"])
+    shipped = "z-scores if sparse top z > 2.5, else RRF k=10 (shipped)"
+    assert {"dense", "sparse", "RRF k=10", "DBSF", shipped} <= set(rows)
+    assert all(len(values) == 2 and 0 < values[0] <= 1 for label, values in rows.items() if "shorter" not in label)
+    assert "sample train (11 q)" in capsys.readouterr().out
+
+
+def test_long_query_windows_main(tmp_path, capsys):
+    """The study runs end to end: each variant's systems on each set, compared with the shipped encoding."""
+    from benchmarks import long_query_windows
+
+    variants = ["shipped", "mean, 128/128"]
+    results = long_query_windows.main(
+        ["--collections", "sample", "--index-dir", str(tmp_path), "--variants", *variants]
+    )
+    assert list(results) == ["sample train"] and list(results["sample train"]) == variants
+    for per_system in results["sample train"].values():
+        assert {*long_query_windows.SYSTEMS, "windowed"} == set(per_system)
+    assert "hybrid - shipped hybrid" in " ".join(capsys.readouterr().out.split())
+
+
+def test_gpu_indexing(tmp_path, capsys):
+    """On the CPU too: throughput and quality, then another run's saved vectors compared with this machine's."""
+    from benchmarks import gpu_indexing
+    from evals.collections import sample_collection
+
+    sample, vectors = str(sample_collection().root), tmp_path / "vectors.npz"
+    gpu_indexing.main(["--device", "cpu", "--data", sample, "--max-docs", "20", "--save-vectors", str(vectors)])
+    out = capsys.readouterr().out
+    assert "Indexing sample on cpu (20 docs" in out and "hybrid nDCG@10 (test)" in out
+    gpu_indexing.main(["--device", "cpu", "--data", sample, "--compare", str(vectors)])
+    assert "1.00000" in capsys.readouterr().out  # the same model on the same device: the same vectors (fp16)
+
+
+def test_scifact_quality(tmp_path, capsys):
+    """The trained path (tune-reranker on train) is scored on test beside the shipped variants."""
+    from benchmarks import scifact_quality
+    from evals.collections import sample_collection
+
+    rows = scifact_quality.run(epochs=1, out=tmp_path / "out", index_dir=tmp_path, data=sample_collection().root)
+    assert {"dense", "hybrid+rerank", "trained dense", "trained hybrid+rerank"} <= set(rows)
+    assert all(0 < r["ndcg@10"] <= 1 for r in rows.values())
+    assert "sample test (21 queries)" in capsys.readouterr().out

@@ -133,3 +133,20 @@ def test_readme_command_synopsis_lists_every_option():
         assert options - listed == set(), f"hybrid-rag {name}: options README does not list"
         negations = {o for p in command.params for o in p.secondary_opts}
         assert listed - options - negations == set(), f"hybrid-rag {name}: README lists options it lacks"
+
+
+def test_benchmark_commands_name_modules_and_options_that_exist(capsys):
+    """Every ``python -m benchmarks.X [--option ...]`` in README.md and benchmarks/README.md names a benchmark
+    module, and each option it shows is one that module's command line accepts."""
+    import importlib
+
+    commands = re.findall(
+        r"python -m benchmarks\.(\w+)((?: \[?--[\w-]+[^`\n]*)?)",
+        README.read_text() + (README.parent / "benchmarks" / "README.md").read_text(),
+    )
+    assert len({module for module, _ in commands}) >= 20
+    for module, options in commands:
+        with pytest.raises(SystemExit):
+            importlib.import_module(f"benchmarks.{module}").main(["--help"])
+        known = set(re.findall(r"--[\w-]+", capsys.readouterr().out))
+        assert set(re.findall(r"--[\w-]+", options)) <= known, f"benchmarks.{module}{options}"
