@@ -45,6 +45,10 @@ class _Group(TyperGroup):
     red line and exit code 2, without a traceback; and SIGTERM and Ctrl-C (SIGINT) into one line and exit code
     143 or 130 (see :func:`_interrupts`)."""
 
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        _flow_help(self)
+
     def invoke(self, ctx: click.Context):
         try:
             with _interrupts(outermost=ctx.parent is None):
@@ -64,6 +68,16 @@ class _Group(TyperGroup):
                 raise
             err_console.print(label("error:", "red"), str(exc) + _env_relative_hint(str(exc)), soft_wrap=True)
             raise typer.Exit(2) from exc
+
+
+def _flow_help(group: click.Group) -> None:
+    """Each paragraph of a command's help on one line, for the terminal to wrap: rich help keeps a docstring's line
+    breaks (made at 120 columns in the source), which cut sentences mid-line in ``hybrid-rag --help``."""
+    for command in group.commands.values():
+        if command.help:
+            command.help = re.sub(r"(?<!\n)\n(?!\n)", " ", command.help)
+        if isinstance(command, click.Group):
+            _flow_help(command)
 
 
 _INTERRUPTED: dict[str, int] = {}  # "signal": the signal that interrupted this command
