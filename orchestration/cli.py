@@ -444,10 +444,11 @@ def index(
 ) -> None:
     """Add documents to a collection, or with --sync make it equal to the source (unchanged chunks are neither
     embedded nor written again; those of a changed document are written with their stored vectors)."""
-    from retrieval.documents import BadInputError, read_documents
+    from retrieval.documents import BadInputError, BadInputPolicy, read_documents
+    from retrieval.errors import choice
     from retrieval.stack import RetrievalStack
 
-    settings = _settings(collection=collection, bad_input_policy=policy)
+    settings = _settings(collection=collection, bad_input_policy=policy and choice(BadInputPolicy, policy, "policy"))
     started = time.perf_counter()
     try:
         docs, read_report = read_documents(path, fmt, settings.bad_input_policy, progress=True)

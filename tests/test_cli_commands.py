@@ -206,7 +206,7 @@ def test_search_arguments_the_engine_cannot_take_are_one_line(cli_in, args, mess
         (("search", "valve", "-c", "kb", "--filter", '{"year": {"after": 1}}'), "error: filter on 'year'"),
         (("search", "valve", "-c", "kb", "--filter", '{"doc_id": 6}'), "error: filter on 'doc_id': the field holds"),
         (("index", "kb.jsonl", "-c", "kb", "--format", "xml"), "error: unknown format 'xml'; valid: beir, jsonl, dir"),
-        (("index", "kb.jsonl", "-c", "kb", "--policy", "maybe"), "error: invalid settings: bad_input_policy"),
+        (("index", "kb.jsonl", "-c", "kb", "--policy", "maybe"), "error: unknown policy 'maybe'; valid: fail, skip"),
     ],
 )
 def test_invalid_arguments_are_one_line_and_exit_code_2(cli_in, args, message):
