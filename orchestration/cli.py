@@ -1179,7 +1179,9 @@ def compare(
     candidate: Annotated[Path, typer.Argument(help="TREC run file of the candidate")],
     beir_dir: Annotated[str, typer.Argument(help="BEIR directory with the qrels, or 'sample'")],
     split: Annotated[str, typer.Option(help="qrels split")] = "test",
-    metric: Annotated[list[str] | None, typer.Option(help="Metrics to compare (repeatable)")] = None,
+    metric: Annotated[
+        list[str] | None, typer.Option(help="Metrics to compare (repeatable; default: ndcg@10 and recall@100)")
+    ] = None,
     keep_identical_ids: KeepIdenticalOpt = False,
 ) -> None:
     """Compare two runs query by query: wins/losses/ties and a paired significance test."""
