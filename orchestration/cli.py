@@ -584,6 +584,8 @@ def search(
         )
         misses = filter_misses(retriever.store, flt) if flt and not hits else []
         termless = "sparse" in Variant(variant).channels and not retriever.encode([text], "sparse").sparse[0]
+        unexplained = not (hits or misses or termless)
+        no_hit = _no_hit_reason(retriever, text, variant, flt, score_threshold) if unexplained else None
     if termless:  # "the", "to be or not to be": say why the sparse channel found nothing (stderr, --json too)
         only = ": the hits are the dense channel's" if Variant(variant) is not Variant.SPARSE else ""
         err_console.print(
@@ -596,6 +598,8 @@ def search(
         err_console.print(
             label("note:", "yellow"), f"no point of {name!r} matches the filter: {'; '.join(misses)}", soft_wrap=True
         )
+    if no_hit:
+        err_console.print(label("note:", "yellow"), f"no hit: {no_hit}", soft_wrap=True)
     if as_json:
         typer.echo(json.dumps([_hit_json(h) for h in hits], default=str, indent=2))
         return
@@ -614,6 +618,18 @@ def search(
             snippet,
         )
     console.print(table)
+
+
+def _no_hit_reason(retriever: Any, text: str, variant: str, flt: dict | None, score_threshold: float | None) -> str:
+    """Why a search found nothing, where neither its filter (it matches some point) nor its query (it makes sparse
+    terms) explains it: an empty collection, the score threshold, or the sparse channel alone, which finds only the
+    documents holding a term of the query."""
+    name = retriever.store.collection
+    if not retriever.store.count():
+        return f"collection {name!r} holds no documents (hybrid-rag index PATH -c {name} adds some)"
+    if score_threshold is not None and retriever.search(text, k=1, filter=flt, variant=variant):
+        return f"no hit scores {score_threshold:g} or more (--score-threshold)"
+    return f"no document{' the filter matches' if flt else ''} of {name!r} holds a term of the query"
 
 
 def _preview(text: str, query: str, width: int = PREVIEW_CHARS) -> str:
