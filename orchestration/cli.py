@@ -1182,10 +1182,11 @@ def evaluate(
         last = variants[-1].value
         write_run(run_file, report.variants[last].run, tag=f"hybrid-rag-{last}")
         write_run_context(run_file, {**report.context(), "variant": last})
-        console.print(f"run file ({last}): {run_file}", soft_wrap=True)
+        err_console.print(f"run file ({last}): {run_file.absolute()}", soft_wrap=True)  # stdout: the result alone
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(report.summary(), indent=2))
+        err_console.print(f"summary: {json_out.absolute()}", soft_wrap=True)
     report.record(records, source="cli")
 
 
