@@ -45,6 +45,10 @@ class _Group(TyperGroup):
     red line and exit code 2, without a traceback; and SIGTERM and Ctrl-C (SIGINT) into one line and exit code
     143 or 130 (see :func:`_interrupts`)."""
 
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        _flow_help(self)
+
     def invoke(self, ctx: click.Context):
         try:
             with _interrupts(outermost=ctx.parent is None):
@@ -64,6 +68,16 @@ class _Group(TyperGroup):
                 raise
             err_console.print(label("error:", "red"), str(exc) + _env_relative_hint(str(exc)), soft_wrap=True)
             raise typer.Exit(2) from exc
+
+
+def _flow_help(group: click.Group) -> None:
+    """Each paragraph of a command's help on one line, for the terminal to wrap: rich help keeps a docstring's line
+    breaks (made at 120 columns in the source), which cut sentences mid-line in ``hybrid-rag --help``."""
+    for command in group.commands.values():
+        if command.help:
+            command.help = re.sub(r"(?<!\n)\n(?!\n)", " ", command.help)
+        if isinstance(command, click.Group):
+            _flow_help(command)
 
 
 _INTERRUPTED: dict[str, int] = {}  # "signal": the signal that interrupted this command
@@ -430,10 +444,11 @@ def index(
 ) -> None:
     """Add documents to a collection, or with --sync make it equal to the source (unchanged chunks are neither
     embedded nor written again; those of a changed document are written with their stored vectors)."""
-    from retrieval.documents import BadInputError, read_documents
+    from retrieval.documents import BadInputError, BadInputPolicy, read_documents
+    from retrieval.errors import choice
     from retrieval.stack import RetrievalStack
 
-    settings = _settings(collection=collection, bad_input_policy=policy)
+    settings = _settings(collection=collection, bad_input_policy=policy and choice(BadInputPolicy, policy, "policy"))
     started = time.perf_counter()
     try:
         docs, read_report = read_documents(path, fmt, settings.bad_input_policy, progress=True)
@@ -568,6 +583,8 @@ def search(
         )
         misses = filter_misses(retriever.store, flt) if flt and not hits else []
         termless = "sparse" in Variant(variant).channels and not retriever.encode([text], "sparse").sparse[0]
+        unexplained = not (hits or misses or termless)
+        no_hit = _no_hit_reason(retriever, text, variant, flt, score_threshold) if unexplained else None
     if termless:  # "the", "to be or not to be": say why the sparse channel found nothing (stderr, --json too)
         only = ": the hits are the dense channel's" if Variant(variant) is not Variant.SPARSE else ""
         err_console.print(
@@ -580,6 +597,8 @@ def search(
         err_console.print(
             label("note:", "yellow"), f"no point of {name!r} matches the filter: {'; '.join(misses)}", soft_wrap=True
         )
+    if no_hit:
+        err_console.print(label("note:", "yellow"), f"no hit: {no_hit}", soft_wrap=True)
     if as_json:
         typer.echo(json.dumps([_hit_json(h) for h in hits], default=str, indent=2))
         return
@@ -598,6 +617,18 @@ def search(
             snippet,
         )
     console.print(table)
+
+
+def _no_hit_reason(retriever: Any, text: str, variant: str, flt: dict | None, score_threshold: float | None) -> str:
+    """Why a search found nothing, where neither its filter (it matches some point) nor its query (it makes sparse
+    terms) explains it: an empty collection, the score threshold, or the sparse channel alone, which finds only the
+    documents holding a term of the query."""
+    name = retriever.store.collection
+    if not retriever.store.count():
+        return f"collection {name!r} holds no documents (hybrid-rag index PATH -c {name} adds some)"
+    if score_threshold is not None and retriever.search(text, k=1, filter=flt, variant=variant):
+        return f"no hit scores {score_threshold:g} or more (--score-threshold)"
+    return f"no document{' the filter matches' if flt else ''} of {name!r} holds a term of the query"
 
 
 def _preview(text: str, query: str, width: int = PREVIEW_CHARS) -> str:
@@ -1157,10 +1188,11 @@ def evaluate(
         last = variants[-1].value
         write_run(run_file, report.variants[last].run, tag=f"hybrid-rag-{last}")
         write_run_context(run_file, {**report.context(), "variant": last})
-        console.print(f"run file ({last}): {run_file}", soft_wrap=True)
+        err_console.print(f"run file ({last}): {run_file.absolute()}", soft_wrap=True)  # stdout: the result alone
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(report.summary(), indent=2))
+        err_console.print(f"summary: {json_out.absolute()}", soft_wrap=True)
     report.record(records, source="cli")
 
 
@@ -1170,7 +1202,9 @@ def compare(
     candidate: Annotated[Path, typer.Argument(help="TREC run file of the candidate")],
     beir_dir: Annotated[str, typer.Argument(help="BEIR directory with the qrels, or 'sample'")],
     split: Annotated[str, typer.Option(help="qrels split")] = "test",
-    metric: Annotated[list[str] | None, typer.Option(help="Metrics to compare (repeatable)")] = None,
+    metric: Annotated[
+        list[str] | None, typer.Option(help="Metrics to compare (repeatable; default: ndcg@10 and recall@100)")
+    ] = None,
     keep_identical_ids: KeepIdenticalOpt = False,
 ) -> None:
     """Compare two runs query by query: wins/losses/ties and a paired significance test."""

@@ -207,7 +207,7 @@ def test_search_arguments_the_engine_cannot_take_are_one_line(cli_in, args, mess
         (("search", "valve", "-c", "kb", "--filter", '{"year": {"after": 1}}'), "error: filter on 'year'"),
         (("search", "valve", "-c", "kb", "--filter", '{"doc_id": 6}'), "error: filter on 'doc_id': the field holds"),
         (("index", "kb.jsonl", "-c", "kb", "--format", "xml"), "error: unknown format 'xml'; valid: beir, jsonl, dir"),
-        (("index", "kb.jsonl", "-c", "kb", "--policy", "maybe"), "error: invalid settings: bad_input_policy"),
+        (("index", "kb.jsonl", "-c", "kb", "--policy", "maybe"), "error: unknown policy 'maybe'; valid: fail, skip"),
     ],
 )
 def test_invalid_arguments_are_one_line_and_exit_code_2(cli_in, args, message):
@@ -450,3 +450,24 @@ def test_collections_is_readable_at_80_columns(cli_in, monkeypatch):
     assert any(line.startswith("  encoding      chunks 256/32, bm25 ") for line in lines), lines
     monkeypatch.setenv("COLUMNS", "250")
     assert f"│ {kb['dense_model']} │" in cli_in("collections")
+
+
+def test_search_says_why_it_found_no_hit(cli_in, kb):
+    """README: no hit, why on stderr. An empty collection, a score threshold above every hit and a word no document
+    holds (the sparse channel alone) printed ``[]`` and nothing else."""
+    runner = CliRunner()
+    for args, why in [
+        (["valve", "--variant", "dense", "--score-threshold", "2"], "no hit scores 2 or more (--score-threshold)"),
+        (["zzqx", "--variant", "sparse"], "no document of 'kb' holds a term of the query"),
+        (["zzqx", "--variant", "sparse", "--filter", '{"year": 2021}'], "no document the filter matches of 'kb' "),
+    ]:
+        result = runner.invoke(app, ["search", *args, "-c", "kb", "--json"])
+        assert result.exit_code == 0 and json.loads(result.stdout) == [], result.output
+        assert result.stderr.startswith(f"note: no hit: {why}"), result.stderr
+    (kb / "nothing").mkdir()
+    cli_in("index", "nothing", "-c", "empty")
+    result = runner.invoke(app, ["search", "valve", "-c", "empty"])
+    assert result.exit_code == 0 and "0 hits" in result.stdout
+    assert " ".join(result.stderr.split()) == (
+        "note: no hit: collection 'empty' holds no documents (hybrid-rag index PATH -c empty adds some)"
+    )

@@ -167,3 +167,13 @@ def test_a_result_cut_short_by_its_reader_is_not_a_success(tmp_path):
         stderr = proc.stderr.read()
     assert proc.returncode == 2, stderr
     assert stderr.strip().splitlines()[-1].startswith("error: stdout could not be written: broken pipe")
+
+
+def test_help_flows_each_commands_text_to_the_terminal():
+    """``hybrid-rag --help`` cut a command's sentence where its docstring wraps in the source (``... are neither`` /
+    ``embedded nor written again``), as did the later paragraphs of ``adapt --help``."""
+    listing = CliRunner().invoke(app, ["--help"], env={"COLUMNS": "200"}).stdout
+    [index] = [line for line in listing.splitlines() if line.startswith("│ index ")]
+    assert "are neither embedded nor written again" in index
+    adapt = CliRunner().invoke(app, ["adapt", "--help"], env={"COLUMNS": "200"}).stdout
+    assert "on the --qrels judgements (a dev or train split) when given" in adapt

@@ -101,6 +101,17 @@ def test_a_partial_collection_is_scored_with_a_warning_that_is_recorded(workspac
     assert searched == {"half": round(coverage, 4), "sample": None}  # the full collection needs no warning
 
 
+def test_eval_says_on_stderr_where_it_wrote_its_files(workspace) -> None:
+    """stdout holds the table alone, as eval-report's does: the run file's path went there, as given (relative), and
+    where the --json summary went was not said."""
+    root, _, _ = workspace
+    files = ("--run-file", "runs/d2.trec", "--json", "d2.json", "--history", str(root / "own.sqlite"))
+    result = cli("eval", "sample", "-c", "half", "--variant", "dense", *files)
+    assert result.stdout.rstrip("\n").splitlines()[-1].startswith("└"), result.stdout  # the table's last line
+    said = " ".join(result.stderr.split())
+    assert f"run file (dense): {root / 'runs' / 'd2.trec'}" in said and f"summary: {root / 'd2.json'}" in said
+
+
 def test_eval_report_keeps_apart_what_each_collection_scored(workspace) -> None:
     root, _, _ = workspace
     result = cli("eval-report", "--out", "rep")
