@@ -39,10 +39,13 @@ def stderr_lines(script: str, *args: str, **env: str) -> list[str]:
 
 def bars(tmp_path: Path, progress: str, **env: str) -> list[str]:
     lines = stderr_lines(INDEX, str(tmp_path / f"{progress}-{len(env)}"), progress, **env)
-    return sorted({name for name in ("chunking", "embedding bars") for line in lines if line.startswith(f"{name}:")})
+    names = ("chunking", "embedding bars", "Loading weights")
+    return sorted({name for name in names for line in lines if line.startswith(f"{name}:")})
 
 
 def test_progress_bars_follow_tqdm_disable_and_progress_false(tmp_path):
+    """Ours only: transformers' "Loading weights" bar of a model loaded from a folder (under a second) printed on
+    every CLI search."""
     assert bars(tmp_path, "on") == ["chunking", "embedding bars"]
     assert bars(tmp_path, "on", TQDM_DISABLE="1") == []
     assert bars(tmp_path, "off") == []

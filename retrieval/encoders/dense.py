@@ -39,6 +39,7 @@ from retrieval.encoders.runtime import (
     fork_guard,
     load_float32,
     one_thread,
+    quiet_local_load,
     select_device,
 )
 from retrieval.errors import not_one_string
@@ -212,7 +213,8 @@ class DenseEncoder:
             check_device(self.device)
             log.info("loading dense model %s (torch, %s)", path, self.device)
             if self.device.startswith("cuda"):
-                model = SentenceTransformer(path, device=self.device).half()
+                with quiet_local_load(path):
+                    model = SentenceTransformer(path, device=self.device).half()
             else:  # float32, also for a checkpoint saved in fp16/bf16
                 model = load_float32(SentenceTransformer, path, self.device)
         if self._fingerprint == "hub:?":  # downloaded by the load

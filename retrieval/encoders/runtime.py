@@ -85,6 +85,26 @@ def fork_guard(device: str) -> Iterator[None]:
         ) from exc
 
 
+@contextmanager
+def quiet_local_load(path: str) -> Iterator[None]:
+    """No transformers progress bar ("Loading weights") while a model is loaded from folder ``path``: it takes under
+    a second and printed a bar on every search of the CLI. A hub name keeps its bars (the download can take
+    minutes)."""
+    from pathlib import Path
+
+    from transformers.utils import logging as transformers_logging
+
+    shown = transformers_logging.is_progress_bar_enabled()
+    if shown and Path(path).is_dir():
+        transformers_logging.disable_progress_bar()
+        try:
+            yield
+        finally:
+            transformers_logging.enable_progress_bar()
+    else:
+        yield
+
+
 def load_float32(model_class, path: str, device: str):
     """``model_class(path)`` (a sentence-transformers ``SentenceTransformer`` or ``SparseEncoder``) on ``device`` with
     float32 weights, whatever dtype its checkpoint was saved in (transformers would load fp16 or bf16 weights, as
@@ -94,7 +114,8 @@ def load_float32(model_class, path: str, device: str):
     from packaging.version import Version
 
     dtype = "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
-    model = model_class(path, device=device, model_kwargs={dtype: torch.float32})
+    with quiet_local_load(path):
+        model = model_class(path, device=device, model_kwargs={dtype: torch.float32})
     if any(p.dtype != torch.float32 for p in model.parameters() if p.is_floating_point()):
         model.float()  # modules transformers does not load (e.g. a Dense layer)
     return model
