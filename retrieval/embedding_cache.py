@@ -296,9 +296,11 @@ class EmbeddingCache:
                     "WHERE m.details IS NULL"
                 ).fetchone()[0]
                 keys = counted(unrecorded, "key")
+                one = unrecorded == 1
                 older = (
-                    f" ({keys} written by an earlier release {'does' if unrecorded == 1 else 'do'} not record their "
-                    "backend until next used: select them with --model KEY, see `hybrid-rag cache`)"
+                    f" ({keys} written by an earlier release {'does' if one else 'do'} not record "
+                    f"{'its' if one else 'their'} backend until next used: select {'it' if one else 'them'} with "
+                    "--model KEY, see `hybrid-rag cache`)"
                     if unrecorded
                     else ""
                 )

@@ -90,7 +90,10 @@ def test_the_daemon_container_is_unhealthy_once_its_daemons_stop_beating(tmp_pat
         with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
             for daemon in instance.get_required_daemon_types():
                 instance.add_daemon_heartbeat(DaemonHeartbeat(time.time() - seconds_ago, daemon, "d1", errors=[]))
-        env = {**os.environ, "DAGSTER_HOME": str(tmp_path)}
+        # the image has dagster-daemon on its PATH; here it is beside this interpreter (not on PATH when the venv's
+        # pytest runs without the venv activated, as make test runs it)
+        path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+        env = {**os.environ, "DAGSTER_HOME": str(tmp_path), "PATH": path}
         return subprocess.run(["sh", "-c", command], env=env, capture_output=True, timeout=120).returncode == 0
 
     assert healthy_after_beats(10)

@@ -171,7 +171,8 @@ def test_cache_rows_of_an_earlier_release_gain_their_details(tmp_path):
     cache = EmbeddingCache(tmp_path / "e.sqlite")
     cache.put_many("k", {"h": np.ones(4, dtype=np.float32)}, label="mini")
     assert cache.usage()[0].backend is None
-    with pytest.raises(InvalidArgumentError, match=r"1 key\(s\) written by an earlier release .* --model KEY"):
+    one = r"\(1 key written by an earlier release does not record its backend .*: select it with --model KEY"
+    with pytest.raises(InvalidArgumentError, match=one):
         cache.prune(backend="torch")  # its backend is not known yet: the error says how to select it
     details = {"backend": "torch", "prompt": "", "max_tokens": 256, "fingerprint": "x"}
     EmbeddingCache(tmp_path / "e.sqlite").encode_through("k", ["t"], lambda t: np.ones((len(t), 4)), "mini", details)
