@@ -8,6 +8,7 @@ import functools
 import http.server
 import json
 import logging
+import socket
 import subprocess
 import sys
 import threading
@@ -163,6 +164,7 @@ def test_unreachable_server_names_the_operation_and_prints_no_client_warning(cli
     code, out = cli("collections", QDRANT_URL="http://127.0.0.1:9", QDRANT_RETRIES="0", QDRANT_TIMEOUT_S="2")
     line = out.strip().splitlines()[-1]
     assert code == 2 and "get_aliases failed" in line and "on collection" not in line, out
+    assert line.endswith("check HYBRID_RAG_QDRANT_URL's host and port, and that the server is running)"), line
     before = set(threading.enumerate())
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -171,6 +173,20 @@ def test_unreachable_server_names_the_operation_and_prints_no_client_warning(cli
         while any(t.is_alive() for t in set(threading.enumerate()) - before) and time.monotonic() < deadline:
             time.sleep(0.05)
     assert not [w for w in caught if "server version" in str(w.message)]
+
+
+def test_a_server_that_never_answers_names_the_timeout_setting(cli):
+    """A port that accepts connections and never answers (a hung server, a firewall's tarpit): the one line names
+    HYBRID_RAG_QDRANT_TIMEOUT_S after that many seconds, not a bare ReadTimeout."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        started = time.monotonic()
+        code, out = cli("collections", QDRANT_URL=url, QDRANT_RETRIES="0", QDRANT_TIMEOUT_S="1")
+    line = out.strip().splitlines()[-1]
+    assert code == 2 and line.startswith(f"error: Qdrant at {url}: get_aliases failed after 1 attempts"), out
+    assert "no answer within HYBRID_RAG_QDRANT_TIMEOUT_S" in line and time.monotonic() - started < 15, line
 
 
 QDRANT_VERSION = b'{"title":"qdrant - vector search engine","version":"1.15.0"}'  # what Qdrant answers at /

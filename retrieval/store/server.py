@@ -126,6 +126,17 @@ def _unreadable(exc: BaseException) -> bool:
     return isinstance(exc, json.JSONDecodeError)
 
 
+def _unanswered_hint(exc: BaseException) -> str:
+    """What a request that got no answer ends its message with: the setting to check (the URL for a connection
+    that failed, the timeout for one that timed out); empty for other failures (a 5xx answered)."""
+    cause = exc.source if isinstance(exc, ResponseHandlingException) else exc
+    if isinstance(cause, httpx.TimeoutException | TimeoutError):
+        return " (no answer within HYBRID_RAG_QDRANT_TIMEOUT_S: check HYBRID_RAG_QDRANT_URL, or raise the timeout)"
+    if isinstance(cause, httpx.NetworkError | ConnectionError):
+        return " (nothing answered: check HYBRID_RAG_QDRANT_URL's host and port, and that the server is running)"
+    return ""
+
+
 def _answered(exc: UnexpectedResponse) -> str:
     """``HTTP 404 File not found, text/html``: an answer's status and content type, for a message."""
     kind = (exc.headers.get("content-type") or "no content type").partition(";")[0].strip()
@@ -343,7 +354,7 @@ class ServerStore(QdrantStore):
                 if attempt == self.retries:
                     raise StoreError(
                         f"Qdrant at {self.location}: {operation}{where} failed after "
-                        f"{self.retries + 1} attempts: {type(exc).__name__}: {exc}"
+                        f"{self.retries + 1} attempts: {type(exc).__name__}: {exc}{_unanswered_hint(exc)}"
                     ) from exc
                 delay = self.backoff_s * 2**attempt
                 log.warning("Qdrant %s at %s failed (%s); retrying in %.1fs", operation, self.location, exc, delay)
