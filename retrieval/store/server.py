@@ -44,7 +44,6 @@ from qdrant_client.common.version_check import get_server_version, is_compatible
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 from qdrant_client.local.qdrant_local import QdrantLocal
 
-from retrieval.chunking import Chunk
 from retrieval.encoders.sparse import SparseVec
 from retrieval.errors import ClosedError, not_one_string
 from retrieval.settings import WRITE_LOCK_TIMEOUT_S, FusionMethod
@@ -60,6 +59,7 @@ from retrieval.store.base import (
     QueryPlan,
     StoredChunk,
     StoredHit,
+    StoredPoint,
     StoreError,
     doc_id_batches,
     filter_conditions,
@@ -687,18 +687,38 @@ class ServerStore(QdrantStore):
             self.client.close()
 
     # -- writes -------------------------------------------------------------------------------------
-    def upsert(self, chunks: Sequence[Chunk], dense: np.ndarray, sparse: Sequence[SparseVec]) -> None:
-        """:meth:`QdrantStore.upsert` in one request (``wait=True``: applied when it returns), retried on
+    def upsert_points(self, points: Sequence[StoredPoint]) -> None:
+        """:meth:`QdrantStore.upsert_points` in one request (``wait=True``: applied when it returns), retried on
         transient errors; a :class:`StoreError` when it still fails."""
-        points = [
+        records = [
             qm.PointStruct(
-                id=c.id,
-                vector={DENSE: d.tolist(), SPARSE: qm.SparseVector(indices=s.indices, values=s.values)},
-                payload=c.payload(),
+                id=p.id,
+                vector={
+                    DENSE: p.dense.tolist(),
+                    SPARSE: qm.SparseVector(indices=p.sparse.indices, values=p.sparse.values),
+                },
+                payload=p.payload,
             )
-            for c, d, s in zip(chunks, dense, sparse, strict=True)
+            for p in points
         ]
-        self._call("upsert", self.client.upsert, self.name, points=points, wait=True)
+        self._call("upsert", self.client.upsert, self.name, points=records, wait=True)
+
+    def all_points(self) -> Iterator[list[StoredPoint]]:
+        offset = None
+        while True:
+            records, offset = self._call(
+                "scroll",
+                self.client.scroll,
+                self.name,
+                limit=SCROLL_PAGE,
+                offset=offset,
+                with_payload=True,
+                with_vectors=True,
+            )
+            if records:
+                yield [StoredPoint(str(r.id), *_vectors(r.vector), r.payload or {}) for r in records]
+            if offset is None:
+                return
 
     def delete_ids(self, ids: Sequence[str]) -> None:
         """:meth:`QdrantStore.delete_ids` in one request (``wait=True``), retried on transient errors."""
