@@ -26,6 +26,7 @@ import json
 import logging
 import math
 import os
+import ssl
 import threading
 import time
 import warnings
@@ -130,11 +131,26 @@ def _unanswered_hint(exc: BaseException) -> str:
     """What a request that got no answer ends its message with: the setting to check (the URL for a connection
     that failed, the timeout for one that timed out); empty for other failures (a 5xx answered)."""
     cause = exc.source if isinstance(exc, ResponseHandlingException) else exc
+    tls = next((e for e in _chain(cause) if isinstance(e, ssl.SSLError)), None)
+    if isinstance(tls, ssl.SSLCertVerificationError):
+        return (
+            " (the server's TLS certificate is not trusted here: for a private CA or a self-signed certificate, "
+            "set SSL_CERT_FILE to its CA certificate, a PEM file)"
+        )
+    if tls is not None:
+        return " (the TLS handshake failed: is HYBRID_RAG_QDRANT_URL's port serving https? http:// for plain http)"
     if isinstance(cause, httpx.TimeoutException | TimeoutError):
         return " (no answer within HYBRID_RAG_QDRANT_TIMEOUT_S: check HYBRID_RAG_QDRANT_URL, or raise the timeout)"
     if isinstance(cause, httpx.NetworkError | ConnectionError):
         return " (nothing answered: check HYBRID_RAG_QDRANT_URL's host and port, and that the server is running)"
     return ""
+
+
+def _chain(exc: BaseException | None) -> Iterator[BaseException]:
+    """``exc`` and the exceptions it was raised from or during."""
+    while exc is not None:
+        yield exc
+        exc = exc.__cause__ or exc.__context__
 
 
 def _answered(exc: UnexpectedResponse) -> str:
