@@ -1123,7 +1123,12 @@ def restore(
 
 
 @app.command()
-def migrate(collection: CollectionOpt = None) -> None:
+def migrate(
+    collection: CollectionOpt = None,
+    to_collection: Annotated[
+        str | None, typer.Option("--to-collection", help="Name on the server (default: the same name)")
+    ] = None,
+) -> None:
     """Copy an embedded collection (HYBRID_RAG_QDRANT_PATH) to the Qdrant server at HYBRID_RAG_QDRANT_URL: its
     points as stored (nothing re-embedded), schema and payload indexes; the embedded one is left as it is."""
     from retrieval.errors import InvalidArgumentError
@@ -1139,7 +1144,7 @@ def migrate(collection: CollectionOpt = None) -> None:
         )
     source = open_store(settings.model_copy(update={"qdrant_url": None}))
     try:
-        target = open_store(settings)
+        target = open_store(settings, to_collection)
         try:
             points = copy_collection(source, target)
         finally:
@@ -1147,8 +1152,9 @@ def migrate(collection: CollectionOpt = None) -> None:
     finally:
         source.close()
     console.print(
-        f"copied {settings.collection!r} from {settings.qdrant_path} to {redact_url(settings.qdrant_url)}: "
-        f"{counted(points, 'point')}",
+        f"copied {settings.collection!r} from {settings.qdrant_path} to {redact_url(settings.qdrant_url)}"
+        + (f" as {to_collection!r}" if to_collection not in (None, settings.collection) else "")
+        + f": {counted(points, 'point')}",
         soft_wrap=True,
     )
 

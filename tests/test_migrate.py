@@ -6,6 +6,8 @@ rerun completes it."""
 from __future__ import annotations
 
 import pytest
+from qdrant_client import QdrantClient
+from qdrant_client import models as qm
 from typer.testing import CliRunner
 
 from orchestration.cli import app
@@ -13,7 +15,7 @@ from retrieval import RetrievalSettings, RetrievalStack
 from retrieval.store import EdgeStore, ServerStore, StoreError, connect
 from retrieval.store import edge as edge_module
 from retrieval.store.migrate import copy_collection
-from tests.conftest import LEXICAL_QUERY, MOON_QUERY, SEMANTIC_QUERY
+from tests.conftest import LEXICAL_QUERY, MOON_QUERY, SEMANTIC_QUERY, TINY_DOCS
 
 
 @pytest.fixture
@@ -59,6 +61,23 @@ def test_migrate_copies_an_embedded_collection_to_the_server_with_the_same_resul
     code, out = cli("migrate", "-c", "test", QDRANT_PATH=str(index), QDRANT_URL=url)  # there already: refused
     assert code == 2 and out.startswith(f"error: collection 'test' already exists at {url}: nothing was copied"), out
     assert (embedded.store().current_version(), embedded.store().count()) == before  # the source, untouched
+
+
+def test_a_name_another_application_holds_on_the_server_is_refused_and_copied_under_another(
+    cli, tmp_path, indexed_stack
+):
+    index = indexed_stack("edge").settings.qdrant_path
+    folder = tmp_path / "server"
+    other = QdrantClient(path=str(folder))  # another application's collection called "test"
+    other.create_collection("test", vectors_config=qm.VectorParams(size=4, distance=qm.Distance.COSINE))
+    other.close()
+    url = f"file://{folder}"
+    code, out = cli("migrate", "-c", "test", QDRANT_PATH=str(index), QDRANT_URL=url)
+    assert code == 2 and "reaches 'test', a collection hybrid-rag did not create" in out, out
+    code, out = cli("migrate", "-c", "test", "--to-collection", "kb", QDRANT_PATH=str(index), QDRANT_URL=url)
+    assert code == 0 and f"to {url} as 'kb': {len(TINY_DOCS)} points" in out, out
+    code, out = cli("search", "valve gasket", "-c", "kb", "--no-rerank", QDRANT_PATH=str(index), QDRANT_URL=url)
+    assert code == 0 and "valve" in out, out
 
 
 def test_migrate_needs_a_server_url_and_an_embedded_collection(cli, tmp_path):

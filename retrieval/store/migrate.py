@@ -28,7 +28,8 @@ def copy_collection(source: QdrantStore, target: QdrantStore) -> int:
             if target.current_version() is not None:
                 raise StoreError(
                     f"collection {target.collection!r} already exists at {target.location}: nothing was copied (to "
-                    f"copy it again, drop it there first: hybrid-rag drop {target.collection})"
+                    f"copy it again, drop it there first: hybrid-rag drop {target.collection}; or copy it under "
+                    "another name: --to-collection)"
                 )
             intent = f"copy of {source.collection!r} version {source.current_version()} at {source.location}"
             staged = target.stage(schema, intent=intent)
