@@ -1122,6 +1122,43 @@ def restore(
         console.print(f"the collection's previous models were set aside in {done.models_aside}", soft_wrap=True)
 
 
+@app.command()
+def migrate(
+    collection: CollectionOpt = None,
+    to_collection: Annotated[
+        str | None, typer.Option("--to-collection", help="Name on the server (default: the same name)")
+    ] = None,
+) -> None:
+    """Copy an embedded collection (HYBRID_RAG_QDRANT_PATH) to the Qdrant server at HYBRID_RAG_QDRANT_URL: its
+    points as stored (nothing re-embedded), schema and payload indexes; the embedded one is left as it is."""
+    from retrieval.errors import InvalidArgumentError
+    from retrieval.settings import redact_url
+    from retrieval.store import open_store
+    from retrieval.store.migrate import copy_collection
+
+    settings = _settings(collection=collection)
+    if not settings.qdrant_url:
+        raise InvalidArgumentError(
+            "migrate copies a collection of the embedded engine (HYBRID_RAG_QDRANT_PATH) to a Qdrant server: set "
+            "HYBRID_RAG_QDRANT_URL (and HYBRID_RAG_QDRANT_API_KEY) to the server's"
+        )
+    source = open_store(settings.model_copy(update={"qdrant_url": None}))
+    try:
+        target = open_store(settings, to_collection)
+        try:
+            points = copy_collection(source, target)
+        finally:
+            target.close()
+    finally:
+        source.close()
+    console.print(
+        f"copied {settings.collection!r} from {settings.qdrant_path} to {redact_url(settings.qdrant_url)}"
+        + (f" as {to_collection!r}" if to_collection not in (None, settings.collection) else "")
+        + f": {counted(points, 'point')}",
+        soft_wrap=True,
+    )
+
+
 @app.command("eval")
 def evaluate(
     beir_dir: Annotated[

@@ -8,6 +8,9 @@ import functools
 import http.server
 import json
 import logging
+import shutil
+import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -163,6 +166,7 @@ def test_unreachable_server_names_the_operation_and_prints_no_client_warning(cli
     code, out = cli("collections", QDRANT_URL="http://127.0.0.1:9", QDRANT_RETRIES="0", QDRANT_TIMEOUT_S="2")
     line = out.strip().splitlines()[-1]
     assert code == 2 and "get_aliases failed" in line and "on collection" not in line, out
+    assert line.endswith("check HYBRID_RAG_QDRANT_URL's host and port, and that the server is running)"), line
     before = set(threading.enumerate())
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -171,6 +175,20 @@ def test_unreachable_server_names_the_operation_and_prints_no_client_warning(cli
         while any(t.is_alive() for t in set(threading.enumerate()) - before) and time.monotonic() < deadline:
             time.sleep(0.05)
     assert not [w for w in caught if "server version" in str(w.message)]
+
+
+def test_a_server_that_never_answers_names_the_timeout_setting(cli):
+    """A port that accepts connections and never answers (a hung server, a firewall's tarpit): the one line names
+    HYBRID_RAG_QDRANT_TIMEOUT_S after that many seconds, not a bare ReadTimeout."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        started = time.monotonic()
+        code, out = cli("collections", QDRANT_URL=url, QDRANT_RETRIES="0", QDRANT_TIMEOUT_S="1")
+    line = out.strip().splitlines()[-1]
+    assert code == 2 and line.startswith(f"error: Qdrant at {url}: get_aliases failed after 1 attempts"), out
+    assert "no answer within HYBRID_RAG_QDRANT_TIMEOUT_S" in line and time.monotonic() - started < 15, line
 
 
 QDRANT_VERSION = b'{"title":"qdrant - vector search engine","version":"1.15.0"}'  # what Qdrant answers at /
@@ -230,6 +248,45 @@ def web_server(tmp_path):
 
     yield start
     for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def test_https_to_a_plain_http_port_says_the_tls_handshake_failed(web_server, cli):
+    url = web_server(_WebPage).replace("http://", "https://")
+    code, out = cli("collections", QDRANT_URL=url, QDRANT_RETRIES="0")
+    line = out.strip().splitlines()[-1]
+    assert code == 2 and line.startswith(f"error: Qdrant at {url}: get_aliases failed after 1 attempts"), out
+    assert line.endswith(
+        "(the TLS handshake failed: is HYBRID_RAG_QDRANT_URL's port serving https? http:// for plain http)"
+    )
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="makes its certificate with the openssl command")
+def test_a_self_signed_certificate_is_named_with_the_setting_that_trusts_it(tmp_path, cli, monkeypatch):
+    """A Qdrant behind TLS with a private CA: the one line says SSL_CERT_FILE (httpx's) trusts it, and it does."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert, "-days", "2"]
+        + ["-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True,
+        capture_output=True,
+    )
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _QdrantBehindProxy)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"https://127.0.0.1:{server.server_address[1]}"
+    try:
+        code, out = cli("collections", QDRANT_URL=url, QDRANT_RETRIES="0")
+        line = out.strip().splitlines()[-1]
+        assert code == 2 and "CERTIFICATE_VERIFY_FAILED" in line, out
+        assert line.endswith("set SSL_CERT_FILE to its CA certificate, a PEM file)"), line
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+        code, out = cli("collections", QDRANT_URL=url, QDRANT_RETRIES="0")
+        assert "CERTIFICATE_VERIFY_FAILED" not in out and "TLS" not in out, out  # trusted: Qdrant's answer, read
+    finally:
         server.shutdown()
         server.server_close()
 

@@ -320,6 +320,16 @@ def scrolled(scroll: Callable[[Any], tuple[Sequence[Any], Any]]) -> Iterator[Any
             return
 
 
+class StoredPoint(NamedTuple):
+    """One point as a store holds it: id, vectors and payload (what
+    :func:`~retrieval.store.migrate.copy_collection` moves as it is)."""
+
+    id: str
+    dense: np.ndarray
+    sparse: SparseVec
+    payload: dict[str, Any]
+
+
 class StoredChunk(NamedTuple):
     """What a stored point says about its chunk: its document, content hash and, when the indexer wrote it from a
     document (not from bare chunks, not by an earlier release), that document's fingerprint and chunk count."""
@@ -806,7 +816,6 @@ class QdrantStore(ABC):
             self._create(schema)
         return existing or schema
 
-    @abstractmethod
     def upsert(self, chunks: Sequence[Chunk], dense: np.ndarray, sparse: Sequence[SparseVec]) -> None:
         """Write ``chunks`` (point id :attr:`Chunk.id`, payload :meth:`Chunk.payload`) with their vectors, row
         ``i`` of ``dense`` (float32, the collection's dimension) and ``sparse[i]``, replacing points of the same
@@ -814,6 +823,18 @@ class QdrantStore(ABC):
         (:meth:`stage`, as :class:`~retrieval.indexer.Indexer` does) to publish them together. Raises
         ``ValueError`` when the three lengths differ, :class:`StoreError` when the write is refused or fails,
         ``ClosedError`` after :meth:`close`."""
+        self.upsert_points(
+            [StoredPoint(c.id, d, s, c.payload()) for c, d, s in zip(chunks, dense, sparse, strict=True)]
+        )
+
+    @abstractmethod
+    def upsert_points(self, points: Sequence[StoredPoint]) -> None:
+        """Write ``points`` as they are (see :meth:`upsert`), replacing points of the same id."""
+
+    @abstractmethod
+    def all_points(self) -> Iterator[list[StoredPoint]]:
+        """Every point of the version this store reads, with its vectors and payload, a page at a time (one
+        version for every page)."""
 
     @abstractmethod
     def delete_ids(self, ids: Sequence[str]) -> None:

@@ -37,7 +37,6 @@ import numpy as np
 import psutil
 import qdrant_edge as qe
 
-from retrieval.chunking import Chunk
 from retrieval.encoders.sparse import SparseVec
 from retrieval.errors import ClosedError, not_one_string
 from retrieval.settings import WRITE_LOCK_TIMEOUT_S, FusionMethod, absolute_path
@@ -53,6 +52,7 @@ from retrieval.store.base import (
     QueryPlan,
     StoredChunk,
     StoredHit,
+    StoredPoint,
     StoreError,
     doc_id_batches,
     filter_conditions,
@@ -1279,19 +1279,22 @@ class EdgeStore(QdrantStore):
         return dropped
 
     # -- writes -------------------------------------------------------------------------------------
-    def upsert(self, chunks: Sequence[Chunk], dense: np.ndarray, sparse: Sequence[SparseVec]) -> None:
-        """:meth:`QdrantStore.upsert` into this process's shard; a :class:`StoreError` when another process has
-        this version open (write a staged version) or the engine fails (a full disk says so)."""
-        points = [
+    def upsert_points(self, points: Sequence[StoredPoint]) -> None:
+        """:meth:`QdrantStore.upsert_points` into this process's shard; a :class:`StoreError` when another process
+        has this version open (write a staged version) or the engine fails (a full disk says so)."""
+        records = [
             qe.Point(
-                c.id,
-                {DENSE: d.tolist(), SPARSE: qe.SparseVector(s.indices, s.values)},
-                c.payload(),
+                p.id, {DENSE: p.dense.tolist(), SPARSE: qe.SparseVector(p.sparse.indices, p.sparse.values)}, p.payload
             )
-            for c, d, s in zip(chunks, dense, sparse, strict=True)
+            for p in points
         ]
         with self._using("upsert", write=True) as shard:
-            shard.update(qe.UpdateOperation.upsert_points(points))
+            shard.update(qe.UpdateOperation.upsert_points(records))
+
+    def all_points(self) -> Iterator[list[StoredPoint]]:
+        with self._using("scroll") as shard:  # one version for every page
+            for page in _pages(shard):
+                yield [StoredPoint(_hit(r).id, *_vectors(r.vector), r.payload or {}) for r in page]
 
     def delete_ids(self, ids: Sequence[str]) -> None:
         """:meth:`QdrantStore.delete_ids`; the version is marked as having erased points, so that sealing it

@@ -26,6 +26,7 @@ import json
 import logging
 import math
 import os
+import ssl
 import threading
 import time
 import warnings
@@ -44,7 +45,6 @@ from qdrant_client.common.version_check import get_server_version, is_compatible
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 from qdrant_client.local.qdrant_local import QdrantLocal
 
-from retrieval.chunking import Chunk
 from retrieval.encoders.sparse import SparseVec
 from retrieval.errors import ClosedError, not_one_string
 from retrieval.settings import WRITE_LOCK_TIMEOUT_S, FusionMethod
@@ -60,6 +60,7 @@ from retrieval.store.base import (
     QueryPlan,
     StoredChunk,
     StoredHit,
+    StoredPoint,
     StoreError,
     doc_id_batches,
     filter_conditions,
@@ -124,6 +125,32 @@ def _unreadable(exc: BaseException) -> bool:
     if isinstance(exc, ResponseHandlingException):
         return isinstance(exc.source, ValidationError)
     return isinstance(exc, json.JSONDecodeError)
+
+
+def _unanswered_hint(exc: BaseException) -> str:
+    """What a request that got no answer ends its message with: the setting to check (the URL for a connection
+    that failed, the timeout for one that timed out); empty for other failures (a 5xx answered)."""
+    cause = exc.source if isinstance(exc, ResponseHandlingException) else exc
+    tls = next((e for e in _chain(cause) if isinstance(e, ssl.SSLError)), None)
+    if isinstance(tls, ssl.SSLCertVerificationError):
+        return (
+            " (the server's TLS certificate is not trusted here: for a private CA or a self-signed certificate, "
+            "set SSL_CERT_FILE to its CA certificate, a PEM file)"
+        )
+    if tls is not None:
+        return " (the TLS handshake failed: is HYBRID_RAG_QDRANT_URL's port serving https? http:// for plain http)"
+    if isinstance(cause, httpx.TimeoutException | TimeoutError):
+        return " (no answer within HYBRID_RAG_QDRANT_TIMEOUT_S: check HYBRID_RAG_QDRANT_URL, or raise the timeout)"
+    if isinstance(cause, httpx.NetworkError | ConnectionError):
+        return " (nothing answered: check HYBRID_RAG_QDRANT_URL's host and port, and that the server is running)"
+    return ""
+
+
+def _chain(exc: BaseException | None) -> Iterator[BaseException]:
+    """``exc`` and the exceptions it was raised from or during."""
+    while exc is not None:
+        yield exc
+        exc = exc.__cause__ or exc.__context__
 
 
 def _answered(exc: UnexpectedResponse) -> str:
@@ -343,7 +370,7 @@ class ServerStore(QdrantStore):
                 if attempt == self.retries:
                     raise StoreError(
                         f"Qdrant at {self.location}: {operation}{where} failed after "
-                        f"{self.retries + 1} attempts: {type(exc).__name__}: {exc}"
+                        f"{self.retries + 1} attempts: {type(exc).__name__}: {exc}{_unanswered_hint(exc)}"
                     ) from exc
                 delay = self.backoff_s * 2**attempt
                 log.warning("Qdrant %s at %s failed (%s); retrying in %.1fs", operation, self.location, exc, delay)
@@ -676,18 +703,38 @@ class ServerStore(QdrantStore):
             self.client.close()
 
     # -- writes -------------------------------------------------------------------------------------
-    def upsert(self, chunks: Sequence[Chunk], dense: np.ndarray, sparse: Sequence[SparseVec]) -> None:
-        """:meth:`QdrantStore.upsert` in one request (``wait=True``: applied when it returns), retried on
+    def upsert_points(self, points: Sequence[StoredPoint]) -> None:
+        """:meth:`QdrantStore.upsert_points` in one request (``wait=True``: applied when it returns), retried on
         transient errors; a :class:`StoreError` when it still fails."""
-        points = [
+        records = [
             qm.PointStruct(
-                id=c.id,
-                vector={DENSE: d.tolist(), SPARSE: qm.SparseVector(indices=s.indices, values=s.values)},
-                payload=c.payload(),
+                id=p.id,
+                vector={
+                    DENSE: p.dense.tolist(),
+                    SPARSE: qm.SparseVector(indices=p.sparse.indices, values=p.sparse.values),
+                },
+                payload=p.payload,
             )
-            for c, d, s in zip(chunks, dense, sparse, strict=True)
+            for p in points
         ]
-        self._call("upsert", self.client.upsert, self.name, points=points, wait=True)
+        self._call("upsert", self.client.upsert, self.name, points=records, wait=True)
+
+    def all_points(self) -> Iterator[list[StoredPoint]]:
+        offset = None
+        while True:
+            records, offset = self._call(
+                "scroll",
+                self.client.scroll,
+                self.name,
+                limit=SCROLL_PAGE,
+                offset=offset,
+                with_payload=True,
+                with_vectors=True,
+            )
+            if records:
+                yield [StoredPoint(str(r.id), *_vectors(r.vector), r.payload or {}) for r in records]
+            if offset is None:
+                return
 
     def delete_ids(self, ids: Sequence[str]) -> None:
         """:meth:`QdrantStore.delete_ids` in one request (``wait=True``), retried on transient errors."""
