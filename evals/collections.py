@@ -289,6 +289,8 @@ def read_qrels(path: str | Path) -> dict[str, dict[str, int]]:
             score = int(score_text)
         except ValueError:
             reason = f"score {score_text!r} is not an integer"
+            if line_no == 1:  # a header with other names ("query_id doc_id relevance") is not skipped
+                reason += " (a header line must read 'query-id<TAB>corpus-id<TAB>score')"
             raise CollectionFormatError(path, line_no, reason) from None
         previous = qrels.setdefault(qid, {}).get(doc_id)
         if previous is not None and previous != score:

@@ -145,6 +145,14 @@ def test_qrels_without_header_keeps_first_line(tmp_path):
     assert read_qrels(path) == {"q1": {"d1": 1, "d2": 0}}
 
 
+def test_a_header_with_other_names_says_which_header_is_skipped(tmp_path):
+    """A header of another tool's names is not taken for one: the error says the header BEIR's files have."""
+    path = tmp_path / "q.tsv"
+    path.write_text("query_id\tdoc_id\trelevance\nq1\td1\t1\n")
+    with pytest.raises(CollectionFormatError, match=r"q.tsv:1: score 'relevance' is not an integer \(a header line "):
+        read_qrels(path)
+
+
 def test_bad_queries_file_and_unknown_query_ids(tmp_path):
     coll = _collection(tmp_path, "q2\td1\t1\n")
     with pytest.raises(CollectionFormatError, match=r"1 query id not in queries.jsonl"):
