@@ -1209,7 +1209,13 @@ def compare(
 ) -> None:
     """Compare two runs query by query: wins/losses/ties and a paired significance test."""
     from evals.collections import load_collection
-    from evals.compare import compare_runs, context_differences, corpus_warnings, format_comparison
+    from evals.compare import (
+        compare_runs,
+        context_differences,
+        corpus_warnings,
+        format_comparison,
+        judged_not_in_corpus_warning,
+    )
     from evals.metrics import judgement_warnings, metric_names, nfc_ids
     from evals.runs import read_run, read_run_context
     from retrieval.errors import InvalidArgumentError
@@ -1234,6 +1240,8 @@ def compare(
         )
     corpus = coll.doc_ids()  # empty without a corpus file (a folder of queries and qrels): nothing to check
     checked = corpus_warnings(dict(zip(names, (base_run, cand_run), strict=True)), corpus, coll.name) if corpus else []
+    if corpus and (capped := judged_not_in_corpus_warning(qrels, corpus, coll.name)):
+        checked.append(capped)
     for warning in [*checked, *judgement_warnings(qrels, not keep_identical_ids)]:
         err_console.print(label("warning:", "yellow"), warning, soft_wrap=True)
     differ = context_differences(names, (read_run_context(baseline), read_run_context(candidate)))

@@ -447,6 +447,23 @@ def test_compare_warns_of_relevant_identical_ids_and_queries_without_relevant_do
     assert "same id" not in kept.output and "| 0.6667 | 0.6667 |" in kept.stdout
 
 
+def test_compare_warns_when_the_qrels_judge_documents_the_corpus_file_lacks(tmp_path) -> None:
+    """As `eval` does: documents judged relevant that no run can retrieve cap both runs' scores (compare said
+    nothing of it before)."""
+    folder = tmp_path / "mine"
+    (folder / "qrels").mkdir(parents=True)
+    (folder / "queries.jsonl").write_text('{"_id": "q1", "text": "a"}\n{"_id": "q2", "text": "b"}\n')
+    (folder / "qrels" / "test.tsv").write_text("q1\td1\t1\nq1\tgone\t2\nq2\td2\t1\nq2\tgone-too\t0\n")
+    (folder / "corpus.jsonl").write_text('{"_id": "d1", "text": "x"}\n{"_id": "d2", "text": "y"}\n')
+    (tmp_path / "r.trec").write_text("q1 Q0 d1 1 2 t\nq2 Q0 d2 1 2 t\n")
+    result = cli("compare", str(tmp_path / "r.trec"), str(tmp_path / "r.trec"), str(folder))
+    said = " ".join(result.output.split())
+    assert (
+        "warning: 33.3% of the documents judged relevant (grade >= 1) are not in mine's corpus file, e.g. ['gone']: "
+        "no run can retrieve them, so both runs' scores are capped" in said
+    )
+
+
 def _contexts(history: Path) -> list[dict]:
     """The context of each ``eval``'s nDCG@10 row of hybrid in ``history``, oldest first."""
     rows = EvalHistory(history).records(variant="hybrid")
