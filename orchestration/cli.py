@@ -211,6 +211,9 @@ console = LiteralConsole()  # content and user input print literally (orchestrat
 err_console = LiteralConsole(stderr=True)
 
 CollectionOpt = Annotated[str | None, typer.Option("--collection", "-c", help="Collection name (default: settings)")]
+BeirCollectionOpt = Annotated[  # eval and tune-reranker: the collection a BEIR folder was indexed into
+    str | None, typer.Option("--collection", "-c", help="Collection name (default: the BEIR folder's name)")
+]
 KeepIdenticalOpt = Annotated[
     bool,
     typer.Option(
@@ -1130,7 +1133,7 @@ def evaluate(
             help="BEIR directory (queries.jsonl, qrels/; corpus.jsonl to index a new collection) or 'sample'"
         ),
     ],
-    collection: CollectionOpt = None,
+    collection: BeirCollectionOpt = None,
     split: Annotated[str, typer.Option(help="qrels split to score")] = "test",
     variant: Annotated[
         list[str] | None, typer.Option(help="dense | sparse | hybrid | hybrid+rerank (repeatable)")
@@ -1333,7 +1336,7 @@ def _check_metrics(asked: list[str], valid: list[str]) -> None:
 @app.command("tune-reranker")
 def tune_reranker(
     beir_dir: Annotated[str, typer.Argument(help="BEIR directory with a train split, or 'sample'")],
-    collection: CollectionOpt = None,
+    collection: BeirCollectionOpt = None,
     split: Annotated[str, typer.Option(help="Split to tune on (never test)")] = "train",
     train: Annotated[bool, typer.Option(help="Train the E2Rank-style pseudo-query encoder first")] = True,
     epochs: Annotated[int, typer.Option(help="Training epochs")] = 4,

@@ -253,6 +253,13 @@ def test_main_job_output_is_not_wrapped_when_redirected() -> None:
     assert "documents 123,456, chunks 234,567, " in text and "deleted -, points 234,567\n" in text  # not None
 
 
+def test_eval_help_says_the_collection_is_the_folders_name() -> None:
+    """eval and tune-reranker search the collection named after the BEIR folder, not the settings' collection."""
+    for command in ("eval", "tune-reranker"):
+        out = " ".join(CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "200"}).output.split())
+        assert "Collection name (default: the BEIR folder's name)" in out, out
+
+
 def test_adapt_help_shows_the_max_negatives_default() -> None:
     out = CliRunner().invoke(app, ["adapt", "--help"], terminal_width=200).output
     assert "[default: 200000]" in out, out
