@@ -296,6 +296,22 @@ def test_eval_report_and_plot_keep_refused_versions_apart_from_the_served_figure
     assert hollow.get_markerfacecolor() == "none" and "never served" in hollow.get_label()
 
 
+def test_a_plot_of_several_collections_keeps_its_title_inside_the_figure(tmp_path, monkeypatch) -> None:
+    """The title names every collection drawn: qrels folders evaluated against one collection (`eval DIR -c NAME`)
+    made it wider than the figure, which cut it off on both sides."""
+    history = EvalHistory(tmp_path / "h.sqlite")
+    when = pd.Timestamp("2026-11-30T04:00:00Z").to_pydatetime()
+    for name in ("graded_judgements", "judgements_with_missing_docs", "judgements_without_a_header", "fewer_queries"):
+        history.append(name, "test", "hybrid", {"ndcg@10": 0.9}, {"qdrant_collection": "beir"}, when, source="cli")
+    figures = []
+    monkeypatch.setattr(report_module, "Figure", lambda *a, **k: figures.append(Figure(*a, **k)) or figures[-1])
+    report_module.plot_history(history.records(), tmp_path / "p.png")
+    title = figures[0].axes[0].title
+    assert "judgements_without_a_header" in title.get_text()
+    drawn = title.get_window_extent(figures[0].canvas.get_renderer())
+    assert drawn.x0 >= 0 and drawn.x1 <= figures[0].bbox.x1, (drawn, figures[0].bbox)
+
+
 def test_eval_report_keeps_other_search_settings_apart_from_the_published_figures(tmp_path, monkeypatch) -> None:
     history = EvalHistory(tmp_path / "h.sqlite")
     stamp = pd.Timestamp("2026-11-30T04:00:00Z")
