@@ -115,9 +115,11 @@ class EvalCollection:
         """Judgements of ``split``: ``{query_id: {doc_id: grade}}``."""
         path = self.qrels_path(split)
         if not path.is_file():
-            raise InputNotFoundError(
-                f"{self.name}: no split {split!r} ({path} is missing); available: {', '.join(self.splits())}"
-            )
+            available = ", ".join(self.splits())
+            if not available:  # qrels of another name (test.txt, test.qrels) are no split
+                found = sorted(f.name for f in path.parent.glob("*"))[:5]
+                available = "none: qrels/ holds no SPLIT.tsv file" + (f" ({', '.join(found)})" if found else "")
+            raise InputNotFoundError(f"{self.name}: no split {split!r} ({path} is missing); available: {available}")
         return read_qrels(path)
 
     def split_queries(self, split: str) -> dict[str, str]:

@@ -114,6 +114,14 @@ def test_missing_split_is_a_clear_error(sample):
         sample.qrels("dev")
 
 
+def test_a_qrels_folder_without_a_tsv_file_says_what_it_holds(tmp_path):
+    """A TREC-style `qrels/test.txt` is no split: the error said 'available: ' and nothing more."""
+    (tmp_path / "qrels").mkdir()
+    (tmp_path / "qrels" / "test.txt").write_text("q1\td1\t1\n")
+    with pytest.raises(FileNotFoundError, match=r"available: none: qrels/ holds no SPLIT.tsv file \(test.txt\)$"):
+        EvalCollection("mine", tmp_path).qrels("test")
+
+
 def _collection(tmp_path, qrels_text, queries=({"_id": "q1", "text": "hi"},)):
     (tmp_path / "qrels").mkdir(parents=True, exist_ok=True)
     (tmp_path / "corpus.jsonl").write_text(json.dumps({"_id": "d1", "title": "", "text": "x"}) + "\n")
