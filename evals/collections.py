@@ -115,9 +115,11 @@ class EvalCollection:
         """Judgements of ``split``: ``{query_id: {doc_id: grade}}``."""
         path = self.qrels_path(split)
         if not path.is_file():
-            raise InputNotFoundError(
-                f"{self.name}: no split {split!r} ({path} is missing); available: {', '.join(self.splits())}"
-            )
+            available = ", ".join(self.splits())
+            if not available:  # qrels of another name (test.txt, test.qrels) are no split
+                found = sorted(f.name for f in path.parent.glob("*"))[:5]
+                available = "none: qrels/ holds no SPLIT.tsv file" + (f" ({', '.join(found)})" if found else "")
+            raise InputNotFoundError(f"{self.name}: no split {split!r} ({path} is missing); available: {available}")
         return read_qrels(path)
 
     def split_queries(self, split: str) -> dict[str, str]:
@@ -289,6 +291,8 @@ def read_qrels(path: str | Path) -> dict[str, dict[str, int]]:
             score = int(score_text)
         except ValueError:
             reason = f"score {score_text!r} is not an integer"
+            if line_no == 1:  # a header with other names ("query_id doc_id relevance") is not skipped
+                reason += " (a header line must read 'query-id<TAB>corpus-id<TAB>score')"
             raise CollectionFormatError(path, line_no, reason) from None
         previous = qrels.setdefault(qid, {}).get(doc_id)
         if previous is not None and previous != score:

@@ -17,7 +17,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 from scipy import stats
 
-from evals.metrics import DEFAULT_K_VALUES, Qrels, RunLike, evaluate
+from evals.metrics import DEFAULT_K_VALUES, Qrels, RunLike, evaluate, relevant_documents
 from retrieval.wording import counted
 
 
@@ -244,6 +244,19 @@ def corpus_warnings(runs: Mapping[str, RunLike], doc_ids: set[str], corpus: str,
                 "collection? They score 0"
             )
     return out
+
+
+def judged_not_in_corpus_warning(qrels: Qrels, doc_ids: set[str], corpus: str) -> str | None:
+    """A warning when documents judged relevant in ``qrels`` are not in the corpus' ``doc_ids`` (NFC): no run can
+    retrieve them, so every run's scores are capped; None when all are there."""
+    relevant = relevant_documents(qrels)
+    missing = sorted(relevant - doc_ids)
+    if not missing:
+        return None
+    return (
+        f"{len(missing) / len(relevant):.1%} of the documents judged relevant (grade >= 1) are not in {corpus}'s "
+        f"corpus file, e.g. {missing[:5]}: no run can retrieve them, so both runs' scores are capped"
+    )
 
 
 def context_differences(

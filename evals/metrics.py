@@ -134,6 +134,12 @@ def nfc_ids(data: Mapping[str, Mapping[str, float]]) -> dict[str, dict[str, floa
     return out
 
 
+def relevant_documents(qrels: Qrels) -> set[str]:
+    """The id (NFC) of every document judged relevant (grade >= 1) in ``qrels``: only those cap the scores when
+    missing from the index."""
+    return {nfc(doc_id) for docs in qrels.values() for doc_id, grade in docs.items() if grade >= 1}
+
+
 def judgement_warnings(qrels: Qrels, ignore_identical_ids: bool = True) -> list[str]:
     """What the qrels cap or hide without a word from the metrics: queries judged with no relevant document (grade
     >= 1; they score 0 on every metric, so no mean can exceed the share of the others), and, under BEIR's

@@ -7,6 +7,7 @@ pyplot's global state or needs a display.
 from __future__ import annotations
 
 import html
+import textwrap
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import cache
 from pathlib import Path
@@ -181,6 +182,7 @@ def plot_history(df: pd.DataFrame, out_png: str | Path, metric: str = "ndcg@10")
     return _plot(df, [metric], out_png, figsize=(8, 4.5))
 
 
+TITLE_WIDTH = 80  # characters of a plot title's line: about the width of the 8-inch figure at matplotlib's 12 pt
 LATENCY_LABELS = {LATENCY_P50: "p50 search latency (ms)", LATENCY_P95: "p95 search latency (ms)"}
 
 
@@ -283,7 +285,8 @@ def _draw(
     collections = drawable(", ".join(sorted(rows["collection"].unique())))
     splits = drawable(", ".join(sorted(rows["split"].unique())))
     label = LABELS.get(metric) or LATENCY_LABELS.get(metric, metric)
-    ax.set_title(f"{label} over time: {collections} ({splits})")
+    # wrapped: a title of several collections is wider than the figure, whose edges would cut it off
+    ax.set_title(textwrap.fill(f"{label} over time: {collections} ({splits})", TITLE_WIDTH))
     ax.set_xlabel("time (UTC)")
     ax.set_ylabel(label)
     ax.grid(True, alpha=0.3)

@@ -23,7 +23,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from evals.compare import LossCheck, loss_check
-from evals.metrics import LATENCY_KEY, LATENCY_P50, LATENCY_P95, evaluate, judgement_warnings, nfc
+from evals.metrics import (
+    LATENCY_KEY,
+    LATENCY_P50,
+    LATENCY_P95,
+    evaluate,
+    judgement_warnings,
+    nfc,
+    relevant_documents,
+)
 from evals.runs import Run, best_chunk_per_document
 from retrieval.chunking import point_id
 from retrieval.documents import compact_repr
@@ -543,12 +551,6 @@ def index_fingerprint(store: QdrantStore) -> str | None:
     for pid in sorted(stored):
         digest.update(f"{pid} {stored[pid][1]}\n".encode())
     return f"{len(stored)}:{digest.hexdigest()[:16]}"
-
-
-def relevant_documents(qrels: Mapping[str, Mapping[str, int]]) -> set[str]:
-    """The id (NFC) of every document judged relevant (grade >= 1) in ``qrels``: only those cap the scores when
-    missing from the index."""
-    return {nfc(doc_id) for docs in qrels.values() for doc_id, grade in docs.items() if grade >= 1}
 
 
 def judged_coverage(store: QdrantStore, qrels: Mapping[str, Mapping[str, int]], batch: int = 1000) -> float:

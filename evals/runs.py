@@ -13,15 +13,20 @@ it). What produced a run (the evaluation's history context: index, models, setti
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Iterable, Mapping
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
 from retrieval.errors import InputFormatError, InputNotFoundError, InvalidArgumentError
 from retrieval.input_files import text_lines
+from retrieval.wording import counted
 
 Run = dict[str, dict[str, float]]
+
+log = logging.getLogger(__name__)
 
 
 class RunFormatError(InputFormatError):
@@ -86,12 +91,15 @@ def read_run(path: str | Path) -> tuple[Run, str]:
     """Read a TREC run file; returns ``(run, tag)`` (tag ``""`` for an empty file).
 
     Raises :class:`RunFormatError` naming file and line for a wrong field count, a bad rank or score,
-    a repeated (query, doc) pair or a tag different from the first line's.
+    a repeated (query, doc) pair or a tag different from the first line's. Hits rank in the order of their scores
+    (trec_eval's, :func:`rank_hits`), not by the rank column: a warning names the queries whose scores do not fall
+    as the rank rises (a distance, where lower is better; one score for every hit).
     """
     path = Path(path)
     if not path.is_file():
         raise InputNotFoundError(f"{path}: no such run file")
     run: Run = {}
+    ranked: dict[str, list[tuple[int, float]]] = {}
     tag: str | None = None
     for line_no, line in text_lines(path, RunFormatError):
         if not line.strip():
@@ -99,11 +107,11 @@ def read_run(path: str | Path) -> tuple[Run, str]:
         fields = line.split()
         if len(fields) != 6:
             raise RunFormatError(path, line_no, f"expected 6 fields 'qid Q0 docid rank score tag', got {len(fields)}")
-        qid, _, doc_id, rank, score_text, line_tag = fields
+        qid, _, doc_id, rank_text, score_text, line_tag = fields
         try:
-            int(rank)
+            rank = int(rank_text)
         except ValueError:
-            raise RunFormatError(path, line_no, f"rank {rank!r} is not an integer") from None
+            raise RunFormatError(path, line_no, f"rank {rank_text!r} is not an integer") from None
         try:
             score = float(score_text)
         except ValueError:
@@ -118,7 +126,28 @@ def read_run(path: str | Path) -> tuple[Run, str]:
         if doc_id in hits:
             raise RunFormatError(path, line_no, f"doc {doc_id!r} listed twice for query {qid!r}")
         hits[doc_id] = score
+        ranked.setdefault(qid, []).append((rank, score))
+    _warn_unordered(path, ranked)
     return run, tag or ""
+
+
+def _warn_unordered(path: Path, ranked: Mapping[str, list[tuple[int, float]]]) -> None:
+    """Warn of the queries whose scores rise somewhere as the rank rises, or never fall (one score for all)."""
+    unordered = []
+    for qid, hits in ranked.items():
+        scores = [score for _, score in sorted(hits, key=lambda hit: hit[0])]
+        rising = any(later > earlier for earlier, later in pairwise(scores))
+        if rising or (len(scores) > 1 and len(set(scores)) == 1):
+            unordered.append(qid)
+    if unordered:
+        log.warning(
+            "%s: in %s the scores do not fall as the rank rises (e.g. query %r): hits are scored in the order of "
+            "their scores, highest first, as trec_eval orders them, not by rank; negate a distance (lower is "
+            "better) or write scores that fall with rank",
+            path,
+            f"{len(unordered):,} of {counted(len(ranked), 'query')}",
+            unordered[0],
+        )
 
 
 def _check_token(value: str, what: str) -> None:

@@ -211,6 +211,9 @@ console = LiteralConsole()  # content and user input print literally (orchestrat
 err_console = LiteralConsole(stderr=True)
 
 CollectionOpt = Annotated[str | None, typer.Option("--collection", "-c", help="Collection name (default: settings)")]
+BeirCollectionOpt = Annotated[  # eval and tune-reranker: the collection a BEIR folder was indexed into
+    str | None, typer.Option("--collection", "-c", help="Collection name (default: the BEIR folder's name)")
+]
 KeepIdenticalOpt = Annotated[
     bool,
     typer.Option(
@@ -1167,7 +1170,7 @@ def evaluate(
             help="BEIR directory (queries.jsonl, qrels/; corpus.jsonl to index a new collection) or 'sample'"
         ),
     ],
-    collection: CollectionOpt = None,
+    collection: BeirCollectionOpt = None,
     split: Annotated[str, typer.Option(help="qrels split to score")] = "test",
     variant: Annotated[
         list[str] | None, typer.Option(help="dense | sparse | hybrid | hybrid+rerank (repeatable)")
@@ -1246,7 +1249,13 @@ def compare(
 ) -> None:
     """Compare two runs query by query: wins/losses/ties and a paired significance test."""
     from evals.collections import load_collection
-    from evals.compare import compare_runs, context_differences, corpus_warnings, format_comparison
+    from evals.compare import (
+        compare_runs,
+        context_differences,
+        corpus_warnings,
+        format_comparison,
+        judged_not_in_corpus_warning,
+    )
     from evals.metrics import judgement_warnings, metric_names, nfc_ids
     from evals.runs import read_run, read_run_context
     from retrieval.errors import InvalidArgumentError
@@ -1271,6 +1280,8 @@ def compare(
         )
     corpus = coll.doc_ids()  # empty without a corpus file (a folder of queries and qrels): nothing to check
     checked = corpus_warnings(dict(zip(names, (base_run, cand_run), strict=True)), corpus, coll.name) if corpus else []
+    if corpus and (capped := judged_not_in_corpus_warning(qrels, corpus, coll.name)):
+        checked.append(capped)
     for warning in [*checked, *judgement_warnings(qrels, not keep_identical_ids)]:
         err_console.print(label("warning:", "yellow"), warning, soft_wrap=True)
     differ = context_differences(names, (read_run_context(baseline), read_run_context(candidate)))
@@ -1362,7 +1373,7 @@ def _check_metrics(asked: list[str], valid: list[str]) -> None:
 @app.command("tune-reranker")
 def tune_reranker(
     beir_dir: Annotated[str, typer.Argument(help="BEIR directory with a train split, or 'sample'")],
-    collection: CollectionOpt = None,
+    collection: BeirCollectionOpt = None,
     split: Annotated[str, typer.Option(help="Split to tune on (never test)")] = "train",
     train: Annotated[bool, typer.Option(help="Train the E2Rank-style pseudo-query encoder first")] = True,
     epochs: Annotated[int, typer.Option(help="Training epochs")] = 4,

@@ -253,6 +253,13 @@ def test_main_job_output_is_not_wrapped_when_redirected() -> None:
     assert "documents 123,456, chunks 234,567, " in text and "deleted -, points 234,567\n" in text  # not None
 
 
+def test_eval_help_says_the_collection_is_the_folders_name() -> None:
+    """eval and tune-reranker search the collection named after the BEIR folder, not the settings' collection."""
+    for command in ("eval", "tune-reranker"):
+        out = " ".join(CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "200"}).output.split())
+        assert "Collection name (default: the BEIR folder's name)" in out, out
+
+
 def test_adapt_help_shows_the_max_negatives_default() -> None:
     out = CliRunner().invoke(app, ["adapt", "--help"], terminal_width=200).output
     assert "[default: 200000]" in out, out
@@ -287,6 +294,22 @@ def test_eval_report_and_plot_keep_refused_versions_apart_from_the_served_figure
     assert list(line.get_ydata()) == [0.80, 0.8125] and line.get_linestyle() == "-"
     assert list(hollow.get_ydata()) == [0.50, 0.83, 0.4611] and hollow.get_linestyle() == "None"
     assert hollow.get_markerfacecolor() == "none" and "never served" in hollow.get_label()
+
+
+def test_a_plot_of_several_collections_keeps_its_title_inside_the_figure(tmp_path, monkeypatch) -> None:
+    """The title names every collection drawn: qrels folders evaluated against one collection (`eval DIR -c NAME`)
+    made it wider than the figure, which cut it off on both sides."""
+    history = EvalHistory(tmp_path / "h.sqlite")
+    when = pd.Timestamp("2026-11-30T04:00:00Z").to_pydatetime()
+    for name in ("graded_judgements", "judgements_with_missing_docs", "judgements_without_a_header", "fewer_queries"):
+        history.append(name, "test", "hybrid", {"ndcg@10": 0.9}, {"qdrant_collection": "beir"}, when, source="cli")
+    figures = []
+    monkeypatch.setattr(report_module, "Figure", lambda *a, **k: figures.append(Figure(*a, **k)) or figures[-1])
+    report_module.plot_history(history.records(), tmp_path / "p.png")
+    title = figures[0].axes[0].title
+    assert "judgements_without_a_header" in title.get_text()
+    drawn = title.get_window_extent(figures[0].canvas.get_renderer())
+    assert drawn.x0 >= 0 and drawn.x1 <= figures[0].bbox.x1, (drawn, figures[0].bbox)
 
 
 def test_eval_report_keeps_other_search_settings_apart_from_the_published_figures(tmp_path, monkeypatch) -> None:
@@ -445,6 +468,23 @@ def test_compare_warns_of_relevant_identical_ids_and_queries_without_relevant_do
     assert "| 0.3333 | 0.3333 |" in result.stdout  # query 2's hit dropped on both sides
     kept = cli("compare", *args, "--keep-identical-ids")
     assert "same id" not in kept.output and "| 0.6667 | 0.6667 |" in kept.stdout
+
+
+def test_compare_warns_when_the_qrels_judge_documents_the_corpus_file_lacks(tmp_path) -> None:
+    """As `eval` does: documents judged relevant that no run can retrieve cap both runs' scores (compare said
+    nothing of it before)."""
+    folder = tmp_path / "mine"
+    (folder / "qrels").mkdir(parents=True)
+    (folder / "queries.jsonl").write_text('{"_id": "q1", "text": "a"}\n{"_id": "q2", "text": "b"}\n')
+    (folder / "qrels" / "test.tsv").write_text("q1\td1\t1\nq1\tgone\t2\nq2\td2\t1\nq2\tgone-too\t0\n")
+    (folder / "corpus.jsonl").write_text('{"_id": "d1", "text": "x"}\n{"_id": "d2", "text": "y"}\n')
+    (tmp_path / "r.trec").write_text("q1 Q0 d1 1 2 t\nq2 Q0 d2 1 2 t\n")
+    result = cli("compare", str(tmp_path / "r.trec"), str(tmp_path / "r.trec"), str(folder))
+    said = " ".join(result.output.split())
+    assert (
+        "warning: 33.3% of the documents judged relevant (grade >= 1) are not in mine's corpus file, e.g. ['gone']: "
+        "no run can retrieve them, so both runs' scores are capped" in said
+    )
 
 
 def _contexts(history: Path) -> list[dict]:

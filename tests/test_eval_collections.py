@@ -114,6 +114,14 @@ def test_missing_split_is_a_clear_error(sample):
         sample.qrels("dev")
 
 
+def test_a_qrels_folder_without_a_tsv_file_says_what_it_holds(tmp_path):
+    """A TREC-style `qrels/test.txt` is no split: the error said 'available: ' and nothing more."""
+    (tmp_path / "qrels").mkdir()
+    (tmp_path / "qrels" / "test.txt").write_text("q1\td1\t1\n")
+    with pytest.raises(FileNotFoundError, match=r"available: none: qrels/ holds no SPLIT.tsv file \(test.txt\)$"):
+        EvalCollection("mine", tmp_path).qrels("test")
+
+
 def _collection(tmp_path, qrels_text, queries=({"_id": "q1", "text": "hi"},)):
     (tmp_path / "qrels").mkdir(parents=True, exist_ok=True)
     (tmp_path / "corpus.jsonl").write_text(json.dumps({"_id": "d1", "title": "", "text": "x"}) + "\n")
@@ -143,6 +151,14 @@ def test_qrels_without_header_keeps_first_line(tmp_path):
     path = tmp_path / "q.tsv"
     path.write_text("q1\td1\t1\nq1\td2\t0\n")
     assert read_qrels(path) == {"q1": {"d1": 1, "d2": 0}}
+
+
+def test_a_header_with_other_names_says_which_header_is_skipped(tmp_path):
+    """A header of another tool's names is not taken for one: the error says the header BEIR's files have."""
+    path = tmp_path / "q.tsv"
+    path.write_text("query_id\tdoc_id\trelevance\nq1\td1\t1\n")
+    with pytest.raises(CollectionFormatError, match=r"q.tsv:1: score 'relevance' is not an integer \(a header line "):
+        read_qrels(path)
 
 
 def test_bad_queries_file_and_unknown_query_ids(tmp_path):

@@ -92,3 +92,25 @@ def test_best_chunk_per_document_keeps_each_documents_first_chunk_in_order():
     assert ranking["d2"] > ranking["d3"]  # tied scores keep the given order, whatever the doc ids
     assert [doc for doc, _ in rank_hits(ranking)] == ["d1", "d2", "d3", "d4"]
     assert list(best_chunk_per_document(chunks, depth=2)) == ["d1", "d2"]
+
+
+def test_scores_that_do_not_fall_with_rank_are_warned_of(tmp_path, caplog):
+    """A distance (lower is better) or one score for all: trec_eval and `compare` order hits by score, not rank."""
+    path = tmp_path / "dist.trec"
+    path.write_text(
+        "q1 Q0 d1 1 0.1 t\nq1 Q0 d2 2 0.7 t\n"  # a distance: rises with rank
+        "q2 Q0 d3 1 1 t\nq2 Q0 d4 2 1 t\n"  # one score for every hit
+        "q3 Q0 d5 2 0.5 t\nq3 Q0 d6 1 0.9 t\nq3 Q0 d7 3 0.5 t\n"  # falls (a tie is trec_eval's business)
+        "q4 Q0 d8 1 3 t\n"
+    )
+    with caplog.at_level("WARNING", logger="evals.runs"):
+        read_run(path)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{path}: in 2 of 4 queries the scores do not fall as the rank rises (e.g. query 'q1'): hits are scored in "
+        "the order of their scores, highest first, as trec_eval orders them, not by rank; negate a distance (lower "
+        "is better) or write scores that fall with rank"
+    ]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="evals.runs"):
+        read_run(write_run(tmp_path / "r.trec", RUN, tag="t"))  # a run eval wrote
+    assert not caplog.records

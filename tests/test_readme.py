@@ -150,3 +150,15 @@ def test_benchmark_commands_name_modules_and_options_that_exist(capsys):
             importlib.import_module(f"benchmarks.{module}").main(["--help"])
         known = set(re.findall(r"--[\w-]+", capsys.readouterr().out))
         assert set(re.findall(r"--[\w-]+", options)) <= known, f"benchmarks.{module}{options}"
+
+
+def test_readme_corpora_entry_is_a_valid_corpora_file(tmp_path):
+    """The README's example entry for a collection of one's own loads as a corpora file, with its qrels."""
+    from assets.corpora import load_corpora
+
+    (block,) = re.findall(r"```yaml\n(.*?)```", README.read_text(), re.S)
+    (tmp_path / "corpora.yaml").write_text(block)
+    corpora = load_corpora(tmp_path / "corpora.yaml")
+    assert not corpora.broken and corpora.default == "mine"
+    mine = corpora.get("mine")
+    assert (str(mine.source), str(mine.qrels), mine.split) == ("/data/mine", "/data/mine", "test")
