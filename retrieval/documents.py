@@ -9,6 +9,7 @@ records are always kept.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import itertools
 import json
@@ -51,6 +52,7 @@ MAX_REPORTED_PROBLEMS = 20  # the fail policy reads on to name this many bad rec
 MAX_DOCUMENT_BYTES = 8 * 1024 * 1024  # a whole record: text, title and metadata (UTF-8; metadata as JSON)
 MAX_METADATA_BYTES = 64 * 1024  # a document's metadata as JSON: it is copied into every chunk's payload
 MAX_METADATA_DEPTH = 32  # objects and lists nested in metadata (the engine cannot read back ~120 in its WAL)
+TOO_DEEP = f"metadata may nest {MAX_METADATA_DEPTH} levels"  # said of JSON deeper than Python's parser reads
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # the integers a Qdrant payload holds (i64)
 RECORD_FIELDS = {"_id", "title", "text", "metadata"}  # a JSONL record's other fields are metadata
 RESERVED_FRONT_MATTER = {"title", "source_path"}  # the document's title; the reader's own metadata
@@ -432,19 +434,37 @@ class JsonRecord(NamedTuple):
 def json_records(path: Path, *, progress: bool = False) -> Iterator[JsonRecord]:
     """The records of JSON file ``path``: JSON Lines (a line that does not parse is one bad record); a JSON array
     of records (``element [3]``) when the file's first non-blank character is ``[``; a sequence of records
-    written over several lines (``jq .``'s output) when its first non-blank line is ``{`` alone. The last two are
-    read a window at a time (:func:`~retrieval.input_files.json_values`): JSON that is not valid there stops the
-    read (:class:`BadInputError`), as does a file that cannot be read. ``progress``: a bar over the file's
-    bytes."""
+    written over several lines (``jq .``'s output) when its first non-blank line is ``{`` alone, or from the first
+    such line on when the JSON Lines before it all parsed (a file whose first records are one a line, then
+    pretty-printed). Those are read a window at a time (:func:`~retrieval.input_files.json_values`): JSON that is
+    not valid there stops the read (:class:`BadInputError`), as does a file that cannot be read. ``progress``: a
+    bar over the file's bytes."""
     first = first_line(path, _unreadable)
     if first.startswith(b"[") or first == b"{":
         array = first.startswith(b"[")
-        for index, (line, value) in enumerate(json_values(path, _unreadable, progress=progress)):
+        for index, (line, value) in enumerate(json_values(path, _unreadable, progress=progress, too_deep=TOO_DEEP)):
             yield JsonRecord(line, value, f"element [{index}]: " if array else "")
         return
-    for line_no, raw in numbered_lines(raw_lines(path, _unreadable, progress=progress)):
-        if raw.strip():
-            yield _json_line(path, line_no, raw)
+    spread_from, parsed = None, True  # the line a record written over several lines starts on
+    with contextlib.closing(raw_lines(path, _unreadable, progress=progress)) as lines:
+        for line_no, raw in numbered_lines(lines):
+            stripped = raw.strip()
+            if stripped == b"{" and parsed:
+                spread_from = line_no
+                break
+            if stripped:
+                record = _json_line(path, line_no, raw)
+                parsed = parsed and record.problem is None
+                yield record
+    if spread_from is not None:  # read again from the start (the lines before are one value each), kept from there
+        log.info("%s:%d: records written over several lines from here on", path, spread_from)
+        try:
+            for line, value in json_values(path, _unreadable, too_deep=TOO_DEEP):
+                if line >= spread_from:
+                    yield JsonRecord(line, value)
+        except BadInputError as exc:
+            hint = f" (records are written over several lines from line {spread_from} on, as jq . writes JSON)"
+            raise BadInputError(exc.problem, hint=hint) from None
 
 
 def _json_line(path: Path, line_no: int, raw: bytes) -> JsonRecord:
@@ -457,10 +477,17 @@ def _json_line(path: Path, line_no: int, raw: bytes) -> JsonRecord:
         return JsonRecord(line_no, json.loads(line))
     except json.JSONDecodeError as exc:
         reason = f"malformed JSON: {exc.msg.removesuffix(' at')} at column {exc.colno}"
+        if not line[exc.pos :].strip():  # the parser wanted more: the record goes on over the next lines, or is cut
+            reason += f" (the record does not end on this line: {spread_hint(path)})"
         return JsonRecord(line_no, problem=reason, guessed_id=_guess_id(line))
     except RecursionError:  # Python's parser gives up at about 1,000 levels
-        reason = f"JSON nested too deeply (metadata may nest {MAX_METADATA_DEPTH} levels)"
-        return JsonRecord(line_no, problem=reason, guessed_id=_guess_id(line))
+        return JsonRecord(line_no, problem=f"JSON nested too deeply ({TOO_DEEP})", guessed_id=_guess_id(line))
+
+
+def spread_hint(path: Path) -> str:
+    """What to tell of a JSON Lines record of ``path`` that is not whole on its line."""
+    out = f"{base_name(path)}.jsonl" if file_type(path) != ".jsonl" else f"{base_name(path)}-lines.jsonl"
+    return f"cut, or pretty-printed over several lines? JSON Lines holds one a line: jq -c . {path.name} > {out}"
 
 
 def text_problem(text: object) -> str | None:
