@@ -19,7 +19,7 @@ import numbers
 import os
 import re
 import unicodedata
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, fields, replace
 from enum import StrEnum
 from pathlib import Path
@@ -57,6 +57,7 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # the integers a Qdrant payload hold
 RECORD_FIELDS = {"_id", "title", "text", "metadata"}  # a JSONL record's other fields are metadata
 RESERVED_FRONT_MATTER = {"title", "source_path"}  # the document's title; the reader's own metadata
 NOT_UNICODE = "not valid Unicode (lone surrogate)"
+UNSUPPORTED = "unsupported file type"  # a folder's file that is no text file: never a document
 _COMMONMARK = MarkdownIt("commonmark")
 # may open a "# Title" heading or underline a "Title\n===" one (CommonMark decides)
 _H1_LINE = re.compile(r" {0,3}(?:#(?:[ \t]|\r?$)|=+[ \t]*\r?$)")
@@ -234,6 +235,17 @@ class DocumentReader:
         """Yield the documents of ``path``; ``fmt`` defaults to what the path looks like."""
         path = Path(path)
         fmt = choice(SourceFormat, fmt, "format") if fmt else detect_format(path)
+        read = 0
+        for doc in self._read(path, fmt):
+            read += 1
+            yield doc
+        if self._failed:  # only files of other types (a folder of PDFs): the folder holds nothing to read
+            if not read and (nothing := nothing_to_index(path, fmt, self._failed)):
+                raise BadInputError(nothing)
+            raise BadInputError(self._failed[0], skippable=True, more=self._failed[1:])
+
+    # -- sources ------------------------------------------------------------------------------------
+    def _read(self, path: Path, fmt: SourceFormat) -> Iterator[Document]:
         if fmt is SourceFormat.BEIR:
             if path.is_file():
                 raise BadInputError(
@@ -244,10 +256,7 @@ class DocumentReader:
             yield from self._read_jsonl(path)
         else:
             yield from self._read_dir(path)
-        if self._failed:
-            raise BadInputError(self._failed[0], skippable=True, more=self._failed[1:])
 
-    # -- sources ------------------------------------------------------------------------------------
     def _read_jsonl(self, path: Path) -> Iterator[Document]:
         """The records of :func:`json_records`; a progress bar over the file's bytes."""
         for record in json_records(path, progress=self.progress):
@@ -307,7 +316,7 @@ class DocumentReader:
                 self._problem(path, None, "file name is not valid UTF-8")
                 continue
             if inner_suffix(path) not in TEXT_SUFFIXES:
-                self._problem(path, None, f"unsupported file type {file_type(path) or '(none)'!r}", doc_id)
+                self._problem(path, None, f"{UNSUPPORTED} {file_type(path) or '(none)'!r}", doc_id)
                 continue
             try:
                 text = file_text(path, 4 * MAX_DOCUMENT_BYTES)  # UTF-16 may take twice UTF-8's bytes, or more
@@ -652,6 +661,34 @@ def detect_format(path: Path) -> SourceFormat:
         f"document ({text}), each maybe gzip-compressed (.gz); format 'jsonl' reads any file as JSONL"
     )
     raise BadInputError(InputProblem(path, None, reason))
+
+
+def nothing_to_index(
+    path: Path, fmt: SourceFormat | str | None, skipped: Sequence[InputProblem]
+) -> InputProblem | None:
+    """Why source ``path`` (read as ``fmt``, by default detected) gave no document when nothing in it was a record
+    (``skipped``, the records left out, are only files of unsupported types, or none): what it was read for, and a
+    few of its files of other types; None when it held records that were bad input (the reader names those)."""
+    if any(not p.reason.startswith(UNSUPPORTED) for p in skipped):
+        return None
+    fmt = choice(SourceFormat, fmt, "format") if fmt else detect_format(path)
+    if fmt is not SourceFormat.DIR:
+        file = path / "corpus.jsonl" if fmt is SourceFormat.BEIR else path
+        return InputProblem(file, None, "no documents to index: it holds no JSON record; nothing was written")
+    text = ", ".join(sorted(TEXT_SUFFIXES))
+    reason = (
+        f"no documents to index: a folder's documents are its text files ({text}, each maybe gzip-compressed: .gz; "
+        "hidden files left out)"
+    )
+    if skipped:
+        names = ", ".join(str(p.doc_id) for p in skipped[:3])
+        names += f" and {len(skipped) - 3:,} more" if skipped[3:] else ""
+        reason += f", and it holds only {counted(len(skipped), 'file')} of other types: {names}"
+        if json_file := next((p.path for p in skipped if inner_suffix(p.path) in JSONL_SUFFIXES), None):
+            reason += f"; a JSON Lines file is read when named: hybrid-rag index {json_file}"
+    else:
+        reason += ", and it holds none"
+    return InputProblem(path, None, reason + "; nothing was written")
 
 
 def read_documents(
