@@ -239,8 +239,8 @@ class DocumentReader:
         for doc in self._read(path, fmt):
             read += 1
             yield doc
-        if self._failed:  # only files of other types (a folder of PDFs): the folder holds nothing to read
-            if not read and (nothing := nothing_to_index(path, fmt, self._failed)):
+        if self._failed:
+            if not read and (nothing := nothing_to_index(path, fmt, self._failed)):  # a folder of PDFs: no record
                 raise BadInputError(nothing)
             raise BadInputError(self._failed[0], skippable=True, more=self._failed[1:])
 
@@ -487,13 +487,13 @@ def _json_line(path: Path, line_no: int, raw: bytes) -> JsonRecord:
     except json.JSONDecodeError as exc:
         reason = f"malformed JSON: {exc.msg.removesuffix(' at')} at column {exc.colno}"
         if not line[exc.pos :].strip():  # the parser wanted more: the record goes on over the next lines, or is cut
-            reason += f" (the record does not end on this line: {spread_hint(path)})"
+            reason += f" (the record does not end on this line: {_spread_hint(path)})"
         return JsonRecord(line_no, problem=reason, guessed_id=_guess_id(line))
     except RecursionError:  # Python's parser gives up at about 1,000 levels
         return JsonRecord(line_no, problem=f"JSON nested too deeply ({TOO_DEEP})", guessed_id=_guess_id(line))
 
 
-def spread_hint(path: Path) -> str:
+def _spread_hint(path: Path) -> str:
     """What to tell of a JSON Lines record of ``path`` that is not whole on its line."""
     out = f"{base_name(path)}.jsonl" if file_type(path) != ".jsonl" else f"{base_name(path)}-lines.jsonl"
     return f"cut, or pretty-printed over several lines? JSON Lines holds one a line: jq -c . {path.name} > {out}"
