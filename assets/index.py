@@ -5,6 +5,7 @@ after the point-count check (and, for corpora with qrels, the evaluation gate) p
 """
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import dagster as dg
 import pyarrow.parquet as pq
@@ -28,7 +29,7 @@ from assets.tables import (
     table_skipped,
     table_to_chunks,
 )
-from retrieval.documents import InputProblem, covered_by
+from retrieval.documents import BadInputError, InputProblem, SourceFormat, covered_by, nothing_to_index
 from retrieval.errors import UnsafeDeleteError
 from retrieval.indexer import named
 from retrieval.store import QdrantStore, SchemaMismatchError
@@ -106,6 +107,8 @@ def qdrant_index(
     skipped = table_skipped(chunks)
     rebuilt = "no"
     with retrieval.indexer(corpus.collection) as indexer:
+        if not chunk_list and indexer.store.current_version() is None:  # a first build of nothing
+            raise dg.Failure(_nothing_to_publish(corpus.name, corpus.collection, corpus.source, corpus.format, skipped))
         for name, table, model, encoder, settings in (
             ("dense_vectors", dense_vectors, indexer.dense.model_name, indexer.dense, DENSE_SETTINGS),
             ("sparse_vectors", sparse_vectors, indexer.sparse.name, indexer.sparse, SPARSE_SETTINGS),
@@ -239,6 +242,19 @@ def point_count_check(collection: str, version: int, points: int, chunks: int, k
             "version": dg.MetadataValue.int(version),
         },
     )
+
+
+def _nothing_to_publish(
+    name: str, collection: str, source: Path, fmt: SourceFormat | None, skipped: list[InputProblem]
+) -> str:
+    """Why the first build of corpus ``name`` from ``source`` stops: it read no document (``skipped``: the records
+    it left out), and an empty collection would be published."""
+    try:
+        why = nothing_to_index(source, fmt, skipped)
+    except BadInputError:  # the source is gone meanwhile
+        why = None
+    said = str(why) if why else f"{source}: no document read ({counted(len(skipped), 'record')} skipped as bad input)"
+    return f"corpus {name!r}: {said}; collection {collection!r} not created (an empty one would be published)"
 
 
 def _kept_points(published: QdrantStore, chunks: list, skipped: list[InputProblem]) -> int:

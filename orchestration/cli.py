@@ -447,7 +447,7 @@ def index(
 ) -> None:
     """Add documents to a collection, or with --sync make it equal to the source (unchanged chunks are neither
     embedded nor written again; those of a changed document are written with their stored vectors)."""
-    from retrieval.documents import BadInputError, BadInputPolicy, read_documents
+    from retrieval.documents import BadInputError, BadInputPolicy, nothing_to_index, read_documents
     from retrieval.errors import choice
     from retrieval.stack import RetrievalStack
 
@@ -462,6 +462,10 @@ def index(
         hint = " (--policy skip indexes the others and lists each record it leaves out)"
         raise BadInputError(exc.problem, skippable=True, more=exc.problems[1:], hint=hint) from None
     read_seconds = time.perf_counter() - started
+    emptying = (sync or rebuild) and allow_delete  # an empty source empties the collection only when asked
+    if not docs and not emptying and (nothing := nothing_to_index(path, fmt, read_report.skipped)):
+        empties = f"; --sync --allow-delete empties collection {settings.collection!r}" if sync or rebuild else ""
+        raise BadInputError(nothing, hint=empties)
     if not docs and not as_json:
         err_console.print(f"no documents in {path}", style="yellow", soft_wrap=True)
     with RetrievalStack(settings) as stack:

@@ -9,6 +9,7 @@ records are always kept.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import itertools
 import json
@@ -18,7 +19,7 @@ import numbers
 import os
 import re
 import unicodedata
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, fields, replace
 from enum import StrEnum
 from pathlib import Path
@@ -51,10 +52,12 @@ MAX_REPORTED_PROBLEMS = 20  # the fail policy reads on to name this many bad rec
 MAX_DOCUMENT_BYTES = 8 * 1024 * 1024  # a whole record: text, title and metadata (UTF-8; metadata as JSON)
 MAX_METADATA_BYTES = 64 * 1024  # a document's metadata as JSON: it is copied into every chunk's payload
 MAX_METADATA_DEPTH = 32  # objects and lists nested in metadata (the engine cannot read back ~120 in its WAL)
+TOO_DEEP = f"metadata may nest {MAX_METADATA_DEPTH} levels"  # said of JSON deeper than Python's parser reads
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # the integers a Qdrant payload holds (i64)
 RECORD_FIELDS = {"_id", "title", "text", "metadata"}  # a JSONL record's other fields are metadata
 RESERVED_FRONT_MATTER = {"title", "source_path"}  # the document's title; the reader's own metadata
 NOT_UNICODE = "not valid Unicode (lone surrogate)"
+UNSUPPORTED = "unsupported file type"  # a folder's file that is no text file: never a document
 _COMMONMARK = MarkdownIt("commonmark")
 # may open a "# Title" heading or underline a "Title\n===" one (CommonMark decides)
 _H1_LINE = re.compile(r" {0,3}(?:#(?:[ \t]|\r?$)|=+[ \t]*\r?$)")
@@ -232,6 +235,17 @@ class DocumentReader:
         """Yield the documents of ``path``; ``fmt`` defaults to what the path looks like."""
         path = Path(path)
         fmt = choice(SourceFormat, fmt, "format") if fmt else detect_format(path)
+        read = 0
+        for doc in self._read(path, fmt):
+            read += 1
+            yield doc
+        if self._failed:
+            if not read and (nothing := nothing_to_index(path, fmt, self._failed)):  # a folder of PDFs: no record
+                raise BadInputError(nothing)
+            raise BadInputError(self._failed[0], skippable=True, more=self._failed[1:])
+
+    # -- sources ------------------------------------------------------------------------------------
+    def _read(self, path: Path, fmt: SourceFormat) -> Iterator[Document]:
         if fmt is SourceFormat.BEIR:
             if path.is_file():
                 raise BadInputError(
@@ -242,10 +256,7 @@ class DocumentReader:
             yield from self._read_jsonl(path)
         else:
             yield from self._read_dir(path)
-        if self._failed:
-            raise BadInputError(self._failed[0], skippable=True, more=self._failed[1:])
 
-    # -- sources ------------------------------------------------------------------------------------
     def _read_jsonl(self, path: Path) -> Iterator[Document]:
         """The records of :func:`json_records`; a progress bar over the file's bytes."""
         for record in json_records(path, progress=self.progress):
@@ -305,7 +316,7 @@ class DocumentReader:
                 self._problem(path, None, "file name is not valid UTF-8")
                 continue
             if inner_suffix(path) not in TEXT_SUFFIXES:
-                self._problem(path, None, f"unsupported file type {file_type(path) or '(none)'!r}", doc_id)
+                self._problem(path, None, f"{UNSUPPORTED} {file_type(path) or '(none)'!r}", doc_id)
                 continue
             try:
                 text = file_text(path, 4 * MAX_DOCUMENT_BYTES)  # UTF-16 may take twice UTF-8's bytes, or more
@@ -432,19 +443,37 @@ class JsonRecord(NamedTuple):
 def json_records(path: Path, *, progress: bool = False) -> Iterator[JsonRecord]:
     """The records of JSON file ``path``: JSON Lines (a line that does not parse is one bad record); a JSON array
     of records (``element [3]``) when the file's first non-blank character is ``[``; a sequence of records
-    written over several lines (``jq .``'s output) when its first non-blank line is ``{`` alone. The last two are
-    read a window at a time (:func:`~retrieval.input_files.json_values`): JSON that is not valid there stops the
-    read (:class:`BadInputError`), as does a file that cannot be read. ``progress``: a bar over the file's
-    bytes."""
+    written over several lines (``jq .``'s output) when its first non-blank line is ``{`` alone, or from the first
+    such line on when the JSON Lines before it all parsed (a file whose first records are one a line, then
+    pretty-printed). Those are read a window at a time (:func:`~retrieval.input_files.json_values`): JSON that is
+    not valid there stops the read (:class:`BadInputError`), as does a file that cannot be read. ``progress``: a
+    bar over the file's bytes."""
     first = first_line(path, _unreadable)
     if first.startswith(b"[") or first == b"{":
         array = first.startswith(b"[")
-        for index, (line, value) in enumerate(json_values(path, _unreadable, progress=progress)):
+        for index, (line, value) in enumerate(json_values(path, _unreadable, progress=progress, too_deep=TOO_DEEP)):
             yield JsonRecord(line, value, f"element [{index}]: " if array else "")
         return
-    for line_no, raw in numbered_lines(raw_lines(path, _unreadable, progress=progress)):
-        if raw.strip():
-            yield _json_line(path, line_no, raw)
+    spread_from, parsed = None, True  # the line a record written over several lines starts on
+    with contextlib.closing(raw_lines(path, _unreadable, progress=progress)) as lines:
+        for line_no, raw in numbered_lines(lines):
+            stripped = raw.strip()
+            if stripped == b"{" and parsed:
+                spread_from = line_no
+                break
+            if stripped:
+                record = _json_line(path, line_no, raw)
+                parsed = parsed and record.problem is None
+                yield record
+    if spread_from is not None:  # read again from the start (the lines before are one value each), kept from there
+        log.info("%s:%d: records written over several lines from here on", path, spread_from)
+        try:
+            for line, value in json_values(path, _unreadable, too_deep=TOO_DEEP):
+                if line >= spread_from:
+                    yield JsonRecord(line, value)
+        except BadInputError as exc:
+            hint = f" (records are written over several lines from line {spread_from} on, as jq . writes JSON)"
+            raise BadInputError(exc.problem, hint=hint) from None
 
 
 def _json_line(path: Path, line_no: int, raw: bytes) -> JsonRecord:
@@ -457,10 +486,17 @@ def _json_line(path: Path, line_no: int, raw: bytes) -> JsonRecord:
         return JsonRecord(line_no, json.loads(line))
     except json.JSONDecodeError as exc:
         reason = f"malformed JSON: {exc.msg.removesuffix(' at')} at column {exc.colno}"
+        if not line[exc.pos :].strip():  # the parser wanted more: the record goes on over the next lines, or is cut
+            reason += f" (the record does not end on this line: {_spread_hint(path)})"
         return JsonRecord(line_no, problem=reason, guessed_id=_guess_id(line))
     except RecursionError:  # Python's parser gives up at about 1,000 levels
-        reason = f"JSON nested too deeply (metadata may nest {MAX_METADATA_DEPTH} levels)"
-        return JsonRecord(line_no, problem=reason, guessed_id=_guess_id(line))
+        return JsonRecord(line_no, problem=f"JSON nested too deeply ({TOO_DEEP})", guessed_id=_guess_id(line))
+
+
+def _spread_hint(path: Path) -> str:
+    """What to tell of a JSON Lines record of ``path`` that is not whole on its line."""
+    out = f"{base_name(path)}.jsonl" if file_type(path) != ".jsonl" else f"{base_name(path)}-lines.jsonl"
+    return f"cut, or pretty-printed over several lines? JSON Lines holds one a line: jq -c . {path.name} > {out}"
 
 
 def text_problem(text: object) -> str | None:
@@ -625,6 +661,34 @@ def detect_format(path: Path) -> SourceFormat:
         f"document ({text}), each maybe gzip-compressed (.gz); format 'jsonl' reads any file as JSONL"
     )
     raise BadInputError(InputProblem(path, None, reason))
+
+
+def nothing_to_index(
+    path: Path, fmt: SourceFormat | str | None, skipped: Sequence[InputProblem]
+) -> InputProblem | None:
+    """Why source ``path`` (read as ``fmt``, by default detected) gave no document when nothing in it was a record
+    (``skipped``, the records left out, are only files of unsupported types, or none): what it was read for, and a
+    few of its files of other types; None when it held records that were bad input (the reader names those)."""
+    if any(not p.reason.startswith(UNSUPPORTED) for p in skipped):
+        return None
+    fmt = choice(SourceFormat, fmt, "format") if fmt else detect_format(path)
+    if fmt is not SourceFormat.DIR:
+        file = path / "corpus.jsonl" if fmt is SourceFormat.BEIR else path
+        return InputProblem(file, None, "no documents to index: it holds no JSON record; nothing was written")
+    text = ", ".join(sorted(TEXT_SUFFIXES))
+    reason = (
+        f"no documents to index: a folder's documents are its text files ({text}, each maybe gzip-compressed: .gz; "
+        "hidden files left out)"
+    )
+    if skipped:
+        names = ", ".join(str(p.doc_id) for p in skipped[:3])
+        names += f" and {len(skipped) - 3:,} more" if skipped[3:] else ""
+        reason += f", and it holds only {counted(len(skipped), 'file')} of other types: {names}"
+        if json_file := next((p.path for p in skipped if inner_suffix(p.path) in JSONL_SUFFIXES), None):
+            reason += f"; a JSON Lines file is read when named: hybrid-rag index {json_file}"
+    else:
+        reason += ", and it holds none"
+    return InputProblem(path, None, reason + "; nothing was written")
 
 
 def read_documents(

@@ -230,14 +230,17 @@ def first_line(path: Path, error: ErrorFactory) -> bytes:
     return b""
 
 
-def json_values(path: Path, error: ErrorFactory, *, progress: bool = False) -> Iterator[tuple[int, Any]]:
+def json_values(
+    path: Path, error: ErrorFactory, *, progress: bool = False, too_deep: str = ""
+) -> Iterator[tuple[int, Any]]:
     """The values of JSON file ``path`` (read as :func:`raw_lines` reads it) with the line each starts on: the
     elements of an array when the file's first character that is not whitespace is ``[``, else a sequence of values
     separated by whitespace (``jq .``'s output). The text is held :data:`JSON_WINDOW` characters at a time (more
     while one value is longer): memory does not grow with the file. JSON or UTF-8 that is not valid raises
     ``error(path, line, reason)``, naming an array's element by its index (``[3]``, as jq counts): where the next
-    value starts is unknown. ``progress``: as :func:`raw_lines`'s."""
-    text = _JsonText(path, error, raw_lines(path, error, limit=JSON_WINDOW, progress=progress))
+    value starts is unknown. ``progress``: as :func:`raw_lines`'s. ``too_deep``: what the error for a value nested
+    deeper than Python's parser reads adds (how deep the caller's values may nest)."""
+    text = _JsonText(path, error, raw_lines(path, error, limit=JSON_WINDOW, progress=progress), too_deep)
     if text.skip_space() != "[":
         while text.skip_space():
             yield text.value("malformed JSON")
@@ -245,7 +248,7 @@ def json_values(path: Path, error: ErrorFactory, *, progress: bool = False) -> I
     text.pos += 1
     if text.skip_space() != "]":
         for index in itertools.count():
-            yield text.value("malformed JSON array", f" (element [{index}])")
+            yield text.value("malformed JSON array", f"element [{index}]")
             after = text.skip_space()
             if after == "]":
                 break
@@ -264,8 +267,8 @@ class _JsonText:
     """The text of a JSON file (``pieces``: its UTF-8 bytes), a window at a time, and where a position of it lies
     in the file. ``text[mark]`` is at ``line``, ``column`` (from 0); the text before it is dropped as more is read."""
 
-    def __init__(self, path: Path, error: ErrorFactory, pieces: Iterator[bytes]):
-        self.path, self.error, self.pieces = path, error, pieces
+    def __init__(self, path: Path, error: ErrorFactory, pieces: Iterator[bytes], too_deep: str = ""):
+        self.path, self.error, self.pieces, self.too_deep = path, error, pieces, too_deep
         self.decoder = codecs.getincrementaldecoder("utf-8")()
         self.decoded_bytes = self.decoded_lfs = 0  # to name a byte that is not UTF-8 as the file's whole text does
         self.text, self.pos, self.eof = "", 0, False
@@ -280,8 +283,8 @@ class _JsonText:
             self._read_more()
 
     def value(self, malformed: str, element: str = "") -> tuple[int, Any]:
-        """The line and the JSON value starting here; moves past it. ``malformed``, ``element``: what an error says
-        before and after its reason."""
+        """The line and the JSON value starting here; moves past it. ``malformed``: what an error says before its
+        reason; ``element``: what names the value (``element [3]``), in brackets after it."""
         self._move_mark()
         line = self.line
         while True:
@@ -293,10 +296,11 @@ class _JsonText:
                     self._read_more()
                     continue
                 error_line, column = self.where(exc.pos)
-                reason = f"{malformed}: {exc.msg.removesuffix(' at')} at column {column}{element}"
+                reason = f"{malformed}: {exc.msg.removesuffix(' at')} at column {column}{_bracketed(element)}"
                 raise self.error(self.path, error_line, reason) from None
             except RecursionError:  # Python's parser gives up at about 1,000 levels
-                raise self.error(self.path, line, f"JSON nested too deeply{element}") from None
+                reason = "JSON nested too deeply" + _bracketed("; ".join(filter(None, (element, self.too_deep))))
+                raise self.error(self.path, line, reason) from None
             if end < len(self.text) or self.eof:  # else a number may go on in the next window
                 self.pos = end
                 return line, value
@@ -342,6 +346,11 @@ class _JsonText:
 
 
 _DECODER = json.JSONDecoder()
+
+
+def _bracketed(note: str) -> str:
+    """`` (note)``, or '' without a note."""
+    return f" ({note})" if note else ""
 
 
 def line_breaks(text: str, start: int, end: int) -> int:

@@ -465,7 +465,7 @@ def test_search_says_why_it_found_no_hit(cli_in, kb):
         assert result.exit_code == 0 and json.loads(result.stdout) == [], result.output
         assert result.stderr.startswith(f"note: no hit: {why}"), result.stderr
     (kb / "nothing").mkdir()
-    cli_in("index", "nothing", "-c", "empty")
+    cli_in("index", "nothing", "-c", "empty", "--sync", "--allow-delete")  # an empty collection, asked for
     result = runner.invoke(app, ["search", "valve", "-c", "empty"])
     assert result.exit_code == 0 and "0 hits" in result.stdout
     assert " ".join(result.stderr.split()) == (

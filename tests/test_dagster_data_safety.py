@@ -80,6 +80,29 @@ def test_asset_refuses_to_wipe_the_index_unless_configured(tmp_path: Path) -> No
 
 
 @pytest.mark.slow
+def test_an_empty_source_publishes_no_empty_index_and_deletes_nothing(tmp_path: Path) -> None:
+    """A first build of a folder holding no document published an empty collection; emptied later, the folder is
+    refused by the size guard (unless allow_delete)."""
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    (drop / "scan.pdf").write_bytes(b"%PDF-1.4")
+    materialize, points = _pipeline(tmp_path, f"    source: {drop}\n    format: dir\n    on_bad_input: skip\n")
+    refused = materialize()
+    error = str(next(e for e in refused.all_events if e.event_type_value == "STEP_FAILURE").step_failure_data.error)
+    assert not refused.success and not (tmp_path / "index" / "drop").exists()
+    assert f"corpus 'dropbox': {drop}: no documents to index: a folder's documents are its text files" in error
+    assert "only 1 file of other types: scan.pdf; nothing was written; collection 'drop' not created" in error
+    for doc in TINY_DOCS[:2]:
+        (drop / f"{doc.id}.md").write_text(f"# {doc.title}\n{doc.text}")
+    assert materialize().success and points() == 2
+    for doc in TINY_DOCS[:2]:
+        (drop / f"{doc.id}.md").unlink()
+    refused = materialize()
+    error = str(next(e for e in refused.all_events if e.event_type_value == "STEP_FAILURE").step_failure_data.error)
+    assert not refused.success and "refusing to delete 2 of the 2 points" in error and points() == 2
+
+
+@pytest.mark.slow
 def test_a_refused_run_of_an_entry_without_format_names_the_detected_format(tmp_path: Path) -> None:
     """A docs folder (no ``format:``) that receives a ``corpus.jsonl`` is read as BEIR from then on: the size guard
     refuses, and the failure says why the source now looks so small."""

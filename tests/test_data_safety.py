@@ -65,11 +65,39 @@ def test_empty_truncated_or_missing_sources_never_wipe_the_collection(cli_env):
     for source in (cli_env / "empty.jsonl", cli_env / "empty_dir", truncated):
         out = cli("index", str(source), "-c", "kb", "--sync", code=2)
         last = out.strip().splitlines()[-1]
-        assert last.startswith("error: refusing to delete") and "--allow-delete" in last and "Traceback" not in out
+        refusal = "no documents to index" if source != truncated else "refusing to delete"
+        assert last.startswith(f"error: {source}: {refusal}" if source != truncated else f"error: {refusal}")
+        assert "--allow-delete" in last and "Traceback" not in out
         assert points(cli_env, "kb") == N
 
     cli("index", str(truncated), "-c", "kb", "--sync", "--allow-delete")  # asked for explicitly: done
     assert points(cli_env, "kb") == 2
+    cli("index", str(cli_env / "empty_dir"), "-c", "kb", "--sync", "--allow-delete")  # emptied, as asked
+    assert points(cli_env, "kb") == 0
+
+
+def test_a_folder_without_documents_is_refused_naming_what_it_reads_and_creates_nothing(cli_env):
+    """It created an empty collection and reported success (exit code 0), whatever the folder held."""
+    empty, papers = cli_env / "empty", cli_env / "papers"
+    empty.mkdir()
+    (empty / ".DS_Store").write_text("x")
+    papers.mkdir()
+    for name in ("a.pdf", "b.docx", "c.html", "export.jsonl"):
+        (papers / name).write_text("{}")
+    reads = "a folder's documents are its text files (.markdown, .md, .rst, .txt, each maybe gzip-compressed: .gz"
+    for args in ([str(empty)], [str(papers)], [str(papers), "--policy", "skip"], [str(cli_env / "none.jsonl")]):
+        if args[0].endswith(".jsonl"):
+            Path(args[0]).write_text("\n\n")
+        line = cli("index", *args, "-c", "kb", code=2).strip()
+        assert line.startswith(f"error: {args[0]}: no documents to index: ") and line.endswith("nothing was written")
+        assert "\n" not in line and (reads in line or args[0].endswith(".jsonl"))
+        if args[0] == str(papers):
+            assert "it holds only 4 files of other types: a.pdf, b.docx, c.html and 1 more; " in line
+            assert f"a JSON Lines file is read when named: hybrid-rag index {papers / 'export.jsonl'}" in line
+    assert not (cli_env / "index").exists()  # no collection, no index folder
+    cli("index", str(write_jsonl(cli_env / "all.jsonl", TINY_DOCS)), "-c", "kb")
+    cli("index", str(empty), "-c", "kb", code=2)
+    assert points(cli_env, "kb") == N
 
 
 def test_a_folder_whose_files_are_all_skipped_keeps_what_is_stored(cli_env):

@@ -90,8 +90,12 @@ def test_unreadable_and_missing_sources(tmp_path):
 
 def test_a_truncated_json_line_is_reported_at_its_end(tmp_path):
     path = write_jsonl(tmp_path / "cut.jsonl", [ok("a"), ok("b")[:-1], ok("c")])
-    with pytest.raises(BadInputError, match=r"cut\.jsonl:2: malformed JSON: Expecting ',' delimiter at column 33$"):
+    with pytest.raises(BadInputError) as caught:
         read_documents(path)
+    assert str(caught.value) == (
+        f"{path}:2: malformed JSON: Expecting ',' delimiter at column 33 (the record does not end on this line: cut, "
+        "or pretty-printed over several lines? JSON Lines holds one a line: jq -c . cut.jsonl > cut-lines.jsonl)"
+    )
 
 
 def test_an_unterminated_string_is_reported_once_at_its_column(tmp_path):

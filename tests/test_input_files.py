@@ -465,3 +465,62 @@ def test_index_stopped_by_one_record_says_what_reads_the_others(tmp_path, monkey
         f"error: {tmp_path}/cut.jsonl.gz: damaged gzip data (Compressed file ended before the end-of-stream marker "
         "was reached): gzip -t cut.jsonl.gz checks it"
     )
+
+
+def test_jsonl_whose_later_records_are_pretty_printed_is_read_from_the_first_such_record(tmp_path):
+    """Records one a line, then pretty-printed (a record edited by hand, files joined): each line of the second
+    record was a bad record ('Expecting property name' at its '{' line)."""
+    pretty = json.dumps({"_id": "c", "text": "gamma", "metadata": {"tags": ["x"]}}, indent=2)
+    path = tmp_path / "docs.jsonl"
+    path.write_text(LINES + pretty + "\n" + json.dumps({"_id": "d", "text": "delta"}) + "\n")
+    for policy in ("fail", "skip"):
+        docs, report = read_documents(path, policy=policy)
+        assert [d.id for d in docs] == ["a", "b", "c", "d"] and docs[2].metadata == {"tags": ["x"]}
+        assert not report.skipped
+    path.write_text(LINES + pretty + '\n{"_id": "d", "text": }\n')
+    with pytest.raises(BadInputError) as caught:
+        read_documents(path, policy="skip")
+    assert str(caught.value) == (
+        f"{path}:12: malformed JSON: Expecting value at column 22 (records are written over several lines from "
+        "line 3 on, as jq . writes JSON)"
+    )
+
+
+def test_a_jsonl_record_that_does_not_end_on_its_line_says_so_and_how_to_rewrite_it(tmp_path):
+    """The record goes on over the next lines (not a '{' line alone, or after a bad line) or is cut: the error said
+    'Expecting property name' and nothing of why."""
+    path = tmp_path / "docs.jsonl"
+    path.write_text(LINES + '{"_id": "c",\n "text": "gamma"}\n')
+    hint = "the record does not end on this line: cut, or pretty-printed over several lines? JSON Lines holds one a "
+    hint += "line"
+    docs, report = read_documents(path, policy="skip")
+    assert [d.id for d in docs] == ["a", "b"] and [p.line for p in report.skipped] == [3, 4]
+    assert report.skipped[0].reason == (
+        "malformed JSON: Expecting property name enclosed in double quotes at column 13 "
+        f"({hint}: jq -c . docs.jsonl > docs-lines.jsonl)"
+    )
+    assert report.skipped[0].doc_id == "c"  # what is stored for it is kept
+    path.write_text("{bad\n" + LINES + "{\n" + '"_id": "c", "text": "gamma"\n}\n')  # after a bad line: not read
+    docs, report = read_documents(path, policy="skip")
+    assert [p.line for p in report.skipped] == [1, 4, 5, 6] and hint in report.skipped[1].reason
+
+
+DEEP = '"text": "x", "m": ' + "[" * 5000 + "]" * 5000 + "}"  # past Python's parser
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ('[{"_id": "a", ' + DEEP + "]", "1: JSON nested too deeply (element [0]; "),
+        ('{\n"_id": "a", ' + DEEP, "1: JSON nested too deeply ("),
+        (LINES + '{\n"_id": "c", ' + DEEP, "3: JSON nested too deeply ("),
+    ],
+    ids=["array", "pretty-printed", "pretty-printed after JSON Lines"],
+)
+def test_json_deeper_than_python_reads_says_how_deep_metadata_may_nest(tmp_path, text, where):
+    """A streamed array (session 19) lost the hint JSON Lines gives."""
+    path = tmp_path / "deep.json"
+    path.write_text(text)
+    with pytest.raises(BadInputError) as caught:
+        read_documents(path, policy="skip")
+    assert str(caught.value).startswith(f"{path}:{where}metadata may nest 32 levels)")
