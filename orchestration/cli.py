@@ -312,17 +312,19 @@ def _export_env_files(ctx: typer.Context, paths: list[Path]) -> None:
     from dotenv import dotenv_values
 
     from retrieval.errors import InputFormatError
-    from retrieval.settings import PATH_VARIABLES
+    from retrieval.settings import ENV_COPIED_FROM, PATH_VARIABLES, read_env_file
 
     settings_paths = ("HYBRID_RAG_QDRANT_PATH", "HYBRID_RAG_CACHE_DIR", "HYBRID_RAG_MODELS_DIR")
     paths_of = {*settings_paths, *PATH_VARIABLES, "DAGSTER_HOME"}
     values: dict[str, str] = {}
+    origins: dict[str, str] = {}  # where each value was written, for messages (ENV_COPIED_FROM)
     ENV_RELATIVE.clear()
     for path in paths:
         if not path.is_file():
             continue
         try:
             found = dotenv_values(path, encoding="utf-8")
+            lines = read_env_file(path)[0]
         except UnicodeDecodeError as exc:
             raise InputFormatError(f"{path}: not UTF-8 (byte {exc.start})") from None
         for key, value in ((k.upper(), v) for k, v in found.items() if v is not None):
@@ -333,7 +335,7 @@ def _export_env_files(ctx: typer.Context, paths: list[Path]) -> None:
                 value = _file_relative(path, value)
             elif key == "HYBRID_RAG_QDRANT_URL" and value.startswith("file://"):  # local mode's folder
                 value = "file://" + _file_relative(path, value.removeprefix("file://"))
-            values[key] = value
+            values[key], origins[key] = value, f"{path}:{lines.get(key, '?')}"
             if value != written and path.parent.resolve() != Path.cwd().resolve():
                 if not Path(written.removeprefix("file://")).expanduser().is_absolute():
                     ENV_RELATIVE[key] = (path, written, value.removeprefix("file://"))
@@ -343,7 +345,14 @@ def _export_env_files(ctx: typer.Context, paths: list[Path]) -> None:
         del ENV_RELATIVE[key]  # the environment's own value is used
     added = {key: value for key, value in values.items() if key not in os.environ}
     os.environ.update(added)
-    ctx.call_on_close(lambda: [os.environ.pop(key, None) for key in added])
+    ENV_COPIED_FROM.update({key: origins[key] for key in added})
+
+    def restore() -> None:
+        for key in added:
+            os.environ.pop(key, None)
+            ENV_COPIED_FROM.pop(key, None)
+
+    ctx.call_on_close(restore)
 
 
 def _file_relative(env_file: Path, value: str) -> str:
@@ -401,7 +410,7 @@ def _check_env_file(path: Path) -> None:
     from dotenv.parser import parse_stream
 
     from retrieval.errors import InputFormatError, InputNotFoundError
-    from retrieval.settings import closest_hint, env_names
+    from retrieval.settings import env_hint, env_names
 
     if not path.is_file():
         raise InputNotFoundError(f"--env-file {path}: " + ("not a file" if path.exists() else "no such file"))
@@ -416,7 +425,7 @@ def _check_env_file(path: Path) -> None:
             raise InputFormatError(f"{where}: not a KEY=value line")
         key = (binding.key or "").upper()
         if key.startswith("HYBRID_RAG_") and key not in settings:
-            raise InputFormatError(f"{where}: unknown setting {binding.key}{closest_hint(key, settings)}")
+            raise InputFormatError(f"{where}: unknown setting {binding.key}{env_hint(key, settings)}")
 
 
 @app.command()
