@@ -40,18 +40,38 @@ if TYPE_CHECKING:
     from orchestration.forget import CorpusLeftovers
 
 
+try:  # the click that typer runs: its own copy since typer 0.20-something, else click itself
+    from typer._click import exceptions as click_errors
+except ImportError:  # pragma: no cover - an older typer
+    from click import exceptions as click_errors
+
+
 class _Group(TyperGroup):
-    """Turns the library's expected failures (bad arguments, bad input, unsafe deletes, store errors) into one
-    red line and exit code 2, without a traceback; and SIGTERM and Ctrl-C (SIGINT) into one line and exit code
-    143 or 130 (see :func:`_interrupts`)."""
+    """Turns the library's expected failures (bad arguments, bad input, unsafe deletes, store errors) and a
+    mistyped command or option into one red line and exit code 2, without a traceback; and SIGTERM and Ctrl-C
+    (SIGINT) into one line and exit code 143 or 130 (see :func:`_interrupts`)."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         _flow_help(self)
 
+    def make_context(self, info_name: str | None, args: list[str], parent: Any = None, **extra: Any) -> Any:
+        with _usage_errors():  # this group's own options (hybrid-rag --verbse)
+            return super().make_context(info_name, args, parent=parent, **extra)
+
+    def resolve_command(self, ctx: Any, args: list[str]) -> Any:
+        """A command name that is none of this group's: a usage error naming the closest ones."""
+        name = args[0] if args else ""
+        if name and not name.startswith("-") and self.get_command(ctx, name) is None and not ctx.resilient_parsing:
+            import difflib
+
+            near = difflib.get_close_matches(name, self.list_commands(ctx), n=1)
+            raise click_errors.UsageError(f"no such command {name!r}{_did_you_mean(near)}", ctx)
+        return super().resolve_command(ctx, args)
+
     def invoke(self, ctx: click.Context):
         try:
-            with _interrupts(outermost=ctx.parent is None):
+            with _interrupts(outermost=ctx.parent is None), _usage_errors():  # usage: a command's options
                 return super().invoke(ctx)
         except KeyboardInterrupt as exc:
             signum = _INTERRUPTED.get("signal", signal.SIGINT)
@@ -68,6 +88,32 @@ class _Group(TyperGroup):
                 raise
             err_console.print(label("error:", "red"), str(exc) + _env_relative_hint(str(exc)), soft_wrap=True)
             raise typer.Exit(2) from exc
+
+
+@contextmanager
+def _usage_errors() -> Iterator[None]:
+    """A usage error (a mistyped option or command, a missing argument) as one line in the CLI's style, naming the
+    closest valid names and the command's ``--help``, exit code 2 as click's: not click's usage panel. The help
+    that no arguments print is left as it is."""
+    try:
+        yield
+    except click_errors.NoArgsIsHelpError:
+        raise
+    except click_errors.UsageError as exc:
+        if isinstance(exc, click_errors.NoSuchOption):
+            message = f"no such option {exc.option_name}{_did_you_mean(exc.possibilities or [])}"
+        else:
+            message = exc.format_message().rstrip(".")
+            message = message[:1].lower() + message[1:]
+        if exc.ctx is not None:
+            message += f"; see {exc.ctx.command_path} --help"
+        err_console.print(label("error:", "red"), message, soft_wrap=True)
+        raise typer.Exit(2) from exc
+
+
+def _did_you_mean(names: list[str]) -> str:
+    """`` (did you mean X?)`` for the first (closest) of ``names``, or nothing without any."""
+    return f" (did you mean {names[0]}?)" if names else ""
 
 
 def _flow_help(group: click.Group) -> None:

@@ -417,3 +417,28 @@ def test_restore_of_an_embedded_snapshot_on_a_server_names_what_it_is(fails, tmp
     )
     assert " ".join(fails("restore", str(snap)).split()) == expected
     assert " ".join(fails("restore", str(snap), "-c", "notes").split()) == expected
+
+
+# -- mistyped options and commands: one line, not click's usage panel ---------------------------------------------
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (["search", "--kk", "5", "x"], "no such option --kk (did you mean --k?); see root search --help"),
+        (["index", "--polcy", "skip", "x"], "no such option --polcy (did you mean --policy?); see root index --help"),
+        (["serach", "x"], "no such command 'serach' (did you mean search?); see root --help"),
+        (["--verbse", "collections"], "no such option --verbse (did you mean --verbose?); see root --help"),
+        (["cache", "prun"], "no such command 'prun' (did you mean prune?); see root cache --help"),
+        (["frobnicate"], "no such command 'frobnicate'; see root --help"),
+        (["search"], "missing argument 'text'; see root search --help"),
+    ],
+)
+def test_a_usage_error_is_one_line_naming_the_closest_valid_name(fails, args, line):
+    """It was typer's boxed panel (usage, a 'Try' line and the message in a frame: six lines)."""
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and result.output == f"error: {line}\n"
+
+
+def test_help_and_no_arguments_still_print_the_help():
+    for args in (["--help"], ["search", "--help"], []):
+        result = CliRunner().invoke(app, args)
+        assert "Usage: root" in result.output and "error:" not in result.output, result.output
