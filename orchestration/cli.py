@@ -866,7 +866,9 @@ def drop(
     try:
         exists = store.exists()
         if not exists and leftovers is None:
-            raise StoreError(f"no collection {settings.collection!r} at {where} (hybrid-rag collections lists them)")
+            raise StoreError(
+                f"no collection {settings.collection!r} at {where}{_other_names(store, settings.collection)}"
+            )
         if not yes:
             what = [f"collection {settings.collection!r} at {where}"] if exists else []
             what += [f"its models ({', '.join(map(str, model_dirs))})"] if model_dirs else []
@@ -887,6 +889,21 @@ def drop(
         console.print(f"removed {folder}", soft_wrap=True)
     if leftovers is not None:
         _remove_corpus(leftovers, settings.collection, yes=True)
+
+
+def _other_names(store: Any, name: str, shown: int = 10) -> str:
+    """For collection ``name``, not in ``store``'s backend: the closest names that are, else the names there
+    (``shown`` at most)."""
+    import difflib
+
+    names = store.collection_names()
+    near = difflib.get_close_matches(name, names, n=3)
+    if near:
+        return f" (did you mean {' or '.join(map(repr, near))}?)"
+    if not names:
+        return ": it holds no collection"
+    more = f" and {len(names) - shown:,} more (hybrid-rag collections lists them)" if len(names) > shown else ""
+    return f": it holds {', '.join(map(repr, names[:shown]))}{more}"
 
 
 def _corpus_leftovers(found: CorpusLeftovers, collection: str) -> str:
