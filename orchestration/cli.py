@@ -1641,7 +1641,11 @@ def cache(
         console.print(f"no embedding cache at {store.path}", soft_wrap=True)
     else:
         print(printable(f"{store.path}: {store.file_bytes() / 2**20:.1f} MiB\n"))
-        print("| cache key | model | backend | prompt | tokens | rows | vectors MiB | oldest use | last use (UTC) |")
+        # the columns are --json's keys (a size in MiB is its key's bytes): model is the cache key, label its name
+        print(
+            "| model (cache key) | label (model name) | backend | prompt | max_tokens | rows | vector_bytes (MiB) "
+            "| oldest_use (UTC) | newest_use (UTC) |"
+        )
         print("|---|---|---|---|---:|---:|---:|---|---|")
     for u in usage:
         mib = f"{u.vector_bytes / 2**20:.1f}"
@@ -1650,10 +1654,10 @@ def cache(
         print(printable(f"| {u.model} | {what} | {u.rows:,} | {mib} | {_day(u.oldest_use)} | {_day(u.newest_use)} |"))
     if onnx:
         print(printable(f"\nONNX exports under {store.path.parent / 'models'} (superseded: removed by cache prune)\n"))
-        print("| export | model | MiB | written (UTC) | state |")
+        print("| path | model | bytes (MiB) | written (UTC) | current |")
         print("|---|---|---:|---|---|")
         for e in onnx:
-            state = "current" if e.current else "superseded"
+            state = "yes" if e.current else "no (superseded)"
             mib = f"{e.bytes / 2**20:.1f}"
             print(printable(f"| {e.path.name} | {e.model} | {mib} | {_day(int(e.written))} | {state} |"))
     if stale:
