@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from orchestration.forget import CorpusLeftovers
 
 
-try:  # the click that typer runs: its own copy since typer 0.20-something, else click itself
+try:  # the click that typer runs: a newer typer bundles its own copy (typer._click), an older one used click
     from typer._click import exceptions as click_errors
 except ImportError:  # pragma: no cover - an older typer
     from click import exceptions as click_errors
