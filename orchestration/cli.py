@@ -40,18 +40,38 @@ if TYPE_CHECKING:
     from orchestration.forget import CorpusLeftovers
 
 
+try:  # the click that typer runs: a newer typer bundles its own copy (typer._click), an older one used click
+    from typer._click import exceptions as click_errors
+except ImportError:  # pragma: no cover - an older typer
+    from click import exceptions as click_errors
+
+
 class _Group(TyperGroup):
-    """Turns the library's expected failures (bad arguments, bad input, unsafe deletes, store errors) into one
-    red line and exit code 2, without a traceback; and SIGTERM and Ctrl-C (SIGINT) into one line and exit code
-    143 or 130 (see :func:`_interrupts`)."""
+    """Turns the library's expected failures (bad arguments, bad input, unsafe deletes, store errors) and a
+    mistyped command or option into one red line and exit code 2, without a traceback; and SIGTERM and Ctrl-C
+    (SIGINT) into one line and exit code 143 or 130 (see :func:`_interrupts`)."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         _flow_help(self)
 
+    def make_context(self, info_name: str | None, args: list[str], parent: Any = None, **extra: Any) -> Any:
+        with _usage_errors():  # this group's own options (hybrid-rag --verbse)
+            return super().make_context(info_name, args, parent=parent, **extra)
+
+    def resolve_command(self, ctx: Any, args: list[str]) -> Any:
+        """A command name that is none of this group's: a usage error naming the closest ones."""
+        name = args[0] if args else ""
+        if name and not name.startswith("-") and self.get_command(ctx, name) is None and not ctx.resilient_parsing:
+            import difflib
+
+            near = difflib.get_close_matches(name, self.list_commands(ctx), n=1)
+            raise click_errors.UsageError(f"no such command {name!r}{_did_you_mean(near)}", ctx)
+        return super().resolve_command(ctx, args)
+
     def invoke(self, ctx: click.Context):
         try:
-            with _interrupts(outermost=ctx.parent is None):
+            with _interrupts(outermost=ctx.parent is None), _usage_errors():  # usage: a command's options
                 return super().invoke(ctx)
         except KeyboardInterrupt as exc:
             signum = _INTERRUPTED.get("signal", signal.SIGINT)
@@ -68,6 +88,32 @@ class _Group(TyperGroup):
                 raise
             err_console.print(label("error:", "red"), str(exc) + _env_relative_hint(str(exc)), soft_wrap=True)
             raise typer.Exit(2) from exc
+
+
+@contextmanager
+def _usage_errors() -> Iterator[None]:
+    """A usage error (a mistyped option or command, a missing argument) as one line in the CLI's style, naming the
+    closest valid names and the command's ``--help``, exit code 2 as click's: not click's usage panel. The help
+    that no arguments print is left as it is."""
+    try:
+        yield
+    except click_errors.NoArgsIsHelpError:
+        raise
+    except click_errors.UsageError as exc:
+        if isinstance(exc, click_errors.NoSuchOption):
+            message = f"no such option {exc.option_name}{_did_you_mean(exc.possibilities or [])}"
+        else:
+            message = exc.format_message().rstrip(".")
+            message = message[:1].lower() + message[1:]
+        if exc.ctx is not None:
+            message += f"; see {exc.ctx.command_path} --help"
+        err_console.print(label("error:", "red"), message, soft_wrap=True)
+        raise typer.Exit(2) from exc
+
+
+def _did_you_mean(names: list[str]) -> str:
+    """`` (did you mean X?)`` for the first (closest) of ``names``, or nothing without any."""
+    return f" (did you mean {names[0]}?)" if names else ""
 
 
 def _flow_help(group: click.Group) -> None:
@@ -315,17 +361,19 @@ def _export_env_files(ctx: typer.Context, paths: list[Path]) -> None:
     from dotenv import dotenv_values
 
     from retrieval.errors import InputFormatError
-    from retrieval.settings import PATH_VARIABLES
+    from retrieval.settings import ENV_COPIED_FROM, PATH_VARIABLES, read_env_file
 
     settings_paths = ("HYBRID_RAG_QDRANT_PATH", "HYBRID_RAG_CACHE_DIR", "HYBRID_RAG_MODELS_DIR")
     paths_of = {*settings_paths, *PATH_VARIABLES, "DAGSTER_HOME"}
     values: dict[str, str] = {}
+    origins: dict[str, str] = {}  # where each value was written, for messages (ENV_COPIED_FROM)
     ENV_RELATIVE.clear()
     for path in paths:
         if not path.is_file():
             continue
         try:
             found = dotenv_values(path, encoding="utf-8")
+            lines = read_env_file(path)[0]
         except UnicodeDecodeError as exc:
             raise InputFormatError(f"{path}: not UTF-8 (byte {exc.start})") from None
         for key, value in ((k.upper(), v) for k, v in found.items() if v is not None):
@@ -336,7 +384,7 @@ def _export_env_files(ctx: typer.Context, paths: list[Path]) -> None:
                 value = _file_relative(path, value)
             elif key == "HYBRID_RAG_QDRANT_URL" and value.startswith("file://"):  # local mode's folder
                 value = "file://" + _file_relative(path, value.removeprefix("file://"))
-            values[key] = value
+            values[key], origins[key] = value, f"{path}:{lines.get(key, '?')}"
             if value != written and path.parent.resolve() != Path.cwd().resolve():
                 if not Path(written.removeprefix("file://")).expanduser().is_absolute():
                     ENV_RELATIVE[key] = (path, written, value.removeprefix("file://"))
@@ -346,7 +394,14 @@ def _export_env_files(ctx: typer.Context, paths: list[Path]) -> None:
         del ENV_RELATIVE[key]  # the environment's own value is used
     added = {key: value for key, value in values.items() if key not in os.environ}
     os.environ.update(added)
-    ctx.call_on_close(lambda: [os.environ.pop(key, None) for key in added])
+    ENV_COPIED_FROM.update({key: origins[key] for key in added})
+
+    def restore() -> None:
+        for key in added:
+            os.environ.pop(key, None)
+            ENV_COPIED_FROM.pop(key, None)
+
+    ctx.call_on_close(restore)
 
 
 def _file_relative(env_file: Path, value: str) -> str:
@@ -404,7 +459,7 @@ def _check_env_file(path: Path) -> None:
     from dotenv.parser import parse_stream
 
     from retrieval.errors import InputFormatError, InputNotFoundError
-    from retrieval.settings import closest_hint, env_names
+    from retrieval.settings import env_hint, env_names
 
     if not path.is_file():
         raise InputNotFoundError(f"--env-file {path}: " + ("not a file" if path.exists() else "no such file"))
@@ -419,7 +474,7 @@ def _check_env_file(path: Path) -> None:
             raise InputFormatError(f"{where}: not a KEY=value line")
         key = (binding.key or "").upper()
         if key.startswith("HYBRID_RAG_") and key not in settings:
-            raise InputFormatError(f"{where}: unknown setting {binding.key}{closest_hint(key, settings)}")
+            raise InputFormatError(f"{where}: unknown setting {binding.key}{env_hint(key, settings)}")
 
 
 @app.command()
@@ -818,7 +873,9 @@ def drop(
     try:
         exists = store.exists()
         if not exists and leftovers is None:
-            raise StoreError(f"no collection {settings.collection!r} at {where} (hybrid-rag collections lists them)")
+            raise StoreError(
+                f"no collection {settings.collection!r} at {where}{_other_names(store, settings.collection)}"
+            )
         if not yes:
             what = [f"collection {settings.collection!r} at {where}"] if exists else []
             what += [f"its models ({', '.join(map(str, model_dirs))})"] if model_dirs else []
@@ -839,6 +896,21 @@ def drop(
         console.print(f"removed {folder}", soft_wrap=True)
     if leftovers is not None:
         _remove_corpus(leftovers, settings.collection, yes=True)
+
+
+def _other_names(store: Any, name: str, shown: int = 10) -> str:
+    """For collection ``name``, not in ``store``'s backend: the closest names that are, else the names there
+    (``shown`` at most)."""
+    import difflib
+
+    names = store.collection_names()
+    near = difflib.get_close_matches(name, names, n=3)
+    if near:
+        return f" (did you mean {' or '.join(map(repr, near))}?)"
+    if not names:
+        return ": it holds no collection"
+    more = f" and {len(names) - shown:,} more (hybrid-rag collections lists them)" if len(names) > shown else ""
+    return f": it holds {', '.join(map(repr, names[:shown]))}{more}"
 
 
 def _corpus_leftovers(found: CorpusLeftovers, collection: str) -> str:
@@ -1621,7 +1693,11 @@ def cache(
         console.print(f"no embedding cache at {store.path}", soft_wrap=True)
     else:
         print(printable(f"{store.path}: {store.file_bytes() / 2**20:.1f} MiB\n"))
-        print("| cache key | model | backend | prompt | tokens | rows | vectors MiB | oldest use | last use (UTC) |")
+        # the columns are --json's keys (a size in MiB is its key's bytes): model is the cache key, label its name
+        print(
+            "| model (cache key) | label (model name) | backend | prompt | max_tokens | rows | vector_bytes (MiB) "
+            "| oldest_use (UTC) | newest_use (UTC) |"
+        )
         print("|---|---|---|---|---:|---:|---:|---|---|")
     for u in usage:
         mib = f"{u.vector_bytes / 2**20:.1f}"
@@ -1630,10 +1706,10 @@ def cache(
         print(printable(f"| {u.model} | {what} | {u.rows:,} | {mib} | {_day(u.oldest_use)} | {_day(u.newest_use)} |"))
     if onnx:
         print(printable(f"\nONNX exports under {store.path.parent / 'models'} (superseded: removed by cache prune)\n"))
-        print("| export | model | MiB | written (UTC) | state |")
+        print("| path | model | bytes (MiB) | written (UTC) | current |")
         print("|---|---|---:|---|---|")
         for e in onnx:
-            state = "current" if e.current else "superseded"
+            state = "yes" if e.current else "no (superseded)"
             mib = f"{e.bytes / 2**20:.1f}"
             print(printable(f"| {e.path.name} | {e.model} | {mib} | {_day(int(e.written))} | {state} |"))
     if stale:

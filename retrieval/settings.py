@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import io
 import json
 import logging
 import os
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from dotenv import dotenv_values
+from dotenv.parser import parse_stream
 from pydantic import Field, PrivateAttr, SecretStr, ValidationError, field_serializer, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -168,13 +169,33 @@ def redact_url(url: str | None) -> str | None:
     return f"{match['head'] or ''}{user + ':***' if colon else '***'}@{url[match.end() :]}"
 
 
-def settings_problems(exc: ValidationError) -> str:
-    """A settings ``ValidationError`` as one line: ``invalid settings: field: reason; ...``."""
-    problems = "; ".join(
-        (f"{'.'.join(map(str, e['loc']))}: " if e["loc"] else "") + e["msg"].removeprefix("Value error, ")
-        for e in exc.errors()
-    )
-    return f"invalid settings: {problems}"
+# Fields whose value a message never repeats: the URL's validator shows it with the password masked, the key never.
+UNSHOWN_VALUES = ("qdrant_url", "qdrant_api_key")
+# pydantic's wording of a value of the wrong type, shortened (its other messages are kept as they are).
+_REASONS = {
+    "int_parsing": "must be an integer",
+    "int_from_float": "must be an integer",
+    "float_parsing": "must be a number",
+    "bool_parsing": "must be true or false (also 1/0, yes/no, on/off)",
+}
+
+
+def settings_problems(exc: ValidationError, origins: dict[str, str] | None = None) -> str:
+    """A settings ``ValidationError`` as one line: ``invalid settings: field: reason; ...``. A field read from a
+    variable (``origins``: field -> where, see :func:`env_origin`) is named as that variable, with its value and
+    where it was set: ``invalid settings: HYBRID_RAG_K='abc' (.env:3): must be an integer``."""
+    problems = []
+    for error in exc.errors():
+        reason = _REASONS.get(error["type"], error["msg"].removeprefix("Value error, "))
+        field = str(error["loc"][0]) if error["loc"] else None
+        if field is None:
+            problems.append(reason)
+        elif field in (origins or {}):
+            value = "" if field in UNSHOWN_VALUES else f"={error['input']!r}"
+            problems.append(f"{ENV_PREFIX}{field.upper()}{value} ({origins[field]}): {reason}")
+        else:
+            problems.append(f"{field}: {reason}")
+    return f"invalid settings: {'; '.join(problems)}"
 
 
 def closest_hint(name: str, valid: Iterable[str]) -> str:
@@ -183,29 +204,83 @@ def closest_hint(name: str, valid: Iterable[str]) -> str:
     return f" (did you mean {match[0]}?)" if match else ""
 
 
+def env_hint(name: str, valid: Iterable[str]) -> str:
+    """:func:`closest_hint` for a ``HYBRID_RAG_*`` variable, compared without the prefix every name shares (with it,
+    any short name seemed close to one: ``HYBRID_RAG_X`` to ``HYBRID_RAG_K``)."""
+    suffixes = {v.removeprefix(ENV_PREFIX): v for v in valid}
+    match = difflib.get_close_matches(name.upper().removeprefix(ENV_PREFIX), list(suffixes), n=1, cutoff=0.6)
+    return f" (did you mean {suffixes[match[0]]}?)" if match else ""
+
+
 def env_names() -> set[str]:
     """Every ``HYBRID_RAG_*`` variable this project reads: one per settings field, and :data:`PATH_VARIABLES`."""
     return {f"{ENV_PREFIX}{name}".upper() for name in RetrievalSettings.model_fields} | set(PATH_VARIABLES)
 
 
+def read_env_file(path: str | Path) -> tuple[dict[str, int], list[int]]:
+    """An env file as python-dotenv (pydantic-settings' reader) parses it: each name (upper case) with the line that
+    sets it (the last, which wins), and the lines that are no ``KEY=value`` (skipped). Raises OSError or
+    UnicodeDecodeError for a file it cannot read."""
+    names: dict[str, int] = {}
+    unparsed: list[int] = []
+    for binding in parse_stream(io.StringIO(Path(path).expanduser().read_text(encoding="utf-8"))):
+        if binding.error:
+            unparsed.append(binding.original.line)
+        elif binding.key:
+            names[binding.key.upper()] = binding.original.line
+    return names, unparsed
+
+
+# HYBRID_RAG_* variables a program copied into the environment from an env file (the CLI does, so that every reader
+# sees them): the variable -> where it was written, ``<file>:<line>``, as messages name it.
+ENV_COPIED_FROM: dict[str, str] = {}
+
+
+def env_origin(name: str, env_files: Iterable[str | Path] = ()) -> str | None:
+    """Where variable ``name`` is read from, in pydantic-settings' order: ``environment``, else ``<file>:<line>`` of
+    the last of ``env_files`` that sets it; None where nothing sets it."""
+    name = name.upper()
+    if name in {key.upper() for key in os.environ}:
+        return ENV_COPIED_FROM.get(name, "environment")
+    for file in reversed(list(env_files)):
+        try:
+            line = read_env_file(file)[0].get(name) if Path(file).expanduser().is_file() else None
+        except (OSError, UnicodeDecodeError):  # read again by pydantic-settings, which says what is wrong
+            continue
+        if line is not None:
+            return f"{file}:{line}"
+    return None
+
+
 _warned_env: set[str] = set()
+# python-dotenv's own warning for a line it skips names no file, and comes once per read: warn_unknown_env names it
+logging.getLogger("dotenv.main").addFilter(lambda record: "could not parse statement" not in record.getMessage())
 
 
 def warn_unknown_env(env_files: Iterable[str | Path] = ()) -> None:
-    """Log a warning, once per name and process, for each ``HYBRID_RAG_*`` name in the environment or in
-    ``env_files`` that nothing reads (a misspelt setting would otherwise be ignored silently)."""
+    """Log a warning, once per name (or line) and process, for each ``HYBRID_RAG_*`` name in the environment or in
+    ``env_files`` that nothing reads (a misspelt setting would otherwise be ignored silently), and for each line of
+    ``env_files`` that is no ``KEY=value`` (python-dotenv skips it); each names where it is (``.env:3``)."""
+    env_files = list(env_files)
     names = {name.upper() for name in os.environ}
     for file in env_files:
-        if Path(file).expanduser().is_file():
-            try:
-                names |= {name.upper() for name in dotenv_values(Path(file).expanduser(), encoding="utf-8")}
-            except (OSError, UnicodeDecodeError):  # read again by pydantic-settings, which says what is wrong
-                continue
+        if not Path(file).expanduser().is_file():
+            continue
+        try:
+            found, unparsed = read_env_file(file)
+        except (OSError, UnicodeDecodeError):  # read again by pydantic-settings, which says what is wrong
+            continue
+        names |= set(found)
+        for line in (f"{file}:{line}" for line in unparsed):
+            if line not in _warned_env:
+                _warned_env.add(line)
+                log.warning("%s: not a KEY=value line: ignored", line)
     valid = env_names()
     for name in sorted(n for n in names if n.startswith(ENV_PREFIX) and n not in valid | set(TOOL_VARIABLES)):
         if name not in _warned_env:
             _warned_env.add(name)
-            log.warning("unknown setting %s (environment or .env) is ignored%s", name, closest_hint(name, valid))
+            where = env_origin(name, env_files)
+            log.warning("unknown setting %s (%s) is ignored%s", name, where, env_hint(name, valid))
 
 
 class HeldSettings:
@@ -331,11 +406,14 @@ class RetrievalSettings(BaseSettings):
                 "invalid settings: " + "; ".join(f"unknown setting {n!r}{closest_hint(n, fields)}" for n in unknown)
             )
         env_file = values.get("_env_file", self.model_config.get("env_file"))
-        warn_unknown_env([env_file] if isinstance(env_file, str | Path) else env_file or ())
+        env_files = [env_file] if isinstance(env_file, str | Path) else list(env_file or ())
+        warn_unknown_env(env_files)
         try:
             super().__init__(**values)
         except ValidationError as exc:
-            raise InvalidArgumentError(settings_problems(exc)) from None
+            read = {str(e["loc"][0]) for e in exc.errors() if e["loc"]} - set(values)  # not given as keywords
+            origins = {field: env_origin(f"{ENV_PREFIX}{field}", env_files) for field in read}
+            raise InvalidArgumentError(settings_problems(exc, {f: o for f, o in origins.items() if o})) from None
 
     def __setattr__(self, name: str, value: Any) -> None:
         """Assignment is checked as construction is: a bad value or an unknown name is an InvalidArgumentError."""

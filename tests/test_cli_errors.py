@@ -4,6 +4,7 @@ no traceback, no work done and no file written. None of these needs a model: the
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -11,12 +12,13 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+import retrieval.settings
 from evals.collections import sample_collection
 from evals.history import EvalHistory
 from orchestration.cli import app
 from retrieval import RetrievalSettings, RetrievalStack
 from retrieval.errors import InvalidArgumentError
-from retrieval.settings import COLLECTION_NAME_MAX_BYTES, check_collection_name
+from retrieval.settings import COLLECTION_NAME_MAX_BYTES, UNSHOWN_VALUES, check_collection_name
 from retrieval.store import CollectionSchema, EdgeStore, StoreError, collection_names, open_store
 from tests.conftest import TINY_DOCS
 from tests.test_data_safety import write_jsonl
@@ -133,9 +135,14 @@ BAD_SETTINGS = [
 
 @pytest.mark.parametrize(("values", "message"), BAD_SETTINGS)
 def test_invalid_settings_are_one_line_from_the_cli(fails, monkeypatch, values, message):
+    """Read from the environment, the setting is named as its variable, with its value (a secret's not repeated)."""
     for name, value in values.items():
         monkeypatch.setenv(f"HYBRID_RAG_{name.upper()}", value)
-    assert fails("search", "red planet", "-c", "sample") == f"error: invalid settings: {message}"
+    field, reason = message.split(": ", 1)
+    variable = f"HYBRID_RAG_{field.upper()}" + ("" if field in UNSHOWN_VALUES else f"={values[field]!r}")
+    assert (
+        fails("search", "red planet", "-c", "sample") == f"error: invalid settings: {variable} (environment): {reason}"
+    )
 
 
 @pytest.mark.parametrize(("values", "message"), BAD_SETTINGS)
@@ -144,6 +151,22 @@ def test_invalid_settings_fail_at_construction(values, message):
     with pytest.raises(InvalidArgumentError) as err:
         RetrievalSettings(**values)
     assert str(err.value) == f"invalid settings: {message}" and message.startswith(f"{next(iter(values))}: ")
+
+
+def test_a_bad_setting_names_its_variable_value_and_where_it_was_set(fails, tmp_path, monkeypatch, caplog):
+    """It said ``k: Input should be a valid integer, ...``, naming neither the variable nor where it was set; the
+    CLI copies .env into the environment, and the line still names .env (and its line), as its warnings do."""
+    monkeypatch.setattr(retrieval.settings, "_warned_env", set())
+    monkeypatch.setenv("HYBRID_RAG_K", "abc")
+    assert fails("search", "x") == "error: invalid settings: HYBRID_RAG_K='abc' (environment): must be an integer"
+    monkeypatch.delenv("HYBRID_RAG_K")
+    (tmp_path / ".env").write_text("# tuned\nHYBRID_RAG_RERANK_DEPT=5\nHYBRID_RAG_K=abc\nnot a setting\n")
+    with caplog.at_level(logging.WARNING):
+        assert fails("search", "x") == "error: invalid settings: HYBRID_RAG_K='abc' (.env:3): must be an integer"
+    assert [r.getMessage() for r in caplog.records] == [
+        ".env:4: not a KEY=value line: ignored",
+        "unknown setting HYBRID_RAG_RERANK_DEPT (.env:2) is ignored (did you mean HYBRID_RAG_RERANK_DEPTH?)",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -161,7 +184,10 @@ def test_env_file_must_exist_and_is_read(fails, tmp_path):
     )
     (tmp_path / "tuned.env").write_text("HYBRID_RAG_RRF_K=0\n")
     message = fails("--env-file", "tuned.env", "search", "red planet", "-c", "sample")
-    assert message == "error: invalid settings: rrf_k: Input should be greater than or equal to 1"
+    assert (
+        message
+        == "error: invalid settings: HYBRID_RAG_RRF_K='0' (tuned.env:1): Input should be greater than or equal to 1"
+    )
     (tmp_path / "typo.env").write_text("# tuned\nHYBRID_RAG_RERNK=false\n")
     assert (
         fails("--env-file", "typo.env", "search", "x")
@@ -391,3 +417,28 @@ def test_restore_of_an_embedded_snapshot_on_a_server_names_what_it_is(fails, tmp
     )
     assert " ".join(fails("restore", str(snap)).split()) == expected
     assert " ".join(fails("restore", str(snap), "-c", "notes").split()) == expected
+
+
+# -- mistyped options and commands: one line, not click's usage panel ---------------------------------------------
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (["search", "--kk", "5", "x"], "no such option --kk (did you mean --k?); see root search --help"),
+        (["index", "--polcy", "skip", "x"], "no such option --polcy (did you mean --policy?); see root index --help"),
+        (["serach", "x"], "no such command 'serach' (did you mean search?); see root --help"),
+        (["--verbse", "collections"], "no such option --verbse (did you mean --verbose?); see root --help"),
+        (["cache", "prun"], "no such command 'prun' (did you mean prune?); see root cache --help"),
+        (["frobnicate"], "no such command 'frobnicate'; see root --help"),
+        (["search"], "missing argument 'text'; see root search --help"),
+    ],
+)
+def test_a_usage_error_is_one_line_naming_the_closest_valid_name(fails, args, line):
+    """It was typer's boxed panel (usage, a 'Try' line and the message in a frame: six lines)."""
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and result.output == f"error: {line}\n"
+
+
+def test_help_and_no_arguments_still_print_the_help():
+    for args in (["--help"], ["search", "--help"], []):
+        result = CliRunner().invoke(app, args)
+        assert "Usage: root" in result.output and "error:" not in result.output, result.output

@@ -50,7 +50,7 @@ def test_library_warnings_print_as_the_cli_own_warning_lines(cli_env, monkeypatc
         root.handlers[:], root.level = saved
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output  # not a crash
     lines = result.stderr.splitlines()
-    assert lines[0].startswith("warning: unknown setting HYBRID_RAG_STYLE_CHECK_TYPO (environment or .env)"), lines
+    assert lines[0].startswith("warning: unknown setting HYBRID_RAG_STYLE_CHECK_TYPO (environment) is ignored"), lines
     assert lines[-1].startswith("warning: no index folder at "), lines
     assert not [line for line in lines if line.startswith("WARNING")]
 

@@ -63,7 +63,7 @@ def test_every_command_warns_of_a_misspelt_setting(scripted, monkeypatch, caplog
     with caplog.at_level(logging.WARNING, logger="retrieval.settings"):
         CliRunner().invoke(app, args)
     assert [r.getMessage() for r in caplog.records] == [
-        f"unknown setting {variable} (environment or .env) is ignored (did you mean {meant}?)"
+        f"unknown setting {variable} (environment) is ignored (did you mean {meant}?)"
     ]
 
 

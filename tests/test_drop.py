@@ -95,8 +95,10 @@ def test_drop_removes_every_version_pointer_and_models_after_confirmation(
     assert sorted(p.name for p in models.iterdir()) == ["other", "test.before-restore-eu"]
     assert collection_names(settings_of(backend, tmp_path, "test")) == ["other"]
 
-    code, out = drop(backend, "test", "--yes")  # again: a clear error, exit 2
-    assert code == 2 and "no collection 'test'" in out
+    code, out = drop(backend, "test", "--yes")  # again: a clear error naming what is there, exit 2
+    assert code == 2 and "no collection 'test'" in out and out.rstrip().endswith(": it holds 'other'"), out
+    code, out = drop(backend, "othr", "--yes")  # a typo: the close name
+    assert code == 2 and out.rstrip().endswith(" (did you mean 'other'?)"), out
 
 
 def test_drop_without_an_answer_to_read_names_yes_and_removes_nothing(tmp_path, drop, dense_encoder, sparse_encoder):

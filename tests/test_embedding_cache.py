@@ -316,6 +316,12 @@ def test_the_cache_command_shows_rows_per_model_and_prunes(cli_env):
     assert row["label"].endswith("all-MiniLM-L6-v2") and row["rows"] == 1 and row["vector_bytes"] == 384 * 4
     table = CliRunner().invoke(app, ["cache"])
     assert table.exit_code == 0 and "all-MiniLM-L6-v2" in table.output and row["model"] in table.output
+    header = next(line for line in table.output.splitlines() if line.startswith("| "))
+    columns = [cell.strip().split(" (")[0] for cell in header.strip("| ").split(" | ")]  # as --json names them
+    assert columns == ["model", "label", "backend", "prompt", "max_tokens", "rows", "vector_bytes"] + [
+        "oldest_use",
+        "newest_use",
+    ] and set(columns) <= set(row), header  # were "cache key | model | ... | tokens | vectors MiB | last use"
     kept = CliRunner().invoke(app, ["cache", "prune", "--json"])  # default: unused for 30 days
     assert kept.exit_code == 0 and json.loads(kept.stdout)["rows_deleted"] == 0
     for duration in ("soon", "inf", "nan", "1e20d", "-1d"):  # inf and nan were tracebacks

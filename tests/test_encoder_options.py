@@ -274,7 +274,9 @@ def test_a_re_saved_model_s_old_export_is_removed_and_cache_lists_and_prunes_sup
     shutil.copytree(second, first)
     os.utime(first / "export.json", (0, 0))
     table = CliRunner().invoke(app, ["cache"]).stdout
-    assert f"| {first.name} |" in table and "superseded" in table and f"| {second.name} |" in table
+    assert f"| {first.name} |" in table and "| no (superseded) |" in table and f"| {second.name} |" in table
+    header = next(line for line in table.splitlines() if line.startswith("| path "))
+    assert [cell.split(" (")[0] for cell in header.strip("| ").split(" | ")] == list(listed[0])  # --json's keys
     pruned = json.loads(CliRunner().invoke(app, ["cache", "prune", "--json"]).stdout)
     assert pruned["exports_removed"] == [str(first)] and pruned["export_bytes_freed"] > 0
     assert {e.path for e in exports(cache)} == {other, second}

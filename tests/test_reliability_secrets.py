@@ -136,15 +136,15 @@ def test_an_api_key_with_surrounding_whitespace_reaches_the_server_without_it(qd
     (tmp_path / "key.env").write_text(f'HYBRID_RAG_QDRANT_API_KEY="  {KEY}\\n"\n')  # dotenv reads \n as a newline
     (tmp_path / "bad.env").write_text(f'HYBRID_RAG_QDRANT_API_KEY="{KEY[:8]}\\n{KEY[8:]}"\n')
     refused = (
-        "error: invalid settings: qdrant_api_key: a control character inside it (the key is not shown): give the "
-        "key alone, on one line"
+        "error: invalid settings: HYBRID_RAG_QDRANT_API_KEY ({}): a control character inside it (the key is not "
+        "shown): give the key alone, on one line"
     )
-    for args, env in (
-        (["--env-file", "bad.env", "collections"], {}),
-        (["collections"], {"HYBRID_RAG_QDRANT_API_KEY": f"{KEY[:8]}\x1b{KEY[8:]}"}),
+    for args, env, where in (
+        (["--env-file", "bad.env", "collections"], {}, "bad.env:1"),
+        (["collections"], {"HYBRID_RAG_QDRANT_API_KEY": f"{KEY[:8]}\x1b{KEY[8:]}"}, "environment"),
     ):
         result = CliRunner().invoke(app, args, env=env)
-        assert result.exit_code == 2 and result.output.strip() == refused, result.output
+        assert result.exit_code == 2 and result.output.strip() == refused.format(where), result.output
         assert KEY[8:] not in result.output and _QdrantStub.api_keys == []
     for args, env in (
         (["--env-file", "key.env", "collections"], {}),
@@ -182,7 +182,10 @@ def test_url_password_never_appears_in_messages_logs_or_exceptions(monkeypatch, 
     assert "'ftp://u:***@host' is not a Qdrant URL" in str(refused.value)
     assert PASSWORD not in str(refused.value) and PASSWORD not in repr(refused.value)
     result = CliRunner().invoke(app, ["collections"])
-    assert result.exit_code == 2 and "error: invalid settings: qdrant_url: 'ftp://u:***@host'" in result.output
+    assert (
+        result.exit_code == 2
+        and "error: invalid settings: HYBRID_RAG_QDRANT_URL (environment): 'ftp://u:***@host'" in result.output
+    )
     assert PASSWORD not in result.output
 
 

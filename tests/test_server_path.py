@@ -145,7 +145,9 @@ def test_malformed_qdrant_url_is_a_settings_error(url, cli):
     with pytest.raises(InvalidArgumentError, match="^invalid settings: qdrant_url: "):
         RetrievalSettings(qdrant_url=url, _env_file=None)
     code, out = cli("collections", QDRANT_URL=url)
-    assert code == 2 and out.strip().splitlines()[-1].startswith("error: invalid settings: qdrant_url: "), out
+    assert code == 2 and out.strip().splitlines()[-1].startswith(
+        "error: invalid settings: HYBRID_RAG_QDRANT_URL (environment): "
+    ), out
 
 
 @pytest.mark.parametrize(

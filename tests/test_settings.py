@@ -33,16 +33,36 @@ def test_a_misspelt_keyword_is_an_error_naming_it_and_the_closest_setting(clean_
 
 def test_unknown_hybrid_rag_variables_are_warned_about_once_naming_them(clean_env, monkeypatch, caplog):
     monkeypatch.setenv("HYBRID_RAG_RERANK_DEPT", "5")
-    (clean_env / ".env").write_text("HYBRID_RAG_COLECTION=notes\nHYBRID_RAG_HISTORY_PATH=h.sqlite\nOTHER_APP=1\n")
+    monkeypatch.setenv("HYBRID_RAG_X", "1")  # close to no setting: no hint (the shared prefix made it HYBRID_RAG_K)
+    (clean_env / ".env").write_text(
+        "# notes\nHYBRID_RAG_COLECTION=notes\nHYBRID_RAG_HISTORY_PATH=h.sqlite\nOTHER_APP=1\nnot a setting\n"
+    )
     monkeypatch.setenv("HYBRID_RAG_ASSETS_DIR", "assets")  # read outside RetrievalSettings: valid
-    with caplog.at_level(logging.WARNING, logger="retrieval.settings"):
+    with caplog.at_level(logging.WARNING):
         assert RetrievalSettings().collection == "sample"
         RetrievalSettings()  # once per name and process
-    assert [r.getMessage() for r in caplog.records] == [
-        "unknown setting HYBRID_RAG_COLECTION (environment or .env) is ignored (did you mean HYBRID_RAG_COLLECTION?)",
-        "unknown setting HYBRID_RAG_RERANK_DEPT (environment or .env) is ignored "
-        "(did you mean HYBRID_RAG_RERANK_DEPTH?)",
+    assert [r.getMessage() for r in caplog.records] == [  # where each is; python-dotenv's own line (no file) is not
+        ".env:5: not a KEY=value line: ignored",
+        "unknown setting HYBRID_RAG_COLECTION (.env:2) is ignored (did you mean HYBRID_RAG_COLLECTION?)",
+        "unknown setting HYBRID_RAG_RERANK_DEPT (environment) is ignored (did you mean HYBRID_RAG_RERANK_DEPTH?)",
+        "unknown setting HYBRID_RAG_X (environment) is ignored",
     ]
+
+
+def test_a_bad_value_names_its_variable_value_and_where_it_was_set(clean_env, monkeypatch):
+    """Read from a variable, a bad value is named as the variable with its value and source (the environment, or
+    the env file's line); given as a keyword, as the field. A secret's value is not repeated."""
+    (clean_env / ".env").write_text("# tuned\nHYBRID_RAG_RERANK=maybe\nHYBRID_RAG_K=5\nHYBRID_RAG_K=abc\n")
+    monkeypatch.setenv("HYBRID_RAG_RRF_K", "1.5")
+    monkeypatch.setenv("HYBRID_RAG_QDRANT_API_KEY", "sec\x01ret")
+    with pytest.raises(InvalidArgumentError) as err:
+        RetrievalSettings(prefetch_k="many")
+    assert str(err.value) == (
+        "invalid settings: HYBRID_RAG_QDRANT_API_KEY (environment): a control character inside it (the key is not "
+        "shown): give the key alone, on one line; HYBRID_RAG_RRF_K='1.5' (environment): must be an integer; "
+        "prefetch_k: must be an integer; HYBRID_RAG_K='abc' (.env:4): must be an integer; "
+        "HYBRID_RAG_RERANK='maybe' (.env:2): must be true or false (also 1/0, yes/no, on/off)"
+    )
 
 
 @pytest.mark.parametrize(
@@ -60,7 +80,10 @@ def test_a_bad_value_is_a_one_line_hybrid_rag_error(clean_env, make, error):
 
 def test_a_bad_value_in_the_environment_is_a_hybrid_rag_error(clean_env, monkeypatch):
     monkeypatch.setenv("HYBRID_RAG_FUSION", "bogus")
-    with pytest.raises(InvalidArgumentError, match="^invalid settings: fusion: Input should be 'rrf', 'dbsf'"):
+    with pytest.raises(
+        InvalidArgumentError,
+        match="^invalid settings: HYBRID_RAG_FUSION='bogus' \\(environment\\): Input should be 'rrf'",
+    ):
         RetrievalSettings()
 
 
