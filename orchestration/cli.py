@@ -116,13 +116,13 @@ def _did_you_mean(names: list[str]) -> str:
     return f" (did you mean {names[0]}?)" if names else ""
 
 
-def _flow_help(group: click.Group) -> None:
+def _flow_help(group: Any) -> None:
     """Each paragraph of a command's help on one line, for the terminal to wrap: rich help keeps a docstring's line
     breaks (made at 120 columns in the source), which cut sentences mid-line in ``hybrid-rag --help``."""
     for command in group.commands.values():
         if command.help:
             command.help = re.sub(r"(?<!\n)\n(?!\n)", " ", command.help)
-        if isinstance(command, click.Group):
+        if hasattr(command, "commands"):  # a group (typer's bundled click or click: not one Group class)
             _flow_help(command)
 
 

@@ -177,3 +177,5 @@ def test_help_flows_each_commands_text_to_the_terminal():
     assert "are neither embedded nor written again" in index
     adapt = CliRunner().invoke(app, ["adapt", "--help"], env={"COLUMNS": "200"}).stdout
     assert "on the --qrels judgements (a dev or train split) when given" in adapt
+    cache = CliRunner().invoke(app, ["cache", "--help"], env={"COLUMNS": "200"}).stdout  # a sub-group's commands
+    assert "then shrink the file; delete the superseded ONNX exports" in cache
