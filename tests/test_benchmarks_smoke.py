@@ -274,6 +274,21 @@ def test_quality_table(tmp_path, capsys):
     assert "Paired nDCG@10 differences" in out and "hybrid+rerank vs hybrid" in out
 
 
+def test_known_item(tmp_path, capsys):
+    """Titles and sentences of the sample's documents find their source document; the table names each set."""
+    from benchmarks import known_item
+
+    results = known_item.main(
+        ["--collections", "sample", "--index-dir", str(tmp_path), "--sentences", "4", "--titles", "4"]
+    )
+    kinds = results["sample"]["kinds"]
+    assert sorted(kinds.values()) == ["sentence"] * 4 + ["title"] * 4
+    for ranks in results["sample"]["ranks"].values():
+        assert set(ranks) == set(known_item.SYSTEMS) and ranks["sparse"] == 1  # copied text: BM25 finds it first
+    out = " ".join(capsys.readouterr().out.split())
+    assert "sample title (4 q)" in out and "sample sentence (4 q)" in out and "hybrid 1st -> default not" in out
+
+
 def test_fusion_study(tmp_path, capsys):
     """Every fusion is scored on each split of the same channel lists; the shipped one is named."""
     from benchmarks import fusion_study
