@@ -302,6 +302,7 @@ def shared_stack(settings: RetrievalSettings) -> RetrievalStack:
     key = encoder_key(settings)
     with _shared_lock:
         base = _shared.get(key)
-        if base is None:  # a collection of its own (its adapted encoder is followed per collection): shared models
-            base = _shared[key] = RetrievalStack(settings)
+        if base is None:  # a collection of its own (its adapted encoder is followed per collection): same models
+            donor = next((b for b in _shared.values() if sparse_args(b.settings) == sparse_args(settings)), None)
+            base = _shared[key] = RetrievalStack(settings, sparse=donor.sparse if donor else None)  # BM25's too
     return RetrievalStack(settings, dense=base.dense, sparse=base.sparse, query_encoder=base._query)
