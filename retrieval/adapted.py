@@ -11,6 +11,7 @@ import os
 import threading
 
 from retrieval.encoders import DenseEncoder
+from retrieval.encoders.shared import shared_dense
 from retrieval.settings import ADAPTED_MARKER, RetrievalSettings
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ class AdaptedQueryEncoder:
             " saved anew" if changed else "",
             d.backend,
         )
-        return DenseEncoder(
+        return shared_dense(
             model,
             device=d.device,
             batch_size=d.batch_size,

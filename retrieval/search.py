@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import html
 import logging
 import math
 import numbers
@@ -135,8 +136,34 @@ class Hit:
         self.start, self.end = payload.get("start"), payload.get("end")  # None: written by an earlier release
 
 
+SNIPPET_CHARS = 160  # of a hit's text in a notebook's table of hits
+
+
+class Hits(list[Hit]):
+    """A search's hits: a plain ``list`` of :class:`Hit` (equality, slicing, ``json``, pickling as a list) that a
+    notebook shows as a table (rank, score, document id, title, the head of the text) instead of their reprs."""
+
+    def _repr_html_(self) -> str:
+        head = "".join(f"<th>{name}</th>" for name in ("rank", "score", "doc_id", "title", "text"))
+        rows = [
+            f'<tr><td style="text-align: right">{rank}</td><td style="text-align: right">{hit.score:.4f}</td>'
+            f'<td style="text-align: left">{html.escape(hit.doc_id)}</td>'
+            f'<td style="text-align: left">{html.escape(hit.title)}</td>'
+            f'<td style="text-align: left">{html.escape(_snippet(hit.text))}</td></tr>'
+            for rank, hit in enumerate(self, 1)
+        ]
+        caption = f"<caption>{counted(len(self), 'hit')}</caption>"
+        return f"<table>{caption}<thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+def _snippet(text: str) -> str:
+    """``text`` on one line, cut to :data:`SNIPPET_CHARS` characters (then ``…``)."""
+    line = " ".join(text.split())
+    return line if len(line) <= SNIPPET_CHARS else line[: SNIPPET_CHARS - 1] + "…"
+
+
 class HybridRetriever:
-    """``search(query)`` -> ranked :class:`Hit` list; batched with ``search_batch``.
+    """``search(query)`` -> ranked :class:`Hit` list (:class:`Hits`); batched with ``search_batch``.
 
     Safe to share between threads. Each search first follows a rebuild of the collection (the embedded engine
     reopens the new version; a server resolves the alias), checks the schema again after a switch, reads that
@@ -406,7 +433,7 @@ class HybridRetriever:
             results = [_finish(hits, k, score_threshold) for hits in ranked]
             for hit in (h for hits in results for h in hits):
                 hit.dense_vector = None  # the reranker's input: hits have one shape whatever the variant
-            return self._fill_payloads(results) if deferred else results
+            return [Hits(hits) for hits in (self._fill_payloads(results) if deferred else results)]
 
     def check_arguments(
         self,
@@ -767,7 +794,7 @@ class HybridRetriever:
                 chunk = Hit(doc_id=doc_id, chunk_id=pid, text="", score=0.0)
                 chunk.fill(points[pid].payload)
                 out.append(chunk)
-        return out
+        return Hits(out)
 
     def as_langchain(
         self, search_kwargs: dict[str, Any] | None = None, search_type: str = "similarity", **kwargs: Any

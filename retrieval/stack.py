@@ -16,7 +16,8 @@ from pydantic import ValidationError
 
 from retrieval.adapted import AdaptedQueryEncoder, query_encoder_now
 from retrieval.embedding_cache import EmbeddingCache
-from retrieval.encoders import DenseEncoder, make_sparse_encoder
+from retrieval.encoders import DenseEncoder
+from retrieval.encoders.shared import shared_dense, shared_sparse
 from retrieval.encoders.sparse import Bm25Encoder, SpladeEncoder
 from retrieval.errors import ClosedError, InvalidArgumentError
 from retrieval.indexer import Indexer
@@ -78,7 +79,9 @@ class RetrievalStack:
     ``stack.indexer()`` and ``stack.retriever()`` share these parts. Parts given here (``dense``, ``sparse``,
     ``store``) are used instead of building them. The stack closes its stores in :meth:`close` (or on leaving a
     ``with`` block), for good: the stack and its retrievers and indexers then raise
-    :class:`~retrieval.errors.ClosedError`. Encoders need no closing. The stack keeps its own copy of ``settings``,
+    :class:`~retrieval.errors.ClosedError`. Encoders need no closing; the ones built here are shared with the
+    process's other stacks on the same models (:mod:`retrieval.encoders.shared`: loaded once, freed with the last
+    holder, or forgotten by ``clear_shared_encoders()``). The stack keeps its own copy of ``settings``,
     checked however the object was made (changing the caller's object afterwards does not change the stack), and
     refuses assignment to it (``stack.settings``, its retrievers' and indexers'): :meth:`derive` makes another.
     """
@@ -101,10 +104,10 @@ class RetrievalStack:
             )
         self.settings = (settings if settings is not None else RetrievalSettings()).in_use_copy()
         s = self.settings
-        self.dense = dense or DenseEncoder(**dense_args(s))
-        self.sparse = sparse or make_sparse_encoder(**sparse_args(s))
+        self.dense = dense or shared_dense(**dense_args(s))
+        self.sparse = sparse or shared_sparse(**sparse_args(s))
         if query_encoder is None and s.query_model:
-            query_encoder = DenseEncoder(
+            query_encoder = shared_dense(
                 s.query_model,
                 device=self.dense.device,
                 batch_size=self.dense.batch_size,
@@ -292,15 +295,14 @@ _shared_lock = threading.Lock()
 
 
 def shared_stack(settings: RetrievalSettings) -> RetrievalStack:
-    """A new stack for ``settings`` whose encoders are loaded once per process (for long-lived processes such as
-    Dagster's). Close it when done: its stores are its own."""
+    """A new stack for ``settings`` whose encoders stay loaded for the life of the process (for long-lived processes
+    such as Dagster's, whose steps each build a stack: :mod:`retrieval.encoders.shared` alone would free them with
+    each step's), and share the collection's followed adapted query encoder. Close it when done: its stores are
+    its own."""
     key = encoder_key(settings)
     with _shared_lock:
         base = _shared.get(key)
         if base is None:  # a collection of its own (its adapted encoder is followed per collection): same models
-            donor = next((b for b in _shared.values() if dense_args(b.settings) == dense_args(settings)), None)
-            same_sparse = donor is not None and sparse_args(donor.settings) == sparse_args(settings)
-            base = _shared[key] = RetrievalStack(
-                settings, dense=donor.dense if donor else None, sparse=donor.sparse if same_sparse else None
-            )
+            donor = next((b for b in _shared.values() if sparse_args(b.settings) == sparse_args(settings)), None)
+            base = _shared[key] = RetrievalStack(settings, sparse=donor.sparse if donor else None)  # BM25's too
     return RetrievalStack(settings, dense=base.dense, sparse=base.sparse, query_encoder=base._query)

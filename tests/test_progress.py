@@ -102,3 +102,32 @@ def test_reading_one_large_file_shows_a_bar_over_its_bytes(tmp_path):
     size = path.stat().st_size
     shown = [line for line in stderr_lines(READ, str(path), "on", TQDM_MININTERVAL="0") if line.startswith("reading:")]
     assert any(line.startswith("reading: 100%|") and f"| {size:.1f}/{size:.1f} [" in line for line in shown), shown
+
+
+KERNEL_WITHOUT_WIDGETS = """
+import sys, warnings
+import IPython, ipykernel.zmqshell
+IPython.get_ipython = lambda: type("ZMQInteractiveShell", (), {})()  # what tqdm.auto asks: a Jupyter kernel
+sys.modules["ipywidgets"] = None  # not installed
+warnings.simplefilter("always")
+with warnings.catch_warnings(record=True) as caught:
+    import retrieval.progress
+    from tqdm import TqdmWarning
+    from tqdm.auto import tqdm
+    warnings.warn("another tqdm warning", TqdmWarning)
+print(retrieval.progress.tqdm.__module__, tqdm is retrieval.progress.tqdm, [str(w.message)[:40] for w in caught])
+"""
+
+
+def test_a_kernel_without_ipywidgets_gets_text_bars_without_tqdms_iprogress_warning():
+    """tqdm.auto warned "IProgress not found. Please update jupyter and ipywidgets" once per Jupyter kernel without
+    ipywidgets (the text bar is what the library wants there): that warning is gone, other warnings stay."""
+    done = subprocess.run(
+        [sys.executable, "-c", KERNEL_WITHOUT_WIDGETS],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[0] == "tqdm.asyncio True ['another tqdm warning']", done.stdout

@@ -56,8 +56,9 @@ def test_readme_python_snippets_print_hits(tmp_path):
 @pytest.mark.slow
 def test_readme_python_snippets_as_a_notebook(tmp_path, monkeypatch):
     """The snippets as cells of a notebook run in a real Jupyter kernel (an event loop runs there): the async APIs
-    awaited at the top level, a cell run again, and what the cells show: an evaluation report as a table, the
-    adapters by what they search, no warning but tqdm's (no ipywidgets)."""
+    awaited at the top level, a cell run again (its stack shares the loaded model), and what the cells show: an
+    evaluation report and hits as tables, the adapters by what they search, no warning (tqdm's IProgress one
+    neither: no ipywidgets)."""
     for module in ("llama_index.core", "haystack", "nbclient", "nbformat", "ipykernel"):
         pytest.importorskip(module)
     import nbformat
@@ -69,7 +70,8 @@ lc_docs, batched = await lc.ainvoke("hybrid fusion"), await lc.abatch(["hybrid f
 nodes, hits = await li.aretrieve("hybrid fusion"), await retriever.asearch("hybrid fusion")
 print("ASYNC", len(lc_docs), len(batched), len(nodes), len((await hs.run_async("BM25"))["documents"]), len(hits))
 """
-    cells = [first, FRAMEWORKS + second, evaluation + "report", awaited, "hs", first + "print('AGAIN', len(hits))"]
+    again = "previous = stack\n" + first + "print('AGAIN', len(hits), stack.dense is previous.dense)"
+    cells = [first, FRAMEWORKS + second, evaluation + "report", awaited, "hs", again, "retriever.search('BM25')"]
     notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(cell) for cell in cells])
     for name in [n for n in os.environ if n.startswith("HYBRID_RAG_")]:
         monkeypatch.delenv(name)
@@ -91,9 +93,11 @@ print("ASYNC", len(lc_docs), len(batched), len(nodes), len((await hs.run_async("
     assert shown(3, "stdout") == "ASYNC 2 2 0 2 2\n"  # both documents (none of topic "science" for LlamaIndex)
     assert shown(4, "text/plain").startswith("HaystackRetriever(retriever=HybridRetriever(collection='notes', at=")
     assert "top_k=5" in shown(4, "text/plain")
-    assert "AGAIN" in shown(5, "stdout")
+    assert "AGAIN 2 True" in shown(5, "stdout")
+    assert shown(6, "text/html").startswith("<table><caption>2 hits</caption><thead><tr><th>rank</th>")
+    assert shown(6, "text/plain").startswith("[Hit(doc_id='bm25', ")
     stderr = "".join(shown(i, "stderr") for i in range(len(cells)))
-    assert [line for line in stderr.splitlines() if "Warning" in line and "TqdmWarning" not in line] == [], stderr
+    assert [line for line in stderr.splitlines() if "Warning" in line] == [] and "IProgress" not in stderr, stderr
 
 
 def test_readme_names_every_setting():

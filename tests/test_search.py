@@ -1,5 +1,8 @@
 """Hybrid search on a tiny designed corpus, on both backends."""
 
+import json
+import pickle
+
 import pytest
 
 from retrieval import Document
@@ -123,6 +126,24 @@ def test_reprs_of_hits_chunks_and_documents_show_the_heads_of_their_texts():
     assert hit.text == text and hit.metadata == metadata
     for other in (Document("pasta", text, metadata=metadata), DocumentChunk("pasta", 0, text, doc_hash="h")):
         assert len(repr(other)) < 500 and "(1,500 chars)" in repr(other)
+
+
+def test_a_notebook_shows_a_searchs_hits_as_a_table_of_the_same_list(retriever):
+    """A notebook showed a list of hits as a wall of reprs: it shows a table (rank, score, id, title, the head of the
+    text); callers still get a list of the same hits (equality, slicing, JSON, pickling)."""
+    hits = retriever.search(LEXICAL_QUERY[0], k=3)
+    table = hits._repr_html_()
+    assert table.startswith("<table><caption>3 hits</caption><thead><tr><th>rank</th><th>score</th><th>doc_id</th>")
+    first = hits[0]
+    assert f'<td style="text-align: right">1</td><td style="text-align: right">{first.score:.4f}</td>' in table
+    assert f">{first.doc_id}</td>" in table and f">{first.title}</td>" in table and first.text[:40] in table
+    assert isinstance(hits, list) and hits == list(hits) and hits[:1] == [first] and type(hits[:1]) is list
+    assert repr(hits) == repr(list(hits)) and json.dumps(hits, default=vars) == json.dumps(list(hits), default=vars)
+    assert pickle.loads(pickle.dumps(hits)) == hits and retriever.search_batch([LEXICAL_QUERY[0]], k=3) == [hits]
+    assert "<caption>0 hits</caption>" in type(hits)()._repr_html_()
+    long = type(hits)([Hit("d", "c", "<b>" + "word " * 100, 0.5, title="A & B")])._repr_html_()
+    assert "&lt;b&gt;word word" in long and ">A &amp; B</td>" in long  # escaped
+    assert "…</td>" in long and "word " * 40 not in long  # the head of a long text
 
 
 # -- diversity (maximal marginal relevance) -------------------------------------------------------------------------

@@ -150,6 +150,7 @@ class DenseEncoder:
         self.model_name = model_name
         self.setting = setting
         self.lock = threading.RLock()  # held around each call: a tokenizer switches truncation settings per call
+        self._loading = threading.Lock()  # held by the one thread loading the model (taken under no other lock)
         try:
             self.backend = DenseBackend(backend)
         except ValueError:
@@ -190,7 +191,8 @@ class DenseEncoder:
         from retrieval.errors import ModelLoadError
 
         try:
-            return self._load()
+            with self._loading:  # one load however many threads ask at once (stacks share encoders: encoders.shared)
+                return self.__dict__["model"] if "model" in self.__dict__ else self._load()
         except ModelLoadError:
             raise
         except (OSError, ValueError, SafetensorError) as exc:
