@@ -93,3 +93,12 @@ def test_make_help_lists_every_target():
     out = subprocess.run(["make", "--no-print-directory", "help"], cwd=ROOT, capture_output=True, text=True, check=True)
     listed = {line.split()[0] for line in out.stdout.splitlines()}
     assert listed == make_rules(), out.stdout
+
+
+def test_performance_names_every_part_of_last_timings(indexed_stack):
+    """README "Performance" says what each ``last_timings`` key measures, and that they add up to the search."""
+    retriever = indexed_stack("edge").retriever()
+    retriever.search("valve maintenance", k=3, rerank=True, diversity=0.5)
+    performance = README.split("\n## Performance\n", 1)[1].split("\n## ", 1)[0]
+    assert {"open_s", "encode_s", "qdrant_s", "rerank_s", "diversity_s"} <= set(retriever.last_timings)
+    assert [key for key in retriever.last_timings if f"`{key}`" not in performance] == []
