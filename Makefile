@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 
-.PHONY: setup run test test-fast lint ui
+.PHONY: help setup run test test-fast lint ui
 
 $(BIN)/hybrid-rag: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -14,14 +14,20 @@ $(BIN)/hybrid-rag: pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $@
 
-setup: $(BIN)/hybrid-rag
+help:  ## this list
+	@awk -F ':.*## ' '/^[a-z-]+:.*## /{printf "%-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+setup: $(BIN)/hybrid-rag  ## create .venv and install the project with its dev extras (pins: constraints.txt)
 
 run: setup  ## ingest the sample corpus, build the index, evaluate, print the metrics (embedded Qdrant)
 	$(BIN)/hybrid-rag run
 
-test: setup  ## lint, import layers (import-linter) and the whole test suite on 2 workers, a module each (progress bars off: they would flood the log)
+lint: setup  ## ruff check, ruff format --check and the import layers (lint-imports: the contracts in pyproject.toml)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
+
+test: lint  ## lint, then the whole test suite on 2 workers, a module each (progress bars off: they would flood the log)
 	TQDM_DISABLE=1 OMP_NUM_THREADS=1 $(BIN)/pytest -n 2 --dist loadfile --no-loadscope-reorder --durations=30
 
 test-fast: setup  ## the tests not marked slow (ONNX export, training, benchmarks, subprocesses, Dagster runs): < 3 min

@@ -1,4 +1,5 @@
-"""Hybrid search: dense and sparse candidates from Qdrant, fused per document (retrieval.fusion), then reranked."""
+"""Hybrid search: dense and sparse candidates from Qdrant, fused by chunk (by document with ``group_by="doc"``;
+retrieval.fusion), then reranked (retrieval.rerank) and, when asked, diversified (retrieval.diversity)."""
 
 from __future__ import annotations
 

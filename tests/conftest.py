@@ -135,7 +135,9 @@ def make_store(backend: str, root: Path, collection: str = "test"):
     """A real store: the embedded engine (Qdrant Edge) or the server code path on qdrant-client's local mode."""
     if backend == "edge":
         return EdgeStore(root / "index", collection)
-    return ServerStore(connect(":memory:"), collection, location=":memory:", backoff_s=0.0)
+    if backend == "server":
+        return ServerStore(connect(":memory:"), collection, location=":memory:", backoff_s=0.0)
+    raise ValueError(f"make_store: no backend {backend!r} (edge, server)")
 
 
 @pytest.fixture(scope="session")
