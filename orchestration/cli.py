@@ -907,6 +907,7 @@ def _encoding_summary(encoding: dict[str, Any] | None) -> str | None:
 
 UNFINISHED = "unfinished first build: rerun the index command"
 FIRST_BUILD = "first build in progress"  # the status while the write lock's holder builds it
+NO_COLLECTIONS_HINT = "hybrid-rag index PATH [--collection NAME]"
 NOT_KNOWN = "n/a"  # a field the backend cannot tell (README: hybrid-rag collections)
 
 
@@ -1022,8 +1023,12 @@ def collections(as_json: Annotated[bool, typer.Option("--json", help="Print as J
             )
         finally:
             store.close()
+    missing = not settings.qdrant_url and not settings.qdrant_path.is_dir()  # e.g. cron, run from $HOME
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
+    elif not rows:  # not an empty table: what to do instead (a missing folder's warning follows)
+        if not missing:
+            console.print(f"no collections at {where}; create one with {NO_COLLECTIONS_HINT}", soft_wrap=True)
     else:
         _print_collections(rows, ["collection", *keys, "writing"], where)
         for row in (row for row in rows if row["collection"] in unfinished):
@@ -1037,7 +1042,7 @@ def collections(as_json: Annotated[bool, typer.Option("--json", help="Print as J
         err_console.print(label("error:", "red"), problem, soft_wrap=True)
     if problems:
         raise typer.Exit(2)
-    if not settings.qdrant_url and not settings.qdrant_path.is_dir():  # e.g. cron, run from $HOME
+    if missing:
         err_console.print(
             label("warning:", "yellow"),
             f"no index folder at {where} (HYBRID_RAG_QDRANT_PATH, relative to the working directory or its .env)",
