@@ -1180,7 +1180,13 @@ def evaluate(
     variant: Annotated[
         list[str] | None, typer.Option(help="dense | sparse | hybrid | hybrid+rerank (repeatable)")
     ] = None,
-    run_file: Annotated[Path | None, typer.Option(help="Write the (last) variant's run as a TREC run file")] = None,
+    run_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="Write the last variant's run as a TREC run file; a name with {variant} (runs/{variant}.trec): "
+            "every variant's, each to its own file"
+        ),
+    ] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the report as JSON")] = None,
     history: HistoryOpt = None,
     keep_identical_ids: KeepIdenticalOpt = False,
@@ -1190,7 +1196,7 @@ def evaluate(
     from evals.history import EvalHistory, default_history_path
     from evals.report import metrics_table
     from evals.runner import evaluate_collection
-    from evals.runs import write_run, write_run_context
+    from evals.runs import format_run, write_run, write_run_context
     from retrieval import RetrievalStack, read_documents
     from retrieval.errors import InputFormatError, InputNotFoundError, choice
     from retrieval.search import Variant
@@ -1230,10 +1236,15 @@ def evaluate(
             mark = label("ok", "green") if check.passed else label("warning", "yellow")
             console.print(f"{name}:", mark, check.description, soft_wrap=True)
     if run_file:  # the outputs first: a run the TREC format cannot hold fails here, before anything is recorded
-        last = variants[-1].value
-        write_run(run_file, report.variants[last].run, tag=f"hybrid-rag-{last}")
-        write_run_context(run_file, {**report.context(), "variant": last})
-        err_console.print(f"run file ({last}): {run_file.absolute()}", soft_wrap=True)  # stdout: the result alone
+        placeholder = "{variant}"
+        named = [v.value for v in variants] if placeholder in str(run_file) else [variants[-1].value]
+        for name in named:  # every run checked before any is written
+            format_run(report.variants[name].run, tag=f"hybrid-rag-{name}")
+        for name in named:
+            path = Path(str(run_file).replace(placeholder, name))
+            write_run(path, report.variants[name].run, tag=f"hybrid-rag-{name}")
+            write_run_context(path, {**report.context(), "variant": name})
+            err_console.print(f"run file ({name}): {path.absolute()}", soft_wrap=True)  # stdout: the result alone
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(report.summary(), indent=2))

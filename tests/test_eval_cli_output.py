@@ -24,6 +24,7 @@ from evals.history import EvalHistory
 from evals.metrics import LATENCY_P50, LATENCY_P95
 from evals.report import series_segments, with_scored
 from evals.runner import EvalReport, relevant_documents
+from evals.runs import read_run, read_run_context
 from orchestration.cli import app
 from retrieval.errors import InvalidArgumentError
 from retrieval.settings import RetrievalSettings
@@ -112,6 +113,25 @@ def test_eval_says_on_stderr_where_it_wrote_its_files(workspace) -> None:
     assert result.stdout.rstrip("\n").splitlines()[-1].startswith("└"), result.stdout  # the table's last line
     said = " ".join(result.stderr.split())
     assert f"run file (dense): {root / 'runs' / 'd2.trec'}" in said and f"summary: {root / 'd2.json'}" in said
+
+
+def test_eval_writes_every_variant_run_in_one_evaluation_with_a_variant_placeholder(workspace) -> None:
+    """`--run-file 'runs/{variant}.trec'`: a run (and its context) per variant evaluated, from one evaluation (one
+    set of history rows); a name without the placeholder keeps the last variant's alone."""
+    root, _, _ = workspace
+    own = root / "placeholder.sqlite"
+    args = ("--variant", "dense", "--variant", "sparse", "--history", str(own))
+    result = cli("eval", "sample", "-c", "half", *args, "--run-file", "each/{variant}.trec")
+    said = " ".join(result.stderr.split())
+    for name in ("dense", "sparse"):
+        path = root / "each" / f"{name}.trec"
+        assert f"run file ({name}): {path}" in said
+        run, tag = read_run(path)
+        assert tag == f"hybrid-rag-{name}" and run and read_run_context(path)["variant"] == name
+    assert sorted(p.name for p in (root / "each").iterdir() if p.suffix == ".trec") == ["dense.trec", "sparse.trec"]
+    assert EvalHistory(own).records()["timestamp"].nunique() == 1  # one evaluation
+    compared = cli("compare", "each/dense.trec", "each/sparse.trec", "sample").stdout
+    assert "| dense.trec | sparse.trec |" in compared
 
 
 def test_eval_report_keeps_apart_what_each_collection_scored(workspace) -> None:
