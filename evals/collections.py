@@ -277,12 +277,16 @@ def read_qrels(path: str | Path) -> dict[str, dict[str, int]]:
         if line_no == 1 and tuple(f.strip().lower() for f in fields) == QRELS_HEADER:
             continue
         if len(fields) != 3:
-            reason = f"expected 3 tab-separated fields (query-id, corpus-id, score), got {len(fields)}"
-            words = len(line.split())
-            if len(fields) == 1 and words == 3:
+            reason = f"expected 3 tab-separated fields 'query-id<TAB>corpus-id<TAB>score', got {len(fields)}"
+            words = line.split()
+            if len(fields) == 1 and len(words) == 3:
                 reason += " (they are separated by spaces: use tabs)"
-            elif words == 4:
+            elif len(words) == 4 and (words[1].isdigit() or words[1] == "Q0"):  # TREC's iteration column
                 reason += " (a TREC qrels line 'query-id iteration corpus-id score'? drop its second column)"
+            elif len(fields) > 3 and not any(f.strip() for f in fields[3:]):
+                reason += " (the line ends with a tab after the score: remove it)"
+            elif len(fields) > 3:
+                reason += f" (an extra field after the score: {fields[3].strip()[:40]!r})"
             raise CollectionFormatError(path, line_no, reason)
         qid, doc_id, score_text = (nfc(f.strip()) for f in fields)
         if not qid or not doc_id:

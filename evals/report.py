@@ -7,6 +7,7 @@ pyplot's global state or needs a display.
 from __future__ import annotations
 
 import html
+import math
 import textwrap
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import cache
@@ -183,6 +184,7 @@ def plot_history(df: pd.DataFrame, out_png: str | Path, metric: str = "ndcg@10")
 
 
 TITLE_WIDTH = 80  # characters of a plot title's line: about the width of the 8-inch figure at matplotlib's 12 pt
+LEGEND_ROW_PT = 14  # the height of a legend entry at the "small" font (10 pt): a line and its spacing
 LATENCY_LABELS = {LATENCY_P50: "p50 search latency (ms)", LATENCY_P95: "p95 search latency (ms)"}
 
 
@@ -212,6 +214,10 @@ def _plot(df: pd.DataFrame, metrics: list[str], out_png: str | Path, figsize: tu
             _draw(ax, rows.sort_values("timestamp"), keys, several, drawable, metric, legend=i == 0)
         for ax in axes[:-1]:
             ax.set_xlabel("")  # the panels share the time axis, labelled at the bottom
+        legend = axes[0].get_legend()
+        if legend is not None:  # on the right of the panels: the figure grows by its width, the panels keep theirs
+            width = legend.get_window_extent(fig.canvas.get_renderer()).width / fig.dpi
+            fig.set_size_inches(figsize[0] + width + 0.1, figsize[1])
         fig.tight_layout()
         out = Path(out_png)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -291,7 +297,11 @@ def _draw(
     ax.set_ylabel(label)
     ax.grid(True, alpha=0.3)
     if legend:
-        ax.legend(loc="best", fontsize="small")
+        # beside the panel, never over a point (``loc="best"`` covered some with many lines), in columns enough to
+        # stay within the panel's height (not beside the next panel's title); _plot widens the figure for it
+        rows = max(1, int(ax.get_position().height * ax.figure.get_figheight() * 72 / LEGEND_ROW_PT))
+        ncols = max(1, math.ceil(len(ax.get_legend_handles_labels()[1]) / rows))
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0, fontsize="small", ncols=ncols)
 
 
 def plot_fonts(texts: Iterable[str]) -> tuple[list[str], Callable[[str], str]]:

@@ -67,10 +67,18 @@ def rank_hits(hits: Mapping[str, float]) -> list[tuple[str, float]]:
 
 
 def write_run(path: str | Path, run: Mapping[str, Mapping[str, float]], tag: str) -> Path:
-    """Write ``run`` as a TREC run file; ranks start at 1 in :func:`rank_hits` order and each line's score is
-    ``n - rank + 1`` (see the module docstring). An id the format cannot hold, or a NaN score, raises before
-    anything is written."""
+    """Write ``run`` as a TREC run file (:func:`format_run`'s text). An id the format cannot hold, or a NaN score,
+    raises before anything is written."""
     path = Path(path)
+    text = format_run(run, tag)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def format_run(run: Mapping[str, Mapping[str, float]], tag: str) -> str:
+    """``run`` as a TREC run file's text; ranks start at 1 in :func:`rank_hits` order and each line's score is
+    ``n - rank + 1`` (see the module docstring). An id the format cannot hold, or a NaN score, raises."""
     _check_token(tag, "run tag")
     lines: list[str] = []
     for qid, hits in run.items():
@@ -82,9 +90,7 @@ def write_run(path: str | Path, run: Mapping[str, Mapping[str, float]], tag: str
         for rank, (doc_id, _) in enumerate(ranked, start=1):
             _check_token(doc_id, f"doc id (query {qid!r})")
             lines.append(f"{qid} Q0 {doc_id} {rank} {float(len(ranked) - rank + 1)!r} {tag}\n")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(lines), encoding="utf-8")
-    return path
+    return "".join(lines)
 
 
 def read_run(path: str | Path) -> tuple[Run, str]:

@@ -983,6 +983,7 @@ def _encoding_summary(encoding: dict[str, Any] | None) -> str | None:
 
 UNFINISHED = "unfinished first build: rerun the index command"
 FIRST_BUILD = "first build in progress"  # the status while the write lock's holder builds it
+NO_COLLECTIONS_HINT = "hybrid-rag index PATH [--collection NAME]"
 NOT_KNOWN = "n/a"  # a field the backend cannot tell (README: hybrid-rag collections)
 
 
@@ -1098,8 +1099,12 @@ def collections(as_json: Annotated[bool, typer.Option("--json", help="Print as J
             )
         finally:
             store.close()
+    missing = not settings.qdrant_url and not settings.qdrant_path.is_dir()  # e.g. cron, run from $HOME
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
+    elif not rows:  # not an empty table: what to do instead (a missing folder's warning follows)
+        if not missing:
+            console.print(f"no collections at {where}; create one with {NO_COLLECTIONS_HINT}", soft_wrap=True)
     else:
         _print_collections(rows, ["collection", *keys, "writing"], where)
         for row in (row for row in rows if row["collection"] in unfinished):
@@ -1113,7 +1118,7 @@ def collections(as_json: Annotated[bool, typer.Option("--json", help="Print as J
         err_console.print(label("error:", "red"), problem, soft_wrap=True)
     if problems:
         raise typer.Exit(2)
-    if not settings.qdrant_url and not settings.qdrant_path.is_dir():  # e.g. cron, run from $HOME
+    if missing:
         err_console.print(
             label("warning:", "yellow"),
             f"no index folder at {where} (HYBRID_RAG_QDRANT_PATH, relative to the working directory or its .env)",
@@ -1251,7 +1256,13 @@ def evaluate(
     variant: Annotated[
         list[str] | None, typer.Option(help="dense | sparse | hybrid | hybrid+rerank (repeatable)")
     ] = None,
-    run_file: Annotated[Path | None, typer.Option(help="Write the (last) variant's run as a TREC run file")] = None,
+    run_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="Write the last variant's run as a TREC run file; a name with {variant} (runs/{variant}.trec): "
+            "every variant's, each to its own file"
+        ),
+    ] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the report as JSON")] = None,
     history: HistoryOpt = None,
     keep_identical_ids: KeepIdenticalOpt = False,
@@ -1261,7 +1272,7 @@ def evaluate(
     from evals.history import EvalHistory, default_history_path
     from evals.report import metrics_table
     from evals.runner import evaluate_collection
-    from evals.runs import write_run, write_run_context
+    from evals.runs import format_run, write_run, write_run_context
     from retrieval import RetrievalStack, read_documents
     from retrieval.errors import InputFormatError, InputNotFoundError, choice
     from retrieval.search import Variant
@@ -1301,10 +1312,15 @@ def evaluate(
             mark = label("ok", "green") if check.passed else label("warning", "yellow")
             console.print(f"{name}:", mark, check.description, soft_wrap=True)
     if run_file:  # the outputs first: a run the TREC format cannot hold fails here, before anything is recorded
-        last = variants[-1].value
-        write_run(run_file, report.variants[last].run, tag=f"hybrid-rag-{last}")
-        write_run_context(run_file, {**report.context(), "variant": last})
-        err_console.print(f"run file ({last}): {run_file.absolute()}", soft_wrap=True)  # stdout: the result alone
+        placeholder = "{variant}"
+        named = [v.value for v in variants] if placeholder in str(run_file) else [variants[-1].value]
+        for name in named:  # every run checked before any is written
+            format_run(report.variants[name].run, tag=f"hybrid-rag-{name}")
+        for name in named:
+            path = Path(str(run_file).replace(placeholder, name))
+            write_run(path, report.variants[name].run, tag=f"hybrid-rag-{name}")
+            write_run_context(path, {**report.context(), "variant": name})
+            err_console.print(f"run file ({name}): {path.absolute()}", soft_wrap=True)  # stdout: the result alone
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(report.summary(), indent=2))

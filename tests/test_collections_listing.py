@@ -88,6 +88,21 @@ def test_collections_shows_documents_and_the_last_write_of_a_real_ingest(
     assert (row["documents"], row["points"]) == (len(DOCS) - 1, len(TINY_DOCS)) and written(row) >= before
 
 
+@pytest.mark.parametrize("backend", ["edge", "server"])
+def test_no_collections_is_one_line_saying_how_to_make_one_not_an_empty_table(backend, tmp_path, monkeypatch):
+    """Both backends say the same line; ``--json`` is an empty list."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "index").mkdir()
+    monkeypatch.setenv("HYBRID_RAG_QDRANT_PATH", str(tmp_path / "index"))
+    where = str(tmp_path / "index")
+    if backend == "server":
+        where = f"file://{tmp_path / 'srv'}"
+        monkeypatch.setenv("HYBRID_RAG_QDRANT_URL", where)
+    assert listed("--json") == []
+    expected = f"no collections at {where}; create one with hybrid-rag index PATH [--collection NAME]"
+    assert " ".join(listed().split()) == expected
+
+
 HOLD_WRITE_LOCK = """
 import sys, time
 from retrieval.store import EdgeStore

@@ -344,6 +344,11 @@ def test_docker_compose_services_and_env() -> None:
         env = service["environment"]
         assert env["HYBRID_RAG_QDRANT_URL"] == "http://qdrant:6333"
         assert {"HYBRID_RAG_QDRANT_API_KEY", "DAGSTER_POSTGRES_HOST", "DAGSTER_POSTGRES_PASSWORD"} <= set(env)
+    # the Dagster services start once Qdrant answers /readyz, probed with what its image has (bash, not curl/wget)
+    probe = " ".join(services["qdrant"]["healthcheck"]["test"])
+    assert "/readyz" in probe and "bash" in probe and not re.search(r"\b(curl|wget)\b", probe)
+    for name in ("dagster_webserver", "dagster_daemon"):
+        assert services[name]["depends_on"]["qdrant"] == {"condition": "service_healthy"}
     assert "dagster-daemon" in services["dagster_daemon"]["command"]
     assert "dagster-webserver" in services["dagster_webserver"]["command"]
     fields = set(RetrievalSettings.model_fields)

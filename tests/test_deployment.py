@@ -4,10 +4,13 @@ local mode held by another process fails in one line; an API key over http to a 
 
 from __future__ import annotations
 
+import http.server
 import logging
 import os
+import shutil
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -98,6 +101,49 @@ def test_the_daemon_container_is_unhealthy_once_its_daemons_stop_beating(tmp_pat
 
     assert healthy_after_beats(10)
     assert not healthy_after_beats(400)
+
+
+class _Readyz(http.server.BaseHTTPRequestHandler):
+    """Qdrant's ``GET /readyz``: 200 once its collections are loaded, 503 before (``ready`` says which)."""
+
+    ready = True
+
+    def do_GET(self) -> None:
+        code = 200 if self.path == "/readyz" and self.ready else 503 if self.path == "/readyz" else 404
+        self.send_response(code)
+        self.end_headers()
+        self.wfile.write(b"all shards are ready" if code == 200 else b"not ready")
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.slow  # runs bash
+@pytest.mark.skipif(shutil.which("bash") is None, reason="the probe is bash's, as in the qdrant image")
+def test_the_qdrant_healthcheck_is_healthy_only_once_qdrant_answers_readyz() -> None:
+    """docker-compose.yml's qdrant healthcheck, as compose runs it (``$$`` is a ``$``), against a server that answers
+    Qdrant's /readyz on another port: healthy when it answers 200, unhealthy on a 503 and when nothing listens."""
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    kind, *command = compose["services"]["qdrant"]["healthcheck"]["test"]
+    assert kind == "CMD" and command[:2] == ["bash", "-c"]
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Readyz)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    probe = command[2].replace("$$", "$").replace("/6333 ", f"/{port} ")
+    assert str(port) in probe
+
+    def healthy() -> bool:
+        return subprocess.run(["bash", "-c", probe], capture_output=True, timeout=30).returncode == 0
+
+    try:
+        assert healthy()
+        _Readyz.ready = False
+        assert not healthy()
+    finally:
+        _Readyz.ready = True
+        server.shutdown()
+        server.server_close()
+    assert not healthy()  # nothing listens on the port now
 
 
 def assert_ticks_are_purged(instance: dg.DagsterInstance) -> None:

@@ -4,6 +4,7 @@ markdown that is never wrapped, distinguishable plot lines, the benchmarks' help
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import shutil
@@ -20,8 +21,10 @@ from typer.testing import CliRunner
 from evals import report as report_module
 from evals.collections import sample_collection
 from evals.history import EvalHistory
+from evals.metrics import LATENCY_P50, LATENCY_P95
 from evals.report import series_segments, with_scored
 from evals.runner import EvalReport, relevant_documents
+from evals.runs import read_run, read_run_context
 from orchestration.cli import app
 from retrieval.errors import InvalidArgumentError
 from retrieval.settings import RetrievalSettings
@@ -110,6 +113,25 @@ def test_eval_says_on_stderr_where_it_wrote_its_files(workspace) -> None:
     assert result.stdout.rstrip("\n").splitlines()[-1].startswith("└"), result.stdout  # the table's last line
     said = " ".join(result.stderr.split())
     assert f"run file (dense): {root / 'runs' / 'd2.trec'}" in said and f"summary: {root / 'd2.json'}" in said
+
+
+def test_eval_writes_every_variant_run_in_one_evaluation_with_a_variant_placeholder(workspace) -> None:
+    """`--run-file 'runs/{variant}.trec'`: a run (and its context) per variant evaluated, from one evaluation (one
+    set of history rows); a name without the placeholder keeps the last variant's alone."""
+    root, _, _ = workspace
+    own = root / "placeholder.sqlite"
+    args = ("--variant", "dense", "--variant", "sparse", "--history", str(own))
+    result = cli("eval", "sample", "-c", "half", *args, "--run-file", "each/{variant}.trec")
+    said = " ".join(result.stderr.split())
+    for name in ("dense", "sparse"):
+        path = root / "each" / f"{name}.trec"
+        assert f"run file ({name}): {path}" in said
+        run, tag = read_run(path)
+        assert tag == f"hybrid-rag-{name}" and run and read_run_context(path)["variant"] == name
+    assert sorted(p.name for p in (root / "each").iterdir() if p.suffix == ".trec") == ["dense.trec", "sparse.trec"]
+    assert EvalHistory(own).records()["timestamp"].nunique() == 1  # one evaluation
+    compared = cli("compare", "each/dense.trec", "each/sparse.trec", "sample").stdout
+    assert "| dense.trec | sparse.trec |" in compared
 
 
 def test_eval_report_keeps_apart_what_each_collection_scored(workspace) -> None:
@@ -310,6 +332,31 @@ def test_a_plot_of_several_collections_keeps_its_title_inside_the_figure(tmp_pat
     assert "judgements_without_a_header" in title.get_text()
     drawn = title.get_window_extent(figures[0].canvas.get_renderer())
     assert drawn.x0 >= 0 and drawn.x1 <= figures[0].bbox.x1, (drawn, figures[0].bbox)
+
+
+@pytest.mark.parametrize("plot", ["plot_history", "plot_latency"])
+def test_the_legend_of_many_lines_is_beside_the_panels_covering_no_point(tmp_path, monkeypatch, plot) -> None:
+    """24 lines: the legend (``loc="best"`` inside the panel hid points) lies right of every panel, clear of their
+    titles, inside the figure, and the panels keep their width."""
+    history = EvalHistory(tmp_path / "h.sqlite")
+    start = pd.Timestamp("2026-11-30T04:00:00Z")
+    for c, variant, day in itertools.product(range(6), ("bm25", "dense", "hybrid", "hybrid+rerank"), range(3)):
+        metrics = {"ndcg@10": 0.5 + 0.02 * c + 0.01 * day, LATENCY_P50: 3.0 + c, LATENCY_P95: 5.0 + c}
+        when = (start + pd.Timedelta(days=day)).to_pydatetime()
+        history.append(f"coll{c}", "test", variant, metrics, timestamp=when, source="cli")
+    figures = []
+    monkeypatch.setattr(report_module, "Figure", lambda *a, **k: figures.append(Figure(*a, **k)) or figures[-1])
+    getattr(report_module, plot)(history.records(), tmp_path / "p.png")
+    fig = figures[0]
+    renderer = fig.canvas.get_renderer()
+    legend = fig.axes[0].get_legend()
+    assert len(legend.get_texts()) == 24
+    drawn = legend.get_window_extent(renderer)
+    assert fig.bbox.x0 <= drawn.x0 and drawn.x1 <= fig.bbox.x1 and fig.bbox.y0 <= drawn.y0, (drawn, fig.bbox)
+    for ax in fig.axes:
+        assert not ax.bbox.overlaps(drawn) and drawn.x0 > ax.bbox.x1, (ax.bbox, drawn)
+        assert not ax.title.get_window_extent(renderer).overlaps(drawn)
+        assert ax.bbox.width > 600  # the 8-inch figure's panel, not squeezed by the legend
 
 
 def test_eval_report_keeps_other_search_settings_apart_from_the_published_figures(tmp_path, monkeypatch) -> None:

@@ -135,6 +135,9 @@ def _collection(tmp_path, qrels_text, queries=({"_id": "q1", "text": "hi"},)):
     [
         ("q1\td2", "expected 3 tab-separated fields"),
         ("q1 d2 1", "expected 3 tab-separated fields"),
+        ("q1\td2\t1\t", "'query-id<TAB>corpus-id<TAB>score', got 4 .the line ends with a tab after the score"),
+        ("q1\td2\t1\t\t", "got 5 .the line ends with a tab after the score: remove it.$"),
+        ("q1\td2\t1\tmaybe", "<TAB>score', got 4 .an extra field after the score: 'maybe'.$"),
         ("q1\td2\tyes", "score 'yes' is not an integer"),
         ("q1\td1\t2", r"judged 2 here but 1 on line 2"),
         ("\td2\t1", "empty query-id"),

@@ -92,8 +92,21 @@ STAGE_KEY = "hybrid_rag_stage"  # collection metadata: what stage() recorded abo
 WRITTEN_KEY = "hybrid_rag_written"  # collection metadata: when a write last changed the version (ISO 8601, UTC)
 
 
+def tls_failure(exc: BaseException) -> ssl.SSLError | None:
+    """The TLS error behind ``exc`` when retrying cannot fix it (an untrusted certificate, a handshake with a port
+    that does not serve https); None otherwise. A connection dropped during the handshake (``SSLEOFError``,
+    ``SSLZeroReturnError``, ``SSLSyscallError``) is no such error: it may be a server restarting."""
+    cause = exc.source if isinstance(exc, ResponseHandlingException) else exc
+    tls = next((e for e in _chain(cause) if isinstance(e, ssl.SSLError)), None)
+    dropped = ssl.SSLEOFError | ssl.SSLZeroReturnError | ssl.SSLSyscallError
+    return None if tls is None or isinstance(tls, dropped) else tls
+
+
 def is_transient(exc: BaseException) -> bool:
-    """Errors worth retrying: no connection, timeouts, 5xx and 429 answers."""
+    """Errors worth retrying: no connection, timeouts, 5xx and 429 answers; not a TLS error (see
+    :func:`tls_failure`)."""
+    if tls_failure(exc) is not None:
+        return False
     if isinstance(exc, ResponseHandlingException | ConnectionError | TimeoutError):
         return True
     if isinstance(exc, UnexpectedResponse):
@@ -364,6 +377,11 @@ class ServerStore(QdrantStore):
                     raise StoreError(
                         f"Qdrant at {self.location}: {operation}{where} was refused{hint}: "
                         f"HTTP {exc.status_code} {exc.reason_phrase}: {exc.content[:500]!r}"
+                    ) from exc
+                if tls_failure(exc) is not None:  # a certificate or protocol mismatch: no retry can fix it
+                    raise StoreError(
+                        f"Qdrant at {self.location}: {operation}{where} failed (a TLS error, not retried): "
+                        f"{type(exc).__name__}: {exc}{_unanswered_hint(exc)}"
                     ) from exc
                 if not is_transient(exc):
                     raise
