@@ -68,6 +68,7 @@ def test_python_warnings_print_as_the_cli_own_warning_lines(cli_env, capsys, tmp
     from retrieval.store import CollectionSchema, EdgeStore
 
     assert warnings.showwarning is warnings._showwarning_orig  # type: ignore[attr-defined]  # the library's import
+    gc.collect()  # an earlier test's garbage (a Dagster run's database connection) goes now, silently, not below
     root = logging.getLogger()
     saved = root.handlers[:], root.level
     root.handlers.clear()  # bare, as in a fresh process (see the test above)
