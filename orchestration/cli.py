@@ -354,19 +354,21 @@ def _export_env_files(ctx: typer.Context, paths: list[Path]) -> None:
     RetrievalSettings reads them; so every reader sees them (the corpora file, the asset and history paths, the
     Dagster instance and run of ``hybrid-rag run`` and ``ui``).
     A relative path in a file (also a ``file://<dir>`` URL's folder) is relative to that file's folder (as in the
-    corpora file), so a command run from another directory uses the same index. The environment is restored when
-    the command ends."""
+    corpora file), so a command run from another directory uses the same index. Which line each came from is
+    recorded in ``HYBRID_RAG_ENV_ORIGINS``, so that a bad value is named as that line (``.env:3``) in this process
+    and in those it starts (Dagster's). The environment is restored when the command ends."""
+    import json
     import os
 
     from dotenv import dotenv_values
 
     from retrieval.errors import InputFormatError
-    from retrieval.settings import ENV_COPIED_FROM, PATH_VARIABLES, read_env_file
+    from retrieval.settings import ENV_ORIGINS, PATH_VARIABLES, copied_origins, read_env_file
 
     settings_paths = ("HYBRID_RAG_QDRANT_PATH", "HYBRID_RAG_CACHE_DIR", "HYBRID_RAG_MODELS_DIR")
     paths_of = {*settings_paths, *PATH_VARIABLES, "DAGSTER_HOME"}
     values: dict[str, str] = {}
-    origins: dict[str, str] = {}  # where each value was written, for messages (ENV_COPIED_FROM)
+    origins: dict[str, str] = {}  # where each value was written, for messages (ENV_ORIGINS)
     ENV_RELATIVE.clear()
     for path in paths:
         if not path.is_file():
@@ -393,13 +395,17 @@ def _export_env_files(ctx: typer.Context, paths: list[Path]) -> None:
     for key in [key for key in ENV_RELATIVE if key in os.environ]:
         del ENV_RELATIVE[key]  # the environment's own value is used
     added = {key: value for key, value in values.items() if key not in os.environ}
+    recorded = os.environ.get(ENV_ORIGINS)
     os.environ.update(added)
-    ENV_COPIED_FROM.update({key: origins[key] for key in added})
+    os.environ[ENV_ORIGINS] = json.dumps({**copied_origins(), **{key: origins[key] for key in added}})
 
     def restore() -> None:
         for key in added:
             os.environ.pop(key, None)
-            ENV_COPIED_FROM.pop(key, None)
+        if recorded is None:
+            os.environ.pop(ENV_ORIGINS, None)
+        else:
+            os.environ[ENV_ORIGINS] = recorded
 
     ctx.call_on_close(restore)
 
