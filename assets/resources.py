@@ -76,9 +76,14 @@ class RetrievalResource(_SettingsFields):
         return cls(**{**fields, **overrides})
 
     def settings(self, collection: str | None = None, **overrides: Any) -> RetrievalSettings:
-        """RetrievalSettings from the environment, this resource's fields and ``overrides`` (in rising priority)."""
+        """RetrievalSettings from the environment, this resource's fields and ``overrides`` (in rising priority).
+        A field holding its variable's value (a ``dg.EnvVar`` of :meth:`from_env`) is left to RetrievalSettings to
+        read, so that a bad value is named as that variable and where it was set (``HYBRID_RAG_FUSION='x'
+        (.env:3)``)."""
         given = {
-            name: getattr(self, name) for name in RetrievalSettings.model_fields if getattr(self, name) is not None
+            name: value
+            for name in RetrievalSettings.model_fields
+            if (value := getattr(self, name)) is not None and value != os.environ.get(env_var(name))
         }
         if collection:
             given["collection"] = collection

@@ -354,19 +354,21 @@ def _export_env_files(ctx: typer.Context, paths: list[Path]) -> None:
     RetrievalSettings reads them; so every reader sees them (the corpora file, the asset and history paths, the
     Dagster instance and run of ``hybrid-rag run`` and ``ui``).
     A relative path in a file (also a ``file://<dir>`` URL's folder) is relative to that file's folder (as in the
-    corpora file), so a command run from another directory uses the same index. The environment is restored when
-    the command ends."""
+    corpora file), so a command run from another directory uses the same index. Which line each came from is
+    recorded in ``HYBRID_RAG_ENV_ORIGINS``, so that a bad value is named as that line (``.env:3``) in this process
+    and in those it starts (Dagster's). The environment is restored when the command ends."""
+    import json
     import os
 
     from dotenv import dotenv_values
 
     from retrieval.errors import InputFormatError
-    from retrieval.settings import ENV_COPIED_FROM, PATH_VARIABLES, read_env_file
+    from retrieval.settings import ENV_ORIGINS, PATH_VARIABLES, copied_origins, read_env_file
 
     settings_paths = ("HYBRID_RAG_QDRANT_PATH", "HYBRID_RAG_CACHE_DIR", "HYBRID_RAG_MODELS_DIR")
     paths_of = {*settings_paths, *PATH_VARIABLES, "DAGSTER_HOME"}
     values: dict[str, str] = {}
-    origins: dict[str, str] = {}  # where each value was written, for messages (ENV_COPIED_FROM)
+    origins: dict[str, str] = {}  # where each value was written, for messages (ENV_ORIGINS)
     ENV_RELATIVE.clear()
     for path in paths:
         if not path.is_file():
@@ -393,13 +395,17 @@ def _export_env_files(ctx: typer.Context, paths: list[Path]) -> None:
     for key in [key for key in ENV_RELATIVE if key in os.environ]:
         del ENV_RELATIVE[key]  # the environment's own value is used
     added = {key: value for key, value in values.items() if key not in os.environ}
+    recorded = os.environ.get(ENV_ORIGINS)
     os.environ.update(added)
-    ENV_COPIED_FROM.update({key: origins[key] for key in added})
+    os.environ[ENV_ORIGINS] = json.dumps({**copied_origins(), **{key: origins[key] for key in added}})
 
     def restore() -> None:
         for key in added:
             os.environ.pop(key, None)
-            ENV_COPIED_FROM.pop(key, None)
+        if recorded is None:
+            os.environ.pop(ENV_ORIGINS, None)
+        else:
+            os.environ[ENV_ORIGINS] = recorded
 
     ctx.call_on_close(restore)
 
@@ -502,7 +508,7 @@ def index(
 ) -> None:
     """Add documents to a collection, or with --sync make it equal to the source (unchanged chunks are neither
     embedded nor written again; those of a changed document are written with their stored vectors)."""
-    from retrieval.documents import BadInputError, BadInputPolicy, nothing_to_index, read_documents
+    from retrieval.documents import BadInputError, BadInputPolicy, all_skipped, nothing_to_index, read_documents
     from retrieval.errors import choice
     from retrieval.stack import RetrievalStack
 
@@ -521,10 +527,14 @@ def index(
     if not docs and not emptying and (nothing := nothing_to_index(path, fmt, read_report.skipped)):
         empties = f"; --sync --allow-delete empties collection {settings.collection!r}" if sync or rebuild else ""
         raise BadInputError(nothing, hint=empties)
-    if not docs and not as_json:
-        err_console.print(f"no documents in {path}", style="yellow", soft_wrap=True)
     with RetrievalStack(settings) as stack:
         indexer = stack.indexer()
+        if not docs and read_report.skipped and not indexer.store.exists():  # an empty new collection: refused
+            hint = f"; nothing was written: collection {settings.collection!r} was not created"
+            raise BadInputError(all_skipped(path, read_report.skipped), hint=hint)
+        if not docs and not as_json:
+            why = _nothing_read(path, read_report.skipped, sync or rebuild, settings.collection)
+            err_console.print(why, style="yellow", soft_wrap=True)
         if not (sync or rebuild):  # a sync deletes what it does not read: no copies stay
             indexer.refuse_copies(path, docs, fmt)
         report = indexer.index(
@@ -534,7 +544,7 @@ def index(
     report.read_seconds, report.seconds = read_seconds, time.perf_counter() - started  # the whole write
     if as_json:
         typer.echo(json.dumps(asdict(report), default=str, indent=2))
-        _skipped_summary(read_report.skipped, path, report.kept)
+        _skipped_summary(read_report.skipped, path, report.kept, len(docs))
         return
     columns = (
         "documents",
@@ -562,16 +572,26 @@ def index(
     )
     for problem in read_report.skipped:
         err_console.print(label("skipped", "yellow"), str(problem), soft_wrap=True)
-    _skipped_summary(read_report.skipped, path, report.kept)
+    _skipped_summary(read_report.skipped, path, report.kept, len(docs))
 
 
-def _skipped_summary(skipped: list, path: Path, kept: int) -> None:
-    """On stderr, where a script's log sees it: how many records ``--policy skip`` left out, and what stayed
-    stored for them (the exit code stays 0: skipping is what was asked; ``--json`` lists them in ``skipped``)."""
+def _nothing_read(path: Path, skipped: list, sync: bool, collection: str) -> str:
+    """Why ``index`` into an existing collection indexes no document: ``path`` holds none, or only bad input."""
+    if not skipped:
+        return f"no documents in {path}"
+    done = "indexed into" if sync else "added to"  # a sync still deletes what is missing from path
+    return f"0 documents {done} {collection!r}: every record of {path} was skipped as bad input (listed below)"
+
+
+def _skipped_summary(skipped: list, path: Path, kept: int, indexed: int) -> None:
+    """On stderr, where a script's log sees it: how many records ``--policy skip`` left out (of ``indexed``
+    documents read besides), and what stayed stored for them (the exit code stays 0: skipping is what was asked;
+    ``--json`` lists them in ``skipped``)."""
     if skipped:
+        others = "the others are indexed" if indexed else "no document is indexed"
         err_console.print(
             label("warning:", "yellow"),
-            f"{counted(len(skipped), 'record')} of {path} skipped (--policy skip); the others are indexed",
+            f"{counted(len(skipped), 'record')} of {path} skipped (--policy skip); {others}",
             soft_wrap=True,
         )
     if kept:

@@ -691,6 +691,23 @@ def nothing_to_index(
     return InputProblem(path, None, reason + "; nothing was written")
 
 
+def all_skipped(path: Path, skipped: Sequence[InputProblem]) -> InputProblem:
+    """Why source ``path`` gave no document when it held records, every one bad input (``skipped``, at least one):
+    how many, and the commonest reasons (three at most) with a few records each."""
+    by_reason: dict[str, list[str]] = {}
+    for problem in skipped:
+        line = f"line {problem.line}" if problem.line is not None else None
+        by_reason.setdefault(problem.reason, []).append(line or problem.doc_id or problem.path.name)
+    reasons = sorted(by_reason.items(), key=lambda item: -len(item[1]))
+    shown = "; ".join(
+        f"{reason}: {', '.join(names[:3])}" + (f" and {len(names) - 3:,} more" if names[3:] else "")
+        for reason, names in reasons[:3]
+    )
+    others = f"; {counted(len(reasons) - 3, 'other reason')}" if reasons[3:] else ""
+    every = f"all {counted(len(skipped), 'record')}" if skipped[1:] else "its one record"
+    return InputProblem(path, None, f"no documents to index: {every} skipped as bad input ({shown}{others})")
+
+
 def read_documents(
     path: str | Path,
     fmt: SourceFormat | str | None = None,

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from dotenv import dotenv_values
 from dotenv.parser import parse_stream
 from pydantic import Field, PrivateAttr, SecretStr, ValidationError, field_serializer, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -28,8 +29,12 @@ ENV_PREFIX = "HYBRID_RAG_"
 # The HYBRID_RAG_* variables read outside RetrievalSettings (whose fields are the others): the corpora file
 # (assets.corpora), the assets' Parquet folder (orchestration.definitions), the evaluation history (evals.history).
 PATH_VARIABLES = ("HYBRID_RAG_CORPORA_FILE", "HYBRID_RAG_ASSETS_DIR", "HYBRID_RAG_HISTORY_PATH")
-# Read by the benchmarks and tests (their datasets, a sandbox), never by the library: not misspelt settings.
-TOOL_VARIABLES = ("HYBRID_RAG_SCIFACT", "HYBRID_RAG_NFCORPUS", "HYBRID_RAG_TEST_SANDBOX")
+# Where the CLI records, for the processes it starts too (a Dagster run, the daemon), which env file line each
+# HYBRID_RAG_* variable it copied into the environment came from (see env_origin); never set by hand.
+ENV_ORIGINS = "HYBRID_RAG_ENV_ORIGINS"
+# Read by the benchmarks and tests (their datasets, a sandbox), never by the library, and ENV_ORIGINS: not misspelt
+# settings.
+TOOL_VARIABLES = ("HYBRID_RAG_SCIFACT", "HYBRID_RAG_NFCORPUS", "HYBRID_RAG_TEST_SANDBOX", ENV_ORIGINS)
 ADAPTED_MARKER = "adapted.json"  # written next to an adapted query encoder: its base model and held-out scores
 
 
@@ -180,22 +185,44 @@ _REASONS = {
 }
 
 
+class SettingsConflict(ValueError):
+    """Settings that are each valid but not together: ``template`` names each by its field in braces
+    (``{chunk_overlap} must be smaller than {chunk_tokens}``), ``values`` holds their values."""
+
+    def __init__(self, template: str, **values: Any) -> None:
+        self.template, self.values = template, values
+        super().__init__(template.format(**{field: f"{field}={value!r}" for field, value in values.items()}))
+
+
 def settings_problems(exc: ValidationError, origins: dict[str, str] | None = None) -> str:
     """A settings ``ValidationError`` as one line: ``invalid settings: field: reason; ...``. A field read from a
-    variable (``origins``: field -> where, see :func:`env_origin`) is named as that variable, with its value and
-    where it was set: ``invalid settings: HYBRID_RAG_K='abc' (.env:3): must be an integer``."""
+    variable (``origins``: field -> where, see :func:`env_origin`, or ``default``) is named as that variable, with its
+    value and where it was set: ``invalid settings: HYBRID_RAG_K='abc' (.env:3): must be an integer``; a
+    :class:`SettingsConflict` names each of its settings so: ``HYBRID_RAG_CHUNK_OVERLAP=300 (.env:2) must be smaller
+    than HYBRID_RAG_CHUNK_TOKENS=256 (default)``."""
+    origins = origins or {}
     problems = []
     for error in exc.errors():
         reason = _REASONS.get(error["type"], error["msg"].removeprefix("Value error, "))
         field = str(error["loc"][0]) if error["loc"] else None
-        if field is None:
+        conflict = error.get("ctx", {}).get("error")
+        if isinstance(conflict, SettingsConflict):
+            named = {f: _named_setting(f, v, origins.get(f)) for f, v in conflict.values.items()}
+            problems.append(conflict.template.format(**named))
+        elif field is None:
             problems.append(reason)
-        elif field in (origins or {}):
+        elif field in origins:
             value = "" if field in UNSHOWN_VALUES else f"={error['input']!r}"
             problems.append(f"{ENV_PREFIX}{field.upper()}{value} ({origins[field]}): {reason}")
         else:
             problems.append(f"{field}: {reason}")
     return f"invalid settings: {'; '.join(problems)}"
+
+
+def _named_setting(field: str, value: Any, origin: str | None) -> str:
+    """``field=value`` (given in Python), or ``HYBRID_RAG_<FIELD>=value (origin)``; no value for a secret."""
+    shown = "" if field in UNSHOWN_VALUES else f"={value!r}"
+    return f"{ENV_PREFIX}{field.upper()}{shown} ({origin})" if origin else f"{field}{shown}"
 
 
 def closest_hint(name: str, valid: Iterable[str]) -> str:
@@ -231,25 +258,38 @@ def read_env_file(path: str | Path) -> tuple[dict[str, int], list[int]]:
     return names, unparsed
 
 
-# HYBRID_RAG_* variables a program copied into the environment from an env file (the CLI does, so that every reader
-# sees them): the variable -> where it was written, ``<file>:<line>``, as messages name it.
-ENV_COPIED_FROM: dict[str, str] = {}
+def copied_origins() -> dict[str, str]:
+    """The ``HYBRID_RAG_*`` variables a program copied into the environment from an env file (the CLI does, so that
+    every reader, the processes it starts included, sees them): each -> ``<file>:<line>``, as :data:`ENV_ORIGINS`
+    records it."""
+    try:
+        record = json.loads(os.environ.get(ENV_ORIGINS) or "{}")
+    except ValueError:
+        return {}
+    return record if isinstance(record, dict) else {}
 
 
 def env_origin(name: str, env_files: Iterable[str | Path] = ()) -> str | None:
-    """Where variable ``name`` is read from, in pydantic-settings' order: ``environment``, else ``<file>:<line>`` of
-    the last of ``env_files`` that sets it; None where nothing sets it."""
+    """Where variable ``name`` is read from, in pydantic-settings' order: the environment, else the last of
+    ``env_files`` that sets it; None where nothing sets it. A value in the environment is named ``<file>:<line>``
+    where it was copied there from that line: by the CLI (:func:`copied_origins`), or by Dagster, which copies the
+    working directory's ``.env`` into the environment of its processes (the value is that line's); else
+    ``environment``."""
     name = name.upper()
-    if name in {key.upper() for key in os.environ}:
-        return ENV_COPIED_FROM.get(name, "environment")
+    environ = {key.upper(): value for key, value in os.environ.items()}
+    if name in environ and name in copied_origins():
+        return copied_origins()[name]
     for file in reversed(list(env_files)):
         try:
             line = read_env_file(file)[0].get(name) if Path(file).expanduser().is_file() else None
+            if line is not None and name in environ:
+                values = dotenv_values(Path(file).expanduser(), encoding="utf-8")
+                line = line if {k.upper(): v for k, v in values.items()}.get(name) == environ[name] else None
         except (OSError, UnicodeDecodeError):  # read again by pydantic-settings, which says what is wrong
             continue
         if line is not None:
             return f"{file}:{line}"
-    return None
+    return "environment" if name in environ else None
 
 
 _warned_env: set[str] = set()
@@ -411,9 +451,13 @@ class RetrievalSettings(BaseSettings):
         try:
             super().__init__(**values)
         except ValidationError as exc:
-            read = {str(e["loc"][0]) for e in exc.errors() if e["loc"]} - set(values)  # not given as keywords
-            origins = {field: env_origin(f"{ENV_PREFIX}{field}", env_files) for field in read}
-            raise InvalidArgumentError(settings_problems(exc, {f: o for f, o in origins.items() if o})) from None
+            named = {str(e["loc"][0]) for e in exc.errors() if e["loc"]}
+            for error in exc.errors():
+                if isinstance(conflict := error.get("ctx", {}).get("error"), SettingsConflict):
+                    named |= set(conflict.values)
+            read = named - set(values)  # not given as keywords: from a variable, else the default
+            origins = {field: env_origin(f"{ENV_PREFIX}{field}", env_files) or "default" for field in read}
+            raise InvalidArgumentError(settings_problems(exc, origins)) from None
 
     def __setattr__(self, name: str, value: Any) -> None:
         """Assignment is checked as construction is: a bad value or an unknown name is an InvalidArgumentError."""
@@ -572,7 +616,11 @@ class RetrievalSettings(BaseSettings):
     @model_validator(mode="after")
     def _check(self) -> RetrievalSettings:
         if self.chunk_overlap >= self.chunk_tokens:
-            raise ValueError("chunk_overlap must be smaller than chunk_tokens")
+            raise SettingsConflict(
+                "{chunk_overlap} must be smaller than {chunk_tokens}",
+                chunk_overlap=self.chunk_overlap,
+                chunk_tokens=self.chunk_tokens,
+            )
         return self
 
     def collection_models_dir(self) -> Path:

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import subprocess
+import sys
 import tracemalloc
 import warnings
 from pathlib import Path
@@ -14,6 +17,7 @@ import dagster as dg
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import typer
 from typer.testing import CliRunner
 
 from assets import ALL_ASSETS, POINT_COUNT_CHECK, query_encoder
@@ -22,11 +26,12 @@ from assets.resources import CorporaResource, EvalHistoryResource, RetrievalReso
 from assets.tables import same_rows, stale_rows
 from evals.collections import sample_collection
 from evals.history import EvalHistory
-from orchestration.cli import app
+from orchestration.cli import _export_env_files, app
 from orchestration.definitions import default_resources
 from orchestration.main_job import MainJobError, run_main_job
 from orchestration.parquet_io import ParquetIOManager
 from retrieval import RetrievalSettings
+from retrieval.errors import InvalidArgumentError
 from retrieval.store import EdgeStore, open_store
 
 TEXTS = {
@@ -164,7 +169,10 @@ def test_cli_run_prints_invalid_settings_in_one_line_and_records_the_run_in_dags
     result = CliRunner().invoke(app, ["run", "--corpus", "sample"])
     assert result.exit_code == 1, result.output
     [line] = [line for line in result.output.splitlines() if line.startswith("run ")]
-    assert "raw_documents: invalid settings" in line and "chunk_overlap" in line
+    assert line.endswith(
+        "raw_documents: invalid settings: HYBRID_RAG_CHUNK_OVERLAP=32 (default) must be smaller than "
+        "HYBRID_RAG_CHUNK_TOKENS=32 (environment)"
+    )
     assert "Traceback" not in result.output and "DagsterExecutionStepExecutionError" not in result.output
     with dg.DagsterInstance.from_config(str(home)) as instance:
         [run] = instance.get_runs()  # $DAGSTER_HOME, as `dagster dev` reads it
@@ -348,3 +356,45 @@ def test_a_step_stopped_by_a_signal_is_said_to_be_interrupted_not_named_by_its_e
         SerializableErrorInfo("refusing to delete", [], "UnsafeDeleteError"),
     )
     assert _cause(failed) == "refusing to delete"
+
+
+def test_the_resources_settings_name_a_bad_text_setting_as_its_variable(monkeypatch) -> None:
+    """RetrievalResource.from_env wires a text setting as a dg.EnvVar, which reached RetrievalSettings as a keyword:
+    its error named the field alone (``fusion: Input should be ...``), not the variable nor where it was set."""
+    monkeypatch.setenv("HYBRID_RAG_FUSION", "foo")
+    resource = RetrievalResource.from_env().process_config_and_initialize()  # the EnvVars resolved, as in a run
+    with pytest.raises(InvalidArgumentError, match=r"^invalid settings: HYBRID_RAG_FUSION='foo' \(environment\): "):
+        resource.settings()
+    assert resource.settings(fusion="dbsf").fusion == "dbsf"
+
+
+@pytest.mark.slow
+def test_a_dagster_run_the_cli_starts_names_the_env_file_line_of_a_bad_value(tmp_path: Path, monkeypatch) -> None:
+    """`hybrid-rag ui` hands dagster dev (its daemon, its runs) the environment holding what it copied from .env and
+    each --env-file; a run named a bad value from them ``(environment)``: the CLI's record of their lines goes along
+    (here to a real `dagster asset materialize`, started from the environment the CLI exports)."""
+    from retrieval.settings import ENV_ORIGINS
+
+    (tmp_path / ".env").write_text("# tuned\nHYBRID_RAG_K=abc\n")
+    (tmp_path / "tuned.env").write_text("HYBRID_RAG_FUSION=foo\n")
+    (tmp_path / "home").mkdir()
+    root = Path(__file__).parents[1]
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("HYBRID_RAG_CORPORA_FILE", str(root / "corpora.yaml"))
+    monkeypatch.setenv("HYBRID_RAG_QDRANT_PATH", str(tmp_path / "index"))
+    monkeypatch.setenv("HYBRID_RAG_ASSETS_DIR", str(tmp_path / "assets"))
+    monkeypatch.chdir(tmp_path)
+    command = [sys.executable, "-m", "dagster", "asset", "materialize", "-m", "orchestration.definitions"]
+    with typer.Context(typer.main.get_command(app)) as ctx:  # as `hybrid-rag --env-file tuned.env ui` exports them
+        _export_env_files(ctx, [Path(".env"), Path("tuned.env")])
+        done = subprocess.run(
+            [*command, "--select", "raw_documents", "--partition", "sample"],
+            env={**os.environ, "PYTHONPATH": str(root)},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    assert ENV_ORIGINS not in os.environ  # restored with the command's environment
+    output = done.stdout + done.stderr
+    assert done.returncode != 0 and "invalid settings: HYBRID_RAG_FUSION='foo' (tuned.env:1): " in output, output
+    assert "HYBRID_RAG_K='abc' (.env:2): must be an integer" in output

@@ -116,6 +116,31 @@ def test_a_folder_whose_files_are_all_skipped_keeps_what_is_stored(cli_env):
     assert points(cli_env, "notes") == 4
 
 
+def test_a_source_whose_records_are_all_skipped_creates_no_collection_and_adds_nothing(cli_env):
+    """`index --policy skip` of a folder of bad files only (binary .md) created an empty new collection (exit 0); an
+    existing one is left as it is, and the command says that it added nothing and why."""
+    folder = cli_env / "notes"
+    folder.mkdir()
+    for name in "abcd":
+        (folder / f"{name}.md").write_bytes(b"\x00\x01 binary now")
+    for extra in ([], ["--sync"], ["--sync", "--allow-delete"], ["--rebuild"]):
+        out = cli("index", str(folder), "-c", "new", "--policy", "skip", *extra, code=2)
+        assert out.strip().splitlines()[-1] == (
+            f"error: {folder}: no documents to index: all 4 records skipped as bad input (binary content (NUL "
+            "bytes) in a text file: a.md, b.md, c.md and 1 more); nothing was written: collection 'new' was not created"
+        )
+    assert not (cli_env / "index").exists()
+    cli("index", str(write_jsonl(cli_env / "all.jsonl", TINY_DOCS)), "-c", "kb")
+    out = " ".join(cli("index", str(folder), "-c", "kb", "--policy", "skip").split())
+    assert f"0 documents added to 'kb': every record of {folder} was skipped as bad input (listed below)" in out
+    assert f"warning: 4 records of {folder} skipped (--policy skip); no document is indexed" in out
+    store = EdgeStore(cli_env / "index", "kb")
+    try:
+        assert points(cli_env, "kb") == N and store.current_version() == 1  # no new version either
+    finally:
+        store.close()
+
+
 def test_indexing_a_file_adds_unless_sync_is_asked_for(cli_env):
     cli("index", str(write_jsonl(cli_env / "all.jsonl", TINY_DOCS)), "-c", "kb")
     extra = [Document(f"new{i}", f"Fresh note number {i} about gardening and tomatoes.") for i in range(3)]

@@ -87,6 +87,36 @@ def test_a_bad_value_in_the_environment_is_a_hybrid_rag_error(clean_env, monkeyp
         RetrievalSettings()
 
 
+def test_a_check_of_two_settings_names_both_with_their_values_and_sources(clean_env, monkeypatch):
+    """It said ``chunk_overlap must be smaller than chunk_tokens``, naming no variable, value nor where it was set."""
+    (clean_env / ".env").write_text("# tuned\nHYBRID_RAG_CHUNK_OVERLAP=300\n")
+    with pytest.raises(InvalidArgumentError) as err:
+        RetrievalSettings()
+    assert str(err.value) == (
+        "invalid settings: HYBRID_RAG_CHUNK_OVERLAP=300 (.env:2) must be smaller than HYBRID_RAG_CHUNK_TOKENS=256 "
+        "(default)"
+    )
+    with pytest.raises(InvalidArgumentError) as err:
+        RetrievalSettings(chunk_tokens=100)  # a keyword is named as the field
+    assert str(err.value).endswith("(.env:2) must be smaller than chunk_tokens=100")
+    monkeypatch.setenv("HYBRID_RAG_CHUNK_TOKENS", "200")
+    with pytest.raises(InvalidArgumentError) as err:
+        RetrievalSettings()
+    assert str(err.value).endswith("(.env:2) must be smaller than HYBRID_RAG_CHUNK_TOKENS=200 (environment)")
+
+
+def test_a_value_copied_into_the_environment_from_env_is_named_as_its_line(clean_env, monkeypatch):
+    """Dagster copies the working directory's .env into the environment of its processes (`dagster asset
+    materialize`, `dagster dev`'s runs): a bad value there was named ``(environment)``."""
+    (clean_env / ".env").write_text("# tuned\nHYBRID_RAG_K=abc\n")
+    monkeypatch.setenv("HYBRID_RAG_K", "abc")
+    with pytest.raises(InvalidArgumentError, match=re.escape("HYBRID_RAG_K='abc' (.env:2): must be an integer")):
+        RetrievalSettings()
+    monkeypatch.setenv("HYBRID_RAG_K", "xyz")  # not .env's value: the environment's own
+    with pytest.raises(InvalidArgumentError, match=re.escape("HYBRID_RAG_K='xyz' (environment): must be")):
+        RetrievalSettings()
+
+
 def test_tilde_is_the_home_directory_in_path_settings(clean_env, monkeypatch):
     home = clean_env / "home"
     monkeypatch.setenv("HOME", str(home))
@@ -197,7 +227,7 @@ def test_an_assignment_is_checked_as_the_constructor_checks(clean_env):
         ("rrf_k", 0, "rrf_k: Input should be greater than or equal to 1"),
         ("dense_weight", -1.0, "dense_weight: Input should be greater than 0"),
         ("fusion", "bogus", "fusion: Input should be 'rrf', 'dbsf' or 'zscore'"),
-        ("chunk_overlap", 999, "chunk_overlap must be smaller than chunk_tokens"),
+        ("chunk_overlap", 999, "chunk_overlap=999 must be smaller than chunk_tokens=256"),
         ("collection", "../up", "collection: invalid collection name '../up'"),
         ("colection", "x", "unknown setting 'colection' (did you mean collection?)"),
     ]:

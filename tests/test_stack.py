@@ -51,7 +51,9 @@ def test_retriever_overrides_share_unchanged_encoders_and_build_changed_ones(sta
 
 
 def test_retriever_overrides_are_validated_by_the_settings(stack):
-    with pytest.raises(InvalidArgumentError, match="invalid settings: chunk_overlap must be smaller than chunk_tokens"):
+    with pytest.raises(
+        InvalidArgumentError, match="^invalid settings: chunk_overlap=32 must be smaller than chunk_tokens=16$"
+    ):
         stack.retriever(chunk_tokens=16, chunk_overlap=32)
     with pytest.raises(InvalidArgumentError, match="invalid settings: k: "):
         stack.retriever(k=0)
