@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from llama_index.core.retrievers import BaseRetriever
 from llama_index.core.schema import NodeRelationship, NodeWithScore, QueryBundle, RelatedNodeInfo, TextNode
 
 from retrieval.adapters import adapter_repr, hit_metadata, shown_filter
-from retrieval.errors import choice
+from retrieval.errors import InvalidArgumentError, choice
 from retrieval.search import GroupBy
+
+ARGUMENTS = ("k", "filter", "rerank", "group_by", "diversity", "diversity_depth")
+BASE_ARGUMENTS = tuple(p for p in inspect.signature(BaseRetriever.__init__).parameters if p != "self")  # LlamaIndex's
+HINTS = {"similarity_top_k": "k", "top_k": "k", "filters": "filter (a filter dict)"}  # LlamaIndex's, Haystack's
 
 
 class LlamaIndexRetriever(BaseRetriever):
@@ -27,6 +32,7 @@ class LlamaIndexRetriever(BaseRetriever):
         diversity_depth: int | None = None,
         **kwargs: Any,
     ):
+        _check_names(kwargs)
         self.retriever, self.k, self.filter, self.rerank = retriever, k, filter, rerank
         self.group_by = choice(GroupBy, group_by, "group_by").value  # "doc": one node per document, its best chunk
         self.diversity, self.diversity_depth = diversity, diversity_depth  # search's: MMR, off by default
@@ -56,6 +62,18 @@ class LlamaIndexRetriever(BaseRetriever):
             "diversity": self.diversity,
             "diversity_depth": self.diversity_depth,
         }
+
+
+def _check_names(kwargs: dict[str, Any]) -> None:
+    """Refuse what neither this adapter nor LlamaIndex's ``BaseRetriever`` takes, naming what to give instead (its
+    own ``TypeError`` names ``BaseRetriever.__init__``, which the caller never called)."""
+    unknown = sorted(set(kwargs) - set(BASE_ARGUMENTS))
+    if unknown:
+        hints = "".join(f"; {name}: give {HINTS[name]}" for name in unknown if name in HINTS)
+        raise InvalidArgumentError(
+            f"unknown arguments {unknown}{hints}; valid: {', '.join(ARGUMENTS)} and LlamaIndex's "
+            f"{', '.join(BASE_ARGUMENTS)}"
+        )
 
 
 def _to_node(hit) -> NodeWithScore:

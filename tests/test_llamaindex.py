@@ -89,3 +89,18 @@ def test_diversity_reaches_the_search_and_is_checked_when_built(retriever):
     assert "diversity=1.0, diversity_depth=6" in repr(li)
     with pytest.raises(InvalidArgumentError, match="diversity must be a number from 0"):
         retriever.as_llamaindex(diversity=-1)
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        ({"similarity_top_k": 2}, r"unknown arguments \['similarity_top_k'\]; similarity_top_k: give k; valid: k, "),
+        ({"filters": {"topic": "home"}}, r"unknown arguments \['filters'\]; filters: give filter"),
+        ({"kk": 2}, r"unknown arguments \['kk'\]; valid: k, filter, .* and LlamaIndex's callback_manager, "),
+    ],
+)
+def test_unknown_arguments_name_the_valid_ones(retriever, given, message):
+    """LlamaIndex's own names (``index.as_retriever(similarity_top_k=...)``) raised a TypeError naming
+    ``BaseRetriever.__init__``; now the valid arguments and which one to give."""
+    with pytest.raises(InvalidArgumentError, match=message):
+        retriever.as_llamaindex(**given)
