@@ -7,14 +7,18 @@ from typing import Any
 
 from llama_index.core.retrievers import BaseRetriever
 from llama_index.core.schema import NodeRelationship, NodeWithScore, QueryBundle, RelatedNodeInfo, TextNode
+from llama_index.core.vector_stores.types import FilterCondition, FilterOperator, MetadataFilter, MetadataFilters
 
 from retrieval.adapters import adapter_repr, hit_metadata, shown_filter
-from retrieval.errors import InvalidArgumentError, choice
+from retrieval.errors import FilterError, InvalidArgumentError, choice
 from retrieval.search import GroupBy
 
 ARGUMENTS = ("k", "filter", "rerank", "group_by", "diversity", "diversity_depth")
 BASE_ARGUMENTS = tuple(p for p in inspect.signature(BaseRetriever.__init__).parameters if p != "self")  # LlamaIndex's
-HINTS = {"similarity_top_k": "k", "top_k": "k", "filters": "filter (a filter dict)"}  # LlamaIndex's, Haystack's
+_RANGES = {FilterOperator.GT: "gt", FilterOperator.GTE: "gte", FilterOperator.LT: "lt", FilterOperator.LTE: "lte"}
+_OPERATORS = ("==", "in", "is_empty", *(op.value for op in _RANGES))
+# LlamaIndex's and Haystack's names of this adapter's arguments
+HINTS = {"similarity_top_k": "k", "top_k": "k", "filters": "filter (MetadataFilters or a filter dict)"}
 
 
 class LlamaIndexRetriever(BaseRetriever):
@@ -56,12 +60,52 @@ class LlamaIndexRetriever(BaseRetriever):
     def _arguments(self) -> dict[str, Any]:
         return {
             "k": self.k,
-            "filter": shown_filter(self.filter),
+            "filter": shown_filter(to_filter(self.filter)),
             "rerank": self.rerank,
             "group_by": self.group_by,
             "diversity": self.diversity,
             "diversity_depth": self.diversity_depth,
         }
+
+
+def to_filter(filters: Any) -> Any:
+    """LlamaIndex ``MetadataFilters`` as this library's filter dict; anything else passes as given (None, a filter
+    dict, or something search refuses clearly).
+
+    Filters map where the library has the same condition: ``AND`` of ``==`` (a single value), ``in`` (a list),
+    ``is_empty`` (missing, null or an empty list, as ``{key: None}``), ``>``, ``>=``, ``<``, ``<=``; ``OR``, ``NOT``
+    and the other operators raise :class:`FilterError`."""
+    if not isinstance(filters, MetadataFilters):
+        return filters
+    out: dict[str, Any] = {}
+    for condition in _conditions(filters):
+        key, operator, value = condition.key, condition.operator, condition.value
+        where = f"LlamaIndex filter on {key!r}"
+        if operator in _RANGES:
+            bounds = out.setdefault(key, {})
+            if not isinstance(bounds, dict):
+                raise FilterError(f"{where}: a range and an equality on the same key")
+            bounds[_RANGES[operator]] = value
+            continue
+        if operator not in (FilterOperator.EQ, FilterOperator.IN, FilterOperator.IS_EMPTY):
+            raise FilterError(
+                f"{where}: operator {operator.value!r} is not supported; valid: {', '.join(_OPERATORS)} (with AND)"
+            )
+        if key in out:
+            raise FilterError(f"{where}: ==, in or is_empty and another condition on the same key")
+        if operator == FilterOperator.IN and not isinstance(value, list):
+            raise FilterError(f"{where}: 'in' needs a list, got {value!r}")
+        if operator == FilterOperator.EQ and isinstance(value, list):
+            raise FilterError(f"{where}: '==' needs a single value (a list: use 'in')")
+        out[key] = None if operator == FilterOperator.IS_EMPTY else value
+    return out or None
+
+
+def _conditions(filters: MetadataFilters) -> list[MetadataFilter]:
+    if filters.condition not in (None, FilterCondition.AND):
+        raise FilterError(f"LlamaIndex filter: only AND combines conditions, not {filters.condition.value!r}")
+    nested = [_conditions(f) if isinstance(f, MetadataFilters) else [f] for f in filters.filters]
+    return [condition for conditions in nested for condition in conditions]
 
 
 def _check_names(kwargs: dict[str, Any]) -> None:

@@ -817,8 +817,9 @@ class HybridRetriever:
 
     def as_llamaindex(self, **kwargs: Any) -> LlamaIndexRetriever:
         """This retriever as a LlamaIndex ``BaseRetriever`` (extra ``[llamaindex]``; without it a
-        :class:`~retrieval.errors.MissingExtraError`): ``k``, ``filter`` and ``rerank`` as :meth:`search` takes
-        them, for every call; other keywords go to LlamaIndex's ``BaseRetriever``."""
+        :class:`~retrieval.errors.MissingExtraError`): ``k``, ``filter`` (also LlamaIndex's ``MetadataFilters``) and
+        ``rerank`` as :meth:`search` takes them, for every call; LlamaIndex's ``BaseRetriever`` takes
+        ``callback_manager`` and ``verbose``."""
         with requires_extra("llamaindex", "llama_index", "as_llamaindex()"):
             from retrieval.llamaindex import LlamaIndexRetriever
 
