@@ -23,6 +23,11 @@ SEARCH_KWARGS = ("k", "filter", "rerank", "variant", "group_by", "score_threshol
 SEARCH_TYPES = ("similarity", "mmr")
 MMR_KWARGS = ("lambda_mult", "fetch_k")  # LangChain's names of search_type="mmr": diversity, diversity_depth
 DEFAULT_LAMBDA_MULT = 0.5  # LangChain's
+SCORE_THRESHOLD_HINT = (
+    " (give search_kwargs={'score_threshold': ...} to 'similarity'; a hybrid hit's score comes from its ranks, not a"
+    " relevance in 0-1: README, Python)"
+)
+RUNNABLE_FIELDS = ("name", "tags", "metadata")  # BaseRetriever's own, for tracing: as_retriever(tags=...) takes them
 
 
 class LangChainRetriever(BaseRetriever):
@@ -39,7 +44,10 @@ class LangChainRetriever(BaseRetriever):
         # checked before pydantic, which would wrap the InvalidArgumentError (a ValueError) in a ValidationError
         search_type = data.get("search_type", "similarity")
         if search_type not in SEARCH_TYPES:
-            raise InvalidArgumentError(f"search_type must be one of {', '.join(SEARCH_TYPES)}, got {search_type!r}")
+            hint = SCORE_THRESHOLD_HINT if search_type == "similarity_score_threshold" else ""
+            raise InvalidArgumentError(
+                f"search_type must be one of {', '.join(SEARCH_TYPES)}, got {search_type!r}{hint}"
+            )
         _checked(data.get("search_kwargs", {}), search_type)
         super().__init__(**data)
         if "retriever" in data:

@@ -806,17 +806,20 @@ class HybridRetriever:
         the defaults of every call, as in LangChain's ``VectorStoreRetriever``; ``as_langchain(k=5)`` is short for
         ``as_langchain(search_kwargs={"k": 5})``; ``invoke(query, k=3)`` overrides them for one call.
         ``search_type="mmr"`` also takes LangChain's ``lambda_mult`` (default 0.5) and ``fetch_k``, searched as
-        ``diversity=1 - lambda_mult`` and ``diversity_depth=fetch_k``.
+        ``diversity=1 - lambda_mult`` and ``diversity_depth=fetch_k``. ``name``, ``tags`` and ``metadata`` are the
+        ``BaseRetriever``'s own (tracing and callbacks see them), as LangChain's ``as_retriever`` takes them.
         """
-        from retrieval.langchain import LangChainRetriever
+        from retrieval.langchain import RUNNABLE_FIELDS, LangChainRetriever
 
+        fields = {key: kwargs.pop(key) for key in RUNNABLE_FIELDS if key in kwargs}
         search_kwargs = {**(search_kwargs or {}), **kwargs}
-        return LangChainRetriever(retriever=self, search_type=search_type, search_kwargs=search_kwargs)
+        return LangChainRetriever(retriever=self, search_type=search_type, search_kwargs=search_kwargs, **fields)
 
     def as_llamaindex(self, **kwargs: Any) -> LlamaIndexRetriever:
         """This retriever as a LlamaIndex ``BaseRetriever`` (extra ``[llamaindex]``; without it a
-        :class:`~retrieval.errors.MissingExtraError`): ``k``, ``filter`` and ``rerank`` as :meth:`search` takes
-        them, for every call; other keywords go to LlamaIndex's ``BaseRetriever``."""
+        :class:`~retrieval.errors.MissingExtraError`): ``k``, ``filter`` (also LlamaIndex's ``MetadataFilters``) and
+        ``rerank`` as :meth:`search` takes them, for every call; LlamaIndex's ``BaseRetriever`` takes
+        ``callback_manager`` and ``verbose``."""
         with requires_extra("llamaindex", "llama_index", "as_llamaindex()"):
             from retrieval.llamaindex import LlamaIndexRetriever
 

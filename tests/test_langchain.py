@@ -9,7 +9,12 @@ import sys
 import time
 
 import pytest
+from langchain_core.callbacks import BaseCallbackHandler
+from langchain_core.language_models import FakeListChatModel
+from langchain_core.output_parsers import StrOutputParser
+from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.retrievers import BaseRetriever
+from langchain_core.runnables import RunnablePassthrough
 
 from retrieval.adapters import hit_metadata
 from retrieval.errors import ClosedError, InvalidArgumentError
@@ -162,3 +167,43 @@ def test_search_type_mmr_takes_langchains_lambda_mult_and_fetch_k(indexed_stack)
     with pytest.raises(InvalidArgumentError, match="diversity must be a number"):
         retriever.as_langchain(diversity=2)
     stack.close()
+
+
+class RetrieverEvents(BaseCallbackHandler):
+    """What LangChain's tracing sees of a retriever run."""
+
+    def __init__(self):
+        self.events: list[tuple] = []
+
+    def on_retriever_start(self, serialized, query, *, tags=None, metadata=None, **kwargs):
+        self.events.append(("start", query, tags, metadata))
+
+    def on_retriever_end(self, documents, **kwargs):
+        self.events.append(("end", [d.metadata["doc_id"] for d in documents]))
+
+
+def test_a_rag_chain_traces_the_retriever_with_as_retrievers_tags_and_metadata(lc_retriever):
+    """README's LCEL chain, the LLM a LangChain test double: callbacks see the retriever's run with the ``tags`` and
+    ``metadata`` given to ``as_langchain`` (as LangChain's ``as_retriever`` takes them; they were refused as
+    unknown search arguments) and the documents it returned."""
+    lc = lc_retriever.retriever.as_langchain(search_kwargs={"k": 2}, tags=["kb"], metadata={"tenant": "a"}, name="kb")
+    assert (lc.tags, lc.metadata, lc.name, lc.search_kwargs) == (["kb"], {"tenant": "a"}, "kb", {"k": 2})
+    prompt = ChatPromptTemplate.from_template("Context:\n{context}\n\nQuestion: {question}")
+    chain = (
+        {"context": lc | (lambda docs: "\n\n".join(d.page_content for d in docs)), "question": RunnablePassthrough()}
+        | prompt
+        | FakeListChatModel(responses=["every two years"])
+        | StrOutputParser()
+    )
+    events = RetrieverEvents()
+    assert chain.invoke(LEXICAL_QUERY[0], config={"callbacks": [events]}) == "every two years"
+    (start, query, tags, metadata), end = events.events
+    assert (start, query, "kb" in tags, metadata["tenant"]) == ("start", LEXICAL_QUERY[0], True, "a")
+    assert end == ("end", [d.metadata["doc_id"] for d in lc.invoke(LEXICAL_QUERY[0])]) and end[1][0] == "valve"
+
+
+def test_similarity_score_threshold_says_where_the_threshold_goes(lc_retriever):
+    """LangChain's third ``search_type``: refused, saying to give ``score_threshold`` in ``search_kwargs`` and
+    that a hybrid score is no 0-1 relevance."""
+    with pytest.raises(InvalidArgumentError, match=r"similarity_score_threshold' \(give search_kwargs=\{'score_thr"):
+        lc_retriever.retriever.as_langchain(search_type="similarity_score_threshold", score_threshold=0.5)

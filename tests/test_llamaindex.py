@@ -12,7 +12,7 @@ from llama_index.core.llms import MockLLM  # noqa: E402
 from llama_index.core.query_engine import RetrieverQueryEngine  # noqa: E402
 from llama_index.core.retrievers import BaseRetriever  # noqa: E402
 
-from retrieval.errors import InvalidArgumentError  # noqa: E402
+from retrieval.errors import FilterError, InvalidArgumentError  # noqa: E402
 from tests.conftest import LEXICAL_QUERY, SEMANTIC_QUERY  # noqa: E402
 
 
@@ -89,3 +89,37 @@ def test_diversity_reaches_the_search_and_is_checked_when_built(retriever):
     assert "diversity=1.0, diversity_depth=6" in repr(li)
     with pytest.raises(InvalidArgumentError, match="diversity must be a number from 0"):
         retriever.as_llamaindex(diversity=-1)
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        ({"similarity_top_k": 2}, r"unknown arguments \['similarity_top_k'\]; similarity_top_k: give k; valid: k, "),
+        ({"filters": {"topic": "home"}}, r"unknown arguments \['filters'\]; filters: give filter"),
+        ({"kk": 2}, r"unknown arguments \['kk'\]; valid: k, filter, .* and LlamaIndex's callback_manager, "),
+    ],
+)
+def test_unknown_arguments_name_the_valid_ones(retriever, given, message):
+    """LlamaIndex's own names (``index.as_retriever(similarity_top_k=...)``) raised a TypeError naming
+    ``BaseRetriever.__init__``; now the valid arguments and which one to give."""
+    with pytest.raises(InvalidArgumentError, match=message):
+        retriever.as_llamaindex(**given)
+
+
+def test_llamaindex_metadata_filters_are_read_as_this_librarys(retriever):
+    """LlamaIndex's own filter type (``MetadataFilters``, as its vector stores take it) was refused as "a filter must
+    be a dict"; AND of ==, in, is_empty and ranges map to the filter dict, the rest raise naming what is valid."""
+    from llama_index.core.vector_stores import ExactMatchFilter, MetadataFilters
+    from llama_index.core.vector_stores import MetadataFilter as F
+
+    science = MetadataFilters(filters=[ExactMatchFilter(key="topic", value="science")])
+    nodes = retriever.as_llamaindex(k=8, filter=science).retrieve(ORBIT)
+    assert {n.node.metadata["doc_id"] for n in nodes} == {"moon", "bees"}
+    years = [F(key="year", value=2016, operator=">="), F(key="year", value=2021, operator="<")]
+    nested = MetadataFilters(filters=[F(key="topic", value=["home", "health"], operator="in")])
+    li = retriever.as_llamaindex(k=8, filter=MetadataFilters(filters=[*years, nested]))
+    assert {n.node.metadata["doc_id"] for n in asyncio.run(li.aretrieve(ORBIT))} == {"valve", "heart"}
+    with pytest.raises(FilterError, match=r"on 'topic': operator '!=' is not supported; valid: ==, in, is_empty, >"):
+        retriever.as_llamaindex(filter=MetadataFilters(filters=[F(key="topic", value="x", operator="!=")]))
+    with pytest.raises(FilterError, match="only AND combines conditions, not 'or'"):
+        retriever.as_llamaindex(filter=MetadataFilters(filters=[*years], condition="or"))
