@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from haystack import Document, component
 from haystack.core.serialization import default_to_dict
 
 from retrieval.adapters import adapter_repr, hit_metadata, shown_filter
-from retrieval.errors import FilterError, choice
+from retrieval.errors import FilterError, InvalidArgumentError, choice
 from retrieval.search import GroupBy
 from retrieval.store.base import check_nesting
 
+HINTS = {"k": "top_k", "filter": "filters"}  # the search's and LlamaIndex's names of this component's arguments
 _COMPARISONS = {"==": None, "in": None, ">": "gt", ">=": "gte", "<": "lt", "<=": "lte"}  # Haystack -> range op
 
 
@@ -168,3 +170,13 @@ def _comparisons(node: Any) -> list[tuple[Any, Any, Any]]:
 
 def _to_document(hit) -> Document:
     return Document(id=hit.chunk_id, content=hit.text, meta=hit_metadata(hit), score=hit.score)
+
+
+def check_names(kwargs: dict[str, Any]) -> None:
+    """Refuse what :class:`HaystackRetriever` does not take, naming what to give instead (Python's own ``TypeError``
+    names ``HaystackRetriever.__init__``, which the caller of ``as_haystack`` never called)."""
+    valid = [p for p in inspect.signature(HaystackRetriever.__init__).parameters if p not in ("self", "retriever")]
+    unknown = sorted(set(kwargs) - set(valid))
+    if unknown:
+        hints = "".join(f"; {name}: give {HINTS[name]}" for name in unknown if name in HINTS)
+        raise InvalidArgumentError(f"unknown arguments {unknown}{hints}; valid: {', '.join(valid)}")

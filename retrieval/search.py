@@ -830,8 +830,9 @@ class HybridRetriever:
         :class:`~retrieval.errors.MissingExtraError`): ``top_k``, ``filters`` (Haystack's filter syntax, or this
         library's dicts) and ``rerank``, the defaults of its ``run(query, top_k, filters)``."""
         with requires_extra("haystack", "haystack", "as_haystack()"):
-            from retrieval.haystack import HaystackRetriever
+            from retrieval.haystack import HaystackRetriever, check_names
 
+        check_names(kwargs)
         return HaystackRetriever(self, **kwargs)
 
     def close(self) -> None:

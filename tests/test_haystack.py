@@ -222,3 +222,18 @@ def test_diversity_reaches_the_search_and_is_saved(retriever):
     assert (saved["diversity"], saved["diversity_depth"]) == (1.0, 6)
     with pytest.raises(InvalidArgumentError, match="diversity must be a number from 0"):
         retriever.as_haystack(diversity=1.01)
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        ({"k": 3}, r"unknown arguments \['k'\]; k: give top_k; valid: top_k, filters, rerank, "),
+        ({"filter": {"topic": "home"}}, r"unknown arguments \['filter'\]; filter: give filters"),
+        ({"topk": 3}, r"unknown arguments \['topk'\]; valid: top_k, "),
+    ],
+)
+def test_unknown_arguments_name_the_valid_ones(retriever, given, message):
+    """The search's names (``k``, ``filter``) raised Python's TypeError naming ``HaystackRetriever.__init__``, which
+    the caller of ``as_haystack`` never called; now the valid arguments and which one to give."""
+    with pytest.raises(InvalidArgumentError, match=message):
+        retriever.as_haystack(**given)
