@@ -224,5 +224,5 @@ def test_the_tokenizer_is_a_setting(tmp_path, monkeypatch, dense_encoder):
     with RetrievalStack(settings, dense=dense_encoder) as stack:
         assert stack.schema().bm25_analyzer == "nfkc_cf+multilingual"
     monkeypatch.setenv("HYBRID_RAG_BM25_TOKENIZER", "jieba")
-    with pytest.raises(ValueError, match="bm25_tokenizer"):
+    with pytest.raises(ValueError, match="HYBRID_RAG_BM25_TOKENIZER=.jieba. \\(environment\\)"):
         RetrievalSettings()
