@@ -511,8 +511,8 @@ def _write_lock(path: Path, collection: str, timeout_s: float) -> Iterator[None]
     are serialised too), then ``flock`` (across processes); waits up to ``timeout_s`` in all."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-    except PermissionError as exc:
-        raise StoreError(f"{path.parent}: cannot create the index folder ({exc.strerror}). {_ACCESS_HINT}") from exc
+    except OSError as exc:
+        raise StoreError(f"{path.parent}: cannot create the index folder ({exc.strerror}){_os_hint(exc)}") from exc
     key = str(path.parent.resolve() / path.name)  # the same key before and after the file exists
     deadline = time.monotonic() + timeout_s
     with _write_locks_guard:
@@ -564,8 +564,8 @@ def _lock_file(path: Path, collection: str, timeout_s: float, waited_s: float | 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    except PermissionError as exc:
-        raise StoreError(f"{path}: cannot open the write lock ({exc.strerror}). {_ACCESS_HINT}") from exc
+    except OSError as exc:  # no access, a read-only filesystem, a full disk (no inode left)
+        raise StoreError(f"{path}: cannot open the write lock ({exc.strerror}){_os_hint(exc)}") from exc
     if fcntl is None:  # pragma: no cover - Windows: no cross-process serialisation
         return fd
     deadline, warned, probed = time.monotonic() + timeout_s, False, False
@@ -769,6 +769,11 @@ _ACCESS_HINT = (
     "The user running this needs read and write access to the index folder and every file in it, even to search "
     "(the engine opens its files writable); nothing is damaged."
 )
+
+
+def _os_hint(exc: OSError) -> str:
+    """What to do about an OSError writing the index folder (no access, a read-only filesystem), as a sentence."""
+    return f". {_ACCESS_HINT}" if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS) else ""
 
 
 def _unreadable(path: Path, exc: OSError) -> StoreError:
