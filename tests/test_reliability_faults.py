@@ -344,3 +344,24 @@ def test_folders_the_user_cannot_read_are_one_line_each_not_a_traceback(
     assert lines[1].startswith(f"{root / 'test__v1' / 'schema.json'}: cannot read it (Permission denied)")
     assert lines[2].startswith(f"Qdrant local-mode folder {root / 'local'}: Permission denied")
     assert "needs read and write access" in lines[1] and "needs read and write access" in lines[2]
+
+
+@pytest.mark.slow
+def test_a_write_into_an_index_on_a_read_only_filesystem_is_one_line_naming_the_lock(tmp_path):
+    """The index folder's filesystem mounted read-only under a service: a writer (another process's
+    ``hybrid-rag index``) failed with a bare OSError traceback on ``<name>.write.lock`` (EROFS is no
+    PermissionError); now one StoreError line naming the file and what the user needs."""
+    root = tmp_path / "index"
+    root.mkdir()
+    mounted = subprocess.run(["mount", "--bind", str(root), str(root)], capture_output=True, check=False)
+    if mounted.returncode:
+        pytest.skip(f"cannot bind-mount here (needs root): {mounted.stderr.decode().strip()}")
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(root)], check=True)
+        with pytest.raises(StoreError) as caught, EdgeStore(root, "test").write_lock():
+            pass
+    finally:
+        subprocess.run(["umount", str(root)], check=True)
+    message = str(caught.value)
+    assert message.startswith(f"{root / 'test.write.lock'}: cannot open the write lock (Read-only file system)")
+    assert "needs read and write access" in message

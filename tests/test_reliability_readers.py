@@ -156,3 +156,35 @@ def test_the_view_of_a_killed_reader_is_removed_by_the_next_open(held):
     assert [p.name.split("-")[0] for p in views.iterdir()] == [str(os.getpid())]
     store.close()
     assert not list(views.iterdir())
+
+
+def test_a_reader_follows_an_index_folder_deleted_and_built_again(tmp_path, dense_encoder, sparse_encoder, caplog):
+    """The index folder deleted under a service and indexed again (its first version has the same number, 1), by
+    this process or another one (or restored from a copy): the service's next search reads the new documents, not
+    the deleted files it still had open, and a writer of this process builds the new version instead of reusing the
+    deleted one's handle; closing after the folder went raises nothing (a shutdown hook)."""
+    root = tmp_path / "index"
+    settings = settings_for(root)
+
+    def stack() -> RetrievalStack:
+        return RetrievalStack(settings, store=EdgeStore(root, "test"), dense=dense_encoder, sparse=sparse_encoder)
+
+    with stack() as first:
+        first.indexer().index(docs("a"), progress=False)
+    service = stack()
+    retriever = service.retriever()
+    assert {h.doc_id[0] for h in retriever.search(QUERY)} == {"a"}
+    shutil.rmtree(root)
+    assert {h.doc_id[0] for h in retriever.search(QUERY)} == {"a"}  # what it has open, with one warning
+    assert "test__v1 was deleted or moved" in caplog.text and str(root) in caplog.text
+    with stack() as again:
+        assert again.indexer().index(docs("b"), progress=False).version == 1
+    assert {h.doc_id[0] for h in retriever.search(QUERY)} == {"b"}
+    other = tmp_path / "other"  # built by another process (this one never opened it), then copied in
+    with RetrievalStack(settings_for(other), dense=dense_encoder, sparse=sparse_encoder) as elsewhere:
+        elsewhere.indexer().index(docs("c"), progress=False)
+    shutil.rmtree(root)
+    shutil.copytree(other, root)
+    assert {h.doc_id[0] for h in retriever.search(QUERY)} == {"c"}
+    shutil.rmtree(root)
+    service.close()

@@ -91,9 +91,12 @@ _COPY = re.compile(r"__v[1-9][0-9]*\.copy-[0-9a-f]+$")  # a version being copied
 WRITE_LOCK_SUFFIX = ".write.lock"
 
 _open_shards: dict[str, tuple[qe.EdgeShard, int, Path | None]] = {}  # shard dir -> (shard, references, view)
+_folders: dict[str, tuple[int, int] | None] = {}  # shard dir -> its (device, inode) when opened (see _replaced)
+_detached: dict[int, tuple[qe.EdgeShard, int, Path | None]] = {}  # id(shard) -> entry: its folder was replaced
 _doomed: set[str] = set()  # shard directories to delete once their last handle in this process is released
 _registry_lock = threading.Lock()
-_collected: list[Path] = []  # shard dirs of stores garbage-collected unclosed, released at the next registry call
+# shard dirs and shards of stores garbage-collected unclosed, released at the next registry call
+_collected: list[tuple[Path, qe.EdgeShard | None]] = []
 _stores: weakref.WeakSet[EdgeStore] = weakref.WeakSet()  # this process' stores (a forked child forgets their handles)
 _inherited: list[qe.EdgeShard] = []  # in a forked child: the parent's shards, kept (never flushed, closed nor freed)
 _write_locks: dict[str, tuple[int, int]] = {}  # lock file -> (fd, depth) of the thread holding it in this process
@@ -119,6 +122,8 @@ def _acquire(path: Path, create_config: qe.EdgeConfig | None = None, *, opening:
         _release_collected()
         if opening:
             _doomed.discard(key)
+        if key in _open_shards and (create_config is not None or _replaced(key)):
+            _detach(key)  # its folder was deleted (and made again): the new one is another shard
         if key in _open_shards:
             shard, refs, view = _open_shards[key]
             _open_shards[key] = (shard, refs + 1, view)
@@ -135,7 +140,44 @@ def _acquire(path: Path, create_config: qe.EdgeConfig | None = None, *, opening:
             shard, view = _load_view(path)
             log.info("%s is open in another process: reading it through %s", path, view)
         _open_shards[key] = (shard, 1, view)
+        _folders[key] = _identity(key)
         return shard
+
+
+def _identity(folder: str) -> tuple[int, int] | None:
+    """The (device, inode) of ``folder``; None when it is gone."""
+    try:
+        found = os.stat(folder)
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino
+
+
+def _replaced(key: str) -> bool:
+    """Under ``_registry_lock``: whether the shard folder ``key`` is another folder than the one its registered
+    shard was opened from (deleted, e.g. the whole index folder, and made again: the first version's number is
+    reused). A folder that is gone is not replaced: its shard keeps serving what it has open."""
+    now = _identity(key)
+    return now is not None and now != _folders.get(key)
+
+
+def _detach(key: str) -> None:
+    """Under ``_registry_lock``: set the shard registered at ``key`` aside (its folder was replaced): its holders
+    let go of it by the shard (:func:`_release`), and the last one closes it without flushing into the new folder."""
+    shard, refs, view = _open_shards.pop(key)
+    _folders.pop(key, None)
+    _detached[id(shard)] = (shard, refs, view)
+    log.warning("%s was deleted and made again: this process opens the new one", key)
+
+
+def _hold(key: str, shard: qe.EdgeShard) -> None:
+    """Under ``_registry_lock``: one more reference on ``shard``, registered at ``key`` or set aside."""
+    if id(shard) in _detached:
+        held, refs, view = _detached[id(shard)]
+        _detached[id(shard)] = (held, refs + 1, view)
+    else:
+        held, refs, view = _open_shards[key]
+        _open_shards[key] = (held, refs + 1, view)
 
 
 def _load_view(shard_dir: Path) -> tuple[qe.EdgeShard, Path]:
@@ -241,22 +283,35 @@ def _release_at_exit() -> None:
                 shutil.rmtree(view, ignore_errors=True)
             if dropped:
                 _remove_unheld(Path(key).parent)
+        for shard, _, view in _detached.values():
+            if view is not None:
+                with suppress(Exception):
+                    shard.close()
+                shutil.rmtree(view, ignore_errors=True)
     finally:
         _registry_lock.release()
 
 
-def _release(path: Path) -> None:
-    """Let go of one reference on the shard at ``path``; the last one flushes and closes it, deletes its view, and
-    the version when it was dropped meanwhile, by this process or another one (see :func:`_dropped`), unless another
-    process still holds it. The engine failing to close it is a :class:`StoreError`."""
+def _release(path: Path, shard: qe.EdgeShard | None = None) -> None:
+    """Let go of one reference on the shard at ``path`` (``shard``: that one, also when set aside); the last one
+    flushes and closes it, deletes its view, and the version when it was dropped meanwhile, by this process or
+    another one (see :func:`_dropped`), unless another process still holds it. The engine failing to close it is a
+    :class:`StoreError`, unless its folder was deleted, moved or replaced meanwhile (nothing to flush into)."""
     key = str(path.resolve())
     with _registry_lock:
         _release_collected()
-        _release_locked(key)
+        _release_locked(key, shard)
 
 
-def _release_locked(key: str) -> None:
+def _release_locked(key: str, shard: qe.EdgeShard | None = None) -> None:
     """Under ``_registry_lock``: :func:`_release`."""
+    if shard is not None and id(shard) in _detached:
+        _, refs, view = _detached.pop(id(shard))
+        if refs > 1:
+            _detached[id(shard)] = (shard, refs - 1, view)
+        else:
+            _close_gone(shard, key, view)
+        return
     if key not in _open_shards:
         return
     shard, refs, view = _open_shards[key]
@@ -264,6 +319,9 @@ def _release_locked(key: str) -> None:
         _open_shards[key] = (shard, refs - 1, view)
         return
     del _open_shards[key]
+    if _folders.pop(key, None) != _identity(key):
+        _close_gone(shard, key, view)
+        return
     try:
         shard.flush()
         shard.close()
@@ -277,13 +335,23 @@ def _release_locked(key: str) -> None:
             _remove_unheld(Path(key).parent)
 
 
+def _close_gone(shard: qe.EdgeShard, key: str, view: Path | None) -> None:
+    """Close a shard whose folder was deleted, moved or replaced since it was opened: nothing of it to flush."""
+    try:
+        shard.close()
+    except Exception as exc:  # noqa: BLE001 - the engine's bare Exception: its files are gone
+        log.info("closing %s, whose folder was deleted or moved: %s", key, exc)
+    if view is not None:
+        shutil.rmtree(view, ignore_errors=True)
+
+
 def _release_collected() -> None:
     """Under ``_registry_lock``: let go of the shards of stores garbage-collected meanwhile (see
     :func:`_store_collected`)."""
     while _collected:
-        path = _collected.pop()
+        path, shard = _collected.pop()
         try:
-            _release_locked(str(path.resolve()))
+            _release_locked(str(path.resolve()), shard)
         except StoreError as exc:  # nobody to tell but the log: the store is gone
             log.warning("%s", exc)
 
@@ -294,14 +362,14 @@ def _store_collected(binding: _Binding, collection: str) -> None:
     ResourceWarning, as for an unclosed file. Refers to the store's binding only, never to the store."""
     if binding.name is None:
         return
-    path, binding.name = binding.root / binding.name / SHARD_DIR, None
+    path, shard, binding.name, binding.shard = binding.root / binding.name / SHARD_DIR, binding.shard, None, None
     warnings.warn(
         f"unclosed store of collection {collection!r} at {binding.root}: released when garbage-collected; "
         "close its RetrievalStack (stack.close() or a with block) when done",
         ResourceWarning,
         stacklevel=1,  # called by the garbage collector: no caller to point at
     )
-    _collected.append(path)
+    _collected.append((path, shard))
     if _registry_lock.acquire(blocking=False):
         try:
             _release_collected()
@@ -315,8 +383,10 @@ def _forget_inherited() -> None:
     The child's stores open their own (through a view: the parent holds the WAL lock); the parent's shards are
     kept referenced, never flushed, closed nor deleted here, and its views and write locks are left alone."""
     global _registry_lock, _write_locks_guard
-    _inherited.extend(shard for shard, _, _ in _open_shards.values())
+    _inherited.extend(shard for shard, _, _ in [*_open_shards.values(), *_detached.values()])
     _open_shards.clear()
+    _folders.clear()
+    _detached.clear()
     _doomed.clear()
     _collected.clear()
     _registry_lock = threading.Lock()  # another thread of the parent may have held these at the fork
@@ -441,8 +511,8 @@ def _write_lock(path: Path, collection: str, timeout_s: float) -> Iterator[None]
     are serialised too), then ``flock`` (across processes); waits up to ``timeout_s`` in all."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-    except PermissionError as exc:
-        raise StoreError(f"{path.parent}: cannot create the index folder ({exc.strerror}). {_ACCESS_HINT}") from exc
+    except OSError as exc:
+        raise StoreError(f"{path.parent}: cannot create the index folder ({exc.strerror}){_os_hint(exc)}") from exc
     key = str(path.parent.resolve() / path.name)  # the same key before and after the file exists
     deadline = time.monotonic() + timeout_s
     with _write_locks_guard:
@@ -494,8 +564,8 @@ def _lock_file(path: Path, collection: str, timeout_s: float, waited_s: float | 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    except PermissionError as exc:
-        raise StoreError(f"{path}: cannot open the write lock ({exc.strerror}). {_ACCESS_HINT}") from exc
+    except OSError as exc:  # no access, a read-only filesystem, a full disk (no inode left)
+        raise StoreError(f"{path}: cannot open the write lock ({exc.strerror}){_os_hint(exc)}") from exc
     if fcntl is None:  # pragma: no cover - Windows: no cross-process serialisation
         return fd
     deadline, warned, probed = time.monotonic() + timeout_s, False, False
@@ -701,6 +771,11 @@ _ACCESS_HINT = (
 )
 
 
+def _os_hint(exc: OSError) -> str:
+    """What to do about an OSError writing the index folder (no access, a read-only filesystem), as a sentence."""
+    return f". {_ACCESS_HINT}" if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS) else ""
+
+
 def _unreadable(path: Path, exc: OSError) -> StoreError:
     """An OSError reading one of the collection's small files, as a one-line error naming the path."""
     hint = f". {_ACCESS_HINT}" if isinstance(exc, PermissionError) else ""
@@ -738,11 +813,12 @@ def _explain_open_error(path: Path, exc: BaseException) -> str:
 class _Binding:
     """The version a store holds a reference on: what its finalizer lets go of (it must not refer to the store)."""
 
-    __slots__ = ("name", "root")
+    __slots__ = ("name", "root", "shard")
 
     def __init__(self, root: Path):
         self.root = root
         self.name: str | None = None  # the physical collection (``<name>__v<N>``) whose shard the store holds
+        self.shard: qe.EdgeShard | None = None  # that shard
 
 
 class EdgeStore(QdrantStore):
@@ -772,8 +848,7 @@ class EdgeStore(QdrantStore):
         self.version = version
         self.lock_timeout_s = lock_timeout_s
         self.pointer = self.root / (collection + POINTER_SUFFIX)
-        self._shard: qe.EdgeShard | None = None
-        self._binding = _Binding(self.root)  # ._bound: the physical collection self._shard belongs to
+        self._binding = _Binding(self.root)  # ._bound: the physical collection ._shard belongs to
         self._closed = False
         self._lock = threading.Lock()
         self._local = threading.local()  # .reading: the shard directory this thread's reads are pinned to
@@ -789,6 +864,14 @@ class EdgeStore(QdrantStore):
     @_bound.setter
     def _bound(self, name: str | None) -> None:
         self._binding.name = name
+
+    @property
+    def _shard(self) -> qe.EdgeShard | None:
+        return self._binding.shard
+
+    @_shard.setter
+    def _shard(self, shard: qe.EdgeShard | None) -> None:
+        self._binding.shard = shard
 
     def _forget(self) -> None:
         """In a forked child: drop the parent's handle without letting go of it (see :func:`_forget_inherited`)."""
@@ -1065,16 +1148,29 @@ class EdgeStore(QdrantStore):
             return
         with self._lock:
             switched = self._follow()
-            if self._shard is None:
-                self._open_current()
-            path = self.root / self._bound / SHARD_DIR
-            _acquire(path, opening=False)
-        self._local.reading = path
+            path, shard = self._hold_current()
+        self._local.reading = path, shard
         try:
             yield switched
         finally:
             self._local.reading = None
-            _release(path)
+            _release(path, shard)
+
+    def _replaced(self) -> bool:
+        """Under ``self._lock``: whether this store's version folder was deleted and made again since it opened it
+        (the index folder deleted and the collection indexed again: its first version's number is reused)."""
+        key = str((self.root / self._bound / SHARD_DIR).resolve())
+        with _registry_lock:
+            return id(self._shard) in _detached or (key in _open_shards and _replaced(key))
+
+    def _hold_current(self) -> tuple[Path, qe.EdgeShard]:
+        """Under ``self._lock``: this store's shard (opened if need be) and its folder, with one more reference."""
+        if self._shard is None:
+            self._open_current()
+        path, shard = self.root / self._bound / SHARD_DIR, self._shard
+        with _registry_lock:
+            _hold(str(path.resolve()), shard)
+        return path, shard
 
     def _follow(self) -> bool:
         """Under ``self._lock``: move this store's handle to the pointer's version when it changed."""
@@ -1089,7 +1185,15 @@ class EdgeStore(QdrantStore):
             if self._pointer_warned != lost:
                 self._pointer_warned = lost
                 held = parse_version(self.collection, self._bound or "")
-                if held and (self._stage_info(held) or {}).get("dropped"):
+                if not (self.root / self._bound).is_dir():  # the index folder deleted or moved: nothing to repair
+                    log.warning(
+                        "collection %r: %s was deleted or moved; still serving what this process has open of it, "
+                        "until the collection is indexed there again or the folder is back (then served at the next "
+                        "search)",
+                        self.collection,
+                        self.root / self._bound,
+                    )
+                elif held and (self._stage_info(held) or {}).get("dropped"):
                     log.warning(
                         "collection %r was dropped: still serving %s, which is deleted when this process lets go of "
                         "it (closing its stack); a collection indexed again under this name is served next",
@@ -1102,15 +1206,15 @@ class EdgeStore(QdrantStore):
             return False
         self._pointer_warned = None
         target = version_name(self.collection, pointed or 0)
-        if target == self._bound:
+        if target == self._bound and not self._replaced():
             return False
         try:
             shard = _acquire(self.root / target / SHARD_DIR)
         except StoreError as exc:  # e.g. the rebuilding process still holds it: keep serving the old version
             log.warning("collection %r moved to %s but it cannot be opened yet: %s", self.collection, target, exc)
             return False
-        old, self._shard, self._bound = self._bound, shard, target
-        _release(self.root / old / SHARD_DIR)
+        old, old_shard, self._shard, self._bound = self._bound, self._shard, shard, target
+        _release(self.root / old / SHARD_DIR, old_shard)
         log.info("collection %r: switched from %s to %s", self.collection, old, target)
         old_version, new_version = parse_version(self.collection, old), parse_version(self.collection, target)
         if old_version is not None and new_version is not None and old_version < new_version:
@@ -1120,7 +1224,7 @@ class EdgeStore(QdrantStore):
     # -- lifecycle ----------------------------------------------------------------------------------
     def _schema_path(self) -> Path:
         pinned = getattr(self._local, "reading", None)
-        return (pinned.parent if pinned is not None else self.root / self._target()) / SCHEMA_FILE
+        return (pinned[0].parent if pinned is not None else self.root / self._target()) / SCHEMA_FILE
 
     def _schema_record(self) -> dict[str, Any] | None:
         path = self._schema_path()
@@ -1181,18 +1285,19 @@ class EdgeStore(QdrantStore):
         files are shared with that version): write into a staged version instead (``stage``, as the indexer does).
         """
         with self._lock:
-            path = None if write else getattr(self._local, "reading", None)  # a read inside reading()
-            if path is None:
+            pinned = None if write else getattr(self._local, "reading", None)  # a read inside reading()
+            if pinned is None:
                 self._follow()
-                if self._shard is None:
-                    self._open_current()
-                path = self.root / self._bound / SHARD_DIR
-            shard = _acquire(path, opening=False)
+            path, shard = self._hold_current() if pinned is None else pinned
+            if pinned is not None:
+                with _registry_lock:
+                    _hold(str(path.resolve()), shard)
         if write:
             with _registry_lock:
-                viewed = _open_shards[str(path.resolve())][2] is not None
+                entry = _detached.get(id(shard)) or _open_shards[str(path.resolve())]
+                viewed = entry[2] is not None
             if viewed:
-                _release(path)
+                _release(path, shard)
                 raise StoreError(
                     f"embedded Qdrant at {path.parent}: {operation} refused: another process has this version open; "
                     "write through Indexer (index, delete_documents), which writes a staged copy and publishes it"
@@ -1208,7 +1313,7 @@ class EdgeStore(QdrantStore):
             hint = f" ({disk}: free disk space, then run it again)" if disk else ""
             raise StoreError(f"embedded Qdrant at {path.parent}: {operation} failed{hint}: {exc}") from exc
         finally:
-            _release(path)
+            _release(path, shard)
 
     def _open_current(self) -> None:
         """Under ``self._lock``: open the version the pointer names (again, if a writer moved it meanwhile); first
@@ -1242,8 +1347,8 @@ class EdgeStore(QdrantStore):
 
     def _close_unlocked(self) -> None:
         if self._shard is not None:
-            bound, self._shard, self._bound = self._bound, None, None
-            _release(self.root / bound / SHARD_DIR)
+            bound, shard, self._shard, self._bound = self._bound, self._shard, None, None
+            _release(self.root / bound / SHARD_DIR, shard)
 
     def close(self) -> None:
         """Let go of this store's version (final: see the class docstring); closing twice is harmless."""
