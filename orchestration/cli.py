@@ -1,4 +1,6 @@
-"""The ``hybrid-rag`` command line: index, search, evaluate, report, and run the main job."""
+"""The ``hybrid-rag`` command line (Typer), one function per command. The commands are not listed here, where a
+list would go stale: ``hybrid-rag --help`` lists them all, ``hybrid-rag COMMAND --help`` gives one's options, and
+README "Command line" a synopsis of each (checked against this app by tests/test_readme.py)."""
 
 from __future__ import annotations
 
