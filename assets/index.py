@@ -29,7 +29,14 @@ from assets.tables import (
     table_skipped,
     table_to_chunks,
 )
-from retrieval.documents import BadInputError, InputProblem, SourceFormat, covered_by, nothing_to_index
+from retrieval.documents import (
+    BadInputError,
+    InputProblem,
+    SourceFormat,
+    all_skipped,
+    covered_by,
+    nothing_to_index,
+)
 from retrieval.errors import UnsafeDeleteError
 from retrieval.indexer import named
 from retrieval.store import QdrantStore, SchemaMismatchError
@@ -253,7 +260,7 @@ def _nothing_to_publish(
         why = nothing_to_index(source, fmt, skipped)
     except BadInputError:  # the source is gone meanwhile
         why = None
-    said = str(why) if why else f"{source}: no document read ({counted(len(skipped), 'record')} skipped as bad input)"
+    said = str(why or (all_skipped(source, skipped) if skipped else f"{source}: no document read"))
     return f"corpus {name!r}: {said}; collection {collection!r} not created (an empty one would be published)"
 
 

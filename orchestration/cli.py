@@ -1,4 +1,6 @@
-"""The ``hybrid-rag`` command line: index, search, evaluate, report, and run the main job."""
+"""The ``hybrid-rag`` command line (Typer), one function per command. The commands are not listed here, where a
+list would go stale: ``hybrid-rag --help`` lists them all, ``hybrid-rag COMMAND --help`` gives one's options, and
+README "Command line" a synopsis of each (checked against this app by tests/test_readme.py)."""
 
 from __future__ import annotations
 
@@ -509,7 +511,7 @@ def index(
     """Add documents to a collection, or with --sync make it equal to the source (unchanged chunks are neither
     embedded nor written again; those of a changed document are written with their stored vectors)."""
     from retrieval.documents import BadInputError, BadInputPolicy, all_skipped, nothing_to_index, read_documents
-    from retrieval.errors import choice
+    from retrieval.errors import NothingToIndexError, choice
     from retrieval.stack import RetrievalStack
 
     settings = _settings(collection=collection, bad_input_policy=policy and choice(BadInputPolicy, policy, "policy"))
@@ -529,17 +531,20 @@ def index(
         raise BadInputError(nothing, hint=empties)
     with RetrievalStack(settings) as stack:
         indexer = stack.indexer()
-        if not docs and read_report.skipped and not indexer.store.exists():  # an empty new collection: refused
+        if not (sync or rebuild):  # a sync deletes what it does not read: no copies stay
+            indexer.refuse_copies(path, docs, fmt)
+        try:
+            report = indexer.index(
+                docs, prune=sync, allow_delete=allow_delete, skipped=read_report.skipped, rebuild=rebuild
+            )
+        except NothingToIndexError:  # an empty new collection: refused; the source named as given
+            if not read_report.skipped:
+                raise
             hint = f"; nothing was written: collection {settings.collection!r} was not created"
-            raise BadInputError(all_skipped(path, read_report.skipped), hint=hint)
+            raise BadInputError(all_skipped(path, read_report.skipped), hint=hint) from None
         if not docs and not as_json:
             why = _nothing_read(path, read_report.skipped, sync or rebuild, settings.collection)
             err_console.print(why, style="yellow", soft_wrap=True)
-        if not (sync or rebuild):  # a sync deletes what it does not read: no copies stay
-            indexer.refuse_copies(path, docs, fmt)
-        report = indexer.index(
-            docs, prune=sync, allow_delete=allow_delete, skipped=read_report.skipped, rebuild=rebuild
-        )
     indexing_seconds = report.seconds  # the indexer's part: chunking to publishing, as its -v line says
     report.read_seconds, report.seconds = read_seconds, time.perf_counter() - started  # the whole write
     if as_json:

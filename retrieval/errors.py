@@ -43,6 +43,12 @@ class UnsafeDeleteError(HybridRagError):
     """An index run would delete most (or all) of a collection; pass ``allow_delete`` to do it anyway."""
 
 
+class NothingToIndexError(HybridRagError, ValueError):
+    """An index run with no document into a collection that has no published version: an empty collection is not
+    created (unless ``allow_delete``: an empty one, asked for), nor ever from a source whose every record was
+    skipped as bad input."""
+
+
 # How to ask for such a deletion, from every entry point (the library's messages end with it).
 ALLOW_DELETE_HINT = (
     "pass allow_delete=True if that is intended (CLI: hybrid-rag index or hybrid-rag run --allow-delete; "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import time
 import unicodedata
 from collections.abc import Callable, Iterable, Sequence
@@ -21,6 +22,7 @@ from retrieval.documents import (
     Document,
     InputProblem,
     SourceFormat,
+    all_skipped,
     compact_repr,
     covered_by,
     detect_format,
@@ -33,6 +35,7 @@ from retrieval.encoders.sparse import Bm25Encoder, SparseVec, SpladeEncoder
 from retrieval.errors import (
     ALLOW_DELETE_HINT,
     InvalidArgumentError,
+    NothingToIndexError,
     ResourceLimitError,
     UnsafeDeleteError,
     document_ids,
@@ -400,6 +403,8 @@ class Indexer:
         this indexer's models, settings and chunk budget (:meth:`_budget_recorded`) are compared before the models
         load: a write that finds them all stored as they are loads none."""
         started = time.perf_counter() if started is None else started
+        if not (chunks if docs is None else docs) and self.store.version is None:
+            self._refuse_empty_new(skipped, allow_delete)
         if vectors is None and self.cache is not None:  # an unusable cache fails here, before models load or staging
             self.cache.check_writable()
         self._recorded_budget = None if docs is None or rebuild else self._budget_recorded()
@@ -417,6 +422,23 @@ class Indexer:
             return self._sync_locked(
                 docs, chunks, report, vectors, prune, allow_delete, skipped, progress, rebuild, publish, started
             )
+
+    def _refuse_empty_new(self, skipped: Sequence[InputProblem], allow_delete: bool) -> None:
+        """Raise :class:`NothingToIndexError` when a write of nothing would create collection (no published version
+        yet) that is empty: from a source whose every record is ``skipped`` as bad input always, else unless
+        ``allow_delete`` (an empty collection, asked for). Writing nothing into a published one is left to the
+        sync (a no-op, or a deletion guarded by :class:`UnsafeDeleteError`)."""
+        if self.store.current_version() is not None or (allow_delete and not skipped):
+            return
+        name = self.store.collection
+        if skipped:
+            source = Path(os.path.commonpath([p.path for p in skipped]))
+            not_created = f"nothing was written: collection {name!r} was not created"
+            raise NothingToIndexError(f"{all_skipped(source, skipped)}; {not_created}")
+        raise NothingToIndexError(
+            f"no documents to index: collection {name!r} does not exist and an empty one is not created unless "
+            "asked (allow_delete=True; CLI: hybrid-rag index --sync --allow-delete)"
+        )
 
     def _sync_locked(
         self, docs, chunks, report, vectors, prune, allow_delete, skipped, progress, rebuild, publish, started

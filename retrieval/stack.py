@@ -210,14 +210,22 @@ class RetrievalStack:
 
     def close(self) -> None:
         """Close the stores this stack opened or was given and the embedding cache, for good (the encoders stay
-        usable: :meth:`derive` and ``RetrievalStack(dense=...)`` share them); closing twice is harmless."""
+        usable: :meth:`derive` and ``RetrievalStack(dense=...)`` share them); closing twice is harmless. One that
+        fails to close does not keep the others open: each is closed, then the first error is raised (the others
+        noted on it)."""
         with self._lock:
             self._closed = True
             stores, self._stores = list(self._stores.values()), {}
-        for store in stores:
-            store.close()
-        if self.cache is not None:
-            self.cache.close()
+        errors: list[Exception] = []
+        for part in [*stores, *([self.cache] if self.cache is not None else [])]:
+            try:
+                part.close()
+            except Exception as exc:  # raised below, once everything is closed
+                errors.append(exc)
+        if errors:
+            for other in errors[1:]:
+                errors[0].add_note(f"closing the stack also failed: {type(other).__name__}: {other}")
+            raise errors[0]
 
     def __enter__(self) -> RetrievalStack:
         return self

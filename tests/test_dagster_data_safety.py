@@ -12,12 +12,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from assets import ALL_ASSETS
-from assets.index import POINT_COUNT_CHECK, point_count_check
+from assets.index import POINT_COUNT_CHECK, _nothing_to_publish, point_count_check
 from assets.resources import CorporaResource, EvalHistoryResource, RetrievalResource
 from assets.tables import SKIPPED_KEY, documents_to_table, table_skipped
 from orchestration.definitions import default_resources
 from orchestration.parquet_io import ParquetIOManager
-from retrieval.documents import InputProblem
+from retrieval.documents import InputProblem, SourceFormat
 from retrieval.store import EdgeStore
 from tests.conftest import TINY_DOCS
 
@@ -77,6 +77,17 @@ def test_asset_refuses_to_wipe_the_index_unless_configured(tmp_path: Path) -> No
     failures = [e for e in refused.all_events if e.event_type_value == "STEP_FAILURE"]
     assert "refusing to delete 3 of the 4 points" in str(failures[0].step_failure_data.error)
     assert materialize(allow_delete=True).success and points() == 1
+
+
+def test_a_first_build_of_skipped_records_only_says_so_as_the_cli_does(tmp_path: Path) -> None:
+    """The first build's refusal when every record was skipped as bad input said "no document read (2 records
+    skipped as bad input)"; it names them as ``hybrid-rag index --policy skip`` does (``all_skipped``)."""
+    skipped = [InputProblem(tmp_path / f"{n}.md", None, "binary", doc_id=f"{n}.md") for n in "ab"]
+    said = _nothing_to_publish("dropbox", "drop", tmp_path, SourceFormat.DIR, skipped)
+    assert said == (
+        f"corpus 'dropbox': {tmp_path}: no documents to index: all 2 records skipped as bad input (binary: a.md, "
+        "b.md); collection 'drop' not created (an empty one would be published)"
+    )
 
 
 @pytest.mark.slow

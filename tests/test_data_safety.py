@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 from orchestration.cli import app
 from retrieval import Document
 from retrieval.chunking import point_id
-from retrieval.errors import InvalidArgumentError, InvalidDocumentError, UnsafeDeleteError
+from retrieval.documents import read_documents
+from retrieval.errors import InvalidArgumentError, InvalidDocumentError, NothingToIndexError, UnsafeDeleteError
 from retrieval.indexer import Indexer
 from retrieval.parts import Parts
 from retrieval.store import EdgeStore
@@ -229,6 +230,43 @@ def test_python_api_validates_like_the_cli(indexed_stack):
         with pytest.raises(UnsafeDeleteError):
             indexer.rebuild(TINY_DOCS[:1], progress=False)
         assert indexer.store.count() == N
+    finally:
+        stack.close()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_python_api_creates_no_empty_collection_unless_asked(indexed_stack, backend, tmp_path):
+    """``indexer.index([])`` (and ``read_documents(..., policy="skip")`` of bad records only, then ``index``) created
+    an empty new collection; the CLI refused both on its own. An existing collection: adding nothing is a no-op."""
+    stack = indexed_stack(backend, [])
+    indexer = stack.indexer()
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    for name in "ab":
+        (folder / f"{name}.md").write_bytes(b"\x00 binary")
+    docs, report = read_documents(folder, policy="skip")
+    try:
+        for call in (
+            lambda: indexer.index([], progress=False),
+            lambda: indexer.index([], prune=True, progress=False),
+            lambda: indexer.rebuild([], progress=False),
+            lambda: indexer.sync([], progress=False),
+        ):
+            with pytest.raises(NothingToIndexError, match="collection 'test' does not exist and an empty one"):
+                call()
+        for allow_delete in (False, True):  # skipped as bad input: never an empty collection
+            with pytest.raises(NothingToIndexError) as raised:
+                indexer.index(docs, skipped=report.skipped, allow_delete=allow_delete, progress=False)
+            assert str(raised.value) == (
+                f"{folder}: no documents to index: all 2 records skipped as bad input (binary content (NUL bytes) in a "
+                "text file: a.md, b.md); nothing was written: collection 'test' was not created"
+            )
+        assert not indexer.store.exists()
+        assert indexer.index([], prune=True, allow_delete=True, progress=False).points == 0  # asked for
+        indexer.index(TINY_DOCS, progress=False)
+        version = indexer.store.current_version()
+        assert indexer.index([], skipped=report.skipped, progress=False).documents == 0
+        assert (indexer.store.count(), indexer.store.current_version()) == (N, version)
     finally:
         stack.close()
 

@@ -188,3 +188,25 @@ def test_a_reader_follows_an_index_folder_deleted_and_built_again(tmp_path, dens
     assert {h.doc_id[0] for h in retriever.search(QUERY)} == {"c"}
     shutil.rmtree(root)
     service.close()
+
+
+def test_a_view_of_a_version_deleted_while_it_is_copied_leaves_no_folder(indexed_stack, monkeypatch):
+    """A reader copies its view of the version the pointer names while a writer, publishing the next ones, deletes
+    it (no WAL lock of the view holds it yet): making the view's folders with their parents brought the deleted
+    version's folder back (``test__v1/views/``), a second version folder on disk until a later write dropped it."""
+    stack = indexed_stack("edge", collection="test")
+    version = stack.store().dir
+    stack.close()
+    shard_dir = version / "shard"
+    walk = os.walk
+
+    def deleted_after_listing(top, *args, **kwargs):
+        for listed in walk(top, *args, **kwargs):
+            if Path(top) == shard_dir and version.exists():
+                shutil.rmtree(version)  # the writer's cleanup, between this listing and the view's folders
+            yield listed
+
+    monkeypatch.setattr(os, "walk", deleted_after_listing)
+    with pytest.raises(StoreError):
+        edge._load_view(shard_dir)
+    assert not version.exists()

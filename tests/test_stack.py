@@ -255,3 +255,30 @@ def test_closing_the_stack_lets_go_of_its_stores(indexed_stack):
     with pytest.raises(ClosedError):
         stack.store()
     stack.close()
+
+
+def test_closing_the_stack_closes_every_part_when_one_fails(indexed_stack, monkeypatch):
+    """A store whose close() failed left the stores after it and the embedding cache open: each part is closed,
+    then the first error is raised, the others noted on it."""
+    stack = indexed_stack("edge", collection="closefail")
+    first = stack.store()
+    pinned = stack.store(version=first.current_version())
+    assert pinned is not first and pinned.count() == len(TINY_DOCS)
+    stack.cache.get_many("m", ["x"])  # a connection open
+    close_cache = stack.cache.close
+
+    def store_fails() -> None:
+        raise OSError("disk gone")
+
+    def cache_fails() -> None:
+        close_cache()
+        raise OSError("cache busy")
+
+    monkeypatch.setattr(first, "close", store_fails)
+    monkeypatch.setattr(stack.cache, "close", cache_fails)
+    with pytest.raises(OSError, match="disk gone") as raised:
+        stack.close()
+    assert raised.value.__notes__ == ["closing the stack also failed: OSError: cache busy"]
+    with pytest.raises(ClosedError):
+        pinned.count()
+    assert stack.cache._open == []

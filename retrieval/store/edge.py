@@ -190,6 +190,10 @@ def _load_view(shard_dir: Path) -> tuple[qe.EdgeShard, Path]:
         except BaseException as exc:  # an OSError while copying, or the engine's bare Exception / Rust panic
             if view is not None:
                 shutil.rmtree(view, ignore_errors=True)
+            if not shard_dir.exists():  # the version was deleted meanwhile: what is left of it around the view goes
+                for folder in (shard_dir.parent / VIEWS_DIR, shard_dir.parent):
+                    with suppress(OSError):  # empty folders only
+                        folder.rmdir()
             if isinstance(exc, KeyboardInterrupt | SystemExit):
                 raise
             if attempt == VIEW_ATTEMPTS:
@@ -213,12 +217,16 @@ def _make_view(shard_dir: Path) -> Path:
     while it is copied. The view lives in the version's ``views/`` folder, named ``<pid>-<random>``, and goes
     when this process lets go of it or exits, with the version, or (killed process) at the next open of it.
     """
-    view = shard_dir.parent / VIEWS_DIR / f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    views = shard_dir.parent / VIEWS_DIR
+    view = views / f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
+        # Never a parent made again: a writer that published a later version may delete this one while it is
+        # listed here (no WAL lock of this view holds it yet); its folder must not come back holding views/.
+        views.mkdir(exist_ok=True)
         for top, dirs, files in os.walk(shard_dir):  # a folder that vanished before it was listed is skipped
             dirs[:] = sorted(d for d in dirs if not d.startswith(TEMP_PREFIX))
             target = view / Path(top).relative_to(shard_dir)
-            target.mkdir(parents=True, exist_ok=True)
+            target.mkdir(exist_ok=True)  # top-down: its parent was made before it
             for name in sorted(f for f in files if not f.startswith(TEMP_PREFIX)):
                 src = os.path.join(top, name)
                 try:
