@@ -310,14 +310,21 @@ def _tie_beyond(hits: Sequence[StoredHit], limit: int, asked: int) -> bool:
     return len(hits) >= asked and min(h.score for h in hits) >= sorted((h.score for h in hits), reverse=True)[limit - 1]
 
 
-def scrolled(scroll: Callable[[Any], tuple[Sequence[Any], Any]]) -> Iterator[Any]:
-    """Every record, paging through ``scroll(offset) -> (records, next offset or None)``: one page held at a time."""
+def scrolled_pages(scroll: Callable[[Any], tuple[Sequence[Any], Any]]) -> Iterator[Sequence[Any]]:
+    """Every page of records (none empty), paging through ``scroll(offset) -> (records, next offset or None)``."""
     offset = None
     while True:
         records, offset = scroll(offset)
-        yield from records
+        if records:
+            yield records
         if offset is None:
             return
+
+
+def scrolled(scroll: Callable[[Any], tuple[Sequence[Any], Any]]) -> Iterator[Any]:
+    """Every record, paging through ``scroll`` (see :func:`scrolled_pages`): one page held at a time."""
+    for records in scrolled_pages(scroll):
+        yield from records
 
 
 class StoredPoint(NamedTuple):

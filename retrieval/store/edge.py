@@ -57,6 +57,7 @@ from retrieval.store.base import (
     doc_id_batches,
     filter_conditions,
     parse_version,
+    scrolled_pages,
     stored_chunks_from,
     stored_owners_from,
     version_name,
@@ -1566,17 +1567,13 @@ def _edge_config(schema: CollectionSchema) -> qe.EdgeConfig:
     )
 
 
-def _pages(shard: qe.EdgeShard) -> Iterator[list[Any]]:
+def _pages(shard: qe.EdgeShard) -> Iterator[Sequence[Any]]:
     """Every point of ``shard`` with its vectors and payload, a page (:data:`SCROLL_PAGE` points) at a time."""
-    offset = None
-    while True:
-        records, offset = shard.scroll(
+    return scrolled_pages(
+        lambda offset: shard.scroll(
             qe.ScrollRequest(offset=offset, limit=SCROLL_PAGE, with_payload=True, with_vector=True)
         )
-        if records:
-            yield records
-        if offset is None:
-            return
+    )
 
 
 def _edge_filter(spec: dict[str, Any] | None, indexes: dict[str, str]) -> qe.Filter | None:

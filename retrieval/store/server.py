@@ -65,6 +65,7 @@ from retrieval.store.base import (
     doc_id_batches,
     filter_conditions,
     parse_version,
+    scrolled_pages,
     stored_chunks_from,
     stored_owners_from,
     version_name,
@@ -738,21 +739,8 @@ class ServerStore(QdrantStore):
         self._call("upsert", self.client.upsert, self.name, points=records, wait=True)
 
     def all_points(self) -> Iterator[list[StoredPoint]]:
-        offset = None
-        while True:
-            records, offset = self._call(
-                "scroll",
-                self.client.scroll,
-                self.name,
-                limit=SCROLL_PAGE,
-                offset=offset,
-                with_payload=True,
-                with_vectors=True,
-            )
-            if records:
-                yield [StoredPoint(str(r.id), *_vectors(r.vector), r.payload or {}) for r in records]
-            if offset is None:
-                return
+        for records in scrolled_pages(self._scroll_page(True, vectors=True)):
+            yield [StoredPoint(str(r.id), *_vectors(r.vector), r.payload or {}) for r in records]
 
     def delete_ids(self, ids: Sequence[str]) -> None:
         """:meth:`QdrantStore.delete_ids` in one request (``wait=True``), retried on transient errors."""
@@ -769,10 +757,10 @@ class ServerStore(QdrantStore):
 
     # -- reads --------------------------------------------------------------------------------------
     def _scroll_page(
-        self, payload: Sequence[str], doc_ids: Sequence[str] | None = None
+        self, payload: Sequence[str] | bool, doc_ids: Sequence[str] | None = None, vectors: bool = False
     ) -> Callable[[Any], tuple[Sequence[Any], Any]]:
         """``offset -> (records, next offset)`` over this collection (the points of documents ``doc_ids`` only, when
-        given), each record's payload limited to ``payload``."""
+        given), each record's payload limited to ``payload`` (True: all of it), with its vectors when ``vectors``."""
         flt = (
             None
             if doc_ids is None
@@ -785,8 +773,8 @@ class ServerStore(QdrantStore):
             scroll_filter=flt,
             limit=SCROLL_PAGE,
             offset=offset,
-            with_payload=list(payload),
-            with_vectors=False,
+            with_payload=payload if isinstance(payload, bool) else list(payload),
+            with_vectors=vectors,
         )
 
     def stored_chunks(self, doc_ids: Collection[str] | None = None) -> dict[str, StoredChunk]:
