@@ -4,6 +4,7 @@ corpus, SciFact."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -177,6 +178,23 @@ def cli_env(tmp_path: Path, monkeypatch) -> Path:
     monkeypatch.setenv("HYBRID_RAG_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+def cli_invoker(monkeypatch) -> Callable[..., tuple[int, str]]:
+    """``run(*args, **env)``: the CLI in this process with ``HYBRID_RAG_<KEY>=value`` set for each ``env`` keyword;
+    returns (exit code, output), having checked that no traceback was printed."""
+    from typer.testing import CliRunner
+
+    from orchestration.cli import app
+
+    def run(*args: str, **env: str) -> tuple[int, str]:
+        for key, value in env.items():
+            monkeypatch.setenv(f"HYBRID_RAG_{key}", value)
+        result = CliRunner().invoke(app, list(args))
+        assert "Traceback" not in result.output
+        return result.exit_code, result.output
+
+    return run
 
 
 @pytest.fixture(params=["edge", "server"])

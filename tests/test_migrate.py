@@ -8,14 +8,12 @@ from __future__ import annotations
 import pytest
 from qdrant_client import QdrantClient
 from qdrant_client import models as qm
-from typer.testing import CliRunner
 
-from orchestration.cli import app
 from retrieval import RetrievalSettings, RetrievalStack
 from retrieval.store import EdgeStore, ServerStore, StoreError, connect
 from retrieval.store import edge as edge_module
 from retrieval.store.migrate import copy_collection
-from tests.conftest import LEXICAL_QUERY, MOON_QUERY, SEMANTIC_QUERY, TINY_DOCS
+from tests.conftest import LEXICAL_QUERY, MOON_QUERY, SEMANTIC_QUERY, TINY_DOCS, cli_invoker
 
 
 @pytest.fixture
@@ -26,15 +24,7 @@ def cli(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.delenv("HYBRID_RAG_QDRANT_URL", raising=False)
     monkeypatch.chdir(tmp_path)
-
-    def run(*args: str, **env: str) -> tuple[int, str]:
-        for key, value in env.items():
-            monkeypatch.setenv(f"HYBRID_RAG_{key}", value)
-        result = CliRunner().invoke(app, list(args))
-        assert "Traceback" not in result.output
-        return result.exit_code, result.output
-
-    return run
+    return cli_invoker(monkeypatch)
 
 
 def results(stack: RetrievalStack) -> list[list[tuple[str, str, float]]]:

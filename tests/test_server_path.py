@@ -20,15 +20,13 @@ import warnings
 import pytest
 from qdrant_client import QdrantClient
 from qdrant_client import models as qm
-from typer.testing import CliRunner
 
-from orchestration.cli import app
 from retrieval import Document, RetrievalSettings, RetrievalStack
 from retrieval.encoders.sparse import SpladeEncoder
 from retrieval.errors import InvalidArgumentError, ModelLoadError
 from retrieval.store import NotQdrantServerError, StoreError, collection_names, connect
 from retrieval.store.base import ForeignPointsError
-from tests.conftest import LEXICAL_QUERY, TINY_DOCS
+from tests.conftest import LEXICAL_QUERY, TINY_DOCS, cli_invoker
 from tests.test_reliability_versions import (
     NEW_DOCS,
     crash_after_two_blocks,
@@ -51,15 +49,7 @@ def cli(tmp_path, monkeypatch):
     monkeypatch.setenv("HYBRID_RAG_HISTORY_PATH", str(tmp_path / "history.sqlite"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.chdir(tmp_path)
-
-    def run(*args: str, **env: str) -> tuple[int, str]:
-        for key, value in env.items():
-            monkeypatch.setenv(f"HYBRID_RAG_{key}", value)
-        result = CliRunner().invoke(app, list(args))
-        assert "Traceback" not in result.output
-        return result.exit_code, result.output
-
-    return run
+    return cli_invoker(monkeypatch)
 
 
 def write_docs(path, docs) -> str:
