@@ -29,9 +29,11 @@ import yaml
 from markdown_it import MarkdownIt
 
 from retrieval.errors import HybridRagError, InvalidDocumentError, choice
+from retrieval.formats import MAX_FILE_BYTES, READER_MODULES, FileContent, reader_for
 from retrieval.input_files import (
     FileProblem,
     base_name,
+    file_bytes,
     file_text,
     file_type,
     first_line,
@@ -316,7 +318,8 @@ class DocumentReader:
                 self._problem(path, None, "file name is not valid UTF-8")
                 continue
             if inner_suffix(path) not in TEXT_SUFFIXES:
-                self._problem(path, None, f"{UNSUPPORTED} {file_type(path) or '(none)'!r}", doc_id)
+                if (doc := self._formatted(path, doc_id)) is not None:
+                    yield doc
                 continue
             try:
                 text = file_text(path, 4 * MAX_DOCUMENT_BYTES)  # UTF-16 may take twice UTF-8's bytes, or more
@@ -341,6 +344,21 @@ class DocumentReader:
             )
             if doc is not None:
                 yield doc
+
+    def _formatted(self, path: Path, doc_id: str) -> Document | None:
+        """The document of a file read by a :mod:`retrieval.formats` reader (PDF, HTML...), or None: a file of a
+        type read nowhere, or one its reader finds no document in (reported)."""
+        reader = reader_for(inner_suffix(path))
+        if reader is None:
+            return self._problem(path, None, f"{UNSUPPORTED} {file_type(path) or '(none)'!r}", doc_id)
+        try:
+            content: FileContent = reader(file_bytes(path, MAX_FILE_BYTES))
+        except FileProblem as exc:
+            return self._problem(path, exc.line, exc.reason, doc_id)
+        metadata = {k: v for k, v in content.metadata.items() if k not in RESERVED_FRONT_MATTER}
+        return self._document(
+            path, None, doc_id, content.text, content.title or base_name(path), {**metadata, "source_path": doc_id}
+        )
 
     def _front_matter(self, path: Path, doc_id: str, text: str) -> tuple[dict[str, Any] | None, str]:
         """A Markdown file's YAML front matter (a mapping between ``---`` lines at its start; ``...`` may close it)
@@ -642,6 +660,12 @@ def check_document(doc: Document) -> Document:
     return doc
 
 
+def document_suffixes() -> set[str]:
+    """The suffixes of the files a folder's documents are read from: text and Markdown, and those a
+    :mod:`retrieval.formats` reader reads (PDF, HTML...)."""
+    return TEXT_SUFFIXES | READER_MODULES.keys()
+
+
 def detect_format(path: Path) -> SourceFormat:
     """BEIR when ``path`` is a directory holding corpus.jsonl, else a folder of files; for a file, by its suffix
     (under ``.gz``): JSONL (.jsonl, .json, .ndjson) or one text document (``dir``, read as a folder holding only
@@ -653,9 +677,9 @@ def detect_format(path: Path) -> SourceFormat:
         return SourceFormat.JSONL
     if not path.exists():
         raise BadInputError(InputProblem(path, None, "no such file or directory"))
-    if suffix in TEXT_SUFFIXES:
+    if suffix in document_suffixes():
         return SourceFormat.DIR
-    jsonl, text = ", ".join(sorted(JSONL_SUFFIXES)), ", ".join(sorted(TEXT_SUFFIXES))
+    jsonl, text = ", ".join(sorted(JSONL_SUFFIXES)), ", ".join(sorted(document_suffixes()))
     reason = (
         f"unsupported file type {file_type(path) or '(none)'!r}: a file is read as JSONL ({jsonl}) or as one text "
         f"document ({text}), each maybe gzip-compressed (.gz); format 'jsonl' reads any file as JSONL"
@@ -675,10 +699,10 @@ def nothing_to_index(
     if fmt is not SourceFormat.DIR:
         file = path / "corpus.jsonl" if fmt is SourceFormat.BEIR else path
         return InputProblem(file, None, "no documents to index: it holds no JSON record; nothing was written")
-    text = ", ".join(sorted(TEXT_SUFFIXES))
+    text = ", ".join(sorted(document_suffixes()))
     reason = (
-        f"no documents to index: a folder's documents are its text files ({text}, each maybe gzip-compressed: .gz; "
-        "hidden files left out)"
+        f"no documents to index: a folder's documents are read from its files of types {text} "
+        "(each maybe gzip-compressed: .gz; hidden files left out)"
     )
     if skipped:
         names = ", ".join(str(p.doc_id) for p in skipped[:3])

@@ -171,16 +171,22 @@ def text_lines(path: Path, error: ErrorFactory) -> Iterator[tuple[int, str]]:
         yield line_no, line
 
 
+def file_bytes(path: Path, limit: int) -> bytes:
+    """The content of file ``path``, decompressed when it is gzip-compressed, or :class:`FileProblem`: it cannot be
+    read, or decompresses to over ``limit`` bytes (a gzip bomb is not read whole)."""
+    try:
+        with path.open("rb") as handle:
+            compressed = handle.peek(len(GZIP_MAGIC)).startswith(GZIP_MAGIC)
+            return _unzipped(path, handle, limit) if compressed else handle.read()
+    except OSError as exc:
+        raise FileProblem(f"cannot read file: {exc.strerror or exc}") from exc
+
+
 def file_text(path: Path, limit: int) -> str:
     """The text of file ``path``, read whole as :func:`raw_lines` reads it (gzip, byte order marks), or
     :class:`FileProblem`: it cannot be read, holds a NUL (binary), is not UTF-8 (nor UTF-16 with a byte order
     mark), or decompresses to over ``limit`` bytes (a gzip bomb is not read whole)."""
-    try:
-        with path.open("rb") as handle:
-            compressed = handle.peek(len(GZIP_MAGIC)).startswith(GZIP_MAGIC)
-            raw = _unzipped(path, handle, limit) if compressed else handle.read()
-    except OSError as exc:
-        raise FileProblem(f"cannot read file: {exc.strerror or exc}") from exc
+    raw = file_bytes(path, limit)
     if raw.startswith(UTF16_BOMS):
         try:
             text = raw.decode("utf-16")

@@ -101,7 +101,10 @@ def test_an_empty_source_publishes_no_empty_index_and_deletes_nothing(tmp_path: 
     refused = materialize()
     error = str(next(e for e in refused.all_events if e.event_type_value == "STEP_FAILURE").step_failure_data.error)
     assert not refused.success and not (tmp_path / "index" / "drop").exists()
-    assert f"corpus 'dropbox': {drop}: no documents to index: a folder's documents are its text files" in error
+    assert (
+        f"corpus 'dropbox': {drop}: no documents to index: a folder's documents are read from its files of types"
+        in error
+    )
     assert "only 1 file of other types: scan.pdf; nothing was written; collection 'drop' not created" in error
     for doc in TINY_DOCS[:2]:
         (drop / f"{doc.id}.md").write_text(f"# {doc.title}\n{doc.text}")

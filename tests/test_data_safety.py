@@ -85,7 +85,10 @@ def test_a_folder_without_documents_is_refused_naming_what_it_reads_and_creates_
     papers.mkdir()
     for name in ("a.pdf", "b.docx", "c.html", "export.jsonl"):
         (papers / name).write_text("{}")
-    reads = "a folder's documents are its text files (.markdown, .md, .rst, .txt, each maybe gzip-compressed: .gz"
+    reads = (
+        "a folder's documents are read from its files of types .markdown, .md, .rst, .txt "
+        "(each maybe gzip-compressed: .gz"
+    )
     for args in ([str(empty)], [str(papers)], [str(papers), "--policy", "skip"], [str(cli_env / "none.jsonl")]):
         if args[0].endswith(".jsonl"):
             Path(args[0]).write_text("\n\n")
