@@ -56,7 +56,10 @@ DENSE_DETAILS = (  # the encoder's cache_details key, what it is, whether its va
     ("max_tokens", "the dense model's token limit", True),
     ("fingerprint", "the dense model's content changed", False),
 )
-SPARSE_SETTINGS = "BM25_K1, BM25_B, BM25_AVG_LEN or the BM25 analyzer (BM25_TOKENIZER), or the SPLADE model's content"
+SPARSE_SETTINGS = (
+    "BM25_K1, BM25_B, BM25_AVG_LEN or the BM25 analyzer (BM25_TOKENIZER, BM25_STOPWORDS, BM25_LANGUAGE), or the "
+    "SPLADE model's content"
+)
 
 
 class IndexConfig(dg.Config):

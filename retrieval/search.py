@@ -294,7 +294,8 @@ class HybridRetriever:
 
     def _follow_analyzer(self, schema: CollectionSchema | None) -> None:
         """Queries must become the terms the documents became: a collection built with another BM25 analyzer
-        (an earlier release's, or another ``BM25_TOKENIZER`` or ``BM25_STOPWORDS``) keeps it until it is rebuilt."""
+        (an earlier release's, or another ``BM25_TOKENIZER``, ``BM25_STOPWORDS`` or ``BM25_LANGUAGE``) keeps it until
+        it is rebuilt."""
         recorded = schema.bm25_analyzer if schema is not None else None
         if not isinstance(self._sparse, Bm25Encoder) or recorded is None or recorded == self.sparse.analyzer:
             return

@@ -79,11 +79,85 @@ class Bm25Tokenizer(StrEnum):
 
 
 class Bm25Stopwords(StrEnum):
-    """Which English words BM25 drops: ``nltk`` (Qdrant's default, NLTK's 179 words, single letters, "who", "all"
-    and "can" among them) or ``lucene`` (Lucene's 33: articles, conjunctions, prepositions, pronouns)."""
+    """Which words BM25 drops: ``nltk`` (Qdrant's default: NLTK's list of ``BM25_LANGUAGE``; in English 179 words,
+    single letters, "who", "all" and "can" among them) or ``lucene`` (Lucene's 33 English words: articles,
+    conjunctions, prepositions, pronouns; English documents only)."""
 
     NLTK = "nltk"
     LUCENE = "lucene"
+
+
+class Bm25Language(StrEnum):
+    """The language of the documents, whose stopwords BM25 drops (Qdrant's lists, NLTK's) and whose Snowball stemmer
+    it applies (none for the languages Snowball lacks: Azerbaijani, Basque, Bengali, Catalan, Chinese, Hebrew,
+    Hinglish, Indonesian, Japanese, Kazakh, Nepali, Slovene, Tajik): the languages Qdrant's BM25 supports."""
+
+    ARABIC = "arabic"
+    AZERBAIJANI = "azerbaijani"
+    BASQUE = "basque"
+    BENGALI = "bengali"
+    CATALAN = "catalan"
+    CHINESE = "chinese"
+    DANISH = "danish"
+    DUTCH = "dutch"
+    ENGLISH = "english"
+    FINNISH = "finnish"
+    FRENCH = "french"
+    GERMAN = "german"
+    GREEK = "greek"
+    HEBREW = "hebrew"
+    HINGLISH = "hinglish"
+    HUNGARIAN = "hungarian"
+    INDONESIAN = "indonesian"
+    ITALIAN = "italian"
+    JAPANESE = "japanese"
+    KAZAKH = "kazakh"
+    NEPALI = "nepali"
+    NORWEGIAN = "norwegian"
+    PORTUGUESE = "portuguese"
+    ROMANIAN = "romanian"
+    RUSSIAN = "russian"
+    SLOVENE = "slovene"
+    SPANISH = "spanish"
+    SWEDISH = "swedish"
+    TAJIK = "tajik"
+    TURKISH = "turkish"
+
+
+# Other names of some languages (ISO 639-1 codes, their own names), for the hint of an unsupported value only (a
+# setting takes the English name): closest_hint alone suggests dutch for deutsch.
+_LANGUAGE_NAMES = {
+    "arabic": "ar العربية",
+    "chinese": "zh 中文",
+    "danish": "da dansk",
+    "dutch": "nl nederlands",
+    "english": "en",
+    "finnish": "fi suomi",
+    "french": "fr français francais",
+    "german": "de deutsch",
+    "greek": "el ελληνικά",
+    "hungarian": "hu magyar",
+    "italian": "it italiano",
+    "japanese": "ja 日本語",
+    "norwegian": "no nb nn norsk",
+    "portuguese": "pt português portugues",
+    "romanian": "ro română romana",
+    "russian": "ru русский",
+    "spanish": "es español espanol castellano",
+    "swedish": "sv svenska",
+    "turkish": "tr türkçe turkce",
+}
+
+
+def check_bm25_language(language: object) -> Bm25Language:
+    """``language`` (any case, surrounding spaces ignored) as a :class:`Bm25Language`, else a ValueError that
+    suggests the one meant and lists the supported ones."""
+    text = language.strip().lower() if isinstance(language, str) else language
+    if text in tuple(Bm25Language):
+        return Bm25Language(text)
+    meant = next((name for name, others in _LANGUAGE_NAMES.items() if text in others.split()), None)
+    hint = f" (did you mean {meant}?)" if meant else closest_hint(str(text), Bm25Language)
+    raise ValueError(f"not a language BM25 supports{hint}; supported: {', '.join(Bm25Language)}")
 
 
 class DenseBackend(StrEnum):
@@ -378,6 +452,7 @@ class RetrievalSettings(BaseSettings):
     bm25_avg_len: float = Field(256.0, gt=0)
     bm25_tokenizer: Bm25Tokenizer = Bm25Tokenizer.WORD
     bm25_stopwords: Bm25Stopwords = Bm25Stopwords.NLTK
+    bm25_language: Bm25Language = Bm25Language.ENGLISH  # its stopwords and stemmer
 
     # Chunking.
     chunk_tokens: int = Field(256, ge=MIN_CHUNK_TOKENS)
@@ -603,6 +678,11 @@ class RetrievalSettings(BaseSettings):
         indexes = parse_payload_indexes(text)
         return ",".join(f"{key}:{kind}" for key, kind in sorted(indexes.items())) or None
 
+    @field_validator("bm25_language", mode="before")
+    @classmethod
+    def _check_bm25_language(cls, language: object) -> Bm25Language:
+        return check_bm25_language(language)
+
     @field_validator("dense_device")
     @classmethod
     def _check_device(cls, device: str | None) -> str | None:
@@ -620,6 +700,13 @@ class RetrievalSettings(BaseSettings):
                 "{chunk_overlap} must be smaller than {chunk_tokens}",
                 chunk_overlap=self.chunk_overlap,
                 chunk_tokens=self.chunk_tokens,
+            )
+        if self.bm25_stopwords == Bm25Stopwords.LUCENE and self.bm25_language != Bm25Language.ENGLISH:
+            raise SettingsConflict(
+                "{bm25_stopwords} is a list of English words: with {bm25_language} leave it at nltk (the default: "
+                "NLTK's list of that language)",
+                bm25_stopwords=str(self.bm25_stopwords),
+                bm25_language=str(self.bm25_language),
             )
         return self
 

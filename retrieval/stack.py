@@ -53,6 +53,7 @@ def sparse_args(settings: RetrievalSettings) -> dict[str, Any]:
         "avg_len": settings.bm25_avg_len,
         "tokenizer": settings.bm25_tokenizer,
         "stopwords": settings.bm25_stopwords,
+        "language": settings.bm25_language,
         "device": settings.dense_device,
     }
 

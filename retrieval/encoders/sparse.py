@@ -16,7 +16,7 @@ import regex
 
 from retrieval.encoders.runtime import fork_guard
 from retrieval.errors import InvalidArgumentError, not_one_string
-from retrieval.settings import Bm25Stopwords, Bm25Tokenizer
+from retrieval.settings import Bm25Language, Bm25Stopwords, Bm25Tokenizer, check_bm25_language
 from retrieval.wording import counted
 
 LEGACY_ANALYZER = "word"  # what earlier releases used (no normalization); a collection that records none used it
@@ -64,7 +64,7 @@ def _normalize_v1(text: str) -> str:
 # earliest releases', none), oldest first. Collections keep theirs until rebuilt; new ones get NORMALIZATION.
 NORMALIZATIONS = {"": None, "nfkc_casefold": _normalize_v1, "nfkc_cf": normalize_text}
 NORMALIZATION = "nfkc_cf"
-_STOPWORDS = {Bm25Stopwords.NLTK: None, Bm25Stopwords.LUCENE: LUCENE_STOPWORDS}  # None: Qdrant's English default
+_STOPWORDS = {Bm25Stopwords.NLTK: None, Bm25Stopwords.LUCENE: LUCENE_STOPWORDS}  # None: Qdrant's, of the language
 _LUCENE_STOP = "lucene_stop"  # in an analyzer's name: BM25_STOPWORDS=lucene (none: nltk)
 
 
@@ -87,10 +87,11 @@ class Bm25Encoder:
     Term ids are hashes of the stemmed token, so no vocabulary is stored; the IDF factor is applied by
     Qdrant from the collection's statistics (sparse vector modifier ``idf``). Texts (documents and queries) are
     normalized first (:func:`normalize_text`), then split by ``tokenizer`` (``word`` or ``multilingual``);
-    ``stopwords`` (``nltk``: Qdrant's English default; ``lucene``: :data:`LUCENE_STOPWORDS`) are dropped and the
-    rest stemmed by Qdrant's Snowball English stemmer. The normalization, the stopwords and the tokenizer make the
-    :attr:`analyzer` a collection records; the normalizations of earlier releases (:data:`NORMALIZATIONS`) are kept
-    for their collections (:meth:`of_analyzer`).
+    ``stopwords`` (``nltk``: Qdrant's default, NLTK's list of ``language``; ``lucene``: :data:`LUCENE_STOPWORDS`,
+    English only) are dropped and the rest stemmed by Qdrant's Snowball stemmer of ``language`` (English by
+    default; none for a language Snowball lacks). The normalization, the language, the stopwords and the tokenizer
+    make the :attr:`analyzer` a collection records; the normalizations of earlier releases (:data:`NORMALIZATIONS`)
+    are kept for their collections (:meth:`of_analyzer`).
     """
 
     name = "bm25"
@@ -104,6 +105,7 @@ class Bm25Encoder:
         tokenizer: str = "word",
         stopwords: str = "nltk",
         normalization: str = NORMALIZATION,
+        language: str = "english",
     ):
         if tokenizer not in tuple(Bm25Tokenizer):
             raise InvalidArgumentError(f"BM25 tokenizer {tokenizer!r} is not one of {', '.join(Bm25Tokenizer)}")
@@ -111,6 +113,12 @@ class Bm25Encoder:
             raise InvalidArgumentError(f"BM25 stopwords {stopwords!r} are not one of {', '.join(Bm25Stopwords)}")
         if normalization not in NORMALIZATIONS:
             raise InvalidArgumentError(f"unknown BM25 normalization {normalization!r}")
+        try:
+            self.language = str(check_bm25_language(language))
+        except ValueError as exc:
+            raise InvalidArgumentError(f"BM25 language {language!r}: {exc}") from None
+        if stopwords == Bm25Stopwords.LUCENE and self.language != Bm25Language.ENGLISH:
+            raise InvalidArgumentError(f"BM25 stopwords 'lucene' are English words: not for language {language!r}")
         self.k1, self.b, self.avg_len = k1, b, avg_len
         self.tokenizer, self.stopwords, self.normalization = str(tokenizer), str(stopwords), normalization
         self._normalize, self._stopwords = NORMALIZATIONS[normalization], _STOPWORDS[Bm25Stopwords(stopwords)]
@@ -120,10 +128,14 @@ class Bm25Encoder:
 
     @property
     def analyzer(self) -> str:
-        """How texts become terms, as a collection records it: ``<normalization>[+lucene_stop]+<tokenizer>``
-        (``nfkc_cf+word`` by default), or the tokenizer alone (``word``) for the analyzer of the earliest releases."""
-        stop = [_LUCENE_STOP] if self.stopwords == Bm25Stopwords.LUCENE else []
-        return "+".join([self.normalization, *stop, self.tokenizer] if self.normalization else [*stop, self.tokenizer])
+        """How texts become terms, as a collection records it:
+        ``<normalization>[+<language>][+lucene_stop]+<tokenizer>`` (``nfkc_cf+word`` by default, ``nfkc_cf+german+word``
+        for German: English, the default, is not named), or the tokenizer alone (``word``) for the analyzer of the
+        earliest releases."""
+        steps = [self.normalization] if self.normalization else []
+        steps += [self.language] if self.language != Bm25Language.ENGLISH else []
+        steps += [_LUCENE_STOP] if self.stopwords == Bm25Stopwords.LUCENE else []
+        return "+".join([*steps, self.tokenizer])
 
     @classmethod
     def of_analyzer(cls, analyzer: str, k1: float = 1.2, b: float = 0.75, avg_len: float = 256.0) -> Bm25Encoder:
@@ -131,10 +143,19 @@ class Bm25Encoder:
         *steps, tokenizer = analyzer.split("+")
         stopwords = Bm25Stopwords.LUCENE if steps[-1:] == [_LUCENE_STOP] else Bm25Stopwords.NLTK
         steps = steps[:-1] if stopwords == Bm25Stopwords.LUCENE else steps
+        language = steps.pop() if steps[-1:] and steps[-1] in tuple(Bm25Language) else Bm25Language.ENGLISH
         if len(steps) > 1 or (steps and steps[0] not in NORMALIZATIONS) or steps == [""]:
             raise InvalidArgumentError(f"unknown BM25 analyzer {analyzer!r}")
         normalization = steps[0] if steps else ""
-        return cls(k1=k1, b=b, avg_len=avg_len, tokenizer=tokenizer, stopwords=stopwords, normalization=normalization)
+        return cls(
+            k1=k1,
+            b=b,
+            avg_len=avg_len,
+            tokenizer=tokenizer,
+            stopwords=stopwords,
+            normalization=normalization,
+            language=language,
+        )
 
     def with_analyzer(self, analyzer: str | None) -> Bm25Encoder:
         """This encoder, or one with the same parameters and the recorded ``analyzer`` (None: this one)."""
@@ -144,15 +165,15 @@ class Bm25Encoder:
 
     def earlier(self, analyzer: str | None) -> Bm25Encoder | None:
         """The encoder of ``analyzer`` (a collection's) when an earlier release made it from this encoder's settings:
-        an earlier normalization with the same stopwords and tokenizer (None otherwise: this analyzer, other
-        settings, or unknown)."""
+        an earlier normalization with the same language, stopwords and tokenizer (None otherwise: this analyzer,
+        other settings, or unknown)."""
         try:
             theirs = self.with_analyzer(analyzer)
         except InvalidArgumentError:
             return None
         order = list(NORMALIZATIONS)
         earlier = order.index(theirs.normalization) < order.index(self.normalization)
-        same = (theirs.tokenizer, theirs.stopwords) == (self.tokenizer, self.stopwords)
+        same = (theirs.tokenizer, theirs.stopwords, theirs.language) == (self.tokenizer, self.stopwords, self.language)
         return theirs if earlier and same else None
 
     def _config(self, **kwargs):
@@ -161,7 +182,7 @@ class Bm25Encoder:
         tokenizer = qdrant_edge.TokenizerType.Multilingual if self.tokenizer == "multilingual" else None
         if self._stopwords is not None:
             kwargs["stopwords"] = qdrant_edge.StopwordsSet(custom=set(self._stopwords))
-        return qdrant_edge.Bm25Config(**kwargs, tokenizer=tokenizer, language="english")
+        return qdrant_edge.Bm25Config(**kwargs, tokenizer=tokenizer, language=self.language)
 
     def _prepared(self, texts: Sequence[str]) -> list[str]:
         return [self._normalize(t) for t in texts] if self._normalize else list(texts)
@@ -306,9 +327,10 @@ def make_sparse_encoder(
     avg_len: float = 256.0,
     tokenizer: str = "word",
     stopwords: str = "nltk",
+    language: str = "english",
     device: str | None = None,
 ) -> Bm25Encoder | SpladeEncoder:
     """``bm25`` for BM25; any other value is a SPLADE model name or path."""
     if name.lower() == "bm25":
-        return Bm25Encoder(k1=k1, b=b, avg_len=avg_len, tokenizer=tokenizer, stopwords=stopwords)
+        return Bm25Encoder(k1=k1, b=b, avg_len=avg_len, tokenizer=tokenizer, stopwords=stopwords, language=language)
     return SpladeEncoder(name, device=device)
