@@ -20,17 +20,15 @@ from retrieval.chunking import PAGE_STARTS
 from retrieval.formats import FileContent
 from retrieval.input_files import FileProblem
 
+log = logging.getLogger(__name__)
+
 NO_TEXT = "no text: a scanned PDF? run OCR on it first, e.g. ocrmypdf"
 # a /Title that names a file or says nothing: "Microsoft Word - report.docx", "untitled", "slides.pptx"
 _NO_TITLE = re.compile(
     r"(?:microsoft \w+ - .*|untitled\b.*|title|document\d*|.*\.(?:pdf|docx?|pptx?|xlsx?|odt|rtf|txt|tex|dvi|ps|indd))",
     re.IGNORECASE,
 )
-
-
-log = logging.getLogger(__name__)
-
-
+# the messages pypdf logs while a page's text is extracted (None: no page is)
 _PAGE_RECORDS: ContextVar[list[str] | None] = ContextVar("pdf_page_records", default=None)
 
 
@@ -104,8 +102,8 @@ def _open(data: bytes) -> PdfReader:
         len(reader.pages)  # a damaged page tree fails here, not page by page
     except FileNotDecryptedError:
         raise FileProblem("encrypted with a password: decrypt it first, e.g. qpdf --decrypt --password=PW") from None
-    except DependencyError as exc:  # AES encryption needs the cryptography package
-        raise FileProblem(f"encrypted: reading it needs {exc}") from None
+    except DependencyError as exc:  # AES encryption (even with an empty password) needs the cryptography package
+        raise FileProblem(f"cannot be read as PDF: {exc} (pip install cryptography)") from None
     except Exception as exc:  # noqa: BLE001 - pypdf raises many kinds on a damaged file
         raise FileProblem(f"cannot be read as PDF: {_reason(exc)}") from None
     return reader
@@ -120,7 +118,7 @@ def _info(reader: PdfReader) -> dict[str, Any]:
     if info is None:
         return {}
     found: dict[str, Any] = {}
-    title = _clean(str(info.title or "")).strip()
+    title = " ".join(_clean(str(info.title or "")).split())
     if title and not _NO_TITLE.fullmatch(title):
         found["title"] = title
     if author := _clean(str(info.author or "")).strip():
