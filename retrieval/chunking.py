@@ -18,6 +18,7 @@ from retrieval.errors import InvalidArgumentError
 from retrieval.wording import counted
 
 POINT_NAMESPACE = uuid.UUID("6f1c1f0e-8d0a-4f43-9a57-1b2c3d4e5f60")
+PAGE_STARTS = "page_starts"  # document metadata: where each page's text starts (a PDF's); chunks get their ``page``
 MOSTLY_UNKNOWN = 0.5  # a chunk is mostly unknown to the dense model when this share of its tokens is [UNK]
 _GRAPHEME = regex.compile(r"\X")  # an extended grapheme cluster: a user-perceived character
 
@@ -76,6 +77,19 @@ class Chunk:
         }
 
 
+def chunk_metadata(metadata: dict[str, Any], start: int) -> dict[str, Any]:
+    """The metadata of a chunk starting at ``start`` in its document's text: the document's, except that its
+    :data:`PAGE_STARTS` (a list of the offsets where pages start, as the PDF reader gives it) becomes the chunk's
+    ``page``, the number (from 1) of the page it starts on: each chunk does not carry every page's offset."""
+    starts = metadata.get(PAGE_STARTS)
+    if not isinstance(starts, list) or not starts or not all(type(s) is int for s in starts):
+        return metadata
+    return {
+        **{k: v for k, v in metadata.items() if k != PAGE_STARTS},
+        "page": max(1, bisect.bisect_right(starts, start)),
+    }
+
+
 def window_overlap(overlap: int, budget: int) -> int:
     """The overlap of consecutive windows: the one asked for, at most half the ``budget``."""
     return min(overlap, budget // 2)
@@ -122,8 +136,9 @@ class Chunker:
         unknown = list(accumulate((i == unk for i in encoding["input_ids"]), initial=0))
         if not offsets:
             lead = len(doc.text) - len(doc.text.lstrip())
+            end = len(doc.text.rstrip())
             return [
-                Chunk(doc.id, 0, doc.text.strip(), title, doc.metadata, head, start=lead, end=len(doc.text.rstrip()))
+                Chunk(doc.id, 0, doc.text.strip(), title, chunk_metadata(doc.metadata, lead), head, start=lead, end=end)
             ]
         cuts = _word_cuts(doc.text, offsets, budget if self.at_whitespace else 0)
         graphemes = _grapheme_starts(doc.text)
@@ -138,7 +153,8 @@ class Chunker:
                     break
                 end = _last_cut(cuts, start + 1, end - 1) or end - 1
             mostly_unknown = unknown[end] - unknown[start] >= MOSTLY_UNKNOWN * (end - start)
-            chunks.append(Chunk(doc.id, len(chunks), text, title, doc.metadata, head, mostly_unknown, lo, hi))
+            metadata = chunk_metadata(doc.metadata, lo)
+            chunks.append(Chunk(doc.id, len(chunks), text, title, metadata, head, mostly_unknown, lo, hi))
             if end >= n:
                 return chunks
             start = _last_cut(cuts, start + 1, end - self.overlap) or end

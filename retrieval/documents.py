@@ -355,6 +355,8 @@ class DocumentReader:
             content: FileContent = reader(file_bytes(path, MAX_FILE_BYTES))
         except FileProblem as exc:
             return self._problem(path, exc.line, exc.reason, doc_id)
+        for warning in content.warnings:
+            log.warning("%s: %s", path, warning)
         metadata = {k: v for k, v in content.metadata.items() if k not in RESERVED_FRONT_MATTER}
         return self._document(
             path, None, doc_id, content.text, content.title or base_name(path), {**metadata, "source_path": doc_id}

@@ -96,7 +96,7 @@ def test_an_empty_source_publishes_no_empty_index_and_deletes_nothing(tmp_path: 
     refused by the size guard (unless allow_delete)."""
     drop = tmp_path / "drop"
     drop.mkdir()
-    (drop / "scan.pdf").write_bytes(b"%PDF-1.4")
+    (drop / "scan.png").write_bytes(b"\x89PNG\r\n\x1a\n")
     materialize, points = _pipeline(tmp_path, f"    source: {drop}\n    format: dir\n    on_bad_input: skip\n")
     refused = materialize()
     error = str(next(e for e in refused.all_events if e.event_type_value == "STEP_FAILURE").step_failure_data.error)
@@ -105,7 +105,7 @@ def test_an_empty_source_publishes_no_empty_index_and_deletes_nothing(tmp_path: 
         f"corpus 'dropbox': {drop}: no documents to index: a folder's documents are read from its files of types"
         in error
     )
-    assert "only 1 file of other types: scan.pdf; nothing was written; collection 'drop' not created" in error
+    assert "only 1 file of other types: scan.png; nothing was written; collection 'drop' not created" in error
     for doc in TINY_DOCS[:2]:
         (drop / f"{doc.id}.md").write_text(f"# {doc.title}\n{doc.text}")
     assert materialize().success and points() == 2

@@ -476,7 +476,7 @@ def test_skipped_inputs_are_counted_with_reasons(tmp_path: Path, sandbox: Sandbo
     drop = tmp_path / "drop"
     drop.mkdir()
     (drop / "good.md").write_text("# Good\nReadable text.")
-    (drop / "scan.pdf").write_bytes(b"%PDF-1.7")
+    (drop / "scan.png").write_bytes(b"\x89PNG\r\n\x1a\n")
     (drop / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
     corpora = tmp_path / "corpora.yaml"
     corpora.write_text(f"corpora:\n  dropbox:\n    source: {drop}\n    format: dir\n    on_bad_input: skip\n")
@@ -489,7 +489,7 @@ def test_skipped_inputs_are_counted_with_reasons(tmp_path: Path, sandbox: Sandbo
     [event] = result.get_asset_materialization_events()
     meta = {k: getattr(v, "value", v) for k, v in event.materialization.metadata.items()}
     assert meta["documents"] == 1 and meta["skipped"] == 2 and meta["bad_input_policy"] == "skip"
-    assert "unsupported file type '.pdf'" in meta["skipped_reasons"] and "not valid UTF-8" in meta["skipped_reasons"]
+    assert "unsupported file type '.png'" in meta["skipped_reasons"] and "not valid UTF-8" in meta["skipped_reasons"]
 
 
 def _read_raw_documents(tmp_path: Path, sandbox: Sandbox, entry: str) -> dg.ExecuteInJobResult:

@@ -19,17 +19,20 @@ MAX_FILE_BYTES = 256 * 1024 * 1024  # a PDF or Word file's size (images make the
 @dataclass(frozen=True)
 class FileContent:
     """What a reader found in a file: its ``text``, a ``title`` ("": none, the file name serves) and ``metadata``
-    stored with the document (JSON values; never ``title`` or ``source_path``, which the document reader sets)."""
+    stored with the document (values as :func:`~retrieval.documents.json_metadata` stores them: a datetime becomes
+    ISO 8601; never ``title`` or ``source_path``, which the document reader sets); ``warnings``: what it left out
+    (a page that failed), which the document reader logs naming the file."""
 
     text: str
     title: str = ""
     metadata: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
 
 FileReader = Callable[[bytes], FileContent]  # a file's bytes (decompressed) -> its content, or FileProblem
 
 # suffix -> the module under retrieval.formats whose ``read(data: bytes) -> FileContent`` reads it
-READER_MODULES: dict[str, str] = {}
+READER_MODULES: dict[str, str] = {".pdf": "pdf"}
 
 
 def reader_for(suffix: str) -> FileReader | None:
