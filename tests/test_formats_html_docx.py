@@ -123,6 +123,12 @@ def test_the_main_content_is_read_without_the_site_chrome_around_it(tmp_path):
     assert text.startswith("The page's own text.") and text.endswith("Read next\n\nRelated")
 
 
+def test_a_page_that_shows_only_chrome_is_read_with_it(tmp_path):
+    """Text left unread for being in a header is no page without text: an unclosed <header> holds the page."""
+    unclosed = b"<header><h1>Blog</h1><p>The whole post, in the header left open."
+    assert read_one(tmp_path, "post.html", unclosed).text == "Blog\n\nThe whole post, in the header left open."
+
+
 def test_markup_that_is_not_html_is_read_as_a_browser_shows_it(tmp_path):
     assert read_one(tmp_path, "notes.html", b"plain  text,\nno markup <at all").text == "plain text, no markup"
 

@@ -84,7 +84,8 @@ def _decoded(data: bytes) -> str:
 
 def _page_text(soup: BeautifulSoup) -> str:
     """The text of the page's ``<main>``, else of its one outermost ``<article>`` when that holds half of the text
-    of the body or more (not a teaser beside the page's text), else of its body."""
+    of the body or more (not a teaser beside the page's text), else of its body; of its body with the chrome when
+    that is all it shows (a page all navigation, or one whose unclosed ``<header>`` holds the rest)."""
     main = soup.find("main")
     if isinstance(main, Tag) and (text := _text(main)):
         return text
@@ -92,11 +93,11 @@ def _page_text(soup: BeautifulSoup) -> str:
     articles = [a for a in soup.find_all("article") if not a.find_parent("article")]
     if len(articles) == 1 and len(text := _text(articles[0])) * 2 >= len(body):
         return text
-    return body
+    return body or _text(soup.body or soup, chrome=True)
 
 
-def _text(root: Tag) -> str:
-    """The visible text of ``root``'s tree (see the module's docstring), or ""."""
+def _text(root: Tag, chrome: bool = False) -> str:
+    """The visible text of ``root``'s tree (see the module's docstring), with the site chrome or not, or ""."""
     out = _Text()
     stack: list[tuple[Tag | NavigableString, bool]] = [(root, False)]
     while stack:  # not recursive: pages nest deeper than Python's recursion limit
@@ -106,18 +107,20 @@ def _text(root: Tag) -> str:
                 out.add(str(node))
         elif leaving:
             out.close(node.name)
-        elif node is root or _shown(node):
+        elif node is root or _shown(node, chrome):
             out.open(node.name)
             stack.append((node, True))
             stack.extend((child, False) for child in reversed(node.contents))
     return out.text()
 
 
-def _shown(tag: Tag) -> bool:
-    """Whether ``tag`` is shown and is no site chrome."""
-    if tag.name in INVISIBLE or tag.name == "nav" or tag.has_attr("hidden"):
+def _shown(tag: Tag, chrome: bool) -> bool:
+    """Whether ``tag`` is shown and, unless ``chrome``, is no site chrome."""
+    if tag.name in INVISIBLE or tag.has_attr("hidden") or _HIDDEN_STYLE.search(str(tag.get("style") or "")):
         return False
-    if _HIDDEN_STYLE.search(str(tag.get("style") or "")) or str(tag.get("role") or "").lower() in CHROME_ROLES:
+    if chrome:
+        return True
+    if tag.name == "nav" or str(tag.get("role") or "").lower() in CHROME_ROLES:
         return False
     return tag.name not in {"header", "footer"} or tag.find_parent(SECTIONING) is not None
 
