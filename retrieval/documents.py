@@ -60,6 +60,7 @@ RECORD_FIELDS = {"_id", "title", "text", "metadata"}  # a JSONL record's other f
 RESERVED_FRONT_MATTER = {"title", "source_path"}  # the document's title; the reader's own metadata
 NOT_UNICODE = "not valid Unicode (lone surrogate)"
 UNSUPPORTED = "unsupported file type"  # a folder's file that is no text file: never a document
+SAVE_AS = {".doc": ".docx"}  # a type not read whose files the program that wrote them saves as a type read
 _COMMONMARK = MarkdownIt("commonmark")
 # may open a "# Title" heading or underline a "Title\n===" one (CommonMark decides)
 _H1_LINE = re.compile(r" {0,3}(?:#(?:[ \t]|\r?$)|=+[ \t]*\r?$)")
@@ -350,7 +351,7 @@ class DocumentReader:
         type read nowhere, or one its reader finds no document in (reported)."""
         reader = reader_for(inner_suffix(path))
         if reader is None:
-            return self._problem(path, None, f"{UNSUPPORTED} {file_type(path) or '(none)'!r}", doc_id)
+            return self._problem(path, None, unsupported(path), doc_id)
         try:
             content: FileContent = reader(file_bytes(path, MAX_FILE_BYTES))
         except FileProblem as exc:
@@ -668,6 +669,13 @@ def document_suffixes() -> set[str]:
     return TEXT_SUFFIXES | READER_MODULES.keys()
 
 
+def unsupported(path: Path) -> str:
+    """Why file ``path``, of a type not read, is not: its type, and the type to save it as where there is one."""
+    reason = f"{UNSUPPORTED} {file_type(path) or '(none)'!r}"
+    save_as = SAVE_AS.get(inner_suffix(path))
+    return f"{reason} (save it as {save_as} to index it)" if save_as else reason
+
+
 def detect_format(path: Path) -> SourceFormat:
     """BEIR when ``path`` is a directory holding corpus.jsonl, else a folder of files; for a file, by its suffix
     (under ``.gz``): JSONL (.jsonl, .json, .ndjson) or one text document (``dir``, read as a folder holding only
@@ -683,7 +691,7 @@ def detect_format(path: Path) -> SourceFormat:
         return SourceFormat.DIR
     jsonl, text = ", ".join(sorted(JSONL_SUFFIXES)), ", ".join(sorted(document_suffixes()))
     reason = (
-        f"unsupported file type {file_type(path) or '(none)'!r}: a file is read as JSONL ({jsonl}) or as one text "
+        f"{unsupported(path)}: a file is read as JSONL ({jsonl}) or as one text "
         f"document ({text}), each maybe gzip-compressed (.gz); format 'jsonl' reads any file as JSONL"
     )
     raise BadInputError(InputProblem(path, None, reason))

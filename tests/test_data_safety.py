@@ -83,10 +83,11 @@ def test_a_folder_without_documents_is_refused_naming_what_it_reads_and_creates_
     empty.mkdir()
     (empty / ".DS_Store").write_text("x")
     papers.mkdir()
-    for name in ("a.png", "b.docx", "c.html", "export.jsonl"):
+    for name in ("a.png", "b.xlsx", "c.odt", "export.jsonl"):
         (papers / name).write_text("{}")
     reads = (
-        "a folder's documents are read from its files of types .markdown, .md, .pdf, .rst, .txt "
+        "a folder's documents are read from its files of types .docx, .htm, .html, .markdown, .md, .pdf, .rst, .txt, "
+        ".xhtml "
         "(each maybe gzip-compressed: .gz"
     )
     for args in ([str(empty)], [str(papers)], [str(papers), "--policy", "skip"], [str(cli_env / "none.jsonl")]):
@@ -96,7 +97,7 @@ def test_a_folder_without_documents_is_refused_naming_what_it_reads_and_creates_
         assert line.startswith(f"error: {args[0]}: no documents to index: ") and line.endswith("nothing was written")
         assert "\n" not in line and (reads in line or args[0].endswith(".jsonl"))
         if args[0] == str(papers):
-            assert "it holds only 4 files of other types: a.png, b.docx, c.html and 1 more; " in line
+            assert "it holds only 4 files of other types: a.png, b.xlsx, c.odt and 1 more; " in line
             assert f"a JSON Lines file is read when named: hybrid-rag index {papers / 'export.jsonl'}" in line
     assert not (cli_env / "index").exists()  # no collection, no index folder
     cli("index", str(write_jsonl(cli_env / "all.jsonl", TINY_DOCS)), "-c", "kb")

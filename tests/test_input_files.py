@@ -451,13 +451,13 @@ def test_index_stopped_by_one_record_says_what_reads_the_others(tmp_path, monkey
     (tmp_path / "docs" / "img").mkdir(parents=True)
     (tmp_path / "docs" / "guide.md").write_text("# Guide\nSteps.\n")
     (tmp_path / "docs" / "img" / "logo.png").write_bytes(b"\x89PNG\r\n\x1a\n")
-    (tmp_path / "docs" / "notes.docx").write_bytes(b"PK\x03\x04")
+    (tmp_path / "docs" / "notes.doc").write_bytes(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1")
     (tmp_path / "cut.jsonl.gz").write_bytes(gzip.compress(LINES.encode())[:-9])
     result = CliRunner().invoke(app, ["index", str(tmp_path / "docs"), "-c", "docs"])
     assert result.exit_code == 2, result.output
     assert without_bars(result.output) == (
         f"error: {tmp_path}/docs/img/logo.png: unsupported file type '.png' (and 1 more bad record: "
-        f"{tmp_path}/docs/notes.docx: unsupported file type '.docx') "
+        f"{tmp_path}/docs/notes.doc: unsupported file type '.doc' (save it as .docx to index it)) "
         "(--policy skip indexes the others and lists each record it leaves out)"
     )
     result = CliRunner().invoke(app, ["index", str(tmp_path / "cut.jsonl.gz"), "-c", "docs"])

@@ -32,7 +32,13 @@ class FileContent:
 FileReader = Callable[[bytes], FileContent]  # a file's bytes (decompressed) -> its content, or FileProblem
 
 # suffix -> the module under retrieval.formats whose ``read(data: bytes) -> FileContent`` reads it
-READER_MODULES: dict[str, str] = {".pdf": "pdf"}
+READER_MODULES: dict[str, str] = {
+    ".pdf": "pdf",
+    ".html": "html",
+    ".htm": "html",
+    ".xhtml": "html",
+    ".docx": "docx",
+}
 
 
 def reader_for(suffix: str) -> FileReader | None:
