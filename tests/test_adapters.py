@@ -8,6 +8,7 @@ import pytest
 
 from retrieval import Document
 from retrieval.errors import EmptyQueryError, FilterError, InvalidArgumentError
+from tests.conftest import BACKENDS
 
 os.environ.setdefault("HAYSTACK_TELEMETRY_ENABLED", "False")  # no network here
 
@@ -19,7 +20,7 @@ OTHER = Document("p2", "Notes about hybrid cars and their batteries.", title="Ot
 EMPTY = Document("p3", "Hybrid vigour in plant breeding.", title="Plants", metadata={"title": None, "chunk_index": []})
 
 
-@pytest.fixture(params=["edge", "server"], scope="module")
+@pytest.fixture(params=BACKENDS, scope="module")
 def retriever(request, indexed_stack):
     stack = indexed_stack(request.param, [PAPER, OTHER, EMPTY], collection="adapters", rerank=False)
     yield stack.retriever()
