@@ -1299,7 +1299,8 @@ def evaluate(
     from evals.runner import evaluate_collection
     from evals.runs import format_run, write_run, write_run_context
     from retrieval import RetrievalStack, read_documents
-    from retrieval.errors import InputFormatError, InputNotFoundError, choice
+    from retrieval.documents import BadInputError, nothing_to_index
+    from retrieval.errors import InputNotFoundError, choice
     from retrieval.search import Variant
 
     variants = [choice(Variant, v, "variant") for v in (variant or [v.value for v in Variant])]
@@ -1320,10 +1321,10 @@ def evaluate(
             docs, read_report = read_documents(coll.corpus_path, "jsonl", settings.bad_input_policy)
             for problem in read_report.skipped:
                 err_console.print(label("skipped", "yellow"), str(problem), soft_wrap=True)
-            if not docs:  # an empty collection would then be "another corpus"
-                raise InputFormatError(
-                    f"{coll.corpus_path}: holds no documents to index; collection {settings.collection!r} not created"
-                )
+            # No document: no empty collection ("another corpus"), said as hybrid-rag index says it; a corpus of bad
+            # records only: the indexer's NothingToIndexError names them
+            if not docs and (nothing := nothing_to_index(coll.corpus_path, "jsonl", read_report.skipped)):
+                raise BadInputError(nothing, hint=f": collection {settings.collection!r} was not created")
             stack.indexer().index(docs, skipped=read_report.skipped)
         report = evaluate_collection(
             stack.retriever(), coll, split, variants, ignore_identical_ids=not keep_identical_ids

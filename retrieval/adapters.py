@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from retrieval.store.base import SHOWN_STORED, ShownFilter
@@ -35,6 +36,16 @@ def hit_metadata(hit: Any) -> dict[str, Any]:
     }
 
 
+def shown_source(doc_id: str, metadata: Mapping[str, Any]) -> Any:
+    """The ``source`` LangChain's chains cite (its loaders set it to a file path): the document's own metadata
+    ``source`` where it has one (not null, not an empty list), else its ``source_path`` (a folder's file, relative
+    to the folder) where it has one, else its id."""
+    for key in ("source", "source_path"):
+        if metadata.get(key) not in (None, []):
+            return metadata[key]
+    return doc_id
+
+
 def adapter_repr(name: str, retriever: Any, group_by: str, **given: Any) -> str:
     """``Name(retriever=..., <the arguments given>)``: what an adapter searches (the frameworks' own reprs of
     LlamaIndex and Haystack components show the object's address)."""
@@ -43,8 +54,9 @@ def adapter_repr(name: str, retriever: Any, group_by: str, **given: Any) -> str:
     return f"{name}({', '.join([f'retriever={retriever!r}', *shown])})"
 
 
-def shown_filter(spec: Any) -> Any:
+def shown_filter(spec: Any, *, shows_source: bool = False) -> Any:
     """An adapter's filter dict as a :class:`~retrieval.store.base.ShownFilter`: each key tests the value
     :func:`hit_metadata` shows (``title``: the document's own metadata title if it has one, else the stored
-    title). Anything else passes as given (the search refuses it)."""
-    return ShownFilter(spec) if isinstance(spec, dict) else spec
+    title), and ``source`` the one LangChain's documents show (``shows_source``). Anything else passes as given
+    (the search refuses it)."""
+    return ShownFilter(spec, shows_source=shows_source) if isinstance(spec, dict) else spec

@@ -16,7 +16,7 @@ from langchain_core.documents import Document as LCDocument
 from langchain_core.retrievers import BaseRetriever
 from pydantic import ConfigDict, Field
 
-from retrieval.adapters import hit_metadata, shown_filter
+from retrieval.adapters import hit_metadata, shown_filter, shown_source
 from retrieval.errors import InvalidArgumentError
 
 SEARCH_KWARGS = ("k", "filter", "rerank", "variant", "group_by", "score_threshold", "diversity", "diversity_depth")
@@ -32,7 +32,8 @@ RUNNABLE_FIELDS = ("name", "tags", "metadata")  # BaseRetriever's own, for traci
 
 class LangChainRetriever(BaseRetriever):
     """Yields ``Document(page_content, metadata)``: the metadata of the other adapters (doc id, chunk id and
-    index, title, the document's own metadata, final score, per-channel ranks and scores)."""
+    index, title, the document's own metadata, final score, per-channel ranks and scores) and ``source``, which
+    LangChain's chains cite: the document's own, else its ``source_path`` (a folder's file), else its id."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
 
@@ -102,8 +103,12 @@ def _checked(kwargs: dict[str, Any], search_type: str) -> dict[str, Any]:
 
 def _shown(search_kwargs: dict[str, Any]) -> dict[str, Any]:
     """The search arguments with the filter read as the documents show their fields (:func:`shown_filter`)."""
-    return search_kwargs | {"filter": shown_filter(search_kwargs.get("filter"))}
+    return search_kwargs | {"filter": shown_filter(search_kwargs.get("filter"), shows_source=True)}
 
 
 def _to_document(hit) -> LCDocument:
-    return LCDocument(page_content=hit.text, metadata=hit_metadata(hit), id=hit.chunk_id)
+    """The hit as a LangChain ``Document``, with the ``source`` its chains cite (``{source}`` in a document
+    prompt): the document's own, else its ``source_path``, else its id (:func:`shown_source`)."""
+    metadata = hit_metadata(hit)
+    metadata["source"] = shown_source(hit.doc_id, hit.metadata)
+    return LCDocument(page_content=hit.text, metadata=metadata, id=hit.chunk_id)

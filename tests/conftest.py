@@ -132,13 +132,18 @@ def settings(tmp_path: Path) -> RetrievalSettings:
     return RetrievalSettings(qdrant_path=tmp_path / "index", cache_dir=tmp_path / "cache", collection="test")
 
 
+# Every store backend make_store can open: tests that hold for every backend parametrize over this (a new backend is
+# added here and in make_store).
+BACKENDS = ("edge", "server")
+
+
 def make_store(backend: str, root: Path, collection: str = "test"):
     """A real store: the embedded engine (Qdrant Edge) or the server code path on qdrant-client's local mode."""
     if backend == "edge":
         return EdgeStore(root / "index", collection)
     if backend == "server":
         return ServerStore(connect(":memory:"), collection, location=":memory:", backoff_s=0.0)
-    raise ValueError(f"make_store: no backend {backend!r} (edge, server)")
+    raise ValueError(f"make_store: no backend {backend!r} ({', '.join(BACKENDS)})")
 
 
 @pytest.fixture(scope="session")
@@ -197,7 +202,7 @@ def cli_invoker(monkeypatch) -> Callable[..., tuple[int, str]]:
     return run
 
 
-@pytest.fixture(params=["edge", "server"])
+@pytest.fixture(params=BACKENDS)
 def store(request, tmp_path: Path):
     s = make_store(request.param, tmp_path)
     yield s

@@ -47,7 +47,7 @@ from retrieval.encoders.sparse import SparseVec
 from retrieval.search import Variant
 from retrieval.settings import ADAPTED_MARKER
 from retrieval.store import CollectionSchema, open_store
-from tests.conftest import make_store
+from tests.conftest import BACKENDS, make_store
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 pytestmark = pytest.mark.slow  # trains (a few steps, on the 60-document sample)
@@ -144,7 +144,7 @@ def _synthetic_store(backend: str, root, chunks: int):
     return store
 
 
-@pytest.mark.parametrize("backend", ["edge", "server"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_the_sample_is_seeded_the_same_on_both_backends_and_keeps_the_targets(backend, tmp_path) -> None:
     """The pool is a function of the stored ids and the seed alone (not of the backend, nor of the scroll order):
     same corpus, same seed, same sample; every chunk of the pseudo-queries' documents is always in."""

@@ -2,12 +2,14 @@
 adapter's keys (its values round-trip exactly) except the ids ``doc_id`` and ``chunk_id``, always the hit's (a
 ``doc_id`` filter matches them); the hit's values stay on the framework's own fields."""
 
+import json
 import os
 
 import pytest
 
 from retrieval import Document
 from retrieval.errors import EmptyQueryError, FilterError, InvalidArgumentError
+from tests.conftest import BACKENDS
 
 os.environ.setdefault("HAYSTACK_TELEMETRY_ENABLED", "False")  # no network here
 
@@ -19,7 +21,7 @@ OTHER = Document("p2", "Notes about hybrid cars and their batteries.", title="Ot
 EMPTY = Document("p3", "Hybrid vigour in plant breeding.", title="Plants", metadata={"title": None, "chunk_index": []})
 
 
-@pytest.fixture(params=["edge", "server"], scope="module")
+@pytest.fixture(params=BACKENDS, scope="module")
 def retriever(request, indexed_stack):
     stack = indexed_stack(request.param, [PAPER, OTHER, EMPTY], collection="adapters", rerank=False)
     yield stack.retriever()
@@ -296,3 +298,43 @@ def test_adapters_check_their_search_arguments_when_built(retriever, adapter):
     if adapter == "langchain":
         with pytest.raises(InvalidArgumentError, match="rerank=True with variant 'dense'"):
             make[adapter](variant="dense", rerank=True)
+
+
+@pytest.fixture(params=BACKENDS, scope="module")
+def sourced(request, tmp_path_factory, indexed_stack):
+    """A folder's Markdown file (``source_path``: its path in the folder), a JSONL record without a source and one
+    with its own ``source``, read as ``hybrid-rag index`` reads them."""
+    from retrieval import read_documents
+
+    root = tmp_path_factory.mktemp("sourced")
+    (root / "kb" / "guides").mkdir(parents=True)
+    (root / "kb" / "guides" / "pump.md").write_text("# Pump\n\nBleed the quokka pump before its first start.\n")
+    records = [
+        {"_id": "rec-1", "text": "The quokka valve is tightened by hand."},
+        {"_id": "rec-2", "text": "Quokka filters are changed yearly.", "source": "https://example.org/filters"},
+    ]
+    (root / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    docs = read_documents(root / "kb")[0] + read_documents(root / "records.jsonl")[0]
+    stack = indexed_stack(request.param, docs, collection="sourced", rerank=False)
+    yield stack.retriever()
+    stack.close()
+
+
+def test_langchain_documents_carry_the_source_its_chains_cite(sourced):
+    """``metadata["source"]`` (LangChain's loaders: the file path; ``{source}`` in a document prompt): a folder
+    file's ``source_path``, a JSONL record's id, a document's own ``source`` as it is; a ``source`` filter tests
+    that value."""
+    from langchain_core.prompts import PromptTemplate, format_document
+
+    docs = sourced.as_langchain(k=10).invoke("quokka")
+    shown = {d.metadata["doc_id"]: d.metadata["source"] for d in docs}
+    assert shown == {"guides/pump.md": "guides/pump.md", "rec-1": "rec-1", "rec-2": "https://example.org/filters"}
+    pump = next(d for d in docs if d.metadata["doc_id"] == "guides/pump.md")
+    assert pump.metadata["source_path"] == "guides/pump.md"
+    assert format_document(pump, PromptTemplate.from_template("{source}: {page_content}")).startswith("guides/pump")
+    for doc_id, source in shown.items():
+        assert [
+            d.metadata["doc_id"] for d in sourced.as_langchain(k=10).invoke("quokka", filter={"source": source})
+        ] == [doc_id]
+    assert sourced.as_langchain(k=10).invoke("quokka", filter={"source": "rec-2"}) == []  # its own source shows
+    assert sourced.as_langchain(k=10).invoke("quokka", filter={"source": None}) == []  # every document shows one

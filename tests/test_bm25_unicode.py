@@ -12,7 +12,7 @@ from retrieval.encoders.sparse import Bm25Encoder
 from retrieval.store import SchemaMismatchError
 from retrieval.store.base import MODEL_FIELDS, CollectionSchema
 from retrieval.store.server import SCHEMA_KEY
-from tests.conftest import make_store
+from tests.conftest import BACKENDS, make_store
 
 CJK_DOCS = [
     Document("panda", "熊猫主要生活在四川的竹林里，以竹子为食。"),
@@ -160,7 +160,7 @@ def _earlier_release_refuses(record: dict) -> bool:
     return any(record[k] != theirs[k] for k in MODEL_FIELDS)
 
 
-@pytest.mark.parametrize("backend", ["edge", "server"])
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("tokenizer", ["word", "multilingual"])
 def test_releases_before_the_analyzer_was_recorded_refuse_a_collection_of_another(
     tmp_path, dense_encoder, backend, tokenizer
@@ -176,7 +176,7 @@ def test_releases_before_the_analyzer_was_recorded_refuse_a_collection_of_anothe
         assert stack.check_schema().sparse_model == "bm25"
 
 
-@pytest.mark.parametrize("backend", ["edge", "server"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_a_collection_the_release_before_recorded_is_marked_on_its_next_write_without_re_encoding(
     tmp_path, dense_encoder, backend
 ):

@@ -7,6 +7,7 @@ import pytest
 
 from assets.tables import chunks_to_table, table_to_chunks
 from retrieval import Chunker, Document, point_id
+from tests.conftest import BACKENDS
 
 
 def make_chunker(dense_encoder, max_tokens=64, overlap=8):
@@ -261,7 +262,7 @@ def test_a_short_title_chunks_as_before(dense_encoder):
     assert chunk.content_hash == "3f2349879e7b909d65b23ceb7b543016503243bcbe53152b489c8a2b558dd5dc"
 
 
-@pytest.mark.parametrize("backend", ["edge", "server"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_hits_carry_the_whole_long_title(indexed_stack, backend):
     stack = indexed_stack(backend, [Document("t1", "Body text about wombats.", LONG_TITLE)], collection=f"t-{backend}")
     try:

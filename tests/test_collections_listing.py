@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from orchestration.cli import app
 from retrieval import Document, RetrievalSettings, RetrievalStack
 from retrieval.store.server import WRITTEN_KEY
-from tests.conftest import TINY_DOCS
+from tests.conftest import BACKENDS, TINY_DOCS
 from tests.test_reliability_writes import REPO
 
 LONG = Document("manual", "Pump manual. " + " ".join(f"Step {i}: check seal {i} and valve {i}." for i in range(60)))
@@ -49,7 +49,7 @@ def set_last_write(backend: str, tmp_path, when: dt.datetime) -> None:
         client.close()
 
 
-@pytest.mark.parametrize("backend", ["edge", "server"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_collections_shows_documents_and_the_last_write_of_a_real_ingest(
     backend, tmp_path, monkeypatch, dense_encoder, sparse_encoder
 ):
@@ -88,7 +88,7 @@ def test_collections_shows_documents_and_the_last_write_of_a_real_ingest(
     assert (row["documents"], row["points"]) == (len(DOCS) - 1, len(TINY_DOCS)) and written(row) >= before
 
 
-@pytest.mark.parametrize("backend", ["edge", "server"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_no_collections_is_one_line_saying_how_to_make_one_not_an_empty_table(backend, tmp_path, monkeypatch):
     """Both backends say the same line; ``--json`` is an empty list."""
     monkeypatch.chdir(tmp_path)

@@ -17,10 +17,9 @@ from retrieval.errors import InvalidArgumentError, InvalidDocumentError, Nothing
 from retrieval.indexer import Indexer
 from retrieval.parts import Parts
 from retrieval.store import EdgeStore
-from tests.conftest import TINY_DOCS
+from tests.conftest import BACKENDS, TINY_DOCS
 
 N = len(TINY_DOCS)
-BACKENDS = ["edge", "server"]
 VERBS = ["install", "configure", "deploy", "monitor", "backup", "restore", "upgrade"]
 # One long document (many chunks) and four one-chunk notes: removing the notes removes few points but most documents.
 MANUAL = Document(
@@ -410,7 +409,7 @@ def test_cli_sync_names_the_figure_over_half(cli_env):
     assert cli_json("index", str(folder), "-c", "kb", "--sync", "--allow-delete")["deleted"] == 4
 
 
-@pytest.mark.parametrize("backend", ["edge", "server"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_deletes_refuse_ids_that_are_not_strings(indexed_stack, backend):
     """``delete_documents([2])`` silently deleted nothing (ids are stored as strings); None and nested lists gave
     bare TypeErrors."""

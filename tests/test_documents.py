@@ -14,6 +14,7 @@ import pytest
 from retrieval import BadInputError, Document, read_documents
 from retrieval.documents import MAX_DOCUMENT_BYTES, MAX_METADATA_BYTES, MAX_METADATA_DEPTH, validate_documents
 from retrieval.errors import HybridRagError, InvalidArgumentError, InvalidDocumentError
+from tests.conftest import BACKENDS
 
 CET = dt.timezone(dt.timedelta(hours=1))
 
@@ -243,7 +244,7 @@ def test_lone_surrogates_are_bad_records_under_either_policy(tmp_path, record, r
     assert report.skipped[0].doc_id == (None if CUT in record["_id"] else "t2")
 
 
-@pytest.mark.parametrize("backend", ["edge", "server"])
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize(
     ("doc", "message"),
     [
@@ -281,7 +282,7 @@ def test_python_documents_are_checked_before_anything_is_written(indexed_stack, 
         stack.close()
 
 
-@pytest.mark.parametrize("backend", ["edge", "server"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_no_title_int64_bounds_one_document_and_surrogate_queries(indexed_stack, backend):
     stack = indexed_stack(backend, [], collection="bounds")
     try:

@@ -15,7 +15,7 @@ from evals.history import EvalHistory
 from orchestration.cli import app
 from retrieval import RetrievalStack
 from retrieval.store import EdgeStore, StoreError, collection_names, connect
-from tests.conftest import TINY_DOCS
+from tests.conftest import BACKENDS, TINY_DOCS
 from tests.test_reliability_versions import NEW_DOCS, settings_for
 from tests.test_server_path import aliases, foreign_collection
 
@@ -64,7 +64,7 @@ def drop(tmp_path, monkeypatch):
     return run
 
 
-@pytest.mark.parametrize("backend", ["edge", "server"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_drop_removes_every_version_pointer_and_models_after_confirmation(
     backend, tmp_path, drop, dense_encoder, sparse_encoder
 ):

@@ -473,9 +473,24 @@ def test_eval_of_a_corpus_file_without_documents_creates_no_collection(workspace
     root, _, _ = workspace
     folder = _judgements_folder(root / "emptycorpus", corpus="")
     said = " ".join(cli("eval", str(folder), "--variant", "sparse", code=2).output.split())
-    assert f"{folder / 'corpus.jsonl'}: holds no documents to index; collection 'emptycorpus' not created" in said
+    assert (  # as hybrid-rag index says it
+        f"error: {folder / 'corpus.jsonl'}: no documents to index: it holds no JSON record; nothing was written: "
+        "collection 'emptycorpus' was not created"
+    ) in said
     assert "another corpus" not in said
     assert "emptycorpus" not in {c["collection"] for c in json.loads(cli("collections", "--json").stdout)}
+
+
+def test_eval_of_a_corpus_file_of_bad_records_only_names_them_and_creates_no_collection(workspace, monkeypatch) -> None:
+    root, _, _ = workspace
+    folder = _judgements_folder(root / "badcorpus", corpus='{not json\n{"_id": "a"}\n')
+    monkeypatch.setenv("HYBRID_RAG_BAD_INPUT_POLICY", "skip")
+    said = " ".join(cli("eval", str(folder), "--variant", "sparse", code=2).output.split())
+    assert (  # the indexer's refusal, not "holds no documents"
+        f"error: {folder / 'corpus.jsonl'}: no documents to index: all 2 records skipped as bad input (malformed JSON"
+    ) in said
+    assert "'text': line 2); nothing was written: collection 'badcorpus' was not created" in said
+    assert "badcorpus" not in {c["collection"] for c in json.loads(cli("collections", "--json").stdout)}
 
 
 def test_eval_and_compare_take_a_folder_of_queries_and_qrels_without_a_corpus(workspace) -> None:

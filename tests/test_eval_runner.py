@@ -26,7 +26,7 @@ from evals.runner import (
 from evals.runs import best_chunk_per_document
 from retrieval import Document, HybridRetriever, RetrievalSettings, RetrievalStack, Variant, read_documents
 from retrieval.errors import InvalidArgumentError
-from tests.conftest import TINY_DOCS
+from tests.conftest import BACKENDS, TINY_DOCS
 
 VARIANTS = ["sparse", "hybrid"]
 
@@ -178,7 +178,7 @@ def test_the_identical_id_rule_can_be_turned_off(indexed_stack, tmp_path) -> Non
     assert report.context()["ignore_identical_ids"] is False  # the history tells these figures apart
 
 
-@pytest.mark.parametrize("backend", ["edge", "server"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_the_index_time_settings_recorded_are_the_collections(indexed_stack, backend) -> None:
     """Chunk sizes, BM25 parameters and the document prompt come from the collection, not the evaluating process."""
     coll = sample_collection()

@@ -7,6 +7,7 @@ import random
 import pytest
 
 from retrieval import Document
+from tests.conftest import BACKENDS
 
 WORDS = [
     "retrieval",
@@ -36,7 +37,7 @@ NOTES = [
 ALL = {MANUAL.id, *(n.id for n in NOTES)}
 
 
-@pytest.fixture(params=["edge", "server"], scope="module")
+@pytest.fixture(params=BACKENDS, scope="module")
 def retriever(request, indexed_stack):
     # small channel lists and chunks keep the corpus small; the shipped ones (100) fail the same way with 161 chunks
     stack = indexed_stack(

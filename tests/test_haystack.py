@@ -16,7 +16,7 @@ from haystack.components.builders import PromptBuilder  # noqa: E402
 from retrieval import Document  # noqa: E402
 from retrieval.errors import FilterError, HybridRagError, InvalidArgumentError  # noqa: E402
 from retrieval.haystack import to_filter  # noqa: E402
-from tests.conftest import LEXICAL_QUERY, SEMANTIC_QUERY  # noqa: E402
+from tests.conftest import BACKENDS, LEXICAL_QUERY, SEMANTIC_QUERY  # noqa: E402
 
 RANGE = {"field": "meta.year", "operator": ">", "value": 2000}
 DEEP_AND = RANGE
@@ -104,7 +104,7 @@ def test_in_none_and_date_comparisons_map_onto_the_library_filters(retriever):
     ) == {"at": {"gte": "2024-01-01", "lt": "2025-01-01"}, "doc_id": "x"}
 
 
-@pytest.mark.parametrize("backend", ["edge", "server"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_a_number_filter_matches_the_number_stored_as_a_float(indexed_stack, backend):
     """Python and Haystack: ``4`` matches ``4.0`` (as pandas or JSON write it), and vice versa; a dotted key and
     None (missing, null or an empty list) on the retriever's path."""

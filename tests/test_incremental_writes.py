@@ -12,12 +12,12 @@ import retrieval.store.base as store_base
 from retrieval import Document, RetrievalStack
 from retrieval.encoders import DenseEncoder
 from retrieval.store import SchemaMismatchError
-from tests.conftest import TINY_DOCS
+from tests.conftest import BACKENDS, TINY_DOCS
 
 LONG = " ".join(f"paragraph {i} about valves, gaskets and pressure." for i in range(120))
 
 
-@pytest.fixture(params=["edge", "server"])
+@pytest.fixture(params=BACKENDS)
 def indexer(request, indexed_stack):
     stack = indexed_stack(request.param, [])
     yield stack.indexer()
@@ -71,7 +71,7 @@ def test_unchanged_documents_are_not_chunked_again(indexer, chunked):
     assert indexer.store.stored_hashes() == expected_points(indexer, edited)
 
 
-@pytest.mark.parametrize("backend", ["edge", "server"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_an_edit_encodes_only_the_changed_chunks(backend, indexed_stack, monkeypatch):
     """A chunk of an edited document that keeps its id and text is rewritten (its point carries the document's new
     fingerprint) with the vectors its point has, read back, not encoded again: with the embedding cache off the
@@ -111,7 +111,7 @@ def test_an_edit_encodes_only_the_changed_chunks(backend, indexed_stack, monkeyp
     stack.close()
 
 
-@pytest.mark.parametrize("backend", ["edge", "server"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_a_metadata_edit_encodes_nothing(backend, indexed_stack, monkeypatch):
     """Metadata is stored, not embedded: a document whose metadata alone changed (a front-matter tag) is rewritten
     with its stored vectors, the model not called, with the embedding cache off; filters see the new metadata."""
@@ -206,7 +206,7 @@ def test_a_sync_reads_the_collection_once(indexer, scanned):
     assert report.deleted == 1 and scanned[0] == total  # not once more on the staged copy
 
 
-@pytest.mark.parametrize("backend", ["edge", "server"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_a_failed_sync_resumes_with_unchanged_documents_skipped(backend, indexed_stack, monkeypatch):
     """The re-run of a failed sync finds the same unchanged documents (not chunked) and finishes the failed run's
     staged copy (the embedded engine) or the live collection (a server): what it read of the copy is the copy's."""
@@ -241,7 +241,7 @@ def test_fingerprinted_chunks_are_the_chunkers_chunks(indexer):
     assert all(c.payload()["title"] == doc.title for c in carried)
 
 
-@pytest.mark.parametrize("backend", ["edge", "server"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_hits_carry_their_offsets_in_the_document_text(backend, indexed_stack):
     """A chunk id names a position in its document: after a paragraph inserted near the top, the ids hold the text
     now at those positions. Each hit carries where its text lies in the document's text (``start``, ``end``), to

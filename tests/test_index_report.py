@@ -14,10 +14,10 @@ from typer.testing import CliRunner
 
 from orchestration.cli import app
 from retrieval.indexer import MAX_NAMED, named
-from tests.conftest import TINY_DOCS
+from tests.conftest import BACKENDS, TINY_DOCS
 
 
-@pytest.fixture(params=["edge", "server"])
+@pytest.fixture(params=BACKENDS)
 def indexer(request, indexed_stack):
     stack = indexed_stack(request.param)  # TINY_DOCS: one chunk each
     yield stack.indexer()

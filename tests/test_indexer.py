@@ -7,11 +7,11 @@ import time
 import pytest
 
 from retrieval import BadInputError, Document, read_documents
-from tests.conftest import TINY_DOCS
+from tests.conftest import BACKENDS, TINY_DOCS
 from tests.test_reliability_versions import crash_after_two_blocks
 
 
-@pytest.fixture(params=["edge", "server"])
+@pytest.fixture(params=BACKENDS)
 def indexer(request, indexed_stack):
     stack = indexed_stack(request.param, [])
     yield stack.indexer()

@@ -5,7 +5,7 @@ import pytest
 
 from retrieval import Document
 from retrieval.store import QueryPlan
-from tests.conftest import TINY_DOCS
+from tests.conftest import BACKENDS, TINY_DOCS
 
 # lengths from a few words to several chunks, in no particular order
 MIXED_DOCS = [
@@ -16,7 +16,7 @@ MIXED_DOCS = [
 ]
 
 
-@pytest.fixture(params=["edge", "server"])
+@pytest.fixture(params=BACKENDS)
 def indexer(request, indexed_stack):
     stack = indexed_stack(request.param, [], embedding_cache=False, upsert_batch_size=4)
     yield stack.indexer()

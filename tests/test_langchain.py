@@ -39,7 +39,8 @@ def test_is_a_base_retriever_yielding_documents(lc_retriever):
     assert top.metadata["score"] > 0 and top.metadata["sparse_rank"] == 1
     assert top.metadata["topic"] == "home"
     hit = lc_retriever.retriever.search(LEXICAL_QUERY[0], k=3)[0]
-    assert top.metadata == hit_metadata(hit)  # what the LlamaIndex and Haystack adapters attach
+    # what the LlamaIndex and Haystack adapters attach, and the source LangChain's chains cite (no source_path: the id)
+    assert top.metadata == {**hit_metadata(hit), "source": hit.doc_id}
     assert top.metadata["dense_score"] == pytest.approx(hit.dense_score) and top.metadata["sparse_score"] > 0
 
 

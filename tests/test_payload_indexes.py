@@ -13,7 +13,7 @@ from retrieval.settings import parse_payload_indexes
 from retrieval.store import CollectionSchema
 from retrieval.store.base import filter_misses
 from retrieval.store.server import payload_index_schema
-from tests.conftest import TINY_DOCS, make_store
+from tests.conftest import BACKENDS, TINY_DOCS, make_store
 from tests.test_filters import docs
 from tests.test_store_contract import put
 
@@ -133,7 +133,7 @@ def _dated(backend, root, indexes):
     return store
 
 
-@pytest.mark.parametrize("backend", ["edge", "server"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_a_filter_finds_the_same_points_with_and_without_an_index_or_is_refused(tmp_path, backend):
     """An integer or datetime index reads a bound of the other type as a Unix timestamp (a number range on dates
     matched every point, an ISO range on years too, where the same filter without the index matches none): such a

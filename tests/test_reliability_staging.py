@@ -18,7 +18,7 @@ import retrieval.indexer as indexer_module
 import retrieval.store.edge as edge
 from retrieval import Document, RetrievalStack
 from retrieval.store import EdgeStore, StoreError, collection_names
-from tests.conftest import TINY_DOCS
+from tests.conftest import BACKENDS, TINY_DOCS
 from tests.test_reliability_versions import NEW_DOCS, crash_after_two_blocks, settings_for, store_pair
 from tests.test_server_path import cli, write_docs  # noqa: F401 - cli is a fixture
 
@@ -124,7 +124,7 @@ def test_a_lost_or_damaged_pointer_never_costs_the_intact_version(
     reader.close()
 
 
-@pytest.mark.parametrize("backend", ["edge", "server"])
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("marker", [{"base": None, "complete": True}, {"rebuild": True, "complete": True}])
 def test_a_version_an_earlier_release_built_is_intact_when_its_pointer_is_lost(
     backend, marker, tmp_path, dense_encoder, sparse_encoder
@@ -167,7 +167,7 @@ def test_a_reader_whose_pointer_is_lost_keeps_its_version_and_says_how_to_repair
     reader.close()
 
 
-@pytest.mark.parametrize("backend", ["edge", "server"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_a_refused_first_build_is_not_taken_for_a_lost_pointer(backend, tmp_path, dense_encoder, sparse_encoder):
     """A first build staged and left unpublished (refused by the gate) has no pointer either: the next write
     replaces it rather than refusing."""
@@ -247,7 +247,7 @@ def test_a_killed_copys_leftover_is_no_collection_and_the_next_write_removes_it(
     reader.close()
 
 
-@pytest.mark.parametrize("backend", ["edge", "server"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_the_qdrant_index_assets_rerun_resumes_its_staged_copy(
     backend, tmp_path, dense_encoder, sparse_encoder, monkeypatch
 ):
@@ -271,7 +271,7 @@ def test_the_qdrant_index_assets_rerun_resumes_its_staged_copy(
     reader.close()
 
 
-@pytest.mark.parametrize("backend", ["edge", "server"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_the_qdrant_index_assets_rerun_reuses_its_complete_staged_version(
     backend, tmp_path, dense_encoder, sparse_encoder
 ):

@@ -23,9 +23,8 @@ from retrieval.store import (
     StoreError,
     connect,
 )
-from tests.conftest import LEXICAL_QUERY, TINY_DOCS
+from tests.conftest import BACKENDS, LEXICAL_QUERY, TINY_DOCS
 
-BACKENDS = ["edge", "server"]
 NEW_DOCS = [
     *TINY_DOCS,
     *(Document(f"extra{i}", f"Maintenance note {i}: the QR-{1000 + i} pump needs a new seal.") for i in range(23)),

@@ -15,8 +15,8 @@ import pytest
 
 from retrieval import Document, RetrievalStack
 from retrieval.store import EdgeStore, StoreError
-from tests.conftest import LEXICAL_QUERY, TINY_DOCS
-from tests.test_reliability_versions import BACKENDS, physical_names, settings_for, store_pair
+from tests.conftest import BACKENDS, LEXICAL_QUERY, TINY_DOCS
+from tests.test_reliability_versions import physical_names, settings_for, store_pair
 
 REPO = Path(__file__).resolve().parents[1]
 EXTRA = [Document(f"extra{i}", f"Maintenance note {i}: the QR-{1000 + i} pump needs a new seal.") for i in range(6)]

@@ -11,10 +11,10 @@ from retrieval.indexer import DocumentChunk
 from retrieval.rerank import EmbeddingReranker, RerankConfig
 from retrieval.search import Hit
 from retrieval.settings import RerankMode
-from tests.conftest import DUPLICATED, LEXICAL_QUERY, MOON_QUERY, SEMANTIC_QUERY
+from tests.conftest import BACKENDS, DUPLICATED, LEXICAL_QUERY, MOON_QUERY, SEMANTIC_QUERY
 
 
-@pytest.fixture(params=["edge", "server"], scope="module")
+@pytest.fixture(params=BACKENDS, scope="module")
 def retriever(request, indexed_stack):
     stack = indexed_stack(request.param, rerank=False)
     yield stack.retriever()
@@ -95,7 +95,7 @@ TIED_DOCS = [Document(f"d{i}", f"aspirin trial {w} {w} {w}") for i, w in enumera
 ]
 
 
-@pytest.mark.parametrize("backend", ["edge", "server"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_ties_at_the_channel_cut_give_the_same_hits_whatever_the_build(backend, indexed_stack):
     """Eight chunks tie in the sparse channel, cut at 3 (PREFETCH_K): the same documents indexed in either order
     give the same hits for every variant, grouping and batch, and a tied list's top 3 are its top 5's first 3."""
@@ -147,7 +147,7 @@ def test_a_notebook_shows_a_searchs_hits_as_a_table_of_the_same_list(retriever):
 
 
 # -- diversity (maximal marginal relevance) -------------------------------------------------------------------------
-@pytest.fixture(params=["edge", "server"], scope="module")
+@pytest.fixture(params=BACKENDS, scope="module")
 def duplicated(request, indexed_stack):
     stack = indexed_stack(request.param, DUPLICATED, collection="dup")
     yield stack.retriever()

@@ -26,7 +26,7 @@ from retrieval.encoders.sparse import SpladeEncoder
 from retrieval.errors import InvalidArgumentError, ModelLoadError
 from retrieval.store import NotQdrantServerError, StoreError, collection_names, connect
 from retrieval.store.base import ForeignPointsError
-from tests.conftest import LEXICAL_QUERY, TINY_DOCS, cli_invoker
+from tests.conftest import BACKENDS, LEXICAL_QUERY, TINY_DOCS, cli_invoker
 from tests.test_reliability_versions import (
     NEW_DOCS,
     crash_after_two_blocks,
@@ -57,7 +57,7 @@ def write_docs(path, docs) -> str:
     return str(path)
 
 
-@pytest.mark.parametrize("backend", ["edge", "server"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_failed_first_build_publishes_nothing_and_is_resumed(
     backend, tmp_path, dense_encoder, sparse_encoder, monkeypatch
 ):
@@ -77,7 +77,7 @@ def test_failed_first_build_publishes_nothing_and_is_resumed(
     store.close()
 
 
-@pytest.mark.parametrize("backend", ["edge", "server"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_sparse_model_that_cannot_load_fails_before_anything_is_made(backend, tmp_path, dense_encoder):
     root = tmp_path / "index"
     store, _ = store_pair(backend, root)

@@ -8,7 +8,7 @@ import pytest
 from retrieval import Chunk
 from retrieval.encoders.sparse import SparseVec
 from retrieval.store import CollectionSchema, QdrantStore, QueryPlan, SchemaMismatchError
-from tests.conftest import make_store
+from tests.conftest import BACKENDS, make_store
 
 SCHEMA = CollectionSchema(dense_model="toy", dense_dim=4, sparse_model="bm25", sparse_idf=True)
 
@@ -105,7 +105,7 @@ def test_stored_vectors_come_back(store):
     assert dict(zip(sparse.indices, sparse.values, strict=True)) == pytest.approx({4: 1.0, 1: 0.2})
 
 
-@pytest.mark.parametrize("backend", ["edge", "server"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_tied_scores_at_the_cut_are_taken_by_id_whatever_the_insertion_order(backend, tmp_path):
     """20 chunks tie exactly in both channels: a list cut inside the tie keeps the smallest ids, in id order, for
     a store built in either order (the engine's order of ties follows internal offsets that differ per build),

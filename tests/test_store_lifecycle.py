@@ -19,7 +19,7 @@ import pytest
 from retrieval import Document, RetrievalStack
 from retrieval.errors import ClosedError
 from retrieval.store import EdgeStore, StoreError, edge
-from tests.conftest import LEXICAL_QUERY, TINY_DOCS
+from tests.conftest import BACKENDS, LEXICAL_QUERY, TINY_DOCS
 from tests.test_reliability_writes import edge_stack, holding
 
 QUERY = LEXICAL_QUERY[0]
@@ -138,7 +138,7 @@ def test_closing_a_retriever_leaves_its_stacks_store_open(indexed_stack) -> None
         closed[0].search(QUERY)
 
 
-@pytest.mark.parametrize("backend", ["edge", "server"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_a_closed_stack_stays_closed(indexed_stack, backend: str) -> None:
     """After stack.close() its retrievers and the stack refuse, naming why; the embedded version is not opened
     again (it would stay held until the process exits, and another process could not delete it)."""

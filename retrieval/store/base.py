@@ -995,8 +995,14 @@ class ShownFilter(dict):
     """A filter dict as the framework adapters read it: a key tests the value their documents show
     (:func:`retrieval.adapters.hit_metadata`). ``title`` and ``chunk_index`` test the document's own metadata
     field of that name where it has one (not null, not an empty list), else the stored field; ``content_hash``
-    the document's metadata (the stored hash is not shown); ``chunk_id`` (the point's id) is refused; other keys
-    as in :func:`filter_conditions`."""
+    the document's metadata (the stored hash is not shown); ``chunk_id`` (the point's id) is refused; with
+    ``shows_source`` (LangChain's documents show a ``source``), ``source`` the document's own metadata field of
+    that name where it has one, else its ``source_path`` where it has one, else its id
+    (:func:`retrieval.adapters.shown_source`); other keys as in :func:`filter_conditions`."""
+
+    def __init__(self, spec: dict[str, Any], *, shows_source: bool = False):
+        super().__init__(spec)
+        self.shows_source = shows_source
 
 
 def filter_conditions(
@@ -1045,6 +1051,8 @@ def filter_conditions(
         tests = _tests(key, value)
         if shown and key in SHOWN_STORED:  # the document's own (non-empty) value, else the stored one
             found = _own_else_stored(key, tests)
+        elif shown and key == "source" and spec.shows_source:
+            found = _own_else_path_else_id(tests)
         else:
             paths = [f"metadata.{key}"] if shown and key == "content_hash" else _paths(key)
             if tests[0][0] == "empty":  # no value under any reading of the key
@@ -1083,6 +1091,22 @@ def _own_else_stored(key: str, tests: list[tuple[str, Any]]) -> list[list[tuple[
         return [[(own, "empty", None)], [(key, "empty", None)]]
     mine = [(own, kind, v) for kind, v in tests]
     return [[*mine, (own, "empty", None)], [*mine, *((key, kind, v) for kind, v in tests)]]
+
+
+def _own_else_path_else_id(tests: list[tuple[str, Any]]) -> list[list[tuple[str, str, Any]]]:
+    """The ``source`` shown (:func:`retrieval.adapters.shown_source`) matches, as a conjunction of alternatives:
+    ``own or (own is empty and (path or (path is empty and id)))`` is ``(own or own is empty) and (own or path or
+    path is empty) and (own or path or id)``; for ``None``: nothing (the id is never empty)."""
+    if tests[0][0] == "empty":
+        return [[("doc_id", "empty", None)]]
+    own, path, doc_id = (
+        [(field, kind, v) for kind, v in tests] for field in ("metadata.source", "metadata.source_path", "doc_id")
+    )
+    return [
+        [*own, ("metadata.source", "empty", None)],
+        [*own, *path, ("metadata.source_path", "empty", None)],
+        [*own, *path, *doc_id],
+    ]
 
 
 def check_nesting(value: Any, what: str) -> None:
