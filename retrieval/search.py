@@ -300,7 +300,9 @@ class HybridRetriever:
         if not isinstance(self._sparse, Bm25Encoder) or recorded is None or recorded == self.sparse.analyzer:
             return
         self.sparse = self._sparse.with_analyzer(recorded)
-        if self.sparse is not self._sparse:
+        if self.sparse is self._sparse:
+            return
+        if self._sparse.earlier(recorded) is not None:  # an earlier release's, kept for writes too
             log.info(
                 "collection %r holds BM25 terms made by analyzer %r (settings: %r): queries use it; rebuild the "
                 "collection (hybrid-rag index --rebuild) to change it",
@@ -308,6 +310,22 @@ class HybridRetriever:
                 recorded,
                 self._sparse.analyzer,
             )
+            return
+        seen = (describe("", self.store), recorded, self._sparse.analyzer)
+        if seen in _warned_analyzers:  # once per process, not per retriever (one per request)
+            return
+        _warned_analyzers.add(seen)
+        theirs, ours = self.sparse.language, self._sparse.language
+        log.warning(
+            "collection %r holds BM25 terms made by analyzer %r%s, not the settings' %r%s: searches use the "
+            "collection's; rebuild it (hybrid-rag index --rebuild) to change it, or match the settings to it (a "
+            "write with these is refused)",
+            self.store.collection,
+            recorded,
+            f" (language {theirs})" if theirs != ours else "",
+            self._sparse.analyzer,
+            f" (HYBRID_RAG_BM25_LANGUAGE={ours})" if theirs != ours else "",
+        )
 
     async def asearch(
         self,
@@ -855,6 +873,7 @@ class HybridRetriever:
 
 
 _warned_indexes: set[tuple[str, tuple[tuple[str, str], ...]]] = set()  # (store, missing indexes) warned about
+_warned_analyzers: set[tuple[str, str, str]] = set()  # (store, its analyzer, the settings') warned about
 _warned_threshold = False  # whether a score_threshold on a hybrid search was warned about (once per process)
 _warned_truncated = False  # whether a query longer than the dense model's token limit was warned about (once)
 

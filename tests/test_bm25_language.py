@@ -1,10 +1,15 @@
 """BM25_LANGUAGE: documents in another language get its stopwords and its Snowball stemmer (German "Häuser" matches
-"Haus"); the language is part of the analyzer a collection records, and English collections keep theirs unchanged."""
+"Haus"); the language is part of the analyzer a collection records, and English collections keep theirs unchanged;
+documents that look like another language than the setting's are warned about."""
+
+import json
+from pathlib import Path
 
 import pytest
 
 from retrieval import Document, RetrievalSettings, RetrievalStack
-from retrieval.encoders.sparse import Bm25Encoder
+from retrieval.encoders.language import StopwordCounts
+from retrieval.encoders.sparse import Bm25Encoder, normalize_text
 from retrieval.settings import Bm25Language
 from retrieval.store import SchemaMismatchError
 
@@ -29,6 +34,64 @@ GERMAN_QUERIES = {
     "Schüler": "lehrer",
     "sonniges Wetter": "wetter",
 }
+# Twenty short German texts (a few sentences each, 628 words: past MIN_WORDS), on everyday topics.
+GERMAN_TEXTS = [
+    "Beim Reifenwechsel gilt die Faustregel von O bis O: von Oktober bis Ostern fährt man Winterreifen. Die "
+    "Profiltiefe sollte mindestens vier Millimeter betragen. Die Radmuttern müssen nach fünfzig Kilometern "
+    "nachgezogen werden.",
+    "Eine Bewerbung besteht aus Anschreiben, Lebenslauf und Zeugnissen. Das Anschreiben sollte nicht länger als "
+    "eine Seite sein. Im Vorstellungsgespräch fragen Arbeitgeber häufig nach Stärken und Schwächen.",
+    "Bienen sind für die Bestäubung vieler Pflanzen unverzichtbar. Ein Bienenvolk besteht aus einer Königin, "
+    "einigen hundert Drohnen und zehntausenden Arbeiterinnen. Im Winter bilden die Bienen eine Traube und wärmen "
+    "sich gegenseitig.",
+    "Brot backen zu Hause. Für ein einfaches Brot braucht man Mehl, Wasser, Salz und Hefe. Der Teig muss "
+    "mindestens eine Stunde gehen, bevor er in den heißen Ofen kommt. Ein Sauerteigbrot braucht deutlich mehr "
+    "Zeit, schmeckt aber kräftiger.",
+    "Eine Datenbank speichert Daten in Tabellen mit Zeilen und Spalten. Ein Index beschleunigt die Suche, "
+    "verlangsamt aber das Schreiben. Regelmäßige Sicherungen schützen vor Datenverlust, wenn eine Festplatte "
+    "ausfällt.",
+    "Ein Fahrrad richtig warten. Die Kette sollte alle paar Wochen gereinigt und geölt werden. Wenn die Bremsen "
+    "quietschen, sind die Bremsbeläge oft abgenutzt. Der Reifendruck steht auf der Seite des Mantels und sollte "
+    "regelmäßig geprüft werden.",
+    "Die Fußballmannschaft gewann das Spiel am Samstag mit drei zu eins. Der Trainer lobte nach dem Spiel vor "
+    "allem die Abwehr. In der Tabelle steht die Mannschaft nun auf dem dritten Platz.",
+    "Tomaten im eigenen Garten brauchen einen sonnigen, geschützten Platz. Die Pflanzen werden erst nach den "
+    "Eisheiligen im Mai ins Beet gesetzt. Regelmäßiges Gießen am Boden verhindert, dass die Blätter krank "
+    "werden.",
+    "Der Kauf eines Hauses ist für viele Familien die größte Investition ihres Lebens. Neben dem Kaufpreis "
+    "fallen Grunderwerbsteuer, Notarkosten und oft eine Maklerprovision an. Die Häuser in den Städten sind "
+    "deutlich teurer als auf dem Land.",
+    "Ein Hund braucht täglich Bewegung und Beschäftigung. Welpen sollten früh an andere Hunde und fremde "
+    "Menschen gewöhnt werden. Die Hundesteuer wird von der Gemeinde erhoben und unterscheidet sich von Ort zu "
+    "Ort.",
+    "Die Grippeimpfung wird vor allem älteren Menschen und chronisch Kranken empfohlen. Der beste Zeitpunkt ist "
+    "der Herbst, bevor die Grippewelle beginnt. Der Impfstoff wird jedes Jahr an die neuen Virusvarianten "
+    "angepasst.",
+    "Kaffee wird aus den gerösteten Bohnen der Kaffeepflanze gewonnen. Arabica schmeckt milder, Robusta enthält "
+    "mehr Koffein. Die Bohnen sollten erst kurz vor dem Aufbrühen gemahlen werden, damit das Aroma erhalten "
+    "bleibt.",
+    "Kinder lernen Sprachen am leichtesten in den ersten Lebensjahren. Ein Kind, das zweisprachig aufwächst, "
+    "verwechselt anfangs manchmal die Wörter, holt aber schnell auf. Vorlesen fördert den Wortschatz der Kinder "
+    "besonders stark.",
+    "Der Klimawandel lässt die Gletscher in den Alpen schrumpfen. Seit dem Jahr 1850 haben sie etwa die Hälfte "
+    "ihres Volumens verloren. Forscher erwarten, dass viele kleinere Gletscher bis zum Ende des Jahrhunderts "
+    "verschwinden.",
+    "Für eine Kartoffelsuppe werden die Kartoffeln geschält, gewürfelt und mit Zwiebeln angebraten. Danach kommt "
+    "Brühe dazu, und die Suppe kocht zwanzig Minuten. Zum Schluss wird sie püriert und mit Majoran gewürzt.",
+    "Der Mietvertrag kann vom Mieter mit einer Frist von drei Monaten gekündigt werden. Die Kündigung muss "
+    "schriftlich erfolgen. Die Kaution darf höchstens drei Monatsmieten betragen und wird nach dem Auszug "
+    "zurückgezahlt.",
+    "Der Mond umkreist die Erde in etwa siebenundzwanzig Tagen. Weil er sich dabei einmal um sich selbst dreht, "
+    "sehen wir immer dieselbe Seite. Die Gezeiten entstehen vor allem durch die Anziehungskraft des Mondes.",
+    "Das Museum zeigt Gemälde aus dem neunzehnten Jahrhundert. Besonders bekannt ist die Sammlung romantischer "
+    "Landschaften. Am ersten Sonntag im Monat ist der Eintritt frei, Führungen gibt es jeden Samstag.",
+    "Ein sicheres Passwort ist lang und enthält keine Wörter aus dem Wörterbuch. Ein Passwortmanager erzeugt "
+    "zufällige Passwörter und speichert sie verschlüsselt. Die Zwei-Faktor-Anmeldung schützt das Konto "
+    "zusätzlich.",
+    "Verpackungen aus Kunststoff und Metall gehören in die gelbe Tonne. Altpapier kommt in die blaue Tonne, Glas "
+    "wird nach Farben getrennt in Container geworfen. Batterien dürfen nicht in den Hausmüll.",
+]
+SAMPLE_CORPUS = Path(__file__).parent.parent / "evals" / "sample" / "corpus.jsonl"
 ENGLISH_TEXT = "The houses were running; Häuser und Kinder spielten."
 
 
@@ -112,11 +175,52 @@ def test_an_english_collection_keeps_its_analyzer_under_another_language(tmp_pat
         english.indexer().index(GERMAN_DOCS, progress=False)
     with _stack(tmp_path, dense_encoder, bm25_language="german") as german:
         assert german.check_schema().bm25_analyzer == "nfkc_cf+word"
-        with caplog.at_level("INFO", logger="retrieval.search"):
+        with caplog.at_level("WARNING", logger="retrieval.search"):
             assert _sparse(german, "Häuser") == ["haeuser"] and _sparse(german, "Haus") == []  # English terms
-        assert "analyzer 'nfkc_cf+word' (settings: 'nfkc_cf+german+word')" in caplog.text
+            _sparse(german, "Haus")  # another retriever: warned once per process
+        [warning] = [r.getMessage() for r in caplog.records]  # the setting does nothing yet: said, not only logged
+        assert "analyzer 'nfkc_cf+word' (language english), not the settings' 'nfkc_cf+german+word' " in warning
+        assert "(HYBRID_RAG_BM25_LANGUAGE=german): searches use the collection's; rebuild it" in warning
         with pytest.raises(SchemaMismatchError, match=r"bm25_analyzer: collection has 'nfkc_cf\+word'.*--rebuild"):
             german.indexer().index([Document("more", "Noch ein Haus.")], progress=False)
         german.indexer().rebuild(GERMAN_DOCS, progress=False)
         assert german.check_schema().bm25_analyzer == "nfkc_cf+german+word"
         assert _sparse(german, "Haus") == ["haeuser"]
+
+
+def _looks(texts: list[str], configured: str) -> str | None:
+    counts = StopwordCounts()
+    counts.add([normalize_text(t) for t in texts])
+    return counts.looks(configured)
+
+
+def _english_texts() -> list[str]:
+    return [json.loads(line)["text"] for line in SAMPLE_CORPUS.read_text().splitlines()]
+
+
+def test_the_documents_language_is_guessed_from_their_stopwords():
+    assert _looks(GERMAN_TEXTS, "english") == "german"
+    assert _looks(GERMAN_TEXTS, "german") is None
+    assert _looks(GERMAN_TEXTS[:5], "english") is None  # too few words to judge
+    english = _english_texts()
+    assert _looks(english, "english") is None  # Hinglish's list holds English's words: never guessed
+    assert _looks(english, "german") == "english"
+    # English with foreign words and a German quote in it
+    foreign = [f"{t} Die Gemütlichkeit, c'est la vie, der Kindergarten und das Leitmotiv." for t in english]
+    assert _looks(foreign, "english") is None
+    assert _looks(GERMAN_TEXTS + english, "english") is None  # a mixed corpus: no language clearly wins
+
+
+def test_documents_in_another_language_are_warned_about_once(caplog):
+    with caplog.at_level("WARNING", logger="retrieval.encoders.sparse"):
+        Bm25Encoder(language="german").encode_documents(GERMAN_TEXTS)
+        Bm25Encoder().encode_documents(_english_texts())
+        assert not caplog.records
+        english = Bm25Encoder()
+        english.encode_documents(GERMAN_TEXTS[:10])  # not yet enough words
+        assert not caplog.records
+        english.encode_documents(GERMAN_TEXTS[10:])
+        english.encode_documents(GERMAN_TEXTS)
+    [warning] = [r.getMessage() for r in caplog.records]
+    assert warning.startswith("documents look German (4"), warning
+    assert "% English)" in warning and "HYBRID_RAG_BM25_LANGUAGE=german and rebuild" in warning

@@ -14,6 +14,7 @@ from functools import cached_property
 import numpy as np
 import regex
 
+from retrieval.encoders.language import SAMPLE_WORDS, StopwordCounts
 from retrieval.encoders.runtime import fork_guard
 from retrieval.errors import InvalidArgumentError, not_one_string
 from retrieval.settings import Bm25Language, Bm25Stopwords, Bm25Tokenizer, check_bm25_language
@@ -125,6 +126,7 @@ class Bm25Encoder:
         self.lock = threading.RLock()  # held around each call, as for every encoder
         self._warned = False
         self._seen = [0, 0, 0]  # documents encoded: texts, letters and digits, and those of unspaced scripts
+        self._stopwords_seen: StopwordCounts | None = StopwordCounts()  # None: the documents' language was judged
 
     @property
     def analyzer(self) -> str:
@@ -208,7 +210,33 @@ class Bm25Encoder:
         not_one_string(texts, "encode_documents", "texts")
         if self.tokenizer == "word" and not self._warned:
             self._count_unspaced(texts)
-        return [_from_edge(self._model.embed_document(t)) for t in self._prepared(texts)]
+        prepared = self._prepared(texts)
+        if self._stopwords_seen is not None:
+            self._judge_language(prepared)
+        return [_from_edge(self._model.embed_document(t)) for t in prepared]
+
+    def _judge_language(self, texts: Sequence[str]) -> None:
+        """Warn once when the documents this encoder has encoded (a run's first :data:`SAMPLE_WORDS` words) look
+        like another language than :attr:`language` (:meth:`StopwordCounts.looks`): BM25 then keeps their
+        inflections apart and their stopwords as terms."""
+        seen = self._stopwords_seen
+        seen.add(texts, self.tokenizer)
+        looks = seen.looks(self.language)
+        if looks is not None:
+            log.warning(
+                "documents look %s (%.0f%% of the %s encoded so far are %s stopwords, %.0f%% %s): set "
+                "HYBRID_RAG_BM25_LANGUAGE=%s and rebuild the collection (hybrid-rag index --rebuild) so that BM25 "
+                "drops their stopwords and stems their words",
+                looks.capitalize(),
+                100 * seen.share(looks),
+                counted(seen.words, "word"),
+                looks.capitalize(),
+                100 * seen.share(self.language),
+                self.language.capitalize(),
+                looks,
+            )
+        if looks is not None or seen.words >= SAMPLE_WORDS:
+            self._stopwords_seen = None
 
     def _count_unspaced(self, texts: Sequence[str]) -> None:
         """Warn once when, over all the documents this encoder has encoded (a run's), more than
