@@ -712,7 +712,7 @@ def nothing_to_index(
     text = ", ".join(sorted(document_suffixes()))
     reason = (
         f"no documents to index: a folder's documents are read from its files of types {text} "
-        "(each maybe gzip-compressed: .gz; hidden files left out)"
+        "(each maybe gzip-compressed: .gz; hidden files and Office lock files ~$* left out)"
     )
     if skipped:
         names = ", ".join(str(p.doc_id) for p in skipped[:3])
@@ -758,9 +758,14 @@ def read_documents(
     return docs, reader.report
 
 
+OFFICE_LOCK_PREFIX = "~$"  # Word, Excel and PowerPoint's owner file of an open document: "~$report.docx"
+
+
 def visible_files(root: Path, unlisted: list[InputProblem] | None = None) -> list[Path]:
     """The files under ``root``, sorted, leaving out hidden ones: any name below ``root`` starting with '.'
-    (``.git/``, ``.obsidian/``, ``.DS_Store``); ``root`` itself may be hidden. Linked folders are followed,
+    (``.git/``, ``.obsidian/``, ``.DS_Store``, LibreOffice's lock files ``.~lock.x.odt#``); ``root`` itself may be
+    hidden. Microsoft Office's lock files (``~$report.docx``, left beside a document while it is open) are left out
+    too: they are no documents. Linked folders are followed,
     except a link to a folder above it, ``root`` and its parents included (which would loop, or walk the tree
     ``root`` lies in).
 
@@ -795,7 +800,7 @@ def visible_files(root: Path, unlisted: list[InputProblem] | None = None) -> lis
         subfolders[:] = keep
         for name in names:
             path = Path(folder, name)
-            if name.startswith("."):
+            if name.startswith((".", OFFICE_LOCK_PREFIX)):
                 continue
             if path.is_file():
                 files.append(path)
