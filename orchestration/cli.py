@@ -697,13 +697,19 @@ def search(
         table.add_row(
             str(rank),
             h.doc_id,
-            str(h.chunk_index),
+            _chunk_cell(h),
             f"{h.score:.4f}",
             str(h.dense_rank or "-"),
             str(h.sparse_rank or "-"),
             snippet,
         )
     console.print(table)
+
+
+def _chunk_cell(hit: Any) -> str:
+    """The table's chunk column: the chunk's index and, for a PDF's chunk, the page its text starts on ("3 p.12")."""
+    page = hit.metadata.get("page")
+    return f"{hit.chunk_index} p.{page}" if type(page) is int else str(hit.chunk_index)
 
 
 def _no_hit_reason(retriever: Any, text: str, variant: str, flt: dict | None, score_threshold: float | None) -> str:

@@ -199,6 +199,8 @@ def test_a_folder_of_pdfs_and_markdown_is_indexed_and_searched_by_page(tmp_path,
     [top, *_] = json.loads(run("search", "quokka colony nests beside the lighthouse", "-c", "papers", "--json"))
     assert top["doc_id"] == "field.pdf" and top["title"] == "Island field notes"
     assert PAGE_TWO in top["text"] and top["metadata"]["page"] == 2 and top["metadata"]["pages"] == 2
+    table = run("search", "quokka colony nests beside the lighthouse", "-c", "papers", "--k", "1")
+    assert re.search(r"│ 1 +│ field\.pdf +│ \d+ p\.2 +│", table)  # the page, beside the chunk
     store = EdgeStore(tmp_path / "index", "papers")
     try:
         assert store.count({"doc_id": "pumps.pdf"}) == 1
