@@ -60,7 +60,8 @@ RECORD_FIELDS = {"_id", "title", "text", "metadata"}  # a JSONL record's other f
 RESERVED_FRONT_MATTER = {"title", "source_path"}  # the document's title; the reader's own metadata
 NOT_UNICODE = "not valid Unicode (lone surrogate)"
 UNSUPPORTED = "unsupported file type"  # a folder's file that is no text file: never a document
-SAVE_AS = {".doc": ".docx"}  # a type not read whose files the program that wrote them saves as a type read
+# a type not read whose files the program that wrote them (Word, LibreOffice, PowerPoint) saves as a type read
+SAVE_AS = {".doc": ".docx", ".odt": ".docx", ".rtf": ".docx", ".ppt": ".pdf", ".pptx": ".pdf", ".odp": ".pdf"}
 _COMMONMARK = MarkdownIt("commonmark")
 # may open a "# Title" heading or underline a "Title\n===" one (CommonMark decides)
 _H1_LINE = re.compile(r" {0,3}(?:#(?:[ \t]|\r?$)|=+[ \t]*\r?$)")

@@ -177,6 +177,21 @@ def test_office_and_libreoffice_lock_files_are_left_out_of_a_folder_source(tmp_p
     assert [d.id for d in docs] == ["notes.md"] and report.skipped_count == 0
 
 
+def test_office_files_of_types_not_read_say_which_type_to_save_them_as(tmp_path):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for name in ("a.odt", "b.rtf", "c.pptx", "d.odp", "e.xlsx"):
+        (docs / name).write_bytes(b"PK\x03\x04")
+    _, report = read_documents(docs, policy="skip")
+    assert [p.reason for p in report.skipped] == [
+        "unsupported file type '.odt' (save it as .docx to index it)",
+        "unsupported file type '.rtf' (save it as .docx to index it)",
+        "unsupported file type '.pptx' (save it as .pdf to index it)",
+        "unsupported file type '.odp' (save it as .pdf to index it)",
+        "unsupported file type '.xlsx'",
+    ]
+
+
 def test_dates_in_metadata_are_stored_as_iso_strings_that_date_filters_match(indexed_stack):
     stack = indexed_stack("edge", [])
     try:
