@@ -707,9 +707,12 @@ def search(
 
 
 def _chunk_cell(hit: Any) -> str:
-    """The table's chunk column: the chunk's index and, for a PDF's chunk, the page its text starts on ("3 p.12")."""
-    page = hit.metadata.get("page")
-    return f"{hit.chunk_index} p.{page}" if type(page) is int else str(hit.chunk_index)
+    """The table's chunk column: the chunk's index and, for a PDF's chunk, the pages its text is on ("3 p.12",
+    "4 p.12-13")."""
+    page, last = hit.metadata.get("page"), hit.metadata.get("last_page")
+    if type(page) is not int:
+        return str(hit.chunk_index)
+    return f"{hit.chunk_index} p.{page}" + (f"-{last}" if type(last) is int and last > page else "")
 
 
 def _no_hit_reason(retriever: Any, text: str, variant: str, flt: dict | None, score_threshold: float | None) -> str:
