@@ -697,13 +697,22 @@ def search(
         table.add_row(
             str(rank),
             h.doc_id,
-            str(h.chunk_index),
+            _chunk_cell(h),
             f"{h.score:.4f}",
             str(h.dense_rank or "-"),
             str(h.sparse_rank or "-"),
             snippet,
         )
     console.print(table)
+
+
+def _chunk_cell(hit: Any) -> str:
+    """The table's chunk column: the chunk's index and, for a PDF's chunk, the pages its text is on ("3 p.12",
+    "4 p.12-13")."""
+    page, last = hit.metadata.get("page"), hit.metadata.get("last_page")
+    if type(page) is not int:
+        return str(hit.chunk_index)
+    return f"{hit.chunk_index} p.{page}" + (f"-{last}" if type(last) is int and last > page else "")
 
 
 def _no_hit_reason(retriever: Any, text: str, variant: str, flt: dict | None, score_threshold: float | None) -> str:

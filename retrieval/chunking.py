@@ -18,7 +18,7 @@ from retrieval.errors import InvalidArgumentError
 from retrieval.wording import counted
 
 POINT_NAMESPACE = uuid.UUID("6f1c1f0e-8d0a-4f43-9a57-1b2c3d4e5f60")
-PAGE_STARTS = "page_starts"  # document metadata: where each page's text starts (a PDF's); chunks get their ``page``
+PAGE_STARTS = "page_starts"  # document metadata: where each page's text starts (a PDF's): chunks' page, last_page
 MOSTLY_UNKNOWN = 0.5  # a chunk is mostly unknown to the dense model when this share of its tokens is [UNK]
 _GRAPHEME = regex.compile(r"\X")  # an extended grapheme cluster: a user-perceived character
 
@@ -77,16 +77,18 @@ class Chunk:
         }
 
 
-def chunk_metadata(metadata: dict[str, Any], start: int) -> dict[str, Any]:
-    """The metadata of a chunk starting at ``start`` in its document's text: the document's, except that its
+def chunk_metadata(metadata: dict[str, Any], start: int, end: int) -> dict[str, Any]:
+    """The metadata of a chunk at ``start:end`` in its document's text: the document's, except that its
     :data:`PAGE_STARTS` (a list of the offsets where pages start, as the PDF reader gives it) becomes the chunk's
-    ``page``, the number (from 1) of the page it starts on: each chunk does not carry every page's offset."""
+    ``page`` and ``last_page``, the numbers (from 1) of the pages its text starts and ends on: each chunk does not
+    carry every page's offset."""
     starts = metadata.get(PAGE_STARTS)
     if not isinstance(starts, list) or not starts or not all(type(s) is int for s in starts):
         return metadata
     return {
         **{k: v for k, v in metadata.items() if k != PAGE_STARTS},
         "page": max(1, bisect.bisect_right(starts, start)),
+        "last_page": max(1, bisect.bisect_right(starts, max(start, end - 1))),
     }
 
 
@@ -137,9 +139,8 @@ class Chunker:
         if not offsets:
             lead = len(doc.text) - len(doc.text.lstrip())
             end = len(doc.text.rstrip())
-            return [
-                Chunk(doc.id, 0, doc.text.strip(), title, chunk_metadata(doc.metadata, lead), head, start=lead, end=end)
-            ]
+            metadata = chunk_metadata(doc.metadata, lead, end)
+            return [Chunk(doc.id, 0, doc.text.strip(), title, metadata, head, start=lead, end=end)]
         cuts = _word_cuts(doc.text, offsets, budget if self.at_whitespace else 0)
         graphemes = _grapheme_starts(doc.text)
         chunks: list[Chunk] = []
@@ -153,7 +154,7 @@ class Chunker:
                     break
                 end = _last_cut(cuts, start + 1, end - 1) or end - 1
             mostly_unknown = unknown[end] - unknown[start] >= MOSTLY_UNKNOWN * (end - start)
-            metadata = chunk_metadata(doc.metadata, lo)
+            metadata = chunk_metadata(doc.metadata, lo, hi)
             chunks.append(Chunk(doc.id, len(chunks), text, title, metadata, head, mostly_unknown, lo, hi))
             if end >= n:
                 return chunks

@@ -60,7 +60,8 @@ RECORD_FIELDS = {"_id", "title", "text", "metadata"}  # a JSONL record's other f
 RESERVED_FRONT_MATTER = {"title", "source_path"}  # the document's title; the reader's own metadata
 NOT_UNICODE = "not valid Unicode (lone surrogate)"
 UNSUPPORTED = "unsupported file type"  # a folder's file that is no text file: never a document
-SAVE_AS = {".doc": ".docx"}  # a type not read whose files the program that wrote them saves as a type read
+# a type not read whose files the program that wrote them (Word, LibreOffice, PowerPoint) saves as a type read
+SAVE_AS = {".doc": ".docx", ".odt": ".docx", ".rtf": ".docx", ".ppt": ".pdf", ".pptx": ".pdf", ".odp": ".pdf"}
 _COMMONMARK = MarkdownIt("commonmark")
 # may open a "# Title" heading or underline a "Title\n===" one (CommonMark decides)
 _H1_LINE = re.compile(r" {0,3}(?:#(?:[ \t]|\r?$)|=+[ \t]*\r?$)")
@@ -712,7 +713,7 @@ def nothing_to_index(
     text = ", ".join(sorted(document_suffixes()))
     reason = (
         f"no documents to index: a folder's documents are read from its files of types {text} "
-        "(each maybe gzip-compressed: .gz; hidden files left out)"
+        "(each maybe gzip-compressed: .gz; hidden files and Office lock files ~$* left out)"
     )
     if skipped:
         names = ", ".join(str(p.doc_id) for p in skipped[:3])
@@ -758,9 +759,14 @@ def read_documents(
     return docs, reader.report
 
 
+OFFICE_LOCK_PREFIX = "~$"  # Word, Excel and PowerPoint's owner file of an open document: "~$report.docx"
+
+
 def visible_files(root: Path, unlisted: list[InputProblem] | None = None) -> list[Path]:
     """The files under ``root``, sorted, leaving out hidden ones: any name below ``root`` starting with '.'
-    (``.git/``, ``.obsidian/``, ``.DS_Store``); ``root`` itself may be hidden. Linked folders are followed,
+    (``.git/``, ``.obsidian/``, ``.DS_Store``, LibreOffice's lock files ``.~lock.x.odt#``); ``root`` itself may be
+    hidden. Microsoft Office's lock files (``~$report.docx``, left beside a document while it is open) are left out
+    too: they are no documents. Linked folders are followed,
     except a link to a folder above it, ``root`` and its parents included (which would loop, or walk the tree
     ``root`` lies in).
 
@@ -795,7 +801,7 @@ def visible_files(root: Path, unlisted: list[InputProblem] | None = None) -> lis
         subfolders[:] = keep
         for name in names:
             path = Path(folder, name)
-            if name.startswith("."):
+            if name.startswith((".", OFFICE_LOCK_PREFIX)):
                 continue
             if path.is_file():
                 files.append(path)

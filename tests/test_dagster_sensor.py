@@ -114,6 +114,8 @@ def test_hidden_files_are_ignored(folder: Folder) -> None:
     (folder.path / "sub").mkdir()
     (folder.path / "sub" / "c.md").write_text("# C")
     assert folder_manifest(folder.path).keys() == {"sub/c.md"}
+    (folder.path / "sub" / "~$report.docx").write_bytes(b"\x0aJane" + b"\x00" * 100)  # Word opened a document
+    assert folder_manifest(folder.path).keys() == {"sub/c.md"}
 
 
 def test_files_in_linked_folders_are_watched_as_they_are_indexed(folder: Folder, tmp_path: Path) -> None:

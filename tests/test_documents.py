@@ -165,6 +165,34 @@ def test_hidden_files_and_folders_are_left_out_of_a_folder_source(tmp_path):
     assert [d.id for d in read_documents(hidden_root)[0]] == ["n.md"]  # a hidden root given explicitly
 
 
+def test_office_and_libreoffice_lock_files_are_left_out_of_a_folder_source(tmp_path):
+    """A document open in Word or LibreOffice leaves a lock file beside it: not a document, so it must not fail the
+    index under the default policy."""
+    kb = tmp_path / "kb"
+    (kb / "sub").mkdir(parents=True)
+    (kb / "notes.md").write_text("# Notes\nbody")
+    (kb / "~$port.docx").write_bytes(b"\x0aJane Ops" + b"\x00" * 152)  # Word's owner file: no zip archive
+    (kb / "sub" / "~$udget.xlsx").write_bytes(b"\x0aJane Ops" + b"\x00" * 152)
+    (kb / "sub" / ".~lock.plan.odt#").write_text("Jane Ops,jane,host,02.12.2026 18:00,file:///home/jane;")
+    docs, report = read_documents(kb)
+    assert [d.id for d in docs] == ["notes.md"] and report.skipped_count == 0
+
+
+def test_office_files_of_types_not_read_say_which_type_to_save_them_as(tmp_path):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for name in ("a.odt", "b.rtf", "c.pptx", "d.odp", "e.xlsx"):
+        (docs / name).write_bytes(b"PK\x03\x04")
+    _, report = read_documents(docs, policy="skip")
+    assert [p.reason for p in report.skipped] == [
+        "unsupported file type '.odt' (save it as .docx to index it)",
+        "unsupported file type '.rtf' (save it as .docx to index it)",
+        "unsupported file type '.pptx' (save it as .pdf to index it)",
+        "unsupported file type '.odp' (save it as .pdf to index it)",
+        "unsupported file type '.xlsx'",
+    ]
+
+
 def test_dates_in_metadata_are_stored_as_iso_strings_that_date_filters_match(indexed_stack):
     stack = indexed_stack("edge", [])
     try:

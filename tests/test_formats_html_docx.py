@@ -167,8 +167,8 @@ def test_a_word_document_is_its_paragraphs_and_tables_in_order(tmp_path):
     )
     assert doc.metadata == {
         "author": "Ann Author",
-        "created": "2024-05-01T09:30:00+00:00",
-        "modified": "2024-06-02T10:00:00+00:00",
+        "created": "2024-05-01T09:30:00Z",  # as every stored datetime (a PDF's created, front matter's): UTC, Z
+        "modified": "2024-06-02T10:00:00Z",
         "source_path": "review.docx",
     }
 

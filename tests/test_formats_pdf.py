@@ -97,15 +97,16 @@ def test_a_title_that_says_nothing_gives_way_to_the_file_name(tmp_path, title):
     assert doc.title == "annual report"
 
 
-def test_a_chunk_tells_the_page_it_starts_on():
-    """page_starts (not copied into every chunk) becomes each chunk's page, counted from 1."""
+def test_a_chunk_tells_the_pages_it_starts_and_ends_on():
+    """page_starts (not copied into every chunk) becomes each chunk's page and last_page, counted from 1."""
     meta = {"pages": 3, "page_starts": [0, 20, 20, 50], "author": "x"}
-    assert chunk_metadata(meta, 0) == {"pages": 3, "author": "x", "page": 1}
-    assert chunk_metadata(meta, 19)["page"] == 1
-    assert chunk_metadata(meta, 20)["page"] == 3  # page 2 is blank: text at 20 is page 3's
-    assert chunk_metadata(meta, 70)["page"] == 4
+    assert chunk_metadata(meta, 0, 10) == {"pages": 3, "author": "x", "page": 1, "last_page": 1}
+    assert chunk_metadata(meta, 19, 20) == {"pages": 3, "author": "x", "page": 1, "last_page": 1}
+    assert chunk_metadata(meta, 20, 50)["page"] == 3  # page 2 is blank: text at 20 is page 3's
+    assert (chunk_metadata(meta, 10, 60)["page"], chunk_metadata(meta, 10, 60)["last_page"]) == (1, 4)
+    assert chunk_metadata(meta, 70, 80)["page"] == 4
     plain = {"pages": 3}
-    assert chunk_metadata(plain, 10) is plain
+    assert chunk_metadata(plain, 10, 20) is plain
 
 
 def test_long_pdf_chunks_carry_their_pages(tmp_path, dense_encoder):
@@ -113,8 +114,10 @@ def test_long_pdf_chunks_carry_their_pages(tmp_path, dense_encoder):
     [doc], _ = read_one(tmp_path / "long.pdf", pdf_bytes(pages))
     chunks = Chunker(dense_encoder.tokenizer, 128).chunk(doc)
     assert len(chunks) > 3 and all("page_starts" not in c.metadata for c in chunks)
-    for chunk in chunks:
+    for chunk in chunks:  # a chunk across a page break: pages 1-2
         assert chunk.text.split()[0].startswith(f"p{chunk.metadata['page']}w")
+        assert chunk.text.split()[-1].startswith(f"p{chunk.metadata['last_page']}w")
+    assert any(c.metadata["last_page"] > c.metadata["page"] for c in chunks)
     assert {c.metadata["page"] for c in chunks} == {1, 2, 3}
 
 
@@ -199,6 +202,11 @@ def test_a_folder_of_pdfs_and_markdown_is_indexed_and_searched_by_page(tmp_path,
     [top, *_] = json.loads(run("search", "quokka colony nests beside the lighthouse", "-c", "papers", "--json"))
     assert top["doc_id"] == "field.pdf" and top["title"] == "Island field notes"
     assert PAGE_TWO in top["text"] and top["metadata"]["page"] == 2 and top["metadata"]["pages"] == 2
+    table = run("search", "quokka colony nests beside the lighthouse", "-c", "papers", "--k", "1")
+    assert re.search(r"│ 1 +│ field\.pdf +│ \d+ p\.2 +│", table)  # the page, beside the chunk
+    across = run("search", "ledger invoice", "-c", "papers", "--filter", '{"page": 1, "last_page": 2}', "--json")
+    hits = json.loads(across)  # field.pdf's chunks across the page break: their text is on pages 1 and 2
+    assert hits and {h["doc_id"] for h in hits} == {"field.pdf"}
     store = EdgeStore(tmp_path / "index", "papers")
     try:
         assert store.count({"doc_id": "pumps.pdf"}) == 1

@@ -89,9 +89,10 @@ def _is_list_item(paragraph: Paragraph) -> bool:
     return numbered or (paragraph.style is not None and paragraph.style.name.startswith("List"))
 
 
-def _metadata(properties: Any) -> dict[str, str]:
-    """The document's ``author`` and its ``created`` and ``modified`` times (ISO 8601), those it has."""
+def _metadata(properties: Any) -> dict[str, Any]:
+    """The document's ``author`` and its ``created`` and ``modified`` times (datetimes, stored in UTC as every
+    metadata datetime is: ``2024-05-01T09:30:00Z``, as a PDF's ``created``), those it has."""
     times = {"created": properties.created, "modified": properties.modified}
-    metadata = {"author": (properties.author or "").strip()}
-    metadata |= {key: value.isoformat() for key, value in times.items() if isinstance(value, dt.datetime)}
+    metadata: dict[str, Any] = {"author": (properties.author or "").strip()}
+    metadata |= {key: value for key, value in times.items() if isinstance(value, dt.datetime)}
     return {key: value for key, value in metadata.items() if value}
