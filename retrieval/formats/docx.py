@@ -103,8 +103,8 @@ def _check_members(data: bytes) -> None:
             name = member.filename
             if member.compress_type not in WORD_METHODS or member.flag_bits & ENCRYPTED:
                 raise FileProblem(f"{NOT_DOCX}: member {name!r} is compressed or encrypted as Word never does")
-            if member.compress_type == zipfile.ZIP_DEFLATED and _unpacked_size(archive, member) > member.file_size:
-                raise FileProblem(f"{NOT_DOCX}: member {name!r} unpacks to more than its declared size (a zip bomb)")
+            if member.compress_type == zipfile.ZIP_DEFLATED and not _inflates_as_declared(archive, member):
+                raise FileProblem(f"{NOT_DOCX}: member {name!r} is damaged or unpacks to more than its declared size")
             if member.file_size > MAX_XML_BYTES and _is_xml(archive, member):
                 raise FileProblem(
                     f"{NOT_DOCX}: member {name!r} unpacks to {member.file_size:,} bytes, over the {MAX_XML_BYTES:,} "
@@ -112,15 +112,19 @@ def _check_members(data: bytes) -> None:
                 )
 
 
-def _unpacked_size(archive: zipfile.ZipFile, member: zipfile.ZipInfo) -> int:
-    """How many bytes ``member`` unpacks to, up to one more than it declares (read a MiB at a time)."""
+def _inflates_as_declared(archive: zipfile.ZipFile, member: zipfile.ZipInfo) -> bool:
+    """Whether ``member`` unpacks to the size and checksum it declares (read a MiB at a time, and one byte
+    further than it declares: zipfile's checksum then fails when there is more)."""
     over = copy.copy(member)
     over.file_size += 1  # zipfile reads no further than a member's declared size
     size = 0
-    with archive.open(over) as handle:
-        while chunk := handle.read(1 << 20):
-            size += len(chunk)
-    return size
+    try:
+        with archive.open(over) as handle:
+            while chunk := handle.read(1 << 20):
+                size += len(chunk)
+    except zipfile.BadZipFile:  # a bad checksum
+        return False
+    return size == member.file_size
 
 
 def _is_xml(archive: zipfile.ZipFile, member: zipfile.ZipInfo) -> bool:
