@@ -173,13 +173,17 @@ def text_lines(path: Path, error: ErrorFactory) -> Iterator[tuple[int, str]]:
 
 def file_bytes(path: Path, limit: int) -> bytes:
     """The content of file ``path``, decompressed when it is gzip-compressed, or :class:`FileProblem`: it cannot be
-    read, or decompresses to over ``limit`` bytes (a gzip bomb is not read whole)."""
+    read, or holds or decompresses to over ``limit`` bytes (neither a huge file nor a gzip bomb is read whole)."""
     try:
         with path.open("rb") as handle:
-            compressed = handle.peek(len(GZIP_MAGIC)).startswith(GZIP_MAGIC)
-            return _unzipped(path, handle, limit) if compressed else handle.read()
+            if handle.peek(len(GZIP_MAGIC)).startswith(GZIP_MAGIC):
+                return _unzipped(path, handle, limit)
+            raw = handle.read(limit + 1)
     except OSError as exc:
         raise FileProblem(f"cannot read file: {exc.strerror or exc}") from exc
+    if len(raw) > limit:
+        raise FileProblem(f"over {limit:,} bytes, more than a document may hold")
+    return raw
 
 
 def file_text(path: Path, limit: int) -> str:

@@ -12,6 +12,10 @@ what a reader does not see (script, style, template, svg..., elements with the `
 elements with those roles). Block elements start lines; headings, paragraphs, lists, tables and the like are set
 apart by blank lines; list items and table rows are lines (a row's cells joined by " | "); whitespace is collapsed
 but in ``<pre>``.
+
+A page BeautifulSoup would take too long or too much memory to read (some 20 µs and 1 KiB an element) is a
+:class:`FileProblem`: one of over :data:`MAX_BYTES` bytes or :data:`MAX_TAGS` tags (counted as its ``<``). lxml's
+parser nests elements at most 256 deep and resolves no external entity; the text walk is not recursive.
 """
 
 from __future__ import annotations
@@ -43,12 +47,18 @@ LINES = {
 CELLS = {"td", "th"}
 CELL_SEPARATOR = " | "
 BROWSER_ALIASES = {"iso8859-1": "cp1252", "ascii": "cp1252", "utf-16": "utf-8", "utf-16-le": "utf-8"}
+MAX_BYTES = 32 * 1024 * 1024  # as a text file's: a document's text is at most 8 MiB
+MAX_TAGS = 500_000  # a long page has tens of thousands
 _SPACE = re.compile(r"[ \t\n\r\f]+")  # HTML's whitespace (not U+00A0, a no-break space that is shown)
 _HIDDEN_STYLE = re.compile(r"display\s*:\s*none|visibility\s*:\s*hidden", re.IGNORECASE)
 
 
 def read(data: bytes) -> FileContent:
     """The visible text, title and metadata (``lang``, ``description``, ``url``) of the HTML page in ``data``."""
+    if len(data) > MAX_BYTES:
+        raise FileProblem(f"too large to read: {len(data):,} bytes, over the {MAX_BYTES:,} a page may hold")
+    if (tags := data.count(b"<")) > MAX_TAGS:
+        raise FileProblem(f"too many tags to read: {tags:,} '<', over the {MAX_TAGS:,} a page may hold")
     soup = BeautifulSoup(_decoded(data), "lxml")
     title = _collapsed(soup.title.get_text()) if soup.title else ""
     if not title and (h1 := soup.find("h1")):

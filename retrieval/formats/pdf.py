@@ -3,6 +3,12 @@
 A PDF without a text layer (a scan) has nothing to index: it needs OCR first. pypdf's own log records (warnings
 about slightly damaged files) are logged at debug level by this module's logger: a folder of PDFs does not flood the
 output.
+
+A hostile PDF is a :class:`FileProblem` in bounded time and memory: pypdf's own limits refuse a stream that inflates
+too much, a looping page tree or one of over 100,000 entries, a content stream of too many tokens; the text
+extraction of a file stops after :data:`MAX_SECONDS` (pypdf bounds a stream's work, not a file's: 2,000 pages may
+share one content stream of 2 million tokens, a page may draw one such form 5,000 times). Known limit: pypdf holds a
+literal string in some 20 times its size (a 100 MB ``/Title``: 2 GB).
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 import io
 import logging
 import re
+import time
 from contextvars import ContextVar
 from typing import Any
 
@@ -22,6 +29,7 @@ from retrieval.input_files import FileProblem
 
 log = logging.getLogger(__name__)
 
+MAX_SECONDS = 60  # a file's text extraction (a 1,000-page book takes some 20 s)
 NO_TEXT = "no text: a scanned PDF? run OCR on it first, e.g. ocrmypdf"
 # a /Title that names a file or says nothing: "Microsoft Word - report.docx", "untitled", "slides.pptx"
 _NO_TITLE = re.compile(
@@ -54,10 +62,12 @@ def read(data: bytes) -> FileContent:
     cannot be extracted is left out with a note in ``warnings``. :class:`FileProblem` for a file that is no PDF or
     is damaged, is encrypted with a password, or has no text."""
     reader = _open(data)
+    deadline = _Deadline()
     texts: list[str] = []
     warnings: list[str] = []
     for number, page in enumerate(reader.pages, 1):
-        text, failed = _page_text(page)
+        deadline()
+        text, failed = _page_text(page, deadline)
         texts.append(text)
         if failed:
             warnings.append(f"page {number}: no text extracted ({failed}); the other pages are read")
@@ -77,12 +87,26 @@ def read(data: bytes) -> FileContent:
     return FileContent(text, info.get("title", ""), metadata, warnings)
 
 
-def _page_text(page: PageObject) -> tuple[str, str]:
+class _Deadline:
+    """Called before each content operator pypdf extracts text from, and between pages: FileProblem when the
+    file's text extraction has taken over MAX_SECONDS."""
+
+    def __init__(self) -> None:
+        self.end = time.monotonic() + MAX_SECONDS
+
+    def __call__(self, *_: Any) -> None:
+        if time.monotonic() > self.end:
+            raise FileProblem(f"too much content to read: its text extraction took over {MAX_SECONDS} s")
+
+
+def _page_text(page: PageObject, deadline: _Deadline) -> tuple[str, str]:
     """The text of ``page`` and, when it gave none because of an error (raised, or a warning pypdf logged while
-    extracting it: damaged page content), the error ("": none)."""
+    extracting it: damaged page content), the error ("": none). FileProblem: the file's time is up."""
     records = _PAGE_RECORDS.set([])
     try:
-        text = _clean(page.extract_text()).strip()
+        text = _clean(page.extract_text(visitor_operand_before=deadline)).strip()
+    except FileProblem:
+        raise
     except Exception as exc:  # noqa: BLE001 - any error of a damaged page: the others are still read
         return "", _reason(exc)
     finally:
